@@ -1,0 +1,1 @@
+//! Benchmarks: see benches/*.rs and RESULTS.md.

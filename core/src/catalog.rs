@@ -1,0 +1,158 @@
+//! The SQLite catalog: connection, pragmas, migrations, and all SQL.
+//!
+//! One [`Catalog`] per opened [`crate::Home`]; several processes may open the same
+//! file at once (WAL, busy timeout, `BEGIN IMMEDIATE` for every write).
+
+pub(crate) mod datasets;
+pub(crate) mod models;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+use crate::error::{Error, Result};
+
+/// Migrations in order; migration `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[include_str!("catalog/migrations/0001_init.sql")];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub(crate) struct Catalog {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl Catalog {
+    /// Opens (creating if needed) the catalog at `path` and migrates it.
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        // journal_mode must be set outside a transaction; it persists in the file.
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Internal(format!("could not enable WAL (got {mode})")));
+        }
+        conn.execute_batch("PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;")?;
+        let mut cat = Catalog { conn: Mutex::new(conn), path: path.to_path_buf() };
+        cat.migrate()?;
+        Ok(cat)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        let conn = self.conn.get_mut().map_err(|_| poisoned())?;
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        check_version(&path, found)?;
+        if found == SCHEMA_VERSION {
+            return Ok(());
+        }
+        // Re-read inside the write lock: another process may have migrated meanwhile.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        check_version(&path, current)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub(crate) fn schema_version(&self) -> Result<i64> {
+        Ok(self.lock()?.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, Connection>> {
+        self.conn.lock().map_err(|_| poisoned())
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits it.
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Runs `f` on a read snapshot.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.lock()?;
+        f(&conn)
+    }
+}
+
+fn check_version(path: &Path, found: i64) -> Result<()> {
+    if found > SCHEMA_VERSION {
+        return Err(Error::IncompatibleHome {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+fn poisoned() -> Error {
+    Error::Internal("catalog lock poisoned".into())
+}
+
+/// JSON column helpers.
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| Error::Internal(format!("serialize: {e}")))
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// True when a rusqlite error is a UNIQUE constraint violation.
+pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_refuses_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("anneal.db");
+        let c = Catalog::open(&p).unwrap();
+        assert_eq!(c.schema_version().unwrap(), SCHEMA_VERSION);
+        drop(c);
+        // Reopening is a no-op.
+        let c = Catalog::open(&p).unwrap();
+        c.lock().unwrap().pragma_update(None, "user_version", SCHEMA_VERSION + 5).unwrap();
+        drop(c);
+        let before = std::fs::read(&p).unwrap();
+        let err = Catalog::open(&p).err().unwrap();
+        assert_eq!(err.code(), "incompatible_home");
+        assert!(err.to_string().contains("newer"), "{err}");
+        // Untouched (the WAL was checkpointed on close; the main file is identical).
+        assert_eq!(before, std::fs::read(&p).unwrap());
+    }
+
+    #[test]
+    fn pragmas_are_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&dir.path().join("a.db")).unwrap();
+        let conn = c.lock().unwrap();
+        let fk: i64 = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap();
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let busy: i64 = conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0)).unwrap();
+        assert_eq!((fk, mode.as_str()), (1, "wal"));
+        assert!(busy >= 1000);
+    }
+}

@@ -1,0 +1,185 @@
+//! SQL for the `models` and `aliases` tables.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{from_json, is_unique_violation, to_json};
+use crate::error::{Error, Result};
+use crate::registry::{ModelFilter, ModelId, ModelKind, ModelRecord, Storage};
+
+const COLS: &str = "m.id, m.name, m.version, m.kind, m.family, m.architecture, m.model_type, m.parent_id, \
+    m.params, m.dtype, m.bytes, m.sha256, m.storage, m.path, m.files, m.tokenizer, m.source, m.task, m.tags, \
+    m.lineage, m.config, m.created_at, \
+    (SELECT group_concat(alias, ',') FROM (SELECT alias FROM aliases a WHERE a.model_id = m.id ORDER BY alias))";
+
+fn conv<E: std::error::Error + Send + Sync + 'static>(e: E) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+}
+
+fn row_to_record(home: &Path, r: &Row<'_>) -> rusqlite::Result<ModelRecord> {
+    let storage = Storage::parse(&r.get::<_, String>(12)?).map_err(conv)?;
+    let path: String = r.get(13)?;
+    let aliases: Option<String> = r.get(22)?;
+    Ok(ModelRecord {
+        id: ModelId(r.get(0)?),
+        name: r.get(1)?,
+        version: r.get::<_, i64>(2)? as u32,
+        kind: ModelKind::parse(&r.get::<_, String>(3)?).map_err(conv)?,
+        family: r.get(4)?,
+        architecture: r.get(5)?,
+        model_type: r.get(6)?,
+        parent_id: r.get::<_, Option<String>>(7)?.map(ModelId),
+        params: r.get::<_, i64>(8)? as u64,
+        dtype: r.get(9)?,
+        bytes: r.get::<_, i64>(10)? as u64,
+        sha256: r.get(11)?,
+        path: match storage {
+            Storage::Copy => home.join(&path),
+            Storage::Reference => path.into(),
+        },
+        storage,
+        files: from_json(&r.get::<_, String>(14)?)?,
+        tokenizer: r.get(15)?,
+        source: r.get(16)?,
+        task: r.get(17)?,
+        tags: from_json(&r.get::<_, String>(18)?)?,
+        lineage: from_json(&r.get::<_, String>(19)?)?,
+        config: from_json(&r.get::<_, String>(20)?)?,
+        created_at: r.get(21)?,
+        aliases: aliases.map(|a| a.split(',').map(str::to_string).collect()).unwrap_or_default(),
+    })
+}
+
+/// Inserts a model with the next free version of its name; returns that version.
+/// `stored_path` is relative to the home for copies, absolute for references.
+pub(crate) fn insert(conn: &Connection, rec: &ModelRecord, stored_path: &str) -> Result<u32> {
+    let version: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?1",
+        [&rec.name],
+        |r| r.get(0),
+    )?;
+    let res = conn.execute(
+        "INSERT INTO models (id, name, version, kind, family, architecture, model_type, parent_id, params, dtype,
+             bytes, sha256, storage, path, files, tokenizer, source, task, tags, lineage, config, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+        params![
+            rec.id.0,
+            rec.name,
+            version,
+            rec.kind.as_str(),
+            rec.family,
+            rec.architecture,
+            rec.model_type,
+            rec.parent_id.as_ref().map(|p| p.0.clone()),
+            rec.params as i64,
+            rec.dtype,
+            rec.bytes as i64,
+            rec.sha256,
+            rec.storage.as_str(),
+            stored_path,
+            to_json(&rec.files)?,
+            rec.tokenizer,
+            rec.source,
+            rec.task,
+            to_json(&rec.tags)?,
+            to_json(&rec.lineage)?,
+            to_json(&rec.config)?,
+            rec.created_at,
+        ],
+    );
+    match res {
+        Ok(_) => Ok(version as u32),
+        Err(e) if is_unique_violation(&e) => {
+            Err(Error::AlreadyExists { what: "model", id: format!("{}@{version}", rec.name), detail: String::new() })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn query(conn: &Connection, home: &Path, where_: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<ModelRecord>> {
+    let sql = format!("SELECT {COLS} FROM models m {where_}");
+    let mut st = conn.prepare(&sql)?;
+    let rows = st.query_map(args, |r| row_to_record(home, r))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+pub(crate) fn by_id(conn: &Connection, home: &Path, id: &str) -> Result<Option<ModelRecord>> {
+    Ok(query(conn, home, "WHERE m.id = ?1", &[&id])?.into_iter().next())
+}
+
+pub(crate) fn by_name_version(conn: &Connection, home: &Path, name: &str, version: u32) -> Result<Option<ModelRecord>> {
+    Ok(query(conn, home, "WHERE m.name = ?1 AND m.version = ?2", &[&name, &(version as i64)])?.into_iter().next())
+}
+
+pub(crate) fn latest(conn: &Connection, home: &Path, name: &str) -> Result<Option<ModelRecord>> {
+    Ok(query(conn, home, "WHERE m.name = ?1 ORDER BY m.version DESC LIMIT 1", &[&name])?.into_iter().next())
+}
+
+pub(crate) fn by_alias(conn: &Connection, home: &Path, name: &str, alias: &str) -> Result<Option<ModelRecord>> {
+    let id: Option<String> = conn
+        .query_row("SELECT model_id FROM aliases WHERE name = ?1 AND alias = ?2", [name, alias], |r| r.get(0))
+        .optional()?;
+    match id {
+        Some(id) => by_id(conn, home, &id),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn list(conn: &Connection, home: &Path, f: &ModelFilter) -> Result<Vec<ModelRecord>> {
+    let mut clauses = Vec::new();
+    let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
+    let kind = f.kind.map(|k| k.as_str());
+    let tag = f.tag.as_ref().map(|t| format!("%{}%", serde_json::Value::String(t.clone())));
+    for (col, val) in [("m.kind = ?", kind.as_ref().map(|k| k as &dyn rusqlite::ToSql)),
+                       ("m.family = ?", f.family.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+                       ("m.task = ?", f.task.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+                       ("m.name = ?", f.name.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+                       ("m.parent_id = ?", f.parent.as_ref().map(|v| &v.0 as &dyn rusqlite::ToSql)),
+                       ("m.tags LIKE ?", tag.as_ref().map(|v| v as &dyn rusqlite::ToSql))] {
+        if let Some(v) = val {
+            clauses.push(format!("{col}{}", args.len() + 1));
+            args.push(v);
+        }
+    }
+    let where_ = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+    query(conn, home, &format!("{where_} ORDER BY m.name, m.version"), &args)
+}
+
+pub(crate) fn set_alias(conn: &Connection, name: &str, alias: &str, id: &str, now: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO aliases (name, alias, model_id, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(name, alias) DO UPDATE SET model_id = excluded.model_id, updated_at = excluded.updated_at",
+        params![name, alias, id, now],
+    )?;
+    Ok(())
+}
+
+/// Returns whether the alias existed.
+pub(crate) fn remove_alias(conn: &Connection, name: &str, alias: &str) -> Result<bool> {
+    Ok(conn.execute("DELETE FROM aliases WHERE name = ?1 AND alias = ?2", [name, alias])? > 0)
+}
+
+pub(crate) fn children(conn: &Connection, home: &Path, id: &str) -> Result<Vec<ModelRecord>> {
+    query(conn, home, "WHERE m.parent_id = ?1 ORDER BY m.name, m.version", &[&id])
+}
+
+pub(crate) fn jobs_using(conn: &Connection, id: &str) -> Result<Vec<String>> {
+    let mut st = conn.prepare("SELECT id FROM jobs WHERE base_model_id = ?1 ORDER BY id")?;
+    let rows = st.query_map([id], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+}
+
+/// Detaches jobs and deletes the row (aliases cascade).
+pub(crate) fn delete(conn: &Connection, id: &str) -> Result<()> {
+    conn.execute("UPDATE jobs SET base_model_id = NULL WHERE base_model_id = ?1", [id])?;
+    conn.execute("UPDATE jobs SET output_model_id = NULL WHERE output_model_id = ?1", [id])?;
+    conn.execute("DELETE FROM models WHERE id = ?1", [id])?;
+    Ok(())
+}
+
+pub(crate) fn all_ids(conn: &Connection) -> Result<Vec<String>> {
+    let mut st = conn.prepare("SELECT id FROM models")?;
+    let rows = st.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+}

@@ -1,0 +1,558 @@
+//! DatasetStore: import, formats, preview, stats, splits.
+//!
+//! Imports stream: records are read, checked, normalised and written one at a time
+//! into a staging directory while their sha256 is computed; the directory is then
+//! renamed to `datasets/<sha256>/` and the catalog row inserted in one transaction.
+//! A failed, cancelled or killed import leaves nothing behind in the catalog, and
+//! nothing under `datasets/` but a `.tmp-*` directory that the next open sweeps.
+
+mod format;
+mod read;
+mod stats;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use format::{DatasetFormat, CHAT_ROLES};
+pub use read::{SourceFormat, TxtMode};
+pub use stats::{DatasetStats, FieldStats, LengthBucket};
+
+use crate::catalog::datasets as sql;
+use crate::error::{Error, IoResultExt, Location, Result};
+use crate::events::{run_task, CancelToken, EventSink, NoopSink};
+use crate::home::HomeInner;
+use crate::util::{self, HashingWriter, StagingDir};
+use format::Shape;
+use read::{ByteCounter, RawRecord};
+use stats::StatsBuilder;
+
+/// A dataset id, e.g. `ds_3f2a9c0d1b7e4a56`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DatasetId(pub String);
+
+impl std::fmt::Display for DatasetId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for DatasetId {
+    fn from(s: &str) -> Self {
+        DatasetId(s.to_string())
+    }
+}
+
+impl From<&DatasetId> for DatasetId {
+    fn from(s: &DatasetId) -> Self {
+        s.clone()
+    }
+}
+
+impl From<String> for DatasetId {
+    fn from(s: String) -> Self {
+        DatasetId(s)
+    }
+}
+
+/// A stored dataset (a catalog row).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetRecord {
+    pub id: DatasetId,
+    pub name: String,
+    pub format: DatasetFormat,
+    /// sha256 of the normalised records: the content address.
+    pub sha256: String,
+    pub num_records: u64,
+    /// Bytes of the normalised records file.
+    pub bytes: u64,
+    /// Where it came from: the imported path, `memory`, or `split:<parent id>`.
+    pub source: String,
+    pub source_format: SourceFormat,
+    /// Canonical field -> source column used at import.
+    pub columns: BTreeMap<String, String>,
+    /// For splits: the dataset it was split from.
+    pub parent_id: Option<DatasetId>,
+    pub created_at: String,
+    /// The normalised records (JSONL) inside the home. Read-only.
+    pub path: PathBuf,
+}
+
+/// What to do when the same content (same sha256) is already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDuplicate {
+    /// Fail with `duplicate_content`, naming the existing dataset.
+    #[default]
+    Error,
+    /// Return the existing dataset.
+    Reuse,
+}
+
+/// Options for [`DatasetStore::import`] and [`DatasetStore::import_records`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImportOptions {
+    /// The dataset's name (unique). Default: the file's stem, or `records-<id>` in memory.
+    pub name: Option<String>,
+    /// Force a record format instead of detecting it from the first record.
+    pub format: Option<DatasetFormat>,
+    /// Map canonical fields to your columns: `{"prompt": "question", "completion": "answer"}`.
+    pub columns: BTreeMap<String, String>,
+    /// Force the file format instead of using the extension.
+    pub source_format: Option<SourceFormat>,
+    /// TXT files: one record per line (default) or one per file.
+    pub txt_mode: TxtMode,
+    /// Same content already stored: error (default) or return the existing dataset.
+    pub on_duplicate: OnDuplicate,
+}
+
+/// The two halves of [`DatasetStore::split`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetSplit {
+    pub train: DatasetRecord,
+    pub val: DatasetRecord,
+}
+
+/// Imports, stores and serves datasets. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct DatasetStore {
+    home: Arc<HomeInner>,
+}
+
+/// Progress is reported at most every this many input bytes (or records in memory).
+const PROGRESS_BYTES: u64 = 1 << 20;
+const PROGRESS_RECORDS: u64 = 1000;
+
+impl DatasetStore {
+    pub(crate) fn new(home: Arc<HomeInner>) -> Self {
+        Self { home }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.home.root.join("datasets")
+    }
+
+    /// Imports a CSV, TSV, JSON array, JSONL or TXT file.
+    pub fn import(&self, path: impl AsRef<Path>, opts: &ImportOptions) -> Result<DatasetRecord> {
+        self.import_with(path, opts, &mut NoopSink, &CancelToken::new())
+    }
+
+    /// [`DatasetStore::import`] with progress events (`task_*`, in bytes) and cancellation.
+    pub fn import_with(
+        &self,
+        path: impl AsRef<Path>,
+        opts: &ImportOptions,
+        sink: &mut dyn EventSink,
+        cancel: &CancelToken,
+    ) -> Result<DatasetRecord> {
+        let path = path.as_ref();
+        let meta = fs::metadata(path).with_path(path)?;
+        if meta.is_dir() {
+            return Err(Error::config("path", format!("{} is a directory, not a file", path.display())));
+        }
+        let name = match &opts.name {
+            Some(n) => n.clone(),
+            None => util::name_from_path(path),
+        };
+        self.check_name_free(&name)?;
+        let source_format = match opts.source_format {
+            Some(SourceFormat::Records) => {
+                return Err(Error::config("source_format", "`records` is only for in-memory imports"))
+            }
+            Some(f) => f,
+            None => read::detect_source_format(path)?,
+        };
+        let abs = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let total = meta.len();
+        run_task(sink, "import_dataset", &name, Some(total), "bytes", |rep| {
+            let counter = ByteCounter::default();
+            let mut ingest = Ingest::new(&self.dir(), opts, Location::file(path))?;
+            let mut next_report = PROGRESS_BYTES;
+            read::read_file(path, source_format, opts.txt_mode, &counter, &mut |raw| {
+                ingest.push(raw)?;
+                if ingest.count % 256 == 0 {
+                    cancel.check()?;
+                }
+                if counter.get() >= next_report {
+                    next_report = counter.get() + PROGRESS_BYTES;
+                    cancel.check()?;
+                    rep.progress(counter.get())?;
+                }
+                Ok(())
+            })?;
+            cancel.check()?;
+            rep.progress(total)?;
+            let rec = self.commit(ingest, &name, abs.display().to_string(), source_format, None, opts.on_duplicate)?;
+            let id = rec.id.0.clone();
+            Ok((rec, Some(id)))
+        })
+    }
+
+    /// Imports records given in memory (JSON objects in any of the five shapes).
+    pub fn import_records<I>(&self, records: I, opts: &ImportOptions) -> Result<DatasetRecord>
+    where
+        I: IntoIterator<Item = Result<Value>>,
+    {
+        self.import_records_with(records, opts, &mut NoopSink, &CancelToken::new())
+    }
+
+    /// [`DatasetStore::import_records`] with progress events (`task_*`, in records).
+    pub fn import_records_with<I>(
+        &self,
+        records: I,
+        opts: &ImportOptions,
+        sink: &mut dyn EventSink,
+        cancel: &CancelToken,
+    ) -> Result<DatasetRecord>
+    where
+        I: IntoIterator<Item = Result<Value>>,
+    {
+        let name = match &opts.name {
+            Some(n) => n.clone(),
+            None => util::new_id("records"),
+        };
+        self.check_name_free(&name)?;
+        if matches!(opts.source_format, Some(f) if f != SourceFormat::Records) {
+            return Err(Error::config("source_format", "in-memory imports are always `records`"));
+        }
+        let iter = records.into_iter();
+        let total = match iter.size_hint() {
+            (lo, Some(hi)) if lo == hi => Some(lo as u64),
+            _ => None,
+        };
+        run_task(sink, "import_dataset", &name, total, "records", |rep| {
+            let mut ingest = Ingest::new(&self.dir(), opts, Location::default())?;
+            for (i, item) in iter.enumerate() {
+                let index = i as u64 + 1;
+                let value = item?;
+                let fields = read::into_object(value, Location::default().at(index))?;
+                ingest.push(RawRecord { index, fields })?;
+                if index % PROGRESS_RECORDS == 0 {
+                    cancel.check()?;
+                    rep.progress(index)?;
+                }
+            }
+            cancel.check()?;
+            rep.progress(ingest.count)?;
+            let rec = self.commit(ingest, &name, "memory".into(), SourceFormat::Records, None, opts.on_duplicate)?;
+            let id = rec.id.0.clone();
+            Ok((rec, Some(id)))
+        })
+    }
+
+    fn check_name_free(&self, name: &str) -> Result<()> {
+        util::validate_name("name", name)?;
+        let taken = self.home.catalog.read(|c| sql::by_name(c, &self.home.root, name))?;
+        if let Some(d) = taken {
+            return Err(Error::AlreadyExists {
+                what: "dataset",
+                id: name.to_string(),
+                detail: format!(" (id {}); choose another name or delete it first", d.id),
+            });
+        }
+        Ok(())
+    }
+
+    /// Moves a finished ingest into place and inserts its row.
+    fn commit(
+        &self,
+        ingest: Ingest,
+        name: &str,
+        source: String,
+        source_format: SourceFormat,
+        parent: Option<DatasetId>,
+        on_duplicate: OnDuplicate,
+    ) -> Result<DatasetRecord> {
+        let Ingest { mut staging, writer, shape, stats, count, location, .. } = ingest;
+        let (Some(shape), Some(stats)) = (shape, stats) else {
+            return Err(match &location.file {
+                Some(p) => Error::data(location.clone(), format!("{} contains no records", p.display())),
+                None => Error::data(location, "no records were given"),
+            });
+        };
+        let bytes = writer.bytes();
+        let (buf, sha) = writer.finish();
+        let file = buf.into_inner().map_err(|e| Error::io(staging.path(), e.into_error()))?;
+        file.sync_all().with_path(staging.path())?;
+        drop(file);
+
+        let home = &self.home.root;
+        if let Some(existing) = self.home.catalog.read(|c| sql::by_sha(c, home, &sha))? {
+            return match on_duplicate {
+                OnDuplicate::Reuse => Ok(existing),
+                OnDuplicate::Error => Err(Error::DuplicateContent {
+                    what: "dataset",
+                    sha256: sha,
+                    existing_id: existing.id.0,
+                    existing_name: existing.name,
+                }),
+            };
+        }
+        let stats = stats.finish(bytes);
+        let meta = serde_json::json!({ "format": shape.format, "num_records": count, "sha256": sha });
+        util::write_atomic(&staging.path().join("meta.json"), meta.to_string().as_bytes())?;
+        let dest = self.dir().join(&sha);
+        // An orphan from an interrupted import has the same content: keep it.
+        let created = staging.persist(&dest)?;
+        let rec = DatasetRecord {
+            id: DatasetId(util::new_id("ds")),
+            name: name.to_string(),
+            format: shape.format,
+            sha256: sha.clone(),
+            num_records: count,
+            bytes,
+            source,
+            source_format,
+            columns: shape.columns,
+            parent_id: parent,
+            created_at: util::now(),
+            path: dest.join("records.jsonl"),
+        };
+        let inserted = self.home.catalog.write(|tx| sql::insert(tx, &rec, &stats));
+        match inserted {
+            Ok(()) => Ok(rec),
+            Err(Error::DuplicateContent { existing_id, .. }) if on_duplicate == OnDuplicate::Reuse => {
+                self.get(DatasetId(existing_id))
+            }
+            Err(e) => {
+                // A concurrent import of the same content owns the directory now.
+                if created && !matches!(e, Error::DuplicateContent { .. }) {
+                    let _ = fs::remove_dir_all(&dest);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A dataset by id or name.
+    pub fn get(&self, id_or_name: impl Into<DatasetId>) -> Result<DatasetRecord> {
+        let key: DatasetId = id_or_name.into();
+        let home = &self.home.root;
+        self.home
+            .catalog
+            .read(|c| match sql::by_id(c, home, &key.0)? {
+                Some(r) => Ok(Some(r)),
+                None => sql::by_name(c, home, &key.0),
+            })?
+            .ok_or_else(|| Error::not_found("dataset", key.0))
+    }
+
+    /// All datasets, oldest first.
+    pub fn list(&self) -> Result<Vec<DatasetRecord>> {
+        self.home.catalog.read(|c| sql::list(c, &self.home.root))
+    }
+
+    /// The first `n` stored (normalised) records.
+    pub fn preview(&self, id_or_name: impl Into<DatasetId>, n: usize) -> Result<Vec<Value>> {
+        let rec = self.get(id_or_name)?;
+        let mut out = Vec::with_capacity(n.min(1024));
+        for_each_record(&rec.path, |v| {
+            out.push(v);
+            Ok(out.len() < n)
+        })?;
+        Ok(out)
+    }
+
+    /// Statistics computed at import.
+    pub fn stats(&self, id_or_name: impl Into<DatasetId>) -> Result<DatasetStats> {
+        let rec = self.get(id_or_name)?;
+        self.home
+            .catalog
+            .read(|c| sql::stats(c, &rec.id.0))?
+            .ok_or_else(|| Error::not_found("dataset", rec.id.0))
+    }
+
+    /// Splits a dataset into train and validation datasets, deterministically: the same
+    /// `seed` and `val_fraction` always give the same records (each half keeps the
+    /// original order). Named `<name>-train` / `<name>-val` unless `names` is given.
+    /// Splitting again with the same arguments returns the existing halves.
+    pub fn split(
+        &self,
+        id_or_name: impl Into<DatasetId>,
+        val_fraction: f64,
+        seed: u64,
+        names: Option<(String, String)>,
+    ) -> Result<DatasetSplit> {
+        let src = self.get(id_or_name)?;
+        if !(val_fraction > 0.0 && val_fraction < 1.0) {
+            return Err(Error::config("val_fraction", format!("must be between 0 and 1 (exclusive), got {val_fraction}")));
+        }
+        let n = src.num_records as usize;
+        let n_val = ((n as f64) * val_fraction).round() as usize;
+        if n_val == 0 || n_val >= n {
+            return Err(Error::config(
+                "val_fraction",
+                format!("{val_fraction} of {n} records leaves an empty half; use a larger dataset or another fraction"),
+            ));
+        }
+        let (train_name, val_name) = names.unwrap_or_else(|| (format!("{}-train", src.name), format!("{}-val", src.name)));
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        order.shuffle(&mut rng);
+        let mut is_val = vec![false; n];
+        for &i in &order[..n_val] {
+            is_val[i as usize] = true;
+        }
+        let opts = ImportOptions { format: Some(src.format), on_duplicate: OnDuplicate::Reuse, ..Default::default() };
+        let mut train = Ingest::new(&self.dir(), &opts, Location::file(&src.path))?;
+        let mut val = Ingest::new(&self.dir(), &opts, Location::file(&src.path))?;
+        let mut i = 0usize;
+        for_each_record(&src.path, |v| {
+            if is_val.get(i).copied().unwrap_or(false) { val.push_normalized(&v)? } else { train.push_normalized(&v)? }
+            i += 1;
+            Ok(true)
+        })?;
+        let source = format!("split:{}", src.id);
+        let parent = Some(src.id.clone());
+        let half = |ingest: Ingest, name: &str| -> Result<DatasetRecord> {
+            match self.check_name_free(name) {
+                Ok(()) => self.commit(ingest, name, source.clone(), SourceFormat::Records, parent.clone(), OnDuplicate::Reuse),
+                Err(e @ Error::AlreadyExists { .. }) => {
+                    // The same split done before: same name and same content.
+                    let existing = self.get(name)?;
+                    let (buf, sha) = ingest.writer.finish();
+                    drop(buf);
+                    if existing.sha256 == sha { Ok(existing) } else { Err(e) }
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let train = half(train, &train_name)?;
+        let val = half(val, &val_name)?;
+        Ok(DatasetSplit { train, val })
+    }
+
+    /// Deletes a dataset: the catalog row first, then its files. Refuses while a
+    /// training job refers to it, unless `force` (the jobs then lose the link).
+    pub fn delete(&self, id_or_name: impl Into<DatasetId>, force: bool) -> Result<()> {
+        let rec = self.get(id_or_name)?;
+        self.home.catalog.write(|tx| {
+            let jobs = sql::jobs_using(tx, &rec.id.0)?;
+            if !jobs.is_empty() && !force {
+                return Err(Error::InUse {
+                    what: "dataset",
+                    id: rec.name.clone(),
+                    reason: format!("used by job(s) {}; pass force to delete anyway", jobs.join(", ")),
+                });
+            }
+            sql::delete(tx, &rec.id.0)
+        })?;
+        let dir = self.dir().join(&rec.sha256);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(dir, e)),
+        }
+    }
+
+    /// Removes interrupted imports and content directories no row refers to.
+    pub(crate) fn sweep(&self, min_age: std::time::Duration) -> Result<()> {
+        let dir = self.dir();
+        util::sweep_tmp(&dir, min_age);
+        let known: std::collections::HashSet<String> =
+            self.home.catalog.read(sql::all_shas)?.into_iter().collect();
+        let Ok(entries) = fs::read_dir(&dir) else { return Ok(()) };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let is_content = name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit());
+            let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a >= min_age);
+            if is_content && old && !known.contains(&name) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a stored records file, calling `f` per record until it returns `Ok(false)`.
+pub(crate) fn for_each_record(path: &Path, mut f: impl FnMut(Value) -> Result<bool>) -> Result<()> {
+    let file = File::open(path).with_path(path)?;
+    for (i, line) in BufReader::with_capacity(1 << 16, file).lines().enumerate() {
+        let line = line.with_path(path)?;
+        let v: Value = serde_json::from_str(&line)
+            .map_err(|e| Error::data(Location::file(path).at(i as u64 + 1), format!("corrupt stored record: {e}")))?;
+        if !f(v)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// One import in progress: the staging directory, the hashing writer, the shape.
+struct Ingest {
+    staging: StagingDir,
+    writer: HashingWriter<BufWriter<File>>,
+    shape: Option<Shape>,
+    stats: Option<StatsBuilder>,
+    count: u64,
+    location: Location,
+    forced: Option<DatasetFormat>,
+    mapping: BTreeMap<String, String>,
+}
+
+impl Ingest {
+    fn new(dir: &Path, opts: &ImportOptions, location: Location) -> Result<Self> {
+        let staging = StagingDir::new(dir)?;
+        let path = staging.path().join("records.jsonl");
+        let file = File::create(&path).with_path(&path)?;
+        Ok(Self {
+            staging,
+            writer: HashingWriter::new(BufWriter::with_capacity(1 << 20, file)),
+            shape: None,
+            stats: None,
+            count: 0,
+            location,
+            forced: opts.format,
+            mapping: opts.columns.clone(),
+        })
+    }
+
+    fn push(&mut self, raw: RawRecord) -> Result<()> {
+        let loc = Location { record: Some(raw.index), ..self.location.clone() };
+        if self.shape.is_none() {
+            let shape = Shape::detect(&raw.fields, self.forced, &self.mapping, &loc)?;
+            self.stats = Some(StatsBuilder::new(shape.format));
+            self.shape = Some(shape);
+        }
+        let shape = self.shape.as_ref().ok_or_else(|| Error::Internal("no shape".into()))?;
+        let value = shape.normalize(&raw.fields, &loc)?;
+        self.write(&value)
+    }
+
+    /// Adds a record that is already in the stored form (splits).
+    fn push_normalized(&mut self, value: &Value) -> Result<()> {
+        if self.shape.is_none() {
+            let format = self.forced.ok_or_else(|| Error::Internal("split without format".into()))?;
+            let columns = format.fields().iter().map(|f| (f.to_string(), f.to_string())).collect();
+            self.stats = Some(StatsBuilder::new(format));
+            self.shape = Some(Shape { format, columns });
+        }
+        self.write(value)
+    }
+
+    fn write(&mut self, value: &Value) -> Result<()> {
+        let path = self.staging.path().join("records.jsonl");
+        serde_json::to_writer(&mut self.writer, value).map_err(|e| Error::io(&path, e.into()))?;
+        self.writer.write_all(b"\n").with_path(&path)?;
+        if let Some(s) = self.stats.as_mut() {
+            s.add(value);
+        }
+        self.count += 1;
+        Ok(())
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<DatasetStore>();
+}

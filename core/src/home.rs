@@ -1,0 +1,88 @@
+//! Home: one directory holding the catalog and every stored file.
+//!
+//! ```text
+//! <home>/
+//!   anneal.db            SQLite catalog (WAL)
+//!   datasets/<sha256>/   records.jsonl + meta.json
+//!   models/<id>/         config.json, weights, tokenizer
+//!   jobs/<id>/           checkpoints, logs
+//! ```
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::catalog::{Catalog, SCHEMA_VERSION};
+use crate::data::DatasetStore;
+use crate::error::{Error, IoResultExt, Result};
+use crate::registry::ModelRegistry;
+
+/// Leftovers of interrupted writes are removed when older than this (younger ones may
+/// belong to another process that is still working).
+const SWEEP_AGE: Duration = Duration::from_secs(3600);
+
+pub(crate) struct HomeInner {
+    pub(crate) root: PathBuf,
+    pub(crate) catalog: Catalog,
+}
+
+/// An opened home directory. Cheap to clone; `Send + Sync`; hands out the APIs.
+#[derive(Clone)]
+pub struct Home {
+    inner: Arc<HomeInner>,
+}
+
+impl Home {
+    /// Opens the home at `dir`, creating it (and migrating its catalog) if needed.
+    /// A home written by a newer anneal is refused with `incompatible_home` and left
+    /// untouched.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Home> {
+        let dir = dir.as_ref();
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::config("home", format!("{} exists and is not a directory", dir.display())));
+        }
+        fs::create_dir_all(dir).with_path(dir)?;
+        let root = fs::canonicalize(dir).with_path(dir)?;
+        let catalog = Catalog::open(&root.join("anneal.db"))?;
+        for sub in ["datasets", "models", "jobs"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).with_path(&p)?;
+        }
+        let home = Home { inner: Arc::new(HomeInner { root, catalog }) };
+        home.datasets().sweep(SWEEP_AGE)?;
+        home.models().sweep(SWEEP_AGE)?;
+        Ok(home)
+    }
+
+    /// The home directory (absolute).
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The catalog's schema version (`PRAGMA user_version`).
+    pub fn schema_version(&self) -> Result<i64> {
+        self.inner.catalog.schema_version()
+    }
+
+    /// The schema version this build of anneal writes.
+    pub fn supported_schema_version() -> i64 {
+        SCHEMA_VERSION
+    }
+
+    /// The dataset store of this home.
+    pub fn datasets(&self) -> DatasetStore {
+        DatasetStore::new(self.inner.clone())
+    }
+
+    /// The model registry of this home.
+    pub fn models(&self) -> ModelRegistry {
+        ModelRegistry::new(self.inner.clone())
+    }
+}
+
+impl std::fmt::Debug for Home {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Home").field("root", &self.inner.root).finish()
+    }
+}

@@ -1,0 +1,38 @@
+//! anneal: import datasets, register models, fine-tune them (full or LoRA) and
+//! generate, all in one home directory, on candle.
+//!
+//! ```no_run
+//! # fn main() -> anneal::Result<()> {
+//! use anneal::{Home, ImportOptions, PresetOptions};
+//! let home = Home::open("./anneal-home")?;
+//! let ds = home.datasets().import("data/train.jsonl", &ImportOptions::default())?;
+//! let model = home.models().create_preset("nano", &PresetOptions::default())?;
+//! println!("{} records ({:?}); model {} with {} parameters", ds.num_records, ds.format, model.reference(), model.params);
+//! # Ok(()) }
+//! ```
+
+mod catalog;
+mod data;
+mod error;
+pub mod events;
+mod home;
+pub mod models;
+mod registry;
+pub mod tokenizer;
+mod util;
+
+pub use data::{
+    DatasetFormat, DatasetId, DatasetRecord, DatasetSplit, DatasetStats, DatasetStore, FieldStats, ImportOptions,
+    LengthBucket, OnDuplicate, SourceFormat, TxtMode, CHAT_ROLES,
+};
+pub use error::{Error, ErrorKind, IoResultExt, Location, Result, StorageError};
+pub use events::{
+    CancelToken, ErrorInfo, Event, EventSink, FinishStatus, JsonLinesSink, NoopSink, RecordingSink, TerminalSink,
+    Throttle,
+};
+pub use home::Home;
+pub use models::presets::Preset;
+pub use registry::{
+    ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelRegistry, PresetOptions, RegisterOptions,
+    Storage, SUPPORTED_MODEL_TYPES,
+};

@@ -1,0 +1,260 @@
+//! Small shared helpers: ids, timestamps, names, hashing, crash-safe files.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, IoResultExt, Result};
+
+/// A new random id with a type prefix, e.g. `ds_3f2a9c0d1b7e4a56`.
+pub(crate) fn new_id(prefix: &str) -> String {
+    let n: u64 = rand::rng().random();
+    format!("{prefix}_{n:016x}")
+}
+
+/// Now, as RFC 3339 UTC with milliseconds.
+pub(crate) fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// Checks a user-chosen name (datasets, models, aliases).
+pub(crate) fn validate_name(field: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(Error::config(field, "must be 1 to 128 characters"));
+    }
+    let ok = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    if !ok || name.starts_with(['.', '/']) {
+        return Err(Error::config(
+            field,
+            format!("`{name}` may use only letters, digits, `-`, `_`, `.` and `/`, and must start with a letter or digit"),
+        ));
+    }
+    Ok(())
+}
+
+/// A name derived from a file or directory: its stem with unsupported characters replaced.
+pub(crate) fn name_from_path(path: &Path) -> String {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("dataset");
+    let cleaned: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' })
+        .collect();
+    let trimmed = cleaned.trim_start_matches(['.', '-', '_']);
+    if trimmed.is_empty() {
+        "unnamed".into()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// A writer that hashes (sha256) and counts what passes through it.
+pub(crate) struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        Self { inner, hasher: Sha256::new(), bytes: 0 }
+    }
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    /// Returns the inner writer and the hex digest.
+    pub(crate) fn finish(self) -> (W, String) {
+        (self.inner, hex::encode(self.hasher.finalize()))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// sha256 of a file, streamed. `on_chunk(bytes)` is called after each chunk and may
+/// stop the work (cancellation) by returning an error.
+pub(crate) fn sha256_file(
+    path: &Path,
+    mut on_chunk: impl FnMut(u64) -> Result<()>,
+) -> Result<String> {
+    let mut f = fs::File::open(path).with_path(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).with_path(path)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        on_chunk(n as u64)?;
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Copies `src` to `dst` while hashing; returns the hex sha256.
+pub(crate) fn copy_hashing(
+    src: &Path,
+    dst: &Path,
+    mut on_chunk: impl FnMut(u64) -> Result<()>,
+) -> Result<String> {
+    let mut input = fs::File::open(src).with_path(src)?;
+    let out = fs::File::create(dst).with_path(dst)?;
+    let mut w = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, out));
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = input.read(&mut buf).with_path(src)?;
+        if n == 0 {
+            break;
+        }
+        w.write_all(&buf[..n]).with_path(dst)?;
+        on_chunk(n as u64)?;
+    }
+    let (out, digest) = w.finish();
+    let file = out.into_inner().map_err(|e| Error::io(dst, e.into_error()))?;
+    file.sync_all().with_path(dst)?;
+    Ok(digest)
+}
+
+/// Writes `bytes` to `path` crash-safely: a temp file in the same directory, fsync, rename.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        path.file_name().and_then(|s| s.to_str()).unwrap_or("file"),
+        new_id("w")
+    ));
+    let res = (|| {
+        let mut f = fs::File::create(&tmp).with_path(&tmp)?;
+        f.write_all(bytes).with_path(&tmp)?;
+        f.sync_all().with_path(&tmp)?;
+        fs::rename(&tmp, path).with_path(path)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// A staging directory that is removed on drop unless [`StagingDir::persist`] moved it.
+pub(crate) struct StagingDir {
+    path: Option<PathBuf>,
+}
+
+impl StagingDir {
+    /// Creates `<parent>/.tmp-<random>`.
+    pub(crate) fn new(parent: &Path) -> Result<Self> {
+        fs::create_dir_all(parent).with_path(parent)?;
+        let path = parent.join(format!(".tmp-{}", new_id("s")));
+        fs::create_dir(&path).with_path(&path)?;
+        Ok(Self { path: Some(path) })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.path.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// Renames the directory to `dest` (which must not exist). Returns false, and leaves
+    /// the staging directory to be dropped, when `dest` already exists.
+    pub(crate) fn persist(&mut self, dest: &Path) -> Result<bool> {
+        let Some(src) = self.path.as_ref() else {
+            return Err(Error::Internal("staging dir already persisted".into()));
+        };
+        if dest.exists() {
+            return Ok(false);
+        }
+        // fsync the directory contents' metadata by syncing the dir itself where supported.
+        if let Ok(d) = fs::File::open(src) {
+            let _ = d.sync_all();
+        }
+        fs::rename(src, dest).with_path(dest)?;
+        if let Some(parent) = dest.parent().and_then(|p| fs::File::open(p).ok()) {
+            let _ = parent.sync_all();
+        }
+        self.path = None;
+        Ok(true)
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// Removes leftovers of interrupted writes under `dir`: `.tmp-*` entries older than
+/// `min_age` (younger ones may belong to another live process).
+pub(crate) fn sweep_tmp(dir: &Path, min_age: std::time::Duration) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().starts_with(".tmp-") {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= min_age);
+        if old {
+            let p = e.path();
+            let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("name", "support-v2_x.1").is_ok());
+        assert!(validate_name("name", "org/model").is_ok());
+        for bad in ["", "a b", "x@1", ".hidden", "/abs", "ü"] {
+            let e = validate_name("name", bad).unwrap_err();
+            assert_eq!(e.code(), "invalid_config", "{bad}");
+        }
+        assert_eq!(name_from_path(Path::new("/x/My Data.jsonl")), "My-Data");
+    }
+
+    #[test]
+    fn staging_dir_is_removed_unless_persisted() {
+        let d = tempfile::tempdir().unwrap();
+        let p = {
+            let s = StagingDir::new(d.path()).unwrap();
+            s.path().to_path_buf()
+        };
+        assert!(!p.exists());
+        let mut s = StagingDir::new(d.path()).unwrap();
+        fs::write(s.path().join("f"), b"x").unwrap();
+        assert!(s.persist(&d.path().join("final")).unwrap());
+        assert!(d.path().join("final/f").exists());
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.json");
+        write_atomic(&p, b"1").unwrap();
+        write_atomic(&p, b"2").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"2");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,1 @@
+//! End-to-end tests on the public API live in tests/tests/.
