@@ -28,9 +28,7 @@ pub(crate) struct Catalog {
 impl Catalog {
     /// Opens (creating if needed) the catalog at `path` and migrates it.
     pub(crate) fn open(path: &Path) -> Result<Self> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)?;
         conn.busy_timeout(Duration::from_secs(30))?;
         // journal_mode must be set outside a transaction; it persists in the file.
@@ -90,11 +88,7 @@ impl Catalog {
 
 fn check_version(path: &Path, found: i64) -> Result<()> {
     if found > SCHEMA_VERSION {
-        return Err(Error::IncompatibleHome {
-            path: path.to_path_buf(),
-            found,
-            supported: SCHEMA_VERSION,
-        });
+        return Err(Error::IncompatibleHome { path: path.to_path_buf(), found, supported: SCHEMA_VERSION });
     }
     Ok(())
 }
@@ -109,9 +103,8 @@ pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
 }
 
 pub(crate) fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(s).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
+    serde_json::from_str(s)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 /// True when a rusqlite error is a UNIQUE constraint violation.

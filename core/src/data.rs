@@ -97,7 +97,7 @@ pub enum OnDuplicate {
     Reuse,
 }
 
-/// Options for [`DatasetStore::import`] and [`DatasetStore::import_records`].
+/// Options for [`DatasetStore::import_file`] and [`DatasetStore::import_records`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ImportOptions {
@@ -142,12 +142,12 @@ impl DatasetStore {
     }
 
     /// Imports a CSV, TSV, JSON array, JSONL or TXT file.
-    pub fn import(&self, path: impl AsRef<Path>, opts: &ImportOptions) -> Result<DatasetRecord> {
-        self.import_with(path, opts, &mut NoopSink, &CancelToken::new())
+    pub fn import_file(&self, path: impl AsRef<Path>, opts: &ImportOptions) -> Result<DatasetRecord> {
+        self.import_file_with(path, opts, &mut NoopSink, &CancelToken::new())
     }
 
-    /// [`DatasetStore::import`] with progress events (`task_*`, in bytes) and cancellation.
-    pub fn import_with(
+    /// [`DatasetStore::import_file`] with progress events (`task_*`, in bytes) and cancellation.
+    pub fn import_file_with(
         &self,
         path: impl AsRef<Path>,
         opts: &ImportOptions,
@@ -365,10 +365,7 @@ impl DatasetStore {
     /// Statistics computed at import.
     pub fn stats(&self, id_or_name: impl Into<DatasetId>) -> Result<DatasetStats> {
         let rec = self.get(id_or_name)?;
-        self.home
-            .catalog
-            .read(|c| sql::stats(c, &rec.id.0))?
-            .ok_or_else(|| Error::not_found("dataset", rec.id.0))
+        self.home.catalog.read(|c| sql::stats(c, &rec.id.0))?.ok_or_else(|| Error::not_found("dataset", rec.id.0))
     }
 
     /// Splits a dataset into train and validation datasets, deterministically: the same
@@ -384,7 +381,10 @@ impl DatasetStore {
     ) -> Result<DatasetSplit> {
         let src = self.get(id_or_name)?;
         if !(val_fraction > 0.0 && val_fraction < 1.0) {
-            return Err(Error::config("val_fraction", format!("must be between 0 and 1 (exclusive), got {val_fraction}")));
+            return Err(Error::config(
+                "val_fraction",
+                format!("must be between 0 and 1 (exclusive), got {val_fraction}"),
+            ));
         }
         let n = src.num_records as usize;
         let n_val = ((n as f64) * val_fraction).round() as usize;
@@ -394,7 +394,8 @@ impl DatasetStore {
                 format!("{val_fraction} of {n} records leaves an empty half; use a larger dataset or another fraction"),
             ));
         }
-        let (train_name, val_name) = names.unwrap_or_else(|| (format!("{}-train", src.name), format!("{}-val", src.name)));
+        let (train_name, val_name) =
+            names.unwrap_or_else(|| (format!("{}-train", src.name), format!("{}-val", src.name)));
         let mut order: Vec<u32> = (0..n as u32).collect();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         order.shuffle(&mut rng);
@@ -407,7 +408,11 @@ impl DatasetStore {
         let mut val = Ingest::new(&self.dir(), &opts, Location::file(&src.path))?;
         let mut i = 0usize;
         for_each_record(&src.path, |v| {
-            if is_val.get(i).copied().unwrap_or(false) { val.push_normalized(&v)? } else { train.push_normalized(&v)? }
+            if is_val.get(i).copied().unwrap_or(false) {
+                val.push_normalized(&v)?
+            } else {
+                train.push_normalized(&v)?
+            }
             i += 1;
             Ok(true)
         })?;
@@ -415,13 +420,19 @@ impl DatasetStore {
         let parent = Some(src.id.clone());
         let half = |ingest: Ingest, name: &str| -> Result<DatasetRecord> {
             match self.check_name_free(name) {
-                Ok(()) => self.commit(ingest, name, source.clone(), SourceFormat::Records, parent.clone(), OnDuplicate::Reuse),
+                Ok(()) => {
+                    self.commit(ingest, name, source.clone(), SourceFormat::Records, parent.clone(), OnDuplicate::Reuse)
+                }
                 Err(e @ Error::AlreadyExists { .. }) => {
                     // The same split done before: same name and same content.
                     let existing = self.get(name)?;
                     let (buf, sha) = ingest.writer.finish();
                     drop(buf);
-                    if existing.sha256 == sha { Ok(existing) } else { Err(e) }
+                    if existing.sha256 == sha {
+                        Ok(existing)
+                    } else {
+                        Err(e)
+                    }
                 }
                 Err(e) => Err(e),
             }
@@ -458,13 +469,17 @@ impl DatasetStore {
     pub(crate) fn sweep(&self, min_age: std::time::Duration) -> Result<()> {
         let dir = self.dir();
         util::sweep_tmp(&dir, min_age);
-        let known: std::collections::HashSet<String> =
-            self.home.catalog.read(sql::all_shas)?.into_iter().collect();
+        let known: std::collections::HashSet<String> = self.home.catalog.read(sql::all_shas)?.into_iter().collect();
         let Ok(entries) = fs::read_dir(&dir) else { return Ok(()) };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             let is_content = name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit());
-            let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a >= min_age);
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|a| a >= min_age);
             if is_content && old && !known.contains(&name) {
                 let _ = fs::remove_dir_all(e.path());
             }

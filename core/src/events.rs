@@ -231,10 +231,7 @@ impl RecordingSink {
 
 impl EventSink for RecordingSink {
     fn on_event(&mut self, event: &Event) -> Result<()> {
-        self.events
-            .lock()
-            .map_err(|_| Error::Internal("recording sink lock poisoned".into()))?
-            .push(event.clone());
+        self.events.lock().map_err(|_| Error::Internal("recording sink lock poisoned".into()))?.push(event.clone());
         Ok(())
     }
 }
@@ -427,30 +424,18 @@ pub(crate) fn run_task<T>(
     unit: &str,
     body: impl FnOnce(&mut TaskReporter<'_>) -> Result<(T, Option<String>)>,
 ) -> Result<T> {
-    let started = Event::TaskStarted {
-        task: task.into(),
-        name: name.into(),
-        total,
-        unit: unit.into(),
-    };
+    let started = Event::TaskStarted { task: task.into(), name: name.into(), total, unit: unit.into() };
     let result = sink.on_event(&started).and_then(|_| {
         let mut reporter = TaskReporter { sink: &mut *sink, task, total };
         body(&mut reporter)
     });
     let finished = match &result {
-        Ok((_, id)) => Event::TaskFinished {
-            task: task.into(),
-            status: FinishStatus::Completed,
-            id: id.clone(),
-            error: None,
-        },
+        Ok((_, id)) => {
+            Event::TaskFinished { task: task.into(), status: FinishStatus::Completed, id: id.clone(), error: None }
+        }
         Err(e) => Event::TaskFinished {
             task: task.into(),
-            status: if matches!(e, Error::Cancelled) {
-                FinishStatus::Cancelled
-            } else {
-                FinishStatus::Failed
-            },
+            status: if matches!(e, Error::Cancelled) { FinishStatus::Cancelled } else { FinishStatus::Failed },
             id: None,
             error: Some(e.into()),
         },
@@ -477,11 +462,7 @@ pub(crate) struct TaskReporter<'a> {
 
 impl TaskReporter<'_> {
     pub(crate) fn progress(&mut self, done: u64) -> Result<()> {
-        self.sink.on_event(&Event::TaskProgress {
-            task: self.task.into(),
-            done,
-            total: self.total,
-        })
+        self.sink.on_event(&Event::TaskProgress { task: self.task.into(), done, total: self.total })
     }
 }
 
@@ -509,12 +490,7 @@ mod tests {
         assert_eq!(v["type"], "step");
         assert_eq!(v["step"], 3);
         assert!(v.get("sample").is_none());
-        let f = Event::JobFinished {
-            job_id: "j".into(),
-            status: FinishStatus::Cancelled,
-            model_id: None,
-            error: None,
-        };
+        let f = Event::JobFinished { job_id: "j".into(), status: FinishStatus::Cancelled, model_id: None, error: None };
         assert_eq!(f.to_json()["status"], "cancelled");
         let back: Event = serde_json::from_value(f.to_json()).unwrap();
         assert_eq!(back, f);
@@ -563,10 +539,7 @@ mod tests {
         assert!(matches!(r, Err(Error::Cancelled)));
         let ev = rec.events();
         assert_eq!(rec.types(), vec!["task_started", "task_progress", "task_finished"]);
-        assert!(matches!(
-            ev.last(),
-            Some(Event::TaskFinished { status: FinishStatus::Cancelled, .. })
-        ));
+        assert!(matches!(ev.last(), Some(Event::TaskFinished { status: FinishStatus::Cancelled, .. })));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! # fn main() -> anneal::Result<()> {
 //! use anneal::{Home, ImportOptions, PresetOptions};
 //! let home = Home::open("./anneal-home")?;
-//! let ds = home.datasets().import("data/train.jsonl", &ImportOptions::default())?;
+//! let ds = home.datasets().import_file("data/train.jsonl", &ImportOptions::default())?;
 //! let model = home.models().create_preset("nano", &PresetOptions::default())?;
 //! println!("{} records ({:?}); model {} with {} parameters", ds.num_records, ds.format, model.reference(), model.params);
 //! # Ok(()) }
@@ -36,3 +36,4 @@ pub use registry::{
     ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelRegistry, PresetOptions, RegisterOptions,
     Storage, SUPPORTED_MODEL_TYPES,
 };
+pub use util::options_from_json;

@@ -292,7 +292,11 @@ impl ModelRegistry {
                     let mut files = Vec::new();
                     for f in &inspected.files {
                         let sha = util::copy_hashing(&src.join(f), &staging.path().join(f), &mut progress)?;
-                        files.push(ModelFile { name: f.clone(), bytes: fs::metadata(staging.path().join(f)).with_path(staging.path())?.len(), sha256: sha });
+                        files.push(ModelFile {
+                            name: f.clone(),
+                            bytes: fs::metadata(staging.path().join(f)).with_path(staging.path())?.len(),
+                            sha256: sha,
+                        });
                     }
                     self.insert_staged(id, &mut staging, files, &inspected, new)?
                 }
@@ -301,7 +305,11 @@ impl ModelRegistry {
                     for f in &inspected.files {
                         let p = src.join(f);
                         let sha = util::sha256_file(&p, &mut progress)?;
-                        files.push(ModelFile { name: f.clone(), bytes: fs::metadata(&p).with_path(&p)?.len(), sha256: sha });
+                        files.push(ModelFile {
+                            name: f.clone(),
+                            bytes: fs::metadata(&p).with_path(&p)?.len(),
+                            sha256: sha,
+                        });
                     }
                     let id = ModelId(util::new_id("mdl"));
                     let rec = self.record(id, files, &inspected, new, Storage::Reference, src.clone());
@@ -348,7 +356,11 @@ impl ModelRegistry {
         presets::PRESETS
     }
 
-    fn adapter_parent(&self, inspected: &Inspected, opts: &RegisterOptions) -> Result<(Option<ModelId>, Option<String>)> {
+    fn adapter_parent(
+        &self,
+        inspected: &Inspected,
+        opts: &RegisterOptions,
+    ) -> Result<(Option<ModelId>, Option<String>)> {
         if inspected.kind != ModelKind::Lora {
             if opts.parent.is_some() {
                 return Err(Error::config("parent", "only adapters have a parent; this directory holds a full model"));
@@ -359,12 +371,12 @@ impl ModelRegistry {
             (Some(p), _) => p.clone(),
             (None, Some(hint)) => match self.resolve(hint.as_str()) {
                 Ok(r) => ModelRef(r.id.0),
-                Err(_) => {
-                    return Err(Error::config(
-                        "parent",
-                        format!("adapter base `{hint}` is not registered here; pass parent (a model id, name or name@version)"),
-                    ))
-                }
+                Err(_) => return Err(Error::config(
+                    "parent",
+                    format!(
+                        "adapter base `{hint}` is not registered here; pass parent (a model id, name or name@version)"
+                    ),
+                )),
             },
             (None, None) => return Err(Error::config("parent", "an adapter needs a parent model; pass parent")),
         };
@@ -375,7 +387,15 @@ impl ModelRegistry {
         Ok((Some(parent.id), Some(parent.family)))
     }
 
-    fn record(&self, id: ModelId, files: Vec<ModelFile>, ins: &Inspected, new: NewModel<'_>, storage: Storage, path: PathBuf) -> ModelRecord {
+    fn record(
+        &self,
+        id: ModelId,
+        files: Vec<ModelFile>,
+        ins: &Inspected,
+        new: NewModel<'_>,
+        storage: Storage,
+        path: PathBuf,
+    ) -> ModelRecord {
         let manifest: String = {
             let mut sorted: Vec<&ModelFile> = files.iter().collect();
             sorted.sort_by(|a, b| a.name.cmp(&b.name));
@@ -411,7 +431,14 @@ impl ModelRegistry {
     }
 
     /// Moves a staged directory to `models/<id>` and inserts its row.
-    fn insert_staged(&self, id: ModelId, staging: &mut StagingDir, files: Vec<ModelFile>, ins: &Inspected, new: NewModel<'_>) -> Result<ModelRecord> {
+    fn insert_staged(
+        &self,
+        id: ModelId,
+        staging: &mut StagingDir,
+        files: Vec<ModelFile>,
+        ins: &Inspected,
+        new: NewModel<'_>,
+    ) -> Result<ModelRecord> {
         let dest = self.dir().join(&id.0);
         let rec = self.record(id.clone(), files, ins, new, Storage::Copy, dest.clone());
         if !staging.persist(&dest)? {
@@ -465,7 +492,10 @@ impl ModelRegistry {
     pub fn set_alias(&self, model: impl Into<ModelRef>, alias: &str) -> Result<ModelRecord> {
         util::validate_name("alias", alias)?;
         if alias.parse::<u32>().is_ok() || RESERVED_ALIASES.contains(&alias) || alias.contains('/') {
-            return Err(Error::config("alias", format!("`{alias}` cannot be an alias (numbers, `latest` and `/` are reserved)")));
+            return Err(Error::config(
+                "alias",
+                format!("`{alias}` cannot be an alias (numbers, `latest` and `/` are reserved)"),
+            ));
         }
         let m = self.resolve(model)?;
         let now = util::now();
@@ -493,7 +523,10 @@ impl ModelRegistry {
             if !force && (!children.is_empty() || !jobs.is_empty()) {
                 let mut why = Vec::new();
                 if !children.is_empty() {
-                    why.push(format!("adapter(s) {}", children.iter().map(ModelRecord::reference).collect::<Vec<_>>().join(", ")));
+                    why.push(format!(
+                        "adapter(s) {}",
+                        children.iter().map(ModelRecord::reference).collect::<Vec<_>>().join(", ")
+                    ));
                 }
                 if !jobs.is_empty() {
                     why.push(format!("job(s) {}", jobs.join(", ")));
@@ -533,7 +566,12 @@ impl ModelRegistry {
         let Ok(entries) = fs::read_dir(&dir) else { return Ok(()) };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a >= min_age);
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|a| a >= min_age);
             if name.starts_with("mdl_") && old && !known.contains(&name) {
                 let _ = fs::remove_dir_all(e.path());
             }

@@ -42,8 +42,10 @@ pub mod byte_level {
         }
         let added: Vec<Value> = SPECIALS
             .iter()
-            .map(|(id, t)| json!({"id": id, "content": t, "single_word": false, "lstrip": false,
-                                   "rstrip": false, "normalized": false, "special": true}))
+            .map(|(id, t)| {
+                json!({"id": id, "content": t, "single_word": false, "lstrip": false,
+                                   "rstrip": false, "normalized": false, "special": true})
+            })
             .collect();
         json!({
             "version": "1.0",

@@ -10,6 +10,34 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoResultExt, Result};
 
+/// Builds an options struct (`ImportOptions`, `RegisterOptions`, ...) from JSON, as the
+/// bindings receive it. Unknown or mistyped fields are `invalid_config` errors naming
+/// the field; defaults come from the struct's `Default`.
+pub fn options_from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T> {
+    let value = match value {
+        serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+        v => v,
+    };
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // An unknown key is reported at its parent; serde names it in backticks.
+        let field = if inner.starts_with("unknown field") {
+            let key = inner.split('`').nth(1).unwrap_or("?");
+            if path == "." {
+                key.to_string()
+            } else {
+                format!("{path}.{key}")
+            }
+        } else if path == "." {
+            "options".to_string()
+        } else {
+            path
+        };
+        Error::config(field, inner)
+    })
+}
+
 /// A new random id with a type prefix, e.g. `ds_3f2a9c0d1b7e4a56`.
 pub(crate) fn new_id(prefix: &str) -> String {
     let n: u64 = rand::rng().random();
@@ -26,13 +54,13 @@ pub(crate) fn validate_name(field: &str, name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 128 {
         return Err(Error::config(field, "must be 1 to 128 characters"));
     }
-    let ok = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    let ok = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
     if !ok || name.starts_with(['.', '/']) {
         return Err(Error::config(
             field,
-            format!("`{name}` may use only letters, digits, `-`, `_`, `.` and `/`, and must start with a letter or digit"),
+            format!(
+                "`{name}` may use only letters, digits, `-`, `_`, `.` and `/`, and must start with a letter or digit"
+            ),
         ));
     }
     Ok(())
@@ -41,10 +69,8 @@ pub(crate) fn validate_name(field: &str, name: &str) -> Result<()> {
 /// A name derived from a file or directory: its stem with unsupported characters replaced.
 pub(crate) fn name_from_path(path: &Path) -> String {
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("dataset");
-    let cleaned: String = stem
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' })
-        .collect();
+    let cleaned: String =
+        stem.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' }).collect();
     let trimmed = cleaned.trim_start_matches(['.', '-', '_']);
     if trimmed.is_empty() {
         "unnamed".into()
@@ -87,10 +113,7 @@ impl<W: Write> Write for HashingWriter<W> {
 
 /// sha256 of a file, streamed. `on_chunk(bytes)` is called after each chunk and may
 /// stop the work (cancellation) by returning an error.
-pub(crate) fn sha256_file(
-    path: &Path,
-    mut on_chunk: impl FnMut(u64) -> Result<()>,
-) -> Result<String> {
+pub(crate) fn sha256_file(path: &Path, mut on_chunk: impl FnMut(u64) -> Result<()>) -> Result<String> {
     let mut f = fs::File::open(path).with_path(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -106,11 +129,7 @@ pub(crate) fn sha256_file(
 }
 
 /// Copies `src` to `dst` while hashing; returns the hex sha256.
-pub(crate) fn copy_hashing(
-    src: &Path,
-    dst: &Path,
-    mut on_chunk: impl FnMut(u64) -> Result<()>,
-) -> Result<String> {
+pub(crate) fn copy_hashing(src: &Path, dst: &Path, mut on_chunk: impl FnMut(u64) -> Result<()>) -> Result<String> {
     let mut input = fs::File::open(src).with_path(src)?;
     let out = fs::File::create(dst).with_path(dst)?;
     let mut w = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, out));
@@ -132,11 +151,7 @@ pub(crate) fn copy_hashing(
 /// Writes `bytes` to `path` crash-safely: a temp file in the same directory, fsync, rename.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".tmp-{}-{}",
-        path.file_name().and_then(|s| s.to_str()).unwrap_or("file"),
-        new_id("w")
-    ));
+    let tmp = dir.join(format!(".tmp-{}-{}", path.file_name().and_then(|s| s.to_str()).unwrap_or("file"), new_id("w")));
     let res = (|| {
         let mut f = fs::File::create(&tmp).with_path(&tmp)?;
         f.write_all(bytes).with_path(&tmp)?;
@@ -222,6 +237,18 @@ pub(crate) fn sweep_tmp(dir: &Path, min_age: std::time::Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_from_json_names_bad_fields() {
+        let o: crate::ImportOptions =
+            options_from_json(serde_json::json!({"name": "x", "on_duplicate": "reuse"})).unwrap();
+        assert_eq!(o.name.as_deref(), Some("x"));
+        let e = options_from_json::<crate::ImportOptions>(serde_json::json!({"nme": "x"})).unwrap_err();
+        assert_eq!(e.code(), "invalid_config");
+        assert!(e.to_string().contains("`nme`"), "{e}");
+        let e = options_from_json::<crate::ImportOptions>(serde_json::json!({"format": "poem"})).unwrap_err();
+        assert!(e.to_string().contains("poem") && e.to_string().contains("`format`"), "{e}");
+    }
 
     #[test]
     fn names_are_checked() {

@@ -9,7 +9,8 @@ use super::{from_json, is_unique_violation, to_json};
 use crate::data::{DatasetFormat, DatasetId, DatasetRecord, DatasetStats, SourceFormat};
 use crate::error::{Error, Result};
 
-const COLS: &str = "id, name, format, sha256, num_records, bytes, source, source_format, columns, parent_id, created_at";
+const COLS: &str =
+    "id, name, format, sha256, num_records, bytes, source, source_format, columns, parent_id, created_at";
 
 fn row_to_record(home: &Path, r: &Row<'_>) -> rusqlite::Result<DatasetRecord> {
     let sha: String = r.get(3)?;
@@ -93,9 +94,8 @@ pub(crate) fn list(conn: &Connection, home: &Path) -> Result<Vec<DatasetRecord>>
 }
 
 pub(crate) fn stats(conn: &Connection, id: &str) -> Result<Option<DatasetStats>> {
-    let s: Option<String> = conn
-        .query_row("SELECT stats FROM datasets WHERE id = ?1", [id], |r| r.get(0))
-        .optional()?;
+    let s: Option<String> =
+        conn.query_row("SELECT stats FROM datasets WHERE id = ?1", [id], |r| r.get(0)).optional()?;
     Ok(match s {
         Some(s) => Some(from_json(&s)?),
         None => None,

@@ -54,11 +54,8 @@ fn row_to_record(home: &Path, r: &Row<'_>) -> rusqlite::Result<ModelRecord> {
 /// Inserts a model with the next free version of its name; returns that version.
 /// `stored_path` is relative to the home for copies, absolute for references.
 pub(crate) fn insert(conn: &Connection, rec: &ModelRecord, stored_path: &str) -> Result<u32> {
-    let version: i64 = conn.query_row(
-        "SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?1",
-        [&rec.name],
-        |r| r.get(0),
-    )?;
+    let version: i64 =
+        conn.query_row("SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?1", [&rec.name], |r| r.get(0))?;
     let res = conn.execute(
         "INSERT INTO models (id, name, version, kind, family, architecture, model_type, parent_id, params, dtype,
              bytes, sha256, storage, path, files, tokenizer, source, task, tags, lineage, config, created_at)
@@ -131,12 +128,14 @@ pub(crate) fn list(conn: &Connection, home: &Path, f: &ModelFilter) -> Result<Ve
     let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
     let kind = f.kind.map(|k| k.as_str());
     let tag = f.tag.as_ref().map(|t| format!("%{}%", serde_json::Value::String(t.clone())));
-    for (col, val) in [("m.kind = ?", kind.as_ref().map(|k| k as &dyn rusqlite::ToSql)),
-                       ("m.family = ?", f.family.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
-                       ("m.task = ?", f.task.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
-                       ("m.name = ?", f.name.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
-                       ("m.parent_id = ?", f.parent.as_ref().map(|v| &v.0 as &dyn rusqlite::ToSql)),
-                       ("m.tags LIKE ?", tag.as_ref().map(|v| v as &dyn rusqlite::ToSql))] {
+    for (col, val) in [
+        ("m.kind = ?", kind.as_ref().map(|k| k as &dyn rusqlite::ToSql)),
+        ("m.family = ?", f.family.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+        ("m.task = ?", f.task.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+        ("m.name = ?", f.name.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+        ("m.parent_id = ?", f.parent.as_ref().map(|v| &v.0 as &dyn rusqlite::ToSql)),
+        ("m.tags LIKE ?", tag.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+    ] {
         if let Some(v) = val {
             clauses.push(format!("{col}{}", args.len() + 1));
             args.push(v);

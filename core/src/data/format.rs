@@ -147,7 +147,11 @@ impl Shape {
             if !format.fields().contains(&field.as_str()) {
                 return Err(Error::config(
                     format!("columns.{field}"),
-                    format!("`{field}` is not a field of the {} format (fields: {})", format.as_str(), format.fields().join(", ")),
+                    format!(
+                        "`{field}` is not a field of the {} format (fields: {})",
+                        format.as_str(),
+                        format.fields().join(", ")
+                    ),
                 ));
             }
         }
@@ -187,13 +191,13 @@ impl Shape {
                 if label.is_null() {
                     return Err(Error::data(loc.clone().field(label_col), "label is null"));
                 }
-                let features: Map<String, Value> = rec
-                    .iter()
-                    .filter(|(k, _)| k.as_str() != label_col)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
+                let features: Map<String, Value> =
+                    rec.iter().filter(|(k, _)| k.as_str() != label_col).map(|(k, v)| (k.clone(), v.clone())).collect();
                 if features.is_empty() {
-                    return Err(Error::data(loc.clone(), "a tabular record needs at least one feature column besides the label"));
+                    return Err(Error::data(
+                        loc.clone(),
+                        "a tabular record needs at least one feature column besides the label",
+                    ));
                 }
                 out.insert("features".into(), Value::Object(features));
                 out.insert("label".into(), label.clone());
@@ -239,7 +243,10 @@ impl Shape {
             let role = match obj.get("role") {
                 Some(Value::String(r)) if CHAT_ROLES.contains(&r.as_str()) => r.clone(),
                 Some(Value::String(r)) => {
-                    return Err(Error::data(at("role"), format!("unknown role `{r}` (expected {})", CHAT_ROLES.join(", "))))
+                    return Err(Error::data(
+                        at("role"),
+                        format!("unknown role `{r}` (expected {})", CHAT_ROLES.join(", ")),
+                    ))
                 }
                 _ => return Err(Error::data(at("role"), "missing or not a string")),
             };
@@ -262,10 +269,7 @@ fn keys(m: &Map<String, Value>) -> String {
 
 fn missing_column(loc: &Location, field: &str, col: &str, rec: &Map<String, Value>) -> Error {
     let how = if field == col { String::new() } else { format!(" (mapped to `{field}`)") };
-    Error::data(
-        loc.clone().field(col),
-        format!("missing column `{col}`{how}; the record has [{}]", keys(rec)),
-    )
+    Error::data(loc.clone().field(col), format!("missing column `{col}`{how}; the record has [{}]", keys(rec)))
 }
 
 #[cfg(test)]

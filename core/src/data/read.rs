@@ -207,10 +207,7 @@ fn read_jsonl(path: &Path, reader: impl Read, visit: &mut dyn FnMut(RawRecord) -
             continue;
         }
         let value: Value = serde_json::from_str(&line).map_err(|e| {
-            Error::data(
-                Location::file(path).at(line_no),
-                format!("malformed JSON at column {}: {e}", e.column()),
-            )
+            Error::data(Location::file(path).at(line_no), format!("malformed JSON at column {}: {e}", e.column()))
         })?;
         let fields = into_object(value, Location::file(path).at(line_no))?;
         visit(RawRecord { index: line_no, fields })?;
@@ -220,10 +217,7 @@ fn read_jsonl(path: &Path, reader: impl Read, visit: &mut dyn FnMut(RawRecord) -
 pub(crate) fn into_object(value: Value, loc: Location) -> Result<Map<String, Value>> {
     match value {
         Value::Object(m) => Ok(m),
-        other => Err(Error::data(
-            loc,
-            format!("expected a JSON object, found {}", json_type(&other)),
-        )),
+        other => Err(Error::data(loc, format!("expected a JSON object, found {}", json_type(&other)))),
     }
 }
 
@@ -299,11 +293,7 @@ fn read_csv(
     delimiter: u8,
     visit: &mut dyn FnMut(RawRecord) -> Result<()>,
 ) -> Result<()> {
-    let mut r = csv::ReaderBuilder::new()
-        .delimiter(delimiter)
-        .has_headers(true)
-        .flexible(false)
-        .from_reader(reader);
+    let mut r = csv::ReaderBuilder::new().delimiter(delimiter).has_headers(true).flexible(false).from_reader(reader);
     let headers = r.headers().map_err(|e| csv_error(path, e))?.clone();
     if headers.is_empty() || (headers.len() == 1 && headers[0].trim().is_empty()) {
         return Err(empty_file(path));
@@ -323,11 +313,8 @@ fn read_csv(
             Ok(false) => return Ok(()),
             Ok(true) => {
                 let line = rec.position().map_or(0, |p| p.line());
-                let fields = names
-                    .iter()
-                    .zip(rec.iter())
-                    .map(|(k, v)| (k.clone(), Value::String(v.to_string())))
-                    .collect();
+                let fields =
+                    names.iter().zip(rec.iter()).map(|(k, v)| (k.clone(), Value::String(v.to_string()))).collect();
                 visit(RawRecord { index: line, fields })?;
             }
             Err(e) => return Err(csv_error(path, e)),
@@ -340,18 +327,13 @@ fn csv_error(path: &Path, e: csv::Error) -> Error {
     let mut loc = Location::file(path);
     loc.record = line;
     match e.kind() {
-        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => Error::data(
-            loc,
-            format!("ragged row: {len} fields where the header has {expected_len}"),
-        ),
-        csv::ErrorKind::Utf8 { err, .. } => Error::data(
-            loc.field(format!("column {}", err.field() + 1)),
-            "invalid UTF-8",
-        ),
-        csv::ErrorKind::Io(_) => Error::Io {
-            path: PathBuf::from(path),
-            source: std::io::Error::other(e.to_string()),
-        },
+        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+            Error::data(loc, format!("ragged row: {len} fields where the header has {expected_len}"))
+        }
+        csv::ErrorKind::Utf8 { err, .. } => {
+            Error::data(loc.field(format!("column {}", err.field() + 1)), "invalid UTF-8")
+        }
+        csv::ErrorKind::Io(_) => Error::Io { path: PathBuf::from(path), source: std::io::Error::other(e.to_string()) },
         _ => Error::data(loc, format!("malformed CSV: {e}")),
     }
 }

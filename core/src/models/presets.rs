@@ -66,7 +66,10 @@ pub fn find(name: &str) -> Result<&'static Preset> {
     PRESETS.iter().find(|p| p.name == name).ok_or_else(|| {
         Error::config(
             "preset",
-            format!("unknown preset `{name}` (available: {})", PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")),
+            format!(
+                "unknown preset `{name}` (available: {})",
+                PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+            ),
         )
     })
 }

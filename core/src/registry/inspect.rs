@@ -66,8 +66,8 @@ pub(crate) fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, Te
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).with_path(path)?;
-    let header: HashMap<String, Value> = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("safetensors header is not valid JSON: {e}")))?;
+    let header: HashMap<String, Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("safetensors header is not valid JSON: {e}")))?;
     let data_len = file_len - 8 - n;
     let mut tensors = BTreeMap::new();
     let mut spans = Vec::new();
@@ -89,7 +89,8 @@ pub(crate) fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, Te
             .and_then(|a| a.iter().map(Value::as_u64).collect())
             .filter(|o: &Vec<u64>| o.len() == 2)
             .ok_or_else(|| at("missing or invalid data_offsets".into()))?;
-        let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(|| at("shape overflows".into()))?;
+        let numel =
+            shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(|| at("shape overflows".into()))?;
         let (start, end) = (offs[0], offs[1]);
         if end < start || end - start != numel * size {
             return Err(at(format!(
@@ -98,7 +99,9 @@ pub(crate) fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, Te
             )));
         }
         if end > data_len {
-            return Err(at(format!("data ends at byte {end} but the file holds {data_len} bytes of data (truncated?)")));
+            return Err(at(format!(
+                "data ends at byte {end} but the file holds {data_len} bytes of data (truncated?)"
+            )));
         }
         spans.push((start, end, name.clone()));
         tensors.insert(name, TensorInfo { dtype: dtype.to_string(), shape });
@@ -122,9 +125,8 @@ pub(crate) fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, Te
 
 fn read_json(path: &Path) -> Result<Value> {
     let bytes = fs::read(path).with_path(path)?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        Error::data(Location::file(path).at(e.line() as u64), format!("invalid JSON: {e}"))
-    })
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::data(Location::file(path).at(e.line() as u64), format!("invalid JSON: {e}")))
 }
 
 /// Files worth keeping from a model directory besides the weights.
@@ -162,11 +164,8 @@ pub(crate) fn inspect_dir(dir: &Path) -> Result<Inspected> {
         .and_then(Value::as_str)
         .ok_or_else(|| Error::data(Location::file(&config_path).field("model_type"), "missing or not a string"))?
         .to_string();
-    let family = SUPPORTED_MODEL_TYPES
-        .iter()
-        .find(|(t, _)| *t == model_type)
-        .map(|(_, f)| f.to_string())
-        .ok_or_else(|| {
+    let family =
+        SUPPORTED_MODEL_TYPES.iter().find(|(t, _)| *t == model_type).map(|(_, f)| f.to_string()).ok_or_else(|| {
             Error::data(
                 Location::file(&config_path).field("model_type"),
                 format!(
@@ -219,7 +218,10 @@ fn weight_files(dir: &Path, names: &[String]) -> Result<Vec<String>> {
                 Error::data(Location::file(&index).field(format!("weight_map.{tensor}")), "not a file name")
             })?;
             if file.contains('/') || file.contains('\\') || file.starts_with('.') {
-                return Err(Error::data(Location::file(&index).field(format!("weight_map.{tensor}")), format!("unsafe shard name `{file}`")));
+                return Err(Error::data(
+                    Location::file(&index).field(format!("weight_map.{tensor}")),
+                    format!("unsafe shard name `{file}`"),
+                ));
             }
             shards.entry(file.to_string()).or_default().push(tensor.clone());
         }
@@ -229,12 +231,18 @@ fn weight_files(dir: &Path, names: &[String]) -> Result<Vec<String>> {
         for (file, tensors) in &shards {
             let p = dir.join(file);
             if !p.exists() {
-                return Err(Error::data(Location::file(&index).field(format!("weight_map.{}", tensors[0])), format!("shard {file} is missing")));
+                return Err(Error::data(
+                    Location::file(&index).field(format!("weight_map.{}", tensors[0])),
+                    format!("shard {file} is missing"),
+                ));
             }
             let header = read_safetensors_header(&p)?;
             for t in tensors {
                 if !header.contains_key(t) {
-                    return Err(Error::data(Location::file(&p).field(t.clone()), format!("tensor listed in {} is not in this shard", index.display())));
+                    return Err(Error::data(
+                        Location::file(&p).field(t.clone()),
+                        format!("tensor listed in {} is not in this shard", index.display()),
+                    ));
                 }
             }
         }
@@ -245,9 +253,20 @@ fn weight_files(dir: &Path, names: &[String]) -> Result<Vec<String>> {
     if names.iter().any(|n| n == "model.safetensors") {
         return Ok(vec!["model.safetensors".into()]);
     }
-    let other: Vec<&String> = names.iter().filter(|n| n.ends_with(".bin") || n.ends_with(".pt") || n.ends_with(".pth")).collect();
-    let hint = if other.is_empty() { String::new() } else { format!(" (found {}: only safetensors weights are supported)", other.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")) };
-    Err(Error::data(Location::file(dir.join("model.safetensors")), format!("no weights: expected model.safetensors or model.safetensors.index.json{hint}")))
+    let other: Vec<&String> =
+        names.iter().filter(|n| n.ends_with(".bin") || n.ends_with(".pt") || n.ends_with(".pth")).collect();
+    let hint = if other.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (found {}: only safetensors weights are supported)",
+            other.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        )
+    };
+    Err(Error::data(
+        Location::file(dir.join("model.safetensors")),
+        format!("no weights: expected model.safetensors or model.safetensors.index.json{hint}"),
+    ))
 }
 
 fn count_params(dir: &Path, weight_files: &[String]) -> Result<(u64, String)> {
@@ -269,7 +288,10 @@ fn inspect_adapter(dir: &Path, names: &[String]) -> Result<Inspected> {
     let config = read_json(&cfg_path)?;
     let peft_type = config.get("peft_type").and_then(Value::as_str).unwrap_or("LORA");
     if !peft_type.eq_ignore_ascii_case("lora") {
-        return Err(Error::data(Location::file(&cfg_path).field("peft_type"), format!("unsupported adapter type `{peft_type}` (only LORA)")));
+        return Err(Error::data(
+            Location::file(&cfg_path).field("peft_type"),
+            format!("unsupported adapter type `{peft_type}` (only LORA)"),
+        ));
     }
     for field in ["r", "lora_alpha"] {
         if config.get(field).and_then(Value::as_f64).is_none() {
@@ -277,7 +299,10 @@ fn inspect_adapter(dir: &Path, names: &[String]) -> Result<Inspected> {
         }
     }
     if !names.iter().any(|n| n == "adapter_model.safetensors") {
-        return Err(Error::data(Location::file(dir.join("adapter_model.safetensors")), "missing adapter weights (adapter_model.safetensors)"));
+        return Err(Error::data(
+            Location::file(dir.join("adapter_model.safetensors")),
+            "missing adapter weights (adapter_model.safetensors)",
+        ));
     }
     let weights = vec!["adapter_model.safetensors".to_string()];
     let (params, dtype) = count_params(dir, &weights)?;
