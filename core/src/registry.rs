@@ -371,12 +371,14 @@ impl ModelRegistry {
             (Some(p), _) => p.clone(),
             (None, Some(hint)) => match self.resolve(hint.as_str()) {
                 Ok(r) => ModelRef(r.id.0),
-                Err(_) => return Err(Error::config(
-                    "parent",
-                    format!(
+                Err(_) => {
+                    return Err(Error::config(
+                        "parent",
+                        format!(
                         "adapter base `{hint}` is not registered here; pass parent (a model id, name or name@version)"
                     ),
-                )),
+                    ))
+                }
             },
             (None, None) => return Err(Error::config("parent", "an adapter needs a parent model; pass parent")),
         };
