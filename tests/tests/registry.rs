@@ -295,3 +295,39 @@ fn registration_reports_progress_and_cancels_cleanly() {
     assert_eq!(model_dirs(&h), before);
     assert_eq!(h.models().list(&ModelFilter::default()).unwrap().len(), 1);
 }
+
+/// Inserts a training job row the way the (upcoming) TrainingEngine will, using the
+/// sqlite3 module of the system Python so the test needs no SQL driver of its own.
+fn insert_job(home: &Home, job_id: &str, model_id: &str, dataset_id: &str) {
+    let db = home.root().join("anneal.db");
+    let py = format!(
+        "import sqlite3; c = sqlite3.connect({db:?}); c.execute('PRAGMA foreign_keys=ON'); \
+         c.execute(\"INSERT INTO jobs (id, status, base_model_id, dataset_id, spec, created_at, updated_at) \
+         VALUES (?, 'pending', ?, ?, '{{}}', 'now', 'now')\", ({job_id:?}, {model_id:?}, {dataset_id:?})); c.commit()",
+        db = db.display().to_string()
+    );
+    let ok = std::process::Command::new("python3").arg("-c").arg(py).status().unwrap().success();
+    assert!(ok, "could not insert a job row");
+}
+
+#[test]
+fn delete_refuses_while_a_job_depends_unless_forced() {
+    let (d, h) = home();
+    let base = h.models().create_preset("nano", &PresetOptions::default()).unwrap();
+    let p = d.path().join("t.jsonl");
+    fs::write(&p, "{\"text\": \"x\"}\n").unwrap();
+    let ds = h.datasets().import_file(&p, &Default::default()).unwrap();
+    insert_job(&h, "job_1", &base.id.0, &ds.id.0);
+    let e = h.models().delete(&base.id, false).unwrap_err();
+    assert_eq!(e.code(), "in_use");
+    assert!(e.to_string().contains("job_1"), "{e}");
+    let e = h.datasets().delete(&ds.id, false).unwrap_err();
+    assert_eq!(e.code(), "in_use");
+    assert!(e.to_string().contains("job_1"), "{e}");
+    // Nothing was removed by the refusals.
+    assert!(base.path.exists() && ds.path.exists());
+    h.models().delete(&base.id, true).unwrap();
+    h.datasets().delete(&ds.id, true).unwrap();
+    assert!(!base.path.exists() && !ds.path.exists());
+    assert!(h.models().list(&ModelFilter::default()).unwrap().is_empty());
+}
