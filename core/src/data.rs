@@ -179,7 +179,7 @@ impl DatasetStore {
             let mut next_report = PROGRESS_BYTES;
             read::read_file(path, source_format, opts.txt_mode, &counter, &mut |raw| {
                 ingest.push(raw)?;
-                if ingest.count % 256 == 0 {
+                if ingest.count.is_multiple_of(256) {
                     cancel.check()?;
                 }
                 if counter.get() >= next_report {
@@ -236,7 +236,7 @@ impl DatasetStore {
                 let value = item?;
                 let fields = read::into_object(value, Location::default().at(index))?;
                 ingest.push(RawRecord { index, fields })?;
-                if index % PROGRESS_RECORDS == 0 {
+                if index.is_multiple_of(PROGRESS_RECORDS) {
                     cancel.check()?;
                     rep.progress(index)?;
                 }

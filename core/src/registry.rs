@@ -196,7 +196,7 @@ pub struct RegisterOptions {
 }
 
 /// Options for [`ModelRegistry::create_preset`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PresetOptions {
     /// Default: the preset's name.
@@ -205,12 +205,6 @@ pub struct PresetOptions {
     pub seed: u64,
     pub task: Option<String>,
     pub tags: Vec<String>,
-}
-
-impl Default for PresetOptions {
-    fn default() -> Self {
-        Self { name: None, seed: 0, task: None, tags: Vec::new() }
-    }
 }
 
 /// Filters for [`ModelRegistry::list`]; every set field must match.
