@@ -62,6 +62,13 @@ def matmul_params(model):
     return n
 
 
+def flops_per_token(mm_params, method):
+    """6 per matmul parameter for full training (forward 2, input grads 2, weight grads 2);
+    4 for LoRA, whose frozen weights get no weight gradient (the adapters' own FLOPs are
+    negligible at r=8)."""
+    return (6 if method == "full" else 4) * mm_params
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", choices=CONFIGS, default="tiny")
@@ -108,7 +115,7 @@ def main():
         "threads": a.threads, "tokens_per_step": tokens, "step_s": round(dt, 4), "tokens_per_s": round(tps, 1),
         "peak_rss_mib": round(peak_rss_mib(), 1), "rss_after_import_mib": round(rss_after_import, 1),
         "trainable_params": sum(p.numel() for p in params), "matmul_params": mm_params,
-        "mfu": round(6 * mm_params * tps / PEAK_FLOPS, 4), "loss": round(loss, 4),
+        "mfu": round(flops_per_token(mm_params, a.method) * tps / PEAK_FLOPS, 4), "loss": round(loss, 4),
     }))
 
 
