@@ -355,6 +355,9 @@ impl DatasetStore {
     pub fn preview(&self, id_or_name: impl Into<DatasetId>, n: usize) -> Result<Vec<Value>> {
         let rec = self.get(id_or_name)?;
         let mut out = Vec::with_capacity(n.min(1024));
+        if n == 0 {
+            return Ok(out);
+        }
         for_each_record(&rec.path, |v| {
             out.push(v);
             Ok(out.len() < n)

@@ -136,6 +136,7 @@ fn preview_stats_split_get_delete() {
     let ds = h.datasets();
     let rec = ds.import_file(&p, &ImportOptions::default()).unwrap();
     assert_eq!(ds.preview("qa", 3).unwrap().len(), 3);
+    assert!(ds.preview("qa", 0).unwrap().is_empty());
     assert_eq!(ds.preview("qa", 1000).unwrap().len(), 100);
     let st = ds.stats(&rec.id).unwrap();
     assert_eq!(st.num_records, 100);
