@@ -16,6 +16,7 @@ mod data;
 mod error;
 pub mod events;
 mod home;
+pub mod lora;
 pub mod models;
 mod registry;
 pub mod tokenizer;
@@ -31,9 +32,14 @@ pub use events::{
     Throttle,
 };
 pub use home::Home;
+pub use lora::LoraConfig;
 pub use models::presets::Preset;
+pub use models::{
+    causal_lm_loss, load_model, Activation, Family, ForwardMode, LoadOptions, Model, ModelConfig, ModelSource,
+};
 pub use registry::{
     ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelRegistry, PresetOptions, RegisterOptions,
     Storage, SUPPORTED_MODEL_TYPES,
 };
+pub use tokenizer::{ChatMessage, SpecialToken, Tokenizer};
 pub use util::options_from_json;
