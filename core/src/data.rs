@@ -236,7 +236,7 @@ impl DatasetStore {
                 let value = item?;
                 let fields = read::into_object(value, Location::default().at(index))?;
                 ingest.push(RawRecord { index, fields })?;
-                if index % PROGRESS_RECORDS == 0 {
+                if index.is_multiple_of(PROGRESS_RECORDS) {
                     cancel.check()?;
                     rep.progress(index)?;
                 }

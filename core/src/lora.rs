@@ -66,7 +66,10 @@ impl Model {
         let mut take = |module: &str, which: char, shape: [usize; 2]| -> Result<Tensor> {
             let k = peft::key(module, which);
             let t = tensors.remove(&k).ok_or_else(|| {
-                Error::data(Location::file(&st).field(&k), "missing tensor for a module targeted by adapter_config.json")
+                Error::data(
+                    Location::file(&st).field(&k),
+                    "missing tensor for a module targeted by adapter_config.json",
+                )
             })?;
             if t.dims() != shape {
                 return Err(Error::data(
@@ -240,11 +243,7 @@ impl Model {
             ));
         }
         let target_names: Vec<String> = names.into_iter().collect();
-        let config = LoraConfig {
-            target_modules: target_names.clone(),
-            fan_in_fan_out: Some(conv1d),
-            ..cfg.clone()
-        };
+        let config = LoraConfig { target_modules: target_names.clone(), fan_in_fan_out: Some(conv1d), ..cfg.clone() };
         self.set_lora_state(Some(LoraState {
             config,
             target_names,

@@ -395,8 +395,7 @@ pub(crate) mod ops {
         dev: &Device,
     ) -> Result<(Tensor, Tensor)> {
         let half = head_dim / 2;
-        let inv: Vec<f32> =
-            (0..half).map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
+        let inv: Vec<f32> = (0..half).map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
         for p in offset..offset + t {

@@ -196,7 +196,7 @@ pub struct RegisterOptions {
 }
 
 /// Options for [`ModelRegistry::create_preset`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PresetOptions {
     /// Default: the preset's name.
@@ -205,12 +205,6 @@ pub struct PresetOptions {
     pub seed: u64,
     pub task: Option<String>,
     pub tags: Vec<String>,
-}
-
-impl Default for PresetOptions {
-    fn default() -> Self {
-        Self { name: None, seed: 0, task: None, tags: Vec::new() }
-    }
 }
 
 /// Filters for [`ModelRegistry::list`]; every set field must match.
@@ -371,12 +365,14 @@ impl ModelRegistry {
             (Some(p), _) => p.clone(),
             (None, Some(hint)) => match self.resolve(hint.as_str()) {
                 Ok(r) => ModelRef(r.id.0),
-                Err(_) => return Err(Error::config(
-                    "parent",
-                    format!(
+                Err(_) => {
+                    return Err(Error::config(
+                        "parent",
+                        format!(
                         "adapter base `{hint}` is not registered here; pass parent (a model id, name or name@version)"
                     ),
-                )),
+                    ))
+                }
             },
             (None, None) => return Err(Error::config("parent", "an adapter needs a parent model; pass parent")),
         };

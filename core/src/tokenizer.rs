@@ -100,7 +100,8 @@ impl Tokenizer {
                     return Some(SpecialToken { text, id });
                 }
             }
-            let id = ids_of(gen.get(id_key)).into_iter().next().or_else(|| ids_of(config.get(id_key)).into_iter().next())?;
+            let id =
+                ids_of(gen.get(id_key)).into_iter().next().or_else(|| ids_of(config.get(id_key)).into_iter().next())?;
             let text = inner.id_to_token(id)?;
             Some(SpecialToken { text, id })
         };

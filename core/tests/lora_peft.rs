@@ -88,7 +88,10 @@ fn peft_adapter_round_trips_through_anneal() {
     let b = candle_core::safetensors::load(out.path().join("adapter_model.safetensors"), &Device::Cpu).unwrap();
     for (k, t) in &a {
         let u = &b[k];
-        assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), u.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            u.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
     }
     assert_eq!(json(&out.path().join("adapter_config.json"))["base_model_name_or_path"], "tiny-llama");
     let mut m2 = llama();
@@ -175,7 +178,7 @@ fn adapter_errors_are_typed() {
     assert!(e.to_string().contains("lora_A.weight"), "{e}");
     assert!(m.trainable_vars().is_empty(), "a failed load leaves no half adapter");
     // Full fine-tuning and LoRA don't mix.
-    let mut full = Model::load(format!("{FIXTURES}/tiny-llama"), &LoadOptions { trainable: true, ..Default::default() })
-        .unwrap();
+    let mut full =
+        Model::load(format!("{FIXTURES}/tiny-llama"), &LoadOptions { trainable: true, ..Default::default() }).unwrap();
     assert_eq!(full.add_lora(&LoraConfig::default(), 0).unwrap_err().kind(), ErrorKind::InvalidConfig);
 }

@@ -33,7 +33,11 @@ fn sharded_checkpoint_loads_like_the_single_file() {
     for (i, (k, t)) in all.into_iter().enumerate() {
         let shard = if i % 2 == 0 { "model-00001-of-00002.safetensors" } else { "model-00002-of-00002.safetensors" };
         map.insert(k.clone(), shard.into());
-        if i % 2 == 0 { a.insert(k, t) } else { b.insert(k, t) };
+        if i % 2 == 0 {
+            a.insert(k, t)
+        } else {
+            b.insert(k, t)
+        };
     }
     candle_core::safetensors::save(&a, d.path().join("model-00001-of-00002.safetensors")).unwrap();
     candle_core::safetensors::save(&b, d.path().join("model-00002-of-00002.safetensors")).unwrap();

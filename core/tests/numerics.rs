@@ -1,24 +1,24 @@
 //! Golden numerics: anneal against PyTorch / transformers / PEFT.
-//!
-//! How the fixtures were made (tests/fixtures/README.md): PyTorch 2.15, transformers
-//! 5.23, peft 0.21.2, float32, eager attention. Each model folder is a normal Hugging
-//! Face layout (config.json, model.safetensors, generation_config.json, tokenizer.json)
-//! with random weights from a fixed seed, plus `reference.json`: what PyTorch computed.
-//! - tiny-gpt2: GPT2LMHeadModel, 2 layers, 4 heads, n_embd 64, vocab 512, tied, gelu_new.
-//! - tiny-llama: LlamaForCausalLM, 2 layers, 4 heads, 2 kv heads (GQA), hidden 64,
-//!   ffn 128, vocab 512, untied, config in the new `rope_parameters` spelling.
-//! - tiny-qwen2: Qwen2ForCausalLM, q/k/v bias, tied (no lm_head tensor), GQA.
-//! - tiny-llama-lora: a PEFT LoRA adapter for tiny-llama, r 4, alpha 8, targets
-//!   q_proj v_proj o_proj down_proj, weights set to non-zero random values.
-//! reference.json: `last_logits_first20` / `_argmax` / `_sum` (logits of the last
-//! position), `loss_labels_eq_input_ids` (logits[:, :-1] vs input_ids[:, 1:], mean),
-//! `greedy_new_tokens` (20 argmax tokens, no EOS); for the adapter also
-//! `merged_last_logits_first20` and `train_step`: one forward + backward with labels =
-//! input_ids, per-tensor gradient `first5` and L2 `norm`, then one
-//! `torch.optim.AdamW(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)` step
-//! over the adapter weights: `after_one_adamw_step_first5`, `loss_after_one_step`.
-//! Gradient keys carry PEFT's in-memory adapter name (`...lora_A.default.weight`);
-//! the file stores the same tensors without `.default`.
+//
+// How the fixtures were made (tests/fixtures/README.md): PyTorch 2.15, transformers
+// 5.23, peft 0.21.2, float32, eager attention. Each model folder is a normal Hugging
+// Face layout (config.json, model.safetensors, generation_config.json, tokenizer.json)
+// with random weights from a fixed seed, plus `reference.json`: what PyTorch computed.
+// - tiny-gpt2: GPT2LMHeadModel, 2 layers, 4 heads, n_embd 64, vocab 512, tied, gelu_new.
+// - tiny-llama: LlamaForCausalLM, 2 layers, 4 heads, 2 kv heads (GQA), hidden 64,
+//   ffn 128, vocab 512, untied, config in the new `rope_parameters` spelling.
+// - tiny-qwen2: Qwen2ForCausalLM, q/k/v bias, tied (no lm_head tensor), GQA.
+// - tiny-llama-lora: a PEFT LoRA adapter for tiny-llama, r 4, alpha 8, targets
+//   q_proj v_proj o_proj down_proj, weights set to non-zero random values.
+// reference.json: `last_logits_first20` / `_argmax` / `_sum` (logits of the last
+// position), `loss_labels_eq_input_ids` (logits[:, :-1] vs input_ids[:, 1:], mean),
+// `greedy_new_tokens` (20 argmax tokens, no EOS); for the adapter also
+// `merged_last_logits_first20` and `train_step`: one forward + backward with labels =
+// input_ids, per-tensor gradient `first5` and L2 `norm`, then one
+// `torch.optim.AdamW(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)` step
+// over the adapter weights: `after_one_adamw_step_first5`, `loss_after_one_step`.
+// Gradient keys carry PEFT's in-memory adapter name (`...lora_A.default.weight`);
+// the file stores the same tensors without `.default`.
 #![allow(clippy::unwrap_used)]
 
 use anneal::{ForwardMode, LoadOptions, Model};
@@ -102,8 +102,8 @@ fn qwen2_matches_transformers() {
 
 #[test]
 fn full_finetune_load_gives_the_same_numbers() {
-    let m = Model::load(format!("{FIXTURES}/tiny-qwen2"), &LoadOptions { trainable: true, ..Default::default() })
-        .unwrap();
+    let m =
+        Model::load(format!("{FIXTURES}/tiny-qwen2"), &LoadOptions { trainable: true, ..Default::default() }).unwrap();
     assert!(m.num_trainable_params() > 0);
     check_model("tiny-qwen2 (trainable)", &m, &reference("tiny-qwen2"));
 }

@@ -37,7 +37,8 @@ fn specials_and_template_from_tokenizer_config() {
     assert_eq!(t.apply_chat_template(&msgs, true).unwrap(), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
     // A Llama-2-like template using bos_token, raise_exception, strip() and trim_blocks.
     let tmpl = "{{ bos_token }}{% for m in messages %}\n{% if m['role'] == 'user' %}[INST] {{ m['content'].strip() }} [/INST]{% elif m['role'] == 'assistant' %} {{ m['content'] }}{{ eos_token }}{% else %}{{ raise_exception('bad role') }}{% endif %}\n{% endfor %}";
-    let vocab: Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("tokenizer.json")).unwrap()).unwrap();
+    let vocab: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("tokenizer.json")).unwrap()).unwrap();
     let some_token = vocab["model"]["vocab"].as_object().unwrap().keys().next().unwrap().clone();
     let tc = serde_json::json!({"chat_template": tmpl, "bos_token": some_token, "eos_token": {"content": some_token},
                                 "add_bos_token": true});

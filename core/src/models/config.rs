@@ -338,10 +338,7 @@ impl LlamaWire {
         match self.hidden_act.as_str() {
             "silu" | "swish" => {}
             other => {
-                return Err(Error::config(
-                    "hidden_act",
-                    format!("unsupported hidden_act `{other}` (supported: silu)"),
-                ))
+                return Err(Error::config("hidden_act", format!("unsupported hidden_act `{other}` (supported: silu)")))
             }
         }
         let is_qwen2 = model_type == "qwen2";

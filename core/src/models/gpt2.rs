@@ -71,11 +71,7 @@ impl Gpt2 {
         if offset + t > cfg.max_position_embeddings {
             return Err(Error::config(
                 "input_ids",
-                format!(
-                    "sequence of {} positions exceeds n_positions {}",
-                    offset + t,
-                    cfg.max_position_embeddings
-                ),
+                format!("sequence of {} positions exceeds n_positions {}", offset + t, cfg.max_position_embeddings),
             ));
         }
         let train = mode == ForwardMode::Train;
@@ -128,14 +124,20 @@ impl Gpt2 {
 
     /// Every weight under its transformers name (for saving).
     pub(crate) fn named_weights(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![(format!("{PREFIX}wte.weight"), self.wte.clone()), (format!("{PREFIX}wpe.weight"), self.wpe.clone())];
+        let mut out =
+            vec![(format!("{PREFIX}wte.weight"), self.wte.clone()), (format!("{PREFIX}wpe.weight"), self.wpe.clone())];
         for (i, b) in self.blocks.iter().enumerate() {
             let p = format!("{PREFIX}h.{i}");
             out.push((format!("{p}.ln_1.weight"), b.ln_1.0.clone()));
             out.push((format!("{p}.ln_1.bias"), b.ln_1.1.clone()));
             out.push((format!("{p}.ln_2.weight"), b.ln_2.0.clone()));
             out.push((format!("{p}.ln_2.bias"), b.ln_2.1.clone()));
-            for (name, l) in [("attn.c_attn", &b.c_attn), ("attn.c_proj", &b.attn_proj), ("mlp.c_fc", &b.c_fc), ("mlp.c_proj", &b.mlp_proj)] {
+            for (name, l) in [
+                ("attn.c_attn", &b.c_attn),
+                ("attn.c_proj", &b.attn_proj),
+                ("mlp.c_fc", &b.c_fc),
+                ("mlp.c_proj", &b.mlp_proj),
+            ] {
                 out.push((format!("{p}.{name}.weight"), l.weight.clone()));
                 if let Some(bias) = &l.bias {
                     out.push((format!("{p}.{name}.bias"), bias.clone()));

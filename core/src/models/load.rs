@@ -48,10 +48,7 @@ pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if single.exists() {
         return Ok(vec![single]);
     }
-    Err(Error::data(
-        Location::file(single),
-        "no weights: expected model.safetensors or model.safetensors.index.json",
-    ))
+    Err(Error::data(Location::file(single), "no weights: expected model.safetensors or model.safetensors.index.json"))
 }
 
 impl Weights {
@@ -71,18 +68,6 @@ impl Weights {
             }
         }
         Ok(Self { tensors, files, main_file, dtype })
-    }
-
-    /// From tensors already in memory (tests, presets).
-    #[cfg(test)]
-    pub(crate) fn from_map(map: HashMap<String, Tensor>, file: PathBuf) -> Self {
-        let dtype = map.values().next().map(|t| t.dtype()).unwrap_or(DType::F32);
-        Self {
-            tensors: map.into_iter().map(|(k, t)| (k, (t, 0))).collect(),
-            files: vec![file.clone()],
-            main_file: file,
-            dtype,
-        }
     }
 
     pub(crate) fn dtype(&self) -> DType {
