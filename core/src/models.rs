@@ -30,6 +30,16 @@ use crate::lora::linear::Linear;
 use crate::lora::{LoraConfig, LoraState};
 use crate::registry::ModelRecord;
 
+/// Files copied next to saved weights (tokenizer, chat template, generation defaults).
+const SIDE_FILES: [&str; 6] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "vocab.json",
+];
+
 /// Which implementation of the fused ops a forward pass uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ForwardMode {
@@ -270,11 +280,18 @@ impl Model {
     }
 
     /// Saves the (possibly fine-tuned) weights and config.json as a Hugging Face
-    /// directory that transformers loads. LoRA adapters are not included (merge first
-    /// to bake them in).
+    /// directory that transformers loads, with the tokenizer and generation files of the
+    /// source directory. LoRA adapters are not included (merge first to bake them in).
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).with_path(dir)?;
+        for side in SIDE_FILES {
+            let src = self.dir.join(side);
+            let dst = dir.join(side);
+            if src.is_file() && !dst.exists() {
+                std::fs::copy(&src, &dst).with_path(&src)?;
+            }
+        }
         let tensors: HashMap<String, Tensor> = self.named_weights().into_iter().collect();
         let p = dir.join("model.safetensors");
         candle_core::safetensors::save(&tensors, &p)?;

@@ -52,3 +52,22 @@ fn lora_every_adapter_gets_a_gradient() {
         assert_all_grads_nonzero(f, &m);
     }
 }
+
+/// The check above is sensitive: candle's fused kernels (the Infer path) drop
+/// gradients silently, and the same check finds weights without one.
+#[test]
+fn fused_infer_path_would_fail_the_check() {
+    let m =
+        Model::load(format!("{FIXTURES}/tiny-llama"), &LoadOptions { trainable: true, ..Default::default() }).unwrap();
+    let (x, y) = batch();
+    let grads = m.loss(&x, &y, ForwardMode::Infer).unwrap().backward().unwrap();
+    let missing = m.named_trainable_vars().into_iter().filter(|(_, v)| grads.get(v).is_none()).count();
+    assert!(missing > 0);
+}
+
+#[test]
+fn models_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Model>();
+    assert_send_sync::<anneal::Tokenizer>();
+}

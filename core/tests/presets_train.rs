@@ -37,7 +37,7 @@ fn nano_preset_full_finetune_loss_falls() {
     // Saved weights reload to the same model.
     let out = d.path().join("saved");
     model.save(&out).unwrap();
-    std::fs::copy(rec.path.join("tokenizer.json"), out.join("tokenizer.json")).unwrap();
+    assert!(out.join("tokenizer.json").exists() && out.join("generation_config.json").exists());
     let again = load_model(out.as_path(), &LoadOptions::default()).unwrap();
     let a = model.forward_with(&x, 0, ForwardMode::Infer).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let b = again.forward_with(&x, 0, ForwardMode::Infer).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
