@@ -224,6 +224,7 @@ impl Model {
 
     /// [`Model::forward`] with an explicit mode.
     pub fn forward_with(&self, input_ids: &Tensor, position_offset: usize, mode: ForwardMode) -> Result<Tensor> {
+        check_ids("input_ids", input_ids, self.config.vocab_size, false)?;
         match &self.arch {
             Arch::Gpt2(m) => m.forward(input_ids, position_offset, mode),
             Arch::Llama(m) => m.forward(input_ids, position_offset, mode),
@@ -261,6 +262,9 @@ impl Model {
 
     /// What an optimiser should update: the LoRA adapters when one is attached, else
     /// every weight of a model loaded with `trainable`, else nothing.
+    ///
+    /// `candle_nn::AdamW` implements `torch.optim.AdamW` (decoupled weight decay,
+    /// bias-corrected moments) to within 1e-8 after a step: see `tests/numerics.rs`.
     pub fn trainable_vars(&self) -> Vec<Var> {
         self.named_trainable_vars().into_iter().map(|(_, v)| v).collect()
     }
@@ -336,6 +340,24 @@ impl Model {
     }
 }
 
+/// Checks that `ids` are integers in `0..vocab` (`allow_ignore`: -100 too).
+fn check_ids(field: &str, ids: &Tensor, vocab: usize, allow_ignore: bool) -> Result<()> {
+    if !matches!(ids.dtype(), DType::U32 | DType::I64 | DType::U8) {
+        return Err(Error::config(field, format!("must be u32 or i64 token ids, got {:?}", ids.dtype())));
+    }
+    if ids.elem_count() == 0 {
+        return Err(Error::config(field, "is empty"));
+    }
+    let flat = ids.flatten_all()?.to_dtype(DType::F64)?;
+    let max = flat.max(0)?.to_scalar::<f64>()?;
+    let min = flat.min(0)?.to_scalar::<f64>()?;
+    if max >= vocab as f64 || (min < 0.0 && !(allow_ignore && min == -100.0)) {
+        let bad = if max >= vocab as f64 { max } else { min };
+        return Err(Error::config(field, format!("token id {bad} is outside the vocabulary (0..{vocab})")));
+    }
+    Ok(())
+}
+
 /// Mean next-token cross-entropy of `logits` `[b, t, v]` against `labels` `[b, t]`
 /// (shifted by one inside; label -100 is ignored).
 pub fn causal_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
@@ -346,6 +368,7 @@ pub fn causal_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     if t < 2 {
         return Err(Error::config("labels", "need at least two positions for a next-token loss"));
     }
+    check_ids("labels", labels, v, true)?;
     let logits = logits.narrow(1, 0, t - 1)?.to_dtype(DType::F32)?.reshape((b * (t - 1), v))?;
     let labels = labels.narrow(1, 1, t - 1)?.to_dtype(DType::I64)?.reshape(b * (t - 1))?;
     let keep = labels.ge(0i64)?;

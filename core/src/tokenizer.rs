@@ -82,6 +82,11 @@ fn ids_of(v: Option<&Value>) -> Vec<u32> {
 }
 
 impl Tokenizer {
+    /// The tokenizer of a registry record or model directory ([`Tokenizer::from_dir`]).
+    pub fn load(source: impl crate::models::ModelSource) -> Result<Self> {
+        Self::from_dir(source.model_dir())
+    }
+
     /// Loads `tokenizer.json` from a model directory, with the special tokens and chat
     /// template of tokenizer_config.json, config.json and generation_config.json.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {

@@ -102,4 +102,16 @@ fn bad_inputs_are_typed_errors_naming_the_culprit() {
     let m = Model::load(Path::new(FIXTURES).join("tiny-gpt2"), &Default::default()).unwrap();
     let x = Tensor::zeros((1, 129), candle_core::DType::U32, &Device::Cpu).unwrap();
     assert_eq!(m.forward(&x, 0).unwrap_err().kind(), ErrorKind::InvalidConfig);
+    // Token ids outside the vocabulary (u32::MAX would silently embed as zeros in candle).
+    for bad in [512u32, u32::MAX] {
+        let x = Tensor::new(&[[1u32, bad]], &Device::Cpu).unwrap();
+        let e = m.forward(&x, 0).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        assert!(e.to_string().contains("input_ids"), "{e}");
+    }
+    let x = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
+    let y = Tensor::new(&[[1i64, -100, 3]], &Device::Cpu).unwrap();
+    assert!(m.loss(&x, &y, ForwardMode::Train).is_ok(), "-100 is ignored");
+    let y = Tensor::new(&[[1i64, -5, 3]], &Device::Cpu).unwrap();
+    assert!(m.loss(&x, &y, ForwardMode::Train).unwrap_err().to_string().contains("labels"));
 }

@@ -65,3 +65,39 @@ fn nano_preset_lora_loss_falls() {
     println!("losses: {losses:?}");
     assert!(losses[7] < losses[0] - 0.1, "{losses:?}");
 }
+
+/// Throughput of full fine-tuning steps on the micro preset (hidden 128, 4 layers),
+/// batch 8 x seq 128, the configuration CANDLE-NOTES.md measured (~4k tokens/s in
+/// release). Run: cargo test -p anneal --test presets_train -- --ignored --nocapture
+#[test]
+#[ignore]
+fn micro_preset_training_throughput() {
+    let d = tempfile::tempdir().unwrap();
+    let home = anneal::Home::open(d.path()).unwrap();
+    let rec = home.models().create_preset("micro", &Default::default()).unwrap();
+    for lora in [false, true] {
+        let mut model = load_model(&rec, &LoadOptions { trainable: !lora, ..Default::default() }).unwrap();
+        if lora {
+            model.add_lora(&LoraConfig::default(), 0).unwrap();
+        }
+        let ids: Vec<u32> = (0..8 * 128).map(|i| (i * 7 % 256) as u32).collect();
+        let x = Tensor::from_vec(ids.clone(), (8, 128), &Device::Cpu).unwrap();
+        let y = Tensor::from_vec(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), (8, 128), &Device::Cpu).unwrap();
+        let mut opt =
+            candle_nn::AdamW::new(model.trainable_vars(), candle_nn::ParamsAdamW { lr: 1e-3, ..Default::default() })
+                .unwrap();
+        let steps = 5;
+        let start = std::time::Instant::now();
+        for _ in 0..steps {
+            let loss = model.loss(&x, &y, ForwardMode::Train).unwrap();
+            opt.backward_step(&loss).unwrap();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "micro {}: {:.0} tokens/s ({:.0} ms/step)",
+            if lora { "lora" } else { "full" },
+            (steps * 8 * 128) as f64 / secs,
+            secs * 1000.0 / steps as f64
+        );
+    }
+}

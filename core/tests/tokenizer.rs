@@ -68,7 +68,7 @@ fn byte_level_tokenizer_and_preset_dir_agree() {
     let d = tempfile::tempdir().unwrap();
     let home = anneal::Home::open(d.path()).unwrap();
     let rec = home.models().create_preset("nano", &Default::default()).unwrap();
-    let t = Tokenizer::from_dir(&rec.path).unwrap();
+    let t = Tokenizer::load(&rec).unwrap();
     let text = "<|im_start|>user\nhi there<|im_end|>\n";
     assert_eq!(t.encode(text, true).unwrap(), b.encode(text, true).unwrap());
     let chat = t.apply_chat_template(&[ChatMessage::new("user", "hi")], true).unwrap();
