@@ -1,1 +1,22 @@
+//! Node binding of anneal (napi 3). Thin: argument conversion, `AsyncTask` plumbing,
+//! error mapping and the event sink adapter. Defaults, validation, SQL and file formats
+//! stay in the core crate.
+//!
+//! Every call that reads or writes more than a catalog row returns a Promise and runs on
+//! the libuv thread pool; fast catalog reads are synchronous. Errors carry `err.code`,
+//! the core's `Error::code()`.
+//!
+//! The wrapper structs carry the JavaScript names (`Home`, `DatasetStore`, ...) rather
+//! than `JsHome`: @napi-rs/cli 3 exports a renamed struct under its Rust name too.
 
+mod conv;
+mod dataset;
+mod errors;
+mod events;
+mod home;
+mod registry;
+
+pub use dataset::DatasetStore;
+pub use events::CancelToken;
+pub use home::Home;
+pub use registry::ModelRegistry;

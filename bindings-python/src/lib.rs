@@ -1,1 +1,28 @@
+//! Python binding of anneal (`anneal._anneal`). Thin: argument conversion, GIL
+//! release, error mapping, event callbacks. Everything else lives in the core.
 
+mod conv;
+mod dataset;
+mod errors;
+mod events;
+mod home;
+mod registry;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _anneal(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<home::PyHome>()?;
+    m.add_class::<dataset::PyDatasetStore>()?;
+    m.add_class::<dataset::PyDatasetRecord>()?;
+    m.add_class::<dataset::PyDatasetStats>()?;
+    m.add_class::<dataset::PyDatasetSplit>()?;
+    m.add_class::<registry::PyModelRegistry>()?;
+    m.add_class::<registry::PyModelRecord>()?;
+    m.add_class::<registry::PyModelFile>()?;
+    m.add_class::<registry::PyPreset>()?;
+    m.add_class::<events::PyCancelToken>()?;
+    errors::register(m)?;
+    Ok(())
+}

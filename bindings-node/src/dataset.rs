@@ -1,0 +1,124 @@
+//! `DatasetStore`: import, preview, stats, split, list, get, delete.
+
+use napi::bindgen_prelude::{AsyncTask, Object, Unknown};
+use napi::Env;
+use napi_derive::napi;
+use serde_json::Value;
+
+use crate::conv::{self, js, JsJson};
+use crate::errors;
+use crate::events::LongTask;
+
+/// Imports, stores and serves datasets (`home.datasets()`).
+#[napi]
+pub struct DatasetStore {
+    pub(crate) inner: anneal::DatasetStore,
+}
+
+#[napi]
+impl DatasetStore {
+    /// Imports a CSV, TSV, JSON array, JSONL or TXT file. Progress is in bytes.
+    #[napi(catch_unwind, ts_return_type = "Promise<DatasetRecord>")]
+    pub fn import_file(
+        &self,
+        path: String,
+        #[napi(ts_arg_type = "ImportOptions & CallOptions")] options: Option<Object<'_>>,
+    ) -> AsyncTask<LongTask> {
+        let store = self.inner.clone();
+        LongTask::spawn(options, true, move |json, sink, cancel| {
+            let opts: anneal::ImportOptions = anneal::options_from_json(json)?;
+            js(serde_json::to_value(store.import_file_with(&path, &opts, sink, cancel)?))
+        })
+    }
+
+    /// Imports records given as an array of objects (any of the five shapes). The array
+    /// is copied when the call is made; progress is in records.
+    #[napi(catch_unwind, ts_return_type = "Promise<DatasetRecord>")]
+    pub fn import_records(
+        &self,
+        #[napi(ts_arg_type = "Array<Record<string, unknown>>")] records: Unknown<'_>,
+        #[napi(ts_arg_type = "ImportOptions & CallOptions")] options: Option<Object<'_>>,
+    ) -> AsyncTask<LongTask> {
+        let records = match conv::records(records) {
+            Ok(r) => r,
+            Err(e) => return LongTask::failed(e),
+        };
+        let store = self.inner.clone();
+        LongTask::spawn(options, true, move |json, sink, cancel| {
+            let opts: anneal::ImportOptions = anneal::options_from_json(json)?;
+            js(serde_json::to_value(store.import_records_with(records, &opts, sink, cancel)?))
+        })
+    }
+
+    /// A dataset by id or name.
+    #[napi(catch_unwind, ts_return_type = "DatasetRecord")]
+    pub fn get(&self, env: Env, id_or_name: String) -> napi::Result<JsJson> {
+        errors::sync(&env, || js(serde_json::to_value(self.inner.get(id_or_name)?))).map(JsJson)
+    }
+
+    /// All datasets, oldest first.
+    #[napi(catch_unwind, ts_return_type = "DatasetRecord[]")]
+    pub fn list(&self, env: Env) -> napi::Result<JsJson> {
+        errors::sync(&env, || js(serde_json::to_value(self.inner.list()?))).map(JsJson)
+    }
+
+    /// The first `n` stored (normalised) records, as stored (keys unchanged).
+    #[napi(catch_unwind, ts_return_type = "Array<Record<string, unknown>>")]
+    pub fn preview(&self, env: Env, id_or_name: String, n: u32) -> napi::Result<JsJson> {
+        errors::sync(&env, || Ok(Value::Array(self.inner.preview(id_or_name, n as usize)?))).map(JsJson)
+    }
+
+    /// Statistics computed at import.
+    #[napi(catch_unwind, ts_return_type = "DatasetStats")]
+    pub fn stats(&self, env: Env, id_or_name: String) -> napi::Result<JsJson> {
+        errors::sync(&env, || js(serde_json::to_value(self.inner.stats(id_or_name)?))).map(JsJson)
+    }
+
+    /// Splits into train and validation datasets, deterministically for a given `seed`.
+    #[napi(catch_unwind, ts_return_type = "Promise<DatasetSplit>")]
+    pub fn split(
+        &self,
+        id_or_name: String,
+        val_fraction: f64,
+        #[napi(ts_arg_type = "SplitOptions")] options: Option<Object<'_>>,
+    ) -> AsyncTask<LongTask> {
+        let store = self.inner.clone();
+        LongTask::spawn(options, false, move |json, _, _| {
+            let (seed, names) = split_options(json)?;
+            js(serde_json::to_value(store.split(id_or_name, val_fraction, seed, names)?))
+        })
+    }
+
+    /// Deletes a dataset (row first, then files). Refuses while a job uses it unless
+    /// `force`.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn delete(
+        &self,
+        id_or_name: String,
+        #[napi(ts_arg_type = "DeleteOptions")] options: Option<Object<'_>>,
+    ) -> AsyncTask<LongTask> {
+        let store = self.inner.clone();
+        LongTask::spawn(options, false, move |json, _, _| {
+            store.delete(id_or_name, conv::force(json)?)?;
+            Ok(Value::Null)
+        })
+    }
+}
+
+/// `{seed, names}` of `split`. The core takes them as plain arguments; the seed of a
+/// call without one is 0, as for presets.
+fn split_options(json: Value) -> anneal::Result<(u64, Option<(String, String)>)> {
+    let map = conv::fields(json, &["seed", "names"])?;
+    let seed = match map.get("seed") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v.as_u64().ok_or_else(|| anneal::Error::config("seed", "expected a non-negative integer"))?,
+    };
+    let names = match map.get("names") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) if a.len() == 2 && a.iter().all(Value::is_string) => {
+            Some((a[0].as_str().unwrap_or_default().to_string(), a[1].as_str().unwrap_or_default().to_string()))
+        }
+        Some(_) => return Err(anneal::Error::config("names", "expected [trainName, valName]")),
+    };
+    Ok((seed, names))
+}

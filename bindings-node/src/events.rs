@@ -1,0 +1,158 @@
+//! Progress events, cancellation and the Promise plumbing of long calls.
+//!
+//! Long calls run on the libuv thread pool as an `AsyncTask`. Events go to `onEvent`
+//! through a `ThreadsafeFunction` in non-blocking mode, throttled to one progress event
+//! per 100 ms (lifecycle events always pass). Event objects have camelCase keys and the
+//! core's `type` values (`task_started`, `task_progress`, `task_finished`, ...).
+//!
+//! Ordering: the calls to `onEvent` and the settling of the Promise reach the event
+//! loop through different queues, so the last event (`task_finished`) may arrive just
+//! after the Promise settles; wait one `setImmediate` before relying on it.
+//!
+//! An exception thrown by `onEvent` does not stop the call: it is reported as an
+//! `uncaughtException` (as for any callback run by the event loop) and the Promise
+//! still settles. Use a `CancelToken` to stop a call.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use napi::bindgen_prelude::{AsyncTask, Object};
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode, UnknownReturnValue};
+use napi::{Env, Status, Task};
+use napi_derive::napi;
+use serde_json::Value;
+
+use crate::conv::{self, CallOptions, JsJson};
+use crate::errors;
+
+/// The `onEvent` callback as the worker thread sees it: `(event) => void`.
+pub(crate) type OnEvent = ThreadsafeFunction<Value, UnknownReturnValue, Value, Status, false>;
+
+/// Progress events are delivered at most this often.
+const THROTTLE: Duration = Duration::from_millis(100);
+
+/// Cooperative cancellation for long calls: pass it as `cancel` and call `cancel()`.
+/// The call then rejects with code `cancelled` and leaves nothing behind.
+#[napi]
+pub struct CancelToken {
+    pub(crate) inner: anneal::CancelToken,
+}
+
+#[napi]
+impl CancelToken {
+    #[napi(constructor)]
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Self { inner: anneal::CancelToken::new() }
+    }
+
+    /// Asks every call holding this token to stop at its next check.
+    #[napi(catch_unwind)]
+    pub fn cancel(&self) {
+        self.inner.cancel()
+    }
+
+    /// Whether `cancel()` was called.
+    #[napi(getter, catch_unwind)]
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.is_cancelled()
+    }
+}
+
+/// Forwards events to the JS callback (never blocks the worker).
+struct JsSink(Option<OnEvent>);
+
+impl anneal::EventSink for JsSink {
+    fn on_event(&mut self, event: &anneal::Event) -> anneal::Result<()> {
+        if let Some(f) = &self.0 {
+            // A full or closing queue only drops a progress report; the call goes on.
+            let _ = f.call(conv::js_keys(event.to_json()), ThreadsafeFunctionCallMode::NonBlocking);
+        }
+        Ok(())
+    }
+}
+
+type Work = Box<dyn FnOnce(Value, &mut dyn anneal::EventSink, &anneal::CancelToken) -> anneal::Result<Value> + Send>;
+
+/// A long core call run on the libuv pool; resolves to its JSON result, rejects with a
+/// coded error.
+pub struct LongTask {
+    work: Option<Work>,
+    options: Value,
+    on_event: Option<OnEvent>,
+    cancel: anneal::CancelToken,
+    error: Option<anneal::Error>,
+}
+
+impl LongTask {
+    /// Reads `options` on the JS thread, then runs `work(options_json, sink, cancel)` on
+    /// the pool. A bad options object rejects the Promise (it never throws).
+    pub(crate) fn spawn(
+        options: Option<Object<'_>>,
+        events: bool,
+        work: impl FnOnce(Value, &mut dyn anneal::EventSink, &anneal::CancelToken) -> anneal::Result<Value> + Send + 'static,
+    ) -> AsyncTask<LongTask> {
+        match CallOptions::parse(options, events) {
+            Ok(o) => AsyncTask::new(LongTask {
+                work: Some(Box::new(work)),
+                options: o.json,
+                on_event: o.on_event,
+                cancel: o.cancel,
+                error: None,
+            }),
+            Err(e) => Self::failed(e),
+        }
+    }
+
+    /// A task that rejects with `error` (argument errors found before any work).
+    pub(crate) fn failed(error: anneal::Error) -> AsyncTask<LongTask> {
+        AsyncTask::new(LongTask {
+            work: None,
+            options: Value::Null,
+            on_event: None,
+            cancel: anneal::CancelToken::new(),
+            error: Some(error),
+        })
+    }
+}
+
+impl Task for LongTask {
+    type Output = Value;
+    type JsValue = JsJson;
+
+    fn compute(&mut self) -> napi::Result<Value> {
+        let result = match (self.error.take(), self.work.take()) {
+            (Some(e), _) => Err(e),
+            (None, None) => Err(anneal::Error::Internal("task ran twice".into())),
+            (None, Some(work)) => {
+                let mut sink = anneal::Throttle::new(JsSink(self.on_event.take()), THROTTLE);
+                let options = std::mem::take(&mut self.options);
+                let cancel = self.cancel.clone();
+                catch_unwind(AssertUnwindSafe(move || work(options, &mut sink, &cancel))).unwrap_or_else(|p| {
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(anneal::Error::Internal(format!("panic in anneal: {msg}")))
+                })
+            }
+        };
+        result.map_err(|e| {
+            let out = napi::Error::new(Status::GenericFailure, e.to_string());
+            self.error = Some(e);
+            out
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, output: Value) -> napi::Result<JsJson> {
+        Ok(JsJson(output))
+    }
+
+    fn reject(&mut self, env: Env, err: napi::Error) -> napi::Result<JsJson> {
+        match self.error.take() {
+            Some(e) => Err(errors::to_js(&env, e)),
+            None => Err(err),
+        }
+    }
+}

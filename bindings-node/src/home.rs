@@ -1,0 +1,56 @@
+//! `Home`: one directory holding the catalog and every stored file.
+
+use napi::Env;
+use napi_derive::napi;
+
+use crate::dataset::DatasetStore;
+use crate::errors;
+use crate::registry::ModelRegistry;
+
+/// An opened home directory (`Home.open(dir)`); hands out the `DatasetStore` and the
+/// `ModelRegistry`. Several processes may open the same home at once.
+#[napi]
+pub struct Home {
+    inner: anneal::Home,
+}
+
+#[napi]
+impl Home {
+    /// Opens the home at `dir`, creating it and migrating its catalog if needed.
+    /// A home written by a newer anneal is refused (code `incompatible_home`) and left
+    /// untouched. Synchronous: it only opens SQLite.
+    #[napi(factory, catch_unwind)]
+    pub fn open(env: Env, dir: String) -> napi::Result<Self> {
+        errors::sync(&env, || Ok(Self { inner: anneal::Home::open(&dir)? }))
+    }
+
+    /// The home directory (absolute).
+    #[napi(getter, catch_unwind)]
+    pub fn root(&self) -> String {
+        self.inner.root().display().to_string()
+    }
+
+    /// The catalog's schema version.
+    #[napi(catch_unwind)]
+    pub fn schema_version(&self, env: Env) -> napi::Result<i64> {
+        errors::sync(&env, || self.inner.schema_version())
+    }
+
+    /// The schema version this build of anneal writes.
+    #[napi(catch_unwind)]
+    pub fn supported_schema_version() -> i64 {
+        anneal::Home::supported_schema_version()
+    }
+
+    /// The dataset store of this home.
+    #[napi(catch_unwind)]
+    pub fn datasets(&self) -> DatasetStore {
+        DatasetStore { inner: self.inner.datasets() }
+    }
+
+    /// The model registry of this home.
+    #[napi(catch_unwind)]
+    pub fn models(&self) -> ModelRegistry {
+        ModelRegistry { inner: self.inner.models() }
+    }
+}

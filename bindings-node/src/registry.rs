@@ -1,0 +1,107 @@
+//! `ModelRegistry`: register directories and presets, names, versions, aliases, lineage.
+
+use napi::bindgen_prelude::{AsyncTask, Object};
+use napi::Env;
+use napi_derive::napi;
+use serde_json::Value;
+
+use crate::conv::{self, js, CallOptions, JsJson};
+use crate::errors;
+use crate::events::LongTask;
+
+/// Registers, names, versions and serves models (`home.models()`).
+#[napi]
+pub struct ModelRegistry {
+    pub(crate) inner: anneal::ModelRegistry,
+}
+
+#[napi]
+impl ModelRegistry {
+    /// Registers a local Hugging Face directory (config.json + safetensors) or a PEFT
+    /// LoRA adapter directory. Progress is in bytes.
+    #[napi(catch_unwind, ts_return_type = "Promise<ModelRecord>")]
+    pub fn register_dir(
+        &self,
+        path: String,
+        #[napi(ts_arg_type = "RegisterOptions & CallOptions")] options: Option<Object<'_>>,
+    ) -> AsyncTask<LongTask> {
+        let reg = self.inner.clone();
+        LongTask::spawn(options, true, move |json, sink, cancel| {
+            let opts: anneal::RegisterOptions = anneal::options_from_json(json)?;
+            js(serde_json::to_value(reg.register_dir_with(&path, &opts, sink, cancel)?))
+        })
+    }
+
+    /// Creates a base model from a built-in preset (random weights from `seed`).
+    #[napi(catch_unwind, ts_return_type = "Promise<ModelRecord>")]
+    pub fn create_preset(
+        &self,
+        preset: String,
+        #[napi(ts_arg_type = "PresetOptions")] options: Option<Object<'_>>,
+    ) -> AsyncTask<LongTask> {
+        let reg = self.inner.clone();
+        LongTask::spawn(options, false, move |json, _, _| {
+            let opts: anneal::PresetOptions = anneal::options_from_json(json)?;
+            js(serde_json::to_value(reg.create_preset(&preset, &opts)?))
+        })
+    }
+
+    /// The built-in presets.
+    #[napi(catch_unwind, ts_return_type = "Preset[]")]
+    pub fn presets(env: Env) -> napi::Result<JsJson> {
+        errors::sync(&env, || js(serde_json::to_value(anneal::ModelRegistry::presets()))).map(JsJson)
+    }
+
+    /// A model by id.
+    #[napi(catch_unwind, ts_return_type = "ModelRecord")]
+    pub fn get(&self, env: Env, id: String) -> napi::Result<JsJson> {
+        errors::sync(&env, || js(serde_json::to_value(self.inner.get(&anneal::ModelId(id))?))).map(JsJson)
+    }
+
+    /// Resolves an id, `name` (latest version), `name@3`, `name@latest` or `name@alias`.
+    #[napi(catch_unwind, ts_return_type = "ModelRecord")]
+    pub fn resolve(&self, env: Env, reference: String) -> napi::Result<JsJson> {
+        errors::sync(&env, || js(serde_json::to_value(self.inner.resolve(reference)?))).map(JsJson)
+    }
+
+    /// Models matching every given filter field, by name then version.
+    #[napi(catch_unwind, ts_return_type = "ModelRecord[]")]
+    pub fn list(
+        &self,
+        env: Env,
+        #[napi(ts_arg_type = "ModelFilter")] filter: Option<Object<'_>>,
+    ) -> napi::Result<JsJson> {
+        errors::sync(&env, || {
+            let filter: anneal::ModelFilter = anneal::options_from_json(CallOptions::parse(filter, false)?.json)?;
+            js(serde_json::to_value(self.inner.list(&filter)?))
+        })
+        .map(JsJson)
+    }
+
+    /// Points `alias` of the model's name at that model (created or moved atomically).
+    #[napi(catch_unwind, ts_return_type = "ModelRecord")]
+    pub fn set_alias(&self, env: Env, reference: String, alias: String) -> napi::Result<JsJson> {
+        errors::sync(&env, || js(serde_json::to_value(self.inner.set_alias(reference, &alias)?))).map(JsJson)
+    }
+
+    /// Removes `name@alias`.
+    #[napi(catch_unwind)]
+    pub fn remove_alias(&self, env: Env, name: String, alias: String) -> napi::Result<()> {
+        errors::sync(&env, || self.inner.remove_alias(&name, &alias))
+    }
+
+    /// Deletes a model (row first, files last). Refuses while an adapter or a job
+    /// depends on it (code `in_use`) unless `force`, which also deletes its adapters.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn delete(
+        &self,
+        reference: String,
+        #[napi(ts_arg_type = "DeleteOptions")] options: Option<Object<'_>>,
+    ) -> AsyncTask<LongTask> {
+        let reg = self.inner.clone();
+        LongTask::spawn(options, false, move |json, _, _| {
+            reg.delete(reference, conv::force(json)?)?;
+            Ok(Value::Null)
+        })
+    }
+}

@@ -1,0 +1,152 @@
+//! Python object <-> `serde_json::Value`.
+//!
+//! Python -> JSON accepts `None`, `bool`, `int`, `float`, `str`, `list`, `tuple` and
+//! `dict` (with `str` keys), including their subclasses; anything else is a `TypeError`
+//! that names where in the value it was found.
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use serde_json::{Map, Number, Value};
+
+/// JSON -> Python (dicts keep key order).
+pub fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match value {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i.into_pyobject(py)?.into_any()
+            } else if let Some(u) = n.as_u64() {
+                u.into_pyobject(py)?.into_any()
+            } else {
+                n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any()
+            }
+        }
+        Value::String(s) => PyString::new(py, s).into_any(),
+        Value::Array(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(to_py(py, item)?)?;
+            }
+            list.into_any()
+        }
+        Value::Object(map) => {
+            let dict = PyDict::new(py);
+            for (k, v) in map {
+                dict.set_item(k, to_py(py, v)?)?;
+            }
+            dict.into_any()
+        }
+    })
+}
+
+/// Python -> JSON. `what` names the value in error messages (e.g. "record 3" or
+/// "columns"); nested positions are appended (`record 3, field meta.tags[1]`).
+pub fn to_json(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Value> {
+    let mut path = String::new();
+    convert(obj, what, &mut path)
+}
+
+fn describe(what: &str, path: &str) -> String {
+    if path.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what}, field `{path}`")
+    }
+}
+
+fn convert(obj: &Bound<'_, PyAny>, what: &str, path: &mut String) -> PyResult<Value> {
+    if obj.is_none() {
+        return Ok(Value::Null);
+    }
+    if let Ok(b) = obj.cast::<PyBool>() {
+        return Ok(Value::Bool(b.is_true()));
+    }
+    if obj.is_instance_of::<PyInt>() {
+        if let Ok(i) = obj.extract::<i64>() {
+            return Ok(Value::from(i));
+        }
+        if let Ok(u) = obj.extract::<u64>() {
+            return Ok(Value::from(u));
+        }
+        return Err(PyValueError::new_err(format!(
+            "{}: integer {} does not fit in 64 bits",
+            describe(what, path),
+            obj.str()?
+        )));
+    }
+    if let Ok(f) = obj.cast::<PyFloat>() {
+        let v = f.value();
+        return Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| PyValueError::new_err(format!("{}: {v} cannot be stored as JSON", describe(what, path))));
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(Value::String(s.to_str()?.to_owned()));
+    }
+    if let Ok(list) = obj.cast::<PyList>() {
+        return seq(list.iter(), what, path);
+    }
+    if let Ok(tuple) = obj.cast::<PyTuple>() {
+        return seq(tuple.iter(), what, path);
+    }
+    if let Ok(dict) = obj.cast::<PyDict>() {
+        let mut map = Map::with_capacity(dict.len());
+        for (k, v) in dict.iter() {
+            let Ok(key) = k.cast::<PyString>() else {
+                return Err(PyTypeError::new_err(format!(
+                    "{}: dict keys must be str, got {}",
+                    describe(what, path),
+                    k.get_type().name()?
+                )));
+            };
+            let key = key.to_str()?.to_owned();
+            let len = path.len();
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(&key);
+            let value = convert(&v, what, path)?;
+            path.truncate(len);
+            map.insert(key, value);
+        }
+        return Ok(Value::Object(map));
+    }
+    Err(PyTypeError::new_err(format!(
+        "{}: cannot convert {} to JSON (expected None, bool, int, float, str, list, tuple or dict)",
+        describe(what, path),
+        obj.get_type().name()?
+    )))
+}
+
+fn seq<'py>(items: impl Iterator<Item = Bound<'py, PyAny>>, what: &str, path: &mut String) -> PyResult<Value> {
+    let mut out = Vec::new();
+    for (i, item) in items.enumerate() {
+        let len = path.len();
+        path.push_str(&format!("[{i}]"));
+        out.push(convert(&item, what, path)?);
+        path.truncate(len);
+    }
+    Ok(Value::Array(out))
+}
+
+/// Builds an options object from keyword arguments, leaving out the ones that are `None`
+/// so that defaults and validation stay in the core (`anneal::options_from_json`).
+#[derive(Default)]
+pub struct Options(Map<String, Value>);
+
+impl Options {
+    /// Adds `key` unless `value` is `None` or Python `None`.
+    pub fn set(mut self, key: &str, value: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        if let Some(v) = value.filter(|v| !v.is_none()) {
+            self.0.insert(key.to_string(), to_json(v, key)?);
+        }
+        Ok(self)
+    }
+
+    /// The JSON object for `anneal::options_from_json`.
+    pub fn into_value(self) -> Value {
+        Value::Object(self.0)
+    }
+}

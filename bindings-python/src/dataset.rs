@@ -1,0 +1,382 @@
+//! `DatasetStore` and its records.
+
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyIterator, PyList, PyTuple};
+use serde_json::Value;
+
+use anneal::ImportOptions;
+
+use crate::conv::{self, Options};
+use crate::errors::{to_pyerr, EnterCore};
+use crate::events::{self, PyCancelToken};
+
+/// Records pulled from a Python iterable per re-attach.
+const CHUNK: usize = 1024;
+
+/// `'text'` as Python prints it (for `__repr__`).
+pub(crate) fn q(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A serialized core value as a Python object.
+pub(crate) fn json_to_py<'py>(py: Python<'py>, v: serde_json::Result<Value>) -> PyResult<Bound<'py, PyAny>> {
+    let v = v.map_err(|e| to_pyerr(py, anneal::Error::Internal(e.to_string())))?;
+    conv::to_py(py, &v)
+}
+
+/// A stored dataset (a catalog row).
+#[pyclass(name = "DatasetRecord", module = "anneal", frozen)]
+#[derive(Clone)]
+pub struct PyDatasetRecord {
+    inner: anneal::DatasetRecord,
+}
+
+impl From<anneal::DatasetRecord> for PyDatasetRecord {
+    fn from(inner: anneal::DatasetRecord) -> Self {
+        Self { inner }
+    }
+}
+
+#[pymethods]
+impl PyDatasetRecord {
+    #[getter]
+    fn id(&self) -> &str {
+        &self.inner.id.0
+    }
+    #[getter]
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+    /// `text`, `completion`, `instruction`, `chat` or `tabular`.
+    #[getter]
+    fn format(&self) -> &'static str {
+        self.inner.format.as_str()
+    }
+    #[getter]
+    fn sha256(&self) -> &str {
+        &self.inner.sha256
+    }
+    #[getter]
+    fn num_records(&self) -> u64 {
+        self.inner.num_records
+    }
+    #[getter]
+    fn bytes(&self) -> u64 {
+        self.inner.bytes
+    }
+    #[getter]
+    fn source(&self) -> &str {
+        &self.inner.source
+    }
+    #[getter]
+    fn source_format(&self) -> &'static str {
+        self.inner.source_format.as_str()
+    }
+    #[getter]
+    fn columns(&self) -> std::collections::BTreeMap<String, String> {
+        self.inner.columns.clone()
+    }
+    #[getter]
+    fn parent_id(&self) -> Option<&str> {
+        self.inner.parent_id.as_ref().map(|p| p.0.as_str())
+    }
+    #[getter]
+    fn created_at(&self) -> &str {
+        &self.inner.created_at
+    }
+    #[getter]
+    fn path(&self) -> String {
+        self.inner.path.display().to_string()
+    }
+    /// Every field as a plain dict.
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json_to_py(py, serde_json::to_value(&self.inner))
+    }
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other.cast::<Self>().is_ok_and(|o| o.get().inner == self.inner)
+    }
+    fn __repr__(&self) -> String {
+        let r = &self.inner;
+        format!(
+            "DatasetRecord(id={}, name={}, format={}, num_records={})",
+            q(&r.id.0),
+            q(&r.name),
+            q(r.format.as_str()),
+            r.num_records
+        )
+    }
+}
+
+/// Statistics computed at import. Nested values are plain dicts and lists.
+#[pyclass(name = "DatasetStats", module = "anneal", frozen)]
+pub struct PyDatasetStats {
+    inner: anneal::DatasetStats,
+}
+
+#[pymethods]
+impl PyDatasetStats {
+    #[getter]
+    fn num_records(&self) -> u64 {
+        self.inner.num_records
+    }
+    #[getter]
+    fn bytes(&self) -> u64 {
+        self.inner.bytes
+    }
+    /// Per text field: `{min_chars, max_chars, mean_chars, empty}`.
+    #[getter]
+    fn fields<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json_to_py(py, serde_json::to_value(&self.inner.fields))
+    }
+    /// `[{min_chars, max_chars, count}, ...]`.
+    #[getter]
+    fn length_histogram<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json_to_py(py, serde_json::to_value(&self.inner.length_histogram))
+    }
+    #[getter]
+    fn role_counts(&self) -> Option<std::collections::BTreeMap<String, u64>> {
+        self.inner.role_counts.clone()
+    }
+    #[getter]
+    fn label_counts(&self) -> Option<std::collections::BTreeMap<String, u64>> {
+        self.inner.label_counts.clone()
+    }
+    #[getter]
+    fn tokens(&self) -> Option<std::collections::BTreeMap<String, u64>> {
+        self.inner.tokens.clone()
+    }
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json_to_py(py, serde_json::to_value(&self.inner))
+    }
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other.cast::<Self>().is_ok_and(|o| o.get().inner == self.inner)
+    }
+    fn __repr__(&self) -> String {
+        format!("DatasetStats(num_records={}, bytes={})", self.inner.num_records, self.inner.bytes)
+    }
+}
+
+/// The two halves of `DatasetStore.split`; unpacks as `train, val = ...`.
+#[pyclass(name = "DatasetSplit", module = "anneal", frozen)]
+pub struct PyDatasetSplit {
+    inner: anneal::DatasetSplit,
+}
+
+#[pymethods]
+impl PyDatasetSplit {
+    #[getter]
+    fn train(&self) -> PyDatasetRecord {
+        self.inner.train.clone().into()
+    }
+    #[getter]
+    fn val(&self) -> PyDatasetRecord {
+        self.inner.val.clone().into()
+    }
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyIterator>> {
+        let pair = PyTuple::new(py, [self.train(), self.val()])?;
+        pair.as_any().try_iter()
+    }
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json_to_py(py, serde_json::to_value(&self.inner))
+    }
+    fn __repr__(&self) -> String {
+        format!("DatasetSplit(train={}, val={})", self.train().__repr__(), self.val().__repr__())
+    }
+}
+
+/// Pulls records from a Python iterable in chunks: attached to pull and convert, then
+/// detached while the core ingests them. A Python exception (from the iterable, a
+/// conversion, or Ctrl-C) is kept in `raised` and re-raised unchanged.
+struct PyRecords<'a> {
+    iter: Py<PyIterator>,
+    buf: std::vec::IntoIter<Value>,
+    pulled: u64,
+    len: Option<usize>,
+    done: bool,
+    raised: &'a mut Option<PyErr>,
+}
+
+impl PyRecords<'_> {
+    fn refill(&mut self, py: Python<'_>) -> PyResult<Vec<Value>> {
+        py.check_signals()?;
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut it = self.iter.bind(py).clone();
+        while chunk.len() < CHUNK {
+            let Some(item) = it.next() else { break };
+            self.pulled += 1;
+            chunk.push(conv::to_json(&item?, &format!("record {}", self.pulled))?);
+        }
+        Ok(chunk)
+    }
+}
+
+impl Iterator for PyRecords<'_> {
+    type Item = anneal::Result<Value>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(v) = self.buf.next() {
+            return Some(Ok(v));
+        }
+        if self.done {
+            return None;
+        }
+        Python::attach(|py| match self.refill(py) {
+            Ok(chunk) => {
+                self.done = chunk.len() < CHUNK;
+                self.buf = chunk.into_iter();
+                self.buf.next().map(Ok)
+            }
+            Err(err) => {
+                self.done = true;
+                let e = events::stand_in(py, &err);
+                *self.raised = Some(err);
+                Some(Err(e))
+            }
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self.len {
+            Some(n) => (n, Some(n)),
+            None => (0, None),
+        }
+    }
+}
+
+/// Builds `ImportOptions` from keyword arguments (defaults and validation: core).
+#[allow(clippy::too_many_arguments)]
+fn import_options(
+    py: Python<'_>,
+    name: Option<Bound<'_, PyAny>>,
+    format: Option<Bound<'_, PyAny>>,
+    columns: Option<Bound<'_, PyAny>>,
+    source_format: Option<Bound<'_, PyAny>>,
+    txt_mode: Option<Bound<'_, PyAny>>,
+    on_duplicate: Option<Bound<'_, PyAny>>,
+) -> PyResult<ImportOptions> {
+    let value = Options::default()
+        .set("name", name.as_ref())?
+        .set("format", format.as_ref())?
+        .set("columns", columns.as_ref())?
+        .set("source_format", source_format.as_ref())?
+        .set("txt_mode", txt_mode.as_ref())?
+        .set("on_duplicate", on_duplicate.as_ref())?
+        .into_value();
+    anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))
+}
+
+/// Imports, stores and serves datasets.
+#[pyclass(name = "DatasetStore", module = "anneal", frozen)]
+pub struct PyDatasetStore {
+    pub inner: anneal::DatasetStore,
+    pub root: String,
+}
+
+#[pymethods]
+impl PyDatasetStore {
+    /// Imports a CSV, TSV, JSON array, JSONL or TXT file.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (path, *, name=None, format=None, columns=None, source_format=None, txt_mode=None,
+                        on_duplicate=None, on_event=None, cancel=None))]
+    fn import_file(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        name: Option<Bound<'_, PyAny>>,
+        format: Option<Bound<'_, PyAny>>,
+        columns: Option<Bound<'_, PyAny>>,
+        source_format: Option<Bound<'_, PyAny>>,
+        txt_mode: Option<Bound<'_, PyAny>>,
+        on_duplicate: Option<Bound<'_, PyAny>>,
+        on_event: Option<Bound<'_, PyAny>>,
+        cancel: Option<Bound<'_, PyCancelToken>>,
+    ) -> PyResult<PyDatasetRecord> {
+        let opts = import_options(py, name, format, columns, source_format, txt_mode, on_duplicate)?;
+        let (store, cancel) = (self.inner.clone(), events::token(cancel.as_ref()));
+        events::run(py, events::callback(on_event)?, move |sink| store.import_file_with(&path, &opts, sink, &cancel))
+            .map(Into::into)
+    }
+
+    /// Imports records from any iterable of dicts (a list, a generator, ...).
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (records, *, name=None, format=None, columns=None, on_duplicate=None, on_event=None,
+                        cancel=None))]
+    fn import_records(
+        &self,
+        py: Python<'_>,
+        records: Bound<'_, PyAny>,
+        name: Option<Bound<'_, PyAny>>,
+        format: Option<Bound<'_, PyAny>>,
+        columns: Option<Bound<'_, PyAny>>,
+        on_duplicate: Option<Bound<'_, PyAny>>,
+        on_event: Option<Bound<'_, PyAny>>,
+        cancel: Option<Bound<'_, PyCancelToken>>,
+    ) -> PyResult<PyDatasetRecord> {
+        let opts = import_options(py, name, format, columns, None, None, on_duplicate)?;
+        let (store, cancel) = (self.inner.clone(), events::token(cancel.as_ref()));
+        let mut iter_raised = None;
+        let iter = PyRecords {
+            iter: records.try_iter()?.unbind(),
+            buf: Vec::new().into_iter(),
+            pulled: 0,
+            len: if records.is_instance_of::<PyList>() || records.is_instance_of::<PyTuple>() {
+                records.len().ok()
+            } else {
+                None
+            },
+            done: false,
+            raised: &mut iter_raised,
+        };
+        let (result, sink_raised) = events::run_raw(py, events::callback(on_event)?, move |sink| {
+            store.import_records_with(iter, &opts, sink, &cancel)
+        });
+        events::finish(py, result, [iter_raised, sink_raised]).map(Into::into)
+    }
+
+    /// A dataset by id or name.
+    fn get(&self, py: Python<'_>, id_or_name: String) -> PyResult<PyDatasetRecord> {
+        py.enter_core(|| self.inner.get(id_or_name)).map(Into::into)
+    }
+
+    /// All datasets, oldest first.
+    fn list(&self, py: Python<'_>) -> PyResult<Vec<PyDatasetRecord>> {
+        Ok(py.enter_core(|| self.inner.list())?.into_iter().map(Into::into).collect())
+    }
+
+    /// The first `n` stored (normalised) records, as dicts.
+    #[pyo3(signature = (id_or_name, n=5))]
+    fn preview<'py>(&self, py: Python<'py>, id_or_name: String, n: usize) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let records = py.enter_core(|| self.inner.preview(id_or_name, n))?;
+        records.iter().map(|r| conv::to_py(py, r)).collect()
+    }
+
+    /// Statistics computed at import.
+    fn stats(&self, py: Python<'_>, id_or_name: String) -> PyResult<PyDatasetStats> {
+        py.enter_core(|| self.inner.stats(id_or_name)).map(|inner| PyDatasetStats { inner })
+    }
+
+    /// Splits deterministically into `<name>-train` / `<name>-val` (or `names`).
+    #[pyo3(signature = (id_or_name, val_fraction, *, seed=0, names=None))]
+    fn split(
+        &self,
+        py: Python<'_>,
+        id_or_name: String,
+        val_fraction: f64,
+        seed: u64,
+        names: Option<(String, String)>,
+    ) -> PyResult<PyDatasetSplit> {
+        py.enter_core(|| self.inner.split(id_or_name, val_fraction, seed, names)).map(|inner| PyDatasetSplit { inner })
+    }
+
+    /// Deletes a dataset (refuses while a job uses it, unless `force`).
+    #[pyo3(signature = (id_or_name, *, force=false))]
+    fn delete(&self, py: Python<'_>, id_or_name: String, force: bool) -> PyResult<()> {
+        py.enter_core(|| self.inner.delete(id_or_name, force))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("DatasetStore(home={})", q(&self.root))
+    }
+}

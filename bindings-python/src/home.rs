@@ -1,0 +1,56 @@
+//! `Home`: opens a directory and hands out the APIs.
+
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+
+use crate::dataset::{q, PyDatasetStore};
+use crate::errors::EnterCore;
+use crate::registry::PyModelRegistry;
+
+/// An opened home directory: the catalog and every stored file.
+#[pyclass(name = "Home", module = "anneal", frozen)]
+pub struct PyHome {
+    inner: anneal::Home,
+}
+
+#[pymethods]
+impl PyHome {
+    /// Opens the home at `path`, creating or migrating it. A home written by a newer
+    /// anneal raises `IncompatibleHomeError` and is left untouched.
+    #[staticmethod]
+    fn open(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        py.enter_core(|| anneal::Home::open(&path)).map(|inner| Self { inner })
+    }
+
+    /// The home directory (absolute).
+    #[getter]
+    fn root(&self) -> String {
+        self.inner.root().display().to_string()
+    }
+
+    /// The catalog's schema version.
+    fn schema_version(&self, py: Python<'_>) -> PyResult<i64> {
+        py.enter_core(|| self.inner.schema_version())
+    }
+
+    /// The schema version this build of anneal writes.
+    #[staticmethod]
+    fn supported_schema_version() -> i64 {
+        anneal::Home::supported_schema_version()
+    }
+
+    /// The dataset store of this home.
+    fn datasets(&self) -> PyDatasetStore {
+        PyDatasetStore { inner: self.inner.datasets(), root: self.root() }
+    }
+
+    /// The model registry of this home.
+    fn models(&self) -> PyModelRegistry {
+        PyModelRegistry { inner: self.inner.models(), root: self.root() }
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Home({})", q(&self.root()))
+    }
+}

@@ -1,0 +1,94 @@
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import anneal
+
+
+def test_open_creates_and_reopens(tmp_path):
+    home = anneal.Home.open(tmp_path / "h")
+    root = Path(home.root)
+    assert root.is_absolute() and (root / "anneal.db").exists()
+    for sub in ["datasets", "models", "jobs"]:
+        assert (root / sub).is_dir()
+    assert home.schema_version() == anneal.Home.supported_schema_version() >= 1
+    assert repr(home).startswith("Home(")
+    home.datasets().import_records([{"text": "a"}], name="kept")
+    again = anneal.Home.open(str(tmp_path / "h"))
+    assert [d.name for d in again.datasets().list()] == ["kept"]
+    assert isinstance(home.datasets(), anneal.DatasetStore)
+    assert isinstance(home.models(), anneal.ModelRegistry)
+
+
+def test_open_migrates_an_empty_catalog(tmp_path):
+    d = tmp_path / "old"
+    d.mkdir()
+    sqlite3.connect(d / "anneal.db").close()  # version 0: an empty catalog
+    home = anneal.Home.open(d)
+    assert home.schema_version() == anneal.Home.supported_schema_version()
+    home.models().create_preset("nano")
+
+
+def test_newer_schema_is_refused_and_left_untouched(tmp_path):
+    d = tmp_path / "h"
+    anneal.Home.open(d).datasets().import_records([{"text": "a"}], name="x")
+    con = sqlite3.connect(d / "anneal.db")
+    con.execute("PRAGMA user_version = 99")
+    con.commit()
+    con.close()
+    with pytest.raises(anneal.IncompatibleHomeError) as ei:
+        anneal.Home.open(d)
+    e = ei.value
+    assert e.code == "incompatible_home"
+    assert (e.found, e.supported) == (99, anneal.Home.supported_schema_version())
+    assert "99" in str(e) and str(d.name) in str(e)
+    con = sqlite3.connect(d / "anneal.db")
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 99
+    con.close()
+
+
+def test_home_path_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(anneal.InvalidConfigError) as ei:
+        anneal.Home.open(f)
+    assert ei.value.field == "home"
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, anneal
+    home = anneal.Home.open(sys.argv[1])
+    ds, models = home.datasets(), home.models()
+    for i in range(15):
+        ds.import_records([{"text": f"child {i}"}], name=f"child-{i}")
+        if i % 5 == 0:
+            models.create_preset("nano", name="child-model", seed=i)
+    print("ok")
+    """
+)
+
+
+def test_two_processes_share_one_home(tmp_path):
+    d = tmp_path / "shared"
+    anneal.Home.open(d)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(d)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    home = anneal.Home.open(d)
+    ds, models = home.datasets(), home.models()
+    for i in range(15):
+        ds.import_records([{"text": f"parent {i}"}], name=f"parent-{i}")
+        if i % 5 == 0:
+            models.create_preset("nano", name="parent-model", seed=i)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err.decode()
+    assert out.decode().strip() == "ok"
+    names = {r.name for r in ds.list()}
+    assert names == {f"parent-{i}" for i in range(15)} | {f"child-{i}" for i in range(15)}
+    assert [m.version for m in models.list(name="child-model")] == [1, 2, 3]
+    assert [m.version for m in models.list(name="parent-model")] == [1, 2, 3]
+    # The other process's data is readable here, and vice versa.
+    assert ds.preview("child-7") == [{"text": "child 7"}]

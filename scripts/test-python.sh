@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds the Python binding into .venv (maturin develop, dev profile) and runs its tests.
+# Run from the repository root. Works on a fresh machine: creates .venv if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# One compile of candle shared by `cargo test`, maturin and napi (see CANDLE-NOTES.md).
+CARGO_BUILD_TARGET=$(rustc -vV | sed -n 's/host: //p')
+export CARGO_BUILD_TARGET
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install -q "maturin>=1.16,<2" "pytest>=8"
+(cd bindings-python && VIRTUAL_ENV="$PWD/../.venv" ../.venv/bin/maturin develop)
+.venv/bin/pytest -q bindings-python/tests "$@"

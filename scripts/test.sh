@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every test suite: format + lints, Rust unit/integration tests, the quickstart,
+# the Python binding (pytest, in ./.venv) and the Node binding (node --test).
+# Installs what it needs itself (maturin, pytest into .venv; npm packages into
+# bindings-node/node_modules). Works on a fresh machine; no network beyond the
+# package registries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# One compile of candle for cargo test, maturin develop and napi build: napi always
+# passes --target, so every cargo call here targets the host triple explicitly.
+CARGO_BUILD_TARGET="$(rustc -vV | sed -n 's/host: //p')"
+export CARGO_BUILD_TARGET
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+started=$(date +%s)
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (workspace, all targets, -D warnings)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test (core, end-to-end tests, examples, benches)"
+cargo test
+
+step "quickstart example (dev profile; the README runs it with --release)"
+qs_home="$(mktemp -d)"
+cargo run -q -p anneal-examples --example quickstart -- "$qs_home/home"
+rm -rf "$qs_home"
+
+step "Python binding"
+scripts/test-python.sh
+
+step "Node binding"
+scripts/test-node.sh
+
+step "all suites passed in $(( $(date +%s) - started ))s"
