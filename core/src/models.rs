@@ -171,6 +171,21 @@ impl Model {
     /// Loads config.json and the safetensors weights (single file or sharded).
     pub fn load(source: impl ModelSource, opts: &LoadOptions) -> Result<Model> {
         let dir = source.model_dir();
+        let adapter_hint = || {
+            Error::config(
+                "model",
+                format!(
+                    "{} holds a LoRA adapter, not a model: load its base model, then call Model::load_adapter",
+                    dir.display()
+                ),
+            )
+        };
+        if source.model_config().is_none()
+            && !dir.join("config.json").exists()
+            && dir.join("adapter_config.json").exists()
+        {
+            return Err(adapter_hint());
+        }
         let raw_config = match source.model_config() {
             Some(v) => v.clone(),
             None => {
@@ -179,6 +194,9 @@ impl Model {
                 serde_json::from_str(&text).map_err(|e| Error::data(Location::file(&p), e.to_string()))?
             }
         };
+        if raw_config.get("peft_type").is_some() {
+            return Err(adapter_hint());
+        }
         let config = ModelConfig::from_json(&raw_config)?;
         let weights = load::Weights::load(&dir, opts.dtype, &opts.device)?;
         let mut params = Params { trainable: opts.trainable, vars: Vec::new() };

@@ -182,3 +182,20 @@ fn adapter_errors_are_typed() {
         Model::load(format!("{FIXTURES}/tiny-llama"), &LoadOptions { trainable: true, ..Default::default() }).unwrap();
     assert_eq!(full.add_lora(&LoraConfig::default(), 0).unwrap_err().kind(), ErrorKind::InvalidConfig);
 }
+
+#[test]
+fn merged_adapter_exports_as_a_plain_model() {
+    let mut m = llama();
+    m.load_adapter(Path::new(FIXTURES).join("tiny-llama-lora")).unwrap();
+    let want = logits(&m);
+    m.merge_lora().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    m.save(out.path()).unwrap();
+    let exported = Model::load(out.path(), &LoadOptions::default()).unwrap();
+    let d = logits(&exported).iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(d < 1e-5, "{d}");
+    // An adapter directory is not a model.
+    let e = Model::load(Path::new(FIXTURES).join("tiny-llama-lora"), &LoadOptions::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+    assert!(e.to_string().contains("load_adapter"), "{e}");
+}
