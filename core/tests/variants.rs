@@ -135,3 +135,28 @@ fn gpt2_hub_layout_without_transformer_prefix_loads() {
     let b = check(&src);
     assert_eq!(a, b);
 }
+
+#[test]
+fn bf16_weights_run_both_paths_close_to_f32() {
+    let src = Path::new(FIXTURES);
+    for name in ["tiny-llama", "tiny-gpt2"] {
+        let f32m = Model::load(src.join(name), &LoadOptions::default()).unwrap();
+        let bf = Model::load(src.join(name), &LoadOptions { dtype: candle_core::DType::BF16, ..Default::default() })
+            .unwrap();
+        let want: Vec<f32> =
+            f32m.forward_with(&ids(), 0, ForwardMode::Infer).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        for mode in [ForwardMode::Train, ForwardMode::Infer] {
+            let got: Vec<f32> = bf
+                .forward_with(&ids(), 0, mode)
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(d < 0.1, "{name} {mode:?}: bf16 differs from f32 by {d}");
+        }
+    }
+}
