@@ -60,6 +60,7 @@ pub use lora::LoraConfig;
 pub use models::presets::Preset;
 pub use models::{
     causal_lm_loss, load_model, Activation, Family, ForwardMode, LoadOptions, Model, ModelConfig, ModelSource,
+    RopeScaling,
 };
 pub use registry::{
     ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelRegistry, PresetOptions, RegisterOptions,

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var, D};
 use serde_json::Value;
 
-pub use config::{Activation, Family, ModelConfig};
+pub use config::{Activation, Family, ModelConfig, RopeScaling};
 
 use crate::error::{Error, IoResultExt, Location, Result};
 use crate::lora::linear::Linear;
@@ -405,7 +405,7 @@ pub fn causal_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
 pub(crate) mod ops {
     use candle_core::{DType, Device, Tensor, D};
 
-    use super::ForwardMode;
+    use super::{ForwardMode, RopeScaling};
     use crate::error::Result;
 
     /// Rows of `table` for `ids` `[b, t]` -> `[b, t, h]`.
@@ -446,6 +446,7 @@ pub(crate) mod ops {
     /// computed in f32 as transformers does (`inv_freq = 1 / theta^(2i/d)`).
     pub(crate) fn rope_tables(
         theta: f64,
+        scaling: Option<RopeScaling>,
         head_dim: usize,
         offset: usize,
         t: usize,
@@ -453,7 +454,12 @@ pub(crate) mod ops {
         dev: &Device,
     ) -> Result<(Tensor, Tensor)> {
         let half = head_dim / 2;
-        let inv: Vec<f32> = (0..half).map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
+        let inv: Vec<f32> = (0..half)
+            .map(|i| {
+                let f = 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32);
+                scale_inv_freq(f, scaling)
+            })
+            .collect();
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
         for p in offset..offset + t {
@@ -466,6 +472,32 @@ pub(crate) mod ops {
         let cos = Tensor::from_vec(cos, (t, half), dev)?.to_dtype(dtype)?;
         let sin = Tensor::from_vec(sin, (t, half), dev)?.to_dtype(dtype)?;
         Ok((cos, sin))
+    }
+
+    /// One inverse frequency after transformers' `rope_type` adjustment (f32 math).
+    fn scale_inv_freq(f: f32, scaling: Option<RopeScaling>) -> f32 {
+        match scaling {
+            None => f,
+            Some(RopeScaling::Linear { factor }) => f / factor as f32,
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position_embeddings: ctx,
+            }) => {
+                let (factor, low, high, ctx) = (factor as f32, low as f32, high as f32, ctx as f32);
+                let wavelen = 2.0 * std::f32::consts::PI / f;
+                let (low_wavelen, high_wavelen) = (ctx / low, ctx / high);
+                let llama = if wavelen > low_wavelen { f / factor } else { f };
+                let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
+                if medium {
+                    let smooth = (ctx / wavelen - low) / (high - low);
+                    (1.0 - smooth) * llama / factor + smooth * llama
+                } else {
+                    llama
+                }
+            }
+        }
     }
 
     /// Rotate-half RoPE on `x` `[b, h, t, d]`.

@@ -43,6 +43,17 @@ pub enum Activation {
     Silu,
 }
 
+/// RoPE frequency scaling, as transformers' `rope_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "snake_case")]
+pub enum RopeScaling {
+    /// `linear`: every inverse frequency divided by `factor`.
+    Linear { factor: f64 },
+    /// `llama3` (Llama 3.1 / 3.2): low frequencies divided by `factor`, a smooth
+    /// blend between `low_freq_factor` and `high_freq_factor`.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+}
+
 /// A resolved model configuration: every value the forward pass needs, with the
 /// family's defaults applied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +74,8 @@ pub struct ModelConfig {
     pub norm_eps: f64,
     /// RoPE base (Llama family only; 0 for GPT-2).
     pub rope_theta: f64,
+    /// RoPE frequency scaling (`rope_type` other than `default`).
+    pub rope_scaling: Option<RopeScaling>,
     /// The LM head shares the token embedding matrix.
     pub tie_word_embeddings: bool,
     /// Bias on the q, k and v projections (Qwen2, Llama with `attention_bias`).
@@ -208,6 +221,7 @@ impl Gpt2Wire {
             max_position_embeddings: positive("n_positions", self.n_positions)?,
             norm_eps: self.layer_norm_epsilon,
             rope_theta: 0.0,
+            rope_scaling: None,
             tie_word_embeddings: true,
             qkv_bias: true,
             o_bias: true,
@@ -220,14 +234,6 @@ impl Gpt2Wire {
             pad_token_id: self.pad_token_id,
         })
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct RopeParameters {
-    #[serde(default)]
-    rope_theta: Option<f64>,
-    #[serde(default)]
-    rope_type: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -249,7 +255,7 @@ struct LlamaWire {
     rope_theta: Option<f64>,
     /// transformers >= 5 spelling: `{"rope_theta": .., "rope_type": "default"}`.
     #[serde(default)]
-    rope_parameters: Option<RopeParameters>,
+    rope_parameters: Option<Value>,
     /// Older spelling of non-default RoPE types.
     #[serde(default)]
     rope_scaling: Option<Value>,
@@ -271,6 +277,47 @@ struct LlamaWire {
     eos_token_id: Option<OneOrMany>,
     #[serde(default)]
     pad_token_id: Option<u32>,
+}
+
+/// Reads `rope_type` and its parameters from `rope_parameters` or `rope_scaling`.
+fn parse_rope_scaling(field: &str, v: &Value) -> Result<Option<RopeScaling>> {
+    let t = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let num = |k: &str| -> Result<f64> {
+        let x = v
+            .get(k)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| Error::config(format!("{field}.{k}"), format!("required by rope_type `{t}`")))?;
+        if x.is_finite() && x > 0.0 {
+            Ok(x)
+        } else {
+            Err(Error::config(format!("{field}.{k}"), format!("must be a positive number, got {x}")))
+        }
+    };
+    Ok(match t {
+        "default" => None,
+        "linear" => Some(RopeScaling::Linear { factor: num("factor")? }),
+        "llama3" => {
+            let (low, high) = (num("low_freq_factor")?, num("high_freq_factor")?);
+            if high <= low {
+                return Err(Error::config(
+                    format!("{field}.high_freq_factor"),
+                    format!("must be greater than low_freq_factor ({low})"),
+                ));
+            }
+            Some(RopeScaling::Llama3 {
+                factor: num("factor")?,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position_embeddings: num("original_max_position_embeddings")?,
+            })
+        }
+        other => {
+            return Err(Error::config(
+                format!("{field}.rope_type"),
+                format!("unsupported rope_type `{other}` (supported: default, linear, llama3)"),
+            ))
+        }
+    })
 }
 
 fn default_max_pos() -> usize {
@@ -307,30 +354,18 @@ impl LlamaWire {
         if head_dim % 2 != 0 {
             return Err(Error::config("head_dim", format!("RoPE needs an even head_dim, got {head_dim}")));
         }
-        // RoPE: the new `rope_parameters` wins over the old top-level `rope_theta`.
-        let mut rope_theta = self.rope_theta;
-        if let Some(p) = &self.rope_parameters {
-            if let Some(t) = p.rope_type.as_deref() {
-                if t != "default" {
-                    return Err(Error::config(
-                        "rope_parameters.rope_type",
-                        format!("unsupported rope_type `{t}` (supported: default)"),
-                    ));
-                }
-            }
-            if p.rope_theta.is_some() {
-                rope_theta = p.rope_theta;
-            }
-        }
-        if let Some(s) = &self.rope_scaling {
-            let t = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str);
-            if !s.is_null() && t != Some("default") {
-                return Err(Error::config(
-                    "rope_scaling",
-                    format!("unsupported RoPE scaling {s} (only the default RoPE is supported)"),
-                ));
-            }
-        }
+        // RoPE: the new `rope_parameters` (theta and type in one object) wins over the old
+        // top-level `rope_theta` + `rope_scaling`.
+        let (rope_theta, rope_scaling) = match &self.rope_parameters {
+            Some(p) => (
+                p.get("rope_theta").and_then(Value::as_f64).or(self.rope_theta),
+                parse_rope_scaling("rope_parameters", p)?,
+            ),
+            None => match &self.rope_scaling {
+                Some(s) if !s.is_null() => (self.rope_theta, parse_rope_scaling("rope_scaling", s)?),
+                _ => (self.rope_theta, None),
+            },
+        };
         let rope_theta = rope_theta.unwrap_or(10000.0);
         if !(rope_theta.is_finite() && rope_theta > 0.0) {
             return Err(Error::config("rope_theta", format!("must be a positive number, got {rope_theta}")));
@@ -363,6 +398,7 @@ impl LlamaWire {
             max_position_embeddings: positive("max_position_embeddings", self.max_position_embeddings)?,
             norm_eps: self.rms_norm_eps,
             rope_theta,
+            rope_scaling,
             // transformers' default when the key is absent.
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
             qkv_bias: is_qwen2 || attention_bias,
@@ -405,6 +441,29 @@ mod tests {
         let e = ModelConfig::from_json(&v).unwrap_err();
         assert_eq!(e.code(), "invalid_config");
         assert!(e.to_string().contains("rope_type"), "{e}");
+    }
+
+    #[test]
+    fn rope_scaling_types() {
+        let mut v = llama();
+        v["rope_scaling"] = json!({"type": "linear", "factor": 2.0});
+        assert_eq!(ModelConfig::from_json(&v).unwrap().rope_scaling, Some(RopeScaling::Linear { factor: 2.0 }));
+        let mut v = llama();
+        v["rope_parameters"] = json!({"rope_type": "llama3", "rope_theta": 5e5, "factor": 32.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let c = ModelConfig::from_json(&v).unwrap();
+        assert_eq!(c.rope_theta, 5e5);
+        assert!(matches!(c.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 32.0));
+        v["rope_parameters"]["high_freq_factor"] = json!(0.5);
+        let e = ModelConfig::from_json(&v).unwrap_err();
+        assert!(e.to_string().contains("rope_parameters.high_freq_factor"), "{e}");
+        let mut v = llama();
+        v["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0});
+        let e = ModelConfig::from_json(&v).unwrap_err();
+        assert!(e.to_string().contains("rope_scaling.low_freq_factor"), "{e}");
+        let mut v = llama();
+        v["rope_scaling"] = Value::Null;
+        assert_eq!(ModelConfig::from_json(&v).unwrap().rope_scaling, None);
     }
 
     #[test]

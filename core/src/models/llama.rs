@@ -79,7 +79,7 @@ impl Llama {
         let train = mode == ForwardMode::Train;
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let mut x = ops::embed(&self.embed_tokens, ids)?;
-        let (cos, sin) = ops::rope_tables(cfg.rope_theta, hd, offset, t, x.dtype(), x.device())?;
+        let (cos, sin) = ops::rope_tables(cfg.rope_theta, cfg.rope_scaling, hd, offset, t, x.dtype(), x.device())?;
         let mask = ops::causal_mask(t, 0, cfg.sliding_window, x.device())?;
         let scale = 1.0 / (hd as f64).sqrt();
         for l in &self.layers {
