@@ -199,3 +199,35 @@ fn merged_adapter_exports_as_a_plain_model() {
     assert_eq!(e.kind(), ErrorKind::InvalidConfig);
     assert!(e.to_string().contains("load_adapter"), "{e}");
 }
+
+/// Writes anneal-made adapters (B moved off zero) for tiny-llama and tiny-gpt2 with
+/// anneal's logits, for tests/fixtures/check_peft_interop.py to load in PEFT:
+/// ANNEAL_PEFT_EXPORT=/tmp/x cargo test -p anneal --test lora_peft -- --ignored
+#[test]
+#[ignore]
+fn export_for_peft_interop() {
+    let out = std::path::PathBuf::from(std::env::var("ANNEAL_PEFT_EXPORT").unwrap());
+    let ids: Vec<u32> = vec![431, 26, 386, 294, 289, 429, 282, 31, 414, 26];
+    for (name, targets) in [("tiny-llama", vec!["all-linear"]), ("tiny-gpt2", vec!["c_attn", "c_proj", "c_fc"])] {
+        let mut m = Model::load(format!("{FIXTURES}/{name}"), &LoadOptions::default()).unwrap();
+        let cfg = LoraConfig {
+            r: 4,
+            alpha: 12.0,
+            target_modules: targets.into_iter().map(String::from).collect(),
+            ..Default::default()
+        };
+        m.add_lora(&cfg, 3).unwrap();
+        for (k, v) in m.named_trainable_vars() {
+            if k.contains("lora_B") {
+                v.set(&Tensor::randn(0f32, 0.1, v.shape(), &Device::Cpu).unwrap()).unwrap();
+            }
+        }
+        let dir = out.join(name);
+        m.save_adapter(&dir).unwrap();
+        let x = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let logits: Vec<f32> =
+            m.forward_with(&x, 0, ForwardMode::Infer).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let v = serde_json::json!({"input_ids": ids, "logits": logits});
+        std::fs::write(dir.join("anneal_logits.json"), v.to_string()).unwrap();
+    }
+}

@@ -147,6 +147,27 @@ fn lora_unmerged_and_merged_match_peft() {
     assert!(d < 1e-4);
 }
 
+/// A PEFT-made adapter on GPT-2's Conv1D layers (fan_in_fan_out), made by
+/// tests/fixtures/variants/make_gpt2_lora.py with peft 0.21.2.
+#[test]
+fn gpt2_conv1d_lora_from_peft_matches() {
+    let r = reference("variants/tiny-gpt2-lora");
+    let ids = u32s(&r["input_ids"]);
+    let mut m = load("tiny-gpt2");
+    m.load_adapter(format!("{FIXTURES}/variants/tiny-gpt2-lora")).unwrap();
+    for merged in [false, true] {
+        if merged {
+            m.merge_lora().unwrap();
+        }
+        let key = if merged { "merged_last_logits_first20" } else { "last_logits_first20" };
+        for mode in [ForwardMode::Train, ForwardMode::Infer] {
+            let d = max_abs_diff(&last_logits(&m, &ids, mode)[..20], &f32s(&r[key]));
+            println!("tiny-gpt2-lora merged={merged} {mode:?}: logits max|d| {d:.2e}");
+            assert!(d < 1e-4, "merged={merged} {mode:?}: {d}");
+        }
+    }
+}
+
 /// PEFT's in-memory key for a file key.
 fn in_memory_key(file_key: &str) -> String {
     file_key.replace(".lora_A.weight", ".lora_A.default.weight").replace(".lora_B.weight", ".lora_B.default.weight")
