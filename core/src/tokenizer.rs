@@ -263,6 +263,7 @@ pub fn render_chat_template(
         Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
     });
     env.add_function("strftime_now", |_fmt: String| -> String { String::new() });
+    env.add_filter("tojson", python_tojson);
     let tmpl = env
         .template_from_str(template)
         .map_err(|e| Error::config("chat_template", format!("invalid template: {e}")))?;
@@ -273,6 +274,84 @@ pub fn render_chat_template(
         eos_token => eos_token.unwrap_or(""),
     })
     .map_err(|e| Error::config("chat_template", format!("rendering failed: {e}")))
+}
+
+/// `tojson` as transformers defines it for chat templates: Python's
+/// `json.dumps(x, ensure_ascii=False, indent=indent, sort_keys=sort_keys)`, whose spacing
+/// (`", "`, `": "`) differs from minijinja's compact built-in.
+fn python_tojson(
+    value: &minijinja::Value,
+    kwargs: minijinja::value::Kwargs,
+) -> std::result::Result<String, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
+    kwargs.assert_all_used()?;
+    let v = serde_json::to_value(value)
+        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let mut out = String::new();
+    write_py_json(&v, indent, sort_keys.unwrap_or(false), ensure_ascii.unwrap_or(false), 0, &mut out);
+    Ok(out)
+}
+
+fn write_py_json(v: &Value, indent: Option<usize>, sort: bool, ascii: bool, level: usize, out: &mut String) {
+    let newline = |out: &mut String, level: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * level));
+        }
+    };
+    let sep = if indent.is_some() { "," } else { ", " };
+    match v {
+        Value::String(s) => {
+            let quoted = serde_json::to_string(s).unwrap_or_default();
+            if ascii {
+                for c in quoted.chars() {
+                    if c.is_ascii() {
+                        out.push(c);
+                    } else {
+                        let mut buf = [0u16; 2];
+                        for u in c.encode_utf16(&mut buf) {
+                            out.push_str(&format!("\\u{u:04x}"));
+                        }
+                    }
+                }
+            } else {
+                out.push_str(&quoted);
+            }
+        }
+        Value::Array(a) if !a.is_empty() => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                newline(out, level + 1);
+                write_py_json(x, indent, sort, ascii, level + 1, out);
+            }
+            newline(out, level);
+            out.push(']');
+        }
+        Value::Object(m) if !m.is_empty() => {
+            let mut items: Vec<(&String, &Value)> = m.iter().collect();
+            if sort {
+                items.sort_by(|a, b| a.0.cmp(b.0));
+            }
+            out.push('{');
+            for (i, (k, x)) in items.into_iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                newline(out, level + 1);
+                write_py_json(&Value::String(k.clone()), indent, sort, ascii, level + 1, out);
+                out.push_str(": ");
+                write_py_json(x, indent, sort, ascii, level + 1, out);
+            }
+            newline(out, level);
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 /// ChatML, the fallback chat template (Jinja, as in tokenizer_config.json).
@@ -340,6 +419,24 @@ pub mod byte_level {
 #[cfg(test)]
 mod tests {
     use super::byte_level;
+
+    #[test]
+    fn tojson_spaces_like_python() {
+        let t = r#"{{ x | tojson }}|{{ x | tojson(indent=2) }}|{{ x | tojson(sort_keys=true) }}|{{ "é" | tojson(ensure_ascii=true) }}"#;
+        let x = serde_json::json!({"name": "f", "args": {"x": 1.5, "y": [1, "é<\"\n"], "z": {}}, "n": null, "t": true, "e": []});
+        let mut env = minijinja::Environment::new();
+        env.add_filter("tojson", super::python_tojson);
+        let out = env.render_str(t, minijinja::context! { x => x }).unwrap();
+        // Expected strings printed by Python's json.dumps(x, ensure_ascii=False[, indent=2 | sort_keys=True]).
+        let want = [
+            r#"{"name": "f", "args": {"x": 1.5, "y": [1, "é<\"\n"], "z": {}}, "n": null, "t": true, "e": []}"#,
+            "{\n  \"name\": \"f\",\n  \"args\": {\n    \"x\": 1.5,\n    \"y\": [\n      1,\n      \"é<\\\"\\n\"\n    ],\n    \"z\": {}\n  },\n  \"n\": null,\n  \"t\": true,\n  \"e\": []\n}",
+            r#"{"args": {"x": 1.5, "y": [1, "é<\"\n"], "z": {}}, "e": [], "n": null, "name": "f", "t": true}"#,
+            r#""\u00e9""#,
+        ]
+        .join("|");
+        assert_eq!(out, want);
+    }
 
     #[test]
     fn byte_tokenizer_loads_in_hf_tokenizers_and_round_trips() {

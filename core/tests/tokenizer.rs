@@ -75,3 +75,34 @@ fn byte_level_tokenizer_and_preset_dir_agree() {
     assert_eq!(chat, b.apply_chat_template(&[ChatMessage::new("user", "hi")], true).unwrap());
     assert_eq!(t.eos_token_ids(), &[256, 258]);
 }
+
+/// Chat templates rendered by minijinja match transformers' `apply_chat_template`
+/// (tests/fixtures/chat-templates/make_chat_templates.py, transformers 5.23): ChatML with
+/// a default system prompt, Llama-3 headers, Llama-2 [INST] with alternation checks,
+/// turns with role mapping and `namespace`; errors raised by `raise_exception` too.
+#[test]
+fn chat_templates_render_like_transformers() {
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/chat-templates/reference.json")).unwrap())
+            .unwrap();
+    let (bos, eos) = (r["bos_token"].as_str().unwrap(), r["eos_token"].as_str().unwrap());
+    let cases = r["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 32);
+    for c in cases {
+        let tname = c["template"].as_str().unwrap();
+        let cname = c["conversation"].as_str().unwrap();
+        let template = r["templates"][tname].as_str().unwrap();
+        let messages: Vec<ChatMessage> = serde_json::from_value(r["conversations"][cname].clone()).unwrap();
+        let agp = c["add_generation_prompt"].as_bool().unwrap();
+        let got = anneal::tokenizer::render_chat_template(template, &messages, agp, Some(bos), Some(eos));
+        match (&c["text"], &c["error"]) {
+            (Value::String(want), _) => assert_eq!(&got.unwrap(), want, "{tname} / {cname} / {agp}"),
+            (_, Value::String(err)) => {
+                let e = got.unwrap_err();
+                assert_eq!(e.code(), "invalid_config");
+                assert!(e.to_string().contains(err.as_str()), "{tname} / {cname}: {e}");
+            }
+            _ => unreachable!(),
+        }
+    }
+}
