@@ -168,6 +168,42 @@ fn gpt2_conv1d_lora_from_peft_matches() {
     }
 }
 
+/// Full fine-tuning gradients of every weight against PyTorch, for GPT-2 (LayerNorm,
+/// GELU, Conv1D, learned positions, tied head) and Qwen2 (RMSNorm, RoPE, GQA, qkv bias,
+/// tied head): tests/fixtures/variants/make_full_grads.py.
+#[test]
+fn full_finetune_gradients_match_torch() {
+    let all: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{FIXTURES}/variants/full-finetune-grads.json")).unwrap(),
+    )
+    .unwrap();
+    for name in ["tiny-gpt2", "tiny-qwen2"] {
+        let want = &all[name];
+        let m =
+            Model::load(format!("{FIXTURES}/{name}"), &LoadOptions { trainable: true, ..Default::default() }).unwrap();
+        let ids = u32s(&reference(name)["input_ids"]);
+        let loss = m.loss(&ids_tensor(&ids), &labels_tensor(&ids), ForwardMode::Train).unwrap();
+        let grads = loss.backward().unwrap();
+        let named = m.named_trainable_vars();
+        assert_eq!(named.len(), want["grads"].as_object().unwrap().len(), "{name}");
+        let (mut worst5, mut worst_rel) = (0f32, 0f64);
+        for (key, var) in &named {
+            let w = &want["grads"][key];
+            assert!(w.is_object(), "{name}: no reference gradient for {key}");
+            let flat = grads.get(var).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let norm = flat.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            let want_norm = w["norm"].as_f64().unwrap();
+            let d5 = max_abs_diff(&flat[..5], &f32s(&w["first5"]));
+            let rel = (norm - want_norm).abs() / want_norm;
+            worst5 = worst5.max(d5);
+            worst_rel = worst_rel.max(rel);
+            assert!(d5 < 1e-5 + 1e-3 * want_norm as f32, "{name} {key}: first5 differ by {d5}");
+            assert!(rel < 1e-4, "{name} {key}: norm {norm} vs {want_norm}");
+        }
+        println!("{name} full-ft grads: first5 max|d| {worst5:.2e}, norm max rel {worst_rel:.2e}");
+    }
+}
+
 /// PEFT's in-memory key for a file key.
 fn in_memory_key(file_key: &str) -> String {
     file_key.replace(".lora_A.weight", ".lora_A.default.weight").replace(".lora_B.weight", ".lora_B.default.weight")
