@@ -32,8 +32,12 @@ rm -rf "$qs_home"
 
 step "Python binding"
 scripts/test-python.sh
+step "Python quickstart twin"
+.venv/bin/python examples/python/quickstart.py "$(mktemp -d)/home"
 
 step "Node binding"
 scripts/test-node.sh
+step "Node quickstart twin"
+node examples/node/quickstart.mjs "$(mktemp -d)/home"
 
 step "all suites passed in $(( $(date +%s) - started ))s"

@@ -100,9 +100,9 @@ pub(crate) struct CallOptions {
 
 impl CallOptions {
     /// Reads an options object. `events`: whether the call takes `onEvent` and `cancel`.
-    pub(crate) fn parse(options: Option<Object<'_>>, events: bool) -> anneal::Result<CallOptions> {
+    pub(crate) fn parse(options: Option<Unknown<'_>>, events: bool) -> anneal::Result<CallOptions> {
         let mut out = CallOptions { json: Value::Object(Map::new()), ..Default::default() };
-        let Some(obj) = options else { return Ok(out) };
+        let Some(obj) = object(options, "options")? else { return Ok(out) };
         let keys = Object::keys(&obj).map_err(|e| anneal::Error::config("options", e.reason))?;
         let mut map = Map::new();
         for key in keys {
@@ -143,6 +143,51 @@ impl CallOptions {
 
 fn get<V: FromNapiValue>(obj: &Object<'_>, key: &str) -> anneal::Result<Option<V>> {
     obj.get::<V>(key).map_err(|e| anneal::Error::config(key, e.reason))
+}
+
+fn type_error(name: &str, expected: &str, v: &Unknown<'_>) -> anneal::Error {
+    let found = v.get_type().map(|t| format!("{t:?}").to_lowercase()).unwrap_or_else(|_| "?".into());
+    anneal::Error::config(name, format!("expected {expected}, found {found}"))
+}
+
+/// A string argument; anything else is `invalid_config` naming the argument.
+pub(crate) fn string(v: Unknown<'_>, name: &str) -> anneal::Result<String> {
+    if v.get_type().ok() != Some(ValueType::String) {
+        return Err(type_error(name, "a string", &v));
+    }
+    v.coerce_to_string()
+        .and_then(|s| s.into_utf8())
+        .and_then(|s| s.into_owned())
+        .map_err(|e| anneal::Error::config(name, e.reason))
+}
+
+/// A number argument.
+pub(crate) fn number(v: Unknown<'_>, name: &str) -> anneal::Result<f64> {
+    if v.get_type().ok() != Some(ValueType::Number) {
+        return Err(type_error(name, "a number", &v));
+    }
+    v.coerce_to_number().and_then(|n| n.get_double()).map_err(|e| anneal::Error::config(name, e.reason))
+}
+
+/// A count argument (a non-negative integer).
+pub(crate) fn count(v: Unknown<'_>, name: &str) -> anneal::Result<usize> {
+    let n = number(v, name)?;
+    if n < 0.0 || n.fract() != 0.0 || n > u32::MAX as f64 {
+        return Err(anneal::Error::config(name, format!("expected a non-negative integer, got {n}")));
+    }
+    Ok(n as usize)
+}
+
+/// An optional object argument: `undefined` and `null` are `None`.
+pub(crate) fn object<'a>(v: Option<Unknown<'a>>, name: &str) -> anneal::Result<Option<Object<'a>>> {
+    let Some(v) = v else { return Ok(None) };
+    match v.get_type() {
+        Ok(ValueType::Undefined | ValueType::Null) => Ok(None),
+        Ok(ValueType::Object) if !v.is_array().unwrap_or(false) => {
+            v.coerce_to_object().map(Some).map_err(|e| anneal::Error::config(name, e.reason))
+        }
+        _ => Err(type_error(name, "an object", &v)),
+    }
 }
 
 /// A JS array of records as the core's record stream: one `Result` per element, so a

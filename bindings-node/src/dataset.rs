@@ -1,13 +1,13 @@
 //! `DatasetStore`: import, preview, stats, split, list, get, delete.
 
-use napi::bindgen_prelude::{AsyncTask, Object, Unknown};
+use napi::bindgen_prelude::{AsyncTask, Unknown};
 use napi::Env;
 use napi_derive::napi;
 use serde_json::Value;
 
 use crate::conv::{self, js, JsJson};
 use crate::errors;
-use crate::events::LongTask;
+use crate::events::{arg, LongTask};
 
 /// Imports, stores and serves datasets (`home.datasets()`).
 #[napi]
@@ -21,9 +21,10 @@ impl DatasetStore {
     #[napi(catch_unwind, ts_return_type = "Promise<DatasetRecord>")]
     pub fn import_file(
         &self,
-        path: String,
-        #[napi(ts_arg_type = "ImportOptions & CallOptions")] options: Option<Object<'_>>,
+        #[napi(ts_arg_type = "string")] path: Unknown<'_>,
+        #[napi(ts_arg_type = "ImportOptions & CallOptions")] options: Option<Unknown<'_>>,
     ) -> AsyncTask<LongTask> {
+        let path = arg!(conv::string(path, "path"));
         let store = self.inner.clone();
         LongTask::spawn(options, true, move |json, sink, cancel| {
             let opts: anneal::ImportOptions = anneal::options_from_json(json)?;
@@ -37,12 +38,9 @@ impl DatasetStore {
     pub fn import_records(
         &self,
         #[napi(ts_arg_type = "Array<Record<string, unknown>>")] records: Unknown<'_>,
-        #[napi(ts_arg_type = "ImportOptions & CallOptions")] options: Option<Object<'_>>,
+        #[napi(ts_arg_type = "ImportOptions & CallOptions")] options: Option<Unknown<'_>>,
     ) -> AsyncTask<LongTask> {
-        let records = match conv::records(records) {
-            Ok(r) => r,
-            Err(e) => return LongTask::failed(e),
-        };
+        let records = arg!(conv::records(records));
         let store = self.inner.clone();
         LongTask::spawn(options, true, move |json, sink, cancel| {
             let opts: anneal::ImportOptions = anneal::options_from_json(json)?;
@@ -52,8 +50,9 @@ impl DatasetStore {
 
     /// A dataset by id or name.
     #[napi(catch_unwind, ts_return_type = "DatasetRecord")]
-    pub fn get(&self, env: Env, id_or_name: String) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.get(id_or_name)?))).map(JsJson)
+    pub fn get(&self, env: Env, #[napi(ts_arg_type = "string")] id_or_name: Unknown<'_>) -> napi::Result<JsJson> {
+        errors::sync(&env, || js(serde_json::to_value(self.inner.get(conv::string(id_or_name, "idOrName")?)?)))
+            .map(JsJson)
     }
 
     /// All datasets, oldest first.
@@ -64,24 +63,36 @@ impl DatasetStore {
 
     /// The first `n` stored (normalised) records, as stored (keys unchanged).
     #[napi(catch_unwind, ts_return_type = "Array<Record<string, unknown>>")]
-    pub fn preview(&self, env: Env, id_or_name: String, n: u32) -> napi::Result<JsJson> {
-        errors::sync(&env, || Ok(Value::Array(self.inner.preview(id_or_name, n as usize)?))).map(JsJson)
+    pub fn preview(
+        &self,
+        env: Env,
+        #[napi(ts_arg_type = "string")] id_or_name: Unknown<'_>,
+        #[napi(ts_arg_type = "number")] n: Unknown<'_>,
+    ) -> napi::Result<JsJson> {
+        errors::sync(&env, || {
+            let id = conv::string(id_or_name, "idOrName")?;
+            Ok(Value::Array(self.inner.preview(id, conv::count(n, "n")?)?))
+        })
+        .map(JsJson)
     }
 
     /// Statistics computed at import.
     #[napi(catch_unwind, ts_return_type = "DatasetStats")]
-    pub fn stats(&self, env: Env, id_or_name: String) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.stats(id_or_name)?))).map(JsJson)
+    pub fn stats(&self, env: Env, #[napi(ts_arg_type = "string")] id_or_name: Unknown<'_>) -> napi::Result<JsJson> {
+        errors::sync(&env, || js(serde_json::to_value(self.inner.stats(conv::string(id_or_name, "idOrName")?)?)))
+            .map(JsJson)
     }
 
     /// Splits into train and validation datasets, deterministically for a given `seed`.
     #[napi(catch_unwind, ts_return_type = "Promise<DatasetSplit>")]
     pub fn split(
         &self,
-        id_or_name: String,
-        val_fraction: f64,
-        #[napi(ts_arg_type = "SplitOptions")] options: Option<Object<'_>>,
+        #[napi(ts_arg_type = "string")] id_or_name: Unknown<'_>,
+        #[napi(ts_arg_type = "number")] val_fraction: Unknown<'_>,
+        #[napi(ts_arg_type = "SplitOptions")] options: Option<Unknown<'_>>,
     ) -> AsyncTask<LongTask> {
+        let id_or_name = arg!(conv::string(id_or_name, "idOrName"));
+        let val_fraction = arg!(conv::number(val_fraction, "valFraction"));
         let store = self.inner.clone();
         LongTask::spawn(options, false, move |json, _, _| {
             let (seed, names) = split_options(json)?;
@@ -94,9 +105,10 @@ impl DatasetStore {
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn delete(
         &self,
-        id_or_name: String,
-        #[napi(ts_arg_type = "DeleteOptions")] options: Option<Object<'_>>,
+        #[napi(ts_arg_type = "string")] id_or_name: Unknown<'_>,
+        #[napi(ts_arg_type = "DeleteOptions")] options: Option<Unknown<'_>>,
     ) -> AsyncTask<LongTask> {
+        let id_or_name = arg!(conv::string(id_or_name, "idOrName"));
         let store = self.inner.clone();
         LongTask::spawn(options, false, move |json, _, _| {
             store.delete(id_or_name, conv::force(json)?)?;

@@ -16,7 +16,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use napi::bindgen_prelude::{AsyncTask, Object};
+use napi::bindgen_prelude::{AsyncTask, Unknown};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode, UnknownReturnValue};
 use napi::{Env, Status, Task};
 use napi_derive::napi;
@@ -24,6 +24,17 @@ use serde_json::Value;
 
 use crate::conv::{self, CallOptions, JsJson};
 use crate::errors;
+
+/// Converts an argument of a long call; a bad one rejects the Promise.
+macro_rules! arg {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return $crate::events::LongTask::failed(e),
+        }
+    };
+}
+pub(crate) use arg;
 
 /// The `onEvent` callback as the worker thread sees it: `(event) => void`.
 pub(crate) type OnEvent = ThreadsafeFunction<Value, UnknownReturnValue, Value, Status, false>;
@@ -88,7 +99,7 @@ impl LongTask {
     /// Reads `options` on the JS thread, then runs `work(options_json, sink, cancel)` on
     /// the pool. A bad options object rejects the Promise (it never throws).
     pub(crate) fn spawn(
-        options: Option<Object<'_>>,
+        options: Option<Unknown<'_>>,
         events: bool,
         work: impl FnOnce(Value, &mut dyn anneal::EventSink, &anneal::CancelToken) -> anneal::Result<Value> + Send + 'static,
     ) -> AsyncTask<LongTask> {

@@ -1,8 +1,10 @@
 //! `Home`: one directory holding the catalog and every stored file.
 
+use napi::bindgen_prelude::Unknown;
 use napi::Env;
 use napi_derive::napi;
 
+use crate::conv;
 use crate::dataset::DatasetStore;
 use crate::errors;
 use crate::registry::ModelRegistry;
@@ -20,8 +22,8 @@ impl Home {
     /// A home written by a newer anneal is refused (code `incompatible_home`) and left
     /// untouched. Synchronous: it only opens SQLite.
     #[napi(factory, catch_unwind)]
-    pub fn open(env: Env, dir: String) -> napi::Result<Self> {
-        errors::sync(&env, || Ok(Self { inner: anneal::Home::open(&dir)? }))
+    pub fn open(env: Env, #[napi(ts_arg_type = "string")] dir: Unknown<'_>) -> napi::Result<Self> {
+        errors::sync(&env, || Ok(Self { inner: anneal::Home::open(conv::string(dir, "dir")?)? }))
     }
 
     /// The home directory (absolute).

@@ -1,13 +1,13 @@
 //! `ModelRegistry`: register directories and presets, names, versions, aliases, lineage.
 
-use napi::bindgen_prelude::{AsyncTask, Object};
+use napi::bindgen_prelude::{AsyncTask, Unknown};
 use napi::Env;
 use napi_derive::napi;
 use serde_json::Value;
 
 use crate::conv::{self, js, CallOptions, JsJson};
 use crate::errors;
-use crate::events::LongTask;
+use crate::events::{arg, LongTask};
 
 /// Registers, names, versions and serves models (`home.models()`).
 #[napi]
@@ -22,9 +22,10 @@ impl ModelRegistry {
     #[napi(catch_unwind, ts_return_type = "Promise<ModelRecord>")]
     pub fn register_dir(
         &self,
-        path: String,
-        #[napi(ts_arg_type = "RegisterOptions & CallOptions")] options: Option<Object<'_>>,
+        #[napi(ts_arg_type = "string")] path: Unknown<'_>,
+        #[napi(ts_arg_type = "RegisterOptions & CallOptions")] options: Option<Unknown<'_>>,
     ) -> AsyncTask<LongTask> {
+        let path = arg!(conv::string(path, "path"));
         let reg = self.inner.clone();
         LongTask::spawn(options, true, move |json, sink, cancel| {
             let opts: anneal::RegisterOptions = anneal::options_from_json(json)?;
@@ -36,9 +37,10 @@ impl ModelRegistry {
     #[napi(catch_unwind, ts_return_type = "Promise<ModelRecord>")]
     pub fn create_preset(
         &self,
-        preset: String,
-        #[napi(ts_arg_type = "PresetOptions")] options: Option<Object<'_>>,
+        #[napi(ts_arg_type = "string")] preset: Unknown<'_>,
+        #[napi(ts_arg_type = "PresetOptions")] options: Option<Unknown<'_>>,
     ) -> AsyncTask<LongTask> {
+        let preset = arg!(conv::string(preset, "preset"));
         let reg = self.inner.clone();
         LongTask::spawn(options, false, move |json, _, _| {
             let opts: anneal::PresetOptions = anneal::options_from_json(json)?;
@@ -54,14 +56,19 @@ impl ModelRegistry {
 
     /// A model by id.
     #[napi(catch_unwind, ts_return_type = "ModelRecord")]
-    pub fn get(&self, env: Env, id: String) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.get(&anneal::ModelId(id))?))).map(JsJson)
+    pub fn get(&self, env: Env, #[napi(ts_arg_type = "string")] id: Unknown<'_>) -> napi::Result<JsJson> {
+        errors::sync(&env, || {
+            let id = anneal::ModelId(conv::string(id, "id")?);
+            js(serde_json::to_value(self.inner.get(&id)?))
+        })
+        .map(JsJson)
     }
 
     /// Resolves an id, `name` (latest version), `name@3`, `name@latest` or `name@alias`.
     #[napi(catch_unwind, ts_return_type = "ModelRecord")]
-    pub fn resolve(&self, env: Env, reference: String) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.resolve(reference)?))).map(JsJson)
+    pub fn resolve(&self, env: Env, #[napi(ts_arg_type = "string")] reference: Unknown<'_>) -> napi::Result<JsJson> {
+        errors::sync(&env, || js(serde_json::to_value(self.inner.resolve(conv::string(reference, "reference")?)?)))
+            .map(JsJson)
     }
 
     /// Models matching every given filter field, by name then version.
@@ -69,7 +76,7 @@ impl ModelRegistry {
     pub fn list(
         &self,
         env: Env,
-        #[napi(ts_arg_type = "ModelFilter")] filter: Option<Object<'_>>,
+        #[napi(ts_arg_type = "ModelFilter")] filter: Option<Unknown<'_>>,
     ) -> napi::Result<JsJson> {
         errors::sync(&env, || {
             let filter: anneal::ModelFilter = anneal::options_from_json(CallOptions::parse(filter, false)?.json)?;
@@ -80,14 +87,28 @@ impl ModelRegistry {
 
     /// Points `alias` of the model's name at that model (created or moved atomically).
     #[napi(catch_unwind, ts_return_type = "ModelRecord")]
-    pub fn set_alias(&self, env: Env, reference: String, alias: String) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.set_alias(reference, &alias)?))).map(JsJson)
+    pub fn set_alias(
+        &self,
+        env: Env,
+        #[napi(ts_arg_type = "string")] reference: Unknown<'_>,
+        #[napi(ts_arg_type = "string")] alias: Unknown<'_>,
+    ) -> napi::Result<JsJson> {
+        errors::sync(&env, || {
+            let (reference, alias) = (conv::string(reference, "reference")?, conv::string(alias, "alias")?);
+            js(serde_json::to_value(self.inner.set_alias(reference, &alias)?))
+        })
+        .map(JsJson)
     }
 
     /// Removes `name@alias`.
     #[napi(catch_unwind)]
-    pub fn remove_alias(&self, env: Env, name: String, alias: String) -> napi::Result<()> {
-        errors::sync(&env, || self.inner.remove_alias(&name, &alias))
+    pub fn remove_alias(
+        &self,
+        env: Env,
+        #[napi(ts_arg_type = "string")] name: Unknown<'_>,
+        #[napi(ts_arg_type = "string")] alias: Unknown<'_>,
+    ) -> napi::Result<()> {
+        errors::sync(&env, || self.inner.remove_alias(&conv::string(name, "name")?, &conv::string(alias, "alias")?))
     }
 
     /// Deletes a model (row first, files last). Refuses while an adapter or a job
@@ -95,9 +116,10 @@ impl ModelRegistry {
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn delete(
         &self,
-        reference: String,
-        #[napi(ts_arg_type = "DeleteOptions")] options: Option<Object<'_>>,
+        #[napi(ts_arg_type = "string")] reference: Unknown<'_>,
+        #[napi(ts_arg_type = "DeleteOptions")] options: Option<Unknown<'_>>,
     ) -> AsyncTask<LongTask> {
+        let reference = arg!(conv::string(reference, "reference"));
         let reg = self.inner.clone();
         LongTask::spawn(options, false, move |json, _, _| {
             reg.delete(reference, conv::force(json)?)?;

@@ -2,6 +2,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -61,34 +62,55 @@ def test_home_path_is_a_file(tmp_path):
 
 CHILD = textwrap.dedent(
     """
-    import sys, anneal
+    import sys, time, anneal
     home = anneal.Home.open(sys.argv[1])
     ds, models = home.datasets(), home.models()
-    for i in range(15):
+    print("ready", flush=True)
+    sys.stdin.readline()  # go
+    t0 = time.time()
+    for i in range(N):
         ds.import_records([{"text": f"child {i}"}], name=f"child-{i}")
-        if i % 5 == 0:
+        if i % 10 == 0:
             models.create_preset("nano", name="child-model", seed=i)
-    print("ok")
+            models.create_preset("nano", name="shared-model", seed=i)
+    print(t0, time.time(), flush=True)
     """
 )
+
+N = 30
 
 
 def test_two_processes_share_one_home(tmp_path):
     d = tmp_path / "shared"
     anneal.Home.open(d)
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(d)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"N = {N}\n" + CHILD, str(d)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     home = anneal.Home.open(d)
     ds, models = home.datasets(), home.models()
-    for i in range(15):
+    assert child.stdout.readline().strip() == "ready", child.stderr.read()
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    t0 = time.time()
+    for i in range(N):
         ds.import_records([{"text": f"parent {i}"}], name=f"parent-{i}")
-        if i % 5 == 0:
+        if i % 10 == 0:
             models.create_preset("nano", name="parent-model", seed=i)
+            models.create_preset("nano", name="shared-model", seed=i)
+    t1 = time.time()
     out, err = child.communicate(timeout=120)
-    assert child.returncode == 0, err.decode()
-    assert out.decode().strip() == "ok"
+    assert child.returncode == 0, err
+    c0, c1 = map(float, out.split())
+    assert c0 < t1 and t0 < c1, "the two processes did not overlap"
     names = {r.name for r in ds.list()}
-    assert names == {f"parent-{i}" for i in range(15)} | {f"child-{i}" for i in range(15)}
+    assert names == {f"parent-{i}" for i in range(N)} | {f"child-{i}" for i in range(N)}
     assert [m.version for m in models.list(name="child-model")] == [1, 2, 3]
     assert [m.version for m in models.list(name="parent-model")] == [1, 2, 3]
-    # The other process's data is readable here, and vice versa.
+    # Versions of one name written from both processes at once stay unique.
+    assert [m.version for m in models.list(name="shared-model")] == [1, 2, 3, 4, 5, 6]
+    # The other process's data is readable here.
     assert ds.preview("child-7") == [{"text": "child 7"}]

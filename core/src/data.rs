@@ -179,7 +179,7 @@ impl DatasetStore {
             let mut next_report = PROGRESS_BYTES;
             read::read_file(path, source_format, opts.txt_mode, &counter, &mut |raw| {
                 ingest.push(raw)?;
-                if ingest.count % 256 == 0 {
+                if ingest.count.is_multiple_of(256) {
                     cancel.check()?;
                 }
                 if counter.get() >= next_report {

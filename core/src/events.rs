@@ -381,7 +381,11 @@ impl EventSink for TerminalSink {
             }
             Event::TaskStarted { task, name, total, unit } => self.start_bar(
                 *total,
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                if unit == "bytes" {
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+                } else {
+                    "{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}"
+                },
                 format!("{task} {name} ({} {unit})", total.map_or("?".into(), |t| t.to_string())),
             ),
             Event::TaskProgress { task, done, total } => match &self.bar {
