@@ -1,4 +1,566 @@
-//! Model families and their configs. This session ships the built-in presets; the
-//! trainable GPT-2 and Llama-family implementations come with the model issue.
+//! Model families: GPT-2 and the Llama family (Llama, Mistral, Qwen2, SmolLM,
+//! TinyLlama), written for training: every op of the [`ForwardMode::Train`] path has a
+//! backward in candle. [`ForwardMode::Infer`] uses candle's fused kernels (softmax,
+//! RMSNorm, LayerNorm, RoPE) and gives the same numbers.
+//!
+//! ```no_run
+//! # fn main() -> anneal::Result<()> {
+//! use anneal::{LoadOptions, Model};
+//! let model = Model::load("tests/fixtures/tiny-llama", &LoadOptions::default())?;
+//! let tokens = model.greedy(&[1, 2, 3], 8, &[], anneal::ForwardMode::Infer)?;
+//! # Ok(()) }
+//! ```
 
+mod config;
+mod gpt2;
+mod llama;
+mod load;
 pub mod presets;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use serde_json::Value;
+
+pub use config::{Activation, Family, ModelConfig, RopeScaling};
+
+use crate::error::{Error, IoResultExt, Location, Result};
+use crate::lora::linear::Linear;
+use crate::lora::{LoraConfig, LoraState};
+use crate::registry::ModelRecord;
+
+/// Files copied next to saved weights (tokenizer, chat template, generation defaults).
+const SIDE_FILES: [&str; 6] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "vocab.json",
+];
+
+/// Which implementation of the fused ops a forward pass uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardMode {
+    /// Differentiable ops only (gradients reach every weight); LoRA dropout is active.
+    #[default]
+    Train,
+    /// Fused kernels without backward; for generation and evaluation.
+    Infer,
+}
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Make every base weight a trainable `Var` (full fine-tuning). Leave false for
+    /// inference and LoRA, where base weights stay plain tensors without gradients.
+    pub trainable: bool,
+    /// The compute dtype; weights stored in another dtype are converted. Default f32.
+    pub dtype: DType,
+    /// Default: CPU.
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { trainable: false, dtype: DType::F32, device: Device::Cpu }
+    }
+}
+
+/// Where a model comes from: a registry record or a Hugging Face directory.
+pub trait ModelSource {
+    /// The directory holding config.json and the weights.
+    fn model_dir(&self) -> PathBuf;
+    /// The parsed config.json, when already known.
+    fn model_config(&self) -> Option<&Value> {
+        None
+    }
+}
+
+impl ModelSource for ModelRecord {
+    fn model_dir(&self) -> PathBuf {
+        self.path.clone()
+    }
+    fn model_config(&self) -> Option<&Value> {
+        Some(&self.config)
+    }
+}
+impl<T: ModelSource + ?Sized> ModelSource for &T {
+    fn model_dir(&self) -> PathBuf {
+        (**self).model_dir()
+    }
+    fn model_config(&self) -> Option<&Value> {
+        (**self).model_config()
+    }
+}
+impl ModelSource for Path {
+    fn model_dir(&self) -> PathBuf {
+        self.to_path_buf()
+    }
+}
+impl ModelSource for PathBuf {
+    fn model_dir(&self) -> PathBuf {
+        self.clone()
+    }
+}
+impl ModelSource for str {
+    fn model_dir(&self) -> PathBuf {
+        PathBuf::from(self)
+    }
+}
+impl ModelSource for String {
+    fn model_dir(&self) -> PathBuf {
+        PathBuf::from(self)
+    }
+}
+
+/// Loads a model from a registry record or a directory. Same as [`Model::load`].
+pub fn load_model(source: impl ModelSource, opts: &LoadOptions) -> Result<Model> {
+    Model::load(source, opts)
+}
+
+/// Parameters handed out while loading: plain tensors, or `Var`s for full fine-tuning.
+pub(crate) struct Params {
+    trainable: bool,
+    vars: Vec<(String, Var)>,
+}
+
+impl Params {
+    pub(crate) fn take(&mut self, name: &str, t: Tensor) -> Result<Tensor> {
+        if !self.trainable {
+            return Ok(t);
+        }
+        let v = Var::from_tensor(&t)?;
+        let t = v.as_tensor().clone();
+        self.vars.push((name.to_string(), v));
+        Ok(t)
+    }
+}
+
+pub(crate) enum Arch {
+    Gpt2(gpt2::Gpt2),
+    Llama(llama::Llama),
+}
+
+/// A causal language model of one of the supported families.
+pub struct Model {
+    arch: Arch,
+    config: ModelConfig,
+    raw_config: Value,
+    dir: PathBuf,
+    device: Device,
+    dtype: DType,
+    /// Full fine-tuning: every weight, under its transformers name.
+    vars: Vec<(String, Var)>,
+    lora: Option<LoraState>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("model_type", &self.config.model_type)
+            .field("dir", &self.dir)
+            .field("trainable", &!self.vars.is_empty())
+            .field("lora", &self.lora.as_ref().map(|l| &l.config))
+            .finish()
+    }
+}
+
+impl Model {
+    /// Loads config.json and the safetensors weights (single file or sharded).
+    pub fn load(source: impl ModelSource, opts: &LoadOptions) -> Result<Model> {
+        let dir = source.model_dir();
+        let adapter_hint = || {
+            Error::config(
+                "model",
+                format!(
+                    "{} holds a LoRA adapter, not a model: load its base model, then call Model::load_adapter",
+                    dir.display()
+                ),
+            )
+        };
+        if source.model_config().is_none()
+            && !dir.join("config.json").exists()
+            && dir.join("adapter_config.json").exists()
+        {
+            return Err(adapter_hint());
+        }
+        let raw_config = match source.model_config() {
+            Some(v) => v.clone(),
+            None => {
+                let p = dir.join("config.json");
+                let text = std::fs::read_to_string(&p).with_path(&p)?;
+                serde_json::from_str(&text).map_err(|e| Error::data(Location::file(&p), e.to_string()))?
+            }
+        };
+        if raw_config.get("peft_type").is_some() {
+            return Err(adapter_hint());
+        }
+        let config = ModelConfig::from_json(&raw_config)?;
+        let weights = load::Weights::load(&dir, opts.dtype, &opts.device)?;
+        let mut params = Params { trainable: opts.trainable, vars: Vec::new() };
+        let arch = match config.family {
+            Family::Gpt2 => Arch::Gpt2(gpt2::Gpt2::load(&config, &weights, &mut params)?),
+            Family::Llama => Arch::Llama(llama::Llama::load(&config, &weights, &mut params)?),
+        };
+        Ok(Model {
+            arch,
+            config,
+            raw_config,
+            dir,
+            device: opts.device.clone(),
+            dtype: weights.dtype(),
+            vars: params.vars,
+            lora: None,
+        })
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The directory the model was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Logits `[batch, seq, vocab]` for `input_ids` (`[batch, seq]`, u32), whose first
+    /// token sits at position `position_offset`. Training path (differentiable).
+    pub fn forward(&self, input_ids: &Tensor, position_offset: usize) -> Result<Tensor> {
+        self.forward_with(input_ids, position_offset, ForwardMode::Train)
+    }
+
+    /// [`Model::forward`] with an explicit mode.
+    pub fn forward_with(&self, input_ids: &Tensor, position_offset: usize, mode: ForwardMode) -> Result<Tensor> {
+        check_ids("input_ids", input_ids, self.config.vocab_size, false)?;
+        match &self.arch {
+            Arch::Gpt2(m) => m.forward(input_ids, position_offset, mode),
+            Arch::Llama(m) => m.forward(input_ids, position_offset, mode),
+        }
+    }
+
+    /// Causal-LM loss as transformers computes it: logits[:, :-1] against labels[:, 1:],
+    /// mean over the positions whose label is not -100. `labels` is `[batch, seq]` i64.
+    pub fn loss(&self, input_ids: &Tensor, labels: &Tensor, mode: ForwardMode) -> Result<Tensor> {
+        let logits = self.forward_with(input_ids, 0, mode)?;
+        causal_lm_loss(&logits, labels)
+    }
+
+    /// Argmax decoding of up to `max_new_tokens` after `prompt` (full recompute per
+    /// token), stopping after any token of `stop`. Returns the new tokens only.
+    pub fn greedy(&self, prompt: &[u32], max_new_tokens: usize, stop: &[u32], mode: ForwardMode) -> Result<Vec<u32>> {
+        if prompt.is_empty() {
+            return Err(Error::config("prompt", "must hold at least one token"));
+        }
+        let mut ids = prompt.to_vec();
+        let mut out = Vec::with_capacity(max_new_tokens);
+        for _ in 0..max_new_tokens {
+            let input = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
+            let logits = self.forward_with(&input, 0, mode)?;
+            let t = logits.dim(1)?;
+            let next = logits.get(0)?.get(t - 1)?.argmax(D::Minus1)?.to_scalar::<u32>()?;
+            ids.push(next);
+            out.push(next);
+            if stop.contains(&next) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// What an optimiser should update: the LoRA adapters when one is attached, else
+    /// every weight of a model loaded with `trainable`, else nothing.
+    ///
+    /// `candle_nn::AdamW` implements `torch.optim.AdamW` (decoupled weight decay,
+    /// bias-corrected moments) to within 1e-8 after a step: see `tests/numerics.rs`.
+    pub fn trainable_vars(&self) -> Vec<Var> {
+        self.named_trainable_vars().into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// [`Model::trainable_vars`] with names: transformers names for full fine-tuning,
+    /// PEFT file keys (`base_model.model....lora_A.weight`) for adapters.
+    pub fn named_trainable_vars(&self) -> Vec<(String, Var)> {
+        match &self.lora {
+            Some(l) => l.vars.clone(),
+            None => self.vars.clone(),
+        }
+    }
+
+    /// Number of elements in [`Model::trainable_vars`].
+    pub fn num_trainable_params(&self) -> usize {
+        self.trainable_vars().iter().map(|v| v.elem_count()).sum()
+    }
+
+    /// Saves the (possibly fine-tuned) weights and config.json as a Hugging Face
+    /// directory that transformers loads, with the tokenizer and generation files of the
+    /// source directory. LoRA adapters are not included (merge first to bake them in).
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).with_path(dir)?;
+        for side in SIDE_FILES {
+            let src = self.dir.join(side);
+            let dst = dir.join(side);
+            if src.is_file() && !dst.exists() {
+                std::fs::copy(&src, &dst).with_path(&src)?;
+            }
+        }
+        let tensors: HashMap<String, Tensor> = self.named_weights().into_iter().collect();
+        let p = dir.join("model.safetensors");
+        candle_core::safetensors::save(&tensors, &p)?;
+        let cfg = dir.join("config.json");
+        let text = serde_json::to_string_pretty(&self.raw_config).map_err(|e| Error::Internal(e.to_string()))?;
+        std::fs::write(&cfg, text).with_path(&cfg)
+    }
+
+    pub(crate) fn named_weights(&self) -> Vec<(String, Tensor)> {
+        match &self.arch {
+            Arch::Gpt2(m) => m.named_weights(),
+            Arch::Llama(m) => m.named_weights(),
+        }
+    }
+
+    pub(crate) fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        match &mut self.arch {
+            Arch::Gpt2(m) => m.linears_mut(),
+            Arch::Llama(m) => m.linears_mut(),
+        }
+    }
+
+    pub(crate) fn is_trainable(&self) -> bool {
+        !self.vars.is_empty()
+    }
+
+    pub(crate) fn lora_state(&self) -> Option<&LoraState> {
+        self.lora.as_ref()
+    }
+
+    pub(crate) fn lora_state_mut(&mut self) -> Option<&mut LoraState> {
+        self.lora.as_mut()
+    }
+
+    pub(crate) fn set_lora_state(&mut self, s: Option<LoraState>) {
+        self.lora = s;
+    }
+
+    /// The LoRA configuration of the attached adapter.
+    pub fn lora_config(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref().map(|l| &l.config)
+    }
+}
+
+/// Checks that `ids` are integers in `0..vocab` (`allow_ignore`: -100 too).
+fn check_ids(field: &str, ids: &Tensor, vocab: usize, allow_ignore: bool) -> Result<()> {
+    if !matches!(ids.dtype(), DType::U32 | DType::I64 | DType::U8) {
+        return Err(Error::config(field, format!("must be u32 or i64 token ids, got {:?}", ids.dtype())));
+    }
+    if ids.elem_count() == 0 {
+        return Err(Error::config(field, "is empty"));
+    }
+    let flat = ids.flatten_all()?.to_dtype(DType::F64)?;
+    let max = flat.max(0)?.to_scalar::<f64>()?;
+    let min = flat.min(0)?.to_scalar::<f64>()?;
+    if max >= vocab as f64 || (min < 0.0 && !(allow_ignore && min == -100.0)) {
+        let bad = if max >= vocab as f64 { max } else { min };
+        return Err(Error::config(field, format!("token id {bad} is outside the vocabulary (0..{vocab})")));
+    }
+    Ok(())
+}
+
+/// Mean next-token cross-entropy of `logits` `[b, t, v]` against `labels` `[b, t]`
+/// (shifted by one inside; label -100 is ignored).
+pub fn causal_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let (b, t, v) = logits.dims3()?;
+    if labels.dims() != [b, t] {
+        return Err(Error::config("labels", format!("shape {:?} does not match logits {:?}", labels.dims(), [b, t])));
+    }
+    if t < 2 {
+        return Err(Error::config("labels", "need at least two positions for a next-token loss"));
+    }
+    check_ids("labels", labels, v, true)?;
+    let logits = logits.narrow(1, 0, t - 1)?.to_dtype(DType::F32)?.reshape((b * (t - 1), v))?;
+    let labels = labels.narrow(1, 1, t - 1)?.to_dtype(DType::I64)?.reshape(b * (t - 1))?;
+    let keep = labels.ge(0i64)?;
+    let safe = keep.where_cond(&labels, &labels.zeros_like()?)?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let picked = logp.gather(&safe.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let keepf = keep.to_dtype(DType::F32)?;
+    let count = keepf.sum_all()?.to_scalar::<f32>()?;
+    if count == 0.0 {
+        return Err(Error::config("labels", "every label is ignored (-100)"));
+    }
+    Ok(((picked * keepf)?.sum_all()?.neg()? / count as f64)?)
+}
+
+/// Ops shared by the families, each in a differentiable and a fused form.
+pub(crate) mod ops {
+    use candle_core::{DType, Device, Tensor, D};
+
+    use super::{ForwardMode, RopeScaling};
+    use crate::error::Result;
+
+    /// Rows of `table` for `ids` `[b, t]` -> `[b, t, h]`.
+    pub(crate) fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let h = table.dim(1)?;
+        Ok(table.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, h))?)
+    }
+
+    pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: ForwardMode) -> Result<Tensor> {
+        Ok(match mode {
+            ForwardMode::Infer => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?,
+            ForwardMode::Train => {
+                let dtype = x.dtype();
+                let xf = x.to_dtype(DType::F32)?;
+                let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+                let normed = xf.broadcast_div(&(var + eps)?.sqrt()?)?;
+                normed.to_dtype(dtype)?.broadcast_mul(w)?
+            }
+        })
+    }
+
+    pub(crate) fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, mode: ForwardMode) -> Result<Tensor> {
+        Ok(match mode {
+            ForwardMode::Infer => candle_nn::ops::layer_norm(&x.contiguous()?, w, b, eps as f32)?,
+            ForwardMode::Train => {
+                let dtype = x.dtype();
+                let xf = x.to_dtype(DType::F32)?;
+                let centered = xf.broadcast_sub(&xf.mean_keepdim(D::Minus1)?)?;
+                let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+                let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+                normed.to_dtype(dtype)?.broadcast_mul(w)?.broadcast_add(b)?
+            }
+        })
+    }
+
+    /// cos and sin tables `[t, head_dim / 2]` for positions `offset..offset + t`,
+    /// computed in f32 as transformers does (`inv_freq = 1 / theta^(2i/d)`).
+    pub(crate) fn rope_tables(
+        theta: f64,
+        scaling: Option<RopeScaling>,
+        head_dim: usize,
+        offset: usize,
+        t: usize,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let half = head_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| {
+                let f = 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32);
+                scale_inv_freq(f, scaling)
+            })
+            .collect();
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for p in offset..offset + t {
+            for f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (t, half), dev)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (t, half), dev)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+
+    /// One inverse frequency after transformers' `rope_type` adjustment (f32 math).
+    fn scale_inv_freq(f: f32, scaling: Option<RopeScaling>) -> f32 {
+        match scaling {
+            None => f,
+            Some(RopeScaling::Linear { factor }) => f / factor as f32,
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position_embeddings: ctx,
+            }) => {
+                let (factor, low, high, ctx) = (factor as f32, low as f32, high as f32, ctx as f32);
+                let wavelen = 2.0 * std::f32::consts::PI / f;
+                let (low_wavelen, high_wavelen) = (ctx / low, ctx / high);
+                let llama = if wavelen > low_wavelen { f / factor } else { f };
+                let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
+                if medium {
+                    let smooth = (ctx / wavelen - low) / (high - low);
+                    (1.0 - smooth) * llama / factor + smooth * llama
+                } else {
+                    llama
+                }
+            }
+        }
+    }
+
+    /// Rotate-half RoPE on `x` `[b, h, t, d]`.
+    pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: ForwardMode) -> Result<Tensor> {
+        Ok(match mode {
+            ForwardMode::Infer => candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?,
+            ForwardMode::Train => {
+                let d = x.dim(D::Minus1)?;
+                let half = d / 2;
+                let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(0)?.unsqueeze(0)?;
+                let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(0)?.unsqueeze(0)?;
+                let x1 = x.narrow(D::Minus1, 0, half)?;
+                let x2 = x.narrow(D::Minus1, half, d - half)?;
+                let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+                (x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?
+            }
+        })
+    }
+
+    /// `[b, kv, t, d]` -> `[b, kv * n_rep, t, d]`, each kv head repeated for its group.
+    pub(crate) fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+        if n_rep == 1 {
+            return Ok(x.clone());
+        }
+        let (b, kv, t, d) = x.dims4()?;
+        Ok(x.unsqueeze(2)?.broadcast_as((b, kv, n_rep, t, d))?.reshape((b, kv * n_rep, t, d))?)
+    }
+
+    /// Additive causal mask `[t, past + t]`: 0 where query i (at past + i) may see key
+    /// j, -inf elsewhere; `window` limits how far back it sees (Mistral).
+    pub(crate) fn causal_mask(t: usize, past: usize, window: Option<usize>, dev: &Device) -> Result<Tensor> {
+        let kv = past + t;
+        let mut m = vec![0f32; t * kv];
+        for i in 0..t {
+            let qpos = past + i;
+            for j in 0..kv {
+                let visible = j <= qpos && window.is_none_or(|w| qpos - j < w);
+                if !visible {
+                    m[i * kv + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(m, (t, kv), dev)?)
+    }
+
+    /// softmax(q k^T * scale + mask) v, with q, k, v `[b, h, t, d]`.
+    pub(crate) fn attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        scale: f64,
+        mode: ForwardMode,
+    ) -> Result<Tensor> {
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
+        let probs = match mode {
+            ForwardMode::Infer => candle_nn::ops::softmax_last_dim(&scores)?,
+            ForwardMode::Train => {
+                let sf = scores.to_dtype(DType::F32)?;
+                candle_nn::ops::softmax(&sf, D::Minus1)?.to_dtype(scores.dtype())?
+            }
+        };
+        Ok(probs.matmul(&v.contiguous()?)?)
+    }
+}

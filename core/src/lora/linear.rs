@@ -1,0 +1,130 @@
+//! A linear layer that can carry a LoRA adapter: `y = x W^T + b + scale * (drop(x) A^T) B^T`.
+//!
+//! The base weight is a plain `Tensor` (frozen, no gradient) unless the model was
+//! loaded for full fine-tuning, in which case it is a `Var`'s tensor. A and B are `Var`s.
+
+use candle_core::{Tensor, Var};
+
+use crate::error::{Error, Result};
+
+/// A LoRA adapter on one linear layer, in PEFT's layout: A is `[r, in]`, B `[out, r]`.
+#[derive(Debug, Clone)]
+pub(crate) struct LoraAdapter {
+    pub(crate) a: Var,
+    pub(crate) b: Var,
+    pub(crate) scale: f64,
+    pub(crate) dropout: f32,
+    /// The delta is folded into the base weight; the forward skips the adapter.
+    pub(crate) merged: bool,
+}
+
+/// A linear layer. `conv1d` marks GPT-2's Conv1D layout (weight stored `[in, out]`).
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
+    pub(crate) conv1d: bool,
+    pub(crate) lora: Option<LoraAdapter>,
+}
+
+impl Linear {
+    pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, conv1d: bool) -> Self {
+        Self { weight, bias, conv1d, lora: None }
+    }
+
+    /// (in_features, out_features).
+    pub(crate) fn features(&self) -> Result<(usize, usize)> {
+        let (d0, d1) = self.weight.dims2()?;
+        Ok(if self.conv1d { (d0, d1) } else { (d1, d0) })
+    }
+
+    /// `x`: `[..., in]` -> `[..., out]`. `train` turns LoRA dropout on.
+    pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (in_f, out_f) = self.features()?;
+        let dims = x.dims().to_vec();
+        let Some((&last, lead)) = dims.split_last() else {
+            return Err(Error::Internal("linear layer input is a scalar".into()));
+        };
+        if last != in_f {
+            return Err(Error::Internal(format!("linear layer expects {in_f} input features, got {last}")));
+        }
+        let n: usize = lead.iter().product();
+        let x2 = x.reshape((n, in_f))?;
+        let mut y = if self.conv1d { x2.matmul(&self.weight)? } else { x2.matmul(&self.weight.t()?)? };
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = self.lora.as_ref().filter(|l| !l.merged) {
+            let xd = if train && l.dropout > 0.0 { candle_nn::ops::dropout(&x2, l.dropout)? } else { x2 };
+            let delta = xd.matmul(&l.a.as_tensor().t()?)?.matmul(&l.b.as_tensor().t()?)?;
+            y = (y + (delta * l.scale)?)?;
+        }
+        let mut out_dims = lead.to_vec();
+        out_dims.push(out_f);
+        Ok(y.reshape(out_dims)?)
+    }
+
+    /// `scale * B A` in the weight's own layout.
+    fn delta(&self, l: &LoraAdapter) -> Result<Tensor> {
+        let d = (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?;
+        let d = if self.conv1d { d.t()?.contiguous()? } else { d };
+        Ok(d.to_dtype(self.weight.dtype())?)
+    }
+
+    /// Folds the adapter into the weight (W + scale * B A). No-op without an adapter.
+    pub(crate) fn merge(&mut self) -> Result<()> {
+        if let Some(l) = self.lora.as_ref().filter(|l| !l.merged) {
+            self.weight = (self.weight.detach() + self.delta(l)?)?;
+            if let Some(l) = self.lora.as_mut() {
+                l.merged = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes [`Linear::merge`].
+    pub(crate) fn unmerge(&mut self) -> Result<()> {
+        if let Some(l) = self.lora.as_ref().filter(|l| l.merged) {
+            self.weight = (self.weight.detach() - self.delta(l)?)?;
+            if let Some(l) = self.lora.as_mut() {
+                l.merged = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use candle_core::Device;
+
+    fn close(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn lora_math_on_2x3_and_merge_round_trip() {
+        let dev = Device::Cpu;
+        // W: [out 2, in 3]
+        let w = Tensor::new(&[[1f32, 2., 3.], [4., 5., 6.]], &dev).unwrap();
+        let a = Var::new(&[[0.5f32, -1., 2.]], &dev).unwrap(); // [r 1, in 3]
+        let b = Var::new(&[[2f32], [-1.]], &dev).unwrap(); // [out 2, r 1]
+        let x = Tensor::new(&[[1f32, 0., 1.]], &dev).unwrap();
+        for conv1d in [false, true] {
+            let weight = if conv1d { w.t().unwrap().contiguous().unwrap() } else { w.clone() };
+            let mut lin = Linear::new(weight, None, conv1d);
+            lin.lora = Some(LoraAdapter { a: a.clone(), b: b.clone(), scale: 2.0, dropout: 0.0, merged: false });
+            // x W^T = [4, 10]; x A^T = 2.5; (.) B^T = [5, -2.5]; * 2 = [10, -5].
+            let want = Tensor::new(&[[14f32, 5.]], &dev).unwrap();
+            let y = lin.forward(&x, true).unwrap();
+            assert!(close(&y, &want) < 1e-6);
+            lin.merge().unwrap();
+            assert!(close(&lin.forward(&x, false).unwrap(), &want) < 1e-6);
+            lin.unmerge().unwrap();
+            let base = if conv1d { w.t().unwrap() } else { w.clone() };
+            assert!(close(&lin.weight, &base) < 1e-6);
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! GPT-2: learned positions, pre-LayerNorm blocks, Conv1D weights (`[in, out]`), GELU
+//! MLP and an LM head tied to the token embedding.
+
+use candle_core::{Tensor, D};
+
+use super::config::{Activation, ModelConfig};
+use super::load::Weights;
+use super::{ops, ForwardMode, Params};
+use crate::error::{Error, Result};
+use crate::lora::linear::Linear;
+
+pub(crate) struct Block {
+    ln_1: (Tensor, Tensor),
+    c_attn: Linear,
+    attn_proj: Linear,
+    ln_2: (Tensor, Tensor),
+    c_fc: Linear,
+    mlp_proj: Linear,
+}
+
+pub(crate) struct Gpt2 {
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: (Tensor, Tensor),
+    cfg: ModelConfig,
+}
+
+/// Canonical (transformers) prefix of every module.
+const PREFIX: &str = "transformer.";
+
+impl Gpt2 {
+    pub(crate) fn load(cfg: &ModelConfig, w: &Weights, p: &mut Params) -> Result<Self> {
+        // Hub GPT-2 checkpoints store `h.0...`, transformers-saved ones `transformer.h.0...`.
+        let file_prefix = if w.contains("transformer.wte.weight") || !w.contains("wte.weight") { PREFIX } else { "" };
+        let h = cfg.hidden_size;
+        let get = |p: &mut Params, name: &str, shape: &[usize]| -> Result<Tensor> {
+            let t = w.get(&format!("{file_prefix}{name}"), shape)?;
+            p.take(&format!("{PREFIX}{name}"), t)
+        };
+        let ln = |p: &mut Params, name: &str| -> Result<(Tensor, Tensor)> {
+            Ok((get(p, &format!("{name}.weight"), &[h])?, get(p, &format!("{name}.bias"), &[h])?))
+        };
+        let conv = |p: &mut Params, name: &str, i: usize, o: usize| -> Result<Linear> {
+            let weight = get(p, &format!("{name}.weight"), &[i, o])?;
+            let bias = get(p, &format!("{name}.bias"), &[o])?;
+            Ok(Linear::new(weight, Some(bias), true))
+        };
+        let wte = get(p, "wte.weight", &[cfg.vocab_size, h])?;
+        let wpe = get(p, "wpe.weight", &[cfg.max_position_embeddings, h])?;
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let b = format!("h.{i}");
+            blocks.push(Block {
+                ln_1: ln(p, &format!("{b}.ln_1"))?,
+                c_attn: conv(p, &format!("{b}.attn.c_attn"), h, 3 * h)?,
+                attn_proj: conv(p, &format!("{b}.attn.c_proj"), h, h)?,
+                ln_2: ln(p, &format!("{b}.ln_2"))?,
+                c_fc: conv(p, &format!("{b}.mlp.c_fc"), h, cfg.intermediate_size)?,
+                mlp_proj: conv(p, &format!("{b}.mlp.c_proj"), cfg.intermediate_size, h)?,
+            });
+        }
+        let ln_f = ln(p, "ln_f")?;
+        Ok(Self { wte, wpe, blocks, ln_f, cfg: cfg.clone() })
+    }
+
+    /// Logits `[batch, seq, vocab]`.
+    pub(crate) fn forward(&self, ids: &Tensor, offset: usize, mode: ForwardMode) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let cfg = &self.cfg;
+        if offset + t > cfg.max_position_embeddings {
+            return Err(Error::config(
+                "input_ids",
+                format!("sequence of {} positions exceeds n_positions {}", offset + t, cfg.max_position_embeddings),
+            ));
+        }
+        let train = mode == ForwardMode::Train;
+        let h = cfg.hidden_size;
+        let (nh, hd) = (cfg.num_attention_heads, cfg.head_dim);
+        let tok = ops::embed(&self.wte, ids)?;
+        let pos = self.wpe.narrow(0, offset, t)?;
+        let mut x = tok.broadcast_add(&pos)?;
+        let mask = ops::causal_mask(t, 0, None, x.device())?;
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let r = ops::layer_norm(&x, &blk.ln_1.0, &blk.ln_1.1, cfg.norm_eps, mode)?;
+            let qkv = blk.c_attn.forward(&r, train)?;
+            let heads = |j: usize| -> Result<Tensor> {
+                Ok(qkv.narrow(D::Minus1, j * h, h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?)
+            };
+            let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
+            let mut scale = 1.0 / (hd as f64).sqrt();
+            if cfg.scale_attn_by_inverse_layer_idx {
+                scale /= (i + 1) as f64;
+            }
+            let y = ops::attention(&q, &k, &v, &mask, scale, mode)?;
+            let y = y.transpose(1, 2)?.reshape((b, t, h))?;
+            x = (x + blk.attn_proj.forward(&y, train)?)?;
+            let r = ops::layer_norm(&x, &blk.ln_2.0, &blk.ln_2.1, cfg.norm_eps, mode)?;
+            let m = blk.c_fc.forward(&r, train)?;
+            let m = match cfg.activation {
+                Activation::GeluTanh => m.gelu()?,
+                Activation::Gelu => m.gelu_erf()?,
+                Activation::Relu => m.relu()?,
+                Activation::Silu => m.silu()?,
+            };
+            x = (x + blk.mlp_proj.forward(&m, train)?)?;
+        }
+        let x = ops::layer_norm(&x, &self.ln_f.0, &self.ln_f.1, cfg.norm_eps, mode)?;
+        Linear::new(self.wte.clone(), None, false).forward(&x, train)
+    }
+
+    /// Every linear layer with its transformers module name.
+    pub(crate) fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let p = format!("{PREFIX}h.{i}");
+            out.push((format!("{p}.attn.c_attn"), &mut b.c_attn));
+            out.push((format!("{p}.attn.c_proj"), &mut b.attn_proj));
+            out.push((format!("{p}.mlp.c_fc"), &mut b.c_fc));
+            out.push((format!("{p}.mlp.c_proj"), &mut b.mlp_proj));
+        }
+        out
+    }
+
+    /// Every weight under its transformers name (for saving).
+    pub(crate) fn named_weights(&self) -> Vec<(String, Tensor)> {
+        let mut out =
+            vec![(format!("{PREFIX}wte.weight"), self.wte.clone()), (format!("{PREFIX}wpe.weight"), self.wpe.clone())];
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("{PREFIX}h.{i}");
+            out.push((format!("{p}.ln_1.weight"), b.ln_1.0.clone()));
+            out.push((format!("{p}.ln_1.bias"), b.ln_1.1.clone()));
+            out.push((format!("{p}.ln_2.weight"), b.ln_2.0.clone()));
+            out.push((format!("{p}.ln_2.bias"), b.ln_2.1.clone()));
+            for (name, l) in [
+                ("attn.c_attn", &b.c_attn),
+                ("attn.c_proj", &b.attn_proj),
+                ("mlp.c_fc", &b.c_fc),
+                ("mlp.c_proj", &b.mlp_proj),
+            ] {
+                out.push((format!("{p}.{name}.weight"), l.weight.clone()));
+                if let Some(bias) = &l.bias {
+                    out.push((format!("{p}.{name}.bias"), bias.clone()));
+                }
+            }
+        }
+        out.push((format!("{PREFIX}ln_f.weight"), self.ln_f.0.clone()));
+        out.push((format!("{PREFIX}ln_f.bias"), self.ln_f.1.clone()));
+        out
+    }
+}

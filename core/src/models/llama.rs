@@ -1,0 +1,159 @@
+//! The Llama family (Llama, Mistral, Qwen2, SmolLM, TinyLlama): RMSNorm, RoPE
+//! (rotate-half), grouped-query attention, SwiGLU MLP, tied or untied LM head.
+
+use candle_core::Tensor;
+
+use super::config::ModelConfig;
+use super::load::Weights;
+use super::{ops, ForwardMode, Params};
+use crate::error::{Error, Result};
+use crate::lora::linear::Linear;
+
+pub(crate) struct Layer {
+    input_layernorm: Tensor,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    post_attention_layernorm: Tensor,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+pub(crate) struct Llama {
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    /// `None` when tied to `embed_tokens`.
+    lm_head: Option<Linear>,
+    cfg: ModelConfig,
+}
+
+impl Llama {
+    pub(crate) fn load(cfg: &ModelConfig, w: &Weights, p: &mut Params) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let (q_out, kv_out) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
+        let get = |p: &mut Params, name: &str, shape: &[usize]| -> Result<Tensor> { p.take(name, w.get(name, shape)?) };
+        let lin = |p: &mut Params, name: &str, i: usize, o: usize, bias: bool| -> Result<Linear> {
+            let weight = get(p, &format!("{name}.weight"), &[o, i])?;
+            let bias = if bias { Some(get(p, &format!("{name}.bias"), &[o])?) } else { None };
+            Ok(Linear::new(weight, bias, false))
+        };
+        let embed_tokens = get(p, "model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let l = format!("model.layers.{i}");
+            let ffn = cfg.intermediate_size;
+            layers.push(Layer {
+                input_layernorm: get(p, &format!("{l}.input_layernorm.weight"), &[h])?,
+                q_proj: lin(p, &format!("{l}.self_attn.q_proj"), h, q_out, cfg.qkv_bias)?,
+                k_proj: lin(p, &format!("{l}.self_attn.k_proj"), h, kv_out, cfg.qkv_bias)?,
+                v_proj: lin(p, &format!("{l}.self_attn.v_proj"), h, kv_out, cfg.qkv_bias)?,
+                o_proj: lin(p, &format!("{l}.self_attn.o_proj"), q_out, h, cfg.o_bias)?,
+                post_attention_layernorm: get(p, &format!("{l}.post_attention_layernorm.weight"), &[h])?,
+                gate_proj: lin(p, &format!("{l}.mlp.gate_proj"), h, ffn, cfg.mlp_bias)?,
+                up_proj: lin(p, &format!("{l}.mlp.up_proj"), h, ffn, cfg.mlp_bias)?,
+                down_proj: lin(p, &format!("{l}.mlp.down_proj"), ffn, h, cfg.mlp_bias)?,
+            });
+        }
+        let norm = get(p, "model.norm.weight", &[h])?;
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(lin(p, "lm_head", h, cfg.vocab_size, false)?) };
+        Ok(Self { embed_tokens, layers, norm, lm_head, cfg: cfg.clone() })
+    }
+
+    /// Logits `[batch, seq, vocab]`.
+    pub(crate) fn forward(&self, ids: &Tensor, offset: usize, mode: ForwardMode) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let cfg = &self.cfg;
+        if offset + t > cfg.max_position_embeddings {
+            return Err(Error::config(
+                "input_ids",
+                format!(
+                    "sequence of {} positions exceeds max_position_embeddings {}",
+                    offset + t,
+                    cfg.max_position_embeddings
+                ),
+            ));
+        }
+        let train = mode == ForwardMode::Train;
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let mut x = ops::embed(&self.embed_tokens, ids)?;
+        let (cos, sin) = ops::rope_tables(cfg.rope_theta, cfg.rope_scaling, hd, offset, t, x.dtype(), x.device())?;
+        let mask = ops::causal_mask(t, 0, cfg.sliding_window, x.device())?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        for l in &self.layers {
+            let r = ops::rms_norm(&x, &l.input_layernorm, cfg.norm_eps, mode)?;
+            let split = |y: Tensor, n: usize| -> Result<Tensor> {
+                Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+            };
+            let q = split(l.q_proj.forward(&r, train)?, nh)?;
+            let k = split(l.k_proj.forward(&r, train)?, nkv)?;
+            let v = split(l.v_proj.forward(&r, train)?, nkv)?;
+            let q = ops::rope(&q, &cos, &sin, mode)?;
+            let k = ops::rope(&k, &cos, &sin, mode)?;
+            let k = ops::repeat_kv(&k, nh / nkv)?;
+            let v = ops::repeat_kv(&v, nh / nkv)?;
+            let y = ops::attention(&q, &k, &v, &mask, scale, mode)?;
+            let y = y.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+            x = (x + l.o_proj.forward(&y, train)?)?;
+            let r = ops::rms_norm(&x, &l.post_attention_layernorm, cfg.norm_eps, mode)?;
+            let g = l.gate_proj.forward(&r, train)?.silu()?;
+            let u = l.up_proj.forward(&r, train)?;
+            x = (x + l.down_proj.forward(&(g * u)?, train)?)?;
+        }
+        let x = ops::rms_norm(&x, &self.norm, cfg.norm_eps, mode)?;
+        match &self.lm_head {
+            Some(head) => head.forward(&x, train),
+            None => Linear::new(self.embed_tokens.clone(), None, false).forward(&x, train),
+        }
+    }
+
+    /// Every linear layer with its transformers module name.
+    pub(crate) fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.self_attn.q_proj"), &mut l.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut l.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut l.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut l.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &mut l.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut l.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut l.down_proj));
+        }
+        if let Some(h) = self.lm_head.as_mut() {
+            out.push(("lm_head".to_string(), h));
+        }
+        out
+    }
+
+    /// Every weight under its transformers name (for saving).
+    pub(crate) fn named_weights(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.clone()));
+            out.push((format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm.clone()));
+            for (name, lin) in [
+                ("self_attn.q_proj", &l.q_proj),
+                ("self_attn.k_proj", &l.k_proj),
+                ("self_attn.v_proj", &l.v_proj),
+                ("self_attn.o_proj", &l.o_proj),
+                ("mlp.gate_proj", &l.gate_proj),
+                ("mlp.up_proj", &l.up_proj),
+                ("mlp.down_proj", &l.down_proj),
+            ] {
+                out.push((format!("{p}.{name}.weight"), lin.weight.clone()));
+                if let Some(bias) = &lin.bias {
+                    out.push((format!("{p}.{name}.bias"), bias.clone()));
+                }
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), h.weight.clone()));
+        }
+        out
+    }
+}

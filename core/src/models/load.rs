@@ -1,0 +1,103 @@
+//! Reads safetensors weights (one `model.safetensors` or shards listed in
+//! `model.safetensors.index.json`) into named tensors, and hands them out with shape
+//! checks whose errors name the file and the tensor.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+
+use crate::error::{Error, IoResultExt, Location, Result};
+
+/// Named tensors with the file each came from.
+pub(crate) struct Weights {
+    tensors: HashMap<String, (Tensor, usize)>,
+    files: Vec<PathBuf>,
+    /// Where a missing tensor is reported (the index, or the single file).
+    main_file: PathBuf,
+    dtype: DType,
+}
+
+/// The weight files of an HF directory.
+pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).with_path(&index)?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::data(Location::file(&index), e.to_string()))?;
+        let map = v
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| Error::data(Location::file(&index).field("weight_map"), "missing or not an object"))?;
+        let mut shards = BTreeMap::new();
+        for (tensor, file) in map {
+            let name = file.as_str().ok_or_else(|| {
+                Error::data(Location::file(&index).field(format!("weight_map.{tensor}")), "not a file name")
+            })?;
+            if name.contains('/') || name.contains('\\') || name.starts_with('.') {
+                return Err(Error::data(
+                    Location::file(&index).field(format!("weight_map.{tensor}")),
+                    format!("unsafe shard name `{name}`"),
+                ));
+            }
+            shards.insert(name.to_string(), ());
+        }
+        return Ok(shards.into_keys().map(|n| dir.join(n)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    Err(Error::data(Location::file(single), "no weights: expected model.safetensors or model.safetensors.index.json"))
+}
+
+impl Weights {
+    /// Loads every tensor of `files`, converted to `dtype`, on `device`.
+    pub(crate) fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let files = weight_files(dir)?;
+        let index = dir.join("model.safetensors.index.json");
+        let main_file = if index.exists() { index } else { files.first().cloned().unwrap_or_default() };
+        let mut tensors = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            let bytes = std::fs::read(f).with_path(f)?;
+            let map = candle_core::safetensors::load_buffer(&bytes, device)
+                .map_err(|e| Error::data(Location::file(f), format!("not a valid safetensors file: {e}")))?;
+            for (name, t) in map {
+                let t = if t.dtype() == dtype { t } else { t.to_dtype(dtype)? };
+                tensors.insert(name, (t, i));
+            }
+        }
+        Ok(Self { tensors, files, main_file, dtype })
+    }
+
+    pub(crate) fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    fn location(&self, name: &str) -> Location {
+        let file = match self.tensors.get(name) {
+            Some((_, i)) => self.files.get(*i).cloned().unwrap_or_else(|| self.main_file.clone()),
+            None => self.main_file.clone(),
+        };
+        Location::file(file).field(name)
+    }
+
+    /// The tensor `name`, which must have `shape`.
+    pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let (t, _) = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::data(self.location(name), "missing tensor required by config.json"))?;
+        if t.dims() != shape {
+            return Err(Error::data(
+                self.location(name),
+                format!("tensor has shape {:?} but config.json implies {:?}", t.dims(), shape),
+            ));
+        }
+        Ok(t.clone())
+    }
+}
