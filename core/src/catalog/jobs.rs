@@ -127,7 +127,7 @@ pub(crate) struct Progress<'a> {
 pub(crate) fn update_progress(conn: &Connection, id: &str, p: &Progress<'_>, now_ms: i64, now: &str) -> Result<()> {
     conn.execute(
         "UPDATE jobs SET progress = ?2, epoch = ?3, step = ?4, total_steps = ?5, tokens = ?6, loss = ?7,
-             eval_loss = COALESCE(?8, eval_loss), lr = ?9, tokens_per_sec = ?10, sample = COALESCE(?11, sample),
+             eval_loss = COALESCE(?8, eval_loss), lr = COALESCE(?9, lr), tokens_per_sec = COALESCE(?10, tokens_per_sec), sample = COALESCE(?11, sample),
              checkpoint = COALESCE(?12, checkpoint), heartbeat_at = ?13, updated_at = ?14
          WHERE id = ?1",
         params![

@@ -339,6 +339,20 @@ impl Run<'_> {
                 if self.check_cancel(cancel)? {
                     self.save_checkpoint(&job_dir, &model, &opt, &mut s, started, elapsed_before, spec.keep_last_checkpoints)?;
                     self.log("info", format!("cancelled at step {}", s.step))?;
+                    let ck = self.checkpoint_rel.clone();
+                    self.write_live(&Progress {
+                        progress: progress(&s),
+                        epoch: s.epoch + 1,
+                        step: s.step,
+                        total_steps: total,
+                        tokens: s.tokens,
+                        loss: s.loss,
+                        eval_loss: s.eval_loss,
+                        lr: None,
+                        tokens_per_sec: None,
+                        sample: None,
+                        checkpoint: ck.as_deref(),
+                    })?;
                     return Err(Error::Cancelled);
                 }
                 let t0 = Instant::now();
