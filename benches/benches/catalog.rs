@@ -16,7 +16,8 @@ fn import_jsonl(c: &mut Criterion) {
         let path = tmp.path().join(format!("{n}.jsonl"));
         let mut f = std::fs::File::create(&path).expect("create");
         for i in 0..n {
-            writeln!(f, "{{\"prompt\": \"question {i} about something\", \"completion\": \"answer {i}\"}}").expect("write");
+            writeln!(f, "{{\"prompt\": \"question {i} about something\", \"completion\": \"answer {i}\"}}")
+                .expect("write");
         }
         drop(f);
         let bytes = std::fs::metadata(&path).expect("meta").len();
@@ -25,7 +26,11 @@ fn import_jsonl(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("records", n), &path, |b, p| {
             b.iter(|| {
                 k += 1;
-                let opts = ImportOptions { name: Some(format!("d{n}-{k}")), on_duplicate: OnDuplicate::Reuse, ..Default::default() };
+                let opts = ImportOptions {
+                    name: Some(format!("d{n}-{k}")),
+                    on_duplicate: OnDuplicate::Reuse,
+                    ..Default::default()
+                };
                 home.datasets().import_file(p, &opts).expect("import")
             })
         });
@@ -49,7 +54,9 @@ fn registry_list(c: &mut Criterion) {
         let mut s = 1000;
         b.iter(|| {
             s += 1;
-            models.create_preset("nano", &PresetOptions { name: Some("bench".into()), seed: s, ..Default::default() }).expect("preset")
+            models
+                .create_preset("nano", &PresetOptions { name: Some("bench".into()), seed: s, ..Default::default() })
+                .expect("preset")
         })
     });
     g.finish();

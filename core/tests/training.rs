@@ -27,12 +27,17 @@ impl Env {
             .map(|i| json!({"text": format!("the cat sat on the mat {}. the dog sat on the log.", i % 4)}))
             .collect();
         home.datasets()
-            .import_records(records.into_iter().map(Ok), &ImportOptions { name: Some("toy".into()), ..Default::default() })
+            .import_records(
+                records.into_iter().map(Ok),
+                &ImportOptions { name: Some("toy".into()), ..Default::default() },
+            )
             .unwrap();
         let qa: Vec<_> = (0..16)
             .map(|i| json!({"prompt": format!("{i} plus one is"), "completion": format!(" {}", i + 1)}))
             .collect();
-        home.datasets().import_records(qa.into_iter().map(Ok), &ImportOptions { name: Some("qa".into()), ..Default::default() }).unwrap();
+        home.datasets()
+            .import_records(qa.into_iter().map(Ok), &ImportOptions { name: Some("qa".into()), ..Default::default() })
+            .unwrap();
         Env { _dir: dir, home, base }
     }
 
@@ -105,8 +110,11 @@ fn loss_falls_on_a_learnable_task() {
     let t = Instant::now();
     let report = engine.run(&job.id, &mut sink, &CancelToken::new()).unwrap();
     let secs = t.elapsed().as_secs_f64();
-    let losses: Vec<f64> =
-        sink.events().iter().filter_map(|e| if let Event::Step { loss, .. } = e { Some(*loss) } else { None }).collect();
+    let losses: Vec<f64> = sink
+        .events()
+        .iter()
+        .filter_map(|e| if let Event::Step { loss, .. } = e { Some(*loss) } else { None })
+        .collect();
     println!(
         "nano full: first {:.3} last {:.3}, {} tokens in {secs:.2}s = {:.0} tokens/s",
         losses[0],
@@ -171,7 +179,8 @@ fn cancel_in_process_then_resume() {
     let mut sink2 = RecordingSink::new();
     let report = engine.resume(&job.id, &mut sink2, &CancelToken::new()).unwrap();
     assert_eq!(report.steps, 12);
-    let first_step = sink2.events().iter().find_map(|e| if let Event::Step { step, .. } = e { Some(*step) } else { None });
+    let first_step =
+        sink2.events().iter().find_map(|e| if let Event::Step { step, .. } = e { Some(*step) } else { None });
     assert_eq!(first_step, Some(4));
     assert_eq!(engine.job(&job.id).unwrap().status, JobStatus::Completed);
 }
@@ -361,8 +370,11 @@ fn stale_heartbeat_is_interrupted_and_resumable() {
     let job = engine.create_job(&TrainSpec { max_steps: Some(3), ..env.spec() }).unwrap();
     let db = rusqlite::Connection::open(env.home.root().join("anneal.db")).unwrap();
     let stale = 1_000i64; // 1970: long before HEARTBEAT_STALE_SECS ago
-    db.execute("UPDATE jobs SET status = 'running', heartbeat_at = ?2 WHERE id = ?1", rusqlite::params![job.id.0, stale])
-        .unwrap();
+    db.execute(
+        "UPDATE jobs SET status = 'running', heartbeat_at = ?2 WHERE id = ?1",
+        rusqlite::params![job.id.0, stale],
+    )
+    .unwrap();
     assert_eq!(engine.job(&job.id).unwrap().status, JobStatus::Interrupted);
     let found = engine.jobs(&JobFilter { status: Some(JobStatus::Interrupted), ..Default::default() }).unwrap();
     assert_eq!(found.len(), 1);

@@ -53,7 +53,9 @@ fn main() -> anyhow::Result<()> {
         let _ = std::fs::write("/proc/self/clear_refs", "5"); // reset VmHWM to the current RSS
         let before = vm_rss_kib().unwrap_or(0);
         let t = Instant::now();
-        let rec = home.datasets().import_file(&path, &ImportOptions { name: Some(format!("gen-{mb}")), ..Default::default() })?;
+        let rec = home
+            .datasets()
+            .import_file(&path, &ImportOptions { name: Some(format!("gen-{mb}")), ..Default::default() })?;
         let secs = t.elapsed().as_secs_f64();
         let peak = vm_hwm_kib().unwrap_or(0);
         assert_eq!(rec.num_records, n);

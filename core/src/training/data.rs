@@ -90,7 +90,10 @@ pub(crate) fn prepare(
                 vec![(field(r, "prompt", &loc)?.to_string(), false), (field(r, "completion", &loc)?.to_string(), true)]
             }
             DatasetFormat::Instruction => vec![
-                (alpaca_prompt(field(r, "instruction", &loc)?, r.get("input").and_then(Value::as_str).unwrap_or("")), false),
+                (
+                    alpaca_prompt(field(r, "instruction", &loc)?, r.get("input").and_then(Value::as_str).unwrap_or("")),
+                    false,
+                ),
                 (field(r, "output", &loc)?.to_string(), true),
             ],
             DatasetFormat::Chat => chat_segments(r, tok, &loc)?,
@@ -214,7 +217,8 @@ mod tests {
     #[test]
     fn chat_trains_on_assistant_turns_only() {
         let tok = Tokenizer::byte_level().unwrap();
-        let recs = vec![json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})];
+        let recs =
+            vec![json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})];
         let ex = prepare(DatasetFormat::Chat, &recs, &tok, 256, &Location::default()).unwrap();
         let trained: Vec<u32> = ex[0].labels.iter().filter(|&&l| l >= 0).map(|&l| l as u32).collect();
         let text = tok.decode(&trained, false).unwrap();

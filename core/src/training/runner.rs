@@ -74,20 +74,17 @@ pub(crate) fn execute(
             } else {
                 "run takes a pending job; use resume to continue it".to_string()
             };
-            return Err(Error::InUse { what: "job", id: id.0.clone(), reason: format!("{}: {hint}", rec.status.as_str()) });
+            return Err(Error::InUse {
+                what: "job",
+                id: id.0.clone(),
+                reason: format!("{}: {hint}", rec.status.as_str()),
+            });
         }
         sql::claim(tx, &id.0, std::process::id(), now_ms(), &now)?;
         Ok(rec)
     })?;
-    let mut run = Run {
-        engine,
-        job,
-        sink,
-        last_write: None,
-        logs: Vec::new(),
-        metrics: Vec::new(),
-        checkpoint_rel: None,
-    };
+    let mut run =
+        Run { engine, job, sink, last_write: None, logs: Vec::new(), metrics: Vec::new(), checkpoint_rel: None };
     let result = run.train(cancel, resume);
     let (status, error, model) = match &result {
         Ok(r) => (JobStatus::Completed, None, Some(r.model.0.clone())),
@@ -208,7 +205,11 @@ impl Run<'_> {
                 let mask = data::eval_mask(records.len(), f, spec.seed)?;
                 let (mut t, mut e) = (Vec::new(), Vec::new());
                 for (r, is_eval) in records.into_iter().zip(mask) {
-                    if is_eval { e.push(r) } else { t.push(r) }
+                    if is_eval {
+                        e.push(r)
+                    } else {
+                        t.push(r)
+                    }
                 }
                 (t, e, ds.format)
             }
@@ -273,7 +274,13 @@ impl Run<'_> {
             }
         };
         let device = model.device().clone();
-        let mut opt = AdamW::new(model.named_trainable_vars(), spec.adam_beta1, spec.adam_beta2, spec.adam_eps, spec.weight_decay)?;
+        let mut opt = AdamW::new(
+            model.named_trainable_vars(),
+            spec.adam_beta1,
+            spec.adam_beta2,
+            spec.adam_eps,
+            spec.weight_decay,
+        )?;
         if let (Some((_, p)), Some(st)) = (&ckpt, &state) {
             checkpoint::load_optimizer(p, &mut opt, st.optimizer_step)?;
             self.checkpoint_rel = Some(rel(&self.engine.home.root, p));
@@ -337,7 +344,15 @@ impl Run<'_> {
             let batches: Vec<&[usize]> = order.chunks(spec.batch_size).collect();
             while (s.batch_in_epoch as usize) < batches.len() && s.step < total {
                 if self.check_cancel(cancel)? {
-                    self.save_checkpoint(&job_dir, &model, &opt, &mut s, started, elapsed_before, spec.keep_last_checkpoints)?;
+                    self.save_checkpoint(
+                        &job_dir,
+                        &model,
+                        &opt,
+                        &mut s,
+                        started,
+                        elapsed_before,
+                        spec.keep_last_checkpoints,
+                    )?;
                     self.log("info", format!("cancelled at step {}", s.step))?;
                     let ck = self.checkpoint_rel.clone();
                     self.write_live(&Progress {
@@ -437,7 +452,15 @@ impl Run<'_> {
                     }
                 }
                 if spec.checkpoint_every.is_some_and(|k| s.step % k == 0) && s.step < total {
-                    self.save_checkpoint(&job_dir, &model, &opt, &mut s, started, elapsed_before, spec.keep_last_checkpoints)?;
+                    self.save_checkpoint(
+                        &job_dir,
+                        &model,
+                        &opt,
+                        &mut s,
+                        started,
+                        elapsed_before,
+                        spec.keep_last_checkpoints,
+                    )?;
                     force = true;
                 }
                 if due || force {
