@@ -388,3 +388,20 @@ fn stale_heartbeat_is_interrupted_and_resumable() {
     assert_eq!(report.steps, 3);
     assert_eq!(anneal::HEARTBEAT_STALE_SECS, 30);
 }
+
+#[test]
+fn disk_error_fails_the_job_with_the_path() {
+    let env = Env::new();
+    let engine = env.home.training();
+    let job = engine.create_job(&TrainSpec { checkpoint_every: Some(2), ..env.spec() }).unwrap();
+    // A file where the job's directory should be: checkpoints cannot be written.
+    std::fs::write(env.home.root().join("jobs").join(&job.id.0), b"in the way").unwrap();
+    let mut sink = RecordingSink::new();
+    let err = engine.run(&job.id, &mut sink, &CancelToken::new()).unwrap_err();
+    assert_eq!(err.code(), "io", "{err}");
+    assert!(err.to_string().contains(&job.id.0), "{err}");
+    assert_eq!(finished(&sink.events()), (FinishStatus::Failed, Some("io".into())));
+    let j = engine.job(&job.id).unwrap();
+    assert_eq!((j.status, j.step), (JobStatus::Failed, 2));
+    assert!(engine.logs(&job.id).unwrap().iter().any(|l| l.level == "error"));
+}

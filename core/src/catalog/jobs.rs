@@ -194,6 +194,15 @@ pub(crate) fn metrics(conn: &Connection, id: &str) -> Result<Vec<MetricPoint>> {
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
+/// Refreshes the heartbeat of a job this process runs.
+pub(crate) fn heartbeat(conn: &Connection, id: &str, pid: u32, now_ms: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE jobs SET heartbeat_at = ?3 WHERE id = ?1 AND status = 'running' AND runner_pid = ?2",
+        params![id, pid as i64, now_ms],
+    )?;
+    Ok(())
+}
+
 pub(crate) fn cancel_requested(conn: &Connection, id: &str) -> Result<bool> {
     let v: Option<i64> =
         conn.query_row("SELECT cancel_requested FROM jobs WHERE id = ?1", [id], |r| r.get(0)).optional()?;

@@ -2,7 +2,8 @@
 //! catalog, events, evaluation, early stopping, checkpoints, cancellation and resume.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
@@ -23,6 +24,8 @@ use crate::util::{self, StagingDir};
 
 /// At most this often the live state goes to the catalog (lifecycle writes always do).
 const CATALOG_WRITE_INTERVAL: Duration = Duration::from_millis(250);
+/// The heartbeat is refreshed this often by a side thread, even during long steps.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Characters of the current sample kept as a preview.
 const SAMPLE_CHARS: usize = 120;
 
@@ -83,9 +86,38 @@ pub(crate) fn execute(
         sql::claim(tx, &id.0, std::process::id(), now_ms(), &now)?;
         Ok(rec)
     })?;
-    let mut run =
-        Run { engine, job, sink, last_write: None, logs: Vec::new(), metrics: Vec::new(), checkpoint_rel: None };
+    let stop = Arc::new(AtomicBool::new(false));
+    let beat = {
+        let (engine, id, stop) = (engine.clone(), id.0.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("anneal-heartbeat".into())
+            .spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::park_timeout(HEARTBEAT_INTERVAL);
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let _ = engine.home.catalog.write(|tx| sql::heartbeat(tx, &id, std::process::id(), now_ms()));
+                }
+            })
+            .ok()
+    };
+    let mut run = Run {
+        engine,
+        job,
+        sink,
+        last_write: None,
+        logs: Vec::new(),
+        metrics: Vec::new(),
+        checkpoint_rel: None,
+        last: None,
+    };
     let result = run.train(cancel, resume);
+    stop.store(true, Ordering::SeqCst);
+    if let Some(b) = beat {
+        b.thread().unpark();
+        let _ = b.join();
+    }
     let (status, error, model) = match &result {
         Ok(r) => (JobStatus::Completed, None, Some(r.model.0.clone())),
         Err(Error::Cancelled) => (JobStatus::Cancelled, None, None),
@@ -97,9 +129,26 @@ pub(crate) fn execute(
     let now = util::now();
     let logs = std::mem::take(&mut run.logs);
     let metrics = std::mem::take(&mut run.metrics);
+    let (last, ck) = (run.last, run.checkpoint_rel.clone());
     let finish = engine.home.catalog.write(|tx| {
         sql::add_logs(tx, &id.0, &logs)?;
         sql::add_metrics(tx, &id.0, &metrics)?;
+        if let (Some(l), false) = (last, status == JobStatus::Completed) {
+            let p = Progress {
+                progress: l.progress,
+                epoch: l.epoch,
+                step: l.step,
+                total_steps: l.total,
+                tokens: l.tokens,
+                loss: l.loss,
+                eval_loss: l.eval_loss,
+                lr: None,
+                tokens_per_sec: None,
+                sample: None,
+                checkpoint: ck.as_deref(),
+            };
+            sql::update_progress(tx, &id.0, &p, now_ms(), &now)?;
+        }
         sql::finish(tx, &id.0, status, error.as_ref(), model.as_deref(), &now)
     });
     let finished = Event::JobFinished {
@@ -127,6 +176,19 @@ struct Run<'a> {
     logs: Vec<JobLog>,
     metrics: Vec<MetricPoint>,
     checkpoint_rel: Option<String>,
+    /// The state after the last step: written on finish even if the throttle skipped it.
+    last: Option<LastStep>,
+}
+
+#[derive(Clone, Copy)]
+struct LastStep {
+    progress: f64,
+    epoch: u32,
+    step: u64,
+    total: u64,
+    tokens: u64,
+    loss: Option<f64>,
+    eval_loss: Option<f64>,
 }
 
 /// Loaded and tokenised inputs of a run.
@@ -434,6 +496,15 @@ impl Run<'_> {
                     progress: progress(&s),
                     sample: sample.clone(),
                 })?;
+                self.last = Some(LastStep {
+                    progress: progress(&s),
+                    epoch: s.epoch + 1,
+                    step: s.step,
+                    total,
+                    tokens: s.tokens,
+                    loss: s.loss,
+                    eval_loss: s.eval_loss,
+                });
                 self.metrics.push(MetricPoint {
                     kind: "train".into(),
                     step: s.step,
