@@ -17,6 +17,7 @@ use crate::catalog::{Catalog, SCHEMA_VERSION};
 use crate::data::DatasetStore;
 use crate::error::{Error, IoResultExt, Result};
 use crate::registry::ModelRegistry;
+use crate::training::TrainingEngine;
 
 /// Leftovers of interrupted writes are removed when older than this (younger ones may
 /// belong to another process that is still working).
@@ -78,6 +79,11 @@ impl Home {
     /// The model registry of this home.
     pub fn models(&self) -> ModelRegistry {
         ModelRegistry::new(self.inner.clone())
+    }
+
+    /// The training engine of this home.
+    pub fn training(&self) -> TrainingEngine {
+        TrainingEngine::new(self.inner.clone())
     }
 }
 

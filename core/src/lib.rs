@@ -44,6 +44,7 @@ pub mod lora;
 pub mod models;
 mod registry;
 pub mod tokenizer;
+mod training;
 mod util;
 
 pub use data::{
@@ -67,4 +68,8 @@ pub use registry::{
     Storage, SUPPORTED_MODEL_TYPES,
 };
 pub use tokenizer::{ChatMessage, SpecialToken, Tokenizer};
+pub use training::{
+    JobFilter, JobHandle, JobId, JobLog, JobRecord, JobStatus, Method, MetricPoint, Schedule, TrainReport, TrainSpec,
+    TrainingEngine, HEARTBEAT_STALE_SECS,
+};
 pub use util::options_from_json;

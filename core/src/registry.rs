@@ -345,6 +345,44 @@ impl ModelRegistry {
         self.insert_staged(ModelId(util::new_id("mdl")), &mut staging, files, &inspected, new)
     }
 
+    /// Registers a directory the training engine wrote into `staging` (under
+    /// `models/`): full weights as an HF directory (kind `full`) or a PEFT adapter
+    /// (kind `lora`, `parent` = the base). Takes the next version of `name`.
+    pub(crate) fn register_trained(
+        &self,
+        staging: &mut StagingDir,
+        name: &str,
+        parent: &ModelRecord,
+        source: String,
+        lineage: Value,
+    ) -> Result<ModelRecord> {
+        util::validate_name("output_name", name)?;
+        let inspected = inspect::inspect_dir(staging.path())?;
+        let mut files = Vec::new();
+        for f in &inspected.files {
+            let path = staging.path().join(f);
+            let sha = util::sha256_file(&path, |_| Ok(()))?;
+            files.push(ModelFile { name: f.clone(), bytes: fs::metadata(&path).with_path(&path)?.len(), sha256: sha });
+        }
+        let kind = if inspected.kind == ModelKind::Lora { ModelKind::Lora } else { ModelKind::Full };
+        let new = NewModel {
+            name,
+            kind,
+            family: parent.family.clone(),
+            parent: Some(parent.id.clone()),
+            source,
+            task: parent.task.clone(),
+            tags: Vec::new(),
+            lineage,
+        };
+        self.insert_staged(ModelId(util::new_id("mdl")), staging, files, &inspected, new)
+    }
+
+    /// The directory new models are staged in.
+    pub(crate) fn staging_root(&self) -> PathBuf {
+        self.dir()
+    }
+
     /// The built-in presets.
     pub fn presets() -> &'static [Preset] {
         presets::PRESETS

@@ -26,6 +26,9 @@ pub fn options_from_json<T: serde::de::DeserializeOwned>(value: serde_json::Valu
             let key = inner.split('`').nth(1).unwrap_or("?");
             if path == "." {
                 key.to_string()
+            } else if path == key || path.ends_with(&format!(".{key}")) {
+                // Newer serde_path_to_error already includes the unknown key.
+                path
             } else {
                 format!("{path}.{key}")
             }

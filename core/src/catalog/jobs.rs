@@ -1,0 +1,238 @@
+//! SQL for the `jobs`, `job_logs` and `job_metrics` tables.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{from_json, to_json};
+use crate::error::{Error, Result};
+use crate::events::ErrorInfo;
+use crate::training::{JobFilter, JobId, JobLog, JobRecord, JobStatus, MetricPoint, TrainSpec};
+
+const COLS: &str = "id, status, base_model_id, dataset_id, eval_dataset_id, output_model_id, spec, created_at, \
+    updated_at, progress, epoch, step, total_steps, tokens, loss, eval_loss, lr, tokens_per_sec, sample, \
+    heartbeat_at, runner_pid, cancel_requested, error, checkpoint, started_at, finished_at";
+
+fn row_to_record(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
+    let status: String = r.get(1)?;
+    let spec: TrainSpec = from_json(&r.get::<_, String>(6)?)?;
+    let error: Option<String> = r.get(22)?;
+    Ok(JobRecord {
+        id: JobId(r.get(0)?),
+        status: JobStatus::parse(&status).unwrap_or(JobStatus::Failed),
+        base_model_id: r.get::<_, Option<String>>(2)?.map(crate::registry::ModelId),
+        dataset_id: r.get::<_, Option<String>>(3)?.map(crate::data::DatasetId),
+        eval_dataset_id: r.get::<_, Option<String>>(4)?.map(crate::data::DatasetId),
+        output_model_id: r.get::<_, Option<String>>(5)?.map(crate::registry::ModelId),
+        spec,
+        created_at: r.get(7)?,
+        updated_at: r.get(8)?,
+        progress: r.get(9)?,
+        epoch: r.get::<_, i64>(10)? as u32,
+        step: r.get::<_, i64>(11)? as u64,
+        total_steps: r.get::<_, i64>(12)? as u64,
+        tokens: r.get::<_, i64>(13)? as u64,
+        loss: r.get(14)?,
+        eval_loss: r.get(15)?,
+        lr: r.get(16)?,
+        tokens_per_sec: r.get(17)?,
+        sample: r.get(18)?,
+        heartbeat_at: r.get(19)?,
+        runner_pid: r.get::<_, Option<i64>>(20)?.map(|p| p as u32),
+        cancel_requested: r.get::<_, i64>(21)? != 0,
+        error: match error {
+            Some(e) => Some(from_json::<ErrorInfo>(&e)?),
+            None => None,
+        },
+        checkpoint: r.get(23)?,
+        started_at: r.get(24)?,
+        finished_at: r.get(25)?,
+    })
+}
+
+pub(crate) fn insert(conn: &Connection, rec: &JobRecord) -> Result<()> {
+    conn.execute(
+        "INSERT INTO jobs (id, status, base_model_id, dataset_id, eval_dataset_id, spec, created_at, updated_at,
+             total_steps)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            rec.id.0,
+            rec.status.as_str(),
+            rec.base_model_id.as_ref().map(|m| m.0.clone()),
+            rec.dataset_id.as_ref().map(|d| d.0.clone()),
+            rec.eval_dataset_id.as_ref().map(|d| d.0.clone()),
+            to_json(&rec.spec)?,
+            rec.created_at,
+            rec.updated_at,
+            rec.total_steps as i64,
+        ],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn by_id(conn: &Connection, id: &str) -> Result<Option<JobRecord>> {
+    let sql = format!("SELECT {COLS} FROM jobs WHERE id = ?1");
+    Ok(conn.query_row(&sql, [id], row_to_record).optional()?)
+}
+
+pub(crate) fn get(conn: &Connection, id: &str) -> Result<JobRecord> {
+    by_id(conn, id)?.ok_or_else(|| Error::not_found("job", id))
+}
+
+pub(crate) fn list(conn: &Connection, f: &JobFilter) -> Result<Vec<JobRecord>> {
+    let mut clauses = Vec::new();
+    let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
+    let base = f.base_model.as_ref().map(|m| m.0.clone());
+    let ds = f.dataset.as_ref().map(|d| d.0.clone());
+    for (col, val) in [
+        ("base_model_id = ?", base.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+        ("dataset_id = ?", ds.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+    ] {
+        if let Some(v) = val {
+            clauses.push(format!("{col}{}", args.len() + 1));
+            args.push(v);
+        }
+    }
+    let where_ = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+    let sql = format!("SELECT {COLS} FROM jobs {where_} ORDER BY created_at, id");
+    let mut st = conn.prepare(&sql)?;
+    let rows = st.query_map(args.as_slice(), row_to_record)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Marks the job running in this process (clears the cancel flag and the error).
+pub(crate) fn claim(conn: &Connection, id: &str, pid: u32, now_ms: i64, now: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE jobs SET status = 'running', runner_pid = ?2, heartbeat_at = ?3, cancel_requested = 0, error = NULL,
+             started_at = COALESCE(started_at, ?4), finished_at = NULL, updated_at = ?4
+         WHERE id = ?1",
+        params![id, pid as i64, now_ms, now],
+    )?;
+    Ok(())
+}
+
+/// Live progress of a running job.
+pub(crate) struct Progress<'a> {
+    pub(crate) progress: f64,
+    pub(crate) epoch: u32,
+    pub(crate) step: u64,
+    pub(crate) total_steps: u64,
+    pub(crate) tokens: u64,
+    pub(crate) loss: Option<f64>,
+    pub(crate) eval_loss: Option<f64>,
+    pub(crate) lr: Option<f64>,
+    pub(crate) tokens_per_sec: Option<f64>,
+    pub(crate) sample: Option<&'a str>,
+    pub(crate) checkpoint: Option<&'a str>,
+}
+
+pub(crate) fn update_progress(conn: &Connection, id: &str, p: &Progress<'_>, now_ms: i64, now: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE jobs SET progress = ?2, epoch = ?3, step = ?4, total_steps = ?5, tokens = ?6, loss = ?7,
+             eval_loss = COALESCE(?8, eval_loss), lr = COALESCE(?9, lr), tokens_per_sec = COALESCE(?10, tokens_per_sec), sample = COALESCE(?11, sample),
+             checkpoint = COALESCE(?12, checkpoint), heartbeat_at = ?13, updated_at = ?14
+         WHERE id = ?1",
+        params![
+            id,
+            p.progress,
+            p.epoch as i64,
+            p.step as i64,
+            p.total_steps as i64,
+            p.tokens as i64,
+            p.loss,
+            p.eval_loss,
+            p.lr,
+            p.tokens_per_sec,
+            p.sample,
+            p.checkpoint,
+            now_ms,
+            now
+        ],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn add_metrics(conn: &Connection, id: &str, points: &[MetricPoint]) -> Result<()> {
+    let mut st = conn.prepare_cached(
+        "INSERT OR REPLACE INTO job_metrics (job_id, kind, step, epoch, loss, lr, tokens_per_sec, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for p in points {
+        st.execute(params![id, p.kind, p.step as i64, p.epoch as i64, p.loss, p.lr, p.tokens_per_sec, p.at])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn add_logs(conn: &Connection, id: &str, logs: &[JobLog]) -> Result<()> {
+    let mut st = conn.prepare_cached("INSERT INTO job_logs (job_id, at, level, message) VALUES (?1, ?2, ?3, ?4)")?;
+    for l in logs {
+        st.execute(params![id, l.at, l.level, l.message])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn logs(conn: &Connection, id: &str) -> Result<Vec<JobLog>> {
+    let mut st = conn.prepare("SELECT at, level, message FROM job_logs WHERE job_id = ?1 ORDER BY id")?;
+    let rows = st.query_map([id], |r| Ok(JobLog { at: r.get(0)?, level: r.get(1)?, message: r.get(2)? }))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+pub(crate) fn metrics(conn: &Connection, id: &str) -> Result<Vec<MetricPoint>> {
+    let mut st = conn.prepare(
+        "SELECT kind, step, epoch, loss, lr, tokens_per_sec, at FROM job_metrics WHERE job_id = ?1
+         ORDER BY step, kind DESC",
+    )?;
+    let rows = st.query_map([id], |r| {
+        Ok(MetricPoint {
+            kind: r.get(0)?,
+            step: r.get::<_, i64>(1)? as u64,
+            epoch: r.get::<_, i64>(2)? as u32,
+            loss: r.get(3)?,
+            lr: r.get(4)?,
+            tokens_per_sec: r.get(5)?,
+            at: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Refreshes the heartbeat of a job this process runs.
+pub(crate) fn heartbeat(conn: &Connection, id: &str, pid: u32, now_ms: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE jobs SET heartbeat_at = ?3 WHERE id = ?1 AND status = 'running' AND runner_pid = ?2",
+        params![id, pid as i64, now_ms],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn cancel_requested(conn: &Connection, id: &str) -> Result<bool> {
+    let v: Option<i64> =
+        conn.query_row("SELECT cancel_requested FROM jobs WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+    Ok(v.unwrap_or(0) != 0)
+}
+
+pub(crate) fn request_cancel(conn: &Connection, id: &str, now: &str) -> Result<()> {
+    conn.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1", params![id, now])?;
+    Ok(())
+}
+
+/// Final state of a run.
+pub(crate) fn finish(
+    conn: &Connection,
+    id: &str,
+    status: JobStatus,
+    error: Option<&ErrorInfo>,
+    output: Option<&str>,
+    now: &str,
+) -> Result<()> {
+    let error = match error {
+        Some(e) => Some(to_json(e)?),
+        None => None,
+    };
+    conn.execute(
+        "UPDATE jobs SET status = ?2, error = ?3, output_model_id = COALESCE(?4, output_model_id),
+             runner_pid = NULL, finished_at = ?5, updated_at = ?5, progress = CASE WHEN ?2 = 'completed' THEN 1.0
+             ELSE progress END
+         WHERE id = ?1",
+        params![id, status.as_str(), error, output, now],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! AdamW with torch semantics, global-norm gradient clipping, and the LR schedule.
+//!
+//! Our own AdamW (rather than `candle_nn::AdamW`) because a checkpoint must hold the
+//! optimiser state (m, v, step) and `resume` must restore it exactly. The update is
+//! `torch.optim.AdamW`'s:
+//! `p -= lr * wd * p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;`
+//! `p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)`.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor, Var};
+
+use super::spec::Schedule;
+use crate::error::{Error, Result};
+
+pub(crate) struct AdamW {
+    params: Vec<(String, Var)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    /// Optimiser steps taken (torch's `state['step']`).
+    pub(crate) t: u64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+}
+
+impl AdamW {
+    pub(crate) fn new(params: Vec<(String, Var)>, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Result<Self> {
+        let m = params.iter().map(|(_, p)| p.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
+        let v = m.clone();
+        Ok(Self { params, m, v, t: 0, beta1, beta2, eps, weight_decay })
+    }
+
+    pub(crate) fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// One update with gradients aligned with `params()` (`None`: no gradient, skipped).
+    pub(crate) fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
+        self.t += 1;
+        let t = self.t as i32;
+        let bc1 = 1.0 - self.beta1.powi(t);
+        let bc2 = 1.0 - self.beta2.powi(t);
+        for (i, (_, p)) in self.params.iter().enumerate() {
+            let Some(g) = grads.get(i).and_then(Option::as_ref) else { continue };
+            let m = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
+            let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+            let decayed = (p.as_tensor() * (1.0 - lr * self.weight_decay))?;
+            let m_hat = (&m / bc1)?;
+            let v_hat = (&v / bc2)?;
+            let update = (m_hat / (v_hat.sqrt()? + self.eps)?)?;
+            p.set(&(decayed - (update * lr)?)?)?;
+            self.m[i] = m;
+            self.v[i] = v;
+        }
+        Ok(())
+    }
+
+    /// The moments, as `m.<name>` / `v.<name>` tensors.
+    pub(crate) fn state_tensors(&self) -> HashMap<String, Tensor> {
+        let mut out = HashMap::new();
+        for (i, (name, _)) in self.params.iter().enumerate() {
+            out.insert(format!("m.{name}"), self.m[i].clone());
+            out.insert(format!("v.{name}"), self.v[i].clone());
+        }
+        out
+    }
+
+    /// Restores the moments written by [`AdamW::state_tensors`] and the step count.
+    pub(crate) fn load_state(&mut self, mut tensors: HashMap<String, Tensor>, t: u64) -> Result<()> {
+        for (i, (name, p)) in self.params.iter().enumerate() {
+            for (which, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
+                let k = format!("{which}.{name}");
+                let s = tensors
+                    .remove(&k)
+                    .ok_or_else(|| Error::Internal(format!("checkpoint optimiser state lacks `{k}`")))?;
+                if s.dims() != p.dims() {
+                    return Err(Error::Internal(format!("checkpoint optimiser state `{k}` has the wrong shape")));
+                }
+                *slot = s.to_dtype(p.dtype())?;
+            }
+        }
+        self.t = t;
+        Ok(())
+    }
+}
+
+/// torch's `clip_grad_norm_`: scales every gradient by `max / (norm + 1e-6)` when the
+/// global L2 norm exceeds `max`. Returns the norm before clipping.
+pub(crate) fn clip_grad_norm(grads: &mut [Option<Tensor>], max: Option<f64>) -> Result<f64> {
+    let mut sq = 0f64;
+    for g in grads.iter().flatten() {
+        sq += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    }
+    let norm = sq.sqrt();
+    if let Some(max) = max {
+        if norm.is_finite() && norm > max {
+            let scale = max / (norm + 1e-6);
+            for g in grads.iter_mut().flatten() {
+                *g = (&*g * scale)?;
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// Learning rate at optimiser step `step` (0-based) of `total`: linear warmup from 0,
+/// then the schedule (transformers' `get_*_schedule_with_warmup`).
+pub(crate) fn lr_at(schedule: Schedule, peak: f64, warmup: u64, total: u64, step: u64) -> f64 {
+    if step < warmup {
+        return peak * step as f64 / warmup.max(1) as f64;
+    }
+    let decay_steps = total.saturating_sub(warmup).max(1) as f64;
+    let progress = ((step - warmup) as f64 / decay_steps).min(1.0);
+    match schedule {
+        Schedule::Constant => peak,
+        Schedule::Linear => peak * (1.0 - progress).max(0.0),
+        Schedule::Cosine => peak * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn adamw_matches_candle_adamw() {
+        // candle_nn::AdamW matches torch to 1e-8 (tests/numerics.rs); ours must match it.
+        use candle_nn::Optimizer;
+        let init = Tensor::new(&[[0.5f32, -1.0], [2.0, 0.25]], &Device::Cpu).unwrap();
+        let a = Var::from_tensor(&init).unwrap();
+        let b = Var::from_tensor(&init).unwrap();
+        let mut ours = AdamW::new(vec![("w".into(), a.clone())], 0.9, 0.999, 1e-8, 0.01).unwrap();
+        let p = candle_nn::ParamsAdamW { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+        let mut theirs = candle_nn::AdamW::new(vec![b.clone()], p).unwrap();
+        for _ in 0..5 {
+            let la = a.as_tensor().sqr().unwrap().sum_all().unwrap();
+            let ga = la.backward().unwrap().get(&a).unwrap().clone();
+            ours.step(&[Some(ga)], 1e-2).unwrap();
+            let lb = b.as_tensor().sqr().unwrap().sum_all().unwrap();
+            theirs.backward_step(&lb).unwrap();
+        }
+        let d = (a.as_tensor() - b.as_tensor()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-7, "{d}");
+    }
+
+    #[test]
+    fn schedules_and_clipping() {
+        assert_eq!(lr_at(Schedule::Linear, 1.0, 2, 10, 0), 0.0);
+        assert_eq!(lr_at(Schedule::Linear, 1.0, 2, 10, 1), 0.5);
+        assert_eq!(lr_at(Schedule::Linear, 1.0, 2, 10, 2), 1.0);
+        assert!((lr_at(Schedule::Linear, 1.0, 2, 10, 6) - 0.5).abs() < 1e-12);
+        assert!((lr_at(Schedule::Cosine, 1.0, 0, 10, 5) - 0.5).abs() < 1e-12);
+        assert_eq!(lr_at(Schedule::Constant, 1.0, 0, 10, 9), 1.0);
+        let mut g = vec![Some(Tensor::new(&[3f32, 4.0], &Device::Cpu).unwrap()), None];
+        let n = clip_grad_norm(&mut g, Some(1.0)).unwrap();
+        assert!((n - 5.0).abs() < 1e-6);
+        let v = g[0].as_ref().unwrap().to_vec1::<f32>().unwrap();
+        assert!((v[0] - 0.6).abs() < 1e-5 && (v[1] - 0.8).abs() < 1e-5);
+    }
+}

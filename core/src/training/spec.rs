@@ -1,0 +1,261 @@
+//! [`TrainSpec`]: everything a training job needs, validated before anything runs.
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::DatasetId;
+use crate::error::{Error, Result};
+use crate::lora::LoraConfig;
+use crate::registry::ModelRef;
+use crate::util;
+
+/// Full fine-tuning or a LoRA adapter. JSON: `"full"` or `{"lora": {"r": 8, ...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Every weight is trained; the output is a `full` model.
+    Full,
+    /// A LoRA adapter is trained on frozen base weights; the output is a `lora` model
+    /// whose parent is the base.
+    Lora(LoraConfig),
+}
+
+impl Method {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Method::Full => "full",
+            Method::Lora(_) => "lora",
+        }
+    }
+}
+
+/// Learning-rate schedule after the linear warmup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    Constant,
+    /// Linear decay to 0 at the last step (transformers' default).
+    #[default]
+    Linear,
+    /// Half-cosine decay to 0 at the last step.
+    Cosine,
+}
+
+/// A training job's configuration. Build it with `..Default::default()`; bindings pass
+/// JSON through [`TrainSpec::from_json`], where unknown keys are `invalid_config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSpec {
+    /// The model to start from: id, `name`, `name@3` or `name@alias`. Required.
+    pub base: ModelRef,
+    /// The training dataset (id or name). Required.
+    pub dataset: DatasetId,
+    /// A separate evaluation dataset (id or name).
+    pub eval_dataset: Option<DatasetId>,
+    /// Hold out this fraction of `dataset` for evaluation (deterministic from `seed`).
+    pub eval_fraction: Option<f64>,
+    /// `full` or `lora`. Default: LoRA with [`LoraConfig::default`].
+    pub method: Method,
+    /// Passes over the data. Default 1. Ignored when `max_steps` is set.
+    pub epochs: u32,
+    /// Stop after this many optimiser steps (cycling through epochs as needed).
+    pub max_steps: Option<u64>,
+    /// Sequences per micro-batch. Default 8.
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are summed before one optimiser step. Default 1.
+    pub grad_accum: usize,
+    /// Maximum tokens per sequence (longer examples are truncated; text is packed into
+    /// sequences of exactly this length). Default 256.
+    pub seq_len: usize,
+    /// Peak learning rate. Default 2e-4.
+    pub learning_rate: f64,
+    /// Linear warmup from 0 over this many steps. Default 0.
+    pub warmup_steps: u64,
+    pub schedule: Schedule,
+    /// AdamW (torch semantics). Defaults 0.9, 0.999, 1e-8, weight decay 0.
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_eps: f64,
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this value. Default 1.0; `None` disables.
+    pub max_grad_norm: Option<f64>,
+    /// Seeds data order (per epoch: seed + epoch), the eval split and LoRA init. Default 42.
+    pub seed: u64,
+    /// Evaluate every N steps (and always at the end when there is eval data).
+    pub eval_every: Option<u64>,
+    /// Stop when the eval loss has not improved for this many evaluations.
+    pub early_stopping_patience: Option<u32>,
+    /// Write a checkpoint every N steps (one is always written on cancel).
+    pub checkpoint_every: Option<u64>,
+    /// Checkpoints kept per job (older ones are deleted). Default 2.
+    pub keep_last_checkpoints: usize,
+    /// Registry name of the result (next version if it exists). Default
+    /// `<base>-<method>-<yyyymmdd-hhmmss>-<job8>`.
+    pub output_name: Option<String>,
+}
+
+impl Default for TrainSpec {
+    fn default() -> Self {
+        Self {
+            base: ModelRef(String::new()),
+            dataset: DatasetId(String::new()),
+            eval_dataset: None,
+            eval_fraction: None,
+            method: Method::Lora(LoraConfig::default()),
+            epochs: 1,
+            max_steps: None,
+            batch_size: 8,
+            grad_accum: 1,
+            seq_len: 256,
+            learning_rate: 2e-4,
+            warmup_steps: 0,
+            schedule: Schedule::Linear,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_eps: 1e-8,
+            weight_decay: 0.0,
+            max_grad_norm: Some(1.0),
+            seed: 42,
+            eval_every: None,
+            early_stopping_patience: None,
+            checkpoint_every: None,
+            keep_last_checkpoints: 2,
+            output_name: None,
+        }
+    }
+}
+
+fn positive(field: &str, v: f64) -> Result<()> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::config(field, format!("must be a positive number, got {v}")))
+    }
+}
+
+impl TrainSpec {
+    /// Builds a spec from JSON (unknown or mistyped fields are `invalid_config` naming
+    /// the field) and validates it.
+    pub fn from_json(value: serde_json::Value) -> Result<Self> {
+        let spec: TrainSpec = util::options_from_json(value)?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        if self.base.0.trim().is_empty() {
+            return Err(Error::config("base", "is required (a model id, name or name@version)"));
+        }
+        if self.dataset.0.trim().is_empty() {
+            return Err(Error::config("dataset", "is required (a dataset id or name)"));
+        }
+        if let Some(e) = &self.eval_dataset {
+            if e.0.trim().is_empty() {
+                return Err(Error::config("eval_dataset", "is empty"));
+            }
+            if self.eval_fraction.is_some() {
+                return Err(Error::config("eval_fraction", "set either eval_dataset or eval_fraction, not both"));
+            }
+        }
+        if let Some(f) = self.eval_fraction {
+            if !(f > 0.0 && f < 1.0) {
+                return Err(Error::config("eval_fraction", format!("must be between 0 and 1 (exclusive), got {f}")));
+            }
+        }
+        if let Method::Lora(cfg) = &self.method {
+            cfg.validate().map_err(|e| match e {
+                Error::InvalidConfig { field, reason } => Error::config(format!("method.lora.{field}"), reason),
+                other => other,
+            })?;
+        }
+        if self.epochs == 0 && self.max_steps.is_none() {
+            return Err(Error::config("epochs", "must be > 0 (or set max_steps)"));
+        }
+        if self.max_steps == Some(0) {
+            return Err(Error::config("max_steps", "must be > 0"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::config("batch_size", "must be > 0"));
+        }
+        if self.grad_accum == 0 {
+            return Err(Error::config("grad_accum", "must be > 0"));
+        }
+        if self.seq_len < 2 {
+            return Err(Error::config("seq_len", "must be at least 2 (a next-token loss needs two positions)"));
+        }
+        positive("learning_rate", self.learning_rate)?;
+        for (field, b) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(Error::config(field, format!("must be in [0, 1), got {b}")));
+            }
+        }
+        positive("adam_eps", self.adam_eps)?;
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::config("weight_decay", format!("must be >= 0, got {}", self.weight_decay)));
+        }
+        if let Some(n) = self.max_grad_norm {
+            positive("max_grad_norm", n)?;
+        }
+        for (field, v) in [("eval_every", self.eval_every), ("checkpoint_every", self.checkpoint_every)] {
+            if v == Some(0) {
+                return Err(Error::config(field, "must be > 0 (leave it unset to disable)"));
+            }
+        }
+        if self.early_stopping_patience == Some(0) {
+            return Err(Error::config("early_stopping_patience", "must be > 0 (leave it unset to disable)"));
+        }
+        if self.early_stopping_patience.is_some() && self.eval_dataset.is_none() && self.eval_fraction.is_none() {
+            return Err(Error::config("early_stopping_patience", "needs eval data: set eval_dataset or eval_fraction"));
+        }
+        if self.keep_last_checkpoints == 0 {
+            return Err(Error::config("keep_last_checkpoints", "must be > 0"));
+        }
+        if let Some(n) = &self.output_name {
+            util::validate_name("output_name", n)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ok() -> TrainSpec {
+        TrainSpec { base: "m".into(), dataset: "d".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        assert!(ok().validate().is_ok());
+        let cases: Vec<(TrainSpec, &str)> = vec![
+            (TrainSpec { base: "".into(), ..ok() }, "base"),
+            (TrainSpec { batch_size: 0, ..ok() }, "batch_size"),
+            (TrainSpec { learning_rate: -1.0, ..ok() }, "learning_rate"),
+            (TrainSpec { eval_fraction: Some(1.5), ..ok() }, "eval_fraction"),
+            (TrainSpec { adam_beta2: 1.0, ..ok() }, "adam_beta2"),
+            (TrainSpec { method: Method::Lora(LoraConfig { r: 0, ..Default::default() }), ..ok() }, "method.lora.r"),
+            (TrainSpec { output_name: Some("/bad".into()), ..ok() }, "output_name"),
+            (TrainSpec { early_stopping_patience: Some(2), ..ok() }, "early_stopping_patience"),
+        ];
+        for (spec, field) in cases {
+            match spec.validate().unwrap_err() {
+                Error::InvalidConfig { field: f, .. } => assert_eq!(f, field),
+                e => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn json_round_trip_and_unknown_fields() {
+        let s = TrainSpec { method: Method::Full, ..ok() };
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["method"], "full");
+        assert_eq!(TrainSpec::from_json(v).unwrap(), s);
+        let v = serde_json::json!({"base": "m", "dataset": "d", "method": {"lora": {"r": 4}}});
+        assert!(matches!(TrainSpec::from_json(v).unwrap().method, Method::Lora(LoraConfig { r: 4, .. })));
+        let e = TrainSpec::from_json(serde_json::json!({"base": "m", "dataset": "d", "lr": 1})).unwrap_err();
+        assert!(matches!(&e, Error::InvalidConfig { field, .. } if field == "lr"), "{e}");
+    }
+}
