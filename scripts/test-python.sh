@@ -11,7 +11,7 @@ export CARGO_BUILD_TARGET
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q "maturin>=1.16,<2" "pytest>=8" "mypy>=1.10"
+.venv/bin/pip install -q "maturin>=1.16,<2" "pytest>=8" "mypy>=1.10" "tqdm>=4.60"
 (cd bindings-python && VIRTUAL_ENV="$PWD/../.venv" ../.venv/bin/maturin develop)
 # The checked-in stub must match the module.
 .venv/bin/python -m mypy.stubtest anneal --allowlist bindings-python/stubtest-allowlist.txt

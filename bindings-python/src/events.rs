@@ -57,10 +57,15 @@ pub fn stand_in(py: Python<'_>, err: &PyErr) -> Error {
     }
 }
 
+/// Called on Ctrl-C instead of failing the call; returns whether it asked the work to
+/// stop (a training job then checkpoints and ends `cancelled`).
+pub type OnInterrupt = Box<dyn FnMut() -> bool + Send>;
+
 /// Delivers events to a Python callable (or nobody) and checks for signals.
 pub struct PySink {
     callback: Option<Py<PyAny>>,
     raised: Option<PyErr>,
+    on_interrupt: Option<OnInterrupt>,
 }
 
 impl PySink {
@@ -83,13 +88,22 @@ impl EventSink for PySink {
             }
             return Ok(());
         }
-        Python::attach(|py| {
+        let delivered = Python::attach(|py| {
             py.check_signals().and_then(|_| self.deliver(py, event)).map_err(|err| {
-                let e = stand_in(py, &err);
-                self.raised = Some(err);
-                e
+                let interrupt = err.is_instance_of::<PyKeyboardInterrupt>(py);
+                (interrupt, stand_in(py, &err), err)
             })
-        })
+        });
+        let Err((interrupt, e, err)) = delivered else { return Ok(()) };
+        self.raised = Some(err);
+        // Ctrl-C: let the work stop cleanly at its next check; the KeyboardInterrupt is
+        // re-raised when it returns.
+        let stopping = interrupt && self.on_interrupt.as_mut().is_some_and(|stop| stop());
+        if stopping {
+            Ok(())
+        } else {
+            Err(e)
+        }
     }
 }
 
@@ -127,7 +141,18 @@ pub fn run_raw<T: Send>(
     on_event: Option<Py<PyAny>>,
     f: impl FnOnce(&mut dyn EventSink) -> anneal::Result<T> + Send,
 ) -> (anneal::Result<T>, Option<PyErr>) {
-    let mut sink = Throttle::new(PySink { callback: on_event, raised: None }, THROTTLE);
+    run_interruptible(py, on_event, None, f)
+}
+
+/// [`run_raw`] where Ctrl-C calls `on_interrupt` (when given) instead of failing the
+/// next event; the KeyboardInterrupt is still kept and re-raised.
+pub fn run_interruptible<T: Send>(
+    py: Python<'_>,
+    on_event: Option<Py<PyAny>>,
+    on_interrupt: Option<OnInterrupt>,
+    f: impl FnOnce(&mut dyn EventSink) -> anneal::Result<T> + Send,
+) -> (anneal::Result<T>, Option<PyErr>) {
+    let mut sink = Throttle::new(PySink { callback: on_event, raised: None, on_interrupt }, THROTTLE);
     let result = py.detach(|| f(&mut sink));
     (result, sink.into_inner().raised)
 }

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use crate::dataset::{q, PyDatasetStore};
 use crate::errors::EnterCore;
 use crate::registry::PyModelRegistry;
+use crate::training::PyTrainingEngine;
 
 /// An opened home directory: the catalog and every stored file.
 #[pyclass(name = "Home", module = "anneal", frozen)]
@@ -48,6 +49,11 @@ impl PyHome {
     /// The model registry of this home.
     fn models(&self) -> PyModelRegistry {
         PyModelRegistry { inner: self.inner.models(), root: self.root() }
+    }
+
+    /// The training engine of this home.
+    fn training(&self) -> PyTrainingEngine {
+        PyTrainingEngine { inner: self.inner.training(), root: self.root() }
     }
 
     fn __repr__(&self) -> String {

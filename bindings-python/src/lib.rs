@@ -7,6 +7,7 @@ mod errors;
 mod events;
 mod home;
 mod registry;
+mod training;
 
 use pyo3::prelude::*;
 
@@ -22,6 +23,12 @@ fn _anneal(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<registry::PyModelRecord>()?;
     m.add_class::<registry::PyModelFile>()?;
     m.add_class::<registry::PyPreset>()?;
+    m.add_class::<training::PyTrainingEngine>()?;
+    m.add_class::<training::PyJobRecord>()?;
+    m.add_class::<training::PyTrainReport>()?;
+    m.add_class::<training::PyMetricPoint>()?;
+    m.add_class::<training::PyJobLog>()?;
+    m.add_class::<training::PyJobHandle>()?;
     m.add_class::<events::PyCancelToken>()?;
     errors::register(m)?;
     Ok(())

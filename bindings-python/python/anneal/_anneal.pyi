@@ -41,8 +41,63 @@ class TaskFinishedEvent(TypedDict, total=False):
     id: str
     error: _ErrorInfo
 
-Event = TaskStartedEvent | TaskProgressEvent | TaskFinishedEvent | dict[str, Any]
-"""Events are dicts with a `type` key (`task_started`, `task_progress`, `task_finished`, ...)."""
+class JobStartedEvent(TypedDict):
+    type: Literal["job_started"]
+    job_id: str
+    total_steps: int
+    epochs: int
+
+class StepEvent(TypedDict, total=False):
+    type: Literal["step"]
+    job_id: str
+    epoch: int
+    step: int
+    total_steps: int
+    loss: float
+    lr: float
+    tokens_per_sec: float
+    progress: float
+    sample: str
+
+class EvalEvent(TypedDict):
+    type: Literal["eval"]
+    job_id: str
+    step: int
+    metrics: dict[str, float]
+
+class CheckpointEvent(TypedDict):
+    type: Literal["checkpoint"]
+    job_id: str
+    step: int
+    path: str
+
+class LogEvent(TypedDict):
+    type: Literal["log"]
+    job_id: str
+    level: str
+    message: str
+
+class JobFinishedEvent(TypedDict, total=False):
+    type: Literal["job_finished"]
+    job_id: str
+    status: Literal["completed", "failed", "cancelled"]
+    model_id: str
+    error: _ErrorInfo
+
+Event = (
+    TaskStartedEvent
+    | TaskProgressEvent
+    | TaskFinishedEvent
+    | JobStartedEvent
+    | StepEvent
+    | EvalEvent
+    | CheckpointEvent
+    | LogEvent
+    | JobFinishedEvent
+    | dict[str, Any]
+)
+"""Events are dicts with a `type` key (`task_started`, `task_progress`, `task_finished`,
+`job_started`, `step`, `eval`, `checkpoint`, `log`, `job_finished`)."""
 
 OnEvent = Callable[[Event], object]
 
@@ -110,6 +165,7 @@ class Home:
     def supported_schema_version() -> int: ...
     def datasets(self) -> DatasetStore: ...
     def models(self) -> ModelRegistry: ...
+    def training(self) -> TrainingEngine: ...
 
 # ---------------------------------------------------------------- datasets
 
@@ -346,3 +402,211 @@ class ModelRegistry:
     def set_alias(self, model: str, alias: str) -> ModelRecord: ...
     def remove_alias(self, name: str, alias: str) -> None: ...
     def delete(self, model: str, *, force: bool = False) -> None: ...
+
+# ---------------------------------------------------------------- training
+
+JobStatus = Literal["pending", "running", "completed", "failed", "cancelled", "interrupted"]
+Schedule = Literal["constant", "linear", "cosine"]
+
+class LoraConfig(TypedDict, total=False):
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: builtins.list[str]
+    fan_in_fan_out: bool | None
+    use_rslora: bool
+
+class LoraMethod(TypedDict):
+    lora: LoraConfig
+
+class TrainSpec(TypedDict, total=False):
+    """Fields of a training job; only `base` and `dataset` are required (defaults in the core)."""
+
+    base: str
+    dataset: str
+    eval_dataset: str | None
+    eval_fraction: float | None
+    method: Literal["full", "lora"] | LoraMethod
+    epochs: int
+    max_steps: int | None
+    batch_size: int
+    grad_accum: int
+    seq_len: int
+    learning_rate: float
+    warmup_steps: int
+    schedule: Schedule
+    adam_beta1: float
+    adam_beta2: float
+    adam_eps: float
+    weight_decay: float
+    max_grad_norm: float | None
+    seed: int
+    eval_every: int | None
+    early_stopping_patience: int | None
+    checkpoint_every: int | None
+    keep_last_checkpoints: int
+    output_name: str | None
+
+@final
+class JobRecord:
+    @property
+    def id(self) -> str: ...
+    @property
+    def status(self) -> JobStatus: ...
+    @property
+    def is_resumable(self) -> bool: ...
+    @property
+    def base_model_id(self) -> str | None: ...
+    @property
+    def dataset_id(self) -> str | None: ...
+    @property
+    def eval_dataset_id(self) -> str | None: ...
+    @property
+    def output_model_id(self) -> str | None: ...
+    @property
+    def spec(self) -> dict[str, Any]: ...
+    @property
+    def progress(self) -> float: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def step(self) -> int: ...
+    @property
+    def total_steps(self) -> int: ...
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def loss(self) -> float | None: ...
+    @property
+    def eval_loss(self) -> float | None: ...
+    @property
+    def lr(self) -> float | None: ...
+    @property
+    def tokens_per_sec(self) -> float | None: ...
+    @property
+    def sample(self) -> str | None: ...
+    @property
+    def heartbeat_at(self) -> int | None: ...
+    @property
+    def runner_pid(self) -> int | None: ...
+    @property
+    def cancel_requested(self) -> bool: ...
+    @property
+    def error(self) -> _ErrorInfo | None: ...
+    @property
+    def checkpoint(self) -> str | None: ...
+    @property
+    def created_at(self) -> str: ...
+    @property
+    def updated_at(self) -> str: ...
+    @property
+    def started_at(self) -> str | None: ...
+    @property
+    def finished_at(self) -> str | None: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+@final
+class TrainReport:
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def model_id(self) -> str: ...
+    @property
+    def final_loss(self) -> float: ...
+    @property
+    def eval_loss(self) -> float | None: ...
+    @property
+    def steps(self) -> int: ...
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def duration_s(self) -> float: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+@final
+class MetricPoint:
+    @property
+    def kind(self) -> Literal["train", "eval"]: ...
+    @property
+    def step(self) -> int: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def loss(self) -> float: ...
+    @property
+    def lr(self) -> float | None: ...
+    @property
+    def tokens_per_sec(self) -> float | None: ...
+    @property
+    def at(self) -> str: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+@final
+class JobLog:
+    @property
+    def at(self) -> str: ...
+    @property
+    def level(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+@final
+class JobHandle:
+    """A job running on a background thread; usable from any thread."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def is_finished(self) -> bool: ...
+    def cancel(self) -> None: ...
+    def wait(self) -> TrainReport: ...
+    def events(self) -> JobHandle: ...
+    def __iter__(self) -> JobHandle: ...
+    def __next__(self) -> Event: ...
+
+@final
+class TrainingEngine:
+    """Creates, runs, watches and resumes training jobs."""
+
+    def create_job(self, spec: TrainSpec | None = None, /, **fields: Any) -> JobRecord: ...
+    def run(
+        self,
+        job_id: str,
+        *,
+        on_event: OnEvent | None = None,
+        cancel: CancelToken | None = None,
+        progress: bool = False,
+    ) -> TrainReport: ...
+    def train(
+        self,
+        spec: TrainSpec | None = None,
+        /,
+        *,
+        on_event: OnEvent | None = None,
+        cancel: CancelToken | None = None,
+        progress: bool = False,
+        **fields: Any,
+    ) -> TrainReport: ...
+    def resume(
+        self,
+        job_id: str,
+        *,
+        on_event: OnEvent | None = None,
+        cancel: CancelToken | None = None,
+        progress: bool = False,
+    ) -> TrainReport: ...
+    def spawn(self, job_id: str) -> JobHandle: ...
+    def job(self, job_id: str) -> JobRecord: ...
+    def jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        base_model: str | None = None,
+        dataset: str | None = None,
+    ) -> builtins.list[JobRecord]: ...
+    def logs(self, job_id: str) -> builtins.list[JobLog]: ...
+    def metrics(self, job_id: str) -> builtins.list[MetricPoint]: ...
+    def cancel(self, job_id: str) -> JobRecord: ...

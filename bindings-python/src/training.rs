@@ -1,0 +1,607 @@
+//! `TrainingEngine`, `JobHandle` and the job records.
+//!
+//! Specs are dicts (or keyword arguments) handed to `TrainSpec::from_json`, so defaults
+//! and validation stay in the core. `run` / `train` / `resume` / `JobHandle.wait` release
+//! the GIL. Ctrl-C during a run asks the job to stop through the catalog flag: it writes
+//! a checkpoint, ends `cancelled` (resumable) and `KeyboardInterrupt` is raised.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyStopIteration, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use serde_json::{Map, Value};
+
+use anneal::{Event, JobFilter, JobId, TrainSpec};
+
+use crate::conv::{self, Options};
+use crate::dataset::{json_to_py, q};
+use crate::errors::{to_pyerr, EnterCore};
+use crate::events::{self, PyCancelToken};
+
+/// How long a blocked `wait` / iteration sleeps between checks for Ctrl-C.
+const POLL: Duration = Duration::from_millis(50);
+
+/// A training job (a catalog row), with its live progress.
+#[pyclass(name = "JobRecord", module = "anneal", frozen)]
+pub struct PyJobRecord {
+    inner: anneal::JobRecord,
+}
+
+impl From<anneal::JobRecord> for PyJobRecord {
+    fn from(inner: anneal::JobRecord) -> Self {
+        Self { inner }
+    }
+}
+
+#[pymethods]
+impl PyJobRecord {
+    #[getter]
+    fn id(&self) -> &str {
+        &self.inner.id.0
+    }
+    /// `pending`, `running`, `completed`, `failed`, `cancelled` or `interrupted`.
+    #[getter]
+    fn status(&self) -> &'static str {
+        self.inner.status.as_str()
+    }
+    /// Whether `TrainingEngine.resume` (or `spawn`) accepts the job.
+    #[getter]
+    fn is_resumable(&self) -> bool {
+        self.inner.status.is_resumable()
+    }
+    #[getter]
+    fn base_model_id(&self) -> Option<&str> {
+        self.inner.base_model_id.as_ref().map(|m| m.0.as_str())
+    }
+    #[getter]
+    fn dataset_id(&self) -> Option<&str> {
+        self.inner.dataset_id.as_ref().map(|d| d.0.as_str())
+    }
+    #[getter]
+    fn eval_dataset_id(&self) -> Option<&str> {
+        self.inner.eval_dataset_id.as_ref().map(|d| d.0.as_str())
+    }
+    #[getter]
+    fn output_model_id(&self) -> Option<&str> {
+        self.inner.output_model_id.as_ref().map(|m| m.0.as_str())
+    }
+    /// The job's TrainSpec as a dict (every field, defaults filled in).
+    #[getter]
+    fn spec<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json_to_py(py, serde_json::to_value(&self.inner.spec))
+    }
+    #[getter]
+    fn progress(&self) -> f64 {
+        self.inner.progress
+    }
+    #[getter]
+    fn epoch(&self) -> u32 {
+        self.inner.epoch
+    }
+    #[getter]
+    fn step(&self) -> u64 {
+        self.inner.step
+    }
+    #[getter]
+    fn total_steps(&self) -> u64 {
+        self.inner.total_steps
+    }
+    #[getter]
+    fn tokens(&self) -> u64 {
+        self.inner.tokens
+    }
+    #[getter]
+    fn loss(&self) -> Option<f64> {
+        self.inner.loss
+    }
+    #[getter]
+    fn eval_loss(&self) -> Option<f64> {
+        self.inner.eval_loss
+    }
+    #[getter]
+    fn lr(&self) -> Option<f64> {
+        self.inner.lr
+    }
+    #[getter]
+    fn tokens_per_sec(&self) -> Option<f64> {
+        self.inner.tokens_per_sec
+    }
+    #[getter]
+    fn sample(&self) -> Option<&str> {
+        self.inner.sample.as_deref()
+    }
+    #[getter]
+    fn heartbeat_at(&self) -> Option<i64> {
+        self.inner.heartbeat_at
+    }
+    #[getter]
+    fn runner_pid(&self) -> Option<u32> {
+        self.inner.runner_pid
+    }
+    #[getter]
+    fn cancel_requested(&self) -> bool {
+        self.inner.cancel_requested
+    }
+    /// `{"code": ..., "message": ...}` of a failed job.
+    #[getter]
+    fn error<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json_to_py(py, serde_json::to_value(&self.inner.error))
+    }
+    #[getter]
+    fn checkpoint(&self) -> Option<&str> {
+        self.inner.checkpoint.as_deref()
+    }
+    #[getter]
+    fn created_at(&self) -> &str {
+        &self.inner.created_at
+    }
+    #[getter]
+    fn updated_at(&self) -> &str {
+        &self.inner.updated_at
+    }
+    #[getter]
+    fn started_at(&self) -> Option<&str> {
+        self.inner.started_at.as_deref()
+    }
+    #[getter]
+    fn finished_at(&self) -> Option<&str> {
+        self.inner.finished_at.as_deref()
+    }
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json_to_py(py, serde_json::to_value(&self.inner))
+    }
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other.cast::<Self>().is_ok_and(|o| o.get().inner == self.inner)
+    }
+    fn __repr__(&self) -> String {
+        let r = &self.inner;
+        format!("JobRecord(id={}, status={}, step={}/{})", q(&r.id.0), q(r.status.as_str()), r.step, r.total_steps)
+    }
+}
+
+/// The result of a successful run.
+#[pyclass(name = "TrainReport", module = "anneal", frozen)]
+pub struct PyTrainReport {
+    inner: anneal::TrainReport,
+}
+
+impl From<anneal::TrainReport> for PyTrainReport {
+    fn from(inner: anneal::TrainReport) -> Self {
+        Self { inner }
+    }
+}
+
+#[pymethods]
+impl PyTrainReport {
+    #[getter]
+    fn job_id(&self) -> &str {
+        &self.inner.job_id.0
+    }
+    /// The id of the registered output model (same as `model_id`).
+    #[getter]
+    fn model(&self) -> &str {
+        &self.inner.model.0
+    }
+    /// The id of the registered output model.
+    #[getter]
+    fn model_id(&self) -> &str {
+        &self.inner.model.0
+    }
+    #[getter]
+    fn final_loss(&self) -> f64 {
+        self.inner.final_loss
+    }
+    #[getter]
+    fn eval_loss(&self) -> Option<f64> {
+        self.inner.eval_loss
+    }
+    #[getter]
+    fn steps(&self) -> u64 {
+        self.inner.steps
+    }
+    #[getter]
+    fn tokens(&self) -> u64 {
+        self.inner.tokens
+    }
+    #[getter]
+    fn duration_s(&self) -> f64 {
+        self.inner.duration_s
+    }
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json_to_py(py, serde_json::to_value(&self.inner))
+    }
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other.cast::<Self>().is_ok_and(|o| o.get().inner == self.inner)
+    }
+    fn __repr__(&self) -> String {
+        let r = &self.inner;
+        format!("TrainReport(job_id={}, model={}, steps={}, final_loss={})", q(&r.job_id.0), q(&r.model.0), r.steps, r.final_loss)
+    }
+}
+
+/// One point of a job's metrics time series.
+#[pyclass(name = "MetricPoint", module = "anneal", frozen)]
+pub struct PyMetricPoint {
+    inner: anneal::MetricPoint,
+}
+
+#[pymethods]
+impl PyMetricPoint {
+    /// `train` (an optimiser step) or `eval`.
+    #[getter]
+    fn kind(&self) -> &str {
+        &self.inner.kind
+    }
+    #[getter]
+    fn step(&self) -> u64 {
+        self.inner.step
+    }
+    #[getter]
+    fn epoch(&self) -> u32 {
+        self.inner.epoch
+    }
+    #[getter]
+    fn loss(&self) -> f64 {
+        self.inner.loss
+    }
+    #[getter]
+    fn lr(&self) -> Option<f64> {
+        self.inner.lr
+    }
+    #[getter]
+    fn tokens_per_sec(&self) -> Option<f64> {
+        self.inner.tokens_per_sec
+    }
+    #[getter]
+    fn at(&self) -> &str {
+        &self.inner.at
+    }
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json_to_py(py, serde_json::to_value(&self.inner))
+    }
+    fn __repr__(&self) -> String {
+        format!("MetricPoint(kind={}, step={}, loss={})", q(&self.inner.kind), self.inner.step, self.inner.loss)
+    }
+}
+
+/// A log line of a job.
+#[pyclass(name = "JobLog", module = "anneal", frozen)]
+pub struct PyJobLog {
+    inner: anneal::JobLog,
+}
+
+#[pymethods]
+impl PyJobLog {
+    #[getter]
+    fn at(&self) -> &str {
+        &self.inner.at
+    }
+    #[getter]
+    fn level(&self) -> &str {
+        &self.inner.level
+    }
+    #[getter]
+    fn message(&self) -> &str {
+        &self.inner.message
+    }
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json_to_py(py, serde_json::to_value(&self.inner))
+    }
+    fn __repr__(&self) -> String {
+        format!("JobLog(level={}, message={})", q(&self.inner.level), q(&self.inner.message))
+    }
+}
+
+/// A spec dict merged with keyword fields (keywords win), as JSON for the core.
+fn spec_json(spec: Option<&Bound<'_, PyAny>>, fields: Option<&Bound<'_, PyDict>>) -> PyResult<Value> {
+    let mut map = match spec.filter(|s| !s.is_none()).map(|s| conv::to_json(s, "spec")).transpose()? {
+        None => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(PyTypeError::new_err("spec must be a dict of TrainSpec fields")),
+    };
+    for (k, v) in fields.into_iter().flat_map(|f| f.iter()) {
+        let key: String = k.extract()?;
+        let value = conv::to_json(&v, &key)?;
+        map.insert(key, value);
+    }
+    Ok(Value::Object(map))
+}
+
+fn train_spec(py: Python<'_>, spec: Option<&Bound<'_, PyAny>>, fields: Option<&Bound<'_, PyDict>>) -> PyResult<TrainSpec> {
+    TrainSpec::from_json(spec_json(spec, fields)?).map_err(|e| to_pyerr(py, e))
+}
+
+/// The event callback: the user's, wrapped by a tqdm bar when `progress` is set.
+fn callback(py: Python<'_>, on_event: Option<Bound<'_, PyAny>>, progress: bool) -> PyResult<Option<Py<PyAny>>> {
+    let cb = events::callback(on_event)?;
+    if !progress {
+        return Ok(cb);
+    }
+    let make = py.import("anneal._progress")?.getattr("progress_callback")?;
+    Ok(Some(make.call1((cb,))?.unbind()))
+}
+
+/// Creates, runs, watches and resumes training jobs.
+#[pyclass(name = "TrainingEngine", module = "anneal", frozen)]
+pub struct PyTrainingEngine {
+    pub inner: anneal::TrainingEngine,
+    pub root: String,
+}
+
+impl PyTrainingEngine {
+    /// Runs or resumes a job on this thread with the GIL released.
+    fn execute(
+        &self,
+        py: Python<'_>,
+        id: JobId,
+        resume: bool,
+        on_event: Option<Py<PyAny>>,
+        cancel: anneal::CancelToken,
+    ) -> PyResult<PyTrainReport> {
+        let engine = self.inner.clone();
+        let stop = {
+            let (engine, id) = (engine.clone(), id.clone());
+            Box::new(move || engine.cancel(&id).is_ok()) as events::OnInterrupt
+        };
+        let (result, raised) = events::run_interruptible(py, on_event, Some(stop), move |sink| {
+            if resume {
+                engine.resume(&id, sink, &cancel)
+            } else {
+                engine.run(&id, sink, &cancel)
+            }
+        });
+        events::finish(py, result, [raised]).map(Into::into)
+    }
+}
+
+#[pymethods]
+impl PyTrainingEngine {
+    /// Validates a spec (a dict and/or keyword fields) and stores a pending job.
+    #[pyo3(signature = (spec=None, /, **fields))]
+    fn create_job(
+        &self,
+        py: Python<'_>,
+        spec: Option<Bound<'_, PyAny>>,
+        fields: Option<Bound<'_, PyDict>>,
+    ) -> PyResult<PyJobRecord> {
+        let spec = train_spec(py, spec.as_ref(), fields.as_ref())?;
+        py.enter_core(|| self.inner.create_job(&spec)).map(Into::into)
+    }
+
+    /// Runs a pending job to the end (GIL released). Ctrl-C stops it cleanly: it ends
+    /// `cancelled` (resumable) and `KeyboardInterrupt` is raised.
+    #[pyo3(signature = (job_id, *, on_event=None, cancel=None, progress=false))]
+    fn run(
+        &self,
+        py: Python<'_>,
+        job_id: String,
+        on_event: Option<Bound<'_, PyAny>>,
+        cancel: Option<Bound<'_, PyCancelToken>>,
+        progress: bool,
+    ) -> PyResult<PyTrainReport> {
+        let cb = callback(py, on_event, progress)?;
+        self.execute(py, JobId(job_id), false, cb, events::token(cancel.as_ref()))
+    }
+
+    /// `create_job` + `run`: trains from a spec dict and/or keyword fields.
+    #[pyo3(signature = (spec=None, /, *, on_event=None, cancel=None, progress=false, **fields))]
+    fn train(
+        &self,
+        py: Python<'_>,
+        spec: Option<Bound<'_, PyAny>>,
+        on_event: Option<Bound<'_, PyAny>>,
+        cancel: Option<Bound<'_, PyCancelToken>>,
+        progress: bool,
+        fields: Option<Bound<'_, PyDict>>,
+    ) -> PyResult<PyTrainReport> {
+        let cb = callback(py, on_event, progress)?;
+        let job = self.create_job(py, spec, fields)?;
+        self.execute(py, job.inner.id, false, cb, events::token(cancel.as_ref()))
+    }
+
+    /// Continues a cancelled, failed or interrupted job from its last checkpoint.
+    #[pyo3(signature = (job_id, *, on_event=None, cancel=None, progress=false))]
+    fn resume(
+        &self,
+        py: Python<'_>,
+        job_id: String,
+        on_event: Option<Bound<'_, PyAny>>,
+        cancel: Option<Bound<'_, PyCancelToken>>,
+        progress: bool,
+    ) -> PyResult<PyTrainReport> {
+        let cb = callback(py, on_event, progress)?;
+        self.execute(py, JobId(job_id), true, cb, events::token(cancel.as_ref()))
+    }
+
+    /// Runs (or resumes) the job on a background thread and returns its handle.
+    fn spawn(&self, py: Python<'_>, job_id: String) -> PyResult<PyJobHandle> {
+        let id = JobId(job_id);
+        let handle = py.enter_core(|| self.inner.spawn(&id))?;
+        Ok(PyJobHandle { job_id: id.0, state: Mutex::new(HandleState { handle: Some(handle), ..Default::default() }) })
+    }
+
+    /// A job by id (`interrupted` when its runner died).
+    fn job(&self, py: Python<'_>, job_id: String) -> PyResult<PyJobRecord> {
+        py.enter_core(|| self.inner.job(job_id)).map(Into::into)
+    }
+
+    /// Jobs matching every given filter, oldest first.
+    #[pyo3(signature = (*, status=None, base_model=None, dataset=None))]
+    fn jobs(
+        &self,
+        py: Python<'_>,
+        status: Option<Bound<'_, PyAny>>,
+        base_model: Option<Bound<'_, PyAny>>,
+        dataset: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<PyJobRecord>> {
+        let value = Options::default()
+            .set("status", status.as_ref())?
+            .set("base_model", base_model.as_ref())?
+            .set("dataset", dataset.as_ref())?
+            .into_value();
+        let filter: JobFilter = anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))?;
+        Ok(py.enter_core(|| self.inner.jobs(&filter))?.into_iter().map(Into::into).collect())
+    }
+
+    /// The job's log lines, oldest first.
+    fn logs(&self, py: Python<'_>, job_id: String) -> PyResult<Vec<PyJobLog>> {
+        Ok(py.enter_core(|| self.inner.logs(job_id))?.into_iter().map(|inner| PyJobLog { inner }).collect())
+    }
+
+    /// The job's metrics time series (train steps and evals), by step.
+    fn metrics(&self, py: Python<'_>, job_id: String) -> PyResult<Vec<PyMetricPoint>> {
+        Ok(py.enter_core(|| self.inner.metrics(job_id))?.into_iter().map(|inner| PyMetricPoint { inner }).collect())
+    }
+
+    /// Asks a job to stop, from any process (the catalog flag). A pending job is
+    /// cancelled at once; a running one checkpoints and ends `cancelled`.
+    fn cancel(&self, py: Python<'_>, job_id: String) -> PyResult<PyJobRecord> {
+        py.enter_core(|| self.inner.cancel(job_id)).map(Into::into)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("TrainingEngine(home={})", q(&self.root))
+    }
+}
+
+#[derive(Default)]
+struct HandleState {
+    /// `None` once joined.
+    handle: Option<anneal::JobHandle>,
+    /// Events left in the channel when the thread was joined.
+    buffered: VecDeque<Event>,
+    /// The outcome once joined (taken out briefly while `wait` converts it).
+    outcome: Option<Outcome>,
+}
+
+enum Outcome {
+    Report(anneal::TrainReport),
+    Error(anneal::Error),
+    Raised(PyErr),
+}
+
+enum Next {
+    Event(Event),
+    Pending,
+    Done,
+}
+
+/// A job running on a background thread (`TrainingEngine.spawn`). Usable from any
+/// thread: `cancel()`, `wait()` (GIL released), and iteration over its events.
+///
+/// The lock inside is only ever taken with the GIL released, and Python code never runs
+/// while it is held.
+#[pyclass(name = "JobHandle", module = "anneal", frozen)]
+pub struct PyJobHandle {
+    job_id: String,
+    state: Mutex<HandleState>,
+}
+
+impl PyJobHandle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HandleState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next event, waiting at most [`POLL`] for it.
+    fn poll(&self) -> Next {
+        let st = &mut *self.lock();
+        if let Some(e) = st.buffered.pop_front() {
+            return Next::Event(e);
+        }
+        match st.handle.as_ref().map(|h| h.events().recv_timeout(POLL)) {
+            Some(Ok(e)) => Next::Event(e),
+            Some(Err(RecvTimeoutError::Timeout)) => Next::Pending,
+            Some(Err(RecvTimeoutError::Disconnected)) | None => Next::Done,
+        }
+    }
+
+    /// Takes the outcome once the thread has finished (joining it), else sleeps a bit.
+    fn take_outcome(&self) -> Option<Outcome> {
+        {
+            let st = &mut *self.lock();
+            if let Some(h) = st.handle.take_if(|h| h.is_finished()) {
+                st.buffered.extend(h.events().try_iter());
+                st.outcome = Some(match h.wait() {
+                    Ok(r) => Outcome::Report(r),
+                    Err(e) => Outcome::Error(e),
+                });
+            }
+            if let Some(o) = st.outcome.take() {
+                return Some(o);
+            }
+        }
+        std::thread::sleep(POLL / 5);
+        None
+    }
+}
+
+#[pymethods]
+impl PyJobHandle {
+    #[getter]
+    fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    /// Asks the job to stop at its next step (it checkpoints and ends `cancelled`).
+    fn cancel(&self, py: Python<'_>) {
+        py.detach(|| {
+            if let Some(h) = &self.lock().handle {
+                h.cancel()
+            }
+        })
+    }
+
+    /// Whether the job's thread has finished.
+    #[getter]
+    fn is_finished(&self, py: Python<'_>) -> bool {
+        py.detach(|| self.lock().handle.as_ref().is_none_or(|h| h.is_finished()))
+    }
+
+    /// Blocks (GIL released) until the job ends; returns its report or raises its
+    /// error (`CancelledError` after `cancel()`). May be called again, from any thread.
+    fn wait(&self, py: Python<'_>) -> PyResult<PyTrainReport> {
+        let outcome = loop {
+            match py.detach(|| self.take_outcome()) {
+                Some(o) => break o,
+                None => py.check_signals()?,
+            }
+        };
+        let (result, keep) = match outcome {
+            Outcome::Report(r) => (Ok(r.clone().into()), Outcome::Report(r)),
+            Outcome::Error(e) => {
+                let err = to_pyerr(py, e);
+                (Err(err.clone_ref(py)), Outcome::Raised(err))
+            }
+            Outcome::Raised(err) => (Err(err.clone_ref(py)), Outcome::Raised(err)),
+        };
+        py.detach(|| self.lock().outcome = Some(keep));
+        result
+    }
+
+    /// The job's events as dicts, as they arrive (the same iterator as `iter(handle)`).
+    fn events(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        loop {
+            match py.detach(|| self.poll()) {
+                Next::Event(e) => return conv::to_py(py, &e.to_json()),
+                Next::Pending => py.check_signals()?,
+                Next::Done => return Err(PyStopIteration::new_err(())),
+            }
+        }
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!("JobHandle(job_id={}, finished={})", q(&self.job_id), if self.is_finished(py) { "True" } else { "False" })
+    }
+}
