@@ -197,3 +197,119 @@ export interface Preset {
   maxPositionEmbeddings: number
 }
 
+
+export type JobStatus = 'pending' | 'running' | 'completed' | 'failed' | 'cancelled' | 'interrupted'
+
+export interface LoraConfig {
+  r?: number
+  alpha?: number
+  dropout?: number
+  targetModules?: string[]
+  fanInFanOut?: boolean | null
+  useRslora?: boolean
+}
+
+/**
+ * A training job's configuration; only `base` and `dataset` are required, the core fills
+ * in the defaults and names a bad field in an `invalid_config` error.
+ */
+export interface TrainSpec {
+  /** The model to start from: id, `name`, `name@3` or `name@alias`. */
+  base: string
+  /** The training dataset (id or name). */
+  dataset: string
+  evalDataset?: string | null
+  evalFraction?: number | null
+  /** `'full'`, `'lora'` (default LoRA settings) or `{ lora: { r, alpha, ... } }`. */
+  method?: 'full' | 'lora' | { lora: LoraConfig }
+  epochs?: number
+  maxSteps?: number | null
+  batchSize?: number
+  gradAccum?: number
+  seqLen?: number
+  learningRate?: number
+  warmupSteps?: number
+  schedule?: 'constant' | 'linear' | 'cosine'
+  adamBeta1?: number
+  adamBeta2?: number
+  adamEps?: number
+  weightDecay?: number
+  maxGradNorm?: number | null
+  seed?: number
+  evalEvery?: number | null
+  earlyStoppingPatience?: number | null
+  checkpointEvery?: number | null
+  keepLastCheckpoints?: number
+  /** Registry name of the result. */
+  outputName?: string | null
+}
+
+export interface JobFilter {
+  status?: JobStatus
+  /** A base model id. */
+  baseModel?: string
+  /** A dataset id. */
+  dataset?: string
+}
+
+/** A training job (a catalog row), with its live progress. */
+export interface JobRecord {
+  id: string
+  status: JobStatus
+  baseModelId: string | null
+  datasetId: string | null
+  evalDatasetId: string | null
+  outputModelId: string | null
+  /** The full spec, defaults filled in (camelCase keys). */
+  spec: Required<TrainSpec>
+  progress: number
+  epoch: number
+  step: number
+  totalSteps: number
+  tokens: number
+  loss: number | null
+  evalLoss: number | null
+  lr: number | null
+  tokensPerSec: number | null
+  sample: string | null
+  heartbeatAt: number | null
+  runnerPid: number | null
+  cancelRequested: boolean
+  error: { code: ErrorCode; message: string } | null
+  /** The latest checkpoint directory, relative to the home. */
+  checkpoint: string | null
+  createdAt: string
+  updatedAt: string
+  startedAt: string | null
+  finishedAt: string | null
+}
+
+/** The result of a successful run. */
+export interface TrainReport {
+  jobId: string
+  /** The registered output model's id. */
+  model: string
+  /** Same as `model`. */
+  modelId: string
+  finalLoss: number
+  evalLoss: number | null
+  steps: number
+  tokens: number
+  durationS: number
+}
+
+export interface MetricPoint {
+  kind: 'train' | 'eval'
+  step: number
+  epoch: number
+  loss: number
+  lr: number | null
+  tokensPerSec: number | null
+  at: string
+}
+
+export interface JobLog {
+  at: string
+  level: string
+  message: string
+}

@@ -198,6 +198,122 @@ export interface Preset {
 }
 
 
+export type JobStatus = 'pending' | 'running' | 'completed' | 'failed' | 'cancelled' | 'interrupted'
+
+export interface LoraConfig {
+  r?: number
+  alpha?: number
+  dropout?: number
+  targetModules?: string[]
+  fanInFanOut?: boolean | null
+  useRslora?: boolean
+}
+
+/**
+ * A training job's configuration; only `base` and `dataset` are required, the core fills
+ * in the defaults and names a bad field in an `invalid_config` error.
+ */
+export interface TrainSpec {
+  /** The model to start from: id, `name`, `name@3` or `name@alias`. */
+  base: string
+  /** The training dataset (id or name). */
+  dataset: string
+  evalDataset?: string | null
+  evalFraction?: number | null
+  /** `'full'`, `'lora'` (default LoRA settings) or `{ lora: { r, alpha, ... } }`. */
+  method?: 'full' | 'lora' | { lora: LoraConfig }
+  epochs?: number
+  maxSteps?: number | null
+  batchSize?: number
+  gradAccum?: number
+  seqLen?: number
+  learningRate?: number
+  warmupSteps?: number
+  schedule?: 'constant' | 'linear' | 'cosine'
+  adamBeta1?: number
+  adamBeta2?: number
+  adamEps?: number
+  weightDecay?: number
+  maxGradNorm?: number | null
+  seed?: number
+  evalEvery?: number | null
+  earlyStoppingPatience?: number | null
+  checkpointEvery?: number | null
+  keepLastCheckpoints?: number
+  /** Registry name of the result. */
+  outputName?: string | null
+}
+
+export interface JobFilter {
+  status?: JobStatus
+  /** A base model id. */
+  baseModel?: string
+  /** A dataset id. */
+  dataset?: string
+}
+
+/** A training job (a catalog row), with its live progress. */
+export interface JobRecord {
+  id: string
+  status: JobStatus
+  baseModelId: string | null
+  datasetId: string | null
+  evalDatasetId: string | null
+  outputModelId: string | null
+  /** The full spec, defaults filled in (camelCase keys). */
+  spec: Required<TrainSpec>
+  progress: number
+  epoch: number
+  step: number
+  totalSteps: number
+  tokens: number
+  loss: number | null
+  evalLoss: number | null
+  lr: number | null
+  tokensPerSec: number | null
+  sample: string | null
+  heartbeatAt: number | null
+  runnerPid: number | null
+  cancelRequested: boolean
+  error: { code: ErrorCode; message: string } | null
+  /** The latest checkpoint directory, relative to the home. */
+  checkpoint: string | null
+  createdAt: string
+  updatedAt: string
+  startedAt: string | null
+  finishedAt: string | null
+}
+
+/** The result of a successful run. */
+export interface TrainReport {
+  jobId: string
+  /** The registered output model's id. */
+  model: string
+  /** Same as `model`. */
+  modelId: string
+  finalLoss: number
+  evalLoss: number | null
+  steps: number
+  tokens: number
+  durationS: number
+}
+
+export interface MetricPoint {
+  kind: 'train' | 'eval'
+  step: number
+  epoch: number
+  loss: number
+  lr: number | null
+  tokensPerSec: number | null
+  at: string
+}
+
+export interface JobLog {
+  at: string
+  level: string
+  message: string
+}
+
 /**
  * Which binding artifact the generated loader actually loaded: `'native'` for
  * a native addon, otherwise the `platformArchABI` of the WASI flavor. Every
@@ -245,8 +361,8 @@ export declare class DatasetStore {
 }
 
 /**
- * An opened home directory (`Home.open(dir)`); hands out the `DatasetStore` and the
- * `ModelRegistry`. Several processes may open the same home at once.
+ * An opened home directory (`Home.open(dir)`); hands out the `DatasetStore`, the
+ * `ModelRegistry` and the `TrainingEngine`. Several processes may open the same home at once.
  */
 export declare class Home {
   /**
@@ -265,6 +381,8 @@ export declare class Home {
   datasets(): DatasetStore
   /** The model registry of this home. */
   models(): ModelRegistry
+  /** The training engine of this home. */
+  training(): TrainingEngine
 }
 
 /** Registers, names, versions and serves models (`home.models()`). */
@@ -293,4 +411,35 @@ export declare class ModelRegistry {
    * depends on it (code `in_use`) unless `force`, which also deletes its adapters.
    */
   delete(reference: string, options?: DeleteOptions): Promise<void>
+}
+
+/** Creates, runs, watches and resumes training jobs (`home.training()`). */
+export declare class TrainingEngine {
+  /**
+   * Validates the spec and stores a pending job. Throws `invalid_config` naming a bad
+   * field.
+   */
+  createJob(spec: TrainSpec): JobRecord
+  /**
+   * `createJob` + `run`. Resolves with the report; rejects with a coded error (a bad
+   * spec: `invalid_config`; a cancelled run: `cancelled`, the job stays resumable).
+   */
+  train(spec: TrainSpec, options?: CallOptions): Promise<TrainReport>
+  /** Runs a pending job to the end. */
+  run(jobId: string, options?: CallOptions): Promise<TrainReport>
+  /** Continues a cancelled, failed or interrupted job from its last checkpoint. */
+  resume(jobId: string, options?: CallOptions): Promise<TrainReport>
+  /** A job by id (`interrupted` when its runner died). */
+  job(jobId: string): JobRecord
+  /** Jobs matching every given filter field, oldest first. */
+  jobs(filter?: JobFilter): JobRecord[]
+  /** The job's log lines, oldest first. */
+  logs(jobId: string): JobLog[]
+  /** The job's metrics time series (train steps and evals), by step. */
+  metrics(jobId: string): MetricPoint[]
+  /**
+   * Asks a job to stop, from any process (a flag in the catalog): a pending job is
+   * cancelled at once, a running one checkpoints and ends `cancelled`.
+   */
+  cancel(jobId: string): JobRecord
 }

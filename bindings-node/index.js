@@ -839,3 +839,4 @@ module.exports.CancelToken = nativeBinding.CancelToken
 module.exports.DatasetStore = nativeBinding.DatasetStore
 module.exports.Home = nativeBinding.Home
 module.exports.ModelRegistry = nativeBinding.ModelRegistry
+module.exports.TrainingEngine = nativeBinding.TrainingEngine

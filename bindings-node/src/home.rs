@@ -8,9 +8,10 @@ use crate::conv;
 use crate::dataset::DatasetStore;
 use crate::errors;
 use crate::registry::ModelRegistry;
+use crate::training::TrainingEngine;
 
-/// An opened home directory (`Home.open(dir)`); hands out the `DatasetStore` and the
-/// `ModelRegistry`. Several processes may open the same home at once.
+/// An opened home directory (`Home.open(dir)`); hands out the `DatasetStore`, the
+/// `ModelRegistry` and the `TrainingEngine`. Several processes may open the same home at once.
 #[napi]
 pub struct Home {
     inner: anneal::Home,
@@ -54,5 +55,11 @@ impl Home {
     #[napi(catch_unwind)]
     pub fn models(&self) -> ModelRegistry {
         ModelRegistry { inner: self.inner.models() }
+    }
+
+    /// The training engine of this home.
+    #[napi(catch_unwind)]
+    pub fn training(&self) -> TrainingEngine {
+        TrainingEngine { inner: self.inner.training() }
     }
 }

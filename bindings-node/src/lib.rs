@@ -15,8 +15,10 @@ mod errors;
 mod events;
 mod home;
 mod registry;
+mod training;
 
 pub use dataset::DatasetStore;
 pub use events::CancelToken;
 pub use home::Home;
 pub use registry::ModelRegistry;
+pub use training::TrainingEngine;

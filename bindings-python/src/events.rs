@@ -88,14 +88,16 @@ impl EventSink for PySink {
             }
             return Ok(());
         }
-        let delivered = Python::attach(|py| {
-            py.check_signals().and_then(|_| self.deliver(py, event)).map_err(|err| {
+        let failed = Python::attach(|py| match py.check_signals().and_then(|_| self.deliver(py, event)) {
+            Ok(()) => None,
+            Err(err) => {
                 let interrupt = err.is_instance_of::<PyKeyboardInterrupt>(py);
-                (interrupt, stand_in(py, &err), err)
-            })
+                let e = stand_in(py, &err);
+                self.raised = Some(err);
+                Some((interrupt, e))
+            }
         });
-        let Err((interrupt, e, err)) = delivered else { return Ok(()) };
-        self.raised = Some(err);
+        let Some((interrupt, e)) = failed else { return Ok(()) };
         // Ctrl-C: let the work stop cleanly at its next check; the KeyboardInterrupt is
         // re-raised when it returns.
         let stopping = interrupt && self.on_interrupt.as_mut().is_some_and(|stop| stop());

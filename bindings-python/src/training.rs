@@ -219,7 +219,13 @@ impl PyTrainReport {
     }
     fn __repr__(&self) -> String {
         let r = &self.inner;
-        format!("TrainReport(job_id={}, model={}, steps={}, final_loss={})", q(&r.job_id.0), q(&r.model.0), r.steps, r.final_loss)
+        format!(
+            "TrainReport(job_id={}, model={}, steps={}, final_loss={})",
+            q(&r.job_id.0),
+            q(&r.model.0),
+            r.steps,
+            r.final_loss
+        )
     }
 }
 
@@ -311,7 +317,11 @@ fn spec_json(spec: Option<&Bound<'_, PyAny>>, fields: Option<&Bound<'_, PyDict>>
     Ok(Value::Object(map))
 }
 
-fn train_spec(py: Python<'_>, spec: Option<&Bound<'_, PyAny>>, fields: Option<&Bound<'_, PyDict>>) -> PyResult<TrainSpec> {
+fn train_spec(
+    py: Python<'_>,
+    spec: Option<&Bound<'_, PyAny>>,
+    fields: Option<&Bound<'_, PyDict>>,
+) -> PyResult<TrainSpec> {
     TrainSpec::from_json(spec_json(spec, fields)?).map_err(|e| to_pyerr(py, e))
 }
 
@@ -602,6 +612,10 @@ impl PyJobHandle {
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
-        format!("JobHandle(job_id={}, finished={})", q(&self.job_id), if self.is_finished(py) { "True" } else { "False" })
+        format!(
+            "JobHandle(job_id={}, finished={})",
+            q(&self.job_id),
+            if self.is_finished(py) { "True" } else { "False" }
+        )
     }
 }

@@ -75,7 +75,7 @@ def test_train_releases_the_gil(env):
     t = threading.Thread(target=ticker)
     t.start()
     t0 = time.monotonic()
-    env.engine.train({**env.spec, "max_steps": 20})
+    env.engine.train({**env.spec, "max_steps": 50})
     t1 = time.monotonic()
     stop.set()
     t.join()
