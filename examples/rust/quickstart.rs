@@ -1,85 +1,205 @@
-//! anneal quickstart: a home directory, a bundled dataset, a from-scratch model.
+//! anneal quickstart: train a model from scratch, then a LoRA adapter on a second task,
+//! and measure both on held-out examples before and after. Offline; no downloads.
 //!
 //! Run:    cargo run --release --example quickstart [-- <home dir>]   (default ./anneal-home)
-//! Output: import progress, dataset stats and split, the created preset model, and the
-//!         model registry as a table. Runs offline in a few seconds.
+//! Output: progress bars (plain lines without a TTY), then for each task the accuracy
+//!         on 100 held-out problems before and after training, sample generations, and
+//!         the registry with the trained models and their lineage.
 //! Python: examples/python/quickstart.py   Node: examples/node/quickstart.mjs
 //!
-//! This is the foundation release: training (TrainingEngine) and generation (Generator)
-//! are not built yet, so the quickstart stops at the registry. It will train this model
-//! and a LoRA adapter once they land.
+//! 1. Imports the bundled `uppercase` (2,000 made-up words: `emubc>` -> `EMUBC`) and
+//!    `double` (1,200 other words: `lmeg*` -> `LLMMEEGG`) datasets and holds out 10% of
+//!    each (deterministic split); held-out words never appear in training.
+//! 2. Creates a base model from the `nano` preset (Llama family, ~0.1M parameters,
+//!    byte-level tokenizer, random weights from seed 0) and fully trains it on uppercase.
+//! 3. Trains a LoRA adapter (r 16, all linear layers) on `double` on top of it.
+//! 4. Greedy-decodes 100 held-out words with each model and counts exact answers.
+//!
+//! Measured on the 2-core CPU (release): ~65 s in all; uppercase 0% -> 100%, double
+//! 0% -> ~78%.
 
-use anneal::{CancelToken, Home, ImportOptions, ModelFilter, OnDuplicate, PresetOptions, TerminalSink, Throttle};
+use std::time::{Duration, Instant};
+
+use anneal::{
+    load_model, CancelToken, DatasetRecord, ForwardMode, Home, ImportOptions, LoadOptions, LoraConfig, Method,
+    ModelFilter, ModelKind, ModelRecord, ModelRegistry, OnDuplicate, PresetOptions, Schedule, TerminalSink, Throttle,
+    Tokenizer, TrainSpec,
+};
 use anyhow::Result;
-use std::time::Duration;
 
-/// 2,000 addition problems (`{"prompt": "12+7=", "completion": "19"}`), bundled.
-const ADDITION: &str = include_str!("../data/addition.jsonl");
+const UPPERCASE: &str = include_str!("../data/uppercase.jsonl");
+const DOUBLE: &str = include_str!("../data/double.jsonl");
+/// Held-out problems scored per task.
+const EVAL_N: usize = 100;
+
+fn import(home: &Home, name: &str, jsonl: &str) -> Result<(DatasetRecord, DatasetRecord)> {
+    let datasets = home.datasets();
+    let opts = ImportOptions { name: Some(name.into()), on_duplicate: OnDuplicate::Reuse, ..Default::default() };
+    let ds = match datasets.get(name) {
+        Ok(d) => d,
+        Err(_) => datasets.import_records(
+            jsonl.lines().map(|l| serde_json::from_str(l).map_err(|e| anneal::Error::Internal(e.to_string()))),
+            &opts,
+        )?,
+    };
+    let split = datasets.split(&ds.id, 0.1, 0, None)?;
+    println!(
+        "dataset {name}: {} records -> {} train / {} held out",
+        ds.num_records, split.train.num_records, split.val.num_records
+    );
+    Ok((split.train, split.val))
+}
+
+/// Exact-match accuracy of greedy answers on the first `EVAL_N` held-out problems.
+fn accuracy(
+    home: &Home,
+    models: &ModelRegistry,
+    model: &ModelRecord,
+    val: &DatasetRecord,
+) -> Result<(f64, Vec<String>)> {
+    let mut m = match model.kind {
+        ModelKind::Lora => {
+            let parent =
+                models.get(model.parent_id.as_ref().ok_or_else(|| anyhow::anyhow!("adapter without parent"))?)?;
+            let mut m = load_model(&parent, &LoadOptions::default())?;
+            m.load_adapter(&model.path)?;
+            m
+        }
+        _ => load_model(model, &LoadOptions::default())?,
+    };
+    m.merge_lora().ok(); // a merged adapter decodes at base speed; no-op without one
+    let tok = Tokenizer::load(model)
+        .or_else(|_| models.get(model.parent_id.as_ref().expect("parent")).and_then(|p| Tokenizer::load(&p)))?;
+    let (mut right, mut samples) = (0, Vec::new());
+    let records = home.datasets().preview(&val.id, EVAL_N)?;
+    for r in &records {
+        let prompt = r["prompt"].as_str().unwrap_or_default();
+        let want = r["completion"].as_str().unwrap_or_default();
+        let ids = tok.encode(prompt, false)?;
+        let out = m.greedy(&ids, 16, tok.eos_token_ids(), ForwardMode::Infer)?;
+        let got = tok.decode(&out, true)?;
+        if got.trim() == want {
+            right += 1;
+        }
+        if samples.len() < 4 {
+            samples.push(format!("{prompt} {got:<12} (want {want})"));
+        }
+    }
+    Ok((right as f64 / records.len() as f64, samples))
+}
+
+fn train(home: &Home, spec: TrainSpec) -> Result<ModelRecord> {
+    let engine = home.training();
+    let job = engine.create_job(&spec)?;
+    let mut sink = Throttle::new(TerminalSink::new(), Duration::from_millis(200));
+    let report = engine.run(&job.id, &mut sink, &CancelToken::new())?;
+    println!(
+        "job {}: {} steps, {} tokens in {:.1}s, final loss {:.3}{}",
+        report.job_id,
+        report.steps,
+        report.tokens,
+        report.duration_s,
+        report.final_loss,
+        report.eval_loss.map(|l| format!(", eval loss {l:.3}")).unwrap_or_default()
+    );
+    Ok(home.models().get(&report.model)?)
+}
 
 fn main() -> Result<()> {
+    let started = Instant::now();
     let dir = std::env::args().nth(1).unwrap_or_else(|| "anneal-home".into());
     let home = Home::open(&dir)?;
-    println!("home: {} (catalog schema v{})", home.root().display(), home.schema_version()?);
-
-    // 1. Import the bundled dataset (records from memory; files work the same way).
-    let records = ADDITION.lines().map(|l| serde_json::from_str(l).map_err(|e| anneal::Error::Internal(e.to_string())));
-    let opts = ImportOptions { name: Some("addition".into()), on_duplicate: OnDuplicate::Reuse, ..Default::default() };
-    let datasets = home.datasets();
-    let ds = match datasets.get("addition") {
-        Ok(existing) => existing,
-        Err(_) => datasets.import_records_with(
-            records,
-            &opts,
-            &mut Throttle::new(TerminalSink::new(), Duration::from_millis(100)),
-            &CancelToken::new(),
-        )?,
-    };
-    let stats = datasets.stats(&ds.id)?;
-    println!(
-        "dataset {} ({}): {} {} records, {} bytes, sha256 {}..",
-        ds.name,
-        ds.id,
-        ds.num_records,
-        ds.format.as_str(),
-        stats.bytes,
-        &ds.sha256[..12]
-    );
-    for (field, f) in &stats.fields {
-        println!("  {field:<10} chars min {} max {} mean {:.1}", f.min_chars, f.max_chars, f.mean_chars);
-    }
-    let split = datasets.split(&ds.id, 0.1, 42, None)?;
-    println!("split (seed 42): {} train / {} val", split.train.num_records, split.val.num_records);
-    for r in datasets.preview(&split.val.id, 3)? {
-        println!("  val example: {r}");
-    }
-
-    // 2. A from-scratch base model: a built-in preset, random weights from a seed.
     let models = home.models();
-    let base = match models.resolve("quickstart-base") {
-        Ok(m) => m,
-        Err(_) => models.create_preset(
-            "micro",
-            &PresetOptions { name: Some("quickstart-base".into()), seed: 42, ..Default::default() },
-        )?,
-    };
-    models.set_alias(&base.id, "production")?;
-    println!("model {} = {} ({} parameters, {} bytes)", base.reference(), base.id, base.params, base.bytes);
+    println!("home: {}", home.root().display());
 
-    // 3. The registry.
-    println!("\n{:<22} {:>3} {:<5} {:<7} {:>9} {:<12} aliases", "name", "ver", "kind", "family", "params", "source");
-    for m in models.list(&ModelFilter::default())? {
-        println!(
-            "{:<22} {:>3} {:<5} {:<7} {:>9} {:<12} {}",
-            m.name,
-            m.version,
-            m.kind.as_str(),
-            m.family,
-            m.params,
-            m.source,
-            m.aliases.join(",")
-        );
+    let (add_train, add_val) = import(&home, "uppercase", UPPERCASE)?;
+    let (sub_train, sub_val) = import(&home, "double", DOUBLE)?;
+
+    // A from-scratch base model: the nano preset, random weights from seed 0.
+    let base = models.create_preset(
+        "nano",
+        &PresetOptions { name: Some("quickstart-nano".into()), seed: 0, ..Default::default() },
+    )?;
+    let (before, _) = accuracy(&home, &models, &base, &add_val)?;
+    println!(
+        "base {} ({} parameters): uppercase accuracy {:.0}% before training",
+        base.reference(),
+        base.params,
+        before * 100.0
+    );
+
+    // Task 1: full training on uppercase.
+    let upper = train(
+        &home,
+        TrainSpec {
+            base: base.id.clone().into(),
+            dataset: add_train.id.clone(),
+            eval_dataset: Some(add_val.id.clone()),
+            method: Method::Full,
+            epochs: 10,
+            batch_size: 32,
+            seq_len: 16,
+            learning_rate: 2e-3,
+            warmup_steps: 20,
+            schedule: Schedule::Cosine,
+            weight_decay: 0.01,
+            output_name: Some("quickstart-upper".into()),
+            ..Default::default()
+        },
+    )?;
+    let (after, samples) = accuracy(&home, &models, &upper, &add_val)?;
+    println!("uppercase accuracy on {EVAL_N} held-out words: {:.0}% -> {:.0}%", before * 100.0, after * 100.0);
+    for s in samples {
+        println!("  {s}");
     }
-    println!("\n`quickstart-base@production` resolves to {}", models.resolve("quickstart-base@production")?.id);
-    println!("Training and generation are not built yet; this run stops at the registry.");
+
+    // Task 2: a LoRA adapter on the trained model teaches it to double each letter.
+    let (sub_before, _) = accuracy(&home, &models, &upper, &sub_val)?;
+    let adapter = train(
+        &home,
+        TrainSpec {
+            base: upper.id.clone().into(),
+            dataset: sub_train.id.clone(),
+            method: Method::Lora(LoraConfig {
+                r: 16,
+                alpha: 32.0,
+                target_modules: vec!["all-linear".into()],
+                ..Default::default()
+            }),
+            epochs: 8,
+            batch_size: 32,
+            seq_len: 24,
+            learning_rate: 5e-3,
+            warmup_steps: 10,
+            schedule: Schedule::Cosine,
+            output_name: Some("quickstart-double-lora".into()),
+            ..Default::default()
+        },
+    )?;
+    let (sub_after, samples) = accuracy(&home, &models, &adapter, &sub_val)?;
+    println!(
+        "double-letter accuracy on {EVAL_N} held-out words: {:.0}% (trained base) -> {:.0}% (with LoRA adapter, {} trainable parameters)",
+        sub_before * 100.0,
+        sub_after * 100.0,
+        adapter.params
+    );
+    for s in samples {
+        println!("  {s}");
+    }
+
+    println!("\n{:<24} {:>3} {:<5} {:>8}  lineage", "model", "ver", "kind", "params");
+    for m in models.list(&ModelFilter::default())? {
+        let lineage = match (m.lineage.get("job"), m.lineage.get("preset")) {
+            (Some(job), _) => format!(
+                "job {} on dataset {}",
+                job.as_str().unwrap_or("?"),
+                m.lineage["dataset"].as_str().unwrap_or("?")
+            ),
+            (_, Some(p)) => format!("preset {}", p.as_str().unwrap_or("?")),
+            _ => m.source.clone(),
+        };
+        println!("{:<24} {:>3} {:<5} {:>8}  {lineage}", m.name, m.version, m.kind.as_str(), m.params);
+    }
+    println!("done in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
 }
