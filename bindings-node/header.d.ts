@@ -44,8 +44,8 @@ export type AnnealEvent =
 /** Options of long calls. */
 export interface CallOptions {
   /**
-   * Progress callback, at most one progress event per 100 ms; `task_started` first and
-   * `task_finished` last. The last event may arrive just after the Promise settles.
+   * Progress callback, at most one progress event per 100 ms; `task_started` /
+   * `job_started` first and `task_finished` / `job_finished` last. The last event may arrive just after the Promise settles.
    * An exception thrown here does not stop the call (it becomes an `uncaughtException`);
    * use `cancel`.
    */

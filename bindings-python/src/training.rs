@@ -364,7 +364,11 @@ impl PyTrainingEngine {
                 engine.run(&id, sink, &cancel)
             }
         });
-        events::finish(py, result, [raised]).map(Into::into)
+        match raised {
+            // Ctrl-C is re-raised even when it came too late to stop the job.
+            Some(err) if err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) => Err(err),
+            raised => events::finish(py, result, [raised]).map(Into::into),
+        }
     }
 }
 

@@ -126,13 +126,20 @@ def test_ctrl_c_cancels_cleanly_and_resume_completes(env):
 
 
 def test_ctrl_c_from_a_timer(env):
-    timer = threading.Timer(0.05, _thread.interrupt_main)
-    timer.start()
+    timers = []
+
+    def on_event(e):
+        # Started once the run is under way, so the interrupt cannot hit the test itself.
+        if e["type"] == "job_started":
+            timers.append(threading.Timer(0.05, _thread.interrupt_main))
+            timers[0].start()
+
     try:
         with pytest.raises(KeyboardInterrupt):
-            env.engine.train({**env.spec, "max_steps": 2000})
+            env.engine.train({**env.spec, "max_steps": 2000}, on_event=on_event)
     finally:
-        timer.cancel()
+        for t in timers:
+            t.cancel()
     (job,) = env.engine.jobs()
     assert job.status == "cancelled" and job.step < 2000
 
