@@ -33,11 +33,11 @@ rm -rf "$qs_home"
 step "Python binding"
 scripts/test-python.sh
 step "Python quickstart twin"
-.venv/bin/python examples/python/quickstart.py "$(mktemp -d)/home"
+.venv/bin/python examples/python/quickstart.py "$(mktemp -d)/home" --smoke
 
 step "Node binding"
 scripts/test-node.sh
 step "Node quickstart twin"
-node examples/node/quickstart.mjs "$(mktemp -d)/home"
+node examples/node/quickstart.mjs "$(mktemp -d)/home" --smoke
 
 step "all suites passed in $(( $(date +%s) - started ))s"

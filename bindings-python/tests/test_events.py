@@ -119,11 +119,24 @@ def test_cancel_token(home, ds, big_file):
     assert ds.list() == [] and dataset_dirs(home) == []
 
 
+def _once_progressing(action):
+    """An on_event callback that starts `action` on another thread at the first progress
+    event, so the action lands mid-import however fast the machine is."""
+    started = []
+
+    def on_event(event):
+        if event["type"] == "task_progress" and not started:
+            started.append(threading.Timer(0.01, action))
+            started[0].start()
+
+    return on_event, started
+
+
 def test_cancel_from_another_thread(ds, big_file):
     token = anneal.CancelToken()
-    threading.Timer(0.2, token.cancel).start()
+    on_event, _ = _once_progressing(token.cancel)
     with pytest.raises(anneal.CancelledError):
-        ds.import_file(big_file, name="big", cancel=token)
+        ds.import_file(big_file, name="big", cancel=token, on_event=on_event)
     assert ds.list() == []
 
 
@@ -152,8 +165,9 @@ def test_import_releases_the_gil(ds, big_file):
     t1 = time.monotonic()
     stop.set()
     t.join()
-    assert t1 - t0 > 0.2, "the fixture must make the import take a while"
-    assert sum(t0 < x < t1 for x in ticks) >= 10
+    # With the GIL held the ticker could not run at all; released, it ticks every ~5 ms.
+    assert t1 - t0 > 0.05, "the fixture must make the import take a while"
+    assert sum(t0 < x < t1 for x in ticks) >= 5
 
 
 def test_records_import_releases_the_gil(ds):
@@ -176,15 +190,15 @@ def test_records_import_releases_the_gil(ds):
 
 
 def test_ctrl_c_interrupts_an_import(home, ds, big_file):
-    timer = threading.Timer(0.2, _thread.interrupt_main)
-    timer.start()
+    on_event, timers = _once_progressing(_thread.interrupt_main)
     t0 = time.monotonic()
     try:
         with pytest.raises(KeyboardInterrupt):
-            ds.import_file(big_file, name="big")
+            ds.import_file(big_file, name="big", on_event=on_event)
         assert time.monotonic() - t0 < 5
     finally:
-        timer.cancel()
+        for t in timers:
+            t.cancel()
     assert ds.list() == [] and dataset_dirs(home) == []
 
 
@@ -207,13 +221,18 @@ def test_ctrl_c_interrupts_a_records_import(ds):
 
 def test_ctrl_c_callback_sees_cancelled(ds, big_file):
     events = []
-    timer = threading.Timer(0.2, _thread.interrupt_main)
-    timer.start()
+    start, timers = _once_progressing(_thread.interrupt_main)
+
+    def on_event(event):
+        events.append(event)
+        start(event)
+
     try:
         with pytest.raises(KeyboardInterrupt):
-            ds.import_file(big_file, name="big", on_event=events.append)
+            ds.import_file(big_file, name="big", on_event=on_event)
     finally:
-        timer.cancel()
+        for t in timers:
+            t.cancel()
     assert events[-1]["type"] == "task_finished" and events[-1]["status"] == "cancelled"
 
 

@@ -1,43 +1,64 @@
-// anneal quickstart (Node twin of examples/rust/quickstart.rs).
+// anneal quickstart, Node twin of examples/rust/quickstart.rs.
 //
-// Run:    node examples/node/quickstart.mjs [home dir]    (after `cd bindings-node && npm install && npm run build`)
-// Output: import progress, dataset stats and split, the created preset model, the registry.
+// Run:    node examples/node/quickstart.mjs [home dir] [--smoke]   (after `cd bindings-node && npm install && npm run build`)
+// Output: dataset splits, one progress line per ~50 steps for two training jobs (a full
+//         training of the nano preset on uppercase, then a LoRA adapter on letter
+//         doubling), their final and eval losses, and the registry with lineage.
+//         `--smoke` trains one epoch each (for CI).
 //
-// Foundation release: training and generation are not built yet; this stops at the registry.
+// Node has no generation API yet (the Generator comes next), so this twin reports losses;
+// the Rust quickstart also decodes held-out words and prints their accuracy.
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 import path from 'node:path'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const { Home } = createRequire(import.meta.url)(path.join(here, '..', '..', 'bindings-node'))
-const data = path.join(here, '..', 'data', 'addition.jsonl')
+const data = path.join(here, '..', 'data')
+const args = process.argv.slice(2).filter((a) => !a.startsWith('--'))
+const epochs = process.argv.includes('--smoke') ? 1 : undefined
 
-const home = Home.open(process.argv[2] ?? 'anneal-home')
-console.log(`home: ${home.root} (catalog schema v${home.schemaVersion()})`)
+const progress = (e) => {
+  if (e.type === 'step' && (e.step % 50 === 0 || e.step === e.totalSteps)) {
+    console.log(`  step ${e.step}/${e.totalSteps} loss ${e.loss.toFixed(4)} lr ${e.lr.toExponential(2)}`)
+  } else if (e.type === 'eval') {
+    console.log(`  eval @ step ${e.step}: ${JSON.stringify(e.metrics)}`)
+  } else if (e.type === 'job_finished') {
+    console.log(`  job ${e.jobId} ${e.status} -> model ${e.modelId}`)
+  }
+}
 
+const home = Home.open(args[0] ?? 'anneal-home')
 const datasets = home.datasets()
-const ds = await datasets.importFile(data, {
-  name: 'addition',
-  onDuplicate: 'reuse',
-  onEvent: (e) => { if (e.type === 'task_finished') console.log(`${e.task} ${e.status}: ${e.id}`) },
-})
-const stats = datasets.stats(ds.id)
-console.log(`dataset ${ds.name} (${ds.id}): ${ds.numRecords} ${ds.format} records, ${stats.bytes} bytes`)
-const split = await datasets.split(ds.id, 0.1, { seed: 42 })
-console.log(`split (seed 42): ${split.train.numRecords} train / ${split.val.numRecords} val`)
-for (const r of datasets.preview(split.val.id, 3)) console.log('  val example:', JSON.stringify(r))
-
 const models = home.models()
-let base
-try {
-  base = models.resolve('quickstart-base')
-} catch (e) {
-  if (e.code !== 'not_found') throw e
-  base = await models.createPreset('micro', { name: 'quickstart-base', seed: 42 })
+const engine = home.training()
+
+const splits = {}
+for (const name of ['uppercase', 'double']) {
+  const ds = await datasets.importFile(path.join(data, `${name}.jsonl`), { name, onDuplicate: 'reuse' })
+  splits[name] = await datasets.split(ds.id, 0.1, { seed: 0 })
+  console.log(`dataset ${name}: ${ds.numRecords} records -> ${splits[name].train.numRecords} train / ${splits[name].val.numRecords} held out`)
 }
-models.setAlias(base.id, 'production')
-console.log(`model ${base.name}@${base.version} = ${base.id} (${base.params} parameters)`)
+
+const base = await models.createPreset('nano', { name: 'quickstart-nano', seed: 0 })
+console.log(`base ${base.name}@${base.version}: ${base.params} parameters`)
+
+const upper = await engine.train({
+  base: base.id, dataset: splits.uppercase.train.id, evalDataset: splits.uppercase.val.id,
+  method: 'full', epochs: epochs ?? 10, batchSize: 32, seqLen: 16, learningRate: 2e-3,
+  warmupSteps: 20, schedule: 'cosine', weightDecay: 0.01, outputName: 'quickstart-upper',
+}, { onEvent: progress })
+console.log(`full training: ${upper.steps} steps, final loss ${upper.finalLoss.toFixed(3)}, eval loss ${upper.evalLoss.toFixed(3)}`)
+
+const lora = await engine.train({
+  base: upper.modelId, dataset: splits.double.train.id, evalDataset: splits.double.val.id,
+  method: { lora: { r: 16, alpha: 32, targetModules: ['all-linear'] } },
+  epochs: epochs ?? 8, batchSize: 32, seqLen: 24, learningRate: 5e-3, warmupSteps: 10,
+  schedule: 'cosine', outputName: 'quickstart-double-lora',
+}, { onEvent: progress })
+console.log(`LoRA training: ${lora.steps} steps, final loss ${lora.finalLoss.toFixed(3)}, eval loss ${lora.evalLoss.toFixed(3)}`)
+
 for (const m of models.list()) {
-  console.log(`  ${m.name.padEnd(22)} v${m.version} ${m.kind.padEnd(5)} ${m.family.padEnd(6)} ${String(m.params).padStart(9)} ${m.source} ${m.aliases.join(',')}`)
+  const origin = m.lineage.job ? `job ${m.lineage.job}` : m.source
+  console.log(`  ${m.name.padEnd(24)} v${m.version} ${m.kind.padEnd(5)} ${String(m.params).padStart(8)}  ${origin}`)
 }
-console.log('quickstart-base@production ->', models.resolve('quickstart-base@production').id)
