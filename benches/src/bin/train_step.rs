@@ -130,6 +130,11 @@ fn main() -> anyhow::Result<()> {
     let rss_before = status_kib("VmRSS:") / 1024.0;
 
     let dir = tempfile::tempdir()?;
+    let write_model = args.iter().position(|a| a == "--write-model").and_then(|i| args.get(i + 1)).cloned();
+    let model_path = match &write_model {
+        Some(p) => std::path::PathBuf::from(p),
+        None => dir.path().to_path_buf(),
+    };
     let (tensors, cfg) = layout(&b);
     let dev = Device::Cpu;
     // Uniform(-a, a) with a = 0.02 * sqrt(3) (std 0.02), from a fixed-seed xorshift:
@@ -162,11 +167,16 @@ fn main() -> anyhow::Result<()> {
     if b.family == "gpt2" {
         mm_params += b.vocab * b.hidden; // the tied head is a matmul with wte
     }
-    candle_core::safetensors::save(&map, dir.path().join("model.safetensors"))?;
-    std::fs::write(dir.path().join("config.json"), cfg.to_string())?;
+    candle_core::safetensors::save(&map, model_path.join("model.safetensors"))?;
+    std::fs::write(model_path.join("config.json"), cfg.to_string())?;
     drop(map);
+    if write_model.is_some() {
+        // For train_job: a tokenizer so the engine can tokenise text (ids < 260 < vocab).
+        std::fs::write(model_path.join("tokenizer.json"), anneal::tokenizer::byte_level::tokenizer_json().to_string())?;
+        return Ok(());
+    }
 
-    let mut model = load_model(dir.path(), &LoadOptions { trainable: !lora, ..Default::default() })?;
+    let mut model = load_model(model_path.as_path(), &LoadOptions { trainable: !lora, ..Default::default() })?;
     if lora {
         let targets: Vec<String> = if b.family == "gpt2" {
             vec!["c_attn".into(), "c_proj".into()]
