@@ -145,7 +145,11 @@ fn main() -> anyhow::Result<()> {
     let mut mm_params = 0usize;
     for (name, shape) in &tensors {
         let t = if shape.len() == 1 {
-            if name.ends_with(".bias") { Tensor::zeros(shape.as_slice(), DType::F32, &dev)? } else { Tensor::ones(shape.as_slice(), DType::F32, &dev)? }
+            if name.ends_with(".bias") {
+                Tensor::zeros(shape.as_slice(), DType::F32, &dev)?
+            } else {
+                Tensor::ones(shape.as_slice(), DType::F32, &dev)?
+            }
         } else {
             let n: usize = shape.iter().product();
             Tensor::from_vec((0..n).map(|_| uniform()).collect::<Vec<f32>>(), shape.as_slice(), &dev)?
@@ -164,11 +168,16 @@ fn main() -> anyhow::Result<()> {
 
     let mut model = load_model(dir.path(), &LoadOptions { trainable: !lora, ..Default::default() })?;
     if lora {
-        let targets: Vec<String> = if b.family == "gpt2" { vec!["c_attn".into(), "c_proj".into()] } else { ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec() };
+        let targets: Vec<String> = if b.family == "gpt2" {
+            vec!["c_attn".into(), "c_proj".into()]
+        } else {
+            ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec()
+        };
         let lc = LoraConfig { r: 8, alpha: 16.0, target_modules: targets, ..Default::default() };
         model.add_lora(&lc, 0)?;
     }
-    let mut opt = candle_nn::AdamW::new(model.trainable_vars(), candle_nn::ParamsAdamW { lr: 1e-4, ..Default::default() })?;
+    let mut opt =
+        candle_nn::AdamW::new(model.trainable_vars(), candle_nn::ParamsAdamW { lr: 1e-4, ..Default::default() })?;
     let ids: Vec<u32> = (0..b.batch * b.seq).map(|i| ((i * 7919 + 13) % b.vocab) as u32).collect();
     let labels: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
     let x = Tensor::from_vec(ids, (b.batch, b.seq), &dev)?;
