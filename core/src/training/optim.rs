@@ -8,12 +8,21 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Storage, Tensor, Var};
+use rayon::prelude::*;
 
 use super::spec::Schedule;
 use crate::error::{Error, Result};
 
-pub(crate) struct AdamW {
+/// New (p, m, v) buffers of one parameter.
+type Moments = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// AdamW with `torch.optim.AdamW`'s update; the optimiser of anneal's trainer.
+///
+/// On the CPU with f32 parameters, one step is a single fused pass per parameter (read
+/// p, g, m, v; write p, m, v) split over rayon threads, instead of ~12 full-size tensor
+/// ops that each allocate and fault in a new buffer.
+pub struct AdamW {
     params: Vec<(String, Var)>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
@@ -26,24 +35,34 @@ pub(crate) struct AdamW {
 }
 
 impl AdamW {
-    pub(crate) fn new(params: Vec<(String, Var)>, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Result<Self> {
+    /// Zero moments for `params` (name, variable).
+    pub fn new(params: Vec<(String, Var)>, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Result<Self> {
         let m = params.iter().map(|(_, p)| p.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
         let v = m.clone();
         Ok(Self { params, m, v, t: 0, beta1, beta2, eps, weight_decay })
     }
 
-    pub(crate) fn params(&self) -> &[(String, Var)] {
+    /// The parameters, in the order `step` expects their gradients.
+    pub fn params(&self) -> &[(String, Var)] {
         &self.params
     }
 
     /// One update with gradients aligned with `params()` (`None`: no gradient, skipped).
-    pub(crate) fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
+    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
         self.t += 1;
         let t = self.t as i32;
         let bc1 = 1.0 - self.beta1.powi(t);
         let bc2 = 1.0 - self.beta2.powi(t);
         for (i, (_, p)) in self.params.iter().enumerate() {
             let Some(g) = grads.get(i).and_then(Option::as_ref) else { continue };
+            if let Some((np, nm, nv)) = self.fused(p.as_tensor(), g, i, lr, bc1, bc2)? {
+                let shape = p.dims().to_vec();
+                let dev = p.device().clone();
+                p.set(&Tensor::from_vec(np, shape.as_slice(), &dev)?)?;
+                self.m[i] = Tensor::from_vec(nm, shape.as_slice(), &dev)?;
+                self.v[i] = Tensor::from_vec(nv, shape.as_slice(), &dev)?;
+                continue;
+            }
             let m = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
             let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let decayed = (p.as_tensor() * (1.0 - lr * self.weight_decay))?;
@@ -55,6 +74,49 @@ impl AdamW {
             self.v[i] = v;
         }
         Ok(())
+    }
+
+    /// The fused update of parameter `i` as new (p, m, v) buffers, when p, g, m and v are
+    /// f32 on the CPU; `None` sends the caller to the tensor-op form.
+    #[allow(clippy::too_many_arguments)]
+    fn fused(&self, p: &Tensor, g: &Tensor, i: usize, lr: f64, bc1: f64, bc2: f64) -> Result<Option<Moments>> {
+        let all = [p, g, &self.m[i], &self.v[i]];
+        if all.iter().any(|t| t.dtype() != DType::F32 || !t.device().is_cpu() || t.dims() != p.dims()) {
+            return Ok(None);
+        }
+        let g = g.contiguous()?;
+        let guards: Vec<_> = [p, &g, &self.m[i], &self.v[i]].into_iter().map(Tensor::storage_and_layout).collect();
+        let mut slices: Vec<&[f32]> = Vec::with_capacity(4);
+        for (s, l) in &guards {
+            let (Storage::Cpu(c), Some((a, b))) = (&**s, l.contiguous_offsets()) else { return Ok(None) };
+            slices.push(&c.as_slice::<f32>()?[a..b]);
+        }
+        let (ps, gs, ms, vs) = (slices[0], slices[1], slices[2], slices[3]);
+        let n = ps.len();
+        // The same f32 constants and operation order as the tensor-op form below (candle
+        // casts each f64 scalar to f32 and divides by multiplying with the reciprocal).
+        let (b1, b1m) = (self.beta1 as f32, (1.0 - self.beta1) as f32);
+        let (b2, b2m) = (self.beta2 as f32, (1.0 - self.beta2) as f32);
+        let decay = (1.0 - lr * self.weight_decay) as f32;
+        let (lr, eps, ibc1, ibc2) = (lr as f32, self.eps as f32, (1.0 / bc1) as f32, (1.0 / bc2) as f32);
+        let (mut np, mut nm, mut nv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        const CHUNK: usize = 16 * 1024;
+        np.par_chunks_mut(CHUNK).zip(nm.par_chunks_mut(CHUNK).zip(nv.par_chunks_mut(CHUNK))).enumerate().for_each(
+            |(c, (op, (om, ov)))| {
+                let lo = c * CHUNK;
+                for j in 0..op.len() {
+                    let k = lo + j;
+                    let gk = gs[k];
+                    let m = ms[k] * b1 + gk * b1m;
+                    let v = vs[k] * b2 + gk * gk * b2m;
+                    let update = (m * ibc1) / ((v * ibc2).sqrt() + eps);
+                    op[j] = ps[k] * decay - update * lr;
+                    om[j] = m;
+                    ov[j] = v;
+                }
+            },
+        );
+        Ok(Some((np, nm, nv)))
     }
 
     /// The moments, as `m.<name>` / `v.<name>` tensors.
