@@ -8,20 +8,17 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Storage, Tensor, Var};
+use candle_core::{bail, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 use rayon::prelude::*;
 
 use super::spec::Schedule;
 use crate::error::{Error, Result};
 
-/// New (p, m, v) buffers of one parameter.
-type Moments = (Vec<f32>, Vec<f32>, Vec<f32>);
-
 /// AdamW with `torch.optim.AdamW`'s update; the optimiser of anneal's trainer.
 ///
-/// On the CPU with f32 parameters, one step is a single fused pass per parameter (read
-/// p, g, m, v; write p, m, v) split over rayon threads, instead of ~12 full-size tensor
-/// ops that each allocate and fault in a new buffer.
+/// On the CPU with f32 parameters, one step updates m, v and p in place (three rayon-split
+/// passes, no allocation) instead of ~12 full-size tensor ops that each allocate and
+/// fault in a new buffer.
 pub struct AdamW {
     params: Vec<(String, Var)>,
     m: Vec<Tensor>,
@@ -38,7 +35,8 @@ impl AdamW {
     /// Zero moments for `params` (name, variable).
     pub fn new(params: Vec<(String, Var)>, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Result<Self> {
         let m = params.iter().map(|(_, p)| p.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
-        let v = m.clone();
+        // Separate buffers: the fused step updates m and v in place.
+        let v = params.iter().map(|(_, p)| p.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self { params, m, v, t: 0, beta1, beta2, eps, weight_decay })
     }
 
@@ -55,12 +53,7 @@ impl AdamW {
         let bc2 = 1.0 - self.beta2.powi(t);
         for (i, (_, p)) in self.params.iter().enumerate() {
             let Some(g) = grads.get(i).and_then(Option::as_ref) else { continue };
-            if let Some((np, nm, nv)) = self.fused(p.as_tensor(), g, i, lr, bc1, bc2)? {
-                let shape = p.dims().to_vec();
-                let dev = p.device().clone();
-                p.set(&Tensor::from_vec(np, shape.as_slice(), &dev)?)?;
-                self.m[i] = Tensor::from_vec(nm, shape.as_slice(), &dev)?;
-                self.v[i] = Tensor::from_vec(nv, shape.as_slice(), &dev)?;
+            if self.fused(p.as_tensor(), g, i, lr, bc1, bc2)? {
                 continue;
             }
             let m = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
@@ -76,47 +69,32 @@ impl AdamW {
         Ok(())
     }
 
-    /// The fused update of parameter `i` as new (p, m, v) buffers, when p, g, m and v are
-    /// f32 on the CPU; `None` sends the caller to the tensor-op form.
-    #[allow(clippy::too_many_arguments)]
-    fn fused(&self, p: &Tensor, g: &Tensor, i: usize, lr: f64, bc1: f64, bc2: f64) -> Result<Option<Moments>> {
-        let all = [p, g, &self.m[i], &self.v[i]];
+    /// The fused update of parameter `i`, in place on p, m and v (no allocation), when
+    /// p, g, m and v are contiguous f32 on the CPU. Returns false to send the caller to
+    /// the tensor-op form.
+    fn fused(&self, p: &Tensor, g: &Tensor, i: usize, lr: f64, bc1: f64, bc2: f64) -> Result<bool> {
+        let (m, v) = (&self.m[i], &self.v[i]);
+        let all = [p, g, m, v];
         if all.iter().any(|t| t.dtype() != DType::F32 || !t.device().is_cpu() || t.dims() != p.dims()) {
-            return Ok(None);
+            return Ok(false);
+        }
+        if [p, m, v].iter().any(|t| !t.is_contiguous()) {
+            return Ok(false);
         }
         let g = g.contiguous()?;
-        let guards: Vec<_> = [p, &g, &self.m[i], &self.v[i]].into_iter().map(Tensor::storage_and_layout).collect();
-        let mut slices: Vec<&[f32]> = Vec::with_capacity(4);
-        for (s, l) in &guards {
-            let (Storage::Cpu(c), Some((a, b))) = (&**s, l.contiguous_offsets()) else { return Ok(None) };
-            slices.push(&c.as_slice::<f32>()?[a..b]);
-        }
-        let (ps, gs, ms, vs) = (slices[0], slices[1], slices[2], slices[3]);
-        let n = ps.len();
-        // The same f32 constants and operation order as the tensor-op form below (candle
-        // casts each f64 scalar to f32 and divides by multiplying with the reciprocal).
-        let (b1, b1m) = (self.beta1 as f32, (1.0 - self.beta1) as f32);
-        let (b2, b2m) = (self.beta2 as f32, (1.0 - self.beta2) as f32);
-        let decay = (1.0 - lr * self.weight_decay) as f32;
-        let (lr, eps, ibc1, ibc2) = (lr as f32, self.eps as f32, (1.0 / bc1) as f32, (1.0 / bc2) as f32);
-        let (mut np, mut nm, mut nv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-        const CHUNK: usize = 16 * 1024;
-        np.par_chunks_mut(CHUNK).zip(nm.par_chunks_mut(CHUNK).zip(nv.par_chunks_mut(CHUNK))).enumerate().for_each(
-            |(c, (op, (om, ov)))| {
-                let lo = c * CHUNK;
-                for j in 0..op.len() {
-                    let k = lo + j;
-                    let gk = gs[k];
-                    let m = ms[k] * b1 + gk * b1m;
-                    let v = vs[k] * b2 + gk * gk * b2m;
-                    let update = (m * ibc1) / ((v * ibc2).sqrt() + eps);
-                    op[j] = ps[k] * decay - update * lr;
-                    om[j] = m;
-                    ov[j] = v;
-                }
-            },
-        );
-        Ok(Some((np, nm, nv)))
+        // The same f32 constants and operation order as the tensor-op form (candle casts
+        // each f64 scalar to f32 and divides by multiplying with the reciprocal).
+        m.inplace_op2(&g, &Moment { keep: self.beta1 as f32, take: (1.0 - self.beta1) as f32, square: false })?;
+        v.inplace_op2(&g, &Moment { keep: self.beta2 as f32, take: (1.0 - self.beta2) as f32, square: true })?;
+        let step = ParamStep {
+            decay: (1.0 - lr * self.weight_decay) as f32,
+            lr: lr as f32,
+            eps: self.eps as f32,
+            ibc1: (1.0 / bc1) as f32,
+            ibc2: (1.0 / bc2) as f32,
+        };
+        p.inplace_op3(m, v, &step)?;
+        Ok(true)
     }
 
     /// The moments, as `m.<name>` / `v.<name>` tensors.
@@ -144,6 +122,83 @@ impl AdamW {
             }
         }
         self.t = t;
+        Ok(())
+    }
+}
+
+const CHUNK: usize = 16 * 1024;
+
+fn f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(d), Some((a, b))) => Ok(&mut d[a..b]),
+        _ => bail!("adamw: expected a contiguous f32 tensor"),
+    }
+}
+
+fn f32_ref<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
+        _ => bail!("adamw: expected a contiguous f32 tensor"),
+    }
+}
+
+/// `m = keep * m + take * g` (or `g * g` for the second moment), in place.
+struct Moment {
+    keep: f32,
+    take: f32,
+    square: bool,
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "anneal-adamw-moment"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let m = f32_mut(s1, l1)?;
+        let g = f32_ref(s2, l2)?;
+        m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
+            for (m, &g) in m.iter_mut().zip(g) {
+                let x = if self.square { g * g } else { g };
+                *m = *m * self.keep + x * self.take;
+            }
+        });
+        Ok(())
+    }
+}
+
+/// `p = p * decay - lr * (m * ibc1) / (sqrt(v * ibc2) + eps)`, in place.
+struct ParamStep {
+    decay: f32,
+    lr: f32,
+    eps: f32,
+    ibc1: f32,
+    ibc2: f32,
+}
+
+impl InplaceOp3 for ParamStep {
+    fn name(&self) -> &'static str {
+        "anneal-adamw-param"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let p = f32_mut(s1, l1)?;
+        let m = f32_ref(s2, l2)?;
+        let v = f32_ref(s3, l3)?;
+        p.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK))).for_each(|(p, (m, v))| {
+            for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                let update = (m * self.ibc1) / ((v * self.ibc2).sqrt() + self.eps);
+                *p = *p * self.decay - update * self.lr;
+            }
+        });
         Ok(())
     }
 }
