@@ -12,7 +12,7 @@
 //! ```
 
 mod config;
-mod fused;
+pub(crate) mod fused;
 mod gpt2;
 mod llama;
 mod load;

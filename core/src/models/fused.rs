@@ -7,7 +7,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 /// The fused kernels apply: an f32 tensor on the CPU.
@@ -416,5 +416,45 @@ impl CustomOp1 for XentBwd<'_> {
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------- frozen linear
+
+/// `x W^T` (`x W` for Conv1D weights) against a frozen weight, as a node whose backward
+/// returns `dx` only. candle's `Matmul` backward always computes both operands'
+/// gradients, so a plain matmul would also compute (and keep) `x^T g` for a weight that
+/// nothing trains: a third of a LoRA step's matmul FLOPs. The product is computed outside
+/// the graph and handed over once (the op does not keep it alive).
+pub(crate) struct FrozenMatmul {
+    w: Tensor,
+    conv1d: bool,
+    y: Mutex<Option<Tensor>>,
+}
+
+impl FrozenMatmul {
+    /// `x2`: `[n, in]`; returns `[n, out]` with a gradient path to `x2` only.
+    pub(crate) fn apply(x2: &Tensor, w: &Tensor, conv1d: bool) -> Result<Tensor> {
+        let wt = if conv1d { w.clone() } else { w.t()? };
+        let y = x2.detach().matmul(&wt)?;
+        x2.apply_op1(FrozenMatmul { w: w.clone(), conv1d, y: Mutex::new(Some(y)) })
+    }
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "anneal-frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some(y) = self.y.lock().ok().and_then(|mut y| y.take()) else { bail!("frozen matmul: forward ran twice") };
+        let (st, l) = y.storage_and_layout();
+        let Storage::Cpu(c) = &*st else { bail!("frozen matmul: not on the CPU") };
+        Ok((CpuStorage::F32(rows(c, l, "anneal-frozen-matmul")?.to_vec()), y.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let w = if self.conv1d { self.w.t()? } else { self.w.clone() };
+        Ok(Some(grad.matmul(&w)?))
     }
 }
