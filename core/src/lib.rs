@@ -69,7 +69,7 @@ pub use registry::{
 };
 pub use tokenizer::{ChatMessage, SpecialToken, Tokenizer};
 pub use training::{
-    JobFilter, JobHandle, JobId, JobLog, JobRecord, JobStatus, Method, MetricPoint, Schedule, TrainReport, TrainSpec,
-    TrainingEngine, HEARTBEAT_STALE_SECS,
+    AdamW, JobFilter, JobHandle, JobId, JobLog, JobRecord, JobStatus, Method, MetricPoint, Schedule, TrainReport,
+    TrainSpec, TrainingEngine, HEARTBEAT_STALE_SECS,
 };
 pub use util::options_from_json;

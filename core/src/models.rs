@@ -12,6 +12,7 @@
 //! ```
 
 mod config;
+pub(crate) mod fused;
 mod gpt2;
 mod llama;
 mod load;
@@ -387,6 +388,14 @@ pub fn causal_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
         return Err(Error::config("labels", "need at least two positions for a next-token loss"));
     }
     check_ids("labels", labels, v, true)?;
+    if fused::usable(logits) {
+        let all: Vec<i64> = labels.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?;
+        let count = (0..b * t).filter(|r| r % t != t - 1 && all[r + 1] >= 0).count();
+        if count == 0 {
+            return Err(Error::config("labels", "every label is ignored (-100)"));
+        }
+        return Ok(logits.contiguous()?.apply_op1(fused::CausalLmXent::new(all, t, count))?);
+    }
     let logits = logits.narrow(1, 0, t - 1)?.to_dtype(DType::F32)?.reshape((b * (t - 1), v))?;
     let labels = labels.narrow(1, 1, t - 1)?.to_dtype(DType::I64)?.reshape(b * (t - 1))?;
     let keep = labels.ge(0i64)?;
@@ -418,6 +427,9 @@ pub(crate) mod ops {
     pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: ForwardMode) -> Result<Tensor> {
         Ok(match mode {
             ForwardMode::Infer => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?,
+            ForwardMode::Train if super::fused::usable(x) => {
+                x.contiguous()?.apply_op1(super::fused::Norm { eps: eps as f32, center: false })?.broadcast_mul(w)?
+            }
             ForwardMode::Train => {
                 let dtype = x.dtype();
                 let xf = x.to_dtype(DType::F32)?;
@@ -431,6 +443,11 @@ pub(crate) mod ops {
     pub(crate) fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, mode: ForwardMode) -> Result<Tensor> {
         Ok(match mode {
             ForwardMode::Infer => candle_nn::ops::layer_norm(&x.contiguous()?, w, b, eps as f32)?,
+            ForwardMode::Train if super::fused::usable(x) => x
+                .contiguous()?
+                .apply_op1(super::fused::Norm { eps: eps as f32, center: true })?
+                .broadcast_mul(w)?
+                .broadcast_add(b)?,
             ForwardMode::Train => {
                 let dtype = x.dtype();
                 let xf = x.to_dtype(DType::F32)?;
@@ -543,15 +560,45 @@ pub(crate) mod ops {
         Ok(Tensor::from_vec(m, (t, kv), dev)?)
     }
 
+    /// The causal mask of one forward pass: built on first use only (the fused training
+    /// softmax applies it on the fly and never needs the tensor).
+    pub(crate) struct CausalMask {
+        t: usize,
+        past: usize,
+        window: Option<usize>,
+        dev: Device,
+        tensor: std::sync::OnceLock<Tensor>,
+    }
+
+    impl CausalMask {
+        pub(crate) fn new(t: usize, past: usize, window: Option<usize>, dev: &Device) -> Self {
+            Self { t, past, window, dev: dev.clone(), tensor: std::sync::OnceLock::new() }
+        }
+
+        fn tensor(&self) -> Result<&Tensor> {
+            if let Some(m) = self.tensor.get() {
+                return Ok(m);
+            }
+            let m = causal_mask(self.t, self.past, self.window, &self.dev)?;
+            Ok(self.tensor.get_or_init(|| m))
+        }
+    }
+
     /// softmax(q k^T * scale + mask) v, with q, k, v `[b, h, t, d]`.
     pub(crate) fn attention(
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        mask: &Tensor,
+        mask: &CausalMask,
         scale: f64,
         mode: ForwardMode,
     ) -> Result<Tensor> {
+        if mode == ForwardMode::Train && super::fused::usable(q) {
+            let scores = q.matmul(&k.t()?)?;
+            let op = super::fused::CausalSoftmax { scale: scale as f32, past: mask.past, window: mask.window };
+            return Ok(scores.apply_op1(op)?.matmul(&v.contiguous()?)?);
+        }
+        let mask = mask.tensor()?;
         let scores = (q.matmul(&k.t()?)? * scale)?;
         let scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
         let probs = match mode {

@@ -29,6 +29,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub use optim::AdamW;
 pub use spec::{Method, Schedule, TrainSpec};
 
 use crate::catalog::jobs as sql;

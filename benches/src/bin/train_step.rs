@@ -7,14 +7,13 @@
 //! The model is written to a temp dir as an ordinary HF directory (config.json +
 //! random-normal weights, fixed seed) and loaded with `anneal::load_model`, so the
 //! benchmark exercises the real loading and training code: forward (differentiable
-//! path), backward, AdamW.
+//! path), backward, and the trainer's AdamW (`anneal::AdamW`).
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use anneal::{load_model, ForwardMode, LoadOptions, LoraConfig};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::Optimizer;
 use serde_json::json;
 
 struct Bench {
@@ -186,8 +185,8 @@ fn main() -> anyhow::Result<()> {
         let lc = LoraConfig { r: 8, alpha: 16.0, target_modules: targets, ..Default::default() };
         model.add_lora(&lc, 0)?;
     }
-    let mut opt =
-        candle_nn::AdamW::new(model.trainable_vars(), candle_nn::ParamsAdamW { lr: 1e-4, ..Default::default() })?;
+    // anneal's trainer optimiser (torch.optim.AdamW defaults: betas 0.9/0.999, eps 1e-8, wd 0.01).
+    let mut opt = anneal::AdamW::new(model.named_trainable_vars(), 0.9, 0.999, 1e-8, 0.01)?;
     let ids: Vec<u32> = (0..b.batch * b.seq).map(|i| ((i * 7919 + 13) % b.vocab) as u32).collect();
     let labels: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
     let x = Tensor::from_vec(ids, (b.batch, b.seq), &dev)?;
@@ -195,7 +194,9 @@ fn main() -> anyhow::Result<()> {
     let mut loss_v = 0f32;
     let mut step = || -> anyhow::Result<f32> {
         let loss = model.loss(&x, &y, ForwardMode::Train)?;
-        opt.backward_step(&loss)?;
+        let grads = loss.backward()?;
+        let grads: Vec<Option<Tensor>> = opt.params().iter().map(|(_, v)| grads.get(v).cloned()).collect();
+        opt.step(&grads, 1e-4)?;
         Ok(loss.to_scalar::<f32>()?)
     };
     for _ in 0..warmup {

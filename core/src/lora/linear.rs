@@ -6,6 +6,7 @@
 use candle_core::{Tensor, Var};
 
 use crate::error::{Error, Result};
+use crate::models::fused;
 
 /// A LoRA adapter on one linear layer, in PEFT's layout: A is `[r, in]`, B `[out, r]`.
 #[derive(Debug, Clone)]
@@ -50,7 +51,14 @@ impl Linear {
         }
         let n: usize = lead.iter().product();
         let x2 = x.reshape((n, in_f))?;
-        let mut y = if self.conv1d { x2.matmul(&self.weight)? } else { x2.matmul(&self.weight.t()?)? };
+        let frozen = train && !self.weight.is_variable() && fused::usable(&x2) && fused::usable(&self.weight);
+        let mut y = if frozen {
+            fused::FrozenMatmul::apply(&x2, &self.weight, self.conv1d)?
+        } else if self.conv1d {
+            x2.matmul(&self.weight)?
+        } else {
+            x2.matmul(&self.weight.t()?)?
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }

@@ -80,7 +80,7 @@ impl Gpt2 {
         let tok = ops::embed(&self.wte, ids)?;
         let pos = self.wpe.narrow(0, offset, t)?;
         let mut x = tok.broadcast_add(&pos)?;
-        let mask = ops::causal_mask(t, 0, None, x.device())?;
+        let mask = ops::CausalMask::new(t, 0, None, x.device());
         for (i, blk) in self.blocks.iter().enumerate() {
             let r = ops::layer_norm(&x, &blk.ln_1.0, &blk.ln_1.1, cfg.norm_eps, mode)?;
             let qkv = blk.c_attn.forward(&r, train)?;
@@ -98,6 +98,7 @@ impl Gpt2 {
             let r = ops::layer_norm(&x, &blk.ln_2.0, &blk.ln_2.1, cfg.norm_eps, mode)?;
             let m = blk.c_fc.forward(&r, train)?;
             let m = match cfg.activation {
+                Activation::GeluTanh if train && super::fused::usable(&m) => m.apply_op1(super::fused::GeluTanh)?,
                 Activation::GeluTanh => m.gelu()?,
                 Activation::Gelu => m.gelu_erf()?,
                 Activation::Relu => m.relu()?,

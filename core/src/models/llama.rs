@@ -80,7 +80,7 @@ impl Llama {
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let mut x = ops::embed(&self.embed_tokens, ids)?;
         let (cos, sin) = ops::rope_tables(cfg.rope_theta, cfg.rope_scaling, hd, offset, t, x.dtype(), x.device())?;
-        let mask = ops::causal_mask(t, 0, cfg.sliding_window, x.device())?;
+        let mask = ops::CausalMask::new(t, 0, cfg.sliding_window, x.device());
         let scale = 1.0 / (hd as f64).sqrt();
         for l in &self.layers {
             let r = ops::rms_norm(&x, &l.input_layernorm, cfg.norm_eps, mode)?;
@@ -98,9 +98,14 @@ impl Llama {
             let y = y.transpose(1, 2)?.reshape((b, t, nh * hd))?;
             x = (x + l.o_proj.forward(&y, train)?)?;
             let r = ops::rms_norm(&x, &l.post_attention_layernorm, cfg.norm_eps, mode)?;
-            let g = l.gate_proj.forward(&r, train)?.silu()?;
+            let g = l.gate_proj.forward(&r, train)?;
             let u = l.up_proj.forward(&r, train)?;
-            x = (x + l.down_proj.forward(&(g * u)?, train)?)?;
+            let m = if train && super::fused::usable(&g) {
+                g.contiguous()?.apply_op2(&u.contiguous()?, super::fused::SwiGlu)?
+            } else {
+                (g.silu()? * u)?
+            };
+            x = (x + l.down_proj.forward(&m, train)?)?;
         }
         let x = ops::rms_norm(&x, &self.norm, cfg.norm_eps, mode)?;
         match &self.lm_head {

@@ -8,12 +8,18 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{bail, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
+use rayon::prelude::*;
 
 use super::spec::Schedule;
 use crate::error::{Error, Result};
 
-pub(crate) struct AdamW {
+/// AdamW with `torch.optim.AdamW`'s update; the optimiser of anneal's trainer.
+///
+/// On the CPU with f32 parameters, one step updates m, v and p in place (three rayon-split
+/// passes, no allocation) instead of ~12 full-size tensor ops that each allocate and
+/// fault in a new buffer.
+pub struct AdamW {
     params: Vec<(String, Var)>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
@@ -26,24 +32,30 @@ pub(crate) struct AdamW {
 }
 
 impl AdamW {
-    pub(crate) fn new(params: Vec<(String, Var)>, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Result<Self> {
+    /// Zero moments for `params` (name, variable).
+    pub fn new(params: Vec<(String, Var)>, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Result<Self> {
         let m = params.iter().map(|(_, p)| p.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
-        let v = m.clone();
+        // Separate buffers: the fused step updates m and v in place.
+        let v = params.iter().map(|(_, p)| p.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self { params, m, v, t: 0, beta1, beta2, eps, weight_decay })
     }
 
-    pub(crate) fn params(&self) -> &[(String, Var)] {
+    /// The parameters, in the order `step` expects their gradients.
+    pub fn params(&self) -> &[(String, Var)] {
         &self.params
     }
 
     /// One update with gradients aligned with `params()` (`None`: no gradient, skipped).
-    pub(crate) fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
+    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
         self.t += 1;
         let t = self.t as i32;
         let bc1 = 1.0 - self.beta1.powi(t);
         let bc2 = 1.0 - self.beta2.powi(t);
         for (i, (_, p)) in self.params.iter().enumerate() {
             let Some(g) = grads.get(i).and_then(Option::as_ref) else { continue };
+            if self.fused(p.as_tensor(), g, i, lr, bc1, bc2)? {
+                continue;
+            }
             let m = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
             let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let decayed = (p.as_tensor() * (1.0 - lr * self.weight_decay))?;
@@ -55,6 +67,34 @@ impl AdamW {
             self.v[i] = v;
         }
         Ok(())
+    }
+
+    /// The fused update of parameter `i`, in place on p, m and v (no allocation), when
+    /// p, g, m and v are contiguous f32 on the CPU. Returns false to send the caller to
+    /// the tensor-op form.
+    fn fused(&self, p: &Tensor, g: &Tensor, i: usize, lr: f64, bc1: f64, bc2: f64) -> Result<bool> {
+        let (m, v) = (&self.m[i], &self.v[i]);
+        let all = [p, g, m, v];
+        if all.iter().any(|t| t.dtype() != DType::F32 || !t.device().is_cpu() || t.dims() != p.dims()) {
+            return Ok(false);
+        }
+        if [p, m, v].iter().any(|t| !t.is_contiguous()) {
+            return Ok(false);
+        }
+        let g = g.contiguous()?;
+        // The same f32 constants and operation order as the tensor-op form (candle casts
+        // each f64 scalar to f32 and divides by multiplying with the reciprocal).
+        m.inplace_op2(&g, &Moment { keep: self.beta1 as f32, take: (1.0 - self.beta1) as f32, square: false })?;
+        v.inplace_op2(&g, &Moment { keep: self.beta2 as f32, take: (1.0 - self.beta2) as f32, square: true })?;
+        let step = ParamStep {
+            decay: (1.0 - lr * self.weight_decay) as f32,
+            lr: lr as f32,
+            eps: self.eps as f32,
+            ibc1: (1.0 / bc1) as f32,
+            ibc2: (1.0 / bc2) as f32,
+        };
+        p.inplace_op3(m, v, &step)?;
+        Ok(true)
     }
 
     /// The moments, as `m.<name>` / `v.<name>` tensors.
@@ -82,6 +122,83 @@ impl AdamW {
             }
         }
         self.t = t;
+        Ok(())
+    }
+}
+
+const CHUNK: usize = 16 * 1024;
+
+fn f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(d), Some((a, b))) => Ok(&mut d[a..b]),
+        _ => bail!("adamw: expected a contiguous f32 tensor"),
+    }
+}
+
+fn f32_ref<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
+        _ => bail!("adamw: expected a contiguous f32 tensor"),
+    }
+}
+
+/// `m = keep * m + take * g` (or `g * g` for the second moment), in place.
+struct Moment {
+    keep: f32,
+    take: f32,
+    square: bool,
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "anneal-adamw-moment"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let m = f32_mut(s1, l1)?;
+        let g = f32_ref(s2, l2)?;
+        m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
+            for (m, &g) in m.iter_mut().zip(g) {
+                let x = if self.square { g * g } else { g };
+                *m = *m * self.keep + x * self.take;
+            }
+        });
+        Ok(())
+    }
+}
+
+/// `p = p * decay - lr * (m * ibc1) / (sqrt(v * ibc2) + eps)`, in place.
+struct ParamStep {
+    decay: f32,
+    lr: f32,
+    eps: f32,
+    ibc1: f32,
+    ibc2: f32,
+}
+
+impl InplaceOp3 for ParamStep {
+    fn name(&self) -> &'static str {
+        "anneal-adamw-param"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let p = f32_mut(s1, l1)?;
+        let m = f32_ref(s2, l2)?;
+        let v = f32_ref(s3, l3)?;
+        p.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK))).for_each(|(p, (m, v))| {
+            for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                let update = (m * self.ibc1) / ((v * self.ibc2).sqrt() + self.eps);
+                *p = *p * self.decay - update * self.lr;
+            }
+        });
         Ok(())
     }
 }
