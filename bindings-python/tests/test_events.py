@@ -119,24 +119,22 @@ def test_cancel_token(home, ds, big_file):
     assert ds.list() == [] and dataset_dirs(home) == []
 
 
-def _once_progressing(action):
-    """An on_event callback that starts `action` on another thread at the first progress
-    event, so the action lands mid-import however fast the machine is."""
-    started = []
-
-    def on_event(event):
-        if event["type"] == "task_progress" and not started:
-            started.append(threading.Timer(0.01, action))
-            started[0].start()
-
-    return on_event, started
+@pytest.fixture(scope="module")
+def huge_file(big_file, tmp_path_factory):
+    """~120 MB: a Ctrl-C or cancel 0.2 s in always lands mid-import, however fast the build."""
+    chunk = open(big_file, "rb").read()
+    path = tmp_path_factory.mktemp("huge") / "huge.jsonl"
+    with open(path, "wb") as f:
+        for _ in range(4):
+            f.write(chunk)
+    return path
 
 
-def test_cancel_from_another_thread(ds, big_file):
+def test_cancel_from_another_thread(ds, huge_file):
     token = anneal.CancelToken()
-    on_event, _ = _once_progressing(token.cancel)
+    threading.Timer(0.2, token.cancel).start()
     with pytest.raises(anneal.CancelledError):
-        ds.import_file(big_file, name="big", cancel=token, on_event=on_event)
+        ds.import_file(huge_file, name="big", cancel=token)
     assert ds.list() == []
 
 
@@ -189,16 +187,16 @@ def test_records_import_releases_the_gil(ds):
     assert sum(t0 < x < t1 for x in ticks) >= 5
 
 
-def test_ctrl_c_interrupts_an_import(home, ds, big_file):
-    on_event, timers = _once_progressing(_thread.interrupt_main)
+def test_ctrl_c_interrupts_an_import(home, ds, huge_file):
+    timer = threading.Timer(0.2, _thread.interrupt_main)
+    timer.start()
     t0 = time.monotonic()
     try:
         with pytest.raises(KeyboardInterrupt):
-            ds.import_file(big_file, name="big", on_event=on_event)
+            ds.import_file(huge_file, name="big")
         assert time.monotonic() - t0 < 5
     finally:
-        for t in timers:
-            t.cancel()
+        timer.cancel()
     assert ds.list() == [] and dataset_dirs(home) == []
 
 
@@ -219,20 +217,15 @@ def test_ctrl_c_interrupts_a_records_import(ds):
     assert ds.list() == []
 
 
-def test_ctrl_c_callback_sees_cancelled(ds, big_file):
+def test_ctrl_c_callback_sees_cancelled(ds, huge_file):
     events = []
-    start, timers = _once_progressing(_thread.interrupt_main)
-
-    def on_event(event):
-        events.append(event)
-        start(event)
-
+    timer = threading.Timer(0.2, _thread.interrupt_main)
+    timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            ds.import_file(big_file, name="big", on_event=on_event)
+            ds.import_file(huge_file, name="big", on_event=events.append)
     finally:
-        for t in timers:
-            t.cancel()
+        timer.cancel()
     assert events[-1]["type"] == "task_finished" and events[-1]["status"] == "cancelled"
 
 
