@@ -15,8 +15,8 @@
 //! 3. Trains a LoRA adapter (r 16, all linear layers) on `double` on top of it.
 //! 4. Greedy-decodes 100 held-out words with each model and counts exact answers.
 //!
-//! Measured on the 2-core CPU (release): ~65 s in all; uppercase 0% -> 100%, double
-//! 0% -> ~78%.
+//! Measured on the 2-core CPU (release): 45-65 s in all; uppercase 0% -> 100%, double
+//! 0% -> ~80%.
 
 use std::time::{Duration, Instant};
 
