@@ -385,20 +385,7 @@ impl Run<'_> {
                 model.num_trainable_params()
             ),
         )?;
-        let progress = |s: &TrainerState| s.step as f64 / total.max(1) as f64;
-        self.write_live(&Progress {
-            progress: progress(&s),
-            epoch: s.epoch + 1,
-            step: s.step,
-            total_steps: total,
-            tokens: s.tokens,
-            loss: s.loss,
-            eval_loss: s.eval_loss,
-            lr: None,
-            tokens_per_sec: None,
-            sample: None,
-            checkpoint: None,
-        })?;
+        self.write_live(&snapshot(&s, total, None))?;
         let mut last_eval_step = None;
         let mut stopped_early = false;
         'outer: while s.step < total {
@@ -417,19 +404,7 @@ impl Run<'_> {
                     )?;
                     self.log("info", format!("cancelled at step {}", s.step))?;
                     let ck = self.checkpoint_rel.clone();
-                    self.write_live(&Progress {
-                        progress: progress(&s),
-                        epoch: s.epoch + 1,
-                        step: s.step,
-                        total_steps: total,
-                        tokens: s.tokens,
-                        loss: s.loss,
-                        eval_loss: s.eval_loss,
-                        lr: None,
-                        tokens_per_sec: None,
-                        sample: None,
-                        checkpoint: ck.as_deref(),
-                    })?;
+                    self.write_live(&snapshot(&s, total, ck.as_deref()))?;
                     return Err(Error::Cancelled);
                 }
                 let t0 = Instant::now();
@@ -493,11 +468,11 @@ impl Run<'_> {
                     loss,
                     lr,
                     tokens_per_sec: tps,
-                    progress: progress(&s),
+                    progress: snapshot(&s, total, None).progress,
                     sample: sample.clone(),
                 })?;
                 self.last = Some(LastStep {
-                    progress: progress(&s),
+                    progress: snapshot(&s, total, None).progress,
                     epoch: s.epoch + 1,
                     step: s.step,
                     total,
@@ -537,17 +512,10 @@ impl Run<'_> {
                 if due || force {
                     let ck = self.checkpoint_rel.clone();
                     self.write_live(&Progress {
-                        progress: progress(&s),
-                        epoch: s.epoch + 1,
-                        step: s.step,
-                        total_steps: total,
-                        tokens: s.tokens,
-                        loss: s.loss,
-                        eval_loss: s.eval_loss,
                         lr: Some(lr),
                         tokens_per_sec: Some(tps),
                         sample: sample.as_deref(),
-                        checkpoint: ck.as_deref(),
+                        ..snapshot(&s, total, ck.as_deref())
                     })?;
                 }
                 if stopped_early {
@@ -602,19 +570,7 @@ impl Run<'_> {
         let rec = registry.register_trained(&mut staging, &name, &base, format!("job:{}", job_id.0), lineage)?;
         self.log("info", format!("registered {} ({}) as {}", rec.reference(), rec.kind.as_str(), rec.id))?;
         let ck = self.checkpoint_rel.clone();
-        self.write_live(&Progress {
-            progress: 1.0,
-            epoch: s.epoch.max(1),
-            step: s.step,
-            total_steps: total,
-            tokens: s.tokens,
-            loss: s.loss,
-            eval_loss: s.eval_loss,
-            lr: None,
-            tokens_per_sec: None,
-            sample: None,
-            checkpoint: ck.as_deref(),
-        })?;
+        self.write_live(&Progress { progress: 1.0, epoch: s.epoch.max(1), ..snapshot(&s, total, ck.as_deref()) })?;
         Ok(TrainReport {
             job_id,
             model: rec.id,
@@ -710,4 +666,21 @@ fn default_name(base: &str, method: &str, job: &JobId) -> String {
     let short: String = job.0.trim_start_matches("job_").chars().take(8).collect();
     let base = base.replace('/', "-");
     format!("{base}-{method}-{date}-{time}-{short}")
+}
+
+/// The live state of `s` for the catalog (no per-step figures: callers add them).
+fn snapshot<'a>(s: &TrainerState, total: u64, checkpoint: Option<&'a str>) -> Progress<'a> {
+    Progress {
+        progress: s.step as f64 / total.max(1) as f64,
+        epoch: s.epoch + 1,
+        step: s.step,
+        total_steps: total,
+        tokens: s.tokens,
+        loss: s.loss,
+        eval_loss: s.eval_loss,
+        lr: None,
+        tokens_per_sec: None,
+        sample: None,
+        checkpoint,
+    }
 }
