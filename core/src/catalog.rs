@@ -4,6 +4,7 @@
 //! file at once (WAL, busy timeout, `BEGIN IMMEDIATE` for every write).
 
 pub(crate) mod datasets;
+pub(crate) mod generations;
 pub(crate) mod jobs;
 pub(crate) mod models;
 
@@ -16,8 +17,11 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use crate::error::{Error, Result};
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] =
-    &[include_str!("catalog/migrations/0001_init.sql"), include_str!("catalog/migrations/0002_jobs.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("catalog/migrations/0001_init.sql"),
+    include_str!("catalog/migrations/0002_jobs.sql"),
+    include_str!("catalog/migrations/0003_generations.sql"),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

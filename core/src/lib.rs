@@ -39,6 +39,7 @@ mod catalog;
 mod data;
 mod error;
 pub mod events;
+mod generation;
 mod home;
 pub mod lora;
 pub mod models;
@@ -56,12 +57,16 @@ pub use events::{
     CancelToken, ErrorInfo, Event, EventSink, FinishStatus, JsonLinesSink, NoopSink, RecordingSink, TerminalSink,
     Throttle,
 };
+pub use generation::{
+    FinishReason, Generation, GenerationConfig, GenerationFilter, GenerationRecord, Generator, GeneratorOptions,
+    ModelUsage, Prompt, Score, StreamChunk, Timings, TokenStream, DEFAULT_MAX_NEW_TOKENS,
+};
 pub use home::Home;
 pub use lora::LoraConfig;
 pub use models::presets::Preset;
 pub use models::{
-    causal_lm_loss, load_model, Activation, Family, ForwardMode, LoadOptions, Model, ModelConfig, ModelSource,
-    RopeScaling,
+    causal_lm_loss, load_model, Activation, Family, ForwardMode, KvCache, LoadOptions, Model, ModelConfig,
+    ModelSource, RopeScaling,
 };
 pub use registry::{
     ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelRegistry, PresetOptions, RegisterOptions,

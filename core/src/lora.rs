@@ -34,7 +34,45 @@ pub(crate) struct LoraState {
     pub(crate) base_model_name_or_path: Option<String>,
 }
 
+/// An unmerged adapter taken off a model's layers, to be put back later (several
+/// adapters sharing one loaded base).
+#[derive(Debug, Clone)]
+pub(crate) struct AdapterSlot {
+    state: LoraState,
+    layers: HashMap<String, LoraAdapter>,
+}
+
 impl Model {
+    /// Takes the attached (unmerged) adapter off the layers; the model is then the base.
+    pub(crate) fn take_adapter(&mut self) -> Result<Option<AdapterSlot>> {
+        if self.is_lora_merged() {
+            return Err(Error::config("adapter", "a merged adapter cannot be detached; unmerge it first"));
+        }
+        let Some(state) = self.lora_state().cloned() else {
+            return Ok(None);
+        };
+        let mut layers = HashMap::new();
+        for (name, l) in self.linears_mut() {
+            if let Some(a) = l.lora.take() {
+                layers.insert(name, a);
+            }
+        }
+        self.set_lora_state(None);
+        Ok(Some(AdapterSlot { state, layers }))
+    }
+
+    /// Puts `slot` on the layers (or none: the bare base), replacing an unmerged adapter.
+    pub(crate) fn put_adapter(&mut self, slot: Option<&AdapterSlot>) -> Result<()> {
+        if self.is_lora_merged() {
+            return Err(Error::config("adapter", "the model has a merged adapter; it cannot be switched"));
+        }
+        for (name, l) in self.linears_mut() {
+            l.lora = slot.and_then(|s| s.layers.get(&name).cloned());
+        }
+        self.set_lora_state(slot.map(|s| s.state.clone()));
+        Ok(())
+    }
+
     /// Attaches a new adapter initialised as PEFT does: A ~ kaiming-uniform(a = sqrt(5))
     /// (uniform in ±1/sqrt(in_features)) from `seed`, B = 0, so the model's output is
     /// unchanged until training moves B.

@@ -11,6 +11,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cache;
 mod config;
 pub(crate) mod fused;
 mod gpt2;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var, D};
 use serde_json::Value;
 
+pub use cache::KvCache;
 pub use config::{Activation, Family, ModelConfig, RopeScaling};
 
 use crate::error::{Error, IoResultExt, Location, Result};
@@ -245,9 +247,27 @@ impl Model {
     pub fn forward_with(&self, input_ids: &Tensor, position_offset: usize, mode: ForwardMode) -> Result<Tensor> {
         check_ids("input_ids", input_ids, self.config.vocab_size, false)?;
         match &self.arch {
-            Arch::Gpt2(m) => m.forward(input_ids, position_offset, mode),
-            Arch::Llama(m) => m.forward(input_ids, position_offset, mode),
+            Arch::Gpt2(m) => m.forward(input_ids, position_offset, mode, None, false),
+            Arch::Llama(m) => m.forward(input_ids, position_offset, mode, None, false),
         }
+    }
+
+    /// Inference with a [`KvCache`]: runs `input_ids` (`[batch, t]`) after the cached
+    /// positions, appends their keys and values, and returns the logits of the last
+    /// position only (`[batch, vocab]`), or of every new position (`[batch, t, vocab]`).
+    pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
+        check_ids("input_ids", input_ids, self.config.vocab_size, false)?;
+        let logits = match &self.arch {
+            Arch::Gpt2(m) => m.forward(input_ids, 0, ForwardMode::Infer, Some(cache), last_only)?,
+            Arch::Llama(m) => m.forward(input_ids, 0, ForwardMode::Infer, Some(cache), last_only)?,
+        };
+        Ok(if last_only { logits.squeeze(1)? } else { logits })
+    }
+
+    /// A cache sized for this model: `batch` rows (left padding `pads`, if given) and up
+    /// to `capacity` positions (at most the model's context).
+    pub fn new_cache(&self, pads: Vec<usize>, capacity: usize) -> KvCache {
+        KvCache::with_padding(pads, capacity.min(self.config.max_position_embeddings))
     }
 
     /// Causal-LM loss as transformers computes it: logits[:, :-1] against labels[:, 1:],
@@ -357,6 +377,14 @@ impl Model {
     pub fn lora_config(&self) -> Option<&LoraConfig> {
         self.lora.as_ref().map(|l| &l.config)
     }
+}
+
+/// Checks that `positions` fit the model's context (`field` names the config key).
+pub(crate) fn check_positions(positions: usize, max: usize, field: &str) -> Result<()> {
+    if positions > max {
+        return Err(Error::config("input_ids", format!("sequence of {positions} positions exceeds {field} {max}")));
+    }
+    Ok(())
 }
 
 /// Checks that `ids` are integers in `0..vocab` (`allow_ignore`: -100 too).
@@ -470,6 +498,19 @@ pub(crate) mod ops {
         dtype: DType,
         dev: &Device,
     ) -> Result<(Tensor, Tensor)> {
+        let positions: Vec<usize> = (offset..offset + t).collect();
+        rope_tables_at(theta, scaling, head_dim, &positions, dtype, dev)
+    }
+
+    /// cos and sin tables `[positions.len(), head_dim / 2]` for arbitrary positions.
+    pub(crate) fn rope_tables_at(
+        theta: f64,
+        scaling: Option<RopeScaling>,
+        head_dim: usize,
+        positions: &[usize],
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let half = head_dim / 2;
         let inv: Vec<f32> = (0..half)
             .map(|i| {
@@ -477,17 +518,18 @@ pub(crate) mod ops {
                 scale_inv_freq(f, scaling)
             })
             .collect();
-        let mut cos = Vec::with_capacity(t * half);
-        let mut sin = Vec::with_capacity(t * half);
-        for p in offset..offset + t {
+        let n = positions.len();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for &p in positions {
             for f in &inv {
                 let a = p as f32 * f;
                 cos.push(a.cos());
                 sin.push(a.sin());
             }
         }
-        let cos = Tensor::from_vec(cos, (t, half), dev)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (t, half), dev)?.to_dtype(dtype)?;
+        let cos = Tensor::from_vec(cos, (n, half), dev)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (n, half), dev)?.to_dtype(dtype)?;
         Ok((cos, sin))
     }
 
@@ -524,8 +566,12 @@ pub(crate) mod ops {
             ForwardMode::Train => {
                 let d = x.dim(D::Minus1)?;
                 let half = d / 2;
-                let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(0)?.unsqueeze(0)?;
-                let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(0)?.unsqueeze(0)?;
+                // [t, d/2] tables broadcast over batch and heads; [b, t, d/2] over heads.
+                let lift = |c: &Tensor| -> Result<Tensor> {
+                    let c = Tensor::cat(&[c, c], D::Minus1)?;
+                    Ok(if c.rank() == 2 { c.unsqueeze(0)?.unsqueeze(0)? } else { c.unsqueeze(1)? })
+                };
+                let (cos, sin) = (lift(cos)?, lift(sin)?);
                 let x1 = x.narrow(D::Minus1, 0, half)?;
                 let x2 = x.narrow(D::Minus1, half, d - half)?;
                 let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
@@ -544,20 +590,37 @@ pub(crate) mod ops {
     }
 
     /// Additive causal mask `[t, past + t]`: 0 where query i (at past + i) may see key
-    /// j, -inf elsewhere; `window` limits how far back it sees (Mistral).
-    pub(crate) fn causal_mask(t: usize, past: usize, window: Option<usize>, dev: &Device) -> Result<Tensor> {
+    /// j, -inf elsewhere; `window` limits how far back it sees (Mistral). With left
+    /// padding (`pads[row]` > 0 for some row) it is `[b, 1, t, past + t]` and no query
+    /// sees a padding key, except a padding query its own (so no row is all -inf).
+    pub(crate) fn causal_mask(
+        t: usize,
+        past: usize,
+        window: Option<usize>,
+        pads: &[usize],
+        dev: &Device,
+    ) -> Result<Tensor> {
         let kv = past + t;
-        let mut m = vec![0f32; t * kv];
-        for i in 0..t {
-            let qpos = past + i;
-            for j in 0..kv {
-                let visible = j <= qpos && window.is_none_or(|w| qpos - j < w);
-                if !visible {
-                    m[i * kv + j] = f32::NEG_INFINITY;
+        let padded = pads.iter().any(|&p| p > 0);
+        let rows: &[usize] = if padded { pads } else { &[0] };
+        let mut m = vec![0f32; rows.len() * t * kv];
+        for (r, &pad) in rows.iter().enumerate() {
+            for i in 0..t {
+                let qpos = past + i;
+                for j in 0..kv {
+                    let visible =
+                        (j <= qpos && j >= pad && window.is_none_or(|w| qpos - j < w)) || (j == qpos && qpos < pad);
+                    if !visible {
+                        m[(r * t + i) * kv + j] = f32::NEG_INFINITY;
+                    }
                 }
             }
         }
-        Ok(Tensor::from_vec(m, (t, kv), dev)?)
+        Ok(if padded {
+            Tensor::from_vec(m, (rows.len(), 1, t, kv), dev)?
+        } else {
+            Tensor::from_vec(m, (t, kv), dev)?
+        })
     }
 
     /// The causal mask of one forward pass: built on first use only (the fused training
@@ -566,20 +629,30 @@ pub(crate) mod ops {
         t: usize,
         past: usize,
         window: Option<usize>,
+        pads: Vec<usize>,
         dev: Device,
         tensor: std::sync::OnceLock<Tensor>,
     }
 
     impl CausalMask {
-        pub(crate) fn new(t: usize, past: usize, window: Option<usize>, dev: &Device) -> Self {
-            Self { t, past, window, dev: dev.clone(), tensor: std::sync::OnceLock::new() }
+        pub(crate) fn new(t: usize, past: usize, window: Option<usize>, pads: &[usize], dev: &Device) -> Self {
+            Self { t, past, window, pads: pads.to_vec(), dev: dev.clone(), tensor: std::sync::OnceLock::new() }
+        }
+
+        /// Whether the mask hides nothing (one new query without padding or window cut).
+        fn is_trivial(&self) -> bool {
+            self.t == 1 && self.pads.iter().all(|&p| p == 0) && self.window.is_none_or(|w| w > self.past)
+        }
+
+        fn padded(&self) -> bool {
+            self.pads.iter().any(|&p| p > 0)
         }
 
         fn tensor(&self) -> Result<&Tensor> {
             if let Some(m) = self.tensor.get() {
                 return Ok(m);
             }
-            let m = causal_mask(self.t, self.past, self.window, &self.dev)?;
+            let m = causal_mask(self.t, self.past, self.window, &self.pads, &self.dev)?;
             Ok(self.tensor.get_or_init(|| m))
         }
     }
@@ -593,14 +666,15 @@ pub(crate) mod ops {
         scale: f64,
         mode: ForwardMode,
     ) -> Result<Tensor> {
-        if mode == ForwardMode::Train && super::fused::usable(q) {
+        if mode == ForwardMode::Train && !mask.padded() && super::fused::usable(q) {
             let scores = q.matmul(&k.t()?)?;
             let op = super::fused::CausalSoftmax { scale: scale as f32, past: mask.past, window: mask.window };
             return Ok(scores.apply_op1(op)?.matmul(&v.contiguous()?)?);
         }
-        let mask = mask.tensor()?;
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if !mask.is_trivial() {
+            scores = scores.broadcast_add(&mask.tensor()?.to_dtype(scores.dtype())?)?;
+        }
         let probs = match mode {
             ForwardMode::Infer => candle_nn::ops::softmax_last_dim(&scores)?,
             ForwardMode::Train => {

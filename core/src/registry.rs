@@ -229,6 +229,10 @@ pub struct ModelRegistry {
 const RESERVED_ALIASES: [&str; 1] = ["latest"];
 
 impl ModelRegistry {
+    pub(crate) fn home(&self) -> &Arc<HomeInner> {
+        &self.home
+    }
+
     pub(crate) fn new(home: Arc<HomeInner>) -> Self {
         Self { home }
     }

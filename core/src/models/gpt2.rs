@@ -4,9 +4,10 @@
 use candle_core::{Tensor, D};
 
 use super::config::{Activation, ModelConfig};
+use super::cache::KvCache;
 use super::load::Weights;
-use super::{ops, ForwardMode, Params};
-use crate::error::{Error, Result};
+use super::{check_positions, ops, ForwardMode, Params};
+use crate::error::Result;
 use crate::lora::linear::Linear;
 
 pub(crate) struct Block {
@@ -64,23 +65,40 @@ impl Gpt2 {
         Ok(Self { wte, wpe, blocks, ln_f, cfg: cfg.clone() })
     }
 
-    /// Logits `[batch, seq, vocab]`.
-    pub(crate) fn forward(&self, ids: &Tensor, offset: usize, mode: ForwardMode) -> Result<Tensor> {
+    /// Logits `[batch, seq, vocab]` (`[batch, 1, vocab]` for the last position only with
+    /// `last_only`). With a cache, `ids` continue the cached positions (`offset` is
+    /// ignored) and their keys and values are appended to it.
+    pub(crate) fn forward(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        mode: ForwardMode,
+        mut cache: Option<&mut KvCache>,
+        last_only: bool,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
-        if offset + t > cfg.max_position_embeddings {
-            return Err(Error::config(
-                "input_ids",
-                format!("sequence of {} positions exceeds n_positions {}", offset + t, cfg.max_position_embeddings),
-            ));
+        let offset = cache.as_ref().map_or(offset, |c| c.len());
+        check_positions(offset + t, cfg.max_position_embeddings, "n_positions")?;
+        if let Some(c) = cache.as_ref() {
+            c.check(b, t)?;
         }
         let train = mode == ForwardMode::Train;
         let h = cfg.hidden_size;
         let (nh, hd) = (cfg.num_attention_heads, cfg.head_dim);
         let tok = ops::embed(&self.wte, ids)?;
-        let pos = self.wpe.narrow(0, offset, t)?;
-        let mut x = tok.broadcast_add(&pos)?;
-        let mask = ops::CausalMask::new(t, 0, None, x.device());
+        let no_pads = [0usize];
+        let pads = cache.as_ref().filter(|c| c.has_padding()).map_or(&no_pads[..], |c| c.pads());
+        let mut x = match cache.as_ref().filter(|c| c.has_padding()) {
+            Some(c) => {
+                let pos: Vec<u32> = c.positions(t).into_iter().map(|p| p as u32).collect();
+                let pos = Tensor::from_vec(pos, (b, t), tok.device())?;
+                (tok + ops::embed(&self.wpe, &pos)?)?
+            }
+            None => tok.broadcast_add(&self.wpe.narrow(0, offset, t)?)?,
+        };
+        let past = if cache.is_some() { offset } else { 0 };
+        let mask = ops::CausalMask::new(t, past, None, pads, x.device());
         for (i, blk) in self.blocks.iter().enumerate() {
             let r = ops::layer_norm(&x, &blk.ln_1.0, &blk.ln_1.1, cfg.norm_eps, mode)?;
             let qkv = blk.c_attn.forward(&r, train)?;
@@ -88,6 +106,10 @@ impl Gpt2 {
                 Ok(qkv.narrow(D::Minus1, j * h, h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?)
             };
             let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
+            let (k, v) = match cache.as_mut() {
+                Some(c) => c.append(i, &k, &v)?,
+                None => (k, v),
+            };
             let mut scale = 1.0 / (hd as f64).sqrt();
             if cfg.scale_attn_by_inverse_layer_idx {
                 scale /= (i + 1) as f64;
@@ -106,6 +128,10 @@ impl Gpt2 {
             };
             x = (x + blk.mlp_proj.forward(&m, train)?)?;
         }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        let x = if last_only { x.narrow(1, t - 1, 1)? } else { x };
         let x = ops::layer_norm(&x, &self.ln_f.0, &self.ln_f.1, cfg.norm_eps, mode)?;
         Linear::new(self.wte.clone(), None, false).forward(&x, train)
     }

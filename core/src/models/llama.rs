@@ -4,9 +4,10 @@
 use candle_core::Tensor;
 
 use super::config::ModelConfig;
+use super::cache::KvCache;
 use super::load::Weights;
-use super::{ops, ForwardMode, Params};
-use crate::error::{Error, Result};
+use super::{check_positions, ops, ForwardMode, Params};
+use crate::error::Result;
 use crate::lora::linear::Linear;
 
 pub(crate) struct Layer {
@@ -62,27 +63,41 @@ impl Llama {
         Ok(Self { embed_tokens, layers, norm, lm_head, cfg: cfg.clone() })
     }
 
-    /// Logits `[batch, seq, vocab]`.
-    pub(crate) fn forward(&self, ids: &Tensor, offset: usize, mode: ForwardMode) -> Result<Tensor> {
+    /// Logits `[batch, seq, vocab]` (`[batch, 1, vocab]` for the last position only with
+    /// `last_only`). With a cache, `ids` continue the cached positions (`offset` is
+    /// ignored) and their keys and values are appended to it.
+    pub(crate) fn forward(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        mode: ForwardMode,
+        mut cache: Option<&mut KvCache>,
+        last_only: bool,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
-        if offset + t > cfg.max_position_embeddings {
-            return Err(Error::config(
-                "input_ids",
-                format!(
-                    "sequence of {} positions exceeds max_position_embeddings {}",
-                    offset + t,
-                    cfg.max_position_embeddings
-                ),
-            ));
+        let offset = cache.as_ref().map_or(offset, |c| c.len());
+        check_positions(offset + t, cfg.max_position_embeddings, "max_position_embeddings")?;
+        if let Some(c) = cache.as_ref() {
+            c.check(b, t)?;
         }
         let train = mode == ForwardMode::Train;
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let mut x = ops::embed(&self.embed_tokens, ids)?;
-        let (cos, sin) = ops::rope_tables(cfg.rope_theta, cfg.rope_scaling, hd, offset, t, x.dtype(), x.device())?;
-        let mask = ops::CausalMask::new(t, 0, cfg.sliding_window, x.device());
+        let no_pads = [0usize];
+        let pads = cache.as_ref().filter(|c| c.has_padding()).map_or(&no_pads[..], |c| c.pads());
+        let (cos, sin) = match cache.as_ref().filter(|c| c.has_padding()) {
+            Some(c) => {
+                let (cos, sin) =
+                    ops::rope_tables_at(cfg.rope_theta, cfg.rope_scaling, hd, &c.positions(t), x.dtype(), x.device())?;
+                (cos.reshape((b, t, hd / 2))?, sin.reshape((b, t, hd / 2))?)
+            }
+            None => ops::rope_tables(cfg.rope_theta, cfg.rope_scaling, hd, offset, t, x.dtype(), x.device())?,
+        };
+        let past = if cache.is_some() { offset } else { 0 };
+        let mask = ops::CausalMask::new(t, past, cfg.sliding_window, pads, x.device());
         let scale = 1.0 / (hd as f64).sqrt();
-        for l in &self.layers {
+        for (i, l) in self.layers.iter().enumerate() {
             let r = ops::rms_norm(&x, &l.input_layernorm, cfg.norm_eps, mode)?;
             let split = |y: Tensor, n: usize| -> Result<Tensor> {
                 Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
@@ -92,6 +107,10 @@ impl Llama {
             let v = split(l.v_proj.forward(&r, train)?, nkv)?;
             let q = ops::rope(&q, &cos, &sin, mode)?;
             let k = ops::rope(&k, &cos, &sin, mode)?;
+            let (k, v) = match cache.as_mut() {
+                Some(c) => c.append(i, &k, &v)?,
+                None => (k, v),
+            };
             let k = ops::repeat_kv(&k, nh / nkv)?;
             let v = ops::repeat_kv(&v, nh / nkv)?;
             let y = ops::attention(&q, &k, &v, &mask, scale, mode)?;
@@ -107,6 +126,10 @@ impl Llama {
             };
             x = (x + l.down_proj.forward(&m, train)?)?;
         }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        let x = if last_only { x.narrow(1, t - 1, 1)? } else { x };
         let x = ops::rms_norm(&x, &self.norm, cfg.norm_eps, mode)?;
         match &self.lm_head {
             Some(head) => head.forward(&x, train),

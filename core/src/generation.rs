@@ -1,0 +1,1183 @@
+//! Generator: text generation with any registered model (base, full fine-tune, or a
+//! base with LoRA adapters), with a KV cache, greedy or sampled decoding, stop
+//! sequences, streaming, batches, and scoring. Every call is recorded in the catalog.
+//!
+//! ```no_run
+//! # fn main() -> anneal::Result<()> {
+//! use anneal::{GenerationConfig, GeneratorOptions, Home};
+//! let home = Home::open("./anneal-home")?;
+//! let gen = home.generator("my-model@latest", &GeneratorOptions::default())?;
+//! let out = gen.generate("Question: what is 2+2?\nAnswer:", &GenerationConfig::default())?;
+//! println!("{} ({:?}, {:.0} tokens/s)", out.text, out.finish_reason, out.timings.decode_tokens_per_s);
+//! for piece in gen.stream("Once upon a time", &GenerationConfig { temperature: Some(0.8), seed: Some(1), ..Default::default() })? {
+//!     print!("{}", piece?.text);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod sampling;
+mod text;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::catalog::generations as sql;
+use crate::error::{Error, Result};
+use crate::home::HomeInner;
+use crate::lora::AdapterSlot;
+use crate::models::{KvCache, LoadOptions, Model};
+use crate::registry::{ModelId, ModelKind, ModelRecord, ModelRef, ModelRegistry};
+use crate::tokenizer::{ChatMessage, Tokenizer};
+use crate::util::{new_id, now};
+use sampling::Sampler;
+use text::TextTracker;
+
+/// Used when neither the request nor the model's generation_config.json sets it.
+pub const DEFAULT_MAX_NEW_TOKENS: usize = 256;
+
+/// How to load a model for generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeneratorOptions {
+    /// For an adapter: fold it into the base weights at load (fastest). With `false` the
+    /// base stays as it is and adapters are applied per request, so several adapters
+    /// of one base share one loaded model ([`Generator::add_adapter`],
+    /// [`GenerationConfig::adapter`]).
+    pub merge_adapter: bool,
+    /// Compute dtype: `f32` (default), `bf16` or `f16`.
+    pub dtype: String,
+    /// Record every call in the catalog's `generations` table (usage statistics).
+    pub record: bool,
+}
+
+impl Default for GeneratorOptions {
+    fn default() -> Self {
+        Self { merge_adapter: true, dtype: "f32".into(), record: true }
+    }
+}
+
+/// Settings of one request. Unset fields come from the model's
+/// `generation_config.json` (as transformers does), then from the built-in defaults:
+/// greedy decoding (temperature 0), no top-k / top-p / min-p filter, no repetition
+/// penalty, [`DEFAULT_MAX_NEW_TOKENS`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenerationConfig {
+    /// Most tokens to generate (also bounded by the model's context).
+    pub max_new_tokens: Option<usize>,
+    /// 0 = greedy (argmax); above 0 samples from softmax(logits / temperature).
+    pub temperature: Option<f64>,
+    /// Sample among the k most likely tokens only (0 = off).
+    pub top_k: Option<usize>,
+    /// Sample among the most likely tokens whose probabilities add up to top_p (1 = off).
+    pub top_p: Option<f64>,
+    /// Drop tokens less likely than min_p times the most likely one (0 = off).
+    pub min_p: Option<f64>,
+    /// Penalise tokens already in the prompt or output (CTRL; 1 = off).
+    pub repetition_penalty: Option<f64>,
+    /// Seed of the sampler: same seed, same prompt, same settings -> same output.
+    /// Unset: a random seed, reported in [`Generation::seed`].
+    pub seed: Option<u64>,
+    /// Stop before any of these strings (matched across token boundaries; not included
+    /// in the text).
+    pub stop: Vec<String>,
+    /// Keep going past end-of-sequence tokens (benchmarks).
+    pub ignore_eos: bool,
+    /// The adapter to apply (a model reference) on a generator loaded with
+    /// `merge_adapter: false`; loaded on first use. Unset: the generator's own.
+    pub adapter: Option<String>,
+}
+
+/// A prompt: text (tokenised with the model's special tokens, e.g. BOS), chat messages
+/// (rendered with the model's chat template, ChatML when it has none), or token ids.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Chat(Vec<ChatMessage>),
+    Tokens(Vec<u32>),
+}
+
+impl From<&str> for Prompt {
+    fn from(s: &str) -> Self {
+        Prompt::Text(s.to_string())
+    }
+}
+impl From<String> for Prompt {
+    fn from(s: String) -> Self {
+        Prompt::Text(s)
+    }
+}
+impl From<&String> for Prompt {
+    fn from(s: &String) -> Self {
+        Prompt::Text(s.clone())
+    }
+}
+impl From<Vec<ChatMessage>> for Prompt {
+    fn from(m: Vec<ChatMessage>) -> Self {
+        Prompt::Chat(m)
+    }
+}
+impl From<&[ChatMessage]> for Prompt {
+    fn from(m: &[ChatMessage]) -> Self {
+        Prompt::Chat(m.to_vec())
+    }
+}
+impl From<Vec<u32>> for Prompt {
+    fn from(ids: Vec<u32>) -> Self {
+        Prompt::Tokens(ids)
+    }
+}
+impl From<&[u32]> for Prompt {
+    fn from(ids: &[u32]) -> Self {
+        Prompt::Tokens(ids.to_vec())
+    }
+}
+impl From<&Prompt> for Prompt {
+    fn from(p: &Prompt) -> Self {
+        p.clone()
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-sequence token was generated.
+    Eos,
+    /// A stop sequence appeared.
+    Stop,
+    /// `max_new_tokens` or the model's context was reached.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Eos => "eos",
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Where the time of one request went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// From the call to the first generated token (tokenising + the prompt's forward pass).
+    pub ttft_ms: f64,
+    /// After the first token, until the end.
+    pub decode_ms: f64,
+    pub total_ms: f64,
+    /// Prompt tokens per second of the first forward pass.
+    pub prompt_tokens_per_s: f64,
+    /// Generated tokens after the first, per second of decoding.
+    pub decode_tokens_per_s: f64,
+}
+
+/// The result of one prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    /// The catalog row of this call (`None` when recording is off).
+    pub id: Option<String>,
+    /// The model used: the adapter's id when one was applied.
+    pub model_id: ModelId,
+    /// The generated text (without the prompt, special tokens or the stop sequence).
+    pub text: String,
+    /// Every generated token (an end-of-sequence token included).
+    pub token_ids: Vec<u32>,
+    pub finish_reason: FinishReason,
+    /// The stop sequence that ended generation.
+    pub stop_sequence: Option<String>,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// The sampler's seed (`None` for greedy decoding).
+    pub seed: Option<u64>,
+    pub timings: Timings,
+}
+
+/// One piece of a stream: valid UTF-8 text and the tokens it came from. Pieces add up
+/// to [`Generation::text`]; a token that ends inside a character (or text that may
+/// start a stop sequence) is held back until it resolves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamChunk {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+}
+
+/// Loss and perplexity of one text under the model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    /// Mean next-token cross-entropy (nats) over the predicted tokens.
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+    /// Tokens predicted (the text's tokens minus the first).
+    pub tokens: usize,
+}
+
+/// A row of the catalog's `generations` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationRecord {
+    pub id: String,
+    pub model_id: ModelId,
+    pub base_model_id: ModelId,
+    /// `generate`, `stream`, `batch` or `score`.
+    pub kind: String,
+    /// The resolved settings.
+    pub params: Value,
+    pub prompt_tokens: u64,
+    pub generated_tokens: u64,
+    pub finish_reason: Option<String>,
+    pub ttft_ms: Option<f64>,
+    pub duration_ms: f64,
+    pub created_at: String,
+}
+
+/// Which rows [`ModelRegistry::generations`] returns (newest first).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenerationFilter {
+    /// Only calls of this model (a reference); unset: every model.
+    pub model: Option<String>,
+    /// Only `generate`, `stream`, `batch` or `score`.
+    pub kind: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// Totals of a model's recorded calls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelUsage {
+    pub model_id: ModelId,
+    /// Every recorded call (generations and scoring).
+    pub calls: u64,
+    /// Prompts generated for (a batch counts each prompt).
+    pub generations: u64,
+    pub prompt_tokens: u64,
+    pub generated_tokens: u64,
+    pub total_duration_ms: f64,
+    pub last_used_at: Option<String>,
+}
+
+impl ModelRegistry {
+    /// Recorded generation and scoring calls, newest first.
+    pub fn generations(&self, filter: &GenerationFilter) -> Result<Vec<GenerationRecord>> {
+        let model_id = match &filter.model {
+            Some(m) => Some(self.resolve(m.as_str())?.id.0),
+            None => None,
+        };
+        if let Some(k) = filter.kind.as_deref() {
+            if !["generate", "stream", "batch", "score"].contains(&k) {
+                return Err(Error::config("kind", format!("unknown kind `{k}` (generate, stream, batch or score)")));
+            }
+        }
+        self.home().catalog.read(|c| sql::list(c, model_id.as_deref(), filter))
+    }
+
+    /// Usage totals of a model from the catalog.
+    pub fn usage(&self, model: impl Into<ModelRef>) -> Result<ModelUsage> {
+        let rec = self.resolve(model)?;
+        self.home().catalog.read(|c| sql::usage(c, &rec.id.0))
+    }
+}
+
+/// Fully resolved settings of one request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Resolved {
+    pub(crate) max_new_tokens: usize,
+    pub(crate) temperature: f64,
+    pub(crate) top_k: usize,
+    pub(crate) top_p: f64,
+    pub(crate) min_p: f64,
+    pub(crate) repetition_penalty: f64,
+    pub(crate) seed: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) stop: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) ignore_eos: bool,
+}
+
+impl Resolved {
+    #[cfg(test)]
+    pub(crate) fn greedy(max_new_tokens: usize) -> Self {
+        Self {
+            max_new_tokens,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+
+    fn sampled(&self) -> bool {
+        self.temperature > 0.0
+    }
+
+    /// The catalog's `params` (no seed for greedy decoding).
+    fn params(&self, adapter: Option<&str>) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut v {
+            if !self.sampled() {
+                m.remove("seed");
+            }
+            if let Some(a) = adapter {
+                m.insert("adapter".into(), Value::String(a.into()));
+            }
+        }
+        v
+    }
+}
+
+/// Defaults read from generation_config.json.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ModelDefaults {
+    max_new_tokens: Option<usize>,
+    temperature: f64,
+    top_k: usize,
+    top_p: f64,
+    min_p: f64,
+    repetition_penalty: f64,
+}
+
+impl ModelDefaults {
+    fn read(dir: &std::path::Path) -> Result<Self> {
+        let p = dir.join("generation_config.json");
+        let gc: Value = if p.is_file() {
+            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+            serde_json::from_str(&text)
+                .map_err(|e| Error::data(crate::error::Location::file(&p), format!("not valid JSON: {e}")))?
+        } else {
+            Value::Null
+        };
+        let f = |k: &str| gc.get(k).and_then(Value::as_f64);
+        let sample = gc.get("do_sample").and_then(Value::as_bool).unwrap_or(false);
+        // transformers' GenerationConfig defaults when sampling: temperature 1, top_k 50.
+        Ok(Self {
+            max_new_tokens: gc.get("max_new_tokens").and_then(Value::as_u64).map(|n| n as usize),
+            temperature: if sample { f("temperature").unwrap_or(1.0) } else { 0.0 },
+            top_k: if sample { gc.get("top_k").and_then(Value::as_u64).unwrap_or(50) as usize } else { 0 },
+            top_p: if sample { f("top_p").unwrap_or(1.0) } else { 1.0 },
+            min_p: if sample { f("min_p").unwrap_or(0.0) } else { 0.0 },
+            repetition_penalty: f("repetition_penalty").unwrap_or(1.0),
+        })
+    }
+}
+
+/// The loaded model and the adapters that can be switched on it.
+struct Loaded {
+    model: Model,
+    /// Unmerged adapters by model id.
+    adapters: HashMap<String, (ModelRecord, AdapterSlot)>,
+    /// The adapter on the layers now.
+    active: Option<String>,
+}
+
+impl Loaded {
+    /// Puts adapter `want` (or none) on the layers.
+    fn activate(&mut self, want: Option<&str>) -> Result<()> {
+        if self.active.as_deref() == want {
+            return Ok(());
+        }
+        let slot = match want {
+            Some(id) => Some(
+                &self.adapters.get(id).ok_or_else(|| Error::Internal(format!("adapter {id} is not loaded")))?.1,
+            ),
+            None => None,
+        };
+        self.model.put_adapter(slot)?;
+        self.active = want.map(str::to_string);
+        Ok(())
+    }
+}
+
+struct Inner {
+    home: Arc<HomeInner>,
+    registry: ModelRegistry,
+    /// What `load` was given (resolved).
+    record: ModelRecord,
+    /// The weights that are loaded (the adapter's parent for an adapter).
+    base: ModelRecord,
+    /// The adapter merged into the weights at load.
+    merged: Option<ModelRecord>,
+    /// The adapter requests use by default (unmerged mode).
+    default_adapter: Option<String>,
+    tokenizer: Option<Tokenizer>,
+    eos: Vec<u32>,
+    context: usize,
+    vocab: usize,
+    defaults: ModelDefaults,
+    options: GeneratorOptions,
+    state: Mutex<Loaded>,
+}
+
+/// Generates with one loaded model. Cheap to clone, `Send + Sync`; requests from
+/// several threads take turns on the model one forward pass at a time.
+#[derive(Clone)]
+pub struct Generator {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Generator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generator")
+            .field("model", &self.inner.record.reference())
+            .field("base", &self.inner.base.reference())
+            .field("merged", &self.inner.merged.as_ref().map(|m| m.reference()))
+            .finish()
+    }
+}
+
+fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        other => Err(Error::config("dtype", format!("unsupported dtype `{other}` (f32, bf16 or f16)"))),
+    }
+}
+
+impl crate::home::Home {
+    /// Loads `model` for generation ([`Generator::load`]).
+    pub fn generator(&self, model: impl Into<ModelRef>, options: &GeneratorOptions) -> Result<Generator> {
+        Generator::load(&self.models(), model, options)
+    }
+}
+
+impl Generator {
+    /// Loads a registered model: a base, a full fine-tune, or an adapter (with its base;
+    /// merged into it unless `options.merge_adapter` is false).
+    pub fn load(registry: &ModelRegistry, model: impl Into<ModelRef>, options: &GeneratorOptions) -> Result<Self> {
+        let dtype = parse_dtype(&options.dtype)?;
+        let record = registry.resolve(model)?;
+        let base = match record.kind {
+            ModelKind::Lora => {
+                let parent = record.parent_id.clone().ok_or_else(|| {
+                    Error::data(
+                        crate::error::Location::file(&record.path).field("parent_id"),
+                        format!("adapter {} has no base model", record.reference()),
+                    )
+                })?;
+                let base = registry.get(&parent)?;
+                if base.kind == ModelKind::Lora {
+                    return Err(Error::config(
+                        "model",
+                        format!("adapter {} applies to another adapter ({})", record.reference(), base.reference()),
+                    ));
+                }
+                base
+            }
+            _ => record.clone(),
+        };
+        let lo = LoadOptions { trainable: false, dtype, device: Device::Cpu };
+        let mut model = Model::load(&base, &lo)?;
+        let tokenizer = if base.path.join("tokenizer.json").is_file() { Some(Tokenizer::load(&base)?) } else { None };
+        let defaults = ModelDefaults::read(&base.path)?;
+        let mut merged = None;
+        let mut adapters = HashMap::new();
+        let mut default_adapter = None;
+        if record.kind == ModelKind::Lora {
+            model.load_adapter(&record.path)?;
+            if options.merge_adapter {
+                model.merge_lora()?;
+                merged = Some(record.clone());
+            } else {
+                if let Some(slot) = model.take_adapter()? {
+                    adapters.insert(record.id.0.clone(), (record.clone(), slot));
+                }
+                default_adapter = Some(record.id.0.clone());
+            }
+        }
+        let cfg = model.config();
+        let (context, vocab) = (cfg.max_position_embeddings, cfg.vocab_size);
+        let eos = tokenizer.as_ref().map(|t| t.eos_token_ids().to_vec()).unwrap_or_else(|| config_eos(&base.config));
+        Ok(Generator {
+            inner: Arc::new(Inner {
+                home: registry.home().clone(),
+                registry: registry.clone(),
+                record,
+                base,
+                merged,
+                default_adapter,
+                tokenizer,
+                eos,
+                context,
+                vocab,
+                defaults,
+                options: options.clone(),
+                state: Mutex::new(Loaded { model, adapters, active: None }),
+            }),
+        })
+    }
+
+    /// The model this generator was loaded with.
+    pub fn model(&self) -> &ModelRecord {
+        &self.inner.record
+    }
+
+    /// The model whose weights are loaded (the adapter's base for an adapter).
+    pub fn base_model(&self) -> &ModelRecord {
+        &self.inner.base
+    }
+
+    /// The tokenizer (`None` when the model has no tokenizer.json: prompts must be token ids).
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.inner.tokenizer.as_ref()
+    }
+
+    /// The model's context length (positions).
+    pub fn context_length(&self) -> usize {
+        self.inner.context
+    }
+
+    /// Tokens that end generation.
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.inner.eos
+    }
+
+    /// The adapters loaded unmerged on this generator, by model id.
+    pub fn adapters(&self) -> Result<Vec<ModelRecord>> {
+        let st = self.lock()?;
+        let mut v: Vec<ModelRecord> = st.adapters.values().map(|(r, _)| r.clone()).collect();
+        v.sort_by(|a, b| a.id.0.cmp(&b.id.0));
+        Ok(v)
+    }
+
+    /// The settings a request gets for the fields it leaves unset (from the model's
+    /// generation_config.json and the built-in defaults).
+    pub fn defaults(&self) -> GenerationConfig {
+        let d = &self.inner.defaults;
+        GenerationConfig {
+            max_new_tokens: Some(d.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS)),
+            temperature: Some(d.temperature),
+            top_k: Some(d.top_k),
+            top_p: Some(d.top_p),
+            min_p: Some(d.min_p),
+            repetition_penalty: Some(d.repetition_penalty),
+            ..Default::default()
+        }
+    }
+
+    /// Loads an adapter of this generator's base so requests can pick it with
+    /// [`GenerationConfig::adapter`]. Returns its record.
+    pub fn add_adapter(&self, adapter: impl Into<ModelRef>) -> Result<ModelRecord> {
+        let rec = self.inner.registry.resolve(adapter)?;
+        let mut st = self.lock()?;
+        self.add_adapter_locked(&mut st, rec)
+    }
+
+    fn add_adapter_locked(&self, st: &mut Loaded, rec: ModelRecord) -> Result<ModelRecord> {
+        if st.adapters.contains_key(&rec.id.0) {
+            return Ok(rec);
+        }
+        if rec.kind != ModelKind::Lora {
+            return Err(Error::config("adapter", format!("{} is a {} model, not an adapter", rec.reference(), rec.kind.as_str())));
+        }
+        if rec.parent_id.as_ref() != Some(&self.inner.base.id) {
+            return Err(Error::config(
+                "adapter",
+                format!(
+                    "adapter {} applies to {}, this generator's base is {}",
+                    rec.reference(),
+                    rec.parent_id.as_ref().map_or("no model", |p| p.0.as_str()),
+                    self.inner.base.reference()
+                ),
+            ));
+        }
+        if let Some(m) = &self.inner.merged {
+            return Err(Error::config(
+                "adapter",
+                format!("adapter {} is merged into this generator's weights; load with merge_adapter: false to switch adapters", m.reference()),
+            ));
+        }
+        st.activate(None)?;
+        st.model.load_adapter(&rec.path)?;
+        let slot = st.model.take_adapter()?.ok_or_else(|| Error::Internal("adapter vanished after loading".into()))?;
+        st.adapters.insert(rec.id.0.clone(), (rec.clone(), slot));
+        Ok(rec)
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Loaded>> {
+        self.inner.state.lock().map_err(|_| Error::Internal("generator state poisoned by a panic".into()))
+    }
+
+    /// Checks `cfg` and fills its unset fields. Nothing runs before this passes.
+    fn resolve(&self, cfg: &GenerationConfig) -> Result<(Resolved, Option<ModelRecord>)> {
+        let d = &self.inner.defaults;
+        let r = Resolved {
+            max_new_tokens: cfg.max_new_tokens.or(d.max_new_tokens).unwrap_or(DEFAULT_MAX_NEW_TOKENS),
+            temperature: cfg.temperature.unwrap_or(d.temperature),
+            top_k: cfg.top_k.unwrap_or(d.top_k),
+            top_p: cfg.top_p.unwrap_or(d.top_p),
+            min_p: cfg.min_p.unwrap_or(d.min_p),
+            repetition_penalty: cfg.repetition_penalty.unwrap_or(d.repetition_penalty),
+            seed: cfg.seed.unwrap_or_else(rand::random),
+            stop: cfg.stop.clone(),
+            ignore_eos: cfg.ignore_eos,
+        };
+        if r.max_new_tokens == 0 {
+            return Err(Error::config("max_new_tokens", "must be at least 1"));
+        }
+        if !(r.temperature.is_finite() && r.temperature >= 0.0) {
+            return Err(Error::config("temperature", format!("must be 0 (greedy) or positive, got {}", r.temperature)));
+        }
+        if !(r.top_p > 0.0 && r.top_p <= 1.0) {
+            return Err(Error::config("top_p", format!("must be in (0, 1], got {}", r.top_p)));
+        }
+        if !(0.0..1.0).contains(&r.min_p) {
+            return Err(Error::config("min_p", format!("must be in [0, 1), got {}", r.min_p)));
+        }
+        if !(r.repetition_penalty.is_finite() && r.repetition_penalty > 0.0) {
+            return Err(Error::config(
+                "repetition_penalty",
+                format!("must be positive (1 = off), got {}", r.repetition_penalty),
+            ));
+        }
+        if let Some(i) = r.stop.iter().position(String::is_empty) {
+            return Err(Error::config(format!("stop[{i}]"), "must not be empty"));
+        }
+        if !r.stop.is_empty() && self.inner.tokenizer.is_none() {
+            return Err(Error::config("stop", "stop sequences need a tokenizer; this model has none"));
+        }
+        let adapter = match cfg.adapter.as_deref() {
+            None => None,
+            Some(a) => {
+                let rec = self.inner.registry.resolve(a).map_err(|e| match e {
+                    Error::NotFound { .. } => Error::config("adapter", format!("no model `{a}` in the registry")),
+                    other => other,
+                })?;
+                if self.inner.merged.as_ref().is_some_and(|m| m.id == rec.id) {
+                    None
+                } else {
+                    let mut st = self.lock()?;
+                    Some(self.add_adapter_locked(&mut st, rec)?)
+                }
+            }
+        };
+        Ok((r, adapter))
+    }
+
+    /// Token ids of `prompt`, checked against the vocabulary and the context.
+    fn encode(&self, prompt: &Prompt, field: &str) -> Result<Vec<u32>> {
+        let tok = || {
+            self.inner.tokenizer.as_ref().ok_or_else(|| {
+                Error::config(field, "this model has no tokenizer.json: pass the prompt as token ids")
+            })
+        };
+        let ids = match prompt {
+            Prompt::Text(s) => tok()?.encode(s, true)?,
+            Prompt::Chat(m) => {
+                if m.is_empty() {
+                    return Err(Error::config(field, "holds no messages"));
+                }
+                let t = tok()?;
+                t.encode(&t.apply_chat_template(m, true)?, false)?
+            }
+            Prompt::Tokens(ids) => ids.clone(),
+        };
+        if ids.is_empty() {
+            return Err(Error::config(field, "is empty (no tokens)"));
+        }
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= self.inner.vocab) {
+            return Err(Error::config(
+                field,
+                format!("token id {bad} is outside the vocabulary (0..{})", self.inner.vocab),
+            ));
+        }
+        if ids.len() > self.inner.context {
+            return Err(Error::config(
+                field,
+                format!("is {} tokens, longer than the model's context of {} tokens", ids.len(), self.inner.context),
+            ));
+        }
+        Ok(ids)
+    }
+
+    fn request_adapter<'a>(&'a self, explicit: &'a Option<ModelRecord>) -> Option<&'a str> {
+        explicit.as_ref().map(|r| r.id.0.as_str()).or(self.inner.default_adapter.as_deref())
+    }
+
+    /// The model id a request is recorded under.
+    fn used_model(&self, adapter: Option<&str>) -> ModelId {
+        match (adapter, &self.inner.merged) {
+            (Some(a), _) => ModelId(a.to_string()),
+            (None, Some(m)) => m.id.clone(),
+            (None, None) => self.inner.base.id.clone(),
+        }
+    }
+
+    /// Generates a completion of `prompt`.
+    pub fn generate(&self, prompt: impl Into<Prompt>, cfg: &GenerationConfig) -> Result<Generation> {
+        let mut s = self.start(prompt.into(), cfg, "generate")?;
+        while !s.done {
+            s.step()?;
+        }
+        s.into_generation()
+    }
+
+    /// Generates as [`Generator::generate`] does, handing out text as it is produced.
+    pub fn stream(&self, prompt: impl Into<Prompt>, cfg: &GenerationConfig) -> Result<TokenStream> {
+        self.start(prompt.into(), cfg, "stream")
+    }
+
+    fn start(&self, prompt: Prompt, cfg: &GenerationConfig, kind: &'static str) -> Result<TokenStream> {
+        let t0 = Instant::now();
+        let (r, adapter) = self.resolve(cfg)?;
+        let ids = self.encode(&prompt, "prompt")?;
+        let adapter = self.request_adapter(&adapter).map(str::to_string);
+        let max_new = r.max_new_tokens.min(self.inner.context + 1 - ids.len());
+        Ok(TokenStream {
+            gen: self.clone(),
+            kind,
+            t0,
+            first_at: None,
+            row: RowState::new(ids, &r, self.inner.tokenizer.clone()),
+            cache: KvCache::new(1, 0),
+            max_new,
+            cfg: r,
+            adapter,
+            next_input: None,
+            done: false,
+            result: None,
+        }
+        .sized())
+    }
+
+    /// Generates for several prompts at once (one batch: left-padded, one forward pass
+    /// per step for all rows). Results are in prompt order; each row decodes exactly as
+    /// it would alone (same settings and seed).
+    pub fn generate_batch<P: Into<Prompt> + Clone>(
+        &self,
+        prompts: &[P],
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<Generation>> {
+        let t0 = Instant::now();
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (r, adapter) = self.resolve(cfg)?;
+        let mut rows = Vec::with_capacity(prompts.len());
+        for (i, p) in prompts.iter().enumerate() {
+            rows.push(self.encode(&p.clone().into(), &format!("prompts[{i}]"))?);
+        }
+        let adapter = self.request_adapter(&adapter).map(str::to_string);
+        let width = rows.iter().map(Vec::len).max().unwrap_or(1);
+        let max_new = r.max_new_tokens.min(self.inner.context + 1 - width);
+        let pads: Vec<usize> = rows.iter().map(|r| width - r.len()).collect();
+        let mut flat = Vec::with_capacity(rows.len() * width);
+        for (row, &pad) in rows.iter().zip(&pads) {
+            flat.extend(std::iter::repeat_n(self.pad_id(), pad));
+            flat.extend(row);
+        }
+        let mut cache = KvCache::with_padding(pads, width + max_new - 1);
+        let n = rows.len();
+        let mut streams: Vec<RowState> =
+            rows.into_iter().map(|ids| RowState::new(ids, &r, self.inner.tokenizer.clone())).collect();
+        let mut input = Tensor::from_vec(flat, (n, width), &Device::Cpu)?;
+        let mut first_at = None;
+        let mut step = 0;
+        loop {
+            let logits = {
+                let mut st = self.lock()?;
+                st.activate(adapter.as_deref())?;
+                st.model.forward_cached(&input, &mut cache, true)?
+            };
+            let mut rows_logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+            let mut next = Vec::with_capacity(n);
+            for (row, logits) in streams.iter_mut().zip(rows_logits.iter_mut()) {
+                if row.finish.is_some() {
+                    next.push(*row.generated.last().unwrap_or(&self.pad_id()));
+                    continue;
+                }
+                let tok = row.sampler.next(logits, &row.seen);
+                row.accept(tok, self, &r, max_new)?;
+                next.push(tok);
+            }
+            step += 1;
+            if first_at.is_none() {
+                first_at = Some(t0.elapsed());
+            }
+            for row in streams.iter_mut().filter(|r| r.finish.is_some() && r.done_at.is_none()) {
+                row.done_at = Some(t0.elapsed());
+            }
+            if streams.iter().all(|r| r.finish.is_some()) || step >= max_new {
+                break;
+            }
+            input = Tensor::from_vec(next, (n, 1), &Device::Cpu)?;
+        }
+        let ttft = first_at.unwrap_or_default();
+        let total = t0.elapsed();
+        let model_id = self.used_model(adapter.as_deref());
+        let mut out = Vec::with_capacity(n);
+        for row in streams {
+            let finish = row.finish.unwrap_or(FinishReason::Length);
+            let end = row.done_at.unwrap_or(total);
+            let timings = timings(ttft, end, row.prompt_len, row.generated.len());
+            out.push(Generation {
+                id: None,
+                model_id: model_id.clone(),
+                text: row.text,
+                token_ids: row.generated.clone(),
+                finish_reason: finish,
+                stop_sequence: row.tracker.stopped.clone(),
+                prompt_tokens: row.prompt_len,
+                generated_tokens: row.generated.len(),
+                seed: r.sampled().then_some(r.seed),
+                timings,
+            });
+        }
+        let id = self.record(
+            "batch",
+            &r,
+            adapter.as_deref(),
+            out.iter().map(|g| g.prompt_tokens).sum(),
+            out.iter().map(|g| g.generated_tokens).sum(),
+            None,
+            Some(ttft.as_secs_f64() * 1e3),
+            total.as_secs_f64() * 1e3,
+            out.len(),
+        )?;
+        for g in &mut out {
+            g.id = id.clone();
+        }
+        Ok(out)
+    }
+
+    /// The id fed for padding (masked out, so any valid id works).
+    fn pad_id(&self) -> u32 {
+        self.inner
+            .tokenizer
+            .as_ref()
+            .and_then(|t| t.pad_token().or(t.eos_token()).map(|s| s.id))
+            .filter(|&i| (i as usize) < self.inner.vocab)
+            .unwrap_or(0)
+    }
+
+    /// Loss and perplexity of each text (tokenised with special tokens, e.g. BOS).
+    pub fn score<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Score>> {
+        self.score_with(texts, None)
+    }
+
+    /// [`Generator::score`] with an adapter picked as in [`GenerationConfig::adapter`].
+    pub fn score_with<S: AsRef<str>>(&self, texts: &[S], adapter: Option<&str>) -> Result<Vec<Score>> {
+        let t0 = Instant::now();
+        let cfg = GenerationConfig { adapter: adapter.map(str::to_string), max_new_tokens: Some(1), ..Default::default() };
+        let (_, explicit) = self.resolve(&cfg)?;
+        let adapter = self.request_adapter(&explicit).map(str::to_string);
+        let mut all = Vec::with_capacity(texts.len());
+        for (i, t) in texts.iter().enumerate() {
+            let field = format!("texts[{i}]");
+            let ids = self.encode(&Prompt::Text(t.as_ref().to_string()), &field)?;
+            if ids.len() < 2 {
+                return Err(Error::config(field, "needs at least two tokens to score"));
+            }
+            all.push(ids);
+        }
+        let mut out = Vec::with_capacity(all.len());
+        for ids in &all {
+            let x = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+            let labels = x.to_dtype(DType::I64)?;
+            let loss = {
+                let mut st = self.lock()?;
+                st.activate(adapter.as_deref())?;
+                st.model.loss(&x, &labels, crate::models::ForwardMode::Infer)?
+            };
+            let loss = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+            out.push(Score { loss, perplexity: loss.exp(), tokens: ids.len() - 1 });
+        }
+        let params = Resolved {
+            max_new_tokens: 0,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+            ignore_eos: false,
+        };
+        self.record(
+            "score",
+            &params,
+            adapter.as_deref(),
+            all.iter().map(Vec::len).sum(),
+            0,
+            None,
+            None,
+            t0.elapsed().as_secs_f64() * 1e3,
+            0,
+        )?;
+        Ok(out)
+    }
+
+    /// Writes one `generations` row (when recording is on); returns its id.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        kind: &str,
+        r: &Resolved,
+        adapter: Option<&str>,
+        prompt_tokens: usize,
+        generated_tokens: usize,
+        finish: Option<FinishReason>,
+        ttft_ms: Option<f64>,
+        duration_ms: f64,
+        prompts: usize,
+    ) -> Result<Option<String>> {
+        if !self.inner.options.record {
+            return Ok(None);
+        }
+        let mut params = r.params(adapter);
+        if kind == "score" {
+            params = serde_json::json!({});
+        }
+        if prompts > 0 && kind == "batch" {
+            if let Value::Object(m) = &mut params {
+                m.insert("prompts".into(), Value::from(prompts));
+            }
+        }
+        let rec = GenerationRecord {
+            id: new_id("gen"),
+            model_id: self.used_model(adapter),
+            base_model_id: self.inner.base.id.clone(),
+            kind: kind.to_string(),
+            params,
+            prompt_tokens: prompt_tokens as u64,
+            generated_tokens: generated_tokens as u64,
+            finish_reason: finish.map(|f| f.as_str().to_string()),
+            ttft_ms,
+            duration_ms,
+            created_at: now(),
+        };
+        self.inner.home.catalog.write(|tx| sql::insert(tx, &rec))?;
+        Ok(Some(rec.id))
+    }
+}
+
+/// EOS ids from config.json when there is no tokenizer.
+fn config_eos(config: &Value) -> Vec<u32> {
+    match config.get("eos_token_id") {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn timings(ttft: std::time::Duration, end: std::time::Duration, prompt: usize, generated: usize) -> Timings {
+    let ttft_ms = ttft.as_secs_f64() * 1e3;
+    let total_ms = end.as_secs_f64() * 1e3;
+    let decode_ms = (total_ms - ttft_ms).max(0.0);
+    let per_s = |n: usize, ms: f64| if ms > 0.0 { n as f64 / (ms / 1e3) } else { 0.0 };
+    Timings {
+        ttft_ms,
+        decode_ms,
+        total_ms,
+        prompt_tokens_per_s: per_s(prompt, ttft_ms),
+        decode_tokens_per_s: per_s(generated.saturating_sub(1), decode_ms),
+    }
+}
+
+/// Decoding state of one row of a batch.
+struct RowState {
+    sampler: Sampler,
+    tracker: TextTracker,
+    prompt_len: usize,
+    seen: Vec<u32>,
+    generated: Vec<u32>,
+    text: String,
+    finish: Option<FinishReason>,
+    done_at: Option<std::time::Duration>,
+}
+
+impl RowState {
+    fn new(ids: Vec<u32>, r: &Resolved, tokenizer: Option<Tokenizer>) -> Self {
+        Self {
+            sampler: Sampler::new(r),
+            tracker: TextTracker::new(tokenizer, r.stop.clone()),
+            prompt_len: ids.len(),
+            seen: ids,
+            generated: Vec::new(),
+            text: String::new(),
+            finish: None,
+            done_at: None,
+        }
+    }
+
+    /// Takes a sampled token; returns the text it released.
+    fn accept(&mut self, tok: u32, gen: &Generator, r: &Resolved, max_new: usize) -> Result<Option<StreamChunk>> {
+        self.generated.push(tok);
+        self.seen.push(tok);
+        let eos = !r.ignore_eos && gen.inner.eos.contains(&tok);
+        let mut chunk = None;
+        if !eos {
+            if let Some(p) = self.tracker.push(tok)? {
+                self.text.push_str(&p.text);
+                chunk = Some(StreamChunk { text: p.text, token_ids: p.token_ids });
+            }
+        }
+        if eos {
+            self.finish = Some(FinishReason::Eos);
+        } else if self.tracker.stopped.is_some() {
+            self.finish = Some(FinishReason::Stop);
+        } else if self.generated.len() >= max_new {
+            self.finish = Some(FinishReason::Length);
+        }
+        if self.finish.is_some() && self.finish != Some(FinishReason::Stop) {
+            if let Some(p) = self.tracker.finish()? {
+                self.text.push_str(&p.text);
+                let merged = match chunk.take() {
+                    Some(mut c) => {
+                        c.text.push_str(&p.text);
+                        c.token_ids.extend(p.token_ids);
+                        c
+                    }
+                    None => StreamChunk { text: p.text, token_ids: p.token_ids },
+                };
+                chunk = Some(merged);
+            }
+        }
+        Ok(chunk)
+    }
+}
+
+/// A generation in progress: an iterator of [`StreamChunk`]s. After the last one,
+/// [`TokenStream::generation`] holds the full result. Dropping it early stops
+/// generating (nothing is recorded then).
+pub struct TokenStream {
+    gen: Generator,
+    kind: &'static str,
+    t0: Instant,
+    first_at: Option<std::time::Duration>,
+    row: RowState,
+    cache: KvCache,
+    max_new: usize,
+    cfg: Resolved,
+    adapter: Option<String>,
+    /// The token to feed next (None before the prompt's pass).
+    next_input: Option<u32>,
+    done: bool,
+    result: Option<Generation>,
+}
+
+impl std::fmt::Debug for TokenStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenStream")
+            .field("prompt_tokens", &self.row.prompt_len)
+            .field("generated_tokens", &self.row.generated.len())
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl TokenStream {
+    /// Sizes the cache for the prompt and max_new tokens.
+    fn sized(mut self) -> Self {
+        self.cache = KvCache::new(1, self.row.prompt_len + self.max_new - 1);
+        self
+    }
+
+    /// The result, once the stream is exhausted.
+    pub fn generation(&self) -> Option<&Generation> {
+        self.result.as_ref()
+    }
+
+    /// Tokens generated so far.
+    pub fn generated_tokens(&self) -> usize {
+        self.row.generated.len()
+    }
+
+    /// Prompt length in tokens.
+    pub fn prompt_tokens(&self) -> usize {
+        self.row.prompt_len
+    }
+
+    /// Runs one forward pass and sampling step; returns the text it released.
+    fn step(&mut self) -> Result<Option<StreamChunk>> {
+        if self.done {
+            return Ok(None);
+        }
+        let input = match self.next_input {
+            None => Tensor::new(self.row.seen.as_slice(), &Device::Cpu)?.unsqueeze(0)?,
+            Some(tok) => Tensor::new(&[tok], &Device::Cpu)?.unsqueeze(0)?,
+        };
+        let logits = {
+            let mut st = self.gen.lock()?;
+            st.activate(self.adapter.as_deref())?;
+            st.model.forward_cached(&input, &mut self.cache, true)?
+        };
+        let mut logits: Vec<f32> = logits.to_dtype(DType::F32)?.squeeze(0)?.to_vec1()?;
+        let tok = self.row.sampler.next(&mut logits, &self.row.seen);
+        if self.first_at.is_none() {
+            self.first_at = Some(self.t0.elapsed());
+        }
+        self.next_input = Some(tok);
+        let chunk = self.row.accept(tok, &self.gen, &self.cfg, self.max_new)?;
+        if self.row.finish.is_some() {
+            self.finalize()?;
+        }
+        Ok(chunk)
+    }
+
+    fn finalize(&mut self) -> Result<()> {
+        self.done = true;
+        let total = self.t0.elapsed();
+        let ttft = self.first_at.unwrap_or(total);
+        let row = &self.row;
+        let finish = row.finish.unwrap_or(FinishReason::Length);
+        let timings = timings(ttft, total, row.prompt_len, row.generated.len());
+        let id = self.gen.record(
+            self.kind,
+            &self.cfg,
+            self.adapter.as_deref(),
+            row.prompt_len,
+            row.generated.len(),
+            Some(finish),
+            Some(timings.ttft_ms),
+            timings.total_ms,
+            1,
+        )?;
+        self.result = Some(Generation {
+            id,
+            model_id: self.gen.used_model(self.adapter.as_deref()),
+            text: row.text.clone(),
+            token_ids: row.generated.clone(),
+            finish_reason: finish,
+            stop_sequence: row.tracker.stopped.clone(),
+            prompt_tokens: row.prompt_len,
+            generated_tokens: row.generated.len(),
+            seed: self.cfg.sampled().then_some(self.cfg.seed),
+            timings,
+        });
+        Ok(())
+    }
+
+    fn into_generation(self) -> Result<Generation> {
+        self.result.ok_or_else(|| Error::Internal("generation ended without a result".into()))
+    }
+}
+
+impl Iterator for TokenStream {
+    type Item = Result<StreamChunk>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            match self.step() {
+                Ok(Some(chunk)) => return Some(Ok(chunk)),
+                Ok(None) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        None
+    }
+}
