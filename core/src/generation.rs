@@ -388,9 +388,9 @@ impl Loaded {
             return Ok(());
         }
         let slot = match want {
-            Some(id) => Some(
-                &self.adapters.get(id).ok_or_else(|| Error::Internal(format!("adapter {id} is not loaded")))?.1,
-            ),
+            Some(id) => {
+                Some(&self.adapters.get(id).ok_or_else(|| Error::Internal(format!("adapter {id} is not loaded")))?.1)
+            }
             None => None,
         };
         self.model.put_adapter(slot)?;
@@ -579,7 +579,10 @@ impl Generator {
             return Ok(rec);
         }
         if rec.kind != ModelKind::Lora {
-            return Err(Error::config("adapter", format!("{} is a {} model, not an adapter", rec.reference(), rec.kind.as_str())));
+            return Err(Error::config(
+                "adapter",
+                format!("{} is a {} model, not an adapter", rec.reference(), rec.kind.as_str()),
+            ));
         }
         if rec.parent_id.as_ref() != Some(&self.inner.base.id) {
             return Err(Error::config(
@@ -668,9 +671,10 @@ impl Generator {
     /// Token ids of `prompt`, checked against the vocabulary and the context.
     fn encode(&self, prompt: &Prompt, field: &str) -> Result<Vec<u32>> {
         let tok = || {
-            self.inner.tokenizer.as_ref().ok_or_else(|| {
-                Error::config(field, "this model has no tokenizer.json: pass the prompt as token ids")
-            })
+            self.inner
+                .tokenizer
+                .as_ref()
+                .ok_or_else(|| Error::config(field, "this model has no tokenizer.json: pass the prompt as token ids"))
         };
         let ids = match prompt {
             Prompt::Text(s) => tok()?.encode(s, true)?,
@@ -869,7 +873,8 @@ impl Generator {
     /// [`Generator::score`] with an adapter picked as in [`GenerationConfig::adapter`].
     pub fn score_with<S: AsRef<str>>(&self, texts: &[S], adapter: Option<&str>) -> Result<Vec<Score>> {
         let t0 = Instant::now();
-        let cfg = GenerationConfig { adapter: adapter.map(str::to_string), max_new_tokens: Some(1), ..Default::default() };
+        let cfg =
+            GenerationConfig { adapter: adapter.map(str::to_string), max_new_tokens: Some(1), ..Default::default() };
         let (_, explicit) = self.resolve(&cfg)?;
         let adapter = self.request_adapter(&explicit).map(str::to_string);
         let mut all = Vec::with_capacity(texts.len());

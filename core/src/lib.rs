@@ -65,8 +65,8 @@ pub use home::Home;
 pub use lora::LoraConfig;
 pub use models::presets::Preset;
 pub use models::{
-    causal_lm_loss, load_model, Activation, Family, ForwardMode, KvCache, LoadOptions, Model, ModelConfig,
-    ModelSource, RopeScaling,
+    causal_lm_loss, load_model, Activation, Family, ForwardMode, KvCache, LoadOptions, Model, ModelConfig, ModelSource,
+    RopeScaling,
 };
 pub use registry::{
     ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelRegistry, PresetOptions, RegisterOptions,

@@ -616,11 +616,7 @@ pub(crate) mod ops {
                 }
             }
         }
-        Ok(if padded {
-            Tensor::from_vec(m, (rows.len(), 1, t, kv), dev)?
-        } else {
-            Tensor::from_vec(m, (t, kv), dev)?
-        })
+        Ok(if padded { Tensor::from_vec(m, (rows.len(), 1, t, kv), dev)? } else { Tensor::from_vec(m, (t, kv), dev)? })
     }
 
     /// The causal mask of one forward pass: built on first use only (the fused training

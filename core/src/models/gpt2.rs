@@ -3,8 +3,8 @@
 
 use candle_core::{Tensor, D};
 
-use super::config::{Activation, ModelConfig};
 use super::cache::KvCache;
+use super::config::{Activation, ModelConfig};
 use super::load::Weights;
 use super::{check_positions, ops, ForwardMode, Params};
 use crate::error::Result;
