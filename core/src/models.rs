@@ -14,6 +14,7 @@
 mod cache;
 mod config;
 pub(crate) mod fused;
+pub(crate) mod gemv;
 mod gpt2;
 mod llama;
 mod load;
@@ -257,10 +258,12 @@ impl Model {
     /// position only (`[batch, vocab]`), or of every new position (`[batch, t, vocab]`).
     pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
         check_ids("input_ids", input_ids, self.config.vocab_size, false)?;
-        let logits = match &self.arch {
-            Arch::Gpt2(m) => m.forward(input_ids, 0, ForwardMode::Infer, Some(cache), last_only)?,
-            Arch::Llama(m) => m.forward(input_ids, 0, ForwardMode::Infer, Some(cache), last_only)?,
-        };
+        // On a pool thread, the matrix-vector products' parallel loops are joined by
+        // work stealing instead of parking and waking the caller dozens of times a token.
+        let logits = rayon::scope(|_| match &self.arch {
+            Arch::Gpt2(m) => m.forward(input_ids, 0, ForwardMode::Infer, Some(cache), last_only),
+            Arch::Llama(m) => m.forward(input_ids, 0, ForwardMode::Infer, Some(cache), last_only),
+        })?;
         Ok(if last_only { logits.squeeze(1)? } else { logits })
     }
 

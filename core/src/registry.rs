@@ -5,7 +5,7 @@
 //! into place, then inserts the row in one transaction; deleting removes the row first
 //! and the files last, so a kill at any moment never leaves a row without its files.
 
-mod inspect;
+pub(crate) mod inspect;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 use candle_core::{Tensor, Var};
 
 use crate::error::{Error, Result};
-use crate::models::fused;
+use crate::models::{fused, gemv};
 
 /// A LoRA adapter on one linear layer, in PEFT's layout: A is `[r, in]`, B `[out, r]`.
 #[derive(Debug, Clone)]
@@ -54,6 +54,8 @@ impl Linear {
         let frozen = train && !self.weight.is_variable() && fused::usable(&x2) && fused::usable(&self.weight);
         let mut y = if frozen {
             fused::FrozenMatmul::apply(&x2, &self.weight, self.conv1d)?
+        } else if !train && !self.weight.is_variable() && gemv::usable(&x2, &self.weight) {
+            gemv::matmul(&x2, &self.weight, self.conv1d)?
         } else if self.conv1d {
             x2.matmul(&self.weight)?
         } else {

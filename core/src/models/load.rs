@@ -3,6 +3,7 @@
 //! checks whose errors name the file and the tensor.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -59,10 +60,32 @@ impl Weights {
         let main_file = if index.exists() { index } else { files.first().cloned().unwrap_or_default() };
         let mut tensors = HashMap::new();
         for (i, f) in files.iter().enumerate() {
-            let bytes = std::fs::read(f).with_path(f)?;
-            let map = candle_core::safetensors::load_buffer(&bytes, device)
-                .map_err(|e| Error::data(Location::file(f), format!("not a valid safetensors file: {e}")))?;
-            for (name, t) in map {
+            // Tensor by tensor (not the whole file at once): peak memory is the weights
+            // plus one tensor's bytes.
+            let header = crate::registry::inspect::read_safetensors_header(f)?;
+            let mut file = std::fs::File::open(f).with_path(f)?;
+            let mut buf = Vec::new();
+            for (name, info) in header {
+                let file_dtype = match info.dtype.as_str() {
+                    "F32" => DType::F32,
+                    "F16" => DType::F16,
+                    "BF16" => DType::BF16,
+                    "F64" => DType::F64,
+                    "I64" => DType::I64,
+                    "U32" => DType::U32,
+                    "U8" => DType::U8,
+                    other => {
+                        return Err(Error::data(
+                            Location::file(f).field(name),
+                            format!("tensor dtype {other} is not supported for weights"),
+                        ))
+                    }
+                };
+                buf.resize(info.len as usize, 0);
+                file.seek(SeekFrom::Start(info.offset)).with_path(f)?;
+                file.read_exact(&mut buf).with_path(f)?;
+                let shape: Vec<usize> = info.shape.iter().map(|&d| d as usize).collect();
+                let t = Tensor::from_raw_buffer(&buf, file_dtype, &shape, device)?;
                 let t = if t.dtype() == dtype { t } else { t.to_dtype(dtype)? };
                 tensors.insert(name, (t, i));
             }

@@ -20,6 +20,9 @@ pub const SUPPORTED_MODEL_TYPES: [(&str, &str); 4] =
 pub(crate) struct TensorInfo {
     pub(crate) dtype: String,
     pub(crate) shape: Vec<u64>,
+    /// Where the tensor's bytes start in the file, and how many there are.
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
 }
 
 /// What a directory holds.
@@ -104,7 +107,8 @@ pub(crate) fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, Te
             )));
         }
         spans.push((start, end, name.clone()));
-        tensors.insert(name, TensorInfo { dtype: dtype.to_string(), shape });
+        let info = TensorInfo { dtype: dtype.to_string(), shape, offset: 8 + n + start, len: end - start };
+        tensors.insert(name, info);
     }
     spans.sort();
     let mut pos = 0u64;

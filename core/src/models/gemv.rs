@@ -1,0 +1,153 @@
+//! Matrix-vector products for decoding (a few input rows against a large weight), where
+//! time goes into streaming the weight from memory: each weight element is read once,
+//! by one of the threads, for every input row at the same time.
+//!
+//! candle's general matmul is tuned for large products; for one row it reads the
+//! weight at a fraction of memory bandwidth (`benches/RESULTS.md`, "Generation").
+
+use candle_core::{DType, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// Input rows up to which this path is used (decoding: one row per sequence).
+pub(crate) const MAX_ROWS: usize = 8;
+
+/// Whether `x` (`[n, in]`) times `w` can take this path.
+pub(crate) fn usable(x: &Tensor, w: &Tensor) -> bool {
+    x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && x.device().is_cpu()
+        && w.device().is_cpu()
+        && x.dims().first().is_some_and(|&n| n <= MAX_ROWS)
+        && w.is_contiguous()
+}
+
+/// `x W^T` for `w` `[out, in]`, or `x W` for a Conv1D `w` `[in, out]` (`conv1d`).
+pub(crate) fn matmul(x: &Tensor, w: &Tensor, conv1d: bool) -> Result<Tensor> {
+    let (n, in_f) = x.dims2()?;
+    let (d0, d1) = w.dims2()?;
+    let out_f = if conv1d { d1 } else { d0 };
+    let x = x.contiguous()?;
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    let (Storage::Cpu(xs), Storage::Cpu(ws)) = (&*xs, &*ws) else {
+        return Err(Error::Internal("gemv: tensors must be on the CPU".into()));
+    };
+    let slice = |s: &candle_core::CpuStorage, l: &candle_core::Layout| -> Result<Vec<f32>> {
+        let (a, b) = l.contiguous_offsets().ok_or_else(|| Error::Internal("gemv: input not contiguous".into()))?;
+        Ok(s.as_slice::<f32>()?[a..b].to_vec())
+    };
+    let xv = slice(xs, xl)?;
+    let (wa, wb) = wl.contiguous_offsets().ok_or_else(|| Error::Internal("gemv: weight not contiguous".into()))?;
+    let wv = &ws.as_slice::<f32>()?[wa..wb];
+    let out = if conv1d { conv1d_rows(&xv, wv, n, in_f, out_f) } else { linear_rows(&xv, wv, n, in_f, out_f) };
+    Ok(Tensor::from_vec(out, (n, out_f), x.device())?)
+}
+
+/// Output features per task: enough work to beat the scheduling cost, enough tasks to
+/// balance the threads.
+fn chunk(out_f: usize) -> usize {
+    let tasks = rayon::current_num_threads().max(1) * 4;
+    out_f.div_ceil(tasks).next_multiple_of(16).max(16)
+}
+
+/// `w` `[out, in]` row-major: each output is a dot product with one contiguous row.
+fn linear_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec<f32> {
+    // Transposed result `[out, n]`: each task owns a block of output features.
+    let mut yt = vec![0f32; out_f * n];
+    let c = chunk(out_f);
+    yt.par_chunks_mut(c * n).enumerate().for_each(|(ci, ys)| {
+        let o0 = ci * c;
+        for (k, yo) in ys.chunks_exact_mut(n).enumerate() {
+            let row = &w[(o0 + k) * in_f..(o0 + k + 1) * in_f];
+            for (r, y) in yo.iter_mut().enumerate() {
+                *y = dot(&x[r * in_f..(r + 1) * in_f], row);
+            }
+        }
+    });
+    if n == 1 {
+        return yt;
+    }
+    let mut y = vec![0f32; n * out_f];
+    for o in 0..out_f {
+        for r in 0..n {
+            y[r * out_f + o] = yt[o * n + r];
+        }
+    }
+    y
+}
+
+/// `w` `[in, out]` row-major (GPT-2's Conv1D): each task accumulates a block of output
+/// columns over every input row of `w`.
+fn conv1d_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec<f32> {
+    let c = chunk(out_f).min(out_f);
+    let blocks: Vec<Vec<f32>> = (0..out_f.div_ceil(c))
+        .into_par_iter()
+        .map(|b| {
+            let (c0, c1) = (b * c, ((b + 1) * c).min(out_f));
+            let width = c1 - c0;
+            let mut acc = vec![0f32; n * width];
+            for i in 0..in_f {
+                let wrow = &w[i * out_f + c0..i * out_f + c1];
+                for r in 0..n {
+                    axpy(x[r * in_f + i], wrow, &mut acc[r * width..(r + 1) * width]);
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut y = vec![0f32; n * out_f];
+    for (b, acc) in blocks.iter().enumerate() {
+        let c0 = b * c;
+        let width = acc.len() / n;
+        for r in 0..n {
+            y[r * out_f + c0..r * out_f + c0 + width].copy_from_slice(&acc[r * width..(r + 1) * width]);
+        }
+    }
+    y
+}
+
+/// Dot product with 16 independent partial sums (vectorised by the compiler).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `y += a * x`.
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn matches_candle_matmul_in_both_layouts() {
+        let dev = Device::Cpu;
+        for (n, in_f, out_f) in [(1, 37, 53), (3, 64, 1000), (8, 512, 129), (1, 16, 16)] {
+            let x = Tensor::randn(0f32, 1.0, (n, in_f), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (out_f, in_f), &dev).unwrap();
+            let want = x.matmul(&w.t().unwrap()).unwrap();
+            let got = matmul(&x, &w, false).unwrap();
+            let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "linear {n}x{in_f}x{out_f}: {diff}");
+            let wc = w.t().unwrap().contiguous().unwrap();
+            let got = matmul(&x, &wc, true).unwrap();
+            let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "conv1d {n}x{in_f}x{out_f}: {diff}");
+        }
+    }
+}
