@@ -370,7 +370,7 @@ fn every_call_is_recorded_with_its_settings() {
     assert_eq!(rows[1].params["prompts"], json!(2));
     assert_eq!(rows[1].generated_tokens, 6);
     let u = models.usage(&gen.model().id).unwrap();
-    assert_eq!((u.calls, u.generations, u.generated_tokens), (4, 3, 5 + 4 + 6));
+    assert_eq!((u.calls, u.generations, u.generated_tokens), (4, 4, 5 + 4 + 6));
     assert!(u.last_used_at.is_some());
     let only = GenerationFilter { kind: Some("batch".into()), limit: Some(5), ..Default::default() };
     assert_eq!(models.generations(&only).unwrap().len(), 1);

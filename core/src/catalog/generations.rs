@@ -58,7 +58,8 @@ pub(crate) fn list(conn: &Connection, model_id: Option<&str>, f: &GenerationFilt
 
 pub(crate) fn usage(conn: &Connection, model_id: &str) -> Result<ModelUsage> {
     Ok(conn.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(kind != 'score'), 0), COALESCE(SUM(prompt_tokens), 0),
+        "SELECT COUNT(*),
+                COALESCE(SUM(CASE kind WHEN 'score' THEN 0 WHEN 'batch' THEN COALESCE(json_extract(params, '$.prompts'), 1) ELSE 1 END), 0), COALESCE(SUM(prompt_tokens), 0),
                 COALESCE(SUM(generated_tokens), 0), COALESCE(SUM(duration_ms), 0), MAX(created_at)
          FROM generations WHERE model_id = ?1",
         params![model_id],
