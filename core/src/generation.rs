@@ -479,6 +479,7 @@ impl Generator {
         };
         let lo = LoadOptions { trainable: false, dtype, device: Device::Cpu };
         let mut model = Model::load(&base, &lo)?;
+        model.prepare_for_inference()?;
         let tokenizer = if base.path.join("tokenizer.json").is_file() { Some(Tokenizer::load(&base)?) } else { None };
         let defaults = ModelDefaults::read(&base.path)?;
         let mut merged = None;

@@ -338,7 +338,7 @@ impl Model {
                 std::fs::copy(&src, &dst).with_path(&src)?;
             }
         }
-        let tensors: HashMap<String, Tensor> = self.named_weights().into_iter().collect();
+        let tensors: HashMap<String, Tensor> = self.named_weights()?.into_iter().collect();
         let p = dir.join("model.safetensors");
         candle_core::safetensors::save(&tensors, &p)?;
         let cfg = dir.join("config.json");
@@ -346,11 +346,20 @@ impl Model {
         std::fs::write(&cfg, text).with_path(&cfg)
     }
 
-    pub(crate) fn named_weights(&self) -> Vec<(String, Tensor)> {
-        match &self.arch {
-            Arch::Gpt2(m) => m.named_weights(),
+    pub(crate) fn named_weights(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(match &self.arch {
+            Arch::Gpt2(m) => m.named_weights()?,
             Arch::Llama(m) => m.named_weights(),
+        })
+    }
+
+    /// Lays weights out for decoding (GPT-2's Conv1D weights held `[out, in]`). For
+    /// inference-only models: weights stop being trainable variables.
+    pub(crate) fn prepare_for_inference(&mut self) -> Result<()> {
+        for (_, l) in self.linears_mut() {
+            l.to_row_major()?;
         }
+        Ok(())
     }
 
     pub(crate) fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
@@ -656,7 +665,8 @@ pub(crate) mod ops {
         }
     }
 
-    /// softmax(q k^T * scale + mask) v, with q, k, v `[b, h, t, d]`.
+    /// softmax(q k^T * scale + mask) v, with q `[b, h, t, d]` and k, v `[b, kv, T, d]`
+    /// (each kv head serving `h / kv` query heads).
     pub(crate) fn attention(
         q: &Tensor,
         k: &Tensor,
@@ -665,6 +675,12 @@ pub(crate) mod ops {
         scale: f64,
         mode: ForwardMode,
     ) -> Result<Tensor> {
+        let n_rep = q.dim(1)? / k.dim(1)?;
+        if mode == ForwardMode::Infer && q.dim(2)? == 1 && super::fused::usable(q) && super::fused::usable(k) {
+            return super::gemv::decode_attention(q, k, v, scale as f32, &mask.pads, mask.window);
+        }
+        let (k, v) = (repeat_kv(k, n_rep)?, repeat_kv(v, n_rep)?);
+        let (k, v) = (&k, &v);
         if mode == ForwardMode::Train && !mask.padded() && super::fused::usable(q) {
             let scores = q.matmul(&k.t()?)?;
             let op = super::fused::CausalSoftmax { scale: scale as f32, past: mask.past, window: mask.window };

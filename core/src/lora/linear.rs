@@ -26,11 +26,30 @@ pub(crate) struct Linear {
     pub(crate) bias: Option<Tensor>,
     pub(crate) conv1d: bool,
     pub(crate) lora: Option<LoraAdapter>,
+    /// A Conv1D weight held transposed (`[out, in]`) for inference; saved back as `[in, out]`.
+    pub(crate) transposed: bool,
 }
 
 impl Linear {
     pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, conv1d: bool) -> Self {
-        Self { weight, bias, conv1d, lora: None }
+        Self { weight, bias, conv1d, lora: None, transposed: false }
+    }
+
+    /// Holds a Conv1D weight as `[out, in]` (each output a contiguous row: the layout
+    /// the decoding kernel streams fastest). Inference only: the weight stops being a
+    /// trainable variable.
+    pub(crate) fn to_row_major(&mut self) -> Result<()> {
+        if self.conv1d {
+            self.weight = self.weight.detach().t()?.contiguous()?;
+            self.conv1d = false;
+            self.transposed = true;
+        }
+        Ok(())
+    }
+
+    /// The weight in its file layout (Conv1D `[in, out]` again if held transposed).
+    pub(crate) fn stored_weight(&self) -> Result<Tensor> {
+        Ok(if self.transposed { self.weight.t()?.contiguous()? } else { self.weight.clone() })
     }
 
     /// (in_features, out_features).

@@ -45,9 +45,18 @@ pub(crate) fn matmul(x: &Tensor, w: &Tensor, conv1d: bool) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, (n, out_f), x.device())?)
 }
 
+/// Weights smaller than this (elements) are done on the calling thread: waking the
+/// pool costs more than it saves.
+fn parallel_from() -> usize {
+    std::env::var("ANNEAL_GEMV_PAR").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 18)
+}
+
 /// Output features per task: enough work to beat the scheduling cost, enough tasks to
-/// balance the threads.
-fn chunk(out_f: usize) -> usize {
+/// balance the threads; everything in one task for a small weight.
+fn chunk(out_f: usize, in_f: usize) -> usize {
+    if out_f * in_f < parallel_from() {
+        return out_f.max(1);
+    }
     let tasks = rayon::current_num_threads().max(1) * 4;
     out_f.div_ceil(tasks).next_multiple_of(16).max(16)
 }
@@ -56,7 +65,7 @@ fn chunk(out_f: usize) -> usize {
 fn linear_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec<f32> {
     // Transposed result `[out, n]`: each task owns a block of output features.
     let mut yt = vec![0f32; out_f * n];
-    let c = chunk(out_f);
+    let c = chunk(out_f, in_f);
     yt.par_chunks_mut(c * n).enumerate().for_each(|(ci, ys)| {
         let o0 = ci * c;
         for (k, yo) in ys.chunks_exact_mut(n).enumerate() {
@@ -81,7 +90,7 @@ fn linear_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec
 /// `w` `[in, out]` row-major (GPT-2's Conv1D): each task accumulates a block of output
 /// columns over every input row of `w`.
 fn conv1d_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec<f32> {
-    let c = chunk(out_f).min(out_f);
+    let c = chunk(out_f, in_f).min(out_f);
     let blocks: Vec<Vec<f32>> = (0..out_f.div_ceil(c))
         .into_par_iter()
         .map(|b| {
@@ -108,6 +117,69 @@ fn conv1d_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec
     y
 }
 
+/// Elements of a 4-d tensor as (data, start, strides) for strided reads.
+fn strided<'a>(s: &'a candle_core::CpuStorage, l: &candle_core::Layout) -> Result<(&'a [f32], usize, [usize; 4])> {
+    let st = l.stride();
+    if st.len() != 4 || st[3] != 1 {
+        return Err(Error::Internal(format!("decode attention: unexpected strides {st:?}")));
+    }
+    Ok((s.as_slice::<f32>()?, l.start_offset(), [st[0], st[1], st[2], st[3]]))
+}
+
+/// Attention of one new query per row (decoding): `q` `[b, h, 1, d]` against the
+/// cached `k`, `v` `[b, kv, T, d]` (any strides with a contiguous last dim, e.g. views
+/// of the cache), each kv head serving `h / kv` query heads. Row `r` skips its first
+/// `pads[r]` keys (left padding) and, with a sliding `window`, keys that fell out of it.
+/// Returns `[b, h, 1, d]`.
+pub(crate) fn decode_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    pads: &[usize],
+    window: Option<usize>,
+) -> Result<Tensor> {
+    let (b, h, one, d) = q.dims4()?;
+    let (_, kvh, t, _) = k.dims4()?;
+    if one != 1 || h % kvh != 0 {
+        return Err(Error::Internal("decode attention: one query per row, whole kv groups".into()));
+    }
+    let group = h / kvh;
+    let q = q.contiguous()?;
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    let (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) = (&*qs, &*ks, &*vs) else {
+        return Err(Error::Internal("decode attention: tensors must be on the CPU".into()));
+    };
+    let (qa, qb) = ql.contiguous_offsets().ok_or_else(|| Error::Internal("decode attention: q".into()))?;
+    let qv = &qs.as_slice::<f32>()?[qa..qb];
+    let (kd, k0, kst) = strided(ks, kl)?;
+    let (vd, v0, vst) = strided(vs, vl)?;
+    let mut out = vec![0f32; b * h * d];
+    let first_visible = window.map_or(0, |w| t.saturating_sub(w));
+    out.par_chunks_mut(d).enumerate().for_each(|(bh, o)| {
+        let (row, head) = (bh / h, bh % h);
+        let kvh_i = head / group;
+        let start = pads.get(row).copied().unwrap_or(0).max(first_visible).min(t - 1);
+        let qrow = &qv[bh * d..(bh + 1) * d];
+        let kbase = k0 + row * kst[0] + kvh_i * kst[1];
+        let vbase = v0 + row * vst[0] + kvh_i * vst[1];
+        let mut scores: Vec<f32> =
+            (start..t).map(|j| dot(qrow, &kd[kbase + j * kst[2]..kbase + j * kst[2] + d]) * scale).collect();
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        for (j, p) in (start..t).zip(&scores) {
+            axpy(p / sum, &vd[vbase + j * vst[2]..vbase + j * vst[2] + d], o);
+        }
+    });
+    Ok(Tensor::from_vec(out, (b, h, 1, d), q.device())?)
+}
+
 /// Dot product with 16 independent partial sums (vectorised by the compiler).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
@@ -132,7 +204,37 @@ fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use candle_core::Device;
+    use candle_core::{Device, D};
+
+    #[test]
+    fn decode_attention_matches_the_reference_with_groups_pads_and_windows() {
+        let dev = Device::Cpu;
+        let (b, h, kvh, t, d, cap) = (2, 4, 2, 7, 16, 10);
+        let q = Tensor::randn(0f32, 1.0, (b, h, 1, d), &dev).unwrap();
+        // Views of a larger cache buffer, as the KV cache hands them out.
+        let kbuf = Tensor::randn(0f32, 1.0, (b, kvh, cap, d), &dev).unwrap();
+        let vbuf = Tensor::randn(0f32, 1.0, (b, kvh, cap, d), &dev).unwrap();
+        let (k, v) = (kbuf.narrow(2, 0, t).unwrap(), vbuf.narrow(2, 0, t).unwrap());
+        for (pads, window) in [(vec![0, 0], None), (vec![0, 3], None), (vec![2, 0], Some(3))] {
+            let got = decode_attention(&q, &k, &v, 0.25, &pads, window).unwrap();
+            for row in 0..b {
+                let start = pads[row].max(window.map_or(0, |w| t - w));
+                let kr = k.get(row).unwrap().narrow(1, start, t - start).unwrap();
+                let vr = v.get(row).unwrap().narrow(1, start, t - start).unwrap();
+                let rep = |x: Tensor| {
+                    let (kv, n, dd) = x.dims3().unwrap();
+                    x.unsqueeze(1).unwrap().broadcast_as((kv, h / kv, n, dd)).unwrap().reshape((h, n, dd)).unwrap()
+                };
+                let (kr, vr) = (rep(kr), rep(vr));
+                let qr = q.get(row).unwrap();
+                let s = (qr.matmul(&kr.t().unwrap()).unwrap() * 0.25).unwrap();
+                let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
+                let want = p.matmul(&vr.contiguous().unwrap()).unwrap();
+                let diff = (got.get(row).unwrap() - want).unwrap().abs().unwrap().max_all().unwrap();
+                assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "pads {pads:?} window {window:?}");
+            }
+        }
+    }
 
     #[test]
     fn matches_candle_matmul_in_both_layouts() {

@@ -150,7 +150,7 @@ impl Gpt2 {
     }
 
     /// Every weight under its transformers name (for saving).
-    pub(crate) fn named_weights(&self) -> Vec<(String, Tensor)> {
+    pub(crate) fn named_weights(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out =
             vec![(format!("{PREFIX}wte.weight"), self.wte.clone()), (format!("{PREFIX}wpe.weight"), self.wpe.clone())];
         for (i, b) in self.blocks.iter().enumerate() {
@@ -165,7 +165,7 @@ impl Gpt2 {
                 ("mlp.c_fc", &b.c_fc),
                 ("mlp.c_proj", &b.mlp_proj),
             ] {
-                out.push((format!("{p}.{name}.weight"), l.weight.clone()));
+                out.push((format!("{p}.{name}.weight"), l.stored_weight()?));
                 if let Some(bias) = &l.bias {
                     out.push((format!("{p}.{name}.bias"), bias.clone()));
                 }
@@ -173,6 +173,6 @@ impl Gpt2 {
         }
         out.push((format!("{PREFIX}ln_f.weight"), self.ln_f.0.clone()));
         out.push((format!("{PREFIX}ln_f.bias"), self.ln_f.1.clone()));
-        out
+        Ok(out)
     }
 }

@@ -111,8 +111,6 @@ impl Llama {
                 Some(c) => c.append(i, &k, &v)?,
                 None => (k, v),
             };
-            let k = ops::repeat_kv(&k, nh / nkv)?;
-            let v = ops::repeat_kv(&v, nh / nkv)?;
             let y = ops::attention(&q, &k, &v, &mask, scale, mode)?;
             let y = y.transpose(1, 2)?.reshape((b, t, nh * hd))?;
             x = (x + l.o_proj.forward(&y, train)?)?;
