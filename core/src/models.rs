@@ -357,7 +357,7 @@ impl Model {
     /// inference-only models: weights stop being trainable variables.
     pub(crate) fn prepare_for_inference(&mut self) -> Result<()> {
         for (_, l) in self.linears_mut() {
-            l.to_row_major()?;
+            l.hold_row_major()?;
         }
         Ok(())
     }

@@ -38,7 +38,7 @@ impl Linear {
     /// Holds a Conv1D weight as `[out, in]` (each output a contiguous row: the layout
     /// the decoding kernel streams fastest). Inference only: the weight stops being a
     /// trainable variable.
-    pub(crate) fn to_row_major(&mut self) -> Result<()> {
+    pub(crate) fn hold_row_major(&mut self) -> Result<()> {
         if self.conv1d {
             self.weight = self.weight.detach().t()?.contiguous()?;
             self.conv1d = false;
