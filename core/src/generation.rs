@@ -53,11 +53,15 @@ pub struct GeneratorOptions {
     pub dtype: String,
     /// Record every call in the catalog's `generations` table (usage statistics).
     pub record: bool,
+    /// `q8_0`: hold the linear layers' weights as 8-bit integers in blocks of 32 with
+    /// one scale each (GGML's q8_0), ~3.5x less memory to stream per token; outputs
+    /// differ slightly from f32. Adapters are merged first (or stay f32 when separate).
+    pub quantize: Option<String>,
 }
 
 impl Default for GeneratorOptions {
     fn default() -> Self {
-        Self { merge_adapter: true, dtype: "f32".into(), record: true }
+        Self { merge_adapter: true, dtype: "f32".into(), record: true, quantize: None }
     }
 }
 
@@ -457,6 +461,12 @@ impl Generator {
     /// merged into it unless `options.merge_adapter` is false).
     pub fn load(registry: &ModelRegistry, model: impl Into<ModelRef>, options: &GeneratorOptions) -> Result<Self> {
         let dtype = parse_dtype(&options.dtype)?;
+        let quantize = match options.quantize.as_deref() {
+            None => false,
+            Some("q8_0") if dtype == DType::F32 => true,
+            Some("q8_0") => return Err(Error::config("quantize", "q8_0 needs dtype f32 (its scales are f32)")),
+            Some(other) => return Err(Error::config("quantize", format!("unsupported `{other}` (q8_0)"))),
+        };
         let record = registry.resolve(model)?;
         let base = match record.kind {
             ModelKind::Lora => {
@@ -496,6 +506,9 @@ impl Generator {
                 }
                 default_adapter = Some(record.id.0.clone());
             }
+        }
+        if quantize {
+            model.quantize_q8()?;
         }
         let cfg = model.config();
         let (context, vocab) = (cfg.max_position_embeddings, cfg.vocab_size);

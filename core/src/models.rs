@@ -362,6 +362,18 @@ impl Model {
         Ok(())
     }
 
+    /// Quantizes every linear layer's weight to q8_0 (inference only; adapters stay f32).
+    /// Returns the bytes the quantized layers hold.
+    pub(crate) fn quantize_q8(&mut self) -> Result<usize> {
+        let mut bytes = 0;
+        for (_, l) in self.linears_mut() {
+            l.hold_row_major()?;
+            l.quantize_q8()?;
+            bytes += l.quantized.as_ref().map_or(0, |q| q.bytes());
+        }
+        Ok(bytes)
+    }
+
     pub(crate) fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         match &mut self.arch {
             Arch::Gpt2(m) => m.linears_mut(),

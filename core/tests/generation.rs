@@ -402,3 +402,32 @@ fn generation_config_json_sets_the_defaults() {
     let out = gen.generate(vec![5u32, 6, 7], &GenerationConfig { temperature: Some(0.0), ..greedy(3) }).unwrap();
     assert_eq!(out.seed, None);
 }
+
+#[test]
+fn q8_0_weights_stay_close_to_f32() {
+    let env = Env::new();
+    let (base, lora) = env.register_lora();
+    let q8 = GeneratorOptions { quantize: Some("q8_0".into()), ..Default::default() };
+    let texts = ["hello world, how are you today?", "the cat sat on the mat"];
+    for model in [&base, &lora] {
+        let f = env.home.generator(&model.id, &GeneratorOptions::default()).unwrap();
+        let q = env.home.generator(&model.id, &q8).unwrap();
+        for (a, b) in f.score(&texts).unwrap().iter().zip(q.score(&texts).unwrap()) {
+            assert!((a.loss - b.loss).abs() < 0.02 * a.loss, "{} vs {}", a.loss, b.loss);
+        }
+        let r = reference("tiny-llama");
+        let out = q.generate(u32s(&r["input_ids"]), &greedy(20)).unwrap();
+        assert_eq!(out.generated_tokens, 20);
+    }
+    // Adapters kept separate run in f32 on the quantized base.
+    let sep = GeneratorOptions { merge_adapter: false, ..q8.clone() };
+    let q = env.home.generator(&lora.id, &sep).unwrap();
+    assert_eq!(q.generate("hi", &greedy(5)).unwrap().generated_tokens, 5);
+    for (opts, field) in [
+        (GeneratorOptions { quantize: Some("q4".into()), ..Default::default() }, "quantize"),
+        (GeneratorOptions { dtype: "bf16".into(), ..q8.clone() }, "quantize"),
+    ] {
+        let e = env.home.generator(&base.id, &opts).unwrap_err();
+        assert!(matches!(&e, Error::InvalidConfig { field: f, .. } if f == field), "{e}");
+    }
+}

@@ -2,7 +2,7 @@
 //! public `Generator` API (KV cache, no catalog writes).
 //!
 //! Run:    cargo run --release -p anneal-benches --bin generate -- --model DIR --config tiny|small
-//!           [--prompt-tokens 16] [--new-tokens 128] [--runs 3]
+//!           [--prompt-tokens 16] [--new-tokens 128] [--runs 3] [--dtype f32|q8_0]
 //! Output: one JSON line (same keys as benches/compare/torch_generate.py and
 //!         llama_generate.py): time to first token, decode tokens/s (median of runs),
 //!         peak RSS. The model dir comes from benches/compare/gen_model.py (run_generate.sh).
@@ -31,7 +31,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help") {
-        println!("generate --model DIR --config NAME [--prompt-tokens 16] [--new-tokens 128] [--runs 3] [--dtype f32]");
+        println!("generate --model DIR --config NAME [--prompt-tokens 16] [--new-tokens 128] [--runs 3] [--dtype f32|bf16|q8_0]");
         return Ok(());
     }
     let model_dir = arg(&args, "--model", "");
@@ -47,8 +47,12 @@ fn main() -> anyhow::Result<()> {
     let opts = RegisterOptions { storage: Storage::Reference, ..Default::default() };
     let rec = home.models().register_dir(&model_dir, &opts)?;
     let rss_loaded_before = status_kib("VmRSS:") / 1024.0;
-    let gen =
-        home.generator(&rec.id, &GeneratorOptions { record: false, dtype: dtype.clone(), ..Default::default() })?;
+    // `--dtype q8_0`: f32 compute with q8_0 weights (GeneratorOptions::quantize).
+    let opts = match dtype.as_str() {
+        "q8_0" => GeneratorOptions { record: false, quantize: Some("q8_0".into()), ..Default::default() },
+        other => GeneratorOptions { record: false, dtype: other.into(), ..Default::default() },
+    };
+    let gen = home.generator(&rec.id, &opts)?;
     let vocab = rec.config["vocab_size"].as_u64().unwrap_or(256) as usize;
     let prompt: Vec<u32> = (0..prompt_tokens).map(|i| ((i * 7919 + 13) % vocab) as u32).collect();
     let cfg = GenerationConfig { max_new_tokens: Some(new_tokens), ignore_eos: true, ..Default::default() };

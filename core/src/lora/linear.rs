@@ -28,11 +28,13 @@ pub(crate) struct Linear {
     pub(crate) lora: Option<LoraAdapter>,
     /// A Conv1D weight held transposed (`[out, in]`) for inference; saved back as `[in, out]`.
     pub(crate) transposed: bool,
+    /// Inference with q8_0 weights: replaces `weight` (which is then an empty placeholder).
+    pub(crate) quantized: Option<std::sync::Arc<gemv::Q8Weight>>,
 }
 
 impl Linear {
     pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, conv1d: bool) -> Self {
-        Self { weight, bias, conv1d, lora: None, transposed: false }
+        Self { weight, bias, conv1d, lora: None, transposed: false, quantized: None }
     }
 
     /// Holds a Conv1D weight as `[out, in]` (each output a contiguous row: the layout
@@ -47,6 +49,19 @@ impl Linear {
         Ok(())
     }
 
+    /// Replaces the weight by its q8_0 quantization (inference only; after
+    /// [`Linear::hold_row_major`]). Layers whose input size is not a multiple of 32 stay f32.
+    pub(crate) fn quantize_q8(&mut self) -> Result<()> {
+        let (in_f, _) = self.features()?;
+        if self.conv1d || in_f % gemv::Q8_BLOCK != 0 || self.quantized.is_some() {
+            return Ok(());
+        }
+        let q = gemv::Q8Weight::quantize(&self.weight)?;
+        self.weight = Tensor::zeros(0, self.weight.dtype(), self.weight.device())?;
+        self.quantized = Some(std::sync::Arc::new(q));
+        Ok(())
+    }
+
     /// The weight in its file layout (Conv1D `[in, out]` again if held transposed).
     pub(crate) fn stored_weight(&self) -> Result<Tensor> {
         Ok(if self.transposed { self.weight.t()?.contiguous()? } else { self.weight.clone() })
@@ -54,6 +69,9 @@ impl Linear {
 
     /// (in_features, out_features).
     pub(crate) fn features(&self) -> Result<(usize, usize)> {
+        if let Some(q) = &self.quantized {
+            return Ok(q.features());
+        }
         let (d0, d1) = self.weight.dims2()?;
         Ok(if self.conv1d { (d0, d1) } else { (d1, d0) })
     }
@@ -71,7 +89,9 @@ impl Linear {
         let n: usize = lead.iter().product();
         let x2 = x.reshape((n, in_f))?;
         let frozen = train && !self.weight.is_variable() && fused::usable(&x2) && fused::usable(&self.weight);
-        let mut y = if frozen {
+        let mut y = if let Some(q) = &self.quantized {
+            q.matmul(&x2)?
+        } else if frozen {
             fused::FrozenMatmul::apply(&x2, &self.weight, self.conv1d)?
         } else if !train && !self.weight.is_variable() && gemv::usable(&x2, &self.weight) {
             gemv::matmul(&x2, &self.weight, self.conv1d)?
@@ -102,6 +122,9 @@ impl Linear {
 
     /// Folds the adapter into the weight (W + scale * B A). No-op without an adapter.
     pub(crate) fn merge(&mut self) -> Result<()> {
+        if self.quantized.is_some() {
+            return Err(Error::config("adapter", "cannot merge an adapter into q8_0 weights; merge before quantizing"));
+        }
         if let Some(l) = self.lora.as_ref().filter(|l| !l.merged) {
             self.weight = (self.weight.detach() + self.delta(l)?)?;
             if let Some(l) = self.lora.as_mut() {
@@ -113,6 +136,9 @@ impl Linear {
 
     /// Undoes [`Linear::merge`].
     pub(crate) fn unmerge(&mut self) -> Result<()> {
+        if self.quantized.is_some() && self.lora.as_ref().is_some_and(|l| l.merged) {
+            return Err(Error::config("adapter", "cannot unmerge an adapter from q8_0 weights"));
+        }
         if let Some(l) = self.lora.as_ref().filter(|l| l.merged) {
             self.weight = (self.weight.detach() - self.delta(l)?)?;
             if let Some(l) = self.lora.as_mut() {
