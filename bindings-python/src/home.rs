@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 
 use crate::dataset::{q, PyDatasetStore};
 use crate::errors::EnterCore;
+use crate::generation::PyGenerator;
 use crate::registry::PyModelRegistry;
 use crate::training::PyTrainingEngine;
 
@@ -54,6 +55,29 @@ impl PyHome {
     /// The training engine of this home.
     fn training(&self) -> PyTrainingEngine {
         PyTrainingEngine { inner: self.inner.training(), root: self.root() }
+    }
+
+    /// Loads a registered model for generation (see `Generator`); the GIL is released
+    /// while the weights load.
+    #[pyo3(signature = (model, *, merge_adapter=None, dtype=None, record=None, quantize=None))]
+    fn generator(
+        &self,
+        py: Python<'_>,
+        model: String,
+        merge_adapter: Option<Bound<'_, PyAny>>,
+        dtype: Option<Bound<'_, PyAny>>,
+        record: Option<Bound<'_, PyAny>>,
+        quantize: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<PyGenerator> {
+        PyGenerator::open(
+            py,
+            &self.inner.models(),
+            model,
+            merge_adapter.as_ref(),
+            dtype.as_ref(),
+            record.as_ref(),
+            quantize.as_ref(),
+        )
     }
 
     fn __repr__(&self) -> String {

@@ -5,6 +5,7 @@ mod conv;
 mod dataset;
 mod errors;
 mod events;
+mod generation;
 mod home;
 mod registry;
 mod training;
@@ -30,6 +31,14 @@ fn _anneal(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<training::PyJobLog>()?;
     m.add_class::<training::PyJobHandle>()?;
     m.add_class::<events::PyCancelToken>()?;
+    m.add_class::<generation::PyGenerator>()?;
+    m.add_class::<generation::PyTokenStream>()?;
+    m.add_class::<generation::PyGeneration>()?;
+    m.add_class::<generation::PyTimings>()?;
+    m.add_class::<generation::PyStreamChunk>()?;
+    m.add_class::<generation::PyScore>()?;
+    m.add_class::<generation::PyGenerationRecord>()?;
+    m.add_class::<generation::PyModelUsage>()?;
     errors::register(m)?;
     Ok(())
 }

@@ -339,6 +339,23 @@ impl PyModelRegistry {
         py.enter_core(|| self.inner.delete(model, force))
     }
 
+    /// Recorded generation and scoring calls, newest first.
+    #[pyo3(signature = (*, model=None, kind=None, limit=None))]
+    fn generations(
+        &self,
+        py: Python<'_>,
+        model: Option<String>,
+        kind: Option<String>,
+        limit: Option<usize>,
+    ) -> PyResult<Vec<crate::generation::PyGenerationRecord>> {
+        crate::generation::generations(py, &self.inner, model, kind, limit)
+    }
+
+    /// Usage totals of a model, from the catalog.
+    fn usage(&self, py: Python<'_>, model: String) -> PyResult<crate::generation::PyModelUsage> {
+        crate::generation::usage(py, &self.inner, model)
+    }
+
     fn __repr__(&self) -> String {
         format!("ModelRegistry(home={})", q(&self.root))
     }

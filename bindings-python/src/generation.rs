@@ -1,0 +1,425 @@
+//! `Generator`, `TokenStream` and the generation records. The GIL is released for every
+//! forward pass (`generate`, each `next()` of a stream, batches, scoring, loading).
+
+use std::sync::Mutex;
+
+use pyo3::exceptions::PyStopIteration;
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+
+use anneal::{GenerationConfig, GenerationFilter, GeneratorOptions, Prompt};
+
+use crate::conv::{to_json, Options};
+use crate::dataset::{json_to_py, q};
+use crate::errors::{to_pyerr, EnterCore};
+use crate::registry::{PyModelRecord, PyModelRegistry};
+
+/// A frozen record class over a serde core type: one getter per listed field (converted
+/// through JSON), `to_dict`, `__eq__` and `__repr__` (showing `repr_fields`).
+macro_rules! record_class {
+    ($py_ty:ident, $name:literal, $inner:ty, [$($field:ident),* $(,)?], repr: [$($rf:ident),* $(,)?] $(, extra: { $($extra:tt)* })?) => {
+        #[pyclass(name = $name, module = "anneal", frozen)]
+        pub struct $py_ty {
+            pub inner: $inner,
+        }
+
+        impl From<$inner> for $py_ty {
+            fn from(inner: $inner) -> Self {
+                Self { inner }
+            }
+        }
+
+        #[pymethods]
+        impl $py_ty {
+            $(
+                #[getter]
+                fn $field<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+                    json_to_py(py, serde_json::to_value(&self.inner.$field))
+                }
+            )*
+            $($($extra)*)?
+            fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+                json_to_py(py, serde_json::to_value(&self.inner))
+            }
+            fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+                other.cast::<Self>().is_ok_and(|o| o.get().inner == self.inner)
+            }
+            fn __repr__(&self) -> String {
+                let v = serde_json::to_value(&self.inner).unwrap_or_default();
+                let parts: Vec<String> =
+                    [$(stringify!($rf)),*].iter().map(|k| format!("{k}={}", repr_value(&v[*k]))).collect();
+                format!("{}({})", $name, parts.join(", "))
+            }
+        }
+    };
+}
+
+fn repr_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => q(s),
+        serde_json::Value::Null => "None".into(),
+        serde_json::Value::Bool(b) => if *b { "True" } else { "False" }.into(),
+        other => other.to_string(),
+    }
+}
+
+record_class!(PyTimings, "Timings", anneal::Timings,
+    [ttft_ms, decode_ms, total_ms, prompt_tokens_per_s, decode_tokens_per_s],
+    repr: [ttft_ms, decode_tokens_per_s]);
+
+record_class!(PyGeneration, "Generation", anneal::Generation,
+[id, model_id, text, token_ids, finish_reason, stop_sequence, prompt_tokens, generated_tokens, seed],
+repr: [text, finish_reason, generated_tokens],
+extra: {
+    /// Where the time went.
+    #[getter]
+    fn timings(&self) -> PyTimings {
+        self.inner.timings.into()
+    }
+});
+
+record_class!(PyStreamChunk, "StreamChunk", anneal::StreamChunk, [text, token_ids], repr: [text, token_ids]);
+
+record_class!(PyScore, "Score", anneal::Score, [loss, perplexity, tokens], repr: [loss, perplexity, tokens]);
+
+record_class!(PyGenerationRecord, "GenerationRecord", anneal::GenerationRecord,
+    [id, model_id, base_model_id, kind, params, prompt_tokens, generated_tokens, finish_reason, ttft_ms,
+     duration_ms, created_at],
+    repr: [id, model_id, kind, generated_tokens]);
+
+record_class!(PyModelUsage, "ModelUsage", anneal::ModelUsage,
+    [model_id, calls, generations, prompt_tokens, generated_tokens, total_duration_ms, last_used_at],
+    repr: [model_id, calls, generated_tokens]);
+
+/// A prompt: `str` (text), a list of `{"role", "content"}` dicts (chat), or a list of
+/// token ids.
+fn prompt(py: Python<'_>, obj: &Bound<'_, PyAny>, field: &str) -> PyResult<Prompt> {
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(Prompt::Text(s.to_str()?.to_owned()));
+    }
+    let v = to_json(obj, field)?;
+    serde_json::from_value(v).map_err(|_| {
+        to_pyerr(
+            py,
+            anneal::Error::config(field, "must be a str, a list of {'role', 'content'} dicts or a list of token ids"),
+        )
+    })
+}
+
+/// `GenerationConfig` from keyword arguments (unset ones stay unset: the core fills
+/// them from the model's generation_config.json and its defaults).
+#[allow(clippy::too_many_arguments)]
+fn config(
+    py: Python<'_>,
+    max_new_tokens: Option<&Bound<'_, PyAny>>,
+    temperature: Option<&Bound<'_, PyAny>>,
+    top_k: Option<&Bound<'_, PyAny>>,
+    top_p: Option<&Bound<'_, PyAny>>,
+    min_p: Option<&Bound<'_, PyAny>>,
+    repetition_penalty: Option<&Bound<'_, PyAny>>,
+    seed: Option<&Bound<'_, PyAny>>,
+    stop: Option<&Bound<'_, PyAny>>,
+    ignore_eos: Option<&Bound<'_, PyAny>>,
+    adapter: Option<&Bound<'_, PyAny>>,
+) -> PyResult<GenerationConfig> {
+    // A single stop string is a one-element list.
+    let stop_list = match stop {
+        Some(s) if s.cast::<PyString>().is_ok() => Some(pyo3::types::PyList::new(py, [s])?.into_any()),
+        other => other.cloned(),
+    };
+    let value = Options::default()
+        .set("max_new_tokens", max_new_tokens)?
+        .set("temperature", temperature)?
+        .set("top_k", top_k)?
+        .set("top_p", top_p)?
+        .set("min_p", min_p)?
+        .set("repetition_penalty", repetition_penalty)?
+        .set("seed", seed)?
+        .set("stop", stop_list.as_ref())?
+        .set("ignore_eos", ignore_eos)?
+        .set("adapter", adapter)?
+        .into_value();
+    anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))
+}
+
+/// Loads a registered model (`GeneratorOptions`) for `Home.generator` / `Generator.load`.
+fn load(
+    py: Python<'_>,
+    registry: &anneal::ModelRegistry,
+    model: String,
+    merge_adapter: Option<&Bound<'_, PyAny>>,
+    dtype: Option<&Bound<'_, PyAny>>,
+    record: Option<&Bound<'_, PyAny>>,
+    quantize: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PyGenerator> {
+    let value = Options::default()
+        .set("merge_adapter", merge_adapter)?
+        .set("dtype", dtype)?
+        .set("record", record)?
+        .set("quantize", quantize)?
+        .into_value();
+    let opts: GeneratorOptions = anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))?;
+    let registry = registry.clone();
+    py.enter_core(move || anneal::Generator::load(&registry, model, &opts)).map(|inner| PyGenerator { inner })
+}
+
+/// Generates with one loaded model (base, full fine-tune or adapter). Thread-safe:
+/// requests from several threads take turns one forward pass at a time.
+#[pyclass(name = "Generator", module = "anneal", frozen)]
+pub struct PyGenerator {
+    inner: anneal::Generator,
+}
+
+impl PyGenerator {
+    /// For `Home.generator`.
+    pub fn open(
+        py: Python<'_>,
+        registry: &anneal::ModelRegistry,
+        model: String,
+        merge_adapter: Option<&Bound<'_, PyAny>>,
+        dtype: Option<&Bound<'_, PyAny>>,
+        record: Option<&Bound<'_, PyAny>>,
+        quantize: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        load(py, registry, model, merge_adapter, dtype, record, quantize)
+    }
+}
+
+#[pymethods]
+impl PyGenerator {
+    /// Loads `model` (an id or reference) from `models`. Same as `Home.generator`.
+    #[staticmethod]
+    #[pyo3(signature = (models, model, *, merge_adapter=None, dtype=None, record=None, quantize=None))]
+    fn load(
+        py: Python<'_>,
+        models: &PyModelRegistry,
+        model: String,
+        merge_adapter: Option<Bound<'_, PyAny>>,
+        dtype: Option<Bound<'_, PyAny>>,
+        record: Option<Bound<'_, PyAny>>,
+        quantize: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        load(py, &models.inner, model, merge_adapter.as_ref(), dtype.as_ref(), record.as_ref(), quantize.as_ref())
+    }
+
+    /// Generates a completion of `prompt`; the GIL is released meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (prompt, *, max_new_tokens=None, temperature=None, top_k=None, top_p=None, min_p=None,
+                        repetition_penalty=None, seed=None, stop=None, ignore_eos=None, adapter=None))]
+    fn generate(
+        &self,
+        py: Python<'_>,
+        prompt: Bound<'_, PyAny>,
+        max_new_tokens: Option<Bound<'_, PyAny>>,
+        temperature: Option<Bound<'_, PyAny>>,
+        top_k: Option<Bound<'_, PyAny>>,
+        top_p: Option<Bound<'_, PyAny>>,
+        min_p: Option<Bound<'_, PyAny>>,
+        repetition_penalty: Option<Bound<'_, PyAny>>,
+        seed: Option<Bound<'_, PyAny>>,
+        stop: Option<Bound<'_, PyAny>>,
+        ignore_eos: Option<Bound<'_, PyAny>>,
+        adapter: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<PyGeneration> {
+        let p = self::prompt(py, &prompt, "prompt")?;
+        let cfg = config(
+            py,
+            max_new_tokens.as_ref(),
+            temperature.as_ref(),
+            top_k.as_ref(),
+            top_p.as_ref(),
+            min_p.as_ref(),
+            repetition_penalty.as_ref(),
+            seed.as_ref(),
+            stop.as_ref(),
+            ignore_eos.as_ref(),
+            adapter.as_ref(),
+        )?;
+        py.enter_core(|| self.inner.generate(p, &cfg)).map(Into::into)
+    }
+
+    /// Generates as `generate` does, as an iterator of `StreamChunk`s (valid UTF-8 text
+    /// pieces). `stream.generation` holds the full result after the last chunk.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (prompt, *, max_new_tokens=None, temperature=None, top_k=None, top_p=None, min_p=None,
+                        repetition_penalty=None, seed=None, stop=None, ignore_eos=None, adapter=None))]
+    fn stream(
+        &self,
+        py: Python<'_>,
+        prompt: Bound<'_, PyAny>,
+        max_new_tokens: Option<Bound<'_, PyAny>>,
+        temperature: Option<Bound<'_, PyAny>>,
+        top_k: Option<Bound<'_, PyAny>>,
+        top_p: Option<Bound<'_, PyAny>>,
+        min_p: Option<Bound<'_, PyAny>>,
+        repetition_penalty: Option<Bound<'_, PyAny>>,
+        seed: Option<Bound<'_, PyAny>>,
+        stop: Option<Bound<'_, PyAny>>,
+        ignore_eos: Option<Bound<'_, PyAny>>,
+        adapter: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<PyTokenStream> {
+        let p = self::prompt(py, &prompt, "prompt")?;
+        let cfg = config(
+            py,
+            max_new_tokens.as_ref(),
+            temperature.as_ref(),
+            top_k.as_ref(),
+            top_p.as_ref(),
+            min_p.as_ref(),
+            repetition_penalty.as_ref(),
+            seed.as_ref(),
+            stop.as_ref(),
+            ignore_eos.as_ref(),
+            adapter.as_ref(),
+        )?;
+        let s = py.enter_core(|| self.inner.stream(p, &cfg))?;
+        Ok(PyTokenStream { inner: Mutex::new(s) })
+    }
+
+    /// Generates for several prompts in one batch; results in prompt order.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (prompts, *, max_new_tokens=None, temperature=None, top_k=None, top_p=None, min_p=None,
+                        repetition_penalty=None, seed=None, stop=None, ignore_eos=None, adapter=None))]
+    fn generate_batch(
+        &self,
+        py: Python<'_>,
+        prompts: Vec<Bound<'_, PyAny>>,
+        max_new_tokens: Option<Bound<'_, PyAny>>,
+        temperature: Option<Bound<'_, PyAny>>,
+        top_k: Option<Bound<'_, PyAny>>,
+        top_p: Option<Bound<'_, PyAny>>,
+        min_p: Option<Bound<'_, PyAny>>,
+        repetition_penalty: Option<Bound<'_, PyAny>>,
+        seed: Option<Bound<'_, PyAny>>,
+        stop: Option<Bound<'_, PyAny>>,
+        ignore_eos: Option<Bound<'_, PyAny>>,
+        adapter: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<PyGeneration>> {
+        let ps = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| prompt(py, p, &format!("prompts[{i}]")))
+            .collect::<PyResult<Vec<_>>>()?;
+        let cfg = config(
+            py,
+            max_new_tokens.as_ref(),
+            temperature.as_ref(),
+            top_k.as_ref(),
+            top_p.as_ref(),
+            min_p.as_ref(),
+            repetition_penalty.as_ref(),
+            seed.as_ref(),
+            stop.as_ref(),
+            ignore_eos.as_ref(),
+            adapter.as_ref(),
+        )?;
+        Ok(py.enter_core(|| self.inner.generate_batch(&ps, &cfg))?.into_iter().map(Into::into).collect())
+    }
+
+    /// Mean next-token loss, perplexity and token count of each text.
+    #[pyo3(signature = (texts, *, adapter=None))]
+    fn score(&self, py: Python<'_>, texts: Vec<String>, adapter: Option<String>) -> PyResult<Vec<PyScore>> {
+        Ok(py.enter_core(|| self.inner.score_with(&texts, adapter.as_deref()))?.into_iter().map(Into::into).collect())
+    }
+
+    /// Loads an adapter of this generator's base, for requests' `adapter=`.
+    fn add_adapter(&self, py: Python<'_>, model: String) -> PyResult<PyModelRecord> {
+        py.enter_core(|| self.inner.add_adapter(model)).map(Into::into)
+    }
+
+    /// The adapters loaded unmerged on this generator.
+    fn adapters(&self, py: Python<'_>) -> PyResult<Vec<PyModelRecord>> {
+        Ok(py.enter_core(|| self.inner.adapters())?.into_iter().map(Into::into).collect())
+    }
+
+    /// The settings a request gets for what it leaves unset.
+    fn defaults<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json_to_py(py, serde_json::to_value(self.inner.defaults()))
+    }
+
+    /// The model this generator was loaded with.
+    #[getter]
+    fn model(&self) -> PyModelRecord {
+        self.inner.model().clone().into()
+    }
+
+    /// The model whose weights are loaded (an adapter's base).
+    #[getter]
+    fn base_model(&self) -> PyModelRecord {
+        self.inner.base_model().clone().into()
+    }
+
+    #[getter]
+    fn context_length(&self) -> usize {
+        self.inner.context_length()
+    }
+
+    #[getter]
+    fn eos_token_ids(&self) -> Vec<u32> {
+        self.inner.eos_token_ids().to_vec()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Generator(model={})", q(&self.inner.model().reference()))
+    }
+}
+
+/// A generation in progress: iterate for `StreamChunk`s; `generation` is the result
+/// once the iterator is exhausted. Usable from any thread.
+#[pyclass(name = "TokenStream", module = "anneal", frozen)]
+pub struct PyTokenStream {
+    inner: Mutex<anneal::TokenStream>,
+}
+
+#[pymethods]
+impl PyTokenStream {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<PyStreamChunk> {
+        let next = py.detach(|| match self.inner.lock() {
+            Ok(mut s) => s.next(),
+            Err(_) => Some(Err(anneal::Error::Internal("stream poisoned by a panic".into()))),
+        });
+        match next {
+            Some(Ok(chunk)) => Ok(chunk.into()),
+            Some(Err(e)) => Err(to_pyerr(py, e)),
+            None => Err(PyStopIteration::new_err(())),
+        }
+    }
+
+    /// The full result after the last chunk (`None` before).
+    #[getter]
+    fn generation(&self) -> Option<PyGeneration> {
+        self.inner.lock().ok().and_then(|s| s.generation().cloned()).map(Into::into)
+    }
+
+    fn __repr__(&self) -> String {
+        match self.inner.lock() {
+            Ok(s) => format!(
+                "TokenStream(prompt_tokens={}, generated_tokens={}, done={})",
+                s.prompt_tokens(),
+                s.generated_tokens(),
+                if s.generation().is_some() { "True" } else { "False" }
+            ),
+            Err(_) => "TokenStream(<poisoned>)".into(),
+        }
+    }
+}
+
+/// Registry methods on generation history (added to `ModelRegistry`).
+pub fn generations(
+    py: Python<'_>,
+    reg: &anneal::ModelRegistry,
+    model: Option<String>,
+    kind: Option<String>,
+    limit: Option<usize>,
+) -> PyResult<Vec<PyGenerationRecord>> {
+    let filter = GenerationFilter { model, kind, limit };
+    Ok(py.enter_core(|| reg.generations(&filter))?.into_iter().map(Into::into).collect())
+}
+
+pub fn usage(py: Python<'_>, reg: &anneal::ModelRegistry, model: String) -> PyResult<PyModelUsage> {
+    py.enter_core(|| reg.usage(model)).map(Into::into)
+}
