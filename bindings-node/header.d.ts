@@ -313,3 +313,103 @@ export interface JobLog {
   level: string
   message: string
 }
+
+// ---------------------------------------------------------------- generation
+
+export type FinishReason = 'eos' | 'stop' | 'length'
+export type GenerationKind = 'generate' | 'stream' | 'batch' | 'score'
+
+/** Text (tokenised with the model's special tokens), chat messages (rendered with its chat template), or token ids. */
+export type Prompt = string | Array<{ role: string; content: string }> | number[]
+
+/** `home.generator(model, options)`. */
+export interface GeneratorOptions {
+  /** Fold an adapter into the base weights at load (default true); false keeps it separate and switchable per request. */
+  mergeAdapter?: boolean
+  dtype?: 'f32' | 'bf16' | 'f16'
+  /** Record every call in the catalog (default true). */
+  record?: boolean
+  /** Hold the linear layers' weights as q8_0 (8-bit blocks of 32, one scale each). */
+  quantize?: 'q8_0'
+}
+
+/** Settings of one request; unset ones come from the model's generation_config.json, then the defaults (greedy, 256 tokens). */
+export interface GenerationConfig {
+  maxNewTokens?: number
+  /** 0 = greedy; above 0 samples from softmax(logits / temperature). */
+  temperature?: number
+  topK?: number
+  topP?: number
+  minP?: number
+  repetitionPenalty?: number
+  /** Same seed, prompt and settings -> same output. */
+  seed?: number
+  /** Strings that end generation (not included in the text). */
+  stop?: string | string[]
+  ignoreEos?: boolean
+  /** The adapter for this request (a generator loaded with `mergeAdapter: false`). */
+  adapter?: string
+}
+
+export interface Timings {
+  ttftMs: number
+  decodeMs: number
+  totalMs: number
+  promptTokensPerS: number
+  decodeTokensPerS: number
+}
+
+export interface Generation {
+  /** The catalog row of this call (null when recording is off). */
+  id: string | null
+  modelId: string
+  text: string
+  tokenIds: number[]
+  finishReason: FinishReason
+  stopSequence: string | null
+  promptTokens: number
+  generatedTokens: number
+  seed: number | null
+  timings: Timings
+}
+
+export interface StreamChunk {
+  text: string
+  tokenIds: number[]
+}
+
+export interface Score {
+  loss: number
+  perplexity: number
+  tokens: number
+}
+
+export interface GenerationFilter {
+  model?: string
+  kind?: GenerationKind
+  limit?: number
+}
+
+export interface GenerationRecord {
+  id: string
+  modelId: string
+  baseModelId: string
+  kind: GenerationKind
+  params: Record<string, unknown>
+  promptTokens: number
+  generatedTokens: number
+  finishReason: FinishReason | null
+  ttftMs: number | null
+  durationMs: number
+  createdAt: string
+}
+
+export interface ModelUsage {
+  modelId: string
+  calls: number
+  generations: number
+  promptTokens: number
+  generatedTokens: number
+  totalDurationMs: number
+  lastUsedAt: string | null
+}

@@ -314,6 +314,106 @@ export interface JobLog {
   message: string
 }
 
+// ---------------------------------------------------------------- generation
+
+export type FinishReason = 'eos' | 'stop' | 'length'
+export type GenerationKind = 'generate' | 'stream' | 'batch' | 'score'
+
+/** Text (tokenised with the model's special tokens), chat messages (rendered with its chat template), or token ids. */
+export type Prompt = string | Array<{ role: string; content: string }> | number[]
+
+/** `home.generator(model, options)`. */
+export interface GeneratorOptions {
+  /** Fold an adapter into the base weights at load (default true); false keeps it separate and switchable per request. */
+  mergeAdapter?: boolean
+  dtype?: 'f32' | 'bf16' | 'f16'
+  /** Record every call in the catalog (default true). */
+  record?: boolean
+  /** Hold the linear layers' weights as q8_0 (8-bit blocks of 32, one scale each). */
+  quantize?: 'q8_0'
+}
+
+/** Settings of one request; unset ones come from the model's generation_config.json, then the defaults (greedy, 256 tokens). */
+export interface GenerationConfig {
+  maxNewTokens?: number
+  /** 0 = greedy; above 0 samples from softmax(logits / temperature). */
+  temperature?: number
+  topK?: number
+  topP?: number
+  minP?: number
+  repetitionPenalty?: number
+  /** Same seed, prompt and settings -> same output. */
+  seed?: number
+  /** Strings that end generation (not included in the text). */
+  stop?: string | string[]
+  ignoreEos?: boolean
+  /** The adapter for this request (a generator loaded with `mergeAdapter: false`). */
+  adapter?: string
+}
+
+export interface Timings {
+  ttftMs: number
+  decodeMs: number
+  totalMs: number
+  promptTokensPerS: number
+  decodeTokensPerS: number
+}
+
+export interface Generation {
+  /** The catalog row of this call (null when recording is off). */
+  id: string | null
+  modelId: string
+  text: string
+  tokenIds: number[]
+  finishReason: FinishReason
+  stopSequence: string | null
+  promptTokens: number
+  generatedTokens: number
+  seed: number | null
+  timings: Timings
+}
+
+export interface StreamChunk {
+  text: string
+  tokenIds: number[]
+}
+
+export interface Score {
+  loss: number
+  perplexity: number
+  tokens: number
+}
+
+export interface GenerationFilter {
+  model?: string
+  kind?: GenerationKind
+  limit?: number
+}
+
+export interface GenerationRecord {
+  id: string
+  modelId: string
+  baseModelId: string
+  kind: GenerationKind
+  params: Record<string, unknown>
+  promptTokens: number
+  generatedTokens: number
+  finishReason: FinishReason | null
+  ttftMs: number | null
+  durationMs: number
+  createdAt: string
+}
+
+export interface ModelUsage {
+  modelId: string
+  calls: number
+  generations: number
+  promptTokens: number
+  generatedTokens: number
+  totalDurationMs: number
+  lastUsedAt: string | null
+}
+
 /**
  * Which binding artifact the generated loader actually loaded: `'native'` for
  * a native addon, otherwise the `platformArchABI` of the WASI flavor. Every
@@ -361,6 +461,40 @@ export declare class DatasetStore {
 }
 
 /**
+ * Generates with one loaded model (`await home.generator(model, options)`). Requests
+ * from several callers take turns one forward pass at a time.
+ */
+export declare class Generator {
+  /**
+   * Generates a completion of `prompt`. Rejects with `invalid_config` (naming the
+   * setting) or `not_found` before any work.
+   */
+  generate(prompt: Prompt, config?: GenerationConfig): Promise<Generation>
+  /** Generates for several prompts in one batch (results in prompt order). */
+  generateBatch(prompts: Prompt[], config?: GenerationConfig): Promise<Generation[]>
+  /**
+   * Generates as `generate` does, as an async iterator of `StreamChunk`s (valid UTF-8
+   * pieces); `stream.generation` is the full result once it ends. Throws
+   * `invalid_config` / `not_found` for bad settings.
+   */
+  stream(prompt: Prompt, config?: GenerationConfig): TokenStream
+  /** Loss, perplexity and token count of each text. */
+  score(texts: string[], options?: { adapter?: string }): Promise<Score[]>
+  /** Loads an adapter of this generator's base, for requests' `adapter` setting. */
+  addAdapter(model: string): Promise<ModelRecord>
+  /** The adapters loaded unmerged on this generator. */
+  adapters(): ModelRecord[]
+  /** The settings a request gets for what it leaves unset. */
+  defaults(): GenerationConfig
+  /** The model this generator was loaded with. */
+  get model(): ModelRecord
+  /** The model whose weights are loaded (an adapter's base). */
+  get baseModel(): ModelRecord
+  get contextLength(): number
+  get eosTokenIds(): Array<number>
+}
+
+/**
  * An opened home directory (`Home.open(dir)`); hands out the `DatasetStore`, the
  * `ModelRegistry` and the `TrainingEngine`. Several processes may open the same home at once.
  */
@@ -383,6 +517,12 @@ export declare class Home {
   models(): ModelRegistry
   /** The training engine of this home. */
   training(): TrainingEngine
+  /**
+   * Loads a registered model (id or reference) for generation, off the event loop.
+   * Options: `mergeAdapter` (default true), `dtype` (`f32`, `bf16`, `f16`), `record`
+   * (default true), `quantize` (`q8_0`).
+   */
+  generator(model: string, options?: GeneratorOptions): Promise<Generator>
 }
 
 /** Registers, names, versions and serves models (`home.models()`). */
@@ -411,6 +551,21 @@ export declare class ModelRegistry {
    * depends on it (code `in_use`) unless `force`, which also deletes its adapters.
    */
   delete(reference: string, options?: DeleteOptions): Promise<void>
+  /** Recorded generation and scoring calls, newest first. */
+  generations(filter?: GenerationFilter): GenerationRecord[]
+  /** Usage totals of a model, from the catalog. */
+  usage(model: string): ModelUsage
+}
+
+/** A generation in progress: an async iterator of `StreamChunk`s. */
+export declare class TokenStream {
+  /**
+   * The iterator protocol's `next()`: one step on the libuv pool; resolves with
+   * `{ value: chunk, done: false }`, then `{ value: undefined, done: true }`.
+   */
+  next(): Promise<IteratorResult<StreamChunk, undefined>>
+  /** The full result once the stream has ended (`null` before). */
+  get generation(): Generation | null
 }
 
 /** Creates, runs, watches and resumes training jobs (`home.training()`). */

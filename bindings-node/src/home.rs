@@ -62,4 +62,16 @@ impl Home {
     pub fn training(&self) -> TrainingEngine {
         TrainingEngine { inner: self.inner.training() }
     }
+
+    /// Loads a registered model (id or reference) for generation, off the event loop.
+    /// Options: `mergeAdapter` (default true), `dtype` (`f32`, `bf16`, `f16`), `record`
+    /// (default true), `quantize` (`q8_0`).
+    #[napi(catch_unwind, ts_return_type = "Promise<Generator>")]
+    pub fn generator(
+        &self,
+        #[napi(ts_arg_type = "string")] model: Unknown<'_>,
+        #[napi(ts_arg_type = "GeneratorOptions")] options: Option<Unknown<'_>>,
+    ) -> napi::bindgen_prelude::AsyncTask<crate::generation::LoadGenerator> {
+        crate::generation::LoadGenerator::spawn(self.inner.models(), model, options)
+    }
 }

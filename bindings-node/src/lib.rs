@@ -13,12 +13,14 @@ mod conv;
 mod dataset;
 mod errors;
 mod events;
+mod generation;
 mod home;
 mod registry;
 mod training;
 
 pub use dataset::DatasetStore;
 pub use events::CancelToken;
+pub use generation::{Generator, TokenStream};
 pub use home::Home;
 pub use registry::ModelRegistry;
 pub use training::TrainingEngine;

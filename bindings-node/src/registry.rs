@@ -126,4 +126,24 @@ impl ModelRegistry {
             Ok(Value::Null)
         })
     }
+
+    /// Recorded generation and scoring calls, newest first.
+    #[napi(catch_unwind, ts_return_type = "GenerationRecord[]")]
+    pub fn generations(
+        &self,
+        env: Env,
+        #[napi(ts_arg_type = "GenerationFilter")] filter: Option<Unknown<'_>>,
+    ) -> napi::Result<JsJson> {
+        errors::sync(&env, || {
+            let filter: anneal::GenerationFilter = anneal::options_from_json(CallOptions::parse(filter, false)?.json)?;
+            js(serde_json::to_value(self.inner.generations(&filter)?))
+        })
+        .map(JsJson)
+    }
+
+    /// Usage totals of a model, from the catalog.
+    #[napi(catch_unwind, ts_return_type = "ModelUsage")]
+    pub fn usage(&self, env: Env, #[napi(ts_arg_type = "string")] model: Unknown<'_>) -> napi::Result<JsJson> {
+        errors::sync(&env, || js(serde_json::to_value(self.inner.usage(conv::string(model, "model")?)?))).map(JsJson)
+    }
 }
