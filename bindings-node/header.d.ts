@@ -413,3 +413,8 @@ export interface ModelUsage {
   totalDurationMs: number
   lastUsedAt: string | null
 }
+
+/** `for await (const chunk of gen.stream(prompt)) ...`: the stream is its own async iterator. */
+export interface TokenStream {
+  [Symbol.asyncIterator](): TokenStream
+}

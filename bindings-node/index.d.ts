@@ -414,6 +414,11 @@ export interface ModelUsage {
   lastUsedAt: string | null
 }
 
+/** `for await (const chunk of gen.stream(prompt)) ...`: the stream is its own async iterator. */
+export interface TokenStream {
+  [Symbol.asyncIterator](): TokenStream
+}
+
 /**
  * Which binding artifact the generated loader actually loaded: `'native'` for
  * a native addon, otherwise the `platformArchABI` of the WASI flavor. Every

@@ -3,11 +3,11 @@
 // Run:    node examples/node/quickstart.mjs [home dir] [--smoke]   (after `cd bindings-node && npm install && npm run build`)
 // Output: dataset splits, one progress line per ~50 steps for two training jobs (a full
 //         training of the nano preset on uppercase, then a LoRA adapter on letter
-//         doubling), their final and eval losses, and the registry with lineage.
-//         `--smoke` trains one epoch each (for CI).
-//
-// Node has no generation API yet (the Generator comes next), so this twin reports losses;
-// the Rust quickstart also decodes held-out words and prints their accuracy.
+//         doubling), their losses, the accuracy of greedy answers on 100 held-out words
+//         before and after each (one batch), a streamed answer from the adapter, the
+//         adapter switched per request on one loaded base, the catalog's usage totals,
+//         and the registry with lineage. `--smoke` trains one epoch each (for CI;
+//         accuracy is then printed but low).
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 import path from 'node:path'
@@ -28,6 +28,19 @@ const progress = (e) => {
   }
 }
 
+const EVAL_N = 100
+
+/** Exact-match accuracy of greedy answers on held-out problems, generated in one batch. */
+async function accuracy(modelId, val) {
+  const gen = await home.generator(modelId) // an adapter is merged into its base at load
+  const records = datasets.preview(val.id, EVAL_N)
+  const outs = await gen.generateBatch(records.map((r) => r.prompt), { maxNewTokens: 16 })
+  const right = records.filter((r, i) => outs[i].text.trim() === r.completion).length
+  const samples = records.slice(0, 4).map((r, i) => `${r.prompt} ${outs[i].text.trim().padEnd(12)} (want ${r.completion})`)
+  return [right / records.length, samples]
+}
+const pct = (x) => `${Math.round(x * 100)}%`
+
 const home = Home.open(args[0] ?? 'anneal-home')
 const datasets = home.datasets()
 const models = home.models()
@@ -41,7 +54,8 @@ for (const name of ['uppercase', 'double']) {
 }
 
 const base = await models.createPreset('nano', { name: 'quickstart-nano', seed: 0 })
-console.log(`base ${base.name}@${base.version}: ${base.params} parameters`)
+const [before] = await accuracy(base.id, splits.uppercase.val)
+console.log(`base ${base.name}@${base.version}: ${base.params} parameters, uppercase accuracy ${pct(before)}`)
 
 const upper = await engine.train({
   base: base.id, dataset: splits.uppercase.train.id, evalDataset: splits.uppercase.val.id,
@@ -49,6 +63,10 @@ const upper = await engine.train({
   warmupSteps: 20, schedule: 'cosine', weightDecay: 0.01, outputName: 'quickstart-upper',
 }, { onEvent: progress })
 console.log(`full training: ${upper.steps} steps, final loss ${upper.finalLoss.toFixed(3)}, eval loss ${upper.evalLoss.toFixed(3)}`)
+const [after, samples] = await accuracy(upper.modelId, splits.uppercase.val)
+console.log(`uppercase accuracy on ${EVAL_N} held-out words: ${pct(before)} -> ${pct(after)}`)
+for (const line of samples) console.log(`  ${line}`)
+const [subBefore] = await accuracy(upper.modelId, splits.double.val)
 
 const lora = await engine.train({
   base: upper.modelId, dataset: splits.double.train.id, evalDataset: splits.double.val.id,
@@ -57,6 +75,25 @@ const lora = await engine.train({
   schedule: 'cosine', outputName: 'quickstart-double-lora',
 }, { onEvent: progress })
 console.log(`LoRA training: ${lora.steps} steps, final loss ${lora.finalLoss.toFixed(3)}, eval loss ${lora.evalLoss.toFixed(3)}`)
+const [subAfter, subSamples] = await accuracy(lora.modelId, splits.double.val)
+console.log(`double-letter accuracy: ${pct(subBefore)} (trained base) -> ${pct(subAfter)} (with the LoRA adapter)`)
+for (const line of subSamples) console.log(`  ${line}`)
+
+// Stream from the adapter kept unmerged; then one loaded base, adapter per request.
+const word = datasets.preview(splits.double.val.id, 1)[0].prompt
+const gen = await home.generator(lora.modelId, { mergeAdapter: false })
+process.stdout.write(`streaming '${word}' with the adapter: `)
+const stream = gen.stream(word, { maxNewTokens: 16 })
+for await (const chunk of stream) process.stdout.write(chunk.text)
+const g = stream.generation
+console.log(`  (${g.generatedTokens} tokens, ${g.finishReason}, first token after ${g.timings.ttftMs.toFixed(1)} ms)`)
+const onBase = await home.generator(upper.modelId, { mergeAdapter: false })
+await onBase.addAdapter(lora.modelId)
+const plain = (await onBase.generate(word, { maxNewTokens: 16 })).text.trim()
+const withAdapter = (await onBase.generate(word, { maxNewTokens: 16, adapter: lora.modelId })).text.trim()
+console.log(`same base, per request: without adapter '${plain}', with '${withAdapter}'`)
+const u = models.usage(lora.modelId)
+console.log(`usage of the adapter (from the catalog): ${u.calls} calls, ${u.generations} prompts, ${u.generatedTokens} tokens`)
 
 for (const m of models.list()) {
   const origin = m.lineage.job ? `job ${m.lineage.job}` : m.source
