@@ -47,14 +47,12 @@ pub(crate) fn matmul(x: &Tensor, w: &Tensor, conv1d: bool) -> Result<Tensor> {
 
 /// Weights smaller than this (elements) are done on the calling thread: waking the
 /// pool costs more than it saves.
-fn parallel_from() -> usize {
-    std::env::var("ANNEAL_GEMV_PAR").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 18)
-}
+const PARALLEL_FROM: usize = 1 << 18;
 
 /// Output features per task: enough work to beat the scheduling cost, enough tasks to
 /// balance the threads; everything in one task for a small weight.
 fn chunk(out_f: usize, in_f: usize) -> usize {
-    if out_f * in_f < parallel_from() {
+    if out_f * in_f < PARALLEL_FROM {
         return out_f.max(1);
     }
     let tasks = rayon::current_num_threads().max(1) * 4;
@@ -110,6 +108,9 @@ fn conv1d_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec
     }
     y
 }
+
+/// Partial sums of the AVX2 dot product (two registers' worth; wider spills).
+const W: usize = 16;
 
 /// Elements per q8_0 block (one scale per block), as in GGML's `Q8_0`.
 pub(crate) const Q8_BLOCK: usize = 32;
@@ -301,15 +302,15 @@ fn has_avx2_fma() -> bool {
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
-/// The portable loop compiled for AVX2 + FMA: 32 partial sums, fused multiply-adds.
+/// The portable loop compiled for AVX2 + FMA: `W` partial sums, fused multiply-adds.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 32];
-    let (ca, cb) = (a.chunks_exact(32), b.chunks_exact(32));
+    let mut acc = [0f32; W];
+    let (ca, cb) = (a.chunks_exact(W), b.chunks_exact(W));
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in ca.zip(cb) {
-        for i in 0..32 {
+        for i in 0..W {
             acc[i] = x[i].mul_add(y[i], acc[i]);
         }
     }
