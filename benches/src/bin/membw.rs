@@ -55,6 +55,9 @@ fn main() {
             best = best.min(t.elapsed().as_secs_f64());
         }
         let gbps = (n * 4) as f64 / best / 1e9;
-        println!("{}", json!({"impl": "membw", "threads": threads, "mib": mib, "read_gb_per_s": (gbps * 10.0).round() / 10.0}));
+        println!(
+            "{}",
+            json!({"impl": "membw", "threads": threads, "mib": mib, "read_gb_per_s": (gbps * 10.0).round() / 10.0})
+        );
     }
 }

@@ -134,15 +134,7 @@ impl Q8Weight {
             return Err(Error::Internal(format!("q8_0 needs input features divisible by 32, got {in_f}")));
         }
         let data: Vec<f32> = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let mut q = Vec::with_capacity(data.len());
-        let mut scales = Vec::with_capacity(data.len() / Q8_BLOCK);
-        for block in data.chunks_exact(Q8_BLOCK) {
-            let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            scales.push(d);
-            q.extend(block.iter().map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8));
-        }
+        let (q, scales) = quantize_blocks(&data);
         Ok(Self { out_f, in_f, q, scales })
     }
 
@@ -157,12 +149,15 @@ impl Q8Weight {
     }
 
     /// `x W^T` for `x` `[n, in]` (any n: every weight row is read once for all rows).
+    /// Each row of `x` is quantized to 8 bits per block too (as GGML does for q8_0), so
+    /// the inner products are integer multiply-adds.
     pub(crate) fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let (n, in_f) = x.dims2()?;
         if in_f != self.in_f {
             return Err(Error::Internal(format!("q8_0 linear expects {} input features, got {in_f}", self.in_f)));
         }
         let xv: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let (xq, xd) = quantize_blocks(&xv);
         let (out_f, blocks) = (self.out_f, in_f / Q8_BLOCK);
         let mut yt = vec![0f32; out_f * n];
         let c = chunk(out_f, in_f / 4);
@@ -173,13 +168,28 @@ impl Q8Weight {
                 let q = &self.q[o * in_f..(o + 1) * in_f];
                 let d = &self.scales[o * blocks..(o + 1) * blocks];
                 for (r, y) in yo.iter_mut().enumerate() {
-                    *y = dot_q8(&xv[r * in_f..(r + 1) * in_f], q, d);
+                    let (rq, rd) = (&xq[r * in_f..(r + 1) * in_f], &xd[r * blocks..(r + 1) * blocks]);
+                    *y = dot_q8(rq, rd, q, d);
                 }
             }
         });
         let y = if n == 1 { yt } else { transpose(&yt, out_f, n) };
         Ok(Tensor::from_vec(y, (n, out_f), x.device())?)
     }
+}
+
+/// Blockwise 8-bit quantization: values and one scale (max |x| / 127) per 32.
+fn quantize_blocks(data: &[f32]) -> (Vec<i8>, Vec<f32>) {
+    let mut q = Vec::with_capacity(data.len());
+    let mut scales = Vec::with_capacity(data.len() / Q8_BLOCK);
+    for block in data.chunks_exact(Q8_BLOCK) {
+        let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let d = amax / 127.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        scales.push(d);
+        q.extend(block.iter().map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8));
+    }
+    (q, scales)
 }
 
 /// `[rows, cols]` -> `[cols, rows]`.
@@ -193,32 +203,35 @@ fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// Dot product of f32 `x` with q8_0 blocks.
-fn dot_q8(x: &[f32], q: &[i8], scales: &[f32]) -> f32 {
+/// Dot product of two q8_0 rows (values and per-block scales).
+fn dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: as in `dot`: the CPU has AVX2 and FMA; the function only indexes slices.
         #[allow(unsafe_code)]
-        return unsafe { dot_q8_avx2(x, q, scales) };
+        return unsafe { dot_q8_avx2(xq, xd, wq, wd) };
     }
-    dot_q8_portable(x, q, scales)
+    dot_q8_portable(xq, xd, wq, wd)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn dot_q8_avx2(x: &[f32], q: &[i8], scales: &[f32]) -> f32 {
-    dot_q8_portable(x, q, scales)
+fn dot_q8_avx2(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[f32]) -> f32 {
+    dot_q8_portable(xq, xd, wq, wd)
 }
 
+/// Integer multiply-adds within a block (exact in i32), one float multiply per block.
 #[inline(always)]
-fn dot_q8_portable(x: &[f32], q: &[i8], scales: &[f32]) -> f32 {
-    let mut acc = [0f32; Q8_BLOCK];
-    for ((xb, qb), &d) in x.chunks_exact(Q8_BLOCK).zip(q.chunks_exact(Q8_BLOCK)).zip(scales) {
+fn dot_q8_portable(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[f32]) -> f32 {
+    let mut total = 0f32;
+    for (((xb, wb), &dx), &dw) in xq.chunks_exact(Q8_BLOCK).zip(wq.chunks_exact(Q8_BLOCK)).zip(xd).zip(wd) {
+        let mut s = 0i32;
         for i in 0..Q8_BLOCK {
-            acc[i] += d * (xb[i] * f32::from(qb[i]));
+            s += i32::from(xb[i]) * i32::from(wb[i]);
         }
+        total += (dx * dw) * s as f32;
     }
-    acc.iter().sum()
+    total
 }
 
 /// Elements of a 4-d tensor as (data, start, strides) for strided reads.
