@@ -222,6 +222,13 @@ impl Tokenizer {
         self.pad.as_ref()
     }
 
+    /// The BOS id that `encode(text, true)` puts first (tokenizer_config.json's
+    /// `add_bos_token`); training sequences start with it too, so a fine-tuned model sees
+    /// the same start at generation.
+    pub fn bos_prefix(&self) -> Option<u32> {
+        self.bos.as_ref().filter(|_| self.add_bos).map(|b| b.id)
+    }
+
     /// Ids that end generation.
     pub fn eos_token_ids(&self) -> &[u32] {
         &self.eos_ids

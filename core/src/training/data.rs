@@ -68,10 +68,13 @@ pub(crate) fn prepare(
     source: &Location,
 ) -> Result<Vec<Example>> {
     let eos = tok.eos_token().map(|t| t.id);
+    // As `encode(text, true)` does at generation (chat templates write their own BOS).
+    let bos = tok.bos_prefix();
     let mut out = Vec::new();
     if format == DatasetFormat::Text {
         let mut stream = Vec::new();
         for (i, r) in records.iter().enumerate() {
+            stream.extend(bos);
             stream.extend(tok.encode(field(r, "text", &source.clone().at(i as u64 + 1))?, false)?);
             stream.extend(eos);
         }
@@ -106,6 +109,10 @@ pub(crate) fn prepare(
         };
         let mut ids = Vec::new();
         let mut labels = Vec::new();
+        if let Some(b) = bos.filter(|_| format != DatasetFormat::Chat) {
+            ids.push(b);
+            labels.push(IGNORE);
+        }
         for (text, trained) in &segments {
             let t = tok.encode(text, false)?;
             labels.extend(t.iter().map(|&x| if *trained { x as i64 } else { IGNORE }));
@@ -212,6 +219,25 @@ mod tests {
         let ex = prepare(DatasetFormat::Text, &recs, &tok, 4, &loc).unwrap();
         assert_eq!(ex.iter().map(|e| e.ids.len()).collect::<Vec<_>>(), vec![4, 3]);
         assert_eq!(ex[0].ids, vec![97, 98, 99, 256]);
+    }
+
+    #[test]
+    fn sequences_start_like_generation_prompts_when_the_tokenizer_adds_bos() {
+        let dir = tempfile::tempdir().unwrap();
+        let tj = crate::tokenizer::byte_level::tokenizer_json().to_string();
+        std::fs::write(dir.path().join("tokenizer.json"), tj).unwrap();
+        let tc = json!({"add_bos_token": true, "bos_token": "<|im_start|>", "eos_token": "<|endoftext|>"});
+        std::fs::write(dir.path().join("tokenizer_config.json"), tc.to_string()).unwrap();
+        let tok = Tokenizer::from_dir(dir.path()).unwrap();
+        assert_eq!(tok.bos_prefix(), Some(257));
+        let recs = vec![json!({"prompt": "ab", "completion": "cd"})];
+        let ex = prepare(DatasetFormat::Completion, &recs, &tok, 64, &Location::default()).unwrap();
+        let prompt = tok.encode("ab", true).unwrap();
+        assert_eq!(prompt, [257, 97, 98]);
+        assert_eq!(ex[0].ids[..3], prompt[..]);
+        assert_eq!(ex[0].labels, vec![-100, -100, -100, 99, 100, 256]);
+        let ex = prepare(DatasetFormat::Text, &[json!({"text": "ab"})], &tok, 64, &Location::default()).unwrap();
+        assert_eq!(ex[0].ids, vec![257, 97, 98, 256]);
     }
 
     #[test]
