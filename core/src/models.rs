@@ -469,6 +469,41 @@ pub(crate) mod ops {
     use super::{ForwardMode, RopeScaling};
     use crate::error::Result;
 
+    /// Where one forward pass sits: batch rows, new positions, the first new position,
+    /// the cached positions its mask spans, and the rows' left padding.
+    pub(crate) struct Pass {
+        pub(crate) b: usize,
+        pub(crate) t: usize,
+        pub(crate) offset: usize,
+        pub(crate) past: usize,
+        pub(crate) pads: Vec<usize>,
+        pub(crate) padded: bool,
+    }
+
+    impl Pass {
+        /// Checks `ids` against the context (`field` names its config key) and the cache.
+        pub(crate) fn new(
+            ids: &Tensor,
+            offset: usize,
+            cache: Option<&super::KvCache>,
+            max_positions: usize,
+            field: &str,
+        ) -> Result<Self> {
+            let (b, t) = ids.dims2()?;
+            let offset = cache.map_or(offset, |c| c.len());
+            super::check_positions(offset + t, max_positions, field)?;
+            if let Some(c) = cache {
+                c.check(b, t)?;
+            }
+            let padded = cache.is_some_and(|c| c.has_padding());
+            let pads = match cache {
+                Some(c) if padded => c.pads().to_vec(),
+                _ => vec![0],
+            };
+            Ok(Self { b, t, offset, past: if cache.is_some() { offset } else { 0 }, pads, padded })
+        }
+    }
+
     /// Rows of `table` for `ids` `[b, t]` -> `[b, t, h]`.
     pub(crate) fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;

@@ -6,7 +6,7 @@ use candle_core::{Tensor, D};
 use super::cache::KvCache;
 use super::config::{Activation, ModelConfig};
 use super::load::Weights;
-use super::{check_positions, ops, ForwardMode, Params};
+use super::{ops, ForwardMode, Params};
 use crate::error::Result;
 use crate::lora::linear::Linear;
 
@@ -76,29 +76,22 @@ impl Gpt2 {
         mut cache: Option<&mut KvCache>,
         last_only: bool,
     ) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
-        let offset = cache.as_ref().map_or(offset, |c| c.len());
-        check_positions(offset + t, cfg.max_position_embeddings, "n_positions")?;
-        if let Some(c) = cache.as_ref() {
-            c.check(b, t)?;
-        }
+        let p = ops::Pass::new(ids, offset, cache.as_deref(), cfg.max_position_embeddings, "n_positions")?;
+        let (b, t) = (p.b, p.t);
         let train = mode == ForwardMode::Train;
         let h = cfg.hidden_size;
         let (nh, hd) = (cfg.num_attention_heads, cfg.head_dim);
         let tok = ops::embed(&self.wte, ids)?;
-        let no_pads = [0usize];
-        let pads = cache.as_ref().filter(|c| c.has_padding()).map_or(&no_pads[..], |c| c.pads());
-        let mut x = match cache.as_ref().filter(|c| c.has_padding()) {
+        let mut x = match cache.as_ref().filter(|_| p.padded) {
             Some(c) => {
                 let pos: Vec<u32> = c.positions(t).into_iter().map(|p| p as u32).collect();
                 let pos = Tensor::from_vec(pos, (b, t), tok.device())?;
                 (tok + ops::embed(&self.wpe, &pos)?)?
             }
-            None => tok.broadcast_add(&self.wpe.narrow(0, offset, t)?)?,
+            None => tok.broadcast_add(&self.wpe.narrow(0, p.offset, t)?)?,
         };
-        let past = if cache.is_some() { offset } else { 0 };
-        let mask = ops::CausalMask::new(t, past, None, pads, x.device());
+        let mask = ops::CausalMask::new(t, p.past, None, &p.pads, x.device());
         for (i, blk) in self.blocks.iter().enumerate() {
             let r = ops::layer_norm(&x, &blk.ln_1.0, &blk.ln_1.1, cfg.norm_eps, mode)?;
             let qkv = blk.c_attn.forward(&r, train)?;

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use super::cache::KvCache;
 use super::config::ModelConfig;
 use super::load::Weights;
-use super::{check_positions, ops, ForwardMode, Params};
+use super::{ops, ForwardMode, Params};
 use crate::error::Result;
 use crate::lora::linear::Linear;
 
@@ -74,28 +74,21 @@ impl Llama {
         mut cache: Option<&mut KvCache>,
         last_only: bool,
     ) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
-        let offset = cache.as_ref().map_or(offset, |c| c.len());
-        check_positions(offset + t, cfg.max_position_embeddings, "max_position_embeddings")?;
-        if let Some(c) = cache.as_ref() {
-            c.check(b, t)?;
-        }
+        let p = ops::Pass::new(ids, offset, cache.as_deref(), cfg.max_position_embeddings, "max_position_embeddings")?;
+        let (b, t) = (p.b, p.t);
         let train = mode == ForwardMode::Train;
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let mut x = ops::embed(&self.embed_tokens, ids)?;
-        let no_pads = [0usize];
-        let pads = cache.as_ref().filter(|c| c.has_padding()).map_or(&no_pads[..], |c| c.pads());
-        let (cos, sin) = match cache.as_ref().filter(|c| c.has_padding()) {
+        let (cos, sin) = match cache.as_ref().filter(|_| p.padded) {
             Some(c) => {
                 let (cos, sin) =
                     ops::rope_tables_at(cfg.rope_theta, cfg.rope_scaling, hd, &c.positions(t), x.dtype(), x.device())?;
                 (cos.reshape((b, t, hd / 2))?, sin.reshape((b, t, hd / 2))?)
             }
-            None => ops::rope_tables(cfg.rope_theta, cfg.rope_scaling, hd, offset, t, x.dtype(), x.device())?,
+            None => ops::rope_tables(cfg.rope_theta, cfg.rope_scaling, hd, p.offset, t, x.dtype(), x.device())?,
         };
-        let past = if cache.is_some() { offset } else { 0 };
-        let mask = ops::CausalMask::new(t, past, cfg.sliding_window, pads, x.device());
+        let mask = ops::CausalMask::new(t, p.past, cfg.sliding_window, &p.pads, x.device());
         let scale = 1.0 / (hd as f64).sqrt();
         for (i, l) in self.layers.iter().enumerate() {
             let r = ops::rms_norm(&x, &l.input_layernorm, cfg.norm_eps, mode)?;
