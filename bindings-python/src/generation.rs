@@ -106,40 +106,28 @@ fn prompt(py: Python<'_>, obj: &Bound<'_, PyAny>, field: &str) -> PyResult<Promp
     })
 }
 
-/// `GenerationConfig` from keyword arguments (unset ones stay unset: the core fills
-/// them from the model's generation_config.json and its defaults).
-#[allow(clippy::too_many_arguments)]
-fn config(
-    py: Python<'_>,
-    max_new_tokens: Option<&Bound<'_, PyAny>>,
-    temperature: Option<&Bound<'_, PyAny>>,
-    top_k: Option<&Bound<'_, PyAny>>,
-    top_p: Option<&Bound<'_, PyAny>>,
-    min_p: Option<&Bound<'_, PyAny>>,
-    repetition_penalty: Option<&Bound<'_, PyAny>>,
-    seed: Option<&Bound<'_, PyAny>>,
-    stop: Option<&Bound<'_, PyAny>>,
-    ignore_eos: Option<&Bound<'_, PyAny>>,
-    adapter: Option<&Bound<'_, PyAny>>,
-) -> PyResult<GenerationConfig> {
-    // A single stop string is a one-element list.
-    let stop_list = match stop {
-        Some(s) if s.cast::<PyString>().is_ok() => Some(pyo3::types::PyList::new(py, [s])?.into_any()),
-        other => other.cloned(),
+/// `GenerationConfig` from keyword arguments, given as (name, value) pairs; unset ones
+/// stay unset (the core fills them from the model's generation_config.json and its
+/// defaults). A single `stop` string is a one-element list.
+fn config(py: Python<'_>, kwargs: &[(&str, Option<&Bound<'_, PyAny>>)]) -> PyResult<GenerationConfig> {
+    let mut opts = Options::default();
+    for &(key, value) in kwargs {
+        let listed = match value {
+            Some(s) if key == "stop" && s.cast::<PyString>().is_ok() => {
+                Some(pyo3::types::PyList::new(py, [s])?.into_any())
+            }
+            other => other.cloned(),
+        };
+        opts = opts.set(key, listed.as_ref())?;
+    }
+    anneal::options_from_json(opts.into_value()).map_err(|e| to_pyerr(py, e))
+}
+
+/// `config(py, &[("name", name.as_ref()), ...])` for the settings keyword arguments.
+macro_rules! settings {
+    ($py:expr, $($k:ident),* $(,)?) => {
+        config($py, &[$((stringify!($k), $k.as_ref())),*])?
     };
-    let value = Options::default()
-        .set("max_new_tokens", max_new_tokens)?
-        .set("temperature", temperature)?
-        .set("top_k", top_k)?
-        .set("top_p", top_p)?
-        .set("min_p", min_p)?
-        .set("repetition_penalty", repetition_penalty)?
-        .set("seed", seed)?
-        .set("stop", stop_list.as_ref())?
-        .set("ignore_eos", ignore_eos)?
-        .set("adapter", adapter)?
-        .into_value();
-    anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))
 }
 
 /// Loads a registered model (`GeneratorOptions`) for `Home.generator` / `Generator.load`.
@@ -222,19 +210,19 @@ impl PyGenerator {
         adapter: Option<Bound<'_, PyAny>>,
     ) -> PyResult<PyGeneration> {
         let p = self::prompt(py, &prompt, "prompt")?;
-        let cfg = config(
+        let cfg = settings!(
             py,
-            max_new_tokens.as_ref(),
-            temperature.as_ref(),
-            top_k.as_ref(),
-            top_p.as_ref(),
-            min_p.as_ref(),
-            repetition_penalty.as_ref(),
-            seed.as_ref(),
-            stop.as_ref(),
-            ignore_eos.as_ref(),
-            adapter.as_ref(),
-        )?;
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            seed,
+            stop,
+            ignore_eos,
+            adapter
+        );
         py.enter_core(|| self.inner.generate(p, &cfg)).map(Into::into)
     }
 
@@ -259,19 +247,19 @@ impl PyGenerator {
         adapter: Option<Bound<'_, PyAny>>,
     ) -> PyResult<PyTokenStream> {
         let p = self::prompt(py, &prompt, "prompt")?;
-        let cfg = config(
+        let cfg = settings!(
             py,
-            max_new_tokens.as_ref(),
-            temperature.as_ref(),
-            top_k.as_ref(),
-            top_p.as_ref(),
-            min_p.as_ref(),
-            repetition_penalty.as_ref(),
-            seed.as_ref(),
-            stop.as_ref(),
-            ignore_eos.as_ref(),
-            adapter.as_ref(),
-        )?;
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            seed,
+            stop,
+            ignore_eos,
+            adapter
+        );
         let s = py.enter_core(|| self.inner.stream(p, &cfg))?;
         Ok(PyTokenStream { inner: Mutex::new(s) })
     }
@@ -300,19 +288,19 @@ impl PyGenerator {
             .enumerate()
             .map(|(i, p)| prompt(py, p, &format!("prompts[{i}]")))
             .collect::<PyResult<Vec<_>>>()?;
-        let cfg = config(
+        let cfg = settings!(
             py,
-            max_new_tokens.as_ref(),
-            temperature.as_ref(),
-            top_k.as_ref(),
-            top_p.as_ref(),
-            min_p.as_ref(),
-            repetition_penalty.as_ref(),
-            seed.as_ref(),
-            stop.as_ref(),
-            ignore_eos.as_ref(),
-            adapter.as_ref(),
-        )?;
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            seed,
+            stop,
+            ignore_eos,
+            adapter
+        );
         Ok(py.enter_core(|| self.inner.generate_batch(&ps, &cfg))?.into_iter().map(Into::into).collect())
     }
 

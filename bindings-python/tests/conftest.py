@@ -1,5 +1,7 @@
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,25 @@ def big_file(tmp_path_factory):
 
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+def ticks_during(fn, period=0.005):
+    """Runs fn() while another thread ticks every `period` s; returns (seconds fn took,
+    ticks counted meanwhile). With the GIL held during fn no tick can happen."""
+    ticks, stop = [], threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(period)
+
+    t = threading.Thread(target=ticker)
+    t.start()
+    t0 = time.monotonic()
+    try:
+        fn()
+    finally:
+        t1 = time.monotonic()
+        stop.set()
+        t.join()
+    return t1 - t0, sum(t0 < x < t1 for x in ticks)

@@ -5,7 +5,7 @@ import time
 import pytest
 
 import anneal
-from conftest import dataset_dirs, write_jsonl
+from conftest import dataset_dirs, ticks_during, write_jsonl
 
 
 def test_import_events_order_and_shape(ds, big_file):
@@ -149,42 +149,16 @@ def test_cancelled_before_start(ds):
 
 
 def test_import_releases_the_gil(ds, big_file):
-    ticks, stop = [], threading.Event()
-
-    def ticker():
-        while not stop.is_set():
-            ticks.append(time.monotonic())
-            time.sleep(0.005)
-
-    t = threading.Thread(target=ticker)
-    t.start()
-    t0 = time.monotonic()
-    ds.import_file(big_file, name="big")
-    t1 = time.monotonic()
-    stop.set()
-    t.join()
+    took, ticks = ticks_during(lambda: ds.import_file(big_file, name="big"))
     # With the GIL held the ticker could not run at all; released, it ticks every ~5 ms.
-    assert t1 - t0 > 0.05, "the fixture must make the import take a while"
-    assert sum(t0 < x < t1 for x in ticks) >= 5
+    assert took > 0.05, "the fixture must make the import take a while"
+    assert ticks >= 5
 
 
 def test_records_import_releases_the_gil(ds):
-    ticks, stop = [], threading.Event()
-
-    def ticker():
-        while not stop.is_set():
-            ticks.append(time.monotonic())
-            time.sleep(0.005)
-
     records = [{"prompt": "p" * 200 + str(i), "completion": "c" * 800} for i in range(30000)]
-    t = threading.Thread(target=ticker)
-    t.start()
-    t0 = time.monotonic()
-    ds.import_records(records, name="mem")
-    t1 = time.monotonic()
-    stop.set()
-    t.join()
-    assert sum(t0 < x < t1 for x in ticks) >= 5
+    _, ticks = ticks_during(lambda: ds.import_records(records, name="mem"))
+    assert ticks >= 5
 
 
 def test_ctrl_c_interrupts_an_import(home, ds, huge_file):
