@@ -28,8 +28,11 @@ def main():
     base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
     import convert_hf_to_gguf  # noqa: E402
 
-    sys.argv = ["convert_hf_to_gguf.py", a.model, "--outtype", a.outtype, "--outfile", a.out]
+    # Write next to the target and rename, so a reader of an older file keeps its copy.
+    tmp = a.out + ".tmp"
+    sys.argv = ["convert_hf_to_gguf.py", a.model, "--outtype", a.outtype, "--outfile", tmp]
     convert_hf_to_gguf.main()
+    os.replace(tmp, a.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
 """llama.cpp peer (through llama-cpp-python) of anneal's decode benchmark.
 
-    python llama_generate.py --gguf FILE --config NAME --dtype f32|q8_0 [--prompt-tokens 16] [--new-tokens 128] [--runs 3]
+    python llama_generate.py --model DIR --config NAME --dtype f32|q8_0 [--prompt-tokens 16] [--new-tokens 128] [--runs 3]
+    python llama_generate.py --gguf FILE --config NAME --dtype f32|q8_0 [...]
+
+With --model, the HF dir made by gen_model.py is converted to DIR/model-<dtype>.gguf first
+(cached; redone when DIR/bench.json is newer) by convert_gguf.py, run with the PyTorch
+venv's python (the converter imports torch; --convert-python to change it).
 
 Batch 1, greedy (argmax of the last logits), exactly `new_tokens` new tokens (EOS
 ignored), 2 threads, n_ctx 256. The same prompt ids as every peer:
@@ -11,16 +16,33 @@ over runs after one warm-up. Prints one JSON line.
 
 import argparse
 import json
+import os
 import resource
 import statistics
+import subprocess
 import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def cached_gguf(model, dtype, python):
+    """DIR/model-<dtype>.gguf, converted from the HF dir if missing or older than the model."""
+    out = os.path.join(model, f"model-{dtype}.gguf")
+    stamp = os.path.join(model, "bench.json")
+    if not os.path.exists(out) or (os.path.exists(stamp) and os.path.getmtime(stamp) > os.path.getmtime(out)):
+        subprocess.run([python, os.path.join(HERE, "convert_gguf.py"), "--model", model, "--outtype", dtype,
+                        "--out", out], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--gguf", required=True)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="HF dir from gen_model.py (converted and cached as DIR/model-<dtype>.gguf)")
+    src.add_argument("--gguf", help="a GGUF file")
     ap.add_argument("--config", required=True)
-    ap.add_argument("--dtype", required=True)
+    ap.add_argument("--dtype", choices=["f32", "q8_0"], required=True)
+    ap.add_argument("--convert-python", default=os.path.join(HERE, ".venv", "bin", "python"))
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--runs", type=int, default=3)
@@ -29,7 +51,8 @@ def main():
     import numpy as np
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=a.gguf, n_ctx=256, n_batch=64, n_threads=2, n_threads_batch=2, verbose=False)
+    gguf = a.gguf or cached_gguf(a.model, a.dtype, a.convert_python)
+    llm = llama_cpp.Llama(model_path=gguf, n_ctx=256, n_batch=64, n_threads=2, n_threads_batch=2, verbose=False)
     vocab = llm.n_vocab()
     ctx = llm._ctx.ctx
     prompt = [(i * 7919 + 13) % vocab for i in range(a.prompt_tokens)]

@@ -21,7 +21,7 @@ fi
 "$here/.venv/bin/pip" install -q sentencepiece  # the GGUF converter imports it
 if [ ! -x "$here/.venv-llama/bin/python" ]; then
   python3 -m venv "$here/.venv-llama"
-  CMAKE_BUILD_PARALLEL_LEVEL=2 "$here/.venv-llama/bin/pip" install -q llama-cpp-python numpy
+  CMAKE_BUILD_PARALLEL_LEVEL=2 "$here/.venv-llama/bin/pip" install -q llama-cpp-python gguf sentencepiece numpy
 fi
 if [ ! -f "$here/llama.cpp-src/convert_hf_to_gguf.py" ]; then
   # The converter that matches the installed llama.cpp, from llama-cpp-python's source package.
@@ -34,30 +34,47 @@ if [ ! -f "$here/llama.cpp-src/convert_hf_to_gguf.py" ]; then
     "llama_cpp_python-$version/vendor/llama.cpp/conversion" "llama_cpp_python-$version/vendor/llama.cpp/gguf-py"
   rm -rf "$tmp"
 fi
-(cd "$root" && cargo build -q --release -p anneal-benches --bin generate --bin membw)
+(cd "$root" && cargo build -q --release -p anneal-benches --bin membw)
 bin="$root/target/$CARGO_BUILD_TARGET/release"
+has_anneal=0
+if (cd "$root" && cargo run -q --release -p anneal-benches --bin generate -- --help >/dev/null 2>&1); then
+  has_anneal=1
+else
+  echo "note: anneal's generate bench binary is not available; peers only." >&2
+fi
+# Models and their GGUF conversions first, so the timed runs follow each other closely.
+for config in tiny small; do
+  model="$here/models/$config"
+  "$here/.venv/bin/python" "$here/gen_model.py" --config "$config" --out "$model"
+  for dtype in f32 q8_0; do
+    gguf="$model/model-$dtype.gguf"
+    if [ ! "$gguf" -nt "$model/bench.json" ]; then
+      "$here/.venv/bin/python" "$here/convert_gguf.py" --model "$model" --outtype "$dtype" --out "$gguf" >/dev/null 2>&1 \
+        || { echo "converting $model to $dtype GGUF failed (run convert_gguf.py by hand to see why)" >&2; exit 1; }
+    fi
+  done
+done
 out="$(mktemp)"
 echo "load before: $(uptime)"
 "$bin/membw" | tee -a "$out"
 for config in tiny small; do
   model="$here/models/$config"
-  "$here/.venv/bin/python" "$here/gen_model.py" --config "$config" --out "$model"
-  for dtype in f32 q8_0; do
-    [ -f "$model/model-$dtype.gguf" ] || "$here/.venv/bin/python" "$here/convert_gguf.py" --model "$model" \
-      --outtype "$dtype" --out "$model/model-$dtype.gguf" >/dev/null 2>&1
-  done
-  for dtype in f32 q8_0; do
-    "$bin/generate" --model "$model" --config "$config" --dtype "$dtype" --runs "$runs" | tee -a "$out"
-    "$here/.venv-llama/bin/python" "$here/llama_generate.py" --gguf "$model/model-$dtype.gguf" --config "$config" \
-      --dtype "$dtype" --runs "$runs" | tee -a "$out"
-  done
+  if [ "$has_anneal" = 1 ]; then
+    for dtype in f32 q8_0; do
+      "$bin/generate" --model "$model" --config "$config" --dtype "$dtype" --runs "$runs" | tee -a "$out"
+    done
+  fi
   "$here/.venv/bin/python" "$here/torch_generate.py" --model "$model" --config "$config" --runs "$runs" 2>/dev/null | tee -a "$out"
+  for dtype in f32 q8_0; do
+    "$here/.venv-llama/bin/python" "$here/llama_generate.py" --model "$model" --config "$config" --dtype "$dtype" \
+      --runs "$runs" | tee -a "$out"
+  done
 done
 echo "load after: $(uptime)"
 "$here/.venv/bin/python" - "$out" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-bw = max(r["read_gb_per_s"] for r in rows if r["impl"] == "membw") * 1e9
+bw = max(r["read_gb_per_s"] for r in rows if r["impl"] == "membw" and r["threads"] == 2) * 1e9
 # Weight bytes read per decoded token: every matmul weight incl. the LM head (GPT-2's
 # tied head is the wte matrix); embedding / position lookups read one row, ignored.
 shapes = {
@@ -65,13 +82,17 @@ shapes = {
     "small": [(512, 512)] * 32 + [(512, 1376), (512, 1376), (1376, 512)] * 8 + [(32000, 512)],
 }
 per_weight = {"f32": 4.0, "q8_0": 34.0 / 32.0}
+def bytes_per_token(config, dtype):
+    return sum(a * b for a, b in shapes[config]) * per_weight[dtype]
 def roof(config, dtype):
-    return bw / (sum(a * b for a, b in shapes[config]) * per_weight[dtype])
+    return bw / bytes_per_token(config, dtype)
 print(f"\nread bandwidth (membw, 2 threads): {bw / 1e9:.1f} GB/s")
 for c in shapes:
-    print(f"decode roofline {c}: f32 {roof(c, 'f32'):.0f} tok/s, q8_0 {roof(c, 'q8_0'):.0f} tok/s")
+    print(f"decode roofline {c}: " + ", ".join(
+        f"{d} {roof(c, d):.0f} tok/s ({bytes_per_token(c, d) / 1e6:.1f} MB/token)" for d in per_weight))
+print("(a model whose weights fit in the 32 MiB L3 can beat this DRAM roofline)")
 by = {(r["impl"], r["config"], r["dtype"]): r for r in rows if r["impl"] != "membw"}
-print("\n| config | impl | dtype | TTFT ms | decode tok/s | peak RSS MiB | share of roofline | anneal / peer |")
+print("\n| config | impl | dtype | TTFT ms | decode tok/s | peak RSS MiB | share of decode roofline | anneal / peer |")
 print("|---|---|---|---:|---:|---:|---:|---:|")
 order = {"anneal": 0, "llama.cpp": 1, "transformers": 2}
 for (impl, config, dtype), r in sorted(by.items(), key=lambda kv: (kv[0][1] != "tiny", kv[0][2], order[kv[0][0]])):
