@@ -472,11 +472,13 @@ export declare class DatasetStore {
 export declare class Generator {
   /**
    * Generates a completion of `prompt`. Rejects with `invalid_config` (naming the
-   * setting) or `not_found` before any work.
+   * setting) or `not_found` before any work. `options.onEvent` gets `task_started` /
+   * `task_progress` (tokens) / `task_finished`; `options.cancel` stops at the next
+   * token (rejects with `cancelled`).
    */
-  generate(prompt: Prompt, config?: GenerationConfig): Promise<Generation>
+  generate(prompt: Prompt, config?: GenerationConfig, options?: CallOptions): Promise<Generation>
   /** Generates for several prompts in one batch (results in prompt order). */
-  generateBatch(prompts: Prompt[], config?: GenerationConfig): Promise<Generation[]>
+  generateBatch(prompts: Prompt[], config?: GenerationConfig, options?: CallOptions): Promise<Generation[]>
   /**
    * Generates as `generate` does, as an async iterator of `StreamChunk`s (valid UTF-8
    * pieces); `stream.generation` is the full result once it ends. Throws

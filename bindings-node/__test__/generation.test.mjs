@@ -155,3 +155,17 @@ test('generation runs off the event loop', async () => {
   assert.ok(elapsed > 50, `the generation must take a while for this test to mean anything (${elapsed} ms)`)
   assert.ok(ticks >= 5, `${ticks} ticks in ${elapsed} ms`)
 })
+
+test('generate reports a task and stops on cancel', async () => {
+  const { gen, models } = await nanoEnv()
+  const events = []
+  const out = await gen.generate('abc', { maxNewTokens: 5, ignoreEos: true }, { onEvent: (e) => events.push(e) })
+  await new Promise((resolve) => setImmediate(resolve))
+  assert.deepEqual(events[0], { type: 'task_started', task: 'generate', name: `${gen.model.name}@${gen.model.version}`, total: 5, unit: 'tokens' })
+  assert.deepEqual(events.at(-1), { type: 'task_finished', task: 'generate', status: 'completed', id: out.id })
+  const cancel = new anneal.CancelToken()
+  cancel.cancel()
+  await assert.rejects(gen.generate('abc', { maxNewTokens: 50 }, { cancel }), { code: 'cancelled' })
+  await assert.rejects(gen.generateBatch(['a', 'b'], { maxNewTokens: 50 }, { cancel }), { code: 'cancelled' })
+  assert.equal(models.usage(gen.model.id).calls, 1)
+})

@@ -101,17 +101,23 @@ pub struct Generator {
 #[napi]
 impl Generator {
     /// Generates a completion of `prompt`. Rejects with `invalid_config` (naming the
-    /// setting) or `not_found` before any work.
+    /// setting) or `not_found` before any work. `options.onEvent` gets `task_started` /
+    /// `task_progress` (tokens) / `task_finished`; `options.cancel` stops at the next
+    /// token (rejects with `cancelled`).
     #[napi(catch_unwind, ts_return_type = "Promise<Generation>")]
     pub fn generate(
         &self,
         #[napi(ts_arg_type = "Prompt")] prompt: Unknown<'_>,
         #[napi(ts_arg_type = "GenerationConfig")] config: Option<Unknown<'_>>,
+        #[napi(ts_arg_type = "CallOptions")] options: Option<Unknown<'_>>,
     ) -> AsyncTask<LongTask> {
         let p = arg!(self::prompt(prompt, "prompt"));
         let cfg = arg!(self::config(config));
         let gen = self.inner.clone();
-        LongTask::spawn(None, false, move |_, _, _| js(serde_json::to_value(gen.generate(p, &cfg)?)))
+        LongTask::spawn(options, true, move |json, sink, cancel| {
+            conv::fields(json, &[])?;
+            js(serde_json::to_value(gen.generate_with(p, &cfg, sink, cancel)?))
+        })
     }
 
     /// Generates for several prompts in one batch (results in prompt order).
@@ -120,11 +126,15 @@ impl Generator {
         &self,
         #[napi(ts_arg_type = "Prompt[]")] prompts: Unknown<'_>,
         #[napi(ts_arg_type = "GenerationConfig")] config: Option<Unknown<'_>>,
+        #[napi(ts_arg_type = "CallOptions")] options: Option<Unknown<'_>>,
     ) -> AsyncTask<LongTask> {
         let ps = arg!(batch_prompts(prompts));
         let cfg = arg!(self::config(config));
         let gen = self.inner.clone();
-        LongTask::spawn(None, false, move |_, _, _| js(serde_json::to_value(gen.generate_batch(&ps, &cfg)?)))
+        LongTask::spawn(options, true, move |json, sink, cancel| {
+            conv::fields(json, &[])?;
+            js(serde_json::to_value(gen.generate_batch_with(&ps, &cfg, sink, cancel)?))
+        })
     }
 
     /// Generates as `generate` does, as an async iterator of `StreamChunk`s (valid UTF-8

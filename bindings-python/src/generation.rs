@@ -12,6 +12,7 @@ use anneal::{GenerationConfig, GenerationFilter, GeneratorOptions, Prompt};
 use crate::conv::{to_json, Options};
 use crate::dataset::{json_to_py, q};
 use crate::errors::{to_pyerr, EnterCore};
+use crate::events::{self, PyCancelToken};
 use crate::registry::{PyModelRecord, PyModelRegistry};
 
 /// A frozen record class over a serde core type: one getter per listed field (converted
@@ -190,10 +191,13 @@ impl PyGenerator {
         load(py, &models.inner, model, merge_adapter.as_ref(), dtype.as_ref(), record.as_ref(), quantize.as_ref())
     }
 
-    /// Generates a completion of `prompt`; the GIL is released meanwhile.
+    /// Generates a completion of `prompt`; the GIL is released meanwhile. `on_event`
+    /// gets `task_started` / `task_progress` (tokens) / `task_finished`; `cancel` or
+    /// Ctrl-C stops at the next token (`CancelledError` / `KeyboardInterrupt`).
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (prompt, *, max_new_tokens=None, temperature=None, top_k=None, top_p=None, min_p=None,
-                        repetition_penalty=None, seed=None, stop=None, ignore_eos=None, adapter=None))]
+                        repetition_penalty=None, seed=None, stop=None, ignore_eos=None, adapter=None, on_event=None,
+                        cancel=None))]
     fn generate(
         &self,
         py: Python<'_>,
@@ -208,6 +212,8 @@ impl PyGenerator {
         stop: Option<Bound<'_, PyAny>>,
         ignore_eos: Option<Bound<'_, PyAny>>,
         adapter: Option<Bound<'_, PyAny>>,
+        on_event: Option<Bound<'_, PyAny>>,
+        cancel: Option<Bound<'_, PyCancelToken>>,
     ) -> PyResult<PyGeneration> {
         let p = self::prompt(py, &prompt, "prompt")?;
         let cfg = settings!(
@@ -223,7 +229,9 @@ impl PyGenerator {
             ignore_eos,
             adapter
         );
-        py.enter_core(|| self.inner.generate(p, &cfg)).map(Into::into)
+        let (gen, cancel) = (self.inner.clone(), events::token(cancel.as_ref()));
+        events::run(py, events::callback(on_event)?, move |sink| gen.generate_with(p, &cfg, sink, &cancel))
+            .map(Into::into)
     }
 
     /// Generates as `generate` does, as an iterator of `StreamChunk`s (valid UTF-8 text
@@ -267,7 +275,8 @@ impl PyGenerator {
     /// Generates for several prompts in one batch; results in prompt order.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (prompts, *, max_new_tokens=None, temperature=None, top_k=None, top_p=None, min_p=None,
-                        repetition_penalty=None, seed=None, stop=None, ignore_eos=None, adapter=None))]
+                        repetition_penalty=None, seed=None, stop=None, ignore_eos=None, adapter=None, on_event=None,
+                        cancel=None))]
     fn generate_batch(
         &self,
         py: Python<'_>,
@@ -282,6 +291,8 @@ impl PyGenerator {
         stop: Option<Bound<'_, PyAny>>,
         ignore_eos: Option<Bound<'_, PyAny>>,
         adapter: Option<Bound<'_, PyAny>>,
+        on_event: Option<Bound<'_, PyAny>>,
+        cancel: Option<Bound<'_, PyCancelToken>>,
     ) -> PyResult<Vec<PyGeneration>> {
         let ps = prompts
             .iter()
@@ -301,7 +312,11 @@ impl PyGenerator {
             ignore_eos,
             adapter
         );
-        Ok(py.enter_core(|| self.inner.generate_batch(&ps, &cfg))?.into_iter().map(Into::into).collect())
+        let (gen, cancel) = (self.inner.clone(), events::token(cancel.as_ref()));
+        let out = events::run(py, events::callback(on_event)?, move |sink| {
+            gen.generate_batch_with(&ps, &cfg, sink, &cancel)
+        })?;
+        Ok(out.into_iter().map(Into::into).collect())
     }
 
     /// Mean next-token loss, perplexity and token count of each text.

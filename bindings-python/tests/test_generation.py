@@ -1,6 +1,7 @@
 """Generator from Python: parity with transformers' greedy tokens, streaming, seeds, stop
 strings, batches, scoring, typed errors, usage records, adapters, and the GIL."""
 
+import _thread
 import json
 import math
 import threading
@@ -194,3 +195,30 @@ def test_generate_releases_the_gil(home):
     took, ticks = ticks_during(lambda: gen.generate_batch(["abc"] * 8, max_new_tokens=200, ignore_eos=True))
     assert took > 0.05, "the generation must take a while for this test to mean anything"
     assert ticks >= 5
+
+
+def test_generate_reports_a_task_and_stops_on_cancel_or_ctrl_c(home):
+    rec = home.models().create_preset("mini", seed=0)
+    gen = home.generator(rec.id)
+    events = []
+    out = gen.generate("abc", max_new_tokens=5, ignore_eos=True, on_event=events.append)
+    assert events[0]["type"] == "task_started" and events[0]["task"] == "generate"
+    assert events[0]["total"] == 5 and events[0]["unit"] == "tokens"
+    assert events[-1] == {"type": "task_finished", "task": "generate", "status": "completed", "id": out.id}
+
+    token = anneal.CancelToken()
+    token.cancel()
+    with pytest.raises(anneal.CancelledError):
+        gen.generate("abc", max_new_tokens=50, cancel=token)
+    with pytest.raises(anneal.CancelledError):
+        gen.generate_batch(["a", "b"], max_new_tokens=50, cancel=token)
+
+    # Ctrl-C during a long batch: KeyboardInterrupt soon after, not at the end.
+    timer = threading.Timer(0.2, _thread.interrupt_main)
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        gen.generate_batch(["abc"] * 8, max_new_tokens=5000, ignore_eos=True)
+    assert time.monotonic() - t0 < 5
+    calls = home.models().usage(rec.id).calls
+    assert calls == 1, "cancelled generations are not recorded"

@@ -28,6 +28,7 @@ use serde_json::Value;
 
 use crate::catalog::generations as sql;
 use crate::error::{Error, Result};
+use crate::events::{run_task, CancelToken, EventSink, NoopSink};
 use crate::home::HomeInner;
 use crate::lora::AdapterSlot;
 use crate::models::{KvCache, LoadOptions, Model};
@@ -734,11 +735,45 @@ impl Generator {
 
     /// Generates a completion of `prompt`.
     pub fn generate(&self, prompt: impl Into<Prompt>, cfg: &GenerationConfig) -> Result<Generation> {
+        self.generate_with(prompt, cfg, &mut NoopSink, &CancelToken::new())
+    }
+
+    /// [`Generator::generate`] as a task: `task_started {task: "generate", name: <model>,
+    /// total: max_new_tokens, unit: "tokens"}`, a `task_progress` per token, then
+    /// `task_finished` with the generation's id. Cancelling `cancel` (or a sink error,
+    /// e.g. Ctrl-C in Python) stops at the next token with `cancelled`; nothing is
+    /// recorded then. Settings are checked before the task starts.
+    pub fn generate_with(
+        &self,
+        prompt: impl Into<Prompt>,
+        cfg: &GenerationConfig,
+        sink: &mut dyn EventSink,
+        cancel: &CancelToken,
+    ) -> Result<Generation> {
         let mut s = self.start(prompt.into(), cfg, "generate")?;
-        while !s.done {
-            s.step()?;
+        let name = self.used_model_ref(s.adapter.as_deref());
+        run_task(sink, "generate", &name, Some(s.max_new as u64), "tokens", |rep| {
+            while !s.done {
+                cancel.check()?;
+                s.step()?;
+                rep.progress(s.row.generated.len() as u64)?;
+            }
+            let g = s.into_generation()?;
+            let id = g.id.clone();
+            Ok((g, id))
+        })
+    }
+
+    /// The reference (`name@version`) of the model a request runs.
+    fn used_model_ref(&self, adapter: Option<&str>) -> String {
+        let id = self.used_model(adapter);
+        if id == self.inner.base.id {
+            return self.inner.base.reference();
         }
-        s.into_generation()
+        if let Some(m) = self.inner.merged.as_ref().filter(|m| m.id == id) {
+            return m.reference();
+        }
+        self.lock().ok().and_then(|st| st.adapters.get(&id.0).map(|(r, _)| r.reference())).unwrap_or(id.0)
     }
 
     /// Generates as [`Generator::generate`] does, handing out text as it is produced.
@@ -777,6 +812,18 @@ impl Generator {
         prompts: &[P],
         cfg: &GenerationConfig,
     ) -> Result<Vec<Generation>> {
+        self.generate_batch_with(prompts, cfg, &mut NoopSink, &CancelToken::new())
+    }
+
+    /// [`Generator::generate_batch`] as a task (`task: "generate_batch"`, progress in
+    /// decoding steps), cancellable between steps like [`Generator::generate_with`].
+    pub fn generate_batch_with<P: Into<Prompt> + Clone>(
+        &self,
+        prompts: &[P],
+        cfg: &GenerationConfig,
+        sink: &mut dyn EventSink,
+        cancel: &CancelToken,
+    ) -> Result<Vec<Generation>> {
         let t0 = Instant::now();
         if prompts.is_empty() {
             return Ok(Vec::new());
@@ -800,73 +847,78 @@ impl Generator {
         let mut streams: Vec<RowState> =
             rows.into_iter().map(|ids| RowState::new(ids, &r, self.inner.tokenizer.clone())).collect();
         let mut input = Tensor::from_vec(flat, (n, width), &Device::Cpu)?;
-        let mut first_at = None;
-        let mut step = 0;
-        loop {
-            let logits = {
-                let mut st = self.lock()?;
-                st.activate(adapter.as_deref())?;
-                st.model.forward_cached(&input, &mut cache, true)?
-            };
-            let mut rows_logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
-            let mut next = Vec::with_capacity(n);
-            for (row, logits) in streams.iter_mut().zip(rows_logits.iter_mut()) {
-                if row.finish.is_some() {
-                    next.push(*row.generated.last().unwrap_or(&self.pad_id()));
-                    continue;
+        let name = self.used_model_ref(adapter.as_deref());
+        run_task(sink, "generate_batch", &name, Some(max_new as u64), "steps", |rep| {
+            let mut first_at = None;
+            let mut step = 0;
+            loop {
+                cancel.check()?;
+                let logits = {
+                    let mut st = self.lock()?;
+                    st.activate(adapter.as_deref())?;
+                    st.model.forward_cached(&input, &mut cache, true)?
+                };
+                let mut rows_logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+                let mut next = Vec::with_capacity(n);
+                for (row, logits) in streams.iter_mut().zip(rows_logits.iter_mut()) {
+                    if row.finish.is_some() {
+                        next.push(*row.generated.last().unwrap_or(&self.pad_id()));
+                        continue;
+                    }
+                    let tok = row.sampler.next(logits, &row.seen);
+                    row.accept(tok, self, &r, max_new)?;
+                    next.push(tok);
                 }
-                let tok = row.sampler.next(logits, &row.seen);
-                row.accept(tok, self, &r, max_new)?;
-                next.push(tok);
+                step += 1;
+                rep.progress(step as u64)?;
+                if first_at.is_none() {
+                    first_at = Some(t0.elapsed());
+                }
+                for row in streams.iter_mut().filter(|r| r.finish.is_some() && r.done_at.is_none()) {
+                    row.done_at = Some(t0.elapsed());
+                }
+                if streams.iter().all(|r| r.finish.is_some()) || step >= max_new {
+                    break;
+                }
+                input = Tensor::from_vec(next, (n, 1), &Device::Cpu)?;
             }
-            step += 1;
-            if first_at.is_none() {
-                first_at = Some(t0.elapsed());
+            let ttft = first_at.unwrap_or_default();
+            let total = t0.elapsed();
+            let model_id = self.used_model(adapter.as_deref());
+            let mut out = Vec::with_capacity(n);
+            for row in streams {
+                let finish = row.finish.unwrap_or(FinishReason::Length);
+                let end = row.done_at.unwrap_or(total);
+                let timings = timings(ttft, end, row.prompt_len, row.generated.len());
+                out.push(Generation {
+                    id: None,
+                    model_id: model_id.clone(),
+                    text: row.text,
+                    token_ids: row.generated.clone(),
+                    finish_reason: finish,
+                    stop_sequence: row.tracker.stopped.clone(),
+                    prompt_tokens: row.prompt_len,
+                    generated_tokens: row.generated.len(),
+                    seed: r.sampled().then_some(r.seed),
+                    timings,
+                });
             }
-            for row in streams.iter_mut().filter(|r| r.finish.is_some() && r.done_at.is_none()) {
-                row.done_at = Some(t0.elapsed());
+            let id = self.record(
+                "batch",
+                &r,
+                adapter.as_deref(),
+                out.iter().map(|g| g.prompt_tokens).sum(),
+                out.iter().map(|g| g.generated_tokens).sum(),
+                None,
+                Some(ttft.as_secs_f64() * 1e3),
+                total.as_secs_f64() * 1e3,
+                out.len(),
+            )?;
+            for g in &mut out {
+                g.id = id.clone();
             }
-            if streams.iter().all(|r| r.finish.is_some()) || step >= max_new {
-                break;
-            }
-            input = Tensor::from_vec(next, (n, 1), &Device::Cpu)?;
-        }
-        let ttft = first_at.unwrap_or_default();
-        let total = t0.elapsed();
-        let model_id = self.used_model(adapter.as_deref());
-        let mut out = Vec::with_capacity(n);
-        for row in streams {
-            let finish = row.finish.unwrap_or(FinishReason::Length);
-            let end = row.done_at.unwrap_or(total);
-            let timings = timings(ttft, end, row.prompt_len, row.generated.len());
-            out.push(Generation {
-                id: None,
-                model_id: model_id.clone(),
-                text: row.text,
-                token_ids: row.generated.clone(),
-                finish_reason: finish,
-                stop_sequence: row.tracker.stopped.clone(),
-                prompt_tokens: row.prompt_len,
-                generated_tokens: row.generated.len(),
-                seed: r.sampled().then_some(r.seed),
-                timings,
-            });
-        }
-        let id = self.record(
-            "batch",
-            &r,
-            adapter.as_deref(),
-            out.iter().map(|g| g.prompt_tokens).sum(),
-            out.iter().map(|g| g.generated_tokens).sum(),
-            None,
-            Some(ttft.as_secs_f64() * 1e3),
-            total.as_secs_f64() * 1e3,
-            out.len(),
-        )?;
-        for g in &mut out {
-            g.id = id.clone();
-        }
-        Ok(out)
+            Ok((out, id))
+        })
     }
 
     /// The id fed for padding (masked out, so any valid id works).

@@ -431,3 +431,45 @@ fn q8_0_weights_stay_close_to_f32() {
         assert!(matches!(&e, Error::InvalidConfig { field: f, .. } if f == field), "{e}");
     }
 }
+
+#[test]
+fn generate_with_reports_a_task_and_can_be_cancelled() {
+    use anneal::{CancelToken, Event, EventSink, FinishStatus, RecordingSink};
+    let env = Env::new();
+    let gen = env.nano();
+    let mut sink = RecordingSink::default();
+    let g = gen.generate_with("abc", &greedy(6), &mut sink, &CancelToken::new()).unwrap();
+    let ev = sink.events();
+    assert!(matches!(&ev[0], Event::TaskStarted { task, total: Some(6), unit, .. } if task == "generate" && unit == "tokens"));
+    assert_eq!(ev.iter().filter(|e| matches!(e, Event::TaskProgress { .. })).count(), 6);
+    assert!(matches!(ev.last(), Some(Event::TaskFinished { status: FinishStatus::Completed, id, .. }) if id == &g.id));
+
+    // Cancelled from another event: stops at the next token, nothing recorded.
+    struct CancelAt(CancelToken, u64);
+    impl EventSink for CancelAt {
+        fn on_event(&mut self, e: &Event) -> anneal::Result<()> {
+            if matches!(e, Event::TaskProgress { done, .. } if *done == self.1) {
+                self.0.cancel();
+            }
+            Ok(())
+        }
+    }
+    let before = env.home.models().usage(&gen.model().id).unwrap().calls;
+    let token = CancelToken::new();
+    let e = gen.generate_with("abc", &greedy(50), &mut CancelAt(token.clone(), 3), &token).unwrap_err();
+    assert_eq!(e.code(), "cancelled");
+    let e = gen.generate_batch_with(&["a", "b"], &greedy(50), &mut CancelAt(token.clone(), 0), &token).unwrap_err();
+    assert_eq!(e.code(), "cancelled");
+    assert_eq!(env.home.models().usage(&gen.model().id).unwrap().calls, before);
+    // A sink error (Ctrl-C in Python) stops it too.
+    struct Fail;
+    impl EventSink for Fail {
+        fn on_event(&mut self, e: &Event) -> anneal::Result<()> {
+            match e {
+                Event::TaskProgress { .. } => Err(anneal::Error::Cancelled),
+                _ => Ok(()),
+            }
+        }
+    }
+    assert!(gen.generate_with("abc", &greedy(50), &mut Fail, &CancelToken::new()).is_err());
+}

@@ -776,6 +776,8 @@ class Generator:
         stop: str | builtins.list[str] | None = None,
         ignore_eos: bool | None = None,
         adapter: str | None = None,
+        on_event: OnEvent | None = None,
+        cancel: CancelToken | None = None,
     ) -> Generation: ...
     def stream(
         self,
@@ -806,6 +808,8 @@ class Generator:
         stop: str | builtins.list[str] | None = None,
         ignore_eos: bool | None = None,
         adapter: str | None = None,
+        on_event: OnEvent | None = None,
+        cancel: CancelToken | None = None,
     ) -> builtins.list[Generation]: ...
     def score(self, texts: builtins.list[str], *, adapter: str | None = None) -> builtins.list[Score]: ...
     def add_adapter(self, model: str) -> ModelRecord: ...
