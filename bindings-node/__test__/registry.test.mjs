@@ -143,6 +143,9 @@ test('createPreset and presets()', async () => {
   assert.notEqual(weights(a), weights(c))
   const d = await models.createPreset('nano')
   assert.equal(d.version, 2)
+  // Integers beyond 32 bits stay integers (napi hands them over as JSON floats).
+  const e = await models.createPreset('nano', { name: 'nano-e', seed: 2 ** 40 })
+  assert.deepEqual(e.lineage, { preset: 'nano', seed: 2 ** 40 })
   await assert.rejects(models.createPreset('gigantic'), (e) => e.code === 'invalid_config' && e.field === 'preset' && e.message.includes('gigantic'))
   await assert.rejects(models.createPreset('nano', { seed: 'x' }), (e) => e.code === 'invalid_config' && e.field === 'seed')
   await assert.rejects(models.createPreset('nano', { onEvent: () => {} }), (e) => e.code === 'invalid_config' && e.field === 'onEvent')

@@ -131,13 +131,29 @@ impl CallOptions {
                 }
                 _ => {
                     if let Some(v) = get::<Value>(&obj, &key)? {
-                        map.insert(snake(&key), v);
+                        map.insert(snake(&key), integers(v));
                     }
                 }
             }
         }
         out.json = Value::Object(map);
         Ok(out)
+    }
+}
+
+/// Whole numbers as JSON integers. napi turns a JS number outside the u32 / i32 range into
+/// a JSON float, which the core's integer options (a seed of 2^40) would refuse.
+fn integers(v: Value) -> Value {
+    const SAFE: f64 = 9_007_199_254_740_991.0; // Number.MAX_SAFE_INTEGER
+    match v {
+        Value::Number(n) if n.is_f64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && (0.0..=SAFE).contains(&f) => Value::from(f as u64),
+            Some(f) if f.fract() == 0.0 && (-SAFE..0.0).contains(&f) => Value::from(f as i64),
+            _ => Value::Number(n),
+        },
+        Value::Array(a) => Value::Array(a.into_iter().map(integers).collect()),
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, integers(v))).collect()),
+        other => other,
     }
 }
 
@@ -250,5 +266,10 @@ mod tests {
         let v =
             js_keys(serde_json::json!({"parent_id": null, "columns": {"my_col": "a_b"}, "files": [{"min_chars": 1}]}));
         assert_eq!(v, serde_json::json!({"parentId": null, "columns": {"my_col": "a_b"}, "files": [{"minChars": 1}]}));
+        let big = serde_json::json!({"seed": 1099511627776.0, "lr": 0.5, "n": [-3e10], "f": 1e300});
+        assert_eq!(
+            integers(big),
+            serde_json::json!({"seed": 1099511627776u64, "lr": 0.5, "n": [-30000000000i64], "f": 1e300})
+        );
     }
 }

@@ -51,10 +51,19 @@ fn build(env: &Env, err: anneal::Error) -> napi::Result<napi::Error> {
 }
 
 /// Option and argument names as JavaScript callers wrote them (`sourceFormat`, not
-/// `source_format`).
+/// `source_format`), also in serde's list of the known options.
 fn js_spelling(err: anneal::Error) -> anneal::Error {
     match err {
-        anneal::Error::InvalidConfig { field, reason } => anneal::Error::InvalidConfig { field: camel(&field), reason },
+        anneal::Error::InvalidConfig { field, reason } => {
+            let reason = match reason.split_once(", expected one of ") {
+                Some((head, known)) if reason.starts_with("unknown field") => {
+                    let known: Vec<String> = known.split(", ").map(camel).collect();
+                    format!("{head}, expected one of {}", known.join(", "))
+                }
+                _ => reason,
+            };
+            anneal::Error::InvalidConfig { field: camel(&field), reason }
+        }
         other => other,
     }
 }
