@@ -84,6 +84,11 @@ test('same seed, same sample; filters and stop strings apply', async () => {
   assert.equal(greedy.seed, null)
   assert.deepEqual((await sampled(3, { topK: 1 })).tokenIds, greedy.tokenIds)
   assert.deepEqual((await sampled(4, { topP: 1e-9 })).tokenIds, greedy.tokenIds)
+  // An unset seed is drawn, reported exactly, and reproduces the sample (even above 2^32).
+  const r = await gen.generate('abc', { temperature: 1, maxNewTokens: 30, ignoreEos: true })
+  assert.ok(Number.isSafeInteger(r.seed))
+  assert.deepEqual((await sampled(r.seed)).tokenIds, r.tokenIds)
+  assert.deepEqual((await sampled(2 ** 40)).tokenIds, (await sampled(2 ** 40)).tokenIds)
 
   const full = await gen.generate('the cat', { maxNewTokens: 60, ignoreEos: true })
   const stop = full.text.slice(8, 11)

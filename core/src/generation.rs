@@ -637,7 +637,8 @@ impl Generator {
             top_p: cfg.top_p.unwrap_or(d.top_p),
             min_p: cfg.min_p.unwrap_or(d.min_p),
             repetition_penalty: cfg.repetition_penalty.unwrap_or(d.repetition_penalty),
-            seed: cfg.seed.unwrap_or_else(rand::random),
+            // Below 2^53: a seed JavaScript can hold exactly, to pass back and reproduce.
+            seed: cfg.seed.unwrap_or_else(|| rand::random::<u64>() >> 11),
             stop: cfg.stop.clone(),
             ignore_eos: cfg.ignore_eos,
         };

@@ -440,7 +440,9 @@ fn generate_with_reports_a_task_and_can_be_cancelled() {
     let mut sink = RecordingSink::default();
     let g = gen.generate_with("abc", &greedy(6), &mut sink, &CancelToken::new()).unwrap();
     let ev = sink.events();
-    assert!(matches!(&ev[0], Event::TaskStarted { task, total: Some(6), unit, .. } if task == "generate" && unit == "tokens"));
+    assert!(
+        matches!(&ev[0], Event::TaskStarted { task, total: Some(6), unit, .. } if task == "generate" && unit == "tokens")
+    );
     assert_eq!(ev.iter().filter(|e| matches!(e, Event::TaskProgress { .. })).count(), 6);
     assert!(matches!(ev.last(), Some(Event::TaskFinished { status: FinishStatus::Completed, id, .. }) if id == &g.id));
 
