@@ -676,12 +676,20 @@ impl Generator {
                 if self.inner.merged.as_ref().is_some_and(|m| m.id == rec.id) {
                     None
                 } else {
-                    let mut st = self.lock()?;
-                    Some(self.add_adapter_locked(&mut st, rec)?)
+                    Some(rec)
                 }
             }
         };
         Ok((r, adapter))
+    }
+
+    /// Loads a request's adapter (if not loaded yet), after its prompts passed the checks.
+    fn ensure_adapter(&self, adapter: &Option<ModelRecord>) -> Result<()> {
+        if let Some(rec) = adapter {
+            let mut st = self.lock()?;
+            self.add_adapter_locked(&mut st, rec.clone())?;
+        }
+        Ok(())
     }
 
     /// Token ids of `prompt`, checked against the vocabulary and the context.
@@ -786,6 +794,7 @@ impl Generator {
         let t0 = Instant::now();
         let (r, adapter) = self.resolve(cfg)?;
         let ids = self.encode(&prompt, "prompt")?;
+        self.ensure_adapter(&adapter)?;
         let adapter = self.request_adapter(&adapter).map(str::to_string);
         let max_new = r.max_new_tokens.min(self.inner.context + 1 - ids.len());
         Ok(TokenStream {
@@ -834,6 +843,7 @@ impl Generator {
         for (i, p) in prompts.iter().enumerate() {
             rows.push(self.encode(&p.clone().into(), &format!("prompts[{i}]"))?);
         }
+        self.ensure_adapter(&adapter)?;
         let adapter = self.request_adapter(&adapter).map(str::to_string);
         let width = rows.iter().map(Vec::len).max().unwrap_or(1);
         let max_new = r.max_new_tokens.min(self.inner.context + 1 - width);
@@ -943,7 +953,6 @@ impl Generator {
         let cfg =
             GenerationConfig { adapter: adapter.map(str::to_string), max_new_tokens: Some(1), ..Default::default() };
         let (_, explicit) = self.resolve(&cfg)?;
-        let adapter = self.request_adapter(&explicit).map(str::to_string);
         let mut all = Vec::with_capacity(texts.len());
         for (i, t) in texts.iter().enumerate() {
             let field = format!("texts[{i}]");
@@ -953,6 +962,8 @@ impl Generator {
             }
             all.push(ids);
         }
+        self.ensure_adapter(&explicit)?;
+        let adapter = self.request_adapter(&explicit).map(str::to_string);
         let mut out = Vec::with_capacity(all.len());
         for ids in &all {
             let x = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;

@@ -94,8 +94,12 @@ fn adapter_parity_merged_unmerged_and_switched_per_request() {
     check_parity(&separate, "tiny-llama-lora", None);
     assert_eq!(separate.adapters().unwrap().len(), 1);
 
-    // One base, adapters switched per request (loaded on first use).
+    // One base, adapters switched per request (loaded on first use, once the prompt passed).
     let on_base = env.home.generator(&base.id, &GeneratorOptions::default()).unwrap();
+    let with_lora = GenerationConfig { adapter: Some(lora.reference()), ..Default::default() };
+    let e = on_base.generate(vec![1u32; on_base.context_length() + 1], &with_lora).unwrap_err();
+    assert!(matches!(&e, Error::InvalidConfig { field, .. } if field == "prompt"), "{e}");
+    assert!(on_base.adapters().unwrap().is_empty(), "a refused request loads nothing");
     check_parity(&on_base, "tiny-llama", None);
     check_parity(&on_base, "tiny-llama-lora", Some(&lora.reference()));
     check_parity(&on_base, "tiny-llama", None);
