@@ -470,6 +470,8 @@ export declare class DatasetStore {
  * from several callers take turns one forward pass at a time.
  */
 export declare class Generator {
+  /** Loads `model` from `models`; the same as `home.generator(model, options)`. */
+  static load(models: ModelRegistry, model: string, options?: GeneratorOptions): Promise<Generator>
   /**
    * Generates a completion of `prompt`. Rejects with `invalid_config` (naming the
    * setting) or `not_found` before any work. `options.onEvent` gets `task_started` /

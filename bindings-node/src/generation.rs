@@ -100,6 +100,16 @@ pub struct Generator {
 
 #[napi]
 impl Generator {
+    /// Loads `model` from `models`; the same as `home.generator(model, options)`.
+    #[napi(catch_unwind, ts_return_type = "Promise<Generator>")]
+    pub fn load(
+        models: &crate::registry::ModelRegistry,
+        #[napi(ts_arg_type = "string")] model: Unknown<'_>,
+        #[napi(ts_arg_type = "GeneratorOptions")] options: Option<Unknown<'_>>,
+    ) -> AsyncTask<LoadGenerator> {
+        LoadGenerator::spawn(models.inner.clone(), model, options)
+    }
+
     /// Generates a completion of `prompt`. Rejects with `invalid_config` (naming the
     /// setting) or `not_found` before any work. `options.onEvent` gets `task_started` /
     /// `task_progress` (tokens) / `task_finished`; `options.cancel` stops at the next
