@@ -9,6 +9,19 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::{Map, Number, Value};
 
+use crate::errors::to_pyerr;
+
+/// `'text'` as Python prints it (for `__repr__`).
+pub(crate) fn q(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A serialized core value as a Python object.
+pub(crate) fn json_to_py<'py>(py: Python<'py>, v: serde_json::Result<Value>) -> PyResult<Bound<'py, PyAny>> {
+    let v = v.map_err(|e| to_pyerr(py, anneal::Error::Internal(e.to_string())))?;
+    to_py(py, &v)
+}
+
 /// JSON -> Python (dicts keep key order).
 pub fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
     Ok(match value {

@@ -8,181 +8,67 @@ use serde_json::Value;
 
 use anneal::ImportOptions;
 
-use crate::conv::{self, Options};
+use crate::conv::{self, q, Options};
 use crate::errors::{to_pyerr, EnterCore};
 use crate::events::{self, PyCancelToken};
+use crate::records::record_class;
 
 /// Records pulled from a Python iterable per re-attach.
 const CHUNK: usize = 1024;
 
-/// `'text'` as Python prints it (for `__repr__`).
-pub(crate) fn q(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-/// A serialized core value as a Python object.
-pub(crate) fn json_to_py<'py>(py: Python<'py>, v: serde_json::Result<Value>) -> PyResult<Bound<'py, PyAny>> {
-    let v = v.map_err(|e| to_pyerr(py, anneal::Error::Internal(e.to_string())))?;
-    conv::to_py(py, &v)
-}
-
-/// A stored dataset (a catalog row).
-#[pyclass(name = "DatasetRecord", module = "anneal", frozen)]
-#[derive(Clone)]
-pub struct PyDatasetRecord {
-    inner: anneal::DatasetRecord,
-}
-
-impl From<anneal::DatasetRecord> for PyDatasetRecord {
-    fn from(inner: anneal::DatasetRecord) -> Self {
-        Self { inner }
+record_class! {
+    /// A stored dataset (a catalog row).
+    PyDatasetRecord = "DatasetRecord"(anneal::DatasetRecord) {
+        fields: [
+            id,
+            name,
+            /// `text`, `completion`, `instruction`, `chat` or `tabular`.
+            format,
+            sha256,
+            num_records,
+            bytes,
+            source,
+            source_format,
+            columns,
+            parent_id,
+            created_at,
+            path,
+        ],
+        repr: [id, name, format, num_records],
+        eq: PartialEq,
     }
 }
 
-#[pymethods]
-impl PyDatasetRecord {
-    #[getter]
-    fn id(&self) -> &str {
-        &self.inner.id.0
-    }
-    #[getter]
-    fn name(&self) -> &str {
-        &self.inner.name
-    }
-    /// `text`, `completion`, `instruction`, `chat` or `tabular`.
-    #[getter]
-    fn format(&self) -> &'static str {
-        self.inner.format.as_str()
-    }
-    #[getter]
-    fn sha256(&self) -> &str {
-        &self.inner.sha256
-    }
-    #[getter]
-    fn num_records(&self) -> u64 {
-        self.inner.num_records
-    }
-    #[getter]
-    fn bytes(&self) -> u64 {
-        self.inner.bytes
-    }
-    #[getter]
-    fn source(&self) -> &str {
-        &self.inner.source
-    }
-    #[getter]
-    fn source_format(&self) -> &'static str {
-        self.inner.source_format.as_str()
-    }
-    #[getter]
-    fn columns(&self) -> std::collections::BTreeMap<String, String> {
-        self.inner.columns.clone()
-    }
-    #[getter]
-    fn parent_id(&self) -> Option<&str> {
-        self.inner.parent_id.as_ref().map(|p| p.0.as_str())
-    }
-    #[getter]
-    fn created_at(&self) -> &str {
-        &self.inner.created_at
-    }
-    #[getter]
-    fn path(&self) -> String {
-        self.inner.path.display().to_string()
-    }
-    /// Every field as a plain dict.
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json_to_py(py, serde_json::to_value(&self.inner))
-    }
-    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        other.cast::<Self>().is_ok_and(|o| o.get().inner == self.inner)
-    }
-    fn __repr__(&self) -> String {
-        let r = &self.inner;
-        format!(
-            "DatasetRecord(id={}, name={}, format={}, num_records={})",
-            q(&r.id.0),
-            q(&r.name),
-            q(r.format.as_str()),
-            r.num_records
-        )
+record_class! {
+    /// Statistics computed at import. Nested values are plain dicts and lists.
+    PyDatasetStats = "DatasetStats"(anneal::DatasetStats) {
+        fields: [
+            num_records,
+            bytes,
+            /// Per text field: `{min_chars, max_chars, mean_chars, empty}`.
+            fields,
+            /// `[{min_chars, max_chars, count}, ...]`.
+            length_histogram,
+            role_counts,
+            label_counts,
+            tokens,
+        ],
+        repr: [num_records, bytes],
+        eq: PartialEq,
     }
 }
 
-/// Statistics computed at import. Nested values are plain dicts and lists.
-#[pyclass(name = "DatasetStats", module = "anneal", frozen)]
-pub struct PyDatasetStats {
-    inner: anneal::DatasetStats,
-}
-
-#[pymethods]
-impl PyDatasetStats {
-    #[getter]
-    fn num_records(&self) -> u64 {
-        self.inner.num_records
-    }
-    #[getter]
-    fn bytes(&self) -> u64 {
-        self.inner.bytes
-    }
-    /// Per text field: `{min_chars, max_chars, mean_chars, empty}`.
-    #[getter]
-    fn fields<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json_to_py(py, serde_json::to_value(&self.inner.fields))
-    }
-    /// `[{min_chars, max_chars, count}, ...]`.
-    #[getter]
-    fn length_histogram<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json_to_py(py, serde_json::to_value(&self.inner.length_histogram))
-    }
-    #[getter]
-    fn role_counts(&self) -> Option<std::collections::BTreeMap<String, u64>> {
-        self.inner.role_counts.clone()
-    }
-    #[getter]
-    fn label_counts(&self) -> Option<std::collections::BTreeMap<String, u64>> {
-        self.inner.label_counts.clone()
-    }
-    #[getter]
-    fn tokens(&self) -> Option<std::collections::BTreeMap<String, u64>> {
-        self.inner.tokens.clone()
-    }
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json_to_py(py, serde_json::to_value(&self.inner))
-    }
-    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        other.cast::<Self>().is_ok_and(|o| o.get().inner == self.inner)
-    }
-    fn __repr__(&self) -> String {
-        format!("DatasetStats(num_records={}, bytes={})", self.inner.num_records, self.inner.bytes)
-    }
-}
-
-/// The two halves of `DatasetStore.split`; unpacks as `train, val = ...`.
-#[pyclass(name = "DatasetSplit", module = "anneal", frozen)]
-pub struct PyDatasetSplit {
-    inner: anneal::DatasetSplit,
-}
-
-#[pymethods]
-impl PyDatasetSplit {
-    #[getter]
-    fn train(&self) -> PyDatasetRecord {
-        self.inner.train.clone().into()
-    }
-    #[getter]
-    fn val(&self) -> PyDatasetRecord {
-        self.inner.val.clone().into()
-    }
-    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyIterator>> {
-        let pair = PyTuple::new(py, [self.train(), self.val()])?;
-        pair.as_any().try_iter()
-    }
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json_to_py(py, serde_json::to_value(&self.inner))
-    }
-    fn __repr__(&self) -> String {
-        format!("DatasetSplit(train={}, val={})", self.train().__repr__(), self.val().__repr__())
+record_class! {
+    /// The two halves of `DatasetStore.split`; unpacks as `train, val = ...`.
+    PyDatasetSplit = "DatasetSplit"(anneal::DatasetSplit) {
+        fields: [train, val],
+        repr: [train, val],
+        extra: {
+            fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyIterator>> {
+                let pair = PyTuple::new(py, [self.train(py)?, self.val(py)?])?;
+                pair.as_any().try_iter()
+            }
+        },
     }
 }
 
@@ -354,7 +240,7 @@ impl PyDatasetStore {
 
     /// Statistics computed at import.
     fn stats(&self, py: Python<'_>, id_or_name: String) -> PyResult<PyDatasetStats> {
-        py.enter_core(|| self.inner.stats(id_or_name)).map(|inner| PyDatasetStats { inner })
+        py.enter_core(|| self.inner.stats(id_or_name)).map(Into::into)
     }
 
     /// Splits deterministically into `<name>-train` / `<name>-val` (or `names`).
@@ -367,7 +253,7 @@ impl PyDatasetStore {
         seed: u64,
         names: Option<(String, String)>,
     ) -> PyResult<PyDatasetSplit> {
-        py.enter_core(|| self.inner.split(id_or_name, val_fraction, seed, names)).map(|inner| PyDatasetSplit { inner })
+        py.enter_core(|| self.inner.split(id_or_name, val_fraction, seed, names)).map(Into::into)
     }
 
     /// Deletes a dataset (refuses while a job uses it, unless `force`).

@@ -9,88 +9,89 @@ use pyo3::types::PyString;
 
 use anneal::{GenerationConfig, GenerationFilter, GeneratorOptions, Prompt};
 
-use crate::conv::{to_json, Options};
-use crate::dataset::{json_to_py, q};
+use crate::conv::{json_to_py, q, to_json, Options};
 use crate::errors::{to_pyerr, EnterCore};
 use crate::events::{self, PyCancelToken};
+use crate::records::record_class;
 use crate::registry::{PyModelRecord, PyModelRegistry};
 
-/// A frozen record class over a serde core type: one getter per listed field (converted
-/// through JSON), `to_dict`, `__eq__` and `__repr__` (showing `repr_fields`).
-macro_rules! record_class {
-    ($py_ty:ident, $name:literal, $inner:ty, [$($field:ident),* $(,)?], repr: [$($rf:ident),* $(,)?] $(, extra: { $($extra:tt)* })?) => {
-        #[pyclass(name = $name, module = "anneal", frozen)]
-        pub struct $py_ty {
-            pub inner: $inner,
-        }
-
-        impl From<$inner> for $py_ty {
-            fn from(inner: $inner) -> Self {
-                Self { inner }
-            }
-        }
-
-        #[pymethods]
-        impl $py_ty {
-            $(
-                #[getter]
-                fn $field<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-                    json_to_py(py, serde_json::to_value(&self.inner.$field))
-                }
-            )*
-            $($($extra)*)?
-            fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-                json_to_py(py, serde_json::to_value(&self.inner))
-            }
-            fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-                other.cast::<Self>().is_ok_and(|o| o.get().inner == self.inner)
-            }
-            fn __repr__(&self) -> String {
-                let v = serde_json::to_value(&self.inner).unwrap_or_default();
-                let parts: Vec<String> =
-                    [$(stringify!($rf)),*].iter().map(|k| format!("{k}={}", repr_value(&v[*k]))).collect();
-                format!("{}({})", $name, parts.join(", "))
-            }
-        }
-    };
-}
-
-fn repr_value(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => q(s),
-        serde_json::Value::Null => "None".into(),
-        serde_json::Value::Bool(b) => if *b { "True" } else { "False" }.into(),
-        other => other.to_string(),
+record_class! {
+    /// Where the time of one request went.
+    PyTimings = "Timings"(anneal::Timings) {
+        fields: [ttft_ms, decode_ms, total_ms, prompt_tokens_per_s, decode_tokens_per_s],
+        repr: [ttft_ms, decode_tokens_per_s],
+        eq: PartialEq,
     }
 }
 
-record_class!(PyTimings, "Timings", anneal::Timings,
-    [ttft_ms, decode_ms, total_ms, prompt_tokens_per_s, decode_tokens_per_s],
-    repr: [ttft_ms, decode_tokens_per_s]);
-
-record_class!(PyGeneration, "Generation", anneal::Generation,
-[id, model_id, text, token_ids, finish_reason, stop_sequence, prompt_tokens, generated_tokens, seed],
-repr: [text, finish_reason, generated_tokens],
-extra: {
-    /// Where the time went.
-    #[getter]
-    fn timings(&self) -> PyTimings {
-        self.inner.timings.into()
+record_class! {
+    /// The result of one prompt.
+    PyGeneration = "Generation"(anneal::Generation) {
+        fields: [
+            id,
+            model_id,
+            text,
+            token_ids,
+            finish_reason,
+            stop_sequence,
+            prompt_tokens,
+            generated_tokens,
+            seed,
+            /// Where the time went.
+            timings,
+        ],
+        repr: [text, finish_reason, generated_tokens],
+        eq: PartialEq,
     }
-});
+}
 
-record_class!(PyStreamChunk, "StreamChunk", anneal::StreamChunk, [text, token_ids], repr: [text, token_ids]);
+record_class! {
+    /// One piece of a stream: valid UTF-8 text and the tokens it came from.
+    PyStreamChunk = "StreamChunk"(anneal::StreamChunk) {
+        fields: [text, token_ids],
+        repr: [text, token_ids],
+        eq: PartialEq,
+    }
+}
 
-record_class!(PyScore, "Score", anneal::Score, [loss, perplexity, tokens], repr: [loss, perplexity, tokens]);
+record_class! {
+    /// Loss and perplexity of one text under the model.
+    PyScore = "Score"(anneal::Score) {
+        fields: [loss, perplexity, tokens],
+        repr: [loss, perplexity, tokens],
+        eq: PartialEq,
+    }
+}
 
-record_class!(PyGenerationRecord, "GenerationRecord", anneal::GenerationRecord,
-    [id, model_id, base_model_id, kind, params, prompt_tokens, generated_tokens, finish_reason, ttft_ms,
-     duration_ms, created_at],
-    repr: [id, model_id, kind, generated_tokens]);
+record_class! {
+    /// A recorded generation or scoring call.
+    PyGenerationRecord = "GenerationRecord"(anneal::GenerationRecord) {
+        fields: [
+            id,
+            model_id,
+            base_model_id,
+            kind,
+            params,
+            prompt_tokens,
+            generated_tokens,
+            finish_reason,
+            ttft_ms,
+            duration_ms,
+            created_at,
+        ],
+        repr: [id, model_id, kind, generated_tokens],
+        eq: PartialEq,
+    }
+}
 
-record_class!(PyModelUsage, "ModelUsage", anneal::ModelUsage,
-    [model_id, calls, generations, prompt_tokens, generated_tokens, total_duration_ms, last_used_at],
-    repr: [model_id, calls, generated_tokens]);
+record_class! {
+    /// Totals of a model's recorded calls.
+    PyModelUsage = "ModelUsage"(anneal::ModelUsage) {
+        fields: [model_id, calls, generations, prompt_tokens, generated_tokens, total_duration_ms, last_used_at],
+        repr: [model_id, calls, generated_tokens],
+        eq: PartialEq,
+    }
+}
 
 /// A prompt: `str` (text), a list of `{"role", "content"}` dicts (chat), or a list of
 /// token ids.
@@ -419,8 +420,14 @@ pub fn generations(
     kind: Option<String>,
     limit: Option<usize>,
 ) -> PyResult<Vec<PyGenerationRecord>> {
-    let filter = GenerationFilter { model, kind, limit };
-    Ok(py.enter_core(|| reg.generations(&filter))?.into_iter().map(Into::into).collect())
+    Ok(py
+        .enter_core(|| {
+            let kind = kind.as_deref().map(str::parse).transpose()?;
+            reg.generations(&GenerationFilter { model, kind, limit })
+        })?
+        .into_iter()
+        .map(Into::into)
+        .collect())
 }
 
 pub fn usage(py: Python<'_>, reg: &anneal::ModelRegistry, model: String) -> PyResult<PyModelUsage> {

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use pyo3::prelude::*;
 
-use crate::dataset::{q, PyDatasetStore};
+use crate::conv::q;
+use crate::dataset::PyDatasetStore;
 use crate::errors::EnterCore;
 use crate::generation::PyGenerator;
 use crate::registry::PyModelRegistry;

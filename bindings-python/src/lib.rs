@@ -7,6 +7,7 @@ mod errors;
 mod events;
 mod generation;
 mod home;
+mod records;
 mod registry;
 mod training;
 

@@ -6,219 +6,75 @@ use pyo3::prelude::*;
 
 use anneal::{ModelFilter, ModelId, PresetOptions, RegisterOptions};
 
-use crate::conv::Options;
-use crate::dataset::{json_to_py, q};
+use crate::conv::{q, Options};
 use crate::errors::{to_pyerr, EnterCore};
 use crate::events::{self, PyCancelToken};
+use crate::records::record_class;
 
-/// One stored file of a model.
-#[pyclass(name = "ModelFile", module = "anneal", frozen)]
-#[derive(Clone)]
-pub struct PyModelFile {
-    inner: anneal::ModelFile,
-}
-
-#[pymethods]
-impl PyModelFile {
-    #[getter]
-    fn name(&self) -> &str {
-        &self.inner.name
-    }
-    #[getter]
-    fn bytes(&self) -> u64 {
-        self.inner.bytes
-    }
-    #[getter]
-    fn sha256(&self) -> &str {
-        &self.inner.sha256
-    }
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json_to_py(py, serde_json::to_value(&self.inner))
-    }
-    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        other.cast::<Self>().is_ok_and(|o| o.get().inner == self.inner)
-    }
-    fn __repr__(&self) -> String {
-        format!("ModelFile(name={}, bytes={})", q(&self.inner.name), self.inner.bytes)
+record_class! {
+    /// One stored file of a model.
+    PyModelFile = "ModelFile"(anneal::ModelFile) {
+        fields: [name, bytes, sha256],
+        repr: [name, bytes],
+        eq: PartialEq,
     }
 }
 
-/// A built-in model configuration for `ModelRegistry.create_preset`.
-#[pyclass(name = "Preset", module = "anneal", frozen)]
-pub struct PyPreset {
-    inner: anneal::Preset,
-}
-
-#[pymethods]
-impl PyPreset {
-    #[getter]
-    fn name(&self) -> &'static str {
-        self.inner.name
-    }
-    #[getter]
-    fn description(&self) -> &'static str {
-        self.inner.description
-    }
-    #[getter]
-    fn hidden_size(&self) -> usize {
-        self.inner.hidden_size
-    }
-    #[getter]
-    fn intermediate_size(&self) -> usize {
-        self.inner.intermediate_size
-    }
-    #[getter]
-    fn num_hidden_layers(&self) -> usize {
-        self.inner.num_hidden_layers
-    }
-    #[getter]
-    fn num_attention_heads(&self) -> usize {
-        self.inner.num_attention_heads
-    }
-    #[getter]
-    fn num_key_value_heads(&self) -> usize {
-        self.inner.num_key_value_heads
-    }
-    #[getter]
-    fn max_position_embeddings(&self) -> usize {
-        self.inner.max_position_embeddings
-    }
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json_to_py(py, serde_json::to_value(&self.inner))
-    }
-    fn __repr__(&self) -> String {
-        format!("Preset(name={}, description={})", q(self.inner.name), q(self.inner.description))
+record_class! {
+    /// A built-in model configuration for `ModelRegistry.create_preset`.
+    PyPreset = "Preset"(anneal::Preset) {
+        fields: [
+            name,
+            description,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads,
+            max_position_embeddings,
+        ],
+        repr: [name, description],
     }
 }
 
-/// A registered model (a catalog row).
-#[pyclass(name = "ModelRecord", module = "anneal", frozen)]
-pub struct PyModelRecord {
-    inner: anneal::ModelRecord,
-}
-
-impl From<anneal::ModelRecord> for PyModelRecord {
-    fn from(inner: anneal::ModelRecord) -> Self {
-        Self { inner }
-    }
-}
-
-#[pymethods]
-impl PyModelRecord {
-    #[getter]
-    fn id(&self) -> &str {
-        &self.inner.id.0
-    }
-    #[getter]
-    fn name(&self) -> &str {
-        &self.inner.name
-    }
-    #[getter]
-    fn version(&self) -> u32 {
-        self.inner.version
-    }
-    /// `base`, `full` or `lora`.
-    #[getter]
-    fn kind(&self) -> &'static str {
-        self.inner.kind.as_str()
-    }
-    #[getter]
-    fn family(&self) -> &str {
-        &self.inner.family
-    }
-    #[getter]
-    fn architecture(&self) -> &str {
-        &self.inner.architecture
-    }
-    #[getter]
-    fn model_type(&self) -> &str {
-        &self.inner.model_type
-    }
-    #[getter]
-    fn parent_id(&self) -> Option<&str> {
-        self.inner.parent_id.as_ref().map(|p| p.0.as_str())
-    }
-    #[getter]
-    fn params(&self) -> u64 {
-        self.inner.params
-    }
-    #[getter]
-    fn dtype(&self) -> &str {
-        &self.inner.dtype
-    }
-    #[getter]
-    fn bytes(&self) -> u64 {
-        self.inner.bytes
-    }
-    #[getter]
-    fn sha256(&self) -> &str {
-        &self.inner.sha256
-    }
-    /// `copy` or `reference`.
-    #[getter]
-    fn storage(&self) -> &'static str {
-        self.inner.storage.as_str()
-    }
-    #[getter]
-    fn path(&self) -> String {
-        self.inner.path.display().to_string()
-    }
-    #[getter]
-    fn files(&self) -> Vec<PyModelFile> {
-        self.inner.files.iter().map(|f| PyModelFile { inner: f.clone() }).collect()
-    }
-    #[getter]
-    fn tokenizer(&self) -> Option<&str> {
-        self.inner.tokenizer.as_deref()
-    }
-    #[getter]
-    fn source(&self) -> &str {
-        &self.inner.source
-    }
-    #[getter]
-    fn task(&self) -> Option<&str> {
-        self.inner.task.as_deref()
-    }
-    #[getter]
-    fn tags(&self) -> Vec<String> {
-        self.inner.tags.clone()
-    }
-    #[getter]
-    fn lineage<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        crate::conv::to_py(py, &self.inner.lineage)
-    }
-    #[getter]
-    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        crate::conv::to_py(py, &self.inner.config)
-    }
-    #[getter]
-    fn created_at(&self) -> &str {
-        &self.inner.created_at
-    }
-    #[getter]
-    fn aliases(&self) -> Vec<String> {
-        self.inner.aliases.clone()
-    }
-    /// `name@version`.
-    fn reference(&self) -> String {
-        self.inner.reference()
-    }
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json_to_py(py, serde_json::to_value(&self.inner))
-    }
-    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        other.cast::<Self>().is_ok_and(|o| o.get().inner == self.inner)
-    }
-    fn __repr__(&self) -> String {
-        let r = &self.inner;
-        format!(
-            "ModelRecord(id={}, name={}, version={}, kind={}, family={})",
-            q(&r.id.0),
-            q(&r.name),
-            r.version,
-            q(r.kind.as_str()),
-            q(&r.family)
-        )
+record_class! {
+    /// A registered model (a catalog row).
+    PyModelRecord = "ModelRecord"(anneal::ModelRecord) {
+        fields: [
+            id,
+            name,
+            version,
+            /// `base`, `full` or `lora`.
+            kind,
+            family,
+            architecture,
+            model_type,
+            parent_id,
+            params,
+            dtype,
+            bytes,
+            sha256,
+            /// `copy` or `reference`.
+            storage,
+            path,
+            files,
+            tokenizer,
+            source,
+            task,
+            tags,
+            lineage,
+            config,
+            created_at,
+            aliases,
+        ],
+        repr: [id, name, version, kind, family],
+        eq: PartialEq,
+        extra: {
+            /// `name@version`.
+            fn reference(&self) -> String {
+                self.inner.reference()
+            }
+        },
     }
 }
 
@@ -284,7 +140,7 @@ impl PyModelRegistry {
     /// The built-in presets.
     #[staticmethod]
     fn presets() -> Vec<PyPreset> {
-        anneal::ModelRegistry::presets().iter().map(|p| PyPreset { inner: p.clone() }).collect()
+        anneal::ModelRegistry::presets().iter().map(|p| p.clone().into()).collect()
     }
 
     /// A model by id.

@@ -17,288 +17,110 @@ use serde_json::{Map, Value};
 
 use anneal::{Event, JobFilter, JobId, TrainSpec};
 
-use crate::conv::{self, Options};
-use crate::dataset::{json_to_py, q};
+use crate::conv::{self, q, Options};
 use crate::errors::{to_pyerr, EnterCore};
 use crate::events::{self, PyCancelToken};
+use crate::records::record_class;
 
 /// How long a blocked `wait` / iteration sleeps between checks for Ctrl-C.
 const POLL: Duration = Duration::from_millis(50);
 
-/// A training job (a catalog row), with its live progress.
-#[pyclass(name = "JobRecord", module = "anneal", frozen)]
-pub struct PyJobRecord {
-    inner: anneal::JobRecord,
-}
-
-impl From<anneal::JobRecord> for PyJobRecord {
-    fn from(inner: anneal::JobRecord) -> Self {
-        Self { inner }
+record_class! {
+    /// A training job (a catalog row), with its live progress.
+    PyJobRecord = "JobRecord"(anneal::JobRecord) {
+        fields: [
+            id,
+            /// `pending`, `running`, `completed`, `failed`, `cancelled` or `interrupted`.
+            status,
+            base_model_id,
+            dataset_id,
+            eval_dataset_id,
+            output_model_id,
+            /// The job's TrainSpec as a dict (every field, defaults filled in).
+            spec,
+            progress,
+            epoch,
+            step,
+            total_steps,
+            tokens,
+            loss,
+            eval_loss,
+            lr,
+            tokens_per_sec,
+            sample,
+            heartbeat_at,
+            runner_pid,
+            cancel_requested,
+            /// `{"code": ..., "message": ...}` of a failed job.
+            error,
+            checkpoint,
+            created_at,
+            updated_at,
+            started_at,
+            finished_at,
+        ],
+        eq: PartialEq,
+        extra: {
+            /// Whether `TrainingEngine.resume` (or `spawn`) accepts the job.
+            #[getter]
+            fn is_resumable(&self) -> bool {
+                self.inner.status.is_resumable()
+            }
+            fn __repr__(&self) -> String {
+                let r = &self.inner;
+                format!("JobRecord(id={}, status={}, step={}/{})", q(&r.id.0), q(r.status.as_str()), r.step, r.total_steps)
+            }
+        },
     }
 }
 
-#[pymethods]
-impl PyJobRecord {
-    #[getter]
-    fn id(&self) -> &str {
-        &self.inner.id.0
-    }
-    /// `pending`, `running`, `completed`, `failed`, `cancelled` or `interrupted`.
-    #[getter]
-    fn status(&self) -> &'static str {
-        self.inner.status.as_str()
-    }
-    /// Whether `TrainingEngine.resume` (or `spawn`) accepts the job.
-    #[getter]
-    fn is_resumable(&self) -> bool {
-        self.inner.status.is_resumable()
-    }
-    #[getter]
-    fn base_model_id(&self) -> Option<&str> {
-        self.inner.base_model_id.as_ref().map(|m| m.0.as_str())
-    }
-    #[getter]
-    fn dataset_id(&self) -> Option<&str> {
-        self.inner.dataset_id.as_ref().map(|d| d.0.as_str())
-    }
-    #[getter]
-    fn eval_dataset_id(&self) -> Option<&str> {
-        self.inner.eval_dataset_id.as_ref().map(|d| d.0.as_str())
-    }
-    #[getter]
-    fn output_model_id(&self) -> Option<&str> {
-        self.inner.output_model_id.as_ref().map(|m| m.0.as_str())
-    }
-    /// The job's TrainSpec as a dict (every field, defaults filled in).
-    #[getter]
-    fn spec<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json_to_py(py, serde_json::to_value(&self.inner.spec))
-    }
-    #[getter]
-    fn progress(&self) -> f64 {
-        self.inner.progress
-    }
-    #[getter]
-    fn epoch(&self) -> u32 {
-        self.inner.epoch
-    }
-    #[getter]
-    fn step(&self) -> u64 {
-        self.inner.step
-    }
-    #[getter]
-    fn total_steps(&self) -> u64 {
-        self.inner.total_steps
-    }
-    #[getter]
-    fn tokens(&self) -> u64 {
-        self.inner.tokens
-    }
-    #[getter]
-    fn loss(&self) -> Option<f64> {
-        self.inner.loss
-    }
-    #[getter]
-    fn eval_loss(&self) -> Option<f64> {
-        self.inner.eval_loss
-    }
-    #[getter]
-    fn lr(&self) -> Option<f64> {
-        self.inner.lr
-    }
-    #[getter]
-    fn tokens_per_sec(&self) -> Option<f64> {
-        self.inner.tokens_per_sec
-    }
-    #[getter]
-    fn sample(&self) -> Option<&str> {
-        self.inner.sample.as_deref()
-    }
-    #[getter]
-    fn heartbeat_at(&self) -> Option<i64> {
-        self.inner.heartbeat_at
-    }
-    #[getter]
-    fn runner_pid(&self) -> Option<u32> {
-        self.inner.runner_pid
-    }
-    #[getter]
-    fn cancel_requested(&self) -> bool {
-        self.inner.cancel_requested
-    }
-    /// `{"code": ..., "message": ...}` of a failed job.
-    #[getter]
-    fn error<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json_to_py(py, serde_json::to_value(&self.inner.error))
-    }
-    #[getter]
-    fn checkpoint(&self) -> Option<&str> {
-        self.inner.checkpoint.as_deref()
-    }
-    #[getter]
-    fn created_at(&self) -> &str {
-        &self.inner.created_at
-    }
-    #[getter]
-    fn updated_at(&self) -> &str {
-        &self.inner.updated_at
-    }
-    #[getter]
-    fn started_at(&self) -> Option<&str> {
-        self.inner.started_at.as_deref()
-    }
-    #[getter]
-    fn finished_at(&self) -> Option<&str> {
-        self.inner.finished_at.as_deref()
-    }
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json_to_py(py, serde_json::to_value(&self.inner))
-    }
-    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        other.cast::<Self>().is_ok_and(|o| o.get().inner == self.inner)
-    }
-    fn __repr__(&self) -> String {
-        let r = &self.inner;
-        format!("JobRecord(id={}, status={}, step={}/{})", q(&r.id.0), q(r.status.as_str()), r.step, r.total_steps)
+record_class! {
+    /// The result of a successful run.
+    PyTrainReport = "TrainReport"(anneal::TrainReport) {
+        fields: [
+            job_id,
+            /// The id of the registered output model (same as `model_id`).
+            model,
+            final_loss,
+            eval_loss,
+            steps,
+            tokens,
+            duration_s,
+        ],
+        repr: [job_id, model, steps, final_loss],
+        eq: PartialEq,
+        extra: {
+            /// The id of the registered output model.
+            #[getter]
+            fn model_id<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+                self.model(py)
+            }
+        },
     }
 }
 
-/// The result of a successful run.
-#[pyclass(name = "TrainReport", module = "anneal", frozen)]
-pub struct PyTrainReport {
-    inner: anneal::TrainReport,
-}
-
-impl From<anneal::TrainReport> for PyTrainReport {
-    fn from(inner: anneal::TrainReport) -> Self {
-        Self { inner }
+record_class! {
+    /// One point of a job's metrics time series.
+    PyMetricPoint = "MetricPoint"(anneal::MetricPoint) {
+        fields: [
+            /// `train` (an optimiser step) or `eval`.
+            kind,
+            step,
+            epoch,
+            loss,
+            lr,
+            tokens_per_sec,
+            at,
+        ],
+        repr: [kind, step, loss],
     }
 }
 
-#[pymethods]
-impl PyTrainReport {
-    #[getter]
-    fn job_id(&self) -> &str {
-        &self.inner.job_id.0
-    }
-    /// The id of the registered output model (same as `model_id`).
-    #[getter]
-    fn model(&self) -> &str {
-        &self.inner.model.0
-    }
-    /// The id of the registered output model.
-    #[getter]
-    fn model_id(&self) -> &str {
-        &self.inner.model.0
-    }
-    #[getter]
-    fn final_loss(&self) -> f64 {
-        self.inner.final_loss
-    }
-    #[getter]
-    fn eval_loss(&self) -> Option<f64> {
-        self.inner.eval_loss
-    }
-    #[getter]
-    fn steps(&self) -> u64 {
-        self.inner.steps
-    }
-    #[getter]
-    fn tokens(&self) -> u64 {
-        self.inner.tokens
-    }
-    #[getter]
-    fn duration_s(&self) -> f64 {
-        self.inner.duration_s
-    }
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json_to_py(py, serde_json::to_value(&self.inner))
-    }
-    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        other.cast::<Self>().is_ok_and(|o| o.get().inner == self.inner)
-    }
-    fn __repr__(&self) -> String {
-        let r = &self.inner;
-        format!(
-            "TrainReport(job_id={}, model={}, steps={}, final_loss={})",
-            q(&r.job_id.0),
-            q(&r.model.0),
-            r.steps,
-            r.final_loss
-        )
-    }
-}
-
-/// One point of a job's metrics time series.
-#[pyclass(name = "MetricPoint", module = "anneal", frozen)]
-pub struct PyMetricPoint {
-    inner: anneal::MetricPoint,
-}
-
-#[pymethods]
-impl PyMetricPoint {
-    /// `train` (an optimiser step) or `eval`.
-    #[getter]
-    fn kind(&self) -> &str {
-        &self.inner.kind
-    }
-    #[getter]
-    fn step(&self) -> u64 {
-        self.inner.step
-    }
-    #[getter]
-    fn epoch(&self) -> u32 {
-        self.inner.epoch
-    }
-    #[getter]
-    fn loss(&self) -> f64 {
-        self.inner.loss
-    }
-    #[getter]
-    fn lr(&self) -> Option<f64> {
-        self.inner.lr
-    }
-    #[getter]
-    fn tokens_per_sec(&self) -> Option<f64> {
-        self.inner.tokens_per_sec
-    }
-    #[getter]
-    fn at(&self) -> &str {
-        &self.inner.at
-    }
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json_to_py(py, serde_json::to_value(&self.inner))
-    }
-    fn __repr__(&self) -> String {
-        format!("MetricPoint(kind={}, step={}, loss={})", q(&self.inner.kind), self.inner.step, self.inner.loss)
-    }
-}
-
-/// A log line of a job.
-#[pyclass(name = "JobLog", module = "anneal", frozen)]
-pub struct PyJobLog {
-    inner: anneal::JobLog,
-}
-
-#[pymethods]
-impl PyJobLog {
-    #[getter]
-    fn at(&self) -> &str {
-        &self.inner.at
-    }
-    #[getter]
-    fn level(&self) -> &str {
-        &self.inner.level
-    }
-    #[getter]
-    fn message(&self) -> &str {
-        &self.inner.message
-    }
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        json_to_py(py, serde_json::to_value(&self.inner))
-    }
-    fn __repr__(&self) -> String {
-        format!("JobLog(level={}, message={})", q(&self.inner.level), q(&self.inner.message))
+record_class! {
+    /// A log line of a job.
+    PyJobLog = "JobLog"(anneal::JobLog) {
+        fields: [at, level, message],
+        repr: [level, message],
     }
 }
 
@@ -463,12 +285,12 @@ impl PyTrainingEngine {
 
     /// The job's log lines, oldest first.
     fn logs(&self, py: Python<'_>, job_id: String) -> PyResult<Vec<PyJobLog>> {
-        Ok(py.enter_core(|| self.inner.logs(job_id))?.into_iter().map(|inner| PyJobLog { inner }).collect())
+        Ok(py.enter_core(|| self.inner.logs(job_id))?.into_iter().map(Into::into).collect())
     }
 
     /// The job's metrics time series (train steps and evals), by step.
     fn metrics(&self, py: Python<'_>, job_id: String) -> PyResult<Vec<PyMetricPoint>> {
-        Ok(py.enter_core(|| self.inner.metrics(job_id))?.into_iter().map(|inner| PyMetricPoint { inner }).collect())
+        Ok(py.enter_core(|| self.inner.metrics(job_id))?.into_iter().map(Into::into).collect())
     }
 
     /// Asks a job to stop, from any process (the catalog flag). A pending job is

@@ -12,9 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OpenFlags, Row, ToSql, Transaction, TransactionBehavior};
 
 use crate::error::{Error, Result};
+use crate::types::{
+    DatasetFormat, DatasetId, Family, FinishReason, GenerationId, GenerationKind, JobId, JobStatus, MetricKind,
+    ModelId, ModelKind, SourceFormat, Storage,
+};
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -101,6 +106,63 @@ fn check_version(path: &Path, found: i64) -> Result<()> {
 
 fn poisoned() -> Error {
     Error::Internal("catalog lock poisoned".into())
+}
+
+/// Named enums are stored as their name; a name this build does not know is a
+/// conversion error naming the column, never a silent default.
+macro_rules! named_column {
+    ($($t:ty),+) => {$(
+        impl ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.as_str()))
+            }
+        }
+        impl FromSql for $t {
+            fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+                v.as_str()?.parse().map_err(|e: Error| FromSqlError::Other(Box::new(e)))
+            }
+        }
+    )+};
+}
+
+named_column!(
+    DatasetFormat,
+    SourceFormat,
+    Family,
+    ModelKind,
+    Storage,
+    JobStatus,
+    MetricKind,
+    FinishReason,
+    GenerationKind
+);
+
+/// Ids are stored as their text.
+macro_rules! id_column {
+    ($($t:ident),+) => {$(
+        impl ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.as_str()))
+            }
+        }
+        impl FromSql for $t {
+            fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+                String::column_result(v).map($t)
+            }
+        }
+    )+};
+}
+
+id_column!(DatasetId, ModelId, JobId, GenerationId);
+
+/// A JSON column, by name.
+pub(crate) fn json_col<T: serde::de::DeserializeOwned>(r: &Row<'_>, col: &str) -> rusqlite::Result<T> {
+    from_json(&r.get::<_, String>(col)?)
+}
+
+/// A nullable JSON column, by name.
+pub(crate) fn opt_json_col<T: serde::de::DeserializeOwned>(r: &Row<'_>, col: &str) -> rusqlite::Result<Option<T>> {
+    r.get::<_, Option<String>>(col)?.map(|s| from_json(&s)).transpose()
 }
 
 /// JSON column helpers.

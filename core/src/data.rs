@@ -18,114 +18,24 @@ use std::sync::Arc;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-pub use format::{DatasetFormat, CHAT_ROLES};
-pub use read::{SourceFormat, TxtMode};
-pub use stats::{DatasetStats, FieldStats, LengthBucket};
 
 use crate::catalog::datasets as sql;
 use crate::error::{Error, IoResultExt, Location, Result};
 use crate::events::{run_task, CancelToken, EventSink, NoopSink};
-use crate::home::HomeInner;
+use crate::store::Store;
+use crate::types::{
+    DatasetFormat, DatasetId, DatasetRecord, DatasetSplit, DatasetStats, ImportOptions, OnDuplicate, SourceFormat,
+};
 use crate::util::{self, HashingWriter, StagingDir};
 use format::Shape;
 use read::{ByteCounter, RawRecord};
 use stats::StatsBuilder;
 
-/// A dataset id, e.g. `ds_3f2a9c0d1b7e4a56`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct DatasetId(pub String);
-
-impl std::fmt::Display for DatasetId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl From<&str> for DatasetId {
-    fn from(s: &str) -> Self {
-        DatasetId(s.to_string())
-    }
-}
-
-impl From<&DatasetId> for DatasetId {
-    fn from(s: &DatasetId) -> Self {
-        s.clone()
-    }
-}
-
-impl From<String> for DatasetId {
-    fn from(s: String) -> Self {
-        DatasetId(s)
-    }
-}
-
-/// A stored dataset (a catalog row).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DatasetRecord {
-    pub id: DatasetId,
-    pub name: String,
-    pub format: DatasetFormat,
-    /// sha256 of the normalised records: the content address.
-    pub sha256: String,
-    pub num_records: u64,
-    /// Bytes of the normalised records file.
-    pub bytes: u64,
-    /// Where it came from: the imported path, `memory`, or `split:<parent id>`.
-    pub source: String,
-    pub source_format: SourceFormat,
-    /// Canonical field -> source column used at import.
-    pub columns: BTreeMap<String, String>,
-    /// For splits: the dataset it was split from.
-    pub parent_id: Option<DatasetId>,
-    pub created_at: String,
-    /// The normalised records (JSONL) inside the home. Read-only.
-    pub path: PathBuf,
-}
-
-/// What to do when the same content (same sha256) is already stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnDuplicate {
-    /// Fail with `duplicate_content`, naming the existing dataset.
-    #[default]
-    Error,
-    /// Return the existing dataset.
-    Reuse,
-}
-
-/// Options for [`DatasetStore::import_file`] and [`DatasetStore::import_records`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ImportOptions {
-    /// The dataset's name (unique). Default: the file's stem, or `records-<id>` in memory.
-    pub name: Option<String>,
-    /// Force a record format instead of detecting it from the first record.
-    pub format: Option<DatasetFormat>,
-    /// Map canonical fields to your columns: `{"prompt": "question", "completion": "answer"}`.
-    pub columns: BTreeMap<String, String>,
-    /// Force the file format instead of using the extension.
-    pub source_format: Option<SourceFormat>,
-    /// TXT files: one record per line (default) or one per file.
-    pub txt_mode: TxtMode,
-    /// Same content already stored: error (default) or return the existing dataset.
-    pub on_duplicate: OnDuplicate,
-}
-
-/// The two halves of [`DatasetStore::split`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DatasetSplit {
-    pub train: DatasetRecord,
-    pub val: DatasetRecord,
-}
-
 /// Imports, stores and serves datasets. Cheap to clone; `Send + Sync`.
 #[derive(Clone)]
 pub struct DatasetStore {
-    home: Arc<HomeInner>,
+    store: Arc<Store>,
 }
 
 /// Progress is reported at most every this many input bytes (or records in memory).
@@ -133,12 +43,12 @@ const PROGRESS_BYTES: u64 = 1 << 20;
 const PROGRESS_RECORDS: u64 = 1000;
 
 impl DatasetStore {
-    pub(crate) fn new(home: Arc<HomeInner>) -> Self {
-        Self { home }
+    pub(crate) fn new(store: Arc<Store>) -> Self {
+        Self { store }
     }
 
     fn dir(&self) -> PathBuf {
-        self.home.root.join("datasets")
+        self.store.root.join("datasets")
     }
 
     /// Imports a CSV, TSV, JSON array, JSONL or TXT file.
@@ -251,7 +161,7 @@ impl DatasetStore {
 
     fn check_name_free(&self, name: &str) -> Result<()> {
         util::validate_name("name", name)?;
-        let taken = self.home.catalog.read(|c| sql::by_name(c, &self.home.root, name))?;
+        let taken = self.store.catalog.read(|c| sql::by_name(c, &self.store.root, name))?;
         if let Some(d) = taken {
             return Err(Error::AlreadyExists {
                 what: "dataset",
@@ -285,8 +195,8 @@ impl DatasetStore {
         file.sync_all().with_path(staging.path())?;
         drop(file);
 
-        let home = &self.home.root;
-        if let Some(existing) = self.home.catalog.read(|c| sql::by_sha(c, home, &sha))? {
+        let home = &self.store.root;
+        if let Some(existing) = self.store.catalog.read(|c| sql::by_sha(c, home, &sha))? {
             return match on_duplicate {
                 OnDuplicate::Reuse => Ok(existing),
                 OnDuplicate::Error => Err(Error::DuplicateContent {
@@ -317,7 +227,7 @@ impl DatasetStore {
             created_at: util::now(),
             path: dest.join("records.jsonl"),
         };
-        let inserted = self.home.catalog.write(|tx| sql::insert(tx, &rec, &stats));
+        let inserted = self.store.catalog.write(|tx| sql::insert(tx, &rec, &stats));
         match inserted {
             Ok(()) => Ok(rec),
             Err(Error::DuplicateContent { existing_id, .. }) if on_duplicate == OnDuplicate::Reuse => {
@@ -336,8 +246,8 @@ impl DatasetStore {
     /// A dataset by id or name.
     pub fn get(&self, id_or_name: impl Into<DatasetId>) -> Result<DatasetRecord> {
         let key: DatasetId = id_or_name.into();
-        let home = &self.home.root;
-        self.home
+        let home = &self.store.root;
+        self.store
             .catalog
             .read(|c| match sql::by_id(c, home, &key.0)? {
                 Some(r) => Ok(Some(r)),
@@ -348,7 +258,7 @@ impl DatasetStore {
 
     /// All datasets, oldest first.
     pub fn list(&self) -> Result<Vec<DatasetRecord>> {
-        self.home.catalog.read(|c| sql::list(c, &self.home.root))
+        self.store.catalog.read(|c| sql::list(c, &self.store.root))
     }
 
     /// The first `n` stored (normalised) records.
@@ -368,7 +278,7 @@ impl DatasetStore {
     /// Statistics computed at import.
     pub fn stats(&self, id_or_name: impl Into<DatasetId>) -> Result<DatasetStats> {
         let rec = self.get(id_or_name)?;
-        self.home.catalog.read(|c| sql::stats(c, &rec.id.0))?.ok_or_else(|| Error::not_found("dataset", rec.id.0))
+        self.store.catalog.read(|c| sql::stats(c, &rec.id.0))?.ok_or_else(|| Error::not_found("dataset", rec.id.0))
     }
 
     /// Splits a dataset into train and validation datasets, deterministically: the same
@@ -449,7 +359,7 @@ impl DatasetStore {
     /// training job refers to it, unless `force` (the jobs then lose the link).
     pub fn delete(&self, id_or_name: impl Into<DatasetId>, force: bool) -> Result<()> {
         let rec = self.get(id_or_name)?;
-        self.home.catalog.write(|tx| {
+        self.store.catalog.write(|tx| {
             let jobs = sql::jobs_using(tx, &rec.id.0)?;
             if !jobs.is_empty() && !force {
                 return Err(Error::InUse {
@@ -472,7 +382,7 @@ impl DatasetStore {
     pub(crate) fn sweep(&self, min_age: std::time::Duration) -> Result<()> {
         let dir = self.dir();
         util::sweep_tmp(&dir, min_age);
-        let known: std::collections::HashSet<String> = self.home.catalog.read(sql::all_shas)?.into_iter().collect();
+        let known: std::collections::HashSet<String> = self.store.catalog.read(sql::all_shas)?.into_iter().collect();
         let Ok(entries) = fs::read_dir(&dir) else { return Ok(()) };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();

@@ -23,273 +23,23 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::catalog::generations as sql;
 use crate::error::{Error, Result};
 use crate::events::{run_task, CancelToken, EventSink, NoopSink};
-use crate::home::HomeInner;
-use crate::lora::AdapterSlot;
-use crate::models::{KvCache, LoadOptions, Model};
-use crate::registry::{ModelId, ModelKind, ModelRecord, ModelRef, ModelRegistry};
-use crate::tokenizer::{ChatMessage, Tokenizer};
+use crate::models::{AdapterSlot, KvCache, LoadOptions, Model};
+use crate::registry::ModelRegistry;
+use crate::store::Store;
+use crate::tokenizer::Tokenizer;
+use crate::types::{
+    FinishReason, Generation, GenerationConfig, GenerationId, GenerationKind, GenerationRecord, GeneratorOptions,
+    ModelId, ModelKind, ModelRecord, ModelRef, Prompt, Score, StreamChunk, Timings, DEFAULT_MAX_NEW_TOKENS,
+};
 use crate::util::{new_id, now};
 use sampling::Sampler;
 use text::TextTracker;
-
-/// Used when neither the request nor the model's generation_config.json sets it.
-pub const DEFAULT_MAX_NEW_TOKENS: usize = 256;
-
-/// How to load a model for generation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GeneratorOptions {
-    /// For an adapter: fold it into the base weights at load (fastest). With `false` the
-    /// base stays as it is and adapters are applied per request, so several adapters
-    /// of one base share one loaded model ([`Generator::add_adapter`],
-    /// [`GenerationConfig::adapter`]).
-    pub merge_adapter: bool,
-    /// Compute dtype: `f32` (default), `bf16` or `f16`.
-    pub dtype: String,
-    /// Record every call in the catalog's `generations` table (usage statistics).
-    pub record: bool,
-    /// `q8_0`: hold the linear layers' weights as 8-bit integers in blocks of 32 with
-    /// one scale each (GGML's q8_0), ~3.5x less memory to stream per token; outputs
-    /// differ slightly from f32. Adapters are merged first (or stay f32 when separate).
-    pub quantize: Option<String>,
-}
-
-impl Default for GeneratorOptions {
-    fn default() -> Self {
-        Self { merge_adapter: true, dtype: "f32".into(), record: true, quantize: None }
-    }
-}
-
-/// Settings of one request. Unset fields come from the model's
-/// `generation_config.json` (as transformers does), then from the built-in defaults:
-/// greedy decoding (temperature 0), no top-k / top-p / min-p filter, no repetition
-/// penalty, [`DEFAULT_MAX_NEW_TOKENS`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GenerationConfig {
-    /// Most tokens to generate (also bounded by the model's context).
-    pub max_new_tokens: Option<usize>,
-    /// 0 = greedy (argmax); above 0 samples from softmax(logits / temperature).
-    pub temperature: Option<f64>,
-    /// Sample among the k most likely tokens only (0 = off).
-    pub top_k: Option<usize>,
-    /// Sample among the most likely tokens whose probabilities add up to top_p (1 = off).
-    pub top_p: Option<f64>,
-    /// Drop tokens less likely than min_p times the most likely one (0 = off).
-    pub min_p: Option<f64>,
-    /// Penalise tokens already in the prompt or output (CTRL; 1 = off).
-    pub repetition_penalty: Option<f64>,
-    /// Seed of the sampler: same seed, same prompt, same settings -> same output.
-    /// Unset: a random seed, reported in [`Generation::seed`].
-    pub seed: Option<u64>,
-    /// Stop before any of these strings (matched across token boundaries; not included
-    /// in the text).
-    pub stop: Vec<String>,
-    /// Keep going past end-of-sequence tokens (benchmarks).
-    pub ignore_eos: bool,
-    /// The adapter to apply (a model reference) on a generator loaded with
-    /// `merge_adapter: false`; loaded on first use. Unset: the generator's own.
-    pub adapter: Option<String>,
-}
-
-/// A prompt: text (tokenised with the model's special tokens, e.g. BOS), chat messages
-/// (rendered with the model's chat template, ChatML when it has none), or token ids.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Prompt {
-    Text(String),
-    Chat(Vec<ChatMessage>),
-    Tokens(Vec<u32>),
-}
-
-impl From<&str> for Prompt {
-    fn from(s: &str) -> Self {
-        Prompt::Text(s.to_string())
-    }
-}
-impl From<String> for Prompt {
-    fn from(s: String) -> Self {
-        Prompt::Text(s)
-    }
-}
-impl From<&String> for Prompt {
-    fn from(s: &String) -> Self {
-        Prompt::Text(s.clone())
-    }
-}
-impl From<Vec<ChatMessage>> for Prompt {
-    fn from(m: Vec<ChatMessage>) -> Self {
-        Prompt::Chat(m)
-    }
-}
-impl From<&[ChatMessage]> for Prompt {
-    fn from(m: &[ChatMessage]) -> Self {
-        Prompt::Chat(m.to_vec())
-    }
-}
-impl From<Vec<u32>> for Prompt {
-    fn from(ids: Vec<u32>) -> Self {
-        Prompt::Tokens(ids)
-    }
-}
-impl From<&[u32]> for Prompt {
-    fn from(ids: &[u32]) -> Self {
-        Prompt::Tokens(ids.to_vec())
-    }
-}
-impl From<&Prompt> for Prompt {
-    fn from(p: &Prompt) -> Self {
-        p.clone()
-    }
-}
-
-/// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    /// An end-of-sequence token was generated.
-    Eos,
-    /// A stop sequence appeared.
-    Stop,
-    /// `max_new_tokens` or the model's context was reached.
-    Length,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Eos => "eos",
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-        }
-    }
-}
-
-/// Where the time of one request went.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Timings {
-    /// From the call to the first generated token (tokenising + the prompt's forward pass).
-    pub ttft_ms: f64,
-    /// After the first token, until the end.
-    pub decode_ms: f64,
-    pub total_ms: f64,
-    /// Prompt tokens per second of the first forward pass.
-    pub prompt_tokens_per_s: f64,
-    /// Generated tokens after the first, per second of decoding.
-    pub decode_tokens_per_s: f64,
-}
-
-/// The result of one prompt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Generation {
-    /// The catalog row of this call (`None` when recording is off).
-    pub id: Option<String>,
-    /// The model used: the adapter's id when one was applied.
-    pub model_id: ModelId,
-    /// The generated text (without the prompt, special tokens or the stop sequence).
-    pub text: String,
-    /// Every generated token (an end-of-sequence token included).
-    pub token_ids: Vec<u32>,
-    pub finish_reason: FinishReason,
-    /// The stop sequence that ended generation.
-    pub stop_sequence: Option<String>,
-    pub prompt_tokens: usize,
-    pub generated_tokens: usize,
-    /// The sampler's seed (`None` for greedy decoding).
-    pub seed: Option<u64>,
-    pub timings: Timings,
-}
-
-/// One piece of a stream: valid UTF-8 text and the tokens it came from. Pieces add up
-/// to [`Generation::text`]; a token that ends inside a character (or text that may
-/// start a stop sequence) is held back until it resolves.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StreamChunk {
-    pub text: String,
-    pub token_ids: Vec<u32>,
-}
-
-/// Loss and perplexity of one text under the model.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Score {
-    /// Mean next-token cross-entropy (nats) over the predicted tokens.
-    pub loss: f64,
-    /// `exp(loss)`.
-    pub perplexity: f64,
-    /// Tokens predicted (the text's tokens minus the first).
-    pub tokens: usize,
-}
-
-/// A row of the catalog's `generations` table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GenerationRecord {
-    pub id: String,
-    pub model_id: ModelId,
-    pub base_model_id: ModelId,
-    /// `generate`, `stream`, `batch` or `score`.
-    pub kind: String,
-    /// The resolved settings.
-    pub params: Value,
-    pub prompt_tokens: u64,
-    pub generated_tokens: u64,
-    pub finish_reason: Option<String>,
-    pub ttft_ms: Option<f64>,
-    pub duration_ms: f64,
-    pub created_at: String,
-}
-
-/// Which rows [`ModelRegistry::generations`] returns (newest first).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GenerationFilter {
-    /// Only calls of this model (a reference); unset: every model.
-    pub model: Option<String>,
-    /// Only `generate`, `stream`, `batch` or `score`.
-    pub kind: Option<String>,
-    pub limit: Option<usize>,
-}
-
-/// Totals of a model's recorded calls.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelUsage {
-    pub model_id: ModelId,
-    /// Every recorded call (generations and scoring).
-    pub calls: u64,
-    /// Prompts generated for (a batch counts each prompt).
-    pub generations: u64,
-    pub prompt_tokens: u64,
-    pub generated_tokens: u64,
-    pub total_duration_ms: f64,
-    pub last_used_at: Option<String>,
-}
-
-impl ModelRegistry {
-    /// Recorded generation and scoring calls, newest first.
-    pub fn generations(&self, filter: &GenerationFilter) -> Result<Vec<GenerationRecord>> {
-        let model_id = match &filter.model {
-            Some(m) => Some(self.resolve(m.as_str())?.id.0),
-            None => None,
-        };
-        if let Some(k) = filter.kind.as_deref() {
-            if !["generate", "stream", "batch", "score"].contains(&k) {
-                return Err(Error::config("kind", format!("unknown kind `{k}` (generate, stream, batch or score)")));
-            }
-        }
-        self.home().catalog.read(|c| sql::list(c, model_id.as_deref(), filter))
-    }
-
-    /// Usage totals of a model from the catalog.
-    pub fn usage(&self, model: impl Into<ModelRef>) -> Result<ModelUsage> {
-        let rec = self.resolve(model)?;
-        self.home().catalog.read(|c| sql::usage(c, &rec.id.0))
-    }
-}
 
 /// Fully resolved settings of one request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -405,7 +155,7 @@ impl Loaded {
 }
 
 struct Inner {
-    home: Arc<HomeInner>,
+    store: Arc<Store>,
     registry: ModelRegistry,
     /// What `load` was given (resolved).
     record: ModelRecord,
@@ -447,13 +197,6 @@ fn parse_dtype(s: &str) -> Result<DType> {
         "bf16" | "bfloat16" => Ok(DType::BF16),
         "f16" | "float16" => Ok(DType::F16),
         other => Err(Error::config("dtype", format!("unsupported dtype `{other}` (f32, bf16 or f16)"))),
-    }
-}
-
-impl crate::home::Home {
-    /// Loads `model` for generation ([`Generator::load`]).
-    pub fn generator(&self, model: impl Into<ModelRef>, options: &GeneratorOptions) -> Result<Generator> {
-        Generator::load(&self.models(), model, options)
     }
 }
 
@@ -516,7 +259,7 @@ impl Generator {
         let eos = tokenizer.as_ref().map(|t| t.eos_token_ids().to_vec()).unwrap_or_else(|| config_eos(&base.config));
         Ok(Generator {
             inner: Arc::new(Inner {
-                home: registry.home().clone(),
+                store: registry.store().clone(),
                 registry: registry.clone(),
                 record,
                 base,
@@ -759,7 +502,7 @@ impl Generator {
         sink: &mut dyn EventSink,
         cancel: &CancelToken,
     ) -> Result<Generation> {
-        let mut s = self.start(prompt.into(), cfg, "generate")?;
+        let mut s = self.start(prompt.into(), cfg, GenerationKind::Generate)?;
         let name = self.used_model_ref(s.adapter.as_deref());
         run_task(sink, "generate", &name, Some(s.max_new as u64), "tokens", |rep| {
             while !s.done {
@@ -768,7 +511,7 @@ impl Generator {
                 rep.progress(s.row.generated.len() as u64)?;
             }
             let g = s.into_generation()?;
-            let id = g.id.clone();
+            let id = g.id.as_ref().map(|i| i.0.clone());
             Ok((g, id))
         })
     }
@@ -787,10 +530,10 @@ impl Generator {
 
     /// Generates as [`Generator::generate`] does, handing out text as it is produced.
     pub fn stream(&self, prompt: impl Into<Prompt>, cfg: &GenerationConfig) -> Result<TokenStream> {
-        self.start(prompt.into(), cfg, "stream")
+        self.start(prompt.into(), cfg, GenerationKind::Stream)
     }
 
-    fn start(&self, prompt: Prompt, cfg: &GenerationConfig, kind: &'static str) -> Result<TokenStream> {
+    fn start(&self, prompt: Prompt, cfg: &GenerationConfig, kind: GenerationKind) -> Result<TokenStream> {
         let t0 = Instant::now();
         let (r, adapter) = self.resolve(cfg)?;
         let ids = self.encode(&prompt, "prompt")?;
@@ -915,7 +658,7 @@ impl Generator {
                 });
             }
             let id = self.record(
-                "batch",
+                GenerationKind::Batch,
                 &r,
                 adapter.as_deref(),
                 out.iter().map(|g| g.prompt_tokens).sum(),
@@ -928,7 +671,7 @@ impl Generator {
             for g in &mut out {
                 g.id = id.clone();
             }
-            Ok((out, id))
+            Ok((out, id.map(|i| i.0)))
         })
     }
 
@@ -988,7 +731,7 @@ impl Generator {
             ignore_eos: false,
         };
         self.record(
-            "score",
+            GenerationKind::Score,
             &params,
             adapter.as_deref(),
             all.iter().map(Vec::len).sum(),
@@ -1005,7 +748,7 @@ impl Generator {
     #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
-        kind: &str,
+        kind: GenerationKind,
         r: &Resolved,
         adapter: Option<&str>,
         prompt_tokens: usize,
@@ -1014,33 +757,33 @@ impl Generator {
         ttft_ms: Option<f64>,
         duration_ms: f64,
         prompts: usize,
-    ) -> Result<Option<String>> {
+    ) -> Result<Option<GenerationId>> {
         if !self.inner.options.record {
             return Ok(None);
         }
         let mut params = r.params(adapter);
-        if kind == "score" {
+        if kind == GenerationKind::Score {
             params = serde_json::json!({});
         }
-        if prompts > 0 && kind == "batch" {
+        if prompts > 0 && kind == GenerationKind::Batch {
             if let Value::Object(m) = &mut params {
                 m.insert("prompts".into(), Value::from(prompts));
             }
         }
         let rec = GenerationRecord {
-            id: new_id("gen"),
+            id: GenerationId(new_id("gen")),
             model_id: self.used_model(adapter),
             base_model_id: self.inner.base.id.clone(),
-            kind: kind.to_string(),
+            kind,
             params,
             prompt_tokens: prompt_tokens as u64,
             generated_tokens: generated_tokens as u64,
-            finish_reason: finish.map(|f| f.as_str().to_string()),
+            finish_reason: finish,
             ttft_ms,
             duration_ms,
             created_at: now(),
         };
-        self.inner.home.catalog.write(|tx| sql::insert(tx, &rec))?;
+        self.inner.store.catalog.write(|tx| sql::insert(tx, &rec))?;
         Ok(Some(rec.id))
     }
 }
@@ -1136,7 +879,7 @@ impl RowState {
 /// generating (nothing is recorded then).
 pub struct TokenStream {
     gen: Generator,
-    kind: &'static str,
+    kind: GenerationKind,
     t0: Instant,
     first_at: Option<std::time::Duration>,
     row: RowState,

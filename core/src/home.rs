@@ -9,29 +9,27 @@
 //! ```
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalog::{Catalog, SCHEMA_VERSION};
 use crate::data::DatasetStore;
 use crate::error::{Error, IoResultExt, Result};
+use crate::generation::Generator;
 use crate::registry::ModelRegistry;
+use crate::store::Store;
 use crate::training::TrainingEngine;
+use crate::types::{GeneratorOptions, ModelRef};
 
 /// Leftovers of interrupted writes are removed when older than this (younger ones may
 /// belong to another process that is still working).
 const SWEEP_AGE: Duration = Duration::from_secs(3600);
 
-pub(crate) struct HomeInner {
-    pub(crate) root: PathBuf,
-    pub(crate) catalog: Catalog,
-}
-
 /// An opened home directory. Cheap to clone; `Send + Sync`; hands out the APIs.
 #[derive(Clone)]
 pub struct Home {
-    inner: Arc<HomeInner>,
+    inner: Arc<Store>,
 }
 
 impl Home {
@@ -50,7 +48,7 @@ impl Home {
             let p = root.join(sub);
             fs::create_dir_all(&p).with_path(&p)?;
         }
-        let home = Home { inner: Arc::new(HomeInner { root, catalog }) };
+        let home = Home { inner: Arc::new(Store { root, catalog }) };
         home.datasets().sweep(SWEEP_AGE)?;
         home.models().sweep(SWEEP_AGE)?;
         Ok(home)
@@ -84,6 +82,11 @@ impl Home {
     /// The training engine of this home.
     pub fn training(&self) -> TrainingEngine {
         TrainingEngine::new(self.inner.clone())
+    }
+
+    /// Loads `model` for generation ([`Generator::load`]).
+    pub fn generator(&self, model: impl Into<ModelRef>, options: &GeneratorOptions) -> Result<Generator> {
+        Generator::load(&self.models(), model, options)
     }
 }
 

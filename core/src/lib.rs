@@ -35,46 +35,52 @@
 //! # Ok(()) }
 //! ```
 
-mod catalog;
-mod data;
-mod error;
-pub mod events;
-mod generation;
-mod home;
-pub mod lora;
-pub mod models;
-mod registry;
-pub mod tokenizer;
-mod training;
-mod util;
+// Layers (a module uses only modules of its own layer or below; `tests/layers.rs`
+// in this crate enforces it by reading the `crate::` paths of every file):
+//   L0  error, util, types            plain data: no candle, no SQL
+//   L1  catalog, events, models,      SQL rows <-> types; sinks and cancel; tensors,
+//       tokenizer, store              LoRA and kernels; tokenizers; the shared Store
+//   L2  data, registry, training,     the four APIs, each on an Arc<Store>
+//       generation
+//   L3  home                          opens a directory, hands the APIs out
 
-pub use data::{
-    DatasetFormat, DatasetId, DatasetRecord, DatasetSplit, DatasetStats, DatasetStore, FieldStats, ImportOptions,
-    LengthBucket, OnDuplicate, SourceFormat, TxtMode, CHAT_ROLES,
-};
+// L0
+mod error;
+pub mod types;
+mod util;
+// L1
+mod catalog;
+pub mod events;
+pub mod models;
+mod store;
+pub mod tokenizer;
+// L2
+mod data;
+mod generation;
+mod registry;
+mod training;
+// L3
+mod home;
+
+pub use data::DatasetStore;
 pub use error::{Error, ErrorKind, IoResultExt, Location, Result, StorageError};
-pub use events::{
-    CancelToken, ErrorInfo, Event, EventSink, FinishStatus, JsonLinesSink, NoopSink, RecordingSink, TerminalSink,
-    Throttle,
-};
-pub use generation::{
-    FinishReason, Generation, GenerationConfig, GenerationFilter, GenerationRecord, Generator, GeneratorOptions,
-    ModelUsage, Prompt, Score, StreamChunk, Timings, TokenStream, DEFAULT_MAX_NEW_TOKENS,
-};
+pub use events::{CancelToken, EventSink, JsonLinesSink, NoopSink, RecordingSink, TerminalSink, Throttle};
+pub use generation::{Generator, TokenStream};
 pub use home::Home;
-pub use lora::LoraConfig;
 pub use models::presets::Preset;
 pub use models::{
-    causal_lm_loss, load_model, Activation, Family, ForwardMode, KvCache, LoadOptions, Model, ModelConfig, ModelSource,
+    causal_lm_loss, load_model, Activation, ForwardMode, KvCache, LoadOptions, Model, ModelConfig, ModelSource,
     RopeScaling,
 };
-pub use registry::{
-    ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelRegistry, PresetOptions, RegisterOptions,
-    Storage, SUPPORTED_MODEL_TYPES,
-};
-pub use tokenizer::{ChatMessage, SpecialToken, Tokenizer};
-pub use training::{
-    AdamW, JobFilter, JobHandle, JobId, JobLog, JobRecord, JobStatus, Method, MetricPoint, Schedule, TrainReport,
-    TrainSpec, TrainingEngine, HEARTBEAT_STALE_SECS,
+pub use registry::{ModelRegistry, SUPPORTED_MODEL_TYPES};
+pub use tokenizer::{SpecialToken, Tokenizer};
+pub use training::{AdamW, JobHandle, TrainingEngine};
+pub use types::{
+    ChatMessage, DatasetFormat, DatasetId, DatasetRecord, DatasetSplit, DatasetStats, ErrorInfo, Event, Family,
+    FieldStats, FinishReason, FinishStatus, Generation, GenerationConfig, GenerationFilter, GenerationId,
+    GenerationKind, GenerationRecord, GeneratorOptions, ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus,
+    LengthBucket, LoraConfig, Method, MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord,
+    ModelRef, ModelUsage, OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score, SourceFormat, Storage,
+    StreamChunk, Timings, TrainReport, TrainSpec, TxtMode, CHAT_ROLES, DEFAULT_MAX_NEW_TOKENS, HEARTBEAT_STALE_SECS,
 };
 pub use util::options_from_json;

@@ -16,9 +16,13 @@ mod config;
 pub(crate) mod fused;
 pub(crate) mod gemv;
 mod gpt2;
+mod linear;
 mod llama;
 mod load;
+pub(crate) mod lora;
+pub(crate) use lora::AdapterSlot;
 pub mod presets;
+pub(crate) mod st_header;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,13 +30,14 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var, D};
 use serde_json::Value;
 
+pub use crate::types::Family;
 pub use cache::KvCache;
-pub use config::{Activation, Family, ModelConfig, RopeScaling};
+pub use config::{Activation, ModelConfig, RopeScaling};
 
 use crate::error::{Error, IoResultExt, Location, Result};
-use crate::lora::linear::Linear;
-use crate::lora::{LoraConfig, LoraState};
-use crate::registry::ModelRecord;
+use crate::types::{LoraConfig, ModelRecord};
+use linear::Linear;
+use lora::LoraState;
 
 /// Files copied next to saved weights (tokenizer, chat template, generation defaults).
 const SIDE_FILES: [&str; 6] = [

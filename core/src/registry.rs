@@ -11,234 +11,43 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use inspect::SUPPORTED_MODEL_TYPES;
 
+use crate::catalog::generations as gen_sql;
 use crate::catalog::models as sql;
 use crate::error::{Error, IoResultExt, Result};
 use crate::events::{run_task, CancelToken, EventSink, NoopSink};
-use crate::home::HomeInner;
 use crate::models::presets::{self, Preset};
+use crate::store::Store;
+use crate::types::{
+    Family, GenerationFilter, GenerationRecord, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef,
+    ModelUsage, PresetOptions, RegisterOptions, Storage,
+};
 use crate::util::{self, StagingDir};
 use inspect::Inspected;
-
-/// A model id, e.g. `mdl_3f2a9c0d1b7e4a56`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ModelId(pub String);
-
-impl std::fmt::Display for ModelId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A reference to a model: an id, `name` (latest version), `name@3`, or `name@alias`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ModelRef(pub String);
-
-impl From<&str> for ModelRef {
-    fn from(s: &str) -> Self {
-        ModelRef(s.to_string())
-    }
-}
-impl From<String> for ModelRef {
-    fn from(s: String) -> Self {
-        ModelRef(s)
-    }
-}
-impl From<ModelId> for ModelRef {
-    fn from(id: ModelId) -> Self {
-        ModelRef(id.0)
-    }
-}
-impl From<&ModelRef> for ModelRef {
-    fn from(r: &ModelRef) -> Self {
-        r.clone()
-    }
-}
-impl From<&ModelId> for ModelRef {
-    fn from(id: &ModelId) -> Self {
-        ModelRef(id.0.clone())
-    }
-}
-impl std::fmt::Display for ModelRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// What a model is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelKind {
-    /// A base model (registered from a directory or created from a preset).
-    Base,
-    /// A full fine-tune.
-    Full,
-    /// A LoRA adapter on a parent model.
-    Lora,
-}
-
-impl ModelKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ModelKind::Base => "base",
-            ModelKind::Full => "full",
-            ModelKind::Lora => "lora",
-        }
-    }
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "base" => Ok(ModelKind::Base),
-            "full" => Ok(ModelKind::Full),
-            "lora" => Ok(ModelKind::Lora),
-            o => Err(Error::config("kind", format!("unknown model kind `{o}` (expected base, full or lora)"))),
-        }
-    }
-}
-
-/// Where a model's files live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Storage {
-    /// Copied into the home (default): immune to changes of the original.
-    #[default]
-    Copy,
-    /// Left where they are; the registry records the absolute path.
-    Reference,
-}
-
-impl Storage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Storage::Copy => "copy",
-            Storage::Reference => "reference",
-        }
-    }
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "copy" => Ok(Storage::Copy),
-            "reference" => Ok(Storage::Reference),
-            o => Err(Error::config("storage", format!("unknown storage `{o}` (expected copy or reference)"))),
-        }
-    }
-}
-
-/// One stored file of a model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelFile {
-    pub name: String,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-/// A registered model (a catalog row).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelRecord {
-    pub id: ModelId,
-    pub name: String,
-    pub version: u32,
-    pub kind: ModelKind,
-    /// `gpt2` or `llama` (Llama, Mistral, Qwen2 ...).
-    pub family: String,
-    /// `architectures[0]` of config.json, e.g. `LlamaForCausalLM`; `lora` for adapters.
-    pub architecture: String,
-    pub model_type: String,
-    /// Adapters: the model they apply to. Fine-tunes: the base they came from.
-    pub parent_id: Option<ModelId>,
-    pub params: u64,
-    pub dtype: String,
-    pub bytes: u64,
-    /// Digest of the stored files (sha256 over `name:sha256` lines).
-    pub sha256: String,
-    pub storage: Storage,
-    /// The directory holding the files.
-    pub path: PathBuf,
-    pub files: Vec<ModelFile>,
-    /// The tokenizer file name, when the model has one.
-    pub tokenizer: Option<String>,
-    /// The registered directory, `preset:<name>`, or `job:<id>`.
-    pub source: String,
-    pub task: Option<String>,
-    pub tags: Vec<String>,
-    /// Where it came from: preset and seed, or base, dataset, job, spec, metrics.
-    pub lineage: Value,
-    /// config.json (or adapter_config.json for adapters).
-    pub config: Value,
-    pub created_at: String,
-    /// Aliases of this model's name that point at this version.
-    pub aliases: Vec<String>,
-}
-
-impl ModelRecord {
-    /// `name@version`.
-    pub fn reference(&self) -> String {
-        format!("{}@{}", self.name, self.version)
-    }
-}
-
-/// Options for [`ModelRegistry::register_dir`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RegisterOptions {
-    /// The model's name; a new version is added if it exists. Default: directory name.
-    pub name: Option<String>,
-    /// Copy into the home (default) or reference the directory in place.
-    pub storage: Storage,
-    /// Adapters: the model they apply to (default: `base_model_name_or_path`, if registered).
-    pub parent: Option<ModelRef>,
-    pub task: Option<String>,
-    pub tags: Vec<String>,
-}
-
-/// Options for [`ModelRegistry::create_preset`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PresetOptions {
-    /// Default: the preset's name.
-    pub name: Option<String>,
-    /// Seed of the random initialisation.
-    pub seed: u64,
-    pub task: Option<String>,
-    pub tags: Vec<String>,
-}
-
-/// Filters for [`ModelRegistry::list`]; every set field must match.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ModelFilter {
-    pub kind: Option<ModelKind>,
-    pub family: Option<String>,
-    pub task: Option<String>,
-    pub name: Option<String>,
-    pub tag: Option<String>,
-    pub parent: Option<ModelId>,
-}
 
 /// Registers, names, versions and serves models. Cheap to clone; `Send + Sync`.
 #[derive(Clone)]
 pub struct ModelRegistry {
-    home: Arc<HomeInner>,
+    store: Arc<Store>,
 }
 
 /// Alias names that cannot be set: they mean something already.
 const RESERVED_ALIASES: [&str; 1] = ["latest"];
 
 impl ModelRegistry {
-    pub(crate) fn home(&self) -> &Arc<HomeInner> {
-        &self.home
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
-    pub(crate) fn new(home: Arc<HomeInner>) -> Self {
-        Self { home }
+    pub(crate) fn new(store: Arc<Store>) -> Self {
+        Self { store }
     }
 
     fn dir(&self) -> PathBuf {
-        self.home.root.join("models")
+        self.store.root.join("models")
     }
 
     /// Registers a local Hugging Face directory (config.json + safetensors, single or
@@ -263,7 +72,8 @@ impl ModelRegistry {
             None => util::name_from_path(&PathBuf::from(src.file_name().unwrap_or_default())),
         };
         util::validate_name("name", &name)?;
-        let (parent, family) = self.adapter_parent(&inspected, opts)?;
+        let (parent, parent_family) = self.adapter_parent(&inspected, opts)?;
+        let family = parent_family.or(inspected.family).ok_or_else(|| Error::Internal("no family".into()))?;
         let total = inspect::total_bytes(&src, &inspected.files)?;
         let source = src.display().to_string();
         run_task(sink, "register_model", &name, Some(total), "bytes", |rep| {
@@ -276,7 +86,7 @@ impl ModelRegistry {
             let new = NewModel {
                 name: &name,
                 kind: inspected.kind,
-                family: family.unwrap_or_else(|| inspected.family.clone()),
+                family,
                 parent,
                 source,
                 task: opts.task.clone(),
@@ -312,7 +122,7 @@ impl ModelRegistry {
                     let id = ModelId(util::new_id("mdl"));
                     let rec = self.record(id, files, &inspected, new, Storage::Reference, src.clone());
                     let stored = src.display().to_string();
-                    let version = self.home.catalog.write(|tx| sql::insert(tx, &rec, &stored))?;
+                    let version = self.store.catalog.write(|tx| sql::insert(tx, &rec, &stored))?;
                     ModelRecord { version, ..rec }
                 }
             };
@@ -339,7 +149,7 @@ impl ModelRegistry {
         let new = NewModel {
             name: &name,
             kind: ModelKind::Base,
-            family: inspected.family.clone(),
+            family: inspected.family.ok_or_else(|| Error::Internal("preset without family".into()))?,
             parent: None,
             source: format!("preset:{}", p.name),
             task: opts.task.clone(),
@@ -372,7 +182,7 @@ impl ModelRegistry {
         let new = NewModel {
             name,
             kind,
-            family: parent.family.clone(),
+            family: parent.family,
             parent: Some(parent.id.clone()),
             source,
             task: parent.task.clone(),
@@ -396,7 +206,7 @@ impl ModelRegistry {
         &self,
         inspected: &Inspected,
         opts: &RegisterOptions,
-    ) -> Result<(Option<ModelId>, Option<String>)> {
+    ) -> Result<(Option<ModelId>, Option<Family>)> {
         if inspected.kind != ModelKind::Lora {
             if opts.parent.is_some() {
                 return Err(Error::config("parent", "only adapters have a parent; this directory holds a full model"));
@@ -483,7 +293,7 @@ impl ModelRegistry {
             return Err(Error::Internal(format!("model directory {} already exists", dest.display())));
         }
         let stored = format!("models/{}", id.0);
-        match self.home.catalog.write(|tx| sql::insert(tx, &rec, &stored)) {
+        match self.store.catalog.write(|tx| sql::insert(tx, &rec, &stored)) {
             Ok(version) => Ok(ModelRecord { version, ..rec }),
             Err(e) => {
                 let _ = fs::remove_dir_all(&dest);
@@ -494,17 +304,17 @@ impl ModelRegistry {
 
     /// A model by id.
     pub fn get(&self, id: &ModelId) -> Result<ModelRecord> {
-        self.home
+        self.store
             .catalog
-            .read(|c| sql::by_id(c, &self.home.root, &id.0))?
+            .read(|c| sql::by_id(c, &self.store.root, &id.0))?
             .ok_or_else(|| Error::not_found("model", id.0.clone()))
     }
 
     /// Resolves an id, `name` (latest version), `name@3`, `name@latest` or `name@alias`.
     pub fn resolve(&self, r: impl Into<ModelRef>) -> Result<ModelRecord> {
         let r: ModelRef = r.into();
-        let home = &self.home.root;
-        let found = self.home.catalog.read(|c| {
+        let home = &self.store.root;
+        let found = self.store.catalog.read(|c| {
             if let Some(m) = sql::by_id(c, home, &r.0)? {
                 return Ok(Some(m));
             }
@@ -522,7 +332,7 @@ impl ModelRegistry {
 
     /// Models matching `filter`, by name then version.
     pub fn list(&self, filter: &ModelFilter) -> Result<Vec<ModelRecord>> {
-        self.home.catalog.read(|c| sql::list(c, &self.home.root, filter))
+        self.store.catalog.read(|c| sql::list(c, &self.store.root, filter))
     }
 
     /// Points `alias` of the model's name at that model (creating or moving it
@@ -537,13 +347,13 @@ impl ModelRegistry {
         }
         let m = self.resolve(model)?;
         let now = util::now();
-        self.home.catalog.write(|tx| sql::set_alias(tx, &m.name, alias, &m.id.0, &now))?;
+        self.store.catalog.write(|tx| sql::set_alias(tx, &m.name, alias, &m.id.0, &now))?;
         self.get(&m.id)
     }
 
     /// Removes `name@alias`.
     pub fn remove_alias(&self, name: &str, alias: &str) -> Result<()> {
-        if !self.home.catalog.write(|tx| sql::remove_alias(tx, name, alias))? {
+        if !self.store.catalog.write(|tx| sql::remove_alias(tx, name, alias))? {
             return Err(Error::not_found("alias", format!("{name}@{alias}")));
         }
         Ok(())
@@ -554,8 +364,8 @@ impl ModelRegistry {
     /// also deletes its adapters and detaches the jobs.
     pub fn delete(&self, model: impl Into<ModelRef>, force: bool) -> Result<()> {
         let m = self.resolve(model)?;
-        let home = &self.home.root;
-        let removed = self.home.catalog.write(|tx| {
+        let home = &self.store.root;
+        let removed = self.store.catalog.write(|tx| {
             let children = sql::children(tx, home, &m.id.0)?;
             let jobs = sql::jobs_using(tx, &m.id.0)?;
             if !force && (!children.is_empty() || !jobs.is_empty()) {
@@ -596,11 +406,26 @@ impl ModelRegistry {
         Ok(())
     }
 
+    /// Recorded generation and scoring calls, newest first.
+    pub fn generations(&self, filter: &GenerationFilter) -> Result<Vec<GenerationRecord>> {
+        let model_id = match &filter.model {
+            Some(m) => Some(self.resolve(m.as_str())?.id),
+            None => None,
+        };
+        self.store.catalog.read(|c| gen_sql::list(c, model_id.as_ref(), filter))
+    }
+
+    /// Usage totals of a model from the catalog.
+    pub fn usage(&self, model: impl Into<ModelRef>) -> Result<ModelUsage> {
+        let rec = self.resolve(model)?;
+        self.store.catalog.read(|c| gen_sql::usage(c, &rec.id))
+    }
+
     /// Removes interrupted registrations and model directories no row refers to.
     pub(crate) fn sweep(&self, min_age: std::time::Duration) -> Result<()> {
         let dir = self.dir();
         util::sweep_tmp(&dir, min_age);
-        let known: std::collections::HashSet<String> = self.home.catalog.read(sql::all_ids)?.into_iter().collect();
+        let known: std::collections::HashSet<String> = self.store.catalog.read(sql::all_ids)?.into_iter().collect();
         let Ok(entries) = fs::read_dir(&dir) else { return Ok(()) };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
@@ -621,15 +446,10 @@ impl ModelRegistry {
 struct NewModel<'a> {
     name: &'a str,
     kind: ModelKind,
-    family: String,
+    family: Family,
     parent: Option<ModelId>,
     source: String,
     task: Option<String>,
     tags: Vec<String>,
     lineage: Value,
-}
-
-#[cfg(test)]
-pub(crate) fn inspect_header_for_tests(p: &Path) -> usize {
-    inspect::read_safetensors_header(p).map(|h| h.len()).unwrap_or(0)
 }

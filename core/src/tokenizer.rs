@@ -9,25 +9,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, IoResultExt, Location, Result};
+use crate::types::ChatMessage;
 
 /// A special token: its text and id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpecialToken {
     pub text: String,
     pub id: u32,
-}
-
-/// One chat message for [`Tokenizer::apply_chat_template`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
-
-impl ChatMessage {
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
-    }
 }
 
 /// A tokenizer with its special tokens and chat template. Cheap to clone.

@@ -20,178 +20,25 @@ mod checkpoint;
 mod data;
 mod optim;
 mod runner;
-mod spec;
 
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
 pub use optim::AdamW;
-pub use spec::{Method, Schedule, TrainSpec};
 
 use crate::catalog::jobs as sql;
-use crate::data::{DatasetId, DatasetStore};
+use crate::data::DatasetStore;
 use crate::error::{Error, Result};
-use crate::events::{CancelToken, ErrorInfo, Event, EventSink};
-use crate::home::HomeInner;
-use crate::registry::{ModelId, ModelRegistry};
+use crate::events::{CancelToken, EventSink};
+use crate::registry::ModelRegistry;
+use crate::store::Store;
+use crate::types::{
+    DatasetId, Event, JobFilter, JobId, JobLog, JobRecord, JobStatus, MetricPoint, TrainReport, TrainSpec,
+    HEARTBEAT_STALE_SECS,
+};
 use crate::util;
-
-/// A running job whose heartbeat is older than this is reported `interrupted`.
-pub const HEARTBEAT_STALE_SECS: u64 = 30;
-
-/// A job id, e.g. `job_3f2a9c0d1b7e4a56`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct JobId(pub String);
-
-impl std::fmt::Display for JobId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl From<&str> for JobId {
-    fn from(s: &str) -> Self {
-        JobId(s.to_string())
-    }
-}
-impl From<String> for JobId {
-    fn from(s: String) -> Self {
-        JobId(s)
-    }
-}
-impl From<&JobId> for JobId {
-    fn from(id: &JobId) -> Self {
-        id.clone()
-    }
-}
-
-/// A job's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    Pending,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-    /// Stored as running, but its process is gone (stale heartbeat): resumable.
-    Interrupted,
-}
-
-impl JobStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Pending => "pending",
-            JobStatus::Running => "running",
-            JobStatus::Completed => "completed",
-            JobStatus::Failed => "failed",
-            JobStatus::Cancelled => "cancelled",
-            JobStatus::Interrupted => "interrupted",
-        }
-    }
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "pending" => JobStatus::Pending,
-            "running" => JobStatus::Running,
-            "completed" => JobStatus::Completed,
-            "failed" => JobStatus::Failed,
-            "cancelled" => JobStatus::Cancelled,
-            "interrupted" => JobStatus::Interrupted,
-            o => return Err(Error::config("status", format!("unknown job status `{o}`"))),
-        })
-    }
-    /// Whether [`TrainingEngine::resume`] accepts a job in this state.
-    pub fn is_resumable(self) -> bool {
-        matches!(self, JobStatus::Failed | JobStatus::Cancelled | JobStatus::Interrupted | JobStatus::Pending)
-    }
-}
-
-/// A training job (a catalog row), with its live progress.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobRecord {
-    pub id: JobId,
-    pub status: JobStatus,
-    /// `None` once the base model was deleted (forced).
-    pub base_model_id: Option<ModelId>,
-    pub dataset_id: Option<DatasetId>,
-    pub eval_dataset_id: Option<DatasetId>,
-    pub output_model_id: Option<ModelId>,
-    pub spec: TrainSpec,
-    pub progress: f64,
-    pub epoch: u32,
-    pub step: u64,
-    pub total_steps: u64,
-    pub tokens: u64,
-    pub loss: Option<f64>,
-    pub eval_loss: Option<f64>,
-    pub lr: Option<f64>,
-    pub tokens_per_sec: Option<f64>,
-    /// A preview of the sequence being trained on.
-    pub sample: Option<String>,
-    /// Unix milliseconds of the runner's last sign of life.
-    pub heartbeat_at: Option<i64>,
-    pub runner_pid: Option<u32>,
-    pub cancel_requested: bool,
-    pub error: Option<ErrorInfo>,
-    /// The latest checkpoint directory, relative to the home.
-    pub checkpoint: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-}
-
-/// Filters for [`TrainingEngine::jobs`]; every set field must match.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct JobFilter {
-    /// Status as reported (so `interrupted` finds stale running jobs).
-    pub status: Option<JobStatus>,
-    pub base_model: Option<ModelId>,
-    pub dataset: Option<DatasetId>,
-}
-
-/// A log line of a job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobLog {
-    pub at: String,
-    pub level: String,
-    pub message: String,
-}
-
-/// One point of a job's metrics time series.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricPoint {
-    /// `train` (an optimiser step) or `eval`.
-    pub kind: String,
-    pub step: u64,
-    pub epoch: u32,
-    /// Training loss of the step, or the eval loss.
-    pub loss: f64,
-    pub lr: Option<f64>,
-    pub tokens_per_sec: Option<f64>,
-    pub at: String,
-}
-
-/// The result of a successful run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainReport {
-    pub job_id: JobId,
-    /// The registered output model.
-    pub model: ModelId,
-    /// Loss of the last optimiser step.
-    pub final_loss: f64,
-    /// Last eval loss, when there was eval data.
-    pub eval_loss: Option<f64>,
-    pub steps: u64,
-    /// Real (non-padding) tokens trained on.
-    pub tokens: u64,
-    pub duration_s: f64,
-}
 
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -225,24 +72,24 @@ fn effective(mut rec: JobRecord, active: bool) -> JobRecord {
 /// Creates, runs, watches and resumes training jobs. Cheap to clone; `Send + Sync`.
 #[derive(Clone)]
 pub struct TrainingEngine {
-    home: Arc<HomeInner>,
+    store: Arc<Store>,
 }
 
 impl TrainingEngine {
-    pub(crate) fn new(home: Arc<HomeInner>) -> Self {
-        Self { home }
+    pub(crate) fn new(store: Arc<Store>) -> Self {
+        Self { store }
     }
 
     pub(crate) fn registry(&self) -> ModelRegistry {
-        ModelRegistry::new(self.home.clone())
+        ModelRegistry::new(self.store.clone())
     }
 
     pub(crate) fn datasets(&self) -> DatasetStore {
-        DatasetStore::new(self.home.clone())
+        DatasetStore::new(self.store.clone())
     }
 
     pub(crate) fn job_dir(&self, id: &JobId) -> PathBuf {
-        self.home.root.join("jobs").join(&id.0)
+        self.store.root.join("jobs").join(&id.0)
     }
 
     /// Validates `spec`, resolves its base model and datasets, and stores a pending job.
@@ -293,20 +140,20 @@ impl TrainingEngine {
             started_at: None,
             finished_at: None,
         };
-        self.home.catalog.write(|tx| sql::insert(tx, &rec))?;
+        self.store.catalog.write(|tx| sql::insert(tx, &rec))?;
         Ok(rec)
     }
 
     /// A job by id, with `interrupted` reported for a dead runner.
     pub fn job(&self, id: impl Into<JobId>) -> Result<JobRecord> {
         let id = id.into();
-        let rec = self.home.catalog.read(|c| sql::get(c, &id.0))?;
+        let rec = self.store.catalog.read(|c| sql::get(c, &id.0))?;
         Ok(effective(rec, runner::is_active(&id)))
     }
 
     /// Jobs matching `filter`, oldest first.
     pub fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
-        let all = self.home.catalog.read(|c| sql::list(c, filter))?;
+        let all = self.store.catalog.read(|c| sql::list(c, filter))?;
         Ok(all
             .into_iter()
             .map(|r| {
@@ -320,7 +167,7 @@ impl TrainingEngine {
     /// The job's log lines, oldest first.
     pub fn logs(&self, id: impl Into<JobId>) -> Result<Vec<JobLog>> {
         let id = id.into();
-        self.home.catalog.read(|c| {
+        self.store.catalog.read(|c| {
             sql::get(c, &id.0)?;
             sql::logs(c, &id.0)
         })
@@ -329,7 +176,7 @@ impl TrainingEngine {
     /// The job's metrics time series (train steps and evals), by step.
     pub fn metrics(&self, id: impl Into<JobId>) -> Result<Vec<MetricPoint>> {
         let id = id.into();
-        self.home.catalog.read(|c| {
+        self.store.catalog.read(|c| {
             sql::get(c, &id.0)?;
             sql::metrics(c, &id.0)
         })
@@ -341,7 +188,7 @@ impl TrainingEngine {
     pub fn cancel(&self, id: impl Into<JobId>) -> Result<JobRecord> {
         let id = id.into();
         let now = util::now();
-        self.home.catalog.write(|tx| {
+        self.store.catalog.write(|tx| {
             let rec = sql::get(tx, &id.0)?;
             match rec.status {
                 JobStatus::Pending => sql::finish(tx, &id.0, JobStatus::Cancelled, None, None, &now),

@@ -369,17 +369,18 @@ fn every_call_is_recorded_with_its_settings() {
     assert_eq!((first.prompt_tokens, first.generated_tokens), (g.prompt_tokens as u64, 5));
     assert_eq!(first.params["temperature"], json!(0.7));
     assert_eq!(first.params["seed"], json!(9));
-    assert_eq!(first.finish_reason.as_deref(), Some("length"));
+    assert_eq!(first.finish_reason, Some(anneal::FinishReason::Length));
     assert!(first.ttft_ms.unwrap() > 0.0 && first.duration_ms >= first.ttft_ms.unwrap());
     assert_eq!(rows[1].params["prompts"], json!(2));
     assert_eq!(rows[1].generated_tokens, 6);
     let u = models.usage(&gen.model().id).unwrap();
     assert_eq!((u.calls, u.generations, u.generated_tokens), (4, 4, 5 + 4 + 6));
     assert!(u.last_used_at.is_some());
-    let only = GenerationFilter { kind: Some("batch".into()), limit: Some(5), ..Default::default() };
+    let only = GenerationFilter { kind: Some(anneal::GenerationKind::Batch), limit: Some(5), ..Default::default() };
     assert_eq!(models.generations(&only).unwrap().len(), 1);
-    let e = models.generations(&GenerationFilter { kind: Some("x".into()), ..Default::default() }).unwrap_err();
+    let e = anneal::options_from_json::<GenerationFilter>(json!({"kind": "x"})).unwrap_err();
     assert_eq!(e.code(), "invalid_config");
+    assert!(e.to_string().contains("`batch`") && e.to_string().contains("`score`"), "{e}");
     // record: false leaves the catalog alone.
     let quiet = env.home.generator(&gen.model().id, &GeneratorOptions { record: false, ..Default::default() }).unwrap();
     assert_eq!(quiet.generate("a", &greedy(3)).unwrap().id, None);
@@ -448,7 +449,9 @@ fn generate_with_reports_a_task_and_can_be_cancelled() {
         matches!(&ev[0], Event::TaskStarted { task, total: Some(6), unit, .. } if task == "generate" && unit == "tokens")
     );
     assert_eq!(ev.iter().filter(|e| matches!(e, Event::TaskProgress { .. })).count(), 6);
-    assert!(matches!(ev.last(), Some(Event::TaskFinished { status: FinishStatus::Completed, id, .. }) if id == &g.id));
+    assert!(
+        matches!(ev.last(), Some(Event::TaskFinished { status: FinishStatus::Completed, id, .. }) if id.as_deref() == g.id.as_ref().map(|i| i.as_str()))
+    );
 
     // Cancelled from another event: stops at the next token, nothing recorded.
     struct CancelAt(CancelToken, u64);

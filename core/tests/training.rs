@@ -86,8 +86,8 @@ fn full_job_lifecycle_events_metrics_and_registration() {
     assert_eq!((rec.step, rec.total_steps, rec.progress), (12, 12, 1.0));
     assert_eq!(rec.output_model_id.as_ref(), Some(&report.model));
     let m = engine.metrics(&job.id).unwrap();
-    assert_eq!(m.iter().filter(|p| p.kind == "train").count(), 12);
-    assert_eq!(m.iter().filter(|p| p.kind == "eval").count(), 3);
+    assert_eq!(m.iter().filter(|p| p.kind == anneal::MetricKind::Train).count(), 12);
+    assert_eq!(m.iter().filter(|p| p.kind == anneal::MetricKind::Eval).count(), 3);
     assert!(!engine.logs(&job.id).unwrap().is_empty());
     assert_eq!(engine.jobs(&JobFilter { status: Some(JobStatus::Completed), ..Default::default() }).unwrap().len(), 1);
 

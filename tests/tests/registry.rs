@@ -49,7 +49,7 @@ fn registers_hf_directories_with_metadata() {
     let gpt2 = m.register_dir(fixtures().join("tiny-gpt2"), &RegisterOptions::default()).unwrap();
     assert_eq!((gpt2.family.as_str(), gpt2.architecture.as_str()), ("gpt2", "GPT2LMHeadModel"));
     let qwen = m.register_dir(fixtures().join("tiny-qwen2"), &RegisterOptions::default()).unwrap();
-    assert_eq!(qwen.family, "llama");
+    assert_eq!(qwen.family, anneal::Family::Llama);
     // Parameter count from the headers equals the sum of tensor sizes.
     let bytes = fs::metadata(fixtures().join("tiny-llama/model.safetensors")).unwrap().len();
     assert!(llama.params * 4 < bytes && llama.params * 4 > bytes - 20_000);
@@ -225,7 +225,7 @@ fn adapters_reference_versions_aliases_and_delete() {
     assert_eq!(m.list(&ModelFilter { name: Some("llama".into()), ..Default::default() }).unwrap().len(), 3);
     assert_eq!(m.list(&ModelFilter { tag: Some("demo".into()), ..Default::default() }).unwrap()[0].id, lora.id);
     assert_eq!(m.list(&ModelFilter { task: Some("qa".into()), ..Default::default() }).unwrap().len(), 1);
-    assert_eq!(m.list(&ModelFilter { family: Some("gpt2".into()), ..Default::default() }).unwrap().len(), 0);
+    assert_eq!(m.list(&ModelFilter { family: Some(anneal::Family::Gpt2), ..Default::default() }).unwrap().len(), 0);
     assert_eq!(m.list(&ModelFilter { parent: Some(base.id.clone()), ..Default::default() }).unwrap().len(), 1);
 
     // delete refuses while the adapter needs the base

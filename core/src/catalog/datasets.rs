@@ -1,36 +1,31 @@
 //! SQL for the `datasets` table.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{from_json, is_unique_violation, to_json};
-use crate::data::{DatasetFormat, DatasetId, DatasetRecord, DatasetStats, SourceFormat};
+use super::{from_json, is_unique_violation, json_col, to_json};
 use crate::error::{Error, Result};
+use crate::types::{DatasetRecord, DatasetStats};
 
 const COLS: &str =
     "id, name, format, sha256, num_records, bytes, source, source_format, columns, parent_id, created_at";
 
 fn row_to_record(home: &Path, r: &Row<'_>) -> rusqlite::Result<DatasetRecord> {
-    let sha: String = r.get(3)?;
-    let format: String = r.get(2)?;
-    let source_format: String = r.get(7)?;
-    let columns: String = r.get(8)?;
-    let conv = |e: Error| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e));
+    let sha: String = r.get("sha256")?;
     Ok(DatasetRecord {
-        id: DatasetId(r.get(0)?),
-        name: r.get(1)?,
-        format: DatasetFormat::parse(&format).map_err(conv)?,
+        id: r.get("id")?,
+        name: r.get("name")?,
+        format: r.get("format")?,
         path: home.join("datasets").join(&sha).join("records.jsonl"),
         sha256: sha,
-        num_records: r.get::<_, i64>(4)? as u64,
-        bytes: r.get::<_, i64>(5)? as u64,
-        source: r.get(6)?,
-        source_format: SourceFormat::parse(&source_format).map_err(conv)?,
-        columns: from_json::<BTreeMap<String, String>>(&columns)?,
-        parent_id: r.get::<_, Option<String>>(9)?.map(DatasetId),
-        created_at: r.get(10)?,
+        num_records: r.get("num_records")?,
+        bytes: r.get("bytes")?,
+        source: r.get("source")?,
+        source_format: r.get("source_format")?,
+        columns: json_col(r, "columns")?,
+        parent_id: r.get("parent_id")?,
+        created_at: r.get("created_at")?,
     })
 }
 
@@ -39,16 +34,16 @@ pub(crate) fn insert(conn: &Connection, rec: &DatasetRecord, stats: &DatasetStat
         "INSERT INTO datasets (id, name, format, sha256, num_records, bytes, source, source_format, columns, parent_id, stats, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
-            rec.id.0,
+            rec.id,
             rec.name,
-            rec.format.as_str(),
+            rec.format,
             rec.sha256,
-            rec.num_records as i64,
-            rec.bytes as i64,
+            rec.num_records,
+            rec.bytes,
             rec.source,
-            rec.source_format.as_str(),
+            rec.source_format,
             to_json(&rec.columns)?,
-            rec.parent_id.as_ref().map(|p| p.0.clone()),
+            rec.parent_id,
             to_json(stats)?,
             rec.created_at,
         ],

@@ -2,49 +2,42 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{from_json, to_json};
+use super::{json_col, opt_json_col, to_json};
 use crate::error::{Error, Result};
-use crate::events::ErrorInfo;
-use crate::training::{JobFilter, JobId, JobLog, JobRecord, JobStatus, MetricPoint, TrainSpec};
+use crate::types::{ErrorInfo, JobFilter, JobLog, JobRecord, JobStatus, MetricPoint};
 
 const COLS: &str = "id, status, base_model_id, dataset_id, eval_dataset_id, output_model_id, spec, created_at, \
     updated_at, progress, epoch, step, total_steps, tokens, loss, eval_loss, lr, tokens_per_sec, sample, \
     heartbeat_at, runner_pid, cancel_requested, error, checkpoint, started_at, finished_at";
 
 fn row_to_record(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
-    let status: String = r.get(1)?;
-    let spec: TrainSpec = from_json(&r.get::<_, String>(6)?)?;
-    let error: Option<String> = r.get(22)?;
     Ok(JobRecord {
-        id: JobId(r.get(0)?),
-        status: JobStatus::parse(&status).unwrap_or(JobStatus::Failed),
-        base_model_id: r.get::<_, Option<String>>(2)?.map(crate::registry::ModelId),
-        dataset_id: r.get::<_, Option<String>>(3)?.map(crate::data::DatasetId),
-        eval_dataset_id: r.get::<_, Option<String>>(4)?.map(crate::data::DatasetId),
-        output_model_id: r.get::<_, Option<String>>(5)?.map(crate::registry::ModelId),
-        spec,
-        created_at: r.get(7)?,
-        updated_at: r.get(8)?,
-        progress: r.get(9)?,
-        epoch: r.get::<_, i64>(10)? as u32,
-        step: r.get::<_, i64>(11)? as u64,
-        total_steps: r.get::<_, i64>(12)? as u64,
-        tokens: r.get::<_, i64>(13)? as u64,
-        loss: r.get(14)?,
-        eval_loss: r.get(15)?,
-        lr: r.get(16)?,
-        tokens_per_sec: r.get(17)?,
-        sample: r.get(18)?,
-        heartbeat_at: r.get(19)?,
-        runner_pid: r.get::<_, Option<i64>>(20)?.map(|p| p as u32),
-        cancel_requested: r.get::<_, i64>(21)? != 0,
-        error: match error {
-            Some(e) => Some(from_json::<ErrorInfo>(&e)?),
-            None => None,
-        },
-        checkpoint: r.get(23)?,
-        started_at: r.get(24)?,
-        finished_at: r.get(25)?,
+        id: r.get("id")?,
+        status: r.get("status")?,
+        base_model_id: r.get("base_model_id")?,
+        dataset_id: r.get("dataset_id")?,
+        eval_dataset_id: r.get("eval_dataset_id")?,
+        output_model_id: r.get("output_model_id")?,
+        spec: json_col(r, "spec")?,
+        created_at: r.get("created_at")?,
+        updated_at: r.get("updated_at")?,
+        progress: r.get("progress")?,
+        epoch: r.get("epoch")?,
+        step: r.get("step")?,
+        total_steps: r.get("total_steps")?,
+        tokens: r.get("tokens")?,
+        loss: r.get("loss")?,
+        eval_loss: r.get("eval_loss")?,
+        lr: r.get("lr")?,
+        tokens_per_sec: r.get("tokens_per_sec")?,
+        sample: r.get("sample")?,
+        heartbeat_at: r.get("heartbeat_at")?,
+        runner_pid: r.get("runner_pid")?,
+        cancel_requested: r.get("cancel_requested")?,
+        error: opt_json_col(r, "error")?,
+        checkpoint: r.get("checkpoint")?,
+        started_at: r.get("started_at")?,
+        finished_at: r.get("finished_at")?,
     })
 }
 
@@ -54,15 +47,15 @@ pub(crate) fn insert(conn: &Connection, rec: &JobRecord) -> Result<()> {
              total_steps)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
-            rec.id.0,
-            rec.status.as_str(),
-            rec.base_model_id.as_ref().map(|m| m.0.clone()),
-            rec.dataset_id.as_ref().map(|d| d.0.clone()),
-            rec.eval_dataset_id.as_ref().map(|d| d.0.clone()),
+            rec.id,
+            rec.status,
+            rec.base_model_id,
+            rec.dataset_id,
+            rec.eval_dataset_id,
             to_json(&rec.spec)?,
             rec.created_at,
             rec.updated_at,
-            rec.total_steps as i64,
+            rec.total_steps,
         ],
     )?;
     Ok(())
@@ -80,11 +73,9 @@ pub(crate) fn get(conn: &Connection, id: &str) -> Result<JobRecord> {
 pub(crate) fn list(conn: &Connection, f: &JobFilter) -> Result<Vec<JobRecord>> {
     let mut clauses = Vec::new();
     let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
-    let base = f.base_model.as_ref().map(|m| m.0.clone());
-    let ds = f.dataset.as_ref().map(|d| d.0.clone());
     for (col, val) in [
-        ("base_model_id = ?", base.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
-        ("dataset_id = ?", ds.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+        ("base_model_id = ?", f.base_model.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+        ("dataset_id = ?", f.dataset.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
     ] {
         if let Some(v) = val {
             clauses.push(format!("{col}{}", args.len() + 1));
@@ -104,7 +95,7 @@ pub(crate) fn claim(conn: &Connection, id: &str, pid: u32, now_ms: i64, now: &st
         "UPDATE jobs SET status = 'running', runner_pid = ?2, heartbeat_at = ?3, cancel_requested = 0, error = NULL,
              started_at = COALESCE(started_at, ?4), finished_at = NULL, updated_at = ?4
          WHERE id = ?1",
-        params![id, pid as i64, now_ms, now],
+        params![id, pid, now_ms, now],
     )?;
     Ok(())
 }
@@ -133,10 +124,10 @@ pub(crate) fn update_progress(conn: &Connection, id: &str, p: &Progress<'_>, now
         params![
             id,
             p.progress,
-            p.epoch as i64,
-            p.step as i64,
-            p.total_steps as i64,
-            p.tokens as i64,
+            p.epoch,
+            p.step,
+            p.total_steps,
+            p.tokens,
             p.loss,
             p.eval_loss,
             p.lr,
@@ -156,7 +147,7 @@ pub(crate) fn add_metrics(conn: &Connection, id: &str, points: &[MetricPoint]) -
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     for p in points {
-        st.execute(params![id, p.kind, p.step as i64, p.epoch as i64, p.loss, p.lr, p.tokens_per_sec, p.at])?;
+        st.execute(params![id, p.kind, p.step, p.epoch, p.loss, p.lr, p.tokens_per_sec, p.at])?;
     }
     Ok(())
 }
@@ -171,7 +162,8 @@ pub(crate) fn add_logs(conn: &Connection, id: &str, logs: &[JobLog]) -> Result<(
 
 pub(crate) fn logs(conn: &Connection, id: &str) -> Result<Vec<JobLog>> {
     let mut st = conn.prepare("SELECT at, level, message FROM job_logs WHERE job_id = ?1 ORDER BY id")?;
-    let rows = st.query_map([id], |r| Ok(JobLog { at: r.get(0)?, level: r.get(1)?, message: r.get(2)? }))?;
+    let rows =
+        st.query_map([id], |r| Ok(JobLog { at: r.get("at")?, level: r.get("level")?, message: r.get("message")? }))?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
@@ -182,13 +174,13 @@ pub(crate) fn metrics(conn: &Connection, id: &str) -> Result<Vec<MetricPoint>> {
     )?;
     let rows = st.query_map([id], |r| {
         Ok(MetricPoint {
-            kind: r.get(0)?,
-            step: r.get::<_, i64>(1)? as u64,
-            epoch: r.get::<_, i64>(2)? as u32,
-            loss: r.get(3)?,
-            lr: r.get(4)?,
-            tokens_per_sec: r.get(5)?,
-            at: r.get(6)?,
+            kind: r.get("kind")?,
+            step: r.get("step")?,
+            epoch: r.get("epoch")?,
+            loss: r.get("loss")?,
+            lr: r.get("lr")?,
+            tokens_per_sec: r.get("tokens_per_sec")?,
+            at: r.get("at")?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -198,15 +190,15 @@ pub(crate) fn metrics(conn: &Connection, id: &str) -> Result<Vec<MetricPoint>> {
 pub(crate) fn heartbeat(conn: &Connection, id: &str, pid: u32, now_ms: i64) -> Result<()> {
     conn.execute(
         "UPDATE jobs SET heartbeat_at = ?3 WHERE id = ?1 AND status = 'running' AND runner_pid = ?2",
-        params![id, pid as i64, now_ms],
+        params![id, pid, now_ms],
     )?;
     Ok(())
 }
 
 pub(crate) fn cancel_requested(conn: &Connection, id: &str) -> Result<bool> {
-    let v: Option<i64> =
+    let v: Option<bool> =
         conn.query_row("SELECT cancel_requested FROM jobs WHERE id = ?1", [id], |r| r.get(0)).optional()?;
-    Ok(v.unwrap_or(0) != 0)
+    Ok(v.unwrap_or(false))
 }
 
 pub(crate) fn request_cancel(conn: &Connection, id: &str, now: &str) -> Result<()> {
@@ -232,7 +224,7 @@ pub(crate) fn finish(
              runner_pid = NULL, finished_at = ?5, updated_at = ?5, progress = CASE WHEN ?2 = 'completed' THEN 1.0
              ELSE progress END
          WHERE id = ?1",
-        params![id, status.as_str(), error, output, now],
+        params![id, status, error, output, now],
     )?;
     Ok(())
 }

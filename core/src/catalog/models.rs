@@ -4,49 +4,47 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{from_json, is_unique_violation, to_json};
+use super::{is_unique_violation, json_col, to_json};
 use crate::error::{Error, Result};
-use crate::registry::{ModelFilter, ModelId, ModelKind, ModelRecord, Storage};
+use crate::types::{ModelFilter, ModelRecord, Storage};
 
-const COLS: &str = "m.id, m.name, m.version, m.kind, m.family, m.architecture, m.model_type, m.parent_id, \
-    m.params, m.dtype, m.bytes, m.sha256, m.storage, m.path, m.files, m.tokenizer, m.source, m.task, m.tags, \
-    m.lineage, m.config, m.created_at, \
-    (SELECT group_concat(alias, ',') FROM (SELECT alias FROM aliases a WHERE a.model_id = m.id ORDER BY alias))";
-
-fn conv<E: std::error::Error + Send + Sync + 'static>(e: E) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-}
+const COLS: &str = "m.id AS id, m.name AS name, m.version AS version, m.kind AS kind, m.family AS family, \
+    m.architecture AS architecture, m.model_type AS model_type, m.parent_id AS parent_id, m.params AS params, \
+    m.dtype AS dtype, m.bytes AS bytes, m.sha256 AS sha256, m.storage AS storage, m.path AS path, m.files AS files, \
+    m.tokenizer AS tokenizer, m.source AS source, m.task AS task, m.tags AS tags, m.lineage AS lineage, \
+    m.config AS config, m.created_at AS created_at, \
+    (SELECT group_concat(alias, ',') FROM (SELECT alias FROM aliases a WHERE a.model_id = m.id ORDER BY alias)) AS aliases";
 
 fn row_to_record(home: &Path, r: &Row<'_>) -> rusqlite::Result<ModelRecord> {
-    let storage = Storage::parse(&r.get::<_, String>(12)?).map_err(conv)?;
-    let path: String = r.get(13)?;
-    let aliases: Option<String> = r.get(22)?;
+    let storage: Storage = r.get("storage")?;
+    let path: String = r.get("path")?;
+    let aliases: Option<String> = r.get("aliases")?;
     Ok(ModelRecord {
-        id: ModelId(r.get(0)?),
-        name: r.get(1)?,
-        version: r.get::<_, i64>(2)? as u32,
-        kind: ModelKind::parse(&r.get::<_, String>(3)?).map_err(conv)?,
-        family: r.get(4)?,
-        architecture: r.get(5)?,
-        model_type: r.get(6)?,
-        parent_id: r.get::<_, Option<String>>(7)?.map(ModelId),
-        params: r.get::<_, i64>(8)? as u64,
-        dtype: r.get(9)?,
-        bytes: r.get::<_, i64>(10)? as u64,
-        sha256: r.get(11)?,
+        id: r.get("id")?,
+        name: r.get("name")?,
+        version: r.get("version")?,
+        kind: r.get("kind")?,
+        family: r.get("family")?,
+        architecture: r.get("architecture")?,
+        model_type: r.get("model_type")?,
+        parent_id: r.get("parent_id")?,
+        params: r.get("params")?,
+        dtype: r.get("dtype")?,
+        bytes: r.get("bytes")?,
+        sha256: r.get("sha256")?,
         path: match storage {
             Storage::Copy => home.join(&path),
             Storage::Reference => path.into(),
         },
         storage,
-        files: from_json(&r.get::<_, String>(14)?)?,
-        tokenizer: r.get(15)?,
-        source: r.get(16)?,
-        task: r.get(17)?,
-        tags: from_json(&r.get::<_, String>(18)?)?,
-        lineage: from_json(&r.get::<_, String>(19)?)?,
-        config: from_json(&r.get::<_, String>(20)?)?,
-        created_at: r.get(21)?,
+        files: json_col(r, "files")?,
+        tokenizer: r.get("tokenizer")?,
+        source: r.get("source")?,
+        task: r.get("task")?,
+        tags: json_col(r, "tags")?,
+        lineage: json_col(r, "lineage")?,
+        config: json_col(r, "config")?,
+        created_at: r.get("created_at")?,
         aliases: aliases.map(|a| a.split(',').map(str::to_string).collect()).unwrap_or_default(),
     })
 }
@@ -54,26 +52,26 @@ fn row_to_record(home: &Path, r: &Row<'_>) -> rusqlite::Result<ModelRecord> {
 /// Inserts a model with the next free version of its name; returns that version.
 /// `stored_path` is relative to the home for copies, absolute for references.
 pub(crate) fn insert(conn: &Connection, rec: &ModelRecord, stored_path: &str) -> Result<u32> {
-    let version: i64 =
+    let version: u32 =
         conn.query_row("SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?1", [&rec.name], |r| r.get(0))?;
     let res = conn.execute(
         "INSERT INTO models (id, name, version, kind, family, architecture, model_type, parent_id, params, dtype,
              bytes, sha256, storage, path, files, tokenizer, source, task, tags, lineage, config, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
         params![
-            rec.id.0,
+            rec.id,
             rec.name,
             version,
-            rec.kind.as_str(),
+            rec.kind,
             rec.family,
             rec.architecture,
             rec.model_type,
-            rec.parent_id.as_ref().map(|p| p.0.clone()),
-            rec.params as i64,
+            rec.parent_id,
+            rec.params,
             rec.dtype,
-            rec.bytes as i64,
+            rec.bytes,
             rec.sha256,
-            rec.storage.as_str(),
+            rec.storage,
             stored_path,
             to_json(&rec.files)?,
             rec.tokenizer,
@@ -86,7 +84,7 @@ pub(crate) fn insert(conn: &Connection, rec: &ModelRecord, stored_path: &str) ->
         ],
     );
     match res {
-        Ok(_) => Ok(version as u32),
+        Ok(_) => Ok(version),
         Err(e) if is_unique_violation(&e) => {
             Err(Error::AlreadyExists { what: "model", id: format!("{}@{version}", rec.name), detail: String::new() })
         }
@@ -106,7 +104,7 @@ pub(crate) fn by_id(conn: &Connection, home: &Path, id: &str) -> Result<Option<M
 }
 
 pub(crate) fn by_name_version(conn: &Connection, home: &Path, name: &str, version: u32) -> Result<Option<ModelRecord>> {
-    Ok(query(conn, home, "WHERE m.name = ?1 AND m.version = ?2", &[&name, &(version as i64)])?.into_iter().next())
+    Ok(query(conn, home, "WHERE m.name = ?1 AND m.version = ?2", &[&name, &version])?.into_iter().next())
 }
 
 pub(crate) fn latest(conn: &Connection, home: &Path, name: &str) -> Result<Option<ModelRecord>> {
@@ -126,14 +124,13 @@ pub(crate) fn by_alias(conn: &Connection, home: &Path, name: &str, alias: &str) 
 pub(crate) fn list(conn: &Connection, home: &Path, f: &ModelFilter) -> Result<Vec<ModelRecord>> {
     let mut clauses = Vec::new();
     let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
-    let kind = f.kind.map(|k| k.as_str());
     let tag = f.tag.as_ref().map(|t| format!("%{}%", serde_json::Value::String(t.clone())));
     for (col, val) in [
-        ("m.kind = ?", kind.as_ref().map(|k| k as &dyn rusqlite::ToSql)),
+        ("m.kind = ?", f.kind.as_ref().map(|k| k as &dyn rusqlite::ToSql)),
         ("m.family = ?", f.family.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
         ("m.task = ?", f.task.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
         ("m.name = ?", f.name.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
-        ("m.parent_id = ?", f.parent.as_ref().map(|v| &v.0 as &dyn rusqlite::ToSql)),
+        ("m.parent_id = ?", f.parent.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
         ("m.tags LIKE ?", tag.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
     ] {
         if let Some(v) = val {

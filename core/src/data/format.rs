@@ -3,79 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Location, Result};
-
-/// The shape of a dataset's records, as stored.
-///
-/// | format | stored record |
-/// |---|---|
-/// | `text` | `{"text"}` |
-/// | `completion` | `{"prompt", "completion"}` |
-/// | `instruction` | `{"instruction", "input", "output"}` (alpaca; `input` may be empty) |
-/// | `chat` | `{"messages": [{"role", "content"}, ...]}` |
-/// | `tabular` | `{"features": {column: value, ...}, "label": value}` |
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DatasetFormat {
-    Text,
-    Completion,
-    Instruction,
-    Chat,
-    Tabular,
-}
-
-/// Roles accepted in chat messages.
-pub const CHAT_ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
-
-impl DatasetFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DatasetFormat::Text => "text",
-            DatasetFormat::Completion => "completion",
-            DatasetFormat::Instruction => "instruction",
-            DatasetFormat::Chat => "chat",
-            DatasetFormat::Tabular => "tabular",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "text" => DatasetFormat::Text,
-            "completion" => DatasetFormat::Completion,
-            "instruction" => DatasetFormat::Instruction,
-            "chat" => DatasetFormat::Chat,
-            "tabular" => DatasetFormat::Tabular,
-            other => {
-                return Err(Error::config(
-                    "format",
-                    format!("unknown format `{other}` (expected text, completion, instruction, chat or tabular)"),
-                ))
-            }
-        })
-    }
-
-    /// The canonical fields of the format; the ones a column mapping may name.
-    pub fn fields(self) -> &'static [&'static str] {
-        match self {
-            DatasetFormat::Text => &["text"],
-            DatasetFormat::Completion => &["prompt", "completion"],
-            DatasetFormat::Instruction => &["instruction", "input", "output"],
-            DatasetFormat::Chat => &["messages"],
-            DatasetFormat::Tabular => &["label"],
-        }
-    }
-
-    /// The string fields whose lengths make up a record's length.
-    pub(crate) fn text_fields(self) -> &'static [&'static str] {
-        match self {
-            DatasetFormat::Tabular => &[],
-            other => other.fields(),
-        }
-    }
-}
+use crate::types::{DatasetFormat, CHAT_ROLES};
 
 const ALL_CANONICAL: [&str; 8] =
     ["text", "prompt", "completion", "instruction", "input", "output", "messages", "label"];

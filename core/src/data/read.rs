@@ -9,70 +9,10 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, IoResultExt, Location, Result};
-
-/// The file format of an import source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceFormat {
-    /// One JSON object per line (`.jsonl`, `.ndjson`).
-    Jsonl,
-    /// A JSON array of objects (`.json`).
-    Json,
-    /// Comma-separated with a header row (`.csv`).
-    Csv,
-    /// Tab-separated with a header row (`.tsv`).
-    Tsv,
-    /// Plain text (`.txt`, `.md`): one record per line, or the whole file.
-    Txt,
-    /// Records given in memory (Python lists, JS arrays).
-    Records,
-}
-
-impl SourceFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SourceFormat::Jsonl => "jsonl",
-            SourceFormat::Json => "json",
-            SourceFormat::Csv => "csv",
-            SourceFormat::Tsv => "tsv",
-            SourceFormat::Txt => "txt",
-            SourceFormat::Records => "records",
-        }
-    }
-
-    /// Parses `jsonl`, `json`, `csv`, `tsv`, `txt`, `records`.
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "jsonl" | "ndjson" => SourceFormat::Jsonl,
-            "json" => SourceFormat::Json,
-            "csv" => SourceFormat::Csv,
-            "tsv" => SourceFormat::Tsv,
-            "txt" | "text" => SourceFormat::Txt,
-            "records" => SourceFormat::Records,
-            other => {
-                return Err(Error::config(
-                    "source_format",
-                    format!("unknown source format `{other}` (expected jsonl, json, csv, tsv or txt)"),
-                ))
-            }
-        })
-    }
-}
-
-/// How a TXT file becomes records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TxtMode {
-    /// One record per non-empty line.
-    #[default]
-    Lines,
-    /// The whole file is one record.
-    Document,
-}
+use crate::types::{SourceFormat, TxtMode};
 
 /// One raw record: its 1-based position and its fields.
 pub(crate) struct RawRecord {

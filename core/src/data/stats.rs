@@ -2,50 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::format::DatasetFormat;
-
-/// Lengths (in characters) of one field across the dataset.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FieldStats {
-    pub min_chars: u64,
-    pub max_chars: u64,
-    pub mean_chars: f64,
-    /// Records where the field is empty.
-    pub empty: u64,
-}
-
-/// One bucket of the record length histogram: records whose total length in characters
-/// lies in `[min_chars, max_chars]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LengthBucket {
-    pub min_chars: u64,
-    pub max_chars: u64,
-    pub count: u64,
-}
-
-/// What `DatasetStore::stats` reports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DatasetStats {
-    pub num_records: u64,
-    /// Bytes of the stored (normalised JSONL) records.
-    pub bytes: u64,
-    /// Per text field (`text`, `prompt`, `messages` = all message contents, ...).
-    pub fields: BTreeMap<String, FieldStats>,
-    /// Power-of-two buckets of record length in characters (empty buckets omitted).
-    pub length_histogram: Vec<LengthBucket>,
-    /// Chat datasets: messages per role.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role_counts: Option<BTreeMap<String, u64>>,
-    /// Tabular datasets: records per label (at most 1000 distinct labels are counted).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label_counts: Option<BTreeMap<String, u64>>,
-    /// Token counts, filled once the dataset has been tokenised for a model.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens: Option<BTreeMap<String, u64>>,
-}
+use crate::types::{DatasetFormat, DatasetStats, FieldStats, LengthBucket};
 
 const MAX_LABELS: usize = 1000;
 

@@ -9,26 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-
-/// A model family: one implementation each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Family {
-    /// GPT-2: learned positions, LayerNorm, Conv1D weights, GELU MLP, tied head.
-    Gpt2,
-    /// Llama, Mistral, Qwen2, SmolLM, TinyLlama: RoPE, RMSNorm, SwiGLU, GQA.
-    Llama,
-}
-
-impl Family {
-    /// `gpt2` or `llama`, as stored in the registry.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Family::Gpt2 => "gpt2",
-            Family::Llama => "llama",
-        }
-    }
-}
+use crate::types::Family;
 
 /// The MLP activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,10 +5,10 @@ use candle_core::{Tensor, D};
 
 use super::cache::KvCache;
 use super::config::{Activation, ModelConfig};
+use super::linear::Linear;
 use super::load::Weights;
 use super::{ops, ForwardMode, Params};
 use crate::error::Result;
-use crate::lora::linear::Linear;
 
 pub(crate) struct Block {
     ln_1: (Tensor, Tensor),

@@ -5,10 +5,10 @@ use candle_core::Tensor;
 
 use super::cache::KvCache;
 use super::config::ModelConfig;
+use super::linear::Linear;
 use super::load::Weights;
 use super::{ops, ForwardMode, Params};
 use crate::error::Result;
-use crate::lora::linear::Linear;
 
 pub(crate) struct Layer {
     input_layernorm: Tensor,

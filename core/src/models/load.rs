@@ -62,7 +62,7 @@ impl Weights {
         for (i, f) in files.iter().enumerate() {
             // Tensor by tensor (not the whole file at once): peak memory is the weights
             // plus one tensor's bytes.
-            let header = crate::registry::inspect::read_safetensors_header(f)?;
+            let header = super::st_header::read_safetensors_header(f)?;
             let mut file = std::fs::File::open(f).with_path(f)?;
             let mut buf = Vec::new();
             for (name, info) in header {

@@ -3,6 +3,8 @@
 //! (config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
 //! generation_config.json) that transformers can load too.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -170,30 +172,39 @@ pub fn write_dir(p: &Preset, seed: u64, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes f32 tensors as a safetensors file (header padded to 8 bytes).
+/// An f32 tensor borrowed for [`safetensors::serialize`]; its little-endian bytes are
+/// made one tensor at a time, while writing.
+struct F32View<'a> {
+    shape: &'a [usize],
+    data: &'a [f32],
+}
+
+impl safetensors::View for F32View<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+    fn data_len(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// Writes f32 tensors as a safetensors file with `{"format": "pt"}` metadata, through
+/// the `safetensors` crate (header padded to 8 bytes, tensors sorted by name).
 pub(crate) fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), json!({ "format": "pt" }));
-    let mut offset = 0usize;
-    for (name, shape, data) in tensors {
-        let end = offset + data.len() * 4;
-        header.insert(name.clone(), json!({ "dtype": "F32", "shape": shape, "data_offsets": [offset, end] }));
-        offset = end;
-    }
-    let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).map_err(|e| Error::Internal(e.to_string()))?;
-    while h.len() % 8 != 0 {
-        h.push(b' ');
-    }
-    let f = std::fs::File::create(path).with_path(path)?;
-    let mut w = std::io::BufWriter::new(f);
-    w.write_all(&(h.len() as u64).to_le_bytes()).with_path(path)?;
-    w.write_all(&h).with_path(path)?;
-    for (_, _, data) in tensors {
-        for v in data {
-            w.write_all(&v.to_le_bytes()).with_path(path)?;
-        }
-    }
-    w.into_inner().map_err(|e| Error::io(path, e.into_error()))?.sync_all().with_path(path)
+    let views = tensors.iter().map(|(name, shape, data)| (name.as_str(), F32View { shape, data }));
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| Error::Internal(format!("serialising {}: {e}", path.display())))?;
+    // Not `serialize_to_file`: it writes a 0600 temporary file and does not fsync.
+    let mut f = std::fs::File::create(path).with_path(path)?;
+    f.write_all(&bytes).with_path(path)?;
+    f.sync_all().with_path(path)
 }
 
 #[cfg(test)]
@@ -206,7 +217,9 @@ mod tests {
         let p = find("nano").unwrap();
         write_dir(p, 7, d.path()).unwrap();
         let a = std::fs::read(d.path().join("model.safetensors")).unwrap();
-        let hdr = crate::registry::inspect_header_for_tests(&d.path().join("model.safetensors"));
+        let hdr = crate::models::st_header::read_safetensors_header(&d.path().join("model.safetensors"))
+            .map(|h| h.len())
+            .unwrap_or(0);
         assert_eq!(hdr, tensor_shapes(p).len());
         let d2 = tempfile::tempdir().unwrap();
         write_dir(p, 7, d2.path()).unwrap();
@@ -215,5 +228,35 @@ mod tests {
         write_dir(p, 8, d3.path()).unwrap();
         assert_ne!(a, std::fs::read(d3.path().join("model.safetensors")).unwrap());
         assert_eq!(find("nope").unwrap_err().code(), "invalid_config");
+    }
+
+    #[test]
+    fn write_safetensors_round_trips_through_the_crate() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("w.safetensors");
+        let tensors = vec![
+            ("z.weight".to_string(), vec![2, 3], (0..6).map(|i| i as f32 * 0.5).collect::<Vec<_>>()),
+            ("a.bias".to_string(), vec![3], vec![-1.0, 0.0, f32::MAX]),
+            ("s".to_string(), vec![], vec![7.0]),
+        ];
+        write_safetensors(&path, &tensors).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        assert_eq!(header_len % 8, 0);
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.len(), 3);
+        for (name, shape, data) in &tensors {
+            let t = st.tensor(name).unwrap();
+            assert_eq!((t.dtype(), t.shape()), (safetensors::Dtype::F32, shape.as_slice()));
+            let back: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            assert_eq!(&back, data);
+        }
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(meta.metadata().as_ref().unwrap()["format"], "pt");
+        // anneal's own header reader agrees.
+        assert_eq!(crate::models::st_header::read_safetensors_header(&path).map(|h| h.len()).unwrap_or(0), 3);
+        // Data that does not match its shape is a bug, not a broken file.
+        let bad = vec![("x".to_string(), vec![2], vec![1.0f32])];
+        assert_eq!(write_safetensors(&path, &bad).unwrap_err().code(), "internal");
     }
 }

@@ -1,35 +1,26 @@
 //! Reads an HF-layout model directory or a PEFT adapter directory without loading
 //! tensors: config, weight files (single or sharded), safetensors headers.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
-use std::io::Read;
+use std::collections::BTreeMap;
+use std::fs::{self};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::ModelKind;
 use crate::error::{Error, IoResultExt, Location, Result};
+use crate::models::st_header::read_safetensors_header;
+use crate::types::{Family, ModelKind};
 
 /// `model_type` values anneal can train and run, and their family.
-pub const SUPPORTED_MODEL_TYPES: [(&str, &str); 4] =
-    [("gpt2", "gpt2"), ("llama", "llama"), ("mistral", "llama"), ("qwen2", "llama")];
-
-/// One tensor in a safetensors header.
-#[derive(Debug, Clone)]
-pub(crate) struct TensorInfo {
-    pub(crate) dtype: String,
-    pub(crate) shape: Vec<u64>,
-    /// Where the tensor's bytes start in the file, and how many there are.
-    pub(crate) offset: u64,
-    pub(crate) len: u64,
-}
+pub const SUPPORTED_MODEL_TYPES: [(&str, Family); 4] =
+    [("gpt2", Family::Gpt2), ("llama", Family::Llama), ("mistral", Family::Llama), ("qwen2", Family::Llama)];
 
 /// What a directory holds.
 #[derive(Debug)]
 pub(crate) struct Inspected {
     pub(crate) kind: ModelKind,
-    pub(crate) family: String,
+    /// `None` for adapters: theirs is their parent's.
+    pub(crate) family: Option<Family>,
     pub(crate) architecture: String,
     pub(crate) model_type: String,
     pub(crate) params: u64,
@@ -41,92 +32,6 @@ pub(crate) struct Inspected {
     /// Adapters: `base_model_name_or_path` from adapter_config.json.
     pub(crate) base_hint: Option<String>,
 }
-
-fn dtype_size(dtype: &str) -> Option<u64> {
-    Some(match dtype {
-        "F64" | "I64" | "U64" => 8,
-        "F32" | "I32" | "U32" => 4,
-        "F16" | "BF16" | "I16" | "U16" => 2,
-        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
-        _ => return None,
-    })
-}
-
-/// Reads and validates a safetensors header: dtypes known, offsets consistent with
-/// shapes, tensors contiguous, and the data section exactly filling the file.
-pub(crate) fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>> {
-    let bad = |reason: String| Error::data(Location::file(path), reason);
-    let mut f = File::open(path).with_path(path)?;
-    let file_len = f.metadata().with_path(path)?.len();
-    let mut len_buf = [0u8; 8];
-    if file_len < 8 {
-        return Err(bad(format!("not a safetensors file ({file_len} bytes)")));
-    }
-    f.read_exact(&mut len_buf).with_path(path)?;
-    let n = u64::from_le_bytes(len_buf);
-    if n > 100_000_000 || n > file_len - 8 {
-        return Err(bad(format!("header length {n} does not fit a {file_len}-byte file")));
-    }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).with_path(path)?;
-    let header: HashMap<String, Value> =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("safetensors header is not valid JSON: {e}")))?;
-    let data_len = file_len - 8 - n;
-    let mut tensors = BTreeMap::new();
-    let mut spans = Vec::new();
-    for (name, v) in header {
-        if name == "__metadata__" {
-            continue;
-        }
-        let at = |reason: String| Error::data(Location::file(path).field(name.clone()), reason);
-        let dtype = v.get("dtype").and_then(Value::as_str).ok_or_else(|| at("missing dtype".into()))?;
-        let size = dtype_size(dtype).ok_or_else(|| at(format!("unknown dtype `{dtype}`")))?;
-        let shape: Vec<u64> = v
-            .get("shape")
-            .and_then(Value::as_array)
-            .and_then(|a| a.iter().map(Value::as_u64).collect())
-            .ok_or_else(|| at("missing or invalid shape".into()))?;
-        let offs: Vec<u64> = v
-            .get("data_offsets")
-            .and_then(Value::as_array)
-            .and_then(|a| a.iter().map(Value::as_u64).collect())
-            .filter(|o: &Vec<u64>| o.len() == 2)
-            .ok_or_else(|| at("missing or invalid data_offsets".into()))?;
-        let numel =
-            shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(|| at("shape overflows".into()))?;
-        let (start, end) = (offs[0], offs[1]);
-        if end < start || end - start != numel * size {
-            return Err(at(format!(
-                "data_offsets [{start}, {end}] do not match shape {shape:?} of {dtype} ({} bytes)",
-                numel * size
-            )));
-        }
-        if end > data_len {
-            return Err(at(format!(
-                "data ends at byte {end} but the file holds {data_len} bytes of data (truncated?)"
-            )));
-        }
-        spans.push((start, end, name.clone()));
-        let info = TensorInfo { dtype: dtype.to_string(), shape, offset: 8 + n + start, len: end - start };
-        tensors.insert(name, info);
-    }
-    spans.sort();
-    let mut pos = 0u64;
-    for (start, end, name) in &spans {
-        if *start != pos {
-            return Err(Error::data(
-                Location::file(path).field(name.clone()),
-                format!("tensor data starts at {start}, expected {pos} (overlapping or gapped tensors)"),
-            ));
-        }
-        pos = *end;
-    }
-    if pos != data_len {
-        return Err(bad(format!("tensors cover {pos} bytes but the data section has {data_len}")));
-    }
-    Ok(tensors)
-}
-
 fn read_json(path: &Path) -> Result<Value> {
     let bytes = fs::read(path).with_path(path)?;
     serde_json::from_slice(&bytes)
@@ -168,16 +73,15 @@ pub(crate) fn inspect_dir(dir: &Path) -> Result<Inspected> {
         .and_then(Value::as_str)
         .ok_or_else(|| Error::data(Location::file(&config_path).field("model_type"), "missing or not a string"))?
         .to_string();
-    let family =
-        SUPPORTED_MODEL_TYPES.iter().find(|(t, _)| *t == model_type).map(|(_, f)| f.to_string()).ok_or_else(|| {
-            Error::data(
-                Location::file(&config_path).field("model_type"),
-                format!(
-                    "unsupported model_type `{model_type}` (supported: {})",
-                    SUPPORTED_MODEL_TYPES.map(|(t, _)| t).join(", ")
-                ),
-            )
-        })?;
+    let family = SUPPORTED_MODEL_TYPES.iter().find(|(t, _)| *t == model_type).map(|(_, f)| *f).ok_or_else(|| {
+        Error::data(
+            Location::file(&config_path).field("model_type"),
+            format!(
+                "unsupported model_type `{model_type}` (supported: {})",
+                SUPPORTED_MODEL_TYPES.map(|(t, _)| t).join(", ")
+            ),
+        )
+    })?;
     let architecture = config
         .get("architectures")
         .and_then(Value::as_array)
@@ -195,7 +99,7 @@ pub(crate) fn inspect_dir(dir: &Path) -> Result<Inspected> {
     let tokenizer = names.iter().find(|n| *n == "tokenizer.json").cloned();
     Ok(Inspected {
         kind: ModelKind::Base,
-        family,
+        family: Some(family),
         architecture,
         model_type,
         params,
@@ -316,7 +220,7 @@ fn inspect_adapter(dir: &Path, names: &[String]) -> Result<Inspected> {
     files.dedup();
     Ok(Inspected {
         kind: ModelKind::Lora,
-        family: String::new(),
+        family: None,
         architecture: "lora".into(),
         model_type: "lora".into(),
         params,
@@ -336,33 +240,4 @@ pub(crate) fn total_bytes(dir: &Path, files: &[String]) -> Result<u64> {
         total += fs::metadata(&p).with_path(&p)?.len();
     }
     Ok(total)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write_st(path: &Path, header: &str, data_len: usize) {
-        let mut b = (header.len() as u64).to_le_bytes().to_vec();
-        b.extend_from_slice(header.as_bytes());
-        b.extend(std::iter::repeat_n(0u8, data_len));
-        fs::write(path, b).unwrap();
-    }
-
-    #[test]
-    fn header_checks() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("m.safetensors");
-        write_st(&p, r#"{"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#, 16);
-        assert_eq!(read_safetensors_header(&p).unwrap()["a"].shape, vec![2, 2]);
-        write_st(&p, r#"{"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#, 8);
-        let e = read_safetensors_header(&p).unwrap_err();
-        assert!(e.to_string().contains("truncated") && e.to_string().contains("`a`"), "{e}");
-        write_st(&p, r#"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,16]}}"#, 16);
-        assert!(read_safetensors_header(&p).unwrap_err().to_string().contains("do not match shape"));
-        write_st(&p, r#"{"a":{"dtype":"Q9","shape":[1],"data_offsets":[0,1]}}"#, 1);
-        assert!(read_safetensors_header(&p).unwrap_err().to_string().contains("unknown dtype"));
-        fs::write(&p, b"xx").unwrap();
-        assert_eq!(read_safetensors_header(&p).unwrap_err().code(), "invalid_data");
-    }
 }

@@ -13,9 +13,9 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::Value;
 
-use crate::data::DatasetFormat;
 use crate::error::{Error, Location, Result};
-use crate::tokenizer::{ChatMessage, Tokenizer};
+use crate::tokenizer::Tokenizer;
+use crate::types::{ChatMessage, DatasetFormat};
 
 /// Label of a position that does not count in the loss.
 pub(crate) const IGNORE: i64 = -100;

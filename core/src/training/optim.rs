@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use candle_core::{bail, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 use rayon::prelude::*;
 
-use super::spec::Schedule;
 use crate::error::{Error, Result};
+use crate::types::Schedule;
 
 /// AdamW with `torch.optim.AdamW`'s update; the optimiser of anneal's trainer.
 ///

@@ -12,14 +12,17 @@ use serde_json::{json, Value};
 use super::checkpoint::{self, TrainerState};
 use super::data::{self, Example, IGNORE};
 use super::optim::{clip_grad_norm, lr_at, AdamW};
-use super::{effective, now_ms, JobId, JobLog, JobRecord, JobStatus, Method, MetricPoint, TrainReport, TrainingEngine};
+use super::{effective, now_ms, TrainingEngine};
 use crate::catalog::jobs::{self as sql, Progress};
 use crate::data::for_each_record;
 use crate::error::{Error, Location, Result};
-use crate::events::{CancelToken, ErrorInfo, Event, EventSink, FinishStatus};
+use crate::events::{CancelToken, EventSink};
 use crate::models::{ForwardMode, LoadOptions, Model};
-use crate::registry::ModelRecord;
 use crate::tokenizer::Tokenizer;
+use crate::types::{
+    ErrorInfo, Event, FinishStatus, JobId, JobLog, JobRecord, JobStatus, Method, MetricKind, MetricPoint, ModelRecord,
+    TrainReport,
+};
 use crate::util::{self, StagingDir};
 
 /// At most this often the live state goes to the catalog (lifecycle writes always do).
@@ -62,7 +65,7 @@ pub(crate) fn execute(
         ActiveGuard(id.0.clone())
     };
     let now = util::now();
-    let job = engine.home.catalog.write(|tx| {
+    let job = engine.store.catalog.write(|tx| {
         let rec = effective(sql::get(tx, &id.0)?, false);
         let ok = match rec.status {
             JobStatus::Pending => true,
@@ -97,7 +100,7 @@ pub(crate) fn execute(
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    let _ = engine.home.catalog.write(|tx| sql::heartbeat(tx, &id, std::process::id(), now_ms()));
+                    let _ = engine.store.catalog.write(|tx| sql::heartbeat(tx, &id, std::process::id(), now_ms()));
                 }
             })
             .ok()
@@ -130,7 +133,7 @@ pub(crate) fn execute(
     let logs = std::mem::take(&mut run.logs);
     let metrics = std::mem::take(&mut run.metrics);
     let (last, ck) = (run.last, run.checkpoint_rel.clone());
-    let finish = engine.home.catalog.write(|tx| {
+    let finish = engine.store.catalog.write(|tx| {
         sql::add_logs(tx, &id.0, &logs)?;
         sql::add_metrics(tx, &id.0, &metrics)?;
         if let (Some(l), false) = (last, status == JobStatus::Completed) {
@@ -223,7 +226,7 @@ impl Run<'_> {
         let logs = std::mem::take(&mut self.logs);
         let metrics = std::mem::take(&mut self.metrics);
         let now = util::now();
-        self.engine.home.catalog.write(|tx| {
+        self.engine.store.catalog.write(|tx| {
             sql::add_logs(tx, &id, &logs)?;
             sql::add_metrics(tx, &id, &metrics)?;
             sql::update_progress(tx, &id, p, now_ms(), &now)
@@ -233,7 +236,7 @@ impl Run<'_> {
     }
 
     fn check_cancel(&self, cancel: &CancelToken) -> Result<bool> {
-        Ok(cancel.is_cancelled() || self.engine.home.catalog.read(|c| sql::cancel_requested(c, &self.job.id.0))?)
+        Ok(cancel.is_cancelled() || self.engine.store.catalog.read(|c| sql::cancel_requested(c, &self.job.id.0))?)
     }
 
     fn load_inputs(&self) -> Result<Inputs> {
@@ -345,7 +348,7 @@ impl Run<'_> {
         )?;
         if let (Some((_, p)), Some(st)) = (&ckpt, &state) {
             checkpoint::load_optimizer(p, &mut opt, st.optimizer_step)?;
-            self.checkpoint_rel = Some(rel(&self.engine.home.root, p));
+            self.checkpoint_rel = Some(rel(&self.engine.store.root, p));
         }
         let pad = tok.pad_token().or(tok.eos_token()).map(|t| t.id).unwrap_or(0);
         let n = train.len();
@@ -481,7 +484,7 @@ impl Run<'_> {
                     eval_loss: s.eval_loss,
                 });
                 self.metrics.push(MetricPoint {
-                    kind: "train".into(),
+                    kind: MetricKind::Train,
                     step: s.step,
                     epoch: s.epoch + 1,
                     loss,
@@ -603,7 +606,7 @@ impl Run<'_> {
         metrics.insert("eval_loss".to_string(), loss);
         metrics.insert("eval_perplexity".to_string(), loss.exp());
         self.metrics.push(MetricPoint {
-            kind: "eval".into(),
+            kind: MetricKind::Eval,
             step: s.step,
             epoch: s.epoch + 1,
             loss,
@@ -631,7 +634,7 @@ impl Run<'_> {
         }
         s.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
         let path = checkpoint::write(job_dir, model, opt, s, keep)?;
-        let r = rel(&self.engine.home.root, &path);
+        let r = rel(&self.engine.store.root, &path);
         self.checkpoint_rel = Some(r);
         self.emit(Event::Checkpoint { job_id: self.job.id.0.clone(), step: s.step, path: path.display().to_string() })
     }

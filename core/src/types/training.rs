@@ -1,15 +1,131 @@
-//! [`TrainSpec`]: everything a training job needs, validated before anything runs.
+//! Training: jobs, their states and records, metrics, reports, and the job spec.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::data::DatasetId;
+use super::event::ErrorInfo;
+use super::ids::{DatasetId, JobId, ModelId, ModelRef};
+use super::model::LoraConfig;
+use super::names::named_enum;
 use crate::error::{Error, Result};
-use crate::lora::LoraConfig;
-use crate::registry::ModelRef;
 use crate::util;
 
+/// A running job whose heartbeat is older than this is reported `interrupted`.
+pub const HEARTBEAT_STALE_SECS: u64 = 30;
+
+named_enum! {
+    /// A job's state.
+    pub enum JobStatus("status") {
+        Pending = "pending",
+        Running = "running",
+        Completed = "completed",
+        Failed = "failed",
+        Cancelled = "cancelled",
+        /// Stored as running, but its process is gone (stale heartbeat): resumable.
+        Interrupted = "interrupted",
+    }
+}
+
+impl JobStatus {
+    /// Whether [`crate::TrainingEngine::resume`] accepts a job in this state.
+    pub fn is_resumable(self) -> bool {
+        matches!(self, JobStatus::Failed | JobStatus::Cancelled | JobStatus::Interrupted | JobStatus::Pending)
+    }
+}
+
+named_enum! {
+    /// What a metrics point measures.
+    pub enum MetricKind("kind") {
+        /// An optimiser step's training loss.
+        Train = "train",
+        /// An evaluation's loss.
+        Eval = "eval",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub status: JobStatus,
+    /// `None` once the base model was deleted (forced).
+    pub base_model_id: Option<ModelId>,
+    pub dataset_id: Option<DatasetId>,
+    pub eval_dataset_id: Option<DatasetId>,
+    pub output_model_id: Option<ModelId>,
+    pub spec: TrainSpec,
+    pub progress: f64,
+    pub epoch: u32,
+    pub step: u64,
+    pub total_steps: u64,
+    pub tokens: u64,
+    pub loss: Option<f64>,
+    pub eval_loss: Option<f64>,
+    pub lr: Option<f64>,
+    pub tokens_per_sec: Option<f64>,
+    /// A preview of the sequence being trained on.
+    pub sample: Option<String>,
+    /// Unix milliseconds of the runner's last sign of life.
+    pub heartbeat_at: Option<i64>,
+    pub runner_pid: Option<u32>,
+    pub cancel_requested: bool,
+    pub error: Option<ErrorInfo>,
+    /// The latest checkpoint directory, relative to the home.
+    pub checkpoint: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+/// Filters for [`TrainingEngine::jobs`]; every set field must match.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobFilter {
+    /// Status as reported (so `interrupted` finds stale running jobs).
+    pub status: Option<JobStatus>,
+    pub base_model: Option<ModelId>,
+    pub dataset: Option<DatasetId>,
+}
+
+/// A log line of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobLog {
+    pub at: String,
+    pub level: String,
+    pub message: String,
+}
+
+/// One point of a job's metrics time series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MetricPoint {
+    pub kind: MetricKind,
+    pub step: u64,
+    pub epoch: u32,
+    /// Training loss of the step, or the eval loss.
+    pub loss: f64,
+    pub lr: Option<f64>,
+    pub tokens_per_sec: Option<f64>,
+    pub at: String,
+}
+
+/// The result of a successful run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TrainReport {
+    pub job_id: JobId,
+    /// The registered output model.
+    pub model: ModelId,
+    /// Loss of the last optimiser step.
+    pub final_loss: f64,
+    /// Last eval loss, when there was eval data.
+    pub eval_loss: Option<f64>,
+    pub steps: u64,
+    /// Real (non-padding) tokens trained on.
+    pub tokens: u64,
+    pub duration_s: f64,
+}
+
 /// Full fine-tuning or a LoRA adapter. JSON: `"full"` or `{"lora": {"r": 8, ...}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// Every weight is trained; the output is a `full` model.
@@ -28,21 +144,22 @@ impl Method {
     }
 }
 
-/// Learning-rate schedule after the linear warmup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Schedule {
-    Constant,
-    /// Linear decay to 0 at the last step (transformers' default).
-    #[default]
-    Linear,
-    /// Half-cosine decay to 0 at the last step.
-    Cosine,
+named_enum! {
+    /// Learning-rate schedule after the linear warmup.
+    #[derive(Default)]
+    pub enum Schedule("schedule") {
+        Constant = "constant",
+        /// Linear decay to 0 at the last step (transformers' default).
+        #[default]
+        Linear = "linear",
+        /// Half-cosine decay to 0 at the last step.
+        Cosine = "cosine",
+    }
 }
 
 /// A training job's configuration. Build it with `..Default::default()`; bindings pass
 /// JSON through [`TrainSpec::from_json`], where unknown keys are `invalid_config`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainSpec {
     /// The model to start from: id, `name`, `name@3` or `name@alias`. Required.

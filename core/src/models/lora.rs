@@ -4,8 +4,6 @@
 //! Base weights stay plain tensors (no gradient); A and B are `Var`s, the only thing
 //! [`Model::trainable_vars`] returns while an adapter is attached.
 
-mod config;
-pub(crate) mod linear;
 pub mod peft;
 
 use std::collections::{BTreeSet, HashMap};
@@ -15,11 +13,10 @@ use candle_core::{Tensor, Var};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Uniform};
 
-pub use config::LoraConfig;
-
+use super::linear::LoraAdapter;
+use super::Model;
 use crate::error::{Error, IoResultExt, Location, Result};
-use crate::models::{Family, Model};
-use linear::LoraAdapter;
+use crate::types::{Family, LoraConfig};
 use peft::Targets;
 
 /// An attached adapter.

@@ -5,8 +5,8 @@
 
 use candle_core::{Tensor, Var};
 
+use super::{fused, gemv};
 use crate::error::{Error, Result};
-use crate::models::{fused, gemv};
 
 /// A LoRA adapter on one linear layer, in PEFT's layout: A is `[r, in]`, B `[out, r]`.
 #[derive(Debug, Clone)]

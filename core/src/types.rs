@@ -1,0 +1,34 @@
+//! Layer 0: the data anneal's APIs take and return: ids, enums (each with one name
+//! table), records, specs, options, filters and event payloads. No candle, no SQL:
+//! the catalog maps these to rows, the models layer never sees them but for
+//! [`Family`] and [`LoraConfig`], and the bindings convert them.
+//!
+//! Every type here implements [`schemars::JsonSchema`]; the bindings' declarations
+//! (`_anneal.pyi`, `index.d.ts`) are checked against those schemas by a test.
+
+pub(crate) mod names;
+
+mod dataset;
+mod event;
+mod generation;
+mod ids;
+mod model;
+mod training;
+
+pub use dataset::{
+    DatasetFormat, DatasetRecord, DatasetSplit, DatasetStats, FieldStats, ImportOptions, LengthBucket, OnDuplicate,
+    SourceFormat, TxtMode, CHAT_ROLES,
+};
+pub use event::{ErrorInfo, Event, FinishStatus};
+pub use generation::{
+    ChatMessage, FinishReason, Generation, GenerationConfig, GenerationFilter, GenerationKind, GenerationRecord,
+    GeneratorOptions, ModelUsage, Prompt, Score, StreamChunk, Timings, DEFAULT_MAX_NEW_TOKENS,
+};
+pub use ids::{DatasetId, GenerationId, JobId, ModelId, ModelRef};
+pub use model::{
+    Family, LoraConfig, ModelFile, ModelFilter, ModelKind, ModelRecord, PresetOptions, RegisterOptions, Storage,
+};
+pub use training::{
+    JobFilter, JobLog, JobRecord, JobStatus, Method, MetricKind, MetricPoint, Schedule, TrainReport, TrainSpec,
+    HEARTBEAT_STALE_SECS,
+};
