@@ -76,11 +76,11 @@ pub use registry::{ModelRegistry, SUPPORTED_MODEL_TYPES};
 pub use tokenizer::{SpecialToken, Tokenizer};
 pub use training::{AdamW, JobHandle, TrainingEngine};
 pub use types::{
-    ChatMessage, DatasetFormat, DatasetId, DatasetRecord, DatasetSplit, DatasetStats, ErrorInfo, Event, Family,
-    FieldStats, FinishReason, FinishStatus, Generation, GenerationConfig, GenerationFilter, GenerationId,
-    GenerationKind, GenerationRecord, GeneratorOptions, ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus,
-    LengthBucket, LoraConfig, Method, MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord,
-    ModelRef, ModelUsage, OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score, SourceFormat, Storage,
-    StreamChunk, Timings, TrainReport, TrainSpec, TxtMode, CHAT_ROLES, DEFAULT_MAX_NEW_TOKENS, HEARTBEAT_STALE_SECS,
+    options_from_json, options_from_json_spelled, to_json_spelled, ChatMessage, DatasetFormat, DatasetId,
+    DatasetRecord, DatasetSplit, DatasetStats, ErrorInfo, Event, Family, FieldStats, FinishReason, FinishStatus,
+    Generation, GenerationConfig, GenerationFilter, GenerationId, GenerationKind, GenerationRecord, GeneratorOptions,
+    ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus, LengthBucket, LoraConfig, Method, MetricKind,
+    MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelUsage, OnDuplicate,
+    PresetOptions, Prompt, RegisterOptions, Schedule, Score, SourceFormat, Spelling, Storage, StreamChunk, Timings,
+    TrainReport, TrainSpec, TxtMode, CHAT_ROLES, DEFAULT_MAX_NEW_TOKENS, HEARTBEAT_STALE_SECS,
 };
-pub use util::options_from_json;

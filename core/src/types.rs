@@ -7,6 +7,7 @@
 //! (`_anneal.pyi`, `index.d.ts`) are checked against those schemas by a test.
 
 pub(crate) mod names;
+pub mod schema;
 
 mod dataset;
 mod event;
@@ -28,6 +29,7 @@ pub use ids::{DatasetId, GenerationId, JobId, ModelId, ModelRef};
 pub use model::{
     Family, LoraConfig, ModelFile, ModelFilter, ModelKind, ModelRecord, PresetOptions, RegisterOptions, Storage,
 };
+pub use schema::{options_from_json, options_from_json_spelled, to_json_spelled, Spelling};
 pub use training::{
     JobFilter, JobLog, JobRecord, JobStatus, Method, MetricKind, MetricPoint, Schedule, TrainReport, TrainSpec,
     HEARTBEAT_STALE_SECS,

@@ -10,37 +10,6 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoResultExt, Result};
 
-/// Builds an options struct (`ImportOptions`, `RegisterOptions`, ...) from JSON, as the
-/// bindings receive it. Unknown or mistyped fields are `invalid_config` errors naming
-/// the field; defaults come from the struct's `Default`.
-pub fn options_from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T> {
-    let value = match value {
-        serde_json::Value::Null => serde_json::Value::Object(Default::default()),
-        v => v,
-    };
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        // An unknown key is reported at its parent; serde names it in backticks.
-        let field = if inner.starts_with("unknown field") {
-            let key = inner.split('`').nth(1).unwrap_or("?");
-            if path == "." {
-                key.to_string()
-            } else if path == key || path.ends_with(&format!(".{key}")) {
-                // Newer serde_path_to_error already includes the unknown key.
-                path
-            } else {
-                format!("{path}.{key}")
-            }
-        } else if path == "." {
-            "options".to_string()
-        } else {
-            path
-        };
-        Error::config(field, inner)
-    })
-}
-
 /// A new random id with a type prefix, e.g. `ds_3f2a9c0d1b7e4a56`.
 pub(crate) fn new_id(prefix: &str) -> String {
     let n: u64 = rand::rng().random();
@@ -240,18 +209,6 @@ pub(crate) fn sweep_tmp(dir: &Path, min_age: std::time::Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn options_from_json_names_bad_fields() {
-        let o: crate::ImportOptions =
-            options_from_json(serde_json::json!({"name": "x", "on_duplicate": "reuse"})).unwrap();
-        assert_eq!(o.name.as_deref(), Some("x"));
-        let e = options_from_json::<crate::ImportOptions>(serde_json::json!({"nme": "x"})).unwrap_err();
-        assert_eq!(e.code(), "invalid_config");
-        assert!(e.to_string().contains("`nme`"), "{e}");
-        let e = options_from_json::<crate::ImportOptions>(serde_json::json!({"format": "poem"})).unwrap_err();
-        assert!(e.to_string().contains("poem") && e.to_string().contains("`format`"), "{e}");
-    }
 
     #[test]
     fn names_are_checked() {

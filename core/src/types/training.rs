@@ -253,7 +253,7 @@ impl TrainSpec {
     /// Builds a spec from JSON (unknown or mistyped fields are `invalid_config` naming
     /// the field) and validates it.
     pub fn from_json(value: serde_json::Value) -> Result<Self> {
-        let spec: TrainSpec = util::options_from_json(value)?;
+        let spec: TrainSpec = super::schema::options_from_json(value)?;
         spec.validate()?;
         Ok(spec)
     }
