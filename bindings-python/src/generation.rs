@@ -5,7 +5,6 @@ use std::sync::Mutex;
 
 use pyo3::exceptions::PyStopIteration;
 use pyo3::prelude::*;
-use pyo3::types::PyString;
 
 use anneal::{GenerationConfig, GenerationFilter, GeneratorOptions, Prompt};
 
@@ -94,34 +93,16 @@ record_class! {
 }
 
 /// A prompt: `str` (text), a list of `{"role", "content"}` dicts (chat), or a list of
-/// token ids.
+/// token ids; the core decides which (`Prompt::from_json`).
 fn prompt(py: Python<'_>, obj: &Bound<'_, PyAny>, field: &str) -> PyResult<Prompt> {
-    if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(Prompt::Text(s.to_str()?.to_owned()));
-    }
-    let v = to_json(obj, field)?;
-    serde_json::from_value(v).map_err(|_| {
-        to_pyerr(
-            py,
-            anneal::Error::config(field, "must be a str, a list of {'role', 'content'} dicts or a list of token ids"),
-        )
-    })
+    Prompt::from_json(to_json(obj, field)?, field).map_err(|e| to_pyerr(py, e))
 }
 
 /// `GenerationConfig` from keyword arguments, given as (name, value) pairs; unset ones
 /// stay unset (the core fills them from the model's generation_config.json and its
-/// defaults). A single `stop` string is a one-element list.
+/// defaults, and takes one `stop` string as a list).
 fn config(py: Python<'_>, kwargs: &[(&str, Option<&Bound<'_, PyAny>>)]) -> PyResult<GenerationConfig> {
-    let mut opts = Options::default();
-    for &(key, value) in kwargs {
-        let listed = match value {
-            Some(s) if key == "stop" && s.cast::<PyString>().is_ok() => {
-                Some(pyo3::types::PyList::new(py, [s])?.into_any())
-            }
-            other => other.cloned(),
-        };
-        opts = opts.set(key, listed.as_ref())?;
-    }
+    let opts = kwargs.iter().try_fold(Options::default(), |opts, &(key, value)| opts.set(key, value))?;
     anneal::options_from_json(opts.into_value()).map_err(|e| to_pyerr(py, e))
 }
 

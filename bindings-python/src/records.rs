@@ -100,7 +100,7 @@ macro_rules! serialized {
         }
     )*};
 }
-serialized!(anneal::TrainSpec, anneal::ErrorInfo, anneal::FieldStats, anneal::LengthBucket);
+serialized!(anneal::TrainSpec, anneal::ErrorInfo, anneal::FieldStats, anneal::LengthBucket, anneal::Lineage);
 
 impl<T: PyField> PyField for Option<T> {
     fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {

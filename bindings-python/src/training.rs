@@ -5,9 +5,6 @@
 //! the GIL. Ctrl-C during a run asks the job to stop through the catalog flag: it writes
 //! a checkpoint, ends `cancelled` (resumable) and `KeyboardInterrupt` is raised.
 
-use std::collections::VecDeque;
-use std::sync::mpsc::RecvTimeoutError;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyStopIteration, PyTypeError};
@@ -15,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use serde_json::{Map, Value};
 
-use anneal::{Event, JobFilter, JobId, TrainSpec};
+use anneal::{JobFilter, JobId, TrainSpec};
 
 use crate::conv::{self, q, Options};
 use crate::errors::{to_pyerr, EnterCore};
@@ -257,7 +254,7 @@ impl PyTrainingEngine {
     fn spawn(&self, py: Python<'_>, job_id: String) -> PyResult<PyJobHandle> {
         let id = JobId(job_id);
         let handle = py.enter_core(|| self.inner.spawn(&id))?;
-        Ok(PyJobHandle { job_id: id.0, state: Mutex::new(HandleState { handle: Some(handle), ..Default::default() }) })
+        Ok(PyJobHandle { handle })
     }
 
     /// A job by id (`interrupted` when its runner died).
@@ -304,118 +301,42 @@ impl PyTrainingEngine {
     }
 }
 
-#[derive(Default)]
-struct HandleState {
-    /// `None` once joined.
-    handle: Option<anneal::JobHandle>,
-    /// Events left in the channel when the thread was joined.
-    buffered: VecDeque<Event>,
-    /// The outcome once joined (taken out briefly while `wait` converts it).
-    outcome: Option<Outcome>,
-}
-
-enum Outcome {
-    Report(anneal::TrainReport),
-    Error(anneal::Error),
-    Raised(PyErr),
-}
-
-enum Next {
-    Event(Event),
-    Pending,
-    Done,
-}
-
 /// A job running on a background thread (`TrainingEngine.spawn`). Usable from any
-/// thread: `cancel()`, `wait()` (GIL released), and iteration over its events.
-///
-/// The lock inside is only ever taken with the GIL released, and Python code never runs
-/// while it is held.
+/// thread: `cancel()`, `wait()` (GIL released; any number of callers get the same
+/// outcome), and iteration over its events. The waiting is the core's `JobHandle`;
+/// this class only polls it so that Ctrl-C is noticed.
 #[pyclass(name = "JobHandle", module = "anneal", frozen)]
 pub struct PyJobHandle {
-    job_id: String,
-    state: Mutex<HandleState>,
-}
-
-impl PyJobHandle {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HandleState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The next event, waiting at most [`POLL`] for it.
-    fn poll(&self) -> Next {
-        let st = &mut *self.lock();
-        if let Some(e) = st.buffered.pop_front() {
-            return Next::Event(e);
-        }
-        match st.handle.as_ref().map(|h| h.events().recv_timeout(POLL)) {
-            Some(Ok(e)) => Next::Event(e),
-            Some(Err(RecvTimeoutError::Timeout)) => Next::Pending,
-            Some(Err(RecvTimeoutError::Disconnected)) | None => Next::Done,
-        }
-    }
-
-    /// Takes the outcome once the thread has finished (joining it), else sleeps a bit.
-    fn take_outcome(&self) -> Option<Outcome> {
-        {
-            let st = &mut *self.lock();
-            if let Some(h) = st.handle.take_if(|h| h.is_finished()) {
-                st.buffered.extend(h.events().try_iter());
-                st.outcome = Some(match h.wait() {
-                    Ok(r) => Outcome::Report(r),
-                    Err(e) => Outcome::Error(e),
-                });
-            }
-            if let Some(o) = st.outcome.take() {
-                return Some(o);
-            }
-        }
-        std::thread::sleep(POLL / 5);
-        None
-    }
+    handle: anneal::JobHandle,
 }
 
 #[pymethods]
 impl PyJobHandle {
     #[getter]
     fn job_id(&self) -> &str {
-        &self.job_id
+        self.handle.job_id().as_str()
     }
 
     /// Asks the job to stop at its next step (it checkpoints and ends `cancelled`).
     fn cancel(&self, py: Python<'_>) {
-        py.detach(|| {
-            if let Some(h) = &self.lock().handle {
-                h.cancel()
-            }
-        })
+        py.detach(|| self.handle.cancel())
     }
 
     /// Whether the job's thread has finished.
     #[getter]
     fn is_finished(&self, py: Python<'_>) -> bool {
-        py.detach(|| self.lock().handle.as_ref().is_none_or(|h| h.is_finished()))
+        py.detach(|| self.handle.is_finished())
     }
 
     /// Blocks (GIL released) until the job ends; returns its report or raises its
     /// error (`CancelledError` after `cancel()`). May be called again, from any thread.
     fn wait(&self, py: Python<'_>) -> PyResult<PyTrainReport> {
-        let outcome = loop {
-            match py.detach(|| self.take_outcome()) {
-                Some(o) => break o,
+        loop {
+            match py.enter_core(|| self.handle.wait_timeout(POLL))? {
+                Some(outcome) => return outcome.map(Into::into).map_err(|e| to_pyerr(py, e)),
                 None => py.check_signals()?,
             }
-        };
-        let (result, keep) = match outcome {
-            Outcome::Report(r) => (Ok(r.clone().into()), Outcome::Report(r)),
-            Outcome::Error(e) => {
-                let err = to_pyerr(py, e);
-                (Err(err.clone_ref(py)), Outcome::Raised(err))
-            }
-            Outcome::Raised(err) => (Err(err.clone_ref(py)), Outcome::Raised(err)),
-        };
-        py.detach(|| self.lock().outcome = Some(keep));
-        result
+        }
     }
 
     /// The job's events as dicts, as they arrive (the same iterator as `iter(handle)`).
@@ -429,10 +350,14 @@ impl PyJobHandle {
 
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         loop {
-            match py.detach(|| self.poll()) {
-                Next::Event(e) => return conv::to_py(py, &e.to_json()),
-                Next::Pending => py.check_signals()?,
-                Next::Done => return Err(PyStopIteration::new_err(())),
+            let (event, finished) = py.enter_core(|| {
+                let finished = self.handle.is_finished();
+                Ok((self.handle.next_event(if finished { Duration::ZERO } else { POLL })?, finished))
+            })?;
+            match event {
+                Some(e) => return conv::to_py(py, &e.to_json()),
+                None if finished => return Err(PyStopIteration::new_err(())),
+                None => py.check_signals()?,
             }
         }
     }
@@ -440,7 +365,7 @@ impl PyJobHandle {
     fn __repr__(&self, py: Python<'_>) -> String {
         format!(
             "JobHandle(job_id={}, finished={})",
-            q(&self.job_id),
+            q(self.handle.job_id().as_str()),
             if self.is_finished(py) { "True" } else { "False" }
         )
     }

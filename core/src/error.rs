@@ -122,6 +122,45 @@ pub enum Error {
     Internal(String),
 }
 
+impl Clone for Error {
+    /// A copy that carries the same kind, code, fields and message (an I/O error's
+    /// source is copied as its kind and text). Lets several waiters of one job get
+    /// the same error.
+    fn clone(&self) -> Self {
+        match self {
+            Error::InvalidConfig { field, reason } => {
+                Error::InvalidConfig { field: field.clone(), reason: reason.clone() }
+            }
+            Error::InvalidData { location, reason } => {
+                Error::InvalidData { location: location.clone(), reason: reason.clone() }
+            }
+            Error::NotFound { what, id } => Error::NotFound { what, id: id.clone() },
+            Error::AlreadyExists { what, id, detail } => {
+                Error::AlreadyExists { what, id: id.clone(), detail: detail.clone() }
+            }
+            Error::DuplicateContent { what, sha256, existing_id, existing_name } => Error::DuplicateContent {
+                what,
+                sha256: sha256.clone(),
+                existing_id: existing_id.clone(),
+                existing_name: existing_name.clone(),
+            },
+            Error::InUse { what, id, reason } => Error::InUse { what, id: id.clone(), reason: reason.clone() },
+            Error::FileNotFound { path } => Error::FileNotFound { path: path.clone() },
+            Error::Io { path, source } => {
+                Error::Io { path: path.clone(), source: std::io::Error::new(source.kind(), source.to_string()) }
+            }
+            Error::IncompatibleHome { path, found, supported } => {
+                Error::IncompatibleHome { path: path.clone(), found: *found, supported: *supported }
+            }
+            Error::Cancelled => Error::Cancelled,
+            Error::Callback(m) => Error::Callback(m.clone()),
+            Error::Storage(e) => Error::Storage(StorageError(e.0.clone())),
+            Error::Compute(m) => Error::Compute(m.clone()),
+            Error::Internal(m) => Error::Internal(m.clone()),
+        }
+    }
+}
+
 /// `Result` with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -11,8 +11,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde_json::Value;
-
 pub use inspect::SUPPORTED_MODEL_TYPES;
 
 use crate::catalog::generations as gen_sql;
@@ -22,8 +20,8 @@ use crate::events::{run_task, CancelToken, EventSink, NoopSink};
 use crate::models::presets::{self, Preset};
 use crate::store::Store;
 use crate::types::{
-    Family, GenerationFilter, GenerationRecord, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef,
-    ModelUsage, PresetOptions, RegisterOptions, Storage,
+    Family, GenerationFilter, GenerationRecord, Lineage, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord,
+    ModelRef, ModelUsage, PresetOptions, RegisterOptions, Storage,
 };
 use crate::util::{self, StagingDir};
 use inspect::Inspected;
@@ -91,7 +89,7 @@ impl ModelRegistry {
                 source,
                 task: opts.task.clone(),
                 tags: opts.tags.clone(),
-                lineage: Value::Object(Default::default()),
+                lineage: Lineage::default(),
             };
             let rec = match opts.storage {
                 Storage::Copy => {
@@ -154,7 +152,7 @@ impl ModelRegistry {
             source: format!("preset:{}", p.name),
             task: opts.task.clone(),
             tags: opts.tags.clone(),
-            lineage: serde_json::json!({ "preset": p.name, "seed": opts.seed }),
+            lineage: Lineage { preset: Some(p.name.to_string()), seed: Some(opts.seed), ..Default::default() },
         };
         self.insert_staged(ModelId(util::new_id("mdl")), &mut staging, files, &inspected, new)
     }
@@ -168,7 +166,7 @@ impl ModelRegistry {
         name: &str,
         parent: &ModelRecord,
         source: String,
-        lineage: Value,
+        lineage: Lineage,
     ) -> Result<ModelRecord> {
         util::validate_name("output_name", name)?;
         let inspected = inspect::inspect_dir(staging.path())?;
@@ -451,5 +449,5 @@ struct NewModel<'a> {
     source: String,
     task: Option<String>,
     tags: Vec<String>,
-    lineage: Value,
+    lineage: Lineage,
 }

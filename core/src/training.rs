@@ -22,9 +22,9 @@ mod optim;
 mod runner;
 
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use optim::AdamW;
 
@@ -231,7 +231,9 @@ impl TrainingEngine {
                 runner::execute(&engine, &job_id, resume, &mut sink, &token)
             })
             .map_err(|e| Error::Internal(format!("cannot start a training thread: {e}")))?;
-        Ok(JobHandle { job_id: id.clone(), cancel, thread: Some(thread), events: rx })
+        let shared =
+            HandleShared { thread: Mutex::new(Some(thread)), outcome: Mutex::new(None), events: Mutex::new(rx) };
+        Ok(JobHandle { job_id: id.clone(), cancel, shared: Arc::new(shared) })
     }
 }
 
@@ -245,35 +247,109 @@ impl EventSink for ChannelSink {
     }
 }
 
-/// A job running on a background thread ([`TrainingEngine::spawn`]).
+/// A job running on a background thread ([`TrainingEngine::spawn`]). Cheap to clone
+/// and `Send + Sync`: any number of threads may wait on it, poll it and read its
+/// events; every waiter gets the same report (or a copy of the same error).
+#[derive(Clone)]
 pub struct JobHandle {
     job_id: JobId,
     cancel: CancelToken,
-    thread: Option<JoinHandle<Result<TrainReport>>>,
-    events: mpsc::Receiver<Event>,
+    shared: Arc<HandleShared>,
+}
+
+struct HandleShared {
+    thread: Mutex<Option<JoinHandle<Result<TrainReport>>>>,
+    outcome: Mutex<Option<Result<TrainReport>>>,
+    events: Mutex<mpsc::Receiver<Event>>,
+}
+
+impl std::fmt::Debug for JobHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobHandle").field("job_id", &self.job_id).field("finished", &self.is_finished()).finish()
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Internal("job handle lock poisoned by a panic".into())
 }
 
 impl JobHandle {
     pub fn job_id(&self) -> &JobId {
         &self.job_id
     }
+
     /// Asks the job to stop at the next step (it ends `cancelled`, resumable).
     pub fn cancel(&self) {
         self.cancel.cancel()
     }
-    /// The job's events, in order; the channel closes after `job_finished`.
-    pub fn events(&self) -> &mpsc::Receiver<Event> {
-        &self.events
-    }
-    /// Whether the thread has finished.
-    pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(|t| t.is_finished())
-    }
-    /// Blocks until the job ends.
-    pub fn wait(mut self) -> Result<TrainReport> {
-        match self.thread.take() {
-            Some(t) => t.join().map_err(|_| Error::Internal("the training thread panicked".into()))?,
-            None => Err(Error::Internal("job handle already waited on".into())),
+
+    /// The next event, waiting at most `timeout`. `Ok(None)`: none yet (or, once
+    /// [`JobHandle::is_finished`], none left). Events go to whichever caller takes
+    /// them first; `job_finished` is the last one.
+    pub fn next_event(&self, timeout: Duration) -> Result<Option<Event>> {
+        let events = self.shared.events.lock().map_err(|_| poisoned())?;
+        match events.recv_timeout(timeout) {
+            Ok(e) => Ok(Some(e)),
+            Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => Ok(None),
         }
+    }
+
+    /// The job's remaining events, each waited for as it comes; the iterator ends
+    /// after the last one (`job_finished`).
+    pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
+        std::iter::from_fn(move || loop {
+            let finished = self.is_finished();
+            let wait = if finished { Duration::ZERO } else { Duration::from_millis(50) };
+            match self.next_event(wait) {
+                Ok(Some(e)) => return Some(e),
+                Ok(None) if !finished => {}
+                _ => return None,
+            }
+        })
+    }
+
+    /// Whether the job has ended (its outcome is ready).
+    pub fn is_finished(&self) -> bool {
+        self.outcome_ready().unwrap_or(true)
+    }
+
+    /// Blocks until the job ends; returns its report or its error. May be called any
+    /// number of times, from any thread.
+    pub fn wait(&self) -> Result<TrainReport> {
+        loop {
+            if let Some(r) = self.wait_timeout(Duration::from_secs(3600))? {
+                return r;
+            }
+        }
+    }
+
+    /// [`JobHandle::wait`] for at most `timeout`: `Ok(None)` while the job still runs
+    /// (bindings poll with this to notice Ctrl-C).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<Result<TrainReport>>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.outcome_ready()? {
+                let outcome = self.shared.outcome.lock().map_err(|_| poisoned())?;
+                return Ok(outcome.clone());
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep((deadline - now).min(Duration::from_millis(10)));
+        }
+    }
+
+    /// Joins the thread once it has finished, keeping its outcome; true once kept.
+    fn outcome_ready(&self) -> Result<bool> {
+        let mut outcome = self.shared.outcome.lock().map_err(|_| poisoned())?;
+        if outcome.is_some() {
+            return Ok(true);
+        }
+        let mut thread = self.shared.thread.lock().map_err(|_| poisoned())?;
+        if let Some(t) = thread.take_if(|t| t.is_finished()) {
+            *outcome = Some(t.join().unwrap_or_else(|_| Err(Error::Internal("the training thread panicked".into()))));
+        }
+        Ok(outcome.is_some())
     }
 }

@@ -27,7 +27,8 @@ pub use generation::{
 };
 pub use ids::{DatasetId, GenerationId, JobId, ModelId, ModelRef};
 pub use model::{
-    Family, LoraConfig, ModelFile, ModelFilter, ModelKind, ModelRecord, PresetOptions, RegisterOptions, Storage,
+    Family, Lineage, LoraConfig, ModelFile, ModelFilter, ModelKind, ModelRecord, PresetOptions, RegisterOptions,
+    Storage, TrainMetrics,
 };
 pub use schema::{options_from_json, options_from_json_spelled, to_json_spelled, Spelling};
 pub use training::{

@@ -3,6 +3,8 @@
 //! This test reads every file under `core/src` and checks each `crate::<module>` path
 //! it contains (in `use` lines and inline paths alike).
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

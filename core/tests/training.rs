@@ -94,8 +94,8 @@ fn full_job_lifecycle_events_metrics_and_registration() {
     let out = env.home.models().get(&report.model).unwrap();
     assert_eq!(out.kind, ModelKind::Full);
     assert_eq!(out.parent_id.as_ref(), Some(&env.base.id));
-    assert_eq!(out.lineage["job"], json!(job.id.0));
-    assert_eq!(out.lineage["base"], json!(env.base.id.0));
+    assert_eq!(out.lineage.job.as_ref(), Some(&job.id));
+    assert_eq!(out.lineage.base.as_ref(), Some(&env.base.id));
     assert!(out.name.starts_with("nano-full-"), "{}", out.name);
     let model = Model::load(&out, &LoadOptions::default()).unwrap();
     assert_eq!(model.config().model_type, "llama");
@@ -194,7 +194,7 @@ fn cancel_from_another_home_handle_while_running() {
     // Wait for a few steps, then cancel through a second handle on the same directory.
     let mut steps = 0;
     while steps < 3 {
-        if let Event::Step { .. } = handle.events().recv_timeout(Duration::from_secs(30)).unwrap() {
+        if let Some(Event::Step { .. }) = handle.next_event(Duration::from_secs(30)).unwrap() {
             steps += 1;
         }
     }
@@ -203,9 +203,20 @@ fn cancel_from_another_home_handle_while_running() {
     assert_eq!(live.status, JobStatus::Running);
     assert!(live.heartbeat_at.is_some());
     other.training().cancel(&job.id).unwrap();
-    let events: Vec<Event> = handle.events().iter().take_while(|_| true).collect::<Vec<_>>();
+    let events: Vec<Event> = handle.events().collect();
+    // Several waiters, on several threads, all get the outcome.
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let h = handle.clone();
+            std::thread::spawn(move || h.wait().unwrap_err().code())
+        })
+        .collect();
+    for w in waiters {
+        assert_eq!(w.join().unwrap(), "cancelled");
+    }
     let err = handle.wait().unwrap_err();
     assert!(matches!(err, Error::Cancelled), "{err}");
+    assert!(handle.is_finished() && handle.events().next().is_none());
     assert_eq!(finished(&events).0, FinishStatus::Cancelled);
     assert_eq!(other.training().job(&job.id).unwrap().status, JobStatus::Cancelled);
 }

@@ -214,13 +214,11 @@ fn main() -> Result<()> {
 
     println!("\n{:<24} {:>3} {:<5} {:>8}  lineage", "model", "ver", "kind", "params");
     for m in models.list(&ModelFilter::default())? {
-        let lineage = match (m.lineage.get("job"), m.lineage.get("preset")) {
-            (Some(job), _) => format!(
-                "job {} on dataset {}",
-                job.as_str().unwrap_or("?"),
-                m.lineage["dataset"].as_str().unwrap_or("?")
-            ),
-            (_, Some(p)) => format!("preset {}", p.as_str().unwrap_or("?")),
+        let lineage = match (&m.lineage.job, &m.lineage.preset) {
+            (Some(job), _) => {
+                format!("job {job} on dataset {}", m.lineage.dataset.as_ref().map_or("?", |d| d.as_str()))
+            }
+            (_, Some(p)) => format!("preset {p}"),
             _ => m.source.clone(),
         };
         println!("{:<24} {:>3} {:<5} {:>8}  {lineage}", m.name, m.version, m.kind.as_str(), m.params);

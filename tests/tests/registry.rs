@@ -258,7 +258,7 @@ fn presets_create_loadable_seeded_models() {
     assert_eq!((a.name.as_str(), a.version, c.version), ("nano", 1, 2));
     assert_eq!(a.sha256, b.sha256, "same seed, same weights");
     assert_ne!(a.sha256, c.sha256);
-    assert_eq!(a.lineage["preset"], "nano");
+    assert_eq!(a.lineage.preset.as_deref(), Some("nano"));
     assert_eq!(a.source, "preset:nano");
     assert_eq!(a.tokenizer.as_deref(), Some("tokenizer.json"));
     assert_eq!(a.config["vocab_size"], 260);

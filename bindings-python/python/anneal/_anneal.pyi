@@ -9,7 +9,7 @@ __version__: str
 
 StrPath = str | os.PathLike[str]
 DatasetFormat = Literal["text", "completion", "instruction", "chat", "tabular"]
-SourceFormat = Literal["jsonl", "ndjson", "json", "csv", "tsv", "txt", "text"]
+SourceFormat = Literal["jsonl", "json", "csv", "tsv", "txt", "records"]
 TxtMode = Literal["lines", "document"]
 OnDuplicate = Literal["error", "reuse"]
 ModelKind = Literal["base", "full", "lora"]

@@ -38,6 +38,26 @@ pub(crate) struct TrainerState {
     pub(crate) method: String,
 }
 
+impl TrainerState {
+    /// The state before the first step of a run.
+    pub(crate) fn start(spec: &crate::types::TrainSpec) -> Self {
+        TrainerState {
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            seed: spec.seed,
+            tokens: 0,
+            optimizer_step: 0,
+            loss: None,
+            eval_loss: None,
+            best_eval_loss: None,
+            evals_without_improvement: 0,
+            elapsed_s: 0.0,
+            method: spec.method.as_str().into(),
+        }
+    }
+}
+
 pub(crate) fn dir(job_dir: &Path) -> PathBuf {
     job_dir.join("checkpoints")
 }

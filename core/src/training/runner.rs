@@ -2,12 +2,13 @@
 //! catalog, events, evaluation, early stopping, checkpoints, cancellation and resume.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::checkpoint::{self, TrainerState};
 use super::data::{self, Example, IGNORE};
@@ -20,8 +21,8 @@ use crate::events::{CancelToken, EventSink};
 use crate::models::{ForwardMode, LoadOptions, Model};
 use crate::tokenizer::Tokenizer;
 use crate::types::{
-    ErrorInfo, Event, FinishStatus, JobId, JobLog, JobRecord, JobStatus, Method, MetricKind, MetricPoint, ModelRecord,
-    TrainReport,
+    ErrorInfo, Event, FinishStatus, JobId, JobLog, JobRecord, JobStatus, Lineage, Method, MetricKind, MetricPoint,
+    ModelId, ModelRecord, TrainMetrics, TrainReport, TrainSpec,
 };
 use crate::util::{self, StagingDir};
 
@@ -57,54 +58,8 @@ pub(crate) fn execute(
     sink: &mut dyn EventSink,
     cancel: &CancelToken,
 ) -> Result<TrainReport> {
-    let _guard = {
-        let mut active = ACTIVE.lock().map_err(|_| Error::Internal("job registry lock poisoned".into()))?;
-        if !active.insert(id.0.clone()) {
-            return Err(Error::InUse { what: "job", id: id.0.clone(), reason: "it is running in this process".into() });
-        }
-        ActiveGuard(id.0.clone())
-    };
-    let now = util::now();
-    let job = engine.store.catalog.write(|tx| {
-        let rec = effective(sql::get(tx, &id.0)?, false);
-        let ok = match rec.status {
-            JobStatus::Pending => true,
-            JobStatus::Failed | JobStatus::Cancelled | JobStatus::Interrupted => resume,
-            _ => false,
-        };
-        if !ok {
-            let hint = if rec.status == JobStatus::Running {
-                "it is running in another process".to_string()
-            } else if resume {
-                "only cancelled, failed or interrupted jobs resume".to_string()
-            } else {
-                "run takes a pending job; use resume to continue it".to_string()
-            };
-            return Err(Error::InUse {
-                what: "job",
-                id: id.0.clone(),
-                reason: format!("{}: {hint}", rec.status.as_str()),
-            });
-        }
-        sql::claim(tx, &id.0, std::process::id(), now_ms(), &now)?;
-        Ok(rec)
-    })?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let beat = {
-        let (engine, id, stop) = (engine.clone(), id.0.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("anneal-heartbeat".into())
-            .spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    std::thread::park_timeout(HEARTBEAT_INTERVAL);
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let _ = engine.store.catalog.write(|tx| sql::heartbeat(tx, &id, std::process::id(), now_ms()));
-                }
-            })
-            .ok()
-    };
+    let _guard = ActiveGuard::claim(id)?;
+    let job = claim(engine, id, resume)?;
     let mut run = Run {
         engine,
         job,
@@ -115,45 +70,16 @@ pub(crate) fn execute(
         checkpoint_rel: None,
         last: None,
     };
-    let result = run.train(cancel, resume);
-    stop.store(true, Ordering::SeqCst);
-    if let Some(b) = beat {
-        b.thread().unpark();
-        let _ = b.join();
-    }
+    let result = {
+        let _beat = Heartbeat::start(engine, id);
+        run.train(cancel, resume)
+    };
     let (status, error, model) = match &result {
-        Ok(r) => (JobStatus::Completed, None, Some(r.model.0.clone())),
+        Ok(r) => (JobStatus::Completed, None, Some(r.model.clone())),
         Err(Error::Cancelled) => (JobStatus::Cancelled, None, None),
         Err(e) => (JobStatus::Failed, Some(ErrorInfo::from(e)), None),
     };
-    if let Some(e) = &error {
-        run.push_log("error", e.message.clone());
-    }
-    let now = util::now();
-    let logs = std::mem::take(&mut run.logs);
-    let metrics = std::mem::take(&mut run.metrics);
-    let (last, ck) = (run.last, run.checkpoint_rel.clone());
-    let finish = engine.store.catalog.write(|tx| {
-        sql::add_logs(tx, &id.0, &logs)?;
-        sql::add_metrics(tx, &id.0, &metrics)?;
-        if let (Some(l), false) = (last, status == JobStatus::Completed) {
-            let p = Progress {
-                progress: l.progress,
-                epoch: l.epoch,
-                step: l.step,
-                total_steps: l.total,
-                tokens: l.tokens,
-                loss: l.loss,
-                eval_loss: l.eval_loss,
-                lr: None,
-                tokens_per_sec: None,
-                sample: None,
-                checkpoint: ck.as_deref(),
-            };
-            sql::update_progress(tx, &id.0, &p, now_ms(), &now)?;
-        }
-        sql::finish(tx, &id.0, status, error.as_ref(), model.as_deref(), &now)
-    });
+    let recorded = run.record_end(status, error.as_ref(), model.as_ref());
     let finished = Event::JobFinished {
         job_id: id.0.clone(),
         status: match status {
@@ -161,14 +87,86 @@ pub(crate) fn execute(
             JobStatus::Cancelled => FinishStatus::Cancelled,
             _ => FinishStatus::Failed,
         },
-        model_id: model,
+        model_id: model.map(|m| m.0),
         error,
     };
     // The run's own error wins over failures to record or report its end.
     let _ = run.sink.on_event(&finished);
     let report = result?;
-    finish?;
+    recorded?;
     Ok(report)
+}
+
+impl ActiveGuard {
+    /// Marks the job as running in this process; refuses a second runner here.
+    fn claim(id: &JobId) -> Result<Self> {
+        let mut active = ACTIVE.lock().map_err(|_| Error::Internal("job registry lock poisoned".into()))?;
+        if !active.insert(id.0.clone()) {
+            return Err(Error::InUse { what: "job", id: id.0.clone(), reason: "it is running in this process".into() });
+        }
+        Ok(ActiveGuard(id.0.clone()))
+    }
+}
+
+/// Marks the job running in the catalog, if its state allows this kind of start.
+fn claim(engine: &TrainingEngine, id: &JobId, resume: bool) -> Result<JobRecord> {
+    let now = util::now();
+    engine.store.catalog.write(|tx| {
+        let rec = effective(sql::get(tx, &id.0)?, false);
+        let ok = match rec.status {
+            JobStatus::Pending => true,
+            JobStatus::Failed | JobStatus::Cancelled | JobStatus::Interrupted => resume,
+            _ => false,
+        };
+        if !ok {
+            let hint = if rec.status == JobStatus::Running {
+                "it is running in another process"
+            } else if resume {
+                "only cancelled, failed or interrupted jobs resume"
+            } else {
+                "run takes a pending job; use resume to continue it"
+            };
+            return Err(Error::InUse { what: "job", id: id.0.clone(), reason: format!("{}: {hint}", rec.status) });
+        }
+        sql::claim(tx, &id.0, std::process::id(), now_ms(), &now)?;
+        Ok(rec)
+    })
+}
+
+/// Refreshes the job's heartbeat from a side thread (even during long steps) until dropped.
+struct Heartbeat {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(engine: &TrainingEngine, id: &JobId) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (engine, id, flag) = (engine.clone(), id.0.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("anneal-heartbeat".into())
+            .spawn(move || {
+                while !flag.load(Ordering::SeqCst) {
+                    std::thread::park_timeout(HEARTBEAT_INTERVAL);
+                    if flag.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let _ = engine.store.catalog.write(|tx| sql::heartbeat(tx, &id, std::process::id(), now_ms()));
+                }
+            })
+            .ok();
+        Heartbeat { stop, thread }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
 }
 
 struct Run<'a> {
@@ -233,6 +231,40 @@ impl Run<'_> {
         })?;
         self.last_write = Some(Instant::now());
         Ok(())
+    }
+
+    /// Writes the end of the run: buffered logs and metrics, the last progress of a run
+    /// that did not complete, and the final status (one transaction).
+    fn record_end(&mut self, status: JobStatus, error: Option<&ErrorInfo>, model: Option<&ModelId>) -> Result<()> {
+        if let Some(e) = error {
+            self.push_log("error", e.message.clone());
+        }
+        let id = self.job.id.0.clone();
+        let now = util::now();
+        let logs = std::mem::take(&mut self.logs);
+        let metrics = std::mem::take(&mut self.metrics);
+        let (last, ck) = (self.last, self.checkpoint_rel.clone());
+        self.engine.store.catalog.write(|tx| {
+            sql::add_logs(tx, &id, &logs)?;
+            sql::add_metrics(tx, &id, &metrics)?;
+            if let (Some(l), false) = (last, status == JobStatus::Completed) {
+                let p = Progress {
+                    progress: l.progress,
+                    epoch: l.epoch,
+                    step: l.step,
+                    total_steps: l.total,
+                    tokens: l.tokens,
+                    loss: l.loss,
+                    eval_loss: l.eval_loss,
+                    lr: None,
+                    tokens_per_sec: None,
+                    sample: None,
+                    checkpoint: ck.as_deref(),
+                };
+                sql::update_progress(tx, &id, &p, now_ms(), &now)?;
+            }
+            sql::finish(tx, &id, status, error, model.map(|m| m.as_str()), &now)
+        })
     }
 
     fn check_cancel(&self, cancel: &CancelToken) -> Result<bool> {
@@ -303,42 +335,53 @@ impl Run<'_> {
     }
 
     fn train(&mut self, cancel: &CancelToken, resume: bool) -> Result<TrainReport> {
-        let started = Instant::now();
+        let mut sess = self.prepare(resume)?;
+        let mut stopped_early = false;
+        'epochs: while sess.s.step < sess.total {
+            let order = data::epoch_order(sess.train.len(), sess.spec.seed, sess.s.epoch);
+            let batches: Vec<&[usize]> = order.chunks(sess.spec.batch_size).collect();
+            while (sess.s.batch_in_epoch as usize) < batches.len() && sess.s.step < sess.total {
+                if self.check_cancel(cancel)? {
+                    self.save_checkpoint(&mut sess)?;
+                    self.log("info", format!("cancelled at step {}", sess.s.step))?;
+                    let ck = self.checkpoint_rel.clone();
+                    self.write_live(&snapshot(&sess.s, sess.total, ck.as_deref()))?;
+                    return Err(Error::Cancelled);
+                }
+                let from = sess.s.batch_in_epoch as usize;
+                let to = (from + sess.spec.grad_accum).min(batches.len());
+                let done = optimiser_step(&mut sess, &batches[from..to])?;
+                sess.s.batch_in_epoch = to as u64;
+                if self.after_step(&mut sess, &done, batches[from][0])? {
+                    stopped_early = true;
+                    break 'epochs;
+                }
+            }
+            if sess.s.batch_in_epoch as usize >= batches.len() {
+                sess.s.epoch += 1;
+                sess.s.batch_in_epoch = 0;
+            }
+        }
+        self.finish_run(sess, stopped_early)
+    }
+
+    /// Loads the inputs, the model (from the last checkpoint when resuming) and the
+    /// optimiser; emits `job_started` (also when loading fails) and the first log line.
+    fn prepare(&mut self, resume: bool) -> Result<Session> {
         let spec = self.job.spec.clone();
-        let job_id = self.job.id.clone();
-        let job_dir = self.engine.job_dir(&job_id);
+        let job_dir = self.engine.job_dir(&self.job.id);
         let inputs = match self.load_inputs() {
             Ok(i) => i,
             Err(e) => {
                 // job_started is emitted before any failure, so the contract holds.
-                self.emit(Event::JobStarted { job_id: job_id.0.clone(), total_steps: 0, epochs: spec.epochs })?;
+                self.emit(Event::JobStarted { job_id: self.job.id.0.clone(), total_steps: 0, epochs: spec.epochs })?;
                 return Err(e);
             }
         };
         let Inputs { base, tok, train, eval } = inputs;
         let ckpt = if resume { checkpoint::list(&job_dir).pop() } else { None };
-        let state = match &ckpt {
-            Some((_, p)) => Some(checkpoint::read_state(p)?),
-            None => None,
-        };
-        let model = match &spec.method {
-            Method::Full => {
-                let opts = LoadOptions { trainable: true, ..Default::default() };
-                match &ckpt {
-                    Some((_, p)) => Model::load(p.as_path(), &opts)?,
-                    None => Model::load(&base, &opts)?,
-                }
-            }
-            Method::Lora(cfg) => {
-                let mut m = Model::load(&base, &LoadOptions::default())?;
-                match &ckpt {
-                    Some((_, p)) => m.load_adapter(p)?,
-                    None => m.add_lora(cfg, spec.seed)?,
-                }
-                m
-            }
-        };
-        let device = model.device().clone();
+        let state = ckpt.as_ref().map(|(_, p)| checkpoint::read_state(p)).transpose()?;
+        let model = load_model(&spec, &base, ckpt.as_ref().map(|(_, p)| p.as_path()))?;
         let mut opt = AdamW::new(
             model.named_trainable_vars(),
             spec.adam_beta1,
@@ -350,28 +393,9 @@ impl Run<'_> {
             checkpoint::load_optimizer(p, &mut opt, st.optimizer_step)?;
             self.checkpoint_rel = Some(rel(&self.engine.store.root, p));
         }
-        let pad = tok.pad_token().or(tok.eos_token()).map(|t| t.id).unwrap_or(0);
-        let n = train.len();
-        let n_batches = n.div_ceil(spec.batch_size) as u64;
-        let steps_per_epoch = n_batches.div_ceil(spec.grad_accum as u64);
-        let total = spec.max_steps.unwrap_or(spec.epochs as u64 * steps_per_epoch);
-        let epochs = spec.max_steps.map_or(spec.epochs, |m| m.div_ceil(steps_per_epoch) as u32);
-        let mut s = state.unwrap_or(TrainerState {
-            step: 0,
-            epoch: 0,
-            batch_in_epoch: 0,
-            seed: spec.seed,
-            tokens: 0,
-            optimizer_step: 0,
-            loss: None,
-            eval_loss: None,
-            best_eval_loss: None,
-            evals_without_improvement: 0,
-            elapsed_s: 0.0,
-            method: spec.method.as_str().into(),
-        });
-        let elapsed_before = s.elapsed_s;
-        self.emit(Event::JobStarted { job_id: job_id.0.clone(), total_steps: total, epochs })?;
+        let (total, epochs) = plan(&spec, train.len())?;
+        let s = state.unwrap_or_else(|| TrainerState::start(&spec));
+        self.emit(Event::JobStarted { job_id: self.job.id.0.clone(), total_steps: total, epochs })?;
         let what = match &ckpt {
             Some((step, _)) => format!("resuming at step {step}"),
             None if resume => "resuming from the start (no checkpoint)".to_string(),
@@ -383,165 +407,106 @@ impl Run<'_> {
                 "{what}: {} {} on {} sequences ({} eval), {} trainable parameters, {total} steps",
                 spec.method.as_str(),
                 base.reference(),
-                n,
+                train.len(),
                 eval.len(),
                 model.num_trainable_params()
             ),
         )?;
         self.write_live(&snapshot(&s, total, None))?;
-        let mut last_eval_step = None;
-        let mut stopped_early = false;
-        'outer: while s.step < total {
-            let order = data::epoch_order(n, spec.seed, s.epoch);
-            let batches: Vec<&[usize]> = order.chunks(spec.batch_size).collect();
-            while (s.batch_in_epoch as usize) < batches.len() && s.step < total {
-                if self.check_cancel(cancel)? {
-                    self.save_checkpoint(
-                        &job_dir,
-                        &model,
-                        &opt,
-                        &mut s,
-                        started,
-                        elapsed_before,
-                        spec.keep_last_checkpoints,
-                    )?;
-                    self.log("info", format!("cancelled at step {}", s.step))?;
-                    let ck = self.checkpoint_rel.clone();
-                    self.write_live(&snapshot(&s, total, ck.as_deref()))?;
-                    return Err(Error::Cancelled);
-                }
-                let t0 = Instant::now();
-                let from = s.batch_in_epoch as usize;
-                let to = (from + spec.grad_accum).min(batches.len());
-                let micro = &batches[from..to];
-                let mut grads: Vec<Option<Tensor>> = vec![None; opt.params().len()];
-                let (mut loss_sum, mut toks) = (0f64, 0usize);
-                for mb in micro {
-                    let exs: Vec<&Example> = mb.iter().map(|&i| &train[i]).collect();
-                    let (x, y, real) = data::batch(&exs, pad, &device)?;
-                    let loss = model.loss(&x, &y, ForwardMode::Train)?;
-                    let lv = loss.to_scalar::<f32>()? as f64;
-                    if !lv.is_finite() {
-                        return Err(Error::Compute(format!(
-                            "loss is {lv} at step {}: training diverged (try a lower learning_rate)",
-                            s.step + 1
-                        )));
-                    }
-                    loss_sum += lv;
-                    toks += real;
-                    let gs = (loss / micro.len() as f64)?.backward()?;
-                    for (slot, (_, var)) in grads.iter_mut().zip(opt.params()) {
-                        if let Some(g) = gs.get(var) {
-                            *slot = Some(match slot.take() {
-                                Some(acc) => (acc + g)?,
-                                None => g.clone(),
-                            });
-                        }
-                    }
-                }
-                let norm = clip_grad_norm(&mut grads, spec.max_grad_norm)?;
-                if !norm.is_finite() {
-                    return Err(Error::Compute(format!(
-                        "gradient norm is {norm} at step {}: training diverged (try a lower learning_rate)",
-                        s.step + 1
-                    )));
-                }
-                let lr = lr_at(spec.schedule, spec.learning_rate, spec.warmup_steps, total, s.step);
-                opt.step(&grads, lr)?;
-                s.step += 1;
-                s.batch_in_epoch = to as u64;
-                s.tokens += toks as u64;
-                s.optimizer_step = opt.t;
-                let loss = loss_sum / micro.len() as f64;
-                s.loss = Some(loss);
-                let tps = toks as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-                let due = self.write_due() || s.step == total;
-                let sample = if due {
-                    let ids = &train[micro[0][0]].ids;
-                    let text = tok.decode(ids, false).unwrap_or_default();
-                    Some(text.chars().take(SAMPLE_CHARS).collect::<String>())
-                } else {
-                    None
-                };
-                self.emit(Event::Step {
-                    job_id: job_id.0.clone(),
-                    epoch: s.epoch + 1,
-                    step: s.step,
-                    total_steps: total,
-                    loss,
-                    lr,
-                    tokens_per_sec: tps,
-                    progress: snapshot(&s, total, None).progress,
-                    sample: sample.clone(),
-                })?;
-                self.last = Some(LastStep {
-                    progress: snapshot(&s, total, None).progress,
-                    epoch: s.epoch + 1,
-                    step: s.step,
-                    total,
-                    tokens: s.tokens,
-                    loss: s.loss,
-                    eval_loss: s.eval_loss,
-                });
-                self.metrics.push(MetricPoint {
-                    kind: MetricKind::Train,
-                    step: s.step,
-                    epoch: s.epoch + 1,
-                    loss,
-                    lr: Some(lr),
-                    tokens_per_sec: Some(tps),
-                    at: util::now(),
-                });
-                let mut force = false;
-                if !eval.is_empty() && spec.eval_every.is_some_and(|k| s.step % k == 0) {
-                    last_eval_step = Some(s.step);
-                    force = true;
-                    if self.run_eval(&model, &eval, &mut s, &spec, pad)? {
-                        stopped_early = true;
-                    }
-                }
-                if spec.checkpoint_every.is_some_and(|k| s.step % k == 0) && s.step < total {
-                    self.save_checkpoint(
-                        &job_dir,
-                        &model,
-                        &opt,
-                        &mut s,
-                        started,
-                        elapsed_before,
-                        spec.keep_last_checkpoints,
-                    )?;
-                    force = true;
-                }
-                if due || force {
-                    let ck = self.checkpoint_rel.clone();
-                    self.write_live(&Progress {
-                        lr: Some(lr),
-                        tokens_per_sec: Some(tps),
-                        sample: sample.as_deref(),
-                        ..snapshot(&s, total, ck.as_deref())
-                    })?;
-                }
-                if stopped_early {
-                    break 'outer;
-                }
-            }
-            if s.batch_in_epoch as usize >= batches.len() {
-                s.epoch += 1;
-                s.batch_in_epoch = 0;
-            }
+        let pad = tok.pad_token().or(tok.eos_token()).map(|t| t.id).unwrap_or(0);
+        Ok(Session {
+            elapsed_before: s.elapsed_s,
+            started: Instant::now(),
+            spec,
+            job_dir,
+            base,
+            tok,
+            train,
+            eval,
+            pad,
+            model,
+            opt,
+            total,
+            s,
+            last_eval_step: None,
+        })
+    }
+
+    /// Reports a finished step: the `step` event, its metrics point, evaluation and
+    /// checkpoint when due, the live state in the catalog. Returns whether early
+    /// stopping triggered.
+    fn after_step(&mut self, sess: &mut Session, done: &StepDone, first_example: usize) -> Result<bool> {
+        let (s, total) = (&sess.s, sess.total);
+        let due = self.write_due() || s.step == total;
+        let sample = due.then(|| {
+            let text = sess.tok.decode(&sess.train[first_example].ids, false).unwrap_or_default();
+            text.chars().take(SAMPLE_CHARS).collect::<String>()
+        });
+        let progress = snapshot(s, total, None).progress;
+        self.emit(Event::Step {
+            job_id: self.job.id.0.clone(),
+            epoch: s.epoch + 1,
+            step: s.step,
+            total_steps: total,
+            loss: done.loss,
+            lr: done.lr,
+            tokens_per_sec: done.tokens_per_sec,
+            progress,
+            sample: sample.clone(),
+        })?;
+        self.last = Some(LastStep {
+            progress,
+            epoch: s.epoch + 1,
+            step: s.step,
+            total,
+            tokens: s.tokens,
+            loss: s.loss,
+            eval_loss: s.eval_loss,
+        });
+        self.metrics.push(MetricPoint {
+            kind: MetricKind::Train,
+            step: s.step,
+            epoch: s.epoch + 1,
+            loss: done.loss,
+            lr: Some(done.lr),
+            tokens_per_sec: Some(done.tokens_per_sec),
+            at: util::now(),
+        });
+        let (mut force, mut stop) = (false, false);
+        if !sess.eval.is_empty() && sess.spec.eval_every.is_some_and(|k| sess.s.step.is_multiple_of(k)) {
+            sess.last_eval_step = Some(sess.s.step);
+            force = true;
+            stop = self.run_eval(sess)?;
         }
+        if sess.spec.checkpoint_every.is_some_and(|k| sess.s.step.is_multiple_of(k)) && sess.s.step < total {
+            self.save_checkpoint(sess)?;
+            force = true;
+        }
+        if due || force {
+            let ck = self.checkpoint_rel.clone();
+            self.write_live(&Progress {
+                lr: Some(done.lr),
+                tokens_per_sec: Some(done.tokens_per_sec),
+                sample: sample.as_deref(),
+                ..snapshot(&sess.s, total, ck.as_deref())
+            })?;
+        }
+        Ok(stop)
+    }
+
+    /// The last evaluation, then the trained weights registered with their lineage.
+    fn finish_run(&mut self, mut sess: Session, stopped_early: bool) -> Result<TrainReport> {
         if stopped_early {
-            self.log(
-                "info",
-                format!(
-                    "early stopping at step {}: eval loss did not improve for {} evaluations",
-                    s.step, s.evals_without_improvement
-                ),
-            )?;
-        } else if !eval.is_empty() && last_eval_step != Some(s.step) {
-            self.run_eval(&model, &eval, &mut s, &spec, pad)?;
+            let why = format!(
+                "early stopping at step {}: eval loss did not improve for {} evaluations",
+                sess.s.step, sess.s.evals_without_improvement
+            );
+            self.log("info", why)?;
+        } else if !sess.eval.is_empty() && sess.last_eval_step != Some(sess.s.step) {
+            self.run_eval(&mut sess)?;
         }
-        // Register the result.
+        let Session { spec, base, model, s, started, elapsed_before, total, .. } = sess;
+        let job_id = self.job.id.clone();
         let registry = self.engine.registry();
         let mut staging = StagingDir::new(&registry.staging_root())?;
         match &spec.method {
@@ -553,23 +518,23 @@ impl Run<'_> {
             None => default_name(&base.name, spec.method.as_str(), &job_id),
         };
         let duration_s = elapsed_before + started.elapsed().as_secs_f64();
-        let final_loss = s.loss.unwrap_or(f64::NAN);
-        let lineage = json!({
-            "base": base.id,
-            "base_ref": base.reference(),
-            "dataset": self.job.dataset_id,
-            "eval_dataset": self.job.eval_dataset_id,
-            "job": job_id,
-            "spec": spec,
-            "metrics": {
-                "final_loss": final_loss,
-                "eval_loss": s.eval_loss,
-                "best_eval_loss": s.best_eval_loss,
-                "steps": s.step,
-                "tokens": s.tokens,
-                "duration_s": duration_s,
-            },
-        });
+        let lineage = Lineage {
+            base: Some(base.id.clone()),
+            base_ref: Some(base.reference()),
+            dataset: self.job.dataset_id.clone(),
+            eval_dataset: self.job.eval_dataset_id.clone(),
+            job: Some(job_id.clone()),
+            spec: Some(spec.clone()),
+            metrics: Some(TrainMetrics {
+                final_loss: s.loss,
+                eval_loss: s.eval_loss,
+                best_eval_loss: s.best_eval_loss,
+                steps: s.step,
+                tokens: s.tokens,
+                duration_s,
+            }),
+            ..Default::default()
+        };
         let rec = registry.register_trained(&mut staging, &name, &base, format!("job:{}", job_id.0), lineage)?;
         self.log("info", format!("registered {} ({}) as {}", rec.reference(), rec.kind.as_str(), rec.id))?;
         let ck = self.checkpoint_rel.clone();
@@ -577,7 +542,7 @@ impl Run<'_> {
         Ok(TrainReport {
             job_id,
             model: rec.id,
-            final_loss,
+            final_loss: s.loss.unwrap_or(f64::NAN),
             eval_loss: s.eval_loss,
             steps: s.step,
             tokens: s.tokens,
@@ -586,15 +551,9 @@ impl Run<'_> {
     }
 
     /// Evaluates, emits `eval`, and returns whether early stopping triggers.
-    fn run_eval(
-        &mut self,
-        model: &Model,
-        eval: &[Example],
-        s: &mut TrainerState,
-        spec: &super::TrainSpec,
-        pad: u32,
-    ) -> Result<bool> {
-        let loss = evaluate(model, eval, spec.batch_size, pad)?;
+    fn run_eval(&mut self, sess: &mut Session) -> Result<bool> {
+        let loss = evaluate(&sess.model, &sess.eval, sess.spec.batch_size, sess.pad)?;
+        let s = &mut sess.s;
         s.eval_loss = Some(loss);
         if s.best_eval_loss.is_none_or(|b| loss < b) {
             s.best_eval_loss = Some(loss);
@@ -614,30 +573,140 @@ impl Run<'_> {
             tokens_per_sec: None,
             at: util::now(),
         });
-        self.emit(Event::Eval { job_id: self.job.id.0.clone(), step: s.step, metrics })?;
-        Ok(spec.early_stopping_patience.is_some_and(|p| s.evals_without_improvement >= p))
+        let (step, patience) = (s.step, s.evals_without_improvement);
+        self.emit(Event::Eval { job_id: self.job.id.0.clone(), step, metrics })?;
+        Ok(sess.spec.early_stopping_patience.is_some_and(|p| patience >= p))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn save_checkpoint(
-        &mut self,
-        job_dir: &std::path::Path,
-        model: &Model,
-        opt: &AdamW,
-        s: &mut TrainerState,
-        started: Instant,
-        elapsed_before: f64,
-        keep: usize,
-    ) -> Result<()> {
-        if s.step == 0 {
+    /// Writes a checkpoint of the session (weights, optimiser, counters) and emits
+    /// `checkpoint`. Nothing to save before the first step.
+    fn save_checkpoint(&mut self, sess: &mut Session) -> Result<()> {
+        if sess.s.step == 0 {
             return Ok(());
         }
-        s.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-        let path = checkpoint::write(job_dir, model, opt, s, keep)?;
-        let r = rel(&self.engine.store.root, &path);
-        self.checkpoint_rel = Some(r);
-        self.emit(Event::Checkpoint { job_id: self.job.id.0.clone(), step: s.step, path: path.display().to_string() })
+        sess.s.elapsed_s = sess.elapsed_before + sess.started.elapsed().as_secs_f64();
+        let path = checkpoint::write(&sess.job_dir, &sess.model, &sess.opt, &sess.s, sess.spec.keep_last_checkpoints)?;
+        self.checkpoint_rel = Some(rel(&self.engine.store.root, &path));
+        self.emit(Event::Checkpoint {
+            job_id: self.job.id.0.clone(),
+            step: sess.s.step,
+            path: path.display().to_string(),
+        })
     }
+}
+
+/// Everything a run works with once prepared.
+struct Session {
+    spec: TrainSpec,
+    job_dir: PathBuf,
+    base: ModelRecord,
+    tok: Tokenizer,
+    train: Vec<Example>,
+    eval: Vec<Example>,
+    pad: u32,
+    model: Model,
+    opt: AdamW,
+    /// Optimiser steps of the whole run.
+    total: u64,
+    /// Counters, data position and metrics (what a checkpoint saves).
+    s: TrainerState,
+    /// When this process started the run, and the time spent by earlier runs of it.
+    started: Instant,
+    elapsed_before: f64,
+    last_eval_step: Option<u64>,
+}
+
+/// What one optimiser step did.
+struct StepDone {
+    loss: f64,
+    lr: f64,
+    tokens_per_sec: f64,
+}
+
+/// The model to train: the base (or the checkpoint's weights) made trainable for a
+/// full fine-tune; the base with a new (or the checkpoint's) adapter for LoRA.
+fn load_model(spec: &TrainSpec, base: &ModelRecord, checkpoint: Option<&Path>) -> Result<Model> {
+    match &spec.method {
+        Method::Full => {
+            let opts = LoadOptions { trainable: true, ..Default::default() };
+            match checkpoint {
+                Some(p) => Model::load(p, &opts),
+                None => Model::load(base, &opts),
+            }
+        }
+        Method::Lora(cfg) => {
+            let mut m = Model::load(base, &LoadOptions::default())?;
+            match checkpoint {
+                Some(p) => m.load_adapter(p)?,
+                None => m.add_lora(cfg, spec.seed)?,
+            }
+            Ok(m)
+        }
+    }
+}
+
+/// Total optimiser steps and epochs of a run over `examples` sequences.
+fn plan(spec: &TrainSpec, examples: usize) -> Result<(u64, u32)> {
+    let batches = examples.div_ceil(spec.batch_size) as u64;
+    let steps_per_epoch = batches.div_ceil(spec.grad_accum as u64);
+    let total = match spec.max_steps {
+        Some(m) => m,
+        None => u64::from(spec.epochs).checked_mul(steps_per_epoch).ok_or_else(|| {
+            Error::config("epochs", format!("{} epochs of {steps_per_epoch} steps is too many", spec.epochs))
+        })?,
+    };
+    let epochs = match spec.max_steps {
+        Some(m) => u32::try_from(m.div_ceil(steps_per_epoch.max(1)))
+            .map_err(|_| Error::config("max_steps", format!("{m} steps would take more than 2^32 epochs")))?,
+        None => spec.epochs,
+    };
+    Ok((total, epochs))
+}
+
+/// One optimiser step over the micro-batches `micro` (gradient accumulation,
+/// clipping, the learning-rate schedule). Diverging losses or gradients stop the run.
+fn optimiser_step(sess: &mut Session, micro: &[&[usize]]) -> Result<StepDone> {
+    let t0 = Instant::now();
+    let step = sess.s.step + 1;
+    let diverged = |what: &str, v: f64| {
+        Error::Compute(format!("{what} is {v} at step {step}: training diverged (try a lower learning_rate)"))
+    };
+    let mut grads: Vec<Option<Tensor>> = vec![None; sess.opt.params().len()];
+    let (mut loss_sum, mut toks) = (0f64, 0usize);
+    for mb in micro {
+        let exs: Vec<&Example> = mb.iter().map(|&i| &sess.train[i]).collect();
+        let (x, y, real) = data::batch(&exs, sess.pad, sess.model.device())?;
+        let loss = sess.model.loss(&x, &y, ForwardMode::Train)?;
+        let lv = f64::from(loss.to_scalar::<f32>()?);
+        if !lv.is_finite() {
+            return Err(diverged("loss", lv));
+        }
+        loss_sum += lv;
+        toks += real;
+        let gs = (loss / micro.len() as f64)?.backward()?;
+        for (slot, (_, var)) in grads.iter_mut().zip(sess.opt.params()) {
+            if let Some(g) = gs.get(var) {
+                *slot = Some(match slot.take() {
+                    Some(acc) => (acc + g)?,
+                    None => g.clone(),
+                });
+            }
+        }
+    }
+    let norm = clip_grad_norm(&mut grads, sess.spec.max_grad_norm)?;
+    if !norm.is_finite() {
+        return Err(diverged("gradient norm", norm));
+    }
+    let spec = &sess.spec;
+    let lr = lr_at(spec.schedule, spec.learning_rate, spec.warmup_steps, sess.total, sess.s.step);
+    sess.opt.step(&grads, lr)?;
+    let s = &mut sess.s;
+    s.step = step;
+    s.tokens += toks as u64;
+    s.optimizer_step = sess.opt.t;
+    let loss = loss_sum / micro.len() as f64;
+    s.loss = Some(loss);
+    Ok(StepDone { loss, lr, tokens_per_sec: toks as f64 / t0.elapsed().as_secs_f64().max(1e-9) })
 }
 
 /// Token-weighted mean loss over `eval` (inference path, no gradients).
@@ -658,7 +727,7 @@ fn evaluate(model: &Model, eval: &[Example], batch_size: usize, pad: u32) -> Res
     Ok(loss)
 }
 
-fn rel(root: &std::path::Path, p: &std::path::Path) -> String {
+fn rel(root: &Path, p: &Path) -> String {
     p.strip_prefix(root).unwrap_or(p).display().to_string()
 }
 

@@ -6,8 +6,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::ids::{ModelId, ModelRef};
+use super::ids::{DatasetId, JobId, ModelId, ModelRef};
 use super::names::named_enum;
+use super::training::TrainSpec;
 use crate::error::{Error, Result};
 
 named_enum! {
@@ -82,7 +83,7 @@ pub struct ModelRecord {
     pub task: Option<String>,
     pub tags: Vec<String>,
     /// Where it came from: preset and seed, or base, dataset, job, spec, metrics.
-    pub lineage: Value,
+    pub lineage: Lineage,
     /// config.json (or adapter_config.json for adapters).
     pub config: Value,
     pub created_at: String,
@@ -95,6 +96,48 @@ impl ModelRecord {
     pub fn reference(&self) -> String {
         format!("{}@{}", self.name, self.version)
     }
+}
+
+/// Where a model came from: for a preset, the preset and the seed of its weights; for
+/// a trained model, its base, data, job, spec and final metrics; empty for a
+/// registered directory. Unset parts are left out of the JSON.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct Lineage {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// The model it was trained from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<ModelId>,
+    /// The base as `name@version`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_ref: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_dataset: Option<DatasetId>,
+    /// The training job that produced it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spec: Option<TrainSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<TrainMetrics>,
+}
+
+/// The final figures of the run that produced a model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct TrainMetrics {
+    /// Loss of the last optimiser step.
+    pub final_loss: Option<f64>,
+    pub eval_loss: Option<f64>,
+    pub best_eval_loss: Option<f64>,
+    pub steps: u64,
+    pub tokens: u64,
+    pub duration_s: f64,
 }
 
 /// Options for [`ModelRegistry::register_dir`].
