@@ -502,15 +502,15 @@ impl Generator {
         sink: &mut dyn EventSink,
         cancel: &CancelToken,
     ) -> Result<Generation> {
-        let mut s = self.start(prompt.into(), cfg, GenerationKind::Generate)?;
+        let mut s = self.start(vec![prompt.into()], cfg, GenerationKind::Generate)?;
         let name = self.used_model_ref(s.adapter.as_deref());
         run_task(sink, "generate", &name, Some(s.max_new as u64), "tokens", |rep| {
-            while !s.done {
+            while !s.finished() {
                 cancel.check()?;
                 s.step()?;
-                rep.progress(s.row.generated.len() as u64)?;
+                rep.progress(s.rows[0].generated.len() as u64)?;
             }
-            let g = s.into_generation()?;
+            let g = s.results()?.pop().ok_or_else(|| Error::Internal("generation ended without a result".into()))?;
             let id = g.id.as_ref().map(|i| i.0.clone());
             Ok((g, id))
         })
@@ -530,31 +530,23 @@ impl Generator {
 
     /// Generates as [`Generator::generate`] does, handing out text as it is produced.
     pub fn stream(&self, prompt: impl Into<Prompt>, cfg: &GenerationConfig) -> Result<TokenStream> {
-        self.start(prompt.into(), cfg, GenerationKind::Stream)
+        let decode = self.start(vec![prompt.into()], cfg, GenerationKind::Stream)?;
+        Ok(TokenStream { decode, result: None, done: false })
     }
 
-    fn start(&self, prompt: Prompt, cfg: &GenerationConfig, kind: GenerationKind) -> Result<TokenStream> {
+    /// Checks a request (settings, then prompts, then its adapter) and sets up its decoding.
+    fn start(&self, prompts: Vec<Prompt>, cfg: &GenerationConfig, kind: GenerationKind) -> Result<Decode> {
         let t0 = Instant::now();
         let (r, adapter) = self.resolve(cfg)?;
-        let ids = self.encode(&prompt, "prompt")?;
+        let rows = match prompts.as_slice() {
+            [one] => vec![self.encode(one, "prompt")?],
+            many => {
+                many.iter().enumerate().map(|(i, p)| self.encode(p, &format!("prompts[{i}]"))).collect::<Result<_>>()?
+            }
+        };
         self.ensure_adapter(&adapter)?;
         let adapter = self.request_adapter(&adapter).map(str::to_string);
-        let max_new = r.max_new_tokens.min(self.inner.context + 1 - ids.len());
-        Ok(TokenStream {
-            gen: self.clone(),
-            kind,
-            t0,
-            first_at: None,
-            row: RowState::new(ids, &r, self.inner.tokenizer.clone()),
-            cache: KvCache::new(1, 0),
-            max_new,
-            cfg: r,
-            adapter,
-            next_input: None,
-            done: false,
-            result: None,
-        }
-        .sized())
+        Decode::new(self, kind, rows, r, adapter, t0)
     }
 
     /// Generates for several prompts at once (one batch: left-padded, one forward pass
@@ -577,101 +569,20 @@ impl Generator {
         sink: &mut dyn EventSink,
         cancel: &CancelToken,
     ) -> Result<Vec<Generation>> {
-        let t0 = Instant::now();
         if prompts.is_empty() {
             return Ok(Vec::new());
         }
-        let (r, adapter) = self.resolve(cfg)?;
-        let mut rows = Vec::with_capacity(prompts.len());
-        for (i, p) in prompts.iter().enumerate() {
-            rows.push(self.encode(&p.clone().into(), &format!("prompts[{i}]"))?);
-        }
-        self.ensure_adapter(&adapter)?;
-        let adapter = self.request_adapter(&adapter).map(str::to_string);
-        let width = rows.iter().map(Vec::len).max().unwrap_or(1);
-        let max_new = r.max_new_tokens.min(self.inner.context + 1 - width);
-        let pads: Vec<usize> = rows.iter().map(|r| width - r.len()).collect();
-        let mut flat = Vec::with_capacity(rows.len() * width);
-        for (row, &pad) in rows.iter().zip(&pads) {
-            flat.extend(std::iter::repeat_n(self.pad_id(), pad));
-            flat.extend(row);
-        }
-        let mut cache = KvCache::with_padding(pads, width + max_new - 1);
-        let n = rows.len();
-        let mut streams: Vec<RowState> =
-            rows.into_iter().map(|ids| RowState::new(ids, &r, self.inner.tokenizer.clone())).collect();
-        let mut input = Tensor::from_vec(flat, (n, width), &Device::Cpu)?;
-        let name = self.used_model_ref(adapter.as_deref());
-        run_task(sink, "generate_batch", &name, Some(max_new as u64), "steps", |rep| {
-            let mut first_at = None;
-            let mut step = 0;
-            loop {
+        let mut d = self.start(prompts.iter().cloned().map(Into::into).collect(), cfg, GenerationKind::Batch)?;
+        let name = self.used_model_ref(d.adapter.as_deref());
+        run_task(sink, "generate_batch", &name, Some(d.max_new as u64), "steps", |rep| {
+            while !d.finished() {
                 cancel.check()?;
-                let logits = {
-                    let mut st = self.lock()?;
-                    st.activate(adapter.as_deref())?;
-                    st.model.forward_cached(&input, &mut cache, true)?
-                };
-                let mut rows_logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
-                let mut next = Vec::with_capacity(n);
-                for (row, logits) in streams.iter_mut().zip(rows_logits.iter_mut()) {
-                    if row.finish.is_some() {
-                        next.push(*row.generated.last().unwrap_or(&self.pad_id()));
-                        continue;
-                    }
-                    let tok = row.sampler.next(logits, &row.seen);
-                    row.accept(tok, self, &r, max_new)?;
-                    next.push(tok);
-                }
-                step += 1;
-                rep.progress(step as u64)?;
-                if first_at.is_none() {
-                    first_at = Some(t0.elapsed());
-                }
-                for row in streams.iter_mut().filter(|r| r.finish.is_some() && r.done_at.is_none()) {
-                    row.done_at = Some(t0.elapsed());
-                }
-                if streams.iter().all(|r| r.finish.is_some()) || step >= max_new {
-                    break;
-                }
-                input = Tensor::from_vec(next, (n, 1), &Device::Cpu)?;
+                d.step()?;
+                rep.progress(d.steps as u64)?;
             }
-            let ttft = first_at.unwrap_or_default();
-            let total = t0.elapsed();
-            let model_id = self.used_model(adapter.as_deref());
-            let mut out = Vec::with_capacity(n);
-            for row in streams {
-                let finish = row.finish.unwrap_or(FinishReason::Length);
-                let end = row.done_at.unwrap_or(total);
-                let timings = timings(ttft, end, row.prompt_len, row.generated.len());
-                out.push(Generation {
-                    id: None,
-                    model_id: model_id.clone(),
-                    text: row.text,
-                    token_ids: row.generated.clone(),
-                    finish_reason: finish,
-                    stop_sequence: row.tracker.stopped.clone(),
-                    prompt_tokens: row.prompt_len,
-                    generated_tokens: row.generated.len(),
-                    seed: r.sampled().then_some(r.seed),
-                    timings,
-                });
-            }
-            let id = self.record(
-                GenerationKind::Batch,
-                &r,
-                adapter.as_deref(),
-                out.iter().map(|g| g.prompt_tokens).sum(),
-                out.iter().map(|g| g.generated_tokens).sum(),
-                None,
-                Some(ttft.as_secs_f64() * 1e3),
-                total.as_secs_f64() * 1e3,
-                out.len(),
-            )?;
-            for g in &mut out {
-                g.id = id.clone();
-            }
-            Ok((out, id.map(|i| i.0)))
+            let out = d.results()?;
+            let id = out.first().and_then(|g| g.id.as_ref()).map(|i| i.0.clone());
+            Ok((out, id))
         })
     }
 
@@ -719,56 +630,30 @@ impl Generator {
             let loss = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
             out.push(Score { loss, perplexity: loss.exp(), tokens: ids.len() - 1 });
         }
-        let params = Resolved {
-            max_new_tokens: 0,
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            repetition_penalty: 1.0,
-            seed: 0,
-            stop: Vec::new(),
-            ignore_eos: false,
+        let usage = Usage {
+            prompt_tokens: all.iter().map(Vec::len).sum(),
+            duration_ms: t0.elapsed().as_secs_f64() * 1e3,
+            ..Default::default()
         };
-        self.record(
-            GenerationKind::Score,
-            &params,
-            adapter.as_deref(),
-            all.iter().map(Vec::len).sum(),
-            0,
-            None,
-            None,
-            t0.elapsed().as_secs_f64() * 1e3,
-            0,
-        )?;
+        self.record(GenerationKind::Score, None, adapter.as_deref(), usage)?;
         Ok(out)
     }
 
-    /// Writes one `generations` row (when recording is on); returns its id.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes one `generations` row (when recording is on); returns its id. `r`: the
+    /// request's resolved settings (none for scoring).
     fn record(
         &self,
         kind: GenerationKind,
-        r: &Resolved,
+        r: Option<&Resolved>,
         adapter: Option<&str>,
-        prompt_tokens: usize,
-        generated_tokens: usize,
-        finish: Option<FinishReason>,
-        ttft_ms: Option<f64>,
-        duration_ms: f64,
-        prompts: usize,
+        u: Usage,
     ) -> Result<Option<GenerationId>> {
         if !self.inner.options.record {
             return Ok(None);
         }
-        let mut params = r.params(adapter);
-        if kind == GenerationKind::Score {
-            params = serde_json::json!({});
-        }
-        if prompts > 0 && kind == GenerationKind::Batch {
-            if let Value::Object(m) = &mut params {
-                m.insert("prompts".into(), Value::from(prompts));
-            }
+        let mut params = r.map_or_else(|| Value::Object(Default::default()), |r| r.params(adapter));
+        if let (GenerationKind::Batch, Value::Object(m)) = (kind, &mut params) {
+            m.insert("prompts".into(), Value::from(u.prompts));
         }
         let rec = GenerationRecord {
             id: GenerationId(new_id("gen")),
@@ -776,16 +661,28 @@ impl Generator {
             base_model_id: self.inner.base.id.clone(),
             kind,
             params,
-            prompt_tokens: prompt_tokens as u64,
-            generated_tokens: generated_tokens as u64,
-            finish_reason: finish,
-            ttft_ms,
-            duration_ms,
+            prompt_tokens: u.prompt_tokens as u64,
+            generated_tokens: u.generated_tokens as u64,
+            finish_reason: u.finish,
+            ttft_ms: u.ttft_ms,
+            duration_ms: u.duration_ms,
             created_at: now(),
         };
         self.inner.store.catalog.write(|tx| sql::insert(tx, &rec))?;
         Ok(Some(rec.id))
     }
+}
+
+/// The figures of one recorded call.
+#[derive(Debug, Default)]
+struct Usage {
+    prompt_tokens: usize,
+    generated_tokens: usize,
+    /// Single generations only (a batch's rows each have their own).
+    finish: Option<FinishReason>,
+    ttft_ms: Option<f64>,
+    duration_ms: f64,
+    prompts: usize,
 }
 
 /// EOS ids from config.json when there is no tokenizer.
@@ -874,21 +771,144 @@ impl RowState {
     }
 }
 
+/// One decoding run over a batch of rows (one row for `generate` and `stream`): the
+/// single loop behind every way of generating. Rows are left-padded to one width; each
+/// step runs one forward pass for all of them, then each unfinished row samples and
+/// takes its token.
+struct Decode {
+    gen: Generator,
+    kind: GenerationKind,
+    cfg: Resolved,
+    adapter: Option<String>,
+    rows: Vec<RowState>,
+    cache: KvCache,
+    /// What the next forward pass reads: the prompts first, then one token per row.
+    input: Tensor,
+    max_new: usize,
+    steps: usize,
+    t0: Instant,
+    first_at: Option<std::time::Duration>,
+}
+
+impl Decode {
+    fn new(
+        gen: &Generator,
+        kind: GenerationKind,
+        prompts: Vec<Vec<u32>>,
+        cfg: Resolved,
+        adapter: Option<String>,
+        t0: Instant,
+    ) -> Result<Self> {
+        let width = prompts.iter().map(Vec::len).max().unwrap_or(1);
+        let max_new = cfg.max_new_tokens.min(gen.inner.context + 1 - width);
+        let pads: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
+        let mut flat = Vec::with_capacity(prompts.len() * width);
+        for (p, &pad) in prompts.iter().zip(&pads) {
+            flat.extend(std::iter::repeat_n(gen.pad_id(), pad));
+            flat.extend(p);
+        }
+        let n = prompts.len();
+        let cache = KvCache::with_padding(pads, width + max_new - 1);
+        let rows = prompts.into_iter().map(|ids| RowState::new(ids, &cfg, gen.inner.tokenizer.clone())).collect();
+        Ok(Decode {
+            gen: gen.clone(),
+            kind,
+            cfg,
+            adapter,
+            rows,
+            cache,
+            input: Tensor::from_vec(flat, (n, width), &Device::Cpu)?,
+            max_new,
+            steps: 0,
+            t0,
+            first_at: None,
+        })
+    }
+
+    fn finished(&self) -> bool {
+        self.rows.iter().all(|r| r.finish.is_some())
+    }
+
+    /// One forward pass and one token per unfinished row; the text each row released.
+    fn step(&mut self) -> Result<Vec<Option<StreamChunk>>> {
+        let logits = {
+            let mut st = self.gen.lock()?;
+            st.activate(self.adapter.as_deref())?;
+            st.model.forward_cached(&self.input, &mut self.cache, true)?
+        };
+        let mut logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        let pad = self.gen.pad_id();
+        let (mut next, mut chunks) = (Vec::with_capacity(self.rows.len()), Vec::with_capacity(self.rows.len()));
+        for (row, logits) in self.rows.iter_mut().zip(logits.iter_mut()) {
+            if row.finish.is_some() {
+                next.push(*row.generated.last().unwrap_or(&pad));
+                chunks.push(None);
+                continue;
+            }
+            let tok = row.sampler.next(logits, &row.seen);
+            chunks.push(row.accept(tok, &self.gen, &self.cfg, self.max_new)?);
+            next.push(tok);
+        }
+        self.steps += 1;
+        let now = self.t0.elapsed();
+        self.first_at.get_or_insert(now);
+        for row in self.rows.iter_mut().filter(|r| r.finish.is_some() && r.done_at.is_none()) {
+            row.done_at = Some(now);
+        }
+        if !self.finished() {
+            self.input = Tensor::from_vec(next, (self.rows.len(), 1), &Device::Cpu)?;
+        }
+        Ok(chunks)
+    }
+
+    /// The rows' results, recorded as one catalog row (taken once).
+    fn results(&mut self) -> Result<Vec<Generation>> {
+        let total = self.t0.elapsed();
+        let ttft = self.first_at.unwrap_or(total);
+        let model_id = self.gen.used_model(self.adapter.as_deref());
+        let seed = self.cfg.sampled().then_some(self.cfg.seed);
+        let mut out: Vec<Generation> = std::mem::take(&mut self.rows)
+            .into_iter()
+            .map(|row| {
+                let end = row.done_at.unwrap_or(total);
+                Generation {
+                    id: None,
+                    model_id: model_id.clone(),
+                    timings: timings(ttft, end, row.prompt_len, row.generated.len()),
+                    finish_reason: row.finish.unwrap_or(FinishReason::Length),
+                    stop_sequence: row.tracker.stopped,
+                    prompt_tokens: row.prompt_len,
+                    generated_tokens: row.generated.len(),
+                    text: row.text,
+                    token_ids: row.generated,
+                    seed,
+                }
+            })
+            .collect();
+        let usage = Usage {
+            prompt_tokens: out.iter().map(|g| g.prompt_tokens).sum(),
+            generated_tokens: out.iter().map(|g| g.generated_tokens).sum(),
+            finish: match out.as_slice() {
+                [one] => Some(one.finish_reason),
+                _ => None,
+            },
+            ttft_ms: Some(ttft.as_secs_f64() * 1e3),
+            duration_ms: total.as_secs_f64() * 1e3,
+            prompts: out.len(),
+        };
+        let id = self.gen.record(self.kind, Some(&self.cfg), self.adapter.as_deref(), usage)?;
+        for g in &mut out {
+            g.id = id.clone();
+        }
+        Ok(out)
+    }
+}
+
 /// A generation in progress: an iterator of [`StreamChunk`]s. After the last one,
 /// [`TokenStream::generation`] holds the full result. Dropping it early stops
 /// generating (nothing is recorded then).
 pub struct TokenStream {
-    gen: Generator,
-    kind: GenerationKind,
-    t0: Instant,
-    first_at: Option<std::time::Duration>,
-    row: RowState,
-    cache: KvCache,
-    max_new: usize,
-    cfg: Resolved,
-    adapter: Option<String>,
-    /// The token to feed next (None before the prompt's pass).
-    next_input: Option<u32>,
+    decode: Decode,
     done: bool,
     result: Option<Generation>,
 }
@@ -896,20 +916,14 @@ pub struct TokenStream {
 impl std::fmt::Debug for TokenStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenStream")
-            .field("prompt_tokens", &self.row.prompt_len)
-            .field("generated_tokens", &self.row.generated.len())
+            .field("prompt_tokens", &self.prompt_tokens())
+            .field("generated_tokens", &self.generated_tokens())
             .field("done", &self.done)
             .finish()
     }
 }
 
 impl TokenStream {
-    /// Sizes the cache for the prompt and max_new tokens.
-    fn sized(mut self) -> Self {
-        self.cache = KvCache::new(1, self.row.prompt_len + self.max_new - 1);
-        self
-    }
-
     /// The result, once the stream is exhausted.
     pub fn generation(&self) -> Option<&Generation> {
         self.result.as_ref()
@@ -917,76 +931,14 @@ impl TokenStream {
 
     /// Tokens generated so far.
     pub fn generated_tokens(&self) -> usize {
-        self.row.generated.len()
+        self.result
+            .as_ref()
+            .map_or_else(|| self.decode.rows.first().map_or(0, |r| r.generated.len()), |g| g.generated_tokens)
     }
 
     /// Prompt length in tokens.
     pub fn prompt_tokens(&self) -> usize {
-        self.row.prompt_len
-    }
-
-    /// Runs one forward pass and sampling step; returns the text it released.
-    fn step(&mut self) -> Result<Option<StreamChunk>> {
-        if self.done {
-            return Ok(None);
-        }
-        let input = match self.next_input {
-            None => Tensor::new(self.row.seen.as_slice(), &Device::Cpu)?.unsqueeze(0)?,
-            Some(tok) => Tensor::new(&[tok], &Device::Cpu)?.unsqueeze(0)?,
-        };
-        let logits = {
-            let mut st = self.gen.lock()?;
-            st.activate(self.adapter.as_deref())?;
-            st.model.forward_cached(&input, &mut self.cache, true)?
-        };
-        let mut logits: Vec<f32> = logits.to_dtype(DType::F32)?.squeeze(0)?.to_vec1()?;
-        let tok = self.row.sampler.next(&mut logits, &self.row.seen);
-        if self.first_at.is_none() {
-            self.first_at = Some(self.t0.elapsed());
-        }
-        self.next_input = Some(tok);
-        let chunk = self.row.accept(tok, &self.gen, &self.cfg, self.max_new)?;
-        if self.row.finish.is_some() {
-            self.finalize()?;
-        }
-        Ok(chunk)
-    }
-
-    fn finalize(&mut self) -> Result<()> {
-        self.done = true;
-        let total = self.t0.elapsed();
-        let ttft = self.first_at.unwrap_or(total);
-        let row = &self.row;
-        let finish = row.finish.unwrap_or(FinishReason::Length);
-        let timings = timings(ttft, total, row.prompt_len, row.generated.len());
-        let id = self.gen.record(
-            self.kind,
-            &self.cfg,
-            self.adapter.as_deref(),
-            row.prompt_len,
-            row.generated.len(),
-            Some(finish),
-            Some(timings.ttft_ms),
-            timings.total_ms,
-            1,
-        )?;
-        self.result = Some(Generation {
-            id,
-            model_id: self.gen.used_model(self.adapter.as_deref()),
-            text: row.text.clone(),
-            token_ids: row.generated.clone(),
-            finish_reason: finish,
-            stop_sequence: row.tracker.stopped.clone(),
-            prompt_tokens: row.prompt_len,
-            generated_tokens: row.generated.len(),
-            seed: self.cfg.sampled().then_some(self.cfg.seed),
-            timings,
-        });
-        Ok(())
-    }
-
-    fn into_generation(self) -> Result<Generation> {
-        self.result.ok_or_else(|| Error::Internal("generation ended without a result".into()))
+        self.result.as_ref().map_or_else(|| self.decode.rows.first().map_or(0, |r| r.prompt_len), |g| g.prompt_tokens)
     }
 }
 
@@ -995,13 +947,21 @@ impl Iterator for TokenStream {
 
     fn next(&mut self) -> Option<Self::Item> {
         while !self.done {
-            match self.step() {
+            let stepped = self.decode.step().map(|mut c| c.pop().flatten());
+            if stepped.is_err() || self.decode.finished() {
+                self.done = true;
+            }
+            let item = match stepped {
+                Ok(chunk) if self.done => self.decode.results().map(|mut g| {
+                    self.result = g.pop();
+                    chunk
+                }),
+                other => other,
+            };
+            match item {
                 Ok(Some(chunk)) => return Some(Ok(chunk)),
                 Ok(None) => {}
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
+                Err(e) => return Some(Err(e)),
             }
         }
         None
