@@ -299,7 +299,8 @@ impl DatasetStore {
                 format!("must be between 0 and 1 (exclusive), got {val_fraction}"),
             ));
         }
-        let n = src.num_records as usize;
+        let n = usize::try_from(src.num_records)
+            .map_err(|_| Error::config("dataset", format!("{} records are too many to split here", src.num_records)))?;
         let n_val = ((n as f64) * val_fraction).round() as usize;
         if n_val == 0 || n_val >= n {
             return Err(Error::config(
@@ -309,12 +310,12 @@ impl DatasetStore {
         }
         let (train_name, val_name) =
             names.unwrap_or_else(|| (format!("{}-train", src.name), format!("{}-val", src.name)));
-        let mut order: Vec<u32> = (0..n as u32).collect();
+        let mut order: Vec<usize> = (0..n).collect();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         order.shuffle(&mut rng);
         let mut is_val = vec![false; n];
         for &i in &order[..n_val] {
-            is_val[i as usize] = true;
+            is_val[i] = true;
         }
         let opts = ImportOptions { format: Some(src.format), on_duplicate: OnDuplicate::Reuse, ..Default::default() };
         let mut train = Ingest::new(&self.dir(), &opts, Location::file(&src.path))?;

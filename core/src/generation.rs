@@ -117,9 +117,16 @@ impl ModelDefaults {
         let sample = gc.get("do_sample").and_then(Value::as_bool).unwrap_or(false);
         // transformers' GenerationConfig defaults when sampling: temperature 1, top_k 50.
         Ok(Self {
-            max_new_tokens: gc.get("max_new_tokens").and_then(Value::as_u64).map(|n| n as usize),
+            max_new_tokens: gc
+                .get("max_new_tokens")
+                .and_then(Value::as_u64)
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             temperature: if sample { f("temperature").unwrap_or(1.0) } else { 0.0 },
-            top_k: if sample { gc.get("top_k").and_then(Value::as_u64).unwrap_or(50) as usize } else { 0 },
+            top_k: if sample {
+                gc.get("top_k").and_then(Value::as_u64).map_or(50, |k| usize::try_from(k).unwrap_or(usize::MAX))
+            } else {
+                0
+            },
             top_p: if sample { f("top_p").unwrap_or(1.0) } else { 1.0 },
             min_p: if sample { f("min_p").unwrap_or(0.0) } else { 0.0 },
             repetition_penalty: f("repetition_penalty").unwrap_or(1.0),
@@ -687,11 +694,7 @@ struct Usage {
 
 /// EOS ids from config.json when there is no tokenizer.
 fn config_eos(config: &Value) -> Vec<u32> {
-    match config.get("eos_token_id") {
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
-        _ => Vec::new(),
-    }
+    crate::tokenizer::ids_of(config.get("eos_token_id"))
 }
 
 fn timings(ttft: std::time::Duration, end: std::time::Duration, prompt: usize, generated: usize) -> Timings {

@@ -61,7 +61,9 @@ fn token_text(v: Option<&Value>) -> Option<String> {
     }
 }
 
-fn ids_of(v: Option<&Value>) -> Vec<u32> {
+/// Token ids given as a number or a list; an id beyond u32 names no token and is
+/// skipped, never wrapped onto another id.
+pub(crate) fn ids_of(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().and_then(|x| u32::try_from(x).ok()).into_iter().collect(),
         Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok())).collect(),
@@ -414,6 +416,13 @@ pub mod byte_level {
 #[cfg(test)]
 mod tests {
     use super::byte_level;
+
+    #[test]
+    fn token_ids_beyond_u32_are_skipped_not_wrapped() {
+        let v = serde_json::json!([2, 4294967298u64, 7]);
+        assert_eq!(super::ids_of(Some(&v)), vec![2, 7]);
+        assert!(super::ids_of(Some(&serde_json::json!(4294967298u64))).is_empty());
+    }
 
     #[test]
     fn tojson_spaces_like_python() {

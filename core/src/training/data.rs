@@ -50,11 +50,11 @@ pub(crate) fn eval_mask(n: usize, fraction: f64, seed: u64) -> Result<Vec<bool>>
             format!("{fraction} of {n} records leaves an empty half; use a larger dataset or another fraction"),
         ));
     }
-    let mut order: Vec<u32> = (0..n as u32).collect();
+    let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
     let mut mask = vec![false; n];
     for &i in &order[..n_val] {
-        mask[i as usize] = true;
+        mask[i] = true;
     }
     Ok(mask)
 }

@@ -756,3 +756,22 @@ fn snapshot<'a>(s: &TrainerState, total: u64, checkpoint: Option<&'a str>) -> Pr
         checkpoint,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_plan_never_truncates() {
+        let spec = TrainSpec { batch_size: 2, grad_accum: 1, epochs: 3, ..Default::default() };
+        assert_eq!(plan(&spec, 5).unwrap(), (9, 3));
+        let spec = TrainSpec { max_steps: Some(7), ..spec };
+        assert_eq!(plan(&spec, 5).unwrap(), (7, 3));
+        // More epochs than a u32 holds: an error naming the field, not a wrapped count.
+        let spec = TrainSpec { max_steps: Some(1 << 40), batch_size: 1, ..spec };
+        assert!(plan(&spec, 1).unwrap_err().to_string().contains("max_steps"));
+        let spec = TrainSpec { max_steps: None, epochs: u32::MAX, batch_size: 1, ..spec };
+        assert_eq!(plan(&spec, 1).unwrap().0, u64::from(u32::MAX));
+    }
+}
