@@ -381,23 +381,11 @@ impl DatasetStore {
 
     /// Removes interrupted imports and content directories no row refers to.
     pub(crate) fn sweep(&self, min_age: std::time::Duration) -> Result<()> {
-        let dir = self.dir();
-        util::sweep_tmp(&dir, min_age);
         let known: std::collections::HashSet<String> = self.store.catalog.read(sql::all_shas)?.into_iter().collect();
-        let Ok(entries) = fs::read_dir(&dir) else { return Ok(()) };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
+        util::sweep(&self.dir(), min_age, |name| {
             let is_content = name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit());
-            let old = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|a| a >= min_age);
-            if is_content && old && !known.contains(&name) {
-                let _ = fs::remove_dir_all(e.path());
-            }
-        }
+            is_content && !known.contains(name)
+        });
         Ok(())
     }
 }

@@ -138,12 +138,7 @@ impl ModelRegistry {
         let mut staging = StagingDir::new(&self.dir())?;
         presets::write_dir(p, opts.seed, staging.path())?;
         let inspected = inspect::inspect_dir(staging.path())?;
-        let mut files = Vec::new();
-        for f in &inspected.files {
-            let path = staging.path().join(f);
-            let sha = util::sha256_file(&path, |_| Ok(()))?;
-            files.push(ModelFile { name: f.clone(), bytes: fs::metadata(&path).with_path(&path)?.len(), sha256: sha });
-        }
+        let files = hash_files(staging.path(), &inspected.files)?;
         let new = NewModel {
             name: &name,
             kind: ModelKind::Base,
@@ -170,12 +165,7 @@ impl ModelRegistry {
     ) -> Result<ModelRecord> {
         util::validate_name("output_name", name)?;
         let inspected = inspect::inspect_dir(staging.path())?;
-        let mut files = Vec::new();
-        for f in &inspected.files {
-            let path = staging.path().join(f);
-            let sha = util::sha256_file(&path, |_| Ok(()))?;
-            files.push(ModelFile { name: f.clone(), bytes: fs::metadata(&path).with_path(&path)?.len(), sha256: sha });
-        }
+        let files = hash_files(staging.path(), &inspected.files)?;
         let kind = if inspected.kind == ModelKind::Lora { ModelKind::Lora } else { ModelKind::Full };
         let new = NewModel {
             name,
@@ -421,24 +411,22 @@ impl ModelRegistry {
 
     /// Removes interrupted registrations and model directories no row refers to.
     pub(crate) fn sweep(&self, min_age: std::time::Duration) -> Result<()> {
-        let dir = self.dir();
-        util::sweep_tmp(&dir, min_age);
         let known: std::collections::HashSet<String> = self.store.catalog.read(sql::all_ids)?.into_iter().collect();
-        let Ok(entries) = fs::read_dir(&dir) else { return Ok(()) };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            let old = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|a| a >= min_age);
-            if name.starts_with("mdl_") && old && !known.contains(&name) {
-                let _ = fs::remove_dir_all(e.path());
-            }
-        }
+        util::sweep(&self.dir(), min_age, |name| name.starts_with("mdl_") && !known.contains(name));
         Ok(())
     }
+}
+
+/// Size and sha256 of each of `names` under `dir`.
+fn hash_files(dir: &Path, names: &[String]) -> Result<Vec<ModelFile>> {
+    names
+        .iter()
+        .map(|f| {
+            let path = dir.join(f);
+            let sha256 = util::sha256_file(&path, |_| Ok(()))?;
+            Ok(ModelFile { name: f.clone(), bytes: fs::metadata(&path).with_path(&path)?.len(), sha256 })
+        })
+        .collect()
 }
 
 struct NewModel<'a> {

@@ -184,13 +184,14 @@ impl Drop for StagingDir {
     }
 }
 
-/// Removes leftovers of interrupted writes under `dir`: `.tmp-*` entries older than
-/// `min_age` (younger ones may belong to another live process).
-pub(crate) fn sweep_tmp(dir: &Path, min_age: std::time::Duration) {
+/// Removes, under `dir`, leftovers older than `min_age` (younger ones may belong to
+/// another process still working): interrupted writes (`.tmp-*`) and the entries for
+/// which `orphan(name)` holds (directories no catalog row refers to).
+pub(crate) fn sweep(dir: &Path, min_age: std::time::Duration, orphan: impl Fn(&str) -> bool) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for e in entries.flatten() {
-        let name = e.file_name();
-        if !name.to_string_lossy().starts_with(".tmp-") {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.starts_with(".tmp-") && !orphan(&name) {
             continue;
         }
         let old = e

@@ -128,7 +128,9 @@ fn strip_eol(buf: &mut Vec<u8>) {
     }
 }
 
-fn read_jsonl(path: &Path, reader: impl Read, visit: &mut dyn FnMut(RawRecord) -> Result<()>) -> Result<()> {
+/// Calls `f` with each non-blank line (1-based number, text without the line end and
+/// a leading BOM), reading one line at a time.
+fn for_each_line(path: &Path, reader: impl Read, mut f: impl FnMut(u64, String) -> Result<()>) -> Result<()> {
     let mut r = BufReader::with_capacity(1 << 16, reader);
     let mut buf = Vec::with_capacity(4096);
     let mut line_no = 0u64;
@@ -143,15 +145,20 @@ fn read_jsonl(path: &Path, reader: impl Read, visit: &mut dyn FnMut(RawRecord) -
             buf.drain(..3);
         }
         let line = utf8_line(path, line_no, std::mem::take(&mut buf))?;
-        if line.trim().is_empty() {
-            continue;
+        if !line.trim().is_empty() {
+            f(line_no, line)?;
         }
+    }
+}
+
+fn read_jsonl(path: &Path, reader: impl Read, visit: &mut dyn FnMut(RawRecord) -> Result<()>) -> Result<()> {
+    for_each_line(path, reader, |line_no, line| {
         let value: Value = serde_json::from_str(&line).map_err(|e| {
             Error::data(Location::file(path).at(line_no), format!("malformed JSON at column {}: {e}", e.column()))
         })?;
         let fields = into_object(value, Location::file(path).at(line_no))?;
-        visit(RawRecord { index: line_no, fields })?;
-    }
+        visit(RawRecord { index: line_no, fields })
+    })
 }
 
 pub(crate) fn into_object(value: Value, loc: Location) -> Result<Map<String, Value>> {
@@ -304,28 +311,11 @@ fn read_txt(
             fields.insert("text".into(), Value::String(text));
             visit(RawRecord { index: 1, fields })
         }
-        TxtMode::Lines => {
-            let mut buf = Vec::with_capacity(4096);
-            let mut line_no = 0u64;
-            loop {
-                buf.clear();
-                if r.read_until(b'\n', &mut buf).with_path(path)? == 0 {
-                    return Ok(());
-                }
-                line_no += 1;
-                strip_eol(&mut buf);
-                if line_no == 1 && buf.starts_with(&[0xEF, 0xBB, 0xBF]) {
-                    buf.drain(..3);
-                }
-                let line = utf8_line(path, line_no, std::mem::take(&mut buf))?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let mut fields = Map::new();
-                fields.insert("text".into(), Value::String(line));
-                visit(RawRecord { index: line_no, fields })?;
-            }
-        }
+        TxtMode::Lines => for_each_line(path, r, |line_no, line| {
+            let mut fields = Map::new();
+            fields.insert("text".into(), Value::String(line));
+            visit(RawRecord { index: line_no, fields })
+        }),
     }
 }
 
