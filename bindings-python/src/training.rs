@@ -76,8 +76,10 @@ record_class! {
     PyTrainReport = "TrainReport"(anneal::TrainReport) {
         fields: [
             job_id,
-            /// The id of the registered output model (same as `model_id`).
+            /// The id of the registered output model.
             model,
+            /// The same id under the name events and job records use.
+            model_id,
             final_loss,
             eval_loss,
             steps,
@@ -86,13 +88,6 @@ record_class! {
         ],
         repr: [job_id, model, steps, final_loss],
         eq: PartialEq,
-        extra: {
-            /// The id of the registered output model.
-            #[getter]
-            fn model_id<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-                self.model(py)
-            }
-        },
     }
 }
 

@@ -177,8 +177,8 @@ fn python_stub_matches_the_rust_types() {
     let pyi = read("bindings-python/python/anneal/_anneal.pyi");
     let mut problems = Vec::new();
     // Records: one attribute per field (plus documented aliases).
-    // Documented extras: an alias and a computed property.
-    let aliases: &[(&str, &str)] = &[("TrainReport", "model_id"), ("JobRecord", "is_resumable")];
+    // Documented extras: a computed property.
+    let aliases: &[(&str, &str)] = &[("JobRecord", "is_resumable")];
     for (name, schema) in structs() {
         let Some(body) = py_class(&pyi, name) else {
             problems.push(format!("class {name} is missing"));
@@ -302,14 +302,7 @@ fn typescript_declarations_match_the_rust_types() {
     );
     for (name, schema) in structs().into_iter().chain(option_structs) {
         let want: BTreeSet<String> = fields(&schema).iter().map(|f| camel(f)).collect();
-        // Documented extras: an alias.
-        let got = ts_interface(&dts, name).map(|mut g| {
-            if name == "TrainReport" {
-                g.remove("modelId");
-            }
-            g
-        });
-        match got {
+        match ts_interface(&dts, name) {
             None => problems.push(format!("interface {name} is missing")),
             Some(got) if got != want => problems.push(format!("{name}: d.ts has {got:?}, Rust has {want:?}")),
             Some(_) => {}

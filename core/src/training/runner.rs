@@ -541,7 +541,8 @@ impl Run<'_> {
         self.write_live(&Progress { progress: 1.0, epoch: s.epoch.max(1), ..snapshot(&s, total, ck.as_deref()) })?;
         Ok(TrainReport {
             job_id,
-            model: rec.id,
+            model: rec.id.clone(),
+            model_id: rec.id,
             final_loss: s.loss.unwrap_or(f64::NAN),
             eval_loss: s.eval_loss,
             steps: s.step,

@@ -114,6 +114,8 @@ pub struct TrainReport {
     pub job_id: JobId,
     /// The registered output model.
     pub model: ModelId,
+    /// The same id under the name events and job records use (`job_finished.model_id`).
+    pub model_id: ModelId,
     /// Loss of the last optimiser step.
     pub final_loss: f64,
     /// Last eval loss, when there was eval data.
