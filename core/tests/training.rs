@@ -416,3 +416,16 @@ fn disk_error_fails_the_job_with_the_path() {
     assert_eq!((j.status, j.step), (JobStatus::Failed, 2));
     assert!(engine.logs(&job.id).unwrap().iter().any(|l| l.level == "error"));
 }
+
+#[test]
+fn a_status_this_build_does_not_know_is_an_error_not_failed() {
+    let env = Env::new();
+    let engine = env.home.training();
+    let job = engine.create_job(&TrainSpec { max_steps: Some(3), ..env.spec() }).unwrap();
+    let db = rusqlite::Connection::open(env.home.root().join("anneal.db")).unwrap();
+    db.execute("UPDATE jobs SET status = 'paused' WHERE id = ?1", rusqlite::params![job.id.0]).unwrap();
+    let e = engine.job(&job.id).unwrap_err();
+    assert!(e.to_string().contains("paused") && e.to_string().contains("interrupted"), "{e}");
+    db.execute("UPDATE jobs SET status = 'pending' WHERE id = ?1", rusqlite::params![job.id.0]).unwrap();
+    assert_eq!(engine.job(&job.id).unwrap().status, JobStatus::Pending);
+}
