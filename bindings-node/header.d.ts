@@ -402,6 +402,7 @@ export interface GenerationRecord {
   modelId: string
   baseModelId: string
   kind: GenerationKind
+  /** The resolved settings, keys as stored (`max_new_tokens`, `top_p`, ...). */
   params: Record<string, unknown>
   promptTokens: number
   generatedTokens: number

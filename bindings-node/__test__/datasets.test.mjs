@@ -306,6 +306,8 @@ test('bad input: unknown and mistyped options are invalid_config naming the opti
   const p = write(env.files, 'ok.jsonl', jsonl([{ text: 'fine' }]))
   const e = await rejectsCleanly(env, () => env.ds.importFile(p, { nmae: 'x' }), 'invalid_config')
   assert.ok(e.message.includes('nmae'), e.message)
+  // The allowed options are listed as JavaScript spells them.
+  assert.ok(e.message.includes('onDuplicate') && !e.message.includes('on_duplicate'), e.message)
   const e2 = await rejectsCleanly(env, () => env.ds.importFile(p, { onDuplicate: 'sometimes' }), 'invalid_config')
   assert.equal(e2.field, 'onDuplicate')
   const e3 = await rejectsCleanly(env, () => env.ds.importFile(p, { onEvent: 'not a function' }), 'invalid_config')

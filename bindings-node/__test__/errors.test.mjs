@@ -102,3 +102,24 @@ test('invalid_config names the option as JavaScript spells it', async () => {
   })
   await assert.rejects(ds.importRecords([{ text: 'a' }], { sourceFormat: 'csv' }), (e) => e.field === 'sourceFormat')
 })
+
+// Options are camelCase only: the Rust spelling of a field is an unknown key (the README:
+// unknown keys are refused), at the top level and inside nested objects.
+// todo: the core's options_from_json_spelled(…, Camel) reads a key by turning it into
+// snake_case, so `on_duplicate` still finds the field; the core must refuse a key that is
+// not the field's camelCase spelling. Remove `todo` once it does.
+test('snake_case option keys are refused as unknown', { todo: 'core accepts snake_case keys in camelCase options' }, async () => {
+  const { home, ds, models } = tmpHome()
+  const unknown = (key) => (e) => e.code === 'invalid_config' && e.message.includes(`\`${key}\``)
+  await assert.rejects(ds.importRecords([{ text: 'a' }], { on_duplicate: 'reuse' }), unknown('on_duplicate'))
+  assert.throws(() => home.training().jobs({ base_model: 'mdl_x' }), unknown('base_model'))
+  const base = await models.createPreset('nano', { seed: 0 })
+  assert.throws(
+    () => home.training().createJob({ base: base.id, dataset: 'd', method: { lora: { target_modules: ['q_proj'] } } }),
+    unknown('target_modules'),
+  )
+  const gen = await home.generator(base.id, { merge_adapter: false }).catch((e) => e)
+  assert.ok(unknown('merge_adapter')(gen), `merge_adapter: ${gen}`)
+  const g = await home.generator(base.id)
+  await assert.rejects(g.generate('hi', { max_new_tokens: 2 }), unknown('max_new_tokens'))
+})

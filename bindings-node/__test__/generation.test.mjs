@@ -124,6 +124,16 @@ test('bad input is a coded error before any work', async () => {
   }
   await assert.rejects(gen.generate(3.5), { code: 'invalid_config' })
   await assert.rejects(gen.generateBatch(['ok', '']), (e) => e.code === 'invalid_config' && /prompts\[1\]/.test(e.message))
+  // Prompts are parsed by the core, which names the bad element.
+  await assert.rejects(gen.generate({ text: 'hi' }), { code: 'invalid_config', field: 'prompt' })
+  await assert.rejects(gen.generate([{ role: 'user' }]), { code: 'invalid_config', field: 'prompt[0].content' })
+  await assert.rejects(gen.generate([65, 'B']), { code: 'invalid_config', field: 'prompt[1]' })
+  await assert.rejects(gen.generateBatch(['ok', [{ role: 'user', content: 'x', name: 'y' }]]), {
+    code: 'invalid_config',
+    field: 'prompts[1][0].name',
+  })
+  await assert.rejects(gen.generateBatch('ok'), { code: 'invalid_config', field: 'prompts' })
+  await assert.rejects(gen.generate('hi', { stop: 5 }), { code: 'invalid_config', field: 'stop' })
   assert.throws(() => gen.stream('hi', { topP: 0 }), { code: 'invalid_config' })
   assert.deepEqual(models.generations(), [])
 })
@@ -138,6 +148,9 @@ test('every call is recorded; usage totals come from the catalog', async () => {
   assert.deepEqual(rows.map((r) => r.kind), ['score', 'batch', 'stream', 'generate'])
   assert.equal(rows[3].id, g.id)
   assert.equal(rows[3].params.seed, 9)
+  // `params` is the resolved settings as stored (foreign JSON): its keys are not renamed.
+  assert.equal(rows[3].params.max_new_tokens, 5)
+  assert.ok(!('maxNewTokens' in rows[3].params))
   const u = models.usage(gen.model.id)
   assert.deepEqual([u.calls, u.generations, u.generatedTokens], [4, 4, 5 + 4 + 6])
   assert.equal(models.generations({ kind: 'batch', limit: 5 }).length, 1)

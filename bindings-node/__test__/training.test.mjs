@@ -136,6 +136,15 @@ test('invalid specs: invalid_config naming the field (camelCase)', async () => {
   await assert.rejects(engine.train('nope'), { code: 'invalid_config' })
   await assert.rejects(engine.train(spec, { nope: 1 }), { code: 'invalid_config', field: 'nope' })
   assert.throws(() => engine.createJob({ ...spec, seqLen: 1 }), { code: 'invalid_config', field: 'seqLen' })
+  // Unknown keys are refused at any depth, named and listed in camelCase.
+  assert.throws(
+    () => engine.createJob({ ...spec, method: { lora: { targetModulez: ['q_proj'] } } }),
+    (e) =>
+      e.code === 'invalid_config' &&
+      e.field === 'method.lora.targetModulez' &&
+      e.message.includes('targetModules') &&
+      !e.message.includes('target_modules'),
+  )
   assert.throws(() => engine.createJob({ ...spec, dataset: 'missing' }), { code: 'invalid_config', field: 'dataset' })
   assert.throws(() => engine.jobs({ status: 'sleeping' }), { code: 'invalid_config' })
   assert.deepEqual(engine.jobs(), [])

@@ -1,11 +1,12 @@
-//! Conversions between JavaScript values and the core's JSON forms.
+//! Conversions between JavaScript values and the core's JSON forms. The naming rule is
+//! the core's (`anneal::types::schema`), driven by each value's type:
 //!
-//! - Options objects: camelCase keys at the top level become the core's snake_case field
-//!   names, and the core builds its options struct (`anneal::options_from_json`), so
-//!   defaults and validation stay there. `onEvent` and `cancel` are taken out first.
-//! - Records and events: serialized by the core, then keys turned into camelCase, except
-//!   inside fields that hold user data or foreign JSON (`config`, `lineage`, `columns`,
-//!   `labelCounts`, `metrics`, ...), which keep their own keys.
+//! - Options objects: their camelCase keys are checked and turned into the options
+//!   struct by `anneal::options_from_json_spelled` (unknown keys at any depth, mistyped
+//!   values and defaults are the core's). `onEvent` and `cancel` are taken out first.
+//! - Records, stats, reports and events: `anneal::to_json_spelled` spells the fields of
+//!   anneal's types in camelCase; map keys and foreign JSON (`config`, `params`,
+//!   `columns`, `labelCounts` keys, ...) keep their own.
 
 use napi::bindgen_prelude::{
     ClassInstance, FromNapiValue, JsObjectValue, JsValue, Object, ToNapiValue, TypeName, Unknown, ValueType,
@@ -15,60 +16,23 @@ use serde_json::{Map, Value};
 
 use crate::events::{CancelToken, OnEvent};
 
-/// Fields whose values keep their keys: foreign JSON (config.json, lineage) or user data.
-const VERBATIM: [&str; 7] = ["columns", "config", "lineage", "label_counts", "role_counts", "tokens", "metrics"];
-
-/// `num_records` -> `numRecords`.
-pub(crate) fn camel(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut upper = false;
-    for c in s.chars() {
-        if c == '_' && !out.is_empty() {
-            upper = true;
-        } else if upper {
-            out.extend(c.to_uppercase());
-            upper = false;
-        } else {
-            out.push(c);
-        }
-    }
-    out
+/// One of anneal's values (record, stats, report, event, or a list of them) as JSON
+/// for JavaScript: `anneal::to_json_spelled` with its real type, in camelCase.
+macro_rules! js {
+    ($value:expr) => {
+        anneal::to_json_spelled(&$value, anneal::Spelling::Camel)
+    };
 }
+pub(crate) use js;
 
-/// `onDuplicate` -> `on_duplicate`.
-pub(crate) fn snake(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 4);
-    for c in s.chars() {
-        if c.is_ascii_uppercase() {
-            out.push('_');
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+/// An options struct of the core (the type is inferred) from a JavaScript options
+/// object's JSON: `anneal::options_from_json_spelled` in camelCase.
+macro_rules! options {
+    ($json:expr) => {
+        anneal::options_from_json_spelled($json, anneal::Spelling::Camel)
+    };
 }
-
-/// A core value (record, event, stats) with the keys JavaScript expects.
-pub(crate) fn js_keys(v: Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .map(|(k, v)| {
-                    let v = if VERBATIM.contains(&k.as_str()) { v } else { js_keys(v) };
-                    (camel(&k), v)
-                })
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.into_iter().map(js_keys).collect()),
-        other => other,
-    }
-}
-
-/// Serialized core output, ready for JavaScript.
-pub(crate) fn js(v: serde_json::Result<Value>) -> anneal::Result<Value> {
-    v.map(js_keys).map_err(|e| anneal::Error::Internal(format!("cannot serialize result: {e}")))
-}
+pub(crate) use options;
 
 /// A JSON value handed to JavaScript (records, events, lists).
 pub struct JsJson(pub Value);
@@ -92,7 +56,7 @@ impl ToNapiValue for JsJson {
 /// An options object split into its parts.
 #[derive(Default)]
 pub(crate) struct CallOptions {
-    /// The remaining options with snake_case keys, for `anneal::options_from_json`.
+    /// The remaining options, keys as given, for `options!` (or `fields`).
     pub(crate) json: Value,
     pub(crate) on_event: Option<OnEvent>,
     pub(crate) cancel: anneal::CancelToken,
@@ -131,7 +95,7 @@ impl CallOptions {
                 }
                 _ => {
                     if let Some(v) = get::<Value>(&obj, &key)? {
-                        map.insert(snake(&key), integers(v));
+                        map.insert(key, integers(v));
                     }
                 }
             }
@@ -139,6 +103,12 @@ impl CallOptions {
         out.json = Value::Object(map);
         Ok(out)
     }
+}
+
+/// An options object of a call without `onEvent` / `cancel` (filters, settings, specs)
+/// as JSON, for `options!`.
+pub(crate) fn plain(options: Option<Unknown<'_>>) -> anneal::Result<Value> {
+    CallOptions::parse(options, false).map(|o| o.json)
 }
 
 /// Whole numbers as JSON integers. napi turns a JS number outside the u32 / i32 range into
@@ -206,6 +176,20 @@ pub(crate) fn object<'a>(v: Option<Unknown<'a>>, name: &str) -> anneal::Result<O
     }
 }
 
+/// Any JS value as JSON (a prompt, a list); one that cannot be is `invalid_config`
+/// naming the argument.
+pub(crate) fn json(v: Unknown<'_>, name: &str) -> anneal::Result<Value> {
+    Value::from_unknown(v).map(integers).map_err(|e| anneal::Error::config(name, e.reason))
+}
+
+/// A JS array as JSON values; anything else is `invalid_config`: expected `expected`.
+pub(crate) fn list(v: Unknown<'_>, name: &str, expected: &str) -> anneal::Result<Vec<Value>> {
+    match json(v, name) {
+        Ok(Value::Array(items)) => Ok(items),
+        _ => Err(anneal::Error::config(name, format!("expected {expected}"))),
+    }
+}
+
 /// A JS array of records as the core's record stream: one `Result` per element, so a
 /// value that cannot become JSON is reported at its record number.
 pub(crate) fn records(records: Unknown<'_>) -> anneal::Result<Vec<anneal::Result<Value>>> {
@@ -224,21 +208,17 @@ pub(crate) fn records(records: Unknown<'_>) -> anneal::Result<Vec<anneal::Result
         .collect())
 }
 
-/// Takes the keys a binding-level options object may have; any other key is an error.
+/// The keys of an options object that has no options struct in the core (the core
+/// takes these as plain arguments: `force`, `seed`, `names`, `adapter`); any other key is
+/// refused as the core refuses it.
 pub(crate) fn fields(json: Value, allowed: &[&str]) -> anneal::Result<Map<String, Value>> {
     let map = match json {
         Value::Object(m) => m,
         _ => Map::new(),
     };
     if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(anneal::Error::config(
-            k.as_str(),
-            format!(
-                "unknown option `{}`, expected one of {}",
-                camel(k),
-                allowed.iter().map(|a| camel(a)).collect::<Vec<_>>().join(", ")
-            ),
-        ));
+        let expected = if allowed.is_empty() { "onEvent, cancel".to_string() } else { allowed.join(", ") };
+        return Err(anneal::Error::config(k.as_str(), format!("unknown option `{k}` (expected one of: {expected})")));
     }
     Ok(map)
 }
@@ -257,15 +237,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn case_conversions() {
-        assert_eq!(camel("num_records"), "numRecords");
-        assert_eq!(camel("sha256"), "sha256");
-        assert_eq!(camel("columns.prompt"), "columns.prompt");
-        assert_eq!(snake("onDuplicate"), "on_duplicate");
-        assert_eq!(snake("name"), "name");
-        let v =
-            js_keys(serde_json::json!({"parent_id": null, "columns": {"my_col": "a_b"}, "files": [{"min_chars": 1}]}));
-        assert_eq!(v, serde_json::json!({"parentId": null, "columns": {"my_col": "a_b"}, "files": [{"minChars": 1}]}));
+    fn whole_numbers_become_integers() {
         let big = serde_json::json!({"seed": 1099511627776.0, "lr": 0.5, "n": [-3e10], "f": 1e300});
         assert_eq!(
             integers(big),

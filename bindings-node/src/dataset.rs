@@ -5,7 +5,7 @@ use napi::Env;
 use napi_derive::napi;
 use serde_json::Value;
 
-use crate::conv::{self, js, JsJson};
+use crate::conv::{self, js, options, JsJson};
 use crate::errors;
 use crate::events::{arg, LongTask};
 
@@ -27,8 +27,8 @@ impl DatasetStore {
         let path = arg!(conv::string(path, "path"));
         let store = self.inner.clone();
         LongTask::spawn(options, true, move |json, sink, cancel| {
-            let opts: anneal::ImportOptions = anneal::options_from_json(json)?;
-            js(serde_json::to_value(store.import_file_with(&path, &opts, sink, cancel)?))
+            let opts: anneal::ImportOptions = options!(json)?;
+            js!(store.import_file_with(&path, &opts, sink, cancel)?)
         })
     }
 
@@ -43,22 +43,21 @@ impl DatasetStore {
         let records = arg!(conv::records(records));
         let store = self.inner.clone();
         LongTask::spawn(options, true, move |json, sink, cancel| {
-            let opts: anneal::ImportOptions = anneal::options_from_json(json)?;
-            js(serde_json::to_value(store.import_records_with(records, &opts, sink, cancel)?))
+            let opts: anneal::ImportOptions = options!(json)?;
+            js!(store.import_records_with(records, &opts, sink, cancel)?)
         })
     }
 
     /// A dataset by id or name.
     #[napi(catch_unwind, ts_return_type = "DatasetRecord")]
     pub fn get(&self, env: Env, #[napi(ts_arg_type = "string")] id_or_name: Unknown<'_>) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.get(conv::string(id_or_name, "idOrName")?)?)))
-            .map(JsJson)
+        errors::json(&env, || js!(self.inner.get(conv::string(id_or_name, "idOrName")?)?))
     }
 
     /// All datasets, oldest first.
     #[napi(catch_unwind, ts_return_type = "DatasetRecord[]")]
     pub fn list(&self, env: Env) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.list()?))).map(JsJson)
+        errors::json(&env, || js!(self.inner.list()?))
     }
 
     /// The first `n` stored (normalised) records, as stored (keys unchanged).
@@ -69,18 +68,16 @@ impl DatasetStore {
         #[napi(ts_arg_type = "string")] id_or_name: Unknown<'_>,
         #[napi(ts_arg_type = "number")] n: Unknown<'_>,
     ) -> napi::Result<JsJson> {
-        errors::sync(&env, || {
+        errors::json(&env, || {
             let id = conv::string(id_or_name, "idOrName")?;
             Ok(Value::Array(self.inner.preview(id, conv::count(n, "n")?)?))
         })
-        .map(JsJson)
     }
 
     /// Statistics computed at import.
     #[napi(catch_unwind, ts_return_type = "DatasetStats")]
     pub fn stats(&self, env: Env, #[napi(ts_arg_type = "string")] id_or_name: Unknown<'_>) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.stats(conv::string(id_or_name, "idOrName")?)?)))
-            .map(JsJson)
+        errors::json(&env, || js!(self.inner.stats(conv::string(id_or_name, "idOrName")?)?))
     }
 
     /// Splits into train and validation datasets, deterministically for a given `seed`.
@@ -96,7 +93,7 @@ impl DatasetStore {
         let store = self.inner.clone();
         LongTask::spawn(options, false, move |json, _, _| {
             let (seed, names) = split_options(json)?;
-            js(serde_json::to_value(store.split(id_or_name, val_fraction, seed, names)?))
+            js!(store.split(id_or_name, val_fraction, seed, names)?)
         })
     }
 

@@ -4,7 +4,7 @@
 use napi::bindgen_prelude::{JsObjectValue, JsValue};
 use napi::{Env, Status};
 
-use crate::conv::camel;
+use crate::conv::JsJson;
 
 /// Builds the JS error for a core error: `message` as in Rust, `code` as `Error::code()`.
 ///
@@ -19,7 +19,7 @@ pub(crate) fn to_js(env: &Env, err: anneal::Error) -> napi::Error {
 }
 
 fn build(env: &Env, err: anneal::Error) -> napi::Result<napi::Error> {
-    let err = js_spelling(err);
+    let err = js_field(err);
     let mut obj = env.create_error(napi::Error::new(Status::GenericFailure, err.to_string()))?;
     obj.set_named_property("code", err.code())?;
     match &err {
@@ -50,19 +50,13 @@ fn build(env: &Env, err: anneal::Error) -> napi::Result<napi::Error> {
     Ok(napi::Error::from(obj.to_unknown()))
 }
 
-/// Option and argument names as JavaScript callers wrote them (`sourceFormat`, not
-/// `source_format`), also in serde's list of the known options.
-fn js_spelling(err: anneal::Error) -> anneal::Error {
+/// `invalid_config` names the field as JavaScript spells it: the core's options already
+/// do (`options_from_json_spelled`); its checks of a built value (`TrainSpec::validate`)
+/// name the Rust field (`batch_size` -> `batchSize`).
+fn js_field(err: anneal::Error) -> anneal::Error {
     match err {
         anneal::Error::InvalidConfig { field, reason } => {
-            let reason = match reason.split_once(", expected one of ") {
-                Some((head, known)) if reason.starts_with("unknown field") => {
-                    let known: Vec<String> = known.split(", ").map(camel).collect();
-                    format!("{head}, expected one of {}", known.join(", "))
-                }
-                _ => reason,
-            };
-            anneal::Error::InvalidConfig { field: camel(&field), reason }
+            anneal::Error::InvalidConfig { field: anneal::Spelling::Camel.spell(&field), reason }
         }
         other => other,
     }
@@ -71,4 +65,9 @@ fn js_spelling(err: anneal::Error) -> anneal::Error {
 /// Runs a synchronous core call and maps its error.
 pub(crate) fn sync<T>(env: &Env, f: impl FnOnce() -> anneal::Result<T>) -> napi::Result<T> {
     f().map_err(|e| to_js(env, e))
+}
+
+/// Runs a synchronous core call that returns JSON for JavaScript (`js!`).
+pub(crate) fn json(env: &Env, f: impl FnOnce() -> anneal::Result<serde_json::Value>) -> napi::Result<JsJson> {
+    sync(env, f).map(JsJson)
 }

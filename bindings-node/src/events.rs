@@ -2,8 +2,9 @@
 //!
 //! Long calls run on the libuv thread pool as an `AsyncTask`. Events go to `onEvent`
 //! through a `ThreadsafeFunction` in non-blocking mode, throttled to one progress event
-//! per 100 ms (lifecycle events always pass). Event objects have camelCase keys and the
-//! core's `type` values (`task_started`, `task_progress`, `task_finished`, ...).
+//! per 100 ms (lifecycle events always pass). Event objects are `anneal::Event` in the
+//! core's camelCase spelling (the keys of `metrics` as given), with its `type` values
+//! (`task_started`, `task_progress`, `task_finished`, ...).
 //!
 //! Ordering: the calls to `onEvent` and the settling of the Promise reach the event
 //! loop through different queues, so the last event (`task_finished`) may arrive just
@@ -22,7 +23,7 @@ use napi::{Env, Status, Task};
 use napi_derive::napi;
 use serde_json::Value;
 
-use crate::conv::{self, CallOptions, JsJson};
+use crate::conv::{js, CallOptions, JsJson};
 use crate::errors;
 
 /// Converts an argument of a long call; a bad one rejects the Promise.
@@ -77,7 +78,7 @@ impl anneal::EventSink for JsSink {
     fn on_event(&mut self, event: &anneal::Event) -> anneal::Result<()> {
         if let Some(f) = &self.0 {
             // A full or closing queue only drops a progress report; the call goes on.
-            let _ = f.call(conv::js_keys(event.to_json()), ThreadsafeFunctionCallMode::NonBlocking);
+            let _ = f.call(js!(*event)?, ThreadsafeFunctionCallMode::NonBlocking);
         }
         Ok(())
     }

@@ -1,40 +1,38 @@
 //! `Generator` and `TokenStream`. Loading, `generate`, `generateBatch`, `score` and
 //! every step of a stream run on the libuv pool (Promises); settings are objects with
-//! camelCase keys (`maxNewTokens`, `topP`, ...) built into the core's `GenerationConfig`,
-//! so defaults and validation stay in the core. A `TokenStream` is an async iterator:
-//! `for await (const chunk of gen.stream(prompt)) ...`.
+//! camelCase keys (`maxNewTokens`, `topP`, `stop`: one string or a list, ...) built by
+//! the core into its `GenerationConfig`, and prompts are parsed by the core
+//! (`Prompt::from_json`), so defaults and validation stay in the core. A `TokenStream`
+//! is an async iterator: `for await (const chunk of gen.stream(prompt)) ...`.
 
 use std::sync::{Arc, Mutex};
 
-use napi::bindgen_prelude::{AsyncTask, ClassInstance, JavaScriptClassExt, JsObjectValue, JsValue, Unknown};
-use napi::{Env, Task, ValueType};
+use napi::bindgen_prelude::{AsyncTask, ClassInstance, JavaScriptClassExt, JsObjectValue, Unknown};
+use napi::{Env, Task};
 use napi_derive::napi;
 use serde_json::Value;
 
-use crate::conv::{self, js, CallOptions, JsJson};
+use crate::conv::{self, js, options, JsJson};
 use crate::errors;
 use crate::events::{arg, LongTask};
 
-/// A prompt: a string (text), an array of `{role, content}` (chat) or of token ids.
-fn prompt(v: Unknown<'_>, name: &str) -> anneal::Result<anneal::Prompt> {
-    if v.get_type().ok() == Some(ValueType::String) {
-        return Ok(anneal::Prompt::Text(conv::string(v, name)?));
-    }
-    let bad = || anneal::Error::config(name, "expected a string, an array of {role, content} or an array of token ids");
-    let items = conv::records(v).map_err(|_| bad())?;
-    let items = items.into_iter().collect::<anneal::Result<Vec<Value>>>().map_err(|_| bad())?;
-    serde_json::from_value(Value::Array(items)).map_err(|_| bad())
+/// A prompt argument, parsed by the core (`Prompt::from_json`).
+fn prompt(v: Unknown<'_>) -> anneal::Result<anneal::Prompt> {
+    anneal::Prompt::from_json(conv::json(v, "prompt")?, "prompt")
 }
 
-/// The settings object as the core's `GenerationConfig` (`stop` may be one string).
+/// The prompts of a batch; a bad one is named `prompts[i]`.
+fn prompts(v: Unknown<'_>) -> anneal::Result<Vec<anneal::Prompt>> {
+    conv::list(v, "prompts", "an array of prompts")?
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| anneal::Prompt::from_json(item, &format!("prompts[{i}]")))
+        .collect()
+}
+
+/// The settings object as the core's `GenerationConfig`.
 fn config(options: Option<Unknown<'_>>) -> anneal::Result<anneal::GenerationConfig> {
-    let mut json = CallOptions::parse(options, false)?.json;
-    if let Some(stop) = json.get_mut("stop") {
-        if stop.is_string() {
-            *stop = Value::Array(vec![stop.take()]);
-        }
-    }
-    anneal::options_from_json(json)
+    options!(conv::plain(options)?)
 }
 
 /// Loads a generator on the libuv pool; resolves with the `Generator` instance.
@@ -52,7 +50,7 @@ impl LoadGenerator {
         options: Option<Unknown<'_>>,
     ) -> AsyncTask<LoadGenerator> {
         let parsed = conv::string(model, "model").and_then(|m| {
-            let opts: anneal::GeneratorOptions = anneal::options_from_json(CallOptions::parse(options, false)?.json)?;
+            let opts: anneal::GeneratorOptions = options!(conv::plain(options)?)?;
             Ok((m, opts))
         });
         AsyncTask::new(match parsed {
@@ -121,12 +119,12 @@ impl Generator {
         #[napi(ts_arg_type = "GenerationConfig")] config: Option<Unknown<'_>>,
         #[napi(ts_arg_type = "CallOptions")] options: Option<Unknown<'_>>,
     ) -> AsyncTask<LongTask> {
-        let p = arg!(self::prompt(prompt, "prompt"));
+        let p = arg!(self::prompt(prompt));
         let cfg = arg!(self::config(config));
         let gen = self.inner.clone();
         LongTask::spawn(options, true, move |json, sink, cancel| {
             conv::fields(json, &[])?;
-            js(serde_json::to_value(gen.generate_with(p, &cfg, sink, cancel)?))
+            js!(gen.generate_with(p, &cfg, sink, cancel)?)
         })
     }
 
@@ -138,12 +136,12 @@ impl Generator {
         #[napi(ts_arg_type = "GenerationConfig")] config: Option<Unknown<'_>>,
         #[napi(ts_arg_type = "CallOptions")] options: Option<Unknown<'_>>,
     ) -> AsyncTask<LongTask> {
-        let ps = arg!(batch_prompts(prompts));
+        let ps = arg!(self::prompts(prompts));
         let cfg = arg!(self::config(config));
         let gen = self.inner.clone();
         LongTask::spawn(options, true, move |json, sink, cancel| {
             conv::fields(json, &[])?;
-            js(serde_json::to_value(gen.generate_batch_with(&ps, &cfg, sink, cancel)?))
+            js!(gen.generate_batch_with(&ps, &cfg, sink, cancel)?)
         })
     }
 
@@ -157,7 +155,7 @@ impl Generator {
         #[napi(ts_arg_type = "Prompt")] prompt: Unknown<'_>,
         #[napi(ts_arg_type = "GenerationConfig")] config: Option<Unknown<'_>>,
     ) -> napi::Result<ClassInstance<'env, TokenStream>> {
-        let s = errors::sync(env, || self.inner.stream(self::prompt(prompt, "prompt")?, &self::config(config)?))?;
+        let s = errors::sync(env, || self.inner.stream(self::prompt(prompt)?, &self::config(config)?))?;
         let mut instance = TokenStream { inner: Arc::new(Mutex::new(s)) }.into_instance(env)?;
         // `for await` looks up Symbol.asyncIterator; the stream is its own iterator.
         let key: Unknown = env.run_script("Symbol.asyncIterator")?;
@@ -181,7 +179,7 @@ impl Generator {
                 Some(Value::String(s)) => Some(s),
                 Some(_) => return Err(anneal::Error::config("adapter", "expected a model reference string")),
             };
-            js(serde_json::to_value(gen.score_with(&texts, adapter.as_deref())?))
+            js!(gen.score_with(&texts, adapter.as_deref())?)
         })
     }
 
@@ -190,31 +188,31 @@ impl Generator {
     pub fn add_adapter(&self, #[napi(ts_arg_type = "string")] model: Unknown<'_>) -> AsyncTask<LongTask> {
         let model = arg!(conv::string(model, "model"));
         let gen = self.inner.clone();
-        LongTask::spawn(None, false, move |_, _, _| js(serde_json::to_value(gen.add_adapter(model)?)))
+        LongTask::spawn(None, false, move |_, _, _| js!(gen.add_adapter(model)?))
     }
 
     /// The adapters loaded unmerged on this generator.
     #[napi(catch_unwind, ts_return_type = "ModelRecord[]")]
     pub fn adapters(&self, env: Env) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.adapters()?))).map(JsJson)
+        errors::json(&env, || js!(self.inner.adapters()?))
     }
 
     /// The settings a request gets for what it leaves unset.
     #[napi(catch_unwind, ts_return_type = "GenerationConfig")]
     pub fn defaults(&self, env: Env) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.defaults()))).map(JsJson)
+        errors::json(&env, || js!(self.inner.defaults()))
     }
 
     /// The model this generator was loaded with.
     #[napi(getter, catch_unwind, ts_return_type = "ModelRecord")]
     pub fn model(&self, env: Env) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.model()))).map(JsJson)
+        errors::json(&env, || js!(self.inner.model()))
     }
 
     /// The model whose weights are loaded (an adapter's base).
     #[napi(getter, catch_unwind, ts_return_type = "ModelRecord")]
     pub fn base_model(&self, env: Env) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.base_model()))).map(JsJson)
+        errors::json(&env, || js!(self.inner.base_model()))
     }
 
     #[napi(getter, catch_unwind)]
@@ -228,42 +226,14 @@ impl Generator {
     }
 }
 
-fn batch_prompts(v: Unknown<'_>) -> anneal::Result<Vec<anneal::Prompt>> {
-    let not_array = || anneal::Error::config("prompts", "expected an array of prompts");
-    if !v.is_array().map_err(|_| not_array())? {
-        return Err(not_array());
-    }
-    let items = conv::records(v).map_err(|_| not_array())?;
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let field = format!("prompts[{i}]");
-            let value = item.map_err(|_| anneal::Error::config(field.as_str(), "not a prompt"))?;
-            match value {
-                Value::String(s) => Ok(anneal::Prompt::Text(s)),
-                other => serde_json::from_value(other).map_err(|_| {
-                    anneal::Error::config(
-                        field.as_str(),
-                        "expected a string, an array of {role, content} or an array of token ids",
-                    )
-                }),
-            }
-        })
-        .collect()
-}
-
+/// An array of strings (`score`'s texts).
 fn strings(v: Unknown<'_>, name: &str) -> anneal::Result<Vec<String>> {
-    let bad = || anneal::Error::config(name, "expected an array of strings");
-    if !v.is_array().map_err(|_| bad())? {
-        return Err(bad());
-    }
-    conv::records(v)
-        .map_err(|_| bad())?
+    const EXPECTED: &str = "an array of strings";
+    conv::list(v, name, EXPECTED)?
         .into_iter()
         .map(|item| match item {
-            Ok(Value::String(s)) => Ok(s),
-            _ => Err(bad()),
+            Value::String(s) => Ok(s),
+            _ => Err(anneal::Error::config(name, format!("expected {EXPECTED}"))),
         })
         .collect()
 }
@@ -284,7 +254,7 @@ impl TokenStream {
         LongTask::spawn(None, false, move |_, _, _| {
             let mut s = inner.lock().map_err(|_| anneal::Error::Internal("stream poisoned by a panic".into()))?;
             match s.next() {
-                Some(Ok(chunk)) => Ok(serde_json::json!({ "value": js(serde_json::to_value(chunk))?, "done": false })),
+                Some(Ok(chunk)) => Ok(serde_json::json!({ "value": js!(chunk)?, "done": false })),
                 Some(Err(e)) => Err(e),
                 None => Ok(serde_json::json!({ "done": true })),
             }
@@ -294,13 +264,12 @@ impl TokenStream {
     /// The full result once the stream has ended (`null` before).
     #[napi(getter, catch_unwind, ts_return_type = "Generation | null")]
     pub fn generation(&self, env: Env) -> napi::Result<JsJson> {
-        errors::sync(&env, || {
+        errors::json(&env, || {
             let s = self.inner.lock().map_err(|_| anneal::Error::Internal("stream poisoned by a panic".into()))?;
             match s.generation() {
-                Some(g) => js(serde_json::to_value(g)),
+                Some(g) => js!(g),
                 None => Ok(Value::Null),
             }
         })
-        .map(JsJson)
     }
 }

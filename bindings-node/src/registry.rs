@@ -5,7 +5,7 @@ use napi::Env;
 use napi_derive::napi;
 use serde_json::Value;
 
-use crate::conv::{self, js, CallOptions, JsJson};
+use crate::conv::{self, js, options, JsJson};
 use crate::errors;
 use crate::events::{arg, LongTask};
 
@@ -28,8 +28,8 @@ impl ModelRegistry {
         let path = arg!(conv::string(path, "path"));
         let reg = self.inner.clone();
         LongTask::spawn(options, true, move |json, sink, cancel| {
-            let opts: anneal::RegisterOptions = anneal::options_from_json(json)?;
-            js(serde_json::to_value(reg.register_dir_with(&path, &opts, sink, cancel)?))
+            let opts: anneal::RegisterOptions = options!(json)?;
+            js!(reg.register_dir_with(&path, &opts, sink, cancel)?)
         })
     }
 
@@ -43,32 +43,30 @@ impl ModelRegistry {
         let preset = arg!(conv::string(preset, "preset"));
         let reg = self.inner.clone();
         LongTask::spawn(options, false, move |json, _, _| {
-            let opts: anneal::PresetOptions = anneal::options_from_json(json)?;
-            js(serde_json::to_value(reg.create_preset(&preset, &opts)?))
+            let opts: anneal::PresetOptions = options!(json)?;
+            js!(reg.create_preset(&preset, &opts)?)
         })
     }
 
     /// The built-in presets.
     #[napi(catch_unwind, ts_return_type = "Preset[]")]
     pub fn presets(env: Env) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(anneal::ModelRegistry::presets()))).map(JsJson)
+        errors::json(&env, || anneal::ModelRegistry::presets().iter().map(preset).collect())
     }
 
     /// A model by id.
     #[napi(catch_unwind, ts_return_type = "ModelRecord")]
     pub fn get(&self, env: Env, #[napi(ts_arg_type = "string")] id: Unknown<'_>) -> napi::Result<JsJson> {
-        errors::sync(&env, || {
+        errors::json(&env, || {
             let id = anneal::ModelId(conv::string(id, "id")?);
-            js(serde_json::to_value(self.inner.get(&id)?))
+            js!(self.inner.get(&id)?)
         })
-        .map(JsJson)
     }
 
     /// Resolves an id, `name` (latest version), `name@3`, `name@latest` or `name@alias`.
     #[napi(catch_unwind, ts_return_type = "ModelRecord")]
     pub fn resolve(&self, env: Env, #[napi(ts_arg_type = "string")] reference: Unknown<'_>) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.resolve(conv::string(reference, "reference")?)?)))
-            .map(JsJson)
+        errors::json(&env, || js!(self.inner.resolve(conv::string(reference, "reference")?)?))
     }
 
     /// Models matching every given filter field, by name then version.
@@ -78,11 +76,10 @@ impl ModelRegistry {
         env: Env,
         #[napi(ts_arg_type = "ModelFilter")] filter: Option<Unknown<'_>>,
     ) -> napi::Result<JsJson> {
-        errors::sync(&env, || {
-            let filter: anneal::ModelFilter = anneal::options_from_json(CallOptions::parse(filter, false)?.json)?;
-            js(serde_json::to_value(self.inner.list(&filter)?))
+        errors::json(&env, || {
+            let filter: anneal::ModelFilter = options!(conv::plain(filter)?)?;
+            js!(self.inner.list(&filter)?)
         })
-        .map(JsJson)
     }
 
     /// Points `alias` of the model's name at that model (created or moved atomically).
@@ -93,11 +90,10 @@ impl ModelRegistry {
         #[napi(ts_arg_type = "string")] reference: Unknown<'_>,
         #[napi(ts_arg_type = "string")] alias: Unknown<'_>,
     ) -> napi::Result<JsJson> {
-        errors::sync(&env, || {
+        errors::json(&env, || {
             let (reference, alias) = (conv::string(reference, "reference")?, conv::string(alias, "alias")?);
-            js(serde_json::to_value(self.inner.set_alias(reference, &alias)?))
+            js!(self.inner.set_alias(reference, &alias)?)
         })
-        .map(JsJson)
     }
 
     /// Removes `name@alias`.
@@ -134,16 +130,26 @@ impl ModelRegistry {
         env: Env,
         #[napi(ts_arg_type = "GenerationFilter")] filter: Option<Unknown<'_>>,
     ) -> napi::Result<JsJson> {
-        errors::sync(&env, || {
-            let filter: anneal::GenerationFilter = anneal::options_from_json(CallOptions::parse(filter, false)?.json)?;
-            js(serde_json::to_value(self.inner.generations(&filter)?))
+        errors::json(&env, || {
+            let filter: anneal::GenerationFilter = options!(conv::plain(filter)?)?;
+            js!(self.inner.generations(&filter)?)
         })
-        .map(JsJson)
     }
 
     /// Usage totals of a model, from the catalog.
     #[napi(catch_unwind, ts_return_type = "ModelUsage")]
     pub fn usage(&self, env: Env, #[napi(ts_arg_type = "string")] model: Unknown<'_>) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.usage(conv::string(model, "model")?)?))).map(JsJson)
+        errors::json(&env, || js!(self.inner.usage(conv::string(model, "model")?)?))
+    }
+}
+
+/// A preset for JavaScript. `anneal::Preset` has no JSON schema, so `js!` cannot spell
+/// it; its fields are flat (strings and numbers), each spelled by the core's rule.
+fn preset(p: &anneal::Preset) -> anneal::Result<Value> {
+    match serde_json::to_value(p) {
+        Ok(Value::Object(m)) => {
+            Ok(Value::Object(m.into_iter().map(|(k, v)| (anneal::Spelling::Camel.spell(&k), v)).collect()))
+        }
+        Ok(_) | Err(_) => Err(anneal::Error::Internal("a preset is not a JSON object".into())),
     }
 }

@@ -1,8 +1,9 @@
 //! `TrainingEngine`: create, run, resume, watch and cancel training jobs.
 //!
 //! Specs are objects with camelCase keys (`maxSteps`, `batchSize`, `method: { lora: {
-//! targetModules } }`), turned into snake_case and built by `TrainSpec::from_json`, so
-//! defaults and validation stay in the core. `train` / `run` / `resume` return Promises
+//! targetModules } }`), built by the core in JavaScript's spelling
+//! (`options_from_json_spelled`) and validated by `create_job`, so defaults and
+//! validation stay in the core. `train` / `run` / `resume` return Promises
 //! and run on the libuv pool; `onEvent` gets `job_started`, `step` (at most every 100 ms),
 //! `eval`, `checkpoint`, `log`, then `job_finished`. A `CancelToken` stops a run at its
 //! next step: it writes a checkpoint, ends `cancelled` (resumable) and the Promise rejects
@@ -13,26 +14,19 @@ use napi::Env;
 use napi_derive::napi;
 use serde_json::Value;
 
-use crate::conv::{self, js, CallOptions, JsJson};
+use crate::conv::{self, js, options, JsJson};
 use crate::errors;
 use crate::events::{arg, LongTask};
 
-/// Every key of a spec (they are all core fields) in snake_case.
-fn snake_keys(v: Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (conv::snake(&k), snake_keys(v))).collect()),
-        other => other,
-    }
-}
-
-/// A JS spec object as the core's `TrainSpec`.
+/// A JS spec object as the core's `TrainSpec` (camelCase keys at any depth: `method: {
+/// lora: { targetModules } }`); `create_job` validates it.
 fn train_spec(spec: Unknown<'_>) -> anneal::Result<anneal::TrainSpec> {
-    anneal::TrainSpec::from_json(snake_keys(CallOptions::parse(Some(spec), false)?.json))
+    options!(conv::plain(Some(spec))?)
 }
 
 /// A report for JavaScript: camelCase keys, plus `modelId` next to `model`.
 fn report(r: anneal::TrainReport) -> anneal::Result<Value> {
-    let mut v = js(serde_json::to_value(r))?;
+    let mut v = js!(r)?;
     if let Value::Object(m) = &mut v {
         let model = m.get("model").cloned().unwrap_or(Value::Null);
         m.insert("modelId".into(), model);
@@ -64,7 +58,7 @@ impl TrainingEngine {
     /// field.
     #[napi(catch_unwind, ts_return_type = "JobRecord")]
     pub fn create_job(&self, env: Env, #[napi(ts_arg_type = "TrainSpec")] spec: Unknown<'_>) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.create_job(&train_spec(spec)?)?))).map(JsJson)
+        errors::json(&env, || js!(self.inner.create_job(&train_spec(spec)?)?))
     }
 
     /// `createJob` + `run`. Resolves with the report; rejects with a coded error (a bad
@@ -107,7 +101,7 @@ impl TrainingEngine {
     /// A job by id (`interrupted` when its runner died).
     #[napi(catch_unwind, ts_return_type = "JobRecord")]
     pub fn job(&self, env: Env, #[napi(ts_arg_type = "string")] job_id: Unknown<'_>) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.job(conv::string(job_id, "jobId")?)?))).map(JsJson)
+        errors::json(&env, || js!(self.inner.job(conv::string(job_id, "jobId")?)?))
     }
 
     /// Jobs matching every given filter field, oldest first.
@@ -117,29 +111,28 @@ impl TrainingEngine {
         env: Env,
         #[napi(ts_arg_type = "JobFilter")] filter: Option<Unknown<'_>>,
     ) -> napi::Result<JsJson> {
-        errors::sync(&env, || {
-            let filter: anneal::JobFilter = anneal::options_from_json(CallOptions::parse(filter, false)?.json)?;
-            js(serde_json::to_value(self.inner.jobs(&filter)?))
+        errors::json(&env, || {
+            let filter: anneal::JobFilter = options!(conv::plain(filter)?)?;
+            js!(self.inner.jobs(&filter)?)
         })
-        .map(JsJson)
     }
 
     /// The job's log lines, oldest first.
     #[napi(catch_unwind, ts_return_type = "JobLog[]")]
     pub fn logs(&self, env: Env, #[napi(ts_arg_type = "string")] job_id: Unknown<'_>) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.logs(conv::string(job_id, "jobId")?)?))).map(JsJson)
+        errors::json(&env, || js!(self.inner.logs(conv::string(job_id, "jobId")?)?))
     }
 
     /// The job's metrics time series (train steps and evals), by step.
     #[napi(catch_unwind, ts_return_type = "MetricPoint[]")]
     pub fn metrics(&self, env: Env, #[napi(ts_arg_type = "string")] job_id: Unknown<'_>) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.metrics(conv::string(job_id, "jobId")?)?))).map(JsJson)
+        errors::json(&env, || js!(self.inner.metrics(conv::string(job_id, "jobId")?)?))
     }
 
     /// Asks a job to stop, from any process (a flag in the catalog): a pending job is
     /// cancelled at once, a running one checkpoints and ends `cancelled`.
     #[napi(catch_unwind, ts_return_type = "JobRecord")]
     pub fn cancel(&self, env: Env, #[napi(ts_arg_type = "string")] job_id: Unknown<'_>) -> napi::Result<JsJson> {
-        errors::sync(&env, || js(serde_json::to_value(self.inner.cancel(conv::string(job_id, "jobId")?)?))).map(JsJson)
+        errors::json(&env, || js!(self.inner.cancel(conv::string(job_id, "jobId")?)?))
     }
 }
