@@ -135,6 +135,13 @@ export interface DatasetSplit {
   val: DatasetRecord
 }
 
+/** One bucket of the length histogram: records whose length in characters lies in `[minChars, maxChars]`. */
+export interface LengthBucket {
+  minChars: number
+  maxChars: number
+  count: number
+}
+
 export interface FieldStats {
   minChars: number
   maxChars: number
@@ -146,7 +153,7 @@ export interface DatasetStats {
   numRecords: number
   bytes: number
   fields: Record<string, FieldStats>
-  lengthHistogram: Array<{ minChars: number; maxChars: number; count: number }>
+  lengthHistogram: LengthBucket[]
   roleCounts?: Record<string, number>
   labelCounts?: Record<string, number>
   tokens?: Record<string, number>

@@ -105,10 +105,7 @@ test('invalid_config names the option as JavaScript spells it', async () => {
 
 // Options are camelCase only: the Rust spelling of a field is an unknown key (the README:
 // unknown keys are refused), at the top level and inside nested objects.
-// todo: the core's options_from_json_spelled(…, Camel) reads a key by turning it into
-// snake_case, so `on_duplicate` still finds the field; the core must refuse a key that is
-// not the field's camelCase spelling. Remove `todo` once it does.
-test('snake_case option keys are refused as unknown', { todo: 'core accepts snake_case keys in camelCase options' }, async () => {
+test('snake_case option keys are refused as unknown', async () => {
   const { home, ds, models } = tmpHome()
   const unknown = (key) => (e) => e.code === 'invalid_config' && e.message.includes(`\`${key}\``)
   await assert.rejects(ds.importRecords([{ text: 'a' }], { on_duplicate: 'reuse' }), unknown('on_duplicate'))

@@ -51,7 +51,7 @@ impl ModelRegistry {
     /// The built-in presets.
     #[napi(catch_unwind, ts_return_type = "Preset[]")]
     pub fn presets(env: Env) -> napi::Result<JsJson> {
-        errors::json(&env, || anneal::ModelRegistry::presets().iter().map(preset).collect())
+        errors::json(&env, || anneal::ModelRegistry::presets().iter().map(|p| js!(p)).collect())
     }
 
     /// A model by id.
@@ -140,16 +140,5 @@ impl ModelRegistry {
     #[napi(catch_unwind, ts_return_type = "ModelUsage")]
     pub fn usage(&self, env: Env, #[napi(ts_arg_type = "string")] model: Unknown<'_>) -> napi::Result<JsJson> {
         errors::json(&env, || js!(self.inner.usage(conv::string(model, "model")?)?))
-    }
-}
-
-/// A preset for JavaScript. `anneal::Preset` has no JSON schema, so `js!` cannot spell
-/// it; its fields are flat (strings and numbers), each spelled by the core's rule.
-fn preset(p: &anneal::Preset) -> anneal::Result<Value> {
-    match serde_json::to_value(p) {
-        Ok(Value::Object(m)) => {
-            Ok(Value::Object(m.into_iter().map(|(k, v)| (anneal::Spelling::Camel.spell(&k), v)).collect()))
-        }
-        Ok(_) | Err(_) => Err(anneal::Error::Internal("a preset is not a JSON object".into())),
     }
 }

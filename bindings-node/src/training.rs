@@ -12,7 +12,6 @@
 use napi::bindgen_prelude::{AsyncTask, Unknown};
 use napi::Env;
 use napi_derive::napi;
-use serde_json::Value;
 
 use crate::conv::{self, js, options, JsJson};
 use crate::errors;
@@ -22,16 +21,6 @@ use crate::events::{arg, LongTask};
 /// lora: { targetModules } }`); `create_job` validates it.
 fn train_spec(spec: Unknown<'_>) -> anneal::Result<anneal::TrainSpec> {
     options!(conv::plain(Some(spec))?)
-}
-
-/// A report for JavaScript: camelCase keys, plus `modelId` next to `model`.
-fn report(r: anneal::TrainReport) -> anneal::Result<Value> {
-    let mut v = js!(r)?;
-    if let Value::Object(m) = &mut v {
-        let model = m.get("model").cloned().unwrap_or(Value::Null);
-        m.insert("modelId".into(), model);
-    }
-    Ok(v)
 }
 
 /// Creates, runs, watches and resumes training jobs (`home.training()`).
@@ -47,7 +36,7 @@ impl TrainingEngine {
         let engine = self.inner.clone();
         LongTask::spawn(options, true, move |json, sink, cancel| {
             conv::fields(json, &[])?;
-            report(if resume { engine.resume(&id, sink, cancel) } else { engine.run(&id, sink, cancel) }?)
+            js!(if resume { engine.resume(&id, sink, cancel) } else { engine.run(&id, sink, cancel) }?)
         })
     }
 }
@@ -74,7 +63,7 @@ impl TrainingEngine {
         LongTask::spawn(options, true, move |json, sink, cancel| {
             conv::fields(json, &[])?;
             let job = engine.create_job(&spec)?;
-            report(engine.run(&job.id, sink, cancel)?)
+            js!(engine.run(&job.id, sink, cancel)?)
         })
     }
 

@@ -17,7 +17,7 @@ use crate::error::{Error, IoResultExt, Result};
 use crate::tokenizer::{byte_level, CHATML_TEMPLATE};
 
 /// A built-in model configuration.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Preset {
     pub name: &'static str,
     pub description: &'static str,

@@ -142,13 +142,14 @@ impl Walk<'_> {
         schema
     }
 
-    /// The Rust field name a key stands for.
-    fn field(&self, key: &str) -> String {
-        if self.inbound {
-            self.spelling.unspell(key)
-        } else {
-            key.to_string()
+    /// The Rust field name a key stands for. Coming in, only the binding's own spelling
+    /// of a field names it (`on_duplicate` is not a JavaScript key): `None` otherwise.
+    fn field(&self, key: &str) -> Option<String> {
+        if !self.inbound {
+            return Some(key.to_string());
         }
+        let field = self.spelling.unspell(key);
+        (self.spelling.spell(&field) == key).then_some(field)
     }
 
     fn value(&self, value: Value, schema: &Value, path: &str) -> Result<Value> {
@@ -174,13 +175,14 @@ impl Walk<'_> {
     fn object(&self, m: Map<String, Value>, schema: &Value, path: &str) -> Result<Value> {
         let props = schema.get("properties").and_then(Value::as_object);
         let extra = schema.get("additionalProperties");
+        let join = |name: &str| if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
         let mut out = Map::with_capacity(m.len());
         for (key, v) in m {
             let field = self.field(&key);
-            let here = if path.is_empty() { field.clone() } else { format!("{path}.{field}") };
-            if let Some(p) = props.and_then(|p| p.get(&field)) {
-                let name = if self.inbound { field } else { self.spelling.spell(&field) };
-                out.insert(name, self.value(v, p, &here)?);
+            let prop = field.as_deref().and_then(|f| props.and_then(|p| p.get(f)).map(|p| (f, p)));
+            if let Some((field, p)) = prop {
+                let name = if self.inbound { field.to_string() } else { self.spelling.spell(field) };
+                out.insert(name, self.value(v, p, &join(field))?);
             } else if let Some(map_values) = extra.filter(|e| e.is_object()) {
                 // A map: its keys are data.
                 let v = self.value(v, map_values, &format!("{path}[{key}]"))?;
@@ -188,8 +190,10 @@ impl Walk<'_> {
             } else if props.is_some() && self.inbound && extra == Some(&Value::Bool(false)) {
                 let allowed: Vec<String> =
                     props.into_iter().flat_map(|p| p.keys()).map(|k| self.spelling.spell(k)).collect();
+                let at =
+                    if path.is_empty() { key.clone() } else { format!("{}.{key}", spell_path(path, self.spelling)) };
                 return Err(Error::config(
-                    spell_path(&here, self.spelling),
+                    at,
                     format!("unknown option `{key}` (expected one of: {})", allowed.join(", ")),
                 ));
             } else {
@@ -209,7 +213,7 @@ impl Walk<'_> {
         let fits = |b: &Value| {
             let b = self.resolve(b);
             let Some(props) = b.get("properties").and_then(Value::as_object) else { return true };
-            m.iter().all(|(k, v)| match props.get(&self.field(k)) {
+            m.iter().all(|(k, v)| match self.field(k).and_then(|f| props.get(&f)) {
                 Some(p) => self.resolve(p).get("const").is_none_or(|c| c == v),
                 None => b.get("additionalProperties").is_some_and(Value::is_object),
             })
@@ -271,6 +275,16 @@ mod tests {
         assert!(e.to_string().contains("`nmae`") && e.to_string().contains("on_duplicate"), "{e}");
         let e = options_from_json_spelled::<ImportOptions>(json!({"onDuplikate": "x"}), Spelling::Camel).unwrap_err();
         assert!(e.to_string().contains("onDuplicate") && !e.to_string().contains("on_duplicate"), "{e}");
+        // The Rust spelling is not a JavaScript key, at any depth.
+        let e =
+            options_from_json_spelled::<ImportOptions>(json!({"on_duplicate": "reuse"}), Spelling::Camel).unwrap_err();
+        assert!(e.to_string().contains("`on_duplicate`") && e.to_string().contains("onDuplicate"), "{e}");
+        let e = options_from_json_spelled::<TrainSpec>(
+            json!({"base": "b", "dataset": "d", "method": {"lora": {"target_modules": []}}}),
+            Spelling::Camel,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`target_modules`"), "{e}");
         // Nested: inside the LoRA method.
         let e = options_from_json_spelled::<TrainSpec>(
             json!({"base": "b", "dataset": "d", "method": {"lora": {"rank": 4}}}),
