@@ -76,6 +76,12 @@ export interface SplitOptions {
   names?: [string, string]
 }
 
+/** Options of `Generator.score`. */
+export interface ScoreOptions {
+  /** The adapter to apply (a model reference), as `GenerationConfig.adapter`. */
+  adapter?: string
+}
+
 export interface DeleteOptions {
   /** Delete even while others depend on it. */
   force?: boolean

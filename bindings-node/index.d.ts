@@ -76,6 +76,12 @@ export interface SplitOptions {
   names?: [string, string]
 }
 
+/** Options of `Generator.score`. */
+export interface ScoreOptions {
+  /** The adapter to apply (a model reference), as `GenerationConfig.adapter`. */
+  adapter?: string
+}
+
 export interface DeleteOptions {
   /** Delete even while others depend on it. */
   force?: boolean
@@ -496,7 +502,7 @@ export declare class Generator {
    */
   stream(prompt: Prompt, config?: GenerationConfig): TokenStream
   /** Loss, perplexity and token count of each text. */
-  score(texts: string[], options?: { adapter?: string }): Promise<Score[]>
+  score(texts: string[], options?: ScoreOptions): Promise<Score[]>
   /** Loads an adapter of this generator's base, for requests' `adapter` setting. */
   addAdapter(model: string): Promise<ModelRecord>
   /** The adapters loaded unmerged on this generator. */

@@ -223,15 +223,6 @@ pub(crate) fn fields(json: Value, allowed: &[&str]) -> anneal::Result<Map<String
     Ok(map)
 }
 
-/// `{force}` of the `delete` calls.
-pub(crate) fn force(json: Value) -> anneal::Result<bool> {
-    match fields(json, &["force"])?.get("force") {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(anneal::Error::config("force", "expected a boolean")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

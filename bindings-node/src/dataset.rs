@@ -92,8 +92,8 @@ impl DatasetStore {
         let val_fraction = arg!(conv::number(val_fraction, "valFraction"));
         let store = self.inner.clone();
         LongTask::spawn(options, false, move |json, _, _| {
-            let (seed, names) = split_options(json)?;
-            js!(store.split(id_or_name, val_fraction, seed, names)?)
+            let o: anneal::SplitOptions = options!(json)?;
+            js!(store.split(id_or_name, val_fraction, o.seed, o.names)?)
         })
     }
 
@@ -108,26 +108,9 @@ impl DatasetStore {
         let id_or_name = arg!(conv::string(id_or_name, "idOrName"));
         let store = self.inner.clone();
         LongTask::spawn(options, false, move |json, _, _| {
-            store.delete(id_or_name, conv::force(json)?)?;
+            let o: anneal::DeleteOptions = options!(json)?;
+            store.delete(id_or_name, o.force)?;
             Ok(Value::Null)
         })
     }
-}
-
-/// `{seed, names}` of `split`. The core takes them as plain arguments; the seed of a
-/// call without one is 0, as for presets.
-fn split_options(json: Value) -> anneal::Result<(u64, Option<(String, String)>)> {
-    let map = conv::fields(json, &["seed", "names"])?;
-    let seed = match map.get("seed") {
-        None | Some(Value::Null) => 0,
-        Some(v) => v.as_u64().ok_or_else(|| anneal::Error::config("seed", "expected a non-negative integer"))?,
-    };
-    let names = match map.get("names") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(a)) if a.len() == 2 && a.iter().all(Value::is_string) => {
-            Some((a[0].as_str().unwrap_or_default().to_string(), a[1].as_str().unwrap_or_default().to_string()))
-        }
-        Some(_) => return Err(anneal::Error::config("names", "expected [trainName, valName]")),
-    };
-    Ok((seed, names))
 }

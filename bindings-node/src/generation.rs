@@ -169,17 +169,13 @@ impl Generator {
     pub fn score(
         &self,
         #[napi(ts_arg_type = "string[]")] texts: Unknown<'_>,
-        #[napi(ts_arg_type = "{ adapter?: string }")] options: Option<Unknown<'_>>,
+        #[napi(ts_arg_type = "ScoreOptions")] options: Option<Unknown<'_>>,
     ) -> AsyncTask<LongTask> {
         let texts = arg!(strings(texts, "texts"));
         let gen = self.inner.clone();
         LongTask::spawn(options, false, move |json, _, _| {
-            let adapter = match conv::fields(json, &["adapter"])?.remove("adapter") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(s),
-                Some(_) => return Err(anneal::Error::config("adapter", "expected a model reference string")),
-            };
-            js!(gen.score_with(&texts, adapter.as_deref())?)
+            let o: anneal::ScoreOptions = options!(json)?;
+            js!(gen.score_with(&texts, o.adapter.as_deref())?)
         })
     }
 

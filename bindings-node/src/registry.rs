@@ -118,7 +118,8 @@ impl ModelRegistry {
         let reference = arg!(conv::string(reference, "reference"));
         let reg = self.inner.clone();
         LongTask::spawn(options, false, move |json, _, _| {
-            reg.delete(reference, conv::force(json)?)?;
+            let o: anneal::DeleteOptions = options!(json)?;
+            reg.delete(reference, o.force)?;
             Ok(Value::Null)
         })
     }

@@ -163,3 +163,9 @@ impl Options {
         Value::Object(self.0)
     }
 }
+
+/// `force=` of the `delete` calls, read by the core (`DeleteOptions`).
+pub fn delete_options(py: Python<'_>, force: Option<&Bound<'_, PyAny>>) -> PyResult<anneal::DeleteOptions> {
+    let value = Options::default().set("force", force)?.into_value();
+    anneal::options_from_json(value).map_err(|e| crate::errors::to_pyerr(py, e))
+}

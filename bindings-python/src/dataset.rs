@@ -244,22 +244,25 @@ impl PyDatasetStore {
     }
 
     /// Splits deterministically into `<name>-train` / `<name>-val` (or `names`).
-    #[pyo3(signature = (id_or_name, val_fraction, *, seed=0, names=None))]
+    #[pyo3(signature = (id_or_name, val_fraction, *, seed=None, names=None))]
     fn split(
         &self,
         py: Python<'_>,
         id_or_name: String,
         val_fraction: f64,
-        seed: u64,
-        names: Option<(String, String)>,
+        seed: Option<Bound<'_, PyAny>>,
+        names: Option<Bound<'_, PyAny>>,
     ) -> PyResult<PyDatasetSplit> {
-        py.enter_core(|| self.inner.split(id_or_name, val_fraction, seed, names)).map(Into::into)
+        let value = Options::default().set("seed", seed.as_ref())?.set("names", names.as_ref())?.into_value();
+        let o: anneal::SplitOptions = anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))?;
+        py.enter_core(|| self.inner.split(id_or_name, val_fraction, o.seed, o.names)).map(Into::into)
     }
 
     /// Deletes a dataset (refuses while a job uses it, unless `force`).
-    #[pyo3(signature = (id_or_name, *, force=false))]
-    fn delete(&self, py: Python<'_>, id_or_name: String, force: bool) -> PyResult<()> {
-        py.enter_core(|| self.inner.delete(id_or_name, force))
+    #[pyo3(signature = (id_or_name, *, force=None))]
+    fn delete(&self, py: Python<'_>, id_or_name: String, force: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let o = crate::conv::delete_options(py, force.as_ref())?;
+        py.enter_core(|| self.inner.delete(id_or_name, o.force))
     }
 
     fn __repr__(&self) -> String {

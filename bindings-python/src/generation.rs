@@ -303,8 +303,11 @@ impl PyGenerator {
 
     /// Mean next-token loss, perplexity and token count of each text.
     #[pyo3(signature = (texts, *, adapter=None))]
-    fn score(&self, py: Python<'_>, texts: Vec<String>, adapter: Option<String>) -> PyResult<Vec<PyScore>> {
-        Ok(py.enter_core(|| self.inner.score_with(&texts, adapter.as_deref()))?.into_iter().map(Into::into).collect())
+    fn score(&self, py: Python<'_>, texts: Vec<String>, adapter: Option<Bound<'_, PyAny>>) -> PyResult<Vec<PyScore>> {
+        let value = Options::default().set("adapter", adapter.as_ref())?.into_value();
+        let o: anneal::ScoreOptions = anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))?;
+        let scores = py.enter_core(|| self.inner.score_with(&texts, o.adapter.as_deref()))?;
+        Ok(scores.into_iter().map(Into::into).collect())
     }
 
     /// Loads an adapter of this generator's base, for requests' `adapter=`.

@@ -190,9 +190,10 @@ impl PyModelRegistry {
     }
 
     /// Deletes a model (refuses while an adapter or a job needs it, unless `force`).
-    #[pyo3(signature = (model, *, force=false))]
-    fn delete(&self, py: Python<'_>, model: String, force: bool) -> PyResult<()> {
-        py.enter_core(|| self.inner.delete(model, force))
+    #[pyo3(signature = (model, *, force=None))]
+    fn delete(&self, py: Python<'_>, model: String, force: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let o = crate::conv::delete_options(py, force.as_ref())?;
+        py.enter_core(|| self.inner.delete(model, o.force))
     }
 
     /// Recorded generation and scoring calls, newest first.

@@ -77,10 +77,11 @@ pub use tokenizer::{SpecialToken, Tokenizer};
 pub use training::{AdamW, JobHandle, TrainingEngine};
 pub use types::{
     options_from_json, options_from_json_spelled, to_json_spelled, ChatMessage, DatasetFormat, DatasetId,
-    DatasetRecord, DatasetSplit, DatasetStats, ErrorInfo, Event, Family, FieldStats, FinishReason, FinishStatus,
-    Generation, GenerationConfig, GenerationFilter, GenerationId, GenerationKind, GenerationRecord, GeneratorOptions,
-    ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus, LengthBucket, Lineage, LoraConfig, Method,
-    MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelUsage,
-    OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score, SourceFormat, Spelling, Storage, StreamChunk,
-    Timings, TrainMetrics, TrainReport, TrainSpec, TxtMode, CHAT_ROLES, DEFAULT_MAX_NEW_TOKENS, HEARTBEAT_STALE_SECS,
+    DatasetRecord, DatasetSplit, DatasetStats, DeleteOptions, ErrorInfo, Event, Family, FieldStats, FinishReason,
+    FinishStatus, Generation, GenerationConfig, GenerationFilter, GenerationId, GenerationKind, GenerationRecord,
+    GeneratorOptions, ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus, LengthBucket, Lineage, LoraConfig,
+    Method, MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelUsage,
+    OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score, ScoreOptions, SourceFormat, Spelling,
+    SplitOptions, Storage, StreamChunk, Timings, TrainMetrics, TrainReport, TrainSpec, TxtMode, CHAT_ROLES,
+    DEFAULT_MAX_NEW_TOKENS, HEARTBEAT_STALE_SECS,
 };

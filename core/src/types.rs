@@ -17,13 +17,13 @@ mod model;
 mod training;
 
 pub use dataset::{
-    DatasetFormat, DatasetRecord, DatasetSplit, DatasetStats, FieldStats, ImportOptions, LengthBucket, OnDuplicate,
-    SourceFormat, TxtMode, CHAT_ROLES,
+    DatasetFormat, DatasetRecord, DatasetSplit, DatasetStats, DeleteOptions, FieldStats, ImportOptions, LengthBucket,
+    OnDuplicate, SourceFormat, SplitOptions, TxtMode, CHAT_ROLES,
 };
 pub use event::{ErrorInfo, Event, FinishStatus};
 pub use generation::{
     ChatMessage, FinishReason, Generation, GenerationConfig, GenerationFilter, GenerationKind, GenerationRecord,
-    GeneratorOptions, ModelUsage, Prompt, Score, StreamChunk, Timings, DEFAULT_MAX_NEW_TOKENS,
+    GeneratorOptions, ModelUsage, Prompt, Score, ScoreOptions, StreamChunk, Timings, DEFAULT_MAX_NEW_TOKENS,
 };
 pub use ids::{DatasetId, GenerationId, JobId, ModelId, ModelRef};
 pub use model::{

@@ -213,6 +213,10 @@ fn python_stub_matches_the_rust_types() {
         ("Generator", "generate", schemas!(GenerationConfig).remove(0)),
         ("Generator", "stream", schemas!(GenerationConfig).remove(0)),
         ("Generator", "generate_batch", schemas!(GenerationConfig).remove(0)),
+        ("Generator", "score", schemas!(ScoreOptions).remove(0)),
+        ("DatasetStore", "split", schemas!(SplitOptions).remove(0)),
+        ("DatasetStore", "delete", schemas!(DeleteOptions).remove(0)),
+        ("ModelRegistry", "delete", schemas!(DeleteOptions).remove(0)),
     ] {
         let got: BTreeSet<String> = py_kwargs(&pyi, class, method).difference(&bindings_only).cloned().collect();
         let mut want = fields(&schema);
@@ -299,6 +303,9 @@ fn typescript_declarations_match_the_rust_types() {
         GeneratorOptions,
         GenerationConfig,
         GenerationFilter,
+        SplitOptions,
+        DeleteOptions,
+        ScoreOptions,
     );
     for (name, schema) in structs().into_iter().chain(option_structs) {
         let want: BTreeSet<String> = fields(&schema).iter().map(|f| camel(f)).collect();

@@ -135,6 +135,25 @@ pub struct ImportOptions {
     pub on_duplicate: OnDuplicate,
 }
 
+/// Options of [`crate::DatasetStore::split`] as the bindings take them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplitOptions {
+    /// Seed of the shuffle: the same seed gives the same halves. Default 0.
+    pub seed: u64,
+    /// Names of the halves. Default: `<name>-train`, `<name>-val`.
+    pub names: Option<(String, String)>,
+}
+
+/// Options of the `delete` calls (datasets and models) as the bindings take them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeleteOptions {
+    /// Delete even while others depend on it: jobs lose the link, a model's adapters
+    /// are deleted with it.
+    pub force: bool,
+}
+
 /// The two halves of [`DatasetStore::split`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DatasetSplit {

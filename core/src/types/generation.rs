@@ -277,6 +277,14 @@ pub struct StreamChunk {
     pub token_ids: Vec<u32>,
 }
 
+/// Options of [`crate::Generator::score`] as the bindings take them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoreOptions {
+    /// The adapter to apply, as [`GenerationConfig::adapter`].
+    pub adapter: Option<String>,
+}
+
 /// Loss and perplexity of one text under the model.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Score {
