@@ -51,6 +51,7 @@ impl Home {
         let home = Home { inner: Arc::new(Store { root, catalog }) };
         home.datasets().sweep(SWEEP_AGE)?;
         home.models().sweep(SWEEP_AGE)?;
+        home.training().sweep(SWEEP_AGE)?;
         Ok(home)
     }
 

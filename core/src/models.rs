@@ -235,6 +235,12 @@ impl Model {
         &self.dir
     }
 
+    /// Takes the tokenizer and generation files that [`Model::save`] copies from `dir`
+    /// (weights loaded from a checkpoint, side files from the model it started from).
+    pub(crate) fn set_side_files_dir(&mut self, dir: &Path) {
+        self.dir = dir.to_path_buf();
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }

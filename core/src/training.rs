@@ -92,6 +92,18 @@ impl TrainingEngine {
         self.store.root.join("jobs").join(&id.0)
     }
 
+    /// Removes leftovers older than `min_age`: folders of jobs no row refers to, and
+    /// interrupted checkpoint writes (`checkpoints/.tmp-*`) of the others.
+    pub(crate) fn sweep(&self, min_age: Duration) -> Result<()> {
+        let known: std::collections::HashSet<String> = self.store.catalog.read(sql::all_ids)?.into_iter().collect();
+        let jobs = self.store.root.join("jobs");
+        util::sweep(&jobs, min_age, |name| name.starts_with("job_") && !known.contains(name));
+        for id in &known {
+            util::sweep(&jobs.join(id).join("checkpoints"), min_age, |_| false);
+        }
+        Ok(())
+    }
+
     /// Validates `spec`, resolves its base model and datasets, and stores a pending job.
     pub fn create_job(&self, spec: &TrainSpec) -> Result<JobRecord> {
         spec.validate()?;

@@ -156,7 +156,9 @@ fn lora_job_registers_an_adapter_on_the_base() {
 fn cancel_in_process_then_resume() {
     let env = Env::new();
     let engine = env.home.training();
-    let job = engine.create_job(&env.spec()).unwrap();
+    // Checkpoints rotate (keep 1), so the one resumed from is gone by the end.
+    let job =
+        engine.create_job(&TrainSpec { checkpoint_every: Some(2), keep_last_checkpoints: 1, ..env.spec() }).unwrap();
     let cancel = CancelToken::new();
     let rec = RecordingSink::new();
     let mut inner = rec.clone();
@@ -183,6 +185,13 @@ fn cancel_in_process_then_resume() {
         sink2.events().iter().find_map(|e| if let Event::Step { step, .. } = e { Some(*step) } else { None });
     assert_eq!(first_step, Some(4));
     assert_eq!(engine.job(&job.id).unwrap().status, JobStatus::Completed);
+    // The registered model carries its tokenizer and generates from text.
+    let out = env.home.models().get(&report.model).unwrap();
+    assert!(out.files.iter().any(|f| f.name == "tokenizer.json"), "{:?}", out.files);
+    let gen = env.home.generator(&out.id, &Default::default()).unwrap();
+    let g =
+        gen.generate("the cat", &anneal::GenerationConfig { max_new_tokens: Some(3), ..Default::default() }).unwrap();
+    assert!(g.generated_tokens > 0);
 }
 
 #[test]
@@ -428,4 +437,27 @@ fn a_status_this_build_does_not_know_is_an_error_not_failed() {
     assert!(e.to_string().contains("paused") && e.to_string().contains("interrupted"), "{e}");
     db.execute("UPDATE jobs SET status = 'pending' WHERE id = ?1", rusqlite::params![job.id.0]).unwrap();
     assert_eq!(engine.job(&job.id).unwrap().status, JobStatus::Pending);
+}
+
+#[test]
+fn reopening_sweeps_old_job_leftovers() {
+    let env = Env::new();
+    let job = env.home.training().create_job(&env.spec()).unwrap();
+    let jobs = env.home.root().join("jobs");
+    let age = |p: &std::path::Path| {
+        let old = std::time::SystemTime::now() - Duration::from_secs(7200);
+        std::fs::File::open(p).unwrap().set_modified(old).unwrap();
+    };
+    let ghost = jobs.join("job_0000000000000000");
+    let stale = jobs.join(&job.id.0).join("checkpoints").join(".tmp-x");
+    let fresh = jobs.join(&job.id.0).join("checkpoints").join(".tmp-y");
+    for d in [&ghost, &stale, &fresh] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    age(&ghost);
+    age(&stale);
+    let home = Home::open(env.home.root()).unwrap();
+    assert!(!ghost.exists() && !stale.exists(), "old leftovers are swept");
+    assert!(fresh.exists(), "a young one may belong to a live writer");
+    assert!(home.training().job(&job.id).is_ok());
 }

@@ -228,3 +228,10 @@ pub(crate) fn finish(
     )?;
     Ok(())
 }
+
+/// Every job id (for sweeping folders no row refers to).
+pub(crate) fn all_ids(conn: &Connection) -> Result<Vec<String>> {
+    let mut st = conn.prepare("SELECT id FROM jobs")?;
+    let rows = st.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+}

@@ -630,10 +630,14 @@ fn load_model(spec: &TrainSpec, base: &ModelRecord, checkpoint: Option<&Path>) -
     match &spec.method {
         Method::Full => {
             let opts = LoadOptions { trainable: true, ..Default::default() };
-            match checkpoint {
-                Some(p) => Model::load(p, &opts),
-                None => Model::load(base, &opts),
-            }
+            let mut m = match checkpoint {
+                Some(p) => Model::load(p, &opts)?,
+                None => Model::load(base, &opts)?,
+            };
+            // The checkpoint may be rotated away before the end: the tokenizer and
+            // generation files always come from the base.
+            m.set_side_files_dir(&base.path);
+            Ok(m)
         }
         Method::Lora(cfg) => {
             let mut m = Model::load(base, &LoadOptions::default())?;
