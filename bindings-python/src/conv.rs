@@ -4,7 +4,7 @@
 //! `dict` (with `str` keys), including their subclasses; anything else is a `TypeError`
 //! that names where in the value it was found.
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::{Map, Number, Value};
@@ -69,6 +69,21 @@ fn describe(what: &str, path: &str) -> String {
     }
 }
 
+/// A value JSON cannot hold (NaN, an integer beyond 64 bits, a lone surrogate): the
+/// core's typed error, `invalid_data` naming the record and field for records, else
+/// `invalid_config` naming the option.
+fn unrepresentable(obj: &Bound<'_, PyAny>, what: &str, path: &str, reason: String) -> PyErr {
+    let err = match what.strip_prefix("record ").and_then(|n| n.parse::<u64>().ok()) {
+        Some(n) => {
+            let at = anneal::Location::default().at(n);
+            anneal::Error::data(if path.is_empty() { at } else { at.field(path) }, reason)
+        }
+        None if path.is_empty() => anneal::Error::config(what, reason),
+        None => anneal::Error::config(format!("{what}.{path}"), reason),
+    };
+    crate::errors::to_pyerr(obj.py(), err)
+}
+
 fn convert(obj: &Bound<'_, PyAny>, what: &str, path: &mut String) -> PyResult<Value> {
     if obj.is_none() {
         return Ok(Value::Null);
@@ -83,20 +98,19 @@ fn convert(obj: &Bound<'_, PyAny>, what: &str, path: &mut String) -> PyResult<Va
         if let Ok(u) = obj.extract::<u64>() {
             return Ok(Value::from(u));
         }
-        return Err(PyValueError::new_err(format!(
-            "{}: integer {} does not fit in 64 bits",
-            describe(what, path),
-            obj.str()?
-        )));
+        return Err(unrepresentable(obj, what, path, format!("integer {} does not fit in 64 bits", obj.str()?)));
     }
     if let Ok(f) = obj.cast::<PyFloat>() {
         let v = f.value();
         return Number::from_f64(v)
             .map(Value::Number)
-            .ok_or_else(|| PyValueError::new_err(format!("{}: {v} cannot be stored as JSON", describe(what, path))));
+            .ok_or_else(|| unrepresentable(obj, what, path, format!("{v} is not a finite number")));
     }
     if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(Value::String(s.to_str()?.to_owned()));
+        return match s.to_str() {
+            Ok(s) => Ok(Value::String(s.to_owned())),
+            Err(_) => Err(unrepresentable(obj, what, path, "is not valid Unicode text (a lone surrogate)".into())),
+        };
     }
     if let Ok(list) = obj.cast::<PyList>() {
         return seq(list.iter(), what, path);

@@ -452,3 +452,16 @@ def test_failed_imports_leave_no_directories(home, ds, tmp_path):
         with pytest.raises(anneal.InvalidDataError):
             ds.import_file(p)
     assert dataset_dirs(home) == before == []
+
+
+def test_values_json_cannot_hold_are_typed_errors(ds, unchanged):
+    u = unchanged()
+    for bad, why in [(float("nan"), "finite"), (float("inf"), "finite"), (2**64, "64 bits"), ("\ud800", "Unicode")]:
+        with pytest.raises(anneal.InvalidDataError) as ei:
+            ds.import_records([{"text": "a"}, {"text": "b", "meta": {"x": bad}}], name="bad")
+        assert ei.value.code == "invalid_data" and ei.value.record == 2, ei.value
+        assert "meta.x" in str(ei.value) and why in str(ei.value), ei.value
+        with pytest.raises(anneal.InvalidConfigError) as ei:
+            ds.import_records([{"text": "a"}], name=bad)
+        assert ei.value.field == "name", ei.value
+    u.check()

@@ -69,6 +69,10 @@ impl DatasetStore {
         if meta.is_dir() {
             return Err(Error::config("path", format!("{} is a directory, not a file", path.display())));
         }
+        if !meta.is_file() {
+            // A FIFO, socket or device could block forever or never end.
+            return Err(Error::config("path", format!("{} is not a regular file", path.display())));
+        }
         let name = match &opts.name {
             Some(n) => n.clone(),
             None => util::name_from_path(path),
@@ -310,6 +314,12 @@ impl DatasetStore {
         }
         let (train_name, val_name) =
             names.unwrap_or_else(|| (format!("{}-train", src.name), format!("{}-val", src.name)));
+        util::validate_name("names[0]", &train_name)?;
+        util::validate_name("names[1]", &val_name)?;
+        if train_name == val_name {
+            return Err(Error::config("names", format!("both halves are named `{train_name}`; give two names")));
+        }
+        let train_existed = self.get(train_name.as_str()).is_ok();
         let mut order: Vec<usize> = (0..n).collect();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         order.shuffle(&mut rng);
@@ -352,7 +362,16 @@ impl DatasetStore {
             }
         };
         let train = half(train, &train_name)?;
-        let val = half(val, &val_name)?;
+        let val = match half(val, &val_name) {
+            Ok(v) => v,
+            Err(e) => {
+                // All or nothing: the train half this call stored goes again.
+                if !train_existed {
+                    let _ = self.delete(train.id.clone(), false);
+                }
+                return Err(e);
+            }
+        };
         Ok(DatasetSplit { train, val })
     }
 

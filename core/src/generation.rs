@@ -456,6 +456,12 @@ impl Generator {
                 if m.is_empty() {
                     return Err(Error::config(field, "holds no messages"));
                 }
+                if let Some(i) = m.iter().position(|msg| !crate::types::CHAT_ROLES.contains(&msg.role.as_str())) {
+                    return Err(Error::config(
+                        format!("{field}[{i}].role"),
+                        format!("`{}` is not a chat role ({})", m[i].role, crate::types::CHAT_ROLES.join(", ")),
+                    ));
+                }
                 let t = tok()?;
                 t.encode(&t.apply_chat_template(m, true)?, false)?
             }

@@ -346,6 +346,11 @@ fn chat_prompts_use_the_template() {
     let a = gen.generate(msgs, &greedy(10)).unwrap();
     let b = gen.generate(ids.clone(), &greedy(10)).unwrap();
     assert_eq!((a.prompt_tokens, &a.token_ids), (ids.len(), &b.token_ids));
+    // Roles are the ones a chat dataset accepts, named at the message.
+    let bad = vec![ChatMessage::new("user", "hi"), ChatMessage::new("wizard", "abracadabra")];
+    let e = gen.generate(bad, &greedy(2)).unwrap_err();
+    assert_eq!(e.code(), "invalid_config");
+    assert!(e.to_string().contains("prompt[1].role") && e.to_string().contains("wizard"), "{e}");
 }
 
 #[test]

@@ -163,6 +163,20 @@ fn preview_stats_split_get_delete() {
     orig.sort_by_key(|v| v.to_string());
     assert_eq!(all, orig);
     assert_eq!(ds.split("qa", 1.5, 0, None).unwrap_err().code(), "invalid_config");
+    // All or nothing: one name for both halves, or a val half that cannot be stored,
+    // leaves no half behind.
+    let before = ds.list().unwrap().len();
+    let e = ds.split("qa", 0.5, 1, Some(("x".into(), "x".into()))).unwrap_err();
+    assert_eq!(e.code(), "invalid_config");
+    let e = ds.split("qa", 0.5, 1, Some(("fresh-half".into(), "qa-val".into()))).unwrap_err();
+    assert_eq!(e.code(), "already_exists");
+    assert_eq!(ds.list().unwrap().len(), before);
+    assert_eq!(ds.get("fresh-half").unwrap_err().code(), "not_found");
+    // Only regular files are read: a FIFO would block forever.
+    let fifo = h.root().join("pipe.jsonl");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let e = ds.import_file(&fifo, &Default::default()).unwrap_err();
+    assert!(e.code() == "invalid_config" && e.to_string().contains("not a regular file"), "{e}");
 
     assert_eq!(ds.get("qa").unwrap().id, rec.id);
     assert_eq!(ds.get(&rec.id).unwrap().name, "qa");
