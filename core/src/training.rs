@@ -32,11 +32,13 @@ use crate::catalog::jobs as sql;
 use crate::data::DatasetStore;
 use crate::error::{Error, Result};
 use crate::events::{CancelToken, EventSink};
+use crate::models::st_header::read_safetensors_header;
+use crate::models::ModelConfig;
 use crate::registry::ModelRegistry;
 use crate::store::Store;
 use crate::types::{
-    DatasetId, Event, JobFilter, JobId, JobLog, JobRecord, JobStatus, MetricPoint, TrainReport, TrainSpec,
-    HEARTBEAT_STALE_SECS,
+    DatasetFormat, DatasetId, Event, Family, JobFilter, JobId, JobLog, JobRecord, JobStatus, LoraConfig, Method,
+    MetricPoint, ModelKind, ModelRecord, TrainReport, TrainSpec, HEARTBEAT_STALE_SECS,
 };
 use crate::util;
 
@@ -123,6 +125,9 @@ impl TrainingEngine {
             Some(e) => Some(ds.get(e).map_err(not_found("eval_dataset", e))?),
             None => None,
         };
+        let mut formats = vec![("dataset", dataset.format)];
+        formats.extend(eval.as_ref().map(|e| ("eval_dataset", e.format)));
+        check_fits(spec, &base, &formats)?;
         let now = util::now();
         let rec = JobRecord {
             id: JobId(util::new_id("job")),
@@ -247,6 +252,79 @@ impl TrainingEngine {
             HandleShared { thread: Mutex::new(Some(thread)), outcome: Mutex::new(None), events: Mutex::new(rx) };
         Ok(JobHandle { job_id: id.clone(), cancel, shared: Arc::new(shared) })
     }
+}
+
+/// What `run` would find out late, checked when the job is created: the base is a
+/// model (not an adapter), the data is text-like, `seq_len` fits the context, and LoRA
+/// targets name linear layers of the base with a rank no wider than they are.
+fn check_fits(spec: &TrainSpec, base: &ModelRecord, formats: &[(&str, DatasetFormat)]) -> Result<()> {
+    if base.kind == ModelKind::Lora {
+        return Err(Error::config(
+            "base",
+            format!("{} is a LoRA adapter: train its base model (or a merged copy) instead", base.reference()),
+        ));
+    }
+    for &(field, format) in formats {
+        if format == DatasetFormat::Tabular {
+            return Err(Error::config(
+                field,
+                "is a tabular dataset: a language model trains on text, completion, instruction or chat records",
+            ));
+        }
+    }
+    let cfg = ModelConfig::from_json(&base.config)?;
+    if spec.seq_len > cfg.max_position_embeddings {
+        return Err(Error::config(
+            "seq_len",
+            format!("{} exceeds the model's context ({} positions)", spec.seq_len, cfg.max_position_embeddings),
+        ));
+    }
+    let Method::Lora(lora) = &spec.method else { return Ok(()) };
+    let conv1d = cfg.family == Family::Gpt2;
+    if lora.fan_in_fan_out.is_some_and(|f| f != conv1d) {
+        return Err(Error::config(
+            "method.lora.fan_in_fan_out",
+            format!("must be {conv1d} for {} (its weights are stored that way)", cfg.family),
+        ));
+    }
+    let targets = lora.targets_for(cfg.family);
+    let modules = linear_modules(base)?;
+    let widest = modules.iter().filter(|(name, _)| LoraConfig::matches(&targets, name)).map(|(_, w)| *w).max();
+    let Some(widest) = widest else {
+        let names: std::collections::BTreeSet<&str> =
+            modules.iter().map(|(n, _)| n.rsplit('.').next().unwrap_or(n)).collect();
+        return Err(Error::config(
+            "method.lora.target_modules",
+            format!(
+                "no linear module of {} matches {targets:?} (its modules: {})",
+                base.reference(),
+                names.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    };
+    if u64::try_from(lora.r).map_or(true, |r| r > widest) {
+        return Err(Error::config(
+            "method.lora.r",
+            format!("{} is wider than the widest targeted layer ({widest}); a rank beyond it adds nothing", lora.r),
+        ));
+    }
+    Ok(())
+}
+
+/// The base's linear modules (2-D `*.weight` tensors but the embeddings) and their
+/// larger dimension, read from the safetensors headers.
+fn linear_modules(base: &ModelRecord) -> Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for f in base.files.iter().filter(|f| f.name.ends_with(".safetensors")) {
+        for (name, info) in read_safetensors_header(&base.path.join(&f.name))? {
+            let Some(module) = name.strip_suffix(".weight") else { continue };
+            let embedding = ["embed_tokens", "wte", "wpe"].iter().any(|e| module.ends_with(e));
+            if info.shape.len() == 2 && !embedding {
+                out.push((module.to_string(), info.shape.iter().copied().max().unwrap_or(0)));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Forwards events to a channel; a dropped receiver is not an error.

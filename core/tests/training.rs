@@ -378,9 +378,31 @@ fn invalid_specs_name_the_field() {
     let e = TrainSpec::from_json(json!({"base": "nano", "dataset": "toy", "batch_size": "big"})).unwrap_err();
     assert_eq!(field_of(e), "batch_size");
     assert!(engine.jobs(&JobFilter::default()).unwrap().is_empty(), "nothing was created");
-    // seq_len beyond the model is caught when the job runs, naming the field.
-    let job = engine.create_job(&TrainSpec { seq_len: 100_000, ..env.spec() }).unwrap();
-    assert_eq!(field_of(engine.run(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap_err()), "seq_len");
+    // What `run` would find out late is refused at the door, naming the field.
+    let lora = |cfg: anneal::LoraConfig| TrainSpec { method: Method::Lora(cfg), ..env.spec() };
+    let tabular: Vec<_> = (0..4).map(|i| Ok(json!({"features": {"x": i}, "label": i % 2}))).collect();
+    let opts =
+        ImportOptions { name: Some("tab".into()), format: Some(anneal::DatasetFormat::Tabular), ..Default::default() };
+    env.home.datasets().import_records(tabular, &opts).unwrap();
+    let cases = [
+        (TrainSpec { seq_len: 100_000, ..env.spec() }, "seq_len"),
+        (TrainSpec { dataset: "tab".into(), ..env.spec() }, "dataset"),
+        (TrainSpec { eval_dataset: Some("tab".into()), ..env.spec() }, "eval_dataset"),
+        (
+            lora(anneal::LoraConfig { target_modules: vec!["c_attn".into()], ..Default::default() }),
+            "method.lora.target_modules",
+        ),
+        (lora(anneal::LoraConfig { r: 1 << 40, ..Default::default() }), "method.lora.r"),
+        (lora(anneal::LoraConfig { fan_in_fan_out: Some(true), ..Default::default() }), "method.lora.fan_in_fan_out"),
+    ];
+    for (spec, field) in cases {
+        assert_eq!(field_of(engine.create_job(&spec).unwrap_err()), field);
+    }
+    let job = engine.create_job(&TrainSpec { max_steps: Some(1), ..lora(Default::default()) }).unwrap();
+    let adapter = engine.run(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
+    let e = engine.create_job(&TrainSpec { base: adapter.model.clone().into(), ..env.spec() }).unwrap_err();
+    assert!(e.to_string().contains("adapter"), "{e}");
+    assert_eq!(field_of(e), "base");
 }
 
 #[test]
@@ -460,4 +482,20 @@ fn reopening_sweeps_old_job_leftovers() {
     assert!(!ghost.exists() && !stale.exists(), "old leftovers are swept");
     assert!(fresh.exists(), "a young one may belong to a live writer");
     assert!(home.training().job(&job.id).is_ok());
+}
+
+#[test]
+fn a_job_that_failed_before_its_first_step_blocks_no_delete() {
+    let env = Env::new();
+    let engine = env.home.training();
+    let job = engine.create_job(&TrainSpec { eval_dataset: Some("qa".into()), ..env.spec() }).unwrap();
+    // Pending: it needs its inputs.
+    assert_eq!(env.home.datasets().delete("qa", false).unwrap_err().code(), "in_use");
+    env.home.datasets().delete("toy", true).unwrap();
+    let e = engine.run(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap_err();
+    assert_eq!(e.code(), "not_found");
+    assert_eq!(engine.job(&job.id).unwrap().status, JobStatus::Failed);
+    // Failed before step 1: nothing to resume from, so nothing is kept for it.
+    env.home.datasets().delete("qa", false).unwrap();
+    env.home.models().delete(&env.base.id, false).unwrap();
 }

@@ -99,7 +99,10 @@ pub(crate) fn stats(conn: &Connection, id: &str) -> Result<Option<DatasetStats>>
 
 /// Ids of jobs that use the dataset (for training or evaluation).
 pub(crate) fn jobs_using(conn: &Connection, id: &str) -> Result<Vec<String>> {
-    let mut st = conn.prepare("SELECT id FROM jobs WHERE dataset_id = ?1 OR eval_dataset_id = ?1 ORDER BY id")?;
+    let mut st = conn.prepare(&format!(
+        "SELECT id FROM jobs WHERE (dataset_id = ?1 OR eval_dataset_id = ?1) AND NOT ({}) ORDER BY id",
+        super::jobs::FAILED_BEFORE_FIRST_STEP
+    ))?;
     let rows = st.query_map([id], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
 }

@@ -10,6 +10,10 @@ const COLS: &str = "id, status, base_model_id, dataset_id, eval_dataset_id, outp
     updated_at, progress, epoch, step, total_steps, tokens, loss, eval_loss, lr, tokens_per_sec, sample, \
     heartbeat_at, runner_pid, cancel_requested, error, checkpoint, started_at, finished_at";
 
+/// A job that failed before its first step holds nothing worth keeping its inputs for:
+/// it does not block deleting its dataset or base (it loses the link instead).
+pub(crate) const FAILED_BEFORE_FIRST_STEP: &str = "status = 'failed' AND step = 0 AND checkpoint IS NULL";
+
 fn row_to_record(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
     Ok(JobRecord {
         id: r.get("id")?,

@@ -161,7 +161,10 @@ pub(crate) fn children(conn: &Connection, home: &Path, id: &str) -> Result<Vec<M
 }
 
 pub(crate) fn jobs_using(conn: &Connection, id: &str) -> Result<Vec<String>> {
-    let mut st = conn.prepare("SELECT id FROM jobs WHERE base_model_id = ?1 ORDER BY id")?;
+    let mut st = conn.prepare(&format!(
+        "SELECT id FROM jobs WHERE base_model_id = ?1 AND NOT ({}) ORDER BY id",
+        super::jobs::FAILED_BEFORE_FIRST_STEP
+    ))?;
     let rows = st.query_map([id], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
 }
