@@ -450,8 +450,26 @@ impl Generator {
                 .as_ref()
                 .ok_or_else(|| Error::config(field, "this model has no tokenizer.json: pass the prompt as token ids"))
         };
+        let too_long = |text: &str, t: &Tokenizer| -> Result<()> {
+            let at_least = t.min_tokens(text);
+            if at_least > self.inner.context {
+                return Err(Error::config(
+                    field,
+                    format!(
+                        "is {} bytes, at least {at_least} tokens: longer than the model's context of {} tokens",
+                        text.len(),
+                        self.inner.context
+                    ),
+                ));
+            }
+            Ok(())
+        };
         let ids = match prompt {
-            Prompt::Text(s) => tok()?.encode(s, true)?,
+            Prompt::Text(s) => {
+                let t = tok()?;
+                too_long(s, t)?;
+                t.encode(s, true)?
+            }
             Prompt::Chat(m) => {
                 if m.is_empty() {
                     return Err(Error::config(field, "holds no messages"));
@@ -463,7 +481,9 @@ impl Generator {
                     ));
                 }
                 let t = tok()?;
-                t.encode(&t.apply_chat_template(m, true)?, false)?
+                let text = t.apply_chat_template(m, true)?;
+                too_long(&text, t)?;
+                t.encode(&text, false)?
             }
             Prompt::Tokens(ids) => ids.clone(),
         };

@@ -30,6 +30,14 @@ pub struct Tokenizer {
     add_bos: bool,
     add_eos: bool,
     chat_template: Option<String>,
+    /// An upper bound of the input bytes one token covers (see [`Tokenizer::min_tokens`]).
+    max_token_bytes: usize,
+}
+
+/// Bytes of the longest token string, times 4 for normalizers that shrink text (NFKC
+/// folds a 3-byte ligature into 2 bytes): no token covers more input bytes.
+fn max_token_bytes(inner: &tokenizers::Tokenizer) -> usize {
+    inner.get_vocab(true).keys().map(String::len).max().unwrap_or(1).max(1) * 4
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -132,6 +140,7 @@ impl Tokenizer {
             }
         };
         Ok(Self {
+            max_token_bytes: max_token_bytes(&inner),
             inner: std::sync::Arc::new(inner),
             bos,
             eos,
@@ -151,6 +160,7 @@ impl Tokenizer {
             .map_err(|e| Error::Internal(format!("built-in tokenizer: {e}")))?;
         let sp = |i: usize| SpecialToken { text: byte_level::SPECIALS[i].1.to_string(), id: byte_level::SPECIALS[i].0 };
         Ok(Self {
+            max_token_bytes: max_token_bytes(&inner),
             inner: std::sync::Arc::new(inner),
             bos: Some(sp(0)),
             eos: Some(sp(0)),
@@ -188,6 +198,12 @@ impl Tokenizer {
     }
 
     /// Vocabulary size including added tokens.
+    /// A lower bound of the tokens `text` encodes to, known without tokenising it (so a
+    /// text that cannot fit a context is refused before any work).
+    pub fn min_tokens(&self, text: &str) -> usize {
+        text.len() / self.max_token_bytes
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

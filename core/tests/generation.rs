@@ -292,6 +292,14 @@ fn bad_input_is_refused_before_any_work() {
     let e = gen.generate(too_long, &GenerationConfig::default()).unwrap_err();
     assert!(matches!(&e, Error::InvalidConfig { field, .. } if field == "prompt"), "{e}");
     assert!(e.to_string().contains("context"), "{e}");
+    // A huge text is refused from its length alone, before it is tokenised (the bound
+    // of tokens per byte comes from the vocabulary).
+    let huge = "ab ".repeat(4 << 20);
+    let e = gen.generate(huge.as_str(), &GenerationConfig::default()).unwrap_err();
+    assert!(matches!(&e, Error::InvalidConfig { field, .. } if field == "prompt"), "{e}");
+    assert!(e.to_string().contains("at least"), "{e}");
+    let fits = "ab ".repeat(4);
+    assert!(gen.tokenizer().unwrap().min_tokens(&fits) <= gen.tokenizer().unwrap().encode(&fits, false).unwrap().len());
     let bad = [
         ("max_new_tokens", json!({"max_new_tokens": 0})),
         ("temperature", json!({"temperature": -1.0})),
