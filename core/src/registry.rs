@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 pub use inspect::SUPPORTED_MODEL_TYPES;
 
+use rusqlite::Connection;
+
 use crate::catalog::generations as gen_sql;
 use crate::catalog::models as sql;
 use crate::error::{Error, IoResultExt, Result};
@@ -104,7 +106,7 @@ impl ModelRegistry {
                             sha256: sha,
                         });
                     }
-                    self.insert_staged(id, &mut staging, files, &inspected, new)?
+                    self.insert_staged(id, &mut staging, files, &inspected, new, &|_, _| Ok(()))?
                 }
                 Storage::Reference => {
                     let mut files = Vec::new();
@@ -149,12 +151,14 @@ impl ModelRegistry {
             tags: opts.tags.clone(),
             lineage: Lineage { preset: Some(p.name.to_string()), seed: Some(opts.seed), ..Default::default() },
         };
-        self.insert_staged(ModelId(util::new_id("mdl")), &mut staging, files, &inspected, new)
+        self.insert_staged(ModelId(util::new_id("mdl")), &mut staging, files, &inspected, new, &|_, _| Ok(()))
     }
 
     /// Registers a directory the training engine wrote into `staging` (under
     /// `models/`): full weights as an HF directory (kind `full`) or a PEFT adapter
-    /// (kind `lora`, `parent` = the base). Takes the next version of `name`.
+    /// (kind `lora`, `parent` = the base). Takes the next version of `name`. `also` runs
+    /// in the registration's transaction (the job's completion: a kill cannot leave a
+    /// registered model with a job that would train and register it again).
     pub(crate) fn register_trained(
         &self,
         staging: &mut StagingDir,
@@ -162,6 +166,7 @@ impl ModelRegistry {
         parent: &ModelRecord,
         source: String,
         lineage: Lineage,
+        also: &dyn Fn(&Connection, &ModelRecord) -> Result<()>,
     ) -> Result<ModelRecord> {
         util::validate_name("output_name", name)?;
         let inspected = inspect::inspect_dir(staging.path())?;
@@ -177,7 +182,7 @@ impl ModelRegistry {
             tags: Vec::new(),
             lineage,
         };
-        self.insert_staged(ModelId(util::new_id("mdl")), staging, files, &inspected, new)
+        self.insert_staged(ModelId(util::new_id("mdl")), staging, files, &inspected, new, also)
     }
 
     /// The directory new models are staged in.
@@ -267,6 +272,7 @@ impl ModelRegistry {
     }
 
     /// Moves a staged directory to `models/<id>` and inserts its row.
+    /// `also` runs in the same transaction as the insert (a job's completion).
     fn insert_staged(
         &self,
         id: ModelId,
@@ -274,6 +280,7 @@ impl ModelRegistry {
         files: Vec<ModelFile>,
         ins: &Inspected,
         new: NewModel<'_>,
+        also: &dyn Fn(&Connection, &ModelRecord) -> Result<()>,
     ) -> Result<ModelRecord> {
         let dest = self.dir().join(&id.0);
         let rec = self.record(id.clone(), files, ins, new, Storage::Copy, dest.clone());
@@ -281,8 +288,13 @@ impl ModelRegistry {
             return Err(Error::Internal(format!("model directory {} already exists", dest.display())));
         }
         let stored = format!("models/{}", id.0);
-        match self.store.catalog.write(|tx| sql::insert(tx, &rec, &stored)) {
-            Ok(version) => Ok(ModelRecord { version, ..rec }),
+        let inserted = self.store.catalog.write(|tx| {
+            let rec = ModelRecord { version: sql::insert(tx, &rec, &stored)?, ..rec.clone() };
+            also(tx, &rec)?;
+            Ok(rec)
+        });
+        match inserted {
+            Ok(rec) => Ok(rec),
             Err(e) => {
                 let _ = fs::remove_dir_all(&dest);
                 Err(e)

@@ -535,10 +535,17 @@ impl Run<'_> {
             }),
             ..Default::default()
         };
-        let rec = registry.register_trained(&mut staging, &name, &base, format!("job:{}", job_id.0), lineage)?;
-        self.log("info", format!("registered {} ({}) as {}", rec.reference(), rec.kind.as_str(), rec.id))?;
+        let complete = |tx: &rusqlite::Connection, rec: &ModelRecord| {
+            sql::finish(tx, &job_id.0, JobStatus::Completed, None, Some(rec.id.as_str()), &util::now())
+        };
+        let rec =
+            registry.register_trained(&mut staging, &name, &base, format!("job:{}", job_id.0), lineage, &complete)?;
+        // The job is complete from here on (same transaction as the registration): what
+        // follows is reporting, and its failure must not turn the job back into one to rerun.
+        let _ = self.log("info", format!("registered {} ({}) as {}", rec.reference(), rec.kind.as_str(), rec.id));
         let ck = self.checkpoint_rel.clone();
-        self.write_live(&Progress { progress: 1.0, epoch: s.epoch.max(1), ..snapshot(&s, total, ck.as_deref()) })?;
+        let last = Progress { progress: 1.0, epoch: s.epoch.max(1), ..snapshot(&s, total, ck.as_deref()) };
+        let _ = self.write_live(&last);
         Ok(TrainReport {
             job_id,
             model: rec.id.clone(),
