@@ -499,3 +499,29 @@ fn a_job_that_failed_before_its_first_step_blocks_no_delete() {
     env.home.datasets().delete("qa", false).unwrap();
     env.home.models().delete(&env.base.id, false).unwrap();
 }
+
+#[test]
+fn a_runner_that_lost_its_job_stops_without_writing_or_registering() {
+    let env = Env::new();
+    let engine = env.home.training();
+    let spec = TrainSpec { checkpoint_every: Some(1), ..env.spec() };
+    let job = engine.create_job(&spec).unwrap();
+    let db = env.home.root().join("anneal.db");
+    let id = job.id.0.clone();
+    // At step 2 another process takes the job over (as it would after this runner's
+    // heartbeat went stale): a new lease and its own progress.
+    let mut sink = move |e: &Event| {
+        if matches!(e, Event::Step { step: 2, .. }) {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.busy_timeout(Duration::from_secs(10)).unwrap();
+            c.execute("UPDATE jobs SET lease = 'other', step = 999 WHERE id = ?1", [&id]).unwrap();
+        }
+        Ok(())
+    };
+    let e = engine.run(&job.id, &mut sink, &CancelToken::new()).unwrap_err();
+    assert_eq!(e.code(), "in_use", "{e}");
+    let after = engine.job(&job.id).unwrap();
+    assert_eq!((after.step, after.status), (999, JobStatus::Running), "the new owner's state is left alone");
+    let trained = env.home.models().list(&Default::default()).unwrap();
+    assert_eq!(trained.len(), 1, "nothing registered: {trained:?}");
+}

@@ -93,15 +93,31 @@ pub(crate) fn list(conn: &Connection, f: &JobFilter) -> Result<Vec<JobRecord>> {
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-/// Marks the job running in this process (clears the cancel flag and the error).
-pub(crate) fn claim(conn: &Connection, id: &str, pid: u32, now_ms: i64, now: &str) -> Result<()> {
+/// Marks the job running in this process under a new `lease` (clears the cancel flag
+/// and the error).
+pub(crate) fn claim(conn: &Connection, id: &str, pid: u32, lease: &str, now_ms: i64, now: &str) -> Result<()> {
     conn.execute(
         "UPDATE jobs SET status = 'running', runner_pid = ?2, heartbeat_at = ?3, cancel_requested = 0, error = NULL,
-             started_at = COALESCE(started_at, ?4), finished_at = NULL, updated_at = ?4
+             started_at = COALESCE(started_at, ?4), finished_at = NULL, updated_at = ?4, lease = ?5
          WHERE id = ?1",
-        params![id, pid, now_ms, now],
+        params![id, pid, now_ms, now, lease],
     )?;
     Ok(())
+}
+
+/// Fails unless the job is still held under `lease` (another runner may have taken it
+/// over after this one was presumed dead). Called inside every write of a runner.
+pub(crate) fn check_lease(conn: &Connection, id: &str, lease: &str) -> Result<()> {
+    let held: Option<Option<String>> =
+        conn.query_row("SELECT lease FROM jobs WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+    if held.flatten().as_deref() == Some(lease) {
+        return Ok(());
+    }
+    Err(Error::InUse {
+        what: "job",
+        id: id.to_string(),
+        reason: "another runner took it over (this one was presumed dead); this run stops without writing".into(),
+    })
 }
 
 /// Live progress of a running job.
@@ -190,11 +206,11 @@ pub(crate) fn metrics(conn: &Connection, id: &str) -> Result<Vec<MetricPoint>> {
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-/// Refreshes the heartbeat of a job this process runs.
-pub(crate) fn heartbeat(conn: &Connection, id: &str, pid: u32, now_ms: i64) -> Result<()> {
+/// Refreshes the heartbeat of a job this runner holds.
+pub(crate) fn heartbeat(conn: &Connection, id: &str, lease: &str, now_ms: i64) -> Result<()> {
     conn.execute(
-        "UPDATE jobs SET heartbeat_at = ?3 WHERE id = ?1 AND status = 'running' AND runner_pid = ?2",
-        params![id, pid, now_ms],
+        "UPDATE jobs SET heartbeat_at = ?3 WHERE id = ?1 AND status = 'running' AND lease = ?2",
+        params![id, lease, now_ms],
     )?;
     Ok(())
 }

@@ -59,10 +59,12 @@ pub(crate) fn execute(
     cancel: &CancelToken,
 ) -> Result<TrainReport> {
     let _guard = ActiveGuard::claim(id)?;
-    let job = claim(engine, id, resume)?;
+    let lease = util::new_id("lease");
+    let job = claim(engine, id, resume, &lease)?;
     let mut run = Run {
         engine,
         job,
+        lease: lease.clone(),
         sink,
         last_write: None,
         logs: Vec::new(),
@@ -71,7 +73,7 @@ pub(crate) fn execute(
         last: None,
     };
     let result = {
-        let _beat = Heartbeat::start(engine, id);
+        let _beat = Heartbeat::start(engine, id, &lease);
         run.train(cancel, resume)
     };
     let (status, error, model) = match &result {
@@ -109,7 +111,7 @@ impl ActiveGuard {
 }
 
 /// Marks the job running in the catalog, if its state allows this kind of start.
-fn claim(engine: &TrainingEngine, id: &JobId, resume: bool) -> Result<JobRecord> {
+fn claim(engine: &TrainingEngine, id: &JobId, resume: bool, lease: &str) -> Result<JobRecord> {
     let now = util::now();
     engine.store.catalog.write(|tx| {
         let rec = effective(sql::get(tx, &id.0)?, false);
@@ -128,7 +130,7 @@ fn claim(engine: &TrainingEngine, id: &JobId, resume: bool) -> Result<JobRecord>
             };
             return Err(Error::InUse { what: "job", id: id.0.clone(), reason: format!("{}: {hint}", rec.status) });
         }
-        sql::claim(tx, &id.0, std::process::id(), now_ms(), &now)?;
+        sql::claim(tx, &id.0, std::process::id(), lease, now_ms(), &now)?;
         Ok(rec)
     })
 }
@@ -140,9 +142,9 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
-    fn start(engine: &TrainingEngine, id: &JobId) -> Self {
+    fn start(engine: &TrainingEngine, id: &JobId, lease: &str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let (engine, id, flag) = (engine.clone(), id.0.clone(), stop.clone());
+        let (engine, id, lease, flag) = (engine.clone(), id.0.clone(), lease.to_string(), stop.clone());
         let thread = std::thread::Builder::new()
             .name("anneal-heartbeat".into())
             .spawn(move || {
@@ -151,7 +153,7 @@ impl Heartbeat {
                     if flag.load(Ordering::SeqCst) {
                         break;
                     }
-                    let _ = engine.store.catalog.write(|tx| sql::heartbeat(tx, &id, std::process::id(), now_ms()));
+                    let _ = engine.store.catalog.write(|tx| sql::heartbeat(tx, &id, &lease, now_ms()));
                 }
             })
             .ok();
@@ -172,6 +174,8 @@ impl Drop for Heartbeat {
 struct Run<'a> {
     engine: &'a TrainingEngine,
     job: JobRecord,
+    /// This run's hold on the job: every write checks it.
+    lease: String,
     sink: &'a mut dyn EventSink,
     last_write: Option<Instant>,
     logs: Vec<JobLog>,
@@ -224,7 +228,9 @@ impl Run<'_> {
         let logs = std::mem::take(&mut self.logs);
         let metrics = std::mem::take(&mut self.metrics);
         let now = util::now();
+        let lease = &self.lease;
         self.engine.store.catalog.write(|tx| {
+            sql::check_lease(tx, &id, lease)?;
             sql::add_logs(tx, &id, &logs)?;
             sql::add_metrics(tx, &id, &metrics)?;
             sql::update_progress(tx, &id, p, now_ms(), &now)
@@ -244,7 +250,9 @@ impl Run<'_> {
         let logs = std::mem::take(&mut self.logs);
         let metrics = std::mem::take(&mut self.metrics);
         let (last, ck) = (self.last, self.checkpoint_rel.clone());
+        let lease = &self.lease;
         self.engine.store.catalog.write(|tx| {
+            sql::check_lease(tx, &id, lease)?;
             sql::add_logs(tx, &id, &logs)?;
             sql::add_metrics(tx, &id, &metrics)?;
             if let (Some(l), false) = (last, status == JobStatus::Completed) {
@@ -536,6 +544,7 @@ impl Run<'_> {
             ..Default::default()
         };
         let complete = |tx: &rusqlite::Connection, rec: &ModelRecord| {
+            sql::check_lease(tx, &job_id.0, &self.lease)?;
             sql::finish(tx, &job_id.0, JobStatus::Completed, None, Some(rec.id.as_str()), &util::now())
         };
         let rec =
