@@ -233,7 +233,9 @@ impl PyDatasetStore {
 
     /// The first `n` stored (normalised) records, as dicts.
     #[pyo3(signature = (id_or_name, n=5))]
-    fn preview<'py>(&self, py: Python<'py>, id_or_name: String, n: usize) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    fn preview<'py>(&self, py: Python<'py>, id_or_name: String, n: i64) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let n = usize::try_from(n)
+            .map_err(|_| to_pyerr(py, anneal::Error::config("n", format!("must be 0 or more, got {n}"))))?;
         let records = py.enter_core(|| self.inner.preview(id_or_name, n))?;
         records.iter().map(|r| conv::to_py(py, r)).collect()
     }

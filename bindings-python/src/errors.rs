@@ -127,14 +127,6 @@ fn details(py: Python<'_>, e: &Error, exc: &Bound<'_, PyAny>) -> PyResult<()> {
             exc.setattr("existing_id", existing_id)?;
             exc.setattr("existing_name", existing_name)?;
         }
-        Error::FileNotFound { path } => {
-            exc.setattr("errno", 2)?; // ENOENT
-            exc.setattr("filename", path.display().to_string())?;
-        }
-        Error::Io { path, source } => {
-            exc.setattr("errno", source.raw_os_error())?;
-            exc.setattr("filename", path.display().to_string())?;
-        }
         Error::IncompatibleHome { path, found, supported } => {
             exc.setattr("path", path.display().to_string())?;
             exc.setattr("found", found)?;
@@ -150,7 +142,19 @@ fn details(py: Python<'_>, e: &Error, exc: &Bound<'_, PyAny>) -> PyResult<()> {
 pub fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
     let build = || -> PyResult<PyErr> {
         let cls = class_for(py, e.kind())?;
-        let exc = cls.call1((e.to_string(),))?;
+        // OSError's own (errno, strerror, filename) form, so `str(e)` reads like Python's
+        // own `[Errno 2] No such file or directory: '/path'`; without an errno, the message.
+        let exc = match &e {
+            Error::FileNotFound { path } => cls.call1((2, "No such file or directory", path.display().to_string()))?,
+            Error::Io { path, source } => match source.raw_os_error() {
+                Some(errno) => {
+                    let text = std::io::Error::from_raw_os_error(errno).kind().to_string();
+                    cls.call1((errno, format!("{text} ({source})"), path.display().to_string()))?
+                }
+                None => cls.call1((e.to_string(),))?,
+            },
+            _ => cls.call1((e.to_string(),))?,
+        };
         exc.setattr("code", e.code())?;
         details(py, &e, &exc)?;
         Ok(PyErr::from_value(exc))

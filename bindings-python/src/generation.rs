@@ -400,18 +400,9 @@ impl PyTokenStream {
 pub fn generations(
     py: Python<'_>,
     reg: &anneal::ModelRegistry,
-    model: Option<String>,
-    kind: Option<String>,
-    limit: Option<usize>,
+    filter: GenerationFilter,
 ) -> PyResult<Vec<PyGenerationRecord>> {
-    Ok(py
-        .enter_core(|| {
-            let kind = kind.as_deref().map(str::parse).transpose()?;
-            reg.generations(&GenerationFilter { model, kind, limit })
-        })?
-        .into_iter()
-        .map(Into::into)
-        .collect())
+    Ok(py.enter_core(|| reg.generations(&filter))?.into_iter().map(Into::into).collect())
 }
 
 pub fn usage(py: Python<'_>, reg: &anneal::ModelRegistry, model: String) -> PyResult<PyModelUsage> {

@@ -201,11 +201,17 @@ impl PyModelRegistry {
     fn generations(
         &self,
         py: Python<'_>,
-        model: Option<String>,
-        kind: Option<String>,
-        limit: Option<usize>,
+        model: Option<Bound<'_, PyAny>>,
+        kind: Option<Bound<'_, PyAny>>,
+        limit: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Vec<crate::generation::PyGenerationRecord>> {
-        crate::generation::generations(py, &self.inner, model, kind, limit)
+        let value = Options::default()
+            .set("model", model.as_ref())?
+            .set("kind", kind.as_ref())?
+            .set("limit", limit.as_ref())?
+            .into_value();
+        let filter: anneal::GenerationFilter = anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))?;
+        crate::generation::generations(py, &self.inner, filter)
     }
 
     /// Usage totals of a model, from the catalog.

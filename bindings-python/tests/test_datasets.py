@@ -410,6 +410,7 @@ def test_path_that_does_not_exist(ds, tmp_path, unchanged):
     assert e.code == "file_not_found"
     assert str(missing) in str(e)
     assert e.filename == str(missing) and e.errno == 2
+    assert str(e) == f"[Errno 2] No such file or directory: {str(missing)!r}"
     u.check()
 
 
@@ -465,3 +466,15 @@ def test_values_json_cannot_hold_are_typed_errors(ds, unchanged):
             ds.import_records([{"text": "a"}], name=bad)
         assert ei.value.field == "name", ei.value
     u.check()
+
+
+def test_negative_counts_are_invalid_config(ds, home):
+    ds.import_records([{"text": str(i)} for i in range(4)], name="four")
+    for call, field in [
+        (lambda: ds.preview("four", -1), "n"),
+        (lambda: ds.split("four", 0.5, seed=-1), "seed"),
+        (lambda: home.models().generations(limit=-1), "limit"),
+    ]:
+        with pytest.raises(anneal.InvalidConfigError) as ei:
+            call()
+        assert ei.value.field == field, ei.value

@@ -114,3 +114,10 @@ def test_two_processes_share_one_home(tmp_path):
     assert [m.version for m in models.list(name="shared-model")] == [1, 2, 3, 4, 5, 6]
     # The other process's data is readable here.
     assert ds.preview("child-7") == [{"text": "child 7"}]
+
+
+def test_os_errors_read_like_pythons(tmp_path):
+    with pytest.raises(anneal.AnnealError) as ei:
+        anneal.Home.open(str(tmp_path / "x\0y"))
+    assert "Errno None" not in str(ei.value) and "None:" not in str(ei.value), str(ei.value)
+    assert ei.value.code in ("io", "invalid_config"), ei.value.code
