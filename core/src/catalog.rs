@@ -32,6 +32,10 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// A connection or a transaction, as the APIs see it when they add their own writes
+/// to one of the catalog's transactions (rusqlite stays inside the catalog layer).
+pub(crate) type Conn = Connection;
+
 pub(crate) struct Catalog {
     conn: Mutex<Connection>,
     path: PathBuf,

@@ -571,11 +571,14 @@ impl Generator {
     fn start(&self, prompts: Vec<Prompt>, cfg: &GenerationConfig, kind: GenerationKind) -> Result<Decode> {
         let t0 = Instant::now();
         let (r, adapter) = self.resolve(cfg)?;
-        let rows = match prompts.as_slice() {
-            [one] => vec![self.encode(one, "prompt")?],
-            many => {
-                many.iter().enumerate().map(|(i, p)| self.encode(p, &format!("prompts[{i}]"))).collect::<Result<_>>()?
-            }
+        // A batch names its prompts by index, even a batch of one.
+        let rows = match kind {
+            GenerationKind::Batch => prompts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| self.encode(p, &format!("prompts[{i}]")))
+                .collect::<Result<_>>()?,
+            _ => prompts.iter().map(|p| self.encode(p, "prompt")).collect::<Result<_>>()?,
         };
         self.ensure_adapter(&adapter)?;
         let adapter = self.request_adapter(&adapter).map(str::to_string);
@@ -813,6 +816,8 @@ struct Decode {
     cache: KvCache,
     /// What the next forward pass reads: the prompts first, then one token per row.
     input: Tensor,
+    /// Fed for padding and for rows already finished (masked out or ignored).
+    pad: u32,
     max_new: usize,
     steps: usize,
     t0: Instant,
@@ -831,9 +836,10 @@ impl Decode {
         let width = prompts.iter().map(Vec::len).max().unwrap_or(1);
         let max_new = cfg.max_new_tokens.min(gen.inner.context + 1 - width);
         let pads: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
+        let pad_id = gen.pad_id();
         let mut flat = Vec::with_capacity(prompts.len() * width);
         for (p, &pad) in prompts.iter().zip(&pads) {
-            flat.extend(std::iter::repeat_n(gen.pad_id(), pad));
+            flat.extend(std::iter::repeat_n(pad_id, pad));
             flat.extend(p);
         }
         let n = prompts.len();
@@ -847,6 +853,7 @@ impl Decode {
             rows,
             cache,
             input: Tensor::from_vec(flat, (n, width), &Device::Cpu)?,
+            pad: pad_id,
             max_new,
             steps: 0,
             t0,
@@ -866,7 +873,7 @@ impl Decode {
             st.model.forward_cached(&self.input, &mut self.cache, true)?
         };
         let mut logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
-        let pad = self.gen.pad_id();
+        let pad = self.pad;
         let (mut next, mut chunks) = (Vec::with_capacity(self.rows.len()), Vec::with_capacity(self.rows.len()));
         for (row, logits) in self.rows.iter_mut().zip(logits.iter_mut()) {
             if row.finish.is_some() {

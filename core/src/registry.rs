@@ -13,10 +13,9 @@ use std::sync::Arc;
 
 pub use inspect::SUPPORTED_MODEL_TYPES;
 
-use rusqlite::Connection;
-
 use crate::catalog::generations as gen_sql;
 use crate::catalog::models as sql;
+use crate::catalog::Conn;
 use crate::error::{Error, IoResultExt, Result};
 use crate::events::{run_task, CancelToken, EventSink, NoopSink};
 use crate::models::presets::{self, Preset};
@@ -166,7 +165,7 @@ impl ModelRegistry {
         parent: &ModelRecord,
         source: String,
         lineage: Lineage,
-        also: &dyn Fn(&Connection, &ModelRecord) -> Result<()>,
+        also: &dyn Fn(&Conn, &ModelRecord) -> Result<()>,
     ) -> Result<ModelRecord> {
         util::validate_name("output_name", name)?;
         let inspected = inspect::inspect_dir(staging.path())?;
@@ -280,7 +279,7 @@ impl ModelRegistry {
         files: Vec<ModelFile>,
         ins: &Inspected,
         new: NewModel<'_>,
-        also: &dyn Fn(&Connection, &ModelRecord) -> Result<()>,
+        also: &dyn Fn(&Conn, &ModelRecord) -> Result<()>,
     ) -> Result<ModelRecord> {
         let dest = self.dir().join(&id.0);
         let rec = self.record(id.clone(), files, ins, new, Storage::Copy, dest.clone());

@@ -298,6 +298,9 @@ fn bad_input_is_refused_before_any_work() {
     let e = gen.generate(huge.as_str(), &GenerationConfig::default()).unwrap_err();
     assert!(matches!(&e, Error::InvalidConfig { field, .. } if field == "prompt"), "{e}");
     assert!(e.to_string().contains("at least"), "{e}");
+    // A batch names its prompts by index, even a batch of one.
+    let e = gen.generate_batch(&[""], &GenerationConfig::default()).unwrap_err();
+    assert!(matches!(&e, Error::InvalidConfig { field, .. } if field == "prompts[0]"), "{e}");
     let fits = "ab ".repeat(4);
     assert!(gen.tokenizer().unwrap().min_tokens(&fits) <= gen.tokenizer().unwrap().encode(&fits, false).unwrap().len());
     let bad = [

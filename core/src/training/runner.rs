@@ -196,6 +196,25 @@ struct LastStep {
     eval_loss: Option<f64>,
 }
 
+impl LastStep {
+    /// The catalog's progress row for this step.
+    fn progress<'a>(&self, checkpoint: Option<&'a str>) -> Progress<'a> {
+        Progress {
+            progress: self.progress,
+            epoch: self.epoch,
+            step: self.step,
+            total_steps: self.total,
+            tokens: self.tokens,
+            loss: self.loss,
+            eval_loss: self.eval_loss,
+            lr: None,
+            tokens_per_sec: None,
+            sample: None,
+            checkpoint,
+        }
+    }
+}
+
 /// Loaded and tokenised inputs of a run.
 struct Inputs {
     base: ModelRecord,
@@ -224,17 +243,7 @@ impl Run<'_> {
 
     /// Writes live progress, buffered logs and metrics (one transaction).
     fn write_live(&mut self, p: &Progress<'_>) -> Result<()> {
-        let id = self.job.id.0.clone();
-        let logs = std::mem::take(&mut self.logs);
-        let metrics = std::mem::take(&mut self.metrics);
-        let now = util::now();
-        let lease = &self.lease;
-        self.engine.store.catalog.write(|tx| {
-            sql::check_lease(tx, &id, lease)?;
-            sql::add_logs(tx, &id, &logs)?;
-            sql::add_metrics(tx, &id, &metrics)?;
-            sql::update_progress(tx, &id, p, now_ms(), &now)
-        })?;
+        self.flush(Some(p), None)?;
         self.last_write = Some(Instant::now());
         Ok(())
     }
@@ -245,33 +254,34 @@ impl Run<'_> {
         if let Some(e) = error {
             self.push_log("error", e.message.clone());
         }
+        let ck = self.checkpoint_rel.clone();
+        let last = self.last.filter(|_| status != JobStatus::Completed).map(|l| l.progress(ck.as_deref()));
+        self.flush(last.as_ref(), Some((status, error, model)))
+    }
+
+    /// One transaction under the run's lease: buffered logs and metrics, `progress`,
+    /// and the final status when the run `end`s.
+    fn flush(
+        &mut self,
+        progress: Option<&Progress<'_>>,
+        end: Option<(JobStatus, Option<&ErrorInfo>, Option<&ModelId>)>,
+    ) -> Result<()> {
         let id = self.job.id.0.clone();
-        let now = util::now();
         let logs = std::mem::take(&mut self.logs);
         let metrics = std::mem::take(&mut self.metrics);
-        let (last, ck) = (self.last, self.checkpoint_rel.clone());
+        let now = util::now();
         let lease = &self.lease;
         self.engine.store.catalog.write(|tx| {
             sql::check_lease(tx, &id, lease)?;
             sql::add_logs(tx, &id, &logs)?;
             sql::add_metrics(tx, &id, &metrics)?;
-            if let (Some(l), false) = (last, status == JobStatus::Completed) {
-                let p = Progress {
-                    progress: l.progress,
-                    epoch: l.epoch,
-                    step: l.step,
-                    total_steps: l.total,
-                    tokens: l.tokens,
-                    loss: l.loss,
-                    eval_loss: l.eval_loss,
-                    lr: None,
-                    tokens_per_sec: None,
-                    sample: None,
-                    checkpoint: ck.as_deref(),
-                };
-                sql::update_progress(tx, &id, &p, now_ms(), &now)?;
+            if let Some(p) = progress {
+                sql::update_progress(tx, &id, p, now_ms(), &now)?;
             }
-            sql::finish(tx, &id, status, error, model.map(|m| m.as_str()), &now)
+            match end {
+                Some((status, error, model)) => sql::finish(tx, &id, status, error, model.map(|m| m.as_str()), &now),
+                None => Ok(()),
+            }
         })
     }
 
@@ -543,7 +553,7 @@ impl Run<'_> {
             }),
             ..Default::default()
         };
-        let complete = |tx: &rusqlite::Connection, rec: &ModelRecord| {
+        let complete = |tx: &crate::catalog::Conn, rec: &ModelRecord| {
             sql::check_lease(tx, &job_id.0, &self.lease)?;
             sql::finish(tx, &job_id.0, JobStatus::Completed, None, Some(rec.id.as_str()), &util::now())
         };
