@@ -327,6 +327,12 @@ export interface JobLog {
   message: string
 }
 
+/** `Home.open(dir, options)`. */
+export interface HomeOptions {
+  /** The most bytes one training run or generation request may plan to use (default: 80% of the machine's memory); bigger requests are refused with `invalid_config`. */
+  memoryLimit?: number
+}
+
 // ---------------------------------------------------------------- generation
 
 export type FinishReason = 'eos' | 'stop' | 'length'

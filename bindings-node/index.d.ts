@@ -327,6 +327,12 @@ export interface JobLog {
   message: string
 }
 
+/** `Home.open(dir, options)`. */
+export interface HomeOptions {
+  /** The most bytes one training run or generation request may plan to use (default: 80% of the machine's memory); bigger requests are refused with `invalid_config`. */
+  memoryLimit?: number
+}
+
 // ---------------------------------------------------------------- generation
 
 export type FinishReason = 'eos' | 'stop' | 'length'
@@ -526,8 +532,12 @@ export declare class Home {
    * Opens the home at `dir`, creating it and migrating its catalog if needed.
    * A home written by a newer anneal is refused (code `incompatible_home`) and left
    * untouched. Synchronous: it only opens SQLite.
+   * `options.memoryLimit`: the most bytes one training run or generation request may
+   * plan to use (default: 80% of the machine's memory).
    */
-  static open(dir: string): Home
+  static open(dir: string, options?: HomeOptions): Home
+  /** The most bytes one training run or generation request may plan to use. */
+  get memoryLimit(): number
   /** The home directory (absolute). */
   get root(): string
   /** The catalog's schema version. */

@@ -79,3 +79,12 @@ test('two processes import and register into one home at the same time', async (
   assert.deepEqual(versions, [1, 2, 3, 4])
   assert.deepEqual([...mine.models, ...theirs.models].sort(), [1, 2, 3, 4])
 })
+
+test('memoryLimit is an option; requests above it are refused with invalid_config', async () => {
+  assert.ok(Home.open(tmpDir()).memoryLimit > 0)
+  assert.equal(Home.open(tmpDir(), { memoryLimit: 2 ** 30 }).memoryLimit, 2 ** 30)
+  assert.throws(() => Home.open(tmpDir(), { memoryLimit: 0 }), (e) => e.code === 'invalid_config' && e.field === 'memoryLimit')
+  const small = Home.open(tmpDir(), { memoryLimit: 1000 })
+  const m = await small.models().createPreset('nano')
+  await assert.rejects(small.generator(m.id), (e) => e.code === 'invalid_config' && e.message.includes('memory limit of 1000 B'))
+})

@@ -4,7 +4,7 @@ use napi::bindgen_prelude::Unknown;
 use napi::Env;
 use napi_derive::napi;
 
-use crate::conv;
+use crate::conv::{self, options};
 use crate::dataset::DatasetStore;
 use crate::errors;
 use crate::registry::ModelRegistry;
@@ -22,9 +22,25 @@ impl Home {
     /// Opens the home at `dir`, creating it and migrating its catalog if needed.
     /// A home written by a newer anneal is refused (code `incompatible_home`) and left
     /// untouched. Synchronous: it only opens SQLite.
+    /// `options.memoryLimit`: the most bytes one training run or generation request may
+    /// plan to use (default: 80% of the machine's memory).
     #[napi(factory, catch_unwind)]
-    pub fn open(env: Env, #[napi(ts_arg_type = "string")] dir: Unknown<'_>) -> napi::Result<Self> {
-        errors::sync(&env, || Ok(Self { inner: anneal::Home::open(conv::string(dir, "dir")?)? }))
+    pub fn open(
+        env: Env,
+        #[napi(ts_arg_type = "string")] dir: Unknown<'_>,
+        #[napi(ts_arg_type = "HomeOptions")] options: Option<Unknown<'_>>,
+    ) -> napi::Result<Self> {
+        errors::sync(&env, || {
+            let dir = conv::string(dir, "dir")?;
+            let opts: anneal::HomeOptions = options!(conv::plain(options)?)?;
+            Ok(Self { inner: anneal::Home::open_with(dir, &opts)? })
+        })
+    }
+
+    /// The most bytes one training run or generation request may plan to use.
+    #[napi(getter, catch_unwind)]
+    pub fn memory_limit(&self) -> f64 {
+        self.inner.memory_limit() as f64
     }
 
     /// The home directory (absolute).

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use pyo3::prelude::*;
 
-use crate::conv::q;
+use crate::conv::{q, Options};
 use crate::dataset::PyDatasetStore;
+use crate::errors::to_pyerr;
 use crate::errors::EnterCore;
 use crate::generation::PyGenerator;
 use crate::registry::PyModelRegistry;
@@ -20,10 +21,21 @@ pub struct PyHome {
 #[pymethods]
 impl PyHome {
     /// Opens the home at `path`, creating or migrating it. A home written by a newer
-    /// anneal raises `IncompatibleHomeError` and is left untouched.
+    /// anneal raises `IncompatibleHomeError` and is left untouched. `memory_limit`:
+    /// the most bytes one training run or generation request may plan to use (default:
+    /// 80% of the machine's memory); bigger requests raise `InvalidConfigError`.
     #[staticmethod]
-    fn open(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        py.enter_core(|| anneal::Home::open(&path)).map(|inner| Self { inner })
+    #[pyo3(signature = (path, *, memory_limit=None))]
+    fn open(py: Python<'_>, path: PathBuf, memory_limit: Option<Bound<'_, PyAny>>) -> PyResult<Self> {
+        let value = Options::default().set("memory_limit", memory_limit.as_ref())?.into_value();
+        let opts: anneal::HomeOptions = anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))?;
+        py.enter_core(|| anneal::Home::open_with(&path, &opts)).map(|inner| Self { inner })
+    }
+
+    /// The most bytes one training run or generation request may plan to use.
+    #[getter]
+    fn memory_limit(&self) -> u64 {
+        self.inner.memory_limit()
     }
 
     /// The home directory (absolute).

@@ -121,3 +121,20 @@ def test_os_errors_read_like_pythons(tmp_path):
         anneal.Home.open(str(tmp_path / "x\0y"))
     assert "Errno None" not in str(ei.value) and "None:" not in str(ei.value), str(ei.value)
     assert ei.value.code in ("io", "invalid_config"), ei.value.code
+
+
+def test_memory_limit_is_an_option_and_refuses_requests_above_it(tmp_path):
+    home = anneal.Home.open(tmp_path / "a")
+    assert home.memory_limit > 0
+    assert anneal.Home.open(tmp_path / "b", memory_limit=1 << 30).memory_limit == 1 << 30
+    with pytest.raises(anneal.InvalidConfigError) as e:
+        anneal.Home.open(tmp_path / "c", memory_limit=0)
+    assert e.value.field == "memory_limit"
+    with pytest.raises(anneal.InvalidConfigError) as e:
+        anneal.Home.open(tmp_path / "d", memory_limit=-1)
+    assert e.value.field == "memory_limit"
+    small = anneal.Home.open(tmp_path / "e", memory_limit=1000)
+    m = small.models().create_preset("nano")
+    with pytest.raises(anneal.InvalidConfigError) as e:
+        small.generator(m.id)
+    assert e.value.field == "model" and "memory limit of 1000 B" in str(e.value)

@@ -29,7 +29,8 @@ use serde_json::Value;
 use crate::catalog::generations as sql;
 use crate::error::{Error, Result};
 use crate::events::{run_task, CancelToken, EventSink, NoopSink};
-use crate::models::{AdapterSlot, KvCache, LoadOptions, Model};
+use crate::models::memory;
+use crate::models::{AdapterSlot, KvCache, LoadOptions, Model, ModelConfig};
 use crate::registry::ModelRegistry;
 use crate::store::Store;
 use crate::tokenizer::Tokenizer;
@@ -176,6 +177,11 @@ struct Inner {
     eos: Vec<u32>,
     context: usize,
     vocab: usize,
+    /// The loaded model's configuration, its weights' estimated bytes and the bytes of
+    /// its compute dtype, to size each request's memory before allocating it.
+    config: ModelConfig,
+    weights: u128,
+    dtype_bytes: u128,
     defaults: ModelDefaults,
     options: GeneratorOptions,
     state: Mutex<Loaded>,
@@ -238,6 +244,10 @@ impl Generator {
             }
             _ => record.clone(),
         };
+        let dtype_bytes = dtype.size_in_bytes() as u128;
+        let weights = memory::param_count(&ModelConfig::from_json(&base.config)?).saturating_mul(dtype_bytes);
+        let limit = registry.store().memory_limit;
+        memory::Estimate::new().add("weights", "model", weights).check(limit)?;
         let lo = LoadOptions { trainable: false, dtype, device: Device::Cpu };
         let mut model = Model::load(&base, &lo)?;
         model.prepare_for_inference()?;
@@ -261,8 +271,8 @@ impl Generator {
         if quantize {
             model.quantize_q8()?;
         }
-        let cfg = model.config();
-        let (context, vocab) = (cfg.max_position_embeddings, cfg.vocab_size);
+        let config = model.config().clone();
+        let (context, vocab) = (config.max_position_embeddings, config.vocab_size);
         let eos = tokenizer.as_ref().map(|t| t.eos_token_ids().to_vec()).unwrap_or_else(|| config_eos(&base.config));
         Ok(Generator {
             inner: Arc::new(Inner {
@@ -276,6 +286,9 @@ impl Generator {
                 eos,
                 context,
                 vocab,
+                config,
+                weights,
+                dtype_bytes,
                 defaults,
                 options: options.clone(),
                 state: Mutex::new(Loaded { model, adapters, active: None }),
@@ -379,6 +392,7 @@ impl Generator {
 
     /// Checks `cfg` and fills its unset fields. Nothing runs before this passes.
     fn resolve(&self, cfg: &GenerationConfig) -> Result<(Resolved, Option<ModelRecord>)> {
+        self.check_still_registered()?;
         let d = &self.inner.defaults;
         let r = Resolved {
             max_new_tokens: cfg.max_new_tokens.or(d.max_new_tokens).unwrap_or(DEFAULT_MAX_NEW_TOKENS),
@@ -431,6 +445,25 @@ impl Generator {
             }
         };
         Ok((r, adapter))
+    }
+
+    /// Refuses requests once the loaded model (or the adapter merged into it, or its
+    /// base) was deleted from the registry: its files may be gone and its usage rows
+    /// would point at nothing.
+    fn check_still_registered(&self) -> Result<()> {
+        let i = &self.inner;
+        for rec in std::iter::once(&i.record).chain(Some(&i.base)).chain(i.merged.as_ref()) {
+            match i.registry.get(&rec.id) {
+                Err(Error::NotFound { .. }) => {
+                    // The id alone, as every not_found carries; the model is gone from the catalog.
+                    return Err(Error::not_found("model", rec.id.0.clone()));
+                }
+                other => {
+                    other?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Loads a request's adapter (if not loaded yet), after its prompts passed the checks.
@@ -650,6 +683,9 @@ impl Generator {
             if ids.len() < 2 {
                 return Err(Error::config(field, "needs at least two tokens to score"));
             }
+            memory::scoring(&self.inner.config, self.inner.dtype_bytes, ids.len(), &field)
+                .add("weights", "model", self.inner.weights)
+                .check(self.inner.store.memory_limit)?;
             all.push(ids);
         }
         self.ensure_adapter(&explicit)?;
@@ -664,6 +700,13 @@ impl Generator {
                 st.model.loss(&x, &labels, crate::models::ForwardMode::Infer)?
             };
             let loss = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+            if !loss.is_finite() {
+                return Err(Error::Compute(format!(
+                    "the loss of texts[{}] is {loss}: the model's weights or activations are not finite \
+                     (NaN or infinite values, e.g. from a diverged training run)",
+                    out.len()
+                )));
+            }
             out.push(Score { loss, perplexity: loss.exp(), tokens: ids.len() - 1 });
         }
         let usage = Usage {
@@ -843,6 +886,10 @@ impl Decode {
             flat.extend(p);
         }
         let n = prompts.len();
+        let inner = &gen.inner;
+        memory::decoding(&inner.config, inner.dtype_bytes, n, width, width + max_new - 1)
+            .add("weights", "model", inner.weights)
+            .check(inner.store.memory_limit)?;
         let cache = KvCache::with_padding(pads, width + max_new - 1);
         let rows = prompts.into_iter().map(|ids| RowState::new(ids, &cfg, gen.inner.tokenizer.clone())).collect();
         Ok(Decode {

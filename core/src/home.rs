@@ -17,10 +17,11 @@ use crate::catalog::{Catalog, SCHEMA_VERSION};
 use crate::data::DatasetStore;
 use crate::error::{Error, IoResultExt, Result};
 use crate::generation::Generator;
+use crate::models::memory::default_memory_limit;
 use crate::registry::ModelRegistry;
 use crate::store::Store;
 use crate::training::TrainingEngine;
-use crate::types::{GeneratorOptions, ModelRef};
+use crate::types::{GeneratorOptions, HomeOptions, ModelRef};
 
 /// Leftovers of interrupted writes are removed when older than this (younger ones may
 /// belong to another process that is still working).
@@ -37,7 +38,17 @@ impl Home {
     /// A home written by a newer anneal is refused with `incompatible_home` and left
     /// untouched.
     pub fn open(dir: impl AsRef<Path>) -> Result<Home> {
+        Self::open_with(dir, &HomeOptions::default())
+    }
+
+    /// [`Home::open`] with options (the memory limit).
+    pub fn open_with(dir: impl AsRef<Path>, options: &HomeOptions) -> Result<Home> {
         let dir = dir.as_ref();
+        let memory_limit = match options.memory_limit {
+            Some(0) => return Err(Error::config("memory_limit", "must be at least 1 byte")),
+            Some(n) => n,
+            None => default_memory_limit(),
+        };
         if dir.exists() && !dir.is_dir() {
             return Err(Error::config("home", format!("{} exists and is not a directory", dir.display())));
         }
@@ -48,7 +59,7 @@ impl Home {
             let p = root.join(sub);
             fs::create_dir_all(&p).with_path(&p)?;
         }
-        let home = Home { inner: Arc::new(Store { root, catalog }) };
+        let home = Home { inner: Arc::new(Store { root, catalog, memory_limit }) };
         home.datasets().sweep(SWEEP_AGE)?;
         home.models().sweep(SWEEP_AGE)?;
         home.training().sweep(SWEEP_AGE)?;
@@ -58,6 +69,12 @@ impl Home {
     /// The home directory (absolute).
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// The most memory, in bytes, one training run or generation request may plan to
+    /// use ([`HomeOptions::memory_limit`]).
+    pub fn memory_limit(&self) -> u64 {
+        self.inner.memory_limit
     }
 
     /// The catalog's schema version (`PRAGMA user_version`).

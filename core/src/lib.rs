@@ -67,6 +67,7 @@ pub use error::{Error, ErrorKind, IoResultExt, Location, Result, StorageError};
 pub use events::{CancelToken, EventSink, JsonLinesSink, NoopSink, RecordingSink, TerminalSink, Throttle};
 pub use generation::{Generator, TokenStream};
 pub use home::Home;
+pub use models::memory::{default_memory_limit, machine_memory};
 pub use models::presets::Preset;
 pub use models::{
     causal_lm_loss, load_model, Activation, ForwardMode, KvCache, LoadOptions, Model, ModelConfig, ModelSource,
@@ -79,9 +80,9 @@ pub use types::{
     options_from_json, options_from_json_spelled, to_json_spelled, ChatMessage, DatasetFormat, DatasetId,
     DatasetRecord, DatasetSplit, DatasetStats, DeleteOptions, ErrorInfo, Event, Family, FieldStats, FinishReason,
     FinishStatus, Generation, GenerationConfig, GenerationFilter, GenerationId, GenerationKind, GenerationRecord,
-    GeneratorOptions, ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus, LengthBucket, Lineage, LoraConfig,
-    Method, MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelUsage,
-    OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score, ScoreOptions, SourceFormat, Spelling,
-    SplitOptions, Storage, StreamChunk, Timings, TrainMetrics, TrainReport, TrainSpec, TxtMode, CHAT_ROLES,
-    DEFAULT_MAX_NEW_TOKENS, HEARTBEAT_STALE_SECS,
+    GeneratorOptions, HomeOptions, ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus, LengthBucket,
+    Lineage, LoraConfig, Method, MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord,
+    ModelRef, ModelUsage, OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score, ScoreOptions,
+    SourceFormat, Spelling, SplitOptions, Storage, StreamChunk, Timings, TrainMetrics, TrainReport, TrainSpec, TxtMode,
+    CHAT_ROLES, DEFAULT_MAX_NEW_TOKENS, HEARTBEAT_STALE_SECS,
 };

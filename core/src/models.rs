@@ -20,6 +20,7 @@ mod linear;
 mod llama;
 mod load;
 pub(crate) mod lora;
+pub(crate) mod memory;
 pub(crate) use lora::AdapterSlot;
 pub mod presets;
 pub(crate) mod st_header;

@@ -10,4 +10,6 @@ pub(crate) struct Store {
     /// The home directory (absolute).
     pub(crate) root: PathBuf,
     pub(crate) catalog: Catalog,
+    /// The most memory one training run or generation request may plan to use (bytes).
+    pub(crate) memory_limit: u64,
 }

@@ -36,6 +36,14 @@ pub struct Tokenizer {
 
 /// Bytes of the longest token string, times 4 for normalizers that shrink text (NFKC
 /// folds a 3-byte ligature into 2 bytes): no token covers more input bytes.
+/// Bytes of text [`Tokenizer::encode_long`] tokenises at once.
+pub(crate) const LONG_TEXT_PIECE: usize = 256 << 10;
+
+/// The first char boundary of `s` at or after `i` (`s.len()` past the end).
+fn ceil_char_boundary(s: &str, i: usize) -> usize {
+    (i..s.len()).find(|&j| s.is_char_boundary(j)).unwrap_or(s.len())
+}
+
 fn max_token_bytes(inner: &tokenizers::Tokenizer) -> usize {
     inner.get_vocab(true).keys().map(String::len).max().unwrap_or(1).max(1) * 4
 }
@@ -202,6 +210,50 @@ impl Tokenizer {
     /// text that cannot fit a context is refused before any work).
     pub fn min_tokens(&self, text: &str) -> usize {
         text.len() / self.max_token_bytes
+    }
+
+    /// The start of `text` that holds at least its first `n` tokens: `n` times the
+    /// longest token's bytes, extended to the next whitespace (within 4 KiB) so that no
+    /// word is cut; all of `text` when it is shorter. Tokenising the prefix instead of a
+    /// huge text keeps memory bounded; the first `n` tokens are the same for tokenizers
+    /// that split words at whitespace before merging.
+    pub(crate) fn prefix_for_tokens<'a>(&self, text: &'a str, n: usize) -> &'a str {
+        let want = n.saturating_mul(self.max_token_bytes);
+        if text.len() <= want {
+            return text;
+        }
+        let end = ceil_char_boundary(text, want);
+        let window = &text[end..ceil_char_boundary(text, end.saturating_add(4096).min(text.len()))];
+        let end = end + window.find(char::is_whitespace).unwrap_or(window.len());
+        &text[..end]
+    }
+
+    /// Token ids of a text of any length, tokenised in pieces of about
+    /// [`LONG_TEXT_PIECE`] bytes cut after a line break (else after whitespace, else
+    /// anywhere) so that memory stays bounded: the tokenizer's own bookkeeping takes
+    /// ~200 bytes per byte of text. Texts shorter than a piece (nearly all) are
+    /// tokenised whole, exactly as [`Tokenizer::encode`]; at each cut of a longer one the
+    /// tokens may differ from tokenising it whole.
+    pub(crate) fn encode_long(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let piece = if rest.len() <= LONG_TEXT_PIECE {
+                rest
+            } else {
+                let min = ceil_char_boundary(rest, LONG_TEXT_PIECE);
+                let max = ceil_char_boundary(rest, (2 * LONG_TEXT_PIECE).min(rest.len()));
+                let window = &rest[min..max];
+                let cut = window
+                    .find('\n')
+                    .or_else(|| window.find(char::is_whitespace))
+                    .map_or(min, |i| min + i + window[i..].chars().next().map_or(1, char::len_utf8));
+                &rest[..cut]
+            };
+            ids.extend(self.encode(piece, false)?);
+            rest = &rest[piece.len()..];
+        }
+        Ok(ids)
     }
 
     pub fn vocab_size(&self) -> usize {

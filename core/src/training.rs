@@ -32,6 +32,7 @@ use crate::catalog::jobs as sql;
 use crate::data::DatasetStore;
 use crate::error::{Error, Result};
 use crate::events::{CancelToken, EventSink};
+use crate::models::memory;
 use crate::models::st_header::read_safetensors_header;
 use crate::models::ModelConfig;
 use crate::registry::ModelRegistry;
@@ -127,7 +128,7 @@ impl TrainingEngine {
         };
         let mut formats = vec![("dataset", dataset.format)];
         formats.extend(eval.as_ref().map(|e| ("eval_dataset", e.format)));
-        check_fits(spec, &base, &formats)?;
+        check_fits(spec, &base, &formats, self.store.memory_limit)?;
         let now = util::now();
         let rec = JobRecord {
             id: JobId(util::new_id("job")),
@@ -255,9 +256,16 @@ impl TrainingEngine {
 }
 
 /// What `run` would find out late, checked when the job is created: the base is a
-/// model (not an adapter), the data is text-like, `seq_len` fits the context, and LoRA
-/// targets name linear layers of the base with a rank no wider than they are.
-fn check_fits(spec: &TrainSpec, base: &ModelRecord, formats: &[(&str, DatasetFormat)]) -> Result<()> {
+/// model (not an adapter), the data is text-like, `seq_len` fits the context, LoRA
+/// targets name linear layers of the base with a rank no wider than they are, and the
+/// run's estimated memory (weights, optimiser state, one batch's activations) fits
+/// under the home's memory limit.
+pub(crate) fn check_fits(
+    spec: &TrainSpec,
+    base: &ModelRecord,
+    formats: &[(&str, DatasetFormat)],
+    memory_limit: u64,
+) -> Result<()> {
     if base.kind == ModelKind::Lora {
         return Err(Error::config(
             "base",
@@ -279,7 +287,15 @@ fn check_fits(spec: &TrainSpec, base: &ModelRecord, formats: &[(&str, DatasetFor
             format!("{} exceeds the model's context ({} positions)", spec.seq_len, cfg.max_position_embeddings),
         ));
     }
-    let Method::Lora(lora) = &spec.method else { return Ok(()) };
+    let lora_params = match &spec.method {
+        Method::Lora(lora) => Some(check_lora_fits(lora, &cfg, base)?),
+        Method::Full => None,
+    };
+    memory::training(&cfg, spec.batch_size, spec.seq_len, lora_params).check(memory_limit)
+}
+
+/// The LoRA half of [`check_fits`]; returns the adapter's parameter count.
+fn check_lora_fits(lora: &LoraConfig, cfg: &ModelConfig, base: &ModelRecord) -> Result<u128> {
     let conv1d = cfg.family == Family::Gpt2;
     if lora.fan_in_fan_out.is_some_and(|f| f != conv1d) {
         return Err(Error::config(
@@ -289,8 +305,9 @@ fn check_fits(spec: &TrainSpec, base: &ModelRecord, formats: &[(&str, DatasetFor
     }
     let targets = lora.targets_for(cfg.family);
     let modules = linear_modules(base)?;
-    let widest = modules.iter().filter(|(name, _)| LoraConfig::matches(&targets, name)).map(|(_, w)| *w).max();
-    let Some(widest) = widest else {
+    let targeted: Vec<(usize, usize)> =
+        modules.iter().filter(|(name, _)| LoraConfig::matches(&targets, name)).map(|(_, dims)| *dims).collect();
+    let Some(widest) = targeted.iter().map(|&(a, b)| a.max(b)).max() else {
         let names: std::collections::BTreeSet<&str> =
             modules.iter().map(|(n, _)| n.rsplit('.').next().unwrap_or(n)).collect();
         return Err(Error::config(
@@ -302,25 +319,26 @@ fn check_fits(spec: &TrainSpec, base: &ModelRecord, formats: &[(&str, DatasetFor
             ),
         ));
     };
-    if u64::try_from(lora.r).map_or(true, |r| r > widest) {
+    if lora.r > widest {
         return Err(Error::config(
             "method.lora.r",
             format!("{} is wider than the widest targeted layer ({widest}); a rank beyond it adds nothing", lora.r),
         ));
     }
-    Ok(())
+    Ok(memory::lora_params(lora.r, targeted))
 }
 
-/// The base's linear modules (2-D `*.weight` tensors but the embeddings) and their
-/// larger dimension, read from the safetensors headers.
-fn linear_modules(base: &ModelRecord) -> Result<Vec<(String, u64)>> {
+/// The base's linear modules (2-D `*.weight` tensors but the embeddings) and their two
+/// dimensions, read from the safetensors headers.
+fn linear_modules(base: &ModelRecord) -> Result<Vec<(String, (usize, usize))>> {
     let mut out = Vec::new();
     for f in base.files.iter().filter(|f| f.name.ends_with(".safetensors")) {
         for (name, info) in read_safetensors_header(&base.path.join(&f.name))? {
             let Some(module) = name.strip_suffix(".weight") else { continue };
             let embedding = ["embed_tokens", "wte", "wpe"].iter().any(|e| module.ends_with(e));
-            if info.shape.len() == 2 && !embedding {
-                out.push((module.to_string(), info.shape.iter().copied().max().unwrap_or(0)));
+            if let ([a, b], false) = (info.shape.as_slice(), embedding) {
+                let dim = |d: u64| usize::try_from(d).unwrap_or(usize::MAX);
+                out.push((module.to_string(), (dim(*a), dim(*b))));
             }
         }
     }

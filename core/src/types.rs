@@ -12,6 +12,7 @@ pub mod schema;
 mod dataset;
 mod event;
 mod generation;
+mod home;
 mod ids;
 mod model;
 mod training;
@@ -25,6 +26,7 @@ pub use generation::{
     ChatMessage, FinishReason, Generation, GenerationConfig, GenerationFilter, GenerationKind, GenerationRecord,
     GeneratorOptions, ModelUsage, Prompt, Score, ScoreOptions, StreamChunk, Timings, DEFAULT_MAX_NEW_TOKENS,
 };
+pub use home::HomeOptions;
 pub use ids::{DatasetId, GenerationId, JobId, ModelId, ModelRef};
 pub use model::{
     Family, Lineage, LoraConfig, ModelFile, ModelFilter, ModelKind, ModelRecord, PresetOptions, RegisterOptions,

@@ -14,6 +14,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Uniform};
 
 use super::linear::LoraAdapter;
+use super::memory;
 use super::Model;
 use crate::error::{Error, IoResultExt, Location, Result};
 use crate::types::{Family, LoraConfig};
@@ -230,6 +231,16 @@ impl Model {
             ),
             Targets::Names(_) => None,
         };
+        let hit = |name: &str| match (targets, re.as_ref()) {
+            (_, Some(re)) => re.is_match(name),
+            (Targets::Names(t), None) => LoraConfig::matches(t.as_slice(), name),
+            (Targets::Regex(_), None) => false,
+        };
+        // Sized before anything is allocated: a rank of 2^40 is an error, not an abort.
+        let planned = self.linears_mut().into_iter().filter(|(n, _)| hit(n)).map(|(_, l)| l.features());
+        let planned = planned.collect::<Result<Vec<_>>>()?;
+        let bytes = memory::lora_params(cfg.r, planned).saturating_mul(self.dtype().size_in_bytes() as u128);
+        memory::Estimate::new().add("adapter", "r", bytes).check(memory::default_memory_limit())?;
         let scale = cfg.scale();
         let dropout = cfg.dropout as f32;
         let mut vars = Vec::new();
@@ -239,12 +250,7 @@ impl Model {
         for (name, lin) in self.linears_mut() {
             let short = name.rsplit('.').next().unwrap_or(&name).to_string();
             available.insert(short.clone());
-            let hit = match (targets, re.as_ref()) {
-                (_, Some(re)) => re.is_match(&name),
-                (Targets::Names(t), None) => LoraConfig::matches(t.as_slice(), &name),
-                (Targets::Regex(_), None) => false,
-            };
-            if !hit {
+            if !hit(&name) {
                 continue;
             }
             let step = (|| -> Result<()> {

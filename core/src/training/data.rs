@@ -75,7 +75,7 @@ pub(crate) fn prepare(
         let mut stream = Vec::new();
         for (i, r) in records.iter().enumerate() {
             stream.extend(bos);
-            stream.extend(tok.encode(field(r, "text", &source.clone().at(i as u64 + 1))?, false)?);
+            stream.extend(tok.encode_long(field(r, "text", &source.clone().at(i as u64 + 1))?)?);
             stream.extend(eos);
         }
         for chunk in stream.chunks(seq_len) {
@@ -99,7 +99,7 @@ pub(crate) fn prepare(
                 ),
                 (field(r, "output", &loc)?.to_string(), true),
             ],
-            DatasetFormat::Chat => chat_segments(r, tok, &loc)?,
+            DatasetFormat::Chat => chat_segments(r, tok, &loc, seq_len)?,
             DatasetFormat::Tabular | DatasetFormat::Text => {
                 return Err(Error::config(
                     "dataset",
@@ -114,7 +114,9 @@ pub(crate) fn prepare(
             labels.push(IGNORE);
         }
         for (text, trained) in &segments {
-            let t = tok.encode(text, false)?;
+            // Only the first seq_len tokens are kept: a huge record is not tokenised whole.
+            let Some(room) = seq_len.checked_sub(ids.len()).filter(|&n| n > 0) else { break };
+            let t = tok.encode(tok.prefix_for_tokens(text, room + 1), false)?;
             labels.extend(t.iter().map(|&x| if *trained { x as i64 } else { IGNORE }));
             ids.extend(t);
         }
@@ -135,8 +137,9 @@ pub(crate) fn prepare(
 }
 
 /// Splits a conversation's rendering into prompt parts (masked) and assistant parts
-/// (trained) by rendering growing prefixes of the conversation.
-fn chat_segments(r: &Value, tok: &Tokenizer, loc: &Location) -> Result<Vec<(String, bool)>> {
+/// (trained) by rendering growing prefixes of the conversation, up to the message that
+/// takes the rendering past `seq_len` tokens' worth of text.
+fn chat_segments(r: &Value, tok: &Tokenizer, loc: &Location, seq_len: usize) -> Result<Vec<(String, bool)>> {
     let msgs: Vec<ChatMessage> = r
         .get("messages")
         .and_then(Value::as_array)
@@ -158,6 +161,9 @@ fn chat_segments(r: &Value, tok: &Tokenizer, loc: &Location) -> Result<Vec<(Stri
         )
     };
     for k in 0..msgs.len() {
+        if tok.prefix_for_tokens(&done, seq_len + 1).len() < done.len() {
+            break;
+        }
         if msgs[k].role == "assistant" {
             let with_prompt = tok.apply_chat_template(&msgs[..k], true)?;
             let head = with_prompt.strip_prefix(done.as_str()).ok_or_else(not_prefix)?;
@@ -219,6 +225,46 @@ mod tests {
         let ex = prepare(DatasetFormat::Text, &recs, &tok, 4, &loc).unwrap();
         assert_eq!(ex.iter().map(|e| e.ids.len()).collect::<Vec<_>>(), vec![4, 3]);
         assert_eq!(ex[0].ids, vec![97, 98, 99, 256]);
+    }
+
+    #[test]
+    fn huge_records_are_tokenised_only_as_far_as_they_are_used() {
+        let tok = Tokenizer::byte_level().unwrap();
+        let loc = Location::default();
+        let huge = "word ".repeat(2_000_000);
+        for (format, rec) in [
+            (DatasetFormat::Completion, json!({"prompt": "ab", "completion": huge})),
+            (DatasetFormat::Instruction, json!({"instruction": "do", "output": huge})),
+            (
+                DatasetFormat::Chat,
+                json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": huge}, {"role": "user", "content": huge}]}),
+            ),
+        ] {
+            // The same record with every text cut to 200 bytes: more than 64 tokens.
+            fn short(v: &Value) -> Value {
+                match v {
+                    Value::String(s) => Value::String(s[..s.len().min(200)].to_string()),
+                    Value::Array(a) => Value::Array(a.iter().map(short).collect()),
+                    Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), short(v))).collect()),
+                    other => other.clone(),
+                }
+            }
+            let whole = prepare(format, &[short(&rec)], &tok, 64, &loc).unwrap();
+            let cut = prepare(format, &[rec], &tok, 64, &loc).unwrap();
+            assert_eq!(cut, whole, "{format:?}");
+            assert_eq!(cut[0].ids.len(), 64, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn long_texts_are_tokenised_in_pieces_without_losing_a_byte() {
+        let tok = Tokenizer::byte_level().unwrap();
+        let text: String =
+            (0..100_000).map(|i| if i % 7 == 0 { "é line\n".to_string() } else { format!("ü{i} ") }).collect();
+        assert!(text.len() > 2 * crate::tokenizer::LONG_TEXT_PIECE);
+        assert_eq!(tok.encode_long(&text).unwrap(), tok.encode(&text, false).unwrap());
+        let no_space = "é".repeat(3 * crate::tokenizer::LONG_TEXT_PIECE / 2);
+        assert_eq!(tok.encode_long(&no_space).unwrap(), tok.encode(&no_space, false).unwrap());
     }
 
     #[test]
