@@ -438,7 +438,9 @@ impl Run<'_> {
         let path = dir.join(FAILURE_FILE);
         self.push_log(
             "warn",
-            format!("the end of this run could not be written to the catalog ({failure}); recorded from {FAILURE_FILE}"),
+            format!(
+                "the end of this run could not be written to the catalog ({failure}); recorded from {FAILURE_FILE}"
+            ),
         );
         let end = KeptEnd {
             lease: self.lease.clone(),
