@@ -347,15 +347,15 @@ impl Model {
             let src = self.dir.join(side);
             let dst = dir.join(side);
             if src.is_file() && !dst.exists() {
-                std::fs::copy(&src, &dst).with_path(&src)?;
+                // Read errors name the source, write errors (a full disk) the copy.
+                crate::util::copy_hashing(&src, &dst, |_| Ok(()))?;
             }
         }
         let tensors: HashMap<String, Tensor> = self.named_weights()?.into_iter().collect();
-        let p = dir.join("model.safetensors");
-        candle_core::safetensors::save(&tensors, &p)?;
+        write_safetensors(&tensors, &dir.join("model.safetensors"))?;
         let cfg = dir.join("config.json");
         let text = serde_json::to_string_pretty(&self.raw_config).map_err(|e| Error::Internal(e.to_string()))?;
-        std::fs::write(&cfg, text).with_path(&cfg)
+        crate::util::write_atomic(&cfg, text.as_bytes())
     }
 
     pub(crate) fn named_weights(&self) -> Result<Vec<(String, Tensor)>> {
@@ -413,6 +413,50 @@ impl Model {
     pub fn lora_config(&self) -> Option<&LoraConfig> {
         self.lora.as_ref().map(|l| &l.config)
     }
+}
+
+/// Writes `tensors` as a safetensors file at `path`, crash-safely (temp file, fsync,
+/// rename) and streamed one tensor at a time (no second copy of the weights in memory).
+/// A failing write (a full disk) is an [`Error::Io`] naming `path`, never a compute
+/// error. Failpoint `write:<file name>`.
+pub(crate) fn write_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    use safetensors::View;
+    /// A tensor's header entry without its bytes: the `safetensors` crate lays out the
+    /// header (offsets, alignment), the bytes are streamed after it.
+    struct HeaderOnly<'a>(&'a Tensor);
+    impl View for HeaderOnly<'_> {
+        fn dtype(&self) -> safetensors::Dtype {
+            View::dtype(self.0)
+        }
+        fn shape(&self) -> &[usize] {
+            self.0.dims()
+        }
+        fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+            std::borrow::Cow::Borrowed(&[])
+        }
+        fn data_len(&self) -> usize {
+            View::data_len(self.0)
+        }
+    }
+    let internal = |e: String| Error::Internal(format!("cannot write {}: {e}", path.display()));
+    let header = safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), HeaderOnly(t))), None)
+        .map_err(|e| internal(e.to_string()))?;
+    // The tensors in the order of their offsets in the header.
+    let json: serde_json::Map<String, Value> =
+        serde_json::from_slice(header.get(8..).unwrap_or_default()).map_err(|e| internal(e.to_string()))?;
+    let mut order: Vec<(u64, &Tensor)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let start = json.get(name).and_then(|v| v["data_offsets"][0].as_u64());
+        order.push((start.ok_or_else(|| internal(format!("tensor `{name}` missing from the header")))?, t));
+    }
+    order.sort_by_key(|(start, _)| *start);
+    crate::util::write_atomic_with(path, |w| {
+        w.write_all(&header)?;
+        for (_, t) in &order {
+            w.write_all(&View::data(*t))?;
+        }
+        Ok(())
+    })
 }
 
 /// Checks that `positions` fit the model's context (`field` names the config key).
@@ -757,5 +801,39 @@ pub(crate) mod ops {
             }
         };
         Ok(probs.matmul(&v.contiguous()?)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn safetensors_are_streamed_in_header_order_and_errors_name_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        let mut tensors = HashMap::new();
+        tensors.insert("b.f32".to_string(), Tensor::arange(0f32, 6., &dev).unwrap().reshape((2, 3)).unwrap());
+        tensors.insert("a.bf16".to_string(), Tensor::arange(0f32, 5., &dev).unwrap().to_dtype(DType::BF16).unwrap());
+        tensors.insert("c.u32".to_string(), Tensor::new(&[7u32, 9], &dev).unwrap());
+        tensors.insert("d.f64".to_string(), Tensor::new(2.5f64, &dev).unwrap());
+        let p = d.path().join("x.safetensors");
+        write_safetensors(&tensors, &p).unwrap();
+        let back = candle_core::safetensors::load(&p, &dev).unwrap();
+        assert_eq!(back.len(), 4);
+        for (k, t) in &tensors {
+            let b = &back[k];
+            assert_eq!((b.dtype(), b.dims()), (t.dtype(), t.dims()), "{k}");
+            let diff = (b.to_dtype(DType::F64).unwrap() - t.to_dtype(DType::F64).unwrap()).unwrap();
+            assert_eq!(diff.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap(), 0.0);
+        }
+        // Only the file: no temp file left next to it.
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+        // A write that cannot happen is an I/O error naming the file, not a compute error.
+        let ro = d.path().join("missing-dir").join("y.safetensors");
+        let e = write_safetensors(&tensors, &ro).unwrap_err();
+        assert!(matches!(e.code(), "io" | "file_not_found"), "{e}");
+        assert!(e.to_string().contains("y.safetensors"), "{e}");
     }
 }

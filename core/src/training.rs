@@ -95,13 +95,16 @@ impl TrainingEngine {
         self.store.root.join("jobs").join(&id.0)
     }
 
-    /// Removes leftovers older than `min_age`: folders of jobs no row refers to, and
-    /// interrupted checkpoint writes (`checkpoints/.tmp-*`) of the others.
+    /// Records the ends that runs kept in `jobs/<id>/failure.json` (the catalog refused
+    /// them), then removes leftovers older than `min_age`: folders of jobs no row refers
+    /// to, and interrupted writes (`.tmp-*`, `checkpoints/.tmp-*`) of the others.
     pub(crate) fn sweep(&self, min_age: Duration) -> Result<()> {
         let known: std::collections::HashSet<String> = self.store.catalog.read(sql::all_ids)?.into_iter().collect();
+        runner::settle_kept(self, &known);
         let jobs = self.store.root.join("jobs");
         util::sweep(&jobs, min_age, |name| name.starts_with("job_") && !known.contains(name));
         for id in &known {
+            util::sweep(&jobs.join(id), min_age, |_| false);
             util::sweep(&jobs.join(id).join("checkpoints"), min_age, |_| false);
         }
         Ok(())
@@ -166,7 +169,8 @@ impl TrainingEngine {
     pub fn job(&self, id: impl Into<JobId>) -> Result<JobRecord> {
         let id = id.into();
         let rec = self.store.catalog.read(|c| sql::get(c, &id.0))?;
-        Ok(effective(rec, runner::is_active(&id)))
+        let active = runner::is_active(&id);
+        Ok(runner::settle(self, effective(rec, active), active))
     }
 
     /// Jobs matching `filter`, oldest first.
@@ -176,7 +180,7 @@ impl TrainingEngine {
             .into_iter()
             .map(|r| {
                 let active = runner::is_active(&r.id);
-                effective(r, active)
+                runner::settle(self, effective(r, active), active)
             })
             .filter(|r| filter.status.is_none_or(|s| s == r.status))
             .collect())

@@ -3,6 +3,8 @@
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use rand::Rng;
@@ -121,19 +123,30 @@ pub(crate) fn copy_hashing(src: &Path, dst: &Path, mut on_chunk: impl FnMut(u64)
 }
 
 /// Writes `bytes` to `path` crash-safely: a temp file in the same directory, fsync, rename.
+/// Failpoint `write:<file name>`.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// [`write_atomic`] for content streamed by `write` (through a buffer). Errors name
+/// `path` (the file the caller asked for), not the temp file, which is removed.
+pub(crate) fn write_atomic_with(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".tmp-{}-{}", path.file_name().and_then(|s| s.to_str()).unwrap_or("file"), new_id("w")));
+    let name = path.file_name().and_then(|s| s.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".tmp-{name}-{}", new_id("w")));
     let res = (|| {
-        let mut f = fs::File::create(&tmp).with_path(&tmp)?;
-        f.write_all(bytes).with_path(&tmp)?;
-        f.sync_all().with_path(&tmp)?;
-        fs::rename(&tmp, path).with_path(path)
+        let f = fs::File::create(&tmp)?;
+        let mut w = io::BufWriter::with_capacity(1 << 20, f);
+        write_failpoint(path)?;
+        write(&mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
     })();
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    res
+    res.with_path(path)
 }
 
 /// A staging directory that is removed on drop unless [`StagingDir::persist`] moved it.
@@ -207,9 +220,144 @@ pub(crate) fn sweep(dir: &Path, min_age: std::time::Duration, orphan: impl Fn(&s
     }
 }
 
+/// The environment variable that arms failpoints (tests only; see [`failpoint`]).
+pub(crate) const FAILPOINTS_ENV: &str = "ANNEAL_FAILPOINTS";
+
+/// What an armed failpoint does when it fires.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum FailAction {
+    /// Ends the process at once (no unwinding, no destructors), like a kill.
+    Abort,
+    /// The operation fails as on a full disk (`ENOSPC`).
+    Enospc,
+    /// The operation fails with an I/O error (`EIO`).
+    Eio,
+}
+
+/// Which hits of a failpoint fire.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum FailWhen {
+    Always,
+    /// Only the n-th hit (1-based): `name=action@n`.
+    Nth(u64),
+    /// The first n hits: `name=action*n`.
+    First(u64),
+}
+
+#[derive(Debug)]
+struct Failpoint {
+    name: String,
+    action: FailAction,
+    when: FailWhen,
+    hits: AtomicU64,
+}
+
+/// Parses `name=action[@n|*n]` entries separated by `;`. Malformed entries are reported
+/// on stderr and skipped (the variable is set only by tests).
+fn parse_failpoints(spec: &str) -> Vec<Failpoint> {
+    let mut out = Vec::new();
+    for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let parsed = entry.split_once('=').and_then(|(name, rest)| {
+            let (action, when) = match (rest.split_once('@'), rest.split_once('*')) {
+                (Some((a, n)), _) => (a, FailWhen::Nth(n.parse().ok().filter(|&n| n > 0)?)),
+                (None, Some((a, n))) => (a, FailWhen::First(n.parse().ok()?)),
+                (None, None) => (rest, FailWhen::Always),
+            };
+            let action = match action {
+                "abort" => FailAction::Abort,
+                "enospc" => FailAction::Enospc,
+                "eio" => FailAction::Eio,
+                _ => return None,
+            };
+            Some(Failpoint { name: name.trim().to_string(), action, when, hits: AtomicU64::new(0) })
+        });
+        match parsed {
+            Some(fp) => out.push(fp),
+            None => eprintln!("anneal: ignoring malformed {FAILPOINTS_ENV} entry `{entry}`"),
+        }
+    }
+    out
+}
+
+/// Test-only fault injection, always compiled and inert unless [`FAILPOINTS_ENV`] is set
+/// (read once per process), e.g. `ANNEAL_FAILPOINTS="write:optimizer.safetensors=enospc@2;
+/// register.after_commit=abort"`. Actions: `abort` (the process ends on the spot),
+/// `enospc` and `eio` (this call returns that OS error, which the caller maps as it would
+/// the real one). `@n` fires on the n-th hit only, `*n` on the first n hits.
+///
+/// Failpoints: `write:<file name>` (every file write of checkpoints, model saves and
+/// [`write_atomic`]), `catalog.job_end` (the catalog write that records how a run
+/// ended), `register.before_commit` and `register.after_commit` (around the transaction
+/// that registers a trained model and completes its job).
+pub(crate) fn failpoint(name: &str) -> io::Result<()> {
+    static ARMED: OnceLock<Vec<Failpoint>> = OnceLock::new();
+    let armed = ARMED.get_or_init(|| std::env::var(FAILPOINTS_ENV).map(|s| parse_failpoints(&s)).unwrap_or_default());
+    if armed.is_empty() {
+        return Ok(());
+    }
+    for fp in armed.iter().filter(|f| f.name == name) {
+        let hit = fp.hits.fetch_add(1, Ordering::SeqCst) + 1;
+        let fires = match fp.when {
+            FailWhen::Always => true,
+            FailWhen::Nth(n) => hit == n,
+            FailWhen::First(n) => hit <= n,
+        };
+        if fires {
+            return Err(match fp.action {
+                FailAction::Abort => std::process::abort(),
+                FailAction::Enospc => enospc(),
+                FailAction::Eio => eio(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The failpoint of a file write: `write:<file name of path>`.
+pub(crate) fn write_failpoint(path: &Path) -> io::Result<()> {
+    match path.file_name().and_then(|n| n.to_str()) {
+        Some(n) => failpoint(&format!("write:{n}")),
+        None => Ok(()),
+    }
+}
+
+/// The OS error of a full disk.
+fn enospc() -> io::Error {
+    if cfg!(unix) {
+        io::Error::from_raw_os_error(28)
+    } else {
+        io::Error::new(io::ErrorKind::StorageFull, "no space left on device")
+    }
+}
+
+fn eio() -> io::Error {
+    if cfg!(unix) {
+        io::Error::from_raw_os_error(5)
+    } else {
+        io::Error::other("input/output error")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failpoint_specs_parse() {
+        let fps = parse_failpoints(" a=abort; write:x.json=enospc@2 ;b=eio*3;bad;c=nope;d=enospc@0");
+        let got: Vec<(&str, FailAction, FailWhen)> = fps.iter().map(|f| (f.name.as_str(), f.action, f.when)).collect();
+        assert_eq!(
+            got,
+            [
+                ("a", FailAction::Abort, FailWhen::Always),
+                ("write:x.json", FailAction::Enospc, FailWhen::Nth(2)),
+                ("b", FailAction::Eio, FailWhen::First(3)),
+            ]
+        );
+        // Unarmed in the test process: a no-op.
+        assert!(failpoint("write:x.json").is_ok());
+        assert_eq!(enospc().kind(), io::ErrorKind::StorageFull);
+    }
 
     #[test]
     fn names_are_checked() {

@@ -120,6 +120,16 @@ pub(crate) fn check_lease(conn: &Connection, id: &str, lease: &str) -> Result<()
     })
 }
 
+/// Whether the job is still `running` under `lease` (its end not recorded yet).
+pub(crate) fn running_under(conn: &Connection, id: &str, lease: &str) -> Result<bool> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM jobs WHERE id = ?1 AND lease = ?2 AND status = 'running'",
+        params![id, lease],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
 /// Live progress of a running job.
 pub(crate) struct Progress<'a> {
     pub(crate) progress: f64,

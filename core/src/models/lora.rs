@@ -143,12 +143,10 @@ impl Model {
         let cfg = peft::config_json(&state.config, &state.target_names, fan_in_fan_out, Some(&base));
         let p = dir.join(peft::CONFIG_FILE);
         let text = serde_json::to_string_pretty(&cfg).map_err(|e| Error::Internal(e.to_string()))?;
-        std::fs::write(&p, text).with_path(&p)?;
+        crate::util::write_atomic(&p, text.as_bytes())?;
         let tensors: HashMap<String, Tensor> =
             state.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
-        let st = dir.join(peft::WEIGHTS_FILE);
-        candle_core::safetensors::save(&tensors, &st)?;
-        Ok(())
+        super::write_safetensors(&tensors, &dir.join(peft::WEIGHTS_FILE))
     }
 
     /// Folds the adapter into the base weights (`W + alpha/r * B A`; transposed for

@@ -76,7 +76,7 @@ pub(crate) fn write(job_dir: &Path, model: &Model, opt: &AdamW, state: &TrainerS
     } else {
         model.save(p)?;
     }
-    candle_core::safetensors::save(&opt.state_tensors(), p.join(OPTIMIZER_FILE))?;
+    crate::models::write_safetensors(&opt.state_tensors(), &p.join(OPTIMIZER_FILE))?;
     let text = serde_json::to_string_pretty(state).map_err(|e| Error::Internal(e.to_string()))?;
     crate::util::write_atomic(&p.join(STATE_FILE), text.as_bytes())?;
     let mut staging = staging;

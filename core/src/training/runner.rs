@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::checkpoint::{self, TrainerState};
@@ -16,7 +17,7 @@ use super::optim::{clip_grad_norm, lr_at, AdamW};
 use super::{effective, now_ms, TrainingEngine};
 use crate::catalog::jobs::{self as sql, Progress};
 use crate::data::for_each_record;
-use crate::error::{Error, Location, Result};
+use crate::error::{Error, ErrorKind, IoResultExt, Location, Result, StorageError};
 use crate::events::{CancelToken, EventSink};
 use crate::models::{ForwardMode, LoadOptions, Model};
 use crate::tokenizer::Tokenizer;
@@ -32,6 +33,10 @@ const CATALOG_WRITE_INTERVAL: Duration = Duration::from_millis(250);
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Characters of the current sample kept as a preview.
 const SAMPLE_CHARS: usize = 120;
+/// Waits before retrying the catalog write that records how a run ended.
+const END_RETRIES: [Duration; 3] = [Duration::from_millis(100), Duration::from_millis(300), Duration::from_millis(900)];
+/// Where a run keeps its end when the catalog refuses to record it (`jobs/<id>/`).
+pub(crate) const FAILURE_FILE: &str = "failure.json";
 
 /// Jobs running in this process.
 static ACTIVE: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
@@ -81,7 +86,7 @@ pub(crate) fn execute(
         Err(Error::Cancelled) => (JobStatus::Cancelled, None, None),
         Err(e) => (JobStatus::Failed, Some(ErrorInfo::from(e)), None),
     };
-    let recorded = run.record_end(status, error.as_ref(), model.as_ref());
+    run.record_end(status, error.as_ref(), model.as_ref());
     let finished = Event::JobFinished {
         job_id: id.0.clone(),
         status: match status {
@@ -92,11 +97,11 @@ pub(crate) fn execute(
         model_id: model.map(|m| m.0),
         error,
     };
-    // The run's own error wins over failures to record or report its end.
+    // The run's own outcome is what the caller gets: a failure to record its end was
+    // retried, kept in failure.json and logged; a completed run was recorded as such in
+    // the transaction that registered its model.
     let _ = run.sink.on_event(&finished);
-    let report = result?;
-    recorded?;
-    Ok(report)
+    result
 }
 
 impl ActiveGuard {
@@ -112,8 +117,13 @@ impl ActiveGuard {
 
 /// Marks the job running in the catalog, if its state allows this kind of start.
 fn claim(engine: &TrainingEngine, id: &JobId, resume: bool, lease: &str) -> Result<JobRecord> {
+    // The end of an earlier run kept in failure.json goes to the catalog first (the
+    // caller holds this process's claim on the job, so it is not active elsewhere here).
+    if let Ok(rec) = engine.store.catalog.read(|c| sql::get(c, &id.0)) {
+        settle(engine, effective(rec, false), false);
+    }
     let now = util::now();
-    engine.store.catalog.write(|tx| {
+    let rec = engine.store.catalog.write(|tx| {
         let rec = effective(sql::get(tx, &id.0)?, false);
         let ok = match rec.status {
             JobStatus::Pending => true,
@@ -132,7 +142,127 @@ fn claim(engine: &TrainingEngine, id: &JobId, resume: bool, lease: &str) -> Resu
         }
         sql::claim(tx, &id.0, std::process::id(), lease, now_ms(), &now)?;
         Ok(rec)
-    })
+    })?;
+    // Any file left now is stale (an earlier lease): only this run can write a valid one.
+    let _ = std::fs::remove_file(engine.job_dir(id).join(FAILURE_FILE));
+    Ok(rec)
+}
+
+/// The end of a run that the catalog refused to record, kept in `jobs/<id>/failure.json`
+/// until the next open of the home (or read of the job) writes it to the catalog.
+#[derive(Debug, Serialize, Deserialize)]
+struct KeptEnd {
+    /// The run's lease: the end applies only while the job is still running under it.
+    lease: String,
+    status: JobStatus,
+    error: Option<ErrorInfo>,
+    at: String,
+    last: Option<LastStep>,
+    checkpoint: Option<String>,
+    logs: Vec<JobLog>,
+    metrics: Vec<MetricPoint>,
+}
+
+impl KeptEnd {
+    /// `rec` as it reads once this end is recorded.
+    fn overlay(self, mut rec: JobRecord) -> JobRecord {
+        rec.status = self.status;
+        rec.error = self.error;
+        rec.runner_pid = None;
+        rec.finished_at = Some(self.at.clone());
+        rec.updated_at = self.at;
+        if let Some(l) = self.last {
+            (rec.progress, rec.epoch, rec.step, rec.total_steps, rec.tokens) =
+                (l.progress, l.epoch, l.step, l.total, l.tokens);
+            rec.loss = l.loss;
+            rec.eval_loss = l.eval_loss.or(rec.eval_loss);
+        }
+        rec.checkpoint = self.checkpoint.or(rec.checkpoint);
+        rec
+    }
+}
+
+/// `rec` (as [`effective`] reports it) with the end its run kept in failure.json: written
+/// to the catalog now when possible (the file is then removed), else reported as if it
+/// were. Jobs without such a file, ended ones and ones `active` here are returned as they are.
+pub(crate) fn settle(engine: &TrainingEngine, rec: JobRecord, active: bool) -> JobRecord {
+    if active || !matches!(rec.status, JobStatus::Running | JobStatus::Interrupted) {
+        return rec;
+    }
+    let path = engine.job_dir(&rec.id).join(FAILURE_FILE);
+    let Some(end) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<KeptEnd>(&b).ok()) else {
+        return rec;
+    };
+    let id = rec.id.0.clone();
+    // A file of an earlier lease is stale (the next claim removes it).
+    if !engine.store.catalog.read(|c| sql::running_under(c, &id, &end.lease)).unwrap_or(false) {
+        return rec;
+    }
+    let applied = engine.store.catalog.write(|tx| {
+        if !sql::running_under(tx, &id, &end.lease)? {
+            return Ok(false);
+        }
+        let progress = end.last.map(|l| l.progress(end.checkpoint.as_deref()));
+        let end_of_run = (end.status, end.error.as_ref(), None);
+        write_run(tx, &id, &end.logs, &end.metrics, progress.as_ref(), Some(end_of_run), &end.at)?;
+        Ok(true)
+    });
+    match applied {
+        Ok(true) => {
+            let _ = std::fs::remove_file(&path);
+            match engine.store.catalog.read(|c| sql::get(c, &id)) {
+                Ok(r) => effective(r, false),
+                Err(_) => end.overlay(rec),
+            }
+        }
+        Ok(false) => rec,
+        Err(_) => end.overlay(rec),
+    }
+}
+
+/// Records the ends kept in failure.json by runs of `ids` (when the home is opened).
+pub(crate) fn settle_kept(engine: &TrainingEngine, ids: &std::collections::HashSet<String>) {
+    for id in ids {
+        let id = JobId(id.clone());
+        if !engine.job_dir(&id).join(FAILURE_FILE).is_file() {
+            continue;
+        }
+        if let Ok(rec) = engine.store.catalog.read(|c| sql::get(c, &id.0)) {
+            let active = is_active(&id);
+            settle(engine, effective(rec, active), active);
+        }
+    }
+}
+
+/// The catalog error of a failpoint in a catalog write (as SQLite reports a full disk).
+fn storage_failure(e: std::io::Error) -> Error {
+    Error::Storage(StorageError(format!("disk I/O error: {e}")))
+}
+
+/// The writes of a runner, in one transaction the caller opened and checked the lease
+/// of: buffered logs and metrics, `progress`, and the final status when the run `end`s.
+/// Failpoint `catalog.job_end` (the write of an end).
+fn write_run(
+    tx: &crate::catalog::Conn,
+    id: &str,
+    logs: &[JobLog],
+    metrics: &[MetricPoint],
+    progress: Option<&Progress<'_>>,
+    end: Option<(JobStatus, Option<&ErrorInfo>, Option<&ModelId>)>,
+    now: &str,
+) -> Result<()> {
+    sql::add_logs(tx, id, logs)?;
+    sql::add_metrics(tx, id, metrics)?;
+    if let Some(p) = progress {
+        sql::update_progress(tx, id, p, now_ms(), now)?;
+    }
+    match end {
+        Some((status, error, model)) => {
+            util::failpoint("catalog.job_end").map_err(storage_failure)?;
+            sql::finish(tx, id, status, error, model.map(|m| m.as_str()), now)
+        }
+        None => Ok(()),
+    }
 }
 
 /// Refreshes the job's heartbeat from a side thread (even during long steps) until dropped.
@@ -185,7 +315,7 @@ struct Run<'a> {
     last: Option<LastStep>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct LastStep {
     progress: f64,
     epoch: u32,
@@ -249,18 +379,87 @@ impl Run<'_> {
     }
 
     /// Writes the end of the run: buffered logs and metrics, the last progress of a run
-    /// that did not complete, and the final status (one transaction).
-    fn record_end(&mut self, status: JobStatus, error: Option<&ErrorInfo>, model: Option<&ModelId>) -> Result<()> {
+    /// that did not complete, and the final status (one transaction). A catalog that
+    /// refuses the write (a full disk under it) is retried with backoff; if it still
+    /// refuses, the end of a run that did not complete is kept in `jobs/<id>/failure.json`
+    /// for the next open of the home (or read of the job) to record. Never fails: the
+    /// caller gets the run's own outcome, and the sink a log line about the recording.
+    fn record_end(&mut self, status: JobStatus, error: Option<&ErrorInfo>, model: Option<&ModelId>) {
         if let Some(e) = error {
             self.push_log("error", e.message.clone());
         }
         let ck = self.checkpoint_rel.clone();
-        let last = self.last.filter(|_| status != JobStatus::Completed).map(|l| l.progress(ck.as_deref()));
-        self.flush(last.as_ref(), Some((status, error, model)))
+        let last = self.last.filter(|_| status != JobStatus::Completed);
+        let mut retries = END_RETRIES.iter();
+        let failure = loop {
+            let progress = last.map(|l| l.progress(ck.as_deref()));
+            match self.flush(progress.as_ref(), Some((status, error, model))) {
+                Ok(()) => return,
+                Err(e) if e.kind() == ErrorKind::Storage => match retries.next() {
+                    Some(wait) => std::thread::sleep(*wait),
+                    None => break e,
+                },
+                Err(e) => break e,
+            }
+        };
+        // A runner that lost its job records nothing; a completed one is recorded already.
+        if matches!(failure, Error::InUse { .. }) {
+            return;
+        }
+        let message = if status == JobStatus::Completed {
+            format!("the last log lines of this run could not be written to the catalog: {failure}")
+        } else {
+            match self.keep_end(status, error, last, &failure) {
+                Ok(path) => format!(
+                    "the end of this run could not be written to the catalog ({failure}); it is kept in {} and \
+                     recorded when the home is next opened or the job read",
+                    path.display()
+                ),
+                Err(e) => format!(
+                    "the end of this run could not be written to the catalog ({failure}) nor kept in a file ({e}); \
+                     the job will read as interrupted"
+                ),
+            }
+        };
+        let _ = self.emit(Event::Log { job_id: self.job.id.0.clone(), level: "error".into(), message });
+    }
+
+    /// Writes failure.json (atomically) with the end of the run and its unwritten logs
+    /// and metrics.
+    fn keep_end(
+        &mut self,
+        status: JobStatus,
+        error: Option<&ErrorInfo>,
+        last: Option<LastStep>,
+        failure: &Error,
+    ) -> Result<PathBuf> {
+        let dir = self.engine.job_dir(&self.job.id);
+        std::fs::create_dir_all(&dir).with_path(&dir)?;
+        let path = dir.join(FAILURE_FILE);
+        self.push_log(
+            "warn",
+            format!(
+                "the end of this run could not be written to the catalog ({failure}); recorded from {FAILURE_FILE}"
+            ),
+        );
+        let end = KeptEnd {
+            lease: self.lease.clone(),
+            status,
+            error: error.cloned(),
+            at: util::now(),
+            last,
+            checkpoint: self.checkpoint_rel.clone(),
+            logs: std::mem::take(&mut self.logs),
+            metrics: std::mem::take(&mut self.metrics),
+        };
+        let bytes = serde_json::to_vec_pretty(&end).map_err(|e| Error::Internal(e.to_string()))?;
+        util::write_atomic(&path, &bytes)?;
+        Ok(path)
     }
 
     /// One transaction under the run's lease: buffered logs and metrics, `progress`,
-    /// and the final status when the run `end`s.
+    /// and the final status when the run `end`s. The logs and metrics stay buffered
+    /// when the write fails.
     fn flush(
         &mut self,
         progress: Option<&Progress<'_>>,
@@ -271,18 +470,15 @@ impl Run<'_> {
         let metrics = std::mem::take(&mut self.metrics);
         let now = util::now();
         let lease = &self.lease;
-        self.engine.store.catalog.write(|tx| {
+        let written = self.engine.store.catalog.write(|tx| {
             sql::check_lease(tx, &id, lease)?;
-            sql::add_logs(tx, &id, &logs)?;
-            sql::add_metrics(tx, &id, &metrics)?;
-            if let Some(p) = progress {
-                sql::update_progress(tx, &id, p, now_ms(), &now)?;
-            }
-            match end {
-                Some((status, error, model)) => sql::finish(tx, &id, status, error, model.map(|m| m.as_str()), &now),
-                None => Ok(()),
-            }
-        })
+            write_run(tx, &id, &logs, &metrics, progress, end, &now)
+        });
+        if written.is_err() {
+            self.logs = logs;
+            self.metrics = metrics;
+        }
+        written
     }
 
     fn check_cancel(&self, cancel: &CancelToken) -> Result<bool> {
@@ -555,10 +751,13 @@ impl Run<'_> {
         };
         let complete = |tx: &crate::catalog::Conn, rec: &ModelRecord| {
             sql::check_lease(tx, &job_id.0, &self.lease)?;
-            sql::finish(tx, &job_id.0, JobStatus::Completed, None, Some(rec.id.as_str()), &util::now())
+            sql::finish(tx, &job_id.0, JobStatus::Completed, None, Some(rec.id.as_str()), &util::now())?;
+            util::failpoint("register.before_commit").map_err(storage_failure)
         };
         let rec =
             registry.register_trained(&mut staging, &name, &base, format!("job:{}", job_id.0), lineage, &complete)?;
+        // Only `abort` means something here: the run is complete whatever follows.
+        let _ = util::failpoint("register.after_commit");
         // The job is complete from here on (same transaction as the registration): what
         // follows is reporting, and its failure must not turn the job back into one to rerun.
         let _ = self.log("info", format!("registered {} ({}) as {}", rec.reference(), rec.kind.as_str(), rec.id));
