@@ -75,6 +75,30 @@ fn a_training_job_that_cannot_fit_in_memory_is_refused_at_creation() {
 }
 
 #[test]
+fn a_run_checks_the_memory_limit_of_its_own_process() {
+    let d = tempfile::tempdir().unwrap();
+    let h = Home::open(d.path().join("home")).unwrap();
+    let base = h.models().create_preset("nano", &Default::default()).unwrap();
+    let recs = (0..8).map(|i| Ok(json!({"text": format!("record {i}")})));
+    h.datasets().import_records(recs, &ImportOptions { name: Some("t".into()), ..Default::default() }).unwrap();
+    let spec = TrainSpec {
+        base: base.id.into(),
+        dataset: "t".into(),
+        method: Method::Full,
+        batch_size: 64,
+        seq_len: 64,
+        max_steps: Some(1),
+        ..Default::default()
+    };
+    let job = h.training().create_job(&spec).unwrap();
+    // Another process with a lower limit picks the job up: refused before loading anything.
+    let small = Home::open_with(h.root(), &HomeOptions { memory_limit: Some(8 * MIB) }).unwrap();
+    let e = small.training().run(&job.id, &mut anneal::NoopSink, &Default::default()).unwrap_err();
+    assert_eq!(config_field(&e), "batch_size");
+    assert_eq!(small.training().job(&job.id).unwrap().status, anneal::JobStatus::Failed);
+}
+
+#[test]
 fn a_huge_lora_rank_is_an_error_not_an_abort() {
     let d = tempfile::tempdir().unwrap();
     let mut model = Model::load(common::fixtures().join("tiny-llama"), &LoadOptions::default()).unwrap();

@@ -495,6 +495,8 @@ impl Run<'_> {
             Error::NotFound { .. } => Error::NotFound { what: "model", id: format!("{base_id} (base model deleted)") },
             o => o,
         })?;
+        // Again in this process: its home may have a lower memory limit than the creator's.
+        super::check_fits(spec, &base, &[], self.engine.store.memory_limit)?;
         let tok = Tokenizer::load(&base)?;
         let store = self.engine.datasets();
         let ds_id = self.job.dataset_id.clone().ok_or_else(|| Error::NotFound {
