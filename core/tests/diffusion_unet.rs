@@ -139,7 +139,8 @@ fn timesteps_broadcast_and_integer_timesteps_work() {
     let unet = UNet2DConditionModel::load(fixture("tiny-sd/unet"), &LoadOptions::default()).unwrap();
     let r = refs("tiny-sd");
     let (sample, ehs) = (&r["unet.sample"], &r["unet.encoder_hidden_states"]);
-    let both = unet.forward(sample, &Tensor::new(&[10u32, 10], &Device::Cpu).unwrap(), ehs, ForwardMode::Infer).unwrap();
+    let both =
+        unet.forward(sample, &Tensor::new(&[10u32, 10], &Device::Cpu).unwrap(), ehs, ForwardMode::Infer).unwrap();
     let scalar = unet.forward(sample, &Tensor::new(10f32, &Device::Cpu).unwrap(), ehs, ForwardMode::Infer).unwrap();
     assert_eq!(max_abs_diff(&both, &scalar), 0.0);
     // Row 0 of the reference used t = 10.
@@ -236,10 +237,11 @@ fn saved_unet_has_diffusers_names_and_reloads_to_the_same_output() {
     let unet = UNet2DConditionModel::load(fixture("tiny-sd/unet"), &trainable()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     unet.save(tmp.path()).unwrap();
-    let orig = candle_core::safetensors::load(fixture("tiny-sd/unet/diffusion_pytorch_model.safetensors"), &Device::Cpu)
-        .unwrap();
-    let saved = candle_core::safetensors::load(tmp.path().join("diffusion_pytorch_model.safetensors"), &Device::Cpu)
-        .unwrap();
+    let orig =
+        candle_core::safetensors::load(fixture("tiny-sd/unet/diffusion_pytorch_model.safetensors"), &Device::Cpu)
+            .unwrap();
+    let saved =
+        candle_core::safetensors::load(tmp.path().join("diffusion_pytorch_model.safetensors"), &Device::Cpu).unwrap();
     let mut a: Vec<_> = orig.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
     let mut b: Vec<_> = saved.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
     a.sort();
@@ -290,9 +292,12 @@ fn edit_json(p: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 
 #[test]
 fn mismatched_pipelines_are_refused() {
-    let cases: Vec<(Box<dyn Fn(&Path)>, ErrorKind, &str)> = vec![
+    type Edit = Box<dyn Fn(&Path)>;
+    let cases: Vec<(Edit, ErrorKind, &str)> = vec![
         (
-            Box::new(|d| edit_json(&d.join("model_index.json"), |v| v["_class_name"] = "StableDiffusionXLPipeline".into())),
+            Box::new(|d| {
+                edit_json(&d.join("model_index.json"), |v| v["_class_name"] = "StableDiffusionXLPipeline".into())
+            }),
             ErrorKind::InvalidConfig,
             "model_index.json:_class_name",
         ),
@@ -308,7 +313,11 @@ fn mismatched_pipelines_are_refused() {
             ErrorKind::InvalidData,
             "vae",
         ),
-        (Box::new(|d| std::fs::remove_dir_all(d.join("text_encoder")).unwrap()), ErrorKind::InvalidData, "text_encoder"),
+        (
+            Box::new(|d| std::fs::remove_dir_all(d.join("text_encoder")).unwrap()),
+            ErrorKind::InvalidData,
+            "text_encoder",
+        ),
         (
             Box::new(|d| edit_json(&d.join("vae/config.json"), |v| v["latent_channels"] = 8.into())),
             ErrorKind::InvalidConfig,

@@ -386,7 +386,12 @@ impl UNetConfig {
             Some(g) => positive(label, "norm_num_groups", g)?,
             None => return Err(Error::config(f("norm_num_groups"), "null (no output norm) is not supported")),
         };
-        refuse_set(label, "reverse_transformer_layers_per_block", &w.reverse_transformer_layers_per_block, "only null")?;
+        refuse_set(
+            label,
+            "reverse_transformer_layers_per_block",
+            &w.reverse_transformer_layers_per_block,
+            "only null",
+        )?;
         refuse_set(label, "encoder_hid_dim", &w.encoder_hid_dim, "only null")?;
         refuse_set(label, "encoder_hid_dim_type", &w.encoder_hid_dim_type, "only null")?;
         refuse_set(
@@ -398,12 +403,22 @@ impl UNetConfig {
         refuse_set(label, "dual_cross_attention", &w.dual_cross_attention, "only false")?;
         refuse_set(label, "class_embed_type", &w.class_embed_type, "class conditioning is not implemented")?;
         refuse_set(label, "num_class_embeds", &w.num_class_embeds, "class conditioning is not implemented")?;
-        refuse_set(label, "addition_embed_type", &w.addition_embed_type, "SDXL-style added embeddings are not implemented")?;
+        refuse_set(
+            label,
+            "addition_embed_type",
+            &w.addition_embed_type,
+            "SDXL-style added embeddings are not implemented",
+        )?;
         refuse_set(label, "resnet_skip_time_act", &w.resnet_skip_time_act, "only false")?;
         refuse_set(label, "time_embedding_act_fn", &w.time_embedding_act_fn, "only null")?;
         refuse_set(label, "timestep_post_act", &w.timestep_post_act, "only null")?;
         refuse_set(label, "time_cond_proj_dim", &w.time_cond_proj_dim, "only null")?;
-        refuse_set(label, "projection_class_embeddings_input_dim", &w.projection_class_embeddings_input_dim, "only null")?;
+        refuse_set(
+            label,
+            "projection_class_embeddings_input_dim",
+            &w.projection_class_embeddings_input_dim,
+            "only null",
+        )?;
         refuse_set(label, "class_embeddings_concat", &w.class_embeddings_concat, "only false")?;
         refuse_set(label, "cross_attention_norm", &w.cross_attention_norm, "only null")?;
         if w.resnet_time_scale_shift != "default" {
@@ -422,7 +437,7 @@ impl UNetConfig {
             return Err(Error::config(f("attention_type"), format!("`{t}` is not supported (only `default`)")));
         }
         for (field, k) in [("conv_in_kernel", w.conv_in_kernel), ("conv_out_kernel", w.conv_out_kernel)] {
-            if k % 2 == 0 {
+            if k.is_multiple_of(2) {
                 return Err(Error::config(f(field), format!("{k}: only odd kernel sizes keep the size")));
             }
         }
@@ -443,18 +458,15 @@ impl UNetConfig {
             positive(label, &format!("transformer_layers_per_block[{i}]"), transformer_layers_per_block[i])?;
             positive(label, &format!("cross_attention_dim[{i}]"), cross_attention_dim[i])?;
             let heads = positive(label, &format!("attention_head_dim[{i}]"), num_attention_heads[i])?;
-            if w.block_out_channels[i] % heads != 0 {
+            if !w.block_out_channels[i].is_multiple_of(heads) {
                 return Err(Error::config(
                     f(&format!("attention_head_dim[{i}]")),
                     format!("{heads} heads do not divide block_out_channels[{i}] = {}", w.block_out_channels[i]),
                 ));
             }
         }
-        let time_embed_dim = positive(
-            label,
-            "time_embedding_dim",
-            w.time_embedding_dim.unwrap_or(w.block_out_channels[0] * 4),
-        )?;
+        let time_embed_dim =
+            positive(label, "time_embedding_dim", w.time_embedding_dim.unwrap_or(w.block_out_channels[0] * 4))?;
         Ok(UNetConfig {
             in_channels: positive(label, "in_channels", w.in_channels)?,
             out_channels: positive(label, "out_channels", w.out_channels)?,
@@ -594,10 +606,7 @@ impl VaeConfig {
             ("up_block_types", &w.up_block_types, "UpDecoderBlock2D"),
         ] {
             if types.len() != n {
-                return Err(Error::config(
-                    f(field),
-                    format!("has {} entries for {n} block_out_channels", types.len()),
-                ));
+                return Err(Error::config(f(field), format!("has {} entries for {n} block_out_channels", types.len())));
             }
             if let Some((i, t)) = types.iter().enumerate().find(|(_, t)| *t != want) {
                 return Err(Error::config(

@@ -132,7 +132,7 @@ pub(crate) struct GroupNorm {
 
 impl GroupNorm {
     pub(crate) fn load(l: &mut Loader, p: &str, channels: usize, groups: usize, eps: f64) -> Result<Self> {
-        if channels % groups != 0 {
+        if !channels.is_multiple_of(groups) {
             return Err(l.config_error(
                 "norm_num_groups",
                 format!("{groups} groups do not divide the {channels} channels of `{p}`"),
@@ -152,7 +152,9 @@ impl GroupNorm {
         let normed = normalize_rows(&x.reshape((b, self.groups, ()))?, self.eps)?.reshape(dims.as_slice())?;
         let mut affine = vec![1usize; dims.len()];
         affine[1] = c;
-        Ok(normed.broadcast_mul(&self.weight.reshape(affine.as_slice())?)?.broadcast_add(&self.bias.reshape(affine)?)?)
+        Ok(normed
+            .broadcast_mul(&self.weight.reshape(affine.as_slice())?)?
+            .broadcast_add(&self.bias.reshape(affine)?)?)
     }
 
     pub(crate) fn weights(&self, p: &str, out: &mut WeightList) {
@@ -192,7 +194,11 @@ fn softmax_scaled(scores: &Tensor, scale: f64, mode: ForwardMode) -> Result<Tens
         // The fused causal softmax (with its own backward), told that every key lies in
         // the past of every query: a full softmax.
         let keys = scores.dim(D::Minus1)?;
-        return Ok(scores.contiguous()?.apply_op1(fused::CausalSoftmax { scale: scale as f32, past: keys, window: None })?);
+        return Ok(scores.contiguous()?.apply_op1(fused::CausalSoftmax {
+            scale: scale as f32,
+            past: keys,
+            window: None,
+        })?);
     }
     let s = (scores * scale)?;
     Ok(match mode {
@@ -461,7 +467,9 @@ impl Transformer2D {
         let norm = GroupNorm::load(l, &join(p, "norm"), channels, groups, TRANSFORMER_NORM_EPS)?;
         let proj_in = Proj::load(l, &join(p, "proj_in"), channels, channels, linear_proj)?;
         let blocks = (0..layers)
-            .map(|i| TransformerBlock::load(l, &join(p, &format!("transformer_blocks.{i}")), channels, heads, cross_dim))
+            .map(|i| {
+                TransformerBlock::load(l, &join(p, &format!("transformer_blocks.{i}")), channels, heads, cross_dim)
+            })
             .collect::<Result<Vec<_>>>()?;
         let proj_out = Proj::load(l, &join(p, "proj_out"), channels, channels, linear_proj)?;
         Ok(Self { norm, proj_in, blocks, proj_out })

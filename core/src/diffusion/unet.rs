@@ -40,7 +40,7 @@ pub fn timestep_embedding(timesteps: &[f32], dim: usize, flip_sin_to_cos: bool, 
         } else {
             out.extend(sin.chain(cos));
         }
-        if dim % 2 == 1 {
+        if !dim.is_multiple_of(2) {
             out.push(0.0);
         }
     }
@@ -290,14 +290,14 @@ impl UNet2DConditionModel {
         mode: ForwardMode,
     ) -> Result<Tensor> {
         let c = &self.config;
-        let (b, ch, h, w) = sample
-            .dims4()
-            .map_err(|_| Error::config("sample", format!("must be [batch, channels, height, width], got {:?}", sample.dims())))?;
+        let (b, ch, h, w) = sample.dims4().map_err(|_| {
+            Error::config("sample", format!("must be [batch, channels, height, width], got {:?}", sample.dims()))
+        })?;
         if ch != c.in_channels {
             return Err(Error::config("sample", format!("has {ch} channels, the UNet takes {}", c.in_channels)));
         }
         let f = c.downsample_factor();
-        if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
+        if h == 0 || w == 0 || !h.is_multiple_of(f) || !w.is_multiple_of(f) {
             return Err(Error::config(
                 "sample",
                 format!("latent size {h}x{w} is not a multiple of the UNet's downsampling factor {f}"),
@@ -313,7 +313,10 @@ impl UNet2DConditionModel {
             return Err(Error::config("encoder_hidden_states", format!("batch {eb} does not match the sample's {b}")));
         }
         if let Some(&want) = c.cross_attention_dim.iter().find(|&&d| d != ed) {
-            return Err(Error::config("encoder_hidden_states", format!("width {ed}, the UNet attends to width {want}")));
+            return Err(Error::config(
+                "encoder_hidden_states",
+                format!("width {ed}, the UNet attends to width {want}"),
+            ));
         }
         let ts: Vec<f32> = timesteps.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let ts = match ts.len() {

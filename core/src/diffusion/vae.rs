@@ -33,7 +33,7 @@ impl DiagonalGaussian {
     /// Splits `moments` `[b, 2 * c, h, w]` into mean and log-variance.
     pub fn from_moments(moments: &Tensor) -> Result<Self> {
         let c2 = moments.dim(1)?;
-        if c2 % 2 != 0 {
+        if !c2.is_multiple_of(2) {
             return Err(Error::Internal(format!("moments have an odd channel count {c2}")));
         }
         let c = c2 / 2;
@@ -340,14 +340,17 @@ impl AutoencoderKL {
     /// The latent distribution of `images` `[b, in_channels, h, w]` (pixels in [-1, 1]);
     /// `h` and `w` must be multiples of [`VaeConfig::downsample_factor`].
     pub fn encode(&self, images: &Tensor, mode: ForwardMode) -> Result<DiagonalGaussian> {
-        let (_, c, h, w) = images
-            .dims4()
-            .map_err(|_| Error::config("images", format!("must be [batch, channels, height, width], got {:?}", images.dims())))?;
+        let (_, c, h, w) = images.dims4().map_err(|_| {
+            Error::config("images", format!("must be [batch, channels, height, width], got {:?}", images.dims()))
+        })?;
         if c != self.config.in_channels {
-            return Err(Error::config("images", format!("have {c} channels, the VAE takes {}", self.config.in_channels)));
+            return Err(Error::config(
+                "images",
+                format!("have {c} channels, the VAE takes {}", self.config.in_channels),
+            ));
         }
         let f = self.config.downsample_factor();
-        if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
+        if h == 0 || w == 0 || !h.is_multiple_of(f) || !w.is_multiple_of(f) {
             return Err(Error::config(
                 "images",
                 format!("size {h}x{w} is not a multiple of the VAE's downsampling factor {f}"),
@@ -365,9 +368,9 @@ impl AutoencoderKL {
     /// `[b, latent_channels, h, w]` (VAE scale: divide UNet latents by the scaling factor
     /// first, see [`AutoencoderKL::from_unet_latents`]).
     pub fn decode(&self, z: &Tensor, mode: ForwardMode) -> Result<Tensor> {
-        let (_, c, _, _) = z
-            .dims4()
-            .map_err(|_| Error::config("latents", format!("must be [batch, channels, height, width], got {:?}", z.dims())))?;
+        let (_, c, _, _) = z.dims4().map_err(|_| {
+            Error::config("latents", format!("must be [batch, channels, height, width], got {:?}", z.dims()))
+        })?;
         if c != self.config.latent_channels {
             return Err(Error::config(
                 "latents",
