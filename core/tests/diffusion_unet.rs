@@ -341,3 +341,10 @@ fn mismatched_pipelines_are_refused() {
         assert!(e.to_string().contains(needle), "case {i}: {e}");
     }
 }
+
+#[test]
+fn diffusion_models_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<UNet2DConditionModel>();
+    assert_send_sync::<anneal::diffusion::AutoencoderKL>();
+}
