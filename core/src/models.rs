@@ -16,7 +16,7 @@ mod config;
 pub(crate) mod fused;
 pub(crate) mod gemv;
 mod gpt2;
-mod linear;
+pub(crate) mod linear;
 mod llama;
 mod load;
 pub(crate) mod lora;

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("catalog", 1),
     ("events", 1),
     ("models", 1),
+    ("diffusion", 1),
     ("tokenizer", 1),
     ("store", 1),
     ("data", 2),

@@ -1,0 +1,31 @@
+//! Text-to-image diffusion in the diffusers layout (Stable Diffusion 1.x / 2.x): the
+//! UNet2DConditionModel noise predictor, the AutoencoderKL, and the configuration files
+//! that describe a pipeline directory. Written for training like the language models:
+//! every op of the [`crate::models::ForwardMode::Train`] path has a backward, linear layers
+//! are the project's LoRA-capable `Linear`, weights load frozen or as `Var`s.
+//!
+//! ```no_run
+//! # fn main() -> anneal::Result<()> {
+//! use anneal::diffusion::{PipelineConfig, UNet2DConditionModel};
+//! use anneal::{ForwardMode, LoadOptions};
+//! let cfg = PipelineConfig::read("tests/fixtures/tiny-sd")?;
+//! let unet = UNet2DConditionModel::load(cfg.dir.join("unet"), &LoadOptions::default())?;
+//! let latents = candle_core::Tensor::randn(0f32, 1., (1, 4, 8, 8), unet.device())?;
+//! let text = candle_core::Tensor::zeros((1, 5, cfg.text_hidden_size), candle_core::DType::F32, unet.device())?;
+//! let t = candle_core::Tensor::new(&[500f32], unet.device())?;
+//! let eps = unet.forward(&latents, &t, &text, ForwardMode::Infer)?;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+mod load;
+mod nn;
+pub mod unet;
+pub mod vae;
+
+pub use config::{
+    DownBlockType, MidBlockType, ModelIndex, PipelineConfig, UNetConfig, UpBlockType, VaeConfig, MODEL_INDEX_FILE,
+    SUPPORTED_PIPELINES,
+};
+pub use unet::{timestep_embedding, UNet2DConditionModel};
+pub use vae::{AutoencoderKL, DiagonalGaussian};

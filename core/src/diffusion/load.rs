@@ -1,0 +1,217 @@
+//! Weights of one diffusers component (`diffusion_pytorch_model.safetensors`, or shards
+//! listed in `diffusion_pytorch_model.safetensors.index.json`), handed out by their
+//! diffusers names with shape checks, as plain tensors (frozen) or `Var`s (trainable).
+//! Every tensor of the files must be used: one left over means the files describe
+//! another architecture than config.json.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use serde_json::Value;
+
+use crate::error::{Error, IoResultExt, Location, Result};
+use crate::models::st_header::read_safetensors_header;
+
+/// The weights file of a diffusers component.
+pub(crate) const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
+const INDEX_FILE: &str = "diffusion_pytorch_model.safetensors.index.json";
+/// A component's config file.
+pub(crate) const CONFIG_FILE: &str = "config.json";
+
+/// The weight files of a component directory: the single file, the shards of the index,
+/// or the fp16 variant when it is the only one.
+fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, PathBuf)> {
+    let single = dir.join(WEIGHTS_FILE);
+    if single.is_file() {
+        return Ok((vec![single.clone()], single));
+    }
+    let index = dir.join(INDEX_FILE);
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).with_path(&index)?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::data(Location::file(&index), e.to_string()))?;
+        let map = v
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| Error::data(Location::file(&index).field("weight_map"), "missing or not an object"))?;
+        let mut shards = BTreeSet::new();
+        for (tensor, file) in map {
+            let at = || Location::file(&index).field(format!("weight_map.{tensor}"));
+            let name = file.as_str().ok_or_else(|| Error::data(at(), "not a file name"))?;
+            if name.contains('/') || name.contains('\\') || name.starts_with('.') {
+                return Err(Error::data(at(), format!("unsafe shard name `{name}`")));
+            }
+            shards.insert(name.to_string());
+        }
+        return Ok((shards.into_iter().map(|n| dir.join(n)).collect(), index));
+    }
+    let fp16 = dir.join("diffusion_pytorch_model.fp16.safetensors");
+    if fp16.is_file() {
+        return Ok((vec![fp16.clone()], fp16));
+    }
+    let reason = if dir.join("diffusion_pytorch_model.bin").exists() {
+        "only diffusion_pytorch_model.bin (a pickle) is present; anneal reads safetensors only: convert it first"
+    } else {
+        "no weights: expected diffusion_pytorch_model.safetensors or its .index.json"
+    };
+    Err(Error::data(Location::file(single), reason))
+}
+
+/// The named tensors of one component, with the file each came from.
+pub(crate) struct Weights {
+    tensors: HashMap<String, (Tensor, usize)>,
+    files: Vec<PathBuf>,
+    /// Where a missing tensor is reported (the index, or the single file).
+    main_file: PathBuf,
+    dtype: DType,
+}
+
+impl Weights {
+    /// Loads every tensor of the component in `dir`, converted to `dtype`, on `device`.
+    pub(crate) fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let (files, main_file) = weight_files(dir)?;
+        let mut tensors = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            let header = read_safetensors_header(f)?;
+            let mut file = std::fs::File::open(f).with_path(f)?;
+            let mut buf = Vec::new();
+            for (name, info) in header {
+                let file_dtype = match info.dtype.as_str() {
+                    "F32" => DType::F32,
+                    "F16" => DType::F16,
+                    "BF16" => DType::BF16,
+                    "F64" => DType::F64,
+                    other => {
+                        return Err(Error::data(
+                            Location::file(f).field(name),
+                            format!("tensor dtype {other} is not supported for weights"),
+                        ))
+                    }
+                };
+                buf.resize(info.len as usize, 0);
+                file.seek(SeekFrom::Start(info.offset)).with_path(f)?;
+                file.read_exact(&mut buf).with_path(f)?;
+                let shape: Vec<usize> = info.shape.iter().map(|&d| d as usize).collect();
+                let t = Tensor::from_raw_buffer(&buf, file_dtype, &shape, device)?;
+                let t = if t.dtype() == dtype { t } else { t.to_dtype(dtype)? };
+                if tensors.insert(name.clone(), (t, i)).is_some() {
+                    return Err(Error::data(Location::file(f).field(name), "tensor appears in two shards"));
+                }
+            }
+        }
+        Ok(Self { tensors, files, main_file, dtype })
+    }
+
+    pub(crate) fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn location(&self, name: &str) -> Location {
+        let file = match self.tensors.get(name) {
+            Some((_, i)) => self.files.get(*i).cloned().unwrap_or_else(|| self.main_file.clone()),
+            None => self.main_file.clone(),
+        };
+        Location::file(file).field(name)
+    }
+}
+
+/// Hands tensors out of [`Weights`] while a model is built: checks shapes, makes `Var`s
+/// for full fine-tuning, remembers what was used.
+pub(crate) struct Loader<'a> {
+    weights: &'a Weights,
+    trainable: bool,
+    used: BTreeSet<String>,
+    vars: Vec<(String, Var)>,
+    /// How config errors name the config file (`unet/config.json`).
+    pub(crate) config_label: String,
+}
+
+impl<'a> Loader<'a> {
+    pub(crate) fn new(weights: &'a Weights, trainable: bool, config_label: String) -> Self {
+        Self { weights, trainable, used: BTreeSet::new(), vars: Vec::new(), config_label }
+    }
+
+    /// An invalid-config error naming `field` of the component's config file.
+    pub(crate) fn config_error(&self, field: &str, reason: impl Into<String>) -> Error {
+        Error::config(format!("{}:{field}", self.config_label), reason)
+    }
+
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.weights.tensors.contains_key(name)
+    }
+
+    /// The tensor `name`, which must have `shape`.
+    pub(crate) fn get(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.get_as(name, shape, shape)?;
+        self.take(name, t)
+    }
+
+    /// The tensor `name` stored with shape `stored` (or `shape`), reshaped to `shape`
+    /// (an attention projection saved as a 1x1 convolution).
+    pub(crate) fn get_as(&mut self, name: &str, shape: &[usize], stored: &[usize]) -> Result<Tensor> {
+        let (t, _) = self
+            .weights
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::data(self.weights.location(name), "missing tensor required by config.json"))?;
+        if t.dims() != shape && t.dims() != stored {
+            return Err(Error::data(
+                self.weights.location(name),
+                format!("tensor has shape {:?} but config.json implies {:?}", t.dims(), shape),
+            ));
+        }
+        self.used.insert(name.to_string());
+        Ok(if t.dims() == shape { t.clone() } else { t.reshape(shape)? })
+    }
+
+    /// Turns `t` into a trainable `Var` under `name` when loading for full fine-tuning.
+    pub(crate) fn take(&mut self, name: &str, t: Tensor) -> Result<Tensor> {
+        if !self.trainable {
+            return Ok(t);
+        }
+        let v = Var::from_tensor(&t)?;
+        let t = v.as_tensor().clone();
+        self.vars.push((name.to_string(), v));
+        Ok(t)
+    }
+
+    /// The trainable variables, after checking that every tensor of the files was used.
+    pub(crate) fn finish(self) -> Result<Vec<(String, Var)>> {
+        let unused: BTreeMap<&String, ()> =
+            self.weights.tensors.keys().filter(|k| !self.used.contains(*k)).map(|k| (k, ())).collect();
+        if let Some((name, ())) = unused.into_iter().next() {
+            return Err(Error::data(
+                self.weights.location(name),
+                "tensor is not part of the model that config.json describes (another architecture or config?)",
+            ));
+        }
+        Ok(self.vars)
+    }
+}
+
+/// Reads a component's config.json.
+pub(crate) fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_path(path)?;
+    serde_json::from_str(&text).map_err(|e| Error::data(Location::file(path), format!("not valid JSON: {e}")))
+}
+
+/// Writes `tensors` and `config` as a diffusers component directory. Each file is
+/// written under a temporary name and renamed into place, so a failure leaves no
+/// half-written file behind.
+pub(crate) fn save_component(dir: &Path, config: &Value, tensors: Vec<(String, Tensor)>) -> Result<()> {
+    std::fs::create_dir_all(dir).with_path(dir)?;
+    let map: HashMap<String, Tensor> = tensors.into_iter().collect();
+    let p = dir.join(WEIGHTS_FILE);
+    let tmp = dir.join(format!(".{WEIGHTS_FILE}.tmp"));
+    if let Err(e) = candle_core::safetensors::save(&map, &tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    std::fs::rename(&tmp, &p).with_path(&p)?;
+    let cfg = dir.join(CONFIG_FILE);
+    let tmp = dir.join(format!(".{CONFIG_FILE}.tmp"));
+    let text = serde_json::to_string_pretty(config).map_err(|e| Error::Internal(e.to_string()))?;
+    std::fs::write(&tmp, text).with_path(&tmp)?;
+    std::fs::rename(&tmp, &cfg).with_path(&cfg)
+}
