@@ -58,7 +58,7 @@ fn every_scheduler_matches_diffusers_step_by_step() {
     // to the sample's largest magnitude, add_noise, v target
     let mut worst = [0f32; 8];
     let schedulers = meta["schedulers"].as_object().unwrap();
-    assert_eq!(schedulers.len(), 19);
+    assert_eq!(schedulers.len(), 22);
     for (name, m) in schedulers {
         let r = |k: &str| t.get(&format!("{name}.{k}")).unwrap_or_else(|| panic!("{name}.{k}")).clone();
         let mut s = load(dir.path(), name, m);
@@ -89,6 +89,7 @@ fn every_scheduler_matches_diffusers_step_by_step() {
         let init = m["init_noise_sigma"].as_f64().unwrap();
         assert!((s.init_noise_sigma() - init).abs() < 1e-5 * init, "{name}: init_noise_sigma {}", s.init_noise_sigma());
 
+        let mut this = 0f32; // this configuration's largest step difference
         let mut x = r("initial_sample");
         let (eps, noise, scaled, prev) = (r("eps"), r("noise"), r("scaled"), r("prev"));
         for (i, &ts) in s.timesteps().to_vec().iter().enumerate() {
@@ -105,6 +106,7 @@ fn every_scheduler_matches_diffusers_step_by_step() {
             assert!(d < 1e-5 * scale(&want), "{name}: step {i} (t = {ts}) output differs by {d}");
             worst[3] = worst[3].max(d);
             worst[5] = worst[5].max(d / scale(&want));
+            this = this.max(d);
         }
 
         let (x0, n) = (r("add_noise.x0"), r("add_noise.noise"));
@@ -121,7 +123,7 @@ fn every_scheduler_matches_diffusers_step_by_step() {
             assert!(d < 1e-5, "{name}: v-prediction target differs by {d}");
             worst[7] = worst[7].max(d);
         }
-        eprintln!("{name}: ok ({} steps, |x| up to {:.1})", steps, scale(&prev));
+        eprintln!("{name}: ok ({steps} steps, |x| up to {:.1}, step outputs within {this:.1e})", scale(&prev));
     }
     eprintln!(
         "max abs diff: alphas_cumprod {:.2e}, sigmas (relative) {:.2e}, scaled input {:.2e} ({:.2e} of |x|), \
