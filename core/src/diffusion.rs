@@ -1,6 +1,8 @@
 //! Text-to-image diffusion in the diffusers layout (Stable Diffusion 1.x / 2.x): the
-//! UNet2DConditionModel noise predictor, the AutoencoderKL, and the configuration files
-//! that describe a pipeline directory. Written for training like the language models:
+//! UNet2DConditionModel noise predictor, the AutoencoderKL, the CLIP text encoder with its
+//! tokenizer (`text_encoder/`, `tokenizer/`), the noise schedulers
+//! (`scheduler/scheduler_config.json`), and the configuration files that describe a
+//! pipeline directory. Written for training like the language models:
 //! every op of the [`crate::models::ForwardMode::Train`] path has a backward, linear layers
 //! are the project's LoRA-capable `Linear`, weights load frozen or as `Var`s.
 //!
@@ -17,15 +19,23 @@
 //! # Ok(()) }
 //! ```
 
+pub mod clip;
 pub mod config;
 mod load;
 mod nn;
+pub mod schedulers;
 pub mod unet;
 pub mod vae;
+
+pub use clip::{ClipActivation, ClipTextConfig, ClipTextModel, ClipTextOutput, ClipTokenizer};
 
 pub use config::{
     DownBlockType, MidBlockType, ModelIndex, PipelineConfig, UNetConfig, UpBlockType, VaeConfig, MODEL_INDEX_FILE,
     SUPPORTED_PIPELINES,
+};
+pub use schedulers::{
+    BetaSchedule, DpmAlgorithm, DpmSolverType, FinalSigmas, PredictionType, Scheduler, SchedulerConfig, SchedulerKind,
+    TimestepSpacing, VarianceType,
 };
 pub use unet::{timestep_embedding, UNet2DConditionModel};
 pub use vae::{AutoencoderKL, DiagonalGaussian};

@@ -39,7 +39,8 @@
 // in this crate enforces it by reading the `crate::` paths of every file):
 //   L0  error, util, types            plain data: no candle, no SQL
 //   L1  catalog, events, models,      SQL rows <-> types; sinks and cancel; tensors,
-//       diffusion, tokenizer, store   LoRA and kernels; UNet/VAE; tokenizers; the shared Store
+//       tokenizer, store, diffusion   LoRA and kernels; tokenizers; the shared Store;
+//                                     UNet, VAE, CLIP text encoder, schedulers
 //   L2  data, registry, training,     the four APIs, each on an Arc<Store>
 //       generation
 //   L3  home                          opens a directory, hands the APIs out

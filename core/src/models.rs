@@ -18,7 +18,7 @@ pub(crate) mod gemv;
 mod gpt2;
 pub(crate) mod linear;
 mod llama;
-mod load;
+pub(crate) mod load;
 pub(crate) mod lora;
 pub(crate) mod memory;
 pub(crate) use lora::AdapterSlot;
