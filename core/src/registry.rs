@@ -51,6 +51,15 @@ impl ModelRegistry {
 
     /// Registers a local Hugging Face directory (config.json + safetensors, single or
     /// sharded) or a PEFT LoRA adapter directory.
+    ///
+    /// The directory is checked before anything is copied, so that what registers also
+    /// loads: config.json's sizes (positive, within anneal's bounds, heads dividing
+    /// widths), every tensor the family's loader takes (present, with the shape the
+    /// config implies and a float dtype; from the safetensors headers, no weights are
+    /// read), tokenizer.json when present (it loads; no id past `vocab_size`), and for
+    /// an adapter its `r`, target modules and matrices against each other and against
+    /// the parent model. A refusal is `invalid_data` naming the file and the field or
+    /// tensor, and leaves the home unchanged.
     pub fn register_dir(&self, path: impl AsRef<Path>, opts: &RegisterOptions) -> Result<ModelRecord> {
         self.register_dir_with(path, opts, &mut NoopSink, &CancelToken::new())
     }
