@@ -160,3 +160,41 @@ test('registering a directory that is not a model is refused with a code', async
   assert.ok(e.message.includes(fs.realpathSync(empty)), e.message)
   assert.deepEqual(models.list(), [])
 })
+
+test('registerDir refuses at the door what could not be loaded, leaving the home unchanged', async () => {
+  const { home, models, files } = tmpHome()
+  const kept = await models.registerDir(fx('tiny-gpt2'))
+  const badCopy = (fixture, name, edit) => {
+    const d = path.join(files, name)
+    fs.cpSync(fx(fixture), d, { recursive: true })
+    const cfgFile = path.join(d, fixture.endsWith('-lora') ? 'adapter_config.json' : 'config.json')
+    if (edit) fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), ...edit }))
+    return d
+  }
+  const refused = async (dir, opts) => {
+    let err
+    await assert.rejects(models.registerDir(dir, opts), (e) => {
+      err = e
+      return e.code === 'invalid_data'
+    })
+    return err
+  }
+  let e = await refused(badCopy('tiny-llama', 'layers', { num_hidden_layers: 0 }))
+  assert.equal(path.basename(e.file), 'config.json')
+  assert.equal(e.field, 'num_hidden_layers')
+  e = await refused(badCopy('tiny-llama', 'ffn', { intermediate_size: 2 ** 40 }))
+  assert.equal(e.field, 'intermediate_size')
+  e = await refused(badCopy('tiny-llama', 'vocab', { vocab_size: 500 }))
+  assert.equal(path.basename(e.file), 'model.safetensors')
+  assert.equal(e.field, 'model.embed_tokens.weight')
+  const tok = badCopy('tiny-llama', 'tokenizer')
+  fs.writeFileSync(path.join(tok, 'tokenizer.json'), '{"model": 1}')
+  e = await refused(tok)
+  assert.equal(path.basename(e.file), 'tokenizer.json')
+  // An adapter registered onto a base of another family.
+  e = await refused(fx('tiny-llama-lora'), { parent: kept.id })
+  assert.equal(path.basename(e.file), 'adapter_model.safetensors')
+  assert.match(e.message, /not a linear module/)
+  assert.deepEqual(models.list().map((m) => m.id), [kept.id])
+  assert.deepEqual(modelDirs(home), [kept.id])
+})

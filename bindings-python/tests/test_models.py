@@ -181,3 +181,46 @@ def test_create_preset_is_seeded(models):
     assert a.source == "preset:nano" and a.kind == "base" and a.family == "llama"
     assert a.tokenizer is not None
     assert models.create_preset("nano").name == "nano"
+
+
+def test_register_refuses_what_could_not_load(models, fixtures, tmp_path):
+    kept = models.register_dir(fixtures / "tiny-gpt2")
+    models_dir = Path(kept.path).parent
+    before = sorted(p.name for p in models_dir.iterdir())
+
+    def bad_copy(fixture, name, config=None):
+        d = tmp_path / name
+        shutil.copytree(fixtures / fixture, d)
+        if config:
+            cfg_file = d / ("adapter_config.json" if fixture.endswith("-lora") else "config.json")
+            cfg = json.loads(cfg_file.read_text())
+            cfg.update(config)
+            cfg_file.write_text(json.dumps(cfg))
+        return d
+
+    def refused(d, **kw):
+        with pytest.raises(anneal.InvalidDataError) as ei:
+            models.register_dir(d, **kw)
+        return ei.value
+
+    e = refused(bad_copy("tiny-llama", "negative", {"hidden_size": -64}))
+    assert (Path(e.file).name, e.field, e.code) == ("config.json", "hidden_size", "invalid_data")
+    assert "-64" in e.reason
+    e = refused(bad_copy("tiny-llama", "huge", {"max_position_embeddings": 2**40}))
+    assert (Path(e.file).name, e.field) == ("config.json", "max_position_embeddings")
+    # The config parses but the embedding has 512 rows, not 500.
+    e = refused(bad_copy("tiny-llama", "vocab", {"vocab_size": 500}))
+    assert (Path(e.file).name, e.field) == ("model.safetensors", "model.embed_tokens.weight")
+    assert "vocab_size" in e.reason
+    d = bad_copy("tiny-llama", "tokenizer")
+    (d / "tokenizer.json").write_text("{")
+    e = refused(d)
+    assert Path(e.file).name == "tokenizer.json"
+    # An adapter whose r disagrees with its tensors.
+    base = models.register_dir(fixtures / "tiny-llama")
+    e = refused(bad_copy("tiny-llama-lora", "rank", {"r": 8}), parent=base.id)
+    assert Path(e.file).name == "adapter_model.safetensors" and e.field.endswith("lora_A.weight")
+    assert "r = 8" in e.reason
+
+    assert {m.id for m in models.list()} == {kept.id, base.id}
+    assert sorted(p.name for p in models_dir.iterdir()) == sorted(before + [base.id])

@@ -51,6 +51,15 @@ impl ModelRegistry {
 
     /// Registers a local Hugging Face directory (config.json + safetensors, single or
     /// sharded) or a PEFT LoRA adapter directory.
+    ///
+    /// The directory is checked before anything is copied, so that what registers also
+    /// loads: config.json's sizes (positive, within anneal's bounds, heads dividing
+    /// widths), every tensor the family's loader takes (present, with the shape the
+    /// config implies and a float dtype; from the safetensors headers, no weights are
+    /// read), tokenizer.json when present (it loads; no id past `vocab_size`), and for
+    /// an adapter its `r`, target modules and matrices against each other and against
+    /// the parent model. A refusal is `invalid_data` naming the file and the field or
+    /// tensor, and leaves the home unchanged.
     pub fn register_dir(&self, path: impl AsRef<Path>, opts: &RegisterOptions) -> Result<ModelRecord> {
         self.register_dir_with(path, opts, &mut NoopSink, &CancelToken::new())
     }
@@ -71,8 +80,17 @@ impl ModelRegistry {
             None => util::name_from_path(&PathBuf::from(src.file_name().unwrap_or_default())),
         };
         util::validate_name("name", &name)?;
-        let (parent, parent_family) = self.adapter_parent(&inspected, opts)?;
-        let family = parent_family.or(inspected.family).ok_or_else(|| Error::Internal("no family".into()))?;
+        // Every check happens here, before anything is copied into the home.
+        let parent = self.adapter_parent(&inspected, opts)?;
+        if let Some(p) = &parent {
+            inspect::check_adapter(&inspected, p)?;
+        }
+        let family = parent
+            .as_ref()
+            .map(|p| p.family)
+            .or(inspected.family)
+            .ok_or_else(|| Error::Internal("no family".into()))?;
+        let parent = parent.map(|p| p.id);
         let total = inspect::total_bytes(&src, &inspected.files)?;
         let source = src.display().to_string();
         run_task(sink, "register_model", &name, Some(total), "bytes", |rep| {
@@ -169,6 +187,7 @@ impl ModelRegistry {
     ) -> Result<ModelRecord> {
         util::validate_name("output_name", name)?;
         let inspected = inspect::inspect_dir(staging.path())?;
+        inspect::check_adapter(&inspected, parent)?;
         let files = hash_files(staging.path(), &inspected.files)?;
         let kind = if inspected.kind == ModelKind::Lora { ModelKind::Lora } else { ModelKind::Full };
         let new = NewModel {
@@ -194,16 +213,14 @@ impl ModelRegistry {
         presets::PRESETS
     }
 
-    fn adapter_parent(
-        &self,
-        inspected: &Inspected,
-        opts: &RegisterOptions,
-    ) -> Result<(Option<ModelId>, Option<Family>)> {
+    /// The base model of an adapter (`parent`, or its base_model_name_or_path when that
+    /// names a model registered here); `None` for a full model.
+    fn adapter_parent(&self, inspected: &Inspected, opts: &RegisterOptions) -> Result<Option<ModelRecord>> {
         if inspected.kind != ModelKind::Lora {
             if opts.parent.is_some() {
                 return Err(Error::config("parent", "only adapters have a parent; this directory holds a full model"));
             }
-            return Ok((None, None));
+            return Ok(None);
         }
         let parent_ref = match (&opts.parent, &inspected.base_hint) {
             (Some(p), _) => p.clone(),
@@ -224,7 +241,7 @@ impl ModelRegistry {
         if parent.kind == ModelKind::Lora {
             return Err(Error::config("parent", format!("`{parent_ref}` is itself an adapter")));
         }
-        Ok((Some(parent.id), Some(parent.family)))
+        Ok(Some(parent))
     }
 
     fn record(

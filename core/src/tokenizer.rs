@@ -260,6 +260,11 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The largest id the tokenizer can produce (added tokens included), with its text.
+    pub(crate) fn max_token(&self) -> Option<(u32, String)> {
+        self.inner.get_vocab(true).into_iter().max_by_key(|(_, id)| *id).map(|(t, id)| (id, t))
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }

@@ -26,6 +26,12 @@ pub(crate) struct TensorInfo {
     pub(crate) len: u64,
 }
 
+/// The dtypes the weight loader reads (`models::load`); a file holding another is
+/// refused there, whether or not the model needs that tensor.
+pub(crate) const LOADABLE_DTYPES: [&str; 7] = ["F32", "F16", "BF16", "F64", "I64", "U32", "U8"];
+/// The dtypes a weight the model computes with may have.
+pub(crate) const FLOAT_DTYPES: [&str; 4] = ["F32", "F16", "BF16", "F64"];
+
 /// Longest safetensors header accepted: the safetensors crate's own limit (it
 /// rejects longer ones too). Checked before the header is read, so a lying length
 /// never allocates more than this, nor more than the file holds.
@@ -385,6 +391,33 @@ mod tests {
         // Deep nesting hits serde_json's recursion limit instead of the stack.
         let deep = format!(r#"{{"__metadata__":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
         assert!(err(&deep, 0).contains("`__metadata__`"));
+    }
+
+    /// LOADABLE_DTYPES are exactly the dtypes the weight loader reads.
+    #[test]
+    fn loadable_dtypes_are_the_loaders() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("model.safetensors");
+        for dt in ["F32", "F16", "BF16", "F64", "I64", "U32", "U8", "I32", "I16", "I8", "U16", "U64", "BOOL", "F8_E4M3"]
+        {
+            let n = 8;
+            let bytes = match dt {
+                "F64" | "I64" | "U64" => 8,
+                "F32" | "I32" | "U32" => 4,
+                "F16" | "BF16" | "I16" | "U16" => 2,
+                _ => 1,
+            };
+            write_st(
+                &p,
+                &format!(r#"{{"w":{{"dtype":"{dt}","shape":[{n}],"data_offsets":[0,{}]}}}}"#, n * bytes),
+                n * bytes,
+            );
+            assert!(read_safetensors_header(&p).is_ok(), "{dt}");
+            let loaded =
+                super::super::load::Weights::load(d.path(), candle_core::DType::F32, &candle_core::Device::Cpu);
+            assert_eq!(loaded.is_ok(), LOADABLE_DTYPES.contains(&dt), "{dt}");
+        }
+        assert!(FLOAT_DTYPES.iter().all(|d| LOADABLE_DTYPES.contains(d)));
     }
 
     /// Every one-byte corruption of a valid header is either still valid or a typed
