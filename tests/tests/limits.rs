@@ -178,3 +178,28 @@ fn scoring_with_broken_weights_says_why() {
     assert_eq!(e.code(), "compute");
     assert!(e.to_string().contains("texts[0] is NaN") && e.to_string().contains("not finite"), "{e}");
 }
+
+#[test]
+fn register_dir_follows_symlinks_and_refuses_special_files_without_blocking() {
+    let d = tempfile::tempdir().unwrap();
+    let h = Home::open(d.path().join("home")).unwrap();
+    // A Hugging Face cache snapshot: every file a symlink to a blob.
+    let snap = d.path().join("snapshot");
+    std::fs::create_dir_all(&snap).unwrap();
+    for e in std::fs::read_dir(common::fixtures().join("tiny-llama")).unwrap() {
+        let e = e.unwrap();
+        std::os::unix::fs::symlink(e.path(), snap.join(e.file_name())).unwrap();
+    }
+    h.models().register_dir(&snap, &RegisterOptions::default()).unwrap();
+    // A FIFO in place of a weights file: refused at once, nothing stored.
+    let fifo_dir = edited_llama(d.path(), |_| {});
+    let weights = fifo_dir.join("model.safetensors");
+    std::fs::remove_file(&weights).unwrap();
+    let status = std::process::Command::new("mkfifo").arg(&weights).status().unwrap();
+    assert!(status.success());
+    let before = common::model_dirs(&h);
+    let e = h.models().register_dir(&fifo_dir, &RegisterOptions::default()).unwrap_err();
+    assert_eq!(e.code(), "invalid_data", "{e}");
+    assert!(e.to_string().contains("model.safetensors") && e.to_string().contains("FIFO"), "{e}");
+    assert_eq!(common::model_dirs(&h), before);
+}

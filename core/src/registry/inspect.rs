@@ -103,6 +103,28 @@ fn in_file(path: &Path, e: Error) -> Error {
     }
 }
 
+/// What a path that is not a regular file is, for errors.
+fn file_kind(meta: &fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_dir() {
+        return "a directory";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_block_device() || t.is_char_device() {
+            return "a device";
+        }
+    }
+    "not a regular file"
+}
+
 /// Files worth keeping from a model directory besides the weights.
 fn is_side_file(name: &str) -> bool {
     name.ends_with(".json") || name.ends_with(".jinja") || name == "merges.txt" || name == "tokenizer.model"
@@ -118,8 +140,17 @@ pub(crate) fn inspect_dir(dir: &Path) -> Result<Inspected> {
     let mut names: Vec<String> = Vec::new();
     for e in fs::read_dir(dir).with_path(dir)? {
         let e = e.with_path(dir)?;
-        if e.file_type().with_path(e.path())?.is_file() {
-            names.push(e.file_name().to_string_lossy().to_string());
+        let name = e.file_name().to_string_lossy().to_string();
+        // Symlinks are followed (Hugging Face's cache links snapshots to blobs).
+        let meta = fs::metadata(e.path()).with_path(e.path())?;
+        if meta.is_file() {
+            names.push(name);
+        } else if is_side_file(&name) || name.ends_with(".safetensors") {
+            // Opening a FIFO would block forever; a device or socket is no model file.
+            return Err(Error::data(
+                Location::file(e.path()),
+                format!("is not a regular file ({}); model files must be regular files", file_kind(&meta)),
+            ));
         }
     }
     names.sort();
