@@ -39,7 +39,8 @@
 // in this crate enforces it by reading the `crate::` paths of every file):
 //   L0  error, util, types            plain data: no candle, no SQL
 //   L1  catalog, events, models,      SQL rows <-> types; sinks and cancel; tensors,
-//       tokenizer, store              LoRA and kernels; tokenizers; the shared Store
+//       tokenizer, store, tabular     LoRA and kernels; tokenizers; the shared Store;
+//                                     tabular profiles, drift statistics, detectors
 //   L2  data, registry, training,     the four APIs, each on an Arc<Store>
 //       generation
 //   L3  home                          opens a directory, hands the APIs out
@@ -53,6 +54,7 @@ mod catalog;
 pub mod events;
 pub mod models;
 mod store;
+pub mod tabular;
 pub mod tokenizer;
 // L2
 mod data;
