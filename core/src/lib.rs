@@ -39,8 +39,9 @@
 // in this crate enforces it by reading the `crate::` paths of every file):
 //   L0  error, util, types            plain data: no candle, no SQL
 //   L1  catalog, events, models,      SQL rows <-> types; sinks and cancel; tensors,
-//       tokenizer, store, diffusion   LoRA and kernels; tokenizers; the shared Store;
-//                                     UNet, VAE, CLIP text encoder, schedulers
+//       tokenizer, store, diffusion,  LoRA and kernels; tokenizers; the shared Store;
+//       tabular                       UNet, VAE, CLIP text encoder, schedulers;
+//                                     tabular profiles, drift statistics, detectors
 //   L2  data, registry, training,     the four APIs, each on an Arc<Store>
 //       generation
 //   L3  home                          opens a directory, hands the APIs out
@@ -55,6 +56,7 @@ pub mod diffusion;
 pub mod events;
 pub mod models;
 mod store;
+pub mod tabular;
 pub mod tokenizer;
 // L2
 mod data;

@@ -10,6 +10,7 @@ pub(crate) mod names;
 pub mod schema;
 
 mod dataset;
+mod drift;
 mod event;
 mod generation;
 mod home;
@@ -20,6 +21,10 @@ mod training;
 pub use dataset::{
     DatasetFormat, DatasetRecord, DatasetSplit, DatasetStats, DeleteOptions, FieldStats, ImportOptions, LengthBucket,
     OnDuplicate, SourceFormat, SplitOptions, TxtMode, CHAT_ROLES,
+};
+pub use drift::{
+    AdwinConfig, ChangeDirection, ColumnDrift, ColumnKind, DdmConfig, DetectorConfig, DriftOptions, DriftReport,
+    DriftTest, DriftVerdict, PageHinkleyConfig,
 };
 pub use event::{ErrorInfo, Event, FinishStatus};
 pub use generation::{

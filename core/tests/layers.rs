@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("diffusion", 1),
     ("tokenizer", 1),
     ("store", 1),
+    ("tabular", 1),
     ("data", 2),
     ("registry", 2),
     ("training", 2),
