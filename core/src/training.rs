@@ -33,7 +33,6 @@ use crate::data::DatasetStore;
 use crate::error::{Error, Result};
 use crate::events::{CancelToken, EventSink};
 use crate::models::memory;
-use crate::models::st_header::read_safetensors_header;
 use crate::models::ModelConfig;
 use crate::registry::ModelRegistry;
 use crate::store::Store;
@@ -308,12 +307,17 @@ fn check_lora_fits(lora: &LoraConfig, cfg: &ModelConfig, base: &ModelRecord) -> 
         ));
     }
     let targets = lora.targets_for(cfg.family);
-    let modules = linear_modules(base)?;
-    let targeted: Vec<(usize, usize)> =
-        modules.iter().filter(|(name, _)| LoraConfig::matches(&targets, name)).map(|(_, dims)| *dims).collect();
+    // The base's linear modules as its config implies them (register_dir checked the
+    // tensors against it).
+    let modules = cfg.linear_modules();
+    let targeted: Vec<(usize, usize)> = modules
+        .iter()
+        .filter(|m| LoraConfig::matches(&targets, &m.name))
+        .map(|m| (m.in_features, m.out_features))
+        .collect();
     let Some(widest) = targeted.iter().map(|&(a, b)| a.max(b)).max() else {
         let names: std::collections::BTreeSet<&str> =
-            modules.iter().map(|(n, _)| n.rsplit('.').next().unwrap_or(n)).collect();
+            modules.iter().map(|m| m.name.rsplit('.').next().unwrap_or(&m.name)).collect();
         return Err(Error::config(
             "method.lora.target_modules",
             format!(
@@ -330,23 +334,6 @@ fn check_lora_fits(lora: &LoraConfig, cfg: &ModelConfig, base: &ModelRecord) -> 
         ));
     }
     Ok(memory::lora_params(lora.r, targeted))
-}
-
-/// The base's linear modules (2-D `*.weight` tensors but the embeddings) and their two
-/// dimensions, read from the safetensors headers.
-fn linear_modules(base: &ModelRecord) -> Result<Vec<(String, (usize, usize))>> {
-    let mut out = Vec::new();
-    for f in base.files.iter().filter(|f| f.name.ends_with(".safetensors")) {
-        for (name, info) in read_safetensors_header(&base.path.join(&f.name))? {
-            let Some(module) = name.strip_suffix(".weight") else { continue };
-            let embedding = ["embed_tokens", "wte", "wpe"].iter().any(|e| module.ends_with(e));
-            if let ([a, b], false) = (info.shape.as_slice(), embedding) {
-                let dim = |d: u64| usize::try_from(d).unwrap_or(usize::MAX);
-                out.push((module.to_string(), (dim(*a), dim(*b))));
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Forwards events to a channel; a dropped receiver is not an error.
