@@ -205,7 +205,6 @@ impl Tokenizer {
         self.inner.decode(ids, skip_special_tokens).map_err(|e| Error::Compute(format!("tokenizer: {e}")))
     }
 
-    /// Vocabulary size including added tokens.
     /// A lower bound of the tokens `text` encodes to, known without tokenising it (so a
     /// text that cannot fit a context is refused before any work).
     pub fn min_tokens(&self, text: &str) -> usize {
@@ -256,6 +255,7 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
