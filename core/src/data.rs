@@ -512,7 +512,7 @@ impl Ingest {
             self.shape = Some(shape);
         }
         let shape = self.shape.as_ref().ok_or_else(|| Error::Internal("no shape".into()))?;
-        let value = shape.normalize(&raw.fields, &loc)?;
+        let value = shape.normalize(raw.fields, &loc)?;
         let before = self.writer.bytes();
         self.write(&value)?;
         if let Some(max) = self.max_stored {

@@ -526,3 +526,22 @@ fn an_orphaned_content_directory_is_replaced_not_trusted() {
     assert_eq!(h.datasets().preview(&again.id, 5).unwrap(), vec![json!({"text": "real"})]);
     assert_eq!(dataset_dirs(&h), vec![first.sha256]);
 }
+
+/// Not run by default: imports the file named by `ANNEAL_IMPORT_PROBE` (with the
+/// options in `ANNEAL_IMPORT_OPTIONS`, JSON, if set) into a fresh home and prints the
+/// outcome, so that `/usr/bin/time -v` can measure the import's peak RSS (README,
+/// "Performance").
+#[test]
+#[ignore]
+fn import_probe() {
+    let path = std::env::var("ANNEAL_IMPORT_PROBE").expect("set ANNEAL_IMPORT_PROBE to a file to import");
+    let opts: ImportOptions = match std::env::var("ANNEAL_IMPORT_OPTIONS") {
+        Ok(j) => anneal::options_from_json(serde_json::from_str(&j).unwrap()).unwrap(),
+        Err(_) => ImportOptions::default(),
+    };
+    let (_d, h) = home();
+    match h.datasets().import_file(&path, &opts) {
+        Ok(rec) => println!("imported {} records, {} bytes stored", rec.num_records, rec.bytes),
+        Err(e) => println!("refused: {} ({e})", e.code()),
+    }
+}

@@ -437,6 +437,7 @@ fn read_jsonl(
         let value: Value = serde_json::from_str(&line).map_err(|e| {
             Error::data(Location::file(path).at(line_no), format!("malformed JSON at column {}: {e}", e.column()))
         })?;
+        drop(line); // parsed: one copy of a long record at a time
         let fields = into_object(value, Location::file(path).at(line_no))?;
         visit(RawRecord { index: line_no, fields })
     })
