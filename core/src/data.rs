@@ -387,7 +387,8 @@ impl DatasetStore {
             return Err(e);
         }
         if moved.get() {
-            fs::remove_dir_all(&aside).with_path(&aside)?;
+            // Deleted already; should this fail, the next open sweeps the `.tmp-*` left.
+            let _ = fs::remove_dir_all(&aside);
         }
         Ok(())
     }

@@ -313,7 +313,10 @@ fn records_over_max_record_bytes_are_refused_while_reading() {
         let e = ds.import_file(&p, &capped(1 << 20)).unwrap_err();
         let msg = e.to_string();
         assert_eq!(e.code(), "invalid_data", "{file}: {msg}");
-        assert!(msg.contains(file) && msg.contains(&format!("{what} is longer than max_record_bytes (1048576 bytes)")), "{msg}");
+        assert!(
+            msg.contains(file) && msg.contains(&format!("{what} is longer than max_record_bytes (1048576 bytes)")),
+            "{msg}"
+        );
         // A cap above the record: imported (the same text records from every file).
         let opts = ImportOptions {
             name: Some(format!("ok-{}", &file[5..])),
@@ -325,15 +328,24 @@ fn records_over_max_record_bytes_are_refused_while_reading() {
     // Whole-file TXT is one record.
     let p = write(d.path(), "doc.txt", long.as_bytes());
     let e = ds.import_file(&p, &ImportOptions { txt_mode: TxtMode::Document, ..capped(1 << 20) }).unwrap_err();
-    assert!(e.code() == "invalid_data" && e.to_string().contains("the file (one record in txt_mode `document`)"), "{e}");
+    assert!(
+        e.code() == "invalid_data" && e.to_string().contains("the file (one record in txt_mode `document`)"),
+        "{e}"
+    );
     // The default (16 MiB) holds too.
     let p = write(d.path(), "huge.txt", "y".repeat((16 << 20) + 1).as_bytes());
     let e = ds.import_file(&p, &ImportOptions::default()).unwrap_err();
-    assert!(e.to_string().contains("huge.txt, record 1: line 1 is longer than max_record_bytes (16777216 bytes)"), "{e}");
+    assert!(
+        e.to_string().contains("huge.txt, record 1: line 1 is longer than max_record_bytes (16777216 bytes)"),
+        "{e}"
+    );
     // In memory: the record as stored.
     let recs = vec![Ok(json!({"text": "a"})), Ok(json!({"text": "b".repeat(100)}))];
     let e = ds.import_records(recs, &ImportOptions { name: Some("mem".into()), ..capped(50) }).unwrap_err();
-    assert!(e.code() == "invalid_data" && e.to_string().contains("record 2") && e.to_string().contains("(50 bytes)"), "{e}");
+    assert!(
+        e.code() == "invalid_data" && e.to_string().contains("record 2") && e.to_string().contains("(50 bytes)"),
+        "{e}"
+    );
     // Zero is not a limit.
     let p = write(d.path(), "small.jsonl", b"{\"text\": \"s\"}\n");
     for e in [ds.import_file(&p, &capped(0)).unwrap_err(), ds.import_records(vec![], &capped(0)).unwrap_err()] {
@@ -493,7 +505,8 @@ fn concurrent_splits_leave_one_result() {
     assert_eq!(h.datasets().list().unwrap().len(), 3);
     // Other seeds under the same new names at once: one wins both names, the others
     // are already_exists and store no half.
-    let results = race(&root, 3, |i, h| h.datasets().split("qa", 0.25, 10 + i as u64, Some(("tr2".into(), "va2".into()))));
+    let results =
+        race(&root, 3, |i, h| h.datasets().split("qa", 0.25, 10 + i as u64, Some(("tr2".into(), "va2".into()))));
     let ok: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
     assert_eq!(ok.len(), 1, "{results:?}");
     for r in &results {

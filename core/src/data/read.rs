@@ -511,7 +511,8 @@ fn read_json_array(
     // Before the array starts (leading whitespace) the same limit holds.
     ctx.counter.limit_from_here(ctx.max_record);
     let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(BUF, reader));
-    let seed = Seed { path, visit, failure: &mut failure, count: &mut count, counter: &ctx.counter, max: ctx.max_record };
+    let seed =
+        Seed { path, visit, failure: &mut failure, count: &mut count, counter: &ctx.counter, max: ctx.max_record };
     let res = seed.deserialize(&mut de);
     if let Some(e) = failure {
         return Err(e);
@@ -676,10 +677,9 @@ mod tests {
             out.push((r.index, r.fields));
             Ok(())
         });
-        res.map(|()| (out, ctx.counter.get())).map_err(|e| {
+        res.map(|()| (out, ctx.counter.get())).inspect_err(|_| {
             // Reading stopped within a buffer or two past the limit.
             assert!(ctx.counter.get() <= max + 2 * BUF as u64, "read {} bytes", ctx.counter.get());
-            e
         })
     }
 
@@ -762,7 +762,8 @@ mod tests {
         let mut big = b"{\"text\":\"".to_vec();
         big.extend(std::iter::repeat_n(b'x', 4 << 20));
         big.extend_from_slice(b"\"}\n");
-        let readers: [(&str, fn(&Path, CancelAfter, &ReadCtx<'_>) -> Result<()>); 3] = [
+        type Reader = fn(&Path, CancelAfter, &ReadCtx<'_>) -> Result<()>;
+        let readers: [(&str, Reader); 3] = [
             ("lines", |p, r, ctx| read_jsonl(p, guard(r, ctx), ctx, &mut |_| Ok(()))),
             ("json", |p, r, ctx| read_json_array(p, guard(r, ctx), ctx, &mut |_| Ok(()))),
             ("csv", |p, r, ctx| read_csv(p, guard(r, ctx), b',', ctx, &mut |_| Ok(()))),
@@ -777,7 +778,8 @@ mod tests {
                 _ => big.clone(),
             };
             let token = CancelToken::new();
-            let ctx = ReadCtx { txt_mode: TxtMode::Lines, max_record: 64 << 20, cancel: &token, counter: Default::default() };
+            let ctx =
+                ReadCtx { txt_mode: TxtMode::Lines, max_record: 64 << 20, cancel: &token, counter: Default::default() };
             let r = CancelAfter { data: std::io::Cursor::new(data), token: token.clone(), after: 1 << 20 };
             let e = read(Path::new("x"), r, &ctx).unwrap_err();
             assert!(matches!(e, Error::Cancelled), "{what}: {e}");
