@@ -363,6 +363,10 @@ impl DatasetStore {
         let aside = self.dir().join(format!(".tmp-{}", util::new_id("deleted")));
         let moved = Cell::new(false);
         let res = self.store.catalog.write(|tx| {
+            // Deleted by someone else since `get`: the directory may be another row's now.
+            if sql::by_id(tx, &self.store.root, &rec.id.0)?.is_none() {
+                return Err(Error::not_found("dataset", rec.id.0.clone()));
+            }
             let jobs = sql::jobs_using(tx, &rec.id.0)?;
             if !jobs.is_empty() && !force {
                 return Err(Error::InUse {
