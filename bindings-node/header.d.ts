@@ -67,6 +67,12 @@ export interface ImportOptions {
   txtMode?: 'lines' | 'document'
   /** Same content already stored: `'error'` (default, code `duplicate_content`) or `'reuse'`. */
   onDuplicate?: 'error' | 'reuse'
+  /**
+   * The largest record accepted, in bytes (default 16 MiB, at least 1): a longer line, CSV
+   * row, JSON array element or whole TXT file (in memory: a record as stored) is
+   * `invalid_data` naming the line or record, refused without reading the rest.
+   */
+  maxRecordBytes?: number
 }
 
 export interface SplitOptions {

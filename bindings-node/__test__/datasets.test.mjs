@@ -318,3 +318,24 @@ test('bad input: unknown and mistyped options are invalid_config naming the opti
   const ok = await env.ds.importFile(p, { name: undefined, format: undefined })
   assert.equal(ok.name, 'ok')
 })
+
+test('maxRecordBytes: a longer line is invalid_data naming it; 0 is invalid_config', async () => {
+  const env = await badInputEnv()
+  const p = write(env.files, 'long.jsonl', jsonl([{ text: 'short' }, { text: 'x'.repeat(500) }]))
+  const e = await rejectsCleanly(env, () => env.ds.importFile(p, { maxRecordBytes: 100 }), 'invalid_data')
+  assert.equal(e.file, p)
+  assert.equal(e.record, 2)
+  assert.ok(e.message.includes('line 2 is longer than max_record_bytes (100 bytes)'), e.message)
+  const e2 = await rejectsCleanly(
+    env,
+    () => env.ds.importRecords([{ text: 'a' }, { text: 'b'.repeat(100) }], { name: 'mem', maxRecordBytes: 50 }),
+    'invalid_data',
+  )
+  assert.equal(e2.record, 2)
+  for (const bad of [0, -1, 'big']) {
+    const e3 = await rejectsCleanly(env, () => env.ds.importFile(p, { maxRecordBytes: bad }), 'invalid_config')
+    assert.equal(e3.field, 'maxRecordBytes', e3.message)
+  }
+  const ok = await env.ds.importFile(p, { maxRecordBytes: 1000 })
+  assert.equal(ok.numRecords, 2)
+})

@@ -141,6 +141,7 @@ fn import_options(
     source_format: Option<Bound<'_, PyAny>>,
     txt_mode: Option<Bound<'_, PyAny>>,
     on_duplicate: Option<Bound<'_, PyAny>>,
+    max_record_bytes: Option<Bound<'_, PyAny>>,
 ) -> PyResult<ImportOptions> {
     let value = Options::default()
         .set("name", name.as_ref())?
@@ -149,6 +150,7 @@ fn import_options(
         .set("source_format", source_format.as_ref())?
         .set("txt_mode", txt_mode.as_ref())?
         .set("on_duplicate", on_duplicate.as_ref())?
+        .set("max_record_bytes", max_record_bytes.as_ref())?
         .into_value();
     anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))
 }
@@ -165,7 +167,7 @@ impl PyDatasetStore {
     /// Imports a CSV, TSV, JSON array, JSONL or TXT file.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (path, *, name=None, format=None, columns=None, source_format=None, txt_mode=None,
-                        on_duplicate=None, on_event=None, cancel=None))]
+                        on_duplicate=None, max_record_bytes=None, on_event=None, cancel=None))]
     fn import_file(
         &self,
         py: Python<'_>,
@@ -176,10 +178,11 @@ impl PyDatasetStore {
         source_format: Option<Bound<'_, PyAny>>,
         txt_mode: Option<Bound<'_, PyAny>>,
         on_duplicate: Option<Bound<'_, PyAny>>,
+        max_record_bytes: Option<Bound<'_, PyAny>>,
         on_event: Option<Bound<'_, PyAny>>,
         cancel: Option<Bound<'_, PyCancelToken>>,
     ) -> PyResult<PyDatasetRecord> {
-        let opts = import_options(py, name, format, columns, source_format, txt_mode, on_duplicate)?;
+        let opts = import_options(py, name, format, columns, source_format, txt_mode, on_duplicate, max_record_bytes)?;
         let (store, cancel) = (self.inner.clone(), events::token(cancel.as_ref()));
         events::run(py, events::callback(on_event)?, move |sink| store.import_file_with(&path, &opts, sink, &cancel))
             .map(Into::into)
@@ -187,8 +190,8 @@ impl PyDatasetStore {
 
     /// Imports records from any iterable of dicts (a list, a generator, ...).
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (records, *, name=None, format=None, columns=None, on_duplicate=None, on_event=None,
-                        cancel=None))]
+    #[pyo3(signature = (records, *, name=None, format=None, columns=None, on_duplicate=None,
+                        max_record_bytes=None, on_event=None, cancel=None))]
     fn import_records(
         &self,
         py: Python<'_>,
@@ -197,10 +200,11 @@ impl PyDatasetStore {
         format: Option<Bound<'_, PyAny>>,
         columns: Option<Bound<'_, PyAny>>,
         on_duplicate: Option<Bound<'_, PyAny>>,
+        max_record_bytes: Option<Bound<'_, PyAny>>,
         on_event: Option<Bound<'_, PyAny>>,
         cancel: Option<Bound<'_, PyCancelToken>>,
     ) -> PyResult<PyDatasetRecord> {
-        let opts = import_options(py, name, format, columns, None, None, on_duplicate)?;
+        let opts = import_options(py, name, format, columns, None, None, on_duplicate, max_record_bytes)?;
         let (store, cancel) = (self.inner.clone(), events::token(cancel.as_ref()));
         let mut iter_raised = None;
         let iter = PyRecords {

@@ -478,3 +478,101 @@ def test_negative_counts_are_invalid_config(ds, home):
         with pytest.raises(anneal.InvalidConfigError) as ei:
             call()
         assert ei.value.field == field, ei.value
+
+
+# ------------------------------------------------------------------ record size cap, non-regular files, races
+
+
+def test_max_record_bytes_refuses_a_long_line_naming_it(ds, tmp_path, unchanged):
+    p = tmp_path / "long.jsonl"
+    p.write_text(json.dumps({"text": "short"}) + "\n" + json.dumps({"text": "x" * 500}) + "\n")
+    u = unchanged()
+    with pytest.raises(anneal.InvalidDataError) as ei:
+        ds.import_file(p, max_record_bytes=100)
+    e = ei.value
+    assert (e.code, e.file, e.record) == ("invalid_data", str(p), 2)
+    assert "line 2 is longer than max_record_bytes (100 bytes)" in str(e), e
+    # In memory: the record as stored.
+    with pytest.raises(anneal.InvalidDataError) as ei:
+        ds.import_records([{"text": "a"}, {"text": "b" * 100}], name="mem", max_record_bytes=50)
+    assert ei.value.record == 2 and "(50 bytes)" in str(ei.value), ei.value
+    for bad in [0, -1, "big"]:
+        with pytest.raises(anneal.InvalidConfigError) as ei:
+            ds.import_file(p, max_record_bytes=bad)
+        assert ei.value.field == "max_record_bytes", ei.value
+    u.check()
+    assert ds.import_file(p, max_record_bytes=1000).num_records == 2
+
+
+def test_a_fifo_is_refused_without_blocking(ds, tmp_path, unchanged):
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    u = unchanged()
+    out = {}
+
+    def run():
+        try:
+            ds.import_file(fifo)
+        except anneal.AnnealError as e:
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(10)
+    if t.is_alive():  # blocked in open(): unblock it, then fail
+        with open(fifo, "w"):
+            pass
+        t.join()
+        pytest.fail("importing a FIFO blocked")
+    e = out["error"]
+    assert isinstance(e, anneal.InvalidConfigError) and e.field == "path", e
+    assert "not a regular file" in str(e) and str(fifo) in str(e)
+    u.check()
+
+
+RACE_CHILD = """
+import json, os, sys, time
+import anneal
+home, path, go, on_duplicate = sys.argv[1:]
+ds = anneal.Home.open(home).datasets()
+while not os.path.exists(go):
+    time.sleep(0.001)
+try:
+    print(json.dumps({"id": ds.import_file(path, on_duplicate=on_duplicate).id}))
+except anneal.AnnealError as e:
+    print(json.dumps({"code": e.code, "message": str(e)}))
+"""
+
+
+@pytest.mark.parametrize("on_duplicate", ["error", "reuse"])
+def test_processes_importing_one_file_at_once_end_as_sequential_ones(tmp_path, on_duplicate):
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    anneal.Home.open(home)
+    p = write_jsonl(tmp_path / "shared.jsonl", [{"text": f"record {i} " + "x" * 100} for i in range(20000)])
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE_CHILD, str(home), str(p), str(go), on_duplicate],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    go.write_text("")
+    results = [json.loads(proc.communicate(timeout=120)[0]) for proc in procs]
+    ok = [r for r in results if "id" in r]
+    if on_duplicate == "error":
+        assert len(ok) == 1, results
+        assert all(r.get("code") == "duplicate_content" for r in results if "id" not in r), results
+    else:
+        assert len(ok) == 4 and len({r["id"] for r in ok}) == 1, results
+    h = anneal.Home.open(home)
+    stored = h.datasets().list()
+    assert [d.id for d in stored] == [ok[0]["id"]]
+    assert sorted(x.name for x in (home / "datasets").iterdir()) == [stored[0].sha256]

@@ -1,15 +1,21 @@
 //! DatasetStore: import, formats, preview, stats, splits.
 //!
 //! Imports stream: records are read, checked, normalised and written one at a time
-//! into a staging directory while their sha256 is computed; the directory is then
-//! renamed to `datasets/<sha256>/` and the catalog row inserted in one transaction.
-//! A failed, cancelled or killed import leaves nothing behind in the catalog, and
-//! nothing under `datasets/` but a `.tmp-*` directory that the next open sweeps.
+//! into a staging directory while their sha256 is computed (no record is read past
+//! `max_record_bytes`, and every read checks the cancel token). The winner is then
+//! decided in one catalog transaction, which every process takes in turn: content
+//! already stored is `duplicate_content` (or reused), a taken name `already_exists`;
+//! otherwise the directory is renamed to `datasets/<sha256>/` (replacing an orphan no
+//! row refers to) and the row inserted, both under the transaction's lock. So
+//! concurrent imports of one file, from threads or processes, end as sequential ones
+//! would. A failed, cancelled or killed import leaves nothing behind in the catalog,
+//! and nothing under `datasets/` but a `.tmp-*` directory that the next open sweeps.
 
 mod format;
 mod read;
 mod stats;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -29,7 +35,7 @@ use crate::types::{
 };
 use crate::util::{self, HashingWriter, StagingDir};
 use format::Shape;
-use read::{ByteCounter, RawRecord};
+use read::{ByteCounter, RawRecord, ReadCtx};
 use stats::StatsBuilder;
 
 /// Imports, stores and serves datasets. Cheap to clone; `Send + Sync`.
@@ -65,33 +71,32 @@ impl DatasetStore {
         cancel: &CancelToken,
     ) -> Result<DatasetRecord> {
         let path = path.as_ref();
-        let meta = fs::metadata(path).with_path(path)?;
-        if meta.is_dir() {
-            return Err(Error::config("path", format!("{} is a directory, not a file", path.display())));
-        }
-        if !meta.is_file() {
-            // A FIFO, socket or device could block forever or never end.
-            return Err(Error::config("path", format!("{} is not a regular file", path.display())));
-        }
+        check_max_record(opts)?;
+        // Only a regular file is opened: a FIFO or a device would block or never end.
+        let mut file = read::open_regular(path)?;
         let name = match &opts.name {
             Some(n) => n.clone(),
             None => util::name_from_path(path),
         };
-        self.check_name_free(&name)?;
+        // Whether the name is free is decided when the import is stored: a taken name
+        // holding this very content is `duplicate_content` (or reused), not a clash.
+        util::validate_name("name", &name)?;
         let source_format = match opts.source_format {
             Some(SourceFormat::Records) => {
                 return Err(Error::config("source_format", "`records` is only for in-memory imports"))
             }
             Some(f) => f,
-            None => read::detect_source_format(path)?,
+            None => read::detect_source_format(path, &mut file, cancel)?,
         };
         let abs = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let total = meta.len();
+        let total = file.metadata().with_path(path)?.len();
         run_task(sink, "import_dataset", &name, Some(total), "bytes", |rep| {
             let counter = ByteCounter::default();
-            let mut ingest = Ingest::new(&self.dir(), opts, Location::file(path))?;
+            let ctx = ReadCtx { txt_mode: opts.txt_mode, max_record: opts.max_record_bytes, cancel, counter };
+            let counter = ctx.counter.clone();
+            let mut ingest = Ingest::new(&self.dir(), opts, Location::file(path), None)?;
             let mut next_report = PROGRESS_BYTES;
-            read::read_file(path, source_format, opts.txt_mode, &counter, &mut |raw| {
+            read::read_file(path, file, source_format, &ctx, &mut |raw| {
                 ingest.push(raw)?;
                 if ingest.count.is_multiple_of(256) {
                     cancel.check()?;
@@ -105,7 +110,8 @@ impl DatasetStore {
             })?;
             cancel.check()?;
             rep.progress(total)?;
-            let rec = self.commit(ingest, &name, abs.display().to_string(), source_format, None, opts.on_duplicate)?;
+            let staged = ingest.finish(&name, abs.display().to_string(), source_format, None)?;
+            let rec = self.store_one(staged, opts.on_duplicate)?;
             let id = rec.id.0.clone();
             Ok((rec, Some(id)))
         })
@@ -130,11 +136,12 @@ impl DatasetStore {
     where
         I: IntoIterator<Item = Result<Value>>,
     {
+        check_max_record(opts)?;
         let name = match &opts.name {
             Some(n) => n.clone(),
             None => util::new_id("records"),
         };
-        self.check_name_free(&name)?;
+        util::validate_name("name", &name)?;
         if matches!(opts.source_format, Some(f) if f != SourceFormat::Records) {
             return Err(Error::config("source_format", "in-memory imports are always `records`"));
         }
@@ -144,7 +151,7 @@ impl DatasetStore {
             _ => None,
         };
         run_task(sink, "import_dataset", &name, total, "records", |rep| {
-            let mut ingest = Ingest::new(&self.dir(), opts, Location::default())?;
+            let mut ingest = Ingest::new(&self.dir(), opts, Location::default(), Some(opts.max_record_bytes))?;
             for (i, item) in iter.enumerate() {
                 let index = i as u64 + 1;
                 let value = item?;
@@ -157,94 +164,86 @@ impl DatasetStore {
             }
             cancel.check()?;
             rep.progress(ingest.count)?;
-            let rec = self.commit(ingest, &name, "memory".into(), SourceFormat::Records, None, opts.on_duplicate)?;
+            let staged = ingest.finish(&name, "memory".into(), SourceFormat::Records, None)?;
+            let rec = self.store_one(staged, opts.on_duplicate)?;
             let id = rec.id.0.clone();
             Ok((rec, Some(id)))
         })
     }
 
-    fn check_name_free(&self, name: &str) -> Result<()> {
-        util::validate_name("name", name)?;
-        let taken = self.store.catalog.read(|c| sql::by_name(c, &self.store.root, name))?;
-        if let Some(d) = taken {
-            return Err(Error::AlreadyExists {
-                what: "dataset",
-                id: name.to_string(),
-                detail: format!(" (id {}); choose another name or delete it first", d.id),
-            });
-        }
-        Ok(())
+    fn store_one(&self, staged: Staged, on_duplicate: OnDuplicate) -> Result<DatasetRecord> {
+        let mut out = self.store_all(vec![staged], on_duplicate)?;
+        out.pop().ok_or_else(|| Error::Internal("nothing stored".into()))
     }
 
-    /// Moves a finished ingest into place and inserts its row.
-    fn commit(
-        &self,
-        ingest: Ingest,
-        name: &str,
-        source: String,
-        source_format: SourceFormat,
-        parent: Option<DatasetId>,
-        on_duplicate: OnDuplicate,
-    ) -> Result<DatasetRecord> {
-        let Ingest { mut staging, writer, shape, stats, count, location, .. } = ingest;
-        let (Some(shape), Some(stats)) = (shape, stats) else {
-            return Err(match &location.file {
-                Some(p) => Error::data(location.clone(), format!("{} contains no records", p.display())),
-                None => Error::data(location, "no records were given"),
-            });
-        };
-        let bytes = writer.bytes();
-        let (buf, sha) = writer.finish();
-        let file = buf.into_inner().map_err(|e| Error::io(staging.path(), e.into_error()))?;
-        file.sync_all().with_path(staging.path())?;
-        drop(file);
-
+    /// Stores finished ingests, all or none, in one catalog transaction (so one
+    /// process at a time decides): per ingest, content already stored is
+    /// `duplicate_content` or, with `Reuse`, the stored dataset; a taken name is
+    /// `already_exists`; otherwise its directory is moved to `datasets/<sha256>` and its
+    /// row inserted. A directory already there has no row (the transaction would have
+    /// found it): an orphan of an interrupted import or delete, replaced.
+    fn store_all(&self, mut staged: Vec<Staged>, on_duplicate: OnDuplicate) -> Result<Vec<DatasetRecord>> {
         let home = &self.store.root;
-        if let Some(existing) = self.store.catalog.read(|c| sql::by_sha(c, home, &sha))? {
-            return match on_duplicate {
-                OnDuplicate::Reuse => Ok(existing),
-                OnDuplicate::Error => Err(Error::DuplicateContent {
-                    what: "dataset",
-                    sha256: sha,
-                    existing_id: existing.id.0,
-                    existing_name: existing.name,
-                }),
-            };
-        }
-        let stats = stats.finish(bytes);
-        let meta = serde_json::json!({ "format": shape.format, "num_records": count, "sha256": sha });
-        util::write_atomic(&staging.path().join("meta.json"), meta.to_string().as_bytes())?;
-        let dest = self.dir().join(&sha);
-        // An orphan from an interrupted import has the same content: keep it.
-        let created = staging.persist(&dest)?;
-        let rec = DatasetRecord {
-            id: DatasetId(util::new_id("ds")),
-            name: name.to_string(),
-            format: shape.format,
-            sha256: sha.clone(),
-            num_records: count,
-            bytes,
-            source,
-            source_format,
-            columns: shape.columns,
-            parent_id: parent,
-            created_at: util::now(),
-            path: dest.join("records.jsonl"),
-        };
-        let inserted = self.store.catalog.write(|tx| sql::insert(tx, &rec, &stats));
-        match inserted {
-            Ok(()) => Ok(rec),
-            Err(Error::DuplicateContent { existing_id, .. }) if on_duplicate == OnDuplicate::Reuse => {
-                self.get(DatasetId(existing_id))
-            }
-            Err(e) => {
-                // A concurrent import of the same content owns the directory now.
-                if created && !matches!(e, Error::DuplicateContent { .. }) {
-                    let _ = fs::remove_dir_all(&dest);
+        let dir = self.dir();
+        let mut replaced = Vec::new();
+        let res = self.store.catalog.write(|tx| {
+            let mut placed: Vec<PathBuf> = Vec::new();
+            let mut place = || -> Result<Vec<DatasetRecord>> {
+                let mut out = Vec::with_capacity(staged.len());
+                for s in &mut staged {
+                    if let Some(existing) = sql::by_sha(tx, home, &s.rec.sha256)? {
+                        match on_duplicate {
+                            OnDuplicate::Reuse => {
+                                out.push(existing);
+                                continue;
+                            }
+                            OnDuplicate::Error => {
+                                return Err(Error::DuplicateContent {
+                                    what: "dataset",
+                                    sha256: s.rec.sha256.clone(),
+                                    existing_id: existing.id.0,
+                                    existing_name: existing.name,
+                                })
+                            }
+                        }
+                    }
+                    if let Some(d) = sql::by_name(tx, home, &s.rec.name)? {
+                        return Err(Error::AlreadyExists {
+                            what: "dataset",
+                            id: s.rec.name.clone(),
+                            detail: format!(" (id {}); choose another name or delete it first", d.id),
+                        });
+                    }
+                    let dest = dir.join(&s.rec.sha256);
+                    if fs::symlink_metadata(&dest).is_ok() {
+                        let aside = dir.join(format!(".tmp-{}", util::new_id("orphan")));
+                        fs::rename(&dest, &aside).with_path(&dest)?;
+                        replaced.push(aside);
+                    }
+                    if !s.staging.persist(&dest)? {
+                        return Err(Error::io(&dest, std::io::ErrorKind::AlreadyExists.into()));
+                    }
+                    placed.push(dest);
+                    sql::insert(tx, &s.rec, &s.stats)?;
+                    out.push(s.rec.clone());
                 }
-                Err(e)
+                Ok(out)
+            };
+            let out = place();
+            if out.is_err() {
+                // Still under the lock: no row refers to what this call moved in.
+                for d in &placed {
+                    let _ = fs::remove_dir_all(d);
+                }
             }
+            out
+        });
+        // (Should the commit itself fail, a moved-in directory stays as an orphan, for
+        // the next import of the same content or the sweep.)
+        for d in replaced {
+            let _ = fs::remove_dir_all(d);
         }
+        res
     }
 
     /// A dataset by id or name.
@@ -319,7 +318,6 @@ impl DatasetStore {
         if train_name == val_name {
             return Err(Error::config("names", format!("both halves are named `{train_name}`; give two names")));
         }
-        let train_existed = self.get(train_name.as_str()).is_ok();
         let mut order: Vec<usize> = (0..n).collect();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         order.shuffle(&mut rng);
@@ -328,8 +326,8 @@ impl DatasetStore {
             is_val[i] = true;
         }
         let opts = ImportOptions { format: Some(src.format), on_duplicate: OnDuplicate::Reuse, ..Default::default() };
-        let mut train = Ingest::new(&self.dir(), &opts, Location::file(&src.path))?;
-        let mut val = Ingest::new(&self.dir(), &opts, Location::file(&src.path))?;
+        let mut train = Ingest::new(&self.dir(), &opts, Location::file(&src.path), None)?;
+        let mut val = Ingest::new(&self.dir(), &opts, Location::file(&src.path), None)?;
         let mut i = 0usize;
         for_each_record(&src.path, |v| {
             if is_val.get(i).copied().unwrap_or(false) {
@@ -342,44 +340,33 @@ impl DatasetStore {
         })?;
         let source = format!("split:{}", src.id);
         let parent = Some(src.id.clone());
-        let half = |ingest: Ingest, name: &str| -> Result<DatasetRecord> {
-            match self.check_name_free(name) {
-                Ok(()) => {
-                    self.commit(ingest, name, source.clone(), SourceFormat::Records, parent.clone(), OnDuplicate::Reuse)
-                }
-                Err(e @ Error::AlreadyExists { .. }) => {
-                    // The same split done before: same name and same content.
-                    let existing = self.get(name)?;
-                    let (buf, sha) = ingest.writer.finish();
-                    drop(buf);
-                    if existing.sha256 == sha {
-                        Ok(existing)
-                    } else {
-                        Err(e)
-                    }
-                }
-                Err(e) => Err(e),
-            }
-        };
-        let train = half(train, &train_name)?;
-        let val = match half(val, &val_name) {
-            Ok(v) => v,
-            Err(e) => {
-                // All or nothing: the train half this call stored goes again.
-                if !train_existed {
-                    let _ = self.delete(train.id.clone(), false);
-                }
-                return Err(e);
-            }
-        };
-        Ok(DatasetSplit { train, val })
+        // Both halves in one transaction: all or nothing, whoever else splits at once.
+        // Content already stored (the same split done before) is reused.
+        let staged = vec![
+            train.finish(&train_name, source.clone(), SourceFormat::Records, parent.clone())?,
+            val.finish(&val_name, source, SourceFormat::Records, parent)?,
+        ];
+        let mut halves = self.store_all(staged, OnDuplicate::Reuse)?.into_iter();
+        match (halves.next(), halves.next()) {
+            (Some(train), Some(val)) => Ok(DatasetSplit { train, val }),
+            _ => Err(Error::Internal("split stored fewer than two halves".into())),
+        }
     }
 
-    /// Deletes a dataset: the catalog row first, then its files. Refuses while a
-    /// training job refers to it, unless `force` (the jobs then lose the link).
+    /// Deletes a dataset: the catalog row and, in the same transaction, its directory
+    /// is moved aside (so an import of the same content that comes next cannot lose its
+    /// files to this delete); the files are removed after. Refuses while a training job
+    /// refers to it, unless `force` (the jobs then lose the link).
     pub fn delete(&self, id_or_name: impl Into<DatasetId>, force: bool) -> Result<()> {
         let rec = self.get(id_or_name)?;
-        self.store.catalog.write(|tx| {
+        let dir = self.dir().join(&rec.sha256);
+        let aside = self.dir().join(format!(".tmp-{}", util::new_id("deleted")));
+        let moved = Cell::new(false);
+        let res = self.store.catalog.write(|tx| {
+            // Deleted by someone else since `get`: the directory may be another row's now.
+            if sql::by_id(tx, &self.store.root, &rec.id.0)?.is_none() {
+                return Err(Error::not_found("dataset", rec.id.0.clone()));
+            }
             let jobs = sql::jobs_using(tx, &rec.id.0)?;
             if !jobs.is_empty() && !force {
                 return Err(Error::InUse {
@@ -388,14 +375,26 @@ impl DatasetStore {
                     reason: format!("used by job(s) {}; pass force to delete anyway", jobs.join(", ")),
                 });
             }
-            sql::delete(tx, &rec.id.0)
-        })?;
-        let dir = self.dir().join(&rec.sha256);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(dir, e)),
+            sql::delete(tx, &rec.id.0)?;
+            match fs::rename(&dir, &aside) {
+                Ok(()) => moved.set(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&dir, e)),
+            }
+            Ok(())
+        });
+        if let Err(e) = res {
+            // The commit failed after the move: the row stands, so its files go back.
+            if moved.get() {
+                let _ = fs::rename(&aside, &dir);
+            }
+            return Err(e);
         }
+        if moved.get() {
+            // Deleted already; should this fail, the next open sweeps the `.tmp-*` left.
+            let _ = fs::remove_dir_all(&aside);
+        }
+        Ok(())
     }
 
     /// Removes interrupted imports and content directories no row refers to.
@@ -433,10 +432,26 @@ struct Ingest {
     location: Location,
     forced: Option<DatasetFormat>,
     mapping: BTreeMap<String, String>,
+    /// In-memory imports: the largest record as stored, in bytes.
+    max_stored: Option<u64>,
+}
+
+/// A finished ingest, its row ready, waiting to be stored.
+struct Staged {
+    staging: StagingDir,
+    rec: DatasetRecord,
+    stats: DatasetStats,
+}
+
+fn check_max_record(opts: &ImportOptions) -> Result<()> {
+    if opts.max_record_bytes == 0 {
+        return Err(Error::config("max_record_bytes", "must be at least 1 (the default is 16 MiB)"));
+    }
+    Ok(())
 }
 
 impl Ingest {
-    fn new(dir: &Path, opts: &ImportOptions, location: Location) -> Result<Self> {
+    fn new(dir: &Path, opts: &ImportOptions, location: Location, max_stored: Option<u64>) -> Result<Self> {
         let staging = StagingDir::new(dir)?;
         let path = staging.path().join("records.jsonl");
         let file = File::create(&path).with_path(&path)?;
@@ -449,7 +464,49 @@ impl Ingest {
             location,
             forced: opts.format,
             mapping: opts.columns.clone(),
+            max_stored,
         })
+    }
+
+    /// Flushes and syncs the records, writes `meta.json` and builds the row.
+    fn finish(
+        self,
+        name: &str,
+        source: String,
+        source_format: SourceFormat,
+        parent: Option<DatasetId>,
+    ) -> Result<Staged> {
+        let Ingest { staging, writer, shape, stats, count, location, .. } = self;
+        let (Some(shape), Some(stats)) = (shape, stats) else {
+            return Err(match &location.file {
+                Some(p) => Error::data(location.clone(), format!("{} contains no records", p.display())),
+                None => Error::data(location, "no records were given"),
+            });
+        };
+        let bytes = writer.bytes();
+        let (buf, sha) = writer.finish();
+        let file = buf.into_inner().map_err(|e| Error::io(staging.path(), e.into_error()))?;
+        file.sync_all().with_path(staging.path())?;
+        drop(file);
+        let stats = stats.finish(bytes);
+        let meta = serde_json::json!({ "format": shape.format, "num_records": count, "sha256": sha });
+        util::write_atomic(&staging.path().join("meta.json"), meta.to_string().as_bytes())?;
+        let path = staging.path().parent().unwrap_or(Path::new("")).join(&sha).join("records.jsonl");
+        let rec = DatasetRecord {
+            id: DatasetId(util::new_id("ds")),
+            name: name.to_string(),
+            format: shape.format,
+            sha256: sha,
+            num_records: count,
+            bytes,
+            source,
+            source_format,
+            columns: shape.columns,
+            parent_id: parent,
+            created_at: util::now(),
+            path,
+        };
+        Ok(Staged { staging, rec, stats })
     }
 
     fn push(&mut self, raw: RawRecord) -> Result<()> {
@@ -460,8 +517,19 @@ impl Ingest {
             self.shape = Some(shape);
         }
         let shape = self.shape.as_ref().ok_or_else(|| Error::Internal("no shape".into()))?;
-        let value = shape.normalize(&raw.fields, &loc)?;
-        self.write(&value)
+        let value = shape.normalize(raw.fields, &loc)?;
+        let before = self.writer.bytes();
+        self.write(&value)?;
+        if let Some(max) = self.max_stored {
+            let n = self.writer.bytes() - before - 1;
+            if n > max {
+                return Err(Error::data(
+                    loc,
+                    format!("the record is {n} bytes as stored, more than max_record_bytes ({max} bytes)"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Adds a record that is already in the stored form (splits).

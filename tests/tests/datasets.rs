@@ -290,3 +290,271 @@ fn bad_inputs_are_typed_and_leave_nothing() {
     assert_eq!(ds.list().unwrap(), before_list);
     assert_eq!(dataset_dirs(&h), before_dirs);
 }
+
+// ---------------------------------------------------------------- record size cap
+
+#[test]
+fn records_over_max_record_bytes_are_refused_while_reading() {
+    let (d, h) = home();
+    let ds = h.datasets();
+    assert_eq!(ImportOptions::default().max_record_bytes, 16 << 20);
+    let capped = |n: u64| ImportOptions { max_record_bytes: n, ..Default::default() };
+    // A 3 MB line under a 1 MiB cap, in every line- and row-based format, and a JSON
+    // array element: invalid_data naming the file, the line (or record) and the limit.
+    let long = "x".repeat(3 << 20);
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("long.jsonl", format!("{{\"text\": \"ok\"}}\n{{\"text\": \"{long}\"}}\n"), "line 2"),
+        ("long.txt", format!("ok\n\n{long}\n"), "line 3"),
+        ("long.csv", format!("text,label\nok,1\n\"{long}\",2\n"), "line 3"),
+        ("long.json", format!("[{{\"text\": \"ok\"}}, {{\"text\": \"{long}\"}}]"), "record 2"),
+    ];
+    for (file, content, what) in cases {
+        let p = write(d.path(), file, content.as_bytes());
+        let e = ds.import_file(&p, &capped(1 << 20)).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.code(), "invalid_data", "{file}: {msg}");
+        assert!(
+            msg.contains(file) && msg.contains(&format!("{what} is longer than max_record_bytes (1048576 bytes)")),
+            "{msg}"
+        );
+        // A cap above the record: imported (the same text records from every file).
+        let opts = ImportOptions {
+            name: Some(format!("ok-{}", &file[5..])),
+            on_duplicate: OnDuplicate::Reuse,
+            ..capped(4 << 20)
+        };
+        assert_eq!(ds.import_file(&p, &opts).unwrap().num_records, 2);
+    }
+    // Whole-file TXT is one record.
+    let p = write(d.path(), "doc.txt", long.as_bytes());
+    let e = ds.import_file(&p, &ImportOptions { txt_mode: TxtMode::Document, ..capped(1 << 20) }).unwrap_err();
+    assert!(
+        e.code() == "invalid_data" && e.to_string().contains("the file (one record in txt_mode `document`)"),
+        "{e}"
+    );
+    // The default (16 MiB) holds too.
+    let p = write(d.path(), "huge.txt", "y".repeat((16 << 20) + 1).as_bytes());
+    let e = ds.import_file(&p, &ImportOptions::default()).unwrap_err();
+    assert!(
+        e.to_string().contains("huge.txt, record 1: line 1 is longer than max_record_bytes (16777216 bytes)"),
+        "{e}"
+    );
+    // In memory: the record as stored.
+    let recs = vec![Ok(json!({"text": "a"})), Ok(json!({"text": "b".repeat(100)}))];
+    let e = ds.import_records(recs, &ImportOptions { name: Some("mem".into()), ..capped(50) }).unwrap_err();
+    assert!(
+        e.code() == "invalid_data" && e.to_string().contains("record 2") && e.to_string().contains("(50 bytes)"),
+        "{e}"
+    );
+    // Zero is not a limit.
+    let p = write(d.path(), "small.jsonl", b"{\"text\": \"s\"}\n");
+    for e in [ds.import_file(&p, &capped(0)).unwrap_err(), ds.import_records(vec![], &capped(0)).unwrap_err()] {
+        assert_eq!(e.code(), "invalid_config");
+        assert!(e.to_string().contains("max_record_bytes"), "{e}");
+    }
+    // Nothing of the refused imports was kept: the accepted ones are one text dataset.
+    assert_eq!(ds.list().unwrap().len(), 1);
+    assert_eq!(dataset_dirs(&h).len(), 1);
+}
+
+#[test]
+fn a_cancelled_import_stops_at_the_first_read() {
+    let (d, h) = home();
+    let p = write(d.path(), "one.jsonl", format!("{{\"text\": \"{}\"}}\n", "z".repeat(4 << 20)).as_bytes());
+    // Cancelled as the task starts: the reader refuses its first read (the unit tests
+    // in data/read.rs cancel in the middle of a record).
+    let cancel = CancelToken::new();
+    let c2 = cancel.clone();
+    let mut sink = move |e: &Event| {
+        if matches!(e, Event::TaskStarted { .. }) {
+            c2.cancel();
+        }
+        Ok(())
+    };
+    let e = h.datasets().import_file_with(&p, &ImportOptions::default(), &mut sink, &cancel).unwrap_err();
+    assert_eq!(e.code(), "cancelled");
+    assert!(h.datasets().list().unwrap().is_empty());
+    assert!(dataset_dirs(&h).is_empty(), "{:?}", dataset_dirs(&h));
+}
+
+// ---------------------------------------------------------------- non-regular files
+
+/// Runs `f` on another thread; fails if it has not returned within 10 s (a blocked open).
+fn promptly<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap_or_else(|_| panic!("{what}: import did not return"))
+}
+
+#[cfg(unix)]
+#[test]
+fn fifos_devices_sockets_and_directories_are_refused_before_opening() {
+    let (d, h) = home();
+    let fifo = d.path().join("pipe.jsonl");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let sock = d.path().join("sock.jsonl");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let fifo_link = d.path().join("fifo-link.jsonl");
+    std::os::unix::fs::symlink(&fifo, &fifo_link).unwrap();
+    let dir_link = d.path().join("dir-link.jsonl");
+    std::os::unix::fs::symlink(d.path(), &dir_link).unwrap();
+    let mut paths = vec![fifo, sock, fifo_link, dir_link, d.path().to_path_buf()];
+    if std::path::Path::new("/dev/zero").exists() {
+        paths.push("/dev/zero".into());
+    }
+    for p in paths {
+        let ds = h.datasets();
+        let p2 = p.clone();
+        let e = promptly(&p.display().to_string(), move || ds.import_file(&p2, &ImportOptions::default()).unwrap_err());
+        let msg = e.to_string();
+        assert_eq!(e.code(), "invalid_config", "{msg}");
+        assert!(msg.contains("path") && msg.contains(&p.display().to_string()), "{msg}");
+        assert!(msg.contains("not a regular file") || msg.contains("is a directory"), "{msg}");
+    }
+    assert!(h.datasets().list().unwrap().is_empty());
+    assert!(dataset_dirs(&h).is_empty());
+}
+
+// ---------------------------------------------------------------- races
+
+/// Runs `f(i, home)` on `n` threads at once, each with its own `Home::open` of `root`.
+fn race<T: Send + 'static>(
+    root: &std::path::Path,
+    n: usize,
+    f: impl Fn(usize, Home) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let f = std::sync::Arc::new(f);
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (root, barrier, f) = (root.to_path_buf(), barrier.clone(), f.clone());
+            std::thread::spawn(move || {
+                let h = Home::open(&root).unwrap();
+                barrier.wait();
+                f(i, h)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+#[test]
+fn concurrent_imports_of_one_file_end_as_sequential_ones() {
+    let (d, h) = home();
+    let root = h.root().to_path_buf();
+    // Sequentially first: the same file again (same default name) is duplicate content,
+    // not a name clash; with reuse, the stored dataset.
+    let p = write(d.path(), "seq.jsonl", b"{\"text\": \"seq\"}\n");
+    let first = h.datasets().import_file(&p, &ImportOptions::default()).unwrap();
+    assert_eq!(h.datasets().import_file(&p, &ImportOptions::default()).unwrap_err().code(), "duplicate_content");
+    let reuse = ImportOptions { on_duplicate: OnDuplicate::Reuse, ..Default::default() };
+    assert_eq!(h.datasets().import_file(&p, &reuse).unwrap().id, first.id);
+    for round in 0..4 {
+        let mut body = String::new();
+        for i in 0..2000 {
+            body.push_str(&format!("{{\"text\": \"round {round} record {i}\"}}\n"));
+        }
+        let p = write(d.path(), &format!("race{round}.jsonl"), body.as_bytes());
+        let on_duplicate = if round % 2 == 0 { OnDuplicate::Error } else { OnDuplicate::Reuse };
+        let results = race(&root, 4, move |_, h| {
+            h.datasets().import_file(&p, &ImportOptions { on_duplicate, ..Default::default() })
+        });
+        let ok: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let codes: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).map(|e| e.to_string()).collect();
+        match on_duplicate {
+            OnDuplicate::Error => {
+                assert_eq!(ok.len(), 1, "round {round}: {codes:?}");
+                for r in &results {
+                    if let Err(e) = r {
+                        assert_eq!(e.code(), "duplicate_content", "round {round}: {e}");
+                    }
+                }
+            }
+            OnDuplicate::Reuse => {
+                assert_eq!(ok.len(), 4, "round {round}: {codes:?}");
+                assert!(ok.iter().all(|r| r.id == ok[0].id));
+            }
+        }
+        let stored = h.datasets().get(format!("race{round}")).unwrap();
+        assert_eq!((stored.id.clone(), stored.num_records), (ok[0].id.clone(), 2000));
+        assert_eq!(h.datasets().preview(&stored.id, 1).unwrap()[0], json!({"text": format!("round {round} record 0")}));
+    }
+    // One row and one directory per content, nothing staged left over.
+    let list = h.datasets().list().unwrap();
+    assert_eq!(list.len(), 5);
+    let mut shas: Vec<_> = list.iter().map(|r| r.sha256.clone()).collect();
+    shas.sort();
+    assert_eq!(dataset_dirs(&h), shas);
+}
+
+#[test]
+fn concurrent_splits_leave_one_result() {
+    let (d, h) = home();
+    let root = h.root().to_path_buf();
+    let mut body = String::new();
+    for i in 0..200 {
+        body.push_str(&format!("{{\"prompt\": \"q{i}\", \"completion\": \"a{i}\"}}\n"));
+    }
+    let src = h.datasets().import_file(write(d.path(), "qa.jsonl", body.as_bytes()), &Default::default()).unwrap();
+    // The same split at once: every caller gets the same two halves.
+    let results = race(&root, 4, |_, h| h.datasets().split("qa", 0.25, 3, Some(("tr".into(), "va".into()))));
+    let ids: Vec<_> = results.into_iter().map(|r| r.unwrap()).map(|s| (s.train.id, s.val.id)).collect();
+    assert!(ids.iter().all(|x| *x == ids[0]), "{ids:?}");
+    assert_eq!(h.datasets().list().unwrap().len(), 3);
+    // Other seeds under the same new names at once: one wins both names, the others
+    // are already_exists and store no half.
+    let results =
+        race(&root, 3, |i, h| h.datasets().split("qa", 0.25, 10 + i as u64, Some(("tr2".into(), "va2".into()))));
+    let ok: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(ok.len(), 1, "{results:?}");
+    for r in &results {
+        if let Err(e) = r {
+            assert_eq!(e.code(), "already_exists", "{e}");
+        }
+    }
+    let (tr2, va2) = (h.datasets().get("tr2").unwrap(), h.datasets().get("va2").unwrap());
+    assert_eq!((tr2.id.clone(), va2.id.clone()), (ok[0].train.id.clone(), ok[0].val.id.clone()));
+    let list = h.datasets().list().unwrap();
+    assert_eq!(list.len(), 5);
+    assert!(list.iter().all(|r| r.parent_id.is_none() || r.parent_id == Some(src.id.clone())));
+    let mut shas: Vec<_> = list.iter().map(|r| r.sha256.clone()).collect();
+    shas.sort();
+    assert_eq!(dataset_dirs(&h), shas);
+}
+
+#[test]
+fn an_orphaned_content_directory_is_replaced_not_trusted() {
+    let (d, h) = home();
+    let p = write(d.path(), "o.jsonl", b"{\"text\": \"real\"}\n");
+    let first = h.datasets().import_file(&p, &ImportOptions::default()).unwrap();
+    h.datasets().delete(&first.id, false).unwrap();
+    // What an import killed between its rename and its row could leave (here spoiled).
+    let dir = h.root().join("datasets").join(&first.sha256);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("records.jsonl"), b"{\"text\": \"stale\"}\n").unwrap();
+    let again = h.datasets().import_file(&p, &ImportOptions::default()).unwrap();
+    assert_eq!(again.sha256, first.sha256);
+    assert_eq!(h.datasets().preview(&again.id, 5).unwrap(), vec![json!({"text": "real"})]);
+    assert_eq!(dataset_dirs(&h), vec![first.sha256]);
+}
+
+/// Not run by default: imports the file named by `ANNEAL_IMPORT_PROBE` (with the
+/// options in `ANNEAL_IMPORT_OPTIONS`, JSON, if set) into a fresh home and prints the
+/// outcome, so that `/usr/bin/time -v` can measure the import's peak RSS (README,
+/// "Performance").
+#[test]
+#[ignore]
+fn import_probe() {
+    let path = std::env::var("ANNEAL_IMPORT_PROBE").expect("set ANNEAL_IMPORT_PROBE to a file to import");
+    let opts: ImportOptions = match std::env::var("ANNEAL_IMPORT_OPTIONS") {
+        Ok(j) => anneal::options_from_json(serde_json::from_str(&j).unwrap()).unwrap(),
+        Err(_) => ImportOptions::default(),
+    };
+    let (_d, h) = home();
+    match h.datasets().import_file(&path, &opts) {
+        Ok(rec) => println!("imported {} records, {} bytes stored", rec.num_records, rec.bytes),
+        Err(e) => println!("refused: {} ({e})", e.code()),
+    }
+}

@@ -260,6 +260,7 @@ class DatasetStore:
         source_format: SourceFormat | None = None,
         txt_mode: TxtMode | None = None,
         on_duplicate: OnDuplicate | None = None,
+        max_record_bytes: int | None = None,
         on_event: OnEvent | None = None,
         cancel: CancelToken | None = None,
     ) -> DatasetRecord: ...
@@ -271,6 +272,7 @@ class DatasetStore:
         format: DatasetFormat | None = None,
         columns: Mapping[str, str] | None = None,
         on_duplicate: OnDuplicate | None = None,
+        max_record_bytes: int | None = None,
         on_event: OnEvent | None = None,
         cancel: CancelToken | None = None,
     ) -> DatasetRecord: ...

@@ -98,19 +98,28 @@ impl Shape {
         self.columns.get(field).map(String::as_str).unwrap_or(field)
     }
 
-    /// Turns a raw record into the stored form, or says which field is wrong.
-    pub(crate) fn normalize(&self, rec: &Map<String, Value>, loc: &Location) -> Result<Value> {
+    /// Turns a raw record into the stored form, or says which field is wrong. Takes the
+    /// record to move its values rather than copy them (a record may be megabytes).
+    pub(crate) fn normalize(&self, mut rec: Map<String, Value>, loc: &Location) -> Result<Value> {
         let mut out = Map::new();
         match self.format {
-            DatasetFormat::Text | DatasetFormat::Completion => {
-                for f in self.format.fields() {
-                    out.insert((*f).into(), Value::String(self.string(rec, f, loc, true)?));
+            DatasetFormat::Text | DatasetFormat::Completion | DatasetFormat::Instruction => {
+                let fields = self.format.fields();
+                let required = |f: &str| self.format != DatasetFormat::Instruction || f != "input";
+                // Every field checked before any is moved out: errors list the whole record.
+                for f in fields {
+                    self.check_string(&rec, f, loc, required(f))?;
                 }
-            }
-            DatasetFormat::Instruction => {
-                for f in self.format.fields() {
-                    let required = *f != "input";
-                    out.insert((*f).into(), Value::String(self.string(rec, f, loc, required)?));
+                for (i, f) in fields.iter().enumerate() {
+                    let col = self.col(f);
+                    // A column mapped to two fields is copied for the first.
+                    let again = fields[i + 1..].iter().any(|g| self.col(g) == col);
+                    let v = if again { rec.get(col).cloned() } else { rec.remove(col) };
+                    let s = match v {
+                        Some(Value::String(s)) => s,
+                        _ => String::new(),
+                    };
+                    out.insert((*f).into(), Value::String(s));
                 }
             }
             DatasetFormat::Chat => {
@@ -118,30 +127,29 @@ impl Shape {
             }
             DatasetFormat::Tabular => {
                 let label_col = self.col("label");
-                let label = rec.get(label_col).ok_or_else(|| missing_column(loc, "label", label_col, rec))?;
-                if label.is_null() {
-                    return Err(Error::data(loc.clone().field(label_col), "label is null"));
-                }
-                let features: Map<String, Value> =
-                    rec.iter().filter(|(k, _)| k.as_str() != label_col).map(|(k, v)| (k.clone(), v.clone())).collect();
-                if features.is_empty() {
+                let label = match rec.get(label_col) {
+                    None => return Err(missing_column(loc, "label", label_col, &rec)),
+                    Some(Value::Null) => return Err(Error::data(loc.clone().field(label_col), "label is null")),
+                    Some(_) => rec.remove(label_col).unwrap_or(Value::Null),
+                };
+                if rec.is_empty() {
                     return Err(Error::data(
                         loc.clone(),
                         "a tabular record needs at least one feature column besides the label",
                     ));
                 }
-                out.insert("features".into(), Value::Object(features));
-                out.insert("label".into(), label.clone());
+                out.insert("features".into(), Value::Object(rec));
+                out.insert("label".into(), label);
             }
         }
         Ok(Value::Object(out))
     }
 
-    fn string(&self, rec: &Map<String, Value>, field: &str, loc: &Location, required: bool) -> Result<String> {
+    fn check_string(&self, rec: &Map<String, Value>, field: &str, loc: &Location, required: bool) -> Result<()> {
         let col = self.col(field);
         match rec.get(col) {
-            Some(Value::String(s)) => Ok(s.clone()),
-            None | Some(Value::Null) if !required => Ok(String::new()),
+            Some(Value::String(_)) => Ok(()),
+            None | Some(Value::Null) if !required => Ok(()),
             None => Err(missing_column(loc, field, col, rec)),
             Some(other) => Err(Error::data(
                 loc.clone().field(col),
@@ -150,11 +158,14 @@ impl Shape {
         }
     }
 
-    fn messages(&self, rec: &Map<String, Value>, loc: &Location) -> Result<Value> {
+    fn messages(&self, mut rec: Map<String, Value>, loc: &Location) -> Result<Value> {
         let col = self.col("messages");
         let arr = match rec.get(col) {
-            Some(Value::Array(a)) => a,
-            None => return Err(missing_column(loc, "messages", col, rec)),
+            Some(Value::Array(_)) => match rec.remove(col) {
+                Some(Value::Array(a)) => a,
+                _ => Vec::new(),
+            },
+            None => return Err(missing_column(loc, "messages", col, &rec)),
             Some(other) => {
                 return Err(Error::data(
                     loc.clone().field(col),
@@ -166,13 +177,16 @@ impl Shape {
             return Err(Error::data(loc.clone().field(col), "a conversation needs at least one message"));
         }
         let mut msgs = Vec::with_capacity(arr.len());
-        for (i, m) in arr.iter().enumerate() {
+        for (i, m) in arr.into_iter().enumerate() {
             let at = |f: &str| loc.clone().field(format!("{col}[{i}].{f}"));
-            let obj = m.as_object().ok_or_else(|| {
-                Error::data(loc.clone().field(format!("{col}[{i}]")), "expected an object with role and content")
-            })?;
-            let role = match obj.get("role") {
-                Some(Value::String(r)) if CHAT_ROLES.contains(&r.as_str()) => r.clone(),
+            let Value::Object(mut obj) = m else {
+                return Err(Error::data(
+                    loc.clone().field(format!("{col}[{i}]")),
+                    "expected an object with role and content",
+                ));
+            };
+            let role = match obj.remove("role") {
+                Some(Value::String(r)) if CHAT_ROLES.contains(&r.as_str()) => r,
                 Some(Value::String(r)) => {
                     return Err(Error::data(
                         at("role"),
@@ -181,8 +195,8 @@ impl Shape {
                 }
                 _ => return Err(Error::data(at("role"), "missing or not a string")),
             };
-            let content = match obj.get("content") {
-                Some(Value::String(c)) => c.clone(),
+            let content = match obj.remove("content") {
+                Some(Value::String(c)) => c,
                 _ => return Err(Error::data(at("content"), "missing or not a string")),
             };
             let mut o = Map::new();
@@ -235,9 +249,9 @@ mod tests {
         let rec = obj(json!({"q": "2+2?", "a": "4"}));
         let s = Shape::detect(&rec, None, &m, &l).unwrap();
         assert_eq!(s.format, DatasetFormat::Completion);
-        assert_eq!(s.normalize(&rec, &l).unwrap(), json!({"prompt": "2+2?", "completion": "4"}));
+        assert_eq!(s.normalize(rec.clone(), &l).unwrap(), json!({"prompt": "2+2?", "completion": "4"}));
         let bad = obj(json!({"q": "x"}));
-        let e = s.normalize(&bad, &l).unwrap_err();
+        let e = s.normalize(bad, &l).unwrap_err();
         assert!(e.to_string().contains("`a`") && e.to_string().contains("mapped to `completion`"), "{e}");
     }
 
@@ -246,7 +260,7 @@ mod tests {
         let l = Location::default().at(3);
         let rec = obj(json!({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]}));
         let s = Shape::detect(&rec, None, &BTreeMap::new(), &l).unwrap();
-        let e = s.normalize(&rec, &l).unwrap_err();
+        let e = s.normalize(rec.clone(), &l).unwrap_err();
         assert!(e.to_string().contains("messages[1].role") && e.to_string().contains("record 3"), "{e}");
     }
 
@@ -255,7 +269,7 @@ mod tests {
         let l = Location::default().at(1);
         let rec = obj(json!({"text": "a"}));
         let s = Shape::detect(&rec, Some(DatasetFormat::Completion), &BTreeMap::new(), &l).unwrap();
-        let e = s.normalize(&rec, &l).unwrap_err();
+        let e = s.normalize(rec.clone(), &l).unwrap_err();
         assert_eq!(e.code(), "invalid_data");
         assert!(e.to_string().contains("`prompt`"), "{e}");
     }

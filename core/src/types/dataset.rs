@@ -117,8 +117,11 @@ pub struct DatasetRecord {
     pub path: PathBuf,
 }
 
+/// Default of [`ImportOptions::max_record_bytes`]: 16 MiB.
+pub(crate) const DEFAULT_MAX_RECORD_BYTES: u64 = 16 << 20;
+
 /// Options for [`DatasetStore::import_file`] and [`DatasetStore::import_records`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ImportOptions {
     /// The dataset's name (unique). Default: the file's stem, or `records-<id>` in memory.
@@ -133,6 +136,27 @@ pub struct ImportOptions {
     pub txt_mode: TxtMode,
     /// Same content already stored: error (default) or return the existing dataset.
     pub on_duplicate: OnDuplicate,
+    /// The largest record accepted, in bytes (default 16 MiB; at least 1). Files: the
+    /// bytes of one line (JSONL, TXT), of one row (CSV, TSV), of one array element with
+    /// the separator before it (JSON), of the whole file (TXT `document`); the import
+    /// stops reading at the limit, so memory stays bounded whatever the file holds.
+    /// In-memory records: the record as stored (normalised JSON). A larger record is
+    /// `invalid_data` naming the file and the line or record.
+    pub max_record_bytes: u64,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        Self {
+            name: None,
+            format: None,
+            columns: BTreeMap::new(),
+            source_format: None,
+            txt_mode: TxtMode::default(),
+            on_duplicate: OnDuplicate::default(),
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+        }
+    }
 }
 
 /// Options of [`crate::DatasetStore::split`] as the bindings take them.
