@@ -410,3 +410,43 @@ fn half_precision_weights_give_nearly_the_same_image() {
     assert_eq!(e.code(), "invalid_config");
     assert!(e.to_string().contains("`dtype`"), "{e}");
 }
+
+#[test]
+fn an_unimplemented_pipeline_scheduler_falls_back_and_says_so() {
+    fn send_sync<T: Send + Sync + Clone>() {}
+    send_sync::<StableDiffusionPipeline>();
+    // SD 1.5 ships a PNDMScheduler: its noise schedule drives the fallback sampler.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&pipe_dir(), dir.path());
+    let index = dir.path().join("model_index.json");
+    let text = std::fs::read_to_string(&index).unwrap().replace("DDPMScheduler", "PNDMScheduler");
+    std::fs::write(&index, text).unwrap();
+    let sched = dir.path().join("scheduler/scheduler_config.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&sched).unwrap()).unwrap();
+    cfg["_class_name"] = "PNDMScheduler".into();
+    cfg["skip_prk_steps"] = true.into();
+    std::fs::write(&sched, serde_json::to_string(&cfg).unwrap()).unwrap();
+    let sd = StableDiffusionPipeline::load(dir.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(sd.default_scheduler(), anneal::diffusion::FALLBACK_SCHEDULER);
+    let out = run(&sd, &small("a red circle")).unwrap();
+    assert_eq!(out.images[0].settings.scheduler, "dpmpp_2m");
+    assert!(out.warnings.iter().any(|w| w.contains("PNDMScheduler") && w.contains("dpmpp_2m")), "{:?}", out.warnings);
+    // Naming a scheduler gives no warning, and the result matches the original pipeline's.
+    let req = Txt2ImgRequest { scheduler: Some("ddim".into()), ..small("a red circle") };
+    let here = run(&sd, &req).unwrap();
+    assert!(here.warnings.is_empty(), "{:?}", here.warnings);
+    assert_eq!(here.images, run(&load(), &req).unwrap().images);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}

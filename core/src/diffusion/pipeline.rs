@@ -509,14 +509,20 @@ impl StableDiffusionPipeline {
     }
 
     /// Prompt embeddings `[prompts, tokens, hidden]`, with warnings for truncated ones.
-    fn embed(&self, prompts: &[String], clip_skip: Option<usize>, warnings: &mut Vec<String>) -> Result<Tensor> {
+    fn embed(
+        &self,
+        what: &str,
+        prompts: &[String],
+        clip_skip: Option<usize>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Tensor> {
         let inner = &*self.inner;
         let max = inner.tokenizer.model_max_length();
         for (i, p) in prompts.iter().enumerate() {
             let full = inner.tokenizer.encode_full(p)?.len();
             if full > max {
                 warnings.push(format!(
-                    "prompt {i} has {full} tokens; the text encoder reads the first {max}, the rest is ignored"
+                    "{what} {i} has {full} tokens; the text encoder reads the first {max}, the rest is ignored"
                 ));
             }
         }
@@ -549,9 +555,10 @@ impl StableDiffusionPipeline {
         sched.set_timesteps(plan.steps)?;
 
         // Text conditioning: [b, tokens, hidden], uncond rows first as diffusers batches them.
-        let cond = repeat_rows(&self.embed(&plan.prompts, req.clip_skip, &mut plan.warnings)?, plan.per_prompt)?;
+        let cond =
+            repeat_rows(&self.embed("prompt", &plan.prompts, req.clip_skip, &mut plan.warnings)?, plan.per_prompt)?;
         let context = if plan.guidance {
-            let uncond = self.embed(&plan.negatives, None, &mut plan.warnings)?;
+            let uncond = self.embed("negative prompt", &plan.negatives, None, &mut plan.warnings)?;
             Tensor::cat(&[&repeat_rows(&uncond, plan.per_prompt)?, &cond], 0)?
         } else {
             cond
