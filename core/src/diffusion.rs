@@ -2,7 +2,8 @@
 //! UNet2DConditionModel noise predictor, the AutoencoderKL, the CLIP text encoder with its
 //! tokenizer (`text_encoder/`, `tokenizer/`), the noise schedulers
 //! (`scheduler/scheduler_config.json`), and the configuration files that describe a
-//! pipeline directory. Written for training like the language models:
+//! pipeline directory, and the text-to-image pipeline over them
+//! ([`StableDiffusionPipeline`], PNG output with the settings in [`png`]). Written for training like the language models:
 //! every op of the [`crate::models::ForwardMode::Train`] path has a backward, linear layers
 //! are the project's LoRA-capable `Linear`, weights load frozen or as `Var`s.
 //!
@@ -23,6 +24,8 @@ pub mod clip;
 pub mod config;
 mod load;
 mod nn;
+pub mod pipeline;
+pub mod png;
 pub mod schedulers;
 pub mod unet;
 pub mod vae;
@@ -32,6 +35,10 @@ pub use clip::{ClipActivation, ClipTextConfig, ClipTextModel, ClipTextOutput, Cl
 pub use config::{
     DownBlockType, MidBlockType, ModelIndex, PipelineConfig, UNetConfig, UpBlockType, VaeConfig, MODEL_INDEX_FILE,
     SUPPORTED_PIPELINES,
+};
+pub use pipeline::{
+    scheduler_name, GeneratedImage, ImageSettings, StableDiffusionPipeline, Txt2ImgOutput, Txt2ImgRequest,
+    FALLBACK_SCHEDULER,
 };
 pub use schedulers::{
     BetaSchedule, DpmAlgorithm, DpmSolverType, FinalSigmas, PredictionType, Scheduler, SchedulerConfig, SchedulerKind,

@@ -11,6 +11,7 @@
 use crate::error::{Error, Result};
 
 use super::config::ModelConfig;
+use crate::diffusion::{DownBlockType, MidBlockType, UNetConfig, VaeConfig};
 
 /// Bytes of an f32.
 const F32: u128 = 4;
@@ -176,6 +177,71 @@ pub(crate) fn scoring(cfg: &ModelConfig, dtype_bytes: u128, t: usize, field: &st
     Estimate::new().add("activations", field, one_layer).add("logits", field, logits)
 }
 
+/// Sampling `images` images of `height x width` pixels with a Stable Diffusion pipeline,
+/// beyond its loaded weights: the UNet's pass over the latent batch (doubled by
+/// classifier-free guidance) with its skip connections, its widest intermediate
+/// tensors and the largest self-attention matrix (scores and probabilities, every head);
+/// then the VAE decoder's widest full-resolution tensors and its middle attention over
+/// every latent pixel (one image at a time); plus the latents, the text embeddings and
+/// the output pixels. Every part is sized by `field`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn diffusion_sampling(
+    unet: &UNetConfig,
+    vae: &VaeConfig,
+    text: (usize, usize),
+    images: usize,
+    guidance: bool,
+    (height, width): (usize, usize),
+    dtype_bytes: u128,
+    field: &str,
+) -> Estimate {
+    let f = vae.downsample_factor().max(1);
+    let (lh, lw) = (u(height / f), u(width / f));
+    let rows = u(images).saturating_mul(if guidance { 2 } else { 1 });
+    let (mut skips, mut widest, mut attention) = (0u128, 0u128, 0u128);
+    let n = unet.block_out_channels.len();
+    for i in 0..n {
+        let scale = 1u128 << i.min(60);
+        let tokens = (lh / scale).max(1).saturating_mul((lw / scale).max(1));
+        let c = u(unet.block_out_channels[i]);
+        let layers = u(unet.layers_per_block.get(i).copied().unwrap_or(1));
+        skips = skips.saturating_add(layers.saturating_add(1).saturating_mul(c).saturating_mul(tokens));
+        widest = widest.max(c.saturating_mul(tokens));
+        let cross = unet.down_block_types.get(i) == Some(&DownBlockType::CrossAttnDownBlock2D)
+            || (i + 1 == n && unet.mid_block_type == Some(MidBlockType::UNetMidBlock2DCrossAttn));
+        if cross {
+            let heads = u(unet.num_attention_heads.get(i).copied().unwrap_or(1));
+            attention = attention.max(heads.saturating_mul(tokens).saturating_mul(tokens));
+        }
+    }
+    let unet_bytes = skips
+        .saturating_add(widest.saturating_mul(16))
+        .saturating_add(attention.saturating_mul(2))
+        .saturating_mul(rows)
+        .saturating_mul(dtype_bytes);
+    let (h, w) = (u(height), u(width));
+    let m = vae.block_out_channels.len();
+    let mut vae_widest = 0u128;
+    for j in 0..m {
+        let scale = 1u128 << j.min(60);
+        let tokens = (h / scale).max(1).saturating_mul((w / scale).max(1));
+        let c = vae.block_out_channels[j].max(vae.block_out_channels[(j + 1).min(m - 1)]);
+        vae_widest = vae_widest.max(u(c).saturating_mul(tokens));
+    }
+    let lat_tokens = lh.saturating_mul(lw);
+    let vae_attention = if vae.mid_block_add_attention { lat_tokens.saturating_mul(lat_tokens) } else { 0 };
+    let vae_bytes =
+        vae_widest.saturating_mul(6).saturating_add(vae_attention.saturating_mul(2)).saturating_mul(dtype_bytes);
+    let latents = rows.saturating_mul(u(unet.in_channels)).saturating_mul(lat_tokens).saturating_mul(F32 * 4);
+    let embeds = rows.saturating_mul(u(text.0)).saturating_mul(u(text.1)).saturating_mul(F32 * 2);
+    let pixels = u(images).saturating_mul(h).saturating_mul(w).saturating_mul(3 * (F32 + 1));
+    Estimate::new()
+        .add("UNet activations", field, unet_bytes)
+        .add("VAE decoder activations", field, vae_bytes)
+        .add("latents and text embeddings", field, latents.saturating_add(embeds))
+        .add("output pixels", field, pixels)
+}
+
 /// The machine's memory in bytes: the cgroup's limit when one is set and lower, else
 /// `MemTotal` of `/proc/meminfo` (16 GiB where neither can be read).
 pub fn machine_memory() -> u64 {
@@ -233,6 +299,33 @@ mod tests {
         assert!(training(&cfg, 2, 32, Some(lora_params(8, [(64, 64)]))).total() < small.total());
         assert!(param_count(&cfg) > 0);
         assert!(machine_memory() > 0 && default_memory_limit() < machine_memory());
+    }
+
+    #[test]
+    fn diffusion_sampling_scales_with_size_and_batch() {
+        // Stable Diffusion 1.5's UNet (the config defaults) and VAE.
+        let unet = UNetConfig::from_json(&serde_json::json!({}), "unet").unwrap();
+        let vae = VaeConfig::from_json(
+            &serde_json::json!({
+                "block_out_channels": [128, 256, 512, 512],
+                "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+                "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+                "layers_per_block": 2
+            }),
+            "vae",
+        )
+        .unwrap();
+        let est = |images, guidance, size| diffusion_sampling(&unet, &vae, (77, 768), images, guidance, size, F32, "x");
+        let one = est(1, true, (512, 512)).total();
+        // Materialised attention at 64x64 latents (2 x 8 heads x 4096^2 floats, twice) and
+        // the VAE's full-resolution tensors: a few GiB, not tens.
+        assert!(one > 2 << 30 && one < 8 << 30, "{}", human(one));
+        assert!(est(1, false, (512, 512)).total() < one);
+        assert!(est(4, true, (512, 512)).total() > 2 * one, "{}", human(est(4, true, (512, 512)).total()));
+        assert!(est(1, true, (768, 512)).total() > one);
+        let huge = est(1, true, (10_240, 10_240));
+        let e = huge.check(64 << 30).unwrap_err();
+        assert!(e.to_string().contains("`x`") && e.to_string().contains("TiB"), "{e}");
     }
 
     #[test]

@@ -515,7 +515,9 @@ impl Reader<'_> {
             if c.lambda_min_clipped.is_nan() {
                 return Err(self.err("lambda_min_clipped", "must be a number"));
             }
-            if let Some(v) = self.str("variance_type")? {
+            // diffusers' DPM-Solver only acts on the learned variances; any other value
+            // (a DDPM config's `fixed_small`, carried over by `from_config`) is ignored.
+            if let Some(v) = self.str("variance_type")?.filter(|v| v.starts_with("learned")) {
                 return Err(self.err("variance_type", format!("`{v}` (learned variance) is not supported")));
             }
             self.refuse_true("thresholding")?;
