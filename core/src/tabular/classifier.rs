@@ -314,10 +314,9 @@ impl Classifier {
         }
         let class_weights: Vec<f64> = match opts.class_weight {
             ClassWeight::None => vec![1.0; k],
-            ClassWeight::Balanced => counts
-                .iter()
-                .map(|&n| if n == 0 { 0.0 } else { train.len() as f64 / (k as f64 * n as f64) })
-                .collect(),
+            ClassWeight::Balanced => {
+                counts.iter().map(|&n| if n == 0 { 0.0 } else { train.len() as f64 / (k as f64 * n as f64) }).collect()
+            }
         };
         let mut layers = vec![t.width];
         if opts.kind == ClassifierKind::Mlp {
@@ -547,7 +546,8 @@ impl Classifier {
         let mut m = vec![0.0; p.len()];
         let mut v = vec![0.0; p.len()];
         let mut t = 0i32;
-        let val_batch = if val.is_empty() { None } else { Some(batch(data, width, y, val, &self.config.class_weights)?) };
+        let val_batch =
+            if val.is_empty() { None } else { Some(batch(data, width, y, val, &self.config.class_weights)?) };
         let mut order = train.to_vec();
         let mut epochs = Vec::new();
         let mut best = f64::INFINITY;
@@ -750,9 +750,9 @@ impl Classifier {
             let (wn, bn) = Self::tensor_names(l);
             for (name, shape) in [(wn, vec![config.layers[l + 1], config.layers[l]]), (bn, vec![config.layers[l + 1]])]
             {
-                let t = tensors.remove(&name).ok_or_else(|| {
-                    Error::data(Location::file(&wpath).field(name.clone()), "the tensor is missing")
-                })?;
+                let t = tensors
+                    .remove(&name)
+                    .ok_or_else(|| Error::data(Location::file(&wpath).field(name.clone()), "the tensor is missing"))?;
                 if t.dims() != shape.as_slice() {
                     return Err(Error::data(
                         Location::file(&wpath).field(name),

@@ -208,28 +208,26 @@ impl Preprocessor {
             for c in &self.columns {
                 let value = row.get(c.name()).ok_or_else(|| Error::data(loc(c.name()), "the column is missing"))?;
                 match c {
-                    ColumnEncoding::Numeric { name, mean, scale, indicator } => {
-                        match value {
-                            Value::Null => {
-                                out[at] = 0.0;
-                                if *indicator {
-                                    out[at + 1] = 1.0;
-                                }
-                            }
-                            Value::Number(n) => {
-                                let x = n.as_f64().filter(|x| x.is_finite()).ok_or_else(|| {
-                                    Error::data(loc(name), "the number is not finite in 64-bit floating point")
-                                })?;
-                                out[at] = (x - mean) / scale;
-                            }
-                            other => {
-                                return Err(Error::data(
-                                    loc(name),
-                                    format!("the column is numeric but this value is {}", type_name(other)),
-                                ))
+                    ColumnEncoding::Numeric { name, mean, scale, indicator } => match value {
+                        Value::Null => {
+                            out[at] = 0.0;
+                            if *indicator {
+                                out[at + 1] = 1.0;
                             }
                         }
-                    }
+                        Value::Number(n) => {
+                            let x = n.as_f64().filter(|x| x.is_finite()).ok_or_else(|| {
+                                Error::data(loc(name), "the number is not finite in 64-bit floating point")
+                            })?;
+                            out[at] = (x - mean) / scale;
+                        }
+                        other => {
+                            return Err(Error::data(
+                                loc(name),
+                                format!("the column is numeric but this value is {}", type_name(other)),
+                            ))
+                        }
+                    },
                     ColumnEncoding::Categorical { name, categories } => {
                         if !value.is_null() {
                             let text = category_text(value).ok_or_else(|| {
