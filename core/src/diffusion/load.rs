@@ -5,14 +5,13 @@
 //! another architecture than config.json.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde_json::Value;
 
 use crate::error::{Error, IoResultExt, Location, Result};
-use crate::models::st_header::read_safetensors_header;
+use crate::models::load::Weights;
 
 /// The weights file of a diffusers component.
 pub(crate) const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
@@ -58,62 +57,10 @@ fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, PathBuf)> {
     Err(Error::data(Location::file(single), reason))
 }
 
-/// The named tensors of one component, with the file each came from.
-pub(crate) struct Weights {
-    tensors: HashMap<String, (Tensor, usize)>,
-    files: Vec<PathBuf>,
-    /// Where a missing tensor is reported (the index, or the single file).
-    main_file: PathBuf,
-    dtype: DType,
-}
-
-impl Weights {
-    /// Loads every tensor of the component in `dir`, converted to `dtype`, on `device`.
-    pub(crate) fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let (files, main_file) = weight_files(dir)?;
-        let mut tensors = HashMap::new();
-        for (i, f) in files.iter().enumerate() {
-            let header = read_safetensors_header(f)?;
-            let mut file = std::fs::File::open(f).with_path(f)?;
-            let mut buf = Vec::new();
-            for (name, info) in header {
-                let file_dtype = match info.dtype.as_str() {
-                    "F32" => DType::F32,
-                    "F16" => DType::F16,
-                    "BF16" => DType::BF16,
-                    "F64" => DType::F64,
-                    other => {
-                        return Err(Error::data(
-                            Location::file(f).field(name),
-                            format!("tensor dtype {other} is not supported for weights"),
-                        ))
-                    }
-                };
-                buf.resize(info.len as usize, 0);
-                file.seek(SeekFrom::Start(info.offset)).with_path(f)?;
-                file.read_exact(&mut buf).with_path(f)?;
-                let shape: Vec<usize> = info.shape.iter().map(|&d| d as usize).collect();
-                let t = Tensor::from_raw_buffer(&buf, file_dtype, &shape, device)?;
-                let t = if t.dtype() == dtype { t } else { t.to_dtype(dtype)? };
-                if tensors.insert(name.clone(), (t, i)).is_some() {
-                    return Err(Error::data(Location::file(f).field(name), "tensor appears in two shards"));
-                }
-            }
-        }
-        Ok(Self { tensors, files, main_file, dtype })
-    }
-
-    pub(crate) fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    fn location(&self, name: &str) -> Location {
-        let file = match self.tensors.get(name) {
-            Some((_, i)) => self.files.get(*i).cloned().unwrap_or_else(|| self.main_file.clone()),
-            None => self.main_file.clone(),
-        };
-        Location::file(file).field(name)
-    }
+/// Loads every tensor of the component in `dir`, converted to `dtype`, on `device`.
+pub(crate) fn load_weights(dir: &Path, dtype: DType, device: &Device) -> Result<Weights> {
+    let (files, main_file) = weight_files(dir)?;
+    Weights::from_files(files, main_file, dtype, device)
 }
 
 /// Hands tensors out of [`Weights`] while a model is built: checks shapes, makes `Var`s
@@ -138,7 +85,7 @@ impl<'a> Loader<'a> {
     }
 
     pub(crate) fn contains(&self, name: &str) -> bool {
-        self.weights.tensors.contains_key(name)
+        self.weights.contains(name)
     }
 
     /// The tensor `name`, which must have `shape`.
@@ -150,10 +97,9 @@ impl<'a> Loader<'a> {
     /// The tensor `name` stored with shape `stored` (or `shape`), reshaped to `shape`
     /// (an attention projection saved as a 1x1 convolution).
     pub(crate) fn get_as(&mut self, name: &str, shape: &[usize], stored: &[usize]) -> Result<Tensor> {
-        let (t, _) = self
+        let t = self
             .weights
-            .tensors
-            .get(name)
+            .raw(name)
             .ok_or_else(|| Error::data(self.weights.location(name), "missing tensor required by config.json"))?;
         if t.dims() != shape && t.dims() != stored {
             return Err(Error::data(
@@ -179,7 +125,7 @@ impl<'a> Loader<'a> {
     /// The trainable variables, after checking that every tensor of the files was used.
     pub(crate) fn finish(self) -> Result<Vec<(String, Var)>> {
         let unused: BTreeMap<&String, ()> =
-            self.weights.tensors.keys().filter(|k| !self.used.contains(*k)).map(|k| (k, ())).collect();
+            self.weights.names().filter(|k| !self.used.contains(*k)).map(|k| (k, ())).collect();
         if let Some((name, ())) = unused.into_iter().next() {
             return Err(Error::data(
                 self.weights.location(name),

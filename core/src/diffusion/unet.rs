@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde_json::Value;
 
 use super::config::{config_label, DownBlockType, MidBlockType, UNetConfig, UpBlockType};
-use super::load::{read_json, save_component, Loader, Weights, CONFIG_FILE};
+use super::load::{load_weights, read_json, save_component, Loader, CONFIG_FILE};
 use super::nn::{
     join, linear, linear_weights, Conv2d, Downsample2D, GroupNorm, LinearList, ResnetBlock2D, ResnetSpec,
     Transformer2D, Upsample2D, WeightList,
@@ -109,7 +109,7 @@ impl UNet2DConditionModel {
         let label = config_label(dir);
         let raw_config = read_json(&dir.join(CONFIG_FILE))?;
         let config = UNetConfig::from_json(&raw_config, &label)?;
-        let weights = Weights::load(dir, opts.dtype, &opts.device)?;
+        let weights = load_weights(dir, opts.dtype, &opts.device)?;
         let mut l = Loader::new(&weights, opts.trainable, label);
         let c = &config;
         let n = c.block_out_channels.len();

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde_json::Value;
 
 use super::config::{config_label, VaeConfig};
-use super::load::{read_json, save_component, Loader, Weights, CONFIG_FILE};
+use super::load::{load_weights, read_json, save_component, Loader, CONFIG_FILE};
 use super::nn::{
     Conv2d, Downsample2D, GroupNorm, LinearList, ResnetBlock2D, ResnetSpec, SpatialSelfAttention, Upsample2D,
     WeightList,
@@ -293,7 +293,7 @@ impl AutoencoderKL {
         let label = config_label(dir);
         let raw_config = read_json(&dir.join(CONFIG_FILE))?;
         let config = VaeConfig::from_json(&raw_config, &label)?;
-        let weights = Weights::load(dir, opts.dtype, &opts.device)?;
+        let weights = load_weights(dir, opts.dtype, &opts.device)?;
         let mut l = Loader::new(&weights, opts.trainable, label);
         let encoder = Encoder::load(&mut l, &config)?;
         let decoder = Decoder::load(&mut l, &config)?;

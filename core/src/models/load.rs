@@ -53,11 +53,18 @@ pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 impl Weights {
-    /// Loads every tensor of `files`, converted to `dtype`, on `device`.
+    /// Loads every tensor of a model directory (`model.safetensors` or its shards),
+    /// converted to `dtype`, on `device`.
     pub(crate) fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let files = weight_files(dir)?;
         let index = dir.join("model.safetensors.index.json");
         let main_file = if index.exists() { index } else { files.first().cloned().unwrap_or_default() };
+        Self::from_files(files, main_file, dtype, device)
+    }
+
+    /// Loads every tensor of `files` (shards of one model: a name may appear in one only),
+    /// converted to `dtype`, on `device`; `main_file` is where a missing tensor is reported.
+    pub(crate) fn from_files(files: Vec<PathBuf>, main_file: PathBuf, dtype: DType, device: &Device) -> Result<Self> {
         let mut tensors = HashMap::new();
         for (i, f) in files.iter().enumerate() {
             // Tensor by tensor (not the whole file at once): peak memory is the weights
@@ -87,10 +94,22 @@ impl Weights {
                 let shape: Vec<usize> = info.shape.iter().map(|&d| d as usize).collect();
                 let t = Tensor::from_raw_buffer(&buf, file_dtype, &shape, device)?;
                 let t = if t.dtype() == dtype { t } else { t.to_dtype(dtype)? };
-                tensors.insert(name, (t, i));
+                if tensors.insert(name.clone(), (t, i)).is_some() {
+                    return Err(Error::data(Location::file(f).field(name), "tensor appears in two shards"));
+                }
             }
         }
         Ok(Self { tensors, files, main_file, dtype })
+    }
+
+    /// Names of every tensor of the files.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &String> {
+        self.tensors.keys()
+    }
+
+    /// The tensor `name` as stored (no shape check).
+    pub(crate) fn raw(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name).map(|(t, _)| t)
     }
 
     pub(crate) fn dtype(&self) -> DType {
@@ -101,7 +120,7 @@ impl Weights {
         self.tensors.contains_key(name)
     }
 
-    fn location(&self, name: &str) -> Location {
+    pub(crate) fn location(&self, name: &str) -> Location {
         let file = match self.tensors.get(name) {
             Some((_, i)) => self.files.get(*i).cloned().unwrap_or_else(|| self.main_file.clone()),
             None => self.main_file.clone(),
