@@ -486,7 +486,13 @@ mod tests {
         let linears = unet.linears_mut();
         for (name, lin) in &linears {
             let w = &weights[&format!("{name}.weight")];
-            assert_eq!(w.dims(), lin.weight.dims(), "{name}");
+            // proj_in / proj_out are 1x1 convolutions in this SD 1.x-style fixture.
+            let conv = name.ends_with(".proj_in") || name.ends_with(".proj_out");
+            let mut dims = lin.weight.dims().to_vec();
+            if conv {
+                dims.extend([1, 1]);
+            }
+            assert_eq!(w.dims(), dims.as_slice(), "{name}");
         }
         let names: Vec<&str> = linears.iter().map(|(n, _)| n.as_str()).collect();
         // The fixture has 4 transformers (1 down, 1 mid, 2 up), each with a self- and a
@@ -499,6 +505,7 @@ mod tests {
         assert!(names.contains(&"up_blocks.1.attentions.1.transformer_blocks.0.attn1.to_out.0"));
         assert!(names.contains(&"mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj"));
         assert!(names.contains(&"time_embedding.linear_1"));
+        assert!(names.contains(&"down_blocks.0.attentions.0.proj_in"));
         assert!(!names.contains(&"up_blocks.0.resnets.2.time_emb_proj"));
         assert!(names.contains(&"up_blocks.0.resnets.1.time_emb_proj"));
     }
