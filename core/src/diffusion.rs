@@ -19,6 +19,7 @@
 
 pub mod config;
 mod load;
+pub mod lora;
 mod nn;
 pub mod unet;
 pub mod vae;
@@ -27,5 +28,6 @@ pub use config::{
     DownBlockType, MidBlockType, ModelIndex, PipelineConfig, UNetConfig, UpBlockType, VaeConfig, MODEL_INDEX_FILE,
     SUPPORTED_PIPELINES,
 };
+pub use lora::{LoraComponent, LoraFile, LoraLayout, LoraModule, DEFAULT_UNET_TARGETS, LORA_WEIGHTS_FILE};
 pub use unet::{timestep_embedding, UNet2DConditionModel};
 pub use vae::{AutoencoderKL, DiagonalGaussian};

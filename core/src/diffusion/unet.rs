@@ -89,6 +89,8 @@ pub struct UNet2DConditionModel {
     conv_out: Conv2d,
     /// Full fine-tuning: every weight, under its diffusers name.
     vars: Vec<(String, Var)>,
+    /// The attached LoRA adapter (see [`super::lora`]).
+    pub(crate) lora: Option<super::lora::UnetLora>,
 }
 
 impl std::fmt::Debug for UNet2DConditionModel {
@@ -97,6 +99,7 @@ impl std::fmt::Debug for UNet2DConditionModel {
             .field("dir", &self.dir)
             .field("block_out_channels", &self.config.block_out_channels)
             .field("trainable", &!self.vars.is_empty())
+            .field("lora", &self.lora.as_ref().map(|l| l.modules.len()))
             .finish()
     }
 }
@@ -243,6 +246,7 @@ impl UNet2DConditionModel {
             conv_norm_out,
             conv_out,
             vars,
+            lora: None,
         })
     }
 
@@ -377,15 +381,25 @@ impl UNet2DConditionModel {
         self.conv_out.forward(&x)
     }
 
-    /// What an optimiser should update: every weight of a UNet loaded with
-    /// `trainable`, else nothing.
+    /// What an optimiser should update: the LoRA adapter's A and B matrices when one is
+    /// attached, else every weight of a UNet loaded with `trainable`, else nothing.
     pub fn trainable_vars(&self) -> Vec<Var> {
-        self.vars.iter().map(|(_, v)| v.clone()).collect()
+        self.named_trainable_vars().into_iter().map(|(_, v)| v).collect()
     }
 
-    /// [`UNet2DConditionModel::trainable_vars`] under their diffusers names.
+    /// [`UNet2DConditionModel::trainable_vars`] under their names: diffusers' weight names
+    /// for full fine-tuning, the keys of the saved LoRA file
+    /// (`unet.<module>.lora_A.weight`, `lora_B.weight`) for an adapter.
     pub fn named_trainable_vars(&self) -> Vec<(String, Var)> {
-        self.vars.clone()
+        match &self.lora {
+            Some(l) => l.named_vars(),
+            None => self.vars.clone(),
+        }
+    }
+
+    /// Whether the weights themselves are trainable (loaded with `trainable`).
+    pub(crate) fn weights_are_trainable(&self) -> bool {
+        !self.vars.is_empty()
     }
 
     /// Number of weights.
@@ -438,7 +452,6 @@ impl UNet2DConditionModel {
 
     /// Every linear layer under its diffusers module name
     /// (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`): where LoRA attaches.
-    #[allow(dead_code)] // the hook for LoRA on the UNet (issue 11's training part)
     pub(crate) fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut out = LinearList::new();
         out.push(("time_embedding.linear_1".to_string(), &mut self.time_linear_1));
