@@ -23,6 +23,7 @@
 pub mod clip;
 pub mod config;
 mod load;
+pub mod lora;
 mod nn;
 pub mod pipeline;
 pub mod png;
@@ -36,6 +37,7 @@ pub use config::{
     DownBlockType, MidBlockType, ModelIndex, PipelineConfig, UNetConfig, UpBlockType, VaeConfig, MODEL_INDEX_FILE,
     SUPPORTED_PIPELINES,
 };
+pub use lora::{LoraComponent, LoraFile, LoraLayout, LoraModule, DEFAULT_UNET_TARGETS, LORA_WEIGHTS_FILE};
 pub use pipeline::{
     scheduler_name, GeneratedImage, ImageSettings, StableDiffusionPipeline, Txt2ImgOutput, Txt2ImgRequest,
     FALLBACK_SCHEDULER,

@@ -420,6 +420,15 @@ impl Model {
 /// A failing write (a full disk) is an [`Error::Io`] naming `path`, never a compute
 /// error. Failpoint `write:<file name>`.
 pub(crate) fn write_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    write_safetensors_with_metadata(tensors, None, path)
+}
+
+/// [`write_safetensors`] with string metadata in the header (`__metadata__`).
+pub(crate) fn write_safetensors_with_metadata(
+    tensors: &HashMap<String, Tensor>,
+    metadata: Option<HashMap<String, String>>,
+    path: &Path,
+) -> Result<()> {
     use safetensors::View;
     /// A tensor's header entry without its bytes: the `safetensors` crate lays out the
     /// header (offsets, alignment), the bytes are streamed after it.
@@ -439,7 +448,7 @@ pub(crate) fn write_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) 
         }
     }
     let internal = |e: String| Error::Internal(format!("cannot write {}: {e}", path.display()));
-    let header = safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), HeaderOnly(t))), None)
+    let header = safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), HeaderOnly(t))), metadata)
         .map_err(|e| internal(e.to_string()))?;
     // The tensors in the order of their offsets in the header.
     let json: serde_json::Map<String, Value> =

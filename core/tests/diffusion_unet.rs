@@ -63,6 +63,8 @@ fn check_against_diffusers(unet_dir: &Path, refs_dir: &str) {
         let Some(name) = key.strip_prefix("grad.") else { continue };
         let var = vars.get(name).unwrap_or_else(|| panic!("no trainable weight {name}"));
         let g = grads.get(var).unwrap_or_else(|| panic!("no gradient for {name}"));
+        // A 1x1 convolution (proj_in / proj_out in SD 1.x) is held as a linear layer.
+        let want = &want.reshape(g.dims()).unwrap();
         let d = max_abs_diff(g, want);
         let scale = max_abs(want);
         eprintln!("{refs_dir} grad {name}: max abs diff {d:.3e} (max |ref| {scale:.3e})");

@@ -412,27 +412,37 @@ impl TransformerBlock {
     }
 }
 
-/// proj_in / proj_out of a transformer: a linear layer (SD 2.x) or a 1x1 convolution.
+/// proj_in / proj_out of a transformer: a linear layer (SD 2.x) or a 1x1 convolution
+/// (SD 1.x). A 1x1 convolution is a linear layer over the channels, and is held as one
+/// (weight `[out, in]`, saved back as `[out, in, 1, 1]`) so that LoRA attaches to it as
+/// PEFT's and kohya's convolution LoRA do.
 #[derive(Debug, Clone)]
 enum Proj {
     Linear(Linear),
-    Conv(Conv2d),
+    Conv1x1(Linear),
 }
 
 impl Proj {
     fn load(l: &mut Loader, p: &str, in_c: usize, out_c: usize, linear_proj: bool) -> Result<Self> {
-        Ok(if linear_proj {
-            Proj::Linear(linear(l, p, in_c, out_c, true)?)
-        } else {
-            Proj::Conv(Conv2d::load_1x1(l, p, in_c, out_c)?)
-        })
+        let lin = linear(l, p, in_c, out_c, true)?;
+        Ok(if linear_proj { Proj::Linear(lin) } else { Proj::Conv1x1(lin) })
+    }
+
+    fn layer(&self) -> &Linear {
+        match self {
+            Proj::Linear(l) | Proj::Conv1x1(l) => l,
+        }
     }
 
     fn weights(&self, p: &str, out: &mut WeightList) -> Result<()> {
         match self {
             Proj::Linear(lin) => linear_weights(lin, p, out),
-            Proj::Conv(c) => {
-                c.weights(p, out);
+            Proj::Conv1x1(lin) => {
+                let (in_c, out_c) = lin.features()?;
+                out.push((join(p, "weight"), lin.stored_weight()?.reshape((out_c, in_c, 1, 1))?));
+                if let Some(b) = &lin.bias {
+                    out.push((join(p, "bias"), b.clone()));
+                }
                 Ok(())
             }
         }
@@ -483,10 +493,7 @@ impl Transformer2D {
             let c = t.dim(1)?;
             Ok(t.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?)
         };
-        let mut t = match &self.proj_in {
-            Proj::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
-            Proj::Linear(lin) => lin.forward(&to_tokens(&normed)?, train)?,
-        };
+        let mut t = self.proj_in.layer().forward(&to_tokens(&normed)?, train)?;
         for blk in &self.blocks {
             t = blk.forward(&t, context, mode)?;
         }
@@ -494,10 +501,7 @@ impl Transformer2D {
             let c = t.dim(2)?;
             Ok(t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?)
         };
-        let y = match &self.proj_out {
-            Proj::Conv(conv) => conv.forward(&to_image(&t)?.contiguous()?)?,
-            Proj::Linear(lin) => to_image(&lin.forward(&t, train)?)?,
-        };
+        let y = to_image(&self.proj_out.layer().forward(&t, train)?)?;
         debug_assert_eq!(y.dim(1).ok(), Some(c));
         Ok((y + x)?)
     }
@@ -512,15 +516,13 @@ impl Transformer2D {
     }
 
     pub(crate) fn linears<'a>(&'a mut self, p: &str, out: &mut LinearList<'a>) {
-        if let Proj::Linear(lin) = &mut self.proj_in {
-            out.push((join(p, "proj_in"), lin));
-        }
+        let (Proj::Linear(lin) | Proj::Conv1x1(lin)) = &mut self.proj_in;
+        out.push((join(p, "proj_in"), lin));
         for (i, blk) in self.blocks.iter_mut().enumerate() {
             blk.linears(&join(p, &format!("transformer_blocks.{i}")), out);
         }
-        if let Proj::Linear(lin) = &mut self.proj_out {
-            out.push((join(p, "proj_out"), lin));
-        }
+        let (Proj::Linear(lin) | Proj::Conv1x1(lin)) = &mut self.proj_out;
+        out.push((join(p, "proj_out"), lin));
     }
 }
 

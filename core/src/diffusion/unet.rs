@@ -89,6 +89,8 @@ pub struct UNet2DConditionModel {
     conv_out: Conv2d,
     /// Full fine-tuning: every weight, under its diffusers name.
     vars: Vec<(String, Var)>,
+    /// The attached LoRA adapter (see [`super::lora`]).
+    pub(crate) lora: Option<super::lora::UnetLora>,
 }
 
 impl std::fmt::Debug for UNet2DConditionModel {
@@ -97,6 +99,7 @@ impl std::fmt::Debug for UNet2DConditionModel {
             .field("dir", &self.dir)
             .field("block_out_channels", &self.config.block_out_channels)
             .field("trainable", &!self.vars.is_empty())
+            .field("lora", &self.lora.as_ref().map(|l| l.modules.len()))
             .finish()
     }
 }
@@ -243,6 +246,7 @@ impl UNet2DConditionModel {
             conv_norm_out,
             conv_out,
             vars,
+            lora: None,
         })
     }
 
@@ -377,15 +381,25 @@ impl UNet2DConditionModel {
         self.conv_out.forward(&x)
     }
 
-    /// What an optimiser should update: every weight of a UNet loaded with
-    /// `trainable`, else nothing.
+    /// What an optimiser should update: the LoRA adapter's A and B matrices when one is
+    /// attached, else every weight of a UNet loaded with `trainable`, else nothing.
     pub fn trainable_vars(&self) -> Vec<Var> {
-        self.vars.iter().map(|(_, v)| v.clone()).collect()
+        self.named_trainable_vars().into_iter().map(|(_, v)| v).collect()
     }
 
-    /// [`UNet2DConditionModel::trainable_vars`] under their diffusers names.
+    /// [`UNet2DConditionModel::trainable_vars`] under their names: diffusers' weight names
+    /// for full fine-tuning, the keys of the saved LoRA file
+    /// (`unet.<module>.lora_A.weight`, `lora_B.weight`) for an adapter.
     pub fn named_trainable_vars(&self) -> Vec<(String, Var)> {
-        self.vars.clone()
+        match &self.lora {
+            Some(l) => l.named_vars(),
+            None => self.vars.clone(),
+        }
+    }
+
+    /// Whether the weights themselves are trainable (loaded with `trainable`).
+    pub(crate) fn weights_are_trainable(&self) -> bool {
+        !self.vars.is_empty()
     }
 
     /// Number of weights.
@@ -438,7 +452,6 @@ impl UNet2DConditionModel {
 
     /// Every linear layer under its diffusers module name
     /// (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`): where LoRA attaches.
-    #[allow(dead_code)] // the hook for LoRA on the UNet (issue 11's training part)
     pub(crate) fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut out = LinearList::new();
         out.push(("time_embedding.linear_1".to_string(), &mut self.time_linear_1));
@@ -486,7 +499,13 @@ mod tests {
         let linears = unet.linears_mut();
         for (name, lin) in &linears {
             let w = &weights[&format!("{name}.weight")];
-            assert_eq!(w.dims(), lin.weight.dims(), "{name}");
+            // proj_in / proj_out are 1x1 convolutions in this SD 1.x-style fixture.
+            let conv = name.ends_with(".proj_in") || name.ends_with(".proj_out");
+            let mut dims = lin.weight.dims().to_vec();
+            if conv {
+                dims.extend([1, 1]);
+            }
+            assert_eq!(w.dims(), dims.as_slice(), "{name}");
         }
         let names: Vec<&str> = linears.iter().map(|(n, _)| n.as_str()).collect();
         // The fixture has 4 transformers (1 down, 1 mid, 2 up), each with a self- and a
@@ -499,6 +518,7 @@ mod tests {
         assert!(names.contains(&"up_blocks.1.attentions.1.transformer_blocks.0.attn1.to_out.0"));
         assert!(names.contains(&"mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj"));
         assert!(names.contains(&"time_embedding.linear_1"));
+        assert!(names.contains(&"down_blocks.0.attentions.0.proj_in"));
         assert!(!names.contains(&"up_blocks.0.resnets.2.time_emb_proj"));
         assert!(names.contains(&"up_blocks.0.resnets.1.time_emb_proj"));
     }

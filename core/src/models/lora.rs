@@ -4,17 +4,15 @@
 //! Base weights stay plain tensors (no gradient); A and B are `Var`s, the only thing
 //! [`Model::trainable_vars`] returns while an adapter is attached.
 
+pub(crate) mod layers;
 pub mod peft;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use candle_core::{Tensor, Var};
-use rand::SeedableRng;
-use rand_distr::{Distribution, Uniform};
 
 use super::linear::LoraAdapter;
-use super::memory;
 use super::Model;
 use crate::error::{Error, IoResultExt, Location, Result};
 use crate::types::{Family, LoraConfig};
@@ -75,18 +73,9 @@ impl Model {
     /// (uniform in ±1/sqrt(in_features)) from `seed`, B = 0, so the model's output is
     /// unchanged until training moves B.
     pub fn add_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<()> {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let dtype = self.dtype();
-        let device = self.device().clone();
+        let mut init = layers::PeftInit::new(seed, self.dtype(), &self.device().clone());
         let targets = Targets::Names(cfg.targets_for(self.config().family));
-        self.attach(cfg, &targets, |_, in_f, out_f, r| {
-            let bound = 1.0 / (in_f as f64).sqrt();
-            let dist = Uniform::new_inclusive(-bound, bound).map_err(|e| Error::Internal(e.to_string()))?;
-            let a: Vec<f64> = (0..r * in_f).map(|_| dist.sample(&mut rng)).collect();
-            let a = Tensor::from_vec(a, (r, in_f), &device)?.to_dtype(dtype)?;
-            let b = Tensor::zeros((out_f, r), dtype, &device)?;
-            Ok((a, b))
-        })
+        self.attach(cfg, &targets, |_, in_f, out_f, r| init.make(in_f, out_f, r))
     }
 
     /// Loads a PEFT adapter directory (`adapter_config.json` + `adapter_model.safetensors`).
@@ -155,9 +144,7 @@ impl Model {
         if self.lora_state().is_none() {
             return Err(Error::config("adapter", "the model has no LoRA adapter to merge"));
         }
-        for (_, l) in self.linears_mut() {
-            l.merge()?;
-        }
+        layers::merge(&mut self.linears_mut())?;
         if let Some(s) = self.lora_state_mut() {
             s.merged = true;
         }
@@ -166,9 +153,7 @@ impl Model {
 
     /// Subtracts a merged adapter from the base weights again.
     pub fn unmerge_lora(&mut self) -> Result<()> {
-        for (_, l) in self.linears_mut() {
-            l.unmerge()?;
-        }
+        layers::unmerge(&mut self.linears_mut())?;
         if let Some(s) = self.lora_state_mut() {
             s.merged = false;
         }
@@ -189,9 +174,7 @@ impl Model {
     }
 
     fn strip_adapters(&mut self) {
-        for (_, l) in self.linears_mut() {
-            l.lora = None;
-        }
+        layers::strip(&mut self.linears_mut());
     }
 
     /// Attaches adapters to every module matching `targets`, with A and B from `make`
@@ -236,40 +219,26 @@ impl Model {
         };
         // Sized before anything is allocated: a rank of 2^40 is an error, not an abort.
         let planned = self.linears_mut().into_iter().filter(|(n, _)| hit(n)).map(|(_, l)| l.features());
-        let planned = planned.collect::<Result<Vec<_>>>()?;
-        let bytes = memory::lora_params(cfg.r, planned).saturating_mul(self.dtype().size_in_bytes() as u128);
-        memory::Estimate::new().add("adapter", "r", bytes).check(memory::default_memory_limit())?;
+        layers::check_memory(cfg.r, planned.collect::<Result<Vec<_>>>()?, self.dtype())?;
         let scale = cfg.scale();
-        let dropout = cfg.dropout as f32;
-        let mut vars = Vec::new();
         let mut names = BTreeSet::new();
         let mut available = BTreeSet::new();
-        let mut result = Ok(());
-        for (name, lin) in self.linears_mut() {
-            let short = name.rsplit('.').next().unwrap_or(&name).to_string();
+        let mut linears = self.linears_mut();
+        let attached = layers::attach(&mut linears, cfg.dropout as f32, |name, in_f, out_f| {
+            let short = name.rsplit('.').next().unwrap_or(name).to_string();
             available.insert(short.clone());
-            if !hit(&name) {
-                continue;
+            if !hit(name) {
+                return Ok(None);
             }
-            let step = (|| -> Result<()> {
-                let (in_f, out_f) = lin.features()?;
-                let (a, b) = make(&name, in_f, out_f, cfg.r)?;
-                let (a, b) = (Var::from_tensor(&a)?, Var::from_tensor(&b)?);
-                vars.push((peft::key(&name, 'A'), a.clone()));
-                vars.push((peft::key(&name, 'B'), b.clone()));
-                lin.lora = Some(LoraAdapter { a, b, scale, dropout, merged: false });
-                Ok(())
-            })();
-            if let Err(e) = step {
-                result = Err(e);
-                break;
-            }
+            let (a, b) = make(name, in_f, out_f, cfg.r)?;
             names.insert(short);
-        }
-        if let Err(e) = result {
-            self.strip_adapters();
-            return Err(e);
-        }
+            Ok(Some(layers::NewAdapter { a, b, scale }))
+        })?;
+        drop(linears);
+        let vars: Vec<(String, Var)> = attached
+            .into_iter()
+            .flat_map(|m| [(peft::key(&m.module, 'A'), m.a), (peft::key(&m.module, 'B'), m.b)])
+            .collect();
         if vars.is_empty() {
             return Err(Error::config(
                 "target_modules",
