@@ -1074,3 +1074,12 @@ fn llama_with_an_overflowing_attention_width_is_refused() {
     let e = h.models().register_dir(&dir, &RegisterOptions::default()).unwrap_err();
     assert_eq!(e.code(), "invalid_data", "{e}");
 }
+
+#[test]
+#[ignore = "pending: ABORTS the process (memory allocation failed): loading a Llama with num_hidden_layers 2^40 \
+            reserves a Vec of that many layers (models/llama.rs), fixed by register_dir validation (issue 10)"]
+fn llama_with_absurdly_many_layers_is_refused() {
+    let (_d, dir) = edited_config("tiny-llama", "num_hidden_layers", json!(1u64 << 40));
+    let e = load_model(&dir, &LoadOptions::default()).err().expect("must be refused");
+    assert!(["invalid_config", "invalid_data"].contains(&e.code()), "{e}");
+}
