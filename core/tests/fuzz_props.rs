@@ -1068,7 +1068,7 @@ fn gpt2_config_with_a_huge_n_embd_is_refused() {
 #[ignore = "pending: loading a Llama whose heads x head_dim overflows panics (models/llama.rs), fixed by register_dir validation (issue 10)"]
 fn llama_with_an_overflowing_attention_width_is_refused() {
     let (_d, dir) = edited_config("tiny-llama", "num_attention_heads", json!(1915086175526446460u64));
-    let e = load_model(&dir, &LoadOptions::default()).err().expect("must be refused");
+    let Err(e) = load_model(&dir, &LoadOptions::default()) else { panic!("must be refused") };
     assert!(["invalid_config", "invalid_data"].contains(&e.code()), "{e}");
     let (_h, h) = home();
     let e = h.models().register_dir(&dir, &RegisterOptions::default()).unwrap_err();
@@ -1080,6 +1080,6 @@ fn llama_with_an_overflowing_attention_width_is_refused() {
             reserves a Vec of that many layers (models/llama.rs), fixed by register_dir validation (issue 10)"]
 fn llama_with_absurdly_many_layers_is_refused() {
     let (_d, dir) = edited_config("tiny-llama", "num_hidden_layers", json!(1u64 << 40));
-    let e = load_model(&dir, &LoadOptions::default()).err().expect("must be refused");
+    let Err(e) = load_model(&dir, &LoadOptions::default()) else { panic!("must be refused") };
     assert!(["invalid_config", "invalid_data"].contains(&e.code()), "{e}");
 }
