@@ -4,7 +4,6 @@
 //! `dict` (with `str` keys), including their subclasses; anything else is a `TypeError`
 //! that names where in the value it was found.
 
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::{Map, Number, Value};
@@ -58,16 +57,13 @@ pub fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>>
 /// "columns"); nested positions are appended (`record 3, field meta.tags[1]`).
 pub fn to_json(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Value> {
     let mut path = String::new();
-    convert(obj, what, &mut path)
+    convert(obj, what, &mut path, 0)
 }
 
-fn describe(what: &str, path: &str) -> String {
-    if path.is_empty() {
-        what.to_string()
-    } else {
-        format!("{what}, field `{path}`")
-    }
-}
+/// The deepest nesting converted, which keeps the recursion far from the end of the
+/// stack. The core refuses records nested deeper than it can read back (125 levels) with
+/// the record's field named; this limit only stops absurd depths early.
+const MAX_DEPTH: usize = 1000;
 
 /// A value JSON cannot hold (NaN, an integer beyond 64 bits, a lone surrogate): the
 /// core's typed error, `invalid_data` naming the record and field for records, else
@@ -79,12 +75,17 @@ fn unrepresentable(obj: &Bound<'_, PyAny>, what: &str, path: &str, reason: Strin
             anneal::Error::data(if path.is_empty() { at } else { at.field(path) }, reason)
         }
         None if path.is_empty() => anneal::Error::config(what, reason),
+        // A training spec's fields are named as the core names them (`learning_rate`).
+        None if what == "spec" => anneal::Error::config(path, reason),
         None => anneal::Error::config(format!("{what}.{path}"), reason),
     };
     crate::errors::to_pyerr(obj.py(), err)
 }
 
-fn convert(obj: &Bound<'_, PyAny>, what: &str, path: &mut String) -> PyResult<Value> {
+fn convert(obj: &Bound<'_, PyAny>, what: &str, path: &mut String, depth: usize) -> PyResult<Value> {
+    if depth > MAX_DEPTH {
+        return Err(unrepresentable(obj, what, path, format!("is nested deeper than {MAX_DEPTH} levels")));
+    }
     if obj.is_none() {
         return Ok(Value::Null);
     }
@@ -113,46 +114,49 @@ fn convert(obj: &Bound<'_, PyAny>, what: &str, path: &mut String) -> PyResult<Va
         };
     }
     if let Ok(list) = obj.cast::<PyList>() {
-        return seq(list.iter(), what, path);
+        return seq(list.iter(), what, path, depth);
     }
     if let Ok(tuple) = obj.cast::<PyTuple>() {
-        return seq(tuple.iter(), what, path);
+        return seq(tuple.iter(), what, path, depth);
     }
     if let Ok(dict) = obj.cast::<PyDict>() {
         let mut map = Map::with_capacity(dict.len());
         for (k, v) in dict.iter() {
             let Ok(key) = k.cast::<PyString>() else {
-                return Err(PyTypeError::new_err(format!(
-                    "{}: dict keys must be str, got {}",
-                    describe(what, path),
-                    k.get_type().name()?
-                )));
+                let reason = format!("has a dict key of type {}; keys must be str", k.get_type().name()?);
+                return Err(unrepresentable(obj, what, path, reason));
             };
-            let key = key.to_str()?.to_owned();
+            let Ok(key) = key.to_str() else {
+                return Err(unrepresentable(obj, what, path, "has a dict key that is not valid Unicode text".into()));
+            };
+            let key = key.to_owned();
             let len = path.len();
             if !path.is_empty() {
                 path.push('.');
             }
             path.push_str(&key);
-            let value = convert(&v, what, path)?;
+            let value = convert(&v, what, path, depth + 1)?;
             path.truncate(len);
             map.insert(key, value);
         }
         return Ok(Value::Object(map));
     }
-    Err(PyTypeError::new_err(format!(
-        "{}: cannot convert {} to JSON (expected None, bool, int, float, str, list, tuple or dict)",
-        describe(what, path),
-        obj.get_type().name()?
-    )))
+    let reason =
+        format!("cannot hold a {} (expected None, bool, int, float, str, list, tuple or dict)", obj.get_type().name()?);
+    Err(unrepresentable(obj, what, path, reason))
 }
 
-fn seq<'py>(items: impl Iterator<Item = Bound<'py, PyAny>>, what: &str, path: &mut String) -> PyResult<Value> {
+fn seq<'py>(
+    items: impl Iterator<Item = Bound<'py, PyAny>>,
+    what: &str,
+    path: &mut String,
+    depth: usize,
+) -> PyResult<Value> {
     let mut out = Vec::new();
     for (i, item) in items.enumerate() {
         let len = path.len();
         path.push_str(&format!("[{i}]"));
-        out.push(convert(&item, what, path)?);
+        out.push(convert(&item, what, path, depth + 1)?);
         path.truncate(len);
     }
     Ok(Value::Array(out))

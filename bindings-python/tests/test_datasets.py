@@ -136,13 +136,39 @@ def test_import_records_default_name(ds):
     assert rec.name.startswith("records_")
 
 
-def test_import_records_unsupported_value_is_type_error(ds, unchanged):
+def test_import_records_unsupported_value_is_invalid_data(ds, unchanged):
     u = unchanged()
     records = [{"text": "a"}, {"text": "b"}, {"text": "c", "meta": {"tags": {1, 2}}}]
-    with pytest.raises(TypeError) as ei:
+    with pytest.raises(anneal.InvalidDataError) as ei:
         ds.import_records(records, name="bad")
-    msg = str(ei.value)
-    assert "record 3" in msg and "meta.tags" in msg and "set" in msg
+    assert (ei.value.record, ei.value.field) == (3, "meta.tags")
+    assert "set" in str(ei.value)
+    u.check()
+
+
+def deep200():
+    v = 1
+    for _ in range(200):
+        v = [v]
+    return v
+
+
+def test_import_records_bad_keys_and_deep_nesting_are_typed_errors(ds, unchanged):
+    u = unchanged()
+    with pytest.raises(anneal.InvalidDataError) as ei:
+        ds.import_records([{"text": "a", "meta": {1: "x"}}], name="bad")
+    assert (ei.value.record, ei.value.field) == (1, "meta") and "int" in str(ei.value)
+    with pytest.raises(anneal.InvalidDataError) as ei:
+        ds.import_records([{"text": "a", "\ud800": 1}], name="bad")
+    assert ei.value.record == 1
+    deep = {"text": "a"}
+    for _ in range(10_000):  # far beyond Python's and serde's recursion limits
+        deep = {"x": deep}
+    with pytest.raises(anneal.InvalidDataError, match="nested deeper than 1000"):
+        ds.import_records([deep], name="bad")
+    with pytest.raises(anneal.InvalidDataError, match="nested deeper than 125") as ei:
+        ds.import_records([{"text": "a", "y": deep200()}], name="bad")
+    assert ei.value.field == "y"
     u.check()
 
 

@@ -71,6 +71,7 @@ impl DatasetStore {
         cancel: &CancelToken,
     ) -> Result<DatasetRecord> {
         let path = path.as_ref();
+        util::check_path("path", path)?;
         check_max_record(opts)?;
         // Only a regular file is opened: a FIFO or a device would block or never end.
         let mut file = read::open_regular(path)?;
@@ -443,6 +444,31 @@ struct Staged {
     stats: DatasetStats,
 }
 
+/// Levels of arrays and objects a record's field values may nest: the record and its
+/// fields read back under serde_json's recursion limit (128 levels, counting the record
+/// and a tabular record's `features`).
+const MAX_NESTING: usize = 125;
+
+/// The first field of a record whose value nests deeper than [`MAX_NESTING`] (checked
+/// without recursion, so no depth can overflow the stack here).
+fn too_deep(fields: &serde_json::Map<String, Value>) -> Option<&str> {
+    for (name, v) in fields {
+        let mut stack = vec![(v, 0usize)];
+        while let Some((v, depth)) = stack.pop() {
+            let children: Box<dyn Iterator<Item = &Value>> = match v {
+                Value::Array(a) => Box::new(a.iter()),
+                Value::Object(m) => Box::new(m.values()),
+                _ => continue,
+            };
+            if depth + 1 > MAX_NESTING {
+                return Some(name);
+            }
+            stack.extend(children.map(|c| (c, depth + 1)));
+        }
+    }
+    None
+}
+
 fn check_max_record(opts: &ImportOptions) -> Result<()> {
     if opts.max_record_bytes == 0 {
         return Err(Error::config("max_record_bytes", "must be at least 1 (the default is 16 MiB)"));
@@ -511,6 +537,12 @@ impl Ingest {
 
     fn push(&mut self, raw: RawRecord) -> Result<()> {
         let loc = Location { record: Some(raw.index), ..self.location.clone() };
+        if let Some(field) = too_deep(&raw.fields) {
+            return Err(Error::data(
+                loc.field(field),
+                format!("is nested deeper than {MAX_NESTING} levels (a stored record could not be read back)"),
+            ));
+        }
         if self.shape.is_none() {
             let shape = Shape::detect(&raw.fields, self.forced, &self.mapping, &loc)?;
             self.stats = Some(StatsBuilder::new(shape.format));
@@ -559,4 +591,30 @@ impl Ingest {
 fn _assert_send_sync() {
     fn is<T: Send + Sync>() {}
     is::<DatasetStore>();
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use serde_json::{json, Value};
+
+    #[test]
+    fn nesting_up_to_the_limit_reads_back_and_beyond_it_is_refused() {
+        let nest = |levels: usize| {
+            let mut v = json!(1);
+            for _ in 0..levels {
+                v = json!([v]);
+            }
+            json!({"x": v})
+        };
+        let ok = nest(super::MAX_NESTING);
+        let Value::Object(m) = &ok else { unreachable!() };
+        assert_eq!(super::too_deep(m), None);
+        // Stored as a tabular record, the fields sit one level deeper.
+        let text = serde_json::to_string(&json!({"features": ok, "label": "a"})).unwrap();
+        serde_json::from_str::<Value>(&text).unwrap();
+        let bad = nest(super::MAX_NESTING + 1);
+        let Value::Object(m) = &bad else { unreachable!() };
+        assert_eq!(super::too_deep(m), Some("x"));
+    }
 }

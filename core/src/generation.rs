@@ -108,8 +108,8 @@ impl ModelDefaults {
     fn read(dir: &std::path::Path) -> Result<Self> {
         let p = dir.join("generation_config.json");
         let gc: Value = if p.is_file() {
-            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-            serde_json::from_str(&text)
+            let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            serde_json::from_slice(&bytes)
                 .map_err(|e| Error::data(crate::error::Location::file(&p), format!("not valid JSON: {e}")))?
         } else {
             Value::Null

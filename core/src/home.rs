@@ -44,6 +44,7 @@ impl Home {
     /// [`Home::open`] with options (the memory limit).
     pub fn open_with(dir: impl AsRef<Path>, options: &HomeOptions) -> Result<Home> {
         let dir = dir.as_ref();
+        crate::util::check_path("home", dir)?;
         let memory_limit = match options.memory_limit {
             Some(0) => return Err(Error::config("memory_limit", "must be at least 1 byte")),
             Some(n) => n,

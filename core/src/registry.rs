@@ -73,6 +73,7 @@ impl ModelRegistry {
         cancel: &CancelToken,
     ) -> Result<ModelRecord> {
         let src = path.as_ref();
+        util::check_path("path", src)?;
         let src = fs::canonicalize(src).with_path(src)?;
         let inspected = inspect::inspect_dir(&src)?;
         let name = match &opts.name {

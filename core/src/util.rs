@@ -41,6 +41,15 @@ pub(crate) fn validate_name(field: &str, name: &str) -> Result<()> {
 }
 
 /// A name derived from a file or directory: its stem with unsupported characters replaced.
+/// Refuses a path the operating system cannot take (a NUL byte) as `invalid_config`
+/// naming `field`, instead of an `io` error from the first call that uses it.
+pub(crate) fn check_path(field: &str, path: &Path) -> Result<()> {
+    if path.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err(Error::config(field, format!("{path:?} contains a NUL byte, which no path can hold")));
+    }
+    Ok(())
+}
+
 pub(crate) fn name_from_path(path: &Path) -> String {
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("dataset");
     let cleaned: String =

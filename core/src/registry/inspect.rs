@@ -103,6 +103,9 @@ fn in_file(path: &Path, e: Error) -> Error {
     }
 }
 
+/// transformers' generation defaults, read by the generator.
+const GENERATION_CONFIG: &str = "generation_config.json";
+
 /// What a path that is not a regular file is, for errors.
 fn file_kind(meta: &fs::Metadata) -> &'static str {
     let t = meta.file_type();
@@ -154,6 +157,13 @@ pub(crate) fn inspect_dir(dir: &Path) -> Result<Inspected> {
         }
     }
     names.sort();
+    if names.iter().any(|n| n == GENERATION_CONFIG) {
+        // Read by every generator of the model: it must be a JSON object.
+        let p = dir.join(GENERATION_CONFIG);
+        if !read_json(&p)?.is_object() {
+            return Err(Error::data(Location::file(&p), "must be a JSON object"));
+        }
+    }
     if names.iter().any(|n| n == "adapter_config.json") && !names.iter().any(|n| n == "config.json") {
         return inspect_adapter(dir, &names);
     }
