@@ -202,10 +202,23 @@ pub(crate) fn records(records: Unknown<'_>) -> anneal::Result<Vec<anneal::Result
     Ok((0..len)
         .map(|i| {
             arr.get_element::<Value>(i).map_err(|e| {
-                anneal::Error::data(anneal::Location::default().at(u64::from(i) + 1), format!("not JSON: {}", e.reason))
+                let at = anneal::Location::default().at(u64::from(i) + 1);
+                // Name the record's field that failed, converting them one by one.
+                let field = arr.get_element::<Object>(i).ok().and_then(|o| failing_field(&o));
+                let at = match field {
+                    Some(f) => at.field(f),
+                    None => at,
+                };
+                anneal::Error::data(at, format!("not JSON: {}", e.reason))
             })
         })
         .collect())
+}
+
+/// The first key of `obj` whose value cannot become JSON.
+fn failing_field(obj: &Object<'_>) -> Option<String> {
+    let keys = Object::keys(obj).ok()?;
+    keys.into_iter().find(|k| get::<Value>(obj, k).is_err())
 }
 
 /// The keys of an options object that has no options struct in the core (the core
