@@ -94,8 +94,11 @@ impl CallOptions {
                     }
                 }
                 _ => {
-                    if let Some(v) = get::<Value>(&obj, &key)? {
-                        map.insert(key, integers(v));
+                    if let Some(v) = get::<Unknown>(&obj, &key)? {
+                        let v = json(v, &key)?;
+                        if !v.is_null() || ty == ValueType::Null {
+                            map.insert(key, v);
+                        }
                     }
                 }
             }
@@ -179,7 +182,14 @@ pub(crate) fn object<'a>(v: Option<Unknown<'a>>, name: &str) -> anneal::Result<O
 /// Any JS value as JSON (a prompt, a list); one that cannot be is `invalid_config`
 /// naming the argument.
 pub(crate) fn json(v: Unknown<'_>, name: &str) -> anneal::Result<Value> {
-    Value::from_unknown(v).map(integers).map_err(|e| anneal::Error::config(name, e.reason))
+    strict_json(v).map_err(|(path, reason)| {
+        let field = match path.chars().next() {
+            None => name.to_string(),
+            Some('[') => format!("{name}{path}"),
+            Some(_) => format!("{name}.{path}"),
+        };
+        anneal::Error::config(field, reason)
+    })
 }
 
 /// A JS array as JSON values; anything else is `invalid_config`: expected `expected`.
@@ -201,24 +211,94 @@ pub(crate) fn records(records: Unknown<'_>) -> anneal::Result<Vec<anneal::Result
     let len = arr.get_array_length().map_err(|_| not_array())?;
     Ok((0..len)
         .map(|i| {
-            arr.get_element::<Value>(i).map_err(|e| {
-                let at = anneal::Location::default().at(u64::from(i) + 1);
-                // Name the record's field that failed, converting them one by one.
-                let field = arr.get_element::<Object>(i).ok().and_then(|o| failing_field(&o));
-                let at = match field {
-                    Some(f) => at.field(f),
-                    None => at,
-                };
-                anneal::Error::data(at, format!("not JSON: {}", e.reason))
+            let at = anneal::Location::default().at(u64::from(i) + 1);
+            let item = arr.get_element::<Unknown>(i).map_err(|e| anneal::Error::data(at.clone(), e.reason))?;
+            strict_json(item).map_err(|(path, reason)| {
+                anneal::Error::data(if path.is_empty() { at } else { at.field(path) }, reason)
             })
         })
         .collect())
 }
 
-/// The first key of `obj` whose value cannot become JSON.
-fn failing_field(obj: &Object<'_>) -> Option<String> {
-    let keys = Object::keys(obj).ok()?;
-    keys.into_iter().find(|k| get::<Value>(obj, k).is_err())
+/// Deepest nesting converted from JavaScript. The core refuses records nested deeper
+/// than it can read back, naming the field; this only stops absurd depths early.
+const MAX_DEPTH: usize = 1000;
+
+/// A JavaScript value as JSON, refusing what a plain conversion would change silently:
+/// a lone surrogate (napi's UTF-8 conversion replaces it with U+FFFD), a BigInt, NaN or
+/// an infinity, a function or a symbol. `undefined` members are left out and
+/// `undefined` items become null, as `JSON.stringify` does. An error carries the path of
+/// the value (`meta.tags[1]`) and the reason.
+pub(crate) fn strict_json(v: Unknown<'_>) -> Result<Value, (String, String)> {
+    let mut path = String::new();
+    Ok(strict(v, &mut path, 0)?.unwrap_or(Value::Null))
+}
+
+fn strict(v: Unknown<'_>, path: &mut String, depth: usize) -> Result<Option<Value>, (String, String)> {
+    let fail = |path: &String, reason: String| (path.clone(), reason);
+    let napi = |path: &String, e: napi::Error| (path.clone(), e.reason.clone());
+    if depth > MAX_DEPTH {
+        return Err(fail(path, format!("is nested deeper than {MAX_DEPTH} levels")));
+    }
+    let value = match v.get_type().map_err(|e| napi(path, e))? {
+        ValueType::Undefined => return Ok(None),
+        ValueType::Null => Value::Null,
+        ValueType::Boolean => Value::Bool(v.coerce_to_bool().map_err(|e| napi(path, e))?),
+        ValueType::Number => {
+            let n = v.coerce_to_number().and_then(|n| n.get_double()).map_err(|e| napi(path, e))?;
+            match serde_json::Number::from_f64(n) {
+                Some(n) => integers(Value::Number(n)),
+                None => return Err(fail(path, format!("{n} is not a finite number"))),
+            }
+        }
+        ValueType::String => Value::String(utf16(v, path)?),
+        ValueType::BigInt => return Err(fail(path, "is a BigInt, which JSON cannot hold: pass a Number".into())),
+        ValueType::Object if v.is_array().map_err(|e| napi(path, e))? => {
+            let arr = v.coerce_to_object().map_err(|e| napi(path, e))?;
+            let len = arr.get_array_length().map_err(|e| napi(path, e))?;
+            let mut out = Vec::with_capacity(len.min(1 << 16) as usize);
+            for i in 0..len {
+                let mark = path.len();
+                path.push_str(&format!("[{i}]"));
+                let item = arr.get_element::<Unknown>(i).map_err(|e| napi(path, e))?;
+                out.push(strict(item, path, depth + 1)?.unwrap_or(Value::Null));
+                path.truncate(mark);
+            }
+            Value::Array(out)
+        }
+        ValueType::Object => {
+            let obj = v.coerce_to_object().map_err(|e| napi(path, e))?;
+            let names = obj.get_property_names().map_err(|e| napi(path, e))?;
+            let len = names.get_array_length().map_err(|e| napi(path, e))?;
+            let mut map = Map::new();
+            for i in 0..len {
+                let key = names.get_element::<Unknown>(i).map_err(|e| napi(path, e))?;
+                let key = utf16(key, path)?;
+                let mark = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&key);
+                let item = obj.get_named_property::<Unknown>(&key).map_err(|e| napi(path, e))?;
+                if let Some(value) = strict(item, path, depth + 1)? {
+                    map.insert(key, value);
+                }
+                path.truncate(mark);
+            }
+            Value::Object(map)
+        }
+        other => return Err(fail(path, format!("cannot hold a {}", format!("{other:?}").to_lowercase()))),
+    };
+    Ok(Some(value))
+}
+
+/// A JS string (or a property name) as Rust text; a lone surrogate is an error.
+fn utf16(v: Unknown<'_>, path: &str) -> Result<String, (String, String)> {
+    let s = v.coerce_to_string().and_then(|s| s.into_utf16()).map_err(|e| (path.to_string(), e.reason.clone()))?;
+    // The buffer ends with napi's NUL terminator.
+    let units = s.as_slice();
+    String::from_utf16(&units[..units.len().saturating_sub(1)])
+        .map_err(|_| (path.to_string(), "is not valid Unicode text (a lone surrogate)".to_string()))
 }
 
 /// The keys of an options object that has no options struct in the core (the core

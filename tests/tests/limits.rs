@@ -40,6 +40,14 @@ fn edited_llama(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> std::p
     dst
 }
 
+/// The nano preset and a small text dataset named `t`.
+fn nano_and_text(h: &Home) -> anneal::ModelRecord {
+    let base = h.models().create_preset("nano", &Default::default()).unwrap();
+    let recs = (0..8).map(|i| Ok(json!({"text": format!("record {i}")})));
+    h.datasets().import_records(recs, &ImportOptions { name: Some("t".into()), ..Default::default() }).unwrap();
+    base
+}
+
 #[test]
 fn the_memory_limit_is_an_option_with_a_default_from_the_machine() {
     let d = tempfile::tempdir().unwrap();
@@ -55,9 +63,7 @@ fn the_memory_limit_is_an_option_with_a_default_from_the_machine() {
 fn a_training_job_that_cannot_fit_in_memory_is_refused_at_creation() {
     let d = tempfile::tempdir().unwrap();
     let h = home_with_limit(d.path(), 48 * MIB);
-    let base = h.models().create_preset("nano", &Default::default()).unwrap();
-    let recs = (0..8).map(|i| Ok(json!({"text": format!("record {i}")})));
-    h.datasets().import_records(recs, &ImportOptions { name: Some("t".into()), ..Default::default() }).unwrap();
+    let base = nano_and_text(&h);
     let spec = TrainSpec {
         base: base.id.clone().into(),
         dataset: "t".into(),
@@ -78,9 +84,7 @@ fn a_training_job_that_cannot_fit_in_memory_is_refused_at_creation() {
 fn a_run_checks_the_memory_limit_of_its_own_process() {
     let d = tempfile::tempdir().unwrap();
     let h = Home::open(d.path().join("home")).unwrap();
-    let base = h.models().create_preset("nano", &Default::default()).unwrap();
-    let recs = (0..8).map(|i| Ok(json!({"text": format!("record {i}")})));
-    h.datasets().import_records(recs, &ImportOptions { name: Some("t".into()), ..Default::default() }).unwrap();
+    let base = nano_and_text(&h);
     let spec = TrainSpec {
         base: base.id.into(),
         dataset: "t".into(),
@@ -108,9 +112,7 @@ fn a_huge_lora_rank_is_an_error_not_an_abort() {
     assert!(model.lora_config().is_none());
     // Through a job: refused at creation (wider than any layer).
     let h = Home::open(d.path().join("home")).unwrap();
-    let base = h.models().create_preset("nano", &Default::default()).unwrap();
-    let recs = (0..8).map(|i| Ok(json!({"text": format!("record {i}")})));
-    h.datasets().import_records(recs, &ImportOptions { name: Some("t".into()), ..Default::default() }).unwrap();
+    let base = nano_and_text(&h);
     let spec = TrainSpec {
         base: base.id.into(),
         dataset: "t".into(),
