@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde_json::Value;
 
 use crate::error::{Error, IoResultExt, Location, Result};
-use crate::models::load::Weights;
+use crate::models::load::{shard_files, Weights};
 
 /// The weights file of a diffusers component.
 pub(crate) const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
@@ -28,22 +28,7 @@ fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, PathBuf)> {
     }
     let index = dir.join(INDEX_FILE);
     if index.is_file() {
-        let text = std::fs::read_to_string(&index).with_path(&index)?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| Error::data(Location::file(&index), e.to_string()))?;
-        let map = v
-            .get("weight_map")
-            .and_then(Value::as_object)
-            .ok_or_else(|| Error::data(Location::file(&index).field("weight_map"), "missing or not an object"))?;
-        let mut shards = BTreeSet::new();
-        for (tensor, file) in map {
-            let at = || Location::file(&index).field(format!("weight_map.{tensor}"));
-            let name = file.as_str().ok_or_else(|| Error::data(at(), "not a file name"))?;
-            if name.contains('/') || name.contains('\\') || name.starts_with('.') {
-                return Err(Error::data(at(), format!("unsafe shard name `{name}`")));
-            }
-            shards.insert(name.to_string());
-        }
-        return Ok((shards.into_iter().map(|n| dir.join(n)).collect(), index));
+        return Ok((shard_files(dir, &index)?, index));
     }
     let fp16 = dir.join("diffusion_pytorch_model.fp16.safetensors");
     if fp16.is_file() {

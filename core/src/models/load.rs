@@ -2,7 +2,7 @@
 //! `model.safetensors.index.json`) into named tensors, and hands them out with shape
 //! checks whose errors name the file and the tensor.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -20,30 +20,32 @@ pub(crate) struct Weights {
     dtype: DType,
 }
 
+/// The shard files an `*.safetensors.index.json` lists (each once, in name order), which
+/// must be plain file names inside `dir`.
+pub(crate) fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index).with_path(index)?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| Error::data(Location::file(index), e.to_string()))?;
+    let map = v
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::data(Location::file(index).field("weight_map"), "missing or not an object"))?;
+    let mut shards = BTreeSet::new();
+    for (tensor, file) in map {
+        let at = || Location::file(index).field(format!("weight_map.{tensor}"));
+        let name = file.as_str().ok_or_else(|| Error::data(at(), "not a file name"))?;
+        if name.contains('/') || name.contains('\\') || name.starts_with('.') {
+            return Err(Error::data(at(), format!("unsafe shard name `{name}`")));
+        }
+        shards.insert(name.to_string());
+    }
+    Ok(shards.into_iter().map(|n| dir.join(n)).collect())
+}
+
 /// The weight files of an HF directory.
 pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).with_path(&index)?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| Error::data(Location::file(&index), e.to_string()))?;
-        let map = v
-            .get("weight_map")
-            .and_then(Value::as_object)
-            .ok_or_else(|| Error::data(Location::file(&index).field("weight_map"), "missing or not an object"))?;
-        let mut shards = BTreeMap::new();
-        for (tensor, file) in map {
-            let name = file.as_str().ok_or_else(|| {
-                Error::data(Location::file(&index).field(format!("weight_map.{tensor}")), "not a file name")
-            })?;
-            if name.contains('/') || name.contains('\\') || name.starts_with('.') {
-                return Err(Error::data(
-                    Location::file(&index).field(format!("weight_map.{tensor}")),
-                    format!("unsafe shard name `{name}`"),
-                ));
-            }
-            shards.insert(name.to_string(), ());
-        }
-        return Ok(shards.into_keys().map(|n| dir.join(n)).collect());
+        return shard_files(dir, &index);
     }
     let single = dir.join("model.safetensors");
     if single.exists() {
