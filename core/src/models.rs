@@ -213,6 +213,9 @@ impl Model {
         let arch = match config.family {
             Family::Gpt2 => Arch::Gpt2(gpt2::Gpt2::load(&config, &weights, &mut params)?),
             Family::Llama => Arch::Llama(llama::Llama::load(&config, &weights, &mut params)?),
+            Family::StableDiffusion => {
+                return Err(Error::config("model", "a Stable Diffusion pipeline is not a language model"))
+            }
         };
         Ok(Model {
             arch,

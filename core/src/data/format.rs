@@ -125,6 +125,12 @@ impl Shape {
             DatasetFormat::Chat => {
                 out.insert("messages".into(), self.messages(rec, loc)?);
             }
+            DatasetFormat::Image => {
+                return Err(Error::config(
+                    "format",
+                    "image datasets are imported from a folder of images (`import_images`), not from records",
+                ))
+            }
             DatasetFormat::Tabular => {
                 let label_col = self.col("label");
                 let label = match rec.get(label_col) {

@@ -174,6 +174,10 @@ impl ModelConfig {
                     lin(format!("{p}.mlp.c_proj"), ffn, h, true, true),
                 ]
             }
+            // Never built: `ModelConfig::from_json` only makes language-model families.
+            Family::StableDiffusion => {
+                vec![]
+            }
             Family::Llama => {
                 let p = format!("model.layers.{i}");
                 let h = (self.hidden_size, "hidden_size");
@@ -244,6 +248,8 @@ impl ModelConfig {
                 }
                 norm(&mut out, "transformer.ln_f");
             }
+            // Never built: `ModelConfig::from_json` only makes language-model families.
+            Family::StableDiffusion => {}
             Family::Llama => {
                 let norm = |name: String| spec(&name, vec![h], vec!["hidden_size"]);
                 out.push(spec(

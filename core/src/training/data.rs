@@ -100,6 +100,9 @@ pub(crate) fn prepare(
                 (field(r, "output", &loc)?.to_string(), true),
             ],
             DatasetFormat::Chat => chat_segments(r, tok, &loc, seq_len)?,
+            DatasetFormat::Image => {
+                return Err(Error::config("dataset", "an image dataset trains a diffusion model, not a language model"))
+            }
             DatasetFormat::Tabular | DatasetFormat::Text => {
                 return Err(Error::config(
                     "dataset",

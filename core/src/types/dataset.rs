@@ -19,12 +19,14 @@ named_enum! {
     /// | `instruction` | `{"instruction", "input", "output"}` (alpaca; `input` may be empty) |
     /// | `chat` | `{"messages": [{"role", "content"}, ...]}` |
     /// | `tabular` | `{"features": {column: value, ...}, "label": value}` |
+    /// | `image` | `{"image": "images/<file>", "text": caption, "width", "height", "mode"}` (the image file is stored beside the records) |
     pub enum DatasetFormat("format") {
         Text = "text",
         Completion = "completion",
         Instruction = "instruction",
         Chat = "chat",
         Tabular = "tabular",
+        Image = "image",
     }
 }
 
@@ -40,6 +42,7 @@ impl DatasetFormat {
             DatasetFormat::Instruction => &["instruction", "input", "output"],
             DatasetFormat::Chat => &["messages"],
             DatasetFormat::Tabular => &["label"],
+            DatasetFormat::Image => &["image", "text"],
         }
     }
 
@@ -47,6 +50,7 @@ impl DatasetFormat {
     pub(crate) fn text_fields(self) -> &'static [&'static str] {
         match self {
             DatasetFormat::Tabular => &[],
+            DatasetFormat::Image => &["text"],
             other => other.fields(),
         }
     }

@@ -18,6 +18,9 @@ named_enum! {
         Gpt2 = "gpt2",
         /// Llama, Mistral, Qwen2, SmolLM, TinyLlama: RoPE, RMSNorm, SwiGLU, GQA.
         Llama = "llama",
+        /// Stable Diffusion 1.x / 2.x in the diffusers layout (`model_index.json`, `unet/`,
+        /// `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`): a text-to-image pipeline.
+        StableDiffusion = "stable-diffusion",
     }
 }
 
@@ -241,6 +244,8 @@ impl LoraConfig {
         match family {
             Family::Gpt2 => vec!["c_attn".into()],
             Family::Llama => vec!["q_proj".into(), "v_proj".into()],
+            // diffusers' training scripts: the UNet's attention projections.
+            Family::StableDiffusion => ["to_k", "to_q", "to_v", "to_out.0"].map(String::from).to_vec(),
         }
     }
 
