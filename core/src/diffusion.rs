@@ -35,7 +35,7 @@ pub use clip::{ClipActivation, ClipTextConfig, ClipTextModel, ClipTextOutput, Cl
 
 pub use config::{
     DownBlockType, MidBlockType, ModelIndex, PipelineConfig, UNetConfig, UpBlockType, VaeConfig, MODEL_INDEX_FILE,
-    SUPPORTED_PIPELINES,
+    PIXEL_CHANNELS, SUPPORTED_PIPELINES,
 };
 pub use lora::{LoraComponent, LoraFile, LoraLayout, LoraModule, DEFAULT_UNET_TARGETS, LORA_WEIGHTS_FILE};
 pub use pipeline::{

@@ -263,7 +263,7 @@ fn pipeline_config_reads_the_fixture_and_checks_components_fit() {
     assert_eq!(cfg.text_hidden_size, 32);
     assert_eq!(cfg.vae_scale_factor(), 2);
     assert_eq!(cfg.unet.downsample_factor(), 2);
-    assert_eq!(cfg.vae.scaling_factor, 0.18215);
+    assert_eq!(cfg.vae.as_ref().unwrap().scaling_factor, 0.18215);
     assert!(!cfg.index.components.contains_key("safety_checker"));
 }
 
@@ -311,9 +311,10 @@ fn mismatched_pipelines_are_refused() {
             "model_index.json:unet",
         ),
         (
+            // No VAE is a pixel-space pipeline: the 4-channel UNet does not fit it.
             Box::new(|d| edit_json(&d.join("model_index.json"), |v| v["vae"] = serde_json::json!([null, null]))),
-            ErrorKind::InvalidData,
-            "vae",
+            ErrorKind::InvalidConfig,
+            "unet/config.json:in_channels",
         ),
         (
             Box::new(|d| std::fs::remove_dir_all(d.join("text_encoder")).unwrap()),

@@ -162,6 +162,7 @@ pub struct ClipTextOutput {
     pub pooler_output: Tensor,
 }
 
+#[derive(Clone)]
 struct Layer {
     ln1: (Tensor, Tensor),
     q: Linear,
@@ -173,7 +174,9 @@ struct Layer {
     fc2: Linear,
 }
 
-/// CLIP's text transformer.
+/// CLIP's text transformer. `Clone` shares the weights (and `Var`s): a clone sees what
+/// training does to the original.
+#[derive(Clone)]
 pub struct ClipTextModel {
     token_embedding: Tensor,
     position_embedding: Tensor,

@@ -669,30 +669,36 @@ pub const SUPPORTED_PIPELINES: &[&str] = &["StableDiffusionPipeline"];
 /// Components a Stable Diffusion directory must have: (name, library, accepted classes).
 const REQUIRED: &[(&str, &str, &[&str])] = &[
     ("unet", "diffusers", &["UNet2DConditionModel"]),
-    ("vae", "diffusers", &["AutoencoderKL"]),
     ("text_encoder", "transformers", &["CLIPTextModel"]),
     ("tokenizer", "transformers", &["CLIPTokenizer", "CLIPTokenizerFast"]),
     ("scheduler", "diffusers", &[]),
 ];
+
+/// The optional VAE: absent or `[null, null]` makes a pixel-space pipeline.
+const VAE: (&str, &str, &[&str]) = ("vae", "diffusers", &["AutoencoderKL"]);
+
+/// Channels of a pixel-space pipeline's UNet (RGB).
+pub const PIXEL_CHANNELS: usize = 3;
 
 /// A parsed `model_index.json`: the pipeline class and its components' (library, class).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelIndex {
     pub class_name: String,
     /// Component name -> (library, class). Components set to `[null, null]` (no safety
-    /// checker, no feature extractor) are left out.
+    /// checker, no feature extractor, no VAE) are left out.
     pub components: BTreeMap<String, (String, String)>,
 }
 
 impl ModelIndex {
-    /// Reads and checks `dir/model_index.json`: a supported pipeline class, the five
-    /// components of Stable Diffusion with the classes anneal implements, and a
-    /// directory for each.
+    /// Reads and checks `dir/model_index.json`: a supported pipeline class, the
+    /// components of Stable Diffusion with the classes anneal implements (the VAE may be
+    /// absent or `[null, null]`: a pixel-space pipeline), and a directory for each.
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join(MODEL_INDEX_FILE);
         let v = read_json(&path)?;
         let idx = Self::from_json(&v, &path)?;
-        for (name, _, _) in REQUIRED {
+        let vae = idx.has_vae().then_some(&VAE);
+        for (name, _, _) in REQUIRED.iter().chain(vae) {
             let sub = dir.join(name);
             if !sub.is_dir() {
                 return Err(Error::data(
@@ -733,7 +739,8 @@ impl ModelIndex {
                 _ => return Err(Error::data(at(key), "must be [library, class] or [null, null]")),
             }
         }
-        for (name, lib, classes) in REQUIRED {
+        let vae = components.contains_key(VAE.0).then_some(&VAE);
+        for (name, lib, classes) in REQUIRED.iter().chain(vae) {
             let Some((l, c)) = components.get(*name) else {
                 return Err(Error::data(at(name), "missing: Stable Diffusion needs this component"));
             };
@@ -749,6 +756,12 @@ impl ModelIndex {
         Ok(ModelIndex { class_name, components })
     }
 
+    /// False for a pixel-space pipeline (`"vae"` absent or `[null, null]`): the UNet
+    /// denoises the RGB pixels themselves.
+    pub fn has_vae(&self) -> bool {
+        self.components.contains_key(VAE.0)
+    }
+
     /// The scheduler class the pipeline was saved with (`DDPMScheduler`, `PNDMScheduler`, ...).
     pub fn scheduler_class(&self) -> &str {
         self.components.get("scheduler").map(|(_, c)| c.as_str()).unwrap_or_default()
@@ -761,20 +774,22 @@ pub struct PipelineConfig {
     pub dir: PathBuf,
     pub index: ModelIndex,
     pub unet: UNetConfig,
-    pub vae: VaeConfig,
+    /// None for a pixel-space pipeline: the UNet works on the RGB pixels (scaled to
+    /// `[-1, 1]`, [`PIXEL_CHANNELS`] channels) and nothing decodes them.
+    pub vae: Option<VaeConfig>,
     /// `hidden_size` of text_encoder/config.json: the width of the UNet's conditioning.
     pub text_hidden_size: usize,
 }
 
 impl PipelineConfig {
     /// Reads model_index.json and the UNet, VAE and text encoder configs of `dir`, and
-    /// checks that they fit together: the UNet works on the VAE's latent channels and
-    /// attends to the text encoder's hidden states.
+    /// checks that they fit together: the UNet works on the VAE's latent channels (on
+    /// [`PIXEL_CHANNELS`] without a VAE) and attends to the text encoder's hidden states.
     pub fn read(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let index = ModelIndex::read(dir)?;
         let unet = UNetConfig::read(&dir.join("unet"))?;
-        let vae = VaeConfig::read(&dir.join("vae"))?;
+        let vae = if index.has_vae() { Some(VaeConfig::read(&dir.join("vae"))?) } else { None };
         let te = dir.join("text_encoder").join(CONFIG_FILE);
         let te_json = read_json(&te)?;
         let text_hidden_size = te_json
@@ -783,25 +798,52 @@ impl PipelineConfig {
             .and_then(Value::as_u64)
             .ok_or_else(|| Error::data(Location::file(&te).field("hidden_size"), "missing or not an integer"))?
             as usize;
-        for (field, c) in [("in_channels", unet.in_channels), ("out_channels", unet.out_channels)] {
-            if c != vae.latent_channels {
-                return Err(Error::config(
-                    format!("unet/config.json:{field}"),
-                    format!("{c} does not match the VAE's latent_channels {}", vae.latent_channels),
-                ));
-            }
-        }
-        if let Some((i, &d)) = unet.cross_attention_dim.iter().enumerate().find(|(_, &d)| d != text_hidden_size) {
-            return Err(Error::config(
-                format!("unet/config.json:cross_attention_dim[{i}]"),
-                format!("{d} does not match the text encoder's hidden_size {text_hidden_size}"),
-            ));
-        }
-        Ok(PipelineConfig { dir: dir.to_path_buf(), index, unet, vae, text_hidden_size })
+        let cfg = PipelineConfig { dir: dir.to_path_buf(), index, unet, vae, text_hidden_size };
+        cfg.check_unet(&cfg.unet)?;
+        Ok(cfg)
     }
 
-    /// Image pixels per latent pixel (the VAE's factor, 8 for SD).
+    /// Checks that a UNet with config `unet` fits this pipeline: it takes and predicts
+    /// [`PipelineConfig::latent_channels`] channels and attends to the text encoder's
+    /// hidden states. Errors name `unet/config.json:<key>`.
+    pub fn check_unet(&self, unet: &UNetConfig) -> Result<()> {
+        let want = self.latent_channels();
+        for (field, c) in [("in_channels", unet.in_channels), ("out_channels", unet.out_channels)] {
+            if c != want {
+                let what = match &self.vae {
+                    Some(_) => format!("the VAE's latent_channels {want}"),
+                    None => format!("the {want} RGB channels of a pixel-space pipeline (no VAE)"),
+                };
+                return Err(Error::config(format!("unet/config.json:{field}"), format!("{c} does not match {what}")));
+            }
+        }
+        self.check_cross_attention(unet, self.text_hidden_size)
+    }
+
+    /// Checks that `unet` attends to states `hidden` wide (the text encoder's hidden_size).
+    pub fn check_cross_attention(&self, unet: &UNetConfig, hidden: usize) -> Result<()> {
+        if let Some((i, &d)) = unet.cross_attention_dim.iter().enumerate().find(|(_, &d)| d != hidden) {
+            return Err(Error::config(
+                format!("unet/config.json:cross_attention_dim[{i}]"),
+                format!("{d} does not match the text encoder's hidden_size {hidden}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Channels of what the UNet denoises: the VAE's `latent_channels`, or
+    /// [`PIXEL_CHANNELS`] in pixel space.
+    pub fn latent_channels(&self) -> usize {
+        self.vae.as_ref().map_or(PIXEL_CHANNELS, |v| v.latent_channels)
+    }
+
+    /// True when the pipeline has no VAE and denoises RGB pixels directly.
+    pub fn is_pixel_space(&self) -> bool {
+        self.vae.is_none()
+    }
+
+    /// Image pixels per latent pixel (the VAE's factor, 8 for SD; 1 in pixel space).
     pub fn vae_scale_factor(&self) -> usize {
-        self.vae.downsample_factor()
+        self.vae.as_ref().map_or(1, VaeConfig::downsample_factor)
     }
 }

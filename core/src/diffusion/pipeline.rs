@@ -2,6 +2,9 @@
 //! `StableDiffusionPipeline.__call__` runs it: CLIP prompt embeddings (and the negative
 //! or empty unconditional ones for classifier-free guidance), the scheduler's
 //! denoising loop over the UNet, the VAE decoder, and `(x / 2 + 0.5).clamp(0, 1)`.
+//! A pipeline without a VAE (`"vae": [null, null]` in model_index.json, see
+//! [`PipelineConfig`]) denoises the pixels themselves (`[-1, 1]`, RGB): the same
+//! `(x / 2 + 0.5).clamp(0, 1)` maps its final latents to the image.
 //!
 //! ```no_run
 //! # fn main() -> anneal::Result<()> {
@@ -183,7 +186,8 @@ pub struct Txt2ImgOutput {
     /// The same images as `f32` in `[0, 1]`, `[images, height, width, 3]` (diffusers'
     /// `output_type="np"`), before rounding to 8 bits.
     pub pixels: Tensor,
-    /// The denoised latents the VAE decoded (UNet scale), `[images, channels, h, w]`.
+    /// The denoised latents the VAE decoded (UNet scale), `[images, channels, h, w]`; in
+    /// pixel space, the image itself in `[-1, 1]` before clamping.
     pub latents: Tensor,
     /// The base seed (image `i` used `seed + i`).
     pub seed: u64,
@@ -192,10 +196,12 @@ pub struct Txt2ImgOutput {
     pub warnings: Vec<String>,
 }
 
+#[derive(Clone)]
 struct Inner {
     config: PipelineConfig,
     unet: UNet2DConditionModel,
-    vae: AutoencoderKL,
+    /// None in pixel space.
+    vae: Option<Arc<AutoencoderKL>>,
     text_encoder: ClipTextModel,
     tokenizer: ClipTokenizer,
     scheduler_path: PathBuf,
@@ -264,25 +270,22 @@ impl StableDiffusionPipeline {
         let dir = config.dir.clone();
         let lo = LoadOptions { trainable: false, ..opts.clone() };
         let unet = UNet2DConditionModel::load(dir.join("unet"), &lo)?;
-        let vae = AutoencoderKL::load(dir.join("vae"), &lo)?;
-        if vae.config().out_channels != 3 {
-            return Err(Error::config(
-                "vae/config.json:out_channels",
-                format!("{} channels: text-to-image writes RGB images (3 channels)", vae.config().out_channels),
-            ));
-        }
+        let vae = match config.vae {
+            Some(_) => {
+                let vae = AutoencoderKL::load(dir.join("vae"), &lo)?;
+                if vae.config().out_channels != 3 {
+                    return Err(Error::config(
+                        "vae/config.json:out_channels",
+                        format!("{} channels: text-to-image writes RGB images (3 channels)", vae.config().out_channels),
+                    ));
+                }
+                Some(Arc::new(vae))
+            }
+            None => None,
+        };
         let text_encoder = ClipTextModel::load(dir.join("text_encoder"), &lo)?;
         let tokenizer = ClipTokenizer::from_dir(dir.join("tokenizer"))?;
-        if tokenizer.model_max_length() > text_encoder.config().max_position_embeddings {
-            return Err(Error::config(
-                "tokenizer/tokenizer_config.json:model_max_length",
-                format!(
-                    "{} is more than the text encoder's {} positions",
-                    tokenizer.model_max_length(),
-                    text_encoder.config().max_position_embeddings
-                ),
-            ));
-        }
+        check_tokenizer_fits(&tokenizer, &text_encoder)?;
         let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
         let scheduler_json = std::fs::read_to_string(&scheduler_path).with_path(&scheduler_path)?;
         let own_scheduler = SchedulerKind::from_class_name(config.index.scheduler_class());
@@ -340,8 +343,9 @@ impl StableDiffusionPipeline {
         &self.inner.unet
     }
 
-    pub fn vae(&self) -> &AutoencoderKL {
-        &self.inner.vae
+    /// None for a pixel-space pipeline.
+    pub fn vae(&self) -> Option<&AutoencoderKL> {
+        self.inner.vae.as_deref()
     }
 
     pub fn text_encoder(&self) -> &ClipTextModel {
@@ -352,7 +356,7 @@ impl StableDiffusionPipeline {
         &self.inner.tokenizer
     }
 
-    /// The VAE's factor: image pixels per latent pixel (8 for SD).
+    /// The VAE's factor: image pixels per latent pixel (8 for SD, 1 in pixel space).
     pub fn vae_scale_factor(&self) -> usize {
         self.inner.config.vae_scale_factor()
     }
@@ -376,6 +380,50 @@ impl StableDiffusionPipeline {
         self.inner.own_scheduler.unwrap_or(FALLBACK_SCHEDULER)
     }
 
+    /// The same pipeline (sharing everything else) generating with `unet`: e.g. the UNet
+    /// a training run is updating (a clone of it shares its `Var`s, so the images show
+    /// the weights as they are at each call). It must be on the pipeline's device with
+    /// its dtype, and take and predict the pipeline's latent channels and attend to its
+    /// text encoder's hidden states (`invalid_config` naming the key otherwise). Its own
+    /// config (sample size, downsampling) replaces the loaded UNet's.
+    pub fn with_unet(&self, unet: UNet2DConditionModel) -> Result<Self> {
+        let inner = &*self.inner;
+        self.check_component("unet", unet.device(), unet.dtype())?;
+        inner.config.check_unet(unet.config())?;
+        let mut config = inner.config.clone();
+        config.unet = unet.config().clone();
+        Ok(self.rebuilt(Inner { config, unet, ..inner.clone() }))
+    }
+
+    /// The same pipeline (sharing everything else) generating with the text encoder
+    /// `te` (see [`StableDiffusionPipeline::with_unet`]): its `hidden_size` must match
+    /// the UNet's cross_attention_dim and its positions must hold the tokenizer's
+    /// `model_max_length`.
+    pub fn with_text_encoder(&self, te: ClipTextModel) -> Result<Self> {
+        let inner = &*self.inner;
+        self.check_component("text_encoder", te.device(), te.dtype())?;
+        let tc = te.config();
+        inner.config.check_cross_attention(&inner.config.unet, tc.hidden_size)?;
+        check_tokenizer_fits(&inner.tokenizer, &te)?;
+        let mut config = inner.config.clone();
+        config.text_hidden_size = tc.hidden_size;
+        Ok(self.rebuilt(Inner { config, text_encoder: te, ..inner.clone() }))
+    }
+
+    fn check_component(&self, name: &str, device: &Device, dtype: DType) -> Result<()> {
+        if !device.same_device(&self.inner.device) {
+            return Err(Error::config(name, format!("is on {device:?}, the pipeline on {:?}", self.inner.device)));
+        }
+        if dtype != self.inner.dtype {
+            return Err(Error::config(name, format!("has dtype {dtype:?}, the pipeline {:?}", self.inner.dtype)));
+        }
+        Ok(())
+    }
+
+    fn rebuilt(&self, inner: Inner) -> Self {
+        Self { inner: Arc::new(inner), memory_limit: self.memory_limit }
+    }
+
     /// The memory a request would need beyond the loaded weights (bytes, a rough upper
     /// bound), after checking it as [`StableDiffusionPipeline::txt2img`] does.
     pub fn estimate_memory(&self, req: &Txt2ImgRequest) -> Result<u64> {
@@ -390,7 +438,7 @@ impl StableDiffusionPipeline {
         let bytes = self.inner.dtype.size_in_bytes() as u128;
         memory::diffusion_sampling(
             &c.unet,
-            &c.vae,
+            c.vae.as_ref(),
             text,
             images,
             plan.guidance,
@@ -606,16 +654,23 @@ impl StableDiffusionPipeline {
             progress(i + 1, total)?;
         }
 
-        // Decode one image at a time (the VAE's full-resolution activations dominate).
-        let z = inner.vae.from_unet_latents(&x)?;
-        let mut pixels = Vec::with_capacity(b);
-        for i in 0..b {
-            cancel.check()?;
-            let img = inner.vae.decode(&z.narrow(0, i, 1)?, ForwardMode::Infer)?.to_dtype(DType::F32)?;
-            let img = ((img / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
-            pixels.push(img.permute((0, 2, 3, 1))?.contiguous()?);
-        }
-        let pixels = Tensor::cat(&pixels, 0)?;
+        let pixels = match &inner.vae {
+            Some(vae) => {
+                // Decode one image at a time (the VAE's full-resolution activations dominate).
+                let z = vae.from_unet_latents(&x)?;
+                let mut pixels = Vec::with_capacity(b);
+                for i in 0..b {
+                    cancel.check()?;
+                    let img = vae.decode(&z.narrow(0, i, 1)?, ForwardMode::Infer)?.to_dtype(DType::F32)?;
+                    pixels.push(to_unit_hwc(&img)?);
+                }
+                Tensor::cat(&pixels, 0)?
+            }
+            None => {
+                cancel.check()?;
+                to_unit_hwc(&x)?
+            }
+        };
         let (height, width) = (plan.height, plan.width);
         let mut images = Vec::with_capacity(b);
         for i in 0..b {
@@ -639,6 +694,28 @@ impl StableDiffusionPipeline {
         }
         Ok(Txt2ImgOutput { images, pixels, latents: x, seed: plan.seed, warnings: plan.warnings })
     }
+}
+
+/// `[b, 3, h, w]` in `[-1, 1]` to `[b, h, w, 3]` in `[0, 1]` (clamped).
+fn to_unit_hwc(img: &Tensor) -> Result<Tensor> {
+    let img = ((img / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
+    Ok(img.permute((0, 2, 3, 1))?.contiguous()?)
+}
+
+/// Refuses a text encoder with fewer positions than the tokenizer's padded length.
+fn check_tokenizer_fits(tokenizer: &ClipTokenizer, te: &ClipTextModel) -> Result<()> {
+    let tc = te.config();
+    if tokenizer.model_max_length() > tc.max_position_embeddings {
+        return Err(Error::config(
+            "tokenizer/tokenizer_config.json:model_max_length",
+            format!(
+                "{} is more than the text encoder's {} positions",
+                tokenizer.model_max_length(),
+                tc.max_position_embeddings
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Each row of `t` repeated `n` times in place (diffusers' `repeat` + `view`).

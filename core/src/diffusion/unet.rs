@@ -72,7 +72,9 @@ struct MidBlock {
     attentions: Vec<Transformer2D>,
 }
 
-/// Stable Diffusion's noise-prediction UNet.
+/// Stable Diffusion's noise-prediction UNet. `Clone` shares the weights (and `Var`s):
+/// a clone sees what training does to the original.
+#[derive(Clone)]
 pub struct UNet2DConditionModel {
     config: UNetConfig,
     raw_config: Value,

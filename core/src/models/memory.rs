@@ -181,13 +181,13 @@ pub(crate) fn scoring(cfg: &ModelConfig, dtype_bytes: u128, t: usize, field: &st
 /// beyond its loaded weights: the UNet's pass over the latent batch (doubled by
 /// classifier-free guidance) with its skip connections, its widest intermediate
 /// tensors and the largest self-attention matrix (scores and probabilities, every head);
-/// then the VAE decoder's widest full-resolution tensors and its middle attention over
+/// then (with a VAE) the VAE decoder's widest full-resolution tensors and its middle attention over
 /// every latent pixel (one image at a time); plus the latents, the text embeddings and
 /// the output pixels. Every part is sized by `field`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn diffusion_sampling(
     unet: &UNetConfig,
-    vae: &VaeConfig,
+    vae: Option<&VaeConfig>,
     text: (usize, usize),
     images: usize,
     guidance: bool,
@@ -195,7 +195,7 @@ pub(crate) fn diffusion_sampling(
     dtype_bytes: u128,
     field: &str,
 ) -> Estimate {
-    let f = vae.downsample_factor().max(1);
+    let f = vae.map_or(1, VaeConfig::downsample_factor).max(1);
     let (lh, lw) = (u(height / f), u(width / f));
     let rows = u(images).saturating_mul(if guidance { 2 } else { 1 });
     let (mut skips, mut widest, mut attention) = (0u128, 0u128, 0u128);
@@ -220,16 +220,20 @@ pub(crate) fn diffusion_sampling(
         .saturating_mul(rows)
         .saturating_mul(dtype_bytes);
     let (h, w) = (u(height), u(width));
-    let m = vae.block_out_channels.len();
-    let mut vae_widest = 0u128;
-    for j in 0..m {
-        let scale = 1u128 << j.min(60);
-        let tokens = (h / scale).max(1).saturating_mul((w / scale).max(1));
-        let c = vae.block_out_channels[j].max(vae.block_out_channels[(j + 1).min(m - 1)]);
-        vae_widest = vae_widest.max(u(c).saturating_mul(tokens));
-    }
     let lat_tokens = lh.saturating_mul(lw);
-    let vae_attention = if vae.mid_block_add_attention { lat_tokens.saturating_mul(lat_tokens) } else { 0 };
+    let (mut vae_widest, mut vae_attention) = (0u128, 0u128);
+    if let Some(vae) = vae {
+        let m = vae.block_out_channels.len();
+        for j in 0..m {
+            let scale = 1u128 << j.min(60);
+            let tokens = (h / scale).max(1).saturating_mul((w / scale).max(1));
+            let c = vae.block_out_channels[j].max(vae.block_out_channels[(j + 1).min(m - 1)]);
+            vae_widest = vae_widest.max(u(c).saturating_mul(tokens));
+        }
+        if vae.mid_block_add_attention {
+            vae_attention = lat_tokens.saturating_mul(lat_tokens);
+        }
+    }
     let vae_bytes =
         vae_widest.saturating_mul(6).saturating_add(vae_attention.saturating_mul(2)).saturating_mul(dtype_bytes);
     let latents = rows.saturating_mul(u(unet.in_channels)).saturating_mul(lat_tokens).saturating_mul(F32 * 4);
@@ -315,7 +319,8 @@ mod tests {
             "vae",
         )
         .unwrap();
-        let est = |images, guidance, size| diffusion_sampling(&unet, &vae, (77, 768), images, guidance, size, F32, "x");
+        let est =
+            |images, guidance, size| diffusion_sampling(&unet, Some(&vae), (77, 768), images, guidance, size, F32, "x");
         let one = est(1, true, (512, 512)).total();
         // Materialised attention at 64x64 latents (2 x 8 heads x 4096^2 floats, twice) and
         // the VAE's full-resolution tensors: a few GiB, not tens.
