@@ -22,6 +22,7 @@
 
 pub mod clip;
 pub mod config;
+pub mod image;
 mod load;
 pub mod lora;
 mod nn;
