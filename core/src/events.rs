@@ -373,6 +373,7 @@ mod tests {
             tokens_per_sec: 1.0,
             progress: n as f64 / 10.0,
             sample: None,
+            image: None,
         }
     }
 

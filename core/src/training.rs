@@ -18,8 +18,10 @@
 
 mod checkpoint;
 mod data;
+mod diffusion;
 mod optim;
 mod runner;
+mod trainee;
 
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
@@ -155,6 +157,7 @@ impl TrainingEngine {
             cancel_requested: false,
             error: None,
             checkpoint: None,
+            image: None,
             created_at: now.clone(),
             updated_at: now,
             started_at: None,
@@ -275,11 +278,22 @@ pub(crate) fn check_fits(
             format!("{} is a LoRA adapter: train its base model (or a merged copy) instead", base.reference()),
         ));
     }
+    if base.family == Family::StableDiffusion {
+        return check_image_fits(spec, base, formats, memory_limit);
+    }
+    if spec.image.is_some() {
+        return Err(Error::config(
+            "image",
+            format!("{} is a language model: image options apply to stable-diffusion bases", base.reference()),
+        ));
+    }
     for &(field, format) in formats {
-        if format == DatasetFormat::Tabular {
+        if matches!(format, DatasetFormat::Tabular | DatasetFormat::Image) {
             return Err(Error::config(
                 field,
-                "is a tabular dataset: a language model trains on text, completion, instruction or chat records",
+                format!(
+                    "is a {format} dataset: a language model trains on text, completion, instruction or chat records"
+                ),
             ));
         }
     }
@@ -295,6 +309,71 @@ pub(crate) fn check_fits(
         Method::Full => None,
     };
     memory::training(&cfg, spec.batch_size, spec.seq_len, lora_params).check(memory_limit)
+}
+
+/// [`check_fits`] for a Stable Diffusion base: image datasets, LoRA targets the UNet
+/// has, a resolution the pipeline can train at.
+fn check_image_fits(
+    spec: &TrainSpec,
+    base: &ModelRecord,
+    formats: &[(&str, DatasetFormat)],
+    memory_limit: u64,
+) -> Result<()> {
+    for &(field, format) in formats {
+        if format != DatasetFormat::Image {
+            return Err(Error::config(
+                field,
+                format!("is a {format} dataset: {} (Stable Diffusion) trains on an image dataset", base.reference()),
+            ));
+        }
+    }
+    let cfg = crate::diffusion::PipelineConfig::read(&base.path)?;
+    let image = spec.image.clone().unwrap_or_default();
+    let multiple = cfg.vae_scale_factor() * cfg.unet.downsample_factor();
+    let res = match image.resolution {
+        Some(r) => r,
+        None => cfg.unet.sample_size.map_or(64, |s| s[0].max(s[1])) * cfg.vae_scale_factor(),
+    };
+    if res % multiple != 0 {
+        return Err(Error::config(
+            "image.resolution",
+            format!("{res} is not a multiple of {multiple} (the VAE factor x the UNet's downsampling)"),
+        ));
+    }
+    let widest = cfg.unet.block_out_channels.iter().copied().max().unwrap_or(0);
+    let trainable = match &spec.method {
+        Method::Lora(lora) => {
+            if lora.fan_in_fan_out == Some(true) {
+                return Err(Error::config("method.lora.fan_in_fan_out", "must be false for a Stable Diffusion UNet"));
+            }
+            if lora.r > widest {
+                return Err(Error::config(
+                    "method.lora.r",
+                    format!(
+                        "{} is wider than the UNet's widest block ({widest}); a rank beyond it adds nothing",
+                        lora.r
+                    ),
+                ));
+            }
+            // Four projections of at most `widest` features per attention block: an
+            // upper-ish bound for the adapter.
+            let blocks = cfg.unet.block_out_channels.len() as u128 * 2 + 1;
+            memory::lora_params(lora.r, std::iter::repeat_n((widest, widest), 4)).saturating_mul(blocks)
+        }
+        Method::Full => u128::from(base.params),
+    };
+    let rows = if image.class_prompt.is_some() { 2 } else { 1 };
+    // The text encoder's positions are not in the pipeline config: 77 (CLIP) bounds them.
+    let text = (77, cfg.text_hidden_size);
+    memory::diffusion_training(
+        &cfg.unet,
+        cfg.vae.as_ref(),
+        text,
+        (spec.batch_size, rows),
+        res,
+        (u128::from(base.params), trainable),
+    )
+    .check(memory_limit)
 }
 
 /// The LoRA half of [`check_fits`]; returns the adapter's parameter count.

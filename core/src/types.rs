@@ -39,6 +39,6 @@ pub use model::{
 };
 pub use schema::{options_from_json, options_from_json_spelled, to_json_spelled, Spelling};
 pub use training::{
-    JobFilter, JobLog, JobRecord, JobStatus, Method, MetricKind, MetricPoint, Schedule, TrainReport, TrainSpec,
-    HEARTBEAT_STALE_SECS,
+    ImageCrop, ImageTrainOptions, JobFilter, JobLog, JobRecord, JobStatus, Method, MetricKind, MetricPoint, Schedule,
+    TrainReport, TrainSpec, HEARTBEAT_STALE_SECS,
 };

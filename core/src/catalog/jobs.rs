@@ -8,7 +8,7 @@ use crate::types::{ErrorInfo, JobFilter, JobLog, JobRecord, JobStatus, MetricPoi
 
 const COLS: &str = "id, status, base_model_id, dataset_id, eval_dataset_id, output_model_id, spec, created_at, \
     updated_at, progress, epoch, step, total_steps, tokens, loss, eval_loss, lr, tokens_per_sec, sample, \
-    heartbeat_at, runner_pid, cancel_requested, error, checkpoint, started_at, finished_at";
+    heartbeat_at, runner_pid, cancel_requested, error, checkpoint, image, started_at, finished_at";
 
 /// A job that failed before its first step holds nothing worth keeping its inputs for:
 /// it does not block deleting its dataset or base (it loses the link instead).
@@ -40,6 +40,7 @@ fn row_to_record(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
         cancel_requested: r.get("cancel_requested")?,
         error: opt_json_col(r, "error")?,
         checkpoint: r.get("checkpoint")?,
+        image: r.get("image")?,
         started_at: r.get("started_at")?,
         finished_at: r.get("finished_at")?,
     })
@@ -143,13 +144,16 @@ pub(crate) struct Progress<'a> {
     pub(crate) tokens_per_sec: Option<f64>,
     pub(crate) sample: Option<&'a str>,
     pub(crate) checkpoint: Option<&'a str>,
+    /// The latest validation image, relative to the home.
+    pub(crate) image: Option<&'a str>,
 }
 
 pub(crate) fn update_progress(conn: &Connection, id: &str, p: &Progress<'_>, now_ms: i64, now: &str) -> Result<()> {
     conn.execute(
         "UPDATE jobs SET progress = ?2, epoch = ?3, step = ?4, total_steps = ?5, tokens = ?6, loss = ?7,
              eval_loss = COALESCE(?8, eval_loss), lr = COALESCE(?9, lr), tokens_per_sec = COALESCE(?10, tokens_per_sec), sample = COALESCE(?11, sample),
-             checkpoint = COALESCE(?12, checkpoint), heartbeat_at = ?13, updated_at = ?14
+             checkpoint = COALESCE(?12, checkpoint), heartbeat_at = ?13, updated_at = ?14,
+             image = COALESCE(?15, image)
          WHERE id = ?1",
         params![
             id,
@@ -165,7 +169,8 @@ pub(crate) fn update_progress(conn: &Connection, id: &str, p: &Progress<'_>, now
             p.sample,
             p.checkpoint,
             now_ms,
-            now
+            now,
+            p.image
         ],
     )?;
     Ok(())

@@ -246,6 +246,27 @@ pub(crate) fn diffusion_sampling(
         .add("output pixels", field, pixels)
 }
 
+/// Training a Stable Diffusion UNet on `batch` images of `res x res` pixels: the
+/// pipeline's weights (`params`), gradients and AdamW moments of the `trainable` ones,
+/// and the activations the backward pass keeps: every intermediate of the UNet's
+/// forward, taken as four times what one sampling pass holds at once (doubled by
+/// DreamBooth's prior preservation, `rows_per_image` 2).
+pub(crate) fn diffusion_training(
+    unet: &UNetConfig,
+    vae: Option<&VaeConfig>,
+    text: (usize, usize),
+    (batch, rows_per_image): (usize, usize),
+    res: usize,
+    (params, trainable): (u128, u128),
+) -> Estimate {
+    let rows = batch.saturating_mul(rows_per_image);
+    let pass = diffusion_sampling(unet, vae, text, rows, false, (res, res), F32, "batch_size").total();
+    Estimate::new()
+        .add("weights", "base", params.saturating_mul(F32))
+        .add("gradients and AdamW state", "method", trainable.saturating_mul(F32 * 3))
+        .add("activations", "batch_size", pass.saturating_mul(4))
+}
+
 /// The machine's memory in bytes: the cgroup's limit when one is set and lower, else
 /// `MemTotal` of `/proc/meminfo` (16 GiB where neither can be read).
 pub fn machine_memory() -> u64 {

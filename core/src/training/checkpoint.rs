@@ -1,5 +1,6 @@
-//! Checkpoints: `jobs/<id>/checkpoints/step-N/` holding the weights (an HF directory
-//! for full fine-tunes, a PEFT adapter directory for LoRA), `optimizer.safetensors`
+//! Checkpoints: `jobs/<id>/checkpoints/step-N/` holding the weights (language models:
+//! an HF directory for full fine-tunes, a PEFT adapter directory for LoRA; diffusion:
+//! the UNet or its diffusers LoRA file), `optimizer.safetensors`
 //! (AdamW m and v) and `trainer_state.json` (counters, data position, seed, metrics).
 //! Written into a `.tmp-*` staging directory and renamed, so a kill at any moment
 //! leaves the previous checkpoint intact; only the last K are kept.
@@ -11,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use super::optim::AdamW;
 use crate::error::{Error, IoResultExt, Location, Result};
-use crate::models::Model;
 use crate::util::StagingDir;
 
 pub(crate) const STATE_FILE: &str = "trainer_state.json";
@@ -62,8 +62,15 @@ pub(crate) fn dir(job_dir: &Path) -> PathBuf {
     job_dir.join("checkpoints")
 }
 
-/// Writes a checkpoint for `state.step` and prunes to `keep`. Returns its path.
-pub(crate) fn write(job_dir: &Path, model: &Model, opt: &AdamW, state: &TrainerState, keep: usize) -> Result<PathBuf> {
+/// Writes a checkpoint for `state.step` (the weights by `save`) and prunes to `keep`.
+/// Returns its path.
+pub(crate) fn write(
+    job_dir: &Path,
+    save: &dyn Fn(&Path) -> Result<()>,
+    opt: &AdamW,
+    state: &TrainerState,
+    keep: usize,
+) -> Result<PathBuf> {
     let root = dir(job_dir);
     let dest = root.join(format!("step-{}", state.step));
     if dest.join(STATE_FILE).exists() {
@@ -71,11 +78,7 @@ pub(crate) fn write(job_dir: &Path, model: &Model, opt: &AdamW, state: &TrainerS
     }
     let staging = StagingDir::new(&root)?;
     let p = staging.path();
-    if model.lora_config().is_some() {
-        model.save_adapter(p)?;
-    } else {
-        model.save(p)?;
-    }
+    save(p)?;
     crate::models::write_safetensors(&opt.state_tensors(), &p.join(OPTIMIZER_FILE))?;
     let text = serde_json::to_string_pretty(state).map_err(|e| Error::Internal(e.to_string()))?;
     crate::util::write_atomic(&p.join(STATE_FILE), text.as_bytes())?;

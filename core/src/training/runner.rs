@@ -12,17 +12,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::checkpoint::{self, TrainerState};
-use super::data::{self, Example, IGNORE};
+use super::data;
 use super::optim::{clip_grad_norm, lr_at, AdamW};
+use super::trainee::{LmTrainee, Trainee};
 use super::{effective, now_ms, TrainingEngine};
 use crate::catalog::jobs::{self as sql, Progress};
 use crate::data::for_each_record;
 use crate::error::{Error, ErrorKind, IoResultExt, Location, Result, StorageError};
 use crate::events::{CancelToken, EventSink};
-use crate::models::{ForwardMode, LoadOptions, Model};
-use crate::tokenizer::Tokenizer;
 use crate::types::{
-    ErrorInfo, Event, FinishStatus, JobId, JobLog, JobRecord, JobStatus, Lineage, Method, MetricKind, MetricPoint,
+    ErrorInfo, Event, Family, FinishStatus, JobId, JobLog, JobRecord, JobStatus, Lineage, MetricKind, MetricPoint,
     ModelId, ModelRecord, TrainMetrics, TrainReport, TrainSpec,
 };
 use crate::util::{self, StagingDir};
@@ -31,8 +30,6 @@ use crate::util::{self, StagingDir};
 const CATALOG_WRITE_INTERVAL: Duration = Duration::from_millis(250);
 /// The heartbeat is refreshed this often by a side thread, even during long steps.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
-/// Characters of the current sample kept as a preview.
-const SAMPLE_CHARS: usize = 120;
 /// Waits before retrying the catalog write that records how a run ended.
 const END_RETRIES: [Duration; 3] = [Duration::from_millis(100), Duration::from_millis(300), Duration::from_millis(900)];
 /// Where a run keeps its end when the catalog refuses to record it (`jobs/<id>/`).
@@ -75,6 +72,7 @@ pub(crate) fn execute(
         logs: Vec::new(),
         metrics: Vec::new(),
         checkpoint_rel: None,
+        image: None,
         last: None,
     };
     let result = {
@@ -311,6 +309,8 @@ struct Run<'a> {
     logs: Vec<JobLog>,
     metrics: Vec<MetricPoint>,
     checkpoint_rel: Option<String>,
+    /// The latest validation image (absolute path), for step events and the job row.
+    image: Option<PathBuf>,
     /// The state after the last step: written on finish even if the throttle skipped it.
     last: Option<LastStep>,
 }
@@ -341,16 +341,9 @@ impl LastStep {
             tokens_per_sec: None,
             sample: None,
             checkpoint,
+            image: None,
         }
     }
-}
-
-/// Loaded and tokenised inputs of a run.
-struct Inputs {
-    base: ModelRecord,
-    tok: Tokenizer,
-    train: Vec<Example>,
-    eval: Vec<Example>,
 }
 
 impl Run<'_> {
@@ -485,7 +478,9 @@ impl Run<'_> {
         Ok(cancel.is_cancelled() || self.engine.store.catalog.read(|c| sql::cancel_requested(c, &self.job.id.0))?)
     }
 
-    fn load_inputs(&self) -> Result<Inputs> {
+    /// The base model and what trains on it, with its data prepared (from the
+    /// checkpoint's weights when resuming).
+    fn load_trainee(&self, checkpoint: Option<&Path>) -> Result<(ModelRecord, Box<dyn Trainee>)> {
         let spec = &self.job.spec;
         let base_id = self.job.base_model_id.clone().ok_or_else(|| Error::NotFound {
             what: "model",
@@ -497,7 +492,6 @@ impl Run<'_> {
         })?;
         // Again in this process: its home may have a lower memory limit than the creator's.
         super::check_fits(spec, &base, &[], self.engine.store.memory_limit)?;
-        let tok = Tokenizer::load(&base)?;
         let store = self.engine.datasets();
         let ds_id = self.job.dataset_id.clone().ok_or_else(|| Error::NotFound {
             what: "dataset",
@@ -513,7 +507,7 @@ impl Run<'_> {
             Ok(v)
         };
         let records = read(&ds.path)?;
-        let (train_recs, eval_recs, eval_format) = match (spec.eval_fraction, &self.job.eval_dataset_id) {
+        let (train_recs, eval_recs, eval_ds) = match (spec.eval_fraction, &self.job.eval_dataset_id) {
             (Some(f), _) => {
                 let mask = data::eval_mask(records.len(), f, spec.seed)?;
                 let (mut t, mut e) = (Vec::new(), Vec::new());
@@ -524,38 +518,41 @@ impl Run<'_> {
                         t.push(r)
                     }
                 }
-                (t, e, ds.format)
+                (t, e, ds.clone())
             }
             (None, Some(eid)) => {
                 let eds = store.get(eid.clone())?;
-                (records, read(&eds.path)?, eds.format)
+                let e = read(&eds.path)?;
+                (records, e, eds)
             }
-            (None, None) => (records, Vec::new(), ds.format),
+            (None, None) => (records, Vec::new(), ds.clone()),
         };
-        let max_pos = crate::models::ModelConfig::from_json(&base.config)?.max_position_embeddings;
-        if spec.seq_len > max_pos {
-            return Err(Error::config(
-                "seq_len",
-                format!("{} exceeds the model's max_position_embeddings ({max_pos})", spec.seq_len),
-            ));
-        }
-        let train = data::prepare(ds.format, &train_recs, &tok, spec.seq_len, &Location::file(&ds.path))?;
-        if train.is_empty() {
-            return Err(Error::data(
-                Location::file(&ds.path),
-                "no trainable example (every record is empty or its trained part was cut by seq_len)",
-            ));
-        }
-        let eval = data::prepare(eval_format, &eval_recs, &tok, spec.seq_len, &Location::file(&ds.path))?;
-        Ok(Inputs { base, tok, train, eval })
+        let trainee: Box<dyn Trainee> = match base.family {
+            Family::StableDiffusion => Box::new(super::diffusion::DiffusionTrainee::load(
+                spec,
+                &base,
+                (&ds, &train_recs),
+                (&eval_ds, &eval_recs),
+                checkpoint,
+                &self.engine.job_dir(&self.job.id),
+                &store,
+            )?),
+            Family::Gpt2 | Family::Llama => Box::new(LmTrainee::load(
+                spec,
+                &base,
+                (ds.format, &train_recs, &Location::file(&ds.path)),
+                (eval_ds.format, &eval_recs, &Location::file(&ds.path)),
+                checkpoint,
+            )?),
+        };
+        Ok((base, trainee))
     }
 
     fn train(&mut self, cancel: &CancelToken, resume: bool) -> Result<TrainReport> {
         let mut sess = self.prepare(resume)?;
         let mut stopped_early = false;
         'epochs: while sess.s.step < sess.total {
-            let order = data::epoch_order(sess.train.len(), sess.spec.seed, sess.s.epoch);
-            let batches: Vec<&[usize]> = order.chunks(sess.spec.batch_size).collect();
+            let batches = sess.model.epoch_batches(sess.spec.seed, sess.s.epoch, sess.spec.batch_size);
             while (sess.s.batch_in_epoch as usize) < batches.len() && sess.s.step < sess.total {
                 if self.check_cancel(cancel)? {
                     self.save_checkpoint(&mut sess)?;
@@ -567,6 +564,9 @@ impl Run<'_> {
                 let from = sess.s.batch_in_epoch as usize;
                 let to = (from + sess.spec.grad_accum).min(batches.len());
                 let done = optimiser_step(&mut sess, &batches[from..to])?;
+                if sess.model.render_due(sess.s.step, sess.total) {
+                    self.render(&mut sess, cancel)?;
+                }
                 sess.s.batch_in_epoch = to as u64;
                 if self.after_step(&mut sess, &done, batches[from][0])? {
                     stopped_early = true;
@@ -586,18 +586,19 @@ impl Run<'_> {
     fn prepare(&mut self, resume: bool) -> Result<Session> {
         let spec = self.job.spec.clone();
         let job_dir = self.engine.job_dir(&self.job.id);
-        let inputs = match self.load_inputs() {
-            Ok(i) => i,
+        let ckpt = if resume { checkpoint::list(&job_dir).pop() } else { None };
+        let loaded = ckpt.as_ref().map(|(_, p)| checkpoint::read_state(p)).transpose().and_then(|state| {
+            let (base, model) = self.load_trainee(ckpt.as_ref().map(|(_, p)| p.as_path()))?;
+            Ok((state, base, model))
+        });
+        let (state, base, model) = match loaded {
+            Ok(l) => l,
             Err(e) => {
                 // job_started is emitted before any failure, so the contract holds.
                 self.emit(Event::JobStarted { job_id: self.job.id.0.clone(), total_steps: 0, epochs: spec.epochs })?;
                 return Err(e);
             }
         };
-        let Inputs { base, tok, train, eval } = inputs;
-        let ckpt = if resume { checkpoint::list(&job_dir).pop() } else { None };
-        let state = ckpt.as_ref().map(|(_, p)| checkpoint::read_state(p)).transpose()?;
-        let model = load_model(&spec, &base, ckpt.as_ref().map(|(_, p)| p.as_path()))?;
         let mut opt = AdamW::new(
             model.named_trainable_vars(),
             spec.adam_beta1,
@@ -609,7 +610,7 @@ impl Run<'_> {
             checkpoint::load_optimizer(p, &mut opt, st.optimizer_step)?;
             self.checkpoint_rel = Some(rel(&self.engine.store.root, p));
         }
-        let (total, epochs) = plan(&spec, train.len())?;
+        let (total, epochs) = plan(&spec, model.epoch_batches(spec.seed, 0, spec.batch_size).len())?;
         let s = state.unwrap_or_else(|| TrainerState::start(&spec));
         self.emit(Event::JobStarted { job_id: self.job.id.0.clone(), total_steps: total, epochs })?;
         let what = match &ckpt {
@@ -620,26 +621,22 @@ impl Run<'_> {
         self.log(
             "info",
             format!(
-                "{what}: {} {} on {} sequences ({} eval), {} trainable parameters, {total} steps",
+                "{what}: {} {} on {} {unit} ({} eval), {} trainable parameters, {total} steps",
                 spec.method.as_str(),
                 base.reference(),
-                train.len(),
-                eval.len(),
-                model.num_trainable_params()
+                model.num_train(),
+                model.num_eval(),
+                model.num_trainable_params(),
+                unit = model.unit(),
             ),
         )?;
         self.write_live(&snapshot(&s, total, None))?;
-        let pad = tok.pad_token().or(tok.eos_token()).map(|t| t.id).unwrap_or(0);
         Ok(Session {
             elapsed_before: s.elapsed_s,
             started: Instant::now(),
             spec,
             job_dir,
             base,
-            tok,
-            train,
-            eval,
-            pad,
             model,
             opt,
             total,
@@ -654,10 +651,7 @@ impl Run<'_> {
     fn after_step(&mut self, sess: &mut Session, done: &StepDone, first_example: usize) -> Result<bool> {
         let (s, total) = (&sess.s, sess.total);
         let due = self.write_due() || s.step == total;
-        let sample = due.then(|| {
-            let text = sess.tok.decode(&sess.train[first_example].ids, false).unwrap_or_default();
-            text.chars().take(SAMPLE_CHARS).collect::<String>()
-        });
+        let sample = if due { sess.model.sample(first_example) } else { None };
         let progress = snapshot(s, total, None).progress;
         self.emit(Event::Step {
             job_id: self.job.id.0.clone(),
@@ -669,6 +663,7 @@ impl Run<'_> {
             tokens_per_sec: done.tokens_per_sec,
             progress,
             sample: sample.clone(),
+            image: self.image.as_ref().map(|p| p.display().to_string()),
         })?;
         self.last = Some(LastStep {
             progress,
@@ -689,7 +684,7 @@ impl Run<'_> {
             at: util::now(),
         });
         let (mut force, mut stop) = (false, false);
-        if !sess.eval.is_empty() && sess.spec.eval_every.is_some_and(|k| sess.s.step.is_multiple_of(k)) {
+        if sess.model.num_eval() > 0 && sess.spec.eval_every.is_some_and(|k| sess.s.step.is_multiple_of(k)) {
             sess.last_eval_step = Some(sess.s.step);
             force = true;
             stop = self.run_eval(sess)?;
@@ -718,17 +713,14 @@ impl Run<'_> {
                 sess.s.step, sess.s.evals_without_improvement
             );
             self.log("info", why)?;
-        } else if !sess.eval.is_empty() && sess.last_eval_step != Some(sess.s.step) {
+        } else if sess.model.num_eval() > 0 && sess.last_eval_step != Some(sess.s.step) {
             self.run_eval(&mut sess)?;
         }
         let Session { spec, base, model, s, started, elapsed_before, total, .. } = sess;
         let job_id = self.job.id.clone();
         let registry = self.engine.registry();
         let mut staging = StagingDir::new(&registry.staging_root())?;
-        match &spec.method {
-            Method::Full => model.save(staging.path())?,
-            Method::Lora(_) => model.save_adapter(staging.path())?,
-        }
+        model.save_output(staging.path())?;
         let name = match &spec.output_name {
             Some(n) => n.clone(),
             None => default_name(&base.name, spec.method.as_str(), &job_id),
@@ -778,9 +770,25 @@ impl Run<'_> {
         })
     }
 
+    /// Renders the trainee's validation output for the current step (image models:
+    /// the validation prompts with a fixed seed) and points the job row at it.
+    fn render(&mut self, sess: &mut Session, cancel: &CancelToken) -> Result<()> {
+        let step = sess.s.step;
+        let Some(path) = sess.model.render(step, &sess.job_dir.join("samples"), cancel)? else { return Ok(()) };
+        let image = rel(&self.engine.store.root, &path);
+        self.log("info", format!("validation image at step {step}: {image}"))?;
+        let ck = self.checkpoint_rel.clone();
+        self.write_live(&Progress { image: Some(&image), ..snapshot(&sess.s, sess.total, ck.as_deref()) })?;
+        self.image = Some(path);
+        Ok(())
+    }
+
     /// Evaluates, emits `eval`, and returns whether early stopping triggers.
     fn run_eval(&mut self, sess: &mut Session) -> Result<bool> {
-        let loss = evaluate(&sess.model, &sess.eval, sess.spec.batch_size, sess.pad)?;
+        let loss = sess.model.eval_loss(sess.spec.batch_size)?;
+        if !loss.is_finite() {
+            return Err(Error::Compute(format!("eval loss is {loss}: training diverged (try a lower learning_rate)")));
+        }
         let s = &mut sess.s;
         s.eval_loss = Some(loss);
         if s.best_eval_loss.is_none_or(|b| loss < b) {
@@ -813,7 +821,9 @@ impl Run<'_> {
             return Ok(());
         }
         sess.s.elapsed_s = sess.elapsed_before + sess.started.elapsed().as_secs_f64();
-        let path = checkpoint::write(&sess.job_dir, &sess.model, &sess.opt, &sess.s, sess.spec.keep_last_checkpoints)?;
+        let model = &sess.model;
+        let save = |dir: &Path| model.save_checkpoint(dir);
+        let path = checkpoint::write(&sess.job_dir, &save, &sess.opt, &sess.s, sess.spec.keep_last_checkpoints)?;
         self.checkpoint_rel = Some(rel(&self.engine.store.root, &path));
         self.emit(Event::Checkpoint {
             job_id: self.job.id.0.clone(),
@@ -828,11 +838,7 @@ struct Session {
     spec: TrainSpec,
     job_dir: PathBuf,
     base: ModelRecord,
-    tok: Tokenizer,
-    train: Vec<Example>,
-    eval: Vec<Example>,
-    pad: u32,
-    model: Model,
+    model: Box<dyn Trainee>,
     opt: AdamW,
     /// Optimiser steps of the whole run.
     total: u64,
@@ -851,35 +857,9 @@ struct StepDone {
     tokens_per_sec: f64,
 }
 
-/// The model to train: the base (or the checkpoint's weights) made trainable for a
-/// full fine-tune; the base with a new (or the checkpoint's) adapter for LoRA.
-fn load_model(spec: &TrainSpec, base: &ModelRecord, checkpoint: Option<&Path>) -> Result<Model> {
-    match &spec.method {
-        Method::Full => {
-            let opts = LoadOptions { trainable: true, ..Default::default() };
-            let mut m = match checkpoint {
-                Some(p) => Model::load(p, &opts)?,
-                None => Model::load(base, &opts)?,
-            };
-            // The checkpoint may be rotated away before the end: the tokenizer and
-            // generation files always come from the base.
-            m.set_side_files_dir(&base.path);
-            Ok(m)
-        }
-        Method::Lora(cfg) => {
-            let mut m = Model::load(base, &LoadOptions::default())?;
-            match checkpoint {
-                Some(p) => m.load_adapter(p)?,
-                None => m.add_lora(cfg, spec.seed)?,
-            }
-            Ok(m)
-        }
-    }
-}
-
-/// Total optimiser steps and epochs of a run over `examples` sequences.
-fn plan(spec: &TrainSpec, examples: usize) -> Result<(u64, u32)> {
-    let batches = examples.div_ceil(spec.batch_size) as u64;
+/// Total optimiser steps and epochs of a run whose epochs have `batches` micro-batches.
+fn plan(spec: &TrainSpec, batches: usize) -> Result<(u64, u32)> {
+    let batches = batches as u64;
     let steps_per_epoch = batches.div_ceil(spec.grad_accum as u64);
     let total = match spec.max_steps {
         Some(m) => m,
@@ -897,7 +877,7 @@ fn plan(spec: &TrainSpec, examples: usize) -> Result<(u64, u32)> {
 
 /// One optimiser step over the micro-batches `micro` (gradient accumulation,
 /// clipping, the learning-rate schedule). Diverging losses or gradients stop the run.
-fn optimiser_step(sess: &mut Session, micro: &[&[usize]]) -> Result<StepDone> {
+fn optimiser_step(sess: &mut Session, micro: &[Vec<usize>]) -> Result<StepDone> {
     let t0 = Instant::now();
     let step = sess.s.step + 1;
     let diverged = |what: &str, v: f64| {
@@ -905,10 +885,8 @@ fn optimiser_step(sess: &mut Session, micro: &[&[usize]]) -> Result<StepDone> {
     };
     let mut grads: Vec<Option<Tensor>> = vec![None; sess.opt.params().len()];
     let (mut loss_sum, mut toks) = (0f64, 0usize);
-    for mb in micro {
-        let exs: Vec<&Example> = mb.iter().map(|&i| &sess.train[i]).collect();
-        let (x, y, real) = data::batch(&exs, sess.pad, sess.model.device())?;
-        let loss = sess.model.loss(&x, &y, ForwardMode::Train)?;
+    for (i, mb) in micro.iter().enumerate() {
+        let (loss, real) = sess.model.loss(mb, step, i)?;
         let lv = f64::from(loss.to_scalar::<f32>()?);
         if !lv.is_finite() {
             return Err(diverged("loss", lv));
@@ -941,24 +919,6 @@ fn optimiser_step(sess: &mut Session, micro: &[&[usize]]) -> Result<StepDone> {
     Ok(StepDone { loss, lr, tokens_per_sec: toks as f64 / t0.elapsed().as_secs_f64().max(1e-9) })
 }
 
-/// Token-weighted mean loss over `eval` (inference path, no gradients).
-fn evaluate(model: &Model, eval: &[Example], batch_size: usize, pad: u32) -> Result<f64> {
-    let (mut sum, mut count) = (0f64, 0usize);
-    for chunk in eval.chunks(batch_size) {
-        let exs: Vec<&Example> = chunk.iter().collect();
-        let (x, y, _) = data::batch(&exs, pad, model.device())?;
-        let loss = model.loss(&x, &y, ForwardMode::Infer)?.to_scalar::<f32>()? as f64;
-        let n: usize = chunk.iter().map(|e| e.labels.iter().skip(1).filter(|&&l| l != IGNORE).count()).sum();
-        sum += loss * n as f64;
-        count += n;
-    }
-    let loss = sum / count.max(1) as f64;
-    if !loss.is_finite() {
-        return Err(Error::Compute(format!("eval loss is {loss}: training diverged (try a lower learning_rate)")));
-    }
-    Ok(loss)
-}
-
 fn rel(root: &Path, p: &Path) -> String {
     p.strip_prefix(root).unwrap_or(p).display().to_string()
 }
@@ -986,6 +946,7 @@ fn snapshot<'a>(s: &TrainerState, total: u64, checkpoint: Option<&'a str>) -> Pr
         tokens_per_sec: None,
         sample: None,
         checkpoint,
+        image: None,
     }
 }
 
@@ -997,9 +958,10 @@ mod tests {
     #[test]
     fn the_plan_never_truncates() {
         let spec = TrainSpec { batch_size: 2, grad_accum: 1, epochs: 3, ..Default::default() };
-        assert_eq!(plan(&spec, 5).unwrap(), (9, 3));
+        // 5 examples in batches of 2: 3 micro-batches an epoch.
+        assert_eq!(plan(&spec, 3).unwrap(), (9, 3));
         let spec = TrainSpec { max_steps: Some(7), ..spec };
-        assert_eq!(plan(&spec, 5).unwrap(), (7, 3));
+        assert_eq!(plan(&spec, 3).unwrap(), (7, 3));
         // More epochs than a u32 holds: an error naming the field, not a wrapped count.
         let spec = TrainSpec { max_steps: Some(1 << 40), batch_size: 1, ..spec };
         assert!(plan(&spec, 1).unwrap_err().to_string().contains("max_steps"));

@@ -50,6 +50,10 @@ pub enum Event {
         progress: f64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sample: Option<String>,
+        /// Image models: the latest validation image (absolute path of a PNG), once one
+        /// has been rendered.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<String>,
     },
     /// An evaluation finished.
     Eval { job_id: String, step: u64, metrics: BTreeMap<String, f64> },

@@ -71,6 +71,10 @@ pub struct JobRecord {
     pub error: Option<ErrorInfo>,
     /// The latest checkpoint directory, relative to the home.
     pub checkpoint: Option<String>,
+    /// Image models: the latest validation image (a PNG grid of the validation
+    /// prompts), relative to the home; the dashboards' "current image".
+    #[serde(default)]
+    pub image: Option<String>,
     pub created_at: String,
     pub updated_at: String,
     pub started_at: Option<String>,
@@ -159,6 +163,133 @@ named_enum! {
     }
 }
 
+named_enum! {
+    /// How a training image becomes a square (or bucketed) training sample.
+    #[derive(Default)]
+    pub enum ImageCrop("crop") {
+        /// Shorter side resized to `resolution`, then the centre cut (diffusers' default).
+        #[default]
+        Center = "center",
+        /// Shorter side resized to `resolution`, then a random cut per step.
+        Random = "random",
+        /// Aspect-ratio buckets: each image resized to the bucket (of about
+        /// `resolution`² pixels, sides multiples of the model's size multiple) nearest its
+        /// aspect ratio, centre cut; a batch holds images of one bucket.
+        Buckets = "buckets",
+    }
+}
+
+/// Options of image (diffusion) training; every field has a default. DreamBooth is
+/// `instance_prompt` (with `class_prompt` for prior preservation) with either method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageTrainOptions {
+    /// Side of the training images in pixels (buckets: of the bucket area). Default: the
+    /// model's default size (UNet `sample_size` x VAE factor). Must be a multiple of the
+    /// model's size multiple (VAE factor x UNet downsampling).
+    pub resolution: Option<usize>,
+    pub crop: ImageCrop,
+    /// Flip half of the images horizontally (per step, from the seed). Default false.
+    pub random_flip: bool,
+    /// Min-SNR-gamma loss weighting (diffusers' `--snr_gamma`; 5.0 is the usual value).
+    /// Default: unweighted MSE.
+    pub snr_gamma: Option<f64>,
+    /// Offset noise (diffusers' `--noise_offset`; 0.05-0.1 helps very dark or bright
+    /// images). Default 0.
+    pub noise_offset: f64,
+    /// DreamBooth: the prompt of every training image (e.g. "a photo of sks dog"),
+    /// replacing the dataset's captions.
+    pub instance_prompt: Option<String>,
+    /// DreamBooth prior preservation: the class prompt (e.g. "a photo of a dog"). The
+    /// base model renders `num_class_images` for it before training (kept under the job),
+    /// and each step adds `prior_loss_weight` x their loss.
+    pub class_prompt: Option<String>,
+    /// Default 50.
+    pub num_class_images: usize,
+    /// Default 1.0.
+    pub prior_loss_weight: f64,
+    /// Prompts rendered with a fixed seed every `validation_every` steps and at the end,
+    /// stored under the job as one PNG grid; the step events and the job row point to
+    /// the latest one.
+    pub validation_prompts: Vec<String>,
+    /// Default: only at the end.
+    pub validation_every: Option<u64>,
+    /// Denoising steps of validation (and class) images. Default 20.
+    pub validation_steps: usize,
+    /// Classifier-free guidance of validation (and class) images. Default 7.5.
+    pub validation_guidance_scale: f64,
+    /// Sampler of validation (and class) images. Default: the pipeline's own.
+    pub validation_scheduler: Option<String>,
+    /// Seed of validation images. Default: the job's seed.
+    pub validation_seed: Option<u64>,
+}
+
+impl Default for ImageTrainOptions {
+    fn default() -> Self {
+        Self {
+            resolution: None,
+            crop: ImageCrop::Center,
+            random_flip: false,
+            snr_gamma: None,
+            noise_offset: 0.0,
+            instance_prompt: None,
+            class_prompt: None,
+            num_class_images: 50,
+            prior_loss_weight: 1.0,
+            validation_prompts: Vec::new(),
+            validation_every: None,
+            validation_steps: 20,
+            validation_guidance_scale: 7.5,
+            validation_scheduler: None,
+            validation_seed: None,
+        }
+    }
+}
+
+impl ImageTrainOptions {
+    /// Checks ranges (InvalidConfig naming the field under `image.`).
+    pub fn validate(&self) -> Result<()> {
+        let f = |name: &str| format!("image.{name}");
+        if self.resolution == Some(0) {
+            return Err(Error::config(f("resolution"), "must be > 0"));
+        }
+        if let Some(g) = self.snr_gamma {
+            positive(&f("snr_gamma"), g)?;
+        }
+        if !(self.noise_offset.is_finite() && self.noise_offset >= 0.0) {
+            return Err(Error::config(f("noise_offset"), format!("must be >= 0, got {}", self.noise_offset)));
+        }
+        if self.instance_prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
+            return Err(Error::config(f("instance_prompt"), "is empty"));
+        }
+        if let Some(c) = &self.class_prompt {
+            if c.trim().is_empty() {
+                return Err(Error::config(f("class_prompt"), "is empty"));
+            }
+            if self.instance_prompt.is_none() {
+                return Err(Error::config(f("class_prompt"), "prior preservation needs instance_prompt (DreamBooth)"));
+            }
+            if self.num_class_images == 0 {
+                return Err(Error::config(f("num_class_images"), "must be > 0 with a class_prompt"));
+            }
+            positive(&f("prior_loss_weight"), self.prior_loss_weight)?;
+        }
+        if self.validation_every == Some(0) {
+            return Err(Error::config(f("validation_every"), "must be > 0 (leave it unset for the end only)"));
+        }
+        if self.validation_every.is_some() && self.validation_prompts.is_empty() {
+            return Err(Error::config(f("validation_every"), "needs validation_prompts"));
+        }
+        if self.validation_steps == 0 {
+            return Err(Error::config(f("validation_steps"), "must be > 0"));
+        }
+        if !(self.validation_guidance_scale.is_finite() && self.validation_guidance_scale >= 0.0) {
+            return Err(Error::config(f("validation_guidance_scale"), "must be >= 0"));
+        }
+        Ok(())
+    }
+}
+
 /// A training job's configuration. Build it with `..Default::default()`; bindings pass
 /// JSON through [`TrainSpec::from_json`], where unknown keys are `invalid_config`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -210,6 +341,9 @@ pub struct TrainSpec {
     /// Registry name of the result (next version if it exists). Default
     /// `<base>-<method>-<yyyymmdd-hhmmss>-<job8>`.
     pub output_name: Option<String>,
+    /// Image (Stable Diffusion) bases only: resolution, crops, min-SNR, offset noise,
+    /// DreamBooth, validation images. Default: [`ImageTrainOptions::default`].
+    pub image: Option<ImageTrainOptions>,
 }
 
 impl Default for TrainSpec {
@@ -239,6 +373,7 @@ impl Default for TrainSpec {
             checkpoint_every: None,
             keep_last_checkpoints: 2,
             output_name: None,
+            image: None,
         }
     }
 }
@@ -331,6 +466,9 @@ impl TrainSpec {
         }
         if let Some(n) = &self.output_name {
             util::validate_name("output_name", n)?;
+        }
+        if let Some(i) = &self.image {
+            i.validate()?;
         }
         Ok(())
     }

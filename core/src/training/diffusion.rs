@@ -1,0 +1,572 @@
+//! Image training: a Stable Diffusion UNet (full, or a LoRA on its attention) learning
+//! to predict the noise added to the training images, as diffusers' `train_text_to_image`,
+//! `train_text_to_image_lora` and `train_dreambooth(_lora)` scripts do:
+//!
+//! - images are resized (shorter side to the resolution), cut (centre, random or
+//!   aspect-ratio bucket), optionally flipped, mapped to [-1, 1] and encoded by the VAE
+//!   (a sample of its latent distribution, times its scaling factor; pixel-space
+//!   pipelines train on the pixels); centre cuts without flips are encoded once;
+//! - captions (or the DreamBooth instance prompt) are encoded once by the frozen text
+//!   encoder;
+//! - each step draws noise (plus offset noise), timesteps uniform in the DDPM schedule of
+//!   `scheduler_config.json`, and regresses the UNet on the target of its
+//!   `prediction_type` (epsilon, v or sample) with MSE, optionally min-SNR-gamma weighted;
+//! - DreamBooth prior preservation adds the class images' loss (rendered by the base
+//!   before training and kept under the job) times `prior_loss_weight`.
+//!
+//! Every random draw comes from the seed, the step and the micro-batch, so a resumed run
+//! repeats the same steps. The text encoder is not trained (anneal's diffusion LoRA
+//! files adapt the UNet only).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use serde_json::Value;
+
+use super::trainee::Trainee;
+use crate::data::DatasetStore;
+use crate::diffusion::image::{self as img, ImageLimits, RgbImage};
+use crate::diffusion::{
+    PredictionType, Scheduler, SchedulerKind, StableDiffusionPipeline, Txt2ImgRequest, UNet2DConditionModel,
+};
+use crate::error::{Error, IoResultExt, Location, Result};
+use crate::events::CancelToken;
+use crate::models::{ForwardMode, LoadOptions};
+use crate::types::{DatasetRecord, ImageCrop, ImageTrainOptions, Method, ModelRecord, TrainSpec};
+use crate::util;
+
+/// Class images of DreamBooth prior preservation, under the job directory.
+const CLASS_DIR: &str = "class_images";
+/// The UNet of a full fine-tune's checkpoint, under the checkpoint directory.
+const UNET_DIR: &str = "unet";
+/// Aspect ratios (width / height) of the buckets.
+const BUCKET_RATIOS: [f64; 7] = [0.5, 0.667, 0.75, 1.0, 1.333, 1.5, 2.0];
+
+/// A prepared training image.
+struct Sample {
+    /// `[3, h, w]` in [-1, 1]: the final cut for centre crops, the resized image for
+    /// random ones.
+    pixels: Tensor,
+    /// The cached latent distribution `(mean, std)` `[c, h/f, w/f]` when the cut never
+    /// changes (centre or bucket crop without flips, with a VAE).
+    latent: Option<(Tensor, Tensor)>,
+    /// Index of the caption's embedding.
+    caption: usize,
+    /// The training size `(h, w)` (the bucket).
+    size: (usize, usize),
+}
+
+pub(crate) struct DiffusionTrainee {
+    /// The base pipeline with the trained UNet in it (validation and class images).
+    pipe: StableDiffusionPipeline,
+    unet: UNet2DConditionModel,
+    method: Method,
+    base_dir: PathBuf,
+    train: Vec<Sample>,
+    class: Vec<Sample>,
+    eval: Vec<Sample>,
+    captions: Vec<Tensor>,
+    texts: Vec<String>,
+    alphas_cumprod: Vec<f64>,
+    prediction: PredictionType,
+    opts: ImageTrainOptions,
+    seed: u64,
+    resolution: usize,
+    device: Device,
+}
+
+impl DiffusionTrainee {
+    /// Loads the base pipeline and the UNet to train (from the checkpoint when resuming),
+    /// and prepares the images of the two datasets (records of `image` datasets).
+    pub(crate) fn load(
+        spec: &TrainSpec,
+        base: &ModelRecord,
+        train: (&DatasetRecord, &[Value]),
+        eval: (&DatasetRecord, &[Value]),
+        checkpoint: Option<&Path>,
+        job_dir: &Path,
+        _datasets: &DatasetStore,
+    ) -> Result<Self> {
+        let opts = spec.image.clone().unwrap_or_default();
+        let lo = LoadOptions::default();
+        let pipe = StableDiffusionPipeline::load(&base.path, &lo)?;
+        let multiple = pipe.size_multiple();
+        let resolution = match opts.resolution {
+            Some(r) => r,
+            None => pipe.default_size().0,
+        };
+        if resolution % multiple != 0 {
+            return Err(Error::config(
+                "image.resolution",
+                format!("{resolution} is not a multiple of {multiple} (the VAE factor x the UNet's downsampling)"),
+            ));
+        }
+        let unet_dir = base.path.join("unet");
+        let unet = match &spec.method {
+            Method::Full => {
+                let dir = checkpoint.map(|c| c.join(UNET_DIR)).unwrap_or(unet_dir);
+                UNet2DConditionModel::load(dir, &LoadOptions { trainable: true, ..lo.clone() })?
+            }
+            Method::Lora(cfg) => {
+                let mut u = UNet2DConditionModel::load(unet_dir, &lo)?;
+                match checkpoint {
+                    Some(c) => u.load_lora(c)?,
+                    None => u.add_lora(cfg, spec.seed)?,
+                }
+                u
+            }
+        };
+        let pipe = pipe.with_unet(unet.clone())?;
+        let sched = Scheduler::from_pipeline_dir(&base.path, Some(SchedulerKind::Ddpm))?;
+        let alphas_cumprod: Vec<f64> = sched.alphas_cumprod().iter().map(|&a| f64::from(a)).collect();
+        let mut me = Self {
+            device: pipe.device().clone(),
+            pipe,
+            unet,
+            method: spec.method.clone(),
+            base_dir: base.path.clone(),
+            train: Vec::new(),
+            class: Vec::new(),
+            eval: Vec::new(),
+            captions: Vec::new(),
+            texts: Vec::new(),
+            alphas_cumprod,
+            prediction: sched.prediction_type(),
+            seed: spec.seed,
+            resolution,
+            opts,
+        };
+        let mut embeds = HashMap::new();
+        me.train = me.prepare(datasets, train.0, train.1, &mut embeds)?;
+        if me.train.is_empty() {
+            return Err(Error::data(Location::file(&train.0.path), "no training image"));
+        }
+        me.eval = me.prepare(datasets, eval.0, eval.1, &mut embeds)?;
+        if let Some(prompt) = me.opts.class_prompt.clone() {
+            me.class = me.class_images(&prompt, &job_dir.join(CLASS_DIR), &mut embeds)?;
+        }
+        Ok(me)
+    }
+
+    /// The index of `text`'s embedding, encoding it once.
+    fn caption(&mut self, text: &str, cache: &mut HashMap<String, usize>) -> Result<usize> {
+        if let Some(&i) = cache.get(text) {
+            return Ok(i);
+        }
+        let tok = self.pipe.tokenizer();
+        let ids = tok.to_tensor(&[text], &self.device)?;
+        let e = self.pipe.text_encoder().prompt_embeds(&ids, None, ForwardMode::Infer)?.squeeze(0)?;
+        self.captions.push(e);
+        self.texts.push(text.to_string());
+        cache.insert(text.to_string(), self.captions.len() - 1);
+        Ok(self.captions.len() - 1)
+    }
+
+    /// Decodes, sizes and (when the cut is fixed) encodes the images of `records`.
+    fn prepare(
+        &mut self,
+        _datasets: &DatasetStore,
+        ds: &DatasetRecord,
+        records: &[Value],
+        cache: &mut HashMap<String, usize>,
+    ) -> Result<Vec<Sample>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        if ds.format != crate::types::DatasetFormat::Image {
+            return Err(Error::config(
+                "dataset",
+                format!("`{}` is a {} dataset: a diffusion model trains on an image dataset", ds.name, ds.format),
+            ));
+        }
+        let mut out = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            let loc = Location::file(&ds.path).at(i as u64 + 1);
+            let path = image_path(ds, r, &loc)?;
+            let (image, _) = img::decode(&path, &ImageLimits::default())?;
+            let text = match &self.opts.instance_prompt {
+                Some(p) => p.clone(),
+                None => r.get("text").and_then(Value::as_str).unwrap_or("").to_string(),
+            };
+            let caption = self.caption(&text, cache)?;
+            out.push(self.sample(&image, caption)?);
+        }
+        Ok(out)
+    }
+
+    /// The training size of an image: the square resolution, or the nearest bucket.
+    fn size_for(&self, w: u32, h: u32) -> (usize, usize) {
+        let r = self.resolution;
+        if self.opts.crop != ImageCrop::Buckets {
+            return (r, r);
+        }
+        let m = self.pipe.size_multiple();
+        let ratio = f64::from(w) / f64::from(h.max(1));
+        let best = BUCKET_RATIOS
+            .iter()
+            .copied()
+            .min_by(|a, b| (a.ln() - ratio.ln()).abs().total_cmp(&(b.ln() - ratio.ln()).abs()))
+            .unwrap_or(1.0);
+        // Sides of about r^2 pixels with that ratio, rounded to the size multiple.
+        let area = (r * r) as f64;
+        let bw = ((area * best).sqrt() / m as f64).round().max(1.0) as usize * m;
+        let bh = ((area / best).sqrt() / m as f64).round().max(1.0) as usize * m;
+        (bh, bw)
+    }
+
+    fn sample(&self, image: &RgbImage, caption: usize) -> Result<Sample> {
+        let (h, w) = self.size_for(image.width, image.height);
+        // Shorter side (relative to the target) resized to cover the target.
+        let scale = (w as f64 / f64::from(image.width)).max(h as f64 / f64::from(image.height));
+        let rw = ((f64::from(image.width) * scale).round() as u32).max(w as u32);
+        let rh = ((f64::from(image.height) * scale).round() as u32).max(h as u32);
+        let resized = img::resize(image, rw, rh)?;
+        let fixed = self.opts.crop != ImageCrop::Random;
+        let kept = if fixed { img::center_crop(&resized, w as u32, h as u32)? } else { resized };
+        let pixels = img::to_tensor(&kept, &self.device)?;
+        let latent = match (self.pipe.vae(), fixed && !self.opts.random_flip) {
+            (Some(vae), true) => {
+                let d = vae.encode(&pixels.unsqueeze(0)?, ForwardMode::Infer)?;
+                Some((d.mode().squeeze(0)?, d.std()?.squeeze(0)?))
+            }
+            _ => None,
+        };
+        Ok(Sample { pixels, latent, caption, size: (h, w) })
+    }
+
+    /// DreamBooth class images: those already under `dir` (an earlier run of the job),
+    /// the missing ones rendered by the base now (before any training step).
+    fn class_images(&mut self, prompt: &str, dir: &Path, cache: &mut HashMap<String, usize>) -> Result<Vec<Sample>> {
+        std::fs::create_dir_all(dir).with_path(dir)?;
+        let n = self.opts.num_class_images;
+        let caption = self.caption(prompt, cache)?;
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let path = dir.join(format!("{i:05}.png"));
+            if !path.is_file() {
+                let req = Txt2ImgRequest {
+                    prompts: vec![prompt.to_string()],
+                    guidance_scale: self.opts.validation_guidance_scale,
+                    num_inference_steps: self.opts.validation_steps,
+                    scheduler: self.opts.validation_scheduler.clone(),
+                    seed: Some(self.seed.wrapping_add(i as u64)),
+                    height: Some(self.resolution),
+                    width: Some(self.resolution),
+                    ..Default::default()
+                };
+                // Before the first step the trained UNet is the base's (a full fine-tune's
+                // copy, or a LoRA whose B is 0); a checkpoint exists only once every class
+                // image does, so a resumed run never renders them with trained weights.
+                let out = self.pipe.txt2img(&req, &mut |_, _| Ok(()), &CancelToken::new())?;
+                let image = out.images.into_iter().next().ok_or_else(|| Error::Internal("no class image".into()))?;
+                util::write_atomic(&path, &image.to_png()?)?;
+            }
+            let (image, _) = img::decode(&path, &ImageLimits::default())?;
+            out.push(self.sample(&image, caption)?);
+        }
+        Ok(out)
+    }
+
+    /// The step's random source: a pure function of the seed, the step and the micro-batch.
+    fn rng(&self, step: u64, micro: usize, stream: u64) -> ChaCha8Rng {
+        let mut r = ChaCha8Rng::seed_from_u64(self.seed);
+        r.set_stream(step.wrapping_mul(1 << 20).wrapping_add((micro as u64) << 4).wrapping_add(stream));
+        r
+    }
+
+    fn normal(rng: &mut ChaCha8Rng, shape: &[usize], device: &Device) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
+        Ok(Tensor::from_vec(v, shape, device)?)
+    }
+
+    /// The clean latents `x0` `[b, c, h, w]` of `samples`, cut and flipped for this step.
+    fn latents(&self, samples: &[&Sample], rng: &mut ChaCha8Rng) -> Result<Tensor> {
+        let (h, w) = samples[0].size;
+        let mut pixels = Vec::with_capacity(samples.len());
+        let mut cached = Vec::with_capacity(samples.len());
+        for s in samples {
+            if let Some((mean, std)) = &s.latent {
+                cached.push((mean, std));
+                continue;
+            }
+            let mut p = s.pixels.clone();
+            let (ph, pw) = (p.dim(1)?, p.dim(2)?);
+            if ph != h || pw != w {
+                let y = rng.random_range(0..=ph - h);
+                let x = rng.random_range(0..=pw - w);
+                p = p.narrow(1, y, h)?.narrow(2, x, w)?;
+            }
+            if self.opts.random_flip && rng.random_bool(0.5) {
+                let idx: Vec<u32> = (0..w as u32).rev().collect();
+                p = p.index_select(&Tensor::new(idx.as_slice(), &self.device)?, 2)?;
+            }
+            pixels.push(p);
+        }
+        let Some(vae) = self.pipe.vae() else {
+            return Ok(Tensor::stack(&pixels, 0)?);
+        };
+        let z = if cached.is_empty() {
+            let d = vae.encode(&Tensor::stack(&pixels, 0)?, ForwardMode::Infer)?;
+            let noise = Self::normal(rng, d.mode().dims(), &self.device)?;
+            d.sample(&noise)?
+        } else {
+            let means: Vec<&Tensor> = cached.iter().map(|c| c.0).collect();
+            let stds: Vec<&Tensor> = cached.iter().map(|c| c.1).collect();
+            let (mean, std) = (Tensor::stack(&means, 0)?, Tensor::stack(&stds, 0)?);
+            let noise = Self::normal(rng, mean.dims(), &self.device)?;
+            (mean + std.mul(&noise)?)?
+        };
+        vae.to_unet_latents(&z)
+    }
+
+    /// The loss of `samples` (per-sample MSE, min-SNR weighted when set) and the
+    /// per-sample losses, drawing noise and timesteps from `rng`.
+    fn per_sample_loss(&self, samples: &[&Sample], rng: &mut ChaCha8Rng, mode: ForwardMode) -> Result<Tensor> {
+        let x0 = self.latents(samples, rng)?.detach();
+        let b = x0.dim(0)?;
+        let dims = x0.dims().to_vec();
+        let mut noise = Self::normal(rng, &dims, &self.device)?;
+        if self.opts.noise_offset > 0.0 {
+            let off = Self::normal(rng, &[b, dims[1], 1, 1], &self.device)?;
+            noise = noise.broadcast_add(&(off * self.opts.noise_offset)?)?;
+        }
+        let n = self.alphas_cumprod.len();
+        let t: Vec<usize> = (0..b).map(|_| rng.random_range(0..n)).collect();
+        let acp: Vec<f64> = t.iter().map(|&i| self.alphas_cumprod[i]).collect();
+        let col = |f: &dyn Fn(f64) -> f64| -> Result<Tensor> {
+            let v: Vec<f32> = acp.iter().map(|&a| f(a) as f32).collect();
+            Ok(Tensor::from_vec(v, (b, 1, 1, 1), &self.device)?)
+        };
+        let (sa, s1a) = (col(&|a| a.sqrt())?, col(&|a| (1.0 - a).sqrt())?);
+        let noisy = (x0.broadcast_mul(&sa)? + noise.broadcast_mul(&s1a)?)?;
+        let target = match self.prediction {
+            PredictionType::Epsilon => noise.clone(),
+            PredictionType::VPrediction => (noise.broadcast_mul(&sa)? - x0.broadcast_mul(&s1a)?)?,
+            PredictionType::Sample => x0.clone(),
+        };
+        let context: Vec<&Tensor> = samples.iter().map(|s| &self.captions[s.caption]).collect();
+        let context = Tensor::stack(&context, 0)?;
+        let tt: Vec<f32> = t.iter().map(|&i| i as f32).collect();
+        let tt = Tensor::from_vec(tt, b, &self.device)?;
+        let pred = self.unet.forward(&noisy, &tt, &context, mode)?;
+        let mse = (pred - target)?.sqr()?.flatten_from(1)?.mean(1)?;
+        match self.opts.snr_gamma {
+            None => Ok(mse),
+            Some(gamma) => {
+                let w: Vec<f32> = acp
+                    .iter()
+                    .map(|&a| {
+                        let snr = a / (1.0 - a);
+                        let m = snr.min(gamma);
+                        (match self.prediction {
+                            PredictionType::VPrediction => m / (snr + 1.0),
+                            _ => m / snr,
+                        }) as f32
+                    })
+                    .collect();
+                Ok(mse.mul(&Tensor::from_vec(w, b, &self.device)?)?)
+            }
+        }
+    }
+
+    /// A PNG grid of `images` (same size), `cols` wide.
+    fn grid(images: &[crate::diffusion::GeneratedImage], cols: usize) -> (usize, usize, Vec<u8>) {
+        let (w, h) = (images[0].width, images[0].height);
+        let cols = cols.clamp(1, images.len());
+        let rows = images.len().div_ceil(cols);
+        let (gw, gh) = (w * cols, h * rows);
+        let mut out = vec![255u8; gw * gh * 3];
+        for (k, im) in images.iter().enumerate() {
+            let (ox, oy) = ((k % cols) * w, (k / cols) * h);
+            for y in 0..h {
+                let src = &im.rgb[y * w * 3..(y + 1) * w * 3];
+                let at = ((oy + y) * gw + ox) * 3;
+                out[at..at + w * 3].copy_from_slice(src);
+            }
+        }
+        (gw, gh, out)
+    }
+}
+
+impl Trainee for DiffusionTrainee {
+    fn named_trainable_vars(&self) -> Vec<(String, Var)> {
+        self.unet.named_trainable_vars()
+    }
+
+    fn num_trainable_params(&self) -> usize {
+        self.unet.named_trainable_vars().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    fn num_train(&self) -> usize {
+        self.train.len()
+    }
+
+    fn num_eval(&self) -> usize {
+        self.eval.len()
+    }
+
+    fn unit(&self) -> &'static str {
+        "images"
+    }
+
+    /// Shuffled from the seed and the epoch; with buckets, batches of one bucket each
+    /// (in a shuffled order of batches).
+    fn epoch_batches(&self, seed: u64, epoch: u32, batch_size: usize) -> Vec<Vec<usize>> {
+        let order = super::data::epoch_order(self.train.len(), seed, epoch);
+        if self.opts.crop != ImageCrop::Buckets {
+            return order.chunks(batch_size).map(<[usize]>::to_vec).collect();
+        }
+        let mut by_size: Vec<((usize, usize), Vec<usize>)> = Vec::new();
+        for i in order {
+            let size = self.train[i].size;
+            match by_size.iter_mut().find(|(s, _)| *s == size) {
+                Some((_, v)) => v.push(i),
+                None => by_size.push((size, vec![i])),
+            }
+        }
+        let batches: Vec<Vec<usize>> =
+            by_size.iter().flat_map(|(_, v)| v.chunks(batch_size).map(<[usize]>::to_vec)).collect();
+        let shuffle = super::data::epoch_order(batches.len(), seed.wrapping_add(0x5eed), epoch);
+        shuffle.into_iter().map(|i| batches[i].clone()).collect()
+    }
+
+    fn loss(&self, batch: &[usize], step: u64, micro: usize) -> Result<(Tensor, usize)> {
+        let samples: Vec<&Sample> = batch.iter().map(|&i| &self.train[i]).collect();
+        let mut rng = self.rng(step, micro, 0);
+        let loss = self.per_sample_loss(&samples, &mut rng, ForwardMode::Train)?.mean_all()?;
+        if self.class.is_empty() {
+            return Ok((loss, batch.len()));
+        }
+        // Prior preservation: as many class images as instance images, in turn.
+        let n = self.class.len();
+        let start = (step as usize).wrapping_mul(batch.len()).wrapping_add(micro * batch.len());
+        let class: Vec<&Sample> = (0..batch.len()).map(|j| &self.class[(start + j) % n]).collect();
+        let mut rng = self.rng(step, micro, 1);
+        let prior = self.per_sample_loss(&class, &mut rng, ForwardMode::Train)?.mean_all()?;
+        Ok(((loss + (prior * self.opts.prior_loss_weight)?)?, batch.len()))
+    }
+
+    /// The mean loss over the eval images with noise and timesteps fixed by the seed
+    /// (the same draws at every evaluation, so the figures compare).
+    fn eval_loss(&self, batch_size: usize) -> Result<f64> {
+        let mut rng = self.rng(u64::MAX, 0, 2);
+        let (mut sum, mut n) = (0f64, 0usize);
+        let mut i = 0;
+        while i < self.eval.len() {
+            // Batches of one size (buckets differ).
+            let size = self.eval[i].size;
+            let mut chunk = Vec::new();
+            while i < self.eval.len() && chunk.len() < batch_size && self.eval[i].size == size {
+                chunk.push(&self.eval[i]);
+                i += 1;
+            }
+            let l = self.per_sample_loss(&chunk, &mut rng, ForwardMode::Infer)?;
+            sum += l.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            n += chunk.len();
+        }
+        Ok(sum / n.max(1) as f64)
+    }
+
+    fn sample(&self, i: usize) -> Option<String> {
+        let s = self.train.get(i)?;
+        Some(self.texts[s.caption].clone())
+    }
+
+    /// LoRA: the diffusers LoRA file; full: the UNet (`unet/`).
+    fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        match self.method {
+            Method::Lora(_) => self.unet.save_lora(dir).map(|_| ()),
+            Method::Full => self.unet.save(dir.join(UNET_DIR)),
+        }
+    }
+
+    /// LoRA: the diffusers LoRA file (what `pipe.load_lora_weights(dir)` reads); full: a
+    /// complete pipeline directory, the base's files with the trained UNet.
+    fn save_output(&self, dir: &Path) -> Result<()> {
+        match self.method {
+            Method::Lora(_) => self.unet.save_lora(dir).map(|_| ()),
+            Method::Full => {
+                copy_tree(&self.base_dir, dir, &|rel| rel.starts_with(UNET_DIR))?;
+                self.unet.save(dir.join(UNET_DIR))
+            }
+        }
+    }
+
+    fn render_due(&self, step: u64, total: u64) -> bool {
+        !self.opts.validation_prompts.is_empty()
+            && (step == total || self.opts.validation_every.is_some_and(|k| step.is_multiple_of(k)))
+    }
+
+    /// The validation prompts with the fixed seed, as one PNG grid
+    /// `samples/step-<N>.png` (prompts, seed and step in its text chunks).
+    fn render(&self, step: u64, dir: &Path, cancel: &CancelToken) -> Result<Option<PathBuf>> {
+        if self.opts.validation_prompts.is_empty() {
+            return Ok(None);
+        }
+        let req = Txt2ImgRequest {
+            prompts: self.opts.validation_prompts.clone(),
+            guidance_scale: self.opts.validation_guidance_scale,
+            num_inference_steps: self.opts.validation_steps,
+            scheduler: self.opts.validation_scheduler.clone(),
+            seed: Some(self.opts.validation_seed.unwrap_or(self.seed)),
+            height: Some(self.resolution),
+            width: Some(self.resolution),
+            ..Default::default()
+        };
+        let out = self.pipe.txt2img(&req, &mut |_, _| Ok(()), cancel)?;
+        let (w, h, rgb) = Self::grid(&out.images, 4);
+        let text = vec![
+            ("prompts".to_string(), self.opts.validation_prompts.join("\n")),
+            ("seed".to_string(), out.seed.to_string()),
+            ("step".to_string(), step.to_string()),
+        ];
+        let png = crate::diffusion::png::encode_rgb8(w, h, &rgb, &text)?;
+        std::fs::create_dir_all(dir).with_path(dir)?;
+        let path = dir.join(format!("step-{step:06}.png"));
+        util::write_atomic(&path, &png)?;
+        Ok(Some(path))
+    }
+}
+
+/// TEMP until DatasetStore::image_path lands.
+fn image_path(ds: &DatasetRecord, r: &Value, loc: &Location) -> Result<PathBuf> {
+    let rel =
+        r.get("image").and_then(Value::as_str).ok_or_else(|| Error::data(loc.clone().field("image"), "missing"))?;
+    let p = Path::new(rel);
+    if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(Error::data(loc.clone().field("image"), "must be a path inside the dataset"));
+    }
+    Ok(ds.path.parent().unwrap_or(Path::new(".")).join(p))
+}
+
+/// Copies the files under `src` into `dst` (created), skipping relative paths `skip`
+/// names; symbolic links and special files are refused.
+fn copy_tree(src: &Path, dst: &Path, skip: &dyn Fn(&Path) -> bool) -> Result<()> {
+    fn walk(root: &Path, dir: &Path, dst: &Path, skip: &dyn Fn(&Path) -> bool) -> Result<()> {
+        for entry in std::fs::read_dir(dir).with_path(dir)? {
+            let entry = entry.with_path(dir)?;
+            let path = entry.path();
+            let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+            if skip(&rel) {
+                continue;
+            }
+            let ft = entry.file_type().with_path(&path)?;
+            if ft.is_dir() {
+                std::fs::create_dir_all(dst.join(&rel)).with_path(dst)?;
+                walk(root, &path, dst, skip)?;
+            } else if ft.is_file() {
+                std::fs::copy(&path, dst.join(&rel)).with_path(&path)?;
+            } else {
+                return Err(Error::data(Location::file(&path), "not a regular file or directory"));
+            }
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dst).with_path(dst)?;
+    walk(src, src, dst, skip)
+}
