@@ -89,7 +89,7 @@ impl DiffusionTrainee {
         eval: (&DatasetRecord, &[Value]),
         checkpoint: Option<&Path>,
         job_dir: &Path,
-        _datasets: &DatasetStore,
+        datasets: &DatasetStore,
     ) -> Result<Self> {
         let opts = spec.image.clone().unwrap_or_default();
         let lo = LoadOptions::default();
@@ -337,41 +337,14 @@ impl DiffusionTrainee {
         }
         let n = self.alphas_cumprod.len();
         let t: Vec<usize> = (0..b).map(|_| rng.random_range(0..n)).collect();
-        let acp: Vec<f64> = t.iter().map(|&i| self.alphas_cumprod[i]).collect();
-        let col = |f: &dyn Fn(f64) -> f64| -> Result<Tensor> {
-            let v: Vec<f32> = acp.iter().map(|&a| f(a) as f32).collect();
-            Ok(Tensor::from_vec(v, (b, 1, 1, 1), &self.device)?)
-        };
-        let (sa, s1a) = (col(&|a| a.sqrt())?, col(&|a| (1.0 - a).sqrt())?);
-        let noisy = (x0.broadcast_mul(&sa)? + noise.broadcast_mul(&s1a)?)?;
-        let target = match self.prediction {
-            PredictionType::Epsilon => noise.clone(),
-            PredictionType::VPrediction => (noise.broadcast_mul(&sa)? - x0.broadcast_mul(&s1a)?)?,
-            PredictionType::Sample => x0.clone(),
-        };
         let context: Vec<&Tensor> = samples.iter().map(|s| &self.captions[s.caption]).collect();
         let context = Tensor::stack(&context, 0)?;
-        let tt: Vec<f32> = t.iter().map(|&i| i as f32).collect();
-        let tt = Tensor::from_vec(tt, b, &self.device)?;
-        let pred = self.unet.forward(&noisy, &tt, &context, mode)?;
-        let mse = (pred - target)?.sqr()?.flatten_from(1)?.mean(1)?;
-        match self.opts.snr_gamma {
-            None => Ok(mse),
-            Some(gamma) => {
-                let w: Vec<f32> = acp
-                    .iter()
-                    .map(|&a| {
-                        let snr = a / (1.0 - a);
-                        let m = snr.min(gamma);
-                        (match self.prediction {
-                            PredictionType::VPrediction => m / (snr + 1.0),
-                            _ => m / snr,
-                        }) as f32
-                    })
-                    .collect();
-                Ok(mse.mul(&Tensor::from_vec(w, b, &self.device)?)?)
-            }
-        }
+        let target = Target {
+            alphas_cumprod: &self.alphas_cumprod,
+            prediction: self.prediction,
+            snr_gamma: self.opts.snr_gamma,
+        };
+        target.loss(&self.unet, &x0, &noise, &t, &context, mode)
     }
 
     /// A PNG grid of `images` (same size), `cols` wide.
@@ -533,6 +506,62 @@ impl Trainee for DiffusionTrainee {
     }
 }
 
+/// What the UNet regresses on and how each sample's error is weighted.
+struct Target<'a> {
+    alphas_cumprod: &'a [f64],
+    prediction: PredictionType,
+    snr_gamma: Option<f64>,
+}
+
+impl Target<'_> {
+    /// The per-sample loss `[b]` of predicting from `x0` noised with `noise` at
+    /// timesteps `t` (diffusers' `add_noise`): MSE against the prediction type's target
+    /// (the noise, `get_velocity`, or `x0`), times the min-SNR-gamma weight
+    /// `min(snr, gamma) / snr` (`/ (snr + 1)` for v) when set. The mean over the batch
+    /// is the loss of diffusers' training scripts.
+    fn loss(
+        &self,
+        unet: &UNet2DConditionModel,
+        x0: &Tensor,
+        noise: &Tensor,
+        t: &[usize],
+        context: &Tensor,
+        mode: ForwardMode,
+    ) -> Result<Tensor> {
+        let b = t.len();
+        let device = x0.device();
+        let acp: Vec<f64> = t.iter().map(|&i| self.alphas_cumprod[i]).collect();
+        let col = |f: &dyn Fn(f64) -> f64| -> Result<Tensor> {
+            let v: Vec<f32> = acp.iter().map(|&a| f(a) as f32).collect();
+            Ok(Tensor::from_vec(v, (b, 1, 1, 1), device)?)
+        };
+        let (sa, s1a) = (col(&|a| a.sqrt())?, col(&|a| (1.0 - a).sqrt())?);
+        let noisy = (x0.broadcast_mul(&sa)? + noise.broadcast_mul(&s1a)?)?;
+        let target = match self.prediction {
+            PredictionType::Epsilon => noise.clone(),
+            PredictionType::VPrediction => (noise.broadcast_mul(&sa)? - x0.broadcast_mul(&s1a)?)?,
+            PredictionType::Sample => x0.clone(),
+        };
+        let tt: Vec<f32> = t.iter().map(|&i| i as f32).collect();
+        let tt = Tensor::from_vec(tt, b, device)?;
+        let pred = unet.forward(&noisy, &tt, context, mode)?;
+        let mse = (pred - target)?.sqr()?.flatten_from(1)?.mean(1)?;
+        let Some(gamma) = self.snr_gamma else { return Ok(mse) };
+        let w: Vec<f32> = acp
+            .iter()
+            .map(|&a| {
+                let snr = a / (1.0 - a);
+                let m = snr.min(gamma);
+                (match self.prediction {
+                    PredictionType::VPrediction => m / (snr + 1.0),
+                    _ => m / snr,
+                }) as f32
+            })
+            .collect();
+        Ok(mse.mul(&Tensor::from_vec(w, b, device)?)?)
+    }
+}
+
 /// TEMP until DatasetStore::image_path lands.
 fn image_path(ds: &DatasetRecord, r: &Value, loc: &Location) -> Result<PathBuf> {
     let rel =
@@ -569,4 +598,70 @@ fn copy_tree(src: &Path, dst: &Path, skip: &dyn Fn(&Path) -> bool) -> Result<()>
     }
     std::fs::create_dir_all(dst).with_path(dst)?;
     walk(src, src, dst, skip)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+    }
+
+    fn first5_and_norm(t: &Tensor) -> (Vec<f32>, f32) {
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let norm = v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt() as f32;
+        (v[..v.len().min(5)].to_vec(), norm)
+    }
+
+    /// One step of diffusers' train_text_to_image.py on tiny-sd (fixed latents, noise,
+    /// timesteps and text states; tests/fixtures/make_sd_train_refs.py): the loss for
+    /// the epsilon and v targets, plain and min-SNR weighted, and the full fine-tune's
+    /// gradients, within 1e-4.
+    #[test]
+    fn the_training_loss_and_gradients_match_diffusers() {
+        let r =
+            candle_core::safetensors::load(fixtures().join("sd-train/train_step.safetensors"), &Device::Cpu).unwrap();
+        let dir = fixtures().join("tiny-sd");
+        let unet = UNet2DConditionModel::load(dir.join("unet"), &LoadOptions { trainable: true, ..Default::default() })
+            .unwrap();
+        let sched = Scheduler::from_pipeline_dir(&dir, Some(SchedulerKind::Ddpm)).unwrap();
+        let acp: Vec<f64> = sched.alphas_cumprod().iter().map(|&a| f64::from(a)).collect();
+        let t: Vec<usize> = r["timesteps"].to_vec1::<f32>().unwrap().iter().map(|&x| x as usize).collect();
+        let vars: HashMap<String, Var> = unet.named_trainable_vars().into_iter().collect();
+        for (prediction, p) in [(PredictionType::Epsilon, "epsilon"), (PredictionType::VPrediction, "v_prediction")] {
+            for (snr_gamma, g) in [(None, "plain"), (Some(5.0), "snr5")] {
+                let key = format!("{p}_{g}");
+                let target = Target { alphas_cumprod: &acp, prediction, snr_gamma };
+                let loss = target
+                    .loss(&unet, &r["x0"], &r["noise"], &t, &r["context"], ForwardMode::Train)
+                    .unwrap()
+                    .mean_all()
+                    .unwrap();
+                let want = r[&format!("{key}.loss")].to_vec1::<f32>().unwrap()[0];
+                let got = loss.to_scalar::<f32>().unwrap();
+                assert!((got - want).abs() < 1e-4, "{key}: loss {got} vs diffusers {want}");
+                let grads = loss.backward().unwrap();
+                let names: Vec<String> = r
+                    .keys()
+                    .filter_map(|k| k.strip_prefix(&format!("{key}.grad.")).and_then(|k| k.strip_suffix(".norm")))
+                    .map(String::from)
+                    .collect();
+                assert_eq!(names.len(), 5);
+                for n in names {
+                    let (first, norm) = first5_and_norm(grads.get(&vars[&n]).unwrap());
+                    let want_first = r[&format!("{key}.grad.{n}.first5")].to_vec1::<f32>().unwrap();
+                    let want_norm = r[&format!("{key}.grad.{n}.norm")].to_vec1::<f32>().unwrap()[0];
+                    assert!(
+                        (norm - want_norm).abs() <= 1e-4 * want_norm.max(1.0),
+                        "{key} {n}: norm {norm} vs {want_norm}"
+                    );
+                    for (a, b) in first.iter().zip(&want_first) {
+                        assert!((a - b).abs() < 1e-4, "{key} {n}: {first:?} vs {want_first:?}");
+                    }
+                }
+            }
+        }
+    }
 }
