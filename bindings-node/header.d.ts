@@ -342,7 +342,7 @@ export interface HomeOptions {
 // ---------------------------------------------------------------- generation
 
 export type FinishReason = 'eos' | 'stop' | 'length'
-export type GenerationKind = 'generate' | 'stream' | 'batch' | 'score'
+export type GenerationKind = 'generate' | 'stream' | 'batch' | 'score' | 'txt2img'
 
 /** Text (tokenised with the model's special tokens), chat messages (rendered with its chat template), or token ids. */
 export type Prompt = string | Array<{ role: string; content: string }> | number[]

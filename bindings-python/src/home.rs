@@ -93,6 +93,19 @@ impl PyHome {
         )
     }
 
+    /// Loads a registered stable-diffusion model for text-to-image (see
+    /// `ImageGenerator`); the GIL is released while the weights load.
+    #[pyo3(signature = (model, *, merge_adapter=None, record=None))]
+    fn image_generator(
+        &self,
+        py: Python<'_>,
+        model: String,
+        merge_adapter: Option<Bound<'_, PyAny>>,
+        record: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<crate::images::PyImageGenerator> {
+        crate::images::PyImageGenerator::open(py, &self.inner.models(), model, merge_adapter.as_ref(), record.as_ref())
+    }
+
     fn __repr__(&self) -> String {
         format!("Home({})", q(&self.root()))
     }

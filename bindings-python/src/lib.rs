@@ -7,6 +7,7 @@ mod errors;
 mod events;
 mod generation;
 mod home;
+mod images;
 mod records;
 mod registry;
 mod training;
@@ -40,6 +41,7 @@ fn _anneal(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<generation::PyScore>()?;
     m.add_class::<generation::PyGenerationRecord>()?;
     m.add_class::<generation::PyModelUsage>()?;
+    m.add_class::<images::PyImageGenerator>()?;
     errors::register(m)?;
     Ok(())
 }

@@ -27,7 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("catalog/migrations/0002_jobs.sql"),
     include_str!("catalog/migrations/0003_generations.sql"),
     include_str!("catalog/migrations/0004_job_lease.sql"),
-    include_str!("catalog/migrations/0006_job_image.sql"),
+    include_str!("catalog/migrations/0005_job_image.sql"),
 ];
 
 /// The schema version this build writes.

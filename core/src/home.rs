@@ -17,11 +17,12 @@ use crate::catalog::{Catalog, SCHEMA_VERSION};
 use crate::data::DatasetStore;
 use crate::error::{Error, IoResultExt, Result};
 use crate::generation::Generator;
+use crate::images::ImageGenerator;
 use crate::models::memory::default_memory_limit;
 use crate::registry::ModelRegistry;
 use crate::store::Store;
 use crate::training::TrainingEngine;
-use crate::types::{GeneratorOptions, HomeOptions, ModelRef};
+use crate::types::{GeneratorOptions, HomeOptions, ImageGeneratorOptions, ModelRef};
 
 /// Leftovers of interrupted writes are removed when older than this (younger ones may
 /// belong to another process that is still working).
@@ -106,6 +107,15 @@ impl Home {
     /// Loads `model` for generation ([`Generator::load`]).
     pub fn generator(&self, model: impl Into<ModelRef>, options: &GeneratorOptions) -> Result<Generator> {
         Generator::load(&self.models(), model, options)
+    }
+
+    /// Loads a stable-diffusion `model` for text-to-image ([`ImageGenerator::load`]).
+    pub fn image_generator(
+        &self,
+        model: impl Into<ModelRef>,
+        options: &ImageGeneratorOptions,
+    ) -> Result<ImageGenerator> {
+        ImageGenerator::load(&self.models(), model, options)
     }
 }
 

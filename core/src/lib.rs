@@ -42,8 +42,8 @@
 //       tokenizer, store, diffusion,  LoRA and kernels; tokenizers; the shared Store;
 //       tabular                       UNet, VAE, CLIP text encoder, schedulers;
 //                                     tabular profiles, drift statistics, detectors
-//   L2  data, registry, training,     the four APIs, each on an Arc<Store>
-//       generation
+//   L2  data, registry, training,     the APIs, each on an Arc<Store>
+//       generation, images
 //   L3  home                          opens a directory, hands the APIs out
 
 // L0
@@ -61,6 +61,7 @@ pub mod tokenizer;
 // L2
 mod data;
 mod generation;
+mod images;
 mod registry;
 mod training;
 // L3
@@ -71,6 +72,7 @@ pub use error::{Error, ErrorKind, IoResultExt, Location, Result, StorageError};
 pub use events::{CancelToken, EventSink, JsonLinesSink, NoopSink, RecordingSink, TerminalSink, Throttle};
 pub use generation::{Generator, TokenStream};
 pub use home::Home;
+pub use images::{GeneratedPng, ImageGeneration, ImageGenerator};
 pub use models::memory::{default_memory_limit, machine_memory};
 pub use models::presets::Preset;
 pub use models::{
@@ -84,9 +86,10 @@ pub use types::{
     options_from_json, options_from_json_spelled, to_json_spelled, ChatMessage, DatasetFormat, DatasetId,
     DatasetRecord, DatasetSplit, DatasetStats, DeleteOptions, ErrorInfo, Event, Family, FieldStats, FinishReason,
     FinishStatus, Generation, GenerationConfig, GenerationFilter, GenerationId, GenerationKind, GenerationRecord,
-    GeneratorOptions, HomeOptions, ImageCrop, ImageTrainOptions, ImportOptions, JobFilter, JobId, JobLog, JobRecord,
-    JobStatus, LengthBucket, Lineage, LoraConfig, Method, MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId,
-    ModelKind, ModelRecord, ModelRef, ModelUsage, OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score,
-    ScoreOptions, SourceFormat, Spelling, SplitOptions, Storage, StreamChunk, Timings, TrainMetrics, TrainReport,
-    TrainSpec, TxtMode, CHAT_ROLES, DEFAULT_MAX_NEW_TOKENS, HEARTBEAT_STALE_SECS,
+    GeneratorOptions, HomeOptions, ImageAdapter, ImageCrop, ImageGeneratorOptions, ImageRequest, ImageTrainOptions,
+    ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus, LengthBucket, Lineage, LoraConfig, Method,
+    MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelUsage,
+    OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score, ScoreOptions, SourceFormat, Spelling,
+    SplitOptions, Storage, StreamChunk, Timings, TrainMetrics, TrainReport, TrainSpec, TxtMode, CHAT_ROLES,
+    DEFAULT_MAX_NEW_TOKENS, HEARTBEAT_STALE_SECS,
 };

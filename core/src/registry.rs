@@ -5,6 +5,7 @@
 //! into place, then inserts the row in one transaction; deleting removes the row first
 //! and the files last, so a kill at any moment never leaves a row without its files.
 
+mod diffusion;
 pub(crate) mod inspect;
 
 use std::fs;
@@ -75,16 +76,32 @@ impl ModelRegistry {
         let src = path.as_ref();
         util::check_path("path", src)?;
         let src = fs::canonicalize(src).with_path(src)?;
-        let inspected = inspect::inspect_dir(&src)?;
+        let budget = self.store.memory_limit;
+        // A lone LoRA file (`x.safetensors`) registers as its folder holding that file only.
+        let (src, inspected, default_name) = if src.is_file() {
+            let file = src.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            if !file.ends_with(".safetensors") {
+                return Err(Error::config(
+                    "path",
+                    format!("{} is a file; give a model directory or a LoRA .safetensors file", src.display()),
+                ));
+            }
+            let dir = src.parent().map(Path::to_path_buf).unwrap_or_default();
+            let stem = PathBuf::from(src.file_stem().unwrap_or_default());
+            (dir.clone(), diffusion::inspect_lora(&dir, &file)?, stem)
+        } else {
+            let name = PathBuf::from(src.file_name().unwrap_or_default());
+            (src.clone(), inspect::inspect_dir(&src, budget)?, name)
+        };
         let name = match &opts.name {
             Some(n) => n.clone(),
-            None => util::name_from_path(&PathBuf::from(src.file_name().unwrap_or_default())),
+            None => util::name_from_path(&default_name),
         };
         util::validate_name("name", &name)?;
         // Every check happens here, before anything is copied into the home.
         let parent = self.adapter_parent(&inspected, opts)?;
         if let Some(p) = &parent {
-            inspect::check_adapter(&inspected, p)?;
+            inspect::check_adapter(&inspected, p, budget)?;
         }
         let family = parent
             .as_ref()
@@ -117,6 +134,10 @@ impl ModelRegistry {
                     let mut staging = StagingDir::new(&self.dir())?;
                     let mut files = Vec::new();
                     for f in &inspected.files {
+                        // Pipelines keep their files in component folders (`unet/config.json`).
+                        if let Some(dir) = staging.path().join(f).parent() {
+                            fs::create_dir_all(dir).with_path(dir)?;
+                        }
                         let sha = util::copy_hashing(&src.join(f), &staging.path().join(f), &mut progress)?;
                         files.push(ModelFile {
                             name: f.clone(),
@@ -157,24 +178,37 @@ impl ModelRegistry {
         util::validate_name("name", &name)?;
         let mut staging = StagingDir::new(&self.dir())?;
         presets::write_dir(p, opts.seed, staging.path())?;
-        let inspected = inspect::inspect_dir(staging.path())?;
+        self.insert_preset(&mut staging, &name, p.name, opts)
+    }
+
+    /// Registers the preset `preset` that was written into `staging` (a language model or
+    /// a diffusers pipeline directory: anything [`ModelRegistry::register_dir`] reads).
+    fn insert_preset(
+        &self,
+        staging: &mut StagingDir,
+        name: &str,
+        preset: &str,
+        opts: &PresetOptions,
+    ) -> Result<ModelRecord> {
+        let inspected = inspect::inspect_dir(staging.path(), self.store.memory_limit)?;
         let files = hash_files(staging.path(), &inspected.files)?;
         let new = NewModel {
-            name: &name,
+            name,
             kind: ModelKind::Base,
             family: inspected.family.ok_or_else(|| Error::Internal("preset without family".into()))?,
             parent: None,
-            source: format!("preset:{}", p.name),
+            source: format!("preset:{preset}"),
             task: opts.task.clone(),
             tags: opts.tags.clone(),
-            lineage: Lineage { preset: Some(p.name.to_string()), seed: Some(opts.seed), ..Default::default() },
+            lineage: Lineage { preset: Some(preset.to_string()), seed: Some(opts.seed), ..Default::default() },
         };
-        self.insert_staged(ModelId(util::new_id("mdl")), &mut staging, files, &inspected, new, &|_, _| Ok(()))
+        self.insert_staged(ModelId(util::new_id("mdl")), staging, files, &inspected, new, &|_, _| Ok(()))
     }
 
     /// Registers a directory the training engine wrote into `staging` (under
-    /// `models/`): full weights as an HF directory (kind `full`) or a PEFT adapter
-    /// (kind `lora`, `parent` = the base). Takes the next version of `name`. `also` runs
+    /// `models/`): full weights as an HF directory or a diffusers pipeline directory
+    /// (kind `full`), or a PEFT adapter or a diffusers LoRA (`pytorch_lora_weights.safetensors`;
+    /// kind `lora`), with `parent` = the base; the directory must be of the base's family. Takes the next version of `name`. `also` runs
     /// in the registration's transaction (the job's completion: a kill cannot leave a
     /// registered model with a job that would train and register it again).
     pub(crate) fn register_trained(
@@ -187,8 +221,17 @@ impl ModelRegistry {
         also: &dyn Fn(&Conn, &ModelRecord) -> Result<()>,
     ) -> Result<ModelRecord> {
         util::validate_name("output_name", name)?;
-        let inspected = inspect::inspect_dir(staging.path())?;
-        inspect::check_adapter(&inspected, parent)?;
+        let budget = self.store.memory_limit;
+        let inspected = inspect::inspect_dir(staging.path(), budget)?;
+        if inspected.family.is_some_and(|f| f != parent.family) {
+            return Err(Error::Internal(format!(
+                "trained output in {} is not a {} model like its base {}",
+                staging.path().display(),
+                parent.family.as_str(),
+                parent.reference()
+            )));
+        }
+        inspect::check_adapter(&inspected, parent, budget)?;
         let files = hash_files(staging.path(), &inspected.files)?;
         let kind = if inspected.kind == ModelKind::Lora { ModelKind::Lora } else { ModelKind::Full };
         let new = NewModel {

@@ -15,6 +15,7 @@ mod event;
 mod generation;
 mod home;
 mod ids;
+mod images;
 mod model;
 mod training;
 
@@ -33,6 +34,7 @@ pub use generation::{
 };
 pub use home::HomeOptions;
 pub use ids::{DatasetId, GenerationId, JobId, ModelId, ModelRef};
+pub use images::{ImageAdapter, ImageGeneratorOptions, ImageRequest};
 pub use model::{
     Family, Lineage, LoraConfig, ModelFile, ModelFilter, ModelKind, ModelRecord, PresetOptions, RegisterOptions,
     Storage, TrainMetrics,

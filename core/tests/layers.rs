@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("registry", 2),
     ("training", 2),
     ("generation", 2),
+    ("images", 2),
     ("home", 3),
 ];
 

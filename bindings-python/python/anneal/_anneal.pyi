@@ -177,6 +177,13 @@ class Home:
         record: bool | None = None,
         quantize: Literal["q8_0"] | None = None,
     ) -> Generator: ...
+    def image_generator(
+        self,
+        model: str,
+        *,
+        merge_adapter: bool | None = None,
+        record: bool | None = None,
+    ) -> ImageGenerator: ...
 
 # ---------------------------------------------------------------- datasets
 
@@ -635,7 +642,7 @@ class TrainingEngine:
 # ---------------------------------------------------------------- generation
 
 FinishReason = Literal["eos", "stop", "length"]
-GenerationKind = Literal["generate", "stream", "batch", "score"]
+GenerationKind = Literal["generate", "stream", "batch", "score", "txt2img"]
 
 class ChatMessage(TypedDict):
     role: str
@@ -827,3 +834,36 @@ class Generator:
     def context_length(self) -> int: ...
     @property
     def eos_token_ids(self) -> builtins.list[int]: ...
+
+# ---------------------------------------------------------------- images
+
+class ImageAdapter(TypedDict, total=False):
+    """A LoRA applied to one text-to-image request."""
+
+    model: str
+    scale: float
+
+@final
+class ImageGenerator:
+    """Text-to-image with one loaded Stable Diffusion model; the GIL is released while it works."""
+
+    def generate(
+        self,
+        prompt: str | builtins.list[str],
+        *,
+        negative_prompt: str | None = None,
+        guidance_scale: float | None = None,
+        steps: int | None = None,
+        scheduler: str | None = None,
+        seed: int | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        num_images: int | None = None,
+        clip_skip: int | None = None,
+        adapters: builtins.list[ImageAdapter] | None = None,
+        on_event: OnEvent | None = None,
+        cancel: CancelToken | None = None,
+    ) -> builtins.list[Any]:
+        """PIL images (settings in `.info`) when Pillow is installed, else PNG bytes."""
+    @property
+    def model(self) -> ModelRecord: ...

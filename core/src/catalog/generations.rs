@@ -64,6 +64,7 @@ pub(crate) fn usage(conn: &Connection, model_id: &ModelId) -> Result<ModelUsage>
     Ok(conn.query_row(
         "SELECT COUNT(*) AS calls,
                 COALESCE(SUM(CASE kind WHEN 'score' THEN 0 WHEN 'batch' THEN COALESCE(json_extract(params, '$.prompts'), 1)
+                    WHEN 'txt2img' THEN COALESCE(json_array_length(params, '$.prompts'), 1)
                     ELSE 1 END), 0) AS generations,
                 COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, COALESCE(SUM(generated_tokens), 0) AS generated_tokens,
                 COALESCE(SUM(duration_ms), 0) AS total_duration_ms, MAX(created_at) AS last_used_at

@@ -343,6 +343,12 @@ impl StableDiffusionPipeline {
         &self.inner.unet
     }
 
+    /// The UNet, mutably (to attach, scale, merge or remove a LoRA), while no clone of
+    /// this pipeline shares its weights; `None` otherwise.
+    pub fn unet_mut(&mut self) -> Option<&mut UNet2DConditionModel> {
+        Arc::get_mut(&mut self.inner).map(|i| &mut i.unet)
+    }
+
     /// None for a pixel-space pipeline.
     pub fn vae(&self) -> Option<&AutoencoderKL> {
         self.inner.vae.as_deref()

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::diffusion::{self, DiffusionLora};
+use crate::diffusion::LORA_WEIGHTS_FILE;
 use crate::error::{Error, IoResultExt, Location, Result};
 use crate::models::lora::peft::{self, Targets};
 use crate::models::st_header::{read_safetensors_header, TensorInfo, FLOAT_DTYPES, LOADABLE_DTYPES};
@@ -46,6 +48,8 @@ pub(crate) struct Inspected {
     pub(crate) base_hint: Option<String>,
     /// Adapters: what [`check_adapter`] compares with the base model.
     pub(crate) adapter: Option<AdapterFiles>,
+    /// A diffusers LoRA: what [`check_adapter`] fits to the base pipeline's UNet.
+    pub(crate) diffusion_lora: Option<DiffusionLora>,
 }
 
 /// An adapter directory's parsed config and the modules its tensors adapt.
@@ -88,7 +92,7 @@ impl TargetMatcher {
     }
 }
 
-fn read_json(path: &Path) -> Result<Value> {
+pub(super) fn read_json(path: &Path) -> Result<Value> {
     let bytes = fs::read(path).with_path(path)?;
     serde_json::from_slice(&bytes)
         .map_err(|e| Error::data(Location::file(path).at(e.line() as u64), format!("invalid JSON: {e}")))
@@ -96,7 +100,7 @@ fn read_json(path: &Path) -> Result<Value> {
 
 /// An `invalid_config` error about the values of a file read from disk, as
 /// `invalid_data` naming the file and the field.
-fn in_file(path: &Path, e: Error) -> Error {
+pub(super) fn in_file(path: &Path, e: Error) -> Error {
     match e {
         Error::InvalidConfig { field, reason } => Error::data(Location::file(path).field(field), reason),
         other => other,
@@ -107,7 +111,7 @@ fn in_file(path: &Path, e: Error) -> Error {
 const GENERATION_CONFIG: &str = "generation_config.json";
 
 /// What a path that is not a regular file is, for errors.
-fn file_kind(meta: &fs::Metadata) -> &'static str {
+pub(super) fn file_kind(meta: &fs::Metadata) -> &'static str {
     let t = meta.file_type();
     if t.is_dir() {
         return "a directory";
@@ -129,13 +133,15 @@ fn file_kind(meta: &fs::Metadata) -> &'static str {
 }
 
 /// Files worth keeping from a model directory besides the weights.
-fn is_side_file(name: &str) -> bool {
+pub(super) fn is_side_file(name: &str) -> bool {
     name.ends_with(".json") || name.ends_with(".jinja") || name == "merges.txt" || name == "tokenizer.model"
 }
 
-/// Inspects a model or adapter directory. An adapter is checked against its base by
-/// [`check_adapter`] once the base is known.
-pub(crate) fn inspect_dir(dir: &Path) -> Result<Inspected> {
+/// Inspects a model or adapter directory: an HF model, a PEFT adapter, a diffusers
+/// pipeline or a diffusers LoRA ([`super::diffusion`]; `budget` bounds the memory its
+/// checks may load). An adapter is checked against its base by [`check_adapter`] once
+/// the base is known.
+pub(crate) fn inspect_dir(dir: &Path, budget: u64) -> Result<Inspected> {
     let meta = fs::metadata(dir).with_path(dir)?;
     if !meta.is_dir() {
         return Err(Error::config("path", format!("{} is not a directory", dir.display())));
@@ -157,6 +163,12 @@ pub(crate) fn inspect_dir(dir: &Path) -> Result<Inspected> {
         }
     }
     names.sort();
+    if diffusion::is_pipeline(&names) {
+        return diffusion::inspect_pipeline(dir, budget);
+    }
+    if diffusion::is_lora_dir(&names) {
+        return diffusion::inspect_lora(dir, LORA_WEIGHTS_FILE);
+    }
     if names.iter().any(|n| n == GENERATION_CONFIG) {
         // Read by every generator of the model: it must be a JSON object.
         let p = dir.join(GENERATION_CONFIG);
@@ -221,6 +233,7 @@ pub(crate) fn inspect_dir(dir: &Path) -> Result<Inspected> {
         config,
         base_hint: None,
         adapter: None,
+        diffusion_lora: None,
     })
 }
 
@@ -383,7 +396,7 @@ fn check_weights(config_path: &Path, cfg: &ModelConfig, w: &Weights) -> Result<(
 }
 
 /// Parameter count and the dtype holding most of them.
-fn count_params<'a>(tensors: impl Iterator<Item = &'a TensorInfo>) -> (u64, String) {
+pub(super) fn count_params<'a>(tensors: impl Iterator<Item = &'a TensorInfo>) -> (u64, String) {
     let mut params = 0u64;
     let mut by_dtype: BTreeMap<&str, u64> = BTreeMap::new();
     for t in tensors {
@@ -521,6 +534,7 @@ fn inspect_adapter(dir: &Path, names: &[String]) -> Result<Inspected> {
             modules,
             tokenizer: tokenizer.map(|_| dir.join("tokenizer.json")),
         }),
+        diffusion_lora: None,
     })
 }
 
@@ -530,8 +544,24 @@ fn inspect_adapter(dir: &Path, names: &[String]) -> Result<Inspected> {
 /// adapted. `fan_in_fan_out` is not compared: the adapter loader (like PEFT) sets it
 /// from the layer type, and the LoRA matrices have the same layout either way. A
 /// tokenizer shipped with the adapter must load and fit the base's vocabulary.
-pub(crate) fn check_adapter(ins: &Inspected, base: &ModelRecord) -> Result<()> {
+///
+/// A diffusers LoRA is fitted to the base pipeline's UNet ([`diffusion::check_lora`],
+/// within `budget`).
+pub(crate) fn check_adapter(ins: &Inspected, base: &ModelRecord, budget: u64) -> Result<()> {
+    if let Some(l) = &ins.diffusion_lora {
+        return diffusion::check_lora(l, base, budget);
+    }
     let Some(a) = &ins.adapter else { return Ok(()) };
+    if base.family == Family::StableDiffusion {
+        return Err(Error::config(
+            "parent",
+            format!(
+                "{} is a stable-diffusion pipeline; {} is a PEFT adapter for a language model",
+                base.reference(),
+                a.weights_path.display()
+            ),
+        ));
+    }
     let cfg = ModelConfig::from_json(&base.config)
         .map_err(|e| Error::config("parent", format!("the config of {} cannot be used: {e}", base.reference())))?;
     let linears = cfg.linear_modules();

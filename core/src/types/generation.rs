@@ -230,6 +230,8 @@ named_enum! {
         Stream = "stream",
         Batch = "batch",
         Score = "score",
+        /// Text-to-image ([`crate::ImageGenerator`]).
+        Txt2Img = "txt2img",
     }
 }
 
