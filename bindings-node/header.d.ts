@@ -25,7 +25,7 @@ export interface AnnealError extends Error {
   supported?: number
 }
 
-export type DatasetFormat = 'text' | 'completion' | 'instruction' | 'chat' | 'tabular'
+export type DatasetFormat = 'text' | 'completion' | 'instruction' | 'chat' | 'tabular' | 'image'
 export type SourceFormat = 'jsonl' | 'json' | 'csv' | 'tsv' | 'txt' | 'records'
 export type FinishStatus = 'completed' | 'failed' | 'cancelled'
 
@@ -35,7 +35,7 @@ export type AnnealEvent =
   | { type: 'task_progress'; task: string; done: number; total?: number }
   | { type: 'task_finished'; task: string; status: FinishStatus; id?: string; error?: { code: ErrorCode; message: string } }
   | { type: 'job_started'; jobId: string; totalSteps: number; epochs: number }
-  | { type: 'step'; jobId: string; epoch: number; step: number; totalSteps: number; loss: number; lr: number; tokensPerSec: number; progress: number; sample?: string }
+  | { type: 'step'; jobId: string; epoch: number; step: number; totalSteps: number; loss: number; lr: number; tokensPerSec: number; progress: number; sample?: string; image?: string }
   | { type: 'eval'; jobId: string; step: number; metrics: Record<string, number> }
   | { type: 'checkpoint'; jobId: string; step: number; path: string }
   | { type: 'log'; jobId: string; level: string; message: string }
@@ -261,6 +261,33 @@ export interface TrainSpec {
   keepLastCheckpoints?: number
   /** Registry name of the result. */
   outputName?: string | null
+  /** Image (Stable Diffusion) bases only. */
+  image?: ImageTrainOptions | null
+}
+
+export type ImageCrop = 'center' | 'random' | 'buckets'
+
+/**
+ * Image (Stable Diffusion) training: resolution, crops, min-SNR, offset noise, DreamBooth
+ * (instance / class prompts), validation images.
+ */
+export interface ImageTrainOptions {
+  resolution?: number | null
+  crop?: ImageCrop
+  randomFlip?: boolean
+  snrGamma?: number | null
+  noiseOffset?: number
+  instancePrompt?: string | null
+  classPrompt?: string | null
+  numClassImages?: number
+  priorLossWeight?: number
+  /** Rendered with a fixed seed every `validationEvery` steps and at the end. */
+  validationPrompts?: string[]
+  validationEvery?: number | null
+  validationSteps?: number
+  validationGuidanceScale?: number
+  validationScheduler?: string | null
+  validationSeed?: number | null
 }
 
 export interface JobFilter {
@@ -297,6 +324,8 @@ export interface JobRecord {
   error: { code: ErrorCode; message: string } | null
   /** The latest checkpoint directory, relative to the home. */
   checkpoint: string | null
+  /** Image models: the latest validation image (PNG grid), relative to the home. */
+  image: string | null
   createdAt: string
   updatedAt: string
   startedAt: string | null

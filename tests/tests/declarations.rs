@@ -96,6 +96,7 @@ fn enums() -> Vec<(&'static str, Value)> {
         FinishReason,
         GenerationKind,
         FinishStatus,
+        ImageCrop,
     )
 }
 
@@ -192,7 +193,7 @@ fn python_stub_matches_the_rust_types() {
         }
     }
     // Options given as dicts.
-    for (name, schema) in schemas!(LoraConfig, TrainSpec, ChatMessage) {
+    for (name, schema) in schemas!(LoraConfig, TrainSpec, ImageTrainOptions, ChatMessage) {
         let got = py_attributes(&py_class(&pyi, name).unwrap_or_default());
         let want = fields(&schema);
         if got != want {
@@ -306,6 +307,7 @@ fn typescript_declarations_match_the_rust_types() {
         ModelFilter,
         LoraConfig,
         TrainSpec,
+        ImageTrainOptions,
         JobFilter,
         GeneratorOptions,
         GenerationConfig,

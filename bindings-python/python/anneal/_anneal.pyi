@@ -8,7 +8,7 @@ from typing import Any, Literal, TypedDict, final
 __version__: str
 
 StrPath = str | os.PathLike[str]
-DatasetFormat = Literal["text", "completion", "instruction", "chat", "tabular"]
+DatasetFormat = Literal["text", "completion", "instruction", "chat", "tabular", "image"]
 SourceFormat = Literal["jsonl", "json", "csv", "tsv", "txt", "records"]
 TxtMode = Literal["lines", "document"]
 OnDuplicate = Literal["error", "reuse"]
@@ -58,6 +58,7 @@ class StepEvent(TypedDict, total=False):
     tokens_per_sec: float
     progress: float
     sample: str
+    image: str
 
 class EvalEvent(TypedDict):
     type: Literal["eval"]
@@ -447,6 +448,27 @@ class LoraConfig(TypedDict, total=False):
 class LoraMethod(TypedDict):
     lora: LoraConfig
 
+ImageCrop = Literal["center", "random", "buckets"]
+
+class ImageTrainOptions(TypedDict, total=False):
+    """Image (Stable Diffusion) training (crops, min-SNR, DreamBooth, validation)."""
+
+    resolution: int | None
+    crop: ImageCrop
+    random_flip: bool
+    snr_gamma: float | None
+    noise_offset: float
+    instance_prompt: str | None
+    class_prompt: str | None
+    num_class_images: int
+    prior_loss_weight: float
+    validation_prompts: builtins.list[str]
+    validation_every: int | None
+    validation_steps: int
+    validation_guidance_scale: float
+    validation_scheduler: str | None
+    validation_seed: int | None
+
 class TrainSpec(TypedDict, total=False):
     """Fields of a training job; only `base` and `dataset` are required (defaults in the core)."""
 
@@ -474,6 +496,7 @@ class TrainSpec(TypedDict, total=False):
     checkpoint_every: int | None
     keep_last_checkpoints: int
     output_name: str | None
+    image: ImageTrainOptions | None
 
 @final
 class JobRecord:
@@ -523,6 +546,8 @@ class JobRecord:
     def error(self) -> _ErrorInfo | None: ...
     @property
     def checkpoint(self) -> str | None: ...
+    @property
+    def image(self) -> str | None: ...
     @property
     def created_at(self) -> str: ...
     @property
