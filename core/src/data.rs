@@ -1,4 +1,4 @@
-//! DatasetStore: import, formats, preview, stats, splits.
+//! DatasetStore: import, formats, preview, stats, splits; image datasets in [`images`].
 //!
 //! Imports stream: records are read, checked, normalised and written one at a time
 //! into a staging directory while their sha256 is computed (no record is read past
@@ -12,6 +12,7 @@
 //! and nothing under `datasets/` but a `.tmp-*` directory that the next open sweeps.
 
 mod format;
+mod images;
 mod read;
 mod stats;
 
@@ -330,12 +331,14 @@ impl DatasetStore {
         let mut train = Ingest::new(&self.dir(), &opts, Location::file(&src.path), None)?;
         let mut val = Ingest::new(&self.dir(), &opts, Location::file(&src.path), None)?;
         let mut i = 0usize;
+        let image_src = (src.format == DatasetFormat::Image).then_some(&src);
         for_each_record(&src.path, |v| {
-            if is_val.get(i).copied().unwrap_or(false) {
-                val.push_normalized(&v)?
-            } else {
-                train.push_normalized(&v)?
+            let half = if is_val.get(i).copied().unwrap_or(false) { &mut val } else { &mut train };
+            // An image dataset's halves hold their images (hard links where possible).
+            if let Some(s) = image_src {
+                images::link_image(s, &v, half.staging.path())?;
             }
+            half.push_normalized(&v)?;
             i += 1;
             Ok(true)
         })?;

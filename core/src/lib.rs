@@ -93,3 +93,4 @@ pub use types::{
     SplitOptions, Storage, StreamChunk, Timings, TrainMetrics, TrainReport, TrainSpec, TxtMode, CHAT_ROLES,
     DEFAULT_MAX_NEW_TOKENS, HEARTBEAT_STALE_SECS,
 };
+pub use types::{ImageImportOptions, ImageLayout, ImageStats, SizeStats};

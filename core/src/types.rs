@@ -23,6 +23,7 @@ pub use dataset::{
     DatasetFormat, DatasetRecord, DatasetSplit, DatasetStats, DeleteOptions, FieldStats, ImportOptions, LengthBucket,
     OnDuplicate, SourceFormat, SplitOptions, TxtMode, CHAT_ROLES,
 };
+pub use dataset::{ImageImportOptions, ImageLayout, ImageStats, SizeStats};
 pub use drift::{
     AdwinConfig, ChangeDirection, ColumnDrift, ColumnKind, DdmConfig, DetectorConfig, DriftOptions, DriftReport,
     DriftTest, DriftVerdict, PageHinkleyConfig,

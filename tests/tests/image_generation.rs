@@ -81,7 +81,7 @@ fn registers_pipeline_directories_and_loras_with_kind_and_lineage() {
     assert_eq!(sd.config["_class_name"], "StableDiffusionPipeline");
     let pipe = StableDiffusionPipeline::load(fixtures().join("tiny-sd"), &LoadOptions::default()).unwrap();
     let params = pipe.unet().num_params().unwrap()
-        + pipe.vae().named_weights().unwrap().iter().map(|(_, t)| t.elem_count()).sum::<usize>()
+        + pipe.vae().unwrap().named_weights().unwrap().iter().map(|(_, t)| t.elem_count()).sum::<usize>()
         + pipe.text_encoder().named_weights().iter().map(|(_, t)| t.elem_count()).sum::<usize>();
     assert_eq!(sd.params, params as u64);
     let names: Vec<&str> = sd.files.iter().map(|f| f.name.as_str()).collect();

@@ -346,6 +346,9 @@ pub(crate) fn read_file(
         SourceFormat::Tsv => read_csv(path, reader, b'\t', ctx, visit),
         SourceFormat::Txt => read_txt(path, reader, ctx, visit),
         SourceFormat::Records => Err(Error::config("source_format", "`records` is only for in-memory imports")),
+        SourceFormat::Images => {
+            Err(Error::config("source_format", "a folder of images is imported with `import_images`"))
+        }
     }
 }
 

@@ -164,7 +164,7 @@ pub fn decode(path: &Path, limits: &ImageLimits) -> Result<(RgbImage, DecodedInf
     let file = std::fs::File::open(path).with_path(path)?;
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     // Read at most one byte more than allowed: a file that grew after `metadata` is caught.
-    file.take(limits.max_bytes + 1).read_to_end(&mut bytes).with_path(path)?;
+    file.take(limits.max_bytes.saturating_add(1)).read_to_end(&mut bytes).with_path(path)?;
     if bytes.len() as u64 > limits.max_bytes {
         return Err(too_big_file(path, bytes.len() as u64, limits));
     }
@@ -179,7 +179,8 @@ fn too_big_file(path: &Path, len: u64, limits: &ImageLimits) -> Error {
 }
 
 /// Decodes image bytes; `label` names them in errors (as the file).
-pub fn decode_bytes(bytes: &[u8], label: &str, limits: &ImageLimits) -> Result<(RgbImage, DecodedInfo)> {
+pub fn decode_bytes(bytes: &[u8], label: impl AsRef<Path>, limits: &ImageLimits) -> Result<(RgbImage, DecodedInfo)> {
+    let label = label.as_ref();
     if bytes.len() as u64 > limits.max_bytes {
         return Err(Error::data(
             Location::file(label),
@@ -223,6 +224,11 @@ fn decode_at(bytes: &[u8], at: Location, limits: &ImageLimits) -> Result<(RgbIma
             return Err(bad(format!("{what}; only PNG, JPEG and WebP images are supported")));
         }
     };
+    // The JPEG decoder fills a truncated scan with gray instead of failing; PIL refuses
+    // such a file ("image file is truncated"), and so does this.
+    if format == "jpeg" && !jpeg_is_complete(bytes) {
+        return Err(bad("truncated JPEG image: no end-of-image marker after its last scan".into()));
+    }
     let mut reader = reader;
     let mut lim = image::Limits::default();
     // The pixel count is checked below, from the header; this bounds what the decoder may
@@ -252,6 +258,16 @@ fn decode_at(bytes: &[u8], at: Location, limits: &ImageLimits) -> Result<(RgbIma
     let rgb = flatten_on_white(img);
     let info = DecodedInfo { width: rgb.width, height: rgb.height, format, mode };
     Ok((rgb, info))
+}
+
+/// Whether JPEG `bytes` hold an end-of-image marker (`FF D9`) after the start of their
+/// last scan (`FF DA`). Neither marker can occur inside entropy-coded data (an `FF` there
+/// is followed by `00`), so a file cut anywhere in or before its last scan fails this.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    match bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) {
+        Some(sos) => bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
 }
 
 /// 8-bit RGB of `img`, alpha composited on white.
@@ -484,9 +500,20 @@ mod tests {
         let img =
             DynamicImage::ImageRgb8(image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 4, y as u8 * 4, 9])));
         let jpg = encode(img, ImageFormat::Jpeg);
-        let e = decode_bytes(&jpg[..jpg.len() / 2], "t.jpg", &limits()).unwrap_err();
-        assert_eq!(e.code(), "invalid_data", "{e}");
-        assert!(e.to_string().contains("t.jpg"), "{e}");
+        // Cut anywhere, even just before the end marker, a JPEG is refused.
+        for keep in [jpg.len() / 2, jpg.len() * 9 / 10, jpg.len() - 2] {
+            let e = decode_bytes(&jpg[..keep], "t.jpg", &limits()).unwrap_err();
+            assert_eq!(e.code(), "invalid_data", "{e}");
+            assert!(e.to_string().contains("t.jpg") && e.to_string().contains("truncated"), "{e}");
+        }
+        assert!(decode_bytes(&jpg, "t.jpg", &limits()).is_ok());
+        let webp = encode(
+            DynamicImage::ImageRgb8(image::RgbImage::from_pixel(32, 32, image::Rgb([1, 2, 3]))),
+            ImageFormat::WebP,
+        );
+        for keep in [webp.len() / 2, webp.len() - 2] {
+            assert_eq!(decode_bytes(&webp[..keep], "t.webp", &limits()).unwrap_err().code(), "invalid_data");
+        }
     }
 
     /// A PNG whose header claims `w x h` followed by one tiny IDAT: no decoder ever gets

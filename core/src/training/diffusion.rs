@@ -169,7 +169,7 @@ impl DiffusionTrainee {
     /// Decodes, sizes and (when the cut is fixed) encodes the images of `records`.
     fn prepare(
         &mut self,
-        _datasets: &DatasetStore,
+        datasets: &DatasetStore,
         ds: &DatasetRecord,
         records: &[Value],
         cache: &mut HashMap<String, usize>,
@@ -185,8 +185,12 @@ impl DiffusionTrainee {
         }
         let mut out = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
-            let loc = Location::file(&ds.path).at(i as u64 + 1);
-            let path = image_path(ds, r, &loc)?;
+            let path = datasets.image_path(ds, r).map_err(|e| match e {
+                Error::InvalidData { location, reason } => {
+                    Error::InvalidData { location: location.at(i as u64 + 1), reason }
+                }
+                other => other,
+            })?;
             let (image, _) = img::decode(&path, &ImageLimits::default())?;
             let text = match &self.opts.instance_prompt {
                 Some(p) => p.clone(),
@@ -560,17 +564,6 @@ impl Target<'_> {
             .collect();
         Ok(mse.mul(&Tensor::from_vec(w, b, device)?)?)
     }
-}
-
-/// TEMP until DatasetStore::image_path lands.
-fn image_path(ds: &DatasetRecord, r: &Value, loc: &Location) -> Result<PathBuf> {
-    let rel =
-        r.get("image").and_then(Value::as_str).ok_or_else(|| Error::data(loc.clone().field("image"), "missing"))?;
-    let p = Path::new(rel);
-    if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        return Err(Error::data(loc.clone().field("image"), "must be a path inside the dataset"));
-    }
-    Ok(ds.path.parent().unwrap_or(Path::new(".")).join(p))
 }
 
 /// Copies the files under `src` into `dst` (created), skipping relative paths `skip`

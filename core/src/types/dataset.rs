@@ -71,6 +71,8 @@ named_enum! {
         Txt = "txt",
         /// Records given in memory (Python lists, JS arrays).
         Records = "records",
+        /// A folder of images with captions (`import_images`).
+        Images = "images",
     }
 }
 
@@ -224,7 +226,111 @@ pub struct DatasetStats {
     /// Tabular datasets: records per label (at most 1000 distinct labels are counted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_counts: Option<BTreeMap<String, u64>>,
+    /// Image datasets: sizes, aspect ratios, modes and formats of the images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImageStats>,
     /// Token counts, filled once the dataset has been tokenised for a model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<BTreeMap<String, u64>>,
+}
+
+named_enum! {
+    /// How a folder of images carries its captions ([`ImageImportOptions::layout`]).
+    pub enum ImageLayout("layout") {
+        /// Hugging Face `imagefolder`: a `metadata.jsonl` or `metadata.csv` at the top of
+        /// the folder, one row per image with its path relative to the folder
+        /// (`file_name`, images may be in subfolders) and its caption (`text`).
+        ImageFolder = "imagefolder",
+        /// kohya-style sidecar captions: `foo.png` captioned by `foo.txt` beside it.
+        Captions = "captions",
+        /// A DreamBooth instance set: images only, every caption is the `instance_prompt`.
+        Instance = "instance",
+    }
+}
+
+/// Options for [`crate::DatasetStore::import_images`].
+///
+/// The layout is detected when not given: a `metadata.jsonl` / `metadata.csv` at the top
+/// makes it `imagefolder`; otherwise any caption file (`caption_extension`) makes it
+/// `captions`; otherwise it is `instance`, which needs `instance_prompt`.
+///
+/// Images are the files named `.png`, `.jpg`, `.jpeg`, `.webp` (any case; and `.gif`,
+/// `.bmp`, `.tif`, `.tiff`, which are refused as unsupported) in the folder and its
+/// subfolders, hidden ones (`.name`) skipped, in sorted path order. Every image is
+/// decoded fully at import: a corrupt, truncated or unsupported one is `invalid_data`
+/// naming it, and nothing is stored.
+///
+/// Captions: in `imagefolder` every image must have a metadata row (an image without one,
+/// or a row whose file is missing, is `invalid_data`); in `captions` an image without a
+/// caption file takes the `instance_prompt` when one is given (kohya's class-token
+/// fallback) and is `invalid_data` otherwise, while a caption file without its image is
+/// `invalid_data`. A caption's surrounding whitespace is trimmed. Captionless training
+/// (unconditional) is asked for explicitly with `instance_prompt: ""`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageImportOptions {
+    /// The dataset's name (unique). Default: the folder's name.
+    pub name: Option<String>,
+    /// Force a layout instead of detecting it.
+    pub layout: Option<ImageLayout>,
+    /// `imagefolder`: the metadata column holding the caption (diffusers'
+    /// `--caption_column`). Default `text`.
+    pub caption_column: String,
+    /// `imagefolder`: the metadata column holding the image's relative path (diffusers'
+    /// `--image_column` is the loaded image; the file is `file_name`). Default `file_name`.
+    pub image_column: String,
+    /// `captions`: the caption files' extension. Default `.txt`.
+    pub caption_extension: String,
+    /// `instance`: every image's caption (e.g. "a photo of sks dog"). `captions`: the
+    /// caption of images without a caption file.
+    pub instance_prompt: Option<String>,
+    /// Same content already stored: error (default) or return the existing dataset.
+    pub on_duplicate: OnDuplicate,
+    /// The largest image accepted, in pixels (width x height; default 64 megapixels).
+    /// A larger image is refused (`invalid_data` naming it and the limit), not
+    /// downscaled; its size is read from the file's header, before any pixel is decoded.
+    pub max_pixels: u64,
+    /// The largest image file accepted, in bytes (default 256 MiB).
+    pub max_image_bytes: u64,
+}
+
+impl Default for ImageImportOptions {
+    fn default() -> Self {
+        Self {
+            name: None,
+            layout: None,
+            caption_column: "text".into(),
+            image_column: "file_name".into(),
+            caption_extension: ".txt".into(),
+            instance_prompt: None,
+            on_duplicate: OnDuplicate::default(),
+            max_pixels: 64 * 1024 * 1024,
+            max_image_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Smallest, largest and mean of a dimension, in pixels.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SizeStats {
+    pub min: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+/// What [`DatasetStats::images`] reports for an image dataset.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ImageStats {
+    /// Number of images (records).
+    pub count: u64,
+    pub width: SizeStats,
+    pub height: SizeStats,
+    /// Images per aspect ratio (width:height), each counted under the nearest of
+    /// `1:3`, `9:16`, `2:3`, `3:4`, `4:5`, `1:1`, `5:4`, `4:3`, `3:2`, `16:9`, `3:1`
+    /// (nearest on a log scale; empty buckets omitted).
+    pub aspect_ratios: BTreeMap<String, u64>,
+    /// Images per pixel layout before conversion (`RGB`, `RGBA`, `L`, `LA`, `I;16`, ...).
+    pub modes: BTreeMap<String, u64>,
+    /// Images per file format (`png`, `jpeg`, `webp`).
+    pub formats: BTreeMap<String, u64>,
 }

@@ -329,6 +329,7 @@ mod tests {
             length_histogram: vec![],
             role_counts: None,
             label_counts: Some([("not_spam".to_string(), 1)].into()),
+            images: None,
             tokens: None,
         };
         stats.fields.insert("text_field".into(), Default::default());
