@@ -143,6 +143,12 @@ fn lora_training_registers_an_adapter_and_renders_validation_images() {
     let after = unet.forward(&x, &t, &ctx, anneal::ForwardMode::Infer).unwrap();
     let diff = (before - after).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff > 1e-6, "the trained adapter changes nothing ({diff})");
+    // The registered adapter generates through the image generator like any model.
+    let generator = env.home.image_generator(model.reference(), &Default::default()).unwrap();
+    let req = anneal::ImageRequest { steps: Some(2), seed: Some(3), ..anneal::ImageRequest::new("a red square") };
+    let out = generator.generate(&req).unwrap();
+    assert_eq!(out.images.len(), 1);
+    assert_eq!((out.images[0].width, out.images[0].height), (16, 16));
 }
 
 #[test]
