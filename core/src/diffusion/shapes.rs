@@ -243,7 +243,7 @@ pub fn classify(rgb: &[u8], width: usize, height: usize) -> (Option<Color>, Opti
 /// The share of images whose dominant colour and shape ([`classify`]) are both the
 /// ones their prompt names (image `i` is scored against `prompts[i]`). `images` are
 /// `(width, height, rgb)`. No images: 0.
-pub fn score<'a>(images: &[(usize, usize, &'a [u8])], prompts: &[&str]) -> Result<f64> {
+pub fn score(images: &[(usize, usize, &[u8])], prompts: &[&str]) -> Result<f64> {
     if images.len() != prompts.len() {
         return Err(Error::config(
             "prompts",
