@@ -28,7 +28,9 @@ pub mod lora;
 mod nn;
 pub mod pipeline;
 pub mod png;
+pub mod presets;
 pub mod schedulers;
+pub mod shapes;
 pub mod unet;
 pub mod vae;
 

@@ -122,3 +122,155 @@ fn a_pipeline_without_vae_needs_an_rgb_unet() {
     assert!(e.to_string().contains("unet/config.json:in_channels"), "{e}");
     assert!(e.to_string().contains("pixel-space"), "{e}");
 }
+
+// ---------------------------------------------------------------- shapes
+
+use anneal::diffusion::shapes::{self, Color, Shape};
+
+#[test]
+fn classify_recovers_every_drawn_colour_and_shape() {
+    for size in [32, 64] {
+        for seed in 0..8u64 {
+            for c in Color::ALL {
+                for s in Shape::ALL {
+                    let img = shapes::draw(c.name(), s.name(), size, seed * 31 + size as u64).unwrap();
+                    assert_eq!(img.rgb.len(), size * size * 3);
+                    let got = shapes::classify(&img.rgb, img.width, img.height);
+                    assert_eq!(got, (Some(c), Some(s)), "{} {} size {size} seed {seed}", c.name(), s.name());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn drawing_is_deterministic_and_jittered() {
+    let a = shapes::draw("blue", "triangle", 32, 1).unwrap();
+    assert_eq!(a, shapes::draw("blue", "triangle", 32, 1).unwrap());
+    assert_ne!(a, shapes::draw("blue", "triangle", 32, 2).unwrap());
+    let e = shapes::draw("purple", "circle", 32, 1).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+    assert!(e.to_string().contains("color"), "{e}");
+    assert_eq!(shapes::draw("red", "hexagon", 32, 1).unwrap_err().kind(), ErrorKind::InvalidConfig);
+}
+
+#[test]
+fn score_matches_prompts_and_random_noise_scores_zero() {
+    use rand::{Rng, SeedableRng};
+    let data = shapes::generate(24, 32, 5).unwrap();
+    let views: Vec<(usize, usize, &[u8])> = data.iter().map(|(i, _)| (i.width, i.height, i.rgb.as_slice())).collect();
+    let right: Vec<&str> = data.iter().map(|(_, p)| p.as_str()).collect();
+    assert_eq!(shapes::score(&views, &right).unwrap(), 1.0);
+    // Every prompt shifted by one: the colour (or the shape) is wrong.
+    let wrong: Vec<&str> = (0..right.len()).map(|i| right[(i + 1) % right.len()]).collect();
+    assert_eq!(shapes::score(&views, &wrong).unwrap(), 0.0);
+    // Uniform noise and smooth random colour fields.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let noise: Vec<Vec<u8>> = (0..48).map(|_| (0..32 * 32 * 3).map(|_| rng.random::<u8>()).collect()).collect();
+    let views: Vec<(usize, usize, &[u8])> = noise.iter().map(|n| (32, 32, n.as_slice())).collect();
+    let prompts: Vec<&str> = (0..48).map(|i| right[i % right.len()]).collect();
+    assert!(shapes::score(&views, &prompts).unwrap() < 0.05);
+    assert_eq!(shapes::score(&views[..1], &prompts).unwrap_err().kind(), ErrorKind::InvalidConfig);
+    assert_eq!(shapes::parse_prompt("A Yellow square!"), (Some(Color::Yellow), Some(Shape::Square)));
+}
+
+#[test]
+fn write_imagefolder_writes_pngs_and_metadata() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shapes");
+    shapes::write_imagefolder(&dir, 13, 32, 4).unwrap();
+    let meta = std::fs::read_to_string(dir.join("metadata.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = meta.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 13);
+    assert_eq!(lines[0]["file_name"], "00000.png");
+    assert_eq!(lines[0]["text"], "a red circle");
+    assert_eq!(lines[12]["text"], "a red circle");
+    assert_eq!(lines[5]["text"], "a green square");
+    for l in &lines {
+        let bytes = std::fs::read(dir.join(l["file_name"].as_str().unwrap())).unwrap();
+        let img = image::load_from_memory(&bytes).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (32, 32));
+        let (c, s) = shapes::parse_prompt(l["text"].as_str().unwrap());
+        assert_eq!(shapes::classify(img.as_raw(), 32, 32), (c, s));
+    }
+    // Not over an existing dataset; nothing left behind.
+    let e = shapes::write_imagefolder(&dir, 2, 32, 4).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+}
+
+// ---------------------------------------------------------------- presets
+
+use anneal::diffusion::presets;
+
+fn preset_dir(tmp: &Path, seed: u64) -> PathBuf {
+    let dir = tmp.join(format!("tiny-shapes-{seed}"));
+    presets::write_dir(presets::find("tiny-shapes").unwrap(), seed, &dir).unwrap();
+    dir
+}
+
+#[test]
+fn the_tiny_shapes_preset_is_a_pixel_space_pipeline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = preset_dir(tmp.path(), 1);
+    let sd = StableDiffusionPipeline::load(&dir, &LoadOptions::default()).unwrap();
+    assert!(sd.vae().is_none());
+    assert!(sd.config().is_pixel_space());
+    assert_eq!(sd.vae_scale_factor(), 1);
+    assert_eq!(sd.default_size(), (32, 32));
+    assert_eq!(sd.tokenizer().model_max_length(), 32);
+    // Byte-level: "a red circle" is BOS, a</w>, r, e, d</w>, c, i, r, c, l, e</w>, EOS, then padding.
+    let ids = sd.tokenizer().encode("a red circle").unwrap();
+    assert_eq!(ids.len(), 32);
+    assert_eq!(&ids[..2], &[512, 256 + u32::from(b'a' - b'!')]);
+    assert_eq!(ids[11], 513);
+    let req = Txt2ImgRequest {
+        num_inference_steps: 3,
+        seed: Some(1),
+        scheduler: Some("ddim".into()),
+        guidance_scale: 2.0,
+        ..Txt2ImgRequest::new("a red circle")
+    };
+    let out = run(&sd, &req);
+    assert_eq!(out.images[0].width, 32);
+    assert_eq!(out.images[0].rgb.len(), 32 * 32 * 3);
+    assert_eq!(out.latents.dims(), &[1, 3, 32, 32]);
+    // The pixels are the final latents mapped from [-1, 1] to [0, 1].
+    let mapped = ((out.latents.clone() / 2.0).unwrap() + 0.5).unwrap().clamp(0f32, 1f32).unwrap();
+    let mapped = mapped.permute((0, 2, 3, 1)).unwrap();
+    let diff = (mapped - &out.pixels).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+    // Sizes: multiples of the UNet's downsampling (4) only.
+    let e = sd.txt2img(&Txt2ImgRequest { height: Some(30), ..req.clone() }, &mut |_, _| Ok(()), &CancelToken::new());
+    assert_eq!(e.unwrap_err().kind(), ErrorKind::InvalidConfig);
+    let out = run(&sd, &Txt2ImgRequest { height: Some(16), width: Some(24), ..req });
+    assert_eq!((out.images[0].height, out.images[0].width), (16, 24));
+}
+
+#[test]
+fn preset_weights_are_seeded_and_trainable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = preset_dir(tmp.path(), 3);
+    let b = tmp.path().join("again");
+    presets::write_dir(presets::find("tiny-shapes").unwrap(), 3, &b).unwrap();
+    let c = preset_dir(tmp.path(), 4);
+    for f in ["unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"] {
+        let bytes = std::fs::read(a.join(f)).unwrap();
+        assert_eq!(bytes, std::fs::read(b.join(f)).unwrap(), "{f}");
+        assert_ne!(bytes, std::fs::read(c.join(f)).unwrap(), "{f}");
+    }
+    let unet = UNet2DConditionModel::load(a.join("unet"), &trainable()).unwrap();
+    let n = unet.num_params().unwrap();
+    assert!((500_000..3_000_000).contains(&n), "{n} parameters");
+    assert!(!unet.trainable_vars().is_empty());
+    let te = ClipTextModel::load(a.join("text_encoder"), &trainable()).unwrap();
+    assert!(!te.trainable_vars().is_empty());
+    // Training can render with them.
+    let sd = StableDiffusionPipeline::load(&a, &LoadOptions::default()).unwrap();
+    sd.with_unet(unet).unwrap().with_text_encoder(te).unwrap();
+    // Not over an existing directory.
+    let e = presets::write_dir(presets::find("tiny-shapes").unwrap(), 3, &a).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+    assert!(presets::find("nope").is_none());
+    assert!(presets::presets().iter().any(|p| p.name == "tiny-shapes"));
+}

@@ -1,0 +1,341 @@
+//! Toy text-to-image data that a small model learns in minutes: one coloured shape
+//! (red, green, blue or yellow; circle, square or triangle) on a white background,
+//! captioned "a red circle"; and a scorer that tells whether generated images show
+//! what their prompts ask for, from simple geometry (no model).
+//!
+//! [`classify`] labels each pixel with the nearest palette colour (or background, or
+//! nothing when it is near none), takes the largest 4-connected region of one colour as
+//! the object, and reads its shape from how much of its bounding box it fills: a square
+//! fills all of it, a circle pi/4 (0.785), a triangle half.
+//!
+//! ```
+//! use anneal::diffusion::shapes::{self, Color, Shape};
+//! let img = shapes::draw("red", "circle", 32, 7).unwrap();
+//! assert_eq!(shapes::classify(&img.rgb, img.width, img.height), (Some(Color::Red), Some(Shape::Circle)));
+//! ```
+
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Error, IoResultExt, Result};
+
+/// The colours shapes are drawn in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Color {
+    Red,
+    Green,
+    Blue,
+    Yellow,
+}
+
+/// The shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Shape {
+    Circle,
+    Square,
+    Triangle,
+}
+
+impl Color {
+    pub const ALL: [Color; 4] = [Color::Red, Color::Green, Color::Blue, Color::Yellow];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Color::Red => "red",
+            Color::Green => "green",
+            Color::Blue => "blue",
+            Color::Yellow => "yellow",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Color> {
+        Self::ALL.into_iter().find(|c| c.name() == s)
+    }
+
+    /// The RGB it is drawn with.
+    pub fn rgb(self) -> [u8; 3] {
+        match self {
+            Color::Red => [220, 30, 30],
+            Color::Green => [30, 170, 40],
+            Color::Blue => [30, 50, 220],
+            Color::Yellow => [240, 210, 20],
+        }
+    }
+}
+
+impl Shape {
+    pub const ALL: [Shape; 3] = [Shape::Circle, Shape::Square, Shape::Triangle];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Circle => "circle",
+            Shape::Square => "square",
+            Shape::Triangle => "triangle",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Shape> {
+        Self::ALL.into_iter().find(|c| c.name() == s)
+    }
+}
+
+/// The background colour.
+pub const BACKGROUND: [u8; 3] = [255, 255, 255];
+
+/// An RGB image, 8 bits per channel, row-major `height x width x 3`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeImage {
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<u8>,
+}
+
+/// The caption of a shape: "a red circle".
+pub fn caption(color: Color, shape: Shape) -> String {
+    format!("a {} {}", color.name(), shape.name())
+}
+
+/// The colour and shape a prompt names (the first colour word and the first shape word).
+pub fn parse_prompt(prompt: &str) -> (Option<Color>, Option<Shape>) {
+    let words: Vec<String> =
+        prompt.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
+    (words.iter().find_map(|w| Color::parse(w)), words.iter().find_map(|w| Shape::parse(w)))
+}
+
+/// Draws one `color` `shape` on a white `size x size` image; its size (40-70% of the
+/// side) and position are drawn from `seed`. Unknown names are `invalid_config`.
+pub fn draw(color: &str, shape: &str, size: usize, seed: u64) -> Result<ShapeImage> {
+    let c = Color::parse(color)
+        .ok_or_else(|| Error::config("color", format!("unknown colour `{color}` (red, green, blue, yellow)")))?;
+    let s = Shape::parse(shape)
+        .ok_or_else(|| Error::config("shape", format!("unknown shape `{shape}` (circle, square, triangle)")))?;
+    if !(16..=1024).contains(&size) {
+        return Err(Error::config("size", format!("{size} pixels: must be between 16 and 1024")));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    Ok(draw_with(c, s, size, &mut rng))
+}
+
+fn draw_with(color: Color, shape: Shape, size: usize, rng: &mut impl Rng) -> ShapeImage {
+    let n = size as f64;
+    let side = rng.random_range(0.4..0.7) * n;
+    let margin = 1.0;
+    let x0 = rng.random_range(margin..(n - side - margin).max(margin + 1e-9));
+    let y0 = rng.random_range(margin..(n - side - margin).max(margin + 1e-9));
+    let mut rgb = Vec::with_capacity(size * size * 3);
+    let inside = |px: f64, py: f64| -> bool {
+        // Pixel centres, in units of the shape's box.
+        let (u, v) = ((px - x0) / side, (py - y0) / side);
+        if !(0.0..1.0).contains(&u) || !(0.0..1.0).contains(&v) {
+            return false;
+        }
+        match shape {
+            Shape::Square => true,
+            Shape::Circle => (u - 0.5).powi(2) + (v - 0.5).powi(2) < 0.25,
+            // Apex at the top centre, base along the bottom.
+            Shape::Triangle => (u - 0.5).abs() < v / 2.0,
+        }
+    };
+    for y in 0..size {
+        for x in 0..size {
+            let px = if inside(x as f64 + 0.5, y as f64 + 0.5) { color.rgb() } else { BACKGROUND };
+            rgb.extend_from_slice(&px);
+        }
+    }
+    ShapeImage { width: size, height: size, rgb }
+}
+
+/// Pixels farther than this (Euclidean, 0-255 units) from every palette colour and
+/// the background belong to nothing.
+const MAX_DISTANCE: f64 = 110.0;
+
+/// The label of a pixel: 0 background, 1 + colour index, or `NONE`.
+const NONE: u8 = u8::MAX;
+
+fn label(p: &[u8]) -> u8 {
+    let d = |c: [u8; 3]| -> f64 { (0..3).map(|i| (f64::from(p[i]) - f64::from(c[i])).powi(2)).sum::<f64>().sqrt() };
+    let mut best = (d(BACKGROUND), 0u8);
+    for (i, c) in Color::ALL.iter().enumerate() {
+        let di = d(c.rgb());
+        if di < best.0 {
+            best = (di, i as u8 + 1);
+        }
+    }
+    if best.0 <= MAX_DISTANCE {
+        best.1
+    } else {
+        NONE
+    }
+}
+
+/// The dominant colour (the colour of the largest 4-connected single-colour region, if
+/// it covers at least 2.5% of the image and 16 pixels) and the shape of that region
+/// (None when its fill ratio is none of the three). `rgb` is `height x width x 3`.
+pub fn classify(rgb: &[u8], width: usize, height: usize) -> (Option<Color>, Option<Shape>) {
+    let n = width * height;
+    if width == 0 || height == 0 || rgb.len() != n * 3 {
+        return (None, None);
+    }
+    let labels: Vec<u8> = rgb.chunks_exact(3).map(label).collect();
+    let mut seen = vec![false; n];
+    // (pixels, label, min x, min y, max x, max y)
+    let mut best: Option<(usize, u8, usize, usize, usize, usize)> = None;
+    let mut stack = Vec::new();
+    for start in 0..n {
+        let l = labels[start];
+        if seen[start] || l == 0 || l == NONE {
+            continue;
+        }
+        seen[start] = true;
+        stack.push(start);
+        let (mut count, mut x0, mut y0, mut x1, mut y1) = (0, width, height, 0, 0);
+        while let Some(i) = stack.pop() {
+            let (x, y) = (i % width, i / width);
+            count += 1;
+            (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+            let mut visit = |j: usize| {
+                if !seen[j] && labels[j] == l {
+                    seen[j] = true;
+                    stack.push(j);
+                }
+            };
+            if x > 0 {
+                visit(i - 1);
+            }
+            if x + 1 < width {
+                visit(i + 1);
+            }
+            if y > 0 {
+                visit(i - width);
+            }
+            if y + 1 < height {
+                visit(i + width);
+            }
+        }
+        if best.is_none_or(|b| count > b.0) {
+            best = Some((count, l, x0, y0, x1, y1));
+        }
+    }
+    let Some((count, l, x0, y0, x1, y1)) = best else { return (None, None) };
+    if count < 16 || (count as f64) < 0.025 * n as f64 {
+        return (None, None);
+    }
+    let color = Color::ALL[usize::from(l - 1)];
+    let (bw, bh) = (x1 - x0 + 1, y1 - y0 + 1);
+    let aspect = bw as f64 / bh as f64;
+    let fill = count as f64 / (bw * bh) as f64;
+    let shape = if !(0.6..=1.67).contains(&aspect) {
+        None
+    } else if fill >= 0.9 {
+        Some(Shape::Square)
+    } else if (0.68..0.9).contains(&fill) {
+        Some(Shape::Circle)
+    } else if (0.38..0.62).contains(&fill) {
+        Some(Shape::Triangle)
+    } else {
+        None
+    };
+    (Some(color), shape)
+}
+
+/// The share of images whose dominant colour and shape ([`classify`]) are both the
+/// ones their prompt names (image `i` is scored against `prompts[i]`). `images` are
+/// `(width, height, rgb)`. No images: 0.
+pub fn score(images: &[(usize, usize, &[u8])], prompts: &[&str]) -> Result<f64> {
+    if images.len() != prompts.len() {
+        return Err(Error::config(
+            "prompts",
+            format!("{} prompts for {} images: give one per image", prompts.len(), images.len()),
+        ));
+    }
+    if images.is_empty() {
+        return Ok(0.0);
+    }
+    let hits = images
+        .iter()
+        .zip(prompts)
+        .filter(|((w, h, rgb), p)| {
+            let (c, s) = parse_prompt(p);
+            c.is_some() && s.is_some() && classify(rgb, *w, *h) == (c, s)
+        })
+        .count();
+    Ok(hits as f64 / images.len() as f64)
+}
+
+/// Writes `n` shape images (`size x size` PNGs, `00000.png`...) and `metadata.jsonl`
+/// (`{"file_name": "00000.png", "text": "a red circle"}` per line), the Hugging Face
+/// imagefolder layout, to `dir`. Colours and shapes cycle through all 12 pairs; sizes
+/// and positions come from `seed`. `dir` must not exist or be empty (`already_exists`);
+/// it is written next to its place and renamed, so a failure leaves nothing behind.
+pub fn write_imagefolder(dir: &Path, n: usize, size: usize, seed: u64) -> Result<()> {
+    if !(16..=1024).contains(&size) {
+        return Err(Error::config("size", format!("{size} pixels: must be between 16 and 1024")));
+    }
+    if dir.exists() {
+        let mut entries = std::fs::read_dir(dir).with_path(dir)?;
+        if entries.next().is_some() {
+            return Err(Error::AlreadyExists {
+                what: "directory",
+                id: dir.display().to_string(),
+                detail: " and is not empty".into(),
+            });
+        }
+    }
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("shapes");
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_path(parent)?;
+    let tmp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_path(&tmp)?;
+    }
+    let result = write_images(&tmp, n, size, seed).and_then(|()| {
+        if dir.exists() {
+            std::fs::remove_dir(dir).with_path(dir)?;
+        }
+        std::fs::rename(&tmp, dir).with_path(dir)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// The colour and shape of image `i` of a dataset: all 12 pairs in turn.
+pub fn pair(i: usize) -> (Color, Shape) {
+    (Color::ALL[i % 4], Shape::ALL[(i / 4) % 3])
+}
+
+fn write_images(dir: &Path, n: usize, size: usize, seed: u64) -> Result<()> {
+    std::fs::create_dir_all(dir).with_path(dir)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut meta = String::new();
+    for i in 0..n {
+        let (c, s) = pair(i);
+        let img = draw_with(c, s, size, &mut rng);
+        let file = format!("{i:05}.png");
+        let bytes = super::png::encode_rgb8(size, size, &img.rgb, &[])?;
+        let path = dir.join(&file);
+        std::fs::write(&path, bytes).with_path(&path)?;
+        let line = serde_json::json!({"file_name": file, "text": caption(c, s)});
+        meta.push_str(&line.to_string());
+        meta.push('\n');
+    }
+    let path = dir.join("metadata.jsonl");
+    std::fs::write(&path, meta).with_path(&path)
+}
+
+/// `n` shape images in memory (as [`write_imagefolder`] draws them) with their captions.
+pub fn generate(n: usize, size: usize, seed: u64) -> Result<Vec<(ShapeImage, String)>> {
+    if !(16..=1024).contains(&size) {
+        return Err(Error::config("size", format!("{size} pixels: must be between 16 and 1024")));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    Ok((0..n)
+        .map(|i| {
+            let (c, s) = pair(i);
+            (draw_with(c, s, size, &mut rng), caption(c, s))
+        })
+        .collect())
+}
