@@ -10,6 +10,7 @@ mod home;
 mod images;
 mod records;
 mod registry;
+mod shapes;
 mod training;
 
 use pyo3::prelude::*;
@@ -42,6 +43,7 @@ fn _anneal(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<generation::PyGenerationRecord>()?;
     m.add_class::<generation::PyModelUsage>()?;
     m.add_class::<images::PyImageGenerator>()?;
+    shapes::register(m)?;
     errors::register(m)?;
     Ok(())
 }

@@ -171,8 +171,17 @@ impl ModelRegistry {
     }
 
     /// Creates a base model from a built-in preset: a small Llama-family config, random
-    /// weights from `seed`, and the byte-level tokenizer. See [`ModelRegistry::presets`].
+    /// weights from `seed`, and the byte-level tokenizer (see [`ModelRegistry::presets`]);
+    /// or a from-scratch text-to-image pipeline (`tiny-shapes`: see
+    /// [`crate::diffusion::presets`]).
     pub fn create_preset(&self, preset: &str, opts: &PresetOptions) -> Result<ModelRecord> {
+        if let Some(p) = crate::diffusion::presets::find(preset) {
+            let name = opts.name.clone().unwrap_or_else(|| p.name.to_string());
+            util::validate_name("name", &name)?;
+            let mut staging = StagingDir::new(&self.dir())?;
+            crate::diffusion::presets::write_dir(p, opts.seed, staging.path())?;
+            return self.insert_preset(&mut staging, &name, p.name, opts);
+        }
         let p = presets::find(preset)?;
         let name = opts.name.clone().unwrap_or_else(|| p.name.to_string());
         util::validate_name("name", &name)?;

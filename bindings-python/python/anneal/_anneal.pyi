@@ -457,6 +457,8 @@ class ImageTrainOptions(TypedDict, total=False):
     crop: ImageCrop
     random_flip: bool
     snr_gamma: float | None
+    train_text_encoder: bool
+    caption_dropout: float
     noise_offset: float
     instance_prompt: str | None
     class_prompt: str | None
@@ -892,3 +894,8 @@ class ImageGenerator:
         """PIL images (settings in `.info`) when Pillow is installed, else PNG bytes."""
     @property
     def model(self) -> ModelRecord: ...
+
+# ---------------------------------------------------------------- toy data (anneal.shapes)
+
+def shapes_write_imagefolder(dir: str | os.PathLike[str], n: int = 480, size: int = 32, seed: int = 0) -> None: ...
+def shapes_score(images: builtins.list[Any], prompts: builtins.list[str]) -> float: ...

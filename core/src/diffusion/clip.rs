@@ -293,6 +293,18 @@ impl ClipTextModel {
         self.vars.iter().map(|(_, v)| v.clone()).collect()
     }
 
+    /// Writes the weights as `dir/model.safetensors` (atomically) with the config.json
+    /// it was loaded with, a directory `CLIPTextModel.from_pretrained` reads.
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).with_path(dir)?;
+        let cfg = self.dir.join("config.json");
+        let text = std::fs::read(&cfg).with_path(&cfg)?;
+        crate::util::write_atomic(&dir.join("config.json"), &text)?;
+        let tensors: std::collections::HashMap<String, Tensor> = self.named_weights().into_iter().collect();
+        crate::models::write_safetensors(&tensors, &dir.join("model.safetensors"))
+    }
+
     /// Every weight under its transformers name (with the `text_model.` prefix).
     pub fn named_weights(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![

@@ -386,6 +386,34 @@ pub fn flip_horizontal(img: &RgbImage) -> RgbImage {
     RgbImage { width: img.width, height: img.height, data }
 }
 
+/// The images laid out row by row (`rows[r][c]`) on a white canvas, each in a cell as
+/// large as the largest image (contact sheets: validation grids, before/after).
+pub fn grid(rows: &[Vec<&RgbImage>]) -> Result<RgbImage> {
+    let cell_w = rows.iter().flatten().map(|i| i.width).max().unwrap_or(0);
+    let cell_h = rows.iter().flatten().map(|i| i.height).max().unwrap_or(0);
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0) as u32;
+    let (w, h) = (cell_w.saturating_mul(cols), cell_h.saturating_mul(rows.len() as u32));
+    if w == 0 || h == 0 {
+        return Err(Error::config("images", "no image to lay out"));
+    }
+    if u64::from(w) * u64::from(h) > ImageLimits::DEFAULT_MAX_PIXELS {
+        return Err(Error::config("images", format!("a {w}x{h} grid is above 64 megapixels")));
+    }
+    let mut out = RgbImage::filled(w, h, [255, 255, 255]);
+    let row_bytes = w as usize * 3;
+    for (r, row) in rows.iter().enumerate() {
+        for (c, im) in row.iter().enumerate() {
+            let (ox, oy) = (c * cell_w as usize, r * cell_h as usize);
+            let iw = im.width as usize * 3;
+            for y in 0..im.height as usize {
+                let at = (oy + y) * row_bytes + ox * 3;
+                out.data[at..at + iw].copy_from_slice(&im.data[y * iw..(y + 1) * iw]);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `img` as an `f32` tensor of shape `[3, height, width]` with values in `[-1, 1]`
 /// (`x / 127.5 - 1`, torchvision's `ToTensor` then `Normalize([0.5], [0.5])`).
 pub fn to_tensor(img: &RgbImage, device: &Device) -> Result<Tensor> {

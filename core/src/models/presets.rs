@@ -69,8 +69,9 @@ pub fn find(name: &str) -> Result<&'static Preset> {
         Error::config(
             "preset",
             format!(
-                "unknown preset `{name}` (available: {})",
-                PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+                "unknown preset `{name}` (available: {}; images: {})",
+                PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", "),
+                crate::diffusion::presets::presets().iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
             ),
         )
     })

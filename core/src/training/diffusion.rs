@@ -7,7 +7,8 @@
 //!   (a sample of its latent distribution, times its scaling factor; pixel-space
 //!   pipelines train on the pixels); centre cuts without flips are encoded once;
 //! - captions (or the DreamBooth instance prompt) are encoded once by the frozen text
-//!   encoder;
+//!   encoder (each step when it is trained), a `caption_dropout` share of them replaced
+//!   by the empty prompt;
 //! - each step draws noise (plus offset noise), timesteps uniform in the DDPM schedule of
 //!   `scheduler_config.json`, and regresses the UNet on the target of its
 //!   `prediction_type` (epsilon, v or sample) with MSE, optionally min-SNR-gamma weighted;
@@ -15,8 +16,8 @@
 //!   before training and kept under the job) times `prior_loss_weight`.
 //!
 //! Every random draw comes from the seed, the step and the micro-batch, so a resumed run
-//! repeats the same steps. The text encoder is not trained (anneal's diffusion LoRA
-//! files adapt the UNet only).
+//! repeats the same steps. A full fine-tune may train the text encoder too
+//! (`train_text_encoder`); LoRA adapts the UNet only (anneal's diffusion LoRA files).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,7 +32,8 @@ use super::trainee::Trainee;
 use crate::data::DatasetStore;
 use crate::diffusion::image::{self as img, ImageLimits, RgbImage};
 use crate::diffusion::{
-    PredictionType, Scheduler, SchedulerKind, StableDiffusionPipeline, Txt2ImgRequest, UNet2DConditionModel,
+    ClipTextModel, PredictionType, Scheduler, SchedulerKind, StableDiffusionPipeline, Txt2ImgRequest,
+    UNet2DConditionModel,
 };
 use crate::error::{Error, IoResultExt, Location, Result};
 use crate::events::CancelToken;
@@ -43,6 +45,8 @@ use crate::util;
 const CLASS_DIR: &str = "class_images";
 /// The UNet of a full fine-tune's checkpoint, under the checkpoint directory.
 const UNET_DIR: &str = "unet";
+/// The text encoder when it is trained too.
+const TEXT_ENCODER_DIR: &str = "text_encoder";
 /// Aspect ratios (width / height) of the buckets.
 const BUCKET_RATIOS: [f64; 7] = [0.5, 0.667, 0.75, 1.0, 1.333, 1.5, 2.0];
 
@@ -64,13 +68,19 @@ pub(crate) struct DiffusionTrainee {
     /// The base pipeline with the trained UNet in it (validation and class images).
     pipe: StableDiffusionPipeline,
     unet: UNet2DConditionModel,
+    /// Trained with the UNet (`train_text_encoder`); None: frozen, captions encoded once.
+    text_encoder: Option<ClipTextModel>,
     method: Method,
     base_dir: PathBuf,
     train: Vec<Sample>,
     class: Vec<Sample>,
     eval: Vec<Sample>,
+    /// Per distinct caption: its embedding (frozen encoder) and its token ids.
     captions: Vec<Tensor>,
+    caption_ids: Vec<Tensor>,
     texts: Vec<String>,
+    /// The empty prompt's caption index (caption dropout).
+    empty: Option<usize>,
     alphas_cumprod: Vec<f64>,
     prediction: PredictionType,
     opts: ImageTrainOptions,
@@ -120,20 +130,31 @@ impl DiffusionTrainee {
                 u
             }
         };
-        let pipe = pipe.with_unet(unet.clone())?;
+        let mut pipe = pipe.with_unet(unet.clone())?;
+        let text_encoder = if opts.train_text_encoder {
+            let dir = checkpoint.map(|c| c.join(TEXT_ENCODER_DIR)).unwrap_or(base.path.join(TEXT_ENCODER_DIR));
+            let te = ClipTextModel::load(dir, &LoadOptions { trainable: true, ..lo.clone() })?;
+            pipe = pipe.with_text_encoder(te.clone())?;
+            Some(te)
+        } else {
+            None
+        };
         let sched = Scheduler::from_pipeline_dir(&base.path, Some(SchedulerKind::Ddpm))?;
         let alphas_cumprod: Vec<f64> = sched.alphas_cumprod().iter().map(|&a| f64::from(a)).collect();
         let mut me = Self {
             device: pipe.device().clone(),
             pipe,
             unet,
+            text_encoder,
             method: spec.method.clone(),
             base_dir: base.path.clone(),
             train: Vec::new(),
             class: Vec::new(),
             eval: Vec::new(),
             captions: Vec::new(),
+            caption_ids: Vec::new(),
             texts: Vec::new(),
+            empty: None,
             alphas_cumprod,
             prediction: sched.prediction_type(),
             seed: spec.seed,
@@ -141,6 +162,9 @@ impl DiffusionTrainee {
             opts,
         };
         let mut embeds = HashMap::new();
+        if me.opts.caption_dropout > 0.0 {
+            me.empty = Some(me.caption("", &mut embeds)?);
+        }
         me.train = me.prepare(datasets, train.0, train.1, &mut embeds)?;
         if me.train.is_empty() {
             return Err(Error::data(Location::file(&train.0.path), "no training image"));
@@ -161,6 +185,7 @@ impl DiffusionTrainee {
         let ids = tok.to_tensor(&[text], &self.device)?;
         let e = self.pipe.text_encoder().prompt_embeds(&ids, None, ForwardMode::Infer)?.squeeze(0)?;
         self.captions.push(e);
+        self.caption_ids.push(ids.squeeze(0)?);
         self.texts.push(text.to_string());
         cache.insert(text.to_string(), self.captions.len() - 1);
         Ok(self.captions.len() - 1)
@@ -341,8 +366,21 @@ impl DiffusionTrainee {
         }
         let n = self.alphas_cumprod.len();
         let t: Vec<usize> = (0..b).map(|_| rng.random_range(0..n)).collect();
-        let context: Vec<&Tensor> = samples.iter().map(|s| &self.captions[s.caption]).collect();
-        let context = Tensor::stack(&context, 0)?;
+        // Caption dropout: some captions become the empty prompt for this step.
+        let caption: Vec<usize> = samples
+            .iter()
+            .map(|s| match self.empty {
+                Some(e) if rng.random_bool(self.opts.caption_dropout) => e,
+                _ => s.caption,
+            })
+            .collect();
+        let context = match &self.text_encoder {
+            Some(te) => {
+                let ids: Vec<&Tensor> = caption.iter().map(|&c| &self.caption_ids[c]).collect();
+                te.prompt_embeds(&Tensor::stack(&ids, 0)?, None, mode)?
+            }
+            None => Tensor::stack(&caption.iter().map(|&c| &self.captions[c]).collect::<Vec<_>>(), 0)?,
+        };
         let target = Target {
             alphas_cumprod: &self.alphas_cumprod,
             prediction: self.prediction,
@@ -350,33 +388,20 @@ impl DiffusionTrainee {
         };
         target.loss(&self.unet, &x0, &noise, &t, &context, mode)
     }
-
-    /// A PNG grid of `images` (same size), `cols` wide.
-    fn grid(images: &[crate::diffusion::GeneratedImage], cols: usize) -> (usize, usize, Vec<u8>) {
-        let (w, h) = (images[0].width, images[0].height);
-        let cols = cols.clamp(1, images.len());
-        let rows = images.len().div_ceil(cols);
-        let (gw, gh) = (w * cols, h * rows);
-        let mut out = vec![255u8; gw * gh * 3];
-        for (k, im) in images.iter().enumerate() {
-            let (ox, oy) = ((k % cols) * w, (k / cols) * h);
-            for y in 0..h {
-                let src = &im.rgb[y * w * 3..(y + 1) * w * 3];
-                let at = ((oy + y) * gw + ox) * 3;
-                out[at..at + w * 3].copy_from_slice(src);
-            }
-        }
-        (gw, gh, out)
-    }
 }
 
 impl Trainee for DiffusionTrainee {
+    /// The UNet's, then (when trained) the text encoder's under `text_encoder.`.
     fn named_trainable_vars(&self) -> Vec<(String, Var)> {
-        self.unet.named_trainable_vars()
+        let mut vars = self.unet.named_trainable_vars();
+        if let Some(te) = &self.text_encoder {
+            vars.extend(te.named_trainable_vars().into_iter().map(|(n, v)| (format!("{TEXT_ENCODER_DIR}.{n}"), v)));
+        }
+        vars
     }
 
     fn num_trainable_params(&self) -> usize {
-        self.unet.named_trainable_vars().iter().map(|(_, v)| v.elem_count()).sum()
+        self.named_trainable_vars().iter().map(|(_, v)| v.elem_count()).sum()
     }
 
     fn num_train(&self) -> usize {
@@ -458,7 +483,12 @@ impl Trainee for DiffusionTrainee {
     fn save_checkpoint(&self, dir: &Path) -> Result<()> {
         match self.method {
             Method::Lora(_) => self.unet.save_lora(dir).map(|_| ()),
-            Method::Full => self.unet.save(dir.join(UNET_DIR)),
+            Method::Full => {
+                if let Some(te) = &self.text_encoder {
+                    te.save(dir.join(TEXT_ENCODER_DIR))?;
+                }
+                self.unet.save(dir.join(UNET_DIR))
+            }
         }
     }
 
@@ -468,7 +498,13 @@ impl Trainee for DiffusionTrainee {
         match self.method {
             Method::Lora(_) => self.unet.save_lora(dir).map(|_| ()),
             Method::Full => {
-                copy_tree(&self.base_dir, dir, &|rel| rel.starts_with(UNET_DIR))?;
+                let trained_te = self.text_encoder.is_some();
+                copy_tree(&self.base_dir, dir, &|rel| {
+                    rel.starts_with(UNET_DIR) || (trained_te && rel.starts_with(TEXT_ENCODER_DIR))
+                })?;
+                if let Some(te) = &self.text_encoder {
+                    te.save(dir.join(TEXT_ENCODER_DIR))?;
+                }
                 self.unet.save(dir.join(UNET_DIR))
             }
         }
@@ -496,7 +532,14 @@ impl Trainee for DiffusionTrainee {
             ..Default::default()
         };
         let out = self.pipe.txt2img(&req, &mut |_, _| Ok(()), cancel)?;
-        let (w, h, rgb) = Self::grid(&out.images, 4);
+        let cells: Vec<RgbImage> = out
+            .images
+            .into_iter()
+            .map(|i| RgbImage::new(i.width as u32, i.height as u32, i.rgb))
+            .collect::<Result<_>>()?;
+        let rows: Vec<Vec<&RgbImage>> = cells.chunks(4).map(|c| c.iter().collect()).collect();
+        let sheet = img::grid(&rows)?;
+        let (w, h, rgb) = (sheet.width as usize, sheet.height as usize, sheet.data);
         let text = vec![
             ("prompts".to_string(), self.opts.validation_prompts.join("\n")),
             ("seed".to_string(), out.seed.to_string()),

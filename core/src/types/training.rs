@@ -194,6 +194,13 @@ pub struct ImageTrainOptions {
     /// Min-SNR-gamma loss weighting (diffusers' `--snr_gamma`; 5.0 is the usual value).
     /// Default: unweighted MSE.
     pub snr_gamma: Option<f64>,
+    /// Full fine-tunes: train the text encoder with the UNet (a from-scratch preset's
+    /// encoder starts random). Default false; LoRA adapts the UNet only.
+    pub train_text_encoder: bool,
+    /// Share of training captions replaced by the empty prompt at each step (diffusers'
+    /// `--proportion_empty_prompts`), so classifier-free guidance has an unconditional
+    /// model. Default 0.
+    pub caption_dropout: f64,
     /// Offset noise (diffusers' `--noise_offset`; 0.05-0.1 helps very dark or bright
     /// images). Default 0.
     pub noise_offset: f64,
@@ -231,6 +238,8 @@ impl Default for ImageTrainOptions {
             crop: ImageCrop::Center,
             random_flip: false,
             snr_gamma: None,
+            train_text_encoder: false,
+            caption_dropout: 0.0,
             noise_offset: 0.0,
             instance_prompt: None,
             class_prompt: None,
@@ -255,6 +264,12 @@ impl ImageTrainOptions {
         }
         if let Some(g) = self.snr_gamma {
             positive(&f("snr_gamma"), g)?;
+        }
+        if !(0.0..1.0).contains(&self.caption_dropout) {
+            return Err(Error::config(
+                f("caption_dropout"),
+                format!("must be in [0, 1), got {}", self.caption_dropout),
+            ));
         }
         if !(self.noise_offset.is_finite() && self.noise_offset >= 0.0) {
             return Err(Error::config(f("noise_offset"), format!("must be >= 0, got {}", self.noise_offset)));

@@ -1,0 +1,48 @@
+//! `anneal.shapes`: the toy coloured-shapes data of the image quickstart (drawn by the
+//! core) and its score (the share of images whose dominant colour and shape match
+//! their prompt).
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use anneal::diffusion::{image as img, shapes};
+
+use crate::errors::{to_pyerr, EnterCore};
+
+/// Writes `n` captioned pictures (`size` x `size` PNG files and `metadata.jsonl`) into
+/// the folder `dir`, deterministic from `seed`.
+#[pyfunction(name = "shapes_write_imagefolder")]
+#[pyo3(signature = (dir, n=480, size=32, seed=0))]
+pub fn write_imagefolder(py: Python<'_>, dir: std::path::PathBuf, n: usize, size: usize, seed: u64) -> PyResult<()> {
+    py.enter_core(move || shapes::write_imagefolder(&dir, n, size, seed))
+}
+
+/// The share of `images` (PNG bytes, or anything with a `save(fp, format="PNG")` such
+/// as a `PIL.Image.Image`) whose colour and shape match the prompt at the same index.
+#[pyfunction(name = "shapes_score")]
+pub fn score(py: Python<'_>, images: Vec<Bound<'_, PyAny>>, prompts: Vec<String>) -> PyResult<f64> {
+    let mut decoded = Vec::with_capacity(images.len());
+    for (i, im) in images.iter().enumerate() {
+        let png: Vec<u8> = match im.downcast::<PyBytes>() {
+            Ok(b) => b.as_bytes().to_vec(),
+            Err(_) => {
+                let buf = py.import("io")?.getattr("BytesIO")?.call0()?;
+                im.call_method1("save", (&buf, "PNG"))?;
+                buf.call_method0("getvalue")?.downcast::<PyBytes>()?.as_bytes().to_vec()
+            }
+        };
+        let limits = img::ImageLimits::default();
+        let (rgb, _) = img::decode_bytes(&png, &format!("images[{i}]"), &limits).map_err(|e| to_pyerr(py, e))?;
+        decoded.push(rgb);
+    }
+    let views: Vec<(usize, usize, &[u8])> =
+        decoded.iter().map(|r| (r.width as usize, r.height as usize, r.data.as_slice())).collect();
+    let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    shapes::score(&views, &prompts).map_err(|e| to_pyerr(py, e))
+}
+
+/// `shapes_write_imagefolder` and `shapes_score` (wrapped by `anneal.shapes`).
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(write_imagefolder, m)?)?;
+    m.add_function(wrap_pyfunction!(score, m)?)
+}
