@@ -276,6 +276,8 @@ export interface ImageTrainOptions {
   crop?: ImageCrop
   randomFlip?: boolean
   snrGamma?: number | null
+  trainTextEncoder?: boolean
+  captionDropout?: number
   noiseOffset?: number
   instancePrompt?: string | null
   classPrompt?: string | null
