@@ -1,6 +1,6 @@
-//! `DatasetStore`: import, preview, stats, split, list, get, delete.
+//! `DatasetStore`: import, preview, stats, split, list, get, delete; image datasets.
 
-use napi::bindgen_prelude::{AsyncTask, Unknown};
+use napi::bindgen_prelude::{AsyncTask, Buffer, Unknown};
 use napi::Env;
 use napi_derive::napi;
 use serde_json::Value;
@@ -8,6 +8,16 @@ use serde_json::Value;
 use crate::conv::{self, js, options, JsJson};
 use crate::errors;
 use crate::events::{arg, LongTask};
+
+/// A record of an image dataset with a PNG thumbnail of its image.
+#[napi(object, object_from_js = false)]
+pub struct Thumbnail {
+    /// The stored record (keys unchanged, as `preview` returns them).
+    #[napi(ts_type = "Record<string, unknown>")]
+    pub record: JsJson,
+    /// The thumbnail, a PNG file.
+    pub png: Buffer,
+}
 
 /// Imports, stores and serves datasets (`home.datasets()`).
 #[napi]
@@ -95,6 +105,46 @@ impl DatasetStore {
             let o: anneal::SplitOptions = options!(json)?;
             js!(store.split(id_or_name, val_fraction, o.seed, o.names)?)
         })
+    }
+
+    /// Imports a folder of images with captions: an HF imagefolder (`metadata.jsonl` /
+    /// `metadata.csv`), kohya sidecar captions (`foo.png` + `foo.txt`), or a DreamBooth
+    /// instance set (`instancePrompt`). Every image is decoded; a bad one rejects with
+    /// `invalid_data` naming it and nothing is stored. Progress is in images.
+    #[napi(catch_unwind, ts_return_type = "Promise<DatasetRecord>")]
+    pub fn import_images(
+        &self,
+        #[napi(ts_arg_type = "string")] path: Unknown<'_>,
+        #[napi(ts_arg_type = "ImageImportOptions & CallOptions")] options: Option<Unknown<'_>>,
+    ) -> AsyncTask<LongTask> {
+        let path = arg!(conv::string(path, "path"));
+        let store = self.inner.clone();
+        LongTask::spawn(options, true, move |json, sink, cancel| {
+            let opts: anneal::ImageImportOptions = options!(json)?;
+            js!(store.import_images_with(&path, &opts, sink, cancel)?)
+        })
+    }
+
+    /// The first `n` records of an image dataset, each with a PNG thumbnail of its image
+    /// no larger than `size` x `size` pixels (default 128; aspect ratio kept).
+    #[napi(catch_unwind)]
+    pub fn thumbnails(
+        &self,
+        env: Env,
+        #[napi(ts_arg_type = "string")] id_or_name: Unknown<'_>,
+        #[napi(ts_arg_type = "number")] n: Unknown<'_>,
+        #[napi(ts_arg_type = "number")] size: Option<Unknown<'_>>,
+    ) -> napi::Result<Vec<Thumbnail>> {
+        let thumbs = errors::sync(&env, || {
+            let id = conv::string(id_or_name, "idOrName")?;
+            let n = conv::count(n, "n")?;
+            let size = match size {
+                Some(s) if s.get_type().ok() != Some(napi::ValueType::Undefined) => conv::count(s, "size")? as u32,
+                _ => 128,
+            };
+            self.inner.thumbnails(id, n, size)
+        })?;
+        Ok(thumbs.into_iter().map(|(record, png)| Thumbnail { record: JsJson(record), png: png.into() }).collect())
     }
 
     /// Deletes a dataset (row first, then files). Refuses while a job uses it unless

@@ -22,7 +22,7 @@ record_class! {
         fields: [
             id,
             name,
-            /// `text`, `completion`, `instruction`, `chat` or `tabular`.
+            /// `text`, `completion`, `instruction`, `chat`, `tabular` or `image`.
             format,
             sha256,
             num_records,
@@ -51,6 +51,9 @@ record_class! {
             length_histogram,
             role_counts,
             label_counts,
+            /// Image datasets: `{count, width: {min, max, mean}, height, aspect_ratios,
+            /// modes, formats}`; None for other formats.
+            images,
             tokens,
         ],
         repr: [num_records, bytes],
@@ -153,6 +156,54 @@ fn import_options(
         .set("max_record_bytes", max_record_bytes.as_ref())?
         .into_value();
     anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))
+}
+
+// ---------------------------------------------------------------- image datasets
+
+impl crate::records::PyField for anneal::ImageStats {
+    fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        conv::json_to_py(py, serde_json::to_value(self))
+    }
+}
+
+/// Builds `ImageImportOptions` from keyword arguments (defaults and validation: core).
+#[allow(clippy::too_many_arguments)]
+fn image_import_options(
+    py: Python<'_>,
+    name: Option<Bound<'_, PyAny>>,
+    layout: Option<Bound<'_, PyAny>>,
+    caption_column: Option<Bound<'_, PyAny>>,
+    image_column: Option<Bound<'_, PyAny>>,
+    caption_extension: Option<Bound<'_, PyAny>>,
+    instance_prompt: Option<Bound<'_, PyAny>>,
+    on_duplicate: Option<Bound<'_, PyAny>>,
+    max_pixels: Option<Bound<'_, PyAny>>,
+    max_image_bytes: Option<Bound<'_, PyAny>>,
+) -> PyResult<anneal::ImageImportOptions> {
+    let value = Options::default()
+        .set("name", name.as_ref())?
+        .set("layout", layout.as_ref())?
+        .set("caption_column", caption_column.as_ref())?
+        .set("image_column", image_column.as_ref())?
+        .set("caption_extension", caption_extension.as_ref())?
+        .set("instance_prompt", instance_prompt.as_ref())?
+        .set("on_duplicate", on_duplicate.as_ref())?
+        .set("max_pixels", max_pixels.as_ref())?
+        .set("max_image_bytes", max_image_bytes.as_ref())?
+        .into_value();
+    anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))
+}
+
+/// PNG bytes as a `PIL.Image.Image` (loaded) when Pillow is importable, else `bytes`.
+fn png_to_py<'py>(py: Python<'py>, png: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    let bytes = pyo3::types::PyBytes::new(py, png);
+    let Ok(pil) = py.import("PIL.Image") else {
+        return Ok(bytes.into_any());
+    };
+    let buf = py.import("io")?.getattr("BytesIO")?.call1((bytes,))?;
+    let img = pil.getattr("open")?.call1((buf,))?;
+    img.call_method0("load")?;
+    Ok(img)
 }
 
 /// Imports, stores and serves datasets.
@@ -269,6 +320,66 @@ impl PyDatasetStore {
     fn delete(&self, py: Python<'_>, id_or_name: String, force: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let o = crate::conv::delete_options(py, force.as_ref())?;
         py.enter_core(|| self.inner.delete(id_or_name, o.force))
+    }
+
+    // -------------------------------------------------------- image datasets
+    /// Imports a folder of images with captions (`imagefolder` metadata, sidecar
+    /// caption files, or a DreamBooth instance set with `instance_prompt`).
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (path, *, name=None, layout=None, caption_column=None, image_column=None,
+                        caption_extension=None, instance_prompt=None, on_duplicate=None, max_pixels=None,
+                        max_image_bytes=None, on_event=None, cancel=None))]
+    fn import_images(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        name: Option<Bound<'_, PyAny>>,
+        layout: Option<Bound<'_, PyAny>>,
+        caption_column: Option<Bound<'_, PyAny>>,
+        image_column: Option<Bound<'_, PyAny>>,
+        caption_extension: Option<Bound<'_, PyAny>>,
+        instance_prompt: Option<Bound<'_, PyAny>>,
+        on_duplicate: Option<Bound<'_, PyAny>>,
+        max_pixels: Option<Bound<'_, PyAny>>,
+        max_image_bytes: Option<Bound<'_, PyAny>>,
+        on_event: Option<Bound<'_, PyAny>>,
+        cancel: Option<Bound<'_, PyCancelToken>>,
+    ) -> PyResult<PyDatasetRecord> {
+        let opts = image_import_options(
+            py,
+            name,
+            layout,
+            caption_column,
+            image_column,
+            caption_extension,
+            instance_prompt,
+            on_duplicate,
+            max_pixels,
+            max_image_bytes,
+        )?;
+        let (store, cancel) = (self.inner.clone(), events::token(cancel.as_ref()));
+        events::run(py, events::callback(on_event)?, move |sink| store.import_images_with(&path, &opts, sink, &cancel))
+            .map(Into::into)
+    }
+
+    /// The first `n` records of an image dataset with a thumbnail of each image (at most
+    /// `size` x `size`): `[(record, image), ...]`, the image a PIL image when Pillow is
+    /// installed, else PNG bytes.
+    #[pyo3(signature = (id_or_name, n=5, *, size=128))]
+    fn thumbnails<'py>(
+        &self,
+        py: Python<'py>,
+        id_or_name: String,
+        n: i64,
+        size: i64,
+    ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let n = usize::try_from(n)
+            .map_err(|_| to_pyerr(py, anneal::Error::config("n", format!("must be 0 or more, got {n}"))))?;
+        let size = u32::try_from(size).map_err(|_| {
+            to_pyerr(py, anneal::Error::config("size", format!("must be 1 to 2^32-1 pixels, got {size}")))
+        })?;
+        let thumbs = py.enter_core(|| self.inner.thumbnails(id_or_name, n, size))?;
+        thumbs.iter().map(|(rec, png)| PyTuple::new(py, [conv::to_py(py, rec)?, png_to_py(py, png)?])).collect()
     }
 
     fn __repr__(&self) -> String {

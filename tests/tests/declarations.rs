@@ -65,6 +65,8 @@ fn structs() -> Vec<(&'static str, Value)> {
         DatasetSplit,
         FieldStats,
         LengthBucket,
+        ImageStats,
+        SizeStats,
         ModelFile,
         ModelRecord,
         JobRecord,
@@ -85,6 +87,7 @@ fn enums() -> Vec<(&'static str, Value)> {
     schemas!(
         DatasetFormat,
         SourceFormat,
+        ImageLayout,
         TxtMode,
         OnDuplicate,
         ModelKind,
@@ -220,6 +223,7 @@ fn python_stub_matches_the_rust_types() {
         ("ImageGenerator", "generate", schemas!(ImageRequest).remove(0)),
         ("DatasetStore", "split", schemas!(SplitOptions).remove(0)),
         ("DatasetStore", "delete", schemas!(DeleteOptions).remove(0)),
+        ("DatasetStore", "import_images", schemas!(ImageImportOptions).remove(0)),
         ("ModelRegistry", "delete", schemas!(DeleteOptions).remove(0)),
     ] {
         let got: BTreeSet<String> = py_kwargs(&pyi, class, method).difference(&bindings_only).cloned().collect();
@@ -302,6 +306,7 @@ fn typescript_declarations_match_the_rust_types() {
     let mut problems = Vec::new();
     let option_structs = schemas!(
         ImportOptions,
+        ImageImportOptions,
         RegisterOptions,
         PresetOptions,
         ModelFilter,

@@ -9,7 +9,8 @@ __version__: str
 
 StrPath = str | os.PathLike[str]
 DatasetFormat = Literal["text", "completion", "instruction", "chat", "tabular", "image"]
-SourceFormat = Literal["jsonl", "json", "csv", "tsv", "txt", "records"]
+SourceFormat = Literal["jsonl", "json", "csv", "tsv", "txt", "records", "images"]
+ImageLayout = Literal["imagefolder", "captions", "instance"]
 TxtMode = Literal["lines", "document"]
 OnDuplicate = Literal["error", "reuse"]
 ModelKind = Literal["base", "full", "lora"]
@@ -199,6 +200,19 @@ class LengthBucket(TypedDict):
     max_chars: int
     count: int
 
+class SizeStats(TypedDict):
+    min: int
+    max: int
+    mean: float
+
+class ImageStats(TypedDict):
+    count: int
+    width: SizeStats
+    height: SizeStats
+    aspect_ratios: dict[str, int]
+    modes: dict[str, int]
+    formats: dict[str, int]
+
 @final
 class DatasetRecord:
     @property
@@ -241,6 +255,8 @@ class DatasetStats:
     def role_counts(self) -> dict[str, int] | None: ...
     @property
     def label_counts(self) -> dict[str, int] | None: ...
+    @property
+    def images(self) -> ImageStats | None: ...
     @property
     def tokens(self) -> dict[str, int] | None: ...
     def to_dict(self) -> dict[str, Any]: ...
@@ -297,6 +313,31 @@ class DatasetStore:
         names: tuple[str, str] | None = None,
     ) -> DatasetSplit: ...
     def delete(self, id_or_name: str, *, force: bool | None = None) -> None: ...
+    def import_images(
+        self,
+        path: StrPath,
+        *,
+        name: str | None = None,
+        layout: ImageLayout | None = None,
+        caption_column: str | None = None,
+        image_column: str | None = None,
+        caption_extension: str | None = None,
+        instance_prompt: str | None = None,
+        on_duplicate: OnDuplicate | None = None,
+        max_pixels: int | None = None,
+        max_image_bytes: int | None = None,
+        on_event: OnEvent | None = None,
+        cancel: CancelToken | None = None,
+    ) -> DatasetRecord:
+        """Imports a folder of images with captions: an HF imagefolder (metadata.jsonl /
+        metadata.csv), kohya sidecar captions (foo.png + foo.txt), or a DreamBooth
+        instance set (give instance_prompt). Every image is decoded; a bad one is
+        invalid_data naming it and nothing is stored. Images over max_pixels are refused."""
+    def thumbnails(
+        self, id_or_name: str, n: int = 5, *, size: int = 128
+    ) -> builtins.list[tuple[dict[str, Any], Any]]:
+        """The first n records of an image dataset with a thumbnail (at most size x size)
+        of each: a PIL.Image.Image when Pillow is installed, else PNG bytes."""
 
 # ---------------------------------------------------------------- models
 
