@@ -9,9 +9,10 @@
 //!   `columns`, `labelCounts` keys, ...) keep their own.
 
 use napi::bindgen_prelude::{
-    ClassInstance, FromNapiValue, JsObjectValue, JsValue, Object, ToNapiValue, TypeName, Unknown, ValueType,
+    ClassInstance, FromNapiValue, Function, FunctionRef, JsObjectValue, JsValue, Object, ToNapiValue, TypeName,
+    Unknown, ValueType,
 };
-use napi::sys;
+use napi::{sys, Env};
 use serde_json::{Map, Value};
 
 use crate::events::{CancelToken, OnEvent};
@@ -60,6 +61,51 @@ pub(crate) struct CallOptions {
     pub(crate) json: Value,
     pub(crate) on_event: Option<OnEvent>,
     pub(crate) cancel: anneal::CancelToken,
+    /// Removes the `abort` listener that `signal` got (call it on the JS thread when
+    /// the call settles: `detach`).
+    pub(crate) detach: Option<Detach>,
+}
+
+/// Removes a call's `abort` listener from its `AbortSignal`.
+pub(crate) type Detach = FunctionRef<(), ()>;
+
+/// Calls `detach` (on the JS thread, once the call has settled).
+pub(crate) fn detach(env: &Env, detach: Option<Detach>) -> napi::Result<()> {
+    match detach {
+        Some(f) => f.borrow_back(env)?.call(()),
+        None => Ok(()),
+    }
+}
+
+/// Listens for `abort` on `signal` (an `AbortSignal`): cancels `token` when it fires (or
+/// at once when it already has). Returns the function that removes the listener.
+fn listen(signal: Unknown<'_>, token: &anneal::CancelToken) -> anneal::Result<Detach> {
+    let bad = |reason: String| anneal::Error::config("signal", reason);
+    let env = Env::from_raw(signal.value().env);
+    let attach: Function<(Unknown, Function<(), ()>), Unknown> = env
+        .run_script(
+            "(function (signal, cancel) {
+                if (!(signal instanceof AbortSignal)) return null
+                if (signal.aborted) { cancel(); return function () {} }
+                signal.addEventListener('abort', cancel, { once: true })
+                return function () { signal.removeEventListener('abort', cancel) }
+            })",
+        )
+        .map_err(|e| bad(e.reason))?;
+    let token = token.clone();
+    let cancel = env
+        .create_function_from_closure::<(), (), _>("cancel", move |_| {
+            token.cancel();
+            Ok(())
+        })
+        .map_err(|e| bad(e.reason))?;
+    let detach = attach.call((signal, cancel)).map_err(|e| bad(e.reason))?;
+    if detach.get_type().ok() != Some(ValueType::Function) {
+        return Err(type_error("signal", "an AbortSignal", &signal));
+    }
+    // SAFETY: `detach` is a live function value of this env (checked above).
+    let f = unsafe { Function::<(), ()>::from_napi_value(env.raw(), detach.raw()) }.map_err(|e| bad(e.reason))?;
+    f.create_ref().map_err(|e| bad(e.reason))
 }
 
 impl CallOptions {
@@ -69,12 +115,14 @@ impl CallOptions {
         let Some(obj) = object(options, "options")? else { return Ok(out) };
         let keys = Object::keys(&obj).map_err(|e| anneal::Error::config("options", e.reason))?;
         let mut map = Map::new();
+        let mut signal = None;
+        let mut has_cancel = false;
         for key in keys {
             // `undefined` values are left out, as if not given.
             let Some(value) = get::<Unknown>(&obj, &key)? else { continue };
             let ty = value.get_type().map_err(|e| anneal::Error::config(key.as_str(), e.reason))?;
             match key.as_str() {
-                "onEvent" | "cancel" if !events => {
+                "onEvent" | "cancel" | "signal" if !events => {
                     return Err(anneal::Error::config(
                         key,
                         "this call does not report progress and cannot be cancelled",
@@ -91,8 +139,10 @@ impl CallOptions {
                         .map_err(|_| anneal::Error::config("cancel", "expected a CancelToken (new CancelToken())"))?;
                     if let Some(t) = token {
                         out.cancel = t.inner.clone();
+                        has_cancel = true;
                     }
                 }
+                "signal" => signal = Some(value),
                 _ => {
                     if let Some(v) = get::<Unknown>(&obj, &key)? {
                         let v = json(v, &key)?;
@@ -102,6 +152,12 @@ impl CallOptions {
                     }
                 }
             }
+        }
+        if let Some(signal) = signal {
+            if has_cancel {
+                return Err(anneal::Error::config("signal", "give either `cancel` (a CancelToken) or `signal`, not both"));
+            }
+            out.detach = Some(listen(signal, &out.cancel)?);
         }
         out.json = Value::Object(map);
         Ok(out)

@@ -12,7 +12,7 @@
 //!
 //! An exception thrown by `onEvent` does not stop the call: it is reported as an
 //! `uncaughtException` (as for any callback run by the event loop) and the Promise
-//! still settles. Use a `CancelToken` to stop a call.
+//! still settles. Use a `CancelToken` (`cancel`) or an `AbortSignal` (`signal`) to stop a call.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
@@ -23,7 +23,7 @@ use napi::{Env, Status, Task};
 use napi_derive::napi;
 use serde_json::Value;
 
-use crate::conv::{js, CallOptions, JsJson};
+use crate::conv::{self, js, CallOptions, Detach, JsJson};
 use crate::errors;
 
 /// Converts an argument of a long call; a bad one rejects the Promise.
@@ -41,7 +41,7 @@ pub(crate) use arg;
 pub(crate) type OnEvent = ThreadsafeFunction<Value, UnknownReturnValue, Value, Status, false>;
 
 /// Progress events are delivered at most this often.
-const THROTTLE: Duration = Duration::from_millis(100);
+pub(crate) const THROTTLE: Duration = Duration::from_millis(100);
 
 /// Cooperative cancellation for long calls: pass it as `cancel` and call `cancel()`.
 /// The call then rejects with code `cancelled` and leaves nothing behind.
@@ -72,7 +72,7 @@ impl CancelToken {
 }
 
 /// Forwards events to the JS callback (never blocks the worker).
-struct JsSink(Option<OnEvent>);
+pub(crate) struct JsSink(pub(crate) Option<OnEvent>);
 
 impl anneal::EventSink for JsSink {
     fn on_event(&mut self, event: &anneal::Event) -> anneal::Result<()> {
@@ -93,6 +93,7 @@ pub struct LongTask {
     options: Value,
     on_event: Option<OnEvent>,
     cancel: anneal::CancelToken,
+    detach: Option<Detach>,
     error: Option<anneal::Error>,
 }
 
@@ -110,6 +111,7 @@ impl LongTask {
                 options: o.json,
                 on_event: o.on_event,
                 cancel: o.cancel,
+                detach: o.detach,
                 error: None,
             }),
             Err(e) => Self::failed(e),
@@ -123,6 +125,7 @@ impl LongTask {
             options: Value::Null,
             on_event: None,
             cancel: anneal::CancelToken::new(),
+            detach: None,
             error: Some(error),
         })
     }
@@ -166,5 +169,9 @@ impl Task for LongTask {
             Some(e) => Err(errors::to_js(&env, e)),
             None => Err(err),
         }
+    }
+
+    fn finally(self, env: Env) -> napi::Result<()> {
+        conv::detach(&env, self.detach)
     }
 }

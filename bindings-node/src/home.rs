@@ -90,4 +90,16 @@ impl Home {
     ) -> napi::bindgen_prelude::AsyncTask<crate::generation::LoadGenerator> {
         crate::generation::LoadGenerator::spawn(self.inner.models(), model, options)
     }
+
+    /// Loads a registered stable-diffusion model (a base, a full fine-tune or a LoRA)
+    /// for text-to-image, off the event loop. Options: `mergeAdapter` (default false: a
+    /// LoRA stays a separate adapter that requests may switch), `record` (default true).
+    #[napi(catch_unwind, ts_return_type = "Promise<ImageGenerator>")]
+    pub fn image_generator(
+        &self,
+        #[napi(ts_arg_type = "string")] model: Unknown<'_>,
+        #[napi(ts_arg_type = "ImageGeneratorOptions")] options: Option<Unknown<'_>>,
+    ) -> napi::bindgen_prelude::AsyncTask<crate::images::LoadImageGenerator> {
+        crate::images::LoadImageGenerator::spawn(self.inner.models(), model, options)
+    }
 }

@@ -15,6 +15,7 @@ mod errors;
 mod events;
 mod generation;
 mod home;
+mod images;
 mod registry;
 mod training;
 
@@ -22,5 +23,6 @@ pub use dataset::DatasetStore;
 pub use events::CancelToken;
 pub use generation::{Generator, TokenStream};
 pub use home::Home;
+pub use images::ImageGenerator;
 pub use registry::ModelRegistry;
 pub use training::TrainingEngine;

@@ -321,6 +321,9 @@ fn typescript_declarations_match_the_rust_types() {
         SplitOptions,
         DeleteOptions,
         ScoreOptions,
+        ImageGeneratorOptions,
+        ImageRequest,
+        ImageAdapter,
     );
     for (name, schema) in structs().into_iter().chain(option_structs) {
         let want: BTreeSet<String> = fields(&schema).iter().map(|f| camel(f)).collect();
