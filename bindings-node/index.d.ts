@@ -25,8 +25,9 @@ export interface AnnealError extends Error {
   supported?: number
 }
 
-export type DatasetFormat = 'text' | 'completion' | 'instruction' | 'chat' | 'tabular'
-export type SourceFormat = 'jsonl' | 'json' | 'csv' | 'tsv' | 'txt' | 'records'
+export type DatasetFormat = 'text' | 'completion' | 'instruction' | 'chat' | 'tabular' | 'image'
+export type SourceFormat = 'jsonl' | 'json' | 'csv' | 'tsv' | 'txt' | 'records' | 'images'
+export type ImageLayout = 'imagefolder' | 'captions' | 'instance'
 export type FinishStatus = 'completed' | 'failed' | 'cancelled'
 
 /** Progress events (`onEvent`), with the same `type` values as Rust and Python; keys are camelCase. */
@@ -35,7 +36,7 @@ export type AnnealEvent =
   | { type: 'task_progress'; task: string; done: number; total?: number }
   | { type: 'task_finished'; task: string; status: FinishStatus; id?: string; error?: { code: ErrorCode; message: string } }
   | { type: 'job_started'; jobId: string; totalSteps: number; epochs: number }
-  | { type: 'step'; jobId: string; epoch: number; step: number; totalSteps: number; loss: number; lr: number; tokensPerSec: number; progress: number; sample?: string }
+  | { type: 'step'; jobId: string; epoch: number; step: number; totalSteps: number; loss: number; lr: number; tokensPerSec: number; progress: number; sample?: string; image?: string }
   | { type: 'eval'; jobId: string; step: number; metrics: Record<string, number> }
   | { type: 'checkpoint'; jobId: string; step: number; path: string }
   | { type: 'log'; jobId: string; level: string; message: string }
@@ -47,11 +48,13 @@ export interface CallOptions {
    * Progress callback, at most one progress event per 100 ms; `task_started` /
    * `job_started` first and `task_finished` / `job_finished` last. The last event may arrive just after the Promise settles.
    * An exception thrown here does not stop the call (it becomes an `uncaughtException`);
-   * use `cancel`.
+   * use `cancel` or `signal`.
    */
   onEvent?: (event: AnnealEvent) => void
   /** Stops the call at its next check; it then rejects with code `cancelled`. */
   cancel?: CancelToken
+  /** As `cancel`, from an `AbortController`: aborting stops the call (code `cancelled`). Give one of `cancel` and `signal`. */
+  signal?: AbortSignal
 }
 
 export interface ImportOptions {
@@ -73,6 +76,32 @@ export interface ImportOptions {
    * `invalid_data` naming the line or record, refused without reading the rest.
    */
   maxRecordBytes?: number
+}
+
+/**
+ * Options of `DatasetStore.importImages`. The layout is detected when not given: a
+ * `metadata.jsonl` / `metadata.csv` makes it `imagefolder`, caption files make it
+ * `captions`, otherwise it is `instance` (which needs `instancePrompt`).
+ */
+export interface ImageImportOptions {
+  /** Unique name. Default: the folder's name. */
+  name?: string
+  /** Force a layout instead of detecting it. */
+  layout?: ImageLayout
+  /** imagefolder: the metadata column with the caption (default `text`). */
+  captionColumn?: string
+  /** imagefolder: the metadata column with the image's relative path (default `file_name`). */
+  imageColumn?: string
+  /** captions: the caption files' extension (default `.txt`). */
+  captionExtension?: string
+  /** instance: every image's caption; captions: the caption of images without a caption file. */
+  instancePrompt?: string
+  /** Same content already stored: `'error'` (default, code `duplicate_content`) or `'reuse'`. */
+  onDuplicate?: 'error' | 'reuse'
+  /** The largest image in pixels (default 64 megapixels); larger ones are refused, not downscaled. */
+  maxPixels?: number
+  /** The largest image file in bytes (default 256 MiB). */
+  maxImageBytes?: number
 }
 
 export interface SplitOptions {
@@ -168,7 +197,27 @@ export interface DatasetStats {
   lengthHistogram: LengthBucket[]
   roleCounts?: Record<string, number>
   labelCounts?: Record<string, number>
+  /** Image datasets: sizes, aspect ratios, modes and formats of the images. */
+  images?: ImageStats
   tokens?: Record<string, number>
+}
+
+export interface SizeStats {
+  min: number
+  max: number
+  mean: number
+}
+
+export interface ImageStats {
+  count: number
+  width: SizeStats
+  height: SizeStats
+  /** Images per aspect ratio bucket (`1:1`, `4:3`, `16:9`, `3:4`, ...). */
+  aspectRatios: Record<string, number>
+  /** Images per pixel layout before conversion (`RGB`, `RGBA`, `L`, ...). */
+  modes: Record<string, number>
+  /** Images per file format (`png`, `jpeg`, `webp`). */
+  formats: Record<string, number>
 }
 
 export interface ModelFile {
@@ -261,6 +310,35 @@ export interface TrainSpec {
   keepLastCheckpoints?: number
   /** Registry name of the result. */
   outputName?: string | null
+  /** Image (Stable Diffusion) bases only. */
+  image?: ImageTrainOptions | null
+}
+
+export type ImageCrop = 'center' | 'random' | 'buckets'
+
+/**
+ * Image (Stable Diffusion) training: resolution, crops, min-SNR, offset noise, DreamBooth
+ * (instance / class prompts), validation images.
+ */
+export interface ImageTrainOptions {
+  resolution?: number | null
+  crop?: ImageCrop
+  randomFlip?: boolean
+  snrGamma?: number | null
+  trainTextEncoder?: boolean
+  captionDropout?: number
+  noiseOffset?: number
+  instancePrompt?: string | null
+  classPrompt?: string | null
+  numClassImages?: number
+  priorLossWeight?: number
+  /** Rendered with a fixed seed every `validationEvery` steps and at the end. */
+  validationPrompts?: string[]
+  validationEvery?: number | null
+  validationSteps?: number
+  validationGuidanceScale?: number
+  validationScheduler?: string | null
+  validationSeed?: number | null
 }
 
 export interface JobFilter {
@@ -297,6 +375,8 @@ export interface JobRecord {
   error: { code: ErrorCode; message: string } | null
   /** The latest checkpoint directory, relative to the home. */
   checkpoint: string | null
+  /** Image models: the latest validation image (PNG grid), relative to the home. */
+  image: string | null
   createdAt: string
   updatedAt: string
   startedAt: string | null
@@ -342,7 +422,7 @@ export interface HomeOptions {
 // ---------------------------------------------------------------- generation
 
 export type FinishReason = 'eos' | 'stop' | 'length'
-export type GenerationKind = 'generate' | 'stream' | 'batch' | 'score'
+export type GenerationKind = 'generate' | 'stream' | 'batch' | 'score' | 'txt2img'
 
 /** Text (tokenised with the model's special tokens), chat messages (rendered with its chat template), or token ids. */
 export type Prompt = string | Array<{ role: string; content: string }> | number[]
@@ -445,6 +525,99 @@ export interface TokenStream {
   [Symbol.asyncIterator](): TokenStream
 }
 
+// ---------------------------------------------------------------- images
+
+/** `home.imageGenerator(model, options)`. */
+export interface ImageGeneratorOptions {
+  /** For a LoRA model: fold it into the base UNet at load. Default false: it stays a separate adapter, the default of every request, and requests may pick another one or none (`adapters`). */
+  mergeAdapter?: boolean
+  /** Record every call in the catalog (kind `txt2img`; default true). */
+  record?: boolean
+}
+
+/** A LoRA applied to one request. */
+export interface ImageAdapter {
+  /** A registered LoRA whose parent is the generator's base model (id, name or name@version). */
+  model: string
+  /** Multiplier of the adapter's delta: 1 as trained (default), 0 the base. */
+  scale?: number
+}
+
+/** What to generate; unset fields take diffusers' defaults (50 steps, guidance 7.5, the model's trained size, its own scheduler, a random seed). `generate` takes the prompts as its first argument. */
+export interface ImageRequest {
+  prompts?: string[]
+  /** One negative prompt for every prompt (ignored, with a warning, at guidance <= 1). */
+  negativePrompt?: string
+  /** Classifier-free guidance weight; at most 1 turns guidance off. */
+  guidanceScale?: number
+  /** Denoising steps. */
+  steps?: number
+  /** `ddim`, `euler`, `euler_ancestral`, `dpmpp_2m`, `ddpm` (or a diffusers class name). */
+  scheduler?: string
+  /** Image `i` of the call uses `seed + i`. */
+  seed?: number
+  /** Pixels; multiples of `gen.sizeMultiple`. */
+  width?: number
+  height?: number
+  /** Images per prompt (default 1). */
+  numImages?: number
+  /** Condition on the text encoder's hidden state this many layers before the last. */
+  clipSkip?: number
+  /** At most one. Unset: the generator's own adapter (a LoRA loaded unmerged) or none; `[]`: none. */
+  adapters?: ImageAdapter[]
+}
+
+/** Settings and call options of `ImageGenerator.generate`. */
+export type ImageOptions = Omit<ImageRequest, 'prompts'> & CallOptions
+
+/** The settings one image was made with, as its PNG's text chunks (`parameters`, `anneal`) hold them. */
+export interface ImageSettings {
+  prompt: string
+  /** Empty when there was none or guidance was off. */
+  negativePrompt: string
+  /** The seed that regenerates this image alone. */
+  seed: number | null
+  steps: number
+  guidanceScale: number
+  /** The scheduler's short name (`ddim`, `euler`, ...). */
+  scheduler: string
+  /** Present (true) when the scheduler used Karras sigmas. */
+  karrasSigmas?: boolean
+  width: number
+  height: number
+  clipSkip?: number
+  /** `name@version` of the model (the adapter's when one was applied). */
+  model?: string
+}
+
+/** One generated image. */
+export interface GeneratedPng {
+  /** The PNG file, with the settings in its text chunks. */
+  png: Buffer
+  /** The pixels: RGB, 8 bits per channel, row-major `height x width x 3`. */
+  rgb: Buffer
+  width: number
+  height: number
+  /** The seed that regenerates this image alone. */
+  seed: number | null
+  settings: ImageSettings
+}
+
+/** What `ImageGenerator.generate` resolves to. */
+export interface ImageGeneration {
+  /** The catalog row of this call (null when recording is off). */
+  id: string | null
+  /** The model that ran (`name@version`; the adapter's when one was applied). */
+  model: string
+  /** Prompt by prompt, `numImages` each. */
+  images: GeneratedPng[]
+  /** The base seed (image `i` used `seed + i`). */
+  seed: number
+  /** Truncated prompts, an ignored negative prompt, a substituted scheduler. */
+  warnings: string[]
+  durationMs: number
+}
+
 /**
  * Which binding artifact the generated loader actually loaded: `'native'` for
  * a native addon, otherwise the `platformArchABI` of the WASI flavor. Every
@@ -484,6 +657,18 @@ export declare class DatasetStore {
   stats(idOrName: string): DatasetStats
   /** Splits into train and validation datasets, deterministically for a given `seed`. */
   split(idOrName: string, valFraction: number, options?: SplitOptions): Promise<DatasetSplit>
+  /**
+   * Imports a folder of images with captions: an HF imagefolder (`metadata.jsonl` /
+   * `metadata.csv`), kohya sidecar captions (`foo.png` + `foo.txt`), or a DreamBooth
+   * instance set (`instancePrompt`). Every image is decoded; a bad one rejects with
+   * `invalid_data` naming it and nothing is stored. Progress is in images.
+   */
+  importImages(path: string, options?: ImageImportOptions & CallOptions): Promise<DatasetRecord>
+  /**
+   * The first `n` records of an image dataset, each with a PNG thumbnail of its image
+   * no larger than `size` x `size` pixels (default 128; aspect ratio kept).
+   */
+  thumbnails(idOrName: string, n: number, size?: number): Array<Thumbnail>
   /**
    * Deletes a dataset (row first, then files). Refuses while a job uses it unless
    * `force`.
@@ -562,6 +747,37 @@ export declare class Home {
    * (default true), `quantize` (`q8_0`).
    */
   generator(model: string, options?: GeneratorOptions): Promise<Generator>
+  /**
+   * Loads a registered stable-diffusion model (a base, a full fine-tune or a LoRA)
+   * for text-to-image, off the event loop. Options: `mergeAdapter` (default false: a
+   * LoRA stays a separate adapter that requests may switch), `record` (default true).
+   */
+  imageGenerator(model: string, options?: ImageGeneratorOptions): Promise<ImageGenerator>
+}
+
+/**
+ * Generates images with one loaded Stable Diffusion model (base, full fine-tune or
+ * LoRA): `await home.imageGenerator(model, options)`. Requests with different adapters
+ * take turns; requests with the same one run together.
+ */
+export declare class ImageGenerator {
+  /**
+   * Generates images for `prompt` (a string or an array of strings; `numImages` each).
+   * Rejects with `invalid_config` naming the setting (`width`, `steps`,
+   * `adapters[0].model`, ...) before any work. `options.onEvent` gets `task_started` /
+   * `task_progress` (denoising steps) / `task_finished`; `options.cancel` (a
+   * `CancelToken`) or `options.signal` (an `AbortSignal`) stops at the next step (rejects
+   * with `cancelled`; nothing is recorded).
+   */
+  generate(prompt: string | string[], options?: ImageOptions): Promise<ImageGeneration>
+  /** The model this generator was loaded with. */
+  get model(): ModelRecord
+  /** The pipeline whose weights are loaded (a LoRA's base). */
+  get baseModel(): ModelRecord
+  /** Widths and heights must be multiples of this. */
+  get sizeMultiple(): number
+  /** The size of a request that gives none (the model's trained size). */
+  get defaultSize(): { width: number; height: number }
 }
 
 /** Registers, names, versions and serves models (`home.models()`). */
@@ -636,4 +852,29 @@ export declare class TrainingEngine {
    * cancelled at once, a running one checkpoints and ends `cancelled`.
    */
   cancel(jobId: string): JobRecord
+}
+
+/** A record of an image dataset with a PNG thumbnail of its image. */
+export interface Thumbnail {
+  /** The stored record (keys unchanged, as `preview` returns them). */
+  record: Record<string, unknown>
+  /** The thumbnail, a PNG file. */
+  png: Buffer
+}
+
+export declare namespace shapes {
+  /** One PNG holding `rows[r][c]` (PNG Buffers) row by row on a white canvas. */
+  export function grid(rows: Array<Array<Buffer>>): Buffer
+  /** Every colour x shape caption, e.g. "a red circle". */
+  export function prompts(): Array<string>
+  /**
+   * The share of `images` (PNG Buffers) whose colour and shape match the prompt at the
+   * same index.
+   */
+  export function score(images: Array<Buffer>, prompts: Array<string>): number
+  /**
+   * Writes `n` captioned `size` x `size` PNG pictures and `metadata.jsonl` into `dir`,
+   * deterministic from `seed`.
+   */
+  export function writeImagefolder(dir: string, n: number, size: number, seed: number): void
 }

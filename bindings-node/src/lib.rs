@@ -17,6 +17,7 @@ mod generation;
 mod home;
 mod images;
 mod registry;
+mod shapes;
 mod training;
 
 pub use dataset::DatasetStore;

@@ -1,0 +1,54 @@
+//! `shapes`: the toy coloured-shapes data of the image quickstart (drawn by the core),
+//! its score (the share of images whose dominant colour and shape match their prompt)
+//! and a PNG contact sheet, for Node where no image library is at hand. Small and
+//! synchronous: 32x32 pictures.
+
+use napi::bindgen_prelude::Buffer;
+use napi::Env;
+use napi_derive::napi;
+
+use anneal::diffusion::{image as img, shapes};
+
+use crate::errors::sync;
+
+/// Every colour x shape caption, e.g. "a red circle".
+#[napi(namespace = "shapes")]
+pub fn prompts() -> Vec<String> {
+    (0..12).map(shapes::pair).map(|(c, s)| shapes::caption(c, s)).collect()
+}
+
+/// Writes `n` captioned `size` x `size` PNG pictures and `metadata.jsonl` into `dir`,
+/// deterministic from `seed`.
+#[napi(namespace = "shapes")]
+pub fn write_imagefolder(env: Env, dir: String, n: u32, size: u32, seed: u32) -> napi::Result<()> {
+    sync(&env, || shapes::write_imagefolder(std::path::Path::new(&dir), n as usize, size as usize, u64::from(seed)))
+}
+
+fn decode(pngs: &[Buffer], what: &str) -> anneal::Result<Vec<img::RgbImage>> {
+    let limits = img::ImageLimits::default();
+    pngs.iter().enumerate().map(|(i, b)| img::decode_bytes(b, &format!("{what}[{i}]"), &limits).map(|d| d.0)).collect()
+}
+
+/// The share of `images` (PNG Buffers) whose colour and shape match the prompt at the
+/// same index.
+#[napi(namespace = "shapes")]
+pub fn score(env: Env, images: Vec<Buffer>, prompts: Vec<String>) -> napi::Result<f64> {
+    sync(&env, || {
+        let decoded = decode(&images, "images")?;
+        let views: Vec<(usize, usize, &[u8])> =
+            decoded.iter().map(|r| (r.width as usize, r.height as usize, r.data.as_slice())).collect();
+        let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        shapes::score(&views, &prompts)
+    })
+}
+
+/// One PNG holding `rows[r][c]` (PNG Buffers) row by row on a white canvas.
+#[napi(namespace = "shapes")]
+pub fn grid(env: Env, rows: Vec<Vec<Buffer>>) -> napi::Result<Buffer> {
+    sync(&env, || {
+        let decoded: Vec<Vec<img::RgbImage>> =
+            rows.iter().enumerate().map(|(r, row)| decode(row, &format!("rows[{r}]"))).collect::<anneal::Result<_>>()?;
+        let refs: Vec<Vec<&img::RgbImage>> = decoded.iter().map(|r| r.iter().collect()).collect();
+        Ok(Buffer::from(img::encode_png(&img::grid(&refs)?)?))
+    })
+}
