@@ -385,7 +385,9 @@ impl StableDiffusionPipeline {
     /// the weights as they are at each call). It must be on the pipeline's device with
     /// its dtype, and take and predict the pipeline's latent channels and attend to its
     /// text encoder's hidden states (`invalid_config` naming the key otherwise). Its own
-    /// config (sample size, downsampling) replaces the loaded UNet's.
+    /// config (sample size, downsampling) replaces the loaded UNet's. A clone shares
+    /// tensors, not structure: attach a LoRA adapter (or change its scale) before
+    /// cloning, or call this again afterwards.
     pub fn with_unet(&self, unet: UNet2DConditionModel) -> Result<Self> {
         let inner = &*self.inner;
         self.check_component("unet", unet.device(), unet.dtype())?;
