@@ -59,6 +59,22 @@ fn with_unet_renders_with_the_weights_being_trained() {
 }
 
 #[test]
+fn with_unet_renders_with_a_lora_being_trained() {
+    let sd = StableDiffusionPipeline::load(tiny_sd(), &LoadOptions::default()).unwrap();
+    let mut unet = UNet2DConditionModel::load(tiny_sd().join("unet"), &LoadOptions::default()).unwrap();
+    unet.add_lora(&anneal::LoraConfig::default(), 0).unwrap();
+    let swapped = sd.with_unet(unet.clone()).unwrap();
+    let req = small("a red circle");
+    let before = run(&sd, &req);
+    // B starts at zero: the adapter changes nothing yet.
+    assert_eq!(run(&swapped, &req).images[0].rgb, before.images[0].rgb);
+    let vars = unet.named_trainable_vars();
+    let b = vars.iter().find(|(n, _)| n.contains("lora_B")).unwrap().0.clone();
+    bump(&vars, &b, 0.5);
+    assert_ne!(run(&swapped, &req).images[0].rgb, before.images[0].rgb);
+}
+
+#[test]
 fn with_text_encoder_renders_with_the_weights_being_trained() {
     let sd = StableDiffusionPipeline::load(tiny_sd(), &LoadOptions::default()).unwrap();
     let te = ClipTextModel::load(tiny_sd().join("text_encoder"), &trainable()).unwrap();
