@@ -7,6 +7,10 @@
 //! text encoder is a small CLIP text transformer behind a byte-level CLIP tokenizer
 //! (the 256 byte symbols and their `</w>` end-of-word forms, no merges: every word is
 //! spelled out byte by byte), which transformers' `CLIPTokenizer` reads as well.
+//! The directory also loads in diffusers (`StableDiffusionPipeline.from_pretrained(dir,
+//! vae=None)`, `UNet2DConditionModel`, `CLIPTextModel`, `CLIPTokenizer` and
+//! `CLIPTokenizerFast` give the same ids), though diffusers' pipeline cannot sample
+//! without a VAE.
 //!
 //! Weights start as diffusers and transformers initialise them: PyTorch's defaults
 //! for convolutions and linear layers (uniform in `±1/sqrt(fan_in)`, weights and
