@@ -91,7 +91,7 @@ pub struct DiffusionPreset {
 
 static PRESETS: &[DiffusionPreset] = &[DiffusionPreset {
     name: "tiny-shapes",
-    description: "32x32 RGB pixel-space UNet (~0.5M parameters) with a 2-layer byte-level CLIP text encoder: \
+    description: "32x32 RGB pixel-space UNet (~1.06M parameters) with a 2-layer byte-level CLIP text encoder: \
                   learns the toy shapes data (anneal::diffusion::shapes) on a CPU in minutes",
     resolution: 32,
     block_out_channels: &[16, 32, 64],
