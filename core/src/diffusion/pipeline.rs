@@ -391,7 +391,9 @@ impl StableDiffusionPipeline {
     /// the weights as they are at each call). It must be on the pipeline's device with
     /// its dtype, and take and predict the pipeline's latent channels and attend to its
     /// text encoder's hidden states (`invalid_config` naming the key otherwise). Its own
-    /// config (sample size, downsampling) replaces the loaded UNet's.
+    /// config (sample size, downsampling) replaces the loaded UNet's. A clone shares
+    /// tensors, not structure: attach a LoRA adapter (or change its scale) before
+    /// cloning, or call this again afterwards.
     pub fn with_unet(&self, unet: UNet2DConditionModel) -> Result<Self> {
         let inner = &*self.inner;
         self.check_component("unet", unet.device(), unet.dtype())?;
@@ -582,7 +584,9 @@ impl StableDiffusionPipeline {
         }
         let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
         let ids = inner.tokenizer.to_tensor(&refs, &inner.device)?;
-        inner.text_encoder.prompt_embeds(&ids, clip_skip, ForwardMode::Infer)
+        // Detached: a text encoder being trained (`with_text_encoder`) has `Var` weights,
+        // and sampling must not record a backward graph.
+        Ok(inner.text_encoder.prompt_embeds(&ids, clip_skip, ForwardMode::Infer)?.detach())
     }
 
     /// Generates `req.num_images_per_prompt` images for each prompt. `progress(step,
@@ -647,7 +651,9 @@ impl StableDiffusionPipeline {
             let input = if plan.guidance { Tensor::cat(&[&x, &x], 0)? } else { x.clone() };
             let input = sched.scale_model_input(&input, t)?;
             let ts = Tensor::new(&[t as f32], device)?;
-            let out = inner.unet.forward(&input, &ts, &context, ForwardMode::Infer)?.to_dtype(DType::F32)?;
+            // Detached: with a UNet being trained (`with_unet`, `Var` weights) the steps
+            // would otherwise chain one backward graph through every step.
+            let out = inner.unet.forward(&input, &ts, &context, ForwardMode::Infer)?.detach().to_dtype(DType::F32)?;
             let eps = if plan.guidance {
                 let uncond = out.narrow(0, 0, b)?;
                 let text = out.narrow(0, b, b)?;
