@@ -18,8 +18,9 @@ import sys
 import anneal
 import anneal.shapes
 
-# The tiny-shapes preset's recommended settings (anneal::diffusion::presets).
-STEPS, BATCH, LR, WARMUP = 600, 16, 1e-3, 20
+# The tiny-shapes preset's recommended settings (anneal::diffusion::presets), with 300
+# steps of 8 images instead of 2,000 of 16: a step takes seconds on 2 CPU cores today.
+STEPS, BATCH, LR, WARMUP = 300, 8, 1e-3, 20
 SAMPLING = dict(steps=25, guidance_scale=3.0, scheduler="ddim")
 PER_PROMPT = 4
 
