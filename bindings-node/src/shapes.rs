@@ -46,8 +46,11 @@ pub fn score(env: Env, images: Vec<Buffer>, prompts: Vec<String>) -> napi::Resul
 #[napi(namespace = "shapes")]
 pub fn grid(env: Env, rows: Vec<Vec<Buffer>>) -> napi::Result<Buffer> {
     sync(&env, || {
-        let decoded: Vec<Vec<img::RgbImage>> =
-            rows.iter().enumerate().map(|(r, row)| decode(row, &format!("rows[{r}]"))).collect::<anneal::Result<_>>()?;
+        let decoded: Vec<Vec<img::RgbImage>> = rows
+            .iter()
+            .enumerate()
+            .map(|(r, row)| decode(row, &format!("rows[{r}]")))
+            .collect::<anneal::Result<_>>()?;
         let refs: Vec<Vec<&img::RgbImage>> = decoded.iter().map(|r| r.iter().collect()).collect();
         Ok(Buffer::from(img::encode_png(&img::grid(&refs)?)?))
     })
