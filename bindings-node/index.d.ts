@@ -47,11 +47,13 @@ export interface CallOptions {
    * Progress callback, at most one progress event per 100 ms; `task_started` /
    * `job_started` first and `task_finished` / `job_finished` last. The last event may arrive just after the Promise settles.
    * An exception thrown here does not stop the call (it becomes an `uncaughtException`);
-   * use `cancel`.
+   * use `cancel` or `signal`.
    */
   onEvent?: (event: AnnealEvent) => void
   /** Stops the call at its next check; it then rejects with code `cancelled`. */
   cancel?: CancelToken
+  /** As `cancel`, from an `AbortController`: aborting stops the call (code `cancelled`). Give one of `cancel` and `signal`. */
+  signal?: AbortSignal
 }
 
 export interface ImportOptions {
@@ -342,7 +344,7 @@ export interface HomeOptions {
 // ---------------------------------------------------------------- generation
 
 export type FinishReason = 'eos' | 'stop' | 'length'
-export type GenerationKind = 'generate' | 'stream' | 'batch' | 'score'
+export type GenerationKind = 'generate' | 'stream' | 'batch' | 'score' | 'txt2img'
 
 /** Text (tokenised with the model's special tokens), chat messages (rendered with its chat template), or token ids. */
 export type Prompt = string | Array<{ role: string; content: string }> | number[]
@@ -443,6 +445,99 @@ export interface ModelUsage {
 /** `for await (const chunk of gen.stream(prompt)) ...`: the stream is its own async iterator. */
 export interface TokenStream {
   [Symbol.asyncIterator](): TokenStream
+}
+
+// ---------------------------------------------------------------- images
+
+/** `home.imageGenerator(model, options)`. */
+export interface ImageGeneratorOptions {
+  /** For a LoRA model: fold it into the base UNet at load. Default false: it stays a separate adapter, the default of every request, and requests may pick another one or none (`adapters`). */
+  mergeAdapter?: boolean
+  /** Record every call in the catalog (kind `txt2img`; default true). */
+  record?: boolean
+}
+
+/** A LoRA applied to one request. */
+export interface ImageAdapter {
+  /** A registered LoRA whose parent is the generator's base model (id, name or name@version). */
+  model: string
+  /** Multiplier of the adapter's delta: 1 as trained (default), 0 the base. */
+  scale?: number
+}
+
+/** What to generate; unset fields take diffusers' defaults (50 steps, guidance 7.5, the model's trained size, its own scheduler, a random seed). `generate` takes the prompts as its first argument. */
+export interface ImageRequest {
+  prompts?: string[]
+  /** One negative prompt for every prompt (ignored, with a warning, at guidance <= 1). */
+  negativePrompt?: string
+  /** Classifier-free guidance weight; at most 1 turns guidance off. */
+  guidanceScale?: number
+  /** Denoising steps. */
+  steps?: number
+  /** `ddim`, `euler`, `euler_ancestral`, `dpmpp_2m`, `ddpm` (or a diffusers class name). */
+  scheduler?: string
+  /** Image `i` of the call uses `seed + i`. */
+  seed?: number
+  /** Pixels; multiples of `gen.sizeMultiple`. */
+  width?: number
+  height?: number
+  /** Images per prompt (default 1). */
+  numImages?: number
+  /** Condition on the text encoder's hidden state this many layers before the last. */
+  clipSkip?: number
+  /** At most one. Unset: the generator's own adapter (a LoRA loaded unmerged) or none; `[]`: none. */
+  adapters?: ImageAdapter[]
+}
+
+/** Settings and call options of `ImageGenerator.generate`. */
+export type ImageOptions = Omit<ImageRequest, 'prompts'> & CallOptions
+
+/** The settings one image was made with, as its PNG's text chunks (`parameters`, `anneal`) hold them. */
+export interface ImageSettings {
+  prompt: string
+  /** Empty when there was none or guidance was off. */
+  negativePrompt: string
+  /** The seed that regenerates this image alone. */
+  seed: number | null
+  steps: number
+  guidanceScale: number
+  /** The scheduler's short name (`ddim`, `euler`, ...). */
+  scheduler: string
+  /** Present (true) when the scheduler used Karras sigmas. */
+  karrasSigmas?: boolean
+  width: number
+  height: number
+  clipSkip?: number
+  /** `name@version` of the model (the adapter's when one was applied). */
+  model?: string
+}
+
+/** One generated image. */
+export interface GeneratedPng {
+  /** The PNG file, with the settings in its text chunks. */
+  png: Buffer
+  /** The pixels: RGB, 8 bits per channel, row-major `height x width x 3`. */
+  rgb: Buffer
+  width: number
+  height: number
+  /** The seed that regenerates this image alone. */
+  seed: number | null
+  settings: ImageSettings
+}
+
+/** What `ImageGenerator.generate` resolves to. */
+export interface ImageGeneration {
+  /** The catalog row of this call (null when recording is off). */
+  id: string | null
+  /** The model that ran (`name@version`; the adapter's when one was applied). */
+  model: string
+  /** Prompt by prompt, `numImages` each. */
+  images: GeneratedPng[]
+  /** The base seed (image `i` used `seed + i`). */
+  seed: number
+  /** Truncated prompts, an ignored negative prompt, a substituted scheduler. */
+  warnings: string[]
+  durationMs: number
 }
 
 /**
@@ -562,6 +657,37 @@ export declare class Home {
    * (default true), `quantize` (`q8_0`).
    */
   generator(model: string, options?: GeneratorOptions): Promise<Generator>
+  /**
+   * Loads a registered stable-diffusion model (a base, a full fine-tune or a LoRA)
+   * for text-to-image, off the event loop. Options: `mergeAdapter` (default false: a
+   * LoRA stays a separate adapter that requests may switch), `record` (default true).
+   */
+  imageGenerator(model: string, options?: ImageGeneratorOptions): Promise<ImageGenerator>
+}
+
+/**
+ * Generates images with one loaded Stable Diffusion model (base, full fine-tune or
+ * LoRA): `await home.imageGenerator(model, options)`. Requests with different adapters
+ * take turns; requests with the same one run together.
+ */
+export declare class ImageGenerator {
+  /**
+   * Generates images for `prompt` (a string or an array of strings; `numImages` each).
+   * Rejects with `invalid_config` naming the setting (`width`, `steps`,
+   * `adapters[0].model`, ...) before any work. `options.onEvent` gets `task_started` /
+   * `task_progress` (denoising steps) / `task_finished`; `options.cancel` (a
+   * `CancelToken`) or `options.signal` (an `AbortSignal`) stops at the next step (rejects
+   * with `cancelled`; nothing is recorded).
+   */
+  generate(prompt: string | string[], options?: ImageOptions): Promise<ImageGeneration>
+  /** The model this generator was loaded with. */
+  get model(): ModelRecord
+  /** The pipeline whose weights are loaded (a LoRA's base). */
+  get baseModel(): ModelRecord
+  /** Widths and heights must be multiples of this. */
+  get sizeMultiple(): number
+  /** The size of a request that gives none (the model's trained size). */
+  get defaultSize(): { width: number; height: number }
 }
 
 /** Registers, names, versions and serves models (`home.models()`). */

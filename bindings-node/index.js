@@ -839,6 +839,7 @@ module.exports.CancelToken = nativeBinding.CancelToken
 module.exports.DatasetStore = nativeBinding.DatasetStore
 module.exports.Generator = nativeBinding.Generator
 module.exports.Home = nativeBinding.Home
+module.exports.ImageGenerator = nativeBinding.ImageGenerator
 module.exports.ModelRegistry = nativeBinding.ModelRegistry
 module.exports.TokenStream = nativeBinding.TokenStream
 module.exports.TrainingEngine = nativeBinding.TrainingEngine

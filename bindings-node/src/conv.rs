@@ -9,7 +9,7 @@
 //!   `columns`, `labelCounts` keys, ...) keep their own.
 
 use napi::bindgen_prelude::{
-    ClassInstance, FromNapiValue, Function, FunctionRef, JsObjectValue, JsValue, Object, ToNapiValue, TypeName,
+    ClassInstance, FnArgs, FromNapiValue, Function, FunctionRef, JsObjectValue, JsValue, Object, ToNapiValue, TypeName,
     Unknown, ValueType,
 };
 use napi::{sys, Env};
@@ -82,7 +82,7 @@ pub(crate) fn detach(env: &Env, detach: Option<Detach>) -> napi::Result<()> {
 fn listen(signal: Unknown<'_>, token: &anneal::CancelToken) -> anneal::Result<Detach> {
     let bad = |reason: String| anneal::Error::config("signal", reason);
     let env = Env::from_raw(signal.value().env);
-    let attach: Function<(Unknown, Function<(), ()>), Unknown> = env
+    let attach: Function<FnArgs<(Unknown, Function<(), ()>)>, Unknown> = env
         .run_script(
             "(function (signal, cancel) {
                 if (!(signal instanceof AbortSignal)) return null
@@ -99,7 +99,7 @@ fn listen(signal: Unknown<'_>, token: &anneal::CancelToken) -> anneal::Result<De
             Ok(())
         })
         .map_err(|e| bad(e.reason))?;
-    let detach = attach.call((signal, cancel)).map_err(|e| bad(e.reason))?;
+    let detach = attach.call(FnArgs::from((signal, cancel))).map_err(|e| bad(e.reason))?;
     if detach.get_type().ok() != Some(ValueType::Function) {
         return Err(type_error("signal", "an AbortSignal", &signal));
     }
