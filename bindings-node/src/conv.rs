@@ -69,6 +69,9 @@ pub(crate) struct CallOptions {
 /// Removes a call's `abort` listener from its `AbortSignal`.
 pub(crate) type Detach = FunctionRef<(), ()>;
 
+/// `(signal, cancel) => detach | null`: the script that attaches the `abort` listener.
+type Attach<'a> = Function<'a, FnArgs<(Unknown<'a>, Function<'a, (), ()>)>, Unknown<'a>>;
+
 /// Calls `detach` (on the JS thread, once the call has settled).
 pub(crate) fn detach(env: &Env, detach: Option<Detach>) -> napi::Result<()> {
     match detach {
@@ -82,7 +85,7 @@ pub(crate) fn detach(env: &Env, detach: Option<Detach>) -> napi::Result<()> {
 fn listen(signal: Unknown<'_>, token: &anneal::CancelToken) -> anneal::Result<Detach> {
     let bad = |reason: String| anneal::Error::config("signal", reason);
     let env = Env::from_raw(signal.value().env);
-    let attach: Function<FnArgs<(Unknown, Function<(), ()>)>, Unknown> = env
+    let attach: Attach = env
         .run_script(
             "(function (signal, cancel) {
                 if (!(signal instanceof AbortSignal)) return null
@@ -155,7 +158,10 @@ impl CallOptions {
         }
         if let Some(signal) = signal {
             if has_cancel {
-                return Err(anneal::Error::config("signal", "give either `cancel` (a CancelToken) or `signal`, not both"));
+                return Err(anneal::Error::config(
+                    "signal",
+                    "give either `cancel` (a CancelToken) or `signal`, not both",
+                ));
             }
             out.detach = Some(listen(signal, &out.cancel)?);
         }
