@@ -9,7 +9,7 @@
 //!   `columns`, `labelCounts` keys, ...) keep their own.
 
 use napi::bindgen_prelude::{
-    ClassInstance, FromNapiValue, Function, FunctionRef, JsObjectValue, JsValue, Object, ToNapiValue, TypeName,
+    ClassInstance, FnArgs, FromNapiValue, Function, FunctionRef, JsObjectValue, JsValue, Object, ToNapiValue, TypeName,
     Unknown, ValueType,
 };
 use napi::{sys, Env};
@@ -69,6 +69,9 @@ pub(crate) struct CallOptions {
 /// Removes a call's `abort` listener from its `AbortSignal`.
 pub(crate) type Detach = FunctionRef<(), ()>;
 
+/// `(signal, cancel) => detach | null`: the script that attaches the `abort` listener.
+type Attach<'a> = Function<'a, FnArgs<(Unknown<'a>, Function<'a, (), ()>)>, Unknown<'a>>;
+
 /// Calls `detach` (on the JS thread, once the call has settled).
 pub(crate) fn detach(env: &Env, detach: Option<Detach>) -> napi::Result<()> {
     match detach {
@@ -82,7 +85,7 @@ pub(crate) fn detach(env: &Env, detach: Option<Detach>) -> napi::Result<()> {
 fn listen(signal: Unknown<'_>, token: &anneal::CancelToken) -> anneal::Result<Detach> {
     let bad = |reason: String| anneal::Error::config("signal", reason);
     let env = Env::from_raw(signal.value().env);
-    let attach: Function<(Unknown, Function<(), ()>), Unknown> = env
+    let attach: Attach = env
         .run_script(
             "(function (signal, cancel) {
                 if (!(signal instanceof AbortSignal)) return null
@@ -99,7 +102,7 @@ fn listen(signal: Unknown<'_>, token: &anneal::CancelToken) -> anneal::Result<De
             Ok(())
         })
         .map_err(|e| bad(e.reason))?;
-    let detach = attach.call((signal, cancel)).map_err(|e| bad(e.reason))?;
+    let detach = attach.call(FnArgs::from((signal, cancel))).map_err(|e| bad(e.reason))?;
     if detach.get_type().ok() != Some(ValueType::Function) {
         return Err(type_error("signal", "an AbortSignal", &signal));
     }
@@ -155,7 +158,10 @@ impl CallOptions {
         }
         if let Some(signal) = signal {
             if has_cancel {
-                return Err(anneal::Error::config("signal", "give either `cancel` (a CancelToken) or `signal`, not both"));
+                return Err(anneal::Error::config(
+                    "signal",
+                    "give either `cancel` (a CancelToken) or `signal`, not both",
+                ));
             }
             out.detach = Some(listen(signal, &out.cancel)?);
         }
