@@ -25,8 +25,9 @@ export interface AnnealError extends Error {
   supported?: number
 }
 
-export type DatasetFormat = 'text' | 'completion' | 'instruction' | 'chat' | 'tabular'
-export type SourceFormat = 'jsonl' | 'json' | 'csv' | 'tsv' | 'txt' | 'records'
+export type DatasetFormat = 'text' | 'completion' | 'instruction' | 'chat' | 'tabular' | 'image'
+export type SourceFormat = 'jsonl' | 'json' | 'csv' | 'tsv' | 'txt' | 'records' | 'images'
+export type ImageLayout = 'imagefolder' | 'captions' | 'instance'
 export type FinishStatus = 'completed' | 'failed' | 'cancelled'
 
 /** Progress events (`onEvent`), with the same `type` values as Rust and Python; keys are camelCase. */
@@ -73,6 +74,32 @@ export interface ImportOptions {
    * `invalid_data` naming the line or record, refused without reading the rest.
    */
   maxRecordBytes?: number
+}
+
+/**
+ * Options of `DatasetStore.importImages`. The layout is detected when not given: a
+ * `metadata.jsonl` / `metadata.csv` makes it `imagefolder`, caption files make it
+ * `captions`, otherwise it is `instance` (which needs `instancePrompt`).
+ */
+export interface ImageImportOptions {
+  /** Unique name. Default: the folder's name. */
+  name?: string
+  /** Force a layout instead of detecting it. */
+  layout?: ImageLayout
+  /** imagefolder: the metadata column with the caption (default `text`). */
+  captionColumn?: string
+  /** imagefolder: the metadata column with the image's relative path (default `file_name`). */
+  imageColumn?: string
+  /** captions: the caption files' extension (default `.txt`). */
+  captionExtension?: string
+  /** instance: every image's caption; captions: the caption of images without a caption file. */
+  instancePrompt?: string
+  /** Same content already stored: `'error'` (default, code `duplicate_content`) or `'reuse'`. */
+  onDuplicate?: 'error' | 'reuse'
+  /** The largest image in pixels (default 64 megapixels); larger ones are refused, not downscaled. */
+  maxPixels?: number
+  /** The largest image file in bytes (default 256 MiB). */
+  maxImageBytes?: number
 }
 
 export interface SplitOptions {
@@ -168,7 +195,27 @@ export interface DatasetStats {
   lengthHistogram: LengthBucket[]
   roleCounts?: Record<string, number>
   labelCounts?: Record<string, number>
+  /** Image datasets: sizes, aspect ratios, modes and formats of the images. */
+  images?: ImageStats
   tokens?: Record<string, number>
+}
+
+export interface SizeStats {
+  min: number
+  max: number
+  mean: number
+}
+
+export interface ImageStats {
+  count: number
+  width: SizeStats
+  height: SizeStats
+  /** Images per aspect ratio bucket (`1:1`, `4:3`, `16:9`, `3:4`, ...). */
+  aspectRatios: Record<string, number>
+  /** Images per pixel layout before conversion (`RGB`, `RGBA`, `L`, ...). */
+  modes: Record<string, number>
+  /** Images per file format (`png`, `jpeg`, `webp`). */
+  formats: Record<string, number>
 }
 
 export interface ModelFile {
@@ -485,6 +532,18 @@ export declare class DatasetStore {
   /** Splits into train and validation datasets, deterministically for a given `seed`. */
   split(idOrName: string, valFraction: number, options?: SplitOptions): Promise<DatasetSplit>
   /**
+   * Imports a folder of images with captions: an HF imagefolder (`metadata.jsonl` /
+   * `metadata.csv`), kohya sidecar captions (`foo.png` + `foo.txt`), or a DreamBooth
+   * instance set (`instancePrompt`). Every image is decoded; a bad one rejects with
+   * `invalid_data` naming it and nothing is stored. Progress is in images.
+   */
+  importImages(path: string, options?: ImageImportOptions & CallOptions): Promise<DatasetRecord>
+  /**
+   * The first `n` records of an image dataset, each with a PNG thumbnail of its image
+   * no larger than `size` x `size` pixels (default 128; aspect ratio kept).
+   */
+  thumbnails(idOrName: string, n: number, size?: number): Array<Thumbnail>
+  /**
    * Deletes a dataset (row first, then files). Refuses while a job uses it unless
    * `force`.
    */
@@ -636,4 +695,12 @@ export declare class TrainingEngine {
    * cancelled at once, a running one checkpoints and ends `cancelled`.
    */
   cancel(jobId: string): JobRecord
+}
+
+/** A record of an image dataset with a PNG thumbnail of its image. */
+export interface Thumbnail {
+  /** The stored record (keys unchanged, as `preview` returns them). */
+  record: Record<string, unknown>
+  /** The thumbnail, a PNG file. */
+  png: Buffer
 }

@@ -283,19 +283,20 @@ fn caption_items(files: &[Found], opts: &ImageImportOptions) -> Result<Vec<Item>
     let mut items = Vec::new();
     for f in files.iter().filter(|f| is_image(&f.path)) {
         let stem = f.rel.rsplit_once('.').map_or(f.rel.as_str(), |(s, _)| s);
-        let text =
-            match by_rel.get(format!("{stem}{ext}").as_str()) {
-                Some(c) => read_caption(&c.path)?,
-                None => match &opts.instance_prompt {
-                    Some(p) => p.clone(),
-                    None => return Err(Error::data(
+        let text = match by_rel.get(format!("{stem}{ext}").as_str()) {
+            Some(c) => read_caption(&c.path)?,
+            None => match &opts.instance_prompt {
+                Some(p) => p.clone(),
+                None => {
+                    return Err(Error::data(
                         Location::file(&f.path),
                         format!(
                             "the image has no caption file `{stem}{ext}` (give instance_prompt to caption such images)"
                         ),
-                    )),
-                },
-            };
+                    ))
+                }
+            },
+        };
         items.push(Item { rel: f.rel.clone(), path: f.path.clone(), text });
     }
     Ok(items)
