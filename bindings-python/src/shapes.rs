@@ -23,12 +23,12 @@ pub fn write_imagefolder(py: Python<'_>, dir: std::path::PathBuf, n: usize, size
 pub fn score(py: Python<'_>, images: Vec<Bound<'_, PyAny>>, prompts: Vec<String>) -> PyResult<f64> {
     let mut decoded = Vec::with_capacity(images.len());
     for (i, im) in images.iter().enumerate() {
-        let png: Vec<u8> = match im.downcast::<PyBytes>() {
+        let png: Vec<u8> = match im.cast::<PyBytes>() {
             Ok(b) => b.as_bytes().to_vec(),
             Err(_) => {
                 let buf = py.import("io")?.getattr("BytesIO")?.call0()?;
                 im.call_method1("save", (&buf, "PNG"))?;
-                buf.call_method0("getvalue")?.downcast::<PyBytes>()?.as_bytes().to_vec()
+                buf.call_method0("getvalue")?.cast::<PyBytes>()?.as_bytes().to_vec()
             }
         };
         let limits = img::ImageLimits::default();

@@ -51,6 +51,8 @@ record_class! {
             /// `{"code": ..., "message": ...}` of a failed job.
             error,
             checkpoint,
+            /// Image models: the latest validation image (PNG grid), relative to the home.
+            image,
             created_at,
             updated_at,
             started_at,
