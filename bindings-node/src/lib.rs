@@ -17,7 +17,7 @@ mod generation;
 mod home;
 mod images;
 mod registry;
-mod shapes;
+pub mod shapes;
 mod training;
 
 pub use dataset::DatasetStore;

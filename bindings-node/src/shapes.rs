@@ -26,7 +26,7 @@ pub fn write_imagefolder(env: Env, dir: String, n: u32, size: u32, seed: u32) ->
 
 fn decode(pngs: &[Buffer], what: &str) -> anneal::Result<Vec<img::RgbImage>> {
     let limits = img::ImageLimits::default();
-    pngs.iter().enumerate().map(|(i, b)| img::decode_bytes(b, &format!("{what}[{i}]"), &limits).map(|d| d.0)).collect()
+    pngs.iter().enumerate().map(|(i, b)| img::decode_bytes(b, format!("{what}[{i}]"), &limits).map(|d| d.0)).collect()
 }
 
 /// The share of `images` (PNG Buffers) whose colour and shape match the prompt at the

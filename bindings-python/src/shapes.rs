@@ -32,7 +32,7 @@ pub fn score(py: Python<'_>, images: Vec<Bound<'_, PyAny>>, prompts: Vec<String>
             }
         };
         let limits = img::ImageLimits::default();
-        let (rgb, _) = img::decode_bytes(&png, &format!("images[{i}]"), &limits).map_err(|e| to_pyerr(py, e))?;
+        let (rgb, _) = img::decode_bytes(&png, format!("images[{i}]"), &limits).map_err(|e| to_pyerr(py, e))?;
         decoded.push(rgb);
     }
     let views: Vec<(usize, usize, &[u8])> =

@@ -37,7 +37,7 @@ const PER_PROMPT: usize = 4;
 
 /// Every colour x shape prompt, in a fixed order.
 fn prompts() -> Vec<String> {
-    (0..12).map(|i| shapes::pair(i)).map(|(c, s)| shapes::caption(c, s)).collect()
+    (0..12).map(shapes::pair).map(|(c, s)| shapes::caption(c, s)).collect()
 }
 
 /// Images of `model` for every prompt (same seed for both models), and their score.

@@ -27,8 +27,11 @@ fn picture(w: usize, h: usize, rgb: [u8; 3]) -> Vec<u8> {
     anneal::diffusion::png::encode_rgb8(w, h, &px, &[]).unwrap()
 }
 
-/// An imagefolder with `metadata.jsonl`: (file, size, colour, caption).
-fn folder(dir: &Path, items: &[(&str, (usize, usize), [u8; 3], &str)]) -> PathBuf {
+/// One picture of a test folder: file, (width, height), colour, caption.
+type Item<'a> = (&'a str, (usize, usize), [u8; 3], &'a str);
+
+/// An imagefolder with `metadata.jsonl`.
+fn folder(dir: &Path, items: &[Item<'_>]) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let mut meta = String::new();
     for (file, (w, h), rgb, caption) in items {
