@@ -22,8 +22,8 @@ const args = process.argv.slice(2).filter((a) => !a.startsWith('--'))
 // The tiny-shapes preset's recommended settings (anneal::diffusion::presets), with 300
 // steps of 8 images instead of 2,000 of 16: a step takes seconds on 2 CPU cores today.
 const STEPS = process.argv.includes('--smoke') ? 20 : 300
-const SAMPLING = { steps: 25, guidanceScale: 3.0, scheduler: 'ddim' }
-const PER_PROMPT = 4
+const SAMPLING = { steps: 100, guidanceScale: 3.0, scheduler: 'ddpm' }
+const PER_PROMPT = 2
 const pct = (x) => `${Math.round(x * 100)}%`
 
 const progress = (e) => {
@@ -59,7 +59,7 @@ const report = await home.training().train({
     trainTextEncoder: true, captionDropout: 0.1,
     validationPrompts: ['a red circle', 'a blue square', 'a yellow triangle'],
     validationEvery: Math.max(Math.floor(STEPS / 4), 1), validationSteps: SAMPLING.steps,
-    validationGuidanceScale: SAMPLING.guidanceScale, validationScheduler: 'ddim',
+    validationGuidanceScale: SAMPLING.guidanceScale, validationScheduler: SAMPLING.scheduler,
   },
 }, { onEvent: progress })
 console.log(`trained in ${report.durationS.toFixed(0)} s, final loss ${report.finalLoss.toFixed(4)}`)

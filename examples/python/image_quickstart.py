@@ -21,8 +21,8 @@ import anneal.shapes
 # The tiny-shapes preset's recommended settings (anneal::diffusion::presets), with 300
 # steps of 8 images instead of 2,000 of 16: a step takes seconds on 2 CPU cores today.
 STEPS, BATCH, LR, WARMUP = 300, 8, 1e-3, 20
-SAMPLING = dict(steps=25, guidance_scale=3.0, scheduler="ddim")
-PER_PROMPT = 4
+SAMPLING = dict(steps=100, guidance_scale=3.0, scheduler="ddpm")
+PER_PROMPT = 2
 
 
 def progress(event):
@@ -61,7 +61,7 @@ def main():
             "train_text_encoder": True, "caption_dropout": 0.1,
             "validation_prompts": ["a red circle", "a blue square", "a yellow triangle"],
             "validation_every": max(steps // 4, 1), "validation_steps": SAMPLING["steps"],
-            "validation_guidance_scale": SAMPLING["guidance_scale"], "validation_scheduler": "ddim",
+            "validation_guidance_scale": SAMPLING["guidance_scale"], "validation_scheduler": SAMPLING["scheduler"],
         },
         on_event=progress,
     )

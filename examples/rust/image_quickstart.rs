@@ -33,7 +33,7 @@ use anyhow::Result;
 /// Training pictures drawn (each of the 12 colour x shape pairs equally often).
 const IMAGES: usize = 480;
 /// Generated images per prompt when scoring.
-const PER_PROMPT: usize = 4;
+const PER_PROMPT: usize = 2;
 
 /// Every colour x shape prompt, in a fixed order.
 fn prompts() -> Vec<String> {

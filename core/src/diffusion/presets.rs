@@ -115,8 +115,11 @@ static PRESETS: &[DiffusionPreset] = &[DiffusionPreset {
         steps: 2000,
         batch_size: 16,
         train_text_encoder: true,
-        scheduler: "ddim",
-        inference_steps: 25,
+        // Measured after 300 steps of 8 (the image quickstart): DDPM 100 steps at
+        // guidance 3 scores 0.17 on the shapes prompts, DDIM 25 steps 0.04 (its samples
+        // keep high-frequency noise the undertrained UNet does not remove).
+        scheduler: "ddpm",
+        inference_steps: 100,
         guidance_scale: 3.0,
         caption_dropout: 0.1,
     },
