@@ -131,6 +131,39 @@ pub(crate) fn copy_hashing(src: &Path, dst: &Path, mut on_chunk: impl FnMut(u64)
     Ok(digest)
 }
 
+/// Creates the directory `dir` (which must not exist or be empty: `already_exists`
+/// otherwise) with the contents `fill` writes into a temporary sibling that is then
+/// renamed into place, so a failure leaves nothing behind.
+pub(crate) fn write_new_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if dir.exists() {
+        let mut entries = fs::read_dir(dir).with_path(dir)?;
+        if entries.next().is_some() {
+            return Err(Error::AlreadyExists {
+                what: "directory",
+                id: dir.display().to_string(),
+                detail: " and is not empty".into(),
+            });
+        }
+    }
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).with_path(parent)?;
+    let tmp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).with_path(&tmp)?;
+    }
+    let result = fs::create_dir_all(&tmp).with_path(&tmp).and_then(|()| fill(&tmp)).and_then(|()| {
+        if dir.exists() {
+            fs::remove_dir(dir).with_path(dir)?;
+        }
+        fs::rename(&tmp, dir).with_path(dir)
+    });
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
 /// Writes `bytes` to `path` crash-safely: a temp file in the same directory, fsync, rename.
 /// Failpoint `write:<file name>`.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -27,7 +27,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -511,36 +511,7 @@ fn write_all(p: &DiffusionPreset, seed: u64, dir: &Path) -> Result<()> {
 /// (`already_exists` otherwise); the directory is built next to it and renamed into
 /// place, so a failure leaves nothing behind.
 pub fn write_dir(p: &DiffusionPreset, seed: u64, dir: &Path) -> Result<()> {
-    if dir.exists() {
-        let mut entries = std::fs::read_dir(dir).with_path(dir)?;
-        if entries.next().is_some() {
-            return Err(Error::AlreadyExists {
-                what: "directory",
-                id: dir.display().to_string(),
-                detail: " and is not empty".into(),
-            });
-        }
-    }
-    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("preset");
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).with_path(&parent)?;
-    let tmp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_path(&tmp)?;
-    }
-    let result = write_all(p, seed, &tmp).and_then(|()| {
-        if dir.exists() {
-            std::fs::remove_dir(dir).with_path(dir)?;
-        }
-        std::fs::rename(&tmp, dir).with_path(dir)
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
+    crate::util::write_new_dir(dir, |tmp| write_all(p, seed, tmp))
 }
 
 #[cfg(test)]

@@ -273,33 +273,7 @@ pub fn write_imagefolder(dir: &Path, n: usize, size: usize, seed: u64) -> Result
     if !(16..=1024).contains(&size) {
         return Err(Error::config("size", format!("{size} pixels: must be between 16 and 1024")));
     }
-    if dir.exists() {
-        let mut entries = std::fs::read_dir(dir).with_path(dir)?;
-        if entries.next().is_some() {
-            return Err(Error::AlreadyExists {
-                what: "directory",
-                id: dir.display().to_string(),
-                detail: " and is not empty".into(),
-            });
-        }
-    }
-    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("shapes");
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_path(parent)?;
-    let tmp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_path(&tmp)?;
-    }
-    let result = write_images(&tmp, n, size, seed).and_then(|()| {
-        if dir.exists() {
-            std::fs::remove_dir(dir).with_path(dir)?;
-        }
-        std::fs::rename(&tmp, dir).with_path(dir)
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
+    crate::util::write_new_dir(dir, |tmp| write_images(tmp, n, size, seed))
 }
 
 /// The colour and shape of image `i` of a dataset: all 12 pairs in turn.
