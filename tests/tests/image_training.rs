@@ -224,7 +224,7 @@ fn a_cancelled_lora_run_resumes_to_the_loss_of_an_uninterrupted_one() {
 }
 
 #[test]
-fn dreambooth_with_prior_preservation_renders_class_images_once() {
+fn dreambooth_with_prior_preservation_renders_and_keeps_class_images() {
     let env = Env::new();
     let engine = env.home.training();
     let spec = TrainSpec {
@@ -305,5 +305,17 @@ fn wrong_pairs_of_model_data_and_options_are_refused_naming_the_field() {
     assert_eq!(field(engine.create_job(&env.spec(wide)).unwrap_err()), "method.lora.r");
     let huge = TrainSpec { batch_size: 1 << 20, image: image(4096), ..env.spec(lora()) };
     assert_eq!(field(engine.create_job(&huge).unwrap_err()), "batch_size");
+    // Counts that would size a loop or an allocation are bounded.
+    let dreambooth = ImageTrainOptions {
+        instance_prompt: Some("sks".into()),
+        class_prompt: Some("a square".into()),
+        num_class_images: 1 << 40,
+        ..Default::default()
+    };
+    let spec = TrainSpec { image: Some(dreambooth), ..env.spec(lora()) };
+    assert_eq!(field(engine.create_job(&spec).unwrap_err()), "image.num_class_images");
+    let many = ImageTrainOptions { validation_prompts: vec!["x".into(); 1000], ..Default::default() };
+    let spec = TrainSpec { image: Some(many), ..env.spec(lora()) };
+    assert_eq!(field(engine.create_job(&spec).unwrap_err()), "image.validation_prompts");
     let _ = &env.dir;
 }

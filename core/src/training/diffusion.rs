@@ -50,14 +50,19 @@ const TEXT_ENCODER_DIR: &str = "text_encoder";
 /// Aspect ratios (width / height) of the buckets.
 const BUCKET_RATIOS: [f64; 7] = [0.5, 0.667, 0.75, 1.0, 1.333, 1.5, 2.0];
 
+/// What a training image is kept as.
+enum Input {
+    /// `[3, h, w]` in [-1, 1]: the final cut for centre and bucket crops, the resized
+    /// image for random ones (cut and flipped at each step).
+    Pixels(Tensor),
+    /// The latent distribution `(mean, std)` `[c, h/f, w/f]`, encoded once, when the cut
+    /// never changes (centre or bucket crop without flips, with a VAE).
+    Latent(Tensor, Tensor),
+}
+
 /// A prepared training image.
 struct Sample {
-    /// `[3, h, w]` in [-1, 1]: the final cut for centre crops, the resized image for
-    /// random ones.
-    pixels: Tensor,
-    /// The cached latent distribution `(mean, std)` `[c, h/f, w/f]` when the cut never
-    /// changes (centre or bucket crop without flips, with a VAE).
-    latent: Option<(Tensor, Tensor)>,
+    input: Input,
     /// Index of the caption's embedding.
     caption: usize,
     /// The training size `(h, w)` (the bucket).
@@ -100,6 +105,8 @@ impl DiffusionTrainee {
         checkpoint: Option<&Path>,
         job_dir: &Path,
         datasets: &DatasetStore,
+        cancel: &CancelToken,
+        memory_limit: u64,
     ) -> Result<Self> {
         let opts = spec.image.clone().unwrap_or_default();
         let lo = LoadOptions::default();
@@ -162,16 +169,17 @@ impl DiffusionTrainee {
             opts,
         };
         let mut embeds = HashMap::new();
+        let mut budget = Budget { limit: memory_limit, left: memory_limit, cancel };
         if me.opts.caption_dropout > 0.0 {
             me.empty = Some(me.caption("", &mut embeds)?);
         }
-        me.train = me.prepare(datasets, train.0, train.1, &mut embeds)?;
+        me.train = me.prepare(datasets, train.0, train.1, &mut embeds, &mut budget)?;
         if me.train.is_empty() {
             return Err(Error::data(Location::file(&train.0.path), "no training image"));
         }
-        me.eval = me.prepare(datasets, eval.0, eval.1, &mut embeds)?;
+        me.eval = me.prepare(datasets, eval.0, eval.1, &mut embeds, &mut budget)?;
         if let Some(prompt) = me.opts.class_prompt.clone() {
-            me.class = me.class_images(&prompt, &job_dir.join(CLASS_DIR), &mut embeds)?;
+            me.class = me.class_images(&prompt, &job_dir.join(CLASS_DIR), &mut embeds, &mut budget)?;
         }
         Ok(me)
     }
@@ -198,6 +206,7 @@ impl DiffusionTrainee {
         ds: &DatasetRecord,
         records: &[Value],
         cache: &mut HashMap<String, usize>,
+        budget: &mut Budget<'_>,
     ) -> Result<Vec<Sample>> {
         if records.is_empty() {
             return Ok(Vec::new());
@@ -210,6 +219,7 @@ impl DiffusionTrainee {
         }
         let mut out = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
+            budget.cancel.check()?;
             let path = datasets.image_path(ds, r).map_err(|e| match e {
                 Error::InvalidData { location, reason } => {
                     Error::InvalidData { location: location.at(i as u64 + 1), reason }
@@ -222,7 +232,7 @@ impl DiffusionTrainee {
                 None => r.get("text").and_then(Value::as_str).unwrap_or("").to_string(),
             };
             let caption = self.caption(&text, cache)?;
-            out.push(self.sample(&image, caption)?);
+            out.push(self.sample(&image, caption, budget)?);
         }
         Ok(out)
     }
@@ -247,34 +257,46 @@ impl DiffusionTrainee {
         (bh, bw)
     }
 
-    fn sample(&self, image: &RgbImage, caption: usize) -> Result<Sample> {
+    /// The image sized for training (see [`Input`]), its bytes taken from `budget`
+    /// before anything is allocated.
+    fn sample(&self, image: &RgbImage, caption: usize, budget: &mut Budget<'_>) -> Result<Sample> {
         let (h, w) = self.size_for(image.width, image.height);
         // Shorter side (relative to the target) resized to cover the target.
         let scale = (w as f64 / f64::from(image.width)).max(h as f64 / f64::from(image.height));
         let rw = ((f64::from(image.width) * scale).round() as u32).max(w as u32);
         let rh = ((f64::from(image.height) * scale).round() as u32).max(h as u32);
-        let resized = img::resize(image, rw, rh)?;
         let fixed = self.opts.crop != ImageCrop::Random;
+        let kept_pixels = if fixed { (w * h) as u64 } else { u64::from(rw) * u64::from(rh) };
+        // The resized RGB8 image, then the f32 tensor kept.
+        budget.take(u64::from(rw) * u64::from(rh) * 3 + kept_pixels * 3 * 4)?;
+        let resized = img::resize(image, rw, rh)?;
         let kept = if fixed { img::center_crop(&resized, w as u32, h as u32)? } else { resized };
         let pixels = img::to_tensor(&kept, &self.device)?;
-        let latent = match (self.pipe.vae(), fixed && !self.opts.random_flip) {
+        let input = match (self.pipe.vae(), fixed && !self.opts.random_flip) {
             (Some(vae), true) => {
                 let d = vae.encode(&pixels.unsqueeze(0)?, ForwardMode::Infer)?;
-                Some((d.mode().squeeze(0)?, d.std()?.squeeze(0)?))
+                Input::Latent(d.mode().squeeze(0)?, d.std()?.squeeze(0)?)
             }
-            _ => None,
+            _ => Input::Pixels(pixels),
         };
-        Ok(Sample { pixels, latent, caption, size: (h, w) })
+        Ok(Sample { input, caption, size: (h, w) })
     }
 
     /// DreamBooth class images: those already under `dir` (an earlier run of the job),
     /// the missing ones rendered by the base now (before any training step).
-    fn class_images(&mut self, prompt: &str, dir: &Path, cache: &mut HashMap<String, usize>) -> Result<Vec<Sample>> {
+    fn class_images(
+        &mut self,
+        prompt: &str,
+        dir: &Path,
+        cache: &mut HashMap<String, usize>,
+        budget: &mut Budget<'_>,
+    ) -> Result<Vec<Sample>> {
         std::fs::create_dir_all(dir).with_path(dir)?;
         let n = self.opts.num_class_images;
         let caption = self.caption(prompt, cache)?;
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
+            budget.cancel.check()?;
             let path = dir.join(format!("{i:05}.png"));
             if !path.is_file() {
                 let req = Txt2ImgRequest {
@@ -290,12 +312,12 @@ impl DiffusionTrainee {
                 // Before the first step the trained UNet is the base's (a full fine-tune's
                 // copy, or a LoRA whose B is 0); a checkpoint exists only once every class
                 // image does, so a resumed run never renders them with trained weights.
-                let out = self.pipe.txt2img(&req, &mut |_, _| Ok(()), &CancelToken::new())?;
+                let out = self.pipe.txt2img(&req, &mut |_, _| Ok(()), budget.cancel)?;
                 let image = out.images.into_iter().next().ok_or_else(|| Error::Internal("no class image".into()))?;
                 util::write_atomic(&path, &image.to_png()?)?;
             }
             let (image, _) = img::decode(&path, &ImageLimits::default())?;
-            out.push(self.sample(&image, caption)?);
+            out.push(self.sample(&image, caption, budget)?);
         }
         Ok(out)
     }
@@ -319,11 +341,13 @@ impl DiffusionTrainee {
         let mut pixels = Vec::with_capacity(samples.len());
         let mut cached = Vec::with_capacity(samples.len());
         for s in samples {
-            if let Some((mean, std)) = &s.latent {
-                cached.push((mean, std));
-                continue;
-            }
-            let mut p = s.pixels.clone();
+            let mut p = match &s.input {
+                Input::Latent(mean, std) => {
+                    cached.push((mean, std));
+                    continue;
+                }
+                Input::Pixels(p) => p.clone(),
+            };
             let (ph, pw) = (p.dim(1)?, p.dim(2)?);
             if ph != h || pw != w {
                 let y = rng.random_range(0..=ph - h);
@@ -419,22 +443,12 @@ impl Trainee for DiffusionTrainee {
     /// Shuffled from the seed and the epoch; with buckets, batches of one bucket each
     /// (in a shuffled order of batches).
     fn epoch_batches(&self, seed: u64, epoch: u32, batch_size: usize) -> Vec<Vec<usize>> {
-        let order = super::data::epoch_order(self.train.len(), seed, epoch);
         if self.opts.crop != ImageCrop::Buckets {
+            let order = super::data::epoch_order(self.train.len(), seed, epoch);
             return order.chunks(batch_size).map(<[usize]>::to_vec).collect();
         }
-        let mut by_size: Vec<((usize, usize), Vec<usize>)> = Vec::new();
-        for i in order {
-            let size = self.train[i].size;
-            match by_size.iter_mut().find(|(s, _)| *s == size) {
-                Some((_, v)) => v.push(i),
-                None => by_size.push((size, vec![i])),
-            }
-        }
-        let batches: Vec<Vec<usize>> =
-            by_size.iter().flat_map(|(_, v)| v.chunks(batch_size).map(<[usize]>::to_vec)).collect();
-        let shuffle = super::data::epoch_order(batches.len(), seed.wrapping_add(0x5eed), epoch);
-        shuffle.into_iter().map(|i| batches[i].clone()).collect()
+        let sizes: Vec<(usize, usize)> = self.train.iter().map(|s| s.size).collect();
+        bucket_batches(&sizes, seed, epoch, batch_size)
     }
 
     fn loss(&self, batch: &[usize], step: u64, micro: usize) -> Result<(Tensor, usize)> {
@@ -609,6 +623,49 @@ impl Target<'_> {
     }
 }
 
+/// The batches of an epoch over examples of the given sizes: each size's examples in
+/// the epoch's shuffled order, cut into batches of one size, the batches shuffled.
+fn bucket_batches(sizes: &[(usize, usize)], seed: u64, epoch: u32, batch_size: usize) -> Vec<Vec<usize>> {
+    let mut by_size: Vec<((usize, usize), Vec<usize>)> = Vec::new();
+    for i in super::data::epoch_order(sizes.len(), seed, epoch) {
+        match by_size.iter_mut().find(|(s, _)| *s == sizes[i]) {
+            Some((_, v)) => v.push(i),
+            None => by_size.push((sizes[i], vec![i])),
+        }
+    }
+    let batches: Vec<Vec<usize>> =
+        by_size.iter().flat_map(|(_, v)| v.chunks(batch_size).map(<[usize]>::to_vec)).collect();
+    let shuffle = super::data::epoch_order(batches.len(), seed.wrapping_add(0x5eed), epoch);
+    shuffle.into_iter().map(|i| batches[i].clone()).collect()
+}
+
+/// The memory the prepared images may take (the home's limit), and the run's cancel
+/// token, checked image by image while they are prepared.
+struct Budget<'a> {
+    limit: u64,
+    left: u64,
+    cancel: &'a CancelToken,
+}
+
+impl Budget<'_> {
+    fn take(&mut self, bytes: u64) -> Result<()> {
+        match self.left.checked_sub(bytes) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(Error::config(
+                "dataset",
+                format!(
+                    "its images, prepared at the training size, need more than the memory limit ({}); use \
+                     fewer or smaller images, a lower image.resolution, or crop center instead of random",
+                    crate::models::memory::human(u128::from(self.limit))
+                ),
+            )),
+        }
+    }
+}
+
 /// Copies the files under `src` into `dst` (created), skipping relative paths `skip`
 /// names; symbolic links and special files are refused.
 fn copy_tree(src: &Path, dst: &Path, skip: &dyn Fn(&Path) -> bool) -> Result<()> {
@@ -643,6 +700,37 @@ mod tests {
 
     fn fixtures() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+    }
+
+    #[test]
+    fn bucket_batches_hold_one_size_and_cover_every_example_once() {
+        let sizes = [(16, 16), (16, 24), (16, 16), (24, 16), (16, 24), (16, 16), (16, 16)];
+        let batches = bucket_batches(&sizes, 7, 0, 2);
+        for b in &batches {
+            assert!(b.iter().all(|&i| sizes[i] == sizes[b[0]]), "{b:?} mixes sizes");
+            assert!(b.len() <= 2);
+        }
+        let mut seen: Vec<usize> = batches.concat();
+        seen.sort();
+        assert_eq!(seen, (0..sizes.len()).collect::<Vec<_>>());
+        // Four 16x16, two 16x24, one 24x16: 2 + 1 + 1 batches.
+        assert_eq!(batches.len(), 4);
+        assert_eq!(bucket_batches(&sizes, 7, 0, 2), batches, "deterministic from seed and epoch");
+        assert_ne!(bucket_batches(&sizes, 7, 1, 2), batches, "another epoch, another order");
+    }
+
+    #[test]
+    fn the_image_budget_refuses_what_does_not_fit_naming_the_dataset() {
+        let cancel = CancelToken::new();
+        let mut b = Budget { limit: 100, left: 100, cancel: &cancel };
+        b.take(60).unwrap();
+        match b.take(60).unwrap_err() {
+            Error::InvalidConfig { field, reason } => {
+                assert_eq!(field, "dataset");
+                assert!(reason.contains("100 B") || reason.contains("100"), "{reason}");
+            }
+            e => panic!("{e}"),
+        }
     }
 
     fn first5_and_norm(t: &Tensor) -> (Vec<f32>, f32) {

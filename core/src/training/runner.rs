@@ -480,7 +480,7 @@ impl Run<'_> {
 
     /// The base model and what trains on it, with its data prepared (from the
     /// checkpoint's weights when resuming).
-    fn load_trainee(&self, checkpoint: Option<&Path>) -> Result<(ModelRecord, Box<dyn Trainee>)> {
+    fn load_trainee(&self, checkpoint: Option<&Path>, cancel: &CancelToken) -> Result<(ModelRecord, Box<dyn Trainee>)> {
         let spec = &self.job.spec;
         let base_id = self.job.base_model_id.clone().ok_or_else(|| Error::NotFound {
             what: "model",
@@ -536,6 +536,8 @@ impl Run<'_> {
                 checkpoint,
                 &self.engine.job_dir(&self.job.id),
                 &store,
+                cancel,
+                self.engine.store.memory_limit,
             )?),
             Family::Gpt2 | Family::Llama => Box::new(LmTrainee::load(
                 spec,
@@ -549,7 +551,7 @@ impl Run<'_> {
     }
 
     fn train(&mut self, cancel: &CancelToken, resume: bool) -> Result<TrainReport> {
-        let mut sess = self.prepare(resume)?;
+        let mut sess = self.prepare(resume, cancel)?;
         let mut stopped_early = false;
         'epochs: while sess.s.step < sess.total {
             let batches = sess.model.epoch_batches(sess.spec.seed, sess.s.epoch, sess.spec.batch_size);
@@ -583,12 +585,12 @@ impl Run<'_> {
 
     /// Loads the inputs, the model (from the last checkpoint when resuming) and the
     /// optimiser; emits `job_started` (also when loading fails) and the first log line.
-    fn prepare(&mut self, resume: bool) -> Result<Session> {
+    fn prepare(&mut self, resume: bool, cancel: &CancelToken) -> Result<Session> {
         let spec = self.job.spec.clone();
         let job_dir = self.engine.job_dir(&self.job.id);
         let ckpt = if resume { checkpoint::list(&job_dir).pop() } else { None };
         let loaded = ckpt.as_ref().map(|(_, p)| checkpoint::read_state(p)).transpose().and_then(|state| {
-            let (base, model) = self.load_trainee(ckpt.as_ref().map(|(_, p)| p.as_path()))?;
+            let (base, model) = self.load_trainee(ckpt.as_ref().map(|(_, p)| p.as_path()), cancel)?;
             Ok((state, base, model))
         });
         let (state, base, model) = match loaded {

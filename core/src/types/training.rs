@@ -179,6 +179,13 @@ named_enum! {
     }
 }
 
+/// Most DreamBooth class images a job renders and keeps.
+pub const MAX_CLASS_IMAGES: usize = 10_000;
+/// Most denoising steps of a validation or class image.
+pub const MAX_VALIDATION_STEPS: usize = 1_000;
+/// Most validation prompts (one grid cell each).
+pub const MAX_VALIDATION_PROMPTS: usize = 64;
+
 /// Options of image (diffusion) training; every field has a default. DreamBooth is
 /// `instance_prompt` (with `class_prompt` for prior preservation) with either method.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -284,8 +291,11 @@ impl ImageTrainOptions {
             if self.instance_prompt.is_none() {
                 return Err(Error::config(f("class_prompt"), "prior preservation needs instance_prompt (DreamBooth)"));
             }
-            if self.num_class_images == 0 {
-                return Err(Error::config(f("num_class_images"), "must be > 0 with a class_prompt"));
+            if !(1..=MAX_CLASS_IMAGES).contains(&self.num_class_images) {
+                return Err(Error::config(
+                    f("num_class_images"),
+                    format!("must be between 1 and {MAX_CLASS_IMAGES} with a class_prompt"),
+                ));
             }
             positive(&f("prior_loss_weight"), self.prior_loss_weight)?;
         }
@@ -295,8 +305,14 @@ impl ImageTrainOptions {
         if self.validation_every.is_some() && self.validation_prompts.is_empty() {
             return Err(Error::config(f("validation_every"), "needs validation_prompts"));
         }
-        if self.validation_steps == 0 {
-            return Err(Error::config(f("validation_steps"), "must be > 0"));
+        if !(1..=MAX_VALIDATION_STEPS).contains(&self.validation_steps) {
+            return Err(Error::config(f("validation_steps"), format!("must be between 1 and {MAX_VALIDATION_STEPS}")));
+        }
+        if self.validation_prompts.len() > MAX_VALIDATION_PROMPTS {
+            return Err(Error::config(
+                f("validation_prompts"),
+                format!("{} prompts: at most {MAX_VALIDATION_PROMPTS} are rendered", self.validation_prompts.len()),
+            ));
         }
         if !(self.validation_guidance_scale.is_finite() && self.validation_guidance_scale >= 0.0) {
             return Err(Error::config(f("validation_guidance_scale"), "must be >= 0"));
