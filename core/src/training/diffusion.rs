@@ -50,6 +50,16 @@ const TEXT_ENCODER_DIR: &str = "text_encoder";
 /// Aspect ratios (width / height) of the buckets.
 const BUCKET_RATIOS: [f64; 7] = [0.5, 0.667, 0.75, 1.0, 1.333, 1.5, 2.0];
 
+/// Where a run loads from: its job directory, the datasets, its cancel token and the
+/// home's memory limit.
+#[derive(Clone, Copy)]
+pub(crate) struct RunEnv<'a> {
+    pub(crate) job_dir: &'a Path,
+    pub(crate) datasets: &'a DatasetStore,
+    pub(crate) cancel: &'a CancelToken,
+    pub(crate) memory_limit: u64,
+}
+
 /// What a training image is kept as.
 enum Input {
     /// `[3, h, w]` in [-1, 1]: the final cut for centre and bucket crops, the resized
@@ -77,6 +87,8 @@ pub(crate) struct DiffusionTrainee {
     text_encoder: Option<ClipTextModel>,
     method: Method,
     base_dir: PathBuf,
+    /// The base's files (relative paths), copied into a full fine-tune's output.
+    base_files: Vec<String>,
     train: Vec<Sample>,
     class: Vec<Sample>,
     eval: Vec<Sample>,
@@ -103,11 +115,9 @@ impl DiffusionTrainee {
         train: (&DatasetRecord, &[Value]),
         eval: (&DatasetRecord, &[Value]),
         checkpoint: Option<&Path>,
-        job_dir: &Path,
-        datasets: &DatasetStore,
-        cancel: &CancelToken,
-        memory_limit: u64,
+        env: &RunEnv<'_>,
     ) -> Result<Self> {
+        let RunEnv { job_dir, datasets, cancel, memory_limit } = *env;
         let opts = spec.image.clone().unwrap_or_default();
         let lo = LoadOptions::default();
         let pipe = StableDiffusionPipeline::load(&base.path, &lo)?;
@@ -155,6 +165,7 @@ impl DiffusionTrainee {
             text_encoder,
             method: spec.method.clone(),
             base_dir: base.path.clone(),
+            base_files: base.files.iter().map(|f| f.name.clone()).collect(),
             train: Vec::new(),
             class: Vec::new(),
             eval: Vec::new(),
@@ -513,9 +524,17 @@ impl Trainee for DiffusionTrainee {
             Method::Lora(_) => self.unet.save_lora(dir).map(|_| ()),
             Method::Full => {
                 let trained_te = self.text_encoder.is_some();
-                copy_tree(&self.base_dir, dir, &|rel| {
-                    rel.starts_with(UNET_DIR) || (trained_te && rel.starts_with(TEXT_ENCODER_DIR))
-                })?;
+                for f in &self.base_files {
+                    let rel = Path::new(f);
+                    if rel.starts_with(UNET_DIR) || (trained_te && rel.starts_with(TEXT_ENCODER_DIR)) {
+                        continue;
+                    }
+                    let to = dir.join(rel);
+                    if let Some(parent) = to.parent() {
+                        std::fs::create_dir_all(parent).with_path(parent)?;
+                    }
+                    std::fs::copy(self.base_dir.join(rel), &to).with_path(&to)?;
+                }
                 if let Some(te) = &self.text_encoder {
                     te.save(dir.join(TEXT_ENCODER_DIR))?;
                 }
@@ -664,33 +683,6 @@ impl Budget<'_> {
             )),
         }
     }
-}
-
-/// Copies the files under `src` into `dst` (created), skipping relative paths `skip`
-/// names; symbolic links and special files are refused.
-fn copy_tree(src: &Path, dst: &Path, skip: &dyn Fn(&Path) -> bool) -> Result<()> {
-    fn walk(root: &Path, dir: &Path, dst: &Path, skip: &dyn Fn(&Path) -> bool) -> Result<()> {
-        for entry in std::fs::read_dir(dir).with_path(dir)? {
-            let entry = entry.with_path(dir)?;
-            let path = entry.path();
-            let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
-            if skip(&rel) {
-                continue;
-            }
-            let ft = entry.file_type().with_path(&path)?;
-            if ft.is_dir() {
-                std::fs::create_dir_all(dst.join(&rel)).with_path(dst)?;
-                walk(root, &path, dst, skip)?;
-            } else if ft.is_file() {
-                std::fs::copy(&path, dst.join(&rel)).with_path(&path)?;
-            } else {
-                return Err(Error::data(Location::file(&path), "not a regular file or directory"));
-            }
-        }
-        Ok(())
-    }
-    std::fs::create_dir_all(dst).with_path(dst)?;
-    walk(src, src, dst, skip)
 }
 
 #[cfg(test)]

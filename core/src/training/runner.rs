@@ -534,10 +534,12 @@ impl Run<'_> {
                 (&ds, &train_recs),
                 (&eval_ds, &eval_recs),
                 checkpoint,
-                &self.engine.job_dir(&self.job.id),
-                &store,
-                cancel,
-                self.engine.store.memory_limit,
+                &super::diffusion::RunEnv {
+                    job_dir: &self.engine.job_dir(&self.job.id),
+                    datasets: &store,
+                    cancel,
+                    memory_limit: self.engine.store.memory_limit,
+                },
             )?),
             Family::Gpt2 | Family::Llama => Box::new(LmTrainee::load(
                 spec,
