@@ -92,8 +92,8 @@ pub struct DiffusionPreset {
 static PRESETS: &[DiffusionPreset] = &[DiffusionPreset {
     name: "tiny-shapes",
     description: "32x32 RGB pixel-space UNet (~1.06M parameters) with a 2-layer byte-level CLIP text encoder, \
-                  for the toy shapes data (anneal::diffusion::shapes); a batch-16 step takes seconds on 2 CPU cores \
-                  today (candle's convolution backward), so learning it takes hours, not minutes",
+                  for the toy shapes data (anneal::diffusion::shapes); a batch-16 training step takes about \
+                  a second on 2 CPU cores (benches/RESULTS.md), so learning it takes hours, not minutes",
     resolution: 32,
     block_out_channels: &[16, 32, 64],
     down_block_types: &["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
@@ -115,9 +115,8 @@ static PRESETS: &[DiffusionPreset] = &[DiffusionPreset {
         steps: 2000,
         batch_size: 16,
         train_text_encoder: true,
-        // Measured after 300 steps of 8 (the image quickstart): DDPM 100 steps at
-        // guidance 3 scores 0.17 on the shapes prompts, DDIM 25 steps 0.04 (its samples
-        // keep high-frequency noise the undertrained UNet does not remove).
+        // DDPM rather than DDIM: after the image quickstart's 300 steps, DDIM's samples
+        // keep high-frequency noise that DDPM's many small steps remove.
         scheduler: "ddpm",
         inference_steps: 100,
         guidance_scale: 3.0,
