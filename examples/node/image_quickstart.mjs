@@ -20,7 +20,7 @@ const anneal = createRequire(import.meta.url)(path.join(here, '..', '..', 'bindi
 const { Home, shapes } = anneal
 const args = process.argv.slice(2).filter((a) => !a.startsWith('--'))
 // The tiny-shapes preset's recommended settings (anneal::diffusion::presets), with 300
-// steps of 8 images instead of 2,000 of 16: a step takes seconds on 2 CPU cores today.
+// steps of 8 images instead of 2,000 of 16: training is slow on a CPU today.
 const STEPS = process.argv.includes('--smoke') ? 20 : 300
 const SAMPLING = { steps: 100, guidanceScale: 3.0, scheduler: 'ddpm' }
 const PER_PROMPT = 2

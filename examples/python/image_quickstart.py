@@ -19,7 +19,7 @@ import anneal
 import anneal.shapes
 
 # The tiny-shapes preset's recommended settings (anneal::diffusion::presets), with 300
-# steps of 8 images instead of 2,000 of 16: a step takes seconds on 2 CPU cores today.
+# steps of 8 images instead of 2,000 of 16: training is slow on a CPU today.
 STEPS, BATCH, LR, WARMUP = 300, 8, 1e-3, 20
 SAMPLING = dict(steps=100, guidance_scale=3.0, scheduler="ddpm")
 PER_PROMPT = 2
