@@ -83,7 +83,7 @@ pub(crate) fn by_sha(conn: &Connection, home: &Path, sha: &str) -> Result<Option
 }
 
 pub(crate) fn list(conn: &Connection, home: &Path) -> Result<Vec<DatasetRecord>> {
-    let mut st = conn.prepare(&format!("SELECT {COLS} FROM datasets ORDER BY created_at, name"))?;
+    let mut st = conn.prepare(&format!("SELECT {COLS} FROM datasets ORDER BY created_at, rowid"))?;
     let rows = st.query_map([], |r| row_to_record(home, r))?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
