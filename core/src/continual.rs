@@ -45,8 +45,11 @@ pub(crate) const PROFILE_FILE: &str = "reference_profile.json";
 /// The fit's history, in a classifier's model directory.
 pub(crate) const HISTORY_FILE: &str = "fit_history.json";
 
+/// Feature rows and their labels.
+pub(crate) type Rows = (Vec<Map<String, Value>>, Vec<Value>);
+
 /// Features and labels of tabular records (`{"features": {...}, "label": v}`).
-pub(crate) fn split_records(records: Vec<Value>, loc: &Location) -> Result<(Vec<Map<String, Value>>, Vec<Value>)> {
+pub(crate) fn split_records(records: Vec<Value>, loc: &Location) -> Result<Rows> {
     let mut rows = Vec::with_capacity(records.len());
     let mut labels = Vec::with_capacity(records.len());
     for (i, r) in records.into_iter().enumerate() {

@@ -289,11 +289,12 @@ pub struct RealisedAccuracy {
 /// Classifiers: `accuracy`, `f1_macro` (over the classes of the truth and the
 /// predictions, as scikit-learn's `f1_score(average="macro")`), `log_loss`
 /// (probabilities clipped to `[eps, 1 - eps]`, eps = f64 epsilon, as scikit-learn
-/// >= 1.5) and `ece` (expected calibration error of the top-class confidence over 10
-/// equal-width bins `(i/10, (i+1)/10]`, the first also holding 0: `sum_b |b|/n *
-/// |accuracy(b) - mean confidence(b)|`). Language models: `loss` (token-weighted mean
-/// next-token cross-entropy, nats) and `perplexity` (`exp(loss)`), from
-/// `Generator::score`. `rows` is the number of records evaluated.
+/// 1.5 and later do) and `ece`: the expected calibration error of the top-class confidence over
+/// 10 equal-width bins (bin b holds confidences in `(b/10, (b+1)/10]`, the first one
+/// also 0), the sum over bins of `n_b / n * abs(accuracy_b - mean_confidence_b)`.
+/// Language models: `loss` (token-weighted mean next-token cross-entropy, nats),
+/// `perplexity` (`exp(loss)`) and `tokens`, from `Generator::score`. `rows` is the
+/// number of records evaluated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct EvaluationRecord {
     pub id: EvaluationId,

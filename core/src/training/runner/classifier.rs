@@ -12,12 +12,10 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use serde_json::{Map, Value};
-
 use super::{default_name, storage_failure, Run};
 use crate::catalog::jobs::{self as sql, Progress};
 use crate::continual::evaluate::classification_metrics;
-use crate::continual::{read_records, split_records, HISTORY_FILE, PROFILE_FILE};
+use crate::continual::{read_records, split_records, Rows, HISTORY_FILE, PROFILE_FILE};
 use crate::error::{Error, Location, Result};
 use crate::events::CancelToken;
 use crate::tabular::classifier::{self, Classifier, ClassifierKind, FitOptions, Optimizer};
@@ -62,9 +60,6 @@ fn fit_options(cfg: &ClassifierConfig, seed: u64) -> FitOptions {
         preprocess: PreprocessOptions { kinds, exclude: cfg.exclude.clone(), missing_indicator: cfg.missing_indicator },
     }
 }
-
-/// Held-out rows of a job and their labels.
-type Rows = (Vec<Map<String, Value>>, Vec<Value>);
 
 impl Run<'_> {
     /// Loads the training (and held-out) rows of the job.
