@@ -372,3 +372,42 @@ fn language_models_evaluate_and_check_loss_drift() {
     assert_eq!(field_of(&e).1.as_deref(), Some("window"));
     assert_eq!(continual.drift_checks("cats-lm").unwrap().len(), 2);
 }
+
+/// Cancel is honoured around the fit (it cannot checkpoint mid-fit); resuming runs the
+/// same deterministic fit, so the model equals a fresh run's, file for file.
+#[test]
+fn a_cancelled_classifier_job_resumes_to_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::open(dir.path().join("home")).unwrap();
+    import(&home, &write_jsonl(dir.path(), "train.jsonl", &rows(90, 7, 0.0)), "iris");
+    let spec = TrainSpec {
+        dataset: "iris".into(),
+        method: Method::Classifier(ClassifierConfig {
+            model: ClassifierModel::Mlp,
+            hidden: vec![4],
+            max_iter: 20,
+            ..Default::default()
+        }),
+        output_name: Some("small".into()),
+        ..Default::default()
+    };
+    let engine = home.training();
+    let job = engine.create_job(&spec).unwrap();
+    let cancel = CancelToken::new();
+    cancel.cancel();
+    let mut sink = RecordingSink::new();
+    let e = engine.run(&job.id, &mut sink, &cancel).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Cancelled);
+    let events = sink.events();
+    assert!(matches!(events.last(), Some(Event::JobFinished { status, .. }) if status.as_str() == "cancelled"));
+    assert_eq!(engine.job(&job.id).unwrap().status.as_str(), "cancelled");
+    assert!(home.models().resolve("small").is_err(), "nothing registered");
+
+    let resumed = engine.resume(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
+    let (fresh, _) = train(&home, &spec);
+    let (a, b) = (home.models().get(&resumed.model).unwrap(), home.models().get(&fresh.model).unwrap());
+    assert_eq!((a.version, b.version), (1, 2));
+    assert_eq!(a.sha256, b.sha256, "same seed, same files");
+    assert_eq!(resumed.steps, fresh.steps);
+    assert_eq!(resumed.final_loss, fresh.final_loss);
+}
