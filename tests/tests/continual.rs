@@ -172,7 +172,10 @@ fn classifiers_train_predict_label_evaluate_and_drift() {
     assert_eq!(listed.len(), 2);
 
     // Predict: one row, then a batch; every row is logged.
+    fn send_sync<T: Send + Sync>(_: &T) {}
     let predictor = home.predictor("iris-lr", &PredictorOptions::default()).unwrap();
+    send_sync(&predictor);
+    send_sync(&home.continual());
     let (row, truth) = &test_rows[0];
     let p = predictor.predict(row).unwrap();
     assert_eq!(p.model, "iris-lr@1");

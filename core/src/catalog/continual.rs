@@ -175,3 +175,57 @@ pub(crate) fn drift_checks(conn: &Connection, model_id: &ModelId) -> Result<Vec<
     let rows = st.query_map([model_id], |r| json_col(r, "check_json"))?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::catalog::Catalog;
+
+    fn row(id: &str, model: &str, at: &str) -> PredictionRecord {
+        PredictionRecord {
+            id: PredictionId(id.into()),
+            model_id: ModelId(model.into()),
+            features: None,
+            features_sha256: "0".repeat(64),
+            label: Value::from("a"),
+            confidence: 0.9,
+            latency_ms: 0.1,
+            actual: None,
+            correct: None,
+            labelled_at: None,
+            created_at: at.into(),
+        }
+    }
+
+    #[test]
+    fn retention_by_count_and_age_touches_one_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&dir.path().join("a.db")).unwrap();
+        let rows = [
+            row("p1", "m", "2026-01-01T00:00:00.000Z"),
+            row("p2", "m", "2026-01-02T00:00:00.000Z"),
+            row("p3", "m", "2026-01-03T00:00:00.000Z"),
+            row("p4", "m", "2026-01-04T00:00:00.000Z"),
+            row("q1", "other", "2026-01-01T00:00:00.000Z"),
+        ];
+        c.write(|tx| insert_predictions(tx, &rows)).unwrap();
+        let m = ModelId("m".into());
+        let ids = |c: &Catalog, model: &str| -> Vec<String> {
+            c.read(|conn| predictions(conn, &ModelId(model.into()), &PredictionFilter::default()))
+                .unwrap()
+                .into_iter()
+                .map(|p| p.id.0)
+                .collect()
+        };
+        c.write(|tx| apply_retention(tx, &m, Some(3), None)).unwrap();
+        assert_eq!(ids(&c, "m"), ["p4", "p3", "p2"]);
+        c.write(|tx| apply_retention(tx, &m, None, Some("2026-01-03T00:00:00.000Z"))).unwrap();
+        assert_eq!(ids(&c, "m"), ["p4", "p3"]);
+        c.write(|tx| apply_retention(tx, &m, Some(10), None)).unwrap();
+        assert_eq!(ids(&c, "m"), ["p4", "p3"]);
+        assert_eq!(ids(&c, "other"), ["q1"]);
+        let e = c.read(|conn| prediction(conn, &PredictionId("p1".into()))).unwrap_err();
+        assert!(e.to_string().contains("p1"), "{e}");
+    }
+}

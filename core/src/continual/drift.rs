@@ -137,10 +137,8 @@ pub(super) fn language_model(
     let rds = datasets.get(reference)?;
     let wds = datasets.get(id.clone())?;
     let cap = SMALL_REFERENCE_ROWS as usize;
-    let losses = |ds| -> Result<Vec<f64>> {
-        let s = lm_scores(registry, m, ds)?;
-        Ok(s.into_iter().take(cap).map(|(l, _)| l).collect())
-    };
+    let losses =
+        |ds| -> Result<Vec<f64>> { Ok(lm_scores(registry, m, ds, cap)?.into_iter().map(|(l, _)| l).collect()) };
     let r = losses(&rds)?;
     let w = losses(&wds)?;
     let ks = ks_2samp(&r, &w)?;

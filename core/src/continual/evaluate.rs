@@ -105,9 +105,11 @@ pub(crate) fn classifier(m: &ModelRecord, ds: &DatasetRecord) -> Result<(BTreeMa
     Ok((classification_metrics(&p.rows, &truth, model.classes().len())?, rows.len() as u64))
 }
 
-/// The text each record of a text or completion dataset is scored on.
-fn lm_texts(ds: &DatasetRecord) -> Result<Vec<String>> {
-    let records = read_records(&ds.path)?;
+/// The text each record of a text or completion dataset is scored on (the first
+/// `max` records).
+fn lm_texts(ds: &DatasetRecord, max: usize) -> Result<Vec<String>> {
+    let mut records = read_records(&ds.path)?;
+    records.truncate(max);
     let s = |r: &Value, f: &str| r.get(f).and_then(Value::as_str).unwrap_or_default().to_string();
     match ds.format {
         DatasetFormat::Text => Ok(records.iter().map(|r| s(r, "text")).collect()),
@@ -119,9 +121,15 @@ fn lm_texts(ds: &DatasetRecord) -> Result<Vec<String>> {
     }
 }
 
-/// Per-record (mean loss, tokens) of a language model on a text or completion dataset.
-pub(crate) fn lm_scores(registry: &ModelRegistry, m: &ModelRecord, ds: &DatasetRecord) -> Result<Vec<(f64, usize)>> {
-    let texts = lm_texts(ds)?;
+/// Per-record (mean loss, tokens) of a language model on the first `max` records of a
+/// text or completion dataset.
+pub(crate) fn lm_scores(
+    registry: &ModelRegistry,
+    m: &ModelRecord,
+    ds: &DatasetRecord,
+    max: usize,
+) -> Result<Vec<(f64, usize)>> {
+    let texts = lm_texts(ds, max)?;
     if texts.is_empty() {
         return Err(Error::data(Location::file(&ds.path), "no record to score"));
     }
@@ -144,7 +152,7 @@ pub(crate) fn language_model(
     m: &ModelRecord,
     ds: &DatasetRecord,
 ) -> Result<(BTreeMap<String, f64>, u64)> {
-    let scores = lm_scores(registry, m, ds)?;
+    let scores = lm_scores(registry, m, ds, usize::MAX)?;
     let tokens: usize = scores.iter().map(|s| s.1).sum();
     let loss = scores.iter().map(|(l, t)| l * *t as f64).sum::<f64>() / tokens.max(1) as f64;
     let mut metrics = BTreeMap::new();

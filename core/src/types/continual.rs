@@ -331,7 +331,7 @@ impl DriftWindow {
 
 /// Language models: the two-sample KS test of per-sample losses (the window
 /// dataset's against the reference dataset's: the model's eval dataset, else its
-/// training dataset).
+/// training dataset; at most the first 1000 records of each are scored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct LossDrift {
     pub reference_dataset: DatasetId,
@@ -391,6 +391,17 @@ mod tests {
                 e => panic!("{e}"),
             }
         }
+        // As a training method: no base; fields under `method.classifier.`.
+        let spec = super::super::training::TrainSpec::from_json(
+            serde_json::json!({"dataset": "d", "method": {"classifier": {"model": "mlp", "hidden": [4]}}}),
+        )
+        .unwrap();
+        assert_eq!(spec.method.as_str(), "classifier");
+        let e = super::super::training::TrainSpec::from_json(
+            serde_json::json!({"dataset": "d", "method": {"classifier": {"c": -1}}}),
+        )
+        .unwrap_err();
+        assert!(matches!(&e, Error::InvalidConfig { field, .. } if field == "method.classifier.c"), "{e}");
         let w: DriftWindow = serde_json::from_str(r#"{"predictions": 50}"#).unwrap();
         assert_eq!(w, DriftWindow::Predictions(50));
         assert_eq!(w.describe(), "predictions:last=50");
