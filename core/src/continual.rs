@@ -164,14 +164,19 @@ impl Continual {
     /// Accuracy of the model's labelled predictions (see [`AccuracyOptions`]).
     pub fn realised_accuracy(&self, model: impl Into<ModelRef>, opts: &AccuracyOptions) -> Result<RealisedAccuracy> {
         let m = self.registry().resolve(model)?;
-        if let Some(s) = &opts.since {
-            humantime::parse_rfc3339_weak(s)
-                .map_err(|e| Error::config("since", format!("`{s}` is not an RFC 3339 time: {e}")))?;
-        }
+        // Rows store UTC times with milliseconds: compare in that form.
+        let since = match &opts.since {
+            Some(s) => Some(
+                humantime::parse_rfc3339_weak(s.trim_end_matches('Z'))
+                    .map(|t| humantime::format_rfc3339_millis(t).to_string())
+                    .map_err(|e| Error::config("since", format!("`{s}` is not an RFC 3339 UTC time: {e}")))?,
+            ),
+            None => None,
+        };
         if opts.last == Some(0) {
             return Err(Error::config("last", "must be at least 1"));
         }
-        self.store.catalog.read(|c| sql::realised_accuracy(c, &m.id, opts.since.as_deref(), opts.last))
+        self.store.catalog.read(|c| sql::realised_accuracy(c, &m.id, since.as_deref(), opts.last))
     }
 
     /// Evaluates `model` on `dataset` and stores the result (see [`EvaluationRecord`]

@@ -224,6 +224,11 @@ fn classifiers_train_predict_label_evaluate_and_drift() {
     assert_eq!(acc2.correct, acc.correct - u64::from(first.label == json!(test_rows[0].1)));
     let last10 = continual.realised_accuracy("iris-lr", &AccuracyOptions { last: Some(10), ..Default::default() });
     assert_eq!(last10.unwrap().labelled, 10);
+    let since = |s: &str| AccuracyOptions { since: Some(s.into()), ..Default::default() };
+    assert_eq!(continual.realised_accuracy("iris-lr", &since("2000-01-01T00:00:00Z")).unwrap().labelled, 60);
+    assert_eq!(continual.realised_accuracy("iris-lr", &since("2999-01-01T00:00:00Z")).unwrap().labelled, 0);
+    let e = continual.realised_accuracy("iris-lr", &since("yesterday")).unwrap_err();
+    assert_eq!(field_of(&e).1.as_deref(), Some("since"));
     // Bad labels: typed errors naming the id or the field, nothing written.
     let e = continual.label(&"pred_nope".into(), &json!("a")).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
@@ -321,6 +326,9 @@ fn classifiers_train_predict_label_evaluate_and_drift() {
     home.models().create_preset("nano", &Default::default()).unwrap();
     let e = home.predictor("nano", &PredictorOptions::default()).unwrap_err();
     assert_eq!(field_of(&e).1.as_deref(), Some("model"));
+    let e = home.generator("iris-lr", &Default::default()).unwrap_err();
+    eprintln!("generator on a classifier: {e}");
+    assert_ne!(e.kind(), ErrorKind::Internal);
     home.models().delete("iris-mlp", false).unwrap();
     assert_eq!(home.models().resolve("iris-mlp").unwrap_err().kind(), ErrorKind::NotFound);
     assert!(!mlp.path.exists());
