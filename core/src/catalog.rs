@@ -3,6 +3,7 @@
 //! One [`Catalog`] per opened [`crate::Home`]; several processes may open the same
 //! file at once (WAL, busy timeout, `BEGIN IMMEDIATE` for every write).
 
+pub(crate) mod continual;
 pub(crate) mod datasets;
 pub(crate) mod generations;
 pub(crate) mod jobs;
@@ -17,8 +18,8 @@ use rusqlite::{Connection, OpenFlags, Row, ToSql, Transaction, TransactionBehavi
 
 use crate::error::{Error, Result};
 use crate::types::{
-    DatasetFormat, DatasetId, Family, FinishReason, GenerationId, GenerationKind, JobId, JobStatus, MetricKind,
-    ModelId, ModelKind, SourceFormat, Storage,
+    DatasetFormat, DatasetId, DriftCheckId, DriftVerdict, EvaluationId, Family, FinishReason, GenerationId,
+    GenerationKind, JobId, JobStatus, MetricKind, ModelId, ModelKind, PredictionId, SourceFormat, Storage,
 };
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
@@ -28,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("catalog/migrations/0003_generations.sql"),
     include_str!("catalog/migrations/0004_job_lease.sql"),
     include_str!("catalog/migrations/0005_job_image.sql"),
+    include_str!("catalog/migrations/0006_continual.sql"),
 ];
 
 /// The schema version this build writes.
@@ -140,7 +142,8 @@ named_column!(
     JobStatus,
     MetricKind,
     FinishReason,
-    GenerationKind
+    GenerationKind,
+    DriftVerdict
 );
 
 /// Ids are stored as their text.
@@ -159,7 +162,7 @@ macro_rules! id_column {
     )+};
 }
 
-id_column!(DatasetId, ModelId, JobId, GenerationId);
+id_column!(DatasetId, ModelId, JobId, GenerationId, PredictionId, EvaluationId, DriftCheckId);
 
 /// A JSON column, by name.
 pub(crate) fn json_col<T: serde::de::DeserializeOwned>(r: &Row<'_>, col: &str) -> rusqlite::Result<T> {

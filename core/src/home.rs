@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalog::{Catalog, SCHEMA_VERSION};
+use crate::continual::{Continual, Predictor};
 use crate::data::DatasetStore;
 use crate::error::{Error, IoResultExt, Result};
 use crate::generation::Generator;
@@ -22,7 +23,7 @@ use crate::models::memory::default_memory_limit;
 use crate::registry::ModelRegistry;
 use crate::store::Store;
 use crate::training::TrainingEngine;
-use crate::types::{GeneratorOptions, HomeOptions, ImageGeneratorOptions, ModelRef};
+use crate::types::{GeneratorOptions, HomeOptions, ImageGeneratorOptions, ModelRef, PredictorOptions};
 
 /// Leftovers of interrupted writes are removed when older than this (younger ones may
 /// belong to another process that is still working).
@@ -107,6 +108,17 @@ impl Home {
     /// Loads `model` for generation ([`Generator::load`]).
     pub fn generator(&self, model: impl Into<ModelRef>, options: &GeneratorOptions) -> Result<Generator> {
         Generator::load(&self.models(), model, options)
+    }
+
+    /// Loads a registered classifier once to serve predictions, each logged in the
+    /// catalog ([`Predictor`]).
+    pub fn predictor(&self, model: impl Into<ModelRef>, options: &PredictorOptions) -> Result<Predictor> {
+        Predictor::load(&self.models(), model, options)
+    }
+
+    /// Labels, realised accuracy, evaluations and drift checks of this home's models.
+    pub fn continual(&self) -> Continual {
+        Continual::new(self.inner.clone())
     }
 
     /// Loads a stable-diffusion `model` for text-to-image ([`ImageGenerator::load`]).

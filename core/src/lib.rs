@@ -43,7 +43,8 @@
 //       tabular                       UNet, VAE, CLIP text encoder, schedulers;
 //                                     tabular profiles, drift statistics, detectors
 //   L2  data, registry, training,     the APIs, each on an Arc<Store>
-//       generation, images
+//       generation, images,           (continual: predictors, labels, evaluations,
+//       continual                     drift checks)
 //   L3  home                          opens a directory, hands the APIs out
 
 // L0
@@ -59,6 +60,7 @@ mod store;
 pub mod tabular;
 pub mod tokenizer;
 // L2
+mod continual;
 mod data;
 mod generation;
 mod images;
@@ -67,6 +69,7 @@ mod training;
 // L3
 mod home;
 
+pub use continual::{Continual, Predictor};
 pub use data::DatasetStore;
 pub use error::{Error, ErrorKind, IoResultExt, Location, Result, StorageError};
 pub use events::{CancelToken, EventSink, JsonLinesSink, NoopSink, RecordingSink, TerminalSink, Throttle};
@@ -92,5 +95,10 @@ pub use types::{
     OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score, ScoreOptions, SourceFormat, Spelling,
     SplitOptions, Storage, StreamChunk, Timings, TrainMetrics, TrainReport, TrainSpec, TxtMode, CHAT_ROLES,
     DEFAULT_MAX_NEW_TOKENS, HEARTBEAT_STALE_SECS,
+};
+pub use types::{
+    AccuracyOptions, ClassWeighting, ClassifierConfig, ClassifierModel, ClassifierOptimizer, DriftCheck, DriftCheckId,
+    DriftWindow, EvaluationId, EvaluationRecord, LossDrift, Prediction, PredictionFilter, PredictionId,
+    PredictionRecord, PredictorOptions, RealisedAccuracy,
 };
 pub use types::{ImageImportOptions, ImageLayout, ImageStats, SizeStats};

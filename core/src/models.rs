@@ -216,6 +216,7 @@ impl Model {
             Family::StableDiffusion => {
                 return Err(Error::config("model", "a Stable Diffusion pipeline is not a language model"))
             }
+            Family::Tabular => return Err(Error::config("model", "a tabular classifier is not a language model")),
         };
         Ok(Model {
             arch,

@@ -256,6 +256,61 @@ impl ModelRegistry {
         self.insert_staged(ModelId(util::new_id("mdl")), staging, files, &inspected, new, also)
     }
 
+    /// Registers a tabular classifier the training engine wrote into `staging` (under
+    /// `models/`): kind `classifier`, family `tabular`, no parent; `files` are the
+    /// directory's files (the classifier's config and weights, its reference profile),
+    /// `config` the classifier's config (`classifier.json`), `architecture` `logistic`
+    /// or `mlp`. Takes the next version of `name`; `also` runs in the registration's
+    /// transaction (the job's completion).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn register_classifier(
+        &self,
+        staging: &mut StagingDir,
+        name: &str,
+        architecture: &str,
+        params: u64,
+        config: serde_json::Value,
+        source: String,
+        lineage: Lineage,
+        also: &dyn Fn(&Conn, &ModelRecord) -> Result<()>,
+    ) -> Result<ModelRecord> {
+        util::validate_name("output_name", name)?;
+        let mut names = Vec::new();
+        for e in fs::read_dir(staging.path()).with_path(staging.path())? {
+            let e = e.with_path(staging.path())?;
+            if e.path().is_file() {
+                names.push(e.file_name().to_string_lossy().to_string());
+            }
+        }
+        names.sort();
+        let files = hash_files(staging.path(), &names)?;
+        let inspected = Inspected {
+            kind: ModelKind::Classifier,
+            family: Some(Family::Tabular),
+            architecture: architecture.to_string(),
+            model_type: "classifier".to_string(),
+            params,
+            dtype: "f64".to_string(),
+            files: names,
+            tokenizer: None,
+            config,
+            base_hint: None,
+            adapter: None,
+            diffusion_lora: None,
+        };
+        let new = NewModel {
+            name,
+            kind: ModelKind::Classifier,
+            family: Family::Tabular,
+            parent: None,
+            source,
+            task: Some("classification".to_string()),
+            tags: Vec::new(),
+            lineage,
+        };
+        self.insert_staged(ModelId(util::new_id("mdl")), staging, files, &inspected, new, also)
+    }
+
     /// The directory new models are staged in.
     pub(crate) fn staging_root(&self) -> PathBuf {
         self.dir()

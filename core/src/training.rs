@@ -114,10 +114,15 @@ impl TrainingEngine {
     /// Validates `spec`, resolves its base model and datasets, and stores a pending job.
     pub fn create_job(&self, spec: &TrainSpec) -> Result<JobRecord> {
         spec.validate()?;
-        let base = self.registry().resolve(&spec.base).map_err(|e| match e {
-            Error::NotFound { .. } => Error::config("base", format!("model `{}` is not registered", spec.base)),
-            o => o,
-        })?;
+        let classifier = matches!(spec.method, Method::Classifier(_));
+        let base = if classifier {
+            None
+        } else {
+            Some(self.registry().resolve(&spec.base).map_err(|e| match e {
+                Error::NotFound { .. } => Error::config("base", format!("model `{}` is not registered", spec.base)),
+                o => o,
+            })?)
+        };
         let ds = self.datasets();
         fn not_found<'a>(field: &'static str, id: &'a DatasetId) -> impl FnOnce(Error) -> Error + 'a {
             move |e: Error| match e {
@@ -132,12 +137,24 @@ impl TrainingEngine {
         };
         let mut formats = vec![("dataset", dataset.format)];
         formats.extend(eval.as_ref().map(|e| ("eval_dataset", e.format)));
-        check_fits(spec, &base, &formats, self.store.memory_limit)?;
+        match &base {
+            Some(base) => check_fits(spec, base, &formats, self.store.memory_limit)?,
+            None => {
+                for &(field, format) in &formats {
+                    if format != DatasetFormat::Tabular {
+                        return Err(Error::config(
+                            field,
+                            format!("is a {format} dataset: a classifier trains on a tabular dataset"),
+                        ));
+                    }
+                }
+            }
+        }
         let now = util::now();
         let rec = JobRecord {
             id: JobId(util::new_id("job")),
             status: JobStatus::Pending,
-            base_model_id: Some(base.id),
+            base_model_id: base.map(|b| b.id),
             dataset_id: Some(dataset.id),
             eval_dataset_id: eval.map(|e| e.id),
             output_model_id: None,
@@ -278,6 +295,12 @@ pub(crate) fn check_fits(
             format!("{} is a LoRA adapter: train its base model (or a merged copy) instead", base.reference()),
         ));
     }
+    if base.kind == ModelKind::Classifier || base.family == Family::Tabular {
+        return Err(Error::config(
+            "base",
+            format!("{} is a tabular classifier: it is not a base for fine-tuning", base.reference()),
+        ));
+    }
     if base.family == Family::StableDiffusion {
         return check_image_fits(spec, base, formats, memory_limit);
     }
@@ -307,6 +330,9 @@ pub(crate) fn check_fits(
     let lora_params = match &spec.method {
         Method::Lora(lora) => Some(check_lora_fits(lora, &cfg, base)?),
         Method::Full => None,
+        Method::Classifier(_) => {
+            return Err(Error::config("method", "a classifier has no base model: leave base empty"))
+        }
     };
     memory::training(&cfg, spec.batch_size, spec.seq_len, lora_params).check(memory_limit)
 }
@@ -364,6 +390,9 @@ fn check_image_fits(
             memory::lora_params(lora.r, std::iter::repeat_n((widest, widest), 4)).saturating_mul(blocks)
         }
         Method::Full => u128::from(base.params),
+        Method::Classifier(_) => {
+            return Err(Error::config("method", "a classifier has no base model: leave base empty"))
+        }
     };
     let rows = if image.class_prompt.is_some() { 2 } else { 1 };
     // The text encoder's positions are not in the pipeline config: 77 (CLIP) bounds them.

@@ -9,6 +9,7 @@
 pub(crate) mod names;
 pub mod schema;
 
+mod continual;
 mod dataset;
 mod drift;
 mod event;
@@ -19,6 +20,10 @@ mod images;
 mod model;
 mod training;
 
+pub use continual::{
+    AccuracyOptions, ClassWeighting, ClassifierConfig, ClassifierModel, ClassifierOptimizer, DriftCheck, DriftWindow,
+    EvaluationRecord, LossDrift, Prediction, PredictionFilter, PredictionRecord, PredictorOptions, RealisedAccuracy,
+};
 pub use dataset::{
     DatasetFormat, DatasetRecord, DatasetSplit, DatasetStats, DeleteOptions, FieldStats, ImportOptions, LengthBucket,
     OnDuplicate, SourceFormat, SplitOptions, TxtMode, CHAT_ROLES,
@@ -34,7 +39,7 @@ pub use generation::{
     GeneratorOptions, ModelUsage, Prompt, Score, ScoreOptions, StreamChunk, Timings, DEFAULT_MAX_NEW_TOKENS,
 };
 pub use home::HomeOptions;
-pub use ids::{DatasetId, GenerationId, JobId, ModelId, ModelRef};
+pub use ids::{DatasetId, DriftCheckId, EvaluationId, GenerationId, JobId, ModelId, ModelRef, PredictionId};
 pub use images::{ImageAdapter, ImageGeneratorOptions, ImageRequest};
 pub use model::{
     Family, Lineage, LoraConfig, ModelFile, ModelFilter, ModelKind, ModelRecord, PresetOptions, RegisterOptions,

@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("training", 2),
     ("generation", 2),
     ("images", 2),
+    ("continual", 2),
     ("home", 3),
 ];
 

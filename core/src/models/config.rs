@@ -175,7 +175,7 @@ impl ModelConfig {
                 ]
             }
             // Never built: `ModelConfig::from_json` only makes language-model families.
-            Family::StableDiffusion => {
+            Family::StableDiffusion | Family::Tabular => {
                 vec![]
             }
             Family::Llama => {
@@ -249,7 +249,7 @@ impl ModelConfig {
                 norm(&mut out, "transformer.ln_f");
             }
             // Never built: `ModelConfig::from_json` only makes language-model families.
-            Family::StableDiffusion => {}
+            Family::StableDiffusion | Family::Tabular => {}
             Family::Llama => {
                 let norm = |name: String| spec(&name, vec![h], vec!["hidden_size"]);
                 out.push(spec(

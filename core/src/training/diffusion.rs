@@ -146,6 +146,9 @@ impl DiffusionTrainee {
                 }
                 u
             }
+            Method::Classifier(_) => {
+                return Err(Error::config("method", "a classifier is not trained on a Stable Diffusion base"))
+            }
         };
         let mut pipe = pipe.with_unet(unet.clone())?;
         let text_encoder = if opts.train_text_encoder {
@@ -507,7 +510,7 @@ impl Trainee for DiffusionTrainee {
     /// LoRA: the diffusers LoRA file; full: the UNet (`unet/`).
     fn save_checkpoint(&self, dir: &Path) -> Result<()> {
         match self.method {
-            Method::Lora(_) => self.unet.save_lora(dir).map(|_| ()),
+            Method::Lora(_) | Method::Classifier(_) => self.unet.save_lora(dir).map(|_| ()),
             Method::Full => {
                 if let Some(te) = &self.text_encoder {
                     te.save(dir.join(TEXT_ENCODER_DIR))?;
@@ -521,7 +524,7 @@ impl Trainee for DiffusionTrainee {
     /// complete pipeline directory, the base's files with the trained UNet.
     fn save_output(&self, dir: &Path) -> Result<()> {
         match self.method {
-            Method::Lora(_) => self.unet.save_lora(dir).map(|_| ()),
+            Method::Lora(_) | Method::Classifier(_) => self.unet.save_lora(dir).map(|_| ()),
             Method::Full => {
                 let trained_te = self.text_encoder.is_some();
                 for f in &self.base_files {

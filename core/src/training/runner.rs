@@ -26,6 +26,8 @@ use crate::types::{
 };
 use crate::util::{self, StagingDir};
 
+mod classifier;
+
 /// At most this often the live state goes to the catalog (lifecycle writes always do).
 const CATALOG_WRITE_INTERVAL: Duration = Duration::from_millis(250);
 /// The heartbeat is refreshed this often by a side thread, even during long steps.
@@ -528,6 +530,9 @@ impl Run<'_> {
             (None, None) => (records, Vec::new(), ds.clone()),
         };
         let trainee: Box<dyn Trainee> = match base.family {
+            Family::Tabular => {
+                return Err(Error::config("base", format!("{} is a tabular classifier, not a base", base.reference())))
+            }
             Family::StableDiffusion => Box::new(super::diffusion::DiffusionTrainee::load(
                 spec,
                 &base,
@@ -553,6 +558,10 @@ impl Run<'_> {
     }
 
     fn train(&mut self, cancel: &CancelToken, resume: bool) -> Result<TrainReport> {
+        if let crate::types::Method::Classifier(cfg) = &self.job.spec.method {
+            let cfg = cfg.clone();
+            return self.train_classifier(&cfg, cancel);
+        }
         let mut sess = self.prepare(resume, cancel)?;
         let mut stopped_early = false;
         'epochs: while sess.s.step < sess.total {
@@ -744,6 +753,7 @@ impl Run<'_> {
                 steps: s.step,
                 tokens: s.tokens,
                 duration_s,
+                ..Default::default()
             }),
             ..Default::default()
         };

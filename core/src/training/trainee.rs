@@ -171,6 +171,7 @@ fn load_model(spec: &TrainSpec, base: &ModelRecord, checkpoint: Option<&Path>) -
             m.set_side_files_dir(&base.path);
             Ok(m)
         }
+        Method::Classifier(_) => Err(Error::config("method", "a classifier is not trained by the language-model loop")),
         Method::Lora(cfg) => {
             let mut m = Model::load(base, &LoadOptions::default())?;
             match checkpoint {

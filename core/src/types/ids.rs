@@ -63,6 +63,18 @@ string_id! {
     /// A recorded generation call, e.g. `gen_3f2a9c0d1b7e4a56`.
     GenerationId
 }
+string_id! {
+    /// A logged prediction, e.g. `pred_3f2a9c0d1b7e4a56`.
+    PredictionId
+}
+string_id! {
+    /// A stored evaluation, e.g. `eval_3f2a9c0d1b7e4a56`.
+    EvaluationId
+}
+string_id! {
+    /// A stored drift check, e.g. `drift_3f2a9c0d1b7e4a56`.
+    DriftCheckId
+}
 
 impl From<ModelId> for ModelRef {
     fn from(id: ModelId) -> Self {

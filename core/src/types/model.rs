@@ -21,6 +21,10 @@ named_enum! {
         /// Stable Diffusion 1.x / 2.x in the diffusers layout (`model_index.json`, `unet/`,
         /// `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`): a text-to-image pipeline.
         StableDiffusion = "stable-diffusion",
+        /// A tabular classifier (logistic regression or a small MLP on candle), trained
+        /// by the `classifier` method; its directory holds `classifier.json`,
+        /// `model.safetensors` and the reference profile of its training rows.
+        Tabular = "tabular",
     }
 }
 
@@ -33,6 +37,8 @@ named_enum! {
         Full = "full",
         /// A LoRA adapter on a parent model.
         Lora = "lora",
+        /// A tabular classifier (family `tabular`).
+        Classifier = "classifier",
     }
 }
 
@@ -141,6 +147,13 @@ pub struct TrainMetrics {
     pub steps: u64,
     pub tokens: u64,
     pub duration_s: f64,
+    /// Classifiers: accuracy on the training rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_accuracy: Option<f64>,
+    /// Classifiers: accuracy on the held-out rows (`eval_dataset` / `eval_fraction`, else
+    /// the fit's validation split at its best epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_accuracy: Option<f64>,
 }
 
 /// Options for [`ModelRegistry::register_dir`].
@@ -246,6 +259,8 @@ impl LoraConfig {
             Family::Llama => vec!["q_proj".into(), "v_proj".into()],
             // diffusers' training scripts: the UNet's attention projections.
             Family::StableDiffusion => ["to_k", "to_q", "to_v", "to_out.0"].map(String::from).to_vec(),
+            // No linear layer a LoRA adapter could target.
+            Family::Tabular => Vec::new(),
         }
     }
 

@@ -3,6 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::continual::ClassifierConfig;
 use super::event::ErrorInfo;
 use super::ids::{DatasetId, JobId, ModelId, ModelRef};
 use super::model::LoraConfig;
@@ -139,6 +140,9 @@ pub enum Method {
     /// A LoRA adapter is trained on frozen base weights; the output is a `lora` model
     /// whose parent is the base.
     Lora(LoraConfig),
+    /// A tabular classifier fitted from scratch on a `tabular` dataset (no base); the
+    /// output is a `classifier` model. JSON: `{"classifier": {"model": "mlp"}}`.
+    Classifier(ClassifierConfig),
 }
 
 impl Method {
@@ -146,6 +150,7 @@ impl Method {
         match self {
             Method::Full => "full",
             Method::Lora(_) => "lora",
+            Method::Classifier(_) => "classifier",
         }
     }
 }
@@ -326,7 +331,8 @@ impl ImageTrainOptions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainSpec {
-    /// The model to start from: id, `name`, `name@3` or `name@alias`. Required.
+    /// The model to start from: id, `name`, `name@3` or `name@alias`. Required, but
+    /// for the `classifier` method (which has no base: leave it empty).
     pub base: ModelRef,
     /// The training dataset (id or name). Required.
     pub dataset: DatasetId,
@@ -428,7 +434,18 @@ impl TrainSpec {
 
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<()> {
-        if self.base.0.trim().is_empty() {
+        if let Method::Classifier(cfg) = &self.method {
+            if !self.base.0.trim().is_empty() {
+                return Err(Error::config("base", "a classifier is trained from scratch: leave base empty"));
+            }
+            cfg.validate().map_err(|e| match e {
+                Error::InvalidConfig { field, reason } => Error::config(format!("method.classifier.{field}"), reason),
+                other => other,
+            })?;
+            if self.image.is_some() {
+                return Err(Error::config("image", "image options apply to stable-diffusion bases, not classifiers"));
+            }
+        } else if self.base.0.trim().is_empty() {
             return Err(Error::config("base", "is required (a model id, name or name@version)"));
         }
         if self.dataset.0.trim().is_empty() {
