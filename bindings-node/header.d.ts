@@ -143,7 +143,7 @@ export interface PresetOptions {
 }
 
 export interface ModelFilter {
-  kind?: 'base' | 'full' | 'lora'
+  kind?: 'base' | 'full' | 'lora' | 'classifier'
   family?: string
   task?: string
   name?: string
@@ -230,7 +230,7 @@ export interface ModelRecord {
   id: string
   name: string
   version: number
-  kind: 'base' | 'full' | 'lora'
+  kind: 'base' | 'full' | 'lora' | 'classifier'
   family: string
   architecture: string
   modelType: string

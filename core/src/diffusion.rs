@@ -22,6 +22,7 @@
 
 pub mod clip;
 pub mod config;
+mod conv;
 pub mod image;
 mod load;
 pub mod lora;

@@ -13,7 +13,7 @@ SourceFormat = Literal["jsonl", "json", "csv", "tsv", "txt", "records", "images"
 ImageLayout = Literal["imagefolder", "captions", "instance"]
 TxtMode = Literal["lines", "document"]
 OnDuplicate = Literal["error", "reuse"]
-ModelKind = Literal["base", "full", "lora"]
+ModelKind = Literal["base", "full", "lora", "classifier"]
 Storage = Literal["copy", "reference"]
 
 # ---------------------------------------------------------------- events
