@@ -36,7 +36,7 @@ use crate::types::{
     Family, GenerationId, GenerationKind, GenerationRecord, ImageGeneratorOptions, ImageRequest, ModelId, ModelKind,
     ModelRecord, ModelRef,
 };
-use crate::util::{new_id, now};
+use crate::util::{new_id, now, AllocatorTuning};
 
 /// One generated image.
 #[derive(Debug, Clone, PartialEq)]
@@ -240,6 +240,7 @@ impl ImageGenerator {
         sink: &mut dyn EventSink,
         cancel: &CancelToken,
     ) -> Result<ImageGeneration> {
+        let _malloc = AllocatorTuning::acquire();
         let t0 = Instant::now();
         let adapter = self.request_adapter(req)?;
         let used = match &adapter {

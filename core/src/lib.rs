@@ -102,3 +102,4 @@ pub use types::{
     PredictionRecord, PredictorOptions, RealisedAccuracy,
 };
 pub use types::{ImageImportOptions, ImageLayout, ImageStats, SizeStats};
+pub use util::AllocatorTuning;

@@ -380,6 +380,65 @@ fn eio() -> io::Error {
     }
 }
 
+// ---------------------------------------------------------------- allocator
+
+/// While held (by a training run or an image generation), glibc's malloc keeps freed
+/// memory for reuse instead of returning it to the kernel: large blocks come from the
+/// heap, not from a fresh `mmap` each (`M_MMAP_MAX` 0), and the heap top is not trimmed
+/// (`M_TRIM_THRESHOLD` at its maximum). candle allocates a new buffer for every op's
+/// result; with glibc's defaults every large one is mapped, page-faulted and zeroed by
+/// the kernel, and unmapped when dropped, which took about a third of a diffusion
+/// training step (benches/RESULTS.md). The last guard dropped restores the defaults and
+/// hands the free memory back (`malloc_trim`). Process-wide; `ANNEAL_MALLOC_TUNING=0`
+/// turns it off. A no-op on other C libraries. Code that drives the models directly
+/// (not through the engine) can hold one around its loop.
+pub struct AllocatorTuning {
+    active: bool,
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+static TUNING_HOLDERS: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+
+impl AllocatorTuning {
+    /// Turns the tuning on (if it is not already) until the guard is dropped.
+    pub fn acquire() -> AllocatorTuning {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        if std::env::var("ANNEAL_MALLOC_TUNING").map(|v| v != "0").unwrap_or(true) {
+            let mut holders = TUNING_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+            if *holders == 0 {
+                // SAFETY: mallopt only changes allocator parameters; any value is valid.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::mallopt(libc::M_MMAP_MAX, 0);
+                    libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+                }
+            }
+            *holders += 1;
+            return AllocatorTuning { active: true };
+        }
+        AllocatorTuning { active: false }
+    }
+}
+
+impl Drop for AllocatorTuning {
+    fn drop(&mut self) {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        if self.active {
+            let mut holders = TUNING_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+            *holders = holders.saturating_sub(1);
+            if *holders == 0 {
+                // SAFETY: as above; glibc's documented defaults.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::mallopt(libc::M_MMAP_MAX, 65536);
+                    libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
+                    libc::malloc_trim(0);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,6 +61,8 @@ fn main() -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let trainable = mode == "train-full";
     let mut unet = UNet2DConditionModel::load(dir.path(), &LoadOptions { trainable, ..Default::default() })?;
+    // As the engine and the image generator do (util::AllocatorTuning).
+    let _malloc = anneal::AllocatorTuning::acquire();
     let mut times = Vec::with_capacity(steps);
     match mode.as_str() {
         "denoise" => {

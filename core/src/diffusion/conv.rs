@@ -75,9 +75,7 @@ impl Conv2dOp {
         let (_, _, gh, gw) = g.dims4()?;
         // Left pad k - 1 - p; right pad so that the result is h x w (p < k, and the
         // forward's size rule makes the right pad at least k - 1 - p).
-        let g = g
-            .pad_with_zeros(2, k - 1 - p, h + p - gh)?
-            .pad_with_zeros(3, k - 1 - p, wd + p - gw)?;
+        let g = g.pad_with_zeros(2, k - 1 - p, h + p - gh)?.pad_with_zeros(3, k - 1 - p, wd + p - gw)?;
         let w_t = w.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
         g.conv2d(&w_t, 0, 1, 1, 1)
     }
@@ -150,9 +148,15 @@ mod tests {
     #[test]
     fn backward_is_the_adjoint_and_matches_candle() -> Result<()> {
         let dev = Device::Cpu;
-        for &(k, s, p, h, w_) in
-            &[(3, 1, 1, 8, 9), (3, 2, 1, 8, 9), (3, 2, 0, 9, 8), (1, 1, 0, 6, 7), (3, 2, 1, 7, 7), (3, 1, 0, 5, 6), (3, 2, 1, 8, 8)]
-        {
+        for &(k, s, p, h, w_) in &[
+            (3, 1, 1, 8, 9),
+            (3, 2, 1, 8, 9),
+            (3, 2, 0, 9, 8),
+            (1, 1, 0, 6, 7),
+            (3, 2, 1, 7, 7),
+            (3, 1, 0, 5, 6),
+            (3, 2, 1, 8, 8),
+        ] {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, h, w_), &dev)?)?;
             let w = Var::from_tensor(&Tensor::randn(0f32, 1., (4, 3, k, k), &dev)?)?;
             let ours = conv2d(&x, &w, p, s)?;

@@ -63,6 +63,7 @@ pub(crate) fn execute(
     cancel: &CancelToken,
 ) -> Result<TrainReport> {
     let _guard = ActiveGuard::claim(id)?;
+    let _malloc = util::AllocatorTuning::acquire();
     let lease = util::new_id("lease");
     let job = claim(engine, id, resume, &lease)?;
     let mut run = Run {
