@@ -7,6 +7,7 @@ pub(crate) mod datasets;
 pub(crate) mod generations;
 pub(crate) mod jobs;
 pub(crate) mod models;
+pub(crate) mod outbox;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -18,7 +19,7 @@ use rusqlite::{Connection, OpenFlags, Row, ToSql, Transaction, TransactionBehavi
 use crate::error::{Error, Result};
 use crate::types::{
     DatasetFormat, DatasetId, Family, FinishReason, GenerationId, GenerationKind, JobId, JobStatus, MetricKind,
-    ModelId, ModelKind, SourceFormat, Storage,
+    ModelId, ModelKind, SourceFormat, Storage, WebhookFormat, DeliveryStatus,
 };
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
@@ -28,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("catalog/migrations/0003_generations.sql"),
     include_str!("catalog/migrations/0004_job_lease.sql"),
     include_str!("catalog/migrations/0005_job_image.sql"),
+    include_str!("catalog/migrations/0007_outbox.sql"),
 ];
 
 /// The schema version this build writes.
@@ -140,7 +142,9 @@ named_column!(
     JobStatus,
     MetricKind,
     FinishReason,
-    GenerationKind
+    GenerationKind,
+    WebhookFormat,
+    DeliveryStatus
 );
 
 /// Ids are stored as their text.

@@ -40,8 +40,9 @@
 //   L0  error, util, types            plain data: no candle, no SQL
 //   L1  catalog, events, models,      SQL rows <-> types; sinks and cancel; tensors,
 //       tokenizer, store, diffusion,  LoRA and kernels; tokenizers; the shared Store;
-//       tabular                       UNet, VAE, CLIP text encoder, schedulers;
-//                                     tabular profiles, drift statistics, detectors
+//       tabular, notify               UNet, VAE, CLIP text encoder, schedulers;
+//                                     tabular profiles, drift statistics, detectors;
+//                                     webhooks: outbox, signing, delivery
 //   L2  data, registry, training,     the APIs, each on an Arc<Store>
 //       generation, images
 //   L3  home                          opens a directory, hands the APIs out
@@ -55,6 +56,7 @@ mod catalog;
 pub mod diffusion;
 pub mod events;
 pub mod models;
+pub mod notify;
 mod store;
 pub mod tabular;
 pub mod tokenizer;
@@ -73,6 +75,7 @@ pub use events::{CancelToken, EventSink, JsonLinesSink, NoopSink, RecordingSink,
 pub use generation::{Generator, TokenStream};
 pub use home::Home;
 pub use images::{GeneratedPng, ImageGeneration, ImageGenerator};
+pub use notify::{verify_signature, Deliverer, WebhookSink, Webhooks};
 pub use models::memory::{default_memory_limit, machine_memory};
 pub use models::presets::Preset;
 pub use models::{
@@ -85,7 +88,7 @@ pub use training::{AdamW, JobHandle, TrainingEngine};
 pub use types::{
     options_from_json, options_from_json_spelled, to_json_spelled, ChatMessage, DatasetFormat, DatasetId,
     DatasetRecord, DatasetSplit, DatasetStats, DeleteOptions, ErrorInfo, Event, Family, FieldStats, FinishReason,
-    FinishStatus, Generation, GenerationConfig, GenerationFilter, GenerationId, GenerationKind, GenerationRecord,
+    FinishStatus, GateVerdict, Generation, GenerationConfig, GenerationFilter, GenerationId, GenerationKind, GenerationRecord,
     GeneratorOptions, HomeOptions, ImageAdapter, ImageCrop, ImageGeneratorOptions, ImageRequest, ImageTrainOptions,
     ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus, LengthBucket, Lineage, LoraConfig, Method,
     MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelUsage,
@@ -94,3 +97,4 @@ pub use types::{
     DEFAULT_MAX_NEW_TOKENS, HEARTBEAT_STALE_SECS,
 };
 pub use types::{ImageImportOptions, ImageLayout, ImageStats, SizeStats};
+pub use types::{Delivery, DeliveryFilter, DeliveryReport, DeliveryStatus, Webhook, WebhookFormat, WebhookOptions};
