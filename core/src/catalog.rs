@@ -18,8 +18,8 @@ use rusqlite::{Connection, OpenFlags, Row, ToSql, Transaction, TransactionBehavi
 
 use crate::error::{Error, Result};
 use crate::types::{
-    DatasetFormat, DatasetId, Family, FinishReason, GenerationId, GenerationKind, JobId, JobStatus, MetricKind,
-    ModelId, ModelKind, SourceFormat, Storage, WebhookFormat, DeliveryStatus,
+    DatasetFormat, DatasetId, DeliveryStatus, Family, FinishReason, GenerationId, GenerationKind, JobId, JobStatus,
+    MetricKind, ModelId, ModelKind, SourceFormat, Storage, WebhookFormat,
 };
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.

@@ -75,26 +75,26 @@ pub use events::{CancelToken, EventSink, JsonLinesSink, NoopSink, RecordingSink,
 pub use generation::{Generator, TokenStream};
 pub use home::Home;
 pub use images::{GeneratedPng, ImageGeneration, ImageGenerator};
-pub use notify::{verify_signature, Deliverer, WebhookSink, Webhooks};
 pub use models::memory::{default_memory_limit, machine_memory};
 pub use models::presets::Preset;
 pub use models::{
     causal_lm_loss, load_model, Activation, ForwardMode, KvCache, LoadOptions, Model, ModelConfig, ModelSource,
     RopeScaling,
 };
+pub use notify::{verify_signature, Deliverer, WebhookSink, Webhooks};
 pub use registry::{ModelRegistry, SUPPORTED_MODEL_TYPES};
 pub use tokenizer::{SpecialToken, Tokenizer};
 pub use training::{AdamW, JobHandle, TrainingEngine};
 pub use types::{
     options_from_json, options_from_json_spelled, to_json_spelled, ChatMessage, DatasetFormat, DatasetId,
     DatasetRecord, DatasetSplit, DatasetStats, DeleteOptions, ErrorInfo, Event, Family, FieldStats, FinishReason,
-    FinishStatus, GateVerdict, Generation, GenerationConfig, GenerationFilter, GenerationId, GenerationKind, GenerationRecord,
-    GeneratorOptions, HomeOptions, ImageAdapter, ImageCrop, ImageGeneratorOptions, ImageRequest, ImageTrainOptions,
-    ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus, LengthBucket, Lineage, LoraConfig, Method,
-    MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelUsage,
-    OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score, ScoreOptions, SourceFormat, Spelling,
-    SplitOptions, Storage, StreamChunk, Timings, TrainMetrics, TrainReport, TrainSpec, TxtMode, CHAT_ROLES,
+    FinishStatus, GateVerdict, Generation, GenerationConfig, GenerationFilter, GenerationId, GenerationKind,
+    GenerationRecord, GeneratorOptions, HomeOptions, ImageAdapter, ImageCrop, ImageGeneratorOptions, ImageRequest,
+    ImageTrainOptions, ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus, LengthBucket, Lineage,
+    LoraConfig, Method, MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef,
+    ModelUsage, OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score, ScoreOptions, SourceFormat,
+    Spelling, SplitOptions, Storage, StreamChunk, Timings, TrainMetrics, TrainReport, TrainSpec, TxtMode, CHAT_ROLES,
     DEFAULT_MAX_NEW_TOKENS, HEARTBEAT_STALE_SECS,
 };
-pub use types::{ImageImportOptions, ImageLayout, ImageStats, SizeStats};
 pub use types::{Delivery, DeliveryFilter, DeliveryReport, DeliveryStatus, Webhook, WebhookFormat, WebhookOptions};
+pub use types::{ImageImportOptions, ImageLayout, ImageStats, SizeStats};

@@ -241,7 +241,11 @@ impl Webhooks {
             let outcome = match sign(&w.secret, &c.id, ts, c.body.as_bytes()) {
                 Ok(signature) => http::post(
                     &w.url,
-                    &[("webhook-id", c.id.clone()), ("webhook-timestamp", ts.to_string()), ("webhook-signature", signature)],
+                    &[
+                        ("webhook-id", c.id.clone()),
+                        ("webhook-timestamp", ts.to_string()),
+                        ("webhook-signature", signature),
+                    ],
                     &c.body,
                     Duration::from_millis(w.timeout_ms),
                 ),
@@ -259,9 +263,10 @@ impl Webhooks {
                 let delay = retry_delay(w, attempt, outcome.retry_after);
                 now_ms.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2))
             });
-            let held = self.store.catalog.write(|tx| {
-                outbox::mark_attempt_failed(tx, &c.id, &lease, attempt, next, outcome.status, &error)
-            })?;
+            let held = self
+                .store
+                .catalog
+                .write(|tx| outbox::mark_attempt_failed(tx, &c.id, &lease, attempt, next, outcome.status, &error))?;
             if held {
                 if give_up {
                     report.failed += 1;

@@ -208,9 +208,8 @@ pub(crate) fn list_deliveries(conn: &Connection, f: &DeliveryFilter) -> Result<V
          ORDER BY rowid LIMIT ?3"
     ))?;
     let limit: i64 = f.limit.map_or(-1, i64::from);
-    let rows = st
-        .query_map(params![f.webhook_id, f.status, limit], row_to_delivery)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let rows =
+        st.query_map(params![f.webhook_id, f.status, limit], row_to_delivery)?.collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
 }
 

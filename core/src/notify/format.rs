@@ -81,7 +81,13 @@ pub fn summarize(event: &Event) -> Summary {
             format!("Retraining {model}"),
             reason.clone(),
             BLUE,
-            vec![f("Model", model), f("Trigger", trigger), f("Job", job_id), f("Model id", model_id), f("Monitor", monitor)],
+            vec![
+                f("Model", model),
+                f("Trigger", trigger),
+                f("Job", job_id),
+                f("Model id", model_id),
+                f("Monitor", monitor),
+            ],
         ),
         Event::CandidateEvaluated {
             monitor,
@@ -126,8 +132,9 @@ pub fn summarize(event: &Event) -> Summary {
             }
             (format!("{model} promoted to {alias}"), reason.clone(), GREEN, fields)
         }
-        Event::RolledBack { model, model_id, alias, from, monitor, reason } => {
-            let mut fields = vec![f("Model", model), f("Alias", alias), f("Taken out", from), f("Model id", model_id)];
+        Event::RolledBack { model, model_id, alias, previous, monitor, reason } => {
+            let mut fields =
+                vec![f("Model", model), f("Alias", alias), f("Taken out", previous), f("Model id", model_id)];
             if let Some(m) = monitor {
                 fields.push(f("Monitor", m));
             }
@@ -262,13 +269,13 @@ fn slack(event: &Event) -> Value {
     }
     // Slack: at most 10 fields per section, 2000 characters each.
     for chunk in s.fields.chunks(10) {
-        let fields: Vec<Value> = chunk
-            .iter()
-            .map(|(n, v)| json!({"type": "mrkdwn", "text": cut(&format!("*{n}*\n{v}"), 2000)}))
-            .collect();
+        let fields: Vec<Value> =
+            chunk.iter().map(|(n, v)| json!({"type": "mrkdwn", "text": cut(&format!("*{n}*\n{v}"), 2000)})).collect();
         blocks.push(json!({"type": "section", "fields": fields}));
     }
-    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("anneal · {}", event.type_name())}]}));
+    blocks.push(
+        json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("anneal · {}", event.type_name())}]}),
+    );
     let text = if s.description.is_empty() { s.title.clone() } else { format!("{}: {}", s.title, s.description) };
     json!({"text": cut(&text, 3000), "blocks": blocks})
 }
@@ -348,7 +355,7 @@ mod tests {
         assert_eq!(blocks[0]["type"], "header");
         assert_eq!(blocks[0]["text"]["text"], "Candidate churn@4 failed the gate");
         let sections: Vec<&Value> = blocks.iter().filter(|b| b.get("fields").is_some()).collect();
-        // 6 + 15 metrics + dataset + candidate id = 22 fields -> 3 sections of <= 10.
+        // 5 + 15 metrics + dataset + candidate id = 22 fields -> 3 sections of <= 10.
         assert_eq!(sections.len(), 3);
         assert!(sections.iter().all(|s| s["fields"].as_array().unwrap().len() <= 10));
         assert_eq!(blocks.last().unwrap()["type"], "context");

@@ -107,7 +107,8 @@ mod tests {
         for ok in ["http://127.0.0.1:8080/hook", "https://discord.com/api/webhooks/1/abc", "HTTPS://example.com"] {
             check_url(ok).unwrap();
         }
-        for bad in ["", "ftp://example.com/x", "file:///etc/passwd", "example.com/hook", "http://", "http:///x", "http://a b"]
+        for bad in
+            ["", "ftp://example.com/x", "file:///etc/passwd", "example.com/hook", "http://", "http:///x", "http://a b"]
         {
             let e = check_url(bad).unwrap_err();
             assert_eq!(e.code(), "invalid_config", "{bad}");

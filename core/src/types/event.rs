@@ -190,8 +190,8 @@ pub enum Event {
         model: String,
         model_id: String,
         alias: String,
-        /// The version taken out of service, `name@version`.
-        from: String,
+        /// The version the alias pointed at before (taken out of service), `name@version`.
+        previous: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         monitor: Option<String>,
         reason: String,
