@@ -447,6 +447,43 @@ mod tests {
     }
 
     #[test]
+    fn enqueueing_in_a_transaction_commits_or_rolls_back_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = crate::catalog::Catalog::open(&dir.path().join("a.db")).unwrap();
+        let mut w = hook(1000, 60_000);
+        w.events = vec!["promoted".into()];
+        cat.write(|tx| outbox::insert_webhook(tx, &w)).unwrap();
+        let ev = Event::Promoted {
+            model: "m@2".into(),
+            model_id: "mdl_2".into(),
+            alias: "production".into(),
+            previous: None,
+            mode: "manual".into(),
+            monitor: None,
+            reason: "approved".into(),
+        };
+        // The caller's change fails after the enqueue: no row is left behind.
+        let r: Result<()> = cat.write(|tx| {
+            assert_eq!(enqueue_in(tx, &ev, SystemTime::now())?.len(), 1);
+            Err(Error::Cancelled)
+        });
+        assert!(r.is_err());
+        let all = DeliveryFilter::default();
+        assert!(cat.read(|c| outbox::list_deliveries(c, &all)).unwrap().is_empty());
+        // It commits: one row, due now, pending; an unwanted type adds nothing.
+        let ids = cat.write(|tx| enqueue_in(tx, &ev, SystemTime::now())).unwrap();
+        let log = Event::Log { job_id: "j".into(), level: "info".into(), message: "x".into() };
+        assert!(cat.write(|tx| enqueue_in(tx, &log, SystemTime::now())).unwrap().is_empty());
+        let rows = cat.read(|c| outbox::list_deliveries(c, &all)).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].id.as_str(), rows[0].status, rows[0].attempts),
+            (ids[0].as_str(), crate::types::DeliveryStatus::Pending, 0)
+        );
+        assert!(rows[0].id.starts_with("msg_"));
+    }
+
+    #[test]
     fn options_are_checked_field_by_field() {
         let o = WebhookOptions::default();
         check_options(&o).unwrap();
