@@ -484,6 +484,48 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_deliverers_claim_expires_and_the_row_is_resent_under_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = crate::catalog::Catalog::open(&dir.path().join("a.db")).unwrap();
+        let store = Arc::new(Store { root: dir.path().to_path_buf(), catalog, memory_limit: 1 << 30 });
+        // Nobody listens on this port: every attempt is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut w = hook(1000, 60_000);
+        w.url = format!("http://127.0.0.1:{port}/");
+        store.catalog.write(|tx| outbox::insert_webhook(tx, &w)).unwrap();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ev = Event::Log { job_id: "j".into(), level: "info".into(), message: "x".into() };
+        let id = store.catalog.write(|tx| enqueue_in(tx, &ev, t0)).unwrap().remove(0);
+        // A deliverer claims the row, then dies before recording anything.
+        let lease_for = |w: &Webhook| w.timeout_ms as i64 + LEASE_MARGIN_MS;
+        let c = store.catalog.write(|tx| outbox::claim(tx, unix_ms(t0), "lease_dead", lease_for, &[])).unwrap();
+        assert_eq!(c.map(|c| c.id), Some(id.clone()));
+        let wh = Webhooks::new(store);
+        // Its lease (timeout 1 s + 30 s) keeps the row from everyone else...
+        assert_eq!(wh.deliver_due(t0 + Duration::from_millis(30_999)).unwrap().attempted, 0);
+        // ...then the row is taken over and sent again, under the same id.
+        let r = wh.deliver_due(t0 + Duration::from_secs(31)).unwrap();
+        assert_eq!((r.attempted, r.retried), (1, 1));
+        let d = wh.delivery(&id).unwrap();
+        assert_eq!((d.attempts, d.status, d.last_status), (1, crate::types::DeliveryStatus::Pending, None));
+    }
+
+    #[test]
+    fn type_names_list_every_variant_of_the_schema() {
+        let schema = serde_json::to_value(schemars::schema_for!(Event)).unwrap();
+        let mut tags: Vec<String> = schema["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["properties"]["type"]["const"].as_str().unwrap().to_string())
+            .collect();
+        let mut names: Vec<String> = Event::TYPE_NAMES.iter().map(|s| s.to_string()).collect();
+        tags.sort();
+        names.sort();
+        assert_eq!(tags, names);
+    }
+
+    #[test]
     fn options_are_checked_field_by_field() {
         let o = WebhookOptions::default();
         check_options(&o).unwrap();
