@@ -41,6 +41,12 @@ export type AnnealEvent =
   | { type: 'checkpoint'; jobId: string; step: number; path: string }
   | { type: 'log'; jobId: string; level: string; message: string }
   | { type: 'job_finished'; jobId: string; status: FinishStatus; modelId?: string; error?: { code: ErrorCode; message: string } }
+  | { type: 'drift_detected'; monitor: string; model: string; modelId: string; signal: string; windowRows: number; driftedColumns: string[]; score: number; threshold: number; expectedAccuracy?: number }
+  | { type: 'retrain_started'; monitor: string; model: string; modelId: string; jobId: string; trigger: string; reason: string }
+  | { type: 'candidate_evaluated'; monitor?: string; candidate: string; candidateId: string; production?: string; datasetId: string; metric: string; candidateValue: number; productionValue?: number; metrics: Record<string, number>; verdict: 'passed' | 'failed'; reason: string }
+  | { type: 'promoted'; model: string; modelId: string; alias: string; previous?: string; mode: string; monitor?: string; reason: string }
+  | { type: 'rolled_back'; model: string; modelId: string; alias: string; previous: string; monitor?: string; reason: string }
+  | { type: 'monitor_error'; monitor: string; model?: string; jobId?: string; error: { code: ErrorCode; message: string } }
 
 /** Options of long calls. */
 export interface CallOptions {

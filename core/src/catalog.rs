@@ -8,6 +8,7 @@ pub(crate) mod datasets;
 pub(crate) mod generations;
 pub(crate) mod jobs;
 pub(crate) mod models;
+pub(crate) mod outbox;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -18,8 +19,9 @@ use rusqlite::{Connection, OpenFlags, Row, ToSql, Transaction, TransactionBehavi
 
 use crate::error::{Error, Result};
 use crate::types::{
-    DatasetFormat, DatasetId, DriftCheckId, DriftVerdict, EvaluationId, Family, FinishReason, GenerationId,
-    GenerationKind, JobId, JobStatus, MetricKind, ModelId, ModelKind, PredictionId, SourceFormat, Storage,
+    DatasetFormat, DatasetId, DeliveryStatus, DriftCheckId, DriftVerdict, EvaluationId, Family, FinishReason,
+    GenerationId, GenerationKind, JobId, JobStatus, MetricKind, ModelId, ModelKind, PredictionId, SourceFormat,
+    Storage, WebhookFormat,
 };
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
@@ -30,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("catalog/migrations/0004_job_lease.sql"),
     include_str!("catalog/migrations/0005_job_image.sql"),
     include_str!("catalog/migrations/0006_continual.sql"),
+    include_str!("catalog/migrations/0007_outbox.sql"),
 ];
 
 /// The schema version this build writes.
@@ -143,7 +146,9 @@ named_column!(
     MetricKind,
     FinishReason,
     GenerationKind,
-    DriftVerdict
+    DriftVerdict,
+    WebhookFormat,
+    DeliveryStatus
 );
 
 /// Ids are stored as their text.

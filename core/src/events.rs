@@ -293,6 +293,19 @@ impl EventSink for TerminalSink {
                 }
                 self.finish(line);
             }
+            Event::DriftDetected { .. }
+            | Event::RetrainStarted { .. }
+            | Event::CandidateEvaluated { .. }
+            | Event::Promoted { .. }
+            | Event::RolledBack { .. }
+            | Event::MonitorError { .. } => {
+                let s = crate::notify::format::summarize(event);
+                let line = format!("[{}] {}: {}", event.type_name(), s.title, s.description);
+                match &self.bar {
+                    Some(bar) => bar.println(line),
+                    None => eprintln!("{line}"),
+                }
+            }
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ use crate::error::{Error, IoResultExt, Result};
 use crate::generation::Generator;
 use crate::images::ImageGenerator;
 use crate::models::memory::default_memory_limit;
+use crate::notify::Webhooks;
 use crate::registry::ModelRegistry;
 use crate::store::Store;
 use crate::training::TrainingEngine;
@@ -103,6 +104,13 @@ impl Home {
     /// The training engine of this home.
     pub fn training(&self) -> TrainingEngine {
         TrainingEngine::new(self.inner.clone())
+    }
+
+    /// The webhooks of this home and their outbox: registered receivers are shared by
+    /// every process that opens the home, so a monitor here enqueues and a deliverer
+    /// there sends.
+    pub fn webhooks(&self) -> Webhooks {
+        Webhooks::new(self.inner.clone())
     }
 
     /// Loads `model` for generation ([`Generator::load`]).

@@ -40,8 +40,9 @@
 //   L0  error, util, types            plain data: no candle, no SQL
 //   L1  catalog, events, models,      SQL rows <-> types; sinks and cancel; tensors,
 //       tokenizer, store, diffusion,  LoRA and kernels; tokenizers; the shared Store;
-//       tabular                       UNet, VAE, CLIP text encoder, schedulers;
-//                                     tabular profiles, drift statistics, detectors
+//       tabular, notify               UNet, VAE, CLIP text encoder, schedulers;
+//                                     tabular profiles, drift statistics, detectors;
+//                                     webhooks: outbox, signing, delivery
 //   L2  data, registry, training,     the APIs, each on an Arc<Store>
 //       generation, images,           (continual: predictors, labels, evaluations,
 //       continual                     drift checks)
@@ -56,6 +57,7 @@ mod catalog;
 pub mod diffusion;
 pub mod events;
 pub mod models;
+pub mod notify;
 mod store;
 pub mod tabular;
 pub mod tokenizer;
@@ -82,18 +84,19 @@ pub use models::{
     causal_lm_loss, load_model, Activation, ForwardMode, KvCache, LoadOptions, Model, ModelConfig, ModelSource,
     RopeScaling,
 };
+pub use notify::{verify_signature, Deliverer, WebhookSink, Webhooks};
 pub use registry::{ModelRegistry, SUPPORTED_MODEL_TYPES};
 pub use tokenizer::{SpecialToken, Tokenizer};
 pub use training::{AdamW, JobHandle, TrainingEngine};
 pub use types::{
     options_from_json, options_from_json_spelled, to_json_spelled, ChatMessage, DatasetFormat, DatasetId,
     DatasetRecord, DatasetSplit, DatasetStats, DeleteOptions, ErrorInfo, Event, Family, FieldStats, FinishReason,
-    FinishStatus, Generation, GenerationConfig, GenerationFilter, GenerationId, GenerationKind, GenerationRecord,
-    GeneratorOptions, HomeOptions, ImageAdapter, ImageCrop, ImageGeneratorOptions, ImageRequest, ImageTrainOptions,
-    ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus, LengthBucket, Lineage, LoraConfig, Method,
-    MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelUsage,
-    OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score, ScoreOptions, SourceFormat, Spelling,
-    SplitOptions, Storage, StreamChunk, Timings, TrainMetrics, TrainReport, TrainSpec, TxtMode, CHAT_ROLES,
+    FinishStatus, GateVerdict, Generation, GenerationConfig, GenerationFilter, GenerationId, GenerationKind,
+    GenerationRecord, GeneratorOptions, HomeOptions, ImageAdapter, ImageCrop, ImageGeneratorOptions, ImageRequest,
+    ImageTrainOptions, ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus, LengthBucket, Lineage,
+    LoraConfig, Method, MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef,
+    ModelUsage, OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score, ScoreOptions, SourceFormat,
+    Spelling, SplitOptions, Storage, StreamChunk, Timings, TrainMetrics, TrainReport, TrainSpec, TxtMode, CHAT_ROLES,
     DEFAULT_MAX_NEW_TOKENS, HEARTBEAT_STALE_SECS,
 };
 pub use types::{
@@ -101,5 +104,6 @@ pub use types::{
     DriftWindow, EvaluationId, EvaluationRecord, LossDrift, Prediction, PredictionFilter, PredictionId,
     PredictionRecord, PredictorOptions, RealisedAccuracy,
 };
+pub use types::{Delivery, DeliveryFilter, DeliveryReport, DeliveryStatus, Webhook, WebhookFormat, WebhookOptions};
 pub use types::{ImageImportOptions, ImageLayout, ImageStats, SizeStats};
 pub use util::AllocatorTuning;

@@ -18,6 +18,7 @@ mod home;
 mod ids;
 mod images;
 mod model;
+mod notify;
 mod training;
 
 pub use continual::{
@@ -33,7 +34,7 @@ pub use drift::{
     AdwinConfig, ChangeDirection, ColumnDrift, ColumnKind, DdmConfig, DetectorConfig, DriftOptions, DriftReport,
     DriftTest, DriftVerdict, PageHinkleyConfig,
 };
-pub use event::{ErrorInfo, Event, FinishStatus};
+pub use event::{ErrorInfo, Event, FinishStatus, GateVerdict};
 pub use generation::{
     ChatMessage, FinishReason, Generation, GenerationConfig, GenerationFilter, GenerationKind, GenerationRecord,
     GeneratorOptions, ModelUsage, Prompt, Score, ScoreOptions, StreamChunk, Timings, DEFAULT_MAX_NEW_TOKENS,
@@ -45,6 +46,7 @@ pub use model::{
     Family, Lineage, LoraConfig, ModelFile, ModelFilter, ModelKind, ModelRecord, PresetOptions, RegisterOptions,
     Storage, TrainMetrics,
 };
+pub use notify::{Delivery, DeliveryFilter, DeliveryReport, DeliveryStatus, Webhook, WebhookFormat, WebhookOptions};
 pub use schema::{options_from_json, options_from_json_spelled, to_json_spelled, Spelling};
 pub use training::{
     ImageCrop, ImageTrainOptions, JobFilter, JobLog, JobRecord, JobStatus, Method, MetricKind, MetricPoint, Schedule,

@@ -20,6 +20,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("tokenizer", 1),
     ("store", 1),
     ("tabular", 1),
+    ("notify", 1),
     ("data", 2),
     ("registry", 2),
     ("training", 2),

@@ -86,6 +86,67 @@ class JobFinishedEvent(TypedDict, total=False):
     model_id: str
     error: _ErrorInfo
 
+class DriftDetectedEvent(TypedDict, total=False):
+    type: Literal["drift_detected"]
+    monitor: str
+    model: str
+    model_id: str
+    signal: str
+    window_rows: int
+    drifted_columns: list[str]
+    score: float
+    threshold: float
+    expected_accuracy: float
+
+class RetrainStartedEvent(TypedDict):
+    type: Literal["retrain_started"]
+    monitor: str
+    model: str
+    model_id: str
+    job_id: str
+    trigger: str
+    reason: str
+
+class CandidateEvaluatedEvent(TypedDict, total=False):
+    type: Literal["candidate_evaluated"]
+    monitor: str
+    candidate: str
+    candidate_id: str
+    production: str
+    dataset_id: str
+    metric: str
+    candidate_value: float
+    production_value: float
+    metrics: dict[str, float]
+    verdict: Literal["passed", "failed"]
+    reason: str
+
+class PromotedEvent(TypedDict, total=False):
+    type: Literal["promoted"]
+    model: str
+    model_id: str
+    alias: str
+    previous: str
+    mode: str
+    monitor: str
+    reason: str
+
+class RolledBackEvent(TypedDict, total=False):
+    type: Literal["rolled_back"]
+    model: str
+    model_id: str
+    alias: str
+    previous: str
+    monitor: str
+    reason: str
+
+class MonitorErrorEvent(TypedDict, total=False):
+    type: Literal["monitor_error"]
+    monitor: str
+    model: str
+    job_id: str
+    error: _ErrorInfo
+
 Event = (
     TaskStartedEvent
     | TaskProgressEvent
@@ -96,10 +157,17 @@ Event = (
     | CheckpointEvent
     | LogEvent
     | JobFinishedEvent
+    | DriftDetectedEvent
+    | RetrainStartedEvent
+    | CandidateEvaluatedEvent
+    | PromotedEvent
+    | RolledBackEvent
+    | MonitorErrorEvent
     | dict[str, Any]
 )
 """Events are dicts with a `type` key (`task_started`, `task_progress`, `task_finished`,
-`job_started`, `step`, `eval`, `checkpoint`, `log`, `job_finished`)."""
+`job_started`, `step`, `eval`, `checkpoint`, `log`, `job_finished`; monitors: `drift_detected`,
+`retrain_started`, `candidate_evaluated`, `promoted`, `rolled_back`, `monitor_error`)."""
 
 OnEvent = Callable[[Event], object]
 
