@@ -7,6 +7,7 @@ pub(crate) mod datasets;
 pub(crate) mod generations;
 pub(crate) mod jobs;
 pub(crate) mod models;
+pub(crate) mod stats;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -17,8 +18,8 @@ use rusqlite::{Connection, OpenFlags, Row, ToSql, Transaction, TransactionBehavi
 
 use crate::error::{Error, Result};
 use crate::types::{
-    DatasetFormat, DatasetId, Family, FinishReason, GenerationId, GenerationKind, JobId, JobStatus, MetricKind,
-    ModelId, ModelKind, SourceFormat, Storage,
+    AliasAction, DatasetFormat, DatasetId, Family, FinishReason, GenerationId, GenerationKind, JobId, JobStatus,
+    MetricKind, ModelId, ModelKind, SourceFormat, Storage,
 };
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
@@ -28,6 +29,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("catalog/migrations/0003_generations.sql"),
     include_str!("catalog/migrations/0004_job_lease.sql"),
     include_str!("catalog/migrations/0005_job_image.sql"),
+    // 0006 (predictions, evaluations, drift) and 0007 (webhooks) come from other
+    // branches; this list holds them in number order once merged.
+    include_str!("catalog/migrations/0008_alias_history.sql"),
 ];
 
 /// The schema version this build writes.
@@ -132,6 +136,7 @@ macro_rules! named_column {
 }
 
 named_column!(
+    AliasAction,
     DatasetFormat,
     SourceFormat,
     Family,

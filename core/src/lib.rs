@@ -93,4 +93,10 @@ pub use types::{
     SplitOptions, Storage, StreamChunk, Timings, TrainMetrics, TrainReport, TrainSpec, TxtMode, CHAT_ROLES,
     DEFAULT_MAX_NEW_TOKENS, HEARTBEAT_STALE_SECS,
 };
+pub use types::{
+    Activity, ActivityKind, AliasAction, AliasChange, AliasMove, AliasStats, DatasetLineage, DurationStats,
+    GenerateDatasetOptions, HomeStats, JobStats, MethodUsage, ModelCount, ModelGenerations, MonitoringStats,
+    PresetUsage, ProductionModel, PromoteOptions, RollbackOptions, ScenarioDrift, ScenarioDriftKind, ScenarioOptions,
+    StatsOptions,
+};
 pub use types::{ImageImportOptions, ImageLayout, ImageStats, SizeStats};
