@@ -9,6 +9,7 @@ pub(crate) mod generations;
 pub(crate) mod jobs;
 pub(crate) mod models;
 pub(crate) mod outbox;
+pub(crate) mod stats;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -19,9 +20,9 @@ use rusqlite::{Connection, OpenFlags, Row, ToSql, Transaction, TransactionBehavi
 
 use crate::error::{Error, Result};
 use crate::types::{
-    DatasetFormat, DatasetId, DeliveryStatus, DriftCheckId, DriftVerdict, EvaluationId, Family, FinishReason,
-    GenerationId, GenerationKind, JobId, JobStatus, MetricKind, ModelId, ModelKind, PredictionId, SourceFormat,
-    Storage, WebhookFormat,
+    AliasAction, DatasetFormat, DatasetId, DeliveryStatus, DriftCheckId, DriftVerdict, EvaluationId, Family,
+    FinishReason, GenerationId, GenerationKind, JobId, JobStatus, MetricKind, ModelId, ModelKind, PredictionId,
+    SourceFormat, Storage, WebhookFormat,
 };
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
@@ -33,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("catalog/migrations/0005_job_image.sql"),
     include_str!("catalog/migrations/0006_continual.sql"),
     include_str!("catalog/migrations/0007_outbox.sql"),
+    include_str!("catalog/migrations/0008_alias_history.sql"),
 ];
 
 /// The schema version this build writes.
@@ -137,6 +139,7 @@ macro_rules! named_column {
 }
 
 named_column!(
+    AliasAction,
     DatasetFormat,
     SourceFormat,
     Family,

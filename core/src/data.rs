@@ -1,4 +1,5 @@
-//! DatasetStore: import, formats, preview, stats, splits; image datasets in [`images`].
+//! DatasetStore: import, formats, preview, stats, splits; image datasets in [`images`];
+//! a model's generations as a dataset in [`generate`].
 //!
 //! Imports stream: records are read, checked, normalised and written one at a time
 //! into a staging directory while their sha256 is computed (no record is read past
@@ -12,6 +13,7 @@
 //! and nothing under `datasets/` but a `.tmp-*` directory that the next open sweeps.
 
 mod format;
+mod generate;
 mod images;
 mod read;
 mod stats;
@@ -227,6 +229,9 @@ impl DatasetStore {
                     }
                     placed.push(dest);
                     sql::insert(tx, &s.rec, &s.stats)?;
+                    if let Some(l) = &s.lineage {
+                        sql::set_lineage(tx, &s.rec.id.0, l)?;
+                    }
                     out.push(s.rec.clone());
                 }
                 Ok(out)
@@ -445,6 +450,8 @@ struct Staged {
     staging: StagingDir,
     rec: DatasetRecord,
     stats: DatasetStats,
+    /// JSON [`crate::types::DatasetLineage`], stored with the row.
+    lineage: Option<String>,
 }
 
 /// Levels of arrays and objects a record's field values may nest: the record and its
@@ -535,7 +542,7 @@ impl Ingest {
             created_at: util::now(),
             path,
         };
-        Ok(Staged { staging, rec, stats })
+        Ok(Staged { staging, rec, stats, lineage: None })
     }
 
     fn push(&mut self, raw: RawRecord) -> Result<()> {

@@ -24,7 +24,10 @@ use crate::notify::Webhooks;
 use crate::registry::ModelRegistry;
 use crate::store::Store;
 use crate::training::TrainingEngine;
-use crate::types::{GeneratorOptions, HomeOptions, ImageGeneratorOptions, ModelRef, PredictorOptions};
+use crate::types::{
+    GeneratorOptions, HomeOptions, HomeStats, ImageGeneratorOptions, JobStatus, ModelRef, MonitoringStats,
+    PredictorOptions, StatsOptions,
+};
 
 /// Leftovers of interrupted writes are removed when older than this (younger ones may
 /// belong to another process that is still working).
@@ -136,6 +139,60 @@ impl Home {
         options: &ImageGeneratorOptions,
     ) -> Result<ImageGenerator> {
         ImageGenerator::load(&self.models(), model, options)
+    }
+}
+
+impl Home {
+    /// Statistics of this home, each a query on the catalog's rows at the time of the
+    /// call (no counter is kept beside them): jobs by status (`interrupted` as
+    /// [`TrainingEngine::job`] reports it) and durations, recent activity, presets and
+    /// methods by use, generations per model version, models by kind, datasets by
+    /// format, promotions and rollbacks. See [`HomeStats`] for each figure's definition
+    /// and [`StatsOptions`] for `since` and `recent`.
+    pub fn stats(&self, options: &StatsOptions) -> Result<HomeStats> {
+        use crate::catalog::stats as sql;
+        let since = options.checked_since()?;
+        let since = since.as_deref();
+        let at = crate::util::now();
+        let (mut jobs, running, mut stats) = self.inner.catalog.read(|c| {
+            let stats = HomeStats {
+                at,
+                since: since.map(str::to_string),
+                jobs: Default::default(),
+                recent: sql::recent(c, since, options.recent)?,
+                presets: sql::presets(c, since)?,
+                methods: sql::methods(c, since)?,
+                generations: sql::generations(c, since)?,
+                models_by_kind: sql::models_by_kind(c)?,
+                datasets_by_format: sql::datasets_by_format(c)?,
+                aliases: sql::aliases(c, since)?,
+                monitoring: MonitoringStats { production: sql::production(c)?, ..Default::default() },
+            };
+            Ok((sql::jobs(c, since)?, sql::running_jobs(c, since)?, stats))
+        })?;
+        // Rows stored as running whose runner is gone read as the engine reports them.
+        let engine = self.training();
+        for id in running {
+            let status = match engine.job(id.as_str()) {
+                Ok(rec) => rec.status,
+                Err(crate::error::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            if status == JobStatus::Running {
+                continue;
+            }
+            jobs.running = jobs.running.saturating_sub(1);
+            match status {
+                JobStatus::Interrupted => jobs.interrupted += 1,
+                JobStatus::Completed => jobs.completed += 1,
+                JobStatus::Failed => jobs.failed += 1,
+                JobStatus::Cancelled => jobs.cancelled += 1,
+                JobStatus::Pending => jobs.pending += 1,
+                JobStatus::Running => {}
+            }
+        }
+        stats.jobs = jobs;
+        Ok(stats)
     }
 }
 

@@ -104,6 +104,12 @@ pub use types::{
     DriftWindow, EvaluationId, EvaluationRecord, LossDrift, Prediction, PredictionFilter, PredictionId,
     PredictionRecord, PredictorOptions, RealisedAccuracy,
 };
+pub use types::{
+    Activity, ActivityKind, AliasAction, AliasChange, AliasMove, AliasStats, DatasetLineage, DurationStats,
+    GenerateDatasetOptions, HomeStats, JobStats, MethodUsage, ModelCount, ModelGenerations, MonitoringStats,
+    PresetUsage, ProductionModel, PromoteOptions, RollbackOptions, ScenarioDrift, ScenarioDriftKind, ScenarioOptions,
+    StatsOptions,
+};
 pub use types::{Delivery, DeliveryFilter, DeliveryReport, DeliveryStatus, Webhook, WebhookFormat, WebhookOptions};
 pub use types::{ImageImportOptions, ImageLayout, ImageStats, SizeStats};
 pub use util::AllocatorTuning;

@@ -22,8 +22,9 @@ use crate::events::{run_task, CancelToken, EventSink, NoopSink};
 use crate::models::presets::{self, Preset};
 use crate::store::Store;
 use crate::types::{
-    Family, GenerationFilter, GenerationRecord, Lineage, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord,
-    ModelRef, ModelUsage, PresetOptions, RegisterOptions, Storage,
+    catalog_time, check_reason, AliasAction, AliasChange, AliasMove, Family, GenerationFilter, GenerationRecord,
+    Lineage, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelUsage, PresetOptions,
+    PromoteOptions, RegisterOptions, RollbackOptions, Storage, CANDIDATE, PREVIOUS, PRODUCTION,
 };
 use crate::util::{self, StagingDir};
 use inspect::Inspected;
@@ -460,27 +461,119 @@ impl ModelRegistry {
     }
 
     /// Points `alias` of the model's name at that model (creating or moving it
-    /// atomically): afterwards `name@alias` resolves to it.
+    /// atomically): afterwards `name@alias` resolves to it. The change is recorded in
+    /// the alias history (action `set`; nothing when it already pointed there).
     pub fn set_alias(&self, model: impl Into<ModelRef>, alias: &str) -> Result<ModelRecord> {
-        util::validate_name("alias", alias)?;
-        if alias.parse::<u32>().is_ok() || RESERVED_ALIASES.contains(&alias) || alias.contains('/') {
-            return Err(Error::config(
-                "alias",
-                format!("`{alias}` cannot be an alias (numbers, `latest` and `/` are reserved)"),
-            ));
-        }
+        check_alias(alias)?;
         let m = self.resolve(model)?;
         let now = util::now();
-        self.store.catalog.write(|tx| sql::set_alias(tx, &m.name, alias, &m.id.0, &now))?;
+        let change = sql::Change { action: AliasAction::Set, reason: None, at: &now };
+        self.store.catalog.write(|tx| sql::set_alias(tx, &m.name, alias, &m.id.0, &change))?;
         self.get(&m.id)
     }
 
-    /// Removes `name@alias`.
+    /// Removes `name@alias` (recorded in the alias history, action `remove`).
     pub fn remove_alias(&self, name: &str, alias: &str) -> Result<()> {
-        if !self.store.catalog.write(|tx| sql::remove_alias(tx, name, alias))? {
+        let now = util::now();
+        let change = sql::Change { action: AliasAction::Remove, reason: None, at: &now };
+        if self.store.catalog.write(|tx| sql::remove_alias(tx, name, alias, &change))?.is_none() {
             return Err(Error::not_found("alias", format!("{name}@{alias}")));
         }
         Ok(())
+    }
+
+    /// Changes of the aliases of model name `name` (of `alias` only, when given),
+    /// newest first. Every change made by this API is there, each with what the alias
+    /// pointed at before and after; aliases that existed before the history began
+    /// (schema 8) have one `backfill` row each.
+    pub fn alias_history(&self, name: &str, alias: Option<&str>) -> Result<Vec<AliasChange>> {
+        self.store.catalog.read(|c| sql::history(c, name, alias))
+    }
+
+    /// The change of `name@alias` in effect at time `at` (RFC 3339; e.g. "what was
+    /// production at 09:00?"): the last change made at or before `at`. `None` when the
+    /// alias was not set then (never set yet, or removed); otherwise the change's
+    /// `model_id` and `version` say what it pointed at (kept after a delete).
+    pub fn alias_at(&self, name: &str, alias: &str, at: &str) -> Result<Option<AliasChange>> {
+        let at = catalog_time("at", at)?;
+        let found = self.store.catalog.read(|c| sql::change_at(c, name, alias, &at))?;
+        Ok(found.filter(|c| c.model_id.is_some()))
+    }
+
+    /// Makes `model` the production model of its name, in one transaction:
+    /// `production` moves to it, the model it replaces moves to `previous`, and
+    /// `candidate` is removed if it pointed at it. Each change is recorded in the alias
+    /// history with action `promote` and `reason`. Promoting the production model
+    /// changes nothing (but a `candidate` alias on it is still removed). With no
+    /// production model before, `previous` is left as it is.
+    pub fn promote(&self, model: impl Into<ModelRef>, opts: &PromoteOptions) -> Result<AliasMove> {
+        check_reason(&opts.reason)?;
+        let m = self.resolve(model)?;
+        let now = util::now();
+        let change = sql::Change { action: AliasAction::Promote, reason: opts.reason.as_deref(), at: &now };
+        self.store.catalog.write(|tx| {
+            if !sql::exists(tx, &m.id.0)? {
+                return Err(Error::not_found("model", m.reference()));
+            }
+            let mut changes = Vec::new();
+            let current = sql::alias_target(tx, &m.name, PRODUCTION)?;
+            if current.as_deref() != Some(m.id.0.as_str()) {
+                if let Some(old) = &current {
+                    changes.extend(sql::set_alias(tx, &m.name, PREVIOUS, old, &change)?);
+                }
+                changes.extend(sql::set_alias(tx, &m.name, PRODUCTION, &m.id.0, &change)?);
+            }
+            if sql::alias_target(tx, &m.name, CANDIDATE)?.as_deref() == Some(m.id.0.as_str()) {
+                changes.extend(sql::remove_alias(tx, &m.name, CANDIDATE, &change)?);
+            }
+            let previous = sql::alias_target(tx, &m.name, PREVIOUS)?.map(ModelId);
+            Ok(AliasMove { production: m.id.clone(), previous, changes })
+        })
+    }
+
+    /// Moves `production` of model name `name` back to `previous`, in one transaction.
+    ///
+    /// Precisely: let Q be what `previous` points at. `production` is set to Q (the
+    /// model it pointed at is left without an alias), and `previous` is set to the model
+    /// Q replaced as production the last time it became production by a promotion or
+    /// `set_alias` (rollbacks do not count, so repeated rollbacks walk back through the
+    /// promotions: v3 -> v2 -> v1); a deleted model in that chain, or the model rolled
+    /// back from, is skipped for the one it replaced in turn. When the chain ends (Q was the first production model),
+    /// `previous` is removed. Each change is recorded with action `rollback` and
+    /// `reason`. With no `previous`, nothing changes and the error is `not_found`
+    /// (`name@previous`).
+    pub fn rollback(&self, name: &str, opts: &RollbackOptions) -> Result<AliasMove> {
+        check_reason(&opts.reason)?;
+        let now = util::now();
+        let change = sql::Change { action: AliasAction::Rollback, reason: opts.reason.as_deref(), at: &now };
+        self.store.catalog.write(|tx| {
+            let Some(target) = sql::alias_target(tx, name, PREVIOUS)? else {
+                return Err(Error::not_found("alias", format!("{name}@{PREVIOUS} (nothing to roll back to)")));
+            };
+            // The model `target` replaced, skipping deleted ones and the model rolled
+            // back from (and never going round a cycle).
+            let current = sql::alias_target(tx, name, PRODUCTION)?;
+            let mut seen = std::collections::HashSet::from([target.clone()]);
+            let mut cursor = target.clone();
+            let mut before = None;
+            while let Some(Some(prev)) = sql::replaced_by(tx, name, PRODUCTION, &cursor)? {
+                if !seen.insert(prev.clone()) {
+                    break;
+                }
+                if current.as_deref() != Some(prev.as_str()) && sql::exists(tx, &prev)? {
+                    before = Some(prev);
+                    break;
+                }
+                cursor = prev;
+            }
+            let mut changes = Vec::new();
+            changes.extend(sql::set_alias(tx, name, PRODUCTION, &target, &change)?);
+            match &before {
+                Some(b) => changes.extend(sql::set_alias(tx, name, PREVIOUS, b, &change)?),
+                None => changes.extend(sql::remove_alias(tx, name, PREVIOUS, &change)?),
+            }
+            Ok(AliasMove { production: ModelId(target), previous: before.map(ModelId), changes })
+        })
     }
 
     /// Deletes a model: its row first, then its files (never a referenced directory's).
@@ -489,6 +582,7 @@ impl ModelRegistry {
     pub fn delete(&self, model: impl Into<ModelRef>, force: bool) -> Result<()> {
         let m = self.resolve(model)?;
         let home = &self.store.root;
+        let now = util::now();
         let removed = self.store.catalog.write(|tx| {
             let children = sql::children(tx, home, &m.id.0)?;
             let jobs = sql::jobs_using(tx, &m.id.0)?;
@@ -511,10 +605,10 @@ impl ModelRegistry {
             }
             let mut removed = Vec::new();
             for c in children {
-                sql::delete(tx, &c.id.0)?;
+                sql::delete(tx, &c.id.0, &now)?;
                 removed.push(c);
             }
-            sql::delete(tx, &m.id.0)?;
+            sql::delete(tx, &m.id.0, &now)?;
             removed.push(m.clone());
             Ok(removed)
         })?;
@@ -551,6 +645,18 @@ impl ModelRegistry {
         util::sweep(&self.dir(), min_age, |name| name.starts_with("mdl_") && !known.contains(name));
         Ok(())
     }
+}
+
+/// Checks an alias name (numbers, `latest` and `/` mean something already).
+fn check_alias(alias: &str) -> Result<()> {
+    util::validate_name("alias", alias)?;
+    if alias.parse::<u32>().is_ok() || RESERVED_ALIASES.contains(&alias) || alias.contains('/') {
+        return Err(Error::config(
+            "alias",
+            format!("`{alias}` cannot be an alias (numbers, `latest` and `/` are reserved)"),
+        ));
+    }
+    Ok(())
 }
 
 /// Size and sha256 of each of `names` under `dir`.

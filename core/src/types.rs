@@ -9,6 +9,7 @@
 pub(crate) mod names;
 pub mod schema;
 
+mod alias;
 mod continual;
 mod dataset;
 mod drift;
@@ -19,8 +20,15 @@ mod ids;
 mod images;
 mod model;
 mod notify;
+mod stats;
+mod synthetic;
 mod training;
 
+pub(crate) use alias::{catalog_time, check_reason};
+pub use alias::{
+    AliasAction, AliasChange, AliasMove, PromoteOptions, RollbackOptions, CANDIDATE, MAX_REASON_BYTES, PREVIOUS,
+    PRODUCTION,
+};
 pub use continual::{
     AccuracyOptions, ClassWeighting, ClassifierConfig, ClassifierModel, ClassifierOptimizer, DriftCheck, DriftWindow,
     EvaluationRecord, LossDrift, Prediction, PredictionFilter, PredictionRecord, PredictorOptions, RealisedAccuracy,
@@ -48,6 +56,14 @@ pub use model::{
 };
 pub use notify::{Delivery, DeliveryFilter, DeliveryReport, DeliveryStatus, Webhook, WebhookFormat, WebhookOptions};
 pub use schema::{options_from_json, options_from_json_spelled, to_json_spelled, Spelling};
+pub use stats::{
+    Activity, ActivityKind, AliasStats, DurationStats, HomeStats, JobStats, MethodUsage, ModelCount, ModelGenerations,
+    MonitoringStats, PresetUsage, ProductionModel, StatsOptions, DEFAULT_RECENT, MAX_RECENT,
+};
+pub use synthetic::{
+    DatasetLineage, GenerateDatasetOptions, ScenarioDrift, ScenarioDriftKind, ScenarioOptions, MAX_GENERATE_PROMPTS,
+    MAX_SCENARIO_ROWS,
+};
 pub use training::{
     ImageCrop, ImageTrainOptions, JobFilter, JobLog, JobRecord, JobStatus, Method, MetricKind, MetricPoint, Schedule,
     TrainReport, TrainSpec, HEARTBEAT_STALE_SECS,

@@ -6,7 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{from_json, is_unique_violation, json_col, to_json};
 use crate::error::{Error, Result};
-use crate::types::{DatasetRecord, DatasetStats};
+use crate::types::{DatasetLineage, DatasetRecord, DatasetStats};
 
 const COLS: &str =
     "id, name, format, sha256, num_records, bytes, source, source_format, columns, parent_id, created_at";
@@ -92,6 +92,21 @@ pub(crate) fn stats(conn: &Connection, id: &str) -> Result<Option<DatasetStats>>
     let s: Option<String> =
         conn.query_row("SELECT stats FROM datasets WHERE id = ?1", [id], |r| r.get(0)).optional()?;
     Ok(match s {
+        Some(s) => Some(from_json(&s)?),
+        None => None,
+    })
+}
+
+/// Stores a dataset's lineage (JSON), in the transaction that inserts its row.
+pub(crate) fn set_lineage(conn: &Connection, id: &str, lineage: &str) -> Result<()> {
+    conn.execute("UPDATE datasets SET lineage = ?2 WHERE id = ?1", params![id, lineage])?;
+    Ok(())
+}
+
+pub(crate) fn lineage(conn: &Connection, id: &str) -> Result<Option<DatasetLineage>> {
+    let s: Option<Option<String>> =
+        conn.query_row("SELECT lineage FROM datasets WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+    Ok(match s.flatten() {
         Some(s) => Some(from_json(&s)?),
         None => None,
     })

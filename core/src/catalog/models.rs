@@ -1,4 +1,4 @@
-//! SQL for the `models` and `aliases` tables.
+//! SQL for the `models`, `aliases` and `alias_history` tables.
 
 use std::path::Path;
 
@@ -6,7 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{is_unique_violation, json_col, to_json};
 use crate::error::{Error, Result};
-use crate::types::{ModelFilter, ModelRecord, Storage};
+use crate::types::{AliasAction, AliasChange, ModelFilter, ModelRecord, Storage};
 
 const COLS: &str = "m.id AS id, m.name AS name, m.version AS version, m.kind AS kind, m.family AS family, \
     m.architecture AS architecture, m.model_type AS model_type, m.parent_id AS parent_id, m.params AS params, \
@@ -142,18 +142,129 @@ pub(crate) fn list(conn: &Connection, home: &Path, f: &ModelFilter) -> Result<Ve
     query(conn, home, &format!("{where_} ORDER BY m.name, m.version"), &args)
 }
 
-pub(crate) fn set_alias(conn: &Connection, name: &str, alias: &str, id: &str, now: &str) -> Result<()> {
+/// What `name@alias` points at.
+pub(crate) fn alias_target(conn: &Connection, name: &str, alias: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row("SELECT model_id FROM aliases WHERE name = ?1 AND alias = ?2", [name, alias], |r| r.get(0))
+        .optional()?)
+}
+
+/// One change to record in `alias_history`.
+pub(crate) struct Change<'a> {
+    pub(crate) action: AliasAction,
+    pub(crate) reason: Option<&'a str>,
+    pub(crate) at: &'a str,
+}
+
+/// Points `name@alias` at `id` and records the change (nothing when it already did).
+pub(crate) fn set_alias(
+    conn: &Connection,
+    name: &str,
+    alias: &str,
+    id: &str,
+    change: &Change<'_>,
+) -> Result<Option<AliasChange>> {
+    let before = alias_target(conn, name, alias)?;
     conn.execute(
         "INSERT INTO aliases (name, alias, model_id, updated_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(name, alias) DO UPDATE SET model_id = excluded.model_id, updated_at = excluded.updated_at",
-        params![name, alias, id, now],
+        params![name, alias, id, change.at],
     )?;
-    Ok(())
+    if before.as_deref() == Some(id) {
+        return Ok(None);
+    }
+    record(conn, name, alias, Some(id), before.as_deref(), change).map(Some)
 }
 
-/// Returns whether the alias existed.
-pub(crate) fn remove_alias(conn: &Connection, name: &str, alias: &str) -> Result<bool> {
-    Ok(conn.execute("DELETE FROM aliases WHERE name = ?1 AND alias = ?2", [name, alias])? > 0)
+/// Removes `name@alias` and records it; `None` when there was no such alias.
+pub(crate) fn remove_alias(
+    conn: &Connection,
+    name: &str,
+    alias: &str,
+    change: &Change<'_>,
+) -> Result<Option<AliasChange>> {
+    let Some(before) = alias_target(conn, name, alias)? else {
+        return Ok(None);
+    };
+    conn.execute("DELETE FROM aliases WHERE name = ?1 AND alias = ?2", [name, alias])?;
+    record(conn, name, alias, None, Some(&before), change).map(Some)
+}
+
+const HISTORY_COLS: &str = "id, name, alias, model_id, version, previous_id, previous_version, action, reason, at";
+
+fn row_to_change(r: &Row<'_>) -> rusqlite::Result<AliasChange> {
+    Ok(AliasChange {
+        id: r.get("id")?,
+        name: r.get("name")?,
+        alias: r.get("alias")?,
+        model_id: r.get("model_id")?,
+        version: r.get("version")?,
+        previous_id: r.get("previous_id")?,
+        previous_version: r.get("previous_version")?,
+        action: r.get("action")?,
+        reason: r.get("reason")?,
+        at: r.get("at")?,
+    })
+}
+
+/// Adds a row to `alias_history` (versions read from the models, which still exist).
+fn record(
+    conn: &Connection,
+    name: &str,
+    alias: &str,
+    id: Option<&str>,
+    previous: Option<&str>,
+    change: &Change<'_>,
+) -> Result<AliasChange> {
+    conn.execute(
+        "INSERT INTO alias_history (name, alias, model_id, version, previous_id, previous_version, action, reason, at)
+         VALUES (?1, ?2, ?3, (SELECT version FROM models WHERE id = ?3), ?4, (SELECT version FROM models WHERE id = ?4),
+                 ?5, ?6, ?7)",
+        params![name, alias, id, previous, change.action, change.reason, change.at],
+    )?;
+    let row = conn.last_insert_rowid();
+    Ok(conn.query_row(&format!("SELECT {HISTORY_COLS} FROM alias_history WHERE id = ?1"), [row], row_to_change)?)
+}
+
+/// Changes of `name`'s aliases (of `alias` only, when given), newest first.
+pub(crate) fn history(conn: &Connection, name: &str, alias: Option<&str>) -> Result<Vec<AliasChange>> {
+    let mut st = conn.prepare(&format!(
+        "SELECT {HISTORY_COLS} FROM alias_history WHERE name = ?1 AND (?2 IS NULL OR alias = ?2) ORDER BY id DESC"
+    ))?;
+    let rows = st.query_map(params![name, alias], row_to_change)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// The change of `name@alias` in effect at `at` (the last one made at or before it).
+pub(crate) fn change_at(conn: &Connection, name: &str, alias: &str, at: &str) -> Result<Option<AliasChange>> {
+    Ok(conn
+        .query_row(
+            &format!(
+                "SELECT {HISTORY_COLS} FROM alias_history WHERE name = ?1 AND alias = ?2 AND at <= ?3
+                 ORDER BY id DESC LIMIT 1"
+            ),
+            params![name, alias, at],
+            row_to_change,
+        )
+        .optional()?)
+}
+
+/// What `id` replaced as `name@alias` the last time it was pointed there by anything
+/// but a rollback: `Some(None)` when the alias was unset then, `None` when it never was.
+pub(crate) fn replaced_by(conn: &Connection, name: &str, alias: &str, id: &str) -> Result<Option<Option<String>>> {
+    Ok(conn
+        .query_row(
+            "SELECT previous_id FROM alias_history WHERE name = ?1 AND alias = ?2 AND model_id = ?3
+                 AND action <> 'rollback' ORDER BY id DESC LIMIT 1",
+            params![name, alias, id],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Whether a model with this id exists.
+pub(crate) fn exists(conn: &Connection, id: &str) -> Result<bool> {
+    Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM models WHERE id = ?1)", [id], |r| r.get(0))?)
 }
 
 pub(crate) fn children(conn: &Connection, home: &Path, id: &str) -> Result<Vec<ModelRecord>> {
@@ -169,8 +280,17 @@ pub(crate) fn jobs_using(conn: &Connection, id: &str) -> Result<Vec<String>> {
     Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
 }
 
-/// Detaches jobs and deletes the row (aliases cascade).
-pub(crate) fn delete(conn: &Connection, id: &str) -> Result<()> {
+/// Detaches jobs and deletes the row; its aliases go with it, each recorded in the
+/// alias history (action `delete`).
+pub(crate) fn delete(conn: &Connection, id: &str, at: &str) -> Result<()> {
+    let mut st = conn.prepare("SELECT name, alias FROM aliases WHERE model_id = ?1 ORDER BY alias")?;
+    let aliases = st
+        .query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let change = Change { action: AliasAction::Delete, reason: None, at };
+    for (name, alias) in aliases {
+        remove_alias(conn, &name, &alias, &change)?;
+    }
     conn.execute("UPDATE jobs SET base_model_id = NULL WHERE base_model_id = ?1", [id])?;
     conn.execute("UPDATE jobs SET output_model_id = NULL WHERE output_model_id = ?1", [id])?;
     conn.execute("DELETE FROM models WHERE id = ?1", [id])?;
