@@ -21,10 +21,7 @@ use crate::events::{arg, LongTask};
 fn row(v: Value, record: u64) -> anneal::Result<Map<String, Value>> {
     match v {
         Value::Object(m) => Ok(m),
-        _ => Err(anneal::Error::data(
-            anneal::Location::default().at(record),
-            "a row is an object of column -> value",
-        )),
+        _ => Err(anneal::Error::data(anneal::Location::default().at(record), "a row is an object of column -> value")),
     }
 }
 

@@ -196,10 +196,7 @@ impl PyContinual {
         let window: DriftWindow = serde_json::from_value(to_json(&window, "window")?).map_err(|e| {
             to_pyerr(
                 py,
-                anneal::Error::config(
-                    "window",
-                    format!("expected {{\"predictions\": n}} or {{\"dataset\": id}}: {e}"),
-                ),
+                anneal::Error::config("window", format!("expected {{\"predictions\": n}} or {{\"dataset\": id}}: {e}")),
             )
         })?;
         let mut opts = Options::default();
