@@ -288,14 +288,17 @@ export interface LoraConfig {
  * in the defaults and names a bad field in an `invalid_config` error.
  */
 export interface TrainSpec {
-  /** The model to start from: id, `name`, `name@3` or `name@alias`. */
-  base: string
+  /** The model to start from: id, `name`, `name@3` or `name@alias` (none for `classifier`). */
+  base?: string
   /** The training dataset (id or name). */
   dataset: string
   evalDataset?: string | null
   evalFraction?: number | null
-  /** `'full'`, `'lora'` (default LoRA settings) or `{ lora: { r, alpha, ... } }`. */
-  method?: 'full' | 'lora' | { lora: LoraConfig }
+  /**
+   * `'full'`, `'lora'` (default LoRA settings), `{ lora: { r, alpha, ... } }` or
+   * `{ classifier: { model, c, ... } }` (a tabular classifier on a `tabular` dataset).
+   */
+  method?: 'full' | 'lora' | { lora: LoraConfig } | { classifier: ClassifierConfig }
   epochs?: number
   maxSteps?: number | null
   batchSize?: number
@@ -318,6 +321,32 @@ export interface TrainSpec {
   outputName?: string | null
   /** Image (Stable Diffusion) bases only. */
   image?: ImageTrainOptions | null
+}
+
+export type ClassifierModel = 'logistic' | 'mlp'
+export type ClassifierOptimizer = 'lbfgs' | 'adam'
+export type ClassWeighting = 'none' | 'balanced'
+
+/** The `classifier` training method; every field has a default (see the Rust docs). */
+export interface ClassifierConfig {
+  model?: ClassifierModel
+  hidden?: number[]
+  c?: number
+  alpha?: number
+  optimizer?: ClassifierOptimizer | null
+  maxIter?: number
+  batchSize?: number | null
+  learningRate?: number
+  tol?: number
+  classWeight?: ClassWeighting
+  validationFraction?: number
+  patience?: number
+  seed?: number | null
+  sgdLearningRate?: number
+  missingIndicator?: boolean
+  categorical?: string[]
+  numeric?: string[]
+  exclude?: string[]
 }
 
 export type ImageCrop = 'center' | 'random' | 'buckets'
@@ -622,4 +651,143 @@ export interface ImageGeneration {
   /** Truncated prompts, an ignored negative prompt, a substituted scheduler. */
   warnings: string[]
   durationMs: number
+}
+
+// ---------------------------------------------------------------- continual learning
+
+/** How a `Predictor` logs its predictions. */
+export interface PredictorOptions {
+  /** Log each row's features (default true); false: only their sha256. */
+  logFeatures?: boolean
+  /** Keep at most this many logged predictions of the model (oldest go first). */
+  maxRows?: number | null
+  /** Keep logged predictions at most this many days. */
+  maxAgeDays?: number | null
+}
+
+/** What `predictor.predict` answers for one row (logged as `predictionId`). */
+export interface Prediction {
+  label: unknown
+  confidence: number
+  /** Class (as text) -> probability. */
+  probabilities: Record<string, number>
+  /** `name@version`. */
+  model: string
+  modelId: string
+  predictionId: string
+  /** Categorical columns whose value was not seen in training. */
+  unseen: string[]
+}
+
+/** A logged prediction (a catalog row). */
+export interface PredictionRecord {
+  id: string
+  modelId: string
+  features: Record<string, unknown> | null
+  featuresSha256: string
+  label: unknown
+  confidence: number
+  latencyMs: number
+  actual: unknown | null
+  correct: boolean | null
+  labelledAt: string | null
+  createdAt: string
+}
+
+export interface PredictionFilter {
+  labelled?: boolean | null
+  limit?: number | null
+}
+
+export interface AccuracyOptions {
+  /** Only predictions made at or after this RFC 3339 time. */
+  since?: string | null
+  /** Only the last N labelled predictions. */
+  last?: number | null
+}
+
+export interface RealisedAccuracy {
+  modelId: string
+  labelled: number
+  correct: number
+  accuracy: number | null
+}
+
+/** An evaluation of a model on a dataset (a catalog row); `metrics` keys as given. */
+export interface EvaluationRecord {
+  id: string
+  modelId: string
+  model: string
+  datasetId: string
+  metrics: Record<string, number>
+  rows: number
+  createdAt: string
+}
+
+/** The model's last `predictions` logged predictions, or a dataset (id or name). */
+export type DriftWindow = { predictions: number } | { dataset: string }
+
+export type DriftVerdict = 'no_drift' | 'drift' | 'insufficient_data'
+export type DriftTest = 'ks' | 'wasserstein' | 'chi_square' | 'jensen_shannon'
+export type ColumnKind = 'numeric' | 'categorical'
+
+export interface DriftOptions {
+  numericTest?: 'ks' | 'wasserstein' | null
+  categoricalTest?: 'chi_square' | 'jensen_shannon' | null
+  pValue?: number
+  wassersteinThreshold?: number
+  jensenShannonThreshold?: number
+  minRows?: number
+  driftShare?: number
+}
+
+export interface ColumnDrift {
+  column: string
+  kind: ColumnKind
+  test: DriftTest
+  statistic: number | null
+  pValue: number | null
+  threshold: number
+  drifted: boolean
+  psi: number | null
+  referenceCount: number
+  windowCount: number
+  windowMissingShare: number
+  referenceMissingShare: number
+  unseenShare: number | null
+}
+
+export interface DriftReport {
+  verdict: DriftVerdict
+  windowRows: number
+  referenceRows: number
+  driftedColumns: number
+  driftShare: number
+  columns: ColumnDrift[]
+}
+
+export interface LossDrift {
+  referenceDataset: string
+  statistic: number
+  pValue: number
+  referenceSamples: number
+  windowSamples: number
+  referenceMeanLoss: number
+  windowMeanLoss: number
+}
+
+/** A stored drift check (a catalog row). */
+export interface DriftCheck {
+  id: string
+  modelId: string
+  model: string
+  /** `predictions:last=500` or `dataset:<id>`. */
+  window: string
+  verdict: DriftVerdict
+  report: DriftReport | null
+  loss: LossDrift | null
+  expectedAccuracy: number | null
+  realisedAccuracy: number | null
+  labelled: number
+  createdAt: string
 }

@@ -149,7 +149,7 @@ export interface PresetOptions {
 }
 
 export interface ModelFilter {
-  kind?: 'base' | 'full' | 'lora'
+  kind?: 'base' | 'full' | 'lora' | 'classifier'
   family?: string
   task?: string
   name?: string
@@ -236,7 +236,7 @@ export interface ModelRecord {
   id: string
   name: string
   version: number
-  kind: 'base' | 'full' | 'lora'
+  kind: 'base' | 'full' | 'lora' | 'classifier'
   family: string
   architecture: string
   modelType: string
@@ -288,14 +288,17 @@ export interface LoraConfig {
  * in the defaults and names a bad field in an `invalid_config` error.
  */
 export interface TrainSpec {
-  /** The model to start from: id, `name`, `name@3` or `name@alias`. */
-  base: string
+  /** The model to start from: id, `name`, `name@3` or `name@alias` (none for `classifier`). */
+  base?: string
   /** The training dataset (id or name). */
   dataset: string
   evalDataset?: string | null
   evalFraction?: number | null
-  /** `'full'`, `'lora'` (default LoRA settings) or `{ lora: { r, alpha, ... } }`. */
-  method?: 'full' | 'lora' | { lora: LoraConfig }
+  /**
+   * `'full'`, `'lora'` (default LoRA settings), `{ lora: { r, alpha, ... } }` or
+   * `{ classifier: { model, c, ... } }` (a tabular classifier on a `tabular` dataset).
+   */
+  method?: 'full' | 'lora' | { lora: LoraConfig } | { classifier: ClassifierConfig }
   epochs?: number
   maxSteps?: number | null
   batchSize?: number
@@ -318,6 +321,32 @@ export interface TrainSpec {
   outputName?: string | null
   /** Image (Stable Diffusion) bases only. */
   image?: ImageTrainOptions | null
+}
+
+export type ClassifierModel = 'logistic' | 'mlp'
+export type ClassifierOptimizer = 'lbfgs' | 'adam'
+export type ClassWeighting = 'none' | 'balanced'
+
+/** The `classifier` training method; every field has a default (see the Rust docs). */
+export interface ClassifierConfig {
+  model?: ClassifierModel
+  hidden?: number[]
+  c?: number
+  alpha?: number
+  optimizer?: ClassifierOptimizer | null
+  maxIter?: number
+  batchSize?: number | null
+  learningRate?: number
+  tol?: number
+  classWeight?: ClassWeighting
+  validationFraction?: number
+  patience?: number
+  seed?: number | null
+  sgdLearningRate?: number
+  missingIndicator?: boolean
+  categorical?: string[]
+  numeric?: string[]
+  exclude?: string[]
 }
 
 export type ImageCrop = 'center' | 'random' | 'buckets'
@@ -624,6 +653,145 @@ export interface ImageGeneration {
   durationMs: number
 }
 
+// ---------------------------------------------------------------- continual learning
+
+/** How a `Predictor` logs its predictions. */
+export interface PredictorOptions {
+  /** Log each row's features (default true); false: only their sha256. */
+  logFeatures?: boolean
+  /** Keep at most this many logged predictions of the model (oldest go first). */
+  maxRows?: number | null
+  /** Keep logged predictions at most this many days. */
+  maxAgeDays?: number | null
+}
+
+/** What `predictor.predict` answers for one row (logged as `predictionId`). */
+export interface Prediction {
+  label: unknown
+  confidence: number
+  /** Class (as text) -> probability. */
+  probabilities: Record<string, number>
+  /** `name@version`. */
+  model: string
+  modelId: string
+  predictionId: string
+  /** Categorical columns whose value was not seen in training. */
+  unseen: string[]
+}
+
+/** A logged prediction (a catalog row). */
+export interface PredictionRecord {
+  id: string
+  modelId: string
+  features: Record<string, unknown> | null
+  featuresSha256: string
+  label: unknown
+  confidence: number
+  latencyMs: number
+  actual: unknown | null
+  correct: boolean | null
+  labelledAt: string | null
+  createdAt: string
+}
+
+export interface PredictionFilter {
+  labelled?: boolean | null
+  limit?: number | null
+}
+
+export interface AccuracyOptions {
+  /** Only predictions made at or after this RFC 3339 time. */
+  since?: string | null
+  /** Only the last N labelled predictions. */
+  last?: number | null
+}
+
+export interface RealisedAccuracy {
+  modelId: string
+  labelled: number
+  correct: number
+  accuracy: number | null
+}
+
+/** An evaluation of a model on a dataset (a catalog row); `metrics` keys as given. */
+export interface EvaluationRecord {
+  id: string
+  modelId: string
+  model: string
+  datasetId: string
+  metrics: Record<string, number>
+  rows: number
+  createdAt: string
+}
+
+/** The model's last `predictions` logged predictions, or a dataset (id or name). */
+export type DriftWindow = { predictions: number } | { dataset: string }
+
+export type DriftVerdict = 'no_drift' | 'drift' | 'insufficient_data'
+export type DriftTest = 'ks' | 'wasserstein' | 'chi_square' | 'jensen_shannon'
+export type ColumnKind = 'numeric' | 'categorical'
+
+export interface DriftOptions {
+  numericTest?: 'ks' | 'wasserstein' | null
+  categoricalTest?: 'chi_square' | 'jensen_shannon' | null
+  pValue?: number
+  wassersteinThreshold?: number
+  jensenShannonThreshold?: number
+  minRows?: number
+  driftShare?: number
+}
+
+export interface ColumnDrift {
+  column: string
+  kind: ColumnKind
+  test: DriftTest
+  statistic: number | null
+  pValue: number | null
+  threshold: number
+  drifted: boolean
+  psi: number | null
+  referenceCount: number
+  windowCount: number
+  windowMissingShare: number
+  referenceMissingShare: number
+  unseenShare: number | null
+}
+
+export interface DriftReport {
+  verdict: DriftVerdict
+  windowRows: number
+  referenceRows: number
+  driftedColumns: number
+  driftShare: number
+  columns: ColumnDrift[]
+}
+
+export interface LossDrift {
+  referenceDataset: string
+  statistic: number
+  pValue: number
+  referenceSamples: number
+  windowSamples: number
+  referenceMeanLoss: number
+  windowMeanLoss: number
+}
+
+/** A stored drift check (a catalog row). */
+export interface DriftCheck {
+  id: string
+  modelId: string
+  model: string
+  /** `predictions:last=500` or `dataset:<id>`. */
+  window: string
+  verdict: DriftVerdict
+  report: DriftReport | null
+  loss: LossDrift | null
+  expectedAccuracy: number | null
+  realisedAccuracy: number | null
+  labelled: number
+  createdAt: string
+}
+
 /**
  * Which binding artifact the generated loader actually loaded: `'native'` for
  * a native addon, otherwise the `platformArchABI` of the WASI flavor. Every
@@ -642,6 +810,39 @@ export declare class CancelToken {
   cancel(): void
   /** Whether `cancel()` was called. */
   get isCancelled(): boolean
+}
+
+/**
+ * Labels, realised accuracy, evaluations and drift checks of a home's models
+ * (`home.continual()`).
+ */
+export declare class Continual {
+  /**
+   * Records the true class `y` of a logged prediction; returns the updated record.
+   * Labelling again overwrites. An unknown id throws `not_found`; a `y` that is not
+   * one of the model's classes throws `invalid_data` naming the field `label`.
+   */
+  label(predictionId: string, y: unknown): PredictionRecord
+  /** A logged prediction by id. */
+  prediction(predictionId: string): PredictionRecord
+  /** The model's logged predictions, newest first. */
+  predictions(model: string, filter?: PredictionFilter): PredictionRecord[]
+  /**
+   * Accuracy of the model's labelled predictions (`since`: an RFC 3339 time;
+   * `last`: only the last N labelled).
+   */
+  realisedAccuracy(model: string, options?: AccuracyOptions): RealisedAccuracy
+  /** Evaluates `model` on `dataset` (id or name) and stores the result. */
+  evaluate(model: string, dataset: string): Promise<EvaluationRecord>
+  /** The model's evaluations, newest first. */
+  evaluations(model: string): EvaluationRecord[]
+  /**
+   * Compares `window` (`{predictions: n}`: the model's last n logged predictions, or
+   * `{dataset: idOrName}`) with the model's reference and stores the check.
+   */
+  drift(model: string, window: DriftWindow, options?: DriftOptions): Promise<DriftCheck>
+  /** The model's drift checks, newest first. */
+  driftChecks(model: string): DriftCheck[]
 }
 
 /** Imports, stores and serves datasets (`home.datasets()`). */
@@ -754,6 +955,14 @@ export declare class Home {
    */
   generator(model: string, options?: GeneratorOptions): Promise<Generator>
   /**
+   * Loads a registered classifier to serve it, off the event loop. Options:
+   * `logFeatures` (default true: log each row's features, else only their sha256),
+   * `maxRows` / `maxAgeDays` (retention of logged predictions).
+   */
+  predictor(model: string, options?: PredictorOptions): Promise<Predictor>
+  /** Labels, realised accuracy, evaluations and drift checks of this home's models. */
+  continual(): Continual
+  /**
    * Loads a registered stable-diffusion model (a base, a full fine-tune or a LoRA)
    * for text-to-image, off the event loop. Options: `mergeAdapter` (default false: a
    * LoRA stays a separate adapter that requests may switch), `record` (default true).
@@ -816,6 +1025,27 @@ export declare class ModelRegistry {
   generations(filter?: GenerationFilter): GenerationRecord[]
   /** Usage totals of a model, from the catalog. */
   usage(model: string): ModelUsage
+}
+
+/**
+ * Serves a registered classifier (`await home.predictor(model, options)`): every
+ * answered row is logged in the catalog (see `Continual.label`).
+ */
+export declare class Predictor {
+  /**
+   * Predicts one row (`{column: value}`) and logs it. Rejects with `invalid_data`
+   * naming the record (1) and the column of a bad row; nothing is logged then.
+   */
+  predict(row: Record<string, unknown>): Promise<Prediction>
+  /**
+   * Predicts rows and logs them in one transaction (all or nothing), in the order
+   * given. A bad row rejects with `invalid_data` naming its 1-based record and column.
+   */
+  predictBatch(rows: Array<Record<string, unknown>>): Promise<Prediction[]>
+  /** The served model's record. */
+  get model(): ModelRecord
+  /** The classes, in the order of the model's outputs. */
+  get classes(): unknown[]
 }
 
 /** A generation in progress: an async iterator of `StreamChunk`s. */

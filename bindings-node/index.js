@@ -836,11 +836,13 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.CancelToken = nativeBinding.CancelToken
+module.exports.Continual = nativeBinding.Continual
 module.exports.DatasetStore = nativeBinding.DatasetStore
 module.exports.Generator = nativeBinding.Generator
 module.exports.Home = nativeBinding.Home
 module.exports.ImageGenerator = nativeBinding.ImageGenerator
 module.exports.ModelRegistry = nativeBinding.ModelRegistry
+module.exports.Predictor = nativeBinding.Predictor
 module.exports.TokenStream = nativeBinding.TokenStream
 module.exports.TrainingEngine = nativeBinding.TrainingEngine
 module.exports.shapes = nativeBinding.shapes

@@ -91,6 +91,24 @@ impl Home {
         crate::generation::LoadGenerator::spawn(self.inner.models(), model, options)
     }
 
+    /// Loads a registered classifier to serve it, off the event loop. Options:
+    /// `logFeatures` (default true: log each row's features, else only their sha256),
+    /// `maxRows` / `maxAgeDays` (retention of logged predictions).
+    #[napi(catch_unwind, ts_return_type = "Promise<Predictor>")]
+    pub fn predictor(
+        &self,
+        #[napi(ts_arg_type = "string")] model: Unknown<'_>,
+        #[napi(ts_arg_type = "PredictorOptions")] options: Option<Unknown<'_>>,
+    ) -> napi::bindgen_prelude::AsyncTask<crate::continual::LoadPredictor> {
+        crate::continual::LoadPredictor::spawn(self.inner.clone(), model, options)
+    }
+
+    /// Labels, realised accuracy, evaluations and drift checks of this home's models.
+    #[napi(catch_unwind)]
+    pub fn continual(&self) -> crate::continual::Continual {
+        crate::continual::Continual { inner: self.inner.continual() }
+    }
+
     /// Loads a registered stable-diffusion model (a base, a full fine-tune or a LoRA)
     /// for text-to-image, off the event loop. Options: `mergeAdapter` (default false: a
     /// LoRA stays a separate adapter that requests may switch), `record` (default true).

@@ -9,6 +9,7 @@
 //! The wrapper structs carry the JavaScript names (`Home`, `DatasetStore`, ...) rather
 //! than `JsHome`: @napi-rs/cli 3 exports a renamed struct under its Rust name too.
 
+mod continual;
 mod conv;
 mod dataset;
 mod errors;
@@ -20,6 +21,7 @@ mod registry;
 pub mod shapes;
 mod training;
 
+pub use continual::{Continual, Predictor};
 pub use dataset::DatasetStore;
 pub use events::CancelToken;
 pub use generation::{Generator, TokenStream};

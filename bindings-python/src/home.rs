@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use pyo3::prelude::*;
 
+use crate::continual::{PyContinual, PyPredictor};
 use crate::conv::{q, Options};
 use crate::dataset::PyDatasetStore;
 use crate::errors::to_pyerr;
@@ -104,6 +105,26 @@ impl PyHome {
         record: Option<Bound<'_, PyAny>>,
     ) -> PyResult<crate::images::PyImageGenerator> {
         crate::images::PyImageGenerator::open(py, &self.inner.models(), model, merge_adapter.as_ref(), record.as_ref())
+    }
+
+    /// Loads a registered classifier to serve it (see `Predictor`); the GIL is released
+    /// while it loads. `log_features` (default True): log each row's features, else
+    /// only their sha256; `max_rows` / `max_age_days`: retention of logged predictions.
+    #[pyo3(signature = (model, *, log_features=None, max_rows=None, max_age_days=None))]
+    fn predictor(
+        &self,
+        py: Python<'_>,
+        model: String,
+        log_features: Option<Bound<'_, PyAny>>,
+        max_rows: Option<Bound<'_, PyAny>>,
+        max_age_days: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<PyPredictor> {
+        PyPredictor::open(py, &self.inner, model, log_features.as_ref(), max_rows.as_ref(), max_age_days.as_ref())
+    }
+
+    /// Labels, realised accuracy, evaluations and drift checks of this home's models.
+    fn continual(&self) -> PyContinual {
+        PyContinual { inner: self.inner.continual() }
     }
 
     fn __repr__(&self) -> String {

@@ -1,6 +1,7 @@
 //! Python binding of anneal (`anneal._anneal`). Thin: argument conversion, GIL
 //! release, error mapping, event callbacks. Everything else lives in the core.
 
+mod continual;
 mod conv;
 mod dataset;
 mod errors;
@@ -43,6 +44,8 @@ fn _anneal(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<generation::PyGenerationRecord>()?;
     m.add_class::<generation::PyModelUsage>()?;
     m.add_class::<images::PyImageGenerator>()?;
+    m.add_class::<continual::PyPredictor>()?;
+    m.add_class::<continual::PyContinual>()?;
     shapes::register(m)?;
     errors::register(m)?;
     Ok(())

@@ -59,7 +59,7 @@ macro_rules! schemas {
 
 /// Records and option structs declared in both bindings under the same name.
 fn structs() -> Vec<(&'static str, Value)> {
-    schemas!(
+    let mut v = schemas!(
         DatasetRecord,
         DatasetStats,
         DatasetSplit,
@@ -79,12 +79,21 @@ fn structs() -> Vec<(&'static str, Value)> {
         Score,
         GenerationRecord,
         ModelUsage,
-    )
+        Prediction,
+        PredictionRecord,
+        RealisedAccuracy,
+        EvaluationRecord,
+        DriftCheck,
+        LossDrift,
+    );
+    v.push(("DriftReport", schema_of::<anneal::types::DriftReport>()));
+    v.push(("ColumnDrift", schema_of::<anneal::types::ColumnDrift>()));
+    v
 }
 
 /// Named enums declared as literal unions.
 fn enums() -> Vec<(&'static str, Value)> {
-    schemas!(
+    let mut v = schemas!(
         DatasetFormat,
         SourceFormat,
         ImageLayout,
@@ -100,7 +109,14 @@ fn enums() -> Vec<(&'static str, Value)> {
         GenerationKind,
         FinishStatus,
         ImageCrop,
-    )
+        ClassifierModel,
+        ClassifierOptimizer,
+        ClassWeighting,
+    );
+    v.push(("DriftVerdict", schema_of::<anneal::types::DriftVerdict>()));
+    v.push(("DriftTest", schema_of::<anneal::types::DriftTest>()));
+    v.push(("ColumnKind", schema_of::<anneal::types::ColumnKind>()));
+    v
 }
 
 // ---------------------------------------------------------------- Python stub
@@ -196,7 +212,7 @@ fn python_stub_matches_the_rust_types() {
         }
     }
     // Options given as dicts.
-    for (name, schema) in schemas!(LoraConfig, TrainSpec, ImageTrainOptions, ChatMessage) {
+    for (name, schema) in schemas!(LoraConfig, TrainSpec, ImageTrainOptions, ChatMessage, ClassifierConfig) {
         let got = py_attributes(&py_class(&pyi, name).unwrap_or_default());
         let want = fields(&schema);
         if got != want {
@@ -225,6 +241,10 @@ fn python_stub_matches_the_rust_types() {
         ("DatasetStore", "delete", schemas!(DeleteOptions).remove(0)),
         ("DatasetStore", "import_images", schemas!(ImageImportOptions).remove(0)),
         ("ModelRegistry", "delete", schemas!(DeleteOptions).remove(0)),
+        ("Home", "predictor", schemas!(PredictorOptions).remove(0)),
+        ("Continual", "predictions", schemas!(PredictionFilter).remove(0)),
+        ("Continual", "realised_accuracy", schemas!(AccuracyOptions).remove(0)),
+        ("Continual", "drift", ("DriftOptions", schema_of::<anneal::types::DriftOptions>())),
     ] {
         let got: BTreeSet<String> = py_kwargs(&pyi, class, method).difference(&bindings_only).cloned().collect();
         let mut want = fields(&schema);
@@ -324,7 +344,13 @@ fn typescript_declarations_match_the_rust_types() {
         ImageGeneratorOptions,
         ImageRequest,
         ImageAdapter,
+        ClassifierConfig,
+        PredictorOptions,
+        PredictionFilter,
+        AccuracyOptions,
     );
+    let option_structs =
+        option_structs.into_iter().chain([("DriftOptions", schema_of::<anneal::types::DriftOptions>())]);
     for (name, schema) in structs().into_iter().chain(option_structs) {
         let want: BTreeSet<String> = fields(&schema).iter().map(|f| camel(f)).collect();
         match ts_interface(&dts, name) {

@@ -254,6 +254,15 @@ class Home:
         merge_adapter: bool | None = None,
         record: bool | None = None,
     ) -> ImageGenerator: ...
+    def predictor(
+        self,
+        model: str,
+        *,
+        log_features: bool | None = None,
+        max_rows: int | None = None,
+        max_age_days: int | None = None,
+    ) -> Predictor: ...
+    def continual(self) -> Continual: ...
 
 # ---------------------------------------------------------------- datasets
 
@@ -557,6 +566,31 @@ class LoraConfig(TypedDict, total=False):
 class LoraMethod(TypedDict):
     lora: LoraConfig
 
+class ClassifierConfig(TypedDict, total=False):
+    """The `classifier` training method (a tabular classifier); every field has a default."""
+
+    model: Literal["logistic", "mlp"]
+    hidden: builtins.list[int]
+    c: float
+    alpha: float
+    optimizer: Literal["lbfgs", "adam"] | None
+    max_iter: int
+    batch_size: int | None
+    learning_rate: float
+    tol: float
+    class_weight: Literal["none", "balanced"]
+    validation_fraction: float
+    patience: int
+    seed: int | None
+    sgd_learning_rate: float
+    missing_indicator: bool
+    categorical: builtins.list[str]
+    numeric: builtins.list[str]
+    exclude: builtins.list[str]
+
+class ClassifierMethod(TypedDict):
+    classifier: ClassifierConfig
+
 ImageCrop = Literal["center", "random", "buckets"]
 
 class ImageTrainOptions(TypedDict, total=False):
@@ -587,7 +621,7 @@ class TrainSpec(TypedDict, total=False):
     dataset: str
     eval_dataset: str | None
     eval_fraction: float | None
-    method: Literal["full", "lora"] | LoraMethod
+    method: Literal["full", "lora"] | LoraMethod | ClassifierMethod
     epochs: int
     max_steps: int | None
     batch_size: int
@@ -1003,6 +1037,151 @@ class ImageGenerator:
         """PIL images (settings in `.info`) when Pillow is installed, else PNG bytes."""
     @property
     def model(self) -> ModelRecord: ...
+
+# ---------------------------------------------------------------- continual learning
+
+ClassifierModel = Literal["logistic", "mlp"]
+ClassifierOptimizer = Literal["lbfgs", "adam"]
+ClassWeighting = Literal["none", "balanced"]
+DriftVerdict = Literal["no_drift", "drift", "insufficient_data"]
+DriftTest = Literal["ks", "wasserstein", "chi_square", "jensen_shannon"]
+ColumnKind = Literal["numeric", "categorical"]
+
+class Prediction(TypedDict):
+    """What `Predictor.predict` answers for one row (the row is logged as `prediction_id`)."""
+
+    label: Any
+    confidence: float
+    probabilities: dict[str, float]
+    model: str
+    model_id: str
+    prediction_id: str
+    unseen: builtins.list[str]
+
+class PredictionRecord(TypedDict):
+    """A logged prediction (a catalog row)."""
+
+    id: str
+    model_id: str
+    features: dict[str, Any] | None
+    features_sha256: str
+    label: Any
+    confidence: float
+    latency_ms: float
+    actual: Any | None
+    correct: bool | None
+    labelled_at: str | None
+    created_at: str
+
+class RealisedAccuracy(TypedDict):
+    model_id: str
+    labelled: int
+    correct: int
+    accuracy: float | None
+
+class EvaluationRecord(TypedDict):
+    """An evaluation of a model on a dataset (a catalog row)."""
+
+    id: str
+    model_id: str
+    model: str
+    dataset_id: str
+    metrics: dict[str, float]
+    rows: int
+    created_at: str
+
+class ColumnDrift(TypedDict):
+    column: str
+    kind: ColumnKind
+    test: DriftTest
+    statistic: float | None
+    p_value: float | None
+    threshold: float
+    drifted: bool
+    psi: float | None
+    reference_count: int
+    window_count: int
+    window_missing_share: float
+    reference_missing_share: float
+    unseen_share: float | None
+
+class DriftReport(TypedDict):
+    verdict: DriftVerdict
+    window_rows: int
+    reference_rows: int
+    drifted_columns: int
+    drift_share: float
+    columns: builtins.list[ColumnDrift]
+
+class LossDrift(TypedDict):
+    reference_dataset: str
+    statistic: float
+    p_value: float
+    reference_samples: int
+    window_samples: int
+    reference_mean_loss: float
+    window_mean_loss: float
+
+class DriftCheck(TypedDict):
+    """A stored drift check (a catalog row)."""
+
+    id: str
+    model_id: str
+    model: str
+    window: str
+    verdict: DriftVerdict
+    report: DriftReport | None
+    loss: LossDrift | None
+    expected_accuracy: float | None
+    realised_accuracy: float | None
+    labelled: int
+    created_at: str
+
+class PredictionsWindow(TypedDict):
+    predictions: int
+
+class DatasetWindow(TypedDict):
+    dataset: str
+
+DriftWindow = PredictionsWindow | DatasetWindow
+
+@final
+class Predictor:
+    """Serves a registered classifier and logs every answered row; the GIL is released while it predicts."""
+
+    def predict(self, row: Mapping[str, Any]) -> Prediction: ...
+    def predict_batch(self, rows: Iterable[Mapping[str, Any]]) -> builtins.list[Prediction]: ...
+    @property
+    def model(self) -> ModelRecord: ...
+    @property
+    def classes(self) -> builtins.list[Any]: ...
+
+@final
+class Continual:
+    """Labels, realised accuracy, evaluations and drift checks of a home's models."""
+
+    def label(self, prediction_id: str, y: Any) -> PredictionRecord: ...
+    def prediction(self, prediction_id: str) -> PredictionRecord: ...
+    def predictions(
+        self, model: str, *, labelled: bool | None = None, limit: int | None = None
+    ) -> builtins.list[PredictionRecord]: ...
+    def realised_accuracy(self, model: str, *, since: str | None = None, last: int | None = None) -> RealisedAccuracy: ...
+    def evaluate(self, model: str, dataset: str) -> EvaluationRecord: ...
+    def evaluations(self, model: str) -> builtins.list[EvaluationRecord]: ...
+    def drift(
+        self,
+        model: str,
+        window: DriftWindow,
+        *,
+        numeric_test: Literal["ks", "wasserstein"] | None = None,
+        categorical_test: Literal["chi_square", "jensen_shannon"] | None = None,
+        p_value: float | None = None,
+        wasserstein_threshold: float | None = None,
+        jensen_shannon_threshold: float | None = None,
+        min_rows: int | None = None,
+        drift_share: float | None = None,
+    ) -> DriftCheck: ...
+    def drift_checks(self, model: str) -> builtins.list[DriftCheck]: ...
 
 # ---------------------------------------------------------------- toy data (anneal.shapes)
 
