@@ -289,7 +289,8 @@ fn stats_are_queries_on_real_rows() {
     let methods: Vec<(&str, u64, u64)> = s.methods.iter().map(|m| (m.method.as_str(), m.jobs, m.completed)).collect();
     assert_eq!(methods, [("lora", 3, 1), ("full", 2, 1)]);
 
-    let g: Vec<(Option<String>, Option<u32>, u64, u64, u64, u64)> =
+    type Row = (Option<String>, Option<u32>, u64, u64, u64, u64);
+    let g: Vec<Row> =
         s.generations.iter().map(|g| (g.name.clone(), g.version, g.calls, g.texts, g.images, g.scores)).collect();
     assert_eq!(
         g,
