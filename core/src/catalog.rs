@@ -100,6 +100,16 @@ impl Catalog {
         Ok(out)
     }
 
+    /// Runs `f` in a read transaction: every query it makes sees the same state of the
+    /// catalog, whatever other processes write meanwhile.
+    pub(crate) fn snapshot<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.lock()?;
+        let tx = conn.unchecked_transaction()?;
+        let out = f(&tx)?;
+        tx.finish()?;
+        Ok(out)
+    }
+
     /// Runs `f` on a read snapshot.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let conn = self.lock()?;

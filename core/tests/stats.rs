@@ -329,6 +329,8 @@ fn stats_are_queries_on_real_rows() {
         ],
         [4, 4, 5, 3, 5, 5]
     );
+    let created = s.recent.iter().filter(|a| a.kind == ActivityKind::JobCreated);
+    assert!(created.clone().all(|a| a.name == "nano@1"), "{:?}", created.collect::<Vec<_>>());
     let newest = &s.recent[0];
     assert_eq!(
         (newest.kind, newest.name.as_str(), newest.detail.as_deref()),
