@@ -103,6 +103,16 @@ impl Catalog {
         Ok(out)
     }
 
+    /// Runs `f` in a read transaction: every query it makes sees the same state of the
+    /// catalog, whatever other processes write meanwhile.
+    pub(crate) fn snapshot<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.lock()?;
+        let tx = conn.unchecked_transaction()?;
+        let out = f(&tx)?;
+        tx.finish()?;
+        Ok(out)
+    }
+
     /// Runs `f` on a read snapshot.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let conn = self.lock()?;
@@ -201,7 +211,9 @@ pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use rusqlite::OptionalExtension;
 
     #[test]
     fn migrates_once_and_refuses_newer_schema() {
@@ -220,6 +232,49 @@ mod tests {
         assert!(err.to_string().contains("newer"), "{err}");
         // Untouched (the WAL was checkpointed on close; the main file is identical).
         assert_eq!(before, std::fs::read(&p).unwrap());
+    }
+
+    #[test]
+    fn alias_history_backfills_the_aliases_that_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("anneal.db");
+        // A catalog of the schema before the alias history, with two aliases.
+        let before = MIGRATIONS.iter().position(|m| m.contains("CREATE TABLE alias_history")).unwrap();
+        {
+            let conn = Connection::open(&p).unwrap();
+            for m in &MIGRATIONS[..before] {
+                conn.execute_batch(m).unwrap();
+            }
+            conn.pragma_update(None, "user_version", before as i64).unwrap();
+            conn.execute_batch(
+                "INSERT INTO models (id, name, version, kind, family, architecture, model_type, params, dtype, bytes,
+                     sha256, storage, path, files, source, tags, lineage, config, created_at)
+                 VALUES ('mdl_a', 'm', 3, 'base', 'llama', 'LlamaForCausalLM', 'llama', 1, 'f32', 1, 'x', 'copy',
+                     'models/mdl_a', '[]', 'preset:nano', '[]', '{}', '{}', '2026-01-01T00:00:00.000Z');
+                 INSERT INTO aliases VALUES ('m', 'production', 'mdl_a', '2026-01-02T00:00:00.000Z');
+                 INSERT INTO aliases VALUES ('m', 'canary', 'mdl_a', '2026-01-01T12:00:00.000Z');",
+            )
+            .unwrap();
+        }
+        let c = Catalog::open(&p).unwrap();
+        let conn = c.lock().unwrap();
+        let mut st = conn
+            .prepare("SELECT alias, model_id, version, previous_id, action, at FROM alias_history ORDER BY id")
+            .unwrap();
+        type Row = (String, String, u32, Option<String>, String, String);
+        let rows: Vec<Row> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let row = |alias: &str, at: &str| {
+            (alias.to_string(), "mdl_a".to_string(), 3, None, "backfill".to_string(), at.to_string())
+        };
+        // One row each, in the order they were set, at the time they were set.
+        assert_eq!(rows, [row("canary", "2026-01-01T12:00:00.000Z"), row("production", "2026-01-02T00:00:00.000Z")]);
+        let lineage: Option<String> =
+            conn.query_row("SELECT lineage FROM datasets LIMIT 1", [], |r| r.get(0)).optional().unwrap().flatten();
+        assert!(lineage.is_none());
     }
 
     #[test]

@@ -154,7 +154,8 @@ impl Home {
         let since = options.checked_since()?;
         let since = since.as_deref();
         let at = crate::util::now();
-        let (mut jobs, running, mut stats) = self.inner.catalog.read(|c| {
+        // One snapshot: the figures agree with each other.
+        let (mut jobs, running, mut stats) = self.inner.catalog.snapshot(|c| {
             let stats = HomeStats {
                 at,
                 since: since.map(str::to_string),

@@ -548,7 +548,7 @@ impl ModelRegistry {
         let change = sql::Change { action: AliasAction::Rollback, reason: opts.reason.as_deref(), at: &now };
         self.store.catalog.write(|tx| {
             let Some(target) = sql::alias_target(tx, name, PREVIOUS)? else {
-                return Err(Error::not_found("alias", format!("{name}@{PREVIOUS} (nothing to roll back to)")));
+                return Err(Error::not_found("alias", format!("{name}@{PREVIOUS}")));
             };
             // The model `target` replaced, skipping deleted ones and the model rolled
             // back from (and never going round a cycle).

@@ -91,7 +91,9 @@ pub(crate) fn recent(conn: &Connection, since: Option<&str>, limit: usize) -> Re
            UNION ALL
              SELECT 'model_registered', m.id, {MODEL_REF}, m.created_at, m.kind, 2, m.rowid FROM models m
            UNION ALL
-             SELECT 'job_created', j.id, json_extract(j.spec, '$.base'), j.created_at, {METHOD}, 3, j.rowid FROM jobs j
+             SELECT 'job_created', j.id, COALESCE(b.name || '@' || b.version, json_extract(j.spec, '$.base')),
+                    j.created_at, {METHOD}, 3, j.rowid
+             FROM jobs j LEFT JOIN models b ON b.id = j.base_model_id
            UNION ALL
              SELECT 'generation', g.id, COALESCE({MODEL_REF}, g.model_id), g.created_at, g.kind, 4, g.rowid
              FROM generations g LEFT JOIN models m ON m.id = g.model_id

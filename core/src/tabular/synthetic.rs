@@ -326,10 +326,10 @@ impl Scenario {
         let o = &self.options;
         let mut row = Map::new();
         let mut z = Vec::with_capacity(o.numeric);
-        for j in 0..o.numeric {
+        for (j, name) in columns.iter().enumerate().take(o.numeric) {
             let x = s.means[j] + s.sds[j] * rng.sample::<f64, _>(StandardNormal);
             z.push((x - self.means[j]) / self.sds[j]);
-            row.insert(columns[j].clone(), Value::from(x));
+            row.insert(name.clone(), Value::from(x));
         }
         let mut levels = Vec::with_capacity(o.categorical);
         for (j, p) in s.category_probs.iter().enumerate() {

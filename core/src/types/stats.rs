@@ -109,7 +109,8 @@ named_enum! {
         DatasetCreated = "dataset_created",
         /// A model was registered (directory, preset, training). `detail`: its kind.
         ModelRegistered = "model_registered",
-        /// A training job was created. `name`: its base; `detail`: its method.
+        /// A training job was created. `name`: its base (`name@version`); `detail`: its
+        /// method.
         JobCreated = "job_created",
         /// A training job ended. `name`: its output model (or base); `detail`: its status.
         JobFinished = "job_finished",

@@ -1,5 +1,5 @@
 //! Synthetic data: options of the seeded tabular scenario generator
-//! ([`crate::tabular::synthetic`]) and of [`crate::DatasetStore::generate`] (a model's
+//! (`anneal::tabular::synthetic`) and of [`crate::DatasetStore::generate`] (a model's
 //! generations as a dataset), and the lineage such a dataset keeps.
 
 use std::collections::BTreeSet;
@@ -64,7 +64,7 @@ impl Default for ScenarioDrift {
     }
 }
 
-/// A seeded tabular classification scenario ([`crate::tabular::synthetic::generate`]).
+/// A seeded tabular classification scenario (`anneal::tabular::synthetic::generate`).
 ///
 /// Numeric columns `x0, x1, ...` are normal with a mean in [-2, 2] and a standard
 /// deviation in [0.5, 2] (per column, from the seed); categorical columns `c0, c1, ...`
