@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -48,7 +49,10 @@ def fit(data, kind, hidden):
     else:
         clf = MLPClassifier(hidden_layer_sizes=(hidden,), solver="adam", alpha=1e-4, max_iter=200, random_state=0)
     pipe = make_pipeline(StandardScaler(), clf)
-    pipe.fit(x, y)
+    with warnings.catch_warnings():
+        # The MLP may stop at max_iter (as anneal's does, with the same cap).
+        warnings.simplefilter("ignore")
+        pipe.fit(x, y)
     return pipe, columns
 
 
