@@ -7,6 +7,7 @@ start of the run).
 """
 
 import json
+import statistics
 import sys
 
 
@@ -20,18 +21,35 @@ def main():
     acc = by.get("accuracy", [])
     if acc:
         print("\n## Accuracy (test split; same rows and hyperparameters on both sides)\n")
-        print("| dataset | model | train/test rows | accuracy sklearn | accuracy anneal | macro F1 sklearn "
+        print("MLP rows: the mean over the seeds (and the standard deviation of accuracy); each library draws "
+              "its own initialisation for a seed.\n")
+        print("| dataset | model | train/test rows | seeds | accuracy sklearn | accuracy anneal | macro F1 sklearn "
               "| macro F1 anneal | log-loss sklearn | log-loss anneal | iterations sklearn / anneal |")
-        print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
-        keyed = {(r["dataset"], r["model"], r["impl"]): r for r in acc}
-        for (ds, model, impl), s in keyed.items():
+        print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        groups = {}
+        for r in acc:
+            groups.setdefault((r["dataset"], r["model"], r["impl"]), []).append(r)
+
+        def mean(rs, k):
+            return statistics.fmean(r[k] for r in rs)
+
+        def cell(rs, k, spread=False):
+            if not rs:
+                return "-"
+            text = f"{mean(rs, k):.4f}"
+            if spread and len(rs) > 1:
+                text += f" ± {statistics.stdev(r[k] for r in rs):.4f}"
+            return text
+
+        for (ds, model, impl), s in groups.items():
             if impl != "sklearn":
                 continue
-            a = keyed.get((ds, model, "anneal"), {})
-            f = lambda d, k: f"{d[k]:.4f}" if k in d else "-"  # noqa: E731
-            print(f"| {ds} | {model} | {s['train_rows']}/{s['test_rows']} | {f(s, 'accuracy')} | {f(a, 'accuracy')} "
-                  f"| {f(s, 'f1_macro')} | {f(a, 'f1_macro')} | {f(s, 'log_loss')} | {f(a, 'log_loss')} "
-                  f"| {s['iterations']} / {a.get('iterations', '-')} |")
+            a = groups.get((ds, model, "anneal"), [])
+            its = f"{mean(s, 'iterations'):.0f} / " + (f"{mean(a, 'iterations'):.0f}" if a else "-")
+            print(f"| {ds} | {model} | {s[0]['train_rows']}/{s[0]['test_rows']} | {len(s)} "
+                  f"| {cell(s, 'accuracy', True)} | {cell(a, 'accuracy', True)} "
+                  f"| {cell(s, 'f1_macro')} | {cell(a, 'f1_macro')} | {cell(s, 'log_loss')} | {cell(a, 'log_loss')} "
+                  f"| {its} |")
 
     lat = by.get("latency", [])
     if lat:

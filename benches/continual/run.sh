@@ -20,10 +20,11 @@
 #   ROWS [100000] drift rows (reference and window each)    REPS [3] drift repetitions
 #   N [2000] latency requests   WARMUP [200] untimed requests first
 #   LAT_ROWS [5000] training rows of the latency model       MODELS ["logistic mlp"]
+#   SEEDS [0,1,2,3,4] accuracy: the MLP's seeds (logistic regression is deterministic)
 #   PROFILE [release]: release builds of the bins and of both bindings; PROFILE=dev uses
 #     the dev profile and the bindings as installed (a quick check that the scripts run)
 #   BINDINGS [build when PROFILE=release, else asis]: build = `maturin develop --release`
-#     into ./.venv and `napi build --release` in bindings-node first; asis = use them as
+#     into ./.venv and `npx napi build --platform --release` in bindings-node first; asis = use them as
 #     they are; skip = no Python/Node anneal clients
 #   PYTHON: the peers' Python (numpy scipy scikit-learn fastapi uvicorn); default
 #     benches/continual/.venv, created with those packages when missing (nothing is
@@ -46,6 +47,7 @@ n="${N:-2000}"
 warmup="${WARMUP:-200}"
 lat_rows="${LAT_ROWS:-5000}"
 models="${MODELS:-logistic mlp}"
+seeds="${SEEDS:-0,1,2,3,4}"
 profile="${PROFILE:-release}"
 if [ "$profile" = release ]; then bindings="${BINDINGS:-build}"; else bindings="${BINDINGS:-asis}"; fi
 anneal_py="${ANNEAL_PYTHON:-$root/.venv/bin/python}"
@@ -92,8 +94,8 @@ results="$out/results.jsonl"
 : >"$results"
 
 if [ "$what" = accuracy ] || [ "$what" = all ]; then
-  "$py" "$here/sklearn_accuracy.py" --out "$out/accuracy" | sed 's/^{/{"bench": "accuracy", /' | tee -a "$results"
-  "$bindir/continual_accuracy" --data "$out/accuracy" | sed 's/^{/{"bench": "accuracy", /' | tee -a "$results"
+  "$py" "$here/sklearn_accuracy.py" --out "$out/accuracy" --seeds "$seeds" | sed 's/^{/{"bench": "accuracy", /' | tee -a "$results"
+  "$bindir/continual_accuracy" --data "$out/accuracy" --seeds "$seeds" | sed 's/^{/{"bench": "accuracy", /' | tee -a "$results"
 fi
 
 if [ "$what" = latency ] || [ "$what" = all ]; then
@@ -101,7 +103,8 @@ if [ "$what" = latency ] || [ "$what" = all ]; then
     [ -x "$root/.venv/bin/python" ] || python3 -m venv "$root/.venv"
     "$root/.venv/bin/pip" install -q "maturin>=1.16,<2"
     (cd "$root/bindings-python" && VIRTUAL_ENV="$root/.venv" "$root/.venv/bin/maturin" develop --release)
-    (cd "$root/bindings-node" && npm run build)
+    (cd "$root/bindings-node" && { [ -d node_modules/@napi-rs/cli ] || npm ci --no-audit --no-fund; } \
+      && npx napi build --platform --release)
   fi
   "$py" "$here/latency_data.py" --out "$out/latency" --rows "$lat_rows" --queries 1000
   for model in $models; do

@@ -10,7 +10,7 @@ imports, so both sides train and test on the same rows. Then, on the same rows:
   logistic : StandardScaler + LogisticRegression(lbfgs, C=1, max_iter=1000, tol=1e-4)
   mlp      : StandardScaler + MLPClassifier((100,), relu, adam, alpha=1e-4, lr 1e-3,
              batch min(200, n), max_iter=200, tol=1e-4, n_iter_no_change=10,
-             early_stopping=False, random_state=0)
+             early_stopping=False, random_state=seed for each of --seeds)
 
 (anneal standardises numeric features itself and stores the scaler with the model.)
 Output: one JSON line per (dataset, model) with test accuracy, macro F1 and log-loss.
@@ -55,16 +55,17 @@ def main():
     ap.add_argument("--max-iter-lr", type=int, default=1000)
     ap.add_argument("--max-iter-mlp", type=int, default=200)
     ap.add_argument("--hidden", type=int, default=100)
+    ap.add_argument("--seeds", default="0", help="MLP seeds, comma-separated (one line per seed)")
     args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
     os.makedirs(args.out, exist_ok=True)
     for name in args.datasets.split(","):
         x, y = LOADERS[name](return_X_y=True)
         xtr, xte, ytr, yte = train_test_split(x, y, test_size=args.test_size, stratify=y, random_state=0)
         write_jsonl(os.path.join(args.out, f"{name}-train.jsonl"), xtr, ytr)
         write_jsonl(os.path.join(args.out, f"{name}-test.jsonl"), xte, yte)
-        models = {
-            "logistic": LogisticRegression(C=1.0, solver="lbfgs", max_iter=args.max_iter_lr, tol=1e-4),
-            "mlp": MLPClassifier(
+        models = [("logistic", 0, LogisticRegression(C=1.0, solver="lbfgs", max_iter=args.max_iter_lr, tol=1e-4))]
+        models += [("mlp", seed, MLPClassifier(
                 hidden_layer_sizes=(args.hidden,),
                 activation="relu",
                 solver="adam",
@@ -75,10 +76,9 @@ def main():
                 tol=1e-4,
                 n_iter_no_change=10,
                 early_stopping=False,
-                random_state=0,
-            ),
-        }
-        for kind, clf in models.items():
+                random_state=seed,
+            )) for seed in seeds]
+        for kind, seed, clf in models:
             pipe = make_pipeline(StandardScaler(), clf)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ConvergenceWarning)
@@ -91,6 +91,7 @@ def main():
                 "impl": "sklearn",
                 "dataset": name,
                 "model": kind,
+                "seed": seed,
                 "train_rows": len(xtr),
                 "test_rows": len(xte),
                 "features": x.shape[1],

@@ -1,7 +1,7 @@
 //! anneal's side of the classifier accuracy comparison with scikit-learn
 //! (benches/continual/run.sh accuracy runs both and prints one table).
 //!
-//! Run:    cargo run --release -p anneal-benches --bin continual_accuracy -- --data DIR [--datasets iris,wine] [--max-iter-mlp 200]
+//! Run:    cargo run --release -p anneal-benches --bin continual_accuracy -- --data DIR [--datasets iris,wine] [--seeds 0,1,2]
 //! Input:  DIR/<name>-train.jsonl and DIR/<name>-test.jsonl, the stratified split that
 //!         benches/continual/sklearn_accuracy.py writes (both sides train and test on the
 //!         same rows).
@@ -12,7 +12,8 @@
 //! hyperparameters of the scikit-learn peer:
 //!   logistic : lbfgs, c 1, max_iter 1000, tol 1e-4
 //!   mlp      : hidden [100], adam, alpha 1e-4, learning rate 1e-3, batch min(200, n),
-//!              max_iter 200, tol 1e-4, patience 10, no validation split, seed 0
+//!              max_iter 200, tol 1e-4, patience 10, no validation split, seed each of
+//!              `--seeds` (default 0; one line per seed)
 
 use anneal::{
     CancelToken, ClassifierConfig, ClassifierModel, ClassifierOptimizer, Home, ImportOptions, Method, NoopSink,
@@ -27,7 +28,7 @@ fn arg(args: &[String], name: &str, default: &str) -> String {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help") {
-        println!("continual_accuracy --data DIR [--datasets iris,wine,breast_cancer,digits] [--max-iter-lr 1000] [--max-iter-mlp 200] [--hidden 100]");
+        println!("continual_accuracy --data DIR [--datasets iris,wine,breast_cancer,digits] [--max-iter-lr 1000] [--max-iter-mlp 200] [--hidden 100] [--seeds 0,1,2]");
         return Ok(());
     }
     let data = std::path::PathBuf::from(arg(&args, "--data", ""));
@@ -36,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     let max_iter_lr: usize = arg(&args, "--max-iter-lr", "1000").parse()?;
     let max_iter_mlp: usize = arg(&args, "--max-iter-mlp", "200").parse()?;
     let hidden: usize = arg(&args, "--hidden", "100").parse()?;
+    let seeds: Vec<u64> = arg(&args, "--seeds", "0").split(',').map(str::parse).collect::<Result<_, _>>()?;
 
     let dir = tempfile::tempdir()?;
     let home = Home::open(dir.path().join("home"))?;
@@ -48,20 +50,22 @@ fn main() -> anyhow::Result<()> {
         };
         let train = import("train")?;
         let test = import("test")?;
-        let configs = [
-            (
-                "logistic",
-                ClassifierConfig {
-                    model: ClassifierModel::Logistic,
-                    optimizer: Some(ClassifierOptimizer::Lbfgs),
-                    c: 1.0,
-                    max_iter: max_iter_lr,
-                    tol: 1e-4,
-                    ..Default::default()
-                },
-            ),
-            (
+        let mut configs = vec![(
+            "logistic",
+            0,
+            ClassifierConfig {
+                model: ClassifierModel::Logistic,
+                optimizer: Some(ClassifierOptimizer::Lbfgs),
+                c: 1.0,
+                max_iter: max_iter_lr,
+                tol: 1e-4,
+                ..Default::default()
+            },
+        )];
+        for &seed in &seeds {
+            configs.push((
                 "mlp",
+                seed,
                 ClassifierConfig {
                     model: ClassifierModel::Mlp,
                     optimizer: Some(ClassifierOptimizer::Adam),
@@ -73,16 +77,16 @@ fn main() -> anyhow::Result<()> {
                     tol: 1e-4,
                     patience: 10,
                     validation_fraction: 0.0,
-                    seed: Some(0),
+                    seed: Some(seed),
                     ..Default::default()
                 },
-            ),
-        ];
-        for (kind, config) in configs {
+            ));
+        }
+        for (kind, seed, config) in configs {
             let spec = TrainSpec {
                 dataset: train.id.clone(),
                 method: Method::Classifier(config),
-                output_name: Some(format!("{name}-{kind}")),
+                output_name: Some(format!("{name}-{kind}-{seed}")),
                 ..Default::default()
             };
             let engine = home.training();
@@ -96,6 +100,7 @@ fn main() -> anyhow::Result<()> {
                     "impl": "anneal",
                     "dataset": name,
                     "model": kind,
+                    "seed": seed,
                     "train_rows": train.num_records,
                     "test_rows": ev.rows,
                     "accuracy": metric("accuracy"),
