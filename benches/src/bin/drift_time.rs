@@ -65,11 +65,10 @@ fn main() -> anyhow::Result<()> {
     let categorical: usize = arg(&args, "--categorical", "4").parse()?;
     let reps: usize = arg(&args, "--reps", "3").parse::<usize>()?.max(1);
 
-    let opts = ScenarioOptions { rows: 2 * rows, numeric, categorical, categories: 5, classes: 3, ..Default::default() };
-    let moved: Vec<String> = (0..numeric / 2)
-        .map(|i| format!("x{i}"))
-        .chain((0..categorical / 2).map(|i| format!("c{i}")))
-        .collect();
+    let opts =
+        ScenarioOptions { rows: 2 * rows, numeric, categorical, categories: 5, classes: 3, ..Default::default() };
+    let moved: Vec<String> =
+        (0..numeric / 2).map(|i| format!("x{i}")).chain((0..categorical / 2).map(|i| format!("c{i}"))).collect();
     let opts = ScenarioOptions {
         drift: vec![ScenarioDrift {
             kind: ScenarioDriftKind::Covariate,
