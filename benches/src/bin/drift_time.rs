@@ -81,6 +81,7 @@ fn main() -> anyhow::Result<()> {
     };
     let generated = synthetic::generate(&opts)?;
     let records: Vec<Value> = generated.records().collect();
+    drop(generated);
     let (train_path, window_path) = (data.join("train.jsonl"), data.join("window.jsonl"));
     write_jsonl(&train_path, records[..rows].iter().cloned())?;
     write_jsonl(&window_path, records[rows..].iter().cloned())?;
