@@ -8,9 +8,12 @@ mod events;
 mod generation;
 mod home;
 mod images;
+mod notify;
 mod records;
 mod registry;
 mod shapes;
+mod stats;
+mod synthetic;
 mod training;
 
 use pyo3::prelude::*;
@@ -44,6 +47,8 @@ fn _anneal(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<generation::PyModelUsage>()?;
     m.add_class::<images::PyImageGenerator>()?;
     shapes::register(m)?;
+    notify::register(m)?;
+    synthetic::register(m)?;
     errors::register(m)?;
     Ok(())
 }
