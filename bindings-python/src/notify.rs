@@ -42,10 +42,22 @@ fn millis(py: Python<'_>, ms: i64, field: &str) -> PyResult<Duration> {
 }
 
 /// An event dict (as `on_event` callbacks receive it) as the core's event;
-/// `invalid_config` naming `event` when it is not one.
+/// `invalid_config` naming `event` (or `event.<field>`) when it is not one.
 pub(crate) fn event_from_py(py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<Event> {
     let value = conv::to_json(event, "event")?;
-    serde_json::from_value(value).map_err(|e| to_pyerr(py, anneal::Error::config("event", e.to_string())))
+    if !value.is_object() {
+        return Err(to_pyerr(py, anneal::Error::config("event", "expected an event dict ({\"type\": ..., ...})")));
+    }
+    anneal::options_from_json(value).map_err(|e| {
+        let e = match e {
+            anneal::Error::InvalidConfig { field, reason } if field == "options" => {
+                anneal::Error::config("event", reason)
+            }
+            anneal::Error::InvalidConfig { field, reason } => anneal::Error::config(format!("event.{field}"), reason),
+            other => other,
+        };
+        to_pyerr(py, e)
+    })
 }
 
 /// The webhooks of a home and their outbox: register receivers, enqueue events, deliver

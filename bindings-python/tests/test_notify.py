@@ -215,6 +215,12 @@ def test_typed_errors_name_the_field(home, receiver):
     assert wh.list() == [], "nothing stored after a refused add"
     with pytest.raises(anneal.InvalidConfigError) as e:
         wh.enqueue({"type": "no_such_event"})
+    assert e.value.field == "event.type"
+    with pytest.raises(anneal.InvalidConfigError) as e:
+        wh.enqueue({"type": "log", "job_id": "j", "level": "info"})
+    assert e.value.field == "event"
+    with pytest.raises(anneal.InvalidConfigError) as e:
+        wh.enqueue("promoted")
     assert e.value.field == "event"
     with pytest.raises(anneal.InvalidConfigError) as e:
         wh.spawn(interval_ms=0)

@@ -1152,9 +1152,7 @@ class AliasMove(TypedDict):
 
 # ---------------------------------------------------------------- stats (home.stats())
 
-ActivityKind = Literal[
-    "dataset_created", "model_registered", "job_created", "job_finished", "generation", "alias_changed"
-]
+ActivityKind = Literal["dataset_created", "model_registered", "job_created", "job_finished", "generation", "alias_changed"]
 
 class DurationStats(TypedDict):
     count: int
