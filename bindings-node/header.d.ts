@@ -790,4 +790,288 @@ export interface DriftCheck {
   realisedAccuracy: number | null
   labelled: number
   createdAt: string
+// ---------------------------------------------------------------- webhooks (home.webhooks())
+
+export type WebhookFormat = 'json' | 'discord' | 'slack'
+export type DeliveryStatus = 'pending' | 'delivered' | 'failed'
+
+/** Options of `webhooks.add(url, options)`. */
+export interface WebhookOptions {
+  /** Body format. Default `'json'` (`{ id, type, timestamp, data: <the event> }`). */
+  format?: WebhookFormat
+  /** `whsec_<base64 of 24 to 64 bytes>`. Default: a new random secret (in the returned `Webhook`). */
+  secret?: string | null
+  /** Event types received (`drift_detected`, `promoted`, ...). Empty: every type but `step` and `task_progress`. */
+  events?: string[]
+  /** Time allowed for one request, in ms. Default 10000. */
+  timeoutMs?: number
+  /** Attempts before a delivery is marked `failed`. Default 8. */
+  maxAttempts?: number
+  /** Delay before the first retry, in ms; doubles with each attempt, with jitter. Default 5000. */
+  retryBaseMs?: number
+  /** Longest delay between attempts (also caps `Retry-After`), in ms. Default 3600000. */
+  retryMaxMs?: number
+}
+
+/** A registered webhook. */
+export interface Webhook {
+  /** `wh_...` */
+  id: string
+  url: string
+  format: WebhookFormat
+  /** The signing secret: give it to the receiver (`verifySignature`). */
+  secret: string
+  events: string[]
+  timeoutMs: number
+  maxAttempts: number
+  retryBaseMs: number
+  retryMaxMs: number
+  createdAt: string
+}
+
+/** One outbox row: one event for one webhook. `id` is the `webhook-id` of every attempt. */
+export interface Delivery {
+  id: string
+  webhookId: string
+  eventType: string
+  status: DeliveryStatus
+  attempts: number
+  nextAttemptAt: string
+  /** HTTP status of the last attempt (null: no answer). */
+  lastStatus: number | null
+  lastError: string | null
+  /** The body exactly as sent. */
+  body: string
+  createdAt: string
+  deliveredAt: string | null
+}
+
+/** Filter of `webhooks.deliveries(filter)`. */
+export interface DeliveryFilter {
+  webhookId?: string | null
+  status?: DeliveryStatus | null
+  /** At most this many, oldest first. */
+  limit?: number | null
+}
+
+/** What one `deliverDue()` pass did. */
+export interface DeliveryReport {
+  attempted: number
+  delivered: number
+  retried: number
+  failed: number
+}
+
+// ---------------------------------------------------------------- promotions, alias history
+
+export type AliasAction = 'set' | 'remove' | 'promote' | 'rollback' | 'delete' | 'backfill'
+
+/** One change of one alias. */
+export interface AliasChange {
+  /** Increasing with every change. */
+  id: number
+  name: string
+  alias: string
+  /** What the alias points at afterwards; null when the change removed it. */
+  modelId: string | null
+  version: number | null
+  previousId: string | null
+  previousVersion: number | null
+  action: AliasAction
+  reason: string | null
+  /** RFC 3339, milliseconds, UTC. */
+  at: string
+}
+
+/** What `promote` or `rollback` did. */
+export interface AliasMove {
+  production: string
+  previous: string | null
+  /** The history rows written, in order (empty when nothing changed). */
+  changes: AliasChange[]
+}
+
+export interface PromoteOptions {
+  /** Recorded with each alias change (at most 4096 bytes). */
+  reason?: string | null
+}
+
+export interface RollbackOptions {
+  /** Recorded with each alias change (at most 4096 bytes). */
+  reason?: string | null
+}
+
+// ---------------------------------------------------------------- stats (home.stats())
+
+export interface StatsOptions {
+  /** Only what happened at or after this time (RFC 3339). Inventories are what the home holds now. */
+  since?: string | null
+  /** Entries of `recent`. Default 20, at most 10000. */
+  recent?: number
+}
+
+export type ActivityKind = 'dataset_created' | 'model_registered' | 'job_created' | 'job_finished' | 'generation' | 'alias_changed'
+
+export interface DurationStats {
+  count: number
+  meanS: number | null
+  p50S: number | null
+  p95S: number | null
+  minS: number | null
+  maxS: number | null
+}
+
+export interface JobStats {
+  total: number
+  pending: number
+  running: number
+  completed: number
+  failed: number
+  cancelled: number
+  interrupted: number
+  /** Durations of completed jobs, in seconds. */
+  duration: DurationStats
+}
+
+export interface Activity {
+  kind: ActivityKind
+  id: string
+  name: string
+  at: string
+  detail: string | null
+}
+
+export interface PresetUsage {
+  preset: string
+  models: number
+  jobs: number
+}
+
+export interface MethodUsage {
+  method: string
+  jobs: number
+  completed: number
+}
+
+export interface ModelGenerations {
+  modelId: string
+  name: string | null
+  version: number | null
+  calls: number
+  texts: number
+  images: number
+  scores: number
+  generatedTokens: number
+  lastAt: string | null
+}
+
+export interface AliasStats {
+  promotions: number
+  rollbacks: number
+  changes: number
+}
+
+export interface ProductionModel {
+  name: string
+  modelId: string
+  version: number
+  since: string | null
+  latestEvaluation: Record<string, unknown> | null
+  latestDrift: Record<string, unknown> | null
+}
+
+export interface ModelCount {
+  modelId: string
+  name: string | null
+  version: number | null
+  count: number
+}
+
+export interface MonitoringStats {
+  production: ProductionModel[]
+  predictions: ModelCount[]
+  retrains: number
+}
+
+/** What `home.stats()` resolves to: every figure is a query on the catalog at the time of the call. */
+export interface HomeStats {
+  at: string
+  since: string | null
+  jobs: JobStats
+  /** Newest first. */
+  recent: Activity[]
+  presets: PresetUsage[]
+  methods: MethodUsage[]
+  generations: ModelGenerations[]
+  modelsByKind: Record<string, number>
+  datasetsByFormat: Record<string, number>
+  aliases: AliasStats
+  monitoring: MonitoringStats
+}
+
+// ---------------------------------------------------------------- synthetic data
+
+export type ScenarioDriftKind = 'covariate' | 'label' | 'concept'
+
+/** One drift of a scenario, applied from row `start` on. */
+export interface ScenarioDrift {
+  kind?: ScenarioDriftKind
+  /** First drifted row (0-based). Default 0. */
+  start?: number
+  /** Strength, 0 to 10. Default 1. */
+  magnitude?: number
+  /** Covariate drift: factor on the numeric columns' standard deviations. Default 1. */
+  scale?: number
+  /** Covariate drift: the columns that move. Default: every feature column. */
+  columns?: string[]
+}
+
+/** Options of `syntheticScenario` / `writeSyntheticScenario`. */
+export interface ScenarioOptions {
+  /** Default 1000. */
+  rows?: number
+  /** Numeric columns `x0..`. Default 4. */
+  numeric?: number
+  /** Categorical columns `c0..`. Default 1. */
+  categorical?: number
+  /** Levels per categorical column. Default 3. */
+  categories?: number
+  /** Default 2. */
+  classes?: number
+  /** Scale of the labelling function (how learnable). Default 2. */
+  separation?: number
+  /** Default 0: same options, same rows. */
+  seed?: number
+  drift?: ScenarioDrift[]
+}
+
+/** What `syntheticScenario` resolves to. */
+export interface SyntheticScenario {
+  columns: string[]
+  /** Features only: numbers for `x*`, strings `v0, v1, ...` for `c*`. */
+  rows: Array<Record<string, number | string>>
+  labels: number[]
+  /** The true class probabilities of each row. */
+  probabilities: number[][]
+}
+
+/** Options of `datasets.generate(model, prompts, options)`. */
+export interface GenerateDatasetOptions {
+  /** Default `<model name>-generated-<id>`. */
+  name?: string | null
+  /** Settings of every generation; an unset seed is drawn once and recorded. */
+  generation?: GenerationConfig
+  /** Prompts per batch. Default 8. */
+  batchSize?: number
+  onDuplicate?: 'error' | 'reuse'
+}
+
+/** Where a dataset written by `datasets.generate` came from. */
+export interface DatasetLineage {
+  model: string
+  /** `name@version`. */
+  modelRef: string
+  generation: GenerationConfig
+  modelDefaults: GenerationConfig
+  prompts: number
 }

@@ -790,6 +790,290 @@ export interface DriftCheck {
   realisedAccuracy: number | null
   labelled: number
   createdAt: string
+// ---------------------------------------------------------------- webhooks (home.webhooks())
+
+export type WebhookFormat = 'json' | 'discord' | 'slack'
+export type DeliveryStatus = 'pending' | 'delivered' | 'failed'
+
+/** Options of `webhooks.add(url, options)`. */
+export interface WebhookOptions {
+  /** Body format. Default `'json'` (`{ id, type, timestamp, data: <the event> }`). */
+  format?: WebhookFormat
+  /** `whsec_<base64 of 24 to 64 bytes>`. Default: a new random secret (in the returned `Webhook`). */
+  secret?: string | null
+  /** Event types received (`drift_detected`, `promoted`, ...). Empty: every type but `step` and `task_progress`. */
+  events?: string[]
+  /** Time allowed for one request, in ms. Default 10000. */
+  timeoutMs?: number
+  /** Attempts before a delivery is marked `failed`. Default 8. */
+  maxAttempts?: number
+  /** Delay before the first retry, in ms; doubles with each attempt, with jitter. Default 5000. */
+  retryBaseMs?: number
+  /** Longest delay between attempts (also caps `Retry-After`), in ms. Default 3600000. */
+  retryMaxMs?: number
+}
+
+/** A registered webhook. */
+export interface Webhook {
+  /** `wh_...` */
+  id: string
+  url: string
+  format: WebhookFormat
+  /** The signing secret: give it to the receiver (`verifySignature`). */
+  secret: string
+  events: string[]
+  timeoutMs: number
+  maxAttempts: number
+  retryBaseMs: number
+  retryMaxMs: number
+  createdAt: string
+}
+
+/** One outbox row: one event for one webhook. `id` is the `webhook-id` of every attempt. */
+export interface Delivery {
+  id: string
+  webhookId: string
+  eventType: string
+  status: DeliveryStatus
+  attempts: number
+  nextAttemptAt: string
+  /** HTTP status of the last attempt (null: no answer). */
+  lastStatus: number | null
+  lastError: string | null
+  /** The body exactly as sent. */
+  body: string
+  createdAt: string
+  deliveredAt: string | null
+}
+
+/** Filter of `webhooks.deliveries(filter)`. */
+export interface DeliveryFilter {
+  webhookId?: string | null
+  status?: DeliveryStatus | null
+  /** At most this many, oldest first. */
+  limit?: number | null
+}
+
+/** What one `deliverDue()` pass did. */
+export interface DeliveryReport {
+  attempted: number
+  delivered: number
+  retried: number
+  failed: number
+}
+
+// ---------------------------------------------------------------- promotions, alias history
+
+export type AliasAction = 'set' | 'remove' | 'promote' | 'rollback' | 'delete' | 'backfill'
+
+/** One change of one alias. */
+export interface AliasChange {
+  /** Increasing with every change. */
+  id: number
+  name: string
+  alias: string
+  /** What the alias points at afterwards; null when the change removed it. */
+  modelId: string | null
+  version: number | null
+  previousId: string | null
+  previousVersion: number | null
+  action: AliasAction
+  reason: string | null
+  /** RFC 3339, milliseconds, UTC. */
+  at: string
+}
+
+/** What `promote` or `rollback` did. */
+export interface AliasMove {
+  production: string
+  previous: string | null
+  /** The history rows written, in order (empty when nothing changed). */
+  changes: AliasChange[]
+}
+
+export interface PromoteOptions {
+  /** Recorded with each alias change (at most 4096 bytes). */
+  reason?: string | null
+}
+
+export interface RollbackOptions {
+  /** Recorded with each alias change (at most 4096 bytes). */
+  reason?: string | null
+}
+
+// ---------------------------------------------------------------- stats (home.stats())
+
+export interface StatsOptions {
+  /** Only what happened at or after this time (RFC 3339). Inventories are what the home holds now. */
+  since?: string | null
+  /** Entries of `recent`. Default 20, at most 10000. */
+  recent?: number
+}
+
+export type ActivityKind = 'dataset_created' | 'model_registered' | 'job_created' | 'job_finished' | 'generation' | 'alias_changed'
+
+export interface DurationStats {
+  count: number
+  meanS: number | null
+  p50S: number | null
+  p95S: number | null
+  minS: number | null
+  maxS: number | null
+}
+
+export interface JobStats {
+  total: number
+  pending: number
+  running: number
+  completed: number
+  failed: number
+  cancelled: number
+  interrupted: number
+  /** Durations of completed jobs, in seconds. */
+  duration: DurationStats
+}
+
+export interface Activity {
+  kind: ActivityKind
+  id: string
+  name: string
+  at: string
+  detail: string | null
+}
+
+export interface PresetUsage {
+  preset: string
+  models: number
+  jobs: number
+}
+
+export interface MethodUsage {
+  method: string
+  jobs: number
+  completed: number
+}
+
+export interface ModelGenerations {
+  modelId: string
+  name: string | null
+  version: number | null
+  calls: number
+  texts: number
+  images: number
+  scores: number
+  generatedTokens: number
+  lastAt: string | null
+}
+
+export interface AliasStats {
+  promotions: number
+  rollbacks: number
+  changes: number
+}
+
+export interface ProductionModel {
+  name: string
+  modelId: string
+  version: number
+  since: string | null
+  latestEvaluation: Record<string, unknown> | null
+  latestDrift: Record<string, unknown> | null
+}
+
+export interface ModelCount {
+  modelId: string
+  name: string | null
+  version: number | null
+  count: number
+}
+
+export interface MonitoringStats {
+  production: ProductionModel[]
+  predictions: ModelCount[]
+  retrains: number
+}
+
+/** What `home.stats()` resolves to: every figure is a query on the catalog at the time of the call. */
+export interface HomeStats {
+  at: string
+  since: string | null
+  jobs: JobStats
+  /** Newest first. */
+  recent: Activity[]
+  presets: PresetUsage[]
+  methods: MethodUsage[]
+  generations: ModelGenerations[]
+  modelsByKind: Record<string, number>
+  datasetsByFormat: Record<string, number>
+  aliases: AliasStats
+  monitoring: MonitoringStats
+}
+
+// ---------------------------------------------------------------- synthetic data
+
+export type ScenarioDriftKind = 'covariate' | 'label' | 'concept'
+
+/** One drift of a scenario, applied from row `start` on. */
+export interface ScenarioDrift {
+  kind?: ScenarioDriftKind
+  /** First drifted row (0-based). Default 0. */
+  start?: number
+  /** Strength, 0 to 10. Default 1. */
+  magnitude?: number
+  /** Covariate drift: factor on the numeric columns' standard deviations. Default 1. */
+  scale?: number
+  /** Covariate drift: the columns that move. Default: every feature column. */
+  columns?: string[]
+}
+
+/** Options of `syntheticScenario` / `writeSyntheticScenario`. */
+export interface ScenarioOptions {
+  /** Default 1000. */
+  rows?: number
+  /** Numeric columns `x0..`. Default 4. */
+  numeric?: number
+  /** Categorical columns `c0..`. Default 1. */
+  categorical?: number
+  /** Levels per categorical column. Default 3. */
+  categories?: number
+  /** Default 2. */
+  classes?: number
+  /** Scale of the labelling function (how learnable). Default 2. */
+  separation?: number
+  /** Default 0: same options, same rows. */
+  seed?: number
+  drift?: ScenarioDrift[]
+}
+
+/** What `syntheticScenario` resolves to. */
+export interface SyntheticScenario {
+  columns: string[]
+  /** Features only: numbers for `x*`, strings `v0, v1, ...` for `c*`. */
+  rows: Array<Record<string, number | string>>
+  labels: number[]
+  /** The true class probabilities of each row. */
+  probabilities: number[][]
+}
+
+/** Options of `datasets.generate(model, prompts, options)`. */
+export interface GenerateDatasetOptions {
+  /** Default `<model name>-generated-<id>`. */
+  name?: string | null
+  /** Settings of every generation; an unset seed is drawn once and recorded. */
+  generation?: GenerationConfig
+  /** Prompts per batch. Default 8. */
+  batchSize?: number
+  onDuplicate?: 'error' | 'reuse'
+}
+
+/** Where a dataset written by `datasets.generate` came from. */
+export interface DatasetLineage {
+  model: string
+  /** `name@version`. */
+  modelRef: string
+  generation: GenerationConfig
+  modelDefaults: GenerationConfig
+  prompts: number
 }
 
 /**
@@ -881,6 +1165,32 @@ export declare class DatasetStore {
    * `force`.
    */
   delete(idOrName: string, options?: DeleteOptions): Promise<void>
+  /**
+   * Generates a completion of each prompt with `model` (a language model) and stores
+   * the pairs as a new `completion` dataset with its lineage (model and settings; an
+   * unset seed is drawn once and recorded). All or nothing. Progress is in prompts.
+   */
+  generate(model: string, prompts: string[], options?: GenerateDatasetOptions & CallOptions): Promise<DatasetRecord>
+  /** Where a dataset written by `generate` came from; null for other datasets. */
+  lineage(idOrName: string): DatasetLineage | null
+}
+
+/**
+ * The background deliverer of `webhooks.spawn()`. `await stop()` stops it after the
+ * request in flight; a deliverer that is garbage-collected stops too.
+ */
+export declare class Deliverer {
+  /**
+   * Stops the thread and waits for it, off the event loop. Resolves at once when
+   * already stopped.
+   */
+  stop(): Promise<void>
+  /** Asks the thread to stop without waiting. */
+  cancel(): void
+  /** False once `stop()` was called. */
+  get running(): boolean
+  /** The error of the latest failed pass as `{ code, message }`, or null. */
+  get lastError(): { code: ErrorCode; message: string } | null
 }
 
 /**
@@ -968,6 +1278,16 @@ export declare class Home {
    * LoRA stays a separate adapter that requests may switch), `record` (default true).
    */
   imageGenerator(model: string, options?: ImageGeneratorOptions): Promise<ImageGenerator>
+  /** The webhooks of this home and their outbox. */
+  webhooks(): Webhooks
+  /**
+   * Statistics of this home, read from the catalog now (off the event loop): jobs by
+   * status and their durations, recent activity, preset / method / generation use,
+   * inventories, alias changes and production models. `since` (RFC 3339) limits what
+   * happened to what happened since; `recent` is the number of activity entries
+   * (default 20).
+   */
+  stats(options?: StatsOptions): Promise<HomeStats>
 }
 
 /**
@@ -1025,6 +1345,24 @@ export declare class ModelRegistry {
   generations(filter?: GenerationFilter): GenerationRecord[]
   /** Usage totals of a model, from the catalog. */
   usage(model: string): ModelUsage
+  /**
+   * Makes the model the production model of its name in one transaction:
+   * `production` moves to it, the model it replaces to `previous`, and `candidate`
+   * is removed if it pointed at it.
+   */
+  promote(reference: string, options?: PromoteOptions): AliasMove
+  /**
+   * Moves `production` of model name `name` back to `previous` (code `not_found`
+   * when there is no `previous`).
+   */
+  rollback(name: string, options?: RollbackOptions): AliasMove
+  /** Changes of the aliases of `name` (of `alias` only, when given), newest first. */
+  aliasHistory(name: string, alias?: string): AliasChange[]
+  /**
+   * The change of `name@alias` in effect at `at` (RFC 3339, e.g.
+   * `date.toISOString()`), or null when the alias was not set then.
+   */
+  aliasAt(name: string, alias: string, at: string): AliasChange | null
 }
 
 /**
@@ -1090,6 +1428,53 @@ export declare class TrainingEngine {
   cancel(jobId: string): JobRecord
 }
 
+/**
+ * The webhooks of a home and their outbox (`home.webhooks()`): signed (Standard
+ * Webhooks), retried with backoff, delivered at least once, deduplicated by `webhook-id`.
+ */
+export declare class Webhooks {
+  /**
+   * Registers a webhook at `url` (absolute http(s)). Without `secret` a new one is
+   * generated; it is in the returned record (`secret`): give it to the receiver.
+   */
+  add(url: string, options?: WebhookOptions): Webhook
+  /** Every registered webhook, oldest first. */
+  list(): Webhook[]
+  /** One webhook by id (code `not_found` when there is none). */
+  get(id: string): Webhook
+  /** Removes a webhook with its outbox rows (pending ones are dropped). */
+  remove(id: string): void
+  /**
+   * Adds an event (as `onEvent` receives it) to the outbox of every webhook that
+   * wants it; returns the deliveries' ids (`webhook-id`s). `onEvent: (e) =>
+   * webhooks.enqueue(e)` routes a call's events to the webhooks.
+   */
+  enqueue(event: AnnealEvent): string[]
+  /**
+   * One delivery pass, off the event loop: sends every row due at `now` (a `Date`
+   * or milliseconds since 1970; default: now) once, then resolves to what it did.
+   */
+  deliverDue(now?: Date | number): Promise<DeliveryReport>
+  /**
+   * Delivers due rows every `intervalMs` (default 1000) on a background thread until
+   * the returned `Deliverer` is stopped.
+   */
+  spawn(intervalMs?: number): Deliverer
+  /** Outbox rows, oldest first: of one webhook, in one status, at most `limit`. */
+  deliveries(filter?: DeliveryFilter): Delivery[]
+  /** One outbox row by id (the `webhook-id`). */
+  delivery(id: string): Delivery
+  /** Puts `failed` rows (of one webhook, or all) back to pending, due now; returns how many. */
+  retryFailed(webhookId?: string): number
+}
+
+/**
+ * Generates a seeded tabular classification scenario: `{ columns, rows, labels,
+ * probabilities }` (features `x0..` / `c0..`, the class of each row, and each row's
+ * true class probabilities). Same options, same rows.
+ */
+export declare function syntheticScenario(options?: ScenarioOptions): Promise<SyntheticScenario>
+
 /** A record of an image dataset with a PNG thumbnail of its image. */
 export interface Thumbnail {
   /** The stored record (keys unchanged, as `preview` returns them). */
@@ -1097,6 +1482,23 @@ export interface Thumbnail {
   /** The thumbnail, a PNG file. */
   png: Buffer
 }
+
+/**
+ * Verifies a webhook delivery (Standard Webhooks) from its `webhook-id`,
+ * `webhook-timestamp` and `webhook-signature` headers and the raw body (a string or a
+ * Buffer). Returns when one signature matches and the timestamp is within
+ * `toleranceMs` (default 300000) of now; throws code `invalid_data` (field
+ * `webhook-signature` or `webhook-timestamp`) otherwise, `invalid_config` (field
+ * `secret`) for a malformed secret.
+ */
+export declare function verifySignature(secret: string, id: string, timestamp: string | number, body: string | Buffer | Uint8Array, signature: string, toleranceMs?: number): void
+
+/**
+ * Generates a scenario and writes it to `path` as JSON lines, each row with its class
+ * under `label` (a file `importFile` stores as a `tabular` dataset). Atomic: the file
+ * holds every row or is left as it was.
+ */
+export declare function writeSyntheticScenario(path: string, options?: ScenarioOptions): Promise<void>
 
 export declare namespace shapes {
   /** One PNG holding `rows[r][c]` (PNG Buffers) row by row on a white canvas. */

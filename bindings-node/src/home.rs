@@ -14,7 +14,7 @@ use crate::training::TrainingEngine;
 /// `ModelRegistry` and the `TrainingEngine`. Several processes may open the same home at once.
 #[napi]
 pub struct Home {
-    inner: anneal::Home,
+    pub(crate) inner: anneal::Home,
 }
 
 #[napi]

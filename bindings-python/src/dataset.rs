@@ -382,6 +382,45 @@ impl PyDatasetStore {
         thumbs.iter().map(|(rec, png)| PyTuple::new(py, [conv::to_py(py, rec)?, png_to_py(py, png)?])).collect()
     }
 
+    /// Generates a completion of each prompt with `model` (a language model) and stores
+    /// the pairs as a new `completion` dataset, with its lineage (model and settings;
+    /// an unset seed is drawn once and recorded). `generation`: a dict of generation
+    /// settings (`max_new_tokens`, `temperature`, `seed`, ...). All or nothing.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (model, prompts, *, name=None, generation=None, batch_size=None, on_duplicate=None,
+                        on_event=None, cancel=None))]
+    fn generate(
+        &self,
+        py: Python<'_>,
+        model: String,
+        prompts: Vec<String>,
+        name: Option<Bound<'_, PyAny>>,
+        generation: Option<Bound<'_, PyAny>>,
+        batch_size: Option<Bound<'_, PyAny>>,
+        on_duplicate: Option<Bound<'_, PyAny>>,
+        on_event: Option<Bound<'_, PyAny>>,
+        cancel: Option<Bound<'_, PyCancelToken>>,
+    ) -> PyResult<PyDatasetRecord> {
+        crate::stats::generate(
+            py,
+            &self.inner,
+            model,
+            prompts,
+            name,
+            generation,
+            batch_size,
+            on_duplicate,
+            on_event,
+            cancel,
+        )
+    }
+
+    /// Where a dataset written by `generate` came from (a dict: model, model_ref,
+    /// generation, model_defaults, prompts); None for other datasets.
+    fn lineage<'py>(&self, py: Python<'py>, id_or_name: String) -> PyResult<Bound<'py, PyAny>> {
+        crate::stats::lineage(py, &self.inner, id_or_name)
+    }
+
     fn __repr__(&self) -> String {
         format!("DatasetStore(home={})", q(&self.root))
     }

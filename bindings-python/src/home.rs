@@ -56,6 +56,26 @@ impl PyHome {
         anneal::Home::supported_schema_version()
     }
 
+    /// The webhooks of this home and their outbox (see `Webhooks`).
+    fn webhooks(&self) -> crate::notify::PyWebhooks {
+        crate::notify::PyWebhooks { inner: self.inner.webhooks(), root: self.root() }
+    }
+
+    /// Statistics of this home, read from the catalog now: jobs by status and their
+    /// durations, recent activity, preset / method / generation use, inventories,
+    /// alias changes and production models. `since` (RFC 3339 text or a datetime;
+    /// naive is UTC) limits what happened to what happened since; `recent` is the
+    /// number of activity entries (default 20).
+    #[pyo3(signature = (*, since=None, recent=None))]
+    fn stats<'py>(
+        &self,
+        py: Python<'py>,
+        since: Option<Bound<'py, PyAny>>,
+        recent: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::stats::stats(py, &self.inner, since, recent)
+    }
+
     /// The dataset store of this home.
     fn datasets(&self) -> PyDatasetStore {
         PyDatasetStore { inner: self.inner.datasets(), root: self.root() }

@@ -9,9 +9,12 @@ mod events;
 mod generation;
 mod home;
 mod images;
+mod notify;
 mod records;
 mod registry;
 mod shapes;
+mod stats;
+mod synthetic;
 mod training;
 
 use pyo3::prelude::*;
@@ -47,6 +50,8 @@ fn _anneal(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<continual::PyPredictor>()?;
     m.add_class::<continual::PyContinual>()?;
     shapes::register(m)?;
+    notify::register(m)?;
+    synthetic::register(m)?;
     errors::register(m)?;
     Ok(())
 }

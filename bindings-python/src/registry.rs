@@ -219,6 +219,49 @@ impl PyModelRegistry {
         crate::generation::usage(py, &self.inner, model)
     }
 
+    /// Makes `model` the production model of its name in one transaction:
+    /// `production` moves to it, the model it replaces to `previous`, and `candidate`
+    /// is removed if it pointed at it. Returns `{production, previous, changes}`.
+    #[pyo3(signature = (model, *, reason=None))]
+    fn promote<'py>(
+        &self,
+        py: Python<'py>,
+        model: String,
+        reason: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::stats::promote(py, &self.inner, model, reason)
+    }
+
+    /// Moves `production` of model name `name` back to `previous` (NotFoundError when
+    /// there is no `previous`). Returns `{production, previous, changes}`.
+    #[pyo3(signature = (name, *, reason=None))]
+    fn rollback<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        reason: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::stats::rollback(py, &self.inner, name, reason)
+    }
+
+    /// Changes of the aliases of `name` (of `alias` only, when given), newest first.
+    #[pyo3(signature = (name, alias=None))]
+    fn alias_history<'py>(&self, py: Python<'py>, name: String, alias: Option<String>) -> PyResult<Bound<'py, PyAny>> {
+        crate::stats::alias_history(py, &self.inner, name, alias)
+    }
+
+    /// The change of `name@alias` in effect at `at` (RFC 3339 text or a datetime), or
+    /// None when the alias was not set then.
+    fn alias_at<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        alias: String,
+        at: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::stats::alias_at(py, &self.inner, name, alias, at)
+    }
+
     fn __repr__(&self) -> String {
         format!("ModelRegistry(home={})", q(&self.root))
     }

@@ -404,3 +404,119 @@ fn the_parsers_read_what_they_should() {
     assert_eq!(ts_interface(dts, "I").unwrap(), ["a".to_string(), "b".to_string()].into());
     assert_eq!(ts_union(dts, "E").unwrap(), ["x".to_string(), "y".to_string()].into());
 }
+
+// ---------------------------------------------------------------- webhooks, alias history, stats, synthetic data
+
+/// Records of the webhooks, alias history, stats and synthetic data APIs: TypedDicts in
+/// the Python stub, interfaces in TypeScript.
+fn notify_stats_records() -> Vec<(&'static str, Value)> {
+    schemas!(
+        Webhook,
+        Delivery,
+        DeliveryReport,
+        AliasChange,
+        AliasMove,
+        HomeStats,
+        JobStats,
+        DurationStats,
+        Activity,
+        PresetUsage,
+        MethodUsage,
+        ModelGenerations,
+        AliasStats,
+        MonitoringStats,
+        ProductionModel,
+        ModelCount,
+        DatasetLineage,
+        ScenarioDrift,
+    )
+}
+
+fn notify_stats_enums() -> Vec<(&'static str, Value)> {
+    schemas!(WebhookFormat, DeliveryStatus, AliasAction, ActivityKind, ScenarioDriftKind)
+}
+
+/// Keyword-only parameters of a module-level function of the stub.
+fn py_function_kwargs(pyi: &str, function: &str) -> BTreeSet<String> {
+    let start = pyi.find(&format!("\ndef {function}(")).unwrap_or_else(|| panic!("no def {function} in the stub"));
+    let sig = &pyi[start..];
+    let sig = &sig[sig.find('(').unwrap() + 1..sig.find(") ->").unwrap()];
+    let mut after_star = false;
+    let mut out = BTreeSet::new();
+    for p in sig.split(",\n").flat_map(|l| l.split(", ")).map(str::trim) {
+        if p == "*" {
+            after_star = true;
+        } else if after_star && !p.is_empty() {
+            out.insert(p.split(':').next().unwrap().trim().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn webhook_stats_and_synthetic_declarations_match_the_rust_types() {
+    let pyi = read("bindings-python/python/anneal/_anneal.pyi");
+    let dts = read("bindings-node/header.d.ts");
+    let mut problems = Vec::new();
+    // Records: TypedDicts (snake_case) and interfaces (camelCase).
+    for (name, schema) in notify_stats_records().into_iter().chain(schemas!(GenerationConfig)) {
+        let want = fields(&schema);
+        match py_class(&pyi, name) {
+            None => problems.push(format!("stub: class {name} is missing")),
+            Some(body) if py_attributes(&body) != want => {
+                problems.push(format!("stub {name}: has {:?}, Rust has {want:?}", py_attributes(&body)))
+            }
+            Some(_) => {}
+        }
+    }
+    let options = schemas!(
+        WebhookOptions,
+        DeliveryFilter,
+        PromoteOptions,
+        RollbackOptions,
+        StatsOptions,
+        ScenarioOptions,
+        GenerateDatasetOptions,
+    );
+    for (name, schema) in notify_stats_records().into_iter().chain(options) {
+        let want: BTreeSet<String> = fields(&schema).iter().map(|f| camel(f)).collect();
+        match ts_interface(&dts, name) {
+            None => problems.push(format!("d.ts: interface {name} is missing")),
+            Some(got) if got != want => problems.push(format!("d.ts {name}: has {got:?}, Rust has {want:?}")),
+            Some(_) => {}
+        }
+    }
+    // Options given as keyword arguments in Python.
+    let bindings_only: BTreeSet<String> = ["on_event", "cancel"].map(String::from).into();
+    for (class, method, (name, schema)) in [
+        ("Webhooks", "add", schemas!(WebhookOptions).remove(0)),
+        ("Webhooks", "deliveries", schemas!(DeliveryFilter).remove(0)),
+        ("Home", "stats", schemas!(StatsOptions).remove(0)),
+        ("ModelRegistry", "promote", schemas!(PromoteOptions).remove(0)),
+        ("ModelRegistry", "rollback", schemas!(RollbackOptions).remove(0)),
+        ("DatasetStore", "generate", schemas!(GenerateDatasetOptions).remove(0)),
+    ] {
+        let got: BTreeSet<String> = py_kwargs(&pyi, class, method).difference(&bindings_only).cloned().collect();
+        if got != fields(&schema) {
+            problems.push(format!("stub {class}.{method} ({name}): has {got:?}, Rust has {:?}", fields(&schema)));
+        }
+    }
+    let scenario = fields(&schema_of::<anneal::ScenarioOptions>());
+    for function in ["synthetic_scenario", "write_synthetic_scenario"] {
+        let got = py_function_kwargs(&pyi, function);
+        if got != scenario {
+            problems.push(format!("stub {function}: has {got:?}, Rust has {scenario:?}"));
+        }
+    }
+    // Enums: literal unions in both, required.
+    for (name, schema) in notify_stats_enums() {
+        let want = values(&schema);
+        if py_literal(&pyi, name).as_ref() != Some(&want) {
+            problems.push(format!("stub {name}: has {:?}, Rust has {want:?}", py_literal(&pyi, name)));
+        }
+        if ts_union(&dts, name).as_ref() != Some(&want) {
+            problems.push(format!("d.ts {name}: has {:?}, Rust has {want:?}", ts_union(&dts, name)));
+        }
+    }
+    assert!(problems.is_empty(), "declarations drifted from the Rust types:\n{}", problems.join("\n"));
+}

@@ -97,3 +97,14 @@ __all__ = [
     "TrainingEngine",
     "__version__",
 ]
+
+# Webhooks, their signatures, and synthetic tabular scenarios.
+from anneal._anneal import (  # noqa: E402
+    Deliverer,
+    Webhooks,
+    synthetic_scenario,
+    verify_signature,
+    write_synthetic_scenario,
+)
+
+__all__ += ["Deliverer", "Webhooks", "synthetic_scenario", "verify_signature", "write_synthetic_scenario"]

@@ -1,6 +1,7 @@
 """Type stubs of the native module `anneal._anneal` (re-exported by `anneal`)."""
 
 import builtins
+import datetime
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, TypedDict, final
@@ -235,6 +236,10 @@ class Home:
     def schema_version(self) -> int: ...
     @staticmethod
     def supported_schema_version() -> int: ...
+    def webhooks(self) -> Webhooks: ...
+    def stats(self, *, since: str | datetime.datetime | None = None, recent: int | None = None) -> HomeStats:
+        """Figures read from the catalog now; `since` limits activity, jobs, generations
+        and alias changes to what happened at or after it (a naive datetime is UTC)."""
     def datasets(self) -> DatasetStore: ...
     def models(self) -> ModelRegistry: ...
     def training(self) -> TrainingEngine: ...
@@ -415,6 +420,21 @@ class DatasetStore:
     ) -> builtins.list[tuple[dict[str, Any], Any]]:
         """The first n records of an image dataset with a thumbnail (at most size x size)
         of each: a PIL.Image.Image when Pillow is installed, else PNG bytes."""
+    def generate(
+        self,
+        model: str,
+        prompts: builtins.list[str],
+        *,
+        name: str | None = None,
+        generation: GenerationConfig | None = None,
+        batch_size: int | None = None,
+        on_duplicate: OnDuplicate | None = None,
+        on_event: OnEvent | None = None,
+        cancel: CancelToken | None = None,
+    ) -> DatasetRecord:
+        """A completion of each prompt by `model`, stored as a new `completion` dataset
+        with its lineage (all or nothing)."""
+    def lineage(self, id_or_name: str) -> DatasetLineage | None: ...
 
 # ---------------------------------------------------------------- models
 
@@ -549,6 +569,10 @@ class ModelRegistry:
         limit: int | None = None,
     ) -> builtins.list[GenerationRecord]: ...
     def usage(self, model: str) -> ModelUsage: ...
+    def promote(self, model: str, *, reason: str | None = None) -> AliasMove: ...
+    def rollback(self, name: str, *, reason: str | None = None) -> AliasMove: ...
+    def alias_history(self, name: str, alias: str | None = None) -> builtins.list[AliasChange]: ...
+    def alias_at(self, name: str, alias: str, at: str | datetime.datetime) -> AliasChange | None: ...
 
 # ---------------------------------------------------------------- training
 
@@ -1187,3 +1211,271 @@ class Continual:
 
 def shapes_write_imagefolder(dir: str | os.PathLike[str], n: int = 480, size: int = 32, seed: int = 0) -> None: ...
 def shapes_score(images: builtins.list[Any], prompts: builtins.list[str]) -> float: ...
+
+# ---------------------------------------------------------------- webhooks (home.webhooks())
+
+WebhookFormat = Literal["json", "discord", "slack"]
+DeliveryStatus = Literal["pending", "delivered", "failed"]
+
+class Webhook(TypedDict):
+    id: str
+    url: str
+    format: WebhookFormat
+    secret: str
+    events: builtins.list[str]
+    timeout_ms: int
+    max_attempts: int
+    retry_base_ms: int
+    retry_max_ms: int
+    created_at: str
+
+class Delivery(TypedDict):
+    id: str
+    webhook_id: str
+    event_type: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: str
+    last_status: int | None
+    last_error: str | None
+    body: str
+    created_at: str
+    delivered_at: str | None
+
+class DeliveryReport(TypedDict):
+    attempted: int
+    delivered: int
+    retried: int
+    failed: int
+
+@final
+class Webhooks:
+    """The webhooks of a home and their outbox: signed (Standard Webhooks), retried,
+    delivered at least once and deduplicated by `webhook-id`."""
+
+    def add(
+        self,
+        url: str,
+        *,
+        format: WebhookFormat | None = None,
+        secret: str | None = None,
+        events: builtins.list[str] | None = None,
+        timeout_ms: int | None = None,
+        max_attempts: int | None = None,
+        retry_base_ms: int | None = None,
+        retry_max_ms: int | None = None,
+    ) -> Webhook: ...
+    def list(self) -> builtins.list[Webhook]: ...
+    def get(self, id: str) -> Webhook: ...
+    def remove(self, id: str) -> None: ...
+    def enqueue(self, event: Event | Mapping[str, Any]) -> builtins.list[str]:
+        """Adds the event to the outbox of every webhook that wants it; returns the
+        delivery ids. `on_event=webhooks.enqueue` routes a call's events here."""
+    def deliver_due(self, now: float | datetime.datetime | None = None) -> DeliveryReport: ...
+    def spawn(self, interval_ms: int = 1000) -> Deliverer: ...
+    def deliveries(
+        self,
+        *,
+        webhook_id: str | None = None,
+        status: DeliveryStatus | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[Delivery]: ...
+    def delivery(self, id: str) -> Delivery: ...
+    def retry_failed(self, webhook_id: str | None = None) -> int: ...
+
+@final
+class Deliverer:
+    """The background deliverer of `Webhooks.spawn` (a context manager)."""
+
+    def stop(self) -> None: ...
+    def cancel(self) -> None: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def last_error(self) -> _ErrorInfo | None: ...
+    def __enter__(self) -> Deliverer: ...
+    def __exit__(self, *args: object) -> bool: ...
+
+def verify_signature(
+    secret: str,
+    id: str,
+    timestamp: str | int,
+    body: bytes | str,
+    signature: str,
+    tolerance_ms: int = 300000,
+) -> None:
+    """Verifies a delivery from its `webhook-id`, `webhook-timestamp` and
+    `webhook-signature` headers and raw body; raises InvalidDataError (field
+    `webhook-signature` or `webhook-timestamp`) when it does not verify."""
+
+# ---------------------------------------------------------------- promotions, alias history
+
+AliasAction = Literal["set", "remove", "promote", "rollback", "delete", "backfill"]
+
+class AliasChange(TypedDict):
+    id: int
+    name: str
+    alias: str
+    model_id: str | None
+    version: int | None
+    previous_id: str | None
+    previous_version: int | None
+    action: AliasAction
+    reason: str | None
+    at: str
+
+class AliasMove(TypedDict):
+    production: str
+    previous: str | None
+    changes: builtins.list[AliasChange]
+
+# ---------------------------------------------------------------- stats (home.stats())
+
+ActivityKind = Literal["dataset_created", "model_registered", "job_created", "job_finished", "generation", "alias_changed"]
+
+class DurationStats(TypedDict):
+    count: int
+    mean_s: float | None
+    p50_s: float | None
+    p95_s: float | None
+    min_s: float | None
+    max_s: float | None
+
+class JobStats(TypedDict):
+    total: int
+    pending: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+    interrupted: int
+    duration: DurationStats
+
+class Activity(TypedDict):
+    kind: ActivityKind
+    id: str
+    name: str
+    at: str
+    detail: str | None
+
+class PresetUsage(TypedDict):
+    preset: str
+    models: int
+    jobs: int
+
+class MethodUsage(TypedDict):
+    method: str
+    jobs: int
+    completed: int
+
+class ModelGenerations(TypedDict):
+    model_id: str
+    name: str | None
+    version: int | None
+    calls: int
+    texts: int
+    images: int
+    scores: int
+    generated_tokens: int
+    last_at: str | None
+
+class AliasStats(TypedDict):
+    promotions: int
+    rollbacks: int
+    changes: int
+
+class ProductionModel(TypedDict):
+    name: str
+    model_id: str
+    version: int
+    since: str | None
+    latest_evaluation: dict[str, Any] | None
+    latest_drift: dict[str, Any] | None
+
+class ModelCount(TypedDict):
+    model_id: str
+    name: str | None
+    version: int | None
+    count: int
+
+class MonitoringStats(TypedDict):
+    production: builtins.list[ProductionModel]
+    predictions: builtins.list[ModelCount]
+    retrains: int
+
+class HomeStats(TypedDict):
+    at: str
+    since: str | None
+    jobs: JobStats
+    recent: builtins.list[Activity]
+    presets: builtins.list[PresetUsage]
+    methods: builtins.list[MethodUsage]
+    generations: builtins.list[ModelGenerations]
+    models_by_kind: dict[str, int]
+    datasets_by_format: dict[str, int]
+    aliases: AliasStats
+    monitoring: MonitoringStats
+
+# ---------------------------------------------------------------- synthetic data
+
+class GenerationConfig(TypedDict, total=False):
+    max_new_tokens: int | None
+    temperature: float | None
+    top_k: int | None
+    top_p: float | None
+    min_p: float | None
+    repetition_penalty: float | None
+    seed: int | None
+    stop: str | builtins.list[str] | None
+    ignore_eos: bool | None
+    adapter: str | None
+
+class DatasetLineage(TypedDict):
+    model: str
+    model_ref: str
+    generation: GenerationConfig
+    model_defaults: GenerationConfig
+    prompts: int
+
+ScenarioDriftKind = Literal["covariate", "label", "concept"]
+
+class ScenarioDrift(TypedDict, total=False):
+    kind: ScenarioDriftKind
+    start: int
+    magnitude: float
+    scale: float
+    columns: builtins.list[str]
+
+class SyntheticScenario(TypedDict):
+    columns: builtins.list[str]
+    rows: builtins.list[dict[str, Any]]
+    labels: builtins.list[int]
+    probabilities: builtins.list[builtins.list[float]]
+
+def synthetic_scenario(
+    *,
+    rows: int | None = None,
+    numeric: int | None = None,
+    categorical: int | None = None,
+    categories: int | None = None,
+    classes: int | None = None,
+    separation: float | None = None,
+    seed: int | None = None,
+    drift: builtins.list[ScenarioDrift] | None = None,
+) -> SyntheticScenario:
+    """A seeded tabular classification scenario (numeric x0.., categorical c0..,
+    labels 0..classes) with optional covariate, label or concept drift."""
+
+def write_synthetic_scenario(
+    path: StrPath,
+    *,
+    rows: int | None = None,
+    numeric: int | None = None,
+    categorical: int | None = None,
+    categories: int | None = None,
+    classes: int | None = None,
+    separation: float | None = None,
+    seed: int | None = None,
+    drift: builtins.list[ScenarioDrift] | None = None,
+) -> None:
+    """Writes the scenario as JSON lines (features + `label`), atomically."""
