@@ -790,6 +790,8 @@ export interface DriftCheck {
   realisedAccuracy: number | null
   labelled: number
   createdAt: string
+}
+
 // ---------------------------------------------------------------- webhooks (home.webhooks())
 
 export type WebhookFormat = 'json' | 'discord' | 'slack'
