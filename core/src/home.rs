@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalog::{Catalog, SCHEMA_VERSION};
-use crate::continual::{Continual, Predictor};
+use crate::continual::{Continual, Monitors, Predictor};
 use crate::data::DatasetStore;
 use crate::error::{Error, IoResultExt, Result};
 use crate::generation::Generator;
@@ -130,6 +130,11 @@ impl Home {
     /// Labels, realised accuracy, evaluations and drift checks of this home's models.
     pub fn continual(&self) -> Continual {
         Continual::new(self.inner.clone())
+    }
+
+    /// Retraining monitors of this home's production classifiers ([`Monitors`]).
+    pub fn monitors(&self) -> Monitors {
+        Monitors::new(self.inner.clone())
     }
 
     /// Loads a stable-diffusion `model` for text-to-image ([`ImageGenerator::load`]).
