@@ -171,7 +171,11 @@ impl Home {
                 models_by_kind: sql::models_by_kind(c)?,
                 datasets_by_format: sql::datasets_by_format(c)?,
                 aliases: sql::aliases(c, since)?,
-                monitoring: MonitoringStats { production: sql::production(c)?, ..Default::default() },
+                monitoring: MonitoringStats {
+                    production: sql::production(c)?,
+                    predictions: sql::predictions(c, since)?,
+                    retrains: sql::retrains(c, since)?,
+                },
             };
             Ok((sql::jobs(c, since)?, sql::running_jobs(c, since)?, stats))
         })?;

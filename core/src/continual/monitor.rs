@@ -514,7 +514,11 @@ impl Monitor {
             return Ok(draft.report);
         }
         let row = self.row()?;
-        self.follow(&row, &job, sink, opts, cancel)
+        let mut r = self.follow(&row, &job, sink, opts, cancel)?;
+        r.trigger = draft.report.trigger;
+        r.realised_accuracy = draft.report.realised_accuracy;
+        r.labelled = draft.report.labelled;
+        Ok(r)
     }
 
     fn write_draft(
@@ -1089,6 +1093,12 @@ pub struct MonitorHandle {
     cancel: CancelToken,
     last_error: Arc<Mutex<Option<Error>>>,
     ticks: Arc<Mutex<u64>>,
+}
+
+impl std::fmt::Debug for MonitorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitorHandle").field("ticks", &self.ticks()).finish()
+    }
 }
 
 impl MonitorHandle {
