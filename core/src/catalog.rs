@@ -21,8 +21,8 @@ use rusqlite::{Connection, OpenFlags, Row, ToSql, Transaction, TransactionBehavi
 
 use crate::error::{Error, Result};
 use crate::types::{
-    AliasAction, DatasetFormat, DatasetId, DecisionKind, DeliveryStatus, DriftCheckId, DriftVerdict, EvaluationId, Family,
-    FinishReason, GenerationId, GenerationKind, JobId, JobStatus, MetricKind, ModelId, ModelKind, PredictionId,
+    AliasAction, DatasetFormat, DatasetId, DecisionKind, DeliveryStatus, DriftCheckId, DriftVerdict, EvaluationId,
+    Family, FinishReason, GenerationId, GenerationKind, JobId, JobStatus, MetricKind, ModelId, ModelKind, PredictionId,
     SourceFormat, Storage, WebhookFormat,
 };
 

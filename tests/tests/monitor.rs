@@ -29,7 +29,12 @@ fn scenario() -> SyntheticRows {
         classes: 2,
         separation: 3.0,
         seed: 11,
-        drift: vec![ScenarioDrift { kind: ScenarioDriftKind::Concept, start: 300, magnitude: 2.0, ..Default::default() }],
+        drift: vec![ScenarioDrift {
+            kind: ScenarioDriftKind::Concept,
+            start: 300,
+            magnitude: 2.0,
+            ..Default::default()
+        }],
     })
     .unwrap()
 }
@@ -40,7 +45,10 @@ fn setup(dir: &std::path::Path) -> (Home, SyntheticRows) {
     let s = scenario();
     let records: Vec<Value> = s.records().take(200).collect();
     home.datasets()
-        .import_records(records.into_iter().map(Ok), &ImportOptions { name: Some("churn-train".into()), ..Default::default() })
+        .import_records(
+            records.into_iter().map(Ok),
+            &ImportOptions { name: Some("churn-train".into()), ..Default::default() },
+        )
         .unwrap();
     let spec = TrainSpec {
         dataset: "churn-train".into(),
@@ -213,8 +221,10 @@ fn manual_mode_waits_for_approval_and_shadow_scores_logged_traffic() {
     assert!(r.reason.contains("shadow:"), "{}", r.reason);
     let shadow = m.decisions().unwrap().into_iter().find(|d| d.kind == DecisionKind::Shadow).unwrap();
     assert_eq!(shadow.details["rows"], 100);
-    let (ca, pa) =
-        (shadow.details["candidate_accuracy"].as_f64().unwrap(), shadow.details["production_accuracy"].as_f64().unwrap());
+    let (ca, pa) = (
+        shadow.details["candidate_accuracy"].as_f64().unwrap(),
+        shadow.details["production_accuracy"].as_f64().unwrap(),
+    );
     assert!(ca > pa, "shadow: candidate {ca} vs production {pa}");
     assert_eq!(production_version(&home), 1);
     assert_eq!(home.models().resolve("churn@candidate").unwrap().version, 3);
@@ -264,7 +274,7 @@ fn gate_failure_keeps_production_and_guards_hold() {
     assert_eq!(r.outcome, TickOutcome::Held);
     assert!(r.reason.contains("daily cap"), "{}", r.reason);
     assert_eq!(home.training().jobs(&JobFilter::default()).unwrap().len(), 2); // v1's and one retrain
-    // A cap of 2 lets one more through.
+                                                                               // A cap of 2 lets one more through.
     p.guards.daily_cap = Some(2);
     m.set_policy(&p).unwrap();
     assert_eq!(m.tick(&mut sink).unwrap().outcome, TickOutcome::Kept);
@@ -421,4 +431,70 @@ fn a_monitor_needs_a_production_classifier() {
     let e = home.monitors().create("nothing", &policy(PromotionMode::Auto), &MonitorOptions::default()).unwrap_err();
     assert!(matches!(&e, anneal::Error::InvalidConfig { field, .. } if field == "model"), "{e}");
     assert_eq!(home.monitors().list().unwrap().len(), 0);
+}
+
+#[test]
+fn drift_new_labels_and_schedule_triggers_start_retrains() {
+    let dir = tempfile::tempdir().unwrap();
+    let (home, _) = setup(dir.path());
+    // The same rows before 300 (same seed), then the features move.
+    let shifted = generate(&ScenarioOptions {
+        rows: 400,
+        numeric: 3,
+        categorical: 1,
+        categories: 3,
+        classes: 2,
+        separation: 3.0,
+        seed: 11,
+        drift: vec![ScenarioDrift { kind: ScenarioDriftKind::Covariate, start: 300, magnitude: 3.0, ..Default::default() }],
+    })
+    .unwrap();
+    let hook = home.webhooks().add("http://127.0.0.1:9/hook", &WebhookOptions::default()).unwrap();
+    let only = |triggers: RetrainTriggers| RetrainPolicy { triggers, ..policy(PromotionMode::Auto) };
+    let create = |name: &str, p: RetrainPolicy| {
+        home.monitors().create("churn", &p, &MonitorOptions { name: Some(name.into()) }).unwrap()
+    };
+    let by_labels = create("by-labels", only(RetrainTriggers { new_labels: Some(50), ..Default::default() }));
+    let by_drift = create("by-drift", only(RetrainTriggers { drift_window: Some(100), ..Default::default() }));
+    let submit = |m: &Monitor, sink: &mut RecordingSink| {
+        m.tick_with(sink, &TickOptions { run_jobs: false }, &CancelToken::new()).unwrap()
+    };
+    stream(&home, &shifted, 200..230);
+    let mut sink = RecordingSink::new();
+    assert_eq!(submit(&by_labels, &mut sink).outcome, TickOutcome::Idle);
+    assert_eq!(submit(&by_drift, &mut sink).outcome, TickOutcome::Idle);
+    assert!(sink.events().is_empty(), "{:?}", sink.types());
+
+    stream(&home, &shifted, 300..400);
+    let r = submit(&by_drift, &mut sink);
+    assert_eq!((r.outcome, r.trigger.as_deref()), (TickOutcome::RetrainStarted, Some("drift")), "{r:?}");
+    assert_eq!(sink.types(), ["drift_detected", "retrain_started"]);
+    let Event::DriftDetected { drifted_columns, window_rows, .. } = &sink.events()[0] else { panic!() };
+    assert_eq!(*window_rows, 100);
+    assert!(!drifted_columns.is_empty());
+    assert_eq!(kinds(&by_drift), [DecisionKind::DriftDetected, DecisionKind::RetrainStarted]);
+    assert_eq!(home.continual().drift_checks("churn@1").unwrap().len(), 2);
+    let queued = home
+        .webhooks()
+        .deliveries(&DeliveryFilter { webhook_id: Some(hook.id), ..Default::default() })
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.event_type == "drift_detected")
+        .count();
+    assert_eq!(queued, 1);
+
+    let mut sink = RecordingSink::new();
+    let r = submit(&by_labels, &mut sink);
+    assert_eq!((r.outcome, r.trigger.as_deref()), (TickOutcome::RetrainStarted, Some("new_labels")), "{r:?}");
+    assert!(r.reason.contains("130 predictions labelled"), "{}", r.reason);
+
+    let by_schedule = create("by-schedule", only(RetrainTriggers { schedule_secs: Some(0.05), ..Default::default() }));
+    std::thread::sleep(std::time::Duration::from_millis(80));
+    let r = submit(&by_schedule, &mut sink);
+    assert_eq!((r.outcome, r.trigger.as_deref()), (TickOutcome::RetrainStarted, Some("schedule")), "{r:?}");
+    // Each monitor follows its own job: three pending retrains besides v1's job.
+    let jobs = home.training().jobs(&JobFilter::default()).unwrap();
+    assert_eq!(jobs.iter().filter(|j| j.status == JobStatus::Pending).count(), 3);
+    assert_eq!(home.monitors().list().unwrap().len(), 3);
+    assert!(home.monitors().list().unwrap().iter().all(|m| m.current_job_id.is_some()));
 }

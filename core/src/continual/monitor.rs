@@ -360,7 +360,9 @@ impl Monitor {
                         ))
                     }
                     Some(_) => {}
-                    None => notes.push(format!("{} has no reference accuracy: relative_drop skipped", prod.reference())),
+                    None => {
+                        notes.push(format!("{} has no reference accuracy: relative_drop skipped", prod.reference()))
+                    }
                 }
             }
         } else if t.accuracy_floor.is_some() || t.relative_drop.is_some() {
@@ -455,7 +457,10 @@ impl Monitor {
         }
         if let (None, Some(cap)) = (&held, g.daily_cap) {
             if row.rec.retrains_today >= u64::from(cap) {
-                held = Some(format!("{why}; held by the daily cap ({} retrains today, cap {cap})", row.rec.retrains_today));
+                held = Some(format!(
+                    "{why}; held by the daily cap ({} retrains today, cap {cap})",
+                    row.rec.retrains_today
+                ));
             }
         }
         if let Some(reason) = held {
@@ -545,7 +550,12 @@ impl Monitor {
             .iter()
             .map(|(k, trig, d)| {
                 let reason = d.get("reason").and_then(Value::as_str).unwrap_or(draft.report.reason.as_str());
-                (*k, NewRefs { model: Some(&prod.id), job, candidate: None, trigger: trig.as_deref() }, reason, d.clone())
+                (
+                    *k,
+                    NewRefs { model: Some(&prod.id), job, candidate: None, trigger: trig.as_deref() },
+                    reason,
+                    d.clone(),
+                )
             })
             .collect();
         // The decisions and events only count when `f` says the change happened.
@@ -586,15 +596,19 @@ impl Monitor {
     fn prepare(&self, row: &MonitorRow, prod: &ModelRecord) -> Result<(JobId, DatasetId, Value)> {
         let policy = &row.rec.policy;
         let datasets = DatasetStore::new(self.store.clone());
-        let mut spec: TrainSpec = prod.lineage.spec.clone().unwrap_or_else(|| TrainSpec {
-            method: Method::Classifier(Default::default()),
-            ..Default::default()
-        });
+        let mut spec: TrainSpec = prod
+            .lineage
+            .spec
+            .clone()
+            .unwrap_or_else(|| TrainSpec { method: Method::Classifier(Default::default()), ..Default::default() });
         if let Some(c) = &policy.action.config {
             spec.method = Method::Classifier(c.clone());
         }
         if !matches!(spec.method, Method::Classifier(_)) {
-            return Err(Error::config("action.config", format!("{} was not trained as a classifier", prod.reference())));
+            return Err(Error::config(
+                "action.config",
+                format!("{} was not trained as a classifier", prod.reference()),
+            ));
         }
         // New rows: the production model's labelled predictions, newest first.
         let preds = self.continual().predictions(&prod.id, &PredictionFilter { labelled: Some(true), limit: None })?;
@@ -725,9 +739,12 @@ impl Monitor {
                     error: job.error.clone().unwrap_or(ErrorInfo { code: "internal".into(), message: why.clone() }),
                 };
                 let nowt = util::now();
-                self.commit(sink, &[(DecisionKind::Error, refs, &why, json!({"status": job.status}))], &[event], |tx| {
-                    sql::finish_job(tx, &self.id, job_id, None, &nowt)
-                })?;
+                self.commit(
+                    sink,
+                    &[(DecisionKind::Error, refs, &why, json!({"status": job.status}))],
+                    &[event],
+                    |tx| sql::finish_job(tx, &self.id, job_id, None, &nowt),
+                )?;
                 report.outcome = TickOutcome::Error;
                 report.reason = why;
                 return Ok(report);
@@ -743,8 +760,7 @@ impl Monitor {
                     let refs = NewRefs { model: prod.as_ref().map(|m| &m.id), job: Some(job_id), ..Default::default() };
                     self.commit(sink, &[(DecisionKind::RetrainResumed, refs, &why, json!({}))], &[], |_| Ok(()))?;
                 }
-                let run =
-                    if resume { engine.resume(job_id, sink, cancel) } else { engine.run(job_id, sink, cancel) };
+                let run = if resume { engine.resume(job_id, sink, cancel) } else { engine.run(job_id, sink, cancel) };
                 match run {
                     Ok(_) => {}
                     Err(Error::InUse { .. }) => {
@@ -842,7 +858,8 @@ impl Monitor {
             shadow_reason = keep;
             decisions.push((DecisionKind::Kept, refs(), shadow_reason.as_str(), json!({})));
             outcome = TickOutcome::Kept;
-            let done = self.commit(sink, &decisions, &events, |tx| sql::finish_job(tx, &self.id, job_id, None, &nowt))?;
+            let done =
+                self.commit(sink, &decisions, &events, |tx| sql::finish_job(tx, &self.id, job_id, None, &nowt))?;
             return Ok(self.settled(report, done, outcome, shadow_reason.clone()));
         }
         match gate.mode {
@@ -998,9 +1015,12 @@ impl Monitor {
             reason: why.clone(),
         };
         let refs = NewRefs { model: Some(&now_serving.id), candidate: Some(&before.id), ..Default::default() };
-        self.commit(sink, &[(DecisionKind::RolledBack, refs, &why, json!({"from": before.reference()}))], &[event], |_| {
-            Ok(())
-        })?;
+        self.commit(
+            sink,
+            &[(DecisionKind::RolledBack, refs, &why, json!({"from": before.reference()}))],
+            &[event],
+            |_| Ok(()),
+        )?;
         Ok(moved)
     }
 

@@ -97,8 +97,10 @@ impl Default for RetrainAction {
 
 named_enum! {
     /// What happens to a candidate that passed the gate.
+    #[derive(Default)]
     pub enum PromotionMode("promotion mode") {
         /// Promoted at once (`production` moves to it).
+        #[default]
         Auto = "auto",
         /// Left as the `candidate` alias until [`crate::Monitor::approve`].
         Manual = "manual",
@@ -106,12 +108,6 @@ named_enum! {
         /// of the production model's recent labelled predictions) without serving
         /// it; the comparison is recorded. [`crate::Monitor::approve`] promotes it.
         Shadow = "shadow",
-    }
-}
-
-impl Default for PromotionMode {
-    fn default() -> Self {
-        PromotionMode::Auto
     }
 }
 
@@ -192,7 +188,10 @@ impl RetrainPolicy {
         }
         if let Some(d) = t.relative_drop {
             if !(d > 0.0 && d < 1.0) {
-                return Err(Error::config("triggers.relative_drop", format!("must be between 0 and 1, exclusive (got {d})")));
+                return Err(Error::config(
+                    "triggers.relative_drop",
+                    format!("must be between 0 and 1, exclusive (got {d})"),
+                ));
             }
         }
         if t.drift_window == Some(0) {
@@ -225,7 +224,10 @@ impl RetrainPolicy {
             return Err(Error::config("guards.consecutive_breaches", "must be at least 1"));
         }
         if !(g.cooldown_secs.is_finite() && g.cooldown_secs >= 0.0) {
-            return Err(Error::config("guards.cooldown_secs", format!("must be 0 or more seconds (got {})", g.cooldown_secs)));
+            return Err(Error::config(
+                "guards.cooldown_secs",
+                format!("must be 0 or more seconds (got {})", g.cooldown_secs),
+            ));
         }
         if g.daily_cap == Some(0) {
             return Err(Error::config("guards.daily_cap", "must be at least 1 (leave it unset for no cap)"));
@@ -234,16 +236,16 @@ impl RetrainPolicy {
             if g.cooldown_secs > s {
                 return Err(Error::config(
                     "guards.cooldown_secs",
-                    format!("is longer than the schedule (triggers.schedule_secs = {s}): the schedule could never hold"),
+                    format!(
+                        "is longer than the schedule (triggers.schedule_secs = {s}): the schedule could never hold"
+                    ),
                 ));
             }
         }
         unit("action.replay_fraction", self.action.replay_fraction)?;
         if let Some(c) = &self.action.config {
             c.validate().map_err(|e| match e {
-                Error::InvalidConfig { field, reason } => {
-                    Error::config(format!("action.config.{field}"), reason)
-                }
+                Error::InvalidConfig { field, reason } => Error::config(format!("action.config.{field}"), reason),
                 o => o,
             })?;
         }
