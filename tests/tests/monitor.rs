@@ -200,8 +200,10 @@ fn manual_mode_waits_for_approval_and_shadow_scores_logged_traffic() {
     assert_eq!(home.models().resolve("churn@candidate").unwrap().version, 2);
     assert!(!sink.types().contains(&"promoted"));
     assert_eq!(m.record().unwrap().candidate_id, Some(home.models().resolve("churn@2").unwrap().id));
-    // The next tick does not retrain again while the breach goes on... it is still
-    // v1's accuracy that breaches, so it may start another retrain; approve first.
+    // v1 still breaches, but the waiting candidate holds further retrains.
+    let r = m.tick(&mut sink).unwrap();
+    assert_eq!((r.outcome, r.candidate.as_deref()), (TickOutcome::AwaitingApproval, Some("churn@2")), "{r:?}");
+    assert!(home.models().resolve("churn@3").is_err());
     let mut sink = RecordingSink::new();
     let moved = m.approve(Some("looks good"), &mut sink).unwrap();
     assert_eq!(production_version(&home), 2);
@@ -211,7 +213,8 @@ fn manual_mode_waits_for_approval_and_shadow_scores_logged_traffic() {
     assert_eq!((mode.as_str(), reason.as_str()), ("manual", "looks good"));
     assert!(m.record().unwrap().candidate_id.is_none());
 
-    // Shadow mode on another name's monitor... same model: roll back, then shadow.
+    // Shadow mode: back to v1, which still breaches; the next candidate is scored on
+    // v1's logged traffic.
     let mut p = policy(PromotionMode::Shadow);
     p.guards.cooldown_secs = 0.0;
     m.rollback(None, &mut RecordingSink::new()).unwrap();
@@ -446,7 +449,12 @@ fn drift_new_labels_and_schedule_triggers_start_retrains() {
         classes: 2,
         separation: 3.0,
         seed: 11,
-        drift: vec![ScenarioDrift { kind: ScenarioDriftKind::Covariate, start: 300, magnitude: 3.0, ..Default::default() }],
+        drift: vec![ScenarioDrift {
+            kind: ScenarioDriftKind::Covariate,
+            start: 300,
+            magnitude: 3.0,
+            ..Default::default()
+        }],
     })
     .unwrap();
     let hook = home.webhooks().add("http://127.0.0.1:9/hook", &WebhookOptions::default()).unwrap();

@@ -327,6 +327,22 @@ impl Monitor {
         let policy = &row.rec.policy;
         let (t, g) = (&policy.triggers, &policy.guards);
         let prod = production(&self.registry(), &row.rec.model_name)?;
+        if let Some(c) = &row.rec.candidate_id {
+            // A candidate awaiting approval holds further retrains, while it is still
+            // the `candidate` (promoted or replaced by other means: forgotten).
+            let target = self.store.catalog.read(|tx| alias_sql::alias_target(tx, &row.rec.model_name, CANDIDATE))?;
+            if target.as_deref() == Some(c.0.as_str()) && prod.id != *c {
+                let mut r = self.report(
+                    TickOutcome::AwaitingApproval,
+                    format!("candidate {c} awaits approval (Monitor::approve promotes it)"),
+                );
+                r.model = Some(prod.reference());
+                r.candidate = self.registry().get(c).ok().map(|m| m.reference());
+                return Ok(r);
+            }
+            let nowt = util::now();
+            self.store.catalog.write(|tx| sql::clear_candidate(tx, &self.id, &nowt))?;
+        }
         let continual = self.continual();
         let acc = continual.realised_accuracy(&prod.id, &AccuracyOptions { since: None, last: Some(t.window) })?;
         let mut draft = Draft { report: self.report(TickOutcome::Idle, ""), decisions: Vec::new(), events: Vec::new() };
