@@ -283,6 +283,14 @@ fn gate_failure_keeps_production_and_guards_hold() {
     assert_eq!(m.tick(&mut sink).unwrap().outcome, TickOutcome::Kept);
     assert_eq!(m.record().unwrap().retrains_today, 2);
     assert_eq!(home.stats(&StatsOptions::default()).unwrap().monitoring.retrains, 2);
+    // A failing pass is recorded (decision, monitor_error event) and returned.
+    home.models().remove_alias("churn", "production").unwrap();
+    let mut sink = RecordingSink::new();
+    let e = m.tick(&mut sink).unwrap_err();
+    assert_eq!(e.code(), "not_found");
+    assert_eq!(sink.types(), ["monitor_error"]);
+    assert_eq!(kinds(&m).last(), Some(&DecisionKind::Error));
+    assert_eq!(m.record().unwrap().last_tick.unwrap().outcome, TickOutcome::Error);
 }
 
 #[test]
