@@ -755,15 +755,13 @@ impl Monitor {
                     error: job.error.clone().unwrap_or(ErrorInfo { code: "internal".into(), message: why.clone() }),
                 };
                 let nowt = util::now();
-                self.commit(
+                let done = ended(self.commit(
                     sink,
                     &[(DecisionKind::Error, refs, &why, json!({"status": job.status}))],
                     &[event],
-                    |tx| sql::finish_job(tx, &self.id, job_id, None, &nowt),
-                )?;
-                report.outcome = TickOutcome::Error;
-                report.reason = why;
-                return Ok(report);
+                    |tx| self.finish(tx, job_id, None, &nowt),
+                ))?;
+                return Ok(self.settled(report, done, TickOutcome::Error, why));
             }
             JobStatus::Pending | JobStatus::Interrupted | JobStatus::Cancelled => {
                 if !opts.run_jobs {
@@ -874,8 +872,7 @@ impl Monitor {
             shadow_reason = keep;
             decisions.push((DecisionKind::Kept, refs(), shadow_reason.as_str(), json!({})));
             outcome = TickOutcome::Kept;
-            let done =
-                self.commit(sink, &decisions, &events, |tx| sql::finish_job(tx, &self.id, job_id, None, &nowt))?;
+            let done = ended(self.commit(sink, &decisions, &events, |tx| self.finish(tx, job_id, None, &nowt)))?;
             return Ok(self.settled(report, done, outcome, shadow_reason.clone()));
         }
         match gate.mode {
@@ -891,21 +888,10 @@ impl Monitor {
                     reason: promo_reason.clone(),
                 });
                 decisions.push((DecisionKind::Promoted, refs(), promo_reason.as_str(), json!({"mode": "auto"})));
-                let done = self.commit(sink, &decisions, &events, |tx| {
-                    if !sql::finish_job(tx, &self.id, job_id, None, &nowt)? {
-                        return Err(Error::InUse {
-                            what: "monitor",
-                            id: self.name.clone(),
-                            reason: "another tick gated this job".into(),
-                        });
-                    }
-                    promote_in(tx, &cand, Some(&promo_reason), &nowt)?;
-                    Ok(true)
-                });
-                let done = match done {
-                    Err(Error::InUse { what: "monitor", .. }) => false,
-                    other => other?,
-                };
+                let done = ended(self.commit(sink, &decisions, &events, |tx| {
+                    self.finish(tx, job_id, None, &nowt)?;
+                    promote_in(tx, &cand, Some(&promo_reason), &nowt).map(|_| ())
+                }))?;
                 Ok(self.settled(report, done, TickOutcome::Promoted, promo_reason))
             }
             PromotionMode::Manual | PromotionMode::Shadow => {
@@ -920,17 +906,25 @@ impl Monitor {
                 if gate.mode == PromotionMode::Shadow {
                     decisions.push((DecisionKind::Shadow, refs(), shadow_reason.as_str(), shadow));
                 }
-                let done = self.commit(sink, &decisions, &events, |tx| {
-                    if !sql::finish_job(tx, &self.id, job_id, Some(&cand.id), &nowt)? {
-                        return Ok(false);
-                    }
+                let done = ended(self.commit(sink, &decisions, &events, |tx| {
+                    self.finish(tx, job_id, Some(&cand.id), &nowt)?;
                     let change =
                         alias_sql::Change { action: AliasAction::Set, reason: Some(shadow_reason.as_str()), at: &nowt };
-                    alias_sql::set_alias(tx, &cand.name, CANDIDATE, &cand.id.0, &change)?;
-                    Ok(true)
-                })?;
+                    alias_sql::set_alias(tx, &cand.name, CANDIDATE, &cand.id.0, &change).map(|_| ())
+                }))?;
                 Ok(self.settled(report, done, TickOutcome::AwaitingApproval, shadow_reason.clone()))
             }
+        }
+    }
+
+    /// Ends the job in flight inside a transaction; when another tick ended it first,
+    /// fails with the error [`ended`] reads as "not done" (rolling the transaction back,
+    /// decisions and outbox rows included).
+    fn finish(&self, tx: &Conn, job: &JobId, candidate: Option<&ModelId>, now: &str) -> Result<()> {
+        if sql::finish_job(tx, &self.id, job, candidate, now)? {
+            Ok(())
+        } else {
+            Err(Error::InUse { what: "monitor job", id: job.0.clone(), reason: "another tick ended it first".into() })
         }
     }
 
@@ -1086,6 +1080,15 @@ fn flatten(r: Value) -> Value {
             Value::Object(flat)
         }
         other => other,
+    }
+}
+
+/// Whether a commit guarded by [`Monitor::finish`] happened.
+fn ended(r: Result<()>) -> Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(Error::InUse { what: "monitor job", .. }) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
