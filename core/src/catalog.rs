@@ -8,6 +8,7 @@ pub(crate) mod datasets;
 pub(crate) mod generations;
 pub(crate) mod jobs;
 pub(crate) mod models;
+pub(crate) mod monitor;
 pub(crate) mod outbox;
 pub(crate) mod stats;
 
@@ -20,8 +21,8 @@ use rusqlite::{Connection, OpenFlags, Row, ToSql, Transaction, TransactionBehavi
 
 use crate::error::{Error, Result};
 use crate::types::{
-    AliasAction, DatasetFormat, DatasetId, DeliveryStatus, DriftCheckId, DriftVerdict, EvaluationId, Family,
-    FinishReason, GenerationId, GenerationKind, JobId, JobStatus, MetricKind, ModelId, ModelKind, PredictionId,
+    AliasAction, DatasetFormat, DatasetId, DecisionKind, DeliveryStatus, DriftCheckId, DriftVerdict, EvaluationId,
+    Family, FinishReason, GenerationId, GenerationKind, JobId, JobStatus, MetricKind, ModelId, ModelKind, PredictionId,
     SourceFormat, Storage, WebhookFormat,
 };
 
@@ -35,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("catalog/migrations/0006_continual.sql"),
     include_str!("catalog/migrations/0007_outbox.sql"),
     include_str!("catalog/migrations/0008_alias_history.sql"),
+    include_str!("catalog/migrations/0009_monitors.sql"),
 ];
 
 /// The schema version this build writes.
@@ -161,7 +163,8 @@ named_column!(
     GenerationKind,
     DriftVerdict,
     WebhookFormat,
-    DeliveryStatus
+    DeliveryStatus,
+    DecisionKind
 );
 
 /// Ids are stored as their text.

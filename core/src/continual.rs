@@ -19,6 +19,7 @@
 
 mod drift;
 pub(crate) mod evaluate;
+mod monitor;
 mod predict;
 
 use std::path::Path;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+pub use monitor::{Monitor, MonitorHandle, Monitors};
 pub use predict::Predictor;
 
 use crate::catalog::continual as sql;

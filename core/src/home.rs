@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalog::{Catalog, SCHEMA_VERSION};
-use crate::continual::{Continual, Predictor};
+use crate::continual::{Continual, Monitors, Predictor};
 use crate::data::DatasetStore;
 use crate::error::{Error, IoResultExt, Result};
 use crate::generation::Generator;
@@ -132,6 +132,11 @@ impl Home {
         Continual::new(self.inner.clone())
     }
 
+    /// Retraining monitors of this home's production classifiers ([`Monitors`]).
+    pub fn monitors(&self) -> Monitors {
+        Monitors::new(self.inner.clone())
+    }
+
     /// Loads a stable-diffusion `model` for text-to-image ([`ImageGenerator::load`]).
     pub fn image_generator(
         &self,
@@ -167,7 +172,11 @@ impl Home {
                 models_by_kind: sql::models_by_kind(c)?,
                 datasets_by_format: sql::datasets_by_format(c)?,
                 aliases: sql::aliases(c, since)?,
-                monitoring: MonitoringStats { production: sql::production(c)?, ..Default::default() },
+                monitoring: MonitoringStats {
+                    production: sql::production(c)?,
+                    predictions: sql::predictions(c, since)?,
+                    retrains: sql::retrains(c, since)?,
+                },
             };
             Ok((sql::jobs(c, since)?, sql::running_jobs(c, since)?, stats))
         })?;

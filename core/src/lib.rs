@@ -71,7 +71,7 @@ mod training;
 // L3
 mod home;
 
-pub use continual::{Continual, Predictor};
+pub use continual::{Continual, Monitor, MonitorHandle, Monitors, Predictor};
 pub use data::DatasetStore;
 pub use error::{Error, ErrorKind, IoResultExt, Location, Result, StorageError};
 pub use events::{CancelToken, EventSink, JsonLinesSink, NoopSink, RecordingSink, TerminalSink, Throttle};
@@ -109,6 +109,10 @@ pub use types::{
     GenerateDatasetOptions, HomeStats, JobStats, MethodUsage, ModelCount, ModelGenerations, MonitoringStats,
     PresetUsage, ProductionModel, PromoteOptions, RollbackOptions, ScenarioDrift, ScenarioDriftKind, ScenarioOptions,
     StatsOptions,
+};
+pub use types::{
+    DecisionKind, GatePolicy, MonitorDecision, MonitorOptions, MonitorRecord, PromotionMode, RetrainAction,
+    RetrainGuards, RetrainPolicy, RetrainTriggers, TickOptions, TickOutcome, TickReport,
 };
 pub use types::{Delivery, DeliveryFilter, DeliveryReport, DeliveryStatus, Webhook, WebhookFormat, WebhookOptions};
 pub use types::{ImageImportOptions, ImageLayout, ImageStats, SizeStats};

@@ -19,6 +19,7 @@ mod home;
 mod ids;
 mod images;
 mod model;
+mod monitor;
 mod notify;
 mod stats;
 mod synthetic;
@@ -53,6 +54,10 @@ pub use images::{ImageAdapter, ImageGeneratorOptions, ImageRequest};
 pub use model::{
     Family, Lineage, LoraConfig, ModelFile, ModelFilter, ModelKind, ModelRecord, PresetOptions, RegisterOptions,
     Storage, TrainMetrics,
+};
+pub use monitor::{
+    DecisionKind, GatePolicy, MonitorDecision, MonitorOptions, MonitorRecord, PromotionMode, RetrainAction,
+    RetrainGuards, RetrainPolicy, RetrainTriggers, TickOptions, TickOutcome, TickReport, GATE_METRICS,
 };
 pub use notify::{Delivery, DeliveryFilter, DeliveryReport, DeliveryStatus, Webhook, WebhookFormat, WebhookOptions};
 pub use schema::{options_from_json, options_from_json_spelled, to_json_spelled, Spelling};

@@ -5,11 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::Result;
 use crate::types::{
-    Activity, AliasStats, DurationStats, JobStats, MethodUsage, ModelGenerations, ModelId, PresetUsage, ProductionModel,
+    Activity, AliasStats, DurationStats, JobStats, MethodUsage, ModelCount, ModelGenerations, ModelId, PresetUsage,
+    ProductionModel,
 };
 
 /// Jobs created since `since`, by stored status (`running` includes runs whose
@@ -243,5 +244,63 @@ pub(crate) fn production(conn: &Connection) -> Result<Vec<ProductionModel>> {
             latest_drift: None,
         })
     })?;
+    let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    for p in &mut out {
+        p.latest_evaluation = latest_evaluation(conn, &p.model_id)?;
+        p.latest_drift = conn
+            .query_row(
+                "SELECT check_json FROM drift_checks WHERE model_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                [&p.model_id],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .map(|s| super::from_json::<serde_json::Value>(&s))
+            .transpose()?;
+    }
+    Ok(out)
+}
+
+/// The newest evaluation of `model_id`, as a JSON object (an `EvaluationRecord`).
+fn latest_evaluation(conn: &Connection, model_id: &ModelId) -> Result<Option<serde_json::Value>> {
+    let row = conn
+        .query_row(
+            "SELECT id, model_id, model, dataset_id, metrics, rows, created_at FROM evaluations
+             WHERE model_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            [model_id],
+            |r| {
+                Ok(serde_json::json!({
+                    "id": r.get::<_, String>("id")?,
+                    "model_id": r.get::<_, String>("model_id")?,
+                    "model": r.get::<_, String>("model")?,
+                    "dataset_id": r.get::<_, String>("dataset_id")?,
+                    "metrics": super::from_json::<serde_json::Value>(&r.get::<_, String>("metrics")?)?,
+                    "rows": r.get::<_, u64>("rows")?,
+                    "created_at": r.get::<_, String>("created_at")?,
+                }))
+            },
+        )
+        .optional()?;
+    Ok(row)
+}
+
+/// Logged predictions per model version since `since`, most first.
+pub(crate) fn predictions(conn: &Connection, since: Option<&str>) -> Result<Vec<ModelCount>> {
+    let mut st = conn.prepare(
+        "SELECT p.model_id, m.name, m.version, COUNT(*) AS n FROM predictions p LEFT JOIN models m ON m.id = p.model_id
+         WHERE (?1 IS NULL OR p.created_at >= ?1)
+         GROUP BY p.model_id ORDER BY n DESC, m.name, m.version, p.model_id",
+    )?;
+    let rows = st.query_map([since], |r| {
+        Ok(ModelCount { model_id: r.get(0)?, name: r.get(1)?, version: r.get(2)?, count: r.get(3)? })
+    })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Retraining jobs started by monitors since `since` (their `retrain_started` decisions).
+pub(crate) fn retrains(conn: &Connection, since: Option<&str>) -> Result<u64> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM monitor_decisions WHERE kind = 'retrain_started' AND (?1 IS NULL OR at >= ?1)",
+        [since],
+        |r| r.get(0),
+    )?)
 }

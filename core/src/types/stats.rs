@@ -188,24 +188,17 @@ pub struct AliasStats {
 
 /// Continual-learning figures.
 ///
-/// EXTENSION POINT. Predictions, evaluations, drift checks and retraining runs live
-/// in the tables of catalog migration 0006 (built on another branch). Until they are
-/// wired here, `predictions` is empty, `retrains` is 0 and each production model's
-/// `latest_evaluation` / `latest_drift` is `None`. The intended queries:
-/// - `predictions`: logged predictions per model version (`COUNT(*) GROUP BY model_id`
-///   on the predictions table, since `since`), with labelled ones;
-/// - `latest_evaluation` / `latest_drift`: the newest evaluation row and drift report
-///   of each production model;
-/// - `retrains`: retraining jobs started by a policy (since `since`).
-///
-/// `production` is already filled from the aliases and their history.
+/// Continual learning figures, each a query on the catalog at the call: the
+/// production models with their newest evaluation and drift check, predictions per
+/// model version and retrains started by monitors.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MonitoringStats {
     /// Each model name's production model (the `production` alias), by name.
     pub production: Vec<ProductionModel>,
-    /// Logged predictions per model version. (Extension point: empty for now.)
+    /// Logged predictions per model version (since `since`), most first.
     pub predictions: Vec<ModelCount>,
-    /// Retraining runs started by a policy. (Extension point: 0 for now.)
+    /// Retraining jobs started by monitors (since `since`): their `retrain_started`
+    /// decisions.
     pub retrains: u64,
 }
 
@@ -217,9 +210,9 @@ pub struct ProductionModel {
     pub version: u32,
     /// When `production` last moved to it (from the alias history).
     pub since: Option<String>,
-    /// Its newest evaluation. (Extension point: `None` until wired.)
+    /// Its newest evaluation (an [`crate::EvaluationRecord`] as JSON), on any dataset.
     pub latest_evaluation: Option<Value>,
-    /// Its newest drift report. (Extension point: `None` until wired.)
+    /// Its newest drift check (a [`crate::DriftCheck`] as JSON).
     pub latest_drift: Option<Value>,
 }
 
