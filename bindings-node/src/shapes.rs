@@ -1,7 +1,7 @@
 //! `shapes`: the toy coloured-shapes data of the image quickstart (drawn by the core),
 //! its score (the share of images whose dominant colour and shape match their prompt)
 //! and a PNG contact sheet, for Node where no image library is at hand. Small and
-//! synchronous: 32x32 pictures.
+//! synchronous: 16x16 pictures.
 
 use napi::bindgen_prelude::Buffer;
 use napi::Env;
@@ -42,14 +42,20 @@ pub fn score(env: Env, images: Vec<Buffer>, prompts: Vec<String>) -> napi::Resul
     })
 }
 
-/// One PNG holding `rows[r][c]` (PNG Buffers) row by row on a white canvas.
+/// One PNG holding `rows[r][c]` (PNG Buffers) row by row on a white canvas, each
+/// picture enlarged `scale` times (nearest neighbour; default 1).
 #[napi(namespace = "shapes")]
-pub fn grid(env: Env, rows: Vec<Vec<Buffer>>) -> napi::Result<Buffer> {
+pub fn grid(env: Env, rows: Vec<Vec<Buffer>>, scale: Option<u32>) -> napi::Result<Buffer> {
     sync(&env, || {
+        let k = scale.unwrap_or(1) as usize;
+        let big = |i: img::RgbImage| -> anneal::Result<img::RgbImage> {
+            let (w, h, rgb) = shapes::enlarge(&i.data, i.width as usize, i.height as usize, k)?;
+            img::RgbImage::new(w as u32, h as u32, rgb)
+        };
         let decoded: Vec<Vec<img::RgbImage>> = rows
             .iter()
             .enumerate()
-            .map(|(r, row)| decode(row, &format!("rows[{r}]")))
+            .map(|(r, row)| decode(row, &format!("rows[{r}]"))?.into_iter().map(big).collect())
             .collect::<anneal::Result<_>>()?;
         let refs: Vec<Vec<&img::RgbImage>> = decoded.iter().map(|r| r.iter().collect()).collect();
         Ok(Buffer::from(img::encode_png(&img::grid(&refs)?)?))

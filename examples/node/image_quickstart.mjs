@@ -19,11 +19,11 @@ const here = path.dirname(fileURLToPath(import.meta.url))
 const anneal = createRequire(import.meta.url)(path.join(here, '..', '..', 'bindings-node'))
 const { Home, shapes } = anneal
 const args = process.argv.slice(2).filter((a) => !a.startsWith('--'))
-// The tiny-shapes preset's recommended settings (anneal::diffusion::presets), with 300
-// steps of 8 images instead of 2,000 of 16: training is slow on a CPU today.
-const STEPS = process.argv.includes('--smoke') ? 20 : 300
-const SAMPLING = { steps: 100, guidanceScale: 3.0, scheduler: 'ddpm' }
-const PER_PROMPT = 2
+// The tiny-shapes preset's recommended settings (anneal::diffusion::presets).
+const STEPS = process.argv.includes('--smoke') ? 20 : 800
+const SAMPLING = { steps: 25, guidanceScale: 3.0, scheduler: 'euler_ancestral' }
+const PER_PROMPT = 4 // 48 generated images per score
+const SIZE = 16
 const pct = (x) => `${Math.round(x * 100)}%`
 
 const progress = (e) => {
@@ -43,20 +43,20 @@ async function score(modelId) {
 }
 
 const home = Home.open(args[0] ?? 'anneal-home')
-const folder = path.join(home.root, 'image-quickstart-data')
-if (!fs.existsSync(path.join(folder, 'metadata.jsonl'))) shapes.writeImagefolder(folder, 480, 32, 0)
-const data = await home.datasets().importImages(folder, { name: 'shapes', onDuplicate: 'reuse' })
-console.log(`dataset shapes: ${data.numRecords} images`)
+const folder = path.join(home.root, 'image-quickstart-shapes-16px')
+if (!fs.existsSync(path.join(folder, 'metadata.jsonl'))) shapes.writeImagefolder(folder, 480, SIZE, 0)
+const data = await home.datasets().importImages(folder, { name: 'shapes-16px', onDuplicate: 'reuse' })
+console.log(`dataset shapes-16px: ${data.numRecords} images`)
 
 const base = await home.models().createPreset('tiny-shapes', { name: 'tiny-shapes', seed: 0 })
 const [before, beforeImages] = await score(base.id)
 console.log(`base ${base.name}@${base.version} (${base.params} parameters): ${pct(before)} of generated images match their prompt`)
 
 const report = await home.training().train({
-  base: base.id, dataset: data.id, method: 'full', maxSteps: STEPS, batchSize: 8,
-  learningRate: 1e-3, warmupSteps: 20, schedule: 'constant', outputName: 'shapes-painter',
+  base: base.id, dataset: data.id, method: 'full', maxSteps: STEPS, batchSize: 16,
+  learningRate: 2e-3, warmupSteps: 20, schedule: 'cosine', outputName: 'shapes-painter',
   image: {
-    trainTextEncoder: true, captionDropout: 0.1,
+    snrGamma: 5.0, trainTextEncoder: true, captionDropout: 0.1,
     validationPrompts: ['a red circle', 'a blue square', 'a yellow triangle'],
     validationEvery: Math.max(Math.floor(STEPS / 4), 1), validationSteps: SAMPLING.steps,
     validationGuidanceScale: SAMPLING.guidanceScale, validationScheduler: SAMPLING.scheduler,
@@ -68,5 +68,5 @@ console.log(`after training: ${pct(after)} of generated images match their promp
 
 // One PNG: the first image of each prompt, untrained row above trained row.
 const rows = [beforeImages, afterImages].map((r) => r.filter((_, i) => i % PER_PROMPT === 0).map((i) => i.png))
-fs.writeFileSync('image_quickstart.png', shapes.grid(rows))
+fs.writeFileSync('image_quickstart.png', shapes.grid(rows, 4)) // enlarged 4 times
 console.log('wrote image_quickstart.png (top: untrained, bottom: trained)')

@@ -26,14 +26,16 @@ use anneal::diffusion::image::{self, RgbImage};
 use anneal::diffusion::{presets, shapes};
 use anneal::{
     CancelToken, Home, ImageImportOptions, ImageRequest, ImageTrainOptions, Method, ModelRecord, OnDuplicate,
-    PresetOptions, Schedule, TerminalSink, Throttle, TrainSpec,
+    PresetOptions, TerminalSink, Throttle, TrainSpec,
 };
 use anyhow::Result;
 
 /// Training pictures drawn (each of the 12 colour x shape pairs equally often).
 const IMAGES: usize = 480;
-/// Generated images per prompt when scoring.
-const PER_PROMPT: usize = 2;
+/// Generated images per prompt when scoring (48 in all).
+const PER_PROMPT: usize = 4;
+/// Side of the pictures and of the preset's images.
+const SIZE: usize = 16;
 
 /// Every colour x shape prompt, in a fixed order.
 fn prompts() -> Vec<String> {
@@ -59,12 +61,16 @@ fn score(home: &Home, model: &ModelRecord) -> Result<(f64, Vec<anneal::Generated
     Ok((shapes::score(&images, &wanted)?, out.images))
 }
 
-/// One PNG: the first image of each prompt, `rows` models from top to bottom.
+/// One PNG: the first image of each prompt, `rows` models from top to bottom, each
+/// picture enlarged 4 times.
 fn grid(rows: &[&[anneal::GeneratedPng]], path: &str) -> Result<()> {
+    let big = |i: &anneal::GeneratedPng| -> anneal::Result<RgbImage> {
+        let (w, h, rgb) = shapes::enlarge(&i.rgb, i.width, i.height, 4)?;
+        RgbImage::new(w as u32, h as u32, rgb)
+    };
     let cells: Vec<Vec<RgbImage>> = rows
         .iter()
-        .map(|r| r.iter().step_by(PER_PROMPT).map(|i| RgbImage::new(i.width as u32, i.height as u32, i.rgb.clone())))
-        .map(|r| r.collect::<anneal::Result<Vec<_>>>())
+        .map(|r| r.iter().step_by(PER_PROMPT).map(big).collect::<anneal::Result<Vec<_>>>())
         .collect::<anneal::Result<_>>()?;
     let refs: Vec<Vec<&RgbImage>> = cells.iter().map(|r| r.iter().collect()).collect();
     std::fs::write(path, image::encode_png(&image::grid(&refs)?)?)?;
@@ -77,42 +83,40 @@ fn main() -> Result<()> {
     let home = Home::open(&dir)?;
 
     // 1. The toy dataset, drawn and imported (reused when this runs again).
-    let folder = home.root().join("image-quickstart-data");
+    let folder = home.root().join("image-quickstart-shapes-16px");
     if !folder.join("metadata.jsonl").is_file() {
-        shapes::write_imagefolder(&folder, IMAGES, 32, 0)?;
+        shapes::write_imagefolder(&folder, IMAGES, SIZE, 0)?;
     }
-    let opts =
-        ImageImportOptions { name: Some("shapes".into()), on_duplicate: OnDuplicate::Reuse, ..Default::default() };
-    let data = match home.datasets().get("shapes") {
-        Ok(d) => d,
-        Err(_) => home.datasets().import_images(&folder, &opts)?,
+    let opts = ImageImportOptions {
+        name: Some("shapes-16px".into()),
+        on_duplicate: OnDuplicate::Reuse,
+        ..Default::default()
     };
-    println!("dataset shapes: {} images, e.g. {}", data.num_records, home.datasets().preview(&data.id, 1)?[0]);
+    let data = home.datasets().import_images(&folder, &opts)?;
+    println!("dataset shapes-16px: {} images, e.g. {}", data.num_records, home.datasets().preview(&data.id, 1)?[0]);
 
-    // 2. The from-scratch base.
+    // 2. The from-scratch base (a new version of `tiny-shapes` at each run, as in Python and Node).
     let preset = presets::find("tiny-shapes").expect("preset");
-    let base = match home.models().resolve("tiny-shapes") {
-        Ok(m) => m,
-        Err(_) => home.models().create_preset("tiny-shapes", &PresetOptions::default())?,
-    };
+    let base = home.models().create_preset("tiny-shapes", &PresetOptions::default())?;
     println!("base {} ({} parameters): {}", base.reference(), base.params, preset.description);
     let (before, before_images) = score(&home, &base)?;
     println!("before training: {:.0}% of generated images match their prompt", before * 100.0);
 
     // 3. Training with the preset's recommended settings.
     let rec = preset.recommended;
-    let steps: u64 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(300);
+    let steps: u64 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(rec.steps as u64);
     let spec = TrainSpec {
         base: base.id.clone().into(),
         dataset: data.id.clone(),
         method: Method::Full,
         max_steps: Some(steps),
-        batch_size: 8,
+        batch_size: rec.batch_size,
         learning_rate: rec.learning_rate,
         warmup_steps: rec.warmup_steps as u64,
-        schedule: Schedule::Constant,
+        schedule: rec.schedule,
         output_name: Some("shapes-painter".into()),
         image: Some(ImageTrainOptions {
+            snr_gamma: rec.snr_gamma,
             train_text_encoder: rec.train_text_encoder,
             caption_dropout: rec.caption_dropout,
             validation_prompts: vec!["a red circle".into(), "a blue square".into(), "a yellow triangle".into()],
