@@ -90,13 +90,14 @@ pub use tokenizer::{SpecialToken, Tokenizer};
 pub use training::{AdamW, JobHandle, TrainingEngine};
 pub use types::{
     options_from_json, options_from_json_spelled, to_json_spelled, ChatMessage, DatasetFormat, DatasetId,
-    DatasetRecord, DatasetSplit, DatasetStats, DeleteOptions, ErrorInfo, Event, Family, FieldStats, FinishReason,
-    FinishStatus, GateVerdict, Generation, GenerationConfig, GenerationFilter, GenerationId, GenerationKind,
-    GenerationRecord, GeneratorOptions, HomeOptions, ImageAdapter, ImageCrop, ImageGeneratorOptions, ImageRequest,
-    ImageTrainOptions, ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus, LengthBucket, Lineage,
-    LoraConfig, Method, MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef,
-    ModelUsage, OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score, ScoreOptions, SourceFormat,
-    Spelling, SplitOptions, Storage, StreamChunk, Timings, TrainMetrics, TrainReport, TrainSpec, TxtMode, CHAT_ROLES,
+    DatasetRecord, DatasetSplit, DatasetStats, DeleteOptions, ErrorInfo, Event, ExportFormat, ExportOptions,
+    ExportReport, ExportedFile, Family, FieldStats, FinishReason, FinishStatus, GateVerdict, Generation,
+    GenerationConfig, GenerationFilter, GenerationId, GenerationKind, GenerationRecord, GeneratorOptions, HomeOptions,
+    ImageAdapter, ImageCrop, ImageGeneratorOptions, ImageRequest, ImageTrainOptions, ImportBundleOptions,
+    ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus, LengthBucket, Lineage, LoraConfig, Method,
+    MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelUsage,
+    OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score, ScoreOptions, SourceFormat, Spelling,
+    SplitOptions, Storage, StreamChunk, Timings, TrainMetrics, TrainReport, TrainSpec, TxtMode, CHAT_ROLES,
     DEFAULT_MAX_NEW_TOKENS, HEARTBEAT_STALE_SECS,
 };
 pub use types::{

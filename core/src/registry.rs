@@ -6,6 +6,7 @@
 //! and the files last, so a kill at any moment never leaves a row without its files.
 
 mod diffusion;
+mod export;
 pub(crate) mod inspect;
 
 use std::fs;
@@ -22,9 +23,10 @@ use crate::events::{run_task, CancelToken, EventSink, NoopSink};
 use crate::models::presets::{self, Preset};
 use crate::store::Store;
 use crate::types::{
-    catalog_time, check_reason, AliasAction, AliasChange, AliasMove, Family, GenerationFilter, GenerationRecord,
-    Lineage, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelUsage, PresetOptions,
-    PromoteOptions, RegisterOptions, RollbackOptions, Storage, CANDIDATE, PREVIOUS, PRODUCTION,
+    catalog_time, check_reason, AliasAction, AliasChange, AliasMove, ExportFormat, ExportOptions, ExportReport, Family,
+    GenerationFilter, GenerationRecord, ImportBundleOptions, Lineage, ModelFile, ModelFilter, ModelId, ModelKind,
+    ModelRecord, ModelRef, ModelUsage, PresetOptions, PromoteOptions, RegisterOptions, RollbackOptions, Storage,
+    CANDIDATE, PREVIOUS, PRODUCTION,
 };
 use crate::util::{self, StagingDir};
 use inspect::Inspected;
@@ -285,20 +287,7 @@ impl ModelRegistry {
         }
         names.sort();
         let files = hash_files(staging.path(), &names)?;
-        let inspected = Inspected {
-            kind: ModelKind::Classifier,
-            family: Some(Family::Tabular),
-            architecture: architecture.to_string(),
-            model_type: "classifier".to_string(),
-            params,
-            dtype: "f64".to_string(),
-            files: names,
-            tokenizer: None,
-            config,
-            base_hint: None,
-            adapter: None,
-            diffusion_lora: None,
-        };
+        let inspected = Inspected::classifier(architecture.to_string(), params, config, names);
         let new = NewModel {
             name,
             kind: ModelKind::Classifier,
@@ -362,13 +351,7 @@ impl ModelRegistry {
         storage: Storage,
         path: PathBuf,
     ) -> ModelRecord {
-        let manifest: String = {
-            let mut sorted: Vec<&ModelFile> = files.iter().collect();
-            sorted.sort_by(|a, b| a.name.cmp(&b.name));
-            sorted.iter().map(|f| format!("{}:{}\n", f.name, f.sha256)).collect()
-        };
-        use sha2::Digest;
-        let sha256 = hex::encode(sha2::Sha256::digest(manifest.as_bytes()));
+        let sha256 = content_sha(&files);
         ModelRecord {
             id,
             name: new.name.to_string(),
@@ -425,6 +408,54 @@ impl ModelRegistry {
                 Err(e)
             }
         }
+    }
+
+    /// Writes `model` out of the home in `format` at `dest` (a directory for `hf` and
+    /// `peft`, a file for `bundle`): see [`ExportFormat`]. The export is written under a
+    /// temporary name and renamed into place; an existing `dest` is `already_exists`
+    /// unless [`ExportOptions::overwrite`]. Every file copied from the home is checked
+    /// against the sha256 recorded at registration.
+    pub fn export(
+        &self,
+        model: impl Into<ModelRef>,
+        format: ExportFormat,
+        dest: impl AsRef<Path>,
+        opts: &ExportOptions,
+    ) -> Result<ExportReport> {
+        self.export_with(model, format, dest, opts, &mut NoopSink, &CancelToken::new())
+    }
+
+    /// [`ModelRegistry::export`] with progress events (`task_*`, in files) and cancellation.
+    pub fn export_with(
+        &self,
+        model: impl Into<ModelRef>,
+        format: ExportFormat,
+        dest: impl AsRef<Path>,
+        opts: &ExportOptions,
+        sink: &mut dyn EventSink,
+        cancel: &CancelToken,
+    ) -> Result<ExportReport> {
+        export::export(self, model.into(), format, dest.as_ref(), opts, sink, cancel)
+    }
+
+    /// Restores a bundle written by [`ModelRegistry::export`] (`bundle`): its models
+    /// (an adapter's base first) under the ids they had, with the same content. Models
+    /// already here with the same id and content are reused. Every entry is checked
+    /// (names, sizes, sha256) before anything is registered; a tampered or truncated
+    /// bundle is `invalid_data` naming the entry, and leaves the home unchanged.
+    pub fn import_bundle(&self, path: impl AsRef<Path>, opts: &ImportBundleOptions) -> Result<ModelRecord> {
+        self.import_bundle_with(path, opts, &mut NoopSink, &CancelToken::new())
+    }
+
+    /// [`ModelRegistry::import_bundle`] with progress events (`task_*`, in bytes) and cancellation.
+    pub fn import_bundle_with(
+        &self,
+        path: impl AsRef<Path>,
+        opts: &ImportBundleOptions,
+        sink: &mut dyn EventSink,
+        cancel: &CancelToken,
+    ) -> Result<ModelRecord> {
+        export::import_bundle(self, path.as_ref(), opts, sink, cancel)
     }
 
     /// A model by id.
@@ -660,6 +691,15 @@ fn check_alias(alias: &str) -> Result<()> {
 }
 
 /// Size and sha256 of each of `names` under `dir`.
+/// A model's content hash: sha256 over its files' names and sha256s, sorted by name.
+fn content_sha(files: &[ModelFile]) -> String {
+    use sha2::Digest;
+    let mut sorted: Vec<&ModelFile> = files.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let manifest: String = sorted.iter().map(|f| format!("{}:{}\n", f.name, f.sha256)).collect();
+    hex::encode(sha2::Sha256::digest(manifest.as_bytes()))
+}
+
 fn hash_files(dir: &Path, names: &[String]) -> Result<Vec<ModelFile>> {
     names
         .iter()
