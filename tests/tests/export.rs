@@ -224,3 +224,48 @@ fn tampered_truncated_or_unsafe_bundles_are_refused_and_leave_nothing() {
     let e = other.models().import_bundle(d.path(), &ImportBundleOptions::default()).unwrap_err();
     assert_eq!(e.code(), "invalid_config", "{e}");
 }
+
+#[test]
+fn a_classifier_travels_as_a_bundle_only() {
+    let d = tempfile::tempdir().unwrap();
+    let h = home(d.path(), "h");
+    let mut text = String::new();
+    for i in 0..60 {
+        let c = i % 3;
+        let plan = ["a", "b", "c"][c];
+        let row =
+            serde_json::json!({"x": c as f64 + (i as f64 * 0.37).sin() * 0.3, "plan": plan, "label": format!("k{c}")});
+        text.push_str(&format!("{row}\n"));
+    }
+    let p = common::write(d.path(), "rows.jsonl", text.as_bytes());
+    let ds = h.datasets().import_file(&p, &ImportOptions { name: Some("rows".into()), ..Default::default() }).unwrap();
+    let spec = TrainSpec {
+        dataset: ds.id.clone(),
+        method: Method::Classifier(Default::default()),
+        output_name: Some("clf".into()),
+        ..Default::default()
+    };
+    let job = h.training().create_job(&spec).unwrap();
+    let report = h.training().run(&job.id, &mut NoopSink, &CancelToken::new()).unwrap();
+    let e = h
+        .models()
+        .export(&report.model_id, ExportFormat::Hf, d.path().join("x"), &ExportOptions::default())
+        .unwrap_err();
+    assert_eq!(e.code(), "invalid_config", "{e}");
+    assert!(e.to_string().contains("bundle"), "{e}");
+
+    let zip = d.path().join("clf.zip");
+    h.models().export(&report.model_id, ExportFormat::Bundle, &zip, &ExportOptions::default()).unwrap();
+    let other = home(d.path(), "other");
+    let opts = ImportBundleOptions { name: Some("churn".into()) };
+    let got = other.models().import_bundle(&zip, &opts).unwrap();
+    assert_eq!(
+        (got.id.clone(), got.name.as_str(), got.kind),
+        (report.model_id.clone(), "churn", anneal::ModelKind::Classifier)
+    );
+    let row = serde_json::json!({"x": 1.2, "plan": "b"}).as_object().unwrap().clone();
+    let ours = h.predictor(&report.model_id, &Default::default()).unwrap().predict(&row).unwrap();
+    let theirs = other.predictor(&got.id, &Default::default()).unwrap().predict(&row).unwrap();
+    assert_eq!(ours.label, theirs.label);
+    assert_eq!(ours.probabilities, theirs.probabilities);
+}
