@@ -139,6 +139,41 @@ export interface RegisterOptions {
   tags?: string[]
 }
 
+/** Where `models().export` writes a model. */
+export type ExportFormat = 'hf' | 'peft' | 'bundle'
+
+export interface ExportOptions {
+  /** Replace an existing destination (otherwise it is refused: `already_exists`). */
+  overwrite?: boolean
+  /** hf, merged adapters: the largest safetensors shard in bytes (default 2 GiB). */
+  maxShardBytes?: number
+  /** Where the base is found outside this home (a Hub id or a path): the adapter's
+   *  `base_model_name_or_path` and the model card's `base_model`. */
+  baseModel?: string
+}
+
+export interface ExportedFile {
+  /** Relative to the destination, '/'-separated. */
+  path: string
+  bytes: number
+  sha256: string
+}
+
+/** What `models().export` wrote. */
+export interface ExportReport {
+  /** `name@version` of the exported model. */
+  model: string
+  format: ExportFormat
+  /** The destination (a directory, or the ZIP file of a bundle). */
+  path: string
+  files: ExportedFile[]
+}
+
+export interface ImportBundleOptions {
+  /** Register the bundle's model under this name (its base keeps its own). */
+  name?: string
+}
+
 export interface PresetOptions {
   /** Default: the preset's name. */
   name?: string

@@ -226,6 +226,8 @@ fn python_stub_matches_the_rust_types() {
         ("DatasetStore", "import_records", schemas!(ImportOptions).remove(0)),
         ("ModelRegistry", "register_dir", schemas!(RegisterOptions).remove(0)),
         ("ModelRegistry", "create_preset", schemas!(PresetOptions).remove(0)),
+        ("ModelRegistry", "export", schemas!(ExportOptions).remove(0)),
+        ("ModelRegistry", "import_bundle", schemas!(ImportBundleOptions).remove(0)),
         ("ModelRegistry", "list", schemas!(ModelFilter).remove(0)),
         ("ModelRegistry", "generations", schemas!(GenerationFilter).remove(0)),
         ("TrainingEngine", "jobs", schemas!(JobFilter).remove(0)),
@@ -329,6 +331,8 @@ fn typescript_declarations_match_the_rust_types() {
         ImageImportOptions,
         RegisterOptions,
         PresetOptions,
+        ExportOptions,
+        ImportBundleOptions,
         ModelFilter,
         LoraConfig,
         TrainSpec,
@@ -429,11 +433,13 @@ fn notify_stats_records() -> Vec<(&'static str, Value)> {
         ModelCount,
         DatasetLineage,
         ScenarioDrift,
+        ExportReport,
+        ExportedFile,
     )
 }
 
 fn notify_stats_enums() -> Vec<(&'static str, Value)> {
-    schemas!(WebhookFormat, DeliveryStatus, AliasAction, ActivityKind, ScenarioDriftKind)
+    schemas!(WebhookFormat, DeliveryStatus, AliasAction, ActivityKind, ScenarioDriftKind, ExportFormat)
 }
 
 /// Keyword-only parameters of a module-level function of the stub.

@@ -573,6 +573,39 @@ class ModelRegistry:
     def rollback(self, name: str, *, reason: str | None = None) -> AliasMove: ...
     def alias_history(self, name: str, alias: str | None = None) -> builtins.list[AliasChange]: ...
     def alias_at(self, name: str, alias: str, at: str | datetime.datetime) -> AliasChange | None: ...
+    def export(
+        self,
+        model: str,
+        format: ExportFormat,
+        dest: StrPath,
+        *,
+        overwrite: bool | None = None,
+        max_shard_bytes: int | None = None,
+        base_model: str | None = None,
+        on_event: OnEvent | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ExportReport: ...
+    def import_bundle(
+        self,
+        path: StrPath,
+        *,
+        name: str | None = None,
+        on_event: OnEvent | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ModelRecord: ...
+
+ExportFormat = Literal["hf", "peft", "bundle"]
+
+class ExportedFile(TypedDict):
+    path: str
+    bytes: int
+    sha256: str
+
+class ExportReport(TypedDict):
+    model: str
+    format: ExportFormat
+    path: str
+    files: builtins.list[ExportedFile]
 
 # ---------------------------------------------------------------- training
 
