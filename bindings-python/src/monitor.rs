@@ -185,9 +185,8 @@ impl PyMonitor {
     ) -> PyResult<Bound<'py, PyAny>> {
         let cb = events::callback(on_event)?;
         let monitor = self.inner.clone();
-        let moved = run_monitor(py, cb, anneal::CancelToken::new(), move |sink, _| {
-            monitor.approve(reason.as_deref(), sink)
-        })?;
+        let moved =
+            run_monitor(py, cb, anneal::CancelToken::new(), move |sink, _| monitor.approve(reason.as_deref(), sink))?;
         plain!(py, moved)
     }
 
@@ -202,9 +201,8 @@ impl PyMonitor {
     ) -> PyResult<Bound<'py, PyAny>> {
         let cb = events::callback(on_event)?;
         let monitor = self.inner.clone();
-        let moved = run_monitor(py, cb, anneal::CancelToken::new(), move |sink, _| {
-            monitor.rollback(reason.as_deref(), sink)
-        })?;
+        let moved =
+            run_monitor(py, cb, anneal::CancelToken::new(), move |sink, _| monitor.rollback(reason.as_deref(), sink))?;
         plain!(py, moved)
     }
 
@@ -214,9 +212,17 @@ impl PyMonitor {
     /// `sys.unraisablehook` and the monitor goes on. A failing tick is recorded and
     /// kept as `handle.last_error`; the loop goes on.
     #[pyo3(signature = (interval_secs, on_event=None))]
-    fn spawn(&self, py: Python<'_>, interval_secs: f64, on_event: Option<Bound<'_, PyAny>>) -> PyResult<PyMonitorHandle> {
+    fn spawn(
+        &self,
+        py: Python<'_>,
+        interval_secs: f64,
+        on_event: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<PyMonitorHandle> {
         if !(interval_secs.is_finite() && interval_secs > 0.0 && interval_secs < 1e9) {
-            let e = anneal::Error::config("interval_secs", format!("must be a positive number of seconds (got {interval_secs})"));
+            let e = anneal::Error::config(
+                "interval_secs",
+                format!("must be a positive number of seconds (got {interval_secs})"),
+            );
             return Err(to_pyerr(py, e));
         }
         let cb = events::callback(on_event)?;
