@@ -168,7 +168,8 @@ test('bad policies are refused naming the field (camelCase)', async () => {
   const cases = [
     [{}, 'triggers'],
     [{ triggers: { floor: 0.7 } }, 'triggers.floor'],
-    [{ triggers: { accuracy_floor: 0.7 } }, 'triggers.accuracy_floor'],
+    // A snake_case key is unknown in JavaScript (the message names it as given).
+    [{ triggers: { accuracy_floor: 0.7 } }, 'triggers.accuracyFloor'],
     [{ triggers: { accuracyFloor: 1.5 } }, 'triggers.accuracyFloor'],
     [{ triggers: { accuracyFloor: 'high' } }, 'triggers.accuracyFloor'],
     [{ triggers: { accuracyFloor: NaN } }, 'triggers.accuracyFloor'],
