@@ -1234,7 +1234,7 @@ class RetrainGuards(TypedDict, total=False):
     daily_cap: int | None
 
 class RetrainAction(TypedDict, total=False):
-    """The retraining job: a classifier refit on replayed old rows plus labelled predictions."""
+    """The retraining job (a classifier refit on replayed old rows plus labelled predictions)."""
 
     config: ClassifierConfig | None
     replay_fraction: float
@@ -1273,7 +1273,7 @@ class TickReport(TypedDict):
     at: str
 
 class MonitorRecord(TypedDict):
-    """A monitor as stored in the catalog: its policy (every field filled in) and state."""
+    """A monitor as stored in the catalog (its policy, every field filled in, and its state)."""
 
     id: str
     name: str
