@@ -827,6 +827,131 @@ export interface DriftCheck {
   createdAt: string
 }
 
+// ---------------------------------------------------------------- monitors (home.monitors())
+
+export type PromotionMode = 'auto' | 'manual' | 'shadow'
+export type GateMetric = 'accuracy' | 'f1_macro'
+export type TickOutcome = 'idle' | 'held' | 'retrain_started' | 'waiting' | 'promoted' | 'kept' | 'awaiting_approval' | 'error'
+export type DecisionKind = 'held' | 'drift_detected' | 'retrain_started' | 'retrain_resumed' | 'candidate_evaluated' | 'shadow' | 'promoted' | 'kept' | 'rolled_back' | 'error'
+
+/** What triggers a retrain. Each trigger is off unless set; at least one must be set. */
+export interface RetrainTriggers {
+  /** Realised accuracy under this absolute floor (0..1). */
+  accuracyFloor?: number | null
+  /** Realised accuracy under the reference accuracy times `1 - relativeDrop`. */
+  relativeDrop?: number | null
+  /** A drift check of the last `driftWindow` predictions has the verdict `drift`. */
+  driftWindow?: number | null
+  /** This many predictions labelled since the last retrain. */
+  newLabels?: number | null
+  /** Every this many seconds. */
+  scheduleSecs?: number | null
+  /** Labelled predictions the accuracy triggers read. Default 200. */
+  window?: number
+}
+
+/** What holds a trigger back. */
+export interface RetrainGuards {
+  /** Default 30. */
+  minSamples?: number
+  /** Default 1. */
+  consecutiveBreaches?: number
+  /** Default 0. */
+  cooldownSecs?: number
+  dailyCap?: number | null
+}
+
+/** The retraining job: a classifier refit on replayed old rows plus labelled predictions. */
+export interface RetrainAction {
+  /** Default: the production model's own settings. */
+  config?: ClassifierConfig | null
+  /** Share of the old training rows kept (0..1). Default 1. */
+  replayFraction?: number
+}
+
+/** How a candidate is gated against production on the same evaluation set. */
+export interface GatePolicy {
+  /** Default `auto`. */
+  mode?: PromotionMode
+  /** Default `accuracy`. */
+  metric?: GateMetric
+  /** Absolute floor on the candidate's metric. Default 0. */
+  floor?: number
+  /** How much the candidate must beat production by (-1..1). Default 0. */
+  margin?: number
+  /** A fixed evaluation dataset (id or name); default: held-out labelled predictions. */
+  dataset?: string | null
+  /** Default 0.3. */
+  holdoutFraction?: number
+}
+
+/** A monitor's policy (`monitors.create`, `monitor.setPolicy`); unknown keys throw `invalid_config`. */
+export interface RetrainPolicy {
+  triggers?: RetrainTriggers
+  guards?: RetrainGuards
+  action?: RetrainAction
+  gate?: GatePolicy
+}
+
+/** Options of `monitors.create(modelName, policy, options)`. */
+export interface MonitorOptions {
+  /** Unique in the home. Default: the model name. */
+  name?: string | null
+}
+
+/** Options of `monitor.tick(options)`. */
+export interface TickOptions {
+  /** Run the retraining job in this call (default true); false: submit it only. */
+  runJobs?: boolean
+}
+
+/** What one `monitor.tick()` did. */
+export interface TickReport {
+  monitor: string
+  outcome: TickOutcome
+  /** The production model at the tick, `name@version`. */
+  model: string | null
+  realisedAccuracy: number | null
+  labelled: number
+  trigger: string | null
+  reason: string
+  jobId: string | null
+  /** `name@version`. */
+  candidate: string | null
+  at: string
+}
+
+/** A monitor as stored in the catalog: its policy (every field filled in) and state. */
+export interface MonitorRecord {
+  id: string
+  name: string
+  modelName: string
+  policy: RetrainPolicy
+  consecutiveBreaches: number
+  lastRetrainAt: string | null
+  retrainsToday: number
+  currentJobId: string | null
+  candidateId: string | null
+  evalDatasetId: string | null
+  lastTick: TickReport | null
+  createdAt: string
+  updatedAt: string
+}
+
+/** One row of a monitor's decision trail; `details` keeps its snake_case keys (it is data). */
+export interface MonitorDecision {
+  id: number
+  monitorId: string
+  kind: DecisionKind
+  modelId: string | null
+  jobId: string | null
+  candidateId: string | null
+  trigger: string | null
+  reason: string
+  details: Record<string, unknown>
+  at: string
+}
+
 // ---------------------------------------------------------------- webhooks (home.webhooks())
 
 export type WebhookFormat = 'json' | 'discord' | 'slack'

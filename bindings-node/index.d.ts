@@ -792,6 +792,131 @@ export interface DriftCheck {
   createdAt: string
 }
 
+// ---------------------------------------------------------------- monitors (home.monitors())
+
+export type PromotionMode = 'auto' | 'manual' | 'shadow'
+export type GateMetric = 'accuracy' | 'f1_macro'
+export type TickOutcome = 'idle' | 'held' | 'retrain_started' | 'waiting' | 'promoted' | 'kept' | 'awaiting_approval' | 'error'
+export type DecisionKind = 'held' | 'drift_detected' | 'retrain_started' | 'retrain_resumed' | 'candidate_evaluated' | 'shadow' | 'promoted' | 'kept' | 'rolled_back' | 'error'
+
+/** What triggers a retrain. Each trigger is off unless set; at least one must be set. */
+export interface RetrainTriggers {
+  /** Realised accuracy under this absolute floor (0..1). */
+  accuracyFloor?: number | null
+  /** Realised accuracy under the reference accuracy times `1 - relativeDrop`. */
+  relativeDrop?: number | null
+  /** A drift check of the last `driftWindow` predictions has the verdict `drift`. */
+  driftWindow?: number | null
+  /** This many predictions labelled since the last retrain. */
+  newLabels?: number | null
+  /** Every this many seconds. */
+  scheduleSecs?: number | null
+  /** Labelled predictions the accuracy triggers read. Default 200. */
+  window?: number
+}
+
+/** What holds a trigger back. */
+export interface RetrainGuards {
+  /** Default 30. */
+  minSamples?: number
+  /** Default 1. */
+  consecutiveBreaches?: number
+  /** Default 0. */
+  cooldownSecs?: number
+  dailyCap?: number | null
+}
+
+/** The retraining job: a classifier refit on replayed old rows plus labelled predictions. */
+export interface RetrainAction {
+  /** Default: the production model's own settings. */
+  config?: ClassifierConfig | null
+  /** Share of the old training rows kept (0..1). Default 1. */
+  replayFraction?: number
+}
+
+/** How a candidate is gated against production on the same evaluation set. */
+export interface GatePolicy {
+  /** Default `auto`. */
+  mode?: PromotionMode
+  /** Default `accuracy`. */
+  metric?: GateMetric
+  /** Absolute floor on the candidate's metric. Default 0. */
+  floor?: number
+  /** How much the candidate must beat production by (-1..1). Default 0. */
+  margin?: number
+  /** A fixed evaluation dataset (id or name); default: held-out labelled predictions. */
+  dataset?: string | null
+  /** Default 0.3. */
+  holdoutFraction?: number
+}
+
+/** A monitor's policy (`monitors.create`, `monitor.setPolicy`); unknown keys throw `invalid_config`. */
+export interface RetrainPolicy {
+  triggers?: RetrainTriggers
+  guards?: RetrainGuards
+  action?: RetrainAction
+  gate?: GatePolicy
+}
+
+/** Options of `monitors.create(modelName, policy, options)`. */
+export interface MonitorOptions {
+  /** Unique in the home. Default: the model name. */
+  name?: string | null
+}
+
+/** Options of `monitor.tick(options)`. */
+export interface TickOptions {
+  /** Run the retraining job in this call (default true); false: submit it only. */
+  runJobs?: boolean
+}
+
+/** What one `monitor.tick()` did. */
+export interface TickReport {
+  monitor: string
+  outcome: TickOutcome
+  /** The production model at the tick, `name@version`. */
+  model: string | null
+  realisedAccuracy: number | null
+  labelled: number
+  trigger: string | null
+  reason: string
+  jobId: string | null
+  /** `name@version`. */
+  candidate: string | null
+  at: string
+}
+
+/** A monitor as stored in the catalog: its policy (every field filled in) and state. */
+export interface MonitorRecord {
+  id: string
+  name: string
+  modelName: string
+  policy: RetrainPolicy
+  consecutiveBreaches: number
+  lastRetrainAt: string | null
+  retrainsToday: number
+  currentJobId: string | null
+  candidateId: string | null
+  evalDatasetId: string | null
+  lastTick: TickReport | null
+  createdAt: string
+  updatedAt: string
+}
+
+/** One row of a monitor's decision trail; `details` keeps its snake_case keys (it is data). */
+export interface MonitorDecision {
+  id: number
+  monitorId: string
+  kind: DecisionKind
+  modelId: string | null
+  jobId: string | null
+  candidateId: string | null
+  trigger: string | null
+  reason: string
+  details: Record<string, unknown>
+  at: string
+}
+
 // ---------------------------------------------------------------- webhooks (home.webhooks())
 
 export type WebhookFormat = 'json' | 'discord' | 'slack'
@@ -1280,6 +1405,8 @@ export declare class Home {
    * LoRA stays a separate adapter that requests may switch), `record` (default true).
    */
   imageGenerator(model: string, options?: ImageGeneratorOptions): Promise<ImageGenerator>
+  /** Retraining monitors of this home's production classifiers. */
+  monitors(): Monitors
   /** The webhooks of this home and their outbox. */
   webhooks(): Webhooks
   /**
@@ -1365,6 +1492,91 @@ export declare class ModelRegistry {
    * `date.toISOString()`), or null when the alias was not set then.
    */
   aliasAt(name: string, alias: string, at: string): AliasChange | null
+}
+
+/**
+ * One monitor: its policy and state (`record()`), its decision trail, one pass
+ * (`tick()`), approval of a waiting candidate, rollback, and `spawn()`.
+ */
+export declare class Monitor {
+  /** The monitor's name. */
+  get name(): string
+  /** The monitor's policy and state as stored now. */
+  record(): MonitorRecord
+  /** The decision trail, oldest first. */
+  decisions(): MonitorDecision[]
+  /** Replaces the policy (validated first; the state is kept); returns the record. */
+  setPolicy(policy: RetrainPolicy): MonitorRecord
+  /**
+   * One pass, off the event loop: follows the retraining job in flight or checks the
+   * triggers and guards and maybe retrains, gates and promotes. Resolves to the tick
+   * report. `runJobs: false` only submits a retraining job. Events (`drift_detected`,
+   * `retrain_started`, the job's, `candidate_evaluated`, `promoted`, `monitor_error`)
+   * go to `onEvent`. A failed pass is recorded and rejects. `cancel` / `signal` stop a
+   * retraining job it runs (the job ends `cancelled`; the next tick resumes it).
+   */
+  tick(options?: TickOptions & CallOptions): Promise<TickReport>
+  /**
+   * Promotes the candidate a `manual` or `shadow` gate left waiting (`production`
+   * moves to it, the decision is recorded and `promoted` is emitted, mode `manual`).
+   * Resolves to what moved; nothing waiting rejects with `not_found`.
+   */
+  approve(options?: PromoteOptions & Pick<CallOptions, 'onEvent'>): Promise<AliasMove>
+  /**
+   * Moves `production` back to `previous`, records the decision and emits
+   * `rolled_back`. Resolves to what moved.
+   */
+  rollback(options?: RollbackOptions & Pick<CallOptions, 'onEvent'>): Promise<AliasMove>
+  /**
+   * Ticks every `intervalSecs` seconds on a background thread until the returned
+   * handle is stopped. `onEvent` gets the events from that thread (an exception it
+   * throws becomes an `uncaughtException`; the monitor goes on). Like `setInterval`,
+   * a handle with `onEvent` keeps the process alive until `stop()`; a handle that is
+   * garbage-collected stops. A failing tick is recorded and kept as `lastError`.
+   */
+  spawn(intervalSecs: number, onEvent?: (event: AnnealEvent) => void): MonitorHandle
+}
+
+/**
+ * A monitor ticking on a background thread (`monitor.spawn()`). `await stop()` stops it
+ * after the current tick (a retraining job it runs finishes); `cancel()` also cancels
+ * that job (it ends `cancelled`; the next tick resumes it).
+ */
+export declare class MonitorHandle {
+  /**
+   * Stops after the current tick and waits for the thread, off the event loop.
+   * Resolves at once when already stopped.
+   */
+  stop(): Promise<void>
+  /**
+   * Asks the thread to stop without waiting, cancelling a retraining job the current
+   * tick runs.
+   */
+  cancel(): void
+  /** False once `stop()` was called. */
+  get running(): boolean
+  /** Ticks run so far (after `stop()`: those run when it was called). */
+  get ticks(): number
+  /** The error of the last failed tick as `{ code, message }`, or null. */
+  get lastError(): { code: ErrorCode; message: string } | null
+}
+
+/** The monitors of a home (`home.monitors()`). */
+export declare class Monitors {
+  /**
+   * Creates a monitor of `modelName`'s production classifier with `policy`
+   * (`{ triggers, guards, action, gate }`). `options.name` defaults to the model name.
+   * A bad policy throws `invalid_config` naming the field; a taken name
+   * `already_exists`; a model name without a production classifier `invalid_config`
+   * (field `model`).
+   */
+  create(modelName: string, policy: RetrainPolicy, options?: MonitorOptions): Monitor
+  /** A monitor by name or id (code `not_found` when there is none). */
+  get(name: string): Monitor
+  /** Every monitor's record (policy and state), by name. */
+  list(): MonitorRecord[]
+  /** Deletes a monitor and its decision trail (its models, jobs and datasets stay). */
+  delete(name: string): void
 }
 
 /**

@@ -147,6 +147,11 @@ impl PyHome {
         PyContinual { inner: self.inner.continual() }
     }
 
+    /// Retraining monitors of this home's production classifiers (see `Monitors`).
+    fn monitors(&self) -> crate::monitor::PyMonitors {
+        crate::monitor::PyMonitors { inner: self.inner.monitors(), root: self.root() }
+    }
+
     fn __repr__(&self) -> String {
         format!("Home({})", q(&self.root()))
     }

@@ -9,6 +9,7 @@ mod events;
 mod generation;
 mod home;
 mod images;
+mod monitor;
 mod notify;
 mod records;
 mod registry;
@@ -51,6 +52,7 @@ fn _anneal(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<continual::PyContinual>()?;
     shapes::register(m)?;
     notify::register(m)?;
+    monitor::register(m)?;
     synthetic::register(m)?;
     errors::register(m)?;
     Ok(())

@@ -526,3 +526,71 @@ fn webhook_stats_and_synthetic_declarations_match_the_rust_types() {
     }
     assert!(problems.is_empty(), "declarations drifted from the Rust types:\n{}", problems.join("\n"));
 }
+
+// ---------------------------------------------------------------- monitors
+
+/// Policies, reports and records of the monitors: TypedDicts in the Python stub,
+/// interfaces in TypeScript.
+fn monitor_records() -> Vec<(&'static str, Value)> {
+    schemas!(
+        RetrainTriggers,
+        RetrainGuards,
+        RetrainAction,
+        GatePolicy,
+        RetrainPolicy,
+        TickReport,
+        MonitorRecord,
+        MonitorDecision,
+    )
+}
+
+#[test]
+fn monitor_declarations_match_the_rust_types() {
+    let pyi = read("bindings-python/python/anneal/_anneal.pyi");
+    let dts = read("bindings-node/header.d.ts");
+    let mut problems = Vec::new();
+    for (name, schema) in monitor_records() {
+        let want = fields(&schema);
+        match py_class(&pyi, name) {
+            None => problems.push(format!("stub: class {name} is missing")),
+            Some(body) if py_attributes(&body) != want => {
+                problems.push(format!("stub {name}: has {:?}, Rust has {want:?}", py_attributes(&body)))
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, schema) in monitor_records().into_iter().chain(schemas!(MonitorOptions, TickOptions)) {
+        let want: BTreeSet<String> = fields(&schema).iter().map(|f| camel(f)).collect();
+        match ts_interface(&dts, name) {
+            None => problems.push(format!("d.ts: interface {name} is missing")),
+            Some(got) if got != want => problems.push(format!("d.ts {name}: has {got:?}, Rust has {want:?}")),
+            Some(_) => {}
+        }
+    }
+    // Options given as keyword arguments in Python.
+    let bindings_only: BTreeSet<String> = ["on_event", "cancel"].map(String::from).into();
+    for (class, method, (name, schema)) in [
+        ("Monitors", "create", schemas!(MonitorOptions).remove(0)),
+        ("Monitor", "tick", schemas!(TickOptions).remove(0)),
+    ] {
+        let got: BTreeSet<String> = py_kwargs(&pyi, class, method).difference(&bindings_only).cloned().collect();
+        if got != fields(&schema) {
+            problems.push(format!("stub {class}.{method} ({name}): has {got:?}, Rust has {:?}", fields(&schema)));
+        }
+    }
+    // Enums: literal unions in both, required; the gate's metrics likewise.
+    let gate_metrics: BTreeSet<String> = anneal::types::GATE_METRICS.iter().map(|m| m.to_string()).collect();
+    let enums = schemas!(PromotionMode, TickOutcome, DecisionKind)
+        .into_iter()
+        .map(|(name, schema)| (name, values(&schema)))
+        .chain([("GateMetric", gate_metrics)]);
+    for (name, want) in enums {
+        if py_literal(&pyi, name).as_ref() != Some(&want) {
+            problems.push(format!("stub {name}: has {:?}, Rust has {want:?}", py_literal(&pyi, name)));
+        }
+        if ts_union(&dts, name).as_ref() != Some(&want) {
+            problems.push(format!("d.ts {name}: has {:?}, Rust has {want:?}", ts_union(&dts, name)));
+        }
+    }
+    assert!(problems.is_empty(), "monitor declarations drifted from the Rust types:\n{}", problems.join("\n"));
+}

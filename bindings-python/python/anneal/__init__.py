@@ -108,3 +108,8 @@ from anneal._anneal import (  # noqa: E402
 )
 
 __all__ += ["Deliverer", "Webhooks", "synthetic_scenario", "verify_signature", "write_synthetic_scenario"]
+
+# Retraining monitors.
+from anneal._anneal import Monitor, MonitorHandle, Monitors  # noqa: E402
+
+__all__ += ["Monitor", "MonitorHandle", "Monitors"]

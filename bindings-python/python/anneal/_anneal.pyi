@@ -268,6 +268,7 @@ class Home:
         max_age_days: int | None = None,
     ) -> Predictor: ...
     def continual(self) -> Continual: ...
+    def monitors(self) -> Monitors: ...
 
 # ---------------------------------------------------------------- datasets
 
@@ -1239,6 +1240,149 @@ class Continual:
         drift_share: float | None = None,
     ) -> DriftCheck: ...
     def drift_checks(self, model: str) -> builtins.list[DriftCheck]: ...
+
+# ---------------------------------------------------------------- monitors (home.monitors())
+
+PromotionMode = Literal["auto", "manual", "shadow"]
+GateMetric = Literal["accuracy", "f1_macro"]
+TickOutcome = Literal["idle", "held", "retrain_started", "waiting", "promoted", "kept", "awaiting_approval", "error"]
+DecisionKind = Literal["held", "drift_detected", "retrain_started", "retrain_resumed", "candidate_evaluated", "shadow", "promoted", "kept", "rolled_back", "error"]
+
+class RetrainTriggers(TypedDict, total=False):
+    """What triggers a retrain; each trigger is off unless set, at least one must be."""
+
+    accuracy_floor: float | None
+    relative_drop: float | None
+    drift_window: int | None
+    new_labels: int | None
+    schedule_secs: float | None
+    window: int
+
+class RetrainGuards(TypedDict, total=False):
+    """What holds a trigger back."""
+
+    min_samples: int
+    consecutive_breaches: int
+    cooldown_secs: float
+    daily_cap: int | None
+
+class RetrainAction(TypedDict, total=False):
+    """The retraining job (a classifier refit on replayed old rows plus labelled predictions)."""
+
+    config: ClassifierConfig | None
+    replay_fraction: float
+
+class GatePolicy(TypedDict, total=False):
+    """How a candidate is gated against production on the same evaluation set."""
+
+    mode: PromotionMode
+    metric: GateMetric
+    floor: float
+    margin: float
+    dataset: str | None
+    holdout_fraction: float
+
+class RetrainPolicy(TypedDict, total=False):
+    """A monitor's policy (`Monitors.create`, `Monitor.set_policy`); every field has a default
+    except that at least one trigger must be set. Unknown keys raise InvalidConfigError."""
+
+    triggers: RetrainTriggers
+    guards: RetrainGuards
+    action: RetrainAction
+    gate: GatePolicy
+
+class TickReport(TypedDict):
+    """What one `Monitor.tick` did."""
+
+    monitor: str
+    outcome: TickOutcome
+    model: str | None
+    realised_accuracy: float | None
+    labelled: int
+    trigger: str | None
+    reason: str
+    job_id: str | None
+    candidate: str | None
+    at: str
+
+class MonitorRecord(TypedDict):
+    """A monitor as stored in the catalog (its policy, every field filled in, and its state)."""
+
+    id: str
+    name: str
+    model_name: str
+    policy: RetrainPolicy
+    consecutive_breaches: int
+    last_retrain_at: str | None
+    retrains_today: int
+    current_job_id: str | None
+    candidate_id: str | None
+    eval_dataset_id: str | None
+    last_tick: TickReport | None
+    created_at: str
+    updated_at: str
+
+class MonitorDecision(TypedDict):
+    """One row of a monitor's decision trail."""
+
+    id: int
+    monitor_id: str
+    kind: DecisionKind
+    model_id: str | None
+    job_id: str | None
+    candidate_id: str | None
+    trigger: str | None
+    reason: str
+    details: dict[str, Any]
+    at: str
+
+@final
+class Monitors:
+    """The retraining monitors of a home (`home.monitors()`)."""
+
+    def create(self, model_name: str, policy: RetrainPolicy | Mapping[str, Any], *, name: str | None = None) -> Monitor:
+        """A monitor of `model_name`'s production classifier. A bad policy raises
+        InvalidConfigError naming the field (`guards.min_samples`)."""
+    def get(self, name: str) -> Monitor: ...
+    def list(self) -> builtins.list[MonitorRecord]: ...
+    def delete(self, name: str) -> None: ...
+
+@final
+class Monitor:
+    """One monitor: `tick()` runs one pass (GIL released), `spawn()` ticks in the background."""
+
+    @property
+    def name(self) -> str: ...
+    def record(self) -> MonitorRecord: ...
+    def decisions(self) -> builtins.list[MonitorDecision]: ...
+    def set_policy(self, policy: RetrainPolicy | Mapping[str, Any]) -> MonitorRecord: ...
+    def tick(
+        self,
+        *,
+        on_event: OnEvent | None = None,
+        run_jobs: bool | None = None,
+        cancel: CancelToken | None = None,
+    ) -> TickReport: ...
+    def approve(self, reason: str | None = None, *, on_event: OnEvent | None = None) -> AliasMove: ...
+    def rollback(self, reason: str | None = None, *, on_event: OnEvent | None = None) -> AliasMove: ...
+    def spawn(self, interval_secs: float, on_event: OnEvent | None = None) -> MonitorHandle:
+        """Ticks every `interval_secs` on a background thread; `on_event` is called from
+        that thread. Keep the handle: dropping it stops the monitor."""
+
+@final
+class MonitorHandle:
+    """A monitor ticking on a background thread (a context manager)."""
+
+    def stop(self) -> None: ...
+    def cancel(self) -> None: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def ticks(self) -> int: ...
+    @property
+    def last_error(self) -> _ErrorInfo | None: ...
+    def __enter__(self) -> MonitorHandle: ...
+    def __exit__(self, *args: object) -> bool: ...
 
 # ---------------------------------------------------------------- toy data (anneal.shapes)
 
