@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("error", 0),
     ("util", 0),
     ("types", 0),
+    ("plot", 0),
     ("catalog", 1),
     ("events", 1),
     ("models", 1),
