@@ -1209,61 +1209,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore]
-    fn sample() {
-        let t0 = 1_767_225_600.0;
-        let acc = Series::line(
-            "accuracy (rolling 50)",
-            BLUE,
-            (0..=600)
-                .map(|i| (t0 + i as f64, 0.9 - if i > 300 { 0.3 } else { 0.0 } + 0.05 * (i as f64 / 7.0).sin()))
-                .collect(),
-        );
-        let drift = Series {
-            name: "drift share".into(),
-            color: ORANGE,
-            style: Style::LinePoints,
-            points: vec![(t0 + 100.0, 0.1), (t0 + 350.0, 0.8), (t0 + 500.0, 0.2)],
-        };
-        let chart = Chart {
-            title: "churn: realised accuracy and drift".into(),
-            x_axis: XAxis { label: "time (UTC)".into(), scale: XScale::Time, range: None },
-            panels: vec![
-                Panel {
-                    y_label: "accuracy".into(),
-                    y_range: Some((0.0, 1.0)),
-                    series: vec![acc],
-                    guides: vec![Guide { y: 0.75, label: "floor 0.75".into(), color: RED }],
-                    ..Default::default()
-                },
-                Panel {
-                    y_label: "drift share".into(),
-                    y_range: Some((0.0, 1.0)),
-                    series: vec![drift],
-                    weight: 0.5,
-                    ..Default::default()
-                },
-            ],
-            markers: vec![
-                Marker { x: t0 + 420.0, label: "v2".into(), color: GREEN, legend: "promoted".into() },
-                Marker { x: t0 + 430.0, label: "retrain".into(), color: PURPLE, legend: "retrain started".into() },
-            ],
-        };
-        write_png(&chart, 1000, 600, Path::new("/tmp/sample.png")).unwrap();
-        let mut font = String::new();
-        for c in 0x20u8..0x7f {
-            font.push(c as char);
-        }
-        let chart = Chart {
-            title: font[..48].to_string(),
-            x_axis: XAxis { label: font[48..].to_string(), ..Default::default() },
-            panels: vec![Panel::default()],
-            markers: vec![],
-        };
-        write_png(&chart, 700, 200, Path::new("/tmp/font.png")).unwrap();
-    }
-
-    #[test]
     fn write_png_replaces_the_file_whole_and_names_a_bad_path() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("chart.png");

@@ -133,6 +133,29 @@ fn the_types_layer_knows_no_tensors_and_no_sql() {
 }
 
 #[test]
+fn the_plot_module_uses_no_crate_but_image() {
+    // Every dependency of the core, as Rust spells it, but `image`.
+    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    let deps: Vec<String> = manifest
+        .lines()
+        .skip_while(|l| l.trim() != "[dependencies]")
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
+        .filter_map(|l| l.split_once('=').map(|(name, _)| name.trim().replace('-', "_")))
+        .filter(|name| !name.is_empty() && name != "image")
+        .collect();
+    assert!(deps.iter().any(|d| d == "candle_core") && deps.iter().any(|d| d == "serde"), "{deps:?}");
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/plot.rs")).unwrap();
+    for dep in deps {
+        // A path that starts with the crate (`png::x`, not `codecs::png::x`).
+        let used = text.match_indices(&format!("{dep}::")).any(|(i, _)| {
+            !text[..i].ends_with("::") && !text[..i].chars().last().is_some_and(|c| c.is_alphanumeric() || c == '_')
+        });
+        assert!(!used, "plot.rs uses {dep}: only `image` is allowed there");
+    }
+}
+
+#[test]
 fn the_checker_sees_every_form_of_path() {
     let text = "use crate::models::Model;\nuse crate::{error::Error, types::{A, B}};\nlet x = crate::home::Home::open(p);\n$crate::types::names::unknown";
     assert_eq!(crate_paths(text), ["models", "error", "types", "home"]);
