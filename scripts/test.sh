@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test suite: format + lints, Rust unit/integration tests, the quickstart and
-# the continual-learning example,
-# the Python binding (pytest, in ./.venv) and the Node binding (node --test).
+# continual examples, the Python binding (pytest, in ./.venv) and the Node binding
+# (node --test).
 # Installs what it needs itself (maturin, pytest into .venv; npm packages into
 # bindings-node/node_modules). Works on a fresh machine; no network beyond the
 # package registries.

@@ -650,6 +650,30 @@ impl Canvas {
     }
 }
 
+/// The part of segment `a`-`b` within a pixel or two of `clip` (Liang-Barsky), so
+/// that a point far outside the ranges costs no more to draw than one inside.
+fn clip_segment(a: (f64, f64), b: (f64, f64), clip: Clip) -> Option<((f64, f64), (f64, f64))> {
+    let (x0, y0) = (clip.x0 as f64 - 2.0, clip.y0 as f64 - 2.0);
+    let (x1, y1) = (clip.x1 as f64 + 2.0, clip.y1 as f64 + 2.0);
+    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+    let (mut t0, mut t1) = (0.0f64, 1.0f64);
+    for (p, q) in [(-dx, a.0 - x0), (dx, x1 - a.0), (-dy, a.1 - y0), (dy, y1 - a.1)] {
+        if p == 0.0 {
+            if q < 0.0 {
+                return None;
+            }
+        } else {
+            let r = q / p;
+            if p < 0.0 {
+                t0 = t0.max(r);
+            } else {
+                t1 = t1.min(r);
+            }
+        }
+    }
+    (t0 <= t1).then(|| ((a.0 + t0 * dx, a.1 + t0 * dy), (a.0 + t1 * dx, a.1 + t1 * dy)))
+}
+
 fn px(v: f64) -> i64 {
     if v.is_finite() {
         v.round().clamp(-1e9, 1e9) as i64
@@ -750,25 +774,26 @@ fn draw(c: &mut Canvas, chart: &Chart, l: &Layout) {
         let inside = Clip { x0: left, y0: i64::from(a.top), x1: right, y1: i64::from(a.bottom) };
         let mut any = false;
         for s in &p.series {
-            let mut prev: Option<(i64, i64)> = None;
+            let mut prev: Option<(f64, f64)> = None;
             for q in &s.points {
-                if !finite(q) {
+                let at = (l.x_px(q.0), l.y_px(i, q.1));
+                if !(finite(q) && finite(&at)) {
                     prev = None;
                     continue;
                 }
                 any = true;
-                let pt = (px(l.x_px(q.0)), px(l.y_px(i, q.1)));
+                let pt = (px(at.0), px(at.1));
                 if matches!(s.style, Style::Line | Style::LinePoints) {
-                    if let Some(pv) = prev {
-                        c.segment(pv, pt, 2, s.color, inside);
-                    } else {
-                        c.rect(pt.0, pt.1, 2, 2, s.color, inside);
+                    match prev.map(|pv| clip_segment(pv, at, inside)) {
+                        Some(Some((a, b))) => c.segment((px(a.0), px(a.1)), (px(b.0), px(b.1)), 2, s.color, inside),
+                        Some(None) => {}
+                        None => c.rect(pt.0, pt.1, 2, 2, s.color, inside),
                     }
                 }
                 if matches!(s.style, Style::Points | Style::LinePoints) {
                     c.rect(pt.0 - 2, pt.1 - 2, 5, 5, s.color, inside);
                 }
-                prev = Some(pt);
+                prev = Some(at);
             }
         }
         if !any {
@@ -1206,6 +1231,21 @@ mod tests {
         assert!(l.x_range.0 < 5.0 && l.x_range.1 > 5.0);
         let img = render(&single, 300, 200).unwrap();
         assert!(is(&img, l.x_px(5.0), l.y_px(0, 0.5), BLUE));
+    }
+
+    #[test]
+    fn a_segment_far_outside_the_range_is_cut_at_the_frame() {
+        let far = Series::line("far", BLUE, vec![(0.0, 0.5), (1e15, 0.5), (2.0, 1e15)]);
+        let mut chart = one_panel(vec![far]);
+        chart.x_axis.range = Some((0.0, 10.0));
+        let img = render(&chart, 400, 300).unwrap(); // would take hours unclipped
+        let l = layout(&chart, 400, 300).unwrap();
+        let y = l.y_px(0, 0.5);
+        assert!(is(&img, f64::from(l.left), y, BLUE) && is(&img, f64::from(l.right), y, BLUE));
+        assert!(!is(&img, f64::from(l.right) + 2.0, y, BLUE));
+        assert_eq!(clip_segment((0.0, 0.0), (10.0, 0.0), Clip { x0: 20, y0: 20, x1: 30, y1: 30 }), None);
+        let c = clip_segment((0.0, 5.0), (100.0, 5.0), Clip { x0: 10, y0: 0, x1: 20, y1: 10 }).unwrap();
+        assert_eq!(c, ((8.0, 5.0), (22.0, 5.0)));
     }
 
     #[test]

@@ -182,7 +182,7 @@ fn main() -> Result<()> {
     };
     let job = home.training().create_job(&spec)?;
     home.training().run(&job.id, &mut RecordingSink::new(), &CancelToken::new())?;
-    home.models().promote(&format!("{MODEL}@1"), &Default::default())?;
+    home.models().promote(format!("{MODEL}@1"), &Default::default())?;
     println!("{MODEL}@1 trained on rows 0..{TRAIN_ROWS} and promoted to production");
 
     // 3. The webhook receiver, the webhook, and a background deliverer of its outbox.
@@ -215,7 +215,7 @@ fn main() -> Result<()> {
     for (b, start) in (TRAIN_ROWS..ROWS).step_by(BATCH).enumerate() {
         let end = (start + BATCH).min(ROWS);
         // The production model may have changed since the last batch: load it anew.
-        let predictor = home.predictor(&format!("{MODEL}@production"), &PredictorOptions::default())?;
+        let predictor = home.predictor(format!("{MODEL}@production"), &PredictorOptions::default())?;
         // The previous batch's labels arrive now.
         for (id, y) in unlabelled.drain(..) {
             continual.label(&id, &json!(y))?;
@@ -225,7 +225,7 @@ fn main() -> Result<()> {
             row_of.insert(p.prediction_id.clone(), i);
             unlabelled.push((p.prediction_id, s.labels[i]));
         }
-        let served = home.models().resolve(&format!("{MODEL}@production"))?;
+        let served = home.models().resolve(format!("{MODEL}@production"))?;
         let mut sink = RecordingSink::new();
         let r = monitor.tick(&mut sink)?;
         let acc = r.realised_accuracy.map_or_else(|| "-".to_string(), |a| format!("{a:.2}"));
