@@ -671,7 +671,7 @@ fn clip_segment(a: (f64, f64), b: (f64, f64), clip: Clip) -> Option<((f64, f64),
             }
         }
     }
-    (t0 <= t1).then(|| ((a.0 + t0 * dx, a.1 + t0 * dy), (a.0 + t1 * dx, a.1 + t1 * dy)))
+    (t0 <= t1).then_some(((a.0 + t0 * dx, a.1 + t0 * dy), (a.0 + t1 * dx, a.1 + t1 * dy)))
 }
 
 fn px(v: f64) -> i64 {
