@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test suite: format + lints, Rust unit/integration tests, the quickstart,
-# the Python binding (pytest, in ./.venv) and the Node binding (node --test).
+# Runs every test suite: format + lints, Rust unit/integration tests, the quickstart and
+# continual examples, the Python binding (pytest, in ./.venv) and the Node binding
+# (node --test).
 # Installs what it needs itself (maturin, pytest into .venv; npm packages into
 # bindings-node/node_modules). Works on a fresh machine; no network beyond the
 # package registries.
@@ -29,6 +30,10 @@ step "quickstart example (dev profile; the README runs it with --release)"
 qs_home="$(mktemp -d)"
 cargo run -q -p anneal-examples --example quickstart -- "$qs_home/home"
 rm -rf "$qs_home"
+step "continual example (dev profile: drift, retrain, gate, promote, webhook, plot)"
+ct_home="$(mktemp -d)"
+cargo run -q -p anneal-examples --example continual -- "$ct_home/home" --smoke
+rm -rf "$ct_home"
 
 step "Python binding"
 scripts/test-python.sh

@@ -11,6 +11,7 @@ pub(crate) mod models;
 pub(crate) mod monitor;
 pub(crate) mod outbox;
 pub(crate) mod stats;
+pub(crate) mod timeline;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};

@@ -37,7 +37,7 @@
 
 // Layers (a module uses only modules of its own layer or below; `tests/layers.rs`
 // in this crate enforces it by reading the `crate::` paths of every file):
-//   L0  error, util, types            plain data: no candle, no SQL
+//   L0  error, util, types, plot      plain data: no candle, no SQL; PNG charts
 //   L1  catalog, events, models,      SQL rows <-> types; sinks and cancel; tensors,
 //       tokenizer, store, diffusion,  LoRA and kernels; tokenizers; the shared Store;
 //       tabular, notify               UNet, VAE, CLIP text encoder, schedulers;
@@ -50,6 +50,7 @@
 
 // L0
 mod error;
+pub mod plot;
 pub mod types;
 mod util;
 // L1
@@ -71,7 +72,9 @@ mod training;
 // L3
 mod home;
 
-pub use continual::{Continual, Monitor, MonitorHandle, Monitors, Predictor};
+pub use continual::{
+    event_color, timeline_chart, version_color, Continual, Monitor, MonitorHandle, Monitors, Predictor,
+};
 pub use data::DatasetStore;
 pub use error::{Error, ErrorKind, IoResultExt, Location, Result, StorageError};
 pub use events::{CancelToken, EventSink, JsonLinesSink, NoopSink, RecordingSink, TerminalSink, Throttle};
@@ -104,6 +107,10 @@ pub use types::{
     AccuracyOptions, ClassWeighting, ClassifierConfig, ClassifierModel, ClassifierOptimizer, DriftCheck, DriftCheckId,
     DriftWindow, EvaluationId, EvaluationRecord, LossDrift, Prediction, PredictionFilter, PredictionId,
     PredictionRecord, PredictorOptions, RealisedAccuracy,
+};
+pub use types::{
+    AccuracyPoint, DriftPoint, EvaluationPoint, PlotOptions, Timeline, TimelineEvent, TimelineEventKind,
+    TimelineOptions, VersionAccuracy,
 };
 pub use types::{
     Activity, ActivityKind, AliasAction, AliasChange, AliasMove, AliasStats, DatasetLineage, DurationStats,

@@ -24,6 +24,7 @@ mod monitor;
 mod notify;
 mod stats;
 mod synthetic;
+mod timeline;
 mod training;
 
 pub(crate) use alias::{catalog_time, check_reason};
@@ -70,6 +71,10 @@ pub use stats::{
 pub use synthetic::{
     DatasetLineage, GenerateDatasetOptions, ScenarioDrift, ScenarioDriftKind, ScenarioOptions, MAX_GENERATE_PROMPTS,
     MAX_SCENARIO_ROWS,
+};
+pub use timeline::{
+    AccuracyPoint, DriftPoint, EvaluationPoint, PlotOptions, Timeline, TimelineEvent, TimelineEventKind,
+    TimelineOptions, VersionAccuracy, MAX_TIMELINE_POINTS, MAX_TIMELINE_WINDOW,
 };
 pub use training::{
     ImageCrop, ImageTrainOptions, JobFilter, JobLog, JobRecord, JobStatus, Method, MetricKind, MetricPoint, Schedule,
