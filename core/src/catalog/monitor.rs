@@ -7,9 +7,7 @@ use serde_json::Value;
 
 use super::{from_json, json_col, opt_json_col, to_json};
 use crate::error::{Error, Result};
-use crate::types::{
-    DatasetId, DecisionKind, JobId, ModelId, MonitorDecision, MonitorFeed, MonitorRecord, TickReport,
-};
+use crate::types::{DatasetId, DecisionKind, JobId, ModelId, MonitorDecision, MonitorFeed, MonitorRecord, TickReport};
 
 const COLS: &str = "id, name, model_name, policy, consecutive_breaches, last_retrain_at, last_retrain_ms, claim_token,
     claimed_ms, current_job_id, eval_dataset_id, candidate_id, last_tick, created_ms, created_at, updated_at,
@@ -276,8 +274,8 @@ pub(crate) fn rows_fed_since(conn: &Connection, monitor_id: &str, after_ms: Opti
 
 /// Hands the pending feeds `ids` to `job`; the number taken.
 pub(crate) fn take_feeds(conn: &Connection, monitor_id: &str, ids: &[u64], job: &JobId) -> Result<usize> {
-    let mut st = conn
-        .prepare("UPDATE monitor_feeds SET job_id = ?3 WHERE monitor_id = ?1 AND id = ?2 AND job_id IS NULL")?;
+    let mut st =
+        conn.prepare("UPDATE monitor_feeds SET job_id = ?3 WHERE monitor_id = ?1 AND id = ?2 AND job_id IS NULL")?;
     let mut n = 0;
     for id in ids {
         n += st.execute(params![monitor_id, id, job])?;

@@ -100,12 +100,9 @@ fn scorable(f: DatasetFormat) -> bool {
 /// Checks that the datasets a policy names exist (and, for a language model, can be
 /// scored); `invalid_config` naming the field.
 fn check_policy_datasets(datasets: &DatasetStore, policy: &RetrainPolicy, watched: Watched) -> Result<()> {
-    let named = policy
-        .gate
-        .dataset
-        .iter()
-        .map(|d| ("gate.dataset".to_string(), d))
-        .chain(policy.gate.retention_datasets.iter().enumerate().map(|(i, d)| (format!("gate.retention_datasets[{i}]"), d)));
+    let named = policy.gate.dataset.iter().map(|d| ("gate.dataset".to_string(), d)).chain(
+        policy.gate.retention_datasets.iter().enumerate().map(|(i, d)| (format!("gate.retention_datasets[{i}]"), d)),
+    );
     for (field, ds) in named {
         let rec = datasets.get(ds.clone()).map_err(|e| match e {
             Error::NotFound { .. } => Error::config(field.clone(), format!("dataset `{ds}` does not exist")),
@@ -774,7 +771,8 @@ impl Monitor {
                 let resume = job.status != JobStatus::Pending;
                 if resume {
                     let why = format!("retraining job {job_id} was {}: resumed", job.status);
-                    let d = Decision::new(DecisionKind::RetrainResumed, why, json!({})).model(prod_id).job(Some(job_id));
+                    let d =
+                        Decision::new(DecisionKind::RetrainResumed, why, json!({})).model(prod_id).job(Some(job_id));
                     self.transact(sink, |_| Ok(Staged::new((), vec![d], Vec::new())))?;
                 }
                 let run = if resume { engine.resume(job_id, sink, cancel) } else { engine.run(job_id, sink, cancel) };
@@ -850,9 +848,8 @@ impl Monitor {
         let home = self.store.root.clone();
         let nowt = util::now();
         self.transact(sink, |tx| {
-            let model = |id: &str| {
-                alias_sql::by_id(tx, &home, id)?.ok_or_else(|| Error::not_found("model", id.to_string()))
-            };
+            let model =
+                |id: &str| alias_sql::by_id(tx, &home, id)?.ok_or_else(|| Error::not_found("model", id.to_string()));
             let Some(before) = alias_sql::alias_target(tx, &name, PRODUCTION)? else {
                 return Err(Error::not_found("model", format!("{name}@{PRODUCTION}")));
             };

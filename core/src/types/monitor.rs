@@ -517,12 +517,18 @@ impl RetrainPolicy {
                 ("action.learning_rate", a.learning_rate.is_some(), "set the classifier's settings in action.config"),
             ];
             if let Some((field, _, why)) = lm_only.iter().find(|f| f.1) {
-                return Err(other_kind(field, &format!("is for language models; the production model is a classifier ({why})")));
+                return Err(other_kind(
+                    field,
+                    &format!("is for language models; the production model is a classifier ({why})"),
+                ));
             }
             if !CLASSIFIER_METRICS.contains(&metric) {
                 return Err(Error::config(
                     "gate.metric",
-                    format!("`{metric}` is a language-model metric; a classifier gates on {}", CLASSIFIER_METRICS.join(", ")),
+                    format!(
+                        "`{metric}` is a language-model metric; a classifier gates on {}",
+                        CLASSIFIER_METRICS.join(", ")
+                    ),
                 ));
             }
         } else {
@@ -532,7 +538,10 @@ impl RetrainPolicy {
                 ("action.config", a.config.is_some(), "use lm_method, lora, max_steps, learning_rate"),
             ];
             if let Some((field, _, why)) = classifier_only.iter().find(|f| f.1) {
-                return Err(other_kind(field, &format!("is for classifiers; the production model is a language model ({why})")));
+                return Err(other_kind(
+                    field,
+                    &format!("is for classifiers; the production model is a language model ({why})"),
+                ));
             }
             if !LM_METRICS.contains(&metric) {
                 return Err(Error::config(

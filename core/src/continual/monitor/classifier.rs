@@ -175,8 +175,8 @@ pub(super) fn prepare(mon: &Monitor, row: &MonitorRow, prod: &ModelRecord) -> Re
                     ),
                 ));
             }
-            let hold = ((new_rows.len() as f64 * policy.gate.holdout_fraction).ceil() as usize)
-                .clamp(1, new_rows.len() - 1);
+            let hold =
+                ((new_rows.len() as f64 * policy.gate.holdout_fraction).ceil() as usize).clamp(1, new_rows.len() - 1);
             let train = new_rows.split_off(hold);
             let eval = datasets.import_records(
                 new_rows.into_iter().map(Ok),

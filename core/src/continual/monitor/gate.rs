@@ -15,8 +15,7 @@ use crate::events::EventSink;
 use crate::registry::aliases;
 use crate::types::{
     lower_is_better, AliasAction, DatasetFormat, DatasetId, DatasetRecord, DecisionKind, EvaluationRecord, Event,
-    GateVerdict, JobId, ModelId, ModelKind, ModelRecord, PromotionMode, TickOutcome, TickReport, CANDIDATE,
-    PRODUCTION,
+    GateVerdict, JobId, ModelId, ModelKind, ModelRecord, PromotionMode, TickOutcome, TickReport, CANDIDATE, PRODUCTION,
 };
 use crate::util;
 
@@ -204,7 +203,10 @@ impl Monitor {
             } else {
                 format!("; within {:.1} % of it on {} retention set(s)", tol * 100.0, retained.len())
             };
-            format!("{metric} {cv:.4} of {cref} {floor_text} and beats {pv:.4} of {pref} by {gain:.4} (margin {}){kept}", gate.margin)
+            format!(
+                "{metric} {cv:.4} of {cref} {floor_text} and beats {pv:.4} of {pref} by {gain:.4} (margin {}){kept}",
+                gate.margin
+            )
         };
         let verdict = if passed { GateVerdict::Passed } else { GateVerdict::Failed };
         let evaluated = Event::CandidateEvaluated {

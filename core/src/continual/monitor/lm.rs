@@ -17,8 +17,8 @@ use crate::continual::read_records;
 use crate::error::{Error, Location, Result};
 use crate::models::lora::peft;
 use crate::types::{
-    DatasetRecord, DecisionKind, DriftOptions, DriftVerdict, DriftWindow, Event, ImportOptions, JobId,
-    LmRetrainMethod, LoraConfig, Method, ModelKind, ModelRecord, ModelRef, MonitorFeed, OnDuplicate, TrainSpec,
+    DatasetRecord, DecisionKind, DriftOptions, DriftVerdict, DriftWindow, Event, ImportOptions, JobId, LmRetrainMethod,
+    LoraConfig, Method, ModelKind, ModelRecord, ModelRef, MonitorFeed, OnDuplicate, TrainSpec,
 };
 use crate::util;
 
@@ -269,7 +269,9 @@ pub(super) fn prepare(mon: &Monitor, row: &MonitorRow, prod: &ModelRecord) -> Re
             if n_fed < 2 {
                 return Err(Error::config(
                     "gate.dataset",
-                    format!("{n_fed} fed rows: at least 2 are needed to hold some out for the gate (or set gate.dataset)"),
+                    format!(
+                        "{n_fed} fed rows: at least 2 are needed to hold some out for the gate (or set gate.dataset)"
+                    ),
                 ));
             }
             let hold = ((n_fed as f64 * gate.holdout_fraction).ceil() as usize).clamp(1, n_fed - 1);
@@ -319,7 +321,9 @@ pub(super) fn prepare(mon: &Monitor, row: &MonitorRow, prod: &ModelRecord) -> Re
                 let share = action.replay_fraction;
                 old.extend(records.into_iter().enumerate().filter(|(i, _)| spread(*i, share)).map(|(_, r)| r));
             }
-            None => notes.push(format!("{} has no training dataset in its lineage: nothing replayed", prod.reference())),
+            None => {
+                notes.push(format!("{} has no training dataset in its lineage: nothing replayed", prod.reference()))
+            }
         }
     }
     let (n_old, n_new) = (old.len(), train_new.len());
@@ -365,12 +369,8 @@ pub(super) fn prepare(mon: &Monitor, row: &MonitorRow, prod: &ModelRecord) -> Re
             (base, action.lora.clone().or(lineage_lora).unwrap_or_default(), None)
         }
     };
-    let mut spec = prod
-        .lineage
-        .spec
-        .clone()
-        .filter(|s| matches!(s.method, Method::Lora(_) | Method::Full))
-        .unwrap_or_default();
+    let mut spec =
+        prod.lineage.spec.clone().filter(|s| matches!(s.method, Method::Lora(_) | Method::Full)).unwrap_or_default();
     spec.base = ModelRef(base.id.0.clone());
     spec.dataset = train.id.clone();
     spec.method = Method::Lora(lora);
