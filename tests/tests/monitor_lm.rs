@@ -484,6 +484,22 @@ fn policies_and_feeds_that_do_not_fit_the_model_are_refused() {
     assert_eq!(field(&m.set_policy(&bad).unwrap_err()), "triggers.new_labels");
     assert_eq!(m.record().unwrap().policy, p);
 
+    // The job spec behind `continue`: `init_adapter` must be a LoRA adapter of the base.
+    let words = import(&home, "words", animals(8, 1));
+    let spec = |init: &str, method: Method| TrainSpec {
+        base: "nano".into(),
+        dataset: words.id.clone(),
+        method,
+        init_adapter: Some(init.into()),
+        ..Default::default()
+    };
+    let e = home.training().create_job(&spec("nano@1", Method::Lora(LoraConfig::default()))).unwrap_err();
+    assert_eq!(field(&e), "init_adapter", "{e}");
+    let e = home.training().create_job(&spec("nobody@1", Method::Lora(LoraConfig::default()))).unwrap_err();
+    assert_eq!(field(&e), "init_adapter", "{e}");
+    let e = home.training().create_job(&spec("nano@1", Method::Full)).unwrap_err();
+    assert_eq!(field(&e), "init_adapter", "{e}");
+
     // A classifier: LoRA settings and fed rows are a language model's.
     let records = (0..40).map(|i| Ok(json!({"x": i as f64, "y": (i * 7 % 5) as f64, "label": i % 2})));
     home.datasets()
@@ -514,6 +530,5 @@ fn policies_and_feeds_that_do_not_fit_the_model_are_refused() {
     p.gate.metric = Some("loss".into());
     assert_eq!(field(&home.monitors().create("churn", &p, &opts).unwrap_err()), "gate.metric");
     let c = home.monitors().create("churn", &classifier, &opts).unwrap();
-    import(&home, "words", animals(5, 1));
     assert_eq!(field(&c.feed("words").unwrap_err()), "monitor");
 }

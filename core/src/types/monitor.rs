@@ -789,6 +789,10 @@ mod tests {
         assert_eq!(field(&p), "triggers.drift_window");
         let mut p = ok();
         p.gate.floor = Some(1.01);
+        p.gate.metric = Some("accuracy".into());
+        assert_eq!(field(&p), "gate.floor");
+        let mut p = ok();
+        p.gate.floor = Some(-1.0);
         assert_eq!(field(&p), "gate.floor");
         let mut p = ok();
         p.gate.metric = Some("bleu".into());
@@ -810,6 +814,8 @@ mod tests {
         assert_eq!(field(&p), "action.max_steps");
         let mut p = ok();
         p.gate.margin = 2.0;
+        assert_eq!(field_for(&p, ModelKind::Classifier), "gate.margin");
+        p.gate.margin = f64::INFINITY;
         assert_eq!(field(&p), "gate.margin");
         let mut p = ok();
         p.gate.holdout_fraction = 0.0;
