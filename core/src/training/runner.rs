@@ -548,6 +548,8 @@ impl Run<'_> {
                 },
             )?),
             Family::Gpt2 | Family::Llama => {
+                // The weights to start from: the checkpoint when resuming, else the
+                // adapter a continued LoRA run starts from.
                 let init = self.engine.init_adapter(spec, &base)?;
                 Box::new(LmTrainee::load(
                     spec,
