@@ -356,6 +356,8 @@ export interface TrainSpec {
   outputName?: string | null
   /** Image (Stable Diffusion) bases only. */
   image?: ImageTrainOptions | null
+  /** LoRA on a language model: start from this adapter of `base` (continue training it). */
+  initAdapter?: string | null
 }
 
 export type ClassifierModel = 'logistic' | 'mlp'

@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("catalog/migrations/0007_outbox.sql"),
     include_str!("catalog/migrations/0008_alias_history.sql"),
     include_str!("catalog/migrations/0009_monitors.sql"),
+    include_str!("catalog/migrations/0010_monitor_feeds.sql"),
 ];
 
 /// The schema version this build writes.

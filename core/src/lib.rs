@@ -119,8 +119,8 @@ pub use types::{
     StatsOptions,
 };
 pub use types::{
-    DecisionKind, GatePolicy, MonitorDecision, MonitorOptions, MonitorRecord, PromotionMode, RetrainAction,
-    RetrainGuards, RetrainPolicy, RetrainTriggers, TickOptions, TickOutcome, TickReport,
+    DecisionKind, GatePolicy, LmRetrainMethod, MonitorDecision, MonitorFeed, MonitorOptions, MonitorRecord,
+    PromotionMode, RetrainAction, RetrainGuards, RetrainPolicy, RetrainTriggers, TickOptions, TickOutcome, TickReport,
 };
 pub use types::{Delivery, DeliveryFilter, DeliveryReport, DeliveryStatus, Webhook, WebhookFormat, WebhookOptions};
 pub use types::{ImageImportOptions, ImageLayout, ImageStats, SizeStats};

@@ -5,6 +5,7 @@
 //! into place, then inserts the row in one transaction; deleting removes the row first
 //! and the files last, so a kill at any moment never leaves a row without its files.
 
+pub(crate) mod aliases;
 mod diffusion;
 mod export;
 pub(crate) mod inspect;
@@ -26,7 +27,6 @@ use crate::types::{
     catalog_time, check_reason, AliasAction, AliasChange, AliasMove, ExportFormat, ExportOptions, ExportReport, Family,
     GenerationFilter, GenerationRecord, ImportBundleOptions, Lineage, ModelFile, ModelFilter, ModelId, ModelKind,
     ModelRecord, ModelRef, ModelUsage, PresetOptions, PromoteOptions, RegisterOptions, RollbackOptions, Storage,
-    CANDIDATE, PREVIOUS, PRODUCTION,
 };
 use crate::util::{self, StagingDir};
 use inspect::Inspected;
@@ -541,25 +541,7 @@ impl ModelRegistry {
         check_reason(&opts.reason)?;
         let m = self.resolve(model)?;
         let now = util::now();
-        let change = sql::Change { action: AliasAction::Promote, reason: opts.reason.as_deref(), at: &now };
-        self.store.catalog.write(|tx| {
-            if !sql::exists(tx, &m.id.0)? {
-                return Err(Error::not_found("model", m.reference()));
-            }
-            let mut changes = Vec::new();
-            let current = sql::alias_target(tx, &m.name, PRODUCTION)?;
-            if current.as_deref() != Some(m.id.0.as_str()) {
-                if let Some(old) = &current {
-                    changes.extend(sql::set_alias(tx, &m.name, PREVIOUS, old, &change)?);
-                }
-                changes.extend(sql::set_alias(tx, &m.name, PRODUCTION, &m.id.0, &change)?);
-            }
-            if sql::alias_target(tx, &m.name, CANDIDATE)?.as_deref() == Some(m.id.0.as_str()) {
-                changes.extend(sql::remove_alias(tx, &m.name, CANDIDATE, &change)?);
-            }
-            let previous = sql::alias_target(tx, &m.name, PREVIOUS)?.map(ModelId);
-            Ok(AliasMove { production: m.id.clone(), previous, changes })
-        })
+        self.store.catalog.write(|tx| aliases::promote_in(tx, &m, opts.reason.as_deref(), &now))
     }
 
     /// Moves `production` of model name `name` back to `previous`, in one transaction.
@@ -576,35 +558,7 @@ impl ModelRegistry {
     pub fn rollback(&self, name: &str, opts: &RollbackOptions) -> Result<AliasMove> {
         check_reason(&opts.reason)?;
         let now = util::now();
-        let change = sql::Change { action: AliasAction::Rollback, reason: opts.reason.as_deref(), at: &now };
-        self.store.catalog.write(|tx| {
-            let Some(target) = sql::alias_target(tx, name, PREVIOUS)? else {
-                return Err(Error::not_found("alias", format!("{name}@{PREVIOUS}")));
-            };
-            // The model `target` replaced, skipping deleted ones and the model rolled
-            // back from (and never going round a cycle).
-            let current = sql::alias_target(tx, name, PRODUCTION)?;
-            let mut seen = std::collections::HashSet::from([target.clone()]);
-            let mut cursor = target.clone();
-            let mut before = None;
-            while let Some(Some(prev)) = sql::replaced_by(tx, name, PRODUCTION, &cursor)? {
-                if !seen.insert(prev.clone()) {
-                    break;
-                }
-                if current.as_deref() != Some(prev.as_str()) && sql::exists(tx, &prev)? {
-                    before = Some(prev);
-                    break;
-                }
-                cursor = prev;
-            }
-            let mut changes = Vec::new();
-            changes.extend(sql::set_alias(tx, name, PRODUCTION, &target, &change)?);
-            match &before {
-                Some(b) => changes.extend(sql::set_alias(tx, name, PREVIOUS, b, &change)?),
-                None => changes.extend(sql::remove_alias(tx, name, PREVIOUS, &change)?),
-            }
-            Ok(AliasMove { production: ModelId(target), previous: before.map(ModelId), changes })
-        })
+        self.store.catalog.write(|tx| aliases::rollback_in(tx, name, opts.reason.as_deref(), &now))
     }
 
     /// Deletes a model: its row first, then its files (never a referenced directory's).

@@ -137,6 +137,9 @@ impl TrainingEngine {
         };
         let mut formats = vec![("dataset", dataset.format)];
         formats.extend(eval.as_ref().map(|e| ("eval_dataset", e.format)));
+        if let (Some(base), Some(_)) = (&base, &spec.init_adapter) {
+            self.init_adapter(spec, base)?;
+        }
         match &base {
             Some(base) => check_fits(spec, base, &formats, self.store.memory_limit)?,
             None => {
@@ -182,6 +185,32 @@ impl TrainingEngine {
         };
         self.store.catalog.write(|tx| sql::insert(tx, &rec))?;
         Ok(rec)
+    }
+
+    /// The adapter `spec.init_adapter` names: a LoRA adapter of `base` (its parent),
+    /// on a language model. `invalid_config` naming `init_adapter` otherwise.
+    pub(crate) fn init_adapter(&self, spec: &TrainSpec, base: &ModelRecord) -> Result<Option<ModelRecord>> {
+        let Some(r) = &spec.init_adapter else { return Ok(None) };
+        let a = self.registry().resolve(r).map_err(|e| match e {
+            Error::NotFound { .. } => Error::config("init_adapter", format!("model `{r}` is not registered")),
+            o => o,
+        })?;
+        if a.kind != ModelKind::Lora {
+            return Err(Error::config(
+                "init_adapter",
+                format!("{} is a {} model, not a LoRA adapter", a.reference(), a.kind),
+            ));
+        }
+        if a.parent_id.as_ref() != Some(&base.id) {
+            return Err(Error::config(
+                "init_adapter",
+                format!("{} is not an adapter of the base {}", a.reference(), base.reference()),
+            ));
+        }
+        if matches!(base.family, Family::StableDiffusion) {
+            return Err(Error::config("init_adapter", "continuing an adapter is for language models"));
+        }
+        Ok(Some(a))
     }
 
     /// A job by id, with `interrupted` reported for a dead runner.

@@ -59,8 +59,9 @@ pub use model::{
     Storage, TrainMetrics,
 };
 pub use monitor::{
-    DecisionKind, GatePolicy, MonitorDecision, MonitorOptions, MonitorRecord, PromotionMode, RetrainAction,
-    RetrainGuards, RetrainPolicy, RetrainTriggers, TickOptions, TickOutcome, TickReport, GATE_METRICS,
+    lower_is_better, DecisionKind, GatePolicy, LmRetrainMethod, MonitorDecision, MonitorFeed, MonitorOptions,
+    MonitorRecord, PromotionMode, RetrainAction, RetrainGuards, RetrainPolicy, RetrainTriggers, TickOptions,
+    TickOutcome, TickReport, CLASSIFIER_METRICS, GATE_METRICS, LM_METRICS,
 };
 pub use notify::{Delivery, DeliveryFilter, DeliveryReport, DeliveryStatus, Webhook, WebhookFormat, WebhookOptions};
 pub use schema::{options_from_json, options_from_json_spelled, to_json_spelled, Spelling};

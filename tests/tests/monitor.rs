@@ -239,7 +239,7 @@ fn gate_failure_keeps_production_and_guards_hold() {
     let (home, s) = setup(dir.path());
     stream(&home, &s, 300..400);
     let mut p = policy(PromotionMode::Auto);
-    p.gate.floor = 0.999;
+    p.gate.floor = Some(0.999);
     p.guards.consecutive_breaches = 2;
     p.guards.cooldown_secs = 3600.0;
     let m = home.monitors().create("churn", &p, &MonitorOptions::default()).unwrap();

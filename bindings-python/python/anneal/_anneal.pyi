@@ -700,6 +700,7 @@ class TrainSpec(TypedDict, total=False):
     keep_last_checkpoints: int
     output_name: str | None
     image: ImageTrainOptions | None
+    init_adapter: str | None
 
 @final
 class JobRecord:

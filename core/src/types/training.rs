@@ -381,6 +381,12 @@ pub struct TrainSpec {
     /// Image (Stable Diffusion) bases only: resolution, crops, min-SNR, offset noise,
     /// DreamBooth, validation images. Default: [`ImageTrainOptions::default`].
     pub image: Option<ImageTrainOptions>,
+    /// LoRA on a language model only: start from this adapter's weights (a LoRA adapter
+    /// of `base`: id, `name@3`, `name@alias`) instead of a fresh initialisation, so the
+    /// run continues training it. The adapter keeps its own settings (rank, alpha,
+    /// targets); `method.lora` should match them (it sizes the memory check). Default: a
+    /// new adapter.
+    pub init_adapter: Option<ModelRef>,
 }
 
 impl Default for TrainSpec {
@@ -411,6 +417,7 @@ impl Default for TrainSpec {
             keep_last_checkpoints: 2,
             output_name: None,
             image: None,
+            init_adapter: None,
         }
     }
 }
@@ -518,6 +525,17 @@ impl TrainSpec {
         if let Some(i) = &self.image {
             i.validate()?;
         }
+        if let Some(a) = &self.init_adapter {
+            if a.0.trim().is_empty() {
+                return Err(Error::config("init_adapter", "is empty"));
+            }
+            if !matches!(self.method, Method::Lora(_)) {
+                return Err(Error::config(
+                    "init_adapter",
+                    format!("continues a LoRA adapter: it needs method lora (not {})", self.method.as_str()),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -543,6 +561,7 @@ mod tests {
             (TrainSpec { method: Method::Lora(LoraConfig { r: 0, ..Default::default() }), ..ok() }, "method.lora.r"),
             (TrainSpec { output_name: Some("/bad".into()), ..ok() }, "output_name"),
             (TrainSpec { early_stopping_patience: Some(2), ..ok() }, "early_stopping_patience"),
+            (TrainSpec { method: Method::Full, init_adapter: Some("a@1".into()), ..ok() }, "init_adapter"),
         ];
         for (spec, field) in cases {
             match spec.validate().unwrap_err() {
