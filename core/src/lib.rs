@@ -40,9 +40,10 @@
 //   L0  error, util, types            plain data: no candle, no SQL
 //   L1  catalog, events, models,      SQL rows <-> types; sinks and cancel; tensors,
 //       tokenizer, store, diffusion,  LoRA and kernels; tokenizers; the shared Store;
-//       tabular, notify               UNet, VAE, CLIP text encoder, schedulers;
+//       tabular, notify, gguf         UNet, VAE, CLIP text encoder, schedulers;
 //                                     tabular profiles, drift statistics, detectors;
-//                                     webhooks: outbox, signing, delivery
+//                                     webhooks: outbox, signing, delivery; GGUF files
+//                                     and GGML quantizers
 //   L2  data, registry, training,     the APIs, each on an Arc<Store>
 //       generation, images,           (continual: predictors, labels, evaluations,
 //       continual                     drift checks)
@@ -56,6 +57,7 @@ mod util;
 mod catalog;
 pub mod diffusion;
 pub mod events;
+pub mod gguf;
 pub mod models;
 pub mod notify;
 mod store;
