@@ -163,7 +163,12 @@ fn translate(template: &str, tok: &Tokenizer) -> std::result::Result<String, Str
         })
     };
     let split = |text: &str, marker: &str| -> std::result::Result<Wrap, String> {
-        let i = text.find(marker).ok_or("the message text does not appear in the rendered prompt")?;
+        let role = match &marker[2..3] {
+            "S" => "system",
+            "U" => "user",
+            _ => "assistant",
+        };
+        let i = text.find(marker).ok_or(format!("a {role} message is not a turn of its own"))?;
         Ok(Wrap { before: text[..i].to_string(), after: text[i + marker.len()..].to_string() })
     };
     let user = render(&[("user", "QQU1")], false)?;
