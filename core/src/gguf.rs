@@ -47,6 +47,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    type Sample = Vec<(String, Vec<u64>, GgmlType, Vec<f32>)>;
+
     fn sample_metadata(alignment: Option<u32>) -> Vec<(String, Value)> {
         let mut m = vec![
             ("general.architecture".to_string(), Value::String("llama".into())),
@@ -73,7 +75,7 @@ mod tests {
     }
 
     /// Writes a file with tensors of several types and returns its path and the values.
-    fn write_sample(dir: &std::path::Path, alignment: Option<u32>) -> (std::path::PathBuf, Vec<(String, Vec<u64>, GgmlType, Vec<f32>)>) {
+    fn write_sample(dir: &std::path::Path, alignment: Option<u32>) -> (std::path::PathBuf, Sample) {
         let vals = |n: usize, k: f32| (0..n).map(|i| ((i as f32 * 0.37 + k).sin()) * 0.1).collect::<Vec<f32>>();
         let tensors = vec![
             ("a.weight".to_string(), vec![64u64, 3], GgmlType::Q8_0, vals(192, 1.0)),
@@ -136,7 +138,9 @@ mod tests {
         assert!(new(&[], &[(ALIGNMENT_KEY.into(), Value::U32(24))]).is_err(), "alignment");
         let bad_array = Value::Array(ValueType::U8, vec![Value::I32(1)]);
         assert!(new(&[], &[("k".into(), bad_array)]).is_err());
-        let mut w = GgufWriter::new(Vec::new(), &p, &[], &[t("a", vec![2], GgmlType::F32), t("b", vec![1], GgmlType::F32)]).unwrap();
+        let mut w =
+            GgufWriter::new(Vec::new(), &p, &[], &[t("a", vec![2], GgmlType::F32), t("b", vec![1], GgmlType::F32)])
+                .unwrap();
         assert!(w.write_tensor("b", &[0; 4]).is_err(), "out of order");
         assert!(w.write_tensor("a", &[0; 4]).is_err(), "wrong size");
         w.write_tensor("a", &[0; 8]).unwrap();
@@ -169,7 +173,7 @@ mod tests {
             assert!(e.to_string().contains("bad.gguf"), "{e}");
         }
         let mut s = 99u32;
-        for i in 0..3000 {
+        for i in 0..1000 {
             s ^= s << 13;
             s ^= s >> 17;
             s ^= s << 5;

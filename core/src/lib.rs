@@ -93,9 +93,9 @@ pub use training::{AdamW, JobHandle, TrainingEngine};
 pub use types::{
     options_from_json, options_from_json_spelled, to_json_spelled, ChatMessage, DatasetFormat, DatasetId,
     DatasetRecord, DatasetSplit, DatasetStats, DeleteOptions, ErrorInfo, Event, ExportFormat, ExportOptions,
-    ExportReport, ExportedFile, Family, FieldStats, FinishReason, FinishStatus, GateVerdict, Generation, GgufType,
-    GenerationConfig, GenerationFilter, GenerationId, GenerationKind, GenerationRecord, GeneratorOptions, HomeOptions,
-    ImageAdapter, ImageCrop, ImageGeneratorOptions, ImageRequest, ImageTrainOptions, ImportBundleOptions,
+    ExportReport, ExportedFile, Family, FieldStats, FinishReason, FinishStatus, GateVerdict, Generation,
+    GenerationConfig, GenerationFilter, GenerationId, GenerationKind, GenerationRecord, GeneratorOptions, GgufType,
+    HomeOptions, ImageAdapter, ImageCrop, ImageGeneratorOptions, ImageRequest, ImageTrainOptions, ImportBundleOptions,
     ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus, LengthBucket, Lineage, LoraConfig, Method,
     MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelUsage,
     OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score, ScoreOptions, SourceFormat, Spelling,

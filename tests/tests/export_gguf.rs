@@ -132,7 +132,11 @@ fn nano_exports_in_every_type_and_reads_back() {
             // q4_K needs rows of 256: q5_0; ffn_down's 176 fits neither: f16.
             GgufType::Q4KM => (GgmlType::Q5_0, GgmlType::F16, GgmlType::Q8_0),
         };
-        assert_eq!((ty("blk.0.attn_q.weight"), ty("blk.1.ffn_down.weight"), ty("token_embd.weight")), (q_ty, down_ty, embd_ty), "{q}");
+        assert_eq!(
+            (ty("blk.0.attn_q.weight"), ty("blk.1.ffn_down.weight"), ty("token_embd.weight")),
+            (q_ty, down_ty, embd_ty),
+            "{q}"
+        );
 
         // Values: near the originals, q and k rows permuted (4 and 2 heads of 16).
         let check = |gguf: &str, want: Vec<f32>, tol: f32| {
@@ -174,7 +178,8 @@ fn gpt2_conv1d_is_transposed_and_qkv_stays_fused() {
     let tokens = f.get("tokenizer.ggml.tokens").and_then(Value::as_array).unwrap();
     assert_eq!((tokens.len(), tokens[500].as_str()), (512, Some("[PAD500]")));
     let st = safetensors(&gpt2.path.join("model.safetensors"));
-    let key = |n: &str| if st.contains_key(n) { n.to_string() } else { n.trim_start_matches("transformer.").to_string() };
+    let key =
+        |n: &str| if st.contains_key(n) { n.to_string() } else { n.trim_start_matches("transformer.").to_string() };
     let c_attn = &st[&key("transformer.h.1.attn.c_attn.weight")];
     assert_eq!(c_attn.dims(), [64, 192]);
     assert_eq!(f.tensor("blk.1.attn_qkv.weight").unwrap().dims, vec![64, 192]);
@@ -185,7 +190,9 @@ fn gpt2_conv1d_is_transposed_and_qkv_stays_fused() {
         assert!(f.tensor(n).is_some(), "{n}");
     }
     // q4_k_m: position embeddings stay f32.
-    h.models().export(&gpt2.id, ExportFormat::Gguf, &dest, &ExportOptions { overwrite: true, ..opts(GgufType::Q4KM) }).unwrap();
+    h.models()
+        .export(&gpt2.id, ExportFormat::Gguf, &dest, &ExportOptions { overwrite: true, ..opts(GgufType::Q4KM) })
+        .unwrap();
     let f = GgufFile::open(&dest).unwrap();
     assert_eq!(f.tensor("position_embd.weight").unwrap().ty, GgmlType::F32);
 }
@@ -195,7 +202,8 @@ fn trained_lora(home: &Home) -> (ModelRecord, ModelRecord) {
     let base = home.models().create_preset("nano", &Default::default()).unwrap();
     let records = (0..16).map(|i| Ok(serde_json::json!({"text": format!("the cat sat on the mat {i}")})));
     home.datasets().import_records(records, &ImportOptions { name: Some("toy".into()), ..Default::default() }).unwrap();
-    let lora = LoraConfig { target_modules: vec!["q_proj".into(), "k_proj".into(), "v_proj".into()], ..Default::default() };
+    let lora =
+        LoraConfig { target_modules: vec!["q_proj".into(), "k_proj".into(), "v_proj".into()], ..Default::default() };
     let spec = TrainSpec {
         base: base.id.clone().into(),
         dataset: "toy".into(),
@@ -218,7 +226,8 @@ fn adapters_become_gguf_lora_files_or_merge() {
     let h = Home::open(d.path().join("h")).unwrap();
     let (base, lora) = trained_lora(&h);
     let ad = safetensors(&lora.path.join("adapter_model.safetensors"));
-    let peft = |m: &str, w: char| values(&ad[&format!("base_model.model.model.layers.0.self_attn.{m}.lora_{w}.weight")]);
+    let peft =
+        |m: &str, w: char| values(&ad[&format!("base_model.model.model.layers.0.self_attn.{m}.lora_{w}.weight")]);
 
     let dest = d.path().join("cat-lora.gguf");
     let mut sink = RecordingSink::new();
@@ -333,7 +342,8 @@ fn bad_input_is_refused_and_leaves_nothing() {
     cfg["scale_attn_by_inverse_layer_idx"] = true.into();
     fs::write(gpt2.join("config.json"), cfg.to_string()).unwrap();
     let rec = h.models().register_dir(&gpt2, &RegisterOptions::default()).unwrap();
-    let e = h.models().export(&rec.id, ExportFormat::Gguf, d.path().join("x.gguf"), &ExportOptions::default()).unwrap_err();
+    let e =
+        h.models().export(&rec.id, ExportFormat::Gguf, d.path().join("x.gguf"), &ExportOptions::default()).unwrap_err();
     assert_eq!(e.code(), "invalid_config", "{e}");
     assert!(e.to_string().contains("scale_attn_by_inverse_layer_idx"), "{e}");
     assert!(!d.path().join("x.gguf").exists());

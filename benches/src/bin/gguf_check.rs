@@ -31,7 +31,15 @@ fn greedy(rec: &ModelRecord, adapter: Option<&Path>, ids: &[u32]) -> anyhow::Res
     Ok(m.greedy(ids, NEW_TOKENS, &[], ForwardMode::Infer)?)
 }
 
-fn train(home: &Home, base: &ModelRecord, data: &str, method: Method, steps: u64, lr: f64, name: &str) -> anyhow::Result<ModelRecord> {
+fn train(
+    home: &Home,
+    base: &ModelRecord,
+    data: &str,
+    method: Method,
+    steps: u64,
+    lr: f64,
+    name: &str,
+) -> anyhow::Result<ModelRecord> {
     let ds = home.datasets().import_file(data, &ImportOptions { name: Some(name.into()), ..Default::default() })?;
     let spec = TrainSpec {
         base: base.id.clone().into(),
@@ -72,7 +80,8 @@ fn main() -> anyhow::Result<()> {
                 .join(" ")
         })
         .collect();
-    let colors: Vec<String> = (0..64).map(|i| format!("the cat sat on red blue green {} red blue green.", i % 7)).collect();
+    let colors: Vec<String> =
+        (0..64).map(|i| format!("the cat sat on red blue green {} red blue green.", i % 7)).collect();
     let (story, colors) = (write_text("story.jsonl", story)?, write_text("colors.jsonl", colors)?);
 
     let mini = home.models().create_preset("mini", &Default::default())?;

@@ -104,8 +104,8 @@ impl Cursor<'_> {
                     return Err(self.err(field, format!("arrays nested deeper than {MAX_ARRAY_DEPTH}")));
                 }
                 let id = self.u32(field)?;
-                let elem =
-                    ValueType::from_id(id).ok_or_else(|| self.err(field, format!("unknown array element type {id}")))?;
+                let elem = ValueType::from_id(id)
+                    .ok_or_else(|| self.err(field, format!("unknown array element type {id}")))?;
                 let n = self.u64(field)?;
                 // Every element takes at least min_bytes: a count the file cannot hold is
                 // refused before the vector is allocated.
@@ -161,7 +161,9 @@ impl GgufFile {
             None => DEFAULT_ALIGNMENT,
             Some((_, Value::U32(a))) if a.is_power_of_two() => u64::from(*a),
             Some((_, v)) => {
-                return Err(c.err(&format!("metadata `{ALIGNMENT_KEY}`"), format!("must be a power of two (u32), got {v:?}")))
+                return Err(
+                    c.err(&format!("metadata `{ALIGNMENT_KEY}`"), format!("must be a power of two (u32), got {v:?}"))
+                )
             }
         };
         let mut tensors = Vec::with_capacity(n_tensors as usize);
@@ -181,17 +183,23 @@ impl GgufFile {
                 dims.push(c.u64(&field)?);
             }
             let id = c.u32(&field)?;
-            let ty = GgmlType::from_id(id).ok_or_else(|| c.err(&field, format!("unknown or unsupported tensor type {id}")))?;
+            let ty = GgmlType::from_id(id)
+                .ok_or_else(|| c.err(&field, format!("unknown or unsupported tensor type {id}")))?;
             let offset = c.u64(&field)?;
             let elements = dims.iter().try_fold(1u64, |a, d| a.checked_mul(*d)).filter(|n| *n <= i64::MAX as u64);
             let Some(elements) = elements else {
                 return Err(c.err(&field, format!("dims {dims:?} overflow")));
             };
             if dims[0] % ty.block_size() != 0 || ty.bytes_for(elements).is_none() {
-                return Err(c.err(&field, format!("row length {} is not a multiple of {ty}'s block of {}", dims[0], ty.block_size())));
+                return Err(c.err(
+                    &field,
+                    format!("row length {} is not a multiple of {ty}'s block of {}", dims[0], ty.block_size()),
+                ));
             }
             if offset % alignment != 0 {
-                return Err(c.err(&field, format!("data offset {offset} is not a multiple of the alignment {alignment}")));
+                return Err(
+                    c.err(&field, format!("data offset {offset} is not a multiple of the alignment {alignment}"))
+                );
             }
             tensors.push(TensorInfo { name, dims, ty, offset });
         }

@@ -147,7 +147,7 @@ impl GgmlType {
 
     /// Bytes of `n` values (`None` when `n` is not a whole number of blocks, or overflows).
     pub fn bytes_for(self, n: u64) -> Option<u64> {
-        (n % self.block_size() == 0).then(|| (n / self.block_size()).checked_mul(self.block_bytes())).flatten()
+        n.is_multiple_of(self.block_size()).then(|| (n / self.block_size()).checked_mul(self.block_bytes())).flatten()
     }
 
     /// Whether [`crate::gguf::quantize`] and [`crate::gguf::dequantize`] handle this type.

@@ -53,7 +53,9 @@ impl<W: Write> GgufWriter<W> {
         let mut offset = 0u64;
         for (name, dims, ty) in tensors {
             if name.is_empty() || name.len() > MAX_NAME_BYTES || !names.insert(name.as_str()) {
-                return Err(bad(format!("tensor name `{name}` is empty, longer than {MAX_NAME_BYTES} bytes or repeated")));
+                return Err(bad(format!(
+                    "tensor name `{name}` is empty, longer than {MAX_NAME_BYTES} bytes or repeated"
+                )));
             }
             if dims.is_empty() || dims.len() > MAX_DIMS || dims.contains(&0) {
                 return Err(bad(format!("tensor `{name}` has dims {dims:?}")));

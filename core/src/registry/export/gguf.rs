@@ -124,7 +124,9 @@ enum Role {
 enum Transform {
     None,
     /// Permute the rows of each of `heads` heads from rotate-half to interleaved pairs.
-    Rope { heads: usize },
+    Rope {
+        heads: usize,
+    },
     /// Conv1D `[in, out]` -> `[out, in]`.
     Transpose,
 }
@@ -170,8 +172,18 @@ fn layer_modules(cfg: &ModelConfig, arch: Arch, i: usize) -> Vec<(String, String
         Arch::Llama | Arch::Qwen2 => {
             let p = format!("model.layers.{i}");
             vec![
-                (format!("{p}.self_attn.q_proj"), format!("blk.{i}.attn_q"), perm(cfg.num_attention_heads), Role::Matrix),
-                (format!("{p}.self_attn.k_proj"), format!("blk.{i}.attn_k"), perm(cfg.num_key_value_heads), Role::Matrix),
+                (
+                    format!("{p}.self_attn.q_proj"),
+                    format!("blk.{i}.attn_q"),
+                    perm(cfg.num_attention_heads),
+                    Role::Matrix,
+                ),
+                (
+                    format!("{p}.self_attn.k_proj"),
+                    format!("blk.{i}.attn_k"),
+                    perm(cfg.num_key_value_heads),
+                    Role::Matrix,
+                ),
                 (format!("{p}.self_attn.v_proj"), format!("blk.{i}.attn_v"), Transform::None, Role::AttnV),
                 (format!("{p}.self_attn.o_proj"), format!("blk.{i}.attn_output"), Transform::None, Role::Matrix),
                 (format!("{p}.mlp.gate_proj"), format!("blk.{i}.ffn_gate"), Transform::None, Role::Matrix),
@@ -208,36 +220,99 @@ fn plan(cfg: &ModelConfig, arch: Arch) -> Vec<Planned> {
     let shape = |name: &str| shapes.get(name).cloned().unwrap_or_default();
     match arch {
         Arch::Gpt2 => {
-            add("token_embd.weight".into(), Some("transformer.wte.weight".into()), shape("transformer.wte.weight"), Transform::None, Role::TokenEmbd, None);
-            add("position_embd.weight".into(), Some("transformer.wpe.weight".into()), shape("transformer.wpe.weight"), Transform::None, Role::Positions, None);
+            add(
+                "token_embd.weight".into(),
+                Some("transformer.wte.weight".into()),
+                shape("transformer.wte.weight"),
+                Transform::None,
+                Role::TokenEmbd,
+                None,
+            );
+            add(
+                "position_embd.weight".into(),
+                Some("transformer.wpe.weight".into()),
+                shape("transformer.wpe.weight"),
+                Transform::None,
+                Role::Positions,
+                None,
+            );
             for i in 0..cfg.num_hidden_layers {
                 let p = format!("transformer.h.{i}");
                 for (ln, name) in [("ln_1", "attn_norm"), ("ln_2", "ffn_norm")] {
                     for part in ["weight", "bias"] {
-                        add(format!("blk.{i}.{name}.{part}"), Some(format!("{p}.{ln}.{part}")), vec![h], Transform::None, Role::Vector, Some(i));
+                        add(
+                            format!("blk.{i}.{name}.{part}"),
+                            Some(format!("{p}.{ln}.{part}")),
+                            vec![h],
+                            Transform::None,
+                            Role::Vector,
+                            Some(i),
+                        );
                     }
                 }
                 for (hf, g, t, role) in layer_modules(cfg, arch, i) {
-                    add(format!("{g}.weight"), Some(format!("{hf}.weight")), shape(&format!("{hf}.weight")), t, role, Some(i));
+                    add(
+                        format!("{g}.weight"),
+                        Some(format!("{hf}.weight")),
+                        shape(&format!("{hf}.weight")),
+                        t,
+                        role,
+                        Some(i),
+                    );
                     let b = format!("{hf}.bias");
                     add(format!("{g}.bias"), Some(b.clone()), shape(&b), Transform::None, Role::Vector, Some(i));
                 }
             }
             for part in ["weight", "bias"] {
-                add(format!("output_norm.{part}"), Some(format!("transformer.ln_f.{part}")), vec![h], Transform::None, Role::Vector, None);
+                add(
+                    format!("output_norm.{part}"),
+                    Some(format!("transformer.ln_f.{part}")),
+                    vec![h],
+                    Transform::None,
+                    Role::Vector,
+                    None,
+                );
             }
         }
         Arch::Llama | Arch::Qwen2 => {
-            add("token_embd.weight".into(), Some("model.embed_tokens.weight".into()), shape("model.embed_tokens.weight"), Transform::None, Role::TokenEmbd, None);
+            add(
+                "token_embd.weight".into(),
+                Some("model.embed_tokens.weight".into()),
+                shape("model.embed_tokens.weight"),
+                Transform::None,
+                Role::TokenEmbd,
+                None,
+            );
             if matches!(cfg.rope_scaling, Some(RopeScaling::Llama3 { .. })) {
                 add("rope_freqs.weight".into(), None, vec![cfg.head_dim / 2], Transform::None, Role::Vector, None);
             }
             for i in 0..cfg.num_hidden_layers {
                 let p = format!("model.layers.{i}");
-                add(format!("blk.{i}.attn_norm.weight"), Some(format!("{p}.input_layernorm.weight")), vec![h], Transform::None, Role::Vector, Some(i));
-                add(format!("blk.{i}.ffn_norm.weight"), Some(format!("{p}.post_attention_layernorm.weight")), vec![h], Transform::None, Role::Vector, Some(i));
+                add(
+                    format!("blk.{i}.attn_norm.weight"),
+                    Some(format!("{p}.input_layernorm.weight")),
+                    vec![h],
+                    Transform::None,
+                    Role::Vector,
+                    Some(i),
+                );
+                add(
+                    format!("blk.{i}.ffn_norm.weight"),
+                    Some(format!("{p}.post_attention_layernorm.weight")),
+                    vec![h],
+                    Transform::None,
+                    Role::Vector,
+                    Some(i),
+                );
                 for (hf, g, t, role) in layer_modules(cfg, arch, i) {
-                    add(format!("{g}.weight"), Some(format!("{hf}.weight")), shape(&format!("{hf}.weight")), t, role, Some(i));
+                    add(
+                        format!("{g}.weight"),
+                        Some(format!("{hf}.weight")),
+                        shape(&format!("{hf}.weight")),
+                        t,
+                        role,
+                        Some(i),
+                    );
                     let b = format!("{hf}.bias");
                     if shapes.contains_key(&b) {
                         // Biases follow their rows (q and k permuted like the weight).
@@ -245,9 +320,23 @@ fn plan(cfg: &ModelConfig, arch: Arch) -> Vec<Planned> {
                     }
                 }
             }
-            add("output_norm.weight".into(), Some("model.norm.weight".into()), vec![h], Transform::None, Role::Vector, None);
+            add(
+                "output_norm.weight".into(),
+                Some("model.norm.weight".into()),
+                vec![h],
+                Transform::None,
+                Role::Vector,
+                None,
+            );
             if !cfg.tie_word_embeddings {
-                add("output.weight".into(), Some("lm_head.weight".into()), shape("lm_head.weight"), Transform::None, Role::Output, None);
+                add(
+                    "output.weight".into(),
+                    Some("lm_head.weight".into()),
+                    shape("lm_head.weight"),
+                    Transform::None,
+                    Role::Output,
+                    None,
+                );
             }
         }
     }
@@ -275,7 +364,7 @@ fn tensor_type(q: GgufType, t: &Planned, n_layers: usize, tied: bool) -> GgmlTyp
             let default = if q == GgufType::Q4_0 { GgmlType::Q4_0 } else { GgmlType::Q4K };
             let more = |i: Option<usize>| use_more_bits(i.unwrap_or(0), n_layers);
             if is_output {
-                if t.dims()[0] % default.block_size() != 0 {
+                if !t.dims()[0].is_multiple_of(default.block_size()) {
                     GgmlType::Q8_0
                 } else {
                     GgmlType::Q6K
@@ -292,7 +381,7 @@ fn tensor_type(q: GgufType, t: &Planned, n_layers: usize, tied: bool) -> GgmlTyp
 
 /// llama-quantize's fallback for rows that are not whole blocks, then f16.
 fn fallback(ty: GgmlType, row: u64) -> GgmlType {
-    if row % ty.block_size() == 0 {
+    if row.is_multiple_of(ty.block_size()) {
         return ty;
     }
     let next = match ty {
@@ -300,7 +389,7 @@ fn fallback(ty: GgmlType, row: u64) -> GgmlType {
         GgmlType::Q6K => GgmlType::Q8_0,
         _ => GgmlType::F16,
     };
-    if row % next.block_size() == 0 {
+    if row.is_multiple_of(next.block_size()) {
         next
     } else {
         GgmlType::F16
@@ -481,7 +570,11 @@ pub(super) fn write_model(
     if !matches!(m.family, Family::Llama | Family::Gpt2) {
         return Err(Error::config(
             "format",
-            format!("{} is a {} model: GGUF holds language models (Llama family, GPT-2)", m.reference(), m.family.as_str()),
+            format!(
+                "{} is a {} model: GGUF holds language models (Llama family, GPT-2)",
+                m.reference(),
+                m.family.as_str()
+            ),
         ));
     }
     let cfg = ModelConfig::from_json(&base.config)?;
@@ -495,7 +588,8 @@ pub(super) fn write_model(
             memory::Estimate::new()
                 .add("weights", "merged model (f32)", f32_bytes)
                 .check(registry.store().memory_limit)?;
-            let mut model = Model::load(base, &LoadOptions { trainable: false, dtype: DType::F32, device: Device::Cpu })?;
+            let mut model =
+                Model::load(base, &LoadOptions { trainable: false, dtype: DType::F32, device: Device::Cpu })?;
             model.load_adapter(&m.path)?;
             model.merge_lora()?;
             let weights: HashMap<String, Tensor> = model.named_weights()?.into_iter().collect();
@@ -573,7 +667,8 @@ const BYTE: i32 = 6;
 
 /// A tokenizer.json Split pattern of a known llama.cpp pre-tokenizer.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// llama.cpp's name (`tokenizer.ggml.pre`) for a tokenizer.json pre-tokenizer: the
 /// byte-level regex of GPT-2 (`gpt-2`, also for a ByteLevel without regex, which
@@ -582,12 +677,16 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 fn pre_tokenizer_name(pre: &Json) -> &'static str {
     let ty = |v: &Json| v.get("type").and_then(Json::as_str).unwrap_or("").to_string();
     let pattern = |v: &Json| {
-        v.get("pattern").and_then(|p| p.get("Regex").or_else(|| p.get("String"))).and_then(Json::as_str).map(str::to_string)
+        v.get("pattern")
+            .and_then(|p| p.get("Regex").or_else(|| p.get("String")))
+            .and_then(Json::as_str)
+            .map(str::to_string)
     };
     match ty(pre).as_str() {
         "ByteLevel" => "gpt-2",
         "Sequence" => {
-            let parts: Vec<&Json> = pre.get("pretokenizers").and_then(Json::as_array).map(|a| a.iter().collect()).unwrap_or_default();
+            let parts: Vec<&Json> =
+                pre.get("pretokenizers").and_then(Json::as_array).map(|a| a.iter().collect()).unwrap_or_default();
             let kinds: Vec<String> = parts.iter().map(|p| ty(p)).collect();
             let split = parts.iter().find(|p| ty(p) == "Split").and_then(|p| pattern(p));
             match (kinds.iter().map(String::as_str).collect::<Vec<_>>().as_slice(), split.as_deref()) {
@@ -631,14 +730,17 @@ fn tokenizer_metadata(dir: &Path, cfg: &ModelConfig, tok: &Tokenizer, arch: Arch
     };
     if let Some(vocab) = model.get("vocab").and_then(Json::as_object) {
         for (text, id) in vocab {
-            let id = id.as_u64().ok_or_else(|| Error::data(Location::file(&p).field(format!("model.vocab.{text}")), "not an id"))?;
+            let id = id
+                .as_u64()
+                .ok_or_else(|| Error::data(Location::file(&p).field(format!("model.vocab.{text}")), "not an id"))?;
             let is_byte = spm && text.len() == 6 && text.starts_with("<0x") && text.ends_with('>');
             put(id, text, if is_byte { BYTE } else { NORMAL })?;
         }
     }
     if let Some(added) = tj.get("added_tokens").and_then(Json::as_array) {
         for a in added {
-            let (Some(id), Some(text)) = (a.get("id").and_then(Json::as_u64), a.get("content").and_then(Json::as_str)) else {
+            let (Some(id), Some(text)) = (a.get("id").and_then(Json::as_u64), a.get("content").and_then(Json::as_str))
+            else {
                 continue;
             };
             let special = a.get("special").and_then(Json::as_bool).unwrap_or(false);

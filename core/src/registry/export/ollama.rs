@@ -97,7 +97,7 @@ fn modelfile(reference: &str, tok: &Tokenizer, gen: Option<&Json>, adapter: bool
     }
     match tok.chat_template().map(|t| translate(t, tok)) {
         Some(Ok(go)) => {
-            let _ = write!(m, "TEMPLATE \"\"\"{go}\"\"\"\n");
+            let _ = writeln!(m, "TEMPLATE \"\"\"{go}\"\"\"");
         }
         Some(Err(why)) => {
             let _ = write!(
@@ -106,7 +106,9 @@ fn modelfile(reference: &str, tok: &Tokenizer, gen: Option<&Json>, adapter: bool
                  # the prompt is passed as it is.\nTEMPLATE \"\"\"{{{{ .Prompt }}}}\"\"\"\n"
             );
         }
-        None => m.push_str("# The model has no chat template: the prompt is passed as it is.\nTEMPLATE \"\"\"{{ .Prompt }}\"\"\"\n"),
+        None => m.push_str(
+            "# The model has no chat template: the prompt is passed as it is.\nTEMPLATE \"\"\"{{ .Prompt }}\"\"\"\n",
+        ),
     }
     let mut stops: Vec<String> = Vec::new();
     for id in tok.eos_token_ids() {
@@ -155,7 +157,8 @@ fn translate(template: &str, tok: &Tokenizer) -> std::result::Result<String, Str
     let eos = tok.eos_token().map(|t| t.text.clone());
     let render = |msgs: &[(&str, &str)], gen: bool| -> std::result::Result<String, String> {
         let msgs: Vec<ChatMessage> = msgs.iter().map(|(r, c)| ChatMessage::new(*r, *c)).collect();
-        let out = render_chat_template(template, &msgs, gen, bos.as_deref(), eos.as_deref()).map_err(|e| e.to_string())?;
+        let out =
+            render_chat_template(template, &msgs, gen, bos.as_deref(), eos.as_deref()).map_err(|e| e.to_string())?;
         // llama.cpp puts BOS in itself (add_bos_token): a template's own BOS is dropped.
         Ok(match bos.as_deref() {
             Some(b) if !b.is_empty() => out.strip_prefix(b).unwrap_or(&out).to_string(),
@@ -180,8 +183,9 @@ fn translate(template: &str, tok: &Tokenizer) -> std::result::Result<String, Str
     let su = render(&[("system", "QQS1"), ("user", "QQU1")], false)?;
     let ws = split(su.strip_suffix(&user).ok_or("the system message is not a turn of its own")?, "QQS1")?;
     let parts = [&wu, &wa, &ws];
-    if parts.iter().any(|w| w.before.contains("{{") || w.after.contains("{{") || w.before.contains("\"\"\"") || w.after.contains("\"\"\""))
-        || gen_prompt.contains("{{")
+    if parts.iter().any(|w| {
+        w.before.contains("{{") || w.after.contains("{{") || w.before.contains("\"\"\"") || w.after.contains("\"\"\"")
+    }) || gen_prompt.contains("{{")
         || gen_prompt.contains("\"\"\"")
     {
         return Err("its text contains `{{` or `\"\"\"`".into());
@@ -221,7 +225,10 @@ mod tests {
     fn chatml_translates_and_llama2_falls_back() {
         let tok = Tokenizer::byte_level().unwrap();
         let go = translate(crate::tokenizer::CHATML_TEMPLATE, &tok).unwrap();
-        assert!(go.starts_with("{{- range .Messages }}{{ if eq .Role \"system\" }}<|im_start|>system\n{{ .Content }}"), "{go}");
+        assert!(
+            go.starts_with("{{- range .Messages }}{{ if eq .Role \"system\" }}<|im_start|>system\n{{ .Content }}"),
+            "{go}"
+        );
         assert!(go.contains("<|im_start|>user\n{{ .Content }}<|im_end|>\n"), "{go}");
         assert!(go.ends_with("<|im_start|>assistant\n"), "{go}");
         let llama2 = "{% for message in messages %}{% if message['role'] == 'system' %}{% set sys = message['content'] %}\
