@@ -601,7 +601,7 @@ pub(super) fn write_model(
     let types: Vec<GgmlType> =
         planned.iter().map(|t| tensor_type(q, t, cfg.num_hidden_layers, cfg.tie_word_embeddings)).collect();
     let mut meta = model_metadata(&cfg, arch, &m.name, q);
-    meta.extend(tokenizer_metadata(&base.path, &cfg, &tok, arch)?);
+    meta.extend(tokenizer_metadata(&base.path, &cfg, &tok)?);
     let infos: Vec<(String, Vec<u64>, GgmlType)> =
         planned.iter().zip(&types).map(|(t, ty)| (t.gguf.clone(), t.dims(), *ty)).collect();
     let file = fs::File::create(path).with_path(path)?;
@@ -701,7 +701,7 @@ fn pre_tokenizer_name(pre: &Json) -> &'static str {
 }
 
 /// The `tokenizer.ggml.*` keys for the model in `dir`.
-fn tokenizer_metadata(dir: &Path, cfg: &ModelConfig, tok: &Tokenizer, arch: Arch) -> Result<Vec<(String, Value)>> {
+fn tokenizer_metadata(dir: &Path, cfg: &ModelConfig, tok: &Tokenizer) -> Result<Vec<(String, Value)>> {
     let p = dir.join("tokenizer.json");
     let text = fs::read_to_string(&p).with_path(&p)?;
     let tj: Json = serde_json::from_str(&text).map_err(|e| Error::data(Location::file(&p), e.to_string()))?;
@@ -828,7 +828,6 @@ fn tokenizer_metadata(dir: &Path, cfg: &ModelConfig, tok: &Tokenizer, arch: Arch
     if let Some(t) = tok.chat_template() {
         m.push(("tokenizer.chat_template".into(), Value::String(t.to_string())));
     }
-    let _ = arch;
     Ok(m)
 }
 
