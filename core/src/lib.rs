@@ -40,9 +40,10 @@
 //   L0  error, util, types, plot      plain data: no candle, no SQL; PNG charts
 //   L1  catalog, events, models,      SQL rows <-> types; sinks and cancel; tensors,
 //       tokenizer, store, diffusion,  LoRA and kernels; tokenizers; the shared Store;
-//       tabular, notify               UNet, VAE, CLIP text encoder, schedulers;
+//       tabular, notify, gguf         UNet, VAE, CLIP text encoder, schedulers;
 //                                     tabular profiles, drift statistics, detectors;
-//                                     webhooks: outbox, signing, delivery
+//                                     webhooks: outbox, signing, delivery; GGUF files
+//                                     and GGML quantizers
 //   L2  data, registry, training,     the APIs, each on an Arc<Store>
 //       generation, images,           (continual: predictors, labels, evaluations,
 //       continual                     drift checks)
@@ -57,6 +58,7 @@ mod util;
 mod catalog;
 pub mod diffusion;
 pub mod events;
+pub mod gguf;
 pub mod models;
 pub mod notify;
 mod store;
@@ -95,8 +97,8 @@ pub use types::{
     options_from_json, options_from_json_spelled, to_json_spelled, ChatMessage, DatasetFormat, DatasetId,
     DatasetRecord, DatasetSplit, DatasetStats, DeleteOptions, ErrorInfo, Event, ExportFormat, ExportOptions,
     ExportReport, ExportedFile, Family, FieldStats, FinishReason, FinishStatus, GateVerdict, Generation,
-    GenerationConfig, GenerationFilter, GenerationId, GenerationKind, GenerationRecord, GeneratorOptions, HomeOptions,
-    ImageAdapter, ImageCrop, ImageGeneratorOptions, ImageRequest, ImageTrainOptions, ImportBundleOptions,
+    GenerationConfig, GenerationFilter, GenerationId, GenerationKind, GenerationRecord, GeneratorOptions, GgufType,
+    HomeOptions, ImageAdapter, ImageCrop, ImageGeneratorOptions, ImageRequest, ImageTrainOptions, ImportBundleOptions,
     ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus, LengthBucket, Lineage, LoraConfig, Method,
     MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelUsage,
     OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score, ScoreOptions, SourceFormat, Spelling,

@@ -46,7 +46,7 @@ pub use drift::{
     DriftTest, DriftVerdict, PageHinkleyConfig,
 };
 pub use event::{ErrorInfo, Event, FinishStatus, GateVerdict};
-pub use export::{ExportFormat, ExportOptions, ExportReport, ExportedFile, ImportBundleOptions};
+pub use export::{ExportFormat, ExportOptions, ExportReport, ExportedFile, GgufType, ImportBundleOptions};
 pub use generation::{
     ChatMessage, FinishReason, Generation, GenerationConfig, GenerationFilter, GenerationKind, GenerationRecord,
     GeneratorOptions, ModelUsage, Prompt, Score, ScoreOptions, StreamChunk, Timings, DEFAULT_MAX_NEW_TOKENS,

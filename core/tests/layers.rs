@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("store", 1),
     ("tabular", 1),
     ("notify", 1),
+    ("gguf", 1),
     ("data", 2),
     ("registry", 2),
     ("training", 2),

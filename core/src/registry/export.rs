@@ -1,6 +1,7 @@
 //! Export: a registered model out of the home, in the layouts other tools load (a
 //! Hugging Face directory with an adapter merged in, a PEFT adapter directory, a
-//! bundle ZIP that another home imports), each with a model card.
+//! bundle ZIP that another home imports, each with a model card; a GGUF file for
+//! llama.cpp, an Ollama folder).
 //!
 //! Everything is written under a temporary name beside the destination and renamed
 //! into place at the end; an existing destination is refused unless `overwrite`, and
@@ -9,7 +10,9 @@
 
 mod bundle;
 mod card;
+mod gguf;
 mod hf;
+mod ollama;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -76,6 +79,8 @@ pub(crate) fn export(
             ExportFormat::Hf => write_dir(dest, |tmp| hf::write_merged(registry, &chain, tmp, opts, &mut step))?,
             ExportFormat::Peft => write_dir(dest, |tmp| hf::write_adapter(&chain, tmp, opts, &mut step))?,
             ExportFormat::Bundle => write_file(dest, |tmp| bundle::write(&chain, tmp, &mut step))?,
+            ExportFormat::Gguf => write_file(dest, |tmp| gguf::write(registry, &chain, tmp, opts, &mut step))?,
+            ExportFormat::Ollama => write_dir(dest, |tmp| ollama::write(registry, &chain, tmp, opts, &mut step))?,
         };
         let report = ExportReport { model: reference.clone(), format, path: dest.display().to_string(), files };
         Ok((report, Some(chain.model.id.0.clone())))

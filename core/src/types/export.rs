@@ -17,9 +17,37 @@ named_enum! {
         /// A PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`,
         /// a model card), what `PeftModel.from_pretrained` loads. Adapters only.
         Peft = "peft",
+        /// One GGUF file, what llama.cpp loads (tensor types from
+        /// [`ExportOptions::quantization`]); an adapter becomes a GGUF LoRA adapter
+        /// (llama.cpp `--lora`, Ollama `ADAPTER`) unless [`ExportOptions::merge`] is set.
+        Gguf = "gguf",
+        /// A folder with `model.gguf`, a `Modelfile` (template, stop tokens, generation
+        /// defaults) and a README, ready for `ollama create`; an adapter is merged into
+        /// its base unless `merge` is false (then `adapter.gguf` and an `ADAPTER` line).
+        Ollama = "ollama",
         /// One ZIP with the model's files, `manifest.json` (sha256 of every file,
         /// lineage, versions) and the model card; `import_bundle` restores it.
         Bundle = "bundle",
+    }
+}
+
+named_enum! {
+    /// The tensor type of a GGUF export. Norms, biases and other 1-D tensors stay f32,
+    /// and a matrix whose rows are not whole blocks of the type falls back as
+    /// llama.cpp's quantizer does.
+    pub enum GgufType("GGUF type") {
+        F32 = "f32",
+        F16 = "f16",
+        Bf16 = "bf16",
+        /// 8-bit blocks of 32 with an f16 scale.
+        Q8_0 = "q8_0",
+        /// 4-bit blocks of 32 with an f16 scale (the output matrix at 6 bits, as
+        /// llama.cpp's `Q4_0`).
+        Q4_0 = "q4_0",
+        /// 4-bit k-quants (super-blocks of 256) with the mix llama.cpp calls Q4_K_M:
+        /// the output matrix, and half of the attention value and FFN down matrices, at
+        /// 6 bits.
+        Q4KM = "q4_k_m",
     }
 }
 
@@ -39,12 +67,30 @@ pub struct ExportOptions {
     /// Default: the directory the base was registered from, or its `name@version` for
     /// a preset.
     pub base_model: Option<String>,
+    /// GGUF and Ollama: the tensor type (default `f16`).
+    pub quantization: Option<GgufType>,
+    /// GGUF and Ollama, adapters: merge the adapter into its base and write one model
+    /// (default: false for `gguf`, which then writes a GGUF LoRA adapter; true for
+    /// `ollama`).
+    pub merge: Option<bool>,
+    /// Ollama: the model name shown in the README's `ollama create` line (default the
+    /// model's name).
+    pub name: Option<String>,
 }
 
 impl ExportOptions {
     pub fn validate(&self) -> Result<()> {
         if self.max_shard_bytes.is_some_and(|b| b < 1024) {
             return Err(Error::config("max_shard_bytes", "must be at least 1024"));
+        }
+        if let Some(n) = &self.name {
+            let ok = |c: char| c.is_ascii_alphanumeric() || "._-:/".contains(c);
+            if n.is_empty() || n.len() > 128 || !n.chars().all(ok) {
+                return Err(Error::config(
+                    "name",
+                    format!("`{n}` is not an Ollama model name (1-128 of A-Z a-z 0-9 . _ - : /)"),
+                ));
+            }
         }
         Ok(())
     }
@@ -66,7 +112,7 @@ pub struct ExportReport {
     /// `name@version` of the exported model.
     pub model: String,
     pub format: ExportFormat,
-    /// The destination (a directory, or the file for `bundle`).
+    /// The destination (a directory, or the file for `gguf` and `bundle`).
     pub path: String,
     pub files: Vec<ExportedFile>,
 }
