@@ -269,7 +269,7 @@ impl PyModelRegistry {
     /// `overwrite=True`.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (model, format, dest, *, overwrite=None, max_shard_bytes=None, base_model=None,
-                        on_event=None, cancel=None))]
+                        quantization=None, merge=None, name=None, on_event=None, cancel=None))]
     fn export<'py>(
         &self,
         py: Python<'py>,
@@ -279,6 +279,9 @@ impl PyModelRegistry {
         overwrite: Option<Bound<'py, PyAny>>,
         max_shard_bytes: Option<Bound<'py, PyAny>>,
         base_model: Option<Bound<'py, PyAny>>,
+        quantization: Option<Bound<'py, PyAny>>,
+        merge: Option<Bound<'py, PyAny>>,
+        name: Option<Bound<'py, PyAny>>,
         on_event: Option<Bound<'py, PyAny>>,
         cancel: Option<Bound<'py, PyCancelToken>>,
     ) -> PyResult<Bound<'py, PyAny>> {
@@ -287,6 +290,9 @@ impl PyModelRegistry {
             .set("overwrite", overwrite.as_ref())?
             .set("max_shard_bytes", max_shard_bytes.as_ref())?
             .set("base_model", base_model.as_ref())?
+            .set("quantization", quantization.as_ref())?
+            .set("merge", merge.as_ref())?
+            .set("name", name.as_ref())?
             .into_value();
         let opts: ExportOptions = anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))?;
         let (reg, cancel) = (self.inner.clone(), events::token(cancel.as_ref()));

@@ -583,6 +583,9 @@ class ModelRegistry:
         overwrite: bool | None = None,
         max_shard_bytes: int | None = None,
         base_model: str | None = None,
+        quantization: GgufType | None = None,
+        merge: bool | None = None,
+        name: str | None = None,
         on_event: OnEvent | None = None,
         cancel: CancelToken | None = None,
     ) -> ExportReport: ...
@@ -595,7 +598,8 @@ class ModelRegistry:
         cancel: CancelToken | None = None,
     ) -> ModelRecord: ...
 
-ExportFormat = Literal["hf", "peft", "bundle"]
+ExportFormat = Literal["hf", "peft", "gguf", "ollama", "bundle"]
+GgufType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m"]
 
 class ExportedFile(TypedDict):
     path: str
@@ -1245,7 +1249,7 @@ class Continual:
 # ---------------------------------------------------------------- monitors (home.monitors())
 
 PromotionMode = Literal["auto", "manual", "shadow"]
-GateMetric = Literal["accuracy", "f1_macro"]
+GateMetric = Literal["accuracy", "f1_macro", "log_loss", "loss", "perplexity"]
 TickOutcome = Literal["idle", "held", "retrain_started", "waiting", "promoted", "kept", "awaiting_approval", "error"]
 DecisionKind = Literal["held", "drift_detected", "retrain_started", "retrain_resumed", "candidate_evaluated", "shadow", "promoted", "kept", "rolled_back", "error"]
 
@@ -1258,6 +1262,9 @@ class RetrainTriggers(TypedDict, total=False):
     new_labels: int | None
     schedule_secs: float | None
     window: int
+    new_rows: int | None
+    metric: Literal["loss", "perplexity"] | None
+    metric_limit: float | None
 
 class RetrainGuards(TypedDict, total=False):
     """What holds a trigger back."""
@@ -1272,16 +1279,23 @@ class RetrainAction(TypedDict, total=False):
 
     config: ClassifierConfig | None
     replay_fraction: float
+    lm_method: Literal["lora", "continue"] | None
+    lora: LoraConfig | None
+    max_steps: int | None
+    learning_rate: float | None
 
 class GatePolicy(TypedDict, total=False):
     """How a candidate is gated against production on the same evaluation set."""
 
     mode: PromotionMode
-    metric: GateMetric
-    floor: float
+    metric: GateMetric | None
+    floor: float | None
     margin: float
     dataset: str | None
     holdout_fraction: float
+    retention_versions: int | None
+    retention_datasets: builtins.list[str]
+    retention_tolerance: float
 
 class RetrainPolicy(TypedDict, total=False):
     """A monitor's policy (`Monitors.create`, `Monitor.set_policy`); every field has a default
@@ -1305,6 +1319,7 @@ class TickReport(TypedDict):
     job_id: str | None
     candidate: str | None
     at: str
+    window_metric: float | None
 
 class MonitorRecord(TypedDict):
     """A monitor as stored in the catalog (its policy, every field filled in, and its state)."""
