@@ -139,6 +139,48 @@ export interface RegisterOptions {
   tags?: string[]
 }
 
+/** Where `models().export` writes a model. */
+export type ExportFormat = 'hf' | 'peft' | 'gguf' | 'ollama' | 'bundle'
+export type GgufType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4_0' | 'q4_k_m'
+
+export interface ExportOptions {
+  /** Replace an existing destination (otherwise it is refused: `already_exists`). */
+  overwrite?: boolean
+  /** hf, merged adapters: the largest safetensors shard in bytes (default 2 GiB). */
+  maxShardBytes?: number
+  /** Where the base is found outside this home (a Hub id or a path): the adapter's
+   *  `base_model_name_or_path` and the model card's `base_model`. */
+  baseModel?: string
+  /** gguf, ollama: the tensor type (default f16). */
+  quantization?: GgufType
+  /** gguf, ollama: merge an adapter into its base (default true for ollama). */
+  merge?: boolean
+  /** ollama: the model name for `ollama create`. */
+  name?: string
+}
+
+export interface ExportedFile {
+  /** Relative to the destination, '/'-separated. */
+  path: string
+  bytes: number
+  sha256: string
+}
+
+/** What `models().export` wrote. */
+export interface ExportReport {
+  /** `name@version` of the exported model. */
+  model: string
+  format: ExportFormat
+  /** The destination (a directory, or the ZIP file of a bundle). */
+  path: string
+  files: ExportedFile[]
+}
+
+export interface ImportBundleOptions {
+  /** Register the bundle's model under this name (its base keeps its own). */
+  name?: string
+}
+
 export interface PresetOptions {
   /** Default: the preset's name. */
   name?: string
@@ -321,6 +363,8 @@ export interface TrainSpec {
   outputName?: string | null
   /** Image (Stable Diffusion) bases only. */
   image?: ImageTrainOptions | null
+  /** LoRA on a language model: start from this adapter of `base` (continue training it). */
+  initAdapter?: string | null
 }
 
 export type ClassifierModel = 'logistic' | 'mlp'
@@ -795,7 +839,7 @@ export interface DriftCheck {
 // ---------------------------------------------------------------- monitors (home.monitors())
 
 export type PromotionMode = 'auto' | 'manual' | 'shadow'
-export type GateMetric = 'accuracy' | 'f1_macro'
+export type GateMetric = 'accuracy' | 'f1_macro' | 'log_loss' | 'loss' | 'perplexity'
 export type TickOutcome = 'idle' | 'held' | 'retrain_started' | 'waiting' | 'promoted' | 'kept' | 'awaiting_approval' | 'error'
 export type DecisionKind = 'held' | 'drift_detected' | 'retrain_started' | 'retrain_resumed' | 'candidate_evaluated' | 'shadow' | 'promoted' | 'kept' | 'rolled_back' | 'error'
 
@@ -813,6 +857,12 @@ export interface RetrainTriggers {
   scheduleSecs?: number | null
   /** Labelled predictions the accuracy triggers read. Default 200. */
   window?: number
+  /** Language models: this many rows fed (`monitor.feed`) since the last retrain. */
+  newRows?: number | null
+  /** Language models: the window metric the limit applies to. */
+  metric?: 'loss' | 'perplexity' | null
+  /** Language models: retrain when the window's metric exceeds this. */
+  metricLimit?: number | null
 }
 
 /** What holds a trigger back. */
@@ -832,22 +882,32 @@ export interface RetrainAction {
   config?: ClassifierConfig | null
   /** Share of the old training rows kept (0..1). Default 1. */
   replayFraction?: number
+  /** Language models: a new adapter on the base (`lora`) or the production adapter trained further. */
+  lmMethod?: 'lora' | 'continue' | null
+  lora?: LoraConfig | null
+  maxSteps?: number | null
+  learningRate?: number | null
 }
 
 /** How a candidate is gated against production on the same evaluation set. */
 export interface GatePolicy {
   /** Default `auto`. */
   mode?: PromotionMode
-  /** Default `accuracy`. */
-  metric?: GateMetric
-  /** Absolute floor on the candidate's metric. Default 0. */
-  floor?: number
+  /** Default `accuracy` (classifiers) or `loss` (language models). */
+  metric?: GateMetric | null
+  /** Absolute floor (a ceiling for loss-like metrics) on the candidate's metric. */
+  floor?: number | null
   /** How much the candidate must beat production by (-1..1). Default 0. */
   margin?: number
   /** A fixed evaluation dataset (id or name); default: held-out labelled predictions. */
   dataset?: string | null
   /** Default 0.3. */
   holdoutFraction?: number
+  /** Language models: earlier production versions whose datasets are retention sets (default 3). */
+  retentionVersions?: number | null
+  retentionDatasets?: string[]
+  /** How much worse (relative) the candidate may be on a retention set. Default 0.05. */
+  retentionTolerance?: number
 }
 
 /** A monitor's policy (`monitors.create`, `monitor.setPolicy`); unknown keys throw `invalid_config`. */
@@ -884,6 +944,8 @@ export interface TickReport {
   /** `name@version`. */
   candidate: string | null
   at: string
+  /** Language models: the window's loss or perplexity. */
+  windowMetric: number | null
 }
 
 /** A monitor as stored in the catalog: its policy (every field filled in) and state. */
@@ -1470,6 +1532,19 @@ export declare class ModelRegistry {
    * depends on it (code `in_use`) unless `force`, which also deletes its adapters.
    */
   delete(reference: string, options?: DeleteOptions): Promise<void>
+  /**
+   * Writes a model out of the home: `format` `"hf"` (a Hugging Face directory; an
+   * adapter merged into its base), `"peft"` (an adapter directory) or `"bundle"` (one
+   * ZIP that `importBundle` restores elsewhere). Progress is in files. An existing
+   * `dest` is refused (code `already_exists`) unless `overwrite`.
+   */
+  export(model: string, format: ExportFormat, dest: string, options?: ExportOptions & CallOptions): Promise<ExportReport>
+  /**
+   * Restores a bundle written by `export(model, "bundle", path)`: its models (an
+   * adapter's base first) under the ids they had, with the same content. A tampered
+   * or truncated bundle is refused (code `invalid_data`, naming the entry).
+   */
+  importBundle(path: string, options?: ImportBundleOptions & CallOptions): Promise<ModelRecord>
   /** Recorded generation and scoring calls, newest first. */
   generations(filter?: GenerationFilter): GenerationRecord[]
   /** Usage totals of a model, from the catalog. */
