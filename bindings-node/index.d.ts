@@ -1630,7 +1630,7 @@ export declare class MonitorHandle {
   cancel(): void
   /** False once `stop()` was called. */
   get running(): boolean
-  /** Ticks run so far (after `stop()`: those run when it was called). */
+  /** Ticks run so far. */
   get ticks(): number
   /** The error of the last failed tick as `{ code, message }`, or null. */
   get lastError(): { code: ErrorCode; message: string } | null

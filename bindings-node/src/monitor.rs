@@ -10,7 +10,7 @@
 //! `approve`, `rollback` and `MonitorHandle.stop` return Promises and run on the libuv
 //! pool, so the event loop never waits for them.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use napi::bindgen_prelude::{AsyncTask, FromNapiValue, JsValue, Unknown, ValueType};
@@ -210,7 +210,7 @@ impl Monitor {
             };
             let sink = anneal::Throttle::new(JsSink(on_event), THROTTLE);
             let handle = self.inner.spawn(Duration::from_secs_f64(secs), sink)?;
-            Ok(MonitorHandle { inner: Arc::new(Mutex::new(Some(handle))), last: Arc::new(Mutex::new((0, None))) })
+            Ok(MonitorHandle { inner: Arc::new(handle) })
         })
     }
 }
@@ -220,28 +220,7 @@ impl Monitor {
 /// that job (it ends `cancelled`; the next tick resumes it).
 #[napi]
 pub struct MonitorHandle {
-    inner: Arc<Mutex<Option<anneal::MonitorHandle>>>,
-    /// `ticks` and `lastError` when `stop()` was called.
-    last: Arc<Mutex<(u64, Option<anneal::Error>)>>,
-}
-
-impl MonitorHandle {
-    fn take(&self) -> Option<anneal::MonitorHandle> {
-        let h = self.inner.lock().ok().and_then(|mut h| h.take());
-        if let (Some(h), Ok(mut last)) = (&h, self.last.lock()) {
-            *last = (h.ticks(), h.last_error());
-        }
-        h
-    }
-
-    fn state(&self) -> (u64, Option<anneal::Error>) {
-        if let Ok(h) = self.inner.lock() {
-            if let Some(h) = h.as_ref() {
-                return (h.ticks(), h.last_error());
-            }
-        }
-        self.last.lock().map(|l| l.clone()).unwrap_or((0, None))
-    }
+    inner: Arc<anneal::MonitorHandle>,
 }
 
 #[napi]
@@ -250,11 +229,9 @@ impl MonitorHandle {
     /// Resolves at once when already stopped.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn stop(&self) -> AsyncTask<LongTask> {
-        let h = self.take();
+        let h = self.inner.clone();
         LongTask::spawn(None, false, move |_, _, _| {
-            if let Some(h) = h {
-                h.stop()?;
-            }
+            h.stop()?;
             Ok(Value::Null)
         })
     }
@@ -263,37 +240,34 @@ impl MonitorHandle {
     /// tick runs.
     #[napi(catch_unwind)]
     pub fn cancel(&self) {
-        if let Ok(h) = self.inner.lock() {
-            if let Some(h) = h.as_ref() {
-                h.cancel();
-            }
-        }
+        self.inner.cancel();
     }
 
     /// False once `stop()` was called.
     #[napi(getter, catch_unwind)]
     pub fn running(&self) -> bool {
-        self.inner.lock().map(|h| h.is_some()).unwrap_or(false)
+        self.inner.is_running()
     }
 
-    /// Ticks run so far (after `stop()`: those run when it was called).
+    /// Ticks run so far.
     #[napi(getter, catch_unwind)]
     pub fn ticks(&self) -> f64 {
-        self.state().0 as f64
+        self.inner.ticks() as f64
     }
 
     /// The error of the last failed tick as `{ code, message }`, or null.
     #[napi(getter, catch_unwind, ts_return_type = "{ code: ErrorCode; message: string } | null")]
     pub fn last_error(&self, env: Env) -> napi::Result<JsJson> {
-        errors::json(&env, || js!(self.state().1.as_ref().map(anneal::ErrorInfo::from)))
+        errors::json(&env, || js!(self.inner.last_error().as_ref().map(anneal::ErrorInfo::from)))
     }
 }
 
 impl Drop for MonitorHandle {
     fn drop(&mut self) {
         // Never join on the JS thread (a tick may be training a model).
-        if let Some(h) = self.take() {
-            let _ = std::thread::Builder::new().name("anneal-monitor-stop".into()).spawn(move || drop(h));
+        if self.inner.is_running() {
+            let h = self.inner.clone();
+            let _ = std::thread::Builder::new().name("anneal-monitor-stop".into()).spawn(move || h.stop());
         }
     }
 }

@@ -9,7 +9,7 @@
 //! spawned monitor calls `on_event` from its own thread; an exception raised there is
 //! reported with `sys.unraisablehook` and the monitor goes on.
 
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -229,7 +229,7 @@ impl PyMonitor {
         let sink = anneal::Throttle::new(SpawnSink { callback: cb }, THROTTLE);
         let interval = Duration::from_secs_f64(interval_secs);
         let handle = py.enter_core(|| self.inner.spawn(interval, sink))?;
-        Ok(PyMonitorHandle { inner: Mutex::new(Some(handle)), last: Mutex::new((0, None)) })
+        Ok(PyMonitorHandle { inner: Arc::new(handle) })
     }
 
     fn __repr__(&self) -> String {
@@ -265,28 +265,7 @@ impl EventSink for SpawnSink {
 /// also cancels a retraining job that tick runs (the next tick resumes it).
 #[pyclass(name = "MonitorHandle", module = "anneal", frozen)]
 pub struct PyMonitorHandle {
-    inner: Mutex<Option<anneal::MonitorHandle>>,
-    /// `ticks` and `last_error` when `stop()` was called.
-    last: Mutex<(u64, Option<anneal::Error>)>,
-}
-
-impl PyMonitorHandle {
-    fn take(&self) -> Option<anneal::MonitorHandle> {
-        let h = self.inner.lock().ok().and_then(|mut h| h.take());
-        if let (Some(h), Ok(mut last)) = (&h, self.last.lock()) {
-            *last = (h.ticks(), h.last_error());
-        }
-        h
-    }
-
-    fn state(&self) -> (u64, Option<anneal::Error>) {
-        if let Ok(h) = self.inner.lock() {
-            if let Some(h) = h.as_ref() {
-                return (h.ticks(), h.last_error());
-            }
-        }
-        self.last.lock().map(|l| l.clone()).unwrap_or((0, None))
-    }
+    inner: Arc<anneal::MonitorHandle>,
 }
 
 #[pymethods]
@@ -294,43 +273,35 @@ impl PyMonitorHandle {
     /// Stops after the current tick (a retraining job it runs finishes) and waits for
     /// the thread, with the GIL released. Idempotent.
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
-        match self.take() {
-            Some(h) => {
-                let r = py.enter_core(move || h.stop());
-                // Ctrl-C while waiting: the thread still stops after its tick.
-                py.check_signals()?;
-                r
-            }
-            None => Ok(()),
-        }
+        let h = self.inner.clone();
+        let r = py.enter_core(move || h.stop());
+        // Ctrl-C while waiting: the thread still stops after its tick.
+        py.check_signals()?;
+        r
     }
 
     /// Asks the thread to stop without waiting, cancelling a retraining job the current
     /// tick runs (it ends `cancelled`; the next tick of this monitor resumes it).
     fn cancel(&self) {
-        if let Ok(h) = self.inner.lock() {
-            if let Some(h) = h.as_ref() {
-                h.cancel();
-            }
-        }
+        self.inner.cancel();
     }
 
     /// False once stopped.
     #[getter]
     fn running(&self) -> bool {
-        self.inner.lock().map(|h| h.is_some()).unwrap_or(false)
+        self.inner.is_running()
     }
 
-    /// Ticks run so far (after `stop()`: those run when it was called).
+    /// Ticks run so far.
     #[getter]
     fn ticks(&self) -> u64 {
-        self.state().0
+        self.inner.ticks()
     }
 
     /// The error of the last failed tick as `{code, message}`, or None.
     #[getter]
     fn last_error<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        plain!(py, self.state().1.as_ref().map(anneal::ErrorInfo::from))
+        plain!(py, self.inner.last_error().as_ref().map(anneal::ErrorInfo::from))
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -353,8 +324,9 @@ impl Drop for PyMonitorHandle {
     fn drop(&mut self) {
         // Never join while holding the GIL (the thread may be waiting for it to deliver
         // an event): the join happens on a thread of its own.
-        if let Some(h) = self.take() {
-            let _ = std::thread::Builder::new().name("anneal-monitor-stop".into()).spawn(move || drop(h));
+        if self.inner.is_running() {
+            let h = self.inner.clone();
+            let _ = std::thread::Builder::new().name("anneal-monitor-stop".into()).spawn(move || h.stop());
         }
     }
 }

@@ -901,7 +901,7 @@ impl Monitor {
                 }
             })
             .map_err(|e| Error::Internal(format!("cannot start a monitor thread: {e}")))?;
-        Ok(MonitorHandle { stop: Some(tx), thread: Some(thread), cancel, last_error, ticks })
+        Ok(MonitorHandle { stop: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), cancel, last_error, ticks })
     }
 }
 
@@ -912,8 +912,8 @@ fn spread(i: usize, share: f64) -> bool {
 
 /// A monitor ticking on a background thread ([`Monitor::spawn`]).
 pub struct MonitorHandle {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    stop: Mutex<Option<mpsc::Sender<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
     cancel: CancelToken,
     last_error: Arc<Mutex<Option<Error>>>,
     ticks: Arc<Mutex<u64>>,
@@ -930,18 +930,28 @@ impl MonitorHandle {
     /// ends `cancelled` and the next tick resumes it).
     pub fn cancel(&self) {
         self.cancel.cancel();
-        if let Some(s) = &self.stop {
+        if let Some(s) = self.stop.lock().ok().as_ref().and_then(|s| s.as_ref()) {
             let _ = s.send(());
         }
     }
 
     /// Stops after the current tick (letting a running job finish) and waits for it.
-    pub fn stop(mut self) -> Result<()> {
-        self.stop.take();
-        if let Some(t) = self.thread.take() {
+    /// Idempotent; [`MonitorHandle::ticks`] and [`MonitorHandle::last_error`] stay
+    /// readable afterwards.
+    pub fn stop(&self) -> Result<()> {
+        if let Ok(mut s) = self.stop.lock() {
+            s.take();
+        }
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = thread {
             t.join().map_err(|_| Error::Internal("the monitor thread panicked".into()))?;
         }
         Ok(())
+    }
+
+    /// False once stopped.
+    pub fn is_running(&self) -> bool {
+        self.thread.lock().map(|t| t.is_some()).unwrap_or(false)
     }
 
     /// The error of the last failed tick, if any.
@@ -957,9 +967,6 @@ impl MonitorHandle {
 
 impl Drop for MonitorHandle {
     fn drop(&mut self) {
-        self.stop.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let _ = self.stop();
     }
 }
