@@ -269,3 +269,24 @@ fn a_classifier_travels_as_a_bundle_only() {
     assert_eq!(ours.label, theirs.label);
     assert_eq!(ours.probabilities, theirs.probabilities);
 }
+
+#[test]
+fn a_cancelled_export_leaves_the_destination_as_it_was() {
+    let d = tempfile::tempdir().unwrap();
+    let h = home(d.path(), "h");
+    let (_, lora) = trained_lora(&h);
+    let cancel = CancelToken::new();
+    cancel.cancel();
+    for (format, dest) in [(ExportFormat::Hf, "merged"), (ExportFormat::Peft, "peft"), (ExportFormat::Bundle, "b.zip")]
+    {
+        let dest = d.path().join("out").join(dest);
+        let e = h
+            .models()
+            .export_with(&lora.id, format, &dest, &ExportOptions::default(), &mut NoopSink, &cancel)
+            .unwrap_err();
+        assert_eq!(e.code(), "cancelled", "{format}: {e}");
+        assert!(!dest.exists(), "{format}");
+    }
+    let left: Vec<_> = fs::read_dir(d.path().join("out")).map(|r| r.count()).into_iter().collect();
+    assert!(left.iter().all(|n| *n == 0), "{left:?}");
+}

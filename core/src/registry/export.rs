@@ -76,9 +76,11 @@ pub(crate) fn export(
             rep.progress(done)
         };
         let files = match format {
-            ExportFormat::Hf => write_dir(dest, |tmp| hf::write_merged(registry, &chain, tmp, opts, &mut step))?,
-            ExportFormat::Peft => write_dir(dest, |tmp| hf::write_adapter(&chain, tmp, opts, &mut step))?,
-            ExportFormat::Bundle => write_file(dest, |tmp| bundle::write(&chain, tmp, &mut step))?,
+            ExportFormat::Hf => {
+                write_dir(dest, |tmp| hf::write_merged(registry, &chain, tmp, opts, cancel, &mut step))?
+            }
+            ExportFormat::Peft => write_dir(dest, |tmp| hf::write_adapter(&chain, tmp, opts, cancel, &mut step))?,
+            ExportFormat::Bundle => write_file(dest, |tmp| bundle::write(&chain, tmp, cancel, &mut step))?,
             ExportFormat::Gguf => write_file(dest, |tmp| gguf::write(registry, &chain, tmp, opts, &mut step))?,
             ExportFormat::Ollama => write_dir(dest, |tmp| ollama::write(registry, &chain, tmp, opts, &mut step))?,
         };
@@ -186,12 +188,13 @@ fn list_files(dir: &Path) -> Result<Vec<ExportedFile>> {
 
 /// Copies the model file `name` from `rec`'s directory to `to`, checking it against
 /// the sha256 the registry recorded (a changed file in the home is `invalid_data`).
-pub(crate) fn copy_checked(rec: &ModelRecord, name: &str, to: &Path) -> Result<()> {
+/// `cancel` is checked after every chunk.
+pub(crate) fn copy_checked(rec: &ModelRecord, name: &str, to: &Path, cancel: &CancelToken) -> Result<()> {
     let src = rec.path.join(name);
     if let Some(dir) = to.parent() {
         fs::create_dir_all(dir).with_path(dir)?;
     }
-    let sha = util::copy_hashing(&src, to, |_| Ok(()))?;
+    let sha = util::copy_hashing(&src, to, |_| cancel.check())?;
     match rec.files.iter().find(|f| f.name == name) {
         Some(f) if f.sha256 != sha => Err(Error::data(
             crate::error::Location::file(&src),

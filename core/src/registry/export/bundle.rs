@@ -58,7 +58,12 @@ fn entry_name(rec: &ModelRecord, file: &str) -> String {
     format!("models/{}/{file}", rec.id.0)
 }
 
-pub(super) fn write(chain: &Chain, path: &Path, step: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+pub(super) fn write(
+    chain: &Chain,
+    path: &Path,
+    cancel: &CancelToken,
+    step: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
     let models: Vec<&ModelRecord> = chain.base.iter().chain(std::iter::once(&chain.model)).collect();
     let mut files = Vec::new();
     let out = fs::File::create(path).with_path(path)?;
@@ -74,7 +79,15 @@ pub(super) fn write(chain: &Chain, path: &Path, step: &mut dyn FnMut() -> Result
             let src = rec.path.join(&f.name);
             let mut input = fs::File::open(&src).with_path(&src)?;
             let mut w = util::HashingWriter::new(&mut zip);
-            io::copy(&mut input, &mut w).with_path(path)?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                cancel.check()?;
+                let n = input.read(&mut buf).with_path(&src)?;
+                if n == 0 {
+                    break;
+                }
+                w.write_all(&buf[..n]).with_path(path)?;
+            }
             let bytes = w.bytes();
             let (_, sha256) = w.finish();
             if sha256 != f.sha256 {

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::{card, copy_checked, Chain};
 use crate::error::{Error, IoResultExt, Result};
+use crate::events::CancelToken;
 use crate::models::{self, memory, LoadOptions, Model, ModelConfig};
 use crate::registry::ModelRegistry;
 use crate::types::{ExportFormat, ExportOptions, Family, ModelKind, ModelRecord};
@@ -32,6 +33,7 @@ pub(super) fn write_merged(
     chain: &Chain,
     dir: &Path,
     opts: &ExportOptions,
+    cancel: &CancelToken,
     step: &mut dyn FnMut() -> Result<()>,
 ) -> Result<()> {
     let m = &chain.model;
@@ -55,7 +57,7 @@ pub(super) fn write_merged(
         (_, None) => {
             for f in &m.files {
                 if f.name != "README.md" {
-                    copy_checked(m, &f.name, &dir.join(&f.name))?;
+                    copy_checked(m, &f.name, &dir.join(&f.name), cancel)?;
                 }
                 step()?;
             }
@@ -64,7 +66,7 @@ pub(super) fn write_merged(
             merged_weights(registry, m, base, dir, opts, step)?;
             for f in &base.files {
                 if !is_weights(&f.name) {
-                    copy_checked(base, &f.name, &dir.join(&f.name))?;
+                    copy_checked(base, &f.name, &dir.join(&f.name), cancel)?;
                     step()?;
                 }
             }
@@ -159,6 +161,7 @@ pub(super) fn write_adapter(
     chain: &Chain,
     dir: &Path,
     opts: &ExportOptions,
+    cancel: &CancelToken,
     step: &mut dyn FnMut() -> Result<()>,
 ) -> Result<()> {
     let m = &chain.model;
@@ -173,7 +176,7 @@ pub(super) fn write_adapter(
         if f.name == "README.md" {
             continue;
         }
-        copy_checked(m, &f.name, &dir.join(&f.name))?;
+        copy_checked(m, &f.name, &dir.join(&f.name), cancel)?;
         if f.name == "adapter_config.json" {
             let p = dir.join(&f.name);
             let text = fs::read_to_string(&p).with_path(&p)?;
