@@ -1,0 +1,1 @@
+//! `anneal serve`: REST + SSE + OpenAI-compatible API + the dashboard.
