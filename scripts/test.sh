@@ -45,4 +45,8 @@ scripts/test-node.sh
 step "Node quickstart twin"
 node examples/node/quickstart.mjs "$(mktemp -d)/home" --smoke
 
+step "binary distributions (dev build): install into a clean venv and an empty Node project"
+scripts/dist.sh --dev
+scripts/test-dist.sh
+
 step "all suites passed in $(( $(date +%s) - started ))s"

@@ -13,7 +13,17 @@ import { fileURLToPath } from 'node:url'
 import path from 'node:path'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
-const { Home } = createRequire(import.meta.url)(path.join(here, '..', '..', 'bindings-node'))
+const require = createRequire(import.meta.url)
+// Installed from npm: the `anneal` package; in a checkout: the binding built in place.
+function loadAnneal () {
+  try {
+    return require('anneal')
+  } catch (e) {
+    if (e.code !== 'MODULE_NOT_FOUND' || !String(e.message).includes("'anneal'")) throw e
+    return require(path.join(here, '..', '..', 'bindings-node'))
+  }
+}
+const { Home } = loadAnneal()
 const data = path.join(here, '..', 'data')
 const args = process.argv.slice(2).filter((a) => !a.startsWith('--'))
 const epochs = process.argv.includes('--smoke') ? 1 : undefined
