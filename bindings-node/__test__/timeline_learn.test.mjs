@@ -89,8 +89,9 @@ test('timeline and plot after a monitored retrain', async () => {
   assert.equal(points.at(-1).windowRows, 20)
   assert.ok('predictionId' in points[0] && 'modelId' in points[0])
   assert.deepEqual(t.versions.map((v) => [v.version, v.labelled]), [[1, 130], [2, 30]])
-  assert.deepEqual(t.events.map((e) => e.kind), ['retrain_started', 'promoted'])
-  assert.deepEqual([t.events[1].version, t.events[1].previousVersion], [2, 1])
+  assert.deepEqual(t.events.map((e) => e.kind), ['promoted', 'retrain_started', 'promoted'])
+  assert.deepEqual([t.events[0].version, t.events[0].previousVersion], [1, null])
+  assert.deepEqual([t.events[2].version, t.events[2].previousVersion], [2, 1])
   assert.ok(t.drift.some((d) => d.verdict === 'drift' && d.driftedColumns > 0))
   assert.ok('log_loss' in t.evaluations[0].metrics, 'metric names are data: not camelCased')
   const thin = await c.timeline('churn@production', { window: 20, maxPoints: 10 })
@@ -123,7 +124,7 @@ test('timeline and plot after a monitored retrain', async () => {
   await rejectsWith(c.timeline('churn', { window: -1 }), 'invalid_config', 'window')
   await rejectsWith(c.timeline('nobody'), 'not_found')
   await rejectsWith(c.timeline(42), 'invalid_config', 'modelName')
-  await rejectsWith(c.plotTimeline('churn', path.join(env.files, 'no-dir', 't.png')), 'io')
+  await rejectsWith(c.plotTimeline('churn', path.join(env.files, 'no-dir', 't.png')), 'file_not_found')
 })
 
 test('learn registers a better version with lineage; the parent is unchanged', async () => {
@@ -192,8 +193,10 @@ test("a language model monitor takes feeds that its ticks count", async () => {
   models.promote('nano@1')
   await ds.importRecords(Array.from({ length: 12 }, (_, i) => ({ text: `the cat sat on mat ${i}.` })), { name: 'new-words' })
   await ds.importRecords(Array.from({ length: 10 }, (_, i) => ({ x: i, label: i % 2 })), { name: 'rows' })
-  const m = home.monitors().create('nano', { triggers: { newRows: 1000 } })
+  // The metric trigger reads the fed rows (under minSamples: counted, not scored).
+  const m = home.monitors().create('nano', { triggers: { newRows: 1000, metricLimit: 100 } })
   assert.deepEqual(m.feeds(), [])
+  assert.equal((await m.tick()).labelled, 0)
 
   const fed = m.feed('new-words')
   assert.deepEqual(Object.keys(fed).sort(), ['dataset', 'datasetId', 'fedAt', 'id', 'jobId', 'rows'])
@@ -204,9 +207,10 @@ test("a language model monitor takes feeds that its ticks count", async () => {
   assert.throws(() => m.feed('nothing-like-it'), (e) => e.code === 'not_found')
   assert.throws(() => m.feed(7), (e) => e.code === 'invalid_config' && e.field === 'dataset')
 
-  // The tick counts the fed rows (no retrain under the threshold) ...
+  // The tick counts the fed rows (no retrain under the thresholds) ...
   let r = await m.tick()
   assert.deepEqual([r.outcome, r.labelled, r.model], ['idle', 12, 'nano@1'], r.reason)
+  assert.match(r.reason, /12 fed rows/)
   // ... and a retrain takes them: submitted only (runJobs: false), the feed names its job.
   m.setPolicy({ triggers: { newRows: 10 }, action: { maxSteps: 1 } })
   r = await m.tick({ runJobs: false })

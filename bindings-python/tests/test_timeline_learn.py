@@ -6,11 +6,10 @@ back and `plot_timeline` draws it (PNG bytes, and a file when a path is given).
 `learn` updates a classifier on new labelled rows as a new version with lineage.
 `Monitor.feed` hands a language model's monitor new data that its ticks count."""
 
-import threading
-
 import pytest
 
 import anneal
+from conftest import ticks_during
 
 # Rows 0..150 follow one concept; from row 150 the features move and the concept changes.
 SCENARIO = dict(
@@ -89,8 +88,9 @@ def test_timeline_and_plot_after_a_monitored_retrain(churn, tmp_path):
     correct = [p["correct"] for p in points]
     assert points[-1]["accuracy"] == pytest.approx(sum(correct[-20:]) / 20)
     assert [(v["version"], v["labelled"]) for v in t["versions"]] == [(1, 130), (2, 30)]
-    assert [e["kind"] for e in t["events"]] == ["retrain_started", "promoted"]
-    promoted = t["events"][-1]
+    assert [e["kind"] for e in t["events"]] == ["promoted", "retrain_started", "promoted"]
+    first, promoted = t["events"][0], t["events"][-1]
+    assert (first["version"], first["previous_version"]) == (1, None)
     assert (promoted["version"], promoted["previous_version"]) == (2, 1)
     assert any(d["verdict"] == "drift" for d in t["drift"])
     assert t["evaluations"] and {"accuracy", "log_loss"} <= set(t["evaluations"][0]["metrics"])
@@ -103,10 +103,12 @@ def test_timeline_and_plot_after_a_monitored_retrain(churn, tmp_path):
     png = c.plot_timeline("churn", window=20, width=640, height=400, title="churn")
     assert isinstance(png, bytes) and png.startswith(PNG)
     assert int.from_bytes(png[16:20], "big") == 640 and int.from_bytes(png[20:24], "big") == 400
-    out = tmp_path / "timeline.png"
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    out = plots / "timeline.png"
     again = c.plot_timeline("churn", out, window=20, width=640, height=400, title="churn")
     assert out.read_bytes() == again == png
-    assert not [p for p in tmp_path.iterdir() if p.name != "timeline.png"], "no temporary file left"
+    assert [p.name for p in plots.iterdir()] == ["timeline.png"], "no temporary file left"
 
     # Typed errors naming the field; nothing written.
     for kwargs, field in [
@@ -117,15 +119,15 @@ def test_timeline_and_plot_after_a_monitored_retrain(churn, tmp_path):
         (dict(height="tall"), "height"),
     ]:
         with pytest.raises(anneal.InvalidConfigError) as e:
-            c.plot_timeline("churn", tmp_path / "bad.png", **kwargs)
+            c.plot_timeline("churn", plots / "bad.png", **kwargs)
         assert e.value.field == field, (kwargs, e.value)
-    assert not (tmp_path / "bad.png").exists()
+    assert [p.name for p in plots.iterdir()] == ["timeline.png"]
     with pytest.raises(anneal.InvalidConfigError) as e:
         c.timeline("churn", window=-1)
     assert e.value.field == "window"
     with pytest.raises(anneal.NotFoundError):
         c.timeline("nobody")
-    with pytest.raises(anneal.AnnealIOError):
+    with pytest.raises(anneal.AnnealFileNotFoundError):
         c.plot_timeline("churn", tmp_path / "missing-dir" / "t.png")
 
 
@@ -133,23 +135,10 @@ def test_plot_timeline_releases_the_gil(churn):
     home, s = churn
     stream(home, s, 100, 160)
     c = home.continual()
-    ticks = []
-    stop = threading.Event()
-
-    def count():
-        while not stop.is_set():
-            ticks.append(1)
-            stop.wait(0.001)
-
-    t = threading.Thread(target=count)
-    t.start()
-    try:
-        for _ in range(3):
-            c.plot_timeline("churn", width=2400, height=1400)
-    finally:
-        stop.set()
-        t.join()
-    assert len(ticks) > 3
+    pngs = []
+    took, counted = ticks_during(lambda: pngs.append(c.plot_timeline("churn", width=3000, height=2000)))
+    assert pngs[0].startswith(PNG)
+    assert counted >= 1, f"no other thread ran during a {took:.3f} s plot"
 
 
 def test_learn_registers_a_better_version_with_lineage(churn):
@@ -230,8 +219,10 @@ def test_a_language_model_monitor_takes_feeds_that_its_ticks_count(home):
     ds = home.datasets()
     ds.import_records([{"text": f"the cat sat on mat {i}."} for i in range(12)], name="new-words")
     ds.import_records([{"x": float(i), "label": i % 2} for i in range(10)], name="rows")
-    m = home.monitors().create("nano", {"triggers": {"new_rows": 1000}})
+    # The metric trigger reads the fed rows (under min_samples: counted, not scored).
+    m = home.monitors().create("nano", {"triggers": {"new_rows": 1000, "metric_limit": 100.0}})
     assert m.feeds() == []
+    assert m.tick()["labelled"] == 0
 
     fed = m.feed("new-words")
     assert set(fed) == {"id", "dataset_id", "dataset", "rows", "fed_at", "job_id"}
@@ -245,9 +236,10 @@ def test_a_language_model_monitor_takes_feeds_that_its_ticks_count(home):
     with pytest.raises(anneal.NotFoundError):
         m.feed("nothing-like-it")
 
-    # The tick counts the fed rows (no retrain under the threshold) ...
+    # The tick counts the fed rows (no retrain under the thresholds) ...
     r = m.tick()
     assert (r["outcome"], r["labelled"], r["model"]) == ("idle", 12, "nano@1"), r
+    assert "12 fed rows" in r["reason"]
     # ... and a retrain takes them: submitted only (run_jobs=False), the feed names its job.
     m.set_policy({"triggers": {"new_rows": 10}, "action": {"max_steps": 1}})
     r = m.tick(run_jobs=False)
