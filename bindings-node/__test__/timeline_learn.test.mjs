@@ -189,7 +189,7 @@ test('learn refuses bad records naming the record and field, registering nothing
 
 test("a language model monitor takes feeds that its ticks count", async () => {
   const { home, models, ds } = tmpHome()
-  models.createPreset('nano')
+  await models.createPreset('nano')
   models.promote('nano@1')
   await ds.importRecords(Array.from({ length: 12 }, (_, i) => ({ text: `the cat sat on mat ${i}.` })), { name: 'new-words' })
   await ds.importRecords(Array.from({ length: 10 }, (_, i) => ({ x: i, label: i % 2 })), { name: 'rows' })
