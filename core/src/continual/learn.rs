@@ -19,7 +19,7 @@ pub(crate) const LEARNED_RECORDS_FILE: &str = "learned_records.jsonl";
 
 /// Feature rows and labels of records given as `{"column": value, .., "label": y}`
 /// (the form a tabular dataset imports). Record numbers in errors are 1-based.
-fn split(records: &[Value]) -> Result<(Vec<Map<String, Value>>, Vec<Value>)> {
+fn split(records: &[Value]) -> Result<super::Rows> {
     if records.is_empty() {
         return Err(Error::data(Location::default(), "no records to learn from"));
     }
