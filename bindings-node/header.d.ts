@@ -965,6 +965,19 @@ export interface MonitorRecord {
   updatedAt: string
 }
 
+/** A dataset fed to a language model's monitor (`monitor.feed`). */
+export interface MonitorFeed {
+  /** Increasing: the order of feeds. */
+  id: number
+  datasetId: string
+  /** The dataset's name when it was fed. */
+  dataset: string
+  rows: number
+  fedAt: string
+  /** The retraining job that took it; null while it waits for a retrain. */
+  jobId: string | null
+}
+
 /** One row of a monitor's decision trail; `details` keeps its snake_case keys (it is data). */
 export interface MonitorDecision {
   id: number
@@ -977,6 +990,141 @@ export interface MonitorDecision {
   reason: string
   details: Record<string, unknown>
   at: string
+}
+
+// ---------------------------------------------------------------- timeline, plot, learn
+
+/** What `continual.timeline` reads. */
+export interface TimelineOptions {
+  /** Labelled predictions in the rolling accuracy window (1 to 1 000 000). Default 50. */
+  window?: number
+  /** Only what happened at or after this RFC 3339 time. */
+  since?: string | null
+  /** Only what happened at or before this RFC 3339 time. */
+  until?: string | null
+  /** At most this many accuracy points (2 to 1 000 000), evenly thinned. Default 2000. */
+  maxPoints?: number
+}
+
+/** How `continual.plotTimeline` draws (besides the `TimelineOptions` in the same object). */
+export interface PlotOptions {
+  /** Pixels (160 to 10 000). Default 1200. */
+  width?: number
+  /** Pixels (120 to 10 000). Default 700. */
+  height?: number
+  /** Default: `<name>: realised accuracy and drift`. */
+  title?: string | null
+}
+
+export type TimelineEventKind = 'promoted' | 'rolled_back' | 'retrain_started' | 'kept'
+
+/** Rolling realised accuracy after one labelled prediction. */
+export interface AccuracyPoint {
+  /** Position among the name's labelled predictions (1 = the first ever made). */
+  index: number
+  at: string
+  predictionId: string
+  modelId: string
+  version: number
+  correct: boolean
+  accuracy: number
+  windowRows: number
+}
+
+/** One drift check of a version of the model name. */
+export interface DriftPoint {
+  at: string
+  checkId: string
+  modelId: string
+  version: number
+  window: string
+  verdict: DriftVerdict
+  /** Share of drifted columns (KS statistic of the losses for language models); null when insufficient_data. */
+  score: number | null
+  driftedColumns: number | null
+  columns: number | null
+  windowRows: number | null
+  expectedAccuracy: number | null
+  realisedAccuracy: number | null
+}
+
+/** One evaluation of a version of the model name; `metrics` keys as given. */
+export interface EvaluationPoint {
+  at: string
+  evaluationId: string
+  modelId: string
+  version: number
+  datasetId: string
+  metrics: Record<string, number>
+  rows: number
+}
+
+/** A moment the timeline marks. */
+export interface TimelineEvent {
+  at: string
+  kind: TimelineEventKind
+  modelId: string | null
+  version: number | null
+  previousVersion: number | null
+  jobId: string | null
+  monitor: string | null
+  reason: string | null
+}
+
+/** Realised accuracy of one version over the timeline's range. */
+export interface VersionAccuracy {
+  modelId: string
+  version: number
+  predictions: number
+  labelled: number
+  correct: number
+  accuracy: number | null
+  firstAt: string
+  lastAt: string
+}
+
+/** A model name over time (`continual.timeline`), from catalog rows only. */
+export interface Timeline {
+  modelName: string
+  window: number
+  since: string | null
+  until: string | null
+  /** Labelled predictions in the range (before `maxPoints` thinned them). */
+  labelled: number
+  accuracy: AccuracyPoint[]
+  versions: VersionAccuracy[]
+  drift: DriftPoint[]
+  evaluations: EvaluationPoint[]
+  events: TimelineEvent[]
+  /** The highest `triggers.accuracyFloor` of the monitors of this name. */
+  accuracyFloor: number | null
+}
+
+/** How `continual.learn` updates a classifier. */
+export interface LearnOptions {
+  /** Passes over the records, in their order (1 to 1000). Default 1. */
+  epochs?: number
+  /** Records per SGD step: 1 (default) is `learn_one` per record, more is `learn_many`. */
+  batchSize?: number
+  /** Step size. Default: the model's (`sgdLearningRate` of its fit). */
+  learningRate?: number | null
+  /** Name of the new version. Default: the model's name (its next version). */
+  outputName?: string | null
+}
+
+/** `ModelRecord.lineage.learned` of a version made by `continual.learn`. */
+export interface LearnLineage {
+  records: number
+  /** sha256 of `learned_records.jsonl` in the version's directory. */
+  recordsSha256: string
+  epochs: number
+  batchSize: number
+  learningRate: number
+  steps: number
+  accuracyBefore: number
+  accuracyAfter: number
+  logLossBefore: number
+  logLossAfter: number
 }
 
 // ---------------------------------------------------------------- webhooks (home.webhooks())

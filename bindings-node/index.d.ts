@@ -965,6 +965,19 @@ export interface MonitorRecord {
   updatedAt: string
 }
 
+/** A dataset fed to a language model's monitor (`monitor.feed`). */
+export interface MonitorFeed {
+  /** Increasing: the order of feeds. */
+  id: number
+  datasetId: string
+  /** The dataset's name when it was fed. */
+  dataset: string
+  rows: number
+  fedAt: string
+  /** The retraining job that took it; null while it waits for a retrain. */
+  jobId: string | null
+}
+
 /** One row of a monitor's decision trail; `details` keeps its snake_case keys (it is data). */
 export interface MonitorDecision {
   id: number
@@ -977,6 +990,141 @@ export interface MonitorDecision {
   reason: string
   details: Record<string, unknown>
   at: string
+}
+
+// ---------------------------------------------------------------- timeline, plot, learn
+
+/** What `continual.timeline` reads. */
+export interface TimelineOptions {
+  /** Labelled predictions in the rolling accuracy window (1 to 1 000 000). Default 50. */
+  window?: number
+  /** Only what happened at or after this RFC 3339 time. */
+  since?: string | null
+  /** Only what happened at or before this RFC 3339 time. */
+  until?: string | null
+  /** At most this many accuracy points (2 to 1 000 000), evenly thinned. Default 2000. */
+  maxPoints?: number
+}
+
+/** How `continual.plotTimeline` draws (besides the `TimelineOptions` in the same object). */
+export interface PlotOptions {
+  /** Pixels (160 to 10 000). Default 1200. */
+  width?: number
+  /** Pixels (120 to 10 000). Default 700. */
+  height?: number
+  /** Default: `<name>: realised accuracy and drift`. */
+  title?: string | null
+}
+
+export type TimelineEventKind = 'promoted' | 'rolled_back' | 'retrain_started' | 'kept'
+
+/** Rolling realised accuracy after one labelled prediction. */
+export interface AccuracyPoint {
+  /** Position among the name's labelled predictions (1 = the first ever made). */
+  index: number
+  at: string
+  predictionId: string
+  modelId: string
+  version: number
+  correct: boolean
+  accuracy: number
+  windowRows: number
+}
+
+/** One drift check of a version of the model name. */
+export interface DriftPoint {
+  at: string
+  checkId: string
+  modelId: string
+  version: number
+  window: string
+  verdict: DriftVerdict
+  /** Share of drifted columns (KS statistic of the losses for language models); null when insufficient_data. */
+  score: number | null
+  driftedColumns: number | null
+  columns: number | null
+  windowRows: number | null
+  expectedAccuracy: number | null
+  realisedAccuracy: number | null
+}
+
+/** One evaluation of a version of the model name; `metrics` keys as given. */
+export interface EvaluationPoint {
+  at: string
+  evaluationId: string
+  modelId: string
+  version: number
+  datasetId: string
+  metrics: Record<string, number>
+  rows: number
+}
+
+/** A moment the timeline marks. */
+export interface TimelineEvent {
+  at: string
+  kind: TimelineEventKind
+  modelId: string | null
+  version: number | null
+  previousVersion: number | null
+  jobId: string | null
+  monitor: string | null
+  reason: string | null
+}
+
+/** Realised accuracy of one version over the timeline's range. */
+export interface VersionAccuracy {
+  modelId: string
+  version: number
+  predictions: number
+  labelled: number
+  correct: number
+  accuracy: number | null
+  firstAt: string
+  lastAt: string
+}
+
+/** A model name over time (`continual.timeline`), from catalog rows only. */
+export interface Timeline {
+  modelName: string
+  window: number
+  since: string | null
+  until: string | null
+  /** Labelled predictions in the range (before `maxPoints` thinned them). */
+  labelled: number
+  accuracy: AccuracyPoint[]
+  versions: VersionAccuracy[]
+  drift: DriftPoint[]
+  evaluations: EvaluationPoint[]
+  events: TimelineEvent[]
+  /** The highest `triggers.accuracyFloor` of the monitors of this name. */
+  accuracyFloor: number | null
+}
+
+/** How `continual.learn` updates a classifier. */
+export interface LearnOptions {
+  /** Passes over the records, in their order (1 to 1000). Default 1. */
+  epochs?: number
+  /** Records per SGD step: 1 (default) is `learn_one` per record, more is `learn_many`. */
+  batchSize?: number
+  /** Step size. Default: the model's (`sgdLearningRate` of its fit). */
+  learningRate?: number | null
+  /** Name of the new version. Default: the model's name (its next version). */
+  outputName?: string | null
+}
+
+/** `ModelRecord.lineage.learned` of a version made by `continual.learn`. */
+export interface LearnLineage {
+  records: number
+  /** sha256 of `learned_records.jsonl` in the version's directory. */
+  recordsSha256: string
+  epochs: number
+  batchSize: number
+  learningRate: number
+  steps: number
+  accuracyBefore: number
+  accuracyAfter: number
+  logLossBefore: number
+  logLossAfter: number
 }
 
 // ---------------------------------------------------------------- webhooks (home.webhooks())
@@ -1316,6 +1464,34 @@ export declare class Continual {
   drift(model: string, window: DriftWindow, options?: DriftOptions): Promise<DriftCheck>
   /** The model's drift checks, newest first. */
   driftChecks(model: string): DriftCheck[]
+  /**
+   * The model name over time, from the catalog's rows, off the event loop: rolling
+   * realised accuracy per serving version, each version's accuracy, drift checks,
+   * evaluations, and the promotions, rollbacks, retrains and refused candidates to
+   * mark. `modelName` may be a reference (`churn@production`): its name is used. An
+   * unknown name rejects with `not_found`; bad options with `invalid_config` naming
+   * the field.
+   */
+  timeline(modelName: string, options?: TimelineOptions): Promise<Timeline>
+  /**
+   * Draws the timeline (accuracy per version with the monitors' floor, drift scores,
+   * promotions and rollbacks marked), off the event loop, and resolves to the PNG as
+   * a Buffer; with `path`, also writes it there (atomically: a reader sees the old
+   * file or the new one). `options`: the `TimelineOptions` and the `PlotOptions`
+   * (`width`, `height`, `title`) in one object.
+   */
+  plotTimeline(modelName: string, path?: string | null, options?: TimelineOptions & PlotOptions): Promise<Buffer>
+  /**
+   * Updates the classifier `model` with labelled `records` (`{column: value, ..,
+   * label}`) by SGD, off the event loop: one step per record by default (River's
+   * `learn_one`; `batchSize` > 1: `learn_many`). Resolves to the new version's record
+   * (of `outputName`, default the model's name), whose `lineage` names the version
+   * learned from (`base`, `baseRef`) and the records (`learned`: their count, sha256,
+   * the steps, accuracy and log-loss before and after). The model learned from is
+   * never changed; aliases do not move. A bad record rejects with `invalid_data`
+   * naming the 1-based record and the field; nothing is registered then.
+   */
+  learn(model: string, records: Array<Record<string, unknown>>, options?: LearnOptions): Promise<ModelRecord>
 }
 
 /** Imports, stores and serves datasets (`home.datasets()`). */
@@ -1580,6 +1756,20 @@ export declare class Monitor {
   record(): MonitorRecord
   /** The decision trail, oldest first. */
   decisions(): MonitorDecision[]
+  /**
+   * Feeds new data to the monitor of a language model: `dataset` (id or name; text,
+   * completion, instruction or chat records) waits for the next retrain, which trains
+   * on it; until then its rows count for `triggers.newRows` and make the window the
+   * metric and drift triggers read. Returns the feed. A dataset fed before throws
+   * `already_exists`; a classifier's monitor (it takes labelled predictions) or a
+   * tabular or image dataset `invalid_config`.
+   */
+  feed(dataset: string): MonitorFeed
+  /**
+   * The datasets fed to the monitor, oldest first (`jobId`: the retrain that took
+   * each, null while it waits).
+   */
+  feeds(): MonitorFeed[]
   /** Replaces the policy (validated first; the state is kept); returns the record. */
   setPolicy(policy: RetrainPolicy): MonitorRecord
   /**

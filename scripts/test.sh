@@ -39,11 +39,15 @@ step "Python binding"
 scripts/test-python.sh
 step "Python quickstart twin"
 .venv/bin/python examples/python/quickstart.py "$(mktemp -d)/home" --smoke
+step "Python continual twin"
+.venv/bin/python examples/python/continual.py "$(mktemp -d)/home" --smoke
 
 step "Node binding"
 scripts/test-node.sh
 step "Node quickstart twin"
 node examples/node/quickstart.mjs "$(mktemp -d)/home" --smoke
+step "Node continual twin"
+node examples/node/continual.mjs "$(mktemp -d)/home" --smoke
 
 step "binary distributions (dev build): install into a clean venv and an empty Node project"
 scripts/dist.sh --dev

@@ -119,6 +119,24 @@ impl Monitor {
         errors::json(&env, || js!(self.inner.decisions()?))
     }
 
+    /// Feeds new data to the monitor of a language model: `dataset` (id or name; text,
+    /// completion, instruction or chat records) waits for the next retrain, which trains
+    /// on it; until then its rows count for `triggers.newRows` and make the window the
+    /// metric and drift triggers read. Returns the feed. A dataset fed before throws
+    /// `already_exists`; a classifier's monitor (it takes labelled predictions) or a
+    /// tabular or image dataset `invalid_config`.
+    #[napi(catch_unwind, ts_return_type = "MonitorFeed")]
+    pub fn feed(&self, env: Env, #[napi(ts_arg_type = "string")] dataset: Unknown<'_>) -> napi::Result<JsJson> {
+        errors::json(&env, || js!(self.inner.feed(conv::string(dataset, "dataset")?)?))
+    }
+
+    /// The datasets fed to the monitor, oldest first (`jobId`: the retrain that took
+    /// each, null while it waits).
+    #[napi(catch_unwind, ts_return_type = "MonitorFeed[]")]
+    pub fn feeds(&self, env: Env) -> napi::Result<JsJson> {
+        errors::json(&env, || js!(self.inner.feeds()?))
+    }
+
     /// Replaces the policy (validated first; the state is kept); returns the record.
     #[napi(catch_unwind, ts_return_type = "MonitorRecord")]
     pub fn set_policy(

@@ -143,6 +143,22 @@ impl PyMonitor {
         plain!(py, py.enter_core(|| self.inner.decisions())?)
     }
 
+    /// Feeds new data to the monitor of a language model: `dataset` (id or name; text,
+    /// completion, instruction or chat records) waits for the next retrain, which
+    /// trains on it; until then its rows count for `triggers.new_rows` and make the
+    /// window the metric and drift triggers read. Returns the feed (a dict). A dataset
+    /// fed before raises `AlreadyExistsError`; a classifier's monitor (it takes
+    /// labelled predictions) or a tabular or image dataset `InvalidConfigError`.
+    fn feed<'py>(&self, py: Python<'py>, dataset: String) -> PyResult<Bound<'py, PyAny>> {
+        plain!(py, py.enter_core(|| self.inner.feed(dataset))?)
+    }
+
+    /// The datasets fed to the monitor, oldest first (`job_id`: the retrain that took
+    /// each, none while it waits).
+    fn feeds<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        plain!(py, py.enter_core(|| self.inner.feeds())?)
+    }
+
     /// Replaces the policy (validated first; the state is kept); returns the record.
     fn set_policy<'py>(&self, py: Python<'py>, policy: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let policy = self::policy(py, &policy)?;

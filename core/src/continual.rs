@@ -20,6 +20,7 @@
 
 mod drift;
 pub(crate) mod evaluate;
+mod learn;
 mod monitor;
 mod predict;
 mod timeline;

@@ -107,8 +107,8 @@ pub use types::{
 };
 pub use types::{
     AccuracyOptions, ClassWeighting, ClassifierConfig, ClassifierModel, ClassifierOptimizer, DriftCheck, DriftCheckId,
-    DriftWindow, EvaluationId, EvaluationRecord, LossDrift, Prediction, PredictionFilter, PredictionId,
-    PredictionRecord, PredictorOptions, RealisedAccuracy,
+    DriftWindow, EvaluationId, EvaluationRecord, LearnLineage, LearnOptions, LossDrift, Prediction, PredictionFilter,
+    PredictionId, PredictionRecord, PredictorOptions, RealisedAccuracy,
 };
 pub use types::{
     AccuracyPoint, DriftPoint, EvaluationPoint, PlotOptions, Timeline, TimelineEvent, TimelineEventKind,

@@ -470,19 +470,7 @@ impl ModelRegistry {
     pub fn resolve(&self, r: impl Into<ModelRef>) -> Result<ModelRecord> {
         let r: ModelRef = r.into();
         let home = &self.store.root;
-        let found = self.store.catalog.read(|c| {
-            if let Some(m) = sql::by_id(c, home, &r.0)? {
-                return Ok(Some(m));
-            }
-            match r.0.split_once('@') {
-                None => sql::latest(c, home, &r.0),
-                Some((name, "latest")) => sql::latest(c, home, name),
-                Some((name, tail)) => match tail.parse::<u32>() {
-                    Ok(v) => sql::by_name_version(c, home, name, v),
-                    Err(_) => sql::by_alias(c, home, name, tail),
-                },
-            }
-        })?;
+        let found = self.store.catalog.read(|c| sql::resolve(c, home, &r.0))?;
         found.ok_or_else(|| Error::not_found("model", r.0))
     }
 
@@ -562,15 +550,24 @@ impl ModelRegistry {
     }
 
     /// Deletes a model: its row first, then its files (never a referenced directory's).
-    /// Refuses while an adapter or a training job depends on it, unless `force`, which
-    /// also deletes its adapters and detaches the jobs.
+    /// Refuses (`in_use`) while an adapter or a training job depends on it: a job on it
+    /// as its base, or a job that may still run (pending, running, interrupted, or
+    /// resumable after a failure or a cancel) continuing it as its
+    /// `TrainSpec::init_adapter` (a monitor's `continue` retrain); unless `force`, which
+    /// also deletes its adapters and detaches the jobs (a continuing job then fails
+    /// with `invalid_config` naming `init_adapter` when it runs).
     pub fn delete(&self, model: impl Into<ModelRef>, force: bool) -> Result<()> {
         let m = self.resolve(model)?;
         let home = &self.store.root;
         let now = util::now();
         let removed = self.store.catalog.write(|tx| {
             let children = sql::children(tx, home, &m.id.0)?;
-            let jobs = sql::jobs_using(tx, &m.id.0)?;
+            let mut jobs = sql::jobs_using(tx, &m.id.0)?;
+            for j in sql::jobs_continuing(tx, home, &m.id.0)? {
+                if !jobs.contains(&j) {
+                    jobs.push(j);
+                }
+            }
             if !force && (!children.is_empty() || !jobs.is_empty()) {
                 let mut why = Vec::new();
                 if !children.is_empty() {

@@ -34,7 +34,8 @@ pub use alias::{
 };
 pub use continual::{
     AccuracyOptions, ClassWeighting, ClassifierConfig, ClassifierModel, ClassifierOptimizer, DriftCheck, DriftWindow,
-    EvaluationRecord, LossDrift, Prediction, PredictionFilter, PredictionRecord, PredictorOptions, RealisedAccuracy,
+    EvaluationRecord, LearnLineage, LearnOptions, LossDrift, Prediction, PredictionFilter, PredictionRecord,
+    PredictorOptions, RealisedAccuracy, MAX_LEARN_BATCH, MAX_LEARN_EPOCHS,
 };
 pub use dataset::{
     DatasetFormat, DatasetRecord, DatasetSplit, DatasetStats, DeleteOptions, FieldStats, ImportOptions, LengthBucket,

@@ -594,3 +594,67 @@ fn monitor_declarations_match_the_rust_types() {
     }
     assert!(problems.is_empty(), "monitor declarations drifted from the Rust types:\n{}", problems.join("\n"));
 }
+
+// ---------------------------------------------------------------- timeline, plot, learn, feeds
+
+/// The timeline's records, `learn`'s lineage, a monitor's feeds and the options of
+/// `timeline`, `plot_timeline` and `learn`: TypedDicts in the Python stub (the options
+/// also as keyword arguments), interfaces in TypeScript.
+#[test]
+fn timeline_learn_and_feed_declarations_match_the_rust_types() {
+    let pyi = read("bindings-python/python/anneal/_anneal.pyi");
+    let dts = read("bindings-node/header.d.ts");
+    let mut problems = Vec::new();
+    let types = schemas!(
+        Timeline,
+        AccuracyPoint,
+        DriftPoint,
+        EvaluationPoint,
+        TimelineEvent,
+        VersionAccuracy,
+        TimelineOptions,
+        PlotOptions,
+        LearnOptions,
+        LearnLineage,
+        MonitorFeed,
+    );
+    for (name, schema) in types {
+        let want = fields(&schema);
+        match py_class(&pyi, name) {
+            None => problems.push(format!("stub: class {name} is missing")),
+            Some(body) if py_attributes(&body) != want => {
+                problems.push(format!("stub {name}: has {:?}, Rust has {want:?}", py_attributes(&body)))
+            }
+            Some(_) => {}
+        }
+        let want: BTreeSet<String> = want.iter().map(|f| camel(f)).collect();
+        match ts_interface(&dts, name) {
+            None => problems.push(format!("d.ts: interface {name} is missing")),
+            Some(got) if got != want => problems.push(format!("d.ts {name}: has {got:?}, Rust has {want:?}")),
+            Some(_) => {}
+        }
+    }
+    // Keyword arguments in Python: `plot_timeline` takes both option structs.
+    let timeline = fields(&schema_of::<anneal::TimelineOptions>());
+    let plot: BTreeSet<String> = timeline.union(&fields(&schema_of::<anneal::PlotOptions>())).cloned().collect();
+    for (method, want) in
+        [("timeline", timeline), ("plot_timeline", plot), ("learn", fields(&schema_of::<anneal::LearnOptions>()))]
+    {
+        let got = py_kwargs(&pyi, "Continual", method);
+        if got != want {
+            problems.push(format!("stub Continual.{method}: has {got:?}, Rust has {want:?}"));
+        }
+    }
+    let want = values(&schema_of::<anneal::TimelineEventKind>());
+    if py_literal(&pyi, "TimelineEventKind").as_ref() != Some(&want) {
+        problems.push(format!(
+            "stub TimelineEventKind: has {:?}, Rust has {want:?}",
+            py_literal(&pyi, "TimelineEventKind")
+        ));
+    }
+    if ts_union(&dts, "TimelineEventKind").as_ref() != Some(&want) {
+        problems
+            .push(format!("d.ts TimelineEventKind: has {:?}, Rust has {want:?}", ts_union(&dts, "TimelineEventKind")));
+    }
+    assert!(problems.is_empty(), "declarations drifted from the Rust types:\n{}", problems.join("\n"));
+}

@@ -1245,6 +1245,159 @@ class Continual:
         drift_share: float | None = None,
     ) -> DriftCheck: ...
     def drift_checks(self, model: str) -> builtins.list[DriftCheck]: ...
+    def timeline(
+        self,
+        model_name: str,
+        *,
+        window: int | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        max_points: int | None = None,
+    ) -> Timeline:
+        """The model name over time, from the catalog's rows (GIL released)."""
+    def plot_timeline(
+        self,
+        model_name: str,
+        path: StrPath | None = None,
+        *,
+        window: int | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        max_points: int | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        title: str | None = None,
+    ) -> bytes:
+        """The timeline as PNG bytes; with `path`, also written there atomically."""
+    def learn(
+        self,
+        model: str,
+        records: Iterable[Mapping[str, Any]],
+        *,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        learning_rate: float | None = None,
+        output_name: str | None = None,
+    ) -> ModelRecord:
+        """SGD updates of a classifier on labelled records (`{column: value, "label": y}`),
+        registered as a new version with lineage; the model learned from is unchanged."""
+
+TimelineEventKind = Literal["promoted", "rolled_back", "retrain_started", "kept"]
+
+class TimelineOptions(TypedDict, total=False):
+    """What `Continual.timeline` reads (its keyword arguments)."""
+
+    window: int
+    since: str | None
+    until: str | None
+    max_points: int
+
+class PlotOptions(TypedDict, total=False):
+    """How `Continual.plot_timeline` draws (its keyword arguments besides the timeline's)."""
+
+    width: int
+    height: int
+    title: str | None
+
+class AccuracyPoint(TypedDict):
+    """Rolling realised accuracy after one labelled prediction."""
+
+    index: int
+    at: str
+    prediction_id: str
+    model_id: str
+    version: int
+    correct: bool
+    accuracy: float
+    window_rows: int
+
+class DriftPoint(TypedDict):
+    """One drift check of a version of the model name."""
+
+    at: str
+    check_id: str
+    model_id: str
+    version: int
+    window: str
+    verdict: DriftVerdict
+    score: float | None
+    drifted_columns: int | None
+    columns: int | None
+    window_rows: int | None
+    expected_accuracy: float | None
+    realised_accuracy: float | None
+
+class EvaluationPoint(TypedDict):
+    """One evaluation of a version of the model name."""
+
+    at: str
+    evaluation_id: str
+    model_id: str
+    version: int
+    dataset_id: str
+    metrics: dict[str, float]
+    rows: int
+
+class TimelineEvent(TypedDict):
+    """A moment the timeline marks."""
+
+    at: str
+    kind: TimelineEventKind
+    model_id: str | None
+    version: int | None
+    previous_version: int | None
+    job_id: str | None
+    monitor: str | None
+    reason: str | None
+
+class VersionAccuracy(TypedDict):
+    """Realised accuracy of one version over the timeline's range."""
+
+    model_id: str
+    version: int
+    predictions: int
+    labelled: int
+    correct: int
+    accuracy: float | None
+    first_at: str
+    last_at: str
+
+class Timeline(TypedDict):
+    """A model name over time (`Continual.timeline`)."""
+
+    model_name: str
+    window: int
+    since: str | None
+    until: str | None
+    labelled: int
+    accuracy: builtins.list[AccuracyPoint]
+    versions: builtins.list[VersionAccuracy]
+    drift: builtins.list[DriftPoint]
+    evaluations: builtins.list[EvaluationPoint]
+    events: builtins.list[TimelineEvent]
+    accuracy_floor: float | None
+
+class LearnOptions(TypedDict, total=False):
+    """How `Continual.learn` updates a classifier (its keyword arguments)."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float | None
+    output_name: str | None
+
+class LearnLineage(TypedDict):
+    """`ModelRecord.lineage["learned"]` of a version made by `Continual.learn`."""
+
+    records: int
+    records_sha256: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    steps: int
+    accuracy_before: float
+    accuracy_after: float
+    log_loss_before: float
+    log_loss_after: float
 
 # ---------------------------------------------------------------- monitors (home.monitors())
 
@@ -1338,6 +1491,16 @@ class MonitorRecord(TypedDict):
     created_at: str
     updated_at: str
 
+class MonitorFeed(TypedDict):
+    """A dataset fed to a language model's monitor (`Monitor.feed`)."""
+
+    id: int
+    dataset_id: str
+    dataset: str
+    rows: int
+    fed_at: str
+    job_id: str | None
+
 class MonitorDecision(TypedDict):
     """One row of a monitor's decision trail."""
 
@@ -1372,6 +1535,9 @@ class Monitor:
     def record(self) -> MonitorRecord: ...
     def decisions(self) -> builtins.list[MonitorDecision]: ...
     def set_policy(self, policy: RetrainPolicy | Mapping[str, Any]) -> MonitorRecord: ...
+    def feed(self, dataset: str) -> MonitorFeed:
+        """Feeds a dataset to a language model's monitor (its next retrain takes it)."""
+    def feeds(self) -> builtins.list[MonitorFeed]: ...
     def tick(
         self,
         *,

@@ -185,11 +185,28 @@ impl Continual {
         opts: &TimelineOptions,
         plot_opts: &PlotOptions,
     ) -> Result<Timeline> {
-        let path = path.as_ref();
-        util::check_path("path", path)?;
+        self.timeline_png(model_name, Some(path.as_ref()), opts, plot_opts).map(|(t, _)| t)
+    }
+
+    /// [`Continual::plot_timeline`] that also returns the PNG's bytes, and writes the
+    /// file only when `path` is given (atomically, as `plot_timeline`): what the
+    /// bindings' `plot_timeline` returns.
+    pub fn timeline_png(
+        &self,
+        model_name: &str,
+        path: Option<&Path>,
+        opts: &TimelineOptions,
+        plot_opts: &PlotOptions,
+    ) -> Result<(Timeline, Vec<u8>)> {
+        if let Some(p) = path {
+            util::check_path("path", p)?;
+        }
         let t = self.timeline(model_name, opts)?;
-        plot::write_png(&timeline_chart(&t, plot_opts), plot_opts.width, plot_opts.height, path)?;
-        Ok(t)
+        let png = plot::render_png(&timeline_chart(&t, plot_opts), plot_opts.width, plot_opts.height)?;
+        if let Some(p) = path {
+            util::write_atomic(p, &png)?;
+        }
+        Ok((t, png))
     }
 
     fn timeline_name(&self, model_name: &str) -> Result<String> {

@@ -134,6 +134,10 @@ pub struct Lineage {
     pub spec: Option<TrainSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<TrainMetrics>,
+    /// Made by [`crate::Continual::learn`]: the records and the SGD steps (`base` is
+    /// the version it was learned from).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub learned: Option<super::continual::LearnLineage>,
 }
 
 /// The final figures of the run that produced a model.
