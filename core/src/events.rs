@@ -597,7 +597,8 @@ mod tests {
         let spec = TrainSpec::default();
         assert!(CurveOptions::default().is_empty());
         assert!(CurveOptions::default().sinks(&spec).unwrap().is_empty());
-        let both = CurveOptions { tensorboard: Some("runs".into()), mlflow: Some("mlruns".into()), ..Default::default() };
+        let both =
+            CurveOptions { tensorboard: Some("runs".into()), mlflow: Some("mlruns".into()), ..Default::default() };
         assert_eq!(both.sinks(&spec).unwrap().len(), 2);
         for (opts, field) in [
             (CurveOptions { tensorboard: Some(" ".into()), ..Default::default() }, "`tensorboard`"),

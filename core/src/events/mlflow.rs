@@ -30,8 +30,8 @@ const MAX_PARAM_VALUE: usize = 6000;
 
 /// Logs training jobs as MLflow runs: the parameters (the job's [`TrainSpec`], given
 /// with [`MlflowSink::spec`]), the metrics `train/loss`, `train/learning_rate`,
-/// `train/tokens_per_s`, `train/epoch` (every step) and `eval/<metric>` (every
-/// evaluation), the tags `mlflow.runName` (the job id unless
+/// `train/tokens_per_s`, `train/epoch` (every step) and `eval/loss`,
+/// `eval/perplexity` ... (every evaluation), the tags `mlflow.runName` (the job id unless
 /// [`MlflowSink::run_name`] says otherwise), `mlflow.source.name` (`anneal`),
 /// `anneal.job_id` and `anneal.model_id`, and the status at the end: `FINISHED`,
 /// `FAILED` or `KILLED` (a cancelled job). Each `job_started` opens a new run (a
@@ -261,7 +261,7 @@ impl EventSink for MlflowSink {
             ),
             Event::Eval { step, metrics, .. } => {
                 let values: Vec<(String, f64)> =
-                    metrics.iter().map(|(k, v)| (metric_key(&format!("eval/{k}")), *v)).collect();
+                    metrics.iter().map(|(k, v)| (metric_key(&super::tensorboard::eval_tag(k)), *v)).collect();
                 self.metrics(*step, &values)
             }
             Event::JobFinished { status, model_id, .. } => self.finish(status, model_id.as_deref()),
@@ -583,7 +583,7 @@ mod tests {
         sink.on_event(&Event::JobStarted { job_id: "job_1".into(), total_steps: 3, epochs: 1 }).unwrap();
         sink.on_event(&step(1, 3.0)).unwrap();
         sink.on_event(&step(2, 2.0)).unwrap();
-        let metrics = BTreeMap::from([("loss".to_string(), 2.5)]);
+        let metrics = BTreeMap::from([("eval_loss".to_string(), 2.5)]);
         sink.on_event(&Event::Eval { job_id: "job_1".into(), step: 2, metrics }).unwrap();
         sink.on_event(&step(3, 1.5)).unwrap();
         let model_id = (status == FinishStatus::Completed).then(|| "mdl_1".to_string());
@@ -727,12 +727,15 @@ mod tests {
         run_job(&mut sink, FinishStatus::Completed);
         let seen = seen.lock().unwrap().clone();
         let paths: Vec<&str> = seen.iter().map(|(p, _)| p.split('?').next().unwrap()).collect();
-        assert_eq!(paths[..4], [
-            "/api/2.0/mlflow/experiments/get-by-name",
-            "/api/2.0/mlflow/experiments/create",
-            "/api/2.0/mlflow/runs/create",
-            "/api/2.0/mlflow/runs/log-batch",
-        ]);
+        assert_eq!(
+            paths[..4],
+            [
+                "/api/2.0/mlflow/experiments/get-by-name",
+                "/api/2.0/mlflow/experiments/create",
+                "/api/2.0/mlflow/runs/create",
+                "/api/2.0/mlflow/runs/log-batch",
+            ]
+        );
         assert!(seen[0].0.contains("experiment_name=exp"), "{}", seen[0].0);
         assert_eq!(seen[2].1["experiment_id"], "7");
         assert_eq!(seen[2].1["run_name"], "job_1");

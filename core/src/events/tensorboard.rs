@@ -15,7 +15,7 @@ use crate::error::{Error, IoResultExt, Result};
 use crate::types::Event;
 
 /// Writes `train/loss`, `train/learning_rate`, `train/tokens_per_s`, `train/epoch`
-/// (every step) and `eval/<metric>` (every evaluation) of training jobs as TensorBoard
+/// (every step) and `eval/loss`, `eval/perplexity` ... (every evaluation) of training jobs as TensorBoard
 /// scalars, in `<log_dir>/<job_id>/events.out.tfevents.<secs>.<host>.<pid>.<n>` (one
 /// TensorBoard run per job; a resumed job adds a file to its run). Each event is
 /// flushed to the file as it comes, so `tensorboard --logdir <log_dir>` shows a job
@@ -100,7 +100,7 @@ impl EventSink for TensorBoardSink {
                 ],
             ),
             Event::Eval { step, metrics, .. } => {
-                let values: Vec<(String, f64)> = metrics.iter().map(|(k, v)| (format!("eval/{k}"), *v)).collect();
+                let values: Vec<(String, f64)> = metrics.iter().map(|(k, v)| (eval_tag(k), *v)).collect();
                 self.scalars(*step, &values)
             }
             Event::JobFinished { .. } => {
@@ -112,6 +112,11 @@ impl EventSink for TensorBoardSink {
             _ => Ok(()),
         }
     }
+}
+
+/// The tag of an evaluation metric: `eval_loss` -> `eval/loss`, `accuracy` -> `eval/accuracy`.
+pub(super) fn eval_tag(metric: &str) -> String {
+    format!("eval/{}", metric.strip_prefix("eval_").unwrap_or(metric))
 }
 
 /// A file or directory name part: anything but `[A-Za-z0-9._-]` becomes `_`.
@@ -285,9 +290,10 @@ mod tests {
         let text = String::from_utf8_lossy(&recs[1]);
         assert!(text.contains("train/loss") && text.contains("train/learning_rate"), "{text}");
         assert!(recs[1].windows(5).any(|w| w == [0x15, 0, 0, 0x20, 0x40]), "2.5f32 after its key");
-        let metrics = BTreeMap::from([("loss".to_string(), 1.25)]);
+        let metrics = BTreeMap::from([("eval_loss".to_string(), 1.25)]);
         sink.on_event(&Event::Eval { job_id: "job_1".into(), step: 2, metrics }).unwrap();
-        let fin = Event::JobFinished { job_id: "job_1".into(), status: FinishStatus::Completed, model_id: None, error: None };
+        let fin =
+            Event::JobFinished { job_id: "job_1".into(), status: FinishStatus::Completed, model_id: None, error: None };
         sink.on_event(&fin).unwrap();
         assert!(sink.path().is_none());
         let recs = records(&fs::read(&path).unwrap());
