@@ -281,11 +281,18 @@ impl<S: EventSink> EventSink for Throttle<S> {
     }
 }
 
-/// A progress bar on a terminal (indicatif); plain lines on stderr when stderr is not a TTY.
+/// A progress bar on a terminal (indicatif); plain lines on stderr when stderr is not a
+/// TTY (no `\r`): the start, a progress line at most every [`TerminalSink::PLAIN_EVERY`],
+/// evaluations, and the end, which keeps the final loss (`job_... completed: 8/8 steps,
+/// loss 1.2345, eval loss 1.4567, model mdl_...`).
 pub struct TerminalSink {
     bar: Option<indicatif::ProgressBar>,
     tty: bool,
     last_line: Option<Instant>,
+    every: Duration,
+    step: (u64, u64),
+    loss: Option<f64>,
+    eval_loss: Option<f64>,
 }
 
 impl Default for TerminalSink {
@@ -295,8 +302,26 @@ impl Default for TerminalSink {
 }
 
 impl TerminalSink {
+    /// Without a TTY, progress lines come at most this often.
+    pub const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
     pub fn new() -> Self {
-        Self { bar: None, tty: std::io::stderr().is_terminal(), last_line: None }
+        Self {
+            bar: None,
+            tty: std::io::stderr().is_terminal(),
+            last_line: None,
+            every: Self::PLAIN_EVERY,
+            step: (0, 0),
+            loss: None,
+            eval_loss: None,
+        }
+    }
+
+    /// Plain progress lines (no TTY) at most every `every` instead of
+    /// [`TerminalSink::PLAIN_EVERY`].
+    pub fn every(mut self, every: Duration) -> Self {
+        self.every = every;
+        self
     }
 
     fn start_bar(&mut self, total: Option<u64>, template: &str, msg: String) {
@@ -316,8 +341,7 @@ impl TerminalSink {
     }
 
     fn plain(&mut self, line: String) {
-        // Without a TTY, print at most one progress line per second.
-        let due = self.last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        let due = self.last_line.is_none_or(|t| t.elapsed() >= self.every);
         if due {
             self.last_line = Some(Instant::now());
             eprintln!("{line}");
@@ -335,12 +359,16 @@ impl TerminalSink {
 impl EventSink for TerminalSink {
     fn on_event(&mut self, event: &Event) -> Result<()> {
         match event {
-            Event::JobStarted { job_id, total_steps, epochs } => self.start_bar(
-                Some(*total_steps),
-                "{msg} [{bar:30}] {pos}/{len} steps {elapsed_precise} eta {eta}",
-                format!("job {job_id}: {total_steps} steps, {epochs} epoch(s)"),
-            ),
+            Event::JobStarted { job_id, total_steps, epochs } => {
+                (self.step, self.loss, self.eval_loss) = ((0, *total_steps), None, None);
+                self.start_bar(
+                    Some(*total_steps),
+                    "{msg} [{bar:30}] {pos}/{len} steps {elapsed_precise} eta {eta}",
+                    format!("job {job_id}: {total_steps} steps, {epochs} epoch(s)"),
+                )
+            }
             Event::Step { step, total_steps, loss, lr, tokens_per_sec, .. } => {
+                (self.step, self.loss) = ((*step, *total_steps), Some(*loss));
                 let msg = format!("loss {loss:.4} lr {lr:.2e} {tokens_per_sec:.0} tok/s");
                 match &self.bar {
                     Some(bar) => {
@@ -351,6 +379,7 @@ impl EventSink for TerminalSink {
                 }
             }
             Event::Eval { step, metrics, .. } => {
+                self.eval_loss = metrics.get("eval_loss").or_else(|| metrics.get("loss")).copied().or(self.eval_loss);
                 let m: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
                 let line = format!("eval @ step {step}: {}", m.join(", "));
                 match &self.bar {
@@ -373,7 +402,13 @@ impl EventSink for TerminalSink {
                 }
             }
             Event::JobFinished { job_id, status, model_id, error } => {
-                let mut line = format!("job {job_id} {}", serde_plain(status));
+                let mut line = format!("job {job_id} {}: {}/{} steps", serde_plain(status), self.step.0, self.step.1);
+                if let Some(l) = self.loss {
+                    line.push_str(&format!(", loss {l:.4}"));
+                }
+                if let Some(l) = self.eval_loss {
+                    line.push_str(&format!(", eval loss {l:.4}"));
+                }
                 if let Some(m) = model_id {
                     line.push_str(&format!(", model {m}"));
                 }

@@ -267,12 +267,14 @@ impl TrainingEngine {
     }
 
     /// [`TrainingEngine::plot`] written to `path` atomically (a temporary file beside
-    /// it, then a rename). An unwritable path is `io` naming it.
-    pub fn plot_to(&self, id: impl Into<JobId>, path: impl AsRef<Path>, opts: &PlotOptions) -> Result<()> {
+    /// it, then a rename); returns the bytes written. An unwritable path is an `io`
+    /// (or `file_not_found`) error naming it.
+    pub fn plot_to(&self, id: impl Into<JobId>, path: impl AsRef<Path>, opts: &PlotOptions) -> Result<Vec<u8>> {
         let path = path.as_ref();
         util::check_path("path", path)?;
         let png = self.plot(id, opts)?;
-        util::write_atomic(path, &png)
+        util::write_atomic(path, &png)?;
+        Ok(png)
     }
 
     /// Asks a job to stop. Works from any process: the runner polls the flag every
@@ -549,6 +551,11 @@ impl JobHandle {
     /// The job's loss curves so far as PNG bytes ([`TrainingEngine::plot`]).
     pub fn plot(&self, opts: &PlotOptions) -> Result<Vec<u8>> {
         self.engine.plot(&self.job_id, opts)
+    }
+
+    /// [`JobHandle::plot`] written to `path` ([`TrainingEngine::plot_to`]).
+    pub fn plot_to(&self, path: impl AsRef<Path>, opts: &PlotOptions) -> Result<Vec<u8>> {
+        self.engine.plot_to(&self.job_id, path, opts)
     }
 
     /// The next event, waiting at most `timeout`. `Ok(None)`: none yet (or, once

@@ -101,8 +101,9 @@ fn a_run_writes_tensorboard_mlflow_and_a_plot() {
     assert!(count(ORANGE) > 20, "eval loss dots: {} px", count(ORANGE));
     assert!(count(BACKGROUND) < 640 * 400 * 98 / 100);
     let out = dir.path().join("loss.png");
-    engine.plot_to(&job.id, &out, &opts).unwrap();
-    assert_eq!(std::fs::read(&out).unwrap(), png);
+    let written = engine.plot_to(&job.id, &out, &opts).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), written);
+    assert_eq!(written.len(), png.len());
 }
 
 #[test]
