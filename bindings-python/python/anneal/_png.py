@@ -7,6 +7,8 @@ class PngBytes(bytes):
     """PNG file bytes (`open("x.png", "wb").write(png)` saves them). In Jupyter, a cell
     that ends with one shows the image."""
 
+    __slots__ = ()
+
     def _repr_png_(self) -> bytes:
         return bytes(self)
 

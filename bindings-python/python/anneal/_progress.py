@@ -30,7 +30,7 @@ def _in_notebook() -> bool:
     if ipython is None:
         return False
     try:
-        shell = ipython.get_ipython()  # type: ignore[attr-defined]
+        shell = ipython.get_ipython()
     except Exception:  # pragma: no cover - a broken IPython
         return False
     return shell is not None and hasattr(shell, "kernel")
