@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use serde_json::{Map, Value};
 
-use anneal::{CurveOptions, EventSink, Fanout, JobFilter, JobId, PlotOptions, TrainSpec};
+use anneal::{CurveOptions, Fanout, JobFilter, JobId, PlotOptions, TrainSpec};
 
 use crate::conv::{self, q, Options};
 use crate::errors::{to_pyerr, EnterCore};

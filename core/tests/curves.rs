@@ -17,9 +17,7 @@ fn home(dir: &Path) -> (Home, TrainSpec) {
     let home = Home::open(dir.join("home")).unwrap();
     let base = home.models().create_preset("nano", &Default::default()).unwrap();
     let records: Vec<_> = (0..24).map(|i| Ok(json!({"text": format!("the cat sat on the mat {}.", i % 4)}))).collect();
-    home.datasets()
-        .import_records(records.into_iter(), &ImportOptions { name: Some("toy".into()), ..Default::default() })
-        .unwrap();
+    home.datasets().import_records(records, &ImportOptions { name: Some("toy".into()), ..Default::default() }).unwrap();
     let spec = TrainSpec {
         base: base.id.into(),
         dataset: "toy".into(),

@@ -671,11 +671,14 @@ mod tests {
         assert_eq!(metric_key(""), "_");
     }
 
+    /// The requests a fake server saw: (path with query, JSON body).
+    type Seen = Arc<Mutex<Vec<(String, Value)>>>;
+
     /// A fake tracking server: answers MLflow's endpoints, records (path, body).
-    fn server() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+    fn server() -> (String, Seen) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+        let seen: Seen = Arc::default();
         let log = seen.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
