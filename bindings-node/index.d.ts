@@ -63,6 +63,34 @@ export interface CallOptions {
   signal?: AbortSignal
 }
 
+/** Options of `train`, `run` and `resume`: the call options, a progress display and where the run's curves go. */
+export interface TrainCallOptions extends CallOptions {
+  /**
+   * A progress bar on stderr when it is a terminal, else a plain line every few seconds;
+   * the last line has the status and the final loss.
+   */
+  progress?: boolean
+  /** A TensorBoard log directory: event files go to `<dir>/<jobId>/` (`tensorboard --logdir <dir>`). */
+  tensorboard?: string
+  /**
+   * An MLflow tracking URI: a directory (the local file store, e.g. `mlruns`; MLflow 3 reads it
+   * with `MLFLOW_ALLOW_FILE_STORE=true`) or an `http(s)://` tracking server.
+   */
+  mlflow?: string
+  /** The MLflow experiment, by name (created when missing). Default `Default`. */
+  mlflowExperiment?: string
+}
+
+/** How `plot` draws. */
+export interface PlotOptions {
+  /** Pixels (160 to 10 000). Default 1200. */
+  width?: number
+  /** Pixels (120 to 10 000). Default 700. */
+  height?: number
+  /** Default: the job id, status, step and losses. */
+  title?: string | null
+}
+
 export interface ImportOptions {
   /** Unique name. Default: the file's stem, or `records-<id>` for in-memory records. */
   name?: string
@@ -1887,11 +1915,18 @@ export declare class TrainingEngine {
    * `createJob` + `run`. Resolves with the report; rejects with a coded error (a bad
    * spec: `invalid_config`; a cancelled run: `cancelled`, the job stays resumable).
    */
-  train(spec: TrainSpec, options?: CallOptions): Promise<TrainReport>
+  train(spec: TrainSpec, options?: TrainCallOptions): Promise<TrainReport>
   /** Runs a pending job to the end. */
-  run(jobId: string, options?: CallOptions): Promise<TrainReport>
+  run(jobId: string, options?: TrainCallOptions): Promise<TrainReport>
   /** Continues a cancelled, failed or interrupted job from its last checkpoint. */
-  resume(jobId: string, options?: CallOptions): Promise<TrainReport>
+  resume(jobId: string, options?: TrainCallOptions): Promise<TrainReport>
+  /**
+   * The job's loss curves as a PNG file in a Buffer: training loss per step, eval
+   * loss at each evaluation, the learning rate below. `path` also writes it there
+   * (atomically). Works while the job runs. Throws `not_found` for an unknown job,
+   * `invalid_config` naming `width` / `height` for a size too small.
+   */
+  plot(jobId: string, options?: PlotOptions & { path?: string }): Buffer
   /** A job by id (`interrupted` when its runner died). */
   job(jobId: string): JobRecord
   /** Jobs matching every given filter field, oldest first. */

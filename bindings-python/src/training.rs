@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyStopIteration, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
 use serde_json::{Map, Value};
 
-use anneal::{JobFilter, JobId, TrainSpec};
+use anneal::{CurveOptions, Fanout, JobFilter, JobId, PlotOptions, TrainSpec};
 
 use crate::conv::{self, q, Options};
 use crate::errors::{to_pyerr, EnterCore};
@@ -151,6 +151,71 @@ fn callback(py: Python<'_>, on_event: Option<Bound<'_, PyAny>>, progress: bool) 
     Ok(Some(make.call1((cb,))?.unbind()))
 }
 
+/// `tensorboard=` / `mlflow=` / `mlflow_experiment=`: a `str` or `os.PathLike` each.
+struct Curves<'py> {
+    tensorboard: Option<Bound<'py, PyAny>>,
+    mlflow: Option<Bound<'py, PyAny>>,
+    mlflow_experiment: Option<Bound<'py, PyAny>>,
+}
+
+impl Curves<'_> {
+    /// The options, checked by the core (`invalid_config` naming a bad one).
+    fn options(&self, py: Python<'_>) -> PyResult<CurveOptions> {
+        let mut map = Map::new();
+        for (key, v) in [
+            ("tensorboard", &self.tensorboard),
+            ("mlflow", &self.mlflow),
+            ("mlflow_experiment", &self.mlflow_experiment),
+        ] {
+            let Some(v) = v.as_ref().filter(|v| !v.is_none()) else { continue };
+            let text = match v.extract::<std::path::PathBuf>() {
+                Ok(p) => p.to_string_lossy().into_owned(),
+                Err(_) => {
+                    let e = anneal::Error::config(
+                        key,
+                        format!("expected a str or os.PathLike, got {}", v.get_type().name()?),
+                    );
+                    return Err(to_pyerr(py, e));
+                }
+            };
+            map.insert(key.to_string(), Value::String(text));
+        }
+        anneal::options_from_json(Value::Object(map)).map_err(|e| to_pyerr(py, e))
+    }
+
+    /// The sinks for a job trained with `spec`.
+    fn sinks(&self, py: Python<'_>, spec: &TrainSpec) -> PyResult<Fanout<'static>> {
+        self.options(py)?.sinks(spec).map_err(|e| to_pyerr(py, e))
+    }
+}
+
+/// `PlotOptions` from keyword arguments, checked by the core.
+fn plot_options(
+    py: Python<'_>,
+    width: Option<&Bound<'_, PyAny>>,
+    height: Option<&Bound<'_, PyAny>>,
+    title: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PlotOptions> {
+    let value = Options::default().set("width", width)?.set("height", height)?.set("title", title)?.into_value();
+    anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))
+}
+
+/// PNG bytes as `anneal.PngBytes` (bytes that Jupyter shows as an image): `render`
+/// draws them, `render_to` draws and writes them to `path` (atomically, in the core).
+fn png<'py>(
+    py: Python<'py>,
+    path: Option<&Bound<'py, PyAny>>,
+    render: impl FnOnce() -> anneal::Result<Vec<u8>> + Send,
+    render_to: impl FnOnce(&std::path::Path) -> anneal::Result<Vec<u8>> + Send,
+) -> PyResult<Bound<'py, PyAny>> {
+    let path = path.filter(|p| !p.is_none()).map(|p| p.extract::<std::path::PathBuf>()).transpose()?;
+    let bytes = py.enter_core(|| match &path {
+        Some(path) => render_to(path),
+        None => render(),
+    })?;
+    py.import("anneal._png")?.getattr("PngBytes")?.call1((PyBytes::new(py, &bytes),))
+}
+
 /// Creates, runs, watches and resumes training jobs.
 #[pyclass(name = "TrainingEngine", module = "anneal", frozen)]
 pub struct PyTrainingEngine {
@@ -159,6 +224,29 @@ pub struct PyTrainingEngine {
 }
 
 impl PyTrainingEngine {
+    /// `run` / `resume` by id: the curve sinks need the job's spec.
+    #[allow(clippy::too_many_arguments)]
+    fn execute_id(
+        &self,
+        py: Python<'_>,
+        id: JobId,
+        resume: bool,
+        on_event: Option<Bound<'_, PyAny>>,
+        cancel: Option<Bound<'_, PyCancelToken>>,
+        progress: bool,
+        curves: Curves<'_>,
+    ) -> PyResult<PyTrainReport> {
+        let cb = callback(py, on_event, progress)?;
+        let opts = curves.options(py)?;
+        let sinks = if opts.is_empty() {
+            Fanout::new()
+        } else {
+            let job = py.enter_core(|| self.inner.job(&id))?;
+            opts.sinks(&job.spec).map_err(|e| to_pyerr(py, e))?
+        };
+        self.execute(py, id, resume, cb, events::token(cancel.as_ref()), sinks)
+    }
+
     /// Runs or resumes a job on this thread with the GIL released.
     fn execute(
         &self,
@@ -167,6 +255,7 @@ impl PyTrainingEngine {
         resume: bool,
         on_event: Option<Py<PyAny>>,
         cancel: anneal::CancelToken,
+        curves: Fanout<'static>,
     ) -> PyResult<PyTrainReport> {
         let engine = self.inner.clone();
         let stop = {
@@ -174,10 +263,12 @@ impl PyTrainingEngine {
             Box::new(move || engine.cancel(&id).is_ok()) as events::OnInterrupt
         };
         let (result, raised) = events::run_interruptible(py, on_event, Some(stop), move |sink| {
+            // The curve sinks get every step; the callback its throttled share.
+            let mut sink = curves.with(move |e: &anneal::Event| sink.on_event(e));
             if resume {
-                engine.resume(&id, sink, &cancel)
+                engine.resume(&id, &mut sink, &cancel)
             } else {
-                engine.run(&id, sink, &cancel)
+                engine.run(&id, &mut sink, &cancel)
             }
         });
         match raised {
@@ -203,8 +294,11 @@ impl PyTrainingEngine {
     }
 
     /// Runs a pending job to the end (GIL released). Ctrl-C stops it cleanly: it ends
-    /// `cancelled` (resumable) and `KeyboardInterrupt` is raised.
-    #[pyo3(signature = (job_id, *, on_event=None, cancel=None, progress=false))]
+    /// `cancelled` (resumable) and `KeyboardInterrupt` is raised. `tensorboard` (a log
+    /// directory) and `mlflow` (a directory or an http(s) tracking URI) also send the
+    /// run's curves there.
+    #[pyo3(signature = (job_id, *, on_event=None, cancel=None, progress=false, tensorboard=None, mlflow=None, mlflow_experiment=None))]
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         py: Python<'_>,
@@ -212,13 +306,17 @@ impl PyTrainingEngine {
         on_event: Option<Bound<'_, PyAny>>,
         cancel: Option<Bound<'_, PyCancelToken>>,
         progress: bool,
+        tensorboard: Option<Bound<'_, PyAny>>,
+        mlflow: Option<Bound<'_, PyAny>>,
+        mlflow_experiment: Option<Bound<'_, PyAny>>,
     ) -> PyResult<PyTrainReport> {
-        let cb = callback(py, on_event, progress)?;
-        self.execute(py, JobId(job_id), false, cb, events::token(cancel.as_ref()))
+        let curves = Curves { tensorboard, mlflow, mlflow_experiment };
+        self.execute_id(py, JobId(job_id), false, on_event, cancel, progress, curves)
     }
 
     /// `create_job` + `run`: trains from a spec dict and/or keyword fields.
-    #[pyo3(signature = (spec=None, /, *, on_event=None, cancel=None, progress=false, **fields))]
+    #[pyo3(signature = (spec=None, /, *, on_event=None, cancel=None, progress=false, tensorboard=None, mlflow=None, mlflow_experiment=None, **fields))]
+    #[allow(clippy::too_many_arguments)]
     fn train(
         &self,
         py: Python<'_>,
@@ -226,15 +324,22 @@ impl PyTrainingEngine {
         on_event: Option<Bound<'_, PyAny>>,
         cancel: Option<Bound<'_, PyCancelToken>>,
         progress: bool,
+        tensorboard: Option<Bound<'_, PyAny>>,
+        mlflow: Option<Bound<'_, PyAny>>,
+        mlflow_experiment: Option<Bound<'_, PyAny>>,
         fields: Option<Bound<'_, PyDict>>,
     ) -> PyResult<PyTrainReport> {
         let cb = callback(py, on_event, progress)?;
-        let job = self.create_job(py, spec, fields)?;
-        self.execute(py, job.inner.id, false, cb, events::token(cancel.as_ref()))
+        let spec = train_spec(py, spec.as_ref(), fields.as_ref())?;
+        // Bad curve options fail before a job is created.
+        let curves = Curves { tensorboard, mlflow, mlflow_experiment }.sinks(py, &spec)?;
+        let job = py.enter_core(|| self.inner.create_job(&spec))?;
+        self.execute(py, job.id, false, cb, events::token(cancel.as_ref()), curves)
     }
 
     /// Continues a cancelled, failed or interrupted job from its last checkpoint.
-    #[pyo3(signature = (job_id, *, on_event=None, cancel=None, progress=false))]
+    #[pyo3(signature = (job_id, *, on_event=None, cancel=None, progress=false, tensorboard=None, mlflow=None, mlflow_experiment=None))]
+    #[allow(clippy::too_many_arguments)]
     fn resume(
         &self,
         py: Python<'_>,
@@ -242,9 +347,30 @@ impl PyTrainingEngine {
         on_event: Option<Bound<'_, PyAny>>,
         cancel: Option<Bound<'_, PyCancelToken>>,
         progress: bool,
+        tensorboard: Option<Bound<'_, PyAny>>,
+        mlflow: Option<Bound<'_, PyAny>>,
+        mlflow_experiment: Option<Bound<'_, PyAny>>,
     ) -> PyResult<PyTrainReport> {
-        let cb = callback(py, on_event, progress)?;
-        self.execute(py, JobId(job_id), true, cb, events::token(cancel.as_ref()))
+        let curves = Curves { tensorboard, mlflow, mlflow_experiment };
+        self.execute_id(py, JobId(job_id), true, on_event, cancel, progress, curves)
+    }
+
+    /// The job's loss curves as PNG bytes (`anneal.PngBytes`: Jupyter shows them as an
+    /// image): training loss per step, eval loss at each evaluation, the learning rate
+    /// below. Written to `path` too when given. Works while the job runs.
+    #[pyo3(signature = (job_id, path=None, *, width=None, height=None, title=None))]
+    fn plot<'py>(
+        &self,
+        py: Python<'py>,
+        job_id: String,
+        path: Option<Bound<'py, PyAny>>,
+        width: Option<Bound<'py, PyAny>>,
+        height: Option<Bound<'py, PyAny>>,
+        title: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let opts = plot_options(py, width.as_ref(), height.as_ref(), title.as_ref())?;
+        let (engine, id) = (&self.inner, JobId(job_id));
+        png(py, path.as_ref(), || engine.plot(&id, &opts), |p| engine.plot_to(&id, p, &opts))
     }
 
     /// Runs (or resumes) the job on a background thread and returns its handle.
@@ -323,6 +449,22 @@ impl PyJobHandle {
     #[getter]
     fn is_finished(&self, py: Python<'_>) -> bool {
         py.detach(|| self.handle.is_finished())
+    }
+
+    /// The job's loss curves so far as PNG bytes (`anneal.PngBytes`), written to
+    /// `path` too when given (see `TrainingEngine.plot`).
+    #[pyo3(signature = (path=None, *, width=None, height=None, title=None))]
+    fn plot<'py>(
+        &self,
+        py: Python<'py>,
+        path: Option<Bound<'py, PyAny>>,
+        width: Option<Bound<'py, PyAny>>,
+        height: Option<Bound<'py, PyAny>>,
+        title: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let opts = plot_options(py, width.as_ref(), height.as_ref(), title.as_ref())?;
+        let handle = &self.handle;
+        png(py, path.as_ref(), || handle.plot(&opts), |p| handle.plot_to(p, &opts))
     }
 
     /// Blocks (GIL released) until the job ends; returns its report or raises its

@@ -79,7 +79,10 @@ pub use continual::{
 };
 pub use data::DatasetStore;
 pub use error::{Error, ErrorKind, IoResultExt, Location, Result, StorageError};
-pub use events::{CancelToken, EventSink, JsonLinesSink, NoopSink, RecordingSink, TerminalSink, Throttle};
+pub use events::{
+    CancelToken, CurveOptions, EventSink, Fanout, JsonLinesSink, MlflowSink, NoopSink, RecordingSink, TensorBoardSink,
+    TerminalSink, Throttle,
+};
 pub use generation::{Generator, TokenStream};
 pub use home::Home;
 pub use images::{GeneratedPng, ImageGeneration, ImageGenerator};

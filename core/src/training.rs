@@ -17,13 +17,14 @@
 //! `log`, then `job_finished` (always last, also on failure and cancellation).
 
 mod checkpoint;
+mod curves;
 mod data;
 mod diffusion;
 mod optim;
 mod runner;
 mod trainee;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,11 +37,12 @@ use crate::error::{Error, Result};
 use crate::events::{CancelToken, EventSink};
 use crate::models::memory;
 use crate::models::ModelConfig;
+use crate::plot;
 use crate::registry::ModelRegistry;
 use crate::store::Store;
 use crate::types::{
     DatasetFormat, DatasetId, Event, Family, JobFilter, JobId, JobLog, JobRecord, JobStatus, LoraConfig, Method,
-    MetricPoint, ModelKind, ModelRecord, TrainReport, TrainSpec, HEARTBEAT_STALE_SECS,
+    MetricPoint, ModelKind, ModelRecord, PlotOptions, TrainReport, TrainSpec, HEARTBEAT_STALE_SECS,
 };
 use crate::util;
 
@@ -252,6 +254,29 @@ impl TrainingEngine {
         })
     }
 
+    /// The job's loss curves as PNG bytes, from its metrics rows: training loss per
+    /// step, eval loss at each evaluation, the learning rate below (see
+    /// [`curves::loss_chart`]). Works while the job runs (what has been recorded so
+    /// far) and on any finished job. An unknown job is `not_found`; a size too small for
+    /// the chart is `invalid_config` naming `width` or `height`.
+    pub fn plot(&self, id: impl Into<JobId>, opts: &PlotOptions) -> Result<Vec<u8>> {
+        let id = id.into();
+        let job = self.job(&id)?;
+        let points = self.metrics(&id)?;
+        plot::render_png(&curves::loss_chart(&job, &points, opts), opts.width, opts.height)
+    }
+
+    /// [`TrainingEngine::plot`] written to `path` atomically (a temporary file beside
+    /// it, then a rename); returns the bytes written. An unwritable path is an `io`
+    /// (or `file_not_found`) error naming it.
+    pub fn plot_to(&self, id: impl Into<JobId>, path: impl AsRef<Path>, opts: &PlotOptions) -> Result<Vec<u8>> {
+        let path = path.as_ref();
+        util::check_path("path", path)?;
+        let png = self.plot(id, opts)?;
+        util::write_atomic(path, &png)?;
+        Ok(png)
+    }
+
     /// Asks a job to stop. Works from any process: the runner polls the flag every
     /// step, writes a checkpoint and ends `cancelled` (resumable). A pending job is
     /// cancelled at once.
@@ -303,7 +328,7 @@ impl TrainingEngine {
             .map_err(|e| Error::Internal(format!("cannot start a training thread: {e}")))?;
         let shared =
             HandleShared { thread: Mutex::new(Some(thread)), outcome: Mutex::new(None), events: Mutex::new(rx) };
-        Ok(JobHandle { job_id: id.clone(), cancel, shared: Arc::new(shared) })
+        Ok(JobHandle { job_id: id.clone(), cancel, shared: Arc::new(shared), engine: self.clone() })
     }
 }
 
@@ -494,6 +519,7 @@ pub struct JobHandle {
     job_id: JobId,
     cancel: CancelToken,
     shared: Arc<HandleShared>,
+    engine: TrainingEngine,
 }
 
 struct HandleShared {
@@ -520,6 +546,16 @@ impl JobHandle {
     /// Asks the job to stop at the next step (it ends `cancelled`, resumable).
     pub fn cancel(&self) {
         self.cancel.cancel()
+    }
+
+    /// The job's loss curves so far as PNG bytes ([`TrainingEngine::plot`]).
+    pub fn plot(&self, opts: &PlotOptions) -> Result<Vec<u8>> {
+        self.engine.plot(&self.job_id, opts)
+    }
+
+    /// [`JobHandle::plot`] written to `path` ([`TrainingEngine::plot_to`]).
+    pub fn plot_to(&self, path: impl AsRef<Path>, opts: &PlotOptions) -> Result<Vec<u8>> {
+        self.engine.plot_to(&self.job_id, path, opts)
     }
 
     /// The next event, waiting at most `timeout`. `Ok(None)`: none yet (or, once

@@ -113,3 +113,8 @@ __all__ += ["Deliverer", "Webhooks", "synthetic_scenario", "verify_signature", "
 from anneal._anneal import Monitor, MonitorHandle, Monitors  # noqa: E402
 
 __all__ += ["Monitor", "MonitorHandle", "Monitors"]
+
+# Plots: PNG bytes that Jupyter shows as an image (TrainingEngine.plot, JobHandle.plot).
+from anneal._png import PngBytes  # noqa: E402
+
+__all__ += ["PngBytes"]

@@ -6,6 +6,8 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, TypedDict, final
 
+from anneal._png import PngBytes
+
 __version__: str
 
 StrPath = str | os.PathLike[str]
@@ -823,6 +825,14 @@ class JobHandle:
     @property
     def is_finished(self) -> bool: ...
     def cancel(self) -> None: ...
+    def plot(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        title: str | None = None,
+    ) -> PngBytes: ...
     def wait(self) -> TrainReport: ...
     def events(self) -> JobHandle: ...
     def __iter__(self) -> JobHandle: ...
@@ -840,6 +850,9 @@ class TrainingEngine:
         on_event: OnEvent | None = None,
         cancel: CancelToken | None = None,
         progress: bool = False,
+        tensorboard: str | os.PathLike[str] | None = None,
+        mlflow: str | os.PathLike[str] | None = None,
+        mlflow_experiment: str | None = None,
     ) -> TrainReport: ...
     def train(
         self,
@@ -849,6 +862,9 @@ class TrainingEngine:
         on_event: OnEvent | None = None,
         cancel: CancelToken | None = None,
         progress: bool = False,
+        tensorboard: str | os.PathLike[str] | None = None,
+        mlflow: str | os.PathLike[str] | None = None,
+        mlflow_experiment: str | None = None,
         **fields: Any,
     ) -> TrainReport: ...
     def resume(
@@ -858,8 +874,20 @@ class TrainingEngine:
         on_event: OnEvent | None = None,
         cancel: CancelToken | None = None,
         progress: bool = False,
+        tensorboard: str | os.PathLike[str] | None = None,
+        mlflow: str | os.PathLike[str] | None = None,
+        mlflow_experiment: str | None = None,
     ) -> TrainReport: ...
     def spawn(self, job_id: str) -> JobHandle: ...
+    def plot(
+        self,
+        job_id: str,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        title: str | None = None,
+    ) -> PngBytes: ...
     def job(self, job_id: str) -> JobRecord: ...
     def jobs(
         self,
