@@ -215,6 +215,36 @@ fn q8_of(file: &GgufFile, m: &Mapped, ty: GgmlType) -> Result<Q8Weight> {
     Q8Weight::from_f32(out_f, in_f, &x)
 }
 
+/// What loading the GGUF model in `dir` for inference takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GgufLoad {
+    /// Some matrix is block-quantized (it is held as q8_0 when loaded quantized).
+    pub(crate) quantized: bool,
+    /// Bytes of the weights loaded quantized (q8_0 matrices, the rest f32).
+    pub(crate) quantized_bytes: u128,
+}
+
+/// `Some` when the model in `dir` is a registered GGUF file (no safetensors weights).
+pub(crate) fn gguf_load(dir: &Path, cfg: &ModelConfig) -> Result<Option<GgufLoad>> {
+    let path = dir.join(GGUF_FILE);
+    if !path.is_file() || super::load::weight_files(dir).is_ok() {
+        return Ok(None);
+    }
+    let file = GgufFile::open(&path)?;
+    let (mut quantized, mut bytes) = (false, 0u128);
+    for m in tensor_map(cfg)? {
+        let Some(info) = file.tensor(&m.gguf) else { continue };
+        let n = u128::from(info.elements());
+        if m.matrix && keeps_quantized(info.ty) {
+            quantized = true;
+            bytes += n / Q8_BLOCK as u128 * (Q8_BLOCK as u128 + 4);
+        } else {
+            bytes += 4 * n;
+        }
+    }
+    Ok(Some(GgufLoad { quantized, quantized_bytes: bytes }))
+}
+
 /// Whether tensors of type `ty` stay quantized for inference.
 pub(crate) fn keeps_quantized(ty: GgmlType) -> bool {
     !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16)
