@@ -311,3 +311,69 @@ fn a_gguf_model_is_a_lora_base() {
     let unmerged = g.generate(vec![3u32, 17, 42, 7, 99], &cfg).unwrap().token_ids;
     assert_eq!(unmerged.len(), merged.len());
 }
+
+/// Peak-memory probe, not a CI test. `ANNEAL_RSS_DIR=<dir> ANNEAL_RSS_PHASE=write` writes
+/// a random q8_0 Llama GGUF (hidden 1024, 8 layers, vocab 32000: ~135M parameters,
+/// ~143 MB) and registers it in `<dir>/home`; `ANNEAL_RSS_PHASE=load` (run under
+/// `/usr/bin/time -v`) loads a generator on it and decodes 4 tokens.
+#[test]
+#[ignore]
+fn rss_probe() {
+    use anneal::gguf::{quantize, Value};
+    let dir = PathBuf::from(std::env::var("ANNEAL_RSS_DIR").unwrap());
+    let h = Home::open(dir.join("home")).unwrap();
+    if std::env::var("ANNEAL_RSS_PHASE").as_deref() == Ok("load") {
+        let dtype = std::env::var("ANNEAL_RSS_DTYPE").unwrap_or_else(|_| "f32".into());
+        let g = h.generator("big", &GeneratorOptions { dtype, record: false, ..Default::default() }).unwrap();
+        let cfg = GenerationConfig { max_new_tokens: Some(4), ignore_eos: true, ..Default::default() };
+        let out = g.generate(vec![1u32, 2, 3], &cfg).unwrap();
+        println!("tokens {:?}", out.token_ids);
+        return;
+    }
+    let (h_, layers, ffn, heads, vocab) = (1024u64, 8usize, 2816u64, 16u64, 32000u64);
+    let u = |x: u64| Value::U32(x as u32);
+    let meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        ("llama.context_length".into(), u(2048)),
+        ("llama.embedding_length".into(), u(h_)),
+        ("llama.block_count".into(), u(layers as u64)),
+        ("llama.feed_forward_length".into(), u(ffn)),
+        ("llama.attention.head_count".into(), u(heads)),
+        ("llama.attention.head_count_kv".into(), u(heads)),
+        ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(1e-5)),
+        ("llama.rope.freq_base".into(), Value::F32(10000.0)),
+        ("general.file_type".into(), u(7)),
+    ];
+    let mut infos: Vec<(String, Vec<u64>, GgmlType)> = vec![("token_embd.weight".into(), vec![h_, vocab], GgmlType::Q8_0)];
+    for i in 0..layers {
+        infos.push((format!("blk.{i}.attn_norm.weight"), vec![h_], GgmlType::F32));
+        for n in ["attn_q", "attn_k", "attn_v", "attn_output"] {
+            infos.push((format!("blk.{i}.{n}.weight"), vec![h_, h_], GgmlType::Q8_0));
+        }
+        infos.push((format!("blk.{i}.ffn_norm.weight"), vec![h_], GgmlType::F32));
+        infos.push((format!("blk.{i}.ffn_gate.weight"), vec![h_, ffn], GgmlType::Q8_0));
+        infos.push((format!("blk.{i}.ffn_up.weight"), vec![h_, ffn], GgmlType::Q8_0));
+        infos.push((format!("blk.{i}.ffn_down.weight"), vec![ffn, h_], GgmlType::Q8_0));
+    }
+    infos.push(("output_norm.weight".into(), vec![h_], GgmlType::F32));
+    let path = dir.join("big.gguf");
+    let out = fs::File::create(&path).unwrap();
+    let mut w = GgufWriter::new(std::io::BufWriter::new(out), &path, &meta, &infos).unwrap();
+    let mut s = 1u32;
+    for (name, dims, ty) in &infos {
+        let n: u64 = dims.iter().product();
+        let x: Vec<f32> = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                if *ty == GgmlType::F32 { 1.0 } else { (s as f32 / u32::MAX as f32 - 0.5) * 0.05 }
+            })
+            .collect();
+        w.write_tensor(name, &quantize(*ty, &x).unwrap()).unwrap();
+    }
+    use std::io::Write;
+    w.finish().unwrap().flush().unwrap();
+    let rec = h.models().register_file(&path, &named("big")).unwrap();
+    println!("registered {} ({} bytes, {} params)", rec.reference(), rec.bytes, rec.params);
+}
