@@ -250,7 +250,8 @@ impl Generator {
         // are (no dense copy), unless an adapter is to be merged into them: then it
         // loads dense, merges, and is quantized to q8_0 after the merge.
         let gguf = crate::models::gguf::gguf_load(&base.path, &base_cfg)?.filter(|g| g.quantized);
-        let direct = gguf.is_some() && dtype == DType::F32 && !(record.kind == ModelKind::Lora && options.merge_adapter);
+        let direct =
+            gguf.is_some() && dtype == DType::F32 && !(record.kind == ModelKind::Lora && options.merge_adapter);
         let quantize = quantize || (gguf.is_some() && dtype == DType::F32 && !direct);
         let weights = match gguf {
             Some(g) if direct => g.quantized_bytes,

@@ -447,7 +447,11 @@ pub(crate) fn load_q8(
     if q.features() != (in_f, out_f) {
         return Err(Error::data(
             w.location(name),
-            format!("tensor has [out, in] = {:?}, config.json implies {:?}", (q.features().1, q.features().0), (out_f, in_f)),
+            format!(
+                "tensor has [out, in] = {:?}, config.json implies {:?}",
+                (q.features().1, q.features().0),
+                (out_f, in_f)
+            ),
         ));
     }
     Ok(Some(q))

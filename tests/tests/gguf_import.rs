@@ -79,10 +79,12 @@ fn llama_f32_is_exact_and_q8_0_matches_the_generators_own_q8_0() {
 
     let f32_file = export(&h, &nano, GgufType::F32, &d.path().join("nano-f32.gguf"));
     let mut sink = RecordingSink::new();
-    let rec =
-        h.models().register_file_with(&f32_file, &named("nano-f32"), &mut sink, &CancelToken::new()).unwrap();
+    let rec = h.models().register_file_with(&f32_file, &named("nano-f32"), &mut sink, &CancelToken::new()).unwrap();
     assert!(matches!(sink.events().last(), Some(Event::TaskFinished { .. })), "{:?}", sink.types());
-    assert_eq!((rec.kind, rec.architecture.as_str(), rec.model_type.as_str()), (ModelKind::Base, "LlamaForCausalLM", "llama"));
+    assert_eq!(
+        (rec.kind, rec.architecture.as_str(), rec.model_type.as_str()),
+        (ModelKind::Base, "LlamaForCausalLM", "llama")
+    );
     assert_eq!(rec.dtype, "f32");
     assert_eq!(rec.params, nano.params);
     let files: Vec<&str> = rec.files.iter().map(|f| f.name.as_str()).collect();
@@ -147,11 +149,8 @@ fn spm_tokenizer() -> serde_json::Value {
     let id = |t: &str| vocab.iter().position(|v| v == t);
     let mut merges = Vec::new();
     for p in pieces {
-        let mut splits: Vec<(usize, usize)> = p
-            .char_indices()
-            .skip(1)
-            .filter_map(|(k, _)| Some((id(&p[..k])?, id(&p[k..])?)))
-            .collect();
+        let mut splits: Vec<(usize, usize)> =
+            p.char_indices().skip(1).filter_map(|(k, _)| Some((id(&p[..k])?, id(&p[k..])?))).collect();
         splits.sort();
         merges.extend(splits.into_iter().map(|(l, r)| json!([vocab[l], vocab[r]])));
     }
@@ -344,7 +343,8 @@ fn rss_probe() {
         ("llama.rope.freq_base".into(), Value::F32(10000.0)),
         ("general.file_type".into(), u(7)),
     ];
-    let mut infos: Vec<(String, Vec<u64>, GgmlType)> = vec![("token_embd.weight".into(), vec![h_, vocab], GgmlType::Q8_0)];
+    let mut infos: Vec<(String, Vec<u64>, GgmlType)> =
+        vec![("token_embd.weight".into(), vec![h_, vocab], GgmlType::Q8_0)];
     for i in 0..layers {
         infos.push((format!("blk.{i}.attn_norm.weight"), vec![h_], GgmlType::F32));
         for n in ["attn_q", "attn_k", "attn_v", "attn_output"] {
@@ -367,7 +367,11 @@ fn rss_probe() {
                 s ^= s << 13;
                 s ^= s >> 17;
                 s ^= s << 5;
-                if *ty == GgmlType::F32 { 1.0 } else { (s as f32 / u32::MAX as f32 - 0.5) * 0.05 }
+                if *ty == GgmlType::F32 {
+                    1.0
+                } else {
+                    (s as f32 / u32::MAX as f32 - 0.5) * 0.05
+                }
             })
             .collect();
         w.write_tensor(name, &quantize(*ty, &x).unwrap()).unwrap();

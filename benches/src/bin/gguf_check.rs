@@ -18,8 +18,8 @@
 use std::path::{Path, PathBuf};
 
 use anneal::{
-    load_model, CancelToken, ExportFormat, ExportOptions, ForwardMode, GenerationConfig, GgufType, Home,
-    ImportOptions, LoadOptions, LoraConfig, Method, ModelRecord, NoopSink, RegisterOptions, Tokenizer, TrainSpec,
+    load_model, CancelToken, ExportFormat, ExportOptions, ForwardMode, GenerationConfig, GgufType, Home, ImportOptions,
+    LoadOptions, LoraConfig, Method, ModelRecord, NoopSink, RegisterOptions, Tokenizer, TrainSpec,
 };
 use serde_json::json;
 

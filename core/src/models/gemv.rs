@@ -142,7 +142,10 @@ impl Q8Weight {
     /// [`Q8Weight::quantize`] does.
     pub(crate) fn from_f32(out_f: usize, in_f: usize, data: &[f32]) -> Result<Self> {
         if in_f % Q8_BLOCK != 0 || data.len() != out_f * in_f {
-            return Err(Error::Internal(format!("q8_0: {} values are not {out_f} rows of {in_f} (a multiple of 32)", data.len())));
+            return Err(Error::Internal(format!(
+                "q8_0: {} values are not {out_f} rows of {in_f} (a multiple of 32)",
+                data.len()
+            )));
         }
         let (q, scales) = quantize_blocks(data);
         Ok(Self { out_f, in_f, q, scales })
@@ -185,7 +188,11 @@ impl Q8Weight {
 
     /// Every value dequantized, `[out, in]` row-major.
     pub(crate) fn to_f32(&self) -> Vec<f32> {
-        self.q.chunks_exact(Q8_BLOCK).zip(&self.scales).flat_map(|(qb, d)| qb.iter().map(move |&v| f32::from(v) * d)).collect()
+        self.q
+            .chunks_exact(Q8_BLOCK)
+            .zip(&self.scales)
+            .flat_map(|(qb, d)| qb.iter().map(move |&v| f32::from(v) * d))
+            .collect()
     }
 
     /// Bytes held.

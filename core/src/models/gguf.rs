@@ -39,7 +39,9 @@ pub(crate) const GGUF_FILE: &str = "model.gguf";
 pub(crate) enum Layout {
     Plain,
     /// Rows permuted per head (of `heads`) to GGML's interleaved RoPE pairs.
-    Rope { heads: usize },
+    Rope {
+        heads: usize,
+    },
     /// A Conv1D weight (`[in, out]`) stored `[out, in]`.
     Transposed,
 }
@@ -264,9 +266,9 @@ impl Weights {
         let mut tensors = HashMap::new();
         let mut q8 = HashMap::new();
         for m in tensor_map(cfg)? {
-            let info = file
-                .tensor(&m.gguf)
-                .ok_or_else(|| Error::data(Location::file(path).field(&m.gguf), "missing tensor required by config.json"))?;
+            let info = file.tensor(&m.gguf).ok_or_else(|| {
+                Error::data(Location::file(path).field(&m.gguf), "missing tensor required by config.json")
+            })?;
             if info.dims != m.ggml_dims() {
                 return Err(Error::data(
                     Location::file(path).field(&m.gguf),

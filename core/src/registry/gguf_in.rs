@@ -72,11 +72,9 @@ impl Meta<'_> {
     fn count(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .and_then(|x| usize::try_from(x).ok())
-                .map(Some)
-                .ok_or_else(|| Error::data(at(&self.f.path, key), format!("must be a non-negative integer, got {v:?}"))),
+            Some(v) => v.as_u64().and_then(|x| usize::try_from(x).ok()).map(Some).ok_or_else(|| {
+                Error::data(at(&self.f.path, key), format!("must be a non-negative integer, got {v:?}"))
+            }),
         }
     }
 
@@ -100,18 +98,17 @@ impl Meta<'_> {
     fn string(&self, key: &str) -> Result<Option<&str>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => {
-                v.as_str().map(Some).ok_or_else(|| Error::data(at(&self.f.path, key), format!("must be a string, got {v:?}")))
-            }
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| Error::data(at(&self.f.path, key), format!("must be a string, got {v:?}"))),
         }
     }
 
     fn array(&self, key: &str) -> Result<Option<&[Value]>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => {
-                v.as_array().map(Some).ok_or_else(|| Error::data(at(&self.f.path, key), "must be an array"))
-            }
+            Some(v) => v.as_array().map(Some).ok_or_else(|| Error::data(at(&self.f.path, key), "must be an array")),
         }
     }
 }
@@ -195,7 +192,8 @@ pub(super) fn inspect(path: &Path) -> Result<GgufModel> {
         }
     } else {
         let kv = m.count(&format!("{a}.attention.head_count_kv"))?.unwrap_or(heads);
-        let head_dim = m.count(&format!("{a}.attention.key_length"))?.unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+        let head_dim =
+            m.count(&format!("{a}.attention.key_length"))?.unwrap_or(if heads > 0 { hidden / heads } else { 0 });
         let rot_key = format!("{a}.rope.dimension_count");
         if let Some(rot) = m.count(&rot_key)? {
             if rot != head_dim {
@@ -283,7 +281,8 @@ pub(super) fn inspect(path: &Path) -> Result<GgufModel> {
     let mut by_type: HashMap<GgmlType, u64> = HashMap::new();
     for t in tensor_map(&cfg)? {
         let loc = || Location::file(path).field(t.gguf.clone());
-        let info = file.tensor(&t.gguf).ok_or_else(|| Error::data(loc(), "missing tensor required by the hyperparameters"))?;
+        let info =
+            file.tensor(&t.gguf).ok_or_else(|| Error::data(loc(), "missing tensor required by the hyperparameters"))?;
         if info.dims != t.ggml_dims() {
             return Err(Error::data(
                 loc(),
@@ -364,7 +363,8 @@ impl GgufModel {
     /// and tensors): what is registered is what was checked.
     pub(super) fn check_copy(&self, copy: &Path) -> Result<()> {
         let c = GgufFile::open(copy)?;
-        if c.metadata != self.file.metadata || c.tensors != self.file.tensors || c.data_offset != self.file.data_offset {
+        if c.metadata != self.file.metadata || c.tensors != self.file.tensors || c.data_offset != self.file.data_offset
+        {
             return Err(Error::data(Location::file(&self.file.path), "the file changed while it was being registered"));
         }
         Ok(())
@@ -378,7 +378,8 @@ fn token_table<'a>(m: &'a Meta<'_>, tokens: &'a [Value]) -> Result<(Vec<&'a str>
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            t.as_str().ok_or_else(|| Error::data(at(path, "tokenizer.ggml.tokens"), format!("token {i} is not a string")))
+            t.as_str()
+                .ok_or_else(|| Error::data(at(path, "tokenizer.ggml.tokens"), format!("token {i} is not a string")))
         })
         .collect::<Result<_>>()?;
     let n = texts.len();
@@ -386,10 +387,7 @@ fn token_table<'a>(m: &'a Meta<'_>, tokens: &'a [Value]) -> Result<(Vec<&'a str>
         None => vec![NORMAL; n],
         Some(a) if a.len() == n => a.iter().map(|v| v.as_f64().map_or(NORMAL, |x| x as i64)).collect(),
         Some(a) => {
-            return Err(Error::data(
-                at(path, "tokenizer.ggml.token_type"),
-                format!("{} types for {n} tokens", a.len()),
-            ))
+            return Err(Error::data(at(path, "tokenizer.ggml.token_type"), format!("{} types for {n} tokens", a.len())))
         }
     };
     let scores: Vec<f64> = match m.array("tokenizer.ggml.scores")? {
@@ -461,9 +459,7 @@ fn tokenizer_files(
                     .collect::<Result<_>>()?,
             };
             let pre = m.string("tokenizer.ggml.pre")?.unwrap_or("gpt-2");
-            let byte_level = |regex: bool| {
-                json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex})
-            };
+            let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
             let pre_tokenizer = match (pre, split_pattern(pre)) {
                 (_, Some(p)) => json!({"type": "Sequence", "pretokenizers": [
                     {"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": false},
@@ -567,7 +563,11 @@ fn spm_merges(texts: &[&str], types: &[i64], scores: &[f64]) -> Vec<Json> {
         }
     }
     merges.sort_by(|a, b| {
-        b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3))
+        b.0.partial_cmp(&a.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.1.cmp(&b.1))
+            .then(a.2.cmp(&b.2))
+            .then(a.3.cmp(&b.3))
     });
     merges.into_iter().map(|(_, _, l, r)| json!([texts[l], texts[r]])).collect()
 }
