@@ -141,7 +141,7 @@ impl Q8Weight {
     /// A weight `[out, in]` from its rows' f32 values (row-major), quantized as
     /// [`Q8Weight::quantize`] does.
     pub(crate) fn from_f32(out_f: usize, in_f: usize, data: &[f32]) -> Result<Self> {
-        if in_f % Q8_BLOCK != 0 || data.len() != out_f * in_f {
+        if !in_f.is_multiple_of(Q8_BLOCK) || data.len() != out_f * in_f {
             return Err(Error::Internal(format!(
                 "q8_0: {} values are not {out_f} rows of {in_f} (a multiple of 32)",
                 data.len()
@@ -154,7 +154,7 @@ impl Q8Weight {
     /// A weight `[out, in]` from quantized values (row-major) and one scale per block
     /// of 32 (e.g. a GGUF q8_0 tensor, its f16 scales widened to f32).
     pub(crate) fn from_parts(out_f: usize, in_f: usize, q: Vec<i8>, scales: Vec<f32>) -> Result<Self> {
-        if in_f % Q8_BLOCK != 0 || q.len() != out_f * in_f || scales.len() != q.len() / Q8_BLOCK {
+        if !in_f.is_multiple_of(Q8_BLOCK) || q.len() != out_f * in_f || scales.len() != q.len() / Q8_BLOCK {
             return Err(Error::Internal(format!(
                 "q8_0: {} values and {} scales are not {out_f} rows of {in_f} (a multiple of 32)",
                 q.len(),

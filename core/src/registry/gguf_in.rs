@@ -192,8 +192,7 @@ pub(super) fn inspect(path: &Path) -> Result<GgufModel> {
         }
     } else {
         let kv = m.count(&format!("{a}.attention.head_count_kv"))?.unwrap_or(heads);
-        let head_dim =
-            m.count(&format!("{a}.attention.key_length"))?.unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+        let head_dim = m.count(&format!("{a}.attention.key_length"))?.unwrap_or(hidden.checked_div(heads).unwrap_or(0));
         let rot_key = format!("{a}.rope.dimension_count");
         if let Some(rot) = m.count(&rot_key)? {
             if rot != head_dim {
