@@ -1717,6 +1717,12 @@ export declare class ModelRegistry {
    * LoRA adapter directory. Progress is in bytes.
    */
   registerDir(path: string, options?: RegisterOptions & CallOptions): Promise<ModelRecord>
+  /**
+   * Registers a GGUF model file (llama, mistral, qwen2, gpt2; f32 / f16 / bf16 /
+   * q8_0 / 4-bit tensors), copied into the home with a derived config.json and
+   * tokenizer. Progress is in bytes.
+   */
+  registerFile(path: string, options?: RegisterOptions & CallOptions): Promise<ModelRecord>
   /** Creates a base model from a built-in preset (random weights from `seed`). */
   createPreset(preset: string, options?: PresetOptions): Promise<ModelRecord>
   /** The built-in presets. */

@@ -5,7 +5,9 @@
 // compares them with anneal's greedy tokens.
 //
 // Expected: equal for f32, f16, bf16 and q8_0 (and the LoRA adapter, merged or with
-// --lora); for q4_0 / q4_k_m the number of equal leading tokens is reported.
+// --lora); for q4_0 / q4_k_m the number of equal leading tokens is reported. The
+// "anneal from this GGUF" entries hold anneal's tokens when it runs the same file
+// (registered with `register_file`, q8_0 blocks as they are, 4-bit requantized to q8_0).
 //
 // Run: benches/consumers/run.sh gguf   (or: node llama_cpp_check.mjs <out dir>, with
 // NODE_PATH pointing at a node_modules that has node-llama-cpp).

@@ -5,7 +5,9 @@
 #                                   (check.py; PYTHON must have torch, transformers, peft)
 #   benches/consumers/run.sh gguf   GGUF exports, read by the `gguf` package (check_gguf.py;
 #                                   PYTHON must have gguf and numpy) and run by llama.cpp
-#                                   through node-llama-cpp's prebuilt binaries
+#                                   through node-llama-cpp's prebuilt binaries; the same
+#                                   files registered back (register_file) and run by anneal
+#                                   are compared with llama.cpp too
 #                                   (llama_cpp_check.mjs; installed into $LLAMA_CPP_DIR,
 #                                   default /tmp/llcpp, if missing: ~85 MB, ~10 s, no compile)
 set -euo pipefail

@@ -51,3 +51,23 @@ test('export hf, peft and bundle; importBundle restores the same id and content'
   assert.deepEqual(third.models().list(), [])
   void home
 })
+
+test('registerFile runs a GGUF export from its q8_0 blocks', async () => {
+  const { models, home, dir } = tmpHome()
+  const base = await models.createPreset('nano', { seed: 0 })
+  const gguf = path.join(dir, 'nano.gguf')
+  await models.export(base.id, 'gguf', gguf, { quantization: 'q8_0' })
+  const events = []
+  const rec = await models.registerFile(gguf, { name: 'nano-q8', onEvent: (e) => events.push(e) })
+  assert.equal(rec.dtype, 'q8_0')
+  assert.equal(rec.modelType, 'llama')
+  assert.deepEqual(rec.files.map((f) => f.name), ['config.json', 'model.gguf', 'tokenizer.json', 'tokenizer_config.json'])
+  assert.equal(events.at(-1).type, 'task_finished')
+  const cfg = { maxNewTokens: 8, ignoreEos: true }
+  const want = await (await home.generator(base.id, { quantize: 'q8_0' })).generate([3, 17, 42], cfg)
+  const got = await (await home.generator(rec.id)).generate([3, 17, 42], cfg)
+  assert.deepEqual(got.tokenIds, want.tokenIds)
+  const cut = path.join(dir, 'cut.gguf')
+  fs.writeFileSync(cut, fs.readFileSync(gguf).subarray(0, 1000))
+  await assert.rejects(models.registerFile(cut), (e) => e.code === 'invalid_data' && e.message.includes('cut.gguf'))
+})

@@ -33,6 +33,23 @@ impl ModelRegistry {
         })
     }
 
+    /// Registers a GGUF model file (llama, mistral, qwen2, gpt2; f32 / f16 / bf16 /
+    /// q8_0 / 4-bit tensors), copied into the home with a derived config.json and
+    /// tokenizer. Progress is in bytes.
+    #[napi(catch_unwind, ts_return_type = "Promise<ModelRecord>")]
+    pub fn register_file(
+        &self,
+        #[napi(ts_arg_type = "string")] path: Unknown<'_>,
+        #[napi(ts_arg_type = "RegisterOptions & CallOptions")] options: Option<Unknown<'_>>,
+    ) -> AsyncTask<LongTask> {
+        let path = arg!(conv::string(path, "path"));
+        let reg = self.inner.clone();
+        LongTask::spawn(options, true, move |json, sink, cancel| {
+            let opts: anneal::RegisterOptions = options!(json)?;
+            js!(reg.register_file_with(&path, &opts, sink, cancel)?)
+        })
+    }
+
     /// Creates a base model from a built-in preset (random weights from `seed`).
     #[napi(catch_unwind, ts_return_type = "Promise<ModelRecord>")]
     pub fn create_preset(

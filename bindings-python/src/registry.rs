@@ -116,6 +116,36 @@ impl PyModelRegistry {
             .map(Into::into)
     }
 
+    /// Registers a GGUF model file (llama, mistral, qwen2, gpt2; f32 / f16 / bf16 /
+    /// q8_0 / 4-bit tensors), copied into the home with a derived config.json and tokenizer.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (path, *, name=None, storage=None, parent=None, task=None, tags=None, on_event=None,
+                        cancel=None))]
+    fn register_file(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        name: Option<Bound<'_, PyAny>>,
+        storage: Option<Bound<'_, PyAny>>,
+        parent: Option<Bound<'_, PyAny>>,
+        task: Option<Bound<'_, PyAny>>,
+        tags: Option<Bound<'_, PyAny>>,
+        on_event: Option<Bound<'_, PyAny>>,
+        cancel: Option<Bound<'_, PyCancelToken>>,
+    ) -> PyResult<PyModelRecord> {
+        let value = Options::default()
+            .set("name", name.as_ref())?
+            .set("storage", storage.as_ref())?
+            .set("parent", parent.as_ref())?
+            .set("task", task.as_ref())?
+            .set("tags", tags.as_ref())?
+            .into_value();
+        let opts: RegisterOptions = anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))?;
+        let (reg, cancel) = (self.inner.clone(), events::token(cancel.as_ref()));
+        events::run(py, events::callback(on_event)?, move |sink| reg.register_file_with(&path, &opts, sink, &cancel))
+            .map(Into::into)
+    }
+
     /// Creates a base model from a built-in preset (random weights from `seed`).
     #[pyo3(signature = (preset, *, name=None, seed=None, task=None, tags=None))]
     fn create_preset(

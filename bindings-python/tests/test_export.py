@@ -80,3 +80,23 @@ def test_bundle_round_trip_and_tampering(home, lora, tmp_path):
         third.models().import_bundle(bad)
     with pytest.raises(anneal.InvalidConfigError):
         third.models().import_bundle(tmp_path)
+
+
+def test_register_file_runs_a_gguf_export(home, tmp_path):
+    base = home.models().create_preset("nano", seed=0)
+    gguf = tmp_path / "nano.gguf"
+    home.models().export(base.id, "gguf", gguf, quantization="q8_0")
+    events = []
+    rec = home.models().register_file(gguf, name="nano-q8", on_event=events.append)
+    assert (rec.dtype, rec.model_type, rec.name) == ("q8_0", "llama", "nano-q8")
+    assert [f.name for f in rec.files] == ["config.json", "model.gguf", "tokenizer.json", "tokenizer_config.json"]
+    assert events[0]["type"] == "task_started" and events[-1]["type"] == "task_finished"
+    # The q8_0 blocks run as they are: the original's tokens with the generator's own q8_0.
+    want = home.generator(base.id, quantize="q8_0").generate([3, 17, 42], max_new_tokens=8, ignore_eos=True)
+    got = home.generator(rec.id).generate([3, 17, 42], max_new_tokens=8, ignore_eos=True)
+    assert got.token_ids == want.token_ids
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(gguf.read_bytes()[:1000])
+    with pytest.raises(anneal.InvalidDataError, match="cut.gguf"):
+        home.models().register_file(cut)
+    assert [m.name for m in home.models().list()] == ["nano", "nano-q8"]

@@ -8,6 +8,7 @@
 pub(crate) mod aliases;
 mod diffusion;
 mod export;
+mod gguf_in;
 pub(crate) mod inspect;
 
 use std::fs;
@@ -168,6 +169,106 @@ impl ModelRegistry {
                     ModelRecord { version, ..rec }
                 }
             };
+            let id = rec.id.0.clone();
+            Ok((rec, Some(id)))
+        })
+    }
+
+    /// Registers a GGUF model file (llama.cpp's format; architectures `llama` (Llama,
+    /// Mistral), `qwen2` and `gpt2`; tensors f32, f16, bf16, q8_0, q4_0, q5_0, q4_K,
+    /// q6_K). The file is checked whole before anything is copied (architecture,
+    /// hyperparameters, every tensor's presence, dims and type, sizes within the file,
+    /// the tokenizer), then copied into the home as `model.gguf` beside a `config.json`,
+    /// `tokenizer.json` and `tokenizer_config.json` derived from its metadata (see
+    /// `registry::gguf_in`). The record's `dtype` is the file's type (`q8_0`,
+    /// `q4_k_m`, ...). Generators run the quantized weights as they are; training
+    /// dequantizes them to f32. Options: `name` (default: the file's stem), `task`,
+    /// `tags`; a GGUF file is always copied (`storage: reference` is refused) and has no
+    /// `parent`. A refusal is `invalid_data` naming the file and the key or tensor, and
+    /// leaves the home unchanged.
+    pub fn register_file(&self, path: impl AsRef<Path>, opts: &RegisterOptions) -> Result<ModelRecord> {
+        self.register_file_with(path, opts, &mut NoopSink, &CancelToken::new())
+    }
+
+    /// [`ModelRegistry::register_file`] with progress events (`task_*`, in bytes) and cancellation.
+    pub fn register_file_with(
+        &self,
+        path: impl AsRef<Path>,
+        opts: &RegisterOptions,
+        sink: &mut dyn EventSink,
+        cancel: &CancelToken,
+    ) -> Result<ModelRecord> {
+        let src = path.as_ref();
+        util::check_path("path", src)?;
+        let src = fs::canonicalize(src).with_path(src)?;
+        let meta = fs::metadata(&src).with_path(&src)?;
+        if !meta.is_file() {
+            return Err(Error::config(
+                "path",
+                format!(
+                    "{} is {}; register_file takes a GGUF model file (register_dir takes directories)",
+                    src.display(),
+                    inspect::file_kind(&meta)
+                ),
+            ));
+        }
+        if opts.parent.is_some() {
+            return Err(Error::config("parent", "a GGUF model file is a full model: it has no parent"));
+        }
+        if opts.storage == Storage::Reference {
+            return Err(Error::config(
+                "storage",
+                "a GGUF file is always copied into the home (its derived config.json and tokenizer live beside it)",
+            ));
+        }
+        let model = gguf_in::inspect(&src)?;
+        let name = match &opts.name {
+            Some(n) => n.clone(),
+            None => util::name_from_path(&src),
+        };
+        util::validate_name("name", &name)?;
+        let family = model.inspected.family.ok_or_else(|| Error::Internal("no family".into()))?;
+        let source = src.display().to_string();
+        run_task(sink, "register_model", &name, Some(meta.len()), "bytes", |rep| {
+            let mut done = 0u64;
+            let mut progress = |n: u64| -> Result<()> {
+                cancel.check()?;
+                done += n;
+                rep.progress(done)
+            };
+            let mut staging = StagingDir::new(&self.dir())?;
+            // Derived files first (cheap, and the tokenizer is checked), then the copy.
+            model.write_side_files(staging.path())?;
+            let copy = staging.path().join(crate::models::gguf::GGUF_FILE);
+            let sha = util::copy_hashing(&src, &copy, &mut progress)?;
+            model.check_copy(&copy)?;
+            let side: Vec<String> =
+                model.inspected.files.iter().filter(|f| gguf_in::SIDE_FILES.contains(&f.as_str())).cloned().collect();
+            let mut files = hash_files(staging.path(), &side)?;
+            files.push(ModelFile {
+                name: crate::models::gguf::GGUF_FILE.to_string(),
+                bytes: fs::metadata(&copy).with_path(&copy)?.len(),
+                sha256: sha,
+            });
+            files.sort_by(|a, b| a.name.cmp(&b.name));
+            let new = NewModel {
+                name: &name,
+                kind: ModelKind::Base,
+                family,
+                parent: None,
+                source,
+                task: opts.task.clone(),
+                tags: opts.tags.clone(),
+                lineage: Lineage::default(),
+            };
+            let rec = self.insert_staged(
+                ModelId(util::new_id("mdl")),
+                &mut staging,
+                files,
+                &model.inspected,
+                new,
+                &|_, _| Ok(()),
+            )?;
             let id = rec.id.0.clone();
             Ok((rec, Some(id)))
         })

@@ -8,15 +8,18 @@
 //! text; exports the model as f32, f16, bf16, q8_0, q4_0 and q4_k_m, the adapter as a
 //! GGUF LoRA adapter, and the tiny GPT-2 and Qwen2 fixtures (random weights) as f32.
 //! anneal's greedy continuation (16 tokens, no stop) of a fixed prompt is written with
-//! each file to `<out>/anneal.json`.
+//! each file to `<out>/anneal.json`. Each `mini` file is also registered back into
+//! anneal (`register_file`) and run by anneal's generator from its own quantized
+//! weights: those entries ("anneal from this GGUF") compare llama.cpp and anneal on
+//! the same file.
 //!
 //! Usage: gguf_check <out dir> <tests/fixtures dir>
 
 use std::path::{Path, PathBuf};
 
 use anneal::{
-    load_model, CancelToken, ExportFormat, ExportOptions, ForwardMode, GgufType, Home, ImportOptions, LoadOptions,
-    LoraConfig, Method, ModelRecord, NoopSink, RegisterOptions, Tokenizer, TrainSpec,
+    load_model, CancelToken, ExportFormat, ExportOptions, ForwardMode, GenerationConfig, GgufType, Home, ImportOptions,
+    LoadOptions, LoraConfig, Method, ModelRecord, NoopSink, RegisterOptions, Tokenizer, TrainSpec,
 };
 use serde_json::json;
 
@@ -108,6 +111,14 @@ fn main() -> anyhow::Result<()> {
         let f = export(&ft, q, None, &format!("mini-{q}.gguf"))?;
         entries.push(json!({"name": format!("mini {q}"), "type": q.as_str(), "model": f, "prompt": PROMPT,
                             "prompt_ids": ids, "anneal": want}));
+        // The same file registered back and run by anneal from its quantized weights.
+        let opts = RegisterOptions { name: Some(format!("mini-gguf-{q}")), ..Default::default() };
+        let rec = home.models().register_file(&f, &opts)?;
+        let gguf_ids = Tokenizer::load(&rec)?.encode(PROMPT, false)?;
+        let cfg = GenerationConfig { max_new_tokens: Some(NEW_TOKENS), ignore_eos: true, ..Default::default() };
+        let got = home.generator(&rec.id, &Default::default())?.generate(gguf_ids.clone(), &cfg)?.token_ids;
+        entries.push(json!({"name": format!("anneal from this GGUF: mini {q}"), "type": q.as_str(), "model": f,
+                            "prompt": PROMPT, "prompt_ids": gguf_ids, "anneal": got}));
     }
     let with_lora = greedy(&ft, Some(&lora.path), &ids)?;
     let base_f32 = out.join("mini-f32.gguf");

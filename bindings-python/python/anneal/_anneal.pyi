@@ -538,6 +538,18 @@ class ModelRegistry:
         on_event: OnEvent | None = None,
         cancel: CancelToken | None = None,
     ) -> ModelRecord: ...
+    def register_file(
+        self,
+        path: StrPath,
+        *,
+        name: str | None = None,
+        storage: Storage | None = None,
+        parent: str | None = None,
+        task: str | None = None,
+        tags: builtins.list[str] | None = None,
+        on_event: OnEvent | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ModelRecord: ...
     def create_preset(
         self,
         preset: str,
