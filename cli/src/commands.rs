@@ -33,10 +33,11 @@ const EXAMPLES: &str = "\
 Examples:
   anneal import examples/data/uppercase.jsonl --name upper
   anneal models create nano --name base
-  anneal train --base base --dataset upper --method full --epochs 3 --seq-len 16
+  anneal train --base base --dataset upper --method full --epochs 10 --batch-size 32 --seq-len 16 \\
+               --lr 2e-3 --output-name upper
   anneal jobs ls
-  anneal generate base@latest 'kxqe>' --max-new-tokens 8
-  anneal export base@latest hf ./exported";
+  anneal generate upper 'kxqe>' --max-new-tokens 8
+  anneal export upper hf ./upper-hf";
 
 const EXIT_CODES: &str = "\
 Exit codes (errors print `error[<code>]: <message>` on stderr):
@@ -112,7 +113,7 @@ pub enum Command {
     #[command(after_help = "Examples:\n  anneal serve")]
     Serve(ServeArgs),
     /// Bearer tokens for `anneal serve`.
-    #[command(after_help = "Examples:\n  anneal tokens --help")]
+    #[command(after_help = "Examples:\n  anneal tokens create --scope read")]
     Tokens(TokensArgs),
     /// Print a shell completion script.
     #[command(
