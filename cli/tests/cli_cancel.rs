@@ -86,6 +86,8 @@ fn ctrl_c_cancels_training_and_resume_continues() {
     let resumed = until(&mut child, &mut reader, "step");
     let first = resumed.iter().find(|e| e["type"] == "step").unwrap();
     assert_eq!(first["step"].as_u64(), Some(stopped_at + 1), "resumed from the checkpoint");
+    // Another process follows the log until the job ends.
+    let follow = env.cmd(&["jobs", "logs", &job, "-f"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let c = env.json(&["jobs", "cancel", &job]);
     assert!(c["cancel_requested"].as_bool().unwrap() || c["status"] == "cancelled", "{c}");
     let mut rest = String::new();
@@ -95,4 +97,9 @@ fn ctrl_c_cancels_training_and_resume_continues() {
     assert_eq!(last["status"].as_str(), Some("cancelled"));
     let rec = env.json(&["jobs", "show", &job]);
     assert!(rec["job"]["step"].as_u64().unwrap() > stopped_at);
+    let followed = follow.wait_with_output().unwrap();
+    assert!(followed.status.success());
+    let log = String::from_utf8(followed.stdout).unwrap();
+    assert!(log.contains("[info] resuming at step") && log.contains("cancelled at step"), "{log}");
+    assert!(String::from_utf8_lossy(&followed.stderr).contains(&format!("job {job} cancelled")));
 }

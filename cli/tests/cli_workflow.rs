@@ -32,6 +32,9 @@ fn import_train_generate_export() {
     let preview = lines(&env.ok(&["datasets", "preview", "upper", "-n", "2"]));
     assert_eq!(preview.len(), 2);
     assert!(preview[0]["prompt"].as_str().unwrap().ends_with('>'));
+    let split = env.json(&["datasets", "split", "upper", "--val", "0.25", "--seed", "1"]);
+    assert_eq!((split["train"]["num_records"].as_u64(), split["val"]["num_records"].as_u64()), (Some(30), Some(10)));
+    assert_eq!(split["val"]["name"].as_str(), Some("upper-val"));
     let table = env.ok(&["datasets", "ls"]);
     assert!(table.starts_with("NAME") && table.contains("upper") && table.contains(&ds_id), "{table}");
 
@@ -143,6 +146,17 @@ fn import_train_generate_export() {
     let again = env.run(&["export", "upper-full", "hf", dest.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(6), "already_exists without --overwrite");
     env.ok(&["export", "upper-full", "hf", dest.to_str().unwrap(), "--overwrite", "-q"]);
+    // The export registers back as a base model; a bundle restores the same id.
+    let back = env.json(&["models", "register", dest.to_str().unwrap(), "--name", "reimported", "--tag", "roundtrip"]);
+    assert_eq!(
+        (back["name"].as_str(), back["kind"].as_str(), back["tags"][0].as_str()),
+        (Some("reimported"), Some("base"), Some("roundtrip"))
+    );
+    let zip = env.path("base.zip");
+    env.ok(&["export", "base@1", "bundle", zip.to_str().unwrap(), "-q"]);
+    let other = Env::new();
+    let restored = other.json(&["models", "register", zip.to_str().unwrap()]);
+    assert_eq!(restored["id"], base["id"]);
 
     // Stats and usage from the catalog.
     let stats = env.json(&["stats"]);
@@ -166,6 +180,14 @@ fn import_train_generate_export() {
     env.ok(&["models", "rm", "upper-full"]);
     let left: Vec<Value> = env.json(&["models", "ls", "--kind", "full"]).as_array().unwrap().clone();
     assert!(left.is_empty());
+    let names: Vec<String> = env
+        .json(&["models", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 3, "base, the LoRA adapter and reimported: {names:?}");
 }
 
 /// The prompt length of `p` as the model counts it (a generation without stdin).
