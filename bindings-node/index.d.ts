@@ -1989,6 +1989,13 @@ export declare class Webhooks {
 }
 
 /**
+ * Runs the `anneal` command line with `argv` (the arguments after the program name)
+ * and returns its exit code. Synchronous: it is the whole of the `anneal` bin
+ * (`bin/anneal.js`), which has no event loop work to keep free.
+ */
+export declare function cliMain(argv: Array<string>): number
+
+/**
  * Generates a seeded tabular classification scenario: `{ columns, rows, labels,
  * probabilities }` (features `x0..` / `c0..`, the class of each row, and each row's
  * true class probabilities). Same options, same rows.

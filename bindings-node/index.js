@@ -850,6 +850,7 @@ module.exports.Predictor = nativeBinding.Predictor
 module.exports.TokenStream = nativeBinding.TokenStream
 module.exports.TrainingEngine = nativeBinding.TrainingEngine
 module.exports.Webhooks = nativeBinding.Webhooks
+module.exports.cliMain = nativeBinding.cliMain
 module.exports.syntheticScenario = nativeBinding.syntheticScenario
 module.exports.verifySignature = nativeBinding.verifySignature
 module.exports.writeSyntheticScenario = nativeBinding.writeSyntheticScenario
