@@ -4,6 +4,8 @@
 //! The CLI (`commands`) only wires these two entry points into its subcommand enum;
 //! everything else about the server lives under this module.
 
+pub mod dashboard;
+
 use std::path::Path;
 
 /// Arguments of `anneal serve`.
