@@ -1034,7 +1034,7 @@
       clear(aliasBox,
         h('div', {}, (a.aliases || []).length ? a.aliases.map((x) => h('span', { class: 'chip' }, x)) : h('span', { class: 'muted' }, 'none on this version')),
         (a.history || []).length ? table(['Alias', 'Action', 'Version', 'When'], a.history.slice(-8).reverse().map((r) => h('tr', {},
-          h('td', {}, r.alias), h('td', {}, r.action || ''), h('td', {}, r.version !== undefined ? `v${r.version}` : shortId(r.model_id)), h('td', {}, ago(r.at || r.created_at))))) : null,
+          h('td', {}, r.alias), h('td', {}, r.action || ''), h('td', {}, r.version != null ? `v${r.version}` : 'removed'), h('td', {}, ago(r.at || r.created_at))))) : null,
         h('h3', {}, 'Move an alias'), form);
     };
     const loadUsage = async () => {
