@@ -136,7 +136,22 @@ impl Client {
 
     /// Reads an SSE stream (`GET`, or `POST` with `body`): each `data:` payload, until
     /// the stream ends or `until` says stop.
-    pub fn sse(&self, path: &str, body: Option<&Value>, mut until: impl FnMut(&str) -> bool) -> Vec<String> {
+    pub fn sse(&self, path: &str, body: Option<&Value>, until: impl FnMut(&str) -> bool) -> Vec<String> {
+        self.sse_full(path, body, &[], until)
+    }
+
+    /// [`Client::sse`] of a `GET` with extra headers.
+    pub fn sse_with(&self, path: &str, headers: &[(&str, &str)], until: impl FnMut(&str) -> bool) -> Vec<String> {
+        self.sse_full(path, None, headers, until)
+    }
+
+    fn sse_full(
+        &self,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+        mut until: impl FnMut(&str) -> bool,
+    ) -> Vec<String> {
         let url = format!("{}{path}", self.base);
         let res = match body {
             Some(b) => self
@@ -144,7 +159,13 @@ impl Client {
                 .header("content-type", "application/json")
                 .header("accept", "text/event-stream")
                 .send(b.to_string().as_bytes()),
-            None => self.auth(self.agent.get(url)).header("accept", "text/event-stream").call(),
+            None => {
+                let mut r = self.auth(self.agent.get(url)).header("accept", "text/event-stream");
+                for (k, v) in headers {
+                    r = r.header(*k, *v);
+                }
+                r.call()
+            }
         }
         .unwrap();
         assert_eq!(res.status().as_u16(), 200);
