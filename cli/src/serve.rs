@@ -77,7 +77,7 @@ pub struct ServeArgs {
     pub shutdown_grace: u64,
     /// No request log lines on stderr.
     #[arg(long)]
-    pub quiet: bool,
+    pub no_request_log: bool,
 }
 
 impl ServeArgs {
@@ -94,7 +94,7 @@ impl ServeArgs {
             loaded_models: self.loaded_models,
             header_timeout: Duration::from_secs(self.header_timeout),
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
-            log: !self.quiet,
+            log: !self.no_request_log,
             signals: true,
         })
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anneal::{
     AccuracyOptions, DatasetRecord, GenerationFilter, GenerationRecord, Home, ImportOptions, JobFilter, ModelFilter,
-    ModelRecord, PredictionFilter, PredictorOptions, StatsOptions, TimelineOptions, TokenOptions,
+    ModelRecord, PredictionFilter, PredictorOptions, PresetOptions, StatsOptions, TimelineOptions, TokenOptions,
 };
 use axum::extract::{Multipart, Path, RawQuery, State};
 use axum::http::{header, StatusCode};
@@ -31,7 +31,7 @@ pub(crate) fn routes() -> Router<Shared> {
         .route("/api/datasets/{id}", get(dataset).delete(delete_dataset))
         .route("/api/datasets/{id}/preview", get(preview))
         .route("/api/datasets/{id}/stats", get(dataset_stats))
-        .route("/api/models", get(models))
+        .route("/api/models", get(models).post(create_model))
         .route("/api/models/{model}", get(model).delete(delete_model))
         .route("/api/models/{model}/lineage", get(lineage))
         .route("/api/models/{model}/aliases", get(aliases).post(set_alias))
@@ -226,6 +226,17 @@ async fn models(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResult
     let filter: ModelFilter = query_options(q.as_deref())?;
     let registry = state.home.models();
     Ok(Json(blocking(move || registry.list(&filter)).await?))
+}
+
+/// `POST /api/models` `{"preset": "nano", "name": ..., "seed": ...}`: a model with
+/// fresh weights from a preset (`anneal::Preset`). 201 with its record.
+async fn create_model(State(state): State<Shared>, body: JsonBody) -> ApiResult<Response> {
+    let mut body = body.object()?;
+    let preset = super::generate::take_str(&mut body, "preset")?;
+    let opts: PresetOptions = anneal::options_from_json(Value::Object(body))?;
+    let registry = state.home.models();
+    let rec = blocking(move || registry.create_preset(&preset, &opts)).await?;
+    Ok((StatusCode::CREATED, Json(rec)).into_response())
 }
 
 async fn resolve(state: &Shared, reference: &str) -> ApiResult<ModelRecord> {
