@@ -72,6 +72,9 @@ pub struct ServeArgs {
     /// Seconds a client has to send its request headers (slow clients are dropped).
     #[arg(long, default_value_t = 10)]
     pub header_timeout: u64,
+    /// Seconds a client has to send a request body (or each piece of an upload).
+    #[arg(long, default_value_t = 30)]
+    pub body_timeout: u64,
     /// Seconds to wait, on shutdown, for jobs started by this server to checkpoint.
     #[arg(long, default_value_t = 120)]
     pub shutdown_grace: u64,
@@ -93,6 +96,7 @@ impl ServeArgs {
             max_generations: self.max_generations,
             loaded_models: self.loaded_models,
             header_timeout: Duration::from_secs(self.header_timeout),
+            body_timeout: Duration::from_secs(self.body_timeout),
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             log: !self.no_request_log,
             signals: true,

@@ -239,7 +239,24 @@ fn cors_is_off_unless_an_origin_is_configured() {
 #[test]
 fn a_slow_client_is_dropped_and_others_are_served() {
     let (_d, home) = home();
-    let server = start(&home, |c| c.header_timeout = Duration::from_secs(1));
+    let server = start(&home, |c| {
+        c.header_timeout = Duration::from_secs(1);
+        c.body_timeout = Duration::from_secs(1);
+        c.no_auth = true;
+    });
+    // Headers sent, the body never comes: 408.
+    let mut slow_body = std::net::TcpStream::connect(server.addr()).unwrap();
+    slow_body
+        .write_all(
+            b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        )
+        .unwrap();
+    slow_body.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = [0u8; 512];
+    let n = slow_body.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
     let mut slow = std::net::TcpStream::connect(server.addr()).unwrap();
     slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -179,11 +179,19 @@ async fn upload(State(state): State<Shared>, mut form: Multipart) -> ApiResult<R
         .tempdir()
         .map_err(|e| ApiError::from(anneal::Error::io(std::env::temp_dir(), e)))?;
     let (mut name, mut options, mut file): (Option<String>, Value, Option<PathBuf>) = (None, Value::Null, None);
-    while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {
+    let timeout = |_: tokio::time::error::Elapsed| super::http::body_timeout();
+    let wait = state.config.body_timeout;
+    while let Some(mut field) =
+        tokio::time::timeout(wait, form.next_field()).await.map_err(timeout)?.map_err(multipart_error)?
+    {
         match field.name().unwrap_or("") {
-            "name" => name = Some(field.text().await.map_err(multipart_error)?),
+            "name" => {
+                let text = tokio::time::timeout(wait, field.text()).await.map_err(timeout)?;
+                name = Some(text.map_err(multipart_error)?);
+            }
             "options" => {
-                let text = field.text().await.map_err(multipart_error)?;
+                let text = tokio::time::timeout(wait, field.text()).await.map_err(timeout)?;
+                let text = text.map_err(multipart_error)?;
                 options = serde_json::from_str(&text)
                     .map_err(|e| ApiError::config("options", format!("not valid JSON: {e}")))?;
             }
@@ -191,7 +199,9 @@ async fn upload(State(state): State<Shared>, mut form: Multipart) -> ApiResult<R
                 let path = staging.path().join(safe_file_name(field.file_name()));
                 let io = |e: std::io::Error| ApiError::from(anneal::Error::io(&path, e));
                 let mut out = tokio::fs::File::create(&path).await.map_err(io)?;
-                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                while let Some(chunk) =
+                    tokio::time::timeout(wait, field.chunk()).await.map_err(timeout)?.map_err(multipart_error)?
+                {
                     out.write_all(&chunk).await.map_err(io)?;
                 }
                 out.flush().await.map_err(io)?;

@@ -167,15 +167,27 @@ pub(crate) async fn wrong_method(req: Request) -> ApiError {
     )
 }
 
+/// 408: the body (or a piece of an upload) did not come within `--body-timeout`.
+pub(crate) fn body_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "the request body did not arrive in time (--body-timeout)",
+    )
+}
+
 /// A request body parsed as JSON. Too large: 413 `payload_too_large`; not JSON: 400
 /// `invalid_config` naming `body`.
 pub(crate) struct JsonBody(pub(crate) Value);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+impl FromRequest<Shared> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+    async fn from_request(req: Request, state: &Shared) -> Result<Self, ApiError> {
+        let read = tokio::time::timeout(state.config.body_timeout, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| body_timeout())?;
+        let bytes = read.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(e.status(), "payload_too_large", "the request body is larger than --max-body")
             } else {

@@ -71,6 +71,9 @@ async fn create(State(state): State<Shared>, RawQuery(q): RawQuery, body: JsonBo
 /// Runs (or resumes) job `id` on a thread of its own, kept for shutdown; returns the
 /// job as it is now.
 async fn run(state: &Shared, id: &str) -> ApiResult<JobRecord> {
+    if *state.shutdown.borrow() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down"));
+    }
     let engine = state.home.training();
     let job_id = anneal::JobId(id.to_string());
     let handle = blocking({

@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub loaded_models: usize,
     /// Time a client has to send its request headers.
     pub header_timeout: Duration,
+    /// Time a client has to send a JSON body, or each piece of an upload.
+    pub body_timeout: Duration,
     /// Time, on shutdown, for the jobs this server runs to reach a checkpoint.
     pub shutdown_grace: Duration,
     /// One JSON line per request on stderr.
@@ -56,6 +58,7 @@ impl Default for ServerConfig {
             max_generations: 2,
             loaded_models: 2,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(120),
             log: true,
             signals: false,
@@ -82,6 +85,9 @@ impl ServerConfig {
         }
         if self.header_timeout.is_zero() {
             return Err(Error::config("header_timeout", "must be at least 1 second"));
+        }
+        if self.body_timeout.is_zero() {
+            return Err(Error::config("body_timeout", "must be at least 1 second"));
         }
         for o in &self.cors_origins {
             if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
