@@ -229,9 +229,9 @@ async fn tail(state: Shared, id: String, mut cursor: Cursor, tx: mpsc::Sender<ss
             }
         };
         let (events, finished) = diff(&mut cursor, &rec, &points, &lines, &root);
-        for ev in events {
+        for (ev, id) in events {
             let data = serde_json::to_string(&ev).unwrap_or_default();
-            if tx.send(sse::Event::default().id(cursor.id()).data(data)).await.is_err() {
+            if tx.send(sse::Event::default().id(id).data(data)).await.is_err() {
                 return;
             }
         }
@@ -246,24 +246,27 @@ async fn tail(state: Shared, id: String, mut cursor: Cursor, tx: mpsc::Sender<ss
     }
 }
 
-/// The events between what `cursor` has seen and the rows now; whether the job ended.
+/// The events between what `cursor` has seen and the rows now, each with the stream
+/// id after it (`<metrics>.<logs>` rows delivered, so a reconnect resumes right after
+/// the last event received); whether the job ended.
 fn diff(
     cursor: &mut Cursor,
     rec: &JobRecord,
     points: &[MetricPoint],
     lines: &[JobLog],
     root: &std::path::Path,
-) -> (Vec<Event>, bool) {
+) -> (Vec<(Event, String)>, bool) {
     let job_id = rec.id.0.clone();
     let mut out = Vec::new();
     let ended =
         matches!(rec.status, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled | JobStatus::Interrupted);
     if !cursor.started && (rec.status == JobStatus::Running || (ended && rec.started_at.is_some())) {
         cursor.started = true;
-        out.push(Event::JobStarted { job_id: job_id.clone(), total_steps: rec.total_steps, epochs: rec.spec.epochs });
+        let ev = Event::JobStarted { job_id: job_id.clone(), total_steps: rec.total_steps, epochs: rec.spec.epochs };
+        out.push((ev, cursor.id()));
     }
-    // Rows of both kinds, merged by time.
-    let mut timed: Vec<(String, Event)> = Vec::new();
+    // Rows of both kinds, merged by time; `true` marks a metrics row.
+    let mut timed: Vec<(String, bool, Event)> = Vec::new();
     let new_points = points.get(cursor.metrics..).unwrap_or(&[]);
     let last_train = new_points.iter().rposition(|p| p.kind == MetricKind::Train);
     for (i, p) in new_points.iter().enumerate() {
@@ -292,21 +295,27 @@ fn diff(
                 ]),
             },
         };
-        timed.push((p.at.clone(), ev));
+        timed.push((p.at.clone(), true, ev));
     }
     for l in lines.get(cursor.logs..).unwrap_or(&[]) {
         let ev = Event::Log { job_id: job_id.clone(), level: l.level.clone(), message: l.message.clone() };
-        timed.push((l.at.clone(), ev));
+        timed.push((l.at.clone(), false, ev));
     }
     timed.sort_by(|a, b| a.0.cmp(&b.0));
-    out.extend(timed.into_iter().map(|(_, e)| e));
-    cursor.metrics = cursor.metrics.max(points.len());
-    cursor.logs = cursor.logs.max(lines.len());
+    for (_, metric, ev) in timed {
+        if metric {
+            cursor.metrics += 1;
+        } else {
+            cursor.logs += 1;
+        }
+        out.push((ev, cursor.id()));
+    }
     if rec.checkpoint.is_some() && rec.checkpoint != cursor.checkpoint {
         cursor.checkpoint = rec.checkpoint.clone();
         let path = rec.checkpoint.clone().unwrap_or_default();
         let step = path.rsplit(|c: char| !c.is_ascii_digit()).next().and_then(|d| d.parse().ok()).unwrap_or(rec.step);
-        out.push(Event::Checkpoint { job_id: job_id.clone(), step, path: root.join(&path).display().to_string() });
+        let ev = Event::Checkpoint { job_id: job_id.clone(), step, path: root.join(&path).display().to_string() };
+        out.push((ev, cursor.id()));
     }
     if ended {
         let (status, error) = match rec.status {
@@ -321,12 +330,51 @@ fn diff(
             ),
             _ => (FinishStatus::Failed, rec.error.clone()),
         };
-        out.push(Event::JobFinished {
-            job_id,
-            status,
-            model_id: rec.output_model_id.as_ref().map(|m| m.0.clone()),
-            error,
-        });
+        let ev =
+            Event::JobFinished { job_id, status, model_id: rec.output_model_id.as_ref().map(|m| m.0.clone()), error };
+        out.push((ev, cursor.id()));
     }
     (out, ended)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn point(kind: MetricKind, step: u64, at: &str) -> MetricPoint {
+        MetricPoint { kind, step, epoch: 1, loss: 2.0, lr: Some(0.1), tokens_per_sec: Some(9.0), at: at.into() }
+    }
+
+    #[test]
+    fn each_event_carries_the_cursor_after_it_and_rows_merge_by_time() {
+        let spec: anneal::TrainSpec = anneal::options_from_json(json!({"base": "b", "dataset": "d"})).unwrap();
+        let rec: JobRecord = serde_json::from_value(json!({
+            "id": "job_1", "status": "running", "base_model_id": null, "dataset_id": null, "eval_dataset_id": null,
+            "output_model_id": null, "spec": spec, "progress": 0.2, "epoch": 1, "step": 2, "total_steps": 10,
+            "tokens": 0, "loss": 2.0, "eval_loss": null, "lr": 0.1, "tokens_per_sec": 9.0, "sample": "abc",
+            "heartbeat_at": null, "runner_pid": null, "cancel_requested": false, "error": null, "checkpoint": null,
+            "image": null, "created_at": "t0", "updated_at": "t0", "started_at": "t0", "finished_at": null,
+        }))
+        .unwrap();
+        let points = [point(MetricKind::Train, 1, "t1"), point(MetricKind::Train, 2, "t3")];
+        let logs = [JobLog { at: "t2".into(), level: "info".into(), message: "hi".into() }];
+        let mut c = Cursor::default();
+        let (events, ended) = diff(&mut c, &rec, &points, &logs, std::path::Path::new("/h"));
+        assert!(!ended);
+        let got: Vec<(&str, &str)> = events.iter().map(|(e, id)| (e.type_name(), id.as_str())).collect();
+        assert_eq!(got, [("job_started", "0.0"), ("step", "1.0"), ("log", "1.1"), ("step", "2.1")]);
+        let Event::Step { sample, progress, .. } = &events[3].0 else { panic!() };
+        assert_eq!((sample.as_deref(), *progress), (Some("abc"), 0.2));
+        // Nothing new: nothing sent. Reconnecting after the log gets the last step only.
+        assert!(diff(&mut c, &rec, &points, &logs, std::path::Path::new("/h")).0.is_empty());
+        let mut again = Cursor::parse("1.1").unwrap();
+        let (events, _) = diff(&mut again, &rec, &points, &logs, std::path::Path::new("/h"));
+        assert_eq!(events.len(), 1);
+        assert!(matches!(events[0].0, Event::Step { step: 2, .. }));
+        let done = JobRecord { status: JobStatus::Completed, ..rec };
+        let (events, ended) = diff(&mut again, &done, &points, &logs, std::path::Path::new("/h"));
+        assert!(ended);
+        assert_eq!(events.last().unwrap().0.type_name(), "job_finished");
+    }
 }
