@@ -194,6 +194,21 @@ async function main() {
     log('screenshot saved to', SCREENSHOT);
   }
 
+  // Without EventSource (an old browser, a proxy that buffers) the job page polls.
+  const pollCtx = await browser.newContext({ viewport: { width: 1200, height: 800 } });
+  await pollCtx.addInitScript(() => {
+    window.EventSource = undefined;
+  });
+  const pollPage = await pollCtx.newPage();
+  await pollPage.goto(`${url}/#/jobs/${jobId}`);
+  const q1 = await until('the polled curve to have points', async () => curvePoints(pollPage), 15_000);
+  const q2 = await until('the polled curve to grow', async () => {
+    const n = await curvePoints(pollPage);
+    return n > q1 ? n : 0;
+  }, 15_000);
+  check(q2 > q1, `without EventSource the page polls and the curve still grows (${q1} -> ${q2} points)`);
+  await pollCtx.close();
+
   // Cancel from the page: the Python runner stops and the page says cancelled.
   await page.click('#cancel');
   await page.waitForSelector('#job-status .badge.cancelled', { timeout: 30_000 });
