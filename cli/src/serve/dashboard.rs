@@ -234,7 +234,8 @@ mod tests {
     #[test]
     fn unknown_assets_and_traversal_are_json_404s() {
         let s = serve();
-        for path in ["/assets/nope.js", "/assets/..%2Fdashboard.rs", "/assets/%2e%2e%2fCargo.toml", "/assets/app.js%00"] {
+        for path in ["/assets/nope.js", "/assets/..%2Fdashboard.rs", "/assets/%2e%2e%2fCargo.toml", "/assets/app.js%00"]
+        {
             let (status, h, body) = get(&s, path, &[]);
             assert_eq!(status, 404, "{path}");
             assert!(header(&h, "content-type").starts_with("application/json"));

@@ -20,8 +20,10 @@ const BIN = need('ANNEAL_BIN');
 const PYTHON = need('ANNEAL_PYTHON');
 const CHROMIUM = need('CHROMIUM');
 const SCREENSHOT = process.env.DASHBOARD_SCREENSHOT || '';
-/** Steps of the watched job and the pause in its Python callback per step: ~20 s unless cancelled. */
-const STEPS = 400;
+/** Optional: a directory to save a screenshot of every page checked (for review). */
+const SHOTS = process.env.DASHBOARD_SHOTS || '';
+/** Steps of the watched job (it is cancelled long before) and the pause in its Python callback per step event. */
+const STEPS = 2000;
 const PACE = 0.05;
 const DEADLINE_MS = 150_000;
 
@@ -45,6 +47,10 @@ function log(...a) {
 function check(cond, what) {
   if (!cond) throw new Error('check failed: ' + what);
   log('ok:', what);
+}
+
+async function shot(page, name) {
+  if (SHOTS) await page.screenshot({ path: join(SHOTS, name + '.png'), fullPage: true });
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -154,6 +160,7 @@ async function main() {
   const row = `#jobs-table tr[data-job-id="${jobId}"]`;
   await page.waitForSelector(row, { timeout: 15_000 });
   check(true, 'the job started from Python shows up in the open list');
+  await shot(page, 'jobs');
   const step1 = Number(await until('the job to run in the list', async () => {
     const r = await page.$(row + '[data-status="running"]');
     const s = r && Number(await r.getAttribute('data-step'));
@@ -165,7 +172,7 @@ async function main() {
   }, 10_000);
   check(step2 > step1, `live progress in the list (${step1} -> ${step2})`);
   const label = await page.$eval(row + ' .progress-label', (e) => e.textContent);
-  check(label.includes('/ 400'), `the row shows step / total (${label})`);
+  check(label.includes('/ 2,000'), `the row shows step / total (${label})`);
 
   // The job page: the curve grows between two reads.
   await page.click(row + ' td a');
@@ -180,11 +187,27 @@ async function main() {
   check(dataPoints >= n2, 'data-points counts the drawn points');
   await until('a log line', async () => (await page.$$('#job-logs > div')).length > 0, 10_000);
   check(true, 'logs are shown');
+  await shot(page, 'job');
   if (SCREENSHOT) {
     await until('an eval point for the screenshot', async () => (await page.$$('circle.dot-eval')).length >= 2, 20_000).catch(() => {});
     await page.screenshot({ path: SCREENSHOT });
     log('screenshot saved to', SCREENSHOT);
   }
+
+  // Without EventSource (an old browser, a proxy that buffers) the job page polls.
+  const pollCtx = await browser.newContext({ viewport: { width: 1200, height: 800 } });
+  await pollCtx.addInitScript(() => {
+    window.EventSource = undefined;
+  });
+  const pollPage = await pollCtx.newPage();
+  await pollPage.goto(`${url}/#/jobs/${jobId}`);
+  const q1 = await until('the polled curve to have points', async () => curvePoints(pollPage), 15_000);
+  const q2 = await until('the polled curve to grow', async () => {
+    const n = await curvePoints(pollPage);
+    return n > q1 ? n : 0;
+  }, 15_000);
+  check(q2 > q1, `without EventSource the page polls and the curve still grows (${q1} -> ${q2} points)`);
+  await pollCtx.close();
 
   // Cancel from the page: the Python runner stops and the page says cancelled.
   await page.click('#cancel');
@@ -208,6 +231,7 @@ async function main() {
   await until('the resumed job to stop', async () => !['running', 'pending'].includes((await getJson(`${url}/api/jobs/${jobId}`)).status), 30_000);
   await page.waitForSelector('#job-status .badge.cancelled, #job-status .badge.completed', { timeout: 15_000 });
   check(true, 'the page follows the resumed run to its end');
+  await shot(page, 'job-ended');
 
   // Models: rows, as a tree (base -> fine-tune -> adapter), and a lineage page.
   await page.goto(url + '/#/models');
@@ -218,22 +242,26 @@ async function main() {
   check(order.indexOf(ids.base) < order.indexOf(ids.trained) && order.indexOf(ids.trained) < order.indexOf(ids.adapter), 'each model is listed under what it was made from');
   check(modelRows.find((r) => r.id === ids.adapter).text.includes('└'), 'the adapter is drawn as a child');
   check(modelRows.find((r) => r.id === ids.trained).text.includes('production'), 'aliases are shown');
+  await shot(page, 'models');
   await page.click(`tr[data-model-id="${ids.trained}"] td a`);
   await page.waitForSelector('#lineage .node.self');
   const lineage = await page.$eval('#lineage', (e) => e.textContent);
   check(lineage.includes('tiny@1') && lineage.includes('job') && lineage.includes('tiny-arith-lora@1'), `lineage base -> job -> model -> adapter (${lineage.replace(/\s+/g, ' ')})`);
   await page.waitForSelector('svg[aria-label="training loss"] path.series-train');
   check(true, 'the model page draws the curve of the job that made it');
+  await shot(page, 'model');
 
   // Datasets: rows, preview and stats.
   await page.goto(url + '/#/datasets');
   await page.waitForSelector('tr[data-dataset-id]');
+  await shot(page, 'datasets');
   check((await page.$$('tr[data-dataset-id]')).length >= 1, 'the datasets page lists datasets');
   await page.click(`tr[data-dataset-id="${ids.dataset}"] td a`);
   await page.waitForSelector('tr.preview-row');
   const previewRows = await page.$$eval('tr.preview-row', (rs) => rs.map((r) => r.textContent));
   check(previewRows.length === 20 && previewRows[0].includes('0 plus one is'), `the preview shows records (${previewRows.length})`);
   check((await page.$$('rect.bar')).length >= 1, 'the length histogram is drawn');
+  await shot(page, 'dataset');
 
   // Playground: stream a generation from the fine-tune.
   await page.goto(`${url}/#/playground?model=${ids.trained}`);
@@ -244,18 +272,22 @@ async function main() {
   await page.click('#pg-generate');
   await page.waitForFunction(() => /tokens/.test(document.querySelector('#pg-info').textContent), null, { timeout: 30_000 });
   const out = await page.$eval('#pg-output', (e) => e.textContent);
+  await shot(page, 'playground');
   check(out.startsWith('3 plus one is') && out.length > '3 plus one is'.length, `the playground streams text (${JSON.stringify(out)})`);
 
   // Generations, overview, monitoring render.
   await page.goto(url + '/#/generations');
   await page.waitForFunction(() => [...document.querySelectorAll('td a')].some((a) => a.textContent === 'tiny-arith@1'));
   check(true, 'the generation shows under generations, per model');
+  await shot(page, 'generations');
   await page.goto(url + '/#/');
   await page.waitForSelector('.cards .card');
   check(true, 'the overview renders');
+  await shot(page, 'overview');
   await page.goto(url + '/#/monitoring');
   await page.waitForSelector('[data-timeline="tiny-arith"], .panel.empty');
   check(true, 'monitoring renders');
+  await shot(page, 'monitoring');
   check(problems.length === 0, 'no page errors or console errors' + (problems.length ? ': ' + problems.join(' | ') : ''));
 
   // Tokens: a server without --no-auth; the page asks for a token once and then works.
@@ -273,6 +305,7 @@ async function main() {
     return document.querySelector('#token-dialog').open && !e.hidden && /refused/.test(e.textContent);
   });
   check(true, 'a wrong token is refused and asked again');
+  await shot(page2, 'token');
   await page2.fill('#token-input', secret);
   await page2.click('#token-submit');
   await page2.waitForSelector(`#jobs-table tr[data-job-id="${jobId}"]`);

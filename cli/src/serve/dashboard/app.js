@@ -44,6 +44,11 @@
     return el;
   }
 
+  /** Appends children, skipping null / undefined / false (DOM `append` would write "null"). */
+  function put(el, ...kids) {
+    return append(el, kids);
+  }
+
   function clear(el, ...kids) {
     el.replaceChildren();
     return append(el, kids);
@@ -59,7 +64,7 @@
     if (a >= 1e9) return (n / 1e9).toPrecision(digits) + 'B';
     if (a >= 1e6) return (n / 1e6).toPrecision(digits) + 'M';
     if (a >= 1e4) return (n / 1e3).toPrecision(digits) + 'k';
-    if (Number.isInteger(n)) return String(n);
+    if (Number.isInteger(n) || a >= 100) return String(Math.round(n));
     return n.toPrecision(digits);
   }
 
@@ -89,7 +94,8 @@
 
   function fmtMs(ms) {
     if (ms === null || ms === undefined) return '–';
-    return ms >= 1000 ? (ms / 1000).toFixed(2) + ' s' : ms.toFixed(0) + ' ms';
+    if (ms >= 1000) return (ms / 1000).toFixed(2) + ' s';
+    return (ms >= 10 ? ms.toFixed(0) : ms.toFixed(ms >= 1 ? 1 : 2)) + ' ms';
   }
 
   function fmtDuration(seconds) {
@@ -388,108 +394,145 @@
    * Every series' path carries `data-points` (its number of points).
    */
   function lineChart(opts = {}) {
-    const W = opts.width || 760;
+    let W = opts.width || 760;
     const H = opts.height || 260;
     const M = { l: 56, r: 16, t: 12, b: 30 };
     const svg = s('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': opts.label || 'chart' });
+    let last = {};
     const chart = {
       el: svg,
-      set({ series = [], markers = [], hlines = [] } = {}) {
-        svg.replaceChildren();
-        const pts = series.flatMap((sr) => sr.points);
-        let xs = pts.map((p) => p[0]).concat(markers.map((m) => m.x));
-        let ys = pts.map((p) => p[1]).concat(hlines.map((l) => l.y));
-        if (!pts.length) {
-          svg.appendChild(s('text', { x: W / 2, y: H / 2, 'text-anchor': 'middle', class: 'empty-note' }, opts.empty || 'no points yet'));
-          for (const sr of series) svg.appendChild(s('path', { class: `series series-${sr.cls}`, d: '', 'data-points': 0 }));
-          return;
-        }
-        let x0 = Math.min(...xs);
-        let x1 = Math.max(...xs);
-        let y0 = opts.yMin !== undefined ? opts.yMin : Math.min(...ys);
-        let y1 = opts.yMax !== undefined ? opts.yMax : Math.max(...ys);
-        if (x1 === x0) {
-          x1 = x0 + (opts.time ? 60e3 : 1);
-          if (!opts.time) x0 = Math.max(0, x0 - 1);
-        }
-        if (y1 === y0) {
-          y0 -= Math.abs(y0) * 0.1 || 0.5;
-          y1 += Math.abs(y1) * 0.1 || 0.5;
-        } else if (opts.yMin === undefined) {
-          const pad = (y1 - y0) * 0.06;
-          y0 -= pad;
-          y1 += pad;
-        }
-        const X = (x) => M.l + ((x - x0) / (x1 - x0)) * (W - M.l - M.r);
-        const Y = (y) => H - M.b - ((y - y0) / (y1 - y0)) * (H - M.t - M.b);
-        const grid = s('g', { class: 'grid' });
-        const axis = s('g', { class: 'axis' });
-        for (const t of niceTicks(y0, y1, 5)) {
-          if (t < y0 || t > y1) continue;
-          grid.appendChild(s('line', { x1: M.l, x2: W - M.r, y1: Y(t), y2: Y(t) }));
-          axis.appendChild(s('text', { x: M.l - 6, y: Y(t) + 4, 'text-anchor': 'end' }, opts.yFormat ? opts.yFormat(t) : tickLabel(t, false)));
-        }
-        const xt = opts.time ? timeTicks(x0, x1) : niceTicks(x0, x1, 6).filter((t) => !opts.integerX || Number.isInteger(t));
-        for (const t of xt) {
-          if (t < x0 || t > x1) continue;
-          axis.appendChild(s('line', { x1: X(t), x2: X(t), y1: H - M.b, y2: H - M.b + 4 }));
-          axis.appendChild(s('text', { x: X(t), y: H - M.b + 16, 'text-anchor': 'middle' }, tickLabel(t, opts.time, x1 - x0)));
-        }
-        axis.appendChild(s('path', { d: `M${M.l},${M.t}V${H - M.b}H${W - M.r}`, fill: 'none' }));
-        if (opts.xLabel) axis.appendChild(s('text', { x: W - M.r, y: H - 2, 'text-anchor': 'end' }, opts.xLabel));
-        svg.append(grid, axis);
-        for (const l of hlines) {
-          svg.appendChild(s('line', { class: l.cls || 'floor', x1: M.l, x2: W - M.r, y1: Y(l.y), y2: Y(l.y) }, s('title', {}, l.label || '')));
-        }
-        for (const m of markers) {
-          svg.appendChild(s('g', { class: 'marker' }, s('line', { x1: X(m.x), x2: X(m.x), y1: M.t, y2: H - M.b }), s('text', { x: X(m.x) + 3, y: M.t + 10 }, m.label || ''), s('title', {}, m.title || m.label || '')));
-        }
-        for (const sr of series) {
-          const p = sr.points;
-          if (sr.line !== false) {
-            // Beyond 4000 points every k-th is drawn (the last always): the path stays light.
-            const k = Math.max(1, Math.ceil(p.length / 4000));
-            let d = '';
-            for (let i = 0; i < p.length; i += 1) {
-              if (i % k !== 0 && i !== p.length - 1) continue;
-              d += (d ? 'L' : 'M') + X(p[i][0]).toFixed(1) + ',' + Y(p[i][1]).toFixed(1);
-            }
-            svg.appendChild(s('path', { class: `series series-${sr.cls}`, d, 'data-points': p.length }));
-          }
-          if (sr.dots) {
-            const g = s('g', {});
-            for (const pt of p) {
-              g.appendChild(s('circle', { class: `dot-${sr.cls} ${sr.dotClass ? sr.dotClass(pt) : ''}`, cx: X(pt[0]), cy: Y(pt[1]), r: 3.2 }, s('title', {}, (sr.title ? sr.title(pt) : `${sr.name}: ${fmtLoss(pt[1])}`))));
-            }
-            svg.appendChild(g);
-          }
-        }
+      set(args = {}) {
+        last = args;
+        draw(args);
       },
     };
-    chart.set({});
+    // Drawn at the width it is shown at, so text and strokes keep their size.
+    resizeWith(svg, (w) => {
+      W = w;
+      draw(last);
+    });
+    draw(last);
     return chart;
+
+    function draw({ series = [], markers = [], hlines = [] } = {}) {
+      svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
+      svg.replaceChildren();
+      const pts = series.flatMap((sr) => sr.points);
+      const xs = pts.map((p) => p[0]).concat(markers.map((m) => m.x));
+      const ys = pts.map((p) => p[1]).concat(hlines.map((l) => l.y));
+      if (!pts.length) {
+        svg.appendChild(s('text', { x: W / 2, y: H / 2, 'text-anchor': 'middle', class: 'empty-note' }, opts.empty || 'no points yet'));
+        for (const sr of series) svg.appendChild(s('path', { class: `series series-${sr.cls}`, d: '', 'data-points': 0 }));
+        return;
+      }
+      let x0 = Math.min(...xs);
+      let x1 = Math.max(...xs);
+      let y0 = opts.yMin !== undefined ? opts.yMin : Math.min(...ys);
+      let y1 = opts.yMax !== undefined ? opts.yMax : Math.max(...ys);
+      if (x1 === x0) {
+        const half = opts.time ? 30e3 : 1;
+        x0 -= half;
+        x1 += half;
+      }
+      if (y1 === y0) {
+        y0 -= Math.abs(y0) * 0.1 || 0.5;
+        y1 += Math.abs(y1) * 0.1 || 0.5;
+      } else if (opts.yMin === undefined) {
+        const pad = (y1 - y0) * 0.06;
+        y0 -= pad;
+        y1 += pad;
+      }
+      const X = (x) => M.l + ((x - x0) / (x1 - x0)) * (W - M.l - M.r);
+      const Y = (y) => H - M.b - ((y - y0) / (y1 - y0)) * (H - M.t - M.b);
+      const grid = s('g', { class: 'grid' });
+      const axis = s('g', { class: 'axis' });
+      for (const t of niceTicks(y0, y1, 5)) {
+        if (t < y0 || t > y1) continue;
+        grid.appendChild(s('line', { x1: M.l, x2: W - M.r, y1: Y(t), y2: Y(t) }));
+        axis.appendChild(s('text', { x: M.l - 6, y: Y(t) + 4, 'text-anchor': 'end' }, opts.yFormat ? opts.yFormat(t) : tickLabel(t, false)));
+      }
+      const xt = opts.time ? timeTicks(x0, x1) : niceTicks(x0, x1, 6).filter((t) => !opts.integerX || Number.isInteger(t));
+      for (const t of xt) {
+        if (t < x0 || t > x1) continue;
+        axis.appendChild(s('line', { x1: X(t), x2: X(t), y1: H - M.b, y2: H - M.b + 4 }));
+        axis.appendChild(s('text', { x: X(t), y: H - M.b + 16, 'text-anchor': 'middle' }, tickLabel(t, opts.time, x1 - x0)));
+      }
+      axis.appendChild(s('path', { d: `M${M.l},${M.t}V${H - M.b}H${W - M.r}`, fill: 'none' }));
+      if (opts.xLabel) axis.appendChild(s('text', { x: W - M.r, y: H - 2, 'text-anchor': 'end' }, opts.xLabel));
+      svg.append(grid, axis);
+      for (const l of hlines) {
+        svg.appendChild(s('line', { class: l.cls || 'floor', x1: M.l, x2: W - M.r, y1: Y(l.y), y2: Y(l.y) }, s('title', {}, l.label || '')));
+      }
+      for (const m of markers) {
+        svg.appendChild(s('g', { class: 'marker' }, s('line', { x1: X(m.x), x2: X(m.x), y1: M.t, y2: H - M.b }), s('text', { x: X(m.x) + 3, y: M.t + 10 }, m.label || ''), s('title', {}, m.title || m.label || '')));
+      }
+      for (const sr of series) {
+        const p = sr.points;
+        if (sr.line !== false) {
+          // Beyond 4000 points every k-th is drawn (the last always): the path stays light.
+          const k = Math.max(1, Math.ceil(p.length / 4000));
+          let d = '';
+          for (let i = 0; i < p.length; i += 1) {
+            if (i % k !== 0 && i !== p.length - 1) continue;
+            d += (d ? 'L' : 'M') + X(p[i][0]).toFixed(1) + ',' + Y(p[i][1]).toFixed(1);
+          }
+          svg.appendChild(s('path', { class: `series series-${sr.cls}`, d, 'data-points': p.length }));
+        }
+        if (sr.dots) {
+          const g = s('g', {});
+          for (const pt of p) {
+            g.appendChild(s('circle', { class: `dot-${sr.cls} ${sr.dotClass ? sr.dotClass(pt) : ''}`, cx: X(pt[0]), cy: Y(pt[1]), r: 3.2 }, s('title', {}, (sr.title ? sr.title(pt) : `${sr.name}: ${fmtLoss(pt[1])}`))));
+          }
+          svg.appendChild(g);
+        }
+      }
+    }
+  }
+
+  /** Calls `onWidth` with the element's width once it is laid out and when it changes. */
+  function resizeWith(el, onWidth) {
+    if (typeof ResizeObserver === 'undefined') return;
+    let seen = 0;
+    const ro = new ResizeObserver((entries) => {
+      const w = Math.round(entries[0].contentRect.width);
+      if (w > 0 && Math.abs(w - seen) > 2) {
+        seen = w;
+        onWidth(w);
+      }
+    });
+    ro.observe(el);
+    onLeave(() => ro.disconnect());
   }
 
   /** Horizontal bars: [{label, value, title}]. */
   function barChart(items, opts = {}) {
     const rowH = 22;
-    const W = opts.width || 520;
     const L = opts.labelWidth || 130;
     const H = Math.max(1, items.length) * rowH + 8;
-    const svg = s('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': opts.label || 'bars' });
-    if (!items.length) {
-      svg.appendChild(s('text', { x: W / 2, y: H / 2 + 4, 'text-anchor': 'middle', class: 'empty-note' }, 'nothing yet'));
-      return svg;
-    }
-    const max = Math.max(...items.map((i) => i.value), 1);
-    items.forEach((it, i) => {
-      const y = 4 + i * rowH;
-      const w = ((W - L - 70) * it.value) / max;
-      svg.appendChild(s('text', { x: L - 8, y: y + 14, 'text-anchor': 'end' }, it.label));
-      svg.appendChild(s('rect', { class: 'bar', x: L, y: y + 3, width: Math.max(1, w), height: rowH - 8, rx: 2 }, s('title', {}, it.title || `${it.label}: ${it.value}`)));
-      svg.appendChild(s('text', { x: L + w + 6, y: y + 14 }, opts.format ? opts.format(it.value) : fmtInt(it.value)));
-    });
+    const svg = s('svg', { class: 'chart', role: 'img', 'aria-label': opts.label || 'bars' });
+    const draw = (W) => {
+      svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
+      svg.replaceChildren();
+      if (!items.length) {
+        svg.appendChild(s('text', { x: W / 2, y: H / 2 + 4, 'text-anchor': 'middle', class: 'empty-note' }, 'nothing yet'));
+        return;
+      }
+      drawBars(W);
+    };
+    draw(opts.width || 520);
+    resizeWith(svg, draw);
     return svg;
+
+    function drawBars(W) {
+      const max = Math.max(...items.map((i) => i.value), 1);
+      items.forEach((it, i) => {
+        const y = 4 + i * rowH;
+        const w = ((W - L - 70) * it.value) / max;
+        svg.appendChild(s('text', { x: L - 8, y: y + 14, 'text-anchor': 'end' }, it.label));
+        svg.appendChild(s('rect', { class: 'bar', x: L, y: y + 3, width: Math.max(1, w), height: rowH - 8, rx: 2 }, s('title', {}, it.title || `${it.label}: ${it.value}`)));
+        svg.appendChild(s('text', { x: L + w + 6, y: y + 14 }, opts.format ? opts.format(it.value) : fmtInt(it.value)));
+      });
+    }
   }
 
   function legend(...items) {
@@ -534,17 +577,17 @@
     const [stats, lk] = await Promise.all([api('/api/stats?recent=15'), lookups()]);
     const j = stats.jobs;
     const running = h('div', {});
-    root.append(
+    put(root,
       pageHead('Overview', 'What this home holds and what happened lately'),
       h('div', { class: 'cards' },
         card(j.running, 'jobs running'), card(j.completed, 'jobs completed'), card(j.failed + j.interrupted, 'failed / interrupted'), card(j.cancelled, 'cancelled'),
         card(lk.modelList.length, 'models'), card(lk.datasetList.length, 'datasets'),
         card((stats.generations || []).reduce((a, g) => a + g.calls, 0), 'generation calls')),
+      h('div', { class: 'panel' }, h('h2', {}, 'Running jobs'), running),
       h('div', { class: 'grid' },
-        h('div', { class: 'panel' }, h('h2', {}, 'Running jobs'), running),
-        h('div', { class: 'panel' }, h('h2', {}, 'Recent activity'), activityList(stats.recent || [])),
         h('div', { class: 'panel' }, h('h2', {}, 'Models by kind'), barChart(Object.entries(stats.models_by_kind || {}).map(([k, v]) => ({ label: k, value: v })))),
-        h('div', { class: 'panel' }, h('h2', {}, 'Datasets by format'), barChart(Object.entries(stats.datasets_by_format || {}).map(([k, v]) => ({ label: k, value: v }))))));
+        h('div', { class: 'panel' }, h('h2', {}, 'Datasets by format'), barChart(Object.entries(stats.datasets_by_format || {}).map(([k, v]) => ({ label: k, value: v }))))),
+      h('div', { class: 'panel' }, h('h2', {}, 'Recent activity'), activityList(stats.recent || [])));
     const refresh = async () => {
       const jobs = await api('/api/jobs?status=running');
       clear(running, jobs.length
@@ -572,7 +615,7 @@
       return null;
     };
     return table(['What', 'Name', 'Detail', 'When'], items.map((a) => h('tr', {},
-      h('td', {}, a.kind.replace(/_/g, ' ')),
+      h('td', { class: 'nowrap' }, a.kind.replace(/_/g, ' ')),
       h('td', {}, link(a) ? h('a', { href: link(a) }, a.name) : a.name),
       h('td', { class: 'muted' }, a.detail || ''),
       h('td', {}, ago(a.at)))));
@@ -585,7 +628,7 @@
     const tbody = h('tbody', {});
     const rows = new Map(); // id -> {tr, job}
     const streams = new Map(); // id -> EventSource
-    root.append(
+    put(root,
       pageHead('Jobs', 'Training jobs of this home; running ones update live'),
       h('div', { class: 'panel' }, h('div', { class: 'table-wrap' }, h('table', { id: 'jobs-table' },
         h('thead', {}, h('tr', {}, ['Job', 'Status', 'Base', 'Dataset', 'Method', 'Progress', 'Loss', 'Eval loss', 'Created', ''].map((c) => h('th', {}, c)))),
@@ -680,14 +723,14 @@
     const resumeBtn = h('button', { id: 'resume', onclick: resume }, 'Resume');
     const progressEl = h('div', {});
     const figures = h('div', { class: 'stats-line' });
-    const chart = lineChart({ label: 'loss curve', xLabel: 'step', integerX: true, empty: 'waiting for the first step' });
+    const chart = lineChart({ label: 'loss curve', xLabel: 'step', integerX: true, height: 300, empty: 'waiting for the first step' });
     const details = h('dl', { class: 'kv' });
     const sampleEl = h('div', { class: 'sample' });
     const imageBox = h('div', {});
     const logs = h('div', { class: 'logs', id: 'job-logs' });
     const errorEl = h('div', {});
 
-    root.append(
+    put(root,
       pageHead(h('span', {}, 'Job ', h('span', { class: 'mono' }, id), ' ', statusEl), h('span', {}, 'created ', ago(job.created_at)), cancelBtn, resumeBtn),
       errorEl,
       h('div', { class: 'panel' }, progressEl, figures),
@@ -879,7 +922,14 @@
     async function resume() {
       resumeBtn.disabled = true;
       try {
+        const before = job.status;
         job = await api(`/api/jobs/${enc(id)}/resume`, { method: 'POST' });
+        // The runner claims the job on its own thread: follow once it has (or in 5 s),
+        // so the stream does not replay the end of the run that was stopped.
+        for (let i = 0; i < 25 && job.status === before; i += 1) {
+          await new Promise((r) => setTimeout(r, 200));
+          job = await api(`/api/jobs/${enc(id)}`);
+        }
         showJob();
         if (!polling) {
           if (stream) stream.close();
@@ -961,7 +1011,7 @@
       h('td', {}, (m.aliases || []).map((a) => h('span', { class: 'chip' }, a))),
       h('td', {}, origin(lk, m)),
       h('td', {}, ago(m.created_at))));
-    root.append(
+    put(root,
       pageHead('Models', 'The registry: each model under what it was made from (base → fine-tune → adapter)'),
       h('div', { class: 'panel' }, table(['Model', 'Kind', 'Family', 'Params', 'Size', 'Aliases', 'Made from', 'Created'], rows, { empty: 'No models yet: register a directory or create one from a preset.' })));
   }
@@ -1007,7 +1057,7 @@
     const gensBox = h('div', {});
     const curveBox = h('div', {});
     const monitorBox = h('div', {});
-    root.append(
+    put(root,
       pageHead(`${m.name}@${m.version}`, h('span', {}, badge(m.kind), ' ', (m.aliases || []).map((a) => h('span', { class: 'chip' }, a))),
         m.family !== 'tabular' ? h('a', { class: 'button', href: '#/playground?model=' + enc(m.id) }, 'Open in playground') : null),
       h('div', { class: 'panel' }, h('h2', {}, 'Lineage'), h('div', { class: 'lineage', id: 'lineage' }, chain)),
@@ -1087,7 +1137,7 @@
   async function datasetsPage(root) {
     const list = await api('/api/datasets');
     list.sort((a, b) => b.created_at.localeCompare(a.created_at));
-    root.append(
+    put(root,
       pageHead('Datasets', 'Stored (normalised, content-addressed) datasets'),
       h('div', { class: 'panel' }, table(['Name', 'Format', { text: 'Records', cls: 'num' }, { text: 'Size', cls: 'num' }, 'Source', 'Created'],
         list.map((d) => h('tr', { dataset: { datasetId: d.id } },
@@ -1114,7 +1164,7 @@
     const fields = Object.entries(st.fields || {});
     const hist = (st.length_histogram || []).map((b) => ({ label: `${fmtNum(b.min_chars)}–${fmtNum(b.max_chars)}`, value: b.count }));
     const counts = (obj, title) => (obj ? h('div', { class: 'panel' }, h('h2', {}, title), barChart(Object.entries(obj).sort((a, b) => b[1] - a[1]).slice(0, 30).map(([k, v]) => ({ label: k, value: v })))) : null);
-    root.append(
+    put(root,
       pageHead(d.name, h('span', {}, badge(d.format), ' ', h('span', { class: 'mono muted' }, d.id))),
       h('div', { class: 'cards' }, card(st.num_records, 'records'), h('div', { class: 'card' }, h('div', { class: 'v' }, fmtBytes(st.bytes)), h('div', { class: 'k' }, 'stored')),
         st.tokens ? Object.entries(st.tokens).map(([k, v]) => card(v, 'tokens · ' + k)) : null),
@@ -1134,7 +1184,7 @@
   async function generationsPage(root) {
     const [stats, gens, lk] = await Promise.all([api('/api/stats?recent=1'), api('/api/generations?limit=100'), lookups()]);
     const per = stats.generations || [];
-    root.append(
+    put(root,
       pageHead('Generations', 'Calls recorded per model, and the latest ones'),
       h('div', { class: 'grid' },
         h('div', { class: 'panel' }, h('h2', {}, 'Generated tokens per model'), barChart(per.map((g) => ({ label: g.name ? `${g.name}@${g.version}` : shortId(g.model_id), value: g.generated_tokens })), { labelWidth: 170 })),
@@ -1155,6 +1205,10 @@
   // ---------------------------------------------------------------- monitoring
 
   function timelinePanel(t) {
+    if (!t.accuracy.length && !t.drift.length && !t.evaluations.length && !t.events.length) {
+      return h('div', { class: 'panel', dataset: { timeline: t.model_name } }, h('h2', {}, t.model_name),
+        h('p', { class: 'empty' }, 'No labelled predictions, drift checks, evaluations or promotions yet.'));
+    }
     const acc = lineChart({ time: true, yMin: 0, yMax: 1, label: 'realised accuracy', yFormat: (v) => fmtPct(v), empty: 'no labelled predictions', height: 220 });
     const markers = (t.events || []).map((e) => ({ x: Date.parse(e.at), label: `${e.kind.replace('_', ' ')}${e.version ? ' v' + e.version : ''}`, title: e.reason || e.kind }));
     acc.set({
@@ -1181,7 +1235,7 @@
     const mon = stats.monitoring || { production: [], predictions: [], retrains: 0 };
     const names = [...new Set([...mon.production.map((p) => p.name), ...monitors.map((m) => m.model_name)])];
     const body = h('div', {});
-    root.append(
+    put(root,
       pageHead('Monitoring', 'Realised accuracy, drift and promotions of the models in production'),
       h('div', { class: 'cards' }, card(mon.production.length, 'models in production'), card(mon.predictions.reduce((a, p) => a + p.count, 0), 'logged predictions'), card(mon.retrains, 'retrains by monitors'), card(monitors.length, 'monitors')),
       monitors.length ? h('div', { class: 'panel' }, h('h2', {}, 'Monitors'), table(['Monitor', 'Model', 'Breaches', 'Last retrain', 'Current job', 'Updated'], monitors.map((m) => h('tr', {},
@@ -1264,7 +1318,7 @@
       if (seed.value !== '') body.seed = Number(seed.value);
       const res = await api('/api/generate', { method: 'POST', body, signal, raw: true });
       const outText = h('span', { class: 'completion' });
-      out.append(chat.checked ? null : h('span', { class: 'prompt' }, text), outText);
+      put(out, chat.checked ? null : h('span', { class: 'prompt' }, text), outText);
       const t0 = performance.now();
       let first = null;
       await readSse(res, (msg) => {
@@ -1291,7 +1345,7 @@
       clear(info, `${r.images.length} image(s) · ${fmtMs(r.duration_ms)} · seed ${r.seed}`);
     }
 
-    root.append(
+    put(root,
       pageHead('Playground', 'Generate with any registered model (adapters are applied on their base)'),
       models.length ? h('div', { class: 'panel' }, form) : h('div', { class: 'panel empty' }, 'No models to generate with yet.'),
       h('div', { class: 'panel' }, h('h2', {}, 'Output'), out, info));
