@@ -152,7 +152,21 @@ async function main() {
   // Jobs: open the list first, then start a job from Python; it must appear without a reload.
   await page.goto(url + '/#/jobs');
   await page.waitForSelector('#jobs-table tbody tr[data-job-id]');
-  check((await page.$$('#jobs-table tr[data-status="completed"]')).length >= 2, 'the two finished setup jobs are listed as completed');
+  check((await page.$$('#jobs-table tr[data-status="completed"]')).length >= 3, 'the finished setup jobs are listed as completed');
+
+  // An image job: its row points at its current validation image, its page shows it.
+  const imageRow = `#jobs-table tr[data-job-id="${ids.image_job}"]`;
+  const loaded = (sel) => page.waitForFunction((s) => {
+    const img = document.querySelector(s);
+    return img && img.complete && img.naturalWidth > 0;
+  }, sel, { timeout: 15_000 });
+  await loaded(`${imageRow} img.thumb`);
+  check(true, 'the image job row shows its current image');
+  await page.click(`${imageRow} td a`);
+  await loaded('img.job-image');
+  check(true, 'the image job page shows the latest validation image');
+  await page.goto(url + '/#/jobs');
+  await page.waitForSelector('#jobs-table tbody tr[data-job-id]');
 
   const trainer = start(PYTHON, [fixture, 'train', home, ids.base, String(STEPS), String(PACE)], 'python trainer');
   const jobId = (await trainer.waitLine(/"job_id": "([^"]+)"/, 60_000))[1];

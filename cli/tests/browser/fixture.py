@@ -2,8 +2,9 @@
 
     python fixture.py setup HOME
         A nano base model, a completion dataset, a short full fine-tune of the base and a
-        LoRA adapter on the fine-tune (lineage base -> job -> model -> adapter). Prints
-        one JSON object: {"base", "trained", "adapter", "dataset"} (ids).
+        LoRA adapter on the fine-tune (lineage base -> job -> model -> adapter); and a
+        two-step LoRA job on the tiny Stable Diffusion fixture, with validation images.
+        Prints one JSON object: {"base", "trained", "adapter", "dataset", "image_job"}.
 
     python fixture.py train HOME BASE STEPS PACE
         Trains BASE for STEPS steps, sleeping PACE seconds in the callback of each step
@@ -14,9 +15,14 @@
 
 import json
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import anneal
+import anneal.shapes
+
+FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures"
 
 RECORDS = [{"prompt": f"{i} plus one is", "completion": f" {i + 1}"} for i in range(60)]
 SPEC = {"seq_len": 32, "batch_size": 4, "learning_rate": 3e-3}
@@ -36,7 +42,15 @@ def setup(home_dir):
     adapter = engine.train({**SPEC, "base": trained.model_id, "dataset": ds.id, "method": {"lora": {"r": 4}},
                             "max_steps": 3, "output_name": "tiny-arith-lora"})
     home.models().set_alias(trained.model_id, "production")
-    say({"base": base.id, "trained": trained.model_id, "adapter": adapter.model_id, "dataset": ds.id})
+    with tempfile.TemporaryDirectory() as tmp:
+        anneal.shapes.write_imagefolder(Path(tmp) / "shapes", n=4, size=32, seed=0)
+        home.datasets().import_images(str(Path(tmp) / "shapes"), name="shapes")
+    home.models().register_dir(FIXTURES / "tiny-sd", name="sd")
+    image = engine.train(base="sd", dataset="shapes", method={"lora": {"r": 4}}, max_steps=2, batch_size=2,
+                         image={"resolution": 16, "validation_prompts": ["a red circle"], "validation_every": 1,
+                                "validation_steps": 2})
+    say({"base": base.id, "trained": trained.model_id, "adapter": adapter.model_id, "dataset": ds.id,
+         "image_job": image.job_id})
 
 
 def train(home_dir, base, steps, pace):
