@@ -292,3 +292,47 @@ fn metrics_are_prometheus_text() {
         assert!(m.body.contains(needle), "{needle} missing:\n{}", m.body);
     }
 }
+
+#[test]
+fn predictions_labels_and_monitoring_reads() {
+    use anneal::{CancelToken, ClassifierConfig, ImportOptions, Method, NoopSink, TrainSpec};
+    let (_d, home) = home();
+    let rows = (0..80).map(|i| {
+        let x = (i as f64 - 40.0) / 10.0;
+        Ok(json!({"x": x, "z": (i % 7) as f64, "label": if x > 0.0 { "yes" } else { "no" }}))
+    });
+    home.datasets().import_records(rows, &ImportOptions { name: Some("tab".into()), ..Default::default() }).unwrap();
+    let spec = TrainSpec {
+        dataset: "tab".into(),
+        method: Method::Classifier(ClassifierConfig::default()),
+        output_name: Some("clf".into()),
+        ..Default::default()
+    };
+    let job = home.training().create_job(&spec).unwrap();
+    home.training().run(&job.id, &mut NoopSink, &CancelToken::new()).unwrap();
+    let server = start(&home, |_| {});
+    let c = Client::new(&server, Some(token(&home, TokenScope::Write)));
+    let p = c.post("/api/models/clf/predict", &json!({"rows": [{"x": 3.0, "z": 1.0}, {"x": -3.0, "z": 2.0}]}));
+    assert_eq!(p.status, 200, "{}", p.body);
+    let preds = p.json();
+    assert_eq!(preds.as_array().unwrap().len(), 2);
+    let id = preds[0]["prediction_id"].as_str().unwrap();
+    let l = c.post(&format!("/api/predictions/{id}/label"), &json!({"label": "yes"}));
+    assert_eq!(l.status, 200, "{}", l.body);
+    let bad_label = c.post(&format!("/api/predictions/{id}/label"), &json!({"label": "maybe"}));
+    assert_eq!((bad_label.status, bad_label.code().as_str()), (422, "invalid_data"), "{}", bad_label.body);
+    assert_eq!(c.post("/api/predictions/pred_0000/label", &json!({"label": "yes"})).status, 404);
+    assert_eq!(c.get("/api/models/clf/predictions?limit=10").json().as_array().unwrap().len(), 2);
+    assert_eq!(c.get("/api/models/clf/predictions?labelled=true").json().as_array().unwrap().len(), 1);
+    let acc = c.get("/api/models/clf/accuracy");
+    assert_eq!(acc.status, 200, "{}", acc.body);
+    assert_eq!(acc.json()["labelled"], 1);
+    assert_eq!(c.get("/api/models/clf/evaluations").json(), json!([]));
+    assert_eq!(c.get("/api/models/clf/drift-checks").json(), json!([]));
+    let t = c.get("/api/models/clf/timeline?window=5");
+    assert_eq!(t.status, 200, "{}", t.body);
+    assert_eq!(c.get("/api/models/clf/timeline?window=0").status, 400);
+    let missing = c.post("/api/models/clf/predict", &json!({"rows": [1, 2]}));
+    assert_eq!((missing.status, missing.code().as_str()), (400, "invalid_config"));
+    assert!(missing.body.contains("rows[0]"), "{}", missing.body);
+}

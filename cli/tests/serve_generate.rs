@@ -183,3 +183,26 @@ fn generations_beyond_the_limit_get_429_with_retry_after() {
     }
     assert!(c.get("/metrics").body.contains("anneal_generation_rejected_total"));
 }
+
+#[test]
+fn images_generate_returns_pngs() {
+    use base64::Engine;
+    let (_d, home) = home();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-sd");
+    home.models()
+        .register_dir(&fixture, &anneal::RegisterOptions { name: Some("sd".into()), ..Default::default() })
+        .unwrap();
+    let server = start(&home, |c| c.no_auth = true);
+    let c = Client::new(&server, None);
+    let a = c.post("/api/images/generate", &json!({"model": "sd", "prompts": ["a red square"], "steps": 2, "seed": 5}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["seed"], 5);
+    let png = base64::engine::general_purpose::STANDARD.decode(v["images"][0]["png_base64"].as_str().unwrap()).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(v["id"].is_string());
+    let text_model = c.post("/api/images/generate", &json!({"model": "tiny", "prompts": ["x"]}));
+    assert_eq!(text_model.status, 400, "{}", text_model.body);
+    let bad = c.post("/api/images/generate", &json!({"model": "sd", "prompts": ["x"], "stepz": 2}));
+    assert!(bad.status == 400 && bad.body.contains("stepz"), "{}", bad.body);
+}

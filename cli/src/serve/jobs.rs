@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anneal::{ErrorInfo, Event, FinishStatus, JobFilter, JobLog, JobRecord, JobStatus, MetricKind, MetricPoint};
 use axum::extract::{Path, RawQuery, State};
@@ -28,8 +28,10 @@ use super::error::{ApiError, ApiResult};
 use super::http::{check_param, parse_query, query_options, JsonBody};
 use super::state::{blocking, Shared};
 
-/// How often a stream reads the catalog.
+/// How often a stream reads the job's row.
 const POLL: Duration = Duration::from_millis(250);
+/// How often a stream reads the job's metrics and logs even when its row did not change.
+const FULL_READ: Duration = Duration::from_secs(2);
 
 pub(crate) fn routes() -> Router<Shared> {
     Router::new()
@@ -215,19 +217,37 @@ async fn events(
 async fn tail(state: Shared, id: String, mut cursor: Cursor, tx: mpsc::Sender<sse::Event>) {
     let mut stop = state.shutdown.clone();
     let root = state.home.root().to_path_buf();
+    // The job row as last read: its metrics and logs are read again when it changed (a
+    // runner updates it with its rows), and at least every `FULL_READ` regardless.
+    let mut last: Option<(String, JobStatus, Instant)> = None;
     loop {
         let engine = state.home.training();
         let jid = id.clone();
+        let seen = last.clone();
         let read = blocking(move || {
-            Ok((engine.job(jid.as_str())?, engine.metrics(jid.as_str())?, engine.logs(jid.as_str())?))
+            let rec = engine.job(jid.as_str())?;
+            if seen
+                .is_some_and(|(at, status, t)| at == rec.updated_at && status == rec.status && t.elapsed() < FULL_READ)
+            {
+                return Ok(None);
+            }
+            Ok(Some((rec, engine.metrics(jid.as_str())?, engine.logs(jid.as_str())?)))
         });
         let (rec, points, lines) = match read.await {
-            Ok(r) => r,
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(POLL) => continue,
+                    _ = super::state::stopped(&mut stop) => return,
+                    _ = tx.closed() => return,
+                }
+            }
             Err(e) => {
                 let _ = tx.send(sse::Event::default().event("error").data(e.body().to_string())).await;
                 return;
             }
         };
+        last = Some((rec.updated_at.clone(), rec.status, Instant::now()));
         let (events, finished) = diff(&mut cursor, &rec, &points, &lines, &root);
         for (ev, id) in events {
             let data = serde_json::to_string(&ev).unwrap_or_default();
