@@ -40,10 +40,10 @@
 //   L0  error, util, types, plot      plain data: no candle, no SQL; PNG charts
 //   L1  catalog, events, models,      SQL rows <-> types; sinks and cancel; tensors,
 //       tokenizer, store, diffusion,  LoRA and kernels; tokenizers; the shared Store;
-//       tabular, notify, gguf         UNet, VAE, CLIP text encoder, schedulers;
+//       tabular, notify, gguf,        UNet, VAE, CLIP text encoder, schedulers;
 //                                     tabular profiles, drift statistics, detectors;
 //                                     webhooks: outbox, signing, delivery; GGUF files
-//                                     and GGML quantizers
+//       tokens                        and GGML quantizers; bearer tokens (hashed)
 //   L2  data, registry, training,     the APIs, each on an Arc<Store>
 //       generation, images,           (continual: predictors, labels, evaluations,
 //       continual                     drift checks)
@@ -64,6 +64,7 @@ pub mod notify;
 mod store;
 pub mod tabular;
 pub mod tokenizer;
+mod tokens;
 // L2
 mod continual;
 mod data;
@@ -95,6 +96,7 @@ pub use models::{
 pub use notify::{verify_signature, Deliverer, WebhookSink, Webhooks};
 pub use registry::{ModelRegistry, SUPPORTED_MODEL_TYPES};
 pub use tokenizer::{SpecialToken, Tokenizer};
+pub use tokens::Tokens;
 pub use training::{AdamW, JobHandle, TrainingEngine};
 pub use types::{
     options_from_json, options_from_json_spelled, to_json_spelled, ChatMessage, DatasetFormat, DatasetId,
@@ -129,4 +131,5 @@ pub use types::{
 };
 pub use types::{Delivery, DeliveryFilter, DeliveryReport, DeliveryStatus, Webhook, WebhookFormat, WebhookOptions};
 pub use types::{ImageImportOptions, ImageLayout, ImageStats, SizeStats};
+pub use types::{NewToken, TokenOptions, TokenRecord, TokenScope};
 pub use util::AllocatorTuning;

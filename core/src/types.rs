@@ -25,6 +25,7 @@ mod notify;
 mod stats;
 mod synthetic;
 mod timeline;
+mod token;
 mod training;
 
 pub(crate) use alias::{catalog_time, check_reason};
@@ -78,6 +79,7 @@ pub use timeline::{
     AccuracyPoint, DriftPoint, EvaluationPoint, PlotOptions, Timeline, TimelineEvent, TimelineEventKind,
     TimelineOptions, VersionAccuracy, MAX_TIMELINE_POINTS, MAX_TIMELINE_WINDOW,
 };
+pub use token::{NewToken, TokenOptions, TokenRecord, TokenScope};
 pub use training::{
     ImageCrop, ImageTrainOptions, JobFilter, JobLog, JobRecord, JobStatus, Method, MetricKind, MetricPoint, Schedule,
     TrainReport, TrainSpec, HEARTBEAT_STALE_SECS,

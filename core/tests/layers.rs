@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("tabular", 1),
     ("notify", 1),
     ("gguf", 1),
+    ("tokens", 1),
     ("data", 2),
     ("registry", 2),
     ("training", 2),
