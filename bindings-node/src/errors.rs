@@ -45,6 +45,7 @@ fn build(env: &Env, err: anneal::Error) -> napi::Result<napi::Error> {
             obj.set_named_property("supported", *supported)?;
         }
         anneal::Error::FileNotFound { path } => obj.set_named_property("path", path.display().to_string())?,
+        anneal::Error::JobCancelled { job_id, .. } => obj.set_named_property("jobId", job_id.as_str())?,
         _ => {}
     }
     Ok(napi::Error::from(obj.to_unknown()))
@@ -55,6 +56,10 @@ fn build(env: &Env, err: anneal::Error) -> napi::Result<napi::Error> {
 /// name the Rust field (`batch_size` -> `batchSize`).
 fn js_field(err: anneal::Error) -> anneal::Error {
     match err {
+        // An unknown key is named as it was given (`seq_len`, not `seqLen`).
+        anneal::Error::InvalidConfig { field, reason } if reason.starts_with("unknown option") => {
+            anneal::Error::InvalidConfig { field, reason }
+        }
         anneal::Error::InvalidConfig { field, reason } => {
             anneal::Error::InvalidConfig { field: anneal::Spelling::Camel.spell(&field), reason }
         }

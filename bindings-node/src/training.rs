@@ -36,7 +36,8 @@ impl TrainingEngine {
         let engine = self.inner.clone();
         LongTask::spawn(options, true, move |json, sink, cancel| {
             conv::fields(json, &[])?;
-            js!(if resume { engine.resume(&id, sink, cancel) } else { engine.run(&id, sink, cancel) }?)
+            let report = if resume { engine.resume(&id, sink, cancel) } else { engine.run(&id, sink, cancel) };
+            js!(report.map_err(|e| engine.explain(&id, e))?)
         })
     }
 }
@@ -51,7 +52,9 @@ impl TrainingEngine {
     }
 
     /// `createJob` + `run`. Resolves with the report; rejects with a coded error (a bad
-    /// spec: `invalid_config`; a cancelled run: `cancelled`, the job stays resumable).
+    /// spec: `invalid_config`; a cancelled run: `cancelled`, with `jobId` and a message
+    /// saying how to resume it). With `ifExists: 'reuse'`, a job of the same spec is
+    /// reused: its report when it completed, resumed when it stopped, run when pending.
     #[napi(catch_unwind, ts_return_type = "Promise<TrainReport>")]
     pub fn train(
         &self,
@@ -63,7 +66,7 @@ impl TrainingEngine {
         LongTask::spawn(options, true, move |json, sink, cancel| {
             conv::fields(json, &[])?;
             let job = engine.create_job(&spec)?;
-            js!(engine.run(&job.id, sink, cancel)?)
+            js!(engine.complete(&job.id, sink, cancel).map_err(|e| engine.explain(&job.id, e))?)
         })
     }
 

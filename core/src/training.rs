@@ -311,6 +311,15 @@ impl TrainingEngine {
         })
     }
 
+    /// A run's error as the bindings report it: a cancel becomes
+    /// [`Error::JobCancelled`] naming the job and how to resume it; others are unchanged.
+    pub fn explain(&self, id: &JobId, err: Error) -> Error {
+        match err {
+            Error::Cancelled => Error::JobCancelled { job_id: id.0.clone(), hint: self.resume_hint(id) },
+            other => other,
+        }
+    }
+
     /// How to continue a job that stopped before its end, for messages (the same call
     /// in the three languages): `job job_x stopped at step 12 of 40 with a checkpoint;
     /// continue it with home.training().resume('job_x')`.

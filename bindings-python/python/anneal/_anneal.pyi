@@ -4,7 +4,9 @@ import builtins
 import datetime
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Literal, TypedDict, final
+from typing import Any, Literal, NoReturn, TypedDict, final
+
+from typing_extensions import Unpack
 
 __version__: str
 
@@ -16,6 +18,7 @@ TxtMode = Literal["lines", "document"]
 OnDuplicate = Literal["error", "reuse"]
 ModelKind = Literal["base", "full", "lora", "classifier"]
 Storage = Literal["copy", "reference"]
+IfExists = Literal["new_version", "reuse", "error"]
 
 # ---------------------------------------------------------------- events
 
@@ -226,6 +229,9 @@ class AnnealIOError(AnnealError, OSError): ...
 @final
 class Home:
     """An opened home directory: the catalog and every stored file."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> NoReturn:
+        """Raises TypeError: a home is opened with `Home.open(path)`."""
 
     @staticmethod
     def open(path: StrPath, *, memory_limit: int | None = None) -> Home: ...
@@ -533,6 +539,7 @@ class ModelRegistry:
         parent: str | None = None,
         task: str | None = None,
         tags: builtins.list[str] | None = None,
+        if_exists: IfExists | None = None,
         on_event: OnEvent | None = None,
         cancel: CancelToken | None = None,
     ) -> ModelRecord: ...
@@ -544,6 +551,7 @@ class ModelRegistry:
         seed: int | None = None,
         task: str | None = None,
         tags: builtins.list[str] | None = None,
+        if_exists: IfExists | None = None,
     ) -> ModelRecord: ...
     @staticmethod
     def presets() -> builtins.list[Preset]: ...
@@ -683,7 +691,7 @@ class TrainSpec(TypedDict, total=False):
     dataset: str
     eval_dataset: str | None
     eval_fraction: float | None
-    method: Literal["full", "lora"] | LoraMethod | ClassifierMethod
+    method: Literal["full", "lora", "classifier"] | LoraMethod | ClassifierMethod
     epochs: int
     max_steps: int | None
     batch_size: int
@@ -705,6 +713,7 @@ class TrainSpec(TypedDict, total=False):
     output_name: str | None
     image: ImageTrainOptions | None
     init_adapter: str | None
+    if_exists: IfExists
 
 @final
 class JobRecord:
@@ -832,7 +841,7 @@ class JobHandle:
 class TrainingEngine:
     """Creates, runs, watches and resumes training jobs."""
 
-    def create_job(self, spec: TrainSpec | None = None, /, **fields: Any) -> JobRecord: ...
+    def create_job(self, spec: TrainSpec | None = None, /, **fields: Unpack[TrainSpec]) -> JobRecord: ...
     def run(
         self,
         job_id: str,
@@ -849,7 +858,7 @@ class TrainingEngine:
         on_event: OnEvent | None = None,
         cancel: CancelToken | None = None,
         progress: bool = False,
-        **fields: Any,
+        **fields: Unpack[TrainSpec],
     ) -> TrainReport: ...
     def resume(
         self,

@@ -195,10 +195,17 @@ impl Walk<'_> {
                     props.into_iter().flat_map(|p| p.keys()).map(|k| self.spelling.spell(k)).collect();
                 let at =
                     if path.is_empty() { key.clone() } else { format!("{}.{key}", spell_path(path, self.spelling)) };
-                return Err(Error::config(
-                    at,
-                    format!("unknown option `{key}` (expected one of: {})", allowed.join(", ")),
-                ));
+                // The other language's spelling of a real field: say which key it is here.
+                let other = match self.spelling {
+                    Spelling::Camel => Spelling::Camel.spell(&key),
+                    Spelling::Snake => snake(&key),
+                };
+                let hint = if other != key && allowed.contains(&other) {
+                    format!(" (did you mean `{other}`?)")
+                } else {
+                    format!(" (expected one of: {})", allowed.join(", "))
+                };
+                return Err(Error::config(at, format!("unknown option `{key}`{hint}")));
             } else {
                 // Foreign JSON (`Value` fields) or an open object: kept as it is.
                 out.insert(key, v);
@@ -385,7 +392,9 @@ mod tests {
         // The Rust spelling is not a JavaScript key, at any depth.
         let e =
             options_from_json_spelled::<ImportOptions>(json!({"on_duplicate": "reuse"}), Spelling::Camel).unwrap_err();
-        assert!(e.to_string().contains("`on_duplicate`") && e.to_string().contains("onDuplicate"), "{e}");
+        assert!(e.to_string().contains("unknown option `on_duplicate` (did you mean `onDuplicate`?)"), "{e}");
+        let e = options_from_json_spelled::<TrainSpec>(json!({"seqLen": 8}), Spelling::Snake).unwrap_err();
+        assert!(e.to_string().contains("unknown option `seqLen` (did you mean `seq_len`?)"), "{e}");
         let e = options_from_json_spelled::<TrainSpec>(
             json!({"base": "b", "dataset": "d", "method": {"lora": {"target_modules": []}}}),
             Spelling::Camel,
