@@ -4,7 +4,7 @@ import builtins
 import datetime
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Literal, NoReturn, TypedDict, final
+from typing import Any, Literal, TypedDict, final
 
 from typing_extensions import Unpack
 
@@ -229,9 +229,6 @@ class AnnealIOError(AnnealError, OSError): ...
 @final
 class Home:
     """An opened home directory: the catalog and every stored file."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> NoReturn:
-        """Raises TypeError: a home is opened with `Home.open(path)`."""
 
     @staticmethod
     def open(path: StrPath, *, memory_limit: int | None = None) -> Home: ...
