@@ -347,11 +347,10 @@ export interface TrainSpec {
   evalDataset?: string | null
   evalFraction?: number | null
   /**
-   * `'full'`, `'lora'` (default LoRA settings), `{ lora: { r, alpha, ... } }` or
+   * `'full'`, `'lora'` (default LoRA settings: r 8, alpha 16, the family's attention
+   * projections), `'classifier'`, `{ lora: { r, alpha, ... } }` or
    * `{ classifier: { model, c, ... } }` (a tabular classifier on a `tabular` dataset).
    */
-  /** A name means the method with its defaults (`'lora'`: r 8, alpha 16, the model's
-   *  attention projections). Default: LoRA. */
   method?: 'full' | 'lora' | 'classifier' | { lora: LoraConfig } | { classifier: ClassifierConfig }
   epochs?: number
   maxSteps?: number | null
