@@ -52,7 +52,7 @@ test('createPreset and registerDir take ifExists', async () => {
   await assert.rejects(models.createPreset('nano', { name: 'm', if_exists: 'reuse' }), (e) => {
     assert.equal(e.code, 'invalid_config')
     assert.match(e.message, /unknown option `if_exists` \(did you mean `ifExists`\?\)/)
-    assert.equal(e.field, 'if_exists')
+    assert.equal(e.field, 'ifExists') // the option it means, as everywhere
     return true
   })
   const reg = await models.registerDir(v1.path, { name: 'hf', storage: 'reference', ifExists: 'reuse' })

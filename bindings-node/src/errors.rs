@@ -56,10 +56,6 @@ fn build(env: &Env, err: anneal::Error) -> napi::Result<napi::Error> {
 /// name the Rust field (`batch_size` -> `batchSize`).
 fn js_field(err: anneal::Error) -> anneal::Error {
     match err {
-        // An unknown key is named as it was given (`seq_len`, not `seqLen`).
-        anneal::Error::InvalidConfig { field, reason } if reason.starts_with("unknown option") => {
-            anneal::Error::InvalidConfig { field, reason }
-        }
         anneal::Error::InvalidConfig { field, reason } => {
             anneal::Error::InvalidConfig { field: anneal::Spelling::Camel.spell(&field), reason }
         }
