@@ -156,6 +156,12 @@ export interface DeleteOptions {
   force?: boolean
 }
 
+/** When the name already holds the same thing (the same files; the same preset and
+ *  seed; a job with the same spec on the same base and data): `'new_version'` (the
+ *  default) adds a version, `'reuse'` returns the existing one (so re-running a script
+ *  changes nothing), `'error'` refuses a taken name (`already_exists`). */
+export type IfExists = 'new_version' | 'reuse' | 'error'
+
 export interface RegisterOptions {
   /** The model's name; a new version is added if it exists. Default: the directory name. */
   name?: string
@@ -165,6 +171,8 @@ export interface RegisterOptions {
   parent?: string
   task?: string
   tags?: string[]
+  /** `'reuse'`: the version with the same files is returned, nothing is copied. */
+  ifExists?: IfExists
 }
 
 /** Where `models().export` writes a model. */
@@ -216,6 +224,8 @@ export interface PresetOptions {
   seed?: number
   task?: string
   tags?: string[]
+  /** `'reuse'`: the version of `name` made from the same preset and seed is returned. */
+  ifExists?: IfExists
 }
 
 export interface ModelFilter {
@@ -365,10 +375,11 @@ export interface TrainSpec {
   evalDataset?: string | null
   evalFraction?: number | null
   /**
-   * `'full'`, `'lora'` (default LoRA settings), `{ lora: { r, alpha, ... } }` or
+   * `'full'`, `'lora'` (default LoRA settings: r 8, alpha 16, the family's attention
+   * projections), `'classifier'`, `{ lora: { r, alpha, ... } }` or
    * `{ classifier: { model, c, ... } }` (a tabular classifier on a `tabular` dataset).
    */
-  method?: 'full' | 'lora' | { lora: LoraConfig } | { classifier: ClassifierConfig }
+  method?: 'full' | 'lora' | 'classifier' | { lora: LoraConfig } | { classifier: ClassifierConfig }
   epochs?: number
   maxSteps?: number | null
   batchSize?: number
@@ -393,6 +404,9 @@ export interface TrainSpec {
   image?: ImageTrainOptions | null
   /** LoRA on a language model: start from this adapter of `base` (continue training it). */
   initAdapter?: string | null
+  /** `'reuse'`: a job with this same spec on the same base and data is returned (and
+   *  `train` gives its report, or resumes it) instead of training again. */
+  ifExists?: IfExists
 }
 
 export type ClassifierModel = 'logistic' | 'mlp'
@@ -1629,6 +1643,8 @@ export declare class Generator {
  * `ModelRegistry` and the `TrainingEngine`. Several processes may open the same home at once.
  */
 export declare class Home {
+  /** Not a constructor: a home is opened (created when missing) with `Home.open(dir)`. */
+  constructor(_useHomeOpen: never)
   /**
    * Opens the home at `dir`, creating it and migrating its catalog if needed.
    * A home written by a newer anneal is refused (code `incompatible_home`) and left
@@ -1919,7 +1935,9 @@ export declare class TrainingEngine {
   createJob(spec: TrainSpec): JobRecord
   /**
    * `createJob` + `run`. Resolves with the report; rejects with a coded error (a bad
-   * spec: `invalid_config`; a cancelled run: `cancelled`, the job stays resumable).
+   * spec: `invalid_config`; a cancelled run: `cancelled`, with `jobId` and a message
+   * saying how to resume it). With `ifExists: 'reuse'`, a job of the same spec is
+   * reused: its report when it completed, resumed when it stopped, run when pending.
    */
   train(spec: TrainSpec, options?: TrainCallOptions): Promise<TrainReport>
   /** Runs a pending job to the end. */

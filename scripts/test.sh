@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test suite: format + lints, Rust unit/integration tests, the quickstart and
 # continual examples, the Python binding (pytest, in ./.venv) and the Node binding
-# (node --test).
+# (node --test), the dashboard in headless Chromium, and the binary distributions.
 # Installs what it needs itself (maturin, pytest into .venv; npm packages into
-# bindings-node/node_modules). Works on a fresh machine; no network beyond the
-# package registries.
+# bindings-node/node_modules and cli/tests/browser/node_modules; chromium with
+# apt-get). Works on a fresh machine; no network beyond the package registries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +41,9 @@ step "Python quickstart twin"
 .venv/bin/python examples/python/quickstart.py "$(mktemp -d)/home" --smoke
 step "Python continual twin"
 .venv/bin/python examples/python/continual.py "$(mktemp -d)/home" --smoke
+
+step "dashboard in headless Chromium (anneal serve, a job started from Python)"
+scripts/test-browser.sh
 
 step "Node binding"
 scripts/test-node.sh

@@ -90,7 +90,9 @@ impl TrainingEngine {
             let (progress, curves) = train_options(json)?;
             let curves = if curves.is_empty() { Fanout::new() } else { curves.sinks(&engine.job(&id)?.spec)? };
             let mut sink = with_curves(sink, progress, curves);
-            js!(if resume { engine.resume(&id, &mut sink, cancel) } else { engine.run(&id, &mut sink, cancel) }?)
+            let report =
+                if resume { engine.resume(&id, &mut sink, cancel) } else { engine.run(&id, &mut sink, cancel) };
+            js!(report.map_err(|e| engine.explain(&id, e))?)
         })
     }
 }
@@ -105,7 +107,9 @@ impl TrainingEngine {
     }
 
     /// `createJob` + `run`. Resolves with the report; rejects with a coded error (a bad
-    /// spec: `invalid_config`; a cancelled run: `cancelled`, the job stays resumable).
+    /// spec: `invalid_config`; a cancelled run: `cancelled`, with `jobId` and a message
+    /// saying how to resume it). With `ifExists: 'reuse'`, a job of the same spec is
+    /// reused: its report when it completed, resumed when it stopped, run when pending.
     #[napi(catch_unwind, ts_return_type = "Promise<TrainReport>")]
     pub fn train(
         &self,
@@ -120,7 +124,7 @@ impl TrainingEngine {
             let curves = curves.sinks(&spec)?;
             let job = engine.create_job(&spec)?;
             let mut sink = with_curves(sink, progress, curves);
-            js!(engine.run(&job.id, &mut sink, cancel)?)
+            js!(engine.complete(&job.id, &mut sink, cancel).map_err(|e| engine.explain(&job.id, e))?)
         })
     }
 

@@ -88,9 +88,11 @@ pub struct PyModelRegistry {
 #[pymethods]
 impl PyModelRegistry {
     /// Registers a local Hugging Face model directory or a PEFT LoRA adapter directory.
+    /// `if_exists`: `"new_version"` (default), `"reuse"` (the same files under the name
+    /// are returned) or `"error"`.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (path, *, name=None, storage=None, parent=None, task=None, tags=None, on_event=None,
-                        cancel=None))]
+    #[pyo3(signature = (path, *, name=None, storage=None, parent=None, task=None, tags=None, if_exists=None,
+                        on_event=None, cancel=None))]
     fn register_dir(
         &self,
         py: Python<'_>,
@@ -100,6 +102,7 @@ impl PyModelRegistry {
         parent: Option<Bound<'_, PyAny>>,
         task: Option<Bound<'_, PyAny>>,
         tags: Option<Bound<'_, PyAny>>,
+        if_exists: Option<Bound<'_, PyAny>>,
         on_event: Option<Bound<'_, PyAny>>,
         cancel: Option<Bound<'_, PyCancelToken>>,
     ) -> PyResult<PyModelRecord> {
@@ -109,6 +112,7 @@ impl PyModelRegistry {
             .set("parent", parent.as_ref())?
             .set("task", task.as_ref())?
             .set("tags", tags.as_ref())?
+            .set("if_exists", if_exists.as_ref())?
             .into_value();
         let opts: RegisterOptions = anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))?;
         let (reg, cancel) = (self.inner.clone(), events::token(cancel.as_ref()));
@@ -147,7 +151,10 @@ impl PyModelRegistry {
     }
 
     /// Creates a base model from a built-in preset (random weights from `seed`).
-    #[pyo3(signature = (preset, *, name=None, seed=None, task=None, tags=None))]
+    /// `if_exists`: `"new_version"` (default), `"reuse"` (the version of `name` from the
+    /// same preset and seed is returned) or `"error"`.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (preset, *, name=None, seed=None, task=None, tags=None, if_exists=None))]
     fn create_preset(
         &self,
         py: Python<'_>,
@@ -156,12 +163,14 @@ impl PyModelRegistry {
         seed: Option<Bound<'_, PyAny>>,
         task: Option<Bound<'_, PyAny>>,
         tags: Option<Bound<'_, PyAny>>,
+        if_exists: Option<Bound<'_, PyAny>>,
     ) -> PyResult<PyModelRecord> {
         let value = Options::default()
             .set("name", name.as_ref())?
             .set("seed", seed.as_ref())?
             .set("task", task.as_ref())?
             .set("tags", tags.as_ref())?
+            .set("if_exists", if_exists.as_ref())?
             .into_value();
         let opts: PresetOptions = anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))?;
         py.enter_core(|| self.inner.create_preset(&preset, &opts)).map(Into::into)

@@ -3,11 +3,13 @@
 //! Specs are dicts (or keyword arguments) handed to `TrainSpec::from_json`, so defaults
 //! and validation stay in the core. `run` / `train` / `resume` / `JobHandle.wait` release
 //! the GIL. Ctrl-C during a run asks the job to stop through the catalog flag: it writes
-//! a checkpoint, ends `cancelled` (resumable) and `KeyboardInterrupt` is raised.
+//! a checkpoint, ends `cancelled` (resumable) and `KeyboardInterrupt` is raised, its
+//! message naming the job and the call that continues it (as `CancelledError`'s does
+//! after a cancel through a token).
 
 use std::time::Duration;
 
-use pyo3::exceptions::{PyStopIteration, PyTypeError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyStopIteration, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use serde_json::{Map, Value};
@@ -223,14 +225,29 @@ pub struct PyTrainingEngine {
     pub root: String,
 }
 
+/// What `execute` does with a job.
+#[derive(Clone, Copy)]
+enum Mode {
+    Run,
+    Resume,
+    /// `TrainingEngine::complete`: run, resume or report, by the job's state.
+    Complete,
+}
+
+/// Ctrl-C during a run or a wait: `KeyboardInterrupt` naming the job and how to continue it.
+pub(crate) fn interrupted(py: Python<'_>, engine: &anneal::TrainingEngine, id: &JobId) -> PyErr {
+    let hint = py.detach(|| engine.resume_hint(id));
+    PyKeyboardInterrupt::new_err(format!("Ctrl-C: {hint}"))
+}
+
 impl PyTrainingEngine {
-    /// `run` / `resume` by id: the curve sinks need the job's spec.
+    /// `run` / `resume` / `train` by id: the curve sinks need the job's spec.
     #[allow(clippy::too_many_arguments)]
     fn execute_id(
         &self,
         py: Python<'_>,
         id: JobId,
-        resume: bool,
+        mode: Mode,
         on_event: Option<Bound<'_, PyAny>>,
         cancel: Option<Bound<'_, PyCancelToken>>,
         progress: bool,
@@ -244,15 +261,15 @@ impl PyTrainingEngine {
             let job = py.enter_core(|| self.inner.job(&id))?;
             opts.sinks(&job.spec).map_err(|e| to_pyerr(py, e))?
         };
-        self.execute(py, id, resume, cb, events::token(cancel.as_ref()), sinks)
+        self.execute(py, id, mode, cb, events::token(cancel.as_ref()), sinks)
     }
 
-    /// Runs or resumes a job on this thread with the GIL released.
+    /// Runs, resumes or completes a job on this thread with the GIL released.
     fn execute(
         &self,
         py: Python<'_>,
         id: JobId,
-        resume: bool,
+        mode: Mode,
         on_event: Option<Py<PyAny>>,
         cancel: anneal::CancelToken,
         curves: Fanout<'static>,
@@ -262,19 +279,22 @@ impl PyTrainingEngine {
             let (engine, id) = (engine.clone(), id.clone());
             Box::new(move || engine.cancel(&id).is_ok()) as events::OnInterrupt
         };
+        let job = id.clone();
         let (result, raised) = events::run_interruptible(py, on_event, Some(stop), move |sink| {
             // The curve sinks get every step; the callback its throttled share.
             let mut sink = curves.with(move |e: &anneal::Event| sink.on_event(e));
-            if resume {
-                engine.resume(&id, &mut sink, &cancel)
-            } else {
-                engine.run(&id, &mut sink, &cancel)
+            match mode {
+                Mode::Run => engine.run(&job, &mut sink, &cancel),
+                Mode::Resume => engine.resume(&job, &mut sink, &cancel),
+                Mode::Complete => engine.complete(&job, &mut sink, &cancel),
             }
         });
-        match raised {
+        let engine = &self.inner;
+        match (raised, result) {
             // Ctrl-C is re-raised even when it came too late to stop the job.
-            Some(err) if err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) => Err(err),
-            raised => events::finish(py, result, [raised]).map(Into::into),
+            (Some(err), _) if err.is_instance_of::<PyKeyboardInterrupt>(py) => Err(interrupted(py, engine, &id)),
+            (None, Err(e @ anneal::Error::Cancelled)) => Err(to_pyerr(py, py.detach(|| engine.explain(&id, e)))),
+            (raised, result) => events::finish(py, result, [raised]).map(Into::into),
         }
     }
 }
@@ -311,10 +331,12 @@ impl PyTrainingEngine {
         mlflow_experiment: Option<Bound<'_, PyAny>>,
     ) -> PyResult<PyTrainReport> {
         let curves = Curves { tensorboard, mlflow, mlflow_experiment };
-        self.execute_id(py, JobId(job_id), false, on_event, cancel, progress, curves)
+        self.execute_id(py, JobId(job_id), Mode::Run, on_event, cancel, progress, curves)
     }
 
-    /// `create_job` + `run`: trains from a spec dict and/or keyword fields.
+    /// `create_job` + `run`: trains from a spec dict and/or keyword fields. With
+    /// `if_exists="reuse"`, a job of the same spec is reused: its report is returned
+    /// when it completed, it is resumed when it stopped, run when pending.
     #[pyo3(signature = (spec=None, /, *, on_event=None, cancel=None, progress=false, tensorboard=None, mlflow=None, mlflow_experiment=None, **fields))]
     #[allow(clippy::too_many_arguments)]
     fn train(
@@ -334,7 +356,7 @@ impl PyTrainingEngine {
         // Bad curve options fail before a job is created.
         let curves = Curves { tensorboard, mlflow, mlflow_experiment }.sinks(py, &spec)?;
         let job = py.enter_core(|| self.inner.create_job(&spec))?;
-        self.execute(py, job.id, false, cb, events::token(cancel.as_ref()), curves)
+        self.execute(py, job.id, Mode::Complete, cb, events::token(cancel.as_ref()), curves)
     }
 
     /// Continues a cancelled, failed or interrupted job from its last checkpoint.
@@ -352,7 +374,7 @@ impl PyTrainingEngine {
         mlflow_experiment: Option<Bound<'_, PyAny>>,
     ) -> PyResult<PyTrainReport> {
         let curves = Curves { tensorboard, mlflow, mlflow_experiment };
-        self.execute_id(py, JobId(job_id), true, on_event, cancel, progress, curves)
+        self.execute_id(py, JobId(job_id), Mode::Resume, on_event, cancel, progress, curves)
     }
 
     /// The job's loss curves as PNG bytes (`anneal.PngBytes`: Jupyter shows them as an
@@ -377,7 +399,7 @@ impl PyTrainingEngine {
     fn spawn(&self, py: Python<'_>, job_id: String) -> PyResult<PyJobHandle> {
         let id = JobId(job_id);
         let handle = py.enter_core(|| self.inner.spawn(&id))?;
-        Ok(PyJobHandle { handle })
+        Ok(PyJobHandle { handle, engine: self.inner.clone() })
     }
 
     /// A job by id (`interrupted` when its runner died).
@@ -431,6 +453,7 @@ impl PyTrainingEngine {
 #[pyclass(name = "JobHandle", module = "anneal", frozen)]
 pub struct PyJobHandle {
     handle: anneal::JobHandle,
+    engine: anneal::TrainingEngine,
 }
 
 #[pymethods]
@@ -469,11 +492,33 @@ impl PyJobHandle {
 
     /// Blocks (GIL released) until the job ends; returns its report or raises its
     /// error (`CancelledError` after `cancel()`). May be called again, from any thread.
+    /// Ctrl-C stops the job (it checkpoints and ends `cancelled`, resumable) and raises
+    /// `KeyboardInterrupt` naming the job and how to resume it.
     fn wait(&self, py: Python<'_>) -> PyResult<PyTrainReport> {
+        let id = self.handle.job_id().clone();
         loop {
             match py.enter_core(|| self.handle.wait_timeout(POLL))? {
-                Some(outcome) => return outcome.map(Into::into).map_err(|e| to_pyerr(py, e)),
-                None => py.check_signals()?,
+                Some(Ok(report)) => return Ok(report.into()),
+                Some(Err(e)) => return Err(to_pyerr(py, py.detach(|| self.engine.explain(&id, e)))),
+                None => {
+                    if let Err(err) = py.check_signals() {
+                        if !err.is_instance_of::<PyKeyboardInterrupt>(py) {
+                            return Err(err);
+                        }
+                        // Stop the job cleanly, then say how to continue it. A second
+                        // Ctrl-C while it checkpoints stops waiting at once.
+                        py.detach(|| self.handle.cancel());
+                        loop {
+                            if py.enter_core(|| self.handle.wait_timeout(POLL))?.is_some() {
+                                break;
+                            }
+                            if py.check_signals().is_err() {
+                                break;
+                            }
+                        }
+                        return Err(interrupted(py, &self.engine, &id));
+                    }
+                }
             }
         }
     }

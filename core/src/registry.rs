@@ -26,8 +26,9 @@ use crate::models::presets::{self, Preset};
 use crate::store::Store;
 use crate::types::{
     catalog_time, check_reason, AliasAction, AliasChange, AliasMove, ExportFormat, ExportOptions, ExportReport, Family,
-    GenerationFilter, GenerationRecord, ImportBundleOptions, Lineage, ModelFile, ModelFilter, ModelId, ModelKind,
-    ModelRecord, ModelRef, ModelUsage, PresetOptions, PromoteOptions, RegisterOptions, RollbackOptions, Storage,
+    GenerationFilter, GenerationRecord, IfExists, ImportBundleOptions, Lineage, ModelFile, ModelFilter, ModelId,
+    ModelKind, ModelRecord, ModelRef, ModelUsage, PresetOptions, PromoteOptions, RegisterOptions, RollbackOptions,
+    Storage,
 };
 use crate::util::{self, StagingDir};
 use inspect::Inspected;
@@ -113,6 +114,33 @@ impl ModelRegistry {
             .or(inspected.family)
             .ok_or_else(|| Error::Internal("no family".into()))?;
         let parent = parent.map(|p| p.id);
+        let kind = inspected.kind;
+        // `if_exists`: a version with the same files, kind and parent (compared by the
+        // files' sha256, hashed before anything is copied when the name is taken).
+        let parent_of_same = parent.clone();
+        let same_files = |sha: &str| {
+            let parent = parent_of_same.clone();
+            let sha = sha.to_string();
+            move |m: &ModelRecord| m.sha256 == sha && m.kind == kind && m.parent_id == parent
+        };
+        match opts.if_exists {
+            IfExists::NewVersion => {}
+            IfExists::Error => {
+                self.store.catalog.read(|c| self.existing(c, &name, IfExists::Error, None, &|_| false))?;
+            }
+            IfExists::Reuse => {
+                let filter = ModelFilter { name: Some(name.clone()), ..Default::default() };
+                if !self.store.catalog.read(|c| sql::list(c, &self.store.root, &filter))?.is_empty() {
+                    let files = hash_files_cancellable(&src, &inspected.files, cancel)?;
+                    let same = same_files(&content_sha(&files));
+                    if let Some(found) =
+                        self.store.catalog.read(|c| self.existing(c, &name, IfExists::Reuse, None, &same))?
+                    {
+                        return Ok(found);
+                    }
+                }
+            }
+        }
         let total = inspect::total_bytes(&src, &inspected.files)?;
         let source = src.display().to_string();
         run_task(sink, "register_model", &name, Some(total), "bytes", |rep| {
@@ -149,7 +177,8 @@ impl ModelRegistry {
                             sha256: sha,
                         });
                     }
-                    self.insert_staged(id, &mut staging, files, &inspected, new, &|_, _| Ok(()))?
+                    let same = same_files(&content_sha(&files));
+                    self.insert_staged_unless(id, &mut staging, files, &inspected, new, opts.if_exists, &same)?
                 }
                 Storage::Reference => {
                     let mut files = Vec::new();
@@ -165,8 +194,14 @@ impl ModelRegistry {
                     let id = ModelId(util::new_id("mdl"));
                     let rec = self.record(id, files, &inspected, new, Storage::Reference, src.clone());
                     let stored = src.display().to_string();
-                    let version = self.store.catalog.write(|tx| sql::insert(tx, &rec, &stored))?;
-                    ModelRecord { version, ..rec }
+                    let same = same_files(&rec.sha256);
+                    self.store.catalog.write(|tx| {
+                        if let Some(found) = self.existing(tx, &name, opts.if_exists, None, &same)? {
+                            return Ok(found);
+                        }
+                        let version = sql::insert(tx, &rec, &stored)?;
+                        Ok(ModelRecord { version, ..rec.clone() })
+                    })?
                 }
             };
             let id = rec.id.0.clone();
@@ -278,20 +313,94 @@ impl ModelRegistry {
     /// weights from `seed`, and the byte-level tokenizer (see [`ModelRegistry::presets`]);
     /// or a from-scratch text-to-image pipeline (`tiny-shapes`: see
     /// [`crate::diffusion::presets`]).
+    ///
+    /// With [`IfExists::Reuse`], the version of `name` made from the same preset and
+    /// seed is returned and nothing is written; with [`IfExists::Error`], a taken name is
+    /// `already_exists`.
     pub fn create_preset(&self, preset: &str, opts: &PresetOptions) -> Result<ModelRecord> {
-        if let Some(p) = crate::diffusion::presets::find(preset) {
-            let name = opts.name.clone().unwrap_or_else(|| p.name.to_string());
-            util::validate_name("name", &name)?;
-            let mut staging = StagingDir::new(&self.dir())?;
-            crate::diffusion::presets::write_dir(p, opts.seed, staging.path())?;
-            return self.insert_preset(&mut staging, &name, p.name, opts);
-        }
-        let p = presets::find(preset)?;
-        let name = opts.name.clone().unwrap_or_else(|| p.name.to_string());
+        let diffusion = crate::diffusion::presets::find(preset);
+        let canonical = match diffusion {
+            Some(p) => p.name,
+            None => presets::find(preset)?.name,
+        };
+        let name = opts.name.clone().unwrap_or_else(|| canonical.to_string());
         util::validate_name("name", &name)?;
+        let seed = opts.seed;
+        let same = move |m: &ModelRecord| {
+            m.kind == ModelKind::Base && m.lineage.preset.as_deref() == Some(canonical) && m.lineage.seed == Some(seed)
+        };
+        if let Some(found) = self.store.catalog.read(|c| self.existing(c, &name, opts.if_exists, None, &same))? {
+            return Ok(found);
+        }
         let mut staging = StagingDir::new(&self.dir())?;
-        presets::write_dir(p, opts.seed, staging.path())?;
-        self.insert_preset(&mut staging, &name, p.name, opts)
+        match diffusion {
+            Some(p) => crate::diffusion::presets::write_dir(p, opts.seed, staging.path())?,
+            None => presets::write_dir(presets::find(preset)?, opts.seed, staging.path())?,
+        }
+        self.insert_preset(&mut staging, &name, canonical, opts, &same)
+    }
+
+    /// What `if_exists` makes of `name` (`except`: the row just inserted, left out):
+    /// `new_version` nothing; `reuse` the latest version that `same` accepts; `error`
+    /// `already_exists` when any version exists.
+    fn existing(
+        &self,
+        conn: &Conn,
+        name: &str,
+        if_exists: IfExists,
+        except: Option<&ModelId>,
+        same: &dyn Fn(&ModelRecord) -> bool,
+    ) -> Result<Option<ModelRecord>> {
+        if if_exists == IfExists::NewVersion {
+            return Ok(None);
+        }
+        let filter = ModelFilter { name: Some(name.to_string()), ..Default::default() };
+        let mut versions = sql::list(conn, &self.store.root, &filter)?;
+        versions.retain(|m| Some(&m.id) != except);
+        match if_exists {
+            IfExists::Error => match versions.last() {
+                Some(latest) => Err(Error::AlreadyExists {
+                    what: "model",
+                    id: name.to_string(),
+                    detail: format!(
+                        " (latest {}); if_exists \"new_version\" adds a version, \"reuse\" returns the same one",
+                        latest.reference()
+                    ),
+                }),
+                None => Ok(None),
+            },
+            _ => Ok(versions.into_iter().rev().find(|m| same(m))),
+        }
+    }
+
+    /// [`ModelRegistry::insert_staged`] under `if_exists`, decided again inside the
+    /// insert's transaction (so concurrent calls end as sequential ones would): a
+    /// version found there is returned and the staged copy removed.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_staged_unless(
+        &self,
+        id: ModelId,
+        staging: &mut StagingDir,
+        files: Vec<ModelFile>,
+        ins: &Inspected,
+        new: NewModel<'_>,
+        if_exists: IfExists,
+        same: &dyn Fn(&ModelRecord) -> bool,
+    ) -> Result<ModelRecord> {
+        let found = std::cell::RefCell::new(None);
+        let name = new.name.to_string();
+        let check = |tx: &Conn, rec: &ModelRecord| -> Result<()> {
+            if let Some(m) = self.existing(tx, &name, if_exists, Some(&rec.id), same)? {
+                *found.borrow_mut() = Some(m);
+                // Rolls the insert back; the found version is returned below.
+                return Err(Error::Internal("an equal version exists".into()));
+            }
+            Ok(())
+        };
+        match self.insert_staged(id, staging, files, ins, new, &check) {
+            Err(e) => found.into_inner().map_or(Err(e), Ok),
+            ok => ok,
+        }
     }
 
     /// Registers the preset `preset` that was written into `staging` (a language model or
@@ -302,6 +411,7 @@ impl ModelRegistry {
         name: &str,
         preset: &str,
         opts: &PresetOptions,
+        same: &dyn Fn(&ModelRecord) -> bool,
     ) -> Result<ModelRecord> {
         let inspected = inspect::inspect_dir(staging.path(), self.store.memory_limit)?;
         let files = hash_files(staging.path(), &inspected.files)?;
@@ -315,7 +425,7 @@ impl ModelRegistry {
             tags: opts.tags.clone(),
             lineage: Lineage { preset: Some(preset.to_string()), seed: Some(opts.seed), ..Default::default() },
         };
-        self.insert_staged(ModelId(util::new_id("mdl")), staging, files, &inspected, new, &|_, _| Ok(()))
+        self.insert_staged_unless(ModelId(util::new_id("mdl")), staging, files, &inspected, new, opts.if_exists, same)
     }
 
     /// Registers a directory the training engine wrote into `staging` (under
@@ -750,6 +860,18 @@ fn content_sha(files: &[ModelFile]) -> String {
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let manifest: String = sorted.iter().map(|f| format!("{}:{}\n", f.name, f.sha256)).collect();
     hex::encode(sha2::Sha256::digest(manifest.as_bytes()))
+}
+
+/// [`hash_files`] that stops at a cancel between reads.
+fn hash_files_cancellable(dir: &Path, names: &[String], cancel: &CancelToken) -> Result<Vec<ModelFile>> {
+    names
+        .iter()
+        .map(|f| {
+            let path = dir.join(f);
+            let sha256 = util::sha256_file(&path, |_| cancel.check())?;
+            Ok(ModelFile { name: f.clone(), bytes: fs::metadata(&path).with_path(&path)?.len(), sha256 })
+        })
+        .collect()
 }
 
 fn hash_files(dir: &Path, names: &[String]) -> Result<Vec<ModelFile>> {

@@ -57,8 +57,8 @@ pub use home::HomeOptions;
 pub use ids::{DatasetId, DriftCheckId, EvaluationId, GenerationId, JobId, ModelId, ModelRef, PredictionId};
 pub use images::{ImageAdapter, ImageGeneratorOptions, ImageRequest};
 pub use model::{
-    Family, Lineage, LoraConfig, ModelFile, ModelFilter, ModelKind, ModelRecord, PresetOptions, RegisterOptions,
-    Storage, TrainMetrics,
+    Family, IfExists, Lineage, LoraConfig, ModelFile, ModelFilter, ModelKind, ModelRecord, PresetOptions,
+    RegisterOptions, Storage, TrainMetrics,
 };
 pub use monitor::{
     lower_is_better, DecisionKind, GatePolicy, LmRetrainMethod, MonitorDecision, MonitorFeed, MonitorOptions,

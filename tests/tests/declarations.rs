@@ -101,6 +101,7 @@ fn enums() -> Vec<(&'static str, Value)> {
         OnDuplicate,
         ModelKind,
         Storage,
+        IfExists,
         Family,
         JobStatus,
         Schedule,

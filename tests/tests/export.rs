@@ -24,13 +24,18 @@ fn home(dir: &Path, name: &str) -> Home {
 
 /// A nano base and a LoRA adapter trained on it for a few steps (B != 0).
 fn trained_lora(home: &Home) -> (ModelRecord, ModelRecord) {
+    trained(home, Method::Lora(LoraConfig::default()))
+}
+
+/// A nano base and a model trained on it with `method` for a few steps.
+fn trained(home: &Home, method: Method) -> (ModelRecord, ModelRecord) {
     let base = home.models().create_preset("nano", &Default::default()).unwrap();
     let records = (0..16).map(|i| Ok(serde_json::json!({"text": format!("the cat sat on the mat {i}")})));
     home.datasets().import_records(records, &ImportOptions { name: Some("toy".into()), ..Default::default() }).unwrap();
     let spec = TrainSpec {
         base: base.id.clone().into(),
         dataset: "toy".into(),
-        method: Method::Lora(LoraConfig::default()),
+        method,
         batch_size: 4,
         seq_len: 32,
         max_steps: Some(3),
@@ -161,6 +166,34 @@ fn bundle_restores_the_same_ids_and_content_in_another_home() {
     let e = other.models().import_bundle(&zip, &ImportBundleOptions::default());
     assert!(e.is_ok(), "{e:?}");
     assert_eq!(other.models().list(&ModelFilter::default()).unwrap().len(), 2);
+}
+
+#[test]
+fn a_full_fine_tune_bundle_restores_without_its_base() {
+    let d = tempfile::tempdir().unwrap();
+    let h = home(d.path(), "h");
+    let (base, full) = trained(&h, Method::Full);
+    assert_eq!(full.parent_id.as_ref(), Some(&base.id));
+    let zip = d.path().join("full.zip");
+    h.models().export(&full.id, ExportFormat::Bundle, &zip, &ExportOptions::default()).unwrap();
+
+    // The other home has never seen the base: the model comes alone, with its lineage.
+    let other = home(d.path(), "other");
+    let got = other.models().import_bundle(&zip, &ImportBundleOptions::default()).unwrap();
+    assert_eq!(got.id, full.id);
+    assert_eq!(got.sha256, full.sha256);
+    assert_eq!(got.parent_id, None);
+    assert_eq!(got.lineage.base, full.lineage.base);
+    assert!(other.models().get(&base.id).is_err());
+    assert_eq!(losses(&other, &got.id.0), losses(&h, &full.id.0));
+
+    // A home that has the base keeps the link.
+    let third = home(d.path(), "third");
+    let base_zip = d.path().join("base.zip");
+    h.models().export(&base.id, ExportFormat::Bundle, &base_zip, &ExportOptions::default()).unwrap();
+    third.models().import_bundle(&base_zip, &ImportBundleOptions::default()).unwrap();
+    let got = third.models().import_bundle(&zip, &ImportBundleOptions::default()).unwrap();
+    assert_eq!(got.parent_id.as_ref(), Some(&base.id));
 }
 
 /// The bytes of `zip` with the entry `name`'s stored data changed at `at`.

@@ -6,6 +6,8 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, TypedDict, final
 
+from typing_extensions import Unpack
+
 from anneal._png import PngBytes
 
 __version__: str
@@ -18,6 +20,7 @@ TxtMode = Literal["lines", "document"]
 OnDuplicate = Literal["error", "reuse"]
 ModelKind = Literal["base", "full", "lora", "classifier"]
 Storage = Literal["copy", "reference"]
+IfExists = Literal["new_version", "reuse", "error"]
 
 # ---------------------------------------------------------------- events
 
@@ -535,6 +538,7 @@ class ModelRegistry:
         parent: str | None = None,
         task: str | None = None,
         tags: builtins.list[str] | None = None,
+        if_exists: IfExists | None = None,
         on_event: OnEvent | None = None,
         cancel: CancelToken | None = None,
     ) -> ModelRecord: ...
@@ -558,6 +562,7 @@ class ModelRegistry:
         seed: int | None = None,
         task: str | None = None,
         tags: builtins.list[str] | None = None,
+        if_exists: IfExists | None = None,
     ) -> ModelRecord: ...
     @staticmethod
     def presets() -> builtins.list[Preset]: ...
@@ -697,7 +702,7 @@ class TrainSpec(TypedDict, total=False):
     dataset: str
     eval_dataset: str | None
     eval_fraction: float | None
-    method: Literal["full", "lora"] | LoraMethod | ClassifierMethod
+    method: Literal["full", "lora", "classifier"] | LoraMethod | ClassifierMethod
     epochs: int
     max_steps: int | None
     batch_size: int
@@ -719,6 +724,7 @@ class TrainSpec(TypedDict, total=False):
     output_name: str | None
     image: ImageTrainOptions | None
     init_adapter: str | None
+    if_exists: IfExists
 
 @final
 class JobRecord:
@@ -854,7 +860,7 @@ class JobHandle:
 class TrainingEngine:
     """Creates, runs, watches and resumes training jobs."""
 
-    def create_job(self, spec: TrainSpec | None = None, /, **fields: Any) -> JobRecord: ...
+    def create_job(self, spec: TrainSpec | None = None, /, **fields: Unpack[TrainSpec]) -> JobRecord: ...
     def run(
         self,
         job_id: str,
@@ -877,7 +883,7 @@ class TrainingEngine:
         tensorboard: str | os.PathLike[str] | None = None,
         mlflow: str | os.PathLike[str] | None = None,
         mlflow_experiment: str | None = None,
-        **fields: Any,
+        **fields: Unpack[TrainSpec],
     ) -> TrainReport: ...
     def resume(
         self,

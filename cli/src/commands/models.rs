@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anneal::{
-    ExportFormat, ExportOptions, Family, GgufType, ImportBundleOptions, ModelFilter, ModelKind, ModelRecord,
+    ExportFormat, ExportOptions, Family, GgufType, IfExists, ImportBundleOptions, ModelFilter, ModelKind, ModelRecord,
     ModelRegistry, PresetOptions, RegisterOptions, Storage,
 };
 use clap::builder::PossibleValuesParser;
@@ -73,6 +73,10 @@ pub enum ModelsCommand {
         /// Tags (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// When the name exists: `new_version` (default), `reuse` (the version with the
+        /// same files), `error`.
+        #[arg(long, value_parser = PossibleValuesParser::new(IfExists::NAMES))]
+        if_exists: Option<String>,
     },
     /// Create a model from a built-in preset (random weights from a seed, byte tokenizer).
     #[command(after_help = PRESETS_HELP)]
@@ -85,6 +89,10 @@ pub enum ModelsCommand {
         /// Seed of the random initialisation.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// When the name exists: `new_version` (default), `reuse` (the version made from
+        /// the same preset and seed), `error`.
+        #[arg(long, value_parser = PossibleValuesParser::new(IfExists::NAMES))]
+        if_exists: Option<String>,
     },
     /// Set, remove or list aliases (`name@production`).
     #[command(subcommand)]
@@ -214,12 +222,13 @@ pub(crate) fn run(ctx: &Ctx, cmd: ModelsCommand) -> anneal::Result<i32> {
             }
         }
         ModelsCommand::Show { model } => show(ctx, &reg, &model, &mut out)?,
-        ModelsCommand::Register { path, name, reference, parent, task, tags } => {
+        ModelsCommand::Register { path, name, reference, parent, task, tags, if_exists } => {
+            let if_exists: Option<IfExists> = if_exists.as_deref().map(str::parse).transpose()?;
             let cancel = Cancellable::new();
             let mut sink = task_sink(ctx);
             let is_bundle = path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("zip"));
             let rec = if is_bundle {
-                if reference || parent.is_some() || task.is_some() || !tags.is_empty() {
+                if reference || parent.is_some() || task.is_some() || !tags.is_empty() || if_exists.is_some() {
                     return Err(anneal::Error::config("path", "a bundle is restored as exported: only --name applies"));
                 }
                 reg.import_bundle_with(&path, &ImportBundleOptions { name }, sink.as_mut(), cancel.token())?
@@ -230,14 +239,16 @@ pub(crate) fn run(ctx: &Ctx, cmd: ModelsCommand) -> anneal::Result<i32> {
                     parent: parent.map(Into::into),
                     task,
                     tags,
+                    if_exists: if_exists.unwrap_or_default(),
                 };
                 reg.register_dir_with(&path, &opts, sink.as_mut(), cancel.token())?
             };
             drop(sink);
             created(ctx, &rec, &mut out)?;
         }
-        ModelsCommand::Create { preset, name, seed } => {
-            let rec = reg.create_preset(&preset, &PresetOptions { name, seed, ..Default::default() })?;
+        ModelsCommand::Create { preset, name, seed, if_exists } => {
+            let if_exists = if_exists.as_deref().map(str::parse).transpose()?.unwrap_or_default();
+            let rec = reg.create_preset(&preset, &PresetOptions { name, seed, if_exists, ..Default::default() })?;
             created(ctx, &rec, &mut out)?;
         }
         ModelsCommand::Alias(cmd) => alias(ctx, &reg, cmd, &mut out)?,

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anneal::{
-    Error, Home, IoResultExt, JobFilter, JobId, JobRecord, JobStatus, Location, Schedule, TrainReport, TrainSpec,
-    TrainingEngine,
+    Error, Home, IfExists, IoResultExt, JobFilter, JobId, JobRecord, JobStatus, Location, Schedule, TrainReport,
+    TrainSpec, TrainingEngine,
 };
 use clap::builder::PossibleValuesParser;
 use clap::{Args, Subcommand};
@@ -103,6 +103,10 @@ pub struct TrainArgs {
     /// Continue training this LoRA adapter of the base.
     #[arg(long)]
     pub init_adapter: Option<String>,
+    /// When a job with the same spec exists: `new_version` (default) starts another,
+    /// `reuse` continues it (its report if completed, resumed if stopped), `error` refuses.
+    #[arg(long, value_parser = PossibleValuesParser::new(IfExists::NAMES))]
+    pub if_exists: Option<String>,
 }
 
 /// `anneal jobs ...`.
@@ -183,6 +187,7 @@ fn spec(a: &TrainArgs) -> anneal::Result<TrainSpec> {
     set("checkpoint_every", a.checkpoint_every.map(Value::from));
     set("output_name", a.output_name.clone().map(Value::from));
     set("init_adapter", a.init_adapter.clone().map(Value::from));
+    set("if_exists", a.if_exists.clone().map(Value::from));
 
     let mut lora = Map::new();
     lora.extend(a.lora_r.map(|r| ("r".to_string(), Value::from(r))));
@@ -231,18 +236,25 @@ pub(crate) fn train(ctx: &Ctx, a: &TrainArgs) -> anneal::Result<i32> {
     if !ctx.json && !ctx.quiet {
         eprintln!("job {} created", job.id);
     }
-    run_job(ctx, &home, &job.id, false)
+    run_job(ctx, &home, &job.id, Mode::Complete)
+}
+
+/// What [`run_job`] does with the job.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Resume,
+    /// Run when pending, resume when stopped, report when completed (`--if-exists reuse`).
+    Complete,
 }
 
 /// Runs (or resumes) a job on this thread with progress; Ctrl-C cancels it.
-fn run_job(ctx: &Ctx, home: &Home, id: &JobId, resume: bool) -> anneal::Result<i32> {
+fn run_job(ctx: &Ctx, home: &Home, id: &JobId, mode: Mode) -> anneal::Result<i32> {
     let engine = home.training();
     let cancel = Cancellable::new();
     let mut sink = event_sink(ctx);
-    let result = if resume {
-        engine.resume(id, sink.as_mut(), cancel.token())
-    } else {
-        engine.run(id, sink.as_mut(), cancel.token())
+    let result = match mode {
+        Mode::Resume => engine.resume(id, sink.as_mut(), cancel.token()),
+        Mode::Complete => engine.complete(id, sink.as_mut(), cancel.token()),
     };
     drop(sink);
     drop(cancel);
@@ -397,7 +409,12 @@ pub(crate) fn jobs(ctx: &Ctx, cmd: JobsCommand) -> anneal::Result<i32> {
         }
         JobsCommand::Resume { job } => {
             let j = engine.job(job.as_str())?;
-            return run_job(ctx, &home, &j.id, j.status != JobStatus::Pending);
+            return run_job(
+                ctx,
+                &home,
+                &j.id,
+                if j.status == JobStatus::Pending { Mode::Complete } else { Mode::Resume },
+            );
         }
     }
     Ok(0)

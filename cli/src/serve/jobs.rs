@@ -53,7 +53,8 @@ async fn list(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResult<J
 }
 
 /// `POST /api/jobs` with a `TrainSpec` as the body: the job is created and run by
-/// this server (`?start=false`: created only, pending). 201 with the job.
+/// this server (`?start=false`: created only, pending). 201 with the job; 200 with the
+/// existing job when `if_exists: "reuse"` found one.
 async fn create(State(state): State<Shared>, RawQuery(q): RawQuery, body: JsonBody) -> ApiResult<Response> {
     let start = match parse_query(q.as_deref().unwrap_or("")).iter().find(|(k, _)| k == "start") {
         None => true,
@@ -66,8 +67,12 @@ async fn create(State(state): State<Shared>, RawQuery(q): RawQuery, body: JsonBo
     let spec: anneal::TrainSpec = anneal::options_from_json(Value::Object(body.object()?))?;
     let engine = state.home.training();
     let rec = blocking(move || engine.create_job(&spec)).await?;
-    let rec = if start { run(&state, &rec.id.0).await? } else { rec };
-    Ok((StatusCode::CREATED, Json(rec)).into_response())
+    // With `if_exists: "reuse"` the job may be an existing one: a completed or running
+    // job is returned as it is (200); a stopped one is resumed.
+    let reused = rec.status != anneal::JobStatus::Pending;
+    let rec = if start && rec.status.is_resumable() { run(&state, &rec.id.0).await? } else { rec };
+    let code = if reused { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((code, Json(rec)).into_response())
 }
 
 /// Runs (or resumes) job `id` on a thread of its own, kept for shutdown; returns the

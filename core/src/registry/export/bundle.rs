@@ -283,7 +283,16 @@ pub(crate) fn import_bundle(
         // Everything is checked: register, base first.
         let mut last = existing.last().cloned();
         let n = staged.len();
+        let mut here: HashSet<String> = existing.iter().map(|r| r.id.0.clone()).collect();
         for (i, mut s) in staged.into_iter().enumerate() {
+            // A full fine-tune carries all its weights: its base need not be in this home.
+            // Its lineage (job, dataset, base) stays in the record; the link to a parent
+            // that is not here is dropped. An adapter's base is always in the bundle.
+            let parent = s
+                .rec
+                .parent_id
+                .clone()
+                .filter(|p| here.contains(&p.0) || registry.get(p).is_ok() || s.rec.kind == ModelKind::Lora);
             let name = match (&opts.name, i + 1 == n) {
                 (Some(name), true) => name.clone(),
                 _ => s.rec.name.clone(),
@@ -292,7 +301,7 @@ pub(crate) fn import_bundle(
                 name: &name,
                 kind: s.rec.kind,
                 family: s.rec.family,
-                parent: s.rec.parent_id.clone(),
+                parent,
                 source: format!("bundle:{}", path.display()),
                 task: s.rec.task.clone(),
                 tags: s.rec.tags.clone(),
@@ -300,6 +309,7 @@ pub(crate) fn import_bundle(
             };
             let rec =
                 registry.insert_staged(s.rec.id.clone(), &mut s.staging, s.files, &s.inspected, new, &|_, _| Ok(()))?;
+            here.insert(rec.id.0.clone());
             last = Some(rec);
         }
         let rec = last.ok_or_else(|| Error::Internal("bundle without models".into()))?;
