@@ -398,7 +398,7 @@ impl ModelRegistry {
             Ok(())
         };
         match self.insert_staged(id, staging, files, ins, new, &check) {
-            Err(e) => found.into_inner().map_or(Err(e), Ok),
+            Err(e) => found.into_inner().ok_or(e),
             ok => ok,
         }
     }

@@ -348,7 +348,8 @@ fn inspect_staged(
             ),
         ));
     }
-    if let Some(parent) = &rec.parent_id {
+    // An adapter is checked against its base; a full model carries its own weights.
+    if let Some(parent) = rec.parent_id.as_ref().filter(|_| rec.kind == ModelKind::Lora) {
         let base = staged
             .iter()
             .map(|s| &s.rec)
