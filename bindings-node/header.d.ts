@@ -63,6 +63,34 @@ export interface CallOptions {
   signal?: AbortSignal
 }
 
+/** Options of `train`, `run` and `resume`: the call options, a progress display and where the run's curves go. */
+export interface TrainCallOptions extends CallOptions {
+  /**
+   * A progress bar on stderr when it is a terminal, else a plain line every few seconds;
+   * the last line has the status and the final loss.
+   */
+  progress?: boolean
+  /** A TensorBoard log directory: event files go to `<dir>/<jobId>/` (`tensorboard --logdir <dir>`). */
+  tensorboard?: string
+  /**
+   * An MLflow tracking URI: a directory (the local file store, e.g. `mlruns`; MLflow 3 reads it
+   * with `MLFLOW_ALLOW_FILE_STORE=true`) or an `http(s)://` tracking server.
+   */
+  mlflow?: string
+  /** The MLflow experiment, by name (created when missing). Default `Default`. */
+  mlflowExperiment?: string
+}
+
+/** How `plot` draws. */
+export interface PlotOptions {
+  /** Pixels (160 to 10 000). Default 1200. */
+  width?: number
+  /** Pixels (120 to 10 000). Default 700. */
+  height?: number
+  /** Default: the job id, status, step and losses. */
+  title?: string | null
+}
+
 export interface ImportOptions {
   /** Unique name. Default: the file's stem, or `records-<id>` for in-memory records. */
   name?: string
@@ -128,6 +156,12 @@ export interface DeleteOptions {
   force?: boolean
 }
 
+/** When the name already holds the same thing (the same files; the same preset and
+ *  seed; a job with the same spec on the same base and data): `'new_version'` (the
+ *  default) adds a version, `'reuse'` returns the existing one (so re-running a script
+ *  changes nothing), `'error'` refuses a taken name (`already_exists`). */
+export type IfExists = 'new_version' | 'reuse' | 'error'
+
 export interface RegisterOptions {
   /** The model's name; a new version is added if it exists. Default: the directory name. */
   name?: string
@@ -137,6 +171,50 @@ export interface RegisterOptions {
   parent?: string
   task?: string
   tags?: string[]
+  /** `'reuse'`: the version with the same files is returned, nothing is copied. */
+  ifExists?: IfExists
+}
+
+/** Where `models().export` writes a model. */
+export type ExportFormat = 'hf' | 'peft' | 'gguf' | 'ollama' | 'bundle'
+export type GgufType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4_0' | 'q4_k_m'
+
+export interface ExportOptions {
+  /** Replace an existing destination (otherwise it is refused: `already_exists`). */
+  overwrite?: boolean
+  /** hf, merged adapters: the largest safetensors shard in bytes (default 2 GiB). */
+  maxShardBytes?: number
+  /** Where the base is found outside this home (a Hub id or a path): the adapter's
+   *  `base_model_name_or_path` and the model card's `base_model`. */
+  baseModel?: string
+  /** gguf, ollama: the tensor type (default f16). */
+  quantization?: GgufType
+  /** gguf, ollama: merge an adapter into its base (default true for ollama). */
+  merge?: boolean
+  /** ollama: the model name for `ollama create`. */
+  name?: string
+}
+
+export interface ExportedFile {
+  /** Relative to the destination, '/'-separated. */
+  path: string
+  bytes: number
+  sha256: string
+}
+
+/** What `models().export` wrote. */
+export interface ExportReport {
+  /** `name@version` of the exported model. */
+  model: string
+  format: ExportFormat
+  /** The destination (a directory, or the ZIP file of a bundle). */
+  path: string
+  files: ExportedFile[]
+}
+
+export interface ImportBundleOptions {
+  /** Register the bundle's model under this name (its base keeps its own). */
+  name?: string
 }
 
 export interface PresetOptions {
@@ -146,6 +224,8 @@ export interface PresetOptions {
   seed?: number
   task?: string
   tags?: string[]
+  /** `'reuse'`: the version of `name` made from the same preset and seed is returned. */
+  ifExists?: IfExists
 }
 
 export interface ModelFilter {
@@ -295,10 +375,11 @@ export interface TrainSpec {
   evalDataset?: string | null
   evalFraction?: number | null
   /**
-   * `'full'`, `'lora'` (default LoRA settings), `{ lora: { r, alpha, ... } }` or
+   * `'full'`, `'lora'` (default LoRA settings: r 8, alpha 16, the family's attention
+   * projections), `'classifier'`, `{ lora: { r, alpha, ... } }` or
    * `{ classifier: { model, c, ... } }` (a tabular classifier on a `tabular` dataset).
    */
-  method?: 'full' | 'lora' | { lora: LoraConfig } | { classifier: ClassifierConfig }
+  method?: 'full' | 'lora' | 'classifier' | { lora: LoraConfig } | { classifier: ClassifierConfig }
   epochs?: number
   maxSteps?: number | null
   batchSize?: number
@@ -321,6 +402,11 @@ export interface TrainSpec {
   outputName?: string | null
   /** Image (Stable Diffusion) bases only. */
   image?: ImageTrainOptions | null
+  /** LoRA on a language model: start from this adapter of `base` (continue training it). */
+  initAdapter?: string | null
+  /** `'reuse'`: a job with this same spec on the same base and data is returned (and
+   *  `train` gives its report, or resumes it) instead of training again. */
+  ifExists?: IfExists
 }
 
 export type ClassifierModel = 'logistic' | 'mlp'
@@ -790,6 +876,297 @@ export interface DriftCheck {
   realisedAccuracy: number | null
   labelled: number
   createdAt: string
+}
+
+// ---------------------------------------------------------------- monitors (home.monitors())
+
+export type PromotionMode = 'auto' | 'manual' | 'shadow'
+export type GateMetric = 'accuracy' | 'f1_macro' | 'log_loss' | 'loss' | 'perplexity'
+export type TickOutcome = 'idle' | 'held' | 'retrain_started' | 'waiting' | 'promoted' | 'kept' | 'awaiting_approval' | 'error'
+export type DecisionKind = 'held' | 'drift_detected' | 'retrain_started' | 'retrain_resumed' | 'candidate_evaluated' | 'shadow' | 'promoted' | 'kept' | 'rolled_back' | 'error'
+
+/** What triggers a retrain. Each trigger is off unless set; at least one must be set. */
+export interface RetrainTriggers {
+  /** Realised accuracy under this absolute floor (0..1). */
+  accuracyFloor?: number | null
+  /** Realised accuracy under the reference accuracy times `1 - relativeDrop`. */
+  relativeDrop?: number | null
+  /** A drift check of the last `driftWindow` predictions has the verdict `drift`. */
+  driftWindow?: number | null
+  /** This many predictions labelled since the last retrain. */
+  newLabels?: number | null
+  /** Every this many seconds. */
+  scheduleSecs?: number | null
+  /** Labelled predictions the accuracy triggers read. Default 200. */
+  window?: number
+  /** Language models: this many rows fed (`monitor.feed`) since the last retrain. */
+  newRows?: number | null
+  /** Language models: the window metric the limit applies to. */
+  metric?: 'loss' | 'perplexity' | null
+  /** Language models: retrain when the window's metric exceeds this. */
+  metricLimit?: number | null
+}
+
+/** What holds a trigger back. */
+export interface RetrainGuards {
+  /** Default 30. */
+  minSamples?: number
+  /** Default 1. */
+  consecutiveBreaches?: number
+  /** Default 0. */
+  cooldownSecs?: number
+  dailyCap?: number | null
+}
+
+/** The retraining job: a classifier refit on replayed old rows plus labelled predictions. */
+export interface RetrainAction {
+  /** Default: the production model's own settings. */
+  config?: ClassifierConfig | null
+  /** Share of the old training rows kept (0..1). Default 1. */
+  replayFraction?: number
+  /** Language models: a new adapter on the base (`lora`) or the production adapter trained further. */
+  lmMethod?: 'lora' | 'continue' | null
+  lora?: LoraConfig | null
+  maxSteps?: number | null
+  learningRate?: number | null
+}
+
+/** How a candidate is gated against production on the same evaluation set. */
+export interface GatePolicy {
+  /** Default `auto`. */
+  mode?: PromotionMode
+  /** Default `accuracy` (classifiers) or `loss` (language models). */
+  metric?: GateMetric | null
+  /** Absolute floor (a ceiling for loss-like metrics) on the candidate's metric. */
+  floor?: number | null
+  /** How much the candidate must beat production by (-1..1). Default 0. */
+  margin?: number
+  /** A fixed evaluation dataset (id or name); default: held-out labelled predictions. */
+  dataset?: string | null
+  /** Default 0.3. */
+  holdoutFraction?: number
+  /** Language models: earlier production versions whose datasets are retention sets (default 3). */
+  retentionVersions?: number | null
+  retentionDatasets?: string[]
+  /** How much worse (relative) the candidate may be on a retention set. Default 0.05. */
+  retentionTolerance?: number
+}
+
+/** A monitor's policy (`monitors.create`, `monitor.setPolicy`); unknown keys throw `invalid_config`. */
+export interface RetrainPolicy {
+  triggers?: RetrainTriggers
+  guards?: RetrainGuards
+  action?: RetrainAction
+  gate?: GatePolicy
+}
+
+/** Options of `monitors.create(modelName, policy, options)`. */
+export interface MonitorOptions {
+  /** Unique in the home. Default: the model name. */
+  name?: string | null
+}
+
+/** Options of `monitor.tick(options)`. */
+export interface TickOptions {
+  /** Run the retraining job in this call (default true); false: submit it only. */
+  runJobs?: boolean
+}
+
+/** What one `monitor.tick()` did. */
+export interface TickReport {
+  monitor: string
+  outcome: TickOutcome
+  /** The production model at the tick, `name@version`. */
+  model: string | null
+  realisedAccuracy: number | null
+  labelled: number
+  trigger: string | null
+  reason: string
+  jobId: string | null
+  /** `name@version`. */
+  candidate: string | null
+  at: string
+  /** Language models: the window's loss or perplexity. */
+  windowMetric: number | null
+}
+
+/** A monitor as stored in the catalog: its policy (every field filled in) and state. */
+export interface MonitorRecord {
+  id: string
+  name: string
+  modelName: string
+  policy: RetrainPolicy
+  consecutiveBreaches: number
+  lastRetrainAt: string | null
+  retrainsToday: number
+  currentJobId: string | null
+  candidateId: string | null
+  evalDatasetId: string | null
+  lastTick: TickReport | null
+  createdAt: string
+  updatedAt: string
+}
+
+/** A dataset fed to a language model's monitor (`monitor.feed`). */
+export interface MonitorFeed {
+  /** Increasing: the order of feeds. */
+  id: number
+  datasetId: string
+  /** The dataset's name when it was fed. */
+  dataset: string
+  rows: number
+  fedAt: string
+  /** The retraining job that took it; null while it waits for a retrain. */
+  jobId: string | null
+}
+
+/** One row of a monitor's decision trail; `details` keeps its snake_case keys (it is data). */
+export interface MonitorDecision {
+  id: number
+  monitorId: string
+  kind: DecisionKind
+  modelId: string | null
+  jobId: string | null
+  candidateId: string | null
+  trigger: string | null
+  reason: string
+  details: Record<string, unknown>
+  at: string
+}
+
+// ---------------------------------------------------------------- timeline, plot, learn
+
+/** What `continual.timeline` reads. */
+export interface TimelineOptions {
+  /** Labelled predictions in the rolling accuracy window (1 to 1 000 000). Default 50. */
+  window?: number
+  /** Only what happened at or after this RFC 3339 time. */
+  since?: string | null
+  /** Only what happened at or before this RFC 3339 time. */
+  until?: string | null
+  /** At most this many accuracy points (2 to 1 000 000), evenly thinned. Default 2000. */
+  maxPoints?: number
+}
+
+/** How `continual.plotTimeline` draws (besides the `TimelineOptions` in the same object). */
+export interface PlotOptions {
+  /** Pixels (160 to 10 000). Default 1200. */
+  width?: number
+  /** Pixels (120 to 10 000). Default 700. */
+  height?: number
+  /** Default: `<name>: realised accuracy and drift`. */
+  title?: string | null
+}
+
+export type TimelineEventKind = 'promoted' | 'rolled_back' | 'retrain_started' | 'kept'
+
+/** Rolling realised accuracy after one labelled prediction. */
+export interface AccuracyPoint {
+  /** Position among the name's labelled predictions (1 = the first ever made). */
+  index: number
+  at: string
+  predictionId: string
+  modelId: string
+  version: number
+  correct: boolean
+  accuracy: number
+  windowRows: number
+}
+
+/** One drift check of a version of the model name. */
+export interface DriftPoint {
+  at: string
+  checkId: string
+  modelId: string
+  version: number
+  window: string
+  verdict: DriftVerdict
+  /** Share of drifted columns (KS statistic of the losses for language models); null when insufficient_data. */
+  score: number | null
+  driftedColumns: number | null
+  columns: number | null
+  windowRows: number | null
+  expectedAccuracy: number | null
+  realisedAccuracy: number | null
+}
+
+/** One evaluation of a version of the model name; `metrics` keys as given. */
+export interface EvaluationPoint {
+  at: string
+  evaluationId: string
+  modelId: string
+  version: number
+  datasetId: string
+  metrics: Record<string, number>
+  rows: number
+}
+
+/** A moment the timeline marks. */
+export interface TimelineEvent {
+  at: string
+  kind: TimelineEventKind
+  modelId: string | null
+  version: number | null
+  previousVersion: number | null
+  jobId: string | null
+  monitor: string | null
+  reason: string | null
+}
+
+/** Realised accuracy of one version over the timeline's range. */
+export interface VersionAccuracy {
+  modelId: string
+  version: number
+  predictions: number
+  labelled: number
+  correct: number
+  accuracy: number | null
+  firstAt: string
+  lastAt: string
+}
+
+/** A model name over time (`continual.timeline`), from catalog rows only. */
+export interface Timeline {
+  modelName: string
+  window: number
+  since: string | null
+  until: string | null
+  /** Labelled predictions in the range (before `maxPoints` thinned them). */
+  labelled: number
+  accuracy: AccuracyPoint[]
+  versions: VersionAccuracy[]
+  drift: DriftPoint[]
+  evaluations: EvaluationPoint[]
+  events: TimelineEvent[]
+  /** The highest `triggers.accuracyFloor` of the monitors of this name. */
+  accuracyFloor: number | null
+}
+
+/** How `continual.learn` updates a classifier. */
+export interface LearnOptions {
+  /** Passes over the records, in their order (1 to 1000). Default 1. */
+  epochs?: number
+  /** Records per SGD step: 1 (default) is `learn_one` per record, more is `learn_many`. */
+  batchSize?: number
+  /** Step size. Default: the model's (`sgdLearningRate` of its fit). */
+  learningRate?: number | null
+  /** Name of the new version. Default: the model's name (its next version). */
+  outputName?: string | null
+}
+
+/** `ModelRecord.lineage.learned` of a version made by `continual.learn`. */
+export interface LearnLineage {
+  records: number
+  /** sha256 of `learned_records.jsonl` in the version's directory. */
+  recordsSha256: string
+  epochs: number
+  batchSize: number
+  learningRate: number
+  steps: number
+  accuracyBefore: number
+  accuracyAfter: number
+  logLossBefore: number
+  logLossAfter: number
 }
 
 // ---------------------------------------------------------------- webhooks (home.webhooks())

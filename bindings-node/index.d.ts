@@ -63,6 +63,34 @@ export interface CallOptions {
   signal?: AbortSignal
 }
 
+/** Options of `train`, `run` and `resume`: the call options, a progress display and where the run's curves go. */
+export interface TrainCallOptions extends CallOptions {
+  /**
+   * A progress bar on stderr when it is a terminal, else a plain line every few seconds;
+   * the last line has the status and the final loss.
+   */
+  progress?: boolean
+  /** A TensorBoard log directory: event files go to `<dir>/<jobId>/` (`tensorboard --logdir <dir>`). */
+  tensorboard?: string
+  /**
+   * An MLflow tracking URI: a directory (the local file store, e.g. `mlruns`; MLflow 3 reads it
+   * with `MLFLOW_ALLOW_FILE_STORE=true`) or an `http(s)://` tracking server.
+   */
+  mlflow?: string
+  /** The MLflow experiment, by name (created when missing). Default `Default`. */
+  mlflowExperiment?: string
+}
+
+/** How `plot` draws. */
+export interface PlotOptions {
+  /** Pixels (160 to 10 000). Default 1200. */
+  width?: number
+  /** Pixels (120 to 10 000). Default 700. */
+  height?: number
+  /** Default: the job id, status, step and losses. */
+  title?: string | null
+}
+
 export interface ImportOptions {
   /** Unique name. Default: the file's stem, or `records-<id>` for in-memory records. */
   name?: string
@@ -128,6 +156,12 @@ export interface DeleteOptions {
   force?: boolean
 }
 
+/** When the name already holds the same thing (the same files; the same preset and
+ *  seed; a job with the same spec on the same base and data): `'new_version'` (the
+ *  default) adds a version, `'reuse'` returns the existing one (so re-running a script
+ *  changes nothing), `'error'` refuses a taken name (`already_exists`). */
+export type IfExists = 'new_version' | 'reuse' | 'error'
+
 export interface RegisterOptions {
   /** The model's name; a new version is added if it exists. Default: the directory name. */
   name?: string
@@ -137,6 +171,50 @@ export interface RegisterOptions {
   parent?: string
   task?: string
   tags?: string[]
+  /** `'reuse'`: the version with the same files is returned, nothing is copied. */
+  ifExists?: IfExists
+}
+
+/** Where `models().export` writes a model. */
+export type ExportFormat = 'hf' | 'peft' | 'gguf' | 'ollama' | 'bundle'
+export type GgufType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4_0' | 'q4_k_m'
+
+export interface ExportOptions {
+  /** Replace an existing destination (otherwise it is refused: `already_exists`). */
+  overwrite?: boolean
+  /** hf, merged adapters: the largest safetensors shard in bytes (default 2 GiB). */
+  maxShardBytes?: number
+  /** Where the base is found outside this home (a Hub id or a path): the adapter's
+   *  `base_model_name_or_path` and the model card's `base_model`. */
+  baseModel?: string
+  /** gguf, ollama: the tensor type (default f16). */
+  quantization?: GgufType
+  /** gguf, ollama: merge an adapter into its base (default true for ollama). */
+  merge?: boolean
+  /** ollama: the model name for `ollama create`. */
+  name?: string
+}
+
+export interface ExportedFile {
+  /** Relative to the destination, '/'-separated. */
+  path: string
+  bytes: number
+  sha256: string
+}
+
+/** What `models().export` wrote. */
+export interface ExportReport {
+  /** `name@version` of the exported model. */
+  model: string
+  format: ExportFormat
+  /** The destination (a directory, or the ZIP file of a bundle). */
+  path: string
+  files: ExportedFile[]
+}
+
+export interface ImportBundleOptions {
+  /** Register the bundle's model under this name (its base keeps its own). */
+  name?: string
 }
 
 export interface PresetOptions {
@@ -146,6 +224,8 @@ export interface PresetOptions {
   seed?: number
   task?: string
   tags?: string[]
+  /** `'reuse'`: the version of `name` made from the same preset and seed is returned. */
+  ifExists?: IfExists
 }
 
 export interface ModelFilter {
@@ -295,10 +375,11 @@ export interface TrainSpec {
   evalDataset?: string | null
   evalFraction?: number | null
   /**
-   * `'full'`, `'lora'` (default LoRA settings), `{ lora: { r, alpha, ... } }` or
+   * `'full'`, `'lora'` (default LoRA settings: r 8, alpha 16, the family's attention
+   * projections), `'classifier'`, `{ lora: { r, alpha, ... } }` or
    * `{ classifier: { model, c, ... } }` (a tabular classifier on a `tabular` dataset).
    */
-  method?: 'full' | 'lora' | { lora: LoraConfig } | { classifier: ClassifierConfig }
+  method?: 'full' | 'lora' | 'classifier' | { lora: LoraConfig } | { classifier: ClassifierConfig }
   epochs?: number
   maxSteps?: number | null
   batchSize?: number
@@ -321,6 +402,11 @@ export interface TrainSpec {
   outputName?: string | null
   /** Image (Stable Diffusion) bases only. */
   image?: ImageTrainOptions | null
+  /** LoRA on a language model: start from this adapter of `base` (continue training it). */
+  initAdapter?: string | null
+  /** `'reuse'`: a job with this same spec on the same base and data is returned (and
+   *  `train` gives its report, or resumes it) instead of training again. */
+  ifExists?: IfExists
 }
 
 export type ClassifierModel = 'logistic' | 'mlp'
@@ -792,6 +878,297 @@ export interface DriftCheck {
   createdAt: string
 }
 
+// ---------------------------------------------------------------- monitors (home.monitors())
+
+export type PromotionMode = 'auto' | 'manual' | 'shadow'
+export type GateMetric = 'accuracy' | 'f1_macro' | 'log_loss' | 'loss' | 'perplexity'
+export type TickOutcome = 'idle' | 'held' | 'retrain_started' | 'waiting' | 'promoted' | 'kept' | 'awaiting_approval' | 'error'
+export type DecisionKind = 'held' | 'drift_detected' | 'retrain_started' | 'retrain_resumed' | 'candidate_evaluated' | 'shadow' | 'promoted' | 'kept' | 'rolled_back' | 'error'
+
+/** What triggers a retrain. Each trigger is off unless set; at least one must be set. */
+export interface RetrainTriggers {
+  /** Realised accuracy under this absolute floor (0..1). */
+  accuracyFloor?: number | null
+  /** Realised accuracy under the reference accuracy times `1 - relativeDrop`. */
+  relativeDrop?: number | null
+  /** A drift check of the last `driftWindow` predictions has the verdict `drift`. */
+  driftWindow?: number | null
+  /** This many predictions labelled since the last retrain. */
+  newLabels?: number | null
+  /** Every this many seconds. */
+  scheduleSecs?: number | null
+  /** Labelled predictions the accuracy triggers read. Default 200. */
+  window?: number
+  /** Language models: this many rows fed (`monitor.feed`) since the last retrain. */
+  newRows?: number | null
+  /** Language models: the window metric the limit applies to. */
+  metric?: 'loss' | 'perplexity' | null
+  /** Language models: retrain when the window's metric exceeds this. */
+  metricLimit?: number | null
+}
+
+/** What holds a trigger back. */
+export interface RetrainGuards {
+  /** Default 30. */
+  minSamples?: number
+  /** Default 1. */
+  consecutiveBreaches?: number
+  /** Default 0. */
+  cooldownSecs?: number
+  dailyCap?: number | null
+}
+
+/** The retraining job: a classifier refit on replayed old rows plus labelled predictions. */
+export interface RetrainAction {
+  /** Default: the production model's own settings. */
+  config?: ClassifierConfig | null
+  /** Share of the old training rows kept (0..1). Default 1. */
+  replayFraction?: number
+  /** Language models: a new adapter on the base (`lora`) or the production adapter trained further. */
+  lmMethod?: 'lora' | 'continue' | null
+  lora?: LoraConfig | null
+  maxSteps?: number | null
+  learningRate?: number | null
+}
+
+/** How a candidate is gated against production on the same evaluation set. */
+export interface GatePolicy {
+  /** Default `auto`. */
+  mode?: PromotionMode
+  /** Default `accuracy` (classifiers) or `loss` (language models). */
+  metric?: GateMetric | null
+  /** Absolute floor (a ceiling for loss-like metrics) on the candidate's metric. */
+  floor?: number | null
+  /** How much the candidate must beat production by (-1..1). Default 0. */
+  margin?: number
+  /** A fixed evaluation dataset (id or name); default: held-out labelled predictions. */
+  dataset?: string | null
+  /** Default 0.3. */
+  holdoutFraction?: number
+  /** Language models: earlier production versions whose datasets are retention sets (default 3). */
+  retentionVersions?: number | null
+  retentionDatasets?: string[]
+  /** How much worse (relative) the candidate may be on a retention set. Default 0.05. */
+  retentionTolerance?: number
+}
+
+/** A monitor's policy (`monitors.create`, `monitor.setPolicy`); unknown keys throw `invalid_config`. */
+export interface RetrainPolicy {
+  triggers?: RetrainTriggers
+  guards?: RetrainGuards
+  action?: RetrainAction
+  gate?: GatePolicy
+}
+
+/** Options of `monitors.create(modelName, policy, options)`. */
+export interface MonitorOptions {
+  /** Unique in the home. Default: the model name. */
+  name?: string | null
+}
+
+/** Options of `monitor.tick(options)`. */
+export interface TickOptions {
+  /** Run the retraining job in this call (default true); false: submit it only. */
+  runJobs?: boolean
+}
+
+/** What one `monitor.tick()` did. */
+export interface TickReport {
+  monitor: string
+  outcome: TickOutcome
+  /** The production model at the tick, `name@version`. */
+  model: string | null
+  realisedAccuracy: number | null
+  labelled: number
+  trigger: string | null
+  reason: string
+  jobId: string | null
+  /** `name@version`. */
+  candidate: string | null
+  at: string
+  /** Language models: the window's loss or perplexity. */
+  windowMetric: number | null
+}
+
+/** A monitor as stored in the catalog: its policy (every field filled in) and state. */
+export interface MonitorRecord {
+  id: string
+  name: string
+  modelName: string
+  policy: RetrainPolicy
+  consecutiveBreaches: number
+  lastRetrainAt: string | null
+  retrainsToday: number
+  currentJobId: string | null
+  candidateId: string | null
+  evalDatasetId: string | null
+  lastTick: TickReport | null
+  createdAt: string
+  updatedAt: string
+}
+
+/** A dataset fed to a language model's monitor (`monitor.feed`). */
+export interface MonitorFeed {
+  /** Increasing: the order of feeds. */
+  id: number
+  datasetId: string
+  /** The dataset's name when it was fed. */
+  dataset: string
+  rows: number
+  fedAt: string
+  /** The retraining job that took it; null while it waits for a retrain. */
+  jobId: string | null
+}
+
+/** One row of a monitor's decision trail; `details` keeps its snake_case keys (it is data). */
+export interface MonitorDecision {
+  id: number
+  monitorId: string
+  kind: DecisionKind
+  modelId: string | null
+  jobId: string | null
+  candidateId: string | null
+  trigger: string | null
+  reason: string
+  details: Record<string, unknown>
+  at: string
+}
+
+// ---------------------------------------------------------------- timeline, plot, learn
+
+/** What `continual.timeline` reads. */
+export interface TimelineOptions {
+  /** Labelled predictions in the rolling accuracy window (1 to 1 000 000). Default 50. */
+  window?: number
+  /** Only what happened at or after this RFC 3339 time. */
+  since?: string | null
+  /** Only what happened at or before this RFC 3339 time. */
+  until?: string | null
+  /** At most this many accuracy points (2 to 1 000 000), evenly thinned. Default 2000. */
+  maxPoints?: number
+}
+
+/** How `continual.plotTimeline` draws (besides the `TimelineOptions` in the same object). */
+export interface PlotOptions {
+  /** Pixels (160 to 10 000). Default 1200. */
+  width?: number
+  /** Pixels (120 to 10 000). Default 700. */
+  height?: number
+  /** Default: `<name>: realised accuracy and drift`. */
+  title?: string | null
+}
+
+export type TimelineEventKind = 'promoted' | 'rolled_back' | 'retrain_started' | 'kept'
+
+/** Rolling realised accuracy after one labelled prediction. */
+export interface AccuracyPoint {
+  /** Position among the name's labelled predictions (1 = the first ever made). */
+  index: number
+  at: string
+  predictionId: string
+  modelId: string
+  version: number
+  correct: boolean
+  accuracy: number
+  windowRows: number
+}
+
+/** One drift check of a version of the model name. */
+export interface DriftPoint {
+  at: string
+  checkId: string
+  modelId: string
+  version: number
+  window: string
+  verdict: DriftVerdict
+  /** Share of drifted columns (KS statistic of the losses for language models); null when insufficient_data. */
+  score: number | null
+  driftedColumns: number | null
+  columns: number | null
+  windowRows: number | null
+  expectedAccuracy: number | null
+  realisedAccuracy: number | null
+}
+
+/** One evaluation of a version of the model name; `metrics` keys as given. */
+export interface EvaluationPoint {
+  at: string
+  evaluationId: string
+  modelId: string
+  version: number
+  datasetId: string
+  metrics: Record<string, number>
+  rows: number
+}
+
+/** A moment the timeline marks. */
+export interface TimelineEvent {
+  at: string
+  kind: TimelineEventKind
+  modelId: string | null
+  version: number | null
+  previousVersion: number | null
+  jobId: string | null
+  monitor: string | null
+  reason: string | null
+}
+
+/** Realised accuracy of one version over the timeline's range. */
+export interface VersionAccuracy {
+  modelId: string
+  version: number
+  predictions: number
+  labelled: number
+  correct: number
+  accuracy: number | null
+  firstAt: string
+  lastAt: string
+}
+
+/** A model name over time (`continual.timeline`), from catalog rows only. */
+export interface Timeline {
+  modelName: string
+  window: number
+  since: string | null
+  until: string | null
+  /** Labelled predictions in the range (before `maxPoints` thinned them). */
+  labelled: number
+  accuracy: AccuracyPoint[]
+  versions: VersionAccuracy[]
+  drift: DriftPoint[]
+  evaluations: EvaluationPoint[]
+  events: TimelineEvent[]
+  /** The highest `triggers.accuracyFloor` of the monitors of this name. */
+  accuracyFloor: number | null
+}
+
+/** How `continual.learn` updates a classifier. */
+export interface LearnOptions {
+  /** Passes over the records, in their order (1 to 1000). Default 1. */
+  epochs?: number
+  /** Records per SGD step: 1 (default) is `learn_one` per record, more is `learn_many`. */
+  batchSize?: number
+  /** Step size. Default: the model's (`sgdLearningRate` of its fit). */
+  learningRate?: number | null
+  /** Name of the new version. Default: the model's name (its next version). */
+  outputName?: string | null
+}
+
+/** `ModelRecord.lineage.learned` of a version made by `continual.learn`. */
+export interface LearnLineage {
+  records: number
+  /** sha256 of `learned_records.jsonl` in the version's directory. */
+  recordsSha256: string
+  epochs: number
+  batchSize: number
+  learningRate: number
+  steps: number
+  accuracyBefore: number
+  accuracyAfter: number
+  logLossBefore: number
+  logLossAfter: number
+}
+
 // ---------------------------------------------------------------- webhooks (home.webhooks())
 
 export type WebhookFormat = 'json' | 'discord' | 'slack'
@@ -1129,6 +1506,34 @@ export declare class Continual {
   drift(model: string, window: DriftWindow, options?: DriftOptions): Promise<DriftCheck>
   /** The model's drift checks, newest first. */
   driftChecks(model: string): DriftCheck[]
+  /**
+   * The model name over time, from the catalog's rows, off the event loop: rolling
+   * realised accuracy per serving version, each version's accuracy, drift checks,
+   * evaluations, and the promotions, rollbacks, retrains and refused candidates to
+   * mark. `modelName` may be a reference (`churn@production`): its name is used. An
+   * unknown name rejects with `not_found`; bad options with `invalid_config` naming
+   * the field.
+   */
+  timeline(modelName: string, options?: TimelineOptions): Promise<Timeline>
+  /**
+   * Draws the timeline (accuracy per version with the monitors' floor, drift scores,
+   * promotions and rollbacks marked), off the event loop, and resolves to the PNG as
+   * a Buffer; with `path`, also writes it there (atomically: a reader sees the old
+   * file or the new one). `options`: the `TimelineOptions` and the `PlotOptions`
+   * (`width`, `height`, `title`) in one object.
+   */
+  plotTimeline(modelName: string, path?: string | null, options?: TimelineOptions & PlotOptions): Promise<Buffer>
+  /**
+   * Updates the classifier `model` with labelled `records` (`{column: value, ..,
+   * label}`) by SGD, off the event loop: one step per record by default (River's
+   * `learn_one`; `batchSize` > 1: `learn_many`). Resolves to the new version's record
+   * (of `outputName`, default the model's name), whose `lineage` names the version
+   * learned from (`base`, `baseRef`) and the records (`learned`: their count, sha256,
+   * the steps, accuracy and log-loss before and after). The model learned from is
+   * never changed; aliases do not move. A bad record rejects with `invalid_data`
+   * naming the 1-based record and the field; nothing is registered then.
+   */
+  learn(model: string, records: Array<Record<string, unknown>>, options?: LearnOptions): Promise<ModelRecord>
 }
 
 /** Imports, stores and serves datasets (`home.datasets()`). */
@@ -1238,6 +1643,8 @@ export declare class Generator {
  * `ModelRegistry` and the `TrainingEngine`. Several processes may open the same home at once.
  */
 export declare class Home {
+  /** Not a constructor: a home is opened (created when missing) with `Home.open(dir)`. */
+  constructor(_useHomeOpen: never)
   /**
    * Opens the home at `dir`, creating it and migrating its catalog if needed.
    * A home written by a newer anneal is refused (code `incompatible_home`) and left
@@ -1280,6 +1687,8 @@ export declare class Home {
    * LoRA stays a separate adapter that requests may switch), `record` (default true).
    */
   imageGenerator(model: string, options?: ImageGeneratorOptions): Promise<ImageGenerator>
+  /** Retraining monitors of this home's production classifiers. */
+  monitors(): Monitors
   /** The webhooks of this home and their outbox. */
   webhooks(): Webhooks
   /**
@@ -1324,6 +1733,12 @@ export declare class ModelRegistry {
    * LoRA adapter directory. Progress is in bytes.
    */
   registerDir(path: string, options?: RegisterOptions & CallOptions): Promise<ModelRecord>
+  /**
+   * Registers a GGUF model file (llama, mistral, qwen2, gpt2; f32 / f16 / bf16 /
+   * q8_0 / 4-bit tensors), copied into the home with a derived config.json and
+   * tokenizer. Progress is in bytes.
+   */
+  registerFile(path: string, options?: RegisterOptions & CallOptions): Promise<ModelRecord>
   /** Creates a base model from a built-in preset (random weights from `seed`). */
   createPreset(preset: string, options?: PresetOptions): Promise<ModelRecord>
   /** The built-in presets. */
@@ -1343,6 +1758,19 @@ export declare class ModelRegistry {
    * depends on it (code `in_use`) unless `force`, which also deletes its adapters.
    */
   delete(reference: string, options?: DeleteOptions): Promise<void>
+  /**
+   * Writes a model out of the home: `format` `"hf"` (a Hugging Face directory; an
+   * adapter merged into its base), `"peft"` (an adapter directory) or `"bundle"` (one
+   * ZIP that `importBundle` restores elsewhere). Progress is in files. An existing
+   * `dest` is refused (code `already_exists`) unless `overwrite`.
+   */
+  export(model: string, format: ExportFormat, dest: string, options?: ExportOptions & CallOptions): Promise<ExportReport>
+  /**
+   * Restores a bundle written by `export(model, "bundle", path)`: its models (an
+   * adapter's base first) under the ids they had, with the same content. A tampered
+   * or truncated bundle is refused (code `invalid_data`, naming the entry).
+   */
+  importBundle(path: string, options?: ImportBundleOptions & CallOptions): Promise<ModelRecord>
   /** Recorded generation and scoring calls, newest first. */
   generations(filter?: GenerationFilter): GenerationRecord[]
   /** Usage totals of a model, from the catalog. */
@@ -1365,6 +1793,105 @@ export declare class ModelRegistry {
    * `date.toISOString()`), or null when the alias was not set then.
    */
   aliasAt(name: string, alias: string, at: string): AliasChange | null
+}
+
+/**
+ * One monitor: its policy and state (`record()`), its decision trail, one pass
+ * (`tick()`), approval of a waiting candidate, rollback, and `spawn()`.
+ */
+export declare class Monitor {
+  /** The monitor's name. */
+  get name(): string
+  /** The monitor's policy and state as stored now. */
+  record(): MonitorRecord
+  /** The decision trail, oldest first. */
+  decisions(): MonitorDecision[]
+  /**
+   * Feeds new data to the monitor of a language model: `dataset` (id or name; text,
+   * completion, instruction or chat records) waits for the next retrain, which trains
+   * on it; until then its rows count for `triggers.newRows` and make the window the
+   * metric and drift triggers read. Returns the feed. A dataset fed before throws
+   * `already_exists`; a classifier's monitor (it takes labelled predictions) or a
+   * tabular or image dataset `invalid_config`.
+   */
+  feed(dataset: string): MonitorFeed
+  /**
+   * The datasets fed to the monitor, oldest first (`jobId`: the retrain that took
+   * each, null while it waits).
+   */
+  feeds(): MonitorFeed[]
+  /** Replaces the policy (validated first; the state is kept); returns the record. */
+  setPolicy(policy: RetrainPolicy): MonitorRecord
+  /**
+   * One pass, off the event loop: follows the retraining job in flight or checks the
+   * triggers and guards and maybe retrains, gates and promotes. Resolves to the tick
+   * report. `runJobs: false` only submits a retraining job. Events (`drift_detected`,
+   * `retrain_started`, the job's, `candidate_evaluated`, `promoted`, `monitor_error`)
+   * go to `onEvent`. A failed pass is recorded and rejects. `cancel` / `signal` stop a
+   * retraining job it runs (the job ends `cancelled`; the next tick resumes it).
+   */
+  tick(options?: TickOptions & CallOptions): Promise<TickReport>
+  /**
+   * Promotes the candidate a `manual` or `shadow` gate left waiting (`production`
+   * moves to it, the decision is recorded and `promoted` is emitted, mode `manual`).
+   * Resolves to what moved; nothing waiting rejects with `not_found`.
+   */
+  approve(options?: PromoteOptions & Pick<CallOptions, 'onEvent'>): Promise<AliasMove>
+  /**
+   * Moves `production` back to `previous`, records the decision and emits
+   * `rolled_back`. Resolves to what moved.
+   */
+  rollback(options?: RollbackOptions & Pick<CallOptions, 'onEvent'>): Promise<AliasMove>
+  /**
+   * Ticks every `intervalSecs` seconds on a background thread until the returned
+   * handle is stopped. `onEvent` gets the events from that thread (an exception it
+   * throws becomes an `uncaughtException`; the monitor goes on). Like `setInterval`,
+   * a handle with `onEvent` keeps the process alive until `stop()`; a handle that is
+   * garbage-collected stops. A failing tick is recorded and kept as `lastError`.
+   */
+  spawn(intervalSecs: number, onEvent?: (event: AnnealEvent) => void): MonitorHandle
+}
+
+/**
+ * A monitor ticking on a background thread (`monitor.spawn()`). `await stop()` stops it
+ * after the current tick (a retraining job it runs finishes); `cancel()` also cancels
+ * that job (it ends `cancelled`; the next tick resumes it).
+ */
+export declare class MonitorHandle {
+  /**
+   * Stops after the current tick and waits for the thread, off the event loop.
+   * Resolves at once when already stopped.
+   */
+  stop(): Promise<void>
+  /**
+   * Asks the thread to stop without waiting, cancelling a retraining job the current
+   * tick runs.
+   */
+  cancel(): void
+  /** False once `stop()` was called. */
+  get running(): boolean
+  /** Ticks run so far. */
+  get ticks(): number
+  /** The error of the last failed tick as `{ code, message }`, or null. */
+  get lastError(): { code: ErrorCode; message: string } | null
+}
+
+/** The monitors of a home (`home.monitors()`). */
+export declare class Monitors {
+  /**
+   * Creates a monitor of `modelName`'s production classifier with `policy`
+   * (`{ triggers, guards, action, gate }`). `options.name` defaults to the model name.
+   * A bad policy throws `invalid_config` naming the field; a taken name
+   * `already_exists`; a model name without a production classifier `invalid_config`
+   * (field `model`).
+   */
+  create(modelName: string, policy: RetrainPolicy, options?: MonitorOptions): Monitor
+  /** A monitor by name or id (code `not_found` when there is none). */
+  get(name: string): Monitor
+  /** Every monitor's record (policy and state), by name. */
+  list(): MonitorRecord[]
+  /** Deletes a monitor and its decision trail (its models, jobs and datasets stay). */
+  delete(name: string): void
 }
 
 /**
@@ -1408,13 +1935,22 @@ export declare class TrainingEngine {
   createJob(spec: TrainSpec): JobRecord
   /**
    * `createJob` + `run`. Resolves with the report; rejects with a coded error (a bad
-   * spec: `invalid_config`; a cancelled run: `cancelled`, the job stays resumable).
+   * spec: `invalid_config`; a cancelled run: `cancelled`, with `jobId` and a message
+   * saying how to resume it). With `ifExists: 'reuse'`, a job of the same spec is
+   * reused: its report when it completed, resumed when it stopped, run when pending.
    */
-  train(spec: TrainSpec, options?: CallOptions): Promise<TrainReport>
+  train(spec: TrainSpec, options?: TrainCallOptions): Promise<TrainReport>
   /** Runs a pending job to the end. */
-  run(jobId: string, options?: CallOptions): Promise<TrainReport>
+  run(jobId: string, options?: TrainCallOptions): Promise<TrainReport>
   /** Continues a cancelled, failed or interrupted job from its last checkpoint. */
-  resume(jobId: string, options?: CallOptions): Promise<TrainReport>
+  resume(jobId: string, options?: TrainCallOptions): Promise<TrainReport>
+  /**
+   * The job's loss curves as a PNG file in a Buffer: training loss per step, eval
+   * loss at each evaluation, the learning rate below. `path` also writes it there
+   * (atomically). Works while the job runs. Throws `not_found` for an unknown job,
+   * `invalid_config` naming `width` / `height` for a size too small.
+   */
+  plot(jobId: string, options?: PlotOptions & { path?: string }): Buffer
   /** A job by id (`interrupted` when its runner died). */
   job(jobId: string): JobRecord
   /** Jobs matching every given filter field, oldest first. */
@@ -1469,6 +2005,13 @@ export declare class Webhooks {
   /** Puts `failed` rows (of one webhook, or all) back to pending, due now; returns how many. */
   retryFailed(webhookId?: string): number
 }
+
+/**
+ * Runs the `anneal` command line with `argv` (the arguments after the program name)
+ * and returns its exit code. Synchronous: it is the whole of the `anneal` bin
+ * (`bin/anneal.js`), which has no event loop work to keep free.
+ */
+export declare function cliMain(argv: Array<string>): number
 
 /**
  * Generates a seeded tabular classification scenario: `{ columns, rows, labels,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Node binding (napi build, dev profile) and runs its node:test suite.
 # Run from the repository root. Works on a fresh machine: installs the npm dev
-# dependencies (@napi-rs/cli) from the lock file. Tests are hermetic (temporary homes).
+# dependencies (@napi-rs/cli) from the lock file with `npm ci`. Tests are hermetic (temporary homes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,16 +11,9 @@ CARGO_BUILD_TARGET=$(rustc -vV | sed -n 's/host: //p')
 export CARGO_BUILD_TARGET
 
 cd bindings-node
-if [ -f package-lock.json ]; then
-    # npm ci refuses a lock that lacks other platforms' optional packages (a registry
-    # mirror without them writes such a lock); install from the lock without saving then.
-    npm ci --no-audit --no-fund || {
-        echo "npm ci failed; falling back to npm install --no-save" >&2
-        npm install --no-audit --no-fund --no-save
-    }
-else
-    npm install --no-audit --no-fund
-fi
+# Exactly the committed lock (it lists every platform's optional packages; `overrides`
+# in package.json keep the build tools' dependencies on versions that support Node 20).
+npm ci --no-audit --no-fund
 # Debug profile on purpose: it reuses the dependency build in target/.
 npx napi build --platform
 # The generated index.js / index.d.ts are committed: in CI, fail if the build changed

@@ -11,7 +11,13 @@ export CARGO_BUILD_TARGET
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q "maturin>=1.16,<2" "pytest>=8" "mypy>=1.10" "tqdm>=4.60"
+.venv/bin/pip install -q "maturin>=1.16,<2" "pytest>=8" "mypy>=1.10" "tqdm>=4.60" "openai>=1.40"
+# The readers the curve tests check our files with (about 45 s and 260 MB on a fresh
+# venv): tensorboard's EventAccumulator and mlflow's MlflowClient (file store).
+.venv/bin/pip install -q "tensorboard>=2.14" "mlflow-skinny>=2.10"
+# The `anneal` binary: test_serve_openai.py runs `anneal serve` under the openai client.
+cargo build -q -p anneal-cli --bin anneal
+export ANNEAL_BIN="$PWD/target/$CARGO_BUILD_TARGET/debug/anneal"
 (cd bindings-python && VIRTUAL_ENV="$PWD/../.venv" ../.venv/bin/maturin develop)
 # The checked-in stub must match the module.
 .venv/bin/python -m mypy.stubtest anneal --allowlist bindings-python/stubtest-allowlist.txt

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Runs every test suite: format + lints, Rust unit/integration tests, the quickstart,
-# the Python binding (pytest, in ./.venv) and the Node binding (node --test).
+# Runs every test suite: format + lints, Rust unit/integration tests, the quickstart and
+# continual examples, the Python binding (pytest, in ./.venv) and the Node binding
+# (node --test), the dashboard in headless Chromium, and the binary distributions.
 # Installs what it needs itself (maturin, pytest into .venv; npm packages into
-# bindings-node/node_modules). Works on a fresh machine; no network beyond the
-# package registries.
+# bindings-node/node_modules and cli/tests/browser/node_modules; chromium with
+# apt-get). Works on a fresh machine; no network beyond the package registries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,15 +30,30 @@ step "quickstart example (dev profile; the README runs it with --release)"
 qs_home="$(mktemp -d)"
 cargo run -q -p anneal-examples --example quickstart -- "$qs_home/home"
 rm -rf "$qs_home"
+step "continual example (dev profile: drift, retrain, gate, promote, webhook, plot)"
+ct_home="$(mktemp -d)"
+cargo run -q -p anneal-examples --example continual -- "$ct_home/home" --smoke
+rm -rf "$ct_home"
 
 step "Python binding"
 scripts/test-python.sh
 step "Python quickstart twin"
 .venv/bin/python examples/python/quickstart.py "$(mktemp -d)/home" --smoke
+step "Python continual twin"
+.venv/bin/python examples/python/continual.py "$(mktemp -d)/home" --smoke
+
+step "dashboard in headless Chromium (anneal serve, a job started from Python)"
+scripts/test-browser.sh
 
 step "Node binding"
 scripts/test-node.sh
 step "Node quickstart twin"
 node examples/node/quickstart.mjs "$(mktemp -d)/home" --smoke
+step "Node continual twin"
+node examples/node/continual.mjs "$(mktemp -d)/home" --smoke
+
+step "binary distributions (dev build): install into a clean venv and an empty Node project"
+scripts/dist.sh --dev
+scripts/test-dist.sh
 
 step "all suites passed in $(( $(date +%s) - started ))s"

@@ -5,9 +5,10 @@
 //! registry's. Records are the core's, in camelCase (feature names, classes and metric
 //! names are data and keep their spelling).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{AsyncTask, Unknown};
+use napi::bindgen_prelude::{AsyncTask, Buffer, Unknown, ValueType};
 use napi::{Env, Task};
 use napi_derive::napi;
 use serde_json::{Map, Value};
@@ -247,5 +248,141 @@ impl Continual {
     #[napi(catch_unwind, ts_return_type = "DriftCheck[]")]
     pub fn drift_checks(&self, env: Env, #[napi(ts_arg_type = "string")] model: Unknown<'_>) -> napi::Result<JsJson> {
         errors::json(&env, || js!(self.inner.drift_checks(conv::string(model, "model")?)?))
+    }
+
+    /// The model name over time, from the catalog's rows, off the event loop: rolling
+    /// realised accuracy per serving version, each version's accuracy, drift checks,
+    /// evaluations, and the promotions, rollbacks, retrains and refused candidates to
+    /// mark. `modelName` may be a reference (`churn@production`): its name is used. An
+    /// unknown name rejects with `not_found`; bad options with `invalid_config` naming
+    /// the field.
+    #[napi(catch_unwind, ts_return_type = "Promise<Timeline>")]
+    pub fn timeline(
+        &self,
+        #[napi(ts_arg_type = "string")] model_name: Unknown<'_>,
+        #[napi(ts_arg_type = "TimelineOptions")] options: Option<Unknown<'_>>,
+    ) -> AsyncTask<LongTask> {
+        let name = arg!(conv::string(model_name, "modelName"));
+        let c = self.inner.clone();
+        LongTask::spawn(options, false, move |json, _, _| {
+            let opts: anneal::TimelineOptions = options!(json)?;
+            js!(c.timeline(&name, &opts)?)
+        })
+    }
+
+    /// Draws the timeline (accuracy per version with the monitors' floor, drift scores,
+    /// promotions and rollbacks marked), off the event loop, and resolves to the PNG as
+    /// a Buffer; with `path`, also writes it there (atomically: a reader sees the old
+    /// file or the new one). `options`: the `TimelineOptions` and the `PlotOptions`
+    /// (`width`, `height`, `title`) in one object.
+    #[napi(catch_unwind, ts_return_type = "Promise<Buffer>")]
+    pub fn plot_timeline(
+        &self,
+        #[napi(ts_arg_type = "string")] model_name: Unknown<'_>,
+        #[napi(ts_arg_type = "string | null")] path: Option<Unknown<'_>>,
+        #[napi(ts_arg_type = "TimelineOptions & PlotOptions")] options: Option<Unknown<'_>>,
+    ) -> AsyncTask<PlotTimeline> {
+        let parsed = (|| {
+            let name = conv::string(model_name, "modelName")?;
+            let path = match path {
+                Some(p) if !matches!(p.get_type(), Ok(ValueType::Null | ValueType::Undefined)) => {
+                    Some(PathBuf::from(conv::string(p, "path")?))
+                }
+                _ => None,
+            };
+            let (timeline, plot) = split_plot_options(conv::plain(options)?)?;
+            Ok((name, path, options!(timeline)?, options!(plot)?))
+        })();
+        AsyncTask::new(match parsed {
+            Ok(work) => PlotTimeline { continual: self.inner.clone(), work: Some(work), error: None },
+            Err(e) => PlotTimeline { continual: self.inner.clone(), work: None, error: Some(e) },
+        })
+    }
+
+    /// Updates the classifier `model` with labelled `records` (`{column: value, ..,
+    /// label}`) by SGD, off the event loop: one step per record by default (River's
+    /// `learn_one`; `batchSize` > 1: `learn_many`). Resolves to the new version's record
+    /// (of `outputName`, default the model's name), whose `lineage` names the version
+    /// learned from (`base`, `baseRef`) and the records (`learned`: their count, sha256,
+    /// the steps, accuracy and log-loss before and after). The model learned from is
+    /// never changed; aliases do not move. A bad record rejects with `invalid_data`
+    /// naming the 1-based record and the field; nothing is registered then.
+    #[napi(catch_unwind, ts_return_type = "Promise<ModelRecord>")]
+    pub fn learn(
+        &self,
+        #[napi(ts_arg_type = "string")] model: Unknown<'_>,
+        #[napi(ts_arg_type = "Array<Record<string, unknown>>")] records: Unknown<'_>,
+        #[napi(ts_arg_type = "LearnOptions")] options: Option<Unknown<'_>>,
+    ) -> AsyncTask<LongTask> {
+        let model = arg!(conv::string(model, "model"));
+        let records = arg!(conv::records(records).and_then(|r| r.into_iter().collect::<anneal::Result<Vec<_>>>()));
+        let c = self.inner.clone();
+        LongTask::spawn(options, false, move |json, _, _| {
+            let opts: anneal::LearnOptions = options!(json)?;
+            js!(c.learn(model, &records, &opts)?)
+        })
+    }
+}
+
+/// The keys of `plotTimeline`'s options object: the timeline's, then the plot's.
+const TIMELINE_KEYS: [&str; 4] = ["window", "since", "until", "maxPoints"];
+const PLOT_KEYS: [&str; 3] = ["width", "height", "title"];
+
+/// `plotTimeline`'s one options object as the `TimelineOptions` and `PlotOptions`
+/// JSON; any other key is `invalid_config` naming it.
+fn split_plot_options(json: Value) -> anneal::Result<(Value, Value)> {
+    let (mut timeline, mut plot) = (Map::new(), Map::new());
+    if let Value::Object(m) = json {
+        for (k, v) in m {
+            if TIMELINE_KEYS.contains(&k.as_str()) {
+                timeline.insert(k, v);
+            } else if PLOT_KEYS.contains(&k.as_str()) {
+                plot.insert(k, v);
+            } else {
+                let allowed = TIMELINE_KEYS.iter().chain(&PLOT_KEYS).copied().collect::<Vec<_>>().join(", ");
+                return Err(anneal::Error::config(k, format!("unknown option; expected one of {allowed}")));
+            }
+        }
+    }
+    Ok((Value::Object(timeline), Value::Object(plot)))
+}
+
+type PlotWork = (String, Option<PathBuf>, anneal::TimelineOptions, anneal::PlotOptions);
+
+/// Renders a timeline plot on the libuv pool; resolves with the PNG as a Buffer.
+pub struct PlotTimeline {
+    continual: anneal::Continual,
+    work: Option<PlotWork>,
+    error: Option<anneal::Error>,
+}
+
+impl Task for PlotTimeline {
+    type Output = Vec<u8>;
+    type JsValue = Buffer;
+
+    fn compute(&mut self) -> napi::Result<Vec<u8>> {
+        let result = match (self.error.take(), self.work.take()) {
+            (Some(e), _) => Err(e),
+            (None, Some((name, path, opts, plot))) => {
+                self.continual.timeline_png(&name, path.as_deref(), &opts, &plot).map(|(_, png)| png)
+            }
+            (None, None) => Err(anneal::Error::Internal("task ran twice".into())),
+        };
+        result.map_err(|e| {
+            let out = napi::Error::from_reason(e.to_string());
+            self.error = Some(e);
+            out
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, png: Vec<u8>) -> napi::Result<Buffer> {
+        Ok(Buffer::from(png))
+    }
+
+    fn reject(&mut self, env: Env, err: napi::Error) -> napi::Result<Buffer> {
+        match self.error.take() {
+            Some(e) => Err(errors::to_js(&env, e)),
+            None => Err(err),
+        }
     }
 }

@@ -146,6 +146,9 @@ impl CallOptions {
                     }
                 }
                 "signal" => signal = Some(value),
+                "on_event" if events => {
+                    return Err(anneal::Error::config(key, "unknown option `on_event` (did you mean `onEvent`?)"))
+                }
                 _ => {
                     if let Some(v) = get::<Unknown>(&obj, &key)? {
                         let v = json(v, &key)?;

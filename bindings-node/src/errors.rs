@@ -45,6 +45,7 @@ fn build(env: &Env, err: anneal::Error) -> napi::Result<napi::Error> {
             obj.set_named_property("supported", *supported)?;
         }
         anneal::Error::FileNotFound { path } => obj.set_named_property("path", path.display().to_string())?,
+        anneal::Error::JobCancelled { job_id, .. } => obj.set_named_property("jobId", job_id.as_str())?,
         _ => {}
     }
     Ok(napi::Error::from(obj.to_unknown()))

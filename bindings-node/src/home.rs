@@ -19,6 +19,15 @@ pub struct Home {
 
 #[napi]
 impl Home {
+    /// Not a constructor: a home is opened (created when missing) with `Home.open(dir)`.
+    #[napi(constructor, ts_args_type = "_useHomeOpen: never")]
+    pub fn new() -> napi::Result<Self> {
+        Err(napi::Error::new(
+            napi::Status::InvalidArg,
+            "new Home() is not how a home is made: use Home.open(dir) (it creates the directory when missing)",
+        ))
+    }
+
     /// Opens the home at `dir`, creating it and migrating its catalog if needed.
     /// A home written by a newer anneal is refused (code `incompatible_home`) and left
     /// untouched. Synchronous: it only opens SQLite.

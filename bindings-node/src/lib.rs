@@ -17,6 +17,7 @@ mod events;
 mod generation;
 mod home;
 mod images;
+mod monitor;
 mod notify;
 mod registry;
 pub mod shapes;
@@ -30,7 +31,16 @@ pub use events::CancelToken;
 pub use generation::{Generator, TokenStream};
 pub use home::Home;
 pub use images::ImageGenerator;
+pub use monitor::{Monitor, MonitorHandle, Monitors};
 pub use notify::{verify_signature, Deliverer, Webhooks};
 pub use registry::ModelRegistry;
 pub use synthetic::{synthetic_scenario, write_synthetic_scenario};
 pub use training::TrainingEngine;
+
+/// Runs the `anneal` command line with `argv` (the arguments after the program name)
+/// and returns its exit code. Synchronous: it is the whole of the `anneal` bin
+/// (`bin/anneal.js`), which has no event loop work to keep free.
+#[napi_derive::napi(catch_unwind)]
+pub fn cli_main(argv: Vec<String>) -> i32 {
+    anneal_cli::commands::run(argv)
+}

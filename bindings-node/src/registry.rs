@@ -33,6 +33,23 @@ impl ModelRegistry {
         })
     }
 
+    /// Registers a GGUF model file (llama, mistral, qwen2, gpt2; f32 / f16 / bf16 /
+    /// q8_0 / 4-bit tensors), copied into the home with a derived config.json and
+    /// tokenizer. Progress is in bytes.
+    #[napi(catch_unwind, ts_return_type = "Promise<ModelRecord>")]
+    pub fn register_file(
+        &self,
+        #[napi(ts_arg_type = "string")] path: Unknown<'_>,
+        #[napi(ts_arg_type = "RegisterOptions & CallOptions")] options: Option<Unknown<'_>>,
+    ) -> AsyncTask<LongTask> {
+        let path = arg!(conv::string(path, "path"));
+        let reg = self.inner.clone();
+        LongTask::spawn(options, true, move |json, sink, cancel| {
+            let opts: anneal::RegisterOptions = options!(json)?;
+            js!(reg.register_file_with(&path, &opts, sink, cancel)?)
+        })
+    }
+
     /// Creates a base model from a built-in preset (random weights from `seed`).
     #[napi(catch_unwind, ts_return_type = "Promise<ModelRecord>")]
     pub fn create_preset(
@@ -121,6 +138,46 @@ impl ModelRegistry {
             let o: anneal::DeleteOptions = options!(json)?;
             reg.delete(reference, o.force)?;
             Ok(Value::Null)
+        })
+    }
+
+    /// Writes a model out of the home: `format` `"hf"` (a Hugging Face directory; an
+    /// adapter merged into its base), `"peft"` (an adapter directory) or `"bundle"` (one
+    /// ZIP that `importBundle` restores elsewhere). Progress is in files. An existing
+    /// `dest` is refused (code `already_exists`) unless `overwrite`.
+    #[napi(catch_unwind, ts_return_type = "Promise<ExportReport>")]
+    pub fn export(
+        &self,
+        #[napi(ts_arg_type = "string")] model: Unknown<'_>,
+        #[napi(ts_arg_type = "ExportFormat")] format: Unknown<'_>,
+        #[napi(ts_arg_type = "string")] dest: Unknown<'_>,
+        #[napi(ts_arg_type = "ExportOptions & CallOptions")] options: Option<Unknown<'_>>,
+    ) -> AsyncTask<LongTask> {
+        let model = arg!(conv::string(model, "model"));
+        let format = arg!(conv::string(format, "format"));
+        let dest = arg!(conv::string(dest, "dest"));
+        let reg = self.inner.clone();
+        LongTask::spawn(options, true, move |json, sink, cancel| {
+            let opts: anneal::ExportOptions = options!(json)?;
+            let format: anneal::ExportFormat = format.parse()?;
+            js!(reg.export_with(model, format, &dest, &opts, sink, cancel)?)
+        })
+    }
+
+    /// Restores a bundle written by `export(model, "bundle", path)`: its models (an
+    /// adapter's base first) under the ids they had, with the same content. A tampered
+    /// or truncated bundle is refused (code `invalid_data`, naming the entry).
+    #[napi(catch_unwind, ts_return_type = "Promise<ModelRecord>")]
+    pub fn import_bundle(
+        &self,
+        #[napi(ts_arg_type = "string")] path: Unknown<'_>,
+        #[napi(ts_arg_type = "ImportBundleOptions & CallOptions")] options: Option<Unknown<'_>>,
+    ) -> AsyncTask<LongTask> {
+        let path = arg!(conv::string(path, "path"));
+        let reg = self.inner.clone();
+        LongTask::spawn(options, true, move |json, sink, cancel| {
+            let opts: anneal::ImportBundleOptions = options!(json)?;
+            js!(reg.import_bundle_with(&path, &opts, sink, cancel)?)
         })
     }
 

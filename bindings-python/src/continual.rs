@@ -3,11 +3,17 @@
 //! touches the catalog or the model releases the GIL. Predictions and the continual
 //! records are plain dicts (the core's serde form, `snake_case`).
 
+use std::path::PathBuf;
+
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use serde_json::{Map, Value};
 
 use anneal::types::DriftOptions;
-use anneal::{AccuracyOptions, DriftWindow, PredictionFilter, PredictionId, PredictorOptions};
+use anneal::{
+    AccuracyOptions, DriftWindow, LearnOptions, PlotOptions, PredictionFilter, PredictionId, PredictorOptions,
+    TimelineOptions,
+};
 
 use crate::conv::{json_to_py, q, to_json, Options};
 use crate::errors::{to_pyerr, EnterCore};
@@ -33,6 +39,15 @@ fn row(py: Python<'_>, obj: &Bound<'_, PyAny>, record: u64) -> PyResult<Map<Stri
             ),
         )),
     }
+}
+
+/// `window`, `since`, `until`, `max_points` as the core's `TimelineOptions`.
+fn timeline_options(py: Python<'_>, values: [&Option<Bound<'_, PyAny>>; 4]) -> PyResult<TimelineOptions> {
+    let mut opts = Options::default();
+    for (k, v) in ["window", "since", "until", "max_points"].into_iter().zip(values) {
+        opts = opts.set(k, v.as_ref())?;
+    }
+    anneal::options_from_json(opts.into_value()).map_err(|e| to_pyerr(py, e))
 }
 
 /// Serves a registered classifier: `predict` / `predict_batch` answer rows and log
@@ -220,6 +235,97 @@ impl PyContinual {
     fn drift_checks<'py>(&self, py: Python<'py>, model: String) -> PyResult<Bound<'py, PyAny>> {
         let checks = py.enter_core(|| self.inner.drift_checks(model))?;
         plain!(py, &checks)
+    }
+
+    /// The model name over time, from the catalog's rows (a dict): rolling realised
+    /// accuracy per serving version, each version's accuracy, drift checks,
+    /// evaluations, and the promotions, rollbacks, retrains and refused candidates to
+    /// mark. `model_name` may be a reference (`churn@production`): its name is used.
+    /// An unknown name raises `NotFoundError`; bad options `InvalidConfigError`
+    /// naming the field.
+    #[pyo3(signature = (model_name, *, window=None, since=None, until=None, max_points=None))]
+    fn timeline<'py>(
+        &self,
+        py: Python<'py>,
+        model_name: String,
+        window: Option<Bound<'py, PyAny>>,
+        since: Option<Bound<'py, PyAny>>,
+        until: Option<Bound<'py, PyAny>>,
+        max_points: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let opts = timeline_options(py, [&window, &since, &until, &max_points])?;
+        let t = py.enter_core(|| self.inner.timeline(&model_name, &opts))?;
+        plain!(py, &t)
+    }
+
+    /// Draws the timeline (accuracy per version with the monitors' floor, drift
+    /// scores, promotions and rollbacks marked) and returns the PNG's bytes; with
+    /// `path`, also writes them there (atomically: a reader sees the old file or the
+    /// new one). Options as `timeline`, plus `width`, `height` (pixels) and `title`.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (model_name, path=None, *, window=None, since=None, until=None, max_points=None,
+                        width=None, height=None, title=None))]
+    fn plot_timeline<'py>(
+        &self,
+        py: Python<'py>,
+        model_name: String,
+        path: Option<PathBuf>,
+        window: Option<Bound<'py, PyAny>>,
+        since: Option<Bound<'py, PyAny>>,
+        until: Option<Bound<'py, PyAny>>,
+        max_points: Option<Bound<'py, PyAny>>,
+        width: Option<Bound<'py, PyAny>>,
+        height: Option<Bound<'py, PyAny>>,
+        title: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let opts = timeline_options(py, [&window, &since, &until, &max_points])?;
+        let value = Options::default()
+            .set("width", width.as_ref())?
+            .set("height", height.as_ref())?
+            .set("title", title.as_ref())?
+            .into_value();
+        let plot: PlotOptions = anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))?;
+        let (_, png) = py.enter_core(|| self.inner.timeline_png(&model_name, path.as_deref(), &opts, &plot))?;
+        Ok(PyBytes::new(py, &png))
+    }
+
+    /// Updates the classifier `model` with labelled `records` (dicts of column ->
+    /// value with a `label`) by SGD, one step per record by default (River's
+    /// `learn_one`; `batch_size` > 1: `learn_many`), and registers the result as a new
+    /// version (of `output_name`, default the model's name) whose lineage names the
+    /// version learned from and the records (stored with it, and their sha256). The
+    /// model learned from is never changed; aliases do not move. A bad record raises
+    /// `InvalidDataError` naming the 1-based record and the field; nothing is
+    /// registered then.
+    #[pyo3(signature = (model, records, *, epochs=None, batch_size=None, learning_rate=None, output_name=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn learn(
+        &self,
+        py: Python<'_>,
+        model: String,
+        records: Bound<'_, PyAny>,
+        epochs: Option<Bound<'_, PyAny>>,
+        batch_size: Option<Bound<'_, PyAny>>,
+        learning_rate: Option<Bound<'_, PyAny>>,
+        output_name: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<PyModelRecord> {
+        let value = Options::default()
+            .set("epochs", epochs.as_ref())?
+            .set("batch_size", batch_size.as_ref())?
+            .set("learning_rate", learning_rate.as_ref())?
+            .set("output_name", output_name.as_ref())?
+            .into_value();
+        let opts: LearnOptions = anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))?;
+        if records.is_instance_of::<pyo3::types::PyString>() || records.is_instance_of::<pyo3::types::PyDict>() {
+            let e = anneal::Error::config("records", "expected a list of dicts (column -> value, with a `label`)");
+            return Err(to_pyerr(py, e));
+        }
+        let mut rows = Vec::new();
+        for (i, r) in records.try_iter()?.enumerate() {
+            rows.push(to_json(&r?, &format!("record {}", i + 1))?);
+        }
+        let rec = py.enter_core(|| self.inner.learn(model, &rows, &opts))?;
+        Ok(rec.into())
     }
 
     fn __repr__(&self) -> &'static str {

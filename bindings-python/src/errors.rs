@@ -127,6 +127,7 @@ fn details(py: Python<'_>, e: &Error, exc: &Bound<'_, PyAny>) -> PyResult<()> {
             exc.setattr("existing_id", existing_id)?;
             exc.setattr("existing_name", existing_name)?;
         }
+        Error::JobCancelled { job_id, .. } => exc.setattr("job_id", job_id)?,
         Error::IncompatibleHome { path, found, supported } => {
             exc.setattr("path", path.display().to_string())?;
             exc.setattr("found", found)?;
@@ -148,8 +149,11 @@ pub fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
             Error::FileNotFound { path } => cls.call1((2, "No such file or directory", path.display().to_string()))?,
             Error::Io { path, source } => match source.raw_os_error() {
                 Some(errno) => {
-                    let text = std::io::Error::from_raw_os_error(errno).kind().to_string();
-                    cls.call1((errno, format!("{text} ({source})"), path.display().to_string()))?
+                    // The OS's own words, as Python's strerror ("Not a directory"),
+                    // without Rust's " (os error 20)".
+                    let text = std::io::Error::from_raw_os_error(errno).to_string();
+                    let text = text.strip_suffix(&format!(" (os error {errno})")).unwrap_or(&text).to_string();
+                    cls.call1((errno, text, path.display().to_string()))?
                 }
                 None => cls.call1((e.to_string(),))?,
             },

@@ -21,6 +21,16 @@ pub struct PyHome {
 
 #[pymethods]
 impl PyHome {
+    /// Not a constructor: a home is opened (created when missing) with `Home.open(path)`.
+    #[new]
+    #[pyo3(signature = (*args, **kwargs))]
+    fn new(args: &Bound<'_, pyo3::types::PyTuple>, kwargs: Option<&Bound<'_, pyo3::types::PyDict>>) -> PyResult<Self> {
+        let _ = (args, kwargs);
+        Err(pyo3::exceptions::PyTypeError::new_err(
+            "anneal.Home() is not how a home is made: use anneal.Home.open(path) (it creates the directory when missing)",
+        ))
+    }
+
     /// Opens the home at `path`, creating or migrating it. A home written by a newer
     /// anneal raises `IncompatibleHomeError` and is left untouched. `memory_limit`:
     /// the most bytes one training run or generation request may plan to use (default:
@@ -145,6 +155,11 @@ impl PyHome {
     /// Labels, realised accuracy, evaluations and drift checks of this home's models.
     fn continual(&self) -> PyContinual {
         PyContinual { inner: self.inner.continual() }
+    }
+
+    /// Retraining monitors of this home's production classifiers (see `Monitors`).
+    fn monitors(&self) -> crate::monitor::PyMonitors {
+        crate::monitor::PyMonitors { inner: self.inner.monitors(), root: self.root() }
     }
 
     fn __repr__(&self) -> String {

@@ -9,6 +9,7 @@ mod events;
 mod generation;
 mod home;
 mod images;
+mod monitor;
 mod notify;
 mod records;
 mod registry;
@@ -19,9 +20,18 @@ mod training;
 
 use pyo3::prelude::*;
 
+/// Runs the `anneal` command line with `argv` (the arguments after the program name)
+/// and returns its exit code; the `anneal` console script calls it. The GIL is
+/// released while the command runs.
+#[pyfunction]
+fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
+    py.detach(|| anneal_cli::commands::run(argv))
+}
+
 #[pymodule]
 fn _anneal(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_class::<home::PyHome>()?;
     m.add_class::<dataset::PyDatasetStore>()?;
     m.add_class::<dataset::PyDatasetRecord>()?;
@@ -51,6 +61,7 @@ fn _anneal(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<continual::PyContinual>()?;
     shapes::register(m)?;
     notify::register(m)?;
+    monitor::register(m)?;
     synthetic::register(m)?;
     errors::register(m)?;
     Ok(())

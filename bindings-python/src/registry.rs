@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use pyo3::prelude::*;
 
-use anneal::{ModelFilter, ModelId, PresetOptions, RegisterOptions};
+use anneal::{ExportFormat, ExportOptions, ImportBundleOptions, ModelFilter, ModelId, PresetOptions, RegisterOptions};
 
 use crate::conv::{q, Options};
 use crate::errors::{to_pyerr, EnterCore};
@@ -88,10 +88,44 @@ pub struct PyModelRegistry {
 #[pymethods]
 impl PyModelRegistry {
     /// Registers a local Hugging Face model directory or a PEFT LoRA adapter directory.
+    /// `if_exists`: `"new_version"` (default), `"reuse"` (the same files under the name
+    /// are returned) or `"error"`.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (path, *, name=None, storage=None, parent=None, task=None, tags=None, if_exists=None,
+                        on_event=None, cancel=None))]
+    fn register_dir(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        name: Option<Bound<'_, PyAny>>,
+        storage: Option<Bound<'_, PyAny>>,
+        parent: Option<Bound<'_, PyAny>>,
+        task: Option<Bound<'_, PyAny>>,
+        tags: Option<Bound<'_, PyAny>>,
+        if_exists: Option<Bound<'_, PyAny>>,
+        on_event: Option<Bound<'_, PyAny>>,
+        cancel: Option<Bound<'_, PyCancelToken>>,
+    ) -> PyResult<PyModelRecord> {
+        let value = Options::default()
+            .set("name", name.as_ref())?
+            .set("storage", storage.as_ref())?
+            .set("parent", parent.as_ref())?
+            .set("task", task.as_ref())?
+            .set("tags", tags.as_ref())?
+            .set("if_exists", if_exists.as_ref())?
+            .into_value();
+        let opts: RegisterOptions = anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))?;
+        let (reg, cancel) = (self.inner.clone(), events::token(cancel.as_ref()));
+        events::run(py, events::callback(on_event)?, move |sink| reg.register_dir_with(&path, &opts, sink, &cancel))
+            .map(Into::into)
+    }
+
+    /// Registers a GGUF model file (llama, mistral, qwen2, gpt2; f32 / f16 / bf16 /
+    /// q8_0 / 4-bit tensors), copied into the home with a derived config.json and tokenizer.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (path, *, name=None, storage=None, parent=None, task=None, tags=None, on_event=None,
                         cancel=None))]
-    fn register_dir(
+    fn register_file(
         &self,
         py: Python<'_>,
         path: PathBuf,
@@ -112,12 +146,15 @@ impl PyModelRegistry {
             .into_value();
         let opts: RegisterOptions = anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))?;
         let (reg, cancel) = (self.inner.clone(), events::token(cancel.as_ref()));
-        events::run(py, events::callback(on_event)?, move |sink| reg.register_dir_with(&path, &opts, sink, &cancel))
+        events::run(py, events::callback(on_event)?, move |sink| reg.register_file_with(&path, &opts, sink, &cancel))
             .map(Into::into)
     }
 
     /// Creates a base model from a built-in preset (random weights from `seed`).
-    #[pyo3(signature = (preset, *, name=None, seed=None, task=None, tags=None))]
+    /// `if_exists`: `"new_version"` (default), `"reuse"` (the version of `name` from the
+    /// same preset and seed is returned) or `"error"`.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (preset, *, name=None, seed=None, task=None, tags=None, if_exists=None))]
     fn create_preset(
         &self,
         py: Python<'_>,
@@ -126,12 +163,14 @@ impl PyModelRegistry {
         seed: Option<Bound<'_, PyAny>>,
         task: Option<Bound<'_, PyAny>>,
         tags: Option<Bound<'_, PyAny>>,
+        if_exists: Option<Bound<'_, PyAny>>,
     ) -> PyResult<PyModelRecord> {
         let value = Options::default()
             .set("name", name.as_ref())?
             .set("seed", seed.as_ref())?
             .set("task", task.as_ref())?
             .set("tags", tags.as_ref())?
+            .set("if_exists", if_exists.as_ref())?
             .into_value();
         let opts: PresetOptions = anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))?;
         py.enter_core(|| self.inner.create_preset(&preset, &opts)).map(Into::into)
@@ -260,6 +299,65 @@ impl PyModelRegistry {
         at: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::stats::alias_at(py, &self.inner, name, alias, at)
+    }
+
+    /// Writes `model` out of the home: `format` is `"hf"` (a Hugging Face directory; an
+    /// adapter merged into its base), `"peft"` (an adapter directory) or `"bundle"` (one
+    /// ZIP that `import_bundle` restores elsewhere). Returns `{model, format, path,
+    /// files: [{path, bytes, sha256}]}`. An existing `dest` is AlreadyExistsError unless
+    /// `overwrite=True`.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (model, format, dest, *, overwrite=None, max_shard_bytes=None, base_model=None,
+                        quantization=None, merge=None, name=None, on_event=None, cancel=None))]
+    fn export<'py>(
+        &self,
+        py: Python<'py>,
+        model: String,
+        format: String,
+        dest: PathBuf,
+        overwrite: Option<Bound<'py, PyAny>>,
+        max_shard_bytes: Option<Bound<'py, PyAny>>,
+        base_model: Option<Bound<'py, PyAny>>,
+        quantization: Option<Bound<'py, PyAny>>,
+        merge: Option<Bound<'py, PyAny>>,
+        name: Option<Bound<'py, PyAny>>,
+        on_event: Option<Bound<'py, PyAny>>,
+        cancel: Option<Bound<'py, PyCancelToken>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let format: ExportFormat = format.parse().map_err(|e| to_pyerr(py, e))?;
+        let value = Options::default()
+            .set("overwrite", overwrite.as_ref())?
+            .set("max_shard_bytes", max_shard_bytes.as_ref())?
+            .set("base_model", base_model.as_ref())?
+            .set("quantization", quantization.as_ref())?
+            .set("merge", merge.as_ref())?
+            .set("name", name.as_ref())?
+            .into_value();
+        let opts: ExportOptions = anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))?;
+        let (reg, cancel) = (self.inner.clone(), events::token(cancel.as_ref()));
+        let report = events::run(py, events::callback(on_event)?, move |sink| {
+            reg.export_with(model, format, &dest, &opts, sink, &cancel)
+        })?;
+        crate::conv::json_to_py(py, serde_json::to_value(&report))
+    }
+
+    /// Restores a bundle written by `export(model, "bundle", path)`: its models (an
+    /// adapter's base first) under the ids they had, with the same content; returns the
+    /// bundle's model. A tampered or truncated bundle is InvalidDataError naming the entry.
+    #[pyo3(signature = (path, *, name=None, on_event=None, cancel=None))]
+    fn import_bundle(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        name: Option<Bound<'_, PyAny>>,
+        on_event: Option<Bound<'_, PyAny>>,
+        cancel: Option<Bound<'_, PyCancelToken>>,
+    ) -> PyResult<PyModelRecord> {
+        let value = Options::default().set("name", name.as_ref())?.into_value();
+        let opts: ImportBundleOptions = anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))?;
+        let (reg, cancel) = (self.inner.clone(), events::token(cancel.as_ref()));
+        events::run(py, events::callback(on_event)?, move |sink| reg.import_bundle_with(&path, &opts, sink, &cancel))
+            .map(Into::into)
     }
 
     fn __repr__(&self) -> String {

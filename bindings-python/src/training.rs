@@ -3,16 +3,18 @@
 //! Specs are dicts (or keyword arguments) handed to `TrainSpec::from_json`, so defaults
 //! and validation stay in the core. `run` / `train` / `resume` / `JobHandle.wait` release
 //! the GIL. Ctrl-C during a run asks the job to stop through the catalog flag: it writes
-//! a checkpoint, ends `cancelled` (resumable) and `KeyboardInterrupt` is raised.
+//! a checkpoint, ends `cancelled` (resumable) and `KeyboardInterrupt` is raised, its
+//! message naming the job and the call that continues it (as `CancelledError`'s does
+//! after a cancel through a token).
 
 use std::time::Duration;
 
-use pyo3::exceptions::{PyStopIteration, PyTypeError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyStopIteration, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
 use serde_json::{Map, Value};
 
-use anneal::{JobFilter, JobId, TrainSpec};
+use anneal::{CurveOptions, Fanout, JobFilter, JobId, PlotOptions, TrainSpec};
 
 use crate::conv::{self, q, Options};
 use crate::errors::{to_pyerr, EnterCore};
@@ -151,6 +153,71 @@ fn callback(py: Python<'_>, on_event: Option<Bound<'_, PyAny>>, progress: bool) 
     Ok(Some(make.call1((cb,))?.unbind()))
 }
 
+/// `tensorboard=` / `mlflow=` / `mlflow_experiment=`: a `str` or `os.PathLike` each.
+struct Curves<'py> {
+    tensorboard: Option<Bound<'py, PyAny>>,
+    mlflow: Option<Bound<'py, PyAny>>,
+    mlflow_experiment: Option<Bound<'py, PyAny>>,
+}
+
+impl Curves<'_> {
+    /// The options, checked by the core (`invalid_config` naming a bad one).
+    fn options(&self, py: Python<'_>) -> PyResult<CurveOptions> {
+        let mut map = Map::new();
+        for (key, v) in [
+            ("tensorboard", &self.tensorboard),
+            ("mlflow", &self.mlflow),
+            ("mlflow_experiment", &self.mlflow_experiment),
+        ] {
+            let Some(v) = v.as_ref().filter(|v| !v.is_none()) else { continue };
+            let text = match v.extract::<std::path::PathBuf>() {
+                Ok(p) => p.to_string_lossy().into_owned(),
+                Err(_) => {
+                    let e = anneal::Error::config(
+                        key,
+                        format!("expected a str or os.PathLike, got {}", v.get_type().name()?),
+                    );
+                    return Err(to_pyerr(py, e));
+                }
+            };
+            map.insert(key.to_string(), Value::String(text));
+        }
+        anneal::options_from_json(Value::Object(map)).map_err(|e| to_pyerr(py, e))
+    }
+
+    /// The sinks for a job trained with `spec`.
+    fn sinks(&self, py: Python<'_>, spec: &TrainSpec) -> PyResult<Fanout<'static>> {
+        self.options(py)?.sinks(spec).map_err(|e| to_pyerr(py, e))
+    }
+}
+
+/// `PlotOptions` from keyword arguments, checked by the core.
+fn plot_options(
+    py: Python<'_>,
+    width: Option<&Bound<'_, PyAny>>,
+    height: Option<&Bound<'_, PyAny>>,
+    title: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PlotOptions> {
+    let value = Options::default().set("width", width)?.set("height", height)?.set("title", title)?.into_value();
+    anneal::options_from_json(value).map_err(|e| to_pyerr(py, e))
+}
+
+/// PNG bytes as `anneal.PngBytes` (bytes that Jupyter shows as an image): `render`
+/// draws them, `render_to` draws and writes them to `path` (atomically, in the core).
+fn png<'py>(
+    py: Python<'py>,
+    path: Option<&Bound<'py, PyAny>>,
+    render: impl FnOnce() -> anneal::Result<Vec<u8>> + Send,
+    render_to: impl FnOnce(&std::path::Path) -> anneal::Result<Vec<u8>> + Send,
+) -> PyResult<Bound<'py, PyAny>> {
+    let path = path.filter(|p| !p.is_none()).map(|p| p.extract::<std::path::PathBuf>()).transpose()?;
+    let bytes = py.enter_core(|| match &path {
+        Some(path) => render_to(path),
+        None => render(),
+    })?;
+    py.import("anneal._png")?.getattr("PngBytes")?.call1((PyBytes::new(py, &bytes),))
+}
+
 /// Creates, runs, watches and resumes training jobs.
 #[pyclass(name = "TrainingEngine", module = "anneal", frozen)]
 pub struct PyTrainingEngine {
@@ -158,32 +225,76 @@ pub struct PyTrainingEngine {
     pub root: String,
 }
 
+/// What `execute` does with a job.
+#[derive(Clone, Copy)]
+enum Mode {
+    Run,
+    Resume,
+    /// `TrainingEngine::complete`: run, resume or report, by the job's state.
+    Complete,
+}
+
+/// Ctrl-C during a run or a wait: `KeyboardInterrupt` naming the job and how to continue it.
+pub(crate) fn interrupted(py: Python<'_>, engine: &anneal::TrainingEngine, id: &JobId) -> PyErr {
+    let hint = py.detach(|| engine.resume_hint(id));
+    PyKeyboardInterrupt::new_err(format!("Ctrl-C: {hint}"))
+}
+
 impl PyTrainingEngine {
-    /// Runs or resumes a job on this thread with the GIL released.
+    /// `run` / `resume` / `train` by id: the curve sinks need the job's spec.
+    #[allow(clippy::too_many_arguments)]
+    fn execute_id(
+        &self,
+        py: Python<'_>,
+        id: JobId,
+        mode: Mode,
+        on_event: Option<Bound<'_, PyAny>>,
+        cancel: Option<Bound<'_, PyCancelToken>>,
+        progress: bool,
+        curves: Curves<'_>,
+    ) -> PyResult<PyTrainReport> {
+        let cb = callback(py, on_event, progress)?;
+        let opts = curves.options(py)?;
+        let sinks = if opts.is_empty() {
+            Fanout::new()
+        } else {
+            let job = py.enter_core(|| self.inner.job(&id))?;
+            opts.sinks(&job.spec).map_err(|e| to_pyerr(py, e))?
+        };
+        self.execute(py, id, mode, cb, events::token(cancel.as_ref()), sinks)
+    }
+
+    /// Runs, resumes or completes a job on this thread with the GIL released.
     fn execute(
         &self,
         py: Python<'_>,
         id: JobId,
-        resume: bool,
+        mode: Mode,
         on_event: Option<Py<PyAny>>,
         cancel: anneal::CancelToken,
+        curves: Fanout<'static>,
     ) -> PyResult<PyTrainReport> {
         let engine = self.inner.clone();
         let stop = {
             let (engine, id) = (engine.clone(), id.clone());
             Box::new(move || engine.cancel(&id).is_ok()) as events::OnInterrupt
         };
+        let job = id.clone();
         let (result, raised) = events::run_interruptible(py, on_event, Some(stop), move |sink| {
-            if resume {
-                engine.resume(&id, sink, &cancel)
-            } else {
-                engine.run(&id, sink, &cancel)
+            // The curve sinks get every step; the callback its throttled share.
+            let mut sink = curves.with(move |e: &anneal::Event| sink.on_event(e));
+            match mode {
+                Mode::Run => engine.run(&job, &mut sink, &cancel),
+                Mode::Resume => engine.resume(&job, &mut sink, &cancel),
+                Mode::Complete => engine.complete(&job, &mut sink, &cancel),
             }
         });
-        match raised {
+        let engine = &self.inner;
+        match (raised, result) {
             // Ctrl-C is re-raised even when it came too late to stop the job.
-            Some(err) if err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) => Err(err),
-            raised => events::finish(py, result, [raised]).map(Into::into),
+            (Some(err), _) if err.is_instance_of::<PyKeyboardInterrupt>(py) => Err(interrupted(py, engine, &id)),
+            (None, Err(e @ anneal::Error::Cancelled)) => Err(to_pyerr(py, py.detach(|| engine.explain(&id, e)))),
+            (raised, result) => events::finish(py, result, [raised]).map(Into::into),
         }
     }
 }
@@ -203,8 +314,11 @@ impl PyTrainingEngine {
     }
 
     /// Runs a pending job to the end (GIL released). Ctrl-C stops it cleanly: it ends
-    /// `cancelled` (resumable) and `KeyboardInterrupt` is raised.
-    #[pyo3(signature = (job_id, *, on_event=None, cancel=None, progress=false))]
+    /// `cancelled` (resumable) and `KeyboardInterrupt` is raised. `tensorboard` (a log
+    /// directory) and `mlflow` (a directory or an http(s) tracking URI) also send the
+    /// run's curves there.
+    #[pyo3(signature = (job_id, *, on_event=None, cancel=None, progress=false, tensorboard=None, mlflow=None, mlflow_experiment=None))]
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         py: Python<'_>,
@@ -212,13 +326,19 @@ impl PyTrainingEngine {
         on_event: Option<Bound<'_, PyAny>>,
         cancel: Option<Bound<'_, PyCancelToken>>,
         progress: bool,
+        tensorboard: Option<Bound<'_, PyAny>>,
+        mlflow: Option<Bound<'_, PyAny>>,
+        mlflow_experiment: Option<Bound<'_, PyAny>>,
     ) -> PyResult<PyTrainReport> {
-        let cb = callback(py, on_event, progress)?;
-        self.execute(py, JobId(job_id), false, cb, events::token(cancel.as_ref()))
+        let curves = Curves { tensorboard, mlflow, mlflow_experiment };
+        self.execute_id(py, JobId(job_id), Mode::Run, on_event, cancel, progress, curves)
     }
 
-    /// `create_job` + `run`: trains from a spec dict and/or keyword fields.
-    #[pyo3(signature = (spec=None, /, *, on_event=None, cancel=None, progress=false, **fields))]
+    /// `create_job` + `run`: trains from a spec dict and/or keyword fields. With
+    /// `if_exists="reuse"`, a job of the same spec is reused: its report is returned
+    /// when it completed, it is resumed when it stopped, run when pending.
+    #[pyo3(signature = (spec=None, /, *, on_event=None, cancel=None, progress=false, tensorboard=None, mlflow=None, mlflow_experiment=None, **fields))]
+    #[allow(clippy::too_many_arguments)]
     fn train(
         &self,
         py: Python<'_>,
@@ -226,15 +346,22 @@ impl PyTrainingEngine {
         on_event: Option<Bound<'_, PyAny>>,
         cancel: Option<Bound<'_, PyCancelToken>>,
         progress: bool,
+        tensorboard: Option<Bound<'_, PyAny>>,
+        mlflow: Option<Bound<'_, PyAny>>,
+        mlflow_experiment: Option<Bound<'_, PyAny>>,
         fields: Option<Bound<'_, PyDict>>,
     ) -> PyResult<PyTrainReport> {
         let cb = callback(py, on_event, progress)?;
-        let job = self.create_job(py, spec, fields)?;
-        self.execute(py, job.inner.id, false, cb, events::token(cancel.as_ref()))
+        let spec = train_spec(py, spec.as_ref(), fields.as_ref())?;
+        // Bad curve options fail before a job is created.
+        let curves = Curves { tensorboard, mlflow, mlflow_experiment }.sinks(py, &spec)?;
+        let job = py.enter_core(|| self.inner.create_job(&spec))?;
+        self.execute(py, job.id, Mode::Complete, cb, events::token(cancel.as_ref()), curves)
     }
 
     /// Continues a cancelled, failed or interrupted job from its last checkpoint.
-    #[pyo3(signature = (job_id, *, on_event=None, cancel=None, progress=false))]
+    #[pyo3(signature = (job_id, *, on_event=None, cancel=None, progress=false, tensorboard=None, mlflow=None, mlflow_experiment=None))]
+    #[allow(clippy::too_many_arguments)]
     fn resume(
         &self,
         py: Python<'_>,
@@ -242,16 +369,37 @@ impl PyTrainingEngine {
         on_event: Option<Bound<'_, PyAny>>,
         cancel: Option<Bound<'_, PyCancelToken>>,
         progress: bool,
+        tensorboard: Option<Bound<'_, PyAny>>,
+        mlflow: Option<Bound<'_, PyAny>>,
+        mlflow_experiment: Option<Bound<'_, PyAny>>,
     ) -> PyResult<PyTrainReport> {
-        let cb = callback(py, on_event, progress)?;
-        self.execute(py, JobId(job_id), true, cb, events::token(cancel.as_ref()))
+        let curves = Curves { tensorboard, mlflow, mlflow_experiment };
+        self.execute_id(py, JobId(job_id), Mode::Resume, on_event, cancel, progress, curves)
+    }
+
+    /// The job's loss curves as PNG bytes (`anneal.PngBytes`: Jupyter shows them as an
+    /// image): training loss per step, eval loss at each evaluation, the learning rate
+    /// below. Written to `path` too when given. Works while the job runs.
+    #[pyo3(signature = (job_id, path=None, *, width=None, height=None, title=None))]
+    fn plot<'py>(
+        &self,
+        py: Python<'py>,
+        job_id: String,
+        path: Option<Bound<'py, PyAny>>,
+        width: Option<Bound<'py, PyAny>>,
+        height: Option<Bound<'py, PyAny>>,
+        title: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let opts = plot_options(py, width.as_ref(), height.as_ref(), title.as_ref())?;
+        let (engine, id) = (&self.inner, JobId(job_id));
+        png(py, path.as_ref(), || engine.plot(&id, &opts), |p| engine.plot_to(&id, p, &opts))
     }
 
     /// Runs (or resumes) the job on a background thread and returns its handle.
     fn spawn(&self, py: Python<'_>, job_id: String) -> PyResult<PyJobHandle> {
         let id = JobId(job_id);
         let handle = py.enter_core(|| self.inner.spawn(&id))?;
-        Ok(PyJobHandle { handle })
+        Ok(PyJobHandle { handle, engine: self.inner.clone() })
     }
 
     /// A job by id (`interrupted` when its runner died).
@@ -305,6 +453,7 @@ impl PyTrainingEngine {
 #[pyclass(name = "JobHandle", module = "anneal", frozen)]
 pub struct PyJobHandle {
     handle: anneal::JobHandle,
+    engine: anneal::TrainingEngine,
 }
 
 #[pymethods]
@@ -325,13 +474,51 @@ impl PyJobHandle {
         py.detach(|| self.handle.is_finished())
     }
 
+    /// The job's loss curves so far as PNG bytes (`anneal.PngBytes`), written to
+    /// `path` too when given (see `TrainingEngine.plot`).
+    #[pyo3(signature = (path=None, *, width=None, height=None, title=None))]
+    fn plot<'py>(
+        &self,
+        py: Python<'py>,
+        path: Option<Bound<'py, PyAny>>,
+        width: Option<Bound<'py, PyAny>>,
+        height: Option<Bound<'py, PyAny>>,
+        title: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let opts = plot_options(py, width.as_ref(), height.as_ref(), title.as_ref())?;
+        let handle = &self.handle;
+        png(py, path.as_ref(), || handle.plot(&opts), |p| handle.plot_to(p, &opts))
+    }
+
     /// Blocks (GIL released) until the job ends; returns its report or raises its
     /// error (`CancelledError` after `cancel()`). May be called again, from any thread.
+    /// Ctrl-C stops the job (it checkpoints and ends `cancelled`, resumable) and raises
+    /// `KeyboardInterrupt` naming the job and how to resume it.
     fn wait(&self, py: Python<'_>) -> PyResult<PyTrainReport> {
+        let id = self.handle.job_id().clone();
         loop {
             match py.enter_core(|| self.handle.wait_timeout(POLL))? {
-                Some(outcome) => return outcome.map(Into::into).map_err(|e| to_pyerr(py, e)),
-                None => py.check_signals()?,
+                Some(Ok(report)) => return Ok(report.into()),
+                Some(Err(e)) => return Err(to_pyerr(py, py.detach(|| self.engine.explain(&id, e)))),
+                None => {
+                    if let Err(err) = py.check_signals() {
+                        if !err.is_instance_of::<PyKeyboardInterrupt>(py) {
+                            return Err(err);
+                        }
+                        // Stop the job cleanly, then say how to continue it. A second
+                        // Ctrl-C while it checkpoints stops waiting at once.
+                        py.detach(|| self.handle.cancel());
+                        loop {
+                            if py.enter_core(|| self.handle.wait_timeout(POLL))?.is_some() {
+                                break;
+                            }
+                            if py.check_signals().is_err() {
+                                break;
+                            }
+                        }
+                        return Err(interrupted(py, &self.engine, &id));
+                    }
+                }
             }
         }
     }

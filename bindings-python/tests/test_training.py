@@ -1,5 +1,4 @@
 import _thread
-import sys
 import threading
 import time
 
@@ -251,14 +250,6 @@ def test_progress_bar_with_tqdm(env, capsys):
     assert report.steps == 8 and events[-1]["type"] == "job_finished"
     err = capsys.readouterr().err
     assert "8/8" in err and report.job_id in err
-
-
-def test_progress_without_tqdm_is_a_clear_import_error(env, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
-    monkeypatch.setitem(sys.modules, "tqdm", None)
-    with pytest.raises(ImportError, match="pip install tqdm"):
-        env.engine.train(env.spec, progress=True)
-    assert env.engine.jobs() == []  # nothing was created
 
 
 def test_on_event_must_be_callable(env):

@@ -11,6 +11,8 @@ pub(crate) mod models;
 pub(crate) mod monitor;
 pub(crate) mod outbox;
 pub(crate) mod stats;
+pub(crate) mod timeline;
+pub(crate) mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -23,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::types::{
     AliasAction, DatasetFormat, DatasetId, DecisionKind, DeliveryStatus, DriftCheckId, DriftVerdict, EvaluationId,
     Family, FinishReason, GenerationId, GenerationKind, JobId, JobStatus, MetricKind, ModelId, ModelKind, PredictionId,
-    SourceFormat, Storage, WebhookFormat,
+    SourceFormat, Storage, TokenScope, WebhookFormat,
 };
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
@@ -37,6 +39,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("catalog/migrations/0007_outbox.sql"),
     include_str!("catalog/migrations/0008_alias_history.sql"),
     include_str!("catalog/migrations/0009_monitors.sql"),
+    include_str!("catalog/migrations/0010_monitor_feeds.sql"),
+    include_str!("catalog/migrations/0011_tokens.sql"),
 ];
 
 /// The schema version this build writes.
@@ -164,7 +168,8 @@ named_column!(
     DriftVerdict,
     WebhookFormat,
     DeliveryStatus,
-    DecisionKind
+    DecisionKind,
+    TokenScope
 );
 
 /// Ids are stored as their text.

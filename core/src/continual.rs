@@ -1,7 +1,8 @@
 //! Layer 2: continual learning on registered models. A [`Predictor`] serves a
 //! classifier and logs every prediction; [`Continual`] joins labels that arrive later,
 //! reports realised accuracy, evaluates models on datasets and checks drift, each
-//! result a catalog row.
+//! result a catalog row; [`Continual::timeline`] reads them back over time and
+//! [`Continual::plot_timeline`] draws them.
 //!
 //! ```no_run
 //! # fn main() -> anneal::Result<()> {
@@ -19,8 +20,10 @@
 
 mod drift;
 pub(crate) mod evaluate;
+mod learn;
 mod monitor;
 mod predict;
+mod timeline;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,6 +32,7 @@ use serde_json::{Map, Value};
 
 pub use monitor::{Monitor, MonitorHandle, Monitors};
 pub use predict::Predictor;
+pub use timeline::{event_color, timeline_chart, version_color};
 
 use crate::catalog::continual as sql;
 use crate::data::{for_each_record, DatasetStore};

@@ -108,6 +108,10 @@ pub enum Error {
     /// The operation was cancelled through its [`crate::CancelToken`].
     #[error("operation cancelled")]
     Cancelled,
+    /// A training run was cancelled (kind `cancelled`): which job, and how to continue
+    /// it (`TrainingEngine::resume`); see `TrainingEngine::explain`.
+    #[error("training cancelled: {hint}")]
+    JobCancelled { job_id: String, hint: String },
     /// An event sink (a user's callback) failed; bindings re-raise the original error.
     #[error("event callback failed: {0}")]
     Callback(String),
@@ -153,6 +157,7 @@ impl Clone for Error {
                 Error::IncompatibleHome { path: path.clone(), found: *found, supported: *supported }
             }
             Error::Cancelled => Error::Cancelled,
+            Error::JobCancelled { job_id, hint } => Error::JobCancelled { job_id: job_id.clone(), hint: hint.clone() },
             Error::Callback(m) => Error::Callback(m.clone()),
             Error::Storage(e) => Error::Storage(StorageError(e.0.clone())),
             Error::Compute(m) => Error::Compute(m.clone()),
@@ -237,7 +242,7 @@ impl Error {
             Error::FileNotFound { .. } => ErrorKind::FileNotFound,
             Error::Io { .. } => ErrorKind::Io,
             Error::IncompatibleHome { .. } => ErrorKind::IncompatibleHome,
-            Error::Cancelled => ErrorKind::Cancelled,
+            Error::Cancelled | Error::JobCancelled { .. } => ErrorKind::Cancelled,
             Error::Callback(_) => ErrorKind::Callback,
             Error::Storage(_) => ErrorKind::Storage,
             Error::Compute(_) => ErrorKind::Compute,

@@ -16,6 +16,11 @@
 //! task_finished {task, status, id?, error?}                <- always last
 //! ```
 //!
+//! Besides the caller's own sink, a run's curves can go where people look at them:
+//! [`TensorBoardSink`] (event files), [`MlflowSink`] (a local `mlruns` store or a
+//! tracking server); [`Fanout`] hands every event to several sinks and
+//! [`CurveOptions`] builds these two from the options the bindings take.
+//!
 //! Events serialize with a `type` tag in snake_case (`{"type": "step", ...}`), which is
 //! the dict Python callbacks receive and the object Node callbacks receive.
 //! Engines emit every step; sinks throttle ([`Throttle`]). A sink that returns an error
@@ -26,8 +31,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
-use crate::types::{Event, FinishStatus};
+use crate::types::{Event, FinishStatus, TrainSpec};
+
+mod mlflow;
+mod tensorboard;
+
+pub use mlflow::{MlflowSink, DEFAULT_EXPERIMENT};
+pub use tensorboard::TensorBoardSink;
 
 /// Receives events on the worker thread. Returning `Err` stops the operation.
 pub trait EventSink: Send {
@@ -71,6 +85,107 @@ pub struct NoopSink;
 impl EventSink for NoopSink {
     fn on_event(&mut self, _: &Event) -> Result<()> {
         Ok(())
+    }
+}
+
+/// Hands every event to each of its sinks in turn. Every sink gets every event, also
+/// after one of them failed; the first error is returned (and stops the operation).
+///
+/// ```
+/// use anneal::{Fanout, RecordingSink, TensorBoardSink};
+/// let rec = RecordingSink::new();
+/// let sink = Fanout::new().with(TensorBoardSink::new("runs")).with(rec.clone());
+/// assert_eq!(sink.len(), 2);
+/// ```
+#[derive(Default)]
+pub struct Fanout<'a> {
+    sinks: Vec<Box<dyn EventSink + 'a>>,
+}
+
+impl<'a> Fanout<'a> {
+    pub fn new() -> Self {
+        Self { sinks: Vec::new() }
+    }
+    /// Adds `sink` after the others.
+    pub fn with(mut self, sink: impl EventSink + 'a) -> Self {
+        self.push(sink);
+        self
+    }
+    /// Adds `sink` after the others.
+    pub fn push(&mut self, sink: impl EventSink + 'a) {
+        self.sinks.push(Box::new(sink));
+    }
+    pub fn len(&self) -> usize {
+        self.sinks.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.sinks.is_empty()
+    }
+}
+
+impl EventSink for Fanout<'_> {
+    fn on_event(&mut self, event: &Event) -> Result<()> {
+        let mut first = Ok(());
+        for s in &mut self.sinks {
+            let r = s.on_event(event);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+/// Where a training run's curves go besides the caller's callback: the `tensorboard`,
+/// `mlflow` and `mlflow_experiment` options of `train` / `run` / `resume` in Python
+/// and Node (`mlflowExperiment` there).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct CurveOptions {
+    /// A log directory: TensorBoard event files go to `<dir>/<job_id>/` ([`TensorBoardSink`]).
+    pub tensorboard: Option<String>,
+    /// An MLflow tracking URI: a directory (the local file store, e.g. `mlruns`) or an
+    /// `http(s)://` tracking server ([`MlflowSink`]).
+    pub mlflow: Option<String>,
+    /// The MLflow experiment (by name; created when missing). Default `Default`.
+    pub mlflow_experiment: Option<String>,
+}
+
+impl CurveOptions {
+    /// Whether no curve sink is asked for.
+    pub fn is_empty(&self) -> bool {
+        self.tensorboard.is_none() && self.mlflow.is_none()
+    }
+
+    /// The sinks asked for, for a job trained with `spec` (MLflow logs its fields as
+    /// parameters). Nothing is written before `job_started`. An empty `tensorboard`
+    /// or a malformed `mlflow` is `invalid_config` naming it; `mlflow_experiment`
+    /// without `mlflow` too.
+    pub fn sinks(&self, spec: &TrainSpec) -> Result<Fanout<'static>> {
+        let mut out = Fanout::new();
+        if let Some(dir) = &self.tensorboard {
+            if dir.trim().is_empty() {
+                return Err(Error::config("tensorboard", "is empty: give a log directory (e.g. runs)"));
+            }
+            out.push(TensorBoardSink::new(dir));
+        }
+        match (&self.mlflow, &self.mlflow_experiment) {
+            (Some(uri), experiment) => {
+                let mut sink = MlflowSink::new(uri)?.spec(spec);
+                if let Some(name) = experiment {
+                    if name.trim().is_empty() {
+                        return Err(Error::config("mlflow_experiment", "is empty"));
+                    }
+                    sink = sink.experiment(name);
+                }
+                out.push(sink);
+            }
+            (None, Some(_)) => {
+                return Err(Error::config("mlflow_experiment", "needs `mlflow` (a tracking URI or directory)"))
+            }
+            (None, None) => {}
+        }
+        Ok(out)
     }
 }
 
@@ -166,11 +281,18 @@ impl<S: EventSink> EventSink for Throttle<S> {
     }
 }
 
-/// A progress bar on a terminal (indicatif); plain lines on stderr when stderr is not a TTY.
+/// A progress bar on a terminal (indicatif); plain lines on stderr when stderr is not a
+/// TTY (no `\r`): the start, a progress line at most every [`TerminalSink::PLAIN_EVERY`],
+/// evaluations, and the end, which keeps the final loss (`job_... completed: 8/8 steps,
+/// loss 1.2345, eval loss 1.4567, model mdl_...`).
 pub struct TerminalSink {
     bar: Option<indicatif::ProgressBar>,
     tty: bool,
     last_line: Option<Instant>,
+    every: Duration,
+    step: (u64, u64),
+    loss: Option<f64>,
+    eval_loss: Option<f64>,
 }
 
 impl Default for TerminalSink {
@@ -180,8 +302,26 @@ impl Default for TerminalSink {
 }
 
 impl TerminalSink {
+    /// Without a TTY, progress lines come at most this often.
+    pub const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
     pub fn new() -> Self {
-        Self { bar: None, tty: std::io::stderr().is_terminal(), last_line: None }
+        Self {
+            bar: None,
+            tty: std::io::stderr().is_terminal(),
+            last_line: None,
+            every: Self::PLAIN_EVERY,
+            step: (0, 0),
+            loss: None,
+            eval_loss: None,
+        }
+    }
+
+    /// Plain progress lines (no TTY) at most every `every` instead of
+    /// [`TerminalSink::PLAIN_EVERY`].
+    pub fn every(mut self, every: Duration) -> Self {
+        self.every = every;
+        self
     }
 
     fn start_bar(&mut self, total: Option<u64>, template: &str, msg: String) {
@@ -201,8 +341,7 @@ impl TerminalSink {
     }
 
     fn plain(&mut self, line: String) {
-        // Without a TTY, print at most one progress line per second.
-        let due = self.last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        let due = self.last_line.is_none_or(|t| t.elapsed() >= self.every);
         if due {
             self.last_line = Some(Instant::now());
             eprintln!("{line}");
@@ -220,12 +359,16 @@ impl TerminalSink {
 impl EventSink for TerminalSink {
     fn on_event(&mut self, event: &Event) -> Result<()> {
         match event {
-            Event::JobStarted { job_id, total_steps, epochs } => self.start_bar(
-                Some(*total_steps),
-                "{msg} [{bar:30}] {pos}/{len} steps {elapsed_precise} eta {eta}",
-                format!("job {job_id}: {total_steps} steps, {epochs} epoch(s)"),
-            ),
+            Event::JobStarted { job_id, total_steps, epochs } => {
+                (self.step, self.loss, self.eval_loss) = ((0, *total_steps), None, None);
+                self.start_bar(
+                    Some(*total_steps),
+                    "{msg} [{bar:30}] {pos}/{len} steps {elapsed_precise} eta {eta}",
+                    format!("job {job_id}: {total_steps} steps, {epochs} epoch(s)"),
+                )
+            }
             Event::Step { step, total_steps, loss, lr, tokens_per_sec, .. } => {
+                (self.step, self.loss) = ((*step, *total_steps), Some(*loss));
                 let msg = format!("loss {loss:.4} lr {lr:.2e} {tokens_per_sec:.0} tok/s");
                 match &self.bar {
                     Some(bar) => {
@@ -236,6 +379,7 @@ impl EventSink for TerminalSink {
                 }
             }
             Event::Eval { step, metrics, .. } => {
+                self.eval_loss = metrics.get("eval_loss").or_else(|| metrics.get("loss")).copied().or(self.eval_loss);
                 let m: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
                 let line = format!("eval @ step {step}: {}", m.join(", "));
                 match &self.bar {
@@ -258,7 +402,13 @@ impl EventSink for TerminalSink {
                 }
             }
             Event::JobFinished { job_id, status, model_id, error } => {
-                let mut line = format!("job {job_id} {}", serde_plain(status));
+                let mut line = format!("job {job_id} {}: {}/{} steps", serde_plain(status), self.step.0, self.step.1);
+                if let Some(l) = self.loss {
+                    line.push_str(&format!(", loss {l:.4}"));
+                }
+                if let Some(l) = self.eval_loss {
+                    line.push_str(&format!(", eval loss {l:.4}"));
+                }
                 if let Some(m) = model_id {
                     line.push_str(&format!(", model {m}"));
                 }
@@ -465,6 +615,35 @@ mod tests {
         });
         assert_eq!(r.unwrap_err().code(), "callback_failed");
         assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn fanout_delivers_every_event_to_every_sink_and_returns_the_first_error() {
+        let (a, b) = (RecordingSink::new(), RecordingSink::new());
+        let failing = |_: &Event| Err(Error::Callback("boom".into()));
+        let mut f = Fanout::new().with(a.clone()).with(failing).with(b.clone());
+        let e = f.on_event(&step(1)).unwrap_err();
+        assert_eq!(e.code(), "callback_failed");
+        assert_eq!((a.types(), b.types()), (vec!["step"], vec!["step"]));
+    }
+
+    #[test]
+    fn curve_options_build_the_sinks_asked_for() {
+        let spec = TrainSpec::default();
+        assert!(CurveOptions::default().is_empty());
+        assert!(CurveOptions::default().sinks(&spec).unwrap().is_empty());
+        let both =
+            CurveOptions { tensorboard: Some("runs".into()), mlflow: Some("mlruns".into()), ..Default::default() };
+        assert_eq!(both.sinks(&spec).unwrap().len(), 2);
+        for (opts, field) in [
+            (CurveOptions { tensorboard: Some(" ".into()), ..Default::default() }, "`tensorboard`"),
+            (CurveOptions { mlflow: Some("ftp://x".into()), ..Default::default() }, "`mlflow`"),
+            (CurveOptions { mlflow_experiment: Some("e".into()), ..Default::default() }, "`mlflow_experiment`"),
+        ] {
+            let e = opts.sinks(&spec).err().unwrap();
+            assert_eq!(e.code(), "invalid_config");
+            assert!(e.to_string().contains(field), "{e}");
+        }
     }
 
     #[test]

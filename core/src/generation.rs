@@ -245,11 +245,22 @@ impl Generator {
             _ => record.clone(),
         };
         let dtype_bytes = dtype.size_in_bytes() as u128;
-        let weights = memory::param_count(&ModelConfig::from_json(&base.config)?).saturating_mul(dtype_bytes);
+        let base_cfg = ModelConfig::from_json(&base.config)?;
+        // A registered GGUF file with block-quantized matrices runs them as q8_0 as they
+        // are (no dense copy), unless an adapter is to be merged into them: then it
+        // loads dense, merges, and is quantized to q8_0 after the merge.
+        let gguf = crate::models::gguf::gguf_load(&base.path, &base_cfg)?.filter(|g| g.quantized);
+        let direct =
+            gguf.is_some() && dtype == DType::F32 && !(record.kind == ModelKind::Lora && options.merge_adapter);
+        let quantize = quantize || (gguf.is_some() && dtype == DType::F32 && !direct);
+        let weights = match gguf {
+            Some(g) if direct => g.quantized_bytes,
+            _ => memory::param_count(&base_cfg).saturating_mul(dtype_bytes),
+        };
         let limit = registry.store().memory_limit;
         memory::Estimate::new().add("weights", "model", weights).check(limit)?;
         let lo = LoadOptions { trainable: false, dtype, device: Device::Cpu };
-        let mut model = Model::load(&base, &lo)?;
+        let mut model = Model::load_with(&base, &lo, direct)?;
         model.prepare_for_inference()?;
         let tokenizer = if base.path.join("tokenizer.json").is_file() { Some(Tokenizer::load(&base)?) } else { None };
         let defaults = ModelDefaults::read(&base.path)?;

@@ -23,6 +23,7 @@ use crate::models::memory::default_memory_limit;
 use crate::notify::Webhooks;
 use crate::registry::ModelRegistry;
 use crate::store::Store;
+use crate::tokens::Tokens;
 use crate::training::TrainingEngine;
 use crate::types::{
     GeneratorOptions, HomeOptions, HomeStats, ImageGeneratorOptions, JobStatus, ModelRef, MonitoringStats,
@@ -114,6 +115,11 @@ impl Home {
     /// there sends.
     pub fn webhooks(&self) -> Webhooks {
         Webhooks::new(self.inner.clone())
+    }
+
+    /// The bearer tokens of this home (`anneal serve` checks requests against them).
+    pub fn tokens(&self) -> Tokens {
+        Tokens::new(self.inner.clone())
     }
 
     /// Loads `model` for generation ([`Generator::load`]).

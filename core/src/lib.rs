@@ -37,12 +37,13 @@
 
 // Layers (a module uses only modules of its own layer or below; `tests/layers.rs`
 // in this crate enforces it by reading the `crate::` paths of every file):
-//   L0  error, util, types            plain data: no candle, no SQL
+//   L0  error, util, types, plot      plain data: no candle, no SQL; PNG charts
 //   L1  catalog, events, models,      SQL rows <-> types; sinks and cancel; tensors,
 //       tokenizer, store, diffusion,  LoRA and kernels; tokenizers; the shared Store;
-//       tabular, notify               UNet, VAE, CLIP text encoder, schedulers;
+//       tabular, notify, gguf,        UNet, VAE, CLIP text encoder, schedulers;
 //                                     tabular profiles, drift statistics, detectors;
-//                                     webhooks: outbox, signing, delivery
+//                                     webhooks: outbox, signing, delivery; GGUF files
+//       tokens                        and GGML quantizers; bearer tokens (hashed)
 //   L2  data, registry, training,     the APIs, each on an Arc<Store>
 //       generation, images,           (continual: predictors, labels, evaluations,
 //       continual                     drift checks)
@@ -50,17 +51,20 @@
 
 // L0
 mod error;
+pub mod plot;
 pub mod types;
 mod util;
 // L1
 mod catalog;
 pub mod diffusion;
 pub mod events;
+pub mod gguf;
 pub mod models;
 pub mod notify;
 mod store;
 pub mod tabular;
 pub mod tokenizer;
+mod tokens;
 // L2
 mod continual;
 mod data;
@@ -71,10 +75,15 @@ mod training;
 // L3
 mod home;
 
-pub use continual::{Continual, Monitor, MonitorHandle, Monitors, Predictor};
+pub use continual::{
+    event_color, timeline_chart, version_color, Continual, Monitor, MonitorHandle, Monitors, Predictor,
+};
 pub use data::DatasetStore;
 pub use error::{Error, ErrorKind, IoResultExt, Location, Result, StorageError};
-pub use events::{CancelToken, EventSink, JsonLinesSink, NoopSink, RecordingSink, TerminalSink, Throttle};
+pub use events::{
+    CancelToken, CurveOptions, EventSink, Fanout, JsonLinesSink, MlflowSink, NoopSink, RecordingSink, TensorBoardSink,
+    TerminalSink, Throttle,
+};
 pub use generation::{Generator, TokenStream};
 pub use home::Home;
 pub use images::{GeneratedPng, ImageGeneration, ImageGenerator};
@@ -87,13 +96,15 @@ pub use models::{
 pub use notify::{verify_signature, Deliverer, WebhookSink, Webhooks};
 pub use registry::{ModelRegistry, SUPPORTED_MODEL_TYPES};
 pub use tokenizer::{SpecialToken, Tokenizer};
+pub use tokens::Tokens;
 pub use training::{AdamW, JobHandle, TrainingEngine};
 pub use types::{
     options_from_json, options_from_json_spelled, to_json_spelled, ChatMessage, DatasetFormat, DatasetId,
-    DatasetRecord, DatasetSplit, DatasetStats, DeleteOptions, ErrorInfo, Event, Family, FieldStats, FinishReason,
-    FinishStatus, GateVerdict, Generation, GenerationConfig, GenerationFilter, GenerationId, GenerationKind,
-    GenerationRecord, GeneratorOptions, HomeOptions, ImageAdapter, ImageCrop, ImageGeneratorOptions, ImageRequest,
-    ImageTrainOptions, ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus, LengthBucket, Lineage,
+    DatasetRecord, DatasetSplit, DatasetStats, DeleteOptions, ErrorInfo, Event, ExportFormat, ExportOptions,
+    ExportReport, ExportedFile, Family, FieldStats, FinishReason, FinishStatus, GateVerdict, Generation,
+    GenerationConfig, GenerationFilter, GenerationId, GenerationKind, GenerationRecord, GeneratorOptions, GgufType,
+    HomeOptions, IfExists, ImageAdapter, ImageCrop, ImageGeneratorOptions, ImageRequest, ImageTrainOptions,
+    ImportBundleOptions, ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus, LengthBucket, Lineage,
     LoraConfig, Method, MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef,
     ModelUsage, OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score, ScoreOptions, SourceFormat,
     Spelling, SplitOptions, Storage, StreamChunk, Timings, TrainMetrics, TrainReport, TrainSpec, TxtMode, CHAT_ROLES,
@@ -101,8 +112,12 @@ pub use types::{
 };
 pub use types::{
     AccuracyOptions, ClassWeighting, ClassifierConfig, ClassifierModel, ClassifierOptimizer, DriftCheck, DriftCheckId,
-    DriftWindow, EvaluationId, EvaluationRecord, LossDrift, Prediction, PredictionFilter, PredictionId,
-    PredictionRecord, PredictorOptions, RealisedAccuracy,
+    DriftWindow, EvaluationId, EvaluationRecord, LearnLineage, LearnOptions, LossDrift, Prediction, PredictionFilter,
+    PredictionId, PredictionRecord, PredictorOptions, RealisedAccuracy,
+};
+pub use types::{
+    AccuracyPoint, DriftPoint, EvaluationPoint, PlotOptions, Timeline, TimelineEvent, TimelineEventKind,
+    TimelineOptions, VersionAccuracy,
 };
 pub use types::{
     Activity, ActivityKind, AliasAction, AliasChange, AliasMove, AliasStats, DatasetLineage, DurationStats,
@@ -111,9 +126,10 @@ pub use types::{
     StatsOptions,
 };
 pub use types::{
-    DecisionKind, GatePolicy, MonitorDecision, MonitorOptions, MonitorRecord, PromotionMode, RetrainAction,
-    RetrainGuards, RetrainPolicy, RetrainTriggers, TickOptions, TickOutcome, TickReport,
+    DecisionKind, GatePolicy, LmRetrainMethod, MonitorDecision, MonitorFeed, MonitorOptions, MonitorRecord,
+    PromotionMode, RetrainAction, RetrainGuards, RetrainPolicy, RetrainTriggers, TickOptions, TickOutcome, TickReport,
 };
 pub use types::{Delivery, DeliveryFilter, DeliveryReport, DeliveryStatus, Webhook, WebhookFormat, WebhookOptions};
 pub use types::{ImageImportOptions, ImageLayout, ImageStats, SizeStats};
+pub use types::{NewToken, TokenOptions, TokenRecord, TokenScope};
 pub use util::AllocatorTuning;

@@ -15,6 +15,7 @@ mod cache;
 mod config;
 pub(crate) mod fused;
 pub(crate) mod gemv;
+pub(crate) mod gguf;
 mod gpt2;
 pub(crate) mod linear;
 mod llama;
@@ -178,8 +179,15 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Loads config.json and the safetensors weights (single file or sharded).
+    /// Loads config.json and the safetensors weights (single file or sharded), or a
+    /// registered GGUF file (`model.gguf`, dequantized to `opts.dtype`).
     pub fn load(source: impl ModelSource, opts: &LoadOptions) -> Result<Model> {
+        Self::load_with(source, opts, false)
+    }
+
+    /// [`Model::load`]; with `quantized`, the block-quantized matrices of a GGUF file
+    /// are held as q8_0 for inference instead of dequantized (see [`gguf`]).
+    pub(crate) fn load_with(source: impl ModelSource, opts: &LoadOptions, quantized: bool) -> Result<Model> {
         let dir = source.model_dir();
         let adapter_hint = || {
             Error::config(
@@ -208,7 +216,15 @@ impl Model {
             return Err(adapter_hint());
         }
         let config = ModelConfig::from_json(&raw_config)?;
-        let weights = load::Weights::load(&dir, opts.dtype, &opts.device)?;
+        let gguf_file = dir.join(gguf::GGUF_FILE);
+        let weights = if gguf_file.is_file() && load::weight_files(&dir).is_err() {
+            if quantized && opts.trainable {
+                return Err(Error::Internal("quantized weights cannot be trained".into()));
+            }
+            load::Weights::from_gguf(&gguf_file, &config, opts.dtype, &opts.device, quantized)?
+        } else {
+            load::Weights::load(&dir, opts.dtype, &opts.device)?
+        };
         let mut params = Params { trainable: opts.trainable, vars: Vec::new() };
         let arch = match config.family {
             Family::Gpt2 => Arch::Gpt2(gpt2::Gpt2::load(&config, &weights, &mut params)?),
@@ -365,7 +381,7 @@ impl Model {
     pub(crate) fn named_weights(&self) -> Result<Vec<(String, Tensor)>> {
         Ok(match &self.arch {
             Arch::Gpt2(m) => m.named_weights()?,
-            Arch::Llama(m) => m.named_weights(),
+            Arch::Llama(m) => m.named_weights()?,
         })
     }
 
@@ -385,7 +401,7 @@ impl Model {
         for (_, l) in self.linears_mut() {
             l.hold_row_major()?;
             l.quantize_q8()?;
-            bytes += l.quantized.as_ref().map_or(0, |q| q.bytes());
+            bytes += l.quantized().map_or(0, |q| q.bytes());
         }
         Ok(bytes)
     }
@@ -417,6 +433,38 @@ impl Model {
     pub fn lora_config(&self) -> Option<&LoraConfig> {
         self.lora.as_ref().map(|l| &l.config)
     }
+}
+
+/// The q8_0 matrix `name` of `w` (`[out, in]`), if it is held quantized; its features
+/// must be `(in_f, out_f)`.
+pub(crate) fn load_q8(
+    w: &load::Weights,
+    name: &str,
+    in_f: usize,
+    out_f: usize,
+) -> Result<Option<std::sync::Arc<gemv::Q8Weight>>> {
+    let Some(q) = w.q8(name) else { return Ok(None) };
+    if q.features() != (in_f, out_f) {
+        return Err(Error::data(
+            w.location(name),
+            format!(
+                "tensor has [out, in] = {:?}, config.json implies {:?}",
+                (q.features().1, q.features().0),
+                (out_f, in_f)
+            ),
+        ));
+    }
+    Ok(Some(q))
+}
+
+/// Rows of the token embedding for `ids` `[b, t]` -> `[b, t, h]`: from `table`, or
+/// dequantized from `q8` when the table is held as q8_0.
+pub(crate) fn embed(table: &Tensor, q8: Option<&std::sync::Arc<gemv::Q8Weight>>, ids: &Tensor) -> Result<Tensor> {
+    let Some(q) = q8 else { return ops::embed(table, ids) };
+    let (b, t) = ids.dims2()?;
+    let flat: Vec<u32> = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
+    let h = q.features().0;
+    Ok(Tensor::from_vec(q.rows_f32(&flat)?, (b, t, h), ids.device())?)
 }
 
 /// Writes `tensors` as a safetensors file at `path`, crash-safely (temp file, fsync,

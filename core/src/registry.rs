@@ -5,7 +5,10 @@
 //! into place, then inserts the row in one transaction; deleting removes the row first
 //! and the files last, so a kill at any moment never leaves a row without its files.
 
+pub(crate) mod aliases;
 mod diffusion;
+mod export;
+mod gguf_in;
 pub(crate) mod inspect;
 
 use std::fs;
@@ -22,9 +25,10 @@ use crate::events::{run_task, CancelToken, EventSink, NoopSink};
 use crate::models::presets::{self, Preset};
 use crate::store::Store;
 use crate::types::{
-    catalog_time, check_reason, AliasAction, AliasChange, AliasMove, Family, GenerationFilter, GenerationRecord,
-    Lineage, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef, ModelUsage, PresetOptions,
-    PromoteOptions, RegisterOptions, RollbackOptions, Storage, CANDIDATE, PREVIOUS, PRODUCTION,
+    catalog_time, check_reason, AliasAction, AliasChange, AliasMove, ExportFormat, ExportOptions, ExportReport, Family,
+    GenerationFilter, GenerationRecord, IfExists, ImportBundleOptions, Lineage, ModelFile, ModelFilter, ModelId,
+    ModelKind, ModelRecord, ModelRef, ModelUsage, PresetOptions, PromoteOptions, RegisterOptions, RollbackOptions,
+    Storage,
 };
 use crate::util::{self, StagingDir};
 use inspect::Inspected;
@@ -110,6 +114,33 @@ impl ModelRegistry {
             .or(inspected.family)
             .ok_or_else(|| Error::Internal("no family".into()))?;
         let parent = parent.map(|p| p.id);
+        let kind = inspected.kind;
+        // `if_exists`: a version with the same files, kind and parent (compared by the
+        // files' sha256, hashed before anything is copied when the name is taken).
+        let parent_of_same = parent.clone();
+        let same_files = |sha: &str| {
+            let parent = parent_of_same.clone();
+            let sha = sha.to_string();
+            move |m: &ModelRecord| m.sha256 == sha && m.kind == kind && m.parent_id == parent
+        };
+        match opts.if_exists {
+            IfExists::NewVersion => {}
+            IfExists::Error => {
+                self.store.catalog.read(|c| self.existing(c, &name, IfExists::Error, None, &|_| false))?;
+            }
+            IfExists::Reuse => {
+                let filter = ModelFilter { name: Some(name.clone()), ..Default::default() };
+                if !self.store.catalog.read(|c| sql::list(c, &self.store.root, &filter))?.is_empty() {
+                    let files = hash_files_cancellable(&src, &inspected.files, cancel)?;
+                    let same = same_files(&content_sha(&files));
+                    if let Some(found) =
+                        self.store.catalog.read(|c| self.existing(c, &name, IfExists::Reuse, None, &same))?
+                    {
+                        return Ok(found);
+                    }
+                }
+            }
+        }
         let total = inspect::total_bytes(&src, &inspected.files)?;
         let source = src.display().to_string();
         run_task(sink, "register_model", &name, Some(total), "bytes", |rep| {
@@ -146,7 +177,8 @@ impl ModelRegistry {
                             sha256: sha,
                         });
                     }
-                    self.insert_staged(id, &mut staging, files, &inspected, new, &|_, _| Ok(()))?
+                    let same = same_files(&content_sha(&files));
+                    self.insert_staged_unless(id, &mut staging, files, &inspected, new, opts.if_exists, &same)?
                 }
                 Storage::Reference => {
                     let mut files = Vec::new();
@@ -162,10 +194,116 @@ impl ModelRegistry {
                     let id = ModelId(util::new_id("mdl"));
                     let rec = self.record(id, files, &inspected, new, Storage::Reference, src.clone());
                     let stored = src.display().to_string();
-                    let version = self.store.catalog.write(|tx| sql::insert(tx, &rec, &stored))?;
-                    ModelRecord { version, ..rec }
+                    let same = same_files(&rec.sha256);
+                    self.store.catalog.write(|tx| {
+                        if let Some(found) = self.existing(tx, &name, opts.if_exists, None, &same)? {
+                            return Ok(found);
+                        }
+                        let version = sql::insert(tx, &rec, &stored)?;
+                        Ok(ModelRecord { version, ..rec.clone() })
+                    })?
                 }
             };
+            let id = rec.id.0.clone();
+            Ok((rec, Some(id)))
+        })
+    }
+
+    /// Registers a GGUF model file (llama.cpp's format; architectures `llama` (Llama,
+    /// Mistral), `qwen2` and `gpt2`; tensors f32, f16, bf16, q8_0, q4_0, q5_0, q4_K,
+    /// q6_K). The file is checked whole before anything is copied (architecture,
+    /// hyperparameters, every tensor's presence, dims and type, sizes within the file,
+    /// the tokenizer), then copied into the home as `model.gguf` beside a `config.json`,
+    /// `tokenizer.json` and `tokenizer_config.json` derived from its metadata (see
+    /// `registry::gguf_in`). The record's `dtype` is the file's type (`q8_0`,
+    /// `q4_k_m`, ...). Generators run the quantized weights as they are; training
+    /// dequantizes them to f32. Options: `name` (default: the file's stem), `task`,
+    /// `tags`; a GGUF file is always copied (`storage: reference` is refused) and has no
+    /// `parent`. A refusal is `invalid_data` naming the file and the key or tensor, and
+    /// leaves the home unchanged.
+    pub fn register_file(&self, path: impl AsRef<Path>, opts: &RegisterOptions) -> Result<ModelRecord> {
+        self.register_file_with(path, opts, &mut NoopSink, &CancelToken::new())
+    }
+
+    /// [`ModelRegistry::register_file`] with progress events (`task_*`, in bytes) and cancellation.
+    pub fn register_file_with(
+        &self,
+        path: impl AsRef<Path>,
+        opts: &RegisterOptions,
+        sink: &mut dyn EventSink,
+        cancel: &CancelToken,
+    ) -> Result<ModelRecord> {
+        let src = path.as_ref();
+        util::check_path("path", src)?;
+        let src = fs::canonicalize(src).with_path(src)?;
+        let meta = fs::metadata(&src).with_path(&src)?;
+        if !meta.is_file() {
+            return Err(Error::config(
+                "path",
+                format!(
+                    "{} is {}; register_file takes a GGUF model file (register_dir takes directories)",
+                    src.display(),
+                    inspect::file_kind(&meta)
+                ),
+            ));
+        }
+        if opts.parent.is_some() {
+            return Err(Error::config("parent", "a GGUF model file is a full model: it has no parent"));
+        }
+        if opts.storage == Storage::Reference {
+            return Err(Error::config(
+                "storage",
+                "a GGUF file is always copied into the home (its derived config.json and tokenizer live beside it)",
+            ));
+        }
+        let model = gguf_in::inspect(&src)?;
+        let name = match &opts.name {
+            Some(n) => n.clone(),
+            None => util::name_from_path(&src),
+        };
+        util::validate_name("name", &name)?;
+        let family = model.inspected.family.ok_or_else(|| Error::Internal("no family".into()))?;
+        let source = src.display().to_string();
+        run_task(sink, "register_model", &name, Some(meta.len()), "bytes", |rep| {
+            let mut done = 0u64;
+            let mut progress = |n: u64| -> Result<()> {
+                cancel.check()?;
+                done += n;
+                rep.progress(done)
+            };
+            let mut staging = StagingDir::new(&self.dir())?;
+            // Derived files first (cheap, and the tokenizer is checked), then the copy.
+            model.write_side_files(staging.path())?;
+            let copy = staging.path().join(crate::models::gguf::GGUF_FILE);
+            let sha = util::copy_hashing(&src, &copy, &mut progress)?;
+            model.check_copy(&copy)?;
+            let side: Vec<String> =
+                model.inspected.files.iter().filter(|f| gguf_in::SIDE_FILES.contains(&f.as_str())).cloned().collect();
+            let mut files = hash_files(staging.path(), &side)?;
+            files.push(ModelFile {
+                name: crate::models::gguf::GGUF_FILE.to_string(),
+                bytes: fs::metadata(&copy).with_path(&copy)?.len(),
+                sha256: sha,
+            });
+            files.sort_by(|a, b| a.name.cmp(&b.name));
+            let new = NewModel {
+                name: &name,
+                kind: ModelKind::Base,
+                family,
+                parent: None,
+                source,
+                task: opts.task.clone(),
+                tags: opts.tags.clone(),
+                lineage: Lineage::default(),
+            };
+            let rec = self.insert_staged(
+                ModelId(util::new_id("mdl")),
+                &mut staging,
+                files,
+                &model.inspected,
+                new,
+                &|_, _| Ok(()),
+            )?;
             let id = rec.id.0.clone();
             Ok((rec, Some(id)))
         })
@@ -175,20 +313,94 @@ impl ModelRegistry {
     /// weights from `seed`, and the byte-level tokenizer (see [`ModelRegistry::presets`]);
     /// or a from-scratch text-to-image pipeline (`tiny-shapes`: see
     /// [`crate::diffusion::presets`]).
+    ///
+    /// With [`IfExists::Reuse`], the version of `name` made from the same preset and
+    /// seed is returned and nothing is written; with [`IfExists::Error`], a taken name is
+    /// `already_exists`.
     pub fn create_preset(&self, preset: &str, opts: &PresetOptions) -> Result<ModelRecord> {
-        if let Some(p) = crate::diffusion::presets::find(preset) {
-            let name = opts.name.clone().unwrap_or_else(|| p.name.to_string());
-            util::validate_name("name", &name)?;
-            let mut staging = StagingDir::new(&self.dir())?;
-            crate::diffusion::presets::write_dir(p, opts.seed, staging.path())?;
-            return self.insert_preset(&mut staging, &name, p.name, opts);
-        }
-        let p = presets::find(preset)?;
-        let name = opts.name.clone().unwrap_or_else(|| p.name.to_string());
+        let diffusion = crate::diffusion::presets::find(preset);
+        let canonical = match diffusion {
+            Some(p) => p.name,
+            None => presets::find(preset)?.name,
+        };
+        let name = opts.name.clone().unwrap_or_else(|| canonical.to_string());
         util::validate_name("name", &name)?;
+        let seed = opts.seed;
+        let same = move |m: &ModelRecord| {
+            m.kind == ModelKind::Base && m.lineage.preset.as_deref() == Some(canonical) && m.lineage.seed == Some(seed)
+        };
+        if let Some(found) = self.store.catalog.read(|c| self.existing(c, &name, opts.if_exists, None, &same))? {
+            return Ok(found);
+        }
         let mut staging = StagingDir::new(&self.dir())?;
-        presets::write_dir(p, opts.seed, staging.path())?;
-        self.insert_preset(&mut staging, &name, p.name, opts)
+        match diffusion {
+            Some(p) => crate::diffusion::presets::write_dir(p, opts.seed, staging.path())?,
+            None => presets::write_dir(presets::find(preset)?, opts.seed, staging.path())?,
+        }
+        self.insert_preset(&mut staging, &name, canonical, opts, &same)
+    }
+
+    /// What `if_exists` makes of `name` (`except`: the row just inserted, left out):
+    /// `new_version` nothing; `reuse` the latest version that `same` accepts; `error`
+    /// `already_exists` when any version exists.
+    fn existing(
+        &self,
+        conn: &Conn,
+        name: &str,
+        if_exists: IfExists,
+        except: Option<&ModelId>,
+        same: &dyn Fn(&ModelRecord) -> bool,
+    ) -> Result<Option<ModelRecord>> {
+        if if_exists == IfExists::NewVersion {
+            return Ok(None);
+        }
+        let filter = ModelFilter { name: Some(name.to_string()), ..Default::default() };
+        let mut versions = sql::list(conn, &self.store.root, &filter)?;
+        versions.retain(|m| Some(&m.id) != except);
+        match if_exists {
+            IfExists::Error => match versions.last() {
+                Some(latest) => Err(Error::AlreadyExists {
+                    what: "model",
+                    id: name.to_string(),
+                    detail: format!(
+                        " (latest {}); if_exists \"new_version\" adds a version, \"reuse\" returns the same one",
+                        latest.reference()
+                    ),
+                }),
+                None => Ok(None),
+            },
+            _ => Ok(versions.into_iter().rev().find(|m| same(m))),
+        }
+    }
+
+    /// [`ModelRegistry::insert_staged`] under `if_exists`, decided again inside the
+    /// insert's transaction (so concurrent calls end as sequential ones would): a
+    /// version found there is returned and the staged copy removed.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_staged_unless(
+        &self,
+        id: ModelId,
+        staging: &mut StagingDir,
+        files: Vec<ModelFile>,
+        ins: &Inspected,
+        new: NewModel<'_>,
+        if_exists: IfExists,
+        same: &dyn Fn(&ModelRecord) -> bool,
+    ) -> Result<ModelRecord> {
+        let found = std::cell::RefCell::new(None);
+        let name = new.name.to_string();
+        let check = |tx: &Conn, rec: &ModelRecord| -> Result<()> {
+            if let Some(m) = self.existing(tx, &name, if_exists, Some(&rec.id), same)? {
+                *found.borrow_mut() = Some(m);
+                // Rolls the insert back; the found version is returned below.
+                return Err(Error::Internal("an equal version exists".into()));
+            }
+            Ok(())
+        };
+        match self.insert_staged(id, staging, files, ins, new, &check) {
+            Err(e) => found.into_inner().ok_or(e),
+            ok => ok,
+        }
     }
 
     /// Registers the preset `preset` that was written into `staging` (a language model or
@@ -199,6 +411,7 @@ impl ModelRegistry {
         name: &str,
         preset: &str,
         opts: &PresetOptions,
+        same: &dyn Fn(&ModelRecord) -> bool,
     ) -> Result<ModelRecord> {
         let inspected = inspect::inspect_dir(staging.path(), self.store.memory_limit)?;
         let files = hash_files(staging.path(), &inspected.files)?;
@@ -212,7 +425,7 @@ impl ModelRegistry {
             tags: opts.tags.clone(),
             lineage: Lineage { preset: Some(preset.to_string()), seed: Some(opts.seed), ..Default::default() },
         };
-        self.insert_staged(ModelId(util::new_id("mdl")), staging, files, &inspected, new, &|_, _| Ok(()))
+        self.insert_staged_unless(ModelId(util::new_id("mdl")), staging, files, &inspected, new, opts.if_exists, same)
     }
 
     /// Registers a directory the training engine wrote into `staging` (under
@@ -285,20 +498,7 @@ impl ModelRegistry {
         }
         names.sort();
         let files = hash_files(staging.path(), &names)?;
-        let inspected = Inspected {
-            kind: ModelKind::Classifier,
-            family: Some(Family::Tabular),
-            architecture: architecture.to_string(),
-            model_type: "classifier".to_string(),
-            params,
-            dtype: "f64".to_string(),
-            files: names,
-            tokenizer: None,
-            config,
-            base_hint: None,
-            adapter: None,
-            diffusion_lora: None,
-        };
+        let inspected = Inspected::classifier(architecture.to_string(), params, config, names);
         let new = NewModel {
             name,
             kind: ModelKind::Classifier,
@@ -362,13 +562,7 @@ impl ModelRegistry {
         storage: Storage,
         path: PathBuf,
     ) -> ModelRecord {
-        let manifest: String = {
-            let mut sorted: Vec<&ModelFile> = files.iter().collect();
-            sorted.sort_by(|a, b| a.name.cmp(&b.name));
-            sorted.iter().map(|f| format!("{}:{}\n", f.name, f.sha256)).collect()
-        };
-        use sha2::Digest;
-        let sha256 = hex::encode(sha2::Sha256::digest(manifest.as_bytes()));
+        let sha256 = content_sha(&files);
         ModelRecord {
             id,
             name: new.name.to_string(),
@@ -427,6 +621,54 @@ impl ModelRegistry {
         }
     }
 
+    /// Writes `model` out of the home in `format` at `dest` (a directory for `hf` and
+    /// `peft`, a file for `bundle`): see [`ExportFormat`]. The export is written under a
+    /// temporary name and renamed into place; an existing `dest` is `already_exists`
+    /// unless [`ExportOptions::overwrite`]. Every file copied from the home is checked
+    /// against the sha256 recorded at registration.
+    pub fn export(
+        &self,
+        model: impl Into<ModelRef>,
+        format: ExportFormat,
+        dest: impl AsRef<Path>,
+        opts: &ExportOptions,
+    ) -> Result<ExportReport> {
+        self.export_with(model, format, dest, opts, &mut NoopSink, &CancelToken::new())
+    }
+
+    /// [`ModelRegistry::export`] with progress events (`task_*`, in files) and cancellation.
+    pub fn export_with(
+        &self,
+        model: impl Into<ModelRef>,
+        format: ExportFormat,
+        dest: impl AsRef<Path>,
+        opts: &ExportOptions,
+        sink: &mut dyn EventSink,
+        cancel: &CancelToken,
+    ) -> Result<ExportReport> {
+        export::export(self, model.into(), format, dest.as_ref(), opts, sink, cancel)
+    }
+
+    /// Restores a bundle written by [`ModelRegistry::export`] (`bundle`): its models
+    /// (an adapter's base first) under the ids they had, with the same content. Models
+    /// already here with the same id and content are reused. Every entry is checked
+    /// (names, sizes, sha256) before anything is registered; a tampered or truncated
+    /// bundle is `invalid_data` naming the entry, and leaves the home unchanged.
+    pub fn import_bundle(&self, path: impl AsRef<Path>, opts: &ImportBundleOptions) -> Result<ModelRecord> {
+        self.import_bundle_with(path, opts, &mut NoopSink, &CancelToken::new())
+    }
+
+    /// [`ModelRegistry::import_bundle`] with progress events (`task_*`, in bytes) and cancellation.
+    pub fn import_bundle_with(
+        &self,
+        path: impl AsRef<Path>,
+        opts: &ImportBundleOptions,
+        sink: &mut dyn EventSink,
+        cancel: &CancelToken,
+    ) -> Result<ModelRecord> {
+        export::import_bundle(self, path.as_ref(), opts, sink, cancel)
+    }
+
     /// A model by id.
     pub fn get(&self, id: &ModelId) -> Result<ModelRecord> {
         self.store
@@ -439,19 +681,7 @@ impl ModelRegistry {
     pub fn resolve(&self, r: impl Into<ModelRef>) -> Result<ModelRecord> {
         let r: ModelRef = r.into();
         let home = &self.store.root;
-        let found = self.store.catalog.read(|c| {
-            if let Some(m) = sql::by_id(c, home, &r.0)? {
-                return Ok(Some(m));
-            }
-            match r.0.split_once('@') {
-                None => sql::latest(c, home, &r.0),
-                Some((name, "latest")) => sql::latest(c, home, name),
-                Some((name, tail)) => match tail.parse::<u32>() {
-                    Ok(v) => sql::by_name_version(c, home, name, v),
-                    Err(_) => sql::by_alias(c, home, name, tail),
-                },
-            }
-        })?;
+        let found = self.store.catalog.read(|c| sql::resolve(c, home, &r.0))?;
         found.ok_or_else(|| Error::not_found("model", r.0))
     }
 
@@ -510,25 +740,7 @@ impl ModelRegistry {
         check_reason(&opts.reason)?;
         let m = self.resolve(model)?;
         let now = util::now();
-        let change = sql::Change { action: AliasAction::Promote, reason: opts.reason.as_deref(), at: &now };
-        self.store.catalog.write(|tx| {
-            if !sql::exists(tx, &m.id.0)? {
-                return Err(Error::not_found("model", m.reference()));
-            }
-            let mut changes = Vec::new();
-            let current = sql::alias_target(tx, &m.name, PRODUCTION)?;
-            if current.as_deref() != Some(m.id.0.as_str()) {
-                if let Some(old) = &current {
-                    changes.extend(sql::set_alias(tx, &m.name, PREVIOUS, old, &change)?);
-                }
-                changes.extend(sql::set_alias(tx, &m.name, PRODUCTION, &m.id.0, &change)?);
-            }
-            if sql::alias_target(tx, &m.name, CANDIDATE)?.as_deref() == Some(m.id.0.as_str()) {
-                changes.extend(sql::remove_alias(tx, &m.name, CANDIDATE, &change)?);
-            }
-            let previous = sql::alias_target(tx, &m.name, PREVIOUS)?.map(ModelId);
-            Ok(AliasMove { production: m.id.clone(), previous, changes })
-        })
+        self.store.catalog.write(|tx| aliases::promote_in(tx, &m, opts.reason.as_deref(), &now))
     }
 
     /// Moves `production` of model name `name` back to `previous`, in one transaction.
@@ -545,47 +757,28 @@ impl ModelRegistry {
     pub fn rollback(&self, name: &str, opts: &RollbackOptions) -> Result<AliasMove> {
         check_reason(&opts.reason)?;
         let now = util::now();
-        let change = sql::Change { action: AliasAction::Rollback, reason: opts.reason.as_deref(), at: &now };
-        self.store.catalog.write(|tx| {
-            let Some(target) = sql::alias_target(tx, name, PREVIOUS)? else {
-                return Err(Error::not_found("alias", format!("{name}@{PREVIOUS}")));
-            };
-            // The model `target` replaced, skipping deleted ones and the model rolled
-            // back from (and never going round a cycle).
-            let current = sql::alias_target(tx, name, PRODUCTION)?;
-            let mut seen = std::collections::HashSet::from([target.clone()]);
-            let mut cursor = target.clone();
-            let mut before = None;
-            while let Some(Some(prev)) = sql::replaced_by(tx, name, PRODUCTION, &cursor)? {
-                if !seen.insert(prev.clone()) {
-                    break;
-                }
-                if current.as_deref() != Some(prev.as_str()) && sql::exists(tx, &prev)? {
-                    before = Some(prev);
-                    break;
-                }
-                cursor = prev;
-            }
-            let mut changes = Vec::new();
-            changes.extend(sql::set_alias(tx, name, PRODUCTION, &target, &change)?);
-            match &before {
-                Some(b) => changes.extend(sql::set_alias(tx, name, PREVIOUS, b, &change)?),
-                None => changes.extend(sql::remove_alias(tx, name, PREVIOUS, &change)?),
-            }
-            Ok(AliasMove { production: ModelId(target), previous: before.map(ModelId), changes })
-        })
+        self.store.catalog.write(|tx| aliases::rollback_in(tx, name, opts.reason.as_deref(), &now))
     }
 
     /// Deletes a model: its row first, then its files (never a referenced directory's).
-    /// Refuses while an adapter or a training job depends on it, unless `force`, which
-    /// also deletes its adapters and detaches the jobs.
+    /// Refuses (`in_use`) while an adapter or a training job depends on it: a job on it
+    /// as its base, or a job that may still run (pending, running, interrupted, or
+    /// resumable after a failure or a cancel) continuing it as its
+    /// `TrainSpec::init_adapter` (a monitor's `continue` retrain); unless `force`, which
+    /// also deletes its adapters and detaches the jobs (a continuing job then fails
+    /// with `invalid_config` naming `init_adapter` when it runs).
     pub fn delete(&self, model: impl Into<ModelRef>, force: bool) -> Result<()> {
         let m = self.resolve(model)?;
         let home = &self.store.root;
         let now = util::now();
         let removed = self.store.catalog.write(|tx| {
             let children = sql::children(tx, home, &m.id.0)?;
-            let jobs = sql::jobs_using(tx, &m.id.0)?;
+            let mut jobs = sql::jobs_using(tx, &m.id.0)?;
+            for j in sql::jobs_continuing(tx, home, &m.id.0)? {
+                if !jobs.contains(&j) {
+                    jobs.push(j);
+                }
+            }
             if !force && (!children.is_empty() || !jobs.is_empty()) {
                 let mut why = Vec::new();
                 if !children.is_empty() {
@@ -660,6 +853,27 @@ fn check_alias(alias: &str) -> Result<()> {
 }
 
 /// Size and sha256 of each of `names` under `dir`.
+/// A model's content hash: sha256 over its files' names and sha256s, sorted by name.
+fn content_sha(files: &[ModelFile]) -> String {
+    use sha2::Digest;
+    let mut sorted: Vec<&ModelFile> = files.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let manifest: String = sorted.iter().map(|f| format!("{}:{}\n", f.name, f.sha256)).collect();
+    hex::encode(sha2::Sha256::digest(manifest.as_bytes()))
+}
+
+/// [`hash_files`] that stops at a cancel between reads.
+fn hash_files_cancellable(dir: &Path, names: &[String], cancel: &CancelToken) -> Result<Vec<ModelFile>> {
+    names
+        .iter()
+        .map(|f| {
+            let path = dir.join(f);
+            let sha256 = util::sha256_file(&path, |_| cancel.check())?;
+            Ok(ModelFile { name: f.clone(), bytes: fs::metadata(&path).with_path(&path)?.len(), sha256 })
+        })
+        .collect()
+}
+
 fn hash_files(dir: &Path, names: &[String]) -> Result<Vec<ModelFile>> {
     names
         .iter()

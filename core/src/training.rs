@@ -17,13 +17,14 @@
 //! `log`, then `job_finished` (always last, also on failure and cancellation).
 
 mod checkpoint;
+mod curves;
 mod data;
 mod diffusion;
 mod optim;
 mod runner;
 mod trainee;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,11 +37,12 @@ use crate::error::{Error, Result};
 use crate::events::{CancelToken, EventSink};
 use crate::models::memory;
 use crate::models::ModelConfig;
+use crate::plot;
 use crate::registry::ModelRegistry;
 use crate::store::Store;
 use crate::types::{
-    DatasetFormat, DatasetId, Event, Family, JobFilter, JobId, JobLog, JobRecord, JobStatus, LoraConfig, Method,
-    MetricPoint, ModelKind, ModelRecord, TrainReport, TrainSpec, HEARTBEAT_STALE_SECS,
+    DatasetFormat, DatasetId, Event, Family, IfExists, JobFilter, JobId, JobLog, JobRecord, JobStatus, LoraConfig,
+    Method, MetricPoint, ModelKind, ModelRecord, PlotOptions, TrainReport, TrainSpec, HEARTBEAT_STALE_SECS,
 };
 use crate::util;
 
@@ -58,6 +60,64 @@ fn pid_alive(pid: u32) -> bool {
     } else {
         true
     }
+}
+
+/// Under `rec.spec.if_exists`: the job `create_job` returns instead of storing `rec`
+/// (`reuse`), or `already_exists` (`error`). See [`TrainingEngine::create_job`].
+fn same_job(tx: &crate::catalog::Conn, home: &std::path::Path, rec: &JobRecord) -> Result<Option<JobRecord>> {
+    let if_exists = rec.spec.if_exists;
+    if if_exists == IfExists::NewVersion {
+        return Ok(None);
+    }
+    // Compared as stored: through JSON, without `if_exists`.
+    let comparable = |spec: &TrainSpec| -> Result<TrainSpec> {
+        let spec = TrainSpec { if_exists: IfExists::NewVersion, ..spec.clone() };
+        let json = serde_json::to_string(&spec).map_err(|e| Error::Internal(format!("spec: {e}")))?;
+        serde_json::from_str(&json).map_err(|e| Error::Internal(format!("spec: {e}")))
+    };
+    let want = comparable(&rec.spec)?;
+    let mut found = None;
+    for job in sql::list(tx, &JobFilter::default())?.into_iter().rev() {
+        let same_inputs = job.base_model_id == rec.base_model_id
+            && job.dataset_id == rec.dataset_id
+            && job.eval_dataset_id == rec.eval_dataset_id;
+        let usable = match job.status {
+            JobStatus::Failed => false,
+            JobStatus::Completed => match &job.output_model_id {
+                Some(m) => crate::catalog::models::exists(tx, &m.0)?,
+                None => false,
+            },
+            _ => true,
+        };
+        if same_inputs && usable && comparable(&job.spec)? == want {
+            found = Some(job);
+            break;
+        }
+    }
+    if if_exists == IfExists::Reuse {
+        return Ok(found);
+    }
+    if let Some(job) = found {
+        return Err(Error::AlreadyExists {
+            what: "job",
+            id: job.id.0.clone(),
+            detail: format!(
+                " with the same spec ({}); if_exists \"reuse\" returns it, \"new_version\" trains again",
+                job.status
+            ),
+        });
+    }
+    if let Some(name) = &rec.spec.output_name {
+        let filter = crate::types::ModelFilter { name: Some(name.clone()), ..Default::default() };
+        if !crate::catalog::models::list(tx, home, &filter)?.is_empty() {
+            return Err(Error::AlreadyExists {
+                what: "model",
+                id: name.clone(),
+                detail: " (output_name); if_exists \"new_version\" adds a version".into(),
+            });
+        }
+    }
+    Ok(None)
 }
 
 /// Reports `interrupted` for a running job whose heartbeat is stale or whose process is gone.
@@ -112,6 +172,13 @@ impl TrainingEngine {
     }
 
     /// Validates `spec`, resolves its base model and datasets, and stores a pending job.
+    ///
+    /// `spec.if_exists` decides what happens when a job with the same spec (every field
+    /// but `if_exists` equal) on the same base and datasets exists and did not fail (for
+    /// a completed one: its model is still registered): `new_version` stores a new job
+    /// anyway, `reuse` returns that job (in whatever state it is: [`TrainingEngine::complete`]
+    /// then runs, resumes or reports it), `error` refuses with `already_exists`, as it does
+    /// when `output_name` is already a model's name.
     pub fn create_job(&self, spec: &TrainSpec) -> Result<JobRecord> {
         spec.validate()?;
         let classifier = matches!(spec.method, Method::Classifier(_));
@@ -137,6 +204,9 @@ impl TrainingEngine {
         };
         let mut formats = vec![("dataset", dataset.format)];
         formats.extend(eval.as_ref().map(|e| ("eval_dataset", e.format)));
+        if let (Some(base), Some(_)) = (&base, &spec.init_adapter) {
+            self.init_adapter(spec, base)?;
+        }
         match &base {
             Some(base) => check_fits(spec, base, &formats, self.store.memory_limit)?,
             None => {
@@ -180,8 +250,124 @@ impl TrainingEngine {
             started_at: None,
             finished_at: None,
         };
-        self.store.catalog.write(|tx| sql::insert(tx, &rec))?;
-        Ok(rec)
+        let found = self.store.catalog.write(|tx| {
+            // Decided in the insert's transaction: concurrent calls end as sequential ones.
+            let found = same_job(tx, &self.store.root, &rec)?;
+            if found.is_none() {
+                sql::insert(tx, &rec)?;
+            }
+            Ok(found)
+        })?;
+        match found {
+            Some(job) => self.job(&job.id),
+            None => Ok(rec),
+        }
+    }
+
+    /// `create_job` + [`TrainingEngine::complete`]: with `if_exists: reuse`, running the
+    /// same training twice trains once.
+    pub fn train(&self, spec: &TrainSpec, sink: &mut dyn EventSink, cancel: &CancelToken) -> Result<TrainReport> {
+        let job = self.create_job(spec)?;
+        self.complete(&job.id, sink, cancel)
+    }
+
+    /// Brings a job to its report: runs it when pending, resumes it when cancelled,
+    /// failed or interrupted, and returns the report of a completed one without
+    /// training (no events). A job running elsewhere is `in_use`.
+    pub fn complete(&self, id: &JobId, sink: &mut dyn EventSink, cancel: &CancelToken) -> Result<TrainReport> {
+        let job = self.job(id)?;
+        match job.status {
+            JobStatus::Pending => self.run(id, sink, cancel),
+            JobStatus::Completed => self.report(id),
+            JobStatus::Running => Err(Error::InUse {
+                what: "job",
+                id: id.0.clone(),
+                reason: "is running in another process or thread; wait for it, or cancel it".into(),
+            }),
+            JobStatus::Cancelled | JobStatus::Failed | JobStatus::Interrupted => self.resume(id, sink, cancel),
+        }
+    }
+
+    /// The report of a completed job, from its row and its model's lineage.
+    pub fn report(&self, id: impl Into<JobId>) -> Result<TrainReport> {
+        let job = self.job(id)?;
+        let model = match (job.status, &job.output_model_id) {
+            (JobStatus::Completed, Some(m)) => self.registry().get(m)?,
+            (status, _) => {
+                return Err(Error::config(
+                    "job",
+                    format!("job {} is {status}: only a completed job has a report", job.id),
+                ))
+            }
+        };
+        let metrics = model.lineage.metrics.as_ref();
+        Ok(TrainReport {
+            job_id: job.id,
+            model: model.id.clone(),
+            model_id: model.id,
+            final_loss: job.loss.or(metrics.and_then(|m| m.final_loss)).unwrap_or(f64::NAN),
+            eval_loss: job.eval_loss.or(metrics.and_then(|m| m.eval_loss)),
+            steps: job.step,
+            tokens: job.tokens,
+            duration_s: metrics.map_or(0.0, |m| m.duration_s),
+        })
+    }
+
+    /// A run's error as the bindings report it: a cancel becomes
+    /// [`Error::JobCancelled`] naming the job and how to resume it; others are unchanged.
+    pub fn explain(&self, id: &JobId, err: Error) -> Error {
+        match err {
+            Error::Cancelled => Error::JobCancelled { job_id: id.0.clone(), hint: self.resume_hint(id) },
+            other => other,
+        }
+    }
+
+    /// How to continue a job that stopped before its end, for messages (the same call
+    /// in the three languages): `job job_x stopped at step 12 of 40 with a checkpoint;
+    /// continue it with home.training().resume('job_x')`.
+    pub fn resume_hint(&self, id: &JobId) -> String {
+        match self.job(id) {
+            Ok(job) if job.status == JobStatus::Completed => format!(
+                "job {id} completed before it could stop (model {})",
+                job.output_model_id.map(|m| m.0).unwrap_or_default()
+            ),
+            Ok(job) => {
+                let at = if job.total_steps > 0 {
+                    format!(" at step {} of {}", job.step, job.total_steps)
+                } else {
+                    String::new()
+                };
+                let saved = if job.checkpoint.is_some() { " with a checkpoint" } else { "" };
+                format!("job {id} stopped{at}{saved} ({}); continue it with home.training().resume('{id}')", job.status)
+            }
+            Err(_) => format!("job {id} stopped; continue it with home.training().resume('{id}')"),
+        }
+    }
+
+    /// The adapter `spec.init_adapter` names: a LoRA adapter of `base` (its parent),
+    /// on a language model. `invalid_config` naming `init_adapter` otherwise.
+    pub(crate) fn init_adapter(&self, spec: &TrainSpec, base: &ModelRecord) -> Result<Option<ModelRecord>> {
+        let Some(r) = &spec.init_adapter else { return Ok(None) };
+        let a = self.registry().resolve(r).map_err(|e| match e {
+            Error::NotFound { .. } => Error::config("init_adapter", format!("model `{r}` is not registered")),
+            o => o,
+        })?;
+        if a.kind != ModelKind::Lora {
+            return Err(Error::config(
+                "init_adapter",
+                format!("{} is a {} model, not a LoRA adapter", a.reference(), a.kind),
+            ));
+        }
+        if a.parent_id.as_ref() != Some(&base.id) {
+            return Err(Error::config(
+                "init_adapter",
+                format!("{} is not an adapter of the base {}", a.reference(), base.reference()),
+            ));
+        }
+        if matches!(base.family, Family::StableDiffusion) {
+            return Err(Error::config("init_adapter", "continuing an adapter is for language models"));
+        }
+        Ok(Some(a))
     }
 
     /// A job by id, with `interrupted` reported for a dead runner.
@@ -221,6 +407,29 @@ impl TrainingEngine {
             sql::get(c, &id.0)?;
             sql::metrics(c, &id.0)
         })
+    }
+
+    /// The job's loss curves as PNG bytes, from its metrics rows: training loss per
+    /// step, eval loss at each evaluation, the learning rate below (see
+    /// [`curves::loss_chart`]). Works while the job runs (what has been recorded so
+    /// far) and on any finished job. An unknown job is `not_found`; a size too small for
+    /// the chart is `invalid_config` naming `width` or `height`.
+    pub fn plot(&self, id: impl Into<JobId>, opts: &PlotOptions) -> Result<Vec<u8>> {
+        let id = id.into();
+        let job = self.job(&id)?;
+        let points = self.metrics(&id)?;
+        plot::render_png(&curves::loss_chart(&job, &points, opts), opts.width, opts.height)
+    }
+
+    /// [`TrainingEngine::plot`] written to `path` atomically (a temporary file beside
+    /// it, then a rename); returns the bytes written. An unwritable path is an `io`
+    /// (or `file_not_found`) error naming it.
+    pub fn plot_to(&self, id: impl Into<JobId>, path: impl AsRef<Path>, opts: &PlotOptions) -> Result<Vec<u8>> {
+        let path = path.as_ref();
+        util::check_path("path", path)?;
+        let png = self.plot(id, opts)?;
+        util::write_atomic(path, &png)?;
+        Ok(png)
     }
 
     /// Asks a job to stop. Works from any process: the runner polls the flag every
@@ -274,7 +483,7 @@ impl TrainingEngine {
             .map_err(|e| Error::Internal(format!("cannot start a training thread: {e}")))?;
         let shared =
             HandleShared { thread: Mutex::new(Some(thread)), outcome: Mutex::new(None), events: Mutex::new(rx) };
-        Ok(JobHandle { job_id: id.clone(), cancel, shared: Arc::new(shared) })
+        Ok(JobHandle { job_id: id.clone(), cancel, shared: Arc::new(shared), engine: self.clone() })
     }
 }
 
@@ -465,6 +674,7 @@ pub struct JobHandle {
     job_id: JobId,
     cancel: CancelToken,
     shared: Arc<HandleShared>,
+    engine: TrainingEngine,
 }
 
 struct HandleShared {
@@ -491,6 +701,16 @@ impl JobHandle {
     /// Asks the job to stop at the next step (it ends `cancelled`, resumable).
     pub fn cancel(&self) {
         self.cancel.cancel()
+    }
+
+    /// The job's loss curves so far as PNG bytes ([`TrainingEngine::plot`]).
+    pub fn plot(&self, opts: &PlotOptions) -> Result<Vec<u8>> {
+        self.engine.plot(&self.job_id, opts)
+    }
+
+    /// [`JobHandle::plot`] written to `path` ([`TrainingEngine::plot_to`]).
+    pub fn plot_to(&self, path: impl AsRef<Path>, opts: &PlotOptions) -> Result<Vec<u8>> {
+        self.engine.plot_to(&self.job_id, path, opts)
     }
 
     /// The next event, waiting at most `timeout`. `Ok(None)`: none yet (or, once

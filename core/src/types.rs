@@ -14,6 +14,7 @@ mod continual;
 mod dataset;
 mod drift;
 mod event;
+mod export;
 mod generation;
 mod home;
 mod ids;
@@ -23,6 +24,8 @@ mod monitor;
 mod notify;
 mod stats;
 mod synthetic;
+mod timeline;
+mod token;
 mod training;
 
 pub(crate) use alias::{catalog_time, check_reason};
@@ -32,7 +35,8 @@ pub use alias::{
 };
 pub use continual::{
     AccuracyOptions, ClassWeighting, ClassifierConfig, ClassifierModel, ClassifierOptimizer, DriftCheck, DriftWindow,
-    EvaluationRecord, LossDrift, Prediction, PredictionFilter, PredictionRecord, PredictorOptions, RealisedAccuracy,
+    EvaluationRecord, LearnLineage, LearnOptions, LossDrift, Prediction, PredictionFilter, PredictionRecord,
+    PredictorOptions, RealisedAccuracy, MAX_LEARN_BATCH, MAX_LEARN_EPOCHS,
 };
 pub use dataset::{
     DatasetFormat, DatasetRecord, DatasetSplit, DatasetStats, DeleteOptions, FieldStats, ImportOptions, LengthBucket,
@@ -44,6 +48,7 @@ pub use drift::{
     DriftTest, DriftVerdict, PageHinkleyConfig,
 };
 pub use event::{ErrorInfo, Event, FinishStatus, GateVerdict};
+pub use export::{ExportFormat, ExportOptions, ExportReport, ExportedFile, GgufType, ImportBundleOptions};
 pub use generation::{
     ChatMessage, FinishReason, Generation, GenerationConfig, GenerationFilter, GenerationKind, GenerationRecord,
     GeneratorOptions, ModelUsage, Prompt, Score, ScoreOptions, StreamChunk, Timings, DEFAULT_MAX_NEW_TOKENS,
@@ -52,12 +57,13 @@ pub use home::HomeOptions;
 pub use ids::{DatasetId, DriftCheckId, EvaluationId, GenerationId, JobId, ModelId, ModelRef, PredictionId};
 pub use images::{ImageAdapter, ImageGeneratorOptions, ImageRequest};
 pub use model::{
-    Family, Lineage, LoraConfig, ModelFile, ModelFilter, ModelKind, ModelRecord, PresetOptions, RegisterOptions,
-    Storage, TrainMetrics,
+    Family, IfExists, Lineage, LoraConfig, ModelFile, ModelFilter, ModelKind, ModelRecord, PresetOptions,
+    RegisterOptions, Storage, TrainMetrics,
 };
 pub use monitor::{
-    DecisionKind, GatePolicy, MonitorDecision, MonitorOptions, MonitorRecord, PromotionMode, RetrainAction,
-    RetrainGuards, RetrainPolicy, RetrainTriggers, TickOptions, TickOutcome, TickReport, GATE_METRICS,
+    lower_is_better, DecisionKind, GatePolicy, LmRetrainMethod, MonitorDecision, MonitorFeed, MonitorOptions,
+    MonitorRecord, PromotionMode, RetrainAction, RetrainGuards, RetrainPolicy, RetrainTriggers, TickOptions,
+    TickOutcome, TickReport, CLASSIFIER_METRICS, GATE_METRICS, LM_METRICS,
 };
 pub use notify::{Delivery, DeliveryFilter, DeliveryReport, DeliveryStatus, Webhook, WebhookFormat, WebhookOptions};
 pub use schema::{options_from_json, options_from_json_spelled, to_json_spelled, Spelling};
@@ -69,6 +75,11 @@ pub use synthetic::{
     DatasetLineage, GenerateDatasetOptions, ScenarioDrift, ScenarioDriftKind, ScenarioOptions, MAX_GENERATE_PROMPTS,
     MAX_SCENARIO_ROWS,
 };
+pub use timeline::{
+    AccuracyPoint, DriftPoint, EvaluationPoint, PlotOptions, Timeline, TimelineEvent, TimelineEventKind,
+    TimelineOptions, VersionAccuracy, MAX_TIMELINE_POINTS, MAX_TIMELINE_WINDOW,
+};
+pub use token::{NewToken, TokenOptions, TokenRecord, TokenScope};
 pub use training::{
     ImageCrop, ImageTrainOptions, JobFilter, JobLog, JobRecord, JobStatus, Method, MetricKind, MetricPoint, Schedule,
     TrainReport, TrainSpec, HEARTBEAT_STALE_SECS,

@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("error", 0),
     ("util", 0),
     ("types", 0),
+    ("plot", 0),
     ("catalog", 1),
     ("events", 1),
     ("models", 1),
@@ -21,6 +22,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("store", 1),
     ("tabular", 1),
     ("notify", 1),
+    ("gguf", 1),
+    ("tokens", 1),
     ("data", 2),
     ("registry", 2),
     ("training", 2),
@@ -128,6 +131,29 @@ fn the_types_layer_knows_no_tensors_and_no_sql() {
         for dep in ["candle_core", "candle_nn", "rusqlite", "tokenizers"] {
             assert!(!text.contains(dep), "{} uses {dep}", f.display());
         }
+    }
+}
+
+#[test]
+fn the_plot_module_uses_no_crate_but_image() {
+    // Every dependency of the core, as Rust spells it, but `image`.
+    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    let deps: Vec<String> = manifest
+        .lines()
+        .skip_while(|l| l.trim() != "[dependencies]")
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
+        .filter_map(|l| l.split_once('=').map(|(name, _)| name.trim().replace('-', "_")))
+        .filter(|name| !name.is_empty() && name != "image")
+        .collect();
+    assert!(deps.iter().any(|d| d == "candle_core") && deps.iter().any(|d| d == "serde"), "{deps:?}");
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/plot.rs")).unwrap();
+    for dep in deps {
+        // A path that starts with the crate (`png::x`, not `codecs::png::x`).
+        let used = text.match_indices(&format!("{dep}::")).any(|(i, _)| {
+            !text[..i].ends_with("::") && !text[..i].chars().last().is_some_and(|c| c.is_alphanumeric() || c == '_')
+        });
+        assert!(!used, "plot.rs uses {dep}: only `image` is allowed there");
     }
 }
 

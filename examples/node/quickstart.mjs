@@ -6,17 +6,32 @@
 //         doubling), their losses, the accuracy of greedy answers on 100 held-out words
 //         before and after each (one batch), a streamed answer from the adapter, the
 //         adapter switched per request on one loaded base, the catalog's usage totals,
-//         and the registry with lineage. `--smoke` trains one epoch each (for CI;
-//         accuracy is then printed but low).
+//         and the registry with lineage. `--smoke` trains 10 steps each and scores 16
+//         words (for CI; accuracy is then printed but low).
+// Re-run: safe on the same home. The datasets are reused (`onDuplicate: 'reuse'`), and
+//         the preset and both trainings too (`ifExists: 'reuse'`): a second run trains
+//         nothing and prints the same results. The default home, ./anneal-home, is git-ignored.
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 import path from 'node:path'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
-const { Home } = createRequire(import.meta.url)(path.join(here, '..', '..', 'bindings-node'))
+const require = createRequire(import.meta.url)
+// Installed from npm: the `anneal` package; in a checkout: the binding built in place.
+function loadAnneal () {
+  try {
+    return require('anneal')
+  } catch (e) {
+    if (e.code !== 'MODULE_NOT_FOUND' || !String(e.message).includes("'anneal'")) throw e
+    return require(path.join(here, '..', '..', 'bindings-node'))
+  }
+}
+const { Home } = loadAnneal()
 const data = path.join(here, '..', 'data')
 const args = process.argv.slice(2).filter((a) => !a.startsWith('--'))
-const epochs = process.argv.includes('--smoke') ? 1 : undefined
+const smoke = process.argv.includes('--smoke')
+// Smoke (CI): a few steps instead of epochs.
+const short = smoke ? { maxSteps: 10 } : {}
 
 const progress = (e) => {
   if (e.type === 'step' && (e.step % 50 === 0 || e.step === e.totalSteps)) {
@@ -28,7 +43,7 @@ const progress = (e) => {
   }
 }
 
-const EVAL_N = 100
+const EVAL_N = smoke ? 16 : 100
 
 /** Exact-match accuracy of greedy answers on held-out problems, generated in one batch. */
 async function accuracy(modelId, val) {
@@ -53,14 +68,16 @@ for (const name of ['uppercase', 'double']) {
   console.log(`dataset ${name}: ${ds.numRecords} records -> ${splits[name].train.numRecords} train / ${splits[name].val.numRecords} held out`)
 }
 
-const base = await models.createPreset('nano', { name: 'quickstart-nano', seed: 0 })
+// ifExists: 'reuse': a second run gets the same model (same preset and seed), not @2.
+const base = await models.createPreset('nano', { name: 'quickstart-nano', seed: 0, ifExists: 'reuse' })
 const [before] = await accuracy(base.id, splits.uppercase.val)
 console.log(`base ${base.name}@${base.version}: ${base.params} parameters, uppercase accuracy ${pct(before)}`)
 
 const upper = await engine.train({
   base: base.id, dataset: splits.uppercase.train.id, evalDataset: splits.uppercase.val.id,
-  method: 'full', epochs: epochs ?? 10, batchSize: 32, seqLen: 16, learningRate: 2e-3,
+  method: 'full', epochs: 10, batchSize: 32, seqLen: 16, learningRate: 2e-3,
   warmupSteps: 20, schedule: 'cosine', weightDecay: 0.01, outputName: 'quickstart-upper',
+  ifExists: 'reuse', ...short, // a second run returns this job's report
 }, { onEvent: progress })
 console.log(`full training: ${upper.steps} steps, final loss ${upper.finalLoss.toFixed(3)}, eval loss ${upper.evalLoss.toFixed(3)}`)
 const [after, samples] = await accuracy(upper.modelId, splits.uppercase.val)
@@ -71,8 +88,8 @@ const [subBefore] = await accuracy(upper.modelId, splits.double.val)
 const lora = await engine.train({
   base: upper.modelId, dataset: splits.double.train.id, evalDataset: splits.double.val.id,
   method: { lora: { r: 16, alpha: 32, targetModules: ['all-linear'] } },
-  epochs: epochs ?? 8, batchSize: 32, seqLen: 24, learningRate: 5e-3, warmupSteps: 10,
-  schedule: 'cosine', outputName: 'quickstart-double-lora',
+  epochs: 8, batchSize: 32, seqLen: 24, learningRate: 5e-3, warmupSteps: 10,
+  schedule: 'cosine', outputName: 'quickstart-double-lora', ifExists: 'reuse', ...short,
 }, { onEvent: progress })
 console.log(`LoRA training: ${lora.steps} steps, final loss ${lora.finalLoss.toFixed(3)}, eval loss ${lora.evalLoss.toFixed(3)}`)
 const [subAfter, subSamples] = await accuracy(lora.modelId, splits.double.val)

@@ -20,13 +20,17 @@
 //!
 //! Measured on the 2-core CPU (release): ~25 s in all; uppercase 0% -> 100%, double
 //! 0% -> ~80%.
+//!
+//! Re-run: safe on the same home. The datasets are reused (`OnDuplicate::Reuse`), the
+//! preset and both trainings too (`IfExists::Reuse`): a second run trains nothing. The
+//! default home, ./anneal-home, is git-ignored.
 
 use std::time::{Duration, Instant};
 
 use std::io::Write;
 
 use anneal::{
-    CancelToken, DatasetRecord, GenerationConfig, GeneratorOptions, Home, ImportOptions, LoraConfig, Method,
+    CancelToken, DatasetRecord, GenerationConfig, GeneratorOptions, Home, IfExists, ImportOptions, LoraConfig, Method,
     ModelFilter, ModelRecord, OnDuplicate, PresetOptions, Schedule, TerminalSink, Throttle, TrainSpec,
 };
 use anyhow::Result;
@@ -39,13 +43,11 @@ const EVAL_N: usize = 100;
 fn import(home: &Home, name: &str, jsonl: &str) -> Result<(DatasetRecord, DatasetRecord)> {
     let datasets = home.datasets();
     let opts = ImportOptions { name: Some(name.into()), on_duplicate: OnDuplicate::Reuse, ..Default::default() };
-    let ds = match datasets.get(name) {
-        Ok(d) => d,
-        Err(_) => datasets.import_records(
-            jsonl.lines().map(|l| serde_json::from_str(l).map_err(|e| anneal::Error::Internal(e.to_string()))),
-            &opts,
-        )?,
-    };
+    // The same content under the same name: the stored dataset is returned.
+    let ds = datasets.import_records(
+        jsonl.lines().map(|l| serde_json::from_str(l).map_err(|e| anneal::Error::Internal(e.to_string()))),
+        &opts,
+    )?;
     let split = datasets.split(&ds.id, 0.1, 0, None)?;
     println!(
         "dataset {name}: {} records -> {} train / {} held out",
@@ -83,9 +85,10 @@ fn sub_val_word(home: &Home, val: &DatasetRecord) -> Result<String> {
 
 fn train(home: &Home, spec: TrainSpec) -> Result<ModelRecord> {
     let engine = home.training();
-    let job = engine.create_job(&spec)?;
     let mut sink = Throttle::new(TerminalSink::new(), Duration::from_millis(200));
-    let report = engine.run(&job.id, &mut sink, &CancelToken::new())?;
+    // `if_exists: Reuse`: a job with this spec that ran before gives its report at once.
+    let spec = TrainSpec { if_exists: IfExists::Reuse, ..spec };
+    let report = engine.train(&spec, &mut sink, &CancelToken::new())?;
     println!(
         "job {}: {} steps, {} tokens in {:.1}s, final loss {:.3}{}",
         report.job_id,
@@ -111,7 +114,12 @@ fn main() -> Result<()> {
     // A from-scratch base model: the nano preset, random weights from seed 0.
     let base = models.create_preset(
         "nano",
-        &PresetOptions { name: Some("quickstart-nano".into()), seed: 0, ..Default::default() },
+        &PresetOptions {
+            name: Some("quickstart-nano".into()),
+            seed: 0,
+            if_exists: IfExists::Reuse, // the same preset and seed: the same model on a re-run
+            ..Default::default()
+        },
     )?;
     let (before, _) = accuracy(&home, &base, &add_val)?;
     println!(

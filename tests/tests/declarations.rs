@@ -101,6 +101,7 @@ fn enums() -> Vec<(&'static str, Value)> {
         OnDuplicate,
         ModelKind,
         Storage,
+        IfExists,
         Family,
         JobStatus,
         Schedule,
@@ -226,6 +227,8 @@ fn python_stub_matches_the_rust_types() {
         ("DatasetStore", "import_records", schemas!(ImportOptions).remove(0)),
         ("ModelRegistry", "register_dir", schemas!(RegisterOptions).remove(0)),
         ("ModelRegistry", "create_preset", schemas!(PresetOptions).remove(0)),
+        ("ModelRegistry", "export", schemas!(ExportOptions).remove(0)),
+        ("ModelRegistry", "import_bundle", schemas!(ImportBundleOptions).remove(0)),
         ("ModelRegistry", "list", schemas!(ModelFilter).remove(0)),
         ("ModelRegistry", "generations", schemas!(GenerationFilter).remove(0)),
         ("TrainingEngine", "jobs", schemas!(JobFilter).remove(0)),
@@ -329,6 +332,8 @@ fn typescript_declarations_match_the_rust_types() {
         ImageImportOptions,
         RegisterOptions,
         PresetOptions,
+        ExportOptions,
+        ImportBundleOptions,
         ModelFilter,
         LoraConfig,
         TrainSpec,
@@ -429,11 +434,13 @@ fn notify_stats_records() -> Vec<(&'static str, Value)> {
         ModelCount,
         DatasetLineage,
         ScenarioDrift,
+        ExportReport,
+        ExportedFile,
     )
 }
 
 fn notify_stats_enums() -> Vec<(&'static str, Value)> {
-    schemas!(WebhookFormat, DeliveryStatus, AliasAction, ActivityKind, ScenarioDriftKind)
+    schemas!(WebhookFormat, DeliveryStatus, AliasAction, ActivityKind, ScenarioDriftKind, ExportFormat)
 }
 
 /// Keyword-only parameters of a module-level function of the stub.
@@ -517,6 +524,138 @@ fn webhook_stats_and_synthetic_declarations_match_the_rust_types() {
         if ts_union(&dts, name).as_ref() != Some(&want) {
             problems.push(format!("d.ts {name}: has {:?}, Rust has {want:?}", ts_union(&dts, name)));
         }
+    }
+    assert!(problems.is_empty(), "declarations drifted from the Rust types:\n{}", problems.join("\n"));
+}
+
+// ---------------------------------------------------------------- monitors
+
+/// Policies, reports and records of the monitors: TypedDicts in the Python stub,
+/// interfaces in TypeScript.
+fn monitor_records() -> Vec<(&'static str, Value)> {
+    schemas!(
+        RetrainTriggers,
+        RetrainGuards,
+        RetrainAction,
+        GatePolicy,
+        RetrainPolicy,
+        TickReport,
+        MonitorRecord,
+        MonitorDecision,
+    )
+}
+
+#[test]
+fn monitor_declarations_match_the_rust_types() {
+    let pyi = read("bindings-python/python/anneal/_anneal.pyi");
+    let dts = read("bindings-node/header.d.ts");
+    let mut problems = Vec::new();
+    for (name, schema) in monitor_records() {
+        let want = fields(&schema);
+        match py_class(&pyi, name) {
+            None => problems.push(format!("stub: class {name} is missing")),
+            Some(body) if py_attributes(&body) != want => {
+                problems.push(format!("stub {name}: has {:?}, Rust has {want:?}", py_attributes(&body)))
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, schema) in monitor_records().into_iter().chain(schemas!(MonitorOptions, TickOptions)) {
+        let want: BTreeSet<String> = fields(&schema).iter().map(|f| camel(f)).collect();
+        match ts_interface(&dts, name) {
+            None => problems.push(format!("d.ts: interface {name} is missing")),
+            Some(got) if got != want => problems.push(format!("d.ts {name}: has {got:?}, Rust has {want:?}")),
+            Some(_) => {}
+        }
+    }
+    // Options given as keyword arguments in Python.
+    let bindings_only: BTreeSet<String> = ["on_event", "cancel"].map(String::from).into();
+    for (class, method, (name, schema)) in [
+        ("Monitors", "create", schemas!(MonitorOptions).remove(0)),
+        ("Monitor", "tick", schemas!(TickOptions).remove(0)),
+    ] {
+        let got: BTreeSet<String> = py_kwargs(&pyi, class, method).difference(&bindings_only).cloned().collect();
+        if got != fields(&schema) {
+            problems.push(format!("stub {class}.{method} ({name}): has {got:?}, Rust has {:?}", fields(&schema)));
+        }
+    }
+    // Enums: literal unions in both, required; the gate's metrics likewise.
+    let gate_metrics: BTreeSet<String> = anneal::types::GATE_METRICS.iter().map(|m| m.to_string()).collect();
+    let enums = schemas!(PromotionMode, TickOutcome, DecisionKind)
+        .into_iter()
+        .map(|(name, schema)| (name, values(&schema)))
+        .chain([("GateMetric", gate_metrics)]);
+    for (name, want) in enums {
+        if py_literal(&pyi, name).as_ref() != Some(&want) {
+            problems.push(format!("stub {name}: has {:?}, Rust has {want:?}", py_literal(&pyi, name)));
+        }
+        if ts_union(&dts, name).as_ref() != Some(&want) {
+            problems.push(format!("d.ts {name}: has {:?}, Rust has {want:?}", ts_union(&dts, name)));
+        }
+    }
+    assert!(problems.is_empty(), "monitor declarations drifted from the Rust types:\n{}", problems.join("\n"));
+}
+
+// ---------------------------------------------------------------- timeline, plot, learn, feeds
+
+/// The timeline's records, `learn`'s lineage, a monitor's feeds and the options of
+/// `timeline`, `plot_timeline` and `learn`: TypedDicts in the Python stub (the options
+/// also as keyword arguments), interfaces in TypeScript.
+#[test]
+fn timeline_learn_and_feed_declarations_match_the_rust_types() {
+    let pyi = read("bindings-python/python/anneal/_anneal.pyi");
+    let dts = read("bindings-node/header.d.ts");
+    let mut problems = Vec::new();
+    let types = schemas!(
+        Timeline,
+        AccuracyPoint,
+        DriftPoint,
+        EvaluationPoint,
+        TimelineEvent,
+        VersionAccuracy,
+        TimelineOptions,
+        PlotOptions,
+        LearnOptions,
+        LearnLineage,
+        MonitorFeed,
+    );
+    for (name, schema) in types {
+        let want = fields(&schema);
+        match py_class(&pyi, name) {
+            None => problems.push(format!("stub: class {name} is missing")),
+            Some(body) if py_attributes(&body) != want => {
+                problems.push(format!("stub {name}: has {:?}, Rust has {want:?}", py_attributes(&body)))
+            }
+            Some(_) => {}
+        }
+        let want: BTreeSet<String> = want.iter().map(|f| camel(f)).collect();
+        match ts_interface(&dts, name) {
+            None => problems.push(format!("d.ts: interface {name} is missing")),
+            Some(got) if got != want => problems.push(format!("d.ts {name}: has {got:?}, Rust has {want:?}")),
+            Some(_) => {}
+        }
+    }
+    // Keyword arguments in Python: `plot_timeline` takes both option structs.
+    let timeline = fields(&schema_of::<anneal::TimelineOptions>());
+    let plot: BTreeSet<String> = timeline.union(&fields(&schema_of::<anneal::PlotOptions>())).cloned().collect();
+    for (method, want) in
+        [("timeline", timeline), ("plot_timeline", plot), ("learn", fields(&schema_of::<anneal::LearnOptions>()))]
+    {
+        let got = py_kwargs(&pyi, "Continual", method);
+        if got != want {
+            problems.push(format!("stub Continual.{method}: has {got:?}, Rust has {want:?}"));
+        }
+    }
+    let want = values(&schema_of::<anneal::TimelineEventKind>());
+    if py_literal(&pyi, "TimelineEventKind").as_ref() != Some(&want) {
+        problems.push(format!(
+            "stub TimelineEventKind: has {:?}, Rust has {want:?}",
+            py_literal(&pyi, "TimelineEventKind")
+        ));
+    }
+    if ts_union(&dts, "TimelineEventKind").as_ref() != Some(&want) {
+        problems
+            .push(format!("d.ts TimelineEventKind: has {:?}, Rust has {want:?}", ts_union(&dts, "TimelineEventKind")));
     }
     assert!(problems.is_empty(), "declarations drifted from the Rust types:\n{}", problems.join("\n"));
 }

@@ -12,12 +12,11 @@ use std::sync::{Arc, Barrier};
 
 use anneal::tabular::synthetic::{generate, SyntheticRows};
 use anneal::{
-    AliasAction, CancelToken, ClassifierConfig, DecisionKind, DeliveryFilter, Event, GatePolicy, Home, ImportOptions,
-    JobFilter, JobStatus, Method, Monitor, MonitorOptions, PredictorOptions, PromotionMode, RecordingSink,
-    RetrainAction, RetrainGuards, RetrainPolicy, RetrainTriggers, ScenarioDrift, ScenarioDriftKind, ScenarioOptions,
-    StatsOptions, TickOptions, TickOutcome, TrainSpec, WebhookOptions,
+    AliasAction, CancelToken, DecisionKind, DeliveryFilter, Event, GatePolicy, Home, JobFilter, JobStatus, Monitor,
+    MonitorOptions, PromotionMode, RecordingSink, RetrainAction, RetrainGuards, RetrainPolicy, RetrainTriggers,
+    ScenarioDrift, ScenarioDriftKind, ScenarioOptions, StatsOptions, TickOptions, TickOutcome, WebhookOptions,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Rows 0..300 follow one concept, rows 300.. another.
 fn scenario() -> SyntheticRows {
@@ -41,36 +40,12 @@ fn scenario() -> SyntheticRows {
 
 /// A home whose `churn` v1 (logistic regression on rows 0..200) is in production.
 fn setup(dir: &std::path::Path) -> (Home, SyntheticRows) {
-    let home = Home::open(dir).unwrap();
     let s = scenario();
-    let records: Vec<Value> = s.records().take(200).collect();
-    home.datasets()
-        .import_records(
-            records.into_iter().map(Ok),
-            &ImportOptions { name: Some("churn-train".into()), ..Default::default() },
-        )
-        .unwrap();
-    let spec = TrainSpec {
-        dataset: "churn-train".into(),
-        eval_fraction: Some(0.2),
-        method: Method::Classifier(ClassifierConfig::default()),
-        output_name: Some("churn".into()),
-        ..Default::default()
-    };
-    let job = home.training().create_job(&spec).unwrap();
-    home.training().run(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
-    home.models().promote("churn@1", &Default::default()).unwrap();
-    (home, s)
+    (common::churn_in_production(dir, &s), s)
 }
 
-/// Predicts rows `range` with the production model and labels each with its truth.
 fn stream(home: &Home, s: &SyntheticRows, range: std::ops::Range<usize>) {
-    let p = home.predictor("churn@production", &PredictorOptions::default()).unwrap();
-    let c = home.continual();
-    for i in range {
-        let pred = p.predict(&s.rows[i]).unwrap();
-        c.label(&pred.prediction_id, &json!(s.labels[i])).unwrap();
-    }
+    common::stream_labelled(home, s, range)
 }
 
 fn policy(mode: PromotionMode) -> RetrainPolicy {
@@ -239,7 +214,7 @@ fn gate_failure_keeps_production_and_guards_hold() {
     let (home, s) = setup(dir.path());
     stream(&home, &s, 300..400);
     let mut p = policy(PromotionMode::Auto);
-    p.gate.floor = 0.999;
+    p.gate.floor = Some(0.999);
     p.guards.consecutive_breaches = 2;
     p.guards.cooldown_secs = 3600.0;
     let m = home.monitors().create("churn", &p, &MonitorOptions::default()).unwrap();

@@ -685,3 +685,47 @@ fn adapters_must_agree_with_their_tensors_and_their_base() {
     edit_json(&p.join(cfg), |v| v["target_modules"] = serde_json::json!(r".*\.(q|o)_proj"));
     refused(&h, &p, &on(&llama), st, Some(&key("mlp.down_proj", 'A')));
 }
+
+/// An adapter that a job continues (`TrainSpec::init_adapter`, what a monitor's
+/// `continue` retrain creates) cannot be deleted while that job may still run: the
+/// refusal names the job, by whichever reference the spec used; once the job can no
+/// longer run, the adapter goes.
+#[test]
+fn delete_refuses_an_adapter_a_pending_job_continues() {
+    let (d, h) = home();
+    let m = h.models();
+    m.register_dir(fixtures().join("tiny-llama"), &named("llama")).unwrap();
+    let lora = m
+        .register_dir(
+            fixtures().join("tiny-llama-lora"),
+            &RegisterOptions { name: Some("assistant".into()), parent: Some("llama".into()), ..Default::default() },
+        )
+        .unwrap();
+    m.set_alias(&lora.id, "production").unwrap();
+    let p = d.path().join("t.jsonl");
+    fs::write(&p, "{\"text\": \"the cat sat\"}\n{\"text\": \"the dog ran\"}\n").unwrap();
+    h.datasets().import_file(&p, &Default::default()).unwrap();
+    let spec = |init: &str| anneal::TrainSpec {
+        base: "llama".into(),
+        dataset: "t".into(),
+        method: anneal::Method::Lora(anneal::LoraConfig::default()),
+        init_adapter: Some(init.into()),
+        max_steps: Some(1),
+        seq_len: 32,
+        ..Default::default()
+    };
+    let engine = h.training();
+    for init in ["assistant@production", lora.id.0.as_str()] {
+        let job = engine.create_job(&spec(init)).unwrap();
+        let e = m.delete("assistant@1", false).unwrap_err();
+        assert_eq!(e.code(), "in_use", "{init}: {e}");
+        assert!(e.to_string().contains(&job.id.0), "{init}: {e}");
+        assert!(lora.path.exists());
+        assert_eq!(m.resolve("assistant@production").unwrap().id, lora.id);
+        // Cancelled before it started: it will not run, and no longer holds the adapter.
+        engine.cancel(&job.id).unwrap();
+    }
+    m.delete("assistant@1", false).unwrap();
+    assert!(!lora.path.exists());
+    assert_eq!(m.resolve("assistant@1").unwrap_err().code(), "not_found");
+}

@@ -108,3 +108,13 @@ from anneal._anneal import (  # noqa: E402
 )
 
 __all__ += ["Deliverer", "Webhooks", "synthetic_scenario", "verify_signature", "write_synthetic_scenario"]
+
+# Retraining monitors.
+from anneal._anneal import Monitor, MonitorHandle, Monitors  # noqa: E402
+
+__all__ += ["Monitor", "MonitorHandle", "Monitors"]
+
+# Plots: PNG bytes that Jupyter shows as an image (TrainingEngine.plot, JobHandle.plot).
+from anneal._png import PngBytes  # noqa: E402
+
+__all__ += ["PngBytes"]

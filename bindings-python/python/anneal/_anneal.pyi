@@ -6,6 +6,10 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, TypedDict, final
 
+from typing_extensions import Unpack
+
+from anneal._png import PngBytes
+
 __version__: str
 
 StrPath = str | os.PathLike[str]
@@ -16,6 +20,7 @@ TxtMode = Literal["lines", "document"]
 OnDuplicate = Literal["error", "reuse"]
 ModelKind = Literal["base", "full", "lora", "classifier"]
 Storage = Literal["copy", "reference"]
+IfExists = Literal["new_version", "reuse", "error"]
 
 # ---------------------------------------------------------------- events
 
@@ -268,6 +273,7 @@ class Home:
         max_age_days: int | None = None,
     ) -> Predictor: ...
     def continual(self) -> Continual: ...
+    def monitors(self) -> Monitors: ...
 
 # ---------------------------------------------------------------- datasets
 
@@ -532,6 +538,19 @@ class ModelRegistry:
         parent: str | None = None,
         task: str | None = None,
         tags: builtins.list[str] | None = None,
+        if_exists: IfExists | None = None,
+        on_event: OnEvent | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ModelRecord: ...
+    def register_file(
+        self,
+        path: StrPath,
+        *,
+        name: str | None = None,
+        storage: Storage | None = None,
+        parent: str | None = None,
+        task: str | None = None,
+        tags: builtins.list[str] | None = None,
         on_event: OnEvent | None = None,
         cancel: CancelToken | None = None,
     ) -> ModelRecord: ...
@@ -543,6 +562,7 @@ class ModelRegistry:
         seed: int | None = None,
         task: str | None = None,
         tags: builtins.list[str] | None = None,
+        if_exists: IfExists | None = None,
     ) -> ModelRecord: ...
     @staticmethod
     def presets() -> builtins.list[Preset]: ...
@@ -573,6 +593,43 @@ class ModelRegistry:
     def rollback(self, name: str, *, reason: str | None = None) -> AliasMove: ...
     def alias_history(self, name: str, alias: str | None = None) -> builtins.list[AliasChange]: ...
     def alias_at(self, name: str, alias: str, at: str | datetime.datetime) -> AliasChange | None: ...
+    def export(
+        self,
+        model: str,
+        format: ExportFormat,
+        dest: StrPath,
+        *,
+        overwrite: bool | None = None,
+        max_shard_bytes: int | None = None,
+        base_model: str | None = None,
+        quantization: GgufType | None = None,
+        merge: bool | None = None,
+        name: str | None = None,
+        on_event: OnEvent | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ExportReport: ...
+    def import_bundle(
+        self,
+        path: StrPath,
+        *,
+        name: str | None = None,
+        on_event: OnEvent | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ModelRecord: ...
+
+ExportFormat = Literal["hf", "peft", "gguf", "ollama", "bundle"]
+GgufType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m"]
+
+class ExportedFile(TypedDict):
+    path: str
+    bytes: int
+    sha256: str
+
+class ExportReport(TypedDict):
+    model: str
+    format: ExportFormat
+    path: str
+    files: builtins.list[ExportedFile]
 
 # ---------------------------------------------------------------- training
 
@@ -645,7 +702,7 @@ class TrainSpec(TypedDict, total=False):
     dataset: str
     eval_dataset: str | None
     eval_fraction: float | None
-    method: Literal["full", "lora"] | LoraMethod | ClassifierMethod
+    method: Literal["full", "lora", "classifier"] | LoraMethod | ClassifierMethod
     epochs: int
     max_steps: int | None
     batch_size: int
@@ -666,6 +723,8 @@ class TrainSpec(TypedDict, total=False):
     keep_last_checkpoints: int
     output_name: str | None
     image: ImageTrainOptions | None
+    init_adapter: str | None
+    if_exists: IfExists
 
 @final
 class JobRecord:
@@ -784,6 +843,14 @@ class JobHandle:
     @property
     def is_finished(self) -> bool: ...
     def cancel(self) -> None: ...
+    def plot(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        title: str | None = None,
+    ) -> PngBytes: ...
     def wait(self) -> TrainReport: ...
     def events(self) -> JobHandle: ...
     def __iter__(self) -> JobHandle: ...
@@ -793,7 +860,7 @@ class JobHandle:
 class TrainingEngine:
     """Creates, runs, watches and resumes training jobs."""
 
-    def create_job(self, spec: TrainSpec | None = None, /, **fields: Any) -> JobRecord: ...
+    def create_job(self, spec: TrainSpec | None = None, /, **fields: Unpack[TrainSpec]) -> JobRecord: ...
     def run(
         self,
         job_id: str,
@@ -801,6 +868,9 @@ class TrainingEngine:
         on_event: OnEvent | None = None,
         cancel: CancelToken | None = None,
         progress: bool = False,
+        tensorboard: str | os.PathLike[str] | None = None,
+        mlflow: str | os.PathLike[str] | None = None,
+        mlflow_experiment: str | None = None,
     ) -> TrainReport: ...
     def train(
         self,
@@ -810,7 +880,10 @@ class TrainingEngine:
         on_event: OnEvent | None = None,
         cancel: CancelToken | None = None,
         progress: bool = False,
-        **fields: Any,
+        tensorboard: str | os.PathLike[str] | None = None,
+        mlflow: str | os.PathLike[str] | None = None,
+        mlflow_experiment: str | None = None,
+        **fields: Unpack[TrainSpec],
     ) -> TrainReport: ...
     def resume(
         self,
@@ -819,8 +892,20 @@ class TrainingEngine:
         on_event: OnEvent | None = None,
         cancel: CancelToken | None = None,
         progress: bool = False,
+        tensorboard: str | os.PathLike[str] | None = None,
+        mlflow: str | os.PathLike[str] | None = None,
+        mlflow_experiment: str | None = None,
     ) -> TrainReport: ...
     def spawn(self, job_id: str) -> JobHandle: ...
+    def plot(
+        self,
+        job_id: str,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        title: str | None = None,
+    ) -> PngBytes: ...
     def job(self, job_id: str) -> JobRecord: ...
     def jobs(
         self,
@@ -1206,6 +1291,332 @@ class Continual:
         drift_share: float | None = None,
     ) -> DriftCheck: ...
     def drift_checks(self, model: str) -> builtins.list[DriftCheck]: ...
+    def timeline(
+        self,
+        model_name: str,
+        *,
+        window: int | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        max_points: int | None = None,
+    ) -> Timeline:
+        """The model name over time, from the catalog's rows (GIL released)."""
+    def plot_timeline(
+        self,
+        model_name: str,
+        path: StrPath | None = None,
+        *,
+        window: int | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        max_points: int | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        title: str | None = None,
+    ) -> bytes:
+        """The timeline as PNG bytes; with `path`, also written there atomically."""
+    def learn(
+        self,
+        model: str,
+        records: Iterable[Mapping[str, Any]],
+        *,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        learning_rate: float | None = None,
+        output_name: str | None = None,
+    ) -> ModelRecord:
+        """SGD updates of a classifier on labelled records (`{column: value, "label": y}`),
+        registered as a new version with lineage; the model learned from is unchanged."""
+
+TimelineEventKind = Literal["promoted", "rolled_back", "retrain_started", "kept"]
+
+class TimelineOptions(TypedDict, total=False):
+    """What `Continual.timeline` reads (its keyword arguments)."""
+
+    window: int
+    since: str | None
+    until: str | None
+    max_points: int
+
+class PlotOptions(TypedDict, total=False):
+    """How `Continual.plot_timeline` draws (its keyword arguments besides the timeline's)."""
+
+    width: int
+    height: int
+    title: str | None
+
+class AccuracyPoint(TypedDict):
+    """Rolling realised accuracy after one labelled prediction."""
+
+    index: int
+    at: str
+    prediction_id: str
+    model_id: str
+    version: int
+    correct: bool
+    accuracy: float
+    window_rows: int
+
+class DriftPoint(TypedDict):
+    """One drift check of a version of the model name."""
+
+    at: str
+    check_id: str
+    model_id: str
+    version: int
+    window: str
+    verdict: DriftVerdict
+    score: float | None
+    drifted_columns: int | None
+    columns: int | None
+    window_rows: int | None
+    expected_accuracy: float | None
+    realised_accuracy: float | None
+
+class EvaluationPoint(TypedDict):
+    """One evaluation of a version of the model name."""
+
+    at: str
+    evaluation_id: str
+    model_id: str
+    version: int
+    dataset_id: str
+    metrics: dict[str, float]
+    rows: int
+
+class TimelineEvent(TypedDict):
+    """A moment the timeline marks."""
+
+    at: str
+    kind: TimelineEventKind
+    model_id: str | None
+    version: int | None
+    previous_version: int | None
+    job_id: str | None
+    monitor: str | None
+    reason: str | None
+
+class VersionAccuracy(TypedDict):
+    """Realised accuracy of one version over the timeline's range."""
+
+    model_id: str
+    version: int
+    predictions: int
+    labelled: int
+    correct: int
+    accuracy: float | None
+    first_at: str
+    last_at: str
+
+class Timeline(TypedDict):
+    """A model name over time (`Continual.timeline`)."""
+
+    model_name: str
+    window: int
+    since: str | None
+    until: str | None
+    labelled: int
+    accuracy: builtins.list[AccuracyPoint]
+    versions: builtins.list[VersionAccuracy]
+    drift: builtins.list[DriftPoint]
+    evaluations: builtins.list[EvaluationPoint]
+    events: builtins.list[TimelineEvent]
+    accuracy_floor: float | None
+
+class LearnOptions(TypedDict, total=False):
+    """How `Continual.learn` updates a classifier (its keyword arguments)."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float | None
+    output_name: str | None
+
+class LearnLineage(TypedDict):
+    """`ModelRecord.lineage["learned"]` of a version made by `Continual.learn`."""
+
+    records: int
+    records_sha256: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    steps: int
+    accuracy_before: float
+    accuracy_after: float
+    log_loss_before: float
+    log_loss_after: float
+
+# ---------------------------------------------------------------- monitors (home.monitors())
+
+PromotionMode = Literal["auto", "manual", "shadow"]
+GateMetric = Literal["accuracy", "f1_macro", "log_loss", "loss", "perplexity"]
+TickOutcome = Literal["idle", "held", "retrain_started", "waiting", "promoted", "kept", "awaiting_approval", "error"]
+DecisionKind = Literal["held", "drift_detected", "retrain_started", "retrain_resumed", "candidate_evaluated", "shadow", "promoted", "kept", "rolled_back", "error"]
+
+class RetrainTriggers(TypedDict, total=False):
+    """What triggers a retrain; each trigger is off unless set, at least one must be."""
+
+    accuracy_floor: float | None
+    relative_drop: float | None
+    drift_window: int | None
+    new_labels: int | None
+    schedule_secs: float | None
+    window: int
+    new_rows: int | None
+    metric: Literal["loss", "perplexity"] | None
+    metric_limit: float | None
+
+class RetrainGuards(TypedDict, total=False):
+    """What holds a trigger back."""
+
+    min_samples: int
+    consecutive_breaches: int
+    cooldown_secs: float
+    daily_cap: int | None
+
+class RetrainAction(TypedDict, total=False):
+    """The retraining job (a classifier refit on replayed old rows plus labelled predictions)."""
+
+    config: ClassifierConfig | None
+    replay_fraction: float
+    lm_method: Literal["lora", "continue"] | None
+    lora: LoraConfig | None
+    max_steps: int | None
+    learning_rate: float | None
+
+class GatePolicy(TypedDict, total=False):
+    """How a candidate is gated against production on the same evaluation set."""
+
+    mode: PromotionMode
+    metric: GateMetric | None
+    floor: float | None
+    margin: float
+    dataset: str | None
+    holdout_fraction: float
+    retention_versions: int | None
+    retention_datasets: builtins.list[str]
+    retention_tolerance: float
+
+class RetrainPolicy(TypedDict, total=False):
+    """A monitor's policy (`Monitors.create`, `Monitor.set_policy`); every field has a default
+    except that at least one trigger must be set. Unknown keys raise InvalidConfigError."""
+
+    triggers: RetrainTriggers
+    guards: RetrainGuards
+    action: RetrainAction
+    gate: GatePolicy
+
+class TickReport(TypedDict):
+    """What one `Monitor.tick` did."""
+
+    monitor: str
+    outcome: TickOutcome
+    model: str | None
+    realised_accuracy: float | None
+    labelled: int
+    trigger: str | None
+    reason: str
+    job_id: str | None
+    candidate: str | None
+    at: str
+    window_metric: float | None
+
+class MonitorRecord(TypedDict):
+    """A monitor as stored in the catalog (its policy, every field filled in, and its state)."""
+
+    id: str
+    name: str
+    model_name: str
+    policy: RetrainPolicy
+    consecutive_breaches: int
+    last_retrain_at: str | None
+    retrains_today: int
+    current_job_id: str | None
+    candidate_id: str | None
+    eval_dataset_id: str | None
+    last_tick: TickReport | None
+    created_at: str
+    updated_at: str
+
+class MonitorFeed(TypedDict):
+    """A dataset fed to a language model's monitor (`Monitor.feed`)."""
+
+    id: int
+    dataset_id: str
+    dataset: str
+    rows: int
+    fed_at: str
+    job_id: str | None
+
+class MonitorDecision(TypedDict):
+    """One row of a monitor's decision trail."""
+
+    id: int
+    monitor_id: str
+    kind: DecisionKind
+    model_id: str | None
+    job_id: str | None
+    candidate_id: str | None
+    trigger: str | None
+    reason: str
+    details: dict[str, Any]
+    at: str
+
+@final
+class Monitors:
+    """The retraining monitors of a home (`home.monitors()`)."""
+
+    def create(self, model_name: str, policy: RetrainPolicy | Mapping[str, Any], *, name: str | None = None) -> Monitor:
+        """A monitor of `model_name`'s production classifier. A bad policy raises
+        InvalidConfigError naming the field (`guards.min_samples`)."""
+    def get(self, name: str) -> Monitor: ...
+    def list(self) -> builtins.list[MonitorRecord]: ...
+    def delete(self, name: str) -> None: ...
+
+@final
+class Monitor:
+    """One monitor: `tick()` runs one pass (GIL released), `spawn()` ticks in the background."""
+
+    @property
+    def name(self) -> str: ...
+    def record(self) -> MonitorRecord: ...
+    def decisions(self) -> builtins.list[MonitorDecision]: ...
+    def set_policy(self, policy: RetrainPolicy | Mapping[str, Any]) -> MonitorRecord: ...
+    def feed(self, dataset: str) -> MonitorFeed:
+        """Feeds a dataset to a language model's monitor (its next retrain takes it)."""
+    def feeds(self) -> builtins.list[MonitorFeed]: ...
+    def tick(
+        self,
+        *,
+        on_event: OnEvent | None = None,
+        run_jobs: bool | None = None,
+        cancel: CancelToken | None = None,
+    ) -> TickReport: ...
+    def approve(self, reason: str | None = None, *, on_event: OnEvent | None = None) -> AliasMove: ...
+    def rollback(self, reason: str | None = None, *, on_event: OnEvent | None = None) -> AliasMove: ...
+    def spawn(self, interval_secs: float, on_event: OnEvent | None = None) -> MonitorHandle:
+        """Ticks every `interval_secs` on a background thread; `on_event` is called from
+        that thread. Keep the handle: dropping it stops the monitor."""
+
+@final
+class MonitorHandle:
+    """A monitor ticking on a background thread (a context manager)."""
+
+    def stop(self) -> None: ...
+    def cancel(self) -> None: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def ticks(self) -> int: ...
+    @property
+    def last_error(self) -> _ErrorInfo | None: ...
+    def __enter__(self) -> MonitorHandle: ...
+    def __exit__(self, *args: object) -> bool: ...
+
+# ---------------------------------------------------------------- the command line
+
+def cli_main(argv: builtins.list[str]) -> int:
+    """Runs the `anneal` command line with `argv` (without the program name); returns the exit code."""
+    ...
 
 # ---------------------------------------------------------------- toy data (anneal.shapes)
 

@@ -280,6 +280,45 @@ pub(crate) fn jobs_using(conn: &Connection, id: &str) -> Result<Vec<String>> {
     Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
 }
 
+/// The model a reference (`id`, `name`, `name@version`, `name@alias`, `name@latest`)
+/// stands for, read on `conn`.
+pub(crate) fn resolve(conn: &Connection, home: &Path, r: &str) -> Result<Option<ModelRecord>> {
+    if let Some(m) = by_id(conn, home, r)? {
+        return Ok(Some(m));
+    }
+    match r.split_once('@') {
+        None => latest(conn, home, r),
+        Some((name, "latest")) => latest(conn, home, name),
+        Some((name, tail)) => match tail.parse::<u32>() {
+            Ok(v) => by_name_version(conn, home, name, v),
+            Err(_) => by_alias(conn, home, name, tail),
+        },
+    }
+}
+
+/// Jobs that may still run (pending, running or interrupted, or failed or cancelled
+/// after their first step: resumable from a checkpoint) and continue the adapter `id`:
+/// their `init_adapter` resolves to it now.
+pub(crate) fn jobs_continuing(conn: &Connection, home: &Path, id: &str) -> Result<Vec<String>> {
+    let mut st = conn.prepare(
+        "SELECT id, json_extract(spec, '$.init_adapter') FROM jobs
+         WHERE json_extract(spec, '$.init_adapter') IS NOT NULL
+           AND (status IN ('pending', 'running')
+                OR (status IN ('failed', 'cancelled') AND (step > 0 OR checkpoint IS NOT NULL)))
+         ORDER BY id",
+    )?;
+    let rows = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut out = Vec::new();
+    for (job, r) in rows {
+        if resolve(conn, home, &r)?.is_some_and(|m| m.id.0 == id) {
+            out.push(job);
+        }
+    }
+    Ok(out)
+}
+
 /// Detaches jobs and deletes the row; its aliases go with it, each recorded in the
 /// alias history (action `delete`).
 pub(crate) fn delete(conn: &Connection, id: &str, at: &str) -> Result<()> {

@@ -1,12 +1,13 @@
 //! SQL for monitors: the `monitors` table (policy and state) and the decision trail in
-//! `monitor_decisions` (migration 0009).
+//! `monitor_decisions` (migration 0009); the data fed to language models' monitors in
+//! `monitor_feeds` (migration 0010).
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
 use super::{from_json, json_col, opt_json_col, to_json};
 use crate::error::{Error, Result};
-use crate::types::{DatasetId, DecisionKind, JobId, ModelId, MonitorDecision, MonitorRecord, TickReport};
+use crate::types::{DatasetId, DecisionKind, JobId, ModelId, MonitorDecision, MonitorFeed, MonitorRecord, TickReport};
 
 const COLS: &str = "id, name, model_name, policy, consecutive_breaches, last_retrain_at, last_retrain_ms, claim_token,
     claimed_ms, current_job_id, eval_dataset_id, candidate_id, last_tick, created_ms, created_at, updated_at,
@@ -206,4 +207,87 @@ pub(crate) fn labelled_since(conn: &Connection, model_id: &ModelId, after: Optio
         params![model_id, after],
         |r| r.get(0),
     )?)
+}
+
+/// Records a dataset fed to a monitor; returns the feed.
+pub(crate) fn insert_feed(
+    conn: &Connection,
+    monitor_id: &str,
+    dataset: (&DatasetId, &str, u64),
+    fed_ms: i64,
+    fed_at: &str,
+) -> Result<MonitorFeed> {
+    conn.execute(
+        "INSERT INTO monitor_feeds (monitor_id, dataset_id, dataset, rows, fed_ms, fed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![monitor_id, dataset.0, dataset.1, dataset.2, fed_ms, fed_at],
+    )?;
+    Ok(MonitorFeed {
+        id: conn.last_insert_rowid() as u64,
+        dataset_id: dataset.0.clone(),
+        dataset: dataset.1.to_string(),
+        rows: dataset.2,
+        fed_at: fed_at.to_string(),
+        job_id: None,
+    })
+}
+
+fn row_to_feed(r: &Row<'_>) -> rusqlite::Result<MonitorFeed> {
+    Ok(MonitorFeed {
+        id: r.get("id")?,
+        dataset_id: r.get("dataset_id")?,
+        dataset: r.get("dataset")?,
+        rows: r.get("rows")?,
+        fed_at: r.get("fed_at")?,
+        job_id: r.get("job_id")?,
+    })
+}
+
+/// The monitor's feeds, oldest first: all of them, or those no retrain holds
+/// (`pending`).
+pub(crate) fn feeds(conn: &Connection, monitor_id: &str, pending: bool) -> Result<Vec<MonitorFeed>> {
+    let mut st = conn.prepare(
+        "SELECT id, dataset_id, dataset, rows, fed_at, job_id FROM monitor_feeds
+         WHERE monitor_id = ?1 AND (?2 = 0 OR job_id IS NULL) ORDER BY id",
+    )?;
+    let rows = st.query_map(params![monitor_id, pending], row_to_feed)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// The feeds a retraining job took, oldest first.
+pub(crate) fn feeds_of_job(conn: &Connection, monitor_id: &str, job: &JobId) -> Result<Vec<MonitorFeed>> {
+    let mut st = conn.prepare(
+        "SELECT id, dataset_id, dataset, rows, fed_at, job_id FROM monitor_feeds
+         WHERE monitor_id = ?1 AND job_id = ?2 ORDER BY id",
+    )?;
+    let rows = st.query_map(params![monitor_id, job], row_to_feed)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Rows fed to the monitor after `after_ms` (all of them without it).
+pub(crate) fn rows_fed_since(conn: &Connection, monitor_id: &str, after_ms: Option<i64>) -> Result<u64> {
+    Ok(conn.query_row(
+        "SELECT COALESCE(SUM(rows), 0) FROM monitor_feeds WHERE monitor_id = ?1 AND (?2 IS NULL OR fed_ms > ?2)",
+        params![monitor_id, after_ms],
+        |r| r.get(0),
+    )?)
+}
+
+/// Hands the pending feeds `ids` to `job`; the number taken.
+pub(crate) fn take_feeds(conn: &Connection, monitor_id: &str, ids: &[u64], job: &JobId) -> Result<usize> {
+    let mut st =
+        conn.prepare("UPDATE monitor_feeds SET job_id = ?3 WHERE monitor_id = ?1 AND id = ?2 AND job_id IS NULL")?;
+    let mut n = 0;
+    for id in ids {
+        n += st.execute(params![monitor_id, id, job])?;
+    }
+    Ok(n)
+}
+
+/// Gives the feeds `job` took back (its candidate was refused, or it failed).
+pub(crate) fn release_feeds(conn: &Connection, monitor_id: &str, job: &JobId) -> Result<()> {
+    conn.execute(
+        "UPDATE monitor_feeds SET job_id = NULL WHERE monitor_id = ?1 AND job_id = ?2",
+        params![monitor_id, job],
+    )?;
+    Ok(())
 }

@@ -318,7 +318,10 @@ impl ClipTextModel {
                 out.push((format!("{b}.{name}.bias"), bias.clone()));
             }
             for (name, lin) in l.linears() {
-                out.push((format!("{b}.{name}.weight"), lin.weight.clone()));
+                // CLIP's layers are never quantized: always dense.
+                if let crate::models::linear::Weight::Dense(w) = &lin.weight {
+                    out.push((format!("{b}.{name}.weight"), w.clone()));
+                }
                 if let Some(bias) = &lin.bias {
                     out.push((format!("{b}.{name}.bias"), bias.clone()));
                 }

@@ -503,7 +503,7 @@ mod tests {
             let w = &weights[&format!("{name}.weight")];
             // proj_in / proj_out are 1x1 convolutions in this SD 1.x-style fixture.
             let conv = name.ends_with(".proj_in") || name.ends_with(".proj_out");
-            let mut dims = lin.weight.dims().to_vec();
+            let mut dims = lin.dense().unwrap().dims().to_vec();
             if conv {
                 dims.extend([1, 1]);
             }

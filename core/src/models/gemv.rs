@@ -138,9 +138,61 @@ impl Q8Weight {
         Ok(Self { out_f, in_f, q, scales })
     }
 
+    /// A weight `[out, in]` from its rows' f32 values (row-major), quantized as
+    /// [`Q8Weight::quantize`] does.
+    pub(crate) fn from_f32(out_f: usize, in_f: usize, data: &[f32]) -> Result<Self> {
+        if !in_f.is_multiple_of(Q8_BLOCK) || data.len() != out_f * in_f {
+            return Err(Error::Internal(format!(
+                "q8_0: {} values are not {out_f} rows of {in_f} (a multiple of 32)",
+                data.len()
+            )));
+        }
+        let (q, scales) = quantize_blocks(data);
+        Ok(Self { out_f, in_f, q, scales })
+    }
+
+    /// A weight `[out, in]` from quantized values (row-major) and one scale per block
+    /// of 32 (e.g. a GGUF q8_0 tensor, its f16 scales widened to f32).
+    pub(crate) fn from_parts(out_f: usize, in_f: usize, q: Vec<i8>, scales: Vec<f32>) -> Result<Self> {
+        if !in_f.is_multiple_of(Q8_BLOCK) || q.len() != out_f * in_f || scales.len() != q.len() / Q8_BLOCK {
+            return Err(Error::Internal(format!(
+                "q8_0: {} values and {} scales are not {out_f} rows of {in_f} (a multiple of 32)",
+                q.len(),
+                scales.len()
+            )));
+        }
+        Ok(Self { out_f, in_f, q, scales })
+    }
+
     /// (in_features, out_features).
     pub(crate) fn features(&self) -> (usize, usize) {
         (self.in_f, self.out_f)
+    }
+
+    /// Rows `ids` dequantized, one after the other (an embedding lookup): `ids.len() * in` values.
+    pub(crate) fn rows_f32(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let blocks = self.in_f / Q8_BLOCK;
+        let mut out = Vec::with_capacity(ids.len() * self.in_f);
+        for &id in ids {
+            let r = id as usize;
+            if r >= self.out_f {
+                return Err(Error::Internal(format!("q8_0 row {r} of {}", self.out_f)));
+            }
+            let q = &self.q[r * self.in_f..(r + 1) * self.in_f];
+            for (qb, d) in q.chunks_exact(Q8_BLOCK).zip(&self.scales[r * blocks..(r + 1) * blocks]) {
+                out.extend(qb.iter().map(|&v| f32::from(v) * d));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every value dequantized, `[out, in]` row-major.
+    pub(crate) fn to_f32(&self) -> Vec<f32> {
+        self.q
+            .chunks_exact(Q8_BLOCK)
+            .zip(&self.scales)
+            .flat_map(|(qb, d)| qb.iter().map(move |&v| f32::from(v) * d))
+            .collect()
     }
 
     /// Bytes held.

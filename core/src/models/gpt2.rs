@@ -1,10 +1,13 @@
 //! GPT-2: learned positions, pre-LayerNorm blocks, Conv1D weights (`[in, out]`), GELU
 //! MLP and an LM head tied to the token embedding.
 
+use std::sync::Arc;
+
 use candle_core::{Tensor, D};
 
 use super::cache::KvCache;
 use super::config::{Activation, ModelConfig};
+use super::gemv::Q8Weight;
 use super::linear::Linear;
 use super::load::Weights;
 use super::{ops, ForwardMode, Params};
@@ -20,7 +23,9 @@ pub(crate) struct Block {
 }
 
 pub(crate) struct Gpt2 {
+    /// An empty placeholder when the table is held as q8_0 (`wte_q8`).
     wte: Tensor,
+    wte_q8: Option<Arc<Q8Weight>>,
     wpe: Tensor,
     blocks: Vec<Block>,
     ln_f: (Tensor, Tensor),
@@ -43,11 +48,19 @@ impl Gpt2 {
             Ok((get(p, &format!("{name}.weight"), &[h])?, get(p, &format!("{name}.bias"), &[h])?))
         };
         let conv = |p: &mut Params, name: &str, i: usize, o: usize| -> Result<Linear> {
-            let weight = get(p, &format!("{name}.weight"), &[i, o])?;
             let bias = get(p, &format!("{name}.bias"), &[o])?;
+            // Held as `[out, in]` already (a GGUF file's layout).
+            if let Some(q) = super::load_q8(w, &format!("{PREFIX}{name}.weight"), i, o)? {
+                return Ok(Linear::q8(q, Some(bias), true));
+            }
+            let weight = get(p, &format!("{name}.weight"), &[i, o])?;
             Ok(Linear::new(weight, Some(bias), true))
         };
-        let wte = get(p, "wte.weight", &[cfg.vocab_size, h])?;
+        let wte_q8 = super::load_q8(w, &format!("{PREFIX}wte.weight"), h, cfg.vocab_size)?;
+        let wte = match &wte_q8 {
+            Some(_) => Tensor::zeros(0, w.dtype(), &candle_core::Device::Cpu)?,
+            None => get(p, "wte.weight", &[cfg.vocab_size, h])?,
+        };
         let wpe = get(p, "wpe.weight", &[cfg.max_position_embeddings, h])?;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -62,7 +75,7 @@ impl Gpt2 {
             });
         }
         let ln_f = ln(p, "ln_f")?;
-        Ok(Self { wte, wpe, blocks, ln_f, cfg: cfg.clone() })
+        Ok(Self { wte, wte_q8, wpe, blocks, ln_f, cfg: cfg.clone() })
     }
 
     /// Logits `[batch, seq, vocab]` (`[batch, 1, vocab]` for the last position only with
@@ -82,7 +95,7 @@ impl Gpt2 {
         let train = mode == ForwardMode::Train;
         let h = cfg.hidden_size;
         let (nh, hd) = (cfg.num_attention_heads, cfg.head_dim);
-        let tok = ops::embed(&self.wte, ids)?;
+        let tok = super::embed(&self.wte, self.wte_q8.as_ref(), ids)?;
         let mut x = match cache.as_ref().filter(|_| p.padded) {
             Some(c) => {
                 let pos: Vec<u32> = c.positions(t).into_iter().map(|p| p as u32).collect();
@@ -126,7 +139,10 @@ impl Gpt2 {
         }
         let x = if last_only { x.narrow(1, t - 1, 1)? } else { x };
         let x = ops::layer_norm(&x, &self.ln_f.0, &self.ln_f.1, cfg.norm_eps, mode)?;
-        Linear::new(self.wte.clone(), None, false).forward(&x, train)
+        match &self.wte_q8 {
+            Some(q) => Linear::q8(q.clone(), None, false).forward(&x, train),
+            None => Linear::new(self.wte.clone(), None, false).forward(&x, train),
+        }
     }
 
     /// Every linear layer with its transformers module name.
@@ -144,8 +160,11 @@ impl Gpt2 {
 
     /// Every weight under its transformers name (for saving).
     pub(crate) fn named_weights(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut out =
-            vec![(format!("{PREFIX}wte.weight"), self.wte.clone()), (format!("{PREFIX}wpe.weight"), self.wpe.clone())];
+        let wte = match &self.wte_q8 {
+            Some(q) => Linear::q8(q.clone(), None, false).stored_weight()?,
+            None => self.wte.clone(),
+        };
+        let mut out = vec![(format!("{PREFIX}wte.weight"), wte), (format!("{PREFIX}wpe.weight"), self.wpe.clone())];
         for (i, b) in self.blocks.iter().enumerate() {
             let p = format!("{PREFIX}h.{i}");
             out.push((format!("{p}.ln_1.weight"), b.ln_1.0.clone()));

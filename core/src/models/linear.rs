@@ -1,9 +1,13 @@
 //! A linear layer that can carry a LoRA adapter: `y = x W^T + b + scale * (drop(x) A^T) B^T`.
 //!
 //! The base weight is a plain `Tensor` (frozen, no gradient) unless the model was
-//! loaded for full fine-tuning, in which case it is a `Var`'s tensor. A and B are `Var`s.
+//! loaded for full fine-tuning, in which case it is a `Var`'s tensor; or, for
+//! inference, q8_0 blocks only ([`Weight::Q8`]: quantized at load time, or read from a
+//! GGUF file as they are), with no dense copy beside them. A and B are `Var`s.
 
-use candle_core::{Tensor, Var};
+use std::sync::Arc;
+
+use candle_core::{DType, Tensor, Var};
 
 use super::{fused, gemv};
 use crate::error::{Error, Result};
@@ -19,30 +23,58 @@ pub(crate) struct LoraAdapter {
     pub(crate) merged: bool,
 }
 
+/// The weight of a linear layer.
+#[derive(Debug, Clone)]
+pub(crate) enum Weight {
+    /// `[out, in]`, or `[in, out]` for a Conv1D layer (see [`Linear::conv1d`]).
+    Dense(Tensor),
+    /// `[out, in]` in q8_0 blocks (inference only).
+    Q8(Arc<gemv::Q8Weight>),
+}
+
 /// A linear layer. `conv1d` marks GPT-2's Conv1D layout (weight stored `[in, out]`).
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
-    pub(crate) weight: Tensor,
+    pub(crate) weight: Weight,
     pub(crate) bias: Option<Tensor>,
     pub(crate) conv1d: bool,
     pub(crate) lora: Option<LoraAdapter>,
     /// A Conv1D weight held transposed (`[out, in]`) for inference; saved back as `[in, out]`.
     pub(crate) transposed: bool,
-    /// Inference with q8_0 weights: replaces `weight` (which is then an empty placeholder).
-    pub(crate) quantized: Option<std::sync::Arc<gemv::Q8Weight>>,
 }
 
 impl Linear {
     pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, conv1d: bool) -> Self {
-        Self { weight, bias, conv1d, lora: None, transposed: false, quantized: None }
+        Self { weight: Weight::Dense(weight), bias, conv1d, lora: None, transposed: false }
+    }
+
+    /// A q8_0 layer (inference only); `transposed`: a Conv1D module held `[out, in]`.
+    pub(crate) fn q8(weight: Arc<gemv::Q8Weight>, bias: Option<Tensor>, transposed: bool) -> Self {
+        Self { weight: Weight::Q8(weight), bias, conv1d: false, lora: None, transposed }
+    }
+
+    /// The dense weight (an internal error for a q8_0 layer).
+    pub(crate) fn dense(&self) -> Result<&Tensor> {
+        match &self.weight {
+            Weight::Dense(t) => Ok(t),
+            Weight::Q8(_) => Err(Error::Internal("a q8_0 linear layer has no dense weight".into())),
+        }
+    }
+
+    /// The q8_0 weight, if the layer holds one.
+    pub(crate) fn quantized(&self) -> Option<&Arc<gemv::Q8Weight>> {
+        match &self.weight {
+            Weight::Q8(q) => Some(q),
+            Weight::Dense(_) => None,
+        }
     }
 
     /// Holds a Conv1D weight as `[out, in]` (each output a contiguous row: the layout
     /// the decoding kernel streams fastest). Inference only: the weight stops being a
     /// trainable variable.
     pub(crate) fn hold_row_major(&mut self) -> Result<()> {
-        if self.conv1d {
-            self.weight = self.weight.detach().t()?.contiguous()?;
+        if let (true, Weight::Dense(w)) = (self.conv1d, &self.weight) {
+            self.weight = Weight::Dense(w.detach().t()?.contiguous()?);
             self.conv1d = false;
             self.transposed = true;
         }
@@ -50,30 +82,40 @@ impl Linear {
     }
 
     /// Replaces the weight by its q8_0 quantization (inference only; after
-    /// [`Linear::hold_row_major`]). Layers whose input size is not a multiple of 32 stay f32.
+    /// [`Linear::hold_row_major`]). Layers whose input size is not a multiple of 32 stay dense.
     pub(crate) fn quantize_q8(&mut self) -> Result<()> {
         let (in_f, _) = self.features()?;
-        if self.conv1d || in_f % gemv::Q8_BLOCK != 0 || self.quantized.is_some() {
+        let Weight::Dense(w) = &self.weight else { return Ok(()) };
+        if self.conv1d || in_f % gemv::Q8_BLOCK != 0 {
             return Ok(());
         }
-        let q = gemv::Q8Weight::quantize(&self.weight)?;
-        self.weight = Tensor::zeros(0, self.weight.dtype(), self.weight.device())?;
-        self.quantized = Some(std::sync::Arc::new(q));
+        let q = gemv::Q8Weight::quantize(w)?;
+        self.weight = Weight::Q8(Arc::new(q));
         Ok(())
     }
 
-    /// The weight in its file layout (Conv1D `[in, out]` again if held transposed).
+    /// The weight in its file layout (Conv1D `[in, out]` again if held transposed); a
+    /// q8_0 weight dequantized.
     pub(crate) fn stored_weight(&self) -> Result<Tensor> {
-        Ok(if self.transposed { self.weight.t()?.contiguous()? } else { self.weight.clone() })
+        let w = match &self.weight {
+            Weight::Dense(w) => w.clone(),
+            Weight::Q8(q) => {
+                let (in_f, out_f) = q.features();
+                Tensor::from_vec(q.to_f32(), (out_f, in_f), &candle_core::Device::Cpu)?
+            }
+        };
+        Ok(if self.transposed { w.t()?.contiguous()? } else { w })
     }
 
     /// (in_features, out_features).
     pub(crate) fn features(&self) -> Result<(usize, usize)> {
-        if let Some(q) = &self.quantized {
-            return Ok(q.features());
+        match &self.weight {
+            Weight::Q8(q) => Ok(q.features()),
+            Weight::Dense(w) => {
+                let (d0, d1) = w.dims2()?;
+                Ok(if self.conv1d { (d0, d1) } else { (d1, d0) })
+            }
         }
-        let (d0, d1) = self.weight.dims2()?;
-        Ok(if self.conv1d { (d0, d1) } else { (d1, d0) })
     }
 
     /// `x`: `[..., in]` -> `[..., out]`. `train` turns LoRA dropout on.
@@ -88,17 +130,16 @@ impl Linear {
         }
         let n: usize = lead.iter().product();
         let x2 = x.reshape((n, in_f))?;
-        let frozen = train && !self.weight.is_variable() && fused::usable(&x2) && fused::usable(&self.weight);
-        let mut y = if let Some(q) = &self.quantized {
-            q.matmul(&x2)?
-        } else if frozen {
-            fused::FrozenMatmul::apply(&x2, &self.weight, self.conv1d)?
-        } else if !train && !self.weight.is_variable() && gemv::usable(&x2, &self.weight) {
-            gemv::matmul(&x2, &self.weight, self.conv1d)?
-        } else if self.conv1d {
-            x2.matmul(&self.weight)?
-        } else {
-            x2.matmul(&self.weight.t()?)?
+        let mut y = match &self.weight {
+            Weight::Q8(q) => q.matmul(&x2)?,
+            Weight::Dense(w) if train && !w.is_variable() && fused::usable(&x2) && fused::usable(w) => {
+                fused::FrozenMatmul::apply(&x2, w, self.conv1d)?
+            }
+            Weight::Dense(w) if !train && !w.is_variable() && gemv::usable(&x2, w) => {
+                gemv::matmul(&x2, w, self.conv1d)?
+            }
+            Weight::Dense(w) if self.conv1d => x2.matmul(w)?,
+            Weight::Dense(w) => x2.matmul(&w.t()?)?,
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
@@ -117,16 +158,19 @@ impl Linear {
     fn delta(&self, l: &LoraAdapter) -> Result<Tensor> {
         let d = (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?;
         let d = if self.conv1d { d.t()?.contiguous()? } else { d };
-        Ok(d.to_dtype(self.weight.dtype())?)
+        Ok(d.to_dtype(self.dense().map_or(DType::F32, Tensor::dtype))?)
     }
 
     /// Folds the adapter into the weight (W + scale * B A). No-op without an adapter.
     pub(crate) fn merge(&mut self) -> Result<()> {
-        if self.quantized.is_some() {
-            return Err(Error::config("adapter", "cannot merge an adapter into q8_0 weights; merge before quantizing"));
-        }
         if let Some(l) = self.lora.as_ref().filter(|l| !l.merged) {
-            self.weight = (self.weight.detach() + self.delta(l)?)?;
+            let Weight::Dense(w) = &self.weight else {
+                return Err(Error::config(
+                    "adapter",
+                    "cannot merge an adapter into q8_0 weights; merge before quantizing",
+                ));
+            };
+            self.weight = Weight::Dense((w.detach() + self.delta(l)?)?);
             if let Some(l) = self.lora.as_mut() {
                 l.merged = true;
             }
@@ -136,11 +180,11 @@ impl Linear {
 
     /// Undoes [`Linear::merge`].
     pub(crate) fn unmerge(&mut self) -> Result<()> {
-        if self.quantized.is_some() && self.lora.as_ref().is_some_and(|l| l.merged) {
-            return Err(Error::config("adapter", "cannot unmerge an adapter from q8_0 weights"));
-        }
         if let Some(l) = self.lora.as_ref().filter(|l| l.merged) {
-            self.weight = (self.weight.detach() - self.delta(l)?)?;
+            let Weight::Dense(w) = &self.weight else {
+                return Err(Error::config("adapter", "cannot unmerge an adapter from q8_0 weights"));
+            };
+            self.weight = Weight::Dense((w.detach() - self.delta(l)?)?);
             if let Some(l) = self.lora.as_mut() {
                 l.merged = false;
             }
@@ -179,7 +223,7 @@ mod tests {
             assert!(close(&lin.forward(&x, false).unwrap(), &want) < 1e-6);
             lin.unmerge().unwrap();
             let base = if conv1d { w.t().unwrap() } else { w.clone() };
-            assert!(close(&lin.weight, &base) < 1e-6);
+            assert!(close(lin.dense().unwrap(), &base) < 1e-6);
         }
     }
 }

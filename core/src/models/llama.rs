@@ -1,10 +1,13 @@
 //! The Llama family (Llama, Mistral, Qwen2, SmolLM, TinyLlama): RMSNorm, RoPE
 //! (rotate-half), grouped-query attention, SwiGLU MLP, tied or untied LM head.
 
+use std::sync::Arc;
+
 use candle_core::Tensor;
 
 use super::cache::KvCache;
 use super::config::ModelConfig;
+use super::gemv::Q8Weight;
 use super::linear::Linear;
 use super::load::Weights;
 use super::{ops, ForwardMode, Params};
@@ -23,7 +26,9 @@ pub(crate) struct Layer {
 }
 
 pub(crate) struct Llama {
+    /// An empty placeholder when the table is held as q8_0 (`embed_q8`).
     embed_tokens: Tensor,
+    embed_q8: Option<Arc<Q8Weight>>,
     layers: Vec<Layer>,
     norm: Tensor,
     /// `None` when tied to `embed_tokens`.
@@ -37,11 +42,18 @@ impl Llama {
         let (q_out, kv_out) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
         let get = |p: &mut Params, name: &str, shape: &[usize]| -> Result<Tensor> { p.take(name, w.get(name, shape)?) };
         let lin = |p: &mut Params, name: &str, i: usize, o: usize, bias: bool| -> Result<Linear> {
-            let weight = get(p, &format!("{name}.weight"), &[o, i])?;
             let bias = if bias { Some(get(p, &format!("{name}.bias"), &[o])?) } else { None };
+            if let Some(q) = super::load_q8(w, &format!("{name}.weight"), i, o)? {
+                return Ok(Linear::q8(q, bias, false));
+            }
+            let weight = get(p, &format!("{name}.weight"), &[o, i])?;
             Ok(Linear::new(weight, bias, false))
         };
-        let embed_tokens = get(p, "model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed_q8 = super::load_q8(w, "model.embed_tokens.weight", h, cfg.vocab_size)?;
+        let embed_tokens = match &embed_q8 {
+            Some(_) => Tensor::zeros(0, w.dtype(), &candle_core::Device::Cpu)?,
+            None => get(p, "model.embed_tokens.weight", &[cfg.vocab_size, h])?,
+        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let l = format!("model.layers.{i}");
@@ -60,7 +72,7 @@ impl Llama {
         }
         let norm = get(p, "model.norm.weight", &[h])?;
         let lm_head = if cfg.tie_word_embeddings { None } else { Some(lin(p, "lm_head", h, cfg.vocab_size, false)?) };
-        Ok(Self { embed_tokens, layers, norm, lm_head, cfg: cfg.clone() })
+        Ok(Self { embed_tokens, embed_q8, layers, norm, lm_head, cfg: cfg.clone() })
     }
 
     /// Logits `[batch, seq, vocab]` (`[batch, 1, vocab]` for the last position only with
@@ -79,7 +91,7 @@ impl Llama {
         let (b, t) = (p.b, p.t);
         let train = mode == ForwardMode::Train;
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
-        let mut x = ops::embed(&self.embed_tokens, ids)?;
+        let mut x = super::embed(&self.embed_tokens, self.embed_q8.as_ref(), ids)?;
         let (cos, sin) = match cache.as_ref().filter(|_| p.padded) {
             Some(c) => {
                 let (cos, sin) =
@@ -124,7 +136,10 @@ impl Llama {
         let x = ops::rms_norm(&x, &self.norm, cfg.norm_eps, mode)?;
         match &self.lm_head {
             Some(head) => head.forward(&x, train),
-            None => Linear::new(self.embed_tokens.clone(), None, false).forward(&x, train),
+            None => match &self.embed_q8 {
+                Some(q) => Linear::q8(q.clone(), None, false).forward(&x, train),
+                None => Linear::new(self.embed_tokens.clone(), None, false).forward(&x, train),
+            },
         }
     }
 
@@ -148,8 +163,12 @@ impl Llama {
     }
 
     /// Every weight under its transformers name (for saving).
-    pub(crate) fn named_weights(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
+    pub(crate) fn named_weights(&self) -> Result<Vec<(String, Tensor)>> {
+        let embed = match &self.embed_q8 {
+            Some(q) => Linear::q8(q.clone(), None, false).stored_weight()?,
+            None => self.embed_tokens.clone(),
+        };
+        let mut out = vec![("model.embed_tokens.weight".to_string(), embed)];
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
             out.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.clone()));
@@ -163,7 +182,7 @@ impl Llama {
                 ("mlp.up_proj", &l.up_proj),
                 ("mlp.down_proj", &l.down_proj),
             ] {
-                out.push((format!("{p}.{name}.weight"), lin.weight.clone()));
+                out.push((format!("{p}.{name}.weight"), lin.stored_weight()?));
                 if let Some(bias) = &lin.bias {
                     out.push((format!("{p}.{name}.bias"), bias.clone()));
                 }
@@ -171,8 +190,8 @@ impl Llama {
         }
         out.push(("model.norm.weight".to_string(), self.norm.clone()));
         if let Some(h) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), h.weight.clone()));
+            out.push(("lm_head.weight".to_string(), h.stored_weight()?));
         }
-        out
+        Ok(out)
     }
 }

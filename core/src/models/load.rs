@@ -14,6 +14,8 @@ use crate::error::{Error, IoResultExt, Location, Result};
 /// Named tensors with the file each came from.
 pub(crate) struct Weights {
     tensors: HashMap<String, (Tensor, usize)>,
+    /// Matrices held as q8_0 for inference (a quantized GGUF file), not in `tensors`.
+    q8: HashMap<String, std::sync::Arc<super::gemv::Q8Weight>>,
     files: Vec<PathBuf>,
     /// Where a missing tensor is reported (the index, or the single file).
     main_file: PathBuf,
@@ -101,7 +103,23 @@ impl Weights {
                 }
             }
         }
-        Ok(Self { tensors, files, main_file, dtype })
+        Ok(Self { tensors, q8: HashMap::new(), files, main_file, dtype })
+    }
+
+    /// Weights read from one file (`path`): dense tensors and q8_0 matrices.
+    pub(crate) fn from_parts(
+        tensors: HashMap<String, Tensor>,
+        q8: HashMap<String, std::sync::Arc<super::gemv::Q8Weight>>,
+        path: PathBuf,
+        dtype: DType,
+    ) -> Self {
+        let tensors = tensors.into_iter().map(|(k, t)| (k, (t, 0))).collect();
+        Self { tensors, q8, files: vec![path.clone()], main_file: path, dtype }
+    }
+
+    /// The q8_0 matrix `name`, if it is held quantized.
+    pub(crate) fn q8(&self, name: &str) -> Option<std::sync::Arc<super::gemv::Q8Weight>> {
+        self.q8.get(name).cloned()
     }
 
     /// Names of every tensor of the files.
@@ -119,7 +137,7 @@ impl Weights {
     }
 
     pub(crate) fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.tensors.contains_key(name) || self.q8.contains_key(name)
     }
 
     pub(crate) fn location(&self, name: &str) -> Location {

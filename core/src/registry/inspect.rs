@@ -52,6 +52,26 @@ pub(crate) struct Inspected {
     pub(crate) diffusion_lora: Option<DiffusionLora>,
 }
 
+impl Inspected {
+    /// A tabular classifier's directory (`files`): kind `classifier`, family `tabular`.
+    pub(crate) fn classifier(architecture: String, params: u64, config: Value, files: Vec<String>) -> Self {
+        Inspected {
+            kind: ModelKind::Classifier,
+            family: Some(Family::Tabular),
+            architecture,
+            model_type: "classifier".to_string(),
+            params,
+            dtype: "f64".to_string(),
+            files,
+            tokenizer: None,
+            config,
+            base_hint: None,
+            adapter: None,
+            diffusion_lora: None,
+        }
+    }
+}
+
 /// An adapter directory's parsed config and the modules its tensors adapt.
 #[derive(Debug)]
 pub(crate) struct AdapterFiles {

@@ -628,6 +628,15 @@ impl Classifier {
         &self.config
     }
 
+    /// Sets the step size of [`Classifier::learn`] (saved with the config).
+    pub fn set_sgd_learning_rate(&mut self, lr: f64) -> Result<()> {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(Error::config("learning_rate", format!("must be positive and finite, got {lr}")));
+        }
+        self.config.sgd_learning_rate = lr;
+        Ok(())
+    }
+
     /// The classes, in the order of [`Probabilities::rows`]' columns.
     pub fn classes(&self) -> &[Value] {
         &self.config.labels.classes

@@ -547,13 +547,18 @@ impl Run<'_> {
                     memory_limit: self.engine.store.memory_limit,
                 },
             )?),
-            Family::Gpt2 | Family::Llama => Box::new(LmTrainee::load(
-                spec,
-                &base,
-                (ds.format, &train_recs, &Location::file(&ds.path)),
-                (eval_ds.format, &eval_recs, &Location::file(&ds.path)),
-                checkpoint,
-            )?),
+            Family::Gpt2 | Family::Llama => {
+                // The weights to start from: the checkpoint when resuming, else the
+                // adapter a continued LoRA run starts from.
+                let init = self.engine.init_adapter(spec, &base)?;
+                Box::new(LmTrainee::load(
+                    spec,
+                    &base,
+                    (ds.format, &train_recs, &Location::file(&ds.path)),
+                    (eval_ds.format, &eval_recs, &Location::file(&ds.path)),
+                    checkpoint.or(init.as_ref().map(|a| a.path.as_path())),
+                )?)
+            }
         };
         Ok((base, trainee))
     }

@@ -264,6 +264,75 @@ pub struct PredictionFilter {
     pub limit: Option<u64>,
 }
 
+/// Most passes [`crate::Continual::learn`] makes over its records, and most records
+/// one SGD step takes.
+pub const MAX_LEARN_EPOCHS: u32 = 1000;
+pub const MAX_LEARN_BATCH: u32 = 100_000;
+
+/// How [`crate::Continual::learn`] updates a classifier with new records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct LearnOptions {
+    /// Passes over the records, in their order (1 to 1000). Default 1.
+    pub epochs: u32,
+    /// Records per SGD step (1 to 100 000): 1 (the default) is one step per record,
+    /// River's `learn_one`; more is `learn_many` on consecutive records.
+    pub batch_size: u32,
+    /// Step size (positive, finite). Default: the model's (`sgd_learning_rate` of its
+    /// fit, 0.01 unless set); the new version keeps the one used.
+    pub learning_rate: Option<f64>,
+    /// Name of the new version. Default: the model's name (its next version).
+    pub output_name: Option<String>,
+}
+
+impl Default for LearnOptions {
+    fn default() -> Self {
+        Self { epochs: 1, batch_size: 1, learning_rate: None, output_name: None }
+    }
+}
+
+impl LearnOptions {
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=MAX_LEARN_EPOCHS).contains(&self.epochs) {
+            return Err(Error::config("epochs", format!("must be 1 to {MAX_LEARN_EPOCHS}, got {}", self.epochs)));
+        }
+        if !(1..=MAX_LEARN_BATCH).contains(&self.batch_size) {
+            return Err(Error::config(
+                "batch_size",
+                format!("must be 1 to {MAX_LEARN_BATCH}, got {}", self.batch_size),
+            ));
+        }
+        if let Some(lr) = self.learning_rate {
+            if !(lr.is_finite() && lr > 0.0) {
+                return Err(Error::config("learning_rate", format!("must be positive and finite, got {lr}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a version made by [`crate::Continual::learn`] came from its parent (in its
+/// [`crate::Lineage::learned`]; the parent is `lineage.base` / `lineage.base_ref`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LearnLineage {
+    /// The records learned from, as stored in the version's directory
+    /// (`learned_records.jsonl`, one `{"features": {..}, "label": y}` per line), and
+    /// the sha256 of that file.
+    pub records: u64,
+    pub records_sha256: String,
+    pub epochs: u32,
+    pub batch_size: u32,
+    pub learning_rate: f64,
+    /// SGD steps taken.
+    pub steps: u64,
+    /// Accuracy and mean log-loss of the parent, then of the new version, on the
+    /// records.
+    pub accuracy_before: f64,
+    pub accuracy_after: f64,
+    pub log_loss_before: f64,
+    pub log_loss_after: f64,
+}
+
 /// Which labelled predictions realised accuracy counts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]

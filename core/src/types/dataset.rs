@@ -18,7 +18,7 @@ named_enum! {
     /// | `completion` | `{"prompt", "completion"}` |
     /// | `instruction` | `{"instruction", "input", "output"}` (alpaca; `input` may be empty) |
     /// | `chat` | `{"messages": [{"role", "content"}, ...]}` |
-    /// | `tabular` | `{"features": {column: value, ...}, "label": value}` |
+    /// | `tabular` | `{column: value, ..., "label": value}` (flat: every key but `label` is a feature column) |
     /// | `image` | `{"image": "images/<file>", "text": caption, "width", "height", "mode"}` (the image file is stored beside the records) |
     pub enum DatasetFormat("format") {
         Text = "text",

@@ -43,6 +43,23 @@ named_enum! {
 }
 
 named_enum! {
+    /// What a call that would add a version (`create_preset`, `register_dir`, a training
+    /// job) does when the name already holds the same thing: the same preset and seed,
+    /// the same files, or a job with the same spec on the same base and data.
+    #[derive(Default)]
+    pub enum IfExists("if_exists") {
+        /// Always add the next version (and, for training, a new job). The default.
+        #[default]
+        NewVersion = "new_version",
+        /// Return the existing model (or job) when it is the same; otherwise add the next
+        /// version. Re-running a script or a notebook cell then changes nothing.
+        Reuse = "reuse",
+        /// Refuse with `already_exists` when the name is taken at all.
+        Error = "error",
+    }
+}
+
+named_enum! {
     /// Where a model's files live.
     #[derive(Default)]
     pub enum Storage("storage") {
@@ -134,6 +151,10 @@ pub struct Lineage {
     pub spec: Option<TrainSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<TrainMetrics>,
+    /// Made by [`crate::Continual::learn`]: the records and the SGD steps (`base` is
+    /// the version it was learned from).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub learned: Option<super::continual::LearnLineage>,
 }
 
 /// The final figures of the run that produced a model.
@@ -168,6 +189,9 @@ pub struct RegisterOptions {
     pub parent: Option<ModelRef>,
     pub task: Option<String>,
     pub tags: Vec<String>,
+    /// When `name` exists: `new_version` (default), `reuse` (the version with the same
+    /// files, kind and parent is returned, nothing is copied) or `error`.
+    pub if_exists: IfExists,
 }
 
 /// Options for [`ModelRegistry::create_preset`].
@@ -180,6 +204,9 @@ pub struct PresetOptions {
     pub seed: u64,
     pub task: Option<String>,
     pub tags: Vec<String>,
+    /// When `name` exists: `new_version` (default), `reuse` (the version made from the
+    /// same preset and seed is returned) or `error`.
+    pub if_exists: IfExists,
 }
 
 /// Filters for [`ModelRegistry::list`]; every set field must match.

@@ -157,6 +157,9 @@ impl Walk<'_> {
         if let Some(branch) = self.branch(&value, schema) {
             return self.value(value, branch, path);
         }
+        if self.inbound {
+            self.check_type(&value, schema, path)?;
+        }
         match value {
             Value::Object(m) => self.object(m, schema, path),
             Value::Array(items) => match schema.get("items") {
@@ -192,10 +195,17 @@ impl Walk<'_> {
                     props.into_iter().flat_map(|p| p.keys()).map(|k| self.spelling.spell(k)).collect();
                 let at =
                     if path.is_empty() { key.clone() } else { format!("{}.{key}", spell_path(path, self.spelling)) };
-                return Err(Error::config(
-                    at,
-                    format!("unknown option `{key}` (expected one of: {})", allowed.join(", ")),
-                ));
+                // The other language's spelling of a real field: say which key it is here.
+                let other = match self.spelling {
+                    Spelling::Camel => Spelling::Camel.spell(&key),
+                    Spelling::Snake => snake(&key),
+                };
+                let hint = if other != key && allowed.contains(&other) {
+                    format!(" (did you mean `{other}`?)")
+                } else {
+                    format!(" (expected one of: {})", allowed.join(", "))
+                };
+                return Err(Error::config(at, format!("unknown option `{key}`{hint}")));
             } else {
                 // Foreign JSON (`Value` fields) or an open object: kept as it is.
                 out.insert(key, v);
@@ -221,6 +231,40 @@ impl Walk<'_> {
         typed.iter().copied().find(|b| fits(b)).or(typed.first().copied())
     }
 
+    /// Refuses a value of the wrong JSON type or, for a whole number, out of its Rust
+    /// type's range, saying what was expected in words ("a whole number from 0 to
+    /// 4294967295"), never a Rust type name.
+    fn check_type(&self, value: &Value, schema: &Value, path: &str) -> Result<()> {
+        if schema.get("type").is_none() || schema.get("anyOf").or_else(|| schema.get("oneOf")).is_some() {
+            return Ok(());
+        }
+        let field = || if path.is_empty() { "options".to_string() } else { spell_path(path, self.spelling) };
+        let is_integer = types_of(schema).any(|t| t == "integer");
+        // Numbers and names only: other shapes may have a lenient reader (`stop` takes a
+        // string or a list) and serde's words for them name no Rust type.
+        let numeric = types_of(schema).all(|t| matches!(t, "integer" | "number" | "null"));
+        if !numeric && schema.get("enum").is_none() {
+            return Ok(());
+        }
+        let wrong = if !self.type_fits(value, schema) {
+            true
+        } else if let (true, Value::Number(n)) = (is_integer, value) {
+            let (lo, hi) = integer_range(schema);
+            let fits = match (n.as_i64(), n.as_u64()) {
+                (_, Some(u)) => i128::from(u) >= lo && i128::from(u) <= hi,
+                (Some(i), None) => i128::from(i) >= lo && i128::from(i) <= hi,
+                (None, None) => false,
+            };
+            !fits
+        } else {
+            false
+        };
+        if wrong {
+            return Err(Error::config(field(), format!("expected {}, got {}", describe(schema), shown(value))));
+        }
+        Ok(())
+    }
+
     fn type_fits(&self, value: &Value, schema: &Value) -> bool {
         if schema.get("anyOf").or_else(|| schema.get("oneOf")).is_some() {
             return true;
@@ -239,6 +283,76 @@ impl Walk<'_> {
             Value::Array(_) => want("array"),
             Value::Object(_) => want("object"),
         }
+    }
+}
+
+/// The JSON types a schema allows (`"type": "x"` or `"type": ["x", "null"]`).
+fn types_of(schema: &Value) -> impl Iterator<Item = &str> {
+    let list: Vec<&str> = match schema.get("type") {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    list.into_iter()
+}
+
+/// The range of a whole-number schema, from its `format` (schemars writes `uint32`,
+/// `int64`, ...) and its `minimum` / `maximum`.
+fn integer_range(schema: &Value) -> (i128, i128) {
+    let (mut lo, mut hi) = match schema.get("format").and_then(Value::as_str) {
+        Some("uint8") => (0, i128::from(u8::MAX)),
+        Some("uint16") => (0, i128::from(u16::MAX)),
+        Some("uint32") => (0, i128::from(u32::MAX)),
+        Some("uint64") | Some("uint") => (0, i128::from(u64::MAX)),
+        Some("int8") => (i128::from(i8::MIN), i128::from(i8::MAX)),
+        Some("int16") => (i128::from(i16::MIN), i128::from(i16::MAX)),
+        Some("int32") => (i128::from(i32::MIN), i128::from(i32::MAX)),
+        _ => (i128::from(i64::MIN), i128::from(u64::MAX)),
+    };
+    if let Some(m) = schema.get("minimum").and_then(Value::as_f64) {
+        lo = lo.max(m.ceil() as i128);
+    }
+    if let Some(m) = schema.get("maximum").and_then(Value::as_f64) {
+        hi = hi.min(m.floor() as i128);
+    }
+    (lo, hi)
+}
+
+/// What a schema wants, in words.
+fn describe(schema: &Value) -> String {
+    if let Some(names) = schema.get("enum").and_then(Value::as_array) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        return format!("one of {}", names.join(", "));
+    }
+    let words: Vec<String> = types_of(schema)
+        .filter(|t| *t != "null")
+        .map(|t| match t {
+            "integer" => {
+                let (lo, hi) = integer_range(schema);
+                format!("a whole number from {lo} to {hi}")
+            }
+            "number" => "a number".to_string(),
+            "string" => "a string".to_string(),
+            "boolean" => "true or false".to_string(),
+            "array" => "a list".to_string(),
+            "object" => "an object".to_string(),
+            other => other.to_string(),
+        })
+        .collect();
+    if words.is_empty() {
+        "nothing (leave it unset)".to_string()
+    } else {
+        words.join(" or ")
+    }
+}
+
+/// A value as an error message shows it.
+fn shown(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Array(_) => "a list".to_string(),
+        Value::Object(_) => "an object".to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -278,7 +392,9 @@ mod tests {
         // The Rust spelling is not a JavaScript key, at any depth.
         let e =
             options_from_json_spelled::<ImportOptions>(json!({"on_duplicate": "reuse"}), Spelling::Camel).unwrap_err();
-        assert!(e.to_string().contains("`on_duplicate`") && e.to_string().contains("onDuplicate"), "{e}");
+        assert!(e.to_string().contains("unknown option `on_duplicate` (did you mean `onDuplicate`?)"), "{e}");
+        let e = options_from_json_spelled::<TrainSpec>(json!({"seqLen": 8}), Spelling::Snake).unwrap_err();
+        assert!(e.to_string().contains("unknown option `seqLen` (did you mean `seq_len`?)"), "{e}");
         let e = options_from_json_spelled::<TrainSpec>(
             json!({"base": "b", "dataset": "d", "method": {"lora": {"target_modules": []}}}),
             Spelling::Camel,
@@ -318,6 +434,68 @@ mod tests {
         let o: ImportOptions =
             options_from_json_spelled(json!({"columns": {"prompt": "questionText"}}), Spelling::Camel).unwrap();
         assert_eq!(o.columns["prompt"], "questionText");
+    }
+
+    #[test]
+    fn mistyped_values_are_described_in_words() {
+        let e = options_from_json::<TrainSpec>(json!({"epochs": -1})).unwrap_err();
+        assert_eq!(e.to_string(), "invalid config `epochs`: expected a whole number from 0 to 4294967295, got -1");
+        let e = options_from_json::<TrainSpec>(json!({"epochs": "x"})).unwrap_err();
+        assert!(e.to_string().contains("a whole number from 0 to 4294967295, got the string \"x\""), "{e}");
+        let e = options_from_json::<TrainSpec>(json!({"epochs": 2.5})).unwrap_err();
+        assert!(e.to_string().ends_with("got 2.5"), "{e}");
+        let e = options_from_json::<TrainSpec>(json!({"epochs": 4294967296u64})).unwrap_err();
+        assert!(e.to_string().contains("from 0 to 4294967295"), "{e}");
+        let e = options_from_json_spelled::<TrainSpec>(json!({"maxSteps": -3}), Spelling::Camel).unwrap_err();
+        assert!(
+            e.to_string().contains("`maxSteps`") && e.to_string().contains("from 0 to 18446744073709551615"),
+            "{e}"
+        );
+        let e = options_from_json::<TrainSpec>(json!({"learning_rate": "fast"})).unwrap_err();
+        assert!(e.to_string().contains("expected a number, got the string \"fast\""), "{e}");
+        let e = options_from_json::<TrainSpec>(json!({"method": {"lora": {"r": true}}})).unwrap_err();
+        assert!(e.to_string().contains("`method.lora.r`") && e.to_string().contains("a whole number"), "{e}");
+        let e = options_from_json::<TrainSpec>(json!({"schedule": 3})).unwrap_err();
+        assert!(e.to_string().contains("one of \"constant\", \"linear\", \"cosine\", got 3"), "{e}");
+        // Never a Rust type name.
+        for bad in [json!({"epochs": -1}), json!({"seed": "s"}), json!({"batch_size": -1}), json!({"max_steps": 1.5})] {
+            let e = options_from_json::<TrainSpec>(bad).unwrap_err().to_string();
+            for rust in ["u32", "u64", "usize", "i64", "f64"] {
+                assert!(!e.contains(rust), "{e}");
+            }
+        }
+        // Whole numbers in range still pass, null leaves an option unset.
+        let spec: TrainSpec = options_from_json(json!({"epochs": 4294967295u64, "max_steps": null})).unwrap();
+        assert_eq!((spec.epochs, spec.max_steps), (u32::MAX, None));
+    }
+
+    #[test]
+    fn a_method_name_alone_means_its_defaults() {
+        use crate::types::{ClassifierConfig, LoraConfig, Method};
+        for spelling in [Spelling::Snake, Spelling::Camel] {
+            let spec: TrainSpec = options_from_json_spelled(json!({"method": "lora"}), spelling).unwrap();
+            assert_eq!(spec.method, Method::Lora(LoraConfig::default()));
+            let spec: TrainSpec = options_from_json_spelled(json!({"method": "full"}), spelling).unwrap();
+            assert_eq!(spec.method, Method::Full);
+            let spec: TrainSpec = options_from_json_spelled(json!({"method": "classifier"}), spelling).unwrap();
+            assert_eq!(spec.method, Method::Classifier(ClassifierConfig::default()));
+        }
+        let spec: TrainSpec = options_from_json(json!({"method": {"lora": {"r": 4}}})).unwrap();
+        assert_eq!(spec.method, Method::Lora(LoraConfig { r: 4, ..Default::default() }));
+        let e = options_from_json::<TrainSpec>(json!({"method": "qlora"})).unwrap_err();
+        assert!(e.to_string().contains("`method`") && e.to_string().contains("`lora`"), "{e}");
+        let e = options_from_json::<TrainSpec>(json!({"method": {"lora": {}, "classifier": {}}})).unwrap_err();
+        assert!(e.to_string().contains("`method."), "{e}");
+        let e = options_from_json::<TrainSpec>(json!({"method": 3})).unwrap_err();
+        assert!(e.to_string().contains("`method`") && !e.to_string().contains("variant"), "{e}");
+        // What is stored reads back: the name-only form is written out in full.
+        let v = serde_json::to_value(TrainSpec { method: Method::Lora(LoraConfig::default()), ..Default::default() })
+            .unwrap();
+        assert_eq!(v["method"]["lora"]["r"], 8);
+        let back: TrainSpec = serde_json::from_value(v).unwrap();
+        assert_eq!(back.method, Method::Lora(LoraConfig::default()));
+        let back: Method = serde_json::from_value(serde_json::to_value(Method::Full).unwrap()).unwrap();
+        assert_eq!(back, Method::Full);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::continual::ClassifierConfig;
 use super::event::ErrorInfo;
 use super::ids::{DatasetId, JobId, ModelId, ModelRef};
-use super::model::LoraConfig;
+use super::model::{IfExists, LoraConfig};
 use super::names::named_enum;
 use crate::error::{Error, Result};
 use crate::util;
@@ -131,8 +131,10 @@ pub struct TrainReport {
     pub duration_s: f64,
 }
 
-/// Full fine-tuning or a LoRA adapter. JSON: `"full"` or `{"lora": {"r": 8, ...}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// Full fine-tuning, a LoRA adapter or a tabular classifier. JSON: a name with the
+/// method's defaults (`"full"`, `"lora"`, `"classifier"`), or the method with settings
+/// (`{"lora": {"r": 16}}`, `{"classifier": {"model": "mlp"}}`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// Every weight is trained; the output is a `full` model.
@@ -143,6 +145,86 @@ pub enum Method {
     /// A tabular classifier fitted from scratch on a `tabular` dataset (no base); the
     /// output is a `classifier` model. JSON: `{"classifier": {"model": "mlp"}}`.
     Classifier(ClassifierConfig),
+}
+
+/// The method names, in the order of [`Method`]'s variants.
+const METHOD_NAMES: &[&str] = &["full", "lora", "classifier"];
+
+impl<'de> Deserialize<'de> for Method {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Method;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"full\", \"lora\", \"classifier\", or one of them with settings ({\"lora\": {...}})")
+            }
+
+            fn visit_str<E: de::Error>(self, s: &str) -> std::result::Result<Method, E> {
+                match s {
+                    "full" => Ok(Method::Full),
+                    "lora" => Ok(Method::Lora(LoraConfig::default())),
+                    "classifier" => Ok(Method::Classifier(ClassifierConfig::default())),
+                    other => Err(E::unknown_variant(other, METHOD_NAMES)),
+                }
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<Method, A::Error> {
+                let Some(key) = m.next_key::<String>()? else {
+                    return Err(de::Error::custom(
+                        "an empty object names no method: use \"full\", \"lora\" or \"classifier\"",
+                    ));
+                };
+                let method = match key.as_str() {
+                    "full" => {
+                        m.next_value::<IgnoredAny>()?;
+                        Method::Full
+                    }
+                    "lora" => Method::Lora(m.next_value()?),
+                    "classifier" => Method::Classifier(m.next_value()?),
+                    other => return Err(de::Error::unknown_variant(other, METHOD_NAMES)),
+                };
+                if let Some(extra) = m.next_key::<String>()? {
+                    return Err(de::Error::custom(format!(
+                        "one method at a time: `{key}` and `{extra}` were both given"
+                    )));
+                }
+                Ok(method)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for Method {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Method".into()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let lora = g.subschema_for::<LoraConfig>();
+        let classifier = g.subschema_for::<ClassifierConfig>();
+        schemars::json_schema!({
+            "description": "Full fine-tuning, a LoRA adapter or a tabular classifier: a name (the method with its defaults) or the method with settings.",
+            "oneOf": [
+                { "type": "string", "enum": METHOD_NAMES },
+                {
+                    "type": "object",
+                    "properties": { "lora": lora },
+                    "required": ["lora"],
+                    "additionalProperties": false
+                },
+                {
+                    "type": "object",
+                    "properties": { "classifier": classifier },
+                    "required": ["classifier"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
 }
 
 impl Method {
@@ -381,6 +463,18 @@ pub struct TrainSpec {
     /// Image (Stable Diffusion) bases only: resolution, crops, min-SNR, offset noise,
     /// DreamBooth, validation images. Default: [`ImageTrainOptions::default`].
     pub image: Option<ImageTrainOptions>,
+    /// LoRA on a language model only: start from this adapter's weights (a LoRA adapter
+    /// of `base`: id, `name@3`, `name@alias`) instead of a fresh initialisation, so the
+    /// run continues training it. The adapter keeps its own settings (rank, alpha,
+    /// targets); `method.lora` should match them (it sizes the memory check). Default: a
+    /// new adapter.
+    pub init_adapter: Option<ModelRef>,
+    /// `create_job` when a job with this same spec (every other field equal) on the same
+    /// base and data exists: `new_version` (default: a new job, and a new version of
+    /// the output), `reuse` (that job is returned, unless it failed or its model was
+    /// deleted; `train` returns its report, or runs or resumes it) or `error`
+    /// (`already_exists`).
+    pub if_exists: IfExists,
 }
 
 impl Default for TrainSpec {
@@ -411,6 +505,8 @@ impl Default for TrainSpec {
             keep_last_checkpoints: 2,
             output_name: None,
             image: None,
+            init_adapter: None,
+            if_exists: IfExists::NewVersion,
         }
     }
 }
@@ -518,6 +614,17 @@ impl TrainSpec {
         if let Some(i) = &self.image {
             i.validate()?;
         }
+        if let Some(a) = &self.init_adapter {
+            if a.0.trim().is_empty() {
+                return Err(Error::config("init_adapter", "is empty"));
+            }
+            if !matches!(self.method, Method::Lora(_)) {
+                return Err(Error::config(
+                    "init_adapter",
+                    format!("continues a LoRA adapter: it needs method lora (not {})", self.method.as_str()),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -543,6 +650,7 @@ mod tests {
             (TrainSpec { method: Method::Lora(LoraConfig { r: 0, ..Default::default() }), ..ok() }, "method.lora.r"),
             (TrainSpec { output_name: Some("/bad".into()), ..ok() }, "output_name"),
             (TrainSpec { early_stopping_patience: Some(2), ..ok() }, "early_stopping_patience"),
+            (TrainSpec { method: Method::Full, init_adapter: Some("a@1".into()), ..ok() }, "init_adapter"),
         ];
         for (spec, field) in cases {
             match spec.validate().unwrap_err() {

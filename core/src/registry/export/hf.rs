@@ -1,0 +1,199 @@
+//! Hugging Face directories: a model (an adapter merged into its base) as transformers
+//! loads it, and an adapter as PEFT loads it.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::{json, Value};
+
+use super::{card, copy_checked, Chain};
+use crate::error::{Error, IoResultExt, Result};
+use crate::events::CancelToken;
+use crate::models::{self, memory, LoadOptions, Model, ModelConfig};
+use crate::registry::ModelRegistry;
+use crate::types::{ExportFormat, ExportOptions, Family, ModelKind, ModelRecord};
+use crate::util;
+
+/// Default largest shard: transformers' own `max_shard_size` default is 5 GB; 2 GiB keeps
+/// every shard under the 32-bit size limits some readers still have.
+const DEFAULT_SHARD_BYTES: u64 = 2 << 30;
+
+/// Files of a text model directory that are weights or describe weights: written anew.
+fn is_weights(name: &str) -> bool {
+    name.ends_with(".safetensors") || name.ends_with(".bin") || name.ends_with(".index.json") || name == "README.md"
+}
+
+/// `hf`: base and full models as they are stored (every file, checked against its
+/// recorded sha256), an adapter merged into its base's weights (in the base's dtype),
+/// plus `generation_config.json` when missing and a model card.
+pub(super) fn write_merged(
+    registry: &ModelRegistry,
+    chain: &Chain,
+    dir: &Path,
+    opts: &ExportOptions,
+    cancel: &CancelToken,
+    step: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
+    let m = &chain.model;
+    match (m.family, &chain.base) {
+        (Family::Tabular, _) => {
+            return Err(Error::config(
+                "format",
+                format!("{} is a tabular classifier: export it as `bundle`", m.reference()),
+            ))
+        }
+        (Family::StableDiffusion, Some(_)) => {
+            return Err(Error::config(
+                "format",
+                format!(
+                    "{} is a Stable Diffusion LoRA: export it as `peft` (its diffusers LoRA file, which \
+                     `load_lora_weights` takes); merging it into a pipeline directory is not supported",
+                    m.reference()
+                ),
+            ))
+        }
+        (_, None) => {
+            for f in &m.files {
+                if f.name != "README.md" {
+                    copy_checked(m, &f.name, &dir.join(&f.name), cancel)?;
+                }
+                step()?;
+            }
+        }
+        (Family::Gpt2 | Family::Llama, Some(base)) => {
+            merged_weights(registry, m, base, dir, opts, step)?;
+            for f in &base.files {
+                if !is_weights(&f.name) {
+                    copy_checked(base, &f.name, &dir.join(&f.name), cancel)?;
+                    step()?;
+                }
+            }
+        }
+    }
+    if matches!(m.family, Family::Gpt2 | Family::Llama) && !dir.join("generation_config.json").exists() {
+        let cfg = chain.base.as_ref().map_or(&m.config, |b| &b.config);
+        write_json(&dir.join("generation_config.json"), &generation_config(cfg))?;
+    }
+    let text = card::render(chain, ExportFormat::Hf, &card::base_name(chain, opts));
+    util::write_atomic(&dir.join("README.md"), text.as_bytes())
+}
+
+/// The base's weights with the adapter folded in, in shards of at most
+/// `max_shard_bytes`, with `model.safetensors.index.json` when there are several.
+fn merged_weights(
+    registry: &ModelRegistry,
+    adapter: &ModelRecord,
+    base: &ModelRecord,
+    dir: &Path,
+    opts: &ExportOptions,
+    step: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
+    let f32_bytes = memory::param_count(&ModelConfig::from_json(&base.config)?).saturating_mul(4);
+    memory::Estimate::new().add("weights", "merged model (f32)", f32_bytes).check(registry.store().memory_limit)?;
+    let mut model = Model::load(base, &LoadOptions { trainable: false, dtype: DType::F32, device: Device::Cpu })?;
+    model.load_adapter(&adapter.path)?;
+    model.merge_lora()?;
+    step()?;
+    let out_dtype = match base.dtype.as_str() {
+        "f16" | "float16" => DType::F16,
+        "bf16" | "bfloat16" => DType::BF16,
+        _ => DType::F32,
+    };
+    let mut weights = model.named_weights()?;
+    drop(model);
+    weights.sort_by(|a, b| a.0.cmp(&b.0));
+    let limit = opts.max_shard_bytes.unwrap_or(DEFAULT_SHARD_BYTES);
+    let mut shards: Vec<Vec<(String, Tensor)>> = vec![Vec::new()];
+    let mut size = 0u64;
+    let mut total = 0u64;
+    for (name, t) in weights {
+        let t = t.to_dtype(out_dtype)?;
+        let bytes = (t.elem_count() * out_dtype.size_in_bytes()) as u64;
+        if size > 0 && size + bytes > limit {
+            shards.push(Vec::new());
+            size = 0;
+        }
+        size += bytes;
+        total += bytes;
+        if let Some(s) = shards.last_mut() {
+            s.push((name, t));
+        }
+    }
+    let n = shards.len();
+    let meta = || Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    if n == 1 {
+        let tensors: HashMap<String, Tensor> = shards.pop().unwrap_or_default().into_iter().collect();
+        models::write_safetensors_with_metadata(&tensors, meta(), &dir.join("model.safetensors"))?;
+        return step();
+    }
+    let mut map = serde_json::Map::new();
+    for (i, shard) in shards.into_iter().enumerate() {
+        let file = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
+        for (name, _) in &shard {
+            map.insert(name.clone(), Value::String(file.clone()));
+        }
+        let tensors: HashMap<String, Tensor> = shard.into_iter().collect();
+        models::write_safetensors_with_metadata(&tensors, meta(), &dir.join(&file))?;
+        step()?;
+    }
+    let index = json!({"metadata": {"total_size": total}, "weight_map": map});
+    write_json(&dir.join("model.safetensors.index.json"), &index)
+}
+
+/// What transformers' `GenerationConfig.from_model_config` takes from config.json.
+fn generation_config(config: &Value) -> Value {
+    let mut g = serde_json::Map::new();
+    for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+        if let Some(v) = config.get(key).filter(|v| !v.is_null()) {
+            g.insert(key.to_string(), v.clone());
+        }
+    }
+    g.insert("_from_model_config".into(), Value::Bool(true));
+    Value::Object(g)
+}
+
+/// `peft`: an adapter's files, with `base_model_name_or_path` set to where the base can
+/// be found outside the home ([`ExportOptions::base_model`], or the directory the base
+/// was registered from, or its name), and a model card.
+pub(super) fn write_adapter(
+    chain: &Chain,
+    dir: &Path,
+    opts: &ExportOptions,
+    cancel: &CancelToken,
+    step: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
+    let m = &chain.model;
+    if m.kind != ModelKind::Lora {
+        return Err(Error::config(
+            "format",
+            format!("`peft` exports adapters; {} is a {} model (export it as `hf`)", m.reference(), m.kind.as_str()),
+        ));
+    }
+    let base_name = card::base_name(chain, opts);
+    for f in &m.files {
+        if f.name == "README.md" {
+            continue;
+        }
+        copy_checked(m, &f.name, &dir.join(&f.name), cancel)?;
+        if f.name == "adapter_config.json" {
+            let p = dir.join(&f.name);
+            let text = fs::read_to_string(&p).with_path(&p)?;
+            let mut cfg: Value = serde_json::from_str(&text)
+                .map_err(|e| Error::data(crate::error::Location::file(m.path.join(&f.name)), e.to_string()))?;
+            if let Some(o) = cfg.as_object_mut() {
+                o.insert("base_model_name_or_path".into(), Value::String(base_name.clone()));
+            }
+            write_json(&p, &cfg)?;
+        }
+        step()?;
+    }
+    let text = card::render(chain, ExportFormat::Peft, &base_name);
+    util::write_atomic(&dir.join("README.md"), text.as_bytes())
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::Internal(e.to_string()))?;
+    util::write_atomic(path, text.as_bytes())
+}
