@@ -1,7 +1,7 @@
 //! `shapes`: the toy coloured-shapes data of the image quickstart (drawn by the core),
 //! its score (the share of images whose dominant colour and shape match their prompt)
 //! and a PNG contact sheet, for Node where no image library is at hand. Small and
-//! synchronous: 16x16 pictures.
+//! synchronous: pictures of a few dozen pixels a side.
 
 use napi::bindgen_prelude::Buffer;
 use napi::Env;
@@ -40,6 +40,40 @@ pub fn score(env: Env, images: Vec<Buffer>, prompts: Vec<String>) -> napi::Resul
         let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
         shapes::score(&views, &prompts)
     })
+}
+
+/// Shares of images whose dominant colour, shape, and both match their prompt.
+#[napi(object, namespace = "shapes")]
+pub struct ShapesScore {
+    pub images: u32,
+    pub color: f64,
+    pub shape: f64,
+    pub both: f64,
+}
+
+impl From<shapes::ShapesScore> for ShapesScore {
+    fn from(s: shapes::ShapesScore) -> Self {
+        Self { images: s.images as u32, color: s.color, shape: s.shape, both: s.both }
+    }
+}
+
+/// The shares of `images` (PNG Buffers) whose dominant colour, whose shape, and whose
+/// colour and shape both match the prompt at the same index (measured on the pixels).
+#[napi(namespace = "shapes")]
+pub fn evaluate(env: Env, images: Vec<Buffer>, prompts: Vec<String>) -> napi::Result<ShapesScore> {
+    sync(&env, || {
+        let decoded = decode(&images, "images")?;
+        let views: Vec<(usize, usize, &[u8])> =
+            decoded.iter().map(|r| (r.width as usize, r.height as usize, r.data.as_slice())).collect();
+        let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        shapes::evaluate(&views, &prompts).map(ShapesScore::from)
+    })
+}
+
+/// What a painter that ignores its prompt scores on average (`images` 0).
+#[napi(namespace = "shapes")]
+pub fn chance() -> ShapesScore {
+    shapes::ShapesScore::chance().into()
 }
 
 /// One PNG holding `rows[r][c]` (PNG Buffers) row by row on a white canvas, each

@@ -23,7 +23,7 @@ fn cpu_s() -> f64 {
     let rest = &st[st.rfind(')').unwrap() + 2..];
     let f: Vec<&str> = rest.split(' ').collect();
     let (u, s): (f64, f64) = (f[11].parse().unwrap(), f[12].parse().unwrap());
-    (u + s) / 100.0 / 2.0
+    (u + s) / 100.0
 }
 fn leak<T>(v: Vec<T>) -> &'static [T] {
     Box::leak(v.into_boxed_slice())
@@ -192,7 +192,7 @@ fn explore() {
     let mut loss_avg = 0.0;
     while step < steps && train_s < budget {
         let t0 = cpu_s();
-        let frac = train_s / budget;
+        let frac = (train_s / budget).max(step as f64 / steps as f64);
         let mut cur = lr * ((step + 1) as f64 / warmup.max(1) as f64).min(1.0);
         if cosine {
             cur *= 0.5 * (1.0 + (std::f64::consts::PI * frac).cos());
@@ -216,6 +216,8 @@ fn explore() {
         let xt = (x0.broadcast_mul(&sa).unwrap() + noise.broadcast_mul(&s1a).unwrap()).unwrap();
         let target = if pred == "v_prediction" {
             (noise.broadcast_mul(&sa).unwrap() - x0.broadcast_mul(&s1a).unwrap()).unwrap()
+        } else if pred == "sample" {
+            x0.clone()
         } else {
             noise.clone()
         };
@@ -230,7 +232,13 @@ fn explore() {
                 .map(|&i| {
                     let snr = acp[i] / (1.0 - acp[i]);
                     let m = snr.min(gamma);
-                    (if pred == "v_prediction" { m / (snr + 1.0) } else { m / snr }) as f32
+                    (if pred == "v_prediction" {
+                        m / (snr + 1.0)
+                    } else if pred == "sample" {
+                        m
+                    } else {
+                        m / snr
+                    }) as f32
                 })
                 .collect();
             mse.mul(&Tensor::from_vec(w, batch, &Device::Cpu).unwrap()).unwrap()

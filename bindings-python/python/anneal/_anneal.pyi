@@ -1620,8 +1620,17 @@ def cli_main(argv: builtins.list[str]) -> int:
 
 # ---------------------------------------------------------------- toy data (anneal.shapes)
 
+class ShapesScore(TypedDict):
+    """Shares of images whose dominant colour, shape, and both match their prompt."""
+    images: int
+    color: float
+    shape: float
+    both: float
+
 def shapes_write_imagefolder(dir: str | os.PathLike[str], n: int = 480, size: int = 32, seed: int = 0) -> None: ...
 def shapes_score(images: builtins.list[Any], prompts: builtins.list[str]) -> float: ...
+def shapes_evaluate(images: builtins.list[Any], prompts: builtins.list[str]) -> ShapesScore: ...
+def shapes_chance() -> ShapesScore: ...
 
 # ---------------------------------------------------------------- webhooks (home.webhooks())
 

@@ -3,16 +3,20 @@
 >>> import anneal.shapes
 >>> anneal.shapes.write_imagefolder("shapes", n=480)       # PNGs + metadata.jsonl
 >>> anneal.shapes.score(images, ["a red circle", ...])     # share matching their prompt
+>>> anneal.shapes.evaluate(images, prompts)                # {"images", "color", "shape", "both"}
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from anneal._anneal import shapes_score, shapes_write_imagefolder
+from anneal._anneal import shapes_chance, shapes_evaluate, shapes_score, shapes_write_imagefolder
 
-__all__ = ["write_imagefolder", "score", "prompts"]
+if TYPE_CHECKING:
+    from anneal._anneal import ShapesScore
+
+__all__ = ["write_imagefolder", "score", "evaluate", "chance", "prompts"]
 
 COLORS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle")
@@ -32,3 +36,16 @@ def score(images: Sequence[Any], prompts: Sequence[str]) -> float:
     """The share of `images` (PIL images or PNG bytes) whose dominant colour and shape
     match the prompt at the same index."""
     return shapes_score(list(images), list(prompts))
+
+
+def evaluate(images: Sequence[Any], prompts: Sequence[str]) -> ShapesScore:
+    """The shares of `images` (PIL images or PNG bytes) whose dominant colour, whose
+    shape, and whose colour and shape both match the prompt at the same index, each
+    measured on the pixels: `{"images": n, "color": .., "shape": .., "both": ..}`."""
+    return shapes_evaluate(list(images), list(prompts))
+
+
+def chance() -> ShapesScore:
+    """What a painter that ignores its prompt scores on average: colour 1/4, shape 1/3,
+    both 1/12 (`images` 0)."""
+    return shapes_chance()

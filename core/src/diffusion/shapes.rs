@@ -273,28 +273,65 @@ fn shape_of(inside: &[bool], width: usize, count: usize, (x0, y0, x1, y1): Bbox)
 /// A bounding box `(x0, y0, x1, y1)`, inclusive.
 type Bbox = (usize, usize, usize, usize);
 
-/// The share of images whose dominant colour and shape ([`classify`]) are both the
-/// ones their prompt names (image `i` is scored against `prompts[i]`). `images` are
-/// `(width, height, rgb)`. No images: 0.
-pub fn score(images: &[(usize, usize, &[u8])], prompts: &[&str]) -> Result<f64> {
+/// How well images show what their prompts ask for ([`evaluate`]): the shares of the
+/// images whose dominant colour, whose shape, and whose colour and shape both are the
+/// ones their prompt names, each as measured by [`classify`] on the pixels.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ShapesScore {
+    /// Images scored.
+    pub images: usize,
+    /// Share whose dominant colour is the prompt's (chance: 1 in 4).
+    pub color: f64,
+    /// Share whose shape is the prompt's (chance: 1 in 3).
+    pub shape: f64,
+    /// Share whose colour and shape both are the prompt's (chance: 1 in 12); [`score`].
+    pub both: f64,
+}
+
+impl ShapesScore {
+    /// What a painter that ignores the prompt scores on average when each of its
+    /// pictures shows some palette colour and some shape: 1/4, 1/3 and 1/12.
+    pub fn chance() -> Self {
+        let (c, s) = (Color::ALL.len() as f64, Shape::ALL.len() as f64);
+        Self { images: 0, color: 1.0 / c, shape: 1.0 / s, both: 1.0 / (c * s) }
+    }
+}
+
+/// Classifies every image ([`classify`]) and compares its colour and shape with the
+/// ones its prompt names (image `i` against `prompts[i]`, see [`parse_prompt`]).
+/// `images` are `(width, height, rgb)`. A prompt that names no colour (or no shape)
+/// counts as a miss for it. No images: all shares 0.
+pub fn evaluate(images: &[(usize, usize, &[u8])], prompts: &[&str]) -> Result<ShapesScore> {
     if images.len() != prompts.len() {
         return Err(Error::config(
             "prompts",
             format!("{} prompts for {} images: give one per image", prompts.len(), images.len()),
         ));
     }
-    if images.is_empty() {
-        return Ok(0.0);
+    let (mut color, mut shape, mut both) = (0usize, 0usize, 0usize);
+    for ((w, h, rgb), p) in images.iter().zip(prompts) {
+        let (want_c, want_s) = parse_prompt(p);
+        let (got_c, got_s) = classify(rgb, *w, *h);
+        let c = want_c.is_some() && got_c == want_c;
+        let s = want_s.is_some() && got_s == want_s;
+        color += usize::from(c);
+        shape += usize::from(s);
+        both += usize::from(c && s);
     }
-    let hits = images
-        .iter()
-        .zip(prompts)
-        .filter(|((w, h, rgb), p)| {
-            let (c, s) = parse_prompt(p);
-            c.is_some() && s.is_some() && classify(rgb, *w, *h) == (c, s)
-        })
-        .count();
-    Ok(hits as f64 / images.len() as f64)
+    let n = images.len().max(1) as f64;
+    Ok(ShapesScore {
+        images: images.len(),
+        color: color as f64 / n,
+        shape: shape as f64 / n,
+        both: both as f64 / n,
+    })
+}
+
+/// The share of images whose dominant colour and shape ([`classify`]) are both the
+/// ones their prompt names (image `i` is scored against `prompts[i]`): [`evaluate`]'s
+/// `both`. `images` are `(width, height, rgb)`. No images: 0.
+pub fn score(images: &[(usize, usize, &[u8])], prompts: &[&str]) -> Result<f64> {
+    Ok(evaluate(images, prompts)?.both)
 }
 
 /// `rgb` (`height x width x 3`) enlarged `factor` times by repeating pixels (nearest
