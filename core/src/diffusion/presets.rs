@@ -92,11 +92,11 @@ pub struct DiffusionPreset {
 
 static PRESETS: &[DiffusionPreset] = &[DiffusionPreset {
     name: "tiny-shapes",
-    description: "16x16 RGB pixel-space UNet (~1.0M parameters; attention at 8x8 only) with a 2-layer \
-                  byte-level CLIP text encoder, for the toy shapes data (anneal::diffusion::shapes); \
-                  with its recommended settings it learns them on 2 CPU cores in about 5 minutes",
+    description: "16x16 RGB pixel-space UNet (~0.26M parameters, channels 16/32, attention at 8x8) with a \
+                  2-layer byte-level CLIP text encoder, for the toy shapes data (anneal::diffusion::shapes); \
+                  its recommended settings (1,200 steps of 8) learn them in a few minutes on 2 CPU cores",
     resolution: 16,
-    block_out_channels: &[32, 64],
+    block_out_channels: &[16, 32],
     down_block_types: &["DownBlock2D", "CrossAttnDownBlock2D"],
     up_block_types: &["CrossAttnUpBlock2D", "UpBlock2D"],
     mid_block_type: Some("UNetMidBlock2DCrossAttn"),
@@ -111,16 +111,20 @@ static PRESETS: &[DiffusionPreset] = &[DiffusionPreset {
     beta_schedule: "squaredcos_cap_v2",
     num_train_timesteps: 1000,
     recommended: Recommended {
-        learning_rate: 2e-3,
+        learning_rate: 3e-3,
         warmup_steps: 20,
         schedule: Schedule::Cosine,
-        steps: 1500,
-        batch_size: 16,
+        steps: 1200,
+        batch_size: 8,
         snr_gamma: Some(5.0),
-        train_text_encoder: true,
-        // Euler ancestral: its fresh noise at each step cleans up what the deterministic
-        // samplers (DDIM, Euler) leave as speckles after a few minutes of training.
-        scheduler: "euler_ancestral",
+        // The text encoder keeps its random weights: their features already tell the
+        // captions apart, and the UNet learns to read fixed features faster than both
+        // learn together (measured: colour and shape matched sooner).
+        train_text_encoder: false,
+        // DDPM with clip_sample: its x0 clipped to [-1, 1] at each step gives cleaner,
+        // flatter colours than DDIM, Euler (ancestral) or DPM-Solver++ after a short
+        // training (measured on the shapes score at 25 steps).
+        scheduler: "ddpm",
         inference_steps: 25,
         guidance_scale: 3.0,
         caption_dropout: 0.1,
