@@ -52,6 +52,9 @@ node examples/node/quickstart.mjs "$(mktemp -d)/home" --smoke
 step "Node continual twin"
 node examples/node/continual.mjs "$(mktemp -d)/home" --smoke
 
+step "GGUF exports run by llama.cpp (node-llama-cpp's prebuilt binaries)"
+scripts/test-llamacpp.sh
+
 step "binary distributions (dev build): install into a clean venv and an empty Node project"
 scripts/dist.sh --dev
 scripts/test-dist.sh

@@ -55,7 +55,8 @@ for config in tiny small; do
   done
 done
 out="$(mktemp)"
-echo "load before: $(uptime)"
+. "$here/../load_guard.sh"
+guard_start
 "$bin/membw" | tee -a "$out"
 for config in tiny small; do
   model="$here/models/$config"
@@ -70,9 +71,10 @@ for config in tiny small; do
       --runs "$runs" | tee -a "$out"
   done
 done
-echo "load after: $(uptime)"
-"$here/.venv/bin/python" - "$out" <<'PY'
+guard_end
+"$here/.venv/bin/python" - "$out" "$idle" <<'PY'
 import json, sys
+idle = sys.argv[2] == "1"
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 bw = max(r["read_gb_per_s"] for r in rows if r["impl"] == "membw" and r["threads"] == 2) * 1e9
 # Weight bytes read per decoded token: every matmul weight incl. the LM head (GPT-2's
@@ -99,5 +101,7 @@ for (impl, config, dtype), r in sorted(by.items(), key=lambda kv: (kv[0][1] != "
     share = r["decode_tokens_per_s"] / roof(config, dtype)
     mine = by.get(("anneal", config, dtype))
     ratio = f"{mine['decode_tokens_per_s'] / r['decode_tokens_per_s']:.2f}" if mine and impl != "anneal" else ""
+    if ratio and not idle:
+        ratio = "n/a (busy)"
     print(f"| {config} | {impl} | {dtype} | {r['ttft_ms']:.1f} | {r['decode_tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} | {share:.0%} | {ratio} |")
 PY

@@ -34,8 +34,8 @@
 #   OUT [a temporary directory]: where data, homes and the JSON lines go
 #
 # `uptime` is printed before and after. Timings are printed in any case, but the ratios
-# (anneal / peer) only when the 1-minute load average at the start is at most 0.5 (an idle
-# machine). Accuracy does not depend on the load.
+# (anneal / peer) only on an idle machine (benches/load_guard.sh: the load at the start,
+# other processes' CPU during the run). Accuracy does not depend on the load.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -54,13 +54,8 @@ anneal_py="${ANNEAL_PYTHON:-$root/.venv/bin/python}"
 export ANNEAL_NODE="${ANNEAL_NODE:-$root/bindings-node}"
 export CARGO_BUILD_TARGET="${CARGO_BUILD_TARGET:-$(rustc -vV | sed -n 's/host: //p')}"
 
-echo "uptime before: $(uptime)"
-load1="$(cut -d' ' -f1 /proc/loadavg)"
-idle=1
-if awk -v l="$load1" 'BEGIN { exit !(l > 0.5) }'; then
-  idle=0
-  echo "warning: 1-minute load average $load1 > 0.5: the machine is busy; timings are printed but no ratios" >&2
-fi
+. "$(dirname "$0")/../load_guard.sh"
+guard_start
 
 py="${PYTHON:-}"
 if [ -z "$py" ]; then
@@ -130,6 +125,6 @@ if [ "$what" = drift ] || [ "$what" = all ]; then
   "$bindir/drift_time" --data "$out/drift" --rows "$rows" --reps "$reps" | sed 's/^{/{"bench": "drift", /' | tee -a "$results"
   "$py" "$here/scipy_drift.py" --data "$out/drift" --reps "$reps" | sed 's/^{/{"bench": "drift", /' | tee -a "$results"
 fi
-echo "uptime after: $(uptime)"
+guard_end
 
 "$py" "$here/report.py" "$results" "$idle"

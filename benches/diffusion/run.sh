@@ -7,8 +7,8 @@
 # Measures per (config, mode): train-full (UNet forward + backward + AdamW), train-lora
 # (LoRA r 8 on the attention projections), denoise (one UNet forward, CFG batch 2), and
 # each side's peak RSS. The rounds interleave anneal and PyTorch (round 1: every case,
-# then round 2...) and the table shows medians over rounds. Ratios are printed only when
-# the 1-minute load average at the start is at most 0.5 (an idle machine).
+# then round 2...) and the table shows medians over rounds. Ratios are printed only on
+# an idle machine (benches/load_guard.sh: load at the start, other processes' CPU during).
 #
 # Python: $PYTHON, else benches/diffusion/.venv (created with torch diffusers peft when
 # missing; nothing is installed anywhere else). anneal: the release build of
@@ -22,13 +22,8 @@ rounds="${2:-2}"
 warmup="${WARMUP:-2}"
 profile="${PROFILE:-release}"
 
-echo "uptime before: $(uptime)"
-load1="$(cut -d' ' -f1 /proc/loadavg)"
-idle=1
-if awk -v l="$load1" 'BEGIN { exit !(l > 0.5) }'; then
-  idle=0
-  echo "warning: 1-minute load average $load1 > 0.5: the machine is busy; timings are printed but no ratios" >&2
-fi
+. "$(dirname "$0")/../load_guard.sh"
+guard_start
 
 py="${PYTHON:-}"
 if [ -z "$py" ]; then
@@ -59,7 +54,7 @@ for round in $(seq 1 "$rounds"); do
     done
   done
 done
-echo "uptime after: $(uptime)"
+guard_end
 
 "$py" - "$out" "$idle" <<'PY'
 import json, statistics, sys

@@ -6,15 +6,16 @@
 //! core's camelCase spelling (the keys of `metrics` as given), with its `type` values
 //! (`task_started`, `task_progress`, `task_finished`, ...).
 //!
-//! Ordering: the calls to `onEvent` and the settling of the Promise reach the event
-//! loop through different queues, so the last event (`task_finished`) may arrive just
-//! after the Promise settles; wait one `setImmediate` before relying on it.
+//! Ordering: every event of a call reaches `onEvent` before its Promise settles. The
+//! events and the settling reach the event loop through different queues, so the worker
+//! waits (at most [`FLUSH_WAIT`]) until the JS thread has run every event it queued.
 //!
 //! An exception thrown by `onEvent` does not stop the call: it is reported as an
 //! `uncaughtException` (as for any callback run by the event loop) and the Promise
 //! still settles. Use a `CancelToken` (`cancel`) or an `AbortSignal` (`signal`) to stop a call.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use napi::bindgen_prelude::{AsyncTask, Unknown};
@@ -71,14 +72,70 @@ impl CancelToken {
     }
 }
 
-/// Forwards events to the JS callback (never blocks the worker).
-pub(crate) struct JsSink(pub(crate) Option<OnEvent>);
+/// How long a finished call waits for its queued events to reach `onEvent` (a JS
+/// thread that is shutting down never runs them).
+pub(crate) const FLUSH_WAIT: Duration = Duration::from_secs(5);
+
+/// Events queued for the JS thread and not yet run.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    queued: Mutex<u64>,
+    ran: Condvar,
+}
+
+impl InFlight {
+    fn done(&self) {
+        if let Ok(mut n) = self.queued.lock() {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.ran.notify_all();
+            }
+        }
+    }
+
+    /// Blocks until every queued event ran on the JS thread, or `FLUSH_WAIT` passed.
+    pub(crate) fn flush(&self) {
+        let Ok(n) = self.queued.lock() else { return };
+        let _ = self.ran.wait_timeout_while(n, FLUSH_WAIT, |n| *n > 0);
+    }
+}
+
+/// Forwards events to the JS callback (never blocks the worker); [`JsSink::flush`]
+/// waits until they all ran.
+pub(crate) struct JsSink {
+    on_event: Option<OnEvent>,
+    in_flight: Arc<InFlight>,
+}
+
+impl JsSink {
+    pub(crate) fn new(on_event: Option<OnEvent>) -> Self {
+        Self { on_event, in_flight: Arc::default() }
+    }
+
+    /// The counter of queued events, to [`InFlight::flush`] after the sink is gone.
+    pub(crate) fn in_flight(&self) -> Arc<InFlight> {
+        self.in_flight.clone()
+    }
+}
 
 impl anneal::EventSink for JsSink {
     fn on_event(&mut self, event: &anneal::Event) -> anneal::Result<()> {
-        if let Some(f) = &self.0 {
-            // A full or closing queue only drops a progress report; the call goes on.
-            let _ = f.call(js!(*event)?, ThreadsafeFunctionCallMode::NonBlocking);
+        if let Some(f) = &self.on_event {
+            let in_flight = self.in_flight.clone();
+            if let Ok(mut n) = in_flight.queued.lock() {
+                *n += 1;
+            }
+            let ran = in_flight.clone();
+            // A full or closing queue only drops a progress report; the call goes on. An
+            // exception thrown by onEvent is handed back here and rethrown as uncaught.
+            let status =
+                f.call_with_return_value(js!(*event)?, ThreadsafeFunctionCallMode::NonBlocking, move |r, _| {
+                    ran.done();
+                    r.map(|_| ())
+                });
+            if status != Status::Ok {
+                in_flight.done();
+            }
         }
         Ok(())
     }
@@ -140,17 +197,22 @@ impl Task for LongTask {
             (Some(e), _) => Err(e),
             (None, None) => Err(anneal::Error::Internal("task ran twice".into())),
             (None, Some(work)) => {
-                let mut sink = anneal::Throttle::new(JsSink(self.on_event.take()), THROTTLE);
+                let js = JsSink::new(self.on_event.take());
+                let in_flight = js.in_flight();
+                let mut sink = anneal::Throttle::new(js, THROTTLE);
                 let options = std::mem::take(&mut self.options);
                 let cancel = self.cancel.clone();
-                catch_unwind(AssertUnwindSafe(move || work(options, &mut sink, &cancel))).unwrap_or_else(|p| {
-                    let msg = p
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    Err(anneal::Error::Internal(format!("panic in anneal: {msg}")))
-                })
+                let result =
+                    catch_unwind(AssertUnwindSafe(move || work(options, &mut sink, &cancel))).unwrap_or_else(|p| {
+                        let msg = p
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        Err(anneal::Error::Internal(format!("panic in anneal: {msg}")))
+                    });
+                in_flight.flush();
+                result
             }
         };
         result.map_err(|e| {

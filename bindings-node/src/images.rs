@@ -127,10 +127,15 @@ impl Task for GenerateImages {
         let result = match (self.error.take(), self.gen.take(), self.request.take()) {
             (Some(e), _, _) => Err(e),
             (None, Some(gen), Some(req)) => {
-                let mut sink = anneal::Throttle::new(JsSink(self.on_event.take()), THROTTLE);
+                let js = JsSink::new(self.on_event.take());
+                let in_flight = js.in_flight();
+                let mut sink = anneal::Throttle::new(js, THROTTLE);
                 let cancel = &self.cancel;
-                catch_unwind(AssertUnwindSafe(|| gen.generate_with(&req, &mut sink, cancel)))
-                    .unwrap_or_else(|p| Err(panicked(p)))
+                let result = catch_unwind(AssertUnwindSafe(|| gen.generate_with(&req, &mut sink, cancel)))
+                    .unwrap_or_else(|p| Err(panicked(p)));
+                drop(sink);
+                in_flight.flush();
+                result
             }
             _ => Err(anneal::Error::Internal("task ran twice".into())),
         };

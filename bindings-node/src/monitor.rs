@@ -226,7 +226,7 @@ impl Monitor {
                 }
                 _ => None,
             };
-            let sink = anneal::Throttle::new(JsSink(on_event), THROTTLE);
+            let sink = anneal::Throttle::new(JsSink::new(on_event), THROTTLE);
             let handle = self.inner.spawn(Duration::from_secs_f64(secs), sink)?;
             Ok(MonitorHandle { inner: Arc::new(handle) })
         })

@@ -93,6 +93,25 @@ fn import_train_generate_export() {
     assert_eq!(lora_job["spec"]["method"]["lora"]["alpha"].as_f64(), Some(4.0));
     assert_eq!(lora_job["step"].as_u64(), Some(2));
 
+    // Re-running with --if-exists reuse: the completed job's report, no new job; the
+    // same preset and seed: the same model.
+    let again = env.ok(&[
+        "train",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--lora-alpha",
+        "4",
+        "--if-exists",
+        "reuse",
+    ]);
+    assert!(again.contains("trained: final loss") && again.contains(lora_job["id"].as_str().unwrap()), "{again}");
+    let same = env.json(&["models", "create", "nano", "--name", "base", "--seed", "1", "--if-exists", "reuse"]);
+    assert_eq!((same["id"].as_str(), same["version"].as_u64()), (base["id"].as_str(), Some(1)));
+    let bad = env.run(&["models", "create", "nano", "--name", "base", "--if-exists", "sometimes"]);
+    assert_eq!(bad.status.code(), Some(2), "a value clap refuses");
+
     // Jobs.
     let jobs = env.json(&["jobs", "ls"]);
     assert_eq!(jobs.as_array().unwrap().len(), 2);

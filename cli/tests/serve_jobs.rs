@@ -176,3 +176,29 @@ fn health_keeps_answering_while_a_job_trains_and_generations_run() {
     assert_eq!(c.post(&format!("/api/jobs/{id}/cancel"), &json!({})).status, 200);
     assert!(wait_until(60, || c.get(&format!("/api/jobs/{id}")).json()["status"] == "cancelled"));
 }
+
+#[test]
+fn posting_the_same_job_with_if_exists_reuse_returns_the_existing_one() {
+    let (_d, home) = home();
+    let server = start(&home, |_| {});
+    let c = Client::new(&server, Some(token(&home, TokenScope::Write)));
+    let mut body = spec(3);
+    body["if_exists"] = json!("reuse");
+    let created = c.post("/api/jobs", &body);
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    assert!(wait_until(120, || c.get(&format!("/api/jobs/{id}")).json()["status"] == "completed"));
+
+    // The same spec again: the completed job, not a new run (200, not 201).
+    let again = c.post("/api/jobs", &body);
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.json()["id"], id.as_str());
+    assert_eq!(again.json()["status"], "completed");
+    assert_eq!(home.training().jobs(&Default::default()).unwrap().len(), 1);
+
+    // Without reuse, the same spec is a new job.
+    let fresh = c.post("/api/jobs?start=false", &spec(3));
+    assert_eq!(fresh.status, 201, "{}", fresh.body);
+    assert_ne!(fresh.json()["id"], id.as_str());
+    server.shutdown().unwrap();
+}

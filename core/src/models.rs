@@ -217,7 +217,7 @@ impl Model {
         }
         let config = ModelConfig::from_json(&raw_config)?;
         let gguf_file = dir.join(gguf::GGUF_FILE);
-        let weights = if gguf_file.is_file() && load::weight_files(&dir).is_err() {
+        let weights = if gguf::is_gguf_model(&dir) {
             if quantized && opts.trainable {
                 return Err(Error::Internal("quantized weights cannot be trained".into()));
             }

@@ -3,6 +3,10 @@
 //! q8_0 the tokens of the original run with the generator's own q8_0 option; the
 //! derived tokenizer gives the same ids (byte-level BPE and SentencePiece-style); bad
 //! files are typed errors that leave the home unchanged; a GGUF model is a LoRA base.
+//! A GGUF model exports again: to GGUF (its own type copied block for block, other
+//! types from the dequantized values), to a Hugging Face directory (dequantized
+//! safetensors), as a bundle and for Ollama; a GGUF file without a tokenizer is refused
+//! where llama.cpp needs one.
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,8 +15,9 @@ use std::path::{Path, PathBuf};
 
 use anneal::gguf::{GgmlType, GgufFile, GgufWriter};
 use anneal::{
-    CancelToken, ExportFormat, ExportOptions, GenerationConfig, GeneratorOptions, GgufType, Home, ImportOptions,
-    LoraConfig, Method, ModelKind, ModelRecord, NoopSink, RecordingSink, RegisterOptions, Storage, TrainSpec,
+    CancelToken, ExportFormat, ExportOptions, GenerationConfig, GeneratorOptions, GgufType, Home, ImportBundleOptions,
+    ImportOptions, LoraConfig, Method, ModelKind, ModelRecord, NoopSink, RecordingSink, RegisterOptions, Storage,
+    TrainSpec,
 };
 use anneal::{Event, Tokenizer};
 use serde_json::json;
@@ -279,6 +284,213 @@ fn bad_files_are_typed_errors_and_store_nothing() {
     assert_eq!(common::model_dirs(&h), before);
 }
 
+/// The tensors of GGUF files `a` and `b`: same names, dims, types and bytes; and the
+/// same metadata but `general.name`.
+fn same_gguf(a: &Path, b: &Path) {
+    let (fa, fb) = (GgufFile::open(a).unwrap(), GgufFile::open(b).unwrap());
+    let meta = |f: &GgufFile| -> Vec<(String, anneal::gguf::Value)> {
+        f.metadata.iter().filter(|(k, _)| k != "general.name").cloned().collect()
+    };
+    assert_eq!(meta(&fa), meta(&fb), "{} vs {}", a.display(), b.display());
+    assert_eq!(fa.tensors.len(), fb.tensors.len());
+    for (ta, tb) in fa.tensors.iter().zip(&fb.tensors) {
+        assert_eq!((&ta.name, &ta.dims, ta.ty), (&tb.name, &tb.dims, tb.ty), "{}", b.display());
+        assert!(
+            fa.tensor_bytes(&ta.name).unwrap() == fb.tensor_bytes(&tb.name).unwrap(),
+            "{} in {}",
+            ta.name,
+            b.display()
+        );
+    }
+}
+
+fn export_as(h: &Home, model: &ModelRecord, format: ExportFormat, dest: &Path) -> PathBuf {
+    h.models().export(&model.id, format, dest, &ExportOptions::default()).unwrap();
+    dest.to_path_buf()
+}
+
+#[test]
+fn a_gguf_model_exports_to_gguf_again() {
+    let d = tempfile::tempdir().unwrap();
+    let h = Home::open(d.path().join("h")).unwrap();
+    let nano = h.models().create_preset("nano", &Default::default()).unwrap();
+    let f32_rec = h
+        .models()
+        .register_file(export(&h, &nano, GgufType::F32, &d.path().join("nano-f32.gguf")), &named("g-f32"))
+        .unwrap();
+    // From the f32 file, every type is what exporting the original gives, tensor for
+    // tensor and key for key (the tokenizer keys are the file's own).
+    for q in [GgufType::F32, GgufType::F16, GgufType::Bf16, GgufType::Q8_0, GgufType::Q4_0, GgufType::Q4KM] {
+        let want = export(&h, &nano, q, &d.path().join(format!("orig-{q}.gguf")));
+        let got = export(&h, &f32_rec, q, &d.path().join(format!("again-{q}.gguf")));
+        same_gguf(&want, &got);
+    }
+    // At its own type a quantized file is copied block for block, and runs the same.
+    for (q, name) in [(GgufType::Q8_0, "q8_0"), (GgufType::Q4KM, "q4_k_m")] {
+        let src = d.path().join(format!("orig-{q}.gguf"));
+        let rec = h.models().register_file(&src, &named(&format!("g-{name}"))).unwrap();
+        let again = export(&h, &rec, q, &d.path().join(format!("same-{name}.gguf")));
+        same_gguf(&src, &again);
+        let back = h.models().register_file(&again, &named(&format!("g-{name}-again"))).unwrap();
+        assert_eq!(greedy(&h, &back.reference(), None), greedy(&h, &rec.reference(), None), "{name}");
+    }
+    // Blocks that anneal's quantizer would not write (every int8 value halved: no block
+    // reaches 127 any more) are still copied as they are, not requantized.
+    let src = GgufFile::open(d.path().join("orig-q8_0.gguf")).unwrap();
+    let odd = d.path().join("odd-q8_0.gguf");
+    let infos: Vec<(String, Vec<u64>, GgmlType)> =
+        src.tensors.iter().map(|t| (t.name.clone(), t.dims.clone(), t.ty)).collect();
+    let mut w =
+        GgufWriter::new(std::io::BufWriter::new(fs::File::create(&odd).unwrap()), &odd, &src.metadata, &infos).unwrap();
+    for t in &src.tensors {
+        let mut b = src.tensor_bytes(&t.name).unwrap();
+        if t.ty == GgmlType::Q8_0 {
+            for block in b.chunks_exact_mut(34) {
+                for v in &mut block[2..] {
+                    *v = ((*v as i8) / 2) as u8;
+                }
+            }
+        }
+        w.write_tensor(&t.name, &b).unwrap();
+    }
+    std::io::Write::flush(&mut w.finish().unwrap()).unwrap();
+    let rec = h.models().register_file(&odd, &named("odd")).unwrap();
+    same_gguf(&odd, &export(&h, &rec, GgufType::Q8_0, &d.path().join("odd-again.gguf")));
+    // To another type: quantized from the dequantized values (q8_0 -> f16 rounds the
+    // 8-bit values; q8_0 -> q4_0 requantizes them).
+    let q8 = GgufFile::open(d.path().join("orig-q8_0.gguf")).unwrap();
+    let q8_rec = h.models().resolve("g-q8_0").unwrap();
+    for q in [GgufType::F16, GgufType::Q4_0] {
+        let f = GgufFile::open(export(&h, &q8_rec, q, &d.path().join(format!("from-q8-{q}.gguf")))).unwrap();
+        assert_eq!(f.tensors.len(), q8.tensors.len());
+        for t in &f.tensors {
+            let want = anneal::gguf::quantize(t.ty, &q8.tensor_f32(&t.name).unwrap()).unwrap();
+            assert!(f.tensor_bytes(&t.name).unwrap() == want, "{} ({})", t.name, t.ty);
+        }
+        assert!(f.tensors.iter().any(|t| t.ty != GgmlType::F32 && t.ty != GgmlType::Q8_0), "{q}");
+    }
+    // Ollama: the model file is the same re-export.
+    let dir = export_as(&h, &q8_rec, ExportFormat::Ollama, &d.path().join("ollama"));
+    let o = ExportOptions { quantization: Some(GgufType::F16), ..Default::default() };
+    h.models().export(&q8_rec.id, ExportFormat::Gguf, d.path().join("q8-f16.gguf"), &o).unwrap();
+    same_gguf(&d.path().join("q8-f16.gguf"), &dir.join("model.gguf"));
+    assert!(fs::read_to_string(dir.join("Modelfile")).unwrap().contains("FROM ./model.gguf"));
+}
+
+#[test]
+fn a_gguf_model_exports_to_hf_and_as_a_bundle() {
+    let d = tempfile::tempdir().unwrap();
+    let h = Home::open(d.path().join("h")).unwrap();
+    for fixture in ["tiny-gpt2", "tiny-qwen2", "tiny-llama"] {
+        // f32: the safetensors hold the original's values; transformers' names and layout.
+        let orig = h.models().register_dir(common::fixtures().join(fixture), &named(fixture)).unwrap();
+        let f = export(&h, &orig, GgufType::F32, &d.path().join(format!("{fixture}.gguf")));
+        let rec = h.models().register_file(&f, &named(&format!("{fixture}-gguf"))).unwrap();
+        let dir = export_as(&h, &rec, ExportFormat::Hf, &d.path().join(format!("{fixture}-hf")));
+        let mut names: Vec<String> =
+            fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        let want = [
+            "README.md",
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ];
+        assert_eq!(names, want, "{fixture}");
+        let card = fs::read_to_string(dir.join("README.md")).unwrap();
+        assert!(card.contains("GGUF weights") && card.contains("dequantized"), "{card}");
+        let back = h.models().register_dir(&dir, &named(&format!("{fixture}-hf"))).unwrap();
+        assert_eq!((back.dtype.as_str(), back.params), ("f32", orig.params));
+        let load = |r: &ModelRecord| {
+            let st = r.files.iter().find(|f| f.name.ends_with(".safetensors")).unwrap();
+            let mut t: Vec<(String, Vec<f32>)> =
+                candle_core::safetensors::load(r.path.join(&st.name), &candle_core::Device::Cpu)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(k, v)| {
+                        (
+                            k.strip_prefix("transformer.").unwrap_or(&k).to_string(),
+                            v.flatten_all().unwrap().to_vec1().unwrap(),
+                        )
+                    })
+                    .collect();
+            t.sort_by(|a, b| a.0.cmp(&b.0));
+            t
+        };
+        let (a, b) = (load(&orig), load(&back));
+        // The original may hold buffers or a tied head that the loader does not take.
+        for (name, x) in &b {
+            let y = &a.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{fixture}: {name}")).1;
+            assert!(x == y, "{fixture}: {name}");
+        }
+        assert_eq!(greedy(&h, &back.reference(), None), greedy(&h, fixture, None), "{fixture}");
+        same_token_ids(&orig, &back);
+    }
+
+    // q8_0: f32 safetensors of the dequantized values; quantized again they are the same
+    // blocks, and run as the GGUF file does.
+    let nano = h.models().create_preset("nano", &Default::default()).unwrap();
+    let q8_file = export(&h, &nano, GgufType::Q8_0, &d.path().join("nano-q8.gguf"));
+    let q8 = h.models().register_file(&q8_file, &named("nano-q8")).unwrap();
+    let dir = export_as(&h, &q8, ExportFormat::Hf, &d.path().join("nano-q8-hf"));
+    let back = h.models().register_dir(&dir, &named("nano-q8-hf")).unwrap();
+    assert_eq!(back.dtype, "f32");
+    let again = export(&h, &back, GgufType::Q8_0, &d.path().join("nano-q8-again.gguf"));
+    same_gguf(&q8_file, &again);
+    assert_eq!(greedy(&h, "nano-q8-hf", Some("q8_0")), greedy(&h, "nano-q8", None));
+    // Sharded like any merged export.
+    let o = ExportOptions { max_shard_bytes: Some(64 << 10), ..Default::default() };
+    h.models().export(&q8.id, ExportFormat::Hf, d.path().join("sharded"), &o).unwrap();
+    assert!(d.path().join("sharded/model.safetensors.index.json").is_file());
+    let sharded = h.models().register_dir(d.path().join("sharded"), &named("nano-q8-sharded")).unwrap();
+    assert_eq!(greedy(&h, &sharded.reference(), Some("q8_0")), greedy(&h, "nano-q8", None));
+
+    // A bundle carries the GGUF file and its derived files; another home restores it
+    // under the same id and content, runs it, and exports it again.
+    let q4 =
+        h.models().register_file(export(&h, &nano, GgufType::Q4KM, &d.path().join("q4.gguf")), &named("q4")).unwrap();
+    let zip = export_as(&h, &q4, ExportFormat::Bundle, &d.path().join("q4.zip"));
+    let other = Home::open(d.path().join("other")).unwrap();
+    let got = other.models().import_bundle(&zip, &ImportBundleOptions::default()).unwrap();
+    assert_eq!((&got.id, &got.sha256, got.dtype.as_str()), (&q4.id, &q4.sha256, "q4_k_m"));
+    assert_eq!(greedy(&other, "q4", None), greedy(&h, "q4", None));
+    let o = ExportOptions { quantization: Some(GgufType::Q4KM), ..Default::default() };
+    other.models().export(&got.id, ExportFormat::Gguf, d.path().join("q4-again.gguf"), &o).unwrap();
+    same_gguf(&d.path().join("q4.gguf"), &d.path().join("q4-again.gguf"));
+}
+
+#[test]
+fn a_gguf_file_without_a_tokenizer_exports_where_it_can() {
+    let d = tempfile::tempdir().unwrap();
+    let h = Home::open(d.path().join("h")).unwrap();
+    let nano = h.models().create_preset("nano", &Default::default()).unwrap();
+    let good = export(&h, &nano, GgufType::Q8_0, &d.path().join("good.gguf"));
+    let bare = d.path().join("bare.gguf");
+    rewrite(&good, &bare, |m| m.retain(|(k, _)| !k.starts_with("tokenizer.")), |_, t| t);
+    let rec = h.models().register_file(&bare, &named("bare")).unwrap();
+    assert_eq!(rec.tokenizer, None);
+    for (format, dest) in [(ExportFormat::Gguf, "x.gguf"), (ExportFormat::Ollama, "ollama")] {
+        let e = h.models().export(&rec.id, format, d.path().join(dest), &ExportOptions::default()).unwrap_err();
+        assert_eq!(e.code(), "invalid_config", "{e}");
+        assert!(e.to_string().contains("without a tokenizer"), "{e}");
+        assert!(!d.path().join(dest).exists(), "nothing left behind");
+    }
+    let e =
+        h.models().export(&rec.id, ExportFormat::Peft, d.path().join("peft"), &ExportOptions::default()).unwrap_err();
+    assert_eq!(e.code(), "invalid_config", "{e}");
+    // The weights still leave as safetensors, and whole as a bundle.
+    let dir = export_as(&h, &rec, ExportFormat::Hf, &d.path().join("hf"));
+    assert!(dir.join("model.safetensors").is_file() && !dir.join("tokenizer.json").exists());
+    let zip = export_as(&h, &rec, ExportFormat::Bundle, &d.path().join("bare.zip"));
+    let other = Home::open(d.path().join("other")).unwrap();
+    assert_eq!(other.models().import_bundle(&zip, &ImportBundleOptions::default()).unwrap().sha256, rec.sha256);
+    let g = other.generator("bare", &GeneratorOptions::default()).unwrap();
+    let cfg = GenerationConfig { max_new_tokens: Some(16), ignore_eos: true, ..Default::default() };
+    assert_eq!(g.generate(vec![3u32, 17, 42, 7, 99], &cfg).unwrap().token_ids, greedy(&h, "bare", None));
+}
+
 #[test]
 fn a_gguf_model_is_a_lora_base() {
     let d = tempfile::tempdir().unwrap();
@@ -309,6 +521,22 @@ fn a_gguf_model_is_a_lora_base() {
     let cfg = GenerationConfig { max_new_tokens: Some(16), ignore_eos: true, ..Default::default() };
     let unmerged = g.generate(vec![3u32, 17, 42, 7, 99], &cfg).unwrap().token_ids;
     assert_eq!(unmerged.len(), merged.len());
+
+    // Exported merged: as HF (the base's derived files, no GGUF file) and as GGUF; both
+    // run as the generator runs the adapter merged (dense, then q8_0).
+    let dir = export_as(&h, &adapter, ExportFormat::Hf, &d.path().join("merged"));
+    assert!(!dir.join("model.gguf").exists() && dir.join("tokenizer.json").is_file());
+    h.models().register_dir(&dir, &named("merged-hf")).unwrap();
+    assert_eq!(greedy(&h, "merged-hf", Some("q8_0")), merged);
+    let o = ExportOptions { quantization: Some(GgufType::Q8_0), merge: Some(true), ..Default::default() };
+    h.models().export(&adapter.id, ExportFormat::Gguf, d.path().join("merged.gguf"), &o).unwrap();
+    h.models().register_file(d.path().join("merged.gguf"), &named("merged-gguf")).unwrap();
+    assert_eq!(greedy(&h, "merged-gguf", None), merged);
+    // Unmerged: a GGUF LoRA adapter for the GGUF base file.
+    let o = ExportOptions { quantization: Some(GgufType::F32), ..Default::default() };
+    h.models().export(&adapter.id, ExportFormat::Gguf, d.path().join("adapter.gguf"), &o).unwrap();
+    let a = GgufFile::open(d.path().join("adapter.gguf")).unwrap();
+    assert_eq!(a.get("general.type").and_then(|v| v.as_str()), Some("adapter"));
 }
 
 /// Peak-memory probe, not a CI test. `ANNEAL_RSS_DIR=<dir> ANNEAL_RSS_PHASE=write` writes

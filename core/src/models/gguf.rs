@@ -182,6 +182,28 @@ fn to_hf(x: Vec<f32>, m: &Mapped) -> Vec<f32> {
     }
 }
 
+/// Whether the model directory `dir` holds a registered GGUF file (`model.gguf`, no
+/// safetensors weights).
+pub(crate) fn is_gguf_model(dir: &Path) -> bool {
+    dir.join(GGUF_FILE).is_file() && super::load::weight_files(dir).is_err()
+}
+
+/// The f32 values of tensor `m` of `file` in transformers' layout (dequantized; Llama's
+/// q/k rows back to rotate-half, GPT-2's Conv1D transposed back), after checking its
+/// GGML dims against the config.
+pub(crate) fn hf_values(file: &GgufFile, m: &Mapped) -> Result<Vec<f32>> {
+    let info = file.tensor(&m.gguf).ok_or_else(|| {
+        Error::data(Location::file(&file.path).field(&m.gguf), "missing tensor required by config.json")
+    })?;
+    if info.dims != m.ggml_dims() {
+        return Err(Error::data(
+            Location::file(&file.path).field(&m.gguf),
+            format!("tensor has GGML dims {:?}, config.json implies {:?}", info.dims, m.ggml_dims()),
+        ));
+    }
+    Ok(to_hf(file.tensor_f32(&m.gguf)?, m))
+}
+
 /// A matrix of a block-quantized type as a [`Q8Weight`] `[out, in]` (transformers'
 /// row order; a Conv1D weight as its transpose, which is how the GGUF holds it).
 fn q8_of(file: &GgufFile, m: &Mapped, ty: GgmlType) -> Result<Q8Weight> {
@@ -229,7 +251,7 @@ pub(crate) struct GgufLoad {
 /// `Some` when the model in `dir` is a registered GGUF file (no safetensors weights).
 pub(crate) fn gguf_load(dir: &Path, cfg: &ModelConfig) -> Result<Option<GgufLoad>> {
     let path = dir.join(GGUF_FILE);
-    if !path.is_file() || super::load::weight_files(dir).is_ok() {
+    if !is_gguf_model(dir) {
         return Ok(None);
     }
     let file = GgufFile::open(&path)?;
@@ -269,17 +291,11 @@ impl Weights {
             let info = file.tensor(&m.gguf).ok_or_else(|| {
                 Error::data(Location::file(path).field(&m.gguf), "missing tensor required by config.json")
             })?;
-            if info.dims != m.ggml_dims() {
-                return Err(Error::data(
-                    Location::file(path).field(&m.gguf),
-                    format!("tensor has GGML dims {:?}, config.json implies {:?}", info.dims, m.ggml_dims()),
-                ));
-            }
-            if quantized && m.matrix && keeps_quantized(info.ty) && device.is_cpu() {
+            if quantized && m.matrix && keeps_quantized(info.ty) && device.is_cpu() && info.dims == m.ggml_dims() {
                 q8.insert(m.hf.clone(), Arc::new(q8_of(&file, &m, info.ty)?));
                 continue;
             }
-            let x = to_hf(file.tensor_f32(&m.gguf)?, &m);
+            let x = hf_values(&file, &m)?;
             let t = Tensor::from_vec(x, m.shape.as_slice(), device)?;
             let t = if dtype == DType::F32 { t } else { t.to_dtype(dtype)? };
             tensors.insert(m.hf, t);

@@ -29,7 +29,7 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value as Json};
 
-use crate::error::{Error, Location, Result};
+use crate::error::{Error, IoResultExt, Location, Result};
 use crate::gguf::{GgmlType, GgufFile, Value};
 use crate::models::gguf::{tensor_map, GGUF_FILE};
 use crate::models::ModelConfig;
@@ -274,29 +274,7 @@ pub(super) fn inspect(path: &Path) -> Result<GgufModel> {
         other => other,
     })?;
 
-    // Every tensor the loader takes: present, with the dims the hyperparameters imply,
-    // of a type anneal reads.
-    let mut params = 0u64;
-    let mut by_type: HashMap<GgmlType, u64> = HashMap::new();
-    for t in tensor_map(&cfg)? {
-        let loc = || Location::file(path).field(t.gguf.clone());
-        let info =
-            file.tensor(&t.gguf).ok_or_else(|| Error::data(loc(), "missing tensor required by the hyperparameters"))?;
-        if info.dims != t.ggml_dims() {
-            return Err(Error::data(
-                loc(),
-                format!("tensor has GGML dims {:?}, the hyperparameters imply {:?}", info.dims, t.ggml_dims()),
-            ));
-        }
-        if !info.ty.is_convertible() {
-            return Err(Error::data(
-                loc(),
-                format!("tensor type {} is not supported (f32, f16, bf16, q8_0, q4_0, q5_0, q4_K, q6_K are)", info.ty),
-            ));
-        }
-        params += info.elements();
-        *by_type.entry(info.ty).or_default() += info.elements();
-    }
+    let (params, by_type) = check_tensors(&file, &cfg)?;
     let dtype = m
         .get("general.file_type")
         .and_then(Value::as_u64)
@@ -328,6 +306,62 @@ pub(super) fn inspect(path: &Path) -> Result<GgufModel> {
         diffusion_lora: None,
     };
     Ok(GgufModel { file, inspected, tokenizer })
+}
+
+/// Every tensor the loader takes for `cfg`: present in `file`, with the dims the
+/// hyperparameters imply, of a type anneal reads. Returns the parameter count and the
+/// elements of each type.
+fn check_tensors(file: &GgufFile, cfg: &ModelConfig) -> Result<(u64, HashMap<GgmlType, u64>)> {
+    let path = &file.path;
+    let mut params = 0u64;
+    let mut by_type: HashMap<GgmlType, u64> = HashMap::new();
+    for t in tensor_map(cfg)? {
+        let loc = || Location::file(path).field(t.gguf.clone());
+        let info =
+            file.tensor(&t.gguf).ok_or_else(|| Error::data(loc(), "missing tensor required by the hyperparameters"))?;
+        if info.dims != t.ggml_dims() {
+            return Err(Error::data(
+                loc(),
+                format!("tensor has GGML dims {:?}, the hyperparameters imply {:?}", info.dims, t.ggml_dims()),
+            ));
+        }
+        if !info.ty.is_convertible() {
+            return Err(Error::data(
+                loc(),
+                format!("tensor type {} is not supported (f32, f16, bf16, q8_0, q4_0, q5_0, q4_K, q6_K are)", info.ty),
+            ));
+        }
+        params += info.elements();
+        *by_type.entry(info.ty).or_default() += info.elements();
+    }
+    Ok((params, by_type))
+}
+
+/// Checks a model directory that holds a registered GGUF file beside its derived files
+/// (a bundle being restored): the file as [`inspect`] checks it, every tensor the
+/// config.json beside it implies (present, with its dims), and the tokenizer files
+/// (they must load). The model is described with that config.json.
+pub(super) fn inspect_dir(dir: &Path) -> Result<Inspected> {
+    let model = inspect(&dir.join(GGUF_FILE))?;
+    let p = dir.join("config.json");
+    let text = std::fs::read_to_string(&p).with_path(&p)?;
+    let config: Json = serde_json::from_str(&text).map_err(|e| Error::data(Location::file(&p), e.to_string()))?;
+    let cfg = ModelConfig::from_json(&config).map_err(|e| match e {
+        Error::InvalidConfig { field, reason } => Error::data(Location::file(&p).field(field), reason),
+        other => other,
+    })?;
+    check_tensors(&model.file, &cfg)?;
+    let mut files = vec![GGUF_FILE.to_string()];
+    files.extend(SIDE_FILES.iter().filter(|f| dir.join(f).is_file()).map(|f| f.to_string()));
+    files.sort();
+    let tokenizer = if dir.join("tokenizer.json").is_file() {
+        Tokenizer::from_dir(dir)
+            .map_err(|e| Error::data(Location::file(dir.join("tokenizer.json")), format!("does not load: {e}")))?;
+        Some("tokenizer.json".to_string())
+    } else {
+        None
+    };
+    Ok(Inspected { config, files, tokenizer, ..model.inspected })
 }
 
 impl GgufModel {

@@ -336,7 +336,11 @@ fn inspect_staged(
             rec.files.iter().map(|f| f.name.clone()).collect(),
         ));
     }
-    let inspected = inspect::inspect_dir(dir, budget)?;
+    let inspected = if crate::models::gguf::is_gguf_model(dir) {
+        crate::registry::gguf_in::inspect_dir(dir)?
+    } else {
+        inspect::inspect_dir(dir, budget)?
+    };
     if inspected.kind != rec.kind && !(rec.kind == ModelKind::Full && inspected.kind == ModelKind::Base) {
         return Err(Error::data(
             Location::file(dir),

@@ -74,6 +74,12 @@ pub(super) fn render(chain: &Chain, format: ExportFormat, base_name: &str) -> St
     } else if let Some(b) = &lin.base_ref {
         row("base", b.clone());
     }
+    for r in chain.base.iter().chain(std::iter::once(m)) {
+        if r.files.iter().any(|f| f.name == crate::models::gguf::GGUF_FILE) {
+            let what = if format == ExportFormat::Hf { ", dequantized for this export" } else { "" };
+            row("GGUF weights", format!("{}: {} tensors from `{}`{what}", r.reference(), r.dtype, r.source));
+        }
+    }
     if let Some(p) = &lin.preset {
         row("preset", format!("{p} (seed {})", lin.seed.unwrap_or(0)));
     }

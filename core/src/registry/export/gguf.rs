@@ -36,6 +36,14 @@
 //!   EOT / UNK / padding ids, `add_bos_token`, `chat_template`. The vocabulary is
 //!   padded to `vocab_size` with `[PAD<i>]` tokens of type unused, as the converter does.
 //!
+//! A model registered from a GGUF file (`register_file`) is written from that file: a
+//! tensor whose stored type is the type chosen for it is copied byte for byte (so
+//! `q8_0` -> `q8_0` or `q4_k_m` -> `q4_k_m` loses nothing), any other is dequantized
+//! and quantized to its new type (`q4_k_m` -> `f16` holds the 4-bit values; `q8_0` ->
+//! `q4_0` adds the 4-bit error to the 8-bit one); the `tokenizer.*` keys are the
+//! file's own. A GGUF file without a tokenizer cannot be written back for llama.cpp
+//! (`invalid_config`; `hf` and `bundle` take it).
+//!
 //! Not representable, so refused with `invalid_config`: GPT-2 with
 //! `scale_attn_by_inverse_layer_idx` or another activation than tanh-GELU, Qwen2 with
 //! Llama 3 RoPE scaling, tokenizers other than BPE. Mistral's sliding window is not
@@ -52,7 +60,7 @@ use serde_json::Value as Json;
 
 use super::Chain;
 use crate::error::{Error, IoResultExt, Location, Result};
-use crate::gguf::{self, GgmlType, GgufWriter, Value};
+use crate::gguf::{self, GgmlType, GgufFile, GgufWriter, Value};
 use crate::models::{self, memory, LoadOptions, Model, ModelConfig, RopeScaling};
 use crate::registry::ModelRegistry;
 use crate::tokenizer::Tokenizer;
@@ -474,6 +482,12 @@ fn llama3_rope_factors(cfg: &ModelConfig) -> Vec<f32> {
 trait Source {
     /// The values of `name`, row-major in transformers' layout, which has `shape`.
     fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+
+    /// The stored bytes of GGUF tensor `gguf` when the source already holds it as `ty`
+    /// with GGML dims `dims` (a registered GGUF file): written as they are.
+    fn raw(&mut self, _gguf: &str, _ty: GgmlType, _dims: &[u64]) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
 }
 
 /// A model directory's safetensors files, read one tensor at a time.
@@ -522,6 +536,58 @@ impl Source for FileSource {
         }
         Ok(vals)
     }
+}
+
+/// A registered GGUF file (`model.gguf`): each tensor dequantized and put back in
+/// transformers' layout, except that a tensor whose stored type is the type to write
+/// is copied byte for byte (re-exporting at the file's own type loses nothing; another
+/// type is quantized from the dequantized values).
+struct GgufSource {
+    file: GgufFile,
+    map: HashMap<String, models::gguf::Mapped>,
+}
+
+impl GgufSource {
+    fn open(dir: &Path, cfg: &ModelConfig) -> Result<Self> {
+        let file = GgufFile::open(dir.join(models::gguf::GGUF_FILE))?;
+        let map = models::gguf::tensor_map(cfg)?.into_iter().map(|m| (m.hf.clone(), m)).collect();
+        Ok(Self { file, map })
+    }
+}
+
+impl Source for GgufSource {
+    fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let m = self.map.get(name).ok_or_else(|| Error::Internal(format!("no GGUF tensor for `{name}`")))?;
+        if m.shape != shape {
+            return Err(Error::Internal(format!("GGUF `{}` maps to shape {:?}, not {shape:?}", m.gguf, m.shape)));
+        }
+        models::gguf::hf_values(&self.file, m)
+    }
+
+    fn raw(&mut self, gguf: &str, ty: GgmlType, dims: &[u64]) -> Result<Option<Vec<u8>>> {
+        match self.file.tensor(gguf) {
+            Some(info) if info.ty == ty && info.dims == dims => Ok(Some(self.file.tensor_bytes(gguf)?)),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The `tokenizer.*` keys of the registered GGUF file of `rec`, as they are: the
+/// vocabulary llama.cpp read from that file before.
+fn gguf_tokenizer_metadata(rec: &ModelRecord) -> Result<Vec<(String, Value)>> {
+    let f = GgufFile::open(rec.path.join(models::gguf::GGUF_FILE))?;
+    let keys: Vec<(String, Value)> = f.metadata.iter().filter(|(k, _)| k.starts_with("tokenizer.")).cloned().collect();
+    if !keys.iter().any(|(k, _)| k == "tokenizer.ggml.tokens") {
+        return Err(Error::config(
+            "format",
+            format!(
+                "{} was registered from a GGUF file without a tokenizer (no `tokenizer.ggml.tokens`), and \
+                 llama.cpp needs one: export it as `hf` or `bundle`",
+                rec.reference()
+            ),
+        ));
+    }
+    Ok(keys)
 }
 
 /// Tensors already in memory (a base with an adapter merged in).
@@ -580,8 +646,16 @@ pub(super) fn write_model(
     let cfg = ModelConfig::from_json(&base.config)?;
     let arch = Arch::of(&cfg, &m.reference())?;
     let q = opts.quantization.unwrap_or(GgufType::F16);
-    let tok = Tokenizer::load(base)?;
+    // A registered GGUF file keeps its own tokenizer keys; other models get them from
+    // tokenizer.json.
+    let from_gguf = models::gguf::is_gguf_model(&base.path);
+    let tokenizer = if from_gguf {
+        gguf_tokenizer_metadata(base)?
+    } else {
+        tokenizer_metadata(&base.path, &cfg, &Tokenizer::load(base)?)?
+    };
     let mut source: Box<dyn Source> = match &chain.base {
+        None if from_gguf => Box::new(GgufSource::open(&m.path, &cfg)?),
         None => Box::new(FileSource::open(&m.path)?),
         Some(base) => {
             let f32_bytes = memory::param_count(&cfg).saturating_mul(4);
@@ -601,12 +675,17 @@ pub(super) fn write_model(
     let types: Vec<GgmlType> =
         planned.iter().map(|t| tensor_type(q, t, cfg.num_hidden_layers, cfg.tie_word_embeddings)).collect();
     let mut meta = model_metadata(&cfg, arch, &m.name, q);
-    meta.extend(tokenizer_metadata(&base.path, &cfg, &tok)?);
+    meta.extend(tokenizer);
     let infos: Vec<(String, Vec<u64>, GgmlType)> =
         planned.iter().zip(&types).map(|(t, ty)| (t.gguf.clone(), t.dims(), *ty)).collect();
     let file = fs::File::create(path).with_path(path)?;
     let mut w = GgufWriter::new(BufWriter::with_capacity(1 << 20, file), path, &meta, &infos)?;
     for (t, ty) in planned.iter().zip(&types) {
+        if let Some(bytes) = source.raw(&t.gguf, *ty, &t.dims())? {
+            w.write_tensor(&t.gguf, &bytes)?;
+            step()?;
+            continue;
+        }
         let x = match &t.hf {
             Some(hf) => apply(t.transform, source.get(hf, &t.shape)?, &t.shape),
             None => llama3_rope_factors(&cfg),

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::{card, copy_checked, Chain};
 use crate::error::{Error, IoResultExt, Result};
 use crate::events::CancelToken;
+use crate::gguf::GgufFile;
 use crate::models::{self, memory, LoadOptions, Model, ModelConfig};
 use crate::registry::ModelRegistry;
 use crate::types::{ExportFormat, ExportOptions, Family, ModelKind, ModelRecord};
@@ -22,12 +23,18 @@ const DEFAULT_SHARD_BYTES: u64 = 2 << 30;
 
 /// Files of a text model directory that are weights or describe weights: written anew.
 fn is_weights(name: &str) -> bool {
-    name.ends_with(".safetensors") || name.ends_with(".bin") || name.ends_with(".index.json") || name == "README.md"
+    name.ends_with(".safetensors")
+        || name.ends_with(".bin")
+        || name.ends_with(".index.json")
+        || name.ends_with(".gguf")
+        || name == "README.md"
 }
 
 /// `hf`: base and full models as they are stored (every file, checked against its
 /// recorded sha256), an adapter merged into its base's weights (in the base's dtype),
-/// plus `generation_config.json` when missing and a model card.
+/// a model registered from a GGUF file as safetensors dequantized from it (beside the
+/// config.json and tokenizer files derived at registration), plus
+/// `generation_config.json` when missing and a model card.
 pub(super) fn write_merged(
     registry: &ModelRegistry,
     chain: &Chain,
@@ -53,6 +60,15 @@ pub(super) fn write_merged(
                     m.reference()
                 ),
             ))
+        }
+        (_, None) if models::gguf::is_gguf_model(&m.path) => {
+            gguf_weights(registry, m, dir, opts, step)?;
+            for f in &m.files {
+                if !is_weights(&f.name) {
+                    copy_checked(m, &f.name, &dir.join(&f.name), cancel)?;
+                    step()?;
+                }
+            }
         }
         (_, None) => {
             for f in &m.files {
@@ -96,21 +112,75 @@ fn merged_weights(
     model.load_adapter(&adapter.path)?;
     model.merge_lora()?;
     step()?;
-    let out_dtype = match base.dtype.as_str() {
+    let out_dtype = float_dtype(&base.dtype);
+    let mut weights: HashMap<String, Tensor> = model.named_weights()?.into_iter().collect();
+    drop(model);
+    let sizes = weights.iter().map(|(n, t)| (n.clone(), (t.elem_count() * out_dtype.size_in_bytes()) as u64)).collect();
+    let limit = opts.max_shard_bytes.unwrap_or(DEFAULT_SHARD_BYTES);
+    write_shards(dir, sizes, limit, step, |name| {
+        let t = weights.remove(name).ok_or_else(|| Error::Internal(format!("merged model has no `{name}`")))?;
+        Ok(t.to_dtype(out_dtype)?)
+    })
+}
+
+/// The safetensors dtype of a record's `dtype`: its own float type, f32 for anything
+/// else (a block-quantized GGUF file's dequantized values are exact in f32).
+fn float_dtype(dtype: &str) -> DType {
+    match dtype {
         "f16" | "float16" => DType::F16,
         "bf16" | "bfloat16" => DType::BF16,
         _ => DType::F32,
-    };
-    let mut weights = model.named_weights()?;
-    drop(model);
-    weights.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+}
+
+/// The weights of model `m`, registered from a GGUF file, as safetensors: every tensor
+/// the family's loader takes, dequantized one at a time into transformers' names and
+/// layout, in the file's float type (f32 for a block-quantized file).
+fn gguf_weights(
+    registry: &ModelRegistry,
+    m: &ModelRecord,
+    dir: &Path,
+    opts: &ExportOptions,
+    step: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
+    let cfg = ModelConfig::from_json(&m.config)?;
+    let file = GgufFile::open(m.path.join(models::gguf::GGUF_FILE))?;
+    let out_dtype = float_dtype(&m.dtype);
+    let mapped: HashMap<String, models::gguf::Mapped> =
+        models::gguf::tensor_map(&cfg)?.into_iter().map(|t| (t.hf.clone(), t)).collect();
+    let sizes: Vec<(String, u64)> = mapped
+        .values()
+        .map(|t| (t.hf.clone(), (t.shape.iter().product::<usize>() * out_dtype.size_in_bytes()) as u64))
+        .collect();
     let limit = opts.max_shard_bytes.unwrap_or(DEFAULT_SHARD_BYTES);
-    let mut shards: Vec<Vec<(String, Tensor)>> = vec![Vec::new()];
-    let mut size = 0u64;
-    let mut total = 0u64;
-    for (name, t) in weights {
-        let t = t.to_dtype(out_dtype)?;
-        let bytes = (t.elem_count() * out_dtype.size_in_bytes()) as u64;
+    // One shard is in memory at a time (plus the f32 values of one tensor).
+    let total: u64 = sizes.iter().map(|(_, b)| b).sum();
+    let biggest = sizes.iter().map(|(_, b)| *b).max().unwrap_or(0);
+    let shard = total.min(limit).max(biggest);
+    memory::Estimate::new()
+        .add("weights", "one safetensors shard", u128::from(shard))
+        .check(registry.store().memory_limit)?;
+    write_shards(dir, sizes, limit, step, |name| {
+        let t = mapped.get(name).ok_or_else(|| Error::Internal(format!("no GGUF tensor for `{name}`")))?;
+        let x = models::gguf::hf_values(&file, t)?;
+        Ok(Tensor::from_vec(x, t.shape.as_slice(), &Device::Cpu)?.to_dtype(out_dtype)?)
+    })
+}
+
+/// Writes tensors (name, size in bytes) in name order into `model.safetensors`, or
+/// into shards of at most `limit` bytes with `model.safetensors.index.json`; `tensor`
+/// makes each tensor when its shard is written.
+fn write_shards(
+    dir: &Path,
+    mut sizes: Vec<(String, u64)>,
+    limit: u64,
+    step: &mut dyn FnMut() -> Result<()>,
+    mut tensor: impl FnMut(&str) -> Result<Tensor>,
+) -> Result<()> {
+    sizes.sort();
+    let mut shards: Vec<Vec<String>> = vec![Vec::new()];
+    let (mut size, mut total) = (0u64, 0u64);
+    for (name, bytes) in sizes {
         if size > 0 && size + bytes > limit {
             shards.push(Vec::new());
             size = 0;
@@ -118,25 +188,25 @@ fn merged_weights(
         size += bytes;
         total += bytes;
         if let Some(s) = shards.last_mut() {
-            s.push((name, t));
+            s.push(name);
         }
     }
     let n = shards.len();
     let meta = || Some(HashMap::from([("format".to_string(), "pt".to_string())]));
-    if n == 1 {
-        let tensors: HashMap<String, Tensor> = shards.pop().unwrap_or_default().into_iter().collect();
-        models::write_safetensors_with_metadata(&tensors, meta(), &dir.join("model.safetensors"))?;
-        return step();
-    }
     let mut map = serde_json::Map::new();
-    for (i, shard) in shards.into_iter().enumerate() {
-        let file = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
-        for (name, _) in &shard {
-            map.insert(name.clone(), Value::String(file.clone()));
+    for (i, names) in shards.into_iter().enumerate() {
+        let file =
+            if n == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{n:05}.safetensors", i + 1) };
+        let mut tensors = HashMap::new();
+        for name in names {
+            tensors.insert(name.clone(), tensor(&name)?);
+            map.insert(name, Value::String(file.clone()));
         }
-        let tensors: HashMap<String, Tensor> = shard.into_iter().collect();
         models::write_safetensors_with_metadata(&tensors, meta(), &dir.join(&file))?;
         step()?;
+    }
+    if n == 1 {
+        return Ok(());
     }
     let index = json!({"metadata": {"total_size": total}, "weight_map": map});
     write_json(&dir.join("model.safetensors.index.json"), &index)
