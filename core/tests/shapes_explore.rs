@@ -143,7 +143,11 @@ fn explore() {
     let unet = UNet2DConditionModel::load(dir.join("unet"), &lo).unwrap();
     let te = ClipTextModel::load(dir.join("text_encoder"), &lo).unwrap();
     let live = sd.with_unet(unet.clone()).unwrap().with_text_encoder(te.clone()).unwrap();
-    eprintln!("unet params {} te params {}", unet.num_params().unwrap(), te.trainable_vars().iter().map(|v| v.elem_count()).sum::<usize>());
+    eprintln!(
+        "unet params {} te params {}",
+        unet.num_params().unwrap(),
+        te.trainable_vars().iter().map(|v| v.elem_count()).sum::<usize>()
+    );
     let per: usize = env("X_PER", 4);
     let res = p.resolution;
     // ground-truth classify accuracy at this size
@@ -275,12 +279,15 @@ fn explore() {
                 sc.3
             );
         }
-        }
+    }
     for combo in envs("X_FINAL", "").split(';').filter(|c| !c.is_empty()) {
         let f: Vec<&str> = combo.split(':').collect();
         let (st, g): (usize, f64) = (f[1].parse().unwrap(), f[2].parse().unwrap());
         let file = format!("{out_dir}/final-{}-{st}-{g}.png", f[0]);
         let sc = score_with(&live, 4, Some(Path::new(&file)), f[0], st, g);
-        eprintln!("final {combo}: score {:.3} colour {:.3} shape {:.3} (gen {:.1}s, 48 images)", sc.0, sc.1, sc.2, sc.3);
+        eprintln!(
+            "final {combo}: score {:.3} colour {:.3} shape {:.3} (gen {:.1}s, 48 images)",
+            sc.0, sc.1, sc.2, sc.3
+        );
     }
 }

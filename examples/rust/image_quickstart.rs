@@ -23,8 +23,8 @@
 //!    that ignores the prompt matches 1 in 4 colours, 1 in 3 shapes, 1 in 12 both.
 
 use anneal::diffusion::image::{self, RgbImage};
-use anneal::diffusion::shapes::{self, ShapesScore};
 use anneal::diffusion::presets;
+use anneal::diffusion::shapes::{self, ShapesScore};
 use anneal::{
     CancelToken, GeneratedPng, Home, ImageImportOptions, ImageRequest, ImageTrainOptions, Method, ModelRecord,
     OnDuplicate, PresetOptions, TerminalSink, Throttle, TrainSpec,
@@ -160,7 +160,12 @@ fn main() -> Result<()> {
     report("before training", &before);
     report("after training ", &after);
     let chance = ShapesScore::chance();
-    println!("chance (a painter that ignores the prompt): {} (colour {}, shape {})", pct(chance.both), pct(chance.color), pct(chance.shape));
+    println!(
+        "chance (a painter that ignores the prompt): {} (colour {}, shape {})",
+        pct(chance.both),
+        pct(chance.color),
+        pct(chance.shape)
+    );
     let path = home.root().join("image_quickstart.png");
     grid(&[&before_images, &after_images], per_prompt, &path)?;
     println!("wrote {} (top: untrained, bottom: trained; prompts: {})", path.display(), prompts().join(", "));

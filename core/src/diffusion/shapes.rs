@@ -319,12 +319,7 @@ pub fn evaluate(images: &[(usize, usize, &[u8])], prompts: &[&str]) -> Result<Sh
         both += usize::from(c && s);
     }
     let n = images.len().max(1) as f64;
-    Ok(ShapesScore {
-        images: images.len(),
-        color: color as f64 / n,
-        shape: shape as f64 / n,
-        both: both as f64 / n,
-    })
+    Ok(ShapesScore { images: images.len(), color: color as f64 / n, shape: shape as f64 / n, both: both as f64 / n })
 }
 
 /// The share of images whose dominant colour and shape ([`classify`]) are both the
