@@ -11,10 +11,54 @@ use anneal::diffusion::{image as img, shapes};
 
 use crate::errors::sync;
 
-/// Every colour x shape caption, e.g. "a red circle".
+/// Every colour x shape caption, e.g. "a red circle", in the order the datasets cycle
+/// through them.
 #[napi(namespace = "shapes")]
 pub fn prompts() -> Vec<String> {
-    (0..12).map(shapes::pair).map(|(c, s)| shapes::caption(c, s)).collect()
+    shapes::prompts()
+}
+
+/// The `tiny-shapes` preset's recommended training and sampling settings, and its
+/// resolution.
+#[napi(object, namespace = "shapes")]
+pub struct ShapesRecommended {
+    pub resolution: u32,
+    pub steps: u32,
+    pub batch_size: u32,
+    pub learning_rate: f64,
+    pub warmup_steps: u32,
+    /// `constant`, `linear` or `cosine`.
+    pub schedule: String,
+    /// Min-SNR-gamma loss weighting, if any.
+    pub snr_gamma: Option<f64>,
+    pub train_text_encoder: bool,
+    pub caption_dropout: f64,
+    /// The sampler (`ddpm`, `ddim`, ...), its steps and the guidance scale.
+    pub scheduler: String,
+    pub inference_steps: u32,
+    pub guidance_scale: f64,
+}
+
+/// The `tiny-shapes` preset's recommended training and sampling settings.
+#[napi(namespace = "shapes")]
+pub fn recommended() -> napi::Result<ShapesRecommended> {
+    let p = anneal::diffusion::presets::find("tiny-shapes")
+        .ok_or_else(|| napi::Error::from_reason("no tiny-shapes preset"))?;
+    let r = p.recommended;
+    Ok(ShapesRecommended {
+        resolution: p.resolution as u32,
+        steps: r.steps as u32,
+        batch_size: r.batch_size as u32,
+        learning_rate: r.learning_rate,
+        warmup_steps: r.warmup_steps as u32,
+        schedule: r.schedule.to_string(),
+        snr_gamma: r.snr_gamma,
+        train_text_encoder: r.train_text_encoder,
+        caption_dropout: r.caption_dropout,
+        scheduler: r.scheduler.to_string(),
+        inference_steps: r.inference_steps as u32,
+        guidance_scale: r.guidance_scale,
+    })
 }
 
 /// Writes `n` captioned `size` x `size` PNG pictures and `metadata.jsonl` into `dir`,

@@ -75,9 +75,53 @@ pub fn score(py: Python<'_>, images: Vec<Bound<'_, PyAny>>, prompts: Vec<String>
     shapes::score(&views, &prompts).map_err(|e| to_pyerr(py, e))
 }
 
-/// `shapes_write_imagefolder`, `shapes_evaluate`, `shapes_chance` and `shapes_score`
-/// (wrapped by `anneal.shapes`).
+/// The `tiny-shapes` preset's recommended training and sampling settings, with its
+/// `resolution` (anneal::diffusion::presets::Recommended, as a dict).
+#[pyfunction(name = "shapes_recommended")]
+pub fn recommended(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    let p = anneal::diffusion::presets::find("tiny-shapes")
+        .ok_or_else(|| to_pyerr(py, anneal::Error::Internal("no tiny-shapes preset".into())))?;
+    let mut v = serde_json::to_value(p.recommended);
+    if let Ok(serde_json::Value::Object(m)) = &mut v {
+        m.insert("resolution".into(), p.resolution.into());
+    }
+    crate::conv::json_to_py(py, v)
+}
+
+/// One PNG (bytes) holding `rows[r][c]` (PNG bytes or PIL images) row by row on a
+/// white canvas, each picture enlarged `scale` times (nearest neighbour).
+#[pyfunction(name = "shapes_grid")]
+#[pyo3(signature = (rows, scale=1))]
+pub fn grid<'py>(py: Python<'py>, rows: Vec<Vec<Bound<'py, PyAny>>>, scale: usize) -> PyResult<Bound<'py, PyBytes>> {
+    let mut decoded = Vec::with_capacity(rows.len());
+    for row in &rows {
+        decoded.push(decode(py, row)?);
+    }
+    let png = py.enter_core(move || {
+        let big = |i: &img::RgbImage| -> anneal::Result<img::RgbImage> {
+            let (w, h, rgb) = shapes::enlarge(&i.data, i.width as usize, i.height as usize, scale)?;
+            img::RgbImage::new(w as u32, h as u32, rgb)
+        };
+        let cells: Vec<Vec<img::RgbImage>> =
+            decoded.iter().map(|r| r.iter().map(big).collect()).collect::<anneal::Result<_>>()?;
+        let refs: Vec<Vec<&img::RgbImage>> = cells.iter().map(|r| r.iter().collect()).collect();
+        img::encode_png(&img::grid(&refs)?)
+    })?;
+    Ok(PyBytes::new(py, &png))
+}
+
+/// Every colour x shape caption, e.g. "a red circle".
+#[pyfunction(name = "shapes_prompts")]
+pub fn prompts() -> Vec<String> {
+    shapes::prompts()
+}
+
+/// `shapes_write_imagefolder`, `shapes_evaluate`, `shapes_chance`, `shapes_score`,
+/// `shapes_recommended`, `shapes_prompts` and `shapes_grid` (wrapped by `anneal.shapes`).
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(recommended, m)?)?;
+    m.add_function(wrap_pyfunction!(prompts, m)?)?;
+    m.add_function(wrap_pyfunction!(grid, m)?)?;
     m.add_function(wrap_pyfunction!(write_imagefolder, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(chance, m)?)?;

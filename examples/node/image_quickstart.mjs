@@ -4,14 +4,16 @@
 // Output: training progress; before and after training, the share of generated images
 //         whose dominant colour, shape, and both match their prompt; and
 //         <home>/image_quickstart.png (top row: the untrained model, bottom row: trained).
-//         `--smoke` trains 20 steps and scores 12 images (for CI).
+//         `--smoke` runs the same loop in a few seconds (48 pictures, 4 training steps,
+//         12 images of 4 denoising steps): it shows that everything runs, not that
+//         anything is learned.
 //
-// It draws a toy dataset itself (480 16x16 pictures of a red, green, blue or yellow
-// circle, square or triangle on white, captioned "a red circle", ...), imports it as an
-// image dataset, creates the from-scratch `tiny-shapes` text-to-image preset, trains its
-// UNet with the preset's recommended settings (the text encoder keeps its random
-// weights), and scores both models: 4 images for each of the 12 prompts, each classified
-// from its pixels alone. Same settings and seeds as the Rust example, so the same numbers.
+// It draws a toy dataset itself (480 pictures of a red, green, blue or yellow circle,
+// square or triangle on white, captioned "a red circle", ...), imports it as an image
+// dataset, creates the from-scratch `tiny-shapes` text-to-image preset, trains it with the
+// preset's recommended settings (`shapes.recommended()`), and scores both models: 4
+// images for each of the 12 prompts, each classified from its pixels alone. Same
+// settings and seeds as the Rust example, so the same lines.
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 import fs from 'node:fs'
@@ -23,15 +25,16 @@ const { Home, shapes } = anneal
 const started = Date.now()
 const smoke = process.argv.includes('--smoke')
 const args = process.argv.slice(2).filter((a) => !a.startsWith('--'))
-// The tiny-shapes preset's recommended settings (anneal::diffusion::presets).
-const [STEPS, BATCH, LR, WARMUP, SCHEDULE] = [1200, 8, 3e-3, 20, 'cosine']
-const TRAIN = { snrGamma: 5.0, trainTextEncoder: false, captionDropout: 0.1 }
-const SAMPLING = { steps: 25, guidanceScale: 3.0, scheduler: 'ddpm' }
-const SIZE = 16 // the preset's resolution
-const IMAGES = 480
-const SCORE_SEED = 1234
-const [steps, perPrompt] = smoke ? [20, 1] : [STEPS, 4]
-const pct = (x) => `${Math.round(x * 100)}%`
+const SCORE_SEED = 1234 // seed of the scored images (the same for both models)
+const rec = shapes.recommended()
+const [images, steps, perPrompt, samplingSteps] = smoke ? [48, 4, 1, 4] : [480, rec.steps, 4, rec.inferenceSteps]
+// Rounded half to even, as Rust's and Python's formatting round (12.5% -> 12%).
+const pct = (x) => {
+  const v = x * 100
+  const f = Math.floor(v)
+  const r = v - f > 0.5 || (v - f === 0.5 && f % 2 === 1) ? f + 1 : f
+  return `${r}%`
+}
 
 const progress = (e) => {
   if (e.type === 'step' && (e.step % 100 === 0 || e.step === e.totalSteps)) {
@@ -43,7 +46,10 @@ const progress = (e) => {
 async function score(modelId) {
   const prompts = shapes.prompts()
   const gen = await home.imageGenerator(modelId)
-  const out = await gen.generate(prompts, { numImages: perPrompt, seed: SCORE_SEED, ...SAMPLING })
+  const out = await gen.generate(prompts, {
+    numImages: perPrompt, seed: SCORE_SEED, steps: samplingSteps,
+    guidanceScale: rec.guidanceScale, scheduler: rec.scheduler,
+  })
   const wanted = prompts.flatMap((p) => Array(perPrompt).fill(p))
   return [shapes.evaluate(out.images.map((i) => i.png), wanted), out.images]
 }
@@ -53,10 +59,11 @@ const report = (when, s) =>
 
 const home = Home.open(args[0] ?? 'anneal-home')
 
-// 1. The toy dataset, drawn and imported (reused when this runs again).
-const name = `shapes-${SIZE}px`
+// 1. The toy dataset, drawn at the preset's size and imported (reused when this runs again).
+const size = rec.resolution
+const name = `shapes-${size}px-${images}`
 const folder = path.join(home.root, `image-quickstart-${name}`)
-if (!fs.existsSync(path.join(folder, 'metadata.jsonl'))) shapes.writeImagefolder(folder, IMAGES, SIZE, 0)
+if (!fs.existsSync(path.join(folder, 'metadata.jsonl'))) shapes.writeImagefolder(folder, images, size, 0)
 const data = await home.datasets().importImages(folder, { name, onDuplicate: 'reuse' })
 console.log(`dataset ${name}: ${data.numRecords} images`)
 
@@ -68,24 +75,27 @@ report('before training', before)
 
 // 3. Training with the preset's recommended settings.
 const trained = await home.training().train({
-  base: base.id, dataset: data.id, method: 'full', maxSteps: steps, batchSize: BATCH,
-  learningRate: LR, warmupSteps: WARMUP, schedule: SCHEDULE, seed: 0, outputName: 'shapes-painter',
+  base: base.id, dataset: data.id, method: 'full', maxSteps: steps, batchSize: rec.batchSize,
+  learningRate: rec.learningRate, warmupSteps: Math.min(rec.warmupSteps, steps), schedule: rec.schedule,
+  seed: 0, outputName: 'shapes-painter',
   image: {
-    ...TRAIN,
+    snrGamma: rec.snrGamma ?? undefined, trainTextEncoder: rec.trainTextEncoder, captionDropout: rec.captionDropout,
     validationPrompts: ['a red circle', 'a blue square', 'a yellow triangle'],
-    validationEvery: Math.max(Math.floor(steps / 2), 1), validationSteps: SAMPLING.steps,
-    validationGuidanceScale: SAMPLING.guidanceScale, validationScheduler: SAMPLING.scheduler,
+    validationEvery: Math.max(Math.floor(steps / 2), 1), validationSteps: samplingSteps,
+    validationGuidanceScale: rec.guidanceScale, validationScheduler: rec.scheduler,
   },
 }, { onEvent: progress })
-console.log(`trained in ${trained.durationS.toFixed(0)} s (${trained.steps} steps, final loss ${trained.finalLoss.toFixed(4)})`)
+const model = await home.models().get(trained.modelId)
+console.log(`trained ${model.name}@${model.version} in ${trained.durationS.toFixed(0)} s (${trained.steps} steps, final loss ${trained.finalLoss.toFixed(4)})`)
 
 // 4. The numbers that show it learned, and the picture.
-const [after, afterImages] = await score(trained.modelId)
+const [after, afterImages] = await score(model.id)
 report('before training', before)
 report('after training ', after)
 const chance = shapes.chance()
 console.log(`chance (a painter that ignores the prompt): ${pct(chance.both)} (colour ${pct(chance.color)}, shape ${pct(chance.shape)})`)
-// One PNG: the first image of each prompt, untrained row above trained row, enlarged 4 times.
+if (smoke) console.log(`smoke run: ${steps} steps, too few to learn anything; the numbers above are not a result`)
+// The first image of each prompt, one row per model, enlarged 4 times.
 const rows = [beforeImages, afterImages].map((r) => r.filter((_, i) => i % perPrompt === 0).map((i) => i.png))
 const out = path.join(home.root, 'image_quickstart.png')
 fs.writeFileSync(out, shapes.grid(rows, 4))

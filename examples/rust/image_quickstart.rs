@@ -2,20 +2,21 @@
 //! with a number that it learned. Offline; no downloads.
 //!
 //! Run:    cargo run --release -p anneal-examples --example image_quickstart [-- <home dir>] [--smoke]
-//!         (default home ./anneal-home; `--smoke` trains 20 steps and scores 12 images, for CI)
+//!         (default home ./anneal-home; `--smoke` runs the same loop in a few seconds:
+//!         48 pictures, 4 training steps, 12 images of 4 denoising steps; it shows that
+//!         everything runs, not that anything is learned)
 //! Output: training progress; before and after training, the share of generated images
 //!         whose dominant colour, shape, and both match their prompt; and
 //!         `<home>/image_quickstart.png` (top row: the untrained model; bottom row: trained).
 //! Python: examples/python/image_quickstart.py   Node: examples/node/image_quickstart.mjs
-//!         (twins: same settings and seeds, so the same numbers)
+//!         (twins: same settings and seeds, the same lines)
 //!
 //! 1. Draws a toy dataset itself (`anneal::diffusion::shapes`): 480 pictures of a red,
 //!    green, blue or yellow circle, square or triangle on white, captioned "a red
 //!    circle", ..., and imports the folder as an image dataset (imagefolder layout).
-//! 2. Creates the `tiny-shapes` preset: a from-scratch 16x16 pixel-space UNet with a
-//!    small CLIP text encoder on a byte-level tokenizer, random weights from seed 0.
-//! 3. Trains the UNet with the preset's recommended settings (the text encoder keeps its
-//!    random weights: its features already tell the 12 captions apart).
+//! 2. Creates the `tiny-shapes` preset: a from-scratch pixel-space UNet with a small
+//!    CLIP text encoder on a byte-level tokenizer, random weights from seed 0.
+//! 3. Trains it with the preset's recommended settings (`presets::Recommended`).
 //! 4. Scores both models: it generates 4 images for each of the 12 prompts and
 //!    classifies each from its pixels alone (`shapes::evaluate`: nearest palette colour
 //!    per pixel, the largest one-colour region, and that region's geometry), then
@@ -26,29 +27,34 @@ use anneal::diffusion::image::{self, RgbImage};
 use anneal::diffusion::presets;
 use anneal::diffusion::shapes::{self, ShapesScore};
 use anneal::{
-    CancelToken, GeneratedPng, Home, ImageImportOptions, ImageRequest, ImageTrainOptions, Method, ModelRecord,
-    OnDuplicate, PresetOptions, TerminalSink, Throttle, TrainSpec,
+    CancelToken, Event, GeneratedPng, Home, ImageImportOptions, ImageRequest, ImageTrainOptions, Method, ModelRecord,
+    OnDuplicate, PresetOptions, TrainSpec,
 };
 use anyhow::{Context, Result};
 
-/// Training pictures drawn (each of the 12 colour x shape pairs equally often).
-const IMAGES: usize = 480;
 /// Seed of the generated images that are scored (the same for both models).
 const SCORE_SEED: u64 = 1234;
 
-/// Every colour x shape prompt, in a fixed order.
-fn prompts() -> Vec<String> {
-    (0..12).map(shapes::pair).map(|(c, s)| shapes::caption(c, s)).collect()
+/// What one run does: the full quickstart, or its `--smoke` form.
+struct Plan {
+    images: usize,
+    steps: usize,
+    per_prompt: usize,
+    sampling_steps: usize,
 }
 
-/// `per_prompt` images of `model` for every prompt, and how well they match.
-fn score(home: &Home, model: &ModelRecord, per_prompt: usize) -> Result<(ShapesScore, Vec<GeneratedPng>)> {
-    let rec = presets::find("tiny-shapes").context("the tiny-shapes preset")?.recommended;
+/// `plan.per_prompt` images of `model` for every prompt, and how well they match.
+fn score(
+    home: &Home,
+    model: &ModelRecord,
+    rec: &presets::Recommended,
+    plan: &Plan,
+) -> Result<(ShapesScore, Vec<GeneratedPng>)> {
     let generator = home.image_generator(&model.id, &Default::default())?;
     let req = ImageRequest {
-        prompts: prompts(),
-        num_images: Some(per_prompt),
-        steps: Some(rec.inference_steps),
+        prompts: shapes::prompts(),
+        num_images: Some(plan.per_prompt),
+        steps: Some(plan.sampling_steps),
         guidance_scale: Some(rec.guidance_scale),
         scheduler: Some(rec.scheduler.into()),
         seed: Some(SCORE_SEED),
@@ -56,7 +62,7 @@ fn score(home: &Home, model: &ModelRecord, per_prompt: usize) -> Result<(ShapesS
     };
     let out = generator.generate(&req)?;
     let images: Vec<(usize, usize, &[u8])> = out.images.iter().map(|i| (i.width, i.height, i.rgb.as_slice())).collect();
-    let wanted: Vec<&str> = req.prompts.iter().flat_map(|p| std::iter::repeat_n(p.as_str(), per_prompt)).collect();
+    let wanted: Vec<&str> = req.prompts.iter().flat_map(|p| std::iter::repeat_n(p.as_str(), plan.per_prompt)).collect();
     Ok((shapes::evaluate(&images, &wanted)?, out.images))
 }
 
@@ -90,6 +96,16 @@ fn grid(rows: &[&[GeneratedPng]], per_prompt: usize, path: &std::path::Path) -> 
     Ok(())
 }
 
+/// Prints a line every 100 steps and at the last one.
+fn progress(event: &Event) -> anneal::Result<()> {
+    if let Event::Step { step, total_steps, loss, .. } = event {
+        if step % 100 == 0 || step == total_steps {
+            println!("  step {step}/{total_steps} loss {loss:.4}");
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let started = std::time::Instant::now();
     let smoke = std::env::args().any(|a| a == "--smoke");
@@ -97,23 +113,27 @@ fn main() -> Result<()> {
     let home = Home::open(&dir)?;
     let preset = presets::find("tiny-shapes").context("the tiny-shapes preset")?;
     let rec = preset.recommended;
-    let (steps, per_prompt) = if smoke { (20, 1) } else { (rec.steps, 4) };
+    let plan = if smoke {
+        Plan { images: 48, steps: 4, per_prompt: 1, sampling_steps: 4 }
+    } else {
+        Plan { images: 480, steps: rec.steps, per_prompt: 4, sampling_steps: rec.inference_steps }
+    };
 
     // 1. The toy dataset, drawn at the preset's size and imported (reused when this runs again).
     let size = preset.resolution;
-    let name = format!("shapes-{size}px");
+    let name = format!("shapes-{size}px-{}", plan.images);
     let folder = home.root().join(format!("image-quickstart-{name}"));
     if !folder.join("metadata.jsonl").is_file() {
-        shapes::write_imagefolder(&folder, IMAGES, size, 0)?;
+        shapes::write_imagefolder(&folder, plan.images, size, 0)?;
     }
     let opts = ImageImportOptions { name: Some(name.clone()), on_duplicate: OnDuplicate::Reuse, ..Default::default() };
     let data = home.datasets().import_images(&folder, &opts)?;
-    println!("dataset {name}: {} images, e.g. {}", data.num_records, home.datasets().preview(&data.id, 1)?[0]);
+    println!("dataset {name}: {} images", data.num_records);
 
     // 2. The from-scratch base (a new version of `tiny-shapes` at each run).
     let base = home.models().create_preset("tiny-shapes", &PresetOptions { seed: 0, ..Default::default() })?;
-    println!("base {} ({} parameters): {}", base.reference(), base.params, preset.description);
-    let (before, before_images) = score(&home, &base, per_prompt)?;
+    println!("base {} ({} parameters)", base.reference(), base.params);
+    let (before, before_images) = score(&home, &base, &rec, &plan)?;
     report("before training", &before);
 
     // 3. Training with the preset's recommended settings.
@@ -121,10 +141,10 @@ fn main() -> Result<()> {
         base: base.id.clone().into(),
         dataset: data.id.clone(),
         method: Method::Full,
-        max_steps: Some(steps as u64),
+        max_steps: Some(plan.steps as u64),
         batch_size: rec.batch_size,
         learning_rate: rec.learning_rate,
-        warmup_steps: rec.warmup_steps as u64,
+        warmup_steps: rec.warmup_steps.min(plan.steps) as u64,
         schedule: rec.schedule,
         seed: 0,
         output_name: Some("shapes-painter".into()),
@@ -133,8 +153,8 @@ fn main() -> Result<()> {
             train_text_encoder: rec.train_text_encoder,
             caption_dropout: rec.caption_dropout,
             validation_prompts: vec!["a red circle".into(), "a blue square".into(), "a yellow triangle".into()],
-            validation_every: Some((steps as u64 / 2).max(1)),
-            validation_steps: rec.inference_steps,
+            validation_every: Some((plan.steps as u64 / 2).max(1)),
+            validation_steps: plan.sampling_steps,
             validation_guidance_scale: rec.guidance_scale,
             validation_scheduler: Some(rec.scheduler.into()),
             ..Default::default()
@@ -143,20 +163,18 @@ fn main() -> Result<()> {
     };
     let engine = home.training();
     let job = engine.create_job(&spec)?;
-    let mut sink = Throttle::new(TerminalSink::new(), std::time::Duration::from_millis(500));
-    let trained = engine.run(&job.id, &mut sink, &CancelToken::new())?;
+    let trained = engine.run(&job.id, &mut progress, &CancelToken::new())?;
     let model = home.models().get(&trained.model)?;
     println!(
-        "trained {} in {:.0} s ({} steps, final loss {:.4}); latest validation grid: {}",
+        "trained {} in {:.0} s ({} steps, final loss {:.4})",
         model.reference(),
         trained.duration_s,
         trained.steps,
-        trained.final_loss,
-        engine.job(&job.id)?.image.unwrap_or_default()
+        trained.final_loss
     );
 
     // 4. The numbers that show it learned, and the picture.
-    let (after, after_images) = score(&home, &model, per_prompt)?;
+    let (after, after_images) = score(&home, &model, &rec, &plan)?;
     report("before training", &before);
     report("after training ", &after);
     let chance = ShapesScore::chance();
@@ -166,9 +184,12 @@ fn main() -> Result<()> {
         pct(chance.color),
         pct(chance.shape)
     );
+    if smoke {
+        println!("smoke run: {} steps, too few to learn anything; the numbers above are not a result", plan.steps);
+    }
     let path = home.root().join("image_quickstart.png");
-    grid(&[&before_images, &after_images], per_prompt, &path)?;
-    println!("wrote {} (top: untrained, bottom: trained; prompts: {})", path.display(), prompts().join(", "));
+    grid(&[&before_images, &after_images], plan.per_prompt, &path)?;
+    println!("wrote {} (top: untrained, bottom: trained)", path.display());
     println!("done in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }

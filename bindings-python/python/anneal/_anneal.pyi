@@ -1632,6 +1632,25 @@ def shapes_score(images: builtins.list[Any], prompts: builtins.list[str]) -> flo
 def shapes_evaluate(images: builtins.list[Any], prompts: builtins.list[str]) -> ShapesScore: ...
 def shapes_chance() -> ShapesScore: ...
 
+class ShapesRecommended(TypedDict):
+    """The `tiny-shapes` preset's recommended training and sampling settings."""
+    learning_rate: float
+    warmup_steps: int
+    schedule: Schedule
+    steps: int
+    batch_size: int
+    snr_gamma: float | None
+    train_text_encoder: bool
+    scheduler: str
+    inference_steps: int
+    guidance_scale: float
+    caption_dropout: float
+    resolution: int
+
+def shapes_recommended() -> ShapesRecommended: ...
+def shapes_prompts() -> builtins.list[str]: ...
+def shapes_grid(rows: builtins.list[builtins.list[Any]], scale: int = 1) -> bytes: ...
+
 # ---------------------------------------------------------------- webhooks (home.webhooks())
 
 WebhookFormat = Literal["json", "discord", "slack"]

@@ -19,9 +19,9 @@
 //!
 //! Images are split over rayon's threads (each gemm single-threaded); with fewer images
 //! than threads (generation at batch 1 or 2) the gemms run multi-threaded instead. The
-//! im2col matrix is cut into column tiles of at most [`TILE_FLOATS`] floats, so a large
-//! image never needs its whole matrix at once; it is recomputed in the backward rather
-//! than kept. It applies to f32 tensors on the CPU with a square kernel and
+//! im2col matrix is cut into tiles of whole output rows, about [`TILE_FLOATS`] floats,
+//! so a large image never needs its whole matrix at once; it is recomputed in the
+//! backward rather than kept, in a buffer each thread keeps. It applies to f32 tensors on the CPU with a square kernel and
 //! `padding < kernel` (every convolution of the UNet and the VAE); anything else goes
 //! through candle's `conv2d` and a broadcast bias.
 
@@ -109,15 +109,20 @@ impl Geom {
         self.k == 1 && self.s == 1 && self.p == 0
     }
 
-    /// Output pixels per tile.
-    fn tile(&self) -> usize {
-        (TILE_FLOATS / self.kk().max(1)).max(64).min(self.pixels().max(1))
+    /// Output rows per tile: as many as fit in [`TILE_FLOATS`], at least one.
+    fn tile_rows(&self) -> usize {
+        (TILE_FLOATS / (self.kk() * self.ow).max(1)).clamp(1, self.oh.max(1))
     }
 
-    /// The column tiles `[n0, n1)` of one image.
+    /// Output pixels per tile (whole output rows).
+    fn tile(&self) -> usize {
+        self.tile_rows() * self.ow
+    }
+
+    /// The tiles of one image: output rows `[y0, y1)`.
     fn tiles(&self) -> impl Iterator<Item = (usize, usize)> {
-        let (n, t) = (self.pixels(), self.tile());
-        (0..n.div_ceil(t)).map(move |i| (i * t, ((i + 1) * t).min(n)))
+        let (oh, t) = (self.oh, self.tile_rows());
+        (0..oh.div_ceil(t)).map(move |i| (i * t, ((i + 1) * t).min(oh)))
     }
 
     /// Split the images over threads (gemms single-threaded), or run the gemms
@@ -135,25 +140,14 @@ impl Geom {
         }
     }
 
-    /// The output columns `ox` of row `oy` whose input column `ox * s + kx - p` lies in
-    /// the image, among `ox0..ox1`.
-    fn valid_cols(&self, kx: usize, ox0: usize, ox1: usize) -> (usize, usize) {
+    /// The output columns `ox` whose input column `ox * s + kx - p` lies in the image:
+    /// `lo..hi`.
+    fn valid_cols(&self, kx: usize) -> (usize, usize) {
         // ox * s + kx >= p and ox * s + kx - p <= w - 1.
         let lo = if kx >= self.p { 0 } else { (self.p - kx).div_ceil(self.s) };
         let hi = if self.w + self.p > kx { (self.w - 1 + self.p - kx) / self.s + 1 } else { 0 };
-        (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1).max(lo.clamp(ox0, ox1)))
-    }
-
-    /// Calls `f(row, oy, ox0, ox1, at)` for each output row segment of pixels
-    /// `n0..n1`: `at` is the segment's offset in the tile.
-    fn segments(&self, n0: usize, n1: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
-        let mut n = n0;
-        while n < n1 {
-            let (oy, ox0) = (n / self.ow, n % self.ow);
-            let ox1 = self.ow.min(ox0 + (n1 - n));
-            f(oy, ox0, ox1, n - n0);
-            n += ox1 - ox0;
-        }
+        let lo = lo.min(self.ow);
+        (lo, hi.clamp(lo, self.ow))
     }
 
     /// The input row `oy * s + ky - p`, if inside the image.
@@ -161,69 +155,81 @@ impl Geom {
         (oy * self.s + ky).checked_sub(self.p).filter(|&iy| iy < self.h)
     }
 
-    /// Writes the im2col columns of output pixels `n0..n1` of image `x` (`[c_in, h, w]`)
-    /// into `cols` (`[kk, n1 - n0]`).
-    fn im2col(&self, x: &[f32], n0: usize, n1: usize, cols: &mut [f32]) {
-        let t = n1 - n0;
-        let (k, s, p) = (self.k, self.s, self.p);
+    /// Writes the im2col columns of output rows `y0..y1` of image `x` (`[c_in, h, w]`)
+    /// into `cols` (`[kk, (y1 - y0) ow]`).
+    fn im2col(&self, x: &[f32], y0: usize, y1: usize, cols: &mut [f32]) {
+        let (k, s, p, ow) = (self.k, self.s, self.p, self.ow);
+        let t = (y1 - y0) * ow;
         for (r, row) in cols.chunks_exact_mut(t).enumerate().take(self.kk()) {
             let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
             let plane = &x[ci * self.h * self.w..][..self.h * self.w];
-            self.segments(n0, n1, |oy, ox0, ox1, at| {
-                let seg = &mut row[at..at + ox1 - ox0];
+            let (lo, hi) = self.valid_cols(kx);
+            let first = (lo * s + kx).saturating_sub(p);
+            for (oy, seg) in (y0..y1).zip(row.chunks_exact_mut(ow)) {
                 let Some(iy) = self.in_row(oy, ky) else {
                     seg.fill(0.0);
-                    return;
+                    continue;
                 };
-                let src = &plane[iy * self.w..][..self.w];
-                let (lo, hi) = self.valid_cols(kx, ox0, ox1);
-                seg[..lo - ox0].fill(0.0);
-                seg[hi - ox0..].fill(0.0);
-                let dst = &mut seg[lo - ox0..hi - ox0];
-                if dst.is_empty() {
-                    return;
-                }
-                let first = lo * s + kx - p;
+                seg[..lo].fill(0.0);
+                seg[hi..].fill(0.0);
+                let src = &plane[iy * self.w + first..];
+                let dst = &mut seg[lo..hi];
                 if s == 1 {
-                    dst.copy_from_slice(&src[first..first + dst.len()]);
+                    dst.copy_from_slice(&src[..dst.len()]);
                 } else {
-                    for (d, v) in dst.iter_mut().zip(src[first..].iter().step_by(s)) {
+                    for (d, v) in dst.iter_mut().zip(src.iter().step_by(s)) {
                         *d = *v;
                     }
                 }
-            });
+            }
         }
     }
 
-    /// The adjoint of [`Self::im2col`]: adds the columns `cols` (`[kk, n1 - n0]`) of
-    /// pixels `n0..n1` back onto image `gx` (`[c_in, h, w]`).
-    fn col2im(&self, cols: &[f32], n0: usize, n1: usize, gx: &mut [f32]) {
-        let t = n1 - n0;
-        let (k, s, p) = (self.k, self.s, self.p);
+    /// The adjoint of [`Self::im2col`]: adds the columns `cols` (`[kk, (y1 - y0) ow]`)
+    /// of output rows `y0..y1` back onto image `gx` (`[c_in, h, w]`).
+    fn col2im(&self, cols: &[f32], y0: usize, y1: usize, gx: &mut [f32]) {
+        let (k, s, p, ow) = (self.k, self.s, self.p, self.ow);
+        let t = (y1 - y0) * ow;
         for (r, row) in cols.chunks_exact(t).enumerate().take(self.kk()) {
             let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
             let plane = &mut gx[ci * self.h * self.w..][..self.h * self.w];
-            self.segments(n0, n1, |oy, ox0, ox1, at| {
-                let Some(iy) = self.in_row(oy, ky) else { return };
-                let (lo, hi) = self.valid_cols(kx, ox0, ox1);
-                if lo >= hi {
-                    return;
-                }
-                let src = &row[at + lo - ox0..at + hi - ox0];
-                let first = iy * self.w + lo * s + kx - p;
-                let dst = &mut plane[first..];
+            let (lo, hi) = self.valid_cols(kx);
+            if lo >= hi {
+                continue;
+            }
+            let first = lo * s + kx - p;
+            for (oy, seg) in (y0..y1).zip(row.chunks_exact(ow)) {
+                let Some(iy) = self.in_row(oy, ky) else { continue };
+                let dst = &mut plane[iy * self.w + first..];
                 if s == 1 {
-                    for (d, v) in dst.iter_mut().zip(src) {
+                    for (d, v) in dst.iter_mut().zip(&seg[lo..hi]) {
                         *d += v;
                     }
                 } else {
-                    for (d, v) in dst.iter_mut().step_by(s).zip(src) {
+                    for (d, v) in dst.iter_mut().step_by(s).zip(&seg[lo..hi]) {
                         *d += v;
                     }
                 }
-            });
+            }
         }
     }
+}
+
+thread_local! {
+    /// The im2col tile of this thread, kept between calls (a fresh buffer per call is
+    /// page-faulted in again each time).
+    static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's im2col buffer, at least `len` floats long.
+fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    COLS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() < len {
+            c.resize(len, 0.0);
+        }
+        f(&mut c[..len])
+    })
 }
 
 /// A row-major (or transposed) view of a matrix inside a slice: element `(i, j)` at
@@ -362,13 +368,15 @@ impl CustomOp3 for Conv {
             if g.direct() {
                 return matmul((g.c_out, n, g.kk()), ob, 0, n, true, lhs, Mat::rows(xb, 0, n), g.gemm_par());
             }
-            let mut cols = vec![0f32; g.kk() * g.tile()];
-            for (n0, n1) in g.tiles() {
-                let t = n1 - n0;
-                g.im2col(xb, n0, n1, &mut cols[..g.kk() * t]);
-                matmul((g.c_out, t, g.kk()), ob, n0, n, true, lhs, Mat::rows(&cols, 0, t), g.gemm_par())?;
-            }
-            Ok(())
+            with_cols(g.kk() * g.tile(), |cols| {
+                for (y0, y1) in g.tiles() {
+                    let (n0, t) = (y0 * g.ow, (y1 - y0) * g.ow);
+                    let cols = &mut cols[..g.kk() * t];
+                    g.im2col(xb, y0, y1, cols);
+                    matmul((g.c_out, t, g.kk()), ob, n0, n, true, lhs, Mat::rows(cols, 0, t), g.gemm_par())?;
+                }
+                Ok(())
+            })
         };
         let pairs = x.chunks_exact(g.in_len().max(1)).zip(out.chunks_exact_mut(g.out_len().max(1)));
         if g.by_image() {
@@ -429,14 +437,15 @@ impl CustomOp2 for InputGrad {
             if g.direct() {
                 return matmul((g.kk(), n, g.c_out), xb, 0, n, false, lhs, Mat::rows(gb, 0, n), g.gemm_par());
             }
-            let mut cols = vec![0f32; g.kk() * g.tile()];
-            for (n0, n1) in g.tiles() {
-                let t = n1 - n0;
-                let tile = &mut cols[..g.kk() * t];
-                matmul((g.kk(), t, g.c_out), tile, 0, t, false, lhs, Mat::rows(gb, n0, n), g.gemm_par())?;
-                g.col2im(tile, n0, n1, xb);
-            }
-            Ok(())
+            with_cols(g.kk() * g.tile(), |cols| {
+                for (y0, y1) in g.tiles() {
+                    let (n0, t) = (y0 * g.ow, (y1 - y0) * g.ow);
+                    let tile = &mut cols[..g.kk() * t];
+                    matmul((g.kk(), t, g.c_out), tile, 0, t, false, lhs, Mat::rows(gb, n0, n), g.gemm_par())?;
+                    g.col2im(tile, y0, y1, xb);
+                }
+                Ok(())
+            })
         };
         let pairs = grad.chunks_exact(g.out_len().max(1)).zip(gx.chunks_exact_mut(g.in_len().max(1)));
         if g.by_image() {
@@ -470,20 +479,22 @@ impl CustomOp2 for KernelGrad {
         let len = g.c_out * g.kk();
         let n = g.pixels();
         // Adds image (xb, gb)'s `grad x cols^T` to `acc`.
-        let add = |acc: &mut Vec<f32>, xb: &[f32], gb: &[f32], cols: &mut Vec<f32>| -> Result<()> {
+        let add = |acc: &mut Vec<f32>, xb: &[f32], gb: &[f32]| -> Result<()> {
             if g.direct() {
                 // cols^T of the image itself: [n, c_in] read from [c_in, n].
                 let rhs = Mat::transposed(xb, 0, n);
                 return matmul((g.c_out, g.kk(), n), acc, 0, g.kk(), true, Mat::rows(gb, 0, n), rhs, g.gemm_par());
             }
-            cols.resize(g.kk() * g.tile(), 0.0);
-            for (n0, n1) in g.tiles() {
-                let t = n1 - n0;
-                g.im2col(xb, n0, n1, &mut cols[..g.kk() * t]);
-                let rhs = Mat::transposed(cols, 0, t);
-                matmul((g.c_out, g.kk(), t), acc, 0, g.kk(), true, Mat::rows(gb, n0, n), rhs, g.gemm_par())?;
-            }
-            Ok(())
+            with_cols(g.kk() * g.tile(), |cols| {
+                for (y0, y1) in g.tiles() {
+                    let (n0, t) = (y0 * g.ow, (y1 - y0) * g.ow);
+                    let cols = &mut cols[..g.kk() * t];
+                    g.im2col(xb, y0, y1, cols);
+                    let rhs = Mat::transposed(cols, 0, t);
+                    matmul((g.c_out, g.kk(), t), acc, 0, g.kk(), true, Mat::rows(gb, n0, n), rhs, g.gemm_par())?;
+                }
+                Ok(())
+            })
         };
         let pairs: Vec<(&[f32], &[f32])> =
             x.chunks_exact(g.in_len().max(1)).zip(grad.chunks_exact(g.out_len().max(1))).collect();
@@ -491,13 +502,12 @@ impl CustomOp2 for KernelGrad {
             pairs
                 .into_par_iter()
                 .try_fold(
-                    || (vec![0f32; len], Vec::new()),
-                    |(mut acc, mut cols), (xb, gb)| {
-                        add(&mut acc, xb, gb, &mut cols)?;
-                        Ok::<_, candle_core::Error>((acc, cols))
+                    || vec![0f32; len],
+                    |mut acc, (xb, gb)| {
+                        add(&mut acc, xb, gb)?;
+                        Ok::<_, candle_core::Error>(acc)
                     },
                 )
-                .map(|r| r.map(|(acc, _)| acc))
                 .try_reduce(
                     || vec![0f32; len],
                     |mut a, b| {
@@ -506,9 +516,9 @@ impl CustomOp2 for KernelGrad {
                     },
                 )?
         } else {
-            let (mut acc, mut cols) = (vec![0f32; len], Vec::new());
+            let mut acc = vec![0f32; len];
             for (xb, gb) in pairs {
-                add(&mut acc, xb, gb, &mut cols)?;
+                add(&mut acc, xb, gb)?;
             }
             acc
         };
@@ -573,9 +583,11 @@ mod tests {
             (3, 2, 1, 7, 7, 2, 3, 2),
             (3, 1, 0, 5, 6, 3, 2, 2),
             (3, 2, 1, 8, 8, 4, 4, 3),
-            // More than one tile per image: kk = 64 * 9 = 576 rows, tiles of 455 pixels.
+            // More than one tile per image: kk = 64 * 9 = 576 rows, tiles of 18 output rows.
             (3, 1, 1, 24, 25, 64, 3, 1),
             (3, 1, 1, 24, 25, 64, 3, 4),
+            // Stride 2 over two tiles: kk = 1152, tiles of 10 of the 20 output rows.
+            (3, 2, 1, 40, 41, 128, 2, 1),
         ] {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1., (b, c_in, h, w_), &dev)?)?;
             let w = Var::from_tensor(&Tensor::randn(0f32, 1., (c_out, c_in, k, k), &dev)?)?;

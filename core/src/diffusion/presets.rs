@@ -42,7 +42,7 @@ use crate::types::Schedule;
 
 /// Training and sampling settings to start from for a preset (see the preset's
 /// description for what they were measured to reach).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Recommended {
     /// AdamW peak learning rate, after a linear warmup, then `schedule`.
     pub learning_rate: f64,

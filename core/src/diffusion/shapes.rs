@@ -101,6 +101,11 @@ pub fn caption(color: Color, shape: Shape) -> String {
     format!("a {} {}", color.name(), shape.name())
 }
 
+/// Every colour x shape caption, in [`pair`]'s order: "a red circle", "a green circle", ...
+pub fn prompts() -> Vec<String> {
+    (0..Color::ALL.len() * Shape::ALL.len()).map(pair).map(|(c, s)| caption(c, s)).collect()
+}
+
 /// The colour and shape a prompt names (the first colour word and the first shape word).
 pub fn parse_prompt(prompt: &str) -> (Option<Color>, Option<Shape>) {
     let words: Vec<String> =
