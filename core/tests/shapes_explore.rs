@@ -183,6 +183,7 @@ fn explore() {
     let cosine: bool = env("X_COSINE", false);
     let eval_every: f64 = env("X_EVAL_EVERY", 60.0);
     let params = candle_nn::ParamsAdamW { lr, weight_decay: env("X_WD", 0.0), ..Default::default() };
+    let all_vars = vars.clone();
     let mut opt = candle_nn::AdamW::new(vars, params).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(env("X_SEED", 0u64) + 5);
     let before = score(&live, per, None);
@@ -251,7 +252,25 @@ fn explore() {
         };
         let loss = mse.mean_all().unwrap();
         let tp = std::time::Instant::now();
-        let grads = loss.backward().unwrap();
+        let mut grads = loss.backward().unwrap();
+        // The engine's default: the global gradient norm clipped to X_CLIP (1.0).
+        let clip: f64 = env("X_CLIP", 1.0);
+        if clip > 0.0 {
+            let mut sq = 0f64;
+            for v in &all_vars {
+                if let Some(g) = grads.get(v) {
+                    sq += f64::from(g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap());
+                }
+            }
+            let norm = sq.sqrt();
+            if norm > clip {
+                for v in &all_vars {
+                    if let Some(g) = grads.remove(v) {
+                        grads.insert(v, (g * (clip / norm)).unwrap());
+                    }
+                }
+            }
+        }
         prof[2] += tp.elapsed().as_secs_f64();
         let tp = std::time::Instant::now();
         opt.step(&grads).unwrap();
