@@ -175,6 +175,9 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    // As the training engine does (util::AllocatorTuning: freed buffers are reused, not
+    // unmapped and page-faulted again by the next op).
+    let _malloc = anneal::AllocatorTuning::acquire();
     let mut model = load_model(model_path.as_path(), &LoadOptions { trainable: !lora, ..Default::default() })?;
     if lora {
         let targets: Vec<String> = if b.family == "gpt2" {
