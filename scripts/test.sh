@@ -14,8 +14,9 @@ CARGO_BUILD_TARGET="$(rustc -vV | sed -n 's/host: //p')"
 export CARGO_BUILD_TARGET
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-step() { printf '\n==> %s\n' "$*"; }
 started=$(date +%s)
+# Each step's header says how long the run has taken so far (where CI time goes).
+step() { printf '\n==> [%ss] %s\n' "$(( $(date +%s) - started ))" "$*"; }
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
