@@ -27,9 +27,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test (core, end-to-end tests, examples, benches)"
 cargo test
 
-step "quickstart example (dev profile; the README runs it with --release)"
+step "quickstart example (dev profile, --smoke; the README runs it in full with --release)"
 qs_home="$(mktemp -d)"
-cargo run -q -p anneal-examples --example quickstart -- "$qs_home/home"
+cargo run -q -p anneal-examples --example quickstart -- "$qs_home/home" --smoke
 rm -rf "$qs_home"
 step "continual example (dev profile: drift, retrain, gate, promote, webhook, plot)"
 ct_home="$(mktemp -d)"
