@@ -132,4 +132,4 @@ pub use types::{
 pub use types::{Delivery, DeliveryFilter, DeliveryReport, DeliveryStatus, Webhook, WebhookFormat, WebhookOptions};
 pub use types::{ImageImportOptions, ImageLayout, ImageStats, SizeStats};
 pub use types::{NewToken, TokenOptions, TokenRecord, TokenScope};
-pub use util::AllocatorTuning;
+pub use util::{on_compute_pool, AllocatorTuning};

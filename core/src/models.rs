@@ -631,8 +631,8 @@ pub(crate) mod ops {
     pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: ForwardMode) -> Result<Tensor> {
         Ok(match mode {
             ForwardMode::Infer => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?,
-            ForwardMode::Train if super::fused::usable(x) => {
-                x.contiguous()?.apply_op1(super::fused::Norm { eps: eps as f32, center: false })?.broadcast_mul(w)?
+            ForwardMode::Train if super::fused::usable(x) && super::fused::usable(w) => {
+                super::fused::AffineNorm::apply(x, w, None, eps as f32)?
             }
             ForwardMode::Train => {
                 let dtype = x.dtype();
@@ -647,11 +647,9 @@ pub(crate) mod ops {
     pub(crate) fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, mode: ForwardMode) -> Result<Tensor> {
         Ok(match mode {
             ForwardMode::Infer => candle_nn::ops::layer_norm(&x.contiguous()?, w, b, eps as f32)?,
-            ForwardMode::Train if super::fused::usable(x) => x
-                .contiguous()?
-                .apply_op1(super::fused::Norm { eps: eps as f32, center: true })?
-                .broadcast_mul(w)?
-                .broadcast_add(b)?,
+            ForwardMode::Train if super::fused::usable(x) && super::fused::usable(w) && super::fused::usable(b) => {
+                super::fused::AffineNorm::apply(x, w, Some(b), eps as f32)?
+            }
             ForwardMode::Train => {
                 let dtype = x.dtype();
                 let xf = x.to_dtype(DType::F32)?;

@@ -1,7 +1,8 @@
 //! anneal quickstart: train a model from scratch, then a LoRA adapter on a second task,
 //! and measure both on held-out examples before and after. Offline; no downloads.
 //!
-//! Run:    cargo run --release --example quickstart [-- <home dir>]   (default ./anneal-home)
+//! Run:    cargo run --release --example quickstart [-- <home dir>] [--smoke]   (default ./anneal-home)
+//!         (`--smoke`: 10 steps per job, 16 held-out words; what CI runs)
 //! Output: progress bars (plain lines without a TTY), then for each task the accuracy
 //!         on 100 held-out problems before and after training, sample generations, and
 //!         the registry with the trained models and their lineage.
@@ -38,7 +39,20 @@ use anyhow::Result;
 const UPPERCASE: &str = include_str!("../data/uppercase.jsonl");
 const DOUBLE: &str = include_str!("../data/double.jsonl");
 /// Held-out problems scored per task.
-const EVAL_N: usize = 100;
+/// `--smoke` (CI): 10 optimiser steps per job and 16 held-out problems, the whole flow
+/// in seconds; it shows that everything runs, not that the model learns.
+fn smoke() -> bool {
+    std::env::args().any(|a| a == "--smoke")
+}
+
+/// Held-out problems scored per model.
+fn eval_n() -> usize {
+    if smoke() {
+        16
+    } else {
+        100
+    }
+}
 
 fn import(home: &Home, name: &str, jsonl: &str) -> Result<(DatasetRecord, DatasetRecord)> {
     let datasets = home.datasets();
@@ -56,11 +70,11 @@ fn import(home: &Home, name: &str, jsonl: &str) -> Result<(DatasetRecord, Datase
     Ok((split.train, split.val))
 }
 
-/// Exact-match accuracy of greedy answers on the first `EVAL_N` held-out problems,
+/// Exact-match accuracy of greedy answers on the first `eval_n()` held-out problems,
 /// generated in one batch by a `Generator` (an adapter is merged into its base at load).
 fn accuracy(home: &Home, model: &ModelRecord, val: &DatasetRecord) -> Result<(f64, Vec<String>)> {
     let gen = home.generator(&model.id, &GeneratorOptions::default())?;
-    let records = home.datasets().preview(&val.id, EVAL_N)?;
+    let records = home.datasets().preview(&val.id, eval_n())?;
     let prompts: Vec<&str> = records.iter().map(|r| r["prompt"].as_str().unwrap_or_default()).collect();
     let cfg = GenerationConfig { max_new_tokens: Some(16), ..Default::default() }; // greedy, stops at EOS
     let outs = gen.generate_batch(&prompts, &cfg)?;
@@ -103,7 +117,8 @@ fn train(home: &Home, spec: TrainSpec) -> Result<ModelRecord> {
 
 fn main() -> Result<()> {
     let started = Instant::now();
-    let dir = std::env::args().nth(1).unwrap_or_else(|| "anneal-home".into());
+    let dir = std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_else(|| "anneal-home".into());
+    let max_steps = smoke().then_some(10);
     let home = Home::open(&dir)?;
     let models = home.models();
     println!("home: {}", home.root().display());
@@ -145,11 +160,12 @@ fn main() -> Result<()> {
             schedule: Schedule::Cosine,
             weight_decay: 0.01,
             output_name: Some("quickstart-upper".into()),
+            max_steps,
             ..Default::default()
         },
     )?;
     let (after, samples) = accuracy(&home, &upper, &add_val)?;
-    println!("uppercase accuracy on {EVAL_N} held-out words: {:.0}% -> {:.0}%", before * 100.0, after * 100.0);
+    println!("uppercase accuracy on {} held-out words: {:.0}% -> {:.0}%", eval_n(), before * 100.0, after * 100.0);
     for s in samples {
         println!("  {s}");
     }
@@ -174,12 +190,14 @@ fn main() -> Result<()> {
             warmup_steps: 10,
             schedule: Schedule::Cosine,
             output_name: Some("quickstart-double-lora".into()),
+            max_steps,
             ..Default::default()
         },
     )?;
     let (sub_after, samples) = accuracy(&home, &adapter, &sub_val)?;
     println!(
-        "double-letter accuracy on {EVAL_N} held-out words: {:.0}% (trained base) -> {:.0}% (with LoRA adapter, {} trainable parameters)",
+        "double-letter accuracy on {} held-out words: {:.0}% (trained base) -> {:.0}% (with LoRA adapter, {} trainable parameters)",
+        eval_n(),
         sub_before * 100.0,
         sub_after * 100.0,
         adapter.params

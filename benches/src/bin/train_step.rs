@@ -175,6 +175,9 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    // As the training engine does (util::AllocatorTuning: freed buffers are reused, not
+    // unmapped and page-faulted again by the next op).
+    let _malloc = anneal::AllocatorTuning::acquire();
     let mut model = load_model(model_path.as_path(), &LoadOptions { trainable: !lora, ..Default::default() })?;
     if lora {
         let targets: Vec<String> = if b.family == "gpt2" {
@@ -192,12 +195,21 @@ fn main() -> anyhow::Result<()> {
     let x = Tensor::from_vec(ids, (b.batch, b.seq), &dev)?;
     let y = Tensor::from_vec(labels, (b.batch, b.seq), &dev)?;
     let mut loss_v = 0f32;
+    // On the compute pool, as the engine's optimiser step (anneal::on_compute_pool).
+    let pool = std::env::var("ANNEAL_BENCH_NO_POOL").is_err();
     let mut step = || -> anyhow::Result<f32> {
-        let loss = model.loss(&x, &y, ForwardMode::Train)?;
-        let grads = loss.backward()?;
-        let grads: Vec<Option<Tensor>> = opt.params().iter().map(|(_, v)| grads.get(v).cloned()).collect();
-        opt.step(&grads, 1e-4)?;
-        Ok(loss.to_scalar::<f32>()?)
+        let mut one = || -> anyhow::Result<f32> {
+            let loss = model.loss(&x, &y, ForwardMode::Train)?;
+            let grads = loss.backward()?;
+            let grads: Vec<Option<Tensor>> = opt.params().iter().map(|(_, v)| grads.get(v).cloned()).collect();
+            opt.step(&grads, 1e-4)?;
+            Ok(loss.to_scalar::<f32>()?)
+        };
+        if pool {
+            anneal::on_compute_pool(one)
+        } else {
+            one()
+        }
     };
     for _ in 0..warmup {
         step()?;

@@ -130,27 +130,36 @@ impl Linear {
         }
         let n: usize = lead.iter().product();
         let x2 = x.reshape((n, in_f))?;
-        let mut y = match &self.weight {
-            Weight::Q8(q) => q.matmul(&x2)?,
-            Weight::Dense(w) if train && !w.is_variable() && fused::usable(&x2) && fused::usable(w) => {
-                fused::FrozenMatmul::apply(&x2, w, self.conv1d)?
+        let fused = match &self.weight {
+            Weight::Dense(w) => {
+                train && fused::usable(x) && fused::usable(w) && self.bias.as_ref().is_none_or(fused::usable)
             }
+            Weight::Q8(_) => false,
+        };
+        let mut y = match &self.weight {
+            // Training on the CPU: one node with its own backward, bias included.
+            Weight::Dense(w) if fused => fused::LinearOp::apply(x, w, self.bias.as_ref(), self.conv1d)?,
+            Weight::Q8(q) => q.matmul(&x2)?,
             Weight::Dense(w) if !train && !w.is_variable() && gemv::usable(&x2, w) => {
                 gemv::matmul(&x2, w, self.conv1d)?
             }
             Weight::Dense(w) if self.conv1d => x2.matmul(w)?,
             Weight::Dense(w) => x2.matmul(&w.t()?)?,
         };
-        if let Some(b) = &self.bias {
+        if let (Some(b), false) = (&self.bias, fused) {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = self.lora.as_ref().filter(|l| !l.merged) {
             let xd = if train && l.dropout > 0.0 { candle_nn::ops::dropout(&x2, l.dropout)? } else { x2 };
             let delta = xd.matmul(&l.a.as_tensor().t()?)?.matmul(&l.b.as_tensor().t()?)?;
-            y = (y + (delta * l.scale)?)?;
+            let delta = (delta * l.scale)?.reshape(y.shape())?;
+            y = (y + delta)?;
         }
         let mut out_dims = lead.to_vec();
         out_dims.push(out_f);
+        if y.dims() == out_dims.as_slice() {
+            return Ok(y);
+        }
         Ok(y.reshape(out_dims)?)
     }
 

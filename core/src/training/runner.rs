@@ -898,6 +898,10 @@ fn plan(spec: &TrainSpec, batches: usize) -> Result<(u64, u32)> {
 /// One optimiser step over the micro-batches `micro` (gradient accumulation,
 /// clipping, the learning-rate schedule). Diverging losses or gradients stop the run.
 fn optimiser_step(sess: &mut Session, micro: &[Vec<usize>]) -> Result<StepDone> {
+    util::on_compute_pool(|| optimiser_step_here(sess, micro))
+}
+
+fn optimiser_step_here(sess: &mut Session, micro: &[Vec<usize>]) -> Result<StepDone> {
     let t0 = Instant::now();
     let step = sess.s.step + 1;
     let diverged = |what: &str, v: f64| {

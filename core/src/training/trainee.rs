@@ -18,7 +18,7 @@ use crate::types::{DatasetFormat, Method, ModelRecord, TrainSpec};
 const SAMPLE_CHARS: usize = 120;
 
 /// One model being trained with its prepared data.
-pub(crate) trait Trainee {
+pub(crate) trait Trainee: Send {
     /// The weights the optimiser updates, by name (the names key the optimiser state).
     fn named_trainable_vars(&self) -> Vec<(String, Var)>;
     fn num_trainable_params(&self) -> usize;
