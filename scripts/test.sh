@@ -53,8 +53,9 @@ ct_home="$(mktemp -d)"
 "$ct_bin" "$ct_home/home" --smoke
 rm -rf "$ct_home"
 step "image quickstart example (dev profile, --smoke: the whole loop in a few steps)"
+iq_bin="$(example_bin image_quickstart)"
 iq_home="$(mktemp -d)"
-cargo run -q -p anneal-examples --example image_quickstart -- "$iq_home/home" --smoke
+"$iq_bin" "$iq_home/home" --smoke
 rm -rf "$iq_home"
 
 step "Python binding"

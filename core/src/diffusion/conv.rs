@@ -378,11 +378,11 @@ impl CustomOp3 for Conv {
                 Ok(())
             })
         };
-        let pairs = x.chunks_exact(g.in_len().max(1)).zip(out.chunks_exact_mut(g.out_len().max(1)));
+        let mut pairs = x.chunks_exact(g.in_len().max(1)).zip(out.chunks_exact_mut(g.out_len().max(1)));
         if g.by_image() {
             pairs.collect::<Vec<_>>().into_par_iter().try_for_each(image)?;
         } else {
-            pairs.map(image).collect::<Result<()>>()?;
+            pairs.try_for_each(image)?;
         }
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.c_out, g.oh, g.ow))))
     }
@@ -447,11 +447,11 @@ impl CustomOp2 for InputGrad {
                 Ok(())
             })
         };
-        let pairs = grad.chunks_exact(g.out_len().max(1)).zip(gx.chunks_exact_mut(g.in_len().max(1)));
+        let mut pairs = grad.chunks_exact(g.out_len().max(1)).zip(gx.chunks_exact_mut(g.in_len().max(1)));
         if g.by_image() {
             pairs.collect::<Vec<_>>().into_par_iter().try_for_each(image)?;
         } else {
-            pairs.map(image).collect::<Result<()>>()?;
+            pairs.try_for_each(image)?;
         }
         Ok((CpuStorage::F32(gx), Shape::from((b, c, h, wd))))
     }

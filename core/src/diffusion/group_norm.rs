@@ -92,8 +92,58 @@ fn stats(x: &[f32], eps: f64) -> (f32, f32) {
     (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
 }
 
-fn sigmoid(z: f32) -> f32 {
-    1.0 / (1.0 + (-z).exp())
+fused::simd_fn! {
+    /// `o = x * a + b`, then SiLU when `silu`.
+    fn affine_row(o: &mut [f32], x: &[f32], a: f32, b: f32, silu: bool) {
+        if silu {
+            for (o, &v) in o.iter_mut().zip(x) {
+                let z = v * a + b;
+                *o = z * fused::sigmoid(z);
+            }
+        } else {
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = v * a + b;
+            }
+        }
+    }
+}
+
+fused::simd_fn! {
+    /// One channel's backward up to the group reduction: `d = dz * gamma` into `dx`, and
+    /// `[Σ dz x̂, Σ dz, Σ d, Σ d x̂]` (eight partial sums each, so that it vectorises).
+    #[allow(clippy::too_many_arguments)]
+    fn channel_bwd(dx: &mut [f32], x: &[f32], gy: &[f32], mean: f32, rstd: f32, g: f32, b: f32, silu: bool) -> [f32; 4] {
+        let mut acc = [[0f32; 8]; 4];
+        for ((dc, xc), gc) in dx.chunks_mut(8).zip(x.chunks(8)).zip(gy.chunks(8)) {
+            for (k, ((d, &v), &gy)) in dc.iter_mut().zip(xc).zip(gc).enumerate() {
+                let xh = (v - mean) * rstd;
+                let dz = if silu {
+                    let z = xh * g + b;
+                    let s = fused::sigmoid(z);
+                    gy * s * (1.0 + z * (1.0 - s))
+                } else {
+                    gy
+                };
+                let dd = dz * g;
+                acc[0][k] += dz * xh;
+                acc[1][k] += dz;
+                acc[2][k] += dd;
+                acc[3][k] += dd * xh;
+                *d = dd;
+            }
+        }
+        acc.map(|a| a.iter().sum())
+    }
+}
+
+fused::simd_fn! {
+    /// `dx = rstd * (d - mean(d) - x̂ * mean(d x̂))` over one group, `d` already in `dx`.
+    fn group_bwd(dx: &mut [f32], x: &[f32], mean: f32, rstd: f32, mean_d: f32, mean_dx: f32) {
+        for (d, &v) in dx.iter_mut().zip(x) {
+            let xh = (v - mean) * rstd;
+            *d = rstd * (*d - mean_d - xh * mean_dx);
+        }
+    }
 }
 
 impl CustomOp3 for GroupNormOp {
@@ -126,16 +176,7 @@ impl CustomOp3 for GroupNormOp {
                 for (j, (o, xs)) in rows.enumerate() {
                     let a = rstd * gamma[c0 + j];
                     let b = beta[c0 + j] - mean * a;
-                    if self.silu {
-                        for (o, &v) in o.iter_mut().zip(xs) {
-                            let z = v * a + b;
-                            *o = z * sigmoid(z);
-                        }
-                    } else {
-                        for (o, &v) in o.iter_mut().zip(xs) {
-                            *o = v * a + b;
-                        }
-                    }
+                    affine_row(o, xs, a, b, self.silu);
                 }
             },
         );
@@ -186,33 +227,14 @@ impl GroupNormOp {
                 let rows = dx.chunks_exact_mut(spatial).zip(xs.chunks_exact(spatial).zip(gs.chunks_exact(spatial)));
                 for (j, (dx, (xs, gs))) in rows.enumerate() {
                     let (g, b) = (gamma[c0 + j], beta[c0 + j]);
-                    let (mut dg, mut db, mut sd, mut sdx) = (0f32, 0f32, 0f32, 0f32);
-                    for ((d, &v), &gy) in dx.iter_mut().zip(xs).zip(gs) {
-                        let xh = (v - mean) * rstd;
-                        let dz = if self.silu {
-                            let z = xh * g + b;
-                            let s = sigmoid(z);
-                            gy * s * (1.0 + z * (1.0 - s))
-                        } else {
-                            gy
-                        };
-                        dg += dz * xh;
-                        db += dz;
-                        let dd = dz * g;
-                        sd += dd;
-                        sdx += dd * xh;
-                        *d = dd;
-                    }
+                    let [dg, db, sd, sdx] = channel_bwd(dx, xs, gs, mean, rstd, g, b, self.silu);
                     sums.push((f64::from(dg), f64::from(db)));
                     sum_d += f64::from(sd);
                     sum_dx += f64::from(sdx);
                 }
                 let m = xs.len().max(1) as f64;
                 let (mean_d, mean_dx) = ((sum_d / m) as f32, (sum_dx / m) as f32);
-                for (d, &v) in dx.iter_mut().zip(xs) {
-                    let xh = (v - mean) * rstd;
-                    *d = rstd * (*d - mean_d - xh * mean_dx);
-                }
+                group_bwd(dx, xs, mean, rstd, mean_d, mean_dx);
                 sums
             })
             .collect();
