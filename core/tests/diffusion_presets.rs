@@ -415,7 +415,7 @@ fn env_or<T: std::str::FromStr>(k: &str, d: T) -> T {
 /// in the default run:
 ///
 /// ```text
-/// cargo test -p anneal --test diffusion_presets tiny_shapes_learns -- --ignored --nocapture
+/// cargo test -p anneal --test integration diffusion_presets::tiny_shapes_learns -- --ignored --nocapture
 /// ```
 ///
 /// `ANNEAL_SHAPES_STEPS`, `_LR`, `_BATCH`, `_DROPOUT`, `_TRAIN_TE` override the

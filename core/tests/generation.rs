@@ -1,7 +1,7 @@
 //! Generator on the public API: parity with transformers' greedy decoding (every
 //! family, the adapter merged and unmerged), sampling, stop sequences, streaming,
 //! batches, scoring, typed errors, and the catalog's usage records.
-//! Run: cargo test -p anneal --test generation
+//! Run: cargo test -p anneal --test integration generation::
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
