@@ -253,14 +253,18 @@ impl Generator {
         let direct =
             gguf.is_some() && dtype == DType::F32 && !(record.kind == ModelKind::Lora && options.merge_adapter);
         let quantize = quantize || (gguf.is_some() && dtype == DType::F32 && !direct);
+        // A safetensors model asked for as q8_0 is quantized while it is read, unless an
+        // adapter applies to it (merged into dense weights first, or switched per request).
+        let on_load = quantize && !crate::models::gguf::is_gguf_model(&base.path) && record.kind != ModelKind::Lora;
         let weights = match gguf {
             Some(g) if direct => g.quantized_bytes,
+            None if on_load => crate::models::gguf::quantized_bytes(&base_cfg)?,
             _ => memory::param_count(&base_cfg).saturating_mul(dtype_bytes),
         };
         let limit = registry.store().memory_limit;
         memory::Estimate::new().add("weights", "model", weights).check(limit)?;
         let lo = LoadOptions { trainable: false, dtype, device: Device::Cpu };
-        let mut model = Model::load_with(&base, &lo, direct)?;
+        let mut model = Model::load_with(&base, &lo, direct || on_load)?;
         model.prepare_for_inference()?;
         let tokenizer = if base.path.join("tokenizer.json").is_file() { Some(Tokenizer::load(&base)?) } else { None };
         let defaults = ModelDefaults::read(&base.path)?;

@@ -56,6 +56,25 @@ pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Err(Error::data(Location::file(single), "no weights: expected model.safetensors or model.safetensors.index.json"))
 }
 
+/// Matrices to hold as q8_0 while loading: file tensor name -> (the name the family
+/// loader asks for, whether the file holds it `[in, out]` as a Conv1D weight).
+pub(crate) type QuantizeOnLoad = HashMap<String, (String, bool)>;
+
+/// `t` (`[out, in]`, or `[in, out]` when `transposed`) as q8_0 `[out, in]`; `None` when
+/// it is not a matrix or its rows are not a whole number of blocks (it stays dense, as
+/// `Linear::quantize_q8` leaves such a layer).
+fn quantize_matrix(t: &Tensor, transposed: bool) -> Result<Option<super::gemv::Q8Weight>> {
+    let Ok((a, b)) = t.dims2() else { return Ok(None) };
+    let (out_f, in_f) = if transposed { (b, a) } else { (a, b) };
+    if !in_f.is_multiple_of(super::gemv::Q8_BLOCK) {
+        return Ok(None);
+    }
+    let t = t.to_dtype(DType::F32)?;
+    let t = if transposed { t.t()?.contiguous()? } else { t };
+    let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
+    Ok(Some(super::gemv::Q8Weight::from_f32(out_f, in_f, &values)?))
+}
+
 impl Weights {
     /// Loads every tensor of a model directory (`model.safetensors` or its shards),
     /// converted to `dtype`, on `device`.
@@ -68,8 +87,29 @@ impl Weights {
 
     /// Loads every tensor of `files` (shards of one model: a name may appear in one only),
     /// converted to `dtype`, on `device`; `main_file` is where a missing tensor is reported.
+    /// The weights in `dir` for inference, the matrices of `quantize` held as q8_0 as
+    /// each is read (no dense copy of the model at any time: peak memory stays near
+    /// the quantized size plus one tensor).
+    pub(crate) fn load_quantized(dir: &Path, device: &Device, quantize: &QuantizeOnLoad) -> Result<Self> {
+        let files = weight_files(dir)?;
+        let index = dir.join("model.safetensors.index.json");
+        let main_file = if index.exists() { index } else { files.first().cloned().unwrap_or_default() };
+        Self::read(files, main_file, DType::F32, device, Some(quantize))
+    }
+
     pub(crate) fn from_files(files: Vec<PathBuf>, main_file: PathBuf, dtype: DType, device: &Device) -> Result<Self> {
+        Self::read(files, main_file, dtype, device, None)
+    }
+
+    fn read(
+        files: Vec<PathBuf>,
+        main_file: PathBuf,
+        dtype: DType,
+        device: &Device,
+        quantize: Option<&QuantizeOnLoad>,
+    ) -> Result<Self> {
         let mut tensors = HashMap::new();
+        let mut q8 = HashMap::new();
         for (i, f) in files.iter().enumerate() {
             // Tensor by tensor (not the whole file at once): peak memory is the weights
             // plus one tensor's bytes.
@@ -97,13 +137,21 @@ impl Weights {
                 file.read_exact(&mut buf).with_path(f)?;
                 let shape: Vec<usize> = info.shape.iter().map(|&d| d as usize).collect();
                 let t = Tensor::from_raw_buffer(&buf, file_dtype, &shape, device)?;
+                if let Some(&(ref key, transposed)) = quantize.and_then(|q| q.get(&name)) {
+                    if let Some(w) = quantize_matrix(&t, transposed)? {
+                        if q8.insert(key.clone(), std::sync::Arc::new(w)).is_some() {
+                            return Err(Error::data(Location::file(f).field(name), "tensor appears in two shards"));
+                        }
+                        continue;
+                    }
+                }
                 let t = if t.dtype() == dtype { t } else { t.to_dtype(dtype)? };
                 if tensors.insert(name.clone(), (t, i)).is_some() {
                     return Err(Error::data(Location::file(f).field(name), "tensor appears in two shards"));
                 }
             }
         }
-        Ok(Self { tensors, q8: HashMap::new(), files, main_file, dtype })
+        Ok(Self { tensors, q8, files, main_file, dtype })
     }
 
     /// Weights read from one file (`path`): dense tensors and q8_0 matrices.
