@@ -113,6 +113,12 @@ fn adapter_parity_merged_unmerged_and_switched_per_request() {
         a.join().unwrap();
         b.join().unwrap();
     });
+    // Requests on the same adapter run their forward passes side by side (shared lock).
+    std::thread::scope(|s| {
+        let runs: Vec<_> =
+            (0..4).map(|_| s.spawn(|| check_parity(&on_base, "tiny-llama-lora", Some(&lora.id.0)))).collect();
+        runs.into_iter().for_each(|r| r.join().unwrap());
+    });
 
     // A merged adapter cannot be switched; an adapter of another base is refused.
     let e = merged.add_adapter(&lora.id).unwrap_err();
