@@ -10,8 +10,9 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
-/// Input rows up to which this path is used (decoding: one row per sequence).
-pub(crate) const MAX_ROWS: usize = 8;
+/// Input rows up to which this path is used (decoding: one row per sequence; a short
+/// prompt, where a general gemm spends more time packing the weight than multiplying).
+pub(crate) const MAX_ROWS: usize = 32;
 
 /// Whether `x` (`[n, in]`) times `w` can take this path.
 pub(crate) fn usable(x: &Tensor, w: &Tensor) -> bool {
@@ -45,14 +46,15 @@ pub(crate) fn matmul(x: &Tensor, w: &Tensor, conv1d: bool) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, (n, out_f), x.device())?)
 }
 
-/// Weights smaller than this (elements) are done on the calling thread: waking the
+/// Products smaller than this (multiply-adds) are done on the calling thread: waking the
 /// pool costs more than it saves.
 const PARALLEL_FROM: usize = 1 << 18;
 
 /// Output features per task: enough work to beat the scheduling cost, enough tasks to
-/// balance the threads; everything in one task for a small weight.
-fn chunk(out_f: usize, in_f: usize) -> usize {
-    if out_f * in_f < PARALLEL_FROM {
+/// balance the threads; everything in one task for a small product. `per_out`: the
+/// work of one output feature (input features times rows, in f32 multiply-adds).
+fn chunk(out_f: usize, per_out: usize) -> usize {
+    if out_f * per_out < PARALLEL_FROM {
         return out_f.max(1);
     }
     let tasks = rayon::current_num_threads().max(1) * 4;
@@ -63,7 +65,7 @@ fn chunk(out_f: usize, in_f: usize) -> usize {
 fn linear_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec<f32> {
     // Transposed result `[out, n]`: each task owns a block of output features.
     let mut yt = vec![0f32; out_f * n];
-    let c = chunk(out_f, in_f);
+    let c = chunk(out_f, in_f * n);
     yt.par_chunks_mut(c * n).enumerate().for_each(|(ci, ys)| {
         let o0 = ci * c;
         for (k, yo) in ys.chunks_exact_mut(n).enumerate() {
@@ -82,7 +84,7 @@ fn linear_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec
 /// `w` `[in, out]` row-major (GPT-2's Conv1D): each task accumulates a block of output
 /// columns over every input row of `w`.
 fn conv1d_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec<f32> {
-    let c = chunk(out_f, in_f).min(out_f);
+    let c = chunk(out_f, in_f * n).min(out_f);
     let blocks: Vec<Vec<f32>> = (0..out_f.div_ceil(c))
         .into_par_iter()
         .map(|b| {
@@ -215,7 +217,7 @@ impl Q8Weight {
         let (xq, xd) = quantize_blocks(&xv);
         let (out_f, blocks) = (self.out_f, in_f / Q8_BLOCK);
         let mut yt = vec![0f32; out_f * n];
-        let c = chunk(out_f, in_f / 4);
+        let c = chunk(out_f, in_f * n / 4);
         yt.par_chunks_mut(c * n).enumerate().for_each(|(ci, ys)| {
             let o0 = ci * c;
             for (k, yo) in ys.chunks_exact_mut(n).enumerate() {

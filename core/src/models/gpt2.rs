@@ -128,7 +128,7 @@ impl Gpt2 {
             let r = ops::layer_norm(&x, &blk.ln_2.0, &blk.ln_2.1, cfg.norm_eps, mode)?;
             let m = blk.c_fc.forward(&r, train)?;
             let m = match cfg.activation {
-                Activation::GeluTanh if train && super::fused::usable(&m) => m.apply_op1(super::fused::GeluTanh)?,
+                Activation::GeluTanh if super::fused::usable(&m) => m.apply_op1(super::fused::GeluTanh)?,
                 Activation::GeluTanh => m.gelu()?,
                 Activation::Gelu => m.gelu_erf()?,
                 Activation::Relu => m.relu()?,

@@ -129,7 +129,7 @@ impl Llama {
             let r = ops::rms_norm(&x, &l.post_attention_layernorm, cfg.norm_eps, mode)?;
             let g = l.gate_proj.forward(&r, train)?;
             let u = l.up_proj.forward(&r, train)?;
-            let m = if train && super::fused::usable(&g) {
+            let m = if super::fused::usable(&g) {
                 g.contiguous()?.apply_op2(&u.contiguous()?, super::fused::SwiGlu)?
             } else {
                 (g.silu()? * u)?
