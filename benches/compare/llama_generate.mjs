@@ -36,7 +36,7 @@ const runs = Number(args.runs ?? 3);
 
 const llama = await getLlama({ build: "never", gpu: false, logLevel: LlamaLogLevel.error });
 const model = await llama.loadModel({ modelPath: args.gguf });
-const context = await model.createContext({ contextSize: 256, batchSize: 64, threads: 2, sequences: 1 });
+const context = await model.createContext({ contextSize: 256, batchSize: 64, threads: Number(process.env.LLAMA_THREADS ?? 2), sequences: 1 });
 // llama.cpp's n_vocab: the GGUF vocabulary's length.
 const vocab = model.fileInfo?.metadata?.tokenizer?.ggml?.tokens?.length ?? 0;
 if (!vocab) throw new Error("could not read the vocabulary size");

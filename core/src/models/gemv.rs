@@ -48,7 +48,7 @@ pub(crate) fn matmul(x: &Tensor, w: &Tensor, conv1d: bool) -> Result<Tensor> {
 
 /// Products smaller than this (multiply-adds) are done on the calling thread: waking the
 /// pool costs more than it saves.
-const PARALLEL_FROM: usize = 1 << 18;
+const PARALLEL_FROM: usize = 1 << 15;
 
 /// Output features per task: enough work to beat the scheduling cost, enough tasks to
 /// balance the threads; everything in one task for a small product. `per_out`: the
