@@ -239,6 +239,12 @@ impl Q8Weight {
 fn quantize_blocks(data: &[f32]) -> (Vec<i8>, Vec<f32>) {
     let mut q = Vec::with_capacity(data.len());
     let mut scales = Vec::with_capacity(data.len() / Q8_BLOCK);
+    quantize_into(data, &mut q, &mut scales);
+    (q, scales)
+}
+
+/// Appends the q8_0 blocks of `data` (whole blocks of 32) to `q` and `scales`.
+pub(crate) fn quantize_into(data: &[f32], q: &mut Vec<i8>, scales: &mut Vec<f32>) {
     for block in data.chunks_exact(Q8_BLOCK) {
         let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
         let d = amax / 127.0;
@@ -246,7 +252,6 @@ fn quantize_blocks(data: &[f32]) -> (Vec<i8>, Vec<f32>) {
         scales.push(d);
         q.extend(block.iter().map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8));
     }
-    (q, scales)
 }
 
 /// `[rows, cols]` -> `[cols, rows]`.

@@ -75,6 +75,39 @@ fn quantize_matrix(t: &Tensor, transposed: bool) -> Result<Option<super::gemv::Q
     Ok(Some(super::gemv::Q8Weight::from_f32(out_f, in_f, &values)?))
 }
 
+/// A `rows x cols` matrix of `dtype` read from `file`'s position, quantized to q8_0
+/// one row at a time (I/O errors outside, conversion errors inside).
+fn quantize_rows(
+    file: &mut std::fs::File,
+    rows: usize,
+    cols: usize,
+    dtype: DType,
+) -> std::io::Result<Result<super::gemv::Q8Weight>> {
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut bytes = vec![0u8; cols * dtype.size_in_bytes()];
+    let mut row = vec![0f32; cols];
+    let (mut q, mut scales) =
+        (Vec::with_capacity(rows * cols), Vec::with_capacity(rows * cols / super::gemv::Q8_BLOCK));
+    for _ in 0..rows {
+        reader.read_exact(&mut bytes)?;
+        if dtype == DType::F32 {
+            for (v, b) in row.iter_mut().zip(bytes.chunks_exact(4)) {
+                *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        } else {
+            let converted = Tensor::from_raw_buffer(&bytes, dtype, &[cols], &Device::Cpu)
+                .and_then(|t| t.to_dtype(DType::F32))
+                .and_then(|t| t.to_vec1::<f32>());
+            match converted {
+                Ok(v) => row = v,
+                Err(e) => return Ok(Err(e.into())),
+            }
+        }
+        super::gemv::quantize_into(&row, &mut q, &mut scales);
+    }
+    Ok(super::gemv::Q8Weight::from_parts(rows, cols, q, scales))
+}
+
 impl Weights {
     /// Loads every tensor of a model directory (`model.safetensors` or its shards),
     /// converted to `dtype`, on `device`.
@@ -132,12 +165,26 @@ impl Weights {
                         ))
                     }
                 };
-                buf.resize(info.len as usize, 0);
-                file.seek(SeekFrom::Start(info.offset)).with_path(f)?;
-                file.read_exact(&mut buf).with_path(f)?;
                 let shape: Vec<usize> = info.shape.iter().map(|&d| d as usize).collect();
+                file.seek(SeekFrom::Start(info.offset)).with_path(f)?;
+                let to_quantize = quantize.and_then(|q| q.get(&name));
+                // A row-major matrix is quantized row by row as it is read: no copy of
+                // the whole tensor is ever held (the token embedding is the largest).
+                if let (Some((key, false)), &[rows, cols]) = (to_quantize, shape.as_slice()) {
+                    if cols % super::gemv::Q8_BLOCK == 0
+                        && info.len == (rows * cols * file_dtype.size_in_bytes()) as u64
+                    {
+                        let w = quantize_rows(&mut file, rows, cols, file_dtype).with_path(f)?;
+                        if q8.insert(key.clone(), std::sync::Arc::new(w?)).is_some() {
+                            return Err(Error::data(Location::file(f).field(name), "tensor appears in two shards"));
+                        }
+                        continue;
+                    }
+                }
+                buf.resize(info.len as usize, 0);
+                file.read_exact(&mut buf).with_path(f)?;
                 let t = Tensor::from_raw_buffer(&buf, file_dtype, &shape, device)?;
-                if let Some(&(ref key, transposed)) = quantize.and_then(|q| q.get(&name)) {
+                if let Some(&(ref key, transposed)) = to_quantize {
                     if let Some(w) = quantize_matrix(&t, transposed)? {
                         if q8.insert(key.clone(), std::sync::Arc::new(w)).is_some() {
                             return Err(Error::data(Location::file(f).field(name), "tensor appears in two shards"));
