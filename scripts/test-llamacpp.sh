@@ -46,5 +46,7 @@ fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-cargo run -q -p anneal-tests --bin llamacpp_fixtures -- "$work" tests/fixtures
+# The binary as the workspace's `cargo test` builds it (`cargo run -p anneal-tests` would
+# compile candle and anneal again with other dependency features: see built-bin.sh).
+"$(scripts/built-bin.sh bin llamacpp_fixtures)" "$work" tests/fixtures
 node "$DIR/check.mjs" "$work"

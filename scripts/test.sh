@@ -28,20 +28,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test (core, end-to-end tests, examples, benches)"
 cargo test
 
-# The examples as `cargo test` just built them. `cargo run -p anneal-examples` would
-# resolve dependency features without the workspace's dev-dependencies and compile
-# anneal again (5.5 of the 6 minutes this step took).
-example_bin() {
-  local bin
-  bin="$(cargo test --no-run --message-format=json 2>/dev/null | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and "example" in m["target"]["kind"] and m["target"]["name"] == sys.argv[1]:
-        print(m["executable"])' "$1")"
-  [ -x "$bin" ] || { echo "example $1: no binary from cargo test" >&2; return 1; }
-  echo "$bin"
-}
+# The examples as `cargo test` just built them (scripts/built-bin.sh: `cargo run -p
+# anneal-examples` would compile candle and anneal again with other dependency features).
+example_bin() { scripts/built-bin.sh example "$1"; }
 step "quickstart example (dev profile, --smoke; the README runs it in full with --release)"
 qs_bin="$(example_bin quickstart)"
 qs_home="$(mktemp -d)"

@@ -14,20 +14,35 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 runs="${1:-3}"
 export CARGO_BUILD_TARGET="$(rustc -vV | sed -n 's/host: //p')"
-if [ ! -x "$here/.venv/bin/python" ]; then
+# PYTHON: a Python with torch and transformers (default: benches/compare/.venv, created
+# when missing).
+py="${PYTHON:-$here/.venv/bin/python}"
+if [ -z "${PYTHON:-}" ] && [ ! -x "$here/.venv/bin/python" ]; then
   python3 -m venv "$here/.venv"
   "$here/.venv/bin/pip" install -q torch transformers peft safetensors
 fi
-"$here/.venv/bin/pip" install -q sentencepiece  # the GGUF converter imports it
-if [ ! -x "$here/.venv-llama/bin/python" ]; then
+"$py" -m pip install -q sentencepiece  # the GGUF converter imports it
+# The llama.cpp peer: llama-cpp-python (LLAMA_PEER=python, compiles llama.cpp: ~11 min on
+# 2 cores) or node-llama-cpp's prebuilt binaries (LLAMA_PEER=node, the package
+# tests/llamacpp installs; no compiler). Default: python when .venv-llama exists.
+peer="${LLAMA_PEER:-$([ -x "$here/.venv-llama/bin/python" ] && echo python || echo node)}"
+if [ "$peer" = python ] && [ ! -x "$here/.venv-llama/bin/python" ]; then
   python3 -m venv "$here/.venv-llama"
   CMAKE_BUILD_PARALLEL_LEVEL=2 "$here/.venv-llama/bin/pip" install -q llama-cpp-python gguf sentencepiece numpy
 fi
+if [ "$peer" = node ] && [ ! -d "$root/tests/llamacpp/node_modules/node-llama-cpp" ]; then
+  (cd "$root/tests/llamacpp" && npm ci --no-audit --no-fund --silent)
+fi
 if [ ! -f "$here/llama.cpp-src/convert_hf_to_gguf.py" ]; then
-  # The converter that matches the installed llama.cpp, from llama-cpp-python's source package.
-  version="$("$here/.venv-llama/bin/python" -c 'import llama_cpp; print(llama_cpp.__version__)')"
+  # The converter that matches llama-cpp-python's llama.cpp, from its source package
+  # (downloaded, not built).
+  if [ "$peer" = python ]; then
+    version="$("$here/.venv-llama/bin/python" -c 'import llama_cpp; print(llama_cpp.__version__)')"
+  else
+    version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+  fi
   tmp="$(mktemp -d)"
-  "$here/.venv-llama/bin/pip" download -q --no-binary llama-cpp-python --no-deps "llama-cpp-python==$version" -d "$tmp"
+  "$py" -m pip download -q --no-binary llama-cpp-python --no-deps "llama-cpp-python==$version" -d "$tmp"
   mkdir -p "$here/llama.cpp-src"
   tar xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$here/llama.cpp-src" --strip-components=3 \
     "llama_cpp_python-$version/vendor/llama.cpp/convert_hf_to_gguf.py" \
@@ -45,11 +60,11 @@ fi
 # Models and their GGUF conversions first, so the timed runs follow each other closely.
 for config in tiny small; do
   model="$here/models/$config"
-  "$here/.venv/bin/python" "$here/gen_model.py" --config "$config" --out "$model"
+  "$py" "$here/gen_model.py" --config "$config" --out "$model"
   for dtype in f32 q8_0; do
     gguf="$model/model-$dtype.gguf"
     if [ ! "$gguf" -nt "$model/bench.json" ]; then
-      "$here/.venv/bin/python" "$here/convert_gguf.py" --model "$model" --outtype "$dtype" --out "$gguf" >/dev/null 2>&1 \
+      "$py" "$here/convert_gguf.py" --model "$model" --outtype "$dtype" --out "$gguf" >/dev/null 2>&1 \
         || { echo "converting $model to $dtype GGUF failed (run convert_gguf.py by hand to see why)" >&2; exit 1; }
     fi
   done
@@ -65,14 +80,19 @@ for config in tiny small; do
       "$bin/generate" --model "$model" --config "$config" --dtype "$dtype" --runs "$runs" | tee -a "$out"
     done
   fi
-  "$here/.venv/bin/python" "$here/torch_generate.py" --model "$model" --config "$config" --runs "$runs" 2>/dev/null | tee -a "$out"
+  "$py" "$here/torch_generate.py" --model "$model" --config "$config" --runs "$runs" 2>/dev/null | tee -a "$out"
   for dtype in f32 q8_0; do
-    "$here/.venv-llama/bin/python" "$here/llama_generate.py" --model "$model" --config "$config" --dtype "$dtype" \
-      --runs "$runs" | tee -a "$out"
+    if [ "$peer" = python ]; then
+      "$here/.venv-llama/bin/python" "$here/llama_generate.py" --model "$model" --config "$config" --dtype "$dtype" \
+        --runs "$runs" | tee -a "$out"
+    else
+      node "$here/llama_generate.mjs" --gguf "$model/model-$dtype.gguf" --config "$config" --dtype "$dtype" \
+        --runs "$runs" | tee -a "$out"
+    fi
   done
 done
 guard_end
-"$here/.venv/bin/python" - "$out" "$idle" <<'PY'
+"$py" - "$out" "$idle" <<'PY'
 import json, sys
 idle = sys.argv[2] == "1"
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]

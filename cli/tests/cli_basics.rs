@@ -1,9 +1,9 @@
 //! The command line itself: help, completions, exit codes and error messages.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
-use common::Env;
+use crate::common::Env;
 
 #[test]
 fn help_succeeds_everywhere_with_examples() {

@@ -4,12 +4,10 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Stdio};
 
-use common::{lines, Env};
+use crate::common::{lines, Env};
 use serde_json::Value;
 
 /// Reads JSON event lines from the child until one of type `ty`; returns them.

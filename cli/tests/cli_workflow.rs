@@ -1,9 +1,7 @@
 //! The whole loop through the binary: import, create, train, jobs, generate, export, stats.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{lines, Env};
+use crate::common::{lines, Env};
 use serde_json::Value;
 
 #[test]

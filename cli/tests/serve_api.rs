@@ -3,15 +3,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod serve_support;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use crate::serve_support::*;
 use anneal::TokenScope;
 use anneal_cli::serve::{Server, ServerConfig};
 use serde_json::json;
-use serve_support::*;
 
 #[test]
 fn health_is_public_and_the_api_needs_a_token_of_the_right_scope() {

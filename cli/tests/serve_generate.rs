@@ -3,13 +3,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod serve_support;
-
 use std::sync::{Arc, Barrier};
 
+use crate::serve_support::*;
 use anneal::TokenScope;
 use serde_json::{json, Value};
-use serve_support::*;
 
 #[test]
 fn generate_answers_json_or_streams_chunks() {

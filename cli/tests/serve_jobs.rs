@@ -4,13 +4,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod serve_support;
+use crate::serve_support;
 
 use std::time::{Duration, Instant};
 
+use crate::serve_support::*;
 use anneal::{JobStatus, TokenScope};
 use serde_json::{json, Value};
-use serve_support::*;
 
 fn types(events: &[String]) -> Vec<String> {
     events.iter().map(|e| serde_json::from_str::<Value>(e).unwrap()["type"].as_str().unwrap().to_string()).collect()

@@ -19,7 +19,7 @@ mod sampling;
 mod text;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -184,7 +184,9 @@ struct Inner {
     dtype_bytes: u128,
     defaults: ModelDefaults,
     options: GeneratorOptions,
-    state: Mutex<Loaded>,
+    /// Forward passes share it (concurrent requests on the same adapter run in
+    /// parallel); loading or switching an adapter takes it exclusively.
+    state: RwLock<Loaded>,
 }
 
 /// Generates with one loaded model. Cheap to clone, `Send + Sync`; requests from
@@ -253,14 +255,18 @@ impl Generator {
         let direct =
             gguf.is_some() && dtype == DType::F32 && !(record.kind == ModelKind::Lora && options.merge_adapter);
         let quantize = quantize || (gguf.is_some() && dtype == DType::F32 && !direct);
+        // A safetensors model asked for as q8_0 is quantized while it is read, unless an
+        // adapter applies to it (merged into dense weights first, or switched per request).
+        let on_load = quantize && !crate::models::gguf::is_gguf_model(&base.path) && record.kind != ModelKind::Lora;
         let weights = match gguf {
             Some(g) if direct => g.quantized_bytes,
+            None if on_load => crate::models::gguf::quantized_bytes(&base_cfg)?,
             _ => memory::param_count(&base_cfg).saturating_mul(dtype_bytes),
         };
         let limit = registry.store().memory_limit;
         memory::Estimate::new().add("weights", "model", weights).check(limit)?;
         let lo = LoadOptions { trainable: false, dtype, device: Device::Cpu };
-        let mut model = Model::load_with(&base, &lo, direct)?;
+        let mut model = Model::load_with(&base, &lo, direct || on_load)?;
         model.prepare_for_inference()?;
         let tokenizer = if base.path.join("tokenizer.json").is_file() { Some(Tokenizer::load(&base)?) } else { None };
         let defaults = ModelDefaults::read(&base.path)?;
@@ -302,7 +308,7 @@ impl Generator {
                 dtype_bytes,
                 defaults,
                 options: options.clone(),
-                state: Mutex::new(Loaded { model, adapters, active: None }),
+                state: RwLock::new(Loaded { model, adapters, active: None }),
             }),
         })
     }
@@ -334,7 +340,7 @@ impl Generator {
 
     /// The adapters loaded unmerged on this generator, by model id.
     pub fn adapters(&self) -> Result<Vec<ModelRecord>> {
-        let st = self.lock()?;
+        let st = self.read()?;
         let mut v: Vec<ModelRecord> = st.adapters.values().map(|(r, _)| r.clone()).collect();
         v.sort_by(|a, b| a.id.0.cmp(&b.id.0));
         Ok(v)
@@ -359,7 +365,7 @@ impl Generator {
     /// [`GenerationConfig::adapter`]. Returns its record.
     pub fn add_adapter(&self, adapter: impl Into<ModelRef>) -> Result<ModelRecord> {
         let rec = self.inner.registry.resolve(adapter)?;
-        let mut st = self.lock()?;
+        let mut st = self.write()?;
         self.add_adapter_locked(&mut st, rec)
     }
 
@@ -397,8 +403,31 @@ impl Generator {
         Ok(rec)
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, Loaded>> {
-        self.inner.state.lock().map_err(|_| Error::Internal("generator state poisoned by a panic".into()))
+    fn read(&self) -> Result<RwLockReadGuard<'_, Loaded>> {
+        self.inner.state.read().map_err(|_| Error::Internal("generator state poisoned by a panic".into()))
+    }
+
+    fn write(&self) -> Result<RwLockWriteGuard<'_, Loaded>> {
+        self.inner.state.write().map_err(|_| Error::Internal("generator state poisoned by a panic".into()))
+    }
+
+    /// Runs `f` (a forward pass) with adapter `want` (or none) on the layers. Under the
+    /// shared lock when it is on already, so requests on the same adapter run their
+    /// passes at the same time; a switch takes the exclusive lock, and after a few
+    /// switches lost to other requests the pass runs under it.
+    fn with_adapter<T>(&self, want: Option<&str>, mut f: impl FnMut(&Loaded) -> Result<T>) -> Result<T> {
+        for _ in 0..3 {
+            {
+                let st = self.read()?;
+                if st.active.as_deref() == want {
+                    return f(&st);
+                }
+            }
+            self.write()?.activate(want)?;
+        }
+        let mut st = self.write()?;
+        st.activate(want)?;
+        f(&st)
     }
 
     /// Checks `cfg` and fills its unset fields. Nothing runs before this passes.
@@ -480,7 +509,7 @@ impl Generator {
     /// Loads a request's adapter (if not loaded yet), after its prompts passed the checks.
     fn ensure_adapter(&self, adapter: &Option<ModelRecord>) -> Result<()> {
         if let Some(rec) = adapter {
-            let mut st = self.lock()?;
+            let mut st = self.write()?;
             self.add_adapter_locked(&mut st, rec.clone())?;
         }
         Ok(())
@@ -602,7 +631,7 @@ impl Generator {
         if let Some(m) = self.inner.merged.as_ref().filter(|m| m.id == id) {
             return m.reference();
         }
-        self.lock().ok().and_then(|st| st.adapters.get(&id.0).map(|(r, _)| r.reference())).unwrap_or(id.0)
+        self.read().ok().and_then(|st| st.adapters.get(&id.0).map(|(r, _)| r.reference())).unwrap_or(id.0)
     }
 
     /// Generates as [`Generator::generate`] does, handing out text as it is produced.
@@ -705,11 +734,8 @@ impl Generator {
         for ids in &all {
             let x = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
             let labels = x.to_dtype(DType::I64)?;
-            let loss = {
-                let mut st = self.lock()?;
-                st.activate(adapter.as_deref())?;
-                st.model.loss(&x, &labels, crate::models::ForwardMode::Infer)?
-            };
+            let loss = self
+                .with_adapter(adapter.as_deref(), |st| st.model.loss(&x, &labels, crate::models::ForwardMode::Infer))?;
             let loss = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
             if !loss.is_finite() {
                 return Err(Error::Compute(format!(
@@ -925,11 +951,9 @@ impl Decode {
 
     /// One forward pass and one token per unfinished row; the text each row released.
     fn step(&mut self) -> Result<Vec<Option<StreamChunk>>> {
-        let logits = {
-            let mut st = self.gen.lock()?;
-            st.activate(self.adapter.as_deref())?;
-            st.model.forward_cached(&self.input, &mut self.cache, true)?
-        };
+        let (input, cache) = (&self.input, &mut self.cache);
+        let logits =
+            self.gen.with_adapter(self.adapter.as_deref(), |st| st.model.forward_cached(input, cache, true))?;
         let mut logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
         let pad = self.pad;
         let (mut next, mut chunks) = (Vec::with_capacity(self.rows.len()), Vec::with_capacity(self.rows.len()));

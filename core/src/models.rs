@@ -24,6 +24,7 @@ pub(crate) mod lora;
 pub(crate) mod memory;
 pub(crate) use lora::AdapterSlot;
 pub mod presets;
+pub(crate) mod sgemm;
 pub(crate) mod st_header;
 
 use std::collections::HashMap;
@@ -185,8 +186,10 @@ impl Model {
         Self::load_with(source, opts, false)
     }
 
-    /// [`Model::load`]; with `quantized`, the block-quantized matrices of a GGUF file
-    /// are held as q8_0 for inference instead of dequantized (see [`gguf`]).
+    /// [`Model::load`]; with `quantized` (inference), the block-quantized matrices of a
+    /// GGUF file are held as q8_0 instead of dequantized (see [`gguf`]), and an f32
+    /// safetensors model's matrices are quantized to q8_0 as each is read (peak memory
+    /// near the quantized size, not the dense one).
     pub(crate) fn load_with(source: impl ModelSource, opts: &LoadOptions, quantized: bool) -> Result<Model> {
         let dir = source.model_dir();
         let adapter_hint = || {
@@ -217,11 +220,13 @@ impl Model {
         }
         let config = ModelConfig::from_json(&raw_config)?;
         let gguf_file = dir.join(gguf::GGUF_FILE);
+        if quantized && opts.trainable {
+            return Err(Error::Internal("quantized weights cannot be trained".into()));
+        }
         let weights = if gguf::is_gguf_model(&dir) {
-            if quantized && opts.trainable {
-                return Err(Error::Internal("quantized weights cannot be trained".into()));
-            }
             load::Weights::from_gguf(&gguf_file, &config, opts.dtype, &opts.device, quantized)?
+        } else if quantized && opts.dtype == DType::F32 && opts.device.is_cpu() {
+            load::Weights::load_quantized(&dir, &opts.device, &gguf::quantize_on_load(&config)?)?
         } else {
             load::Weights::load(&dir, opts.dtype, &opts.device)?
         };
@@ -737,21 +742,39 @@ pub(crate) mod ops {
     pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: ForwardMode) -> Result<Tensor> {
         Ok(match mode {
             ForwardMode::Infer => candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?,
-            ForwardMode::Train => {
-                let d = x.dim(D::Minus1)?;
-                let half = d / 2;
-                // [t, d/2] tables broadcast over batch and heads; [b, t, d/2] over heads.
-                let lift = |c: &Tensor| -> Result<Tensor> {
-                    let c = Tensor::cat(&[c, c], D::Minus1)?;
-                    Ok(if c.rank() == 2 { c.unsqueeze(0)?.unsqueeze(0)? } else { c.unsqueeze(1)? })
-                };
-                let (cos, sin) = (lift(cos)?, lift(sin)?);
-                let x1 = x.narrow(D::Minus1, 0, half)?;
-                let x2 = x.narrow(D::Minus1, half, d - half)?;
-                let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-                (x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?
-            }
+            // [t, d/2] tables broadcast over batch and heads; [b, t, d/2] over heads.
+            ForwardMode::Train => rope_composite(x, cos, sin, |c| {
+                Ok(if c.rank() == 2 { c.unsqueeze(0)?.unsqueeze(0)? } else { c.unsqueeze(1)? })
+            })?,
         })
+    }
+
+    /// Rotate-half RoPE on `x` `[b, t, h, d]` (the projections' own layout) with `[t, d/2]`
+    /// or `[b, t, d/2]` tables.
+    pub(crate) fn rope_thd(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: ForwardMode) -> Result<Tensor> {
+        Ok(match mode {
+            ForwardMode::Infer => candle_nn::rotary_emb::rope_thd(&x.contiguous()?, cos, sin)?,
+            ForwardMode::Train => rope_composite(x, cos, sin, |c| {
+                Ok(if c.rank() == 2 { c.unsqueeze(0)?.unsqueeze(2)? } else { c.unsqueeze(2)? })
+            })?,
+        })
+    }
+
+    /// RoPE from differentiable ops; `lift` shapes the `[.., d]` tables to broadcast over `x`.
+    fn rope_composite(
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        lift: impl Fn(Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let d = x.dim(D::Minus1)?;
+        let half = d / 2;
+        let cos = lift(Tensor::cat(&[cos, cos], D::Minus1)?)?;
+        let sin = lift(Tensor::cat(&[sin, sin], D::Minus1)?)?;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, d - half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
     }
 
     /// `[b, kv, t, d]` -> `[b, kv * n_rep, t, d]`, each kv head repeated for its group.
@@ -825,6 +848,37 @@ pub(crate) mod ops {
             let m = causal_mask(self.t, self.past, self.window, &self.pads, &self.dev)?;
             Ok(self.tensor.get_or_init(|| m))
         }
+    }
+
+    /// Causal self-attention over this pass's own keys (no cache): `q` `[b, t, heads * d]`,
+    /// `k`, `v` `[b, t, kv_heads * d]` (e.g. column views of a fused projection) to
+    /// `[b, t, heads * d]`. Training f32 on the CPU without padding, one fused node
+    /// ([`super::fused::CausalAttention`]); otherwise the heads are split for
+    /// [`attention`] and merged back.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn self_attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        (heads, kv_heads, head_dim): (usize, usize, usize),
+        mask: &CausalMask,
+        scale: f64,
+        mode: ForwardMode,
+    ) -> Result<Tensor> {
+        let fused = mode == ForwardMode::Train
+            && mask.past == 0
+            && !mask.padded()
+            && [q, k, v].iter().all(|x| super::fused::usable(x) && x.rank() == 3);
+        if fused {
+            let op = super::fused::CausalAttention::new(heads, kv_heads, head_dim, scale as f32, mask.window);
+            return Ok(q.apply_op3(k, v, op)?);
+        }
+        let (b, t, _) = q.dims3()?;
+        let split = |x: &Tensor, n: usize| -> Result<Tensor> {
+            Ok(x.reshape((b, t, n, head_dim))?.transpose(1, 2)?.contiguous()?)
+        };
+        let y = attention(&split(q, heads)?, &split(k, kv_heads)?, &split(v, kv_heads)?, mask, scale, mode)?;
+        Ok(y.transpose(1, 2)?.reshape((b, t, heads * head_dim))?)
     }
 
     /// softmax(q k^T * scale + mask) v, with q `[b, h, t, d]` and k, v `[b, kv, T, d]`

@@ -1,7 +1,7 @@
 //! A run's curves where people look: TensorBoard event files, an MLflow run (file
 //! store) and the PNG of `TrainingEngine::plot`, from a real tiny training job.
 //! (The Python suite reads the same files back with tensorboard's and mlflow's own
-//! readers.) Run: cargo test -p anneal --test curves
+//! readers.) Run: cargo test -p anneal --test integration curves::
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;

@@ -9,7 +9,7 @@
 //! random inputs each time (see the README's "Testing" section):
 //!
 //! ```text
-//! PROPTEST_CASES=5000 cargo test --release -p anneal --test fuzz_props
+//! PROPTEST_CASES=5000 cargo test --release -p anneal --test integration fuzz_props::
 //! ```
 //!
 //! A failure is shrunk to a minimal input, printed, and its seed saved in
@@ -1044,7 +1044,7 @@ fn generation_takes_any_prompt_and_settings() {
 // ------------------------------------------------------------------ found by the long run
 
 // Minimal inputs of failures the long run found, as plain tests. Pending ones are
-// ignored until their fix is merged (`cargo test -p anneal --test fuzz_props -- --ignored`).
+// ignored until their fix is merged (`cargo test -p anneal --test integration fuzz_props:: -- --ignored`).
 
 fn edited_config(fixture: &str, key: &str, value: Value) -> (tempfile::TempDir, PathBuf) {
     let d = tempfile::tempdir().unwrap();

@@ -1,7 +1,7 @@
 //! Generator on the public API: parity with transformers' greedy decoding (every
 //! family, the adapter merged and unmerged), sampling, stop sequences, streaming,
 //! batches, scoring, typed errors, and the catalog's usage records.
-//! Run: cargo test -p anneal --test generation
+//! Run: cargo test -p anneal --test integration generation::
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -112,6 +112,12 @@ fn adapter_parity_merged_unmerged_and_switched_per_request() {
         let b = s.spawn(|| (0..3).for_each(|_| check_parity(&on_base, "tiny-llama", None)));
         a.join().unwrap();
         b.join().unwrap();
+    });
+    // Requests on the same adapter run their forward passes side by side (shared lock).
+    std::thread::scope(|s| {
+        let runs: Vec<_> =
+            (0..4).map(|_| s.spawn(|| check_parity(&on_base, "tiny-llama-lora", Some(&lora.id.0)))).collect();
+        runs.into_iter().for_each(|r| r.join().unwrap());
     });
 
     // A merged adapter cannot be switched; an adapter of another base is refused.
@@ -430,13 +436,15 @@ fn q8_0_weights_stay_close_to_f32() {
     let (base, lora) = env.register_lora();
     let q8 = GeneratorOptions { quantize: Some("q8_0".into()), ..Default::default() };
     let texts = ["hello world, how are you today?", "the cat sat on the mat"];
-    for model in [&base, &lora] {
+    // GPT-2 too: its Conv1D matrices ([in, out] in the file) are quantized transposed.
+    let gpt2 = env.register("tiny-gpt2");
+    for model in [&base, &lora, &gpt2] {
         let f = env.home.generator(&model.id, &GeneratorOptions::default()).unwrap();
         let q = env.home.generator(&model.id, &q8).unwrap();
         for (a, b) in f.score(&texts).unwrap().iter().zip(q.score(&texts).unwrap()) {
             assert!((a.loss - b.loss).abs() < 0.02 * a.loss, "{} vs {}", a.loss, b.loss);
         }
-        let r = reference("tiny-llama");
+        let r = reference(if model.id == gpt2.id { "tiny-gpt2" } else { "tiny-llama" });
         let out = q.generate(u32s(&r["input_ids"]), &greedy(20)).unwrap();
         assert_eq!(out.generated_tokens, 20);
     }

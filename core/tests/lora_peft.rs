@@ -202,7 +202,7 @@ fn merged_adapter_exports_as_a_plain_model() {
 
 /// Writes anneal-made adapters (B moved off zero) for tiny-llama and tiny-gpt2 with
 /// anneal's logits, for tests/fixtures/check_peft_interop.py to load in PEFT:
-/// ANNEAL_PEFT_EXPORT=/tmp/x cargo test -p anneal --test lora_peft -- --ignored
+/// ANNEAL_PEFT_EXPORT=/tmp/x cargo test -p anneal --test integration lora_peft:: -- --ignored
 #[test]
 #[ignore]
 fn export_for_peft_interop() {

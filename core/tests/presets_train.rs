@@ -68,7 +68,7 @@ fn nano_preset_lora_loss_falls() {
 
 /// Throughput of full fine-tuning steps on the micro preset (hidden 128, 4 layers),
 /// batch 8 x seq 128, the configuration CANDLE-NOTES.md measured (~4k tokens/s in
-/// release). Run: cargo test -p anneal --test presets_train -- --ignored --nocapture
+/// release). Run: cargo test -p anneal --test integration presets_train:: -- --ignored --nocapture
 #[test]
 #[ignore]
 fn micro_preset_training_throughput() {

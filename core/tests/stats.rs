@@ -1,6 +1,6 @@
 //! Alias history (promote, rollback, "what was production at t"), `Home::stats` from
 //! real rows, and `DatasetStore::generate`, on the public API with tiny `nano` models.
-//! Run: cargo test -p anneal --test stats
+//! Run: cargo test -p anneal --test integration stats::
 #![allow(clippy::unwrap_used)]
 
 use anneal::tabular::synthetic;

@@ -1,5 +1,5 @@
 //! Training engine on the public API: tiny `nano` preset models, tiny datasets, real
-//! forward/backward/AdamW. Run: cargo test -p anneal --test training
+//! forward/backward/AdamW. Run: cargo test -p anneal --test integration training::
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
@@ -266,7 +266,7 @@ fn sigkill_then_resume_reaches_the_same_loss() {
 
     let job = engine.create_job(&spec).unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "kill_child_trainer", "--nocapture", "--test-threads", "1"])
+        .args(["--exact", "training::kill_child_trainer", "--nocapture", "--test-threads", "1"])
         .env(CHILD_HOME, env.home.root())
         .env(CHILD_JOB, &job.id.0)
         .spawn()

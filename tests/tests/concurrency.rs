@@ -2,7 +2,7 @@
 //! Several processes' worth of handles writing one home at once get what sequential
 //! callers would: multi-step writes are all or nothing.
 
-mod common;
+use crate::common;
 
 use anneal::{Home, RegisterOptions};
 

@@ -6,7 +6,7 @@
 //! completes its job leaves either nothing registered (resume trains and registers once)
 //! or a completed job with its model (resume refuses): never two models.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ fn sigkill_during_import_leaves_home_consistent() {
         }
     }
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "kill_child_importer", "--nocapture", "--test-threads", "1"])
+        .args(["--exact", "crash::kill_child_importer", "--nocapture", "--test-threads", "1"])
         .env(CHILD_ENV, &dir)
         .env("ANNEAL_TEST_KILL_FILE", &big)
         .spawn()
@@ -116,7 +116,7 @@ fn run_killed_at(home: &Home, job: &JobId, failpoint: &str) {
     let out = Command::new("sh")
         .args(["-c", "ulimit -c 0; exec \"$0\" \"$@\""])
         .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "kill_child_registrar", "--nocapture", "--test-threads", "1"])
+        .args(["--exact", "crash::kill_child_registrar", "--nocapture", "--test-threads", "1"])
         .env(REG_HOME, home.root())
         .env(REG_JOB, &job.0)
         .env("ANNEAL_FAILPOINTS", format!("{failpoint}=abort"))

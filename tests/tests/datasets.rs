@@ -2,15 +2,13 @@
 //! DatasetStore end to end: every source format, detection, mapping, duplicates,
 //! preview/stats/split, and every bad-input case leaving nothing behind.
 
-mod common;
-
 use std::collections::BTreeMap;
 
+use crate::common::{dataset_dirs, write};
 use anneal::{
     CancelToken, DatasetFormat, Event, EventSink, FinishStatus, Home, ImportOptions, OnDuplicate, RecordingSink,
     SourceFormat, TxtMode,
 };
-use common::{dataset_dirs, write};
 use serde_json::json;
 
 fn home() -> (tempfile::TempDir, Home) {

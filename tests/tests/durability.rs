@@ -108,7 +108,7 @@ fn durability_child() {
 
 fn run_child(home: &Home, job: &JobId, failpoints: &str) -> ChildReport {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "durability_child", "--nocapture", "--test-threads", "1"])
+        .args(["--exact", "durability::durability_child", "--nocapture", "--test-threads", "1"])
         .env(CHILD_HOME, home.root())
         .env(CHILD_JOB, &job.0)
         .env("ANNEAL_FAILPOINTS", failpoints)

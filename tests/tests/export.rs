@@ -14,7 +14,7 @@ use anneal::{
     ModelFilter, ModelRecord, NoopSink, RegisterOptions, TrainSpec,
 };
 
-mod common;
+use crate::common;
 
 const TEXTS: [&str; 3] = ["the cat sat on the mat 3", "a dog ran to the park", "hello world"];
 

@@ -16,7 +16,7 @@ use anneal::{
 };
 use candle_core::{DType, Device, Tensor};
 
-mod common;
+use crate::common;
 
 fn opts(q: GgufType) -> ExportOptions {
     ExportOptions { quantization: Some(q), ..Default::default() }

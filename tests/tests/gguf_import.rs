@@ -22,7 +22,7 @@ use anneal::{
 use anneal::{Event, Tokenizer};
 use serde_json::json;
 
-mod common;
+use crate::common;
 
 fn export(h: &Home, model: &ModelRecord, q: GgufType, dest: &Path) -> PathBuf {
     let o = ExportOptions { quantization: Some(q), ..Default::default() };

@@ -2,8 +2,6 @@
 //! Home: creation, migration, refusal of newer schemas, and two real processes
 //! reading and writing one home at once.
 
-mod common;
-
 use std::process::Command;
 
 use anneal::{Home, ImportOptions, ModelFilter, PresetOptions};
@@ -80,7 +78,7 @@ fn two_processes_share_a_home() {
     let h = Home::open(&dir).unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
-        .args(["--exact", "child_worker", "--nocapture", "--test-threads", "1"])
+        .args(["--exact", "home::child_worker", "--nocapture", "--test-threads", "1"])
         .env(CHILD_ENV, &dir)
         .spawn()
         .unwrap();

@@ -11,7 +11,7 @@
 //! README.md. `ANNEAL_HOSTILE=<id>` runs one case; `ANNEAL_HOSTILE_PENDING=1` runs the
 //! cases marked `pending` too (they are reported, not failed).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! Re-running the same steps on one home (a script or a notebook cell run twice):
 //! `on_duplicate: reuse` for datasets, `if_exists` for presets, registrations and
-//! training jobs. Run: cargo test -p anneal-tests --test if_exists
+//! training jobs. Run: cargo test -p anneal-tests --test integration if_exists::
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;

@@ -3,16 +3,16 @@
 //! stats, thumbnails, splits, delete, progress and cancel, and every bad input leaving
 //! the home unchanged. Images are made here (16x16 or smaller).
 
-mod common;
+use crate::common;
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
+use crate::common::dataset_dirs;
 use anneal::{
     CancelToken, DatasetFormat, Event, EventSink, FinishStatus, Home, ImageImportOptions, ImageLayout, OnDuplicate,
     RecordingSink, SourceFormat,
 };
-use common::dataset_dirs;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
 use serde_json::Value;
 

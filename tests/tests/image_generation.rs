@@ -2,17 +2,15 @@
 //! Stable Diffusion models in the registry (pipeline directories, diffusers LoRA files)
 //! and text-to-image through `Home::image_generator`, on the tiny-sd fixtures.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 
+use crate::common::{fixtures, model_dirs};
 use anneal::diffusion::{png, StableDiffusionPipeline, Txt2ImgRequest};
 use anneal::{
     CancelToken, Event, Family, GenerationFilter, GenerationKind, Home, HomeOptions, ImageAdapter,
     ImageGeneratorOptions, ImageRequest, LoadOptions, ModelFilter, ModelKind, RegisterOptions,
 };
-use common::{fixtures, model_dirs};
 
 fn home_with(limit: Option<u64>) -> (tempfile::TempDir, Home) {
     let d = tempfile::tempdir().unwrap();

@@ -2,10 +2,10 @@
 //! diffusers pipeline of tests/fixtures/tiny-sd: LoRA and full fine-tunes, validation
 //! images in events and the job row, DreamBooth prior preservation, buckets, resume
 //! after cancel to the same loss, and the typed refusals.
-//! Run: cargo test -p anneal-tests --test image_training
+//! Run: cargo test -p anneal-tests --test integration image_training::
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

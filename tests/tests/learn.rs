@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use anneal::tabular::synthetic::{generate, SyntheticRows};
 use anneal::{

@@ -2,7 +2,7 @@
 //! Sizes that reach an allocation are checked against the model and the home's memory
 //! limit first: absurd ranks, caches and batches are typed errors, never an abort.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::sync::{Arc, Barrier};
@@ -328,7 +328,7 @@ fn killed_mid_retrain_the_next_tick_resumes_that_job() {
     let out = Command::new("sh")
         .args(["-c", "ulimit -c 0; exec \"$0\" \"$@\""])
         .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "monitor_child_ticker", "--nocapture", "--test-threads", "1"])
+        .args(["--exact", "monitor::monitor_child_ticker", "--nocapture", "--test-threads", "1"])
         .env(CHILD_HOME, home.root())
         .env("ANNEAL_FAILPOINTS", "register.before_commit=abort")
         .output()

@@ -7,8 +7,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::process::Command;
 
 use anneal::types::DriftVerdict;
@@ -354,7 +352,7 @@ fn a_continued_adapter_killed_mid_retrain_resumes_and_waits_in_shadow() {
     let out = Command::new("sh")
         .args(["-c", "ulimit -c 0; exec \"$0\" \"$@\""])
         .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "lm_monitor_child_ticker", "--nocapture", "--test-threads", "1"])
+        .args(["--exact", "monitor_lm::lm_monitor_child_ticker", "--nocapture", "--test-threads", "1"])
         .env(CHILD_HOME, home.root())
         .env("ANNEAL_FAILPOINTS", "register.before_commit=abort")
         .output()

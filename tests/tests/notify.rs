@@ -3,7 +3,7 @@
 //! the test): signing, formats, retries, `Retry-After`, an offline receiver, racing
 //! deliverers, giving up, and re-sends under the same `webhook-id`.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};

@@ -2,13 +2,11 @@
 //! ModelRegistry end to end: HF directories (single and sharded), adapters, copy vs
 //! reference, versions, aliases, filters, resolve, delete rules, presets, bad models.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 
+use crate::common::{fixtures, model_dirs};
 use anneal::{Home, ModelFilter, ModelId, ModelKind, PresetOptions, RecordingSink, RegisterOptions, Storage};
-use common::{fixtures, model_dirs};
 
 fn home() -> (tempfile::TempDir, Home) {
     let d = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use anneal::plot::{self, TEXT};
 use anneal::tabular::synthetic::{generate, SyntheticRows};

@@ -29,6 +29,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Res
 use rayon::prelude::*;
 
 use crate::models::fused;
+use crate::models::sgemm::{matmul, Dst, Mat};
 
 /// Floats of one im2col tile (1 MiB), so that a tile and its gemm stay in cache.
 const TILE_FLOATS: usize = 1 << 18;
@@ -131,13 +132,9 @@ impl Geom {
         self.b >= rayon::current_num_threads()
     }
 
-    fn gemm_par(&self) -> gemm::Parallelism {
-        let threads = rayon::current_num_threads();
-        if self.by_image() || threads < 2 {
-            gemm::Parallelism::None
-        } else {
-            gemm::Parallelism::Rayon(threads)
-        }
+    /// Whether each gemm splits over the threads (one image at a time).
+    fn gemm_threads(&self) -> bool {
+        !self.by_image()
     }
 
     /// The output columns `ox` whose input column `ox * s + kx - p` lies in the image:
@@ -232,91 +229,6 @@ fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// A row-major (or transposed) view of a matrix inside a slice: element `(i, j)` at
-/// `offset + i * rs + j * cs`.
-#[derive(Clone, Copy)]
-struct Mat<'a> {
-    data: &'a [f32],
-    offset: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> Mat<'a> {
-    fn rows(data: &'a [f32], offset: usize, rs: usize) -> Self {
-        Self { data, offset, rs, cs: 1 }
-    }
-
-    fn transposed(data: &'a [f32], offset: usize, rs: usize) -> Self {
-        Self { data, offset, rs: 1, cs: rs }
-    }
-
-    /// Whether an `m x n` matrix fits in the slice.
-    fn fits(&self, m: usize, n: usize) -> bool {
-        m == 0 || n == 0 || self.offset + (m - 1) * self.rs + (n - 1) * self.cs < self.data.len()
-    }
-}
-
-/// `dst[m, n] (+)= lhs[m, k] x rhs[k, n]`, `dst` row-major with row stride `dst_rs`
-/// from `dst_off`; `accumulate` adds to what `dst` holds. Bounds are checked before
-/// the gemm crate (which takes raw pointers) is called.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    dst_off: usize,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: Mat<'_>,
-    rhs: Mat<'_>,
-    par: gemm::Parallelism,
-) -> Result<()> {
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    let dst_fits = dst_off + (m - 1) * dst_rs + n <= dst.len() && dst_rs >= n;
-    if !dst_fits || !lhs.fits(m, k) || !rhs.fits(k, n) {
-        bail!("anneal-conv2d: gemm operands out of bounds ({m}x{k} x {k}x{n})");
-    }
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                dst[dst_off + i * dst_rs..][..n].fill(0.0);
-            }
-        }
-        return Ok(());
-    }
-    let dst = &mut dst[dst_off..];
-    // SAFETY: every index the gemm reads or writes was checked above to lie inside its
-    // slice: `dst` (i * dst_rs + j for i < m, j < n), `lhs` (i < m, l < k), `rhs`
-    // (l < k, j < n); `dst` is a unique borrow, so it overlaps neither operand.
-    #[allow(unsafe_code)]
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.data.as_ptr().add(lhs.offset),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr().add(rhs.offset),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
-    Ok(())
-}
-
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
@@ -366,14 +278,26 @@ impl CustomOp3 for Conv {
             }
             let lhs = Mat::rows(w, 0, g.kk());
             if g.direct() {
-                return matmul((g.c_out, n, g.kk()), ob, 0, n, true, lhs, Mat::rows(xb, 0, n), g.gemm_par());
+                return matmul(
+                    (g.c_out, n, g.kk()),
+                    Dst { data: ob, offset: 0, rs: n, accumulate: true },
+                    lhs,
+                    Mat::rows(xb, 0, n),
+                    g.gemm_threads(),
+                );
             }
             with_cols(g.kk() * g.tile(), |cols| {
                 for (y0, y1) in g.tiles() {
                     let (n0, t) = (y0 * g.ow, (y1 - y0) * g.ow);
                     let cols = &mut cols[..g.kk() * t];
                     g.im2col(xb, y0, y1, cols);
-                    matmul((g.c_out, t, g.kk()), ob, n0, n, true, lhs, Mat::rows(cols, 0, t), g.gemm_par())?;
+                    matmul(
+                        (g.c_out, t, g.kk()),
+                        Dst { data: ob, offset: n0, rs: n, accumulate: true },
+                        lhs,
+                        Mat::rows(cols, 0, t),
+                        g.gemm_threads(),
+                    )?;
                 }
                 Ok(())
             })
@@ -435,13 +359,25 @@ impl CustomOp2 for InputGrad {
         let image = |(gb, xb): (&[f32], &mut [f32])| -> Result<()> {
             let n = g.pixels();
             if g.direct() {
-                return matmul((g.kk(), n, g.c_out), xb, 0, n, false, lhs, Mat::rows(gb, 0, n), g.gemm_par());
+                return matmul(
+                    (g.kk(), n, g.c_out),
+                    Dst { data: xb, offset: 0, rs: n, accumulate: false },
+                    lhs,
+                    Mat::rows(gb, 0, n),
+                    g.gemm_threads(),
+                );
             }
             with_cols(g.kk() * g.tile(), |cols| {
                 for (y0, y1) in g.tiles() {
                     let (n0, t) = (y0 * g.ow, (y1 - y0) * g.ow);
                     let tile = &mut cols[..g.kk() * t];
-                    matmul((g.kk(), t, g.c_out), tile, 0, t, false, lhs, Mat::rows(gb, n0, n), g.gemm_par())?;
+                    matmul(
+                        (g.kk(), t, g.c_out),
+                        Dst { data: tile, offset: 0, rs: t, accumulate: false },
+                        lhs,
+                        Mat::rows(gb, n0, n),
+                        g.gemm_threads(),
+                    )?;
                     g.col2im(tile, y0, y1, xb);
                 }
                 Ok(())
@@ -483,7 +419,13 @@ impl CustomOp2 for KernelGrad {
             if g.direct() {
                 // cols^T of the image itself: [n, c_in] read from [c_in, n].
                 let rhs = Mat::transposed(xb, 0, n);
-                return matmul((g.c_out, g.kk(), n), acc, 0, g.kk(), true, Mat::rows(gb, 0, n), rhs, g.gemm_par());
+                return matmul(
+                    (g.c_out, g.kk(), n),
+                    Dst { data: acc, offset: 0, rs: g.kk(), accumulate: true },
+                    Mat::rows(gb, 0, n),
+                    rhs,
+                    g.gemm_threads(),
+                );
             }
             with_cols(g.kk() * g.tile(), |cols| {
                 for (y0, y1) in g.tiles() {
@@ -491,7 +433,13 @@ impl CustomOp2 for KernelGrad {
                     let cols = &mut cols[..g.kk() * t];
                     g.im2col(xb, y0, y1, cols);
                     let rhs = Mat::transposed(cols, 0, t);
-                    matmul((g.c_out, g.kk(), t), acc, 0, g.kk(), true, Mat::rows(gb, n0, n), rhs, g.gemm_par())?;
+                    matmul(
+                        (g.c_out, g.kk(), t),
+                        Dst { data: acc, offset: 0, rs: g.kk(), accumulate: true },
+                        Mat::rows(gb, n0, n),
+                        rhs,
+                        g.gemm_threads(),
+                    )?;
                 }
                 Ok(())
             })

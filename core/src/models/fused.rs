@@ -10,6 +10,9 @@ use std::sync::Mutex;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
+mod attention;
+pub(crate) use attention::CausalAttention;
+
 /// The fused kernels apply: an f32 tensor on the CPU.
 pub(crate) fn usable(x: &Tensor) -> bool {
     x.dtype() == DType::F32 && x.device().is_cpu()

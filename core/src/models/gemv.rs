@@ -10,8 +10,9 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
-/// Input rows up to which this path is used (decoding: one row per sequence).
-pub(crate) const MAX_ROWS: usize = 8;
+/// Input rows up to which this path is used (decoding: one row per sequence; a short
+/// prompt, where a general gemm spends more time packing the weight than multiplying).
+pub(crate) const MAX_ROWS: usize = 32;
 
 /// Whether `x` (`[n, in]`) times `w` can take this path.
 pub(crate) fn usable(x: &Tensor, w: &Tensor) -> bool {
@@ -45,14 +46,15 @@ pub(crate) fn matmul(x: &Tensor, w: &Tensor, conv1d: bool) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, (n, out_f), x.device())?)
 }
 
-/// Weights smaller than this (elements) are done on the calling thread: waking the
+/// Products smaller than this (multiply-adds) are done on the calling thread: waking the
 /// pool costs more than it saves.
-const PARALLEL_FROM: usize = 1 << 18;
+const PARALLEL_FROM: usize = 1 << 15;
 
 /// Output features per task: enough work to beat the scheduling cost, enough tasks to
-/// balance the threads; everything in one task for a small weight.
-fn chunk(out_f: usize, in_f: usize) -> usize {
-    if out_f * in_f < PARALLEL_FROM {
+/// balance the threads; everything in one task for a small product. `per_out`: the
+/// work of one output feature (input features times rows, in f32 multiply-adds).
+fn chunk(out_f: usize, per_out: usize) -> usize {
+    if out_f * per_out < PARALLEL_FROM {
         return out_f.max(1);
     }
     let tasks = rayon::current_num_threads().max(1) * 4;
@@ -63,7 +65,7 @@ fn chunk(out_f: usize, in_f: usize) -> usize {
 fn linear_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec<f32> {
     // Transposed result `[out, n]`: each task owns a block of output features.
     let mut yt = vec![0f32; out_f * n];
-    let c = chunk(out_f, in_f);
+    let c = chunk(out_f, in_f * n);
     yt.par_chunks_mut(c * n).enumerate().for_each(|(ci, ys)| {
         let o0 = ci * c;
         for (k, yo) in ys.chunks_exact_mut(n).enumerate() {
@@ -82,7 +84,7 @@ fn linear_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec
 /// `w` `[in, out]` row-major (GPT-2's Conv1D): each task accumulates a block of output
 /// columns over every input row of `w`.
 fn conv1d_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec<f32> {
-    let c = chunk(out_f, in_f).min(out_f);
+    let c = chunk(out_f, in_f * n).min(out_f);
     let blocks: Vec<Vec<f32>> = (0..out_f.div_ceil(c))
         .into_par_iter()
         .map(|b| {
@@ -161,6 +163,9 @@ impl Q8Weight {
                 scales.len()
             )));
         }
+        // The integer kernel negates weights by the input's sign: -128 has no i8
+        // negation, so it is read as -127 (GGML's quantizer never writes it).
+        let q = q.into_iter().map(|v| v.max(-127)).collect();
         Ok(Self { out_f, in_f, q, scales })
     }
 
@@ -212,7 +217,7 @@ impl Q8Weight {
         let (xq, xd) = quantize_blocks(&xv);
         let (out_f, blocks) = (self.out_f, in_f / Q8_BLOCK);
         let mut yt = vec![0f32; out_f * n];
-        let c = chunk(out_f, in_f / 4);
+        let c = chunk(out_f, in_f * n / 4);
         yt.par_chunks_mut(c * n).enumerate().for_each(|(ci, ys)| {
             let o0 = ci * c;
             for (k, yo) in ys.chunks_exact_mut(n).enumerate() {
@@ -234,6 +239,12 @@ impl Q8Weight {
 fn quantize_blocks(data: &[f32]) -> (Vec<i8>, Vec<f32>) {
     let mut q = Vec::with_capacity(data.len());
     let mut scales = Vec::with_capacity(data.len() / Q8_BLOCK);
+    quantize_into(data, &mut q, &mut scales);
+    (q, scales)
+}
+
+/// Appends the q8_0 blocks of `data` (whole blocks of 32) to `q` and `scales`.
+pub(crate) fn quantize_into(data: &[f32], q: &mut Vec<i8>, scales: &mut Vec<f32>) {
     for block in data.chunks_exact(Q8_BLOCK) {
         let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
         let d = amax / 127.0;
@@ -241,7 +252,6 @@ fn quantize_blocks(data: &[f32]) -> (Vec<i8>, Vec<f32>) {
         scales.push(d);
         q.extend(block.iter().map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8));
     }
-    (q, scales)
 }
 
 /// `[rows, cols]` -> `[cols, rows]`.
@@ -266,10 +276,40 @@ fn dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[f32]) -> f32 {
     dot_q8_portable(xq, xd, wq, wd)
 }
 
+/// Per block of 32: |x| (unsigned) times w with x's sign (`sign_epi8`), pairs summed to
+/// 16 i16 (`maddubs`: at most 2 * 127 * 127, no saturation since values are clamped to
+/// +-127), then to 8 i32 (`madd` by ones), converted and scaled by `dx * dw` into f32
+/// lanes; two blocks per step into two accumulators.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn dot_q8_avx2(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[f32]) -> f32 {
-    dot_q8_portable(xq, xd, wq, wd)
+    use std::arch::x86_64::*;
+    let blocks = (xq.len() / Q8_BLOCK).min(wq.len() / Q8_BLOCK).min(xd.len()).min(wd.len());
+    let ones = _mm256_set1_epi16(1);
+    let block = |b: usize| -> __m256 {
+        let (xb, wb) = (&xq[b * Q8_BLOCK..(b + 1) * Q8_BLOCK], &wq[b * Q8_BLOCK..(b + 1) * Q8_BLOCK]);
+        // SAFETY: `xb` and `wb` are 32-byte slices (indexed above); unaligned loads.
+        #[allow(unsafe_code)]
+        let (x, w) = unsafe {
+            (_mm256_loadu_si256(xb.as_ptr().cast::<__m256i>()), _mm256_loadu_si256(wb.as_ptr().cast::<__m256i>()))
+        };
+        let products = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(w, x));
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones))
+    };
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut b = 0;
+    while b + 1 < blocks {
+        acc0 = _mm256_fmadd_ps(block(b), _mm256_set1_ps(xd[b] * wd[b]), acc0);
+        acc1 = _mm256_fmadd_ps(block(b + 1), _mm256_set1_ps(xd[b + 1] * wd[b + 1]), acc1);
+        b += 2;
+    }
+    if b < blocks {
+        acc0 = _mm256_fmadd_ps(block(b), _mm256_set1_ps(xd[b] * wd[b]), acc0);
+    }
+    let acc = _mm256_add_ps(acc0, acc1);
+    let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
 }
 
 /// Integer multiply-adds within a block (exact in i32), one float multiply per block.
@@ -434,6 +474,59 @@ mod tests {
                 let want = p.matmul(&vr.contiguous().unwrap()).unwrap();
                 let diff = (got.get(row).unwrap() - want).unwrap().abs().unwrap().max_all().unwrap();
                 assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "pads {pads:?} window {window:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn q8_0_dot_kernels_agree_with_exact_integer_sums() {
+        // Extreme values (+-127 everywhere), zeros, random blocks, odd block counts.
+        let mut seed = 0x9e37_79b9_u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for blocks in [1usize, 2, 3, 8, 17] {
+            for case in 0..4 {
+                let n = blocks * Q8_BLOCK;
+                let pick = |r: u32| -> i8 {
+                    match case {
+                        0 => 127,
+                        1 => {
+                            if r.is_multiple_of(2) {
+                                127
+                            } else {
+                                -127
+                            }
+                        }
+                        2 => 0,
+                        _ => ((r % 255) as i32 - 127) as i8,
+                    }
+                };
+                let xq: Vec<i8> = (0..n).map(|_| pick(next())).collect();
+                let wq: Vec<i8> = (0..n).map(|i| if case == 1 && i % 3 == 0 { -127 } else { pick(next()) }).collect();
+                let xd: Vec<f32> = (0..blocks).map(|_| (next() % 1000) as f32 / 997.0).collect();
+                let wd: Vec<f32> = (0..blocks).map(|_| (next() % 1000) as f32 / 991.0).collect();
+                let exact: f64 = (0..blocks)
+                    .map(|b| {
+                        let s: i64 = (0..Q8_BLOCK)
+                            .map(|i| i64::from(xq[b * Q8_BLOCK + i]) * i64::from(wq[b * Q8_BLOCK + i]))
+                            .sum();
+                        f64::from(xd[b]) * f64::from(wd[b]) * s as f64
+                    })
+                    .sum();
+                let scale: f64 =
+                    (0..blocks).map(|b| f64::from(xd[b] * wd[b]) * 127.0 * 127.0 * 32.0).sum::<f64>().max(1.0);
+                for (name, got) in
+                    [("dispatch", dot_q8(&xq, &xd, &wq, &wd)), ("portable", dot_q8_portable(&xq, &xd, &wq, &wd))]
+                {
+                    assert!(
+                        (f64::from(got) - exact).abs() <= 1e-6 * scale,
+                        "{name} blocks {blocks} case {case}: {got} vs {exact}"
+                    );
+                }
             }
         }
     }

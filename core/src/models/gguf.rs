@@ -26,7 +26,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::ModelConfig;
 use super::gemv::{Q8Weight, Q8_BLOCK};
-use super::load::Weights;
+use super::load::{QuantizeOnLoad, Weights};
 use crate::error::{Error, Location, Result};
 use crate::gguf::{self, GgmlType, GgufFile};
 use crate::types::Family;
@@ -145,6 +145,38 @@ pub(crate) fn tensor_map(cfg: &ModelConfig) -> Result<Vec<Mapped>> {
         out.push(Mapped { hf: spec.name, gguf, shape: spec.shape, layout, matrix });
     }
     Ok(out)
+}
+
+/// The matrices of `cfg` (linear weights, the token embedding) that a safetensors
+/// model holds as q8_0 when it loads for quantized inference, under their file names
+/// (GPT-2's also without `transformer.`, as Hub checkpoints store them).
+pub(crate) fn quantize_on_load(cfg: &ModelConfig) -> Result<QuantizeOnLoad> {
+    let mut out = HashMap::new();
+    for m in tensor_map(cfg)?.into_iter().filter(|m| m.matrix) {
+        let transposed = m.layout == Layout::Transposed;
+        if let Some(short) = m.hf.strip_prefix("transformer.") {
+            out.insert(short.to_string(), (m.hf.clone(), transposed));
+        }
+        out.insert(m.hf.clone(), (m.hf, transposed));
+    }
+    Ok(out)
+}
+
+/// Bytes of `cfg`'s weights loaded that way: q8_0 matrices (36 bytes per 32 values;
+/// rows that are not whole blocks stay f32), everything else f32.
+pub(crate) fn quantized_bytes(cfg: &ModelConfig) -> Result<u128> {
+    Ok(tensor_map(cfg)?
+        .iter()
+        .map(|m| {
+            let n = m.shape.iter().product::<usize>() as u128;
+            let in_f = if m.layout == Layout::Transposed { m.shape.first() } else { m.shape.last() };
+            if m.matrix && in_f.is_some_and(|&i| i.is_multiple_of(Q8_BLOCK)) {
+                n / Q8_BLOCK as u128 * (Q8_BLOCK as u128 + 4)
+            } else {
+                4 * n
+            }
+        })
+        .sum())
 }
 
 /// The GGUF row that transformers row `r` of a `Rope { heads }` tensor of `rows` rows is.

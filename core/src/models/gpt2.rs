@@ -108,25 +108,27 @@ impl Gpt2 {
         for (i, blk) in self.blocks.iter().enumerate() {
             let r = ops::layer_norm(&x, &blk.ln_1.0, &blk.ln_1.1, cfg.norm_eps, mode)?;
             let qkv = blk.c_attn.forward(&r, train)?;
-            let heads = |j: usize| -> Result<Tensor> {
-                Ok(qkv.narrow(D::Minus1, j * h, h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?)
-            };
-            let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
-            let (k, v) = match cache.as_mut() {
-                Some(c) => c.append(i, &k, &v)?,
-                None => (k, v),
-            };
+            let part = |j: usize| qkv.narrow(D::Minus1, j * h, h);
             let mut scale = 1.0 / (hd as f64).sqrt();
             if cfg.scale_attn_by_inverse_layer_idx {
                 scale /= (i + 1) as f64;
             }
-            let y = ops::attention(&q, &k, &v, &mask, scale, mode)?;
-            let y = y.transpose(1, 2)?.reshape((b, t, h))?;
+            let y = match cache.as_mut() {
+                Some(c) => {
+                    let heads = |j: usize| -> Result<Tensor> {
+                        Ok(part(j)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?)
+                    };
+                    let (k, v) = c.append(i, &heads(1)?, &heads(2)?)?;
+                    let y = ops::attention(&heads(0)?, &k, &v, &mask, scale, mode)?;
+                    y.transpose(1, 2)?.reshape((b, t, h))?
+                }
+                None => ops::self_attention(&part(0)?, &part(1)?, &part(2)?, (nh, nh, hd), &mask, scale, mode)?,
+            };
             x = (x + blk.attn_proj.forward(&y, train)?)?;
             let r = ops::layer_norm(&x, &blk.ln_2.0, &blk.ln_2.1, cfg.norm_eps, mode)?;
             let m = blk.c_fc.forward(&r, train)?;
             let m = match cfg.activation {
-                Activation::GeluTanh if train && super::fused::usable(&m) => m.apply_op1(super::fused::GeluTanh)?,
+                Activation::GeluTanh if super::fused::usable(&m) => m.apply_op1(super::fused::GeluTanh)?,
                 Activation::GeluTanh => m.gelu()?,
                 Activation::Gelu => m.gelu_erf()?,
                 Activation::Relu => m.relu()?,

@@ -104,25 +104,32 @@ impl Llama {
         let scale = 1.0 / (hd as f64).sqrt();
         for (i, l) in self.layers.iter().enumerate() {
             let r = ops::rms_norm(&x, &l.input_layernorm, cfg.norm_eps, mode)?;
-            let split = |y: Tensor, n: usize| -> Result<Tensor> {
-                Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+            let (q, k, v) = (l.q_proj.forward(&r, train)?, l.k_proj.forward(&r, train)?, l.v_proj.forward(&r, train)?);
+            let y = match cache.as_mut() {
+                Some(c) => {
+                    let split = |y: Tensor, n: usize| -> Result<Tensor> {
+                        Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+                    };
+                    let q = ops::rope(&split(q, nh)?, &cos, &sin, mode)?;
+                    let k = ops::rope(&split(k, nkv)?, &cos, &sin, mode)?;
+                    let (k, v) = c.append(i, &k, &split(v, nkv)?)?;
+                    let y = ops::attention(&q, &k, &v, &mask, scale, mode)?;
+                    y.transpose(1, 2)?.reshape((b, t, nh * hd))?
+                }
+                None => {
+                    // RoPE in the projections' [b, t, heads, d] layout: no head split.
+                    let rope = |y: Tensor, n: usize| -> Result<Tensor> {
+                        Ok(ops::rope_thd(&y.reshape((b, t, n, hd))?, &cos, &sin, mode)?.reshape((b, t, n * hd))?)
+                    };
+                    let (q, k) = (rope(q, nh)?, rope(k, nkv)?);
+                    ops::self_attention(&q, &k, &v, (nh, nkv, hd), &mask, scale, mode)?
+                }
             };
-            let q = split(l.q_proj.forward(&r, train)?, nh)?;
-            let k = split(l.k_proj.forward(&r, train)?, nkv)?;
-            let v = split(l.v_proj.forward(&r, train)?, nkv)?;
-            let q = ops::rope(&q, &cos, &sin, mode)?;
-            let k = ops::rope(&k, &cos, &sin, mode)?;
-            let (k, v) = match cache.as_mut() {
-                Some(c) => c.append(i, &k, &v)?,
-                None => (k, v),
-            };
-            let y = ops::attention(&q, &k, &v, &mask, scale, mode)?;
-            let y = y.transpose(1, 2)?.reshape((b, t, nh * hd))?;
             x = (x + l.o_proj.forward(&y, train)?)?;
             let r = ops::rms_norm(&x, &l.post_attention_layernorm, cfg.norm_eps, mode)?;
             let g = l.gate_proj.forward(&r, train)?;
             let u = l.up_proj.forward(&r, train)?;
-            let m = if train && super::fused::usable(&g) {
+            let m = if super::fused::usable(&g) {
                 g.contiguous()?.apply_op2(&u.contiguous()?, super::fused::SwiGlu)?
             } else {
                 (g.silu()? * u)?

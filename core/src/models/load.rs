@@ -56,6 +56,58 @@ pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Err(Error::data(Location::file(single), "no weights: expected model.safetensors or model.safetensors.index.json"))
 }
 
+/// Matrices to hold as q8_0 while loading: file tensor name -> (the name the family
+/// loader asks for, whether the file holds it `[in, out]` as a Conv1D weight).
+pub(crate) type QuantizeOnLoad = HashMap<String, (String, bool)>;
+
+/// `t` (`[out, in]`, or `[in, out]` when `transposed`) as q8_0 `[out, in]`; `None` when
+/// it is not a matrix or its rows are not a whole number of blocks (it stays dense, as
+/// `Linear::quantize_q8` leaves such a layer).
+fn quantize_matrix(t: &Tensor, transposed: bool) -> Result<Option<super::gemv::Q8Weight>> {
+    let Ok((a, b)) = t.dims2() else { return Ok(None) };
+    let (out_f, in_f) = if transposed { (b, a) } else { (a, b) };
+    if !in_f.is_multiple_of(super::gemv::Q8_BLOCK) {
+        return Ok(None);
+    }
+    let t = t.to_dtype(DType::F32)?;
+    let t = if transposed { t.t()?.contiguous()? } else { t };
+    let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
+    Ok(Some(super::gemv::Q8Weight::from_f32(out_f, in_f, &values)?))
+}
+
+/// A `rows x cols` matrix of `dtype` read from `file`'s position, quantized to q8_0
+/// one row at a time (I/O errors outside, conversion errors inside).
+fn quantize_rows(
+    file: &mut std::fs::File,
+    rows: usize,
+    cols: usize,
+    dtype: DType,
+) -> std::io::Result<Result<super::gemv::Q8Weight>> {
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut bytes = vec![0u8; cols * dtype.size_in_bytes()];
+    let mut row = vec![0f32; cols];
+    let (mut q, mut scales) =
+        (Vec::with_capacity(rows * cols), Vec::with_capacity(rows * cols / super::gemv::Q8_BLOCK));
+    for _ in 0..rows {
+        reader.read_exact(&mut bytes)?;
+        if dtype == DType::F32 {
+            for (v, b) in row.iter_mut().zip(bytes.chunks_exact(4)) {
+                *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        } else {
+            let converted = Tensor::from_raw_buffer(&bytes, dtype, &[cols], &Device::Cpu)
+                .and_then(|t| t.to_dtype(DType::F32))
+                .and_then(|t| t.to_vec1::<f32>());
+            match converted {
+                Ok(v) => row = v,
+                Err(e) => return Ok(Err(e.into())),
+            }
+        }
+        super::gemv::quantize_into(&row, &mut q, &mut scales);
+    }
+    Ok(super::gemv::Q8Weight::from_parts(rows, cols, q, scales))
+}
+
 impl Weights {
     /// Loads every tensor of a model directory (`model.safetensors` or its shards),
     /// converted to `dtype`, on `device`.
@@ -68,8 +120,29 @@ impl Weights {
 
     /// Loads every tensor of `files` (shards of one model: a name may appear in one only),
     /// converted to `dtype`, on `device`; `main_file` is where a missing tensor is reported.
+    /// The weights in `dir` for inference, the matrices of `quantize` held as q8_0 as
+    /// each is read (no dense copy of the model at any time: peak memory stays near
+    /// the quantized size plus one tensor).
+    pub(crate) fn load_quantized(dir: &Path, device: &Device, quantize: &QuantizeOnLoad) -> Result<Self> {
+        let files = weight_files(dir)?;
+        let index = dir.join("model.safetensors.index.json");
+        let main_file = if index.exists() { index } else { files.first().cloned().unwrap_or_default() };
+        Self::read(files, main_file, DType::F32, device, Some(quantize))
+    }
+
     pub(crate) fn from_files(files: Vec<PathBuf>, main_file: PathBuf, dtype: DType, device: &Device) -> Result<Self> {
+        Self::read(files, main_file, dtype, device, None)
+    }
+
+    fn read(
+        files: Vec<PathBuf>,
+        main_file: PathBuf,
+        dtype: DType,
+        device: &Device,
+        quantize: Option<&QuantizeOnLoad>,
+    ) -> Result<Self> {
         let mut tensors = HashMap::new();
+        let mut q8 = HashMap::new();
         for (i, f) in files.iter().enumerate() {
             // Tensor by tensor (not the whole file at once): peak memory is the weights
             // plus one tensor's bytes.
@@ -92,18 +165,40 @@ impl Weights {
                         ))
                     }
                 };
-                buf.resize(info.len as usize, 0);
-                file.seek(SeekFrom::Start(info.offset)).with_path(f)?;
-                file.read_exact(&mut buf).with_path(f)?;
                 let shape: Vec<usize> = info.shape.iter().map(|&d| d as usize).collect();
+                file.seek(SeekFrom::Start(info.offset)).with_path(f)?;
+                let to_quantize = quantize.and_then(|q| q.get(&name));
+                // A row-major matrix is quantized row by row as it is read: no copy of
+                // the whole tensor is ever held (the token embedding is the largest).
+                if let (Some((key, false)), &[rows, cols]) = (to_quantize, shape.as_slice()) {
+                    if cols % super::gemv::Q8_BLOCK == 0
+                        && info.len == (rows * cols * file_dtype.size_in_bytes()) as u64
+                    {
+                        let w = quantize_rows(&mut file, rows, cols, file_dtype).with_path(f)?;
+                        if q8.insert(key.clone(), std::sync::Arc::new(w?)).is_some() {
+                            return Err(Error::data(Location::file(f).field(name), "tensor appears in two shards"));
+                        }
+                        continue;
+                    }
+                }
+                buf.resize(info.len as usize, 0);
+                file.read_exact(&mut buf).with_path(f)?;
                 let t = Tensor::from_raw_buffer(&buf, file_dtype, &shape, device)?;
+                if let Some(&(ref key, transposed)) = to_quantize {
+                    if let Some(w) = quantize_matrix(&t, transposed)? {
+                        if q8.insert(key.clone(), std::sync::Arc::new(w)).is_some() {
+                            return Err(Error::data(Location::file(f).field(name), "tensor appears in two shards"));
+                        }
+                        continue;
+                    }
+                }
                 let t = if t.dtype() == dtype { t } else { t.to_dtype(dtype)? };
                 if tensors.insert(name.clone(), (t, i)).is_some() {
                     return Err(Error::data(Location::file(f).field(name), "tensor appears in two shards"));
                 }
             }
         }
-        Ok(Self { tensors, q8: HashMap::new(), files, main_file, dtype })
+        Ok(Self { tensors, q8, files, main_file, dtype })
     }
 
     /// Weights read from one file (`path`): dense tensors and q8_0 matrices.

@@ -1,0 +1,170 @@
+//! Strided f32 matrix products on slices, through the `gemm` crate (the kernels candle
+//! itself runs on the CPU), for the fused training ops that multiply views of their
+//! buffers (one head of a `[b, t, heads * d]` activation, a transposed block of
+//! probabilities) without copying them out first. Every call checks its operands'
+//! bounds before the crate, which takes raw pointers, is reached.
+
+use candle_core::{bail, Result};
+
+/// A matrix view inside a slice: element `(i, j)` at `offset + i * rs + j * cs`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    data: &'a [f32],
+    offset: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// Row-major rows from `offset`, `rs` apart.
+    pub(crate) fn rows(data: &'a [f32], offset: usize, rs: usize) -> Self {
+        Self { data, offset, rs, cs: 1 }
+    }
+
+    /// The transpose of [`Mat::rows`]`(data, offset, rs)`.
+    pub(crate) fn transposed(data: &'a [f32], offset: usize, rs: usize) -> Self {
+        Self { data, offset, rs: 1, cs: rs }
+    }
+
+    /// Whether an `m x n` matrix fits in the slice.
+    fn fits(&self, m: usize, n: usize) -> bool {
+        m == 0
+            || n == 0
+            || (m - 1)
+                .checked_mul(self.rs)
+                .and_then(|a| (n - 1).checked_mul(self.cs).and_then(|b| a.checked_add(b)))
+                .and_then(|e| e.checked_add(self.offset))
+                .is_some_and(|last| last < self.data.len())
+    }
+}
+
+/// Where a product goes: a row-major `m x n` block of `data` from `offset`, rows `rs`
+/// apart; `accumulate` adds the product to what is there.
+pub(crate) struct Dst<'a> {
+    pub(crate) data: &'a mut [f32],
+    pub(crate) offset: usize,
+    pub(crate) rs: usize,
+    pub(crate) accumulate: bool,
+}
+
+/// `dst[m, n] (+)= lhs[m, k] x rhs[k, n]`. `threads`: split the product over rayon's
+/// pool (for callers that are not already one task among many).
+pub(crate) fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: Dst<'_>,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    threads: bool,
+) -> Result<()> {
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let dst_fits = dst.rs >= n
+        && (m - 1)
+            .checked_mul(dst.rs)
+            .and_then(|a| a.checked_add(dst.offset + n))
+            .is_some_and(|end| end <= dst.data.len());
+    if !dst_fits || !lhs.fits(m, k) || !rhs.fits(k, n) {
+        bail!("gemm operands out of bounds ({m}x{k} x {k}x{n})");
+    }
+    let out = &mut dst.data[dst.offset..];
+    if k == 0 {
+        if !dst.accumulate {
+            for i in 0..m {
+                out[i * dst.rs..][..n].fill(0.0);
+            }
+        }
+        return Ok(());
+    }
+    let par = match rayon::current_num_threads() {
+        t if threads && t > 1 => gemm::Parallelism::Rayon(t),
+        _ => gemm::Parallelism::None,
+    };
+    // SAFETY: every element the gemm reads or writes was checked above to lie inside its
+    // slice: `out` (i * rs + j for i < m, j < n), `lhs` (i < m, l < k) and `rhs` (l < k,
+    // j < n); `out` is a unique borrow, so it overlaps neither operand.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            dst.rs as isize,
+            dst.accumulate,
+            lhs.data.as_ptr().add(lhs.offset),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr().add(rhs.offset),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The naive triple loop.
+    fn reference(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: impl Fn(usize, usize) -> f32,
+        b: impl Fn(usize, usize) -> f32,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|l| a(i, l) * b(l, j)).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn strided_and_transposed_views_multiply_and_accumulate() {
+        let (m, n, k) = (5, 7, 3);
+        // A 5x3 block inside a wider buffer (row stride 6, offset 2); B^T stored 7x3.
+        let a: Vec<f32> = (0..40).map(|v| v as f32 * 0.5 - 3.0).collect();
+        let bt: Vec<f32> = (0..21).map(|v| (v as f32).sin()).collect();
+        let want = reference(m, n, k, |i, l| a[2 + i * 6 + l], |l, j| bt[j * 3 + l]);
+        let mut out = vec![1f32; 2 + 4 * 9 + n];
+        for threads in [false, true] {
+            for accumulate in [false, true] {
+                out.iter_mut().for_each(|v| *v = 1.0);
+                let dst = Dst { data: &mut out, offset: 2, rs: 9, accumulate };
+                matmul((m, n, k), dst, Mat::rows(&a, 2, 6), Mat::transposed(&bt, 0, 3), threads).unwrap();
+                for i in 0..m {
+                    for j in 0..n {
+                        let expect = want[i * n + j] + if accumulate { 1.0 } else { 0.0 };
+                        assert!((out[2 + i * 9 + j] - expect).abs() < 1e-5, "({i},{j}) {threads} {accumulate}");
+                    }
+                }
+                // Outside the block: untouched.
+                assert_eq!((out[0], out[1], out[2 + 7]), (1.0, 1.0, 1.0));
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_bounds_operands_are_errors() {
+        let a = vec![0f32; 6];
+        let mut out = vec![0f32; 4];
+        fn dst(o: &mut [f32]) -> Dst<'_> {
+            Dst { data: o, offset: 0, rs: 2, accumulate: false }
+        }
+        assert!(matmul((2, 2, 3), dst(&mut out), Mat::rows(&a, 0, 3), Mat::rows(&a, 1, 2), false).is_err());
+        assert!(matmul((3, 2, 2), dst(&mut out), Mat::rows(&a, 0, 2), Mat::rows(&a, 0, 2), false).is_err());
+        assert!(matmul((2, 2, 3), dst(&mut out), Mat::rows(&a, 0, 3), Mat::rows(&a, 0, 2), false).is_ok());
+    }
+}
