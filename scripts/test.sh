@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test suite: format + lints, Rust unit/integration tests, the quickstart and
-# continual examples, the Python binding (pytest, in ./.venv) and the Node binding
-# (node --test), the dashboard in headless Chromium, and the binary distributions.
+# Runs every test suite: format + lints, Rust unit/integration tests, the quickstart,
+# continual and image quickstart examples and their twins, the Python binding (pytest,
+# in ./.venv) and the Node binding (node --test), the dashboard in headless Chromium,
+# and the binary distributions.
 # Installs what it needs itself (maturin, pytest into .venv; npm packages into
 # bindings-node/node_modules and cli/tests/browser/node_modules; chromium with
 # apt-get). Works on a fresh machine; no network beyond the package registries.
@@ -40,6 +41,11 @@ ct_bin="$(example_bin continual)"
 ct_home="$(mktemp -d)"
 "$ct_bin" "$ct_home/home" --smoke
 rm -rf "$ct_home"
+step "image quickstart example (dev profile, --smoke: the whole loop in a few steps)"
+iq_bin="$(example_bin image_quickstart)"
+iq_home="$(mktemp -d)"
+"$iq_bin" "$iq_home/home" --smoke
+rm -rf "$iq_home"
 
 step "Python binding"
 scripts/test-python.sh
@@ -47,6 +53,8 @@ step "Python quickstart twin"
 .venv/bin/python examples/python/quickstart.py "$(mktemp -d)/home" --smoke
 step "Python continual twin"
 .venv/bin/python examples/python/continual.py "$(mktemp -d)/home" --smoke
+step "Python image quickstart twin"
+.venv/bin/python examples/python/image_quickstart.py "$(mktemp -d)/home" --smoke
 
 step "dashboard in headless Chromium (anneal serve, a job started from Python)"
 scripts/test-browser.sh
@@ -57,6 +65,8 @@ step "Node quickstart twin"
 node examples/node/quickstart.mjs "$(mktemp -d)/home" --smoke
 step "Node continual twin"
 node examples/node/continual.mjs "$(mktemp -d)/home" --smoke
+step "Node image quickstart twin"
+node examples/node/image_quickstart.mjs "$(mktemp -d)/home" --smoke
 
 step "GGUF exports run by llama.cpp (node-llama-cpp's prebuilt binaries)"
 scripts/test-llamacpp.sh

@@ -66,5 +66,9 @@ test('shapes.score recognises the drawn pictures and shapes.grid lays them out',
   const sheet = anneal.shapes.grid([pngs.slice(0, 3), pngs.slice(3, 5)])
   assert.equal(sheet.readUInt32BE(16), 96) // IHDR width: 3 cells of 32
   assert.equal(sheet.readUInt32BE(20), 64) // two rows
+  const big = anneal.shapes.grid([pngs.slice(0, 3)], 2) // each picture enlarged twice
+  assert.equal(big.readUInt32BE(16), 192)
+  assert.equal(big.readUInt32BE(20), 64)
+  assert.throws(() => anneal.shapes.grid([pngs.slice(0, 1)], 0), (e) => e.code === 'invalid_config')
   assert.throws(() => anneal.shapes.score([Buffer.from('nope')], ['a red circle']), (e) => e.code === 'invalid_data')
 })

@@ -1,7 +1,7 @@
 //! `shapes`: the toy coloured-shapes data of the image quickstart (drawn by the core),
 //! its score (the share of images whose dominant colour and shape match their prompt)
 //! and a PNG contact sheet, for Node where no image library is at hand. Small and
-//! synchronous: 32x32 pictures.
+//! synchronous: pictures of a few dozen pixels a side.
 
 use napi::bindgen_prelude::Buffer;
 use napi::Env;
@@ -11,10 +11,54 @@ use anneal::diffusion::{image as img, shapes};
 
 use crate::errors::sync;
 
-/// Every colour x shape caption, e.g. "a red circle".
+/// Every colour x shape caption, e.g. "a red circle", in the order the datasets cycle
+/// through them.
 #[napi(namespace = "shapes")]
 pub fn prompts() -> Vec<String> {
-    (0..12).map(shapes::pair).map(|(c, s)| shapes::caption(c, s)).collect()
+    shapes::prompts()
+}
+
+/// The `tiny-shapes` preset's recommended training and sampling settings, and its
+/// resolution.
+#[napi(object, namespace = "shapes")]
+pub struct ShapesRecommended {
+    pub resolution: u32,
+    pub steps: u32,
+    pub batch_size: u32,
+    pub learning_rate: f64,
+    pub warmup_steps: u32,
+    /// `constant`, `linear` or `cosine`.
+    pub schedule: String,
+    /// Min-SNR-gamma loss weighting, if any.
+    pub snr_gamma: Option<f64>,
+    pub train_text_encoder: bool,
+    pub caption_dropout: f64,
+    /// The sampler (`ddpm`, `ddim`, ...), its steps and the guidance scale.
+    pub scheduler: String,
+    pub inference_steps: u32,
+    pub guidance_scale: f64,
+}
+
+/// The `tiny-shapes` preset's recommended training and sampling settings.
+#[napi(namespace = "shapes")]
+pub fn recommended() -> napi::Result<ShapesRecommended> {
+    let p = anneal::diffusion::presets::find("tiny-shapes")
+        .ok_or_else(|| napi::Error::from_reason("no tiny-shapes preset"))?;
+    let r = p.recommended;
+    Ok(ShapesRecommended {
+        resolution: p.resolution as u32,
+        steps: r.steps as u32,
+        batch_size: r.batch_size as u32,
+        learning_rate: r.learning_rate,
+        warmup_steps: r.warmup_steps as u32,
+        schedule: r.schedule.to_string(),
+        snr_gamma: r.snr_gamma,
+        train_text_encoder: r.train_text_encoder,
+        caption_dropout: r.caption_dropout,
+        scheduler: r.scheduler.to_string(),
+        inference_steps: r.inference_steps as u32,
+        guidance_scale: r.guidance_scale,
+    })
 }
 
 /// Writes `n` captioned `size` x `size` PNG pictures and `metadata.jsonl` into `dir`,
@@ -42,14 +86,54 @@ pub fn score(env: Env, images: Vec<Buffer>, prompts: Vec<String>) -> napi::Resul
     })
 }
 
-/// One PNG holding `rows[r][c]` (PNG Buffers) row by row on a white canvas.
+/// Shares of images whose dominant colour, shape, and both match their prompt.
+#[napi(object, namespace = "shapes")]
+pub struct ShapesScore {
+    pub images: u32,
+    pub color: f64,
+    pub shape: f64,
+    pub both: f64,
+}
+
+impl From<shapes::ShapesScore> for ShapesScore {
+    fn from(s: shapes::ShapesScore) -> Self {
+        Self { images: s.images as u32, color: s.color, shape: s.shape, both: s.both }
+    }
+}
+
+/// The shares of `images` (PNG Buffers) whose dominant colour, whose shape, and whose
+/// colour and shape both match the prompt at the same index (measured on the pixels).
 #[napi(namespace = "shapes")]
-pub fn grid(env: Env, rows: Vec<Vec<Buffer>>) -> napi::Result<Buffer> {
+pub fn evaluate(env: Env, images: Vec<Buffer>, prompts: Vec<String>) -> napi::Result<ShapesScore> {
     sync(&env, || {
+        let decoded = decode(&images, "images")?;
+        let views: Vec<(usize, usize, &[u8])> =
+            decoded.iter().map(|r| (r.width as usize, r.height as usize, r.data.as_slice())).collect();
+        let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        shapes::evaluate(&views, &prompts).map(ShapesScore::from)
+    })
+}
+
+/// What a painter that ignores its prompt scores on average (`images` 0).
+#[napi(namespace = "shapes")]
+pub fn chance() -> ShapesScore {
+    shapes::ShapesScore::chance().into()
+}
+
+/// One PNG holding `rows[r][c]` (PNG Buffers) row by row on a white canvas, each
+/// picture enlarged `scale` times (nearest neighbour; default 1).
+#[napi(namespace = "shapes")]
+pub fn grid(env: Env, rows: Vec<Vec<Buffer>>, scale: Option<u32>) -> napi::Result<Buffer> {
+    sync(&env, || {
+        let k = scale.unwrap_or(1) as usize;
+        let big = |i: img::RgbImage| -> anneal::Result<img::RgbImage> {
+            let (w, h, rgb) = shapes::enlarge(&i.data, i.width as usize, i.height as usize, k)?;
+            img::RgbImage::new(w as u32, h as u32, rgb)
+        };
         let decoded: Vec<Vec<img::RgbImage>> = rows
             .iter()
             .enumerate()
-            .map(|(r, row)| decode(row, &format!("rows[{r}]")))
+            .map(|(r, row)| decode(row, &format!("rows[{r}]"))?.into_iter().map(big).collect())
             .collect::<anneal::Result<_>>()?;
         let refs: Vec<Vec<&img::RgbImage>> = decoded.iter().map(|r| r.iter().collect()).collect();
         Ok(Buffer::from(img::encode_png(&img::grid(&refs)?)?))

@@ -23,6 +23,7 @@
 pub mod clip;
 pub mod config;
 mod conv;
+mod group_norm;
 pub mod image;
 mod load;
 pub mod lora;

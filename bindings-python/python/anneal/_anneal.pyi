@@ -1620,8 +1620,36 @@ def cli_main(argv: builtins.list[str]) -> int:
 
 # ---------------------------------------------------------------- toy data (anneal.shapes)
 
+class ShapesScore(TypedDict):
+    """Shares of images whose dominant colour, shape, and both match their prompt."""
+    images: int
+    color: float
+    shape: float
+    both: float
+
 def shapes_write_imagefolder(dir: str | os.PathLike[str], n: int = 480, size: int = 32, seed: int = 0) -> None: ...
 def shapes_score(images: builtins.list[Any], prompts: builtins.list[str]) -> float: ...
+def shapes_evaluate(images: builtins.list[Any], prompts: builtins.list[str]) -> ShapesScore: ...
+def shapes_chance() -> ShapesScore: ...
+
+class ShapesRecommended(TypedDict):
+    """The `tiny-shapes` preset's recommended training and sampling settings."""
+    learning_rate: float
+    warmup_steps: int
+    schedule: Schedule
+    steps: int
+    batch_size: int
+    snr_gamma: float | None
+    train_text_encoder: bool
+    scheduler: str
+    inference_steps: int
+    guidance_scale: float
+    caption_dropout: float
+    resolution: int
+
+def shapes_recommended() -> ShapesRecommended: ...
+def shapes_prompts() -> builtins.list[str]: ...
+def shapes_grid(rows: builtins.list[builtins.list[Any]], scale: int = 1) -> bytes: ...
 
 # ---------------------------------------------------------------- webhooks (home.webhooks())
 

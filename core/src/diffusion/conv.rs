@@ -1,132 +1,503 @@
-//! A 2D convolution for the training path with a backward made of fast ops.
+//! A 2D convolution with its bias, forward and backward, as im2col + gemm on the CPU.
 //!
-//! candle's own `conv2d` backward computes the input gradient with `conv_transpose2d`,
-//! whose CPU kernel is a dot product per output pixel (no im2col, no gemm), and always
-//! computes the kernel gradient, even for a frozen kernel (a LoRA run's convolutions).
-//! On the tiny-shapes UNet these two took most of a training step. [`Conv2dOp`] keeps
-//! candle's forward kernel (tiled im2col + gemm) and has its own backward:
+//! candle's own `conv2d` builds its im2col tiles element by element through a
+//! channels-last copy of the input, adds the bias as a separate broadcast (whose
+//! backward is a strided reduction over the batch and the pixels), and computes the
+//! input gradient with `conv_transpose2d` (a dot product per output pixel, no gemm) and
+//! the kernel gradient even for a frozen kernel. On the tiny-shapes UNet these took most
+//! of a training step. [`conv2d`] is one op (`CustomOp3` of input, kernel and bias):
 //!
-//! - input gradient (only when the input needs one): the correlation of the output
-//!   gradient, dilated by the stride (zeros in between) and padded by `k - 1 - p`, with
-//!   the kernel flipped in both spatial dims and its in/out channels swapped. That is a
-//!   stride-1 `conv2d`, so it runs on the same im2col + gemm kernel as the forward;
+//! - forward, per image: the im2col matrix `[c_in k k, pixels]` (row by row, a shifted
+//!   copy of one input row per kernel offset, zeros in the padding), then one gemm
+//!   `kernel [c_out, c_in k k] x cols` onto the bias; a 1x1 stride-1 convolution uses
+//!   the image itself as the matrix;
+//! - input gradient (only when the input needs one): `kernel^T x grad` per image, then
+//!   col2im (the adjoint of im2col: each column added back where it was read from);
 //! - kernel gradient (only when the kernel needs one, i.e. it is a `Var` or computed
-//!   from one): per kernel offset, the strided window of the padded input; the `k * k`
-//!   windows stacked are the im2col matrix, and the gradient is one batched matmul of
-//!   the output gradient with it, summed over the batch.
+//!   from one): `grad x cols^T` summed over the images; bias gradient: the sum of the
+//!   output gradient over images and pixels.
 //!
-//! It applies to f32 tensors on the CPU with `padding < kernel` (every convolution of the
-//! UNet and the VAE); anything else goes through candle's `conv2d` unchanged.
+//! Images are split over rayon's threads (each gemm single-threaded); with fewer images
+//! than threads (generation at batch 1 or 2) the gemms run multi-threaded instead. The
+//! im2col matrix is cut into tiles of whole output rows, about [`TILE_FLOATS`] floats,
+//! so a large image never needs its whole matrix at once; it is recomputed in the
+//! backward rather than kept, in a buffer each thread keeps. It applies to f32 tensors on the CPU with a square kernel and
+//! `padding < kernel` (every convolution of the UNet and the VAE); anything else goes
+//! through candle's `conv2d` and a broadcast bias.
 
-use std::sync::Mutex;
-
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 use crate::models::fused;
+use crate::models::sgemm::{matmul, Dst, Mat};
 
-/// `conv2d(x, w)` with [`Conv2dOp`]'s backward where it applies, else candle's.
-pub(crate) fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
-    let (_, _, kh, kw) = w.dims4()?;
-    let usable = fused::usable(x) && fused::usable(w) && kh == kw && padding < kh && stride >= 1;
-    if !usable || !(x.track_op() || w.track_op()) {
-        return x.conv2d(w, padding, stride, 1, 1);
+/// Floats of one im2col tile (1 MiB), so that a tile and its gemm stay in cache.
+const TILE_FLOATS: usize = 1 << 18;
+
+/// `conv2d(x, w) + bias` (bias `[c_out]`), with the backward described in the module
+/// docs where it applies, else candle's.
+pub(crate) fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, padding: usize, stride: usize) -> Result<Tensor> {
+    let (c_out, _, kh, kw) = w.dims4()?;
+    let usable = fused::usable(x)
+        && fused::usable(w)
+        && bias.is_none_or(fused::usable)
+        && x.rank() == 4
+        && kh == kw
+        && padding < kh
+        && stride >= 1;
+    if !usable {
+        let y = x.conv2d(w, padding, stride, 1, 1)?;
+        return match bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, c_out, 1, 1))?),
+            None => Ok(y),
+        };
     }
-    // candle's forward kernel (its parameters cannot be built outside candle), on
-    // detached operands; the op below hands its result to the graph.
-    let y = x.detach().conv2d(&w.detach(), padding, stride, 1, 1)?;
-    x.apply_op2(w, Conv2dOp { padding, stride, out: Mutex::new(Some(y)) })
+    let bias = match bias {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(c_out, w.dtype(), w.device())?,
+    };
+    let op = Conv { padding, stride, kernel: kh };
+    x.contiguous()?.apply_op3(&w.contiguous()?, &bias, op)
 }
 
-/// See the module docs. `out` holds the forward's result until the graph takes it.
-pub(crate) struct Conv2dOp {
+/// The sizes of one convolution.
+#[derive(Debug, Clone, Copy)]
+struct Geom {
+    b: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geom {
+    fn new(x: &[usize], w: &[usize], k: usize, s: usize, p: usize) -> Result<Self> {
+        let (&[b, c_in, h, wd], &[c_out, wc, _, _]) = (x, w) else { bail!("anneal-conv2d: 4-D operands expected") };
+        if wc != c_in {
+            bail!("anneal-conv2d: input has {c_in} channels, kernel expects {wc}");
+        }
+        if h + 2 * p < k || wd + 2 * p < k {
+            bail!("anneal-conv2d: input {h}x{wd} smaller than the kernel {k} with padding {p}");
+        }
+        let (oh, ow) = ((h + 2 * p - k) / s + 1, (wd + 2 * p - k) / s + 1);
+        Ok(Self { b, c_in, h, w: wd, c_out, k, s, p, oh, ow })
+    }
+
+    /// Rows of the im2col matrix.
+    fn kk(&self) -> usize {
+        self.c_in * self.k * self.k
+    }
+
+    fn pixels(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    fn in_len(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+
+    fn out_len(&self) -> usize {
+        self.c_out * self.pixels()
+    }
+
+    /// The im2col matrix is the image itself.
+    fn direct(&self) -> bool {
+        self.k == 1 && self.s == 1 && self.p == 0
+    }
+
+    /// Output rows per tile: as many as fit in [`TILE_FLOATS`], at least one.
+    fn tile_rows(&self) -> usize {
+        (TILE_FLOATS / (self.kk() * self.ow).max(1)).clamp(1, self.oh.max(1))
+    }
+
+    /// Output pixels per tile (whole output rows).
+    fn tile(&self) -> usize {
+        self.tile_rows() * self.ow
+    }
+
+    /// The tiles of one image: output rows `[y0, y1)`.
+    fn tiles(&self) -> impl Iterator<Item = (usize, usize)> {
+        let (oh, t) = (self.oh, self.tile_rows());
+        (0..oh.div_ceil(t)).map(move |i| (i * t, ((i + 1) * t).min(oh)))
+    }
+
+    /// Split the images over threads (gemms single-threaded), or run the gemms
+    /// multi-threaded one image at a time.
+    fn by_image(&self) -> bool {
+        self.b >= rayon::current_num_threads()
+    }
+
+    /// Whether each gemm splits over the threads (one image at a time).
+    fn gemm_threads(&self) -> bool {
+        !self.by_image()
+    }
+
+    /// The output columns `ox` whose input column `ox * s + kx - p` lies in the image:
+    /// `lo..hi`.
+    fn valid_cols(&self, kx: usize) -> (usize, usize) {
+        // ox * s + kx >= p and ox * s + kx - p <= w - 1.
+        let lo = if kx >= self.p { 0 } else { (self.p - kx).div_ceil(self.s) };
+        let hi = if self.w + self.p > kx { (self.w - 1 + self.p - kx) / self.s + 1 } else { 0 };
+        let lo = lo.min(self.ow);
+        (lo, hi.clamp(lo, self.ow))
+    }
+
+    /// The input row `oy * s + ky - p`, if inside the image.
+    fn in_row(&self, oy: usize, ky: usize) -> Option<usize> {
+        (oy * self.s + ky).checked_sub(self.p).filter(|&iy| iy < self.h)
+    }
+
+    /// Writes the im2col columns of output rows `y0..y1` of image `x` (`[c_in, h, w]`)
+    /// into `cols` (`[kk, (y1 - y0) ow]`).
+    fn im2col(&self, x: &[f32], y0: usize, y1: usize, cols: &mut [f32]) {
+        let (k, s, p, ow) = (self.k, self.s, self.p, self.ow);
+        let t = (y1 - y0) * ow;
+        for (r, row) in cols.chunks_exact_mut(t).enumerate().take(self.kk()) {
+            let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+            let plane = &x[ci * self.h * self.w..][..self.h * self.w];
+            let (lo, hi) = self.valid_cols(kx);
+            let first = (lo * s + kx).saturating_sub(p);
+            for (oy, seg) in (y0..y1).zip(row.chunks_exact_mut(ow)) {
+                let Some(iy) = self.in_row(oy, ky) else {
+                    seg.fill(0.0);
+                    continue;
+                };
+                seg[..lo].fill(0.0);
+                seg[hi..].fill(0.0);
+                let src = &plane[iy * self.w + first..];
+                let dst = &mut seg[lo..hi];
+                if s == 1 {
+                    dst.copy_from_slice(&src[..dst.len()]);
+                } else {
+                    for (d, v) in dst.iter_mut().zip(src.iter().step_by(s)) {
+                        *d = *v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`Self::im2col`]: adds the columns `cols` (`[kk, (y1 - y0) ow]`)
+    /// of output rows `y0..y1` back onto image `gx` (`[c_in, h, w]`).
+    fn col2im(&self, cols: &[f32], y0: usize, y1: usize, gx: &mut [f32]) {
+        let (k, s, p, ow) = (self.k, self.s, self.p, self.ow);
+        let t = (y1 - y0) * ow;
+        for (r, row) in cols.chunks_exact(t).enumerate().take(self.kk()) {
+            let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+            let plane = &mut gx[ci * self.h * self.w..][..self.h * self.w];
+            let (lo, hi) = self.valid_cols(kx);
+            if lo >= hi {
+                continue;
+            }
+            let first = lo * s + kx - p;
+            for (oy, seg) in (y0..y1).zip(row.chunks_exact(ow)) {
+                let Some(iy) = self.in_row(oy, ky) else { continue };
+                let dst = &mut plane[iy * self.w + first..];
+                if s == 1 {
+                    for (d, v) in dst.iter_mut().zip(&seg[lo..hi]) {
+                        *d += v;
+                    }
+                } else {
+                    for (d, v) in dst.iter_mut().step_by(s).zip(&seg[lo..hi]) {
+                        *d += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The im2col tile of this thread, kept between calls (a fresh buffer per call is
+    /// page-faulted in again each time).
+    static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's im2col buffer, at least `len` floats long.
+fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    COLS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() < len {
+            c.resize(len, 0.0);
+        }
+        f(&mut c[..len])
+    })
+}
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("anneal-conv2d: {what} must be contiguous"),
+    }
+}
+
+/// `conv2d(x, w) + bias`: see the module docs.
+#[derive(Debug, Clone, Copy)]
+struct Conv {
     padding: usize,
     stride: usize,
-    out: Mutex<Option<Tensor>>,
+    kernel: usize,
 }
 
-impl CustomOp2 for Conv2dOp {
+impl Conv {
+    fn geom(&self, x: &[usize], w: &[usize]) -> Result<Geom> {
+        Geom::new(x, w, self.kernel, self.stride, self.padding)
+    }
+}
+
+impl CustomOp3 for Conv {
     fn name(&self) -> &'static str {
         "anneal-conv2d"
     }
 
-    fn cpu_fwd(&self, _s1: &CpuStorage, _l1: &Layout, _s2: &CpuStorage, _l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = match self.out.lock() {
-            Ok(mut out) => out.take(),
-            Err(_) => None,
-        };
-        let Some(y) = y else { bail!("anneal-conv2d: the forward result was already taken") };
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
-    }
-
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad_x = if x.track_op() { Some(self.input_grad(x, w, grad)?) } else { None };
-        let grad_w = if w.track_op() { Some(self.kernel_grad(x, w, grad)?) } else { None };
-        Ok((grad_x, grad_w))
-    }
-}
-
-impl Conv2dOp {
-    fn input_grad(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<Tensor> {
-        let (_, _, h, wd) = x.dims4()?;
-        let (_, _, k, _) = w.dims4()?;
-        let (s, p) = (self.stride, self.padding);
-        let g = if s > 1 { dilate(grad, s)? } else { grad.clone() };
-        let (_, _, gh, gw) = g.dims4()?;
-        // Left pad k - 1 - p; right pad so that the result is h x w (p < k, and the
-        // forward's size rule makes the right pad at least k - 1 - p).
-        let g = g.pad_with_zeros(2, k - 1 - p, h + p - gh)?.pad_with_zeros(3, k - 1 - p, wd + p - gw)?;
-        let w_t = w.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
-        g.conv2d(&w_t, 0, 1, 1, 1)
-    }
-
-    fn kernel_grad(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<Tensor> {
-        let (b, c_in, _, _) = x.dims4()?;
-        let (c_out, _, k, _) = w.dims4()?;
-        let (_, _, oh, ow) = grad.dims4()?;
-        let (s, p) = (self.stride, self.padding);
-        let cols = if k == 1 && s == 1 && p == 0 {
-            x.reshape((b, c_in, oh * ow))?
-        } else {
-            let xp = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
-            let mut windows = Vec::with_capacity(k * k);
-            for ky in 0..k {
-                let rows = window(&xp, 2, ky, oh, s)?;
-                for kx in 0..k {
-                    windows.push(window(&rows, 3, kx, ow, s)?);
-                }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geom(l1.dims(), l2.dims())?;
+        let (x, w, bias) = (contiguous(s1, l1, "input")?, contiguous(s2, l2, "kernel")?, contiguous(s3, l3, "bias")?);
+        if bias.len() != g.c_out {
+            bail!("anneal-conv2d: bias of {} for {} output channels", bias.len(), g.c_out);
+        }
+        let mut out = vec![0f32; g.b * g.out_len()];
+        let image = |(xb, ob): (&[f32], &mut [f32])| -> Result<()> {
+            let n = g.pixels();
+            for (c, row) in ob.chunks_exact_mut(n).enumerate() {
+                row.fill(bias[c]);
             }
-            Tensor::stack(&windows, 2)?.reshape((b, c_in * k * k, oh * ow))?
+            let lhs = Mat::rows(w, 0, g.kk());
+            if g.direct() {
+                return matmul(
+                    (g.c_out, n, g.kk()),
+                    Dst { data: ob, offset: 0, rs: n, accumulate: true },
+                    lhs,
+                    Mat::rows(xb, 0, n),
+                    g.gemm_threads(),
+                );
+            }
+            with_cols(g.kk() * g.tile(), |cols| {
+                for (y0, y1) in g.tiles() {
+                    let (n0, t) = (y0 * g.ow, (y1 - y0) * g.ow);
+                    let cols = &mut cols[..g.kk() * t];
+                    g.im2col(xb, y0, y1, cols);
+                    matmul(
+                        (g.c_out, t, g.kk()),
+                        Dst { data: ob, offset: n0, rs: n, accumulate: true },
+                        lhs,
+                        Mat::rows(cols, 0, t),
+                        g.gemm_threads(),
+                    )?;
+                }
+                Ok(())
+            })
         };
-        let g = grad.contiguous()?.reshape((b, c_out, oh * ow))?;
-        g.matmul(&cols.transpose(1, 2)?)?.sum(0)?.reshape((c_out, c_in, k, k))
+        let mut pairs = x.chunks_exact(g.in_len().max(1)).zip(out.chunks_exact_mut(g.out_len().max(1)));
+        if g.by_image() {
+            pairs.collect::<Vec<_>>().into_par_iter().try_for_each(image)?;
+        } else {
+            pairs.try_for_each(image)?;
+        }
+        Ok((CpuStorage::F32(out), Shape::from((g.b, g.c_out, g.oh, g.ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let gx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(w, &InputGrad { conv: *self, x: x.dims4()? })?)
+        } else {
+            None
+        };
+        let gw = if w.track_op() {
+            Some(x.apply_op2_no_bwd(&grad, &KernelGrad { conv: *self, w: w.dims4()? })?)
+        } else {
+            None
+        };
+        let gb = if bias.track_op() { Some(grad.apply_op1_no_bwd(&BiasGrad)?) } else { None };
+        Ok((gx, gw, gb))
     }
 }
 
-/// Positions `start, start + s, ..` (`n` of them) of `x` along `dim`.
-fn window(x: &Tensor, dim: usize, start: usize, n: usize, s: usize) -> Result<Tensor> {
-    if s == 1 {
-        return x.narrow(dim, start, n);
-    }
-    let ids: Vec<u32> = (0..n).map(|i| (start + i * s) as u32).collect();
-    x.index_select(&Tensor::new(ids, x.device())?, dim)
+/// The input gradient of [`Conv`]: `(grad [b, c_out, oh, ow], w)` -> `[b, c_in, h, w]`.
+struct InputGrad {
+    conv: Conv,
+    x: (usize, usize, usize, usize),
 }
 
-/// Inserts `s - 1` zeros between neighbouring pixels: `[b, c, h, w]` ->
-/// `[b, c, (h - 1) s + 1, (w - 1) s + 1]`.
-fn dilate(g: &Tensor, s: usize) -> Result<Tensor> {
-    let (b, c, h, w) = g.dims4()?;
-    let zeros = g.zeros_like()?;
-    let mut parts = vec![g.clone()];
-    parts.extend(std::iter::repeat_n(zeros, s - 1));
-    // Along w: [b, c, h, w, s] -> [b, c, h, w s].
-    let gw = Tensor::stack(&parts, 4)?.reshape((b, c, h, w * s))?.narrow(3, 0, (w - 1) * s + 1)?;
-    let wd = (w - 1) * s + 1;
-    let zeros = gw.zeros_like()?;
-    let mut parts = vec![gw];
-    parts.extend(std::iter::repeat_n(zeros, s - 1));
-    // Along h: [b, c, h, s, wd] -> [b, c, h s, wd].
-    Tensor::stack(&parts, 3)?.reshape((b, c, h * s, wd))?.narrow(2, 0, (h - 1) * s + 1)
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "anneal-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, wd) = self.x;
+        let g = self.conv.geom(&[b, c, h, wd], l2.dims())?;
+        let (grad, w) = (contiguous(s1, l1, "gradient")?, contiguous(s2, l2, "kernel")?);
+        if grad.len() != g.b * g.out_len() {
+            bail!("anneal-conv2d: gradient of {:?} for an output of {}x{}", l1.dims(), g.oh, g.ow);
+        }
+        let mut gx = vec![0f32; g.b * g.in_len()];
+        // kernel^T: [kk, c_out] read from w [c_out, kk].
+        let lhs = Mat::transposed(w, 0, g.kk());
+        let image = |(gb, xb): (&[f32], &mut [f32])| -> Result<()> {
+            let n = g.pixels();
+            if g.direct() {
+                return matmul(
+                    (g.kk(), n, g.c_out),
+                    Dst { data: xb, offset: 0, rs: n, accumulate: false },
+                    lhs,
+                    Mat::rows(gb, 0, n),
+                    g.gemm_threads(),
+                );
+            }
+            with_cols(g.kk() * g.tile(), |cols| {
+                for (y0, y1) in g.tiles() {
+                    let (n0, t) = (y0 * g.ow, (y1 - y0) * g.ow);
+                    let tile = &mut cols[..g.kk() * t];
+                    matmul(
+                        (g.kk(), t, g.c_out),
+                        Dst { data: tile, offset: 0, rs: t, accumulate: false },
+                        lhs,
+                        Mat::rows(gb, n0, n),
+                        g.gemm_threads(),
+                    )?;
+                    g.col2im(tile, y0, y1, xb);
+                }
+                Ok(())
+            })
+        };
+        let mut pairs = grad.chunks_exact(g.out_len().max(1)).zip(gx.chunks_exact_mut(g.in_len().max(1)));
+        if g.by_image() {
+            pairs.collect::<Vec<_>>().into_par_iter().try_for_each(image)?;
+        } else {
+            pairs.try_for_each(image)?;
+        }
+        Ok((CpuStorage::F32(gx), Shape::from((b, c, h, wd))))
+    }
+}
+
+/// The kernel gradient of [`Conv`]: `(x, grad)` -> `[c_out, c_in, k, k]`, summed over
+/// the images.
+struct KernelGrad {
+    conv: Conv,
+    w: (usize, usize, usize, usize),
+}
+
+impl CustomOp2 for KernelGrad {
+    fn name(&self) -> &'static str {
+        "anneal-conv2d-kernel-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (co, ci, kh, kw) = self.w;
+        let g = self.conv.geom(l1.dims(), &[co, ci, kh, kw])?;
+        let (x, grad) = (contiguous(s1, l1, "input")?, contiguous(s2, l2, "gradient")?);
+        if grad.len() != g.b * g.out_len() {
+            bail!("anneal-conv2d: gradient of {:?} for an output of {}x{}", l2.dims(), g.oh, g.ow);
+        }
+        let len = g.c_out * g.kk();
+        let n = g.pixels();
+        // Adds image (xb, gb)'s `grad x cols^T` to `acc`.
+        let add = |acc: &mut Vec<f32>, xb: &[f32], gb: &[f32]| -> Result<()> {
+            if g.direct() {
+                // cols^T of the image itself: [n, c_in] read from [c_in, n].
+                let rhs = Mat::transposed(xb, 0, n);
+                return matmul(
+                    (g.c_out, g.kk(), n),
+                    Dst { data: acc, offset: 0, rs: g.kk(), accumulate: true },
+                    Mat::rows(gb, 0, n),
+                    rhs,
+                    g.gemm_threads(),
+                );
+            }
+            with_cols(g.kk() * g.tile(), |cols| {
+                for (y0, y1) in g.tiles() {
+                    let (n0, t) = (y0 * g.ow, (y1 - y0) * g.ow);
+                    let cols = &mut cols[..g.kk() * t];
+                    g.im2col(xb, y0, y1, cols);
+                    let rhs = Mat::transposed(cols, 0, t);
+                    matmul(
+                        (g.c_out, g.kk(), t),
+                        Dst { data: acc, offset: 0, rs: g.kk(), accumulate: true },
+                        Mat::rows(gb, n0, n),
+                        rhs,
+                        g.gemm_threads(),
+                    )?;
+                }
+                Ok(())
+            })
+        };
+        let pairs: Vec<(&[f32], &[f32])> =
+            x.chunks_exact(g.in_len().max(1)).zip(grad.chunks_exact(g.out_len().max(1))).collect();
+        let gw = if g.by_image() {
+            pairs
+                .into_par_iter()
+                .try_fold(
+                    || vec![0f32; len],
+                    |mut acc, (xb, gb)| {
+                        add(&mut acc, xb, gb)?;
+                        Ok::<_, candle_core::Error>(acc)
+                    },
+                )
+                .try_reduce(
+                    || vec![0f32; len],
+                    |mut a, b| {
+                        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                        Ok(a)
+                    },
+                )?
+        } else {
+            let mut acc = vec![0f32; len];
+            for (xb, gb) in pairs {
+                add(&mut acc, xb, gb)?;
+            }
+            acc
+        };
+        Ok((CpuStorage::F32(gw), Shape::from((co, ci, kh, kw))))
+    }
+}
+
+/// The bias gradient: `grad [b, c, ...]` summed over everything but the channels.
+struct BiasGrad;
+
+impl CustomOp1 for BiasGrad {
+    fn name(&self) -> &'static str {
+        "anneal-conv2d-bias-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let grad = contiguous(s, l, "gradient")?;
+        let dims = l.dims();
+        let (b, c) = match dims {
+            [b, c, ..] => (*b, *c),
+            _ => bail!("anneal-conv2d: gradient {dims:?} has no channel dim"),
+        };
+        let per: usize = dims[2..].iter().product();
+        let mut out = vec![0f64; c];
+        for image in grad.chunks_exact((c * per).max(1)).take(b) {
+            for (o, row) in out.iter_mut().zip(image.chunks_exact(per.max(1))) {
+                *o += row.iter().map(|&v| f64::from(v)).sum::<f64>();
+            }
+        }
+        Ok((CpuStorage::F32(out.into_iter().map(|v| v as f32).collect()), Shape::from(c)))
+    }
 }
 
 #[cfg(test)]
@@ -139,65 +510,92 @@ mod tests {
         (a * b)?.sum_all()?.to_scalar::<f32>()
     }
 
-    /// The gradients of `sum(conv(x, w) * r)` through [`Conv2dOp`] are the adjoints of
-    /// the convolution (it is linear in each operand): `<conv(x', w), r> = <x', gx>` and
-    /// `<conv(x, w'), r> = <w', gw>` for any `x'`, `w'`; for every stride and padding
-    /// the UNet and the VAE use, and sizes the stride does not divide. On square
-    /// inputs they also equal candle's own backward (which is exact there, only slow; on
-    /// non-square inputs with stride 2 its input gradient has the wrong width).
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    /// The forward equals candle's `conv2d` plus the bias; the gradients of
+    /// `sum(conv(x, w, b) * r)` are the adjoints of the convolution (it is linear in
+    /// each operand): `<conv(x', w), r> = <x', gx>`, `<conv(x, w'), r> = <w', gw>`, and
+    /// the bias gradient is `r` summed over images and pixels; for every stride and
+    /// padding the UNet and the VAE use, sizes the stride does not divide, and tiles
+    /// smaller than an image. On square inputs they also equal candle's own backward.
     #[test]
-    fn backward_is_the_adjoint_and_matches_candle() -> Result<()> {
+    fn forward_and_backward_match_candle_and_the_adjoint() -> Result<()> {
         let dev = Device::Cpu;
-        for &(k, s, p, h, w_) in &[
-            (3, 1, 1, 8, 9),
-            (3, 2, 1, 8, 9),
-            (3, 2, 0, 9, 8),
-            (1, 1, 0, 6, 7),
-            (3, 2, 1, 7, 7),
-            (3, 1, 0, 5, 6),
-            (3, 2, 1, 8, 8),
+        for &(k, s, p, h, w_, c_in, c_out, b) in &[
+            (3, 1, 1, 8, 9, 3, 4, 2),
+            (3, 2, 1, 8, 9, 3, 4, 2),
+            (3, 2, 0, 9, 8, 3, 4, 1),
+            (1, 1, 0, 6, 7, 5, 4, 3),
+            (3, 2, 1, 7, 7, 2, 3, 2),
+            (3, 1, 0, 5, 6, 3, 2, 2),
+            (3, 2, 1, 8, 8, 4, 4, 3),
+            // More than one tile per image: kk = 64 * 9 = 576 rows, tiles of 18 output rows.
+            (3, 1, 1, 24, 25, 64, 3, 1),
+            (3, 1, 1, 24, 25, 64, 3, 4),
+            // Stride 2 over two tiles: kk = 1152, tiles of 10 of the 20 output rows.
+            (3, 2, 1, 40, 41, 128, 2, 1),
         ] {
-            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, h, w_), &dev)?)?;
-            let w = Var::from_tensor(&Tensor::randn(0f32, 1., (4, 3, k, k), &dev)?)?;
-            let ours = conv2d(&x, &w, p, s)?;
-            let theirs = x.conv2d(&w, p, s, 1, 1)?;
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (b, c_in, h, w_), &dev)?)?;
+            let w = Var::from_tensor(&Tensor::randn(0f32, 1., (c_out, c_in, k, k), &dev)?)?;
+            let bias = Var::from_tensor(&Tensor::randn(0f32, 1., c_out, &dev)?)?;
+            let ours = conv2d(&x, &w, Some(&bias), p, s)?;
+            let theirs = x.conv2d(&w, p, s, 1, 1)?.broadcast_add(&bias.reshape((1, c_out, 1, 1))?)?;
             assert_eq!(ours.dims(), theirs.dims());
-            let diff = (&ours - &theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(diff < 1e-5, "forward k{k} s{s} p{p}: {diff}");
+            let diff = max_diff(&ours, &theirs)?;
+            assert!(diff < 1e-4, "forward k{k} s{s} p{p} {h}x{w_}: {diff}");
             let r = Tensor::randn(0f32, 1., ours.dims(), &dev)?;
-            let grads = (ours * &r)?.sum_all()?.backward()?;
-            let (gx, gw) = (grads.get(&x).expect("grad x"), grads.get(&w).expect("grad w"));
+            let grads = (&ours * &r)?.sum_all()?.backward()?;
+            let (gx, gw, gb) =
+                (grads.get(&x).expect("grad x"), grads.get(&w).expect("grad w"), grads.get(&bias).expect("grad b"));
             let x2 = Tensor::randn(0f32, 1., x.dims(), &dev)?;
             let w2 = Tensor::randn(0f32, 1., w.dims(), &dev)?;
-            let (a, b) = (dot(&x2.conv2d(&w, p, s, 1, 1)?, &r)?, dot(&x2, gx)?);
-            assert!((a - b).abs() < 1e-3 * a.abs().max(1.), "grad x k{k} s{s} p{p} {h}x{w_}: {a} vs {b}");
-            let (a, b) = (dot(&x.conv2d(&w2, p, s, 1, 1)?, &r)?, dot(&w2, gw)?);
-            assert!((a - b).abs() < 1e-3 * a.abs().max(1.), "grad w k{k} s{s} p{p} {h}x{w_}: {a} vs {b}");
+            let (a, b_) = (dot(&x2.conv2d(&w, p, s, 1, 1)?, &r)?, dot(&x2, gx)?);
+            assert!((a - b_).abs() < 1e-3 * a.abs().max(1.), "grad x k{k} s{s} p{p} {h}x{w_}: {a} vs {b_}");
+            let (a, b_) = (dot(&x.conv2d(&w2, p, s, 1, 1)?, &r)?, dot(&w2, gw)?);
+            assert!((a - b_).abs() < 1e-3 * a.abs().max(1.), "grad w k{k} s{s} p{p} {h}x{w_}: {a} vs {b_}");
+            let want_b = r.sum((0, 2, 3))?;
+            assert!(max_diff(gb, &want_b)? < 1e-3, "grad bias k{k} s{s} p{p}");
             if h == w_ {
                 let theirs = (x.conv2d(&w, p, s, 1, 1)? * &r)?.sum_all()?.backward()?;
                 for (name, v, ours) in [("x", &x, gx), ("w", &w, gw)] {
-                    let diff = (ours - theirs.get(v).expect("grad"))?.abs()?.max_all()?.to_scalar::<f32>()?;
-                    assert!(diff < 1e-4, "grad {name} vs candle k{k} s{s} p{p} {h}x{w_}: {diff}");
+                    let diff = max_diff(ours, theirs.get(v).expect("grad"))?;
+                    assert!(diff < 1e-3, "grad {name} vs candle k{k} s{s} p{p} {h}x{w_}: {diff}");
                 }
             }
         }
         Ok(())
     }
 
-    /// A frozen kernel gets no gradient and costs none; a frozen input neither.
+    /// A frozen kernel gets no gradient and costs none; a frozen input neither; no
+    /// bias is a zero bias.
     #[test]
     fn frozen_operands_get_no_gradient() -> Result<()> {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (1, 2, 5, 5), &dev)?)?;
         let w = Tensor::randn(0f32, 1., (3, 2, 3, 3), &dev)?;
-        let g = conv2d(&x, &w, 1, 1)?.sum_all()?.backward()?;
+        let y = conv2d(&x, &w, None, 1, 1)?;
+        assert!(max_diff(&y, &x.conv2d(&w, 1, 1, 1, 1)?)? < 1e-5);
+        let g = y.sum_all()?.backward()?;
         assert!(g.get(&x).is_some());
         assert!(g.get(&w).is_none());
         let x = Tensor::randn(0f32, 1., (1, 2, 5, 5), &dev)?;
         let w = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 2, 3, 3), &dev)?)?;
-        let g = conv2d(&x, &w, 1, 2)?.sum_all()?.backward()?;
+        let g = conv2d(&x, &w, None, 1, 2)?.sum_all()?.backward()?;
         assert!(g.get(&w).is_some());
         assert!(g.get(&x).is_none());
+        Ok(())
+    }
+
+    /// A non-contiguous input (a transposed view) is made contiguous first.
+    #[test]
+    fn strided_input_is_accepted() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 3, 6, 5), &dev)?.transpose(2, 3)?;
+        let w = Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev)?;
+        let diff = max_diff(&conv2d(&x, &w, None, 1, 1)?, &x.conv2d(&w, 1, 1, 1, 1)?)?;
+        assert!(diff < 1e-4, "{diff}");
         Ok(())
     }
 }

@@ -92,11 +92,7 @@ impl Conv2d {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = super::conv::conv2d(x, &self.weight, self.padding, self.stride)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
-            None => y,
-        })
+        Ok(super::conv::conv2d(x, &self.weight, self.bias.as_ref(), self.padding, self.stride)?)
     }
 
     pub(crate) fn weights(&self, p: &str, out: &mut WeightList) {
@@ -144,6 +140,23 @@ impl GroupNorm {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, false)
+    }
+
+    /// `silu(self.forward(x))`, fused where it can be.
+    pub(crate) fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, true)
+    }
+
+    fn forward_with(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        if super::group_norm::usable(x, &self.weight, &self.bias) {
+            return Ok(super::group_norm::group_norm(x, &self.weight, &self.bias, self.groups, self.eps, silu)?);
+        }
+        let y = self.composite(x)?;
+        Ok(if silu { y.silu()? } else { y })
+    }
+
+    fn composite(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         if dims.len() < 3 {
             return Err(Error::Internal(format!("group norm expects [b, c, ...], got {dims:?}")));
@@ -574,12 +587,12 @@ impl ResnetBlock2D {
 
     /// `temb_act`: the time embedding after its SiLU (`[b, temb]`), or None in the VAE.
     pub(crate) fn forward(&self, x: &Tensor, temb_act: Option<&Tensor>, mode: ForwardMode) -> Result<Tensor> {
-        let mut h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let mut h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb_act) {
             let t = proj.forward(t, is_train(mode))?;
             h = h.broadcast_add(&t.unsqueeze(2)?.unsqueeze(3)?)?;
         }
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         let shortcut = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),

@@ -5,8 +5,12 @@
 //!
 //! [`classify`] labels each pixel with the nearest palette colour (or background, or
 //! nothing when it is near none), takes the largest 4-connected region of one colour as
-//! the object, and reads its shape from how much of its bounding box it fills: a square
-//! fills all of it, a circle pi/4 (0.785), a triangle half.
+//! the object, and reads its shape from its bounding box: how much of the box it fills
+//! (a square all of it, a circle pi/4 = 0.785, a triangle half), how much of it lies in
+//! the box's upper half (a triangle, apex up, a quarter; a circle or square half), and
+//! whether it fills the box's corner pixels (a square does, a circle does not). The
+//! corners tell a small circle from a square: at 16x16 a rasterised circle fills about
+//! 0.9 of its box, like a square, but leaves its corners empty.
 //!
 //! ```
 //! use anneal::diffusion::shapes::{self, Color, Shape};
@@ -97,6 +101,11 @@ pub fn caption(color: Color, shape: Shape) -> String {
     format!("a {} {}", color.name(), shape.name())
 }
 
+/// Every colour x shape caption, in [`pair`]'s order: "a red circle", "a green circle", ...
+pub fn prompts() -> Vec<String> {
+    (0..Color::ALL.len() * Shape::ALL.len()).map(pair).map(|(c, s)| caption(c, s)).collect()
+}
+
 /// The colour and shape a prompt names (the first colour word and the first shape word).
 pub fn parse_prompt(prompt: &str) -> (Option<Color>, Option<Shape>) {
     let words: Vec<String> =
@@ -172,23 +181,27 @@ fn label(p: &[u8]) -> u8 {
 
 /// The dominant colour (the colour of the largest 4-connected single-colour region, if
 /// it covers at least 2.5% of the image and 16 pixels) and the shape of that region
-/// (None when its fill ratio is none of the three). `rgb` is `height x width x 3`.
+/// (None when it looks like none of the three; see the module docs). `rgb` is
+/// `height x width x 3`.
 pub fn classify(rgb: &[u8], width: usize, height: usize) -> (Option<Color>, Option<Shape>) {
     let n = width * height;
     if width == 0 || height == 0 || rgb.len() != n * 3 {
         return (None, None);
     }
     let labels: Vec<u8> = rgb.chunks_exact(3).map(label).collect();
-    let mut seen = vec![false; n];
-    // (pixels, label, min x, min y, max x, max y)
-    let mut best: Option<(usize, u8, usize, usize, usize, usize)> = None;
+    // The region each pixel belongs to (0: none yet; regions count from 1).
+    let mut region = vec![0u32; n];
+    let mut next = 0u32;
+    // (pixels, label, region, min x, min y, max x, max y)
+    let mut best: Option<(usize, u8, u32, usize, usize, usize, usize)> = None;
     let mut stack = Vec::new();
     for start in 0..n {
         let l = labels[start];
-        if seen[start] || l == 0 || l == NONE {
+        if region[start] != 0 || l == 0 || l == NONE {
             continue;
         }
-        seen[start] = true;
+        next += 1;
+        region[start] = next;
         stack.push(start);
         let (mut count, mut x0, mut y0, mut x1, mut y1) = (0, width, height, 0, 0);
         while let Some(i) = stack.pop() {
@@ -196,8 +209,8 @@ pub fn classify(rgb: &[u8], width: usize, height: usize) -> (Option<Color>, Opti
             count += 1;
             (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
             let mut visit = |j: usize| {
-                if !seen[j] && labels[j] == l {
-                    seen[j] = true;
+                if region[j] == 0 && labels[j] == l {
+                    region[j] = next;
                     stack.push(j);
                 }
             };
@@ -215,53 +228,133 @@ pub fn classify(rgb: &[u8], width: usize, height: usize) -> (Option<Color>, Opti
             }
         }
         if best.is_none_or(|b| count > b.0) {
-            best = Some((count, l, x0, y0, x1, y1));
+            best = Some((count, l, next, x0, y0, x1, y1));
         }
     }
-    let Some((count, l, x0, y0, x1, y1)) = best else { return (None, None) };
+    let Some((count, l, r, x0, y0, x1, y1)) = best else { return (None, None) };
     if count < 16 || (count as f64) < 0.025 * n as f64 {
         return (None, None);
     }
     let color = Color::ALL[usize::from(l - 1)];
-    let (bw, bh) = (x1 - x0 + 1, y1 - y0 + 1);
-    let aspect = bw as f64 / bh as f64;
-    let fill = count as f64 / (bw * bh) as f64;
-    let shape = if !(0.6..=1.67).contains(&aspect) {
-        None
-    } else if fill >= 0.9 {
-        Some(Shape::Square)
-    } else if (0.68..0.9).contains(&fill) {
-        Some(Shape::Circle)
-    } else if (0.38..0.62).contains(&fill) {
-        Some(Shape::Triangle)
-    } else {
-        None
-    };
-    (Some(color), shape)
+    let inside: Vec<bool> = region.iter().map(|&i| i == r).collect();
+    (Some(color), shape_of(&inside, width, count, (x0, y0, x1, y1)))
 }
 
-/// The share of images whose dominant colour and shape ([`classify`]) are both the
-/// ones their prompt names (image `i` is scored against `prompts[i]`). `images` are
-/// `(width, height, rgb)`. No images: 0.
-pub fn score(images: &[(usize, usize, &[u8])], prompts: &[&str]) -> Result<f64> {
+/// The shape of the region of `count` pixels (`inside`, row-major, `width` wide) whose
+/// bounding box is `(x0, y0, x1, y1)` (inclusive), from its fill ratio, the share of it
+/// in the box's upper half (a pixel row on the middle line counts half) and its corner
+/// pixels.
+fn shape_of(inside: &[bool], width: usize, count: usize, (x0, y0, x1, y1): Bbox) -> Option<Shape> {
+    let (bw, bh) = (x1 - x0 + 1, y1 - y0 + 1);
+    let aspect = bw as f64 / bh as f64;
+    if !(0.6..=1.67).contains(&aspect) {
+        return None;
+    }
+    let fill = count as f64 / (bw * bh) as f64;
+    // Twice the middle row, so a middle row counts exactly half.
+    let mid2 = y0 + y1;
+    let mut top2 = 0;
+    for y in y0..=y1 {
+        let n = (x0..=x1).filter(|&x| inside[y * width + x]).count();
+        top2 += match (2 * y).cmp(&mid2) {
+            std::cmp::Ordering::Less => 2 * n,
+            std::cmp::Ordering::Equal => n,
+            std::cmp::Ordering::Greater => 0,
+        };
+    }
+    let top = top2 as f64 / (2 * count) as f64;
+    let corners = [(x0, y0), (x1, y0), (x0, y1), (x1, y1)].iter().filter(|&&(x, y)| inside[y * width + x]).count();
+    if top < 0.4 {
+        (0.35..0.75).contains(&fill).then_some(Shape::Triangle)
+    } else if fill >= 0.85 && corners >= 3 {
+        Some(Shape::Square)
+    } else if (0.6..0.95).contains(&fill) && corners <= 1 {
+        Some(Shape::Circle)
+    } else {
+        None
+    }
+}
+
+/// A bounding box `(x0, y0, x1, y1)`, inclusive.
+type Bbox = (usize, usize, usize, usize);
+
+/// How well images show what their prompts ask for ([`evaluate`]): the shares of the
+/// images whose dominant colour, whose shape, and whose colour and shape both are the
+/// ones their prompt names, each as measured by [`classify`] on the pixels.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ShapesScore {
+    /// Images scored.
+    pub images: usize,
+    /// Share whose dominant colour is the prompt's (chance: 1 in 4).
+    pub color: f64,
+    /// Share whose shape is the prompt's (chance: 1 in 3).
+    pub shape: f64,
+    /// Share whose colour and shape both are the prompt's (chance: 1 in 12); [`score`].
+    pub both: f64,
+}
+
+impl ShapesScore {
+    /// What a painter that ignores the prompt scores on average when each of its
+    /// pictures shows some palette colour and some shape: 1/4, 1/3 and 1/12.
+    pub fn chance() -> Self {
+        let (c, s) = (Color::ALL.len() as f64, Shape::ALL.len() as f64);
+        Self { images: 0, color: 1.0 / c, shape: 1.0 / s, both: 1.0 / (c * s) }
+    }
+}
+
+/// Classifies every image ([`classify`]) and compares its colour and shape with the
+/// ones its prompt names (image `i` against `prompts[i]`, see [`parse_prompt`]).
+/// `images` are `(width, height, rgb)`. A prompt that names no colour (or no shape)
+/// counts as a miss for it. No images: all shares 0.
+pub fn evaluate(images: &[(usize, usize, &[u8])], prompts: &[&str]) -> Result<ShapesScore> {
     if images.len() != prompts.len() {
         return Err(Error::config(
             "prompts",
             format!("{} prompts for {} images: give one per image", prompts.len(), images.len()),
         ));
     }
-    if images.is_empty() {
-        return Ok(0.0);
+    let (mut color, mut shape, mut both) = (0usize, 0usize, 0usize);
+    for ((w, h, rgb), p) in images.iter().zip(prompts) {
+        let (want_c, want_s) = parse_prompt(p);
+        let (got_c, got_s) = classify(rgb, *w, *h);
+        let c = want_c.is_some() && got_c == want_c;
+        let s = want_s.is_some() && got_s == want_s;
+        color += usize::from(c);
+        shape += usize::from(s);
+        both += usize::from(c && s);
     }
-    let hits = images
-        .iter()
-        .zip(prompts)
-        .filter(|((w, h, rgb), p)| {
-            let (c, s) = parse_prompt(p);
-            c.is_some() && s.is_some() && classify(rgb, *w, *h) == (c, s)
-        })
-        .count();
-    Ok(hits as f64 / images.len() as f64)
+    let n = images.len().max(1) as f64;
+    Ok(ShapesScore { images: images.len(), color: color as f64 / n, shape: shape as f64 / n, both: both as f64 / n })
+}
+
+/// The share of images whose dominant colour and shape ([`classify`]) are both the
+/// ones their prompt names (image `i` is scored against `prompts[i]`): [`evaluate`]'s
+/// `both`. `images` are `(width, height, rgb)`. No images: 0.
+pub fn score(images: &[(usize, usize, &[u8])], prompts: &[&str]) -> Result<f64> {
+    Ok(evaluate(images, prompts)?.both)
+}
+
+/// `rgb` (`height x width x 3`) enlarged `factor` times by repeating pixels (nearest
+/// neighbour): small pictures stay sharp in a contact sheet. `(width * factor, height *
+/// factor, rgb)`; a size mismatch or a factor of 0 is `invalid_config`.
+pub fn enlarge(rgb: &[u8], width: usize, height: usize, factor: usize) -> Result<(usize, usize, Vec<u8>)> {
+    if rgb.len() != width * height * 3 {
+        return Err(Error::config("rgb", format!("{} bytes for a {width}x{height} RGB image", rgb.len())));
+    }
+    if !(1..=64).contains(&factor) {
+        return Err(Error::config("factor", format!("{factor}: must be between 1 and 64")));
+    }
+    let (w, h) = (width * factor, height * factor);
+    let mut out = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        let row = &rgb[(y / factor) * width * 3..][..width * 3];
+        for px in row.chunks_exact(3) {
+            for _ in 0..factor {
+                out.extend_from_slice(px);
+            }
+        }
+    }
+    Ok((w, h, out))
 }
 
 /// Writes `n` shape images (`size x size` PNGs, `00000.png`...) and `metadata.jsonl`

@@ -379,7 +379,7 @@ impl UNet2DConditionModel {
                 x = u.forward(&x, mode)?;
             }
         }
-        let x = self.conv_norm_out.forward(&x)?.silu()?;
+        let x = self.conv_norm_out.forward_silu(&x)?;
         self.conv_out.forward(&x)
     }
 

@@ -178,7 +178,7 @@ impl Encoder {
             }
         }
         let x = self.mid_block.forward(&x, mode)?;
-        self.conv_out.forward(&self.conv_norm_out.forward(&x)?.silu()?)
+        self.conv_out.forward(&self.conv_norm_out.forward_silu(&x)?)
     }
 
     fn weights(&self, out: &mut WeightList) -> Result<()> {
@@ -241,7 +241,7 @@ impl Decoder {
                 x = u.forward(&x, mode)?;
             }
         }
-        self.conv_out.forward(&self.conv_norm_out.forward(&x)?.silu()?)
+        self.conv_out.forward(&self.conv_norm_out.forward_silu(&x)?)
     }
 
     fn weights(&self, out: &mut WeightList) -> Result<()> {

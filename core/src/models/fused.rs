@@ -94,7 +94,7 @@ macro_rules! simd_fn {
                 portable($($a),*)
             }
             #[cfg(target_arch = "x86_64")]
-            if super::gemv::has_avx2_fma() {
+            if $crate::models::gemv::has_avx2_fma() {
                 // SAFETY: the CPU has AVX2 and FMA (checked at run time), all `avx2` needs;
                 // the body is safe code.
                 #[allow(unsafe_code)]
@@ -104,6 +104,7 @@ macro_rules! simd_fn {
         }
     };
 }
+pub(crate) use simd_fn;
 
 simd_fn! {
     /// `o = e^((x - max) * scale)` over one row; returns the sum of `o`.
