@@ -2046,15 +2046,58 @@ export declare function verifySignature(secret: string, id: string, timestamp: s
 export declare function writeSyntheticScenario(path: string, options?: ScenarioOptions): Promise<void>
 
 export declare namespace shapes {
-  /** One PNG holding `rows[r][c]` (PNG Buffers) row by row on a white canvas. */
-  export function grid(rows: Array<Array<Buffer>>): Buffer
-  /** Every colour x shape caption, e.g. "a red circle". */
+  /** What a painter that ignores its prompt scores on average (`images` 0). */
+  export function chance(): shapes.ShapesScore
+  /**
+   * The shares of `images` (PNG Buffers) whose dominant colour, whose shape, and whose
+   * colour and shape both match the prompt at the same index (measured on the pixels).
+   */
+  export function evaluate(images: Array<Buffer>, prompts: Array<string>): shapes.ShapesScore
+  /**
+   * One PNG holding `rows[r][c]` (PNG Buffers) row by row on a white canvas, each
+   * picture enlarged `scale` times (nearest neighbour; default 1).
+   */
+  export function grid(rows: Array<Array<Buffer>>, scale?: number | undefined | null): Buffer
+  /**
+   * Every colour x shape caption, e.g. "a red circle", in the order the datasets cycle
+   * through them.
+   */
   export function prompts(): Array<string>
+  /** The `tiny-shapes` preset's recommended training and sampling settings. */
+  export function recommended(): shapes.ShapesRecommended
   /**
    * The share of `images` (PNG Buffers) whose colour and shape match the prompt at the
    * same index.
    */
   export function score(images: Array<Buffer>, prompts: Array<string>): number
+  /**
+   * The `tiny-shapes` preset's recommended training and sampling settings, and its
+   * resolution.
+   */
+  export interface ShapesRecommended {
+    resolution: number
+    steps: number
+    batchSize: number
+    learningRate: number
+    warmupSteps: number
+    /** `constant`, `linear` or `cosine`. */
+    schedule: string
+    /** Min-SNR-gamma loss weighting, if any. */
+    snrGamma?: number
+    trainTextEncoder: boolean
+    captionDropout: number
+    /** The sampler (`ddpm`, `ddim`, ...), its steps and the guidance scale. */
+    scheduler: string
+    inferenceSteps: number
+    guidanceScale: number
+  }
+  /** Shares of images whose dominant colour, shape, and both match their prompt. */
+  export interface ShapesScore {
+    images: number
+    color: number
+    shape: number
+    both: number
+  }
   /**
    * Writes `n` captioned `size` x `size` PNG pictures and `metadata.jsonl` into `dir`,
    * deterministic from `seed`.
