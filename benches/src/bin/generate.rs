@@ -94,13 +94,15 @@ fn batch_runs(gen: &Generator, prompts: &[Vec<u32>], cfg: &GenerationConfig, run
     Ok(r)
 }
 
-/// One round of concurrent `generate` calls: (start, first token, end) of each call in
-/// seconds from the earliest start, and each call's tokens.
-fn concurrent_round(
-    gen: &Generator,
-    prompts: &[Vec<u32>],
-    cfg: &GenerationConfig,
-) -> anyhow::Result<(Vec<(f64, f64, f64)>, Vec<Vec<u32>>)> {
+/// One call of a concurrent round: times in seconds from the round's earliest start.
+struct Call {
+    first_token: f64,
+    end: f64,
+    tokens: Vec<u32>,
+}
+
+/// One round of concurrent `generate` calls, in prompt order.
+fn concurrent_round(gen: &Generator, prompts: &[Vec<u32>], cfg: &GenerationConfig) -> anyhow::Result<Vec<Call>> {
     let barrier = Barrier::new(prompts.len());
     let calls: Vec<anyhow::Result<(Instant, Instant, anneal::Generation)>> = std::thread::scope(|s| {
         let handles: Vec<_> = prompts
@@ -127,37 +129,37 @@ fn concurrent_round(
     }
     let origin = done.iter().map(|(t, _, _)| *t).min().context("no concurrent calls")?;
     let new = cfg.max_new_tokens.unwrap_or(0);
-    let mut times = Vec::with_capacity(done.len());
-    let mut tokens = Vec::with_capacity(done.len());
+    let mut calls = Vec::with_capacity(done.len());
     for (i, (start, end, g)) in done.into_iter().enumerate() {
-        anyhow::ensure!(g.generated_tokens == new, "concurrent call {i} generated {} tokens, not {new}", g.generated_tokens);
-        let start = start.duration_since(origin).as_secs_f64();
-        times.push((start, start + g.timings.ttft_ms / 1e3, end.duration_since(origin).as_secs_f64()));
-        tokens.push(g.token_ids);
+        anyhow::ensure!(
+            g.generated_tokens == new,
+            "concurrent call {i} generated {} tokens, not {new}",
+            g.generated_tokens
+        );
+        calls.push(Call {
+            first_token: start.duration_since(origin).as_secs_f64() + g.timings.ttft_ms / 1e3,
+            end: end.duration_since(origin).as_secs_f64(),
+            tokens: g.token_ids,
+        });
     }
-    Ok((times, tokens))
+    Ok(calls)
 }
 
-fn concurrent_runs(
-    gen: &Generator,
-    prompts: &[Vec<u32>],
-    cfg: &GenerationConfig,
-    runs: usize,
-) -> anyhow::Result<Runs> {
+fn concurrent_runs(gen: &Generator, prompts: &[Vec<u32>], cfg: &GenerationConfig, runs: usize) -> anyhow::Result<Runs> {
     let n = prompts.len() as f64;
     let new = cfg.max_new_tokens.unwrap_or(0) as f64;
     concurrent_round(gen, prompts, cfg)?; // warm-up
     let mut r = Runs::default();
     for _ in 0..runs {
-        let (times, tokens) = concurrent_round(gen, prompts, cfg)?;
-        let all_first = times.iter().map(|t| t.1).fold(0.0, f64::max);
-        let earliest_first = times.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
-        let end = times.iter().map(|t| t.2).fold(0.0, f64::max);
+        let calls = concurrent_round(gen, prompts, cfg)?;
+        let all_first = calls.iter().map(|c| c.first_token).fold(0.0, f64::max);
+        let earliest_first = calls.iter().map(|c| c.first_token).fold(f64::INFINITY, f64::min);
+        let end = calls.iter().map(|c| c.end).fold(0.0, f64::max);
         r.ttft_ms.push(all_first * 1e3);
         r.decode.push(n * (new - 1.0) / (end - earliest_first).max(1e-9));
         r.e2e.push(n * new / end.max(1e-9));
         r.total_s.push(end);
-        r.row0 = tokens.into_iter().next().unwrap_or_default();
+        r.row0 = calls.into_iter().next().map(|c| c.tokens).unwrap_or_default();
     }
     Ok(r)
 }
