@@ -5,6 +5,15 @@
 # share of the decode roofline (weight bytes per token / bandwidth).
 #
 #   benches/compare/run_generate.sh [runs]
+#   BATCHES="8 32" benches/compare/run_generate.sh [runs]
+#
+# BATCHES (default none) adds, per model, dtype and N in it, throughput under load: anneal's
+# `generate_batch` of N prompts (generate --batch N), N threads calling `generate` on one
+# shared Generator (generate --concurrent N), and llama.cpp's N parallel sequences in one
+# context (llama_generate.py --batch N; the Python peer only). Row r's prompt is the
+# batch-1 prompt with every id shifted by r; each row reports aggregate decode tokens/s and
+# whether row 0's tokens equal the batch-1 tokens; a second table sets them against each
+# implementation's batch 1 and anneal against llama.cpp.
 #
 # Creates benches/compare/.venv (torch, transformers) and .venv-llama (llama-cpp-python,
 # which compiles llama.cpp: ~11 min on 2 cores) if missing, the two bench models under
@@ -50,7 +59,17 @@ if [ ! -f "$here/llama.cpp-src/convert_hf_to_gguf.py" ]; then
   rm -rf "$tmp"
 fi
 (cd "$root" && cargo build -q --release -p anneal-benches --bin membw)
-bin="$root/target/$CARGO_BUILD_TARGET/release"
+target="${CARGO_TARGET_DIR:-target}"
+case "$target" in /*) ;; *) target="$root/$target" ;; esac
+bin="$target/$CARGO_BUILD_TARGET/release"
+batches="${BATCHES:-}"
+for n in $batches; do
+  case "$n" in ''|*[!0-9]*) echo "BATCHES holds \`$n\`: batch sizes are whole numbers above 1" >&2; exit 2 ;; esac
+  [ "$n" -ge 2 ] || { echo "BATCHES holds $n: batch sizes are whole numbers above 1" >&2; exit 2; }
+done
+if [ -n "$batches" ] && [ "$peer" != python ]; then
+  echo "note: llama.cpp's parallel sequences need the Python peer (LLAMA_PEER=python); anneal's batch rows only." >&2
+fi
 has_anneal=0
 if (cd "$root" && cargo run -q --release -p anneal-benches --bin generate -- --help >/dev/null 2>&1); then
   has_anneal=1
@@ -90,38 +109,22 @@ for config in tiny small; do
         --runs "$runs" | tee -a "$out"
     fi
   done
+  for n in $batches; do
+    if [ "$has_anneal" = 1 ]; then
+      for mode in --batch --concurrent; do
+        for dtype in f32 q8_0; do
+          "$bin/generate" --model "$model" --config "$config" --dtype "$dtype" --runs "$runs" "$mode" "$n" \
+            | tee -a "$out"
+        done
+      done
+    fi
+    if [ "$peer" = python ]; then
+      for dtype in f32 q8_0; do
+        "$here/.venv-llama/bin/python" "$here/llama_generate.py" --model "$model" --config "$config" \
+          --dtype "$dtype" --runs "$runs" --batch "$n" | tee -a "$out"
+      done
+    fi
+  done
 done
 guard_end
-"$py" - "$out" "$idle" <<'PY'
-import json, sys
-idle = sys.argv[2] == "1"
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-bw = max(r["read_gb_per_s"] for r in rows if r["impl"] == "membw" and r["threads"] == 2) * 1e9
-# Weight bytes read per decoded token: every matmul weight incl. the LM head (GPT-2's
-# tied head is the wte matrix); embedding / position lookups read one row, ignored.
-shapes = {
-    "tiny": [(256, 768), (256, 256), (256, 1024), (1024, 256)] * 4 + [(8192, 256)],
-    "small": [(512, 512)] * 32 + [(512, 1376), (512, 1376), (1376, 512)] * 8 + [(32000, 512)],
-}
-per_weight = {"f32": 4.0, "q8_0": 34.0 / 32.0}
-def bytes_per_token(config, dtype):
-    return sum(a * b for a, b in shapes[config]) * per_weight[dtype]
-def roof(config, dtype):
-    return bw / bytes_per_token(config, dtype)
-print(f"\nread bandwidth (membw, 2 threads): {bw / 1e9:.1f} GB/s")
-for c in shapes:
-    print(f"decode roofline {c}: " + ", ".join(
-        f"{d} {roof(c, d):.0f} tok/s ({bytes_per_token(c, d) / 1e6:.1f} MB/token)" for d in per_weight))
-print("(a model whose weights fit in the 32 MiB L3 can beat this DRAM roofline)")
-by = {(r["impl"], r["config"], r["dtype"]): r for r in rows if r["impl"] != "membw"}
-print("\n| config | impl | dtype | TTFT ms | decode tok/s | peak RSS MiB | share of decode roofline | anneal / peer |")
-print("|---|---|---|---:|---:|---:|---:|---:|")
-order = {"anneal": 0, "llama.cpp": 1, "transformers": 2}
-for (impl, config, dtype), r in sorted(by.items(), key=lambda kv: (kv[0][1] != "tiny", kv[0][2], order[kv[0][0]])):
-    share = r["decode_tokens_per_s"] / roof(config, dtype)
-    mine = by.get(("anneal", config, dtype))
-    ratio = f"{mine['decode_tokens_per_s'] / r['decode_tokens_per_s']:.2f}" if mine and impl != "anneal" else ""
-    if ratio and not idle:
-        ratio = "n/a (busy)"
-    print(f"| {config} | {impl} | {dtype} | {r['ttft_ms']:.1f} | {r['decode_tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} | {share:.0%} | {ratio} |")
-PY
+"$py" "$here/generate_table.py" "$out" "$idle"
