@@ -3,9 +3,9 @@
 //! Every op of the [`ForwardMode::Train`] path has a backward in candle: GroupNorm and
 //! LayerNorm go through the project's fused normalisation (a `CustomOp` with its own
 //! backward) or their composite form, attention through the project's memory-efficient
-//! attention node (f32 on the CPU) or `candle_nn::ops::softmax`, the nearest upsampling through a
-//! broadcast and a reshape (candle's `upsample_nearest2d` backward overwrites, rather
-//! than adds to, the gradient already gathered for its input). Linear layers are the
+//! attention node (f32 on the CPU) or `candle_nn::ops::softmax`, the nearest upsampling
+//! through a broadcast and a reshape (candle's `upsample_nearest2d` backward overwrites,
+//! rather than adds to, the gradient already gathered for its input). Linear layers are the
 //! project's [`Linear`], so LoRA attaches to them as to the language models'.
 
 use candle_core::{DType, Tensor, D};
