@@ -2,10 +2,10 @@
 //!
 //! Every op of the [`ForwardMode::Train`] path has a backward in candle: GroupNorm and
 //! LayerNorm go through the project's fused normalisation (a `CustomOp` with its own
-//! backward) or their composite form, attention's softmax through the fused softmax
-//! with backward or `candle_nn::ops::softmax`, the nearest upsampling through a
-//! broadcast and a reshape (candle's `upsample_nearest2d` backward overwrites, rather
-//! than adds to, the gradient already gathered for its input). Linear layers are the
+//! backward) or their composite form, attention through the project's memory-efficient
+//! attention node (f32 on the CPU) or `candle_nn::ops::softmax`, the nearest upsampling
+//! through a broadcast and a reshape (candle's `upsample_nearest2d` backward overwrites,
+//! rather than adds to, the gradient already gathered for its input). Linear layers are the
 //! project's [`Linear`], so LoRA attaches to them as to the language models'.
 
 use candle_core::{DType, Tensor, D};
@@ -201,23 +201,34 @@ impl LayerNorm {
 
 // ---------------------------------------------------------------- attention
 
-/// `softmax(scale * scores)` over the last dim, differentiable in every mode.
-fn softmax_scaled(scores: &Tensor, scale: f64, mode: ForwardMode) -> Result<Tensor> {
-    if fused::usable(scores) {
-        // The fused causal softmax (with its own backward), told that every key lies in
-        // the past of every query: a full softmax.
-        let keys = scores.dim(D::Minus1)?;
-        return Ok(scores.contiguous()?.apply_op1(fused::CausalSoftmax {
-            scale: scale as f32,
-            past: keys,
-            window: None,
-        })?);
+/// `softmax(q k^T * scale) v` over `heads` heads of `head_dim`: q `[b, n, heads *
+/// head_dim]`, k and v `[b, m, heads * head_dim]`, the output `[b, n, heads * head_dim]`.
+/// f32 on the CPU runs as one memory-efficient node with its own backward (no `[n, m]`
+/// scores kept per head); other dtypes and devices split the heads, multiply, and take
+/// the softmax (differentiable in Train mode, candle's fused one in Infer mode).
+fn multi_head_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    (heads, head_dim): (usize, usize),
+    mode: ForwardMode,
+) -> Result<Tensor> {
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    if fused::usable(q) && fused::usable(k) && fused::usable(v) {
+        return Ok(fused::flash_attention(q, k, v, heads, head_dim, scale as f32)?);
     }
-    let s = (scores * scale)?;
-    Ok(match mode {
+    let (b, n, _) = q.dims3()?;
+    let m = k.dim(1)?;
+    let split = |t: &Tensor, len: usize| -> Result<Tensor> {
+        Ok(t.reshape((b, len, heads, head_dim))?.transpose(1, 2)?.contiguous()?)
+    };
+    let (q, k, v) = (split(q, n)?, split(k, m)?, split(v, m)?);
+    let s = (q.matmul(&k.t()?)? * scale)?;
+    let probs = match mode {
         ForwardMode::Infer => candle_nn::ops::softmax_last_dim(&s.contiguous()?)?,
         ForwardMode::Train => candle_nn::ops::softmax(&s, D::Minus1)?,
-    })
+    };
+    Ok(probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, heads * head_dim))?)
 }
 
 /// diffusers' `Attention`: q from `x`, k and v from the context (or `x`), several heads,
@@ -273,18 +284,11 @@ impl Attention {
     /// `x`: `[b, n, query_dim]`; `context`: `[b, m, context_dim]` (None: self-attention).
     pub(crate) fn forward(&self, x: &Tensor, context: Option<&Tensor>, mode: ForwardMode) -> Result<Tensor> {
         let train = is_train(mode);
-        let (b, n, _) = x.dims3()?;
         let ctx = context.unwrap_or(x);
-        let m = ctx.dim(1)?;
-        let split = |t: Tensor, len: usize| -> Result<Tensor> {
-            Ok(t.reshape((b, len, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
-        };
-        let q = split(self.to_q.forward(x, train)?, n)?;
-        let k = split(self.to_k.forward(ctx, train)?, m)?;
-        let v = split(self.to_v.forward(ctx, train)?, m)?;
-        let scores = q.matmul(&k.t()?)?;
-        let probs = softmax_scaled(&scores, 1.0 / (self.head_dim as f64).sqrt(), mode)?;
-        let o = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, self.heads * self.head_dim))?;
+        let q = self.to_q.forward(x, train)?;
+        let k = self.to_k.forward(ctx, train)?;
+        let v = self.to_v.forward(ctx, train)?;
+        let o = multi_head_attention(&q, &k, &v, (self.heads, self.head_dim), mode)?;
         self.to_out.forward(&o, train)
     }
 

@@ -11,7 +11,9 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layo
 use rayon::prelude::*;
 
 mod attention;
+mod flash;
 pub(crate) use attention::CausalAttention;
+pub(crate) use flash::flash_attention;
 
 /// The fused kernels apply: an f32 tensor on the CPU.
 pub(crate) fn usable(x: &Tensor) -> bool {

@@ -35,7 +35,7 @@ pub(crate) struct CausalAttention {
 }
 
 /// A `[b, t, n * d]` operand: its slice, start, batch and row strides.
-struct View<'a> {
+pub(super) struct View<'a> {
     data: &'a [f32],
     start: usize,
     batch_stride: usize,
@@ -43,7 +43,7 @@ struct View<'a> {
 }
 
 impl<'a> View<'a> {
-    fn new(s: &'a CpuStorage, l: &Layout, dims: (usize, usize, usize), what: &str) -> Result<Self> {
+    pub(super) fn new(s: &'a CpuStorage, l: &Layout, dims: (usize, usize, usize), what: &str) -> Result<Self> {
         let st = l.stride();
         if l.dims() != [dims.0, dims.1, dims.2].as_slice() || st.len() != 3 || st[2] != 1 {
             bail!(
@@ -58,17 +58,26 @@ impl<'a> View<'a> {
     }
 
     /// Head `h` (columns `h * d..`) of batch row `b` from query row `r`, as rows.
-    fn head(&self, b: usize, h: usize, d: usize, r: usize) -> Mat<'a> {
+    pub(super) fn head(&self, b: usize, h: usize, d: usize, r: usize) -> Mat<'a> {
         Mat::rows(self.data, self.start + b * self.batch_stride + r * self.row_stride + h * d, self.row_stride)
     }
 
     /// The same head transposed (`[d, rows]`).
-    fn head_t(&self, b: usize, h: usize, d: usize) -> Mat<'a> {
+    pub(super) fn head_t(&self, b: usize, h: usize, d: usize) -> Mat<'a> {
         Mat::transposed(self.data, self.start + b * self.batch_stride + h * d, self.row_stride)
+    }
+
+    /// `len` elements of row `r` of batch row `b` from column `col`.
+    pub(super) fn row(&self, b: usize, r: usize, col: usize, len: usize) -> Result<&'a [f32]> {
+        let at = self.start + b * self.batch_stride + r * self.row_stride + col;
+        match self.data.get(at..at + len) {
+            Some(x) => Ok(x),
+            None => bail!("anneal-attention: row {r} of batch row {b} lies outside its storage"),
+        }
     }
 }
 
-fn cpu(s: &Storage) -> Result<&CpuStorage> {
+pub(super) fn cpu(s: &Storage) -> Result<&CpuStorage> {
     match s {
         Storage::Cpu(c) => Ok(c),
         _ => bail!("anneal-attention: tensors must be on the CPU"),
