@@ -230,11 +230,7 @@ fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("anneal-conv2d: {what} must be contiguous"),
-    }
+    fused::contiguous_f32(s, l, "anneal-conv2d", what)
 }
 
 /// `conv2d(x, w) + bias`: see the module docs.

@@ -77,11 +77,7 @@ impl Sizes {
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("anneal-group-norm: {what} must be contiguous"),
-    }
+    fused::contiguous_f32(s, l, "anneal-group-norm", what)
 }
 
 /// (mean, 1 / sqrt(var + eps)) of a slice, accumulated in f64.

@@ -26,10 +26,15 @@ fn min_rows(row_len: usize) -> usize {
 }
 
 fn rows<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<&'a [f32]> {
+    contiguous_f32(s, l, op, "input")
+}
+
+/// The f32 elements of a contiguous operand `what` of the CPU op `op`.
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str, what: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("{op}: input must be contiguous"),
+        None => bail!("{op}: {what} must be contiguous"),
     }
 }
 
