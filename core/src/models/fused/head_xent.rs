@@ -96,7 +96,7 @@ impl LmHeadXent {
     }
 }
 
-fn cpu<'a>(s: &'a Storage) -> Result<&'a CpuStorage> {
+fn cpu(s: &Storage) -> Result<&CpuStorage> {
     match s {
         Storage::Cpu(c) => Ok(c),
         _ => bail!("anneal-lm-head-xent: not on the CPU"),
