@@ -312,9 +312,21 @@ impl Model {
 
     /// Causal-LM loss as transformers computes it: logits[:, :-1] against labels[:, 1:],
     /// mean over the positions whose label is not -100. `labels` is `[batch, seq]` i64.
+    ///
+    /// In [`ForwardMode::Train`] the LM head and the loss are one node when they can be
+    /// (f32 on the CPU, a dense head without LoRA or bias): the logits are never a graph
+    /// tensor, and their gradient is written over them (see `fused::LmHeadXent`).
     pub fn loss(&self, input_ids: &Tensor, labels: &Tensor, mode: ForwardMode) -> Result<Tensor> {
-        let logits = self.forward_with(input_ids, 0, mode)?;
-        causal_lm_loss(&logits, labels)
+        if mode == ForwardMode::Infer {
+            let logits = self.forward_with(input_ids, 0, mode)?;
+            return causal_lm_loss(&logits, labels);
+        }
+        check_ids("input_ids", input_ids, self.config.vocab_size, false)?;
+        let (hidden, head) = match &self.arch {
+            Arch::Gpt2(m) => (m.hidden(input_ids, 0, mode, None, false)?, m.head()),
+            Arch::Llama(m) => (m.hidden(input_ids, 0, mode, None, false)?, m.head()),
+        };
+        head_loss(&hidden, &head, labels)
     }
 
     /// Argmax decoding of up to `max_new_tokens` after `prompt` (full recompute per
@@ -551,17 +563,49 @@ fn check_ids(field: &str, ids: &Tensor, vocab: usize, allow_ignore: bool) -> Res
     Ok(())
 }
 
-/// Mean next-token cross-entropy of `logits` `[b, t, v]` against `labels` `[b, t]`
-/// (shifted by one inside; label -100 is ignored).
-pub fn causal_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    let (b, t, v) = logits.dims3()?;
+/// Checks `labels` against a `[b, t]` batch over a vocabulary of `v` for a next-token loss.
+fn check_causal_labels(labels: &Tensor, (b, t, v): (usize, usize, usize)) -> Result<()> {
     if labels.dims() != [b, t] {
         return Err(Error::config("labels", format!("shape {:?} does not match logits {:?}", labels.dims(), [b, t])));
     }
     if t < 2 {
         return Err(Error::config("labels", "need at least two positions for a next-token loss"));
     }
-    check_ids("labels", labels, v, true)?;
+    check_ids("labels", labels, v, true)
+}
+
+/// The training loss from the final hidden states `[b, t, h]` and the LM head: one fused
+/// node for a dense f32 CPU head without LoRA or bias, else the head then
+/// [`causal_lm_loss`].
+fn head_loss(hidden: &Tensor, head: &linear::Linear, labels: &Tensor) -> Result<Tensor> {
+    let fusable = match &head.weight {
+        linear::Weight::Dense(w) => {
+            fused::usable(hidden)
+                && fused::usable(w)
+                && head.bias.is_none()
+                && !head.conv1d
+                && head.lora.as_ref().is_none_or(|l| l.merged)
+        }
+        linear::Weight::Q8(_) => false,
+    };
+    let w = match (&head.weight, fusable) {
+        (linear::Weight::Dense(w), true) => w,
+        _ => return causal_lm_loss(&head.forward(hidden, true)?, labels),
+    };
+    let (b, t, _) = hidden.dims3()?;
+    check_causal_labels(labels, (b, t, w.dim(0)?))?;
+    let all: Vec<i64> = labels.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?;
+    let Some(op) = fused::LmHeadXent::new(&all, t) else {
+        return Err(Error::config("labels", "every label is ignored (-100)"));
+    };
+    Ok(op.apply(hidden, w)?)
+}
+
+/// Mean next-token cross-entropy of `logits` `[b, t, v]` against `labels` `[b, t]`
+/// (shifted by one inside; label -100 is ignored).
+pub fn causal_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let (b, t, v) = logits.dims3()?;
+    check_causal_labels(labels, (b, t, v))?;
     if fused::usable(logits) {
         let all: Vec<i64> = labels.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?;
         let count = (0..b * t).filter(|r| r % t != t - 1 && all[r + 1] >= 0).count();

@@ -71,3 +71,39 @@ fn models_can_be_shared_across_threads() {
     assert_send_sync::<Model>();
     assert_send_sync::<anneal::Tokenizer>();
 }
+
+/// The training loss (LM head and cross-entropy fused in one node) against the head's
+/// logits then `causal_lm_loss`: same loss, and the same gradient for every weight (the
+/// head, tied to the embedding in tiny-gpt2 and tiny-qwen2, the final norm just below
+/// it, and every block upstream), with ignored labels in the batch.
+#[test]
+fn fused_head_loss_matches_logits_then_loss() {
+    for f in FAMILIES {
+        let m = Model::load(format!("{FIXTURES}/{f}"), &LoadOptions { trainable: true, ..Default::default() }).unwrap();
+        let (x, y) = batch();
+        let mut labels: Vec<i64> = y.flatten_all().unwrap().to_vec1().unwrap();
+        for i in [2, 3, 9] {
+            labels[i] = -100;
+        }
+        let y = Tensor::from_vec(labels, (2, 6), &Device::Cpu).unwrap();
+        let fused = m.loss(&x, &y, ForwardMode::Train).unwrap();
+        let plain = anneal::causal_lm_loss(&m.forward(&x, 0).unwrap(), &y).unwrap();
+        let (lf, lp) = (fused.to_scalar::<f32>().unwrap(), plain.to_scalar::<f32>().unwrap());
+        assert!((lf - lp).abs() < 1e-5, "{f}: loss {lf} vs {lp}");
+        let (gf, gp) = (fused.backward().unwrap(), plain.backward().unwrap());
+        let vars = m.named_trainable_vars();
+        let must = match f {
+            "tiny-gpt2" => ["transformer.wte.weight", "transformer.ln_f.weight", "transformer.h.0.attn.c_attn.weight"],
+            "tiny-llama" => ["lm_head.weight", "model.norm.weight", "model.layers.0.self_attn.q_proj.weight"],
+            _ => ["model.embed_tokens.weight", "model.norm.weight", "model.layers.0.self_attn.q_proj.weight"],
+        };
+        for name in must {
+            assert!(vars.iter().any(|(k, _)| k == name), "{f}: no variable {name}");
+        }
+        for (key, var) in vars {
+            let (a, b) = (gf.get(&var).unwrap(), gp.get(&var).unwrap());
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "{f}: gradient of {key} differs by {diff}");
+        }
+    }
+}

@@ -12,8 +12,10 @@ use rayon::prelude::*;
 
 mod attention;
 mod flash;
+mod head_xent;
 pub(crate) use attention::CausalAttention;
 pub(crate) use flash::flash_attention;
+pub(crate) use head_xent::LmHeadXent;
 
 /// The fused kernels apply: an f32 tensor on the CPU.
 pub(crate) fn usable(x: &Tensor) -> bool {

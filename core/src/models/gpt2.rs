@@ -86,6 +86,28 @@ impl Gpt2 {
         ids: &Tensor,
         offset: usize,
         mode: ForwardMode,
+        cache: Option<&mut KvCache>,
+        last_only: bool,
+    ) -> Result<Tensor> {
+        let x = self.hidden(ids, offset, mode, cache, last_only)?;
+        self.head().forward(&x, mode == ForwardMode::Train)
+    }
+
+    /// The LM head: the token embedding, tied.
+    pub(crate) fn head(&self) -> Linear {
+        match &self.wte_q8 {
+            Some(q) => Linear::q8(q.clone(), None, false),
+            None => Linear::new(self.wte.clone(), None, false),
+        }
+    }
+
+    /// [`Gpt2::forward`] without the LM head: the final hidden states `[batch, seq,
+    /// hidden]`, after the final LayerNorm.
+    pub(crate) fn hidden(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        mode: ForwardMode,
         mut cache: Option<&mut KvCache>,
         last_only: bool,
     ) -> Result<Tensor> {
@@ -140,11 +162,7 @@ impl Gpt2 {
             c.advance(t);
         }
         let x = if last_only { x.narrow(1, t - 1, 1)? } else { x };
-        let x = ops::layer_norm(&x, &self.ln_f.0, &self.ln_f.1, cfg.norm_eps, mode)?;
-        match &self.wte_q8 {
-            Some(q) => Linear::q8(q.clone(), None, false).forward(&x, train),
-            None => Linear::new(self.wte.clone(), None, false).forward(&x, train),
-        }
+        ops::layer_norm(&x, &self.ln_f.0, &self.ln_f.1, cfg.norm_eps, mode)
     }
 
     /// Every linear layer with its transformers module name.

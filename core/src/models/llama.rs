@@ -83,6 +83,29 @@ impl Llama {
         ids: &Tensor,
         offset: usize,
         mode: ForwardMode,
+        cache: Option<&mut KvCache>,
+        last_only: bool,
+    ) -> Result<Tensor> {
+        let x = self.hidden(ids, offset, mode, cache, last_only)?;
+        self.head().forward(&x, mode == ForwardMode::Train)
+    }
+
+    /// The LM head: `lm_head`, or the token embedding when tied.
+    pub(crate) fn head(&self) -> Linear {
+        match (&self.lm_head, &self.embed_q8) {
+            (Some(head), _) => head.clone(),
+            (None, Some(q)) => Linear::q8(q.clone(), None, false),
+            (None, None) => Linear::new(self.embed_tokens.clone(), None, false),
+        }
+    }
+
+    /// [`Llama::forward`] without the LM head: the final hidden states `[batch, seq,
+    /// hidden]`, after the final RMSNorm.
+    pub(crate) fn hidden(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        mode: ForwardMode,
         mut cache: Option<&mut KvCache>,
         last_only: bool,
     ) -> Result<Tensor> {
@@ -140,14 +163,7 @@ impl Llama {
             c.advance(t);
         }
         let x = if last_only { x.narrow(1, t - 1, 1)? } else { x };
-        let x = ops::rms_norm(&x, &self.norm, cfg.norm_eps, mode)?;
-        match &self.lm_head {
-            Some(head) => head.forward(&x, train),
-            None => match &self.embed_q8 {
-                Some(q) => Linear::q8(q.clone(), None, false).forward(&x, train),
-                None => Linear::new(self.embed_tokens.clone(), None, false).forward(&x, train),
-            },
-        }
+        ops::rms_norm(&x, &self.norm, cfg.norm_eps, mode)
     }
 
     /// Every linear layer with its transformers module name.
