@@ -125,17 +125,11 @@ pub fn chance() -> ShapesScore {
 #[napi(namespace = "shapes")]
 pub fn grid(env: Env, rows: Vec<Vec<Buffer>>, scale: Option<u32>) -> napi::Result<Buffer> {
     sync(&env, || {
-        let k = scale.unwrap_or(1) as usize;
-        let big = |i: img::RgbImage| -> anneal::Result<img::RgbImage> {
-            let (w, h, rgb) = shapes::enlarge(&i.data, i.width as usize, i.height as usize, k)?;
-            img::RgbImage::new(w as u32, h as u32, rgb)
-        };
         let decoded: Vec<Vec<img::RgbImage>> = rows
             .iter()
             .enumerate()
-            .map(|(r, row)| decode(row, &format!("rows[{r}]"))?.into_iter().map(big).collect())
+            .map(|(r, row)| decode(row, &format!("rows[{r}]")))
             .collect::<anneal::Result<_>>()?;
-        let refs: Vec<Vec<&img::RgbImage>> = decoded.iter().map(|r| r.iter().collect()).collect();
-        Ok(Buffer::from(img::encode_png(&img::grid(&refs)?)?))
+        Ok(Buffer::from(shapes::grid_png(&decoded, scale.unwrap_or(1) as usize)?))
     })
 }

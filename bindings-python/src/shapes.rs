@@ -97,16 +97,7 @@ pub fn grid<'py>(py: Python<'py>, rows: Vec<Vec<Bound<'py, PyAny>>>, scale: usiz
     for row in &rows {
         decoded.push(decode(py, row)?);
     }
-    let png = py.enter_core(move || {
-        let big = |i: &img::RgbImage| -> anneal::Result<img::RgbImage> {
-            let (w, h, rgb) = shapes::enlarge(&i.data, i.width as usize, i.height as usize, scale)?;
-            img::RgbImage::new(w as u32, h as u32, rgb)
-        };
-        let cells: Vec<Vec<img::RgbImage>> =
-            decoded.iter().map(|r| r.iter().map(big).collect()).collect::<anneal::Result<_>>()?;
-        let refs: Vec<Vec<&img::RgbImage>> = cells.iter().map(|r| r.iter().collect()).collect();
-        img::encode_png(&img::grid(&refs)?)
-    })?;
+    let png = py.enter_core(move || shapes::grid_png(&decoded, scale))?;
     Ok(PyBytes::new(py, &png))
 }
 

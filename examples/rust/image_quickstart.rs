@@ -23,7 +23,7 @@
 //!    compares the colour and shape found with the ones the prompt names. A painter
 //!    that ignores the prompt matches 1 in 4 colours, 1 in 3 shapes, 1 in 12 both.
 
-use anneal::diffusion::image::{self, RgbImage};
+use anneal::diffusion::image::RgbImage;
 use anneal::diffusion::presets;
 use anneal::diffusion::shapes::{self, ShapesScore};
 use anneal::{
@@ -83,16 +83,16 @@ fn report(when: &str, s: &ShapesScore) {
 /// One PNG: the first image of each prompt, one row per model, each picture enlarged
 /// 4 times (nearest neighbour: the pixels stay sharp).
 fn grid(rows: &[&[GeneratedPng]], per_prompt: usize, path: &std::path::Path) -> Result<()> {
-    let big = |i: &GeneratedPng| -> anneal::Result<RgbImage> {
-        let (w, h, rgb) = shapes::enlarge(&i.rgb, i.width, i.height, 4)?;
-        RgbImage::new(w as u32, h as u32, rgb)
-    };
     let cells: Vec<Vec<RgbImage>> = rows
         .iter()
-        .map(|r| r.iter().step_by(per_prompt).map(big).collect::<anneal::Result<Vec<_>>>())
+        .map(|r| {
+            r.iter()
+                .step_by(per_prompt)
+                .map(|i| RgbImage::new(i.width as u32, i.height as u32, i.rgb.clone()))
+                .collect()
+        })
         .collect::<anneal::Result<_>>()?;
-    let refs: Vec<Vec<&RgbImage>> = cells.iter().map(|r| r.iter().collect()).collect();
-    std::fs::write(path, image::encode_png(&image::grid(&refs)?)?)?;
+    std::fs::write(path, shapes::grid_png(&cells, 4)?)?;
     Ok(())
 }
 

@@ -357,6 +357,19 @@ pub fn enlarge(rgb: &[u8], width: usize, height: usize, factor: usize) -> Result
     Ok((w, h, out))
 }
 
+/// One PNG holding `rows[r][c]` row by row on a white canvas, each picture enlarged
+/// `factor` times ([`enlarge`]): the quickstarts' before/after grid.
+pub fn grid_png(rows: &[Vec<crate::diffusion::image::RgbImage>], factor: usize) -> Result<Vec<u8>> {
+    use crate::diffusion::image::{self as img, RgbImage};
+    let big = |i: &RgbImage| -> Result<RgbImage> {
+        let (w, h, rgb) = enlarge(&i.data, i.width as usize, i.height as usize, factor)?;
+        RgbImage::new(w as u32, h as u32, rgb)
+    };
+    let cells: Vec<Vec<RgbImage>> = rows.iter().map(|r| r.iter().map(big).collect()).collect::<Result<_>>()?;
+    let refs: Vec<Vec<&RgbImage>> = cells.iter().map(|r| r.iter().collect()).collect();
+    img::encode_png(&img::grid(&refs)?)
+}
+
 /// Writes `n` shape images (`size x size` PNGs, `00000.png`...) and `metadata.jsonl`
 /// (`{"file_name": "00000.png", "text": "a red circle"}` per line), the Hugging Face
 /// imagefolder layout, to `dir`. Colours and shapes cycle through all 12 pairs; sizes
