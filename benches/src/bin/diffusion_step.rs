@@ -64,6 +64,9 @@ fn main() -> anyhow::Result<()> {
     // As the engine and the image generator do (util::AllocatorTuning).
     let _malloc = anneal::AllocatorTuning::acquire();
     let mut times = Vec::with_capacity(steps);
+    // On the compute pool, as the engine's training step and the image generator's
+    // denoising steps run (anneal::on_compute_pool); ANNEAL_BENCH_NO_POOL=1 calls from main.
+    let pool = std::env::var("ANNEAL_BENCH_NO_POOL").is_err();
     match mode.as_str() {
         "denoise" => {
             let x = Tensor::randn(0f32, 1., (2, c, s, s), &dev)?;
@@ -71,7 +74,7 @@ fn main() -> anyhow::Result<()> {
             let t = Tensor::new(&[500f32], &dev)?;
             for i in 0..warmup + steps {
                 let t0 = Instant::now();
-                let y = unet.forward(&x, &t, &ctx, ForwardMode::Infer)?;
+                let y = on_pool(pool, || unet.forward(&x, &t, &ctx, ForwardMode::Infer))?;
                 drop(y);
                 if i >= warmup {
                     times.push(t0.elapsed().as_secs_f64());
@@ -92,11 +95,14 @@ fn main() -> anyhow::Result<()> {
             let t = Tensor::from_vec(ts, batch, &dev)?;
             for i in 0..warmup + steps {
                 let t0 = Instant::now();
-                let eps = unet.forward(&x, &t, &ctx, ForwardMode::Train)?;
-                let loss = (eps - &noise)?.sqr()?.mean_all()?;
-                let grads = loss.backward()?;
-                let grads: Vec<Option<Tensor>> = opt.params().iter().map(|(_, v)| grads.get(v).cloned()).collect();
-                opt.step(&grads, 1e-4)?;
+                on_pool(pool, || -> anyhow::Result<()> {
+                    let eps = unet.forward(&x, &t, &ctx, ForwardMode::Train)?;
+                    let loss = (eps - &noise)?.sqr()?.mean_all()?;
+                    let grads = loss.backward()?;
+                    let grads: Vec<Option<Tensor>> = opt.params().iter().map(|(_, v)| grads.get(v).cloned()).collect();
+                    opt.step(&grads, 1e-4)?;
+                    Ok(())
+                })?;
                 if i >= warmup {
                     times.push(t0.elapsed().as_secs_f64());
                 }
@@ -117,4 +123,12 @@ fn main() -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+fn on_pool<R: Send>(pool: bool, f: impl FnOnce() -> R + Send) -> R {
+    if pool {
+        anneal::on_compute_pool(f)
+    } else {
+        f()
+    }
 }

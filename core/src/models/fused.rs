@@ -426,14 +426,35 @@ simd_fn! {
         center: bool,
     ) {
         let (mut sg, mut sgx) = ([0f32; 8], [0f32; 8]);
-        for (i, ((d, &x), (&g, &w))) in dxhat.iter_mut().zip(x).zip(g.iter().zip(w)).enumerate() {
-            let xhat = (x - mean) * inv;
-            let dh = g * w;
-            *d = dh;
-            sg[i % 8] += dh;
-            sgx[i % 8] += dh * xhat;
-            dw[i] += g * xhat;
-            db[i] += g;
+        // Fixed 8-wide chunks (and a tail) so that LLVM vectorises the loop.
+        let n = x.len().min(g.len()).min(w.len()).min(dxhat.len()).min(dw.len()).min(db.len());
+        let split = n - n % 8;
+        {
+            let chunks = dxhat[..split]
+                .chunks_exact_mut(8)
+                .zip(x[..split].chunks_exact(8))
+                .zip(g[..split].chunks_exact(8).zip(w[..split].chunks_exact(8)))
+                .zip(dw[..split].chunks_exact_mut(8).zip(db[..split].chunks_exact_mut(8)));
+            for (((d, x), (g, w)), (dw, db)) in chunks {
+                for k in 0..8 {
+                    let xhat = (x[k] - mean) * inv;
+                    let dh = g[k] * w[k];
+                    d[k] = dh;
+                    sg[k] += dh;
+                    sgx[k] += dh * xhat;
+                    dw[k] += g[k] * xhat;
+                    db[k] += g[k];
+                }
+            }
+        }
+        for i in split..n {
+            let xhat = (x[i] - mean) * inv;
+            let dh = g[i] * w[i];
+            dxhat[i] = dh;
+            sg[i - split] += dh;
+            sgx[i - split] += dh * xhat;
+            dw[i] += g[i] * xhat;
+            db[i] += g[i];
         }
         let mg = if center { sg.iter().sum::<f32>() / nf } else { 0.0 };
         let mgx = sgx.iter().sum::<f32>() / nf;

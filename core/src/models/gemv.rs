@@ -10,6 +10,17 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
+#[cfg(target_arch = "x86_64")]
+mod tiles;
+
+/// Whether the register-tiled kernels (AVX2 + FMA) can run here.
+fn tiles_usable() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return has_avx2_fma();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Input rows up to which this path is used (decoding: one row per sequence; a short
 /// prompt, where a general gemm spends more time packing the weight than multiplying).
 pub(crate) const MAX_ROWS: usize = 32;
@@ -66,8 +77,14 @@ fn linear_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec
     // Transposed result `[out, n]`: each task owns a block of output features.
     let mut yt = vec![0f32; out_f * n];
     let c = chunk(out_f, in_f * n);
+    let tiled = tiles_usable();
     yt.par_chunks_mut(c * n).enumerate().for_each(|(ci, ys)| {
         let o0 = ci * c;
+        if tiled {
+            #[cfg(target_arch = "x86_64")]
+            linear_tiles(x, &w[o0 * in_f..], n, in_f, ys);
+            return;
+        }
         for (k, yo) in ys.chunks_exact_mut(n).enumerate() {
             let row = &w[(o0 + k) * in_f..(o0 + k + 1) * in_f];
             for (r, y) in yo.iter_mut().enumerate() {
@@ -81,21 +98,107 @@ fn linear_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec
     transpose(&yt, out_f, n)
 }
 
+/// One task's block of `linear_rows`: `ys` (`[outputs, n]`) from the weight rows from
+/// `w`'s start on, in tiles of `OUT_TILE` weight rows by `ROW_TILE` input rows (eight
+/// weight rows for a single input row). Every (row, output) pair is summed the same way
+/// whatever the tile, so a row's result does not depend on how many rows come with it
+/// (`generate_batch` gives each sequence the tokens `generate` gives it alone).
+#[cfg(target_arch = "x86_64")]
+fn linear_tiles(x: &[f32], w: &[f32], n: usize, in_f: usize, ys: &mut [f32]) {
+    use tiles::{dots, OUT_TILE, ROW_TILE};
+    let outs = ys.len() / n;
+    let xrow = |r: usize| &x[r * in_f..(r + 1) * in_f];
+    let wrow = |o: usize| &w[o * in_f..(o + 1) * in_f];
+    // One monomorphised kernel per tile shape (the edges are smaller tiles).
+    macro_rules! tile {
+        ($o:expr, $r:expr, $nw:literal, $nr:literal) => {{
+            let ws: [&[f32]; $nw] = std::array::from_fn(|a| wrow($o + a));
+            let xs: [&[f32]; $nr] = std::array::from_fn(|b| xrow($r + b));
+            // SAFETY: `linear_rows` takes this path only when the CPU has AVX2 and FMA.
+            #[allow(unsafe_code)]
+            let t = unsafe { dots::<$nw, $nr>(ws, xs) };
+            for (a, row) in t.iter().enumerate() {
+                ys[($o + a) * n + $r..($o + a) * n + $r + $nr].copy_from_slice(row);
+            }
+        }};
+    }
+    macro_rules! rows {
+        ($o:expr, $nw:literal) => {{
+            let mut r = 0;
+            while r < n {
+                match (n - r).min(ROW_TILE) {
+                    4 => tile!($o, r, $nw, 4),
+                    3 => tile!($o, r, $nw, 3),
+                    2 => tile!($o, r, $nw, 2),
+                    _ => tile!($o, r, $nw, 1),
+                }
+                r += (n - r).min(ROW_TILE);
+            }
+        }};
+    }
+    let mut o = 0;
+    if n == 1 {
+        // Decoding one sequence streams the weight: eight rows' accumulators in flight.
+        while o < outs {
+            let step = match outs - o {
+                8.. => 8,
+                4.. => 4,
+                2.. => 2,
+                _ => 1,
+            };
+            match step {
+                8 => tile!(o, 0, 8, 1),
+                4 => tile!(o, 0, 4, 1),
+                2 => tile!(o, 0, 2, 1),
+                _ => tile!(o, 0, 1, 1),
+            }
+            o += step;
+        }
+        return;
+    }
+    while o < outs {
+        match (outs - o).min(OUT_TILE) {
+            3 => rows!(o, 3),
+            2 => rows!(o, 2),
+            _ => rows!(o, 1),
+        }
+        o += (outs - o).min(OUT_TILE);
+    }
+}
+
 /// `w` `[in, out]` row-major (GPT-2's Conv1D): each task accumulates a block of output
 /// columns over every input row of `w`.
 fn conv1d_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec<f32> {
     let c = chunk(out_f, in_f * n).min(out_f);
+    let tiled = tiles_usable();
     let blocks: Vec<Vec<f32>> = (0..out_f.div_ceil(c))
         .into_par_iter()
         .map(|b| {
             let (c0, c1) = (b * c, ((b + 1) * c).min(out_f));
             let width = c1 - c0;
             let mut acc = vec![0f32; n * width];
+            // Whole 16-column tiles first, then the rest column by column below.
+            #[cfg(target_arch = "x86_64")]
+            let done = if tiled { conv1d_tiles(x, &w[c0..], n, in_f, out_f, width, &mut acc) } else { 0 };
+            #[cfg(not(target_arch = "x86_64"))]
+            let done = {
+                let _ = tiled;
+                0
+            };
+            if done == width {
+                return acc;
+            }
+            let (c0, width_all) = (c0 + done, width);
+            let width = width_all - done;
+            let mut rest = vec![0f32; n * width];
             for i in 0..in_f {
-                let wrow = &w[i * out_f + c0..i * out_f + c1];
+                let wrow = &w[i * out_f + c0..i * out_f + c0 + width];
                 for r in 0..n {
-                    axpy(x[r * in_f + i], wrow, &mut acc[r * width..(r + 1) * width]);
+                    axpy(x[r * in_f + i], wrow, &mut rest[r * width..(r + 1) * width]);
                 }
+            }
+            for r in 0..n {
+                acc[r * width_all + done..(r + 1) * width_all].copy_from_slice(&rest[r * width..(r + 1) * width]);
             }
             acc
         })
@@ -109,6 +212,43 @@ fn conv1d_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec
         }
     }
     y
+}
+
+/// The whole `COLS`-wide column tiles of one `conv1d_rows` block (`w` from its first
+/// column on, `acc` `[n, width]`), `COL_ROWS` input rows at a time; returns the columns
+/// done.
+#[cfg(target_arch = "x86_64")]
+fn conv1d_tiles(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize, width: usize, acc: &mut [f32]) -> usize {
+    use tiles::{axpys, COLS, COL_ROWS};
+    let xrow = |r: usize| &x[r * in_f..(r + 1) * in_f];
+    let tiles = width / COLS;
+    macro_rules! tile {
+        ($c:expr, $r:expr, $nr:literal) => {{
+            let xs: [&[f32]; $nr] = std::array::from_fn(|b| xrow($r + b));
+            // SAFETY: `conv1d_rows` takes this path only when the CPU has AVX2 and FMA.
+            #[allow(unsafe_code)]
+            let t = unsafe { axpys::<$nr>(xs, &w[$c..], out_f, in_f) };
+            for (b, row) in t.iter().enumerate() {
+                acc[($r + b) * width + $c..($r + b) * width + $c + COLS].copy_from_slice(row);
+            }
+        }};
+    }
+    for t in 0..tiles {
+        let c = t * COLS;
+        let mut r = 0;
+        while r < n {
+            match (n - r).min(COL_ROWS) {
+                6 => tile!(c, r, 6),
+                5 => tile!(c, r, 5),
+                4 => tile!(c, r, 4),
+                3 => tile!(c, r, 3),
+                2 => tile!(c, r, 2),
+                _ => tile!(c, r, 1),
+            }
+            r += (n - r).min(COL_ROWS);
+        }
+    }
+    tiles * COLS
 }
 
 /// Partial sums of the AVX2 dot product (two registers' worth; wider spills).
@@ -550,9 +690,28 @@ mod tests {
     }
 
     #[test]
+    fn a_row_gets_the_same_bits_alone_or_with_others() {
+        let dev = Device::Cpu;
+        for (n, in_f, out_f) in [(16, 64, 50), (7, 37, 35), (32, 256, 48)] {
+            let x = Tensor::randn(0f32, 1.0, (n, in_f), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (out_f, in_f), &dev).unwrap();
+            let wc = w.t().unwrap().contiguous().unwrap();
+            for (w, conv1d) in [(&w, false), (&wc, true)] {
+                let all = matmul(&x, w, conv1d).unwrap().to_vec2::<f32>().unwrap();
+                for (r, want) in all.iter().enumerate() {
+                    let one = matmul(&x.narrow(0, r, 1).unwrap(), w, conv1d).unwrap().to_vec2::<f32>().unwrap();
+                    assert_eq!(&one[0], want, "row {r} of {n} ({in_f}x{out_f}, conv1d {conv1d})");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn matches_candle_matmul_in_both_layouts() {
         let dev = Device::Cpu;
-        for (n, in_f, out_f) in [(1, 37, 53), (3, 64, 1000), (8, 512, 129), (1, 16, 16)] {
+        for (n, in_f, out_f) in
+            [(1, 37, 53), (3, 64, 1000), (8, 512, 129), (1, 16, 16), (5, 37, 50), (17, 100, 35), (32, 256, 48), (2, 7, 3)]
+        {
             let x = Tensor::randn(0f32, 1.0, (n, in_f), &dev).unwrap();
             let w = Tensor::randn(0f32, 1.0, (out_f, in_f), &dev).unwrap();
             let want = x.matmul(&w.t().unwrap()).unwrap();

@@ -1,0 +1,97 @@
+//! Register-tiled products for a few input rows (a short prompt, a decoding batch) on
+//! AVX2 + FMA. The plain dot product per (input row, weight row) loads two vectors for
+//! every multiply-add and is bound by loads from L1/L2; here every weight vector loaded
+//! feeds several rows' multiply-adds while it sits in a register, without packing the
+//! weight (which a general gemm does, and which costs more than a 16-row product).
+
+use std::arch::x86_64::*;
+
+/// Weight rows per tile of the `[out, in]` layout.
+pub(super) const OUT_TILE: usize = 3;
+/// Input rows per tile of the `[out, in]` layout: 3 x 4 accumulators, 3 weight vectors
+/// and one input vector fill the 16 AVX2 registers.
+pub(super) const ROW_TILE: usize = 4;
+/// Output columns per tile of the `[in, out]` layout (two vectors).
+pub(super) const COLS: usize = 16;
+/// Input rows per tile of the `[in, out]` layout: 6 x 2 accumulators, two weight vectors
+/// and a broadcast input.
+pub(super) const COL_ROWS: usize = 6;
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
+}
+
+/// `out[o][r] = w[o] . x[r]` over the shortest slice's length, for `O` weight rows and
+/// `R` input rows.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn dots<const O: usize, const R: usize>(w: [&[f32]; O], x: [&[f32]; R]) -> [[f32; R]; O] {
+    let k = w.iter().chain(x.iter()).map(|s| s.len()).min().unwrap_or(0);
+    let k8 = k - k % 8;
+    let mut acc = [[_mm256_setzero_ps(); R]; O];
+    let mut j = 0;
+    while j < k8 {
+        let mut wv = [_mm256_setzero_ps(); O];
+        for o in 0..O {
+            // SAFETY: `j + 8 <= k8 <= w[o].len()`; unaligned load.
+            #[allow(unsafe_code)]
+            let v = unsafe { _mm256_loadu_ps(w[o].as_ptr().add(j)) };
+            wv[o] = v;
+        }
+        for r in 0..R {
+            // SAFETY: `j + 8 <= k8 <= x[r].len()`; unaligned load.
+            #[allow(unsafe_code)]
+            let xv = unsafe { _mm256_loadu_ps(x[r].as_ptr().add(j)) };
+            for o in 0..O {
+                acc[o][r] = _mm256_fmadd_ps(wv[o], xv, acc[o][r]);
+            }
+        }
+        j += 8;
+    }
+    let mut out = [[0f32; R]; O];
+    for o in 0..O {
+        for r in 0..R {
+            let tail: f32 = w[o][k8..k].iter().zip(&x[r][k8..k]).map(|(a, b)| a * b).sum();
+            out[o][r] = hsum(acc[o][r]) + tail;
+        }
+    }
+    out
+}
+
+/// `out[r][c] = sum_i x[r][i] * w[i * stride + c]` for `COLS` columns `c` (`w` starts at
+/// the first of them) and `R` input rows, over `k` input features (fewer if a slice is
+/// short).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn axpys<const R: usize>(x: [&[f32]; R], w: &[f32], stride: usize, k: usize) -> [[f32; COLS]; R] {
+    let k_w = if w.len() < COLS { 0 } else { (w.len() - COLS) / stride.max(1) + 1 };
+    let k = x.iter().map(|s| s.len()).fold(k.min(k_w), usize::min);
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for i in 0..k {
+        // SAFETY: `i * stride + COLS <= w.len()` for `i < k_w`; unaligned loads.
+        #[allow(unsafe_code)]
+        let (w0, w1) = unsafe {
+            let p = w.as_ptr().add(i * stride);
+            (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+        };
+        for r in 0..R {
+            let xb = _mm256_set1_ps(x[r][i]);
+            acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+        }
+    }
+    let mut out = [[0f32; COLS]; R];
+    for r in 0..R {
+        // SAFETY: `out[r]` holds 16 floats; unaligned stores.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r][0]);
+            _mm256_storeu_ps(out[r].as_mut_ptr().add(8), acc[r][1]);
+        }
+    }
+    out
+}
