@@ -946,7 +946,7 @@ pub(crate) mod ops {
             let op = super::fused::CausalSoftmax { scale: scale as f32, past: mask.past, window: mask.window };
             return Ok(scores.apply_op1(op)?.matmul(&v.contiguous()?)?);
         }
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        let mut scores = (super::sgemm::mm(q, &k.t()?)? * scale)?;
         if !mask.is_trivial() {
             scores = scores.broadcast_add(&mask.tensor()?.to_dtype(scores.dtype())?)?;
         }
@@ -957,7 +957,7 @@ pub(crate) mod ops {
                 candle_nn::ops::softmax(&sf, D::Minus1)?.to_dtype(scores.dtype())?
             }
         };
-        Ok(probs.matmul(&v.contiguous()?)?)
+        Ok(super::sgemm::mm(&probs, &v.contiguous()?)?)
     }
 }
 

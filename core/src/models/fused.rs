@@ -7,6 +7,7 @@
 
 use std::sync::Mutex;
 
+use crate::models::sgemm::{self, Dst, Mat};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -831,26 +832,29 @@ impl LinearOp {
         lw: &Layout,
         bias: Option<&[f32]>,
     ) -> Result<(CpuStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
         let (n, in_f, out_f) = self.dims(lx, lw)?;
-        let lx2 = Layout::contiguous_with_offset((n, in_f), lx.start_offset());
-        let lw2 = if self.conv1d { lw.clone() } else { lw.transpose(0, 1)? };
-        let y = x.matmul(w, (1, n, out_f, in_f), &lx2, &lw2)?;
+        let (xs, ws) = (rows(x, lx, "linear")?, rows(w, lw, "linear")?);
+        // The weight as stored: `[in, out]` rows, or `[out, in]` read transposed.
+        let wm = if self.conv1d { Mat::rows(ws, 0, out_f) } else { Mat::transposed(ws, 0, in_f) };
+        let mut v = vec![0f32; n * out_f];
+        sgemm::matmul(
+            (n, out_f, in_f),
+            Dst { data: &mut v, offset: 0, rs: out_f, accumulate: false },
+            Mat::rows(xs, 0, in_f),
+            wm,
+            true,
+        )?;
         let mut dims = lx.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = out_f;
         }
-        let y = match (y, bias) {
-            (CpuStorage::F32(mut v), Some(b)) => {
-                if b.len() != out_f {
-                    bail!("linear: bias of {} for {out_f} outputs", b.len());
-                }
-                v.par_chunks_mut(out_f).with_min_len(min_rows(out_f)).for_each(|row| add_row(row, b));
-                CpuStorage::F32(v)
+        if let Some(b) = bias {
+            if b.len() != out_f {
+                bail!("linear: bias of {} for {out_f} outputs", b.len());
             }
-            (y, _) => y,
-        };
-        Ok((y, Shape::from(dims)))
+            v.par_chunks_mut(out_f).with_min_len(min_rows(out_f)).for_each(|row| add_row(row, b));
+        }
+        Ok((CpuStorage::F32(v), Shape::from(dims)))
     }
 
     /// `(dx, dW)`; `dW` only for a variable weight.
@@ -861,11 +865,11 @@ impl LinearOp {
         let out_f = g.dim(candle_core::D::Minus1)?;
         let n = x.elem_count() / in_f.max(1);
         let (x2, g2) = (x.reshape((n, in_f))?, g.reshape((n, out_f))?);
-        let dx = if self.conv1d { g2.matmul(&w.t()?)? } else { g2.matmul(&w)? };
+        let dx = if self.conv1d { sgemm::mm(&g2, &w.t()?)? } else { sgemm::mm(&g2, &w)? };
         let dw = match (w_tracked, self.conv1d) {
             (false, _) => None,
-            (true, true) => Some(x2.t()?.matmul(&g2)?),
-            (true, false) => Some(g2.t()?.matmul(&x2)?),
+            (true, true) => Some(sgemm::mm(&x2.t()?, &g2)?),
+            (true, false) => Some(sgemm::mm(&g2.t()?, &x2)?),
         };
         Ok((dx.reshape(x.shape())?, dw))
     }

@@ -709,9 +709,16 @@ mod tests {
     #[test]
     fn matches_candle_matmul_in_both_layouts() {
         let dev = Device::Cpu;
-        for (n, in_f, out_f) in
-            [(1, 37, 53), (3, 64, 1000), (8, 512, 129), (1, 16, 16), (5, 37, 50), (17, 100, 35), (32, 256, 48), (2, 7, 3)]
-        {
+        for (n, in_f, out_f) in [
+            (1, 37, 53),
+            (3, 64, 1000),
+            (8, 512, 129),
+            (1, 16, 16),
+            (5, 37, 50),
+            (17, 100, 35),
+            (32, 256, 48),
+            (2, 7, 3),
+        ] {
             let x = Tensor::randn(0f32, 1.0, (n, in_f), &dev).unwrap();
             let w = Tensor::randn(0f32, 1.0, (out_f, in_f), &dev).unwrap();
             let want = x.matmul(&w.t().unwrap()).unwrap();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor, Var};
 
-use super::{fused, gemv};
+use super::{fused, gemv, sgemm};
 use crate::error::{Error, Result};
 
 /// A LoRA adapter on one linear layer, in PEFT's layout: A is `[r, in]`, B `[out, r]`.
@@ -143,15 +143,24 @@ impl Linear {
             Weight::Dense(w) if !train && !w.is_variable() && gemv::usable(&x2, w) => {
                 gemv::matmul(&x2, w, self.conv1d)?
             }
-            Weight::Dense(w) if self.conv1d => x2.matmul(w)?,
-            Weight::Dense(w) => x2.matmul(&w.t()?)?,
+            // Outside autograd, the gemm directly (`sgemm::mm`).
+            Weight::Dense(w) if self.conv1d => sgemm::mm(&x2, w)?,
+            Weight::Dense(w) => sgemm::mm(&x2, &w.t()?)?,
         };
         if let (Some(b), false) = (&self.bias, fused) {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = self.lora.as_ref().filter(|l| !l.merged) {
             let xd = if train && l.dropout > 0.0 { candle_nn::ops::dropout(&x2, l.dropout)? } else { x2 };
-            let delta = xd.matmul(&l.a.as_tensor().t()?)?.matmul(&l.b.as_tensor().t()?)?;
+            let (a, b) = (l.a.as_tensor(), l.b.as_tensor());
+            let delta = if [&xd, a, b].iter().all(|t| fused::usable(t)) {
+                // f32 on the CPU: the two products as linear nodes (their own backward,
+                // the gemm directly), in training as in inference.
+                let h = fused::LinearOp::apply(&xd, a, None, false)?;
+                fused::LinearOp::apply(&h, b, None, false)?
+            } else {
+                xd.matmul(&a.t()?)?.matmul(&b.t()?)?
+            };
             let delta = (delta * l.scale)?.reshape(y.shape())?;
             y = (y + delta)?;
         }

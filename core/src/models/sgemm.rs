@@ -4,7 +4,8 @@
 //! probabilities) without copying them out first. Every call checks its operands'
 //! bounds before the crate, which takes raw pointers, is reached.
 
-use candle_core::{bail, Result};
+use candle_core::{bail, DType, Result, Storage, Tensor};
+use rayon::prelude::*;
 
 /// A matrix view inside a slice: element `(i, j)` at `offset + i * rs + j * cs`.
 #[derive(Clone, Copy)]
@@ -24,6 +25,11 @@ impl<'a> Mat<'a> {
     /// The transpose of [`Mat::rows`]`(data, offset, rs)`.
     pub(crate) fn transposed(data: &'a [f32], offset: usize, rs: usize) -> Self {
         Self { data, offset, rs: 1, cs: rs }
+    }
+
+    /// Element `(i, j)` at `offset + i * rs + j * cs`.
+    pub(crate) fn strided(data: &'a [f32], offset: usize, rs: usize, cs: usize) -> Self {
+        Self { data, offset, rs, cs }
     }
 
     /// Whether an `m x n` matrix fits in the slice.
@@ -110,6 +116,66 @@ pub(crate) fn matmul(
     Ok(())
 }
 
+/// `a [.., m, k] x b [.., k, n]` (the same leading dims, any strides: a transposed view
+/// is read in place) for f32 tensors on the CPU outside autograd, through the gemm
+/// directly: one product split over rayon's pool, or one product per task over the
+/// leading dims. `None` when an operand is elsewhere, of another dtype, or tracked by
+/// autograd; the caller hands those to candle. candle's own CPU matmul asks for the
+/// thread count on every call, which on a machine without `RAYON_NUM_THREADS` re-reads
+/// and parses `/proc/cpuinfo` (~70 us here on 2 CPUs, more on large machines): hundreds
+/// of times per training step, dozens per prompt.
+pub(crate) fn tensor_mm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+    let plain = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu() && !t.track_op();
+    let (ad, bd) = (a.dims(), b.dims());
+    let r = ad.len();
+    if !plain(a) || !plain(b) || r < 2 || bd.len() != r || ad[..r - 2] != bd[..r - 2] {
+        return Ok(None);
+    }
+    let (m, k, n) = (ad[r - 2], ad[r - 1], bd[r - 1]);
+    if bd[r - 2] != k {
+        bail!("matmul: {ad:?} x {bd:?}");
+    }
+    let (sa, la) = a.storage_and_layout();
+    let (sb, lb) = b.storage_and_layout();
+    let (Storage::Cpu(ca), Storage::Cpu(cb)) = (&*sa, &*sb) else {
+        return Ok(None);
+    };
+    let (da, db) = (ca.as_slice::<f32>()?, cb.as_slice::<f32>()?);
+    let (ra, rb) = (la.stride(), lb.stride());
+    // Offset of batch entry `i` (row-major over the leading dims).
+    let at = |i: usize, start: usize, stride: &[usize]| -> usize {
+        let (mut rest, mut off) = (i, start);
+        for d in (0..r - 2).rev() {
+            off += (rest % ad[d]) * stride[d];
+            rest /= ad[d];
+        }
+        off
+    };
+    let batch: usize = ad[..r - 2].iter().product();
+    let mut out = vec![0f32; batch * m * n];
+    let one = |i: usize, o: &mut [f32], threads: bool| {
+        let lhs = Mat::strided(da, at(i, la.start_offset(), ra), ra[r - 2], ra[r - 1]);
+        let rhs = Mat::strided(db, at(i, lb.start_offset(), rb), rb[r - 2], rb[r - 1]);
+        matmul((m, n, k), Dst { data: o, offset: 0, rs: n, accumulate: false }, lhs, rhs, threads)
+    };
+    if batch == 1 {
+        one(0, &mut out, true)?;
+    } else if m * n > 0 {
+        out.par_chunks_mut(m * n).enumerate().try_for_each(|(i, o)| one(i, o, false))?;
+    }
+    let mut dims = ad.to_vec();
+    dims[r - 1] = n;
+    Ok(Some(Tensor::from_vec(out, dims, a.device())?))
+}
+
+/// [`tensor_mm`], or candle's matmul where it does not apply.
+pub(crate) fn mm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    match tensor_mm(a, b)? {
+        Some(y) => Ok(y),
+        None => a.matmul(b),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +232,35 @@ mod tests {
         assert!(matmul((2, 2, 3), dst(&mut out), Mat::rows(&a, 0, 3), Mat::rows(&a, 1, 2), false).is_err());
         assert!(matmul((3, 2, 2), dst(&mut out), Mat::rows(&a, 0, 2), Mat::rows(&a, 0, 2), false).is_err());
         assert!(matmul((2, 2, 3), dst(&mut out), Mat::rows(&a, 0, 3), Mat::rows(&a, 0, 2), false).is_ok());
+    }
+
+    #[test]
+    fn tensor_products_match_candle_for_views_and_batches() {
+        #![allow(clippy::unwrap_used)]
+        use candle_core::{Device, Var};
+        let dev = Device::Cpu;
+        let max_diff = |a: &Tensor, b: &Tensor| {
+            (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        };
+        // 2-d, with a transposed right operand; 4-d [b, h, t, d] x its transposed view; a
+        // batch entry picked by narrowing (an offset start).
+        let a = Tensor::randn(0f32, 1.0, (9, 6), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (11, 6), &dev).unwrap();
+        let q = Tensor::randn(0f32, 1.0, (2, 3, 5, 4), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, 3, 7, 4), &dev).unwrap();
+        let kn = k.narrow(1, 1, 2).unwrap();
+        let qn = q.narrow(1, 0, 2).unwrap();
+        for (x, y) in [(&a, &w.t().unwrap()), (&q, &k.t().unwrap()), (&qn, &kn.t().unwrap())] {
+            let got = tensor_mm(x, y).unwrap().unwrap();
+            let want = x.contiguous().unwrap().matmul(&y.contiguous().unwrap()).unwrap();
+            assert!(max_diff(&got, &want) < 1e-5);
+        }
+        // Tracked by autograd or another dtype: left to candle.
+        let v = Var::from_tensor(&a).unwrap();
+        assert!(tensor_mm(v.as_tensor(), &w.t().unwrap()).unwrap().is_none());
+        assert!(tensor_mm(&a.to_dtype(DType::F64).unwrap(), &w.t().unwrap().to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .is_none());
+        assert!(tensor_mm(&a, &w).is_err());
     }
 }

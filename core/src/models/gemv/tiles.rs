@@ -67,6 +67,7 @@ pub(super) fn dots<const O: usize, const R: usize>(w: [&[f32]; O], x: [&[f32]; R
 /// short).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)] // `i` indexes every row's slice
 pub(super) fn axpys<const R: usize>(x: [&[f32]; R], w: &[f32], stride: usize, k: usize) -> [[f32; COLS]; R] {
     let k_w = if w.len() < COLS { 0 } else { (w.len() - COLS) / stride.max(1) + 1 };
     let k = x.iter().map(|s| s.len()).fold(k.min(k_w), usize::min);
