@@ -365,6 +365,10 @@ impl FeedForward {
     pub(crate) fn forward(&self, x: &Tensor, mode: ForwardMode) -> Result<Tensor> {
         let train = is_train(mode);
         let h = self.proj.forward(x, train)?;
+        if fused::usable(&h) {
+            // f32 on the CPU: one node, the halves read in place.
+            return self.out.forward(&h.contiguous()?.apply_op1(fused::GeGlu)?, train);
+        }
         let hidden = h.narrow(D::Minus1, 0, self.inner)?;
         let gate = h.narrow(D::Minus1, self.inner, self.inner)?;
         self.out.forward(&(hidden * gate.gelu_erf()?)?, train)
