@@ -617,7 +617,7 @@ pub(crate) struct GeGlu;
 impl GeGlu {
     fn half(l: &Layout) -> Result<usize> {
         let w = last_dim(l);
-        if w % 2 != 0 {
+        if !w.is_multiple_of(2) {
             bail!("geglu: odd last dim {w}");
         }
         Ok(w / 2)
