@@ -215,40 +215,49 @@ fn conv1d_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec
 }
 
 /// The whole `COLS`-wide column tiles of one `conv1d_rows` block (`w` from its first
-/// column on, `acc` `[n, width]`), `COL_ROWS` input rows at a time; returns the columns
-/// done.
+/// column on, `acc` `[n, width]`), `COL_ROWS` input rows at a time (one or two rows take
+/// 64 or 32 columns at a time); returns the columns done.
 #[cfg(target_arch = "x86_64")]
 fn conv1d_tiles(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize, width: usize, acc: &mut [f32]) -> usize {
     use tiles::{axpys, COLS, COL_ROWS};
     let xrow = |r: usize| &x[r * in_f..(r + 1) * in_f];
-    let tiles = width / COLS;
     macro_rules! tile {
-        ($c:expr, $r:expr, $nr:literal) => {{
+        ($c:expr, $r:expr, $nr:literal, $v:literal) => {{
             let xs: [&[f32]; $nr] = std::array::from_fn(|b| xrow($r + b));
             // SAFETY: `conv1d_rows` takes this path only when the CPU has AVX2 and FMA.
             #[allow(unsafe_code)]
-            let t = unsafe { axpys::<$nr>(xs, &w[$c..], out_f, in_f) };
-            for (b, row) in t.iter().enumerate() {
-                acc[($r + b) * width + $c..($r + b) * width + $c + COLS].copy_from_slice(row);
-            }
+            unsafe {
+                axpys::<$nr, $v>(xs, &w[$c..], out_f, in_f, &mut acc[$r * width + $c..], width)
+            };
         }};
     }
-    for t in 0..tiles {
-        let c = t * COLS;
+    let mut c = 0;
+    while c + COLS <= width {
+        if n == 1 && c + 64 <= width {
+            tile!(c, 0, 1, 8);
+            c += 64;
+            continue;
+        }
+        if n == 2 && c + 32 <= width {
+            tile!(c, 0, 2, 4);
+            c += 32;
+            continue;
+        }
         let mut r = 0;
         while r < n {
             match (n - r).min(COL_ROWS) {
-                6 => tile!(c, r, 6),
-                5 => tile!(c, r, 5),
-                4 => tile!(c, r, 4),
-                3 => tile!(c, r, 3),
-                2 => tile!(c, r, 2),
-                _ => tile!(c, r, 1),
+                6 => tile!(c, r, 6, 2),
+                5 => tile!(c, r, 5, 2),
+                4 => tile!(c, r, 4, 2),
+                3 => tile!(c, r, 3, 2),
+                2 => tile!(c, r, 2, 2),
+                _ => tile!(c, r, 1, 2),
             }
             r += (n - r).min(COL_ROWS);
         }
+        c += COLS;
     }
-    tiles * COLS
+    c
 }
 
 /// Partial sums of the AVX2 dot product (two registers' worth; wider spills).
@@ -692,7 +701,7 @@ mod tests {
     #[test]
     fn a_row_gets_the_same_bits_alone_or_with_others() {
         let dev = Device::Cpu;
-        for (n, in_f, out_f) in [(16, 64, 50), (7, 37, 35), (32, 256, 48)] {
+        for (n, in_f, out_f) in [(16, 64, 50), (7, 37, 35), (32, 256, 48), (16, 64, 200), (2, 48, 100), (3, 48, 100)] {
             let x = Tensor::randn(0f32, 1.0, (n, in_f), &dev).unwrap();
             let w = Tensor::randn(0f32, 1.0, (out_f, in_f), &dev).unwrap();
             let wc = w.t().unwrap().contiguous().unwrap();
@@ -714,6 +723,8 @@ mod tests {
             (3, 64, 1000),
             (8, 512, 129),
             (1, 16, 16),
+            (1, 64, 200),
+            (2, 48, 100),
             (5, 37, 50),
             (17, 100, 35),
             (32, 256, 48),

@@ -11,7 +11,8 @@ pub(super) const OUT_TILE: usize = 3;
 /// Input rows per tile of the `[out, in]` layout: 3 x 4 accumulators, 3 weight vectors
 /// and one input vector fill the 16 AVX2 registers.
 pub(super) const ROW_TILE: usize = 4;
-/// Output columns per tile of the `[in, out]` layout (two vectors).
+/// Output columns per tile of the `[in, out]` layout (two vectors; four for two input
+/// rows, eight for one).
 pub(super) const COLS: usize = 16;
 /// Input rows per tile of the `[in, out]` layout: 6 x 2 accumulators, two weight vectors
 /// and a broadcast input.
@@ -62,37 +63,49 @@ pub(super) fn dots<const O: usize, const R: usize>(w: [&[f32]; O], x: [&[f32]; R
     out
 }
 
-/// `out[r][c] = sum_i x[r][i] * w[i * stride + c]` for `COLS` columns `c` (`w` starts at
-/// the first of them) and `R` input rows, over `k` input features (fewer if a slice is
-/// short).
+/// `out[r * out_rs + c] = sum_i x[r][i] * w[i * stride + c]` for `8 V` columns `c` (`w`
+/// and `out` start at the first of them) and `R` input rows, over `k` input features.
+/// Every column is one sequential chain of multiply-adds over `i`, whatever `R` and `V`,
+/// so a row's result does not depend on the tile it falls in; wider tiles for fewer rows
+/// keep enough chains in flight.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::needless_range_loop)] // `i` indexes every row's slice
-pub(super) fn axpys<const R: usize>(x: [&[f32]; R], w: &[f32], stride: usize, k: usize) -> [[f32; COLS]; R] {
-    let k_w = if w.len() < COLS { 0 } else { (w.len() - COLS) / stride.max(1) + 1 };
+pub(super) fn axpys<const R: usize, const V: usize>(
+    x: [&[f32]; R],
+    w: &[f32],
+    stride: usize,
+    k: usize,
+    out: &mut [f32],
+    out_rs: usize,
+) {
+    let cols = 8 * V;
+    let k_w = if w.len() < cols { 0 } else { (w.len() - cols) / stride.max(1) + 1 };
     let k = x.iter().map(|s| s.len()).fold(k.min(k_w), usize::min);
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    let mut acc = [[_mm256_setzero_ps(); V]; R];
     for i in 0..k {
-        // SAFETY: `i * stride + COLS <= w.len()` for `i < k_w`; unaligned loads.
-        #[allow(unsafe_code)]
-        let (w0, w1) = unsafe {
-            let p = w.as_ptr().add(i * stride);
-            (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
-        };
+        let mut wv = [_mm256_setzero_ps(); V];
+        for v in 0..V {
+            // SAFETY: `i * stride + cols <= w.len()` for `i < k_w`; unaligned load.
+            #[allow(unsafe_code)]
+            let l = unsafe { _mm256_loadu_ps(w.as_ptr().add(i * stride + 8 * v)) };
+            wv[v] = l;
+        }
         for r in 0..R {
             let xb = _mm256_set1_ps(x[r][i]);
-            acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+            for v in 0..V {
+                acc[r][v] = _mm256_fmadd_ps(xb, wv[v], acc[r][v]);
+            }
         }
     }
-    let mut out = [[0f32; COLS]; R];
     for r in 0..R {
-        // SAFETY: `out[r]` holds 16 floats; unaligned stores.
-        #[allow(unsafe_code)]
-        unsafe {
-            _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r][0]);
-            _mm256_storeu_ps(out[r].as_mut_ptr().add(8), acc[r][1]);
+        let Some(row) = out.get_mut(r * out_rs..r * out_rs + cols) else { continue };
+        for v in 0..V {
+            // SAFETY: `row` holds `8 V` floats; unaligned store.
+            #[allow(unsafe_code)]
+            unsafe {
+                _mm256_storeu_ps(row.as_mut_ptr().add(8 * v), acc[r][v]);
+            }
         }
     }
-    out
 }
