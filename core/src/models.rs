@@ -284,10 +284,36 @@ impl Model {
     /// [`Model::forward`] with an explicit mode.
     pub fn forward_with(&self, input_ids: &Tensor, position_offset: usize, mode: ForwardMode) -> Result<Tensor> {
         check_ids("input_ids", input_ids, self.config.vocab_size, false)?;
-        match &self.arch {
-            Arch::Gpt2(m) => m.forward(input_ids, position_offset, mode, None, false),
-            Arch::Llama(m) => m.forward(input_ids, position_offset, mode, None, false),
-        }
+        self.logits(input_ids, position_offset, mode, None, false)
+    }
+
+    /// The family's last hidden states and its LM head.
+    fn hidden_and_head(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        mode: ForwardMode,
+        cache: Option<&mut KvCache>,
+        last_only: bool,
+    ) -> Result<(Tensor, linear::Linear)> {
+        Ok(match &self.arch {
+            Arch::Gpt2(m) => (m.hidden(ids, offset, mode, cache, last_only)?, m.head()),
+            Arch::Llama(m) => (m.hidden(ids, offset, mode, cache, last_only)?, m.head()),
+        })
+    }
+
+    /// Logits `[batch, seq, vocab]` (`[batch, 1, vocab]` with `last_only`); with a cache,
+    /// `ids` continue the cached positions (`offset` is ignored).
+    fn logits(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        mode: ForwardMode,
+        cache: Option<&mut KvCache>,
+        last_only: bool,
+    ) -> Result<Tensor> {
+        let (x, head) = self.hidden_and_head(ids, offset, mode, cache, last_only)?;
+        head.forward(&x, mode == ForwardMode::Train)
     }
 
     /// Inference with a [`KvCache`]: runs `input_ids` (`[batch, t]`) after the cached
@@ -297,10 +323,7 @@ impl Model {
         check_ids("input_ids", input_ids, self.config.vocab_size, false)?;
         // On a pool thread, the matrix-vector products' parallel loops are joined by
         // work stealing instead of parking and waking the caller dozens of times a token.
-        let logits = rayon::scope(|_| match &self.arch {
-            Arch::Gpt2(m) => m.forward(input_ids, 0, ForwardMode::Infer, Some(cache), last_only),
-            Arch::Llama(m) => m.forward(input_ids, 0, ForwardMode::Infer, Some(cache), last_only),
-        })?;
+        let logits = rayon::scope(|_| self.logits(input_ids, 0, ForwardMode::Infer, Some(cache), last_only))?;
         Ok(if last_only { logits.squeeze(1)? } else { logits })
     }
 
@@ -322,10 +345,7 @@ impl Model {
             return causal_lm_loss(&logits, labels);
         }
         check_ids("input_ids", input_ids, self.config.vocab_size, false)?;
-        let (hidden, head) = match &self.arch {
-            Arch::Gpt2(m) => (m.hidden(input_ids, 0, mode, None, false)?, m.head()),
-            Arch::Llama(m) => (m.hidden(input_ids, 0, mode, None, false)?, m.head()),
-        };
+        let (hidden, head) = self.hidden_and_head(input_ids, 0, mode, None, false)?;
         head_loss(&hidden, &head, labels)
     }
 

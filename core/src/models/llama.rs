@@ -75,21 +75,6 @@ impl Llama {
         Ok(Self { embed_tokens, embed_q8, layers, norm, lm_head, cfg: cfg.clone() })
     }
 
-    /// Logits `[batch, seq, vocab]` (`[batch, 1, vocab]` for the last position only with
-    /// `last_only`). With a cache, `ids` continue the cached positions (`offset` is
-    /// ignored) and their keys and values are appended to it.
-    pub(crate) fn forward(
-        &self,
-        ids: &Tensor,
-        offset: usize,
-        mode: ForwardMode,
-        cache: Option<&mut KvCache>,
-        last_only: bool,
-    ) -> Result<Tensor> {
-        let x = self.hidden(ids, offset, mode, cache, last_only)?;
-        self.head().forward(&x, mode == ForwardMode::Train)
-    }
-
     /// The LM head: `lm_head`, or the token embedding when tied.
     pub(crate) fn head(&self) -> Linear {
         match (&self.lm_head, &self.embed_q8) {
