@@ -652,8 +652,12 @@ impl StableDiffusionPipeline {
             let input = sched.scale_model_input(&input, t)?;
             let ts = Tensor::new(&[t as f32], device)?;
             // Detached: with a UNet being trained (`with_unet`, `Var` weights) the steps
-            // would otherwise chain one backward graph through every step.
-            let out = inner.unet.forward(&input, &ts, &context, ForwardMode::Infer)?.detach().to_dtype(DType::F32)?;
+            // would otherwise chain one backward graph through every step. On the compute
+            // pool, as a training step: the step's parallel ops fork and join there
+            // instead of waking the pool and parking this thread once per op.
+            let unet = &inner.unet;
+            let out = crate::util::on_compute_pool(|| unet.forward(&input, &ts, &context, ForwardMode::Infer))?;
+            let out = out.detach().to_dtype(DType::F32)?;
             let eps = if plan.guidance {
                 let uncond = out.narrow(0, 0, b)?;
                 let text = out.narrow(0, b, b)?;
