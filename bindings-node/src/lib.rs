@@ -44,3 +44,10 @@ pub use training::TrainingEngine;
 pub fn cli_main(argv: Vec<String>) -> i32 {
     anneal_cli::commands::run(argv)
 }
+
+/// At load time (the library's constructor, before Node registers the exports), keeps
+/// candle's large elementwise ops on the calling thread (see the function's docs).
+#[napi_derive::module_init]
+fn init() {
+    anneal::keep_candle_ops_on_calling_thread();
+}

@@ -30,6 +30,8 @@ fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
 
 #[pymodule]
 fn _anneal(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // At import, before anneal starts a thread or candle a pool (see the function's docs).
+    anneal::keep_candle_ops_on_calling_thread();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_class::<home::PyHome>()?;

@@ -132,4 +132,4 @@ pub use types::{
 pub use types::{Delivery, DeliveryFilter, DeliveryReport, DeliveryStatus, Webhook, WebhookFormat, WebhookOptions};
 pub use types::{ImageImportOptions, ImageLayout, ImageStats, SizeStats};
 pub use types::{NewToken, TokenOptions, TokenRecord, TokenScope};
-pub use util::{on_compute_pool, AllocatorTuning};
+pub use util::{keep_candle_ops_on_calling_thread, on_compute_pool, AllocatorTuning, CANDLE_THREADS_VAR};

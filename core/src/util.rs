@@ -395,6 +395,36 @@ pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
 
+/// The variable that sizes candle's second thread pool (`candle_core::utils::barrier_pool`).
+pub const CANDLE_THREADS_VAR: &str = "CANDLE_NUM_THREADS";
+
+/// Keeps candle's large elementwise ops (its binary and unary maps of 64K+ elements, among
+/// them the `zeros + add` of every gradient edge in its backward) on the thread that calls
+/// them, by setting [`CANDLE_THREADS_VAR`] to 1 when the user has not set it.
+///
+/// candle 0.11 runs those ops on a pool of its own beside rayon's, whose workers spin
+/// (25,000 pauses, about a millisecond here) after every op before they sleep. Called from
+/// a compute-pool thread ([`on_compute_pool`]), each such op then keeps one more thread
+/// busy than there are cores, and the caller spins at the op's end waiting for a worker
+/// that the scheduler has put behind rayon's: 16% of a tiny training step's samples were
+/// that wait and that spin (`perf`), and every training and denoising step got faster with
+/// the pool off (benches/RESULTS.md), by far more on a loaded machine. Those ops read
+/// and write memory once, so one thread does them at nearly the same speed.
+///
+/// It must run before candle's first large elementwise op (the pool reads the variable
+/// once) and, as any change to the environment, while no other thread may be reading the
+/// environment outside Rust's lock (C code calling `getenv`). anneal's front-ends call it
+/// first thing: the CLI's `main`, the Python module's import, the Node module's load, the
+/// examples and benches. A program that embeds the crate does the same at the start of
+/// its `main`. Returns whether it set the variable.
+pub fn keep_candle_ops_on_calling_thread() -> bool {
+    if std::env::var_os(CANDLE_THREADS_VAR).is_some() {
+        return false;
+    }
+    std::env::set_var(CANDLE_THREADS_VAR, "1");
+    true
+}
+
 // ---------------------------------------------------------------- allocator
 
 /// While held (by a training run or an image generation), glibc's malloc keeps freed

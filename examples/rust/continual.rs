@@ -142,6 +142,8 @@ fn spawn_receiver(listener: TcpListener, secret: String, got: Arc<Mutex<Vec<Rece
 }
 
 fn main() -> Result<()> {
+    // First thing, before any thread: candle's elementwise ops stay on the calling thread.
+    anneal::keep_candle_ops_on_calling_thread();
     let started = Instant::now();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let smoke = args.iter().any(|a| a == "--smoke");

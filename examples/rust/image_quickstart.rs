@@ -107,6 +107,8 @@ fn progress(event: &Event) -> anneal::Result<()> {
 }
 
 fn main() -> Result<()> {
+    // First thing, before any thread: candle's elementwise ops stay on the calling thread.
+    anneal::keep_candle_ops_on_calling_thread();
     let started = std::time::Instant::now();
     let smoke = std::env::args().any(|a| a == "--smoke");
     let dir = std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_else(|| "./anneal-home".into());

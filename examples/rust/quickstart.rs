@@ -116,6 +116,8 @@ fn train(home: &Home, spec: TrainSpec) -> Result<ModelRecord> {
 }
 
 fn main() -> Result<()> {
+    // First thing, before any thread: candle's elementwise ops stay on the calling thread.
+    anneal::keep_candle_ops_on_calling_thread();
     let started = Instant::now();
     let dir = std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_else(|| "anneal-home".into());
     let max_steps = smoke().then_some(10);

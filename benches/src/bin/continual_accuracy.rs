@@ -26,6 +26,8 @@ fn arg(args: &[String], name: &str, default: &str) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As anneal's front-ends do (`CANDLE_NUM_THREADS=2` in the environment restores candle's pool).
+    anneal::keep_candle_ops_on_calling_thread();
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help") {
         println!("continual_accuracy --data DIR [--datasets iris,wine,breast_cancer,digits] [--max-iter-lr 1000] [--max-iter-mlp 200] [--hidden 100] [--seeds 0,1,2]");

@@ -52,6 +52,8 @@ fn write_jsonl(path: &std::path::Path, records: impl Iterator<Item = Value>) -> 
 }
 
 fn main() -> anyhow::Result<()> {
+    // As anneal's front-ends do (`CANDLE_NUM_THREADS=2` in the environment restores candle's pool).
+    anneal::keep_candle_ops_on_calling_thread();
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help") {
         println!("drift_time --data DIR [--rows 100000] [--numeric 16] [--categorical 4] [--reps 3]");

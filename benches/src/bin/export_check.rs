@@ -20,6 +20,8 @@ fn logits(model: &anneal::Model, ids: &[u32]) -> anyhow::Result<Vec<Vec<f32>>> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As anneal's front-ends do (`CANDLE_NUM_THREADS=2` in the environment restores candle's pool).
+    anneal::keep_candle_ops_on_calling_thread();
     let args: Vec<String> = std::env::args().skip(1).collect();
     anyhow::ensure!(args.len() >= 3, "usage: export_check <out dir> <dataset.jsonl> <model dir>...");
     let out = PathBuf::from(&args[0]);

@@ -165,6 +165,8 @@ fn concurrent_runs(gen: &Generator, prompts: &[Vec<u32>], cfg: &GenerationConfig
 }
 
 fn main() -> anyhow::Result<()> {
+    // As anneal's front-ends do (`CANDLE_NUM_THREADS=2` in the environment restores candle's pool).
+    anneal::keep_candle_ops_on_calling_thread();
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help") {
         println!(

@@ -61,6 +61,8 @@ fn train(
 }
 
 fn main() -> anyhow::Result<()> {
+    // As anneal's front-ends do (`CANDLE_NUM_THREADS=2` in the environment restores candle's pool).
+    anneal::keep_candle_ops_on_calling_thread();
     let args: Vec<String> = std::env::args().skip(1).collect();
     anyhow::ensure!(args.len() == 2, "usage: gguf_check <out dir> <tests/fixtures dir>");
     let out = PathBuf::from(&args[0]);

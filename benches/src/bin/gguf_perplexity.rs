@@ -66,6 +66,8 @@ fn perplexity(home: &Home, rec: &ModelRecord, texts: &[String]) -> anyhow::Resul
 }
 
 fn main() -> anyhow::Result<()> {
+    // As anneal's front-ends do (`CANDLE_NUM_THREADS=2` in the environment restores candle's pool).
+    anneal::keep_candle_ops_on_calling_thread();
     let args: Vec<String> = std::env::args().skip(1).collect();
     anyhow::ensure!(matches!(args.len(), 1 | 2), "usage: gguf_perplexity <out dir> [training steps]");
     let out = PathBuf::from(&args[0]);

@@ -40,6 +40,8 @@ fn generate(path: &std::path::Path, target_bytes: u64) -> std::io::Result<u64> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As anneal's front-ends do (`CANDLE_NUM_THREADS=2` in the environment restores candle's pool).
+    anneal::keep_candle_ops_on_calling_thread();
     let sizes: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![50, 200] } else { sizes };
     let tmp = tempfile::tempdir()?;

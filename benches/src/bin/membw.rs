@@ -39,6 +39,8 @@ fn sum_portable(xs: &[f32]) -> f32 {
 }
 
 fn main() {
+    // As anneal's front-ends do (`CANDLE_NUM_THREADS=2` in the environment restores candle's pool).
+    anneal::keep_candle_ops_on_calling_thread();
     let mib: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1024);
     let n = mib * 1024 * 1024 / 4;
     let data: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();

@@ -29,6 +29,8 @@ fn quantile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As anneal's front-ends do (`CANDLE_NUM_THREADS=2` in the environment restores candle's pool).
+    anneal::keep_candle_ops_on_calling_thread();
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help") {
         println!("predict_latency --data DIR --home HOME --model logistic|mlp [--hidden 100] [--requests N] [--warmup N] [--prepare]");

@@ -20,6 +20,8 @@ fn arg(args: &[String], name: &str, default: &str) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As anneal's front-ends do (`CANDLE_NUM_THREADS=2` in the environment restores candle's pool).
+    anneal::keep_candle_ops_on_calling_thread();
     let args: Vec<String> = std::env::args().collect();
     let config = arg(&args, "--config", "tiny");
     let method = arg(&args, "--method", "lora");

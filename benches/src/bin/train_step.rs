@@ -107,6 +107,8 @@ fn arg(args: &[String], name: &str, default: &str) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As anneal's front-ends do (`CANDLE_NUM_THREADS=2` in the environment restores candle's pool).
+    anneal::keep_candle_ops_on_calling_thread();
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help") {
         println!("train_step --config tiny|small --method full|lora [--steps N] [--warmup N]");
