@@ -945,6 +945,32 @@ pub(crate) mod ops {
         Ok(y.transpose(1, 2)?.reshape((b, t, heads * head_dim))?)
     }
 
+    /// [`self_attention`] over one packed projection `qkv` `[b, t, (heads + 2 kv_heads) *
+    /// d]` (q, k, v side by side, GPT-2's `c_attn`): one fused node whose backward fills
+    /// the packed gradient directly ([`super::fused::PackedCausalAttention`]), where
+    /// column views would each add a zero-padded copy of their gradient.
+    pub(crate) fn packed_self_attention(
+        qkv: &Tensor,
+        (heads, kv_heads, head_dim): (usize, usize, usize),
+        mask: &CausalMask,
+        scale: f64,
+        mode: ForwardMode,
+    ) -> Result<Tensor> {
+        let fused = mode == ForwardMode::Train
+            && mask.past == 0
+            && !mask.padded()
+            && super::fused::usable(qkv)
+            && qkv.rank() == 3;
+        if fused {
+            let op = super::fused::CausalAttention::new(heads, kv_heads, head_dim, scale as f32, mask.window);
+            return Ok(qkv.apply_op1(super::fused::PackedCausalAttention(op))?);
+        }
+        let (q, kv) = (heads * head_dim, kv_heads * head_dim);
+        let (q, k, v) =
+            (qkv.narrow(D::Minus1, 0, q)?, qkv.narrow(D::Minus1, q, kv)?, qkv.narrow(D::Minus1, q + kv, kv)?);
+        self_attention(&q, &k, &v, (heads, kv_heads, head_dim), mask, scale, mode)
+    }
+
     /// softmax(q k^T * scale + mask) v, with q `[b, h, t, d]` and k, v `[b, kv, T, d]`
     /// (each kv head serving `h / kv` query heads).
     pub(crate) fn attention(

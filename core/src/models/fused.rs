@@ -14,7 +14,7 @@ use rayon::prelude::*;
 mod attention;
 mod flash;
 mod head_xent;
-pub(crate) use attention::CausalAttention;
+pub(crate) use attention::{CausalAttention, PackedCausalAttention};
 pub(crate) use flash::flash_attention;
 pub(crate) use head_xent::LmHeadXent;
 

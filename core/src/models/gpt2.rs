@@ -129,7 +129,7 @@ impl Gpt2 {
                     let y = ops::attention(&heads(0)?, &k, &v, &mask, scale, mode)?;
                     y.transpose(1, 2)?.reshape((b, t, h))?
                 }
-                None => ops::self_attention(&part(0)?, &part(1)?, &part(2)?, (nh, nh, hd), &mask, scale, mode)?,
+                None => ops::packed_self_attention(&qkv, (nh, nh, hd), &mask, scale, mode)?,
             };
             x = (x + blk.attn_proj.forward(&y, train)?)?;
             let r = ops::layer_norm(&x, &blk.ln_2.0, &blk.ln_2.1, cfg.norm_eps, mode)?;

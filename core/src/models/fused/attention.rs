@@ -14,7 +14,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::{exp_shifted, row_max, softmax_bwd_row};
@@ -55,6 +55,13 @@ impl<'a> View<'a> {
             );
         }
         Ok(Self { data: s.as_slice::<f32>()?, start: l.start_offset(), batch_stride: st[0], row_stride: st[1] })
+    }
+
+    /// Columns `col..` of a `[b, t, width]` tensor with contiguous rows (q, k or v inside
+    /// a packed projection).
+    fn columns(s: &'a CpuStorage, l: &Layout, dims: (usize, usize, usize), col: usize) -> Result<Self> {
+        let v = Self::new(s, l, dims, "qkv")?;
+        Ok(Self { start: v.start + col, ..v })
     }
 
     /// Head `h` (columns `h * d..`) of batch row `b` from query row `r`, as rows.
@@ -115,33 +122,10 @@ impl CausalAttention {
         Ok((b, t))
     }
 
-    /// Whether the backward can run this way: the threads work on separate batch rows,
-    /// or one batch row's products use them all.
-    fn threads_inside(b: usize) -> bool {
-        b < rayon::current_num_threads()
-    }
-}
-
-impl CustomOp3 for CausalAttention {
-    fn name(&self) -> &'static str {
-        "anneal-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (b, t) = self.dims(l1, l2, l3)?;
+    /// `[b, t, heads * d]` from the three views; keeps the probabilities for the backward.
+    fn forward(&self, q: &View<'_>, k: &View<'_>, v: &View<'_>, b: usize, t: usize) -> Result<Vec<f32>> {
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
         let rep = h / kv;
-        let q = View::new(s1, l1, (b, t, h * d), "q")?;
-        let k = View::new(s2, l2, (b, t, kv * d), "k")?;
-        let v = View::new(s3, l3, (b, t, kv * d), "v")?;
         let mut y = vec![0f32; b * t * h * d];
         let mut probs = vec![0f32; b * h * t * t];
         let inside = Self::threads_inside(b);
@@ -173,6 +157,36 @@ impl CustomOp3 for CausalAttention {
         )?;
         *self.probs.lock().map_err(|_| candle_core::Error::Msg("anneal-attention: poisoned".into()))? =
             Some(Arc::new(probs));
+        Ok(y)
+    }
+
+    /// Whether the backward can run this way: the threads work on separate batch rows,
+    /// or one batch row's products use them all.
+    fn threads_inside(b: usize) -> bool {
+        b < rayon::current_num_threads()
+    }
+}
+
+impl CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "anneal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, t) = self.dims(l1, l2, l3)?;
+        let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let q = View::new(s1, l1, (b, t, h * d), "q")?;
+        let k = View::new(s2, l2, (b, t, kv * d), "k")?;
+        let v = View::new(s3, l3, (b, t, kv * d), "v")?;
+        let y = self.forward(&q, &k, &v, b, t)?;
         Ok((CpuStorage::F32(y), Shape::from((b, t, h * d))))
     }
 
@@ -184,59 +198,28 @@ impl CustomOp3 for CausalAttention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let probs = self
-            .probs
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("anneal-attention: poisoned".into()))?
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("anneal-attention: backward without forward".into()))?;
+        let probs = self.saved_probs()?;
         let grad = grad.contiguous()?;
         let ((sq, lq), (sk, lk)) = (q.storage_and_layout(), k.storage_and_layout());
         let ((sv, lv), (sg, lg)) = (v.storage_and_layout(), grad.storage_and_layout());
         let (b, t) = self.dims(lq, lk, lv)?;
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
-        let rep = h / kv;
         let qv = View::new(cpu(&sq)?, lq, (b, t, h * d), "q")?;
         let kvw = View::new(cpu(&sk)?, lk, (b, t, kv * d), "k")?;
         let vv = View::new(cpu(&sv)?, lv, (b, t, kv * d), "v")?;
         let g = View::new(cpu(&sg)?, lg, (b, t, h * d), "the gradient")?;
+        let (mut dq, mut dk, mut dv) =
+            (vec![0f32; b * t * h * d], vec![0f32; b * t * kv * d], vec![0f32; b * t * kv * d]);
         if probs.len() != b * h * t * t {
             bail!("anneal-attention: saved probabilities do not match the backward's shapes");
         }
-        let (mut dq, mut dk, mut dv) =
-            (vec![0f32; b * t * h * d], vec![0f32; b * t * kv * d], vec![0f32; b * t * kv * d]);
-        let inside = Self::threads_inside(b);
+        let (at, inside) = ([(0, h * d, 0), (1, kv * d, 0), (2, kv * d, 0)], Self::threads_inside(b));
         dq.par_chunks_mut(t * h * d)
             .zip(dk.par_chunks_mut(t * kv * d).zip(dv.par_chunks_mut(t * kv * d)))
             .zip(probs.par_chunks(h * t * t))
             .enumerate()
-            .try_for_each(|(bi, ((dqb, (dkb, dvb)), pb))| -> Result<()> {
-                let (mut dp, mut ds) = (vec![0f32; t * t], vec![0f32; t * t]);
-                for hh in 0..h {
-                    let kh = hh / rep;
-                    let p = &pb[hh * t * t..(hh + 1) * t * t];
-                    for (r0, r1) in Self::blocks(t) {
-                        let m = r1 - r0;
-                        // dP = dY V^T over the visible keys.
-                        let dst = Dst { data: &mut dp, offset: r0 * t, rs: t, accumulate: false };
-                        matmul((m, r1, d), dst, g.head(bi, hh, d, r0), vv.head_t(bi, kh, d), inside)?;
-                        for i in r0..r1 {
-                            let lo = self.lo(i);
-                            let (o, pr, gr) =
-                                (&mut ds[i * t..(i + 1) * t], &p[i * t..(i + 1) * t], &dp[i * t..(i + 1) * t]);
-                            softmax_bwd_row(&mut o[lo..=i], &pr[lo..=i], &gr[lo..=i], self.scale);
-                            o[..lo].fill(0.0);
-                            o[i + 1..r1].fill(0.0);
-                        }
-                        let dst = Dst { data: &mut *dqb, offset: r0 * h * d + hh * d, rs: h * d, accumulate: false };
-                        matmul((m, d, r1), dst, Mat::rows(&ds, r0 * t, t), kvw.head(bi, kh, d, 0), inside)?;
-                        let dst = Dst { data: &mut *dkb, offset: kh * d, rs: kv * d, accumulate: true };
-                        matmul((r1, d, m), dst, Mat::transposed(&ds, r0 * t, t), qv.head(bi, hh, d, r0), inside)?;
-                        let dst = Dst { data: &mut *dvb, offset: kh * d, rs: kv * d, accumulate: true };
-                        matmul((r1, d, m), dst, Mat::transposed(p, r0 * t, t), g.head(bi, hh, d, r0), inside)?;
-                    }
-                }
-                Ok(())
+            .try_for_each(|(bi, ((dqb, (dkb, dvb)), pb))| {
+                self.batch_backward((bi, t, inside), pb, [&qv, &kvw, &vv, &g], &mut [dqb, dkb, dvb], at)
             })?;
         let dev = q.device();
         Ok((
@@ -244,6 +227,122 @@ impl CustomOp3 for CausalAttention {
             Some(Tensor::from_vec(dk, (b, t, kv * d), dev)?),
             Some(Tensor::from_vec(dv, (b, t, kv * d), dev)?),
         ))
+    }
+}
+
+impl CausalAttention {
+    /// The forward's probabilities, taken (a second backward is an error).
+    fn saved_probs(&self) -> Result<Arc<Vec<f32>>> {
+        self.probs
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("anneal-attention: poisoned".into()))?
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("anneal-attention: backward without forward".into()))
+    }
+
+    /// Batch row `bi`'s gradients (`inside`: the products use the threads) from its probabilities `pb` and the views `[q, k, v,
+    /// dy]`: dq, dk and dv go to `out[at[i].0]` with row stride `at[i].1` from column
+    /// `at[i].2` (zeroed beforehand: dk and dv accumulate over the query heads and
+    /// blocks). q, k and v may share one buffer, as columns of a packed projection.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_backward(
+        &self,
+        (bi, t, inside): (usize, usize, bool),
+        pb: &[f32],
+        [qv, kvw, vv, g]: [&View<'_>; 4],
+        out: &mut [&mut [f32]],
+        at: [(usize, usize, usize); 3],
+    ) -> Result<()> {
+        let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let rep = h / kv;
+        let (mut dp, mut ds) = (vec![0f32; t * t], vec![0f32; t * t]);
+        let [(bq, rq, cq), (bk, rk, ck), (bv, rv, cv)] = at;
+        for hh in 0..h {
+            let kh = hh / rep;
+            let p = &pb[hh * t * t..(hh + 1) * t * t];
+            for (r0, r1) in Self::blocks(t) {
+                let m = r1 - r0;
+                // dP = dY V^T over the visible keys.
+                let dst = Dst { data: &mut dp, offset: r0 * t, rs: t, accumulate: false };
+                matmul((m, r1, d), dst, g.head(bi, hh, d, r0), vv.head_t(bi, kh, d), inside)?;
+                for i in r0..r1 {
+                    let lo = self.lo(i);
+                    let (o, pr, gr) = (&mut ds[i * t..(i + 1) * t], &p[i * t..(i + 1) * t], &dp[i * t..(i + 1) * t]);
+                    softmax_bwd_row(&mut o[lo..=i], &pr[lo..=i], &gr[lo..=i], self.scale);
+                    o[..lo].fill(0.0);
+                    o[i + 1..r1].fill(0.0);
+                }
+                let dst = Dst { data: &mut *out[bq], offset: r0 * rq + cq + hh * d, rs: rq, accumulate: false };
+                matmul((m, d, r1), dst, Mat::rows(&ds, r0 * t, t), kvw.head(bi, kh, d, 0), inside)?;
+                let dst = Dst { data: &mut *out[bk], offset: ck + kh * d, rs: rk, accumulate: true };
+                matmul((r1, d, m), dst, Mat::transposed(&ds, r0 * t, t), qv.head(bi, hh, d, r0), inside)?;
+                let dst = Dst { data: &mut *out[bv], offset: cv + kh * d, rs: rv, accumulate: true };
+                matmul((r1, d, m), dst, Mat::transposed(p, r0 * t, t), g.head(bi, hh, d, r0), inside)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`CausalAttention`] over one packed projection `[b, t, (heads + 2 kv_heads) * d]` (q,
+/// k and v side by side, GPT-2's `c_attn`): the backward writes dq, dk and dv into one
+/// gradient of the packed tensor, where three column views would each have their gradient
+/// padded with zeros to the packed width and added (candle's `narrow` backward).
+pub(crate) struct PackedCausalAttention(pub(crate) CausalAttention);
+
+impl PackedCausalAttention {
+    /// `(b, t)` and the column where k and v start.
+    fn dims(&self, l: &Layout) -> Result<(usize, usize, usize, usize)> {
+        let a = &self.0;
+        let (h, kv, d) = (a.heads, a.kv_heads, a.head_dim);
+        if kv == 0 || h % kv != 0 || d == 0 {
+            bail!("anneal-attention: {h} heads over {kv} kv heads of {d}");
+        }
+        match *l.dims() {
+            [b, t, w] if w == (h + 2 * kv) * d => Ok((b, t, h * d, (h + kv) * d)),
+            _ => bail!("anneal-attention: qkv must be [b, t, {}], got {:?}", (h + 2 * kv) * d, l.dims()),
+        }
+    }
+}
+
+impl CustomOp1 for PackedCausalAttention {
+    fn name(&self) -> &'static str {
+        "anneal-attention-packed"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, t, ck, cv) = self.dims(l)?;
+        let w = l.dims()[2];
+        let q = View::columns(s, l, (b, t, w), 0)?;
+        let k = View::columns(s, l, (b, t, w), ck)?;
+        let v = View::columns(s, l, (b, t, w), cv)?;
+        let y = self.0.forward(&q, &k, &v, b, t)?;
+        Ok((CpuStorage::F32(y), Shape::from((b, t, ck))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let a = &self.0;
+        let probs = a.saved_probs()?;
+        let grad = grad.contiguous()?;
+        let ((s, l), (sg, lg)) = (qkv.storage_and_layout(), grad.storage_and_layout());
+        let (b, t, ck, cv) = self.dims(l)?;
+        let w = l.dims()[2];
+        let s = cpu(&s)?;
+        let (qv, kvw, vv) = (
+            View::columns(s, l, (b, t, w), 0)?,
+            View::columns(s, l, (b, t, w), ck)?,
+            View::columns(s, l, (b, t, w), cv)?,
+        );
+        let g = View::new(cpu(&sg)?, lg, (b, t, ck), "the gradient")?;
+        if probs.len() != b * a.heads * t * t {
+            bail!("anneal-attention: saved probabilities do not match the backward's shapes");
+        }
+        let mut dqkv = vec![0f32; b * t * w];
+        let (at, inside) = ([(0, w, 0), (0, w, ck), (0, w, cv)], CausalAttention::threads_inside(b));
+        dqkv.par_chunks_mut(t * w).zip(probs.par_chunks(a.heads * t * t)).enumerate().try_for_each(
+            |(bi, (ob, pb))| a.batch_backward((bi, t, inside), pb, [&qv, &kvw, &vv, &g], &mut [ob], at),
+        )?;
+        Ok(Some(Tensor::from_vec(dqkv, (b, t, w), qkv.device())?))
     }
 }
 
@@ -314,6 +413,31 @@ mod tests {
             assert!(max_diff(a, e) < 1e-5 * scale_of.max(1.0), "grad {b} {t} {h} {kv} {d}: {}", max_diff(a, e));
             assert_eq!(a.dtype(), DType::F32);
         }
+    }
+
+    #[test]
+    fn the_packed_node_matches_the_composite_form() {
+        let dev = Device::Cpu;
+        for (b, t, h, kv, d, window) in [(2, 45, 4, 4, 8, None), (3, 70, 4, 2, 16, Some(20)), (1, 33, 2, 1, 8, None)] {
+            let qkv = Var::randn(0f32, 1.0, (b, t, (h + 2 * kv) * d), &dev).unwrap();
+            let q = qkv.narrow(D::Minus1, 0, h * d).unwrap();
+            let k = qkv.narrow(D::Minus1, h * d, kv * d).unwrap();
+            let v = qkv.narrow(D::Minus1, (h + kv) * d, kv * d).unwrap();
+            let scale = 1.0 / (d as f64).sqrt();
+            let dy = Tensor::randn(0f32, 1.0, (b, t, h * d), &dev).unwrap();
+            let op = PackedCausalAttention(CausalAttention::new(h, kv, d, scale as f32, window));
+            let packed = qkv.apply_op1(op).unwrap();
+            let want = reference(&q, &k, &v, (h, kv, d), scale, window);
+            assert!(max_diff(&packed, &want) < 1e-5, "forward {b} {t} {h} {kv} {d}: {}", max_diff(&packed, &want));
+            let g_packed = (packed * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_want = (want * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+            let (a, e) = (g_packed.get(qkv.as_tensor()).unwrap(), g_want.get(qkv.as_tensor()).unwrap());
+            let scale_of = e.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(max_diff(a, e) < 1e-5 * scale_of.max(1.0), "grad {b} {t} {h} {kv} {d}: {}", max_diff(a, e));
+        }
+        // A width that is not (heads + 2 kv heads) * d is an error.
+        let x = Tensor::zeros((1, 4, 20), DType::F32, &dev).unwrap();
+        assert!(x.apply_op1(PackedCausalAttention(CausalAttention::new(2, 2, 4, 0.5, None))).is_err());
     }
 
     #[test]
