@@ -698,10 +698,21 @@ pub(crate) mod ops {
     }
 
     pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: ForwardMode) -> Result<Tensor> {
+        rms_norm_with(x, w, eps, mode, false)
+    }
+
+    /// [`rms_norm`] of an activation inside a model's training forward that no caller
+    /// sees: on the fused path its buffer is released by the backward once every
+    /// reader's backward has run (`fused::release`).
+    pub(crate) fn rms_norm_internal(x: &Tensor, w: &Tensor, eps: f64, mode: ForwardMode) -> Result<Tensor> {
+        rms_norm_with(x, w, eps, mode, true)
+    }
+
+    fn rms_norm_with(x: &Tensor, w: &Tensor, eps: f64, mode: ForwardMode, release: bool) -> Result<Tensor> {
         Ok(match mode {
             ForwardMode::Infer => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?,
             ForwardMode::Train if super::fused::usable(x) && super::fused::usable(w) => {
-                super::fused::AffineNorm::apply(x, w, None, eps as f32)?
+                super::fused::AffineNorm::apply(x, w, None, eps as f32, release)?
             }
             ForwardMode::Train => {
                 let dtype = x.dtype();
@@ -717,7 +728,7 @@ pub(crate) mod ops {
         Ok(match mode {
             ForwardMode::Infer => candle_nn::ops::layer_norm(&x.contiguous()?, w, b, eps as f32)?,
             ForwardMode::Train if super::fused::usable(x) && super::fused::usable(w) && super::fused::usable(b) => {
-                super::fused::AffineNorm::apply(x, w, Some(b), eps as f32)?
+                super::fused::AffineNorm::apply(x, w, Some(b), eps as f32, false)?
             }
             ForwardMode::Train => {
                 let dtype = x.dtype();
@@ -806,10 +817,14 @@ pub(crate) mod ops {
     pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: ForwardMode) -> Result<Tensor> {
         Ok(match mode {
             ForwardMode::Infer => candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?,
-            // [t, d/2] tables broadcast over batch and heads; [b, t, d/2] over heads.
-            ForwardMode::Train => rope_composite(x, cos, sin, |c| {
-                Ok(if c.rank() == 2 { c.unsqueeze(0)?.unsqueeze(0)? } else { c.unsqueeze(1)? })
-            })?,
+            // Not released: the cache keeps the rotated keys.
+            ForwardMode::Train => match super::fused::Rope::apply(x, cos, sin, true, false)? {
+                Some(y) => y,
+                // [t, d/2] tables broadcast over batch and heads; [b, t, d/2] over heads.
+                None => rope_composite(x, cos, sin, |c| {
+                    Ok(if c.rank() == 2 { c.unsqueeze(0)?.unsqueeze(0)? } else { c.unsqueeze(1)? })
+                })?,
+            },
         })
     }
 
@@ -818,9 +833,13 @@ pub(crate) mod ops {
     pub(crate) fn rope_thd(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: ForwardMode) -> Result<Tensor> {
         Ok(match mode {
             ForwardMode::Infer => candle_nn::rotary_emb::rope_thd(&x.contiguous()?, cos, sin)?,
-            ForwardMode::Train => rope_composite(x, cos, sin, |c| {
-                Ok(if c.rank() == 2 { c.unsqueeze(0)?.unsqueeze(2)? } else { c.unsqueeze(2)? })
-            })?,
+            // Only the attention reads the rotated q and k (no cache on this path).
+            ForwardMode::Train => match super::fused::Rope::apply(x, cos, sin, false, true)? {
+                Some(y) => y,
+                None => rope_composite(x, cos, sin, |c| {
+                    Ok(if c.rank() == 2 { c.unsqueeze(0)?.unsqueeze(2)? } else { c.unsqueeze(2)? })
+                })?,
+            },
         })
     }
 
@@ -934,7 +953,9 @@ pub(crate) mod ops {
             && !mask.padded()
             && [q, k, v].iter().all(|x| super::fused::usable(x) && x.rank() == 3);
         if fused {
-            let op = super::fused::CausalAttention::new(heads, kv_heads, head_dim, scale as f32, mask.window);
+            // Its output only feeds the caller's output projection (an internal activation).
+            let op =
+                super::fused::CausalAttention::new(heads, kv_heads, head_dim, scale as f32, mask.window).released();
             return Ok(q.apply_op3(k, v, op)?);
         }
         let (b, t, _) = q.dims3()?;

@@ -120,6 +120,17 @@ impl Linear {
 
     /// `x`: `[..., in]` -> `[..., out]`. `train` turns LoRA dropout on.
     pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_with(x, train, false)
+    }
+
+    /// [`Linear::forward`] for an activation inside a model's training forward that no
+    /// caller sees: on the fused path its buffer is released by the backward once every
+    /// reader's backward has run (`fused::release`), not kept until the backward ends.
+    pub(crate) fn forward_internal(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_with(x, train, true)
+    }
+
+    fn forward_with(&self, x: &Tensor, train: bool, release: bool) -> Result<Tensor> {
         let (in_f, out_f) = self.features()?;
         let dims = x.dims().to_vec();
         let Some((&last, lead)) = dims.split_last() else {
@@ -138,7 +149,7 @@ impl Linear {
         };
         let mut y = match &self.weight {
             // Training on the CPU: one node with its own backward, bias included.
-            Weight::Dense(w) if fused => fused::LinearOp::apply(x, w, self.bias.as_ref(), self.conv1d)?,
+            Weight::Dense(w) if fused => fused::LinearOp::apply(x, w, self.bias.as_ref(), self.conv1d, release)?,
             Weight::Q8(q) => q.matmul(&x2)?,
             Weight::Dense(w) if !train && !w.is_variable() && gemv::usable(&x2, w) => {
                 gemv::matmul(&x2, w, self.conv1d)?
@@ -156,8 +167,8 @@ impl Linear {
             let delta = if [&xd, a, b].iter().all(|t| fused::usable(t)) {
                 // f32 on the CPU: the two products as linear nodes (their own backward,
                 // the gemm directly), in training as in inference.
-                let h = fused::LinearOp::apply(&xd, a, None, false)?;
-                fused::LinearOp::apply(&h, b, None, false)?
+                let h = fused::LinearOp::apply(&xd, a, None, false, false)?;
+                fused::LinearOp::apply(&h, b, None, false, false)?
             } else {
                 xd.matmul(&a.t()?)?.matmul(&b.t()?)?
             };

@@ -110,9 +110,14 @@ impl Llama {
         };
         let mask = ops::CausalMask::new(t, p.past, cfg.sliding_window, &p.pads, x.device());
         let scale = 1.0 / (hd as f64).sqrt();
+        let cached = cache.is_some();
         for (i, l) in self.layers.iter().enumerate() {
-            let r = ops::rms_norm(&x, &l.input_layernorm, cfg.norm_eps, mode)?;
-            let (q, k, v) = (l.q_proj.forward(&r, train)?, l.k_proj.forward(&r, train)?, l.v_proj.forward(&r, train)?);
+            // Every activation inside the layer is internal (`forward_internal`,
+            // `rms_norm_internal`): the backward releases each one once it has passed it.
+            let r = ops::rms_norm_internal(&x, &l.input_layernorm, cfg.norm_eps, mode)?;
+            // (With a cache, k and v may reach it as views: kept.)
+            let proj = |lin: &Linear| if cached { lin.forward(&r, train) } else { lin.forward_internal(&r, train) };
+            let (q, k, v) = (proj(&l.q_proj)?, proj(&l.k_proj)?, proj(&l.v_proj)?);
             let y = match cache.as_mut() {
                 Some(c) => {
                     let split = |y: Tensor, n: usize| -> Result<Tensor> {
@@ -133,16 +138,16 @@ impl Llama {
                     ops::self_attention(&q, &k, &v, (nh, nkv, hd), &mask, scale, mode)?
                 }
             };
-            x = (x + l.o_proj.forward(&y, train)?)?;
-            let r = ops::rms_norm(&x, &l.post_attention_layernorm, cfg.norm_eps, mode)?;
-            let g = l.gate_proj.forward(&r, train)?;
-            let u = l.up_proj.forward(&r, train)?;
+            x = (x + l.o_proj.forward_internal(&y, train)?)?;
+            let r = ops::rms_norm_internal(&x, &l.post_attention_layernorm, cfg.norm_eps, mode)?;
+            let g = l.gate_proj.forward_internal(&r, train)?;
+            let u = l.up_proj.forward_internal(&r, train)?;
             let m = if super::fused::usable(&g) {
-                g.contiguous()?.apply_op2(&u.contiguous()?, super::fused::SwiGlu)?
+                g.contiguous()?.apply_op2(&u.contiguous()?, super::fused::SwiGlu { release: true })?
             } else {
                 (g.silu()? * u)?
             };
-            x = (x + l.down_proj.forward(&m, train)?)?;
+            x = (x + l.down_proj.forward_internal(&m, train)?)?;
         }
         if let Some(c) = cache {
             c.advance(t);

@@ -7,12 +7,12 @@
 //!
 //! Forward, per batch row (one rayon task each) and head, by blocks of query rows:
 //! `S = Q K^T` over the keys the block can see (the causal part only), a scaled softmax
-//! over each row's visible keys, `Y = P V`. The probabilities `P` (`[b, heads, t, t]`,
-//! zero where masked) are kept for the backward, which needs nothing else:
-//! `dP = dY V^T`, `dS = scale * P (dP - rowsum(P dP))`, `dQ = dS K`, `dK += dS^T Q`,
+//! over each row's visible keys, `Y = P V`. The probabilities `P` are not kept (they were
+//! `[b, heads, t, t]`, 8 MiB a layer at 4 x 256 tokens and 8 heads, alive from the
+//! forward to the backward): the backward recomputes each block's rows with the same
+//! products in the same order (a second `Q K^T`, a few percent of the layer's FLOPs),
+//! then `dP = dY V^T`, `dS = scale * P (dP - rowsum(P dP))`, `dQ = dS K`, `dK += dS^T Q`,
 //! `dV += P^T dY` (a kv head sums over the query heads it serves).
-
-use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -30,8 +30,8 @@ pub(crate) struct CausalAttention {
     head_dim: usize,
     scale: f32,
     window: Option<usize>,
-    /// The forward's probabilities, for the backward.
-    probs: Mutex<Option<Arc<Vec<f32>>>>,
+    /// The output is an internal activation: released by the backward (`fused::release`).
+    release: bool,
 }
 
 /// A `[b, t, n * d]` operand: its slice, start, batch and row strides.
@@ -95,7 +95,13 @@ impl CausalAttention {
     /// `heads` query heads and `kv_heads` key/value heads (a divisor) of `head_dim`;
     /// query `i` sees keys `j <= i` (and `i - j < window` when set).
     pub(crate) fn new(heads: usize, kv_heads: usize, head_dim: usize, scale: f32, window: Option<usize>) -> Self {
-        Self { heads, kv_heads, head_dim, scale, window, probs: Mutex::new(None) }
+        Self { heads, kv_heads, head_dim, scale, window, release: false }
+    }
+
+    /// The output is an internal activation of a model's training forward: its buffer
+    /// is released by the backward (`fused::release`).
+    pub(crate) fn released(self) -> Self {
+        Self { release: true, ..self }
     }
 
     /// The keys query `i` sees: `lo..=i`.
@@ -122,41 +128,52 @@ impl CausalAttention {
         Ok((b, t))
     }
 
-    /// `[b, t, heads * d]` from the three views; keeps the probabilities for the backward.
+    /// The probabilities of query rows `r0..r1` of head `hh` (kv head `kh`) of batch row
+    /// `bi` into rows `r0..r1` of `p` (`[t, t]`, zero where masked, up to column `r1`):
+    /// `S = Q K^T` over the keys the block can see, then the scaled softmax of each row.
+    #[allow(clippy::too_many_arguments)]
+    fn probs_block(
+        &self,
+        p: &mut [f32],
+        row: &mut [f32],
+        (q, k): (&View<'_>, &View<'_>),
+        (bi, hh, kh): (usize, usize, usize),
+        (r0, r1): (usize, usize),
+        inside: bool,
+    ) -> Result<()> {
+        let (d, t) = (self.head_dim, row.len());
+        let dst = Dst { data: &mut *p, offset: r0 * t, rs: t, accumulate: false };
+        matmul((r1 - r0, r1, d), dst, q.head(bi, hh, d, r0), k.head_t(bi, kh, d), inside)?;
+        for i in r0..r1 {
+            let (lo, pr) = (self.lo(i), &mut p[i * t..(i + 1) * t]);
+            row[lo..=i].copy_from_slice(&pr[lo..=i]);
+            let max = row_max(&row[lo..=i]);
+            let inv = 1.0 / exp_shifted(&mut pr[lo..=i], &row[lo..=i], max, self.scale);
+            pr[lo..=i].iter_mut().for_each(|x| *x *= inv);
+            pr[..lo].fill(0.0);
+            pr[i + 1..r1].fill(0.0);
+        }
+        Ok(())
+    }
+
+    /// `[b, t, heads * d]` from the three views.
     fn forward(&self, q: &View<'_>, k: &View<'_>, v: &View<'_>, b: usize, t: usize) -> Result<Vec<f32>> {
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
         let rep = h / kv;
         let mut y = vec![0f32; b * t * h * d];
-        let mut probs = vec![0f32; b * h * t * t];
         let inside = Self::threads_inside(b);
-        y.par_chunks_mut(t * h * d).zip(probs.par_chunks_mut(h * t * t)).enumerate().try_for_each(
-            |(bi, (yb, pb))| -> Result<()> {
-                let mut row = vec![0f32; t];
-                for hh in 0..h {
-                    let kh = hh / rep;
-                    let p = &mut pb[hh * t * t..(hh + 1) * t * t];
-                    for (r0, r1) in Self::blocks(t) {
-                        // Scores of rows r0..r1 against keys 0..r1.
-                        let dst = Dst { data: &mut *p, offset: r0 * t, rs: t, accumulate: false };
-                        matmul((r1 - r0, r1, d), dst, q.head(bi, hh, d, r0), k.head_t(bi, kh, d), inside)?;
-                        for i in r0..r1 {
-                            let (lo, pr) = (self.lo(i), &mut p[i * t..(i + 1) * t]);
-                            row[lo..=i].copy_from_slice(&pr[lo..=i]);
-                            let max = row_max(&row[lo..=i]);
-                            let inv = 1.0 / exp_shifted(&mut pr[lo..=i], &row[lo..=i], max, self.scale);
-                            pr[lo..=i].iter_mut().for_each(|x| *x *= inv);
-                            pr[..lo].fill(0.0);
-                            pr[i + 1..r1].fill(0.0);
-                        }
-                        let dst = Dst { data: &mut *yb, offset: r0 * h * d + hh * d, rs: h * d, accumulate: false };
-                        matmul((r1 - r0, d, r1), dst, Mat::rows(p, r0 * t, t), v.head(bi, kh, d, 0), inside)?;
-                    }
+        y.par_chunks_mut(t * h * d).enumerate().try_for_each(|(bi, yb)| -> Result<()> {
+            let (mut p, mut row) = (vec![0f32; t * t], vec![0f32; t]);
+            for hh in 0..h {
+                let kh = hh / rep;
+                for (r0, r1) in Self::blocks(t) {
+                    self.probs_block(&mut p, &mut row, (q, k), (bi, hh, kh), (r0, r1), inside)?;
+                    let dst = Dst { data: &mut *yb, offset: r0 * h * d + hh * d, rs: h * d, accumulate: false };
+                    matmul((r1 - r0, d, r1), dst, Mat::rows(&p, r0 * t, t), v.head(bi, kh, d, 0), inside)?;
                 }
-                Ok(())
-            },
-        )?;
-        *self.probs.lock().map_err(|_| candle_core::Error::Msg("anneal-attention: poisoned".into()))? =
-            Some(Arc::new(probs));
+            }
+            Ok(())
+        })?;
         Ok(y)
     }
 
@@ -195,10 +212,9 @@ impl CustomOp3 for CausalAttention {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let probs = self.saved_probs()?;
         let grad = grad.contiguous()?;
         let ((sq, lq), (sk, lk)) = (q.storage_and_layout(), k.storage_and_layout());
         let ((sv, lv), (sg, lg)) = (v.storage_and_layout(), grad.storage_and_layout());
@@ -210,17 +226,17 @@ impl CustomOp3 for CausalAttention {
         let g = View::new(cpu(&sg)?, lg, (b, t, h * d), "the gradient")?;
         let (mut dq, mut dk, mut dv) =
             (vec![0f32; b * t * h * d], vec![0f32; b * t * kv * d], vec![0f32; b * t * kv * d]);
-        if probs.len() != b * h * t * t {
-            bail!("anneal-attention: saved probabilities do not match the backward's shapes");
-        }
         let (at, inside) = ([(0, h * d, 0), (1, kv * d, 0), (2, kv * d, 0)], Self::threads_inside(b));
         dq.par_chunks_mut(t * h * d)
             .zip(dk.par_chunks_mut(t * kv * d).zip(dv.par_chunks_mut(t * kv * d)))
-            .zip(probs.par_chunks(h * t * t))
             .enumerate()
-            .try_for_each(|(bi, ((dqb, (dkb, dvb)), pb))| {
-                self.batch_backward((bi, t, inside), pb, [&qv, &kvw, &vv, &g], &mut [dqb, dkb, dvb], at)
+            .try_for_each(|(bi, (dqb, (dkb, dvb)))| {
+                self.batch_backward((bi, t, inside), [&qv, &kvw, &vv, &g], &mut [dqb, dkb, dvb], at)
             })?;
+        drop((sq, sk, sv, sg));
+        if self.release {
+            super::release(res)?;
+        }
         let dev = q.device();
         Ok((
             Some(Tensor::from_vec(dq, (b, t, h * d), dev)?),
@@ -231,24 +247,14 @@ impl CustomOp3 for CausalAttention {
 }
 
 impl CausalAttention {
-    /// The forward's probabilities, taken (a second backward is an error).
-    fn saved_probs(&self) -> Result<Arc<Vec<f32>>> {
-        self.probs
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("anneal-attention: poisoned".into()))?
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("anneal-attention: backward without forward".into()))
-    }
-
-    /// Batch row `bi`'s gradients (`inside`: the products use the threads) from its probabilities `pb` and the views `[q, k, v,
-    /// dy]`: dq, dk and dv go to `out[at[i].0]` with row stride `at[i].1` from column
+    /// Batch row `bi`'s gradients (`inside`: the products use the threads) from the views
+    /// `[q, k, v, dy]`, the probabilities recomputed block by block: dq, dk and dv go to `out[at[i].0]` with row stride `at[i].1` from column
     /// `at[i].2` (zeroed beforehand: dk and dv accumulate over the query heads and
     /// blocks). q, k and v may share one buffer, as columns of a packed projection.
     #[allow(clippy::too_many_arguments)]
     fn batch_backward(
         &self,
         (bi, t, inside): (usize, usize, bool),
-        pb: &[f32],
         [qv, kvw, vv, g]: [&View<'_>; 4],
         out: &mut [&mut [f32]],
         at: [(usize, usize, usize); 3],
@@ -256,12 +262,16 @@ impl CausalAttention {
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
         let rep = h / kv;
         let (mut dp, mut ds) = (vec![0f32; t * t], vec![0f32; t * t]);
+        let (mut p, mut row) = (vec![0f32; t * t], vec![0f32; t]);
         let [(bq, rq, cq), (bk, rk, ck), (bv, rv, cv)] = at;
         for hh in 0..h {
             let kh = hh / rep;
-            let p = &pb[hh * t * t..(hh + 1) * t * t];
             for (r0, r1) in Self::blocks(t) {
                 let m = r1 - r0;
+                // The forward's probabilities of these rows, recomputed (the same products
+                // in the same order: the same values).
+                self.probs_block(&mut p, &mut row, (qv, kvw), (bi, hh, kh), (r0, r1), inside)?;
+                let p = &p;
                 // dP = dY V^T over the visible keys.
                 let dst = Dst { data: &mut dp, offset: r0 * t, rs: t, accumulate: false };
                 matmul((m, r1, d), dst, g.head(bi, hh, d, r0), vv.head_t(bi, kh, d), inside)?;
@@ -320,9 +330,8 @@ impl CustomOp1 for PackedCausalAttention {
         Ok((CpuStorage::F32(y), Shape::from((b, t, ck))))
     }
 
-    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, qkv: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let a = &self.0;
-        let probs = a.saved_probs()?;
         let grad = grad.contiguous()?;
         let ((s, l), (sg, lg)) = (qkv.storage_and_layout(), grad.storage_and_layout());
         let (b, t, ck, cv) = self.dims(l)?;
@@ -334,14 +343,15 @@ impl CustomOp1 for PackedCausalAttention {
             View::columns(s, l, (b, t, w), cv)?,
         );
         let g = View::new(cpu(&sg)?, lg, (b, t, ck), "the gradient")?;
-        if probs.len() != b * a.heads * t * t {
-            bail!("anneal-attention: saved probabilities do not match the backward's shapes");
-        }
         let mut dqkv = vec![0f32; b * t * w];
         let (at, inside) = ([(0, w, 0), (0, w, ck), (0, w, cv)], CausalAttention::threads_inside(b));
-        dqkv.par_chunks_mut(t * w).zip(probs.par_chunks(a.heads * t * t)).enumerate().try_for_each(
-            |(bi, (ob, pb))| a.batch_backward((bi, t, inside), pb, [&qv, &kvw, &vv, &g], &mut [ob], at),
-        )?;
+        dqkv.par_chunks_mut(t * w)
+            .enumerate()
+            .try_for_each(|(bi, ob)| a.batch_backward((bi, t, inside), [&qv, &kvw, &vv, &g], &mut [ob], at))?;
+        drop((s, sg));
+        if a.release {
+            super::release(res)?;
+        }
         Ok(Some(Tensor::from_vec(dqkv, (b, t, w), qkv.device())?))
     }
 }
@@ -441,13 +451,14 @@ mod tests {
     }
 
     #[test]
-    fn a_second_backward_or_mismatched_operands_are_errors_not_panics() {
+    fn a_second_backward_agrees_and_mismatched_operands_are_errors_not_panics() {
         let dev = Device::Cpu;
         let q = Var::randn(0f32, 1.0, (1, 4, 8), &dev).unwrap();
         let y = q.apply_op3(&q, &q, CausalAttention::new(2, 2, 4, 0.5, None)).unwrap();
         let loss = y.sum_all().unwrap();
-        loss.backward().unwrap();
-        assert!(loss.backward().is_err());
+        // Nothing is saved for the backward: a second one recomputes and agrees.
+        let (g1, g2) = (loss.backward().unwrap(), loss.backward().unwrap());
+        assert_eq!(g1.get(&q).unwrap().to_vec3::<f32>().unwrap(), g2.get(&q).unwrap().to_vec3::<f32>().unwrap());
         let k = Tensor::zeros((1, 5, 8), DType::F32, &dev).unwrap();
         assert!(q.apply_op3(&k, &k, CausalAttention::new(2, 2, 4, 0.5, None)).is_err());
         assert!(q.apply_op3(&q, &q, CausalAttention::new(3, 2, 4, 0.5, None)).is_err());
