@@ -447,6 +447,11 @@ fn q8_0_weights_stay_close_to_f32() {
         let r = reference(if model.id == gpt2.id { "tiny-gpt2" } else { "tiny-llama" });
         let out = q.generate(u32s(&r["input_ids"]), &greedy(20)).unwrap();
         assert_eq!(out.generated_tokens, 20);
+        // A row of a batch gets the tokens it gets alone (the q8_0 kernels too).
+        let prompts = ["a", "the quick brown fox", "hello there, world", "xyz"];
+        for (p, b) in prompts.iter().zip(q.generate_batch(&prompts, &greedy(16)).unwrap()) {
+            assert_eq!(b.token_ids, q.generate(*p, &greedy(16)).unwrap().token_ids, "prompt {p:?}");
+        }
     }
     // Adapters kept separate run in f32 on the quantized base.
     let sep = GeneratorOptions { merge_adapter: false, ..q8.clone() };

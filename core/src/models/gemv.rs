@@ -11,6 +11,8 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 
 #[cfg(target_arch = "x86_64")]
+mod q8tiles;
+#[cfg(target_arch = "x86_64")]
 mod tiles;
 
 /// Whether the register-tiled kernels (AVX2 + FMA) can run here.
@@ -356,7 +358,8 @@ impl Q8Weight {
 
     /// `x W^T` for `x` `[n, in]` (any n: every weight row is read once for all rows).
     /// Each row of `x` is quantized to 8 bits per block too (as GGML does for q8_0), so
-    /// the inner products are integer multiply-adds.
+    /// the inner products are integer multiply-adds; on x86-64 in register tiles
+    /// (`q8tiles`: AVX-512 VNNI or AVX2), each pair summed the same way in any tile.
     pub(crate) fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let (n, in_f) = x.dims2()?;
         if in_f != self.in_f {
@@ -367,8 +370,15 @@ impl Q8Weight {
         let (out_f, blocks) = (self.out_f, in_f / Q8_BLOCK);
         let mut yt = vec![0f32; out_f * n];
         let c = chunk(out_f, in_f * n / 4);
+        #[cfg(target_arch = "x86_64")]
+        let kernel = q8tiles::Kernel::detect();
         yt.par_chunks_mut(c * n).enumerate().for_each(|(ci, ys)| {
             let o0 = ci * c;
+            #[cfg(target_arch = "x86_64")]
+            if let Some(k) = kernel {
+                q8_tiles(k, &xq, &xd, &self.q[o0 * in_f..], &self.scales[o0 * blocks..], n, in_f, ys);
+                return;
+            }
             for (k, yo) in ys.chunks_exact_mut(n).enumerate() {
                 let o = o0 + k;
                 let q = &self.q[o * in_f..(o + 1) * in_f];
@@ -381,6 +391,75 @@ impl Q8Weight {
         });
         let y = if n == 1 { yt } else { transpose(&yt, out_f, n) };
         Ok(Tensor::from_vec(y, (n, out_f), x.device())?)
+    }
+}
+
+/// One task's block of `Q8Weight::matmul`: `ys` (`[outputs, n]`) from the weight rows
+/// from `wq`'s (and `wd`'s) start on, in the kernel's tiles (weight rows by input rows;
+/// more weight rows for a single input row). Every (row, output) pair is summed the same
+/// way whatever the tile (see `q8tiles`), so a row's result does not depend on how many
+/// rows come with it.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn q8_tiles(k: q8tiles::Kernel, xq: &[i8], xd: &[f32], wq: &[i8], wd: &[f32], n: usize, in_f: usize, ys: &mut [f32]) {
+    let blocks = in_f / Q8_BLOCK;
+    let outs = ys.len() / n;
+    use q8tiles::{ONE_ROW_TILE, OUT_TILE, ROW_TILE};
+    macro_rules! tile {
+        ($o:expr, $r:expr, $nw:literal, $nr:literal) => {{
+            let ws: [&[i8]; $nw] = std::array::from_fn(|a| &wq[($o + a) * in_f..($o + a + 1) * in_f]);
+            let wds: [&[f32]; $nw] = std::array::from_fn(|a| &wd[($o + a) * blocks..($o + a + 1) * blocks]);
+            let xs: [&[i8]; $nr] = std::array::from_fn(|b| &xq[($r + b) * in_f..($r + b + 1) * in_f]);
+            let xds: [&[f32]; $nr] = std::array::from_fn(|b| &xd[($r + b) * blocks..($r + b + 1) * blocks]);
+            let t = q8tiles::dots::<$nw, $nr>(k, ws, wds, xs, xds);
+            for (a, row) in t.iter().enumerate() {
+                ys[($o + a) * n + $r..($o + a) * n + $r + $nr].copy_from_slice(row);
+            }
+        }};
+    }
+    macro_rules! rows {
+        ($o:expr, $nw:literal) => {{
+            let mut r = 0;
+            while r < n {
+                let step = (n - r).min(ROW_TILE).clamp(1, 4);
+                match step {
+                    4 => tile!($o, r, $nw, 4),
+                    3 => tile!($o, r, $nw, 3),
+                    2 => tile!($o, r, $nw, 2),
+                    _ => tile!($o, r, $nw, 1),
+                }
+                r += step;
+            }
+        }};
+    }
+    let mut o = 0;
+    if n == 1 {
+        while o < outs {
+            let step = match (outs - o).min(ONE_ROW_TILE) {
+                8.. => 8,
+                4.. => 4,
+                2.. => 2,
+                _ => 1,
+            };
+            match step {
+                8 => tile!(o, 0, 8, 1),
+                4 => tile!(o, 0, 4, 1),
+                2 => tile!(o, 0, 2, 1),
+                _ => tile!(o, 0, 1, 1),
+            }
+            o += step;
+        }
+        return;
+    }
+    while o < outs {
+        let step = (outs - o).min(OUT_TILE).clamp(1, 4);
+        match step {
+            4 => rows!(o, 4),
+            3 => rows!(o, 3),
+            2 => rows!(o, 2),
+            _ => rows!(o, 1),
+        }
+        o += step;
     }
 }
 
@@ -428,7 +507,8 @@ fn dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[f32]) -> f32 {
 /// Per block of 32: |x| (unsigned) times w with x's sign (`sign_epi8`), pairs summed to
 /// 16 i16 (`maddubs`: at most 2 * 127 * 127, no saturation since values are clamped to
 /// +-127), then to 8 i32 (`madd` by ones), converted and scaled by `dx * dw` into f32
-/// lanes; two blocks per step into two accumulators.
+/// lanes; two blocks per step into two accumulators. `q8tiles` does this arithmetic
+/// bit for bit in its tiles (the test below holds them to it); `matmul` runs the tiles.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn dot_q8_avx2(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[f32]) -> f32 {
@@ -676,6 +756,73 @@ mod tests {
                         "{name} blocks {blocks} case {case}: {got} vs {exact}"
                     );
                 }
+            }
+        }
+    }
+
+    /// Every tiled q8_0 kernel this CPU runs gives each (output, row) pair the bits of
+    /// the per-pair `dot_q8_avx2`, for every row count up to 33 and odd shapes (tile
+    /// edges in both directions), with random and extreme (+-127) values.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn q8_0_tiles_equal_the_per_pair_kernel_bit_for_bit() {
+        let mut seed = 0x2545_f491_u32;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        let kernels = q8tiles::Kernel::available();
+        for &k in &kernels {
+            for in_f in [32usize, 64, 96, 288] {
+                for (case, out_f) in [(0, 13usize), (1, 9), (2, 18)] {
+                    let blocks = in_f / Q8_BLOCK;
+                    let value = |r: u32| -> i8 {
+                        match case {
+                            1 if r.is_multiple_of(3) => -127,
+                            1 => 127,
+                            _ => ((r % 255) as i32 - 127) as i8,
+                        }
+                    };
+                    let wq: Vec<i8> = (0..out_f * in_f).map(|_| value(next())).collect();
+                    let wd: Vec<f32> = (0..out_f * blocks).map(|_| (next() % 1000) as f32 / 991.0).collect();
+                    let xq: Vec<i8> = (0..33 * in_f).map(|_| value(next())).collect();
+                    let xd: Vec<f32> = (0..33 * blocks).map(|_| (next() % 1000) as f32 / 997.0 - 0.3).collect();
+                    for n in 1..=33 {
+                        let mut ys = vec![0f32; out_f * n];
+                        q8_tiles(k, &xq, &xd, &wq, &wd, n, in_f, &mut ys);
+                        for o in 0..out_f {
+                            for r in 0..n {
+                                let (wo, wdo) = (&wq[o * in_f..(o + 1) * in_f], &wd[o * blocks..(o + 1) * blocks]);
+                                let (xr, xdr) = (&xq[r * in_f..(r + 1) * in_f], &xd[r * blocks..(r + 1) * blocks]);
+                                // SAFETY: a kernel is available, so the CPU has AVX2 and FMA.
+                                #[allow(unsafe_code)]
+                                let want = unsafe { dot_q8_avx2(xr, xdr, wo, wdo) };
+                                let got = ys[o * n + r];
+                                assert_eq!(
+                                    got.to_bits(),
+                                    want.to_bits(),
+                                    "{k:?} n {n} in {in_f} out {out_f} case {case}: ({o}, {r}) {got} vs {want}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_q8_0_row_gets_the_same_bits_alone_or_with_others() {
+        let dev = Device::Cpu;
+        for (n, in_f, out_f) in [(16, 64, 50), (7, 96, 35), (32, 256, 48), (16, 64, 201), (2, 32, 100), (3, 160, 9)] {
+            let x = Tensor::randn(0f32, 1.0, (n, in_f), &dev).unwrap();
+            let w = Q8Weight::quantize(&Tensor::randn(0f32, 1.0, (out_f, in_f), &dev).unwrap()).unwrap();
+            let all = w.matmul(&x).unwrap().to_vec2::<f32>().unwrap();
+            for (r, want) in all.iter().enumerate() {
+                let one = w.matmul(&x.narrow(0, r, 1).unwrap()).unwrap().to_vec2::<f32>().unwrap();
+                assert_eq!(&one[0], want, "row {r} of {n} ({in_f}x{out_f})");
             }
         }
     }

@@ -1,0 +1,230 @@
+//! Register-tiled q8_0 products for a few input rows (a short prompt, a decoding batch),
+//! as `tiles::dots` is for f32: every weight block loaded feeds several input rows while
+//! it sits in a register, and each (weight row, input row) pair is summed horizontally
+//! once, at the end.
+//!
+//! Every kernel here does the arithmetic of `dot_q8_avx2`, bit for bit, whatever the
+//! tile: the integer products of a block are summed exactly into 8 i32 lanes (lane `i`:
+//! values `4i..4i + 4`), converted to f32 and multiply-added with `dx * dw` into one of
+//! two 8-lane accumulators (even blocks, odd blocks); at the end the two are added and
+//! the 8 lanes summed (`hsum`). So a row's result does not depend on the rows beside it,
+//! on the tile shape, or on which of these kernels the CPU runs.
+
+use std::arch::x86_64::*;
+
+use super::Q8_BLOCK;
+
+// Tile shapes of both kernels: 4 x 4 was the fastest of 1..=6 x 1..=4 on a Sapphire
+// Rapids (a 512 x 1536 weight by 12 rows; AVX2 spills some of its 32 accumulators and
+// still beats the smaller tiles), 8 x 1 of 8, 4 and 2 for one row.
+/// Weight rows per tile for two or more input rows.
+pub(super) const OUT_TILE: usize = 4;
+/// Input rows per tile.
+pub(super) const ROW_TILE: usize = 4;
+/// Weight rows per tile for a single input row (decoding: the weight streams from memory).
+pub(super) const ONE_ROW_TILE: usize = 8;
+
+/// Which instruction set the tiles use (detected once; the only way to build one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Kernel(Isa);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    /// AVX2 + FMA: `sign_epi8`, `maddubs`, `madd` per block, 256-bit.
+    Avx2,
+    /// AVX-512 VNNI: `dpbusd` on two blocks at once (512-bit: even blocks in the low
+    /// eight lanes, odd blocks in the high eight, i.e. the two accumulators side by side).
+    Avx512,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs, or `None` without AVX2 + FMA.
+    pub(super) fn detect() -> Option<Self> {
+        static K: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
+        *K.get_or_init(|| Self::available().last().copied())
+    }
+
+    /// Every kernel this CPU runs, slowest first.
+    pub(super) fn available() -> Vec<Self> {
+        let mut ks = Vec::new();
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            ks.push(Kernel(Isa::Avx2));
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+            {
+                ks.push(Kernel(Isa::Avx512));
+            }
+        }
+        ks
+    }
+}
+
+/// `out[o][r]` = the q8_0 dot product of weight row `o` (values `w[o]`, block scales
+/// `wd[o]`) with input row `r` (`x[r]`, `xd[r]`), over the blocks all of them hold.
+/// Weight values must lie in -127..=127 (`Q8Weight` clamps them).
+#[inline]
+pub(super) fn dots<const O: usize, const R: usize>(
+    k: Kernel,
+    w: [&[i8]; O],
+    wd: [&[f32]; O],
+    x: [&[i8]; R],
+    xd: [&[f32]; R],
+) -> [[f32; R]; O] {
+    let blocks = w
+        .iter()
+        .chain(x.iter())
+        .map(|s| s.len() / Q8_BLOCK)
+        .chain(wd.iter().chain(xd.iter()).map(|s| s.len()))
+        .min()
+        .unwrap_or(0);
+    match k.0 {
+        // SAFETY: a `Kernel` is only built by `available`, after checking that the CPU
+        // has the features each of these functions enables.
+        #[allow(unsafe_code)]
+        Isa::Avx2 => unsafe { dots_avx2::<O, R>(blocks, w, wd, x, xd) },
+        #[allow(unsafe_code)]
+        Isa::Avx512 => unsafe { dots_avx512::<O, R>(blocks, w, wd, x, xd) },
+    }
+}
+
+/// The 8 lanes summed as `dot_q8_avx2` sums them.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
+}
+
+/// AVX2: per block, |x| times w with x's sign (`maddubs`, no saturation since values
+/// are within +-127), pairs of i16 summed to i32 (`madd`), converted, scaled.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn dots_avx2<const O: usize, const R: usize>(
+    blocks: usize,
+    w: [&[i8]; O],
+    wd: [&[f32]; O],
+    x: [&[i8]; R],
+    xd: [&[f32]; R],
+) -> [[f32; R]; O] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[[_mm256_setzero_ps(); 2]; R]; O];
+    for b in 0..blocks {
+        let half = b % 2;
+        let mut xv = [_mm256_setzero_si256(); R];
+        let mut xa = [_mm256_setzero_si256(); R];
+        let mut dx = [_mm256_setzero_ps(); R];
+        for r in 0..R {
+            // SAFETY: `(b + 1) * 32 <= x[r].len()` (`blocks`); unaligned load.
+            #[allow(unsafe_code)]
+            let v = unsafe { _mm256_loadu_si256(x[r].as_ptr().add(b * Q8_BLOCK).cast::<__m256i>()) };
+            xv[r] = v;
+            xa[r] = _mm256_sign_epi8(v, v);
+            dx[r] = _mm256_set1_ps(xd[r][b]);
+        }
+        for o in 0..O {
+            // SAFETY: `(b + 1) * 32 <= w[o].len()` (`blocks`); unaligned load.
+            #[allow(unsafe_code)]
+            let wv = unsafe { _mm256_loadu_si256(w[o].as_ptr().add(b * Q8_BLOCK).cast::<__m256i>()) };
+            let dw = _mm256_set1_ps(wd[o][b]);
+            for r in 0..R {
+                let products = _mm256_maddubs_epi16(xa[r], _mm256_sign_epi8(wv, xv[r]));
+                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
+                acc[o][r][half] = _mm256_fmadd_ps(sums, _mm256_mul_ps(dx[r], dw), acc[o][r][half]);
+            }
+        }
+    }
+    let mut out = [[0f32; R]; O];
+    for o in 0..O {
+        for r in 0..R {
+            out[o][r] = hsum(_mm256_add_ps(acc[o][r][0], acc[o][r][1]));
+        }
+    }
+    out
+}
+
+/// AVX-512 VNNI, two blocks per 512-bit register: `dpbusd` multiplies unsigned by signed
+/// bytes, so x is offset to `x + 128` (`xor 0x80`) and each sum starts from
+/// `-128 * (sum of the four w)` (once per weight block, for every input row). An odd
+/// last block runs in the low half, the high lanes kept by a masked multiply-add.
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
+fn dots_avx512<const O: usize, const R: usize>(
+    blocks: usize,
+    w: [&[i8]; O],
+    wd: [&[f32]; O],
+    x: [&[i8]; R],
+    xd: [&[f32]; R],
+) -> [[f32; R]; O] {
+    let bias = _mm512_set1_epi8(-128);
+    // Scale lanes: the first block's for lanes 0..8, the second's for 8..16.
+    let spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    let mut acc = [[_mm512_setzero_ps(); R]; O];
+    // Blocks `b` and `b + 1` (masks all ones), or `b` alone in the low half (high bytes
+    // and scales read as zero, high lanes kept).
+    let mut step = |b: usize, bytes: u64, floats: u16, lanes: u16| {
+        let mut xu = [_mm512_setzero_si512(); R];
+        let mut negative = [0u64; R];
+        let mut dx = [_mm512_setzero_ps(); R];
+        for r in 0..R {
+            // SAFETY: the masks read only blocks below `blocks`, which `x[r]` and `xd[r]`
+            // hold; masked unaligned loads.
+            #[allow(unsafe_code)]
+            let (v, d) = unsafe {
+                (
+                    _mm512_maskz_loadu_epi8(bytes, x[r].as_ptr().add(b * Q8_BLOCK)),
+                    _mm512_maskz_loadu_ps(floats, xd[r].as_ptr().add(b)),
+                )
+            };
+            // One input row (decoding): |x| times w with x's sign instead, one masked
+            // negation per weight block rather than the offset's extra `dpbusd`.
+            xu[r] = if R == 1 { _mm512_abs_epi8(v) } else { _mm512_xor_si512(v, bias) };
+            if R == 1 {
+                negative[r] = _mm512_movepi8_mask(v);
+            }
+            dx[r] = _mm512_permutexvar_ps(spread, d);
+        }
+        for o in 0..O {
+            // SAFETY: as for `x` above, within `w[o]` and `wd[o]`.
+            #[allow(unsafe_code)]
+            let (wv, d) = unsafe {
+                (
+                    _mm512_maskz_loadu_epi8(bytes, w[o].as_ptr().add(b * Q8_BLOCK)),
+                    _mm512_maskz_loadu_ps(floats, wd[o].as_ptr().add(b)),
+                )
+            };
+            let dw = _mm512_permutexvar_ps(spread, d);
+            let zero = _mm512_setzero_si512();
+            if R == 1 {
+                let signed = _mm512_mask_sub_epi8(wv, negative[0], zero, wv);
+                let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, xu[0], signed));
+                acc[o][0] = _mm512_mask3_fmadd_ps(sums, _mm512_mul_ps(dx[0], dw), acc[o][0], lanes);
+                continue;
+            }
+            let corr = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, wv));
+            for r in 0..R {
+                let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, xu[r], wv));
+                acc[o][r] = _mm512_mask3_fmadd_ps(sums, _mm512_mul_ps(dx[r], dw), acc[o][r], lanes);
+            }
+        }
+    };
+    let mut b = 0;
+    while b + 1 < blocks {
+        step(b, u64::MAX, 0b11, 0xFFFF);
+        b += 2;
+    }
+    if b < blocks {
+        step(b, u32::MAX.into(), 0b1, 0x00FF);
+    }
+    let mut out = [[0f32; R]; O];
+    for o in 0..O {
+        for r in 0..R {
+            let a = acc[o][r];
+            let lo = _mm512_castps512_ps256(a);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
+            out[o][r] = hsum(_mm256_add_ps(lo, hi));
+        }
+    }
+    out
+}
