@@ -948,11 +948,7 @@ pub(crate) mod ops {
         scale: f64,
         mode: ForwardMode,
     ) -> Result<Tensor> {
-        let fused = mode == ForwardMode::Train
-            && mask.past == 0
-            && !mask.padded()
-            && [q, k, v].iter().all(|x| super::fused::usable(x) && x.rank() == 3);
-        if fused {
+        if fused_self_attention(mode, mask, &[q, k, v]) {
             // Its output only feeds the caller's output projection (an internal activation).
             let op =
                 super::fused::CausalAttention::new(heads, kv_heads, head_dim, scale as f32, mask.window).released();
@@ -966,6 +962,15 @@ pub(crate) mod ops {
         Ok(y.transpose(1, 2)?.reshape((b, t, heads * head_dim))?)
     }
 
+    /// Whether a pass's self-attention over `operands` (`[b, t, _]`) is one fused node:
+    /// training f32 on the CPU, no cache, no padding.
+    fn fused_self_attention(mode: ForwardMode, mask: &CausalMask, operands: &[&Tensor]) -> bool {
+        mode == ForwardMode::Train
+            && mask.past == 0
+            && !mask.padded()
+            && operands.iter().all(|x| super::fused::usable(x) && x.rank() == 3)
+    }
+
     /// [`self_attention`] over one packed projection `qkv` `[b, t, (heads + 2 kv_heads) *
     /// d]` (q, k, v side by side, GPT-2's `c_attn`): one fused node whose backward fills
     /// the packed gradient directly ([`super::fused::PackedCausalAttention`]), where
@@ -977,13 +982,10 @@ pub(crate) mod ops {
         scale: f64,
         mode: ForwardMode,
     ) -> Result<Tensor> {
-        let fused = mode == ForwardMode::Train
-            && mask.past == 0
-            && !mask.padded()
-            && super::fused::usable(qkv)
-            && qkv.rank() == 3;
-        if fused {
-            let op = super::fused::CausalAttention::new(heads, kv_heads, head_dim, scale as f32, mask.window);
+        if fused_self_attention(mode, mask, &[qkv]) {
+            // As in `self_attention`, the output only feeds the output projection.
+            let op =
+                super::fused::CausalAttention::new(heads, kv_heads, head_dim, scale as f32, mask.window).released();
             return Ok(qkv.apply_op1(super::fused::PackedCausalAttention(op))?);
         }
         let (q, kv) = (heads * head_dim, kv_heads * head_dim);

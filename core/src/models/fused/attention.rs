@@ -406,46 +406,32 @@ mod tests {
         for (b, t, h, kv, d, window) in
             [(2, 45, 4, 4, 8, None), (3, 70, 4, 2, 16, Some(20)), (1, 33, 2, 1, 8, None), (2, 5, 2, 2, 4, Some(1))]
         {
-            // q, k, v as column views of one fused projection (GPT-2's qkv), as the model passes them.
-            let qkv = Var::randn(0f32, 1.0, (b, t, (h + 2 * kv) * d), &dev).unwrap();
-            let q = qkv.narrow(D::Minus1, 0, h * d).unwrap();
-            let k = qkv.narrow(D::Minus1, h * d, kv * d).unwrap();
-            let v = qkv.narrow(D::Minus1, (h + kv) * d, kv * d).unwrap();
-            let scale = 1.0 / (d as f64).sqrt();
-            let dy = Tensor::randn(0f32, 1.0, (b, t, h * d), &dev).unwrap();
-            let fused = q.apply_op3(&k, &v, CausalAttention::new(h, kv, d, scale as f32, window)).unwrap();
-            let want = reference(&q, &k, &v, (h, kv, d), scale, window);
-            assert!(max_diff(&fused, &want) < 1e-5, "forward {b} {t} {h} {kv} {d}: {}", max_diff(&fused, &want));
-            let g_fused = (fused * &dy).unwrap().sum_all().unwrap().backward().unwrap();
-            let g_want = (want * &dy).unwrap().sum_all().unwrap().backward().unwrap();
-            let (a, e) = (g_fused.get(qkv.as_tensor()).unwrap(), g_want.get(qkv.as_tensor()).unwrap());
-            let scale_of = e.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-            assert!(max_diff(a, e) < 1e-5 * scale_of.max(1.0), "grad {b} {t} {h} {kv} {d}: {}", max_diff(a, e));
-            assert_eq!(a.dtype(), DType::F32);
+            // q, k, v as column views of one fused projection (GPT-2's qkv), as the model
+            // passes them to the three-operand node, or the projection itself (packed).
+            for packed in [false, true] {
+                let qkv = Var::randn(0f32, 1.0, (b, t, (h + 2 * kv) * d), &dev).unwrap();
+                let q = qkv.narrow(D::Minus1, 0, h * d).unwrap();
+                let k = qkv.narrow(D::Minus1, h * d, kv * d).unwrap();
+                let v = qkv.narrow(D::Minus1, (h + kv) * d, kv * d).unwrap();
+                let scale = 1.0 / (d as f64).sqrt();
+                let dy = Tensor::randn(0f32, 1.0, (b, t, h * d), &dev).unwrap();
+                let op = CausalAttention::new(h, kv, d, scale as f32, window);
+                let fused = match packed {
+                    true => qkv.apply_op1(PackedCausalAttention(op)).unwrap(),
+                    false => q.apply_op3(&k, &v, op).unwrap(),
+                };
+                let want = reference(&q, &k, &v, (h, kv, d), scale, window);
+                let case = format!("{b} {t} {h} {kv} {d} packed {packed}");
+                assert!(max_diff(&fused, &want) < 1e-5, "forward {case}: {}", max_diff(&fused, &want));
+                let g_fused = (fused * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+                let g_want = (want * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+                let (a, e) = (g_fused.get(qkv.as_tensor()).unwrap(), g_want.get(qkv.as_tensor()).unwrap());
+                let scale_of = e.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                assert!(max_diff(a, e) < 1e-5 * scale_of.max(1.0), "grad {case}: {}", max_diff(a, e));
+                assert_eq!(a.dtype(), DType::F32);
+            }
         }
-    }
-
-    #[test]
-    fn the_packed_node_matches_the_composite_form() {
-        let dev = Device::Cpu;
-        for (b, t, h, kv, d, window) in [(2, 45, 4, 4, 8, None), (3, 70, 4, 2, 16, Some(20)), (1, 33, 2, 1, 8, None)] {
-            let qkv = Var::randn(0f32, 1.0, (b, t, (h + 2 * kv) * d), &dev).unwrap();
-            let q = qkv.narrow(D::Minus1, 0, h * d).unwrap();
-            let k = qkv.narrow(D::Minus1, h * d, kv * d).unwrap();
-            let v = qkv.narrow(D::Minus1, (h + kv) * d, kv * d).unwrap();
-            let scale = 1.0 / (d as f64).sqrt();
-            let dy = Tensor::randn(0f32, 1.0, (b, t, h * d), &dev).unwrap();
-            let op = PackedCausalAttention(CausalAttention::new(h, kv, d, scale as f32, window));
-            let packed = qkv.apply_op1(op).unwrap();
-            let want = reference(&q, &k, &v, (h, kv, d), scale, window);
-            assert!(max_diff(&packed, &want) < 1e-5, "forward {b} {t} {h} {kv} {d}: {}", max_diff(&packed, &want));
-            let g_packed = (packed * &dy).unwrap().sum_all().unwrap().backward().unwrap();
-            let g_want = (want * &dy).unwrap().sum_all().unwrap().backward().unwrap();
-            let (a, e) = (g_packed.get(qkv.as_tensor()).unwrap(), g_want.get(qkv.as_tensor()).unwrap());
-            let scale_of = e.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-            assert!(max_diff(a, e) < 1e-5 * scale_of.max(1.0), "grad {b} {t} {h} {kv} {d}: {}", max_diff(a, e));
-        }
-        // A width that is not (heads + 2 kv heads) * d is an error.
+        // A packed width that is not (heads + 2 kv heads) * d is an error.
         let x = Tensor::zeros((1, 4, 20), DType::F32, &dev).unwrap();
         assert!(x.apply_op1(PackedCausalAttention(CausalAttention::new(2, 2, 4, 0.5, None))).is_err());
     }

@@ -12,6 +12,7 @@
 
 use std::arch::x86_64::*;
 
+use super::tiles::hsum;
 use super::Q8_BLOCK;
 
 // Tile shapes of both kernels: 4 x 4 was the fastest of 1..=6 x 1..=4 on a Sapphire
@@ -86,15 +87,6 @@ pub(super) fn dots<const O: usize, const R: usize>(
         #[allow(unsafe_code)]
         Isa::Avx512 => unsafe { dots_avx512::<O, R>(blocks, w, wd, x, xd) },
     }
-}
-
-/// The 8 lanes summed as `dot_q8_avx2` sums them.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn hsum(v: __m256) -> f32 {
-    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-    _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
 }
 
 /// AVX2: per block, |x| times w with x's sign (`maddubs`, no saturation since values

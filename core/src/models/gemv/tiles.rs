@@ -18,9 +18,11 @@ pub(super) const COLS: usize = 16;
 /// and a broadcast input.
 pub(super) const COL_ROWS: usize = 6;
 
+/// The 8 lanes summed pairwise (high half onto low, then within the quad): the order
+/// every AVX2 kernel here and in `q8tiles` uses.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn hsum(v: __m256) -> f32 {
+pub(super) fn hsum(v: __m256) -> f32 {
     let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
     _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
