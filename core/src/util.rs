@@ -407,9 +407,10 @@ pub const CANDLE_THREADS_VAR: &str = "CANDLE_NUM_THREADS";
 /// a compute-pool thread ([`on_compute_pool`]), each such op then keeps one more thread
 /// busy than there are cores, and the caller spins at the op's end waiting for a worker
 /// that the scheduler has put behind rayon's: 16% of a tiny training step's samples were
-/// that wait and that spin (`perf`), and every training and denoising step got faster with
-/// the pool off (benches/RESULTS.md), by far more on a loaded machine. Those ops read
-/// and write memory once, so one thread does them at nearly the same speed.
+/// that wait and that spin (`perf`, with other work on the machine). With the pool off,
+/// steps take the same time on an idle machine (within 3%) and far less on a busy one
+/// (17-65% less with two builds running; benches/RESULTS.md). Those ops read and write
+/// memory once, so one thread does them at nearly the same speed.
 ///
 /// It must run before candle's first large elementwise op (the pool reads the variable
 /// once) and, as any change to the environment, while no other thread may be reading the
