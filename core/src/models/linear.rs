@@ -164,15 +164,17 @@ impl Linear {
         if let Some(l) = self.lora.as_ref().filter(|l| !l.merged) {
             let xd = if train && l.dropout > 0.0 { candle_nn::ops::dropout(&x2, l.dropout)? } else { x2 };
             let (a, b) = (l.a.as_tensor(), l.b.as_tensor());
+            // The scale is applied to the rank-r middle (`scale * (x A^T) B^T`), an
+            // n x r product instead of n x out.
             let delta = if [&xd, a, b].iter().all(|t| fused::usable(t)) {
                 // f32 on the CPU: the two products as linear nodes (their own backward,
                 // the gemm directly), in training as in inference.
-                let h = fused::LinearOp::apply(&xd, a, None, false, false)?;
+                let h = (fused::LinearOp::apply(&xd, a, None, false, false)? * l.scale)?;
                 fused::LinearOp::apply(&h, b, None, false, false)?
             } else {
-                xd.matmul(&a.t()?)?.matmul(&b.t()?)?
+                (xd.matmul(&a.t()?)? * l.scale)?.matmul(&b.t()?)?
             };
-            let delta = (delta * l.scale)?.reshape(y.shape())?;
+            let delta = delta.reshape(y.shape())?;
             y = (y + delta)?;
         }
         let mut out_dims = lead.to_vec();
