@@ -100,6 +100,70 @@ fn linear_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec
     transpose(&yt, out_f, n)
 }
 
+/// Calls the caller's `$tile!(o, r, weight rows, input rows)` macro with the tile shape
+/// as literals (one monomorphised kernel per shape; [`for_each_tile`] makes shapes up to
+/// 4 x 4, and 8 x 1).
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_shape {
+    ($tile:ident, $o:expr, $r:expr, $nw:expr, $nr:expr) => {{
+        let (o, r) = ($o, $r);
+        match ($nw, $nr) {
+            (8, _) => $tile!(o, r, 8, 1),
+            (4, 4) => $tile!(o, r, 4, 4),
+            (4, 3) => $tile!(o, r, 4, 3),
+            (4, 2) => $tile!(o, r, 4, 2),
+            (4, _) => $tile!(o, r, 4, 1),
+            (3, 4) => $tile!(o, r, 3, 4),
+            (3, 3) => $tile!(o, r, 3, 3),
+            (3, 2) => $tile!(o, r, 3, 2),
+            (3, _) => $tile!(o, r, 3, 1),
+            (2, 4) => $tile!(o, r, 2, 4),
+            (2, 3) => $tile!(o, r, 2, 3),
+            (2, 2) => $tile!(o, r, 2, 2),
+            (2, _) => $tile!(o, r, 2, 1),
+            (_, 4) => $tile!(o, r, 1, 4),
+            (_, 3) => $tile!(o, r, 1, 3),
+            (_, 2) => $tile!(o, r, 1, 2),
+            _ => $tile!(o, r, 1, 1),
+        }
+    }};
+}
+
+/// The tiles of a block of `outs` weight rows by `n` input rows, as `(first weight row,
+/// first input row, weight rows, input rows)`: `out_tile` x `row_tile` tiles and smaller
+/// ones at the edges, or for a single input row up to `one_row` (a power of two) weight
+/// rows at a time (decoding streams the weight: that many accumulators in flight). The
+/// kernels sum every (row, output) pair the same way whatever its tile, so the schedule
+/// changes speed only.
+#[cfg(target_arch = "x86_64")]
+fn for_each_tile(
+    outs: usize,
+    n: usize,
+    (out_tile, row_tile, one_row): (usize, usize, usize),
+    mut f: impl FnMut(usize, usize, usize, usize),
+) {
+    let mut o = 0;
+    if n == 1 {
+        while o < outs {
+            // The largest power of two up to both (8, 4, 2 or 1 for `one_row` 8).
+            let step = 1 << one_row.min(outs - o).max(1).ilog2();
+            f(o, 0, step, 1);
+            o += step;
+        }
+        return;
+    }
+    while o < outs {
+        let nw = (outs - o).min(out_tile);
+        let mut r = 0;
+        while r < n {
+            let nr = (n - r).min(row_tile);
+            f(o, r, nw, nr);
+            r += nr;
+        }
+        o += nw;
+    }
+}
+
 /// One task's block of `linear_rows`: `ys` (`[outputs, n]`) from the weight rows from
 /// `w`'s start on, in tiles of `OUT_TILE` weight rows by `ROW_TILE` input rows (eight
 /// weight rows for a single input row). Every (row, output) pair is summed the same way
@@ -124,48 +188,7 @@ fn linear_tiles(x: &[f32], w: &[f32], n: usize, in_f: usize, ys: &mut [f32]) {
             }
         }};
     }
-    macro_rules! rows {
-        ($o:expr, $nw:literal) => {{
-            let mut r = 0;
-            while r < n {
-                match (n - r).min(ROW_TILE) {
-                    4 => tile!($o, r, $nw, 4),
-                    3 => tile!($o, r, $nw, 3),
-                    2 => tile!($o, r, $nw, 2),
-                    _ => tile!($o, r, $nw, 1),
-                }
-                r += (n - r).min(ROW_TILE);
-            }
-        }};
-    }
-    let mut o = 0;
-    if n == 1 {
-        // Decoding one sequence streams the weight: eight rows' accumulators in flight.
-        while o < outs {
-            let step = match outs - o {
-                8.. => 8,
-                4.. => 4,
-                2.. => 2,
-                _ => 1,
-            };
-            match step {
-                8 => tile!(o, 0, 8, 1),
-                4 => tile!(o, 0, 4, 1),
-                2 => tile!(o, 0, 2, 1),
-                _ => tile!(o, 0, 1, 1),
-            }
-            o += step;
-        }
-        return;
-    }
-    while o < outs {
-        match (outs - o).min(OUT_TILE) {
-            3 => rows!(o, 3),
-            2 => rows!(o, 2),
-            _ => rows!(o, 1),
-        }
-        o += (outs - o).min(OUT_TILE);
-    }
+    for_each_tile(outs, n, (OUT_TILE, ROW_TILE, 8), |o, r, nw, nr| by_shape!(tile, o, r, nw, nr));
 }
 
 /// `w` `[in, out]` row-major (GPT-2's Conv1D): each task accumulates a block of output
@@ -417,50 +440,7 @@ fn q8_tiles(k: q8tiles::Kernel, xq: &[i8], xd: &[f32], wq: &[i8], wd: &[f32], n:
             }
         }};
     }
-    macro_rules! rows {
-        ($o:expr, $nw:literal) => {{
-            let mut r = 0;
-            while r < n {
-                let step = (n - r).min(ROW_TILE).clamp(1, 4);
-                match step {
-                    4 => tile!($o, r, $nw, 4),
-                    3 => tile!($o, r, $nw, 3),
-                    2 => tile!($o, r, $nw, 2),
-                    _ => tile!($o, r, $nw, 1),
-                }
-                r += step;
-            }
-        }};
-    }
-    let mut o = 0;
-    if n == 1 {
-        while o < outs {
-            let step = match (outs - o).min(ONE_ROW_TILE) {
-                8.. => 8,
-                4.. => 4,
-                2.. => 2,
-                _ => 1,
-            };
-            match step {
-                8 => tile!(o, 0, 8, 1),
-                4 => tile!(o, 0, 4, 1),
-                2 => tile!(o, 0, 2, 1),
-                _ => tile!(o, 0, 1, 1),
-            }
-            o += step;
-        }
-        return;
-    }
-    while o < outs {
-        let step = (outs - o).min(OUT_TILE).clamp(1, 4);
-        match step {
-            4 => rows!(o, 4),
-            3 => rows!(o, 3),
-            2 => rows!(o, 2),
-            _ => rows!(o, 1),
-        }
-        o += step;
-    }
+    for_each_tile(outs, n, (OUT_TILE, ROW_TILE, ONE_ROW_TILE), |o, r, nw, nr| by_shape!(tile, o, r, nw, nr));
 }
 
 /// Blockwise 8-bit quantization: values and one scale (max |x| / 127) per 32.
