@@ -123,12 +123,12 @@ fused::simd_fn! {
             let dd = dz * g;
             [dz * xh, dz, dd, dd * xh, dd]
         }
-        let mut acc = [[0f32; 8]; 4];
+        let mut acc = [[0f32; fused::LANES]; 4];
         let n = x.len().min(gy.len()).min(dx.len());
-        let split = n - n % 8;
+        let split = n - n % fused::LANES;
         let (head, tail) = dx[..n].split_at_mut(split);
-        for ((dc, xc), gc) in head.chunks_exact_mut(8).zip(x[..split].chunks_exact(8)).zip(gy[..split].chunks_exact(8)) {
-            for k in 0..8 {
+        for ((dc, xc), gc) in head.chunks_exact_mut(fused::LANES).zip(x[..split].chunks_exact(fused::LANES)).zip(gy[..split].chunks_exact(fused::LANES)) {
+            for k in 0..fused::LANES {
                 let [a, b2, c, d, dd] = lane(xc[k], gc[k], mean, rstd, g, b, silu);
                 acc[0][k] += a;
                 acc[1][k] += b2;

@@ -90,6 +90,9 @@ fn last_dim(l: &Layout) -> usize {
 /// trick), then a degree-6 polynomial for `e^r` (Cephes' `expf` coefficients) and the
 /// exponent bits for `2^n`. Within 2 ulp of `f32::exp` on [-87, 88]; inputs outside are
 /// clamped (`e^-100` gives ~1e-38 instead of 0, which no sum or product here can see).
+/// Fused multiply-adds throughout: one instruction each in the `simd_fn!` builds (and
+/// on aarch64); only an x86 CPU without FMA takes libm's exact `fmaf`, slowly, with the
+/// same bits.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -97,16 +100,16 @@ pub(crate) fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
     let x = x.clamp(-87.0, 88.0);
-    let t = x * LOG2E + ROUND;
+    let t = x.mul_add(LOG2E, ROUND);
     let n = t - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 0.166_666_65;
-    let p = p * r + 0.5;
-    let er = p * r * r + r + 1.0;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    let p = 1.987_569_1e-4f32;
+    let p = p.mul_add(r, 1.398_199_9e-3);
+    let p = p.mul_add(r, 8.333_452e-3);
+    let p = p.mul_add(r, 4.166_579_6e-2);
+    let p = p.mul_add(r, 0.166_666_65);
+    let p = p.mul_add(r, 0.5);
+    let er = (p * r).mul_add(r, r) + 1.0;
     // t's low mantissa bits hold n (two's complement around ROUND's bits).
     let n_int = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     er * f32::from_bits(((n_int + 127) << 23) as u32)
@@ -136,10 +139,12 @@ pub(crate) fn erf(x: f32) -> f32 {
     (1.0 - p * exp(-a * a)).copysign(x)
 }
 
-/// Defines `fn $name(args)` from a loop body: compiled once for AVX2 + FMA (used when
-/// the CPU has them, checked once at run time) and once portably. The elementwise
-/// kernels below are plain loops over slices; this is what lets LLVM vectorise them 8
-/// lanes wide (the crate itself is built for the x86-64 baseline).
+/// Defines `fn $name(args)` from a loop body: compiled for AVX-512 (F, VL, BW, DQ),
+/// for AVX2 + FMA and portably; the widest the CPU has is picked at run time (checked
+/// once). The elementwise kernels below are plain loops over slices; this is what lets
+/// LLVM vectorise them 16 or 8 lanes wide (the crate itself is built for the x86-64
+/// baseline). Reductions keep [`LANES`] partial sums in the same order on every path,
+/// so each path returns the same bits.
 macro_rules! simd_fn {
     ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
         $(#[$m])*
@@ -147,9 +152,21 @@ macro_rules! simd_fn {
             #[inline(always)]
             fn portable($($a: $t),*) $(-> $r)? $body
             #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+            fn avx512($($a: $t),*) $(-> $r)? {
+                portable($($a),*)
+            }
+            #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             fn avx2($($a: $t),*) $(-> $r)? {
                 portable($($a),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if $crate::models::gemv::has_avx512() {
+                // SAFETY: the CPU has AVX-512 F/VL/BW/DQ, AVX2 and FMA (checked at run
+                // time), all `avx512` needs; the body is safe code.
+                #[allow(unsafe_code)]
+                return unsafe { avx512($($a),*) };
             }
             #[cfg(target_arch = "x86_64")]
             if $crate::models::gemv::has_avx2_fma() {
@@ -164,16 +181,31 @@ macro_rules! simd_fn {
 }
 pub(crate) use simd_fn;
 
+/// Partial sums a reduction keeps: one AVX-512 register, two AVX2 ones.
+pub(crate) const LANES: usize = 16;
+
 simd_fn! {
     /// `o = e^((x - max) * scale)` over one row; returns the sum of `o`.
     fn exp_shifted(o: &mut [f32], x: &[f32], max: f32, scale: f32) -> f32 {
-        let mut acc = [0f32; 8];
-        for (oc, xc) in o.chunks_mut(8).zip(x.chunks(8)) {
+        let mut acc = [0f32; LANES];
+        let n = o.len().min(x.len());
+        let (o, x) = (&mut o[..n], &x[..n]);
+        let lane = |o: &mut f32, v: f32, a: &mut f32| {
+            let e = exp((v - max) * scale);
+            *o = e;
+            *a += e;
+        };
+        // Whole chunks first: the partial sums stay in registers (a short last chunk
+        // in the loop would keep them in memory, a store and a reload per chunk).
+        let mut oi = o.chunks_exact_mut(LANES);
+        let mut xi = x.chunks_exact(LANES);
+        for (oc, xc) in (&mut oi).zip(&mut xi) {
             for ((o, &v), a) in oc.iter_mut().zip(xc).zip(acc.iter_mut()) {
-                let e = exp((v - max) * scale);
-                *o = e;
-                *a += e;
+                lane(o, v, a);
             }
+        }
+        for ((o, &v), a) in oi.into_remainder().iter_mut().zip(xi.remainder()).zip(acc.iter_mut()) {
+            lane(o, v, a);
         }
         acc.iter().sum()
     }
@@ -182,24 +214,36 @@ simd_fn! {
 simd_fn! {
     /// The largest element of a row (`-inf` for an empty one).
     fn row_max(x: &[f32]) -> f32 {
-        let mut acc = [f32::NEG_INFINITY; 8];
-        for xc in x.chunks(8) {
+        let mut acc = [f32::NEG_INFINITY; LANES];
+        // A compare and select (one `max` instruction); `f32::max`'s NaN rule costs
+        // three. A NaN score stays NaN through the exponential anyway.
+        let lane = |a: &mut f32, v: f32| *a = if v > *a { v } else { *a };
+        let mut xi = x.chunks_exact(LANES);
+        for xc in &mut xi {
             for (&v, a) in xc.iter().zip(acc.iter_mut()) {
-                *a = a.max(v);
+                lane(a, v);
             }
+        }
+        for (&v, a) in xi.remainder().iter().zip(acc.iter_mut()) {
+            lane(a, v);
         }
         acc.iter().copied().fold(f32::NEG_INFINITY, f32::max)
     }
 }
 
 simd_fn! {
-    /// `sum(a * b)` with eight partial sums.
-    fn dot8(a: &[f32], b: &[f32]) -> f32 {
-        let mut acc = [0f32; 8];
-        for (ac, bc) in a.chunks(8).zip(b.chunks(8)) {
+    /// `sum(a * b)` with [`LANES`] partial sums.
+    fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; LANES];
+        let n = a.len().min(b.len());
+        let (mut ai, mut bi) = (a[..n].chunks_exact(LANES), b[..n].chunks_exact(LANES));
+        for (ac, bc) in (&mut ai).zip(&mut bi) {
             for ((&x, &y), s) in ac.iter().zip(bc).zip(acc.iter_mut()) {
                 *s += x * y;
             }
+        }
+        for ((&x, &y), s) in ai.remainder().iter().zip(bi.remainder()).zip(acc.iter_mut()) {
+            *s += x * y;
         }
         acc.iter().sum()
     }
@@ -208,11 +252,15 @@ simd_fn! {
 simd_fn! {
     /// `sum(e^(x - max))` over one row.
     fn sum_exp_shifted(x: &[f32], max: f32) -> f32 {
-        let mut acc = [0f32; 8];
-        for xc in x.chunks(8) {
+        let mut acc = [0f32; LANES];
+        let mut xi = x.chunks_exact(LANES);
+        for xc in &mut xi {
             for (&v, a) in xc.iter().zip(acc.iter_mut()) {
                 *a += exp(v - max);
             }
+        }
+        for (&v, a) in xi.remainder().iter().zip(acc.iter_mut()) {
+            *a += exp(v - max);
         }
         acc.iter().sum()
     }
@@ -264,7 +312,7 @@ impl CustomOp1 for CausalSoftmax {
 simd_fn! {
     /// `o = scale * y * (g - sum(g * y))` over one row.
     fn softmax_bwd_row(o: &mut [f32], y: &[f32], g: &[f32], scale: f32) {
-        let dot = dot8(y, g);
+        let dot = dot_lanes(y, g);
         for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
             *o = scale * y * (g - dot);
         }
@@ -476,18 +524,18 @@ simd_fn! {
         nf: f32,
         center: bool,
     ) {
-        let (mut sg, mut sgx) = ([0f32; 8], [0f32; 8]);
-        // Fixed 8-wide chunks (and a tail) so that LLVM vectorises the loop.
+        let (mut sg, mut sgx) = ([0f32; LANES], [0f32; LANES]);
+        // Fixed LANES-wide chunks (and a tail) so that LLVM vectorises the loop.
         let n = x.len().min(g.len()).min(w.len()).min(dxhat.len()).min(dw.len()).min(db.len());
-        let split = n - n % 8;
+        let split = n - n % LANES;
         {
             let chunks = dxhat[..split]
-                .chunks_exact_mut(8)
-                .zip(x[..split].chunks_exact(8))
-                .zip(g[..split].chunks_exact(8).zip(w[..split].chunks_exact(8)))
-                .zip(dw[..split].chunks_exact_mut(8).zip(db[..split].chunks_exact_mut(8)));
+                .chunks_exact_mut(LANES)
+                .zip(x[..split].chunks_exact(LANES))
+                .zip(g[..split].chunks_exact(LANES).zip(w[..split].chunks_exact(LANES)))
+                .zip(dw[..split].chunks_exact_mut(LANES).zip(db[..split].chunks_exact_mut(LANES)));
             for (((d, x), (g, w)), (dw, db)) in chunks {
-                for k in 0..8 {
+                for k in 0..LANES {
                     let xhat = (x[k] - mean) * inv;
                     let dh = g[k] * w[k];
                     d[k] = dh;
@@ -1352,7 +1400,7 @@ mod tests {
         let g: Vec<f32> = (0..37).map(|i| ((i * 31) % 11) as f32 / 7.0 - 0.7).collect();
         assert_eq!(row_max(&x), x.iter().copied().fold(f32::NEG_INFINITY, f32::max));
         let want: f32 = x.iter().zip(&g).map(|(a, b)| a * b).sum();
-        assert!((dot8(&x, &g) - want).abs() < 1e-4);
+        assert!((dot_lanes(&x, &g) - want).abs() < 1e-4);
         let mut o = vec![0f32; x.len()];
         let max = row_max(&x);
         let sum = exp_shifted(&mut o, &x, max, 0.5);

@@ -71,7 +71,12 @@ impl<'a> View<'a> {
 
     /// The same head transposed (`[d, rows]`).
     pub(super) fn head_t(&self, b: usize, h: usize, d: usize) -> Mat<'a> {
-        Mat::transposed(self.data, self.start + b * self.batch_stride + h * d, self.row_stride)
+        self.head_t_at(b, h, d, 0)
+    }
+
+    /// [`View::head_t`] from row `r` on: `[d, rows]`.
+    pub(super) fn head_t_at(&self, b: usize, h: usize, d: usize, r: usize) -> Mat<'a> {
+        Mat::transposed(self.data, self.start + b * self.batch_stride + r * self.row_stride + h * d, self.row_stride)
     }
 
     /// `len` elements of row `r` of batch row `b` from column `col`.

@@ -23,7 +23,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention::{cpu, View};
-use super::{dot8, exp, row_max, simd_fn};
+use super::{dot_lanes, exp, row_max, simd_fn, LANES};
 use crate::models::sgemm::{matmul, Dst, Mat};
 
 /// Scratch floats for one block's scores (256 KiB: they stay in the core's L2 cache).
@@ -45,13 +45,21 @@ pub(crate) struct FlashAttention {
 simd_fn! {
     /// `x = e^(x * scale - shift)` over one row; returns the sum of the new `x`.
     fn exp_in_place(x: &mut [f32], shift: f32, scale: f32) -> f32 {
-        let mut acc = [0f32; 8];
-        for xc in x.chunks_mut(8) {
+        let mut acc = [0f32; LANES];
+        let lane = |v: &mut f32, a: &mut f32| {
+            let e = exp(*v * scale - shift);
+            *v = e;
+            *a += e;
+        };
+        // Whole chunks first, so that the partial sums stay in registers.
+        let mut xi = x.chunks_exact_mut(LANES);
+        for xc in &mut xi {
             for (v, a) in xc.iter_mut().zip(acc.iter_mut()) {
-                let e = exp(*v * scale - shift);
-                *v = e;
-                *a += e;
+                lane(v, a);
             }
+        }
+        for (v, a) in xi.into_remainder().iter_mut().zip(acc.iter_mut()) {
+            lane(v, a);
         }
         acc.iter().sum()
     }
@@ -121,6 +129,13 @@ impl FlashAttention {
             v: View::new(sv, lv, (b, m, w), "v")?,
         })
     }
+}
+
+/// Whether heads of `d` are too narrow for gemm's register tiles (64 rows by 6 columns
+/// with AVX-512): then the key and value gradients are computed transposed, so that
+/// the keys run along the tiles' rows.
+fn narrow(d: usize) -> bool {
+    d < 64
 }
 
 /// `x` in `count` parts of `size`, or `count` Nones when `x` is empty.
@@ -236,8 +251,9 @@ impl CustomOp3 for FlashAttention {
             return Ok((zeros(need_q, q)?, zeros(need_k, k)?, zeros(need_v, v)?));
         }
         let rows = self.rows(m);
-        // Per head (`[b, heads, len, d]`), laid out as the operands at the end; one part
-        // per (batch row, head) task, none for a gradient nobody needs.
+        // Per head (`[b, heads, len, d]`; dK and dV `[b, heads, d, len]` for narrow heads),
+        // laid out as the operands at the end; one part per (batch row, head) task, none
+        // for a gradient nobody needs.
         let buf = |need: bool, len: usize| if need { vec![0f32; b * h * len * d] } else { Vec::new() };
         let (mut dq, mut dk, mut dv) = (buf(need_q, n), buf(need_k, m), buf(need_v, m));
         let (pq, pk, pv) = (parts(&mut dq, n * d, b * h), parts(&mut dk, m * d, b * h), parts(&mut dv, m * d, b * h));
@@ -254,7 +270,7 @@ impl CustomOp3 for FlashAttention {
                     matmul((mq, m, d), dst, ops.q.head(bi, hh, d, r0), ops.k.head_t(bi, hh, d), inside)?;
                     for (i, row) in s.chunks_mut(m).enumerate() {
                         exp_in_place(row, lse[(bi * n + r0 + i) * h + hh], scale);
-                        di[i] = dot8(g.row(bi, r0 + i, hh * d, d)?, o.row(bi, r0 + i, hh * d, d)?);
+                        di[i] = dot_lanes(g.row(bi, r0 + i, hh * d, d)?, o.row(bi, r0 + i, hh * d, d)?);
                     }
                     // dS, in place of dP = dY V^T.
                     let dst = Dst { data: &mut *dp, offset: 0, rs: m, accumulate: false };
@@ -265,6 +281,20 @@ impl CustomOp3 for FlashAttention {
                     if let Some(dqc) = dqc.as_deref_mut() {
                         let dst = Dst { data: dqc, offset: r0 * d, rs: d, accumulate: false };
                         matmul((mq, d, m), dst, Mat::rows(dp, 0, m), ops.k.head(bi, hh, d, 0), inside)?;
+                    }
+                    if narrow(d) {
+                        // dK^T = Q^T dS and dV^T = dY^T P (`[d, m]` per head): gemm then
+                        // runs the keys along its register tiles and reads dS and P in
+                        // place, where dK = dS^T Q would run the head's few columns there.
+                        if let Some(dkc) = dkc.as_deref_mut() {
+                            let dst = Dst { data: dkc, offset: 0, rs: m, accumulate: true };
+                            matmul((d, m, mq), dst, ops.q.head_t_at(bi, hh, d, r0), Mat::rows(dp, 0, m), inside)?;
+                        }
+                        if let Some(dvc) = dvc.as_deref_mut() {
+                            let dst = Dst { data: dvc, offset: 0, rs: m, accumulate: true };
+                            matmul((d, m, mq), dst, g.head_t_at(bi, hh, d, r0), Mat::rows(s, 0, m), inside)?;
+                        }
+                        continue;
                     }
                     if let Some(dkc) = dkc.as_deref_mut() {
                         let dst = Dst { data: dkc, offset: 0, rs: d, accumulate: true };
@@ -278,7 +308,7 @@ impl CustomOp3 for FlashAttention {
                 Ok(())
             },
         )?;
-        let merge = |need: bool, per_head: Vec<f32>, len: usize| -> Result<Option<Tensor>> {
+        let merge = |need: bool, per_head: Vec<f32>, len: usize, t: bool| -> Result<Option<Tensor>> {
             if !need {
                 return Ok(None);
             }
@@ -286,14 +316,23 @@ impl CustomOp3 for FlashAttention {
             out.par_chunks_mut(len * w).enumerate().for_each(|(bi, ob)| {
                 for hh in 0..h {
                     let src = &per_head[(bi * h + hh) * len * d..][..len * d];
-                    for (i, r) in src.chunks(d).enumerate() {
-                        ob[i * w + hh * d..][..d].copy_from_slice(r);
+                    if t {
+                        for (j, col) in src.chunks(len).enumerate() {
+                            for (i, &x) in col.iter().enumerate() {
+                                ob[i * w + hh * d + j] = x;
+                            }
+                        }
+                    } else {
+                        for (i, r) in src.chunks(d).enumerate() {
+                            ob[i * w + hh * d..][..d].copy_from_slice(r);
+                        }
                     }
                 }
             });
             Ok(Some(Tensor::from_vec(out, (b, len, w), dev)?))
         };
-        Ok((merge(need_q, dq, n)?, merge(need_k, dk, m)?, merge(need_v, dv, m)?))
+        let t = narrow(d);
+        Ok((merge(need_q, dq, n, false)?, merge(need_k, dk, m, t)?, merge(need_v, dv, m, t)?))
     }
 }
 
@@ -379,8 +418,10 @@ mod tests {
     #[test]
     fn forward_and_gradients_match_the_composite_form() {
         // (b, n, m (None: self-attention), heads, d, rows per block): block remainders,
-        // cross-attention with fewer and more keys than queries, head dims 8 and 40.
+        // cross-attention with fewer and more keys than queries, head dims 8 and 40 (the
+        // transposed products of narrow heads) and 64.
         for (b, n, m, h, d, rows) in [
+            (2, 33, Some(17), 2, 64, 16),
             (1, 45, None, 4, 8, 16),
             (3, 70, Some(13), 2, 8, 64),
             (3, 37, Some(77), 3, 40, 8),
