@@ -14,7 +14,8 @@
 //! - input gradient (only when the input needs one): `kernel^T x grad` per image, then
 //!   col2im (the adjoint of im2col: each column added back where it was read from);
 //! - kernel gradient (only when the kernel needs one, i.e. it is a `Var` or computed
-//!   from one): `grad x cols^T` summed over the images; bias gradient: the sum of the
+//!   from one): `cols x grad^T` (the gradient transposed, `[kk, c_out]`) summed over the
+//!   images, then transposed once; bias gradient: the sum of the
 //!   output gradient over images and pixels.
 //!
 //! Images are split over rayon's threads (each gemm single-threaded); with fewer images
@@ -410,16 +411,16 @@ impl CustomOp2 for KernelGrad {
         }
         let len = g.c_out * g.kk();
         let n = g.pixels();
-        // Adds image (xb, gb)'s `grad x cols^T` to `acc`.
+        // Adds image (xb, gb)'s `cols x grad^T` to `acc`, the kernel gradient transposed
+        // (`[kk, c_out]`): gemm then reads the columns in place along its inner
+        // dimension, where `grad x cols^T` made it copy each tile into panels first.
         let add = |acc: &mut Vec<f32>, xb: &[f32], gb: &[f32]| -> Result<()> {
             if g.direct() {
-                // cols^T of the image itself: [n, c_in] read from [c_in, n].
-                let rhs = Mat::transposed(xb, 0, n);
                 return matmul(
-                    (g.c_out, g.kk(), n),
-                    Dst { data: acc, offset: 0, rs: g.kk(), accumulate: true },
-                    Mat::rows(gb, 0, n),
-                    rhs,
+                    (g.kk(), g.c_out, n),
+                    Dst { data: acc, offset: 0, rs: g.c_out, accumulate: true },
+                    Mat::rows(xb, 0, n),
+                    Mat::transposed(gb, 0, n),
                     g.gemm_threads(),
                 );
             }
@@ -428,12 +429,11 @@ impl CustomOp2 for KernelGrad {
                     let (n0, t) = (y0 * g.ow, (y1 - y0) * g.ow);
                     let cols = &mut cols[..g.kk() * t];
                     g.im2col(xb, y0, y1, cols);
-                    let rhs = Mat::transposed(cols, 0, t);
                     matmul(
-                        (g.c_out, g.kk(), t),
-                        Dst { data: acc, offset: 0, rs: g.kk(), accumulate: true },
-                        Mat::rows(gb, n0, n),
-                        rhs,
+                        (g.kk(), g.c_out, t),
+                        Dst { data: acc, offset: 0, rs: g.c_out, accumulate: true },
+                        Mat::rows(cols, 0, t),
+                        Mat::transposed(gb, n0, n),
                         g.gemm_threads(),
                     )?;
                 }
@@ -466,7 +466,13 @@ impl CustomOp2 for KernelGrad {
             }
             acc
         };
-        Ok((CpuStorage::F32(gw), Shape::from((co, ci, kh, kw))))
+        let mut out = vec![0f32; len];
+        for (r, row) in gw.chunks_exact(g.c_out.max(1)).enumerate() {
+            for (o, &v) in row.iter().enumerate() {
+                out[o * g.kk() + r] = v;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((co, ci, kh, kw))))
     }
 }
 
