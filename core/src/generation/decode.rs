@@ -228,6 +228,9 @@ pub(super) struct Batcher {
     /// Test hook: while set, nobody drives (requests queue up).
     #[cfg(test)]
     held: std::sync::atomic::AtomicBool,
+    /// Test hook: the next batch pass fails (1) or panics (2).
+    #[cfg(test)]
+    fault: std::sync::atomic::AtomicU8,
 }
 
 impl Batcher {
@@ -515,6 +518,12 @@ fn decode(gen: &Generator, adapter: Option<&str>, batch: &mut Batch, out: &mut V
     let input: Vec<u32> = batch.rows.iter().map(|r| r.last).collect();
     let input = Tensor::from_vec(input, (batch.rows.len(), 1), &Device::Cpu)?;
     let cache = &mut batch.cache;
+    #[cfg(test)]
+    match gen.inner.batcher.fault.swap(0, Ordering::SeqCst) {
+        1 => return Err(Error::Compute("injected failure".into())),
+        2 => panic!("injected panic"),
+        _ => {}
+    }
     let logits = gen.with_adapter(adapter, |st| st.model.forward_cached(&input, cache, true))?;
     gen.inner.batcher.passes.fetch_add(1, Ordering::SeqCst);
     let mut logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
@@ -770,5 +779,76 @@ mod tests {
         let after = home.models().usage(&gen.model().id).unwrap().calls;
         assert_eq!(after, calls + reqs.len() as u64 - 1, "the cancelled call is not recorded");
         assert!(gen.inner.batcher.lock().unwrap().lanes.is_empty(), "nothing left behind");
+    }
+
+    #[test]
+    fn a_failing_or_panicking_step_ends_its_requests_with_an_error_not_a_hang() {
+        let (_d, home) = home();
+        let gen = generators(&home).remove(0);
+        let reqs = requests(&gen);
+        for (fault, code) in [(1u8, "compute"), (2, "internal")] {
+            gen.inner.batcher.hold(true);
+            let results: Vec<std::thread::Result<crate::Result<Generation>>> = std::thread::scope(|s| {
+                let handles: Vec<_> = reqs
+                    .iter()
+                    .map(|(p, c)| {
+                        let gen = gen.clone();
+                        s.spawn(move || gen.generate(p.as_str(), c))
+                    })
+                    .collect();
+                until_queued(&gen, reqs.len());
+                // The first step prefills them; the second (a batch pass) fails.
+                gen.inner.batcher.fault.store(fault, std::sync::atomic::Ordering::SeqCst);
+                gen.inner.batcher.hold(false);
+                handles.into_iter().map(|h| h.join()).collect()
+            });
+            let panicked = results.iter().filter(|r| r.is_err()).count();
+            assert_eq!(panicked, usize::from(fault == 2), "only the driver of the step panics");
+            for r in results.into_iter().flatten() {
+                assert_eq!(r.unwrap_err().code(), code);
+            }
+            assert!(gen.inner.batcher.lock().unwrap().lanes.is_empty(), "nothing left behind");
+            // The generator still works.
+            let again = gen.generate(reqs[0].0.as_str(), &reqs[0].1).unwrap();
+            assert_eq!(again.generated_tokens, 14);
+        }
+    }
+
+    #[test]
+    fn requests_on_different_adapters_decode_in_their_own_batches() {
+        let (_d, home) = home();
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let base = home.models().register_dir(fixtures.join("tiny-llama"), &RegisterOptions::default()).unwrap();
+        let opts = RegisterOptions { parent: Some(base.id.clone().into()), ..Default::default() };
+        let lora = home.models().register_dir(fixtures.join("tiny-llama-lora"), &opts).unwrap();
+        let gen = home.generator(&base.id, &GeneratorOptions { merge_adapter: false, ..Default::default() }).unwrap();
+        gen.add_adapter(&lora.id).unwrap();
+        let with = |n: usize, a: bool| GenerationConfig { adapter: a.then(|| lora.id.0.clone()), ..greedy(n) };
+        let reqs: Vec<(&str, GenerationConfig)> =
+            vec![("hello", with(8, false)), ("hello", with(8, true)), ("a b c", with(5, true)), ("xy", with(6, false))];
+        let alone: Vec<Generation> = reqs.iter().map(|(p, c)| gen.generate(*p, c).unwrap()).collect();
+        assert_ne!(alone[0].token_ids, alone[1].token_ids, "the adapter changes the output");
+        let before = gen.inner.batcher.passes();
+        gen.inner.batcher.hold(true);
+        let together: Vec<Generation> = std::thread::scope(|s| {
+            let handles: Vec<_> = reqs
+                .iter()
+                .map(|(p, c)| {
+                    let gen = gen.clone();
+                    s.spawn(move || gen.generate(*p, c))
+                })
+                .collect();
+            until_queued(&gen, reqs.len());
+            assert_eq!(gen.inner.batcher.lock().unwrap().lanes.len(), 2, "one lane per adapter");
+            gen.inner.batcher.hold(false);
+            handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+        });
+        for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+            same(a, b, &format!("request {i}"));
+            assert_eq!(a.model_id, b.model_id);
+        }
+        // Each lane: its two prefills, then one pass per step for its two rows.
+        let passes = gen.inner.batcher.passes() - before;
+        assert_eq!(passes, (2 + 7) + (2 + 7));
     }
 }
