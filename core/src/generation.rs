@@ -184,8 +184,8 @@ struct Inner {
     dtype_bytes: u128,
     defaults: ModelDefaults,
     options: GeneratorOptions,
-    /// Forward passes share it (concurrent requests on the same adapter run in
-    /// parallel); loading or switching an adapter takes it exclusively.
+    /// Forward passes share it (the batches of requests on the same adapter pass
+    /// while it is on); loading or switching an adapter takes it exclusively.
     state: RwLock<Loaded>,
     /// Concurrent requests' shared decoding batches (one per adapter).
     batcher: Batcher,
@@ -416,9 +416,9 @@ impl Generator {
     }
 
     /// Runs `f` (a forward pass) with adapter `want` (or none) on the layers. Under the
-    /// shared lock when it is on already, so requests on the same adapter run their
-    /// passes at the same time; a switch takes the exclusive lock, and after a few
-    /// switches lost to other requests the pass runs under it.
+    /// shared lock when it is on already (scoring and a decoding batch on the same
+    /// adapter pass at the same time); a switch takes the exclusive lock, and after a
+    /// few switches lost to other requests the pass runs under it.
     fn with_adapter<T>(&self, want: Option<&str>, mut f: impl FnMut(&Loaded) -> Result<T>) -> Result<T> {
         for _ in 0..3 {
             {

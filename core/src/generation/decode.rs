@@ -364,7 +364,11 @@ impl Request {
                 continue;
             }
             // Drive: one step on the lane, without the lock.
-            st.prune(&self.adapter)?;
+            if let Err(e) = st.prune(&self.adapter) {
+                fail_lane(&mut st, &self.adapter, &e);
+                b.wake.notify_all();
+                continue;
+            }
             let Some(lane) = st.lanes.get_mut(&self.adapter) else {
                 return Err(Error::Internal("request lost its batch".into()));
             };
@@ -850,5 +854,48 @@ mod tests {
         // Each lane: its two prefills, then one pass per step for its two rows.
         let passes = gen.inner.batcher.passes() - before;
         assert_eq!(passes, (2 + 7) + (2 + 7));
+    }
+
+    #[test]
+    fn a_request_that_does_not_fit_next_to_the_others_waits_for_them() {
+        use crate::models::memory;
+        use crate::types::{HomeOptions, Prompt};
+        // The memory limit holds either request alone, not both in one batch.
+        let (p1, n1, p2, n2) = (3usize, 250usize, 2usize, 200usize);
+        let (_d, home) = home();
+        let nano = home.models().create_preset("nano", &Default::default()).unwrap();
+        let probe = home.generator(&nano.id, &GeneratorOptions::default()).unwrap();
+        let i = &probe.inner;
+        let alone = |p: usize, n: usize| memory::decoding(&i.config, i.dtype_bytes, 1, p, p + n - 1).total();
+        let limit = i.weights + alone(p1, n1).max(alone(p2, n2));
+        let both = i.weights + memory::decoding(&i.config, i.dtype_bytes, 2, 1, p1.max(p2) + n2 - 1).total();
+        assert!(both > limit, "the test needs a batch of both above the limit");
+        let opts = HomeOptions { memory_limit: Some(u64::try_from(limit).unwrap()) };
+        let home = Home::open_with(_d.path().join("home"), &opts).unwrap();
+        let gen = home.generator(&nano.id, &GeneratorOptions::default()).unwrap();
+        let reqs: Vec<(Prompt, GenerationConfig)> = vec![
+            (Prompt::Tokens((0..p1 as u32).map(|t| 40 + t % 50).collect()), greedy(n1)),
+            (Prompt::Tokens((0..p2 as u32).map(|t| 60 + t % 30).collect()), greedy(n2)),
+        ];
+        let alone: Vec<Generation> = reqs.iter().map(|(p, c)| gen.generate(p.clone(), c).unwrap()).collect();
+        let before = gen.inner.batcher.passes();
+        gen.inner.batcher.hold(true);
+        let together: Vec<Generation> = std::thread::scope(|s| {
+            let handles: Vec<_> = reqs
+                .iter()
+                .map(|(p, c)| {
+                    let gen = gen.clone();
+                    s.spawn(move || gen.generate(p.clone(), c))
+                })
+                .collect();
+            until_queued(&gen, reqs.len());
+            gen.inner.batcher.hold(false);
+            handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+        });
+        for (k, (a, b)) in alone.iter().zip(&together).enumerate() {
+            same(a, b, &format!("request {k}"));
+        }
+        // One after the other: no pass served both.
+        assert_eq!(gen.inner.batcher.passes() - before, n1 + n2);
     }
 }
