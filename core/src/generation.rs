@@ -687,8 +687,9 @@ impl Generator {
         // not fit next to the others waits for rows to leave).
         let width = rows.iter().map(Vec::len).max().unwrap_or(1);
         let max_new = rows.iter().map(|p| self.max_new(&r, p.len())).max().unwrap_or(1);
+        let positions = rows.iter().map(|p| p.len() + self.max_new(&r, p.len()) - 1).max().unwrap_or(1);
         let inner = &self.inner;
-        memory::decoding(&inner.config, inner.dtype_bytes, rows.len(), width, width + max_new - 1)
+        memory::decoding(&inner.config, inner.dtype_bytes, rows.len(), width, positions)
             .add("weights", "model", inner.weights)
             .check(inner.store.memory_limit)?;
         self.ensure_adapter(&adapter)?;
