@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+mod decode;
 mod sampling;
 mod text;
 
@@ -30,7 +31,7 @@ use crate::catalog::generations as sql;
 use crate::error::{Error, Result};
 use crate::events::{run_task, CancelToken, EventSink, NoopSink};
 use crate::models::memory;
-use crate::models::{AdapterSlot, KvCache, LoadOptions, Model, ModelConfig};
+use crate::models::{AdapterSlot, LoadOptions, Model, ModelConfig};
 use crate::registry::ModelRegistry;
 use crate::store::Store;
 use crate::tokenizer::Tokenizer;
@@ -39,8 +40,7 @@ use crate::types::{
     ModelId, ModelKind, ModelRecord, ModelRef, Prompt, Score, StreamChunk, Timings, DEFAULT_MAX_NEW_TOKENS,
 };
 use crate::util::{new_id, now};
-use sampling::Sampler;
-use text::TextTracker;
+use decode::{Batcher, Finished, Request};
 
 /// Fully resolved settings of one request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -184,13 +184,16 @@ struct Inner {
     dtype_bytes: u128,
     defaults: ModelDefaults,
     options: GeneratorOptions,
-    /// Forward passes share it (concurrent requests on the same adapter run in
-    /// parallel); loading or switching an adapter takes it exclusively.
+    /// Forward passes share it (the batches of requests on the same adapter pass
+    /// while it is on); loading or switching an adapter takes it exclusively.
     state: RwLock<Loaded>,
+    /// Concurrent requests' shared decoding batches (one per adapter).
+    batcher: Batcher,
 }
 
-/// Generates with one loaded model. Cheap to clone, `Send + Sync`; requests from
-/// several threads take turns on the model one forward pass at a time.
+/// Generates with one loaded model. Cheap to clone, `Send + Sync`; concurrent requests
+/// (from several threads) share one decoding batch: one forward pass per step for all
+/// of them.
 #[derive(Clone)]
 pub struct Generator {
     inner: Arc<Inner>,
@@ -309,6 +312,7 @@ impl Generator {
                 defaults,
                 options: options.clone(),
                 state: RwLock::new(Loaded { model, adapters, active: None }),
+                batcher: Batcher::default(),
             }),
         })
     }
@@ -412,9 +416,9 @@ impl Generator {
     }
 
     /// Runs `f` (a forward pass) with adapter `want` (or none) on the layers. Under the
-    /// shared lock when it is on already, so requests on the same adapter run their
-    /// passes at the same time; a switch takes the exclusive lock, and after a few
-    /// switches lost to other requests the pass runs under it.
+    /// shared lock when it is on already (scoring and a decoding batch on the same
+    /// adapter pass at the same time); a switch takes the exclusive lock, and after a
+    /// few switches lost to other requests the pass runs under it.
     fn with_adapter<T>(&self, want: Option<&str>, mut f: impl FnMut(&Loaded) -> Result<T>) -> Result<T> {
         for _ in 0..3 {
             {
@@ -608,17 +612,26 @@ impl Generator {
         sink: &mut dyn EventSink,
         cancel: &CancelToken,
     ) -> Result<Generation> {
-        let mut s = self.start(vec![prompt.into()], cfg, GenerationKind::Generate)?;
-        let name = self.used_model_ref(s.adapter.as_deref());
+        let s = self.start(vec![prompt.into()], cfg, GenerationKind::Generate)?;
+        let (mut request, r, adapter) = (s.request, s.cfg, s.adapter);
+        let name = self.used_model_ref(adapter.as_deref());
         run_task(sink, "generate", &name, Some(s.max_new as u64), "tokens", |rep| {
-            while !s.finished() {
+            let mut reported = 0;
+            loop {
                 cancel.check()?;
-                s.step()?;
-                rep.progress(s.rows[0].generated.len() as u64)?;
+                for n in request.wait(Some(cancel))? {
+                    if n.generated > reported {
+                        reported = n.generated;
+                        rep.progress(reported as u64)?;
+                    }
+                    if let Some(done) = n.done {
+                        let mut g = self.generation(done?, &r, adapter.as_deref());
+                        g.id = self.record(GenerationKind::Generate, Some(&r), adapter.as_deref(), usage_of(&g))?;
+                        let id = g.id.as_ref().map(|i| i.0.clone());
+                        return Ok((g, id));
+                    }
+                }
             }
-            let g = s.results()?.pop().ok_or_else(|| Error::Internal("generation ended without a result".into()))?;
-            let id = g.id.as_ref().map(|i| i.0.clone());
-            Ok((g, id))
         })
     }
 
@@ -636,16 +649,33 @@ impl Generator {
 
     /// Generates as [`Generator::generate`] does, handing out text as it is produced.
     pub fn stream(&self, prompt: impl Into<Prompt>, cfg: &GenerationConfig) -> Result<TokenStream> {
-        let decode = self.start(vec![prompt.into()], cfg, GenerationKind::Stream)?;
-        Ok(TokenStream { decode, result: None, done: false })
+        let s = self.start(vec![prompt.into()], cfg, GenerationKind::Stream)?;
+        Ok(TokenStream {
+            gen: self.clone(),
+            request: s.request,
+            cfg: s.cfg,
+            adapter: s.adapter,
+            prompt_len: s.prompt_lens.first().copied().unwrap_or(0),
+            generated: 0,
+            chunks: Default::default(),
+            done: false,
+            result: None,
+        })
     }
 
-    /// Checks a request (settings, then prompts, then its adapter) and sets up its decoding.
-    fn start(&self, prompts: Vec<Prompt>, cfg: &GenerationConfig, kind: GenerationKind) -> Result<Decode> {
+    /// The most tokens a request of `prompt` tokens generates: its setting, bounded by
+    /// the context.
+    fn max_new(&self, r: &Resolved, prompt: usize) -> usize {
+        r.max_new_tokens.min((self.inner.context + 1).saturating_sub(prompt)).max(1)
+    }
+
+    /// Checks a request (settings, then prompts, its memory, then its adapter) and
+    /// queues its prompts to join the adapter's decoding batch.
+    fn start(&self, prompts: Vec<Prompt>, cfg: &GenerationConfig, kind: GenerationKind) -> Result<Started> {
         let t0 = Instant::now();
         let (r, adapter) = self.resolve(cfg)?;
         // A batch names its prompts by index, even a batch of one.
-        let rows = match kind {
+        let rows: Vec<Vec<u32>> = match kind {
             GenerationKind::Batch => prompts
                 .iter()
                 .enumerate()
@@ -653,14 +683,41 @@ impl Generator {
                 .collect::<Result<_>>()?,
             _ => prompts.iter().map(|p| self.encode(p, "prompt")).collect::<Result<_>>()?,
         };
+        // What the request needs on its own (in a shared batch, a request that does
+        // not fit next to the others waits for rows to leave).
+        let width = rows.iter().map(Vec::len).max().unwrap_or(1);
+        let max_new = rows.iter().map(|p| self.max_new(&r, p.len())).max().unwrap_or(1);
+        let positions = rows.iter().map(|p| p.len() + self.max_new(&r, p.len()) - 1).max().unwrap_or(1);
+        let inner = &self.inner;
+        memory::decoding(&inner.config, inner.dtype_bytes, rows.len(), width, positions)
+            .add("weights", "model", inner.weights)
+            .check(inner.store.memory_limit)?;
         self.ensure_adapter(&adapter)?;
         let adapter = self.request_adapter(&adapter).map(str::to_string);
-        Decode::new(self, kind, rows, r, adapter, t0)
+        let prompt_lens = rows.iter().map(Vec::len).collect();
+        let request = Request::submit(self, adapter.clone(), rows, r.clone(), t0)?;
+        Ok(Started { request, cfg: r, adapter, max_new, prompt_lens })
     }
 
-    /// Generates for several prompts at once (one batch: left-padded, one forward pass
-    /// per step for all rows). Results are in prompt order; each row decodes exactly as
-    /// it would alone (same settings and seed).
+    /// A finished row as a [`Generation`] (not recorded yet).
+    fn generation(&self, f: Finished, r: &Resolved, adapter: Option<&str>) -> Generation {
+        Generation {
+            id: None,
+            model_id: self.used_model(adapter),
+            timings: timings(f.ttft, f.end, f.prompt_len, f.generated.len()),
+            finish_reason: f.finish,
+            stop_sequence: f.stop_sequence,
+            prompt_tokens: f.prompt_len,
+            generated_tokens: f.generated.len(),
+            text: f.text,
+            token_ids: f.generated,
+            seed: r.sampled().then_some(r.seed),
+        }
+    }
+
+    /// Generates for several prompts at once (one batch: one forward pass per step for
+    /// all rows, shared with concurrent requests). Results are in prompt order; each row
+    /// decodes exactly as it would alone (same settings and seed).
     pub fn generate_batch<P: Into<Prompt> + Clone>(
         &self,
         prompts: &[P],
@@ -681,28 +738,39 @@ impl Generator {
         if prompts.is_empty() {
             return Ok(Vec::new());
         }
-        let mut d = self.start(prompts.iter().cloned().map(Into::into).collect(), cfg, GenerationKind::Batch)?;
-        let name = self.used_model_ref(d.adapter.as_deref());
-        run_task(sink, "generate_batch", &name, Some(d.max_new as u64), "steps", |rep| {
-            while !d.finished() {
+        let s = self.start(prompts.iter().cloned().map(Into::into).collect(), cfg, GenerationKind::Batch)?;
+        let (mut request, r, adapter) = (s.request, s.cfg, s.adapter);
+        let name = self.used_model_ref(adapter.as_deref());
+        run_task(sink, "generate_batch", &name, Some(s.max_new as u64), "steps", |rep| {
+            let mut rows: Vec<Option<Finished>> = vec![None; prompts.len()];
+            let mut steps = 0;
+            while rows.iter().any(Option::is_none) {
                 cancel.check()?;
-                d.step()?;
-                rep.progress(d.steps as u64)?;
+                for n in request.wait(Some(cancel))? {
+                    steps = steps.max(n.generated);
+                    if let Some(done) = n.done {
+                        rows[n.index] = Some(done?);
+                    }
+                }
+                rep.progress(steps as u64)?;
             }
-            let out = d.results()?;
-            let id = out.first().and_then(|g| g.id.as_ref()).map(|i| i.0.clone());
-            Ok((out, id))
+            let mut out: Vec<Generation> =
+                rows.into_iter().flatten().map(|f| self.generation(f, &r, adapter.as_deref())).collect();
+            let usage = Usage {
+                prompt_tokens: out.iter().map(|g| g.prompt_tokens).sum(),
+                generated_tokens: out.iter().map(|g| g.generated_tokens).sum(),
+                finish: None,
+                ttft_ms: out.iter().map(|g| g.timings.ttft_ms).reduce(f64::min),
+                duration_ms: out.iter().map(|g| g.timings.total_ms).fold(0.0, f64::max),
+                prompts: out.len(),
+            };
+            let id = self.record(GenerationKind::Batch, Some(&r), adapter.as_deref(), usage)?;
+            for g in &mut out {
+                g.id = id.clone();
+            }
+            let first = id.map(|i| i.0);
+            Ok((out, first))
         })
-    }
-
-    /// The id fed for padding (masked out, so any valid id works).
-    fn pad_id(&self) -> u32 {
-        self.inner
-            .tokenizer
-            .as_ref()
-            .and_then(|t| t.pad_token().or(t.eos_token()).map(|s| s.id))
-            .filter(|&i| (i as usize) < self.inner.vocab)
-            .unwrap_or(0)
     }
 
     /// Loss and perplexity of each text (tokenised with special tokens, e.g. BOS).
@@ -801,6 +869,28 @@ struct Usage {
     prompts: usize,
 }
 
+/// The catalog figures of one single generation.
+fn usage_of(g: &Generation) -> Usage {
+    Usage {
+        prompt_tokens: g.prompt_tokens,
+        generated_tokens: g.generated_tokens,
+        finish: Some(g.finish_reason),
+        ttft_ms: Some(g.timings.ttft_ms),
+        duration_ms: g.timings.total_ms,
+        prompts: 1,
+    }
+}
+
+/// A request checked and queued.
+struct Started {
+    request: Request,
+    cfg: Resolved,
+    adapter: Option<String>,
+    /// The most tokens any of its prompts generates.
+    max_new: usize,
+    prompt_lens: Vec<usize>,
+}
+
 /// EOS ids from config.json when there is no tokenizer.
 fn config_eos(config: &Value) -> Vec<u32> {
     crate::tokenizer::ids_of(config.get("eos_token_id"))
@@ -820,213 +910,17 @@ fn timings(ttft: std::time::Duration, end: std::time::Duration, prompt: usize, g
     }
 }
 
-/// Decoding state of one row of a batch.
-struct RowState {
-    sampler: Sampler,
-    tracker: TextTracker,
-    prompt_len: usize,
-    seen: Vec<u32>,
-    generated: Vec<u32>,
-    text: String,
-    finish: Option<FinishReason>,
-    done_at: Option<std::time::Duration>,
-}
-
-impl RowState {
-    fn new(ids: Vec<u32>, r: &Resolved, tokenizer: Option<Tokenizer>) -> Self {
-        Self {
-            sampler: Sampler::new(r),
-            tracker: TextTracker::new(tokenizer, r.stop.clone()),
-            prompt_len: ids.len(),
-            seen: ids,
-            generated: Vec::new(),
-            text: String::new(),
-            finish: None,
-            done_at: None,
-        }
-    }
-
-    /// Takes a sampled token; returns the text it released.
-    fn accept(&mut self, tok: u32, gen: &Generator, r: &Resolved, max_new: usize) -> Result<Option<StreamChunk>> {
-        self.generated.push(tok);
-        self.seen.push(tok);
-        let eos = !r.ignore_eos && gen.inner.eos.contains(&tok);
-        let mut chunk = None;
-        if !eos {
-            if let Some(p) = self.tracker.push(tok)? {
-                self.text.push_str(&p.text);
-                chunk = Some(StreamChunk { text: p.text, token_ids: p.token_ids });
-            }
-        }
-        if eos {
-            self.finish = Some(FinishReason::Eos);
-        } else if self.tracker.stopped.is_some() {
-            self.finish = Some(FinishReason::Stop);
-        } else if self.generated.len() >= max_new {
-            self.finish = Some(FinishReason::Length);
-        }
-        if self.finish.is_some() && self.finish != Some(FinishReason::Stop) {
-            if let Some(p) = self.tracker.finish()? {
-                self.text.push_str(&p.text);
-                let merged = match chunk.take() {
-                    Some(mut c) => {
-                        c.text.push_str(&p.text);
-                        c.token_ids.extend(p.token_ids);
-                        c
-                    }
-                    None => StreamChunk { text: p.text, token_ids: p.token_ids },
-                };
-                chunk = Some(merged);
-            }
-        }
-        Ok(chunk)
-    }
-}
-
-/// One decoding run over a batch of rows (one row for `generate` and `stream`): the
-/// single loop behind every way of generating. Rows are left-padded to one width; each
-/// step runs one forward pass for all of them, then each unfinished row samples and
-/// takes its token.
-struct Decode {
-    gen: Generator,
-    kind: GenerationKind,
-    cfg: Resolved,
-    adapter: Option<String>,
-    rows: Vec<RowState>,
-    cache: KvCache,
-    /// What the next forward pass reads: the prompts first, then one token per row.
-    input: Tensor,
-    /// Fed for padding and for rows already finished (masked out or ignored).
-    pad: u32,
-    max_new: usize,
-    steps: usize,
-    t0: Instant,
-    first_at: Option<std::time::Duration>,
-}
-
-impl Decode {
-    fn new(
-        gen: &Generator,
-        kind: GenerationKind,
-        prompts: Vec<Vec<u32>>,
-        cfg: Resolved,
-        adapter: Option<String>,
-        t0: Instant,
-    ) -> Result<Self> {
-        let width = prompts.iter().map(Vec::len).max().unwrap_or(1);
-        let max_new = cfg.max_new_tokens.min(gen.inner.context + 1 - width);
-        let pads: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
-        let pad_id = gen.pad_id();
-        let mut flat = Vec::with_capacity(prompts.len() * width);
-        for (p, &pad) in prompts.iter().zip(&pads) {
-            flat.extend(std::iter::repeat_n(pad_id, pad));
-            flat.extend(p);
-        }
-        let n = prompts.len();
-        let inner = &gen.inner;
-        memory::decoding(&inner.config, inner.dtype_bytes, n, width, width + max_new - 1)
-            .add("weights", "model", inner.weights)
-            .check(inner.store.memory_limit)?;
-        let cache = KvCache::with_padding(pads, width + max_new - 1);
-        let rows = prompts.into_iter().map(|ids| RowState::new(ids, &cfg, gen.inner.tokenizer.clone())).collect();
-        Ok(Decode {
-            gen: gen.clone(),
-            kind,
-            cfg,
-            adapter,
-            rows,
-            cache,
-            input: Tensor::from_vec(flat, (n, width), &Device::Cpu)?,
-            pad: pad_id,
-            max_new,
-            steps: 0,
-            t0,
-            first_at: None,
-        })
-    }
-
-    fn finished(&self) -> bool {
-        self.rows.iter().all(|r| r.finish.is_some())
-    }
-
-    /// One forward pass and one token per unfinished row; the text each row released.
-    fn step(&mut self) -> Result<Vec<Option<StreamChunk>>> {
-        let (input, cache) = (&self.input, &mut self.cache);
-        let logits =
-            self.gen.with_adapter(self.adapter.as_deref(), |st| st.model.forward_cached(input, cache, true))?;
-        let mut logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
-        let pad = self.pad;
-        let (mut next, mut chunks) = (Vec::with_capacity(self.rows.len()), Vec::with_capacity(self.rows.len()));
-        for (row, logits) in self.rows.iter_mut().zip(logits.iter_mut()) {
-            if row.finish.is_some() {
-                next.push(*row.generated.last().unwrap_or(&pad));
-                chunks.push(None);
-                continue;
-            }
-            let tok = row.sampler.next(logits, &row.seen);
-            chunks.push(row.accept(tok, &self.gen, &self.cfg, self.max_new)?);
-            next.push(tok);
-        }
-        self.steps += 1;
-        let now = self.t0.elapsed();
-        self.first_at.get_or_insert(now);
-        for row in self.rows.iter_mut().filter(|r| r.finish.is_some() && r.done_at.is_none()) {
-            row.done_at = Some(now);
-        }
-        if !self.finished() {
-            self.input = Tensor::from_vec(next, (self.rows.len(), 1), &Device::Cpu)?;
-        }
-        Ok(chunks)
-    }
-
-    /// The rows' results, recorded as one catalog row (taken once).
-    fn results(&mut self) -> Result<Vec<Generation>> {
-        let total = self.t0.elapsed();
-        let ttft = self.first_at.unwrap_or(total);
-        let model_id = self.gen.used_model(self.adapter.as_deref());
-        let seed = self.cfg.sampled().then_some(self.cfg.seed);
-        let mut out: Vec<Generation> = std::mem::take(&mut self.rows)
-            .into_iter()
-            .map(|row| {
-                let end = row.done_at.unwrap_or(total);
-                Generation {
-                    id: None,
-                    model_id: model_id.clone(),
-                    timings: timings(ttft, end, row.prompt_len, row.generated.len()),
-                    finish_reason: row.finish.unwrap_or(FinishReason::Length),
-                    stop_sequence: row.tracker.stopped,
-                    prompt_tokens: row.prompt_len,
-                    generated_tokens: row.generated.len(),
-                    text: row.text,
-                    token_ids: row.generated,
-                    seed,
-                }
-            })
-            .collect();
-        let usage = Usage {
-            prompt_tokens: out.iter().map(|g| g.prompt_tokens).sum(),
-            generated_tokens: out.iter().map(|g| g.generated_tokens).sum(),
-            finish: match out.as_slice() {
-                [one] => Some(one.finish_reason),
-                _ => None,
-            },
-            ttft_ms: Some(ttft.as_secs_f64() * 1e3),
-            duration_ms: total.as_secs_f64() * 1e3,
-            prompts: out.len(),
-        };
-        let id = self.gen.record(self.kind, Some(&self.cfg), self.adapter.as_deref(), usage)?;
-        for g in &mut out {
-            g.id = id.clone();
-        }
-        Ok(out)
-    }
-}
-
 /// A generation in progress: an iterator of [`StreamChunk`]s. After the last one,
 /// [`TokenStream::generation`] holds the full result. Dropping it early stops
-/// generating (nothing is recorded then).
+/// generating (its row leaves the batch; nothing is recorded then).
 pub struct TokenStream {
-    decode: Decode,
+    gen: Generator,
+    request: Request,
+    cfg: Resolved,
+    adapter: Option<String>,
+    prompt_len: usize,
+    generated: usize,
+    chunks: std::collections::VecDeque<StreamChunk>,
     done: bool,
     result: Option<Generation>,
 }
@@ -1049,14 +943,12 @@ impl TokenStream {
 
     /// Tokens generated so far.
     pub fn generated_tokens(&self) -> usize {
-        self.result
-            .as_ref()
-            .map_or_else(|| self.decode.rows.first().map_or(0, |r| r.generated.len()), |g| g.generated_tokens)
+        self.result.as_ref().map_or(self.generated, |g| g.generated_tokens)
     }
 
     /// Prompt length in tokens.
     pub fn prompt_tokens(&self) -> usize {
-        self.result.as_ref().map_or_else(|| self.decode.rows.first().map_or(0, |r| r.prompt_len), |g| g.prompt_tokens)
+        self.prompt_len
     }
 }
 
@@ -1064,24 +956,44 @@ impl Iterator for TokenStream {
     type Item = Result<StreamChunk>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        while !self.done {
-            let stepped = self.decode.step().map(|mut c| c.pop().flatten());
-            if stepped.is_err() || self.decode.finished() {
-                self.done = true;
+        loop {
+            if let Some(c) = self.chunks.pop_front() {
+                return Some(Ok(c));
             }
-            let item = match stepped {
-                Ok(chunk) if self.done => self.decode.results().map(|mut g| {
-                    self.result = g.pop();
-                    chunk
-                }),
-                other => other,
+            if self.done {
+                return None;
+            }
+            let news = match self.request.wait(None) {
+                Ok(news) => news,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
             };
-            match item {
-                Ok(Some(chunk)) => return Some(Ok(chunk)),
-                Ok(None) => {}
-                Err(e) => return Some(Err(e)),
+            for n in news {
+                self.chunks.extend(n.chunks);
+                self.generated = n.generated;
+                if let Some(done) = n.done {
+                    self.done = true;
+                    let g = done.and_then(|f| {
+                        let mut g = self.gen.generation(f, &self.cfg, self.adapter.as_deref());
+                        g.id = self.gen.record(
+                            GenerationKind::Stream,
+                            Some(&self.cfg),
+                            self.adapter.as_deref(),
+                            usage_of(&g),
+                        )?;
+                        Ok(g)
+                    });
+                    match g {
+                        Ok(g) => self.result = Some(g),
+                        Err(e) => {
+                            self.chunks.clear();
+                            return Some(Err(e));
+                        }
+                    }
+                }
             }
         }
-        None
     }
 }

@@ -255,6 +255,45 @@ fn batch_rows_equal_single_generations() {
     assert!(stops.unwrap().iter().any(|g| g.finish_reason == FinishReason::Stop));
 }
 
+#[test]
+fn concurrent_calls_equal_sequential_calls() {
+    // Threads share the generator's decoding batch (requests join and leave it as they
+    // come); each result is what the call gives alone, for GPT-2 and a Llama-family model.
+    let env = Env::new();
+    for name in ["tiny-gpt2", "tiny-qwen2"] {
+        let rec = env.register(name);
+        let gen = env.home.generator(&rec.id, &GeneratorOptions::default()).unwrap();
+        let ids = u32s(&reference(name)["input_ids"]);
+        let sampled =
+            |seed, n| GenerationConfig { temperature: Some(0.8), top_p: Some(0.9), seed: Some(seed), ..greedy(n) };
+        let calls: Vec<(Prompt, GenerationConfig)> = vec![
+            (ids.clone().into(), greedy(12)),
+            (ids[2..].to_vec().into(), sampled(5, 9)),
+            (ids[..3].to_vec().into(), greedy(20)),
+            (ids[ids.len() - 1..].to_vec().into(), sampled(9, 15)),
+            (ids.repeat(3).into(), greedy(4)),
+        ];
+        let alone: Vec<_> = calls.iter().map(|(p, c)| gen.generate(p.clone(), c).unwrap()).collect();
+        let together: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = calls
+                .iter()
+                .map(|(p, c)| {
+                    let gen = gen.clone();
+                    s.spawn(move || gen.generate(p.clone(), c).unwrap())
+                })
+                .collect();
+            // A stream dropped early meanwhile leaves the others intact.
+            let mut stream = gen.stream(ids.clone(), &greedy(40)).unwrap();
+            stream.next().unwrap().unwrap();
+            drop(stream);
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+            assert_eq!((&a.token_ids, &a.text, a.seed), (&b.token_ids, &b.text, b.seed), "{name} call {i}");
+        }
+    }
+}
+
 /// A stop string that greedy decoding of "a" produces.
 fn batch_stop(gen: &Generator) -> String {
     let t = gen.generate("a", &greedy(24)).unwrap().text;

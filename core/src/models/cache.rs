@@ -1,5 +1,7 @@
 //! Decoding state for generation: every layer's keys and values in buffers allocated
-//! once for the whole request, plus the left padding of each row of a batch.
+//! once for the whole request, plus the left padding of each row of a batch. A batch
+//! shared by concurrent requests changes its rows as it runs: a prefilled request joins
+//! it ([`KvCache::join`]) and a finished one leaves it ([`KvCache::remove_row`]).
 
 use candle_core::Tensor;
 
@@ -12,12 +14,17 @@ use crate::error::{Error, Result};
 /// Rows of a batch are left-padded to one length: row `i`'s first `pads[i]` positions
 /// are padding that no query attends to, and its positions count from its first real
 /// token (as transformers does with an attention mask).
-#[derive(Debug, Clone)]
+///
+/// The buffers may hold more rows than the batch (room for requests joining it) and
+/// the batch's positions start at `start` in them (padding that every row shared was
+/// trimmed); `len`, `pads` and positions all count from `start`.
+#[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
     capacity: usize,
     pads: Vec<usize>,
+    start: usize,
 }
 
 impl KvCache {
@@ -28,7 +35,7 @@ impl KvCache {
 
     /// An empty cache whose row `i` starts with `pads[i]` padding positions.
     pub fn with_padding(pads: Vec<usize>, capacity: usize) -> Self {
-        Self { layers: Vec::new(), len: 0, capacity, pads }
+        Self { layers: Vec::new(), len: 0, capacity, pads, start: 0 }
     }
 
     /// Positions processed so far (padding included).
@@ -40,8 +47,9 @@ impl KvCache {
         self.len == 0
     }
 
+    /// Positions it can hold (padding included) before its buffers must grow.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.capacity - self.start
     }
 
     /// Rows of the batch.
@@ -63,10 +71,10 @@ impl KvCache {
         if batch != self.batch() {
             return Err(Error::config("cache", format!("holds {} rows, the input has {batch}", self.batch())));
         }
-        if self.len + t > self.capacity {
+        if self.len + t > self.capacity() {
             return Err(Error::config(
                 "cache",
-                format!("{} + {t} positions exceed its capacity of {}", self.len, self.capacity),
+                format!("{} + {t} positions exceed its capacity of {}", self.len, self.capacity()),
             ));
         }
         Ok(())
@@ -89,9 +97,13 @@ impl KvCache {
         let Some((kb, vb)) = entry.as_ref() else {
             return Err(Error::Internal("kv cache buffer missing".into()));
         };
-        kb.slice_set(&k.contiguous()?, 2, self.len)?;
-        vb.slice_set(&v.contiguous()?, 2, self.len)?;
-        Ok((kb.narrow(2, 0, self.len + t)?, vb.narrow(2, 0, self.len + t)?))
+        // The batch's rows (the buffers may have room for more): a contiguous view.
+        let b = self.pads.len();
+        let (kb, vb) =
+            if kb.dim(0)? == b { (kb.clone(), vb.clone()) } else { (kb.narrow(0, 0, b)?, vb.narrow(0, 0, b)?) };
+        kb.slice_set(&k.contiguous()?, 2, self.start + self.len)?;
+        vb.slice_set(&v.contiguous()?, 2, self.start + self.len)?;
+        Ok((kb.narrow(2, self.start, self.len + t)?, vb.narrow(2, self.start, self.len + t)?))
     }
 
     /// Marks `t` positions as processed (after every layer has appended them).
@@ -107,5 +119,126 @@ impl KvCache {
             out.extend((self.len..self.len + t).map(|p| p.saturating_sub(pad)));
         }
         out
+    }
+
+    /// The buffers' shape (rows, positions) once a request of `prompt` prefilled
+    /// positions joins that needs up to `need` more positions (as do the rows already
+    /// in; `need` is the largest): the current buffers when it fits in them, else grown
+    /// ones (with room for half as many rows and positions again, so that a stream of
+    /// joining requests reallocates now and then, not at every join).
+    pub(crate) fn joined_shape(&self, prompt: usize, need: usize) -> (usize, usize) {
+        let rows = self.pads.len();
+        let len = self.len.max(prompt);
+        match self.held_rows() {
+            Some(held) if self.fits(prompt, need) => (held, self.capacity),
+            // A request alone gets what it needs; a batch room to grow.
+            _ if rows == 0 => (1, len + need),
+            _ => (rows + 1 + rows / 2, len + need + (len + need) / 2),
+        }
+    }
+
+    /// Rows the buffers hold (`None` before the first pass).
+    fn held_rows(&self) -> Option<usize> {
+        self.layers.first().and_then(|l| l.as_ref()).and_then(|(k, _)| k.dim(0).ok())
+    }
+
+    /// Whether a request of `prompt` positions needing `need` more joins without new buffers.
+    fn fits(&self, prompt: usize, need: usize) -> bool {
+        let len = self.len.max(prompt);
+        let shift = len - self.len;
+        self.held_rows().is_some_and(|held| self.pads.len() < held)
+            && self.start >= shift
+            && self.start - shift + len + need <= self.capacity
+    }
+
+    /// Adds the single row of `other` (a request's own prefilled cache, without padding)
+    /// as the last row, left-padded to this batch's length (or the batch's rows padded
+    /// further when its prompt is longer); `need`: as in [`KvCache::joined_shape`].
+    pub(crate) fn join(&mut self, other: &KvCache, need: usize) -> Result<()> {
+        if other.batch() != 1 || other.has_padding() || other.is_empty() {
+            return Err(Error::Internal("only a prefilled single-row cache can join a batch".into()));
+        }
+        if !self.layers.is_empty() && self.layers.len() != other.layers.len() {
+            return Err(Error::Internal("joining caches of different models".into()));
+        }
+        let (p, rows) = (other.len, self.pads.len());
+        let len = self.len.max(p);
+        let shift = len - self.len;
+        if self.fits(p, need) {
+            self.start -= shift;
+        } else {
+            let (want_rows, want_positions) = self.joined_shape(p, need);
+            self.reallocate(other, want_rows, want_positions, shift)?;
+        }
+        for pad in &mut self.pads {
+            *pad += shift;
+        }
+        self.len = len;
+        let at = self.start + len - p;
+        for (mine, theirs) in self.layers.iter().zip(&other.layers) {
+            let (Some((kb, vb)), Some((ok, ov))) = (mine, theirs) else {
+                return Err(Error::Internal("kv cache buffer missing".into()));
+            };
+            kb.narrow(0, rows, 1)?.slice_set(&ok.narrow(2, other.start, p)?.contiguous()?, 2, at)?;
+            vb.narrow(0, rows, 1)?.slice_set(&ov.narrow(2, other.start, p)?.contiguous()?, 2, at)?;
+        }
+        self.pads.push(len - p);
+        Ok(())
+    }
+
+    /// New buffers of `rows` x `positions` (layer shapes from `like`) holding the batch's
+    /// rows, their positions moved to start at `shift`.
+    fn reallocate(&mut self, like: &KvCache, rows: usize, positions: usize, shift: usize) -> Result<()> {
+        let mut layers = Vec::with_capacity(like.layers.len());
+        for (i, theirs) in like.layers.iter().enumerate() {
+            let Some((ok, ov)) = theirs else {
+                return Err(Error::Internal("kv cache buffer missing".into()));
+            };
+            let grow = |t: &Tensor| -> Result<Tensor> {
+                let (_, kv, _, d) = t.dims4()?;
+                Ok(Tensor::zeros((rows, kv, positions, d), t.dtype(), t.device())?)
+            };
+            let (kb, vb) = (grow(ok)?, grow(ov)?);
+            if let Some(Some((old_k, old_v))) = self.layers.get(i).filter(|_| self.len > 0 && !self.pads.is_empty()) {
+                let b = self.pads.len();
+                let live = |t: &Tensor| -> Result<Tensor> {
+                    Ok(t.narrow(0, 0, b)?.narrow(2, self.start, self.len)?.contiguous()?)
+                };
+                kb.narrow(0, 0, b)?.slice_set(&live(old_k)?, 2, shift)?;
+                vb.narrow(0, 0, b)?.slice_set(&live(old_v)?, 2, shift)?;
+            }
+            layers.push(Some((kb, vb)));
+        }
+        self.layers = layers;
+        self.capacity = positions;
+        self.start = 0;
+        Ok(())
+    }
+
+    /// Drops row `i` (the last row takes its place) and the padding every remaining row
+    /// shares, so attention no longer scans positions no row needs.
+    pub(crate) fn remove_row(&mut self, i: usize) -> Result<()> {
+        let last =
+            self.pads.len().checked_sub(1).filter(|&l| i <= l).ok_or_else(|| {
+                Error::Internal(format!("kv cache has {} rows, cannot remove row {i}", self.pads.len()))
+            })?;
+        if i != last {
+            for (kb, vb) in self.layers.iter().flatten() {
+                kb.slice_set(&kb.narrow(0, last, 1)?.copy()?, 0, i)?;
+                vb.slice_set(&vb.narrow(0, last, 1)?.copy()?, 0, i)?;
+            }
+        }
+        self.pads.swap_remove(i);
+        let shared = self.pads.iter().copied().min().unwrap_or(0);
+        if self.pads.is_empty() {
+            *self = KvCache::default();
+        } else if shared > 0 {
+            for pad in &mut self.pads {
+                *pad -= shared;
+            }
+            self.start += shared;
+            self.len -= shared;
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,901 @@
+//! Continuous batching: the one decoding loop behind `generate`, `stream` and
+//! `generate_batch`. Every request on one adapter of a [`Generator`] shares one
+//! decoding batch (a lane): a request arriving while others decode is prefilled on its
+//! own at the next step and its keys and values join the batch's cache; every step then
+//! runs one forward pass for all rows (the weights are read once per step, not once per
+//! request); a finished, cancelled or dropped request leaves at the next step. Each row
+//! keeps its own settings and sampler, so it produces exactly what it would alone.
+//!
+//! There is no background thread: whoever waits drives. The lanes sit behind one
+//! mutex; a caller whose request has nothing new and whose lane is idle takes the lane
+//! out, runs one step without the lock, puts it back and wakes the others, who wait
+//! on the condition variable meanwhile. A step that fails or panics hands an error to
+//! every request it held, never a hang.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+
+use super::sampling::Sampler;
+use super::text::TextTracker;
+use super::{Generator, Resolved};
+use crate::error::{Error, Result};
+use crate::events::CancelToken;
+use crate::models::{memory, KvCache};
+use crate::tokenizer::Tokenizer;
+use crate::types::{FinishReason, StreamChunk};
+
+/// Decoding state of one request's row.
+struct RowState {
+    sampler: Sampler,
+    tracker: TextTracker,
+    prompt_len: usize,
+    seen: Vec<u32>,
+    generated: Vec<u32>,
+    text: String,
+    finish: Option<FinishReason>,
+}
+
+impl RowState {
+    fn new(ids: Vec<u32>, r: &Resolved, tokenizer: Option<Tokenizer>) -> Self {
+        Self {
+            sampler: Sampler::new(r),
+            tracker: TextTracker::new(tokenizer, r.stop.clone()),
+            prompt_len: ids.len(),
+            seen: ids,
+            generated: Vec::new(),
+            text: String::new(),
+            finish: None,
+        }
+    }
+
+    /// Samples a token from `logits` and takes it; returns the text it released.
+    fn sample(&mut self, logits: &mut [f32], eos: &[u32], r: &Resolved, max_new: usize) -> Result<Option<StreamChunk>> {
+        let tok = self.sampler.next(logits, &self.seen);
+        self.generated.push(tok);
+        self.seen.push(tok);
+        let eos = !r.ignore_eos && eos.contains(&tok);
+        let mut chunk = None;
+        if !eos {
+            if let Some(p) = self.tracker.push(tok)? {
+                self.text.push_str(&p.text);
+                chunk = Some(StreamChunk { text: p.text, token_ids: p.token_ids });
+            }
+        }
+        if eos {
+            self.finish = Some(FinishReason::Eos);
+        } else if self.tracker.stopped.is_some() {
+            self.finish = Some(FinishReason::Stop);
+        } else if self.generated.len() >= max_new {
+            self.finish = Some(FinishReason::Length);
+        }
+        if self.finish.is_some() && self.finish != Some(FinishReason::Stop) {
+            if let Some(p) = self.tracker.finish()? {
+                self.text.push_str(&p.text);
+                let merged = match chunk.take() {
+                    Some(mut c) => {
+                        c.text.push_str(&p.text);
+                        c.token_ids.extend(p.token_ids);
+                        c
+                    }
+                    None => StreamChunk { text: p.text, token_ids: p.token_ids },
+                };
+                chunk = Some(merged);
+            }
+        }
+        Ok(chunk)
+    }
+}
+
+/// What a finished row produced; times count from its request's start.
+#[derive(Debug, Clone)]
+pub(super) struct Finished {
+    pub(super) prompt_len: usize,
+    pub(super) generated: Vec<u32>,
+    pub(super) text: String,
+    pub(super) finish: FinishReason,
+    pub(super) stop_sequence: Option<String>,
+    pub(super) ttft: Duration,
+    pub(super) end: Duration,
+}
+
+/// A request waiting to join its lane's batch.
+struct Join {
+    id: u64,
+    ids: Vec<u32>,
+    cfg: Arc<Resolved>,
+    max_new: usize,
+    t0: Instant,
+}
+
+/// A row of a running batch.
+struct Row {
+    id: u64,
+    state: RowState,
+    cfg: Arc<Resolved>,
+    max_new: usize,
+    t0: Instant,
+    ttft: Duration,
+    /// The token the next pass feeds.
+    last: u32,
+}
+
+impl Row {
+    /// Positions it may still feed after the ones cached.
+    fn need(&self) -> usize {
+        self.max_new - self.state.generated.len()
+    }
+
+    fn finished(self, end: Duration) -> Finished {
+        let s = self.state;
+        Finished {
+            prompt_len: s.prompt_len,
+            generated: s.generated,
+            text: s.text,
+            finish: s.finish.unwrap_or(FinishReason::Length),
+            stop_sequence: s.tracker.stopped,
+            ttft: self.ttft,
+            end,
+        }
+    }
+}
+
+/// The rows decoding together and their cache.
+#[derive(Default)]
+struct Batch {
+    rows: Vec<Row>,
+    cache: KvCache,
+}
+
+impl Batch {
+    fn remove(&mut self, i: usize) -> Result<Row> {
+        self.cache.remove_row(i)?;
+        Ok(self.rows.swap_remove(i))
+    }
+}
+
+/// Requests on one adapter.
+#[derive(Default)]
+struct Lane {
+    pending: Vec<Join>,
+    batch: Batch,
+    /// A caller is running a step on `batch` (taken out of the lane meanwhile).
+    driving: bool,
+}
+
+impl Lane {
+    fn idle(&self) -> bool {
+        !self.driving && self.pending.is_empty() && self.batch.rows.is_empty()
+    }
+}
+
+/// What a request got since its owner last looked.
+#[derive(Default)]
+struct Slot {
+    chunks: Vec<StreamChunk>,
+    generated: usize,
+    /// Whether `generated` or `chunks` changed since the owner last looked.
+    fresh: bool,
+    done: Option<Result<Finished>>,
+}
+
+#[derive(Default)]
+struct Lanes {
+    lanes: HashMap<Option<String>, Lane>,
+    slots: HashMap<u64, Slot>,
+    next_id: u64,
+}
+
+impl Lanes {
+    /// Drops the rows and joins of requests that left (their slot is gone).
+    fn prune(&mut self, adapter: &Option<String>) -> Result<()> {
+        let Some(lane) = self.lanes.get_mut(adapter) else {
+            return Ok(());
+        };
+        lane.pending.retain(|j| self.slots.contains_key(&j.id));
+        if !lane.driving {
+            for i in (0..lane.batch.rows.len()).rev() {
+                if !self.slots.contains_key(&lane.batch.rows[i].id) {
+                    lane.batch.remove(i)?;
+                }
+            }
+        }
+        if lane.idle() {
+            self.lanes.remove(adapter);
+        }
+        Ok(())
+    }
+}
+
+/// One request's news after a step.
+struct Update {
+    id: u64,
+    chunk: Option<StreamChunk>,
+    generated: usize,
+    done: Option<Result<Finished>>,
+}
+
+/// The shared decoding state of a [`Generator`].
+#[derive(Default)]
+pub(super) struct Batcher {
+    state: Mutex<Lanes>,
+    wake: Condvar,
+    /// Forward passes run (prefills and batch steps).
+    passes: AtomicUsize,
+    /// Test hook: while set, nobody drives (requests queue up).
+    #[cfg(test)]
+    held: std::sync::atomic::AtomicBool,
+    /// Test hook: the next batch pass fails (1) or panics (2).
+    #[cfg(test)]
+    fault: std::sync::atomic::AtomicU8,
+}
+
+impl Batcher {
+    fn lock(&self) -> Result<MutexGuard<'_, Lanes>> {
+        self.state.lock().map_err(|_| Error::Internal("generator batch state poisoned by a panic".into()))
+    }
+
+    #[cfg(test)]
+    fn held(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    #[cfg(not(test))]
+    fn held(&self) -> bool {
+        false
+    }
+
+    /// Test hook: holds (or releases) every lane before its next step.
+    #[cfg(test)]
+    pub(super) fn hold(&self, on: bool) {
+        self.held.store(on, Ordering::SeqCst);
+        if let Ok(_st) = self.lock() {
+            self.wake.notify_all();
+        }
+    }
+
+    /// Requests waiting to join a batch, in every lane.
+    #[cfg(test)]
+    pub(super) fn queued(&self) -> usize {
+        self.lock().map_or(0, |st| st.lanes.values().map(|l| l.pending.len()).sum())
+    }
+
+    /// Forward passes run so far.
+    #[cfg(test)]
+    pub(super) fn passes(&self) -> usize {
+        self.passes.load(Ordering::SeqCst)
+    }
+}
+
+/// One call's requests (one row each) in their lane. Dropping it takes the rows it has
+/// not collected out of the batch.
+pub(super) struct Request {
+    gen: Generator,
+    adapter: Option<String>,
+    /// Each prompt's request id, until its result is collected.
+    ids: Vec<Option<u64>>,
+}
+
+/// What one prompt of a [`Request`] got since the last look.
+pub(super) struct News {
+    pub(super) index: usize,
+    pub(super) chunks: Vec<StreamChunk>,
+    pub(super) generated: usize,
+    pub(super) done: Option<Result<Finished>>,
+}
+
+impl Request {
+    /// Queues `prompts` (checked already) to join `adapter`'s batch at its next step.
+    pub(super) fn submit(
+        gen: &Generator,
+        adapter: Option<String>,
+        prompts: Vec<Vec<u32>>,
+        cfg: Resolved,
+        t0: Instant,
+    ) -> Result<Self> {
+        let cfg = Arc::new(cfg);
+        let b = &gen.inner.batcher;
+        let mut st = b.lock()?;
+        let mut ids = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            let id = st.next_id;
+            st.next_id += 1;
+            st.slots.insert(id, Slot::default());
+            let max_new = gen.max_new(&cfg, p.len());
+            st.lanes.entry(adapter.clone()).or_default().pending.push(Join {
+                id,
+                ids: p,
+                cfg: cfg.clone(),
+                max_new,
+                t0,
+            });
+            ids.push(Some(id));
+        }
+        drop(st);
+        b.wake.notify_all();
+        Ok(Request { gen: gen.clone(), adapter, ids })
+    }
+
+    /// Waits until one of its prompts has news (running a step when nobody else is);
+    /// a prompt whose news holds its result is closed. Stops with `cancelled` when
+    /// `cancel` is.
+    pub(super) fn wait(&mut self, cancel: Option<&CancelToken>) -> Result<Vec<News>> {
+        let b = &self.gen.inner.batcher;
+        let mut st = b.lock()?;
+        loop {
+            let mut news = Vec::new();
+            for (index, id) in self.ids.iter_mut().enumerate() {
+                let Some(slot) = id.and_then(|i| st.slots.get_mut(&i)) else {
+                    continue;
+                };
+                if slot.fresh || slot.done.is_some() {
+                    slot.fresh = false;
+                    let done = slot.done.take();
+                    news.push(News {
+                        index,
+                        chunks: std::mem::take(&mut slot.chunks),
+                        generated: slot.generated,
+                        done,
+                    });
+                    if news.last().is_some_and(|n| n.done.is_some()) {
+                        if let Some(i) = id.take() {
+                            st.slots.remove(&i);
+                        }
+                    }
+                }
+            }
+            if !news.is_empty() {
+                return Ok(news);
+            }
+            if self.ids.iter().all(Option::is_none) {
+                return Err(Error::Internal("waiting on a request that has ended".into()));
+            }
+            if let Some(c) = cancel {
+                c.check()?;
+            }
+            let lane =
+                st.lanes.get_mut(&self.adapter).ok_or_else(|| Error::Internal("request lost its batch".into()))?;
+            if lane.driving || b.held() {
+                st =
+                    b.wake.wait(st).map_err(|_| Error::Internal("generator batch state poisoned by a panic".into()))?;
+                continue;
+            }
+            // Drive: one step on the lane, without the lock.
+            if let Err(e) = st.prune(&self.adapter) {
+                fail_lane(&mut st, &self.adapter, &e);
+                b.wake.notify_all();
+                continue;
+            }
+            let Some(lane) = st.lanes.get_mut(&self.adapter) else {
+                return Err(Error::Internal("request lost its batch".into()));
+            };
+            lane.driving = true;
+            let mut batch = std::mem::take(&mut lane.batch);
+            let joins = std::mem::take(&mut lane.pending);
+            let mut guard = Driving {
+                batcher: b,
+                adapter: &self.adapter,
+                ids: batch.rows.iter().map(|r| r.id).chain(joins.iter().map(|j| j.id)).collect(),
+                armed: true,
+            };
+            drop(st);
+            let (updates, deferred) = step(&self.gen, self.adapter.as_deref(), &mut batch, joins);
+            st = b.lock()?;
+            guard.armed = false;
+            let lane = st.lanes.entry(self.adapter.clone()).or_default();
+            lane.driving = false;
+            lane.batch = batch;
+            let later = std::mem::replace(&mut lane.pending, deferred);
+            lane.pending.extend(later);
+            for u in updates {
+                if let Some(slot) = st.slots.get_mut(&u.id) {
+                    slot.generated = u.generated;
+                    slot.chunks.extend(u.chunk);
+                    slot.fresh = true;
+                    if u.done.is_some() {
+                        slot.done = u.done;
+                    }
+                }
+            }
+            if let Err(e) = st.prune(&self.adapter) {
+                fail_lane(&mut st, &self.adapter, &e);
+            }
+            b.wake.notify_all();
+        }
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        let b = &self.gen.inner.batcher;
+        let mut st = match b.state.lock() {
+            Ok(st) => st,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut left = false;
+        for id in self.ids.iter_mut().filter_map(Option::take) {
+            left |= st.slots.remove(&id).is_some();
+        }
+        if left {
+            if let Err(e) = st.prune(&self.adapter) {
+                fail_lane(&mut st, &self.adapter, &e);
+            }
+            b.wake.notify_all();
+        }
+    }
+}
+
+/// Ends every request of a lane whose batch is broken with `e`.
+fn fail_lane(st: &mut Lanes, adapter: &Option<String>, e: &Error) {
+    if let Some(lane) = st.lanes.remove(adapter) {
+        for id in lane.batch.rows.iter().map(|r| r.id).chain(lane.pending.iter().map(|j| j.id)) {
+            if let Some(slot) = st.slots.get_mut(&id) {
+                slot.done = Some(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// A step in progress: if it unwinds (a panic in a forward pass), its requests end
+/// with an error and the lane is free again.
+struct Driving<'a> {
+    batcher: &'a Batcher,
+    adapter: &'a Option<String>,
+    ids: Vec<u64>,
+    armed: bool,
+}
+
+impl Drop for Driving<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut st = match self.batcher.state.lock() {
+            Ok(st) => st,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let e = Error::Internal("a decoding step panicked; the requests in its batch were stopped".into());
+        for id in &self.ids {
+            if let Some(slot) = st.slots.get_mut(id) {
+                slot.done = Some(Err(e.clone()));
+            }
+        }
+        if let Some(lane) = st.lanes.get_mut(self.adapter) {
+            lane.driving = false;
+        }
+        let _ = st.prune(self.adapter);
+        self.batcher.wake.notify_all();
+    }
+}
+
+/// One step of a lane: a forward pass for the rows in the batch (one token each;
+/// finished rows leave), then the joining requests, each prefilled on its own (its
+/// first token) and added to the batch. Returns the requests' news and the joins
+/// put off until memory frees up.
+fn step(gen: &Generator, adapter: Option<&str>, batch: &mut Batch, joins: Vec<Join>) -> (Vec<Update>, Vec<Join>) {
+    let inner = &gen.inner;
+    let mut out = Vec::with_capacity(batch.rows.len() + joins.len());
+    if !batch.rows.is_empty() {
+        if let Err(e) = decode(gen, adapter, batch, &mut out) {
+            for row in std::mem::take(&mut batch.rows) {
+                out.push(Update {
+                    id: row.id,
+                    chunk: None,
+                    generated: row.state.generated.len(),
+                    done: Some(Err(e.clone())),
+                });
+            }
+            batch.cache = KvCache::default();
+        }
+    }
+    let mut deferred = Vec::new();
+    for j in joins {
+        let p = j.ids.len();
+        let need = batch.rows.iter().map(Row::need).max().unwrap_or(0).max(j.max_new - 1);
+        let (rows, positions) = batch.cache.joined_shape(p, need);
+        let fits = memory::decoding(&inner.config, inner.dtype_bytes, 1, p, p)
+            .add(
+                "KV cache",
+                "concurrent requests",
+                memory::decoding(&inner.config, inner.dtype_bytes, rows, 1, positions).total(),
+            )
+            .add("weights", "model", inner.weights)
+            .check(inner.store.memory_limit);
+        if fits.is_err() && !batch.rows.is_empty() {
+            deferred.push(j);
+            continue;
+        }
+        let id = j.id;
+        match admit(gen, adapter, batch, j, need) {
+            Ok(u) => out.push(u),
+            Err(e) => out.push(Update { id, chunk: None, generated: 0, done: Some(Err(e)) }),
+        }
+    }
+    (out, deferred)
+}
+
+/// One forward pass for every row of `batch`, one token each; finished rows leave.
+fn decode(gen: &Generator, adapter: Option<&str>, batch: &mut Batch, out: &mut Vec<Update>) -> Result<()> {
+    let input: Vec<u32> = batch.rows.iter().map(|r| r.last).collect();
+    let input = Tensor::from_vec(input, (batch.rows.len(), 1), &Device::Cpu)?;
+    let cache = &mut batch.cache;
+    #[cfg(test)]
+    match gen.inner.batcher.fault.swap(0, Ordering::SeqCst) {
+        1 => return Err(Error::Compute("injected failure".into())),
+        2 => panic!("injected panic"),
+        _ => {}
+    }
+    let logits = gen.with_adapter(adapter, |st| st.model.forward_cached(&input, cache, true))?;
+    gen.inner.batcher.passes.fetch_add(1, Ordering::SeqCst);
+    let mut logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+    let mut done = Vec::new();
+    for (i, (row, logits)) in batch.rows.iter_mut().zip(logits.iter_mut()).enumerate() {
+        let chunk = row.state.sample(logits, &gen.inner.eos, &row.cfg, row.max_new);
+        let generated = row.state.generated.len();
+        row.last = row.state.generated.last().copied().unwrap_or(row.last);
+        match chunk {
+            Ok(chunk) => {
+                out.push(Update { id: row.id, chunk, generated, done: None });
+                if row.state.finish.is_some() {
+                    done.push(i);
+                }
+            }
+            Err(e) => {
+                out.push(Update { id: row.id, chunk: None, generated, done: Some(Err(e)) });
+                done.push(i);
+            }
+        }
+    }
+    // Highest first: the row moved into a removed one's place is never one to remove.
+    for &i in done.iter().rev() {
+        let row = batch.remove(i)?;
+        if row.state.finish.is_some() {
+            let end = row.t0.elapsed();
+            if let Some(u) = out.iter_mut().rev().find(|u| u.id == row.id && u.done.is_none()) {
+                u.done = Some(Ok(row.finished(end)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prefills a joining request on its own, takes its first token, and adds its row to
+/// the batch (unless that token ended it).
+fn admit(gen: &Generator, adapter: Option<&str>, batch: &mut Batch, j: Join, need: usize) -> Result<Update> {
+    let inner = &gen.inner;
+    let p = j.ids.len();
+    let mut cache = KvCache::new(1, p);
+    let input = Tensor::from_vec(j.ids.clone(), (1, p), &Device::Cpu)?;
+    let logits = gen.with_adapter(adapter, |st| st.model.forward_cached(&input, &mut cache, true))?;
+    inner.batcher.passes.fetch_add(1, Ordering::SeqCst);
+    let mut logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+    let logits = logits.first_mut().ok_or_else(|| Error::Internal("prefill returned no logits".into()))?;
+    let mut state = RowState::new(j.ids, &j.cfg, inner.tokenizer.clone());
+    let chunk = state.sample(logits, &inner.eos, &j.cfg, j.max_new)?;
+    let ttft = j.t0.elapsed();
+    let last = state.generated.last().copied().unwrap_or(0);
+    let row = Row { id: j.id, state, cfg: j.cfg, max_new: j.max_new, t0: j.t0, ttft, last };
+    let generated = row.state.generated.len();
+    if row.state.finish.is_some() {
+        return Ok(Update { id: row.id, chunk, generated, done: Some(Ok(row.finished(ttft))) });
+    }
+    batch.cache.join(&cache, need)?;
+    let id = row.id;
+    batch.rows.push(row);
+    Ok(Update { id, chunk, generated, done: None })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::events::{CancelToken, EventSink, NoopSink};
+    use crate::types::{Event, Generation, GenerationConfig, GeneratorOptions, RegisterOptions};
+    use crate::{Generator, Home};
+
+    fn home() -> (tempfile::TempDir, Home) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::open(dir.path().join("home")).unwrap();
+        (dir, home)
+    }
+
+    /// The nano preset (Llama: RoPE, GQA) and the GPT-2 fixture.
+    fn generators(home: &Home) -> Vec<Generator> {
+        let nano = home.models().create_preset("nano", &Default::default()).unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-gpt2");
+        let gpt2 = home.models().register_dir(fixture, &RegisterOptions::default()).unwrap();
+        [nano, gpt2].iter().map(|m| home.generator(&m.id, &GeneratorOptions::default()).unwrap()).collect()
+    }
+
+    fn greedy(n: usize) -> GenerationConfig {
+        GenerationConfig { max_new_tokens: Some(n), ignore_eos: true, ..Default::default() }
+    }
+
+    /// Six requests of different prompt lengths and settings: greedy, seeded sampling
+    /// (top-k, top-p, min-p, repetition penalty), a stop string, different lengths.
+    fn requests(gen: &Generator) -> Vec<(String, GenerationConfig)> {
+        let stop = gen.generate("a", &greedy(12)).unwrap().text.chars().skip(5).take(2).collect::<String>();
+        vec![
+            ("the quick brown fox jumps".into(), greedy(14)),
+            ("a".into(), GenerationConfig { stop: vec![stop], ..greedy(20) }),
+            (
+                "hello there".into(),
+                GenerationConfig { temperature: Some(0.9), top_k: Some(20), seed: Some(7), ..greedy(9) },
+            ),
+            (
+                "xyz".into(),
+                GenerationConfig {
+                    temperature: Some(1.3),
+                    top_p: Some(0.9),
+                    repetition_penalty: Some(1.3),
+                    seed: Some(3),
+                    ..greedy(17)
+                },
+            ),
+            ("some longer prompt, to pad the others well".into(), greedy(5)),
+            ("q".into(), GenerationConfig { temperature: Some(0.7), min_p: Some(0.05), seed: Some(11), ..greedy(11) }),
+        ]
+    }
+
+    fn same(a: &Generation, b: &Generation, what: &str) {
+        assert_eq!(
+            (&a.token_ids, &a.text, a.finish_reason, &a.stop_sequence, a.seed, a.prompt_tokens),
+            (&b.token_ids, &b.text, b.finish_reason, &b.stop_sequence, b.seed, b.prompt_tokens),
+            "{what}"
+        );
+    }
+
+    /// Waits (without timing assumptions on the result) until `n` requests are queued.
+    fn until_queued(gen: &Generator, n: usize) {
+        let t = std::time::Instant::now();
+        while gen.inner.batcher.queued() < n {
+            assert!(t.elapsed() < Duration::from_secs(60), "requests never queued");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn concurrent_calls_share_steps_and_equal_sequential_calls() {
+        let (_d, home) = home();
+        for gen in generators(&home) {
+            let reqs = requests(&gen);
+            let alone: Vec<Generation> = reqs.iter().map(|(p, c)| gen.generate(p.as_str(), c).unwrap()).collect();
+            assert!(alone.iter().any(|g| g.stop_sequence.is_some()), "the stop string ends one request");
+            let before = gen.inner.batcher.passes();
+            gen.inner.batcher.hold(true);
+            let together: Vec<Generation> = std::thread::scope(|s| {
+                let handles: Vec<_> = reqs
+                    .iter()
+                    .map(|(p, c)| {
+                        let gen = gen.clone();
+                        s.spawn(move || gen.generate(p.as_str(), c))
+                    })
+                    .collect();
+                until_queued(&gen, reqs.len());
+                gen.inner.batcher.hold(false);
+                handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+            });
+            for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+                same(a, b, &format!("{} request {i}", gen.model().name));
+                assert!(b.id.is_some() && b.id != a.id, "each call has its own catalog row");
+            }
+            // All six were prefilled in the first step, then decoded together: one pass
+            // per step for all rows, not one per row.
+            let passes = gen.inner.batcher.passes() - before;
+            let longest = together.iter().map(|g| g.generated_tokens).max().unwrap();
+            let tokens: usize = together.iter().map(|g| g.generated_tokens).sum();
+            assert_eq!(passes, reqs.len() + longest - 1, "{} passes for {tokens} tokens", passes);
+            assert!(passes < tokens);
+            assert!(gen.inner.batcher.lock().unwrap().lanes.is_empty(), "nothing left behind");
+        }
+    }
+
+    #[test]
+    fn streams_joining_and_leaving_mid_way_equal_sequential_calls() {
+        let (_d, home) = home();
+        for gen in generators(&home) {
+            let reqs = requests(&gen);
+            let alone: Vec<Generation> = reqs.iter().map(|(p, c)| gen.generate(p.as_str(), c).unwrap()).collect();
+            let before = gen.inner.batcher.passes();
+            // One thread drives every stream, in a fixed interleaving: each request joins
+            // a batch that already runs (shorter and longer prompts than its length, so
+            // rows are padded, and re-padded), and one stream is dropped half-way.
+            let mut streams: Vec<Option<super::super::TokenStream>> = Vec::new();
+            let mut dropped = None;
+            for (i, (p, c)) in reqs.iter().enumerate() {
+                streams.push(Some(gen.stream(p.as_str(), c).unwrap()));
+                for s in streams.iter_mut().flatten().take(i + 1) {
+                    s.next();
+                }
+                if i == 3 {
+                    streams[1] = None; // dropped early: its row leaves the batch
+                    dropped = Some(1);
+                }
+            }
+            let mut texts = vec![String::new(); reqs.len()];
+            for (i, s) in streams.iter_mut().enumerate() {
+                if let Some(s) = s {
+                    for piece in s.by_ref() {
+                        texts[i].push_str(&piece.unwrap().text);
+                    }
+                }
+            }
+            for (i, s) in streams.iter().enumerate() {
+                let Some(s) = s else { continue };
+                let g = s.generation().unwrap();
+                same(&alone[i], g, &format!("{} stream {i}", gen.model().name));
+                assert!(alone[i].text.ends_with(&texts[i]), "stream {i}: the pieces are the text after the first");
+            }
+            assert_eq!(dropped, Some(1));
+            let passes = gen.inner.batcher.passes() - before;
+            let tokens: usize = alone.iter().map(|g| g.generated_tokens).sum();
+            assert!(passes < tokens, "{passes} passes for {tokens} tokens");
+            assert!(gen.inner.batcher.lock().unwrap().lanes.is_empty(), "nothing left behind");
+        }
+    }
+
+    #[test]
+    fn a_cancelled_call_leaves_the_others_intact() {
+        struct CancelAt(CancelToken, u64);
+        impl EventSink for CancelAt {
+            fn on_event(&mut self, e: &Event) -> crate::Result<()> {
+                if matches!(e, Event::TaskProgress { done, .. } if *done == self.1) {
+                    self.0.cancel();
+                }
+                Ok(())
+            }
+        }
+        let (_d, home) = home();
+        let gen = generators(&home).remove(0);
+        let reqs = requests(&gen);
+        let alone: Vec<Generation> = reqs.iter().map(|(p, c)| gen.generate(p.as_str(), c).unwrap()).collect();
+        let calls = home.models().usage(&gen.model().id).unwrap().calls;
+        gen.inner.batcher.hold(true);
+        let together: Vec<crate::Result<Generation>> = std::thread::scope(|s| {
+            let handles: Vec<_> = reqs
+                .iter()
+                .enumerate()
+                .map(|(i, (p, c))| {
+                    let gen = gen.clone();
+                    s.spawn(move || {
+                        let token = CancelToken::new();
+                        if i == 0 {
+                            gen.generate_with(p.as_str(), c, &mut CancelAt(token.clone(), 3), &token)
+                        } else {
+                            gen.generate_with(p.as_str(), c, &mut NoopSink, &token)
+                        }
+                    })
+                })
+                .collect();
+            until_queued(&gen, reqs.len());
+            gen.inner.batcher.hold(false);
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(together[0].as_ref().unwrap_err().code(), "cancelled");
+        for i in 1..reqs.len() {
+            same(&alone[i], together[i].as_ref().unwrap(), &format!("request {i}"));
+        }
+        let after = home.models().usage(&gen.model().id).unwrap().calls;
+        assert_eq!(after, calls + reqs.len() as u64 - 1, "the cancelled call is not recorded");
+        assert!(gen.inner.batcher.lock().unwrap().lanes.is_empty(), "nothing left behind");
+    }
+
+    #[test]
+    fn a_failing_or_panicking_step_ends_its_requests_with_an_error_not_a_hang() {
+        let (_d, home) = home();
+        let gen = generators(&home).remove(0);
+        let reqs = requests(&gen);
+        for (fault, code) in [(1u8, "compute"), (2, "internal")] {
+            gen.inner.batcher.hold(true);
+            let results: Vec<std::thread::Result<crate::Result<Generation>>> = std::thread::scope(|s| {
+                let handles: Vec<_> = reqs
+                    .iter()
+                    .map(|(p, c)| {
+                        let gen = gen.clone();
+                        s.spawn(move || gen.generate(p.as_str(), c))
+                    })
+                    .collect();
+                until_queued(&gen, reqs.len());
+                // The first step prefills them; the second (a batch pass) fails.
+                gen.inner.batcher.fault.store(fault, std::sync::atomic::Ordering::SeqCst);
+                gen.inner.batcher.hold(false);
+                handles.into_iter().map(|h| h.join()).collect()
+            });
+            let panicked = results.iter().filter(|r| r.is_err()).count();
+            assert_eq!(panicked, usize::from(fault == 2), "only the driver of the step panics");
+            for r in results.into_iter().flatten() {
+                assert_eq!(r.unwrap_err().code(), code);
+            }
+            assert!(gen.inner.batcher.lock().unwrap().lanes.is_empty(), "nothing left behind");
+            // The generator still works.
+            let again = gen.generate(reqs[0].0.as_str(), &reqs[0].1).unwrap();
+            assert_eq!(again.generated_tokens, 14);
+        }
+    }
+
+    #[test]
+    fn requests_on_different_adapters_decode_in_their_own_batches() {
+        let (_d, home) = home();
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let base = home.models().register_dir(fixtures.join("tiny-llama"), &RegisterOptions::default()).unwrap();
+        let opts = RegisterOptions { parent: Some(base.id.clone().into()), ..Default::default() };
+        let lora = home.models().register_dir(fixtures.join("tiny-llama-lora"), &opts).unwrap();
+        let gen = home.generator(&base.id, &GeneratorOptions { merge_adapter: false, ..Default::default() }).unwrap();
+        gen.add_adapter(&lora.id).unwrap();
+        let with = |n: usize, a: bool| GenerationConfig { adapter: a.then(|| lora.id.0.clone()), ..greedy(n) };
+        let reqs: Vec<(&str, GenerationConfig)> =
+            vec![("hello", with(8, false)), ("hello", with(8, true)), ("a b c", with(5, true)), ("xy", with(6, false))];
+        let alone: Vec<Generation> = reqs.iter().map(|(p, c)| gen.generate(*p, c).unwrap()).collect();
+        assert_ne!(alone[0].token_ids, alone[1].token_ids, "the adapter changes the output");
+        let before = gen.inner.batcher.passes();
+        gen.inner.batcher.hold(true);
+        let together: Vec<Generation> = std::thread::scope(|s| {
+            let handles: Vec<_> = reqs
+                .iter()
+                .map(|(p, c)| {
+                    let gen = gen.clone();
+                    s.spawn(move || gen.generate(*p, c))
+                })
+                .collect();
+            until_queued(&gen, reqs.len());
+            assert_eq!(gen.inner.batcher.lock().unwrap().lanes.len(), 2, "one lane per adapter");
+            gen.inner.batcher.hold(false);
+            handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+        });
+        for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+            same(a, b, &format!("request {i}"));
+            assert_eq!(a.model_id, b.model_id);
+        }
+        // Each lane: its two prefills, then one pass per step for its two rows.
+        let passes = gen.inner.batcher.passes() - before;
+        assert_eq!(passes, (2 + 7) + (2 + 7));
+    }
+
+    #[test]
+    fn a_request_that_does_not_fit_next_to_the_others_waits_for_them() {
+        use crate::models::memory;
+        use crate::types::{HomeOptions, Prompt};
+        // The memory limit holds either request alone, not both in one batch.
+        let (p1, n1, p2, n2) = (3usize, 250usize, 2usize, 200usize);
+        let (_d, home) = home();
+        let nano = home.models().create_preset("nano", &Default::default()).unwrap();
+        let probe = home.generator(&nano.id, &GeneratorOptions::default()).unwrap();
+        let i = &probe.inner;
+        let alone = |p: usize, n: usize| memory::decoding(&i.config, i.dtype_bytes, 1, p, p + n - 1).total();
+        let limit = i.weights + alone(p1, n1).max(alone(p2, n2));
+        let both = i.weights + memory::decoding(&i.config, i.dtype_bytes, 2, 1, p1.max(p2) + n2 - 1).total();
+        assert!(both > limit, "the test needs a batch of both above the limit");
+        let opts = HomeOptions { memory_limit: Some(u64::try_from(limit).unwrap()) };
+        let home = Home::open_with(_d.path().join("home"), &opts).unwrap();
+        let gen = home.generator(&nano.id, &GeneratorOptions::default()).unwrap();
+        let reqs: Vec<(Prompt, GenerationConfig)> = vec![
+            (Prompt::Tokens((0..p1 as u32).map(|t| 40 + t % 50).collect()), greedy(n1)),
+            (Prompt::Tokens((0..p2 as u32).map(|t| 60 + t % 30).collect()), greedy(n2)),
+        ];
+        let alone: Vec<Generation> = reqs.iter().map(|(p, c)| gen.generate(p.clone(), c).unwrap()).collect();
+        let before = gen.inner.batcher.passes();
+        gen.inner.batcher.hold(true);
+        let together: Vec<Generation> = std::thread::scope(|s| {
+            let handles: Vec<_> = reqs
+                .iter()
+                .map(|(p, c)| {
+                    let gen = gen.clone();
+                    s.spawn(move || gen.generate(p.clone(), c))
+                })
+                .collect();
+            until_queued(&gen, reqs.len());
+            gen.inner.batcher.hold(false);
+            handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+        });
+        for (k, (a, b)) in alone.iter().zip(&together).enumerate() {
+            same(a, b, &format!("request {k}"));
+        }
+        // One after the other: no pass served both.
+        assert_eq!(gen.inner.batcher.passes() - before, n1 + n2);
+    }
+}
