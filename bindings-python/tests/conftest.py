@@ -90,7 +90,7 @@ def big_file(tmp_path_factory):
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
 
-def ticks_during(fn, period=0.005):
+def ticks_during(fn, period=0.002):
     """Runs fn() while another thread ticks every `period` s; returns (seconds fn took,
     ticks counted meanwhile). With the GIL held during fn no tick can happen."""
     ticks, stop = [], threading.Event()
@@ -102,6 +102,10 @@ def ticks_during(fn, period=0.005):
 
     t = threading.Thread(target=ticker)
     t.start()
+    # The ticker is running before fn starts (on a busy machine a new thread can
+    # take longer to be scheduled than a short fn lasts).
+    while not ticks:
+        time.sleep(0.0005)
     t0 = time.monotonic()
     try:
         fn()
