@@ -183,14 +183,19 @@ impl Model {
     /// Loads config.json and the safetensors weights (single file or sharded), or a
     /// registered GGUF file (`model.gguf`, dequantized to `opts.dtype`).
     pub fn load(source: impl ModelSource, opts: &LoadOptions) -> Result<Model> {
-        Self::load_with(source, opts, false)
+        Self::load_with(source, opts, None)
     }
 
     /// [`Model::load`]; with `quantized` (inference), the block-quantized matrices of a
-    /// GGUF file are held as q8_0 instead of dequantized (see [`gguf`]), and an f32
-    /// safetensors model's matrices are quantized to q8_0 as each is read (peak memory
-    /// near the quantized size, not the dense one).
-    pub(crate) fn load_with(source: impl ModelSource, opts: &LoadOptions, quantized: bool) -> Result<Model> {
+    /// GGUF file are held as q8_0 instead of dequantized (see [`gguf`]) and, for bf16,
+    /// its f32 / f16 / bf16 matrices as bf16; an f32 safetensors model's matrices are
+    /// quantized to that format as each is read (peak memory near the quantized size,
+    /// not the dense one).
+    pub(crate) fn load_with(
+        source: impl ModelSource,
+        opts: &LoadOptions,
+        quantized: Option<gemv::Quant>,
+    ) -> Result<Model> {
         let dir = source.model_dir();
         let adapter_hint = || {
             Error::config(
@@ -220,13 +225,13 @@ impl Model {
         }
         let config = ModelConfig::from_json(&raw_config)?;
         let gguf_file = dir.join(gguf::GGUF_FILE);
-        if quantized && opts.trainable {
+        if quantized.is_some() && opts.trainable {
             return Err(Error::Internal("quantized weights cannot be trained".into()));
         }
         let weights = if gguf::is_gguf_model(&dir) {
             load::Weights::from_gguf(&gguf_file, &config, opts.dtype, &opts.device, quantized)?
-        } else if quantized && opts.dtype == DType::F32 && opts.device.is_cpu() {
-            load::Weights::load_quantized(&dir, &opts.device, &gguf::quantize_on_load(&config)?)?
+        } else if let (Some(q), DType::F32, true) = (quantized, opts.dtype, opts.device.is_cpu()) {
+            load::Weights::load_quantized(&dir, &opts.device, &gguf::quantize_on_load(&config)?, q)?
         } else {
             load::Weights::load(&dir, opts.dtype, &opts.device)?
         };
@@ -431,13 +436,14 @@ impl Model {
         Ok(())
     }
 
-    /// Quantizes every linear layer's weight to q8_0 (inference only; adapters stay f32).
-    /// Returns the bytes the quantized layers hold.
-    pub(crate) fn quantize_q8(&mut self) -> Result<usize> {
+    /// Quantizes every linear layer's weight to `q` (inference only; adapters stay f32;
+    /// layers already quantized stay as they are). Returns the bytes the quantized
+    /// layers hold.
+    pub(crate) fn quantize(&mut self, q: gemv::Quant) -> Result<usize> {
         let mut bytes = 0;
         for (_, l) in self.linears_mut() {
             l.hold_row_major()?;
-            l.quantize_q8()?;
+            l.quantize(q)?;
             bytes += l.quantized().map_or(0, |q| q.bytes());
         }
         Ok(bytes)
@@ -472,15 +478,15 @@ impl Model {
     }
 }
 
-/// The q8_0 matrix `name` of `w` (`[out, in]`), if it is held quantized; its features
-/// must be `(in_f, out_f)`.
-pub(crate) fn load_q8(
+/// The quantized (q8_0 or bf16) matrix `name` of `w` (`[out, in]`), if it is held
+/// quantized; its features must be `(in_f, out_f)`.
+pub(crate) fn load_quant(
     w: &load::Weights,
     name: &str,
     in_f: usize,
     out_f: usize,
-) -> Result<Option<std::sync::Arc<gemv::Q8Weight>>> {
-    let Some(q) = w.q8(name) else { return Ok(None) };
+) -> Result<Option<std::sync::Arc<gemv::QuantWeight>>> {
+    let Some(q) = w.quant(name) else { return Ok(None) };
     if q.features() != (in_f, out_f) {
         return Err(Error::data(
             w.location(name),
@@ -495,9 +501,13 @@ pub(crate) fn load_q8(
 }
 
 /// Rows of the token embedding for `ids` `[b, t]` -> `[b, t, h]`: from `table`, or
-/// dequantized from `q8` when the table is held as q8_0.
-pub(crate) fn embed(table: &Tensor, q8: Option<&std::sync::Arc<gemv::Q8Weight>>, ids: &Tensor) -> Result<Tensor> {
-    let Some(q) = q8 else { return ops::embed(table, ids) };
+/// dequantized from `quant` when the table is held quantized (q8_0 or bf16).
+pub(crate) fn embed(
+    table: &Tensor,
+    quant: Option<&std::sync::Arc<gemv::QuantWeight>>,
+    ids: &Tensor,
+) -> Result<Tensor> {
+    let Some(q) = quant else { return ops::embed(table, ids) };
     let (b, t) = ids.dims2()?;
     let flat: Vec<u32> = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
     let h = q.features().0;
@@ -606,7 +616,7 @@ fn head_loss(hidden: &Tensor, head: &linear::Linear, labels: &Tensor) -> Result<
                 && !head.conv1d
                 && head.lora.as_ref().is_none_or(|l| l.merged)
         }
-        linear::Weight::Q8(_) => false,
+        linear::Weight::Quant(_) => false,
     };
     let w = match (&head.weight, fusable) {
         (linear::Weight::Dense(w), true) => w,
