@@ -502,11 +502,7 @@ pub(crate) fn load_quant(
 
 /// Rows of the token embedding for `ids` `[b, t]` -> `[b, t, h]`: from `table`, or
 /// dequantized from `quant` when the table is held quantized (q8_0 or bf16).
-pub(crate) fn embed(
-    table: &Tensor,
-    quant: Option<&std::sync::Arc<gemv::QuantWeight>>,
-    ids: &Tensor,
-) -> Result<Tensor> {
+pub(crate) fn embed(table: &Tensor, quant: Option<&std::sync::Arc<gemv::QuantWeight>>, ids: &Tensor) -> Result<Tensor> {
     let Some(q) = quant else { return ops::embed(table, ids) };
     let (b, t) = ids.dims2()?;
     let flat: Vec<u32> = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;

@@ -187,9 +187,7 @@ impl Weights {
                 // A row-major matrix is quantized row by row as it is read: no copy of
                 // the whole tensor is ever held (the token embedding is the largest).
                 if let (Some(((key, false), format)), &[rows, cols]) = (to_quantize, shape.as_slice()) {
-                    if format.fits(cols)
-                        && info.len == (rows * cols * file_dtype.size_in_bytes()) as u64
-                    {
+                    if format.fits(cols) && info.len == (rows * cols * file_dtype.size_in_bytes()) as u64 {
                         let w = quantize_rows(&mut file, rows, cols, file_dtype, format).with_path(f)?;
                         if quantized.insert(key.clone(), std::sync::Arc::new(w?)).is_some() {
                             return Err(Error::data(Location::file(f).field(name), "tensor appears in two shards"));

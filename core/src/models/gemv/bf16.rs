@@ -252,6 +252,7 @@ mod x86 {
     /// last chunk copied into zero-padded buffers.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)] // `half`, `o`, `r` index several arrays
     pub(super) fn dots_avx2<const O: usize, const R: usize>(
         len: usize,
         w: [&[u16]; O],
@@ -401,9 +402,8 @@ mod tests {
                     let r = i / out_f;
                     let o = i % out_f;
                     let wf = w.to_f32();
-                    let mag: f64 = (0..in_f)
-                        .map(|j| (f64::from(wf[o * in_f + j]) * f64::from(x[r * in_f + j])).abs())
-                        .sum();
+                    let mag: f64 =
+                        (0..in_f).map(|j| (f64::from(wf[o * in_f + j]) * f64::from(x[r * in_f + j])).abs()).sum();
                     assert!(
                         (f64::from(got) - exact).abs() <= (in_f / LANES + 5) as f64 * 6e-8 * mag,
                         "in {in_f} out {out_f} ({r}, {o}): {got} vs {exact}"
