@@ -1121,9 +1121,7 @@ mod tests {
             assert_eq!(head.quantized().map(|q| q.format()), Some(gemv::Quant::Bf16), "{name} head");
             // The same model with its matrices rounded to bf16, as f32 weights.
             let tmp = tempfile::tempdir().unwrap();
-            for f in ["config.json"] {
-                std::fs::copy(dir.join(f), tmp.path().join(f)).unwrap();
-            }
+            std::fs::copy(dir.join("config.json"), tmp.path().join("config.json")).unwrap();
             let matrices = gguf::quantize_on_load(f32_model.config()).unwrap();
             let mut tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
             for (k, t) in tensors.iter_mut() {
