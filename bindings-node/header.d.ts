@@ -555,8 +555,12 @@ export interface GeneratorOptions {
   dtype?: 'f32' | 'bf16' | 'f16'
   /** Record every call in the catalog (default true). */
   record?: boolean
-  /** Hold the linear layers' weights as q8_0 (8-bit blocks of 32, one scale each). */
-  quantize?: 'q8_0'
+  /**
+   * Hold the linear layers' weights as q8_0 (8-bit blocks of 32, one scale each) or
+   * bf16 (bfloat16, f32 activations and sums: outputs differ from f32 only by the
+   * weights' rounding). Both need `dtype` `f32`.
+   */
+  quantize?: 'q8_0' | 'bf16'
 }
 
 /** Settings of one request; unset ones come from the model's generation_config.json, then the defaults (greedy, 256 tokens). */

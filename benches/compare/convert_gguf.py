@@ -1,7 +1,7 @@
 """Converts a bench model dir to GGUF with the converter that llama-cpp-python's source
-package ships (unpacked by run_generate.sh into llama.cpp-src/), at f32 or q8_0.
+package ships (unpacked by run_generate.sh into llama.cpp-src/), at f32, bf16 or q8_0.
 
-    python convert_gguf.py --model DIR --outtype f32|q8_0 --out FILE.gguf
+    python convert_gguf.py --model DIR --outtype f32|bf16|q8_0 --out FILE.gguf
 
 Runs with the PyTorch venv (the converter imports torch). The bench tokenizer is a freshly
 made byte-level BPE whose hash the converter cannot know, so its pre-tokenizer is given
@@ -20,7 +20,7 @@ sys.path[:0] = [SRC, os.path.join(SRC, "gguf-py")]
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
-    ap.add_argument("--outtype", choices=["f32", "q8_0"], required=True)
+    ap.add_argument("--outtype", choices=["f32", "bf16", "q8_0"], required=True)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     from conversion import base  # noqa: E402

@@ -33,7 +33,7 @@ def roofline_table(rows, single, idle):
         "tiny": [(256, 768), (256, 256), (256, 1024), (1024, 256)] * 4 + [(8192, 256)],
         "small": [(512, 512)] * 32 + [(512, 1376), (512, 1376), (1376, 512)] * 8 + [(32000, 512)],
     }
-    per_weight = {"f32": 4.0, "q8_0": 34.0 / 32.0}
+    per_weight = {"f32": 4.0, "bf16": 2.0, "q8_0": 34.0 / 32.0}
 
     def bytes_per_token(config, dtype):
         return sum(a * b for a, b in shapes[config]) * per_weight[dtype]

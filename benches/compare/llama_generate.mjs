@@ -2,7 +2,7 @@
 // binaries (no compiler: the package tests/llamacpp installs), for machines where
 // llama-cpp-python (which compiles llama.cpp, ~11 min on 2 cores) is not installed.
 //
-//   node benches/compare/llama_generate.mjs --gguf FILE --config NAME --dtype f32|q8_0 \
+//   node benches/compare/llama_generate.mjs --gguf FILE --config NAME --dtype f32|bf16|q8_0 \
 //        [--prompt-tokens 16] [--new-tokens 128] [--runs 3]
 //
 // The protocol of llama_generate.py: batch 1, greedy, exactly `new_tokens` new tokens
@@ -26,7 +26,7 @@ const args = Object.fromEntries(
 );
 for (const need of ["gguf", "config", "dtype"]) {
   if (!args[need]) {
-    console.error(`missing --${need}; usage: node llama_generate.mjs --gguf FILE --config NAME --dtype f32|q8_0`);
+    console.error(`missing --${need}; usage: node llama_generate.mjs --gguf FILE --config NAME --dtype f32|bf16|q8_0`);
     process.exit(2);
   }
 }

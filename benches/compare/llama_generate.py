@@ -1,7 +1,7 @@
 """llama.cpp peer (through llama-cpp-python) of anneal's decode benchmark.
 
-    python llama_generate.py --model DIR --config NAME --dtype f32|q8_0 [--prompt-tokens 16] [--new-tokens 128] [--runs 3]
-    python llama_generate.py --gguf FILE --config NAME --dtype f32|q8_0 [...]
+    python llama_generate.py --model DIR --config NAME --dtype f32|bf16|q8_0 [--prompt-tokens 16] [--new-tokens 128] [--runs 3]
+    python llama_generate.py --gguf FILE --config NAME --dtype f32|bf16|q8_0 [...]
     python llama_generate.py ... --batch N
 
 With --model, the HF dir made by gen_model.py is converted to DIR/model-<dtype>.gguf first
@@ -57,7 +57,7 @@ def main():
     src.add_argument("--model", help="HF dir from gen_model.py (converted and cached as DIR/model-<dtype>.gguf)")
     src.add_argument("--gguf", help="a GGUF file")
     ap.add_argument("--config", required=True)
-    ap.add_argument("--dtype", choices=["f32", "q8_0"], required=True)
+    ap.add_argument("--dtype", choices=["f32", "bf16", "q8_0"], required=True)
     ap.add_argument("--convert-python", default=os.path.join(HERE, ".venv", "bin", "python"))
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=128)

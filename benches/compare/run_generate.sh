@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Side-by-side decode benchmark: anneal vs transformers' generate vs llama.cpp (f32 and
-# q8_0), batch 1, a 16-token prompt, 128 new tokens, greedy, 2 threads, same random
+# Side-by-side decode benchmark: anneal vs transformers' generate vs llama.cpp (f32, bf16
+# and q8_0 weights; DTYPES="f32 q8_0" to leave bf16 out), batch 1, a 16-token prompt, 128 new tokens, greedy, 2 threads, same random
 # weights, same machine, same run; plus this machine's read bandwidth and each result's
 # share of the decode roofline (weight bytes per token / bandwidth).
 #
@@ -22,6 +22,9 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 runs="${1:-3}"
+# Weight types: anneal's `--dtype` (bf16 and q8_0: f32 compute on bf16 / q8_0 weights,
+# GeneratorOptions::quantize) and the llama.cpp peer's GGUF (convert_gguf.py --outtype).
+dtypes="${DTYPES:-f32 bf16 q8_0}"
 export CARGO_BUILD_TARGET="$(rustc -vV | sed -n 's/host: //p')"
 # PYTHON: a Python with torch and transformers (default: benches/compare/.venv, created
 # when missing).
@@ -80,7 +83,7 @@ fi
 for config in tiny small; do
   model="$here/models/$config"
   "$py" "$here/gen_model.py" --config "$config" --out "$model"
-  for dtype in f32 q8_0; do
+  for dtype in $dtypes; do
     gguf="$model/model-$dtype.gguf"
     if [ ! "$gguf" -nt "$model/bench.json" ]; then
       "$py" "$here/convert_gguf.py" --model "$model" --outtype "$dtype" --out "$gguf" >/dev/null 2>&1 \
@@ -95,12 +98,12 @@ guard_start
 for config in tiny small; do
   model="$here/models/$config"
   if [ "$has_anneal" = 1 ]; then
-    for dtype in f32 q8_0; do
+    for dtype in $dtypes; do
       "$bin/generate" --model "$model" --config "$config" --dtype "$dtype" --runs "$runs" | tee -a "$out"
     done
   fi
   "$py" "$here/torch_generate.py" --model "$model" --config "$config" --runs "$runs" 2>/dev/null | tee -a "$out"
-  for dtype in f32 q8_0; do
+  for dtype in $dtypes; do
     if [ "$peer" = python ]; then
       "$here/.venv-llama/bin/python" "$here/llama_generate.py" --model "$model" --config "$config" --dtype "$dtype" \
         --runs "$runs" | tee -a "$out"
@@ -112,14 +115,14 @@ for config in tiny small; do
   for n in $batches; do
     if [ "$has_anneal" = 1 ]; then
       for mode in --batch --concurrent; do
-        for dtype in f32 q8_0; do
+        for dtype in $dtypes; do
           "$bin/generate" --model "$model" --config "$config" --dtype "$dtype" --runs "$runs" "$mode" "$n" \
             | tee -a "$out"
         done
       done
     fi
     if [ "$peer" = python ]; then
-      for dtype in f32 q8_0; do
+      for dtype in $dtypes; do
         "$here/.venv-llama/bin/python" "$here/llama_generate.py" --model "$model" --config "$config" \
           --dtype "$dtype" --runs "$runs" --batch "$n" | tee -a "$out"
       done

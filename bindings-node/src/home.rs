@@ -90,7 +90,7 @@ impl Home {
 
     /// Loads a registered model (id or reference) for generation, off the event loop.
     /// Options: `mergeAdapter` (default true), `dtype` (`f32`, `bf16`, `f16`), `record`
-    /// (default true), `quantize` (`q8_0`).
+    /// (default true), `quantize` (`q8_0` or `bf16`, with `dtype` `f32`).
     #[napi(catch_unwind, ts_return_type = "Promise<Generator>")]
     pub fn generator(
         &self,

@@ -505,6 +505,50 @@ fn q8_0_weights_stay_close_to_f32() {
     }
 }
 
+/// `quantize: "bf16"`: the weights rounded to bfloat16, activations and sums in f32.
+/// Losses within 0.5% of f32's, the same greedy tokens as f32 on the fixtures' reference
+/// prompts (their top-1 margins are far above bf16's rounding), batch rows equal to
+/// single calls, adapters merged first or kept separate, and the options it refuses.
+#[test]
+fn bf16_weights_stay_close_to_f32() {
+    let env = Env::new();
+    let (base, lora) = env.register_lora();
+    let bf = GeneratorOptions { quantize: Some("bf16".into()), ..Default::default() };
+    let texts = ["hello world, how are you today?", "the cat sat on the mat"];
+    let gpt2 = env.register("tiny-gpt2");
+    for model in [&base, &lora, &gpt2] {
+        let f = env.home.generator(&model.id, &GeneratorOptions::default()).unwrap();
+        let q = env.home.generator(&model.id, &bf).unwrap();
+        for (a, b) in f.score(&texts).unwrap().iter().zip(q.score(&texts).unwrap()) {
+            assert!((a.loss - b.loss).abs() < 0.005 * a.loss, "{} vs {}", a.loss, b.loss);
+            assert_ne!(a.loss, b.loss, "the bf16 weights are in use");
+        }
+        let r = reference(if model.id == gpt2.id { "tiny-gpt2" } else { "tiny-llama" });
+        let prompt = u32s(&r["input_ids"]);
+        let want = f.generate(prompt.clone(), &greedy(12)).unwrap();
+        assert_eq!(q.generate(prompt, &greedy(12)).unwrap().token_ids, want.token_ids);
+        // A row of a batch gets the tokens it gets alone.
+        let prompts = ["a", "the quick brown fox", "hello there, world", "xyz"];
+        for (p, b) in prompts.iter().zip(q.generate_batch(&prompts, &greedy(16)).unwrap()) {
+            assert_eq!(b.token_ids, q.generate(*p, &greedy(16)).unwrap().token_ids, "prompt {p:?}");
+        }
+    }
+    // Adapters kept separate run in f32 on the bf16 base.
+    let sep = GeneratorOptions { merge_adapter: false, ..bf.clone() };
+    let q = env.home.generator(&lora.id, &sep).unwrap();
+    assert_eq!(q.generate("hi", &greedy(5)).unwrap().generated_tokens, 5);
+    // bf16 weights with a bf16 or f16 compute dtype: refused (the whole model in bf16
+    // is `dtype: "bf16"` alone); an unknown value names both formats.
+    for dtype in ["bf16", "f16"] {
+        let e = env.home.generator(&base.id, &GeneratorOptions { dtype: dtype.into(), ..bf.clone() }).unwrap_err();
+        assert!(matches!(&e, Error::InvalidConfig { field, .. } if field == "quantize"), "{e}");
+        assert!(e.to_string().contains("f32"), "{e}");
+    }
+    let e = env.home.generator(&base.id, &GeneratorOptions { quantize: Some("fp8".into()), ..Default::default() });
+    let e = e.unwrap_err();
+    assert!(e.to_string().contains("q8_0") && e.to_string().contains("bf16"), "{e}");
+}
+
 #[test]
 fn generate_with_reports_a_task_and_can_be_cancelled() {
     use anneal::{CancelToken, Event, EventSink, FinishStatus, RecordingSink};

@@ -133,6 +133,13 @@ fn gpt2_and_qwen2_round_trip() {
         assert_eq!((rec.family, rec.model_type.as_str()), (orig.family, orig.model_type.as_str()));
         assert_eq!(greedy(&h, &rec.reference(), None), want_f32, "{fixture} f32");
         same_token_ids(&orig, &rec);
+        // `quantize: "bf16"` on an f32 or bf16 file: its matrices rounded to (or taken
+        // as) bf16, as the safetensors original's are.
+        let want_bf16 = greedy(&h, fixture, Some("bf16"));
+        assert_eq!(greedy(&h, &rec.reference(), Some("bf16")), want_bf16, "{fixture} f32 file as bf16");
+        let f = export(&h, &orig, GgufType::Bf16, &d.path().join(format!("{fixture}-bf16.gguf")));
+        let bf = h.models().register_file(&f, &named(&format!("{fixture}-bf16"))).unwrap();
+        assert_eq!(greedy(&h, &bf.reference(), Some("bf16")), want_bf16, "{fixture} bf16 file");
         let f = export(&h, &orig, GgufType::Q8_0, &d.path().join(format!("{fixture}-q8.gguf")));
         let rec = h.models().register_file(&f, &named(&format!("{fixture}-q8"))).unwrap();
         assert_eq!(greedy(&h, &rec.reference(), None), want_q8, "{fixture} q8_0");

@@ -2,7 +2,7 @@
 //! a 16-token prompt, 128 new tokens, greedy, EOS ignored.
 //!
 //! Run:    cargo run --release -p anneal-benches --bin generate -- --model DIR --config tiny|small
-//!           [--prompt-tokens 16] [--new-tokens 128] [--runs 3] [--dtype f32|q8_0]
+//!           [--prompt-tokens 16] [--new-tokens 128] [--runs 3] [--dtype f32|bf16|q8_0]
 //!           [--batch N | --concurrent N]
 //! Output: one JSON line (same keys as benches/compare/torch_generate.py and
 //!         llama_generate.py): time to first token, decode tokens/s (median of runs),
@@ -171,7 +171,7 @@ fn main() -> anyhow::Result<()> {
     if args.iter().any(|a| a == "--help") {
         println!(
             "generate --model DIR --config NAME [--prompt-tokens 16] [--new-tokens 128] [--runs 3] \
-             [--dtype f32|bf16|q8_0] [--batch N | --concurrent N]"
+             [--dtype f32|bf16|q8_0|f16|bf16-compute] [--batch N | --concurrent N]"
         );
         return Ok(());
     }
@@ -195,9 +195,12 @@ fn main() -> anyhow::Result<()> {
     let opts = RegisterOptions { storage: Storage::Reference, ..Default::default() };
     let rec = home.models().register_dir(&model_dir, &opts)?;
     let rss_loaded_before = status_kib("VmRSS:") / 1024.0;
-    // `--dtype q8_0`: f32 compute with q8_0 weights (GeneratorOptions::quantize).
+    // `--dtype q8_0` / `bf16`: f32 compute with q8_0 or bf16 weights
+    // (GeneratorOptions::quantize); `bf16-compute`: the whole model in candle's bf16
+    // (`dtype: "bf16"`), `f16` likewise.
     let opts = match dtype.as_str() {
-        "q8_0" => GeneratorOptions { record: false, quantize: Some("q8_0".into()), ..Default::default() },
+        q @ ("q8_0" | "bf16") => GeneratorOptions { record: false, quantize: Some(q.into()), ..Default::default() },
+        "bf16-compute" => GeneratorOptions { record: false, dtype: "bf16".into(), ..Default::default() },
         other => GeneratorOptions { record: false, dtype: other.into(), ..Default::default() },
     };
     let gen = home.generator(&rec.id, &opts)?;

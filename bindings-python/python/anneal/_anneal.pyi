@@ -255,7 +255,7 @@ class Home:
         merge_adapter: bool | None = None,
         dtype: Literal["f32", "bf16", "f16"] | None = None,
         record: bool | None = None,
-        quantize: Literal["q8_0"] | None = None,
+        quantize: Literal["q8_0", "bf16"] | None = None,
     ) -> Generator: ...
     def image_generator(
         self,
@@ -1050,7 +1050,7 @@ class Generator:
         merge_adapter: bool | None = None,
         dtype: Literal["f32", "bf16", "f16"] | None = None,
         record: bool | None = None,
-        quantize: Literal["q8_0"] | None = None,
+        quantize: Literal["q8_0", "bf16"] | None = None,
     ) -> Generator: ...
     def generate(
         self,

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
+mod bf16;
 #[cfg(target_arch = "x86_64")]
 mod q8tiles;
 #[cfg(target_arch = "x86_64")]
@@ -103,7 +104,6 @@ fn linear_rows(x: &[f32], w: &[f32], n: usize, in_f: usize, out_f: usize) -> Vec
 /// Calls the caller's `$tile!(o, r, weight rows, input rows)` macro with the tile shape
 /// as literals (one monomorphised kernel per shape; [`for_each_tile`] makes shapes up to
 /// 4 x 4, and 8 x 1).
-#[cfg(target_arch = "x86_64")]
 macro_rules! by_shape {
     ($tile:ident, $o:expr, $r:expr, $nw:expr, $nr:expr) => {{
         let (o, r) = ($o, $r);
@@ -128,6 +128,7 @@ macro_rules! by_shape {
         }
     }};
 }
+use by_shape;
 
 /// The tiles of a block of `outs` weight rows by `n` input rows, as `(first weight row,
 /// first input row, weight rows, input rows)`: `out_tile` x `row_tile` tiles and smaller
@@ -135,7 +136,6 @@ macro_rules! by_shape {
 /// rows at a time (decoding streams the weight: that many accumulators in flight). The
 /// kernels sum every (row, output) pair the same way whatever its tile, so the schedule
 /// changes speed only.
-#[cfg(target_arch = "x86_64")]
 fn for_each_tile(
     outs: usize,
     n: usize,
@@ -414,6 +414,117 @@ impl Q8Weight {
         });
         let y = if n == 1 { yt } else { transpose(&yt, out_f, n) };
         Ok(Tensor::from_vec(y, (n, out_f), x.device())?)
+    }
+}
+
+/// A compact format for a linear layer's weight at inference (`GeneratorOptions::quantize`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Quant {
+    /// GGML's q8_0: 8-bit values in blocks of 32, one scale each ([`Q8Weight`]).
+    Q8_0,
+    /// bfloat16 values, f32 activations and sums ([`Bf16Weight`]).
+    Bf16,
+}
+
+impl Quant {
+    /// The option's spelling (`q8_0`, `bf16`).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Quant::Q8_0 => "q8_0",
+            Quant::Bf16 => "bf16",
+        }
+    }
+
+    /// Whether a matrix of `in_f` input features can be held in this format (q8_0:
+    /// whole blocks of 32; bf16: any).
+    pub(crate) fn fits(self, in_f: usize) -> bool {
+        match self {
+            Quant::Q8_0 => in_f.is_multiple_of(Q8_BLOCK),
+            Quant::Bf16 => true,
+        }
+    }
+
+    /// Bytes of a `[out, in]` matrix in this format (`fits` assumed).
+    pub(crate) fn bytes(self, elements: u128) -> u128 {
+        match self {
+            Quant::Q8_0 => elements / Q8_BLOCK as u128 * (Q8_BLOCK as u128 + 4),
+            Quant::Bf16 => 2 * elements,
+        }
+    }
+}
+
+pub(crate) use bf16::Bf16Weight;
+
+/// A linear layer's weight `[out, in]` held for inference only, in one of the [`Quant`]
+/// formats, with no dense copy beside it.
+#[derive(Debug)]
+pub(crate) enum QuantWeight {
+    Q8(Q8Weight),
+    Bf16(Bf16Weight),
+}
+
+impl QuantWeight {
+    /// `w` (`[out, in]`) in format `q` (q8_0: `in` a multiple of 32).
+    pub(crate) fn quantize(w: &Tensor, q: Quant) -> Result<Self> {
+        Ok(match q {
+            Quant::Q8_0 => Self::Q8(Q8Weight::quantize(w)?),
+            Quant::Bf16 => Self::Bf16(Bf16Weight::quantize(w)?),
+        })
+    }
+
+    /// `[out, in]` from its rows' f32 values (row-major) in format `q`.
+    pub(crate) fn from_f32(out_f: usize, in_f: usize, data: &[f32], q: Quant) -> Result<Self> {
+        Ok(match q {
+            Quant::Q8_0 => Self::Q8(Q8Weight::from_f32(out_f, in_f, data)?),
+            Quant::Bf16 => Self::Bf16(Bf16Weight::from_f32(out_f, in_f, data)?),
+        })
+    }
+
+    pub(crate) fn format(&self) -> Quant {
+        match self {
+            Self::Q8(_) => Quant::Q8_0,
+            Self::Bf16(_) => Quant::Bf16,
+        }
+    }
+
+    /// (in_features, out_features).
+    pub(crate) fn features(&self) -> (usize, usize) {
+        match self {
+            Self::Q8(q) => q.features(),
+            Self::Bf16(b) => b.features(),
+        }
+    }
+
+    /// Rows `ids` as f32, one after the other (an embedding lookup).
+    pub(crate) fn rows_f32(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        match self {
+            Self::Q8(q) => q.rows_f32(ids),
+            Self::Bf16(b) => b.rows_f32(ids),
+        }
+    }
+
+    /// Every value as f32, `[out, in]` row-major.
+    pub(crate) fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Self::Q8(q) => q.to_f32(),
+            Self::Bf16(b) => b.to_f32(),
+        }
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Self::Q8(q) => q.bytes(),
+            Self::Bf16(b) => b.bytes(),
+        }
+    }
+
+    /// `x W^T` for `x` `[n, in]` (f32 out).
+    pub(crate) fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Q8(q) => q.matmul(x),
+            Self::Bf16(b) => b.matmul(x),
+        }
     }
 }
 

@@ -16,7 +16,9 @@
 //!   block-quantized type become [`Q8Weight`]s with no dense copy. q8_0 blocks are taken
 //!   as they are (their f16 scales widened to f32); q4_0, q5_0, q4_K and q6_K are
 //!   dequantized one tensor at a time and requantized to q8_0, so memory stays near
-//!   the q8_0 size and decoding runs the q8_0 kernel. Everything else is dense f32.
+//!   the q8_0 size and decoding runs the q8_0 kernel. Loaded for bf16
+//!   (`quantize: "bf16"`), the f32 / f16 / bf16 matrices become [`Bf16Weight`]s, one
+//!   tensor at a time (bf16 values kept as they are). Everything else is dense f32.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use super::config::ModelConfig;
-use super::gemv::{Q8Weight, Q8_BLOCK};
+use super::gemv::{Bf16Weight, Q8Weight, Quant, QuantWeight, Q8_BLOCK};
 use super::load::{QuantizeOnLoad, Weights};
 use crate::error::{Error, Location, Result};
 use crate::gguf::{self, GgmlType, GgufFile};
@@ -148,7 +150,7 @@ pub(crate) fn tensor_map(cfg: &ModelConfig) -> Result<Vec<Mapped>> {
 }
 
 /// The matrices of `cfg` (linear weights, the token embedding) that a safetensors
-/// model holds as q8_0 when it loads for quantized inference, under their file names
+/// model holds quantized when it loads for quantized inference, under their file names
 /// (GPT-2's also without `transformer.`, as Hub checkpoints store them).
 pub(crate) fn quantize_on_load(cfg: &ModelConfig) -> Result<QuantizeOnLoad> {
     let mut out = HashMap::new();
@@ -162,16 +164,17 @@ pub(crate) fn quantize_on_load(cfg: &ModelConfig) -> Result<QuantizeOnLoad> {
     Ok(out)
 }
 
-/// Bytes of `cfg`'s weights loaded that way: q8_0 matrices (36 bytes per 32 values;
-/// rows that are not whole blocks stay f32), everything else f32.
-pub(crate) fn quantized_bytes(cfg: &ModelConfig) -> Result<u128> {
+/// Bytes of `cfg`'s weights loaded that way in format `quant`: q8_0 matrices (36 bytes
+/// per 32 values; rows that are not whole blocks stay f32) or bf16 ones (2 bytes per
+/// value), everything else f32.
+pub(crate) fn quantized_bytes(cfg: &ModelConfig, quant: Quant) -> Result<u128> {
     Ok(tensor_map(cfg)?
         .iter()
         .map(|m| {
             let n = m.shape.iter().product::<usize>() as u128;
             let in_f = if m.layout == Layout::Transposed { m.shape.first() } else { m.shape.last() };
-            if m.matrix && in_f.is_some_and(|&i| i.is_multiple_of(Q8_BLOCK)) {
-                n / Q8_BLOCK as u128 * (Q8_BLOCK as u128 + 4)
+            if m.matrix && in_f.is_some_and(|&i| quant.fits(i)) {
+                quant.bytes(n)
             } else {
                 4 * n
             }
@@ -271,6 +274,21 @@ fn q8_of(file: &GgufFile, m: &Mapped, ty: GgmlType) -> Result<Q8Weight> {
     Q8Weight::from_f32(out_f, in_f, &x)
 }
 
+/// A matrix of type f32, f16 or bf16 as a [`Bf16Weight`] `[out, in]` (transformers' row
+/// order; a Conv1D weight as its transpose, which is how the GGUF holds it).
+fn bf16_of(file: &GgufFile, m: &Mapped) -> Result<Bf16Weight> {
+    let (out_f, in_f) = match m.layout {
+        Layout::Transposed => (m.shape[1], m.shape[0]),
+        _ => (m.shape[0], m.shape[1]),
+    };
+    let x = file.tensor_f32(&m.gguf)?;
+    let x = match m.layout {
+        Layout::Rope { .. } => to_hf(x, m),
+        _ => x,
+    };
+    Bf16Weight::from_f32(out_f, in_f, &x)
+}
+
 /// What loading the GGUF model in `dir` for inference takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct GgufLoad {
@@ -308,31 +326,38 @@ pub(crate) fn keeps_quantized(ty: GgmlType) -> bool {
 
 impl Weights {
     /// The weights of `cfg` from GGUF file `path`: every tensor dense in `dtype`, or
-    /// with `quantized`, the block-quantized matrices as q8_0 (see the module doc).
+    /// with `quantized`, the block-quantized matrices as q8_0 and, for bf16, the float
+    /// matrices as bf16 (see the module doc).
     pub(crate) fn from_gguf(
         path: &Path,
         cfg: &ModelConfig,
         dtype: DType,
         device: &Device,
-        quantized: bool,
+        quantized: Option<Quant>,
     ) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let mut tensors = HashMap::new();
-        let mut q8 = HashMap::new();
+        let mut quant = HashMap::new();
         for m in tensor_map(cfg)? {
             let info = file.tensor(&m.gguf).ok_or_else(|| {
                 Error::data(Location::file(path).field(&m.gguf), "missing tensor required by config.json")
             })?;
-            if quantized && m.matrix && keeps_quantized(info.ty) && device.is_cpu() && info.dims == m.ggml_dims() {
-                q8.insert(m.hf.clone(), Arc::new(q8_of(&file, &m, info.ty)?));
-                continue;
+            if let (Some(q), true) = (quantized, m.matrix && device.is_cpu() && info.dims == m.ggml_dims()) {
+                if keeps_quantized(info.ty) {
+                    quant.insert(m.hf.clone(), Arc::new(QuantWeight::Q8(q8_of(&file, &m, info.ty)?)));
+                    continue;
+                }
+                if q == Quant::Bf16 {
+                    quant.insert(m.hf.clone(), Arc::new(QuantWeight::Bf16(bf16_of(&file, &m)?)));
+                    continue;
+                }
             }
             let x = hf_values(&file, &m)?;
             let t = Tensor::from_vec(x, m.shape.as_slice(), device)?;
             let t = if dtype == DType::F32 { t } else { t.to_dtype(dtype)? };
             tensors.insert(m.hf, t);
         }
-        Ok(Weights::from_parts(tensors, q8, path.to_path_buf(), dtype))
+        Ok(Weights::from_parts(tensors, quant, path.to_path_buf(), dtype))
     }
 }
 

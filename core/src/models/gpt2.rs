@@ -7,7 +7,7 @@ use candle_core::{Tensor, D};
 
 use super::cache::KvCache;
 use super::config::{Activation, ModelConfig};
-use super::gemv::Q8Weight;
+use super::gemv::QuantWeight;
 use super::linear::Linear;
 use super::load::Weights;
 use super::{ops, ForwardMode, Params};
@@ -23,9 +23,9 @@ pub(crate) struct Block {
 }
 
 pub(crate) struct Gpt2 {
-    /// An empty placeholder when the table is held as q8_0 (`wte_q8`).
+    /// An empty placeholder when the table is held quantized (`wte_quant`).
     wte: Tensor,
-    wte_q8: Option<Arc<Q8Weight>>,
+    wte_quant: Option<Arc<QuantWeight>>,
     wpe: Tensor,
     blocks: Vec<Block>,
     ln_f: (Tensor, Tensor),
@@ -50,14 +50,14 @@ impl Gpt2 {
         let conv = |p: &mut Params, name: &str, i: usize, o: usize| -> Result<Linear> {
             let bias = get(p, &format!("{name}.bias"), &[o])?;
             // Held as `[out, in]` already (a GGUF file's layout).
-            if let Some(q) = super::load_q8(w, &format!("{PREFIX}{name}.weight"), i, o)? {
-                return Ok(Linear::q8(q, Some(bias), true));
+            if let Some(q) = super::load_quant(w, &format!("{PREFIX}{name}.weight"), i, o)? {
+                return Ok(Linear::quant(q, Some(bias), true));
             }
             let weight = get(p, &format!("{name}.weight"), &[i, o])?;
             Ok(Linear::new(weight, Some(bias), true))
         };
-        let wte_q8 = super::load_q8(w, &format!("{PREFIX}wte.weight"), h, cfg.vocab_size)?;
-        let wte = match &wte_q8 {
+        let wte_quant = super::load_quant(w, &format!("{PREFIX}wte.weight"), h, cfg.vocab_size)?;
+        let wte = match &wte_quant {
             Some(_) => Tensor::zeros(0, w.dtype(), &candle_core::Device::Cpu)?,
             None => get(p, "wte.weight", &[cfg.vocab_size, h])?,
         };
@@ -75,13 +75,13 @@ impl Gpt2 {
             });
         }
         let ln_f = ln(p, "ln_f")?;
-        Ok(Self { wte, wte_q8, wpe, blocks, ln_f, cfg: cfg.clone() })
+        Ok(Self { wte, wte_quant, wpe, blocks, ln_f, cfg: cfg.clone() })
     }
 
     /// The LM head: the token embedding, tied.
     pub(crate) fn head(&self) -> Linear {
-        match &self.wte_q8 {
-            Some(q) => Linear::q8(q.clone(), None, false),
+        match &self.wte_quant {
+            Some(q) => Linear::quant(q.clone(), None, false),
             None => Linear::new(self.wte.clone(), None, false),
         }
     }
@@ -102,7 +102,7 @@ impl Gpt2 {
         let train = mode == ForwardMode::Train;
         let h = cfg.hidden_size;
         let (nh, hd) = (cfg.num_attention_heads, cfg.head_dim);
-        let tok = super::embed(&self.wte, self.wte_q8.as_ref(), ids)?;
+        let tok = super::embed(&self.wte, self.wte_quant.as_ref(), ids)?;
         let mut x = match cache.as_ref().filter(|_| p.padded) {
             Some(c) => {
                 let pos: Vec<u32> = c.positions(t).into_iter().map(|p| p as u32).collect();
@@ -165,8 +165,8 @@ impl Gpt2 {
 
     /// Every weight under its transformers name (for saving).
     pub(crate) fn named_weights(&self) -> Result<Vec<(String, Tensor)>> {
-        let wte = match &self.wte_q8 {
-            Some(q) => Linear::q8(q.clone(), None, false).stored_weight()?,
+        let wte = match &self.wte_quant {
+            Some(q) => Linear::quant(q.clone(), None, false).stored_weight()?,
             None => self.wte.clone(),
         };
         let mut out = vec![(format!("{PREFIX}wte.weight"), wte), (format!("{PREFIX}wpe.weight"), self.wpe.clone())];

@@ -2,8 +2,8 @@
 //!
 //! The base weight is a plain `Tensor` (frozen, no gradient) unless the model was
 //! loaded for full fine-tuning, in which case it is a `Var`'s tensor; or, for
-//! inference, q8_0 blocks only ([`Weight::Q8`]: quantized at load time, or read from a
-//! GGUF file as they are), with no dense copy beside them. A and B are `Var`s.
+//! inference, q8_0 blocks or bf16 values only ([`Weight::Quant`]: quantized at load
+//! time, or read from a GGUF file), with no dense copy beside them. A and B are `Var`s.
 
 use std::sync::Arc;
 
@@ -28,8 +28,8 @@ pub(crate) struct LoraAdapter {
 pub(crate) enum Weight {
     /// `[out, in]`, or `[in, out]` for a Conv1D layer (see [`Linear::conv1d`]).
     Dense(Tensor),
-    /// `[out, in]` in q8_0 blocks (inference only).
-    Q8(Arc<gemv::Q8Weight>),
+    /// `[out, in]` as q8_0 blocks or bf16 values (inference only).
+    Quant(Arc<gemv::QuantWeight>),
 }
 
 /// A linear layer. `conv1d` marks GPT-2's Conv1D layout (weight stored `[in, out]`).
@@ -48,23 +48,25 @@ impl Linear {
         Self { weight: Weight::Dense(weight), bias, conv1d, lora: None, transposed: false }
     }
 
-    /// A q8_0 layer (inference only); `transposed`: a Conv1D module held `[out, in]`.
-    pub(crate) fn q8(weight: Arc<gemv::Q8Weight>, bias: Option<Tensor>, transposed: bool) -> Self {
-        Self { weight: Weight::Q8(weight), bias, conv1d: false, lora: None, transposed }
+    /// A quantized layer (inference only); `transposed`: a Conv1D module held `[out, in]`.
+    pub(crate) fn quant(weight: Arc<gemv::QuantWeight>, bias: Option<Tensor>, transposed: bool) -> Self {
+        Self { weight: Weight::Quant(weight), bias, conv1d: false, lora: None, transposed }
     }
 
-    /// The dense weight (an internal error for a q8_0 layer).
+    /// The dense weight (an internal error for a quantized layer).
     pub(crate) fn dense(&self) -> Result<&Tensor> {
         match &self.weight {
             Weight::Dense(t) => Ok(t),
-            Weight::Q8(_) => Err(Error::Internal("a q8_0 linear layer has no dense weight".into())),
+            Weight::Quant(q) => {
+                Err(Error::Internal(format!("a {} linear layer has no dense weight", q.format().name())))
+            }
         }
     }
 
-    /// The q8_0 weight, if the layer holds one.
-    pub(crate) fn quantized(&self) -> Option<&Arc<gemv::Q8Weight>> {
+    /// The quantized weight, if the layer holds one.
+    pub(crate) fn quantized(&self) -> Option<&Arc<gemv::QuantWeight>> {
         match &self.weight {
-            Weight::Q8(q) => Some(q),
+            Weight::Quant(q) => Some(q),
             Weight::Dense(_) => None,
         }
     }
@@ -81,25 +83,26 @@ impl Linear {
         Ok(())
     }
 
-    /// Replaces the weight by its q8_0 quantization (inference only; after
-    /// [`Linear::hold_row_major`]). Layers whose input size is not a multiple of 32 stay dense.
-    pub(crate) fn quantize_q8(&mut self) -> Result<()> {
+    /// Replaces a dense weight by its quantization to `q` (inference only; after
+    /// [`Linear::hold_row_major`]). For q8_0, layers whose input size is not a multiple
+    /// of 32 stay dense; a layer already quantized stays as it is.
+    pub(crate) fn quantize(&mut self, q: gemv::Quant) -> Result<()> {
         let (in_f, _) = self.features()?;
         let Weight::Dense(w) = &self.weight else { return Ok(()) };
-        if self.conv1d || in_f % gemv::Q8_BLOCK != 0 {
+        if self.conv1d || !q.fits(in_f) {
             return Ok(());
         }
-        let q = gemv::Q8Weight::quantize(w)?;
-        self.weight = Weight::Q8(Arc::new(q));
+        let w = gemv::QuantWeight::quantize(w, q)?;
+        self.weight = Weight::Quant(Arc::new(w));
         Ok(())
     }
 
     /// The weight in its file layout (Conv1D `[in, out]` again if held transposed); a
-    /// q8_0 weight dequantized.
+    /// quantized weight dequantized to f32.
     pub(crate) fn stored_weight(&self) -> Result<Tensor> {
         let w = match &self.weight {
             Weight::Dense(w) => w.clone(),
-            Weight::Q8(q) => {
+            Weight::Quant(q) => {
                 let (in_f, out_f) = q.features();
                 Tensor::from_vec(q.to_f32(), (out_f, in_f), &candle_core::Device::Cpu)?
             }
@@ -110,7 +113,7 @@ impl Linear {
     /// (in_features, out_features).
     pub(crate) fn features(&self) -> Result<(usize, usize)> {
         match &self.weight {
-            Weight::Q8(q) => Ok(q.features()),
+            Weight::Quant(q) => Ok(q.features()),
             Weight::Dense(w) => {
                 let (d0, d1) = w.dims2()?;
                 Ok(if self.conv1d { (d0, d1) } else { (d1, d0) })
@@ -145,12 +148,12 @@ impl Linear {
             Weight::Dense(w) => {
                 train && fused::usable(x) && fused::usable(w) && self.bias.as_ref().is_none_or(fused::usable)
             }
-            Weight::Q8(_) => false,
+            Weight::Quant(_) => false,
         };
         let mut y = match &self.weight {
             // Training on the CPU: one node with its own backward, bias included.
             Weight::Dense(w) if fused => fused::LinearOp::apply(x, w, self.bias.as_ref(), self.conv1d, release)?,
-            Weight::Q8(q) => q.matmul(&x2)?,
+            Weight::Quant(q) => q.matmul(&x2)?,
             Weight::Dense(w) if !train && !w.is_variable() && gemv::usable(&x2, w) => {
                 gemv::matmul(&x2, w, self.conv1d)?
             }
@@ -198,7 +201,7 @@ impl Linear {
             let Weight::Dense(w) = &self.weight else {
                 return Err(Error::config(
                     "adapter",
-                    "cannot merge an adapter into q8_0 weights; merge before quantizing",
+                    "cannot merge an adapter into quantized (q8_0 / bf16) weights; merge before quantizing",
                 ));
             };
             self.weight = Weight::Dense((w.detach() + self.delta(l)?)?);
@@ -213,7 +216,7 @@ impl Linear {
     pub(crate) fn unmerge(&mut self) -> Result<()> {
         if let Some(l) = self.lora.as_ref().filter(|l| l.merged) {
             let Weight::Dense(w) = &self.weight else {
-                return Err(Error::config("adapter", "cannot unmerge an adapter from q8_0 weights"));
+                return Err(Error::config("adapter", "cannot unmerge an adapter from quantized (q8_0 / bf16) weights"));
             };
             self.weight = Weight::Dense((w.detach() - self.delta(l)?)?);
             if let Some(l) = self.lora.as_mut() {

@@ -7,7 +7,7 @@ use candle_core::Tensor;
 
 use super::cache::KvCache;
 use super::config::ModelConfig;
-use super::gemv::Q8Weight;
+use super::gemv::QuantWeight;
 use super::linear::Linear;
 use super::load::Weights;
 use super::{ops, ForwardMode, Params};
@@ -26,9 +26,9 @@ pub(crate) struct Layer {
 }
 
 pub(crate) struct Llama {
-    /// An empty placeholder when the table is held as q8_0 (`embed_q8`).
+    /// An empty placeholder when the table is held quantized (`embed_quant`).
     embed_tokens: Tensor,
-    embed_q8: Option<Arc<Q8Weight>>,
+    embed_quant: Option<Arc<QuantWeight>>,
     layers: Vec<Layer>,
     norm: Tensor,
     /// `None` when tied to `embed_tokens`.
@@ -43,14 +43,14 @@ impl Llama {
         let get = |p: &mut Params, name: &str, shape: &[usize]| -> Result<Tensor> { p.take(name, w.get(name, shape)?) };
         let lin = |p: &mut Params, name: &str, i: usize, o: usize, bias: bool| -> Result<Linear> {
             let bias = if bias { Some(get(p, &format!("{name}.bias"), &[o])?) } else { None };
-            if let Some(q) = super::load_q8(w, &format!("{name}.weight"), i, o)? {
-                return Ok(Linear::q8(q, bias, false));
+            if let Some(q) = super::load_quant(w, &format!("{name}.weight"), i, o)? {
+                return Ok(Linear::quant(q, bias, false));
             }
             let weight = get(p, &format!("{name}.weight"), &[o, i])?;
             Ok(Linear::new(weight, bias, false))
         };
-        let embed_q8 = super::load_q8(w, "model.embed_tokens.weight", h, cfg.vocab_size)?;
-        let embed_tokens = match &embed_q8 {
+        let embed_quant = super::load_quant(w, "model.embed_tokens.weight", h, cfg.vocab_size)?;
+        let embed_tokens = match &embed_quant {
             Some(_) => Tensor::zeros(0, w.dtype(), &candle_core::Device::Cpu)?,
             None => get(p, "model.embed_tokens.weight", &[cfg.vocab_size, h])?,
         };
@@ -72,14 +72,14 @@ impl Llama {
         }
         let norm = get(p, "model.norm.weight", &[h])?;
         let lm_head = if cfg.tie_word_embeddings { None } else { Some(lin(p, "lm_head", h, cfg.vocab_size, false)?) };
-        Ok(Self { embed_tokens, embed_q8, layers, norm, lm_head, cfg: cfg.clone() })
+        Ok(Self { embed_tokens, embed_quant, layers, norm, lm_head, cfg: cfg.clone() })
     }
 
     /// The LM head: `lm_head`, or the token embedding when tied.
     pub(crate) fn head(&self) -> Linear {
-        match (&self.lm_head, &self.embed_q8) {
+        match (&self.lm_head, &self.embed_quant) {
             (Some(head), _) => head.clone(),
-            (None, Some(q)) => Linear::q8(q.clone(), None, false),
+            (None, Some(q)) => Linear::quant(q.clone(), None, false),
             (None, None) => Linear::new(self.embed_tokens.clone(), None, false),
         }
     }
@@ -99,7 +99,7 @@ impl Llama {
         let (b, t) = (p.b, p.t);
         let train = mode == ForwardMode::Train;
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
-        let mut x = super::embed(&self.embed_tokens, self.embed_q8.as_ref(), ids)?;
+        let mut x = super::embed(&self.embed_tokens, self.embed_quant.as_ref(), ids)?;
         let (cos, sin) = match cache.as_ref().filter(|_| p.padded) {
             Some(c) => {
                 let (cos, sin) =
@@ -177,8 +177,8 @@ impl Llama {
 
     /// Every weight under its transformers name (for saving).
     pub(crate) fn named_weights(&self) -> Result<Vec<(String, Tensor)>> {
-        let embed = match &self.embed_q8 {
-            Some(q) => Linear::q8(q.clone(), None, false).stored_weight()?,
+        let embed = match &self.embed_quant {
+            Some(q) => Linear::quant(q.clone(), None, false).stored_weight()?,
             None => self.embed_tokens.clone(),
         };
         let mut out = vec![("model.embed_tokens.weight".to_string(), embed)];

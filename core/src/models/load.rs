@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
+use super::gemv::{Quant, QuantWeight};
 use crate::error::{Error, IoResultExt, Location, Result};
 
 /// Named tensors with the file each came from.
 pub(crate) struct Weights {
     tensors: HashMap<String, (Tensor, usize)>,
-    /// Matrices held as q8_0 for inference (a quantized GGUF file), not in `tensors`.
-    q8: HashMap<String, std::sync::Arc<super::gemv::Q8Weight>>,
+    /// Matrices held quantized (q8_0 or bf16) for inference, not in `tensors`.
+    quant: HashMap<String, std::sync::Arc<QuantWeight>>,
     files: Vec<PathBuf>,
     /// Where a missing tensor is reported (the index, or the single file).
     main_file: PathBuf,
@@ -56,40 +57,49 @@ pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Err(Error::data(Location::file(single), "no weights: expected model.safetensors or model.safetensors.index.json"))
 }
 
-/// Matrices to hold as q8_0 while loading: file tensor name -> (the name the family
+/// Matrices to hold quantized while loading: file tensor name -> (the name the family
 /// loader asks for, whether the file holds it `[in, out]` as a Conv1D weight).
 pub(crate) type QuantizeOnLoad = HashMap<String, (String, bool)>;
 
-/// `t` (`[out, in]`, or `[in, out]` when `transposed`) as q8_0 `[out, in]`; `None` when
-/// it is not a matrix or its rows are not a whole number of blocks (it stays dense, as
-/// `Linear::quantize_q8` leaves such a layer).
-fn quantize_matrix(t: &Tensor, transposed: bool) -> Result<Option<super::gemv::Q8Weight>> {
+/// `t` (`[out, in]`, or `[in, out]` when `transposed`) as `[out, in]` in format `quant`;
+/// `None` when it is not a matrix or (q8_0) its rows are not a whole number of blocks
+/// (it stays dense, as `Linear::quantize` leaves such a layer).
+fn quantize_matrix(t: &Tensor, transposed: bool, quant: Quant) -> Result<Option<QuantWeight>> {
     let Ok((a, b)) = t.dims2() else { return Ok(None) };
     let (out_f, in_f) = if transposed { (b, a) } else { (a, b) };
-    if !in_f.is_multiple_of(super::gemv::Q8_BLOCK) {
+    if !quant.fits(in_f) {
         return Ok(None);
     }
     let t = t.to_dtype(DType::F32)?;
     let t = if transposed { t.t()?.contiguous()? } else { t };
     let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
-    Ok(Some(super::gemv::Q8Weight::from_f32(out_f, in_f, &values)?))
+    Ok(Some(QuantWeight::from_f32(out_f, in_f, &values, quant)?))
 }
 
-/// A `rows x cols` matrix of `dtype` read from `file`'s position, quantized to q8_0
-/// one row at a time (I/O errors outside, conversion errors inside).
+/// A `rows x cols` matrix of `dtype` read from `file`'s position, quantized to `quant`
+/// one row at a time (I/O errors outside, conversion errors inside). bf16 values of a
+/// bf16 file are taken as they are.
 fn quantize_rows(
     file: &mut std::fs::File,
     rows: usize,
     cols: usize,
     dtype: DType,
-) -> std::io::Result<Result<super::gemv::Q8Weight>> {
+    quant: Quant,
+) -> std::io::Result<Result<QuantWeight>> {
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
     let mut bytes = vec![0u8; cols * dtype.size_in_bytes()];
     let mut row = vec![0f32; cols];
-    let (mut q, mut scales) =
-        (Vec::with_capacity(rows * cols), Vec::with_capacity(rows * cols / super::gemv::Q8_BLOCK));
+    let (mut q, mut scales) = match quant {
+        Quant::Q8_0 => (Vec::with_capacity(rows * cols), Vec::with_capacity(rows * cols / super::gemv::Q8_BLOCK)),
+        Quant::Bf16 => (Vec::new(), Vec::new()),
+    };
+    let mut half = Vec::with_capacity(if quant == Quant::Bf16 { rows * cols } else { 0 });
     for _ in 0..rows {
         reader.read_exact(&mut bytes)?;
+        if quant == Quant::Bf16 && dtype == DType::BF16 {
+            half.extend(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])));
+            continue;
+        }
         if dtype == DType::F32 {
             for (v, b) in row.iter_mut().zip(bytes.chunks_exact(4)) {
                 *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
@@ -103,9 +113,15 @@ fn quantize_rows(
                 Err(e) => return Ok(Err(e.into())),
             }
         }
-        super::gemv::quantize_into(&row, &mut q, &mut scales);
+        match quant {
+            Quant::Q8_0 => super::gemv::quantize_into(&row, &mut q, &mut scales),
+            Quant::Bf16 => half.extend(row.iter().map(|&v| crate::gguf::f32_to_bf16(v))),
+        }
     }
-    Ok(super::gemv::Q8Weight::from_parts(rows, cols, q, scales))
+    Ok(match quant {
+        Quant::Q8_0 => super::gemv::Q8Weight::from_parts(rows, cols, q, scales).map(QuantWeight::Q8),
+        Quant::Bf16 => super::gemv::Bf16Weight::from_bits(rows, cols, half).map(QuantWeight::Bf16),
+    })
 }
 
 impl Weights {
@@ -120,14 +136,14 @@ impl Weights {
 
     /// Loads every tensor of `files` (shards of one model: a name may appear in one only),
     /// converted to `dtype`, on `device`; `main_file` is where a missing tensor is reported.
-    /// The weights in `dir` for inference, the matrices of `quantize` held as q8_0 as
-    /// each is read (no dense copy of the model at any time: peak memory stays near
-    /// the quantized size plus one tensor).
-    pub(crate) fn load_quantized(dir: &Path, device: &Device, quantize: &QuantizeOnLoad) -> Result<Self> {
+    /// The weights in `dir` for inference, the matrices of `quantize` held in format
+    /// `quant` as each is read (no dense copy of the model at any time: peak memory
+    /// stays near the quantized size plus one tensor).
+    pub(crate) fn load_quantized(dir: &Path, device: &Device, quantize: &QuantizeOnLoad, quant: Quant) -> Result<Self> {
         let files = weight_files(dir)?;
         let index = dir.join("model.safetensors.index.json");
         let main_file = if index.exists() { index } else { files.first().cloned().unwrap_or_default() };
-        Self::read(files, main_file, DType::F32, device, Some(quantize))
+        Self::read(files, main_file, DType::F32, device, Some((quantize, quant)))
     }
 
     pub(crate) fn from_files(files: Vec<PathBuf>, main_file: PathBuf, dtype: DType, device: &Device) -> Result<Self> {
@@ -139,10 +155,10 @@ impl Weights {
         main_file: PathBuf,
         dtype: DType,
         device: &Device,
-        quantize: Option<&QuantizeOnLoad>,
+        quantize: Option<(&QuantizeOnLoad, Quant)>,
     ) -> Result<Self> {
         let mut tensors = HashMap::new();
-        let mut q8 = HashMap::new();
+        let mut quantized = HashMap::new();
         for (i, f) in files.iter().enumerate() {
             // Tensor by tensor (not the whole file at once): peak memory is the weights
             // plus one tensor's bytes.
@@ -167,15 +183,13 @@ impl Weights {
                 };
                 let shape: Vec<usize> = info.shape.iter().map(|&d| d as usize).collect();
                 file.seek(SeekFrom::Start(info.offset)).with_path(f)?;
-                let to_quantize = quantize.and_then(|q| q.get(&name));
+                let to_quantize = quantize.and_then(|(q, format)| Some((q.get(&name)?, format)));
                 // A row-major matrix is quantized row by row as it is read: no copy of
                 // the whole tensor is ever held (the token embedding is the largest).
-                if let (Some((key, false)), &[rows, cols]) = (to_quantize, shape.as_slice()) {
-                    if cols % super::gemv::Q8_BLOCK == 0
-                        && info.len == (rows * cols * file_dtype.size_in_bytes()) as u64
-                    {
-                        let w = quantize_rows(&mut file, rows, cols, file_dtype).with_path(f)?;
-                        if q8.insert(key.clone(), std::sync::Arc::new(w?)).is_some() {
+                if let (Some(((key, false), format)), &[rows, cols]) = (to_quantize, shape.as_slice()) {
+                    if format.fits(cols) && info.len == (rows * cols * file_dtype.size_in_bytes()) as u64 {
+                        let w = quantize_rows(&mut file, rows, cols, file_dtype, format).with_path(f)?;
+                        if quantized.insert(key.clone(), std::sync::Arc::new(w?)).is_some() {
                             return Err(Error::data(Location::file(f).field(name), "tensor appears in two shards"));
                         }
                         continue;
@@ -184,9 +198,9 @@ impl Weights {
                 buf.resize(info.len as usize, 0);
                 file.read_exact(&mut buf).with_path(f)?;
                 let t = Tensor::from_raw_buffer(&buf, file_dtype, &shape, device)?;
-                if let Some(&(ref key, transposed)) = to_quantize {
-                    if let Some(w) = quantize_matrix(&t, transposed)? {
-                        if q8.insert(key.clone(), std::sync::Arc::new(w)).is_some() {
+                if let Some((&(ref key, transposed), format)) = to_quantize {
+                    if let Some(w) = quantize_matrix(&t, transposed, format)? {
+                        if quantized.insert(key.clone(), std::sync::Arc::new(w)).is_some() {
                             return Err(Error::data(Location::file(f).field(name), "tensor appears in two shards"));
                         }
                         continue;
@@ -198,23 +212,23 @@ impl Weights {
                 }
             }
         }
-        Ok(Self { tensors, q8, files, main_file, dtype })
+        Ok(Self { tensors, quant: quantized, files, main_file, dtype })
     }
 
-    /// Weights read from one file (`path`): dense tensors and q8_0 matrices.
+    /// Weights read from one file (`path`): dense tensors and quantized matrices.
     pub(crate) fn from_parts(
         tensors: HashMap<String, Tensor>,
-        q8: HashMap<String, std::sync::Arc<super::gemv::Q8Weight>>,
+        quant: HashMap<String, std::sync::Arc<QuantWeight>>,
         path: PathBuf,
         dtype: DType,
     ) -> Self {
         let tensors = tensors.into_iter().map(|(k, t)| (k, (t, 0))).collect();
-        Self { tensors, q8, files: vec![path.clone()], main_file: path, dtype }
+        Self { tensors, quant, files: vec![path.clone()], main_file: path, dtype }
     }
 
-    /// The q8_0 matrix `name`, if it is held quantized.
-    pub(crate) fn q8(&self, name: &str) -> Option<std::sync::Arc<super::gemv::Q8Weight>> {
-        self.q8.get(name).cloned()
+    /// The quantized matrix `name`, if it is held quantized.
+    pub(crate) fn quant(&self, name: &str) -> Option<std::sync::Arc<QuantWeight>> {
+        self.quant.get(name).cloned()
     }
 
     /// Names of every tensor of the files.
@@ -232,7 +246,7 @@ impl Weights {
     }
 
     pub(crate) fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name) || self.q8.contains_key(name)
+        self.tensors.contains_key(name) || self.quant.contains_key(name)
     }
 
     pub(crate) fn location(&self, name: &str) -> Location {
