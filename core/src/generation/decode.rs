@@ -659,6 +659,24 @@ mod tests {
         }
     }
 
+    /// Runs `call(i)` for `n` requests, each on its own thread, all queued before the
+    /// first step (the batcher held until they are; `before_release` runs then).
+    fn queued_together<T: Send>(
+        gen: &Generator,
+        n: usize,
+        call: impl Fn(usize) -> T + Sync,
+        before_release: impl FnOnce(),
+    ) -> Vec<std::thread::Result<T>> {
+        gen.inner.batcher.hold(true);
+        std::thread::scope(|s| {
+            let call = &call;
+            let handles: Vec<_> = (0..n).map(|i| s.spawn(move || call(i))).collect();
+            until_queued(gen, n);
+            before_release();
+            gen.inner.batcher.hold(false);
+            handles.into_iter().map(|h| h.join()).collect()
+        })
+    }
     #[test]
     fn concurrent_calls_share_steps_and_equal_sequential_calls() {
         let (_d, home) = home();
@@ -667,19 +685,11 @@ mod tests {
             let alone: Vec<Generation> = reqs.iter().map(|(p, c)| gen.generate(p.as_str(), c).unwrap()).collect();
             assert!(alone.iter().any(|g| g.stop_sequence.is_some()), "the stop string ends one request");
             let before = gen.inner.batcher.passes();
-            gen.inner.batcher.hold(true);
-            let together: Vec<Generation> = std::thread::scope(|s| {
-                let handles: Vec<_> = reqs
-                    .iter()
-                    .map(|(p, c)| {
-                        let gen = gen.clone();
-                        s.spawn(move || gen.generate(p.as_str(), c))
-                    })
+            let together: Vec<Generation> =
+                queued_together(&gen, reqs.len(), |i| gen.generate(reqs[i].0.as_str(), &reqs[i].1), || {})
+                    .into_iter()
+                    .map(|r| r.unwrap().unwrap())
                     .collect();
-                until_queued(&gen, reqs.len());
-                gen.inner.batcher.hold(false);
-                handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
-            });
             for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
                 same(a, b, &format!("{} request {i}", gen.model().name));
                 assert!(b.id.is_some() && b.id != a.id, "each call has its own catalog row");
@@ -755,27 +765,16 @@ mod tests {
         let reqs = requests(&gen);
         let alone: Vec<Generation> = reqs.iter().map(|(p, c)| gen.generate(p.as_str(), c).unwrap()).collect();
         let calls = home.models().usage(&gen.model().id).unwrap().calls;
-        gen.inner.batcher.hold(true);
-        let together: Vec<crate::Result<Generation>> = std::thread::scope(|s| {
-            let handles: Vec<_> = reqs
-                .iter()
-                .enumerate()
-                .map(|(i, (p, c))| {
-                    let gen = gen.clone();
-                    s.spawn(move || {
-                        let token = CancelToken::new();
-                        if i == 0 {
-                            gen.generate_with(p.as_str(), c, &mut CancelAt(token.clone(), 3), &token)
-                        } else {
-                            gen.generate_with(p.as_str(), c, &mut NoopSink, &token)
-                        }
-                    })
-                })
-                .collect();
-            until_queued(&gen, reqs.len());
-            gen.inner.batcher.hold(false);
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+        let call = |i: usize| {
+            let ((p, c), token) = (&reqs[i], CancelToken::new());
+            if i == 0 {
+                gen.generate_with(p.as_str(), c, &mut CancelAt(token.clone(), 3), &token)
+            } else {
+                gen.generate_with(p.as_str(), c, &mut NoopSink, &token)
+            }
+        };
+        let together: Vec<crate::Result<Generation>> =
+            queued_together(&gen, reqs.len(), call, || {}).into_iter().map(Result::unwrap).collect();
         assert_eq!(together[0].as_ref().unwrap_err().code(), "cancelled");
         for i in 1..reqs.len() {
             same(&alone[i], together[i].as_ref().unwrap(), &format!("request {i}"));
@@ -791,21 +790,13 @@ mod tests {
         let gen = generators(&home).remove(0);
         let reqs = requests(&gen);
         for (fault, code) in [(1u8, "compute"), (2, "internal")] {
-            gen.inner.batcher.hold(true);
-            let results: Vec<std::thread::Result<crate::Result<Generation>>> = std::thread::scope(|s| {
-                let handles: Vec<_> = reqs
-                    .iter()
-                    .map(|(p, c)| {
-                        let gen = gen.clone();
-                        s.spawn(move || gen.generate(p.as_str(), c))
-                    })
-                    .collect();
-                until_queued(&gen, reqs.len());
-                // The first step prefills them; the second (a batch pass) fails.
-                gen.inner.batcher.fault.store(fault, std::sync::atomic::Ordering::SeqCst);
-                gen.inner.batcher.hold(false);
-                handles.into_iter().map(|h| h.join()).collect()
-            });
+            // The first step prefills them; the second (a batch pass) fails.
+            let results: Vec<std::thread::Result<crate::Result<Generation>>> = queued_together(
+                &gen,
+                reqs.len(),
+                |i| gen.generate(reqs[i].0.as_str(), &reqs[i].1),
+                || gen.inner.batcher.fault.store(fault, std::sync::atomic::Ordering::SeqCst),
+            );
             let panicked = results.iter().filter(|r| r.is_err()).count();
             assert_eq!(panicked, usize::from(fault == 2), "only the driver of the step panics");
             for r in results.into_iter().flatten() {
@@ -833,20 +824,15 @@ mod tests {
         let alone: Vec<Generation> = reqs.iter().map(|(p, c)| gen.generate(*p, c).unwrap()).collect();
         assert_ne!(alone[0].token_ids, alone[1].token_ids, "the adapter changes the output");
         let before = gen.inner.batcher.passes();
-        gen.inner.batcher.hold(true);
-        let together: Vec<Generation> = std::thread::scope(|s| {
-            let handles: Vec<_> = reqs
-                .iter()
-                .map(|(p, c)| {
-                    let gen = gen.clone();
-                    s.spawn(move || gen.generate(*p, c))
-                })
-                .collect();
-            until_queued(&gen, reqs.len());
-            assert_eq!(gen.inner.batcher.lock().unwrap().lanes.len(), 2, "one lane per adapter");
-            gen.inner.batcher.hold(false);
-            handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
-        });
+        let together: Vec<Generation> = queued_together(
+            &gen,
+            reqs.len(),
+            |i| gen.generate(reqs[i].0, &reqs[i].1),
+            || assert_eq!(gen.inner.batcher.lock().unwrap().lanes.len(), 2, "one lane per adapter"),
+        )
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
         for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
             same(a, b, &format!("request {i}"));
             assert_eq!(a.model_id, b.model_id);
@@ -879,19 +865,11 @@ mod tests {
         ];
         let alone: Vec<Generation> = reqs.iter().map(|(p, c)| gen.generate(p.clone(), c).unwrap()).collect();
         let before = gen.inner.batcher.passes();
-        gen.inner.batcher.hold(true);
-        let together: Vec<Generation> = std::thread::scope(|s| {
-            let handles: Vec<_> = reqs
-                .iter()
-                .map(|(p, c)| {
-                    let gen = gen.clone();
-                    s.spawn(move || gen.generate(p.clone(), c))
-                })
+        let together: Vec<Generation> =
+            queued_together(&gen, reqs.len(), |i| gen.generate(reqs[i].0.clone(), &reqs[i].1), || {})
+                .into_iter()
+                .map(|r| r.unwrap().unwrap())
                 .collect();
-            until_queued(&gen, reqs.len());
-            gen.inner.batcher.hold(false);
-            handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
-        });
         for (k, (a, b)) in alone.iter().zip(&together).enumerate() {
             same(a, b, &format!("request {k}"));
         }

@@ -235,7 +235,7 @@ fn dots_portable<const O: usize, const R: usize>(len: usize, w: [&[u16]; O], x: 
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::tiles::hsum;
+    use super::super::tiles::{tile_sums, tile_sums512};
     use super::LANES;
 
     /// 8 bf16 values at `p` widened to f32 (shifted into the high half of each lane).
@@ -297,13 +297,7 @@ mod x86 {
             }
             chunk(std::array::from_fn(|o| wt[o].as_ptr()), std::array::from_fn(|r| xt[r].as_ptr()));
         }
-        let mut out = [[0f32; R]; O];
-        for o in 0..O {
-            for r in 0..R {
-                out[o][r] = hsum(_mm256_add_ps(acc[o][r][0], acc[o][r][1]));
-            }
-        }
-        out
+        tile_sums(&acc)
     }
 
     /// AVX-512: one 16-lane register per pair; a short last chunk read with masked
@@ -342,16 +336,7 @@ mod x86 {
         if full < len {
             chunk(full, (1u16 << (len - full)) - 1);
         }
-        let mut out = [[0f32; R]; O];
-        for o in 0..O {
-            for r in 0..R {
-                let a = acc[o][r];
-                let lo = _mm512_castps512_ps256(a);
-                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
-                out[o][r] = hsum(_mm256_add_ps(lo, hi));
-            }
-        }
-        out
+        tile_sums512(&acc)
     }
 }
 

@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use super::tiles::hsum;
+use super::tiles::{tile_sums, tile_sums512};
 use super::Q8_BLOCK;
 
 // Tile shapes of both kernels: 4 x 4 was the fastest of 1..=6 x 1..=4 on a Sapphire
@@ -127,13 +127,7 @@ fn dots_avx2<const O: usize, const R: usize>(
             }
         }
     }
-    let mut out = [[0f32; R]; O];
-    for o in 0..O {
-        for r in 0..R {
-            out[o][r] = hsum(_mm256_add_ps(acc[o][r][0], acc[o][r][1]));
-        }
-    }
-    out
+    tile_sums(&acc)
 }
 
 /// AVX-512 VNNI, two blocks per 512-bit register: `dpbusd` multiplies unsigned by signed
@@ -209,14 +203,5 @@ fn dots_avx512<const O: usize, const R: usize>(
     if b < blocks {
         step(b, u32::MAX.into(), 0b1, 0x00FF);
     }
-    let mut out = [[0f32; R]; O];
-    for o in 0..O {
-        for r in 0..R {
-            let a = acc[o][r];
-            let lo = _mm512_castps512_ps256(a);
-            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
-            out[o][r] = hsum(_mm256_add_ps(lo, hi));
-        }
-    }
-    out
+    tile_sums512(&acc)
 }

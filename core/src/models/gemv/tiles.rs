@@ -28,6 +28,36 @@ pub(super) fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
 }
 
+/// The outputs of an `O x R` tile kept as two AVX2 halves per pair: `hsum(a + b)`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn tile_sums<const O: usize, const R: usize>(acc: &[[[__m256; 2]; R]; O]) -> [[f32; R]; O] {
+    let mut out = [[0f32; R]; O];
+    for (o, row) in out.iter_mut().enumerate() {
+        for (r, v) in row.iter_mut().enumerate() {
+            *v = hsum(_mm256_add_ps(acc[o][r][0], acc[o][r][1]));
+        }
+    }
+    out
+}
+
+/// The outputs of an `O x R` tile kept as one AVX-512 register per pair: the high half
+/// added onto the low, then [`hsum`].
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f")]
+pub(super) fn tile_sums512<const O: usize, const R: usize>(acc: &[[__m512; R]; O]) -> [[f32; R]; O] {
+    let mut out = [[0f32; R]; O];
+    for (o, row) in out.iter_mut().enumerate() {
+        for (r, v) in row.iter_mut().enumerate() {
+            let a = acc[o][r];
+            let lo = _mm512_castps512_ps256(a);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
+            *v = hsum(_mm256_add_ps(lo, hi));
+        }
+    }
+    out
+}
+
 /// `out[o][r] = w[o] . x[r]` over the shortest slice's length, for `O` weight rows and
 /// `R` input rows.
 #[inline]
