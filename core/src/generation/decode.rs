@@ -28,6 +28,9 @@ use crate::models::{memory, KvCache};
 use crate::tokenizer::Tokenizer;
 use crate::types::{FinishReason, StreamChunk};
 
+/// How often a caller waiting on another's step looks at its cancel token.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
+
 /// Decoding state of one request's row.
 struct RowState {
     sampler: Sampler,
@@ -359,8 +362,14 @@ impl Request {
             let lane =
                 st.lanes.get_mut(&self.adapter).ok_or_else(|| Error::Internal("request lost its batch".into()))?;
             if lane.driving || b.held() {
-                st =
-                    b.wake.wait(st).map_err(|_| Error::Internal("generator batch state poisoned by a panic".into()))?;
+                // With a cancel token, wake at least every CANCEL_POLL to look at it: a
+                // step (a long prompt's prefill) can take longer than a caller should
+                // wait to stop.
+                let woke = match cancel {
+                    Some(_) => b.wake.wait_timeout(st, CANCEL_POLL).map(|(st, _)| st).ok(),
+                    None => b.wake.wait(st).ok(),
+                };
+                st = woke.ok_or_else(|| Error::Internal("generator batch state poisoned by a panic".into()))?;
                 continue;
             }
             // Drive: one step on the lane, without the lock.
@@ -747,6 +756,29 @@ mod tests {
             assert!(passes < tokens, "{passes} passes for {tokens} tokens");
             assert!(gen.inner.batcher.lock().unwrap().lanes.is_empty(), "nothing left behind");
         }
+    }
+
+    #[test]
+    fn a_caller_waiting_on_a_step_sees_its_cancel() {
+        let (_d, home) = home();
+        let gen = generators(&home).remove(0);
+        let token = CancelToken::new();
+        // Held: nobody drives, as if another caller's step took forever.
+        gen.inner.batcher.hold(true);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let (gen, mine) = (&gen, token.clone());
+            s.spawn(move || tx.send(gen.generate_with("a", &greedy(4), &mut NoopSink, &mine)).unwrap());
+            until_queued(gen, 1);
+            token.cancel();
+            let got = rx.recv_timeout(Duration::from_secs(30));
+            gen.inner.batcher.hold(false);
+            assert_eq!(
+                got.expect("the cancelled call returned while the batch was held").unwrap_err().code(),
+                "cancelled"
+            );
+        });
+        assert_eq!(gen.generate("a", &greedy(2)).unwrap().generated_tokens, 2, "the generator still works");
     }
 
     #[test]
