@@ -1,7 +1,8 @@
 //! Continuous batching: the one decoding loop behind `generate`, `stream` and
 //! `generate_batch`. Every request on one adapter of a [`Generator`] shares one
-//! decoding batch (a lane): a request arriving while others decode is prefilled on its
-//! own at the next step and its keys and values join the batch's cache; every step then
+//! decoding batch (a lane): requests arriving while others decode are prefilled at the
+//! next step, together in one left-padded pass (one by one when they do not fit in
+//! memory together), and their keys and values join the batch's cache; every step then
 //! runs one forward pass for all rows (the weights are read once per step, not once per
 //! request); a finished, cancelled or dropped request leaves at the next step. Each row
 //! keeps its own settings and sampler, so it produces exactly what it would alone.
@@ -481,11 +482,10 @@ impl Drop for Driving<'_> {
 }
 
 /// One step of a lane: a forward pass for the rows in the batch (one token each;
-/// finished rows leave), then the joining requests, each prefilled on its own (its
-/// first token) and added to the batch. Returns the requests' news and the joins
-/// put off until memory frees up.
+/// finished rows leave), then the joining requests, prefilled together (their first
+/// token) and added to the batch. Returns the requests' news and the joins put off
+/// until memory frees up.
 fn step(gen: &Generator, adapter: Option<&str>, batch: &mut Batch, joins: Vec<Join>) -> (Vec<Update>, Vec<Join>) {
-    let inner = &gen.inner;
     let mut out = Vec::with_capacity(batch.rows.len() + joins.len());
     if !batch.rows.is_empty() {
         if let Err(e) = decode(gen, adapter, batch, &mut out) {
@@ -501,19 +501,11 @@ fn step(gen: &Generator, adapter: Option<&str>, batch: &mut Batch, joins: Vec<Jo
         }
     }
     let mut deferred = Vec::new();
+    let joins = if joins.len() > 1 { admit_together(gen, adapter, batch, joins, &mut out) } else { joins };
     for j in joins {
         let p = j.ids.len();
         let need = batch.rows.iter().map(Row::need).max().unwrap_or(0).max(j.max_new - 1);
-        let (rows, positions) = batch.cache.joined_shape(p, need);
-        let fits = memory::decoding(&inner.config, inner.dtype_bytes, 1, p, p)
-            .add(
-                "KV cache",
-                "concurrent requests",
-                memory::decoding(&inner.config, inner.dtype_bytes, rows, 1, positions).total(),
-            )
-            .add("weights", "model", inner.weights)
-            .check(inner.store.memory_limit);
-        if fits.is_err() && !batch.rows.is_empty() {
+        if fits(gen, batch, 1, p, need).is_err() && !batch.rows.is_empty() {
             deferred.push(j);
             continue;
         }
@@ -571,12 +563,127 @@ fn decode(gen: &Generator, adapter: Option<&str>, batch: &mut Batch, out: &mut V
     Ok(())
 }
 
+/// Whether `rows` requests of up to `width` prompt positions, needing `need` more
+/// positions, can be prefilled together and join `batch` within the memory limit.
+fn fits(gen: &Generator, batch: &Batch, rows: usize, width: usize, need: usize) -> Result<()> {
+    let inner = &gen.inner;
+    let (held, positions) = batch.cache.joined_shape(rows, width, need);
+    // A batch that was empty takes the prefill's own cache (sized for the whole
+    // request); otherwise the prefill's cache is copied into the batch's.
+    let (prefill, kv) = match batch.rows.is_empty() {
+        true => (memory::decoding(&inner.config, inner.dtype_bytes, rows, width, width + need), 0),
+        false => (
+            memory::decoding(&inner.config, inner.dtype_bytes, rows, width, width),
+            memory::decoding(&inner.config, inner.dtype_bytes, held, 1, positions).total(),
+        ),
+    };
+    prefill
+        .add("KV cache", "concurrent requests", kv)
+        .add("weights", "model", inner.weights)
+        .check(inner.store.memory_limit)
+}
+
+/// Prefills joining requests in one left-padded pass (each row masked as it would be
+/// alone, so it produces what it would alone) and takes each one's first token; their
+/// rows join the batch (a batch that was empty takes the prefill's cache as it is).
+/// Returns the joins untouched when they do not fit in memory together.
+fn admit_together(
+    gen: &Generator,
+    adapter: Option<&str>,
+    batch: &mut Batch,
+    joins: Vec<Join>,
+    out: &mut Vec<Update>,
+) -> Vec<Join> {
+    let width = joins.iter().map(|j| j.ids.len()).max().unwrap_or(0);
+    let need = batch.rows.iter().map(Row::need).chain(joins.iter().map(|j| j.max_new - 1)).max().unwrap_or(0);
+    if fits(gen, batch, joins.len(), width, need).is_err() {
+        return joins;
+    }
+    let ids: Vec<u64> = joins.iter().map(|j| j.id).collect();
+    if let Err(e) = prefill_together(gen, adapter, batch, joins, width, need, out) {
+        for id in ids {
+            out.push(Update { id, chunk: None, generated: 0, done: Some(Err(e.clone())) });
+        }
+    }
+    Vec::new()
+}
+
+fn prefill_together(
+    gen: &Generator,
+    adapter: Option<&str>,
+    batch: &mut Batch,
+    joins: Vec<Join>,
+    width: usize,
+    need: usize,
+    out: &mut Vec<Update>,
+) -> Result<()> {
+    let inner = &gen.inner;
+    let pads: Vec<usize> = joins.iter().map(|j| width - j.ids.len()).collect();
+    let mut flat = Vec::with_capacity(joins.len() * width);
+    for (j, &pad) in joins.iter().zip(&pads) {
+        // Padding is masked out: any valid id does.
+        flat.extend(std::iter::repeat_n(0, pad));
+        flat.extend_from_slice(&j.ids);
+    }
+    let alone = batch.rows.is_empty();
+    let mut cache = KvCache::with_padding(pads, if alone { width + need } else { width });
+    let input = Tensor::from_vec(flat, (joins.len(), width), &Device::Cpu)?;
+    let logits = gen.with_adapter(adapter, |st| st.model.forward_cached(&input, &mut cache, true))?;
+    inner.batcher.passes.fetch_add(1, Ordering::SeqCst);
+    let mut logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+    let mut rows = Vec::with_capacity(joins.len());
+    for (j, logits) in joins.into_iter().zip(logits.iter_mut()) {
+        let mut state = RowState::new(j.ids, &j.cfg, inner.tokenizer.clone());
+        let chunk = match state.sample(logits, &inner.eos, &j.cfg, j.max_new) {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                out.push(Update { id: j.id, chunk: None, generated: 0, done: Some(Err(e)) });
+                rows.push(None);
+                continue;
+            }
+        };
+        let ttft = j.t0.elapsed();
+        let last = state.generated.last().copied().unwrap_or(0);
+        let row = Row { id: j.id, state, cfg: j.cfg, max_new: j.max_new, t0: j.t0, ttft, last };
+        let generated = row.state.generated.len();
+        if row.state.finish.is_some() {
+            out.push(Update { id: row.id, chunk, generated, done: Some(Ok(row.finished(ttft))) });
+            rows.push(None);
+        } else {
+            out.push(Update { id: row.id, chunk, generated, done: None });
+            rows.push(Some(row));
+        }
+    }
+    let which: Vec<usize> = rows.iter().enumerate().filter_map(|(i, r)| r.as_ref().map(|_| i)).collect();
+    if which.is_empty() {
+        return Ok(());
+    }
+    if alone {
+        // Rows that ended at their first token leave (highest first, as in `decode`).
+        batch.cache = cache;
+        let ended: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].is_none()).collect();
+        for &i in ended.iter().rev() {
+            batch.cache.remove_row(i)?;
+            rows.swap_remove(i);
+        }
+    } else if let Err(e) = batch.cache.join(&cache, &which, need) {
+        for row in rows.iter().flatten() {
+            if let Some(u) = out.iter_mut().rev().find(|u| u.id == row.id) {
+                u.done = Some(Err(e.clone()));
+            }
+        }
+        return Ok(());
+    }
+    batch.rows.extend(rows.into_iter().flatten());
+    Ok(())
+}
+
 /// Prefills a joining request on its own, takes its first token, and adds its row to
 /// the batch (unless that token ended it).
 fn admit(gen: &Generator, adapter: Option<&str>, batch: &mut Batch, j: Join, need: usize) -> Result<Update> {
     let inner = &gen.inner;
     let p = j.ids.len();
-    let mut cache = KvCache::new(1, p);
+    let mut cache = KvCache::new(1, if batch.rows.is_empty() { p + need } else { p });
     let input = Tensor::from_vec(j.ids.clone(), (1, p), &Device::Cpu)?;
     let logits = gen.with_adapter(adapter, |st| st.model.forward_cached(&input, &mut cache, true))?;
     inner.batcher.passes.fetch_add(1, Ordering::SeqCst);
@@ -591,7 +698,12 @@ fn admit(gen: &Generator, adapter: Option<&str>, batch: &mut Batch, j: Join, nee
     if row.state.finish.is_some() {
         return Ok(Update { id: row.id, chunk, generated, done: Some(Ok(row.finished(ttft))) });
     }
-    batch.cache.join(&cache, need)?;
+    if batch.rows.is_empty() {
+        // Alone in its batch: its prefill cache (sized for the whole request) is the batch's.
+        batch.cache = cache;
+    } else {
+        batch.cache.join(&cache, &[0], need)?;
+    }
     let id = row.id;
     batch.rows.push(row);
     Ok(Update { id, chunk, generated, done: None })
@@ -703,12 +815,12 @@ mod tests {
                 same(a, b, &format!("{} request {i}", gen.model().name));
                 assert!(b.id.is_some() && b.id != a.id, "each call has its own catalog row");
             }
-            // All six were prefilled in the first step, then decoded together: one pass
-            // per step for all rows, not one per row.
+            // All six were prefilled together in the first step (one left-padded pass),
+            // then decoded together: one pass per step for all rows, not one per row.
             let passes = gen.inner.batcher.passes() - before;
             let longest = together.iter().map(|g| g.generated_tokens).max().unwrap();
             let tokens: usize = together.iter().map(|g| g.generated_tokens).sum();
-            assert_eq!(passes, reqs.len() + longest - 1, "{} passes for {tokens} tokens", passes);
+            assert_eq!(passes, longest, "{} passes for {tokens} tokens", passes);
             assert!(passes < tokens);
             assert!(gen.inner.batcher.lock().unwrap().lanes.is_empty(), "nothing left behind");
         }
@@ -754,6 +866,34 @@ mod tests {
             let passes = gen.inner.batcher.passes() - before;
             let tokens: usize = alone.iter().map(|g| g.generated_tokens).sum();
             assert!(passes < tokens, "{passes} passes for {tokens} tokens");
+            assert!(gen.inner.batcher.lock().unwrap().lanes.is_empty(), "nothing left behind");
+        }
+    }
+
+    #[test]
+    fn requests_arriving_together_join_a_running_batch_in_one_prefill() {
+        let (_d, home) = home();
+        for gen in generators(&home) {
+            let reqs = requests(&gen);
+            let alone: Vec<Generation> = reqs.iter().map(|(p, c)| gen.generate(p.as_str(), c).unwrap()).collect();
+            let mut first = gen.stream(reqs[0].0.as_str(), &reqs[0].1).unwrap();
+            first.next();
+            first.next();
+            // Five requests (shorter and longer prompts than the running row's length)
+            // queue while one row decodes; the next step decodes it and prefills the
+            // five in one padded pass, and their rows join its batch.
+            let mut rest: Vec<_> = reqs[1..].iter().map(|(p, c)| gen.stream(p.as_str(), c).unwrap()).collect();
+            let before = gen.inner.batcher.passes();
+            first.next();
+            assert_eq!(gen.inner.batcher.passes() - before, 2, "{}: one decode and one prefill", gen.model().name);
+            for s in std::iter::once(&mut first).chain(rest.iter_mut()) {
+                for piece in s.by_ref() {
+                    piece.unwrap();
+                }
+            }
+            for (i, s) in std::iter::once(&first).chain(rest.iter()).enumerate() {
+                same(&alone[i], s.generation().unwrap(), &format!("{} request {i}", gen.model().name));
+            }
             assert!(gen.inner.batcher.lock().unwrap().lanes.is_empty(), "nothing left behind");
         }
     }
@@ -869,9 +1009,9 @@ mod tests {
             same(a, b, &format!("request {i}"));
             assert_eq!(a.model_id, b.model_id);
         }
-        // Each lane: its two prefills, then one pass per step for its two rows.
+        // Each lane: one prefill of its two rows, then one pass per step for both.
         let passes = gen.inner.batcher.passes() - before;
-        assert_eq!(passes, (2 + 7) + (2 + 7));
+        assert_eq!(passes, (1 + 7) + (1 + 7));
     }
 
     #[test]

@@ -121,19 +121,19 @@ impl KvCache {
         out
     }
 
-    /// The buffers' shape (rows, positions) once a request of `prompt` prefilled
-    /// positions joins that needs up to `need` more positions (as do the rows already
-    /// in; `need` is the largest): the current buffers when it fits in them, else grown
-    /// ones (with room for half as many rows and positions again, so that a stream of
-    /// joining requests reallocates now and then, not at every join).
-    pub(crate) fn joined_shape(&self, prompt: usize, need: usize) -> (usize, usize) {
-        let rows = self.pads.len();
+    /// The buffers' shape (rows, positions) once `rows` requests join whose prefilled
+    /// positions are at most `prompt` and that need up to `need` more positions (as do
+    /// the rows already in; `need` is the largest): the current buffers when they fit
+    /// in them, else new ones: exactly that for a batch that was empty, with room for
+    /// half as many rows and positions again otherwise (so that a stream of joining
+    /// requests reallocates now and then, not at every join).
+    pub(crate) fn joined_shape(&self, rows: usize, prompt: usize, need: usize) -> (usize, usize) {
+        let have = self.pads.len();
         let len = self.len.max(prompt);
         match self.held_rows() {
-            Some(held) if self.fits(prompt, need) => (held, self.capacity),
-            // A request alone gets what it needs; a batch room to grow.
-            _ if rows == 0 => (1, len + need),
-            _ => (rows + 1 + rows / 2, len + need + (len + need) / 2),
+            Some(held) if self.fits(rows, prompt, need) => (held, self.capacity),
+            _ if have == 0 => (rows, len + need),
+            _ => (have + rows + have / 2, len + need + (len + need) / 2),
         }
     }
 
@@ -142,47 +142,55 @@ impl KvCache {
         self.layers.first().and_then(|l| l.as_ref()).and_then(|(k, _)| k.dim(0).ok())
     }
 
-    /// Whether a request of `prompt` positions needing `need` more joins without new buffers.
-    fn fits(&self, prompt: usize, need: usize) -> bool {
+    /// Whether `rows` requests of at most `prompt` positions needing `need` more join
+    /// without new buffers.
+    fn fits(&self, rows: usize, prompt: usize, need: usize) -> bool {
         let len = self.len.max(prompt);
         let shift = len - self.len;
-        self.held_rows().is_some_and(|held| self.pads.len() < held)
+        self.held_rows().is_some_and(|held| self.pads.len() + rows <= held)
             && self.start >= shift
             && self.start - shift + len + need <= self.capacity
     }
 
-    /// Adds the single row of `other` (a request's own prefilled cache, without padding)
-    /// as the last row, left-padded to this batch's length (or the batch's rows padded
-    /// further when its prompt is longer); `need`: as in [`KvCache::joined_shape`].
-    pub(crate) fn join(&mut self, other: &KvCache, need: usize) -> Result<()> {
-        if other.batch() != 1 || other.has_padding() || other.is_empty() {
-            return Err(Error::Internal("only a prefilled single-row cache can join a batch".into()));
-        }
+    /// Adds rows `which` of `other` (requests prefilled together, left-padded, in a
+    /// cache of their own) after this batch's rows, each left-padded to the batch's
+    /// length (or the batch's rows padded further when a prompt is longer); `need`: as
+    /// in [`KvCache::joined_shape`].
+    pub(crate) fn join(&mut self, other: &KvCache, which: &[usize], need: usize) -> Result<()> {
+        let live = |r: &usize| other.pads.get(*r).map(|pad| other.len - pad).filter(|&p| p > 0);
+        let lens = which.iter().map(live).collect::<Option<Vec<usize>>>();
+        let Some(lens) = lens.filter(|_| !other.is_empty()) else {
+            return Err(Error::Internal("only prefilled rows of a cache can join a batch".into()));
+        };
         if !self.layers.is_empty() && self.layers.len() != other.layers.len() {
             return Err(Error::Internal("joining caches of different models".into()));
         }
-        let (p, rows) = (other.len, self.pads.len());
+        let (p, rows) = (lens.iter().copied().max().unwrap_or(0), self.pads.len());
         let len = self.len.max(p);
         let shift = len - self.len;
-        if self.fits(p, need) {
+        if self.fits(which.len(), p, need) {
             self.start -= shift;
         } else {
-            let (want_rows, want_positions) = self.joined_shape(p, need);
+            let (want_rows, want_positions) = self.joined_shape(which.len(), p, need);
             self.reallocate(other, want_rows, want_positions, shift)?;
         }
         for pad in &mut self.pads {
             *pad += shift;
         }
         self.len = len;
-        let at = self.start + len - p;
-        for (mine, theirs) in self.layers.iter().zip(&other.layers) {
-            let (Some((kb, vb)), Some((ok, ov))) = (mine, theirs) else {
-                return Err(Error::Internal("kv cache buffer missing".into()));
-            };
-            kb.narrow(0, rows, 1)?.slice_set(&ok.narrow(2, other.start, p)?.contiguous()?, 2, at)?;
-            vb.narrow(0, rows, 1)?.slice_set(&ov.narrow(2, other.start, p)?.contiguous()?, 2, at)?;
+        for (n, (&r, &p)) in which.iter().zip(&lens).enumerate() {
+            let at = self.start + len - p;
+            let from = other.start + other.pads[r];
+            for (mine, theirs) in self.layers.iter().zip(&other.layers) {
+                let (Some((kb, vb)), Some((ok, ov))) = (mine, theirs) else {
+                    return Err(Error::Internal("kv cache buffer missing".into()));
+                };
+                let src = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(0, r, 1)?.narrow(2, from, p)?.contiguous()?) };
+                kb.narrow(0, rows + n, 1)?.slice_set(&src(ok)?, 2, at)?;
+                vb.narrow(0, rows + n, 1)?.slice_set(&src(ov)?, 2, at)?;
+            }
+            self.pads.push(len - p);
         }
-        self.pads.push(len - p);
         Ok(())
     }
 
