@@ -327,8 +327,10 @@ impl Model {
     pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
         check_ids("input_ids", input_ids, self.config.vocab_size, false)?;
         // On a pool thread, the matrix-vector products' parallel loops are joined by
-        // work stealing instead of parking and waking the caller dozens of times a token.
-        let logits = rayon::scope(|_| self.logits(input_ids, 0, ForwardMode::Infer, Some(cache), last_only))?;
+        // work stealing instead of parking and waking the caller dozens of times a token,
+        // and the other threads spin between them instead of parking.
+        let logits =
+            crate::util::with_pool_spinning(|| self.logits(input_ids, 0, ForwardMode::Infer, Some(cache), last_only))?;
         Ok(if last_only { logits.squeeze(1)? } else { logits })
     }
 

@@ -395,6 +395,50 @@ pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
 
+/// How long a pool thread kept busy by [`with_pool_spinning`] waits for work before it
+/// goes back to sleep.
+const SPIN_IDLE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Runs `f` (on a pool thread, as [`on_compute_pool`]) while the pool's other threads
+/// stay awake: each runs a job that looks for work in a loop (`rayon::yield_now`)
+/// instead of parking between `f`'s parallel ops. A decoding step runs dozens of small
+/// parallel products, each a few microseconds of work per thread; waking a parked
+/// thread for each costs a futex call and, on a virtual machine, an interrupt between
+/// cores that can take longer than the work. The spinning threads stop when `f` returns
+/// or after [`SPIN_IDLE`] without work.
+pub fn with_pool_spinning<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let threads = rayon::current_num_threads();
+    if threads < 2 {
+        return on_compute_pool(f);
+    }
+    let done = AtomicBool::new(false);
+    rayon::scope(|s| {
+        let owner = rayon::current_thread_index();
+        for _ in 1..threads {
+            let done = &done;
+            s.spawn(move |_| {
+                // Picked up by `f`'s own thread (waiting on a join, or at the scope's
+                // end): spinning there would hold `f` up.
+                if rayon::current_thread_index() == owner {
+                    return;
+                }
+                let mut last_work = std::time::Instant::now();
+                while !done.load(Ordering::Acquire) {
+                    match rayon::yield_now() {
+                        Some(rayon::Yield::Executed) => last_work = std::time::Instant::now(),
+                        Some(rayon::Yield::Idle) if last_work.elapsed() < SPIN_IDLE => std::hint::spin_loop(),
+                        _ => return,
+                    }
+                }
+            });
+        }
+        let r = f();
+        done.store(true, Ordering::Release);
+        r
+    })
+}
+
 /// The variable that sizes candle's second thread pool (`candle_core::utils::barrier_pool`).
 pub const CANDLE_THREADS_VAR: &str = "CANDLE_NUM_THREADS";
 

@@ -564,12 +564,27 @@ fn quantize_blocks(data: &[f32]) -> (Vec<i8>, Vec<f32>) {
 
 /// Appends the q8_0 blocks of `data` (whole blocks of 32) to `q` and `scales`.
 pub(crate) fn quantize_into(data: &[f32], q: &mut Vec<i8>, scales: &mut Vec<f32>) {
-    for block in data.chunks_exact(Q8_BLOCK) {
-        let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let d = amax / 127.0;
-        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-        scales.push(d);
-        q.extend(block.iter().map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8));
+    let blocks = data.len() / Q8_BLOCK;
+    let (q0, s0) = (q.len(), scales.len());
+    q.resize(q0 + blocks * Q8_BLOCK, 0);
+    scales.resize(s0 + blocks, 0.0);
+    quantize_to(&data[..blocks * Q8_BLOCK], &mut q[q0..], &mut scales[s0..]);
+}
+
+super::fused::simd_fn! {
+    /// The q8_0 blocks of `data` into `q` and `scales` (built for the vector units, where
+    /// `round` is an instruction, not a call: activations are quantized on every step).
+    fn quantize_to(data: &[f32], q: &mut [i8], scales: &mut [f32]) {
+        let blocks = data.chunks_exact(Q8_BLOCK).zip(q.chunks_exact_mut(Q8_BLOCK));
+        for ((block, qb), scale) in blocks.zip(scales.iter_mut()) {
+            let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            *scale = d;
+            for (o, x) in qb.iter_mut().zip(block) {
+                *o = (x * inv).round().clamp(-127.0, 127.0) as i8;
+            }
+        }
     }
 }
 
