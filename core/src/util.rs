@@ -383,16 +383,17 @@ fn eio() -> io::Error {
 // ---------------------------------------------------------------- compute pool
 
 /// Runs `f` on a thread of rayon's global pool, the pool candle's kernels and ours split
-/// their loops over. Called from outside the pool, every parallel op hands its work to
-/// the pool, wakes it and puts the caller to sleep until it is done (a futex round trip
-/// per op, hundreds per training step); from inside, the op forks and joins within the
-/// pool. A training step (forward, backward, optimiser) runs this way. Runs `f` where it
-/// is when already on a pool thread.
+/// their loops over, with the pool's other threads kept awake meanwhile
+/// ([`with_pool_spinning`]). Called from outside the pool, every parallel op would hand
+/// its work to the pool, wake it and put the caller to sleep until it is done (a futex
+/// round trip per op, hundreds per training step); from inside, the op forks and joins
+/// within the pool. A training step (forward, backward, optimiser) and a denoising step
+/// run this way. Runs `f` where it is when already on a pool thread.
 pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
     }
-    rayon::scope(|_| f())
+    with_pool_spinning(f)
 }
 
 /// How long a pool thread kept busy by [`with_pool_spinning`] waits for work before it
@@ -410,7 +411,7 @@ pub fn with_pool_spinning<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     use std::sync::atomic::{AtomicBool, Ordering};
     let threads = rayon::current_num_threads();
     if threads < 2 {
-        return on_compute_pool(f);
+        return rayon::scope(|_| f());
     }
     let done = AtomicBool::new(false);
     rayon::scope(|s| {
