@@ -554,11 +554,22 @@ fn q8_tiles(k: q8tiles::Kernel, xq: &[i8], xd: &[f32], wq: &[i8], wd: &[f32], n:
     for_each_tile(outs, n, (OUT_TILE, ROW_TILE, ONE_ROW_TILE), |o, r, nw, nr| by_shape!(tile, o, r, nw, nr));
 }
 
-/// Blockwise 8-bit quantization: values and one scale (max |x| / 127) per 32.
+/// Blockwise 8-bit quantization: values and one scale (max |x| / 127) per 32 (a long
+/// input, a prompt's rows, in parallel blocks).
 fn quantize_blocks(data: &[f32]) -> (Vec<i8>, Vec<f32>) {
-    let mut q = Vec::with_capacity(data.len());
-    let mut scales = Vec::with_capacity(data.len() / Q8_BLOCK);
-    quantize_into(data, &mut q, &mut scales);
+    let blocks = data.len() / Q8_BLOCK;
+    let mut q = vec![0i8; blocks * Q8_BLOCK];
+    let mut scales = vec![0f32; blocks];
+    let data = &data[..blocks * Q8_BLOCK];
+    if data.len() < PARALLEL_FROM {
+        quantize_to(data, &mut q, &mut scales);
+        return (q, scales);
+    }
+    let per_task = blocks.div_ceil(rayon::current_num_threads().max(1) * 4).max(8);
+    q.par_chunks_mut(per_task * Q8_BLOCK)
+        .zip(scales.par_chunks_mut(per_task))
+        .zip(data.par_chunks(per_task * Q8_BLOCK))
+        .for_each(|((q, scales), data)| quantize_to(data, q, scales));
     (q, scales)
 }
 
@@ -588,14 +599,31 @@ super::fused::simd_fn! {
     }
 }
 
-/// `[rows, cols]` -> `[cols, rows]`.
+/// `[rows, cols]` -> `[cols, rows]` (a large one in parallel bands of output rows, each
+/// read in cache-sized tiles).
 fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
     let mut out = vec![0f32; rows * cols];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = a[r * cols + c];
-        }
+    if rows == 0 || cols == 0 {
+        return out;
     }
+    let band = if rows * cols < PARALLEL_FROM {
+        cols
+    } else {
+        cols.div_ceil(rayon::current_num_threads().max(1) * 4).next_multiple_of(TILE)
+    };
+    out.par_chunks_mut(band * rows).enumerate().for_each(|(bi, out)| {
+        let c0 = bi * band;
+        let width = out.len() / rows;
+        for r0 in (0..rows).step_by(TILE) {
+            for c in 0..width {
+                let dst = &mut out[c * rows + r0..c * rows + (r0 + TILE).min(rows)];
+                for (k, d) in dst.iter_mut().enumerate() {
+                    *d = a[(r0 + k) * cols + c0 + c];
+                }
+            }
+        }
+    });
     out
 }
 
@@ -796,6 +824,28 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use candle_core::{Device, D};
+
+    #[test]
+    fn transpose_and_blockwise_quantization_are_the_same_in_parallel_bands() {
+        for (rows, cols) in [(3, 5), (37, 1), (1, 41), (1536, 37), (33, 2000)] {
+            let a: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let t = transpose(&a, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(t[c * rows + r], a[r * cols + c], "{rows}x{cols} at ({r}, {c})");
+                }
+            }
+        }
+        // A prompt's rows (quantized in parallel) give what one row at a time gives.
+        let x: Vec<f32> = (0..Q8_BLOCK * 4096).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect();
+        assert!(x.len() >= PARALLEL_FROM);
+        let (q, d) = quantize_blocks(&x);
+        let (mut q1, mut d1) = (Vec::new(), Vec::new());
+        for row in x.chunks(Q8_BLOCK * 16) {
+            quantize_into(row, &mut q1, &mut d1);
+        }
+        assert_eq!((q, d), (q1, d1));
+    }
 
     #[test]
     fn decode_attention_matches_the_reference_with_groups_pads_and_windows() {
