@@ -503,17 +503,12 @@ fn step(gen: &Generator, adapter: Option<&str>, batch: &mut Batch, joins: Vec<Jo
     let mut deferred = Vec::new();
     let joins = if joins.len() > 1 { admit_together(gen, adapter, batch, joins, &mut out) } else { joins };
     for j in joins {
-        let p = j.ids.len();
         let need = batch.rows.iter().map(Row::need).max().unwrap_or(0).max(j.max_new - 1);
-        if fits(gen, batch, 1, p, need).is_err() && !batch.rows.is_empty() {
+        if fits(gen, batch, 1, j.ids.len(), need).is_err() && !batch.rows.is_empty() {
             deferred.push(j);
             continue;
         }
-        let id = j.id;
-        match admit(gen, adapter, batch, j, need) {
-            Ok(u) => out.push(u),
-            Err(e) => out.push(Update { id, chunk: None, generated: 0, done: Some(Err(e)) }),
-        }
+        admit(gen, adapter, batch, vec![j], need, &mut out);
     }
     (out, deferred)
 }
@@ -583,10 +578,8 @@ fn fits(gen: &Generator, batch: &Batch, rows: usize, width: usize, need: usize) 
         .check(inner.store.memory_limit)
 }
 
-/// Prefills joining requests in one left-padded pass (each row masked as it would be
-/// alone, so it produces what it would alone) and takes each one's first token; their
-/// rows join the batch (a batch that was empty takes the prefill's cache as it is).
-/// Returns the joins untouched when they do not fit in memory together.
+/// Admits several joining requests together ([`admit`]); returns them untouched when
+/// they do not fit in memory together.
 fn admit_together(
     gen: &Generator,
     adapter: Option<&str>,
@@ -599,25 +592,42 @@ fn admit_together(
     if fits(gen, batch, joins.len(), width, need).is_err() {
         return joins;
     }
-    let ids: Vec<u64> = joins.iter().map(|j| j.id).collect();
-    if let Err(e) = prefill_together(gen, adapter, batch, joins, width, need, out) {
-        for id in ids {
-            out.push(Update { id, chunk: None, generated: 0, done: Some(Err(e.clone())) });
-        }
-    }
+    admit(gen, adapter, batch, joins, need, out);
     Vec::new()
 }
 
-fn prefill_together(
+/// Prefills `joins` in one left-padded pass and adds their rows to the batch
+/// ([`prefill`]); a failed pass ends each of them with its error.
+fn admit(
     gen: &Generator,
     adapter: Option<&str>,
     batch: &mut Batch,
     joins: Vec<Join>,
-    width: usize,
+    need: usize,
+    out: &mut Vec<Update>,
+) {
+    let ids: Vec<u64> = joins.iter().map(|j| j.id).collect();
+    if let Err(e) = prefill(gen, adapter, batch, joins, need, out) {
+        for id in ids {
+            out.push(Update { id, chunk: None, generated: 0, done: Some(Err(e.clone())) });
+        }
+    }
+}
+
+/// One left-padded pass over the joins' prompts (each row masked as it would be alone,
+/// so it produces what it would alone; a single join has no padding) and each one's
+/// first token; the rows that go on join the batch (a batch that was empty takes the
+/// prefill's cache, sized for the whole request, as it is).
+fn prefill(
+    gen: &Generator,
+    adapter: Option<&str>,
+    batch: &mut Batch,
+    joins: Vec<Join>,
     need: usize,
     out: &mut Vec<Update>,
 ) -> Result<()> {
     let inner = &gen.inner;
+    let width = joins.iter().map(|j| j.ids.len()).max().unwrap_or(0);
     let pads: Vec<usize> = joins.iter().map(|j| width - j.ids.len()).collect();
     let mut flat = Vec::with_capacity(joins.len() * width);
     for (j, &pad) in joins.iter().zip(&pads) {
@@ -676,37 +686,6 @@ fn prefill_together(
     }
     batch.rows.extend(rows.into_iter().flatten());
     Ok(())
-}
-
-/// Prefills a joining request on its own, takes its first token, and adds its row to
-/// the batch (unless that token ended it).
-fn admit(gen: &Generator, adapter: Option<&str>, batch: &mut Batch, j: Join, need: usize) -> Result<Update> {
-    let inner = &gen.inner;
-    let p = j.ids.len();
-    let mut cache = KvCache::new(1, if batch.rows.is_empty() { p + need } else { p });
-    let input = Tensor::from_vec(j.ids.clone(), (1, p), &Device::Cpu)?;
-    let logits = gen.with_adapter(adapter, |st| st.model.forward_cached(&input, &mut cache, true))?;
-    inner.batcher.passes.fetch_add(1, Ordering::SeqCst);
-    let mut logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
-    let logits = logits.first_mut().ok_or_else(|| Error::Internal("prefill returned no logits".into()))?;
-    let mut state = RowState::new(j.ids, &j.cfg, inner.tokenizer.clone());
-    let chunk = state.sample(logits, &inner.eos, &j.cfg, j.max_new)?;
-    let ttft = j.t0.elapsed();
-    let last = state.generated.last().copied().unwrap_or(0);
-    let row = Row { id: j.id, state, cfg: j.cfg, max_new: j.max_new, t0: j.t0, ttft, last };
-    let generated = row.state.generated.len();
-    if row.state.finish.is_some() {
-        return Ok(Update { id: row.id, chunk, generated, done: Some(Ok(row.finished(ttft))) });
-    }
-    if batch.rows.is_empty() {
-        // Alone in its batch: its prefill cache (sized for the whole request) is the batch's.
-        batch.cache = cache;
-    } else {
-        batch.cache.join(&cache, &[0], need)?;
-    }
-    let id = row.id;
-    batch.rows.push(row);
-    Ok(Update { id, chunk, generated, done: None })
 }
 
 #[cfg(test)]
