@@ -8,11 +8,16 @@
 //! of a training step. [`conv2d`] is one op (`CustomOp3` of input, kernel and bias):
 //!
 //! - forward, per image: the im2col matrix `[c_in k k, pixels]` (row by row, a shifted
-//!   copy of one input row per kernel offset, zeros in the padding), then one gemm
+//!   copy of one input row per kernel offset, zeros in the padding; at stride 1 with
+//!   the output as wide as the input, one copy of a shifted block per kernel offset,
+//!   its wrapped edge columns zeroed), then one gemm
 //!   `kernel [c_out, c_in k k] x cols` onto the bias; a 1x1 stride-1 convolution uses
 //!   the image itself as the matrix;
-//! - input gradient (only when the input needs one): `kernel^T x grad` per image, then
-//!   col2im (the adjoint of im2col: each column added back where it was read from);
+//! - input gradient (only when the input needs one): at stride 1, the convolution of
+//!   the output gradient with the kernel flipped and its channels swapped, padded by
+//!   `k - 1 - p` (the forward's code, `c_out k k` terms per gemm, nothing to scatter);
+//!   at other strides `kernel^T x grad` per image, then col2im (the adjoint of im2col:
+//!   each column added back where it was read from);
 //! - kernel gradient (only when the kernel needs one, i.e. it is a `Var` or computed
 //!   from one): `cols x grad^T` (the gradient transposed, `[kk, c_out]`) summed over the
 //!   images, then transposed once; bias gradient: the sum of the
@@ -153,6 +158,87 @@ impl Geom {
         (oy * self.s + ky).checked_sub(self.p).filter(|&iy| iy < self.h)
     }
 
+    /// `conv(x, w) (+ bias)` for the whole batch `x` (`[b, c_in, h, w]`, kernel
+    /// `[c_out, c_in, k, k]`): per image, the bias (or zeros) then one gemm per im2col
+    /// tile accumulated onto it.
+    fn forward(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
+        let g = *self;
+        let mut out = vec![0f32; g.b * g.out_len()];
+        let image = |(xb, ob): (&[f32], &mut [f32])| -> Result<()> {
+            let n = g.pixels();
+            if let Some(bias) = bias {
+                for (c, row) in ob.chunks_exact_mut(n).enumerate() {
+                    row.fill(bias[c]);
+                }
+            }
+            let lhs = Mat::rows(w, 0, g.kk());
+            if g.direct() {
+                return matmul(
+                    (g.c_out, n, g.kk()),
+                    Dst { data: ob, offset: 0, rs: n, accumulate: true },
+                    lhs,
+                    Mat::rows(xb, 0, n),
+                    g.gemm_threads(),
+                );
+            }
+            with_cols(g.kk() * g.tile(), |cols| {
+                for (y0, y1) in g.tiles() {
+                    let (n0, t) = (y0 * g.ow, (y1 - y0) * g.ow);
+                    let cols = &mut cols[..g.kk() * t];
+                    g.im2col(xb, y0, y1, cols);
+                    matmul(
+                        (g.c_out, t, g.kk()),
+                        Dst { data: ob, offset: n0, rs: n, accumulate: true },
+                        lhs,
+                        Mat::rows(cols, 0, t),
+                        g.gemm_threads(),
+                    )?;
+                }
+                Ok(())
+            })
+        };
+        let mut pairs = x.chunks_exact(g.in_len().max(1)).zip(out.chunks_exact_mut(g.out_len().max(1)));
+        if g.by_image() {
+            pairs.collect::<Vec<_>>().into_par_iter().try_for_each(image)?;
+        } else {
+            pairs.try_for_each(image)?;
+        }
+        Ok(out)
+    }
+
+    /// The input gradient of a stride-1 convolution as a convolution itself: the
+    /// output gradient (`[b, c_out, oh, ow]`) convolved with the kernel flipped in both
+    /// spatial dims and with its channel dims swapped (`[c_in, c_out, k, k]`), padded by
+    /// `k - 1 - p`, gives `[b, c_in, h, w]` directly: one gemm per tile with
+    /// `c_out k k` terms each and no col2im, where the transposed product has only
+    /// `c_out` terms and writes `k k` times the input's size first.
+    fn input_grad_as_conv(&self, grad: &[f32], w: &[f32]) -> Result<Vec<f32>> {
+        let (k, kk) = (self.k, self.k * self.k);
+        let mut flipped = vec![0f32; w.len()];
+        for co in 0..self.c_out {
+            for ci in 0..self.c_in {
+                let src = &w[(co * self.c_in + ci) * kk..][..kk];
+                let dst = &mut flipped[(ci * self.c_out + co) * kk..][..kk];
+                for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                    *d = *s;
+                }
+            }
+        }
+        let g = Geom {
+            b: self.b,
+            c_in: self.c_out,
+            h: self.oh,
+            w: self.ow,
+            c_out: self.c_in,
+            k,
+            s: 1,
+            p: k - 1 - self.p,
+            oh: self.h,
+            ow: self.w,
+        };
+        g.forward(grad, &flipped, None)
+    }
+
     /// Writes the im2col columns of output rows `y0..y1` of image `x` (`[c_in, h, w]`)
     /// into `cols` (`[kk, (y1 - y0) ow]`).
     fn im2col(&self, x: &[f32], y0: usize, y1: usize, cols: &mut [f32]) {
@@ -162,6 +248,10 @@ impl Geom {
             let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
             let plane = &x[ci * self.h * self.w..][..self.h * self.w];
             let (lo, hi) = self.valid_cols(kx);
+            if s == 1 && self.w == ow {
+                self.im2col_rows(plane, (y0, y1), (ky, kx), (lo, hi), row);
+                continue;
+            }
             let first = (lo * s + kx).saturating_sub(p);
             for (oy, seg) in (y0..y1).zip(row.chunks_exact_mut(ow)) {
                 let Some(iy) = self.in_row(oy, ky) else {
@@ -179,6 +269,46 @@ impl Geom {
                         *d = *v;
                     }
                 }
+            }
+        }
+    }
+
+    /// One im2col row (kernel offset `(ky, kx)` of one input plane) for output rows
+    /// `y0..y1` when the stride is 1 and the output as wide as the input: the rows
+    /// inside the image are one shifted block of the plane, copied at once, and the
+    /// columns outside `lo..hi` (which read a neighbouring row) zeroed after.
+    fn im2col_rows(
+        &self,
+        plane: &[f32],
+        (y0, y1): (usize, usize),
+        (ky, kx): (usize, usize),
+        (lo, hi): (usize, usize),
+        row: &mut [f32],
+    ) {
+        let (p, ow) = (self.p, self.ow);
+        // Output rows whose input row `oy + ky - p` lies in 0..h.
+        let a = p.saturating_sub(ky).clamp(y0, y1);
+        let b = (self.h + p).saturating_sub(ky).clamp(a, y1);
+        row[..(a - y0) * ow].fill(0.0);
+        row[(b - y0) * ow..].fill(0.0);
+        if a == b {
+            return;
+        }
+        let dst = &mut row[(a - y0) * ow..(b - y0) * ow];
+        // dst[j] = plane[start + j]: every j of a column in lo..hi lies in the plane.
+        let start = ((a + ky - p) * self.w + kx) as isize - p as isize;
+        let len = dst.len() as isize;
+        let j0 = (-start).clamp(0, len);
+        let j1 = (plane.len() as isize - start).clamp(j0, len);
+        let (j0, j1) = (j0 as usize, j1 as usize);
+        dst[..j0].fill(0.0);
+        dst[j1..].fill(0.0);
+        let from = (start + j0 as isize) as usize;
+        dst[j0..j1].copy_from_slice(&plane[from..from + (j1 - j0)]);
+        if lo > 0 || hi < ow {
+            for seg in dst.chunks_exact_mut(ow) {
+                seg[..lo].fill(0.0);
+                seg[hi..].fill(0.0);
             }
         }
     }
@@ -267,44 +397,7 @@ impl CustomOp3 for Conv {
         if bias.len() != g.c_out {
             bail!("anneal-conv2d: bias of {} for {} output channels", bias.len(), g.c_out);
         }
-        let mut out = vec![0f32; g.b * g.out_len()];
-        let image = |(xb, ob): (&[f32], &mut [f32])| -> Result<()> {
-            let n = g.pixels();
-            for (c, row) in ob.chunks_exact_mut(n).enumerate() {
-                row.fill(bias[c]);
-            }
-            let lhs = Mat::rows(w, 0, g.kk());
-            if g.direct() {
-                return matmul(
-                    (g.c_out, n, g.kk()),
-                    Dst { data: ob, offset: 0, rs: n, accumulate: true },
-                    lhs,
-                    Mat::rows(xb, 0, n),
-                    g.gemm_threads(),
-                );
-            }
-            with_cols(g.kk() * g.tile(), |cols| {
-                for (y0, y1) in g.tiles() {
-                    let (n0, t) = (y0 * g.ow, (y1 - y0) * g.ow);
-                    let cols = &mut cols[..g.kk() * t];
-                    g.im2col(xb, y0, y1, cols);
-                    matmul(
-                        (g.c_out, t, g.kk()),
-                        Dst { data: ob, offset: n0, rs: n, accumulate: true },
-                        lhs,
-                        Mat::rows(cols, 0, t),
-                        g.gemm_threads(),
-                    )?;
-                }
-                Ok(())
-            })
-        };
-        let mut pairs = x.chunks_exact(g.in_len().max(1)).zip(out.chunks_exact_mut(g.out_len().max(1)));
-        if g.by_image() {
-            pairs.collect::<Vec<_>>().into_par_iter().try_for_each(image)?;
-        } else {
-            pairs.try_for_each(image)?;
-        }
+        let out = g.forward(x, w, Some(bias))?;
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.c_out, g.oh, g.ow))))
     }
 
@@ -349,6 +442,9 @@ impl CustomOp2 for InputGrad {
         let (grad, w) = (contiguous(s1, l1, "gradient")?, contiguous(s2, l2, "kernel")?);
         if grad.len() != g.b * g.out_len() {
             bail!("anneal-conv2d: gradient of {:?} for an output of {}x{}", l1.dims(), g.oh, g.ow);
+        }
+        if g.s == 1 && !g.direct() {
+            return Ok((CpuStorage::F32(g.input_grad_as_conv(grad, w)?), Shape::from((b, c, h, wd))));
         }
         let mut gx = vec![0f32; g.b * g.in_len()];
         // kernel^T: [kk, c_out] read from w [c_out, kk].
@@ -533,6 +629,10 @@ mod tests {
             (3, 2, 1, 7, 7, 2, 3, 2),
             (3, 1, 0, 5, 6, 3, 2, 2),
             (3, 2, 1, 8, 8, 4, 4, 3),
+            // Wider kernels: two columns (or one) outside the image on each side.
+            (5, 1, 2, 7, 9, 2, 3, 2),
+            (5, 1, 1, 7, 8, 2, 3, 1),
+            (5, 1, 4, 6, 6, 2, 3, 1),
             // More than one tile per image: kk = 64 * 9 = 576 rows, tiles of 18 output rows.
             (3, 1, 1, 24, 25, 64, 3, 1),
             (3, 1, 1, 24, 25, 64, 3, 4),
