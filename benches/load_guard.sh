@@ -5,7 +5,8 @@
 #   - other processes used more than BENCH_MAX_OTHER_CPU (default 0.10) of the machine's
 #     CPU time during the run: all busy time (/proc/stat) minus this script's children.
 # Timings are printed either way; the scripts leave the ratio columns out when idle=0.
-# BENCH_FORCE=1 reports ratios anyway (say so next to the figures).
+# BENCH_FORCE=1 reports ratios anyway (say so next to the figures). BENCH_WAIT_IDLE=S waits
+# up to S seconds for the load to fall below the limit before starting.
 
 guard_cpu() { # busy jiffies of the whole machine
   awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
@@ -21,9 +22,16 @@ guard_children() { # sets guard_kids: CPU seconds used by this shell's finished 
 }
 
 guard_start() {
+  local load1 waited=0
+  # BENCH_WAIT_IDLE=S: first wait up to S seconds for the load to settle (the scripts'
+  # own setup, model generation and builds, raises it).
+  while [ "$waited" -lt "${BENCH_WAIT_IDLE:-0}" ] \
+    && awk -v l="$(cut -d' ' -f1 /proc/loadavg)" -v m="${BENCH_MAX_LOAD:-0.5}" 'BEGIN { exit !(l > m) }'; do
+    sleep 10
+    waited=$((waited + 10))
+  done
   echo "uptime before: $(uptime)"
   idle=1
-  local load1
   load1="$(cut -d' ' -f1 /proc/loadavg)"
   if awk -v l="$load1" -v m="${BENCH_MAX_LOAD:-0.5}" 'BEGIN { exit !(l > m) }'; then
     idle=0

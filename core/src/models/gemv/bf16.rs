@@ -17,7 +17,7 @@
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::{by_shape, chunk, for_each_tile, transpose};
+use super::{by_shape, chunk, for_each_tile, next_rows, transpose, Ahead};
 use crate::error::{Error, Result};
 
 /// Lanes of partial sums (input feature `j` goes to lane `j % LANES`).
@@ -125,7 +125,8 @@ fn tiles(k: Kernel, x: &[f32], w: &[u16], n: usize, in_f: usize, ys: &mut [f32])
         ($o:expr, $r:expr, $nw:literal, $nr:literal) => {{
             let ws: [&[u16]; $nw] = std::array::from_fn(|a| &w[($o + a) * in_f..($o + a + 1) * in_f]);
             let xs: [&[f32]; $nr] = std::array::from_fn(|b| &x[($r + b) * in_f..($r + b + 1) * in_f]);
-            let t = dots::<$nw, $nr>(k, ws, xs);
+            let ahead: &[u16] = if $r == 0 { next_rows(w, $o + $nw, $nw, in_f) } else { &[] };
+            let t = dots::<$nw, $nr>(k, ws, xs, ahead);
             for (a, row) in t.iter().enumerate() {
                 ys[($o + a) * n + $r..($o + a) * n + $r + $nr].copy_from_slice(row);
             }
@@ -187,18 +188,19 @@ impl Kernel {
 /// `out[o][r] = w[o] . x[r]` over the shortest slice's length, for `O` weight rows
 /// (bf16 bits) and `R` input rows (f32), in the arithmetic of the module doc.
 #[inline]
-fn dots<const O: usize, const R: usize>(k: Kernel, w: [&[u16]; O], x: [&[f32]; R]) -> [[f32; R]; O] {
+fn dots<const O: usize, const R: usize>(k: Kernel, w: [&[u16]; O], x: [&[f32]; R], ahead: &[u16]) -> [[f32; R]; O] {
     let len = w.iter().map(|s| s.len()).chain(x.iter().map(|s| s.len())).min().unwrap_or(0);
+    let ahead = Ahead::new(ahead, len.div_ceil(LANES));
     match k {
         Kernel::Portable => dots_portable(len, w, x),
         // SAFETY: a `Kernel` other than `Portable` is only listed by `available` after
         // checking that the CPU has the features its function enables.
         #[cfg(target_arch = "x86_64")]
         #[allow(unsafe_code)]
-        Kernel::Avx2 => unsafe { x86::dots_avx2(len, w, x) },
+        Kernel::Avx2 => unsafe { x86::dots_avx2(len, w, x, ahead) },
         #[cfg(target_arch = "x86_64")]
         #[allow(unsafe_code)]
-        Kernel::Avx512 => unsafe { x86::dots_avx512(len, w, x) },
+        Kernel::Avx512 => unsafe { x86::dots_avx512(len, w, x, ahead) },
     }
 }
 
@@ -237,6 +239,7 @@ mod x86 {
 
     use super::super::tiles::{tile_sums, tile_sums512};
     use super::LANES;
+    use crate::models::gemv::Ahead;
 
     /// 8 bf16 values at `p` widened to f32 (shifted into the high half of each lane).
     #[inline]
@@ -257,10 +260,12 @@ mod x86 {
         len: usize,
         w: [&[u16]; O],
         x: [&[f32]; R],
+        mut ahead: Ahead,
     ) -> [[f32; R]; O] {
         let mut acc = [[[_mm256_setzero_ps(); 2]; R]; O];
         // One chunk of 16 from `wp[o]` and `xp[r]` (each 16 readable values).
         let mut chunk = |wp: [*const u16; O], xp: [*const f32; R]| {
+            ahead.next();
             for half in 0..2 {
                 let mut wv = [_mm256_setzero_ps(); O];
                 for o in 0..O {
@@ -308,9 +313,11 @@ mod x86 {
         len: usize,
         w: [&[u16]; O],
         x: [&[f32]; R],
+        mut ahead: Ahead,
     ) -> [[f32; R]; O] {
         let mut acc = [[_mm512_setzero_ps(); R]; O];
         let mut chunk = |j: usize, mask: u16| {
+            ahead.next();
             let mut wv = [_mm512_setzero_ps(); O];
             for o in 0..O {
                 // SAFETY: the mask selects values `j..min(j + 16, len)`, within `w[o]`.

@@ -13,7 +13,7 @@
 use std::arch::x86_64::*;
 
 use super::tiles::{tile_sums, tile_sums512};
-use super::Q8_BLOCK;
+use super::{Ahead, Q8_BLOCK};
 
 // Tile shapes of both kernels: 4 x 4 was the fastest of 1..=6 x 1..=4 on a Sapphire
 // Rapids (a 512 x 1536 weight by 12 rows; AVX2 spills some of its 32 accumulators and
@@ -71,6 +71,7 @@ pub(super) fn dots<const O: usize, const R: usize>(
     wd: [&[f32]; O],
     x: [&[i8]; R],
     xd: [&[f32]; R],
+    ahead: &[i8],
 ) -> [[f32; R]; O] {
     let blocks = w
         .iter()
@@ -83,9 +84,9 @@ pub(super) fn dots<const O: usize, const R: usize>(
         // SAFETY: a `Kernel` is only built by `available`, after checking that the CPU
         // has the features each of these functions enables.
         #[allow(unsafe_code)]
-        Isa::Avx2 => unsafe { dots_avx2::<O, R>(blocks, w, wd, x, xd) },
+        Isa::Avx2 => unsafe { dots_avx2::<O, R>(blocks, w, wd, x, xd, Ahead::new(ahead, blocks)) },
         #[allow(unsafe_code)]
-        Isa::Avx512 => unsafe { dots_avx512::<O, R>(blocks, w, wd, x, xd) },
+        Isa::Avx512 => unsafe { dots_avx512::<O, R>(blocks, w, wd, x, xd, Ahead::new(ahead, blocks.div_ceil(2))) },
     }
 }
 
@@ -99,10 +100,12 @@ fn dots_avx2<const O: usize, const R: usize>(
     wd: [&[f32]; O],
     x: [&[i8]; R],
     xd: [&[f32]; R],
+    mut ahead: Ahead,
 ) -> [[f32; R]; O] {
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[[_mm256_setzero_ps(); 2]; R]; O];
     for b in 0..blocks {
+        ahead.next();
         let half = b % 2;
         let mut xv = [_mm256_setzero_si256(); R];
         let mut xa = [_mm256_setzero_si256(); R];
@@ -142,6 +145,7 @@ fn dots_avx512<const O: usize, const R: usize>(
     wd: [&[f32]; O],
     x: [&[i8]; R],
     xd: [&[f32]; R],
+    mut ahead: Ahead,
 ) -> [[f32; R]; O] {
     let bias = _mm512_set1_epi8(-128);
     // Scale lanes: the first block's for lanes 0..8, the second's for 8..16.
@@ -150,6 +154,7 @@ fn dots_avx512<const O: usize, const R: usize>(
     // Blocks `b` and `b + 1` (masks all ones), or `b` alone in the low half (high bytes
     // and scales read as zero, high lanes kept).
     let mut step = |b: usize, bytes: u64, floats: u16, lanes: u16| {
+        ahead.next();
         let mut xu = [_mm512_setzero_si512(); R];
         let mut negative = [0u64; R];
         let mut dx = [_mm512_setzero_ps(); R];

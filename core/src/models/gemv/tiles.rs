@@ -6,6 +6,8 @@
 
 use std::arch::x86_64::*;
 
+use super::Ahead;
+
 /// Weight rows per tile of the `[out, in]` layout.
 pub(super) const OUT_TILE: usize = 3;
 /// Input rows per tile of the `[out, in]` layout: 3 x 4 accumulators, 3 weight vectors
@@ -59,15 +61,17 @@ pub(super) fn tile_sums512<const O: usize, const R: usize>(acc: &[[__m512; R]; O
 }
 
 /// `out[o][r] = w[o] . x[r]` over the shortest slice's length, for `O` weight rows and
-/// `R` input rows.
+/// `R` input rows, prefetching `ahead` (the next tile's weight) on the way.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-pub(super) fn dots<const O: usize, const R: usize>(w: [&[f32]; O], x: [&[f32]; R]) -> [[f32; R]; O] {
+pub(super) fn dots<const O: usize, const R: usize>(w: [&[f32]; O], x: [&[f32]; R], ahead: &[f32]) -> [[f32; R]; O] {
     let k = w.iter().chain(x.iter()).map(|s| s.len()).min().unwrap_or(0);
     let k8 = k - k % 8;
     let mut acc = [[_mm256_setzero_ps(); R]; O];
     let mut j = 0;
+    let mut ahead = Ahead::new(ahead, k8 / 8);
     while j < k8 {
+        ahead.next();
         let mut wv = [_mm256_setzero_ps(); O];
         for o in 0..O {
             // SAFETY: `j + 8 <= k8 <= w[o].len()`; unaligned load.
