@@ -17,12 +17,33 @@ import sys
 def main():
     idle = sys.argv[2] == "1"
     rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
-    single = [r for r in rows if r["impl"] != "membw" and "mode" not in r]
-    batched = [r for r in rows if r.get("mode") in ("batch", "concurrent")]
+    single = medians([r for r in rows if r["impl"] != "membw" and "mode" not in r])
+    batched = medians([r for r in rows if r.get("mode") in ("batch", "concurrent")])
     if single:
         roofline_table(rows, single, idle)
     if batched:
         batch_table(single, batched, idle)
+
+
+def medians(rows):
+    """One row per (impl, config, dtype, mode, batch): its numbers' medians over the
+    rounds (ROUNDS in run_generate.sh), the rest from its first round; "rounds" counts
+    them. A round whose row 0 differs from batch 1 marks the merged row as differing."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["impl"], r["config"], r["dtype"], r.get("mode"), r.get("batch")), []).append(r)
+    out = []
+    for group in groups.values():
+        merged = dict(group[0])
+        for k, v in group[0].items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                vals = sorted(g[k] for g in group)
+                merged[k] = vals[len(vals) // 2]
+        if "row0_matches_batch1" in merged:
+            merged["row0_matches_batch1"] = all(g["row0_matches_batch1"] for g in group)
+        merged["rounds"] = len(group)
+        out.append(merged)
+    return out
 
 
 def roofline_table(rows, single, idle):

@@ -6,6 +6,10 @@
 #
 #   benches/compare/run_generate.sh [runs]
 #   BATCHES="8 32" benches/compare/run_generate.sh [runs]
+#   ROUNDS=3 benches/compare/run_generate.sh [runs]
+#
+# ROUNDS (default 1) repeats the timed part, each round alternating anneal and llama.cpp
+# per dtype; the tables show medians over the rounds.
 #
 # BATCHES (default none) adds, per model, dtype and N in it, throughput under load: anneal's
 # `generate_batch` of N prompts (generate --batch N), N threads calling `generate` on one
@@ -22,6 +26,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 runs="${1:-3}"
+rounds="${ROUNDS:-1}"
 # Weight types: anneal's `--dtype` (bf16 and q8_0: f32 compute on bf16 / q8_0 weights,
 # GeneratorOptions::quantize) and the llama.cpp peer's GGUF (convert_gguf.py --outtype).
 dtypes="${DTYPES:-f32 bf16 q8_0}"
@@ -97,36 +102,39 @@ guard_start
 "$bin/membw" | tee -a "$out"
 for config in tiny small; do
   model="$here/models/$config"
-  if [ "$has_anneal" = 1 ]; then
+  # Rounds alternate the two sides per dtype (anneal, llama.cpp, next dtype...): this
+  # host's speed drifts by tens of percent within a minute, so only runs close together
+  # compare; the tables take each row's median over the rounds.
+  for round in $(seq "$rounds"); do
     for dtype in $dtypes; do
-      "$bin/generate" --model "$model" --config "$config" --dtype "$dtype" --runs "$runs" | tee -a "$out"
+      if [ "$has_anneal" = 1 ]; then
+        "$bin/generate" --model "$model" --config "$config" --dtype "$dtype" --runs "$runs" | tee -a "$out"
+      fi
+      if [ "$peer" = python ]; then
+        "$here/.venv-llama/bin/python" "$here/llama_generate.py" --model "$model" --config "$config" --dtype "$dtype" \
+          --runs "$runs" | tee -a "$out"
+      else
+        node "$here/llama_generate.mjs" --gguf "$model/model-$dtype.gguf" --config "$config" --dtype "$dtype" \
+          --runs "$runs" | tee -a "$out"
+      fi
     done
-  fi
-  "$py" "$here/torch_generate.py" --model "$model" --config "$config" --runs "$runs" 2>/dev/null | tee -a "$out"
-  for dtype in $dtypes; do
-    if [ "$peer" = python ]; then
-      "$here/.venv-llama/bin/python" "$here/llama_generate.py" --model "$model" --config "$config" --dtype "$dtype" \
-        --runs "$runs" | tee -a "$out"
-    else
-      node "$here/llama_generate.mjs" --gguf "$model/model-$dtype.gguf" --config "$config" --dtype "$dtype" \
-        --runs "$runs" | tee -a "$out"
+    if [ "$round" = 1 ]; then
+      "$py" "$here/torch_generate.py" --model "$model" --config "$config" --runs "$runs" 2>/dev/null | tee -a "$out"
     fi
-  done
-  for n in $batches; do
-    if [ "$has_anneal" = 1 ]; then
-      for mode in --batch --concurrent; do
-        for dtype in $dtypes; do
-          "$bin/generate" --model "$model" --config "$config" --dtype "$dtype" --runs "$runs" "$mode" "$n" \
-            | tee -a "$out"
-        done
-      done
-    fi
-    if [ "$peer" = python ]; then
+    for n in $batches; do
       for dtype in $dtypes; do
-        "$here/.venv-llama/bin/python" "$here/llama_generate.py" --model "$model" --config "$config" \
-          --dtype "$dtype" --runs "$runs" --batch "$n" | tee -a "$out"
+        if [ "$has_anneal" = 1 ]; then
+          for mode in --batch --concurrent; do
+            "$bin/generate" --model "$model" --config "$config" --dtype "$dtype" --runs "$runs" "$mode" "$n" \
+              | tee -a "$out"
+          done
+        fi
+        if [ "$peer" = python ]; then
+          "$here/.venv-llama/bin/python" "$here/llama_generate.py" --model "$model" --config "$config" \
+            --dtype "$dtype" --runs "$runs" --batch "$n" | tee -a "$out"
+        fi
       done
-    fi
+    done
   done
 done
 guard_end
