@@ -124,15 +124,16 @@ impl KvCache {
     /// The buffers' shape (rows, positions) once `rows` requests join whose prefilled
     /// positions are at most `prompt` and that need up to `need` more positions (as do
     /// the rows already in; `need` is the largest): the current buffers when they fit
-    /// in them, else new ones: exactly that for a batch that was empty, with room for
-    /// half as many rows and positions again otherwise (so that a stream of joining
-    /// requests reallocates now and then, not at every join).
+    /// in them, else new ones: exactly that for a batch that was empty or that a larger
+    /// group joins (a burst of callers arriving one step after the first: they set the
+    /// batch's size), with room for half as many rows and positions again otherwise (so
+    /// that a stream of joining requests reallocates now and then, not at every join).
     pub(crate) fn joined_shape(&self, rows: usize, prompt: usize, need: usize) -> (usize, usize) {
         let have = self.pads.len();
         let len = self.len.max(prompt);
         match self.held_rows() {
             Some(held) if self.fits(rows, prompt, need) => (held, self.capacity),
-            _ if have == 0 => (rows, len + need),
+            _ if have == 0 || rows > have => (have + rows, len + need),
             _ => (have + rows + have / 2, len + need + (len + need) / 2),
         }
     }
