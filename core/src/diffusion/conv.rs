@@ -158,6 +158,25 @@ impl Geom {
         (oy * self.s + ky).checked_sub(self.p).filter(|&iy| iy < self.h)
     }
 
+    /// Runs `f` on each image's (input, output) pair, of `in_len` and `out_len` floats:
+    /// the images split over rayon's threads ([`Self::by_image`]), else one after
+    /// another (each gemm then multi-threaded).
+    fn per_image(
+        &self,
+        input: &[f32],
+        in_len: usize,
+        out: &mut [f32],
+        out_len: usize,
+        f: impl Fn((&[f32], &mut [f32])) -> Result<()> + Sync + Send,
+    ) -> Result<()> {
+        let mut pairs = input.chunks_exact(in_len.max(1)).zip(out.chunks_exact_mut(out_len.max(1)));
+        if self.by_image() {
+            pairs.collect::<Vec<_>>().into_par_iter().try_for_each(&f)
+        } else {
+            pairs.try_for_each(&f)
+        }
+    }
+
     /// `conv(x, w) (+ bias)` for the whole batch `x` (`[b, c_in, h, w]`, kernel
     /// `[c_out, c_in, k, k]`): per image, the bias (or zeros) then one gemm per im2col
     /// tile accumulated onto it.
@@ -197,12 +216,7 @@ impl Geom {
                 Ok(())
             })
         };
-        let mut pairs = x.chunks_exact(g.in_len().max(1)).zip(out.chunks_exact_mut(g.out_len().max(1)));
-        if g.by_image() {
-            pairs.collect::<Vec<_>>().into_par_iter().try_for_each(image)?;
-        } else {
-            pairs.try_for_each(image)?;
-        }
+        g.per_image(x, g.in_len(), &mut out, g.out_len(), image)?;
         Ok(out)
     }
 
@@ -476,12 +490,7 @@ impl CustomOp2 for InputGrad {
                 Ok(())
             })
         };
-        let mut pairs = grad.chunks_exact(g.out_len().max(1)).zip(gx.chunks_exact_mut(g.in_len().max(1)));
-        if g.by_image() {
-            pairs.collect::<Vec<_>>().into_par_iter().try_for_each(image)?;
-        } else {
-            pairs.try_for_each(image)?;
-        }
+        g.per_image(grad, g.out_len(), &mut gx, g.in_len(), image)?;
         Ok((CpuStorage::F32(gx), Shape::from((b, c, h, wd))))
     }
 }
