@@ -392,13 +392,11 @@ impl Request {
                 armed: true,
             };
             drop(st);
-            // On a compute-pool thread, whoever drives: the step's buffers (the logits,
-            // a grown KV cache) then come from the pool threads' malloc arenas, not from
-            // one arena per calling thread (32 concurrent callers peaked at 422 MiB
-            // where one `generate_batch` of 32 took 333; the forward pass hopped onto
-            // the pool anyway).
-            let (updates, deferred) =
-                crate::util::on_compute_pool(|| step(&self.gen, self.adapter.as_deref(), &mut batch, joins));
+            // On the calling thread, not the compute pool: the step takes the model's
+            // lock (`with_adapter`), and a pool thread waiting inside it can pick up
+            // another lane's step, whose write lock would then wait forever on the read
+            // lock below it on the same thread.
+            let (updates, deferred) = step(&self.gen, self.adapter.as_deref(), &mut batch, joins);
             st = b.lock()?;
             guard.armed = false;
             let lane = st.lanes.entry(self.adapter.clone()).or_default();
