@@ -21,12 +21,15 @@ guard_children() { # sets guard_kids: CPU seconds used by this shell's finished 
   rm -f "$f"
 }
 
+guard_busy() { # whether the 1-minute load average is above BENCH_MAX_LOAD
+  awk -v l="$(cut -d' ' -f1 /proc/loadavg)" -v m="${BENCH_MAX_LOAD:-0.5}" 'BEGIN { exit !(l > m) }'
+}
+
 guard_start() {
   local load1 waited=0
   # BENCH_WAIT_IDLE=S: first wait up to S seconds for the load to settle (the scripts'
   # own setup, model generation and builds, raises it).
-  while [ "$waited" -lt "${BENCH_WAIT_IDLE:-0}" ] \
-    && awk -v l="$(cut -d' ' -f1 /proc/loadavg)" -v m="${BENCH_MAX_LOAD:-0.5}" 'BEGIN { exit !(l > m) }'; do
+  while [ "$waited" -lt "${BENCH_WAIT_IDLE:-0}" ] && guard_busy; do
     sleep 10
     waited=$((waited + 10))
   done

@@ -27,8 +27,7 @@ def main():
 
 def medians(rows):
     """One row per (impl, config, dtype, mode, batch): its numbers' medians over the
-    rounds (ROUNDS in run_generate.sh), the rest from its first round; "rounds" counts
-    them. A round whose row 0 differs from batch 1 marks the merged row as differing."""
+    rounds (ROUNDS in run_generate.sh), the rest from its first round. A round whose row 0 differs from batch 1 marks the merged row as differing."""
     groups = {}
     for r in rows:
         groups.setdefault((r["impl"], r["config"], r["dtype"], r.get("mode"), r.get("batch")), []).append(r)
@@ -41,7 +40,6 @@ def medians(rows):
                 merged[k] = vals[len(vals) // 2]
         if "row0_matches_batch1" in merged:
             merged["row0_matches_batch1"] = all(g["row0_matches_batch1"] for g in group)
-        merged["rounds"] = len(group)
         out.append(merged)
     return out
 
