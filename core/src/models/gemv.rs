@@ -634,19 +634,76 @@ pub(crate) fn quantize_into(data: &[f32], q: &mut Vec<i8>, scales: &mut Vec<f32>
     quantize_to(&data[..blocks * Q8_BLOCK], &mut q[q0..], &mut scales[s0..]);
 }
 
-super::fused::simd_fn! {
-    /// The q8_0 blocks of `data` into `q` and `scales` (built for the vector units, where
-    /// `round` is an instruction, not a call: activations are quantized on every step).
-    fn quantize_to(data: &[f32], q: &mut [i8], scales: &mut [f32]) {
-        let blocks = data.chunks_exact(Q8_BLOCK).zip(q.chunks_exact_mut(Q8_BLOCK));
-        for ((block, qb), scale) in blocks.zip(scales.iter_mut()) {
-            let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            *scale = d;
-            for (o, x) in qb.iter_mut().zip(block) {
-                *o = (x * inv).round().clamp(-127.0, 127.0) as i8;
-            }
+/// The q8_0 blocks of `data` into `q` and `scales`: per block of 32, the scale is max |x|
+/// / 127 and each value `round(x / scale)` (halves away from zero), clamped to +-127.
+/// Activations are quantized on every step; with AVX-512 a block takes a few vector
+/// instructions (the plain loop's float-to-i8 casts were compiled one lane at a time).
+fn quantize_to(data: &[f32], q: &mut [i8], scales: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU has AVX-512 F/VL/BW/DQ (checked at run time).
+        #[allow(unsafe_code)]
+        return unsafe { quantize_avx512(data, q, scales) };
+    }
+    quantize_portable(data, q, scales)
+}
+
+fn quantize_portable(data: &[f32], q: &mut [i8], scales: &mut [f32]) {
+    let blocks = data.chunks_exact(Q8_BLOCK).zip(q.chunks_exact_mut(Q8_BLOCK));
+    for ((block, qb), scale) in blocks.zip(scales.iter_mut()) {
+        let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let (d, inv) = q8_scale(amax);
+        *scale = d;
+        for (o, x) in qb.iter_mut().zip(block) {
+            *o = (x * inv).round().clamp(-127.0, 127.0) as i8;
+        }
+    }
+}
+
+/// A block's scale from its largest magnitude, and the factor that maps values onto
+/// -127..=127.
+#[inline(always)]
+fn q8_scale(amax: f32) -> (f32, f32) {
+    let d = amax / 127.0;
+    (d, if d > 0.0 { 1.0 / d } else { 0.0 })
+}
+
+/// [`quantize_portable`] on AVX-512, value for value: the same scale, the same product
+/// `x * inv`, rounded half away from zero (truncate, then step away from zero where the
+/// dropped fraction is at least a half: `x - trunc(x)` is exact), clamped, narrowed.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+fn quantize_avx512(data: &[f32], q: &mut [i8], scales: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let blocks = data.chunks_exact(Q8_BLOCK).zip(q.chunks_exact_mut(Q8_BLOCK));
+    let half = _mm512_set1_ps(0.5);
+    let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+    for ((block, qb), scale) in blocks.zip(scales.iter_mut()) {
+        // SAFETY: `block` holds 32 floats and `qb` 32 bytes (`chunks_exact`); unaligned
+        // loads and stores.
+        #[allow(unsafe_code)]
+        let v = unsafe { [_mm512_loadu_ps(block.as_ptr()), _mm512_loadu_ps(block.as_ptr().add(16))] };
+        // max |x| over the block (NaN-free blocks give the fold's value).
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
+        let (d, inv) = q8_scale(amax);
+        *scale = d;
+        let inv = _mm512_set1_ps(inv);
+        for (j, v) in v.into_iter().enumerate() {
+            let x = _mm512_mul_ps(v, inv);
+            let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
+            let away = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(_mm512_sub_ps(x, t)), half);
+            // t + sign(x) where the fraction dropped was at least a half.
+            let step = _mm512_or_ps(_mm512_set1_ps(1.0), _mm512_and_ps(x, _mm512_set1_ps(-0.0)));
+            let r = _mm512_mask_add_ps(t, away, t, step);
+            // Operands in this order pass a NaN through both (as `clamp` does); it then
+            // converts to 0x80000000, narrowed to 0 as the cast gives.
+            let r = _mm512_min_ps(hi, _mm512_max_ps(lo, r));
+            let bytes = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(r));
+            // SAFETY: bytes `16 j .. 16 j + 16` of the 32-byte `qb`.
+            #[allow(unsafe_code)]
+            unsafe {
+                _mm_storeu_si128(qb.as_mut_ptr().add(16 * j).cast::<__m128i>(), bytes)
+            };
         }
     }
 }
@@ -897,6 +954,36 @@ mod tests {
             quantize_into(row, &mut q1, &mut d1);
         }
         assert_eq!((q, d), (q1, d1));
+    }
+
+    #[test]
+    fn vector_quantization_matches_the_plain_loop_value_for_value() {
+        // Blocks whose products land on exact halves (the rounding direction shows),
+        // a zero block, a block with one huge value, NaN and infinities, and
+        // pseudo-random ones.
+        let mut x: Vec<f32> = Vec::new();
+        x.extend((0..32).map(|i| (i as f32 - 16.0) * 0.37));
+        x.extend((0..32).map(|i| if i == 31 { 127.0 } else { i as f32 - 15.5 }));
+        x.extend([0.0f32; 32]);
+        x.extend((0..32).map(|i| if i == 3 { 1e30 } else { i as f32 * 1e-3 }));
+        x.extend((0..32).map(|i| match i {
+            1 => f32::NAN,
+            2 => f32::INFINITY,
+            5 => -f32::INFINITY,
+            _ => i as f32,
+        }));
+        x.extend((0..32 * 200).map(|i| ((i * 7919 % 2001) as f32 - 1000.0) / 13.0));
+        let blocks = x.len() / Q8_BLOCK;
+        let (mut q, mut d) = (vec![0i8; x.len()], vec![0f32; blocks]);
+        quantize_to(&x, &mut q, &mut d);
+        let (mut qp, mut dp) = (vec![0i8; x.len()], vec![0f32; blocks]);
+        quantize_portable(&x, &mut qp, &mut dp);
+        for b in 0..blocks {
+            assert_eq!(d[b].to_bits(), dp[b].to_bits(), "scale of block {b}");
+            assert_eq!(q[b * 32..(b + 1) * 32], qp[b * 32..(b + 1) * 32], "values of block {b}");
+        }
+        // The halves round away from zero: block 1's scale is 1, its values +-0.5 apart.
+        assert_eq!(&qp[32..36], &[-16, -15, -14, -13]);
     }
 
     #[test]

@@ -316,7 +316,11 @@ mod x86 {
         mut ahead: Ahead,
     ) -> [[f32; R]; O] {
         let mut acc = [[_mm512_setzero_ps(); R]; O];
-        let mut chunk = |j: usize, mask: u16| {
+        // One loop body for the whole chunks and a short last one (not a closure called
+        // twice, which was not inlined and kept `acc` in memory).
+        let mut j = 0;
+        while j < len {
+            let mask = if j + LANES <= len { u16::MAX } else { (1u16 << (len - j)) - 1 };
             ahead.next();
             let mut wv = [_mm512_setzero_ps(); O];
             for o in 0..O {
@@ -333,15 +337,7 @@ mod x86 {
                     acc[o][r] = _mm512_fmadd_ps(wv[o], xv, acc[o][r]);
                 }
             }
-        };
-        let full = len - len % LANES;
-        let mut j = 0;
-        while j < full {
-            chunk(j, u16::MAX);
             j += LANES;
-        }
-        if full < len {
-            chunk(full, (1u16 << (len - full)) - 1);
         }
         tile_sums512(&acc)
     }

@@ -73,13 +73,21 @@ pub(super) fn dots<const O: usize, const R: usize>(
     xd: [&[f32]; R],
     ahead: &[i8],
 ) -> [[f32; R]; O] {
-    let blocks = w
-        .iter()
-        .chain(x.iter())
-        .map(|s| s.len() / Q8_BLOCK)
-        .chain(wd.iter().chain(xd.iter()).map(|s| s.len()))
-        .min()
-        .unwrap_or(0);
+    // The blocks every slice holds (plain loops: an iterator chain here was not folded
+    // away and showed in profiles of short prompts).
+    let mut blocks = usize::MAX;
+    for s in w.iter() {
+        blocks = blocks.min(s.len() / Q8_BLOCK);
+    }
+    for s in wd.iter() {
+        blocks = blocks.min(s.len());
+    }
+    for s in x.iter() {
+        blocks = blocks.min(s.len() / Q8_BLOCK);
+    }
+    for s in xd.iter() {
+        blocks = blocks.min(s.len());
+    }
     match k.0 {
         // SAFETY: a `Kernel` is only built by `available`, after checking that the CPU
         // has the features each of these functions enables.
@@ -151,11 +159,17 @@ fn dots_avx512<const O: usize, const R: usize>(
     // Scale lanes: the first block's for lanes 0..8, the second's for 8..16.
     let spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     let mut acc = [[_mm512_setzero_ps(); R]; O];
-    // Blocks `b` and `b + 1` (masks all ones), or `b` alone in the low half (high bytes
-    // and scales read as zero, high lanes kept).
-    let mut step = |b: usize, bytes: u64, floats: u16, lanes: u16| {
+    let zero = _mm512_setzero_si512();
+    // One loop body for every pair of blocks (written once and not in a closure: a
+    // closure called from two places was not inlined, and kept `acc` in memory). Blocks
+    // `b` and `b + 1` (masks all ones), or a last odd `b` alone in the low half (high
+    // bytes and scales read as zero, high lanes kept).
+    let mut b = 0;
+    while b < blocks {
+        let (bytes, floats, lanes): (u64, u16, u16) =
+            if b + 1 < blocks { (u64::MAX, 0b11, 0xFFFF) } else { (u32::MAX.into(), 0b1, 0x00FF) };
         ahead.next();
-        let mut xu = [_mm512_setzero_si512(); R];
+        let mut xu = [zero; R];
         let mut negative = [0u64; R];
         let mut dx = [_mm512_setzero_ps(); R];
         for r in 0..R {
@@ -186,7 +200,6 @@ fn dots_avx512<const O: usize, const R: usize>(
                 )
             };
             let dw = _mm512_permutexvar_ps(spread, d);
-            let zero = _mm512_setzero_si512();
             if R == 1 {
                 let signed = _mm512_mask_sub_epi8(wv, negative[0], zero, wv);
                 let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, xu[0], signed));
@@ -199,14 +212,7 @@ fn dots_avx512<const O: usize, const R: usize>(
                 acc[o][r] = _mm512_mask3_fmadd_ps(sums, _mm512_mul_ps(dx[r], dw), acc[o][r], lanes);
             }
         }
-    };
-    let mut b = 0;
-    while b + 1 < blocks {
-        step(b, u64::MAX, 0b11, 0xFFFF);
         b += 2;
-    }
-    if b < blocks {
-        step(b, u32::MAX.into(), 0b1, 0x00FF);
     }
     tile_sums512(&acc)
 }
