@@ -515,14 +515,9 @@ impl Generator {
     fn check_still_registered(&self) -> Result<()> {
         let i = &self.inner;
         for rec in std::iter::once(&i.record).chain(Some(&i.base)).chain(i.merged.as_ref()) {
-            match i.registry.get(&rec.id) {
-                Err(Error::NotFound { .. }) => {
-                    // The id alone, as every not_found carries; the model is gone from the catalog.
-                    return Err(Error::not_found("model", rec.id.0.clone()));
-                }
-                other => {
-                    other?;
-                }
+            if !i.registry.is_registered(&rec.id)? {
+                // The id alone, as every not_found carries; the model is gone from the catalog.
+                return Err(Error::not_found("model", rec.id.0.clone()));
             }
         }
         Ok(())

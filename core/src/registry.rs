@@ -677,6 +677,12 @@ impl ModelRegistry {
             .ok_or_else(|| Error::not_found("model", id.0.clone()))
     }
 
+    /// Whether a model with this id is registered (one cached statement: checked on
+    /// every generation call).
+    pub(crate) fn is_registered(&self, id: &ModelId) -> Result<bool> {
+        self.store.catalog.read(|c| sql::exists(c, &id.0))
+    }
+
     /// Resolves an id, `name` (latest version), `name@3`, `name@latest` or `name@alias`.
     pub fn resolve(&self, r: impl Into<ModelRef>) -> Result<ModelRecord> {
         let r: ModelRef = r.into();

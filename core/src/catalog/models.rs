@@ -264,7 +264,8 @@ pub(crate) fn replaced_by(conn: &Connection, name: &str, alias: &str, id: &str) 
 
 /// Whether a model with this id exists.
 pub(crate) fn exists(conn: &Connection, id: &str) -> Result<bool> {
-    Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM models WHERE id = ?1)", [id], |r| r.get(0))?)
+    let mut st = conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM models WHERE id = ?1)")?;
+    Ok(st.query_row([id], |r| r.get(0))?)
 }
 
 pub(crate) fn children(conn: &Connection, home: &Path, id: &str) -> Result<Vec<ModelRecord>> {

@@ -225,6 +225,13 @@ mod tests {
         // A second backward (the buffer already consumed) recomputes and agrees.
         let again = got.backward().unwrap();
         assert!(max_diff(again.get(&w).unwrap(), got_g.get(&w).unwrap()) < 1e-6);
+        // The gradients scale with the loss's incoming gradient.
+        let scaled = LmHeadXent::new(&labels, t).unwrap().apply(x.as_tensor(), w.as_tensor()).unwrap();
+        let scaled_g = (scaled * 0.25).unwrap().backward().unwrap();
+        for var in [&x, &w] {
+            let (a, b) = (want_g.get(var).unwrap(), scaled_g.get(var).unwrap());
+            assert!(max_diff(&(a * 0.25).unwrap(), b) < 1e-6, "scaled gradient");
+        }
     }
 
     #[test]

@@ -180,7 +180,7 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => (2, 3, 4),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => (4, 4, 8),
+            Kernel::Avx512 => (4, 6, 8),
         }
     }
 }
