@@ -227,25 +227,34 @@ impl Ahead {
 /// (`generate_batch` gives each sequence the tokens `generate` gives it alone).
 #[cfg(target_arch = "x86_64")]
 fn linear_tiles(x: &[f32], w: &[f32], n: usize, in_f: usize, ys: &mut [f32]) {
-    use tiles::{dots, OUT_TILE, ROW_TILE};
+    use tiles::{dots, dots512, OUT_TILE, OUT_TILE_512, ROW_TILE, ROW_TILE_512};
     let outs = ys.len() / n;
     let xrow = |r: usize| &x[r * in_f..(r + 1) * in_f];
     let wrow = |o: usize| &w[o * in_f..(o + 1) * in_f];
+    let wide = has_avx512();
     // One monomorphised kernel per tile shape (the edges are smaller tiles).
     macro_rules! tile {
         ($o:expr, $r:expr, $nw:literal, $nr:literal) => {{
             let ws: [&[f32]; $nw] = std::array::from_fn(|a| wrow($o + a));
             let xs: [&[f32]; $nr] = std::array::from_fn(|b| xrow($r + b));
             let ahead: &[f32] = if $r == 0 { next_rows(w, $o + $nw, $nw, in_f) } else { &[] };
-            // SAFETY: `linear_rows` takes this path only when the CPU has AVX2 and FMA.
+            // SAFETY: `linear_rows` takes this path only when the CPU has AVX2 and FMA,
+            // and `dots512` only runs when it has AVX-512 F too.
             #[allow(unsafe_code)]
-            let t = unsafe { dots::<$nw, $nr>(ws, xs, ahead) };
+            let t = unsafe {
+                if wide {
+                    dots512::<$nw, $nr>(ws, xs, ahead)
+                } else {
+                    dots::<$nw, $nr>(ws, xs, ahead)
+                }
+            };
             for (a, row) in t.iter().enumerate() {
                 ys[($o + a) * n + $r..($o + a) * n + $r + $nr].copy_from_slice(row);
             }
         }};
     }
-    for_each_tile(outs, n, (OUT_TILE, ROW_TILE, 8), |o, r, nw, nr| by_shape!(tile, o, r, nw, nr));
+    let shape = if wide { (OUT_TILE_512, ROW_TILE_512, 8) } else { (OUT_TILE, ROW_TILE, 8) };
+    for_each_tile(outs, n, shape, |o, r, nw, nr| by_shape!(tile, o, r, nw, nr));
 }
 
 /// `w` `[in, out]` row-major (GPT-2's Conv1D): each task accumulates a block of output

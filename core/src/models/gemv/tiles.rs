@@ -99,6 +99,53 @@ pub(super) fn dots<const O: usize, const R: usize>(w: [&[f32]; O], x: [&[f32]; R
     out
 }
 
+/// Weight rows and input rows per tile of [`dots512`] (24 accumulators, 4 weight
+/// vectors and one input vector of the 32 AVX-512 registers).
+pub(super) const OUT_TILE_512: usize = 4;
+pub(super) const ROW_TILE_512: usize = 6;
+
+/// [`dots`] on AVX-512: 16 lanes per pair (input feature `j` in lane `j % 16`, each lane
+/// one chain of fused multiply-adds), a short last chunk read with masked loads (the
+/// lanes beyond it read as zero and leave their sums unchanged), then the high half
+/// added onto the low and [`hsum`]. Every pair is summed that way whatever the tile,
+/// so a row's result does not depend on the rows beside it (its sums differ from the
+/// AVX2 kernel's in the last bits: one kernel is chosen per process).
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f")]
+pub(super) fn dots512<const O: usize, const R: usize>(w: [&[f32]; O], x: [&[f32]; R], ahead: &[f32]) -> [[f32; R]; O] {
+    let mut k = usize::MAX;
+    for s in w.iter() {
+        k = k.min(s.len());
+    }
+    for s in x.iter() {
+        k = k.min(s.len());
+    }
+    let mut acc = [[_mm512_setzero_ps(); R]; O];
+    let mut ahead = Ahead::new(ahead, k.div_ceil(16));
+    let mut j = 0;
+    while j < k {
+        let mask = if j + 16 <= k { u16::MAX } else { (1u16 << (k - j)) - 1 };
+        ahead.next();
+        let mut wv = [_mm512_setzero_ps(); O];
+        for o in 0..O {
+            // SAFETY: the mask selects elements `j..min(j + 16, k)`, within `w[o]`.
+            #[allow(unsafe_code)]
+            let v = unsafe { _mm512_maskz_loadu_ps(mask, w[o].as_ptr().add(j)) };
+            wv[o] = v;
+        }
+        for r in 0..R {
+            // SAFETY: as above, within `x[r]`.
+            #[allow(unsafe_code)]
+            let xv = unsafe { _mm512_maskz_loadu_ps(mask, x[r].as_ptr().add(j)) };
+            for o in 0..O {
+                acc[o][r] = _mm512_fmadd_ps(wv[o], xv, acc[o][r]);
+            }
+        }
+        j += 16;
+    }
+    tile_sums512(&acc)
+}
+
 /// `out[r * out_rs + c] = sum_i x[r][i] * w[i * stride + c]` for `8 V` columns `c` (`w`
 /// and `out` start at the first of them) and `R` input rows, over `k` input features.
 /// Every column is one sequential chain of multiply-adds over `i`, whatever `R` and `V`,
