@@ -42,7 +42,10 @@ pub use config::{
     DownBlockType, MidBlockType, ModelIndex, PipelineConfig, UNetConfig, UpBlockType, VaeConfig, MODEL_INDEX_FILE,
     PIXEL_CHANNELS, SUPPORTED_PIPELINES,
 };
-pub use lora::{LoraComponent, LoraFile, LoraLayout, LoraModule, DEFAULT_UNET_TARGETS, LORA_WEIGHTS_FILE};
+pub use lora::{
+    save_lora_weights, LoraComponent, LoraFile, LoraLayout, LoraModule, DEFAULT_TEXT_ENCODER_TARGETS,
+    DEFAULT_UNET_TARGETS, LORA_WEIGHTS_FILE,
+};
 pub use pipeline::{
     scheduler_name, GeneratedImage, ImageSettings, StableDiffusionPipeline, Txt2ImgOutput, Txt2ImgRequest,
     FALLBACK_SCHEDULER,

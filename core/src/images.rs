@@ -12,7 +12,9 @@
 //!
 //! **Adapters per request.** A base model (or a LoRA loaded unmerged) serves requests
 //! with any LoRA of the same base at any scale ([`ImageRequest::adapters`]). Each
-//! adapter's file is read once and cached. The UNet holds one adapter at a time:
+//! adapter's file is read once and cached; its text-encoder part, when it has one, goes
+//! to the text encoder and the request's scale applies to both (as diffusers'
+//! `cross_attention_kwargs["scale"]`). The pipeline holds one adapter at a time:
 //! requests that want the adapter (and scale) currently attached run concurrently
 //! under a shared lock; a request that wants another one waits for the running ones,
 //! swaps it in under the exclusive lock, then runs. So a request never sees another
@@ -172,9 +174,8 @@ impl ImageGenerator {
         if record.kind == ModelKind::Lora {
             let file = lora_file(&record)?;
             if options.merge_adapter {
-                let unet = pipeline.unet_mut().ok_or_else(|| Error::Internal("pipeline shared at load".into()))?;
-                unet.load_lora_file(&file)?;
-                unet.merge_lora()?;
+                pipeline.load_lora_file(&file)?;
+                pipeline.merge_lora()?;
                 merged = Some(record.clone());
             } else {
                 adapters.insert(record.id.0.clone(), (record.clone(), Arc::new(file)));
@@ -423,21 +424,22 @@ impl ImageGenerator {
     }
 }
 
-/// Attaches `want` (adapter id, file, scale) to the UNet in place of what is attached.
+/// Attaches `want` (adapter id, file, scale) to the pipeline (UNet and, when the file
+/// has a part for it, text encoder) in place of what is attached.
 fn swap(l: &mut Loaded, want: Option<(&ModelId, &LoraFile, f64)>) -> Result<()> {
-    let unet = l.pipeline.unet_mut().ok_or_else(|| Error::Internal("the generator's pipeline is shared".into()))?;
+    let pipe = &mut l.pipeline;
     let same = matches!((&l.active, &want), (Some((a, _)), Some((b, _, _))) if a == *b);
     if l.active.is_some() && !same {
-        unet.remove_lora()?;
+        pipe.remove_lora()?;
         l.active = None;
     }
     if let Some((id, file, scale)) = want {
         if l.active.is_none() {
-            unet.load_lora_file(file)?;
+            pipe.load_lora_file(file)?;
             l.active = Some((id.clone(), 1.0));
         }
         if l.active.as_ref().is_some_and(|(_, s)| *s != scale) {
-            unet.set_lora_scale(scale)?;
+            pipe.set_lora_scale(scale)?;
             l.active = Some((id.clone(), scale));
         }
     }

@@ -576,9 +576,6 @@ fn check_image_fits(
         ));
     }
     let widest = cfg.unet.block_out_channels.iter().copied().max().unwrap_or(0);
-    if image.train_text_encoder && spec.method != Method::Full {
-        return Err(Error::config("image.train_text_encoder", "needs method full (LoRA adapts the UNet only)"));
-    }
     let trainable = match &spec.method {
         Method::Lora(lora) => {
             if lora.fan_in_fan_out == Some(true) {

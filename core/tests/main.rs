@@ -8,6 +8,7 @@ mod diffusion_lora;
 mod diffusion_pipeline;
 mod diffusion_presets;
 mod diffusion_schedulers;
+mod diffusion_te_lora;
 mod diffusion_unet;
 mod diffusion_vae;
 mod drift_stats;

@@ -185,6 +185,8 @@ pub struct ClipTextModel {
     cfg: ClipTextConfig,
     /// Full fine-tuning: every weight, under its canonical (`text_model.`) name.
     vars: Vec<(String, Var)>,
+    /// The attached LoRA adapter (see [`super::lora`]).
+    pub(crate) lora: Option<super::lora::ComponentLora>,
     dir: PathBuf,
     device: Device,
     dtype: DType,
@@ -196,6 +198,7 @@ impl std::fmt::Debug for ClipTextModel {
             .field("config", &self.cfg)
             .field("dir", &self.dir)
             .field("trainable", &!self.vars.is_empty())
+            .field("lora", &self.lora.as_ref().map(|l| l.modules.len()))
             .finish()
     }
 }
@@ -261,6 +264,7 @@ impl ClipTextModel {
             final_ln,
             cfg,
             vars,
+            lora: None,
             dir: dir.to_path_buf(),
             device: opts.device.clone(),
             dtype: opts.dtype,
@@ -283,14 +287,24 @@ impl ClipTextModel {
         &self.dir
     }
 
-    /// Full fine-tuning (loaded with `trainable`): every weight under its transformers
-    /// name (`text_model.encoder.layers.0.self_attn.q_proj.weight`, ...).
+    /// What an optimiser should update: a LoRA adapter's A and B under their keys in the
+    /// saved file (`text_encoder.<module>.lora_A.weight`, `lora_B.weight`) when one is
+    /// attached; else, loaded with `trainable`, every weight under its transformers name
+    /// (`text_model.encoder.layers.0.self_attn.q_proj.weight`, ...); else nothing.
     pub fn named_trainable_vars(&self) -> Vec<(String, Var)> {
-        self.vars.clone()
+        match &self.lora {
+            Some(l) => l.named_vars(),
+            None => self.vars.clone(),
+        }
+    }
+
+    /// The base weights' variables (full fine-tuning; empty when loaded frozen).
+    pub(crate) fn named_base_vars(&self) -> &[(String, Var)] {
+        &self.vars
     }
 
     pub fn trainable_vars(&self) -> Vec<Var> {
-        self.vars.iter().map(|(_, v)| v.clone()).collect()
+        self.named_trainable_vars().into_iter().map(|(_, v)| v).collect()
     }
 
     /// Writes the weights as `dir/model.safetensors` (atomically) with the config.json
@@ -335,7 +349,6 @@ impl ClipTextModel {
     /// Every linear layer under its transformers module name
     /// (`text_model.encoder.layers.{i}.self_attn.q_proj`, `....mlp.fc1`, ...): where LoRA
     /// attaches.
-    #[allow(dead_code)] // the hook for LoRA on the text encoder (training, issue 11)
     pub(crate) fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut out = Vec::new();
         for (i, l) in self.layers.iter_mut().enumerate() {

@@ -20,11 +20,19 @@
 //!   `.lora_up.weight` and `.alpha` (scale `alpha / r` per module; `alpha = r` when absent).
 //!
 //! With metadata the scale follows PEFT: `lora_alpha / r`, with `rank_pattern` and
-//! `alpha_pattern` per module, `alpha / sqrt(r)` with `use_rslora`. A text-encoder part
-//! (`text_encoder.`, `lora_te_`) is refused by [`UNet2DConditionModel::load_lora`] (the
-//! UNet is what anneal adapts); [`LoraFile::drop_text_encoder`] loads the UNet part
-//! alone. DoRA, LoHa / LoKr, LoRA biases and convolution LoRA beyond 1x1 (LoCon) are
-//! refused naming the key; so is every key that does not fit this UNet.
+//! `alpha_pattern` per module, `alpha / sqrt(r)` with `use_rslora`.
+//!
+//! **The text encoder** (CLIP) takes LoRA too, as diffusers' `train_dreambooth_lora.py
+//! --train_text_encoder` trains it: keys `text_encoder.<module>.lora_A.weight` (modules
+//! `text_model.encoder.layers.<i>.self_attn.{q,k,v,out}_proj` by default, `mlp.fc1/fc2`
+//! when targeted), its config under `text_encoder.` in the metadata, kohya's `lora_te_` /
+//! `lora_te1_` keys. [`StableDiffusionPipeline::load_lora_file`](super::StableDiffusionPipeline::load_lora_file)
+//! attaches every part of a file and one scale applies to both (diffusers'
+//! `cross_attention_kwargs["scale"]` is passed to `encode_prompt` as `lora_scale`);
+//! [`save_lora_weights`] writes both parts in one file. SDXL's second text encoder
+//! (`text_encoder_2.`, `lora_te2_`) is refused: the pipelines here have one. DoRA,
+//! LoHa / LoKr, LoRA biases and convolution LoRA beyond 1x1 (LoCon) are refused naming
+//! the key; so is every key that does not fit the model.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -32,8 +40,10 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var};
 use serde_json::Value;
 
+use super::clip::ClipTextModel;
 use super::unet::UNet2DConditionModel;
 use crate::error::{Error, IoResultExt, Location, Result};
+use crate::models::linear::Linear;
 use crate::models::lora::layers::{self, NewAdapter, PeftInit};
 use crate::types::LoraConfig;
 
@@ -42,6 +52,8 @@ pub const LORA_WEIGHTS_FILE: &str = "pytorch_lora_weights.safetensors";
 /// The targets of diffusers' `train_text_to_image_lora.py` / `train_dreambooth_lora.py`,
 /// used when [`LoraConfig::target_modules`] is empty.
 pub const DEFAULT_UNET_TARGETS: [&str; 4] = ["to_k", "to_q", "to_v", "to_out.0"];
+/// The text encoder's targets in `train_dreambooth_lora.py --train_text_encoder`.
+pub const DEFAULT_TEXT_ENCODER_TARGETS: [&str; 4] = ["q_proj", "k_proj", "v_proj", "out_proj"];
 /// The header entry holding the adapter config (diffusers' `LORA_ADAPTER_METADATA_KEY`).
 pub const METADATA_KEY: &str = "lora_adapter_metadata";
 
@@ -65,6 +77,26 @@ pub enum LoraComponent {
     TextEncoder,
     /// SDXL's second text encoder (`text_encoder_2.`, `lora_te2_`).
     TextEncoder2,
+}
+
+impl LoraComponent {
+    /// The prefix of its keys and metadata in diffusers' files.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            LoraComponent::Unet => "unet",
+            LoraComponent::TextEncoder => "text_encoder",
+            LoraComponent::TextEncoder2 => "text_encoder_2",
+        }
+    }
+
+    /// How errors name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            LoraComponent::Unet => "UNet",
+            LoraComponent::TextEncoder => "text encoder",
+            LoraComponent::TextEncoder2 => "second text encoder (SDXL)",
+        }
+    }
 }
 
 /// One adapted module of a LoRA file.
@@ -112,7 +144,8 @@ pub struct LoraFile {
     pub layout: LoraLayout,
     /// In key order.
     pub modules: Vec<LoraModule>,
-    meta: Option<AdapterMeta>,
+    /// Each component's part of `lora_adapter_metadata`.
+    metas: BTreeMap<LoraComponent, AdapterMeta>,
 }
 
 /// The weights file of `path`: the file itself, or in a directory
@@ -270,12 +303,17 @@ fn parse_key(key: &str) -> std::result::Result<(LoraComponent, String, KeyKind, 
     Err("not a LoRA tensor (expected lora_A/lora_B, lora.down/lora.up, to_q_lora.down or kohya's lora_down/lora_up/alpha)".into())
 }
 
-/// Reads the UNet's part of `lora_adapter_metadata` (None when absent).
-fn read_meta(path: &Path, header: Option<&HashMap<String, String>>) -> Result<Option<AdapterMeta>> {
+/// Reads `component`'s part of `lora_adapter_metadata` (None when absent).
+fn read_meta(
+    path: &Path,
+    header: Option<&HashMap<String, String>>,
+    component: LoraComponent,
+) -> Result<Option<AdapterMeta>> {
     let Some(raw) = header.and_then(|m| m.get(METADATA_KEY)) else {
         return Ok(None);
     };
-    let field = |f: &str| format!("__metadata__.{METADATA_KEY}.unet.{f}");
+    let prefix = format!("{}.", component.prefix());
+    let field = |f: &str| format!("__metadata__.{METADATA_KEY}.{prefix}{f}");
     let bad = |f: &str, reason: String| Error::data(Location::file(path).field(field(f)), reason);
     let v: Value = serde_json::from_str(raw).map_err(|e| {
         Error::data(Location::file(path).field(format!("__metadata__.{METADATA_KEY}")), format!("not valid JSON: {e}"))
@@ -283,12 +321,12 @@ fn read_meta(path: &Path, header: Option<&HashMap<String, String>>) -> Result<Op
     let obj = v.as_object().ok_or_else(|| {
         Error::data(Location::file(path).field(format!("__metadata__.{METADATA_KEY}")), "not a JSON object")
     })?;
-    let unet: BTreeMap<&str, &Value> =
-        obj.iter().filter_map(|(k, v)| k.strip_prefix("unet.").map(|k| (k, v))).collect();
-    if unet.is_empty() {
+    let own: BTreeMap<&str, &Value> =
+        obj.iter().filter_map(|(k, v)| k.strip_prefix(prefix.as_str()).map(|k| (k, v))).collect();
+    if own.is_empty() {
         return Ok(None);
     }
-    let get = |f: &str| unet.get(f).copied().filter(|v| !v.is_null());
+    let get = |f: &str| own.get(f).copied().filter(|v| !v.is_null());
     let flag = |f: &str| -> Result<bool> {
         match get(f) {
             None => Ok(false),
@@ -367,7 +405,12 @@ impl LoraFile {
         };
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(invalid)?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(invalid)?;
-        let meta = read_meta(&path, header.metadata().as_ref())?;
+        let mut metas = BTreeMap::new();
+        for c in [LoraComponent::Unet, LoraComponent::TextEncoder, LoraComponent::TextEncoder2] {
+            if let Some(m) = read_meta(&path, header.metadata().as_ref(), c)? {
+                metas.insert(c, m);
+            }
+        }
 
         #[derive(Default)]
         struct Parts {
@@ -462,7 +505,7 @@ impl LoraFile {
             }
             modules.push(LoraModule { component, name, down, up, alpha: p.alpha.map(|(_, a)| a), down_key, up_key });
         }
-        Ok(Self { path, layout, modules, meta })
+        Ok(Self { path, layout, modules, metas })
     }
 
     /// Whether the file adapts a text encoder too.
@@ -472,33 +515,51 @@ impl LoraFile {
 
     /// Drops the text encoders' modules, keeping the UNet's.
     pub fn drop_text_encoder(&mut self) {
-        self.modules.retain(|m| m.component == LoraComponent::Unet);
+        self.keep_only(LoraComponent::Unet);
     }
 
-    /// The scale `B A` is multiplied by for module `name` of rank `r`, as diffusers
-    /// computes it from this file (before the user's adapter scale). Errors name `key`.
-    fn module_scale(&self, m: &LoraModule, name: &str, r: usize) -> Result<(f64, f64)> {
+    /// Keeps `component`'s modules alone.
+    pub fn keep_only(&mut self, component: LoraComponent) {
+        self.modules.retain(|m| m.component == component);
+    }
+
+    /// The components the file adapts, in pipeline order.
+    pub fn components(&self) -> Vec<LoraComponent> {
+        let mut c: Vec<LoraComponent> = self.modules.iter().map(|m| m.component).collect();
+        c.sort();
+        c.dedup();
+        c
+    }
+
+    /// The scale `B A` is multiplied by for module `m` of rank `r`, as diffusers computes
+    /// it from this file (before the user's adapter scale). The metadata's patterns are
+    /// matched against each of `names` (the module's name in the file, then its aliases)
+    /// until one matches. Errors name the module's key.
+    fn module_scale(&self, m: &LoraModule, names: &[String], r: usize) -> Result<(f64, f64)> {
         if let Some(alpha) = m.alpha {
             return Ok((alpha, alpha / r as f64));
         }
-        let Some(meta) = &self.meta else {
+        let Some(meta) = self.metas.get(&m.component) else {
             // diffusers: no alphas, no config -> lora_alpha = r.
             return Ok((r as f64, 1.0));
         };
-        let want_r = pattern_value(&meta.rank_pattern, name).unwrap_or(meta.r);
+        fn find<T: Copy>(pattern: &[(String, T)], names: &[String]) -> Option<T> {
+            names.iter().find_map(|n| pattern_value(pattern, n))
+        }
+        let want_r = find(&meta.rank_pattern, names).unwrap_or(meta.r);
         if want_r != r {
             return Err(Error::data(
                 Location::file(&self.path).field(&m.down_key),
-                format!("rank {r}, but {METADATA_KEY} says r = {want_r} for `{name}`"),
+                format!("rank {r}, but {METADATA_KEY} says r = {want_r} for `{}`", m.name),
             ));
         }
-        let alpha = pattern_value(&meta.alpha_pattern, name).unwrap_or(meta.alpha);
+        let alpha = find(&meta.alpha_pattern, names).unwrap_or(meta.alpha);
         let scale = if meta.use_rslora { alpha / (r as f64).sqrt() } else { alpha / r as f64 };
         Ok((alpha, scale))
     }
 }
 
-/// One adapted layer of the UNet.
+/// One adapted layer of a component.
 #[derive(Debug, Clone)]
 pub(crate) struct AdaptedModule {
     pub(crate) name: String,
@@ -510,27 +571,85 @@ pub(crate) struct AdaptedModule {
     base_scale: f64,
 }
 
-/// The adapter attached to a UNet.
+/// The adapter attached to one component of a pipeline (the UNet or the text encoder).
 #[derive(Debug, Clone)]
-pub(crate) struct UnetLora {
+pub(crate) struct ComponentLora {
+    component: LoraComponent,
     config: LoraConfig,
     pub(crate) modules: Vec<AdaptedModule>,
-    /// The user's multiplier on every module's scale (diffusers' `cross_attention_kwargs["scale"]`).
+    /// The user's multiplier on every module's scale (diffusers' `cross_attention_kwargs["scale"]`,
+    /// `lora_scale` of `encode_prompt`).
     scale: f64,
     merged: bool,
 }
 
 /// The key of module `name`'s A (`'A'`) or B in the saved file.
-fn file_key(name: &str, which: char) -> String {
-    format!("unet.{name}.lora_{which}.weight")
+fn file_key(component: LoraComponent, name: &str, which: char) -> String {
+    format!("{}.{name}.lora_{which}.weight", component.prefix())
 }
 
-impl UnetLora {
+impl ComponentLora {
+    /// A and B of every module under their keys in the saved file.
     pub(crate) fn named_vars(&self) -> Vec<(String, Var)> {
+        let c = self.component;
         self.modules
             .iter()
-            .flat_map(|m| [(file_key(&m.name, 'A'), m.a.clone()), (file_key(&m.name, 'B'), m.b.clone())])
+            .flat_map(|m| [(file_key(c, &m.name, 'A'), m.a.clone()), (file_key(c, &m.name, 'B'), m.b.clone())])
             .collect()
+    }
+
+    pub(crate) fn config(&self) -> &LoraConfig {
+        &self.config
+    }
+
+    pub(crate) fn module_names(&self) -> Vec<String> {
+        self.modules.iter().map(|m| m.name.clone()).collect()
+    }
+
+    pub(crate) fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    pub(crate) fn is_merged(&self) -> bool {
+        self.merged
+    }
+}
+
+/// A model of a pipeline that LoRA attaches to: the UNet or the CLIP text encoder.
+pub(crate) trait LoraHost {
+    /// Its part of a LoRA file.
+    const COMPONENT: LoraComponent;
+    /// `target_modules` when the config names none.
+    const DEFAULT_TARGETS: &'static [&'static str];
+    fn lora(&self) -> Option<&ComponentLora>;
+    fn lora_slot(&mut self) -> &mut Option<ComponentLora>;
+    /// Every linear layer under its module name.
+    fn lora_linears(&mut self) -> Vec<(String, &mut Linear)>;
+    fn lora_dtype(&self) -> DType;
+    fn lora_device(&self) -> Device;
+    /// Whether the base weights are trainable (LoRA needs them frozen).
+    fn weights_trainable(&self) -> bool;
+    /// Whether module `name` is a 1x1 convolution held as a linear layer (SD 1.x's
+    /// proj_in / proj_out): its LoRA is stored 4-D.
+    fn is_conv_1x1(&self, _name: &str) -> bool {
+        false
+    }
+    /// Modules LoRA cannot adapt (convolutions), by name and by kohya's `_` spelling, to
+    /// say why a key does not fit.
+    fn other_modules(&mut self) -> Result<HashMap<String, String>> {
+        Ok(HashMap::new())
+    }
+    /// Other names files give module `name` (besides kohya's `_` spelling).
+    fn aliases(_name: &str) -> Vec<String> {
+        Vec::new()
+    }
+    /// The `rank_pattern` / `alpha_pattern` key that names module `name` alone.
+    fn pattern_key(name: &str) -> String {
+        format!("^{name}")
+    }
+    /// Module `name` in the metadata's `target_modules`.
+    fn target_name(name: &str) -> &str {
+        name
     }
 }
 
@@ -556,326 +675,526 @@ fn most_common<T: Copy + PartialOrd>(values: impl Iterator<Item = T>) -> Option<
     counts.first().map(|(v, _)| *v)
 }
 
-impl UNet2DConditionModel {
-    /// Whether module `name` is a 1x1 convolution held as a linear layer (SD 1.x's
-    /// proj_in / proj_out): its LoRA is stored 4-D.
+fn no_adapter<H: LoraHost>() -> Error {
+    Error::config("adapter", format!("the {} has no LoRA adapter", H::COMPONENT.describe()))
+}
+
+fn check_can_attach<H: LoraHost>(h: &H) -> Result<()> {
+    let what = H::COMPONENT.describe();
+    if h.lora().is_some() {
+        return Err(Error::config("adapter", format!("the {what} already has a LoRA adapter; remove it first")));
+    }
+    if h.weights_trainable() {
+        return Err(Error::config(
+            "trainable",
+            format!("LoRA needs frozen base weights: load the {what} with trainable = false"),
+        ));
+    }
+    Ok(())
+}
+
+/// The last one or two parts of each linear layer's name (`to_q`, `to_out.0`, `q_proj`),
+/// for an error that lists what could be targeted.
+fn short_names(names: impl Iterator<Item = String>) -> Vec<String> {
+    let mut available: Vec<String> = names
+        .map(|n| {
+            let parts: Vec<&str> = n.rsplitn(2, '.').collect();
+            match parts.as_slice() {
+                [last, rest] if last.parse::<usize>().is_ok() => {
+                    format!("{}.{last}", rest.rsplit('.').next().unwrap_or(rest))
+                }
+                [last, ..] => last.to_string(),
+                [] => n.clone(),
+            }
+        })
+        .collect();
+    available.sort();
+    available.dedup();
+    available
+}
+
+/// Attaches a new adapter to the linear layers of `h` that `cfg.target_modules` names
+/// (PEFT's suffix rule; empty: `H::DEFAULT_TARGETS`; `all-linear`: every linear layer),
+/// initialised as PEFT does (A kaiming-uniform from `seed`, B = 0).
+pub(crate) fn add<H: LoraHost>(h: &mut H, cfg: &LoraConfig, seed: u64) -> Result<()> {
+    cfg.validate()?;
+    if cfg.fan_in_fan_out == Some(true) {
+        return Err(Error::config(
+            "fan_in_fan_out",
+            format!("must be false for the {} (its weights are [out, in])", H::COMPONENT.describe()),
+        ));
+    }
+    check_can_attach(h)?;
+    let targets: Vec<String> = if cfg.target_modules.is_empty() {
+        H::DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect()
+    } else {
+        cfg.target_modules.clone()
+    };
+    let hit = |name: &str| LoraConfig::matches(&targets, name);
+    let (dtype, device) = (h.lora_dtype(), h.lora_device());
+    let planned = h.lora_linears().into_iter().filter(|(n, _)| hit(n)).map(|(_, l)| l.features());
+    let planned = planned.collect::<Result<Vec<_>>>()?;
+    if planned.is_empty() {
+        let available = short_names(h.lora_linears().into_iter().map(|(n, _)| n));
+        return Err(Error::config(
+            "target_modules",
+            format!(
+                "no linear layer of the {} matches {targets:?} (linear layers: {})",
+                H::COMPONENT.describe(),
+                available.join(", ")
+            ),
+        ));
+    }
+    layers::check_memory(cfg.r, planned, dtype)?;
+    let mut init = PeftInit::new(seed, dtype, &device);
+    let (r, scale) = (cfg.r, cfg.scale());
+    let mut linears = h.lora_linears();
+    let attached = layers::attach(&mut linears, cfg.dropout as f32, |name, in_f, out_f| {
+        if !hit(name) {
+            return Ok(None);
+        }
+        let (a, b) = init.make(in_f, out_f, r)?;
+        Ok(Some(NewAdapter { a, b, scale }))
+    })?;
+    drop(linears);
+    let modules = attached
+        .into_iter()
+        .map(|m| AdaptedModule { name: m.module, a: m.a, b: m.b, alpha: cfg.alpha, base_scale: scale })
+        .collect();
+    let config = LoraConfig { target_modules: targets, fan_in_fan_out: Some(false), ..cfg.clone() };
+    *h.lora_slot() = Some(ComponentLora { component: H::COMPONENT, config, modules, scale: 1.0, merged: false });
+    Ok(())
+}
+
+/// Attaches `H`'s part of `file` (its other components' modules are left to their own
+/// models). Every module must be a linear layer (or 1x1 convolution) of `h` with
+/// matching shapes; otherwise nothing is attached and the error names the file and key.
+pub(crate) fn load<H: LoraHost>(h: &mut H, file: &LoraFile) -> Result<()> {
+    check_can_attach(h)?;
+    let what = H::COMPONENT.describe();
+    let at = |key: &str| Location::file(&file.path).field(key);
+    let own: Vec<&LoraModule> = file.modules.iter().filter(|m| m.component == H::COMPONENT).collect();
+    if own.is_empty() {
+        return Err(Error::data(Location::file(&file.path), format!("the file holds no LoRA module for the {what}")));
+    }
+    let (dtype, device) = (h.lora_dtype(), h.lora_device());
+    // The modules by name (and kohya's `_` spelling), and the ones LoRA cannot adapt, to
+    // say why a LoCon key cannot be used.
+    let mut linear_names: HashMap<String, String> = HashMap::new();
+    let mut features: HashMap<String, (usize, usize)> = HashMap::new();
+    for (name, lin) in h.lora_linears() {
+        features.insert(name.clone(), lin.features()?);
+        linear_names.insert(name.replace('.', "_"), name.clone());
+        for alias in H::aliases(&name) {
+            linear_names.insert(alias, name.clone());
+        }
+        linear_names.insert(name.clone(), name);
+    }
+    let convs = h.other_modules()?;
+    struct Planned {
+        a: Tensor,
+        b: Tensor,
+        alpha: f64,
+        scale: f64,
+    }
+    let mut planned: HashMap<String, Planned> = HashMap::new();
+    let mut ranks = Vec::new();
+    for m in own {
+        let Some(name) = linear_names.get(&m.name).cloned() else {
+            let reason = match convs.get(&m.name) {
+                Some(c) => format!("LoRA on the convolution `{c}` (LoCon) is not supported; only linear layers"),
+                None => format!("no module `{}` in this {what}: a LoRA for another model or architecture?", m.name),
+            };
+            return Err(Error::data(at(&m.down_key), reason));
+        };
+        let (in_f, out_f) = features[&name];
+        let r = m.rank();
+        let fits = |d: &[usize], want: [usize; 2]| d == want || d == [want[0], want[1], 1, 1];
+        if !fits(m.down.dims(), [r, in_f]) {
+            return Err(Error::data(
+                at(&m.down_key),
+                format!("shape {:?} does not fit `{name}` ({in_f} inputs): expected [{r}, {in_f}]", m.down.dims()),
+            ));
+        }
+        if !fits(m.up.dims(), [out_f, r]) {
+            return Err(Error::data(
+                at(&m.up_key),
+                format!("shape {:?} does not fit `{name}` ({out_f} outputs): expected [{out_f}, {r}]", m.up.dims()),
+            ));
+        }
+        // Patterns match the module's name as the file's writer knew it.
+        let names: Vec<String> = std::iter::once(m.name.clone()).chain(H::aliases(&m.name)).collect();
+        let (alpha, scale) = file.module_scale(m, &names, r)?;
+        let a = m.down.reshape((r, in_f))?.to_dtype(dtype)?.to_device(&device)?;
+        let b = m.up.reshape((out_f, r))?.to_dtype(dtype)?.to_device(&device)?;
+        if planned.insert(name.clone(), Planned { a, b, alpha, scale }).is_some() {
+            return Err(Error::data(at(&m.down_key), format!("module `{name}` appears twice")));
+        }
+        ranks.push((r, alpha));
+    }
+    let meta = file.metas.get(&H::COMPONENT);
+    let dropout = meta.map_or(0.0, |m| m.dropout);
+    let mut linears = h.lora_linears();
+    let attached = layers::attach(&mut linears, dropout as f32, |name, _, _| {
+        Ok(planned.get(name).map(|p| NewAdapter { a: p.a.clone(), b: p.b.clone(), scale: p.scale }))
+    })?;
+    drop(linears);
+    let modules: Vec<AdaptedModule> = attached
+        .into_iter()
+        .map(|m| {
+            let p = &planned[&m.module];
+            AdaptedModule { name: m.module, a: m.a, b: m.b, alpha: p.alpha, base_scale: p.scale }
+        })
+        .collect();
+    let r = meta.map(|m| m.r).or_else(|| most_common(ranks.iter().map(|x| x.0))).unwrap_or(1);
+    let alpha = meta.map(|m| m.alpha).or_else(|| most_common(ranks.iter().map(|x| x.1))).unwrap_or(r as f64);
+    let config = LoraConfig {
+        r,
+        alpha,
+        dropout,
+        target_modules: modules.iter().map(|m| m.name.clone()).collect(),
+        fan_in_fan_out: Some(false),
+        use_rslora: meta.is_some_and(|m| m.use_rslora),
+    };
+    *h.lora_slot() = Some(ComponentLora { component: H::COMPONENT, config, modules, scale: 1.0, merged: false });
+    Ok(())
+}
+
+/// Adds `h`'s adapter (at scale 1) to `tensors` and its config to `meta`, under its
+/// component's prefix, as diffusers' `save_lora_weights` writes them.
+fn save_part<H: LoraHost>(
+    h: &H,
+    tensors: &mut HashMap<String, Tensor>,
+    meta: &mut BTreeMap<String, Value>,
+) -> Result<()> {
+    let lora = h.lora().ok_or_else(no_adapter::<H>)?;
+    let c = H::COMPONENT;
+    for m in &lora.modules {
+        let (mut a, mut b) = (m.a.as_tensor().detach(), m.b.as_tensor().detach());
+        if h.is_conv_1x1(&m.name) {
+            let ((r, i), (o, _)) = (a.dims2()?, b.dims2()?);
+            a = a.reshape((r, i, 1, 1))?;
+            b = b.reshape((o, r, 1, 1))?;
+        }
+        tensors.insert(file_key(c, &m.name, 'A'), a.contiguous()?);
+        tensors.insert(file_key(c, &m.name, 'B'), b.contiguous()?);
+    }
+    let cfg = &lora.config;
+    // rank_pattern / alpha_pattern (keys `^<module>`, as diffusers writes them) for the
+    // modules whose rank or alpha differs from the config's.
+    let mut rank_pattern = BTreeMap::new();
+    let mut alpha_pattern = BTreeMap::new();
+    for m in &lora.modules {
+        let r = m.a.dims().first().copied().unwrap_or(0);
+        if r != cfg.r {
+            rank_pattern.insert(H::pattern_key(&m.name), Value::from(r));
+        }
+        if m.alpha != cfg.alpha {
+            alpha_pattern.insert(H::pattern_key(&m.name), num(m.alpha));
+        }
+    }
+    let mut targets: Vec<String> = lora.modules.iter().map(|m| H::target_name(&m.name).to_string()).collect();
+    targets.sort();
+    let mut put = |k: &str, v: Value| meta.insert(format!("{}.{k}", c.prefix()), v);
+    put("alpha_pattern", serde_json::to_value(alpha_pattern).map_err(|e| Error::Internal(e.to_string()))?);
+    put("bias", Value::from("none"));
+    put("init_lora_weights", Value::from(true));
+    put("lora_alpha", num(cfg.alpha));
+    put("lora_dropout", Value::from(cfg.dropout));
+    put("r", Value::from(cfg.r));
+    put("rank_pattern", serde_json::to_value(rank_pattern).map_err(|e| Error::Internal(e.to_string()))?);
+    put("target_modules", Value::from(targets));
+    put("use_rslora", Value::from(cfg.use_rslora));
+    Ok(())
+}
+
+/// Writes the adapters of `unet` and `text_encoder` (either may be None, not both) as
+/// `dir/pytorch_lora_weights.safetensors` (created; replaced atomically), in the layout
+/// `pipe.load_lora_weights(dir)` reads with the scales diffusers needs (see the module
+/// docs). Scale multipliers ([`set_scale`]) are not saved. Returns the file's path.
+pub fn save_lora_weights(
+    dir: impl AsRef<Path>,
+    unet: Option<&UNet2DConditionModel>,
+    text_encoder: Option<&ClipTextModel>,
+) -> Result<PathBuf> {
+    let dir = dir.as_ref();
+    let mut tensors = HashMap::new();
+    let mut meta: BTreeMap<String, Value> = BTreeMap::new();
+    if let Some(u) = unet {
+        save_part(u, &mut tensors, &mut meta)?;
+    }
+    if let Some(te) = text_encoder {
+        save_part(te, &mut tensors, &mut meta)?;
+    }
+    if tensors.is_empty() {
+        return Err(Error::config(
+            "adapter",
+            "no LoRA adapter to save (neither the UNet nor the text encoder has one)",
+        ));
+    }
+    let json = serde_json::to_string_pretty(&meta).map_err(|e| Error::Internal(e.to_string()))?;
+    let header = HashMap::from([("format".to_string(), "pt".to_string()), (METADATA_KEY.to_string(), json)]);
+    std::fs::create_dir_all(dir).with_path(dir)?;
+    let p = dir.join(LORA_WEIGHTS_FILE);
+    crate::models::write_safetensors_with_metadata(&tensors, Some(header), &p)?;
+    Ok(p)
+}
+
+/// Multiplies every module's scale by `scale` (1: the adapter as trained, 0: the base).
+/// Refused while merged.
+pub(crate) fn set_scale<H: LoraHost>(h: &mut H, scale: f64) -> Result<()> {
+    if !scale.is_finite() {
+        return Err(Error::config("scale", format!("must be a finite number, got {scale}")));
+    }
+    let lora = h.lora_slot().as_mut().ok_or_else(no_adapter::<H>)?;
+    if lora.merged {
+        return Err(Error::config("adapter", "the adapter is merged: unmerge it before changing its scale"));
+    }
+    lora.scale = scale;
+    let scales: HashMap<String, f64> = lora.modules.iter().map(|m| (m.name.clone(), m.base_scale * scale)).collect();
+    for (name, lin) in h.lora_linears() {
+        if let (Some(l), Some(s)) = (lin.lora.as_mut(), scales.get(&name)) {
+            l.scale = *s;
+        }
+    }
+    Ok(())
+}
+
+/// Folds the adapter (at its current scale) into the base weights.
+pub(crate) fn merge<H: LoraHost>(h: &mut H) -> Result<()> {
+    if h.lora().is_none() {
+        return Err(no_adapter::<H>());
+    }
+    layers::merge(&mut h.lora_linears())?;
+    if let Some(l) = h.lora_slot().as_mut() {
+        l.merged = true;
+    }
+    Ok(())
+}
+
+/// Subtracts a merged adapter from the base weights again.
+pub(crate) fn unmerge<H: LoraHost>(h: &mut H) -> Result<()> {
+    layers::unmerge(&mut h.lora_linears())?;
+    if let Some(l) = h.lora_slot().as_mut() {
+        l.merged = false;
+    }
+    Ok(())
+}
+
+/// Detaches the adapter (unmerging it first).
+pub(crate) fn remove<H: LoraHost>(h: &mut H) -> Result<()> {
+    unmerge(h)?;
+    layers::strip(&mut h.lora_linears());
+    *h.lora_slot() = None;
+    Ok(())
+}
+
+impl LoraHost for UNet2DConditionModel {
+    const COMPONENT: LoraComponent = LoraComponent::Unet;
+    const DEFAULT_TARGETS: &'static [&'static str] = &DEFAULT_UNET_TARGETS;
+
+    fn lora(&self) -> Option<&ComponentLora> {
+        self.lora.as_ref()
+    }
+
+    fn lora_slot(&mut self) -> &mut Option<ComponentLora> {
+        &mut self.lora
+    }
+
+    fn lora_linears(&mut self) -> Vec<(String, &mut Linear)> {
+        self.linears_mut()
+    }
+
+    fn lora_dtype(&self) -> DType {
+        self.dtype()
+    }
+
+    fn lora_device(&self) -> Device {
+        self.device().clone()
+    }
+
+    fn weights_trainable(&self) -> bool {
+        self.weights_are_trainable()
+    }
+
     fn is_conv_1x1(&self, name: &str) -> bool {
         !self.config().use_linear_projection && (name.ends_with(".proj_in") || name.ends_with(".proj_out"))
     }
 
-    fn check_can_attach(&self) -> Result<()> {
-        if self.lora.is_some() {
-            return Err(Error::config("adapter", "the UNet already has a LoRA adapter; remove it first"));
-        }
-        if self.weights_are_trainable() {
-            return Err(Error::config(
-                "trainable",
-                "LoRA needs frozen base weights: load the UNet with trainable = false",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Attaches a new adapter to the linear layers `cfg.target_modules` names (PEFT's
-    /// suffix rule; empty: [`DEFAULT_UNET_TARGETS`]; `all-linear`: every linear layer,
-    /// including the 1x1-convolution proj_in / proj_out), initialised as PEFT does: A ~
-    /// kaiming-uniform from `seed`, B = 0, so the output is unchanged until training moves
-    /// B. The scale is `alpha / r` (`alpha / sqrt(r)` with `use_rslora`).
-    pub fn add_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<()> {
-        cfg.validate()?;
-        if cfg.fan_in_fan_out == Some(true) {
-            return Err(Error::config("fan_in_fan_out", "must be false for the UNet (its weights are [out, in])"));
-        }
-        self.check_can_attach()?;
-        let targets: Vec<String> = if cfg.target_modules.is_empty() {
-            DEFAULT_UNET_TARGETS.iter().map(|s| s.to_string()).collect()
-        } else {
-            cfg.target_modules.clone()
-        };
-        let hit = |name: &str| LoraConfig::matches(&targets, name);
-        let (dtype, device) = (self.dtype(), self.device().clone());
-        let planned = self.linears_mut().into_iter().filter(|(n, _)| hit(n)).map(|(_, l)| l.features());
-        let planned = planned.collect::<Result<Vec<_>>>()?;
-        if planned.is_empty() {
-            let mut available: Vec<String> = self
-                .linears_mut()
-                .into_iter()
-                .map(|(n, _)| {
-                    let parts: Vec<&str> = n.rsplitn(2, '.').collect();
-                    match parts.as_slice() {
-                        [last, rest] if last.parse::<usize>().is_ok() => {
-                            format!("{}.{last}", rest.rsplit('.').next().unwrap_or(rest))
-                        }
-                        [last, ..] => last.to_string(),
-                        [] => n.clone(),
-                    }
-                })
-                .collect();
-            available.sort();
-            available.dedup();
-            return Err(Error::config(
-                "target_modules",
-                format!("no linear layer of the UNet matches {targets:?} (linear layers: {})", available.join(", ")),
-            ));
-        }
-        layers::check_memory(cfg.r, planned, dtype)?;
-        let mut init = PeftInit::new(seed, dtype, &device);
-        let (r, scale) = (cfg.r, cfg.scale());
-        let mut linears = self.linears_mut();
-        let attached = layers::attach(&mut linears, cfg.dropout as f32, |name, in_f, out_f| {
-            if !hit(name) {
-                return Ok(None);
-            }
-            let (a, b) = init.make(in_f, out_f, r)?;
-            Ok(Some(NewAdapter { a, b, scale }))
-        })?;
-        drop(linears);
-        let modules = attached
-            .into_iter()
-            .map(|m| AdaptedModule { name: m.module, a: m.a, b: m.b, alpha: cfg.alpha, base_scale: scale })
-            .collect();
-        let config = LoraConfig { target_modules: targets, fan_in_fan_out: Some(false), ..cfg.clone() };
-        self.lora = Some(UnetLora { config, modules, scale: 1.0, merged: false });
-        Ok(())
-    }
-
-    /// Loads a LoRA file (or the weights file of a directory, as `pipe.load_lora_weights(dir)`
-    /// finds it) in any layout of [`LoraFile`]. A file that adapts the text encoder too is
-    /// refused (anneal adapts the UNet only); read it with [`LoraFile::read`], call
-    /// [`LoraFile::drop_text_encoder`] and [`UNet2DConditionModel::load_lora_file`] to load
-    /// its UNet part.
-    pub fn load_lora(&mut self, path: impl AsRef<Path>) -> Result<()> {
-        let file = LoraFile::read(path)?;
-        self.load_lora_file(&file)
-    }
-
-    /// Attaches the adapter of `file`. Every module must be a linear layer (or 1x1
-    /// convolution) of this UNet with matching shapes; otherwise nothing is attached and
-    /// the error names the file and the key.
-    pub fn load_lora_file(&mut self, file: &LoraFile) -> Result<()> {
-        self.check_can_attach()?;
-        let at = |key: &str| Location::file(&file.path).field(key);
-        if let Some(m) = file.modules.iter().find(|m| m.component != LoraComponent::Unet) {
-            return Err(Error::data(
-                at(&m.down_key),
-                "LoRA for the text encoder: anneal applies LoRA to the UNet only (LoraFile::drop_text_encoder \
-                 loads the UNet's part alone)",
-            ));
-        }
-        if file.modules.is_empty() {
-            return Err(Error::data(Location::file(&file.path), "the file holds no LoRA module for the UNet"));
-        }
-        let (dtype, device) = (self.dtype(), self.device().clone());
-        // This UNet's modules: linear layers by name (and kohya's `_` spelling), and the
-        // convolutions, to say why a LoCon key cannot be used.
-        let mut linear_names: HashMap<String, String> = HashMap::new();
-        let mut features: HashMap<String, (usize, usize)> = HashMap::new();
-        for (name, lin) in self.linears_mut() {
-            features.insert(name.clone(), lin.features()?);
-            linear_names.insert(name.replace('.', "_"), name.clone());
-            linear_names.insert(name.clone(), name);
-        }
-        let mut convs: HashMap<String, String> = HashMap::new();
+    fn other_modules(&mut self) -> Result<HashMap<String, String>> {
+        let linears: std::collections::HashSet<String> = self.linears_mut().into_iter().map(|(n, _)| n).collect();
+        let mut convs = HashMap::new();
         for (w, t) in self.named_weights()? {
             if let (Some(module), 4) = (w.strip_suffix(".weight"), t.rank()) {
-                if !features.contains_key(module) {
+                if !linears.contains(module) {
                     convs.insert(module.replace('.', "_"), module.to_string());
                     convs.insert(module.to_string(), module.to_string());
                 }
             }
         }
-        struct Planned {
-            a: Tensor,
-            b: Tensor,
-            alpha: f64,
-            scale: f64,
-        }
-        let mut planned: HashMap<String, Planned> = HashMap::new();
-        let mut ranks = Vec::new();
-        for m in &file.modules {
-            let Some(name) = linear_names.get(&m.name).cloned() else {
-                let reason = match convs.get(&m.name) {
-                    Some(c) => format!("LoRA on the convolution `{c}` (LoCon) is not supported; only linear layers"),
-                    None => format!("no module `{}` in this UNet: a LoRA for another model or architecture?", m.name),
-                };
-                return Err(Error::data(at(&m.down_key), reason));
-            };
-            let (in_f, out_f) = features[&name];
-            let r = m.rank();
-            let fits = |d: &[usize], want: [usize; 2]| d == want || d == [want[0], want[1], 1, 1];
-            if !fits(m.down.dims(), [r, in_f]) {
-                return Err(Error::data(
-                    at(&m.down_key),
-                    format!("shape {:?} does not fit `{name}` ({in_f} inputs): expected [{r}, {in_f}]", m.down.dims()),
-                ));
-            }
-            if !fits(m.up.dims(), [out_f, r]) {
-                return Err(Error::data(
-                    at(&m.up_key),
-                    format!("shape {:?} does not fit `{name}` ({out_f} outputs): expected [{out_f}, {r}]", m.up.dims()),
-                ));
-            }
-            let (alpha, scale) = file.module_scale(m, &name, r)?;
-            let a = m.down.reshape((r, in_f))?.to_dtype(dtype)?.to_device(&device)?;
-            let b = m.up.reshape((out_f, r))?.to_dtype(dtype)?.to_device(&device)?;
-            if planned.insert(name.clone(), Planned { a, b, alpha, scale }).is_some() {
-                return Err(Error::data(at(&m.down_key), format!("module `{name}` appears twice")));
-            }
-            ranks.push((r, alpha));
-        }
-        let dropout = file.meta.as_ref().map_or(0.0, |m| m.dropout);
-        let mut linears = self.linears_mut();
-        let attached = layers::attach(&mut linears, dropout as f32, |name, _, _| {
-            Ok(planned.get(name).map(|p| NewAdapter { a: p.a.clone(), b: p.b.clone(), scale: p.scale }))
-        })?;
-        drop(linears);
-        let modules: Vec<AdaptedModule> = attached
-            .into_iter()
-            .map(|m| {
-                let p = &planned[&m.module];
-                AdaptedModule { name: m.module, a: m.a, b: m.b, alpha: p.alpha, base_scale: p.scale }
-            })
-            .collect();
-        let r = file.meta.as_ref().map(|m| m.r).or_else(|| most_common(ranks.iter().map(|x| x.0))).unwrap_or(1);
-        let alpha =
-            file.meta.as_ref().map(|m| m.alpha).or_else(|| most_common(ranks.iter().map(|x| x.1))).unwrap_or(r as f64);
-        let config = LoraConfig {
-            r,
-            alpha,
-            dropout,
-            target_modules: modules.iter().map(|m| m.name.clone()).collect(),
-            fan_in_fan_out: Some(false),
-            use_rslora: file.meta.as_ref().is_some_and(|m| m.use_rslora),
-        };
-        self.lora = Some(UnetLora { config, modules, scale: 1.0, merged: false });
-        Ok(())
+        Ok(convs)
+    }
+}
+
+impl LoraHost for ClipTextModel {
+    const COMPONENT: LoraComponent = LoraComponent::TextEncoder;
+    const DEFAULT_TARGETS: &'static [&'static str] = &DEFAULT_TEXT_ENCODER_TARGETS;
+
+    fn lora(&self) -> Option<&ComponentLora> {
+        self.lora.as_ref()
     }
 
-    /// Writes the adapter as `dir/pytorch_lora_weights.safetensors` (created; replaced
-    /// atomically), in the layout `pipe.load_lora_weights(dir)` reads with the scale
-    /// diffusers needs (see the module docs). The file holds the adapter at scale 1: the
-    /// multiplier of [`UNet2DConditionModel::set_lora_scale`] is not saved. Returns the
-    /// file's path.
-    pub fn save_lora(&self, dir: impl AsRef<Path>) -> Result<PathBuf> {
-        let dir = dir.as_ref();
-        let lora = self.lora.as_ref().ok_or_else(|| Error::config("adapter", "the UNet has no LoRA adapter"))?;
-        let mut tensors = HashMap::new();
-        for m in &lora.modules {
-            let (mut a, mut b) = (m.a.as_tensor().detach(), m.b.as_tensor().detach());
-            if self.is_conv_1x1(&m.name) {
-                let ((r, i), (o, _)) = (a.dims2()?, b.dims2()?);
-                a = a.reshape((r, i, 1, 1))?;
-                b = b.reshape((o, r, 1, 1))?;
-            }
-            tensors.insert(file_key(&m.name, 'A'), a.contiguous()?);
-            tensors.insert(file_key(&m.name, 'B'), b.contiguous()?);
-        }
-        let c = &lora.config;
-        // rank_pattern / alpha_pattern (keys `^<module>`, as diffusers writes them) for the
-        // modules whose rank or alpha differs from the config's.
-        let mut rank_pattern = BTreeMap::new();
-        let mut alpha_pattern = BTreeMap::new();
-        for m in &lora.modules {
-            let r = m.a.dims().first().copied().unwrap_or(0);
-            if r != c.r {
-                rank_pattern.insert(format!("^{}", m.name), Value::from(r));
-            }
-            if m.alpha != c.alpha {
-                alpha_pattern.insert(format!("^{}", m.name), num(m.alpha));
-            }
-        }
-        let mut targets: Vec<String> = lora.modules.iter().map(|m| m.name.clone()).collect();
-        targets.sort();
-        let mut meta: BTreeMap<String, Value> = BTreeMap::new();
-        let mut put = |k: &str, v: Value| meta.insert(format!("unet.{k}"), v);
-        put("alpha_pattern", serde_json::to_value(alpha_pattern).map_err(|e| Error::Internal(e.to_string()))?);
-        put("bias", Value::from("none"));
-        put("init_lora_weights", Value::from(true));
-        put("lora_alpha", num(c.alpha));
-        put("lora_dropout", Value::from(c.dropout));
-        put("r", Value::from(c.r));
-        put("rank_pattern", serde_json::to_value(rank_pattern).map_err(|e| Error::Internal(e.to_string()))?);
-        put("target_modules", Value::from(targets));
-        put("use_rslora", Value::from(c.use_rslora));
-        let json = serde_json::to_string_pretty(&meta).map_err(|e| Error::Internal(e.to_string()))?;
-        let header = HashMap::from([("format".to_string(), "pt".to_string()), (METADATA_KEY.to_string(), json)]);
-        std::fs::create_dir_all(dir).with_path(dir)?;
-        let p = dir.join(LORA_WEIGHTS_FILE);
-        crate::models::write_safetensors_with_metadata(&tensors, Some(header), &p)?;
-        Ok(p)
+    fn lora_slot(&mut self) -> &mut Option<ComponentLora> {
+        &mut self.lora
     }
 
-    /// The attached adapter's configuration (for a loaded file: the most common rank and
-    /// alpha, and the adapted modules' full names as targets).
-    pub fn lora_config(&self) -> Option<&LoraConfig> {
-        self.lora.as_ref().map(|l| &l.config)
+    fn lora_linears(&mut self) -> Vec<(String, &mut Linear)> {
+        self.linears_mut()
     }
 
-    /// The adapted modules' names, in layer order.
-    pub fn lora_modules(&self) -> Vec<String> {
-        self.lora.as_ref().map(|l| l.modules.iter().map(|m| m.name.clone()).collect()).unwrap_or_default()
+    fn lora_dtype(&self) -> DType {
+        self.dtype()
     }
 
-    /// Multiplies every module's scale by `scale` (diffusers' LoRA scale:
-    /// `cross_attention_kwargs={"scale": s}`, `fuse_lora(lora_scale=s)`); 1 is the adapter
-    /// as trained, 0 the base. Refused while merged (unmerge first).
-    pub fn set_lora_scale(&mut self, scale: f64) -> Result<()> {
-        if !scale.is_finite() {
-            return Err(Error::config("scale", format!("must be a finite number, got {scale}")));
-        }
-        let lora = self.lora.as_mut().ok_or_else(|| Error::config("adapter", "the UNet has no LoRA adapter"))?;
-        if lora.merged {
-            return Err(Error::config("adapter", "the adapter is merged: unmerge it before changing its scale"));
-        }
-        lora.scale = scale;
-        let scales: HashMap<String, f64> =
-            lora.modules.iter().map(|m| (m.name.clone(), m.base_scale * scale)).collect();
-        for (name, lin) in self.linears_mut() {
-            if let (Some(l), Some(s)) = (lin.lora.as_mut(), scales.get(&name)) {
-                l.scale = *s;
+    fn lora_device(&self) -> Device {
+        self.device().clone()
+    }
+
+    fn weights_trainable(&self) -> bool {
+        !self.named_base_vars().is_empty()
+    }
+
+    /// transformers 5 names the modules without `text_model.` (diffusers strips it).
+    fn aliases(name: &str) -> Vec<String> {
+        name.strip_prefix(TEXT_MODEL).map(str::to_string).into_iter().collect()
+    }
+
+    /// Without `text_model.` and unanchored, so that the key names the module under
+    /// transformers 4's names and 5's (diffusers strips the prefix from the tensors'
+    /// keys, not from the patterns).
+    fn pattern_key(name: &str) -> String {
+        Self::target_name(name).to_string()
+    }
+
+    /// Without `text_model.`: PEFT matches a target at the end of a module's name, so
+    /// it finds the module under both transformers' names (a full name with the prefix
+    /// matches nothing under transformers 5).
+    fn target_name(name: &str) -> &str {
+        name.strip_prefix(TEXT_MODEL).unwrap_or(name)
+    }
+}
+
+/// The prefix of the text encoder's modules under transformers 4 (what anneal writes).
+const TEXT_MODEL: &str = "text_model.";
+
+/// The LoRA methods of the UNet and of the text encoder, the same for both.
+macro_rules! lora_methods {
+    ($ty:ty, $what:literal) => {
+        impl $ty {
+            #[doc = concat!("Attaches a new adapter to the linear layers of the ", $what, " that ")]
+            /// `cfg.target_modules` names (PEFT's suffix rule; empty: the defaults,
+            /// [`DEFAULT_UNET_TARGETS`] or [`DEFAULT_TEXT_ENCODER_TARGETS`];
+            /// `all-linear`: every linear layer), initialised as PEFT does: A ~
+            /// kaiming-uniform from `seed`, B = 0, so the output is unchanged until
+            /// training moves B. The scale is `alpha / r` (`alpha / sqrt(r)` with
+            /// `use_rslora`).
+            pub fn add_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<()> {
+                add(self, cfg, seed)
+            }
+
+            #[doc = concat!("Attaches the ", $what, "'s part of `file`, which must have one. Every module ")]
+            /// must be a linear layer (or 1x1 convolution) with matching shapes;
+            /// otherwise nothing is attached and the error names the file and the key.
+            /// A file that also adapts another component of the pipeline is refused:
+            /// [`StableDiffusionPipeline::load_lora_file`](super::StableDiffusionPipeline::load_lora_file)
+            /// loads every part.
+            pub fn load_lora_file(&mut self, file: &LoraFile) -> Result<()> {
+                if let Some(m) = file.modules.iter().find(|m| m.component != <$ty as LoraHost>::COMPONENT) {
+                    return Err(Error::data(
+                        Location::file(&file.path).field(&m.down_key),
+                        format!(
+                            "the file adapts the {} too: load it into the pipeline \
+                             (StableDiffusionPipeline::load_lora_file), or keep the {} part alone \
+                             (LoraFile::keep_only)",
+                            m.component.describe(),
+                            $what
+                        ),
+                    ));
+                }
+                load(self, file)
+            }
+
+            /// [`Self::load_lora_file`] of a file, or of the weights file of a directory
+            /// (as `pipe.load_lora_weights(dir)` finds it).
+            pub fn load_lora(&mut self, path: impl AsRef<Path>) -> Result<()> {
+                self.load_lora_file(&LoraFile::read(path)?)
+            }
+
+            #[doc = concat!("Writes the ", $what, "'s adapter alone as `dir/pytorch_lora_weights.safetensors` ")]
+            /// (see [`save_lora_weights`]). Returns the file's path.
+            pub fn save_lora(&self, dir: impl AsRef<Path>) -> Result<PathBuf> {
+                self.save_lora_alone(dir.as_ref())
+            }
+
+            /// The attached adapter's configuration (for a loaded file: the most common
+            /// rank and alpha, and the adapted modules' full names as targets).
+            pub fn lora_config(&self) -> Option<&LoraConfig> {
+                self.lora.as_ref().map(ComponentLora::config)
+            }
+
+            /// The adapted modules' names, in layer order.
+            pub fn lora_modules(&self) -> Vec<String> {
+                self.lora.as_ref().map(ComponentLora::module_names).unwrap_or_default()
+            }
+
+            /// Multiplies every module's scale by `scale` (diffusers' LoRA scale:
+            /// `cross_attention_kwargs={"scale": s}`, `fuse_lora(lora_scale=s)`); 1 is the
+            /// adapter as trained, 0 the base. Refused while merged (unmerge first).
+            pub fn set_lora_scale(&mut self, scale: f64) -> Result<()> {
+                set_scale(self, scale)
+            }
+
+            /// The multiplier set by `set_lora_scale` (1 without one).
+            pub fn lora_scale(&self) -> f64 {
+                self.lora.as_ref().map_or(1.0, ComponentLora::scale)
+            }
+
+            /// Folds the adapter (at its current scale) into the base weights; the
+            /// forward then skips it. `unmerge_lora` undoes it.
+            pub fn merge_lora(&mut self) -> Result<()> {
+                merge(self)
+            }
+
+            /// Subtracts a merged adapter from the base weights again.
+            pub fn unmerge_lora(&mut self) -> Result<()> {
+                unmerge(self)
+            }
+
+            /// Whether the adapter is merged into the weights.
+            pub fn is_lora_merged(&self) -> bool {
+                self.lora.as_ref().is_some_and(ComponentLora::is_merged)
+            }
+
+            /// Detaches the adapter (unmerging it first): the model is the base again.
+            pub fn remove_lora(&mut self) -> Result<()> {
+                remove(self)
             }
         }
-        Ok(())
-    }
+    };
+}
 
-    /// The multiplier set by [`UNet2DConditionModel::set_lora_scale`] (1 without one).
-    pub fn lora_scale(&self) -> f64 {
-        self.lora.as_ref().map_or(1.0, |l| l.scale)
-    }
+lora_methods!(UNet2DConditionModel, "UNet");
+lora_methods!(ClipTextModel, "text encoder");
 
-    /// Folds the adapter (at its current scale) into the base weights; the forward then
-    /// skips it. [`UNet2DConditionModel::unmerge_lora`] undoes it.
-    pub fn merge_lora(&mut self) -> Result<()> {
-        if self.lora.is_none() {
-            return Err(Error::config("adapter", "the UNet has no LoRA adapter to merge"));
-        }
-        layers::merge(&mut self.linears_mut())?;
-        if let Some(l) = self.lora.as_mut() {
-            l.merged = true;
-        }
-        Ok(())
+impl UNet2DConditionModel {
+    fn save_lora_alone(&self, dir: &Path) -> Result<PathBuf> {
+        save_lora_weights(dir, Some(self), None)
     }
+}
 
-    /// Subtracts a merged adapter from the base weights again.
-    pub fn unmerge_lora(&mut self) -> Result<()> {
-        layers::unmerge(&mut self.linears_mut())?;
-        if let Some(l) = self.lora.as_mut() {
-            l.merged = false;
-        }
-        Ok(())
-    }
-
-    /// Whether the adapter is merged into the weights.
-    pub fn is_lora_merged(&self) -> bool {
-        self.lora.as_ref().is_some_and(|l| l.merged)
-    }
-
-    /// Detaches the adapter (unmerging it first): the UNet is the base again.
-    pub fn remove_lora(&mut self) -> Result<()> {
-        self.unmerge_lora()?;
-        layers::strip(&mut self.linears_mut());
-        self.lora = None;
-        Ok(())
+impl ClipTextModel {
+    fn save_lora_alone(&self, dir: &Path) -> Result<PathBuf> {
+        save_lora_weights(dir, None, Some(self))
     }
 }
 

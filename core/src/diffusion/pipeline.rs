@@ -349,6 +349,89 @@ impl StableDiffusionPipeline {
         Arc::get_mut(&mut self.inner).map(|i| &mut i.unet)
     }
 
+    /// The text encoder, mutably (as [`StableDiffusionPipeline::unet_mut`]).
+    pub fn text_encoder_mut(&mut self) -> Option<&mut ClipTextModel> {
+        Arc::get_mut(&mut self.inner).map(|i| &mut i.text_encoder)
+    }
+
+    /// Both models LoRA attaches to, mutably (while no clone shares them).
+    fn lora_hosts(&mut self) -> Result<(&mut UNet2DConditionModel, &mut ClipTextModel)> {
+        let inner = Arc::get_mut(&mut self.inner).ok_or_else(|| {
+            Error::config("adapter", "the pipeline's weights are shared with a clone: attach adapters before cloning")
+        })?;
+        Ok((&mut inner.unet, &mut inner.text_encoder))
+    }
+
+    /// Attaches every part of a LoRA file, as `pipe.load_lora_weights` does: the UNet's
+    /// modules to the UNet, the text encoder's to the text encoder. A part for a model
+    /// this pipeline does not have (SDXL's second text encoder) is refused, and so is a
+    /// module that does not fit; then nothing is attached.
+    pub fn load_lora_file(&mut self, file: &super::lora::LoraFile) -> Result<()> {
+        use super::lora::LoraComponent;
+        if let Some(m) = file.modules.iter().find(|m| m.component == LoraComponent::TextEncoder2) {
+            return Err(Error::data(
+                crate::error::Location::file(&file.path).field(&m.down_key),
+                "LoRA for SDXL's second text encoder: this pipeline has one text encoder (SD 1.x / 2.x)",
+            ));
+        }
+        let parts = file.components();
+        if parts.is_empty() {
+            return Err(Error::data(crate::error::Location::file(&file.path), "the file holds no LoRA module"));
+        }
+        let (unet, te) = self.lora_hosts()?;
+        if parts.contains(&LoraComponent::Unet) {
+            super::lora::load(unet, file)?;
+        }
+        if parts.contains(&LoraComponent::TextEncoder) {
+            if let Err(e) = super::lora::load(te, file) {
+                if parts.contains(&LoraComponent::Unet) {
+                    super::lora::remove(unet)?;
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`StableDiffusionPipeline::load_lora_file`] of a file, or of the weights file of a
+    /// directory (as `pipe.load_lora_weights(dir)` finds it).
+    pub fn load_lora(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        self.load_lora_file(&super::lora::LoraFile::read(path)?)
+    }
+
+    /// Multiplies the scale of every attached adapter (UNet and text encoder) by `scale`,
+    /// as diffusers' `cross_attention_kwargs={"scale": s}` does for both. Refused while
+    /// merged or when no adapter is attached.
+    pub fn set_lora_scale(&mut self, scale: f64) -> Result<()> {
+        let (unet, te) = self.lora_hosts()?;
+        if unet.lora.is_none() && te.lora.is_none() {
+            return Err(Error::config("adapter", "the pipeline has no LoRA adapter"));
+        }
+        for_each_adapter(unet, te, |u| u.set_lora_scale(scale), |t| t.set_lora_scale(scale))
+    }
+
+    /// Folds the attached adapters into the weights (diffusers' `fuse_lora`).
+    pub fn merge_lora(&mut self) -> Result<()> {
+        let (unet, te) = self.lora_hosts()?;
+        if unet.lora.is_none() && te.lora.is_none() {
+            return Err(Error::config("adapter", "the pipeline has no LoRA adapter to merge"));
+        }
+        for_each_adapter(unet, te, UNet2DConditionModel::merge_lora, ClipTextModel::merge_lora)
+    }
+
+    /// Takes the attached adapters off (unmerging them first): the base pipeline again.
+    pub fn remove_lora(&mut self) -> Result<()> {
+        let (unet, te) = self.lora_hosts()?;
+        for_each_adapter(unet, te, UNet2DConditionModel::remove_lora, ClipTextModel::remove_lora)
+    }
+
+    /// Writes the attached adapters as one `dir/pytorch_lora_weights.safetensors` (see
+    /// [`super::lora::save_lora_weights`]).
+    pub fn save_lora(&self, dir: impl AsRef<Path>) -> Result<PathBuf> {
+        let (unet, te) = (&self.inner.unet, &self.inner.text_encoder);
+        super::lora::save_lora_weights(dir, unet.lora.as_ref().map(|_| unet), te.lora.as_ref().map(|_| te))
+    }
+
     /// None for a pixel-space pipeline.
     pub fn vae(&self) -> Option<&AutoencoderKL> {
         self.inner.vae.as_deref()
@@ -710,6 +793,22 @@ impl StableDiffusionPipeline {
         }
         Ok(Txt2ImgOutput { images, pixels, latents: x, seed: plan.seed, warnings: plan.warnings })
     }
+}
+
+/// Runs `on_unet` / `on_te` on the models that have an adapter.
+fn for_each_adapter(
+    unet: &mut UNet2DConditionModel,
+    te: &mut ClipTextModel,
+    on_unet: impl FnOnce(&mut UNet2DConditionModel) -> Result<()>,
+    on_te: impl FnOnce(&mut ClipTextModel) -> Result<()>,
+) -> Result<()> {
+    if unet.lora.is_some() {
+        on_unet(unet)?;
+    }
+    if te.lora.is_some() {
+        on_te(te)?;
+    }
+    Ok(())
 }
 
 /// `[b, 3, h, w]` in `[-1, 1]` to `[b, h, w, 3]` in `[0, 1]` (clamped).

@@ -92,7 +92,7 @@ pub struct UNet2DConditionModel {
     /// Full fine-tuning: every weight, under its diffusers name.
     vars: Vec<(String, Var)>,
     /// The attached LoRA adapter (see [`super::lora`]).
-    pub(crate) lora: Option<super::lora::UnetLora>,
+    pub(crate) lora: Option<super::lora::ComponentLora>,
 }
 
 impl std::fmt::Debug for UNet2DConditionModel {

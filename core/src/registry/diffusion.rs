@@ -12,10 +12,11 @@
 //!   tensor present with the shape its config implies, no tensor left over, the
 //!   tokenizer against the text encoder, the scheduler config. Above the budget the
 //!   shapes are not compared (the headers, configs, tokenizer and scheduler still are).
-//! - A LoRA is read whole ([`LoraFile::read`]: pairs, ranks, dtypes) and fitted to its
-//!   parent's UNet as the generator will fit it ([`UNet2DConditionModel::load_lora_file`])
-//!   when the parent's UNet fits the budget; otherwise its module names and shapes are
-//!   compared with the UNet's safetensors headers.
+//! - A LoRA is read whole ([`LoraFile::read`]: pairs, ranks, dtypes) and each part
+//!   (UNet, text encoder) fitted to that model of its parent as the generator will fit
+//!   it ([`StableDiffusionPipeline::load_lora_file`]) when the model fits the budget;
+//!   otherwise its module names and shapes are compared with the model's safetensors
+//!   headers. A part for SDXL's second text encoder is refused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -25,8 +26,9 @@ use serde_json::{json, Value};
 
 use super::inspect::{count_params, file_kind, in_file, is_side_file, read_json, Inspected};
 use crate::diffusion::{
-    ClipTokenizer, LoraComponent, LoraFile, LoraLayout, PipelineConfig, SchedulerConfig, SchedulerKind,
-    StableDiffusionPipeline, UNet2DConditionModel, FALLBACK_SCHEDULER, LORA_WEIGHTS_FILE, MODEL_INDEX_FILE,
+    lora, ClipTextModel, ClipTokenizer, LoraComponent, LoraFile, LoraLayout, PipelineConfig, SchedulerConfig,
+    SchedulerKind, StableDiffusionPipeline, UNet2DConditionModel, FALLBACK_SCHEDULER, LORA_WEIGHTS_FILE,
+    MODEL_INDEX_FILE,
 };
 use crate::error::{Error, IoResultExt, Location, Result};
 use crate::models::st_header::{read_safetensors_header, TensorInfo, LOADABLE_DTYPES};
@@ -248,10 +250,10 @@ pub(crate) fn inspect_lora(dir: &Path, file: &str) -> Result<Inspected> {
         ));
     }
     let lora = LoraFile::read(&path)?;
-    if let Some(m) = lora.modules.iter().find(|m| m.component != LoraComponent::Unet) {
+    if let Some(m) = lora.modules.iter().find(|m| m.component == LoraComponent::TextEncoder2) {
         return Err(Error::data(
             Location::file(&path).field(&m.down_key),
-            "LoRA for the text encoder: anneal applies LoRA to the UNet only",
+            "LoRA for SDXL's second text encoder: anneal's Stable Diffusion pipelines (SD 1.x / 2.x) have one",
         ));
     }
     let header = read_safetensors_header(&path)?;
@@ -266,6 +268,7 @@ pub(crate) fn inspect_lora(dir: &Path, file: &str) -> Result<Inspected> {
         "layout": layout_name(lora.layout),
         "r": r,
         "modules": lora.modules.len(),
+        "components": lora.components().iter().map(|c| c.prefix()).collect::<Vec<_>>(),
         "weights": file,
     });
     Ok(Inspected {
@@ -284,19 +287,22 @@ pub(crate) fn inspect_lora(dir: &Path, file: &str) -> Result<Inspected> {
     })
 }
 
-/// The parent's UNet directory and its weight files' size in bytes at f32.
-fn unet_of(parent: &ModelRecord) -> (PathBuf, Vec<PathBuf>) {
-    let dir = parent.path.join("unet");
+/// The parent's `component` directory and its weight files.
+fn component_of(parent: &ModelRecord, component: LoraComponent) -> (PathBuf, Vec<PathBuf>) {
+    let name = component.prefix();
+    let dir = parent.path.join(name);
+    let prefix = format!("{name}/");
     let weights = parent
         .files
         .iter()
-        .filter(|f| f.name.starts_with("unet/") && f.name.ends_with(".safetensors"))
+        .filter(|f| f.name.starts_with(&prefix) && f.name.ends_with(".safetensors"))
         .map(|f| parent.path.join(&f.name))
         .collect();
     (dir, weights)
 }
 
-/// Checks a diffusers LoRA against its parent (see the module docs).
+/// Checks a diffusers LoRA against its parent (see the module docs): each part (UNet,
+/// text encoder) against that model of the pipeline.
 pub(crate) fn check_lora(lora: &DiffusionLora, parent: &ModelRecord, budget: u64) -> Result<()> {
     if parent.family != Family::StableDiffusion {
         return Err(Error::config(
@@ -309,32 +315,50 @@ pub(crate) fn check_lora(lora: &DiffusionLora, parent: &ModelRecord, budget: u64
             ),
         ));
     }
-    let (dir, weights) = unet_of(parent);
+    for component in lora.file.components() {
+        check_part(lora, parent, component, budget)?;
+    }
+    Ok(())
+}
+
+fn check_part(lora: &DiffusionLora, parent: &ModelRecord, component: LoraComponent, budget: u64) -> Result<()> {
+    let (dir, weights) = component_of(parent, component);
     let mut headers = BTreeMap::new();
     for w in &weights {
         headers.extend(read_safetensors_header(w)?);
     }
     let elems: u64 = headers.values().map(|t| t.shape.iter().product::<u64>()).sum();
-    if elems.saturating_mul(4) <= budget {
-        let mut unet = UNet2DConditionModel::load(&dir, &LoadOptions::default())?;
-        return unet.load_lora_file(&lora.file);
+    let what = component.describe();
+    if elems.saturating_mul(4) <= budget && !headers.is_empty() {
+        return match component {
+            LoraComponent::Unet => {
+                lora::load(&mut UNet2DConditionModel::load(&dir, &LoadOptions::default())?, &lora.file)
+            }
+            _ => lora::load(&mut ClipTextModel::load(&dir, &LoadOptions::default())?, &lora.file),
+        };
     }
-    // Header-only: each module a linear layer (or 1x1 convolution) of the UNet with the
-    // features of its matrices.
+    // Header-only: each module a linear layer (or 1x1 convolution) of the model with the
+    // features of its matrices (transformers 5 saves CLIP without `text_model.`).
     let mut by_name: HashMap<String, (String, Vec<u64>)> = HashMap::new();
     for (name, info) in &headers {
         if let Some(module) = name.strip_suffix(".weight") {
-            by_name.insert(module.replace('.', "_"), (module.to_string(), info.shape.clone()));
-            by_name.insert(module.to_string(), (module.to_string(), info.shape.clone()));
+            let mut names = vec![module.to_string()];
+            if component != LoraComponent::Unet && !module.starts_with("text_model.") {
+                names.push(format!("text_model.{module}"));
+            }
+            for n in names {
+                by_name.insert(n.replace('.', "_"), (n.clone(), info.shape.clone()));
+                by_name.insert(n.clone(), (n, info.shape.clone()));
+            }
         }
     }
     let file = &lora.file.path;
-    for m in &lora.file.modules {
+    for m in lora.file.modules.iter().filter(|m| m.component == component) {
         let at = Location::file(file).field(&m.down_key);
         let Some((name, shape)) = by_name.get(&m.name) else {
             return Err(Error::data(
                 at,
-                format!("no module `{}` in the UNet of {}: a LoRA for another model?", m.name, parent.reference()),
+                format!("no module `{}` in the {what} of {}: a LoRA for another model?", m.name, parent.reference()),
             ));
         };
         let linear = shape.len() == 2 || (shape.len() == 4 && shape[2..] == [1, 1]);

@@ -16,8 +16,9 @@
 //!   before training and kept under the job) times `prior_loss_weight`.
 //!
 //! Every random draw comes from the seed, the step and the micro-batch, so a resumed run
-//! repeats the same steps. A full fine-tune may train the text encoder too
-//! (`train_text_encoder`); LoRA adapts the UNet only (anneal's diffusion LoRA files).
+//! repeats the same steps. `train_text_encoder` trains the text encoder too: all its
+//! weights in a full fine-tune; a LoRA on its attention projections beside the UNet's
+//! (saved in the same diffusers LoRA file, under `text_encoder.`) in a LoRA run.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,13 +33,13 @@ use super::trainee::Trainee;
 use crate::data::DatasetStore;
 use crate::diffusion::image::{self as img, ImageLimits, RgbImage};
 use crate::diffusion::{
-    ClipTextModel, PredictionType, Scheduler, SchedulerKind, StableDiffusionPipeline, Txt2ImgRequest,
+    lora, ClipTextModel, LoraFile, PredictionType, Scheduler, SchedulerKind, StableDiffusionPipeline, Txt2ImgRequest,
     UNet2DConditionModel,
 };
 use crate::error::{Error, IoResultExt, Location, Result};
 use crate::events::CancelToken;
 use crate::models::{ForwardMode, LoadOptions};
-use crate::types::{DatasetRecord, ImageCrop, ImageTrainOptions, Method, ModelRecord, TrainSpec};
+use crate::types::{DatasetRecord, ImageCrop, ImageTrainOptions, LoraConfig, Method, ModelRecord, TrainSpec};
 use crate::util;
 
 /// Class images of DreamBooth prior preservation, under the job directory.
@@ -133,6 +134,11 @@ impl DiffusionTrainee {
             ));
         }
         let unet_dir = base.path.join("unet");
+        // A LoRA run resumes from its checkpoint's LoRA file (UNet and text-encoder parts).
+        let resumed_lora = match (&spec.method, checkpoint) {
+            (Method::Lora(_), Some(c)) => Some(LoraFile::read(c)?),
+            _ => None,
+        };
         let unet = match &spec.method {
             Method::Full => {
                 let dir = checkpoint.map(|c| c.join(UNET_DIR)).unwrap_or(unet_dir);
@@ -140,8 +146,8 @@ impl DiffusionTrainee {
             }
             Method::Lora(cfg) => {
                 let mut u = UNet2DConditionModel::load(unet_dir, &lo)?;
-                match checkpoint {
-                    Some(c) => u.load_lora(c)?,
+                match &resumed_lora {
+                    Some(file) => lora::load(&mut u, file)?,
                     None => u.add_lora(cfg, spec.seed)?,
                 }
                 u
@@ -152,8 +158,25 @@ impl DiffusionTrainee {
         };
         let mut pipe = pipe.with_unet(unet.clone())?;
         let text_encoder = if opts.train_text_encoder {
-            let dir = checkpoint.map(|c| c.join(TEXT_ENCODER_DIR)).unwrap_or(base.path.join(TEXT_ENCODER_DIR));
-            let te = ClipTextModel::load(dir, &LoadOptions { trainable: true, ..lo.clone() })?;
+            let te = match &spec.method {
+                // LoRA on the frozen encoder's projections, as `train_dreambooth_lora.py
+                // --train_text_encoder` does (seeded apart from the UNet's adapter).
+                Method::Lora(cfg) => {
+                    let mut te = ClipTextModel::load(base.path.join(TEXT_ENCODER_DIR), &lo)?;
+                    match &resumed_lora {
+                        Some(file) => lora::load(&mut te, file)?,
+                        None => {
+                            let te_cfg = text_encoder_lora_config(cfg, &mut te);
+                            te.add_lora(&te_cfg, spec.seed.wrapping_add(1))?;
+                        }
+                    }
+                    te
+                }
+                _ => {
+                    let dir = checkpoint.map(|c| c.join(TEXT_ENCODER_DIR)).unwrap_or(base.path.join(TEXT_ENCODER_DIR));
+                    ClipTextModel::load(dir, &LoadOptions { trainable: true, ..lo.clone() })?
+                }
+            };
             pipe = pipe.with_text_encoder(te.clone())?;
             Some(te)
         } else {
@@ -428,12 +451,33 @@ impl DiffusionTrainee {
     }
 }
 
+impl DiffusionTrainee {
+    /// The adapters (the UNet's, and the text encoder's when it is trained) as one
+    /// diffusers LoRA file.
+    fn save_lora(&self, dir: &Path) -> Result<()> {
+        lora::save_lora_weights(dir, Some(&self.unet), self.text_encoder.as_ref()).map(|_| ())
+    }
+}
+
+/// The text encoder's LoRA config for a run whose UNet gets `cfg`: the same rank, alpha
+/// and dropout; `cfg.target_modules` when they name layers of the encoder (`all-linear`,
+/// `q_proj`, ...), else diffusers' `q_proj`, `k_proj`, `v_proj`, `out_proj`.
+fn text_encoder_lora_config(cfg: &LoraConfig, te: &mut ClipTextModel) -> LoraConfig {
+    let fits = te.linears_mut().iter().any(|(n, _)| LoraConfig::matches(&cfg.target_modules, n));
+    LoraConfig { target_modules: if fits { cfg.target_modules.clone() } else { Vec::new() }, ..cfg.clone() }
+}
+
 impl Trainee for DiffusionTrainee {
     /// The UNet's, then (when trained) the text encoder's under `text_encoder.`.
     fn named_trainable_vars(&self) -> Vec<(String, Var)> {
         let mut vars = self.unet.named_trainable_vars();
-        if let Some(te) = &self.text_encoder {
-            vars.extend(te.named_trainable_vars().into_iter().map(|(n, v)| (format!("{TEXT_ENCODER_DIR}.{n}"), v)));
+        match &self.text_encoder {
+            // A LoRA's names are its file keys (`text_encoder.<module>.lora_A.weight`).
+            Some(te) if te.lora_config().is_some() => vars.extend(te.named_trainable_vars()),
+            Some(te) => {
+                vars.extend(te.named_trainable_vars().into_iter().map(|(n, v)| (format!("{TEXT_ENCODER_DIR}.{n}"), v)))
+            }
+            None => {}
         }
         vars
     }
@@ -510,7 +554,7 @@ impl Trainee for DiffusionTrainee {
     /// LoRA: the diffusers LoRA file; full: the UNet (`unet/`).
     fn save_checkpoint(&self, dir: &Path) -> Result<()> {
         match self.method {
-            Method::Lora(_) | Method::Classifier(_) => self.unet.save_lora(dir).map(|_| ()),
+            Method::Lora(_) | Method::Classifier(_) => self.save_lora(dir),
             Method::Full => {
                 if let Some(te) = &self.text_encoder {
                     te.save(dir.join(TEXT_ENCODER_DIR))?;
@@ -524,7 +568,7 @@ impl Trainee for DiffusionTrainee {
     /// complete pipeline directory, the base's files with the trained UNet.
     fn save_output(&self, dir: &Path) -> Result<()> {
         match self.method {
-            Method::Lora(_) | Method::Classifier(_) => self.unet.save_lora(dir).map(|_| ()),
+            Method::Lora(_) | Method::Classifier(_) => self.save_lora(dir),
             Method::Full => {
                 let trained_te = self.text_encoder.is_some();
                 for f in &self.base_files {

@@ -288,8 +288,11 @@ pub struct ImageTrainOptions {
     /// Min-SNR-gamma loss weighting (diffusers' `--snr_gamma`; 5.0 is the usual value).
     /// Default: unweighted MSE.
     pub snr_gamma: Option<f64>,
-    /// Full fine-tunes: train the text encoder with the UNet (a from-scratch preset's
-    /// encoder starts random). Default false; LoRA adapts the UNet only.
+    /// Train the text encoder with the UNet: every weight in a full fine-tune (a
+    /// from-scratch preset's encoder starts random); with LoRA, an adapter of the same
+    /// rank and alpha on its attention projections (`q_proj`, `k_proj`, `v_proj`,
+    /// `out_proj`, or the LoRA's `target_modules` when they name encoder layers), saved
+    /// in the same file. Default false.
     pub train_text_encoder: bool,
     /// Share of training captions replaced by the empty prompt at each step (diffusers'
     /// `--proportion_empty_prompts`), so classifier-free guidance has an unconditional
