@@ -11,7 +11,9 @@ export CARGO_BUILD_TARGET
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q "maturin>=1.16,<2" "pytest>=8" "mypy>=1.10" "tqdm>=4.60" "openai>=1.40"
+# Pillow: the image tests check the PIL images that generation and thumbnails return
+# when it is installed (their PNG-bytes branch is tested by hiding it from the import).
+.venv/bin/pip install -q "maturin>=1.16,<2" "pytest>=8" "mypy>=1.10" "tqdm>=4.60" "openai>=1.40" "pillow>=10"
 # The readers the curve tests check our files with (about 45 s and 260 MB on a fresh
 # venv): tensorboard's EventAccumulator and mlflow's MlflowClient (file store).
 .venv/bin/pip install -q "tensorboard>=2.14" "mlflow-skinny>=2.10"

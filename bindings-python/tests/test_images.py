@@ -1,3 +1,6 @@
+import struct
+import sys
+
 import anneal
 import pytest
 
@@ -40,8 +43,9 @@ def test_generate_returns_images_with_settings_and_events(sd):
     assert len(images) == 2
     img = images[0]
     try:
-        from PIL import Image  # noqa: F401
+        from PIL import Image
 
+        assert isinstance(img, Image.Image)
         assert img.size == (16, 16)
         assert '"seed":3' in img.info["anneal"].replace(" ", "")
         assert "a red circle" in img.info["parameters"]
@@ -51,6 +55,21 @@ def test_generate_returns_images_with_settings_and_events(sd):
     assert events[0]["task"] == "txt2img"
     rows = sd.models().generations(kind="txt2img")
     assert len(rows) == 1 and rows[0].params["seed"] == 3
+
+
+def test_generate_returns_png_bytes_when_pillow_is_absent(sd, monkeypatch):
+    # What a user without Pillow gets (scripts/test-python.sh installs it): the import of
+    # PIL.Image fails, so each image is the PNG with its settings in text chunks.
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    monkeypatch.setitem(sys.modules, "PIL.Image", None)
+    images = sd.image_generator("sd").generate(["a red circle", "a blue square"], steps=2, seed=3)
+    assert len(images) == 2
+    for img in images:
+        assert isinstance(img, bytes) and img.startswith(b"\x89PNG\r\n\x1a\n")
+        # IHDR: width and height, big-endian, right after the signature and chunk header.
+        assert struct.unpack(">II", img[16:24]) == (16, 16)
+    assert b"a red circle" in images[0] and b"seed" in images[0]
+    assert images[0] != images[1]
 
 
 def test_adapters_per_request_and_errors(sd):

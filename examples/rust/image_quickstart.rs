@@ -4,7 +4,9 @@
 //! Run:    cargo run --release -p anneal-examples --example image_quickstart [-- <home dir>] [--smoke]
 //!         (default home ./anneal-home; `--smoke` runs the same loop in a few seconds:
 //!         48 pictures, 4 training steps, 12 images of 4 denoising steps; it shows that
-//!         everything runs, not that anything is learned)
+//!         everything runs, not that anything is learned: CI checks that the engine's
+//!         training lowers the loss in core/tests/diffusion_presets.rs,
+//!         `tiny_shapes_training_through_the_engine_lowers_the_loss`)
 //! Output: training progress; before and after training, the share of generated images
 //!         whose dominant colour, shape, and both match their prompt; and
 //!         `<home>/image_quickstart.png` (top row: the untrained model; bottom row: trained).

@@ -257,6 +257,43 @@ fn dreambooth_with_prior_preservation_renders_and_keeps_class_images() {
     assert!(!samples.is_empty() && samples.iter().all(|s| s == "a photo of sks square"), "{samples:?}");
 }
 
+/// DreamBooth as a full fine-tune (not a LoRA): the class images are rendered and kept,
+/// the trained pipeline is registered and generates, differently from the base.
+#[test]
+fn dreambooth_full_fine_tune_with_prior_preservation_registers_a_pipeline_that_generates() {
+    let env = Env::new();
+    let engine = env.home.training();
+    let spec = TrainSpec {
+        max_steps: Some(2),
+        image: Some(ImageTrainOptions {
+            resolution: Some(16),
+            instance_prompt: Some("a photo of sks square".into()),
+            class_prompt: Some("a photo of a square".into()),
+            num_class_images: 2,
+            prior_loss_weight: 0.5,
+            validation_steps: 2,
+            ..Default::default()
+        }),
+        ..env.spec(Method::Full)
+    };
+    let job = engine.create_job(&spec).unwrap();
+    let report = engine.run(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
+    assert_eq!(report.steps, 2);
+    assert!(report.final_loss.is_finite());
+    let class_dir = env.home.root().join("jobs").join(job.id.as_str()).join("class_images");
+    assert_eq!(std::fs::read_dir(&class_dir).unwrap().count(), 2);
+    let model = env.home.models().get(&report.model).unwrap();
+    assert_eq!((model.kind, model.family), (ModelKind::Full, anneal::Family::StableDiffusion));
+    assert_eq!(model.parent_id.as_ref(), Some(&env.base.id));
+    let generator = env.home.image_generator(model.reference(), &Default::default()).unwrap();
+    let req =
+        anneal::ImageRequest { steps: Some(2), seed: Some(3), ..anneal::ImageRequest::new("a photo of sks square") };
+    let trained = generator.generate(&req).unwrap();
+    assert_eq!((trained.images[0].width, trained.images[0].height), (16, 16));
+    let base = env.home.image_generator(env.base.reference(), &Default::default()).unwrap().generate(&req).unwrap();
+    assert_ne!(trained.images[0].rgb, base.images[0].rgb, "the fine-tuned pipeline renders the base's image");
+}
+
 #[test]
 fn buckets_train_images_of_several_aspect_ratios() {
     let env = Env::new();

@@ -414,17 +414,23 @@ impl DiffusionTrainee {
         vae.to_unet_latents(&z)
     }
 
+    /// The noise added to the latents `[b, c, h, w]`: standard normal, plus the offset
+    /// noise (one draw per sample and channel, times `noise_offset`) when set.
+    fn noise(&self, rng: &mut ChaCha8Rng, dims: &[usize]) -> Result<Tensor> {
+        let noise = Self::normal(rng, dims, &self.device)?;
+        if self.opts.noise_offset <= 0.0 {
+            return Ok(noise);
+        }
+        let off = Self::normal(rng, &[dims[0], dims[1], 1, 1], &self.device)?;
+        Ok(noise.broadcast_add(&(off * self.opts.noise_offset)?)?)
+    }
+
     /// The loss of `samples` (per-sample MSE, min-SNR weighted when set) and the
     /// per-sample losses, drawing noise and timesteps from `rng`.
     fn per_sample_loss(&self, samples: &[&Sample], rng: &mut ChaCha8Rng, mode: ForwardMode) -> Result<Tensor> {
         let x0 = self.latents(samples, rng)?.detach();
         let b = x0.dim(0)?;
-        let dims = x0.dims().to_vec();
-        let mut noise = Self::normal(rng, &dims, &self.device)?;
-        if self.opts.noise_offset > 0.0 {
-            let off = Self::normal(rng, &[b, dims[1], 1, 1], &self.device)?;
-            noise = noise.broadcast_add(&(off * self.opts.noise_offset)?)?;
-        }
+        let noise = self.noise(rng, x0.dims())?;
         let n = self.alphas_cumprod.len();
         let t: Vec<usize> = (0..b).map(|_| rng.random_range(0..n)).collect();
         // Caption dropout: some captions become the empty prompt for this step.
@@ -826,5 +832,205 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A `w` x `h` ramp: the red channel is `8 x` along x (`vertical`: along y), so the
+    /// offset of a cut can be read back from its pixels.
+    fn ramp(w: usize, h: usize, vertical: bool) -> Vec<u8> {
+        let mut px = Vec::with_capacity(w * h * 3);
+        for y in 0..h {
+            for x in 0..w {
+                let v = (8 * if vertical { y } else { x }) as u8;
+                px.extend_from_slice(&[v, 255 - v, 0]);
+            }
+        }
+        px
+    }
+
+    /// One training picture: file, (width, height), RGB bytes, caption.
+    type Picture<'a> = (&'a str, (usize, usize), Vec<u8>, &'a str);
+
+    /// The trainee of a full fine-tune of the tiny-shapes preset (pixel space: what
+    /// `latents` returns is the cut picture itself) at resolution 16 on `pictures`, as
+    /// the engine loads it (job directory under the returned temporary directory).
+    fn trainee(pictures: &[Picture<'_>], opts: ImageTrainOptions, seed: u64) -> (tempfile::TempDir, DiffusionTrainee) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = crate::Home::open(dir.path().join("home")).unwrap();
+        let folder = dir.path().join("pictures");
+        std::fs::create_dir_all(&folder).unwrap();
+        let mut meta = String::new();
+        for (file, (w, h), rgb, caption) in pictures {
+            std::fs::write(folder.join(file), crate::diffusion::png::encode_rgb8(*w, *h, rgb, &[]).unwrap()).unwrap();
+            meta.push_str(&format!("{}\n", serde_json::json!({"file_name": file, "text": caption})));
+        }
+        std::fs::write(folder.join("metadata.jsonl"), meta).unwrap();
+        let store = home.datasets();
+        let ds = store.import_images(&folder, &crate::types::ImageImportOptions::default()).unwrap();
+        let mut records = Vec::new();
+        crate::data::for_each_record(&ds.path, |r| {
+            records.push(r);
+            Ok(true)
+        })
+        .unwrap();
+        let base = home.models().create_preset("tiny-shapes", &Default::default()).unwrap();
+        let spec = TrainSpec {
+            base: base.id.clone().into(),
+            dataset: ds.id.clone(),
+            method: Method::Full,
+            seed,
+            image: Some(ImageTrainOptions { resolution: Some(16), ..opts }),
+            ..Default::default()
+        };
+        let cancel = CancelToken::new();
+        let job_dir = dir.path().join("job");
+        let env = RunEnv { job_dir: &job_dir, datasets: &store, cancel: &cancel, memory_limit: u64::MAX };
+        let t = DiffusionTrainee::load(&spec, &base, (&ds, &records), (&ds, &[]), None, &env).unwrap();
+        (dir, t)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    fn scalar(t: &Tensor) -> f64 {
+        f64::from(t.to_scalar::<f32>().unwrap())
+    }
+
+    /// Centre crops cut the middle of the picture; random crops cut a window of it at
+    /// an offset drawn from the seed, the step and the micro-batch: always a whole
+    /// window of the resized picture, at varying offsets, the same ones again for the
+    /// same seed and others for another seed.
+    #[test]
+    fn random_crops_are_windows_of_the_picture_drawn_from_the_seed() {
+        let pictures = [
+            ("wide.png", (32, 16), ramp(32, 16, false), "a wide picture"),
+            ("tall.png", (16, 32), ramp(16, 32, true), "a tall picture"),
+        ];
+        let opts = |crop| ImageTrainOptions { crop, ..Default::default() };
+        let (_d1, center) = trainee(&pictures, opts(ImageCrop::Center), 7);
+        let (_d2, random) = trainee(&pictures, opts(ImageCrop::Random), 7);
+        let (_d3, again) = trainee(&pictures, opts(ImageCrop::Random), 7);
+        let (_d4, other) = trainee(&pictures, opts(ImageCrop::Random), 8);
+        // Which sample is which: the dataset's order is the import's.
+        let wide = random.train.iter().position(|s| random.texts[s.caption] == "a wide picture").unwrap();
+        let tall = 1 - wide;
+        // The offset along `dim` of the window `x0` `[1, 3, 16, 16]` of sample `i`
+        // (its resized picture, kept whole by a random crop); None: not a window.
+        let offset = |t: &DiffusionTrainee, i: usize, dim: usize, x0: &Tensor| -> Option<usize> {
+            let full = match &t.train[i].input {
+                Input::Pixels(p) => p.clone(),
+                Input::Latent(..) => panic!("a pixel-space pipeline keeps pixels"),
+            };
+            assert_eq!(full.dim(dim).unwrap(), 32, "32 x 16 already covers 16 x 16: not resized");
+            (0..=16).find(|&o| max_diff(&x0.squeeze(0).unwrap(), &full.narrow(dim, o, 16).unwrap()) < 1e-6)
+        };
+        // Offsets of the wide and tall pictures' cuts at steps 0..12.
+        let offsets = |t: &DiffusionTrainee| -> Vec<(usize, usize)> {
+            (0..12u64)
+                .map(|step| {
+                    let cut = |i: usize, dim: usize| {
+                        let x0 = t.latents(&[&t.train[i]], &mut t.rng(step, 0, 0)).unwrap();
+                        assert_eq!(x0.dims(), [1, 3, 16, 16]);
+                        if t.opts.crop == ImageCrop::Random {
+                            offset(t, i, dim, &x0).unwrap_or_else(|| panic!("step {step}: not a window of the picture"))
+                        } else {
+                            // A centre crop keeps only its cut: compare with the random
+                            // trainee's whole picture.
+                            offset(&random, i, dim, &x0).unwrap_or_else(|| panic!("not a window"))
+                        }
+                    };
+                    (cut(wide, 2), cut(tall, 1))
+                })
+                .collect()
+        };
+        let c = offsets(&center);
+        assert!(c.iter().all(|&o| o == (8, 8)), "centre crops cut the middle: {c:?}");
+        let r = offsets(&random);
+        let distinct = |v: Vec<usize>| {
+            let mut v = v;
+            v.sort();
+            v.dedup();
+            v.len()
+        };
+        assert!(distinct(r.iter().map(|o| o.0).collect()) >= 4, "random x offsets barely vary: {r:?}");
+        assert!(distinct(r.iter().map(|o| o.1).collect()) >= 4, "random y offsets barely vary: {r:?}");
+        assert_eq!(offsets(&again), r, "the same seed cuts the same windows");
+        assert_ne!(offsets(&other), r, "another seed cuts other windows");
+        // A batch of both: each sample cut on its own, stacked.
+        let both = random.latents(&[&random.train[wide], &random.train[tall]], &mut random.rng(3, 0, 0)).unwrap();
+        assert_eq!(both.dims(), [2, 3, 16, 16]);
+        assert!(offset(&random, wide, 2, &both.narrow(0, 0, 1).unwrap()).is_some());
+    }
+
+    /// Offset noise (diffusers' `noise += noise_offset * randn(b, c, 1, 1)`): the same
+    /// per-pixel draw shifted by one more draw per sample and channel, times the offset;
+    /// the loss of a step changes with it and repeats for the same seed.
+    #[test]
+    fn noise_offset_shifts_each_channel_and_changes_the_loss() {
+        let pictures = [("a.png", (16, 16), ramp(16, 16, false), "a picture")];
+        let (_d, mut t) = trainee(&pictures, ImageTrainOptions::default(), 7);
+        let dims = [2, 3, 16, 16];
+        let plain = t.noise(&mut t.rng(3, 0, 0), &dims).unwrap();
+        let plain_loss = scalar(&t.loss(&[0], 3, 0).unwrap().0);
+        t.opts.noise_offset = 0.25;
+        let shifted = t.noise(&mut t.rng(3, 0, 0), &dims).unwrap();
+        let mut rng = t.rng(3, 0, 0);
+        let base = DiffusionTrainee::normal(&mut rng, &dims, &t.device).unwrap();
+        let off = DiffusionTrainee::normal(&mut rng, &[2, 3, 1, 1], &t.device).unwrap();
+        assert_eq!(max_diff(&plain, &base), 0.0, "without an offset: the plain draw");
+        let want = base.broadcast_add(&(off.clone() * 0.25).unwrap()).unwrap();
+        assert!(max_diff(&shifted, &want) < 1e-6, "with an offset: the plain draw plus 0.25 x one per channel");
+        // The shift is one value per (sample, channel), not zero, not all the same.
+        let shift = (&shifted - &plain).unwrap().flatten_from(2).unwrap();
+        let (lo, hi) = (shift.min(2).unwrap(), shift.max(2).unwrap());
+        assert!(max_diff(&lo, &hi) < 1e-5, "constant over the pixels");
+        let per_channel: Vec<f32> = lo.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(per_channel.iter().all(|v| v.abs() > 1e-4), "{per_channel:?}");
+        assert!(per_channel.windows(2).any(|w| (w[0] - w[1]).abs() > 1e-3), "{per_channel:?}");
+        let loss = scalar(&t.loss(&[0], 3, 0).unwrap().0);
+        assert!((loss - plain_loss).abs() > 1e-6, "the offset leaves the loss at {loss}");
+        assert_eq!(scalar(&t.loss(&[0], 3, 0).unwrap().0), loss, "the same seed and step: the same loss");
+    }
+
+    /// DreamBooth prior preservation: the class images are rendered under the job, and
+    /// the step's loss is the instance loss plus `prior_loss_weight` times the loss of the
+    /// step's class images (as many as instance images, in turn; their own draws).
+    #[test]
+    fn prior_preservation_adds_the_class_loss_times_its_weight() {
+        let pictures = [
+            ("a.png", (16, 16), ramp(16, 16, false), "unused: the instance prompt"),
+            ("b.png", (16, 16), ramp(16, 16, true), "unused too"),
+        ];
+        let opts = ImageTrainOptions {
+            instance_prompt: Some("a photo of sks square".into()),
+            class_prompt: Some("a photo of a square".into()),
+            num_class_images: 3,
+            validation_steps: 2,
+            ..Default::default()
+        };
+        let (dir, mut t) = trainee(&pictures, opts, 7);
+        assert_eq!(t.class.len(), 3);
+        for i in 0..3 {
+            assert!(dir.path().join(format!("job/{CLASS_DIR}/{i:05}.png")).is_file());
+        }
+        assert!(t.train.iter().all(|s| t.texts[s.caption] == "a photo of sks square"));
+        let (step, batch) = (5u64, [0usize, 1]);
+        let loss_at = |t: &mut DiffusionTrainee, w: f64| {
+            t.opts.prior_loss_weight = w;
+            let (l, n) = t.loss(&batch, step, 0).unwrap();
+            assert_eq!(n, 2);
+            scalar(&l)
+        };
+        let (l0, l1, l2) = (loss_at(&mut t, 0.0), loss_at(&mut t, 1.0), loss_at(&mut t, 2.5));
+        let class = std::mem::take(&mut t.class);
+        let instance = loss_at(&mut t, 1.0);
+        assert!((l0 - instance).abs() < 1e-6, "weight 0: the instance loss ({l0} vs {instance})");
+        let prior = l1 - l0;
+        assert!(prior > 1e-3, "the class images add nothing ({l0} -> {l1})");
+        assert!(((l2 - l0) - 2.5 * prior).abs() < 1e-4 * prior.max(1.0), "not linear in the weight: {l0} {l1} {l2}");
+        // The prior term: class images (5 x 2) % 3 = 1 and 2, with the step's stream 1.
+        let pair = [&class[1], &class[2]];
+        let want = t.per_sample_loss(&pair, &mut t.rng(step, 0, 1), ForwardMode::Train).unwrap().mean_all().unwrap();
+        assert!((prior - scalar(&want)).abs() < 1e-4 * prior.max(1.0), "prior {prior} vs class loss {want}");
     }
 }
