@@ -43,7 +43,6 @@ def test_image_options_are_checked_naming_the_field(shapes_home):
     for image, field in [
         ({"resolution": 10}, "image.resolution"),
         ({"caption_dropout": 1.5}, "image.caption_dropout"),
-        ({"train_text_encoder": True}, "image.train_text_encoder"),
         ({"validation_every": 2}, "image.validation_every"),
     ]:
         with pytest.raises(anneal.InvalidConfigError) as e:

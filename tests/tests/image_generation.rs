@@ -180,14 +180,28 @@ fn bad_pipelines_and_loras_are_refused_naming_file_and_field_leaving_the_home_un
         &[(&format!("{key}.lora_A.weight"), &[2, 5]), (&format!("{key}.lora_B.weight"), &[16, 2])],
     );
     refused(&p, &lora_of("x", "base"), "invalid_data", &["pytorch_lora_weights.safetensors", key]);
-    // A LoRA with a text-encoder part (anneal adapts the UNet only).
-    let kohya = fixtures().join("tiny-sd-lora/kohya/pytorch_lora_weights.safetensors");
-    refused(&kohya, &lora_of("x", "base"), "invalid_data", &["lora_te_", "text encoder"]);
+    // A LoRA for SDXL's second text encoder (these pipelines have one).
+    let key = "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj";
+    write_safetensors(
+        &p.join("pytorch_lora_weights.safetensors"),
+        &[(&format!("{key}.lora_A.weight"), &[2, 32]), (&format!("{key}.lora_B.weight"), &[32, 2])],
+    );
+    refused(&p, &lora_of("x", "base"), "invalid_data", &["pytorch_lora_weights.safetensors", key, "SDXL"]);
+    // A text-encoder part whose shapes do not fit the base's text encoder.
+    let key = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj";
+    write_safetensors(
+        &p.join("pytorch_lora_weights.safetensors"),
+        &[(&format!("{key}.lora_A.weight"), &[2, 5]), (&format!("{key}.lora_B.weight"), &[32, 2])],
+    );
+    refused(&p, &lora_of("x", "base"), "invalid_data", &["pytorch_lora_weights.safetensors", key]);
     // A diffusers LoRA on a language model, a PEFT adapter on a pipeline.
     refused(&fixtures().join("tiny-sd-lora/peft"), &lora_of("x", "llama"), "invalid_config", &["parent"]);
     refused(&fixtures().join("tiny-llama-lora"), &lora_of("x", &base.id.0), "invalid_config", &["parent"]);
     // A pipeline given a parent.
     refused(&fixtures().join("tiny-sd"), &lora_of("x", "base"), "invalid_config", &["parent"]);
+    // A kohya LoRA with a text-encoder part (lora_te_) registers, both parts checked.
+    let kohya = m.register_dir(fixtures().join("tiny-sd-lora/kohya"), &lora_of("kohya", "base")).unwrap();
+    assert_eq!(kohya.config["components"], serde_json::json!(["unet", "text_encoder"]));
 }
 
 #[test]

@@ -224,6 +224,59 @@ fn a_cancelled_lora_run_resumes_to_the_loss_of_an_uninterrupted_one() {
 }
 
 #[test]
+fn lora_on_the_text_encoder_trains_beside_the_unets_and_resumes_to_the_same_loss() {
+    let env = Env::new();
+    let engine = env.home.training();
+    let spec = TrainSpec {
+        max_steps: Some(6),
+        checkpoint_every: Some(2),
+        image: Some(ImageTrainOptions { resolution: Some(16), train_text_encoder: true, ..Default::default() }),
+        ..env.spec(lora())
+    };
+    let whole = engine.run(&engine.create_job(&spec).unwrap().id, &mut RecordingSink::new(), &CancelToken::new());
+    let whole = whole.unwrap();
+    let model = env.home.models().get(&whole.model).unwrap();
+    assert_eq!((model.kind, model.parent_id.as_ref()), (ModelKind::Lora, Some(&env.base.id)));
+    // One diffusers file with both parts; the text encoder's on q/k/v/out_proj of its 2 layers.
+    let file = anneal::diffusion::LoraFile::read(&model.path).unwrap();
+    use anneal::diffusion::LoraComponent;
+    assert_eq!(file.components(), [LoraComponent::Unet, LoraComponent::TextEncoder]);
+    let te_modules = file.modules.iter().filter(|m| m.component == LoraComponent::TextEncoder).count();
+    assert_eq!(te_modules, 8);
+    assert_eq!(model.config["components"], json!(["unet", "text_encoder"]));
+    // The encoder's adapter moved: the prompt embeddings differ from the base's.
+    let base = StableDiffusionPipeline::load(&env.base.path, &LoadOptions::default()).unwrap();
+    let mut adapted = StableDiffusionPipeline::load(&env.base.path, &LoadOptions::default()).unwrap();
+    adapted.load_lora(&model.path).unwrap();
+    let ids = base.tokenizer().to_tensor(&["a red square"], &candle_core::Device::Cpu).unwrap();
+    let embeds =
+        |p: &StableDiffusionPipeline| p.text_encoder().prompt_embeds(&ids, None, anneal::ForwardMode::Infer).unwrap();
+    let diff = (embeds(&base) - embeds(&adapted)).unwrap().abs().unwrap().max_all().unwrap();
+    let diff = diff.to_scalar::<f32>().unwrap();
+    assert!(diff > 1e-6, "the trained text-encoder adapter changes nothing ({diff})");
+    // Per request at scale 0, the adapter (both parts) is the base.
+    let gen = env.home.image_generator(env.base.reference(), &Default::default()).unwrap();
+    let req = anneal::ImageRequest { steps: Some(2), seed: Some(3), ..anneal::ImageRequest::new("a red square") };
+    let plain = gen.generate(&req).unwrap();
+    let adapter = |scale| Some(vec![anneal::ImageAdapter { model: model.reference(), scale }]);
+    let zero = gen.generate(&anneal::ImageRequest { adapters: adapter(0.0), ..req.clone() }).unwrap();
+    let one = gen.generate(&anneal::ImageRequest { adapters: adapter(1.0), ..req.clone() }).unwrap();
+    // (the pixels: the PNGs' text chunks name the adapter and its scale)
+    assert_eq!(zero.images[0].rgb, plain.images[0].rgb);
+    assert_ne!(one.images[0].rgb, plain.images[0].rgb);
+
+    // Cancelled after a checkpoint, resumed: the same draws and the same loss.
+    let job = engine.create_job(&spec).unwrap();
+    let token = CancelToken::new();
+    let mut sink = CancelAt { at: 3, token: token.clone(), inner: RecordingSink::new() };
+    let err = engine.run(&job.id, &mut sink, &token).unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    let resumed = engine.resume(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
+    assert_eq!(resumed.steps, 6);
+    assert_eq!(resumed.final_loss, whole.final_loss, "resume must restore both adapters and their optimiser state");
+}
+
+#[test]
 fn dreambooth_with_prior_preservation_renders_and_keeps_class_images() {
     let env = Env::new();
     let engine = env.home.training();
