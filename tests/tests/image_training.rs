@@ -272,6 +272,21 @@ fn buckets_train_images_of_several_aspect_ratios() {
 }
 
 #[test]
+fn random_crops_of_larger_pictures_train_with_flips() {
+    // Two of the pictures are larger than the resolution on one side: they are cut at
+    // a random place, then flipped half of the time (a cut is a strided view).
+    let env = Env::new();
+    let engine = env.home.training();
+    let image =
+        ImageTrainOptions { resolution: Some(16), crop: ImageCrop::Random, random_flip: true, ..Default::default() };
+    let spec = TrainSpec { max_steps: Some(8), image: Some(image), ..env.spec(lora()) };
+    let job = engine.create_job(&spec).unwrap();
+    let report = engine.run(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
+    assert_eq!(report.steps, 8);
+    assert!(report.final_loss.is_finite());
+}
+
+#[test]
 fn wrong_pairs_of_model_data_and_options_are_refused_naming_the_field() {
     let env = Env::new();
     let engine = env.home.training();
