@@ -42,14 +42,14 @@ fn folder(dir: &Path, items: &[Item<'_>]) -> PathBuf {
     dir.to_path_buf()
 }
 
-struct Env {
-    dir: tempfile::TempDir,
-    home: Home,
-    base: ModelRecord,
+pub(crate) struct Env {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) home: Home,
+    pub(crate) base: ModelRecord,
 }
 
 impl Env {
-    fn new() -> Env {
+    pub(crate) fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::open(dir.path().join("home")).unwrap();
         let base = home.models().register_dir(common::fixtures().join("tiny-sd"), &Default::default()).unwrap();
@@ -68,7 +68,7 @@ impl Env {
         Env { dir, home, base }
     }
 
-    fn spec(&self, method: Method) -> TrainSpec {
+    pub(crate) fn spec(&self, method: Method) -> TrainSpec {
         TrainSpec {
             base: self.base.id.clone().into(),
             dataset: "shapes".into(),
@@ -88,7 +88,7 @@ impl Env {
     }
 }
 
-fn lora() -> Method {
+pub(crate) fn lora() -> Method {
     Method::Lora(LoraConfig { r: 4, alpha: 4.0, ..Default::default() })
 }
 
