@@ -158,7 +158,8 @@ impl TrainingEngine {
 
     /// Records the ends that runs kept in `jobs/<id>/failure.json` (the catalog refused
     /// them), then removes leftovers older than `min_age`: folders of jobs no row refers
-    /// to, and interrupted writes (`.tmp-*`, `checkpoints/.tmp-*`) of the others.
+    /// to, and interrupted writes (`.tmp-*`) of the others: in the job folder, its
+    /// checkpoints, its DreamBooth class images and its validation images.
     pub(crate) fn sweep(&self, min_age: Duration) -> Result<()> {
         let known: std::collections::HashSet<String> = self.store.catalog.read(sql::all_ids)?.into_iter().collect();
         runner::settle_kept(self, &known);
@@ -166,7 +167,9 @@ impl TrainingEngine {
         util::sweep(&jobs, min_age, |name| name.starts_with("job_") && !known.contains(name));
         for id in &known {
             util::sweep(&jobs.join(id), min_age, |_| false);
-            util::sweep(&jobs.join(id).join("checkpoints"), min_age, |_| false);
+            for sub in ["checkpoints", "class_images", "samples"] {
+                util::sweep(&jobs.join(id).join(sub), min_age, |_| false);
+            }
         }
         Ok(())
     }

@@ -42,14 +42,14 @@ fn folder(dir: &Path, items: &[Item<'_>]) -> PathBuf {
     dir.to_path_buf()
 }
 
-struct Env {
-    dir: tempfile::TempDir,
-    home: Home,
-    base: ModelRecord,
+pub(crate) struct Env {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) home: Home,
+    pub(crate) base: ModelRecord,
 }
 
 impl Env {
-    fn new() -> Env {
+    pub(crate) fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::open(dir.path().join("home")).unwrap();
         let base = home.models().register_dir(common::fixtures().join("tiny-sd"), &Default::default()).unwrap();
@@ -68,7 +68,7 @@ impl Env {
         Env { dir, home, base }
     }
 
-    fn spec(&self, method: Method) -> TrainSpec {
+    pub(crate) fn spec(&self, method: Method) -> TrainSpec {
         TrainSpec {
             base: self.base.id.clone().into(),
             dataset: "shapes".into(),
@@ -88,7 +88,7 @@ impl Env {
     }
 }
 
-fn lora() -> Method {
+pub(crate) fn lora() -> Method {
     Method::Lora(LoraConfig { r: 4, alpha: 4.0, ..Default::default() })
 }
 
@@ -358,6 +358,21 @@ fn buckets_train_images_of_several_aspect_ratios() {
     let job = engine.create_job(&spec).unwrap();
     let report = engine.run(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
     assert_eq!(report.steps, 4);
+    assert!(report.final_loss.is_finite());
+}
+
+#[test]
+fn random_crops_of_larger_pictures_train_with_flips() {
+    // Two of the pictures are larger than the resolution on one side: they are cut at
+    // a random place, then flipped half of the time (a cut is a strided view).
+    let env = Env::new();
+    let engine = env.home.training();
+    let image =
+        ImageTrainOptions { resolution: Some(16), crop: ImageCrop::Random, random_flip: true, ..Default::default() };
+    let spec = TrainSpec { max_steps: Some(8), image: Some(image), ..env.spec(lora()) };
+    let job = engine.create_job(&spec).unwrap();
+    let report = engine.run(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
+    assert_eq!(report.steps, 8);
     assert!(report.final_loss.is_finite());
 }
 

@@ -16,6 +16,7 @@ mod gguf_import;
 mod home;
 mod hostile;
 mod if_exists;
+mod image_crash;
 mod image_datasets;
 mod image_generation;
 mod image_training;

@@ -393,7 +393,8 @@ impl DiffusionTrainee {
             }
             if self.opts.random_flip && rng.random_bool(0.5) {
                 let idx: Vec<u32> = (0..w as u32).rev().collect();
-                p = p.index_select(&Tensor::new(idx.as_slice(), &self.device)?, 2)?;
+                // A random cut is a strided view; index_select takes contiguous input.
+                p = p.contiguous()?.index_select(&Tensor::new(idx.as_slice(), &self.device)?, 2)?;
             }
             pixels.push(p);
         }
