@@ -989,29 +989,37 @@ pub(crate) fn remove<H: LoraHost>(h: &mut H) -> Result<()> {
     Ok(())
 }
 
+/// The accessors both hosts implement the same way (a `lora` field, `linears_mut`,
+/// `dtype`, `device`).
+macro_rules! host_accessors {
+    () => {
+        fn lora(&self) -> Option<&ComponentLora> {
+            self.lora.as_ref()
+        }
+
+        fn lora_slot(&mut self) -> &mut Option<ComponentLora> {
+            &mut self.lora
+        }
+
+        fn lora_linears(&mut self) -> Vec<(String, &mut Linear)> {
+            self.linears_mut()
+        }
+
+        fn lora_dtype(&self) -> DType {
+            self.dtype()
+        }
+
+        fn lora_device(&self) -> Device {
+            self.device().clone()
+        }
+    };
+}
+
 impl LoraHost for UNet2DConditionModel {
     const COMPONENT: LoraComponent = LoraComponent::Unet;
     const DEFAULT_TARGETS: &'static [&'static str] = &DEFAULT_UNET_TARGETS;
 
-    fn lora(&self) -> Option<&ComponentLora> {
-        self.lora.as_ref()
-    }
-
-    fn lora_slot(&mut self) -> &mut Option<ComponentLora> {
-        &mut self.lora
-    }
-
-    fn lora_linears(&mut self) -> Vec<(String, &mut Linear)> {
-        self.linears_mut()
-    }
-
-    fn lora_dtype(&self) -> DType {
-        self.dtype()
-    }
-
-    fn lora_device(&self) -> Device {
-        self.device().clone()
-    }
+    host_accessors!();
 
     fn weights_trainable(&self) -> bool {
         self.weights_are_trainable()
@@ -1040,25 +1048,7 @@ impl LoraHost for ClipTextModel {
     const COMPONENT: LoraComponent = LoraComponent::TextEncoder;
     const DEFAULT_TARGETS: &'static [&'static str] = &DEFAULT_TEXT_ENCODER_TARGETS;
 
-    fn lora(&self) -> Option<&ComponentLora> {
-        self.lora.as_ref()
-    }
-
-    fn lora_slot(&mut self) -> &mut Option<ComponentLora> {
-        &mut self.lora
-    }
-
-    fn lora_linears(&mut self) -> Vec<(String, &mut Linear)> {
-        self.linears_mut()
-    }
-
-    fn lora_dtype(&self) -> DType {
-        self.dtype()
-    }
-
-    fn lora_device(&self) -> Device {
-        self.device().clone()
-    }
+    host_accessors!();
 
     fn weights_trainable(&self) -> bool {
         !self.named_base_vars().is_empty()
