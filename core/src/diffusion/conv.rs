@@ -360,18 +360,24 @@ impl Geom {
 thread_local! {
     /// The im2col tile of this thread, kept between calls (a fresh buffer per call is
     /// page-faulted in again each time).
-    static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static COLS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Runs `f` with this thread's im2col buffer, at least `len` floats long.
+///
+/// The buffer is taken out for the call, not borrowed: while `f`'s gemm waits for its
+/// rayon tasks, this thread may run another convolution (work stolen from another
+/// computation in the process), whose nested call then gets a buffer of its own.
 fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    COLS.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.len() < len {
-            c.resize(len, 0.0);
-        }
-        f(&mut c[..len])
-    })
+    let mut cols = COLS.take();
+    if cols.len() < len {
+        cols.resize(len, 0.0);
+    }
+    let r = f(&mut cols[..len]);
+    // Keep the larger of this buffer and one a nested call put back.
+    let nested = COLS.take();
+    COLS.set(if nested.len() > cols.len() { nested } else { cols });
+    r
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -619,6 +625,24 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
         (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    /// A thread waiting inside `with_cols` (its gemm split over rayon) may run another
+    /// convolution stolen from the pool: the nested call gets its own buffer.
+    #[test]
+    fn the_im2col_buffer_can_be_used_again_inside_its_own_call() {
+        let inner = with_cols(8, |outer| {
+            outer.fill(1.0);
+            let inner = with_cols(16, |inner| {
+                inner.fill(2.0);
+                inner.iter().sum::<f32>()
+            });
+            assert!(outer.iter().all(|&v| v == 1.0), "the nested call wrote into the outer buffer");
+            inner
+        });
+        assert_eq!(inner, 32.0);
+        // The larger buffer is kept for the next call.
+        assert!(COLS.take().len() >= 16);
     }
 
     /// The forward equals candle's `conv2d` plus the bias; the gradients of
