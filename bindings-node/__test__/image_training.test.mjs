@@ -43,7 +43,6 @@ test('image options are checked naming the field', async () => {
   for (const [image, field] of [
     [{ resolution: 10 }, 'image.resolution'],
     [{ captionDropout: 1.5 }, 'image.captionDropout'],
-    [{ trainTextEncoder: true }, 'image.trainTextEncoder'],
   ]) {
     await assert.rejects(
       async () => engine.createJob({ base: 'sd', dataset: 'shapes', method: { lora: { r: 4 } }, image }),
