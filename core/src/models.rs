@@ -353,7 +353,34 @@ impl Model {
         }
         check_ids("input_ids", input_ids, self.config.vocab_size, false)?;
         let (hidden, head) = self.hidden_and_head(input_ids, 0, mode, None, false)?;
-        head_loss(&hidden, &head, labels)
+        head_loss(&hidden, &head, labels, None)
+    }
+
+    /// One training micro-batch: the loss of [`Model::loss`] in [`ForwardMode::Train`]
+    /// and the gradients of `loss * scale` to the trainable weights (`scale`: e.g.
+    /// `1 / micro-batches` under gradient accumulation).
+    ///
+    /// The same gradients as `loss(..)?.affine(scale, 0)?.backward()`, at a lower peak:
+    /// the fused LM head's weight gradient skips candle's zero-and-add into the gradient
+    /// store (two `[vocab, hidden]` buffers while every activation is still alive) and is
+    /// added once the backward is done. The training engine steps through here.
+    pub fn loss_and_backward(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        scale: f64,
+    ) -> Result<(f32, candle_core::backprop::GradStore)> {
+        check_ids("input_ids", input_ids, self.config.vocab_size, false)?;
+        let deferred = std::sync::Arc::new(fused::Deferred::default());
+        let mut grads = {
+            let (hidden, head) = self.hidden_and_head(input_ids, 0, ForwardMode::Train, None, false)?;
+            let loss = head_loss(&hidden, &head, labels, Some(deferred.clone()))?;
+            let value = loss.to_scalar::<f32>()?;
+            let grads = if scale == 1.0 { loss.backward()? } else { (loss * scale)?.backward()? };
+            (value, grads)
+        };
+        deferred.add_to(&mut grads.1)?;
+        Ok(grads)
     }
 
     /// Argmax decoding of up to `max_new_tokens` after `prompt` (full recompute per
@@ -605,7 +632,12 @@ fn check_causal_labels(labels: &Tensor, (b, t, v): (usize, usize, usize)) -> Res
 /// The training loss from the final hidden states `[b, t, h]` and the LM head: one fused
 /// node for a dense f32 CPU head without LoRA or bias, else the head then
 /// [`causal_lm_loss`].
-fn head_loss(hidden: &Tensor, head: &linear::Linear, labels: &Tensor) -> Result<Tensor> {
+fn head_loss(
+    hidden: &Tensor,
+    head: &linear::Linear,
+    labels: &Tensor,
+    defer: Option<std::sync::Arc<fused::Deferred>>,
+) -> Result<Tensor> {
     let fusable = match &head.weight {
         linear::Weight::Dense(w) => {
             fused::usable(hidden)
@@ -626,7 +658,7 @@ fn head_loss(hidden: &Tensor, head: &linear::Linear, labels: &Tensor) -> Result<
     let Some(op) = fused::LmHeadXent::new(&all, t) else {
         return Err(Error::config("labels", "every label is ignored (-100)"));
     };
-    Ok(op.apply(hidden, w)?)
+    Ok(op.deferring(defer).apply(hidden, w)?)
 }
 
 /// Mean next-token cross-entropy of `logits` `[b, t, v]` against `labels` `[b, t]`

@@ -107,3 +107,32 @@ fn fused_head_loss_matches_logits_then_loss() {
         }
     }
 }
+
+/// The engine's micro-batch (`Model::loss_and_backward`, whose head gradient is added
+/// after the backward) against `loss` then candle's backward: the same loss and every
+/// weight's gradient, scaled, for the untied head (tiny-llama) and the tied ones, and
+/// with LoRA (the head frozen).
+#[test]
+fn loss_and_backward_matches_the_loss_tensors_backward() {
+    for (f, lora) in FAMILIES.iter().flat_map(|f| [(*f, false), (*f, true)]) {
+        let mut m =
+            Model::load(format!("{FIXTURES}/{f}"), &LoadOptions { trainable: !lora, ..Default::default() }).unwrap();
+        if lora {
+            m.add_lora(&LoraConfig { target_modules: vec!["all-linear".into()], ..Default::default() }, 0).unwrap();
+        }
+        let (x, y) = batch();
+        let want_loss = m.loss(&x, &y, ForwardMode::Train).unwrap();
+        let want = (want_loss.clone() * 0.25).unwrap().backward().unwrap();
+        let (loss, got) = m.loss_and_backward(&x, &y, 0.25).unwrap();
+        assert_eq!(loss, want_loss.to_scalar::<f32>().unwrap(), "{f}");
+        let vars = m.named_trainable_vars();
+        assert!(lora || vars.iter().any(|(k, _)| k.contains("lm_head") || k.contains("wte") || k.contains("embed")));
+        for (key, var) in vars {
+            let (a, b) = (want.get(&var), got.get(&var));
+            assert_eq!(a.is_some(), b.is_some(), "{f}: gradient of {key} present in one only");
+            let (Some(a), Some(b)) = (a, b) else { continue };
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-6, "{f} (lora {lora}): gradient of {key} differs by {diff}");
+        }
+    }
+}

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use anneal::{load_model, ForwardMode, LoadOptions, LoraConfig};
+use anneal::{load_model, LoadOptions, LoraConfig};
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
@@ -201,11 +201,11 @@ fn main() -> anyhow::Result<()> {
     let pool = std::env::var("ANNEAL_BENCH_NO_POOL").is_err();
     let mut step = || -> anyhow::Result<f32> {
         let mut one = || -> anyhow::Result<f32> {
-            let loss = model.loss(&x, &y, ForwardMode::Train)?;
-            let grads = loss.backward()?;
+            // The engine's micro-batch (forward and backward in one call).
+            let (loss, grads) = model.loss_and_backward(&x, &y, 1.0)?;
             let grads: Vec<Option<Tensor>> = opt.params().iter().map(|(_, v)| grads.get(v).cloned()).collect();
             opt.step(&grads, 1e-4)?;
-            Ok(loss.to_scalar::<f32>()?)
+            Ok(loss)
         };
         if pool {
             anneal::on_compute_pool(one)

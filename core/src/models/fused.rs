@@ -18,7 +18,7 @@ mod flash;
 mod head_xent;
 pub(crate) use attention::{CausalAttention, PackedCausalAttention};
 pub(crate) use flash::flash_attention;
-pub(crate) use head_xent::LmHeadXent;
+pub(crate) use head_xent::{Deferred, LmHeadXent};
 
 /// The fused kernels apply: an f32 tensor on the CPU.
 pub(crate) fn usable(x: &Tensor) -> bool {

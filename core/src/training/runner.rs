@@ -910,14 +910,12 @@ fn optimiser_step_here(sess: &mut Session, micro: &[Vec<usize>]) -> Result<StepD
     let mut grads: Vec<Option<Tensor>> = vec![None; sess.opt.params().len()];
     let (mut loss_sum, mut toks) = (0f64, 0usize);
     for (i, mb) in micro.iter().enumerate() {
-        let (loss, real) = sess.model.loss(mb, step, i)?;
-        let lv = f64::from(loss.to_scalar::<f32>()?);
+        let (lv, real, gs) = sess.model.loss_and_backward(mb, step, i, 1.0 / micro.len() as f64)?;
         if !lv.is_finite() {
             return Err(diverged("loss", lv));
         }
         loss_sum += lv;
         toks += real;
-        let gs = (loss / micro.len() as f64)?.backward()?;
         for (slot, (_, var)) in grads.iter_mut().zip(sess.opt.params()) {
             if let Some(g) = gs.get(var) {
                 *slot = Some(match slot.take() {

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 use super::data::{self, Example, IGNORE};
@@ -36,6 +37,20 @@ pub(crate) trait Trainee: Send {
     /// with gradients to the trainable weights, and the units it trained on (real
     /// tokens, images). Any randomness comes from the seed, the step and `micro`.
     fn loss(&self, batch: &[usize], step: u64, micro: usize) -> Result<(Tensor, usize)>;
+    /// [`Trainee::loss`]'s value and units with the gradients of `loss * scale` (the
+    /// engine's micro-batch; a trainee may reach them at a lower peak than the loss
+    /// tensor's backward).
+    fn loss_and_backward(
+        &self,
+        batch: &[usize],
+        step: u64,
+        micro: usize,
+        scale: f64,
+    ) -> Result<(f64, usize, GradStore)> {
+        let (loss, units) = self.loss(batch, step, micro)?;
+        let value = f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
+        Ok((value, units, (loss * scale)?.backward()?))
+    }
     /// The mean evaluation loss (no gradients).
     fn eval_loss(&self, batch_size: usize) -> Result<f64>;
     /// A short preview of training example `i`.
@@ -122,6 +137,19 @@ impl Trainee for LmTrainee {
         let exs: Vec<&Example> = batch.iter().map(|&i| &self.train[i]).collect();
         let (x, y, real) = data::batch(&exs, self.pad, self.model.device())?;
         Ok((self.model.loss(&x, &y, ForwardMode::Train)?, real))
+    }
+
+    fn loss_and_backward(
+        &self,
+        batch: &[usize],
+        _step: u64,
+        _micro: usize,
+        scale: f64,
+    ) -> Result<(f64, usize, GradStore)> {
+        let exs: Vec<&Example> = batch.iter().map(|&i| &self.train[i]).collect();
+        let (x, y, real) = data::batch(&exs, self.pad, self.model.device())?;
+        let (loss, grads) = self.model.loss_and_backward(&x, &y, scale)?;
+        Ok((f64::from(loss), real, grads))
     }
 
     /// Token-weighted mean loss over the eval sequences (inference path).

@@ -4,13 +4,23 @@
 //! Through [`super::LinearOp`] + [`super::CausalLmXent`] the logits `[b * t, vocab]`
 //! are a graph tensor that lives until the backward ends, and the loss's backward
 //! allocates a second buffer of the same size for their gradient (2 x 131 MB on a
-//! 32k-vocabulary model at batch 4 x 256). Here the logits of the counted rows only (a
-//! label, not -100, and not a sequence's last position) go into one buffer that the op
-//! keeps; the backward turns it in place into `dz = (softmax(z) - onehot) * g / count`,
-//! runs the two gemms `dh = dz W` and `dW = dz^T h`, and drops it. Rows that are not
-//! counted cost neither the head's product nor a gradient row.
+//! 32k-vocabulary model at batch 4 x 256). Here the forward goes over the counted rows
+//! (a label, not -100, and not a sequence's last position) a block at a time: a block's
+//! logits, its loss, its logits' gradient `dz = (softmax(z) - onehot) / count` in place,
+//! and the two products `dh = dz W` and `dW += dz^T h`. The node keeps `dh` of the
+//! counted rows and `dW` (which the backward would allocate anyway) and no logits, so
+//! the training step's peak (the start of the backward, every activation still alive)
+//! holds one block of logits instead of all of them. The backward scales what was kept
+//! by the incoming gradient. Rows that are not counted cost neither the head's product
+//! nor a gradient row.
+//!
+//! candle's backward adds every gradient an op returns to a zero tensor of the operand's
+//! size (`or_insert` then `add`): for the head weight, two more `[vocab, h]` buffers
+//! at the step's peak. Given a [`Deferred`], the backward leaves the weight's gradient
+//! there instead, and the caller adds it to the gradient store after the backward
+//! (`Model::loss_and_backward`).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -18,15 +28,36 @@ use rayon::prelude::*;
 use super::{contiguous_f32, exp, last_dim, log_sum_exp, simd_fn};
 use crate::models::sgemm::{matmul, Dst, Mat};
 
-/// Vocabulary rows of the head's weight gradient per product (the gemm's packed copy of
-/// `dz^T` is this many rows of `dz`'s columns: 8 MiB at 1024 counted rows).
-const DW_BLOCK: usize = 2048;
+/// Logits per block of rows (16 MiB): rows per block = this / vocabulary.
+const BLOCK_LOGITS: usize = 4 << 20;
 
-/// What the forward keeps for the backward: the counted rows' logits and their
-/// log-sum-exp.
+/// What the forward keeps for the backward: the gradients of the mean loss for an
+/// incoming gradient of 1.
 struct Saved {
-    logits: Vec<f32>,
-    lse: Vec<f32>,
+    /// `[counted rows, h]`.
+    dh: Vec<f32>,
+    /// `[vocab, h]` when the weight is tracked.
+    dw: Option<Vec<f32>>,
+}
+
+/// Weight gradients a backward left outside candle's gradient store: (weight, gradient).
+#[derive(Default)]
+pub(crate) struct Deferred(Mutex<Vec<(Tensor, Tensor)>>);
+
+impl Deferred {
+    /// Adds the deferred gradients to `grads` (summed with any the store holds for the
+    /// same weight, e.g. a head tied to the embedding).
+    pub(crate) fn add_to(&self, grads: &mut candle_core::backprop::GradStore) -> Result<()> {
+        let taken = std::mem::take(&mut *self.0.lock().map_err(|_| poisoned())?);
+        for (w, g) in taken {
+            let sum = match grads.remove(&w) {
+                Some(e) => (e + g)?,
+                None => g,
+            };
+            grads.insert(&w, sum);
+        }
+        Ok(())
+    }
 }
 
 /// `hidden` `[b, t, h]` (after the final norm) and the head weight `[vocab, h]` -> the
@@ -35,6 +66,14 @@ struct Saved {
 pub(crate) struct LmHeadXent {
     /// Flattened `(i * t + j)` indices of the counted rows, with their target token.
     rows: Vec<(usize, usize)>,
+    /// Whether the forward computes the gradients (some operand is tracked), and the
+    /// weight's with them.
+    grads: bool,
+    weight_grad: bool,
+    /// Logits per block ([`BLOCK_LOGITS`]; smaller in tests).
+    block_logits: usize,
+    /// Where the backward leaves the weight's gradient instead of returning it.
+    defer: Option<Arc<Deferred>>,
     saved: Mutex<Option<Saved>>,
 }
 
@@ -43,6 +82,15 @@ simd_fn! {
     fn softmax_scaled_in_place(z: &mut [f32], lse: f32, scale: f32) {
         for z in z.iter_mut() {
             *z = exp(*z - lse) * scale;
+        }
+    }
+}
+
+simd_fn! {
+    /// `x *= s` in place.
+    fn scale_in_place(x: &mut [f32], s: f32) {
+        for x in x.iter_mut() {
+            *x *= s;
         }
     }
 }
@@ -61,11 +109,26 @@ impl LmHeadXent {
         if rows.is_empty() {
             return None;
         }
-        Some(Self { rows, saved: Mutex::new(None) })
+        Some(Self {
+            rows,
+            grads: false,
+            weight_grad: false,
+            block_logits: BLOCK_LOGITS,
+            defer: None,
+            saved: Mutex::new(None),
+        })
+    }
+
+    /// The backward leaves the weight's gradient in `to` instead of returning it.
+    pub(crate) fn deferring(mut self, to: Option<Arc<Deferred>>) -> Self {
+        self.defer = to;
+        self
     }
 
     /// The loss of `hidden` `[b, t, h]` through the head `weight` `[vocab, h]`.
-    pub(crate) fn apply(self, hidden: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    pub(crate) fn apply(mut self, hidden: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        self.weight_grad = weight.track_op();
+        self.grads = self.weight_grad || hidden.track_op();
         hidden.contiguous()?.apply_op2(&weight.contiguous()?, self)
     }
 
@@ -89,14 +152,46 @@ impl LmHeadXent {
         out
     }
 
-    /// The counted rows' logits `[rows, v]` = `xs W^T` and their log-sum-exp.
-    fn logits(xs: &[f32], w: &[f32], h: usize, v: usize) -> Result<Saved> {
-        let m = xs.len() / h.max(1);
-        let mut logits = vec![0f32; m * v];
-        let dst = Dst { data: &mut logits, offset: 0, rs: v, accumulate: false };
-        matmul((m, v, h), dst, Mat::rows(xs, 0, h), Mat::transposed(w, 0, h), true)?;
-        let lse = logits.par_chunks(v).map(log_sum_exp).collect();
-        Ok(Saved { logits, lse })
+    /// The summed loss of the counted rows `xs` `[rows, h]` through `w` `[v, h]`, and
+    /// with `grads` the mean loss's gradients, block of rows by block of rows.
+    fn run(&self, xs: &[f32], w: &[f32], (h, v): (usize, usize), grads: bool) -> Result<(f64, Option<Saved>)> {
+        let m = self.rows.len();
+        let block = (self.block_logits / v.max(1)).clamp(1, m.max(1));
+        let scale = 1.0 / m as f32;
+        let mut z = vec![0f32; block * v];
+        let mut dh = if grads { vec![0f32; m * h] } else { Vec::new() };
+        let mut dw = (grads && self.weight_grad).then(|| vec![0f32; v * h]);
+        let mut total = 0f64;
+        for r0 in (0..m).step_by(block) {
+            let rows = block.min(m - r0);
+            let (z, xb) = (&mut z[..rows * v], &xs[r0 * h..(r0 + rows) * h]);
+            let dst = Dst { data: z, offset: 0, rs: v, accumulate: false };
+            matmul((rows, v, h), dst, Mat::rows(xb, 0, h), Mat::transposed(w, 0, h), true)?;
+            let labels = &self.rows[r0..r0 + rows];
+            total += z
+                .par_chunks_mut(v)
+                .zip(labels)
+                .map(|(z, &(_, y))| {
+                    let lse = log_sum_exp(z);
+                    let loss = f64::from(lse - z[y]);
+                    if grads {
+                        softmax_scaled_in_place(z, lse, scale);
+                        z[y] -= scale;
+                    }
+                    loss
+                })
+                .sum::<f64>();
+            if !grads {
+                continue;
+            }
+            let dst = Dst { data: &mut dh, offset: r0 * h, rs: h, accumulate: false };
+            matmul((rows, h, v), dst, Mat::rows(z, 0, v), Mat::rows(w, 0, h), true)?;
+            if let Some(dw) = dw.as_mut() {
+                let dst = Dst { data: dw, offset: 0, rs: h, accumulate: r0 > 0 };
+                matmul((v, h, rows), dst, Mat::transposed(z, 0, v), Mat::rows(xb, 0, h), true)?;
+            }
+        }
+        Ok((total, grads.then_some(Saved { dh, dw })))
     }
 }
 
@@ -113,69 +208,67 @@ impl CustomOp2 for LmHeadXent {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (h, v) = self.dims(l1, l2)?;
+        let dims = self.dims(l1, l2)?;
         let x = contiguous_f32(s1, l1, self.name(), "hidden")?;
         let w = contiguous_f32(s2, l2, self.name(), "weight")?;
-        let saved = Self::logits(&self.gather(x, h), w, h, v)?;
-        let total: f64 = saved
-            .logits
-            .par_chunks(v)
-            .zip(&saved.lse)
-            .zip(&self.rows)
-            .map(|((z, &lse), &(_, y))| f64::from(lse - z[y]))
-            .sum();
-        *self.saved.lock().map_err(|_| poisoned())? = Some(saved);
+        let (total, saved) = self.run(&self.gather(x, dims.0), w, dims, self.grads)?;
+        *self.saved.lock().map_err(|_| poisoned())? = saved;
         let loss = (total / self.rows.len() as f64) as f32;
         Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = grad.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        let w_tracked = w.track_op();
-        let (sx, lx) = x.storage_and_layout();
-        let (sw, lw) = w.storage_and_layout();
-        let (h, v) = self.dims(lx, lw)?;
-        let xv = contiguous_f32(cpu(&sx)?, lx, self.name(), "hidden")?;
-        let wv = contiguous_f32(cpu(&sw)?, lw, self.name(), "weight")?;
-        let xs = self.gather(xv, h);
-        // A second backward through the same graph finds the buffer gone: recompute it.
         let taken = self.saved.lock().map_err(|_| poisoned())?.take();
-        let Saved { logits: mut dz, lse } = match taken {
-            Some(s) => s,
-            None => Self::logits(&xs, wv, h, v)?,
+        let (sx, lx) = x.storage_and_layout();
+        let (h, v) = {
+            let (_, lw) = w.storage_and_layout();
+            self.dims(lx, lw)?
         };
-        if dz.len() != self.rows.len() * v {
-            bail!("anneal-lm-head-xent: saved logits do not match the backward's shapes");
+        // A second backward through the same graph finds the gradients taken: recompute.
+        let saved = match taken {
+            Some(s) => s,
+            None => {
+                let (sw, lw) = w.storage_and_layout();
+                let xv = contiguous_f32(cpu(&sx)?, lx, self.name(), "hidden")?;
+                let wv = contiguous_f32(cpu(&sw)?, lw, self.name(), "weight")?;
+                match self.run(&self.gather(xv, h), wv, (h, v), true)?.1 {
+                    Some(s) => s,
+                    None => bail!("anneal-lm-head-xent: no gradients computed"),
+                }
+            }
+        };
+        drop(sx);
+        let Saved { dh, dw } = saved;
+        if dh.len() != self.rows.len() * h || dw.as_ref().is_some_and(|d| d.len() != v * h) {
+            bail!("anneal-lm-head-xent: saved gradients do not match the backward's shapes");
         }
-        let scale = g / self.rows.len() as f32;
-        dz.par_chunks_mut(v).zip(&lse).zip(&self.rows).for_each(|((z, &lse), &(_, y))| {
-            softmax_scaled_in_place(z, lse, scale);
-            z[y] -= scale;
-        });
-        let m = self.rows.len();
-        // dh of the counted rows, `dz W`, scattered into the (zero) gradient of `hidden`.
-        let mut dxs = vec![0f32; m * h];
-        let dst = Dst { data: &mut dxs, offset: 0, rs: h, accumulate: false };
-        matmul((m, h, v), dst, Mat::rows(&dz, 0, v), Mat::rows(wv, 0, h), true)?;
+        // dh of the counted rows, scattered into the (zero) gradient of `hidden`.
         let n = lx.shape().elem_count() / h;
         let mut dx = vec![0f32; n * h];
-        for (row, &(r, _)) in dxs.chunks(h).zip(&self.rows) {
-            dx[r * h..(r + 1) * h].copy_from_slice(row);
-        }
-        drop(dxs);
-        let dw = if w_tracked {
-            let mut dw = vec![0f32; v * h];
-            // By blocks of vocabulary rows: in one product the gemm packs all of `dz^T`
-            // into a buffer as large as the logits (124.5 MiB at 1020 rows x 32000).
-            for v0 in (0..v).step_by(DW_BLOCK) {
-                let rows = DW_BLOCK.min(v - v0);
-                let dst = Dst { data: &mut dw, offset: v0 * h, rs: h, accumulate: false };
-                matmul((rows, h, m), dst, Mat::transposed(&dz, v0, v), Mat::rows(&xs, 0, h), true)?;
+        for (row, &(r, _)) in dh.chunks(h).zip(&self.rows) {
+            let out = &mut dx[r * h..(r + 1) * h];
+            out.copy_from_slice(row);
+            if g != 1.0 {
+                scale_in_place(out, g);
             }
-            drop(dz);
-            Some(Tensor::from_vec(dw, (v, h), w.device())?)
-        } else {
-            None
+        }
+        drop(dh);
+        let dw = match dw {
+            Some(mut dw) if w.track_op() => {
+                if g != 1.0 {
+                    dw.par_chunks_mut(h.max(1) * 64).for_each(|c| scale_in_place(c, g));
+                }
+                let dw = Tensor::from_vec(dw, (v, h), w.device())?;
+                match &self.defer {
+                    Some(d) => {
+                        d.0.lock().map_err(|_| poisoned())?.push((w.clone(), dw));
+                        None
+                    }
+                    None => Some(dw),
+                }
+            }
+            _ => None,
         };
         Ok((Some(Tensor::from_vec(dx, x.shape(), x.device())?), dw))
     }
@@ -207,8 +300,14 @@ mod tests {
         let want = logits.apply_op1(CausalLmXent::new(labels.clone(), t, count)).unwrap();
         let want_g = want.backward().unwrap();
 
-        let got = LmHeadXent::new(&labels, t).unwrap().apply(x.as_tensor(), w.as_tensor()).unwrap();
+        // Blocks of 4 rows (6 counted rows: 4 + 2).
+        let op = LmHeadXent { block_logits: 4 * v, ..LmHeadXent::new(&labels, t).unwrap() };
+        assert_eq!(op.rows.len(), 6);
+        let got = op.apply(x.as_tensor(), w.as_tensor()).unwrap();
         let got_g = got.backward().unwrap();
+        let one = LmHeadXent::new(&labels, t).unwrap().apply(x.as_tensor(), w.as_tensor()).unwrap();
+        let one_g = one.backward().unwrap();
+        assert!(max_diff(one_g.get(&w).unwrap(), got_g.get(&w).unwrap()) < 1e-6, "one block vs two");
 
         assert!(max_diff(&want, &got) < 1e-5, "loss {want} vs {got}");
         for var in [&x, &w] {
@@ -232,6 +331,34 @@ mod tests {
             let (a, b) = (want_g.get(var).unwrap(), scaled_g.get(var).unwrap());
             assert!(max_diff(&(a * 0.25).unwrap(), b) < 1e-6, "scaled gradient");
         }
+    }
+
+    /// A deferred weight gradient is the one the backward would have returned, added to
+    /// the store's after the backward (here on top of a second use of the weight).
+    #[test]
+    fn a_deferred_weight_gradient_matches_the_returned_one() {
+        let dev = Device::Cpu;
+        let (b, t, h, v) = (2, 4, 8, 19);
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, h), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (v, h), &dev).unwrap()).unwrap();
+        let labels: Vec<i64> = vec![3, 18, -100, 0, 7, 1, 2, 11];
+        let loss = |defer: Option<Arc<Deferred>>| {
+            let head = LmHeadXent::new(&labels, t).unwrap().deferring(defer);
+            let l = head.apply(x.as_tensor(), w.as_tensor()).unwrap();
+            (l * 0.5).unwrap() + w.as_tensor().sqr().unwrap().sum_all().unwrap()
+        };
+        let want = loss(None).unwrap().backward().unwrap();
+        let deferred = Arc::new(Deferred::default());
+        let mut got = loss(Some(deferred.clone())).unwrap().backward().unwrap();
+        // Before adding: the store holds only the square's gradient.
+        let square = (w.as_tensor() * 2.0).unwrap();
+        assert!(max_diff(got.get(&w).unwrap(), &square) < 1e-6);
+        deferred.add_to(&mut got).unwrap();
+        for var in [&x, &w] {
+            let d = max_diff(want.get(var).unwrap(), got.get(var).unwrap());
+            assert!(d < 1e-6, "gradient differs by {d}");
+        }
+        assert!(deferred.0.lock().unwrap().is_empty(), "taken once");
     }
 
     #[test]
