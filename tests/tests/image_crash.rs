@@ -4,7 +4,10 @@
 //! job, complete checkpoints and no model, and resumes to the loss and weights of an
 //! uninterrupted run, bit for bit; DreamBooth class images rendered before a kill are
 //! kept, the missing ones rendered the same; a cancel from another process ends the job
-//! cancelled with a checkpoint it resumes from.
+//! cancelled with a checkpoint it resumes from. Killed (failpoint `abort`) in the middle
+//! of writing a checkpoint (LoRA: all files written, the staging directory not renamed;
+//! full: while writing the UNet's weights), a job resumes from the previous complete
+//! one to the same loss and weights, and its interrupted write is swept.
 //!
 //! The runs happen in a child process (this test binary re-executed, each step slowed
 //! down so the parent can act mid-run); the tiny-sd fixture keeps each test a few seconds.
@@ -352,4 +355,120 @@ fn an_image_job_cancelled_from_another_process_ends_cancelled_and_resumes_to_the
     assert!(samples.iter().all(|n| n.starts_with("step-")), "{samples:?}");
     let got = engine.resume(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
     assert_same_as(&env.home, &job.id, &got, &want, j.step);
+}
+
+/// Runs the job in a child armed with `failpoints`, one of which must abort it (SIGABRT)
+/// before it reports an outcome.
+fn run_aborted_at(home: &Home, job: &JobId, failpoints: &str) {
+    let out = spawn_child(home, job, failpoints).wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.signal(), Some(6), "{failpoints} did not abort the child ({}): {stdout}", out.status);
+    assert!(!stdout.contains("OUTCOME"), "{stdout}");
+}
+
+/// Interrupted writes under `dir` (any depth): `.tmp-*` entries (not looked into) and
+/// temp files of another style (`*.tmp`), sorted.
+fn leftovers(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with(".tmp-") || name.ends_with(".tmp") {
+                out.push(e.path());
+            } else if e.path().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Dates `paths` two hours back: old enough for the sweep of the next open of the home.
+fn age(paths: &[PathBuf]) {
+    let old = SystemTime::now() - Duration::from_secs(7200);
+    for p in paths {
+        std::fs::File::open(p).unwrap().set_modified(old).unwrap();
+    }
+}
+
+/// Killed (failpoint `failpoint`, its second hit: the checkpoint of step 6, after the
+/// one of step 3) while writing a checkpoint: the staging directory (`.tmp-*`, checked
+/// by `staged`) is the only leftover; resumes from the checkpoint of step 3 to the
+/// uninterrupted run's loss and weights, leaving nothing of its own; the leftover is
+/// kept while young (another process may be writing it), swept by an open once old.
+fn killed_while_checkpointing_resumes_from_the_previous_one(method: Method, failpoint: &str, staged: impl Fn(&Path)) {
+    let env = Env::new();
+    let full = matches!(method, Method::Full);
+    let spec = drawing_spec(&env, method, false);
+    let want = run(&env, &spec);
+    let engine = env.home.training();
+    let job = engine.create_job(&spec).unwrap();
+    run_aborted_at(&env.home, &job.id, &format!("{failpoint}=abort@2"));
+    let j = engine.job(&job.id).unwrap();
+    assert_eq!(j.status, JobStatus::Interrupted);
+    assert!(j.step >= 3 && j.step <= 6, "killed at step {}", j.step);
+    assert_nothing_half_written(&env.home, &job.id, full);
+    let dir = job_dir(&env.home, &job.id);
+    let ckpts = dir.join("checkpoints");
+    let visible: Vec<String> = entries(&ckpts).into_iter().filter(|n| !n.starts_with(".tmp-")).collect();
+    assert_eq!(visible, ["step-3"], "the checkpoint of step 6 became visible");
+    let left = leftovers(&dir);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].parent(), Some(ckpts.as_path()), "{left:?}");
+    staged(&left[0]);
+
+    let got = engine.resume(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
+    assert_same_as(&env.home, &job.id, &got, &want, 3);
+    assert_eq!(leftovers(&dir), left, "the resumed run left a write behind (or took the dead run's)");
+    Home::open(env.home.root()).unwrap();
+    assert_eq!(leftovers(&dir), left, "a young leftover was swept");
+    age(&left);
+    Home::open(env.home.root()).unwrap();
+    assert_eq!(leftovers(&dir), Vec::<PathBuf>::new(), "the interrupted checkpoint was not swept");
+    assert_eq!(leftovers(&env.home.root().join("models")), Vec::<PathBuf>::new());
+}
+
+/// Every file under `dir` (any depth), relative, sorted.
+fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_lora_image_job_killed_before_its_checkpoint_is_renamed_resumes_from_the_previous_one() {
+    // Step 6's checkpoint written in full in its staging directory, not renamed: not a
+    // checkpoint yet.
+    killed_while_checkpointing_resumes_from_the_previous_one(lora(), "checkpoint.before_rename", |staging| {
+        assert_eq!(files(staging), ["optimizer.safetensors", "pytorch_lora_weights.safetensors", "trainer_state.json"]);
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(staging.join("trainer_state.json")).unwrap()).unwrap();
+        assert_eq!(state["step"], 6);
+    });
+}
+
+#[test]
+fn a_full_image_fine_tune_killed_while_writing_its_checkpoint_unet_resumes_from_the_previous_one() {
+    // Killed as the UNet's weights (one file of a directory) are being written.
+    killed_while_checkpointing_resumes_from_the_previous_one(
+        Method::Full,
+        "write:diffusion_pytorch_model.safetensors",
+        |staging| {
+            let f = files(staging);
+            assert_eq!(f.len(), 1, "{f:?}");
+            assert!(f[0].starts_with("unet/.tmp-diffusion_pytorch_model.safetensors-"), "{f:?}");
+        },
+    );
 }
