@@ -7,7 +7,9 @@
 //! cancelled with a checkpoint it resumes from. Killed (failpoint `abort`) in the middle
 //! of writing a checkpoint (LoRA: all files written, the staging directory not renamed;
 //! full: while writing the UNet's weights), a job resumes from the previous complete
-//! one to the same loss and weights, and its interrupted write is swept.
+//! one to the same loss and weights, and its interrupted write is swept; killed just
+//! before or just after the transaction that registers its model, it ends with that
+//! model registered once (complete, loadable, its lineage right).
 //!
 //! The runs happen in a child process (this test binary re-executed, each step slowed
 //! down so the parent can act mid-run); the tiny-sd fixture keeps each test a few seconds.
@@ -21,9 +23,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use anneal::diffusion::StableDiffusionPipeline;
 use anneal::{
-    CancelToken, Event, Home, ImageCrop, ImageTrainOptions, JobId, JobRecord, JobStatus, Method, ModelRecord,
-    RecordingSink, Schedule, TrainReport, TrainSpec,
+    CancelToken, Event, Family, Home, ImageCrop, ImageRequest, ImageTrainOptions, JobId, JobRecord, JobStatus,
+    LoadOptions, Method, ModelKind, ModelRecord, RecordingSink, Schedule, TrainReport, TrainSpec,
 };
 
 use crate::image_training::{lora, Env};
@@ -471,4 +474,124 @@ fn a_full_image_fine_tune_killed_while_writing_its_checkpoint_unet_resumes_from_
             assert!(f[0].starts_with("unet/.tmp-diffusion_pytorch_model.safetensors-"), "{f:?}");
         },
     );
+}
+
+/// The model an image job registered: complete (every recorded file there, at its
+/// recorded size), loadable (a full fine-tune by `StableDiffusionPipeline`, both by the
+/// registry's image generator, which renders with it), with the lineage of its job.
+fn assert_registered_model(home: &Home, job: &JobId, model: &ModelRecord, want: &TrainReport) {
+    let row = home.training().job(job).unwrap();
+    let base = home.models().get(row.base_model_id.as_ref().unwrap()).unwrap();
+    let kind = if matches!(row.spec.method, Method::Full) { ModelKind::Full } else { ModelKind::Lora };
+    assert_eq!((model.kind, model.family), (kind, Family::StableDiffusion));
+    assert_eq!(model.parent_id.as_ref(), Some(&base.id));
+    let l = &model.lineage;
+    assert_eq!((l.job.as_ref(), l.base.as_ref()), (Some(job), Some(&base.id)));
+    assert_eq!(l.base_ref.as_deref(), Some(base.reference().as_str()));
+    assert_eq!(l.dataset.as_ref(), row.dataset_id.as_ref());
+    assert_eq!(l.spec.as_ref(), Some(&row.spec));
+    let m = l.metrics.as_ref().unwrap();
+    assert_eq!((m.steps, m.final_loss.map(f64::to_bits)), (want.steps, Some(want.final_loss.to_bits())));
+    assert!(!model.files.is_empty());
+    for f in &model.files {
+        let len = std::fs::metadata(model.path.join(&f.name)).map(|m| m.len()).ok();
+        assert_eq!(len, Some(f.bytes), "{}", f.name);
+    }
+    if kind == ModelKind::Full {
+        StableDiffusionPipeline::load(&model.path, &LoadOptions::default()).unwrap();
+    }
+    let generator = home.image_generator(model.reference(), &Default::default()).unwrap();
+    let req = ImageRequest { steps: Some(2), seed: Some(3), ..ImageRequest::new("a red square") };
+    assert_eq!(generator.generate(&req).unwrap().images.len(), 1);
+}
+
+/// Killed just before the transaction that registers the model and completes the job
+/// commits: nothing registered, the job interrupted; the model folder renamed into
+/// place before that transaction is an orphan the open sweeps once old; resume (from
+/// the checkpoint of step 6) registers once, the uninterrupted run's weights.
+fn killed_before_the_registration_commits(method: Method) {
+    let env = Env::new();
+    let spec = drawing_spec(&env, method, false);
+    let want = run(&env, &spec);
+    let engine = env.home.training();
+    let job = engine.create_job(&spec).unwrap();
+    run_aborted_at(&env.home, &job.id, "register.before_commit=abort");
+    let j = engine.job(&job.id).unwrap();
+    assert_eq!((j.status, j.output_model_id.as_ref()), (JobStatus::Interrupted, None));
+    assert!(models_of(&env.home, &job.id).is_empty(), "registered before the commit");
+    let models_dir = env.home.root().join("models");
+    let registered: Vec<ModelRecord> = env.home.models().list(&Default::default()).unwrap();
+    let orphans: Vec<PathBuf> = entries(&models_dir)
+        .into_iter()
+        .filter(|n| !registered.iter().any(|m| m.path.ends_with(n)))
+        .map(|n| models_dir.join(n))
+        .collect();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert!(orphans[0].file_name().unwrap().to_string_lossy().starts_with("mdl_"), "{orphans:?}");
+    Home::open(env.home.root()).unwrap();
+    assert!(orphans[0].is_dir(), "a young orphan was swept");
+    age(&orphans);
+    Home::open(env.home.root()).unwrap();
+    assert!(!orphans[0].exists(), "the orphan model folder was not swept");
+
+    let got = engine.resume(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
+    assert_same_as(&env.home, &job.id, &got, &want, 6);
+    let again = Home::open(env.home.root()).unwrap();
+    let models = models_of(&again, &job.id);
+    assert_eq!(models.iter().map(|m| &m.id).collect::<Vec<_>>(), [&got.model], "registered once");
+    assert_registered_model(&again, &job.id, &models[0], &want);
+}
+
+/// Killed just after that transaction commits: the job is completed with its model,
+/// registered once; resuming or running it again is refused, `complete` reports it.
+fn killed_after_the_registration_commits(method: Method) {
+    let env = Env::new();
+    let spec = drawing_spec(&env, method, false);
+    let want = run(&env, &spec);
+    let engine = env.home.training();
+    let job = engine.create_job(&spec).unwrap();
+    run_aborted_at(&env.home, &job.id, "register.after_commit=abort");
+    let models = models_of(&env.home, &job.id);
+    assert_eq!(models.len(), 1, "registered once");
+    let j = engine.job(&job.id).unwrap();
+    assert_eq!((j.status, j.output_model_id.as_ref()), (JobStatus::Completed, Some(&models[0].id)));
+    assert_registered_model(&env.home, &job.id, &models[0], &want);
+    // The uninterrupted run's weights, bit for bit.
+    let (a, b) = (weights(&models[0].path), weights(&env.home.models().get(&want.model).unwrap().path));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    assert!(a.iter().all(|(k, v)| v == &b[k]), "the weights differ from the uninterrupted run's");
+    for e in [
+        engine.resume(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap_err(),
+        engine.run(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap_err(),
+    ] {
+        assert_eq!(e.code(), "in_use", "{e}");
+    }
+    let report = engine.complete(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
+    assert_eq!((&report.model, report.steps), (&models[0].id, want.steps));
+    assert_eq!(report.final_loss.to_bits(), want.final_loss.to_bits());
+    let again = Home::open(env.home.root()).unwrap();
+    assert_eq!(models_of(&again, &job.id).iter().map(|m| &m.id).collect::<Vec<_>>(), [&models[0].id]);
+    let j = again.training().job(&job.id).unwrap();
+    assert_eq!((j.status, j.output_model_id.as_ref()), (JobStatus::Completed, Some(&models[0].id)));
+    assert_eq!(leftovers(&again.root().join("models")), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_full_image_fine_tune_killed_before_the_registration_commits_resumes_and_registers_once() {
+    killed_before_the_registration_commits(Method::Full);
+}
+
+#[test]
+fn a_lora_image_job_killed_before_the_registration_commits_resumes_and_registers_once() {
+    killed_before_the_registration_commits(lora());
+}
+
+#[test]
+fn a_full_image_fine_tune_killed_after_the_registration_commits_is_complete_with_its_model() {
+    killed_after_the_registration_commits(Method::Full);
+}
+
+#[test]
+fn a_lora_image_job_killed_after_the_registration_commits_is_complete_with_its_model() {
+    killed_after_the_registration_commits(lora());
 }
