@@ -9,7 +9,9 @@
 //! full: while writing the UNet's weights), a job resumes from the previous complete
 //! one to the same loss and weights, and its interrupted write is swept; killed just
 //! before or just after the transaction that registers its model, it ends with that
-//! model registered once (complete, loadable, its lineage right).
+//! model registered once (complete, loadable, its lineage right); killed while writing a
+//! validation image, its row points at the previous complete one and the interrupted
+//! write under `samples/` is swept.
 //!
 //! The runs happen in a child process (this test binary re-executed, each step slowed
 //! down so the parent can act mid-run); the tiny-sd fixture keeps each test a few seconds.
@@ -594,4 +596,66 @@ fn a_full_image_fine_tune_killed_after_the_registration_commits_is_complete_with
 #[test]
 fn a_lora_image_job_killed_after_the_registration_commits_is_complete_with_its_model() {
     killed_after_the_registration_commits(lora());
+}
+
+/// Validation images (`samples/step-N.png`) by name, as bytes.
+fn samples(home: &Home, job: &JobId) -> BTreeMap<String, Vec<u8>> {
+    let dir = job_dir(home, job).join("samples");
+    entries(&dir)
+        .into_iter()
+        .filter(|n| !n.starts_with(".tmp-"))
+        .map(|n| (n.clone(), std::fs::read(dir.join(&n)).unwrap()))
+        .collect()
+}
+
+#[test]
+fn an_image_job_killed_while_writing_a_validation_image_points_at_a_complete_one_and_its_write_is_swept() {
+    let env = Env::new();
+    let engine = env.home.training();
+    // Validation images at steps 2, 4, 6 and 8, checkpoints at 3 and 6.
+    let spec = drawing_spec(&env, lora(), false);
+    let want = run(&env, &spec);
+    let want_job = env.home.models().get(&want.model).unwrap().lineage.job.unwrap();
+    let want_samples = samples(&env.home, &want_job);
+    let names: Vec<&String> = want_samples.keys().collect();
+    assert_eq!(names, ["step-000002.png", "step-000004.png", "step-000006.png", "step-000008.png"]);
+    let job = engine.create_job(&spec).unwrap();
+    run_aborted_at(&env.home, &job.id, "write:step-000004.png=abort");
+
+    // The row points at the image of step 2, whole; the write of step 4's is all that is left.
+    let sample_dir = job_dir(&env.home, &job.id).join("samples");
+    let pointed = |home: &Home| {
+        let image = home.training().job(&job.id).unwrap().image.unwrap();
+        assert_eq!(image, format!("jobs/{}/samples/step-000002.png", job.id.0));
+        let png = anneal::diffusion::png::read(home.root().join(&image)).unwrap();
+        assert_eq!((png.width, png.height, png.text("step")), (32, 16, Some("2")));
+    };
+    pointed(&env.home);
+    assert_nothing_half_written(&env.home, &job.id, false);
+    let got_samples = samples(&env.home, &job.id);
+    assert_eq!(got_samples.keys().collect::<Vec<_>>(), ["step-000002.png"]);
+    assert!(got_samples["step-000002.png"] == want_samples["step-000002.png"]);
+    let left = leftovers(&sample_dir);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].file_name().unwrap().to_string_lossy().starts_with(".tmp-step-000004.png-"), "{left:?}");
+
+    // Kept while young, swept by an open once old; the row's image stays.
+    Home::open(env.home.root()).unwrap();
+    assert_eq!(leftovers(&sample_dir), left);
+    age(&left);
+    let again = Home::open(env.home.root()).unwrap();
+    assert_eq!(leftovers(&sample_dir), Vec::<PathBuf>::new(), "the interrupted validation image was not swept");
+    pointed(&again);
+
+    // Resumed from step 3: the images of steps 4.. rendered as the uninterrupted run did.
+    let got = engine.resume(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
+    assert_same_as(&env.home, &job.id, &got, &want, 3);
+    let got_samples = samples(&env.home, &job.id);
+    assert_eq!(got_samples.keys().collect::<Vec<_>>(), names);
+    for (name, bytes) in &want_samples {
+        assert!(&got_samples[name] == bytes, "{name} differs from the uninterrupted run's");
+    }
+    let image = engine.job(&job.id).unwrap().image.unwrap();
+    assert_eq!(image, format!("jobs/{}/samples/step-000008.png", job.id.0));
+    assert_eq!(leftovers(&job_dir(&env.home, &job.id)), Vec::<PathBuf>::new());
 }
