@@ -328,9 +328,10 @@ fn parse_failpoints(spec: &str) -> Vec<Failpoint> {
 /// the real one). `@n` fires on the n-th hit only, `*n` on the first n hits.
 ///
 /// Failpoints: `write:<file name>` (every file write of checkpoints, model saves and
-/// [`write_atomic`]), `catalog.job_end` (the catalog write that records how a run
-/// ended), `register.before_commit` and `register.after_commit` (around the transaction
-/// that registers a trained model and completes its job).
+/// [`write_atomic`]), `checkpoint.before_rename` (a checkpoint written in full to its
+/// staging directory, not yet renamed into place), `catalog.job_end` (the catalog write
+/// that records how a run ended), `register.before_commit` and `register.after_commit`
+/// (around the transaction that registers a trained model and completes its job).
 pub(crate) fn failpoint(name: &str) -> io::Result<()> {
     static ARMED: OnceLock<Vec<Failpoint>> = OnceLock::new();
     let armed = ARMED.get_or_init(|| std::env::var(FAILPOINTS_ENV).map(|s| parse_failpoints(&s)).unwrap_or_default());

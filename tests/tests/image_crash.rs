@@ -4,7 +4,14 @@
 //! job, complete checkpoints and no model, and resumes to the loss and weights of an
 //! uninterrupted run, bit for bit; DreamBooth class images rendered before a kill are
 //! kept, the missing ones rendered the same; a cancel from another process ends the job
-//! cancelled with a checkpoint it resumes from.
+//! cancelled with a checkpoint it resumes from. Killed (failpoint `abort`) in the middle
+//! of writing a checkpoint (LoRA: all files written, the staging directory not renamed;
+//! full: while writing the UNet's weights), a job resumes from the previous complete
+//! one to the same loss and weights, and its interrupted write is swept; killed just
+//! before or just after the transaction that registers its model, it ends with that
+//! model registered once (complete, loadable, its lineage right); killed while writing a
+//! validation image, its row points at the previous complete one and the interrupted
+//! write under `samples/` is swept.
 //!
 //! The runs happen in a child process (this test binary re-executed, each step slowed
 //! down so the parent can act mid-run); the tiny-sd fixture keeps each test a few seconds.
@@ -18,9 +25,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use anneal::diffusion::StableDiffusionPipeline;
 use anneal::{
-    CancelToken, Event, Home, ImageCrop, ImageTrainOptions, JobId, JobRecord, JobStatus, Method, ModelRecord,
-    RecordingSink, Schedule, TrainReport, TrainSpec,
+    CancelToken, Event, Family, Home, ImageCrop, ImageRequest, ImageTrainOptions, JobId, JobRecord, JobStatus,
+    LoadOptions, Method, ModelKind, ModelRecord, RecordingSink, Schedule, TrainReport, TrainSpec,
 };
 
 use crate::image_training::{lora, Env};
@@ -352,4 +360,302 @@ fn an_image_job_cancelled_from_another_process_ends_cancelled_and_resumes_to_the
     assert!(samples.iter().all(|n| n.starts_with("step-")), "{samples:?}");
     let got = engine.resume(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
     assert_same_as(&env.home, &job.id, &got, &want, j.step);
+}
+
+/// Runs the job in a child armed with `failpoints`, one of which must abort it (SIGABRT)
+/// before it reports an outcome.
+fn run_aborted_at(home: &Home, job: &JobId, failpoints: &str) {
+    let out = spawn_child(home, job, failpoints).wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.signal(), Some(6), "{failpoints} did not abort the child ({}): {stdout}", out.status);
+    assert!(!stdout.contains("OUTCOME"), "{stdout}");
+}
+
+/// Interrupted writes under `dir` (any depth): `.tmp-*` entries (not looked into) and
+/// temp files of another style (`*.tmp`), sorted.
+fn leftovers(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with(".tmp-") || name.ends_with(".tmp") {
+                out.push(e.path());
+            } else if e.path().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Dates `paths` two hours back: old enough for the sweep of the next open of the home.
+fn age(paths: &[PathBuf]) {
+    let old = SystemTime::now() - Duration::from_secs(7200);
+    for p in paths {
+        std::fs::File::open(p).unwrap().set_modified(old).unwrap();
+    }
+}
+
+/// Killed (failpoint `failpoint`, its second hit: the checkpoint of step 6, after the
+/// one of step 3) while writing a checkpoint: the staging directory (`.tmp-*`, checked
+/// by `staged`) is the only leftover; resumes from the checkpoint of step 3 to the
+/// uninterrupted run's loss and weights, leaving nothing of its own; the leftover is
+/// kept while young (another process may be writing it), swept by an open once old.
+fn killed_while_checkpointing_resumes_from_the_previous_one(method: Method, failpoint: &str, staged: impl Fn(&Path)) {
+    let env = Env::new();
+    let full = matches!(method, Method::Full);
+    let spec = drawing_spec(&env, method, false);
+    let want = run(&env, &spec);
+    let engine = env.home.training();
+    let job = engine.create_job(&spec).unwrap();
+    run_aborted_at(&env.home, &job.id, &format!("{failpoint}=abort@2"));
+    let j = engine.job(&job.id).unwrap();
+    assert_eq!(j.status, JobStatus::Interrupted);
+    assert!(j.step >= 3 && j.step <= 6, "killed at step {}", j.step);
+    assert_nothing_half_written(&env.home, &job.id, full);
+    let dir = job_dir(&env.home, &job.id);
+    let ckpts = dir.join("checkpoints");
+    let visible: Vec<String> = entries(&ckpts).into_iter().filter(|n| !n.starts_with(".tmp-")).collect();
+    assert_eq!(visible, ["step-3"], "the checkpoint of step 6 became visible");
+    let left = leftovers(&dir);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].parent(), Some(ckpts.as_path()), "{left:?}");
+    staged(&left[0]);
+
+    let got = engine.resume(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
+    assert_same_as(&env.home, &job.id, &got, &want, 3);
+    assert_eq!(leftovers(&dir), left, "the resumed run left a write behind (or took the dead run's)");
+    Home::open(env.home.root()).unwrap();
+    assert_eq!(leftovers(&dir), left, "a young leftover was swept");
+    age(&left);
+    Home::open(env.home.root()).unwrap();
+    assert_eq!(leftovers(&dir), Vec::<PathBuf>::new(), "the interrupted checkpoint was not swept");
+    assert_eq!(leftovers(&env.home.root().join("models")), Vec::<PathBuf>::new());
+}
+
+/// Every file under `dir` (any depth), relative, sorted.
+fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_lora_image_job_killed_before_its_checkpoint_is_renamed_resumes_from_the_previous_one() {
+    // Step 6's checkpoint written in full in its staging directory, not renamed: not a
+    // checkpoint yet.
+    killed_while_checkpointing_resumes_from_the_previous_one(lora(), "checkpoint.before_rename", |staging| {
+        assert_eq!(files(staging), ["optimizer.safetensors", "pytorch_lora_weights.safetensors", "trainer_state.json"]);
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(staging.join("trainer_state.json")).unwrap()).unwrap();
+        assert_eq!(state["step"], 6);
+    });
+}
+
+#[test]
+fn a_full_image_fine_tune_killed_while_writing_its_checkpoint_unet_resumes_from_the_previous_one() {
+    // Killed as the UNet's weights (one file of a directory) are being written.
+    killed_while_checkpointing_resumes_from_the_previous_one(
+        Method::Full,
+        "write:diffusion_pytorch_model.safetensors",
+        |staging| {
+            let f = files(staging);
+            assert_eq!(f.len(), 1, "{f:?}");
+            assert!(f[0].starts_with("unet/.tmp-diffusion_pytorch_model.safetensors-"), "{f:?}");
+        },
+    );
+}
+
+/// The model an image job registered: complete (every recorded file there, at its
+/// recorded size), loadable (a full fine-tune by `StableDiffusionPipeline`, both by the
+/// registry's image generator, which renders with it), with the lineage of its job.
+fn assert_registered_model(home: &Home, job: &JobId, model: &ModelRecord, want: &TrainReport) {
+    let row = home.training().job(job).unwrap();
+    let base = home.models().get(row.base_model_id.as_ref().unwrap()).unwrap();
+    let kind = if matches!(row.spec.method, Method::Full) { ModelKind::Full } else { ModelKind::Lora };
+    assert_eq!((model.kind, model.family), (kind, Family::StableDiffusion));
+    assert_eq!(model.parent_id.as_ref(), Some(&base.id));
+    let l = &model.lineage;
+    assert_eq!((l.job.as_ref(), l.base.as_ref()), (Some(job), Some(&base.id)));
+    assert_eq!(l.base_ref.as_deref(), Some(base.reference().as_str()));
+    assert_eq!(l.dataset.as_ref(), row.dataset_id.as_ref());
+    assert_eq!(l.spec.as_ref(), Some(&row.spec));
+    let m = l.metrics.as_ref().unwrap();
+    assert_eq!((m.steps, m.final_loss.map(f64::to_bits)), (want.steps, Some(want.final_loss.to_bits())));
+    assert!(!model.files.is_empty());
+    for f in &model.files {
+        let len = std::fs::metadata(model.path.join(&f.name)).map(|m| m.len()).ok();
+        assert_eq!(len, Some(f.bytes), "{}", f.name);
+    }
+    if kind == ModelKind::Full {
+        StableDiffusionPipeline::load(&model.path, &LoadOptions::default()).unwrap();
+    }
+    let generator = home.image_generator(model.reference(), &Default::default()).unwrap();
+    let req = ImageRequest { steps: Some(2), seed: Some(3), ..ImageRequest::new("a red square") };
+    assert_eq!(generator.generate(&req).unwrap().images.len(), 1);
+}
+
+/// Killed just before the transaction that registers the model and completes the job
+/// commits: nothing registered, the job interrupted; the model folder renamed into
+/// place before that transaction is an orphan the open sweeps once old; resume (from
+/// the checkpoint of step 6) registers once, the uninterrupted run's weights.
+fn killed_before_the_registration_commits(method: Method) {
+    let env = Env::new();
+    let spec = drawing_spec(&env, method, false);
+    let want = run(&env, &spec);
+    let engine = env.home.training();
+    let job = engine.create_job(&spec).unwrap();
+    run_aborted_at(&env.home, &job.id, "register.before_commit=abort");
+    let j = engine.job(&job.id).unwrap();
+    assert_eq!((j.status, j.output_model_id.as_ref()), (JobStatus::Interrupted, None));
+    assert!(models_of(&env.home, &job.id).is_empty(), "registered before the commit");
+    let models_dir = env.home.root().join("models");
+    let registered: Vec<ModelRecord> = env.home.models().list(&Default::default()).unwrap();
+    let orphans: Vec<PathBuf> = entries(&models_dir)
+        .into_iter()
+        .filter(|n| !registered.iter().any(|m| m.path.ends_with(n)))
+        .map(|n| models_dir.join(n))
+        .collect();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert!(orphans[0].file_name().unwrap().to_string_lossy().starts_with("mdl_"), "{orphans:?}");
+    Home::open(env.home.root()).unwrap();
+    assert!(orphans[0].is_dir(), "a young orphan was swept");
+    age(&orphans);
+    Home::open(env.home.root()).unwrap();
+    assert!(!orphans[0].exists(), "the orphan model folder was not swept");
+
+    let got = engine.resume(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
+    assert_same_as(&env.home, &job.id, &got, &want, 6);
+    let again = Home::open(env.home.root()).unwrap();
+    let models = models_of(&again, &job.id);
+    assert_eq!(models.iter().map(|m| &m.id).collect::<Vec<_>>(), [&got.model], "registered once");
+    assert_registered_model(&again, &job.id, &models[0], &want);
+}
+
+/// Killed just after that transaction commits: the job is completed with its model,
+/// registered once; resuming or running it again is refused, `complete` reports it.
+fn killed_after_the_registration_commits(method: Method) {
+    let env = Env::new();
+    let spec = drawing_spec(&env, method, false);
+    let want = run(&env, &spec);
+    let engine = env.home.training();
+    let job = engine.create_job(&spec).unwrap();
+    run_aborted_at(&env.home, &job.id, "register.after_commit=abort");
+    let models = models_of(&env.home, &job.id);
+    assert_eq!(models.len(), 1, "registered once");
+    let j = engine.job(&job.id).unwrap();
+    assert_eq!((j.status, j.output_model_id.as_ref()), (JobStatus::Completed, Some(&models[0].id)));
+    assert_registered_model(&env.home, &job.id, &models[0], &want);
+    // The uninterrupted run's weights, bit for bit.
+    let (a, b) = (weights(&models[0].path), weights(&env.home.models().get(&want.model).unwrap().path));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    assert!(a.iter().all(|(k, v)| v == &b[k]), "the weights differ from the uninterrupted run's");
+    for e in [
+        engine.resume(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap_err(),
+        engine.run(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap_err(),
+    ] {
+        assert_eq!(e.code(), "in_use", "{e}");
+    }
+    let report = engine.complete(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
+    assert_eq!((&report.model, report.steps), (&models[0].id, want.steps));
+    assert_eq!(report.final_loss.to_bits(), want.final_loss.to_bits());
+    let again = Home::open(env.home.root()).unwrap();
+    assert_eq!(models_of(&again, &job.id).iter().map(|m| &m.id).collect::<Vec<_>>(), [&models[0].id]);
+    let j = again.training().job(&job.id).unwrap();
+    assert_eq!((j.status, j.output_model_id.as_ref()), (JobStatus::Completed, Some(&models[0].id)));
+    assert_eq!(leftovers(&again.root().join("models")), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_full_image_fine_tune_killed_before_the_registration_commits_resumes_and_registers_once() {
+    killed_before_the_registration_commits(Method::Full);
+}
+
+#[test]
+fn a_lora_image_job_killed_before_the_registration_commits_resumes_and_registers_once() {
+    killed_before_the_registration_commits(lora());
+}
+
+#[test]
+fn a_full_image_fine_tune_killed_after_the_registration_commits_is_complete_with_its_model() {
+    killed_after_the_registration_commits(Method::Full);
+}
+
+#[test]
+fn a_lora_image_job_killed_after_the_registration_commits_is_complete_with_its_model() {
+    killed_after_the_registration_commits(lora());
+}
+
+/// Validation images (`samples/step-N.png`) by name, as bytes.
+fn samples(home: &Home, job: &JobId) -> BTreeMap<String, Vec<u8>> {
+    let dir = job_dir(home, job).join("samples");
+    entries(&dir)
+        .into_iter()
+        .filter(|n| !n.starts_with(".tmp-"))
+        .map(|n| (n.clone(), std::fs::read(dir.join(&n)).unwrap()))
+        .collect()
+}
+
+#[test]
+fn an_image_job_killed_while_writing_a_validation_image_points_at_a_complete_one_and_its_write_is_swept() {
+    let env = Env::new();
+    let engine = env.home.training();
+    // Validation images at steps 2, 4, 6 and 8, checkpoints at 3 and 6.
+    let spec = drawing_spec(&env, lora(), false);
+    let want = run(&env, &spec);
+    let want_job = env.home.models().get(&want.model).unwrap().lineage.job.unwrap();
+    let want_samples = samples(&env.home, &want_job);
+    let names: Vec<&String> = want_samples.keys().collect();
+    assert_eq!(names, ["step-000002.png", "step-000004.png", "step-000006.png", "step-000008.png"]);
+    let job = engine.create_job(&spec).unwrap();
+    run_aborted_at(&env.home, &job.id, "write:step-000004.png=abort");
+
+    // The row points at the image of step 2, whole; the write of step 4's is all that is left.
+    let sample_dir = job_dir(&env.home, &job.id).join("samples");
+    let pointed = |home: &Home| {
+        let image = home.training().job(&job.id).unwrap().image.unwrap();
+        assert_eq!(image, format!("jobs/{}/samples/step-000002.png", job.id.0));
+        let png = anneal::diffusion::png::read(home.root().join(&image)).unwrap();
+        assert_eq!((png.width, png.height, png.text("step")), (32, 16, Some("2")));
+    };
+    pointed(&env.home);
+    assert_nothing_half_written(&env.home, &job.id, false);
+    let got_samples = samples(&env.home, &job.id);
+    assert_eq!(got_samples.keys().collect::<Vec<_>>(), ["step-000002.png"]);
+    assert!(got_samples["step-000002.png"] == want_samples["step-000002.png"]);
+    let left = leftovers(&sample_dir);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].file_name().unwrap().to_string_lossy().starts_with(".tmp-step-000004.png-"), "{left:?}");
+
+    // Kept while young, swept by an open once old; the row's image stays.
+    Home::open(env.home.root()).unwrap();
+    assert_eq!(leftovers(&sample_dir), left);
+    age(&left);
+    let again = Home::open(env.home.root()).unwrap();
+    assert_eq!(leftovers(&sample_dir), Vec::<PathBuf>::new(), "the interrupted validation image was not swept");
+    pointed(&again);
+
+    // Resumed from step 3: the images of steps 4.. rendered as the uninterrupted run did.
+    let got = engine.resume(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
+    assert_same_as(&env.home, &job.id, &got, &want, 3);
+    let got_samples = samples(&env.home, &job.id);
+    assert_eq!(got_samples.keys().collect::<Vec<_>>(), names);
+    for (name, bytes) in &want_samples {
+        assert!(&got_samples[name] == bytes, "{name} differs from the uninterrupted run's");
+    }
+    let image = engine.job(&job.id).unwrap().image.unwrap();
+    assert_eq!(image, format!("jobs/{}/samples/step-000008.png", job.id.0));
+    assert_eq!(leftovers(&job_dir(&env.home, &job.id)), Vec::<PathBuf>::new());
 }

@@ -127,22 +127,15 @@ pub(crate) fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).map_err(|e| Error::data(Location::file(path), format!("not valid JSON: {e}")))
 }
 
-/// Writes `tensors` and `config` as a diffusers component directory. Each file is
-/// written under a temporary name and renamed into place, so a failure leaves no
-/// half-written file behind.
+/// Writes `tensors` and `config` as a diffusers component directory, each file
+/// crash-safely (a `.tmp-*` file, fsync, rename: [`crate::util::write_atomic`]), so a
+/// failure or a kill leaves no half-written file behind and a checkpoint renamed into
+/// place after this returns holds weights that are on disk. Failpoints
+/// `write:diffusion_pytorch_model.safetensors`, `write:config.json`.
 pub(crate) fn save_component(dir: &Path, config: &Value, tensors: Vec<(String, Tensor)>) -> Result<()> {
     std::fs::create_dir_all(dir).with_path(dir)?;
     let map: HashMap<String, Tensor> = tensors.into_iter().collect();
-    let p = dir.join(WEIGHTS_FILE);
-    let tmp = dir.join(format!(".{WEIGHTS_FILE}.tmp"));
-    if let Err(e) = candle_core::safetensors::save(&map, &tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e.into());
-    }
-    std::fs::rename(&tmp, &p).with_path(&p)?;
-    let cfg = dir.join(CONFIG_FILE);
-    let tmp = dir.join(format!(".{CONFIG_FILE}.tmp"));
+    crate::models::write_safetensors(&map, &dir.join(WEIGHTS_FILE))?;
     let text = serde_json::to_string_pretty(config).map_err(|e| Error::Internal(e.to_string()))?;
-    std::fs::write(&tmp, text).with_path(&tmp)?;
-    std::fs::rename(&tmp, &cfg).with_path(&cfg)
+    crate::util::write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
 }

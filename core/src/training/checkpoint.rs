@@ -63,7 +63,8 @@ pub(crate) fn dir(job_dir: &Path) -> PathBuf {
 }
 
 /// Writes a checkpoint for `state.step` (the weights by `save`) and prunes to `keep`.
-/// Returns its path.
+/// Returns its path. Failpoint `checkpoint.before_rename` (everything written, the
+/// staging directory not yet renamed), besides the `write:<file name>` of each file.
 pub(crate) fn write(
     job_dir: &Path,
     save: &dyn Fn(&Path) -> Result<()>,
@@ -82,6 +83,8 @@ pub(crate) fn write(
     crate::models::write_safetensors(&opt.state_tensors(), &p.join(OPTIMIZER_FILE))?;
     let text = serde_json::to_string_pretty(state).map_err(|e| Error::Internal(e.to_string()))?;
     crate::util::write_atomic(&p.join(STATE_FILE), text.as_bytes())?;
+    // Every file is complete in the staging directory, none is visible yet.
+    crate::util::failpoint("checkpoint.before_rename").with_path(&dest)?;
     let mut staging = staging;
     if dest.exists() {
         // A partial directory of that name cannot exist (we only rename complete ones),
