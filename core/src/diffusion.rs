@@ -33,6 +33,7 @@ pub mod png;
 pub mod presets;
 pub mod schedulers;
 pub mod shapes;
+mod torch_rng;
 pub mod unet;
 pub mod vae;
 

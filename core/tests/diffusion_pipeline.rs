@@ -1,5 +1,5 @@
 //! Text-to-image with the tiny Stable Diffusion pipeline: parity with diffusers'
-//! StableDiffusionPipeline given the same initial latents
+//! StableDiffusionPipeline given the same initial latents and from the same seed
 //! (tests/fixtures/make_tiny_sd_pipeline_refs.py), seeded reproducibility, progress and
 //! cancel, threads, PNG text chunks, and bad requests.
 #![allow(clippy::unwrap_used)]
@@ -41,55 +41,112 @@ fn strings(v: &Value) -> Vec<String> {
     v.as_array().map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect()).unwrap_or_default()
 }
 
+fn pipeline_refs() -> (HashMap<String, Tensor>, Value) {
+    let refs =
+        candle_core::safetensors::load(Path::new(FIXTURES).join("sd-refs/pipeline.safetensors"), &Device::Cpu).unwrap();
+    let text = std::fs::read_to_string(Path::new(FIXTURES).join("sd-refs/pipeline.json")).unwrap();
+    (refs, serde_json::from_str(&text).unwrap())
+}
+
+/// The request of a case of sd-refs/pipeline.json (no latents, no seed).
+fn case_request(case: &Value) -> Txt2ImgRequest {
+    Txt2ImgRequest {
+        prompts: strings(&case["prompts"]),
+        negative_prompts: strings(&case["negative_prompts"]),
+        guidance_scale: case["guidance_scale"].as_f64().unwrap(),
+        num_inference_steps: case["steps"].as_u64().unwrap() as usize,
+        scheduler: Some(case["scheduler"].as_str().unwrap().to_string()),
+        height: case["height"].as_u64().map(|v| v as usize),
+        width: case["width"].as_u64().map(|v| v as usize),
+        num_images_per_prompt: case["num_images_per_prompt"].as_u64().unwrap() as usize,
+        clip_skip: case["clip_skip"].as_u64().map(|v| v as usize),
+        ..Txt2ImgRequest::default()
+    }
+}
+
+/// Checks `out` against diffusers' images and final latents of the case (<= 1e-3) and
+/// the 8-bit images and their settings.
+fn check_case(name: &str, case: &Value, req: &Txt2ImgRequest, out: &Txt2ImgOutput, refs: &HashMap<String, Tensor>) {
+    let want = &refs[&format!("{name}.images")];
+    let d_img = max_abs_diff(&out.pixels, want);
+    let d_lat = max_abs_diff(&out.latents, &refs[&format!("{name}.final_latents")]);
+    eprintln!("{name}: images max abs diff {d_img:.3e} (pixels in [0, 1]), final latents {d_lat:.3e}");
+    assert!(d_img <= 1e-3, "{name}: images differ from diffusers by {d_img}");
+    assert!(d_lat <= 1e-3, "{name}: final latents differ from diffusers by {d_lat}");
+    let (b, h, w, _) = want.dims4().unwrap();
+    assert_eq!(out.images.len(), b);
+    assert_eq!(
+        (h, w),
+        (case["resolved_height"].as_u64().unwrap() as usize, case["resolved_width"].as_u64().unwrap() as usize)
+    );
+    // RGB8 is diffusers' numpy_to_pil: round(x * 255).
+    let flat: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+    let rgb: Vec<u8> = out.images.iter().flat_map(|i| i.rgb.iter().copied()).collect();
+    let off = flat.iter().zip(&rgb).map(|(&x, &p)| ((x * 255.0).round() - p as f32).abs()).fold(0f32, f32::max);
+    assert!(off <= 1.0, "{name}: 8-bit pixels off by {off}");
+    for (i, img) in out.images.iter().enumerate() {
+        let s = &img.settings;
+        assert_eq!((img.height, img.width, img.rgb.len()), (h, w, h * w * 3));
+        assert_eq!(s.prompt, req.prompts[i / req.num_images_per_prompt]);
+        assert_eq!(s.scheduler, case["scheduler"].as_str().unwrap());
+        assert_eq!(s.steps, req.num_inference_steps);
+    }
+}
+
 #[test]
 fn txt2img_matches_diffusers_with_equal_initial_latents() {
     let sd = load();
-    let refs: HashMap<String, Tensor> =
-        candle_core::safetensors::load(Path::new(FIXTURES).join("sd-refs/pipeline.safetensors"), &Device::Cpu).unwrap();
-    let text = std::fs::read_to_string(Path::new(FIXTURES).join("sd-refs/pipeline.json")).unwrap();
-    let cases: Value = serde_json::from_str(&text).unwrap();
+    let (refs, cases) = pipeline_refs();
     let cases = cases["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 3);
     for case in cases {
         let name = case["name"].as_str().unwrap();
-        let req = Txt2ImgRequest {
-            prompts: strings(&case["prompts"]),
-            negative_prompts: strings(&case["negative_prompts"]),
-            guidance_scale: case["guidance_scale"].as_f64().unwrap(),
-            num_inference_steps: case["steps"].as_u64().unwrap() as usize,
-            scheduler: Some(case["scheduler"].as_str().unwrap().to_string()),
-            height: case["height"].as_u64().map(|v| v as usize),
-            width: case["width"].as_u64().map(|v| v as usize),
-            num_images_per_prompt: case["num_images_per_prompt"].as_u64().unwrap() as usize,
-            clip_skip: case["clip_skip"].as_u64().map(|v| v as usize),
-            latents: Some(refs[&format!("{name}.latents")].clone()),
-            ..Txt2ImgRequest::default()
-        };
+        let req = Txt2ImgRequest { latents: Some(refs[&format!("{name}.latents")].clone()), ..case_request(case) };
         let out = run(&sd, &req).unwrap();
-        let want = &refs[&format!("{name}.images")];
-        let d_img = max_abs_diff(&out.pixels, want);
-        let d_lat = max_abs_diff(&out.latents, &refs[&format!("{name}.final_latents")]);
-        eprintln!("{name}: images max abs diff {d_img:.3e} (pixels in [0, 1]), final latents {d_lat:.3e}");
-        assert!(d_img <= 1e-3, "{name}: images differ from diffusers by {d_img}");
-        assert!(d_lat <= 1e-3, "{name}: final latents differ from diffusers by {d_lat}");
-        let (b, h, w, _) = want.dims4().unwrap();
-        assert_eq!(out.images.len(), b);
-        assert_eq!(
-            (h, w),
-            (case["resolved_height"].as_u64().unwrap() as usize, case["resolved_width"].as_u64().unwrap() as usize)
-        );
-        // RGB8 is diffusers' numpy_to_pil: round(x * 255).
-        let flat: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
-        let rgb: Vec<u8> = out.images.iter().flat_map(|i| i.rgb.iter().copied()).collect();
-        let off = flat.iter().zip(&rgb).map(|(&x, &p)| ((x * 255.0).round() - p as f32).abs()).fold(0f32, f32::max);
-        assert!(off <= 1.0, "{name}: 8-bit pixels off by {off}");
+        check_case(name, case, &req, &out, &refs);
+        for img in &out.images {
+            assert_eq!(img.settings.seed, None, "given latents: no seed reproduces the image");
+        }
+    }
+}
+
+/// diffusers with `generator=[torch.Generator().manual_seed(seed + i) for i in
+/// range(images)]` against anneal with `seed`: the initial latents and every step's
+/// noise come from the same torch-compatible generators (see the pipeline's module docs).
+#[test]
+fn txt2img_matches_diffusers_from_the_same_seed() {
+    let (refs, cases) = pipeline_refs();
+    let cases = cases["seeded_cases"].as_array().unwrap();
+    let schedulers: Vec<&str> = cases.iter().map(|c| c["scheduler"].as_str().unwrap()).collect();
+    for kind in ["ddim", "ddpm", "euler_ancestral", "dpmpp_2m"] {
+        assert!(schedulers.contains(&kind), "no seeded {kind} case");
+    }
+    let base = load();
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        // A case's scheduler config overrides go into a copy of the pipeline, as diffusers'
+        // `<Class>.from_config(config, **overrides)`.
+        let overrides = case["scheduler_config"].as_object().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let sd = if overrides.is_empty() {
+            base.clone()
+        } else {
+            copy_dir(&pipe_dir(), dir.path());
+            let path = dir.path().join("scheduler/scheduler_config.json");
+            let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            for (k, v) in overrides {
+                cfg[k] = v.clone();
+            }
+            std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
+            StableDiffusionPipeline::load(dir.path(), &LoadOptions::default()).unwrap()
+        };
+        let seed = case["seed"].as_u64().unwrap();
+        let req = Txt2ImgRequest { seed: Some(seed), ..case_request(case) };
+        let out = run(&sd, &req).unwrap();
+        check_case(name, case, &req, &out, &refs);
+        assert_eq!(out.seed, seed);
         for (i, img) in out.images.iter().enumerate() {
-            let s = &img.settings;
-            assert_eq!((img.height, img.width, img.rgb.len()), (h, w, h * w * 3));
-            assert_eq!(s.seed, None, "given latents: no seed reproduces the image");
-            assert_eq!(s.prompt, req.prompts[i / req.num_images_per_prompt]);
-            assert_eq!(s.scheduler, case["scheduler"].as_str().unwrap());
-            assert_eq!(s.steps, req.num_inference_steps);
+            assert_eq!(img.settings.seed, Some(seed + i as u64));
         }
     }
 }

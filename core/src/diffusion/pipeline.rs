@@ -24,28 +24,35 @@
 //! ```
 //!
 //! **Randomness.** Image `i` of a call (prompt `i / num_images_per_prompt`) has its own
-//! generator: ChaCha8 (`rand_chacha::ChaCha8Rng::seed_from_u64`) seeded with
-//! `seed + i` (wrapping). Its initial latent is the first `channels x h x w` draws of
-//! `rand_distr::StandardNormal` as `f32`, in row-major `[channels, h, w]` order, times
-//! the scheduler's `init_noise_sigma`; a stochastic scheduler (DDPM, Euler ancestral,
-//! SDE-DPM-Solver++) takes each step's noise from the same generator, `channels x h x w`
-//! draws per step. So an image's `seed` in its [`ImageSettings`] regenerates it alone
-//! (batch of one, same prompt and settings), up to the rounding differences a batch
-//! size can make. The initial latents can also be given (`latents`), as diffusers'
-//! `latents=` argument, to compare with another implementation.
+//! generator: PyTorch's CPU generator (reimplemented) seeded with `seed + i` (wrapping;
+//! torch seeds its engine with the low 32 bits). The initial latent is one float32
+//! `torch.randn((1, channels, h, w))` from it, times the scheduler's `init_noise_sigma`;
+//! a stochastic scheduler draws each step's noise from the same generator, one
+//! `randn((1, channels, h, w))` per image wherever diffusers draws it (DDPM at the steps
+//! with `t > 0`, Euler ancestral and SDE-DPM-Solver++ at every step; see
+//! [`Scheduler::draws_noise`]). So a call gives the images of diffusers'
+//! `StableDiffusionPipeline` on the CPU with
+//! `generator=[torch.Generator().manual_seed(seed + i) for i in range(n)]`, `n` the
+//! number of images (for one image, `generator=torch.Generator().manual_seed(seed)`), up
+//! to float rounding in the models: the noise is bit-equal to torch's x86-64 AVX2
+//! kernel and within a few 1e-6 of its portable one (see `torch_rng.rs`). One generator
+//! for several images (`generator=torch.Generator().manual_seed(seed)` with `n > 1`)
+//! draws the batch as one tensor and gives other images, as does a CUDA generator. An
+//! image's `seed` in its [`ImageSettings`] regenerates it alone (batch of one, same
+//! prompt and settings), up to the rounding differences a batch size can make. The
+//! initial latents can also be given (`latents`), as diffusers' `latents=` argument; the
+//! scheduler's noise still comes from the seed's generators.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use super::clip::{ClipTextModel, ClipTokenizer};
 use super::config::PipelineConfig;
 use super::schedulers::{Scheduler, SchedulerConfig, SchedulerKind};
+use super::torch_rng::TorchGenerator;
 use super::unet::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
 use crate::error::{Error, IoResultExt, Result};
@@ -705,8 +712,8 @@ impl StableDiffusionPipeline {
             cond
         };
 
-        let mut rngs: Vec<ChaCha8Rng> =
-            (0..b).map(|i| ChaCha8Rng::seed_from_u64(plan.seed.wrapping_add(i as u64))).collect();
+        let mut rngs: Vec<TorchGenerator> =
+            (0..b).map(|i| TorchGenerator::manual_seed(plan.seed.wrapping_add(i as u64))).collect();
         let initial = match &req.latents {
             Some(t) => {
                 if t.dims() != [b, c, lh, lw] {
@@ -725,7 +732,6 @@ impl StableDiffusionPipeline {
             None => normal(&mut rngs, [c, lh, lw], device)?,
         };
         let mut x = initial.affine(sched.init_noise_sigma(), 0.0)?;
-        let stochastic = sched.is_stochastic();
         let timesteps = sched.timesteps().to_vec();
         let total = timesteps.len();
         let g = req.guidance_scale;
@@ -748,7 +754,7 @@ impl StableDiffusionPipeline {
             } else {
                 out
             };
-            let noise = if stochastic { Some(normal(&mut rngs, [c, lh, lw], device)?) } else { None };
+            let noise = if sched.draws_noise(t) { Some(normal(&mut rngs, [c, lh, lw], device)?) } else { None };
             x = sched.step(&eps, t, &x, noise.as_ref())?;
             progress(i + 1, total)?;
         }
@@ -846,12 +852,13 @@ fn repeat_rows(t: &Tensor, n: usize) -> Result<Tensor> {
     Ok(t.unsqueeze(1)?.broadcast_as(expanded)?.contiguous()?.reshape(out)?)
 }
 
-/// `[rngs.len(), c, h, w]` standard normal draws, image `i` from `rngs[i]`.
-fn normal(rngs: &mut [ChaCha8Rng], [c, h, w]: [usize; 3], device: &Device) -> Result<Tensor> {
+/// `[rngs.len(), c, h, w]` standard normal draws, image `i` one `torch.randn((1, c, h, w))`
+/// from `rngs[i]` (diffusers' `randn_tensor` with a list of generators).
+fn normal(rngs: &mut [TorchGenerator], [c, h, w]: [usize; 3], device: &Device) -> Result<Tensor> {
     let per = c * h * w;
-    let mut v = Vec::with_capacity(rngs.len() * per);
-    for rng in rngs.iter_mut() {
-        v.extend((0..per).map(|_| -> f32 { StandardNormal.sample(rng) }));
+    let mut v = vec![0f32; rngs.len() * per];
+    for (i, rng) in rngs.iter_mut().enumerate() {
+        rng.fill_randn(&mut v[i * per..(i + 1) * per]);
     }
     Ok(Tensor::from_vec(v, (rngs.len(), c, h, w), device)?)
 }

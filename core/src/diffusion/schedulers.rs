@@ -175,6 +175,18 @@ impl Scheduler {
         }
     }
 
+    /// Whether diffusers' `step` at timestep `t` draws noise from the generator: DDPM when
+    /// `t > 0`, Euler ancestral, SDE-DPM-Solver++ and DDIM with eta > 0 at every step
+    /// (Euler ancestral even where its noise scale is 0). [`Scheduler::step`] needs
+    /// `noise` then and ignores it otherwise; a sampler that draws noise exactly then
+    /// consumes its generator as diffusers does.
+    pub fn draws_noise(&self, t: f64) -> bool {
+        match self.cfg.kind {
+            SchedulerKind::Ddpm => t > 0.0,
+            _ => self.is_stochastic(),
+        }
+    }
+
     /// The standard deviation of the initial noise.
     pub fn init_noise_sigma(&self) -> f64 {
         match self.cfg.kind {
@@ -333,7 +345,7 @@ impl Scheduler {
 
     /// One denoising step from timestep `t`: returns the sample at the next timestep.
     /// `noise` (standard normal, `sample`'s shape) is needed when
-    /// [`Scheduler::is_stochastic`] and is ignored otherwise.
+    /// [`Scheduler::draws_noise`] at `t` and is ignored otherwise.
     pub fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
         if model_output.dims() != sample.dims() {
             return Err(Error::config(
