@@ -80,6 +80,12 @@ pub(crate) struct LmTrainee {
 }
 
 impl LmTrainee {
+    /// Inputs, labels and real tokens of the training examples `batch`.
+    fn train_batch(&self, batch: &[usize]) -> Result<(Tensor, Tensor, usize)> {
+        let exs: Vec<&Example> = batch.iter().map(|&i| &self.train[i]).collect();
+        data::batch(&exs, self.pad, self.model.device())
+    }
+
     /// Tokenises the records (`eval_records` with their own format) and loads the
     /// model: the base (or the checkpoint's weights) made trainable for a full
     /// fine-tune; the base with a new (or the checkpoint's) adapter for LoRA.
@@ -134,8 +140,7 @@ impl Trainee for LmTrainee {
     }
 
     fn loss(&self, batch: &[usize], _step: u64, _micro: usize) -> Result<(Tensor, usize)> {
-        let exs: Vec<&Example> = batch.iter().map(|&i| &self.train[i]).collect();
-        let (x, y, real) = data::batch(&exs, self.pad, self.model.device())?;
+        let (x, y, real) = self.train_batch(batch)?;
         Ok((self.model.loss(&x, &y, ForwardMode::Train)?, real))
     }
 
@@ -146,8 +151,7 @@ impl Trainee for LmTrainee {
         _micro: usize,
         scale: f64,
     ) -> Result<(f64, usize, GradStore)> {
-        let exs: Vec<&Example> = batch.iter().map(|&i| &self.train[i]).collect();
-        let (x, y, real) = data::batch(&exs, self.pad, self.model.device())?;
+        let (x, y, real) = self.train_batch(batch)?;
         let (loss, grads) = self.model.loss_and_backward(&x, &y, scale)?;
         Ok((f64::from(loss), real, grads))
     }
