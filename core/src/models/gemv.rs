@@ -9,6 +9,7 @@ use candle_core::{DType, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::models::sgemm::transpose;
 
 mod bf16;
 #[cfg(target_arch = "x86_64")]
@@ -725,34 +726,6 @@ fn quantize_avx512(data: &[f32], q: &mut [i8], scales: &mut [f32]) {
     }
 }
 
-/// `[rows, cols]` -> `[cols, rows]` (a large one in parallel bands of output rows, each
-/// read in cache-sized tiles).
-fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
-    let mut out = vec![0f32; rows * cols];
-    if rows == 0 || cols == 0 {
-        return out;
-    }
-    let band = if rows * cols < PARALLEL_FROM {
-        cols
-    } else {
-        cols.div_ceil(rayon::current_num_threads().max(1) * 4).next_multiple_of(TILE)
-    };
-    out.par_chunks_mut(band * rows).enumerate().for_each(|(bi, out)| {
-        let c0 = bi * band;
-        let width = out.len() / rows;
-        for r0 in (0..rows).step_by(TILE) {
-            for c in 0..width {
-                let dst = &mut out[c * rows + r0..c * rows + (r0 + TILE).min(rows)];
-                for (k, d) in dst.iter_mut().enumerate() {
-                    *d = a[(r0 + k) * cols + c0 + c];
-                }
-            }
-        }
-    });
-    out
-}
-
 /// Dot product of two q8_0 rows (values and per-block scales).
 fn dot_q8(xq: &[i8], xd: &[f32], wq: &[i8], wd: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
@@ -953,7 +926,7 @@ mod tests {
 
     #[test]
     fn transpose_and_blockwise_quantization_are_the_same_in_parallel_bands() {
-        for (rows, cols) in [(3, 5), (37, 1), (1, 41), (1536, 37), (33, 2000)] {
+        for (rows, cols) in [(3, 5), (37, 1), (1, 41), (8, 8), (1536, 37), (33, 2000), (2000, 131), (64, 1024)] {
             let a: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
             let t = transpose(&a, rows, cols);
             for r in 0..rows {

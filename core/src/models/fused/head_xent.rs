@@ -26,7 +26,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Sto
 use rayon::prelude::*;
 
 use super::{contiguous_f32, exp, last_dim, log_sum_exp, simd_fn};
-use crate::models::sgemm::{matmul, Dst, Mat};
+use crate::models::sgemm::{matmul, transpose_into, Dst, Mat};
 
 /// Logits per block of rows (16 MiB): rows per block = this / vocabulary.
 const BLOCK_LOGITS: usize = 4 << 20;
@@ -156,17 +156,31 @@ impl LmHeadXent {
     /// with `grads` the mean loss's gradients, block of rows by block of rows.
     fn run(&self, xs: &[f32], w: &[f32], (h, v): (usize, usize), grads: bool) -> Result<(f64, Option<Saved>)> {
         let m = self.rows.len();
-        let block = (self.block_logits / v.max(1)).clamp(1, m.max(1));
+        // Whole panels of the gemm's 64-row kernel where a block holds more than one.
+        let block = match self.block_logits / v.max(1) {
+            b if b > 64 => b / 64 * 64,
+            b => b,
+        };
+        let block = block.clamp(1, m.max(1));
         let scale = 1.0 / m as f32;
-        let mut z = vec![0f32; block * v];
+        let panel = block.min(64);
+        let (mut z, mut zt) = (vec![0f32; block * v], vec![0f32; panel * v]);
         let mut dh = if grads { vec![0f32; m * h] } else { Vec::new() };
         let mut dw = (grads && self.weight_grad).then(|| vec![0f32; v * h]);
         let mut total = 0f64;
         for r0 in (0..m).step_by(block) {
             let rows = block.min(m - r0);
             let (z, xb) = (&mut z[..rows * v], &xs[r0 * h..(r0 + rows) * h]);
-            let dst = Dst { data: z, offset: 0, rs: v, accumulate: false };
-            matmul((rows, v, h), dst, Mat::rows(xb, 0, h), Mat::transposed(w, 0, h), true)?;
+            // The logits as `W xb^T` `[v, rows]`, a panel of rows at a time, then
+            // transposed: asked for `xb W^T`, the gemm would copy all of `W` into its packed
+            // layout for every block (0.37 s against 0.24 s a step at 131 rows); this way
+            // it reads `W` where it is.
+            for p0 in (0..rows).step_by(panel) {
+                let p = panel.min(rows - p0);
+                let dst = Dst { data: &mut zt, offset: 0, rs: p, accumulate: false };
+                matmul((v, p, h), dst, Mat::rows(w, 0, h), Mat::transposed(xb, p0 * h, h), true)?;
+                transpose_into(&zt, v, p, &mut z[p0 * v..(p0 + p) * v]);
+            }
             let labels = &self.rows[r0..r0 + rows];
             total += z
                 .par_chunks_mut(v)
@@ -330,6 +344,29 @@ mod tests {
         for var in [&x, &w] {
             let (a, b) = (want_g.get(var).unwrap(), scaled_g.get(var).unwrap());
             assert!(max_diff(&(a * 0.25).unwrap(), b) < 1e-6, "scaled gradient");
+        }
+    }
+
+    /// Blocks of whole 64-row panels (198 counted rows: a block of 128 in two panels,
+    /// then 70 in panels of 64 and 6) give the reference's loss and gradients.
+    #[test]
+    fn blocks_of_panels_match_linear_then_xent() {
+        let dev = Device::Cpu;
+        let (b, t, h, v) = (2, 100, 8, 11);
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, h), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (v, h), &dev).unwrap()).unwrap();
+        let labels: Vec<i64> = (0..b * t).map(|i| (i * 7 % v) as i64).collect();
+        let logits = LinearOp::apply(x.as_tensor(), w.as_tensor(), None, false, false).unwrap();
+        let want = logits.apply_op1(CausalLmXent::new(labels.clone(), t, b * (t - 1))).unwrap();
+        let want_g = want.backward().unwrap();
+        let op = LmHeadXent { block_logits: 150 * v, ..LmHeadXent::new(&labels, t).unwrap() };
+        assert_eq!(op.rows.len(), 198);
+        let got = op.apply(x.as_tensor(), w.as_tensor()).unwrap();
+        let got_g = got.backward().unwrap();
+        assert!(max_diff(&want, &got) < 1e-5, "loss {want} vs {got}");
+        for var in [&x, &w] {
+            let d = max_diff(want_g.get(var).unwrap(), got_g.get(var).unwrap());
+            assert!(d < 1e-5, "gradient differs by {d}");
         }
     }
 
