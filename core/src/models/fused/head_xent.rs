@@ -31,6 +31,11 @@ use crate::models::sgemm::{matmul, transpose_into, Dst, Mat};
 /// Logits per block of rows (16 MiB): rows per block = this / vocabulary.
 const BLOCK_LOGITS: usize = 4 << 20;
 
+/// Vocabulary rows of the head's weight gradient per product: the gemm packs this many
+/// columns of a block's `dz` (2 MiB at 128 rows) where one product over the whole
+/// vocabulary would pack all of it (16 MiB more at the step's peak).
+const DW_ROWS: usize = 4096;
+
 /// What the forward keeps for the backward: the gradients of the mean loss for an
 /// incoming gradient of 1.
 struct Saved {
@@ -72,6 +77,8 @@ pub(crate) struct LmHeadXent {
     weight_grad: bool,
     /// Logits per block ([`BLOCK_LOGITS`]; smaller in tests).
     block_logits: usize,
+    /// Vocabulary rows per weight-gradient product ([`DW_ROWS`]; smaller in tests).
+    dw_rows: usize,
     /// Where the backward leaves the weight's gradient instead of returning it.
     defer: Option<Arc<Deferred>>,
     saved: Mutex<Option<Saved>>,
@@ -114,6 +121,7 @@ impl LmHeadXent {
             grads: false,
             weight_grad: false,
             block_logits: BLOCK_LOGITS,
+            dw_rows: DW_ROWS,
             defer: None,
             saved: Mutex::new(None),
         })
@@ -201,8 +209,11 @@ impl LmHeadXent {
             let dst = Dst { data: &mut dh, offset: r0 * h, rs: h, accumulate: false };
             matmul((rows, h, v), dst, Mat::rows(z, 0, v), Mat::rows(w, 0, h), true)?;
             if let Some(dw) = dw.as_mut() {
-                let dst = Dst { data: dw, offset: 0, rs: h, accumulate: r0 > 0 };
-                matmul((v, h, rows), dst, Mat::transposed(z, 0, v), Mat::rows(xb, 0, h), true)?;
+                for v0 in (0..v).step_by(self.dw_rows.max(1)) {
+                    let n = self.dw_rows.max(1).min(v - v0);
+                    let dst = Dst { data: dw, offset: v0 * h, rs: h, accumulate: r0 > 0 };
+                    matmul((n, h, rows), dst, Mat::transposed(z, v0, v), Mat::rows(xb, 0, h), true)?;
+                }
             }
         }
         Ok((total, grads.then_some(Saved { dh, dw })))
@@ -348,7 +359,8 @@ mod tests {
     }
 
     /// Blocks of whole 64-row panels (198 counted rows: a block of 128 in two panels,
-    /// then 70 in panels of 64 and 6) give the reference's loss and gradients.
+    /// then 70 in panels of 64 and 6) and the weight gradient by vocabulary rows give
+    /// the reference's loss and gradients.
     #[test]
     fn blocks_of_panels_match_linear_then_xent() {
         let dev = Device::Cpu;
@@ -359,7 +371,8 @@ mod tests {
         let logits = LinearOp::apply(x.as_tensor(), w.as_tensor(), None, false, false).unwrap();
         let want = logits.apply_op1(CausalLmXent::new(labels.clone(), t, b * (t - 1))).unwrap();
         let want_g = want.backward().unwrap();
-        let op = LmHeadXent { block_logits: 150 * v, ..LmHeadXent::new(&labels, t).unwrap() };
+        // Weight-gradient products of 4 vocabulary rows (4 + 4 + 3).
+        let op = LmHeadXent { block_logits: 150 * v, dw_rows: 4, ..LmHeadXent::new(&labels, t).unwrap() };
         assert_eq!(op.rows.len(), 198);
         let got = op.apply(x.as_tensor(), w.as_tensor()).unwrap();
         let got_g = got.backward().unwrap();
