@@ -310,14 +310,20 @@ mod tests {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
     }
 
+    /// Random hidden states `[b, t, h]` and head weight `[v, h]`, as variables.
+    fn hidden_and_weight(b: usize, t: usize, h: usize, v: usize) -> (Var, Var) {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, h), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (v, h), &dev).unwrap()).unwrap();
+        (x, w)
+    }
+
     /// Loss and gradients (hidden, head weight) against the head + cross-entropy pair
     /// it replaces, with ignored labels and the last positions skipped.
     #[test]
     fn matches_linear_then_xent() {
-        let dev = Device::Cpu;
         let (b, t, h, v) = (2, 5, 12, 37);
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, h), &dev).unwrap()).unwrap();
-        let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (v, h), &dev).unwrap()).unwrap();
+        let (x, w) = hidden_and_weight(b, t, h, v);
         let labels: Vec<i64> = vec![3, 36, -100, 0, 7, 1, 2, -100, 30, 11];
         let count = (0..b * t).filter(|r| r % t != t - 1 && labels[r + 1] >= 0).count();
 
@@ -363,10 +369,8 @@ mod tests {
     /// the reference's loss and gradients.
     #[test]
     fn blocks_of_panels_match_linear_then_xent() {
-        let dev = Device::Cpu;
         let (b, t, h, v) = (2, 100, 8, 11);
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, h), &dev).unwrap()).unwrap();
-        let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (v, h), &dev).unwrap()).unwrap();
+        let (x, w) = hidden_and_weight(b, t, h, v);
         let labels: Vec<i64> = (0..b * t).map(|i| (i * 7 % v) as i64).collect();
         let logits = LinearOp::apply(x.as_tensor(), w.as_tensor(), None, false, false).unwrap();
         let want = logits.apply_op1(CausalLmXent::new(labels.clone(), t, b * (t - 1))).unwrap();
@@ -387,10 +391,8 @@ mod tests {
     /// the store's after the backward (here on top of a second use of the weight).
     #[test]
     fn a_deferred_weight_gradient_matches_the_returned_one() {
-        let dev = Device::Cpu;
         let (b, t, h, v) = (2, 4, 8, 19);
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, h), &dev).unwrap()).unwrap();
-        let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (v, h), &dev).unwrap()).unwrap();
+        let (x, w) = hidden_and_weight(b, t, h, v);
         let labels: Vec<i64> = vec![3, 18, -100, 0, 7, 1, 2, 11];
         let loss = |defer: Option<Arc<Deferred>>| {
             let head = LmHeadXent::new(&labels, t).unwrap().deferring(defer);
