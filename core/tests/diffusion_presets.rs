@@ -395,11 +395,14 @@ fn denoising_loss(
     f64::from(mse.to_scalar::<f32>().unwrap())
 }
 
-/// The from-scratch preset learns, cheaply: its UNet trained for a few dozen steps with
+/// The from-scratch preset learns, cheaply: its UNet trained for 150 steps with
 /// the recommended learning rate, batch size and min-SNR weighting (AdamW, gradients
 /// clipped to norm 1 as the engine does) on 24 shapes pictures predicts the noise of 12
 /// other pictures (fixed noise and timesteps across the schedule) far better than the
-/// untrained one, and better with their own captions than with the wrong colour named.
+/// untrained one, and at least 5% better with their own captions than with the wrong
+/// colour named (held-out loss 1.098 -> 0.148, wrong colour 0.174; after 60 steps the
+/// captions' margin was 0.4%, after 100 steps 2.8%: too little to tell conditioning
+/// from chance, or to hold where other kernels round differently).
 #[test]
 fn tiny_shapes_denoising_loss_drops_in_a_short_training() {
     // Every draw from one seeded generator (candle's randn_like is not seeded): the test
@@ -410,7 +413,7 @@ fn tiny_shapes_denoising_loss_drops_in_a_short_training() {
         Tensor::from_vec(v, x.shape(), x.device()).unwrap()
     }
     use rand::{Rng, SeedableRng};
-    const STEPS: usize = 60;
+    const STEPS: usize = 150;
     let preset = presets::find("tiny-shapes").unwrap();
     let rec = preset.recommended;
     let tmp = tempfile::tempdir().unwrap();
@@ -478,7 +481,7 @@ fn tiny_shapes_denoising_loss_drops_in_a_short_training() {
     let wrong = denoising_loss(&unet, &sched, &eval_x, &wrong_ctx, &eval_noise, &eval_t);
     eprintln!("held-out denoising loss: untrained {before:.4}, trained {after:.4} (wrong colour named: {wrong:.4})");
     assert!(after < 0.5 * before, "untrained {before}, trained {after}");
-    assert!(after < wrong, "own captions {after}, wrong colour {wrong}");
+    assert!(after < 0.95 * wrong, "own captions {after}, wrong colour {wrong}");
 }
 
 /// What the image quickstart does, through the training engine: trains tiny-shapes
