@@ -507,20 +507,27 @@ fn assert_registered_model(home: &Home, job: &JobId, model: &ModelRecord, want: 
     assert_eq!(generator.generate(&req).unwrap().images.len(), 1);
 }
 
+/// A drawing job of `method` run once uninterrupted (its report), then created again
+/// and run in a child process killed at `failpoints`.
+fn uninterrupted_then_aborted_at(method: Method, failpoints: &str) -> (Env, TrainReport, JobId) {
+    let env = Env::new();
+    let spec = drawing_spec(&env, method, false);
+    let want = run(&env, &spec);
+    let job = env.home.training().create_job(&spec).unwrap();
+    run_aborted_at(&env.home, &job.id, failpoints);
+    (env, want, job.id)
+}
+
 /// Killed just before the transaction that registers the model and completes the job
 /// commits: nothing registered, the job interrupted; the model folder renamed into
 /// place before that transaction is an orphan the open sweeps once old; resume (from
 /// the checkpoint of step 6) registers once, the uninterrupted run's weights.
 fn killed_before_the_registration_commits(method: Method) {
-    let env = Env::new();
-    let spec = drawing_spec(&env, method, false);
-    let want = run(&env, &spec);
+    let (env, want, job) = uninterrupted_then_aborted_at(method, "register.before_commit=abort");
     let engine = env.home.training();
-    let job = engine.create_job(&spec).unwrap();
-    run_aborted_at(&env.home, &job.id, "register.before_commit=abort");
-    let j = engine.job(&job.id).unwrap();
+    let j = engine.job(&job).unwrap();
     assert_eq!((j.status, j.output_model_id.as_ref()), (JobStatus::Interrupted, None));
-    assert!(models_of(&env.home, &job.id).is_empty(), "registered before the commit");
+    assert!(models_of(&env.home, &job).is_empty(), "registered before the commit");
     let models_dir = env.home.root().join("models");
     let registered: Vec<ModelRecord> = env.home.models().list(&Default::default()).unwrap();
     let orphans: Vec<PathBuf> = entries(&models_dir)
@@ -536,44 +543,40 @@ fn killed_before_the_registration_commits(method: Method) {
     Home::open(env.home.root()).unwrap();
     assert!(!orphans[0].exists(), "the orphan model folder was not swept");
 
-    let got = engine.resume(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
-    assert_same_as(&env.home, &job.id, &got, &want, 6);
+    let got = engine.resume(&job, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
+    assert_same_as(&env.home, &job, &got, &want, 6);
     let again = Home::open(env.home.root()).unwrap();
-    let models = models_of(&again, &job.id);
+    let models = models_of(&again, &job);
     assert_eq!(models.iter().map(|m| &m.id).collect::<Vec<_>>(), [&got.model], "registered once");
-    assert_registered_model(&again, &job.id, &models[0], &want);
+    assert_registered_model(&again, &job, &models[0], &want);
 }
 
 /// Killed just after that transaction commits: the job is completed with its model,
 /// registered once; resuming or running it again is refused, `complete` reports it.
 fn killed_after_the_registration_commits(method: Method) {
-    let env = Env::new();
-    let spec = drawing_spec(&env, method, false);
-    let want = run(&env, &spec);
+    let (env, want, job) = uninterrupted_then_aborted_at(method, "register.after_commit=abort");
     let engine = env.home.training();
-    let job = engine.create_job(&spec).unwrap();
-    run_aborted_at(&env.home, &job.id, "register.after_commit=abort");
-    let models = models_of(&env.home, &job.id);
+    let models = models_of(&env.home, &job);
     assert_eq!(models.len(), 1, "registered once");
-    let j = engine.job(&job.id).unwrap();
+    let j = engine.job(&job).unwrap();
     assert_eq!((j.status, j.output_model_id.as_ref()), (JobStatus::Completed, Some(&models[0].id)));
-    assert_registered_model(&env.home, &job.id, &models[0], &want);
+    assert_registered_model(&env.home, &job, &models[0], &want);
     // The uninterrupted run's weights, bit for bit.
     let (a, b) = (weights(&models[0].path), weights(&env.home.models().get(&want.model).unwrap().path));
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     assert!(a.iter().all(|(k, v)| v == &b[k]), "the weights differ from the uninterrupted run's");
     for e in [
-        engine.resume(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap_err(),
-        engine.run(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap_err(),
+        engine.resume(&job, &mut RecordingSink::new(), &CancelToken::new()).unwrap_err(),
+        engine.run(&job, &mut RecordingSink::new(), &CancelToken::new()).unwrap_err(),
     ] {
         assert_eq!(e.code(), "in_use", "{e}");
     }
-    let report = engine.complete(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
+    let report = engine.complete(&job, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
     assert_eq!((&report.model, report.steps), (&models[0].id, want.steps));
     assert_eq!(report.final_loss.to_bits(), want.final_loss.to_bits());
     let again = Home::open(env.home.root()).unwrap();
-    assert_eq!(models_of(&again, &job.id).iter().map(|m| &m.id).collect::<Vec<_>>(), [&models[0].id]);
-    let j = again.training().job(&job.id).unwrap();
+    assert_eq!(models_of(&again, &job).iter().map(|m| &m.id).collect::<Vec<_>>(), [&models[0].id]);
+    let j = again.training().job(&job).unwrap();
     assert_eq!((j.status, j.output_model_id.as_ref()), (JobStatus::Completed, Some(&models[0].id)));
     assert_eq!(leftovers(&again.root().join("models")), Vec::<PathBuf>::new());
 }

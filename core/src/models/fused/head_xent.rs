@@ -31,6 +31,10 @@ use crate::models::sgemm::{matmul, transpose_into, Dst, Mat};
 /// Logits per block of rows (16 MiB): rows per block = this / vocabulary.
 const BLOCK_LOGITS: usize = 4 << 20;
 
+/// Rows of the gemm's f32 kernel on AVX-512 (4 vectors of 16): blocks hold whole panels
+/// of this many rows, and the logits are computed a panel at a time.
+const PANEL: usize = 64;
+
 /// Vocabulary rows of the head's weight gradient per product: the gemm packs this many
 /// columns of a block's `dz` (2 MiB at 128 rows) where one product over the whole
 /// vocabulary would pack all of it (16 MiB more at the step's peak).
@@ -164,14 +168,14 @@ impl LmHeadXent {
     /// with `grads` the mean loss's gradients, block of rows by block of rows.
     fn run(&self, xs: &[f32], w: &[f32], (h, v): (usize, usize), grads: bool) -> Result<(f64, Option<Saved>)> {
         let m = self.rows.len();
-        // Whole panels of the gemm's 64-row kernel where a block holds more than one.
+        // Whole panels where a block holds more than one.
         let block = match self.block_logits / v.max(1) {
-            b if b > 64 => b / 64 * 64,
+            b if b > PANEL => b / PANEL * PANEL,
             b => b,
         };
         let block = block.clamp(1, m.max(1));
         let scale = 1.0 / m as f32;
-        let panel = block.min(64);
+        let panel = block.min(PANEL);
         let (mut z, mut zt) = (vec![0f32; block * v], vec![0f32; panel * v]);
         let mut dh = if grads { vec![0f32; m * h] } else { Vec::new() };
         let mut dw = (grads && self.weight_grad).then(|| vec![0f32; v * h]);
