@@ -404,18 +404,14 @@ fn age(paths: &[PathBuf]) {
 /// uninterrupted run's loss and weights, leaving nothing of its own; the leftover is
 /// kept while young (another process may be writing it), swept by an open once old.
 fn killed_while_checkpointing_resumes_from_the_previous_one(method: Method, failpoint: &str, staged: impl Fn(&Path)) {
-    let env = Env::new();
     let full = matches!(method, Method::Full);
-    let spec = drawing_spec(&env, method, false);
-    let want = run(&env, &spec);
+    let (env, want, job) = uninterrupted_then_aborted_at(method, &format!("{failpoint}=abort@2"));
     let engine = env.home.training();
-    let job = engine.create_job(&spec).unwrap();
-    run_aborted_at(&env.home, &job.id, &format!("{failpoint}=abort@2"));
-    let j = engine.job(&job.id).unwrap();
+    let j = engine.job(&job).unwrap();
     assert_eq!(j.status, JobStatus::Interrupted);
     assert!(j.step >= 3 && j.step <= 6, "killed at step {}", j.step);
-    assert_nothing_half_written(&env.home, &job.id, full);
-    let dir = job_dir(&env.home, &job.id);
+    assert_nothing_half_written(&env.home, &job, full);
+    let dir = job_dir(&env.home, &job);
     let ckpts = dir.join("checkpoints");
     let visible: Vec<String> = entries(&ckpts).into_iter().filter(|n| !n.starts_with(".tmp-")).collect();
     assert_eq!(visible, ["step-3"], "the checkpoint of step 6 became visible");
@@ -424,8 +420,8 @@ fn killed_while_checkpointing_resumes_from_the_previous_one(method: Method, fail
     assert_eq!(left[0].parent(), Some(ckpts.as_path()), "{left:?}");
     staged(&left[0]);
 
-    let got = engine.resume(&job.id, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
-    assert_same_as(&env.home, &job.id, &got, &want, 3);
+    let got = engine.resume(&job, &mut RecordingSink::new(), &CancelToken::new()).unwrap();
+    assert_same_as(&env.home, &job, &got, &want, 3);
     assert_eq!(leftovers(&dir), left, "the resumed run left a write behind (or took the dead run's)");
     Home::open(env.home.root()).unwrap();
     assert_eq!(leftovers(&dir), left, "a young leftover was swept");
