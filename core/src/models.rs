@@ -11,6 +11,7 @@
 //! # Ok(()) }
 //! ```
 
+pub(crate) mod bgemm;
 mod cache;
 mod config;
 pub(crate) mod fused;

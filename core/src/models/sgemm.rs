@@ -10,10 +10,10 @@ use rayon::prelude::*;
 /// A matrix view inside a slice: element `(i, j)` at `offset + i * rs + j * cs`.
 #[derive(Clone, Copy)]
 pub(crate) struct Mat<'a> {
-    data: &'a [f32],
-    offset: usize,
-    rs: usize,
-    cs: usize,
+    pub(crate) data: &'a [f32],
+    pub(crate) offset: usize,
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
 }
 
 impl<'a> Mat<'a> {
@@ -32,8 +32,14 @@ impl<'a> Mat<'a> {
         Self { data, offset, rs, cs }
     }
 
+    /// Element `(i, j)` (the caller checked [`Mat::fits`]).
+    #[inline]
+    pub(crate) fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[self.offset + i * self.rs + j * self.cs]
+    }
+
     /// Whether an `m x n` matrix fits in the slice.
-    fn fits(&self, m: usize, n: usize) -> bool {
+    pub(crate) fn fits(&self, m: usize, n: usize) -> bool {
         m == 0
             || n == 0
             || (m - 1)
@@ -53,6 +59,15 @@ pub(crate) struct Dst<'a> {
     pub(crate) accumulate: bool,
 }
 
+/// Whether an `m x n` (m > 0) result fits in `dst`.
+pub(crate) fn dst_fits(dst: &Dst<'_>, m: usize, n: usize) -> bool {
+    dst.rs >= n
+        && (m - 1)
+            .checked_mul(dst.rs)
+            .and_then(|a| a.checked_add(dst.offset + n))
+            .is_some_and(|end| end <= dst.data.len())
+}
+
 /// `dst[m, n] (+)= lhs[m, k] x rhs[k, n]`. `threads`: split the product over rayon's
 /// pool (for callers that are not already one task among many).
 pub(crate) fn matmul(
@@ -65,12 +80,7 @@ pub(crate) fn matmul(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let dst_fits = dst.rs >= n
-        && (m - 1)
-            .checked_mul(dst.rs)
-            .and_then(|a| a.checked_add(dst.offset + n))
-            .is_some_and(|end| end <= dst.data.len());
-    if !dst_fits || !lhs.fits(m, k) || !rhs.fits(k, n) {
+    if !dst_fits(&dst, m, n) || !lhs.fits(m, k) || !rhs.fits(k, n) {
         bail!("gemm operands out of bounds ({m}x{k} x {k}x{n})");
     }
     let out = &mut dst.data[dst.offset..];
@@ -237,7 +247,7 @@ pub(crate) fn transpose_into(a: &[f32], rows: usize, cols: usize, out: &mut [f32
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx2")]
-unsafe fn tile8(src: *const f32, src_rs: usize, dst: *mut f32, dst_rs: usize) {
+pub(crate) unsafe fn tile8(src: *const f32, src_rs: usize, dst: *mut f32, dst_rs: usize) {
     use std::arch::x86_64::*;
     let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * src_rs)));
     // Pairs of rows interleaved, then quadruples, then the two 128-bit halves swapped.
