@@ -105,10 +105,10 @@ pub use types::{
     GenerationConfig, GenerationFilter, GenerationId, GenerationKind, GenerationRecord, GeneratorOptions, GgufType,
     HomeOptions, IfExists, ImageAdapter, ImageCrop, ImageGeneratorOptions, ImageRequest, ImageTrainOptions,
     ImportBundleOptions, ImportOptions, JobFilter, JobId, JobLog, JobRecord, JobStatus, LengthBucket, Lineage,
-    LoraConfig, Method, MetricKind, MetricPoint, ModelFile, ModelFilter, ModelId, ModelKind, ModelRecord, ModelRef,
-    ModelUsage, OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score, ScoreOptions, SourceFormat,
-    Spelling, SplitOptions, Storage, StreamChunk, Timings, TrainMetrics, TrainReport, TrainSpec, TxtMode, CHAT_ROLES,
-    DEFAULT_MAX_NEW_TOKENS, HEARTBEAT_STALE_SECS,
+    LoraConfig, Method, MetricKind, MetricPoint, MixedPrecision, ModelFile, ModelFilter, ModelId, ModelKind,
+    ModelRecord, ModelRef, ModelUsage, OnDuplicate, PresetOptions, Prompt, RegisterOptions, Schedule, Score,
+    ScoreOptions, SourceFormat, Spelling, SplitOptions, Storage, StreamChunk, Timings, TrainMetrics, TrainReport,
+    TrainSpec, TxtMode, CHAT_ROLES, DEFAULT_MAX_NEW_TOKENS, HEARTBEAT_STALE_SECS,
 };
 pub use types::{
     AccuracyOptions, ClassWeighting, ClassifierConfig, ClassifierModel, ClassifierOptimizer, DriftCheck, DriftCheckId,
@@ -140,7 +140,13 @@ pub mod bench_kernels {
     use crate::models::{bgemm, sgemm};
 
     /// `out[m, n] = a[m, k] x b[k, n]` (row-major; `bt`: `b` given as `[n, k]`), f32.
-    pub fn matmul_f32(mnk: (usize, usize, usize), a: &[f32], b: &[f32], bt: bool, out: &mut [f32]) -> crate::Result<()> {
+    pub fn matmul_f32(
+        mnk: (usize, usize, usize),
+        a: &[f32],
+        b: &[f32],
+        bt: bool,
+        out: &mut [f32],
+    ) -> crate::Result<()> {
         let (m, n, k) = mnk;
         let rhs = if bt { sgemm::Mat::transposed(b, 0, k) } else { sgemm::Mat::rows(b, 0, n) };
         let dst = sgemm::Dst { data: out, offset: 0, rs: n, accumulate: false };
@@ -148,7 +154,13 @@ pub mod bench_kernels {
     }
 
     /// As [`matmul_f32`], with bf16 multiplies and f32 sums.
-    pub fn matmul_bf16(mnk: (usize, usize, usize), a: &[f32], b: &[f32], bt: bool, out: &mut [f32]) -> crate::Result<()> {
+    pub fn matmul_bf16(
+        mnk: (usize, usize, usize),
+        a: &[f32],
+        b: &[f32],
+        bt: bool,
+        out: &mut [f32],
+    ) -> crate::Result<()> {
         let (m, n, k) = mnk;
         let rhs = if bt { sgemm::Mat::transposed(b, 0, k) } else { sgemm::Mat::rows(b, 0, n) };
         let dst = sgemm::Dst { data: out, offset: 0, rs: n, accumulate: false };

@@ -167,6 +167,8 @@ pub struct Model {
     /// Full fine-tuning: every weight, under its transformers name.
     vars: Vec<(String, Var)>,
     lora: Option<LoraState>,
+    /// Mixed precision: the linear layers' training products multiply in bf16.
+    bf16: bool,
 }
 
 impl std::fmt::Debug for Model {
@@ -254,7 +256,19 @@ impl Model {
             dtype: weights.dtype(),
             vars: params.vars,
             lora: None,
+            bf16: false,
         })
+    }
+
+    /// Mixed precision for training ([`crate::MixedPrecision`]): with `Bf16`, every
+    /// linear layer (and LoRA adapter) multiplies in bf16 and sums in f32 in the training
+    /// forward and its backward. Evaluation and generation stay f32.
+    pub fn set_mixed_precision(&mut self, mp: crate::MixedPrecision) {
+        self.bf16 = mp == crate::MixedPrecision::Bf16;
+        let bf16 = self.bf16;
+        for (_, l) in self.linears_mut() {
+            l.bf16 = bf16;
+        }
     }
 
     /// The resolved configuration.

@@ -42,7 +42,8 @@ use crate::registry::ModelRegistry;
 use crate::store::Store;
 use crate::types::{
     DatasetFormat, DatasetId, Event, Family, IfExists, JobFilter, JobId, JobLog, JobRecord, JobStatus, LoraConfig,
-    Method, MetricPoint, ModelKind, ModelRecord, PlotOptions, TrainReport, TrainSpec, HEARTBEAT_STALE_SECS,
+    Method, MetricPoint, MixedPrecision, ModelKind, ModelRecord, PlotOptions, TrainReport, TrainSpec,
+    HEARTBEAT_STALE_SECS,
 };
 use crate::util;
 
@@ -209,6 +210,17 @@ impl TrainingEngine {
         formats.extend(eval.as_ref().map(|e| ("eval_dataset", e.format)));
         if let (Some(base), Some(_)) = (&base, &spec.init_adapter) {
             self.init_adapter(spec, base)?;
+        }
+        if let Some(base) = base.as_ref().filter(|b| matches!(b.family, Family::StableDiffusion)) {
+            if spec.mixed_precision != MixedPrecision::No {
+                return Err(Error::config(
+                    "mixed_precision",
+                    format!(
+                        "{} is a Stable Diffusion pipeline: mixed precision is for language models",
+                        base.reference()
+                    ),
+                ));
+            }
         }
         match &base {
             Some(base) => check_fits(spec, base, &formats, self.store.memory_limit)?,

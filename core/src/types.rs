@@ -81,6 +81,6 @@ pub use timeline::{
 };
 pub use token::{NewToken, TokenOptions, TokenRecord, TokenScope};
 pub use training::{
-    ImageCrop, ImageTrainOptions, JobFilter, JobLog, JobRecord, JobStatus, Method, MetricKind, MetricPoint, Schedule,
-    TrainReport, TrainSpec, HEARTBEAT_STALE_SECS,
+    ImageCrop, ImageTrainOptions, JobFilter, JobLog, JobRecord, JobStatus, Method, MetricKind, MetricPoint,
+    MixedPrecision, Schedule, TrainReport, TrainSpec, HEARTBEAT_STALE_SECS,
 };

@@ -2,6 +2,7 @@
 //! (benches/compare/run.sh runs both in one go and prints the ratios).
 //!
 //! Run:    cargo run --release -p anneal-benches --bin train_step -- --config tiny|small --method full|lora [--steps 10]
+//!         [--mixed-precision bf16]
 //! Output: one JSON line with the same keys as benches/compare/torch_train_step.py.
 //!
 //! The model is written to a temp dir as an ordinary HF directory (config.json +
@@ -111,13 +112,21 @@ fn main() -> anyhow::Result<()> {
     anneal::keep_candle_ops_on_calling_thread();
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help") {
-        println!("train_step --config tiny|small --method full|lora [--steps N] [--warmup N]");
+        println!(
+            "train_step --config tiny|small --method full|lora [--steps N] [--warmup N] [--mixed-precision no|bf16]"
+        );
         return Ok(());
     }
     let config = arg(&args, "--config", "tiny");
     let method = arg(&args, "--method", "lora");
     let steps: usize = arg(&args, "--steps", "10").parse()?;
     let warmup: usize = arg(&args, "--warmup", "2").parse()?;
+    let precision = arg(&args, "--mixed-precision", "no");
+    let mixed = match precision.as_str() {
+        "no" => anneal::MixedPrecision::No,
+        "bf16" => anneal::MixedPrecision::Bf16,
+        other => anyhow::bail!("unknown mixed precision {other}"),
+    };
     let b = match config.as_str() {
         "tiny" => TINY,
         "small" => SMALL,
@@ -190,6 +199,7 @@ fn main() -> anyhow::Result<()> {
         let lc = LoraConfig { r: 8, alpha: 16.0, target_modules: targets, ..Default::default() };
         model.add_lora(&lc, 0)?;
     }
+    model.set_mixed_precision(mixed);
     // anneal's trainer optimiser (torch.optim.AdamW defaults: betas 0.9/0.999, eps 1e-8, wd 0.01).
     let mut opt = anneal::AdamW::new(model.named_trainable_vars(), 0.9, 0.999, 1e-8, 0.01)?;
     let ids: Vec<u32> = (0..b.batch * b.seq).map(|i| ((i * 7919 + 13) % b.vocab) as u32).collect();
@@ -228,7 +238,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         json!({
-            "impl": "anneal", "config": config, "method": method, "threads": threads, "tokens_per_step": tokens,
+            "impl": "anneal", "config": config, "method": method, "mixed_precision": precision, "threads": threads, "tokens_per_step": tokens,
             "step_s": (dt * 1e4).round() / 1e4, "tokens_per_s": (tps * 10.0).round() / 10.0,
             "peak_rss_mib": (status_kib("VmHWM:") / 102.4).round() / 10.0, "rss_after_import_mib": (rss_before * 10.0).round() / 10.0,
             "trainable_params": model.num_trainable_params(), "matmul_params": mm_params,

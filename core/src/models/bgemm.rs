@@ -10,7 +10,7 @@
 //! zeros. Elsewhere the operands are rounded to bf16 values and multiplied by the f32
 //! gemm, which gives the same products (each exact) summed in another order.
 
-use candle_core::{bail, Result};
+use candle_core::{bail, DType, Result, Tensor};
 use rayon::prelude::*;
 
 use super::sgemm::{self, Dst, Mat};
@@ -162,6 +162,15 @@ fn pack(
     }
 }
 
+/// `a [.., m, k] x b [.., k, n]` with bf16 multiplies and f32 sums, f32 out: on the CPU
+/// through [`matmul`] (as `sgemm::tensor_mm`), elsewhere through candle's bf16 matmul.
+pub(crate) fn mm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if let Some(y) = sgemm::tensor_mm_by(a, b, matmul)? {
+        return Ok(y);
+    }
+    a.to_dtype(DType::BF16)?.matmul(&b.to_dtype(DType::BF16)?)?.to_dtype(a.dtype())
+}
+
 /// Operands rounded to bf16 values, multiplied by the f32 gemm.
 fn portable((m, n, k): (usize, usize, usize), dst: Dst<'_>, lhs: Mat<'_>, rhs: Mat<'_>, threads: bool) -> Result<()> {
     if !lhs.fits(m, k) || !rhs.fits(k, n) {
@@ -280,7 +289,13 @@ mod x86 {
             }
         }
         let m0: __mmask16 = if cols >= 16 { 0xffff } else { (1u32 << cols) as u16 - 1 };
-        let m1: __mmask16 = if cols >= NR { 0xffff } else if cols > 16 { (1u32 << (cols - 16)) as u16 - 1 } else { 0 };
+        let m1: __mmask16 = if cols >= NR {
+            0xffff
+        } else if cols > 16 {
+            (1u32 << (cols - 16)) as u16 - 1
+        } else {
+            0
+        };
         let cp = c.as_mut_ptr();
         for i in 0..r {
             let row = cp.add(i * rs);

@@ -1117,16 +1117,43 @@ pub(crate) struct LinearOp {
     conv1d: bool,
     /// The output is an internal activation: released by the backward ([`release`]).
     release: bool,
+    /// Products with bf16 multiplies and f32 sums (mixed precision), forward and backward.
+    bf16: bool,
 }
 
 impl LinearOp {
     /// `x` `[.., in]` -> `[.., out]`; `w` `[out, in]` (`[in, out]` if `conv1d`), `b` `[out]`.
     /// `release`: the output is an internal activation of a training forward ([`release`]).
-    pub(crate) fn apply(x: &Tensor, w: &Tensor, b: Option<&Tensor>, conv1d: bool, release: bool) -> Result<Tensor> {
+    /// `bf16`: every product (forward and backward) multiplies in bf16 and sums in f32
+    /// (`bgemm`).
+    pub(crate) fn apply(
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        (conv1d, release): (bool, bool),
+        bf16: bool,
+    ) -> Result<Tensor> {
         let (x, w) = (x.contiguous()?, w.contiguous()?);
+        let op = LinearOp { conv1d, release, bf16 };
         match b {
-            Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearOp { conv1d, release }),
-            None => x.apply_op2(&w, LinearOp { conv1d, release }),
+            Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+            None => x.apply_op2(&w, op),
+        }
+    }
+
+    fn gemm(&self) -> sgemm::Gemm {
+        if self.bf16 {
+            super::bgemm::matmul
+        } else {
+            sgemm::matmul
+        }
+    }
+
+    fn mm(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        if self.bf16 {
+            super::bgemm::mm(a, b)
+        } else {
+            sgemm::mm(a, b)
         }
     }
 
@@ -1154,7 +1181,7 @@ impl LinearOp {
         // The weight as stored: `[in, out]` rows, or `[out, in]` read transposed.
         let wm = if self.conv1d { Mat::rows(ws, 0, out_f) } else { Mat::transposed(ws, 0, in_f) };
         let mut v = vec![0f32; n * out_f];
-        sgemm::matmul(
+        self.gemm()(
             (n, out_f, in_f),
             Dst { data: &mut v, offset: 0, rs: out_f, accumulate: false },
             Mat::rows(xs, 0, in_f),
@@ -1182,11 +1209,11 @@ impl LinearOp {
         let out_f = g.dim(candle_core::D::Minus1)?;
         let n = x.elem_count() / in_f.max(1);
         let (x2, g2) = (x.reshape((n, in_f))?, g.reshape((n, out_f))?);
-        let dx = if self.conv1d { sgemm::mm(&g2, &w.t()?)? } else { sgemm::mm(&g2, &w)? };
+        let dx = if self.conv1d { self.mm(&g2, &w.t()?)? } else { self.mm(&g2, &w)? };
         let dw = match (w_tracked, self.conv1d) {
             (false, _) => None,
-            (true, true) => Some(sgemm::mm(&x2.t()?, &g2)?),
-            (true, false) => Some(sgemm::mm(&g2.t()?, &x2)?),
+            (true, true) => Some(self.mm(&x2.t()?, &g2)?),
+            (true, false) => Some(self.mm(&g2.t()?, &x2)?),
         };
         Ok((dx.reshape(x.shape())?, dw))
     }

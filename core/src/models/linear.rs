@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor, Var};
 
-use super::{fused, gemv, sgemm};
+use super::{bgemm, fused, gemv, sgemm};
 use crate::error::{Error, Result};
 
 /// A LoRA adapter on one linear layer, in PEFT's layout: A is `[r, in]`, B `[out, r]`.
@@ -41,16 +41,19 @@ pub(crate) struct Linear {
     pub(crate) lora: Option<LoraAdapter>,
     /// A Conv1D weight held transposed (`[out, in]`) for inference; saved back as `[in, out]`.
     pub(crate) transposed: bool,
+    /// Mixed precision: the training forward's products (and their backward) multiply
+    /// in bf16 and sum in f32; the weights stay f32.
+    pub(crate) bf16: bool,
 }
 
 impl Linear {
     pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, conv1d: bool) -> Self {
-        Self { weight: Weight::Dense(weight), bias, conv1d, lora: None, transposed: false }
+        Self { weight: Weight::Dense(weight), bias, conv1d, lora: None, transposed: false, bf16: false }
     }
 
     /// A quantized layer (inference only); `transposed`: a Conv1D module held `[out, in]`.
     pub(crate) fn quant(weight: Arc<gemv::QuantWeight>, bias: Option<Tensor>, transposed: bool) -> Self {
-        Self { weight: Weight::Quant(weight), bias, conv1d: false, lora: None, transposed }
+        Self { weight: Weight::Quant(weight), bias, conv1d: false, lora: None, transposed, bf16: false }
     }
 
     /// The dense weight (an internal error for a quantized layer).
@@ -152,11 +155,15 @@ impl Linear {
         };
         let mut y = match &self.weight {
             // Training on the CPU: one node with its own backward, bias included.
-            Weight::Dense(w) if fused => fused::LinearOp::apply(x, w, self.bias.as_ref(), self.conv1d, release)?,
+            Weight::Dense(w) if fused => {
+                fused::LinearOp::apply(x, w, self.bias.as_ref(), (self.conv1d, release), self.bf16)?
+            }
             Weight::Quant(q) => q.matmul(&x2)?,
             Weight::Dense(w) if !train && !w.is_variable() && gemv::usable(&x2, w) => {
                 gemv::matmul(&x2, w, self.conv1d)?
             }
+            // Mixed precision off the CPU: candle's bf16 matmul.
+            Weight::Dense(w) if train && self.bf16 => bgemm::mm(&x2, &if self.conv1d { w.clone() } else { w.t()? })?,
             // Outside autograd, the gemm directly (`sgemm::mm`).
             Weight::Dense(w) if self.conv1d => sgemm::mm(&x2, w)?,
             Weight::Dense(w) => sgemm::mm(&x2, &w.t()?)?,
@@ -172,8 +179,11 @@ impl Linear {
             let delta = if [&xd, a, b].iter().all(|t| fused::usable(t)) {
                 // f32 on the CPU: the two products as linear nodes (their own backward,
                 // the gemm directly), in training as in inference.
-                let h = (fused::LinearOp::apply(&xd, a, None, false, false)? * l.scale)?;
-                fused::LinearOp::apply(&h, b, None, false, false)?
+                let bf16 = train && self.bf16;
+                let h = (fused::LinearOp::apply(&xd, a, None, (false, false), bf16)? * l.scale)?;
+                fused::LinearOp::apply(&h, b, None, (false, false), bf16)?
+            } else if train && self.bf16 {
+                bgemm::mm(&(bgemm::mm(&xd, &a.t()?)? * l.scale)?, &b.t()?)?
             } else {
                 (xd.matmul(&a.t()?)? * l.scale)?.matmul(&b.t()?)?
             };

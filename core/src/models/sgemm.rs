@@ -135,6 +135,14 @@ pub(crate) fn matmul(
 /// and parses `/proc/cpuinfo` (~70 us here on 2 CPUs, more on large machines): hundreds
 /// of times per training step, dozens per prompt.
 pub(crate) fn tensor_mm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+    tensor_mm_by(a, b, matmul)
+}
+
+/// A slice product: [`matmul`], or `bgemm::matmul` (bf16 multiplies).
+pub(crate) type Gemm = fn((usize, usize, usize), Dst<'_>, Mat<'_>, Mat<'_>, bool) -> Result<()>;
+
+/// [`tensor_mm`] through `gemm`.
+pub(crate) fn tensor_mm_by(a: &Tensor, b: &Tensor, gemm: Gemm) -> Result<Option<Tensor>> {
     let plain = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu() && !t.track_op();
     let (ad, bd) = (a.dims(), b.dims());
     let r = ad.len();
@@ -166,7 +174,7 @@ pub(crate) fn tensor_mm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
     let one = |i: usize, o: &mut [f32], threads: bool| {
         let lhs = Mat::strided(da, at(i, la.start_offset(), ra), ra[r - 2], ra[r - 1]);
         let rhs = Mat::strided(db, at(i, lb.start_offset(), rb), rb[r - 2], rb[r - 1]);
-        matmul((m, n, k), Dst { data: o, offset: 0, rs: n, accumulate: false }, lhs, rhs, threads)
+        gemm((m, n, k), Dst { data: o, offset: 0, rs: n, accumulate: false }, lhs, rhs, threads)
     };
     if batch == 1 {
         one(0, &mut out, true)?;

@@ -201,6 +201,7 @@ fn load_model(spec: &TrainSpec, base: &ModelRecord, checkpoint: Option<&Path>) -
             // The checkpoint may be rotated away before the end: the tokenizer and
             // generation files always come from the base.
             m.set_side_files_dir(&base.path);
+            m.set_mixed_precision(spec.mixed_precision);
             Ok(m)
         }
         Method::Classifier(_) => Err(Error::config("method", "a classifier is not trained by the language-model loop")),
@@ -210,6 +211,7 @@ fn load_model(spec: &TrainSpec, base: &ModelRecord, checkpoint: Option<&Path>) -
                 Some(p) => m.load_adapter(p)?,
                 None => m.add_lora(cfg, spec.seed)?,
             }
+            m.set_mixed_precision(spec.mixed_precision);
             Ok(m)
         }
     }

@@ -251,6 +251,21 @@ named_enum! {
 }
 
 named_enum! {
+    /// Mixed precision for a language model's training (accelerate's and diffusers'
+    /// `mixed_precision`): `bf16` multiplies every linear layer's (and LoRA's) inputs
+    /// and weights rounded to bfloat16 and sums in f32, forward and backward, as
+    /// PyTorch's CPU autocast does; the weights, their gradients, the optimizer state,
+    /// attention, norms and the LM head stay f32.
+    #[derive(Default)]
+    pub enum MixedPrecision("mixed_precision") {
+        /// Everything in f32.
+        #[default]
+        No = "no",
+        Bf16 = "bf16",
+    }
+}
+
+named_enum! {
     /// How a training image becomes a square (or bucketed) training sample.
     #[derive(Default)]
     pub enum ImageCrop("crop") {
@@ -443,6 +458,9 @@ pub struct TrainSpec {
     /// Linear warmup from 0 over this many steps. Default 0.
     pub warmup_steps: u64,
     pub schedule: Schedule,
+    /// `bf16`: linear layers multiply in bfloat16 (see [`MixedPrecision`]). Language
+    /// models only. Default `no`.
+    pub mixed_precision: MixedPrecision,
     /// AdamW (torch semantics). Defaults 0.9, 0.999, 1e-8, weight decay 0.
     pub adam_beta1: f64,
     pub adam_beta2: f64,
@@ -496,6 +514,7 @@ impl Default for TrainSpec {
             learning_rate: 2e-4,
             warmup_steps: 0,
             schedule: Schedule::Linear,
+            mixed_precision: MixedPrecision::No,
             adam_beta1: 0.9,
             adam_beta2: 0.999,
             adam_eps: 1e-8,
@@ -543,6 +562,12 @@ impl TrainSpec {
             })?;
             if self.image.is_some() {
                 return Err(Error::config("image", "image options apply to stable-diffusion bases, not classifiers"));
+            }
+            if self.mixed_precision != MixedPrecision::No {
+                return Err(Error::config(
+                    "mixed_precision",
+                    "mixed precision is for language models, not classifiers",
+                ));
             }
         } else if self.base.0.trim().is_empty() {
             return Err(Error::config("base", "is required (a model id, name or name@version)"));

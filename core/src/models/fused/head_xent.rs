@@ -331,7 +331,7 @@ mod tests {
         let labels: Vec<i64> = vec![3, 36, -100, 0, 7, 1, 2, -100, 30, 11];
         let count = (0..b * t).filter(|r| r % t != t - 1 && labels[r + 1] >= 0).count();
 
-        let logits = LinearOp::apply(x.as_tensor(), w.as_tensor(), None, false, false).unwrap();
+        let logits = LinearOp::apply(x.as_tensor(), w.as_tensor(), None, (false, false), false).unwrap();
         let want = logits.apply_op1(CausalLmXent::new(labels.clone(), t, count)).unwrap();
         let want_g = want.backward().unwrap();
 
@@ -376,7 +376,7 @@ mod tests {
         let (b, t, h, v) = (2, 100, 8, 11);
         let (x, w) = hidden_and_weight(b, t, h, v);
         let labels: Vec<i64> = (0..b * t).map(|i| (i * 7 % v) as i64).collect();
-        let logits = LinearOp::apply(x.as_tensor(), w.as_tensor(), None, false, false).unwrap();
+        let logits = LinearOp::apply(x.as_tensor(), w.as_tensor(), None, (false, false), false).unwrap();
         let want = logits.apply_op1(CausalLmXent::new(labels.clone(), t, b * (t - 1))).unwrap();
         let want_g = want.backward().unwrap();
         // Weight-gradient products of 4 vocabulary rows (4 + 4 + 3).
