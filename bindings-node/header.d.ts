@@ -388,6 +388,8 @@ export interface TrainSpec {
   learningRate?: number
   warmupSteps?: number
   schedule?: 'constant' | 'linear' | 'cosine'
+  /** `bf16`: linear layers multiply in bfloat16 and sum in f32 (language models). Default `no`. */
+  mixedPrecision?: 'no' | 'bf16'
   adamBeta1?: number
   adamBeta2?: number
   adamEps?: number

@@ -76,6 +76,8 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--mixed-precision", choices=["no", "bf16"], default="no",
+                    help="bf16: the forward under torch.autocast('cpu', dtype=torch.bfloat16)")
     a = ap.parse_args()
 
     import torch
@@ -95,8 +97,16 @@ def main():
     g = torch.Generator().manual_seed(0)
     batch = torch.randint(0, c["vocab"], (c["batch"], c["seq"]), generator=g)
 
+    import contextlib
+
+    def autocast():
+        if a.mixed_precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def step():
-        out = model(input_ids=batch, labels=batch)
+        with autocast():
+            out = model(input_ids=batch, labels=batch)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -112,6 +122,7 @@ def main():
     tps = tokens / dt
     print(json.dumps({
         "impl": "pytorch", "torch": torch.__version__, "config": a.config, "method": a.method,
+        "mixed_precision": a.mixed_precision,
         "threads": a.threads, "tokens_per_step": tokens, "step_s": round(dt, 4), "tokens_per_s": round(tps, 1),
         "peak_rss_mib": round(peak_rss_mib(), 1), "rss_after_import_mib": round(rss_after_import, 1),
         "trainable_params": sum(p.numel() for p in params), "matmul_params": mm_params,

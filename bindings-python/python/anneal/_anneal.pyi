@@ -635,6 +635,7 @@ class ExportReport(TypedDict):
 
 JobStatus = Literal["pending", "running", "completed", "failed", "cancelled", "interrupted"]
 Schedule = Literal["constant", "linear", "cosine"]
+MixedPrecision = Literal["no", "bf16"]
 
 class LoraConfig(TypedDict, total=False):
     r: int
@@ -711,6 +712,7 @@ class TrainSpec(TypedDict, total=False):
     learning_rate: float
     warmup_steps: int
     schedule: Schedule
+    mixed_precision: MixedPrecision
     adam_beta1: float
     adam_beta2: float
     adam_eps: float

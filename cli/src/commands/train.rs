@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anneal::{
-    Error, Home, IfExists, IoResultExt, JobFilter, JobId, JobRecord, JobStatus, Location, Schedule, TrainReport,
-    TrainSpec, TrainingEngine,
+    Error, Home, IfExists, IoResultExt, JobFilter, JobId, JobRecord, JobStatus, Location, MixedPrecision, Schedule,
+    TrainReport, TrainSpec, TrainingEngine,
 };
 use clap::builder::PossibleValuesParser;
 use clap::{Args, Subcommand};
@@ -85,6 +85,10 @@ pub struct TrainArgs {
     /// Learning-rate schedule.
     #[arg(long, value_parser = PossibleValuesParser::new(Schedule::NAMES))]
     pub schedule: Option<String>,
+    /// Mixed precision: `bf16` multiplies every linear layer in bfloat16 and sums in f32
+    /// (language models).
+    #[arg(long, value_parser = PossibleValuesParser::new(MixedPrecision::NAMES))]
+    pub mixed_precision: Option<String>,
     /// AdamW weight decay.
     #[arg(long)]
     pub weight_decay: Option<f64>,
@@ -181,6 +185,7 @@ fn spec(a: &TrainArgs) -> anneal::Result<TrainSpec> {
     set("learning_rate", a.learning_rate.map(Value::from));
     set("warmup_steps", a.warmup_steps.map(Value::from));
     set("schedule", a.schedule.clone().map(Value::from));
+    set("mixed_precision", a.mixed_precision.clone().map(Value::from));
     set("weight_decay", a.weight_decay.map(Value::from));
     set("seed", a.seed.map(Value::from));
     set("eval_every", a.eval_every.map(Value::from));
