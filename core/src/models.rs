@@ -261,8 +261,8 @@ impl Model {
     }
 
     /// Mixed precision for training ([`crate::MixedPrecision`]): with `Bf16`, every
-    /// linear layer (and LoRA adapter) multiplies in bf16 and sums in f32 in the training
-    /// forward and its backward. Evaluation and generation stay f32.
+    /// linear layer (LoRA adapters and the LM head too) multiplies in bf16 and sums in
+    /// f32 in the training forward and its backward. Evaluation and generation stay f32.
     pub fn set_mixed_precision(&mut self, mp: crate::MixedPrecision) {
         self.bf16 = mp == crate::MixedPrecision::Bf16;
         let bf16 = self.bf16;
@@ -368,7 +368,7 @@ impl Model {
         }
         check_ids("input_ids", input_ids, self.config.vocab_size, false)?;
         let (hidden, head) = self.hidden_and_head(input_ids, 0, mode, None, false)?;
-        head_loss(&hidden, &head, labels, None)
+        head_loss(&hidden, &head, labels, None, self.bf16)
     }
 
     /// One training micro-batch: the loss of [`Model::loss`] in [`ForwardMode::Train`]
@@ -389,7 +389,7 @@ impl Model {
         let deferred = std::sync::Arc::new(fused::Deferred::default());
         let mut grads = {
             let (hidden, head) = self.hidden_and_head(input_ids, 0, ForwardMode::Train, None, false)?;
-            let loss = head_loss(&hidden, &head, labels, Some(deferred.clone()))?;
+            let loss = head_loss(&hidden, &head, labels, Some(deferred.clone()), self.bf16)?;
             let value = loss.to_scalar::<f32>()?;
             let grads = if scale == 1.0 { loss.backward()? } else { (loss * scale)?.backward()? };
             (value, grads)
@@ -652,6 +652,7 @@ fn head_loss(
     head: &linear::Linear,
     labels: &Tensor,
     defer: Option<std::sync::Arc<fused::Deferred>>,
+    bf16: bool,
 ) -> Result<Tensor> {
     let fusable = match &head.weight {
         linear::Weight::Dense(w) => {
@@ -665,7 +666,11 @@ fn head_loss(
     };
     let w = match (&head.weight, fusable) {
         (linear::Weight::Dense(w), true) => w,
-        _ => return causal_lm_loss(&head.forward(hidden, true)?, labels),
+        _ => {
+            let mut head = head.clone();
+            head.bf16 = bf16;
+            return causal_lm_loss(&head.forward(hidden, true)?, labels);
+        }
     };
     let (b, t, _) = hidden.dims3()?;
     check_causal_labels(labels, (b, t, w.dim(0)?))?;
@@ -673,7 +678,7 @@ fn head_loss(
     let Some(op) = fused::LmHeadXent::new(&all, t) else {
         return Err(Error::config("labels", "every label is ignored (-100)"));
     };
-    Ok(op.deferring(defer).apply(hidden, w)?)
+    Ok(op.deferring(defer).bf16(bf16).apply(hidden, w)?)
 }
 
 /// Mean next-token cross-entropy of `logits` `[b, t, v]` against `labels` `[b, t]`

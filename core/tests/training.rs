@@ -136,7 +136,7 @@ fn step_losses(env: &Env, spec: &TrainSpec) -> Vec<f64> {
 }
 
 /// Mixed precision bf16 follows f32's losses within 1% a step (the stated tolerance;
-/// measured here: 0.019% full, 0.026% LoRA at most over 16 steps), is not f32 under another name (the losses differ),
+/// measured here: 0.034% full, 0.077% LoRA at most over 16 steps), is not f32 under another name (the losses differ),
 /// and learns; for full fine-tuning and LoRA.
 #[test]
 fn bf16_mixed_precision_follows_the_f32_losses() {

@@ -56,33 +56,101 @@ pub(crate) fn matmul(
     rhs: Mat<'_>,
     threads: bool,
 ) -> Result<()> {
-    if !has_bf16_kernel() || m == 0 || n == 0 || k == 0 {
-        return portable((m, n, k), dst, lhs, rhs, threads);
+    if m == 0 || n == 0 {
+        return Ok(());
     }
-    if !sgemm::dst_fits(&dst, m, n) || !lhs.fits(m, k) || !rhs.fits(k, n) {
+    let b = PackedRhs::new(rhs, (k, n), threads)?;
+    matmul_packed(m, dst, lhs, &b, threads)
+}
+
+/// A right operand `[k, n]` packed once for several products ([`matmul_packed`]): bf16
+/// pairs along `k` in panels of [`NR`] columns, or (without the bf16 kernel) its values
+/// rounded to bf16, row-major.
+pub(crate) struct PackedRhs {
+    k: usize,
+    n: usize,
+    data: Packed,
+}
+
+enum Packed {
+    /// Panel `j`, pair `p`: NR lanes of (k = 2p, 2p + 1).
+    Pairs(Vec<u32>),
+    Rounded(Vec<f32>),
+}
+
+impl PackedRhs {
+    /// `rhs` `[k, n]` packed (an error if it does not fit its slice).
+    pub(crate) fn new(rhs: Mat<'_>, (k, n): (usize, usize), threads: bool) -> Result<Self> {
+        if !rhs.fits(k, n) {
+            bail!("bf16 gemm operand out of bounds ({k}x{n})");
+        }
+        if !has_bf16_kernel() {
+            let data = (0..k * n).map(|e| round_bf16(rhs.at(e / n, e % n))).collect();
+            return Ok(Self { k, n, data: Packed::Rounded(data) });
+        }
+        let kp = k.div_ceil(2);
+        let mut packed = vec![0u32; n.div_ceil(NR) * kp * NR];
+        let pack_panel = |(j, panel): (usize, &mut [u32])| {
+            let cols = NR.min(n - j * NR);
+            pack(rhs.data, rhs.offset + j * NR * rhs.cs, (rhs.cs, rhs.rs), (cols, k), panel, NR);
+        };
+        if threads && rayon::current_num_threads() > 1 {
+            packed.par_chunks_mut((kp * NR).max(1)).enumerate().for_each(pack_panel);
+        } else {
+            packed.chunks_mut((kp * NR).max(1)).enumerate().for_each(pack_panel);
+        }
+        Ok(Self { k, n, data: Packed::Pairs(packed) })
+    }
+}
+
+/// A raw destination shared by tasks that write disjoint tiles of it.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: the tasks that share an `Out` write disjoint elements (see `matmul_packed`).
+#[allow(unsafe_code)]
+unsafe impl Send for Out {}
+#[allow(unsafe_code)]
+unsafe impl Sync for Out {}
+
+impl Out {
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `dst[m, n] (+)= bf16(lhs[m, k]) x b` for a packed right operand `b` `[k, n]`.
+pub(crate) fn matmul_packed(m: usize, dst: Dst<'_>, lhs: Mat<'_>, b: &PackedRhs, threads: bool) -> Result<()> {
+    let (n, k) = (b.n, b.k);
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if !sgemm::dst_fits(&dst, m, n) || !lhs.fits(m, k) {
         bail!("bf16 gemm operands out of bounds ({m}x{k} x {k}x{n})");
+    }
+    let packed_b = match &b.data {
+        Packed::Rounded(r) => {
+            let a: Vec<f32> = (0..m * k).map(|e| round_bf16(lhs.at(e / k, e % k))).collect();
+            return sgemm::matmul((m, n, k), dst, Mat::rows(&a, 0, k), Mat::rows(r, 0, n), threads);
+        }
+        Packed::Pairs(p) => p,
+    };
+    if k == 0 {
+        return sgemm::matmul((m, n, 0), dst, lhs, Mat::rows(&[], 0, n), false);
     }
     let kp = k.div_ceil(2);
     let panels = n.div_ceil(NR);
-    // The right operand, packed once: panel `j`, pair `p`: NR lanes of (k = 2p, 2p + 1).
-    let mut packed_b = vec![0u32; panels * kp * NR];
-    let pack_b = |(j, panel): (usize, &mut [u32])| {
-        let cols = NR.min(n - j * NR);
-        pack(rhs.data, rhs.offset + j * NR * rhs.cs, (rhs.cs, rhs.rs), (cols, k), panel, NR);
-    };
-    let threads = threads && rayon::current_num_threads() > 1;
-    if threads {
-        packed_b.par_chunks_mut(kp * NR).enumerate().for_each(pack_b);
-    } else {
-        packed_b.chunks_mut(kp * NR).enumerate().for_each(pack_b);
-    }
-    let out = &mut dst.data[dst.offset..];
-    let rs = dst.rs;
-    let accumulate = dst.accumulate;
-    // Tasks own whole blocks of MC rows of the result.
-    let block = |(bi, rows_out): (usize, &mut [f32])| {
-        let r0 = bi * MC;
-        let rows = MC.min(m - r0);
+    let workers = if threads { rayon::current_num_threads() } else { 1 };
+    // Tiles of `mc` rows by `np` panels, at least two per worker where the shape allows.
+    let mc = MC.min(m.div_ceil(workers).next_multiple_of(MR));
+    let blocks = m.div_ceil(mc);
+    let np = panels.div_ceil((2 * workers).div_ceil(blocks)).max(1);
+    let groups = panels.div_ceil(np);
+    let (rs, accumulate) = (dst.rs, dst.accumulate);
+    let out = Out(dst.data[dst.offset..].as_mut_ptr());
+    let tile = |t: usize| {
+        let (bi, g) = (t / groups, t % groups);
+        let r0 = bi * mc;
+        let rows = mc.min(m - r0);
         let strips = rows.div_ceil(MR);
         let mut packed_a = vec![0u32; strips * kp * MR];
         for s in 0..strips {
@@ -93,30 +161,31 @@ pub(crate) fn matmul(
         for p0 in (0..kp).step_by(KC) {
             let pk = KC.min(kp - p0);
             let add = accumulate || p0 > 0;
-            for j in 0..panels {
+            for j in g * np..panels.min((g + 1) * np) {
                 let cols = NR.min(n - j * NR);
                 let b = &packed_b[(j * kp + p0) * NR..][..pk * NR];
                 for s in 0..strips {
                     let a = &packed_a[(s * kp + p0) * MR..][..pk * MR];
                     let r = MR.min(rows - s * MR);
-                    let c = &mut rows_out[s * MR * rs + j * NR..];
-                    // SAFETY: the CPU has AVX-512 F and BF16 (checked above); `a` holds
-                    // `pk * MR` and `b` `pk * NR` pairs; `c` holds `r` rows `rs` apart
-                    // of `cols` values each (the destination was checked to fit).
+                    // SAFETY: the CPU has AVX-512 F and BF16 (the right operand was packed
+                    // in pairs); `a` holds `pk * MR` and `b` `pk * NR` pairs; the
+                    // destination holds rows `r0 + s * MR ..` (`r` of them, `rs` apart) of
+                    // columns `j * NR ..` (`cols` of them), checked to fit above, and no
+                    // other tile writes them (tiles split the rows by `mc` and the panels
+                    // by `np`).
                     #[allow(unsafe_code)]
                     unsafe {
+                        let c = out.ptr().add((r0 + s * MR) * rs + j * NR);
                         x86::kernel(pk, a, b, c, rs, r, cols, add)
                     };
                 }
             }
         }
     };
-    let chunk = MC * rs;
-    let end = (m - 1) * rs + n;
-    if threads {
-        out[..end].par_chunks_mut(chunk).enumerate().for_each(block);
+    if workers > 1 && blocks * groups > 1 {
+        (0..blocks * groups).into_par_iter().for_each(tile);
     } else {
-        out[..end].chunks_mut(chunk).enumerate().for_each(block);
+        (0..blocks * groups).for_each(tile);
     }
     Ok(())
 }
@@ -169,16 +238,6 @@ pub(crate) fn mm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         return Ok(y);
     }
     a.to_dtype(DType::BF16)?.matmul(&b.to_dtype(DType::BF16)?)?.to_dtype(a.dtype())
-}
-
-/// Operands rounded to bf16 values, multiplied by the f32 gemm.
-fn portable((m, n, k): (usize, usize, usize), dst: Dst<'_>, lhs: Mat<'_>, rhs: Mat<'_>, threads: bool) -> Result<()> {
-    if !lhs.fits(m, k) || !rhs.fits(k, n) {
-        bail!("bf16 gemm operands out of bounds ({m}x{k} x {k}x{n})");
-    }
-    let a: Vec<f32> = (0..m * k).map(|e| round_bf16(lhs.at(e / k.max(1), e % k.max(1)))).collect();
-    let b: Vec<f32> = (0..k * n).map(|e| round_bf16(rhs.at(e / n, e % n))).collect();
-    sgemm::matmul((m, n, k), dst, Mat::rows(&a, 0, k), Mat::rows(&b, 0, n), threads)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -269,7 +328,7 @@ mod x86 {
         pk: usize,
         a: &[u32],
         b: &[u32],
-        c: &mut [f32],
+        c: *mut f32,
         rs: usize,
         r: usize,
         cols: usize,
@@ -296,9 +355,8 @@ mod x86 {
         } else {
             0
         };
-        let cp = c.as_mut_ptr();
         for i in 0..r {
-            let row = cp.add(i * rs);
+            let row = c.add(i * rs);
             let (mut v0, mut v1) = (lo[i], hi[i]);
             if add {
                 v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, row));

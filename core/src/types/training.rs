@@ -252,10 +252,10 @@ named_enum! {
 
 named_enum! {
     /// Mixed precision for a language model's training (accelerate's and diffusers'
-    /// `mixed_precision`): `bf16` multiplies every linear layer's (and LoRA's) inputs
-    /// and weights rounded to bfloat16 and sums in f32, forward and backward, as
-    /// PyTorch's CPU autocast does; the weights, their gradients, the optimizer state,
-    /// attention, norms and the LM head stay f32.
+    /// `mixed_precision`): `bf16` multiplies every linear layer's (LoRA's and the LM
+    /// head's) inputs and weights rounded to bfloat16 and sums in f32, forward and
+    /// backward, as PyTorch's CPU autocast does for linear layers; the weights, their
+    /// gradients, the optimizer state, attention, norms and the loss stay f32.
     #[derive(Default)]
     pub enum MixedPrecision("mixed_precision") {
         /// Everything in f32.

@@ -26,6 +26,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Sto
 use rayon::prelude::*;
 
 use super::{contiguous_f32, exp, last_dim, log_sum_exp, simd_fn};
+use crate::models::bgemm::{self, PackedRhs};
 use crate::models::sgemm::{matmul, transpose_into, Dst, Mat};
 
 /// Logits per block of rows (16 MiB): rows per block = this / vocabulary.
@@ -85,6 +86,8 @@ pub(crate) struct LmHeadXent {
     dw_rows: usize,
     /// Where the backward leaves the weight's gradient instead of returning it.
     defer: Option<Arc<Deferred>>,
+    /// Mixed precision: the three products multiply in bf16 and sum in f32 (`bgemm`).
+    bf16: bool,
     saved: Mutex<Option<Saved>>,
 }
 
@@ -127,6 +130,7 @@ impl LmHeadXent {
             block_logits: BLOCK_LOGITS,
             dw_rows: DW_ROWS,
             defer: None,
+            bf16: false,
             saved: Mutex::new(None),
         })
     }
@@ -134,6 +138,12 @@ impl LmHeadXent {
     /// The backward leaves the weight's gradient in `to` instead of returning it.
     pub(crate) fn deferring(mut self, to: Option<Arc<Deferred>>) -> Self {
         self.defer = to;
+        self
+    }
+
+    /// The products multiply in bf16 and sum in f32 (mixed precision).
+    pub(crate) fn bf16(mut self, on: bool) -> Self {
+        self.bf16 = on;
         self
     }
 
@@ -176,18 +186,31 @@ impl LmHeadXent {
         let block = block.clamp(1, m.max(1));
         let scale = 1.0 / m as f32;
         let panel = block.min(PANEL);
-        let (mut z, mut zt) = (vec![0f32; block * v], vec![0f32; panel * v]);
+        let zt_len = if self.bf16 { 0 } else { panel * v };
+        let (mut z, mut zt) = (vec![0f32; block * v], vec![0f32; zt_len]);
         let mut dh = if grads { vec![0f32; m * h] } else { Vec::new() };
         let mut dw = (grads && self.weight_grad).then(|| vec![0f32; v * h]);
+        // In bf16, `W` packed once for the logits (`xb W^T`) and once for `dz W`.
+        let packed = match self.bf16 {
+            true => Some((
+                PackedRhs::new(Mat::transposed(w, 0, h), (h, v), true)?,
+                grads.then(|| PackedRhs::new(Mat::rows(w, 0, h), (v, h), true)).transpose()?,
+            )),
+            false => None,
+        };
         let mut total = 0f64;
         for r0 in (0..m).step_by(block) {
             let rows = block.min(m - r0);
             let (z, xb) = (&mut z[..rows * v], &xs[r0 * h..(r0 + rows) * h]);
+            if let Some((wt, _)) = &packed {
+                let dst = Dst { data: z, offset: 0, rs: v, accumulate: false };
+                bgemm::matmul_packed(rows, dst, Mat::rows(xb, 0, h), wt, true)?;
+            }
             // The logits as `W xb^T` `[v, rows]`, a panel of rows at a time, then
             // transposed: asked for `xb W^T`, the gemm would copy all of `W` into its packed
             // layout for every block (0.37 s against 0.24 s a step at 131 rows); this way
             // it reads `W` where it is.
-            for p0 in (0..rows).step_by(panel) {
+            for p0 in (0..rows).step_by(panel).filter(|_| packed.is_none()) {
                 let p = panel.min(rows - p0);
                 let dst = Dst { data: &mut zt, offset: 0, rs: p, accumulate: false };
                 matmul((v, p, h), dst, Mat::rows(w, 0, h), Mat::transposed(xb, p0 * h, h), true)?;
@@ -211,12 +234,16 @@ impl LmHeadXent {
                 continue;
             }
             let dst = Dst { data: &mut dh, offset: r0 * h, rs: h, accumulate: false };
-            matmul((rows, h, v), dst, Mat::rows(z, 0, v), Mat::rows(w, 0, h), true)?;
+            match &packed {
+                Some((_, Some(wp))) => bgemm::matmul_packed(rows, dst, Mat::rows(z, 0, v), wp, true)?,
+                _ => matmul((rows, h, v), dst, Mat::rows(z, 0, v), Mat::rows(w, 0, h), true)?,
+            }
+            let gemm = if self.bf16 { bgemm::matmul } else { matmul };
             if let Some(dw) = dw.as_mut() {
                 for v0 in (0..v).step_by(self.dw_rows.max(1)) {
                     let n = self.dw_rows.max(1).min(v - v0);
                     let dst = Dst { data: dw, offset: v0 * h, rs: h, accumulate: r0 > 0 };
-                    matmul((n, h, rows), dst, Mat::transposed(z, v0, v), Mat::rows(xb, 0, h), true)?;
+                    gemm((n, h, rows), dst, Mat::transposed(z, v0, v), Mat::rows(xb, 0, h), true)?;
                 }
             }
         }
@@ -370,25 +397,31 @@ mod tests {
 
     /// Blocks of whole 64-row panels (198 counted rows: a block of 128 in two panels,
     /// then 70 in panels of 64 and 6) and the weight gradient by vocabulary rows give
-    /// the reference's loss and gradients.
+    /// the reference's loss and gradients; in bf16 (mixed precision), the reference's
+    /// with bf16 products (the head as a bf16 linear node).
     #[test]
     fn blocks_of_panels_match_linear_then_xent() {
-        let (b, t, h, v) = (2, 100, 8, 11);
+        let (b, t, h, v) = (2, 100, 40, 11);
         let (x, w) = hidden_and_weight(b, t, h, v);
         let labels: Vec<i64> = (0..b * t).map(|i| (i * 7 % v) as i64).collect();
-        let logits = LinearOp::apply(x.as_tensor(), w.as_tensor(), None, (false, false), false).unwrap();
-        let want = logits.apply_op1(CausalLmXent::new(labels.clone(), t, b * (t - 1))).unwrap();
-        let want_g = want.backward().unwrap();
-        // Weight-gradient products of 4 vocabulary rows (4 + 4 + 3).
-        let op = LmHeadXent { block_logits: 150 * v, dw_rows: 4, ..LmHeadXent::new(&labels, t).unwrap() };
-        assert_eq!(op.rows.len(), 198);
-        let got = op.apply(x.as_tensor(), w.as_tensor()).unwrap();
-        let got_g = got.backward().unwrap();
-        assert!(max_diff(&want, &got) < 1e-5, "loss {want} vs {got}");
-        for var in [&x, &w] {
-            let d = max_diff(want_g.get(var).unwrap(), got_g.get(var).unwrap());
-            assert!(d < 1e-5, "gradient differs by {d}");
+        let mut losses = Vec::new();
+        for bf16 in [false, true] {
+            let logits = LinearOp::apply(x.as_tensor(), w.as_tensor(), None, (false, false), bf16).unwrap();
+            let want = logits.apply_op1(CausalLmXent::new(labels.clone(), t, b * (t - 1))).unwrap();
+            let want_g = want.backward().unwrap();
+            // Weight-gradient products of 4 vocabulary rows (4 + 4 + 3).
+            let op = LmHeadXent { block_logits: 150 * v, dw_rows: 4, ..LmHeadXent::new(&labels, t).unwrap() };
+            assert_eq!(op.rows.len(), 198);
+            let got = op.bf16(bf16).apply(x.as_tensor(), w.as_tensor()).unwrap();
+            let got_g = got.backward().unwrap();
+            assert!(max_diff(&want, &got) < 1e-5, "bf16 {bf16}: loss {want} vs {got}");
+            for var in [&x, &w] {
+                let d = max_diff(want_g.get(var).unwrap(), got_g.get(var).unwrap());
+                assert!(d < 1e-5, "bf16 {bf16}: gradient differs by {d}");
+            }
+            losses.push(got.to_scalar::<f32>().unwrap());
         }
+        assert!((losses[0] - losses[1]).abs() > 1e-5, "bf16 is not f32: {losses:?}");
     }
 
     /// A deferred weight gradient is the one the backward would have returned, added to
