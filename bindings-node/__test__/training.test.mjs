@@ -128,6 +128,22 @@ test('cancel() of a pending job through the catalog', async () => {
   assert.equal((await engine.resume(job.id)).steps, 8)
 })
 
+test('mixedPrecision bf16 trains within 1% of f32 and is kept in the spec', async () => {
+  const { engine, spec } = await trainEnv()
+  const losses = {}
+  for (const mp of ['no', 'bf16']) {
+    const events = []
+    const report = await engine.train({ ...spec, mixedPrecision: mp }, { onEvent: (e) => events.push(e) })
+    assert.equal(engine.job(report.jobId).spec.mixedPrecision, mp)
+    losses[mp] = events.filter((e) => e.type === 'step').map((e) => e.loss)
+  }
+  assert.equal(losses.no.length, 8)
+  assert.equal(losses.bf16.length, 8)
+  assert.notDeepEqual(losses.no, losses.bf16)
+  losses.no.forEach((a, i) => assert.ok(Math.abs(a - losses.bf16[i]) / a < 0.01, `${a} vs ${losses.bf16[i]}`))
+  assert.throws(() => engine.createJob({ ...spec, mixedPrecision: 'fp8' }), { code: 'invalid_config', field: 'mixedPrecision' })
+})
+
 test('invalid specs: invalid_config naming the field (camelCase)', async () => {
   const { engine, spec } = await trainEnv()
   await assert.rejects(engine.train({ ...spec, lr: 1e-3 }), { code: 'invalid_config', field: 'lr' })

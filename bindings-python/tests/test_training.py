@@ -198,6 +198,23 @@ def test_catalog_cancel_of_a_pending_job(env):
     assert env.engine.resume(job.id).steps == 8
 
 
+def test_mixed_precision_bf16_follows_f32(env):
+    """mixed_precision="bf16" trains (linear layers in bfloat16, sums in f32) within 1% of
+    f32's losses, and is recorded in the job's spec; a wrong value names the field."""
+    losses = {}
+    for mp in ("no", "bf16"):
+        events = []
+        report = env.engine.train({**env.spec, "mixed_precision": mp}, on_event=events.append)
+        assert env.engine.job(report.job_id).spec["mixed_precision"] == mp
+        losses[mp] = [e["loss"] for e in events if e["type"] == "step"]
+    assert len(losses["no"]) == len(losses["bf16"]) == 8
+    assert losses["no"] != losses["bf16"]
+    assert all(abs(a - b) / a < 0.01 for a, b in zip(losses["no"], losses["bf16"])), losses
+    with pytest.raises(anneal.InvalidConfigError) as ei:
+        env.engine.create_job({**env.spec, "mixed_precision": "fp8"})
+    assert ei.value.field == "mixed_precision"
+
+
 def test_invalid_spec_names_the_field(env):
     with pytest.raises(anneal.InvalidConfigError) as ei:
         env.engine.train({**env.spec, "lr": 1e-3})

@@ -406,6 +406,9 @@ fn wrong_pairs_of_model_data_and_options_are_refused_naming_the_field() {
     let image = |resolution| Some(ImageTrainOptions { resolution: Some(resolution), ..Default::default() });
     let e = engine.create_job(&TrainSpec { image: image(10), ..env.spec(lora()) }).unwrap_err();
     assert_eq!(field(e), "image.resolution");
+    // Mixed precision is for language models.
+    let bf16 = TrainSpec { mixed_precision: anneal::MixedPrecision::Bf16, ..env.spec(lora()) };
+    assert_eq!(field(engine.create_job(&bf16).unwrap_err()), "mixed_precision");
     let wide = Method::Lora(LoraConfig { r: 4096, ..Default::default() });
     assert_eq!(field(engine.create_job(&env.spec(wide)).unwrap_err()), "method.lora.r");
     let huge = TrainSpec { batch_size: 1 << 20, image: image(4096), ..env.spec(lora()) };
