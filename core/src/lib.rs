@@ -139,31 +139,17 @@ pub use util::{keep_candle_ops_on_calling_thread, on_compute_pool, AllocatorTuni
 pub mod bench_kernels {
     use crate::models::{bgemm, sgemm};
 
-    /// `out[m, n] = a[m, k] x b[k, n]` (row-major; `bt`: `b` given as `[n, k]`), f32.
-    pub fn matmul_f32(
-        mnk: (usize, usize, usize),
-        a: &[f32],
-        b: &[f32],
-        bt: bool,
+    /// `out[m, n] = a[m, k] x b[k, n]` (row-major; `bt`: `b` given as `[n, k]`): f32, or
+    /// with `bf16` multiplies in bf16 and sums in f32 (mixed precision's kernel).
+    pub fn matmul(
+        (m, n, k): (usize, usize, usize),
+        (a, b, bt): (&[f32], &[f32], bool),
+        bf16: bool,
         out: &mut [f32],
     ) -> crate::Result<()> {
-        let (m, n, k) = mnk;
         let rhs = if bt { sgemm::Mat::transposed(b, 0, k) } else { sgemm::Mat::rows(b, 0, n) };
         let dst = sgemm::Dst { data: out, offset: 0, rs: n, accumulate: false };
-        Ok(sgemm::matmul(mnk, dst, sgemm::Mat::rows(a, 0, k), rhs, m > 1)?)
-    }
-
-    /// As [`matmul_f32`], with bf16 multiplies and f32 sums.
-    pub fn matmul_bf16(
-        mnk: (usize, usize, usize),
-        a: &[f32],
-        b: &[f32],
-        bt: bool,
-        out: &mut [f32],
-    ) -> crate::Result<()> {
-        let (m, n, k) = mnk;
-        let rhs = if bt { sgemm::Mat::transposed(b, 0, k) } else { sgemm::Mat::rows(b, 0, n) };
-        let dst = sgemm::Dst { data: out, offset: 0, rs: n, accumulate: false };
-        Ok(bgemm::matmul(mnk, dst, sgemm::Mat::rows(a, 0, k), rhs, m > 1)?)
+        let gemm: sgemm::Gemm = if bf16 { bgemm::matmul } else { sgemm::matmul };
+        Ok(gemm((m, n, k), dst, sgemm::Mat::rows(a, 0, k), rhs, m > 1)?)
     }
 }

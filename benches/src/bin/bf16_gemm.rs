@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use anneal::bench_kernels::{matmul_bf16, matmul_f32};
+use anneal::bench_kernels::matmul;
 
 fn main() -> anneal::Result<()> {
     let rounds: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(5);
@@ -33,8 +33,8 @@ fn main() -> anneal::Result<()> {
             }
             Ok(best)
         };
-        let f = time(&|o| matmul_f32((m, n, k), &a, &b, bt, o))?;
-        let h = time(&|o| matmul_bf16((m, n, k), &a, &b, bt, o))?;
+        let f = time(&|o| matmul((m, n, k), (&a, &b, bt), false, o))?;
+        let h = time(&|o| matmul((m, n, k), (&a, &b, bt), true, o))?;
         let gf = |s: f64| 2.0 * (m * n * k) as f64 / s / 1e9;
         println!("{name:<20} {:>10.3} {:>10.3} {:>8.1} {:>8.1} {:>7.2}", f * 1e3, h * 1e3, gf(f), gf(h), f / h);
     }
