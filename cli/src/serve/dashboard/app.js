@@ -784,6 +784,7 @@
         kv('Batch × accum × seq', `${sp.batch_size} × ${sp.grad_accum} × ${sp.seq_len}`),
         kv('Learning rate', `${sp.learning_rate} (${sp.schedule}, warmup ${sp.warmup_steps})`),
         kv('Epochs / max steps', `${sp.epochs} / ${sp.max_steps ?? '–'}`),
+        sp.mixed_precision && sp.mixed_precision !== 'no' ? kv('Mixed precision', sp.mixed_precision) : null,
         kv('Output model', job.output_model_id ? modelLink(lk, job.output_model_id) : h('span', { class: 'muted' }, 'when it completes')),
         kv('Checkpoint', job.checkpoint || '–'),
         job.runner_pid ? kv('Runner pid', job.runner_pid) : null);
