@@ -132,10 +132,9 @@ test('mixedPrecision bf16 trains within 1% of f32 and is kept in the spec', asyn
   const { engine, spec } = await trainEnv()
   const losses = {}
   for (const mp of ['no', 'bf16']) {
-    const events = []
-    const report = await engine.train({ ...spec, mixedPrecision: mp }, { onEvent: (e) => events.push(e) })
+    const report = await engine.train({ ...spec, mixedPrecision: mp })
     assert.equal(engine.job(report.jobId).spec.mixedPrecision, mp)
-    losses[mp] = events.filter((e) => e.type === 'step').map((e) => e.loss)
+    losses[mp] = engine.metrics(report.jobId).filter((m) => m.kind === 'train').map((m) => m.loss)
   }
   assert.equal(losses.no.length, 8)
   assert.equal(losses.bf16.length, 8)

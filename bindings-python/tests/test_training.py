@@ -203,10 +203,9 @@ def test_mixed_precision_bf16_follows_f32(env):
     f32's losses, and is recorded in the job's spec; a wrong value names the field."""
     losses = {}
     for mp in ("no", "bf16"):
-        events = []
-        report = env.engine.train({**env.spec, "mixed_precision": mp}, on_event=events.append)
+        report = env.engine.train({**env.spec, "mixed_precision": mp})
         assert env.engine.job(report.job_id).spec["mixed_precision"] == mp
-        losses[mp] = [e["loss"] for e in events if e["type"] == "step"]
+        losses[mp] = [m.loss for m in env.engine.metrics(report.job_id) if m.kind == "train"]
     assert len(losses["no"]) == len(losses["bf16"]) == 8
     assert losses["no"] != losses["bf16"]
     assert all(abs(a - b) / a < 0.01 for a, b in zip(losses["no"], losses["bf16"])), losses
