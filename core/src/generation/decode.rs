@@ -909,7 +909,8 @@ mod tests {
         struct CancelAt(CancelToken, u64);
         impl EventSink for CancelAt {
             fn on_event(&mut self, e: &Event) -> crate::Result<()> {
-                if matches!(e, Event::TaskProgress { done, .. } if *done == self.1) {
+                // `>=`: a caller that wakes late sees several tokens at once.
+                if matches!(e, Event::TaskProgress { done, .. } if *done >= self.1) {
                     self.0.cancel();
                 }
                 Ok(())
@@ -920,10 +921,13 @@ mod tests {
         let reqs = requests(&gen);
         let alone: Vec<Generation> = reqs.iter().map(|(p, c)| gen.generate(p.as_str(), c).unwrap()).collect();
         let calls = home.models().usage(&gen.model().id).unwrap().calls;
+        // The cancelled call asks for 200 tokens: it cannot run to its end before its
+        // caller (woken late on a loaded host) sees the third one and cancels.
+        let long = GenerationConfig { max_new_tokens: Some(200), ..reqs[0].1.clone() };
         let call = |i: usize| {
             let ((p, c), token) = (&reqs[i], CancelToken::new());
             if i == 0 {
-                gen.generate_with(p.as_str(), c, &mut CancelAt(token.clone(), 3), &token)
+                gen.generate_with(p.as_str(), &long, &mut CancelAt(token.clone(), 3), &token)
             } else {
                 gen.generate_with(p.as_str(), c, &mut NoopSink, &token)
             }
