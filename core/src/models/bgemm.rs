@@ -176,7 +176,7 @@ pub(crate) fn matmul_packed(m: usize, dst: Dst<'_>, lhs: Mat<'_>, b: &PackedRhs,
                     #[allow(unsafe_code)]
                     unsafe {
                         let c = out.ptr().add((r0 + s * MR) * rs + j * NR);
-                        x86::kernel(pk, a, b, c, rs, r, cols, add)
+                        kernel(pk, a, b, c, rs, r, cols, add)
                     };
                 }
             }
@@ -188,6 +188,32 @@ pub(crate) fn matmul_packed(m: usize, dst: Dst<'_>, lhs: Mat<'_>, b: &PackedRhs,
         (0..blocks * groups).for_each(tile);
     }
     Ok(())
+}
+
+/// `c[r, cols] (+)= a[MR rows, pk pairs] x b[pk pairs, NR]` for the first `r` rows (`c`:
+/// rows `rs` apart). AVX512-BF16 on x86-64; elsewhere the same products in a scalar loop
+/// (pairs are only packed where the CPU has the kernel, so that loop keeps other targets
+/// building rather than running).
+///
+/// # Safety
+/// On x86-64 the CPU has AVX-512 F/VL/BW/DQ and BF16; `c` holds `r` rows of `cols`.
+#[allow(unsafe_code, clippy::too_many_arguments)]
+unsafe fn kernel(pk: usize, a: &[u32], b: &[u32], c: *mut f32, rs: usize, r: usize, cols: usize, add: bool) {
+    #[cfg(target_arch = "x86_64")]
+    x86::kernel(pk, a, b, c, rs, r, cols, add);
+    #[cfg(not(target_arch = "x86_64"))]
+    for i in 0..r {
+        for j in 0..cols {
+            let half = |v: u32, hi: bool| f32::from_bits(if hi { v & 0xffff_0000 } else { v << 16 });
+            let mut sum = 0f32;
+            for p in 0..pk {
+                let (x, y) = (a[p * MR + i], b[p * NR + j]);
+                sum += half(x, false) * half(y, false) + half(x, true) * half(y, true);
+            }
+            let o = c.add(i * rs + j);
+            *o = if add { *o + sum } else { sum };
+        }
+    }
 }
 
 /// Packs `lines` lines of an operand, `k` deep (line `l`, depth `d` at
@@ -205,6 +231,7 @@ fn pack(
     let kp = k.div_ceil(2);
     debug_assert!(lines <= stride && out.len() >= kp * stride);
     debug_assert!(lines == 0 || offset + (lines - 1) * line_s + (k - 1) * depth_s < data.len());
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut p_done = 0;
     #[cfg(target_arch = "x86_64")]
     if has_bf16_kernel() {
