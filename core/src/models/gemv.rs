@@ -39,8 +39,9 @@ pub(crate) fn usable(x: &Tensor, w: &Tensor) -> bool {
         && w.is_contiguous()
 }
 
-/// `x W^T` for `w` `[out, in]`, or `x W` for a Conv1D `w` `[in, out]` (`conv1d`).
-pub(crate) fn matmul(x: &Tensor, w: &Tensor, conv1d: bool) -> Result<Tensor> {
+/// `x W^T` for `w` `[out, in]`, or `x W` for a Conv1D `w` `[in, out]` (`conv1d`), plus
+/// `bias` (`[out]`) if given.
+pub(crate) fn matmul(x: &Tensor, w: &Tensor, conv1d: bool, bias: Option<&Tensor>) -> Result<Tensor> {
     let (n, in_f) = x.dims2()?;
     let (d0, d1) = w.dims2()?;
     let out_f = if conv1d { d1 } else { d0 };
@@ -58,7 +59,38 @@ pub(crate) fn matmul(x: &Tensor, w: &Tensor, conv1d: bool) -> Result<Tensor> {
     let (wa, wb) = wl.contiguous_offsets().ok_or_else(|| Error::Internal("gemv: weight not contiguous".into()))?;
     let wv = &ws.as_slice::<f32>()?[wa..wb];
     let out = if conv1d { conv1d_rows(&xv, wv, n, in_f, out_f) } else { linear_rows(&xv, wv, n, in_f, out_f) };
-    Ok(Tensor::from_vec(out, (n, out_f), x.device())?)
+    with_bias(out, (n, out_f), bias, x.device())
+}
+
+/// `y` (`[n, out]`, row-major) with `bias` (`[out]`) added to every row, as a tensor:
+/// the same additions as candle's `broadcast_add`, without a second pass through a
+/// new tensor.
+pub(crate) fn with_bias(
+    mut y: Vec<f32>,
+    (n, out_f): (usize, usize),
+    bias: Option<&Tensor>,
+    dev: &candle_core::Device,
+) -> Result<Tensor> {
+    if let Some(b) = bias {
+        let b = b.to_dtype(DType::F32)?;
+        let (bs, bl) = b.storage_and_layout();
+        let Storage::Cpu(bs) = &*bs else {
+            return Err(Error::Internal("gemv: the bias must be on the CPU".into()));
+        };
+        let bv = match bl.contiguous_offsets() {
+            Some((a, e)) => &bs.as_slice::<f32>()?[a..e],
+            None => return Err(Error::Internal("gemv: bias not contiguous".into())),
+        };
+        if bv.len() != out_f {
+            return Err(Error::Internal(format!("gemv: a bias of {} for {out_f} outputs", bv.len())));
+        }
+        for row in y.chunks_exact_mut(out_f) {
+            for (v, b) in row.iter_mut().zip(bv) {
+                *v += b;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(y, (n, out_f), dev)?)
 }
 
 /// Products smaller than this (multiply-adds) are done on the calling thread: waking the
@@ -450,7 +482,7 @@ impl Q8Weight {
     /// Each row of `x` is quantized to 8 bits per block too (as GGML does for q8_0), so
     /// the inner products are integer multiply-adds; on x86-64 in register tiles
     /// (`q8tiles`: AVX-512 VNNI or AVX2), each pair summed the same way in any tile.
-    pub(crate) fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn matmul(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let (n, in_f) = x.dims2()?;
         if in_f != self.in_f {
             return Err(Error::Internal(format!("q8_0 linear expects {} input features, got {in_f}", self.in_f)));
@@ -480,7 +512,7 @@ impl Q8Weight {
             }
         });
         let y = if n == 1 { yt } else { transpose(&yt, out_f, n) };
-        Ok(Tensor::from_vec(y, (n, out_f), x.device())?)
+        with_bias(y, (n, out_f), bias, x.device())
     }
 }
 
@@ -586,11 +618,11 @@ impl QuantWeight {
         }
     }
 
-    /// `x W^T` for `x` `[n, in]` (f32 out).
-    pub(crate) fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x W^T` for `x` `[n, in]` (f32 out), plus `bias` if given.
+    pub(crate) fn matmul(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         match self {
-            Self::Q8(q) => q.matmul(x),
-            Self::Bf16(b) => b.matmul(x),
+            Self::Q8(q) => q.matmul(x, bias),
+            Self::Bf16(b) => b.matmul(x, bias),
         }
     }
 }
@@ -1118,9 +1150,9 @@ mod tests {
         for (n, in_f, out_f) in [(16, 64, 50), (7, 96, 35), (32, 256, 48), (16, 64, 201), (2, 32, 100), (3, 160, 9)] {
             let x = Tensor::randn(0f32, 1.0, (n, in_f), &dev).unwrap();
             let w = Q8Weight::quantize(&Tensor::randn(0f32, 1.0, (out_f, in_f), &dev).unwrap()).unwrap();
-            let all = w.matmul(&x).unwrap().to_vec2::<f32>().unwrap();
+            let all = w.matmul(&x, None).unwrap().to_vec2::<f32>().unwrap();
             for (r, want) in all.iter().enumerate() {
-                let one = w.matmul(&x.narrow(0, r, 1).unwrap()).unwrap().to_vec2::<f32>().unwrap();
+                let one = w.matmul(&x.narrow(0, r, 1).unwrap(), None).unwrap().to_vec2::<f32>().unwrap();
                 assert_eq!(&one[0], want, "row {r} of {n} ({in_f}x{out_f})");
             }
         }
@@ -1135,7 +1167,7 @@ mod tests {
             let want = x.matmul(&w.t().unwrap()).unwrap();
             let q = Q8Weight::quantize(&w).unwrap();
             assert_eq!(q.bytes(), out_f * in_f + 4 * out_f * in_f / 32);
-            let got = q.matmul(&x).unwrap();
+            let got = q.matmul(&x, None).unwrap();
             let err = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             // Rounding to 1/254 of each block's range: well under 2% of the output's range.
@@ -1152,9 +1184,9 @@ mod tests {
             let w = Tensor::randn(0f32, 1.0, (out_f, in_f), &dev).unwrap();
             let wc = w.t().unwrap().contiguous().unwrap();
             for (w, conv1d) in [(&w, false), (&wc, true)] {
-                let all = matmul(&x, w, conv1d).unwrap().to_vec2::<f32>().unwrap();
+                let all = matmul(&x, w, conv1d, None).unwrap().to_vec2::<f32>().unwrap();
                 for (r, want) in all.iter().enumerate() {
-                    let one = matmul(&x.narrow(0, r, 1).unwrap(), w, conv1d).unwrap().to_vec2::<f32>().unwrap();
+                    let one = matmul(&x.narrow(0, r, 1).unwrap(), w, conv1d, None).unwrap().to_vec2::<f32>().unwrap();
                     assert_eq!(&one[0], want, "row {r} of {n} ({in_f}x{out_f}, conv1d {conv1d})");
                 }
             }
@@ -1179,13 +1211,38 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (n, in_f), &dev).unwrap();
             let w = Tensor::randn(0f32, 1.0, (out_f, in_f), &dev).unwrap();
             let want = x.matmul(&w.t().unwrap()).unwrap();
-            let got = matmul(&x, &w, false).unwrap();
+            let got = matmul(&x, &w, false, None).unwrap();
             let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(diff < 1e-4, "linear {n}x{in_f}x{out_f}: {diff}");
             let wc = w.t().unwrap().contiguous().unwrap();
-            let got = matmul(&x, &wc, true).unwrap();
+            let got = matmul(&x, &wc, true, None).unwrap();
             let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(diff < 1e-4, "conv1d {n}x{in_f}x{out_f}: {diff}");
+        }
+    }
+
+    /// The products add the bias themselves: the same bits as adding it afterwards, in
+    /// every weight format, and a bias of the wrong size is an error.
+    #[test]
+    fn a_bias_is_added_as_broadcast_add_does() {
+        let dev = Device::Cpu;
+        let bits = |t: &Tensor| t.to_vec2::<f32>().unwrap().concat().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for (n, in_f, out_f) in [(1, 64, 96), (5, 128, 33)] {
+            let x = Tensor::randn(0f32, 1.0, (n, in_f), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (out_f, in_f), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, out_f, &dev).unwrap();
+            let plain = matmul(&x, &w, false, None).unwrap();
+            let with = matmul(&x, &w, false, Some(&b)).unwrap();
+            assert_eq!(bits(&with), bits(&plain.broadcast_add(&b).unwrap()), "f32 {n}x{in_f}x{out_f}");
+            assert_ne!(bits(&with), bits(&plain));
+            for q in [Quant::Q8_0, Quant::Bf16] {
+                let qw = QuantWeight::quantize(&w, q).unwrap();
+                let plain = qw.matmul(&x, None).unwrap();
+                let with = qw.matmul(&x, Some(&b)).unwrap();
+                assert_eq!(bits(&with), bits(&plain.broadcast_add(&b).unwrap()), "{q:?} {n}x{in_f}x{out_f}");
+            }
+            let short = Tensor::zeros(out_f - 1, DType::F32, &dev).unwrap();
+            assert!(matmul(&x, &w, false, Some(&short)).is_err());
         }
     }
 }

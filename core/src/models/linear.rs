@@ -153,14 +153,17 @@ impl Linear {
             }
             Weight::Quant(_) => false,
         };
+        // Training on the CPU (one node with its own backward) and the products for a
+        // few rows at inference add the bias themselves.
+        let mut biased = fused || matches!(&self.weight, Weight::Quant(_));
         let mut y = match &self.weight {
-            // Training on the CPU: one node with its own backward, bias included.
             Weight::Dense(w) if fused => {
                 fused::LinearOp::apply(x, w, self.bias.as_ref(), (self.conv1d, release), self.bf16)?
             }
-            Weight::Quant(q) => q.matmul(&x2)?,
+            Weight::Quant(q) => q.matmul(&x2, self.bias.as_ref())?,
             Weight::Dense(w) if !train && !w.is_variable() && gemv::usable(&x2, w) => {
-                gemv::matmul(&x2, w, self.conv1d)?
+                biased = true;
+                gemv::matmul(&x2, w, self.conv1d, self.bias.as_ref())?
             }
             // Mixed precision off the CPU: candle's bf16 matmul.
             Weight::Dense(w) if train && self.bf16 => bgemm::mm(&x2, &if self.conv1d { w.clone() } else { w.t()? })?,
@@ -168,7 +171,7 @@ impl Linear {
             Weight::Dense(w) if self.conv1d => sgemm::mm(&x2, w)?,
             Weight::Dense(w) => sgemm::mm(&x2, &w.t()?)?,
         };
-        if let (Some(b), false) = (&self.bias, fused) {
+        if let (Some(b), false) = (&self.bias, biased) {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = self.lora.as_ref().filter(|l| !l.merged) {

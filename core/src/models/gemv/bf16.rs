@@ -84,16 +84,16 @@ impl Bf16Weight {
         2 * self.w.len()
     }
 
-    /// `x W^T` for `x` `[n, in]` (any n; f32 in and out), with the fastest kernel this
-    /// CPU runs.
-    pub(crate) fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x W^T` for `x` `[n, in]` (any n; f32 in and out), plus `bias` if given, with the
+    /// fastest kernel this CPU runs.
+    pub(crate) fn matmul(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let (n, in_f) = x.dims2()?;
         if in_f != self.in_f {
             return Err(Error::Internal(format!("bf16 linear expects {} input features, got {in_f}", self.in_f)));
         }
         let xv: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let y = self.rows(Kernel::detect(), &xv, n)?;
-        Ok(Tensor::from_vec(y, (n, self.out_f), x.device())?)
+        super::with_bias(y, (n, self.out_f), bias, x.device())
     }
 
     /// `x W^T` for `x` (`n` rows of `in` values, row-major) with kernel `k`: `[n, out]`.
@@ -441,7 +441,7 @@ mod tests {
             let wt = Tensor::randn(0f32, 0.05, (out_f, in_f), &dev).unwrap();
             let want = x.matmul(&wt.t().unwrap()).unwrap();
             let q = Bf16Weight::quantize(&wt).unwrap();
-            let got = q.matmul(&x).unwrap();
+            let got = q.matmul(&x, None).unwrap();
             assert_eq!(got.dims(), &[n, out_f]);
             let err = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -456,12 +456,12 @@ mod tests {
         assert!(Bf16Weight::from_f32(2, 3, &[0.0; 5]).is_err());
         assert!(Bf16Weight::from_bits(2, 3, vec![0; 7]).is_err());
         let w = Bf16Weight::from_f32(2, 3, &[0.0; 6]).unwrap();
-        assert!(w.matmul(&Tensor::zeros((1, 4), DType::F32, &dev).unwrap()).is_err());
-        assert!(w.matmul(&Tensor::zeros(3, DType::F32, &dev).unwrap()).is_err());
+        assert!(w.matmul(&Tensor::zeros((1, 4), DType::F32, &dev).unwrap(), None).is_err());
+        assert!(w.matmul(&Tensor::zeros(3, DType::F32, &dev).unwrap(), None).is_err());
         assert!(w.rows(Kernel::Portable, &[0.0; 5], 2).is_err());
         assert!(w.rows_f32(&[2]).is_err());
         assert_eq!(w.rows_f32(&[1, 0]).unwrap().len(), 6);
-        let empty = w.matmul(&Tensor::zeros((0, 3), DType::F32, &dev).unwrap()).unwrap();
+        let empty = w.matmul(&Tensor::zeros((0, 3), DType::F32, &dev).unwrap(), None).unwrap();
         assert_eq!(empty.dims(), &[0, 2]);
     }
 }
