@@ -153,25 +153,24 @@ impl Linear {
             }
             Weight::Quant(_) => false,
         };
-        // Training on the CPU (one node with its own backward) and the products for a
-        // few rows at inference add the bias themselves.
-        let mut biased = fused || matches!(&self.weight, Weight::Quant(_));
-        let mut y = match &self.weight {
-            Weight::Dense(w) if fused => {
-                fused::LinearOp::apply(x, w, self.bias.as_ref(), (self.conv1d, release), self.bf16)?
-            }
-            Weight::Quant(q) => q.matmul(&x2, self.bias.as_ref())?,
+        // The first three paths add the bias themselves: training on the CPU (one node
+        // with its own backward) and the products for a few rows at inference.
+        let bias = self.bias.as_ref();
+        let (mut y, biased) = match &self.weight {
+            Weight::Dense(w) if fused => (fused::LinearOp::apply(x, w, bias, (self.conv1d, release), self.bf16)?, true),
+            Weight::Quant(q) => (q.matmul(&x2, bias)?, true),
             Weight::Dense(w) if !train && !w.is_variable() && gemv::usable(&x2, w) => {
-                biased = true;
-                gemv::matmul(&x2, w, self.conv1d, self.bias.as_ref())?
+                (gemv::matmul(&x2, w, self.conv1d, bias)?, true)
             }
             // Mixed precision off the CPU: candle's bf16 matmul.
-            Weight::Dense(w) if train && self.bf16 => bgemm::mm(&x2, &if self.conv1d { w.clone() } else { w.t()? })?,
+            Weight::Dense(w) if train && self.bf16 => {
+                (bgemm::mm(&x2, &if self.conv1d { w.clone() } else { w.t()? })?, false)
+            }
             // Outside autograd, the gemm directly (`sgemm::mm`).
-            Weight::Dense(w) if self.conv1d => sgemm::mm(&x2, w)?,
-            Weight::Dense(w) => sgemm::mm(&x2, &w.t()?)?,
+            Weight::Dense(w) if self.conv1d => (sgemm::mm(&x2, w)?, false),
+            Weight::Dense(w) => (sgemm::mm(&x2, &w.t()?)?, false),
         };
-        if let (Some(b), false) = (&self.bias, biased) {
+        if let (Some(b), false) = (bias, biased) {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = self.lora.as_ref().filter(|l| !l.merged) {
