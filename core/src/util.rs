@@ -484,8 +484,9 @@ pub fn keep_candle_ops_on_calling_thread() -> bool {
 /// GiB). candle allocates a new buffer for every op's
 /// result; with glibc's defaults every large one is mapped, page-faulted and zeroed by
 /// the kernel, and unmapped when dropped, which took about a third of a diffusion
-/// training step (benches/RESULTS.md). The last guard dropped restores the defaults and
-/// hands the free memory back (`malloc_trim`). Process-wide; `ANNEAL_MALLOC_TUNING=0`
+/// training step (benches/RESULTS.md). The last guard dropped restores the trim threshold
+/// and the per-thread arenas, leaves the mmap threshold at 32 MiB (see `Drop`) and hands
+/// the free memory back (`malloc_trim`). Process-wide; `ANNEAL_MALLOC_TUNING=0`
 /// turns it off. A no-op on other C libraries. Code that drives the models directly
 /// (not through the engine) can hold one around its loop.
 pub struct AllocatorTuning {
@@ -533,10 +534,16 @@ impl Drop for AllocatorTuning {
             let mut holders = TUNING_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
             *holders = holders.saturating_sub(1);
             if *holders == 0 {
-                // SAFETY: as above; glibc's documented defaults.
+                // Setting either threshold turns glibc's own adjustment of the mmap
+                // threshold off for the rest of the process, so its 128 KiB default
+                // would stay fixed and map every larger block from then on; the
+                // threshold is left at the ceiling that adjustment grows it to
+                // (`DEFAULT_MMAP_THRESHOLD_MAX`, 32 MiB on 64-bit), where a process
+                // that loaded a model has usually put it already.
+                // SAFETY: as above.
                 #[allow(unsafe_code)]
                 unsafe {
-                    libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+                    libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_FROM);
                     libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
                     libc::mallopt(libc::M_ARENA_MAX, 0);
                     libc::malloc_trim(0);
