@@ -558,9 +558,10 @@ export interface GeneratorOptions {
   /** Record every call in the catalog (default true). */
   record?: boolean
   /**
-   * Hold the linear layers' weights as q8_0 (8-bit blocks of 32, one scale each) or
-   * bf16 (bfloat16, f32 activations and sums: outputs differ from f32 only by the
-   * weights' rounding). Both need `dtype` `f32`.
+   * Hold the linear layers' weights as q8_0 (8-bit blocks of 32, one scale each; the
+   * layers' inputs quantized alike) or bf16 (bfloat16; the layers' inputs rounded to
+   * bfloat16 too, products summed in f32). The rest of the model stays f32; both need
+   * `dtype` `f32`.
    */
   quantize?: 'q8_0' | 'bf16'
 }

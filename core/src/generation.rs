@@ -223,12 +223,14 @@ impl Generator {
     /// merged into it unless `options.merge_adapter` is false).
     ///
     /// `options.quantize` holds the linear layers' weights (and the token embedding /
-    /// LM head where they are read quantized) compactly, with f32 activations and sums:
-    /// `"q8_0"` (GGML's 8-bit blocks) or `"bf16"` (each weight rounded to bfloat16, half
-    /// of f32's bytes; the products differ from f32 only by that rounding: logits
-    /// within 1% of their largest magnitude on the test models, greedy tokens equal
-    /// where f32's top-1 margin is clear). Both need `dtype` `f32` (`invalid_config`
-    /// otherwise, as for any other value); an adapter is merged before quantizing.
+    /// LM head where they are read quantized) compactly, as GGML does: `"q8_0"` (8-bit
+    /// blocks of 32, each layer's input quantized alike for integer products) or
+    /// `"bf16"` (each weight rounded to bfloat16, half of f32's bytes, each layer's input
+    /// rounded to bfloat16 too, products exact and summed in f32: logits within 1% of
+    /// their largest magnitude on the test models, greedy tokens equal where f32's
+    /// top-1 margin is clear). Norms, attention and sampling stay f32. Both need `dtype`
+    /// `f32` (`invalid_config` otherwise, as for any other value); an adapter is merged
+    /// before quantizing.
     pub fn load(registry: &ModelRegistry, model: impl Into<ModelRef>, options: &GeneratorOptions) -> Result<Self> {
         use crate::models::gemv::Quant;
         let dtype = parse_dtype(&options.dtype)?;
@@ -239,7 +241,10 @@ impl Generator {
             Some(q @ ("q8_0" | "bf16")) => {
                 return Err(Error::config(
                     "quantize",
-                    format!("{q} needs dtype f32 (its activations and sums are f32), got `{}`", options.dtype),
+                    format!(
+                        "{q} needs dtype f32 (it computes everything but the products in f32), got `{}`",
+                        options.dtype
+                    ),
                 ))
             }
             Some(other) => return Err(Error::config("quantize", format!("unsupported `{other}` (q8_0 or bf16)"))),

@@ -505,7 +505,7 @@ fn q8_0_weights_stay_close_to_f32() {
     }
 }
 
-/// `quantize: "bf16"`: the weights rounded to bfloat16, activations and sums in f32.
+/// `quantize: "bf16"`: the weights and each layer's inputs rounded to bfloat16, sums in f32.
 /// Losses within 0.5% of f32's, the same greedy tokens as f32 on the fixtures' reference
 /// prompts (their top-1 margins are far above bf16's rounding), batch rows equal to
 /// single calls, adapters merged first or kept separate, and the options it refuses.

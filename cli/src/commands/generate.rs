@@ -70,7 +70,7 @@ pub struct GenerateArgs {
     /// Weights dtype: f32, bf16 or f16.
     #[arg(long, help_heading = "Loading")]
     pub dtype: Option<String>,
-    /// Quantize the weights when loading: q8_0 or bf16 (f32 activations; dtype f32).
+    /// Quantize the weights when loading: q8_0 or bf16 (products as GGML's; dtype f32).
     #[arg(long, help_heading = "Loading")]
     pub quantize: Option<String>,
     /// Do not record the call in the catalog's usage statistics.

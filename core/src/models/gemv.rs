@@ -521,7 +521,8 @@ impl Q8Weight {
 pub(crate) enum Quant {
     /// GGML's q8_0: 8-bit values in blocks of 32, one scale each ([`Q8Weight`]).
     Q8_0,
-    /// bfloat16 values, f32 activations and sums ([`Bf16Weight`]).
+    /// bfloat16 values, multiplied by the inputs rounded to bfloat16, sums in f32
+    /// ([`Bf16Weight`]).
     Bf16,
 }
 

@@ -25,12 +25,14 @@ pub struct GeneratorOptions {
     /// Record every call in the catalog's `generations` table (usage statistics).
     pub record: bool,
     /// `q8_0`: hold the linear layers' weights as 8-bit integers in blocks of 32 with
-    /// one scale each (GGML's q8_0), ~3.5x less memory to stream per token; outputs
-    /// differ slightly from f32. `bf16`: hold them as bfloat16 (each weight rounded to
-    /// nearest even; half of f32's bytes), multiplied in f32 with f32 activations, so
-    /// outputs differ from f32 only by that rounding (logits within 1% of their largest
-    /// magnitude on the test models). Both need `dtype` `f32`. Adapters are merged first
-    /// (or stay f32 when separate).
+    /// one scale each (GGML's q8_0), ~3.5x less memory to stream per token, each
+    /// layer's input quantized to 8-bit blocks too (as GGML does); outputs differ
+    /// slightly from f32. `bf16`: hold them as bfloat16 (each weight rounded to nearest
+    /// even; half of f32's bytes), each layer's input rounded to bfloat16 too (as GGML's
+    /// bf16 and PyTorch's autocast do), the products exact and summed in f32 (logits
+    /// within 1% of their largest magnitude on the test models). The rest of the model
+    /// (norms, attention, sampling) stays f32, and both need `dtype` `f32`. Adapters are
+    /// merged first (or stay f32 when separate).
     pub quantize: Option<String>,
 }
 
