@@ -27,7 +27,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 runs="${1:-3}"
 rounds="${ROUNDS:-1}"
-# Weight types: anneal's `--dtype` (bf16 and q8_0: f32 compute on bf16 / q8_0 weights,
+# Weight types: anneal's `--dtype` (bf16 and q8_0: weights and the layers' inputs as GGML rounds them,
 # GeneratorOptions::quantize) and the llama.cpp peer's GGUF (convert_gguf.py --outtype).
 dtypes="${DTYPES:-f32 bf16 q8_0}"
 export CARGO_BUILD_TARGET="$(rustc -vV | sed -n 's/host: //p')"
