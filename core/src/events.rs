@@ -46,6 +46,14 @@ pub use tensorboard::TensorBoardSink;
 /// Receives events on the worker thread. Returning `Err` stops the operation.
 pub trait EventSink: Send {
     fn on_event(&mut self, event: &Event) -> Result<()>;
+
+    /// Whether the sink looks at progress events (`task_progress` per generated token,
+    /// for one). An operation may skip waking up for progress a sink ignores: a
+    /// `generate` call whose sink does not want it is woken only when its result is
+    /// ready, not after every decoding step of the batch it shares.
+    fn wants_progress(&self) -> bool {
+        true
+    }
 }
 
 impl<F: FnMut(&Event) -> Result<()> + Send> EventSink for F {
@@ -86,6 +94,10 @@ impl EventSink for NoopSink {
     fn on_event(&mut self, _: &Event) -> Result<()> {
         Ok(())
     }
+
+    fn wants_progress(&self) -> bool {
+        false
+    }
 }
 
 /// Hands every event to each of its sinks in turn. Every sink gets every event, also
@@ -124,6 +136,10 @@ impl<'a> Fanout<'a> {
 }
 
 impl EventSink for Fanout<'_> {
+    fn wants_progress(&self) -> bool {
+        self.sinks.iter().any(|s| s.wants_progress())
+    }
+
     fn on_event(&mut self, event: &Event) -> Result<()> {
         let mut first = Ok(());
         for s in &mut self.sinks {

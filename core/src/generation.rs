@@ -630,7 +630,7 @@ impl Generator {
         sink: &mut dyn EventSink,
         cancel: &CancelToken,
     ) -> Result<Generation> {
-        let s = self.start(vec![prompt.into()], cfg, GenerationKind::Generate)?;
+        let s = self.start(vec![prompt.into()], cfg, GenerationKind::Generate, sink.wants_progress())?;
         let (mut request, r, adapter) = (s.request, s.cfg, s.adapter);
         let name = self.used_model_ref(adapter.as_deref());
         run_task(sink, "generate", &name, Some(s.max_new as u64), "tokens", |rep| {
@@ -667,7 +667,7 @@ impl Generator {
 
     /// Generates as [`Generator::generate`] does, handing out text as it is produced.
     pub fn stream(&self, prompt: impl Into<Prompt>, cfg: &GenerationConfig) -> Result<TokenStream> {
-        let s = self.start(vec![prompt.into()], cfg, GenerationKind::Stream)?;
+        let s = self.start(vec![prompt.into()], cfg, GenerationKind::Stream, true)?;
         Ok(TokenStream {
             gen: self.clone(),
             request: s.request,
@@ -689,7 +689,15 @@ impl Generator {
 
     /// Checks a request (settings, then prompts, its memory, then its adapter) and
     /// queues its prompts to join the adapter's decoding batch.
-    fn start(&self, prompts: Vec<Prompt>, cfg: &GenerationConfig, kind: GenerationKind) -> Result<Started> {
+    /// `watch`: the caller looks at every step's news (streams, progress events);
+    /// otherwise it is woken only for its results.
+    fn start(
+        &self,
+        prompts: Vec<Prompt>,
+        cfg: &GenerationConfig,
+        kind: GenerationKind,
+        watch: bool,
+    ) -> Result<Started> {
         let t0 = Instant::now();
         let (r, adapter) = self.resolve(cfg)?;
         // A batch names its prompts by index, even a batch of one.
@@ -713,7 +721,7 @@ impl Generator {
         self.ensure_adapter(&adapter)?;
         let adapter = self.request_adapter(&adapter).map(str::to_string);
         let prompt_lens = rows.iter().map(Vec::len).collect();
-        let request = Request::submit(self, adapter.clone(), rows, r.clone(), t0)?;
+        let request = Request::submit(self, adapter.clone(), rows, r.clone(), t0, watch)?;
         Ok(Started { request, cfg: r, adapter, max_new, prompt_lens })
     }
 
@@ -756,7 +764,12 @@ impl Generator {
         if prompts.is_empty() {
             return Ok(Vec::new());
         }
-        let s = self.start(prompts.iter().cloned().map(Into::into).collect(), cfg, GenerationKind::Batch)?;
+        let s = self.start(
+            prompts.iter().cloned().map(Into::into).collect(),
+            cfg,
+            GenerationKind::Batch,
+            sink.wants_progress(),
+        )?;
         let (mut request, r, adapter) = (s.request, s.cfg, s.adapter);
         let name = self.used_model_ref(adapter.as_deref());
         run_task(sink, "generate_batch", &name, Some(s.max_new as u64), "steps", |rep| {

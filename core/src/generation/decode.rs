@@ -9,9 +9,14 @@
 //!
 //! There is no background thread: whoever waits drives. The lanes sit behind one
 //! mutex; a caller whose request has nothing new and whose lane is idle takes the lane
-//! out, runs one step without the lock, puts it back and wakes the others, who wait
-//! on the condition variable meanwhile. A step that fails or panics hands an error to
-//! every request it held, never a hang.
+//! out, runs one step without the lock and puts it back, while the others wait, each
+//! on its own condition variable. After a step the driver wakes the callers with news
+//! they look at (a result; each step's tokens for a stream or a caller reporting
+//! progress) and, when it goes back to its own caller while the lane has work left,
+//! one other caller of the lane to drive the next step; it keeps driving itself while
+//! its own request has nothing to hand back. So 32 concurrent `generate` calls do not
+//! wake 31 threads after every step of their shared batch. A step that fails or
+//! panics hands an error to every request it held (waking everyone), never a hang.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -179,6 +184,8 @@ impl Lane {
 /// What a request got since its owner last looked.
 #[derive(Default)]
 struct Slot {
+    /// The [`Request`] (its [`Waiter`]) that owns it.
+    owner: u64,
     chunks: Vec<StreamChunk>,
     generated: usize,
     /// Whether `generated` or `chunks` changed since the owner last looked.
@@ -186,14 +193,70 @@ struct Slot {
     done: Option<Result<Finished>>,
 }
 
+/// A [`Request`]'s caller, as the drivers see it.
+struct Waiter {
+    /// Where its thread waits (with the lanes' mutex).
+    cv: Arc<Condvar>,
+    adapter: Option<String>,
+    /// It looks at every step's news, not only at results.
+    watch: bool,
+}
+
 #[derive(Default)]
 struct Lanes {
     lanes: HashMap<Option<String>, Lane>,
     slots: HashMap<u64, Slot>,
+    waiters: HashMap<u64, Waiter>,
     next_id: u64,
 }
 
 impl Lanes {
+    /// Wakes every waiting caller (a request queued or gone, a lane failed).
+    fn wake_all(&self) {
+        for w in self.waiters.values() {
+            w.cv.notify_all();
+        }
+    }
+
+    /// Wakes the owners of `updated` that look at what they got, and, if `successor`
+    /// (the driver goes back to its caller) and `adapter`'s lane has work left, one
+    /// other caller of the lane to drive its next step (one not looking at every
+    /// step's news first: it drives at once).
+    /// Returns how many it woke.
+    fn wake_after_step(
+        &self,
+        updated: &[(u64, bool)],
+        adapter: &Option<String>,
+        driver: u64,
+        successor: bool,
+    ) -> usize {
+        let mut woken = Vec::new();
+        for &(id, done) in updated {
+            let Some(owner) = self.slots.get(&id).map(|s| s.owner) else {
+                continue;
+            };
+            if owner == driver || woken.contains(&owner) {
+                continue;
+            }
+            if let Some(w) = self.waiters.get(&owner).filter(|w| w.watch || done) {
+                w.cv.notify_all();
+                woken.push(owner);
+            }
+        }
+        if !successor || self.lanes.get(adapter).is_none_or(Lane::idle) {
+            return woken.len();
+        }
+        let others = self.waiters.iter().filter(|(k, w)| **k != driver && w.adapter == *adapter);
+        let next = others.clone().find(|(_, w)| !w.watch).or_else(|| others.clone().next());
+        match next {
+            Some((k, w)) if !woken.contains(k) => {
+                w.cv.notify_all();
+                woken.len() + 1
+            }
+            _ => woken.len(),
+        }
+    }
+
     /// Drops the rows and joins of requests that left (their slot is gone).
     fn prune(&mut self, adapter: &Option<String>) -> Result<()> {
         let Some(lane) = self.lanes.get_mut(adapter) else {
@@ -226,7 +289,6 @@ struct Update {
 #[derive(Default)]
 pub(super) struct Batcher {
     state: Mutex<Lanes>,
-    wake: Condvar,
     /// Forward passes run (prefills and batch steps).
     passes: AtomicUsize,
     /// Test hook: while set, nobody drives (requests queue up).
@@ -235,6 +297,9 @@ pub(super) struct Batcher {
     /// Test hook: the next batch pass fails (1) or panics (2).
     #[cfg(test)]
     fault: std::sync::atomic::AtomicU8,
+    /// Test count: callers woken after steps (news or a successor).
+    #[cfg(test)]
+    woken: AtomicUsize,
 }
 
 impl Batcher {
@@ -256,8 +321,8 @@ impl Batcher {
     #[cfg(test)]
     pub(super) fn hold(&self, on: bool) {
         self.held.store(on, Ordering::SeqCst);
-        if let Ok(_st) = self.lock() {
-            self.wake.notify_all();
+        if let Ok(st) = self.lock() {
+            st.wake_all();
         }
     }
 
@@ -279,6 +344,12 @@ impl Batcher {
 pub(super) struct Request {
     gen: Generator,
     adapter: Option<String>,
+    /// Its [`Waiter`]'s key.
+    key: u64,
+    /// Its [`Waiter`]'s condition variable.
+    cv: Arc<Condvar>,
+    /// It looks at every step's news (see [`Waiter::watch`]).
+    watch: bool,
     /// Each prompt's request id, until its result is collected.
     ids: Vec<Option<u64>>,
 }
@@ -293,21 +364,28 @@ pub(super) struct News {
 
 impl Request {
     /// Queues `prompts` (checked already) to join `adapter`'s batch at its next step.
+    /// `watch`: the caller looks at every step's news (tokens, progress), not only at
+    /// the results.
     pub(super) fn submit(
         gen: &Generator,
         adapter: Option<String>,
         prompts: Vec<Vec<u32>>,
         cfg: Resolved,
         t0: Instant,
+        watch: bool,
     ) -> Result<Self> {
         let cfg = Arc::new(cfg);
         let b = &gen.inner.batcher;
         let mut st = b.lock()?;
+        let key = st.next_id;
+        st.next_id += 1;
+        let cv = Arc::new(Condvar::new());
+        st.waiters.insert(key, Waiter { cv: cv.clone(), adapter: adapter.clone(), watch });
         let mut ids = Vec::with_capacity(prompts.len());
         for p in prompts {
             let id = st.next_id;
             st.next_id += 1;
-            st.slots.insert(id, Slot::default());
+            st.slots.insert(id, Slot { owner: key, ..Slot::default() });
             let max_new = gen.max_new(&cfg, p.len());
             st.lanes.entry(adapter.clone()).or_default().pending.push(Join {
                 id,
@@ -318,9 +396,9 @@ impl Request {
             });
             ids.push(Some(id));
         }
+        st.wake_all();
         drop(st);
-        b.wake.notify_all();
-        Ok(Request { gen: gen.clone(), adapter, ids })
+        Ok(Request { gen: gen.clone(), adapter, key, cv, watch, ids })
     }
 
     /// Waits until one of its prompts has news (running a step when nobody else is);
@@ -335,7 +413,7 @@ impl Request {
                 let Some(slot) = id.and_then(|i| st.slots.get_mut(&i)) else {
                     continue;
                 };
-                if slot.fresh || slot.done.is_some() {
+                if (slot.fresh && self.watch) || slot.done.is_some() {
                     slot.fresh = false;
                     let done = slot.done.take();
                     news.push(News {
@@ -367,8 +445,8 @@ impl Request {
                 // step (a long prompt's prefill) can take longer than a caller should
                 // wait to stop.
                 let woke = match cancel {
-                    Some(_) => b.wake.wait_timeout(st, CANCEL_POLL).map(|(st, _)| st).ok(),
-                    None => b.wake.wait(st).ok(),
+                    Some(_) => self.cv.wait_timeout(st, CANCEL_POLL).map(|(st, _)| st).ok(),
+                    None => self.cv.wait(st).ok(),
                 };
                 st = woke.ok_or_else(|| Error::Internal("generator batch state poisoned by a panic".into()))?;
                 continue;
@@ -376,7 +454,7 @@ impl Request {
             // Drive: one step on the lane, without the lock.
             if let Err(e) = st.prune(&self.adapter) {
                 fail_lane(&mut st, &self.adapter, &e);
-                b.wake.notify_all();
+                st.wake_all();
                 continue;
             }
             let Some(lane) = st.lanes.get_mut(&self.adapter) else {
@@ -404,6 +482,7 @@ impl Request {
             lane.batch = batch;
             let later = std::mem::replace(&mut lane.pending, deferred);
             lane.pending.extend(later);
+            let updated: Vec<(u64, bool)> = updates.iter().map(|u| (u.id, u.done.is_some())).collect();
             for u in updates {
                 if let Some(slot) = st.slots.get_mut(&u.id) {
                     slot.generated = u.generated;
@@ -416,8 +495,16 @@ impl Request {
             }
             if let Err(e) = st.prune(&self.adapter) {
                 fail_lane(&mut st, &self.adapter, &e);
+                st.wake_all();
+                continue;
             }
-            b.wake.notify_all();
+            // Whether this caller goes back with news (then another drives next).
+            let mine = updated
+                .iter()
+                .any(|&(id, done)| (done || self.watch) && st.slots.get(&id).is_some_and(|s| s.owner == self.key));
+            let _woken = st.wake_after_step(&updated, &self.adapter, self.key, mine);
+            #[cfg(test)]
+            b.woken.fetch_add(_woken, Ordering::SeqCst);
         }
     }
 }
@@ -429,6 +516,7 @@ impl Drop for Request {
             Ok(st) => st,
             Err(poisoned) => poisoned.into_inner(),
         };
+        st.waiters.remove(&self.key);
         let mut left = false;
         for id in self.ids.iter_mut().filter_map(Option::take) {
             left |= st.slots.remove(&id).is_some();
@@ -437,8 +525,9 @@ impl Drop for Request {
             if let Err(e) = st.prune(&self.adapter) {
                 fail_lane(&mut st, &self.adapter, &e);
             }
-            b.wake.notify_all();
         }
+        // Someone else drives the lane's next step, if it has one.
+        st.wake_all();
     }
 }
 
@@ -481,7 +570,7 @@ impl Drop for Driving<'_> {
             lane.driving = false;
         }
         let _ = st.prune(self.adapter);
-        self.batcher.wake.notify_all();
+        st.wake_all();
     }
 }
 
@@ -789,11 +878,17 @@ mod tests {
             let alone: Vec<Generation> = reqs.iter().map(|(p, c)| gen.generate(p.as_str(), c).unwrap()).collect();
             assert!(alone.iter().any(|g| g.stop_sequence.is_some()), "the stop string ends one request");
             let before = gen.inner.batcher.passes();
+            let woken = gen.inner.batcher.woken.load(std::sync::atomic::Ordering::SeqCst);
             let together: Vec<Generation> =
                 queued_together(&gen, reqs.len(), |i| gen.generate(reqs[i].0.as_str(), &reqs[i].1), || {})
                     .into_iter()
                     .map(|r| r.unwrap().unwrap())
                     .collect();
+            // Calls that look only at their result are woken for it (and to drive when
+            // the driver leaves with its own), not after every step: at most two wakes
+            // per call, where waking everyone would be 5 per step.
+            let woken = gen.inner.batcher.woken.load(std::sync::atomic::Ordering::SeqCst) - woken;
+            assert!(woken <= 2 * reqs.len(), "{woken} wakes for {} calls", reqs.len());
             for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
                 same(a, b, &format!("{} request {i}", gen.model().name));
                 assert!(b.id.is_some() && b.id != a.id, "each call has its own catalog row");
@@ -806,6 +901,38 @@ mod tests {
             assert_eq!(passes, longest, "{} passes for {tokens} tokens", passes);
             assert!(passes < tokens);
             assert!(gen.inner.batcher.lock().unwrap().lanes.is_empty(), "nothing left behind");
+            // Half the calls report progress (woken every step), half do not: the same
+            // results, every token's progress event for the ones that report.
+            let mixed = queued_together(
+                &gen,
+                reqs.len(),
+                |i| {
+                    let mut progress = 0u64;
+                    let mut sink = |e: &crate::Event| {
+                        if let crate::Event::TaskProgress { done, .. } = e {
+                            progress = *done;
+                        }
+                        Ok(())
+                    };
+                    let cancel = crate::events::CancelToken::new();
+                    let (p, c) = (reqs[i].0.as_str(), &reqs[i].1);
+                    if i % 2 == 0 {
+                        (gen.generate_with(p, c, &mut sink, &cancel), Some(progress))
+                    } else {
+                        (gen.generate_with(p, c, &mut crate::events::NoopSink, &cancel), None)
+                    }
+                },
+                || {},
+            );
+            for (i, (a, r)) in alone.iter().zip(mixed).enumerate() {
+                let (g, progress) = r.unwrap();
+                let g = g.unwrap();
+                same(a, &g, &format!("{} mixed request {i}", gen.model().name));
+                if let Some(p) = progress {
+                    assert_eq!(p, g.generated_tokens as u64, "request {i}'s last progress");
+                }
+            }
+            assert!(gen.inner.batcher.lock().unwrap().waiters.is_empty(), "no caller left behind");
         }
     }
 
