@@ -211,18 +211,16 @@ struct Lanes {
 }
 
 impl Lanes {
-    /// Wakes every waiting caller (a request queued or gone, a lane failed).
+    /// Wakes every waiting caller (a lane failed, a step panicked, the test hold).
     fn wake_all(&self) {
         for w in self.waiters.values() {
             w.cv.notify_all();
         }
     }
 
-    /// Wakes the owners of `updated` that look at what they got, and, if `successor`
-    /// (the driver goes back to its caller) and `adapter`'s lane has work left, one
-    /// other caller of the lane to drive its next step (one not looking at every
-    /// step's news first: it drives at once).
-    /// Returns how many it woke.
+    /// Wakes the owners of `updated` that look at what they got and, if `successor`
+    /// (the driver goes back to its caller), a caller to drive the lane's next step
+    /// ([`Lanes::wake_driver`]). Returns how many it woke.
     fn wake_after_step(
         &self,
         updated: &[(u64, bool)],
@@ -243,18 +241,23 @@ impl Lanes {
                 woken.push(owner);
             }
         }
-        if !successor || self.lanes.get(adapter).is_none_or(Lane::idle) {
-            return woken.len();
-        }
-        let others = self.waiters.iter().filter(|(k, w)| **k != driver && w.adapter == *adapter);
-        let next = others.clone().find(|(_, w)| !w.watch).or_else(|| others.clone().next());
-        match next {
-            Some((k, w)) if !woken.contains(k) => {
-                w.cv.notify_all();
-                woken.len() + 1
-            }
+        match successor.then(|| self.wake_driver(adapter, Some(driver))).flatten() {
+            Some(k) if !woken.contains(&k) => woken.len() + 1,
             _ => woken.len(),
         }
+    }
+
+    /// If `adapter`'s lane has work and nobody drives it, wakes one of its callers
+    /// (other than `except`) to drive the next step, one that does not look at every
+    /// step's news first (it drives at once) if there is one. Returns whom it woke.
+    fn wake_driver(&self, adapter: &Option<String>, except: Option<u64>) -> Option<u64> {
+        if self.lanes.get(adapter).is_none_or(|l| l.driving || l.idle()) {
+            return None;
+        }
+        let others = self.waiters.iter().filter(|(k, w)| Some(**k) != except && w.adapter == *adapter);
+        let (k, w) = others.clone().find(|(_, w)| !w.watch).or_else(|| others.clone().next())?;
+        w.cv.notify_all();
+        Some(*k)
     }
 
     /// Drops the rows and joins of requests that left (their slot is gone).
@@ -396,7 +399,8 @@ impl Request {
             });
             ids.push(Some(id));
         }
-        st.wake_all();
+        // Nobody to wake: a driver takes the new rows at its next step, and with none
+        // the caller drives when it waits.
         drop(st);
         Ok(Request { gen: gen.clone(), adapter, key, cv, watch, ids })
     }
@@ -526,8 +530,8 @@ impl Drop for Request {
                 fail_lane(&mut st, &self.adapter, &e);
             }
         }
-        // Someone else drives the lane's next step, if it has one.
-        st.wake_all();
+        // It may have been woken to drive: someone else does, if the lane has work.
+        st.wake_driver(&self.adapter, None);
     }
 }
 
