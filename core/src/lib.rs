@@ -152,4 +152,20 @@ pub mod bench_kernels {
         let gemm: sgemm::Gemm = if bf16 { bgemm::matmul } else { sgemm::matmul };
         Ok(gemm((m, n, k), dst, sgemm::Mat::rows(a, 0, k), rhs, m > 1)?)
     }
+
+    /// A weight `[out, in]` quantized to q8_0 for [`q8_matmul`].
+    pub struct Q8(crate::models::gemv::Q8Weight);
+
+    /// `w` (`[out, in]` row-major, `in` a multiple of 32) in q8_0.
+    pub fn q8_weight(out_f: usize, in_f: usize, w: &[f32]) -> crate::Result<Q8> {
+        Ok(Q8(crate::models::gemv::Q8Weight::from_f32(out_f, in_f, w)?))
+    }
+
+    /// `x W^T` for `x` `[n, in]` through the decoding path's q8_0 product (the inputs
+    /// quantized too): `[n, out]` row-major.
+    pub fn q8_matmul(w: &Q8, x: &[f32], n: usize) -> crate::Result<Vec<f32>> {
+        let (in_f, _) = w.0.features();
+        let x = candle_core::Tensor::from_slice(x, (n, in_f), &candle_core::Device::Cpu)?;
+        Ok(w.0.matmul(&x, None)?.flatten_all()?.to_vec1()?)
+    }
 }

@@ -9,6 +9,9 @@
 //! two 8-lane accumulators (even blocks, odd blocks); at the end the two are added and
 //! the 8 lanes summed (`hsum`). So a row's result does not depend on the rows beside it,
 //! on the tile shape, or on which of these kernels the CPU runs.
+//!
+//! Two or more rows on AVX-512 VNNI go through a [`Panel`]: the inputs arranged once per
+//! product, for a kernel whose tiles fit the registers ([`dots_panel`]).
 
 use std::arch::x86_64::*;
 
@@ -213,6 +216,187 @@ fn dots_avx512<const O: usize, const R: usize>(
             }
         }
         b += 2;
+    }
+    tile_sums512(&acc)
+}
+
+/// Input rows per tile of the panel kernel ([`dots_panel`]; a last tile may hold fewer).
+/// With four, the 16 accumulators, the inputs and the weight's registers outgrew the 32
+/// of AVX-512 and spilled; three by four was the fastest of 3 x 4..=6, 2 x 6 and 4 x 4
+/// (`q8_gemm`, one thread, small's shapes at 8 to 32 rows: 5-45% faster than the
+/// pair-wise 4 x 4 tiles).
+pub(super) const PANEL_ROWS: usize = 3;
+/// Weight rows per tile of the panel kernel.
+pub(super) const PANEL_OUTS: usize = 4;
+
+/// 64 bytes on a 64-byte boundary: one AVX-512 register's load.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// Two or more input rows arranged once per product for [`dots_panel`] (AVX-512 VNNI):
+/// per tile of [`PANEL_ROWS`] rows and per pair of blocks, each row's 64 values offset to
+/// `x + 128`, then each row's two block scales spread over 16 lanes (the first block's
+/// in lanes 0..8, the second's in 8..16). A missing second block (an odd count) reads as
+/// values 128 and scale 0. So a tile's inputs come through one pointer, already offset,
+/// and the kernel multiplies the scales straight from memory: the pair-wise kernel
+/// offset and spread every tile's inputs again, and at four rows it spilled.
+pub(super) struct Panel {
+    lines: Vec<Line>,
+    rows: usize,
+    blocks: usize,
+}
+
+impl Panel {
+    /// The panel of `n` rows of `in_f` values (`xq`, one scale per block in `xd`), if
+    /// `k` has a panel kernel (AVX-512 VNNI) and there are two rows or more.
+    pub(super) fn new(k: Kernel, xq: &[i8], xd: &[f32], n: usize, in_f: usize) -> Option<Self> {
+        if k.0 != Isa::Avx512 || n < 2 {
+            return None;
+        }
+        let blocks = in_f / Q8_BLOCK;
+        let pairs = blocks.div_ceil(2);
+        let per_tile = pairs * 2 * PANEL_ROWS;
+        let mut lines = vec![Line([0; 64]); n.div_ceil(PANEL_ROWS) * per_tile];
+        let fill = |t: usize, tile: &mut [Line]| {
+            for (p, group) in tile.chunks_exact_mut(2 * PANEL_ROWS).enumerate() {
+                let (values, scales) = group.split_at_mut(PANEL_ROWS);
+                for (i, (v, s)) in values.iter_mut().zip(scales.iter_mut()).enumerate() {
+                    v.0 = [0x80; 64];
+                    let r = t * PANEL_ROWS + i;
+                    if r >= n {
+                        continue;
+                    }
+                    let (first, last) = (2 * p, (2 * p + 2).min(blocks));
+                    let x = &xq[r * in_f + first * Q8_BLOCK..r * in_f + last * Q8_BLOCK];
+                    for (d, &x) in v.0.iter_mut().zip(x) {
+                        *d = (x as u8) ^ 0x80;
+                    }
+                    for (b, lanes) in (first..last).zip(s.0.chunks_exact_mut(32)) {
+                        let d = xd[r * blocks + b].to_ne_bytes();
+                        for lane in lanes.chunks_exact_mut(4) {
+                            lane.copy_from_slice(&d);
+                        }
+                    }
+                }
+            }
+        };
+        if per_tile > 0 {
+            // A prompt's rows in parallel (the product that follows is ~in_f times more
+            // work, but would wait for a single thread here).
+            if n * in_f >= super::PARALLEL_FROM {
+                use rayon::prelude::*;
+                lines.par_chunks_mut(per_tile).enumerate().for_each(|(t, tile)| fill(t, tile));
+            } else {
+                lines.chunks_mut(per_tile).enumerate().for_each(|(t, tile)| fill(t, tile));
+            }
+        }
+        Some(Self { lines, rows: n, blocks })
+    }
+
+    /// Tiles of [`PANEL_ROWS`] rows (the last one may hold fewer).
+    pub(super) fn tiles(&self) -> usize {
+        self.rows.div_ceil(PANEL_ROWS)
+    }
+}
+
+/// `out[o][i]` = the q8_0 dot product of weight row `o` (values `w[o]`, block scales
+/// `wd[o]`) with row `i` of the panel's tile `t`, bit for bit what [`dots`] gives for
+/// that pair. Weight values must lie in -127..=127.
+#[inline]
+pub(super) fn dots_panel<const O: usize, const R: usize>(
+    panel: &Panel,
+    t: usize,
+    w: [&[i8]; O],
+    wd: [&[f32]; O],
+    ahead: &[i8],
+) -> [[f32; R]; O] {
+    const { assert!(R <= PANEL_ROWS) };
+    let mut blocks = panel.blocks;
+    for s in w.iter() {
+        blocks = blocks.min(s.len() / Q8_BLOCK);
+    }
+    for s in wd.iter() {
+        blocks = blocks.min(s.len());
+    }
+    let per_tile = panel.blocks.div_ceil(2) * 2 * PANEL_ROWS;
+    let lines = &panel.lines[t * per_tile..(t + 1) * per_tile];
+    // SAFETY: a `Panel` is only built for an AVX-512 VNNI `Kernel`, which `available`
+    // lists only after checking the CPU's features; `lines` holds every pair below
+    // `blocks` (at most the panel's).
+    #[allow(unsafe_code)]
+    unsafe {
+        panel_avx512::<O, R>(blocks, w, wd, lines, Ahead::new(ahead, blocks.div_ceil(2)))
+    }
+}
+
+/// [`dots_avx512`]'s arithmetic for `PANEL_ROWS` rows, its inputs read from a panel:
+/// whole pairs of blocks unmasked, an odd last block in the low half.
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
+fn panel_avx512<const O: usize, const R: usize>(
+    blocks: usize,
+    w: [&[i8]; O],
+    wd: [&[f32]; O],
+    lines: &[Line],
+    mut ahead: Ahead,
+) -> [[f32; R]; O] {
+    const P: usize = PANEL_ROWS;
+    let bias = _mm512_set1_epi8(-128);
+    let spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    let mut acc = [[_mm512_setzero_ps(); R]; O];
+    let zero = _mm512_setzero_si512();
+    // The pair of blocks from `b` on: `whole`, or the `tail` (an odd last block in the
+    // low half, the high lanes kept). A macro rather than a function, so that the
+    // intrinsics inline into this function's features and `acc` stays in registers.
+    macro_rules! pair {
+        ($b:expr, $mode:ident) => {{
+            let b = $b;
+            let pair = &lines[b / 2 * 2 * P..(b / 2 + 1) * 2 * P];
+            // SAFETY: aligned 64-byte loads of whole `Line`s.
+            #[allow(unsafe_code)]
+            let xu: [__m512i; R] = std::array::from_fn(|r| unsafe { _mm512_load_si512(pair[r].0.as_ptr().cast()) });
+            for o in 0..O {
+                // SAFETY: a whole pair reads blocks `b` and `b + 1`, the tail block `b`
+                // alone, all below `blocks`, which `w[o]` and `wd[o]` hold; unaligned
+                // loads.
+                #[allow(unsafe_code)]
+                let (wv, d) = unsafe { pair!(@load $mode, w[o].as_ptr().add(b * Q8_BLOCK), wd[o].as_ptr().add(b)) };
+                let dw = _mm512_permutexvar_ps(spread, d);
+                let corr = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, wv));
+                for r in 0..R {
+                    let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, xu[r], wv));
+                    // SAFETY: an aligned 64-byte load of a whole `Line`.
+                    #[allow(unsafe_code)]
+                    let dx = unsafe { _mm512_load_ps(pair[P + r].0.as_ptr().cast()) };
+                    acc[o][r] = pair!(@fma $mode, sums, _mm512_mul_ps(dx, dw), acc[o][r]);
+                }
+            }
+        }};
+        // Scales: lanes 0 and 1 (the tail's lane 1 zero), spread by `spread`.
+        (@load whole, $wp:expr, $dp:expr) => {
+            (_mm512_loadu_si512($wp.cast()), _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd($dp.cast()))))
+        };
+        (@load tail, $wp:expr, $dp:expr) => {
+            (_mm512_maskz_loadu_epi8(u64::from(u32::MAX), $wp), _mm512_castps128_ps512(_mm_load_ss($dp)))
+        };
+        (@fma whole, $sums:expr, $scale:expr, $acc:expr) => {
+            _mm512_fmadd_ps($sums, $scale, $acc)
+        };
+        (@fma tail, $sums:expr, $scale:expr, $acc:expr) => {
+            _mm512_mask3_fmadd_ps($sums, $scale, $acc, 0x00FF)
+        };
+    }
+    let whole = blocks / 2 * 2;
+    let mut b = 0;
+    while b < whole {
+        ahead.next();
+        pair!(b, whole);
+        b += 2;
+    }
+    if b < blocks {
+        ahead.next();
+        pair!(b, tail);
     }
     tile_sums512(&acc)
 }
