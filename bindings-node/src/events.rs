@@ -119,6 +119,12 @@ impl JsSink {
 }
 
 impl anneal::EventSink for JsSink {
+    /// Progress only for an `onEvent` callback: without one, a `generate` sharing its
+    /// batch with other callers is woken for its result alone.
+    fn wants_progress(&self) -> bool {
+        self.on_event.is_some()
+    }
+
     fn on_event(&mut self, event: &anneal::Event) -> anneal::Result<()> {
         if let Some(f) = &self.on_event {
             let in_flight = self.in_flight.clone();

@@ -77,24 +77,33 @@ impl PySink {
     }
 }
 
-impl EventSink for PySink {
-    fn on_event(&mut self, event: &Event) -> anneal::Result<()> {
+impl PySink {
+    /// Checks for signals and delivers `event` (if any); a Python exception (Ctrl-C, or
+    /// one the callback raised) is kept to re-raise and stops the work, except that
+    /// Ctrl-C with `on_interrupt` asks the work to stop cleanly instead.
+    fn check(&mut self, event: Option<&Event>) -> anneal::Result<()> {
         if self.raised.is_some() {
             // Already failing: still hand over the final event, ignoring what it raises.
-            if !event.is_progress() {
+            if let Some(event) = event.filter(|e| !e.is_progress()) {
                 Python::attach(|py| {
                     let _ = self.deliver(py, event);
                 });
             }
             return Ok(());
         }
-        let failed = Python::attach(|py| match py.check_signals().and_then(|_| self.deliver(py, event)) {
-            Ok(()) => None,
-            Err(err) => {
-                let interrupt = err.is_instance_of::<PyKeyboardInterrupt>(py);
-                let e = stand_in(py, &err);
-                self.raised = Some(err);
-                Some((interrupt, e))
+        let failed = Python::attach(|py| {
+            let r = py.check_signals().and_then(|_| match event {
+                Some(event) => self.deliver(py, event),
+                None => Ok(()),
+            });
+            match r {
+                Ok(()) => None,
+                Err(err) => {
+                    let interrupt = err.is_instance_of::<PyKeyboardInterrupt>(py);
+                    let e = stand_in(py, &err);
+                    self.raised = Some(err);
+                    Some((interrupt, e))
+                }
             }
         });
         let Some((interrupt, e)) = failed else { return Ok(()) };
@@ -106,6 +115,22 @@ impl EventSink for PySink {
         } else {
             Err(e)
         }
+    }
+}
+
+impl EventSink for PySink {
+    fn on_event(&mut self, event: &Event) -> anneal::Result<()> {
+        self.check(Some(event))
+    }
+
+    /// Progress only for a callback: without one, a `generate` sharing its batch with
+    /// other callers is woken for its result alone, and signals are checked in `poll`.
+    fn wants_progress(&self) -> bool {
+        self.callback.is_some()
+    }
+
+    fn poll(&mut self) -> anneal::Result<()> {
+        self.check(None)
     }
 }
 

@@ -220,5 +220,13 @@ def test_generate_reports_a_task_and_stops_on_cancel_or_ctrl_c(home):
     with pytest.raises(KeyboardInterrupt):
         gen.generate_batch(["abc"] * 8, max_new_tokens=5000, ignore_eos=True)
     assert time.monotonic() - t0 < 5
+    # And during one long call without on_event (it asks for no progress events, so the
+    # signals are checked while it runs instead).
+    timer = threading.Timer(0.2, _thread.interrupt_main)
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        gen.generate("abc", max_new_tokens=5000, ignore_eos=True)
+    assert time.monotonic() - t0 < 5
     calls = home.models().usage(rec.id).calls
     assert calls == 1, "cancelled generations are not recorded"

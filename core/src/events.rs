@@ -54,6 +54,15 @@ pub trait EventSink: Send {
     fn wants_progress(&self) -> bool {
         true
     }
+
+    /// Called now and then (at most every 50 ms, and at least that often while there is
+    /// work) while an operation runs without events for this sink: a `generate` call
+    /// whose sink does not want progress, driving or waiting on the batch it shares.
+    /// Returning `Err` stops the operation as `on_event` does. Where a sink that skips
+    /// progress still looks for an interruption (Python's Ctrl-C).
+    fn poll(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl<F: FnMut(&Event) -> Result<()> + Send> EventSink for F {
@@ -138,6 +147,17 @@ impl<'a> Fanout<'a> {
 impl EventSink for Fanout<'_> {
     fn wants_progress(&self) -> bool {
         self.sinks.iter().any(|s| s.wants_progress())
+    }
+
+    fn poll(&mut self) -> Result<()> {
+        let mut first = Ok(());
+        for s in &mut self.sinks {
+            let r = s.poll();
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
     }
 
     fn on_event(&mut self, event: &Event) -> Result<()> {
@@ -534,6 +554,11 @@ pub(crate) struct TaskReporter<'a> {
 impl TaskReporter<'_> {
     pub(crate) fn progress(&mut self, done: u64) -> Result<()> {
         self.sink.on_event(&Event::TaskProgress { task: self.task.into(), done, total: self.total })
+    }
+
+    /// [`EventSink::poll`] of the task's sink.
+    pub(crate) fn poll(&mut self) -> Result<()> {
+        self.sink.poll()
     }
 }
 

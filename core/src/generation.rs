@@ -637,7 +637,7 @@ impl Generator {
             let mut reported = 0;
             loop {
                 cancel.check()?;
-                for n in request.wait(Some(cancel))? {
+                for n in request.wait(Some(cancel), &mut || rep.poll())? {
                     if n.generated > reported {
                         reported = n.generated;
                         rep.progress(reported as u64)?;
@@ -777,7 +777,7 @@ impl Generator {
             let mut steps = 0;
             while rows.iter().any(Option::is_none) {
                 cancel.check()?;
-                for n in request.wait(Some(cancel))? {
+                for n in request.wait(Some(cancel), &mut || rep.poll())? {
                     steps = steps.max(n.generated);
                     if let Some(done) = n.done {
                         rows[n.index] = Some(done?);
@@ -994,7 +994,7 @@ impl Iterator for TokenStream {
             if self.done {
                 return None;
             }
-            let news = match self.request.wait(None) {
+            let news = match self.request.wait(None, &mut || Ok(())) {
                 Ok(news) => news,
                 Err(e) => {
                     self.done = true;

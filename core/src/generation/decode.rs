@@ -407,10 +407,17 @@ impl Request {
 
     /// Waits until one of its prompts has news (running a step when nobody else is);
     /// a prompt whose news holds its result is closed. Stops with `cancelled` when
-    /// `cancel` is.
-    pub(super) fn wait(&mut self, cancel: Option<&CancelToken>) -> Result<Vec<News>> {
+    /// `cancel` is. While there is none, `idle` runs at most every `CANCEL_POLL` (the
+    /// first time at once), without the lock, and its error stops the wait: a caller
+    /// that does not watch every step may still drive many steps, or sleep through them.
+    pub(super) fn wait(
+        &mut self,
+        cancel: Option<&CancelToken>,
+        idle: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Vec<News>> {
         let b = &self.gen.inner.batcher;
         let mut st = b.lock()?;
+        let mut idled: Option<Instant> = None;
         loop {
             let mut news = Vec::new();
             for (index, id) in self.ids.iter_mut().enumerate() {
@@ -438,6 +445,13 @@ impl Request {
             }
             if self.ids.iter().all(Option::is_none) {
                 return Err(Error::Internal("waiting on a request that has ended".into()));
+            }
+            if idled.is_none_or(|t| t.elapsed() >= CANCEL_POLL) {
+                drop(st);
+                idle()?;
+                idled = Some(Instant::now());
+                st = b.lock()?;
+                continue;
             }
             if let Some(c) = cancel {
                 c.check()?;
@@ -1072,6 +1086,46 @@ mod tests {
         let after = home.models().usage(&gen.model().id).unwrap().calls;
         assert_eq!(after, calls + reqs.len() as u64 - 1, "the cancelled call is not recorded");
         assert!(gen.inner.batcher.lock().unwrap().lanes.is_empty(), "nothing left behind");
+    }
+
+    #[test]
+    fn a_caller_that_skips_progress_is_polled_and_stops_on_its_error() {
+        struct Quiet {
+            polls: usize,
+            fail_at: usize,
+        }
+        impl EventSink for Quiet {
+            fn on_event(&mut self, _: &Event) -> crate::Result<()> {
+                Ok(())
+            }
+            fn wants_progress(&self) -> bool {
+                false
+            }
+            fn poll(&mut self) -> crate::Result<()> {
+                self.polls += 1;
+                if self.polls >= self.fail_at {
+                    return Err(crate::Error::Cancelled);
+                }
+                Ok(())
+            }
+        }
+        let (_d, home) = home();
+        let gen = generators(&home).remove(0);
+        let reqs = requests(&gen);
+        let (p, c) = &reqs[0];
+        let long = GenerationConfig { max_new_tokens: Some(200), ignore_eos: true, ..c.clone() };
+        let calls = home.models().usage(&gen.model().id).unwrap().calls;
+        // Alone it drives every step itself, and is polled before the first.
+        let mut quiet = Quiet { polls: 0, fail_at: 1 };
+        let err = gen.generate_with(p.as_str(), &long, &mut quiet, &CancelToken::new()).unwrap_err();
+        assert_eq!((err.code(), quiet.polls), ("cancelled", 1));
+        assert_eq!(home.models().usage(&gen.model().id).unwrap().calls, calls, "not recorded");
+        assert!(gen.inner.batcher.lock().unwrap().lanes.is_empty(), "nothing left behind");
+        // Polled and never failing: the tokens `generate` gives.
+        let mut quiet = Quiet { polls: 0, fail_at: usize::MAX };
+        let got = gen.generate_with(p.as_str(), c, &mut quiet, &CancelToken::new()).unwrap();
+        same(&gen.generate(p.as_str(), c).unwrap(), &got, "polled");
+        assert!(quiet.polls >= 1);
     }
 
     #[test]
