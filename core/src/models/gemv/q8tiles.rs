@@ -76,21 +76,7 @@ pub(super) fn dots<const O: usize, const R: usize>(
     xd: [&[f32]; R],
     ahead: &[i8],
 ) -> [[f32; R]; O] {
-    // The blocks every slice holds (plain loops: an iterator chain here was not folded
-    // away and showed in profiles of short prompts).
-    let mut blocks = usize::MAX;
-    for s in w.iter() {
-        blocks = blocks.min(s.len() / Q8_BLOCK);
-    }
-    for s in wd.iter() {
-        blocks = blocks.min(s.len());
-    }
-    for s in x.iter() {
-        blocks = blocks.min(s.len() / Q8_BLOCK);
-    }
-    for s in xd.iter() {
-        blocks = blocks.min(s.len());
-    }
+    let blocks = blocks_held(blocks_held(usize::MAX, &w, &wd), &x, &xd);
     match k.0 {
         // SAFETY: a `Kernel` is only built by `available`, after checking that the CPU
         // has the features each of these functions enables.
@@ -99,6 +85,21 @@ pub(super) fn dots<const O: usize, const R: usize>(
         #[allow(unsafe_code)]
         Isa::Avx512 => unsafe { dots_avx512::<O, R>(blocks, w, wd, x, xd, Ahead::new(ahead, blocks.div_ceil(2))) },
     }
+}
+
+/// The whole blocks every row holds (values `q`, one scale per block in `d`), at most
+/// `limit`. Plain loops: an iterator chain here was not folded away and showed in
+/// profiles of short prompts.
+#[inline(always)]
+fn blocks_held<const N: usize>(limit: usize, q: &[&[i8]; N], d: &[&[f32]; N]) -> usize {
+    let mut blocks = limit;
+    for s in q.iter() {
+        blocks = blocks.min(s.len() / Q8_BLOCK);
+    }
+    for s in d.iter() {
+        blocks = blocks.min(s.len());
+    }
+    blocks
 }
 
 /// AVX2: per block, |x| times w with x's sign (`maddubs`, no saturation since values
@@ -312,13 +313,7 @@ pub(super) fn dots_panel<const O: usize, const R: usize>(
     ahead: &[i8],
 ) -> [[f32; R]; O] {
     const { assert!(R <= PANEL_ROWS) };
-    let mut blocks = panel.blocks;
-    for s in w.iter() {
-        blocks = blocks.min(s.len() / Q8_BLOCK);
-    }
-    for s in wd.iter() {
-        blocks = blocks.min(s.len());
-    }
+    let blocks = blocks_held(panel.blocks, &w, &wd);
     let per_tile = panel.blocks.div_ceil(2) * 2 * PANEL_ROWS;
     let lines = &panel.lines[t * per_tile..(t + 1) * per_tile];
     // SAFETY: a `Panel` is only built for an AVX-512 VNNI `Kernel`, which `available`
