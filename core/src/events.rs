@@ -55,9 +55,9 @@ pub trait EventSink: Send {
         true
     }
 
-    /// Called now and then (at most every 50 ms, and at least that often while there is
-    /// work) while an operation runs without events for this sink: a `generate` call
-    /// whose sink does not want progress, driving or waiting on the batch it shares.
+    /// Called while an operation runs without events for this sink (at once, then at
+    /// most every 50 ms): a `generate` call whose sink does not want progress, driving
+    /// or waiting on the batch it shares.
     /// Returning `Err` stops the operation as `on_event` does. Where a sink that skips
     /// progress still looks for an interruption (Python's Ctrl-C).
     fn poll(&mut self) -> Result<()> {

@@ -407,9 +407,10 @@ impl Request {
 
     /// Waits until one of its prompts has news (running a step when nobody else is);
     /// a prompt whose news holds its result is closed. Stops with `cancelled` when
-    /// `cancel` is. While there is none, `idle` runs at most every `CANCEL_POLL` (the
-    /// first time at once), without the lock, and its error stops the wait: a caller
-    /// that does not watch every step may still drive many steps, or sleep through them.
+    /// `cancel` is. For a caller that does not watch every step (it may drive many
+    /// steps, or sleep through them, within one wait) `idle` runs while there is no
+    /// news, at once and then at most every `CANCEL_POLL`, without the lock; its error
+    /// stops the wait. A watching caller returns after every step instead.
     pub(super) fn wait(
         &mut self,
         cancel: Option<&CancelToken>,
@@ -446,7 +447,9 @@ impl Request {
             if self.ids.iter().all(Option::is_none) {
                 return Err(Error::Internal("waiting on a request that has ended".into()));
             }
-            if idled.is_none_or(|t| t.elapsed() >= CANCEL_POLL) {
+            // A caller that watches hears of every step (its sink checks then); one that
+            // does not is polled, at once and then every CANCEL_POLL.
+            if !self.watch && idled.is_none_or(|t| t.elapsed() >= CANCEL_POLL) {
                 drop(st);
                 idle()?;
                 idled = Some(Instant::now());

@@ -945,21 +945,25 @@ struct HeadView<'a> {
     scale: f32,
 }
 
-/// `o = softmax(q k_j * scale) v_j` over `head.keys` (`scores`: scratch). One function
-/// per instruction set, so the dot products and the weighted sum of the values are
-/// inlined into one vectorised loop nest (called one key at a time, with the weighted
-/// sum compiled for 128-bit SSE, they took 13% of small q8_0's decoding at 32 rows; the
-/// reads of the cache bound this loop, so the gain is small: tiny f32 at 32 rows went
-/// from 4837 to 5006 tokens/s, medians of five alternating runs). Every build gives the
-/// same bits: the same fused multiply-adds in the same order, lane by lane.
-fn attend_head(head: &HeadView, scores: &mut Vec<f32>, o: &mut [f32]) {
-    #[inline(always)]
-    fn body<const FMA: bool>(head: &HeadView, scores: &mut Vec<f32>, o: &mut [f32]) {
+super::fused::simd_fn! {
+    /// `o = softmax(q k_j * scale) v_j` over `head.keys` (`scores`: scratch), built once
+    /// per instruction set so that the dot products and the weighted sum of the values
+    /// inline into one vectorised loop nest (called one key at a time, with the weighted
+    /// sum compiled for 128-bit SSE, they took 13% of small q8_0's decoding at 32 rows;
+    /// the reads of the cache bound this loop, so the gain is small: tiny f32 at 32 rows
+    /// went from 4837 to 5006 tokens/s, medians of five alternating runs). The dot
+    /// products are `dot`'s: fused multiply-adds where the CPU has them, in the same
+    /// order in every build, so every build with FMA gives the same bits.
+    fn attend_head(head: &HeadView, scores: &mut Vec<f32>, o: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        let fma = has_avx2_fma();
+        #[cfg(not(target_arch = "x86_64"))]
+        let fma = false;
         let d = o.len();
         scores.clear();
         for j in head.keys.clone() {
             let k = &head.k[j * head.k_stride..j * head.k_stride + d];
-            scores.push(if FMA { dot_fma(head.q, k) } else { dot_portable(head.q, k) } * head.scale);
+            scores.push(if fma { dot_fma(head.q, k) } else { dot_portable(head.q, k) } * head.scale);
         }
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0f32;
@@ -971,30 +975,6 @@ fn attend_head(head: &HeadView, scores: &mut Vec<f32>, o: &mut [f32]) {
             axpy(p / sum, &head.v[j * head.v_stride..j * head.v_stride + d], o);
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-    fn avx512(head: &HeadView, scores: &mut Vec<f32>, o: &mut [f32]) {
-        body::<true>(head, scores, o)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn avx2(head: &HeadView, scores: &mut Vec<f32>, o: &mut [f32]) {
-        body::<true>(head, scores, o)
-    }
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the CPU has AVX-512 F/VL/BW/DQ, AVX2 and FMA (checked at run time), all
-        // `avx512` needs; the body is safe code.
-        #[allow(unsafe_code)]
-        return unsafe { avx512(head, scores, o) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked at run time); the body is safe code.
-        #[allow(unsafe_code)]
-        return unsafe { avx2(head, scores, o) };
-    }
-    body::<false>(head, scores, o)
 }
 
 /// Dot product: AVX2 + FMA when the CPU has them, else portable code.
